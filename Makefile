@@ -1,0 +1,187 @@
+# qsnap and libqcow2. GNU make. `make` builds the libraries and the qsnap
+# program; `make test` installs what is missing, builds with -Werror and runs
+# every test; `make demo` shows qsnap at work. See README.md.
+
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+LIBDIR  ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+MANDIR  ?= $(PREFIX)/share/man
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+DESTDIR ?=
+
+BUILD   ?= build/release
+SOVERSION := $(shell sed -n 's/^\#define QCOW2_SOVERSION \([0-9]*\)/\1/p' include/qcow2/version.h)
+VERSION := $(shell sed -n 's/^\#define QCOW2_VERSION_STRING "\(.*\)"/\1/p' include/qcow2/version.h)
+
+WARNFLAGS = -std=c11 -Wall -Wextra -Wshadow -Wcast-qual -Wcast-align \
+	-Wstrict-prototypes -Wmissing-prototypes -Wundef -Wpointer-arith -Wvla \
+	-Wformat=2 -Winit-self -Wwrite-strings -Wredundant-decls -Wswitch-enum \
+	-Wimplicit-fallthrough
+# Offset arithmetic lives in qcow2/: there, implicit narrowing is an error too.
+LIBWARN = -Wconversion -Wsign-conversion
+override CPPFLAGS += -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Iinclude
+override CFLAGS += $(WARNFLAGS) $(MOREFLAGS) -MMD -MP
+LDLIBS_LIB = -lzstd -lz -lxxhash
+
+LIB_SRCS  := $(wildcard qcow2/*.c)
+CLI_SRCS  := $(wildcard cli/*.c)
+HELP_SRCS := $(wildcard tests/helpers/*.c)
+TEST_SRCS := $(wildcard tests/qcow2/test_*.c tests/cli/test_*.c)
+FUZZ_SRCS := $(filter-out fuzz/fuzz_driver.c fuzz/fuzz_helpers.c,$(wildcard fuzz/*.c))
+BENCH_SRCS := $(filter-out bench/bench_util.c,$(wildcard bench/bench_*.c))
+
+LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+CLI_OBJS  := $(CLI_SRCS:%.c=$(BUILD)/%.o)
+HELP_OBJS := $(HELP_SRCS:%.c=$(BUILD)/%.o)
+TEST_BINS := $(patsubst %.c,$(BUILD)/%,$(TEST_SRCS))
+FUZZ_BINS := $(patsubst fuzz/%.c,$(BUILD)/fuzz/replay_%,$(FUZZ_SRCS))
+
+STATIC  := $(BUILD)/libqcow2.a
+SHARED  := $(BUILD)/libqcow2.so.$(SOVERSION)
+QSNAP   := $(BUILD)/qsnap
+
+.PHONY: all lib check test test-unit test-cli test-interop test-damaged test-fuzz \
+	headertest checksymbols demo deps asan ubsan fuzz fuzz-run fuzz-seeds bench clean \
+	install uninstall install-lib install-headers install-pc install-bin install-man
+
+all: $(STATIC) $(SHARED) $(QSNAP) $(BUILD)/qcow2.pc
+
+lib: $(STATIC) $(SHARED)
+
+$(BUILD)/qcow2/%.o: qcow2/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LIBWARN) -fPIC -fvisibility=hidden -c -o $@ $<
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+
+$(STATIC): $(LIB_OBJS)
+	@mkdir -p $(@D)
+	rm -f $@
+	$(AR) rcs $@ $^
+
+$(SHARED): $(LIB_OBJS)
+	$(CC) $(CFLAGS) -shared -Wl,-soname,libqcow2.so.$(SOVERSION) -o $@ $^ $(LDFLAGS) $(LDLIBS_LIB)
+	ln -sf libqcow2.so.$(SOVERSION) $(BUILD)/libqcow2.so
+
+$(QSNAP): $(CLI_OBJS) $(STATIC)
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJS) $(STATIC) $(LDFLAGS) $(LDLIBS_LIB) -lm
+
+$(BUILD)/qcow2.pc: qcow2.pc.in include/qcow2/version.h
+	@mkdir -p $(@D)
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	    -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+# One Criterion binary per suite file.
+$(BUILD)/tests/%: tests/%.c $(HELP_OBJS) $(STATIC)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Iqcow2 -Itests/helpers $(CFLAGS) -o $@ $< $(HELP_OBJS) $(STATIC) \
+	    $(LDFLAGS) -lcriterion $(LDLIBS_LIB)
+
+# Corpus replay: each fuzz target linked with the standalone driver (gcc, no libFuzzer).
+$(BUILD)/fuzz/replay_%: fuzz/%.c fuzz/fuzz_driver.c $(wildcard fuzz/fuzz_helpers.c) $(HELP_OBJS) $(STATIC)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Iqcow2 -Itests/helpers -Ifuzz $(CFLAGS) -o $@ $< fuzz/fuzz_driver.c \
+	    $(wildcard fuzz/fuzz_helpers.c) $(HELP_OBJS) $(STATIC) $(LDFLAGS) $(LDLIBS_LIB)
+
+deps:
+	@sh scripts/deps.sh
+
+# ---- tests ---------------------------------------------------------------
+# `make test` is the full suite; `make check` the quick one. T=name runs one suite.
+test: deps
+	@$(MAKE) --no-print-directory MOREFLAGS="-g -Werror $(MOREFLAGS)" all $(TEST_BINS) $(FUZZ_BINS)
+	@$(MAKE) --no-print-directory MOREFLAGS="-g -Werror $(MOREFLAGS)" run-tests
+
+check: deps
+	@$(MAKE) --no-print-directory MOREFLAGS="-g -Werror $(MOREFLAGS)" all $(TEST_BINS)
+	@$(MAKE) --no-print-directory MOREFLAGS="-g -Werror $(MOREFLAGS)" test-unit
+
+run-tests:
+	@BUILD=$(BUILD) T="$(T)" sh tests/run.sh
+
+test-unit:
+	@BUILD=$(BUILD) T="$(T)" ONLY=unit sh tests/run.sh
+
+headertest:
+	$(CC) -Iinclude -std=c11 -pedantic -Wall -Wextra -Werror -fsyntax-only tests/headertest.c
+	c++ -Iinclude -std=c++11 -pedantic -Wall -Wextra -Werror -fsyntax-only -x c++ tests/headertest.c
+
+checksymbols: $(STATIC) $(SHARED)
+	@sh scripts/checksymbols.sh $(STATIC) $(SHARED)
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) sh scripts/demo.sh
+
+asan:
+	@$(MAKE) --no-print-directory test BUILD=build/asan CC=clang \
+	    MOREFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+	    LDFLAGS="-fsanitize=address,undefined"
+
+ubsan:
+	@$(MAKE) --no-print-directory test BUILD=build/ubsan \
+	    MOREFLAGS="-fsanitize=undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+	    LDFLAGS="-fsanitize=undefined"
+
+# libFuzzer builds: make fuzz; make fuzz-run T=header_open SECS=60
+FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+fuzz:
+	@for f in $(FUZZ_SRCS); do t=$$(basename $$f .c); mkdir -p build/fuzz; \
+	  echo "clang $$t"; \
+	  clang $(CPPFLAGS) -Iqcow2 -Itests/helpers -Ifuzz $(FUZZ_CFLAGS) -o build/fuzz/$$t $$f \
+	    $(wildcard fuzz/fuzz_helpers.c) $(LIB_SRCS) $(HELP_SRCS) $(LDLIBS_LIB) || exit 1; done
+
+fuzz-run: fuzz
+	mkdir -p build/fuzz/corpus-$(T)
+	ASAN_OPTIONS=allocator_may_return_null=1 build/fuzz/$(T) -max_total_time=$(or $(SECS),60) \
+	    -rss_limit_mb=2048 build/fuzz/corpus-$(T) fuzz/corpora/$(T)
+
+# Regenerate the committed seed corpora from qemu-img-made images.
+fuzz-seeds:
+	@sh scripts/fuzz-seeds.sh
+
+bench:
+	@$(MAKE) --no-print-directory all BUILD=build/bench CFLAGS="-O2 -DNDEBUG"
+	@BUILD=build/bench sh bench/run.sh
+
+# ---- install -------------------------------------------------------------
+install: install-lib install-headers install-pc install-bin install-man
+
+install-lib: $(STATIC) $(SHARED)
+	install -d $(DESTDIR)$(LIBDIR)
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
+	ln -sf libqcow2.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libqcow2.so
+
+install-headers:
+	install -d $(DESTDIR)$(INCLUDEDIR)/qcow2/sys
+	install -m 644 include/qcow2/*.h $(DESTDIR)$(INCLUDEDIR)/qcow2/
+	install -m 644 include/qcow2/sys/*.h $(DESTDIR)$(INCLUDEDIR)/qcow2/sys/
+
+install-pc: $(BUILD)/qcow2.pc
+	install -d $(DESTDIR)$(PKGCONFIGDIR)
+	install -m 644 $(BUILD)/qcow2.pc $(DESTDIR)$(PKGCONFIGDIR)/
+
+install-bin: $(QSNAP)
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 755 $(QSNAP) $(DESTDIR)$(BINDIR)/
+
+install-man:
+	install -d $(DESTDIR)$(MANDIR)/man1
+	install -m 644 docs/qsnap.1 $(DESTDIR)$(MANDIR)/man1/
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/libqcow2.a $(DESTDIR)$(LIBDIR)/libqcow2.so \
+	    $(DESTDIR)$(LIBDIR)/libqcow2.so.$(SOVERSION) $(DESTDIR)$(BINDIR)/qsnap \
+	    $(DESTDIR)$(PKGCONFIGDIR)/qcow2.pc $(DESTDIR)$(MANDIR)/man1/qsnap.1
+	rm -rf $(DESTDIR)$(INCLUDEDIR)/qcow2
+
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)

@@ -1,0 +1,247 @@
+/*
+ * libqcow2: a qcow2 (v2 and v3) and raw image engine with backing chains.
+ *
+ * Thread-safety: a qcow2_image (and the chain below it) may be used by one
+ * thread at a time. Different images may be used from different threads.
+ * Error details are per thread (qcow2_error_last()).
+ */
+#ifndef QCOW2_QCOW2_H
+#define QCOW2_QCOW2_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifndef QCOW2_API
+#define QCOW2_API __attribute__((visibility("default")))
+#endif
+
+#include "qcow2/errors.h"
+#include "qcow2/sys/io.h"
+#include "qcow2/version.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** An open image of any supported format, with its backing chain below it. */
+typedef struct qcow2_image qcow2_image;
+
+/** The runtime library version (QCOW2_VERSION_NUMBER of the built library). */
+QCOW2_API unsigned qcow2_version_number(void);
+
+/** Image formats. */
+typedef enum qcow2_format {
+    QCOW2_FORMAT_AUTO = 0, /**< probe: qcow2 if the magic matches, else raw */
+    QCOW2_FORMAT_RAW = 1,  /**< a plain disk image */
+    QCOW2_FORMAT_QCOW2 = 2 /**< qcow2 version 2 or 3 */
+} qcow2_format;
+
+/** The format's name ("raw", "qcow2"), or NULL for an unknown value. */
+QCOW2_API const char *qcow2_format_name(qcow2_format fmt);
+
+/** Parse a format name; QCOW2_FORMAT_AUTO for an unknown name. */
+QCOW2_API qcow2_format qcow2_format_from_name(const char *name);
+
+/** Default and hard limits. */
+#define QCOW2_DEFAULT_CACHE_BYTES (4u << 20) /**< L2 cache per image unless set */
+#define QCOW2_MAX_CHAIN_DEPTH 256            /**< deepest backing chain opened */
+
+/* Flags for qcow2_open_opts.flags. */
+#define QCOW2_OPEN_RDWR 0x1       /**< open the top image for writing (the chain below stays read-only) */
+#define QCOW2_OPEN_NO_BACKING 0x2 /**< do not open the backing chain */
+#define QCOW2_OPEN_NO_LOCK 0x4    /**< do not take the image lock (like qemu-img -U) */
+
+#define QCOW2_OPEN_OPTS_VERSION 1
+
+/** Options for qcow2_image_open(). Initialise with QCOW2_OPEN_OPTS_INIT. */
+typedef struct qcow2_open_opts {
+    unsigned version;         /**< QCOW2_OPEN_OPTS_VERSION */
+    unsigned flags;           /**< QCOW2_OPEN_* */
+    qcow2_format format;      /**< format of the top image; AUTO probes */
+    uint64_t cache_bytes;     /**< L2 cache budget per image, bytes; 0 = default */
+    unsigned max_depth;       /**< deepest chain accepted; 0 = QCOW2_MAX_CHAIN_DEPTH */
+    qcow2_io_open_fn open_fn; /**< how backing files are opened; NULL = POSIX */
+    void *open_payload;       /**< passed to open_fn */
+} qcow2_open_opts;
+
+#define QCOW2_OPEN_OPTS_INIT {QCOW2_OPEN_OPTS_VERSION, 0, QCOW2_FORMAT_AUTO, 0, 0, NULL, NULL}
+
+/**
+ * Open an image file and its backing chain.
+ *
+ * Relative backing names resolve against the directory of the image that
+ * names them; the backing-format extension is honoured (a missing one means
+ * probe). Loops, chains deeper than max_depth and backing names that are not
+ * plain paths ("json:", "nbd:" and other protocol prefixes) are refused.
+ *
+ * @param[out] out   the new handle, owned by the caller (qcow2_image_close)
+ * @param[in] path   the image file
+ * @param[in] opts   options, or NULL for defaults
+ * @return 0; QCOW2_ENOTFOUND (a file of the chain is missing), QCOW2_ECORRUPT
+ *         (bad metadata), QCOW2_EUNSUPPORTED (a feature not handled),
+ *         QCOW2_EBUSY (locked), QCOW2_EIO.
+ */
+QCOW2_API int qcow2_image_open(qcow2_image **out, const char *path, const qcow2_open_opts *opts);
+
+/**
+ * Open an image from an I/O backend. The handle takes ownership of io, also
+ * on failure. name is used in messages and to resolve relative backing names.
+ */
+QCOW2_API int qcow2_image_open_io(qcow2_image **out, qcow2_io *io, const char *name,
+                                  const qcow2_open_opts *opts);
+
+/** Close an image and its chain (NULL allowed). Pending writes are flushed. */
+QCOW2_API void qcow2_image_close(qcow2_image *img);
+
+/**
+ * Read guest data, resolving the whole backing chain.
+ *
+ * Reads past the virtual size are refused with QCOW2_EINVAL.
+ * @return 0; QCOW2_ECORRUPT (an entry on the path is out of range),
+ *         QCOW2_EIO, QCOW2_ENOMEM.
+ */
+QCOW2_API int qcow2_image_read(qcow2_image *img, void *buf, size_t len, uint64_t guest_off);
+
+/** Virtual (guest-visible) size in bytes. */
+QCOW2_API uint64_t qcow2_image_size(const qcow2_image *img);
+
+/** The format of this layer. */
+QCOW2_API qcow2_format qcow2_image_format(const qcow2_image *img);
+
+/** The name the image was opened with (borrowed). */
+QCOW2_API const char *qcow2_image_filename(const qcow2_image *img);
+
+/** The backing image, or NULL (borrowed; lives as long as img). */
+QCOW2_API qcow2_image *qcow2_image_backing(const qcow2_image *img);
+
+/** Number of layers in the chain starting at img (1 for an image with no backing file). */
+QCOW2_API unsigned qcow2_image_chain_length(const qcow2_image *img);
+
+/** Facts about one layer, as qemu-img info shows them. Strings are borrowed from the image. */
+typedef struct qcow2_info {
+    qcow2_format format;        /**< this layer's format */
+    const char *filename;       /**< name the image was opened with */
+    uint64_t virtual_size;      /**< bytes */
+    uint64_t actual_size;       /**< bytes the file occupies on its storage */
+    uint64_t file_size;         /**< bytes (the file's length) */
+    uint32_t cluster_size;      /**< bytes; 0 for raw */
+    uint32_t qcow2_version;     /**< 2 or 3; 0 for raw */
+    uint32_t refcount_bits;     /**< 1..64; 0 for raw */
+    uint32_t compression_type;  /**< 0 deflate ("zlib"), 1 zstd */
+    bool lazy_refcounts;        /**< compatible bit 0 */
+    bool dirty;                 /**< incompatible bit 0 */
+    bool corrupt;               /**< incompatible bit 1 */
+    bool extended_l2;           /**< incompatible bit 4 */
+    uint64_t incompatible_features; /**< raw header bits */
+    uint64_t compatible_features;   /**< raw header bits */
+    uint64_t autoclear_features;    /**< raw header bits */
+    const char *backing_name;   /**< backing name as stored, or NULL */
+    const char *backing_format; /**< backing-format extension, or NULL */
+    const char *backing_path;   /**< the backing name resolved to a path, or NULL */
+    uint32_t nb_snapshots;      /**< internal snapshots */
+    uint32_t nb_bitmaps;        /**< persistent bitmaps (bitmaps extension) */
+} qcow2_info;
+
+/** Fill *out with facts about img (this layer only). @return 0 */
+QCOW2_API int qcow2_image_get_info(const qcow2_image *img, qcow2_info *out);
+
+/** One internal snapshot. Strings are borrowed from the image. */
+typedef struct qcow2_snapshot_info {
+    const char *id;         /**< unique id string */
+    const char *name;       /**< name (may be empty) */
+    uint64_t l1_offset;     /**< host offset of the snapshot's L1 table */
+    uint32_t l1_size;       /**< entries */
+    uint32_t date_sec;      /**< creation time, seconds since the epoch */
+    uint32_t date_nsec;     /**< and nanoseconds */
+    uint64_t vm_clock_nsec; /**< guest run time at creation */
+    uint64_t vm_state_size; /**< bytes of saved VM state */
+    uint64_t disk_size;     /**< virtual size at creation (bytes) */
+    int64_t icount;         /**< instruction count, or -1 */
+} qcow2_snapshot_info;
+
+/** Number of internal snapshots in this layer. */
+QCOW2_API size_t qcow2_snapshot_count(const qcow2_image *img);
+
+/** Facts about internal snapshot i (0-based). @return 0 or QCOW2_EINVAL */
+QCOW2_API int qcow2_snapshot_get(const qcow2_image *img, size_t i, qcow2_snapshot_info *out);
+
+/* Flags of qcow2_extent.flags, with qemu-img map's meaning. */
+#define QCOW2_EXT_PRESENT 0x1      /**< allocated in some layer (else it reads through to nothing) */
+#define QCOW2_EXT_ZERO 0x2         /**< reads as zeroes */
+#define QCOW2_EXT_DATA 0x4         /**< backed by data in a file */
+#define QCOW2_EXT_OFFSET_VALID 0x8 /**< host_off is the run's position in its layer's file */
+#define QCOW2_EXT_COMPRESSED 0x10  /**< a compressed cluster */
+
+/** A run of guest bytes with one allocation status. */
+typedef struct qcow2_extent {
+    uint64_t start;      /**< guest offset, bytes */
+    uint64_t length;     /**< bytes */
+    unsigned depth;      /**< layer that decides the content: 0 = img itself */
+    unsigned flags;      /**< QCOW2_EXT_* */
+    uint64_t host_off;   /**< with QCOW2_EXT_OFFSET_VALID: offset in that layer's file */
+    qcow2_image *layer;  /**< that layer (borrowed) */
+} qcow2_extent;
+
+/**
+ * The allocation status of the run starting at guest_off, across the chain
+ * from img down to (not including) base. base NULL means the whole chain.
+ * A run that no layer above base allocates is reported without
+ * QCOW2_EXT_PRESENT, at the depth of the deepest layer that was looked at.
+ *
+ * @param[out] out  the run; out->length is > 0 and at most len
+ * @param[in] len   longest run wanted (guest_off + len must lie within the virtual size)
+ * @return 0, QCOW2_EINVAL, QCOW2_ECORRUPT, QCOW2_EIO
+ */
+QCOW2_API int qcow2_image_block_status(qcow2_image *img, const qcow2_image *base,
+                                       uint64_t guest_off, uint64_t len, qcow2_extent *out);
+
+/** Progress callback: done and total in bytes of guest content. */
+typedef void (*qcow2_progress_fn)(uint64_t done, uint64_t total, void *payload);
+
+/**
+ * xxh3-128 of the guest-visible content (all of the virtual size), as 16
+ * big-endian bytes. Zero and unallocated runs are hashed without being read.
+ * @return 0, QCOW2_ECORRUPT, QCOW2_EIO, QCOW2_ENOMEM
+ */
+QCOW2_API int qcow2_image_digest(qcow2_image *img, uint8_t digest_out[16], qcow2_progress_fn progress,
+                                 void *payload);
+
+/**
+ * Compare the guest content of two images (qemu-img compare). With strict,
+ * images of different sizes differ; otherwise the tail of the larger one must
+ * read as zeroes.
+ * @param[out] mismatch_off_out  first differing guest offset (may be NULL)
+ * @return 0 identical, 1 different, or a negative QCOW2_E* code
+ */
+QCOW2_API int qcow2_image_compare(qcow2_image *a, qcow2_image *b, bool strict,
+                                  uint64_t *mismatch_off_out, qcow2_progress_fn progress,
+                                  void *payload);
+
+#define QCOW2_CONVERT_OPTS_VERSION 1
+
+/** Options for qcow2_image_convert(). Initialise with QCOW2_CONVERT_OPTS_INIT. */
+typedef struct qcow2_convert_opts {
+    unsigned version;           /**< QCOW2_CONVERT_OPTS_VERSION */
+    qcow2_format format;        /**< output format (QCOW2_FORMAT_RAW for now) */
+    uint64_t min_sparse;        /**< zero runs at least this long stay holes; 0 = write every byte */
+    qcow2_progress_fn progress; /**< progress callback, or NULL */
+    void *payload;              /**< passed to progress */
+} qcow2_convert_opts;
+
+#define QCOW2_CONVERT_OPTS_INIT {QCOW2_CONVERT_OPTS_VERSION, QCOW2_FORMAT_RAW, 4096, NULL, NULL}
+
+/**
+ * Flatten the guest content of src (the whole chain) into a new file at
+ * dst_path (replaced if it exists). Raw output is sparse: zero runs of at
+ * least min_sparse bytes are left as holes.
+ * @return 0, QCOW2_EUNSUPPORTED (output format), QCOW2_EIO, QCOW2_ENOSPC
+ */
+QCOW2_API int qcow2_image_convert(qcow2_image *src, const char *dst_path,
+                                  const qcow2_convert_opts *opts);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QCOW2_QCOW2_H */

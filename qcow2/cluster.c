@@ -1,0 +1,311 @@
+/*
+ * Cluster mapping within one qcow2 layer: the L2 table cache and the
+ * classification of guest ranges into runs (data, zero, unallocated,
+ * compressed), validating every L1 and L2 entry on the way. read.c builds
+ * chain reads and block status on top of qcow2__layer_extent(); the writer
+ * will use the same cache.
+ *
+ * The cache is set-associative: a table's host offset picks a set of up to
+ * CACHE_WAYS slots, replaced least recently used first. Slot buffers are
+ * allocated on first use, so the memory used is bounded by the budget and
+ * by what has been touched, never by the virtual size.
+ */
+#include <inttypes.h>
+
+#include "qcow2_int.h"
+
+#define CACHE_WAYS 8u
+
+int qcow2__l2_cache_init(qcow2_image *img)
+{
+    uint64_t budget = img->opts.cache_bytes ? img->opts.cache_bytes : QCOW2_DEFAULT_CACHE_BYTES;
+    uint64_t slots = budget / img->cluster_size;
+
+    /* At least two tables, so a copy between neighbours does not thrash. */
+    slots = qcow2__max(slots, 2);
+    slots = qcow2__min(slots, 1u << 16);
+    if (slots > CACHE_WAYS)
+        slots -= slots % CACHE_WAYS;
+    img->l2_cache = qcow2__calloc((size_t)slots, sizeof(*img->l2_cache));
+    if (!img->l2_cache)
+        return qcow2__nomem();
+    img->l2_nb_slots = (uint32_t)slots;
+    return 0;
+}
+
+void qcow2__l2_cache_free(qcow2_image *img)
+{
+    for (uint32_t i = 0; i < img->l2_nb_slots; i++)
+        qcow2__free(img->l2_cache[i].data);
+    qcow2__free(img->l2_cache);
+    img->l2_cache = NULL;
+    img->l2_nb_slots = 0;
+}
+
+static uint32_t cache_set_first(const qcow2_image *img, uint64_t l2_off)
+{
+    uint32_t ways = (uint32_t)qcow2__min(CACHE_WAYS, img->l2_nb_slots);
+    uint32_t nb_sets = img->l2_nb_slots / ways;
+    uint64_t h = (l2_off >> img->cluster_bits) * 0x9e3779b97f4a7c15ull;
+
+    return (uint32_t)((h >> 32) % nb_sets) * ways;
+}
+
+int qcow2__l2_load(qcow2_image *img, uint64_t l2_off, const uint8_t **table_out)
+{
+    struct qcow2__l2_slot *slot = &img->l2_cache[img->l2_last];
+    uint32_t ways, first, victim;
+    int rc;
+
+    if (slot->l2_off == l2_off && slot->data) {
+        slot->used = ++img->l2_tick;
+        *table_out = slot->data;
+        return 0;
+    }
+    ways = (uint32_t)qcow2__min(CACHE_WAYS, img->l2_nb_slots);
+    first = cache_set_first(img, l2_off);
+    victim = first;
+    for (uint32_t i = first; i < first + ways; i++) {
+        slot = &img->l2_cache[i];
+        if (slot->l2_off == l2_off && slot->data) {
+            slot->used = ++img->l2_tick;
+            img->l2_last = i;
+            *table_out = slot->data;
+            return 0;
+        }
+        if (slot->used < img->l2_cache[victim].used)
+            victim = i;
+    }
+    slot = &img->l2_cache[victim];
+    assert(!slot->dirty);
+    if (!slot->data) {
+        slot->data = qcow2__malloc((size_t)img->cluster_size);
+        if (!slot->data)
+            return qcow2__nomem();
+    }
+    slot->l2_off = 0;
+    rc = qcow2__io_read(img->io, img->name, slot->data, (size_t)img->cluster_size, l2_off);
+    if (rc)
+        return rc;
+    slot->l2_off = l2_off;
+    slot->used = ++img->l2_tick;
+    img->l2_last = victim;
+    *table_out = slot->data;
+    return 0;
+}
+
+/* Validate the L2 table offset from L1 entry l1_idx. */
+static int check_l2_offset(qcow2_image *img, uint64_t l1_idx, uint64_t l2_off)
+{
+    if (l2_off & (img->cluster_size - 1))
+        return qcow2__corrupt(img,
+                              "L2 table offset 0x%" PRIx64 " in L1 entry %" PRIu64
+                              " is not aligned to a cluster",
+                              l2_off, l1_idx);
+    if (l2_off < img->cluster_size)
+        return qcow2__corrupt(img, "L2 table offset 0x%" PRIx64 " in L1 entry %" PRIu64
+                                   " overlaps the header",
+                              l2_off, l1_idx);
+    if (!qcow2__in_range(l2_off, img->cluster_size, img->file_size))
+        return qcow2__corrupt(img,
+                              "L2 table at 0x%" PRIx64 " (L1 entry %" PRIu64
+                              ") lies beyond the end of the file",
+                              l2_off, l1_idx);
+    return 0;
+}
+
+/* One cluster's or subcluster's classification. */
+struct unit {
+    enum qcow2__run kind;
+    uint64_t host_off; /* DATA: host offset of this unit; COMPRESSED: the L2 entry */
+    bool has_off;      /* an allocated host cluster backs this unit */
+};
+
+/*
+ * Classify guest unit (cluster, or subcluster with extended L2) number sc
+ * within the cluster described by entry e (+ bitmap bm).
+ */
+static int classify(qcow2_image *img, uint64_t e, uint64_t bm, unsigned sc, uint64_t l2_off,
+                    uint64_t l2_idx, struct unit *u)
+{
+    uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
+
+    if (e & QCOW2_OFLAG_COMPRESSED) {
+        uint64_t coff = e & img->coff_mask;
+        if (coff > QCOW2_MAX_HOST_OFFSET || coff >= img->file_size)
+            return qcow2__corrupt(img,
+                                  "compressed cluster at 0x%" PRIx64 " (L2 table 0x%" PRIx64
+                                  " entry %" PRIu64 ") lies beyond the end of the file",
+                                  coff, l2_off, l2_idx);
+        u->kind = QCOW2__RUN_COMPRESSED;
+        u->host_off = e;
+        u->has_off = false;
+        return 0;
+    }
+    if (host && (host & (img->cluster_size - 1)))
+        return qcow2__corrupt(img,
+                              "cluster offset 0x%" PRIx64 " (L2 table 0x%" PRIx64
+                              " entry %" PRIu64 ") is not aligned to a cluster",
+                              host, l2_off, l2_idx);
+    if (host && (host < img->cluster_size || !qcow2__in_range(host, img->cluster_size,
+                                                                  img->file_size)))
+        return qcow2__corrupt(img,
+                              "cluster offset 0x%" PRIx64 " (L2 table 0x%" PRIx64
+                              " entry %" PRIu64 ") lies outside the file's data area",
+                              host, l2_off, l2_idx);
+    u->has_off = host != 0;
+    if (img->extl2) {
+        uint32_t alloc = (uint32_t)bm, zero = (uint32_t)(bm >> 32);
+        if (alloc & zero)
+            return qcow2__corrupt(img,
+                                  "extended L2 entry %" PRIu64 " of table 0x%" PRIx64
+                                  " marks subclusters both allocated and zero (bitmap 0x%016" PRIx64
+                                  ")",
+                                  l2_idx, l2_off, bm);
+        if (!host && alloc)
+            return qcow2__corrupt(img,
+                                  "extended L2 entry %" PRIu64 " of table 0x%" PRIx64
+                                  " marks subclusters allocated in an unallocated cluster",
+                                  l2_idx, l2_off);
+        if (alloc & (1u << sc)) {
+            u->kind = QCOW2__RUN_DATA;
+            u->host_off = host + ((uint64_t)sc << img->sc_bits);
+        } else if (zero & (1u << sc)) {
+            u->kind = QCOW2__RUN_ZERO;
+            u->host_off = host + ((uint64_t)sc << img->sc_bits);
+        } else {
+            u->kind = QCOW2__RUN_UNALLOC;
+            u->host_off = host + ((uint64_t)sc << img->sc_bits);
+        }
+        return 0;
+    }
+    if (e & QCOW2_OFLAG_ZERO) {
+        if (img->hdr.version < 3)
+            return qcow2__corrupt(img,
+                                  "zero cluster in a version 2 image (L2 table 0x%" PRIx64
+                                  " entry %" PRIu64 ")",
+                                  l2_off, l2_idx);
+        u->kind = QCOW2__RUN_ZERO;
+        u->host_off = host;
+        return 0;
+    }
+    u->kind = host ? QCOW2__RUN_DATA : QCOW2__RUN_UNALLOC;
+    u->host_off = host;
+    return 0;
+}
+
+int qcow2__layer_extent(qcow2_image *img, uint64_t guest_off, uint64_t len, struct qcow2__lrun *out)
+{
+    uint64_t unit_size = 1ull << img->sc_bits;
+    uint64_t l2_cover = 1ull << (img->cluster_bits + img->l2_bits);
+    uint64_t l1_idx = guest_off >> (img->cluster_bits + img->l2_bits);
+    uint64_t l2_idx = (guest_off >> img->cluster_bits) & (img->l2_entries - 1);
+    uint64_t limit, pos, l1e, l2_off;
+    const uint8_t *table;
+    struct unit first, u;
+    unsigned sc;
+    int rc;
+
+    assert(len > 0 && guest_off < img->size);
+    /* A run never crosses an L2 table's coverage or the virtual size. */
+    limit = qcow2__min(len, l2_cover - (guest_off & (l2_cover - 1)));
+    limit = qcow2__min(limit, img->size - guest_off);
+
+    l1e = l1_idx < img->hdr.l1_size ? img->l1[l1_idx] : 0;
+    l2_off = l1e & QCOW2_L1E_OFFSET_MASK;
+    if (!l2_off) {
+        out->kind = QCOW2__RUN_UNALLOC;
+        out->len = limit;
+        out->host_off = 0;
+        out->has_off = false;
+        return 0;
+    }
+    rc = check_l2_offset(img, l1_idx, l2_off);
+    if (rc)
+        return rc;
+    rc = qcow2__l2_load(img, l2_off, &table);
+    if (rc)
+        return rc;
+
+    /* Walk units (subclusters or clusters) while the kind stays the same. */
+    pos = guest_off;
+    sc = (unsigned)((guest_off >> img->sc_bits) & (img->extl2 ? 31 : 0));
+    {
+        const uint8_t *p = table + l2_idx * img->l2e_bytes;
+        uint64_t e = qcow2__be64(p), bm = img->extl2 ? qcow2__be64(p + 8) : 0;
+        rc = classify(img, e, bm, sc, l2_off, l2_idx, &first);
+        if (rc)
+            return rc;
+    }
+    out->kind = first.kind;
+    out->has_off = first.has_off;
+    if (first.kind == QCOW2__RUN_DATA)
+        out->host_off = first.host_off + (guest_off & (unit_size - 1));
+    else
+        out->host_off = first.host_off;
+    if (first.kind == QCOW2__RUN_COMPRESSED) {
+        /* One compressed cluster at a time: neighbours are not contiguous. */
+        out->len = qcow2__min(limit, img->cluster_size - (guest_off & (img->cluster_size - 1)));
+        return 0;
+    }
+    {
+        uint64_t expect_host = first.host_off;
+        uint64_t end = guest_off + limit;
+
+        pos = (guest_off | (unit_size - 1)) + 1;
+        while (pos < end) {
+            uint64_t idx = (pos >> img->cluster_bits) & (img->l2_entries - 1);
+            const uint8_t *p = table + idx * img->l2e_bytes;
+            uint64_t e = qcow2__be64(p), bm = img->extl2 ? qcow2__be64(p + 8) : 0;
+
+            sc = (unsigned)((pos >> img->sc_bits) & (img->extl2 ? 31 : 0));
+            rc = classify(img, e, bm, sc, l2_off, idx, &u);
+            if (rc)
+                return rc;
+            if (u.kind != first.kind || u.has_off != first.has_off)
+                break;
+            expect_host += unit_size;
+            if ((u.kind == QCOW2__RUN_DATA || u.has_off) && u.host_off != expect_host)
+                break;
+            pos += unit_size;
+        }
+        out->len = qcow2__min(pos, end) - guest_off;
+    }
+    return 0;
+}
+
+int qcow2__read_compressed(qcow2_image *img, uint64_t l2e, uint64_t in_off, void *buf, size_t len)
+{
+    uint64_t coff = l2e & img->coff_mask;
+    uint64_t nb_sectors = ((l2e >> img->csize_shift) & img->csize_mask) + 1;
+    uint64_t csize = nb_sectors * QCOW2_COMPRESSED_SECTOR - (coff & (QCOW2_COMPRESSED_SECTOR - 1));
+    uint64_t avail;
+    int rc;
+
+    assert(in_off + len <= img->cluster_size);
+    if (img->dbuf_host_off != l2e) {
+        if (!img->dbuf) {
+            img->dbuf = qcow2__malloc((size_t)img->cluster_size);
+            img->cbuf = qcow2__malloc((size_t)img->cluster_size * 2);
+            if (!img->dbuf || !img->cbuf)
+                return qcow2__nomem();
+        }
+        /* The descriptor can claim up to two clusters; the file may end sooner. */
+        csize = qcow2__min(csize, img->cluster_size * 2);
+        avail = qcow2__min(csize, img->file_size - coff);
+        img->dbuf_host_off = UINT64_MAX;
+        rc = qcow2__io_read(img->io, img->name, img->cbuf, (size_t)avail, coff);
+        if (rc)
+            return rc;
+        rc = qcow2__decompress(img->hdr.compression_type, img->dbuf, (size_t)img->cluster_size,
+                               img->cbuf, (size_t)avail);
+        if (rc)
+            return qcow2__corrupt(img,
+                                  "compressed cluster at 0x%" PRIx64 " (%" PRIu64
+                                  " bytes) does not decompress",
+                                  coff, csize);
+        img->dbuf_host_off = l2e;
+    }
+    memcpy(buf, img->dbuf + in_off, len);
+    return 0;
+}

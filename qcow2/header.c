@@ -1,0 +1,400 @@
+/*
+ * The qcow2 header and its extensions: turns the bytes of cluster 0 into the
+ * native struct qcow2__hdr and the image's extension fields, checking every
+ * value before anything else uses it. image.c calls this at open; the writer
+ * will serialize from the same native fields.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+
+#include "qcow2_int.h"
+
+const char *qcow2__feature_name(const qcow2_image *img, unsigned type, unsigned bit)
+{
+    for (uint32_t i = 0; i < img->nb_features; i++) {
+        if (img->features[i].type == type && img->features[i].bit == bit)
+            return img->features[i].name;
+    }
+    return NULL;
+}
+
+/* A one-line description of unknown incompatible bits, naming them when the table can. */
+static int refuse_unknown_incompat(qcow2_image *img, uint64_t unknown)
+{
+    char list[256];
+    size_t n = 0;
+
+    list[0] = '\0';
+    for (unsigned bit = 0; bit < 64 && n < sizeof(list) - 1; bit++) {
+        const char *fname;
+        int w;
+
+        if (!(unknown & (1ull << bit)))
+            continue;
+        fname = qcow2__feature_name(img, 0, bit);
+        if (fname && fname[0])
+            w = snprintf(list + n, sizeof(list) - n, "%s'%s' (bit %u)", n ? ", " : "", fname, bit);
+        else
+            w = snprintf(list + n, sizeof(list) - n, "%sbit %u", n ? ", " : "", bit);
+        if (w < 0)
+            break;
+        n = qcow2__min(n + (size_t)w, sizeof(list) - 1);
+    }
+    return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
+                      "unsupported incompatible feature: %s", list);
+}
+
+static int parse_feature_table(qcow2_image *img, const uint8_t *p, uint32_t len)
+{
+    uint32_t n = len / QCOW2_FEATURE_ENTRY_LEN;
+
+    if (img->features)
+        return qcow2__corrupt(img, "header extension 'feature name table' appears twice");
+    img->features = qcow2__calloc(n, sizeof(*img->features));
+    if (!img->features)
+        return qcow2__nomem();
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *e = p + (size_t)i * QCOW2_FEATURE_ENTRY_LEN;
+        struct qcow2__feature *f = &img->features[i];
+
+        f->type = e[0];
+        f->bit = e[1];
+        memcpy(f->name, e + 2, 46);
+        f->name[46] = '\0';
+        /* Keep messages one printable line whatever the file says. */
+        for (char *c = f->name; *c; c++) {
+            if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f)
+                *c = '?';
+        }
+    }
+    img->nb_features = n;
+    return 0;
+}
+
+static int keep_unknown_ext(qcow2_image *img, uint32_t type, const uint8_t *p, uint32_t len)
+{
+    struct qcow2__ext *exts;
+    struct qcow2__ext *e;
+
+    exts = qcow2__realloc(img->exts, (img->nb_exts + 1) * sizeof(*exts));
+    if (!exts)
+        return qcow2__nomem();
+    img->exts = exts;
+    e = &exts[img->nb_exts];
+    e->type = type;
+    e->len = len;
+    e->data = qcow2__malloc(len);
+    if (!e->data)
+        return qcow2__nomem();
+    memcpy(e->data, p, len);
+    img->nb_exts++;
+    return 0;
+}
+
+/* A string extension: no NUL on disk; refuse embedded NULs so names stay names. */
+static int ext_string(qcow2_image *img, const char *what, const uint8_t *p, uint32_t len,
+                      char **out)
+{
+    if (*out)
+        return qcow2__corrupt(img, "header extension '%s' appears twice", what);
+    if (memchr(p, '\0', len))
+        return qcow2__corrupt(img, "header extension '%s' contains a NUL byte", what);
+    *out = qcow2__strndup((const char *)p, len);
+    return *out ? 0 : qcow2__nomem();
+}
+
+/*
+ * Walk the extension list from header_len to end (the backing name or the
+ * end of cluster 0). Each entry must fit entirely before end.
+ */
+static int parse_extensions(qcow2_image *img, const uint8_t *buf, uint64_t start, uint64_t end)
+{
+    uint64_t off = start;
+    char *data_file = NULL;
+    int rc = 0;
+
+    for (unsigned count = 0;; count++) {
+        uint32_t type, len;
+        uint64_t padded;
+        const uint8_t *p;
+
+        if (off + 8 > end) {
+            /* qemu accepts a header that ends without the end marker when no room is left. */
+            break;
+        }
+        type = qcow2__be32(buf + off);
+        len = qcow2__be32(buf + off + 4);
+        if (type == QCOW2_EXT_END)
+            break;
+        if (count >= QCOW2_MAX_EXTENSIONS) {
+            rc = qcow2__corrupt(img, "more than %u header extensions", QCOW2_MAX_EXTENSIONS);
+            goto out;
+        }
+        off += 8;
+        if (len > end - off) {
+            rc = qcow2__corrupt(img,
+                                "header extension 0x%08" PRIx32 " at 0x%" PRIx64
+                                ": length %" PRIu32 " runs past the end of the header area",
+                                type, off - 8, len);
+            goto out;
+        }
+        p = buf + off;
+        switch (type) {
+        case QCOW2_EXT_BACKING_FORMAT:
+            rc = ext_string(img, "backing format", p, len, &img->backing_fmt);
+            break;
+        case QCOW2_EXT_FEATURE_TABLE:
+            rc = parse_feature_table(img, p, len);
+            break;
+        case QCOW2_EXT_BITMAPS:
+            if (img->bitmaps_ext) {
+                rc = qcow2__corrupt(img, "header extension 'bitmaps' appears twice");
+                break;
+            }
+            if (len < 24) {
+                rc = qcow2__corrupt(img, "bitmaps extension is %" PRIu32 " bytes, expected 24",
+                                    len);
+                break;
+            }
+            img->bitmaps_ext = qcow2__malloc(len);
+            if (!img->bitmaps_ext) {
+                rc = qcow2__nomem();
+                break;
+            }
+            memcpy(img->bitmaps_ext, p, len);
+            img->bitmaps_ext_len = len;
+            img->nb_bitmaps = qcow2__be32(p);
+            break;
+        case QCOW2_EXT_DATA_FILE:
+            rc = ext_string(img, "external data file", p, len, &data_file);
+            break;
+        default:
+            rc = keep_unknown_ext(img, type, p, len);
+            break;
+        }
+        if (rc)
+            goto out;
+        padded = qcow2__align_up(len, 8);
+        off += qcow2__min(padded, end - off);
+    }
+    img->ext_end = off;
+out:
+    qcow2__free(data_file);
+    return rc;
+}
+
+static const char *crypt_name(uint32_t method)
+{
+    return method == 1 ? "AES" : method == 2 ? "LUKS" : "unknown";
+}
+
+/* [a, a+alen) and [b, b+blen) overlap; both are known not to overflow. */
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+    return alen && blen && a < b + blen && b < a + alen;
+}
+
+static int check_table(qcow2_image *img, const char *what, uint64_t off, uint64_t len)
+{
+    if (off & (img->cluster_size - 1))
+        return qcow2__corrupt(img, "%s offset 0x%" PRIx64 " is not aligned to a cluster", what,
+                              off);
+    if (len && off == 0)
+        return qcow2__corrupt(img, "%s at offset 0 overlaps the header", what);
+    if (len && !qcow2__in_range(off, len, img->file_size))
+        return qcow2__corrupt(img,
+                              "%s at 0x%" PRIx64 " (%" PRIu64 " bytes) lies beyond the end of the "
+                              "file (%" PRIu64 " bytes)",
+                              what, off, len, img->file_size);
+    return 0;
+}
+
+int qcow2__header_parse(qcow2_image *img, const uint8_t *buf, size_t buf_len)
+{
+    struct qcow2__hdr *h = &img->hdr;
+    uint64_t ext_area_end, l1_bytes, rt_bytes, l1_need, per_l1;
+    int rc;
+
+    if (buf_len < QCOW2_V2_HEADER_LEN)
+        return qcow2__corrupt(img, "file is too short for a qcow2 header (%zu bytes)", buf_len);
+    if (qcow2__be32(buf) != QCOW2_MAGIC)
+        return qcow2__corrupt(img, "bad magic: not a qcow2 image");
+    h->version = qcow2__be32(buf + 4);
+    if (h->version != 2 && h->version != 3)
+        return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name, "unsupported qcow2 version %" PRIu32,
+                          h->version);
+    h->backing_off = qcow2__be64(buf + 8);
+    h->backing_len = qcow2__be32(buf + 16);
+    h->cluster_bits = qcow2__be32(buf + 20);
+    h->size = qcow2__be64(buf + 24);
+    h->crypt_method = qcow2__be32(buf + 32);
+    h->l1_size = qcow2__be32(buf + 36);
+    h->l1_off = qcow2__be64(buf + 40);
+    h->rt_off = qcow2__be64(buf + 48);
+    h->rt_clusters = qcow2__be32(buf + 56);
+    h->nb_snapshots = qcow2__be32(buf + 60);
+    h->snap_off = qcow2__be64(buf + 64);
+
+    if (h->cluster_bits < QCOW2_MIN_CLUSTER_BITS || h->cluster_bits > QCOW2_MAX_CLUSTER_BITS)
+        return qcow2__corrupt(img, "cluster_bits %" PRIu32 " is outside 9..21", h->cluster_bits);
+    img->cluster_bits = h->cluster_bits;
+    img->cluster_size = 1ull << h->cluster_bits;
+
+    if (h->version == 2) {
+        h->header_len = QCOW2_V2_HEADER_LEN;
+        h->refcount_order = 4;
+    } else {
+        if (buf_len < QCOW2_V3_HEADER_MIN)
+            return qcow2__corrupt(img, "file is too short for a qcow2 v3 header");
+        h->incompat = qcow2__be64(buf + 72);
+        h->compat = qcow2__be64(buf + 80);
+        h->autoclear = qcow2__be64(buf + 88);
+        h->refcount_order = qcow2__be32(buf + 96);
+        h->header_len = qcow2__be32(buf + 100);
+        if (h->header_len < QCOW2_V3_HEADER_MIN || (h->header_len & 7))
+            return qcow2__corrupt(img,
+                                  "header_length %" PRIu32 " is invalid (at least 104, a multiple "
+                                  "of 8)",
+                                  h->header_len);
+        if (h->header_len > img->cluster_size || h->header_len > buf_len)
+            return qcow2__corrupt(img, "header_length %" PRIu32 " exceeds the header cluster",
+                                  h->header_len);
+        if (h->header_len > 104)
+            h->compression_type = buf[104];
+        if (h->header_len > QCOW2_V3_HEADER_LEN) {
+            h->tail_len = h->header_len - QCOW2_V3_HEADER_LEN;
+            h->tail = qcow2__malloc(h->tail_len);
+            if (!h->tail)
+                return qcow2__nomem();
+            memcpy(h->tail, buf + QCOW2_V3_HEADER_LEN, h->tail_len);
+        }
+    }
+    if (h->refcount_order > QCOW2_MAX_REFCOUNT_ORDER)
+        return qcow2__corrupt(img, "refcount_order %" PRIu32 " is above 6 (64-bit refcounts)",
+                              h->refcount_order);
+    img->refcount_bits = 1u << h->refcount_order;
+
+    /* Extensions end where the backing name starts, or at the end of cluster 0. */
+    ext_area_end = qcow2__min(img->cluster_size, buf_len);
+    if (h->backing_off) {
+        if (h->backing_len > QCOW2_MAX_BACKING_NAME)
+            return qcow2__corrupt(img, "backing file name is %" PRIu32 " bytes (at most 1023)",
+                                  h->backing_len);
+        if (h->backing_off < h->header_len ||
+            !qcow2__in_range(h->backing_off, h->backing_len, ext_area_end))
+            return qcow2__corrupt(img,
+                                  "backing file name at 0x%" PRIx64 " (%" PRIu32
+                                  " bytes) lies outside the header cluster",
+                                  h->backing_off, h->backing_len);
+        ext_area_end = h->backing_off;
+    }
+    rc = parse_extensions(img, buf, h->header_len, ext_area_end);
+    if (rc)
+        return rc;
+
+    if (h->incompat & ~QCOW2_INCOMPAT_KNOWN_MASK)
+        return refuse_unknown_incompat(img, h->incompat & ~QCOW2_INCOMPAT_KNOWN_MASK);
+    if (h->crypt_method)
+        return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
+                          "encrypted images (%s, crypt_method %" PRIu32 ") are not supported",
+                          crypt_name(h->crypt_method), h->crypt_method);
+    if (h->incompat & QCOW2_INCOMPAT_DATA_FILE)
+        return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
+                          "images with an external data file are not supported");
+    if (h->incompat & QCOW2_INCOMPAT_COMPRESSION) {
+        if (h->header_len <= 104)
+            return qcow2__corrupt(img, "compression type bit is set but the header has no "
+                                       "compression_type field");
+        if (h->compression_type == QCOW2_COMPRESSION_ZLIB)
+            return qcow2__corrupt(img, "compression type bit is set but compression_type is "
+                                       "zlib (0)");
+    } else if (h->compression_type != QCOW2_COMPRESSION_ZLIB) {
+        return qcow2__corrupt(img, "compression_type is %u but the compression type bit is not "
+                                   "set",
+                              h->compression_type);
+    }
+    if (h->compression_type > QCOW2_COMPRESSION_ZSTD)
+        return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
+                          "unsupported compression type %u", h->compression_type);
+
+    if (h->backing_off) {
+        const char *name = (const char *)buf + h->backing_off;
+
+        if (memchr(name, '\0', h->backing_len))
+            return qcow2__corrupt(img, "backing file name contains a NUL byte");
+        img->backing_name = qcow2__strndup(name, h->backing_len);
+        if (!img->backing_name)
+            return qcow2__nomem();
+    }
+
+    if (h->size > QCOW2_MAX_VIRTUAL_SIZE)
+        return qcow2__corrupt(img, "virtual size %" PRIu64 " is too large", h->size);
+    img->size = h->size;
+
+    /* Geometry. */
+    img->extl2 = (h->incompat & QCOW2_INCOMPAT_EXTL2) != 0;
+    img->l2e_bytes = img->extl2 ? 16 : 8;
+    img->l2_bits = img->cluster_bits - (img->extl2 ? 4 : 3);
+    img->l2_entries = 1ull << img->l2_bits;
+    img->sc_bits = img->extl2 ? img->cluster_bits - 5 : img->cluster_bits;
+    img->csize_shift = 62 - (img->cluster_bits - 8);
+    img->csize_mask = (1ull << (img->cluster_bits - 8)) - 1;
+    img->coff_mask = (1ull << img->csize_shift) - 1;
+
+    /* Tables: sizes within the caps, aligned, inside the file, not overlapping. */
+    l1_bytes = (uint64_t)h->l1_size * 8;
+    if (l1_bytes > QCOW2_MAX_L1_BYTES)
+        return qcow2__corrupt(img, "L1 table has %" PRIu32 " entries (at most %llu)", h->l1_size,
+                              QCOW2_MAX_L1_BYTES / 8);
+    per_l1 = 1ull << (img->cluster_bits + img->l2_bits);
+    l1_need = h->size / per_l1 + (h->size % per_l1 != 0);
+    if (h->l1_size < l1_need)
+        return qcow2__corrupt(img,
+                              "L1 table has %" PRIu32 " entries, too few for the virtual size "
+                              "(needs %" PRIu64 ")",
+                              h->l1_size, l1_need);
+    rc = check_table(img, "L1 table", h->l1_off, l1_bytes);
+    if (rc)
+        return rc;
+    if (!qcow2__mul_overflow(h->rt_clusters, img->cluster_size, &rt_bytes) &&
+        rt_bytes > QCOW2_MAX_REFTABLE_BYTES)
+        return qcow2__corrupt(img, "refcount table is %" PRIu32 " clusters (at most %llu bytes)",
+                              h->rt_clusters, QCOW2_MAX_REFTABLE_BYTES);
+    if (h->rt_clusters == 0)
+        return qcow2__corrupt(img, "refcount table is empty");
+    rc = check_table(img, "refcount table", h->rt_off, rt_bytes);
+    if (rc)
+        return rc;
+    if (ranges_overlap(h->l1_off, l1_bytes, h->rt_off, rt_bytes))
+        return qcow2__corrupt(img,
+                              "L1 table at 0x%" PRIx64 " overlaps the refcount table at 0x%" PRIx64,
+                              h->l1_off, h->rt_off);
+    if (h->nb_snapshots) {
+        rc = check_table(img, "snapshot table", h->snap_off, 0);
+        if (rc)
+            return rc;
+        if (h->snap_off == 0 || h->snap_off >= img->file_size)
+            return qcow2__corrupt(img, "snapshot table at 0x%" PRIx64 " lies outside the file",
+                                  h->snap_off);
+    }
+    return 0;
+}
+
+void qcow2__header_free(qcow2_image *img)
+{
+    qcow2__free(img->hdr.tail);
+    img->hdr.tail = NULL;
+    qcow2__free(img->features);
+    img->features = NULL;
+    for (uint32_t i = 0; i < img->nb_exts; i++)
+        qcow2__free(img->exts[i].data);
+    qcow2__free(img->exts);
+    img->exts = NULL;
+    img->nb_exts = 0;
+    qcow2__free(img->bitmaps_ext);
+    img->bitmaps_ext = NULL;
+    qcow2__free(img->backing_name);
+    img->backing_name = NULL;
+    qcow2__free(img->backing_fmt);
+    img->backing_fmt = NULL;
+}

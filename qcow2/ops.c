@@ -1,0 +1,274 @@
+/*
+ * Whole-image operations over the public read API: digest, compare and
+ * convert (flatten to raw). They walk qcow2_image_block_status() so zero and
+ * unallocated ranges are never read byte by byte, and read data in large
+ * batches.
+ */
+#include <errno.h>
+#include <inttypes.h>
+
+#include "qcow2_int.h"
+
+#define OPS_CHUNK (2u << 20) /* bytes read or compared per step */
+
+/* Whether a guest run reads as zeroes (no layer holds data for it). */
+static bool ext_is_zero(const qcow2_extent *e)
+{
+    return (e->flags & QCOW2_EXT_ZERO) != 0;
+}
+
+int qcow2_image_digest(qcow2_image *img, uint8_t digest_out[16], qcow2_progress_fn progress,
+                       void *payload)
+{
+    qcow2__hash *h = NULL;
+    uint8_t *buf = NULL;
+    uint64_t off = 0;
+    int rc;
+
+    rc = qcow2__hash_new(&h);
+    if (rc)
+        return rc;
+    buf = qcow2__malloc(OPS_CHUNK);
+    if (!buf) {
+        rc = qcow2__nomem();
+        goto out;
+    }
+    while (off < img->size) {
+        qcow2_extent e;
+
+        rc = qcow2_image_block_status(img, NULL, off, qcow2__min(img->size - off, 1ull << 40), &e);
+        if (rc)
+            goto out;
+        if (ext_is_zero(&e)) {
+            qcow2__hash_zeroes(h, e.length);
+        } else {
+            for (uint64_t done = 0; done < e.length;) {
+                size_t n = (size_t)qcow2__min(e.length - done, OPS_CHUNK);
+                rc = qcow2_image_read(img, buf, n, off + done);
+                if (rc)
+                    goto out;
+                qcow2__hash_update(h, buf, n);
+                done += n;
+            }
+        }
+        off += e.length;
+        if (progress)
+            progress(off, img->size, payload);
+    }
+    qcow2__hash_final(h, digest_out);
+out:
+    qcow2__free(buf);
+    qcow2__hash_free(h);
+    return rc;
+}
+
+/* Index of the first differing 512-byte sector start, in bytes, or len when equal. */
+static uint64_t first_mismatch(const uint8_t *a, const uint8_t *b, uint64_t len)
+{
+    for (uint64_t i = 0; i < len; i += 512) {
+        size_t n = (size_t)qcow2__min(512, len - i);
+        if (memcmp(a + i, b + i, n) != 0)
+            return i;
+    }
+    return len;
+}
+
+static uint64_t first_nonzero(const uint8_t *a, uint64_t len)
+{
+    for (uint64_t i = 0; i < len; i += 512) {
+        size_t n = (size_t)qcow2__min(512, len - i);
+        for (size_t j = 0; j < n; j++) {
+            if (a[i + j])
+                return i;
+        }
+    }
+    return len;
+}
+
+/* Read [off, off+n) of img into buf, or zero-fill when the chain says zero. */
+static int read_or_zero(qcow2_image *img, uint8_t *buf, uint64_t n, uint64_t off, bool zero)
+{
+    if (zero) {
+        memset(buf, 0, (size_t)n);
+        return 0;
+    }
+    return qcow2_image_read(img, buf, (size_t)n, off);
+}
+
+/* The tail of the larger image must read as zeroes; *mismatch set when it does not. */
+static int check_tail_zero(qcow2_image *img, uint64_t from, uint8_t *buf, uint64_t *mismatch)
+{
+    uint64_t off = from;
+    int rc;
+
+    while (off < img->size) {
+        qcow2_extent e;
+        uint64_t n;
+
+        rc = qcow2_image_block_status(img, NULL, off, qcow2__min(img->size - off, OPS_CHUNK), &e);
+        if (rc)
+            return rc;
+        n = e.length;
+        if (!ext_is_zero(&e)) {
+            uint64_t at;
+            rc = qcow2_image_read(img, buf, (size_t)n, off);
+            if (rc)
+                return rc;
+            at = first_nonzero(buf, n);
+            if (at < n) {
+                *mismatch = off + at;
+                return 1;
+            }
+        }
+        off += n;
+    }
+    return 0;
+}
+
+int qcow2_image_compare(qcow2_image *a, qcow2_image *b, bool strict, uint64_t *mismatch_off_out,
+                        qcow2_progress_fn progress, void *payload)
+{
+    uint64_t common = qcow2__min(a->size, b->size);
+    uint64_t total = qcow2__max(a->size, b->size);
+    uint64_t off = 0, mismatch = 0;
+    uint8_t *ba = NULL, *bb = NULL;
+    int rc = 0;
+
+    if (mismatch_off_out)
+        *mismatch_off_out = 0;
+    if (strict && a->size != b->size) {
+        if (mismatch_off_out)
+            *mismatch_off_out = common;
+        return 1;
+    }
+    ba = qcow2__malloc(OPS_CHUNK);
+    bb = qcow2__malloc(OPS_CHUNK);
+    if (!ba || !bb) {
+        rc = qcow2__nomem();
+        goto out;
+    }
+    while (off < common) {
+        qcow2_extent ea, eb;
+        uint64_t n, at;
+
+        rc = qcow2_image_block_status(a, NULL, off, qcow2__min(common - off, OPS_CHUNK), &ea);
+        if (rc)
+            goto out;
+        rc = qcow2_image_block_status(b, NULL, off, ea.length, &eb);
+        if (rc)
+            goto out;
+        n = eb.length;
+        if (!(ext_is_zero(&ea) && ext_is_zero(&eb))) {
+            rc = read_or_zero(a, ba, n, off, ext_is_zero(&ea));
+            if (rc)
+                goto out;
+            rc = read_or_zero(b, bb, n, off, ext_is_zero(&eb));
+            if (rc)
+                goto out;
+            at = first_mismatch(ba, bb, n);
+            if (at < n) {
+                mismatch = off + at;
+                rc = 1;
+                goto out;
+            }
+        }
+        off += n;
+        if (progress)
+            progress(off, total, payload);
+    }
+    if (a->size != b->size) {
+        rc = check_tail_zero(a->size > b->size ? a : b, common, ba, &mismatch);
+        if (rc)
+            goto out;
+    }
+    if (progress)
+        progress(total, total, payload);
+out:
+    if (rc == 1 && mismatch_off_out)
+        *mismatch_off_out = mismatch;
+    qcow2__free(ba);
+    qcow2__free(bb);
+    return rc;
+}
+
+/* Write buf[0..n) at off, leaving aligned zero runs of at least min_sparse as holes. */
+static int write_sparse(qcow2_io *io, const char *name, const uint8_t *buf, uint64_t n,
+                        uint64_t off, uint64_t min_sparse)
+{
+    const uint64_t blk = 4096;
+    uint64_t i = 0, data_start = 0;
+    int rc;
+
+    if (!min_sparse)
+        return qcow2__io_write(io, name, buf, (size_t)n, off);
+    while (i < n) {
+        uint64_t z = i;
+        /* Length of the zero run starting at i, in whole blocks (or up to n). */
+        while (z < n) {
+            uint64_t bl = qcow2__min(blk, n - z);
+            if (first_nonzero(buf + z, bl) < bl)
+                break;
+            z += bl;
+        }
+        if (z - i >= min_sparse || (z == n && z > i && z - i >= qcow2__min(min_sparse, n))) {
+            rc = qcow2__io_write(io, name, buf + data_start, (size_t)(i - data_start),
+                                 off + data_start);
+            if (rc)
+                return rc;
+            data_start = z;
+            i = z;
+        } else {
+            i = (z > i ? z : i) + qcow2__min(blk, n - (z > i ? z : i));
+        }
+    }
+    return qcow2__io_write(io, name, buf + data_start, (size_t)(n - data_start), off + data_start);
+}
+
+int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_convert_opts *opts)
+{
+    qcow2_convert_opts o = QCOW2_CONVERT_OPTS_INIT;
+    qcow2_io *dst = NULL;
+    uint8_t *buf = NULL;
+    uint64_t off = 0;
+    int rc;
+
+    if (opts)
+        o = *opts;
+    if (o.format != QCOW2_FORMAT_RAW)
+        return qcow2__err(QCOW2_EUNSUPPORTED, 0, dst_path, "output format %s is not supported yet",
+                          qcow2_format_name(o.format) ? qcow2_format_name(o.format) : "?");
+    rc = qcow2_io_posix_open(&dst, dst_path, QCOW2_IO_RDWR | QCOW2_IO_CREATE | QCOW2_IO_TRUNC);
+    if (rc < 0)
+        return qcow2__io_error(rc, dst_path, "cannot create");
+    rc = qcow2__io_truncate(dst, dst_path, src->size);
+    if (rc)
+        goto out;
+    buf = qcow2__malloc(OPS_CHUNK);
+    if (!buf) {
+        rc = qcow2__nomem();
+        goto out;
+    }
+    while (off < src->size) {
+        qcow2_extent e;
+
+        rc = qcow2_image_block_status(src, NULL, off, qcow2__min(src->size - off, OPS_CHUNK), &e);
+        if (rc)
+            goto out;
+        if (!ext_is_zero(&e) || !o.min_sparse) {
+            rc = read_or_zero(src, buf, e.length, off, ext_is_zero(&e));
+            if (rc)
+                goto out;
+            rc = write_sparse(dst, dst_path, buf, e.length, off, o.min_sparse);
+            if (rc)
+                goto out;
+        }
+        off += e.length;
+        if (o.progress)
+            o.progress(off, src->size, o.payload);
+    }
+    rc = qcow2__io_flush(dst, dst_path);
+out:
+    qcow2__free(buf);
+    qcow2_io_close(dst);
+    return rc;
+}

@@ -1,0 +1,329 @@
+/*
+ * libqcow2 internals shared between the library's files (and white-box
+ * tests). Nothing here is installed; symbols use the qcow2__ prefix.
+ */
+#ifndef QCOW2_INT_H
+#define QCOW2_INT_H
+
+#include <assert.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qcow2/qcow2.h"
+#include "qcow2_format.h"
+
+#define QCOW2_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define QCOW2_UNUSED(x) ((void)(x))
+
+/* ---- errors (error.c) ---------------------------------------------------- */
+
+/*
+ * Record a failure on this thread and return code. The message is one line:
+ * "NAME: what is wrong" when name is not NULL. Used as
+ *   return qcow2__err(QCOW2_ECORRUPT, 0, img->name, "L1 table at 0x%llx ...", ...);
+ */
+int qcow2__err(int code, int sys_errno, const char *name, const char *fmt, ...) QCOW2_PRINTF(4, 5);
+int qcow2__verr(int code, int sys_errno, const char *name, const char *fmt, va_list ap);
+
+/* Shorthand for the common class: corrupt metadata in img. */
+#define qcow2__corrupt(img, ...) qcow2__err(QCOW2_ECORRUPT, 0, (img)->name, __VA_ARGS__)
+#define qcow2__nomem() qcow2__err(QCOW2_ENOMEM, 0, NULL, "out of memory")
+
+/* ---- checked arithmetic -------------------------------------------------- */
+
+/* True on overflow. The one kind of helper allowed to be used in a condition. */
+static inline bool qcow2__add_overflow(uint64_t a, uint64_t b, uint64_t *r)
+{
+    return __builtin_add_overflow(a, b, r);
+}
+
+static inline bool qcow2__mul_overflow(uint64_t a, uint64_t b, uint64_t *r)
+{
+    return __builtin_mul_overflow(a, b, r);
+}
+
+static inline uint64_t qcow2__min(uint64_t a, uint64_t b)
+{
+    return a < b ? a : b;
+}
+
+static inline uint64_t qcow2__max(uint64_t a, uint64_t b)
+{
+    return a > b ? a : b;
+}
+
+static inline uint64_t qcow2__align_up(uint64_t v, uint64_t align)
+{
+    return (v + align - 1) & ~(align - 1);
+}
+
+/* ---- big-endian access ---------------------------------------------------- */
+
+static inline uint16_t qcow2__be16(const uint8_t *p)
+{
+    return (uint16_t)((unsigned)p[0] << 8 | p[1]);
+}
+
+static inline uint32_t qcow2__be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static inline uint64_t qcow2__be64(const uint8_t *p)
+{
+    return (uint64_t)qcow2__be32(p) << 32 | qcow2__be32(p + 4);
+}
+
+static inline void qcow2__put_be16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static inline void qcow2__put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static inline void qcow2__put_be64(uint8_t *p, uint64_t v)
+{
+    qcow2__put_be32(p, (uint32_t)(v >> 32));
+    qcow2__put_be32(p + 4, (uint32_t)v);
+}
+
+/* ---- memory (alloc.c) ---------------------------------------------------- */
+
+void *qcow2__malloc(size_t len);
+void *qcow2__calloc(size_t n, size_t len);
+void *qcow2__realloc(void *p, size_t len);
+char *qcow2__strdup(const char *s);
+char *qcow2__strndup(const char *s, size_t len);
+void qcow2__free(void *p);
+
+/* ---- I/O choke point (io.c) ---------------------------------------------- */
+
+/*
+ * Every engine access to a file goes through these. They turn a backend's
+ * -errno into a QCOW2_E* code with a message naming the file (name).
+ */
+int qcow2__io_read(qcow2_io *io, const char *name, void *buf, size_t len, uint64_t off);
+int qcow2__io_write(qcow2_io *io, const char *name, const void *buf, size_t len, uint64_t off);
+int qcow2__io_flush(qcow2_io *io, const char *name);
+int qcow2__io_truncate(qcow2_io *io, const char *name, uint64_t size);
+int qcow2__io_size(qcow2_io *io, const char *name, uint64_t *size_out);
+int qcow2__io_punch(qcow2_io *io, const char *name, uint64_t off, uint64_t len);
+int qcow2__io_extent(qcow2_io *io, const char *name, uint64_t off, uint64_t len, uint64_t *run_out,
+                     bool *is_hole);
+int qcow2__io_allocated(qcow2_io *io, const char *name, uint64_t *size_out);
+int qcow2__io_lock(qcow2_io *io, const char *name, qcow2_io_lock_mode mode);
+/* Map a backend's -errno (or an open failure) to a code and message. */
+int qcow2__io_error(int neg_errno, const char *name, const char *what);
+
+/* ---- compression (compress.c): buffers only, no I/O ----------------------- */
+
+/*
+ * Decompress one cluster. src may carry trailing garbage up to the sector
+ * end; exactly dst_len bytes must be produced. Returns 0 or QCOW2_ECORRUPT
+ * (no message: the caller names the image and cluster).
+ */
+int qcow2__decompress(unsigned type, void *dst, size_t dst_len, const void *src, size_t src_len);
+/*
+ * Compress one cluster into dst (capacity dst_cap, which callers set to
+ * cluster_size - 1). Returns the compressed length, 0 when the result would
+ * not fit (store uncompressed), or a negative code.
+ */
+long qcow2__compress(unsigned type, void *dst, size_t dst_cap, const void *src, size_t src_len);
+
+/* ---- hashing (hash.c) ----------------------------------------------------- */
+
+typedef struct qcow2__hash qcow2__hash;
+int qcow2__hash_new(qcow2__hash **out);
+void qcow2__hash_update(qcow2__hash *h, const void *buf, size_t len);
+/* Feed len zero bytes without a caller buffer. */
+void qcow2__hash_zeroes(qcow2__hash *h, uint64_t len);
+void qcow2__hash_final(qcow2__hash *h, uint8_t out[16]);
+void qcow2__hash_free(qcow2__hash *h);
+
+/* ---- the image handle ---------------------------------------------------- */
+
+/* A feature-name table entry (extension 0x6803f857). */
+struct qcow2__feature {
+    uint8_t type;  /* 0 incompatible, 1 compatible, 2 autoclear */
+    uint8_t bit;   /* 0..63 */
+    char name[47]; /* NUL-terminated copy of the 46-byte field */
+};
+
+/* A header extension this library does not interpret, kept to be rewritten. */
+struct qcow2__ext {
+    uint32_t type;  /* extension type */
+    uint32_t len;   /* payload bytes */
+    uint8_t *data;  /* payload */
+};
+
+/* One internal snapshot, parsed from the snapshot table. */
+struct qcow2__snapshot {
+    uint64_t l1_off;        /* host offset of its L1 table */
+    uint32_t l1_size;       /* entries */
+    uint32_t date_sec;      /* creation time */
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec; /* guest run time */
+    uint64_t vm_state_size; /* bytes (64-bit extra field when present) */
+    uint64_t disk_size;     /* virtual size at creation; current size when absent */
+    int64_t icount;         /* -1 when absent */
+    uint32_t extra_len;     /* extra_data_size as stored */
+    uint8_t *extra;         /* the whole extra data, kept verbatim */
+    char *id;               /* id string */
+    char *name;             /* name */
+};
+
+/* Native copy of the header; disk bytes are never cast to a struct. */
+struct qcow2__hdr {
+    uint32_t version;           /* 2 or 3 */
+    uint64_t backing_off;       /* bytes; 0 = none */
+    uint32_t backing_len;       /* bytes */
+    uint32_t cluster_bits;      /* 9..21 */
+    uint64_t size;              /* virtual size, bytes */
+    uint32_t crypt_method;      /* 0 */
+    uint32_t l1_size;           /* entries */
+    uint64_t l1_off;            /* bytes */
+    uint64_t rt_off;            /* refcount table offset, bytes */
+    uint32_t rt_clusters;       /* refcount table length, clusters */
+    uint32_t nb_snapshots;      /* entries */
+    uint64_t snap_off;          /* bytes */
+    uint64_t incompat;          /* incompatible feature bits */
+    uint64_t compat;            /* compatible feature bits */
+    uint64_t autoclear;         /* autoclear feature bits */
+    uint32_t refcount_order;    /* refcount_bits = 1 << order */
+    uint32_t header_len;        /* bytes (72 for v2) */
+    uint8_t compression_type;   /* 0 deflate, 1 zstd */
+    uint8_t *tail;              /* header bytes past 112 that we do not know, kept */
+    uint32_t tail_len;          /* bytes */
+};
+
+/* One slot of the L2 cache: a whole L2 table. */
+struct qcow2__l2_slot {
+    uint64_t l2_off;  /* host offset of the table; 0 = empty slot */
+    uint64_t used;    /* LRU tick of the last use */
+    uint8_t *data;    /* the table, big-endian as on disk */
+    bool dirty;       /* must be written back (writer) */
+};
+
+/* Handle states; see the diagram in image.c. */
+enum qcow2__state {
+    QCOW2__OPEN_RO = 0,
+    QCOW2__OPEN_RW = 1,
+    QCOW2__FATAL = 2,
+};
+
+struct qcow2_image {
+    qcow2_io *io;                /* the file */
+    char *name;                  /* as opened; used in every message */
+    qcow2_format fmt;            /* RAW or QCOW2 */
+    enum qcow2__state state;     /* see image.c */
+    uint64_t size;               /* virtual size, bytes */
+    uint64_t file_size;          /* file length at open (and as grown), bytes */
+    qcow2_image *backing;        /* owned; NULL when none */
+    unsigned depth;              /* 0 for the top of the chain */
+    qcow2_open_opts opts;        /* as given (open_fn copied) */
+    bool locked;                 /* we hold the image lock */
+
+    /* qcow2 only below this line */
+    struct qcow2__hdr hdr;       /* native header */
+    uint32_t cluster_bits;       /* log2(cluster_size) */
+    uint64_t cluster_size;       /* bytes */
+    uint32_t l2_bits;            /* log2(entries per L2 table) */
+    uint64_t l2_entries;         /* entries per L2 table */
+    uint32_t l2e_bytes;          /* 8, or 16 with extended L2 */
+    bool extl2;                  /* extended L2 entries (32 subclusters) */
+    uint32_t sc_bits;            /* log2(subcluster size); = cluster_bits without extl2 */
+    uint32_t refcount_bits;      /* 1..64 */
+    uint64_t csize_shift;        /* compressed descriptor: sector-count shift */
+    uint64_t csize_mask;         /* and mask */
+    uint64_t coff_mask;          /* and host-offset mask */
+    uint64_t *l1;                /* active L1, native order */
+    uint64_t l1_alloc;           /* entries allocated in l1 (>= hdr.l1_size) */
+    uint64_t *reftable;          /* refcount table, native order */
+    uint64_t rt_entries;         /* entries in reftable */
+    char *backing_name;          /* backing name as stored, or NULL */
+    char *backing_fmt;           /* backing-format extension, or NULL */
+    char *backing_path;          /* resolved path, or NULL */
+    struct qcow2__feature *features; /* feature-name table */
+    uint32_t nb_features;
+    struct qcow2__ext *exts;     /* unknown extensions, in file order */
+    uint32_t nb_exts;
+    uint8_t *bitmaps_ext;        /* bitmaps extension payload, kept verbatim */
+    uint32_t bitmaps_ext_len;
+    uint32_t nb_bitmaps;
+    uint64_t ext_end;            /* first byte after the extension area */
+    struct qcow2__snapshot *snaps; /* internal snapshots */
+    uint32_t nb_snaps;
+    struct qcow2__l2_slot *l2_cache; /* L2 cache slots */
+    uint32_t l2_nb_slots;
+    uint32_t l2_last;            /* slot of the last hit */
+    uint64_t l2_tick;            /* LRU clock */
+    uint8_t *cbuf;               /* compressed input buffer (2 clusters) */
+    uint8_t *dbuf;               /* decompressed cluster */
+    uint64_t dbuf_host_off;      /* descriptor decoded into dbuf; ~0 = none */
+};
+
+/* header.c */
+int qcow2__header_parse(qcow2_image *img, const uint8_t *buf, size_t buf_len);
+void qcow2__header_free(qcow2_image *img);
+/* The name of an incompatible/compatible/autoclear feature bit, or NULL. */
+const char *qcow2__feature_name(const qcow2_image *img, unsigned type, unsigned bit);
+
+/* cluster.c: single-layer mapping with the L2 cache */
+int qcow2__l2_cache_init(qcow2_image *img);
+void qcow2__l2_cache_free(qcow2_image *img);
+/* Load (through the cache) the L2 table at host offset l2_off; *table_out is borrowed. */
+int qcow2__l2_load(qcow2_image *img, uint64_t l2_off, const uint8_t **table_out);
+
+/* Kinds of run within one layer (qcow2__layer_extent). */
+enum qcow2__run {
+    QCOW2__RUN_UNALLOC = 0, /* not here: read from backing (or zeroes) */
+    QCOW2__RUN_ZERO,        /* reads as zeroes */
+    QCOW2__RUN_DATA,        /* contiguous host bytes at host_off */
+    QCOW2__RUN_COMPRESSED,  /* within one compressed cluster */
+};
+
+/* A run within one layer. */
+struct qcow2__lrun {
+    enum qcow2__run kind;
+    uint64_t len;        /* bytes */
+    uint64_t host_off;   /* DATA: host offset of the first byte; COMPRESSED: the L2 entry */
+    bool has_off;        /* an allocated host cluster exists (ZERO_ALLOC, UNALLOC in allocated cluster) */
+};
+
+/*
+ * The longest run starting at guest_off (< virtual size), at most len bytes,
+ * of one kind in this layer alone. Validates every entry it touches.
+ */
+int qcow2__layer_extent(qcow2_image *img, uint64_t guest_off, uint64_t len, struct qcow2__lrun *out);
+
+/* Read a compressed cluster's bytes [in_off, in_off+len) given its L2 entry. */
+int qcow2__read_compressed(qcow2_image *img, uint64_t l2e, uint64_t in_off, void *buf, size_t len);
+
+/* refcount.c */
+int qcow2__refcount_load(qcow2_image *img);
+/* The refcount of host cluster cluster_idx (0 when its block is not allocated). */
+int qcow2__refcount_get(qcow2_image *img, uint64_t cluster_idx, uint64_t *out);
+
+/* snapshot.c */
+int qcow2__snapshots_load(qcow2_image *img);
+void qcow2__snapshots_free(qcow2_image *img);
+
+/* True when [off, off+len) lies within [0, limit). */
+static inline bool qcow2__in_range(uint64_t off, uint64_t len, uint64_t limit)
+{
+    uint64_t end;
+    return !qcow2__add_overflow(off, len, &end) && end <= limit;
+}
+
+#endif /* QCOW2_INT_H */

@@ -1,0 +1,167 @@
+/*
+ * Reading guest data and allocation status across a backing chain. Each
+ * layer answers for the ranges it allocates (cluster.c); unallocated ranges
+ * fall through to the backing image, and read as zeroes past the end of a
+ * shorter backing image or where there is none.
+ */
+#include <inttypes.h>
+
+#include "qcow2_int.h"
+
+static int read_layer(qcow2_image *img, uint8_t *buf, uint64_t len, uint64_t off);
+
+/* Unallocated in img: bytes from the backing chain, zeroes past its end. */
+static int read_below(qcow2_image *img, uint8_t *buf, uint64_t len, uint64_t off)
+{
+    qcow2_image *b = img->backing;
+    uint64_t part = 0;
+    int rc;
+
+    if (b && off < b->size) {
+        part = qcow2__min(len, b->size - off);
+        rc = read_layer(b, buf, part, off);
+        if (rc)
+            return rc;
+    }
+    if (part < len)
+        memset(buf + part, 0, (size_t)(len - part));
+    return 0;
+}
+
+/* off + len <= img->size. */
+static int read_layer(qcow2_image *img, uint8_t *buf, uint64_t len, uint64_t off)
+{
+    struct qcow2__lrun r;
+    int rc;
+
+    if (img->fmt != QCOW2_FORMAT_QCOW2)
+        return qcow2__io_read(img->io, img->name, buf, (size_t)len, off);
+    while (len) {
+        rc = qcow2__layer_extent(img, off, len, &r);
+        if (rc)
+            return rc;
+        switch (r.kind) {
+        case QCOW2__RUN_DATA:
+            rc = qcow2__io_read(img->io, img->name, buf, (size_t)r.len, r.host_off);
+            break;
+        case QCOW2__RUN_ZERO:
+            memset(buf, 0, (size_t)r.len);
+            rc = 0;
+            break;
+        case QCOW2__RUN_COMPRESSED:
+            rc = qcow2__read_compressed(img, r.host_off, off & (img->cluster_size - 1), buf,
+                                        (size_t)r.len);
+            break;
+        case QCOW2__RUN_UNALLOC:
+            rc = read_below(img, buf, r.len, off);
+            break;
+        }
+        if (rc)
+            return rc;
+        buf += r.len;
+        off += r.len;
+        len -= r.len;
+    }
+    return 0;
+}
+
+int qcow2_image_read(qcow2_image *img, void *buf, size_t len, uint64_t guest_off)
+{
+    if (!img || (!buf && len))
+        return qcow2__err(QCOW2_EINVAL, 0, NULL, "qcow2_image_read: missing argument");
+    if (!qcow2__in_range(guest_off, len, img->size))
+        return qcow2__err(QCOW2_EINVAL, 0, img->name,
+                          "read of %zu bytes at 0x%" PRIx64 " is beyond the virtual size (%" PRIu64
+                          " bytes)",
+                          len, guest_off, img->size);
+    return read_layer(img, buf, len, guest_off);
+}
+
+/* Status of [off, off+len) in one raw layer: data, or a hole that reads as zeroes. */
+static int raw_status(qcow2_image *img, uint64_t off, uint64_t len, qcow2_extent *out)
+{
+    uint64_t run;
+    bool hole;
+    int rc;
+
+    if (off >= img->file_size) {
+        out->length = len;
+        out->flags = QCOW2_EXT_PRESENT | QCOW2_EXT_ZERO | QCOW2_EXT_OFFSET_VALID;
+        out->host_off = off;
+        return 0;
+    }
+    rc = qcow2__io_extent(img->io, img->name, off, qcow2__min(len, img->file_size - off), &run,
+                          &hole);
+    if (rc)
+        return rc;
+    out->length = run;
+    out->host_off = off;
+    out->flags = QCOW2_EXT_PRESENT | QCOW2_EXT_OFFSET_VALID |
+                 (hole ? QCOW2_EXT_ZERO : QCOW2_EXT_DATA);
+    return 0;
+}
+
+int qcow2_image_block_status(qcow2_image *img, const qcow2_image *base, uint64_t guest_off,
+                             uint64_t len, qcow2_extent *out)
+{
+    qcow2_image *cur = img;
+    unsigned depth = 0;
+    int rc;
+
+    if (!img || !out || len == 0 || !qcow2__in_range(guest_off, len, img->size))
+        return qcow2__err(QCOW2_EINVAL, 0, img ? img->name : NULL,
+                          "block status of %" PRIu64 " bytes at 0x%" PRIx64
+                          " is outside the image",
+                          len, guest_off);
+    memset(out, 0, sizeof(*out));
+    out->start = guest_off;
+    for (;;) {
+        struct qcow2__lrun r;
+
+        out->depth = depth;
+        out->layer = cur;
+        if (cur == base) {
+            /* Not allocated above base: the caller decides what base holds. */
+            out->length = len;
+            out->flags = 0;
+            return 0;
+        }
+        if (cur->fmt != QCOW2_FORMAT_QCOW2)
+            return raw_status(cur, guest_off, len, out);
+        rc = qcow2__layer_extent(cur, guest_off, len, &r);
+        if (rc)
+            return rc;
+        out->length = r.len;
+        switch (r.kind) {
+        case QCOW2__RUN_DATA:
+            out->flags = QCOW2_EXT_PRESENT | QCOW2_EXT_DATA | QCOW2_EXT_OFFSET_VALID;
+            out->host_off = r.host_off;
+            return 0;
+        case QCOW2__RUN_COMPRESSED:
+            out->flags = QCOW2_EXT_PRESENT | QCOW2_EXT_DATA | QCOW2_EXT_COMPRESSED;
+            return 0;
+        case QCOW2__RUN_ZERO:
+            out->flags = QCOW2_EXT_PRESENT | QCOW2_EXT_ZERO;
+            if (r.has_off) {
+                out->flags |= QCOW2_EXT_OFFSET_VALID;
+                out->host_off = r.host_off + (guest_off & ((1ull << cur->sc_bits) - 1));
+            }
+            return 0;
+        case QCOW2__RUN_UNALLOC:
+            break;
+        }
+        len = r.len;
+        if (!cur->backing || guest_off >= cur->backing->size) {
+            /* Nothing below: reads as zeroes. */
+            out->flags = QCOW2_EXT_ZERO;
+            if (r.has_off) {
+                out->flags |= QCOW2_EXT_OFFSET_VALID;
+                out->host_off = r.host_off + (guest_off & ((1ull << cur->sc_bits) - 1));
+            }
+            return 0;
+        }
+        len = qcow2__min(len, cur->backing->size - guest_off);
+        cur = cur->backing;
+        depth++;
+    }
+}

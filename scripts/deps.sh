@@ -1,0 +1,39 @@
+#!/bin/sh
+# Install the Debian packages the build and the tests need, only those that are
+# missing. Runs `apt-get update` once, and only when something must be installed.
+# Not root: prints the exact command to run instead.
+set -eu
+
+missing=""
+need_pkg() { # pkg-config-name debian-package
+    pkg-config --exists "$1" 2>/dev/null || missing="$missing $2"
+}
+need_cmd() { # command debian-package
+    command -v "$1" >/dev/null 2>&1 || missing="$missing $2"
+}
+need_hdr() { # header debian-package
+    [ -f "/usr/include/$1" ] || missing="$missing $2"
+}
+
+need_cmd cc gcc
+need_cmd make make
+need_cmd pkg-config pkg-config
+need_pkg zlib zlib1g-dev
+need_pkg libzstd libzstd-dev
+need_pkg libxxhash libxxhash-dev
+need_hdr criterion/criterion.h libcriterion-dev
+need_cmd qemu-img qemu-utils
+need_cmd c++ g++
+need_cmd python3 python3
+
+[ -z "$missing" ] && exit 0
+
+echo "deps: missing:$missing"
+if [ "$(id -u)" != 0 ]; then
+    echo "deps: run as root: apt-get update && apt-get install -y$missing" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+# shellcheck disable=SC2086
+apt-get install -y -q --no-install-recommends $missing
