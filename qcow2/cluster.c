@@ -114,6 +114,21 @@ static int check_l2_offset(qcow2_image *img, uint64_t l1_idx, uint64_t l2_off)
     return 0;
 }
 
+/*
+ * Data must start inside the file. It may end past the end of the file: with
+ * subclusters qemu extends the file only as far as it has written, and reads
+ * there return zeroes.
+ */
+static int check_data_in_file(qcow2_image *img, uint64_t host, uint64_t l2_off, uint64_t l2_idx)
+{
+    if (host >= img->file_size)
+        return qcow2__corrupt(img,
+                              "data cluster at 0x%" PRIx64 " (L2 table 0x%" PRIx64
+                              " entry %" PRIu64 ") lies beyond the end of the file",
+                              host, l2_off, l2_idx);
+    return 0;
+}
+
 /* One cluster's or subcluster's classification. */
 struct unit {
     enum qcow2__run kind;
@@ -147,11 +162,10 @@ static int classify(qcow2_image *img, uint64_t e, uint64_t bm, unsigned sc, uint
                               "cluster offset 0x%" PRIx64 " (L2 table 0x%" PRIx64
                               " entry %" PRIu64 ") is not aligned to a cluster",
                               host, l2_off, l2_idx);
-    if (host && (host < img->cluster_size || !qcow2__in_range(host, img->cluster_size,
-                                                                  img->file_size)))
+    if (host && (host < img->cluster_size || host > QCOW2_MAX_HOST_OFFSET))
         return qcow2__corrupt(img,
                               "cluster offset 0x%" PRIx64 " (L2 table 0x%" PRIx64
-                              " entry %" PRIu64 ") lies outside the file's data area",
+                              " entry %" PRIu64 ") overlaps the header",
                               host, l2_off, l2_idx);
     u->has_off = host != 0;
     if (img->extl2) {
@@ -170,6 +184,7 @@ static int classify(qcow2_image *img, uint64_t e, uint64_t bm, unsigned sc, uint
         if (alloc & (1u << sc)) {
             u->kind = QCOW2__RUN_DATA;
             u->host_off = host + ((uint64_t)sc << img->sc_bits);
+            return check_data_in_file(img, u->host_off, l2_off, l2_idx);
         } else if (zero & (1u << sc)) {
             u->kind = QCOW2__RUN_ZERO;
             u->host_off = host + ((uint64_t)sc << img->sc_bits);
@@ -191,7 +206,7 @@ static int classify(qcow2_image *img, uint64_t e, uint64_t bm, unsigned sc, uint
     }
     u->kind = host ? QCOW2__RUN_DATA : QCOW2__RUN_UNALLOC;
     u->host_off = host;
-    return 0;
+    return host ? check_data_in_file(img, host, l2_off, l2_idx) : 0;
 }
 
 int qcow2__layer_extent(qcow2_image *img, uint64_t guest_off, uint64_t len, struct qcow2__lrun *out)
