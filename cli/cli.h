@@ -1,0 +1,46 @@
+/*
+ * Shared declarations of the qsnap program: the command entry points and the
+ * helpers the commands share. Commands return their process exit status.
+ */
+#ifndef QSNAP_CLI_H
+#define QSNAP_CLI_H
+
+#include <stdbool.h>
+
+#include <qcow2/qcow2.h>
+
+/*
+ * A command: argv[0] is the command's name, the rest its arguments.
+ * Returns the exit status.
+ */
+typedef int (*cli_cmd_fn)(int argc, char **argv);
+
+int cli_image_main(int argc, char **argv);
+int cli_image_info(int argc, char **argv);
+int cli_image_map(int argc, char **argv);
+int cli_image_convert(int argc, char **argv);
+int cli_image_compare(int argc, char **argv);
+int cli_image_digest(int argc, char **argv);
+int cli_image_io(int argc, char **argv);
+
+/*
+ * Turn a -f/-F/-O argument into a format; prints "Unknown file format" and
+ * returns false for a name the library does not know.
+ */
+bool cli_parse_format(const char *name, qcow2_format *out);
+
+/*
+ * Open path read-only (never taking a write lock): with its backing chain
+ * unless no_backing, without any lock if no_lock. On failure prints the
+ * library's message and returns the library code (< 0).
+ */
+int cli_open_image(qcow2_image **out, const char *path, qcow2_format fmt, bool no_backing,
+                   bool no_lock);
+
+/* The "Format specific information:" block of qemu-img info (nothing for raw). */
+void cli_print_format_specific(const qcow2_info *in);
+
+/* Print "Try 'qsnap CMD --help' for more information" to stderr; return status. */
+int cli_usage_hint(const char *cmd, int status);
+
+#endif /* QSNAP_CLI_H */

@@ -1,0 +1,796 @@
+/*
+ * `qsnap image`: the plumbing commands that mirror qemu-img (info, map,
+ * convert, compare, digest; io lives in cmd_io.c). Each one parses its
+ * options, opens images through the public libqcow2 API and prints what the
+ * library reports in qemu-img's formats. No knowledge of the qcow2 layout
+ * lives here: every number comes from qcow2_image_get_info(),
+ * qcow2_image_block_status() and friends.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <qcow2/qcow2.h>
+
+#include "cli.h"
+#include "cli_error.h"
+#include "fmt.h"
+#include "json.h"
+#include "opt.h"
+#include "progress.h"
+
+enum {
+    OPT_HELP = 'h',
+    OPT_OUTPUT = CLI_OPT_LONG_BASE,
+    OPT_BACKING_CHAIN,
+};
+
+/* qemu-img's status for a bad command line (and for every other error). */
+#define IMG_EXIT_FAIL 1
+
+struct image_cmd {
+    const char *name;  /* the command's word */
+    cli_cmd_fn fn;     /* its entry point */
+    const char *about; /* one line for `qsnap image --help` */
+};
+
+static const struct image_cmd image_cmds[] = {
+    {"info", cli_image_info, "show facts about an image (and its backing chain)"},
+    {"map", cli_image_map, "show the allocation of the guest content across the chain"},
+    {"convert", cli_image_convert, "flatten an image and its chain into a new raw image"},
+    {"compare", cli_image_compare, "compare the guest content of two images"},
+    {"digest", cli_image_digest, "xxh3-128 digest of the guest content"},
+    {"io", cli_image_io, "run qemu-io style commands (read, map, info) on an image"},
+};
+
+#define NB_IMAGE_CMDS (sizeof(image_cmds) / sizeof(image_cmds[0]))
+
+static void print_image_help(void)
+{
+    size_t i;
+
+    printf("Usage: qsnap image COMMAND [OPTIONS]... FILE...\n"
+           "\n"
+           "Plumbing commands with qemu-img's names, options, output formats and exit\n"
+           "statuses.\n"
+           "\n"
+           "Commands:\n");
+    for (i = 0; i < NB_IMAGE_CMDS; i++)
+        printf("  %-9s %s\n", image_cmds[i].name, image_cmds[i].about);
+    printf("\n"
+           "Run 'qsnap image COMMAND --help' for the options of a command.\n");
+}
+
+int cli_image_main(int argc, char **argv)
+{
+    size_t i;
+
+    if (argc < 2) {
+        cli_errorf("Not enough arguments");
+        return cli_usage_hint("qsnap image", IMG_EXIT_FAIL);
+    }
+    if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        print_image_help();
+        return 0;
+    }
+    for (i = 0; i < NB_IMAGE_CMDS; i++)
+        if (strcmp(argv[1], image_cmds[i].name) == 0)
+            return image_cmds[i].fn(argc - 1, argv + 1);
+    cli_errorf("Command not found: %s", argv[1]);
+    return cli_usage_hint("qsnap image", IMG_EXIT_FAIL);
+}
+
+bool cli_parse_format(const char *name, qcow2_format *out)
+{
+    qcow2_format fmt = qcow2_format_from_name(name);
+
+    if (fmt == QCOW2_FORMAT_AUTO) {
+        cli_errorf("Unknown file format '%s'", name);
+        return false;
+    }
+    *out = fmt;
+    return true;
+}
+
+int cli_open_image(qcow2_image **out, const char *path, qcow2_format fmt, bool no_backing,
+                   bool no_lock)
+{
+    qcow2_open_opts opts = QCOW2_OPEN_OPTS_INIT;
+    int rc;
+
+    opts.format = fmt;
+    if (no_backing)
+        opts.flags |= QCOW2_OPEN_NO_BACKING;
+    if (no_lock)
+        opts.flags |= QCOW2_OPEN_NO_LOCK;
+    rc = qcow2_image_open(out, path, &opts);
+    if (rc < 0) {
+        *out = NULL;
+        cli_fail(rc, CLI_TABLE_IMAGE);
+    }
+    return rc;
+}
+
+/* Parse --output=human|json; prints qemu-img's message on a bad value. */
+static bool parse_output(const char *arg, bool *json)
+{
+    if (strcmp(arg, "json") == 0) {
+        *json = true;
+        return true;
+    }
+    if (strcmp(arg, "human") == 0) {
+        *json = false;
+        return true;
+    }
+    cli_errorf("--output must be used with human or json as argument.");
+    return false;
+}
+
+/* Operand count check with qemu-img's wording; prints the hint on failure. */
+static bool want_operands(const cli_opt_parser *p, int n, const char *cmd)
+{
+    if (p->nb_operands == n)
+        return true;
+    if (n == 1)
+        cli_errorf("Expecting one image file name");
+    else
+        cli_errorf("Expecting two image file names");
+    cli_usage_hint(cmd, IMG_EXIT_FAIL);
+    return false;
+}
+
+/* ---- info --------------------------------------------------------------- */
+
+static const char info_help[] =
+    "Usage: qsnap image info [--output=human|json] [--backing-chain] [-f FMT] [-U] FILE\n"
+    "\n"
+    "Show facts about an image as qemu-img info does: format, virtual and disk size,\n"
+    "cluster size, backing file, internal snapshots and qcow2-specific information.\n"
+    "\n"
+    "Options:\n"
+    "  --output=human|json  output format (default human)\n"
+    "  --backing-chain      show every layer of the backing chain, top first\n"
+    "  -f, --format=FMT     image format: qcow2 or raw (default: probe)\n"
+    "  -U, --force-share    open without taking the image lock\n"
+    "  -h, --help           show this help and exit\n"
+    "\n"
+    "Exit status: 0 success, 1 error.\n";
+
+static const char *compat_name(const qcow2_info *in)
+{
+    return in->qcow2_version >= 3 ? "1.1" : "0.10";
+}
+
+static const char *compression_name(const qcow2_info *in)
+{
+    return in->compression_type == 1 ? "zstd" : "zlib";
+}
+
+void cli_print_format_specific(const qcow2_info *in)
+{
+    if (in->format != QCOW2_FORMAT_QCOW2)
+        return;
+    printf("Format specific information:\n"
+           "    compat: %s\n"
+           "    compression type: %s\n",
+           compat_name(in), compression_name(in));
+    if (in->qcow2_version >= 3)
+        printf("    lazy refcounts: %s\n", in->lazy_refcounts ? "true" : "false");
+    printf("    refcount bits: %" PRIu32 "\n", in->refcount_bits);
+    if (in->qcow2_version >= 3)
+        printf("    corrupt: %s\n"
+               "    extended l2: %s\n",
+               in->corrupt ? "true" : "false", in->extended_l2 ? "true" : "false");
+}
+
+/* vm clock nanoseconds as qemu shows them: HH:MM:SS.mmm */
+static void fmt_vm_clock(uint64_t nsec, char *buf, size_t len)
+{
+    uint64_t ms = nsec / 1000000;
+
+    snprintf(buf, len, "%02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64, ms / 3600000,
+             ms / 60000 % 60, ms / 1000 % 60, ms % 1000);
+}
+
+static void print_snapshot_table(const qcow2_image *img)
+{
+    size_t i, n = qcow2_snapshot_count(img);
+
+    printf("Snapshot list:\n"
+           "ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT\n");
+    for (i = 0; i < n; i++) {
+        qcow2_snapshot_info sn;
+        char vm_size[CLI_SIZE_STR_MAX], date[32], clock[48], icount[24] = "";
+        struct tm tm;
+        time_t t;
+
+        if (qcow2_snapshot_get(img, i, &sn) < 0)
+            continue;
+        t = (time_t)sn.date_sec;
+        if (localtime_r(&t, &tm) == NULL || strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm) == 0)
+            snprintf(date, sizeof(date), "%" PRIu32, sn.date_sec);
+        fmt_vm_clock(sn.vm_clock_nsec, clock, sizeof(clock));
+        if (sn.icount >= 0)
+            snprintf(icount, sizeof(icount), "%" PRId64, sn.icount);
+        printf("%-9s %-16s %8s %19s %12s %10s\n", sn.id, sn.name,
+               cli_fmt_size(sn.vm_state_size, vm_size), date, clock, icount);
+    }
+}
+
+static void print_info_human(const qcow2_image *img, const qcow2_info *in)
+{
+    char size[CLI_SIZE_STR_MAX];
+
+    printf("image: %s\n", in->filename);
+    printf("file format: %s\n", qcow2_format_name(in->format));
+    printf("virtual size: %s (%" PRIu64 " bytes)\n", cli_fmt_size(in->virtual_size, size),
+           in->virtual_size);
+    printf("disk size: %s\n", cli_fmt_size(in->actual_size, size));
+    if (in->format == QCOW2_FORMAT_QCOW2)
+        printf("cluster_size: %" PRIu32 "\n", in->cluster_size);
+    if (in->dirty)
+        printf("cleanly shut down: no\n");
+    if (in->backing_name) {
+        printf("backing file: %s", in->backing_name);
+        if (in->backing_path && strcmp(in->backing_path, in->backing_name) != 0)
+            printf(" (actual path: %s)", in->backing_path);
+        printf("\n");
+        if (in->backing_format)
+            printf("backing file format: %s\n", in->backing_format);
+    }
+    if (qcow2_snapshot_count(img) > 0)
+        print_snapshot_table(img);
+    cli_print_format_specific(in);
+}
+
+/* One layer as a JSON object, members in the order qemu-img 7.2 prints them. */
+static void print_info_json(cli_json *j, const qcow2_image *img, const qcow2_info *in)
+{
+    size_t i, n = qcow2_snapshot_count(img);
+
+    cli_json_begin_object(j, NULL);
+    if (in->backing_name && in->backing_format)
+        cli_json_string(j, "backing-filename-format", in->backing_format);
+    if (n > 0) {
+        cli_json_begin_array(j, "snapshots");
+        for (i = 0; i < n; i++) {
+            qcow2_snapshot_info sn;
+
+            if (qcow2_snapshot_get(img, i, &sn) < 0)
+                continue;
+            cli_json_begin_object(j, NULL);
+            if (sn.icount >= 0)
+                cli_json_int(j, "icount", sn.icount);
+            cli_json_uint(j, "vm-clock-nsec", sn.vm_clock_nsec % 1000000000u);
+            cli_json_string(j, "name", sn.name);
+            cli_json_uint(j, "date-sec", sn.date_sec);
+            cli_json_uint(j, "date-nsec", sn.date_nsec);
+            cli_json_uint(j, "vm-clock-sec", sn.vm_clock_nsec / 1000000000u);
+            cli_json_string(j, "id", sn.id);
+            cli_json_uint(j, "vm-state-size", sn.vm_state_size);
+            cli_json_end_object(j);
+        }
+        cli_json_end_array(j);
+    }
+    cli_json_uint(j, "virtual-size", in->virtual_size);
+    cli_json_string(j, "filename", in->filename);
+    if (in->format == QCOW2_FORMAT_QCOW2)
+        cli_json_uint(j, "cluster-size", in->cluster_size);
+    cli_json_string(j, "format", qcow2_format_name(in->format));
+    cli_json_uint(j, "actual-size", in->actual_size);
+    if (in->format == QCOW2_FORMAT_QCOW2) {
+        cli_json_begin_object(j, "format-specific");
+        cli_json_string(j, "type", "qcow2");
+        cli_json_begin_object(j, "data");
+        cli_json_string(j, "compat", compat_name(in));
+        cli_json_string(j, "compression-type", compression_name(in));
+        if (in->qcow2_version >= 3)
+            cli_json_bool(j, "lazy-refcounts", in->lazy_refcounts);
+        cli_json_uint(j, "refcount-bits", in->refcount_bits);
+        if (in->qcow2_version >= 3) {
+            cli_json_bool(j, "corrupt", in->corrupt);
+            cli_json_bool(j, "extended-l2", in->extended_l2);
+        }
+        cli_json_end_object(j);
+        cli_json_end_object(j);
+    }
+    if (in->backing_name) {
+        cli_json_string(j, "full-backing-filename",
+                        in->backing_path ? in->backing_path : in->backing_name);
+        cli_json_string(j, "backing-filename", in->backing_name);
+    }
+    cli_json_bool(j, "dirty-flag", in->dirty);
+    cli_json_end_object(j);
+}
+
+int cli_image_info(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false},           {"format", 'f', true},
+        {"output", OPT_OUTPUT, true},   {"backing-chain", OPT_BACKING_CHAIN, false},
+        {"force-share", 'U', false},    {NULL, 0, false},
+    };
+    cli_opt_parser p;
+    qcow2_format fmt = QCOW2_FORMAT_AUTO;
+    bool json = false, chain = false, no_lock = false;
+    qcow2_image *img, *layer;
+    cli_json j;
+    int c, rc;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(info_help, stdout);
+            return 0;
+        case 'f':
+            if (!cli_parse_format(p.arg, &fmt))
+                return IMG_EXIT_FAIL;
+            break;
+        case OPT_OUTPUT:
+            if (!parse_output(p.arg, &json))
+                return IMG_EXIT_FAIL;
+            break;
+        case OPT_BACKING_CHAIN:
+            chain = true;
+            break;
+        case 'U':
+            no_lock = true;
+            break;
+        default:
+            return cli_usage_hint("qsnap image info", IMG_EXIT_FAIL);
+        }
+    }
+    if (!want_operands(&p, 1, "qsnap image info"))
+        return IMG_EXIT_FAIL;
+
+    /* Like qemu-img, plain info does not need the backing files to exist. */
+    rc = cli_open_image(&img, p.argv[0], fmt, !chain, no_lock);
+    if (rc < 0)
+        return IMG_EXIT_FAIL;
+
+    cli_json_init(&j, stdout);
+    if (json && chain)
+        cli_json_begin_array(&j, NULL);
+    for (layer = img; layer; layer = chain ? qcow2_image_backing(layer) : NULL) {
+        qcow2_info in;
+
+        rc = qcow2_image_get_info(layer, &in);
+        if (rc < 0)
+            break;
+        if (json) {
+            print_info_json(&j, layer, &in);
+        } else {
+            if (layer != img)
+                printf("\n");
+            print_info_human(layer, &in);
+        }
+    }
+    if (json && chain)
+        cli_json_end_array(&j);
+    if (json)
+        cli_json_finish(&j);
+    if (rc < 0)
+        rc = cli_fail(rc, CLI_TABLE_IMAGE);
+    qcow2_image_close(img);
+    return rc;
+}
+
+/* ---- map ---------------------------------------------------------------- */
+
+static const char map_help[] =
+    "Usage: qsnap image map [--output=human|json] [-f FMT] [-U] FILE\n"
+    "\n"
+    "Show how the guest content of an image maps to its backing chain, as qemu-img\n"
+    "map does: runs of equal status are merged. JSON fields: start, length, depth\n"
+    "(0 = the image itself), present, zero, data, and offset (in that layer's file).\n"
+    "The human format lists only the runs that hold data, with the layer's file.\n"
+    "\n"
+    "Options:\n"
+    "  --output=human|json  output format (default human)\n"
+    "  -f, --format=FMT     image format: qcow2 or raw (default: probe)\n"
+    "  -U, --force-share    open without taking the image lock\n"
+    "  -h, --help           show this help and exit\n"
+    "\n"
+    "Exit status: 0 success, 1 error.\n";
+
+#define MAP_FLAGS (QCOW2_EXT_PRESENT | QCOW2_EXT_ZERO | QCOW2_EXT_DATA | QCOW2_EXT_OFFSET_VALID)
+
+/* Whether run b continues run a in qemu-img map's sense. */
+static bool map_can_merge(const qcow2_extent *a, const qcow2_extent *b)
+{
+    if (a->depth != b->depth || (a->flags & MAP_FLAGS) != (b->flags & MAP_FLAGS))
+        return false;
+    if (a->layer != b->layer)
+        return false;
+    if (a->flags & QCOW2_EXT_OFFSET_VALID)
+        return a->host_off + a->length == b->host_off;
+    return true;
+}
+
+static const char *yes_no(unsigned flags, unsigned bit)
+{
+    return (flags & bit) ? "true" : "false";
+}
+
+/* Print one merged run; returns false (after the message) when it cannot be shown. */
+static bool map_emit(const qcow2_extent *e, bool json, bool first)
+{
+    if (json) {
+        printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 ", \"depth\": %u,"
+               " \"present\": %s, \"zero\": %s, \"data\": %s",
+               first ? "" : ",\n", e->start, e->length, e->depth,
+               yes_no(e->flags, QCOW2_EXT_PRESENT), yes_no(e->flags, QCOW2_EXT_ZERO),
+               yes_no(e->flags, QCOW2_EXT_DATA));
+        if (e->flags & QCOW2_EXT_OFFSET_VALID)
+            printf(", \"offset\": %" PRIu64, e->host_off);
+        printf("}");
+        return true;
+    }
+    if (!(e->flags & QCOW2_EXT_DATA))
+        return true;
+    if (!(e->flags & QCOW2_EXT_OFFSET_VALID)) {
+        fflush(stdout);
+        cli_errorf("File contains external, encrypted or compressed clusters.");
+        return false;
+    }
+    if (e->flags & QCOW2_EXT_ZERO)
+        return true;
+    printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n", e->start, e->length, e->host_off,
+           e->layer ? qcow2_image_filename(e->layer) : "");
+    return true;
+}
+
+int cli_image_map(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false},         {"format", 'f', true},
+        {"output", OPT_OUTPUT, true}, {"force-share", 'U', false},
+        {NULL, 0, false},
+    };
+    cli_opt_parser p;
+    qcow2_format fmt = QCOW2_FORMAT_AUTO;
+    bool json = false, no_lock = false, first = true;
+    qcow2_extent cur, next;
+    qcow2_image *img;
+    uint64_t size, off;
+    int c, rc = 0, status = 0;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(map_help, stdout);
+            return 0;
+        case 'f':
+            if (!cli_parse_format(p.arg, &fmt))
+                return IMG_EXIT_FAIL;
+            break;
+        case OPT_OUTPUT:
+            if (!parse_output(p.arg, &json))
+                return IMG_EXIT_FAIL;
+            break;
+        case 'U':
+            no_lock = true;
+            break;
+        default:
+            return cli_usage_hint("qsnap image map", IMG_EXIT_FAIL);
+        }
+    }
+    if (!want_operands(&p, 1, "qsnap image map"))
+        return IMG_EXIT_FAIL;
+    if (cli_open_image(&img, p.argv[0], fmt, false, no_lock) < 0)
+        return IMG_EXIT_FAIL;
+
+    size = qcow2_image_size(img);
+    if (json)
+        printf("[");
+    else
+        printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
+    memset(&cur, 0, sizeof(cur));
+    for (off = 0; off < size; off += next.length) {
+        rc = qcow2_image_block_status(img, NULL, off, size - off, &next);
+        if (rc < 0)
+            break;
+        if (next.length == 0 || next.length > size - off) {
+            fflush(stdout);
+            cli_errorf("%s: bad block status at offset %" PRIu64, p.argv[0], off);
+            status = IMG_EXIT_FAIL;
+            break;
+        }
+        if (off > 0 && map_can_merge(&cur, &next)) {
+            cur.length += next.length;
+            continue;
+        }
+        if (off > 0) {
+            if (!map_emit(&cur, json, first)) {
+                status = IMG_EXIT_FAIL;
+                break;
+            }
+            first = false;
+        }
+        cur = next;
+    }
+    if (rc < 0) {
+        fflush(stdout);
+        status = cli_fail(rc, CLI_TABLE_IMAGE);
+    } else if (status == 0 && size > 0 && !map_emit(&cur, json, first)) {
+        status = IMG_EXIT_FAIL;
+    }
+    if (json)
+        printf("]\n");
+    qcow2_image_close(img);
+    return status;
+}
+
+/* ---- convert ------------------------------------------------------------ */
+
+static const char convert_help[] =
+    "Usage: qsnap image convert [-f FMT] [-O raw] [-S SIZE] [-p] [-U] SRC DST\n"
+    "\n"
+    "Flatten SRC and its whole backing chain into a new image DST (replaced if it\n"
+    "exists), as qemu-img convert does. Raw output is sparse: runs of zeroes of at\n"
+    "least SIZE bytes are left as holes.\n"
+    "\n"
+    "Options:\n"
+    "  -f, --format=FMT     format of SRC: qcow2 or raw (default: probe)\n"
+    "  -O FMT               output format; only raw for now (the default)\n"
+    "  -S SIZE              shortest zero run left as a hole (default 4k; 0 writes\n"
+    "                       every byte); suffixes k, M, G, T, P, E\n"
+    "  -p, --progress       show progress\n"
+    "  -U, --force-share    open SRC without taking the image lock\n"
+    "  -h, --help           show this help and exit\n"
+    "\n"
+    "Exit status: 0 success, 1 error.\n";
+
+int cli_image_convert(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false}, {"format", 'f', true},       {NULL, 'O', true},
+        {NULL, 'S', true},    {"progress", 'p', false},    {"force-share", 'U', false},
+        {NULL, 0, false},
+    };
+    qcow2_convert_opts copts = QCOW2_CONVERT_OPTS_INIT;
+    cli_opt_parser p;
+    qcow2_format fmt = QCOW2_FORMAT_AUTO, out_fmt = QCOW2_FORMAT_RAW;
+    bool progress = false, no_lock = false;
+    cli_progress pr;
+    qcow2_image *img;
+    int c, rc;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(convert_help, stdout);
+            return 0;
+        case 'f':
+            if (!cli_parse_format(p.arg, &fmt))
+                return IMG_EXIT_FAIL;
+            break;
+        case 'O':
+            if (!cli_parse_format(p.arg, &out_fmt))
+                return IMG_EXIT_FAIL;
+            break;
+        case 'S':
+            if (cli_parse_size(p.arg, &copts.min_sparse) < 0) {
+                cli_errorf("Invalid buffer size for sparse output specified. "
+                           "You may use k, M, G, T, P or E suffixes");
+                return IMG_EXIT_FAIL;
+            }
+            break;
+        case 'p':
+            progress = true;
+            break;
+        case 'U':
+            no_lock = true;
+            break;
+        default:
+            return cli_usage_hint("qsnap image convert", IMG_EXIT_FAIL);
+        }
+    }
+    if (p.nb_operands < 2) {
+        cli_errorf("Must specify image file name");
+        return cli_usage_hint("qsnap image convert", IMG_EXIT_FAIL);
+    }
+    if (p.nb_operands > 2) {
+        cli_errorf("Expecting one source image and one target image");
+        return cli_usage_hint("qsnap image convert", IMG_EXIT_FAIL);
+    }
+    if (out_fmt != QCOW2_FORMAT_RAW) {
+        cli_errorf("output format %s is not supported yet", qcow2_format_name(out_fmt));
+        return IMG_EXIT_FAIL;
+    }
+    if (cli_open_image(&img, p.argv[0], fmt, false, no_lock) < 0)
+        return IMG_EXIT_FAIL;
+
+    cli_progress_begin(&pr, progress);
+    copts.format = out_fmt;
+    copts.progress = cli_progress_update;
+    copts.payload = &pr;
+    rc = qcow2_image_convert(img, p.argv[1], &copts);
+    if (rc >= 0)
+        cli_progress_end(&pr);
+    else if (progress)
+        printf("\n");
+    if (rc < 0)
+        rc = cli_fail(rc, CLI_TABLE_IMAGE);
+    qcow2_image_close(img);
+    return rc;
+}
+
+/* ---- compare ------------------------------------------------------------ */
+
+static const char compare_help[] =
+    "Usage: qsnap image compare [-f FMT] [-F FMT] [-s] [-p] [-U] A B\n"
+    "\n"
+    "Compare the guest content of images A and B (each with its backing chain), as\n"
+    "qemu-img compare does. Without -s, images of different sizes are identical when\n"
+    "the tail of the larger one reads as zeroes.\n"
+    "\n"
+    "Options:\n"
+    "  -f FMT               format of A: qcow2 or raw (default: probe)\n"
+    "  -F FMT               format of B: qcow2 or raw (default: probe)\n"
+    "  -s, --strict         strict mode: images of different sizes differ\n"
+    "  -p, --progress       show progress\n"
+    "  -U, --force-share    open without taking the image locks\n"
+    "  -h, --help           show this help and exit\n"
+    "\n"
+    "Exit status: 0 identical, 1 different (or a bad command line), 2 error.\n";
+
+int cli_image_compare(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false},     {NULL, 'f', true},           {NULL, 'F', true},
+        {"strict", 's', false},   {"progress", 'p', false},    {"force-share", 'U', false},
+        {NULL, 0, false},
+    };
+    cli_opt_parser p;
+    qcow2_format fmt_a = QCOW2_FORMAT_AUTO, fmt_b = QCOW2_FORMAT_AUTO;
+    bool strict = false, progress = false, no_lock = false;
+    qcow2_image *a = NULL, *b = NULL;
+    uint64_t mismatch = 0;
+    cli_progress pr;
+    int c, rc, status;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(compare_help, stdout);
+            return 0;
+        case 'f':
+            if (!cli_parse_format(p.arg, &fmt_a))
+                return IMG_EXIT_FAIL;
+            break;
+        case 'F':
+            if (!cli_parse_format(p.arg, &fmt_b))
+                return IMG_EXIT_FAIL;
+            break;
+        case 's':
+            strict = true;
+            break;
+        case 'p':
+            progress = true;
+            break;
+        case 'U':
+            no_lock = true;
+            break;
+        default:
+            return cli_usage_hint("qsnap image compare", IMG_EXIT_FAIL);
+        }
+    }
+    if (!want_operands(&p, 2, "qsnap image compare"))
+        return IMG_EXIT_FAIL;
+    if (cli_open_image(&a, p.argv[0], fmt_a, false, no_lock) < 0)
+        return 2;
+    if (cli_open_image(&b, p.argv[1], fmt_b, false, no_lock) < 0) {
+        qcow2_image_close(a);
+        return 2;
+    }
+
+    if (strict && qcow2_image_size(a) != qcow2_image_size(b)) {
+        printf("Strict mode: Image size mismatch!\n");
+        status = 1;
+        goto out_close;
+    }
+    cli_progress_begin(&pr, progress);
+    rc = qcow2_image_compare(a, b, strict, &mismatch, cli_progress_update, &pr);
+    /* qemu-img ends the progress line with the verdict, then a blank line. */
+    if (rc >= 0)
+        cli_progress_complete(&pr);
+    else if (progress)
+        printf("\n");
+    if (rc == 0) {
+        printf("Images are identical.\n");
+        status = 0;
+    } else if (rc == 1) {
+        printf("Content mismatch at offset %" PRIu64 "!\n", mismatch);
+        status = 1;
+    } else {
+        fflush(stdout);
+        status = cli_fail(rc, CLI_TABLE_COMPARE);
+    }
+    if (rc >= 0 && progress)
+        printf("\n");
+out_close:
+    qcow2_image_close(b);
+    qcow2_image_close(a);
+    return status;
+}
+
+/* ---- digest ------------------------------------------------------------- */
+
+static const char digest_help[] =
+    "Usage: qsnap image digest [-f FMT] [-p] [-U] FILE\n"
+    "\n"
+    "Print the xxh3-128 digest of the guest-visible content of FILE (all of its\n"
+    "virtual size, through its backing chain) as 32 hex digits, two spaces and the\n"
+    "file name, like sha256sum. Images with the same content have the same digest\n"
+    "whatever their format or allocation.\n"
+    "\n"
+    "Options:\n"
+    "  -f, --format=FMT     image format: qcow2 or raw (default: probe)\n"
+    "  -p, --progress       show progress\n"
+    "  -U, --force-share    open without taking the image lock\n"
+    "  -h, --help           show this help and exit\n"
+    "\n"
+    "Exit status: 0 success, 1 error.\n";
+
+int cli_image_digest(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false},     {"format", 'f', true}, {"progress", 'p', false},
+        {"force-share", 'U', false}, {NULL, 0, false},
+    };
+    cli_opt_parser p;
+    qcow2_format fmt = QCOW2_FORMAT_AUTO;
+    bool progress = false, no_lock = false;
+    uint8_t digest[16];
+    cli_progress pr;
+    qcow2_image *img;
+    int c, rc, i;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(digest_help, stdout);
+            return 0;
+        case 'f':
+            if (!cli_parse_format(p.arg, &fmt))
+                return IMG_EXIT_FAIL;
+            break;
+        case 'p':
+            progress = true;
+            break;
+        case 'U':
+            no_lock = true;
+            break;
+        default:
+            return cli_usage_hint("qsnap image digest", IMG_EXIT_FAIL);
+        }
+    }
+    if (!want_operands(&p, 1, "qsnap image digest"))
+        return IMG_EXIT_FAIL;
+    if (cli_open_image(&img, p.argv[0], fmt, false, no_lock) < 0)
+        return IMG_EXIT_FAIL;
+
+    cli_progress_begin(&pr, progress);
+    rc = qcow2_image_digest(img, digest, cli_progress_update, &pr);
+    if (rc >= 0)
+        cli_progress_end(&pr);
+    else if (progress)
+        printf("\n");
+    if (rc < 0) {
+        rc = cli_fail(rc, CLI_TABLE_IMAGE);
+    } else {
+        for (i = 0; i < 16; i++)
+            printf("%02x", digest[i]);
+        printf("  %s\n", p.argv[0]);
+    }
+    qcow2_image_close(img);
+    return rc;
+}
