@@ -518,6 +518,10 @@ int cli_image_map(int argc, char **argv)
         status = cli_fail(rc, CLI_TABLE_IMAGE);
     } else if (status == 0 && size > 0 && !map_emit(&cur, json, first)) {
         status = IMG_EXIT_FAIL;
+    } else if (size == 0 && json) {
+        /* qemu-img describes an empty image with one empty run. */
+        printf("{ \"start\": 0, \"length\": 0, \"depth\": 0, \"present\": false,"
+               " \"zero\": false, \"data\": false}");
     }
     if (json)
         printf("]\n");
@@ -696,6 +700,8 @@ int cli_image_compare(int argc, char **argv)
         status = 1;
         goto out_close;
     }
+    if (qcow2_image_size(a) != qcow2_image_size(b))
+        printf("Warning: Image size mismatch!\n");
     cli_progress_begin(&pr, progress);
     rc = qcow2_image_compare(a, b, strict, &mismatch, cli_progress_update, &pr);
     /* qemu-img ends the progress line with the verdict, then a blank line. */

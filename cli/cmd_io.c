@@ -161,14 +161,19 @@ static int cmd_read(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char
         printf("length cannot exceed %llu, given %s\n", IO_MAX_REQUEST, p.argv[1]);
         return -1;
     }
+    if (off > qcow2_image_size(ctx->img) || len > qcow2_image_size(ctx->img) - off) {
+        fprintf(stderr,
+                "read failed: %s: %" PRIu64 " bytes at offset %" PRIu64
+                " go beyond the virtual size (%" PRIu64 " bytes)\n",
+                qcow2_image_filename(ctx->img), len, off, qcow2_image_size(ctx->img));
+        return -1;
+    }
     buf = malloc(IO_CHUNK);
     if (!buf) {
         fprintf(stderr, "read failed: out of memory\n");
         return -1;
     }
     t0 = now_sec();
-    if (len == 0 && off > qcow2_image_size(ctx->img))
-        rc = QCOW2_EINVAL;
     for (done = 0; done < len && rc == 0; done += IO_CHUNK) {
         size_t n = len - done < IO_CHUNK ? (size_t)(len - done) : IO_CHUNK;
         size_t i;
