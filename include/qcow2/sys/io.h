@@ -89,9 +89,13 @@ typedef int (*qcow2_io_open_fn)(qcow2_io **out, const char *path, unsigned flags
  */
 QCOW2_API int qcow2_io_posix_open(qcow2_io **out, const char *path, unsigned flags);
 
+/** Largest in-memory file: writes or resizes beyond it fail with -EFBIG. */
+#define QCOW2_IO_MEM_MAX_BYTES (4ull << 30)
+
 /**
- * An in-memory file, initially holding a copy of data[0..len).
- * @return 0 or -ENOMEM
+ * An in-memory file, initially holding a copy of data[0..len) (zeroes when
+ * data is NULL). It grows on writes past its end, up to QCOW2_IO_MEM_MAX_BYTES.
+ * @return 0, -ENOMEM, or -EFBIG when len exceeds QCOW2_IO_MEM_MAX_BYTES
  */
 QCOW2_API int qcow2_io_mem_new(qcow2_io **out, const void *data, size_t len);
 
