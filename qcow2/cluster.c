@@ -4,98 +4,41 @@
  * compressed), validating every L1 and L2 entry on the way. read.c builds
  * chain reads and block status on top of qcow2__layer_extent(); the writer
  * will use the same cache.
- *
- * The cache is set-associative: a table's host offset picks a set of up to
- * CACHE_WAYS slots, replaced least recently used first. Slot buffers are
- * allocated on first use, so the memory used is bounded by the budget and
- * by what has been touched, never by the virtual size.
  */
 #include <inttypes.h>
 
 #include "qcow2_int.h"
 
-#define CACHE_WAYS 8u
-
 int qcow2__l2_cache_init(qcow2_image *img)
 {
     uint64_t budget = img->opts.cache_bytes ? img->opts.cache_bytes : QCOW2_DEFAULT_CACHE_BYTES;
-    uint64_t slots = budget / img->cluster_size;
+    int rc;
 
-    /* At least two tables, so a copy between neighbours does not thrash. */
-    slots = qcow2__max(slots, 2);
-    slots = qcow2__min(slots, 1u << 16);
-    if (slots > CACHE_WAYS)
-        slots -= slots % CACHE_WAYS;
-    img->l2_cache = qcow2__calloc((size_t)slots, sizeof(*img->l2_cache));
-    if (!img->l2_cache)
-        return qcow2__nomem();
-    img->l2_nb_slots = (uint32_t)slots;
-    return 0;
+    rc = qcow2__cache_init(img, &img->l2c, budget, "L2 table");
+    if (rc)
+        return rc;
+    /* Refcount blocks: a quarter of the budget is plenty (one covers many L2 tables). */
+    return qcow2__cache_init(img, &img->rbc, budget / 4, "refcount block");
 }
 
 void qcow2__l2_cache_free(qcow2_image *img)
 {
-    for (uint32_t i = 0; i < img->l2_nb_slots; i++)
-        qcow2__free(img->l2_cache[i].data);
-    qcow2__free(img->l2_cache);
-    img->l2_cache = NULL;
-    img->l2_nb_slots = 0;
-}
-
-static uint32_t cache_set_first(const qcow2_image *img, uint64_t l2_off)
-{
-    uint32_t ways = (uint32_t)qcow2__min(CACHE_WAYS, img->l2_nb_slots);
-    uint32_t nb_sets = img->l2_nb_slots / ways;
-    uint64_t h = (l2_off >> img->cluster_bits) * 0x9e3779b97f4a7c15ull;
-
-    return (uint32_t)((h >> 32) % nb_sets) * ways;
+    qcow2__cache_free(&img->l2c);
+    qcow2__cache_free(&img->rbc);
 }
 
 int qcow2__l2_load(qcow2_image *img, uint64_t l2_off, const uint8_t **table_out)
 {
-    struct qcow2__l2_slot *slot = &img->l2_cache[img->l2_last];
-    uint32_t ways, first, victim;
-    int rc;
+    struct qcow2__cslot *slot;
+    int rc = qcow2__cache_get(img, &img->l2c, l2_off, true, &slot);
 
-    if (slot->l2_off == l2_off && slot->data) {
-        slot->used = ++img->l2_tick;
-        *table_out = slot->data;
-        return 0;
-    }
-    ways = (uint32_t)qcow2__min(CACHE_WAYS, img->l2_nb_slots);
-    first = cache_set_first(img, l2_off);
-    victim = first;
-    for (uint32_t i = first; i < first + ways; i++) {
-        slot = &img->l2_cache[i];
-        if (slot->l2_off == l2_off && slot->data) {
-            slot->used = ++img->l2_tick;
-            img->l2_last = i;
-            *table_out = slot->data;
-            return 0;
-        }
-        if (slot->used < img->l2_cache[victim].used)
-            victim = i;
-    }
-    slot = &img->l2_cache[victim];
-    assert(!slot->dirty);
-    if (!slot->data) {
-        slot->data = qcow2__malloc((size_t)img->cluster_size);
-        if (!slot->data)
-            return qcow2__nomem();
-    }
-    slot->l2_off = 0;
-    rc = qcow2__io_read(img->io, img->name, slot->data, (size_t)img->cluster_size, l2_off);
     if (rc)
         return rc;
-    slot->l2_off = l2_off;
-    slot->used = ++img->l2_tick;
-    img->l2_last = victim;
     *table_out = slot->data;
     return 0;
 }
 
-/* Validate the L2 table offset from L1 entry l1_idx. */
-static int check_l2_offset(qcow2_image *img, uint64_t l1_idx, uint64_t l2_off)
+int qcow2__check_l2_offset(qcow2_image *img, uint64_t l1_idx, uint64_t l2_off)
 {
     if (l2_off & (img->cluster_size - 1))
         return qcow2__corrupt(img,
@@ -235,7 +178,7 @@ int qcow2__layer_extent(qcow2_image *img, uint64_t guest_off, uint64_t len, stru
         out->has_off = false;
         return 0;
     }
-    rc = check_l2_offset(img, l1_idx, l2_off);
+    rc = qcow2__check_l2_offset(img, l1_idx, l2_off);
     if (rc)
         return rc;
     rc = qcow2__l2_load(img, l2_off, &table);

@@ -398,3 +398,124 @@ void qcow2__header_free(qcow2_image *img)
     qcow2__free(img->backing_fmt);
     img->backing_fmt = NULL;
 }
+
+/* Append one extension at *off; false when it does not fit before limit. */
+static bool put_ext(uint8_t *buf, uint64_t *off, uint64_t limit, uint32_t type, const void *data,
+                    uint32_t len)
+{
+    uint64_t need = 8 + qcow2__align_up(len, 8);
+
+    if (*off + need > limit)
+        return false;
+    qcow2__put_be32(buf + *off, type);
+    qcow2__put_be32(buf + *off + 4, len);
+    memcpy(buf + *off + 8, data, len);
+    *off += need;
+    return true;
+}
+
+static int serialize(qcow2_image *img, uint8_t *buf, size_t buf_len, bool with_features)
+{
+    const struct qcow2__hdr *h = &img->hdr;
+    uint64_t off, limit = buf_len;
+    bool ok = true;
+
+    qcow2__put_be32(buf, QCOW2_MAGIC);
+    qcow2__put_be32(buf + 4, h->version);
+    qcow2__put_be32(buf + 20, h->cluster_bits);
+    qcow2__put_be64(buf + 24, img->size);
+    qcow2__put_be32(buf + 32, h->crypt_method);
+    qcow2__put_be32(buf + 36, h->l1_size);
+    qcow2__put_be64(buf + 40, h->l1_off);
+    qcow2__put_be64(buf + 48, h->rt_off);
+    qcow2__put_be32(buf + 56, h->rt_clusters);
+    qcow2__put_be32(buf + 60, h->nb_snapshots);
+    qcow2__put_be64(buf + 64, h->snap_off);
+    if (h->version >= 3) {
+        qcow2__put_be64(buf + 72, h->incompat);
+        qcow2__put_be64(buf + 80, h->compat);
+        qcow2__put_be64(buf + 88, h->autoclear);
+        qcow2__put_be32(buf + 96, h->refcount_order);
+        qcow2__put_be32(buf + 100, h->header_len);
+        if (h->header_len > 104)
+            buf[104] = h->compression_type;
+        if (h->tail_len)
+            memcpy(buf + QCOW2_V3_HEADER_LEN, h->tail, h->tail_len);
+    }
+    off = h->header_len;
+    if (img->backing_fmt)
+        ok = ok && put_ext(buf, &off, limit, QCOW2_EXT_BACKING_FORMAT, img->backing_fmt,
+                           (uint32_t)strlen(img->backing_fmt));
+    if (img->nb_features && with_features) {
+        uint8_t *ft = qcow2__calloc(img->nb_features, QCOW2_FEATURE_ENTRY_LEN);
+        if (!ft)
+            return qcow2__nomem();
+        for (uint32_t i = 0; i < img->nb_features; i++) {
+            uint8_t *e = ft + (size_t)i * QCOW2_FEATURE_ENTRY_LEN;
+            e[0] = img->features[i].type;
+            e[1] = img->features[i].bit;
+            memcpy(e + 2, img->features[i].name, strlen(img->features[i].name));
+        }
+        ok = ok && put_ext(buf, &off, limit, QCOW2_EXT_FEATURE_TABLE, ft,
+                           img->nb_features * QCOW2_FEATURE_ENTRY_LEN);
+        qcow2__free(ft);
+    }
+    if (img->bitmaps_ext)
+        ok = ok && put_ext(buf, &off, limit, QCOW2_EXT_BITMAPS, img->bitmaps_ext,
+                           img->bitmaps_ext_len);
+    for (uint32_t i = 0; i < img->nb_exts; i++)
+        ok = ok && put_ext(buf, &off, limit, img->exts[i].type, img->exts[i].data,
+                           img->exts[i].len);
+    if (!ok || off + 8 > limit)
+        return qcow2__err(QCOW2_EINVAL, 0, img->name, "header extensions do not fit in cluster 0");
+    off += 8; /* end marker: zeroes */
+    if (img->backing_name) {
+        size_t len = strlen(img->backing_name);
+        if (len > QCOW2_MAX_BACKING_NAME || off + len > limit)
+            return qcow2__err(QCOW2_EINVAL, 0, img->name,
+                              "backing file name does not fit in the header cluster");
+        memcpy(buf + off, img->backing_name, len);
+        qcow2__put_be64(buf + 8, off);
+        qcow2__put_be32(buf + 16, (uint32_t)len);
+        img->hdr.backing_off = off;
+        img->hdr.backing_len = (uint32_t)len;
+    } else {
+        img->hdr.backing_off = 0;
+        img->hdr.backing_len = 0;
+    }
+    return 0;
+}
+
+/*
+ * The feature-name table is only an aid for messages: like qemu, leave it out
+ * when it does not fit beside what the image needs (small clusters).
+ */
+int qcow2__header_serialize(qcow2_image *img, uint8_t *buf, size_t buf_len)
+{
+    int rc = serialize(img, buf, buf_len, true);
+
+    if (rc == QCOW2_EINVAL && img->nb_features) {
+        memset(buf, 0, buf_len);
+        rc = serialize(img, buf, buf_len, false);
+    }
+    return rc;
+}
+
+int qcow2__header_write(qcow2_image *img)
+{
+    size_t len = (size_t)img->cluster_size;
+    uint8_t *buf = qcow2__calloc(1, len);
+    int rc;
+
+    if (!buf)
+        return qcow2__nomem();
+    rc = qcow2__header_serialize(img, buf, len);
+    if (!rc)
+        rc = qcow2__io_write(img->io, img->name, buf, len, 0);
+    if (!rc)
+        rc = qcow2__io_flush(img->io, img->name);
+    if (!rc)
+        img->header_dirty = false;
+    qcow2__free(buf);
+    return rc;
+}

@@ -120,6 +120,8 @@ static void image_free(qcow2_image *img)
         return;
     if (img->backing)
         image_free(img->backing);
+    if (img->fmt != QCOW2_FORMAT_QCOW2 || img->l2c.slots)
+        qcow2__close_flush(img); /* errors are reported by an explicit qcow2_image_flush() */
     qcow2__l2_cache_free(img);
     qcow2__snapshots_free(img);
     qcow2__header_free(img);
@@ -127,6 +129,7 @@ static void image_free(qcow2_image *img)
     qcow2__free(img->reftable);
     qcow2__free(img->cbuf);
     qcow2__free(img->dbuf);
+    qcow2__free(img->pending);
     if (img->io) {
         if (img->locked)
             img->io->ops->lock(img->io, QCOW2_IO_UNLOCK);

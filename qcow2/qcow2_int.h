@@ -27,7 +27,8 @@
  *   return qcow2__err(QCOW2_ECORRUPT, 0, img->name, "L1 table at 0x%llx ...", ...);
  */
 int qcow2__err(int code, int sys_errno, const char *name, const char *fmt, ...) QCOW2_PRINTF(4, 5);
-int qcow2__verr(int code, int sys_errno, const char *name, const char *fmt, va_list ap);
+int qcow2__verr(int code, int sys_errno, const char *name, const char *fmt, va_list ap)
+    QCOW2_PRINTF(4, 0);
 
 /* Shorthand for the common class: corrupt metadata in img. */
 #define qcow2__corrupt(img, ...) qcow2__err(QCOW2_ECORRUPT, 0, (img)->name, __VA_ARGS__)
@@ -207,12 +208,30 @@ struct qcow2__hdr {
     uint32_t tail_len;          /* bytes */
 };
 
-/* One slot of the L2 cache: a whole L2 table. */
-struct qcow2__l2_slot {
-    uint64_t l2_off;  /* host offset of the table; 0 = empty slot */
+/* One slot of a metadata cache: a whole table (L2 table or refcount block). */
+struct qcow2__cslot {
+    uint64_t off;     /* host offset of the table; 0 = empty slot */
     uint64_t used;    /* LRU tick of the last use */
     uint8_t *data;    /* the table, big-endian as on disk */
-    bool dirty;       /* must be written back (writer) */
+    bool dirty;       /* newer than the file: written back by qcow2__metadata_flush() */
+};
+
+/*
+ * A set-associative cache of one-cluster tables. Slot buffers are allocated
+ * on first use, so memory is bounded by the budget and by what was touched.
+ */
+struct qcow2__cache {
+    struct qcow2__cslot *slots; /* nb_slots slots */
+    uint32_t nb_slots;          /* a multiple of the associativity, or less than it */
+    uint32_t last;              /* slot of the last hit */
+    uint64_t tick;              /* LRU clock */
+    const char *what;           /* "L2 table" or "refcount block", for messages */
+};
+
+/* A range of host clusters whose refcount drops once the metadata is durable. */
+struct qcow2__pending_free {
+    uint64_t host_off; /* bytes; for compressed data, the sector-aligned start */
+    uint64_t len;      /* bytes */
 };
 
 /* Handle states; see the diagram in image.c. */
@@ -264,10 +283,20 @@ struct qcow2_image {
     uint64_t ext_end;            /* first byte after the extension area */
     struct qcow2__snapshot *snaps; /* internal snapshots */
     uint32_t nb_snaps;
-    struct qcow2__l2_slot *l2_cache; /* L2 cache slots */
-    uint32_t l2_nb_slots;
-    uint32_t l2_last;            /* slot of the last hit */
-    uint64_t l2_tick;            /* LRU clock */
+    struct qcow2__cache l2c;     /* L2 tables */
+    struct qcow2__cache rbc;     /* refcount blocks */
+
+    /* writer state */
+    bool l1_dirty;               /* the L1 in memory is newer than the file */
+    bool rt_dirty;               /* the refcount table in memory is newer than the file */
+    uint64_t meta_gen;           /* bumped whenever refcount metadata is placed */
+    bool header_dirty;           /* header fields changed: rewrite cluster 0 */
+    bool write_started;          /* the first-write header update was made */
+    uint64_t free_hint;          /* cluster index where the allocator starts looking */
+    uint64_t alloc_end;          /* cluster index past every allocated cluster */
+    uint64_t cbyte_off;          /* next free byte for compressed data; 0 = none */
+    struct qcow2__pending_free *pending; /* frees applied at the next flush */
+    size_t nb_pending, pending_alloc;
     uint8_t *cbuf;               /* compressed input buffer (2 clusters) */
     uint8_t *dbuf;               /* decompressed cluster */
     uint64_t dbuf_host_off;      /* descriptor decoded into dbuf; ~0 = none */
@@ -279,11 +308,35 @@ void qcow2__header_free(qcow2_image *img);
 /* The name of an incompatible/compatible/autoclear feature bit, or NULL. */
 const char *qcow2__feature_name(const qcow2_image *img, unsigned type, unsigned bit);
 
+/* header.c (writer): serialize cluster 0 from the native fields and write it. */
+int qcow2__header_write(qcow2_image *img);
+/* Serialize into buf (cluster_size bytes, zeroed by the caller). */
+int qcow2__header_serialize(qcow2_image *img, uint8_t *buf, size_t buf_len);
+
+/* cache.c */
+int qcow2__cache_init(qcow2_image *img, struct qcow2__cache *c, uint64_t budget, const char *what);
+void qcow2__cache_free(struct qcow2__cache *c);
+/*
+ * The slot holding the table at host offset off. With load, a miss reads the
+ * table from the file; without, a miss returns a zero-filled slot (a new
+ * table the caller fills and marks dirty). The slot stays valid until the
+ * next call on the same cache. Evicting a dirty slot flushes the metadata.
+ */
+int qcow2__cache_get(qcow2_image *img, struct qcow2__cache *c, uint64_t off, bool load,
+                     struct qcow2__cslot **out);
+/* Forget the table at off (freed). */
+void qcow2__cache_drop(struct qcow2__cache *c, uint64_t off);
+/* Write every dirty slot (no flush). */
+int qcow2__cache_writeback(qcow2_image *img, struct qcow2__cache *c);
+bool qcow2__cache_is_dirty(const struct qcow2__cache *c);
+
 /* cluster.c: single-layer mapping with the L2 cache */
 int qcow2__l2_cache_init(qcow2_image *img);
 void qcow2__l2_cache_free(qcow2_image *img);
 /* Load (through the cache) the L2 table at host offset l2_off; *table_out is borrowed. */
 int qcow2__l2_load(qcow2_image *img, uint64_t l2_off, const uint8_t **table_out);
+/* Validate the L2 table offset from L1 entry l1_idx. */
+int qcow2__check_l2_offset(qcow2_image *img, uint64_t l1_idx, uint64_t l2_off);
 
 /* Kinds of run within one layer (qcow2__layer_extent). */
 enum qcow2__run {
@@ -314,6 +367,40 @@ int qcow2__read_compressed(qcow2_image *img, uint64_t l2e, uint64_t in_off, void
 int qcow2__refcount_load(qcow2_image *img);
 /* The refcount of host cluster cluster_idx (0 when its block is not allocated). */
 int qcow2__refcount_get(qcow2_image *img, uint64_t cluster_idx, uint64_t *out);
+/*
+ * Set the refcount of one cluster (in the refcount-block cache), allocating
+ * the refcount block (and growing the refcount table) when there is none.
+ * Fails with QCOW2_ECORRUPT when value does not fit refcount_bits.
+ */
+int qcow2__refcount_set(qcow2_image *img, uint64_t cluster_idx, uint64_t value);
+/* Add delta to the refcount of every cluster touched by [host_off, host_off+len). */
+int qcow2__refcount_update(qcow2_image *img, uint64_t host_off, uint64_t len, int64_t delta);
+/* Allocate nb contiguous free clusters (refcount 1); *host_off_out in bytes. */
+int qcow2__alloc_clusters(qcow2_image *img, uint64_t nb, uint64_t *host_off_out);
+/* Allocate len bytes (< one cluster) for compressed data, packing clusters. */
+int qcow2__alloc_bytes(qcow2_image *img, uint64_t len, uint64_t *host_off_out);
+/* Queue a refcount decrement of [host_off, host_off+len), applied after the next metadata flush. */
+int qcow2__free_later(qcow2_image *img, uint64_t host_off, uint64_t len);
+/* Apply queued frees now (the metadata that referenced them is durable). */
+int qcow2__apply_pending_frees(qcow2_image *img);
+/* Host byte range of a compressed cluster's data per its descriptor (sector-aligned start). */
+void qcow2__compressed_range(const qcow2_image *img, uint64_t l2e, uint64_t *host_off, uint64_t *len);
+
+/* write.c */
+/*
+ * Ordered flush of everything dirty: data -> refcount blocks -> L2 tables ->
+ * L1 -> header, a flush between each, then queued frees (invariant 3). Any
+ * failure puts the handle in the FATAL state.
+ */
+int qcow2__metadata_flush(qcow2_image *img);
+/* Put the handle in the sticky error state (and, for detected corruption, mark the image corrupt). */
+int qcow2__fatal(qcow2_image *img, int rc);
+/* Make a handle writable state-wise: QCOW2_EREADONLY / QCOW2_EFATAL otherwise. */
+int qcow2__check_writable(qcow2_image *img);
+/* Allocate every cluster of the virtual size (create's preallocation=). */
+int qcow2__preallocate(qcow2_image *img, qcow2_prealloc mode);
+/* Flush and clear the dirty bit before close (no-op for read-only handles). */
+int qcow2__close_flush(qcow2_image *img);
 
 /* snapshot.c */
 int qcow2__snapshots_load(qcow2_image *img);

@@ -1,11 +1,21 @@
 /*
- * Refcounts: the refcount table and refcount blocks. At open the table is
- * loaded and its size checked against the cap; refcount blocks are read on
- * demand. The writer and check build on these helpers.
+ * Refcounts: the refcount table, refcount blocks (through the metadata
+ * cache), the cluster allocator and deferred frees. write.c, create.c and
+ * check.c build on these; image.c loads the table at open.
  *
- * Invariants kept here (numbers from qcow2_format.h): (1) every reachable
- * cluster has refcount >= 1; (2) COPIED <=> refcount == 1 in the active tree;
- * (4) a new refcount block is complete on disk before the table points at it.
+ * Invariants kept here (numbers from qcow2_format.h):
+ *  (1) every reachable cluster has refcount >= 1: a cluster's refcount is
+ *      raised (in the cache) before anything can point at it, and the cache
+ *      is written back before the tables that point at it (write.c);
+ *  (4) a new refcount block is complete on disk before the table points at
+ *      it, and a new refcount table is complete before the header does;
+ *  - a freed cluster keeps its refcount until the metadata that dropped the
+ *      reference is durable (qcow2__free_later), so a crash leaks at worst.
+ *
+ * New refcount blocks go at the first cluster of the group they describe
+ * (all of which is free, or the block would exist), so they describe
+ * themselves. A refcount table that must grow moves to the end of the image
+ * together with the new blocks that describe it.
  */
 #include <inttypes.h>
 
@@ -29,11 +39,23 @@ int qcow2__refcount_load(qcow2_image *img)
         return rc;
     for (uint64_t i = 0; i < img->rt_entries; i++)
         img->reftable[i] = qcow2__be64(raw + i * 8);
+    img->alloc_end = (img->file_size + img->cluster_size - 1) >> img->cluster_bits;
+    img->free_hint = 1;
     return 0;
 }
 
-/* Decode refcount entry i from a refcount block buffer. */
-static uint64_t refblock_get(const qcow2_image *img, const uint8_t *blk, uint64_t i)
+/* Entries per refcount block. */
+static uint64_t per_block(const qcow2_image *img)
+{
+    return img->cluster_size * 8 / img->refcount_bits;
+}
+
+static uint64_t refcount_max(const qcow2_image *img)
+{
+    return img->refcount_bits == 64 ? UINT64_MAX : (1ull << img->refcount_bits) - 1;
+}
+
+static uint64_t block_get(const qcow2_image *img, const uint8_t *blk, uint64_t i)
 {
     switch (img->refcount_bits) {
     case 1:
@@ -54,41 +76,423 @@ static uint64_t refblock_get(const qcow2_image *img, const uint8_t *blk, uint64_
     }
 }
 
-int qcow2__refcount_get(qcow2_image *img, uint64_t cluster_idx, uint64_t *out)
+static void block_put(const qcow2_image *img, uint8_t *blk, uint64_t i, uint64_t v)
 {
-    uint64_t per_block = img->cluster_size * 8 / img->refcount_bits;
-    uint64_t rt_idx = cluster_idx / per_block;
-    uint64_t rb_idx = cluster_idx % per_block;
-    uint64_t rb_off, byte_off;
-    uint8_t entry[8];
-    size_t entry_bytes;
-    int rc;
+    switch (img->refcount_bits) {
+    case 1:
+    case 2:
+    case 4: {
+        unsigned per_byte = 8 / img->refcount_bits;
+        unsigned shift = (unsigned)(i % per_byte) * img->refcount_bits;
+        unsigned mask = ((1u << img->refcount_bits) - 1) << shift;
+        blk[i / per_byte] = (uint8_t)((blk[i / per_byte] & ~mask) | ((unsigned)v << shift));
+        break;
+    }
+    case 8:
+        blk[i] = (uint8_t)v;
+        break;
+    case 16:
+        qcow2__put_be16(blk + i * 2, (uint16_t)v);
+        break;
+    case 32:
+        qcow2__put_be32(blk + i * 4, (uint32_t)v);
+        break;
+    default:
+        qcow2__put_be64(blk + i * 8, v);
+        break;
+    }
+}
 
-    *out = 0;
-    if (rt_idx >= img->rt_entries)
-        return 0;
-    if (img->reftable[rt_idx] & QCOW2_REFT_RESERVED_MASK)
+static void note_used(qcow2_image *img, uint64_t cluster_idx)
+{
+    if (cluster_idx + 1 > img->alloc_end)
+        img->alloc_end = cluster_idx + 1;
+    img->file_size = qcow2__max(img->file_size, img->alloc_end << img->cluster_bits);
+}
+
+static int grow_reftable(qcow2_image *img, uint64_t need_idx);
+
+/* Host offset of the refcount block for table index rt_idx (0: none), validated. */
+static int block_offset(qcow2_image *img, uint64_t rt_idx, uint64_t *off_out)
+{
+    uint64_t e = img->reftable[rt_idx];
+    uint64_t off = e & QCOW2_REFT_OFFSET_MASK;
+
+    *off_out = 0;
+    if (e & QCOW2_REFT_RESERVED_MASK)
         return qcow2__corrupt(img, "refcount table entry %" PRIu64 " has reserved bits set",
                               rt_idx);
-    rb_off = img->reftable[rt_idx] & QCOW2_REFT_OFFSET_MASK;
-    if (!rb_off)
-        return 0;
-    if ((rb_off & (img->cluster_size - 1)) || rb_off < img->cluster_size ||
-        !qcow2__in_range(rb_off, img->cluster_size, img->file_size))
+    if (off && ((off & (img->cluster_size - 1)) || off < img->cluster_size ||
+                !qcow2__in_range(off, img->cluster_size, img->file_size)))
         return qcow2__corrupt(img,
                               "refcount block at 0x%" PRIx64 " (table entry %" PRIu64
                               ") is misaligned or outside the file",
-                              rb_off, rt_idx);
-    entry_bytes = img->refcount_bits >= 8 ? img->refcount_bits / 8 : 1;
-    byte_off = img->refcount_bits >= 8 ? rb_idx * entry_bytes
-                                       : rb_idx / (8 / img->refcount_bits);
-    rc = qcow2__io_read(img->io, img->name, entry, entry_bytes, rb_off + byte_off);
+                              off, rt_idx);
+    *off_out = off;
+    return 0;
+}
+
+/* Make a refcount block for group rt_idx at the group's first cluster. */
+static int create_block(qcow2_image *img, uint64_t rt_idx, uint64_t *off_out)
+{
+    uint64_t first = rt_idx * per_block(img);
+    uint64_t off = first << img->cluster_bits;
+    struct qcow2__cslot *slot;
+    int rc;
+
+    if (first == 0)
+        return qcow2__corrupt(img, "refcount table entry 0 is empty (the header has no refcount)");
+    if (off > QCOW2_MAX_HOST_OFFSET)
+        return qcow2__err(QCOW2_ENOSPC, 0, img->name, "image would grow past 64 PiB");
+    rc = qcow2__cache_get(img, &img->rbc, off, false, &slot);
     if (rc)
         return rc;
-    /* Decode as if the block started at this entry's byte. */
-    if (img->refcount_bits < 8)
-        *out = refblock_get(img, entry, rb_idx % (8 / img->refcount_bits));
-    else
-        *out = refblock_get(img, entry, 0);
+    block_put(img, slot->data, 0, 1); /* the block describes itself */
+    slot->dirty = true;
+    img->reftable[rt_idx] = off;
+    img->rt_dirty = true;
+    img->meta_gen++;
+    note_used(img, first);
+    *off_out = off;
     return 0;
+}
+
+/* The cache slot of the block for rt_idx; NULL (and 0) when there is none and !create. */
+static int block_slot(qcow2_image *img, uint64_t rt_idx, bool create, struct qcow2__cslot **out)
+{
+    uint64_t off;
+    int rc;
+
+    *out = NULL;
+    if (rt_idx >= img->rt_entries) {
+        if (!create)
+            return 0;
+        rc = grow_reftable(img, rt_idx);
+        if (rc)
+            return rc;
+    }
+    rc = block_offset(img, rt_idx, &off);
+    if (rc)
+        return rc;
+    if (!off) {
+        if (!create)
+            return 0;
+        rc = create_block(img, rt_idx, &off);
+        if (rc)
+            return rc;
+    }
+    return qcow2__cache_get(img, &img->rbc, off, true, out);
+}
+
+int qcow2__refcount_get(qcow2_image *img, uint64_t cluster_idx, uint64_t *out)
+{
+    struct qcow2__cslot *slot;
+    int rc;
+
+    *out = 0;
+    rc = block_slot(img, cluster_idx / per_block(img), false, &slot);
+    if (rc || !slot)
+        return rc;
+    *out = block_get(img, slot->data, cluster_idx % per_block(img));
+    return 0;
+}
+
+int qcow2__refcount_set(qcow2_image *img, uint64_t cluster_idx, uint64_t value)
+{
+    struct qcow2__cslot *slot;
+    int rc;
+
+    if (value > refcount_max(img))
+        return qcow2__corrupt(img, "refcount of cluster %" PRIu64 " would overflow %u bits",
+                              cluster_idx, img->refcount_bits);
+    rc = block_slot(img, cluster_idx / per_block(img), true, &slot);
+    if (rc)
+        return rc;
+    block_put(img, slot->data, cluster_idx % per_block(img), value);
+    slot->dirty = true;
+    if (value)
+        note_used(img, cluster_idx);
+    else if (cluster_idx < img->free_hint)
+        img->free_hint = cluster_idx;
+    return 0;
+}
+
+int qcow2__refcount_update(qcow2_image *img, uint64_t host_off, uint64_t len, int64_t delta)
+{
+    uint64_t first, last;
+
+    if (len == 0)
+        return 0;
+    first = host_off >> img->cluster_bits;
+    last = (host_off + len - 1) >> img->cluster_bits;
+    for (uint64_t c = first; c <= last; c++) {
+        uint64_t cur;
+        int rc = qcow2__refcount_get(img, c, &cur);
+
+        if (rc)
+            return rc;
+        if (delta < 0 && cur < (uint64_t)-delta)
+            return qcow2__corrupt(img, "refcount of cluster 0x%" PRIx64 " would drop below zero",
+                                  c << img->cluster_bits);
+        if (delta > 0 && cur > refcount_max(img) - (uint64_t)delta)
+            return qcow2__corrupt(img, "refcount of cluster 0x%" PRIx64 " would overflow %u bits",
+                                  c << img->cluster_bits, img->refcount_bits);
+        rc = qcow2__refcount_set(img, c, delta < 0 ? cur - (uint64_t)-delta : cur + (uint64_t)delta);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/*
+ * Move the refcount table to the end of the image with room for need_idx,
+ * together with the new refcount blocks that describe the area it occupies.
+ * Order: everything dirty flushed; new blocks and table written and flushed;
+ * the header switched (one write, flushed); the old table freed.
+ */
+static int grow_reftable(qcow2_image *img, uint64_t need_idx)
+{
+    uint64_t pb = per_block(img);
+    uint64_t per_cluster = img->cluster_size / 8;
+    uint64_t new_entries = qcow2__max(need_idx + 1, img->rt_entries * 2);
+    uint64_t t, k = 0, area, old_off = img->hdr.rt_off;
+    uint64_t old_clusters = img->hdr.rt_clusters;
+    uint64_t *table = NULL;
+    uint8_t *raw = NULL;
+    int rc;
+
+    new_entries = qcow2__align_up(new_entries, per_cluster);
+    if (new_entries * 8 > QCOW2_MAX_REFTABLE_BYTES)
+        return qcow2__err(QCOW2_ENOSPC, 0, img->name,
+                          "the refcount table would exceed %llu bytes", QCOW2_MAX_REFTABLE_BYTES);
+    t = new_entries / per_cluster;
+    area = qcow2__max(img->alloc_end, 1);
+
+    /* How many new blocks the area [area, area + k + t) needs, including themselves. */
+    for (;;) {
+        uint64_t m = 0;
+        uint64_t g_last = (area + k + t - 1) / pb;
+        for (uint64_t g = area / pb; g <= g_last; g++) {
+            if (g >= img->rt_entries || !(img->reftable[g] & QCOW2_REFT_OFFSET_MASK))
+                m++;
+        }
+        if (m == k)
+            break;
+        k = m;
+    }
+    if ((area + k + t) << img->cluster_bits > QCOW2_MAX_HOST_OFFSET)
+        return qcow2__err(QCOW2_ENOSPC, 0, img->name, "image would grow past 64 PiB");
+
+    /* Make everything that exists durable first: the switch below must not race it. */
+    rc = qcow2__metadata_flush(img);
+    if (rc)
+        return rc;
+
+    table = qcow2__calloc((size_t)new_entries, sizeof(uint64_t));
+    raw = qcow2__calloc((size_t)t, (size_t)img->cluster_size);
+    if (!table || !raw) {
+        rc = qcow2__nomem();
+        goto out;
+    }
+    memcpy(table, img->reftable, (size_t)img->rt_entries * 8);
+    {
+        uint64_t next = area, g_last = (area + k + t - 1) / pb;
+        for (uint64_t g = area / pb; g <= g_last; g++) {
+            if (!(table[g] & QCOW2_REFT_OFFSET_MASK))
+                table[g] = (next++) << img->cluster_bits;
+        }
+        assert(next == area + k);
+    }
+    /* Refcount 1 for every cluster of the area, in new or existing blocks. */
+    for (uint64_t c = area; c < area + k + t; c++) {
+        uint64_t g = c / pb;
+        uint64_t boff = table[g] & QCOW2_REFT_OFFSET_MASK;
+        bool is_new = g >= img->rt_entries || !(img->reftable[g] & QCOW2_REFT_OFFSET_MASK);
+        struct qcow2__cslot *slot;
+
+        /* A new block starts zeroed on its first touch; later touches may find it evicted. */
+        bool load = !is_new || (c != area && c % pb != 0);
+
+        rc = qcow2__cache_get(img, &img->rbc, boff, load, &slot);
+        if (rc)
+            goto out;
+        block_put(img, slot->data, c % pb, 1);
+        slot->dirty = true;
+    }
+    rc = qcow2__cache_writeback(img, &img->rbc);
+    if (rc)
+        goto out;
+    for (uint64_t i = 0; i < new_entries; i++)
+        qcow2__put_be64(raw + i * 8, table[i]);
+    rc = qcow2__io_write(img->io, img->name, raw, (size_t)(t * img->cluster_size),
+                         (area + k) << img->cluster_bits);
+    if (rc)
+        goto out;
+    rc = qcow2__io_flush(img->io, img->name);
+    if (rc)
+        goto out;
+    qcow2__free(img->reftable);
+    img->reftable = table;
+    table = NULL;
+    img->rt_entries = new_entries;
+    img->rt_dirty = false;
+    img->hdr.rt_off = (area + k) << img->cluster_bits;
+    img->hdr.rt_clusters = (uint32_t)t;
+    img->meta_gen++;
+    note_used(img, area + k + t - 1);
+    rc = qcow2__header_write(img);
+    if (rc)
+        goto out;
+    /* The header no longer points at the old table. */
+    rc = qcow2__refcount_update(img, old_off, old_clusters << img->cluster_bits, -1);
+out:
+    qcow2__free(table);
+    qcow2__free(raw);
+    return rc;
+}
+
+/* Refcount of idx for the allocator, creating its block when there is none. */
+static int alloc_probe(qcow2_image *img, uint64_t idx, uint64_t *out)
+{
+    struct qcow2__cslot *slot;
+    int rc = block_slot(img, idx / per_block(img), true, &slot);
+
+    if (rc)
+        return rc;
+    *out = block_get(img, slot->data, idx % per_block(img));
+    return 0;
+}
+
+int qcow2__alloc_clusters(qcow2_image *img, uint64_t nb, uint64_t *host_off_out)
+{
+    uint64_t start = qcow2__max(img->free_hint, 1), run = 0;
+    int rc;
+
+    assert(nb > 0);
+    while (run < nb) {
+        uint64_t idx = start + run, v, gen = img->meta_gen;
+
+        if ((idx + 1) << img->cluster_bits > QCOW2_MAX_HOST_OFFSET)
+            return qcow2__err(QCOW2_ENOSPC, 0, img->name, "image would grow past 64 PiB");
+        rc = alloc_probe(img, idx, &v);
+        if (rc)
+            return rc;
+        if (gen != img->meta_gen) {
+            /* New metadata may sit inside the run found so far: look again. */
+            run = 0;
+            continue;
+        }
+        if (v) {
+            start = idx + 1;
+            run = 0;
+        } else {
+            run++;
+        }
+    }
+    for (uint64_t i = 0; i < nb; i++) {
+        rc = qcow2__refcount_set(img, start + i, 1);
+        if (rc)
+            return rc;
+    }
+    img->free_hint = start + nb;
+    *host_off_out = start << img->cluster_bits;
+    return 0;
+}
+
+int qcow2__alloc_bytes(qcow2_image *img, uint64_t len, uint64_t *host_off_out)
+{
+    uint64_t off = img->cbyte_off;
+    int rc;
+
+    assert(len > 0 && len < img->cluster_size);
+    uint64_t cur = 0;
+
+    if (off) {
+        rc = qcow2__refcount_get(img, off >> img->cluster_bits, &cur);
+        if (rc)
+            return rc;
+    }
+    if (off && (off & (img->cluster_size - 1)) + len <= img->cluster_size &&
+        cur < refcount_max(img)) {
+        /* Share the partly used cluster: one more reference to it. */
+        rc = qcow2__refcount_set(img, off >> img->cluster_bits, cur + 1);
+        if (rc)
+            return rc;
+    } else {
+        rc = qcow2__alloc_clusters(img, 1, &off);
+        if (rc)
+            return rc;
+    }
+    *host_off_out = off;
+    img->cbyte_off = off + len;
+    if (!(img->cbyte_off & (img->cluster_size - 1)))
+        img->cbyte_off = 0;
+    return 0;
+}
+
+void qcow2__compressed_range(const qcow2_image *img, uint64_t l2e, uint64_t *host_off,
+                             uint64_t *len)
+{
+    uint64_t coff = l2e & img->coff_mask;
+    uint64_t nb_sectors = ((l2e >> img->csize_shift) & img->csize_mask) + 1;
+
+    *host_off = coff & ~(uint64_t)(QCOW2_COMPRESSED_SECTOR - 1);
+    *len = nb_sectors * QCOW2_COMPRESSED_SECTOR;
+}
+
+int qcow2__free_later(qcow2_image *img, uint64_t host_off, uint64_t len)
+{
+    if (img->nb_pending == img->pending_alloc) {
+        size_t n = img->pending_alloc ? img->pending_alloc * 2 : 64;
+        struct qcow2__pending_free *p = qcow2__realloc(img->pending, n * sizeof(*p));
+        if (!p)
+            return qcow2__nomem();
+        img->pending = p;
+        img->pending_alloc = n;
+    }
+    /* Merge with the previous range when adjacent (common for runs of clusters). */
+    if (img->nb_pending) {
+        struct qcow2__pending_free *prev = &img->pending[img->nb_pending - 1];
+        if (prev->host_off + prev->len == host_off &&
+            !(host_off & (img->cluster_size - 1)) && !(len & (img->cluster_size - 1))) {
+            prev->len += len;
+            return 0;
+        }
+    }
+    img->pending[img->nb_pending].host_off = host_off;
+    img->pending[img->nb_pending].len = len;
+    img->nb_pending++;
+    return 0;
+}
+
+int qcow2__apply_pending_frees(qcow2_image *img)
+{
+    struct qcow2__pending_free *list = img->pending;
+    size_t n = img->nb_pending;
+    int rc = 0;
+
+    /* Take the list: a nested flush (cache eviction) must not apply it twice. */
+    img->pending = NULL;
+    img->nb_pending = 0;
+    img->pending_alloc = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        uint64_t first = list[i].host_off >> img->cluster_bits;
+        uint64_t last = (list[i].host_off + list[i].len - 1) >> img->cluster_bits;
+
+        rc = qcow2__refcount_update(img, list[i].host_off, list[i].len, -1);
+        for (uint64_t c = first; c <= last && !rc; c++) {
+            uint64_t v;
+            rc = qcow2__refcount_get(img, c, &v);
+            if (!rc && v == 0) {
+                uint64_t off = c << img->cluster_bits;
+                /* Freed for good: give the space back to the file system. */
+                if (off == (img->cbyte_off & ~(img->cluster_size - 1)))
+                    img->cbyte_off = 0;
+                rc = qcow2__io_punch(img->io, img->name, off, img->cluster_size);
+            }
+        }
+    }
+    /* On failure, whatever was not applied stays allocated: a leak, never a corruption. */
+    qcow2__free(list);
+    return rc;
 }

@@ -227,18 +227,158 @@ typedef struct qcow2_convert_opts {
     uint64_t min_sparse;        /**< zero runs at least this long stay holes; 0 = write every byte */
     qcow2_progress_fn progress; /**< progress callback, or NULL */
     void *payload;              /**< passed to progress */
+    bool compress;              /**< qcow2 output: compress every cluster (-c) */
+    const struct qcow2_create_opts *create; /**< qcow2 output: creation options, or NULL */
 } qcow2_convert_opts;
 
-#define QCOW2_CONVERT_OPTS_INIT {QCOW2_CONVERT_OPTS_VERSION, QCOW2_FORMAT_RAW, 4096, NULL, NULL}
+#define QCOW2_CONVERT_OPTS_INIT                                                                    \
+    {QCOW2_CONVERT_OPTS_VERSION, QCOW2_FORMAT_RAW, 4096, NULL, NULL, false, NULL}
 
 /**
  * Flatten the guest content of src (the whole chain) into a new file at
  * dst_path (replaced if it exists). Raw output is sparse: zero runs of at
- * least min_sparse bytes are left as holes.
+ * least min_sparse bytes are left as holes; qcow2 output leaves them
+ * unallocated.
  * @return 0, QCOW2_EUNSUPPORTED (output format), QCOW2_EIO, QCOW2_ENOSPC
  */
 QCOW2_API int qcow2_image_convert(qcow2_image *src, const char *dst_path,
                                   const qcow2_convert_opts *opts);
+
+/* ---- writing ------------------------------------------------------------- */
+
+/** Preallocation modes (qemu-img's preallocation=). */
+typedef enum qcow2_prealloc {
+    QCOW2_PREALLOC_OFF = 0,      /**< allocate on write */
+    QCOW2_PREALLOC_METADATA = 1, /**< allocate L2 tables and data clusters, file stays sparse */
+    QCOW2_PREALLOC_FALLOC = 2,   /**< metadata, and reserve the space with fallocate */
+    QCOW2_PREALLOC_FULL = 3      /**< metadata, and write zeroes to every data cluster */
+} qcow2_prealloc;
+
+#define QCOW2_CREATE_OPTS_VERSION 1
+
+/** Options for qcow2_image_create(). Initialise with QCOW2_CREATE_OPTS_INIT. */
+typedef struct qcow2_create_opts {
+    unsigned version;           /**< QCOW2_CREATE_OPTS_VERSION */
+    qcow2_format format;        /**< QCOW2_FORMAT_QCOW2 or QCOW2_FORMAT_RAW */
+    uint64_t size;              /**< virtual size in bytes; 0 with a backing file = its size */
+    uint32_t qcow2_version;     /**< 2 (compat=0.10) or 3 (compat=1.1) */
+    uint32_t cluster_size;      /**< bytes, a power of two from 512 to 2 MiB */
+    uint32_t refcount_bits;     /**< 1, 2, 4, 8, 16, 32 or 64 (v2: 16 only) */
+    bool extended_l2;           /**< subclusters (v3, clusters of at least 16 KiB) */
+    uint32_t compression_type;  /**< 0 deflate ("zlib"), 1 zstd (v3 only) */
+    bool lazy_refcounts;        /**< v3 only */
+    qcow2_prealloc preallocation; /**< how much to allocate up front */
+    const char *backing_file;   /**< stored as given (relative names stay relative), or NULL */
+    const char *backing_format; /**< "raw" or "qcow2"; required with backing_file */
+    qcow2_io_open_fn open_fn;   /**< how files are opened and created; NULL = POSIX */
+    void *open_payload;         /**< passed to open_fn */
+} qcow2_create_opts;
+
+#define QCOW2_CREATE_OPTS_INIT                                                                     \
+    {QCOW2_CREATE_OPTS_VERSION, QCOW2_FORMAT_QCOW2, 0, 3, 65536, 16, false, 0, false,             \
+     QCOW2_PREALLOC_OFF, NULL, NULL, NULL, NULL}
+
+/**
+ * Create an image file (replacing none: an existing file is QCOW2_EEXISTS).
+ * The backing file, when given, is opened to check it and to take its size
+ * when opts->size is 0; it is never written.
+ * @return 0, QCOW2_EINVAL (bad option), QCOW2_EEXISTS, QCOW2_ENOTFOUND (backing), QCOW2_EIO
+ */
+QCOW2_API int qcow2_image_create(const char *path, const qcow2_create_opts *opts);
+
+/**
+ * Create an image in an empty I/O backend (which stays the caller's). name is
+ * used in messages and to resolve a relative backing name.
+ */
+QCOW2_API int qcow2_image_create_io(qcow2_io *io, const char *name, const qcow2_create_opts *opts);
+
+/**
+ * Write guest data. Allocates clusters as needed and copies on write the
+ * untouched part of a cluster (or subcluster) from the backing chain or from
+ * a cluster shared with an internal snapshot. The data is durable after the
+ * next successful qcow2_image_flush().
+ * @return 0; QCOW2_EINVAL (beyond the virtual size), QCOW2_EREADONLY,
+ *         QCOW2_EFATAL, QCOW2_ECORRUPT, QCOW2_EIO, QCOW2_ENOSPC
+ */
+QCOW2_API int qcow2_image_write(qcow2_image *img, const void *buf, size_t len, uint64_t guest_off);
+
+#define QCOW2_ZERO_MAY_UNMAP 0x1 /**< write_zeroes may free the clusters (qemu-io write -z -u) */
+
+/**
+ * Make a guest range read as zeroes: zero clusters (or subclusters) where the
+ * format has them (v3), explicit zero data elsewhere.
+ * @return as qcow2_image_write()
+ */
+QCOW2_API int qcow2_image_write_zeroes(qcow2_image *img, uint64_t guest_off, uint64_t len,
+                                       unsigned flags);
+
+/**
+ * Discard whole clusters of a guest range (the unaligned head and tail are
+ * left alone), as qemu does: in v3 they read as zeroes afterwards; in v2 they
+ * become unallocated when there is no backing file, and are kept otherwise.
+ * The freed space is punched out of the file.
+ * @return as qcow2_image_write()
+ */
+QCOW2_API int qcow2_image_discard(qcow2_image *img, uint64_t guest_off, uint64_t len);
+
+/**
+ * Write whole clusters compressed with the image's compression type.
+ * guest_off must be cluster aligned and len a multiple of the cluster size
+ * (or reach the virtual size). A cluster that does not shrink is written
+ * uncompressed, as qemu does.
+ * @return as qcow2_image_write()
+ */
+QCOW2_API int qcow2_image_write_compressed(qcow2_image *img, const void *buf, size_t len,
+                                           uint64_t guest_off);
+
+/**
+ * Make every write so far durable, with crash-safe ordering of the metadata.
+ * @return 0, QCOW2_EIO, QCOW2_EFATAL
+ */
+QCOW2_API int qcow2_image_flush(qcow2_image *img);
+
+/**
+ * Change the virtual size. Growing always works; shrinking only when nothing
+ * is allocated past the new size (unless allow_shrink discards it).
+ * @return 0, QCOW2_EINVAL, QCOW2_EREADONLY, QCOW2_EIO
+ */
+QCOW2_API int qcow2_image_resize(qcow2_image *img, uint64_t new_size, bool allow_shrink);
+
+/** Cluster size of a qcow2 layer in bytes (512 for raw, for alignment purposes). */
+QCOW2_API uint32_t qcow2_image_cluster_size(const qcow2_image *img);
+
+/* ---- check and repair ----------------------------------------------------- */
+
+#define QCOW2_CHECK_FIX_LEAKS 0x1  /**< free leaked clusters (qemu-img check -r leaks) */
+#define QCOW2_CHECK_FIX_ERRORS 0x2 /**< also repair refcounts and flags (-r all) */
+
+/** What qcow2_image_check() found, with qemu-img check's figures. */
+typedef struct qcow2_check_result {
+    uint64_t corruptions;         /**< errors in the image's metadata */
+    uint64_t leaks;               /**< clusters with a refcount but no reference */
+    uint64_t check_errors;        /**< errors that stopped the check itself (I/O) */
+    uint64_t corruptions_fixed;   /**< with QCOW2_CHECK_FIX_ERRORS */
+    uint64_t leaks_fixed;         /**< with QCOW2_CHECK_FIX_LEAKS */
+    uint64_t image_end_offset;    /**< first byte after the last used cluster */
+    uint64_t total_clusters;      /**< guest clusters (virtual size / cluster size) */
+    uint64_t allocated_clusters;  /**< guest clusters allocated in this layer */
+    uint64_t fragmented_clusters; /**< allocated clusters not following their predecessor */
+    uint64_t compressed_clusters; /**< compressed guest clusters */
+    /** Optional: called with one line for each problem found (no newline). */
+    void (*report)(const char *line, void *payload);
+    void *payload; /**< passed to report */
+} qcow2_check_result;
+
+/**
+ * Check a qcow2 image's metadata (refcounts against references, COPIED flags,
+ * offsets within the file, overlapping structures) and optionally repair it.
+ * Set out->report (and payload) before the call to receive each finding.
+ * Repair needs a handle opened with QCOW2_OPEN_RDWR.
+ * @return 0 when the check ran (look at the counters), QCOW2_EUNSUPPORTED for
+ *         raw images, QCOW2_EREADONLY for a repair on a read-only handle,
+ *         QCOW2_EIO.
+ */
+QCOW2_API int qcow2_image_check(qcow2_image *img, unsigned fix, qcow2_check_result *out);
 
 #ifdef __cplusplus
 }

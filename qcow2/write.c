@@ -1,0 +1,975 @@
+/*
+ * Writing guest data into the top qcow2 layer: allocation, copy-on-write
+ * from the backing chain and from shared or compressed clusters, zero and
+ * discard requests, compressed clusters, resize, and the ordered metadata
+ * flush that makes all of it crash-safe. Callers above are the public API;
+ * below are cluster.c (mapping), refcount.c (allocation) and cache.c.
+ *
+ * Crash safety (invariant 3 of qcow2_format.h): guest data is written to
+ * clusters nothing points at yet; the new mapping lives in the metadata
+ * cache until qcow2__metadata_flush() writes it out in dependency order:
+ *
+ *     data -> refcount blocks -> refcount table -> L2 tables -> L1 -> header
+ *
+ * with a flush between steps, so every table on disk only ever points at
+ * complete, refcounted clusters. A cluster a write stops using is freed only
+ * after the new mapping is durable (qcow2__free_later), so a crash at any
+ * point leaves at worst leaked clusters.
+ */
+#include <inttypes.h>
+
+#include "qcow2_int.h"
+
+#define WRITE_RUN_BYTES (2u << 20) /* most bytes allocated and written in one step */
+
+static const uint8_t zero_buf[65536];
+
+int qcow2__fatal(qcow2_image *img, int rc)
+{
+    if (img->state == QCOW2__OPEN_RW) {
+        img->state = QCOW2__FATAL;
+        if (QCOW2_ERROR_CLASS(rc) == QCOW2_ECORRUPT && img->fmt == QCOW2_FORMAT_QCOW2 &&
+            img->hdr.version >= 3) {
+            /* Best effort, as qemu: mark the image so nobody writes it before a repair. */
+            uint8_t flag[8];
+            qcow2__put_be64(flag, img->hdr.incompat | QCOW2_INCOMPAT_CORRUPT);
+            if (img->io->ops->pwrite(img->io, flag, 8, 72) == 0)
+                img->io->ops->flush(img->io);
+        }
+    }
+    return rc;
+}
+
+int qcow2__check_writable(qcow2_image *img)
+{
+    if (img->state == QCOW2__FATAL)
+        return qcow2__err(QCOW2_EFATAL, 0, img->name,
+                          "an earlier write failed; close and reopen the image");
+    if (img->state != QCOW2__OPEN_RW)
+        return qcow2__err(QCOW2_EREADONLY, 0, img->name, "image is opened read-only");
+    if (img->fmt == QCOW2_FORMAT_QCOW2 && (img->hdr.incompat & QCOW2_INCOMPAT_CORRUPT))
+        return qcow2__err(QCOW2_EREADONLY, 0, img->name,
+                          "image is marked corrupt; repair it with 'qsnap image check -r all'");
+    return 0;
+}
+
+static int write_reftable(qcow2_image *img)
+{
+    size_t bytes = (size_t)img->rt_entries * 8;
+    uint8_t *raw = qcow2__malloc(bytes);
+    int rc;
+
+    if (!raw)
+        return qcow2__nomem();
+    for (uint64_t i = 0; i < img->rt_entries; i++)
+        qcow2__put_be64(raw + i * 8, img->reftable[i]);
+    rc = qcow2__io_write(img->io, img->name, raw, bytes, img->hdr.rt_off);
+    qcow2__free(raw);
+    return rc;
+}
+
+static int write_l1(qcow2_image *img)
+{
+    size_t bytes = (size_t)img->hdr.l1_size * 8;
+    uint8_t *raw = qcow2__malloc(bytes);
+    int rc;
+
+    if (!raw)
+        return qcow2__nomem();
+    for (uint64_t i = 0; i < img->hdr.l1_size; i++)
+        qcow2__put_be64(raw + i * 8, img->l1[i]);
+    rc = qcow2__io_write(img->io, img->name, raw, bytes, img->hdr.l1_off);
+    qcow2__free(raw);
+    return rc;
+}
+
+static int flush_steps(qcow2_image *img)
+{
+    int rc;
+
+    rc = qcow2__io_flush(img->io, img->name); /* guest data first */
+    if (rc)
+        return rc;
+    if (qcow2__cache_is_dirty(&img->rbc)) {
+        rc = qcow2__cache_writeback(img, &img->rbc);
+        if (!rc)
+            rc = qcow2__io_flush(img->io, img->name);
+        if (rc)
+            return rc;
+    }
+    if (img->rt_dirty) {
+        rc = write_reftable(img);
+        if (!rc)
+            rc = qcow2__io_flush(img->io, img->name);
+        if (rc)
+            return rc;
+        img->rt_dirty = false;
+    }
+    if (qcow2__cache_is_dirty(&img->l2c)) {
+        rc = qcow2__cache_writeback(img, &img->l2c);
+        if (!rc)
+            rc = qcow2__io_flush(img->io, img->name);
+        if (rc)
+            return rc;
+    }
+    if (img->l1_dirty) {
+        rc = write_l1(img);
+        if (!rc)
+            rc = qcow2__io_flush(img->io, img->name);
+        if (rc)
+            return rc;
+        img->l1_dirty = false;
+    }
+    if (img->header_dirty) {
+        rc = qcow2__header_write(img);
+        if (rc)
+            return rc;
+    }
+    if (img->nb_pending) {
+        rc = qcow2__apply_pending_frees(img);
+        if (!rc)
+            rc = qcow2__cache_writeback(img, &img->rbc);
+        if (!rc)
+            rc = qcow2__io_flush(img->io, img->name);
+    }
+    return rc;
+}
+
+int qcow2__metadata_flush(qcow2_image *img)
+{
+    int rc;
+
+    if (img->state == QCOW2__FATAL)
+        return qcow2__err(QCOW2_EFATAL, 0, img->name,
+                          "an earlier write failed; close and reopen the image");
+    if (img->state != QCOW2__OPEN_RW)
+        return 0;
+    if (img->fmt != QCOW2_FORMAT_QCOW2)
+        return qcow2__io_flush(img->io, img->name);
+    rc = flush_steps(img);
+    return rc ? qcow2__fatal(img, rc) : 0;
+}
+
+int qcow2_image_flush(qcow2_image *img)
+{
+    int rc = qcow2__check_writable(img);
+
+    if (rc == QCOW2_EREADONLY && img->state == QCOW2__OPEN_RO)
+        return 0;
+    if (rc)
+        return rc;
+    return qcow2__metadata_flush(img);
+}
+
+/*
+ * Checks common to every mutating call, and the first-write header update:
+ * unknown autoclear bits (and the bitmaps bit: bitmaps are not maintained)
+ * are cleared, and with lazy refcounts the image is marked dirty, before any
+ * other byte changes.
+ */
+static int start_write(qcow2_image *img, uint64_t off, uint64_t len)
+{
+    int rc = qcow2__check_writable(img);
+
+    if (rc)
+        return rc;
+    if (!qcow2__in_range(off, len, img->size))
+        return qcow2__err(QCOW2_EINVAL, 0, img->name,
+                          "write of %" PRIu64 " bytes at 0x%" PRIx64
+                          " is beyond the virtual size (%" PRIu64 " bytes)",
+                          len, off, img->size);
+    img->dbuf_host_off = UINT64_MAX;
+    if (img->fmt != QCOW2_FORMAT_QCOW2 || img->write_started)
+        return 0;
+    if (img->hdr.autoclear || (img->hdr.compat & QCOW2_COMPAT_LAZY_REFCOUNTS)) {
+        img->hdr.autoclear = 0;
+        if (img->hdr.compat & QCOW2_COMPAT_LAZY_REFCOUNTS)
+            img->hdr.incompat |= QCOW2_INCOMPAT_DIRTY;
+        rc = qcow2__header_write(img);
+        if (rc)
+            return qcow2__fatal(img, rc);
+    }
+    img->write_started = true;
+    return 0;
+}
+
+/* Guest content of [off, off+len) as img reads it now; zeroes past the virtual size. */
+static int read_current(qcow2_image *img, uint8_t *buf, uint64_t len, uint64_t off)
+{
+    uint64_t part = off < img->size ? qcow2__min(len, img->size - off) : 0;
+    int rc = part ? qcow2_image_read(img, buf, (size_t)part, off) : 0;
+
+    if (!rc && part < len)
+        memset(buf + part, 0, (size_t)(len - part));
+    return rc;
+}
+
+/* Queue the release of whatever host storage L2 entry e holds. */
+static int free_entry(qcow2_image *img, uint64_t e)
+{
+    uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
+
+    if (e & QCOW2_OFLAG_COMPRESSED) {
+        uint64_t off, len;
+        qcow2__compressed_range(img, e, &off, &len);
+        return qcow2__free_later(img, off, len);
+    }
+    return host ? qcow2__free_later(img, host, img->cluster_size) : 0;
+}
+
+/*
+ * The L2 table for l1_idx, ready to be modified: allocated when missing,
+ * copied when shared with an internal snapshot (L1 COPIED clear).
+ */
+static int l2_for_write(qcow2_image *img, uint64_t l1_idx, struct qcow2__cslot **out)
+{
+    uint64_t l1e = img->l1[l1_idx];
+    uint64_t old_off = l1e & QCOW2_L1E_OFFSET_MASK, new_off;
+    struct qcow2__cslot *slot;
+    uint8_t *copy = NULL;
+    int rc;
+
+    if (old_off) {
+        rc = qcow2__check_l2_offset(img, l1_idx, old_off);
+        if (rc)
+            return rc;
+        if (l1e & QCOW2_OFLAG_COPIED)
+            return qcow2__cache_get(img, &img->l2c, old_off, true, out);
+        /* Shared: every cluster the table maps gains a reference from the copy. */
+        rc = qcow2__cache_get(img, &img->l2c, old_off, true, &slot);
+        if (rc)
+            return rc;
+        copy = qcow2__malloc((size_t)img->cluster_size);
+        if (!copy)
+            return qcow2__nomem();
+        memcpy(copy, slot->data, (size_t)img->cluster_size);
+        for (uint64_t i = 0; i < img->l2_entries; i++) {
+            uint8_t *p = copy + i * img->l2e_bytes;
+            uint64_t e = qcow2__be64(p);
+            if (e & QCOW2_OFLAG_COMPRESSED) {
+                uint64_t off, len;
+                qcow2__compressed_range(img, e, &off, &len);
+                rc = qcow2__refcount_update(img, off, len, 1);
+            } else if (e & QCOW2_L2E_OFFSET_MASK) {
+                rc = qcow2__refcount_update(img, e & QCOW2_L2E_OFFSET_MASK, 1, 1);
+                qcow2__put_be64(p, e & ~QCOW2_OFLAG_COPIED);
+            }
+            if (rc)
+                goto out;
+        }
+    }
+    rc = qcow2__alloc_clusters(img, 1, &new_off);
+    if (rc)
+        goto out;
+    rc = qcow2__cache_get(img, &img->l2c, new_off, false, &slot);
+    if (rc)
+        goto out;
+    if (copy)
+        memcpy(slot->data, copy, (size_t)img->cluster_size);
+    slot->dirty = true;
+    img->l1[l1_idx] = new_off | QCOW2_OFLAG_COPIED;
+    img->l1_dirty = true;
+    if (old_off)
+        rc = qcow2__free_later(img, old_off, img->cluster_size);
+    *out = slot;
+out:
+    qcow2__free(copy);
+    return rc;
+}
+
+static uint64_t l2_entry(const qcow2_image *img, const uint8_t *table, uint64_t idx)
+{
+    return qcow2__be64(table + idx * img->l2e_bytes);
+}
+
+static uint64_t l2_bitmap(const qcow2_image *img, const uint8_t *table, uint64_t idx)
+{
+    return img->extl2 ? qcow2__be64(table + idx * img->l2e_bytes + 8) : 0;
+}
+
+static void set_l2(qcow2_image *img, struct qcow2__cslot *slot, uint64_t idx, uint64_t e,
+                   uint64_t bm)
+{
+    qcow2__put_be64(slot->data + idx * img->l2e_bytes, e);
+    if (img->extl2)
+        qcow2__put_be64(slot->data + idx * img->l2e_bytes + 8, bm);
+    slot->dirty = true;
+}
+
+/* An owned, uncompressed, allocated cluster (refcount 1): written in place. */
+static bool entry_owned(const qcow2_image *img, uint64_t e)
+{
+    if ((e & QCOW2_OFLAG_COMPRESSED) || !(e & QCOW2_OFLAG_COPIED) || !(e & QCOW2_L2E_OFFSET_MASK))
+        return false;
+    return img->extl2 || !(e & QCOW2_OFLAG_ZERO);
+}
+
+static int check_host(qcow2_image *img, uint64_t host, uint64_t l2_off, uint64_t idx)
+{
+    if ((host & (img->cluster_size - 1)) || host < img->cluster_size ||
+        host > QCOW2_MAX_HOST_OFFSET)
+        return qcow2__corrupt(img,
+                              "cluster offset 0x%" PRIx64 " (L2 table 0x%" PRIx64 " entry %" PRIu64
+                              ") is invalid",
+                              host, l2_off, idx);
+    return 0;
+}
+
+/* Write [off, off+len) (within one cluster) of an extended-L2 image. */
+static int write_extl2_cluster(qcow2_image *img, struct qcow2__cslot *slot, uint64_t idx,
+                               const uint8_t *data, uint64_t off, uint64_t len)
+{
+    uint64_t cs = img->cluster_size, scs = 1ull << img->sc_bits;
+    uint64_t cstart = off & ~(cs - 1);
+    uint64_t e = l2_entry(img, slot->data, idx), bm = l2_bitmap(img, slot->data, idx);
+    uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
+    uint64_t a = off - cstart, b = a + len;
+    unsigned sa, sb;
+    uint64_t span_off, span_len;
+    uint32_t bits;
+    uint8_t *buf = NULL;
+    bool whole = false;
+    int rc;
+
+    if (entry_owned(img, e)) {
+        rc = check_host(img, host, slot->off, idx);
+        if (rc)
+            return rc;
+    } else if ((e & QCOW2_OFLAG_COMPRESSED) || host) {
+        whole = true; /* shared or compressed: the new cluster takes all of it */
+    }
+    if (whole) {
+        sa = 0;
+        sb = QCOW2_SUBCLUSTERS - 1;
+    } else {
+        sa = (unsigned)(a >> img->sc_bits);
+        sb = (unsigned)((b - 1) >> img->sc_bits);
+    }
+    span_off = (uint64_t)sa << img->sc_bits;
+    span_len = ((uint64_t)sb + 1 - sa) << img->sc_bits;
+    buf = qcow2__malloc((size_t)span_len);
+    if (!buf)
+        return qcow2__nomem();
+    if (a > span_off) {
+        rc = read_current(img, buf, a - span_off, cstart + span_off);
+        if (rc)
+            goto out;
+    }
+    memcpy(buf + (a - span_off), data, (size_t)len);
+    if (span_off + span_len > b) {
+        rc = read_current(img, buf + (b - span_off), span_off + span_len - b, cstart + b);
+        if (rc)
+            goto out;
+    }
+    if (!entry_owned(img, e)) {
+        uint64_t new_host;
+        rc = qcow2__alloc_clusters(img, 1, &new_host);
+        if (rc)
+            goto out;
+        rc = qcow2__io_write(img->io, img->name, buf, (size_t)span_len, new_host + span_off);
+        if (rc)
+            goto out;
+        rc = free_entry(img, e);
+        if (rc)
+            goto out;
+        if (whole)
+            bm = 0;
+        e = new_host | QCOW2_OFLAG_COPIED;
+    } else {
+        rc = qcow2__io_write(img->io, img->name, buf, (size_t)span_len, host + span_off);
+        if (rc)
+            goto out;
+    }
+    bits = (uint32_t)((sb - sa == 31) ? 0xffffffffu : (((1u << (sb - sa + 1)) - 1) << sa));
+    bm = (bm | bits) & ~((uint64_t)bits << 32);
+    set_l2(img, slot, idx, e, bm);
+    QCOW2_UNUSED(scs);
+out:
+    qcow2__free(buf);
+    return rc;
+}
+
+/* Write [off, off+len) within one L2 table's coverage. */
+static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, uint64_t len)
+{
+    uint64_t cs = img->cluster_size;
+    uint64_t l1_idx = off >> (img->cluster_bits + img->l2_bits);
+    uint64_t end = off + len, pos = off;
+    uint64_t max_run = qcow2__max(WRITE_RUN_BYTES / cs, 1);
+    struct qcow2__cslot *slot;
+    uint8_t *buf = NULL;
+    int rc;
+
+    rc = l2_for_write(img, l1_idx, &slot);
+    if (rc)
+        return rc;
+    while (pos < end) {
+        uint64_t idx = (pos >> img->cluster_bits) & (img->l2_entries - 1);
+        uint64_t cstart = pos & ~(cs - 1);
+        uint64_t e = l2_entry(img, slot->data, idx);
+
+        if (img->extl2) {
+            uint64_t n = qcow2__min(end, cstart + cs) - pos;
+            rc = write_extl2_cluster(img, slot, idx, data + (pos - off), pos, n);
+            if (rc)
+                goto out;
+            pos += n;
+            continue;
+        }
+        if (entry_owned(img, e)) {
+            /* In place; merge neighbours that are contiguous on the host too. */
+            uint64_t host = e & QCOW2_L2E_OFFSET_MASK, expect = host, run_end;
+            rc = check_host(img, host, slot->off, idx);
+            if (rc)
+                goto out;
+            run_end = qcow2__min(end, cstart + cs);
+            while (run_end < end) {
+                uint64_t i2 = (run_end >> img->cluster_bits) & (img->l2_entries - 1);
+                uint64_t e2 = l2_entry(img, slot->data, i2);
+                if (!entry_owned(img, e2) || (e2 & QCOW2_L2E_OFFSET_MASK) != expect + cs)
+                    break;
+                expect += cs;
+                run_end = qcow2__min(end, run_end + cs);
+            }
+            rc = qcow2__io_write(img->io, img->name, data + (pos - off), (size_t)(run_end - pos),
+                                 host + (pos - cstart));
+            if (rc)
+                goto out;
+            pos = run_end;
+            continue;
+        }
+        {
+            /* A run of clusters that need new storage: allocate them together. */
+            uint64_t k = 1, new_host, span, wend;
+            while (k < max_run && cstart + k * cs < end) {
+                uint64_t e2 = l2_entry(img, slot->data, idx + k);
+                if (entry_owned(img, e2))
+                    break;
+                k++;
+            }
+            span = k * cs;
+            wend = qcow2__min(end, cstart + span);
+            buf = qcow2__malloc((size_t)span);
+            if (!buf) {
+                rc = qcow2__nomem();
+                goto out;
+            }
+            if (pos > cstart) {
+                rc = read_current(img, buf, pos - cstart, cstart);
+                if (rc)
+                    goto out;
+            }
+            memcpy(buf + (pos - cstart), data + (pos - off), (size_t)(wend - pos));
+            if (wend < cstart + span) {
+                rc = read_current(img, buf + (wend - cstart), cstart + span - wend, wend);
+                if (rc)
+                    goto out;
+            }
+            rc = qcow2__alloc_clusters(img, k, &new_host);
+            if (rc)
+                goto out;
+            rc = qcow2__io_write(img->io, img->name, buf, (size_t)span, new_host);
+            if (rc)
+                goto out;
+            for (uint64_t j = 0; j < k; j++) {
+                rc = free_entry(img, l2_entry(img, slot->data, idx + j));
+                if (rc)
+                    goto out;
+                set_l2(img, slot, idx + j, (new_host + j * cs) | QCOW2_OFLAG_COPIED, 0);
+            }
+            qcow2__free(buf);
+            buf = NULL;
+            pos = wend;
+        }
+    }
+out:
+    qcow2__free(buf);
+    return rc ? qcow2__fatal(img, rc) : 0;
+}
+
+/* Split [off, off+len) at L2 table boundaries and apply fn to each piece. */
+static int for_each_table(qcow2_image *img, const uint8_t *data, uint64_t off, uint64_t len,
+                          int (*fn)(qcow2_image *, const uint8_t *, uint64_t, uint64_t))
+{
+    uint64_t cover = 1ull << (img->cluster_bits + img->l2_bits);
+
+    while (len) {
+        uint64_t n = qcow2__min(len, cover - (off & (cover - 1)));
+        int rc = fn(img, data, off, n);
+        if (rc)
+            return rc;
+        if (data)
+            data += n;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+int qcow2_image_write(qcow2_image *img, const void *buf, size_t len, uint64_t guest_off)
+{
+    int rc;
+
+    if (!img || (!buf && len))
+        return qcow2__err(QCOW2_EINVAL, 0, NULL, "qcow2_image_write: missing argument");
+    rc = start_write(img, guest_off, len);
+    if (rc || !len)
+        return rc;
+    if (img->fmt != QCOW2_FORMAT_QCOW2)
+        return qcow2__io_write(img->io, img->name, buf, len, guest_off);
+    return for_each_table(img, buf, guest_off, len, write_in_table);
+}
+
+/* Explicit zero data through the write path (v2, partial clusters, raw). */
+static int write_zero_data(qcow2_image *img, uint64_t off, uint64_t len)
+{
+    while (len) {
+        uint64_t n = qcow2__min(len, sizeof(zero_buf));
+        int rc = img->fmt == QCOW2_FORMAT_QCOW2
+                     ? for_each_table(img, zero_buf, off, n, write_in_table)
+                     : qcow2__io_write(img->io, img->name, zero_buf, (size_t)n, off);
+        if (rc)
+            return rc;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* Write zero bytes at a host offset (full preallocation). */
+static int write_zero_data_at(qcow2_image *img, uint64_t host_off, uint64_t len)
+{
+    while (len) {
+        uint64_t n = qcow2__min(len, sizeof(zero_buf));
+        int rc = qcow2__io_write(img->io, img->name, zero_buf, (size_t)n, host_off);
+        if (rc)
+            return rc;
+        host_off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* Zero request flags passed through for_each_table's data pointer slot. */
+static unsigned zero_flags;
+
+static int zero_in_table(qcow2_image *img, const uint8_t *unused, uint64_t off, uint64_t len)
+{
+    uint64_t cs = img->cluster_size, scs = 1ull << img->sc_bits;
+    uint64_t end = off + len, pos = off;
+    uint64_t l1_idx = off >> (img->cluster_bits + img->l2_bits);
+    bool unmap = (zero_flags & QCOW2_ZERO_MAY_UNMAP) != 0;
+    struct qcow2__cslot *slot = NULL;
+    int rc = 0;
+
+    QCOW2_UNUSED(unused);
+    while (pos < end) {
+        uint64_t cstart = pos & ~(cs - 1);
+        uint64_t cend = qcow2__min(cstart + cs, img->size);
+        uint64_t stop = qcow2__min(end, cend);
+        /* Subcluster- (or cluster-) aligned inner part; the rest is explicit zeroes. */
+        uint64_t unit = img->extl2 ? scs : cs;
+        uint64_t ia = qcow2__align_up(pos, unit), ib = stop == cend ? cend : stop & ~(unit - 1);
+        uint64_t idx, e, bm;
+
+        if (ia >= ib) {
+            rc = write_zero_data(img, pos, stop - pos);
+            if (rc)
+                return rc;
+            pos = stop;
+            continue;
+        }
+        if (ia > pos) {
+            rc = write_zero_data(img, pos, ia - pos);
+            if (rc)
+                return rc;
+        }
+        rc = l2_for_write(img, l1_idx, &slot);
+        if (rc)
+            return qcow2__fatal(img, rc);
+        idx = (cstart >> img->cluster_bits) & (img->l2_entries - 1);
+        e = l2_entry(img, slot->data, idx);
+        bm = l2_bitmap(img, slot->data, idx);
+        if (!img->extl2) {
+            if (unmap || !entry_owned(img, e)) {
+                rc = free_entry(img, e);
+                set_l2(img, slot, idx, QCOW2_OFLAG_ZERO, 0);
+            } else {
+                set_l2(img, slot, idx,
+                       (e & QCOW2_L2E_OFFSET_MASK) | QCOW2_OFLAG_COPIED | QCOW2_OFLAG_ZERO, 0);
+            }
+        } else {
+            unsigned sa = (unsigned)((ia - cstart) >> img->sc_bits);
+            unsigned sb = (unsigned)(((ib - cstart) + scs - 1) >> img->sc_bits); /* exclusive */
+            uint32_t bits = sb - sa == 32 ? 0xffffffffu : ((1u << (sb - sa)) - 1) << sa;
+            bool all = sa == 0 && sb == 32;
+            uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
+
+            if (all && (unmap || !entry_owned(img, e))) {
+                rc = free_entry(img, e);
+                set_l2(img, slot, idx, 0, 0xffffffffull << 32);
+            } else if (entry_owned(img, e) || (!host && !(e & QCOW2_OFLAG_COMPRESSED))) {
+                set_l2(img, slot, idx, e, (bm & ~(uint64_t)bits) | ((uint64_t)bits << 32));
+            } else {
+                /* Part of a shared or compressed cluster: copy it, with zeroes. */
+                rc = write_zero_data(img, ia, ib - ia);
+            }
+        }
+        if (rc)
+            return qcow2__fatal(img, rc);
+        if (ib < stop) {
+            rc = write_zero_data(img, ib, stop - ib);
+            if (rc)
+                return rc;
+        }
+        pos = stop;
+    }
+    return 0;
+}
+
+int qcow2_image_write_zeroes(qcow2_image *img, uint64_t guest_off, uint64_t len, unsigned flags)
+{
+    int rc = start_write(img, guest_off, len);
+
+    if (rc || !len)
+        return rc;
+    if (img->fmt != QCOW2_FORMAT_QCOW2 || img->hdr.version < 3)
+        return write_zero_data(img, guest_off, len);
+    zero_flags = flags;
+    return for_each_table(img, NULL, guest_off, len, zero_in_table);
+}
+
+static int discard_in_table(qcow2_image *img, const uint8_t *unused, uint64_t off, uint64_t len)
+{
+    uint64_t cs = img->cluster_size;
+    uint64_t l1_idx = off >> (img->cluster_bits + img->l2_bits);
+    struct qcow2__cslot *slot = NULL;
+    int rc;
+
+    QCOW2_UNUSED(unused);
+    for (uint64_t pos = off; pos < off + len; pos += cs) {
+        uint64_t idx = (pos >> img->cluster_bits) & (img->l2_entries - 1);
+        uint64_t l1e = img->l1[l1_idx], e = 0, bm = 0, ne, nbm;
+        bool allocated;
+
+        if (l1e & QCOW2_L1E_OFFSET_MASK) {
+            const uint8_t *t;
+            rc = qcow2__check_l2_offset(img, l1_idx, l1e & QCOW2_L1E_OFFSET_MASK);
+            if (!rc)
+                rc = qcow2__l2_load(img, l1e & QCOW2_L1E_OFFSET_MASK, &t);
+            if (rc)
+                return qcow2__fatal(img, rc);
+            e = l2_entry(img, t, idx);
+            bm = l2_bitmap(img, t, idx);
+        }
+        allocated = (e & QCOW2_OFLAG_COMPRESSED) || (e & QCOW2_L2E_OFFSET_MASK);
+        if (img->hdr.version >= 3 && (img->backing || allocated)) {
+            /* Reads as zero afterwards, whatever the backing file holds. */
+            ne = img->extl2 ? 0 : (uint64_t)QCOW2_OFLAG_ZERO;
+            nbm = img->extl2 ? (uint64_t)0xffffffffu << 32 : 0;
+        } else {
+            ne = 0;
+            nbm = 0;
+        }
+        if (ne == e && nbm == bm)
+            continue;
+        rc = l2_for_write(img, l1_idx, &slot);
+        if (!rc)
+            rc = free_entry(img, l2_entry(img, slot->data, idx));
+        if (rc)
+            return qcow2__fatal(img, rc);
+        set_l2(img, slot, idx, ne, nbm);
+    }
+    return 0;
+}
+
+int qcow2_image_discard(qcow2_image *img, uint64_t guest_off, uint64_t len)
+{
+    uint64_t cs, start, end;
+    int rc = start_write(img, guest_off, len);
+
+    if (rc || !len)
+        return rc;
+    if (img->fmt != QCOW2_FORMAT_QCOW2)
+        return qcow2__io_punch(img->io, img->name, guest_off, len);
+    /* A v2 image cannot hide its backing file's data: qemu refuses, we leave it. */
+    if (img->hdr.version < 3 && img->backing)
+        return 0;
+    cs = img->cluster_size;
+    start = qcow2__align_up(guest_off, cs);
+    end = guest_off + len == img->size ? qcow2__align_up(img->size, cs) : (guest_off + len) & ~(cs - 1);
+    end = qcow2__min(end, qcow2__align_up(img->size, cs));
+    if (start >= end)
+        return 0;
+    /* The last cluster may extend past the virtual size; for_each_table stops at len. */
+    {
+        uint64_t cover = 1ull << (img->cluster_bits + img->l2_bits);
+        for (uint64_t off = start; off < end;) {
+            uint64_t n = qcow2__min(end - off, cover - (off & (cover - 1)));
+            rc = discard_in_table(img, NULL, off, n);
+            if (rc)
+                return rc;
+            off += n;
+        }
+    }
+    return 0;
+}
+
+int qcow2_image_write_compressed(qcow2_image *img, const void *buf, size_t len, uint64_t guest_off)
+{
+    uint64_t cs;
+    uint8_t *in = NULL, *out = NULL;
+    const uint8_t *data = buf;
+    int rc = start_write(img, guest_off, len);
+
+    if (rc || !len)
+        return rc;
+    if (img->fmt != QCOW2_FORMAT_QCOW2)
+        return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name, "raw images cannot hold compressed data");
+    cs = img->cluster_size;
+    if ((guest_off & (cs - 1)) || ((len & (cs - 1)) && guest_off + len != img->size))
+        return qcow2__err(QCOW2_EINVAL, 0, img->name,
+                          "compressed writes must cover whole clusters (offset 0x%" PRIx64
+                          ", %zu bytes)",
+                          guest_off, len);
+    in = qcow2__calloc(1, (size_t)cs);
+    out = qcow2__malloc((size_t)cs);
+    if (!in || !out) {
+        rc = qcow2__nomem();
+        goto out;
+    }
+    for (uint64_t done = 0; done < len; done += cs) {
+        uint64_t off = guest_off + done, n = qcow2__min(cs, len - done);
+        uint64_t l1_idx = off >> (img->cluster_bits + img->l2_bits);
+        uint64_t idx = (off >> img->cluster_bits) & (img->l2_entries - 1);
+        struct qcow2__cslot *slot;
+        uint64_t coff, nb_sectors;
+        long clen;
+
+        memcpy(in, data + done, (size_t)n);
+        if (n < cs)
+            memset(in + n, 0, (size_t)(cs - n));
+        clen = qcow2__compress(img->hdr.compression_type, out, (size_t)cs - 1, in, (size_t)cs);
+        if (clen < 0) {
+            rc = qcow2__err((int)clen, 0, img->name, "compression failed");
+            goto out;
+        }
+        if (clen == 0) {
+            /* Does not shrink: store it plainly, as qemu does. */
+            rc = for_each_table(img, data + done, off, n, write_in_table);
+            if (rc)
+                goto out;
+            continue;
+        }
+        rc = qcow2__alloc_bytes(img, (uint64_t)clen, &coff);
+        if (!rc)
+            rc = qcow2__io_write(img->io, img->name, out, (size_t)clen, coff);
+        if (!rc)
+            rc = l2_for_write(img, l1_idx, &slot);
+        if (!rc)
+            rc = free_entry(img, l2_entry(img, slot->data, idx));
+        if (rc) {
+            rc = qcow2__fatal(img, rc);
+            goto out;
+        }
+        nb_sectors = ((coff + (uint64_t)clen - 1) >> 9) - (coff >> 9) + 1;
+        set_l2(img, slot, idx,
+               coff | ((nb_sectors - 1) << img->csize_shift) | QCOW2_OFLAG_COMPRESSED, 0);
+    }
+out:
+    qcow2__free(in);
+    qcow2__free(out);
+    return rc;
+}
+
+/* Move the L1 table to new clusters with room for need entries. */
+static int grow_l1(qcow2_image *img, uint64_t need)
+{
+    uint64_t cs = img->cluster_size;
+    uint64_t entries = qcow2__align_up(need, cs / 8);
+    uint64_t bytes = entries * 8, old_off = img->hdr.l1_off;
+    uint64_t old_bytes = qcow2__align_up((uint64_t)img->hdr.l1_size * 8, cs);
+    uint64_t *l1, new_off;
+    uint8_t *raw;
+    int rc;
+
+    if (bytes > QCOW2_MAX_L1_BYTES)
+        return qcow2__err(QCOW2_EINVAL, 0, img->name, "the L1 table would exceed %llu bytes",
+                          QCOW2_MAX_L1_BYTES);
+    /* The new table copies entries that must already be durable where they point. */
+    rc = qcow2__metadata_flush(img);
+    if (rc)
+        return rc;
+    l1 = qcow2__calloc((size_t)entries, sizeof(uint64_t));
+    raw = qcow2__calloc(1, (size_t)bytes);
+    if (!l1 || !raw) {
+        qcow2__free(l1);
+        qcow2__free(raw);
+        return qcow2__nomem();
+    }
+    memcpy(l1, img->l1, (size_t)img->hdr.l1_size * 8);
+    for (uint64_t i = 0; i < entries; i++)
+        qcow2__put_be64(raw + i * 8, l1[i]);
+    rc = qcow2__alloc_clusters(img, bytes / cs, &new_off);
+    if (!rc)
+        rc = qcow2__metadata_flush(img); /* its refcounts */
+    if (!rc)
+        rc = qcow2__io_write(img->io, img->name, raw, (size_t)bytes, new_off);
+    if (!rc)
+        rc = qcow2__io_flush(img->io, img->name);
+    qcow2__free(raw);
+    if (rc) {
+        qcow2__free(l1);
+        return qcow2__fatal(img, rc);
+    }
+    qcow2__free(img->l1);
+    img->l1 = l1;
+    img->l1_alloc = entries;
+    img->hdr.l1_size = (uint32_t)entries;
+    img->hdr.l1_off = new_off;
+    img->header_dirty = true;
+    if (old_bytes)
+        rc = qcow2__free_later(img, old_off, old_bytes);
+    return rc;
+}
+
+/* Whether any cluster of this layer at or past guest_off is allocated (or zero-flagged). */
+static int tail_allocated(qcow2_image *img, uint64_t guest_off, bool *out)
+{
+    uint64_t cover = 1ull << (img->cluster_bits + img->l2_bits);
+    uint64_t first = qcow2__align_up(guest_off, img->cluster_size);
+
+    *out = false;
+    for (uint64_t l1_idx = first / cover; l1_idx < img->hdr.l1_size; l1_idx++) {
+        uint64_t l2_off = img->l1[l1_idx] & QCOW2_L1E_OFFSET_MASK;
+        uint64_t from = l1_idx == first / cover ? (first & (cover - 1)) >> img->cluster_bits : 0;
+        const uint8_t *t;
+        int rc;
+
+        if (!l2_off)
+            continue;
+        rc = qcow2__check_l2_offset(img, l1_idx, l2_off);
+        if (!rc)
+            rc = qcow2__l2_load(img, l2_off, &t);
+        if (rc)
+            return rc;
+        for (uint64_t i = from; i < img->l2_entries; i++) {
+            if (l2_entry(img, t, i) || l2_bitmap(img, t, i)) {
+                *out = true;
+                return 0;
+            }
+        }
+    }
+    return 0;
+}
+
+int qcow2_image_resize(qcow2_image *img, uint64_t new_size, bool allow_shrink)
+{
+    uint64_t per_l1, need;
+    int rc = start_write(img, 0, 0);
+
+    if (rc)
+        return rc;
+    if (new_size > QCOW2_MAX_VIRTUAL_SIZE)
+        return qcow2__err(QCOW2_EINVAL, 0, img->name, "size %" PRIu64 " is too large", new_size);
+    if (img->fmt != QCOW2_FORMAT_QCOW2) {
+        rc = qcow2__io_truncate(img->io, img->name, new_size);
+        if (!rc)
+            img->size = img->file_size = new_size;
+        return rc;
+    }
+    if (new_size < img->size) {
+        bool used;
+        if (img->nb_snaps)
+            return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
+                              "cannot shrink an image that has internal snapshots");
+        rc = tail_allocated(img, new_size, &used);
+        if (rc)
+            return rc;
+        if (used && !allow_shrink)
+            return qcow2__err(QCOW2_EINVAL, 0, img->name,
+                              "cannot shrink to %" PRIu64 " bytes: data is allocated past it",
+                              new_size);
+        if (used) {
+            rc = qcow2_image_discard(img, new_size, img->size - new_size);
+            if (rc)
+                return rc;
+            /* Discard leaves zero flags; drop them too so nothing maps past the end. */
+        }
+    }
+    per_l1 = 1ull << (img->cluster_bits + img->l2_bits);
+    need = new_size / per_l1 + (new_size % per_l1 != 0);
+    if (need > img->hdr.l1_size) {
+        rc = grow_l1(img, need);
+        if (rc)
+            return rc;
+    }
+    img->size = new_size;
+    img->hdr.size = new_size;
+    img->header_dirty = true;
+    return qcow2__metadata_flush(img);
+}
+
+uint32_t qcow2_image_cluster_size(const qcow2_image *img)
+{
+    return img->fmt == QCOW2_FORMAT_QCOW2 ? (uint32_t)img->cluster_size : 512;
+}
+
+/* Called by close: make everything durable and leave a clean header. */
+int qcow2__close_flush(qcow2_image *img)
+{
+    int rc;
+
+    if (img->state != QCOW2__OPEN_RW)
+        return 0;
+    rc = qcow2__metadata_flush(img);
+    if (rc || img->fmt != QCOW2_FORMAT_QCOW2)
+        return rc;
+    if (img->hdr.incompat & QCOW2_INCOMPAT_DIRTY) {
+        img->hdr.incompat &= ~QCOW2_INCOMPAT_DIRTY;
+        rc = qcow2__header_write(img);
+    }
+    return rc;
+}
+
+int qcow2__preallocate(qcow2_image *img, qcow2_prealloc mode)
+{
+    uint64_t cs = img->cluster_size;
+    uint64_t cover = 1ull << (img->cluster_bits + img->l2_bits);
+    uint64_t max_run = qcow2__max(WRITE_RUN_BYTES / cs, 1);
+    uint64_t file_end;
+    int rc = start_write(img, 0, 0);
+
+    if (rc)
+        return rc;
+    for (uint64_t off = 0; off < img->size; off += cover) {
+        uint64_t l1_idx = off / cover;
+        uint64_t n = (qcow2__min(cover, img->size - off) + cs - 1) / cs;
+        struct qcow2__cslot *slot;
+
+        for (uint64_t i = 0; i < n;) {
+            uint64_t k = qcow2__min(n - i, max_run), host;
+
+            rc = qcow2__alloc_clusters(img, k, &host);
+            if (!rc && mode >= QCOW2_PREALLOC_FALLOC)
+                rc = write_zero_data_at(img, host, k * cs);
+            /* Fetch the table after allocating: allocation may use the cache. */
+            if (!rc)
+                rc = l2_for_write(img, l1_idx, &slot);
+            if (rc)
+                return qcow2__fatal(img, rc);
+            for (uint64_t j = 0; j < k; j++) {
+                /* Extended L2: allocated but reading through (zeroes or backing). */
+                set_l2(img, slot, i + j, (host + j * cs) | QCOW2_OFLAG_COPIED, 0);
+            }
+            i += k;
+        }
+    }
+    rc = qcow2__metadata_flush(img);
+    if (rc)
+        return rc;
+    rc = qcow2__io_size(img->io, img->name, &file_end);
+    if (!rc && file_end < (img->alloc_end << img->cluster_bits))
+        rc = qcow2__io_truncate(img->io, img->name, img->alloc_end << img->cluster_bits);
+    return rc ? qcow2__fatal(img, rc) : 0;
+}
