@@ -245,6 +245,7 @@ size_for() { # CS
     case $1 in
     512 | 4096) echo $((1024 * 1024 + 1536)) ;;
     2097152) echo $((29 * 1024 * 1024 + 3584)) ;;
+    1048576) echo $((14 * 1024 * 1024 + 2560)) ;;
     *) echo $((8 * 1024 * 1024 + 2560)) ;;
     esac
 }
@@ -268,7 +269,31 @@ done
 
 n=single_lazy_c4k
 qemu-img create -q -f qcow2 -o cluster_size=4k,lazy_refcounts=on $n.qcow2 1M
-data_cmds 4096 1048576 90 | run_cmds qcow2 $n.qcow2 && check_image $n $n.qcow2
+data_cmds 4096 1048576 90 | run_cmds qcow2 $n.qcow2 && check_image $n $n.qcow2 ||
+        bad "$n setup" "qemu-img/qemu-io failed"
+
+echo "# more cluster sizes and refcount widths"
+if [ "$QUICK" != 1 ]; then
+    for spec in 1024:16 8192:2 32768:4 131072:8 262144:32 1048576:16; do
+        cs=${spec%%:*}
+        rb=${spec##*:}
+        n=single_v1.1_c${cs}_rb$rb
+        size=$(size_for "$cs")
+        qemu-img create -q -f qcow2 -o cluster_size=$cs,refcount_bits=$rb $n.qcow2 "$size" &&
+            data_cmds "$cs" "$size" 70 | run_cmds qcow2 $n.qcow2 && check_image "$n" $n.qcow2 ||
+        bad "$n setup" "qemu-img/qemu-io failed"
+    done
+fi
+
+echo "# preallocation"
+for spec in 1.1:metadata 0.10:metadata 1.1:falloc 1.1:full; do
+    compat=${spec%%:*}
+    pre=${spec##*:}
+    n=prealloc_v${compat}_$pre
+    qemu-img create -q -f qcow2 -o compat=$compat,cluster_size=4k,preallocation=$pre $n.qcow2 $((512 * 1024 + 1536)) &&
+        qio qcow2 $n.qcow2 "write -P 0x3c 5000 9000" "write -z 64k 8k" && check_image "$n" $n.qcow2 ||
+        bad "$n setup" "qemu-img/qemu-io failed"
+done
 
 echo "# extended L2"
 if [ "$QUICK" = 1 ]; then XSIZES="16384 2097152"; else XSIZES="16384 65536 524288 2097152"; fi
@@ -308,30 +333,35 @@ for compat in 0.10 1.1; do
         done
     done
 done
-for cs in 16384 65536; do
+for cs in 16384 65536 2097152; do
     n=comp_extl2_c${cs}_zstd
     qemu-img convert -c -O qcow2 -o cluster_size=$cs,extended_l2=on,compression_type=zstd $src $n.qcow2 &&
-        qio qcow2 $n.qcow2 "write -P 0x71 $((cs + 700)) 900" "write -z $((3 * cs + 512)) 1024" &&
-        check_image "$n" $n.qcow2
+        qio qcow2 $n.qcow2 "write -P 0x71 $((cs / 2 + 700)) 900" "write -z $((cs / 4 + 512)) 1024" &&
+        check_image "$n" $n.qcow2 ||
+        bad "$n setup" "qemu-img/qemu-io failed"
 done
 # Compressed, then partly overwritten (mix of compressed and normal clusters).
 n=comp_overwritten_c4k_zlib
 qemu-img convert -c -O qcow2 -o cluster_size=4k $src $n.qcow2 &&
-    qio qcow2 $n.qcow2 "write -P 0x72 5000 10000" "write -z 3M 8k" "discard 3200k 4k" && check_image $n $n.qcow2
+    qio qcow2 $n.qcow2 "write -P 0x72 5000 10000" "write -z 3M 8k" "discard 3200k 4k" && check_image $n $n.qcow2 ||
+        bad "$n setup" "qemu-img/qemu-io failed"
 
 echo "# raw images"
 n=raw_sparse
 qemu-img create -q -f raw $n.img $((3 * 1024 * 1024 + 512))
-qio raw $n.img "write -P 0x81 100 5000" "write -P 0x82 2M 70000" && check_image $n $n.img
+qio raw $n.img "write -P 0x81 100 5000" "write -P 0x82 2M 70000" && check_image $n $n.img ||
+        bad "$n setup" "qemu-img/qemu-io failed"
 
 echo "# internal snapshot and bitmap"
 n=snap_c4k
 qemu-img create -q -f qcow2 -o cluster_size=4k $n.qcow2 1M
 qio qcow2 $n.qcow2 "write -P 0x91 0 20k" && qemu-img snapshot -c s1 $n.qcow2 &&
-    qio qcow2 $n.qcow2 "write -P 0x92 8k 20k" "write -z 0 4k" && check_image $n $n.qcow2
+    qio qcow2 $n.qcow2 "write -P 0x92 8k 20k" "write -z 0 4k" && check_image $n $n.qcow2 ||
+        bad "$n setup" "qemu-img/qemu-io failed"
 n=bitmap_c64k
 qemu-img create -q -f qcow2 $n.qcow2 2M
-qemu-img bitmap --add $n.qcow2 b0 && qio qcow2 $n.qcow2 "write -P 0x93 70000 100000" && check_image $n $n.qcow2
+qemu-img bitmap --add $n.qcow2 b0 && qio qcow2 $n.qcow2 "write -P 0x93 70000 100000" && check_image $n $n.qcow2 ||
+        bad "$n setup" "qemu-img/qemu-io failed"
 
 echo "# chains"
 # make_chain NAME DEPTH BASEFMT: DEPTH layers above a base of BASEFMT, each in
