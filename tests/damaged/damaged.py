@@ -394,7 +394,13 @@ CASES.append(Case("nb-snapshots-70000", field("snap.qcow2", "nb_snapshots", 7000
 CASES.append(Case("snapshots-offset-beyond-eof", field("snap.qcow2", "snapshots_offset", 1 << 40), override="open", why="table offsets out of the file are refused at open (issue 2); qemu-img reads zeroes past EOF"))
 CASES.append(Case("snapshots-offset-misaligned", poked("snap.qcow2", lambda b: put(b, "snapshots_offset", get(b, "snapshots_offset") + 8))))
 def snapshot_names_huge(b):
-    off = get(b, "snapshots_offset")
+    # Move the (one-entry) table into the last cluster of the file, then make
+    # its id and name 64 KiB each: the table runs past the end of the file.
+    cs = 1 << get(b, "cluster_bits")
+    old = get(b, "snapshots_offset")
+    off = (len(b) - 1) // cs * cs
+    b[off:off + 256] = b[old:old + 256]
+    put(b, "snapshots_offset", off)
     struct.pack_into(">HH", b, off + 12, 0xFFFF, 0xFFFF)
     assert off + 40 + 2 * 0xFFFF > len(b), "the table must run past EOF for this case"
 
