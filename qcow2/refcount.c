@@ -132,28 +132,37 @@ static int block_offset(qcow2_image *img, uint64_t rt_idx, uint64_t *off_out)
     return 0;
 }
 
-/* Make a refcount block for group rt_idx at the group's first cluster. */
+static int alloc_area(qcow2_image *img, uint64_t nb, uint64_t *first_out);
+
+/*
+ * Give group rt_idx a refcount block (all its refcounts zero): the block is
+ * allocated like any cluster, so its own refcount lives wherever that lands.
+ */
 static int create_block(qcow2_image *img, uint64_t rt_idx, uint64_t *off_out)
 {
-    uint64_t first = rt_idx * per_block(img);
-    uint64_t off = first << img->cluster_bits;
-    struct qcow2__cslot *slot;
+    uint64_t first;
     int rc;
 
-    if (first == 0)
+    if (rt_idx == 0)
         return qcow2__corrupt(img, "refcount table entry 0 is empty (the header has no refcount)");
-    if (off > QCOW2_MAX_HOST_OFFSET)
-        return qcow2__err(QCOW2_ENOSPC, 0, img->name, "image would grow past 64 PiB");
-    rc = qcow2__cache_get(img, &img->rbc, off, false, &slot);
+    uint8_t *zero;
+
+    rc = alloc_area(img, 1, &first);
     if (rc)
         return rc;
-    block_put(img, slot->data, 0, 1); /* the block describes itself */
-    slot->dirty = true;
-    img->reftable[rt_idx] = off;
+    zero = qcow2__calloc(1, (size_t)img->cluster_size);
+    if (!zero)
+        return qcow2__nomem();
+    qcow2__cache_drop(&img->rbc, first << img->cluster_bits);
+    rc = qcow2__io_write(img->io, img->name, zero, (size_t)img->cluster_size,
+                         first << img->cluster_bits);
+    qcow2__free(zero);
+    if (rc)
+        return rc;
+    img->reftable[rt_idx] = first << img->cluster_bits;
     img->rt_dirty = true;
     img->meta_gen++;
-    note_used(img, first);
-    *off_out = off;
+    *off_out = first << img->cluster_bits;
     return 0;
 }
 
@@ -351,43 +360,121 @@ out:
     return rc;
 }
 
-/* Refcount of idx for the allocator, creating its block when there is none. */
-static int alloc_probe(qcow2_image *img, uint64_t idx, uint64_t *out)
+/* True when group g has a refcount block. */
+static bool group_has_block(const qcow2_image *img, uint64_t g)
 {
-    struct qcow2__cslot *slot;
-    int rc = block_slot(img, idx / per_block(img), true, &slot);
+    return g < img->rt_entries && (img->reftable[g] & QCOW2_REFT_OFFSET_MASK);
+}
 
-    if (rc)
-        return rc;
-    *out = block_get(img, slot->data, idx % per_block(img));
-    return 0;
+/*
+ * Allocate nb clusters at the end of the image, followed by the refcount
+ * blocks that the area [first, first + nb + k) needs for itself. The new
+ * blocks are written in full (with their refcounts) before the refcount table
+ * in memory points at them (invariant 4); the table reaches the file at the
+ * next metadata flush, after the blocks.
+ */
+static int alloc_area(qcow2_image *img, uint64_t nb, uint64_t *first_out)
+{
+    uint64_t pb = per_block(img);
+    uint8_t *blk = NULL;
+    int rc = 0;
+
+    for (;;) {
+        uint64_t a = qcow2__max(img->alloc_end, 1), k = 0, g_last, next;
+
+        for (;;) {
+            uint64_t m = 0;
+            g_last = (a + nb + k - 1) / pb;
+            for (uint64_t g = a / pb; g <= g_last; g++)
+                m += !group_has_block(img, g);
+            if (m == k)
+                break;
+            k = m;
+        }
+        if ((a + nb + k) << img->cluster_bits > QCOW2_MAX_HOST_OFFSET)
+            return qcow2__err(QCOW2_ENOSPC, 0, img->name, "image would grow past 64 PiB");
+        if (g_last >= img->rt_entries) {
+            rc = grow_reftable(img, g_last);
+            if (rc)
+                return rc;
+            continue; /* the table moved to the end: place the area after it */
+        }
+        /* Area clusters in groups that already have a block: through the cache. */
+        for (uint64_t c = a; c < a + nb + k; c++) {
+            if (group_has_block(img, c / pb)) {
+                rc = qcow2__refcount_set(img, c, 1);
+                if (rc)
+                    return rc;
+            }
+        }
+        if (k) {
+            blk = qcow2__malloc((size_t)img->cluster_size);
+            if (!blk)
+                return qcow2__nomem();
+        }
+        next = a + nb;
+        for (uint64_t g = a / pb; g <= g_last && !rc; g++) {
+            uint64_t lo, hi, boff;
+            if (group_has_block(img, g))
+                continue;
+            /* A fresh block holding 1 for each area cluster of its group. */
+            memset(blk, 0, (size_t)img->cluster_size);
+            lo = qcow2__max(a, g * pb);
+            hi = qcow2__min(a + nb + k, (g + 1) * pb);
+            for (uint64_t c = lo; c < hi; c++)
+                block_put(img, blk, c % pb, 1);
+            boff = (next++) << img->cluster_bits;
+            qcow2__cache_drop(&img->rbc, boff);
+            rc = qcow2__io_write(img->io, img->name, blk, (size_t)img->cluster_size, boff);
+            if (rc)
+                break;
+            img->reftable[g] = boff;
+            img->rt_dirty = true;
+        }
+        qcow2__free(blk);
+        if (rc)
+            return rc;
+        assert(next == a + nb + k);
+        img->meta_gen++;
+        note_used(img, a + nb + k - 1);
+        img->free_hint = a + nb + k;
+        *first_out = a;
+        return 0;
+    }
 }
 
 int qcow2__alloc_clusters(qcow2_image *img, uint64_t nb, uint64_t *host_off_out)
 {
+    uint64_t pb = per_block(img);
     uint64_t start = qcow2__max(img->free_hint, 1), run = 0;
     int rc;
 
     assert(nb > 0);
-    while (run < nb) {
-        uint64_t idx = start + run, v, gen = img->meta_gen;
+    /* Reuse free clusters below the end first, where blocks already exist. */
+    while (run < nb && start + run < img->alloc_end) {
+        uint64_t idx = start + run, v;
 
-        if ((idx + 1) << img->cluster_bits > QCOW2_MAX_HOST_OFFSET)
-            return qcow2__err(QCOW2_ENOSPC, 0, img->name, "image would grow past 64 PiB");
-        rc = alloc_probe(img, idx, &v);
-        if (rc)
-            return rc;
-        if (gen != img->meta_gen) {
-            /* New metadata may sit inside the run found so far: look again. */
+        if (!group_has_block(img, idx / pb)) {
+            start = (idx / pb + 1) * pb;
             run = 0;
             continue;
         }
+        rc = qcow2__refcount_get(img, idx, &v);
+        if (rc)
+            return rc;
         if (v) {
             start = idx + 1;
             run = 0;
         } else {
             run++;
         }
+    }
+    if (run < nb) {
+        rc = alloc_area(img, nb, &start);
+        if (rc)
+            return rc;
+        *host_off_out = start << img->cluster_bits;
+        return 0;
     }
     for (uint64_t i = 0; i < nb; i++) {
         rc = qcow2__refcount_set(img, start + i, 1);
