@@ -104,6 +104,33 @@ static int ext_string(qcow2_image *img, const char *what, const uint8_t *p, uint
 }
 
 /*
+ * The bitmaps extension: u32 count, u32 reserved, u64 directory size, u64
+ * directory offset. Bitmaps are kept verbatim, never interpreted, but a
+ * damaged extension is refused as qemu refuses it.
+ */
+static int check_bitmaps_ext(qcow2_image *img, const uint8_t *p)
+{
+    uint32_t nb = qcow2__be32(p), reserved = qcow2__be32(p + 4);
+    uint64_t dir_size = qcow2__be64(p + 8), dir_off = qcow2__be64(p + 16);
+
+    if (nb == 0 || nb > QCOW2_MAX_BITMAPS)
+        return qcow2__corrupt(img, "bitmaps extension: %" PRIu32 " bitmaps (1 to %u allowed)", nb,
+                              QCOW2_MAX_BITMAPS);
+    if (reserved)
+        return qcow2__corrupt(img, "bitmaps extension: reserved field is not zero");
+    if (dir_size == 0 || dir_size > 1024ull * QCOW2_MAX_BITMAPS)
+        return qcow2__corrupt(img, "bitmaps extension: directory size %" PRIu64 " is invalid",
+                              dir_size);
+    if ((dir_off & ((1ull << img->cluster_bits) - 1)) || dir_off == 0 ||
+        !qcow2__in_range(dir_off, dir_size, img->file_size))
+        return qcow2__corrupt(img,
+                              "bitmaps extension: directory at 0x%" PRIx64 " (%" PRIu64
+                              " bytes) is misaligned or outside the file",
+                              dir_off, dir_size);
+    return 0;
+}
+
+/*
  * Walk the extension list from header_len to end (the backing name or the
  * end of cluster 0). Each entry must fit entirely before end.
  */
@@ -164,6 +191,7 @@ static int parse_extensions(qcow2_image *img, const uint8_t *buf, uint64_t start
             memcpy(img->bitmaps_ext, p, len);
             img->bitmaps_ext_len = len;
             img->nb_bitmaps = qcow2__be32(p);
+            rc = check_bitmaps_ext(img, p);
             break;
         case QCOW2_EXT_DATA_FILE:
             rc = ext_string(img, "external data file", p, len, &data_file);
@@ -329,10 +357,16 @@ int qcow2__header_parse(qcow2_image *img, const uint8_t *buf, size_t buf_len)
 
     if (h->size > QCOW2_MAX_VIRTUAL_SIZE)
         return qcow2__corrupt(img, "virtual size %" PRIu64 " is too large", h->size);
-    img->size = h->size;
+    /* qemu sees the disk in whole sectors: a partial last sector is not there. */
+    img->size = h->size & ~511ull;
 
     /* Geometry. */
     img->extl2 = (h->incompat & QCOW2_INCOMPAT_EXTL2) != 0;
+    if (img->extl2 && img->cluster_bits < QCOW2_MIN_EXTL2_CLUSTER_BITS)
+        return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
+                          "extended L2 entries need clusters of at least 16 KiB (cluster_bits "
+                          "%" PRIu32 ")",
+                          img->cluster_bits);
     img->l2e_bytes = img->extl2 ? 16 : 8;
     img->l2_bits = img->cluster_bits - (img->extl2 ? 4 : 3);
     img->l2_entries = 1ull << img->l2_bits;

@@ -176,6 +176,8 @@ static int open_qcow2(qcow2_image *img)
         return rc;
     if (head_len < QCOW2_V2_HEADER_LEN)
         return qcow2__corrupt(img, "file is too short for a qcow2 header (%zu bytes)", head_len);
+    if (qcow2__be32(first) != QCOW2_MAGIC)
+        return qcow2__corrupt(img, "bad magic: not a qcow2 image");
     cluster_bits = qcow2__be32(first + 20);
     if (cluster_bits < QCOW2_MIN_CLUSTER_BITS || cluster_bits > QCOW2_MAX_CLUSTER_BITS)
         return qcow2__corrupt(img, "cluster_bits %" PRIu32 " is outside 9..21", cluster_bits);
@@ -315,7 +317,8 @@ static int open_layer(qcow2_image **out, qcow2_io *io, const char *name, const q
         if (rc)
             goto out_free;
     } else {
-        img->size = img->file_size;
+        /* qemu sees a raw file in whole sectors: the partial tail reads as zeroes. */
+        img->size = qcow2__align_up(img->file_size, 512);
     }
     if (img->backing_name) {
         img->backing_path = resolve_backing(img->name, img->backing_name);
@@ -402,7 +405,7 @@ int qcow2_image_open(qcow2_image **out, const char *path, const qcow2_open_opts 
     flags = opts && (opts->flags & QCOW2_OPEN_RDWR) ? QCOW2_IO_RDWR : 0;
     if (!(opts && opts->open_fn) && stat(path, &st) == 0 && !S_ISREG(st.st_mode) &&
         !S_ISBLK(st.st_mode))
-        return qcow2__err(QCOW2_EINVAL, 0, path, "not a regular file or block device");
+        return qcow2__err(QCOW2_EUNSUPPORTED, 0, path, "not a regular file or block device");
     rc = open_fn(&io, path, flags, payload);
     if (rc < 0)
         return qcow2__io_error(rc, path, "cannot open");

@@ -41,6 +41,10 @@ int qcow2__io_error(int neg_errno, const char *name, const char *what)
     case EINVAL:
         code = QCOW2_EINVAL;
         break;
+    case ENODEV:
+        /* io_posix's answer for what is not a regular file or block device. */
+        return qcow2__err(QCOW2_EUNSUPPORTED, e, name,
+                          "%s: not a regular file or block device", what);
     default:
         code = QCOW2_EIO;
         break;

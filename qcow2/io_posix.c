@@ -510,13 +510,24 @@ int qcow2_io_posix_open(qcow2_io **out, const char *path, unsigned flags)
     p = qcow2__calloc(1, sizeof(*p));
     if (!p)
         return -ENOMEM;
+    /* O_NONBLOCK: a FIFO must be refused, not waited on. */
     do {
-        fd = open(path, oflags, 0666);
+        fd = open(path, oflags | O_NONBLOCK, 0666);
     } while (fd < 0 && errno == EINTR);
     if (fd < 0) {
         int e = errno;
         qcow2__free(p);
         return -e;
+    }
+    {
+        struct stat st;
+        if (fstat(fd, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)) ||
+            fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0) {
+            /* Devices other than block devices, FIFOs, sockets, directories. */
+            close(fd);
+            qcow2__free(p);
+            return -ENODEV;
+        }
     }
     p->base.ops = &posix_ops;
     p->fd = fd;

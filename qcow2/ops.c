@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <unistd.h>
 
 #include "qcow2_int.h"
 
@@ -224,6 +225,115 @@ static int write_sparse(qcow2_io *io, const char *name, const uint8_t *buf, uint
     return qcow2__io_write(io, name, buf + data_start, (size_t)(n - data_start), off + data_start);
 }
 
+/* Whether buf[0..n) is all zeroes. */
+static bool all_zero(const uint8_t *buf, uint64_t n)
+{
+    return first_nonzero(buf, n) == n;
+}
+
+/*
+ * Write one run of source data into a qcow2 target. Runs are cluster
+ * aligned (except at the end of the image). Zero blocks of min_sparse bytes
+ * are left unallocated (the target is new: it reads as zeroes); with
+ * compress, every non-zero cluster is written compressed.
+ */
+static int write_qcow2_run(qcow2_image *dst, const uint8_t *buf, uint64_t n, uint64_t off,
+                           const qcow2_convert_opts *o)
+{
+    uint64_t cs = dst->cluster_size;
+    uint64_t step = o->compress ? cs : qcow2__max(o->min_sparse, 512);
+    uint64_t i = 0, data_start = 0;
+    int rc;
+
+    if (!o->min_sparse && !o->compress)
+        return qcow2_image_write(dst, buf, (size_t)n, off);
+    while (i < n) {
+        uint64_t len = qcow2__min(step - ((off + i) % step), n - i);
+        bool zero = all_zero(buf + i, len);
+
+        if (o->compress) {
+            if (!zero) {
+                rc = qcow2_image_write_compressed(dst, buf + i, (size_t)len, off + i);
+                if (rc)
+                    return rc;
+            }
+        } else if (zero) {
+            rc = qcow2_image_write(dst, buf + data_start, (size_t)(i - data_start),
+                                   off + data_start);
+            if (rc)
+                return rc;
+            data_start = i + len;
+        }
+        i += len;
+    }
+    if (!o->compress && data_start < n)
+        return qcow2_image_write(dst, buf + data_start, (size_t)(n - data_start), off + data_start);
+    return 0;
+}
+
+static int convert_qcow2(qcow2_image *src, const char *dst_path, const qcow2_convert_opts *o)
+{
+    qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    qcow2_image *dst = NULL;
+    uint8_t *buf = NULL;
+    uint64_t off = 0, chunk;
+    int rc;
+
+    if (o->create)
+        co = *o->create;
+    co.format = QCOW2_FORMAT_QCOW2;
+    co.size = src->size;
+    co.backing_file = NULL;
+    co.backing_format = NULL;
+    /* Replace an existing target, as qemu-img convert does. */
+    if (unlink(dst_path) < 0 && errno != ENOENT)
+        return qcow2__err(QCOW2_EIO, errno, dst_path, "cannot replace: %s", strerror(errno));
+    rc = qcow2_image_create(dst_path, &co);
+    if (rc)
+        return rc;
+    oo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING;
+    oo.format = QCOW2_FORMAT_QCOW2;
+    rc = qcow2_image_open(&dst, dst_path, &oo);
+    if (rc)
+        return rc;
+    chunk = qcow2__max(OPS_CHUNK, dst->cluster_size);
+    buf = qcow2__malloc((size_t)chunk);
+    if (!buf) {
+        rc = qcow2__nomem();
+        goto out;
+    }
+    while (off < src->size) {
+        qcow2_extent e;
+        uint64_t n;
+
+        rc = qcow2_image_block_status(src, NULL, off, qcow2__min(src->size - off, chunk), &e);
+        if (rc)
+            goto out;
+        n = e.length;
+        if (!ext_is_zero(&e)) {
+            /* Whole target clusters, so compressed writes and COW see full clusters. */
+            uint64_t end = qcow2__min(src->size, qcow2__align_up(off + n, dst->cluster_size));
+            uint64_t start = off & ~(dst->cluster_size - 1);
+            n = qcow2__min(end - start, chunk);
+            rc = qcow2_image_read(src, buf, (size_t)n, start);
+            if (!rc)
+                rc = write_qcow2_run(dst, buf, n, start, o);
+            if (rc)
+                goto out;
+            n -= off - start;
+        }
+        off += n;
+        if (o->progress)
+            o->progress(off, src->size, o->payload);
+    }
+    rc = qcow2_image_flush(dst);
+out:
+    qcow2__free(buf);
+    qcow2_image_close(dst);
+    return rc;
+}
+
 int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_convert_opts *opts)
 {
     qcow2_convert_opts o = QCOW2_CONVERT_OPTS_INIT;
@@ -234,9 +344,13 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
 
     if (opts)
         o = *opts;
+    if (o.format == QCOW2_FORMAT_QCOW2)
+        return convert_qcow2(src, dst_path, &o);
     if (o.format != QCOW2_FORMAT_RAW)
-        return qcow2__err(QCOW2_EUNSUPPORTED, 0, dst_path, "output format %s is not supported yet",
-                          qcow2_format_name(o.format) ? qcow2_format_name(o.format) : "?");
+        return qcow2__err(QCOW2_EUNSUPPORTED, 0, dst_path, "unknown output format %d",
+                          (int)o.format);
+    if (o.compress)
+        return qcow2__err(QCOW2_EINVAL, 0, dst_path, "raw output cannot be compressed");
     rc = qcow2_io_posix_open(&dst, dst_path, QCOW2_IO_RDWR | QCOW2_IO_CREATE | QCOW2_IO_TRUNC);
     if (rc < 0)
         return qcow2__io_error(rc, dst_path, "cannot create");

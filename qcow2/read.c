@@ -101,6 +101,28 @@ static int raw_status(qcow2_image *img, uint64_t off, uint64_t len, qcow2_extent
     return 0;
 }
 
+/*
+ * Allocated clusters whose bytes are a hole in the file (preallocation=
+ * metadata) read as zeroes: say so, as qemu does, so nobody reads them.
+ */
+static int data_holes(qcow2_image *img, qcow2_extent *out)
+{
+    uint64_t run;
+    bool hole;
+    int rc;
+
+    if (out->host_off >= img->file_size)
+        return 0;
+    rc = qcow2__io_extent(img->io, img->name, out->host_off,
+                          qcow2__min(out->length, img->file_size - out->host_off), &run, &hole);
+    if (rc)
+        return rc;
+    if (hole)
+        out->flags |= QCOW2_EXT_ZERO;
+    out->length = run;
+    return 0;
+}
+
 int qcow2_image_block_status(qcow2_image *img, const qcow2_image *base, uint64_t guest_off,
                              uint64_t len, qcow2_extent *out)
 {
@@ -136,7 +158,7 @@ int qcow2_image_block_status(qcow2_image *img, const qcow2_image *base, uint64_t
         case QCOW2__RUN_DATA:
             out->flags = QCOW2_EXT_PRESENT | QCOW2_EXT_DATA | QCOW2_EXT_OFFSET_VALID;
             out->host_off = r.host_off;
-            return 0;
+            return data_holes(cur, out);
         case QCOW2__RUN_COMPRESSED:
             out->flags = QCOW2_EXT_PRESENT | QCOW2_EXT_DATA | QCOW2_EXT_COMPRESSED;
             return 0;
