@@ -300,6 +300,8 @@ struct qcow2_image {
     uint8_t *cbuf;               /* compressed input buffer (2 clusters) */
     uint8_t *dbuf;               /* decompressed cluster */
     uint64_t dbuf_host_off;      /* descriptor decoded into dbuf; ~0 = none */
+    bool prealloc_checked;       /* metadata_prealloc has been computed */
+    bool metadata_prealloc;      /* looks preallocated: file holes in data read as zero */
 };
 
 /* header.c */

@@ -102,8 +102,37 @@ static int raw_status(qcow2_image *img, uint64_t off, uint64_t len, qcow2_extent
 }
 
 /*
- * Allocated clusters whose bytes are a hole in the file (preallocation=
- * metadata) read as zeroes: say so, as qemu does, so nobody reads them.
+ * Whether the image looks metadata-preallocated: it has clearly more
+ * refcounted clusters than the file system holds (at least the larger of
+ * 10/9 and 2 more than the allocated clusters). qemu decides the same way,
+ * and only then reports the holes inside allocated clusters as zeroes.
+ */
+static int detect_prealloc(qcow2_image *img)
+{
+    uint64_t alloc, real, threshold, end, count = 0;
+    int rc;
+
+    img->prealloc_checked = true;
+    rc = qcow2__io_allocated(img->io, img->name, &alloc);
+    if (rc)
+        return rc;
+    real = alloc >> img->cluster_bits;
+    threshold = qcow2__max(real * 10 / 9, real + 2);
+    end = (img->file_size + img->cluster_size - 1) >> img->cluster_bits;
+    for (uint64_t i = 0; i < end && count < threshold; i++) {
+        uint64_t refcount;
+        rc = qcow2__refcount_get(img, i, &refcount);
+        if (rc)
+            return rc;
+        count += refcount != 0;
+    }
+    img->metadata_prealloc = count >= threshold;
+    return 0;
+}
+
+/*
+ * In a metadata-preallocated image, allocated clusters whose bytes are a
+ * hole in the file read as zeroes: say so, as qemu does, so nobody reads them.
  */
 static int data_holes(qcow2_image *img, qcow2_extent *out)
 {
@@ -111,7 +140,12 @@ static int data_holes(qcow2_image *img, qcow2_extent *out)
     bool hole;
     int rc;
 
-    if (out->host_off >= img->file_size)
+    if (!img->prealloc_checked) {
+        rc = detect_prealloc(img);
+        if (rc)
+            return rc;
+    }
+    if (!img->metadata_prealloc || out->host_off >= img->file_size)
         return 0;
     rc = qcow2__io_extent(img->io, img->name, out->host_off,
                           qcow2__min(out->length, img->file_size - out->host_off), &run, &hole);
