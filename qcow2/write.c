@@ -161,6 +161,78 @@ int qcow2_image_flush(qcow2_image *img)
     return qcow2__metadata_flush(img);
 }
 
+/* Queue the release of clusters [off, off + len bytes rounded up), if inside the file. */
+static int free_span(qcow2_image *img, uint64_t off, uint64_t len)
+{
+    uint64_t bytes = qcow2__align_up(len, img->cluster_size);
+
+    /* The last structure of a file may end before its cluster does. */
+    if (!off || (off & (img->cluster_size - 1)) || !qcow2__in_range(off, len, img->file_size))
+        return 0; /* damaged: leave it (a leak at worst, never a wrong free) */
+    return qcow2__free_later(img, off, bytes);
+}
+
+/*
+ * Persistent bitmaps are not maintained by this library, so the first write
+ * drops them: the extension leaves the header (durably), then the directory,
+ * the bitmap tables and their data clusters are freed. qemu would otherwise
+ * see stale bitmaps, and its check would call their clusters leaked.
+ */
+static int drop_bitmaps(qcow2_image *img)
+{
+    const uint8_t *ext = img->bitmaps_ext;
+    uint64_t dir_size = qcow2__be64(ext + 8), dir_off = qcow2__be64(ext + 16);
+    uint8_t *dir = NULL, *table = NULL;
+    int rc;
+
+    /* header.c validated the count, the directory size cap and its place. */
+    dir = qcow2__malloc((size_t)dir_size);
+    if (!dir)
+        return qcow2__nomem();
+    rc = qcow2__io_read(img->io, img->name, dir, (size_t)dir_size, dir_off);
+    if (rc)
+        goto out;
+    qcow2__free(img->bitmaps_ext);
+    img->bitmaps_ext = NULL;
+    img->bitmaps_ext_len = 0;
+    img->nb_bitmaps = 0;
+    img->hdr.autoclear = 0;
+    rc = qcow2__header_write(img);
+    if (rc)
+        goto out;
+    for (uint64_t pos = 0; pos + 24 <= dir_size;) {
+        uint64_t table_off = qcow2__be64(dir + pos);
+        uint32_t table_size = qcow2__be32(dir + pos + 8);
+        uint16_t name_size = qcow2__be16(dir + pos + 18);
+        uint32_t extra = qcow2__be32(dir + pos + 20);
+        uint64_t tbytes = (uint64_t)table_size * 8;
+
+        if (tbytes && tbytes <= QCOW2_MAX_L1_BYTES && !(table_off & (img->cluster_size - 1)) &&
+            qcow2__in_range(table_off, tbytes, img->file_size)) {
+            table = qcow2__malloc((size_t)tbytes);
+            if (!table) {
+                rc = qcow2__nomem();
+                goto out;
+            }
+            rc = qcow2__io_read(img->io, img->name, table, (size_t)tbytes, table_off);
+            for (uint64_t i = 0; !rc && i < table_size; i++)
+                rc = free_span(img, qcow2__be64(table + i * 8) & QCOW2_L2E_OFFSET_MASK,
+                               img->cluster_size);
+            qcow2__free(table);
+            table = NULL;
+            if (!rc)
+                rc = free_span(img, table_off, tbytes);
+            if (rc)
+                goto out;
+        }
+        pos += qcow2__align_up(24 + (uint64_t)extra + name_size, 8);
+    }
+    rc = free_span(img, dir_off, dir_size);
+out:
+    qcow2__free(dir);
+    return rc;
+}
+
 /*
  * Checks common to every mutating call, and the first-write header update:
  * unknown autoclear bits (and the bitmaps bit: bitmaps are not maintained)
@@ -181,6 +253,11 @@ static int start_write(qcow2_image *img, uint64_t off, uint64_t len)
     img->dbuf_host_off = UINT64_MAX;
     if (img->fmt != QCOW2_FORMAT_QCOW2 || img->write_started)
         return 0;
+    if (img->bitmaps_ext) {
+        rc = drop_bitmaps(img);
+        if (rc)
+            return qcow2__fatal(img, rc);
+    }
     if (img->hdr.autoclear || (img->hdr.compat & QCOW2_COMPAT_LAZY_REFCOUNTS)) {
         img->hdr.autoclear = 0;
         if (img->hdr.compat & QCOW2_COMPAT_LAZY_REFCOUNTS)
