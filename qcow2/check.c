@@ -1,0 +1,780 @@
+/*
+ * Check and repair (qemu-img check [-r leaks|all]): every structure that
+ * references host clusters is walked and an in-memory reference count is
+ * built per host cluster, then compared with the refcounts on disk
+ * (refcount.c); COPIED flags of the active tree are compared with the
+ * repaired refcounts. Repair goes through refcount.c (refcount blocks), the
+ * L2 cache and the in-memory L1, made durable with the ordered flush of
+ * write.c; header.c rewrites the header when the dirty or corrupt bit can be
+ * cleared. The public entry point is qcow2_image_check(); image.c calls
+ * qcow2__repair_dirty() when a dirty (lazy refcounts) image is opened for
+ * writing.
+ *
+ * NOTES ON THE DESIGN
+ *
+ * What references a cluster (each counts one reference per referrer, as
+ * qemu counts them): the header (cluster 0); the active L1 table and every
+ * snapshot's L1 table; each L2 table an L1 entry points at (once per L1
+ * entry, so a table shared by the active L1 and a snapshot counts twice);
+ * each data cluster an L2 entry points at (standard, zero-allocated,
+ * extended-L2 allocated clusters); each host cluster touched by a
+ * compressed descriptor's sector span; the snapshot table; the refcount
+ * table; every refcount block; and, when the bitmaps extension is valid
+ * (autoclear bit 0), the bitmap directory, each bitmap table and its data
+ * clusters. Reference counts are uint16 and saturate at 65535: a saturated
+ * count compares as "at least 65535".
+ *
+ * Memory is one uint16 per host cluster of the file (plus one) and one bit
+ * per cluster for the overlap check, refused with QCOW2_ENOMEM beyond
+ * QCOW2_CHECK_MAX_CLUSTERS; tables are read one cluster at a time.
+ *
+ * Figures and wording follow qemu-img 7.2: a cluster whose refcount is
+ * above its reference count is a leak (even when referenced), below it a
+ * corruption; allocated_clusters counts standard, zero-allocated and
+ * compressed entries of the active tree; fragmentation restarts with each
+ * L2 table and every compressed cluster counts as fragmented;
+ * image_end_offset follows the highest cluster with a refcount or a
+ * reference. Beyond qemu, reserved bits in L1/L2 entries and the zero flag
+ * in a version 2 image are reported as corruptions, and L2 tables or data
+ * that overlap fixed metadata (header, L1 tables, refcount structures,
+ * snapshot table, bitmap structures) get a line of their own (the
+ * refcount mismatch that comes with them is what is counted).
+ *
+ * Repair runs passes: count, compare and fix, fix COPIED flags, flush.
+ * Fixing can allocate (a refcount block for a group that had none), so the
+ * next pass counts again, until a pass fixes nothing (at most CHECK_PASSES).
+ * Findings that stay unfixed are reported by the first pass only; the
+ * counters returned are those of the last pass, the *_fixed ones summed.
+ * Repair never reuses free space: new refcount blocks go at the end of the
+ * image, past every counted cluster.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+
+#include "qcow2_int.h"
+
+/* Largest file checked: 2^28 clusters (a 512 MiB count array). */
+#define QCOW2_CHECK_MAX_CLUSTERS (1ull << 28)
+/* Repair passes before giving up on convergence. */
+#define CHECK_PASSES 4
+/* Bitmaps extension and directory (reference §1.8); qemu's caps. */
+#define BITMAP_DIR_MAX_BYTES (1024ull * 65535)
+#define BITMAP_ENTRY_LEN 24u
+#define BITMAP_NAME_MAX 1023u
+#define BITMAP_TABLE_MAX_ENTRIES 0x8000000ull
+#define BME_RESERVED_MASK 0xff000000000001feull
+#define BME_OFFSET_MASK 0x00fffffffffffe00ull
+#define BME_ALL_ONES 1ull
+#define REF_SATURATED 0xffffu
+
+/* State of one counting pass. */
+struct check {
+    qcow2_image *img;
+    qcow2_check_result *res; /* counters of this pass (report/payload set) */
+    unsigned fix;            /* QCOW2_CHECK_FIX_* for this pass */
+    bool quiet;              /* do not report findings that stay unfixed */
+    uint64_t file_size;      /* bytes, at the start of the pass */
+    uint64_t nb_clusters;    /* entries in refs */
+    uint64_t hi_cluster;     /* highest cluster index counted, + 1 */
+    uint16_t *refs;          /* references per host cluster (saturating) */
+    uint8_t *meta;           /* bit per cluster: fixed metadata lives there */
+    uint8_t *buf;            /* one cluster */
+    uint64_t next_contig;    /* fragmentation: expected next host offset; 0 = none */
+    uint64_t fixed;          /* fixes made by this pass */
+};
+
+static void report(struct check *ck, bool unfixed, const char *fmt, ...) QCOW2_PRINTF(3, 4);
+
+static void report(struct check *ck, bool unfixed, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+
+    if (!ck->res->report || (unfixed && ck->quiet))
+        return;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    ck->res->report(line, ck->res->payload);
+}
+
+static uint64_t refcount_max(const qcow2_image *img)
+{
+    return img->refcount_bits == 64 ? UINT64_MAX : (1ull << img->refcount_bits) - 1;
+}
+
+static bool is_meta(const struct check *ck, uint64_t c)
+{
+    return c < ck->nb_clusters && (ck->meta[c / 8] >> (c % 8) & 1);
+}
+
+/*
+ * Count one reference to every cluster of [off, off+len). A range that runs
+ * a cluster or more past the end of the file is a corruption and is not
+ * counted (qemu's rule). With mark, the clusters are fixed metadata.
+ * Returns false when the range was refused.
+ */
+static bool count_range(struct check *ck, uint64_t off, uint64_t len, bool mark)
+{
+    qcow2_image *img = ck->img;
+    uint64_t end, first, last;
+
+    if (len == 0)
+        return true;
+    if (qcow2__add_overflow(off, len, &end) || end > ck->file_size + img->cluster_size - 1) {
+        report(ck, true,
+               "ERROR: counting reference for region exceeding the end of the file by one "
+               "cluster or more: offset 0x%" PRIx64 " size 0x%" PRIx64,
+               off, len);
+        ck->res->corruptions++;
+        return false;
+    }
+    first = off >> img->cluster_bits;
+    last = (end - 1) >> img->cluster_bits;
+    assert(last < ck->nb_clusters);
+    for (uint64_t c = first; c <= last; c++) {
+        if (ck->refs[c] != REF_SATURATED && ck->refs[c] >= refcount_max(img)) {
+            report(ck, true, "ERROR: overflow cluster offset=0x%" PRIx64,
+                   c << img->cluster_bits);
+            ck->res->corruptions++;
+            continue;
+        }
+        if (ck->refs[c] != REF_SATURATED)
+            ck->refs[c]++;
+        if (mark)
+            ck->meta[c / 8] = (uint8_t)(ck->meta[c / 8] | (1u << (c % 8)));
+        ck->hi_cluster = qcow2__max(ck->hi_cluster, c + 1);
+    }
+    return true;
+}
+
+/* A line for an L2 table or data cluster that lands on fixed metadata. */
+static void note_overlap(struct check *ck, const char *what, uint64_t off)
+{
+    if (is_meta(ck, off >> ck->img->cluster_bits))
+        report(ck, true, "ERROR %s at 0x%" PRIx64 " overlaps other metadata", what, off);
+}
+
+/* Bytes of the snapshot table as qemu sizes it: every entry, padded to 8. */
+static uint64_t snapshot_table_bytes(const qcow2_image *img)
+{
+    uint64_t len = 0;
+
+    for (uint32_t i = 0; i < img->nb_snaps; i++) {
+        const struct qcow2__snapshot *sn = &img->snaps[i];
+        len += qcow2__align_up(40u + (uint64_t)sn->extra_len + strlen(sn->id) + strlen(sn->name),
+                               8);
+    }
+    return len;
+}
+
+/* One guest cluster of an L2 table: validate, count, add to the figures. */
+static void check_l2_entry(struct check *ck, uint64_t l2_off, uint64_t idx, uint64_t e, uint64_t bm,
+                           bool active)
+{
+    qcow2_image *img = ck->img;
+    uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
+
+    if (e & QCOW2_OFLAG_COMPRESSED) {
+        uint64_t coff, clen;
+
+        if (e & QCOW2_OFLAG_COPIED) {
+            report(ck, true,
+                   "ERROR: coffset=0x%" PRIx64
+                   ": copied flag must never be set for compressed clusters",
+                   e & img->coff_mask);
+            ck->res->corruptions++;
+            e &= ~QCOW2_OFLAG_COPIED;
+        }
+        if (bm) {
+            report(ck, true,
+                   "ERROR compressed cluster %" PRIu64
+                   " with non-zero subcluster allocation bitmap, entry=0x%" PRIx64,
+                   idx, e);
+            ck->res->corruptions++;
+            return;
+        }
+        qcow2__compressed_range(img, e, &coff, &clen);
+        count_range(ck, coff, clen, false);
+        if (active) {
+            ck->res->allocated_clusters++;
+            ck->res->compressed_clusters++;
+            ck->res->fragmented_clusters++;
+        }
+        return;
+    }
+    if (e & (QCOW2_L2E_STD_RESERVED_MASK | (img->extl2 ? QCOW2_OFLAG_ZERO : 0))) {
+        report(ck, true,
+               "ERROR L2 entry %" PRIu64 " of table 0x%" PRIx64
+               " has reserved bits set: 0x%016" PRIx64,
+               idx, l2_off, e);
+        ck->res->corruptions++;
+    }
+    if (!img->extl2 && (e & QCOW2_OFLAG_ZERO) && img->hdr.version < 3) {
+        report(ck, true,
+               "ERROR L2 entry %" PRIu64 " of table 0x%" PRIx64
+               " is a zero cluster in a version 2 image",
+               idx, l2_off);
+        ck->res->corruptions++;
+    }
+    if (!host) {
+        if (img->extl2 && (uint32_t)bm) {
+            report(ck, true, "ERROR: Unallocated cluster has non-zero subcluster allocation bitmap");
+            ck->res->corruptions++;
+        }
+        return;
+    }
+    /* Standard or zero-allocated: a host cluster is in use. */
+    if (img->extl2 && ((bm >> 32) & bm)) {
+        report(ck, true,
+               "ERROR offset=%" PRIx64
+               ": Allocated cluster has corrupted subcluster allocation bitmap",
+               host);
+        ck->res->corruptions++;
+    }
+    if (active) {
+        ck->res->allocated_clusters++;
+        if (ck->next_contig && host != ck->next_contig)
+            ck->res->fragmented_clusters++;
+        ck->next_contig = host + img->cluster_size;
+    }
+    if (host & (img->cluster_size - 1)) {
+        bool data = img->extl2 ? (uint32_t)bm != 0 : !(e & QCOW2_OFLAG_ZERO);
+        report(ck, true,
+               "ERROR offset=%" PRIx64 ": %s cluster is not properly aligned; L2 entry corrupted.",
+               host, data ? "Data" : "Preallocated");
+        ck->res->corruptions++;
+        return;
+    }
+    note_overlap(ck, "data cluster", host);
+    count_range(ck, host, img->cluster_size, false);
+}
+
+/* Read one whole table cluster (validated to lie in the file). */
+static int read_cluster(struct check *ck, uint64_t off)
+{
+    qcow2_image *img = ck->img;
+    int rc = qcow2__io_read(img->io, img->name, ck->buf, (size_t)img->cluster_size, off);
+
+    if (rc)
+        ck->res->check_errors++;
+    return rc;
+}
+
+/* The L2 table an L1 entry points at: count it and everything it maps. */
+static int check_l2(struct check *ck, uint64_t l1_idx, uint64_t l1e, bool active)
+{
+    qcow2_image *img = ck->img;
+    uint64_t l2_off = l1e & QCOW2_L1E_OFFSET_MASK;
+    bool counted;
+    int rc;
+
+    if (l1e & QCOW2_L1E_RESERVED_MASK) {
+        report(ck, true, "ERROR L1 entry %" PRIu64 " has reserved bits set: 0x%016" PRIx64, l1_idx,
+               l1e);
+        ck->res->corruptions++;
+    }
+    if (!l2_off)
+        return 0;
+    note_overlap(ck, "L2 table", l2_off);
+    counted = count_range(ck, l2_off, img->cluster_size, false);
+    if (l2_off & (img->cluster_size - 1)) {
+        report(ck, true, "ERROR l2_offset=%" PRIx64 ": Table is not cluster aligned; L1 entry corrupted",
+               l2_off);
+        ck->res->corruptions++;
+        return 0;
+    }
+    if (!qcow2__in_range(l2_off, img->cluster_size, ck->file_size)) {
+        if (counted) {
+            report(ck, true,
+                   "ERROR l2_offset=%" PRIx64 ": L2 table lies beyond the end of the file",
+                   l2_off);
+            ck->res->corruptions++;
+        }
+        return 0;
+    }
+    rc = read_cluster(ck, l2_off);
+    if (rc)
+        return rc;
+    ck->next_contig = 0;
+    for (uint64_t i = 0; i < img->l2_entries; i++) {
+        const uint8_t *p = ck->buf + i * img->l2e_bytes;
+        uint64_t e = qcow2__be64(p), bm = img->extl2 ? qcow2__be64(p + 8) : 0;
+
+        check_l2_entry(ck, l2_off, i, e, bm, active);
+    }
+    return 0;
+}
+
+/* A snapshot's L1 table, read a cluster at a time from the file. */
+static int check_snapshot_l1(struct check *ck, uint32_t si)
+{
+    qcow2_image *img = ck->img;
+    const struct qcow2__snapshot *sn = &img->snaps[si];
+    uint64_t bytes = (uint64_t)sn->l1_size * 8;
+    uint64_t per = img->cluster_size / 8;
+    uint8_t *chunk;
+    int rc = 0;
+
+    if (sn->l1_off & (img->cluster_size - 1)) {
+        report(ck, true,
+               "ERROR snapshot %s (%s) l1_offset=%#" PRIx64
+               ": L1 table is not cluster aligned; snapshot table entry corrupted",
+               sn->id, sn->name, sn->l1_off);
+        ck->res->corruptions++;
+        return 0;
+    }
+    if (bytes > QCOW2_MAX_L1_BYTES) {
+        report(ck, true,
+               "ERROR snapshot %s (%s) l1_size=%#" PRIx32
+               ": L1 table is too large; snapshot table entry corrupted",
+               sn->id, sn->name, sn->l1_size);
+        ck->res->corruptions++;
+        return 0;
+    }
+    if (!count_range(ck, sn->l1_off, bytes, true) ||
+        !qcow2__in_range(sn->l1_off, bytes, ck->file_size))
+        return 0;
+    chunk = qcow2__malloc((size_t)img->cluster_size);
+    if (!chunk)
+        return qcow2__nomem();
+    for (uint64_t i = 0; i < sn->l1_size && !rc; i += per) {
+        uint64_t n = qcow2__min(per, sn->l1_size - i);
+
+        rc = qcow2__io_read(img->io, img->name, chunk, (size_t)(n * 8), sn->l1_off + i * 8);
+        if (rc) {
+            ck->res->check_errors++;
+            break;
+        }
+        for (uint64_t j = 0; j < n && !rc; j++)
+            rc = check_l2(ck, i + j, qcow2__be64(chunk + j * 8), false);
+    }
+    qcow2__free(chunk);
+    return rc;
+}
+
+/*
+ * The bitmaps extension (only when autoclear bit 0 says it is consistent;
+ * otherwise qemu ignores it too): directory, bitmap tables, data clusters.
+ * Everything is hostile input: a bad value is one corruption, and the walk
+ * stops where it cannot go on safely.
+ */
+static int check_bitmaps(struct check *ck)
+{
+    qcow2_image *img = ck->img;
+    const uint8_t *ext = img->bitmaps_ext;
+    uint64_t dir_size, dir_off, pos = 0;
+    uint32_t nb;
+    uint8_t *dir = NULL;
+    int rc = 0;
+
+    if (!ext || img->bitmaps_ext_len < 24 || !(img->hdr.autoclear & QCOW2_AUTOCLEAR_BITMAPS))
+        return 0;
+    nb = qcow2__be32(ext);
+    dir_size = qcow2__be64(ext + 8);
+    dir_off = qcow2__be64(ext + 16);
+    if (nb == 0)
+        return 0;
+    count_range(ck, dir_off, dir_size, true);
+    if (nb > QCOW2_MAX_BITMAPS || dir_size > BITMAP_DIR_MAX_BYTES ||
+        (dir_off & (img->cluster_size - 1)) ||
+        dir_size < (uint64_t)nb * BITMAP_ENTRY_LEN ||
+        !qcow2__in_range(dir_off, dir_size, ck->file_size)) {
+        report(ck, true,
+               "ERROR bitmap directory at 0x%" PRIx64 " (%" PRIu64 " bytes, %" PRIu32
+               " bitmaps) is invalid",
+               dir_off, dir_size, nb);
+        ck->res->corruptions++;
+        return 0;
+    }
+    dir = qcow2__malloc((size_t)dir_size);
+    if (!dir)
+        return qcow2__nomem();
+    rc = qcow2__io_read(img->io, img->name, dir, (size_t)dir_size, dir_off);
+    if (rc) {
+        ck->res->check_errors++;
+        goto out;
+    }
+    for (uint32_t b = 0; b < nb; b++) {
+        const uint8_t *p = dir + pos;
+        uint64_t t_off, t_size, entry_len;
+        uint32_t extra_len, name_len;
+
+        if (pos + BITMAP_ENTRY_LEN > dir_size)
+            goto bad_dir;
+        t_off = qcow2__be64(p);
+        t_size = qcow2__be32(p + 8);
+        name_len = qcow2__be16(p + 18);
+        extra_len = qcow2__be32(p + 20);
+        entry_len = qcow2__align_up(BITMAP_ENTRY_LEN + (uint64_t)extra_len + name_len, 8);
+        if (name_len == 0 || name_len > BITMAP_NAME_MAX || entry_len > dir_size - pos)
+            goto bad_dir;
+        pos += entry_len;
+        if ((t_off & (img->cluster_size - 1)) || t_size > BITMAP_TABLE_MAX_ENTRIES ||
+            (t_size && !t_off)) {
+            report(ck, true,
+                   "ERROR bitmap %" PRIu32 ": table at 0x%" PRIx64 " (%" PRIu64
+                   " entries) is invalid",
+                   b, t_off, t_size);
+            ck->res->corruptions++;
+            continue;
+        }
+        if (!count_range(ck, t_off, t_size * 8, true) ||
+            !qcow2__in_range(t_off, t_size * 8, ck->file_size))
+            continue;
+        for (uint64_t i = 0; i < t_size; i += img->cluster_size / 8) {
+            uint64_t n = qcow2__min(img->cluster_size / 8, t_size - i);
+
+            rc = qcow2__io_read(img->io, img->name, ck->buf, (size_t)(n * 8), t_off + i * 8);
+            if (rc) {
+                ck->res->check_errors++;
+                goto out;
+            }
+            for (uint64_t j = 0; j < n; j++) {
+                uint64_t e = qcow2__be64(ck->buf + j * 8), off = e & BME_OFFSET_MASK;
+
+                if ((e & BME_RESERVED_MASK) ||
+                    (off && ((e & BME_ALL_ONES) || (off & (img->cluster_size - 1))))) {
+                    report(ck, true,
+                           "ERROR bitmap %" PRIu32 " table entry %" PRIu64
+                           " is invalid: 0x%016" PRIx64,
+                           b, i + j, e);
+                    ck->res->corruptions++;
+                    continue;
+                }
+                if (off)
+                    count_range(ck, off, img->cluster_size, true);
+            }
+        }
+    }
+    goto out;
+bad_dir:
+    report(ck, true, "ERROR bitmap directory at 0x%" PRIx64 " has a malformed entry", dir_off);
+    ck->res->corruptions++;
+out:
+    qcow2__free(dir);
+    return rc;
+}
+
+/*
+ * Count every reference. Fixed metadata first (so that L2 tables and data
+ * landing on it can be named), then the active tree, then the snapshots'.
+ */
+static int count_all(struct check *ck)
+{
+    qcow2_image *img = ck->img;
+    int rc;
+
+    count_range(ck, 0, img->cluster_size, true);
+    count_range(ck, img->hdr.rt_off, (uint64_t)img->hdr.rt_clusters * img->cluster_size, true);
+    for (uint64_t i = 0; i < img->rt_entries; i++) {
+        uint64_t e = img->reftable[i], off = e & QCOW2_REFT_OFFSET_MASK;
+
+        if (e & QCOW2_REFT_RESERVED_MASK) {
+            report(ck, true, "ERROR refcount table entry %" PRIu64 " has reserved bits set", i);
+            ck->res->corruptions++;
+            continue;
+        }
+        if (off & (img->cluster_size - 1)) {
+            report(ck, true,
+                   "ERROR refcount block %" PRIu64
+                   " is not cluster aligned; refcount table entry corrupted",
+                   i);
+            ck->res->corruptions++;
+            continue;
+        }
+        if (off && (off >> img->cluster_bits) >= (ck->file_size + img->cluster_size - 1) >>
+                                                     img->cluster_bits) {
+            report(ck, true, "ERROR refcount block %" PRIu64 " is outside image", i);
+            ck->res->corruptions++;
+            continue;
+        }
+        if (off)
+            count_range(ck, off, img->cluster_size, true);
+    }
+    if (img->nb_snaps)
+        count_range(ck, img->hdr.snap_off, snapshot_table_bytes(img), true);
+    count_range(ck, img->hdr.l1_off, (uint64_t)img->hdr.l1_size * 8, true);
+    rc = check_bitmaps(ck);
+    if (rc)
+        return rc;
+    for (uint64_t i = 0; i < img->hdr.l1_size; i++) {
+        rc = check_l2(ck, i, img->l1[i], true);
+        if (rc)
+            return rc;
+    }
+    for (uint32_t s = 0; s < img->nb_snaps; s++) {
+        rc = check_snapshot_l1(ck, s);
+        if (rc)
+            return rc;
+    }
+    /* A refcount block referenced more than once overlaps something (qemu's check). */
+    for (uint64_t i = 0; i < img->rt_entries; i++) {
+        uint64_t e = img->reftable[i], off = e & QCOW2_REFT_OFFSET_MASK, c = off >> img->cluster_bits;
+
+        if (!off || (e & QCOW2_REFT_RESERVED_MASK) || (off & (img->cluster_size - 1)) ||
+            c >= ck->nb_clusters || ck->refs[c] == 1)
+            continue;
+        report(ck, true, "ERROR refcount block %" PRIu64 " refcount=%u", i, (unsigned)ck->refs[c]);
+        ck->res->corruptions++;
+    }
+    return 0;
+}
+
+/* True for failures that concern one cluster's refcount, not the check as a whole. */
+static bool local_failure(int rc)
+{
+    return QCOW2_ERROR_CLASS(rc) == QCOW2_ECORRUPT;
+}
+
+/* Compare the counts with the refcounts on disk, fixing what fix allows. */
+static int compare_refcounts(struct check *ck, uint64_t *highest)
+{
+    qcow2_image *img = ck->img;
+    uint64_t range = qcow2__max(ck->hi_cluster, (ck->file_size + img->cluster_size - 1) >>
+                                                    img->cluster_bits);
+
+    *highest = 0;
+    for (uint64_t c = 0; c < range; c++) {
+        uint64_t r1, r2 = ck->refs[c];
+        uint64_t *fixed = NULL;
+        int rc = qcow2__refcount_get(img, c, &r1);
+
+        if (rc) {
+            if (!local_failure(rc))
+                return rc;
+            report(ck, true, "Can't get refcount for cluster %" PRIu64 ": %s", c,
+                   qcow2_strerror(rc));
+            ck->res->check_errors++;
+            continue;
+        }
+        if (r1 || r2)
+            *highest = c;
+        if (r1 == r2 || (r2 == REF_SATURATED && r1 > r2))
+            continue;
+        if (r1 > r2 && (ck->fix & QCOW2_CHECK_FIX_LEAKS))
+            fixed = &ck->res->leaks_fixed;
+        else if (r1 < r2 && (ck->fix & QCOW2_CHECK_FIX_ERRORS))
+            fixed = &ck->res->corruptions_fixed;
+        report(ck, !fixed, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
+               fixed ? "Repairing" : r1 < r2 ? "ERROR" : "Leaked", c, r1, r2);
+        if (fixed) {
+            rc = qcow2__refcount_set(img, c, r2);
+            if (!rc) {
+                (*fixed)++;
+                ck->fixed++;
+                continue;
+            }
+            if (!local_failure(rc))
+                return rc;
+            report(ck, false, "ERROR could not repair cluster %" PRIu64 ": %s", c,
+                   qcow2_error_last()->message);
+        }
+        if (r1 < r2)
+            ck->res->corruptions++;
+        else
+            ck->res->leaks++;
+    }
+    return 0;
+}
+
+/*
+ * COPIED flags of the active tree against the (repaired) refcounts. Repaired
+ * with FIX_ERRORS, or with FIX_LEAKS alone when nothing else is wrong (as
+ * qemu does).
+ */
+static int check_copied(struct check *ck)
+{
+    qcow2_image *img = ck->img;
+    qcow2_check_result *res = ck->res;
+    bool repair = (ck->fix & QCOW2_CHECK_FIX_ERRORS) ||
+                  ((ck->fix & QCOW2_CHECK_FIX_LEAKS) && !res->check_errors && !res->corruptions &&
+                   !res->leaks);
+    int rc;
+
+    for (uint64_t i = 0; i < img->hdr.l1_size; i++) {
+        uint64_t l1e = img->l1[i], l2_off = l1e & QCOW2_L1E_OFFSET_MASK, r;
+
+        if (!l2_off || (l2_off & (img->cluster_size - 1)) ||
+            !qcow2__in_range(l2_off, img->cluster_size, ck->file_size))
+            continue;
+        rc = qcow2__refcount_get(img, l2_off >> img->cluster_bits, &r);
+        if (rc) {
+            if (!local_failure(rc))
+                return rc;
+            continue;
+        }
+        if ((r == 1) != ((l1e & QCOW2_OFLAG_COPIED) != 0)) {
+            report(ck, !repair,
+                   "%s OFLAG_COPIED L2 cluster: l1_index=%" PRIu64 " l1_entry=%" PRIx64
+                   " refcount=%" PRIu64,
+                   repair ? "Repairing" : "ERROR", i, l1e, r);
+            if (repair) {
+                img->l1[i] = r == 1 ? l1e | QCOW2_OFLAG_COPIED : l1e & ~QCOW2_OFLAG_COPIED;
+                img->l1_dirty = true;
+                res->corruptions_fixed++;
+                ck->fixed++;
+            } else {
+                res->corruptions++;
+            }
+        }
+        rc = read_cluster(ck, l2_off);
+        if (rc)
+            return rc;
+        for (uint64_t j = 0; j < img->l2_entries; j++) {
+            uint64_t e = qcow2__be64(ck->buf + j * img->l2e_bytes);
+            uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
+            struct qcow2__cslot *slot;
+
+            if ((e & QCOW2_OFLAG_COMPRESSED) || !host)
+                continue;
+            rc = qcow2__refcount_get(img, host >> img->cluster_bits, &r);
+            if (rc) {
+                if (!local_failure(rc))
+                    return rc;
+                continue;
+            }
+            if ((r == 1) == ((e & QCOW2_OFLAG_COPIED) != 0))
+                continue;
+            report(ck, !repair, "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64 " refcount=%" PRIu64,
+                   repair ? "Repairing" : "ERROR", e, r);
+            if (!repair) {
+                res->corruptions++;
+                continue;
+            }
+            /* The cache holds what the file holds (flushed), plus this pass's fixes. */
+            rc = qcow2__cache_get(img, &img->l2c, l2_off, true, &slot);
+            if (rc)
+                return rc;
+            qcow2__put_be64(slot->data + j * img->l2e_bytes,
+                            r == 1 ? e | QCOW2_OFLAG_COPIED : e & ~QCOW2_OFLAG_COPIED);
+            slot->dirty = true;
+            res->corruptions_fixed++;
+            ck->fixed++;
+        }
+    }
+    return 0;
+}
+
+/* One pass: count, compare (and fix), COPIED (and fix), figures. */
+static int check_pass(struct check *ck)
+{
+    qcow2_image *img = ck->img;
+    uint64_t highest;
+    int rc;
+
+    rc = qcow2__io_size(img->io, img->name, &ck->file_size);
+    if (rc)
+        return rc;
+    ck->nb_clusters = ((ck->file_size + img->cluster_size - 1) >> img->cluster_bits) + 1;
+    if (ck->nb_clusters > QCOW2_CHECK_MAX_CLUSTERS)
+        return qcow2__err(QCOW2_ENOMEM, 0, img->name,
+                          "file has %" PRIu64 " clusters; check handles at most %llu",
+                          ck->nb_clusters, QCOW2_CHECK_MAX_CLUSTERS);
+    ck->refs = qcow2__calloc((size_t)ck->nb_clusters, sizeof(uint16_t));
+    ck->meta = qcow2__calloc((size_t)(ck->nb_clusters + 7) / 8, 1);
+    if (!ck->refs || !ck->meta)
+        return qcow2__nomem();
+    ck->hi_cluster = 0;
+    ck->fixed = 0;
+    ck->res->total_clusters = (img->size + img->cluster_size - 1) >> img->cluster_bits;
+    rc = count_all(ck);
+    if (!rc)
+        rc = compare_refcounts(ck, &highest);
+    if (!rc)
+        rc = check_copied(ck);
+    if (!rc)
+        ck->res->image_end_offset = (highest + 1) << img->cluster_bits;
+    qcow2__free(ck->refs);
+    qcow2__free(ck->meta);
+    ck->refs = NULL;
+    ck->meta = NULL;
+    return rc;
+}
+
+/* Clear the dirty and corrupt bits once a repair left no corruption. */
+static int mark_clean(qcow2_image *img)
+{
+    uint64_t bits = QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT;
+
+    if (img->hdr.version < 3 || !(img->hdr.incompat & bits))
+        return 0;
+    img->hdr.incompat &= ~bits;
+    return qcow2__header_write(img);
+}
+
+int qcow2_image_check(qcow2_image *img, unsigned fix, qcow2_check_result *out)
+{
+    struct check ck;
+    qcow2_check_result sum;
+    int rc;
+
+    if (!img || !out || (fix & ~(unsigned)(QCOW2_CHECK_FIX_LEAKS | QCOW2_CHECK_FIX_ERRORS)))
+        return qcow2__err(QCOW2_EINVAL, 0, img ? img->name : NULL,
+                          "qcow2_image_check: bad argument");
+    memset(&sum, 0, sizeof(sum));
+    sum.report = out->report;
+    sum.payload = out->payload;
+    *out = sum;
+    if (img->fmt != QCOW2_FORMAT_QCOW2)
+        return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name, "only qcow2 images can be checked");
+    if (fix) {
+        /* Not qcow2__check_writable(): a repair is what a corrupt image is waiting for. */
+        if (img->state == QCOW2__FATAL)
+            return qcow2__err(QCOW2_EFATAL, 0, img->name,
+                              "an earlier write failed; close and reopen the image");
+        if (img->state != QCOW2__OPEN_RW)
+            return qcow2__err(QCOW2_EREADONLY, 0, img->name,
+                              "image is opened read-only; repair needs write access");
+    }
+    /* Check what the file holds: write back whatever this handle has dirty. */
+    rc = qcow2__metadata_flush(img);
+    if (rc)
+        return rc;
+    ck.img = img;
+    ck.fix = fix;
+    ck.buf = qcow2__malloc((size_t)img->cluster_size);
+    if (!ck.buf)
+        return qcow2__nomem();
+    for (int pass = 0; pass < CHECK_PASSES; pass++) {
+        qcow2_check_result res;
+
+        memset(&res, 0, sizeof(res));
+        res.report = out->report;
+        res.payload = out->payload;
+        ck.res = &res;
+        ck.quiet = pass > 0;
+        ck.refs = NULL;
+        ck.meta = NULL;
+        rc = check_pass(&ck);
+        if (!rc && ck.fixed)
+            rc = qcow2__metadata_flush(img);
+        sum.leaks_fixed += res.leaks_fixed;
+        sum.corruptions_fixed += res.corruptions_fixed;
+        res.leaks_fixed = sum.leaks_fixed;
+        res.corruptions_fixed = sum.corruptions_fixed;
+        *out = res;
+        if (rc) {
+            out->check_errors++;
+            break;
+        }
+        if (!ck.fixed)
+            break;
+    }
+    qcow2__free(ck.buf);
+    if (!rc && fix && !out->corruptions && !out->check_errors)
+        rc = mark_clean(img);
+    return rc;
+}
+
+int qcow2__repair_dirty(qcow2_image *img)
+{
+    qcow2_check_result res;
+    int rc;
+
+    memset(&res, 0, sizeof(res));
+    rc = qcow2_image_check(img, QCOW2_CHECK_FIX_LEAKS | QCOW2_CHECK_FIX_ERRORS, &res);
+    if (!rc && res.check_errors)
+        rc = qcow2__err(QCOW2_EIO, 0, img->name, "could not repair the dirty image's refcounts");
+    return rc;
+}
