@@ -316,6 +316,13 @@ static int open_layer(qcow2_image **out, qcow2_io *io, const char *name, const q
         rc = open_qcow2(img);
         if (rc)
             goto out_free;
+        /* Lazy refcounts: a dirty image's refcounts are rebuilt before any write (check.c). */
+        if (img->state == QCOW2__OPEN_RW && (img->hdr.incompat & QCOW2_INCOMPAT_DIRTY) &&
+            !(opts->flags & QCOW2_OPEN_CHECK)) {
+            rc = qcow2__repair_dirty(img);
+            if (rc)
+                goto out_free;
+        }
     } else {
         /* qemu sees a raw file in whole sectors: the partial tail reads as zeroes. */
         img->size = qcow2__align_up(img->file_size, 512);

@@ -404,6 +404,9 @@ int qcow2__preallocate(qcow2_image *img, qcow2_prealloc mode);
 /* Flush and clear the dirty bit before close (no-op for read-only handles). */
 int qcow2__close_flush(qcow2_image *img);
 
+/* check.c: repair a dirty (lazy refcounts) image opened for writing, then mark it clean. */
+int qcow2__repair_dirty(qcow2_image *img);
+
 /* snapshot.c */
 int qcow2__snapshots_load(qcow2_image *img);
 void qcow2__snapshots_free(qcow2_image *img);

@@ -51,6 +51,7 @@ QCOW2_API qcow2_format qcow2_format_from_name(const char *name);
 #define QCOW2_OPEN_RDWR 0x1       /**< open the top image for writing (the chain below stays read-only) */
 #define QCOW2_OPEN_NO_BACKING 0x2 /**< do not open the backing chain */
 #define QCOW2_OPEN_NO_LOCK 0x4    /**< do not take the image lock (like qemu-img -U) */
+#define QCOW2_OPEN_CHECK 0x8      /**< do not repair a dirty image at open (for check, like qemu's BDRV_O_CHECK) */
 
 #define QCOW2_OPEN_OPTS_VERSION 1
 
