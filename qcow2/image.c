@@ -485,3 +485,135 @@ int qcow2_image_get_info(const qcow2_image *img, qcow2_info *out)
     out->nb_bitmaps = img->nb_bitmaps;
     return 0;
 }
+
+/* ---- helpers for layer operations (layer.c) ------------------------------ */
+
+void qcow2__image_free(qcow2_image *img)
+{
+    image_free(img);
+}
+
+char *qcow2__resolve_backing(const char *image_name, const char *backing)
+{
+    return resolve_backing(image_name, backing);
+}
+
+/* The directory part of a path ("." when there is none), canonical when possible. */
+static char *dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char buf[PATH_MAX];
+    char *dir = slash ? qcow2__strndup(path, (size_t)(slash - path) + (slash == path)) : qcow2__strdup(".");
+
+    if (dir && realpath(dir, buf)) {
+        qcow2__free(dir);
+        dir = qcow2__strdup(buf);
+    }
+    return dir;
+}
+
+/*
+ * A name for target_path as a backing link stored in the image at
+ * image_name: relative to that image's directory, so that images that move
+ * together keep working. Falls back to target_path as given.
+ */
+char *qcow2__relative_name(const char *image_name, const char *target_path)
+{
+    char *from = dir_of(image_name), *to_dir = dir_of(target_path);
+    const char *base = strrchr(target_path, '/');
+    char *out = NULL;
+    size_t common = 0, ups = 0, len;
+
+    base = base ? base + 1 : target_path;
+    if (!from || !to_dir || from[0] != '/' || to_dir[0] != '/') {
+        out = qcow2__strdup(target_path);
+        goto done;
+    }
+    /* Longest common prefix ending at a path component boundary. */
+    for (size_t i = 0;; i++) {
+        if ((from[i] == '/' || from[i] == '\0') && (to_dir[i] == '/' || to_dir[i] == '\0'))
+            common = i;
+        if (from[i] == '\0' || to_dir[i] == '\0' || from[i] != to_dir[i])
+            break;
+    }
+    for (const char *p = from + common; *p; p++)
+        ups += *p == '/';
+    len = ups * 3 + strlen(to_dir + common) + strlen(base) + 2;
+    out = qcow2__malloc(len);
+    if (out) {
+        size_t n = 0;
+        const char *rest = to_dir + common;
+        for (size_t i = 0; i < ups; i++) {
+            memcpy(out + n, "../", 3);
+            n += 3;
+        }
+        if (*rest == '/')
+            rest++;
+        if (*rest) {
+            n += (size_t)snprintf(out + n, len - n, "%s/", rest);
+        }
+        snprintf(out + n, len - n, "%s", base);
+    }
+done:
+    qcow2__free(from);
+    qcow2__free(to_dir);
+    return out;
+}
+
+/* Canonical identity of a file for loop checks (realpath, or the name). */
+char *qcow2__canonical_name(const qcow2_image *img)
+{
+    return canonical_name(img, img->name);
+}
+
+/*
+ * Reopen one layer of a chain for writing (commit into a backing file):
+ * a new read-write handle on the same file replaces the read-only one, and
+ * the image lock is upgraded. On failure the layer stays as it was.
+ */
+int qcow2__reopen(qcow2_image *img, bool rw)
+{
+    qcow2_io_open_fn open_fn = img->opts.open_fn ? img->opts.open_fn : default_open;
+    bool want_lock = !(img->opts.flags & QCOW2_OPEN_NO_LOCK) && img->io->ops->lock;
+    qcow2_io *io = NULL;
+    int rc;
+
+    if ((img->state == QCOW2__OPEN_RW) == rw)
+        return 0;
+    if (!rw) {
+        rc = qcow2__close_flush(img);
+        if (rc)
+            return rc;
+    }
+    if (img->locked)
+        img->io->ops->lock(img->io, QCOW2_IO_UNLOCK);
+    rc = open_fn(&io, img->name, rw ? QCOW2_IO_RDWR : 0, img->opts.open_payload);
+    if (rc < 0) {
+        rc = qcow2__io_error(rc, img->name, rw ? "cannot open for writing" : "cannot reopen");
+        goto out_relock;
+    }
+    if (want_lock) {
+        rc = qcow2__io_lock(io, img->name, rw ? QCOW2_IO_LOCK_WRITE : QCOW2_IO_LOCK_READ);
+        if (rc) {
+            qcow2_io_close(io);
+            goto out_relock;
+        }
+    }
+    qcow2_io_close(img->io);
+    img->io = io;
+    img->locked = want_lock;
+    img->state = rw ? QCOW2__OPEN_RW : QCOW2__OPEN_RO;
+    img->write_started = false;
+    if (rw) {
+        img->opts.flags |= QCOW2_OPEN_RDWR;
+        if (img->fmt == QCOW2_FORMAT_QCOW2 && (img->hdr.incompat & QCOW2_INCOMPAT_DIRTY))
+            return qcow2__repair_dirty(img);
+    } else {
+        img->opts.flags &= ~(unsigned)QCOW2_OPEN_RDWR;
+    }
+    return 0;
+out_relock:
+    if (img->locked)
+        img->io->ops->lock(img->io, rw ? QCOW2_IO_LOCK_READ : QCOW2_IO_LOCK_WRITE);
+    return rc;
+}

@@ -407,6 +407,14 @@ int qcow2__close_flush(qcow2_image *img);
 /* check.c: repair a dirty (lazy refcounts) image opened for writing, then mark it clean. */
 int qcow2__repair_dirty(qcow2_image *img);
 
+/* image.c: helpers for layer operations */
+void qcow2__image_free(qcow2_image *img);
+char *qcow2__resolve_backing(const char *image_name, const char *backing);
+char *qcow2__relative_name(const char *image_name, const char *target_path);
+char *qcow2__canonical_name(const qcow2_image *img);
+/* Switch a layer between read-only and read-write (a new handle on the same file). */
+int qcow2__reopen(qcow2_image *img, bool rw);
+
 /* snapshot.c */
 int qcow2__snapshots_load(qcow2_image *img);
 void qcow2__snapshots_free(qcow2_image *img);

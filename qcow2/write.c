@@ -710,7 +710,9 @@ int qcow2_image_write_zeroes(qcow2_image *img, uint64_t guest_off, uint64_t len,
 
     if (rc || !len)
         return rc;
-    if (img->fmt != QCOW2_FORMAT_QCOW2 || img->hdr.version < 3)
+    if (img->fmt != QCOW2_FORMAT_QCOW2)
+        return qcow2__io_punch(img->io, img->name, guest_off, len); /* a hole reads as zeroes */
+    if (img->hdr.version < 3)
         return write_zero_data(img, guest_off, len);
     zero_flags = flags;
     return for_each_table(img, NULL, guest_off, len, zero_in_table);

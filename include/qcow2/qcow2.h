@@ -230,10 +230,12 @@ typedef struct qcow2_convert_opts {
     void *payload;              /**< passed to progress */
     bool compress;              /**< qcow2 output: compress every cluster (-c) */
     const struct qcow2_create_opts *create; /**< qcow2 output: creation options, or NULL */
+    const char *backing;        /**< qcow2 output: backing file of the new image (-B), or NULL */
+    const char *backing_format; /**< its format (-F); required with backing */
 } qcow2_convert_opts;
 
 #define QCOW2_CONVERT_OPTS_INIT                                                                    \
-    {QCOW2_CONVERT_OPTS_VERSION, QCOW2_FORMAT_RAW, 4096, NULL, NULL, false, NULL}
+    {QCOW2_CONVERT_OPTS_VERSION, QCOW2_FORMAT_RAW, 4096, NULL, NULL, false, NULL, NULL, NULL}
 
 /**
  * Flatten the guest content of src (the whole chain) into a new file at
@@ -347,6 +349,74 @@ QCOW2_API int qcow2_image_resize(qcow2_image *img, uint64_t new_size, bool allow
 
 /** Cluster size of a qcow2 layer in bytes (512 for raw, for alignment purposes). */
 QCOW2_API uint32_t qcow2_image_cluster_size(const qcow2_image *img);
+
+
+/* ---- layer operations ----------------------------------------------------- */
+
+#define QCOW2_COMMIT_OPTS_VERSION 1
+
+/** Options for qcow2_image_commit(). Initialise with QCOW2_COMMIT_OPTS_INIT. */
+typedef struct qcow2_commit_opts {
+    unsigned version;            /**< QCOW2_COMMIT_OPTS_VERSION */
+    const qcow2_image *base;     /**< layer of top's chain to commit into; NULL = top's backing */
+    bool keep_top;               /**< do not empty top (and the layers between) afterwards (-d) */
+    qcow2_progress_fn progress;  /**< progress callback, or NULL */
+    void *payload;               /**< passed to progress */
+} qcow2_commit_opts;
+
+#define QCOW2_COMMIT_OPTS_INIT {QCOW2_COMMIT_OPTS_VERSION, NULL, false, NULL, NULL}
+
+/**
+ * Offline block commit (qemu-img commit): write the guest content that top
+ * and the layers between top and base allocate down into base (raw or
+ * qcow2), growing base when top is larger. Only ranges allocated above base
+ * are copied; zero ranges become zero clusters (qcow2 base) or holes (raw).
+ * base is reopened for writing for the duration of the call.
+ *
+ * Crash safety: base holds the data durably before anything else changes.
+ * Then, unless keep_top, top is emptied and, when base is not top's own
+ * backing file, top's backing link is rewritten to point at base (the
+ * layers between drop out of the chain). A crash at any point leaves every
+ * guest-visible content recoverable.
+ *
+ * @return 0; QCOW2_EINVAL (base not in the chain), QCOW2_EBUSY (base is
+ *         locked by another user), QCOW2_EREADONLY, QCOW2_EIO, QCOW2_ENOSPC
+ */
+QCOW2_API int qcow2_image_commit(qcow2_image *top, const qcow2_commit_opts *opts);
+
+/**
+ * Change img's backing file (qemu-img rebase). backing NULL removes it.
+ * Safe mode (unsafe false) first copies into img every range where the old
+ * and the new backing chains differ and img does not allocate, so img's
+ * guest content does not change; unsafe mode only rewrites the name and
+ * format in the header. The name is stored as given; a relative name is
+ * resolved against img's directory. The in-memory chain below img is
+ * replaced by the new one. img must be open for writing.
+ *
+ * @return 0; QCOW2_ENOTFOUND (new backing missing), QCOW2_EREADONLY, QCOW2_EIO
+ */
+QCOW2_API int qcow2_image_rebase(qcow2_image *img, const char *backing, const char *backing_format,
+                                 bool unsafe, qcow2_progress_fn progress, void *payload);
+
+/**
+ * Offline stream (qemu's block-stream): copy into img every range that img
+ * does not allocate but a layer between img and base does (base exclusive;
+ * NULL = the whole chain), then make base img's backing file (named as the
+ * layer just above base names it, re-expressed relative to img). Afterwards
+ * the layers between are no longer needed by img. img must be open for
+ * writing.
+ * @return 0; QCOW2_EINVAL (base not in the chain), QCOW2_EREADONLY, QCOW2_EIO
+ */
+QCOW2_API int qcow2_image_stream(qcow2_image *img, const qcow2_image *base,
+                                 qcow2_progress_fn progress, void *payload);
+
+/**
+ * Drop every allocation of a qcow2 image so all of it reads through to the
+ * backing chain again (what qemu-img commit does to the top afterwards).
+ * Internal snapshots are refused (QCOW2_EUNSUPPORTED). img must be open for
+ * writing.
+ */
+QCOW2_API int qcow2_image_make_empty(qcow2_image *img);
 
 /* ---- check and repair ----------------------------------------------------- */
 
