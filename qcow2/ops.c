@@ -271,6 +271,42 @@ static int write_qcow2_run(qcow2_image *dst, const uint8_t *buf, uint64_t n, uin
     return 0;
 }
 
+/*
+ * With a backing file in the output (-B), write only the clusters whose
+ * content differs from what the new image already reads through it.
+ */
+static int convert_over_backing(qcow2_image *src, qcow2_image *dst, const qcow2_convert_opts *o,
+                                uint8_t *sbuf, uint8_t *dbuf, uint64_t chunk)
+{
+    uint64_t cs = dst->cluster_size;
+    int rc = 0;
+
+    for (uint64_t off = 0; off < src->size;) {
+        uint64_t n = qcow2__min(chunk, src->size - off);
+
+        rc = qcow2_image_read(src, sbuf, (size_t)n, off);
+        if (!rc)
+            rc = qcow2_image_read(dst, dbuf, (size_t)n, off);
+        for (uint64_t i = 0; !rc && i < n; i += cs) {
+            uint64_t len = qcow2__min(cs, n - i);
+            if (memcmp(sbuf + i, dbuf + i, (size_t)len) == 0)
+                continue;
+            if (all_zero(sbuf + i, len))
+                rc = qcow2_image_write_zeroes(dst, off + i, len, 0);
+            else if (o->compress)
+                rc = qcow2_image_write_compressed(dst, sbuf + i, (size_t)len, off + i);
+            else
+                rc = qcow2_image_write(dst, sbuf + i, (size_t)len, off + i);
+        }
+        if (rc)
+            return rc;
+        off += n;
+        if (o->progress)
+            o->progress(off, src->size, o->payload);
+    }
+    return 0;
+}
+
 static int convert_qcow2(qcow2_image *src, const char *dst_path, const qcow2_convert_opts *o)
 {
     qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
@@ -284,23 +320,31 @@ static int convert_qcow2(qcow2_image *src, const char *dst_path, const qcow2_con
         co = *o->create;
     co.format = QCOW2_FORMAT_QCOW2;
     co.size = src->size;
-    co.backing_file = NULL;
-    co.backing_format = NULL;
+    co.backing_file = o->backing;
+    co.backing_format = o->backing_format;
+    if (o->backing && !o->backing_format)
+        return qcow2__err(QCOW2_EINVAL, 0, dst_path, "a backing file needs its format (-F)");
     /* Replace an existing target, as qemu-img convert does. */
     if (unlink(dst_path) < 0 && errno != ENOENT)
         return qcow2__err(QCOW2_EIO, errno, dst_path, "cannot replace: %s", strerror(errno));
     rc = qcow2_image_create(dst_path, &co);
     if (rc)
         return rc;
-    oo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING;
+    oo.flags = QCOW2_OPEN_RDWR | (o->backing ? 0 : QCOW2_OPEN_NO_BACKING);
     oo.format = QCOW2_FORMAT_QCOW2;
     rc = qcow2_image_open(&dst, dst_path, &oo);
     if (rc)
         return rc;
     chunk = qcow2__max(OPS_CHUNK, dst->cluster_size);
-    buf = qcow2__malloc((size_t)chunk);
+    buf = qcow2__malloc((size_t)chunk * (o->backing ? 2 : 1));
     if (!buf) {
         rc = qcow2__nomem();
+        goto out;
+    }
+    if (o->backing) {
+        rc = convert_over_backing(src, dst, o, buf, buf + chunk, chunk);
+        if (!rc)
+            rc = qcow2_image_flush(dst);
         goto out;
     }
     while (off < src->size) {
@@ -385,4 +429,78 @@ out:
     qcow2__free(buf);
     qcow2_io_close(dst);
     return rc;
+}
+
+/* Refcount table and blocks for `clusters` clusters, themselves included. */
+static uint64_t refcount_meta_bytes(uint64_t clusters, uint64_t cs, unsigned refcount_bits)
+{
+    uint64_t per_block = cs * 8 / refcount_bits, per_table_cluster = cs / 8;
+    uint64_t table = 0, blocks = 0, n = 0, last;
+
+    do {
+        last = n;
+        blocks = (clusters + table + blocks + per_block - 1) / per_block;
+        table = (blocks + per_table_cluster - 1) / per_table_cluster;
+        n = clusters + blocks + table;
+    } while (n != last);
+    return (blocks + table) * cs;
+}
+
+/* Bytes of a fully preallocated qcow2 image of virtual size `size`. */
+static uint64_t prealloc_bytes(uint64_t size, uint64_t cs, unsigned refcount_bits, bool extl2)
+{
+    uint64_t l2e = extl2 ? 16 : 8;
+    uint64_t aligned = qcow2__align_up(size, cs);
+    uint64_t meta = cs; /* header */
+    uint64_t nl2e = qcow2__align_up(aligned / cs, cs / l2e);
+    uint64_t nl1e = qcow2__align_up(nl2e * l2e / cs, cs / 8);
+
+    meta += nl2e * l2e + nl1e * 8;
+    meta += refcount_meta_bytes((meta + aligned) / cs, cs, refcount_bits);
+    return meta + aligned;
+}
+
+int qcow2_measure(qcow2_image *src, uint64_t size, const qcow2_create_opts *opts,
+                  qcow2_measure_result *out)
+{
+    qcow2_create_opts o = QCOW2_CREATE_OPTS_INIT;
+    uint64_t cs, required = 0;
+    int rc;
+
+    if (opts)
+        o = *opts;
+    memset(out, 0, sizeof(*out));
+    if (src)
+        size = src->size;
+    size = qcow2__align_up(size, 512);
+    if (o.format == QCOW2_FORMAT_RAW) {
+        out->required = out->fully_allocated = size;
+        return 0;
+    }
+    cs = o.cluster_size;
+    if (!cs || (cs & (cs - 1)) || cs < 512 || cs > (2u << 20) || !o.refcount_bits ||
+        (o.refcount_bits & (o.refcount_bits - 1)) || o.refcount_bits > 64)
+        return qcow2__err(QCOW2_EINVAL, 0, NULL, "invalid cluster size or refcount width");
+    if (src) {
+        for (uint64_t off = 0; off < src->size;) {
+            qcow2_extent e;
+            uint64_t n;
+
+            rc = qcow2_image_block_status(src, NULL, off, src->size - off, &e);
+            if (rc)
+                return rc;
+            n = e.length;
+            if (!(e.flags & QCOW2_EXT_ZERO) && (e.flags & QCOW2_EXT_DATA) &&
+                (e.flags & QCOW2_EXT_PRESENT)) {
+                /* Whole clusters of the new image hold this data (as qemu counts). */
+                n = qcow2__align_up(off + n, cs) - off;
+                required += off % cs + n;
+            }
+            off += n;
+        }
+        out->has_bitmaps = src->fmt == QCOW2_FORMAT_QCOW2;
+    }
+    out->fully_allocated = prealloc_bytes(size, cs, o.refcount_bits, o.extended_l2);
+    out->required = out->fully_allocated - qcow2__align_up(size, cs) + required;
+    return 0;
 }

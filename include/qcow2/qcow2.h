@@ -418,6 +418,23 @@ QCOW2_API int qcow2_image_stream(qcow2_image *img, const qcow2_image *base,
  */
 QCOW2_API int qcow2_image_make_empty(qcow2_image *img);
 
+/** What qcow2_measure() computes, with qemu-img measure's meaning. */
+typedef struct qcow2_measure_result {
+    uint64_t required;        /**< bytes a new image needs for the source's allocated data */
+    uint64_t fully_allocated; /**< bytes a fully allocated image of that size needs */
+    bool has_bitmaps;         /**< the source can carry bitmaps (qcow2 to qcow2) */
+    uint64_t bitmaps;         /**< bytes for bitmaps (none are copied: always 0) */
+} qcow2_measure_result;
+
+/**
+ * Measure the file size a new image would need (qemu-img measure): for the
+ * content of src (whole chain; NULL to measure an empty image of size
+ * bytes) in the format and with the options of opts (NULL = qcow2 defaults).
+ * @return 0, QCOW2_EINVAL, QCOW2_EIO
+ */
+QCOW2_API int qcow2_measure(qcow2_image *src, uint64_t size, const qcow2_create_opts *opts,
+                            qcow2_measure_result *out);
+
 /* ---- check and repair ----------------------------------------------------- */
 
 #define QCOW2_CHECK_FIX_LEAKS 0x1  /**< free leaked clusters (qemu-img check -r leaks) */
