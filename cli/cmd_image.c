@@ -1,6 +1,7 @@
 /*
  * `qsnap image`: the plumbing commands that mirror qemu-img (info, map,
- * convert, compare, digest; io lives in cmd_io.c). Each one parses its
+ * convert, compare, digest; create, check, resize and io live in their
+ * own files). Each one parses its
  * options, opens images through the public libqcow2 API and prints what the
  * library reports in qemu-img's formats. No knowledge of the qcow2 layout
  * lives here: every number comes from qcow2_image_get_info(),
@@ -16,6 +17,7 @@
 #include "cli.h"
 #include "cli_error.h"
 #include "fmt.h"
+#include "imgopt.h"
 #include "json.h"
 #include "opt.h"
 #include "progress.h"
@@ -36,12 +38,15 @@ struct image_cmd {
 };
 
 static const struct image_cmd image_cmds[] = {
+    {"create", cli_image_create, "create a new qcow2 or raw image"},
     {"info", cli_image_info, "show facts about an image (and its backing chain)"},
+    {"check", cli_image_check, "check an image's metadata and optionally repair it"},
     {"map", cli_image_map, "show the allocation of the guest content across the chain"},
-    {"convert", cli_image_convert, "flatten an image and its chain into a new raw image"},
+    {"convert", cli_image_convert, "flatten an image and its chain into a new raw or qcow2 image"},
     {"compare", cli_image_compare, "compare the guest content of two images"},
+    {"resize", cli_image_resize, "change the virtual size of an image"},
     {"digest", cli_image_digest, "xxh3-128 digest of the guest content"},
-    {"io", cli_image_io, "run qemu-io style commands (read, map, info) on an image"},
+    {"io", cli_image_io, "run qemu-io style commands (read, write, discard, ...) on an image"},
 };
 
 #define NB_IMAGE_CMDS (sizeof(image_cmds) / sizeof(image_cmds[0]))
@@ -532,15 +537,19 @@ int cli_image_map(int argc, char **argv)
 /* ---- convert ------------------------------------------------------------ */
 
 static const char convert_help[] =
-    "Usage: qsnap image convert [-f FMT] [-O raw] [-S SIZE] [-p] [-U] SRC DST\n"
+    "Usage: qsnap image convert [-f FMT] [-O raw|qcow2] [-c] [-o OPTIONS] [-S SIZE] [-p] [-U]\n"
+    "                           SRC DST\n"
     "\n"
     "Flatten SRC and its whole backing chain into a new image DST (replaced if it\n"
     "exists), as qemu-img convert does. Raw output is sparse: runs of zeroes of at\n"
-    "least SIZE bytes are left as holes.\n"
+    "least SIZE bytes are left as holes; qcow2 output leaves them unallocated.\n"
     "\n"
     "Options:\n"
     "  -f, --format=FMT     format of SRC: qcow2 or raw (default: probe)\n"
-    "  -O FMT               output format; only raw for now (the default)\n"
+    "  -O FMT               output format: raw (the default) or qcow2\n"
+    "  -c                   qcow2 output: compress every cluster\n"
+    "  -o OPTIONS           qcow2 output: creation options as for 'qsnap image\n"
+    "                       create' (compat, cluster_size, ...); '-o help' lists them\n"
     "  -S SIZE              shortest zero run left as a hole (default 4k; 0 writes\n"
     "                       every byte); suffixes k, M, G, T, P, E\n"
     "  -p, --progress       show progress\n"
@@ -549,40 +558,55 @@ static const char convert_help[] =
     "\n"
     "Exit status: 0 success, 1 error.\n";
 
+/* Creation options for qcow2 output from the -o list; false after the message. */
+static bool convert_create_opts(cli_imgopts *io, qcow2_create_opts *co, const char *dst)
+{
+    if (cli_imgopts_parse(io, QCOW2_FORMAT_QCOW2, dst) < 0 ||
+        cli_imgopts_apply(io, co, dst) < 0)
+        return false;
+    co->format = QCOW2_FORMAT_QCOW2;
+    co->size = io->value[IMGOPT_SIZE] ? io->number[IMGOPT_SIZE] : 0;
+    return true;
+}
+
 int cli_image_convert(int argc, char **argv)
 {
     static const cli_opt_def defs[] = {
-        {"help", 'h', false}, {"format", 'f', true},       {NULL, 'O', true},
-        {NULL, 'S', true},    {"progress", 'p', false},    {"force-share", 'U', false},
-        {NULL, 0, false},
+        {"help", 'h', false}, {"format", 'f', true},    {NULL, 'O', true},
+        {NULL, 'S', true},    {"progress", 'p', false}, {"force-share", 'U', false},
+        {NULL, 'c', false},   {NULL, 'o', true},        {NULL, 0, false},
     };
     qcow2_convert_opts copts = QCOW2_CONVERT_OPTS_INIT;
+    qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
     cli_opt_parser p;
     qcow2_format fmt = QCOW2_FORMAT_AUTO, out_fmt = QCOW2_FORMAT_RAW;
-    bool progress = false, no_lock = false;
+    bool progress = false, no_lock = false, compress = false;
     cli_progress pr;
+    cli_imgopts io;
     qcow2_image *img;
-    int c, rc;
+    int c, rc = 1;
 
+    cli_imgopts_init(&io);
     cli_opt_init(&p, argc - 1, argv + 1, defs);
     while ((c = cli_opt_next(&p)) != 0) {
         switch (c) {
         case 'h':
             fputs(convert_help, stdout);
-            return 0;
+            rc = 0;
+            goto out;
         case 'f':
             if (!cli_parse_format(p.arg, &fmt))
-                return IMG_EXIT_FAIL;
+                goto out;
             break;
         case 'O':
             if (!cli_parse_format(p.arg, &out_fmt))
-                return IMG_EXIT_FAIL;
+                goto out;
             break;
         case 'S':
             if (cli_parse_size(p.arg, &copts.min_sparse) < 0) {
                 cli_errorf("Invalid buffer size for sparse output specified. "
                            "You may use k, M, G, T, P or E suffixes");
-                return IMG_EXIT_FAIL;
+                goto out;
             }
             break;
         case 'p':
@@ -591,27 +615,52 @@ int cli_image_convert(int argc, char **argv)
         case 'U':
             no_lock = true;
             break;
+        case 'c':
+            compress = true;
+            break;
+        case 'o':
+            if (cli_imgopts_append(&io, p.arg) < 0)
+                goto out;
+            break;
         default:
-            return cli_usage_hint("qsnap image convert", IMG_EXIT_FAIL);
+            cli_usage_hint("qsnap image convert", IMG_EXIT_FAIL);
+            goto out;
         }
+    }
+    if (cli_imgopts_wants_help(&io)) {
+        cli_imgopts_print_help(out_fmt);
+        rc = 0;
+        goto out;
     }
     if (p.nb_operands < 2) {
         cli_errorf("Must specify image file name");
-        return cli_usage_hint("qsnap image convert", IMG_EXIT_FAIL);
+        cli_usage_hint("qsnap image convert", IMG_EXIT_FAIL);
+        goto out;
     }
     if (p.nb_operands > 2) {
         cli_errorf("Expecting one source image and one target image");
-        return cli_usage_hint("qsnap image convert", IMG_EXIT_FAIL);
+        cli_usage_hint("qsnap image convert", IMG_EXIT_FAIL);
+        goto out;
     }
-    if (out_fmt != QCOW2_FORMAT_RAW) {
-        cli_errorf("output format %s is not supported yet", qcow2_format_name(out_fmt));
-        return IMG_EXIT_FAIL;
+    if (out_fmt == QCOW2_FORMAT_QCOW2) {
+        if (!convert_create_opts(&io, &co, p.argv[1]))
+            goto out;
+        copts.create = &co;
+    } else if (compress) {
+        cli_errorf("Compression not supported for this file format");
+        goto out;
+    } else if (io.text) {
+        /* qemu-img's message for a key raw does not have; raw output takes none. */
+        if (cli_imgopts_parse(&io, QCOW2_FORMAT_RAW, p.argv[1]) == 0)
+            cli_errorf("%s: creation options are not supported for raw output", p.argv[1]);
+        goto out;
     }
     if (cli_open_image(&img, p.argv[0], fmt, false, no_lock) < 0)
-        return IMG_EXIT_FAIL;
+        goto out;
 
     cli_progress_begin(&pr, progress);
     copts.format = out_fmt;
+    copts.compress = compress;
     copts.progress = cli_progress_update;
     copts.payload = &pr;
     rc = qcow2_image_convert(img, p.argv[1], &copts);
@@ -622,6 +671,8 @@ int cli_image_convert(int argc, char **argv)
     if (rc < 0)
         rc = cli_fail(rc, CLI_TABLE_IMAGE);
     qcow2_image_close(img);
+out:
+    cli_imgopts_free(&io);
     return rc;
 }
 
