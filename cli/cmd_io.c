@@ -1,9 +1,11 @@
 /*
  * `qsnap image io`: a subset of qemu-io. Commands come from each -c in
  * order, or else one per line from stdin; each is split on blanks and run
- * against one open image. The output lines follow qemu-io's so that scripts
- * written for it read ours. The exit status is 1 when any command failed,
- * as in qemu-io.
+ * against one open image, read-write unless -r. The output lines follow
+ * qemu-io's so that scripts written for it read ours, and a command file
+ * gives the same image content through either tool (write fills with the
+ * same pattern bytes). The exit status is 1 when any command failed, as in
+ * qemu-io.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -21,6 +23,12 @@
 
 /* qemu-io's cap on one request, in bytes. */
 #define IO_MAX_REQUEST 2147483136ull
+/* The byte qemu-io's write fills its buffer with when no -P is given. */
+#define IO_DEFAULT_PATTERN 0xcd
+/* What qemu-io prints for a request outside the image (its -EIO). */
+#define IO_RANGE_ERROR "Input/output error"
+/* What qemu-io prints for a misaligned compressed write (its -EINVAL). */
+#define IO_ALIGN_ERROR "Invalid argument"
 /* Reads go through a buffer of this size, so memory does not grow with LEN. */
 #define IO_CHUNK (1u << 20)
 /* Words in one command line. */
@@ -53,7 +61,9 @@ static int cmd_map(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char 
 static int cmd_info(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 static int cmd_help(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 static int cmd_quit(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
-static int cmd_later(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
+static int cmd_write(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
+static int cmd_discard(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
+static int cmd_flush(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 
 static const struct io_cmd io_cmds[] = {
     {"read", "r", cmd_read, 2, -1, "[-q] [-P pattern] off len",
@@ -67,9 +77,22 @@ static const struct io_cmd io_cmds[] = {
     {"info", "i", cmd_info, 0, 0, "", "prints information about the current file", NULL},
     {"help", "?", cmd_help, 0, 1, "[command]", "help for one or all commands", NULL},
     {"quit", "q", cmd_quit, 0, 0, "", "exit the program", NULL},
-    {"write", "w", cmd_later, 0, -1, "", "not supported yet", NULL},
-    {"discard", "d", cmd_later, 0, -1, "", "not supported yet", NULL},
-    {"flush", "f", cmd_later, 0, -1, "", "not supported yet", NULL},
+    {"write", "w", cmd_write, 2, -1, "[-cnquz] [-P pattern] off len",
+     "writes a number of bytes at a specified offset",
+     " Writes LEN bytes at offset OFF, filled with PATTERN (default 0xcd).\n"
+     " OFF and LEN take the suffixes k, M, G, T, P, E (powers of 1024).\n"
+     " -c, -- write compressed clusters (OFF and LEN cluster aligned, or LEN\n"
+     "        reaching the end of the image)\n"
+     " -n, -- with -z, allow LEN beyond the usual request cap\n"
+     " -P, -- fill the data with PATTERN (0..255)\n"
+     " -q, -- quiet mode, do not show I/O statistics\n"
+     " -u, -- with -z, allow the clusters to be freed\n"
+     " -z, -- write zeroes (zero clusters where the format has them)\n"},
+    {"discard", "d", cmd_discard, 2, -1, "[-q] off len",
+     "discards a number of bytes at a specified offset",
+     " Discards the whole clusters of LEN bytes at offset OFF.\n"
+     " -q, -- quiet mode, do not show I/O statistics\n"},
+    {"flush", "f", cmd_flush, 0, 0, "", "flush all in-core file state to disk", NULL},
 };
 
 #define NB_IO_CMDS (sizeof(io_cmds) / sizeof(io_cmds[0]))
@@ -85,6 +108,37 @@ static int parse_num(const char *word, uint64_t *out)
     if (cli_parse_size(word, out) == 0)
         return 0;
     printf("Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- %s\n", word);
+    return -1;
+}
+
+/* A -P value as qemu-io reads it; -1 after its message. */
+static int parse_pattern(const char *arg)
+{
+    char *end;
+    long v = strtol(arg, &end, 0);
+
+    if (*arg == '\0' || *end != '\0' || v < 0 || v > 255) {
+        printf("%s is not a valid pattern byte\n", arg);
+        return -1;
+    }
+    return (int)v;
+}
+
+/* Whether [off, off + len) lies inside the image (qemu-io's -EIO otherwise). */
+static bool in_range(const struct io_ctx *ctx, uint64_t off, uint64_t len)
+{
+    uint64_t size = qcow2_image_size(ctx->img);
+
+    return off <= size && len <= size - off;
+}
+
+/* "<what> failed: <the library's message>" on stdout, as qemu-io prints it. */
+static int io_failed(const char *what, int rc)
+{
+    const qcow2_error *e = qcow2_error_last();
+
+    printf("%s failed: %s\n", what,
+           e->code == rc && e->message && e->message[0] ? e->message : qcow2_strerror(rc));
     return -1;
 }
 
@@ -131,18 +185,12 @@ static int cmd_read(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char
     p.prog = cmd->name;
     while ((c = cli_opt_next(&p)) != 0) {
         switch (c) {
-        case 'P': {
-            char *end;
-            long v = strtol(p.arg, &end, 0);
-
-            if (*p.arg == '\0' || *end != '\0' || v < 0 || v > 255) {
-                printf("%s is not a valid pattern byte\n", p.arg);
+        case 'P':
+            pattern = parse_pattern(p.arg);
+            if (pattern < 0)
                 return -1;
-            }
-            pattern = (int)v;
             verify = true;
             break;
-        }
         case 'q':
             quiet = true;
             break;
@@ -161,16 +209,13 @@ static int cmd_read(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char
         printf("length cannot exceed %llu, given %s\n", IO_MAX_REQUEST, p.argv[1]);
         return -1;
     }
-    if (off > qcow2_image_size(ctx->img) || len > qcow2_image_size(ctx->img) - off) {
-        fprintf(stderr,
-                "read failed: %s: %" PRIu64 " bytes at offset %" PRIu64
-                " go beyond the virtual size (%" PRIu64 " bytes)\n",
-                qcow2_image_filename(ctx->img), len, off, qcow2_image_size(ctx->img));
+    if (!in_range(ctx, off, len)) {
+        printf("read failed: %s\n", IO_RANGE_ERROR);
         return -1;
     }
     buf = malloc(IO_CHUNK);
     if (!buf) {
-        fprintf(stderr, "read failed: out of memory\n");
+        printf("read failed: out of memory\n");
         return -1;
     }
     t0 = now_sec();
@@ -190,13 +235,8 @@ static int cmd_read(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char
     }
     t1 = now_sec();
     free(buf);
-    if (rc < 0) {
-        const qcow2_error *e = qcow2_error_last();
-
-        fprintf(stderr, "read failed: %s\n",
-                e->code == rc && e->message ? e->message : qcow2_strerror(rc));
-        return -1;
-    }
+    if (rc < 0)
+        return io_failed("read", rc);
     if (mismatch)
         printf("Pattern verification failed at offset %" PRIu64 ", %" PRIu64 " bytes\n", off, len);
     if (!quiet) {
@@ -311,13 +351,242 @@ static int cmd_quit(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char
     return 0;
 }
 
-static int cmd_later(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
+/*
+ * The chunk a write of len bytes is done in: all of it up to IO_CHUNK, and
+ * whole clusters for a compressed write (so each call stays cluster aligned).
+ */
+static size_t write_chunk(const struct io_ctx *ctx, uint64_t len, bool compressed)
 {
-    (void)ctx;
+    size_t chunk = IO_CHUNK;
+
+    if (compressed) {
+        size_t cs = qcow2_image_cluster_size(ctx->img);
+
+        chunk = cs > IO_CHUNK ? cs : IO_CHUNK / cs * cs;
+    }
+    return len < chunk ? (size_t)len : chunk;
+}
+
+/* Whether a compressed write may start at off with len bytes (whole clusters). */
+static bool compressed_aligned(const struct io_ctx *ctx, uint64_t off, uint64_t len)
+{
+    uint64_t cs = qcow2_image_cluster_size(ctx->img);
+
+    if (qcow2_image_format(ctx->img) != QCOW2_FORMAT_QCOW2)
+        return true; /* the library refuses compression for this format */
+    return off % cs == 0 && (len % cs == 0 || off + len == qcow2_image_size(ctx->img));
+}
+
+/*
+ * Whether the image itself (not its backing files) holds a cluster with a
+ * host offset in [off, off + len): qemu-io's compressed writes fail with
+ * -EIO there (they never overwrite), and so do ours, so that a command file
+ * gives the same content through both tools. Returns 1, 0, or a library code.
+ */
+static int has_own_clusters(struct io_ctx *ctx, uint64_t off, uint64_t len)
+{
+    const qcow2_image *base = qcow2_image_backing(ctx->img);
+    uint64_t end = off + len;
+
+    while (off < end) {
+        qcow2_extent e;
+        int rc = qcow2_image_block_status(ctx->img, base, off, end - off, &e);
+
+        if (rc < 0)
+            return rc;
+        if (e.length == 0)
+            return QCOW2_ERROR;
+        if (e.depth == 0 && (e.flags & (QCOW2_EXT_OFFSET_VALID | QCOW2_EXT_COMPRESSED)))
+            return 1;
+        off += e.length;
+    }
+    return 0;
+}
+
+/* Write len bytes of pattern at off, in chunks; returns the library's code. */
+static int write_pattern(struct io_ctx *ctx, uint64_t off, uint64_t len, int pattern,
+                         bool compressed)
+{
+    size_t chunk = write_chunk(ctx, len, compressed);
+    uint64_t done;
+    unsigned char *buf;
+    int rc = 0;
+
+    if (len == 0)
+        return 0;
+    buf = malloc(chunk);
+    if (!buf)
+        return QCOW2_ENOMEM;
+    memset(buf, pattern, chunk);
+    for (done = 0; done < len && rc == 0; done += chunk) {
+        size_t n = len - done < chunk ? (size_t)(len - done) : chunk;
+
+        if (compressed)
+            rc = qcow2_image_write_compressed(ctx->img, buf, n, off + done);
+        else
+            rc = qcow2_image_write(ctx->img, buf, n, off + done);
+    }
+    free(buf);
+    return rc;
+}
+
+static int cmd_write(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {NULL, 'P', true},  {NULL, 'q', false}, {NULL, 'z', false}, {NULL, 'u', false},
+        {NULL, 'c', false}, {NULL, 'n', false}, {NULL, 'p', false}, {NULL, 0, false},
+    };
+    bool quiet = false, zero = false, unmap = false, compressed = false, no_cap = false;
+    bool have_pattern = false;
+    int pattern = IO_DEFAULT_PATTERN, c, rc;
+    uint64_t off, len;
+    cli_opt_parser p;
+    double t0, t1;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    p.prog = cmd->name;
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'P':
+            pattern = parse_pattern(p.arg);
+            if (pattern < 0)
+                return -1;
+            have_pattern = true;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case 'z':
+            zero = true;
+            break;
+        case 'u':
+            unmap = true;
+            break;
+        case 'c':
+            compressed = true;
+            break;
+        case 'n':
+            no_cap = true;
+            break;
+        case 'p':
+            break; /* ignored, as in qemu-io */
+        default:
+            print_cmd_usage(cmd);
+            return -1;
+        }
+    }
+    if (p.nb_operands != 2) {
+        print_cmd_usage(cmd);
+        return -1;
+    }
+    if (zero && have_pattern) {
+        printf("Only one of -z, -P, and -s can be specified at the same time\n");
+        return -1;
+    }
+    if (unmap && !zero) {
+        printf("-u requires -z to be specified\n");
+        return -1;
+    }
+    if (no_cap && !zero) {
+        printf("-n requires -z to be specified\n");
+        return -1;
+    }
+    if (parse_num(p.argv[0], &off) < 0 || parse_num(p.argv[1], &len) < 0)
+        return -1;
+    if (len > IO_MAX_REQUEST && !no_cap) {
+        printf("length cannot exceed %llu without -n, given %s\n", IO_MAX_REQUEST, p.argv[1]);
+        return -1;
+    }
+    if (!in_range(ctx, off, len)) {
+        printf("write failed: %s\n", IO_RANGE_ERROR);
+        return -1;
+    }
+    /* -z wins over -c, as in qemu-io. */
+    if (compressed && !zero && !compressed_aligned(ctx, off, len)) {
+        printf("write failed: %s\n", IO_ALIGN_ERROR);
+        return -1;
+    }
+    if (compressed && !zero && qcow2_image_format(ctx->img) == QCOW2_FORMAT_QCOW2) {
+        rc = has_own_clusters(ctx, off, len);
+        if (rc < 0)
+            return io_failed("write", rc);
+        if (rc > 0) {
+            printf("write failed: %s\n", IO_RANGE_ERROR);
+            return -1;
+        }
+    }
+    t0 = now_sec();
+    if (zero)
+        rc = len ? qcow2_image_write_zeroes(ctx->img, off, len, unmap ? QCOW2_ZERO_MAY_UNMAP : 0)
+                 : 0;
+    else
+        rc = write_pattern(ctx, off, len, pattern, compressed);
+    t1 = now_sec();
+    if (rc < 0)
+        return io_failed("write", rc);
+    if (!quiet) {
+        printf("wrote %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", len, len, off);
+        print_stats(len, t1 - t0);
+    }
+    return 0;
+}
+
+static int cmd_discard(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {NULL, 'q', false},
+        {NULL, 0, false},
+    };
+    bool quiet = false;
+    uint64_t off, len;
+    cli_opt_parser p;
+    double t0, t1;
+    int c, rc;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    p.prog = cmd->name;
+    while ((c = cli_opt_next(&p)) != 0) {
+        if (c != 'q') {
+            print_cmd_usage(cmd);
+            return -1;
+        }
+        quiet = true;
+    }
+    if (p.nb_operands != 2) {
+        print_cmd_usage(cmd);
+        return -1;
+    }
+    if (parse_num(p.argv[0], &off) < 0 || parse_num(p.argv[1], &len) < 0)
+        return -1;
+    if (len > IO_MAX_REQUEST) {
+        printf("length cannot exceed %llu, given %s\n", IO_MAX_REQUEST, p.argv[1]);
+        return -1;
+    }
+    if (!in_range(ctx, off, len)) {
+        printf("discard failed: %s\n", IO_RANGE_ERROR);
+        return -1;
+    }
+    t0 = now_sec();
+    rc = len ? qcow2_image_discard(ctx->img, off, len) : 0;
+    t1 = now_sec();
+    if (rc < 0)
+        return io_failed("discard", rc);
+    if (!quiet) {
+        printf("discard %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", len, len, off);
+        print_stats(len, t1 - t0);
+    }
+    return 0;
+}
+
+static int cmd_flush(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
+{
+    int rc;
+
+    (void)cmd;
     (void)argc;
     (void)argv;
-    fprintf(stderr, "%s: not supported yet\n", cmd->name);
-    return -1;
+    rc = qcow2_image_flush(ctx->img);
+    return rc < 0 ? io_failed("flush", rc) : 0;
 }
 
 /* Split line (modified in place) and run it; returns -1 when the command failed. */
@@ -344,14 +613,16 @@ static int run_line(struct io_ctx *ctx, char *line)
         return -1;
     }
     nargs = argc - 1;
-    if (nargs < cmd->min_args) {
-        fprintf(stderr, "bad argument count %d to %s, expected at least %d arguments\n", nargs,
-                cmd->name, cmd->min_args);
-        return -1;
-    }
-    if (cmd->max_args >= 0 && nargs > cmd->max_args) {
-        fprintf(stderr, "bad argument count %d to %s, expected at most %d arguments\n", nargs,
-                cmd->name, cmd->max_args);
+    if (nargs < cmd->min_args || (cmd->max_args >= 0 && nargs > cmd->max_args)) {
+        if (cmd->max_args < 0)
+            fprintf(stderr, "bad argument count %d to %s, expected at least %d arguments\n",
+                    nargs, cmd->name, cmd->min_args);
+        else if (cmd->min_args == cmd->max_args)
+            fprintf(stderr, "bad argument count %d to %s, expected %d arguments\n", nargs,
+                    cmd->name, cmd->min_args);
+        else
+            fprintf(stderr, "bad argument count %d to %s, expected between %d and %d arguments\n",
+                    nargs, cmd->name, cmd->min_args, cmd->max_args);
         return -1;
     }
     return cmd->fn(ctx, cmd, argc, words);
@@ -376,24 +647,29 @@ static const char io_help[] =
     "Usage: qsnap image io [-r] [-f FMT] [-U] [-c CMD]... FILE\n"
     "\n"
     "Run qemu-io style commands on an image: each -c in order, or else one command\n"
-    "per line from standard input (with a prompt when it is a terminal).\n"
+    "per line from standard input (with a prompt when it is a terminal). The image\n"
+    "is opened for writing unless -r is given, and flushed at the end.\n"
     "\n"
     "Commands:\n"
     "  read [-q] [-P PATTERN] OFF LEN   read guest data; with -P, fail unless\n"
     "                                   every byte equals PATTERN\n"
+    "  write [-cnquz] [-P PATTERN] OFF LEN\n"
+    "                                   write LEN bytes of PATTERN (default 0xcd);\n"
+    "                                   -z zeroes (-u: may free the clusters),\n"
+    "                                   -c compressed whole clusters\n"
+    "  discard [-q] OFF LEN             discard the whole clusters of a range\n"
+    "  flush                            make the writes so far durable\n"
     "  map                              ranges allocated in the image itself\n"
     "  info                             format and format-specific information\n"
     "  help [COMMAND]                   list the commands or describe one\n"
     "  quit                             stop reading commands\n"
-    "OFF and LEN take the suffixes k, M, G, T, P, E. write, discard and flush are\n"
-    "not supported yet.\n"
+    "OFF and LEN take the suffixes k, M, G, T, P, E.\n"
     "\n"
     "Options:\n"
     "  -c, --cmd=CMD        run CMD (repeatable)\n"
-    "  -r, --read-only      open the image read-only (for now images are always\n"
-    "                       opened read-only)\n"
+    "  -r, --read-only      open the image read-only\n"
     "  -f, --format=FMT     image format: qcow2 or raw (default: probe)\n"
-    "  -U, --force-share    open without taking the image lock\n"
+    "  -U, --force-share    open without taking the image lock (only with -r)\n"
     "  -h, --help           show this help and exit\n"
     "\n"
     "Exit status: 0 when every command succeeded, 1 otherwise.\n";
@@ -405,10 +681,10 @@ int cli_image_io(int argc, char **argv)
         {"format", 'f', true},     {"force-share", 'U', false}, {NULL, 0, false},
     };
     struct io_ctx ctx = {NULL, false};
-    qcow2_format fmt = QCOW2_FORMAT_AUTO;
-    bool no_lock = false, failed = false;
+    bool no_lock = false, read_only = false, failed = false;
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
     const char **cmds;
-    int nb_cmds = 0, c, i;
+    int nb_cmds = 0, c, i, rc;
     cli_opt_parser p;
 
     cmds = calloc((size_t)argc, sizeof(*cmds));
@@ -427,9 +703,10 @@ int cli_image_io(int argc, char **argv)
             cmds[nb_cmds++] = p.arg;
             break;
         case 'r':
+            read_only = true;
             break;
         case 'f':
-            if (!cli_parse_format(p.arg, &fmt))
+            if (!cli_parse_format(p.arg, &oo.format))
                 goto out_usage;
             break;
         case 'U':
@@ -445,8 +722,17 @@ int cli_image_io(int argc, char **argv)
         cli_usage_hint("qsnap image io", 1);
         goto out_usage;
     }
-    if (cli_open_image(&ctx.img, p.argv[0], fmt, false, no_lock) < 0)
+    if (no_lock && !read_only) {
+        cli_errorf("can't open device %s: force-share=on can only be used with read-only images",
+                   p.argv[0]);
         goto out_usage;
+    }
+    oo.flags = (read_only ? 0 : QCOW2_OPEN_RDWR) | (no_lock ? QCOW2_OPEN_NO_LOCK : 0);
+    rc = qcow2_image_open(&ctx.img, p.argv[0], &oo);
+    if (rc < 0) {
+        cli_fail(rc, CLI_TABLE_IMAGE);
+        goto out_usage;
+    }
 
     if (nb_cmds > 0) {
         for (i = 0; i < nb_cmds && !ctx.quit; i++)
@@ -473,6 +759,15 @@ int cli_image_io(int argc, char **argv)
         free(line);
         if (prompt && !ctx.quit)
             printf("\n");
+    }
+    /* Report a failure to make the writes durable (close cannot). */
+    if (!read_only) {
+        fflush(stdout);
+        rc = qcow2_image_flush(ctx.img);
+        if (rc < 0) {
+            cli_fail(rc, CLI_TABLE_IMAGE);
+            failed = true;
+        }
     }
     qcow2_image_close(ctx.img);
     free(cmds);
