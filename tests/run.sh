@@ -1,7 +1,8 @@
 #!/bin/sh
 # tests/run.sh: the test runner behind `make test` (and `make check` with
 # ONLY=unit). Runs, in order: every Criterion binary under $BUILD/tests/, the
-# fuzz corpus replay, headertest, checksymbols, the CLI golden tests, and
+# fuzz corpus replay, headertest, checksymbols, the CLI golden tests and the
+# qemu-io replay (tests/cli/io_replay.sh), and
 # every tests/interop/*.sh and tests/damaged/*.{sh,py} script. Each part
 # counts the cases it reports (Criterion's synthesis line, the number of
 # corpus files replayed, a script's "N passed, N failed" last line); a part
@@ -163,6 +164,9 @@ if [ "$ONLY" != unit ]; then
     # ---- CLI golden tests ----------------------------------------------------
     if [ -f tests/cli/run_golden.sh ]; then
         run_script "cli golden" sh tests/cli/run_golden.sh
+    fi
+    if [ -f tests/cli/io_replay.sh ]; then
+        run_script "cli io_replay" sh tests/cli/io_replay.sh
     fi
 
     # ---- interop and damaged-image suites -------------------------------------
