@@ -827,3 +827,30 @@ Test(check, hostile_metadata_never_crashes)
     cr_assert_gt(opened, 50);
     memfs_free(fs);
 }
+
+Test(check, repair_allocates_a_missing_refcount_block)
+{
+    char orig[160], p[160];
+    qcow2_check_result r;
+    struct file f;
+
+    if (!have_qemu())
+        cr_skip_test("qemu-img not installed");
+    /* 512-byte clusters: 256 refcounts per block, so 200 KiB of data spans two blocks. */
+    snprintf(orig, sizeof(orig), "%s", path_of("g.qcow2"));
+    snprintf(p, sizeof(p), "%s", path_of("g-fixed.qcow2"));
+    cr_assert_eq(sh("qemu-img create -q -f qcow2 -o cluster_size=512 '%s' 4M", orig), 0);
+    cr_assert_eq(sh("qemu-io -c 'write -P 1 0 200k' '%s'", orig), 0);
+    f = file_load(orig);
+    memset(f.d + qcow2__be64(f.d + 48) + 8, 0, 8); /* drop the second refcount block */
+    file_save(&f, orig);
+    cr_assert_eq(sh("cp '%s' '%s'", orig, p), 0);
+    cr_assert_eq(our_check(p, 0, &r, NULL), 0);
+    cr_assert_gt(r.corruptions, 100);
+    cr_assert_eq(our_check(p, QCOW2_CHECK_FIX_LEAKS | QCOW2_CHECK_FIX_ERRORS, &r, NULL), 0);
+    cr_assert_eq(r.corruptions + r.leaks + r.check_errors, 0);
+    cr_assert_gt(r.corruptions_fixed, 100);
+    cr_assert_eq(sh("qemu-img check '%s'", p), 0);
+    cr_assert_eq(sh("qemu-img compare -q '%s' '%s'", orig, p), 0);
+    compare_with_qemu(p);
+}
