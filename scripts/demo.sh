@@ -3,7 +3,9 @@
 # `make all`. It makes a sparse raw disk with plain shell tools (no qemu-img:
 # the demo shows qsnap alone), writes a few patterns into it, and runs the
 # plumbing commands on it, echoing each one first. Exits non-zero on the first
-# failure. Later milestones add overlays and the snapshot tree.
+# failure. Then it puts a qcow2 overlay on the disk, writes into it, and
+# shows the two layers, a check, a comparison and a flattened copy. Later
+# milestones add the snapshot tree.
 set -eu
 
 BUILD=${BUILD:-build/release}
@@ -76,6 +78,32 @@ printf '\n$ %s\n' "$QSNAP image io -c 'read -P 0xbb 0 4k' disk.raw"
 rc=0
 "$QSNAP" image io -c 'read -P 0xbb 0 4k' disk.raw || rc=$?
 [ "$rc" -eq 1 ] || { echo "demo: io returned $rc, expected 1" >&2; exit 1; }
+
+echo
+echo "== A qcow2 overlay on the raw disk: writes go to the overlay, the disk stays as it was"
+step "$QSNAP" image create -f qcow2 -b disk.raw -F raw overlay.qcow2
+printf '\n$ %s\n' "$QSNAP image io -c 'write -P 0xab 1M 64k' overlay.qcow2"
+"$QSNAP" image io -c 'write -P 0xab 1M 64k' overlay.qcow2
+step "$QSNAP" image info overlay.qcow2
+step "$QSNAP" image map overlay.qcow2
+step "$QSNAP" image map --output=json overlay.qcow2
+step "$QSNAP" image check overlay.qcow2
+printf '\n$ %s\n' "$QSNAP image io -r -c 'read -P 0xab 1M 64k' -c 'read -P 0xbb 1088k 64k' overlay.qcow2"
+"$QSNAP" image io -r -c 'read -P 0xab 1M 64k' -c 'read -P 0xbb 1088k 64k' overlay.qcow2
+
+echo
+echo "== The overlay differs from its base at 1 MiB (exit status 1 expected)"
+printf '\n$ %s\n' "$QSNAP image compare overlay.qcow2 disk.raw"
+rc=0
+"$QSNAP" image compare overlay.qcow2 disk.raw || rc=$?
+[ "$rc" -eq 1 ] || { echo "demo: compare returned $rc, expected 1" >&2; exit 1; }
+
+echo
+echo "== Flattening the overlay and its base into one raw file keeps the content"
+step "$QSNAP" image convert -O raw overlay.qcow2 flat.raw
+step "$QSNAP" image digest overlay.qcow2
+step "$QSNAP" image digest flat.raw
+step "$QSNAP" image compare overlay.qcow2 flat.raw
 
 echo
 echo "demo: all steps succeeded"
