@@ -407,3 +407,582 @@ DIFF(v3_64k_extl2_zstd_backing, 3, 65536,   16, true,  1, false, true,  48 * MiB
 DIFF(v3_64k_extl2_rb1,       3, 65536,      1,  true,  0, false, false, 48 * MiB + 2048, 4000, false, 210)
 DIFF(v3_2m_rb16_zstd_backing, 3, 2 * 1024 * 1024, 16, false, 1, false, true, 64 * MiB,  700, false, 211)
 DIFF(v3_2m_extl2_rb1_lazy,   3, 2 * 1024 * 1024, 1, true,  0, true,  false, 64 * MiB,   700, false, 212)
+
+/* ---- deterministic unit tests --------------------------------------------- */
+
+static char udir[64];
+
+static void unit_setup(void)
+{
+    cr_assert_eq(qo_mkdtemp(udir, sizeof(udir), "wunit"), 0);
+}
+
+static void unit_teardown(void)
+{
+    qo_rmtree(udir);
+}
+
+TestSuite(write_unit, .init = unit_setup, .fini = unit_teardown, .timeout = 120);
+
+/* The header fields create decides, read straight from the file. */
+struct hview {
+    uint32_t version, cluster_bits, l1_size, rt_clusters, nb_snapshots, refcount_order, header_len;
+    uint32_t backing_len;
+    uint64_t backing_off, size, l1_off, rt_off, snap_off, incompat, compat, autoclear;
+    uint8_t compression_type;
+    size_t file_len;
+    uint8_t raw[4096];
+};
+
+static void read_header(const char *p, struct hview *h)
+{
+    size_t len;
+    uint8_t *b = qo_read_file(p, &len);
+
+    cr_assert_not_null(b, "read %s", p);
+    cr_assert_geq(len, 512);
+    memset(h, 0, sizeof(*h));
+    memcpy(h->raw, b, qcow2__min(len, sizeof(h->raw)));
+    h->file_len = len;
+    h->version = qcow2__be32(b + 4);
+    h->backing_off = qcow2__be64(b + 8);
+    h->backing_len = qcow2__be32(b + 16);
+    h->cluster_bits = qcow2__be32(b + 20);
+    h->size = qcow2__be64(b + 24);
+    h->l1_size = qcow2__be32(b + 36);
+    h->l1_off = qcow2__be64(b + 40);
+    h->rt_off = qcow2__be64(b + 48);
+    h->rt_clusters = qcow2__be32(b + 56);
+    h->nb_snapshots = qcow2__be32(b + 60);
+    h->snap_off = qcow2__be64(b + 64);
+    if (h->version >= 3) {
+        h->incompat = qcow2__be64(b + 72);
+        h->compat = qcow2__be64(b + 80);
+        h->autoclear = qcow2__be64(b + 88);
+        h->refcount_order = qcow2__be32(b + 96);
+        h->header_len = qcow2__be32(b + 100);
+        if (h->header_len > 104)
+            h->compression_type = b[104];
+    } else {
+        h->refcount_order = 4;
+        h->header_len = 72;
+    }
+    free(b);
+}
+
+/* `qemu-img info --output=json` keys that describe the format, as one canonical JSON line. */
+static void info_format_keys(const char *p, char *out, size_t out_len)
+{
+    int rc = qo_sh(out, out_len,
+                   "qemu-img info --output=json '%s' | python3 -c 'import json,sys; d=json.load(sys.stdin); "
+                   "print(json.dumps({k: d.get(k) for k in (\"format\", \"virtual-size\", \"cluster-size\", "
+                   "\"format-specific\", \"backing-filename\", \"backing-filename-format\", \"dirty-flag\")}, "
+                   "sort_keys=True))'",
+                   p);
+    cr_assert_eq(rc, 0, "qemu-img info %s: %s", p, out);
+}
+
+struct ccase {
+    const char *qemu_opts;
+    unsigned version;
+    uint32_t cs;
+    unsigned rb;
+    bool extl2, lazy;
+    unsigned ctype;
+    uint64_t size;
+    bool backing;
+};
+
+Test(write_unit, create_layout_matches_qemu_img)
+{
+    static const struct ccase cases[] = {
+        {"compat=0.10,cluster_size=65536", 2, 65536, 16, false, false, 0, 64 * MiB, false},
+        {"compat=1.1,cluster_size=65536", 3, 65536, 16, false, false, 0, 1 * 1024 * MiB, false},
+        {"compat=1.1,cluster_size=512,refcount_bits=64", 3, 512, 64, false, false, 0, 8 * MiB, false},
+        {"compat=1.1,cluster_size=2097152,refcount_bits=1", 3, 2 * MiB, 1, false, false, 0, 10 * 1024 * MiB, false},
+        {"compat=1.1,cluster_size=65536,extended_l2=on,compression_type=zstd,lazy_refcounts=on", 3, 65536, 16,
+         true, true, 1, 100 * MiB + 512, false},
+        {"compat=1.1,cluster_size=4096,refcount_bits=8", 3, 4096, 8, false, false, 0, 1000 * 1000 * 512ull, false},
+        {"compat=1.1,cluster_size=16384,extended_l2=on", 3, 16384, 16, true, false, 0, 3 * MiB, true},
+        {"compat=0.10,cluster_size=4096", 2, 4096, 16, false, false, 0, 5 * MiB, true},
+    };
+    char out[8192];
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img not installed");
+    {
+        char base[160];
+        snprintf(base, sizeof(base), "%s/base.raw", udir);
+        cr_assert_eq(qo_sh(out, sizeof(out), "qemu-img create -q -f raw '%s' 3M", base), 0, "%s", out);
+    }
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const struct ccase *k = &cases[i];
+        qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
+        char ours[160], theirs[160], ji[8192], jt[8192];
+        struct hview a, b;
+        int rc;
+
+        snprintf(ours, sizeof(ours), "%s/ours%zu.qcow2", udir, i);
+        snprintf(theirs, sizeof(theirs), "%s/theirs%zu.qcow2", udir, i);
+        rc = qo_sh(out, sizeof(out), "qemu-img create -q -f qcow2 -o %s %s '%s' %" PRIu64, k->qemu_opts,
+                   k->backing ? "-b base.raw -F raw" : "", theirs, k->size);
+        cr_assert_eq(rc, 0, "qemu-img create %s: %s", k->qemu_opts, out);
+        co.size = k->size;
+        co.qcow2_version = k->version;
+        co.cluster_size = k->cs;
+        co.refcount_bits = k->rb;
+        co.extended_l2 = k->extl2;
+        co.lazy_refcounts = k->lazy;
+        co.compression_type = k->ctype;
+        if (k->backing) {
+            co.backing_file = "base.raw";
+            co.backing_format = "raw";
+        }
+        rc = qcow2_image_create(ours, &co);
+        cr_assert_eq(rc, 0, "create %s: %s", k->qemu_opts, last_msg());
+        read_header(ours, &a);
+        read_header(theirs, &b);
+#define SAME(f) cr_assert_eq(a.f, b.f, "[%s] " #f ": ours 0x%" PRIx64 ", qemu-img 0x%" PRIx64, k->qemu_opts, \
+                             (uint64_t)a.f, (uint64_t)b.f)
+        SAME(version);
+        SAME(cluster_bits);
+        SAME(size);
+        SAME(l1_size);
+        SAME(l1_off);
+        SAME(rt_off);
+        SAME(rt_clusters);
+        SAME(nb_snapshots);
+        SAME(snap_off);
+        SAME(incompat);
+        SAME(compat);
+        SAME(autoclear);
+        SAME(refcount_order);
+        SAME(header_len);
+        SAME(compression_type);
+        SAME(backing_len);
+        SAME(file_len);
+#undef SAME
+        if (k->backing)
+            cr_assert(memcmp(a.raw + a.backing_off, "base.raw", 8) == 0, "[%s] backing name", k->qemu_opts);
+        info_format_keys(ours, ji, sizeof(ji));
+        info_format_keys(theirs, jt, sizeof(jt));
+        cr_assert_str_eq(ji, jt, "[%s] qemu-img info differs", k->qemu_opts);
+        rc = qo_check(ours, out, sizeof(out));
+        cr_assert_eq(rc, 0, "[%s] qemu-img check: %s", k->qemu_opts, out);
+    }
+}
+
+/* Create an image file in udir with the given options; returns its path in p. */
+static void make_image(char *p, size_t p_len, const char *name, qcow2_create_opts *co)
+{
+    int rc;
+
+    snprintf(p, p_len, "%s/%s", udir, name);
+    rc = qcow2_image_create(p, co);
+    cr_assert_eq(rc, 0, "create %s: %s", name, last_msg());
+}
+
+static qcow2_image *open_file_rw(const char *p)
+{
+    qcow2_open_opts o = QCOW2_OPEN_OPTS_INIT;
+    qcow2_image *img;
+    int rc;
+
+    o.flags = QCOW2_OPEN_RDWR;
+    rc = qcow2_image_open(&img, p, &o);
+    cr_assert_eq(rc, 0, "open %s: %d %s", p, rc, last_msg());
+    return img;
+}
+
+/* qemu-img check exit 0 and qemu-img compare against a raw model file of the same content. */
+static void qemu_agrees(const char *p, const uint8_t *model, uint64_t size)
+{
+    char out[8192], raw[160];
+    int rc = qo_check(p, out, sizeof(out));
+
+    cr_assert_eq(rc, 0, "qemu-img check %s exit %d:\n%s", p, rc, out);
+    snprintf(raw, sizeof(raw), "%s/model.raw", udir);
+    cr_assert_eq(qo_write_file(raw, model, size), 0);
+    rc = qo_sh(out, sizeof(out), "qemu-img compare -f qcow2 -F raw '%s' '%s'", p, raw);
+    cr_assert_eq(rc, 0, "qemu-img compare %s exit %d:\n%s", p, rc, out);
+}
+
+static void expect_content(qcow2_image *img, const uint8_t *model, uint64_t size)
+{
+    int rc;
+    uint64_t bad = first_mismatch(img, model, size, &rc);
+
+    cr_assert_eq(rc, 0, "read: %d %s", rc, last_msg());
+    cr_assert_eq(bad, UINT64_MAX, "content differs at %" PRIu64, bad);
+}
+
+Test(write_unit, resize_grow_across_l1_growth)
+{
+    qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
+    char p[160];
+    qcow2_image *img;
+    uint64_t s = 42, big = 64 * MiB;
+    uint8_t *model = calloc(1, big), buf[3000];
+    struct hview h0, h1;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img not installed");
+    co.size = 1 * MiB; /* 512 B clusters: an L2 table covers 32 KiB, L1 = 32 entries */
+    co.cluster_size = 512;
+    make_image(p, sizeof(p), "grow.qcow2", &co);
+    read_header(p, &h0);
+    img = open_file_rw(p);
+    fill_random(&s, buf, sizeof(buf));
+    cr_assert_lt(qcow2_image_write(img, buf, sizeof(buf), 1 * MiB - 1000), 0, "past the end before the resize");
+    memcpy(model + 1 * MiB - 1000, buf, 1000);
+    cr_assert_eq(qcow2_image_write(img, buf, 1000, 1 * MiB - 1000), 0, "%s", last_msg());
+    cr_assert_eq(qcow2_image_write(img, buf, 500, 5000), 0);
+    memcpy(model + 5000, buf, 500);
+    cr_assert_eq(qcow2_image_resize(img, big, false), 0, "grow: %s", last_msg());
+    cr_assert_eq(qcow2_image_size(img), big);
+    cr_assert_eq(qcow2_image_write(img, buf, sizeof(buf), 1 * MiB - 1000), 0, "%s", last_msg());
+    memcpy(model + 1 * MiB - 1000, buf, sizeof(buf));
+    cr_assert_eq(qcow2_image_write(img, buf, sizeof(buf), big - sizeof(buf)), 0, "%s", last_msg());
+    memcpy(model + big - sizeof(buf), buf, sizeof(buf));
+    cr_assert_eq(qcow2_image_write(img, buf, 2000, 40 * MiB + 77), 0, "%s", last_msg());
+    memcpy(model + 40 * MiB + 77, buf, 2000);
+    expect_content(img, model, big);
+    qcow2_image_close(img);
+    read_header(p, &h1);
+    cr_assert_eq(h0.l1_size, 32);
+    cr_assert_eq(h1.l1_size, big / (64 * 512), "L1 grew to cover the new size");
+    cr_assert_eq(h1.size, big);
+    qemu_agrees(p, model, big);
+    img = open_file_rw(p);
+    expect_content(img, model, big);
+    qcow2_image_close(img);
+    free(model);
+}
+
+Test(write_unit, resize_shrink_unused_tail_and_refusal)
+{
+    qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
+    char p[160], out[4096];
+    qcow2_image *img;
+    uint8_t *model = calloc(1, 8 * MiB), buf[10000];
+    uint64_t s = 7;
+    int rc;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img not installed");
+    co.size = 8 * MiB;
+    make_image(p, sizeof(p), "shrink.qcow2", &co);
+    img = open_file_rw(p);
+    fill_random(&s, buf, sizeof(buf));
+    cr_assert_eq(qcow2_image_write(img, buf, sizeof(buf), 100000), 0);
+    memcpy(model + 100000, buf, sizeof(buf));
+    /* Unused tail: shrinking works. */
+    rc = qcow2_image_resize(img, 4 * MiB, false);
+    cr_assert_eq(rc, 0, "shrink unused tail: %s", last_msg());
+    cr_assert_eq(qcow2_image_size(img), 4 * MiB);
+    /* Data past the new end: refused without allow_shrink, and nothing changes. */
+    cr_assert_eq(qcow2_image_write(img, buf, 5000, 3 * MiB + 10), 0);
+    memcpy(model + 3 * MiB + 10, buf, 5000);
+    rc = qcow2_image_resize(img, 2 * MiB, false);
+    cr_assert_lt(rc, 0, "shrinking over allocated data must be refused");
+    cr_assert_eq(qcow2_image_size(img), 4 * MiB);
+    expect_content(img, model, 4 * MiB);
+    /* A zero-cluster tail in v3 is not data either way: the size is what counts here. */
+    qcow2_image_close(img);
+    qemu_agrees(p, model, 4 * MiB);
+    rc = qo_sh(out, sizeof(out), "qemu-img info --output=json '%s' | grep -q '\"virtual-size\": 4194304'", p);
+    cr_assert_eq(rc, 0, "qemu-img info virtual-size");
+    /* allow_shrink drops the tail; growing again reads zeroes there. No leaks. */
+    img = open_file_rw(p);
+    rc = qcow2_image_resize(img, 2 * MiB, true);
+    cr_assert_eq(rc, 0, "allow_shrink: %s", last_msg());
+    cr_assert_eq(qcow2_image_resize(img, 4 * MiB, false), 0, "%s", last_msg());
+    memset(model + 2 * MiB, 0, 2 * MiB);
+    expect_content(img, model, 4 * MiB);
+    qcow2_image_close(img);
+    qemu_agrees(p, model, 4 * MiB);
+    free(model);
+}
+
+Test(write_unit, refcount_growth_past_block_and_table)
+{
+    /* 512 B clusters, 64-bit refcounts: a refcount block covers 64 clusters (32 KiB of file), a
+     * one-cluster refcount table covers 64 blocks (2 MiB of file). */
+    qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
+    char p[160];
+    qcow2_image *img;
+    uint64_t size = 8 * MiB, s = 9;
+    uint8_t *model = calloc(1, size), *buf = malloc(64 * KiB);
+    struct hview h;
+    uint64_t written = 0;
+    bool crossed_block = false;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img not installed");
+    co.size = size;
+    co.cluster_size = 512;
+    co.refcount_bits = 64;
+    make_image(p, sizeof(p), "rc.qcow2", &co);
+    read_header(p, &h);
+    cr_assert_eq(h.rt_clusters, 1);
+    img = open_file_rw(p);
+    while (written < 5 * MiB) {
+        /* Scattered 8 KiB writes, so L2 tables and data interleave. */
+        uint64_t off = (written * 7) % (size - 8 * KiB);
+        off -= off % 512;
+        fill_random(&s, buf, 8 * KiB);
+        cr_assert_eq(qcow2_image_write(img, buf, 8 * KiB, off), 0,
+                     "write at %" PRIu64 ": %s", off, last_msg());
+        memcpy(model + off, buf, 8 * KiB);
+        written += 8 * KiB;
+        if (!crossed_block && written >= 64 * KiB) {
+            /* Past the first refcount block's 64 clusters: stop and have qemu-img look. */
+            crossed_block = true;
+            qcow2_image_close(img);
+            qemu_agrees(p, model, size);
+            img = open_file_rw(p);
+        }
+    }
+    expect_content(img, model, size);
+    qcow2_image_close(img);
+    read_header(p, &h);
+    cr_assert_gt(h.file_len, 2 * MiB, "the file outgrew one refcount table cluster");
+    cr_assert_gt(h.rt_clusters, 1, "the refcount table grew past one cluster");
+    qemu_agrees(p, model, size);
+    free(model);
+    free(buf);
+}
+
+/* A raw backing file full of data and an empty overlay on it. */
+static void make_overlay(char *p, size_t p_len, qcow2_create_opts *co, uint8_t *base, uint64_t size)
+{
+    char bp[160];
+    uint64_t s = 1234;
+
+    snprintf(bp, sizeof(bp), "%s/base.raw", udir);
+    fill_random(&s, base, size);
+    cr_assert_eq(qo_write_file(bp, base, size), 0);
+    co->size = size;
+    co->backing_file = "base.raw";
+    co->backing_format = "raw";
+    make_image(p, p_len, "top.qcow2", co);
+}
+
+Test(write_unit, cow_partial_cluster_keeps_backing_bytes)
+{
+    qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
+    char p[160];
+    uint64_t size = 1 * MiB;
+    uint8_t *model = malloc(size), buf[100];
+    qcow2_image *img;
+    qcow2_extent e;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img not installed");
+    make_overlay(p, sizeof(p), &co, model, size);
+    img = open_file_rw(p);
+    memset(buf, 0xa5, sizeof(buf));
+    cr_assert_eq(qcow2_image_write(img, buf, sizeof(buf), 65536 + 1000), 0, "%s", last_msg());
+    memcpy(model + 65536 + 1000, buf, sizeof(buf));
+    cr_assert_eq(qcow2_image_block_status(img, NULL, 65536, 65536, &e), 0);
+    cr_assert_eq(e.depth, 0, "the cluster is allocated in the overlay");
+    cr_assert_eq(e.length, 65536);
+    expect_content(img, model, size);
+    qcow2_image_close(img);
+    qemu_agrees(p, model, size);
+    /* Without the backing file, the overlay's own cluster holds the copied bytes. */
+    {
+        char out[256];
+        int rc = qo_sh(out, sizeof(out),
+                       "qemu-io -r -c 'read -P 0xa5 %d 100' '%s' | grep -q 'read 100/100'", 65536 + 1000, p);
+        cr_assert_eq(rc, 0, "qemu-io sees the written bytes");
+    }
+    free(model);
+}
+
+Test(write_unit, extended_l2_partial_subcluster_write_over_backing)
+{
+    qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
+    char p[160], out[8192];
+    uint64_t size = 1 * MiB, sc = 65536 / 32;
+    uint8_t *model = malloc(size), buf[100];
+    qcow2_image *img;
+    qcow2_extent e;
+    int rc;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img not installed");
+    co.extended_l2 = true;
+    make_overlay(p, sizeof(p), &co, model, size);
+    img = open_file_rw(p);
+    memset(buf, 0x5a, sizeof(buf));
+    /* 100 bytes inside subcluster 3 of cluster 1. */
+    cr_assert_eq(qcow2_image_write(img, buf, sizeof(buf), 65536 + 3 * sc + 700), 0, "%s", last_msg());
+    memcpy(model + 65536 + 3 * sc + 700, buf, sizeof(buf));
+    expect_content(img, model, size);
+    cr_assert_eq(qcow2_image_block_status(img, NULL, 65536, 65536, &e), 0);
+    cr_assert_eq(e.depth, 1, "subclusters 0-2 still come from the backing file");
+    cr_assert_eq(e.length, 3 * sc);
+    cr_assert_eq(qcow2_image_block_status(img, NULL, 65536 + 3 * sc, 65536 - 3 * sc, &e), 0);
+    cr_assert_eq(e.depth, 0, "subcluster 3 is allocated in the overlay");
+    cr_assert_eq(e.length, sc, "only subcluster 3");
+    qcow2_image_close(img);
+    qemu_agrees(p, model, size);
+    /* qemu-img map agrees: exactly one subcluster-sized run at depth 0. */
+    rc = qo_sh(out, sizeof(out),
+               "qemu-img map --output=json '%s' | python3 -c 'import json,sys; "
+               "m=[e for e in json.load(sys.stdin) if e[\"depth\"]==0 and e[\"data\"]]; "
+               "print(len(m), m[0][\"start\"], m[0][\"length\"])'",
+               p);
+    cr_assert_eq(rc, 0, "%s", out);
+    {
+        char want[64];
+        snprintf(want, sizeof(want), "1 %" PRIu64 " %" PRIu64 "\n", 65536 + 3 * sc, sc);
+        cr_assert_str_eq(out, want, "qemu-img map's depth-0 runs");
+    }
+    free(model);
+}
+
+Test(write_unit, compressed_write_falls_back_when_incompressible)
+{
+    qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
+    char p[160];
+    uint64_t size = 1 * MiB, s = 5;
+    uint8_t *model = calloc(1, size), *buf = malloc(65536);
+    qcow2_image *img;
+    qcow2_extent e;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img not installed");
+    co.size = size;
+    make_image(p, sizeof(p), "comp.qcow2", &co);
+    img = open_file_rw(p);
+    fill_random(&s, buf, 65536);
+    cr_assert_eq(qcow2_image_write_compressed(img, buf, 65536, 0), 0, "%s", last_msg());
+    memcpy(model, buf, 65536);
+    cr_assert_eq(qcow2_image_block_status(img, NULL, 0, 65536, &e), 0);
+    cr_assert_eq(e.flags & QCOW2_EXT_COMPRESSED, 0, "random data is stored plain");
+    qcow2_image_close(img);
+    qemu_agrees(p, model, size);
+    /* qemu-img leaves the key out when the count is zero (the check itself ran clean above). */
+    cr_assert_leq(qo_check_json_field(p, "compressed-clusters"), 0);
+    cr_assert_eq(qo_check_json_field(p, "allocated-clusters"), 1);
+
+    img = open_file_rw(p);
+    memset(buf, 0x11, 65536);
+    cr_assert_eq(qcow2_image_write_compressed(img, buf, 65536, 65536 * 3), 0, "%s", last_msg());
+    memcpy(model + 65536 * 3, buf, 65536);
+    cr_assert_eq(qcow2_image_block_status(img, NULL, 65536 * 3, 65536, &e), 0);
+    cr_assert_neq(e.flags & QCOW2_EXT_COMPRESSED, 0, "a constant cluster is stored compressed");
+    qcow2_image_close(img);
+    qemu_agrees(p, model, size);
+    cr_assert_eq(qo_check_json_field(p, "compressed-clusters"), 1);
+    cr_assert_eq(qo_check_json_field(p, "allocated-clusters"), 2);
+    free(model);
+    free(buf);
+}
+
+/* Overwrite 8 bytes at off in file p. */
+static void poke(const char *p, uint64_t off, const void *bytes, size_t len)
+{
+    FILE *fp = fopen(p, "r+b");
+
+    cr_assert_not_null(fp);
+    cr_assert_eq(fseek(fp, (long)off, SEEK_SET), 0);
+    cr_assert_eq(fwrite(bytes, 1, len, fp), len);
+    cr_assert_eq(fclose(fp), 0);
+}
+
+Test(write_unit, unknown_autoclear_bits_cleared_on_first_write)
+{
+    char p[160], out[4096];
+    uint8_t be[8];
+    struct hview h;
+    qcow2_image *img;
+    uint64_t bits = (1ull << 63) | (1ull << 17);
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img not installed");
+    snprintf(p, sizeof(p), "%s/ac.qcow2", udir);
+    cr_assert_eq(qo_sh(out, sizeof(out), "qemu-img create -q -f qcow2 '%s' 1M", p), 0, "%s", out);
+    qcow2__put_be64(be, bits);
+    poke(p, 88, be, 8);
+    read_header(p, &h);
+    cr_assert_eq(h.autoclear, bits);
+    img = open_file_rw(p);
+    cr_assert_eq(qcow2_image_write(img, "hello", 5, 1000), 0, "%s", last_msg());
+    qcow2_image_close(img);
+    read_header(p, &h);
+    cr_assert_eq(h.autoclear, 0, "unknown autoclear bits left: 0x%" PRIx64, h.autoclear);
+    cr_assert_eq(qo_check(p, out, sizeof(out)), 0, "%s", out);
+}
+
+Test(write_unit, unknown_header_extension_and_fields_survive)
+{
+    char p[160], out[4096];
+    struct hview h;
+    qcow2_image *img;
+    size_t len;
+    uint8_t *b;
+    const uint8_t payload[13] = "qsnap-unknown";
+    const uint8_t tail_field[8] = {0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0};
+    uint64_t off;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img not installed");
+    snprintf(p, sizeof(p), "%s/ext.qcow2", udir);
+    cr_assert_eq(qo_sh(out, sizeof(out), "qemu-img create -q -f qcow2 '%s' 1M", p), 0, "%s", out);
+    b = qo_read_file(p, &len);
+    cr_assert_not_null(b);
+    cr_assert_eq(qcow2__be32(b + 100), 112);
+    /* Rebuild the extension area: a header 8 bytes longer (an unknown field), then our
+     * extension, then qemu's extensions as they were. */
+    {
+        uint8_t area[4096] = {0};
+        size_t n = 0, ext_len = 0;
+        uint64_t e = 112;
+        while (qcow2__be32(b + e) != 0) {
+            uint32_t l = qcow2__be32(b + e + 4);
+            e += 8 + ((l + 7) & ~7u);
+        }
+        ext_len = (size_t)(e - 112);
+        qcow2__put_be32(area + n, 0x7173ee01);
+        qcow2__put_be32(area + n + 4, sizeof(payload));
+        memcpy(area + n + 8, payload, sizeof(payload));
+        n += 8 + 16;
+        memcpy(area + n, b + 112, ext_len);
+        n += ext_len;
+        n += 8; /* end marker */
+        memcpy(b + 112, tail_field, 8);
+        memcpy(b + 120, area, n);
+        qcow2__put_be32(b + 100, 120);
+    }
+    cr_assert_eq(qo_write_file(p, b, len), 0);
+    free(b);
+    cr_assert_eq(qo_check(p, out, sizeof(out)), 0, "the poked image is valid for qemu: %s", out);
+
+    img = open_file_rw(p);
+    cr_assert_eq(qcow2_image_write(img, "data", 4, 70000), 0, "%s", last_msg());
+    /* A resize rewrites the header for sure. */
+    cr_assert_eq(qcow2_image_resize(img, 2 * MiB, false), 0, "%s", last_msg());
+    qcow2_image_close(img);
+
+    read_header(p, &h);
+    cr_assert_eq(h.size, 2 * MiB);
+    cr_assert_eq(h.header_len, 120, "header length kept");
+    cr_assert(memcmp(h.raw + 112, tail_field, 8) == 0, "unknown header field kept");
+    for (off = h.header_len; off + 8 < sizeof(h.raw); ) {
+        uint32_t t = qcow2__be32(h.raw + off), l = qcow2__be32(h.raw + off + 4);
+        if (t == 0)
+            break;
+        if (t == 0x7173ee01) {
+            cr_assert_eq(l, sizeof(payload));
+            cr_assert(memcmp(h.raw + off + 8, payload, sizeof(payload)) == 0, "payload kept");
+            break;
+        }
+        off += 8 + ((l + 7) & ~7u);
+    }
+    cr_assert_eq(qcow2__be32(h.raw + off), 0x7173ee01, "the unknown extension survived the rewrite");
+    cr_assert_eq(qo_check(p, out, sizeof(out)), 0, "%s", out);
+    cr_assert_eq(qo_sh(out, sizeof(out), "qemu-io -r -c 'read -P 0x64 70000 1' '%s' | grep -q 'read 1/1'", p), 0);
+}
