@@ -312,7 +312,12 @@ static int l2_for_write(qcow2_image *img, uint64_t l1_idx, struct qcow2__cslot *
             return rc;
         if (l1e & QCOW2_OFLAG_COPIED)
             return qcow2__cache_get(img, &img->l2c, old_off, true, out);
-        /* Shared: every cluster the table maps gains a reference from the copy. */
+        /*
+         * Shared: the copy takes over the active L1's walk of the table, so the
+         * clusters it maps keep their refcounts (qemu counts a data cluster once
+         * per L1 entry that reaches its table). Each is still reached from the
+         * old table too, so none is owned: COPIED is cleared in the copy.
+         */
         rc = qcow2__cache_get(img, &img->l2c, old_off, true, &slot);
         if (rc)
             return rc;
@@ -323,16 +328,8 @@ static int l2_for_write(qcow2_image *img, uint64_t l1_idx, struct qcow2__cslot *
         for (uint64_t i = 0; i < img->l2_entries; i++) {
             uint8_t *p = copy + i * img->l2e_bytes;
             uint64_t e = qcow2__be64(p);
-            if (e & QCOW2_OFLAG_COMPRESSED) {
-                uint64_t off, len;
-                qcow2__compressed_range(img, e, &off, &len);
-                rc = qcow2__refcount_update(img, off, len, 1);
-            } else if (e & QCOW2_L2E_OFFSET_MASK) {
-                rc = qcow2__refcount_update(img, e & QCOW2_L2E_OFFSET_MASK, 1, 1);
+            if (!(e & QCOW2_OFLAG_COMPRESSED) && (e & QCOW2_L2E_OFFSET_MASK))
                 qcow2__put_be64(p, e & ~QCOW2_OFLAG_COPIED);
-            }
-            if (rc)
-                goto out;
         }
     }
     rc = qcow2__alloc_clusters(img, 1, &new_off);
