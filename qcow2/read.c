@@ -121,9 +121,9 @@ static int detect_prealloc(qcow2_image *img)
     end = (img->file_size + img->cluster_size - 1) >> img->cluster_bits;
     for (uint64_t i = 0; i < end && count < threshold; i++) {
         uint64_t refcount;
-        rc = qcow2__refcount_get(img, i, &refcount);
-        if (rc)
-            return rc;
+        /* Damaged refcounts must not stop a read: then it is simply not preallocated. */
+        if (qcow2__refcount_get(img, i, &refcount))
+            return 0;
         count += refcount != 0;
     }
     img->metadata_prealloc = count >= threshold;

@@ -1001,7 +1001,10 @@ int qcow2__close_flush(qcow2_image *img)
     rc = qcow2__metadata_flush(img);
     if (rc || img->fmt != QCOW2_FORMAT_QCOW2)
         return rc;
-    if (img->hdr.incompat & QCOW2_INCOMPAT_DIRTY) {
+    /* Only a dirty bit this handle set (lazy refcounts) is ours to clear: one found at
+     * open (QCOW2_OPEN_CHECK, no repair) still means the refcounts are not trusted. */
+    if ((img->hdr.incompat & QCOW2_INCOMPAT_DIRTY) && img->write_started &&
+        (img->hdr.compat & QCOW2_COMPAT_LAZY_REFCOUNTS)) {
         img->hdr.incompat &= ~QCOW2_INCOMPAT_DIRTY;
         rc = qcow2__header_write(img);
     }
