@@ -504,3 +504,51 @@ int qcow2_measure(qcow2_image *src, uint64_t size, const qcow2_create_opts *opts
     out->required = out->fully_allocated - qcow2__align_up(size, cs) + required;
     return 0;
 }
+
+int qcow2_file_fingerprint(const char *path, uint8_t out[16])
+{
+    qcow2_io *io = NULL;
+    qcow2__hash *h = NULL;
+    uint8_t *buf = NULL, hdr[16];
+    uint64_t size, off = 0;
+    int rc;
+
+    rc = qcow2_io_posix_open(&io, path, 0);
+    if (rc < 0)
+        return qcow2__io_error(rc, path, "cannot open");
+    rc = qcow2__io_size(io, path, &size);
+    if (!rc)
+        rc = qcow2__hash_new(&h);
+    if (!rc && !(buf = qcow2__malloc(OPS_CHUNK)))
+        rc = qcow2__nomem();
+    while (!rc && off < size) {
+        uint64_t run;
+        bool hole;
+
+        rc = qcow2__io_extent(io, path, off, size - off, &run, &hole);
+        if (rc)
+            break;
+        if (!hole) {
+            qcow2__put_be64(hdr, off);
+            qcow2__put_be64(hdr + 8, run);
+            qcow2__hash_update(h, hdr, sizeof(hdr));
+            for (uint64_t done = 0; !rc && done < run;) {
+                size_t n = (size_t)qcow2__min(run - done, OPS_CHUNK);
+                rc = qcow2__io_read(io, path, buf, n, off + done);
+                if (!rc)
+                    qcow2__hash_update(h, buf, n);
+                done += n;
+            }
+        }
+        off += run;
+    }
+    if (!rc) {
+        qcow2__put_be64(hdr, size);
+        qcow2__hash_update(h, hdr, 8);
+        qcow2__hash_final(h, out);
+    }
+    qcow2__free(buf);
+    qcow2__hash_free(h);
+    qcow2_io_close(io);
+    return rc;
+}

@@ -247,6 +247,15 @@ typedef struct qcow2_convert_opts {
 QCOW2_API int qcow2_image_convert(qcow2_image *src, const char *dst_path,
                                   const qcow2_convert_opts *opts);
 
+/**
+ * Fingerprint of a file's bytes: xxh3-128 over its size and every data
+ * extent (offset, length, bytes); holes are skipped, so a sparse file costs
+ * what it holds. Any change to the file's content changes it. Used to prove
+ * that a frozen layer was not modified.
+ * @return 0, QCOW2_ENOTFOUND, QCOW2_EIO
+ */
+QCOW2_API int qcow2_file_fingerprint(const char *path, uint8_t out[16]);
+
 /* ---- writing ------------------------------------------------------------- */
 
 /** Preallocation modes (qemu-img's preallocation=). */
