@@ -341,6 +341,19 @@ static void run_diff(const struct wcfg *c)
                          " after op %u (last: %s off %" PRIu64 " len %" PRIu64 ")",
                          c->name, c->seed, bad, i, op_names[op], off, len);
         }
+        if ((i + 1) % 1000 == 0) {
+            /* Our own checker on the live handle, after a flush: clean, no leaks. */
+            qcow2_check_result cr;
+            memset(&cr, 0, sizeof(cr));
+            cr_assert_eq(qcow2_image_flush(img), 0, "[%s] flush: %s", c->name, last_msg());
+            rc = qcow2_image_check(img, 0, &cr);
+            cr_assert_eq(rc, 0, "[%s seed %" PRIu64 "] qcow2_image_check: %d %s", c->name, c->seed, rc,
+                         last_msg());
+            cr_assert(cr.corruptions == 0 && cr.leaks == 0 && cr.check_errors == 0,
+                      "[%s seed %" PRIu64 "] after op %u: qcow2_image_check: %" PRIu64 " corruptions, %" PRIu64
+                      " leaks, %" PRIu64 " check errors",
+                      c->name, c->seed, i, cr.corruptions, cr.leaks, cr.check_errors);
+        }
     }
     for (unsigned k = 0; k < NB_OPKINDS; k++)
         cr_assert_gt(counts[k], 0, "[%s] no %s op ran", c->name, op_names[k]);
@@ -985,4 +998,91 @@ Test(write_unit, unknown_header_extension_and_fields_survive)
     cr_assert_eq(qcow2__be32(h.raw + off), 0x7173ee01, "the unknown extension survived the rewrite");
     cr_assert_eq(qo_check(p, out, sizeof(out)), 0, "%s", out);
     cr_assert_eq(qo_sh(out, sizeof(out), "qemu-io -r -c 'read -P 0x64 70000 1' '%s' | grep -q 'read 1/1'", p), 0);
+}
+
+Test(write_unit, cow_of_clusters_shared_with_an_internal_snapshot)
+{
+    char p[160], snap_raw[160], out[8192];
+    uint64_t size = 2 * MiB, s = 77;
+    uint8_t *model = calloc(1, size), *before, buf[5000];
+    qcow2_image *img;
+    int rc;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img not installed");
+    snprintf(p, sizeof(p), "%s/snap.qcow2", udir);
+    rc = qo_sh(out, sizeof(out),
+               "qemu-img create -q -f qcow2 '%s' 2M && qemu-io -c 'write -P 0x33 0 1M' '%s' >/dev/null && "
+               "qemu-img snapshot -c s1 '%s'",
+               p, p, p);
+    cr_assert_eq(rc, 0, "%s", out);
+    memset(model, 0x33, 1 * MiB);
+    before = malloc(size);
+    memcpy(before, model, size);
+    img = open_file_rw(p);
+    fill_random(&s, buf, sizeof(buf));
+    /* Partial writes into clusters the snapshot shares (refcount 2): COW, never in place. */
+    cr_assert_eq(qcow2_image_write(img, buf, sizeof(buf), 70000), 0, "%s", last_msg());
+    memcpy(model + 70000, buf, sizeof(buf));
+    cr_assert_eq(qcow2_image_write_zeroes(img, 200 * KiB, 64 * KiB, 0), 0, "%s", last_msg());
+    memset(model + 200 * KiB, 0, 64 * KiB);
+    cr_assert_eq(qcow2_image_discard(img, 512 * KiB, 128 * KiB), 0, "%s", last_msg());
+    memset(model + 512 * KiB, 0, 128 * KiB);
+    cr_assert_eq(qcow2_image_write(img, buf, 100, 1 * MiB + 5), 0, "%s", last_msg());
+    memcpy(model + 1 * MiB + 5, buf, 100);
+    expect_content(img, model, size);
+    qcow2_image_close(img);
+    qemu_agrees(p, model, size);
+    /* The snapshot still reads as it was taken. */
+    snprintf(snap_raw, sizeof(snap_raw), "%s/snap.raw", udir);
+    rc = qo_sh(out, sizeof(out), "qemu-img convert -O raw -l snapshot.name=s1 '%s' '%s'", p, snap_raw);
+    cr_assert_eq(rc, 0, "%s", out);
+    {
+        size_t len;
+        uint8_t *got = qo_read_file(snap_raw, &len);
+        cr_assert_not_null(got);
+        cr_assert_eq(len, size);
+        cr_assert(memcmp(got, before, size) == 0, "the internal snapshot's content changed");
+        free(got);
+    }
+    free(before);
+    free(model);
+}
+
+Test(write_unit, preallocated_images_take_writes)
+{
+    static const qcow2_prealloc modes[] = {QCOW2_PREALLOC_METADATA, QCOW2_PREALLOC_FALLOC, QCOW2_PREALLOC_FULL};
+    static const char *const names[] = {"metadata", "falloc", "full"};
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img not installed");
+    for (size_t m = 0; m < 3; m++) {
+        qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
+        char p[160], name[64], out[4096];
+        uint64_t size = 3 * MiB + 4096, s = 3 + m;
+        uint8_t *model = calloc(1, size), buf[70000];
+        qcow2_image *img;
+        int rc;
+
+        co.size = size;
+        co.cluster_size = 4096;
+        co.preallocation = modes[m];
+        snprintf(name, sizeof(name), "pre-%s.qcow2", names[m]);
+        make_image(p, sizeof(p), name, &co);
+        rc = qo_check(p, out, sizeof(out));
+        cr_assert_eq(rc, 0, "[%s] fresh image: %s", names[m], out);
+        qemu_agrees(p, model, size);
+        img = open_file_rw(p);
+        fill_random(&s, buf, sizeof(buf));
+        cr_assert_eq(qcow2_image_write(img, buf, sizeof(buf), 12345), 0, "%s", last_msg());
+        memcpy(model + 12345, buf, sizeof(buf));
+        cr_assert_eq(qcow2_image_write_zeroes(img, 1 * MiB + 100, 50000, QCOW2_ZERO_MAY_UNMAP), 0, "%s", last_msg());
+        cr_assert_eq(qcow2_image_discard(img, 2 * MiB, 64 * KiB), 0, "%s", last_msg());
+        cr_assert_eq(qcow2_image_write(img, buf, 1000, size - 1000), 0, "%s", last_msg());
+        memcpy(model + size - 1000, buf, 1000);
+        expect_content(img, model, size);
+        qcow2_image_close(img);
+        qemu_agrees(p, model, size);
+        free(model);
+    }
 }
