@@ -44,7 +44,7 @@ SHARED  := $(BUILD)/libqcow2.so.$(SOVERSION)
 QSNAP   := $(BUILD)/qsnap
 
 .PHONY: all lib check test test-unit test-cli test-interop test-damaged test-fuzz \
-	headertest checksymbols demo deps asan ubsan fuzz fuzz-run fuzz-seeds bench clean \
+	headertest checksymbols demo deps asan ubsan fuzz fuzz-run fuzz-seeds bench bench-bins clean \
 	install uninstall install-lib install-headers install-pc install-bin install-man
 
 all: $(STATIC) $(SHARED) $(QSNAP) $(BUILD)/qcow2.pc
@@ -145,8 +145,18 @@ fuzz-run: fuzz
 fuzz-seeds:
 	@sh scripts/fuzz-seeds.sh
 
+# Benchmarks (never part of `make test`): standalone programs linked with the static library.
+BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/bench/bench_util.o $(STATIC)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Iqcow2 -Ibench $(CFLAGS) -o $@ $< $(BUILD)/bench/bench_util.o $(STATIC) \
+	    $(LDFLAGS) $(LDLIBS_LIB)
+
+bench-bins: $(BUILD)/bench/bench_util.o $(BENCH_BINS)
+
 bench:
-	@$(MAKE) --no-print-directory all BUILD=build/bench CFLAGS="-O2 -DNDEBUG"
+	@$(MAKE) --no-print-directory all bench-bins BUILD=build/bench CFLAGS="-O2 -DNDEBUG"
 	@BUILD=build/bench sh bench/run.sh
 
 # ---- install -------------------------------------------------------------
