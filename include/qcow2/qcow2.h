@@ -444,6 +444,85 @@ typedef struct qcow2_measure_result {
 QCOW2_API int qcow2_measure(qcow2_image *src, uint64_t size, const qcow2_create_opts *opts,
                             qcow2_measure_result *out);
 
+/* ---- internal snapshots --------------------------------------------------- */
+
+#define QCOW2_SNAPSHOT_OPTS_VERSION 1
+
+/** Options for qcow2_snapshot_create(). Initialise with QCOW2_SNAPSHOT_OPTS_INIT. */
+typedef struct qcow2_snapshot_opts {
+    unsigned version;       /**< QCOW2_SNAPSHOT_OPTS_VERSION */
+    const char *id;         /**< id string; NULL = one more than the largest numeric id (qemu's rule) */
+    uint32_t date_sec;      /**< creation time; 0 with date_nsec 0 = now */
+    uint32_t date_nsec;     /**< and nanoseconds */
+    uint64_t vm_clock_nsec; /**< guest run time to record (qemu-img writes 0) */
+    int64_t icount;         /**< instruction count to record, -1 for none (qemu-img 7.2 writes 0) */
+} qcow2_snapshot_opts;
+
+#define QCOW2_SNAPSHOT_OPTS_INIT {QCOW2_SNAPSHOT_OPTS_VERSION, NULL, 0, 0, 0, 0}
+
+/**
+ * Find an internal snapshot by id or, when no id matches, by name (the first
+ * match), as qemu-img snapshot -a/-d do.
+ * @param[out] index_out  its index for qcow2_snapshot_get()
+ * @return 0; QCOW2_ENOTFOUND
+ */
+QCOW2_API int qcow2_snapshot_find(const qcow2_image *img, const char *snapshot, size_t *index_out);
+
+/**
+ * Create an internal snapshot of the active state (qemu-img snapshot -c):
+ * no data is copied; the active L1 is copied, every cluster it reaches gains
+ * a reference, and later writes copy on write. The entry records the
+ * current virtual size, no VM state, and the time now. A crash or an error
+ * at any point leaves either the old image or the new one, plus leaked
+ * clusters at worst (see the notes in snapshot.c); after an error in the
+ * middle the handle is FATAL.
+ *
+ * @param[in] img   a qcow2 image opened with QCOW2_OPEN_RDWR
+ * @param[in] name  the snapshot's name (1 to 65535 bytes); must be unused
+ * @param[in] opts  options, or NULL for qemu-img's defaults
+ * @return 0; QCOW2_EEXISTS (name or id in use), QCOW2_EREADONLY,
+ *         QCOW2_EUNSUPPORTED (raw image, a dirty lazy-refcounts image,
+ *         persistent bitmaps, an external data file, a refcount that would
+ *         overflow refcount_bits), QCOW2_ECORRUPT, QCOW2_EIO, QCOW2_ENOSPC,
+ *         QCOW2_EFATAL
+ */
+QCOW2_API int qcow2_snapshot_create(qcow2_image *img, const char *name,
+                                    const qcow2_snapshot_opts *opts);
+
+/**
+ * Revert the active state to an internal snapshot (qemu-img snapshot -a),
+ * found by id or name. The virtual size becomes the snapshot's disk size.
+ * The snapshot stays. Crash-safe like qcow2_snapshot_create(): the new
+ * active L1 is written to new clusters and switched by one header write.
+ * @return 0; QCOW2_ENOTFOUND, and the codes of qcow2_snapshot_create()
+ */
+QCOW2_API int qcow2_snapshot_apply(qcow2_image *img, const char *snapshot);
+
+/**
+ * Delete an internal snapshot (qemu-img snapshot -d), found by id or name;
+ * the clusters only it used are freed.
+ * @return 0; QCOW2_ENOTFOUND, and the codes of qcow2_snapshot_create()
+ */
+QCOW2_API int qcow2_snapshot_delete(qcow2_image *img, const char *snapshot);
+
+/**
+ * Make a read-only handle show an internal snapshot's content instead of
+ * the active state (what qemu-img convert -l reads): reads, block status,
+ * digest, compare and convert then see the snapshot, and the virtual size
+ * is the snapshot's disk size. The backing chain is unchanged. Not for
+ * qcow2_image_check() (which checks the active state).
+ * @return 0; QCOW2_ENOTFOUND, QCOW2_EINVAL (a read-write handle), QCOW2_EIO
+ */
+QCOW2_API int qcow2_image_view_snapshot(qcow2_image *img, const char *snapshot);
+
+/**
+ * qcow2_image_open() read-only (QCOW2_OPEN_RDWR is ignored), then
+ * qcow2_image_view_snapshot(). On failure *out is NULL.
+ * @return the codes of both
+ */
+QCOW2_API int qcow2_image_open_snapshot(qcow2_image **out, const char *path, const char *snapshot,
+                                        const qcow2_open_opts *opts);
+
 /* ---- check and repair ----------------------------------------------------- */
 
 #define QCOW2_CHECK_FIX_LEAKS 0x1  /**< free leaked clusters (qemu-img check -r leaks) */
