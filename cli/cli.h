@@ -25,6 +25,7 @@ int cli_image_io(int argc, char **argv);
 int cli_image_create(int argc, char **argv);
 int cli_image_check(int argc, char **argv);
 int cli_image_resize(int argc, char **argv);
+int cli_image_snapshot(int argc, char **argv);
 
 /*
  * Turn a -f/-F/-O argument into a format; prints "Unknown file format" and

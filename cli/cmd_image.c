@@ -45,6 +45,7 @@ static const struct image_cmd image_cmds[] = {
     {"convert", cli_image_convert, "flatten an image and its chain into a new raw or qcow2 image"},
     {"compare", cli_image_compare, "compare the guest content of two images"},
     {"resize", cli_image_resize, "change the virtual size of an image"},
+    {"snapshot", cli_image_snapshot, "list, create, apply or delete internal snapshots"},
     {"digest", cli_image_digest, "xxh3-128 digest of the guest content"},
     {"io", cli_image_io, "run qemu-io style commands (read, write, discard, ...) on an image"},
 };

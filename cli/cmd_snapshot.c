@@ -1,0 +1,204 @@
+/*
+ * `qsnap image snapshot`: qemu-img snapshot's -l (list), -c (create), -a
+ * (apply) and -d (delete) on internal qcow2 snapshots, with its output,
+ * messages and exit statuses (0 ok, 1 any error). The work is the public
+ * qcow2_snapshot_* API; this file only parses and prints.
+ *
+ * One deliberate difference: qemu-img creates a second snapshot with a name
+ * that is already used; the library refuses it (lookups by name would be
+ * ambiguous), so -c with a used name fails here.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <qcow2/qcow2.h>
+
+#include "cli.h"
+#include "cli_error.h"
+#include "fmt.h"
+#include "opt.h"
+
+/* qemu-img's status for every failure, a bad command line included. */
+#define SNAP_EXIT_FAIL 1
+
+enum snap_action {
+    SNAP_NONE = 0,
+    SNAP_LIST,
+    SNAP_CREATE,
+    SNAP_APPLY,
+    SNAP_DELETE,
+};
+
+static const char snapshot_help[] =
+    "Usage: qsnap image snapshot [-l | -c NAME | -a NAME | -d NAME] [-f FMT] [-q] [-U] FILE\n"
+    "\n"
+    "List, create, apply or delete the internal snapshots of a qcow2 image, as\n"
+    "qemu-img snapshot does. -a and -d find a snapshot by its id first, then by name.\n"
+    "\n"
+    "Options:\n"
+    "  -l                   list the snapshots (qemu-img's \"Snapshot list:\" table)\n"
+    "  -c NAME              create a snapshot of the current state named NAME\n"
+    "  -a NAME              revert the image to snapshot NAME (id or name)\n"
+    "  -d NAME              delete snapshot NAME (id or name)\n"
+    "  -f, --format=FMT     image format: qcow2 or raw (default: probe)\n"
+    "  -q, --quiet          quiet mode (nothing else is printed anyway)\n"
+    "  -U, --force-share    open without taking the image lock (only with -l)\n"
+    "  -h, --help           show this help and exit\n"
+    "\n"
+    "Without an action nothing is done. Exit status: 0 success, 1 error.\n";
+
+static void fmt_clock(uint64_t nsec, char *buf, size_t len)
+{
+    uint64_t ms = nsec / 1000000;
+
+    snprintf(buf, len, "%02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64, ms / 3600000,
+             ms / 60000 % 60, ms / 1000 % 60, ms % 1000);
+}
+
+/* qemu-img's "Snapshot list:" table; nothing at all when there is no snapshot. */
+static void print_list(const qcow2_image *img)
+{
+    size_t n = qcow2_snapshot_count(img);
+
+    if (n == 0)
+        return;
+    printf("Snapshot list:\n"
+           "ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT\n");
+    for (size_t i = 0; i < n; i++) {
+        qcow2_snapshot_info sn;
+        char vm_size[CLI_SIZE_STR_MAX], date[32], clock[48], icount[24] = "";
+        struct tm tm;
+        time_t t;
+
+        if (qcow2_snapshot_get(img, i, &sn) < 0)
+            continue;
+        t = (time_t)sn.date_sec;
+        if (!localtime_r(&t, &tm) || strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm) == 0)
+            snprintf(date, sizeof(date), "%" PRIu32, sn.date_sec);
+        fmt_clock(sn.vm_clock_nsec, clock, sizeof(clock));
+        if (sn.icount >= 0)
+            snprintf(icount, sizeof(icount), "%" PRId64, sn.icount);
+        printf("%-9s %-16s %8s %19s %12s %10s\n", sn.id, sn.name,
+               cli_fmt_size(sn.vm_state_size, vm_size), date, clock, icount);
+    }
+}
+
+/* "qsnap: Could not <what> snapshot 'NAME': <library message>"; status 1. */
+static int snap_failed(const char *what, const char *name, int rc)
+{
+    const qcow2_error *e = qcow2_error_last();
+
+    cli_errorf("Could not %s snapshot '%s': %s", what, name,
+               e->code == rc && e->message && e->message[0] ? e->message : qcow2_strerror(rc));
+    return SNAP_EXIT_FAIL;
+}
+
+int cli_image_snapshot(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false},  {NULL, 'l', false},  {NULL, 'c', true},
+        {NULL, 'a', true},     {NULL, 'd', true},   {"format", 'f', true},
+        {"quiet", 'q', false}, {"force-share", 'U', false}, {NULL, 0, false},
+    };
+    qcow2_open_opts opts = QCOW2_OPEN_OPTS_INIT;
+    enum snap_action action = SNAP_NONE;
+    const char *name = NULL;
+    qcow2_format fmt = QCOW2_FORMAT_AUTO;
+    bool no_lock = false;
+    cli_opt_parser p;
+    qcow2_image *img;
+    int c, rc;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        enum snap_action a = SNAP_NONE;
+
+        switch (c) {
+        case 'h':
+            fputs(snapshot_help, stdout);
+            return 0;
+        case 'l':
+            a = SNAP_LIST;
+            break;
+        case 'c':
+            a = SNAP_CREATE;
+            break;
+        case 'a':
+            a = SNAP_APPLY;
+            break;
+        case 'd':
+            a = SNAP_DELETE;
+            break;
+        case 'f':
+            if (!cli_parse_format(p.arg, &fmt))
+                return SNAP_EXIT_FAIL;
+            break;
+        case 'q':
+            break;
+        case 'U':
+            no_lock = true;
+            break;
+        default:
+            return cli_usage_hint("qsnap image snapshot", SNAP_EXIT_FAIL);
+        }
+        if (a != SNAP_NONE) {
+            if (action != SNAP_NONE) {
+                cli_errorf("Cannot mix '-l', '-a', '-c', '-d'");
+                return cli_usage_hint("qsnap image snapshot", SNAP_EXIT_FAIL);
+            }
+            action = a;
+            name = p.arg;
+        }
+    }
+    if (p.nb_operands != 1) {
+        cli_errorf("Expecting one image file name");
+        return cli_usage_hint("qsnap image snapshot", SNAP_EXIT_FAIL);
+    }
+    if (no_lock && action != SNAP_LIST && action != SNAP_NONE) {
+        cli_errorf("Could not open '%s': force-share=on can only be used with read-only images",
+                   p.argv[0]);
+        return SNAP_EXIT_FAIL;
+    }
+    opts.format = fmt;
+    if (no_lock)
+        opts.flags |= QCOW2_OPEN_NO_LOCK;
+    if (action != SNAP_LIST && action != SNAP_NONE)
+        opts.flags |= QCOW2_OPEN_RDWR;
+    /* Snapshots live in this layer only: the chain below is not needed. */
+    opts.flags |= QCOW2_OPEN_NO_BACKING;
+    rc = qcow2_image_open(&img, p.argv[0], &opts);
+    if (rc < 0)
+        return cli_fail(rc, CLI_TABLE_IMAGE);
+
+    switch (action) {
+    case SNAP_NONE:
+        break;
+    case SNAP_LIST:
+        print_list(img);
+        break;
+    case SNAP_CREATE:
+        rc = qcow2_snapshot_create(img, name, NULL);
+        if (rc < 0)
+            rc = snap_failed("create", name, rc);
+        break;
+    case SNAP_APPLY:
+        rc = qcow2_snapshot_apply(img, name);
+        if (rc < 0)
+            rc = snap_failed("apply", name, rc);
+        break;
+    case SNAP_DELETE:
+        rc = qcow2_snapshot_delete(img, name);
+        if (rc < 0)
+            rc = snap_failed("delete", name, rc);
+        break;
+    }
+    if (rc == 0 && action != SNAP_LIST && action != SNAP_NONE) {
+        rc = qcow2_image_flush(img);
+        if (rc < 0)
+            rc = cli_fail(rc, CLI_TABLE_IMAGE);
+    }
+    qcow2_image_close(img);
+    return rc;
+}
