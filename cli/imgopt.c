@@ -5,6 +5,7 @@
  * "Formatting" line. Which combinations are valid is left to libqcow2.
  */
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,6 +159,20 @@ void cli_imgopts_print_help(qcow2_format fmt)
     }
 }
 
+/* "qsnap: FILE: message", or without "FILE: " when file is NULL (measure). */
+static void __attribute__((format(printf, 2, 3))) opt_errorf(const char *file, const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("qsnap: ", stderr);
+    if (file)
+        fprintf(stderr, "%s: ", file);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
 static bool parse_bool_word(const char *s, bool *out)
 {
     if (strcmp(s, "on") == 0 || strcmp(s, "yes") == 0 || strcmp(s, "true") == 0) {
@@ -200,7 +215,7 @@ static int parse_item(cli_imgopts *o, qcow2_format fmt, const char *file, char *
         }
     }
     if (!d) {
-        cli_errorf("%s: Invalid parameter '%s'", file, item);
+        opt_errorf(file, "Invalid parameter '%s'", item);
         return -1;
     }
     if (!eq) {
@@ -213,19 +228,19 @@ static int parse_item(cli_imgopts *o, qcow2_format fmt, const char *file, char *
         break;
     case IMGOPT_T_BOOL:
         if (!parse_bool_word(eq + 1, &b)) {
-            cli_errorf("%s: Parameter '%s' expects 'on' or 'off'", file, d->name);
+            opt_errorf(file, "Parameter '%s' expects 'on' or 'off'", d->name);
             return -1;
         }
         break;
     case IMGOPT_T_NUM:
         if (!parse_plain_number(eq + 1, &o->number[k])) {
-            cli_errorf("%s: Parameter '%s' expects a number", file, d->name);
+            opt_errorf(file, "Parameter '%s' expects a number", d->name);
             return -1;
         }
         break;
     case IMGOPT_T_SIZE:
         if (cli_parse_size(eq + 1, &o->number[k]) < 0) {
-            cli_errorf("%s: Parameter '%s' expects a non-negative number below 2^64", file,
+            opt_errorf(file, "Parameter '%s' expects a non-negative number below 2^64",
                        d->name);
             fprintf(stderr, "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, "
                             "tera-, peta-\nand exabytes, respectively.\n");
@@ -276,7 +291,7 @@ int cli_imgopts_apply(const cli_imgopts *o, qcow2_create_opts *out, const char *
         } else if (strcmp(v, "1.1") == 0 || strcmp(v, "v3") == 0) {
             out->qcow2_version = 3;
         } else {
-            cli_errorf("%s: Parameter 'version' does not accept value '%s'", file, v);
+            opt_errorf(file, "Parameter 'version' does not accept value '%s'", v);
             return -1;
         }
     }
@@ -287,7 +302,7 @@ int cli_imgopts_apply(const cli_imgopts *o, qcow2_create_opts *out, const char *
         } else if (strcmp(v, "zstd") == 0) {
             out->compression_type = 1;
         } else {
-            cli_errorf("%s: Parameter 'compression-type' does not accept value '%s'", file, v);
+            opt_errorf(file, "Parameter 'compression-type' does not accept value '%s'", v);
             return -1;
         }
     }
@@ -302,21 +317,20 @@ int cli_imgopts_apply(const cli_imgopts *o, qcow2_create_opts *out, const char *
         } else if (strcmp(v, "full") == 0) {
             out->preallocation = QCOW2_PREALLOC_FULL;
         } else {
-            cli_errorf("%s: Parameter 'preallocation' does not accept value '%s'", file, v);
+            opt_errorf(file, "Parameter 'preallocation' does not accept value '%s'", v);
             return -1;
         }
     }
     if (o->value[IMGOPT_CLUSTER_SIZE]) {
         if (o->number[IMGOPT_CLUSTER_SIZE] > UINT32_MAX) {
-            cli_errorf("%s: Cluster size must be a power of two between 512 and 2048k", file);
+            opt_errorf(file, "Cluster size must be a power of two between 512 and 2048k");
             return -1;
         }
         out->cluster_size = (uint32_t)o->number[IMGOPT_CLUSTER_SIZE];
     }
     if (o->value[IMGOPT_REFCOUNT_BITS]) {
         if (o->number[IMGOPT_REFCOUNT_BITS] > 64) {
-            cli_errorf("%s: Refcount width must be a power of two and may not exceed 64 bits",
-                       file);
+            opt_errorf(file, "Refcount width must be a power of two and may not exceed 64 bits");
             return -1;
         }
         out->refcount_bits = (uint32_t)o->number[IMGOPT_REFCOUNT_BITS];

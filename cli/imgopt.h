@@ -57,7 +57,8 @@ void cli_imgopts_print_help(qcow2_format fmt);
 
 /*
  * Split the accumulated text into keys for format fmt and check each value's
- * syntax (numbers, sizes, on/off). Messages name file, as qemu-img's do.
+ * syntax (numbers, sizes, on/off). Messages name file, as qemu-img's do
+ * (file NULL: no name, as in qemu-img measure).
  * @return 0, or -1 after the message.
  */
 int cli_imgopts_parse(cli_imgopts *o, qcow2_format fmt, const char *file);
@@ -65,7 +66,8 @@ int cli_imgopts_parse(cli_imgopts *o, qcow2_format fmt, const char *file);
 /*
  * Fill a qcow2_create_opts from the parsed keys (format and size are the
  * caller's). Word values (compat, compression_type, preallocation) are
- * checked here, with qemu-img's messages naming file. Strings point into o.
+ * checked here, with qemu-img's messages naming file (if not NULL). Strings
+ * point into o.
  * @return 0, or -1 after the message.
  */
 int cli_imgopts_apply(const cli_imgopts *o, qcow2_create_opts *out, const char *file);
