@@ -26,6 +26,9 @@ int cli_image_create(int argc, char **argv);
 int cli_image_check(int argc, char **argv);
 int cli_image_resize(int argc, char **argv);
 int cli_image_snapshot(int argc, char **argv);
+int cli_image_commit(int argc, char **argv);
+int cli_image_rebase(int argc, char **argv);
+int cli_image_measure(int argc, char **argv);
 
 /*
  * Turn a -f/-F/-O argument into a format; prints "Unknown file format" and

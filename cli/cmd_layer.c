@@ -1,0 +1,451 @@
+/*
+ * `qsnap image commit`, `rebase` and `measure`: qemu-img's layer commands
+ * with its options, lines and exit statuses. The work is done by
+ * qcow2_image_commit(), qcow2_image_rebase() and qcow2_measure(); this file
+ * only finds the layer a -b BASE names (by comparing files, as a user would
+ * expect), checks the command line as qemu-img does and prints the results.
+ *
+ * One deliberate difference from qemu-img 7.2: `commit -b BASE` with a BASE
+ * deeper than the immediate backing file relinks FILE onto BASE and empties
+ * it (unless -d), so FILE keeps its guest content and the layers between drop
+ * out of its chain; qemu-img implies -d there and leaves the chain as it was.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <qcow2/qcow2.h>
+
+#include "cli.h"
+#include "cli_error.h"
+#include "fmt.h"
+#include "imgopt.h"
+#include "json.h"
+#include "opt.h"
+#include "progress.h"
+
+enum {
+    OPT_OUTPUT = CLI_OPT_LONG_BASE,
+    OPT_SIZE,
+};
+
+/* qemu-img's status for every error, usage errors included. */
+#define LAYER_EXIT_FAIL 1
+
+/* Print qemu-img's hint after a usage error; returns its status. */
+static int usage_error(const char *cmd)
+{
+    return cli_usage_hint(cmd, LAYER_EXIT_FAIL);
+}
+
+/* ---- commit ------------------------------------------------------------- */
+
+static const char commit_help[] =
+    "Usage: qsnap image commit [-f FMT] [-b BASE] [-d] [-p] [-q] FILE\n"
+    "\n"
+    "Write the changes FILE holds over its backing file down into that backing\n"
+    "file (or into BASE, a deeper layer of its chain, with everything the layers\n"
+    "between allocate), as qemu-img commit does. Only the ranges allocated above\n"
+    "the base are copied; the base grows when FILE is larger. The base holds the\n"
+    "data durably before FILE changes; then FILE is emptied, unless -d.\n"
+    "\n"
+    "Unlike qemu-img 7.2, committing into a BASE deeper than the immediate backing\n"
+    "file also rewrites FILE's backing link to BASE (the layers between drop out of\n"
+    "its chain) and empties FILE unless -d; qemu-img implies -d there and leaves\n"
+    "the chain as it was. The layers between are never modified.\n"
+    "\n"
+    "Options:\n"
+    "  -f, --format=FMT     format of FILE: qcow2 or raw (default: probe)\n"
+    "  -b BASE              the layer to commit into (a file of FILE's backing\n"
+    "                       chain; default: FILE's backing file)\n"
+    "  -d                   keep FILE's data (do not empty it afterwards)\n"
+    "  -p, --progress       show progress\n"
+    "  -q, --quiet          print nothing on success\n"
+    "  -h, --help           show this help and exit\n"
+    "\n"
+    "Exit status: 0 success, 1 error.\n";
+
+/* Whether two paths name the same file (same device and inode). */
+static bool same_file(const struct stat *a, const char *path)
+{
+    struct stat st;
+
+    return stat(path, &st) == 0 && st.st_dev == a->st_dev && st.st_ino == a->st_ino;
+}
+
+/*
+ * The layer of top's chain below top whose file is the file base_path
+ * names, or NULL.
+ */
+static const qcow2_image *find_base_layer(const qcow2_image *top, const char *base_path)
+{
+    const qcow2_image *layer;
+    struct stat st;
+
+    if (stat(base_path, &st) < 0)
+        return NULL;
+    for (layer = qcow2_image_backing(top); layer; layer = qcow2_image_backing(layer))
+        if (same_file(&st, qcow2_image_filename(layer)))
+            return layer;
+    return NULL;
+}
+
+int cli_image_commit(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false}, {"format", 'f', true},    {NULL, 'b', true},
+        {NULL, 'd', false},   {"progress", 'p', false}, {"quiet", 'q', false},
+        {NULL, 0, false},
+    };
+    qcow2_commit_opts co = QCOW2_COMMIT_OPTS_INIT;
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    qcow2_format fmt = QCOW2_FORMAT_AUTO;
+    const char *base_path = NULL;
+    bool progress = false, quiet = false;
+    cli_opt_parser p;
+    cli_progress pr;
+    qcow2_image *top;
+    int c, rc, status = LAYER_EXIT_FAIL;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(commit_help, stdout);
+            return 0;
+        case 'f':
+            if (!cli_parse_format(p.arg, &fmt))
+                return LAYER_EXIT_FAIL;
+            break;
+        case 'b':
+            base_path = p.arg;
+            break;
+        case 'd':
+            co.keep_top = true;
+            break;
+        case 'p':
+            progress = true;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        default:
+            return usage_error("qsnap image commit");
+        }
+    }
+    if (p.nb_operands != 1) {
+        cli_errorf("Expecting one image file name");
+        return usage_error("qsnap image commit");
+    }
+
+    oo.format = fmt;
+    oo.flags = QCOW2_OPEN_RDWR;
+    rc = qcow2_image_open(&top, p.argv[0], &oo);
+    if (rc < 0)
+        return cli_fail(rc, CLI_TABLE_IMAGE);
+    if (!qcow2_image_backing(top)) {
+        cli_errorf("Image does not have a backing file");
+        goto out_close;
+    }
+    if (base_path) {
+        co.base = find_base_layer(top, base_path);
+        if (!co.base) {
+            cli_errorf("Did not find '%s' in the backing chain of '%s'", base_path, p.argv[0]);
+            goto out_close;
+        }
+    }
+
+    cli_progress_begin(&pr, progress && !quiet);
+    co.progress = cli_progress_update;
+    co.payload = &pr;
+    rc = qcow2_image_commit(top, &co);
+    if (rc < 0) {
+        if (pr.enabled)
+            printf("\n");
+        fflush(stdout);
+        status = cli_fail(rc, CLI_TABLE_IMAGE);
+        goto out_close;
+    }
+    cli_progress_end(&pr);
+    if (!quiet)
+        printf("Image committed.\n");
+    status = 0;
+out_close:
+    qcow2_image_close(top);
+    return status;
+}
+
+/* ---- rebase ------------------------------------------------------------- */
+
+static const char rebase_help[] =
+    "Usage: qsnap image rebase [-f FMT] -b BACKING [-F BACKING_FMT] [-u] [-p] [-q] [-U]\n"
+    "                          FILE\n"
+    "\n"
+    "Change the backing file of FILE, as qemu-img rebase does. The safe mode (the\n"
+    "default) first copies into FILE every range that FILE does not allocate and\n"
+    "where the old and the new backing chains differ, so the guest content of FILE\n"
+    "does not change. BACKING is stored as given; a relative name is relative to\n"
+    "the directory of FILE. -b \"\" removes the backing file (FILE then holds all\n"
+    "of its content).\n"
+    "\n"
+    "Options:\n"
+    "  -f, --format=FMT     format of FILE: qcow2 (default: probe)\n"
+    "  -b BACKING           the new backing file, or \"\" for none\n"
+    "  -F BACKING_FMT       its format: qcow2 or raw (needed with a backing file)\n"
+    "  -u                   unsafe: only rewrite the backing name and format in the\n"
+    "                       header (the old backing file need not exist; without\n"
+    "                       -b the backing file is removed)\n"
+    "  -p, --progress       show progress\n"
+    "  -q, --quiet          print nothing but errors\n"
+    "  -U, --force-share    open the backing files without taking their locks\n"
+    "  -h, --help           show this help and exit\n"
+    "\n"
+    "Exit status: 0 success, 1 error.\n";
+
+int cli_image_rebase(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false},     {"format", 'f', true},  {NULL, 'b', true},
+        {NULL, 'F', true},        {NULL, 'u', false},     {"progress", 'p', false},
+        {"quiet", 'q', false},    {"force-share", 'U', false}, {NULL, 0, false},
+    };
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    qcow2_format fmt = QCOW2_FORMAT_AUTO, backing_fmt = QCOW2_FORMAT_AUTO;
+    const char *backing = NULL, *backing_fmt_name = NULL;
+    bool unsafe = false, progress = false, quiet = false, no_lock = false;
+    cli_opt_parser p;
+    cli_progress pr;
+    qcow2_image *img;
+    int c, rc;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(rebase_help, stdout);
+            return 0;
+        case 'f':
+            if (!cli_parse_format(p.arg, &fmt))
+                return LAYER_EXIT_FAIL;
+            break;
+        case 'b':
+            backing = p.arg;
+            break;
+        case 'F':
+            backing_fmt_name = p.arg;
+            break;
+        case 'u':
+            unsafe = true;
+            break;
+        case 'p':
+            progress = true;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case 'U':
+            no_lock = true;
+            break;
+        default:
+            return usage_error("qsnap image rebase");
+        }
+    }
+    if (p.nb_operands != 1) {
+        cli_errorf("Expecting one image file name");
+        return usage_error("qsnap image rebase");
+    }
+    if (!backing && !unsafe) {
+        cli_errorf("Must specify backing file (-b) or use unsafe mode (-u)");
+        return usage_error("qsnap image rebase");
+    }
+    if (backing && !backing[0])
+        backing = NULL;
+    if (backing_fmt_name) {
+        backing_fmt = qcow2_format_from_name(backing_fmt_name);
+        if (backing_fmt == QCOW2_FORMAT_AUTO) {
+            cli_errorf("Invalid format name: '%s'", backing_fmt_name);
+            return LAYER_EXIT_FAIL;
+        }
+    }
+    if (backing && !backing_fmt_name) {
+        cli_errorf("Could not change the backing file to '%s': backing format must be specified",
+                   backing);
+        return LAYER_EXIT_FAIL;
+    }
+
+    /* Unsafe mode never reads the old chain, so it need not exist. */
+    oo.format = fmt;
+    oo.flags = QCOW2_OPEN_RDWR | (unsafe ? QCOW2_OPEN_NO_BACKING : 0);
+    if (no_lock)
+        oo.flags |= QCOW2_OPEN_NO_LOCK;
+    rc = qcow2_image_open(&img, p.argv[0], &oo);
+    if (rc < 0)
+        return cli_fail(rc, CLI_TABLE_IMAGE);
+
+    cli_progress_begin(&pr, progress && !quiet);
+    rc = qcow2_image_rebase(img, backing, backing ? qcow2_format_name(backing_fmt) : NULL, unsafe,
+                            cli_progress_update, &pr);
+    if (rc >= 0) {
+        cli_progress_end(&pr);
+    } else {
+        if (pr.enabled)
+            printf("\n");
+        fflush(stdout);
+        rc = cli_fail(rc, CLI_TABLE_IMAGE);
+    }
+    qcow2_image_close(img);
+    return rc;
+}
+
+/* ---- measure ------------------------------------------------------------ */
+
+static const char measure_help[] =
+    "Usage: qsnap image measure [--output=human|json] [-O raw|qcow2] [-o OPTIONS]\n"
+    "                           [--size SIZE | [-f FMT] [-U] FILE]\n"
+    "\n"
+    "Print the file size a new image of format -O would need, as qemu-img measure\n"
+    "does: for the guest content of FILE (with its backing chain) or for an empty\n"
+    "image of SIZE bytes. \"required size\" holds the allocated data and the\n"
+    "metadata; \"fully allocated size\" a fully preallocated image of that virtual\n"
+    "size. \"bitmaps size\" appears for a qcow2 FILE measured as qcow2.\n"
+    "\n"
+    "Options:\n"
+    "  --output=human|json  output format (default human)\n"
+    "  -O FMT               format of the new image: raw (the default) or qcow2\n"
+    "  -o OPTIONS           qcow2 creation options that change the figures\n"
+    "                       (compat, cluster_size, refcount_bits, extended_l2, ...)\n"
+    "  --size SIZE          measure an empty image of SIZE bytes (suffixes k, M, G,\n"
+    "                       T, P, E)\n"
+    "  -f, --format=FMT     format of FILE: qcow2 or raw (default: probe)\n"
+    "  -U, --force-share    open FILE without taking the image lock\n"
+    "  -h, --help           show this help and exit\n"
+    "\n"
+    "Exit status: 0 success, 1 error.\n";
+
+static void print_measure(const qcow2_measure_result *r, bool json)
+{
+    cli_json j;
+
+    if (!json) {
+        printf("required size: %" PRIu64 "\n", r->required);
+        printf("fully allocated size: %" PRIu64 "\n", r->fully_allocated);
+        if (r->has_bitmaps)
+            printf("bitmaps size: %" PRIu64 "\n", r->bitmaps);
+        return;
+    }
+    cli_json_init(&j, stdout);
+    cli_json_begin_object(&j, NULL);
+    if (r->has_bitmaps)
+        cli_json_uint(&j, "bitmaps", r->bitmaps);
+    cli_json_uint(&j, "required", r->required);
+    cli_json_uint(&j, "fully-allocated", r->fully_allocated);
+    cli_json_end_object(&j);
+    cli_json_finish(&j);
+}
+
+/* The creation options of the new image from -O and -o; false after the message. */
+static bool measure_create_opts(cli_imgopts *io, qcow2_format out_fmt, qcow2_create_opts *co)
+{
+    if (cli_imgopts_parse(io, out_fmt, NULL) < 0) {
+        cli_errorf("Invalid options for file format '%s'", qcow2_format_name(out_fmt));
+        return false;
+    }
+    if (cli_imgopts_apply(io, co, NULL) < 0)
+        return false;
+    co->format = out_fmt;
+    return true;
+}
+
+int cli_image_measure(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false},         {"format", 'f', true}, {NULL, 'O', true},
+        {NULL, 'o', true},            {"size", OPT_SIZE, true}, {"force-share", 'U', false},
+        {"output", OPT_OUTPUT, true}, {NULL, 0, false},
+    };
+    qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
+    qcow2_format fmt = QCOW2_FORMAT_AUTO, out_fmt = QCOW2_FORMAT_RAW;
+    const char *size_arg = NULL;
+    bool json = false, no_lock = false;
+    qcow2_measure_result r;
+    qcow2_image *img = NULL;
+    uint64_t size = 0;
+    cli_opt_parser p;
+    cli_imgopts io;
+    int c, rc, status = LAYER_EXIT_FAIL;
+
+    cli_imgopts_init(&io);
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(measure_help, stdout);
+            status = 0;
+            goto out;
+        case 'f':
+            if (!cli_parse_format(p.arg, &fmt))
+                goto out;
+            break;
+        case 'O':
+            if (!cli_parse_format(p.arg, &out_fmt))
+                goto out;
+            break;
+        case 'o':
+            if (cli_imgopts_append(&io, p.arg) < 0)
+                goto out;
+            break;
+        case OPT_SIZE:
+            size_arg = p.arg;
+            break;
+        case 'U':
+            no_lock = true;
+            break;
+        case OPT_OUTPUT:
+            if (strcmp(p.arg, "json") == 0) {
+                json = true;
+            } else if (strcmp(p.arg, "human") == 0) {
+                json = false;
+            } else {
+                cli_errorf("--output must be used with human or json as argument.");
+                goto out;
+            }
+            break;
+        default:
+            usage_error("qsnap image measure");
+            goto out;
+        }
+    }
+    if (p.nb_operands > 1) {
+        cli_errorf("At most one filename argument is allowed.");
+        goto out;
+    }
+    if (size_arg && p.nb_operands == 1) {
+        cli_errorf("--size N cannot be used together with a filename.");
+        goto out;
+    }
+    if (!size_arg && p.nb_operands == 0) {
+        cli_errorf("Either --size N or one filename must be specified.");
+        goto out;
+    }
+    if (size_arg && cli_parse_size(size_arg, &size) < 0) {
+        cli_errorf("Invalid image size specified. You may use k, M, G, T, P or E suffixes for");
+        cli_errorf("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+        goto out;
+    }
+    if (p.nb_operands == 1 && cli_open_image(&img, p.argv[0], fmt, false, no_lock) < 0)
+        goto out;
+    if (!measure_create_opts(&io, out_fmt, &co))
+        goto out;
+    rc = qcow2_measure(img, size, &co, &r);
+    if (rc < 0) {
+        status = cli_fail(rc, CLI_TABLE_IMAGE);
+        goto out;
+    }
+    print_measure(&r, json);
+    status = 0;
+out:
+    qcow2_image_close(img);
+    cli_imgopts_free(&io);
+    return status;
+}
