@@ -47,8 +47,8 @@ static const struct image_cmd image_cmds[] = {
     {"convert", cli_image_convert, "flatten an image and its chain into a new raw or qcow2 image"},
     {"compare", cli_image_compare, "compare the guest content of two images"},
     {"resize", cli_image_resize, "change the virtual size of an image"},
-    {"measure", cli_image_measure, "file size a new image would need for some content"},
     {"snapshot", cli_image_snapshot, "list, create, apply or delete internal snapshots"},
+    {"measure", cli_image_measure, "file size a new image would need for some content"},
     {"digest", cli_image_digest, "xxh3-128 digest of the guest content"},
     {"io", cli_image_io, "run qemu-io style commands (read, write, discard, ...) on an image"},
 };
@@ -541,12 +541,14 @@ int cli_image_map(int argc, char **argv)
 /* ---- convert ------------------------------------------------------------ */
 
 static const char convert_help[] =
-    "Usage: qsnap image convert [-f FMT] [-O raw|qcow2] [-c] [-o OPTIONS] [-S SIZE] [-p] [-U]\n"
-    "                           SRC DST\n"
+    "Usage: qsnap image convert [-f FMT] [-O raw|qcow2] [-c] [-o OPTIONS]\n"
+    "                           [-B BACKING -F BACKING_FMT] [-S SIZE] [-p] [-U] SRC DST\n"
     "\n"
     "Flatten SRC and its whole backing chain into a new image DST (replaced if it\n"
     "exists), as qemu-img convert does. Raw output is sparse: runs of zeroes of at\n"
     "least SIZE bytes are left as holes; qcow2 output leaves them unallocated.\n"
+    "With -B, DST gets BACKING as its backing file and holds only the clusters\n"
+    "whose content differs from what BACKING shows.\n"
     "\n"
     "Options:\n"
     "  -f, --format=FMT     format of SRC: qcow2 or raw (default: probe)\n"
@@ -554,6 +556,9 @@ static const char convert_help[] =
     "  -c                   qcow2 output: compress every cluster\n"
     "  -o OPTIONS           qcow2 output: creation options as for 'qsnap image\n"
     "                       create' (compat, cluster_size, ...); '-o help' lists them\n"
+    "  -B BACKING           qcow2 output: backing file of DST (stored as given; a\n"
+    "                       relative name is relative to the directory of DST)\n"
+    "  -F BACKING_FMT       format of BACKING: qcow2 or raw (needed with -B)\n"
     "  -S SIZE              shortest zero run left as a hole (default 4k; 0 writes\n"
     "                       every byte); suffixes k, M, G, T, P, E\n"
     "  -p, --progress       show progress\n"
@@ -573,12 +578,42 @@ static bool convert_create_opts(cli_imgopts *io, qcow2_create_opts *co, const ch
     return true;
 }
 
+/*
+ * The backing file of qcow2 output: -B and -F, else -o backing_file and
+ * backing_fmt. False after qemu-img's message when they do not go together.
+ */
+static bool convert_backing(qcow2_convert_opts *copts, qcow2_create_opts *co, const char *dst)
+{
+    if (!copts->backing)
+        copts->backing = co->backing_file;
+    if (!copts->backing_format)
+        copts->backing_format = co->backing_format;
+    co->backing_file = NULL;
+    co->backing_format = NULL;
+    if (copts->backing && !copts->backing_format) {
+        cli_errorf("Use of backing file requires explicit backing format");
+        return false;
+    }
+    if (!copts->backing && copts->backing_format) {
+        cli_errorf("%s: error while converting qcow2: Backing format cannot be used without "
+                   "backing file", dst);
+        return false;
+    }
+    if (copts->backing_format && qcow2_format_from_name(copts->backing_format) == QCOW2_FORMAT_AUTO) {
+        cli_errorf("%s: error while converting qcow2: Parameter 'backing-fmt' does not accept "
+                   "value '%s'", dst, copts->backing_format);
+        return false;
+    }
+    return true;
+}
+
 int cli_image_convert(int argc, char **argv)
 {
     static const cli_opt_def defs[] = {
         {"help", 'h', false}, {"format", 'f', true},    {NULL, 'O', true},
         {NULL, 'S', true},    {"progress", 'p', false}, {"force-share", 'U', false},
-        {NULL, 'c', false},   {NULL, 'o', true},        {NULL, 0, false},
+        {NULL, 'c', false},   {NULL, 'o', true},        {NULL, 'B', true},
+        {NULL, 'F', true},    {NULL, 0, false},
     };
     qcow2_convert_opts copts = QCOW2_CONVERT_OPTS_INIT;
     qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
@@ -626,6 +661,12 @@ int cli_image_convert(int argc, char **argv)
             if (cli_imgopts_append(&io, p.arg) < 0)
                 goto out;
             break;
+        case 'B':
+            copts.backing = p.arg;
+            break;
+        case 'F':
+            copts.backing_format = p.arg;
+            break;
         default:
             cli_usage_hint("qsnap image convert", IMG_EXIT_FAIL);
             goto out;
@@ -647,9 +688,16 @@ int cli_image_convert(int argc, char **argv)
         goto out;
     }
     if (out_fmt == QCOW2_FORMAT_QCOW2) {
-        if (!convert_create_opts(&io, &co, p.argv[1]))
+        if (!convert_create_opts(&io, &co, p.argv[1]) || !convert_backing(&copts, &co, p.argv[1]))
             goto out;
         copts.create = &co;
+    } else if (copts.backing) {
+        cli_errorf("Backing file not supported for file format '%s'", qcow2_format_name(out_fmt));
+        goto out;
+    } else if (copts.backing_format) {
+        cli_errorf("Backing file format not supported for file format '%s'",
+                   qcow2_format_name(out_fmt));
+        goto out;
     } else if (compress) {
         cli_errorf("Compression not supported for this file format");
         goto out;
@@ -692,12 +740,59 @@ static const char compare_help[] =
     "Options:\n"
     "  -f FMT               format of A: qcow2 or raw (default: probe)\n"
     "  -F FMT               format of B: qcow2 or raw (default: probe)\n"
-    "  -s, --strict         strict mode: images of different sizes differ\n"
+    "  -s, --strict         strict mode: images of different sizes differ, and so\n"
+    "                       do ranges whose allocation status differs (allocated,\n"
+    "                       zero, data, offset known) even where they read the same\n"
     "  -p, --progress       show progress\n"
     "  -U, --force-share    open without taking the image locks\n"
     "  -h, --help           show this help and exit\n"
     "\n"
     "Exit status: 0 identical, 1 different (or a bad command line), 2 error.\n";
+
+/* The block status bits qemu-img compare -s compares, plus one for "run reaches the end". */
+#define STRICT_FLAGS (QCOW2_EXT_PRESENT | QCOW2_EXT_ZERO | QCOW2_EXT_DATA | QCOW2_EXT_OFFSET_VALID)
+#define STRICT_EOF 0x10000u
+
+/* One image's status at off for strict mode; *len_out is the run's length. */
+static int strict_status(qcow2_image *img, uint64_t off, unsigned *status, uint64_t *len_out)
+{
+    uint64_t size = qcow2_image_size(img);
+    qcow2_extent e;
+    int rc = qcow2_image_block_status(img, NULL, off, size - off, &e);
+
+    if (rc < 0)
+        return rc;
+    *status = e.flags & STRICT_FLAGS;
+    if (off + e.length == size)
+        *status |= STRICT_EOF;
+    *len_out = e.length;
+    return 0;
+}
+
+/*
+ * Strict mode's allocation check: the first offset below end where the two
+ * chains' block status differs. @return 1 (*off_out set), 0 none, or < 0.
+ */
+static int strict_status_mismatch(qcow2_image *a, qcow2_image *b, uint64_t end, uint64_t *off_out)
+{
+    uint64_t off = 0, len_a, len_b;
+    unsigned st_a, st_b;
+    int rc;
+
+    while (off < end) {
+        rc = strict_status(a, off, &st_a, &len_a);
+        if (rc == 0)
+            rc = strict_status(b, off, &st_b, &len_b);
+        if (rc < 0)
+            return rc;
+        if (st_a != st_b) {
+            *off_out = off;
+            return 1;
+        }
+        off += len_a < len_b ? len_a : len_b;
+    }
+    return 0;
+}
 
 int cli_image_compare(int argc, char **argv)
 {
@@ -710,7 +805,8 @@ int cli_image_compare(int argc, char **argv)
     qcow2_format fmt_a = QCOW2_FORMAT_AUTO, fmt_b = QCOW2_FORMAT_AUTO;
     bool strict = false, progress = false, no_lock = false;
     qcow2_image *a = NULL, *b = NULL;
-    uint64_t mismatch = 0;
+    uint64_t mismatch = 0, status_off = 0, common;
+    bool status_differs = false;
     cli_progress pr;
     int c, rc, status;
 
@@ -755,20 +851,34 @@ int cli_image_compare(int argc, char **argv)
         status = 1;
         goto out_close;
     }
-    if (qcow2_image_size(a) != qcow2_image_size(b))
-        printf("Warning: Image size mismatch!\n");
     cli_progress_begin(&pr, progress);
-    rc = qcow2_image_compare(a, b, strict, &mismatch, cli_progress_update, &pr);
+    rc = 0;
+    if (strict) {
+        rc = strict_status_mismatch(a, b, qcow2_image_size(a), &status_off);
+        status_differs = rc == 1;
+    }
+    if (rc >= 0)
+        rc = qcow2_image_compare(a, b, strict, &mismatch, cli_progress_update, &pr);
+    common = qcow2_image_size(a) < qcow2_image_size(b) ? qcow2_image_size(a) : qcow2_image_size(b);
+    /* qemu-img stops at whichever it meets first, walking up from offset 0. */
+    if (status_differs && (rc == 0 || (rc == 1 && mismatch >= status_off)))
+        rc = 2;
     /* qemu-img ends the progress line with the verdict, then a blank line. */
     if (rc >= 0)
         cli_progress_complete(&pr);
     else if (progress)
         printf("\n");
+    /* qemu-img warns once the common part compared equal, before the tail. */
+    if ((rc == 0 || (rc == 1 && mismatch >= common)) && qcow2_image_size(a) != qcow2_image_size(b))
+        printf("Warning: Image size mismatch!\n");
     if (rc == 0) {
         printf("Images are identical.\n");
         status = 0;
     } else if (rc == 1) {
         printf("Content mismatch at offset %" PRIu64 "!\n", mismatch);
+        status = 1;
+    } else if (rc == 2) {
+        printf("Strict mode: Offset %" PRIu64 " block status mismatch!\n", status_off);
         status = 1;
     } else {
         fflush(stdout);
