@@ -27,13 +27,15 @@ override CFLAGS += $(WARNFLAGS) $(MOREFLAGS) -MMD -MP
 LDLIBS_LIB = -lzstd -lz -lxxhash
 
 LIB_SRCS  := $(wildcard qcow2/*.c)
+SNAP_SRCS := $(wildcard snapshot/*.c)
 CLI_SRCS  := $(wildcard cli/*.c)
 HELP_SRCS := $(wildcard tests/helpers/*.c)
-TEST_SRCS := $(wildcard tests/qcow2/test_*.c tests/cli/test_*.c)
+TEST_SRCS := $(wildcard tests/qcow2/test_*.c tests/snapshot/test_*.c tests/cli/test_*.c)
 FUZZ_SRCS := $(filter-out fuzz/fuzz_driver.c fuzz/fuzz_helpers.c,$(wildcard fuzz/*.c))
 BENCH_SRCS := $(filter-out bench/bench_util.c,$(wildcard bench/bench_*.c))
 
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+SNAP_OBJS := $(SNAP_SRCS:%.c=$(BUILD)/%.o)
 CLI_OBJS  := $(CLI_SRCS:%.c=$(BUILD)/%.o)
 HELP_OBJS := $(HELP_SRCS:%.c=$(BUILD)/%.o)
 TEST_BINS := $(patsubst %.c,$(BUILD)/%,$(TEST_SRCS))
@@ -41,19 +43,25 @@ FUZZ_BINS := $(patsubst fuzz/%.c,$(BUILD)/fuzz/replay_%,$(FUZZ_SRCS))
 
 STATIC  := $(BUILD)/libqcow2.a
 SHARED  := $(BUILD)/libqcow2.so.$(SOVERSION)
+SNAP_STATIC := $(BUILD)/libqsnap.a
+SNAP_SHARED := $(BUILD)/libqsnap.so.$(SOVERSION)
 QSNAP   := $(BUILD)/qsnap
 
 .PHONY: all lib check test test-unit test-cli test-interop test-damaged test-fuzz \
 	headertest checksymbols demo deps asan ubsan fuzz fuzz-run fuzz-seeds bench bench-bins clean \
 	install uninstall install-lib install-headers install-pc install-bin install-man
 
-all: $(STATIC) $(SHARED) $(QSNAP) $(BUILD)/qcow2.pc
+all: $(STATIC) $(SHARED) $(SNAP_STATIC) $(SNAP_SHARED) $(QSNAP) $(BUILD)/qcow2.pc
 
-lib: $(STATIC) $(SHARED)
+lib: $(STATIC) $(SHARED) $(SNAP_STATIC) $(SNAP_SHARED)
 
 $(BUILD)/qcow2/%.o: qcow2/%.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(LIBWARN) -fPIC -fvisibility=hidden -c -o $@ $<
+
+$(BUILD)/snapshot/%.o: snapshot/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -fPIC -fvisibility=hidden -c -o $@ $<
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
@@ -68,8 +76,18 @@ $(SHARED): $(LIB_OBJS)
 	$(CC) $(CFLAGS) -shared -Wl,-soname,libqcow2.so.$(SOVERSION) -o $@ $^ $(LDFLAGS) $(LDLIBS_LIB)
 	ln -sf libqcow2.so.$(SOVERSION) $(BUILD)/libqcow2.so
 
-$(QSNAP): $(CLI_OBJS) $(STATIC)
-	$(CC) $(CFLAGS) -o $@ $(CLI_OBJS) $(STATIC) $(LDFLAGS) $(LDLIBS_LIB) -lm
+$(SNAP_STATIC): $(SNAP_OBJS)
+	@mkdir -p $(@D)
+	rm -f $@
+	$(AR) rcs $@ $^
+
+$(SNAP_SHARED): $(SNAP_OBJS) $(SHARED)
+	$(CC) $(CFLAGS) -shared -Wl,-soname,libqsnap.so.$(SOVERSION) -o $@ $(SNAP_OBJS) \
+	    -L$(BUILD) -l:libqcow2.so.$(SOVERSION) $(LDFLAGS)
+	ln -sf libqsnap.so.$(SOVERSION) $(BUILD)/libqsnap.so
+
+$(QSNAP): $(CLI_OBJS) $(SNAP_STATIC) $(STATIC)
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJS) $(SNAP_STATIC) $(STATIC) $(LDFLAGS) $(LDLIBS_LIB) -lm
 
 $(BUILD)/qcow2.pc: qcow2.pc.in include/qcow2/version.h
 	@mkdir -p $(@D)
@@ -77,10 +95,10 @@ $(BUILD)/qcow2.pc: qcow2.pc.in include/qcow2/version.h
 	    -e 's|@VERSION@|$(VERSION)|' $< > $@
 
 # One Criterion binary per suite file.
-$(BUILD)/tests/%: tests/%.c $(HELP_OBJS) $(STATIC)
+$(BUILD)/tests/%: tests/%.c $(HELP_OBJS) $(SNAP_STATIC) $(STATIC)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) -Iqcow2 -Itests/helpers $(CFLAGS) -o $@ $< $(HELP_OBJS) $(STATIC) \
-	    $(LDFLAGS) -lcriterion $(LDLIBS_LIB)
+	$(CC) $(CPPFLAGS) -Iqcow2 -Isnapshot -Itests/helpers $(CFLAGS) -o $@ $< $(HELP_OBJS) \
+	    $(SNAP_STATIC) $(STATIC) $(LDFLAGS) -lcriterion $(LDLIBS_LIB)
 
 # Corpus replay: each fuzz target linked with the standalone driver (gcc, no libFuzzer).
 $(BUILD)/fuzz/replay_%: fuzz/%.c fuzz/fuzz_driver.c $(wildcard fuzz/fuzz_helpers.c) $(HELP_OBJS) $(STATIC)

@@ -1,0 +1,258 @@
+/*
+ * libqsnap: branching snapshot trees over one disk image (raw or qcow2),
+ * built on libqcow2's public API.
+ *
+ * Words. The *disk* is the image the user started with. A *snapshot* is a
+ * named, immutable state of the disk; its content is a frozen *layer* (the
+ * original disk file, or a frozen qcow2 overlay) and the layers below it. A
+ * *branch* is a named, writable line; its *head* is a qcow2 overlay on top of
+ * a snapshot's layer. Exactly one branch is *current*: its head is the file a
+ * virtual machine should use. A head is *dirty* when it holds any write.
+ *
+ * The *store* is a directory beside the disk (DISK.qsnap/) holding the
+ * metadata, the overlays (named by id), a journal and a lock file.
+ *
+ * Every change is first built as a *plan* (an ordered list of file steps);
+ * a plan can be described (the dry run) or executed. Execution journals the
+ * plan, so an interrupted operation is finished by qsnap_verify(repair).
+ *
+ * Thread-safety: a qsnap_store may be used by one thread at a time. Error
+ * details are per thread (qsnap_error_last()).
+ */
+#ifndef QSNAP_QSNAP_H
+#define QSNAP_QSNAP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qcow2/qcow2.h"
+
+#ifndef QSNAP_API
+#define QSNAP_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/**
+ * Error codes. -code is the qsnap command line's exit status for the first
+ * six; the values are pinned.
+ */
+typedef enum qsnap_error_code {
+    QSNAP_OK = 0,
+    QSNAP_ERROR = -1,      /**< the operation failed (I/O, memory, ...) */
+    QSNAP_EUSAGE = -2,     /**< invalid argument (a bad name, an unknown option value) */
+    QSNAP_EREFUSED = -3,   /**< refused as unsafe: the message lists the blockers and the flag */
+    QSNAP_EINTEGRITY = -4, /**< an integrity problem was found (a changed layer, a broken link) */
+    QSNAP_EBUSY = -5,      /**< the store is locked, or an image is in use by a running QEMU */
+    QSNAP_ENOTFOUND = -6,  /**< no such disk, store, snapshot or branch */
+} qsnap_error_code;
+
+/** Detail of the last failure on the calling thread. */
+typedef struct qsnap_error {
+    int code;            /**< the QSNAP_E* code returned */
+    const char *message; /**< one line naming what is wrong */
+    const char *hint;    /**< what to do about it (a flag, a command), or "" */
+} qsnap_error;
+
+/** The detail of the last failure on this thread (never NULL). */
+QSNAP_API const qsnap_error *qsnap_error_last(void);
+
+/** An open store. */
+typedef struct qsnap_store qsnap_store;
+/** A plan: the steps of one operation. */
+typedef struct qsnap_plan qsnap_plan;
+
+#define QSNAP_OPEN_CREATE 0x1   /**< a missing store is fine: the first create makes it */
+#define QSNAP_OPEN_READONLY 0x2 /**< queries only: a shared lock, no writes */
+
+/**
+ * Open the store of a disk (DISK.qsnap beside DISK) and lock it (exclusive,
+ * or shared with QSNAP_OPEN_READONLY).
+ * @return 0; QSNAP_ENOTFOUND (no disk, or no store without QSNAP_OPEN_CREATE),
+ *         QSNAP_EBUSY (locked by another qsnap), QSNAP_EINTEGRITY (damaged or
+ *         unknown metadata), QSNAP_ERROR
+ */
+QSNAP_API int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags);
+
+/** Unlock and close (NULL allowed). */
+QSNAP_API void qsnap_store_close(qsnap_store *s);
+
+/** Whether the store has been set up (a first snapshot exists). */
+QSNAP_API bool qsnap_store_initialized(const qsnap_store *s);
+
+/** The store directory (absolute). */
+QSNAP_API const char *qsnap_store_path(const qsnap_store *s);
+
+/** Kinds of node in a listing. */
+typedef enum qsnap_kind {
+    QSNAP_SNAPSHOT = 0, /**< a named snapshot */
+    QSNAP_UNNAMED = 1,  /**< a state kept for its dependents (a deleted snapshot, a commit) */
+    QSNAP_BRANCH = 2,   /**< a branch and its head */
+} qsnap_kind;
+
+/** One node of the tree, as listed. Strings live as long as the list. */
+typedef struct qsnap_node {
+    qsnap_kind kind;         /**< snapshot, unnamed node or branch */
+    unsigned id;             /**< stable id (file names derive from ids) */
+    const char *name;        /**< name; for unnamed nodes "(unnamed N)" */
+    unsigned parent;         /**< id of the parent node (0 = none); for a branch, its base */
+    const char *parent_name; /**< its name, or NULL */
+    const char *file;        /**< absolute path of the layer (snapshot) or head (branch) */
+    const char *description; /**< description, or "" */
+    int64_t created;         /**< creation time, seconds since the epoch */
+    bool current;            /**< the current branch, or the current branch's base snapshot */
+    bool dirty;              /**< branch: the head holds writes */
+    bool internal;           /**< snapshot kept inside a qcow2 file (not yet supported) */
+    uint64_t virtual_size;   /**< guest size in bytes */
+    uint64_t file_bytes;     /**< bytes the layer or head file occupies */
+    unsigned nb_children;    /**< child nodes and branches */
+    const char *state_file;  /**< attached state file (absolute), or NULL */
+} qsnap_node;
+
+/**
+ * List every node: snapshots and unnamed nodes in topological order (parents
+ * first, siblings by creation), then branches. Dirty flags and sizes are read
+ * from the files.
+ * @param[out] out  array owned by the caller (qsnap_list_free)
+ */
+QSNAP_API int qsnap_list(qsnap_store *s, qsnap_node **out, size_t *n_out);
+QSNAP_API void qsnap_list_free(qsnap_node *list, size_t n);
+
+/** The current branch (out owned by the caller: qsnap_list_free(out, 1)). */
+QSNAP_API int qsnap_current(qsnap_store *s, qsnap_node **out);
+
+#define QSNAP_CREATE_OPTS_VERSION 1
+
+/** Options of qsnap_plan_create(). */
+typedef struct qsnap_create_opts {
+    unsigned version;        /**< QSNAP_CREATE_OPTS_VERSION */
+    const char *name;        /**< snapshot name, or NULL to generate one */
+    const char *description; /**< or NULL */
+    const char *state_file;  /**< a file to attach (hard-linked into the store), or NULL */
+} qsnap_create_opts;
+
+#define QSNAP_CREATE_OPTS_INIT {QSNAP_CREATE_OPTS_VERSION, NULL, NULL, NULL}
+
+/** Snapshot the current branch (sets up the store on the first call). */
+QSNAP_API int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts *o);
+
+/**
+ * Start a new branch at a snapshot and make it current. The branch left
+ * behind is kept when dirty and dropped when clean; with discard it is
+ * dropped either way. new_branch NULL: the left branch's name when it is
+ * dropped, else a generated name.
+ */
+QSNAP_API int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
+                                const char *new_branch, bool discard);
+
+/** Make a branch current. */
+QSNAP_API int qsnap_plan_switch(qsnap_plan **out, qsnap_store *s, const char *branch);
+
+/** Create a branch at a snapshot (NULL: the current branch's base). */
+QSNAP_API int qsnap_plan_branch_create(qsnap_plan **out, qsnap_store *s, const char *name,
+                                       const char *at);
+
+/** Delete a branch (its head); a dirty one needs force. The current branch is refused. */
+QSNAP_API int qsnap_plan_branch_delete(qsnap_plan **out, qsnap_store *s, const char *name,
+                                       bool force);
+
+/** Rename a branch. */
+QSNAP_API int qsnap_plan_branch_rename(qsnap_plan **out, qsnap_store *s, const char *old_name,
+                                       const char *new_name);
+
+#define QSNAP_DELETE_CHILDREN 0x1 /**< delete the whole subtree (snapshots and branches) */
+#define QSNAP_DELETE_STREAM 0x2   /**< stream a shared layer into its dependents, not keep it */
+#define QSNAP_DELETE_METADATA 0x4 /**< forget the name only; the state stays as an unnamed node */
+
+/** Delete a snapshot anywhere in the tree, keeping every other state's content. */
+QSNAP_API int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot,
+                                unsigned flags);
+
+/** Commit a branch (NULL: current) into its base layer, keeping every other state. */
+QSNAP_API int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *branch);
+
+/** The plan as text (one step a line) or JSON. *out is malloc'd (free()). */
+QSNAP_API int qsnap_plan_describe(const qsnap_plan *p, bool json, char **out);
+
+/** One line saying what the plan did or will do ("created snapshot s1 ..."). */
+QSNAP_API const char *qsnap_plan_summary(const qsnap_plan *p);
+
+#define QSNAP_EXEC_OPTS_VERSION 1
+
+/** Options of qsnap_plan_execute(). */
+typedef struct qsnap_exec_opts {
+    unsigned version;            /**< QSNAP_EXEC_OPTS_VERSION */
+    qcow2_progress_fn progress;  /**< for steps that copy data, or NULL */
+    void *payload;               /**< passed to progress and step_hook */
+    /** Test hook: called after each step (index from 1); the caller may stop the process. */
+    void (*step_hook)(unsigned step, void *payload);
+} qsnap_exec_opts;
+
+#define QSNAP_EXEC_OPTS_INIT {QSNAP_EXEC_OPTS_VERSION, NULL, NULL, NULL}
+
+/** Execute a plan (journaled; crash-safe). */
+QSNAP_API int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o);
+
+/** Free a plan (NULL allowed). */
+QSNAP_API void qsnap_plan_free(qsnap_plan *p);
+
+/** A range of guest bytes. */
+typedef struct qsnap_range {
+    uint64_t start;  /**< bytes */
+    uint64_t length; /**< bytes */
+} qsnap_range;
+
+/** The byte ranges whose content differs between two snapshots or branches. */
+QSNAP_API int qsnap_diff(qsnap_store *s, const char *a, const char *b, qsnap_range **out,
+                         size_t *n_out);
+
+/** What one node holds and what deleting it would free. */
+typedef struct qsnap_usage {
+    unsigned id;         /**< node id */
+    const char *name;    /**< as in qsnap_node */
+    qsnap_kind kind;     /**< kind */
+    uint64_t holds;      /**< bytes its own file occupies */
+    uint64_t frees;      /**< bytes deleting it would give back */
+} qsnap_usage;
+
+/** Usage of every node; the array belongs to the caller (qsnap_du_free). */
+QSNAP_API int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out);
+QSNAP_API void qsnap_du_free(qsnap_usage *u, size_t n);
+
+/** What depends on a snapshot or branch, and what an operation on it would do, as text. */
+QSNAP_API int qsnap_why(qsnap_store *s, const char *name, char **out);
+
+/** Write a standalone image of a snapshot or branch (raw or qcow2). */
+QSNAP_API int qsnap_export(qsnap_store *s, const char *name, const char *out_path,
+                           qcow2_format format, qcow2_progress_fn progress, void *payload);
+
+/** One finding of qsnap_verify(). */
+typedef struct qsnap_finding {
+    bool problem;        /**< false: an informational line (what was checked or repaired) */
+    bool repaired;       /**< the repair fixed it */
+    const char *file;    /**< the file concerned, or "" */
+    const char *message; /**< one line */
+} qsnap_finding;
+
+/**
+ * Check the store: every file exists and passes check, every backing link
+ * and format in every header matches the metadata, no frozen layer changed
+ * since it was frozen (fingerprints), no operation is pending. With repair,
+ * finish an interrupted operation, re-point links that differ, and remove
+ * half-made files.
+ * @return 0 when nothing is wrong (after repair), QSNAP_EINTEGRITY otherwise
+ */
+QSNAP_API int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out);
+QSNAP_API void qsnap_verify_free(qsnap_finding *f, size_t n);
+
+/** Validate a snapshot or branch name (QSNAP_EUSAGE with a message when invalid). */
+QSNAP_API int qsnap_name_check(const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QSNAP_QSNAP_H */

@@ -1,0 +1,781 @@
+/*
+ * Carrying out plans, crash-safely.
+ *
+ * Before the first step, the whole plan (its steps and every target model)
+ * is written to DIR/journal atomically. Steps then run in order; a SAVE step
+ * writes the metadata (atomically) and is a commit point. When the last step
+ * is done the journal is removed. After a crash, the journal is replayed
+ * from the step after the last commit point the metadata reached: every
+ * step is idempotent, so replaying one that had completed changes nothing:
+ *
+ *   MKDIR        mkdir; an existing directory is fine
+ *   CREATE       made under a temporary name, renamed into place: a final
+ *                file that exists is complete and is left alone
+ *   PRESERVE     the same, and it only reads the layer it preserves
+ *   FREEZE/THAW  chmod (and fingerprint) again
+ *   LINK_STATE   a link to the same file is fine
+ *   STREAM       a layer already backed by the target has nothing to copy
+ *   SET_BACKING  rewriting the same link is harmless
+ *   COMMIT       the head keeps its data until the base holds it durably;
+ *                an emptied head commits nothing
+ *   UNLINK       a missing file is fine
+ *
+ * Rollback is never needed: every step before a commit point keeps the
+ * content of every state in both the old and the new metadata, and every
+ * step after the last one only removes what nothing names any more.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "qsnap_int.h"
+
+#define JOURNAL_FILE "journal"
+
+static int nomem(void)
+{
+    return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+}
+
+int qsnap__journal_pending(const qsnap_store *s, bool *out)
+{
+    char *path = qsnap__path(s, JOURNAL_FILE);
+
+    if (!path)
+        return nomem();
+    *out = qsnap__file_exists(path);
+    free(path);
+    return 0;
+}
+
+/* The layer record for id in the plan's targets (the latest first) or the store. */
+static struct qsnap__layer *find_layer(qsnap_store *s, qsnap_plan *p, unsigned id)
+{
+    for (size_t k = p->nm; k-- > 0;) {
+        struct qsnap__layer *l = qsnap__layer(&p->models[k], id);
+        if (l)
+            return l;
+    }
+    return qsnap__layer(&s->m, id);
+}
+
+int qsnap__layer_fingerprint(const qsnap_store *s, struct qsnap__layer *l)
+{
+    char *path = qsnap__path(s, l->file);
+    struct stat st;
+    int rc;
+
+    if (!path)
+        return nomem();
+    rc = qcow2_file_fingerprint(path, l->fp);
+    if (rc)
+        rc = qsnap__from_qcow2(rc, NULL);
+    else if (stat(path, &st) < 0)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: %s", path, strerror(errno));
+    if (!rc) {
+        l->size = (uint64_t)st.st_size;
+        l->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+        l->have_fp = true;
+    }
+    free(path);
+    return rc;
+}
+
+/* ---- steps -------------------------------------------------------------------- */
+
+static int st_mkdir(qsnap_store *s, const struct qsnap__step *st)
+{
+    char *path = qsnap__path(s, st->a);
+    int rc = 0;
+
+    if (!path)
+        return nomem();
+    if (mkdir(path, 0777) < 0 && errno != EEXIST)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot make directory: %s", path, strerror(errno));
+    free(path);
+    return rc;
+}
+
+/* Create the qcow2 overlay for layer l (backed by layer b) at tmp, then rename to final. */
+static int make_overlay(qsnap_store *s, const struct qsnap__layer *l, const struct qsnap__layer *b,
+                        char **tmp_out)
+{
+    qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
+    char *tmp = NULL, *link = qsnap__link_name(l->file, b->file);
+    char *final = qsnap__path(s, l->file);
+    int rc;
+
+    *tmp_out = NULL;
+    if (!link || !final || asprintf(&tmp, "%s/layers/.tmp-%u.qcow2", s->dir, l->id) < 0) {
+        free(link);
+        free(final);
+        return nomem();
+    }
+    unlink(tmp);
+    co.backing_file = link;
+    co.backing_format = qcow2_format_name(b->fmt);
+    rc = qcow2_image_create(tmp, &co);
+    if (rc)
+        rc = qsnap__from_qcow2(rc, NULL);
+    free(link);
+    free(final);
+    if (rc) {
+        free(tmp);
+        return rc;
+    }
+    *tmp_out = tmp;
+    return 0;
+}
+
+static int rename_into_place(qsnap_store *s, const char *tmp, const char *rel)
+{
+    char *final = qsnap__path(s, rel), *dir;
+    int rc = 0;
+
+    if (!final)
+        return nomem();
+    if (rename(tmp, final) < 0)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: rename failed: %s", final, strerror(errno));
+    dir = strdup(final);
+    if (!rc && dir) {
+        *strrchr(dir, '/') = '\0';
+        rc = qsnap__fsync_dir(dir);
+    }
+    free(dir);
+    free(final);
+    return rc;
+}
+
+static int st_create(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
+{
+    struct qsnap__layer *l = find_layer(s, p, st->x), *b;
+    char *final, *tmp = NULL;
+    bool done;
+    int rc;
+
+    b = l ? find_layer(s, p, l->backing) : NULL;
+    if (!l || !b)
+        return qsnap__err(QSNAP_ERROR, NULL, "plan refers to a missing layer %u", st->x);
+    final = qsnap__path(s, l->file);
+    if (!final)
+        return nomem();
+    done = qsnap__file_exists(final);
+    free(final);
+    if (done)
+        return 0;
+    rc = make_overlay(s, l, b, &tmp);
+    if (!rc)
+        rc = rename_into_place(s, tmp, l->file);
+    free(tmp);
+    return rc;
+}
+
+static int set_write_bit(qsnap_store *s, const struct qsnap__layer *l, bool writable)
+{
+    char *path = qsnap__path(s, l->file);
+    struct stat st;
+    int rc = 0;
+
+    if (!path)
+        return nomem();
+    if (stat(path, &st) < 0)
+        rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK' shows what is missing",
+                        "%s: layer file is missing", path);
+    else if (chmod(path, writable ? (st.st_mode | 0200) : (st.st_mode & ~(mode_t)0222)) < 0)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: chmod failed: %s", path, strerror(errno));
+    free(path);
+    return rc;
+}
+
+/* Fingerprint layer x now and record it in every target model that has it. */
+static int st_freeze(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
+{
+    struct qsnap__layer *l = find_layer(s, p, st->x), tmp;
+    int rc;
+
+    if (!l)
+        return qsnap__err(QSNAP_ERROR, NULL, "plan refers to a missing layer %u", st->x);
+    rc = set_write_bit(s, l, false);
+    if (rc)
+        return rc;
+    tmp = *l;
+    rc = qsnap__layer_fingerprint(s, &tmp);
+    if (rc)
+        return rc;
+    for (size_t k = 0; k < p->nm; k++) {
+        struct qsnap__layer *t = qsnap__layer(&p->models[k], st->x);
+        if (t && t->frozen) {
+            memcpy(t->fp, tmp.fp, sizeof(t->fp));
+            t->size = tmp.size;
+            t->mtime_ns = tmp.mtime_ns;
+            t->have_fp = true;
+        }
+    }
+    return 0;
+}
+
+static int st_link_state(qsnap_store *s, const struct qsnap__step *st)
+{
+    char *dst = qsnap__path(s, st->b);
+    struct stat a, b;
+    int rc = 0;
+
+    if (!dst)
+        return nomem();
+    if (link(st->a, dst) < 0) {
+        if (errno == EEXIST && stat(st->a, &a) == 0 && stat(dst, &b) == 0 && a.st_ino == b.st_ino &&
+            a.st_dev == b.st_dev)
+            rc = 0;
+        else if (errno == EXDEV)
+            rc = qsnap__err(QSNAP_EUSAGE, "keep state files on the disk's file system",
+                            "%s: state file is on another file system than the store", st->a);
+        else
+            rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot link it into the store: %s", st->a,
+                            strerror(errno));
+    }
+    free(dst);
+    return rc;
+}
+
+/* Open a layer (absolute path) for writing, with its chain. */
+static int open_rw(qsnap_store *s, const struct qsnap__layer *l, unsigned extra, qcow2_image **out)
+{
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    char *path = qsnap__path(s, l->file);
+    int rc;
+
+    if (!path)
+        return nomem();
+    oo.flags = QCOW2_OPEN_RDWR | extra;
+    oo.format = l->fmt;
+    rc = qcow2_image_open(out, path, &oo);
+    free(path);
+    return rc ? qsnap__from_qcow2(rc, NULL) : 0;
+}
+
+/* The image in img's chain that is the file of layer l (same inode), or NULL. */
+static qcow2_image *chain_find(qsnap_store *s, qcow2_image *img, const struct qsnap__layer *l)
+{
+    char *path = qsnap__path(s, l->file);
+    struct stat want, got;
+    qcow2_image *found = NULL;
+
+    if (path && stat(path, &want) == 0) {
+        for (qcow2_image *c = qcow2_image_backing(img); c; c = qcow2_image_backing(c)) {
+            if (stat(qcow2_image_filename(c), &got) == 0 && got.st_dev == want.st_dev &&
+                got.st_ino == want.st_ino) {
+                found = c;
+                break;
+            }
+        }
+    }
+    free(path);
+    return found;
+}
+
+static int st_stream(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st,
+                     const qsnap_exec_opts *o)
+{
+    struct qsnap__layer *d = find_layer(s, p, st->x), *base = st->y ? find_layer(s, p, st->y) : NULL;
+    qcow2_image *img = NULL, *b = NULL;
+    int rc;
+
+    if (!d || (st->y && !base))
+        return qsnap__err(QSNAP_ERROR, NULL, "plan refers to a missing layer");
+    rc = open_rw(s, d, 0, &img);
+    if (rc)
+        return rc;
+    if (base) {
+        b = chain_find(s, img, base);
+        if (!b) {
+            rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK' checks the links",
+                            "%s: %s is not in its backing chain", qcow2_image_filename(img),
+                            base->file);
+            goto out;
+        }
+    }
+    if (qcow2_image_backing(img) != b) {
+        rc = qcow2_image_stream(img, b, o ? o->progress : NULL, o ? o->payload : NULL);
+        if (!rc)
+            rc = qcow2_image_flush(img);
+        if (rc)
+            rc = qsnap__from_qcow2(rc, NULL);
+    }
+out:
+    qcow2_image_close(img);
+    return rc;
+}
+
+static int st_set_backing(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
+{
+    struct qsnap__layer *d = find_layer(s, p, st->x), *b = find_layer(s, p, st->y);
+    qcow2_image *img = NULL;
+    char *link;
+    int rc;
+
+    if (!d || !b)
+        return qsnap__err(QSNAP_ERROR, NULL, "plan refers to a missing layer");
+    link = qsnap__link_name(d->file, b->file);
+    if (!link)
+        return nomem();
+    rc = open_rw(s, d, QCOW2_OPEN_NO_BACKING, &img);
+    if (!rc) {
+        rc = qcow2_image_rebase(img, link, qcow2_format_name(b->fmt), true, NULL, NULL);
+        if (!rc)
+            rc = qcow2_image_flush(img);
+        if (rc)
+            rc = qsnap__from_qcow2(rc, NULL);
+    }
+    qcow2_image_close(img);
+    free(link);
+    return rc;
+}
+
+/* A new layer over y holding y's content wherever head z allocates. */
+static int st_preserve(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
+{
+    struct qsnap__layer *l = find_layer(s, p, st->x), *b = find_layer(s, p, st->y),
+                        *h = find_layer(s, p, st->z);
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    qcow2_image *keep = NULL, *head = NULL;
+    char *final = NULL, *tmp = NULL, *hpath = NULL;
+    uint8_t *buf = NULL;
+    const size_t chunk = 4u << 20;
+    int rc;
+
+    if (!l || !b || !h)
+        return qsnap__err(QSNAP_ERROR, NULL, "plan refers to a missing layer");
+    final = qsnap__path(s, l->file);
+    if (!final)
+        return nomem();
+    if (qsnap__file_exists(final)) {
+        free(final);
+        return 0;
+    }
+    rc = make_overlay(s, l, b, &tmp);
+    if (rc)
+        goto out;
+    oo.flags = QCOW2_OPEN_RDWR;
+    rc = qcow2_image_open(&keep, tmp, &oo);
+    if (rc)
+        goto out_qcow2;
+    hpath = qsnap__path(s, h->file);
+    oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
+    oo.format = QCOW2_FORMAT_QCOW2;
+    rc = hpath ? qcow2_image_open(&head, hpath, &oo) : nomem();
+    if (rc)
+        goto out_qcow2;
+    buf = malloc(chunk);
+    if (!buf) {
+        rc = nomem();
+        goto out;
+    }
+    for (uint64_t off = 0; off < qcow2_image_size(head) && off < qcow2_image_size(keep);) {
+        qcow2_extent e;
+        uint64_t n = qcow2_image_size(head) - off;
+        rc = qcow2_image_block_status(head, NULL, off, n < chunk ? n : chunk, &e);
+        if (rc)
+            goto out_qcow2;
+        n = e.length;
+        if ((e.flags & QCOW2_EXT_PRESENT) && e.depth == 0) {
+            /* Copy what the layer reads there into the keeper. */
+            if (off + n > qcow2_image_size(keep))
+                n = qcow2_image_size(keep) - off;
+            rc = qcow2_image_read(keep, buf, (size_t)n, off);
+            if (!rc)
+                rc = qcow2_image_write(keep, buf, (size_t)n, off);
+            if (rc)
+                goto out_qcow2;
+        }
+        off += n;
+    }
+    rc = qcow2_image_flush(keep);
+    if (rc)
+        goto out_qcow2;
+    qcow2_image_close(keep);
+    keep = NULL;
+    rc = rename_into_place(s, tmp, l->file);
+    goto out;
+out_qcow2:
+    rc = qsnap__from_qcow2(rc, NULL);
+out:
+    qcow2_image_close(keep);
+    qcow2_image_close(head);
+    if (rc && tmp)
+        unlink(tmp);
+    free(buf);
+    free(hpath);
+    free(tmp);
+    free(final);
+    return rc;
+}
+
+static int st_commit(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st,
+                     const qsnap_exec_opts *o)
+{
+    struct qsnap__layer *h = find_layer(s, p, st->x), *b = find_layer(s, p, st->y);
+    qcow2_commit_opts co = QCOW2_COMMIT_OPTS_INIT;
+    qcow2_image *img = NULL;
+    int rc;
+
+    if (!h || !b)
+        return qsnap__err(QSNAP_ERROR, NULL, "plan refers to a missing layer");
+    rc = open_rw(s, h, 0, &img);
+    if (rc)
+        return rc;
+    co.base = chain_find(s, img, b);
+    if (!co.base || co.base != qcow2_image_backing(img)) {
+        rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK' checks the links",
+                        "%s is not backed by %s", h->file, b->file);
+    } else {
+        co.progress = o ? o->progress : NULL;
+        co.payload = o ? o->payload : NULL;
+        rc = qcow2_image_commit(img, &co);
+        if (!rc)
+            rc = qcow2_image_flush(img);
+        if (rc)
+            rc = qsnap__from_qcow2(rc, "'qsnap verify --repair DISK' finishes it");
+    }
+    qcow2_image_close(img);
+    return rc;
+}
+
+static int st_unlink(qsnap_store *s, const struct qsnap__step *st)
+{
+    char *path = qsnap__path(s, st->a);
+    int rc = 0;
+
+    if (!path)
+        return nomem();
+    if (unlink(path) < 0 && errno != ENOENT)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot remove: %s", path, strerror(errno));
+    free(path);
+    return rc;
+}
+
+static int st_save(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
+{
+    struct qsnap__model *m = &p->models[st->y], copy;
+    int rc;
+
+    m->gen = p->base_gen + st->y;
+    rc = qsnap__save_model(s, m);
+    if (rc)
+        return rc;
+    rc = qsnap__model_clone(&copy, m);
+    if (rc)
+        return rc;
+    qsnap__model_free(&s->m);
+    s->m = copy;
+    s->exists = true;
+    return 0;
+}
+
+static int run_step(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st,
+                    const qsnap_exec_opts *o)
+{
+    switch (st->kind) {
+    case QSNAP__ST_MKDIR:
+        return st_mkdir(s, st);
+    case QSNAP__ST_CREATE:
+        return st_create(s, p, st);
+    case QSNAP__ST_FREEZE:
+        return st_freeze(s, p, st);
+    case QSNAP__ST_THAW: {
+        struct qsnap__layer *l = find_layer(s, p, st->x);
+        return l ? set_write_bit(s, l, true)
+                 : qsnap__err(QSNAP_ERROR, NULL, "plan refers to a missing layer");
+    }
+    case QSNAP__ST_LINK_STATE:
+        return st_link_state(s, st);
+    case QSNAP__ST_STREAM:
+        return st_stream(s, p, st, o);
+    case QSNAP__ST_SET_BACKING:
+        return st_set_backing(s, p, st);
+    case QSNAP__ST_PRESERVE:
+        return st_preserve(s, p, st);
+    case QSNAP__ST_COMMIT:
+        return st_commit(s, p, st, o);
+    case QSNAP__ST_SAVE:
+        return st_save(s, p, st);
+    case QSNAP__ST_UNLINK:
+        return st_unlink(s, st);
+    }
+    return qsnap__err(QSNAP_ERROR, NULL, "unknown plan step %d", (int)st->kind);
+}
+
+/* ---- the journal ---------------------------------------------------------------- */
+
+static void put_field(FILE *f, const char *v)
+{
+    if (!v || !*v) {
+        fputs(" -", f);
+        return;
+    }
+    fputc(' ', f);
+    for (const unsigned char *c = (const unsigned char *)v; *c; c++) {
+        if ((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+            *c == '.' || *c == '_' || *c == '/' || *c == '+')
+            fputc(*c, f);
+        else
+            fprintf(f, "%%%02X", *c);
+    }
+}
+
+static int journal_write(qsnap_store *s, const qsnap_plan *p)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    int rc = 0;
+
+    if (!f)
+        return nomem();
+    fprintf(f, "qsnap-journal 1\nbase-gen %" PRIu64 "\nsteps %zu\nmodels %zu\n", p->base_gen, p->n,
+            p->nm);
+    for (size_t i = 0; i < p->n; i++) {
+        const struct qsnap__step *st = &p->steps[i];
+        fprintf(f, "step %d %u %u %u", (int)st->kind, st->x, st->y, st->z);
+        put_field(f, st->a);
+        put_field(f, st->b);
+        fputc('\n', f);
+    }
+    for (size_t k = 0; k < p->nm && !rc; k++) {
+        char *text = NULL;
+        rc = qsnap__model_format(&p->models[k], &text);
+        if (!rc)
+            fprintf(f, "model %zu\n%s", strlen(text), text);
+        free(text);
+    }
+    if (fclose(f) != 0 || !buf) {
+        free(buf);
+        return nomem();
+    }
+    if (!rc)
+        rc = qsnap__write_atomic(s, JOURNAL_FILE, buf, len);
+    free(buf);
+    return rc;
+}
+
+static char *decode_field(const char *s)
+{
+    size_t n = strlen(s), j = 0;
+    char *out;
+
+    if (!strcmp(s, "-"))
+        return NULL;
+    out = malloc(n + 1);
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        if (s[i] == '%' && i + 2 < n + 1 && sscanf(s + i + 1, "%2x", &v) == 1 && v) {
+            out[j++] = (char)v;
+            i += 2;
+        } else {
+            out[j++] = s[i];
+        }
+    }
+    out[j] = '\0';
+    return out;
+}
+
+/* Parse a journal (hostile input, like any store file). */
+static int journal_read(qsnap_store *s, qsnap_plan **out)
+{
+    char *path = qsnap__path(s, JOURNAL_FILE), *text = NULL, *cur;
+    qsnap_plan *p = calloc(1, sizeof(*p));
+    size_t nsteps = 0, nmodels = 0, len = 0;
+    FILE *f = NULL;
+    struct stat st;
+    int rc = 0;
+
+    if (!path || !p) {
+        rc = nomem();
+        goto out;
+    }
+    p->op = strdup("recovery");
+    f = fopen(path, "re");
+    if (!f || fstat(fileno(f), &st) < 0 || (uint64_t)st.st_size > QSNAP_MAX_META_BYTES * 4u) {
+        rc = qsnap__err(QSNAP_EINTEGRITY, "remove the journal only if you know the operation",
+                        "%s: journal cannot be read", path);
+        goto out;
+    }
+    text = calloc(1, (size_t)st.st_size + 1);
+    if (!text || fread(text, 1, (size_t)st.st_size, f) != (size_t)st.st_size) {
+        rc = text ? qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: short read", path) : nomem();
+        goto out;
+    }
+    len = (size_t)st.st_size;
+    cur = text;
+    if (sscanf(cur, "qsnap-journal 1\nbase-gen %" SCNu64 "\nsteps %zu\nmodels %zu\n",
+               &p->base_gen, &nsteps, &nmodels) != 3 ||
+        nsteps > 100000 || nmodels > 16) {
+        rc = qsnap__err(QSNAP_EINTEGRITY, "remove the journal only if you know the operation",
+                        "%s: damaged journal", path);
+        goto out;
+    }
+    for (int k = 0; k < 4; k++)
+        cur = strchr(cur, '\n') ? strchr(cur, '\n') + 1 : cur + strlen(cur);
+    p->steps = calloc(nsteps + 1, sizeof(*p->steps));
+    p->models = calloc(nmodels + 1, sizeof(*p->models));
+    if (!p->steps || !p->models) {
+        rc = nomem();
+        goto out;
+    }
+    for (size_t i = 0; i < nsteps; i++) {
+        char a[PATH_MAX * 3], b[PATH_MAX * 3];
+        int kind;
+        struct qsnap__step *sp = &p->steps[i];
+        char *nl = strchr(cur, '\n');
+        if (!nl || (size_t)(nl - cur) >= sizeof(a) ||
+            sscanf(cur, "step %d %u %u %u %s %s", &kind, &sp->x, &sp->y, &sp->z, a, b) != 6 ||
+            kind < QSNAP__ST_MKDIR || kind > QSNAP__ST_UNLINK) {
+            rc = qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: damaged journal step %zu", path, i + 1);
+            goto out;
+        }
+        sp->kind = (enum qsnap__step_kind)kind;
+        sp->a = decode_field(a);
+        sp->b = decode_field(b);
+        p->n++;
+        if ((sp->kind == QSNAP__ST_SAVE && sp->y >= nmodels) ||
+            ((sp->kind == QSNAP__ST_UNLINK || sp->kind == QSNAP__ST_MKDIR) && !sp->a &&
+             sp->kind != QSNAP__ST_MKDIR)) {
+            rc = qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: damaged journal step %zu", path, i + 1);
+            goto out;
+        }
+        if (sp->kind == QSNAP__ST_MKDIR && !sp->a && !(sp->a = strdup(""))) {
+            rc = nomem();
+            goto out;
+        }
+        cur = nl + 1;
+    }
+    for (size_t k = 0; k < nmodels; k++) {
+        size_t mlen;
+        char *nl = strchr(cur, '\n');
+        if (!nl || sscanf(cur, "model %zu", &mlen) != 1 || mlen > len - (size_t)(nl + 1 - text)) {
+            rc = qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: damaged journal model", path);
+            goto out;
+        }
+        rc = qsnap__model_parse(&p->models[k], nl + 1, mlen, path);
+        if (rc)
+            goto out;
+        p->nm++;
+        cur = nl + 1 + mlen;
+    }
+out:
+    if (f)
+        fclose(f);
+    free(text);
+    free(path);
+    if (rc) {
+        qsnap_plan_free(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+static int journal_remove(qsnap_store *s)
+{
+    char *path = qsnap__path(s, JOURNAL_FILE);
+    int rc = 0;
+
+    if (!path)
+        return nomem();
+    if (unlink(path) < 0 && errno != ENOENT)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot remove: %s", path, strerror(errno));
+    free(path);
+    return rc ? rc : qsnap__fsync_dir(s->dir);
+}
+
+/* Run steps from `from` on; the journal goes when they are done. */
+static int run_from(qsnap_store *s, qsnap_plan *p, size_t from, const qsnap_exec_opts *o)
+{
+    int rc = 0;
+
+    for (size_t i = from; i < p->n && !rc; i++) {
+        rc = run_step(s, p, &p->steps[i], o);
+        if (!rc && o && o->step_hook)
+            o->step_hook((unsigned)(i + 1), o->payload);
+    }
+    if (!rc)
+        rc = qsnap__fsync_dir(s->dir);
+    if (!rc)
+        rc = journal_remove(s);
+    return rc;
+}
+
+int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
+{
+    int rc;
+
+    if (s->readonly)
+        return qsnap__err(QSNAP_EUSAGE, NULL, "store opened read-only");
+    if (p->n == 0)
+        return 0;
+    if (p->base_gen != s->m.gen)
+        return qsnap__err(QSNAP_ERROR, NULL, "the store changed since the plan was made");
+    if (!s->exists) {
+        /* First snapshot: the store directory is needed to hold the journal. */
+        if (mkdir(s->dir, 0777) < 0 && errno != EEXIST)
+            return qsnap__err(QSNAP_ERROR, NULL, "%s: cannot make the store: %s", s->dir,
+                              strerror(errno));
+        rc = qsnap__lock_new_store(s);
+        if (rc)
+            return rc;
+    }
+    rc = journal_write(s, p);
+    if (rc)
+        return rc;
+    rc = run_from(s, p, 0, o);
+    if (rc) {
+        /* The journal stays: the operation is finished by verify --repair. */
+        qsnap_error e = *qsnap_error_last();
+        char msg[1024];
+        snprintf(msg, sizeof(msg), "%s", e.message);
+        return qsnap__err(rc, "fix the cause, then 'qsnap verify --repair DISK' finishes it",
+                          "%s (the operation is unfinished)", msg);
+    }
+    return 0;
+}
+
+int qsnap__recover(qsnap_store *s, bool *did)
+{
+    qsnap_plan *p = NULL;
+    bool pending = false;
+    size_t from = 0;
+    int rc = qsnap__journal_pending(s, &pending);
+
+    *did = false;
+    if (rc || !pending)
+        return rc;
+    rc = journal_read(s, &p);
+    if (rc)
+        return rc;
+    if (s->m.gen > p->base_gen) {
+        /* Resume after the commit point the metadata reached. */
+        uint64_t k = s->m.gen - p->base_gen - 1;
+        for (size_t i = 0; i < p->n; i++) {
+            if (p->steps[i].kind == QSNAP__ST_SAVE && p->steps[i].y == k)
+                from = i + 1;
+        }
+        if (!from) {
+            qsnap_plan_free(p);
+            return qsnap__err(QSNAP_EINTEGRITY, NULL,
+                              "%s: journal does not match the metadata (generation %" PRIu64 ")",
+                              s->dir, s->m.gen);
+        }
+    }
+    rc = run_from(s, p, from, NULL);
+    qsnap_plan_free(p);
+    if (!rc)
+        *did = true;
+    return rc;
+}

@@ -1,0 +1,682 @@
+/*
+ * The store's model in memory, and its text form on disk.
+ *
+ * FORMAT (one record a line, fields separated by one space, values
+ * percent-encoded; unknown keys are an error: the version says what is known)
+ *
+ *   qsnap-store 1
+ *   gen N
+ *   seq N
+ *   disk PATH
+ *   current NAME                  (absent before the first snapshot)
+ *   layer ID file=PATH fmt=raw|qcow2 backing=ID|0 frozen=0|1 disk=0|1
+ *         [fp=HEX32 size=N mtime=NS]
+ *   node ID parent=ID|0 layer=ID created=T [name=NAME] [desc=TEXT] [state=PATH]
+ *   branch NAME head=ID base=ID|0 created=T
+ *   end
+ *
+ * The "end" line proves the file is whole. Every value is checked when read:
+ * the file is input, like image bytes.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qsnap_int.h"
+
+void qsnap__model_free(struct qsnap__model *m)
+{
+    for (size_t i = 0; i < m->nl; i++)
+        free(m->layers[i].file);
+    for (size_t i = 0; i < m->nn; i++) {
+        free(m->nodes[i].name);
+        free(m->nodes[i].desc);
+        free(m->nodes[i].state);
+    }
+    for (size_t i = 0; i < m->nb; i++)
+        free(m->branches[i].name);
+    free(m->layers);
+    free(m->nodes);
+    free(m->branches);
+    free(m->disk);
+    free(m->current);
+    memset(m, 0, sizeof(*m));
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+int qsnap__model_clone(struct qsnap__model *dst, const struct qsnap__model *src)
+{
+    memset(dst, 0, sizeof(*dst));
+    dst->gen = src->gen;
+    dst->seq = src->seq;
+    dst->disk = dup_or_null(src->disk);
+    dst->current = dup_or_null(src->current);
+    dst->layers = calloc(src->nl + 1, sizeof(*dst->layers));
+    dst->nodes = calloc(src->nn + 1, sizeof(*dst->nodes));
+    dst->branches = calloc(src->nb + 1, sizeof(*dst->branches));
+    if (!dst->layers || !dst->nodes || !dst->branches || (src->disk && !dst->disk) ||
+        (src->current && !dst->current))
+        goto nomem;
+    for (size_t i = 0; i < src->nl; i++) {
+        dst->layers[i] = src->layers[i];
+        dst->layers[i].file = strdup(src->layers[i].file);
+        dst->nl++;
+        if (!dst->layers[i].file)
+            goto nomem;
+    }
+    for (size_t i = 0; i < src->nn; i++) {
+        const struct qsnap__node *a = &src->nodes[i];
+        struct qsnap__node *b = &dst->nodes[i];
+        *b = *a;
+        b->name = dup_or_null(a->name);
+        b->desc = dup_or_null(a->desc);
+        b->state = dup_or_null(a->state);
+        dst->nn++;
+        if ((a->name && !b->name) || (a->desc && !b->desc) || (a->state && !b->state))
+            goto nomem;
+    }
+    for (size_t i = 0; i < src->nb; i++) {
+        dst->branches[i] = src->branches[i];
+        dst->branches[i].name = strdup(src->branches[i].name);
+        dst->nb++;
+        if (!dst->branches[i].name)
+            goto nomem;
+    }
+    return 0;
+nomem:
+    qsnap__model_free(dst);
+    return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+}
+
+struct qsnap__layer *qsnap__layer(const struct qsnap__model *m, unsigned id)
+{
+    for (size_t i = 0; id && i < m->nl; i++) {
+        if (m->layers[i].id == id)
+            return &m->layers[i];
+    }
+    return NULL;
+}
+
+struct qsnap__node *qsnap__node(const struct qsnap__model *m, unsigned id)
+{
+    for (size_t i = 0; id && i < m->nn; i++) {
+        if (m->nodes[i].id == id)
+            return &m->nodes[i];
+    }
+    return NULL;
+}
+
+struct qsnap__node *qsnap__node_by_name(const struct qsnap__model *m, const char *name)
+{
+    for (size_t i = 0; name && i < m->nn; i++) {
+        if (m->nodes[i].name && strcmp(m->nodes[i].name, name) == 0)
+            return &m->nodes[i];
+    }
+    return NULL;
+}
+
+struct qsnap__branch *qsnap__branch_by_name(const struct qsnap__model *m, const char *name)
+{
+    for (size_t i = 0; name && i < m->nb; i++) {
+        if (strcmp(m->branches[i].name, name) == 0)
+            return &m->branches[i];
+    }
+    return NULL;
+}
+
+/* Grow an array by one zeroed element; NULL when out of memory. */
+static void *grow(void **arr, size_t *n, size_t elem)
+{
+    char *p = realloc(*arr, (*n + 1) * elem);
+
+    if (!p)
+        return NULL;
+    memset(p + *n * elem, 0, elem);
+    *arr = p;
+    return p + (*n)++ * elem;
+}
+
+struct qsnap__layer *qsnap__add_layer(struct qsnap__model *m)
+{
+    struct qsnap__layer *l = grow((void **)&m->layers, &m->nl, sizeof(*l));
+
+    if (l)
+        l->id = m->seq++;
+    return l;
+}
+
+struct qsnap__node *qsnap__add_node(struct qsnap__model *m)
+{
+    struct qsnap__node *n = grow((void **)&m->nodes, &m->nn, sizeof(*n));
+
+    if (n)
+        n->id = m->seq++;
+    return n;
+}
+
+struct qsnap__branch *qsnap__add_branch(struct qsnap__model *m)
+{
+    return grow((void **)&m->branches, &m->nb, sizeof(struct qsnap__branch));
+}
+
+void qsnap__del_layer(struct qsnap__model *m, unsigned id)
+{
+    for (size_t i = 0; i < m->nl; i++) {
+        if (m->layers[i].id == id) {
+            free(m->layers[i].file);
+            m->layers[i] = m->layers[--m->nl];
+            return;
+        }
+    }
+}
+
+void qsnap__del_node(struct qsnap__model *m, unsigned id)
+{
+    for (size_t i = 0; i < m->nn; i++) {
+        if (m->nodes[i].id == id) {
+            free(m->nodes[i].name);
+            free(m->nodes[i].desc);
+            free(m->nodes[i].state);
+            /* Keep creation order: nodes are listed in the order they were made. */
+            memmove(&m->nodes[i], &m->nodes[i + 1], (m->nn - i - 1) * sizeof(m->nodes[0]));
+            m->nn--;
+            return;
+        }
+    }
+}
+
+void qsnap__del_branch(struct qsnap__model *m, const char *name)
+{
+    for (size_t i = 0; i < m->nb; i++) {
+        if (strcmp(m->branches[i].name, name) == 0) {
+            free(m->branches[i].name);
+            memmove(&m->branches[i], &m->branches[i + 1], (m->nb - i - 1) * sizeof(m->branches[0]));
+            m->nb--;
+            return;
+        }
+    }
+}
+
+/* ---- text form ------------------------------------------------------------ */
+
+struct buf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+};
+
+static void put(struct buf *b, const char *fmt, ...) QSNAP_PRINTF(2, 3);
+static void put(struct buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (b->oom)
+        return;
+    for (;;) {
+        va_start(ap, fmt);
+        n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->oom = true;
+            return;
+        }
+        if (b->p && b->len + (size_t)n < b->cap) {
+            b->len += (size_t)n;
+            return;
+        }
+        {
+            size_t cap = (b->cap ? b->cap * 2 : 4096) + (size_t)n;
+            char *p = realloc(b->p, cap);
+            if (!p) {
+                b->oom = true;
+                return;
+            }
+            b->p = p;
+            b->cap = cap;
+        }
+    }
+}
+
+static bool plain_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '.' || c == '_' || c == '-' || c == '+' || c == '/' || c == ':' || c == '@';
+}
+
+/* A value, percent-encoded. */
+static void put_enc(struct buf *b, const char *s)
+{
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        if (plain_char(*c))
+            put(b, "%c", *c);
+        else
+            put(b, "%%%02X", *c);
+    }
+}
+
+static const char *fmt_name(qcow2_format f)
+{
+    return f == QCOW2_FORMAT_RAW ? "raw" : "qcow2";
+}
+
+int qsnap__model_format(const struct qsnap__model *m, char **out)
+{
+    struct buf b = {NULL, 0, 0, false};
+
+    put(&b, "qsnap-store %u\ngen %" PRIu64 "\nseq %u\ndisk ", QSNAP_META_VERSION, m->gen, m->seq);
+    put_enc(&b, m->disk ? m->disk : "");
+    put(&b, "\n");
+    if (m->current) {
+        put(&b, "current ");
+        put_enc(&b, m->current);
+        put(&b, "\n");
+    }
+    for (size_t i = 0; i < m->nl; i++) {
+        const struct qsnap__layer *l = &m->layers[i];
+        put(&b, "layer %u file=", l->id);
+        put_enc(&b, l->file);
+        put(&b, " fmt=%s backing=%u frozen=%d disk=%d", fmt_name(l->fmt), l->backing, l->frozen,
+            l->is_disk);
+        if (l->have_fp) {
+            put(&b, " fp=");
+            for (int k = 0; k < 16; k++)
+                put(&b, "%02x", l->fp[k]);
+            put(&b, " size=%" PRIu64 " mtime=%" PRId64, l->size, l->mtime_ns);
+        }
+        put(&b, "\n");
+    }
+    for (size_t i = 0; i < m->nn; i++) {
+        const struct qsnap__node *n = &m->nodes[i];
+        put(&b, "node %u parent=%u layer=%u created=%" PRId64, n->id, n->parent, n->layer,
+            n->created);
+        if (n->name) {
+            put(&b, " name=");
+            put_enc(&b, n->name);
+        }
+        if (n->desc) {
+            put(&b, " desc=");
+            put_enc(&b, n->desc);
+        }
+        if (n->state) {
+            put(&b, " state=");
+            put_enc(&b, n->state);
+        }
+        put(&b, "\n");
+    }
+    for (size_t i = 0; i < m->nb; i++) {
+        const struct qsnap__branch *br = &m->branches[i];
+        put(&b, "branch ");
+        put_enc(&b, br->name);
+        put(&b, " head=%u base=%u created=%" PRId64 "\n", br->head, br->base, br->created);
+    }
+    put(&b, "end\n");
+    if (b.oom) {
+        free(b.p);
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    }
+    *out = b.p;
+    return 0;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Decode a percent-encoded value; NULL when malformed or holding a NUL or newline. */
+static char *decode(const char *s, size_t len)
+{
+    char *out = malloc(len + 1);
+    size_t n = 0;
+
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '%') {
+            int hi, lo;
+            if (i + 2 >= len + 0 && i + 2 > len - 1 + 1) {
+                free(out);
+                return NULL;
+            }
+            hi = i + 2 < len + 1 ? hexval(s[i + 1]) : -1;
+            lo = i + 2 < len + 1 ? hexval(s[i + 2]) : -1;
+            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0) || (hi == 0 && lo == 10)) {
+                free(out);
+                return NULL;
+            }
+            out[n++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else if (plain_char((unsigned char)s[i])) {
+            out[n++] = s[i];
+        } else {
+            free(out);
+            return NULL;
+        }
+    }
+    out[n] = '\0';
+    return out;
+}
+
+static bool parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+
+    if (!*s || *s == '-' || *s == '+')
+        return false;
+    errno = 0;
+    *out = strtoull(s, &end, 10);
+    return !errno && !*end;
+}
+
+static bool parse_i64(const char *s, int64_t *out)
+{
+    char *end;
+
+    if (!*s)
+        return false;
+    errno = 0;
+    *out = strtoll(s, &end, 10);
+    return !errno && !*end;
+}
+
+static bool parse_id(const char *s, unsigned *out)
+{
+    uint64_t v;
+
+    if (!parse_u64(s, &v) || v > 0x7fffffff)
+        return false;
+    *out = (unsigned)v;
+    return true;
+}
+
+/* Parse state: one line split into words. */
+#define MAX_WORDS 16
+
+int qsnap__model_parse(struct qsnap__model *m, const char *text, size_t len, const char *what)
+{
+    const char *p = text, *endp = text + len;
+    unsigned line_no = 0;
+    bool have_header = false, have_end = false, have_gen = false, have_seq = false,
+         have_disk = false;
+    int rc = 0;
+
+    memset(m, 0, sizeof(*m));
+    if (len > QSNAP_MAX_META_BYTES)
+        return qsnap__err(QSNAP_EINTEGRITY, "restore it from a backup, or run 'qsnap verify'",
+                          "%s: metadata file is larger than %u bytes", what,
+                          QSNAP_MAX_META_BYTES);
+    while (p < endp && !rc) {
+        const char *nl = memchr(p, '\n', (size_t)(endp - p));
+        size_t ll = nl ? (size_t)(nl - p) : (size_t)(endp - p);
+        char line[QSNAP_MAX_LINE];
+        char *words[MAX_WORDS];
+        int nw = 0;
+
+        line_no++;
+        if (!nl)
+            goto bad; /* every line ends with a newline: a torn file does not */
+        if (ll >= sizeof(line) || have_end)
+            goto bad;
+        memcpy(line, p, ll);
+        line[ll] = '\0';
+        p = nl + 1;
+        if (memchr(line, '\0', ll))
+            goto bad;
+        for (char *t = strtok(line, " "); t; t = strtok(NULL, " ")) {
+            if (nw == MAX_WORDS)
+                goto bad;
+            words[nw++] = t;
+        }
+        if (nw == 0)
+            goto bad;
+        if (!have_header) {
+            uint64_t v;
+            if (nw != 2 || strcmp(words[0], "qsnap-store") != 0 || !parse_u64(words[1], &v))
+                return qsnap__err(QSNAP_EINTEGRITY, "check that DISK.qsnap is a qsnap store",
+                                  "%s: not a qsnap metadata file", what);
+            if (v != QSNAP_META_VERSION)
+                return qsnap__err(QSNAP_EINTEGRITY, "use a qsnap that knows store version %" PRIu64,
+                                  "%s: unknown store version %" PRIu64 " (this qsnap reads %u)",
+                                  what, v, QSNAP_META_VERSION);
+            have_header = true;
+            continue;
+        }
+        if (strcmp(words[0], "end") == 0 && nw == 1) {
+            have_end = true;
+        } else if (strcmp(words[0], "gen") == 0 && nw == 2 && parse_u64(words[1], &m->gen)) {
+            have_gen = true;
+        } else if (strcmp(words[0], "seq") == 0 && nw == 2 && parse_id(words[1], &m->seq)) {
+            have_seq = true;
+        } else if (strcmp(words[0], "disk") == 0 && nw == 2 && !m->disk) {
+            m->disk = decode(words[1], strlen(words[1]));
+            if (!m->disk)
+                goto bad;
+            have_disk = true;
+        } else if (strcmp(words[0], "current") == 0 && nw == 2 && !m->current) {
+            m->current = decode(words[1], strlen(words[1]));
+            if (!m->current)
+                goto bad;
+        } else if (strcmp(words[0], "layer") == 0 && nw >= 6) {
+            struct qsnap__layer *l;
+            if (m->nl >= QSNAP_MAX_ITEMS || !(l = grow((void **)&m->layers, &m->nl, sizeof(*l))))
+                goto bad;
+            if (!parse_id(words[1], &l->id) || !l->id)
+                goto bad;
+            for (int w = 2; w < nw; w++) {
+                char *eq = strchr(words[w], '=');
+                uint64_t v;
+                if (!eq)
+                    goto bad;
+                *eq++ = '\0';
+                if (!strcmp(words[w], "file") && !l->file) {
+                    if (!(l->file = decode(eq, strlen(eq))) || !l->file[0])
+                        goto bad;
+                } else if (!strcmp(words[w], "fmt")) {
+                    l->fmt = qcow2_format_from_name(eq);
+                    if (l->fmt == QCOW2_FORMAT_AUTO)
+                        goto bad;
+                } else if (!strcmp(words[w], "backing")) {
+                    if (!parse_id(eq, &l->backing))
+                        goto bad;
+                } else if (!strcmp(words[w], "frozen") && parse_u64(eq, &v) && v <= 1) {
+                    l->frozen = v;
+                } else if (!strcmp(words[w], "disk") && parse_u64(eq, &v) && v <= 1) {
+                    l->is_disk = v;
+                } else if (!strcmp(words[w], "fp") && strlen(eq) == 32) {
+                    for (int k = 0; k < 16; k++) {
+                        int hi = hexval(eq[2 * k]), lo = hexval(eq[2 * k + 1]);
+                        if (hi < 0 || lo < 0)
+                            goto bad;
+                        l->fp[k] = (uint8_t)(hi * 16 + lo);
+                    }
+                    l->have_fp = true;
+                } else if (!strcmp(words[w], "size") && parse_u64(eq, &l->size)) {
+                } else if (!strcmp(words[w], "mtime") && parse_i64(eq, &l->mtime_ns)) {
+                } else {
+                    goto bad;
+                }
+            }
+            if (!l->file || l->fmt == QCOW2_FORMAT_AUTO)
+                goto bad;
+        } else if (strcmp(words[0], "node") == 0 && nw >= 5) {
+            struct qsnap__node *n;
+            if (m->nn >= QSNAP_MAX_ITEMS || !(n = grow((void **)&m->nodes, &m->nn, sizeof(*n))))
+                goto bad;
+            if (!parse_id(words[1], &n->id) || !n->id)
+                goto bad;
+            n->layer = 0;
+            for (int w = 2; w < nw; w++) {
+                char *eq = strchr(words[w], '=');
+                if (!eq)
+                    goto bad;
+                *eq++ = '\0';
+                if (!strcmp(words[w], "parent") && parse_id(eq, &n->parent)) {
+                } else if (!strcmp(words[w], "layer") && parse_id(eq, &n->layer)) {
+                } else if (!strcmp(words[w], "created") && parse_i64(eq, &n->created)) {
+                } else if (!strcmp(words[w], "name") && !n->name) {
+                    if (!(n->name = decode(eq, strlen(eq))) || qsnap_name_check(n->name))
+                        goto bad;
+                } else if (!strcmp(words[w], "desc") && !n->desc) {
+                    if (!(n->desc = decode(eq, strlen(eq))))
+                        goto bad;
+                } else if (!strcmp(words[w], "state") && !n->state) {
+                    if (!(n->state = decode(eq, strlen(eq))) || !n->state[0])
+                        goto bad;
+                } else {
+                    goto bad;
+                }
+            }
+            if (!n->layer)
+                goto bad;
+        } else if (strcmp(words[0], "branch") == 0 && nw == 5) {
+            struct qsnap__branch *br;
+            if (m->nb >= QSNAP_MAX_ITEMS ||
+                !(br = grow((void **)&m->branches, &m->nb, sizeof(*br))))
+                goto bad;
+            if (!(br->name = decode(words[1], strlen(words[1]))) || qsnap_name_check(br->name))
+                goto bad;
+            for (int w = 2; w < nw; w++) {
+                char *eq = strchr(words[w], '=');
+                if (!eq)
+                    goto bad;
+                *eq++ = '\0';
+                if (!strcmp(words[w], "head") && parse_id(eq, &br->head)) {
+                } else if (!strcmp(words[w], "base") && parse_id(eq, &br->base)) {
+                } else if (!strcmp(words[w], "created") && parse_i64(eq, &br->created)) {
+                } else {
+                    goto bad;
+                }
+            }
+            if (!br->head)
+                goto bad;
+        } else {
+            goto bad;
+        }
+        continue;
+bad:
+        rc = qsnap__err(QSNAP_EINTEGRITY,
+                        "restore the store from a backup; 'qsnap verify' lists what is there",
+                        "%s: line %u is damaged", what, line_no);
+    }
+    if (!rc && (!have_header || !have_end || !have_gen || !have_seq || !have_disk))
+        rc = qsnap__err(QSNAP_EINTEGRITY,
+                        "restore the store from a backup; 'qsnap verify' lists what is there",
+                        "%s: metadata is truncated or incomplete", what);
+    if (!rc)
+        rc = qsnap__model_check(m, what);
+    if (rc)
+        qsnap__model_free(m);
+    return rc;
+}
+
+int qsnap__model_check(const struct qsnap__model *m, const char *what)
+{
+    const char *hint = "restore the store from a backup; 'qsnap verify' lists what is there";
+
+    for (size_t i = 0; i < m->nl; i++) {
+        const struct qsnap__layer *l = &m->layers[i];
+        unsigned steps = 0;
+        if (l->id >= m->seq)
+            return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u has an id past seq", what,
+                              l->id);
+        for (size_t j = i + 1; j < m->nl; j++) {
+            if (m->layers[j].id == l->id)
+                return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u appears twice", what,
+                                  l->id);
+        }
+        if (l->backing && !qsnap__layer(m, l->backing))
+            return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u is backed by missing layer %u",
+                              what, l->id, l->backing);
+        for (const struct qsnap__layer *c = l; c && c->backing; c = qsnap__layer(m, c->backing)) {
+            if (++steps > m->nl)
+                return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u's backing links loop",
+                                  what, l->id);
+        }
+        if (strstr(l->file, "..") && !l->is_disk)
+            return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u's file leaves the store",
+                              what, l->id);
+    }
+    for (size_t i = 0; i < m->nn; i++) {
+        const struct qsnap__node *n = &m->nodes[i];
+        unsigned steps = 0;
+        if (n->id >= m->seq || !qsnap__layer(m, n->layer))
+            return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u refers to a missing layer",
+                              what, n->id);
+        if (n->parent && !qsnap__node(m, n->parent))
+            return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u has a missing parent", what,
+                              n->id);
+        for (size_t j = i + 1; j < m->nn; j++) {
+            if (m->nodes[j].id == n->id ||
+                (n->name && m->nodes[j].name && !strcmp(n->name, m->nodes[j].name)))
+                return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u appears twice", what,
+                                  n->id);
+        }
+        for (const struct qsnap__node *c = n; c && c->parent; c = qsnap__node(m, c->parent)) {
+            if (++steps > m->nn)
+                return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u's parents loop", what,
+                                  n->id);
+        }
+        if (n->state && (strstr(n->state, "..") || n->state[0] == '/'))
+            return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u's state file leaves the store",
+                              what, n->id);
+    }
+    for (size_t i = 0; i < m->nb; i++) {
+        const struct qsnap__branch *b = &m->branches[i];
+        const struct qsnap__layer *h = qsnap__layer(m, b->head);
+        if (!h || h->frozen)
+            return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: branch %s has no writable head", what,
+                              b->name);
+        if (b->base && !qsnap__node(m, b->base))
+            return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: branch %s has a missing base", what,
+                              b->name);
+        for (size_t j = i + 1; j < m->nb; j++) {
+            if (!strcmp(m->branches[j].name, b->name))
+                return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: branch %s appears twice", what,
+                                  b->name);
+        }
+        if (qsnap__node_by_name(m, b->name))
+            return qsnap__err(QSNAP_EINTEGRITY, hint,
+                              "%s: %s is both a snapshot and a branch", what, b->name);
+    }
+    if (m->current && !qsnap__branch_by_name(m, m->current))
+        return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: current branch %s does not exist", what,
+                          m->current);
+    if (!m->disk || !m->disk[0])
+        return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: no disk recorded", what);
+    return 0;
+}
+
+int qsnap_name_check(const char *name)
+{
+    size_t len = name ? strlen(name) : 0;
+
+    if (!len)
+        return qsnap__err(QSNAP_EUSAGE, "give a non-empty name", "a name cannot be empty");
+    if (len > QSNAP_MAX_NAME)
+        return qsnap__err(QSNAP_EUSAGE, NULL, "name '%.20s...' is longer than %u characters",
+                          name, QSNAP_MAX_NAME);
+    if (name[0] == '-')
+        return qsnap__err(QSNAP_EUSAGE, NULL, "name '%s' must not start with '-'", name);
+    if (!strcmp(name, ".") || !strcmp(name, ".."))
+        return qsnap__err(QSNAP_EUSAGE, NULL, "'%s' is not a valid name", name);
+    for (const unsigned char *c = (const unsigned char *)name; *c; c++) {
+        if (*c == '/' || *c < 0x21 || *c == 0x7f)
+            return qsnap__err(QSNAP_EUSAGE, "use letters, digits and . _ + - @ :",
+                              "name '%s' contains '%s'", name,
+                              *c == '/' ? "/" : "a space or control character");
+    }
+    return 0;
+}

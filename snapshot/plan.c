@@ -1,0 +1,1293 @@
+/*
+ * Building plans: each operation works on a copy of the store's model,
+ * changes it into the state the operation leads to, and records the file
+ * steps that get the files there, in an order that keeps every state's
+ * content intact at every point (see exec.c for how each step is made
+ * idempotent and crash-safe). Refusals happen here, before anything is
+ * written, and name what blocks them and the flag that overrides.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "qsnap_int.h"
+
+static const char *const GC_HINT = "'qsnap verify --repair DISK' finishes it";
+
+static int plan_new(qsnap_plan **out, const qsnap_store *s, const char *op)
+{
+    qsnap_plan *p = calloc(1, sizeof(*p));
+
+    *out = NULL;
+    if (!p || !(p->op = strdup(op))) {
+        free(p);
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    }
+    p->base_gen = s->m.gen;
+    *out = p;
+    return 0;
+}
+
+void qsnap_plan_free(qsnap_plan *p)
+{
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->n; i++) {
+        free(p->steps[i].a);
+        free(p->steps[i].b);
+    }
+    for (size_t i = 0; i < p->npost; i++) {
+        free(p->post[i].a);
+        free(p->post[i].b);
+    }
+    free(p->post);
+    for (size_t i = 0; i < p->nm; i++)
+        qsnap__model_free(&p->models[i]);
+    free(p->models);
+    free(p->steps);
+    free(p->summary);
+    free(p->op);
+    free(p);
+}
+
+static int add_step(qsnap_plan *p, enum qsnap__step_kind kind, unsigned x, unsigned y, unsigned z,
+                    const char *a, const char *b)
+{
+    struct qsnap__step *st = realloc(p->steps, (p->n + 1) * sizeof(*st));
+
+    if (!st)
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    p->steps = st;
+    st = &p->steps[p->n];
+    memset(st, 0, sizeof(*st));
+    st->kind = kind;
+    st->x = x;
+    st->y = y;
+    st->z = z;
+    st->a = a ? strdup(a) : NULL;
+    st->b = b ? strdup(b) : NULL;
+    if ((a && !st->a) || (b && !st->b))
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    p->n++;
+    return 0;
+}
+
+/* A removal that must wait for the next commit point (the metadata still names the file). */
+static int defer_unlink(qsnap_plan *p, const char *rel)
+{
+    struct qsnap__step *st = realloc(p->post, (p->npost + 1) * sizeof(*st));
+
+    if (!st)
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    p->post = st;
+    st = &p->post[p->npost];
+    memset(st, 0, sizeof(*st));
+    st->kind = QSNAP__ST_UNLINK;
+    st->a = strdup(rel);
+    if (!st->a)
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    p->npost++;
+    return 0;
+}
+
+/* Record a commit point: the model as it stands becomes target model k. */
+static int add_save(qsnap_plan *p, const struct qsnap__model *m)
+{
+    struct qsnap__model *ms = realloc(p->models, (p->nm + 1) * sizeof(*ms));
+    int rc;
+
+    if (!ms)
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    p->models = ms;
+    rc = qsnap__model_clone(&p->models[p->nm], m);
+    if (rc)
+        return rc;
+    p->nm++;
+    rc = add_step(p, QSNAP__ST_SAVE, 0, (unsigned)(p->nm - 1), 0, NULL, NULL);
+    /* Deferred removals follow the commit point that stops naming their files. */
+    for (size_t i = 0; !rc && i < p->npost; i++)
+        rc = add_step(p, p->post[i].kind, 0, 0, 0, p->post[i].a, NULL);
+    for (size_t i = 0; i < p->npost; i++)
+        free(p->post[i].a);
+    p->npost = 0;
+    return rc;
+}
+
+static int set_summary(qsnap_plan *p, const char *fmt, ...) QSNAP_PRINTF(2, 3);
+static int set_summary(qsnap_plan *p, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    free(p->summary);
+    va_start(ap, fmt);
+    n = vasprintf(&p->summary, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        p->summary = NULL;
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    }
+    return 0;
+}
+
+const char *qsnap_plan_summary(const qsnap_plan *p)
+{
+    return p->summary ? p->summary : "";
+}
+
+/* A new overlay layer in the target model, backed by layer `backing`. */
+static struct qsnap__layer *new_overlay(struct qsnap__model *m, unsigned backing)
+{
+    struct qsnap__layer *l = qsnap__add_layer(m);
+
+    if (!l)
+        return NULL;
+    if (asprintf(&l->file, "layers/%u.qcow2", l->id) < 0) {
+        l->file = NULL;
+        m->nl--;
+        return NULL;
+    }
+    l->fmt = QCOW2_FORMAT_QCOW2;
+    l->backing = backing;
+    return l;
+}
+
+/* Refuse while a journal says an operation is unfinished. */
+static int check_no_pending(const qsnap_store *s)
+{
+    bool pending = false;
+    int rc = qsnap__journal_pending(s, &pending);
+
+    if (rc)
+        return rc;
+    if (pending)
+        return qsnap__err(QSNAP_EINTEGRITY, GC_HINT,
+                          "%s: an earlier operation was interrupted and is not finished", s->dir);
+    return 0;
+}
+
+static int check_writable_store(const qsnap_store *s)
+{
+    if (s->readonly)
+        return qsnap__err(QSNAP_EUSAGE, NULL, "store opened read-only");
+    return check_no_pending(s);
+}
+
+/* A frozen layer that changed since it was frozen is an integrity problem: refuse. */
+static int check_unchanged(const qsnap_store *s, const struct qsnap__layer *l)
+{
+    char *path;
+    struct stat st;
+    int rc = 0;
+
+    if (!l->frozen || !l->have_fp)
+        return 0;
+    path = qsnap__path(s, l->file);
+    if (!path)
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    if (stat(path, &st) < 0)
+        rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK' shows what is missing",
+                        "%s: layer file is missing", path);
+    else if ((uint64_t)st.st_size != l->size ||
+             (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec != l->mtime_ns)
+        rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK' checks its fingerprint",
+                        "%s: frozen layer was modified after it was frozen", path);
+    free(path);
+    return rc;
+}
+
+/* Every frozen layer in the chain of layer id: unchanged. */
+static int check_chain(const qsnap_store *s, const struct qsnap__model *m, unsigned id)
+{
+    for (const struct qsnap__layer *l = qsnap__layer(m, id); l; l = qsnap__layer(m, l->backing)) {
+        int rc = check_unchanged(s, l);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* The head of a branch must not be in use by a running QEMU. */
+static int check_free(const qsnap_store *s, const struct qsnap__model *m, unsigned layer)
+{
+    const struct qsnap__layer *l = qsnap__layer(m, layer);
+
+    return l ? qsnap__image_in_use(s, l) : 0;
+}
+
+static bool name_taken(const struct qsnap__model *m, const char *name)
+{
+    return qsnap__node_by_name(m, name) || qsnap__branch_by_name(m, name);
+}
+
+static int check_new_name(const struct qsnap__model *m, const char *name)
+{
+    int rc = qsnap_name_check(name);
+
+    if (rc)
+        return rc;
+    if (name_taken(m, name))
+        return qsnap__err(QSNAP_EUSAGE, "names are unique across snapshots and branches",
+                          "'%s' is already the name of a %s", name,
+                          qsnap__node_by_name(m, name) ? "snapshot" : "branch");
+    return 0;
+}
+
+/* A generated name "PREFIX-N" not yet taken. */
+static char *gen_name(const struct qsnap__model *m, const char *prefix)
+{
+    for (unsigned i = 1; i < 1000000; i++) {
+        char *name;
+        if (asprintf(&name, "%s-%u", prefix, i) < 0)
+            return NULL;
+        if (!name_taken(m, name) && qsnap_name_check(name) == 0)
+            return name;
+        free(name);
+    }
+    return NULL;
+}
+
+static int find_snapshot(const struct qsnap__model *m, const char *name, struct qsnap__node **out)
+{
+    *out = qsnap__node_by_name(m, name);
+    if (!*out)
+        return qsnap__err(QSNAP_ENOTFOUND, "'qsnap list DISK' shows the snapshots",
+                          "no snapshot named '%s'%s", name ? name : "",
+                          qsnap__branch_by_name(m, name) ? " (that is a branch)" : "");
+    return 0;
+}
+
+static int find_branch(const struct qsnap__model *m, const char *name, struct qsnap__branch **out)
+{
+    *out = qsnap__branch_by_name(m, name);
+    if (!*out)
+        return qsnap__err(QSNAP_ENOTFOUND, "'qsnap branch DISK' lists the branches",
+                          "no branch named '%s'%s", name ? name : "",
+                          qsnap__node_by_name(m, name) ? " (that is a snapshot)" : "");
+    return 0;
+}
+
+static int nomem(void)
+{
+    return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+}
+
+/* ---- create ----------------------------------------------------------------- */
+
+static int attach_state(qsnap_plan *p, struct qsnap__node *n, const char *state_file)
+{
+    char *abs, *rel;
+    const char *base;
+    struct stat st;
+
+    if (!state_file)
+        return 0;
+    if (stat(state_file, &st) < 0 || !S_ISREG(st.st_mode))
+        return qsnap__err(QSNAP_ENOTFOUND, NULL, "%s: state file not found (a regular file is "
+                                                 "needed)",
+                          state_file);
+    abs = realpath(state_file, NULL);
+    if (!abs)
+        return nomem();
+    base = strrchr(abs, '/') + 1;
+    if (asprintf(&rel, "state/%u-%s", n->id, base) < 0) {
+        free(abs);
+        return nomem();
+    }
+    n->state = rel;
+    {
+        int rc = add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "state", NULL);
+        if (!rc)
+            rc = add_step(p, QSNAP__ST_LINK_STATE, 0, 0, 0, abs, rel);
+        free(abs);
+        return rc;
+    }
+}
+
+int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts *o)
+{
+    qsnap_create_opts opts = QSNAP_CREATE_OPTS_INIT;
+    struct qsnap__model t;
+    qsnap_plan *p = NULL;
+    struct qsnap__node *n;
+    struct qsnap__layer *head;
+    char *name = NULL;
+    int rc;
+
+    if (o)
+        opts = *o;
+    rc = s->exists ? check_writable_store(s) : 0;
+    if (rc)
+        return rc;
+    rc = qsnap__model_clone(&t, &s->m);
+    if (rc)
+        return rc;
+    rc = plan_new(&p, s, "create");
+    if (rc)
+        goto fail;
+    if (opts.name) {
+        rc = check_new_name(&t, opts.name);
+        if (rc)
+            goto fail;
+        name = strdup(opts.name);
+    } else {
+        name = gen_name(&t, "snap");
+    }
+    if (!name) {
+        rc = nomem();
+        goto fail;
+    }
+    if (!s->exists) {
+        /* First snapshot: the disk becomes the root layer; branch "main" goes on top. */
+        qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+        qcow2_image *img = NULL;
+        struct qsnap__layer *disk;
+        struct qsnap__branch *b;
+
+        oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_RDWR;
+        rc = qcow2_image_open(&img, s->disk_abs, &oo); /* proves no QEMU uses it */
+        if (rc) {
+            rc = qsnap__from_qcow2(rc, "stop the virtual machine that uses the disk first");
+            goto fail;
+        }
+        disk = qsnap__add_layer(&t);
+        if (!disk || !(disk->file = strdup(t.disk))) {
+            qcow2_image_close(img);
+            rc = nomem();
+            goto fail;
+        }
+        disk->fmt = qcow2_image_format(img);
+        disk->is_disk = true;
+        qcow2_image_close(img);
+        n = qsnap__add_node(&t);
+        head = n ? new_overlay(&t, disk->id) : NULL;
+        b = head ? qsnap__add_branch(&t) : NULL;
+        if (!b || !(b->name = strdup("main")) || !(t.current = strdup("main"))) {
+            rc = nomem();
+            goto fail;
+        }
+        disk = qsnap__layer(&t, n->layer = t.layers[0].id);
+        n->name = name;
+        name = NULL;
+        n->created = qsnap__now();
+        n->desc = opts.description ? strdup(opts.description) : NULL;
+        b->head = head->id;
+        b->base = n->id;
+        b->created = n->created;
+        disk->frozen = true;
+        rc = add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "", NULL);
+        if (!rc)
+            rc = add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "layers", NULL);
+        if (!rc)
+            rc = attach_state(p, n, opts.state_file);
+        if (!rc)
+            rc = add_step(p, QSNAP__ST_CREATE, head->id, 0, 0, NULL, NULL);
+        if (!rc)
+            rc = add_step(p, QSNAP__ST_FREEZE, disk->id, 0, 0, NULL, NULL);
+        if (!rc)
+            rc = add_save(p, &t);
+        if (!rc)
+            rc = set_summary(p, "created snapshot %s of %s; branch main continues from it",
+                             n->name, s->disk_abs);
+    } else {
+        struct qsnap__branch *b = qsnap__branch_by_name(&t, t.current);
+        struct qsnap__layer *old_head = b ? qsnap__layer(&t, b->head) : NULL;
+
+        if (!old_head) {
+            rc = qsnap__err(QSNAP_EINTEGRITY, GC_HINT, "%s: the current branch is missing", s->dir);
+            goto fail;
+        }
+        rc = check_free(s, &t, old_head->id);
+        if (!rc)
+            rc = check_chain(s, &t, old_head->backing);
+        if (rc)
+            goto fail;
+        n = qsnap__add_node(&t);
+        if (!n) {
+            rc = nomem();
+            goto fail;
+        }
+        b = qsnap__branch_by_name(&t, t.current); /* arrays may have moved */
+        old_head = qsnap__layer(&t, b->head);
+        n->name = name;
+        name = NULL;
+        n->parent = b->base;
+        n->layer = old_head->id;
+        n->created = qsnap__now();
+        n->desc = opts.description ? strdup(opts.description) : NULL;
+        head = new_overlay(&t, old_head->id);
+        if (!head) {
+            rc = nomem();
+            goto fail;
+        }
+        b = qsnap__branch_by_name(&t, t.current);
+        old_head = qsnap__layer(&t, b->head);
+        old_head->frozen = true;
+        b->head = head->id;
+        b->base = n->id;
+        rc = attach_state(p, n, opts.state_file);
+        if (!rc)
+            rc = add_step(p, QSNAP__ST_CREATE, head->id, 0, 0, NULL, NULL);
+        if (!rc)
+            rc = add_step(p, QSNAP__ST_FREEZE, old_head->id, 0, 0, NULL, NULL);
+        if (!rc)
+            rc = add_save(p, &t);
+        if (!rc)
+            rc = set_summary(p, "created snapshot %s of branch %s", n->name, b->name);
+    }
+    if (rc)
+        goto fail;
+    qsnap__model_free(&t);
+    *out = p;
+    return 0;
+fail:
+    free(name);
+    qsnap__model_free(&t);
+    qsnap_plan_free(p);
+    return rc;
+}
+
+/* ---- revert, switch, branch ------------------------------------------------- */
+
+/* New branch `name` with a fresh head on node n's layer. */
+static int add_branch_on(struct qsnap__model *t, qsnap_plan *p, const char *name, unsigned node_id)
+{
+    struct qsnap__node *n = qsnap__node(t, node_id);
+    struct qsnap__layer *head = n ? new_overlay(t, n->layer) : NULL;
+    struct qsnap__branch *b;
+
+    if (!head)
+        return nomem();
+    b = qsnap__add_branch(t);
+    if (!b || !(b->name = strdup(name)))
+        return nomem();
+    b->head = head->id;
+    b->base = node_id;
+    b->created = qsnap__now();
+    return add_step(p, QSNAP__ST_CREATE, head->id, 0, 0, NULL, NULL);
+}
+
+/* Remove a branch and (after the commit point) its head file. */
+static int drop_branch(struct qsnap__model *t, qsnap_plan *p, const char *name)
+{
+    struct qsnap__branch *b = qsnap__branch_by_name(t, name);
+    struct qsnap__layer *h = b ? qsnap__layer(t, b->head) : NULL;
+    int rc = 0;
+
+    if (!h)
+        return 0;
+    rc = defer_unlink(p, h->file);
+    qsnap__del_layer(t, h->id);
+    qsnap__del_branch(t, name);
+    return rc;
+}
+
+static void fmt_bytes(char *buf, size_t len, uint64_t v)
+{
+    static const char *const unit[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    double d = (double)v;
+    int u = 0;
+
+    while (d >= 1024 && u < 5) {
+        d /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, len, "%" PRIu64 " B", v);
+    else
+        snprintf(buf, len, "%.1f %s", d, unit[u]);
+}
+
+int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
+                      const char *new_branch, bool discard)
+{
+    struct qsnap__model t;
+    struct qsnap__node *target;
+    struct qsnap__branch *cur;
+    qsnap_plan *p = NULL;
+    char *left = NULL, *newname = NULL, bytes[32];
+    bool dirty = false, drop;
+    uint64_t used = 0;
+    int rc = check_writable_store(s);
+
+    if (rc)
+        return rc;
+    rc = qsnap__model_clone(&t, &s->m);
+    if (rc)
+        return rc;
+    rc = find_snapshot(&t, snapshot, &target);
+    if (!rc)
+        rc = plan_new(&p, s, "revert");
+    if (rc)
+        goto out;
+    cur = qsnap__branch_by_name(&t, t.current);
+    if (!cur) {
+        rc = qsnap__err(QSNAP_EINTEGRITY, GC_HINT, "%s: the current branch is missing", s->dir);
+        goto out;
+    }
+    left = strdup(cur->name);
+    if (!left) {
+        rc = nomem();
+        goto out;
+    }
+    rc = qsnap__head_dirty(s, qsnap__layer(&t, cur->head), &dirty, &used);
+    if (!rc)
+        rc = check_chain(s, &t, target->layer);
+    if (rc)
+        goto out;
+    drop = discard || !dirty;
+    if (drop) {
+        rc = check_free(s, &t, cur->head);
+        if (rc)
+            goto out;
+    }
+    if (new_branch) {
+        if (!(drop && !strcmp(new_branch, left))) {
+            rc = check_new_name(&t, new_branch);
+            if (rc)
+                goto out;
+        }
+        newname = strdup(new_branch);
+    } else {
+        newname = drop ? strdup(left) : gen_name(&t, snapshot);
+    }
+    if (!newname) {
+        rc = nomem();
+        goto out;
+    }
+    if (drop)
+        rc = drop_branch(&t, p, left);
+    if (!rc)
+        rc = add_branch_on(&t, p, newname, target->id);
+    if (rc)
+        goto out;
+    free(t.current);
+    t.current = strdup(newname);
+    if (!t.current) {
+        rc = nomem();
+        goto out;
+    }
+    /* The new head exists before the metadata names it; the old head goes after. */
+    rc = add_save(p, &t);
+    if (rc)
+        goto out;
+    fmt_bytes(bytes, sizeof(bytes), used);
+    if (!drop)
+        rc = set_summary(p, "reverted to %s on new branch %s; branch %s keeps its changes (%s)",
+                         snapshot, newname, left, bytes);
+    else if (dirty)
+        rc = set_summary(p, "reverted to %s on branch %s; discarded %s of changes on branch %s",
+                         snapshot, newname, bytes, left);
+    else
+        rc = set_summary(p, "reverted to %s on branch %s (branch %s had no changes)", snapshot,
+                         newname, left);
+out:
+    free(left);
+    free(newname);
+    qsnap__model_free(&t);
+    if (rc) {
+        qsnap_plan_free(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+int qsnap_plan_switch(qsnap_plan **out, qsnap_store *s, const char *branch)
+{
+    struct qsnap__model t;
+    struct qsnap__branch *b;
+    qsnap_plan *p = NULL;
+    int rc = check_writable_store(s);
+
+    if (rc)
+        return rc;
+    rc = qsnap__model_clone(&t, &s->m);
+    if (!rc)
+        rc = find_branch(&t, branch, &b);
+    if (!rc)
+        rc = plan_new(&p, s, "switch");
+    if (!rc) {
+        free(t.current);
+        t.current = strdup(branch);
+        rc = t.current ? add_save(p, &t) : nomem();
+    }
+    if (!rc)
+        rc = set_summary(p, "switched to branch %s", branch);
+    qsnap__model_free(&t);
+    if (rc) {
+        qsnap_plan_free(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+int qsnap_plan_branch_create(qsnap_plan **out, qsnap_store *s, const char *name, const char *at)
+{
+    struct qsnap__model t;
+    struct qsnap__node *n = NULL;
+    qsnap_plan *p = NULL;
+    int rc = check_writable_store(s);
+
+    if (rc)
+        return rc;
+    rc = qsnap__model_clone(&t, &s->m);
+    if (rc)
+        return rc;
+    rc = check_new_name(&t, name);
+    if (!rc && at) {
+        rc = find_snapshot(&t, at, &n);
+    } else if (!rc) {
+        struct qsnap__branch *cur = qsnap__branch_by_name(&t, t.current);
+        n = cur ? qsnap__node(&t, cur->base) : NULL;
+        if (!n)
+            rc = qsnap__err(QSNAP_EUSAGE, "name one with --at SNAPSHOT",
+                            "the current branch has no base snapshot");
+    }
+    if (!rc)
+        rc = check_chain(s, &t, n->layer);
+    if (!rc)
+        rc = plan_new(&p, s, "branch");
+    if (!rc)
+        rc = add_branch_on(&t, p, name, n->id);
+    if (!rc)
+        rc = add_save(p, &t);
+    if (!rc)
+        rc = set_summary(p, "created branch %s at %s", name,
+                         n->name ? n->name : "(unnamed node)");
+    qsnap__model_free(&t);
+    if (rc) {
+        qsnap_plan_free(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+int qsnap_plan_branch_delete(qsnap_plan **out, qsnap_store *s, const char *name, bool force)
+{
+    struct qsnap__model t;
+    struct qsnap__branch *b;
+    qsnap_plan *p = NULL;
+    bool dirty = false;
+    uint64_t used = 0;
+    char bytes[32];
+    int rc = check_writable_store(s);
+
+    if (rc)
+        return rc;
+    rc = qsnap__model_clone(&t, &s->m);
+    if (rc)
+        return rc;
+    rc = find_branch(&t, name, &b);
+    if (!rc && t.current && !strcmp(t.current, name))
+        rc = qsnap__err(QSNAP_EREFUSED, "'qsnap switch DISK OTHER' first",
+                        "branch %s is the current branch", name);
+    if (!rc)
+        rc = qsnap__head_dirty(s, qsnap__layer(&t, b->head), &dirty, &used);
+    fmt_bytes(bytes, sizeof(bytes), used);
+    if (!rc && dirty && !force)
+        rc = qsnap__err(QSNAP_EREFUSED, "--force deletes it anyway",
+                        "branch %s holds %s of changes that no snapshot keeps", name, bytes);
+    if (!rc)
+        rc = check_free(s, &t, b->head);
+    if (!rc)
+        rc = plan_new(&p, s, "branch-delete");
+    if (!rc)
+        rc = drop_branch(&t, p, name);
+    if (!rc)
+        rc = add_save(p, &t);
+    if (!rc)
+        rc = set_summary(p, dirty ? "deleted branch %s (%s of changes dropped)"
+                                  : "deleted branch %s%s",
+                         name, dirty ? bytes : "");
+    qsnap__model_free(&t);
+    if (rc) {
+        qsnap_plan_free(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+int qsnap_plan_branch_rename(qsnap_plan **out, qsnap_store *s, const char *old_name,
+                             const char *new_name)
+{
+    struct qsnap__model t;
+    struct qsnap__branch *b;
+    qsnap_plan *p = NULL;
+    int rc = check_writable_store(s);
+
+    if (rc)
+        return rc;
+    rc = qsnap__model_clone(&t, &s->m);
+    if (rc)
+        return rc;
+    rc = find_branch(&t, old_name, &b);
+    if (!rc)
+        rc = check_new_name(&t, new_name);
+    if (!rc)
+        rc = plan_new(&p, s, "branch-rename");
+    if (!rc) {
+        char *nn = strdup(new_name);
+        if (!nn) {
+            rc = nomem();
+        } else {
+            if (t.current && !strcmp(t.current, old_name)) {
+                free(t.current);
+                t.current = strdup(new_name);
+            }
+            free(b->name);
+            b->name = nn;
+            rc = add_save(p, &t);
+        }
+    }
+    if (!rc)
+        rc = set_summary(p, "renamed branch %s to %s", old_name, new_name);
+    qsnap__model_free(&t);
+    if (rc) {
+        qsnap_plan_free(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+/* ---- delete ------------------------------------------------------------------- */
+
+static size_t count_layer_deps(const struct qsnap__model *m, unsigned layer)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < m->nl; i++)
+        n += m->layers[i].backing == layer;
+    return n;
+}
+
+static bool other_node_uses(const struct qsnap__model *m, unsigned layer, unsigned except)
+{
+    for (size_t i = 0; i < m->nn; i++) {
+        if (m->nodes[i].layer == layer && m->nodes[i].id != except)
+            return true;
+    }
+    return false;
+}
+
+/* Node `id` leaves the tree: its children and branches move up to its parent. */
+static void reparent(struct qsnap__model *t, unsigned id, unsigned parent)
+{
+    for (size_t i = 0; i < t->nn; i++) {
+        if (t->nodes[i].parent == id)
+            t->nodes[i].parent = parent;
+    }
+    for (size_t i = 0; i < t->nb; i++) {
+        if (t->branches[i].base == id)
+            t->branches[i].base = parent;
+    }
+}
+
+/* Steps that give dependent layer d the content of layer l, then drop l from its chain. */
+static int stream_into(const qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
+                       struct qsnap__layer *d, const struct qsnap__layer *l)
+{
+    int rc = d->frozen ? 0 : check_free(s, t, d->id);
+
+    if (!rc && d->frozen)
+        rc = add_step(p, QSNAP__ST_THAW, d->id, 0, 0, NULL, NULL);
+    if (!rc)
+        rc = add_step(p, QSNAP__ST_STREAM, d->id, l->backing, 0, NULL, NULL);
+    if (!rc && d->frozen)
+        rc = add_step(p, QSNAP__ST_FREEZE, d->id, 0, 0, NULL, NULL);
+    d->backing = l->backing;
+    return rc;
+}
+
+static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
+                               struct qsnap__node *root)
+{
+    unsigned *ids = calloc(t->nn + 1, sizeof(unsigned));
+    bool *keep = calloc(t->nl + 1, sizeof(bool));
+    size_t nids = 0, removed_branches = 0, nodes;
+    char *root_name = strdup(root->name);
+    int rc = 0;
+
+    if (!ids || !keep || !root_name) {
+        rc = nomem();
+        goto out;
+    }
+    /* The subtree: the root and every node whose parent is in it. */
+    ids[nids++] = root->id;
+    for (size_t added = 1; added;) {
+        added = 0;
+        for (size_t i = 0; i < t->nn; i++) {
+            bool in = false, parent_in = false;
+            for (size_t k = 0; k < nids; k++) {
+                in |= ids[k] == t->nodes[i].id;
+                parent_in |= ids[k] == t->nodes[i].parent;
+            }
+            if (parent_in && !in) {
+                ids[nids++] = t->nodes[i].id;
+                added++;
+            }
+        }
+    }
+    for (size_t i = 0; i < t->nb; i++) {
+        for (size_t k = 0; k < nids; k++) {
+            if (t->branches[i].base != ids[k])
+                continue;
+            if (t->current && !strcmp(t->current, t->branches[i].name)) {
+                rc = qsnap__err(QSNAP_EREFUSED, "'qsnap switch DISK BRANCH' to a branch outside it first",
+                                "the current branch %s is in the subtree of %s", t->current,
+                                root_name);
+                goto out;
+            }
+            rc = check_free(s, t, t->branches[i].head);
+            if (rc)
+                goto out;
+        }
+    }
+    for (size_t k = 0; k < nids; k++) {
+        struct qsnap__node *n = qsnap__node(t, ids[k]);
+        if (n->state)
+            rc = defer_unlink(p, n->state);
+        if (rc)
+            goto out;
+    }
+    for (size_t i = 0; i < t->nb;) {
+        bool in = false;
+        for (size_t k = 0; k < nids; k++)
+            in |= t->branches[i].base == ids[k];
+        if (in) {
+            char *name = strdup(t->branches[i].name);
+            if (!name) {
+                rc = nomem();
+                goto out;
+            }
+            qsnap__del_branch(t, name);
+            free(name);
+            removed_branches++;
+        } else {
+            i++;
+        }
+    }
+    nodes = nids;
+    for (size_t k = 0; k < nids; k++)
+        qsnap__del_node(t, ids[k]);
+    /* Keep every layer a remaining node or branch needs (and the disk); drop the rest. */
+    for (size_t i = 0; i < t->nl; i++) {
+        const struct qsnap__layer *l = &t->layers[i];
+        bool needed = l->is_disk;
+        for (size_t j = 0; j < t->nn && !needed; j++)
+            needed = t->nodes[j].layer == l->id;
+        for (size_t j = 0; j < t->nb && !needed; j++)
+            needed = t->branches[j].head == l->id;
+        keep[i] = needed;
+    }
+    for (size_t changed = 1; changed;) {
+        changed = 0;
+        for (size_t i = 0; i < t->nl; i++) {
+            if (!keep[i])
+                continue;
+            for (size_t j = 0; j < t->nl; j++) {
+                if (!keep[j] && t->layers[j].id == t->layers[i].backing) {
+                    keep[j] = true;
+                    changed++;
+                }
+            }
+        }
+    }
+    for (size_t i = t->nl; i-- > 0;) {
+        if (keep[i])
+            continue;
+        rc = defer_unlink(p, t->layers[i].file);
+        if (rc)
+            goto out;
+        qsnap__del_layer(t, t->layers[i].id);
+    }
+    rc = add_save(p, t);
+    if (!rc)
+        rc = set_summary(p, "deleted snapshot %s and its subtree (%zu snapshots, %zu branches)",
+                         root_name, nodes, removed_branches);
+out:
+    free(root_name);
+    free(ids);
+    free(keep);
+    return rc;
+}
+
+int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, unsigned flags)
+{
+    struct qsnap__model t;
+    struct qsnap__node *n;
+    struct qsnap__layer *l;
+    qsnap_plan *p = NULL;
+    char *name = NULL;
+    size_t deps;
+    int rc = check_writable_store(s);
+
+    if (rc)
+        return rc;
+    if ((flags & QSNAP_DELETE_METADATA) && (flags & (QSNAP_DELETE_CHILDREN | QSNAP_DELETE_STREAM)))
+        return qsnap__err(QSNAP_EUSAGE, NULL,
+                          "--metadata cannot be combined with --children or --stream");
+    rc = qsnap__model_clone(&t, &s->m);
+    if (rc)
+        return rc;
+    rc = find_snapshot(&t, snapshot, &n);
+    if (!rc)
+        rc = plan_new(&p, s, "delete");
+    if (!rc && !(name = strdup(snapshot)))
+        rc = nomem();
+    if (rc)
+        goto out;
+    if (flags & QSNAP_DELETE_CHILDREN) {
+        rc = plan_delete_subtree(s, &t, p, n);
+        goto out;
+    }
+    if (n->state) {
+        rc = defer_unlink(p, n->state);
+        free(n->state);
+        n->state = NULL;
+        if (rc)
+            goto out;
+    }
+    l = qsnap__layer(&t, n->layer);
+    deps = count_layer_deps(&t, l->id);
+    if (flags & QSNAP_DELETE_METADATA) {
+        free(n->name);
+        n->name = NULL;
+        rc = add_save(p, &t);
+        if (!rc)
+            rc = set_summary(p, "forgot the name %s; its state stays as an unnamed node", name);
+        goto out;
+    }
+    if (other_node_uses(&t, l->id, n->id) || (l->is_disk && deps == 0)) {
+        /* Another node holds the same layer (or it is the disk itself): only the node goes. */
+        reparent(&t, n->id, n->parent);
+        qsnap__del_node(&t, n->id);
+        rc = add_save(p, &t);
+        if (!rc)
+            rc = set_summary(p, "deleted snapshot %s (its data is still used)", name);
+        goto out;
+    }
+    if (deps == 0) {
+        rc = check_unchanged(s, l);
+        if (!rc)
+            rc = defer_unlink(p, l->file);
+        reparent(&t, n->id, n->parent);
+        qsnap__del_node(&t, n->id);
+        qsnap__del_layer(&t, l->id);
+        if (!rc)
+            rc = add_save(p, &t);
+        if (!rc)
+            rc = set_summary(p, "deleted snapshot %s", name);
+        goto out;
+    }
+    if (l->is_disk || (deps > 1 && !(flags & QSNAP_DELETE_STREAM))) {
+        /* Several states are built on it: keep the data as an unnamed node. */
+        free(n->name);
+        n->name = NULL;
+        rc = add_save(p, &t);
+        if (!rc)
+            rc = set_summary(p, l->is_disk ? "deleted snapshot %s; the disk it names stays as an "
+                                             "unnamed node under what is built on it"
+                                           : "deleted snapshot %s; its data stays as an unnamed "
+                                             "node for the %zu states built on it (--stream "
+                                             "copies it into them instead)",
+                             name, deps);
+        goto out;
+    }
+    /* One dependent (or --stream): copy the layer's data into each, then remove it. */
+    rc = check_chain(s, &t, l->id);
+    for (size_t i = 0; !rc && i < t.nl; i++) {
+        if (t.layers[i].backing == l->id)
+            rc = stream_into(s, &t, p, &t.layers[i], l);
+    }
+    if (rc)
+        goto out;
+    rc = defer_unlink(p, l->file);
+    reparent(&t, n->id, n->parent);
+    qsnap__del_node(&t, n->id);
+    qsnap__del_layer(&t, l->id);
+    if (!rc)
+        rc = add_save(p, &t);
+    if (!rc)
+        rc = set_summary(p, "deleted snapshot %s; its data was merged into the %zu state%s built "
+                            "on it",
+                         name, deps, deps == 1 ? "" : "s");
+out:
+    free(name);
+    qsnap__model_free(&t);
+    if (rc) {
+        qsnap_plan_free(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+/* ---- commit ------------------------------------------------------------------- */
+
+int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *branch)
+{
+    struct qsnap__model t;
+    struct qsnap__branch *b;
+    struct qsnap__layer *h, *l, *keep;
+    struct qsnap__node *nc;
+    qsnap_plan *p = NULL;
+    bool dirty = false, was_disk;
+    uint64_t used = 0;
+    unsigned base_id, l_id, h_id, keep_id;
+    char *bname = NULL, *lfile = NULL, bytes[32];
+    int rc = check_writable_store(s);
+
+    if (rc)
+        return rc;
+    rc = qsnap__model_clone(&t, &s->m);
+    if (rc)
+        return rc;
+    rc = find_branch(&t, branch ? branch : t.current, &b);
+    if (!rc)
+        rc = plan_new(&p, s, "commit");
+    if (rc)
+        goto out;
+    bname = strdup(b->name);
+    h = qsnap__layer(&t, b->head);
+    l = h ? qsnap__layer(&t, h->backing) : NULL;
+    if (!bname || !l) {
+        rc = bname ? qsnap__err(QSNAP_EINTEGRITY, GC_HINT, "branch %s has no base layer", b->name)
+                   : nomem();
+        goto out;
+    }
+    lfile = strdup(l->file);
+    rc = lfile ? check_free(s, &t, h->id) : nomem();
+    if (!rc)
+        rc = qsnap__head_dirty(s, h, &dirty, &used);
+    if (!rc)
+        rc = check_chain(s, &t, l->id);
+    if (rc)
+        goto out;
+    if (!dirty) {
+        rc = set_summary(p, "nothing to commit: branch %s has no changes", bname);
+        goto out;
+    }
+    /* Every layer on l but the head also gets checked before anything moves. */
+    for (size_t i = 0; !rc && i < t.nl; i++) {
+        if (t.layers[i].backing == l->id && t.layers[i].id != h->id && !t.layers[i].frozen)
+            rc = check_free(s, &t, t.layers[i].id);
+    }
+    if (rc)
+        goto out;
+    base_id = b->base;
+    l_id = l->id;
+    h_id = h->id;
+    was_disk = l->is_disk;
+
+    /* 1. A new layer over l keeps l's content where the commit will overwrite it. */
+    keep = new_overlay(&t, l_id);
+    if (!keep) {
+        rc = nomem();
+        goto out;
+    }
+    keep_id = keep->id;
+    keep->frozen = true;
+    rc = add_step(p, QSNAP__ST_PRESERVE, keep_id, l_id, h_id, NULL, NULL);
+    if (!rc)
+        rc = add_step(p, QSNAP__ST_FREEZE, keep_id, 0, 0, NULL, NULL);
+    /* 2. Everything that was built on l now stands on the kept layer. */
+    for (size_t i = 0; !rc && i < t.nl; i++) {
+        struct qsnap__layer *d = &t.layers[i];
+        if (d->backing != l_id || d->id == h_id || d->id == keep_id)
+            continue;
+        if (d->frozen)
+            rc = add_step(p, QSNAP__ST_THAW, d->id, 0, 0, NULL, NULL);
+        if (!rc)
+            rc = add_step(p, QSNAP__ST_SET_BACKING, d->id, keep_id, 0, NULL, NULL);
+        if (!rc && d->frozen)
+            rc = add_step(p, QSNAP__ST_FREEZE, d->id, 0, 0, NULL, NULL);
+        d->backing = keep_id;
+    }
+    for (size_t i = 0; i < t.nn; i++) {
+        if (t.nodes[i].layer == l_id)
+            t.nodes[i].layer = keep_id;
+    }
+    if (!rc)
+        rc = add_save(p, &t);
+    /* 3. Only the head depends on l now: write the head's changes into it. */
+    if (!rc)
+        rc = add_step(p, QSNAP__ST_THAW, l_id, 0, 0, NULL, NULL);
+    if (!rc)
+        rc = add_step(p, QSNAP__ST_COMMIT, h_id, l_id, 0, NULL, NULL);
+    if (!rc)
+        rc = add_step(p, QSNAP__ST_FREEZE, l_id, 0, 0, NULL, NULL);
+    if (rc)
+        goto out;
+    /* 4. The committed state is a node; the branch goes on from it. */
+    nc = qsnap__add_node(&t);
+    if (!nc) {
+        rc = nomem();
+        goto out;
+    }
+    nc->parent = base_id;
+    nc->layer = l_id;
+    nc->created = qsnap__now();
+    b = qsnap__branch_by_name(&t, bname);
+    b->base = nc->id;
+    rc = add_save(p, &t);
+    fmt_bytes(bytes, sizeof(bytes), used);
+    if (!rc)
+        rc = set_summary(p, "committed branch %s (%s) into %s%s; every snapshot keeps its content",
+                         bname, bytes, lfile, was_disk ? " (the disk)" : "");
+out:
+    free(bname);
+    free(lfile);
+    qsnap__model_free(&t);
+    if (rc) {
+        qsnap_plan_free(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+/* ---- describe ---------------------------------------------------------------- */
+
+static const char *step_name(enum qsnap__step_kind k)
+{
+    switch (k) {
+    case QSNAP__ST_MKDIR:
+        return "mkdir";
+    case QSNAP__ST_CREATE:
+        return "create";
+    case QSNAP__ST_FREEZE:
+        return "freeze";
+    case QSNAP__ST_THAW:
+        return "thaw";
+    case QSNAP__ST_LINK_STATE:
+        return "link-state";
+    case QSNAP__ST_STREAM:
+        return "stream";
+    case QSNAP__ST_SET_BACKING:
+        return "set-backing";
+    case QSNAP__ST_PRESERVE:
+        return "preserve";
+    case QSNAP__ST_COMMIT:
+        return "commit";
+    case QSNAP__ST_SAVE:
+        return "save-metadata";
+    case QSNAP__ST_UNLINK:
+        return "remove";
+    }
+    return "?";
+}
+
+/* The file of layer id in whichever model knows it (the last target first). */
+static const char *layer_file(const qsnap_plan *p, unsigned id)
+{
+    for (size_t k = p->nm; k-- > 0;) {
+        const struct qsnap__layer *l = qsnap__layer(&p->models[k], id);
+        if (l)
+            return l->file;
+    }
+    return "?";
+}
+
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            fprintf(f, "\\%c", *c);
+        else if (*c < 0x20)
+            fprintf(f, "\\u%04x", *c);
+        else
+            fputc(*c, f);
+    }
+    fputc('"', f);
+}
+
+int qsnap_plan_describe(const qsnap_plan *p, bool json, char **out)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+
+    if (!f)
+        return nomem();
+    if (json) {
+        fprintf(f, "{\"version\": 1, \"op\": ");
+        json_str(f, p->op);
+        fprintf(f, ", \"summary\": ");
+        json_str(f, qsnap_plan_summary(p));
+        fprintf(f, ", \"steps\": [");
+    }
+    for (size_t i = 0; i < p->n; i++) {
+        const struct qsnap__step *st = &p->steps[i];
+        char line[1024];
+        switch (st->kind) {
+        case QSNAP__ST_MKDIR:
+            snprintf(line, sizeof(line), "make directory %s", st->a[0] ? st->a : "(the store)");
+            break;
+        case QSNAP__ST_CREATE:
+            snprintf(line, sizeof(line), "create empty overlay %s on %s", layer_file(p, st->x),
+                     layer_file(p, qsnap__layer(&p->models[p->nm - 1], st->x)
+                                       ? qsnap__layer(&p->models[p->nm - 1], st->x)->backing
+                                       : 0));
+            break;
+        case QSNAP__ST_FREEZE:
+            snprintf(line, sizeof(line), "freeze %s (read-only, fingerprint)", layer_file(p, st->x));
+            break;
+        case QSNAP__ST_THAW:
+            snprintf(line, sizeof(line), "make %s writable", layer_file(p, st->x));
+            break;
+        case QSNAP__ST_LINK_STATE:
+            snprintf(line, sizeof(line), "hard-link state file %s as %s", st->a, st->b);
+            break;
+        case QSNAP__ST_STREAM:
+            snprintf(line, sizeof(line), "stream into %s what it reads through, then back it by %s",
+                     layer_file(p, st->x), st->y ? layer_file(p, st->y) : "nothing");
+            break;
+        case QSNAP__ST_SET_BACKING:
+            snprintf(line, sizeof(line), "re-point %s at %s (same content)", layer_file(p, st->x),
+                     layer_file(p, st->y));
+            break;
+        case QSNAP__ST_PRESERVE:
+            snprintf(line, sizeof(line),
+                     "create %s on %s holding %s's data where %s has changes",
+                     layer_file(p, st->x), layer_file(p, st->y), layer_file(p, st->y),
+                     layer_file(p, st->z));
+            break;
+        case QSNAP__ST_COMMIT:
+            snprintf(line, sizeof(line), "commit %s into %s and empty it", layer_file(p, st->x),
+                     layer_file(p, st->y));
+            break;
+        case QSNAP__ST_SAVE:
+            snprintf(line, sizeof(line), "save the metadata (commit point %u)", st->y + 1);
+            break;
+        case QSNAP__ST_UNLINK:
+            snprintf(line, sizeof(line), "remove %s", st->a);
+            break;
+        }
+        if (json) {
+            fprintf(f, "%s{\"step\": ", i ? ", " : "");
+            json_str(f, step_name(st->kind));
+            fprintf(f, ", \"text\": ");
+            json_str(f, line);
+            fprintf(f, "}");
+        } else {
+            fprintf(f, "%2zu. %s\n", i + 1, line);
+        }
+    }
+    if (json)
+        fprintf(f, "]}\n");
+    if (fclose(f) != 0 || !buf) {
+        free(buf);
+        return nomem();
+    }
+    *out = buf;
+    return 0;
+}

@@ -1,0 +1,173 @@
+/*
+ * libqsnap internals: the in-memory model of a store (layers, nodes,
+ * branches), plans and their steps, and the helpers the files of snapshot/
+ * share. Built on libqcow2's public API only.
+ *
+ * THE MODEL
+ *   layer  a file: the user's disk (the root) or layers/<id>.qcow2. It has a
+ *          physical backing layer (what its qcow2 header names), a format, and
+ *          is either frozen (read-only, fingerprinted) or a branch head.
+ *   node   a state of the disk: a named snapshot or an unnamed node kept for
+ *          its dependents. Its logical parent is a node; its content is the
+ *          chain of its layer. Physical backing and logical parent may differ
+ *          (after a commit, the old state lives in a new layer over the
+ *          committed one, as ZFS's promote turns parent and clone around).
+ *   branch a name, a head layer (writable, backed by its base node's layer),
+ *          and its base node.
+ *
+ * RULES (DESIGN.md): (1) no step writes into a frozen layer except the
+ * commit step, after the layers that depended on it were given their own;
+ * (2) nothing named is lost unless the operation names it; (3) metadata
+ * changes are atomic (tmp, fsync, rename, fsync dir) and every operation is
+ * journaled first and rolled forward after a crash; (4) one writer: the
+ * store lock; (5) bad input is an error naming the file and the fix.
+ */
+#ifndef QSNAP_INT_H
+#define QSNAP_INT_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qsnap/qsnap.h"
+
+#define QSNAP_PRINTF(a, b) __attribute__((format(printf, a, b)))
+
+/* Caps on hostile metadata (a store is input too). */
+#define QSNAP_MAX_META_BYTES (64u << 20) /* metadata file */
+#define QSNAP_MAX_LINE 65536u            /* one record */
+#define QSNAP_MAX_ITEMS 1000000u         /* layers, nodes or branches */
+#define QSNAP_MAX_NAME 128u              /* snapshot and branch names */
+#define QSNAP_META_VERSION 1u            /* what this library writes and reads */
+
+struct qsnap__layer {
+    unsigned id;         /* unique, > 0 */
+    char *file;          /* relative to the store directory */
+    qcow2_format fmt;    /* raw or qcow2 */
+    unsigned backing;    /* layer id, 0 = none */
+    bool frozen;         /* read-only and fingerprinted */
+    bool is_disk;        /* the user's disk: never unlinked */
+    bool have_fp;        /* fp, size and mtime are known */
+    uint8_t fp[16];      /* qcow2_file_fingerprint() when frozen */
+    uint64_t size;       /* file size when frozen (bytes) */
+    int64_t mtime_ns;    /* mtime when frozen */
+};
+
+struct qsnap__node {
+    unsigned id;         /* unique among nodes, > 0 */
+    char *name;          /* NULL: unnamed */
+    unsigned parent;     /* node id, 0 = root */
+    unsigned layer;      /* layer id holding its content */
+    int64_t created;     /* seconds since the epoch */
+    char *desc;          /* description, or NULL */
+    char *state;         /* attached state file, relative to the store, or NULL */
+};
+
+struct qsnap__branch {
+    char *name;          /* unique */
+    unsigned head;       /* layer id (writable) */
+    unsigned base;       /* node id, 0 = none (its base was deleted as the root) */
+    int64_t created;     /* seconds since the epoch */
+};
+
+struct qsnap__model {
+    uint64_t gen;        /* bumped on every save */
+    unsigned seq;        /* next id for layers and nodes */
+    char *disk;          /* the disk, relative to the store directory */
+    char *current;       /* current branch name, or NULL before the first create */
+    struct qsnap__layer *layers;
+    size_t nl;
+    struct qsnap__node *nodes;
+    size_t nn;
+    struct qsnap__branch *branches;
+    size_t nb;
+};
+
+struct qsnap_store {
+    char *disk_abs;      /* the disk, absolute */
+    char *dir;           /* the store directory, absolute */
+    int lock_fd;         /* holds the OFD lock on dir/lock, or -1 */
+    bool exists;         /* the metadata file exists */
+    bool readonly;       /* opened for queries */
+    struct qsnap__model m;
+};
+
+/* Step kinds (see exec.c for what each does and why it is idempotent). */
+enum qsnap__step_kind {
+    QSNAP__ST_MKDIR = 1,      /* a: directory relative to the store ("" = the store) */
+    QSNAP__ST_CREATE,         /* x: new overlay layer (file, backing from the target model) */
+    QSNAP__ST_FREEZE,         /* x: layer made read-only and fingerprinted */
+    QSNAP__ST_THAW,           /* x: layer made writable (before a step writes it) */
+    QSNAP__ST_LINK_STATE,     /* a: source file (absolute), b: destination (store-relative) */
+    QSNAP__ST_STREAM,         /* x: layer streamed into; y: its new backing layer (0 = none) */
+    QSNAP__ST_SET_BACKING,    /* x: layer whose header link is rewritten to layer y */
+    QSNAP__ST_PRESERVE,       /* x: new layer over y holding y's content where head z allocates */
+    QSNAP__ST_COMMIT,         /* x: head committed into its backing layer y (head emptied) */
+    QSNAP__ST_SAVE,           /* y: save target model number y (the commit points) */
+    QSNAP__ST_UNLINK,         /* a: file removed (store-relative) */
+};
+
+struct qsnap__step {
+    enum qsnap__step_kind kind;
+    unsigned x, y, z;    /* layer ids, or a model number for SAVE */
+    char *a, *b;         /* paths (see the kind) */
+};
+
+struct qsnap_plan {
+    char *op;                     /* "create", "revert", ... */
+    char *summary;                /* one line */
+    struct qsnap__step *steps;
+    size_t n;
+    struct qsnap__step *post;     /* while building: steps that go after the next commit point */
+    size_t npost;
+    struct qsnap__model *models;  /* target models saved by SAVE steps, in order */
+    size_t nm;
+    uint64_t base_gen;            /* the store's generation the plan was built on */
+};
+
+/* error.c */
+int qsnap__err(int code, const char *hint, const char *fmt, ...) QSNAP_PRINTF(3, 4);
+/* Turn the last libqcow2 error into a qsnap one (code class mapped). */
+int qsnap__from_qcow2(int rc, const char *hint);
+
+/* model.c */
+void qsnap__model_free(struct qsnap__model *m);
+int qsnap__model_clone(struct qsnap__model *dst, const struct qsnap__model *src);
+struct qsnap__layer *qsnap__layer(const struct qsnap__model *m, unsigned id);
+struct qsnap__node *qsnap__node(const struct qsnap__model *m, unsigned id);
+struct qsnap__node *qsnap__node_by_name(const struct qsnap__model *m, const char *name);
+struct qsnap__branch *qsnap__branch_by_name(const struct qsnap__model *m, const char *name);
+struct qsnap__layer *qsnap__add_layer(struct qsnap__model *m);
+struct qsnap__node *qsnap__add_node(struct qsnap__model *m);
+struct qsnap__branch *qsnap__add_branch(struct qsnap__model *m);
+void qsnap__del_layer(struct qsnap__model *m, unsigned id);
+void qsnap__del_node(struct qsnap__model *m, unsigned id);
+void qsnap__del_branch(struct qsnap__model *m, const char *name);
+/* Serialize to text (malloc'd) / parse text (hostile input: every field checked). */
+int qsnap__model_format(const struct qsnap__model *m, char **out);
+int qsnap__model_parse(struct qsnap__model *m, const char *text, size_t len, const char *what);
+/* Check the graph: ids unique, references exist, no cycles. */
+int qsnap__model_check(const struct qsnap__model *m, const char *what);
+
+/* store.c */
+char *qsnap__path(const qsnap_store *s, const char *rel);     /* absolute path of a store-relative one */
+char *qsnap__link_name(const char *from_rel, const char *to_rel); /* backing link from one layer file to another */
+int qsnap__write_atomic(const qsnap_store *s, const char *rel, const char *data, size_t len);
+int qsnap__save_model(qsnap_store *s, struct qsnap__model *m);
+int qsnap__fsync_dir(const char *dir);
+int qsnap__lock_new_store(qsnap_store *s);
+bool qsnap__file_exists(const char *path);
+int64_t qsnap__now(void);
+
+/* exec.c */
+int qsnap__journal_pending(const qsnap_store *s, bool *out);
+int qsnap__recover(qsnap_store *s, bool *did_something);
+int qsnap__layer_fingerprint(const qsnap_store *s, struct qsnap__layer *l);
+
+/* query.c: head dirty state, sizes. */
+int qsnap__head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *dirty,
+                      uint64_t *bytes);
+int qsnap__image_in_use(const qsnap_store *s, const struct qsnap__layer *l);
+
+#endif /* QSNAP_INT_H */

@@ -1,0 +1,786 @@
+/*
+ * Reading a store: listings, the current branch, dirty state, diff, du,
+ * why, export, and verify (which also repairs). Nothing here changes a file
+ * except verify's repair, which goes through exec.c's recovery and plain
+ * link and cleanup steps.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "qsnap_int.h"
+
+static int nomem(void)
+{
+    return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+}
+
+/* Open a layer file read-only without its chain and without locking. */
+static int open_layer(const qsnap_store *s, const struct qsnap__layer *l, unsigned flags,
+                      qcow2_image **out)
+{
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    char *path = qsnap__path(s, l->file);
+    int rc;
+
+    if (!path)
+        return nomem();
+    oo.flags = flags;
+    oo.format = l->fmt;
+    rc = qcow2_image_open(out, path, &oo);
+    free(path);
+    return rc ? qsnap__from_qcow2(rc, "'qsnap verify DISK' checks the store") : 0;
+}
+
+int qsnap__head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *dirty,
+                      uint64_t *bytes)
+{
+    qcow2_image *img = NULL;
+    int rc;
+
+    *dirty = false;
+    if (bytes)
+        *bytes = 0;
+    if (!l)
+        return 0;
+    rc = open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img);
+    if (rc)
+        return rc;
+    for (uint64_t off = 0; off < qcow2_image_size(img);) {
+        qcow2_extent e;
+        rc = qcow2_image_block_status(img, NULL, off, qcow2_image_size(img) - off, &e);
+        if (rc) {
+            rc = qsnap__from_qcow2(rc, NULL);
+            break;
+        }
+        if ((e.flags & QCOW2_EXT_PRESENT) && e.depth == 0) {
+            *dirty = true;
+            if (!bytes)
+                break;
+            *bytes += e.length;
+        }
+        off += e.length;
+    }
+    qcow2_image_close(img);
+    return rc;
+}
+
+int qsnap__image_in_use(const qsnap_store *s, const struct qsnap__layer *l)
+{
+    qcow2_image *img = NULL;
+    char *path = qsnap__path(s, l->file);
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    int rc;
+
+    if (!path)
+        return nomem();
+    if (!qsnap__file_exists(path)) {
+        rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK' shows what is missing",
+                        "%s: file is missing", path);
+        free(path);
+        return rc;
+    }
+    /* A reader lock is what QEMU refuses while it writes the image. */
+    oo.flags = QCOW2_OPEN_NO_BACKING;
+    oo.format = l->fmt;
+    rc = qcow2_image_open(&img, path, &oo);
+    if (rc == QCOW2_EBUSY)
+        rc = qsnap__err(QSNAP_EBUSY, "stop the virtual machine that uses it first",
+                        "%s is in use (a running QEMU holds its lock)", path);
+    else if (rc)
+        rc = qsnap__from_qcow2(rc, NULL);
+    qcow2_image_close(img);
+    free(path);
+    return rc;
+}
+
+static uint64_t file_bytes(const qsnap_store *s, const struct qsnap__layer *l)
+{
+    char *path = qsnap__path(s, l->file);
+    struct stat st;
+    uint64_t v = 0;
+
+    if (path && stat(path, &st) == 0)
+        v = (uint64_t)st.st_blocks * 512;
+    free(path);
+    return v;
+}
+
+static uint64_t virtual_size(const qsnap_store *s, const struct qsnap__layer *l)
+{
+    qcow2_image *img = NULL;
+    uint64_t v = 0;
+
+    if (open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img) == 0)
+        v = qcow2_image_size(img);
+    qcow2_image_close(img);
+    return v;
+}
+
+void qsnap_list_free(qsnap_node *list, size_t n)
+{
+    for (size_t i = 0; list && i < n; i++) {
+        free((char *)(uintptr_t)list[i].name);
+        free((char *)(uintptr_t)list[i].parent_name);
+        free((char *)(uintptr_t)list[i].file);
+        free((char *)(uintptr_t)list[i].description);
+        free((char *)(uintptr_t)list[i].state_file);
+    }
+    free(list);
+}
+
+static char *node_display_name(const struct qsnap__node *n)
+{
+    char *s;
+
+    if (n->name)
+        return strdup(n->name);
+    return asprintf(&s, "(unnamed %u)", n->id) < 0 ? NULL : s;
+}
+
+static int fill_node(const qsnap_store *s, const struct qsnap__node *n, qsnap_node *out,
+                     unsigned current_base)
+{
+    const struct qsnap__node *par = qsnap__node(&s->m, n->parent);
+    const struct qsnap__layer *l = qsnap__layer(&s->m, n->layer);
+
+    memset(out, 0, sizeof(*out));
+    out->kind = n->name ? QSNAP_SNAPSHOT : QSNAP_UNNAMED;
+    out->id = n->id;
+    out->name = node_display_name(n);
+    out->parent = n->parent;
+    out->parent_name = par ? node_display_name(par) : NULL;
+    out->file = l ? qsnap__path(s, l->file) : NULL;
+    out->description = strdup(n->desc ? n->desc : "");
+    out->created = n->created;
+    out->current = n->id == current_base;
+    out->virtual_size = l ? virtual_size(s, l) : 0;
+    out->file_bytes = l ? file_bytes(s, l) : 0;
+    out->state_file = n->state ? qsnap__path(s, n->state) : NULL;
+    for (size_t i = 0; i < s->m.nn; i++)
+        out->nb_children += s->m.nodes[i].parent == n->id;
+    for (size_t i = 0; i < s->m.nb; i++)
+        out->nb_children += s->m.branches[i].base == n->id;
+    if (!out->name || !out->file || !out->description || (n->state && !out->state_file))
+        return nomem();
+    return 0;
+}
+
+static int fill_branch(const qsnap_store *s, const struct qsnap__branch *b, qsnap_node *out)
+{
+    const struct qsnap__node *base = qsnap__node(&s->m, b->base);
+    const struct qsnap__layer *h = qsnap__layer(&s->m, b->head);
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    out->kind = QSNAP_BRANCH;
+    out->id = b->head;
+    out->name = strdup(b->name);
+    out->parent = b->base;
+    out->parent_name = base ? node_display_name(base) : NULL;
+    out->file = h ? qsnap__path(s, h->file) : NULL;
+    out->description = strdup("");
+    out->created = b->created;
+    out->current = s->m.current && !strcmp(s->m.current, b->name);
+    if (!out->name || !out->file || !out->description)
+        return nomem();
+    rc = qsnap__head_dirty(s, h, &out->dirty, NULL);
+    out->virtual_size = h ? virtual_size(s, h) : 0;
+    out->file_bytes = h ? file_bytes(s, h) : 0;
+    return rc;
+}
+
+/* Depth-first order from the roots, children by creation. */
+static void topo(const struct qsnap__model *m, unsigned parent, unsigned *order, size_t *n,
+                 unsigned depth)
+{
+    if (depth > m->nn)
+        return;
+    for (size_t i = 0; i < m->nn; i++) {
+        if (m->nodes[i].parent == parent) {
+            order[(*n)++] = (unsigned)i;
+            topo(m, m->nodes[i].id, order, n, depth + 1);
+        }
+    }
+}
+
+int qsnap_list(qsnap_store *s, qsnap_node **out, size_t *n_out)
+{
+    const struct qsnap__branch *cur = qsnap__branch_by_name(&s->m, s->m.current);
+    size_t total = s->m.nn + s->m.nb, k = 0, norder = 0;
+    unsigned *order = calloc(s->m.nn + 1, sizeof(unsigned));
+    qsnap_node *list = calloc(total + 1, sizeof(*list));
+    int rc = 0;
+
+    *out = NULL;
+    *n_out = 0;
+    if (!order || !list) {
+        free(order);
+        free(list);
+        return nomem();
+    }
+    topo(&s->m, 0, order, &norder, 0);
+    for (size_t i = 0; i < norder && !rc; i++)
+        rc = fill_node(s, &s->m.nodes[order[i]], &list[k++], cur ? cur->base : 0);
+    for (size_t i = 0; i < s->m.nb && !rc; i++)
+        rc = fill_branch(s, &s->m.branches[i], &list[k++]);
+    free(order);
+    if (rc) {
+        qsnap_list_free(list, k);
+        return rc;
+    }
+    *out = list;
+    *n_out = k;
+    return 0;
+}
+
+int qsnap_current(qsnap_store *s, qsnap_node **out)
+{
+    const struct qsnap__branch *cur = qsnap__branch_by_name(&s->m, s->m.current);
+    qsnap_node *n;
+    int rc;
+
+    *out = NULL;
+    if (!cur)
+        return qsnap__err(QSNAP_ENOTFOUND, "'qsnap create DISK' makes the first snapshot",
+                          "%s: no current branch", s->disk_abs);
+    n = calloc(1, sizeof(*n));
+    if (!n)
+        return nomem();
+    rc = fill_branch(s, cur, n);
+    if (rc) {
+        qsnap_list_free(n, 1);
+        return rc;
+    }
+    *out = n;
+    return 0;
+}
+
+/* ---- diff, du, why, export ------------------------------------------------------ */
+
+/* The file whose chain holds a snapshot's or branch's content. */
+static int resolve(const qsnap_store *s, const char *name, const struct qsnap__layer **out)
+{
+    const struct qsnap__node *n = qsnap__node_by_name(&s->m, name);
+    const struct qsnap__branch *b = qsnap__branch_by_name(&s->m, name);
+
+    *out = n ? qsnap__layer(&s->m, n->layer) : b ? qsnap__layer(&s->m, b->head) : NULL;
+    if (!*out)
+        return qsnap__err(QSNAP_ENOTFOUND, "'qsnap list DISK' shows the names",
+                          "no snapshot or branch named '%s'", name ? name : "");
+    return 0;
+}
+
+static int open_chain(const qsnap_store *s, const char *name, qcow2_image **out)
+{
+    const struct qsnap__layer *l;
+    int rc = resolve(s, name, &l);
+
+    return rc ? rc : open_layer(s, l, QCOW2_OPEN_NO_LOCK, out);
+}
+
+static int add_range(qsnap_range **r, size_t *n, size_t *cap, uint64_t start, uint64_t len)
+{
+    if (*n && (*r)[*n - 1].start + (*r)[*n - 1].length == start) {
+        (*r)[*n - 1].length += len;
+        return 0;
+    }
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 64;
+        qsnap_range *p = realloc(*r, c * sizeof(*p));
+        if (!p)
+            return nomem();
+        *r = p;
+        *cap = c;
+    }
+    (*r)[*n].start = start;
+    (*r)[*n].length = len;
+    (*n)++;
+    return 0;
+}
+
+/* Whether two runs map to the same bytes of the same file (so they hold the same data). */
+static bool same_storage(const qcow2_extent *a, const qcow2_extent *b)
+{
+    struct stat sa, sb;
+
+    if (!(a->flags & QCOW2_EXT_OFFSET_VALID) || !(b->flags & QCOW2_EXT_OFFSET_VALID) ||
+        a->host_off != b->host_off || (a->flags & QCOW2_EXT_ZERO) != (b->flags & QCOW2_EXT_ZERO))
+        return false;
+    return stat(qcow2_image_filename(a->layer), &sa) == 0 &&
+           stat(qcow2_image_filename(b->layer), &sb) == 0 && sa.st_ino == sb.st_ino &&
+           sa.st_dev == sb.st_dev;
+}
+
+int qsnap_diff(qsnap_store *s, const char *a, const char *b, qsnap_range **out, size_t *n_out)
+{
+    qcow2_image *ia = NULL, *ib = NULL;
+    const size_t chunk = 1u << 20;
+    uint8_t *ba = malloc(chunk), *bb = malloc(chunk);
+    qsnap_range *r = NULL;
+    size_t n = 0, cap = 0;
+    uint64_t size;
+    int rc;
+
+    *out = NULL;
+    *n_out = 0;
+    rc = (ba && bb) ? open_chain(s, a, &ia) : nomem();
+    if (!rc)
+        rc = open_chain(s, b, &ib);
+    if (rc)
+        goto out;
+    size = qcow2_image_size(ia) > qcow2_image_size(ib) ? qcow2_image_size(ia) : qcow2_image_size(ib);
+    for (uint64_t off = 0; off < size && !rc;) {
+        qcow2_extent ea, eb;
+        uint64_t len = size - off < chunk ? size - off : chunk;
+        bool a_in = off < qcow2_image_size(ia), b_in = off < qcow2_image_size(ib);
+
+        if (a_in && b_in) {
+            uint64_t lim = qcow2_image_size(ia) < qcow2_image_size(ib) ? qcow2_image_size(ia)
+                                                                       : qcow2_image_size(ib);
+            len = len < lim - off ? len : lim - off;
+            rc = qcow2_image_block_status(ia, NULL, off, len, &ea);
+            if (!rc)
+                rc = qcow2_image_block_status(ib, NULL, off, ea.length, &eb);
+            if (rc)
+                break;
+            len = eb.length;
+            if (((ea.flags & QCOW2_EXT_ZERO) && (eb.flags & QCOW2_EXT_ZERO)) ||
+                same_storage(&ea, &eb)) {
+                off += len;
+                continue;
+            }
+        } else {
+            uint64_t lim = a_in ? qcow2_image_size(ia) : qcow2_image_size(ib);
+            len = len < lim - off ? len : lim - off;
+        }
+        memset(ba, 0, (size_t)len);
+        memset(bb, 0, (size_t)len);
+        if (a_in)
+            rc = qcow2_image_read(ia, ba, (size_t)len, off);
+        if (!rc && b_in)
+            rc = qcow2_image_read(ib, bb, (size_t)len, off);
+        for (uint64_t i = 0; !rc && i < len; i += 512) {
+            uint64_t m = len - i < 512 ? len - i : 512;
+            if (memcmp(ba + i, bb + i, (size_t)m) != 0)
+                rc = add_range(&r, &n, &cap, off + i, m);
+        }
+        off += len;
+    }
+    if (rc && rc != QSNAP_ERROR)
+        rc = qsnap__from_qcow2(rc, NULL); /* a libqcow2 code from a read or status call */
+out:
+    qcow2_image_close(ia);
+    qcow2_image_close(ib);
+    free(ba);
+    free(bb);
+    if (rc) {
+        free(r);
+        return rc;
+    }
+    *out = r;
+    *n_out = n;
+    return 0;
+}
+
+void qsnap_du_free(qsnap_usage *u, size_t n)
+{
+    for (size_t i = 0; u && i < n; i++)
+        free((char *)(uintptr_t)u[i].name);
+    free(u);
+}
+
+int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
+{
+    qsnap_node *list = NULL;
+    size_t n = 0;
+    qsnap_usage *u;
+    int rc = qsnap_list(s, &list, &n);
+
+    if (rc)
+        return rc;
+    u = calloc(n + 1, sizeof(*u));
+    if (!u) {
+        qsnap_list_free(list, n);
+        return nomem();
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct qsnap__layer *l = NULL;
+        size_t deps = 0;
+        bool shared = false;
+
+        u[i].id = list[i].id;
+        u[i].kind = list[i].kind;
+        u[i].name = strdup(list[i].name);
+        u[i].holds = list[i].file_bytes;
+        if (list[i].kind == QSNAP_BRANCH) {
+            u[i].frees = list[i].file_bytes; /* deleting a branch removes its head */
+            continue;
+        }
+        l = qsnap__layer(&s->m, qsnap__node(&s->m, list[i].id)->layer);
+        for (size_t j = 0; j < s->m.nl; j++)
+            deps += s->m.layers[j].backing == l->id;
+        for (size_t j = 0; j < s->m.nn; j++)
+            shared |= s->m.nodes[j].layer == l->id && s->m.nodes[j].id != list[i].id;
+        /* A leaf's layer goes; a layer with one dependent is merged into it; else kept. */
+        u[i].frees = (l->is_disk || shared || deps > 1) ? 0 : list[i].file_bytes;
+    }
+    qsnap_list_free(list, n);
+    *out = u;
+    *n_out = n;
+    return 0;
+}
+
+int qsnap_why(qsnap_store *s, const char *name, char **out)
+{
+    const struct qsnap__node *n = qsnap__node_by_name(&s->m, name);
+    const struct qsnap__branch *b = qsnap__branch_by_name(&s->m, name);
+    const struct qsnap__layer *l;
+    char *buf = NULL;
+    size_t len = 0, deps = 0;
+    FILE *f;
+    int rc = resolve(s, name, &l);
+
+    if (rc)
+        return rc;
+    f = open_memstream(&buf, &len);
+    if (!f)
+        return nomem();
+    fprintf(f, "%s %s: %s (%s%s)\n", n ? "snapshot" : "branch", name, l->file,
+            l->frozen ? "frozen" : "writable head", l->is_disk ? ", the disk itself" : "");
+    for (size_t i = 0; i < s->m.nl; i++) {
+        const struct qsnap__layer *d = &s->m.layers[i];
+        if (d->backing != l->id)
+            continue;
+        deps++;
+        for (size_t j = 0; j < s->m.nn; j++) {
+            if (s->m.nodes[j].layer == d->id)
+                fprintf(f, "  %s is built on it (%s)\n",
+                        s->m.nodes[j].name ? s->m.nodes[j].name : "an unnamed node", d->file);
+        }
+        for (size_t j = 0; j < s->m.nb; j++) {
+            if (s->m.branches[j].head == d->id)
+                fprintf(f, "  branch %s is built on it (%s)\n", s->m.branches[j].name, d->file);
+        }
+    }
+    if (!deps)
+        fprintf(f, "  nothing depends on it\n");
+    if (n) {
+        if (l->is_disk)
+            fprintf(f, "delete: the disk is never removed; the snapshot's name goes%s\n",
+                    deps ? " and it stays as an unnamed node" : "");
+        else if (deps == 0)
+            fprintf(f, "delete: removes %s\n", l->file);
+        else if (deps == 1)
+            fprintf(f, "delete: merges its data into the one state built on it, then removes "
+                       "%s\n",
+                    l->file);
+        else
+            fprintf(f, "delete: keeps its data as an unnamed node for the %zu states built on "
+                       "it; --stream copies the data into each of them instead\n",
+                    deps);
+    } else {
+        fprintf(f, "delete: 'qsnap branch -d %s'%s\n", name,
+                s->m.current && !strcmp(s->m.current, b->name)
+                    ? " is refused: it is the current branch (switch first)"
+                    : "; a branch with changes needs --force");
+        fprintf(f, "commit: writes its changes into %s; everything else built on that layer "
+                   "moves to a new layer that keeps its content\n",
+                qsnap__layer(&s->m, l->backing) ? qsnap__layer(&s->m, l->backing)->file : "?");
+    }
+    if (fclose(f) != 0 || !buf) {
+        free(buf);
+        return nomem();
+    }
+    *out = buf;
+    return 0;
+}
+
+int qsnap_export(qsnap_store *s, const char *name, const char *out_path, qcow2_format format,
+                 qcow2_progress_fn progress, void *payload)
+{
+    qcow2_convert_opts co = QCOW2_CONVERT_OPTS_INIT;
+    qcow2_image *img = NULL;
+    int rc = open_chain(s, name, &img);
+
+    if (rc)
+        return rc;
+    co.format = format == QCOW2_FORMAT_AUTO ? QCOW2_FORMAT_RAW : format;
+    co.progress = progress;
+    co.payload = payload;
+    rc = qcow2_image_convert(img, out_path, &co);
+    qcow2_image_close(img);
+    return rc ? qsnap__from_qcow2(rc, NULL) : 0;
+}
+
+/* ---- verify ---------------------------------------------------------------------- */
+
+struct findings {
+    qsnap_finding *f;
+    size_t n, cap;
+    size_t problems;
+};
+
+static void find(struct findings *fs, bool problem, bool repaired, const char *file,
+                 const char *fmt, ...) QSNAP_PRINTF(5, 6);
+static void find(struct findings *fs, bool problem, bool repaired, const char *file,
+                 const char *fmt, ...)
+{
+    va_list ap;
+    char *msg = NULL;
+
+    if (fs->n == fs->cap) {
+        size_t c = fs->cap ? fs->cap * 2 : 32;
+        qsnap_finding *p = realloc(fs->f, c * sizeof(*p));
+        if (!p)
+            return;
+        fs->f = p;
+        fs->cap = c;
+    }
+    va_start(ap, fmt);
+    if (vasprintf(&msg, fmt, ap) < 0)
+        msg = NULL;
+    va_end(ap);
+    fs->f[fs->n].problem = problem;
+    fs->f[fs->n].repaired = repaired;
+    fs->f[fs->n].file = strdup(file ? file : "");
+    fs->f[fs->n].message = msg ? msg : strdup("?");
+    fs->n++;
+    if (problem && !repaired)
+        fs->problems++;
+}
+
+void qsnap_verify_free(qsnap_finding *f, size_t n)
+{
+    for (size_t i = 0; f && i < n; i++) {
+        free((char *)(uintptr_t)f[i].file);
+        free((char *)(uintptr_t)f[i].message);
+    }
+    free(f);
+}
+
+/* The layer file that a header's backing name resolves to equals layer b's file. */
+static bool same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, struct findings *fs)
+{
+    char *path = qsnap__path(s, l->file);
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    qcow2_image *img = NULL;
+    qcow2_info info;
+    struct stat st;
+    int rc;
+
+    if (!path)
+        return;
+    if (stat(path, &st) < 0) {
+        find(fs, true, false, path, "%s is missing (%s)", l->file,
+             l->is_disk ? "the disk was moved or removed: put it back beside its store"
+                        : "restore it from a backup; the states built on it cannot be read");
+        free(path);
+        return;
+    }
+    if (l->frozen && l->have_fp) {
+        struct qsnap__layer now = *l;
+        if (qsnap__layer_fingerprint(s, &now) == 0 && memcmp(now.fp, l->fp, 16) != 0)
+            find(fs, true, false, path,
+                 "%s was modified after it was frozen (fingerprint differs): every state built "
+                 "on it may be damaged; restore it from a backup",
+                 l->file);
+    }
+    if (l->frozen && (st.st_mode & 0222)) {
+        if (repair && chmod(path, st.st_mode & ~(mode_t)0222) == 0)
+            find(fs, true, true, path, "%s was writable; made read-only again", l->file);
+        else
+            find(fs, true, false, path, "%s is frozen but writable (--repair makes it read-only)",
+                 l->file);
+    }
+    oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
+    oo.format = l->fmt;
+    rc = qcow2_image_open(&img, path, &oo);
+    if (rc) {
+        find(fs, true, false, path, "%s cannot be opened: %s", l->file,
+             qcow2_error_last()->message);
+        free(path);
+        return;
+    }
+    qcow2_image_get_info(img, &info);
+    if (l->fmt == QCOW2_FORMAT_QCOW2) {
+        const struct qsnap__layer *b = qsnap__layer(&s->m, l->backing);
+        char *want = b ? qsnap__path(s, b->file) : NULL;
+        bool link_ok = b ? (info.backing_path && same_file(info.backing_path, want) &&
+                            info.backing_format &&
+                            qcow2_format_from_name(info.backing_format) == b->fmt)
+                         : !info.backing_name || l->is_disk;
+        if (!link_ok && !l->is_disk) {
+            bool fixed = false;
+            if (repair && b) {
+                qcow2_image *w = NULL;
+                char *link = qsnap__link_name(l->file, b->file);
+                qcow2_open_opts wo = QCOW2_OPEN_OPTS_INIT;
+                wo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING;
+                if (link && l->frozen)
+                    chmod(path, st.st_mode | 0200);
+                if (link && qcow2_image_open(&w, path, &wo) == 0 &&
+                    qcow2_image_rebase(w, link, qcow2_format_name(b->fmt), true, NULL, NULL) == 0 &&
+                    qcow2_image_flush(w) == 0)
+                    fixed = true;
+                qcow2_image_close(w);
+                if (link && l->frozen) {
+                    chmod(path, st.st_mode & ~(mode_t)0222);
+                    if (fixed)
+                        qsnap__layer_fingerprint(s, l);
+                }
+                free(link);
+            }
+            find(fs, true, fixed, path,
+                 fixed ? "%s: backing link re-pointed to %s as the metadata says"
+                       : "%s: backing link is '%s' (%s) but the metadata says %s (--repair "
+                         "re-points it)",
+                 l->file, info.backing_name ? info.backing_name : "none",
+                 info.backing_format ? info.backing_format : "no format",
+                 b ? b->file : "none");
+        }
+        free(want);
+        {
+            qcow2_check_result cr;
+            memset(&cr, 0, sizeof(cr));
+            if (qcow2_image_check(img, 0, &cr) == 0 && cr.corruptions)
+                find(fs, true, false, path, "%s: %" PRIu64 " corruptions found by check "
+                                            "('qsnap image check -r all' repairs them)",
+                     l->file, cr.corruptions);
+        }
+    }
+    qcow2_image_close(img);
+    free(path);
+}
+
+/* Files in layers/ and state/ that the metadata does not name: half-made or orphaned. */
+static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
+{
+    static const char *const dirs[] = {"layers", "state"};
+
+    for (size_t d = 0; d < 2; d++) {
+        char *dpath = qsnap__path(s, dirs[d]);
+        DIR *dir = dpath ? opendir(dpath) : NULL;
+        struct dirent *e;
+
+        while (dir && (e = readdir(dir))) {
+            char rel[PATH_MAX];
+            bool named = false;
+            if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
+                continue;
+            snprintf(rel, sizeof(rel), "%s/%s", dirs[d], e->d_name);
+            for (size_t i = 0; i < s->m.nl && !named; i++)
+                named = !strcmp(s->m.layers[i].file, rel);
+            for (size_t i = 0; i < s->m.nn && !named; i++)
+                named = s->m.nodes[i].state && !strcmp(s->m.nodes[i].state, rel);
+            if (named)
+                continue;
+            if (repair) {
+                char *p = qsnap__path(s, rel);
+                bool ok = p && unlink(p) == 0;
+                free(p);
+                find(fs, true, ok, rel, ok ? "%s: half-made or orphaned file removed"
+                                           : "%s: orphaned file could not be removed",
+                     rel);
+            } else {
+                find(fs, true, false, rel, "%s is not named by the metadata (half-made or "
+                                           "orphaned; --repair removes it)",
+                     rel);
+            }
+        }
+        if (dir)
+            closedir(dir);
+        free(dpath);
+    }
+}
+
+int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out)
+{
+    struct findings fs = {NULL, 0, 0, 0};
+    bool pending = false;
+    int rc;
+
+    *out = NULL;
+    *n_out = 0;
+    rc = qsnap__journal_pending(s, &pending);
+    if (rc)
+        return rc;
+    if (pending) {
+        if (repair) {
+            bool did = false;
+            rc = qsnap__recover(s, &did);
+            if (rc) {
+                find(&fs, true, false, s->dir, "an interrupted operation could not be finished: %s",
+                     qsnap_error_last()->message);
+                goto done;
+            }
+            find(&fs, true, true, s->dir, "an interrupted operation was finished");
+        } else {
+            find(&fs, true, false, s->dir,
+                 "an interrupted operation is pending (--repair finishes it)");
+        }
+    }
+    if (!s->exists && !pending) {
+        qsnap_verify_free(fs.f, fs.n);
+        return qsnap__err(QSNAP_ENOTFOUND, "'qsnap create DISK' makes the first snapshot",
+                          "%s: no snapshots yet", s->disk_abs);
+    }
+    for (size_t i = 0; i < s->m.nl; i++)
+        verify_layer(s, &s->m.layers[i], repair, &fs);
+    for (size_t i = 0; i < s->m.nn; i++) {
+        const struct qsnap__node *n = &s->m.nodes[i];
+        char *p = n->state ? qsnap__path(s, n->state) : NULL;
+        if (p && !qsnap__file_exists(p))
+            find(&fs, true, false, p, "state file %s of %s is missing", n->state,
+                 n->name ? n->name : "an unnamed node");
+        free(p);
+    }
+    for (size_t i = 0; i < s->m.nb; i++) {
+        const struct qsnap__layer *h = qsnap__layer(&s->m, s->m.branches[i].head);
+        char *p = h ? qsnap__path(s, h->file) : NULL;
+        struct stat st;
+        if (p && stat(p, &st) == 0 && !(st.st_mode & 0200)) {
+            if (repair && chmod(p, st.st_mode | 0200) == 0)
+                find(&fs, true, true, p, "head of branch %s was read-only; made writable",
+                     s->m.branches[i].name);
+            else
+                find(&fs, true, false, p, "head of branch %s is read-only (--repair fixes it)",
+                     s->m.branches[i].name);
+        }
+        free(p);
+    }
+    verify_orphans(s, repair, &fs);
+    if (repair) {
+        /* Fingerprints re-taken by a repair are saved. */
+        bool changed = false;
+        for (size_t i = 0; i < fs.n; i++)
+            changed |= fs.f[i].repaired;
+        if (changed && s->exists)
+            qsnap__save_model(s, &s->m);
+    }
+    find(&fs, false, false, "", "checked %zu layers, %zu snapshots and nodes, %zu branches", s->m.nl,
+         s->m.nn, s->m.nb);
+done:
+    *out = fs.f;
+    *n_out = fs.n;
+    if (fs.problems)
+        return qsnap__err(QSNAP_EINTEGRITY, repair ? "see the messages above"
+                                                   : "'qsnap verify --repair DISK' fixes what it can",
+                          "%s: %zu problem%s found", s->disk_abs, fs.problems,
+                          fs.problems == 1 ? "" : "s");
+    return 0;
+}

@@ -1,0 +1,356 @@
+/*
+ * The store on disk: locating DISK.qsnap beside the disk, the lock file,
+ * atomic metadata writes (tmp, fsync, rename, fsync the directory), and
+ * opening and closing a store. plan.c builds operations on the model this
+ * file loads; exec.c carries them out.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "qsnap_int.h"
+
+#define META_FILE "meta"
+#define LOCK_FILE "lock"
+
+int64_t qsnap__now(void)
+{
+    return (int64_t)time(NULL);
+}
+
+bool qsnap__file_exists(const char *path)
+{
+    struct stat st;
+
+    return lstat(path, &st) == 0;
+}
+
+char *qsnap__path(const qsnap_store *s, const char *rel)
+{
+    size_t n = strlen(s->dir) + strlen(rel) + 2;
+    char *p = malloc(n);
+
+    if (p)
+        snprintf(p, n, "%s%s%s", s->dir, rel[0] ? "/" : "", rel);
+    return p;
+}
+
+/*
+ * The backing link from the layer file from_rel to the layer file to_rel,
+ * both relative to the store: relative to from_rel's directory, so a store
+ * and its disk can move together.
+ */
+char *qsnap__link_name(const char *from_rel, const char *to_rel)
+{
+    const char *slash = strrchr(from_rel, '/');
+    size_t dir_len = slash ? (size_t)(slash - from_rel) + 1 : 0;
+    size_t ups = 0, n;
+    char *out;
+
+    /* Common directory prefix (store-relative paths have no "." parts). */
+    while (dir_len && strncmp(from_rel, to_rel, dir_len) != 0) {
+        const char *prev = dir_len > 1 ? memrchr(from_rel, '/', dir_len - 1) : NULL;
+        ups++;
+        dir_len = prev ? (size_t)(prev - from_rel) + 1 : 0;
+    }
+    n = ups * 3 + strlen(to_rel + dir_len) + 1;
+    out = malloc(n);
+    if (!out)
+        return NULL;
+    out[0] = '\0';
+    for (size_t i = 0; i < ups; i++)
+        strcat(out, "../");
+    strcat(out, to_rel + dir_len);
+    return out;
+}
+
+int qsnap__fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc = 0;
+
+    if (fd < 0)
+        return qsnap__err(QSNAP_ERROR, NULL, "%s: cannot open directory: %s", dir,
+                          strerror(errno));
+    if (fsync(fd) < 0 && errno != EINVAL)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: fsync failed: %s", dir, strerror(errno));
+    close(fd);
+    return rc;
+}
+
+int qsnap__write_atomic(const qsnap_store *s, const char *rel, const char *data, size_t len)
+{
+    char *path = qsnap__path(s, rel), *tmp = NULL;
+    int fd = -1, rc = 0;
+    size_t done = 0;
+
+    if (!path || asprintf(&tmp, "%s.tmp", path) < 0) {
+        tmp = NULL;
+        rc = qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+        goto out;
+    }
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot create: %s", tmp, strerror(errno));
+        goto out;
+    }
+    while (done < len) {
+        ssize_t w = write(fd, data + done, len - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            rc = qsnap__err(QSNAP_ERROR, NULL, "%s: write failed: %s", tmp,
+                            w < 0 ? strerror(errno) : "short write");
+            goto out;
+        }
+        done += (size_t)w;
+    }
+    if (fsync(fd) < 0) {
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: fsync failed: %s", tmp, strerror(errno));
+        goto out;
+    }
+    close(fd);
+    fd = -1;
+    if (rename(tmp, path) < 0) {
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: rename failed: %s", path, strerror(errno));
+        goto out;
+    }
+    rc = qsnap__fsync_dir(s->dir);
+out:
+    if (fd >= 0) {
+        close(fd);
+        unlink(tmp);
+    }
+    free(tmp);
+    free(path);
+    return rc;
+}
+
+int qsnap__save_model(qsnap_store *s, struct qsnap__model *m)
+{
+    char *text = NULL;
+    int rc;
+
+    m->gen++;
+    rc = qsnap__model_format(m, &text);
+    if (!rc)
+        rc = qsnap__write_atomic(s, META_FILE, text, strlen(text));
+    free(text);
+    if (rc)
+        m->gen--;
+    return rc;
+}
+
+/* Read a whole (bounded) file. */
+static int read_file(const char *path, char **out, size_t *len_out)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    struct stat st;
+    char *buf = NULL;
+    size_t done = 0;
+    int rc = 0;
+
+    if (fd < 0)
+        return qsnap__err(errno == ENOENT ? QSNAP_ENOTFOUND : QSNAP_ERROR, NULL,
+                          "%s: cannot open: %s", path, strerror(errno));
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        rc = qsnap__err(QSNAP_EINTEGRITY, "remove it, or restore the store from a backup",
+                        "%s: not a regular file", path);
+        goto out;
+    }
+    if ((uint64_t)st.st_size > QSNAP_MAX_META_BYTES) {
+        rc = qsnap__err(QSNAP_EINTEGRITY, "restore the store from a backup",
+                        "%s: %" PRIu64 " bytes is too large for qsnap metadata", path,
+                        (uint64_t)st.st_size);
+        goto out;
+    }
+    buf = malloc((size_t)st.st_size + 1);
+    if (!buf) {
+        rc = qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+        goto out;
+    }
+    while (done < (size_t)st.st_size) {
+        ssize_t r = read(fd, buf + done, (size_t)st.st_size - done);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        done += (size_t)r;
+    }
+    buf[done] = '\0';
+    *out = buf;
+    *len_out = done;
+    buf = NULL;
+out:
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+static int load_model(qsnap_store *s)
+{
+    char *path = qsnap__path(s, META_FILE), *text = NULL;
+    size_t len = 0;
+    int rc;
+
+    if (!path)
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    rc = read_file(path, &text, &len);
+    if (!rc)
+        rc = qsnap__model_parse(&s->m, text, len, path);
+    free(text);
+    free(path);
+    return rc;
+}
+
+/* Take the store lock: an OFD lock on DIR/lock, exclusive for writers. */
+static int take_lock(qsnap_store *s)
+{
+    char *path = qsnap__path(s, LOCK_FILE);
+    struct flock fl;
+    int fd;
+
+    if (!path)
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    fd = open(path, (s->readonly ? O_RDONLY : O_RDWR | O_CREAT) | O_CLOEXEC, 0644);
+    if (fd < 0 && s->readonly && errno == ENOENT) {
+        free(path);
+        return 0; /* nothing to lock against yet */
+    }
+    if (fd < 0) {
+        int e = errno;
+        free(path);
+        return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: cannot open the lock file: %s", s->dir,
+                          LOCK_FILE, strerror(e));
+    }
+    free(path);
+    memset(&fl, 0, sizeof(fl));
+    fl.l_type = s->readonly ? F_RDLCK : F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    if (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
+        int e = errno;
+        close(fd);
+        if (e == EAGAIN || e == EACCES)
+            return qsnap__err(QSNAP_EBUSY, "wait for the other qsnap to finish",
+                              "%s: another qsnap is working on this store", s->dir);
+        return qsnap__err(QSNAP_ERROR, NULL, "%s: cannot lock the store: %s", s->dir,
+                          strerror(e));
+    }
+    s->lock_fd = fd;
+    return 0;
+}
+
+/* DISK.qsnap for a disk path, both absolute. */
+static int locate(qsnap_store *s, const char *disk)
+{
+    char buf[PATH_MAX];
+    struct stat st;
+
+    if (stat(disk, &st) < 0)
+        return qsnap__err(QSNAP_ENOTFOUND, NULL, "%s: no such disk image", disk);
+    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+        return qsnap__err(QSNAP_EUSAGE, NULL, "%s: not a regular file or block device", disk);
+    if (!realpath(disk, buf))
+        return qsnap__err(QSNAP_ERROR, NULL, "%s: %s", disk, strerror(errno));
+    s->disk_abs = strdup(buf);
+    if (!s->disk_abs || asprintf(&s->dir, "%s.qsnap", buf) < 0) {
+        s->dir = NULL;
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    }
+    return 0;
+}
+
+int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags)
+{
+    qsnap_store *s;
+    struct stat st;
+    int rc;
+
+    *out = NULL;
+    if (!disk)
+        return qsnap__err(QSNAP_EUSAGE, NULL, "no disk given");
+    s = calloc(1, sizeof(*s));
+    if (!s)
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    s->lock_fd = -1;
+    s->readonly = (flags & QSNAP_OPEN_READONLY) != 0;
+    rc = locate(s, disk);
+    if (rc)
+        goto fail;
+    if (stat(s->dir, &st) == 0) {
+        if (!S_ISDIR(st.st_mode)) {
+            rc = qsnap__err(QSNAP_EINTEGRITY, "move it away", "%s: exists and is not a store "
+                                                              "directory",
+                            s->dir);
+            goto fail;
+        }
+        rc = take_lock(s);
+        if (rc)
+            goto fail;
+        {
+            char *meta = qsnap__path(s, META_FILE);
+            s->exists = meta && qsnap__file_exists(meta);
+            free(meta);
+        }
+    }
+    if (s->exists) {
+        rc = load_model(s);
+        if (rc)
+            goto fail;
+    } else if (!(flags & QSNAP_OPEN_CREATE)) {
+        rc = qsnap__err(QSNAP_ENOTFOUND, "'qsnap create DISK' makes the first snapshot",
+                        "%s: no snapshots yet (no store at %s)", s->disk_abs, s->dir);
+        goto fail;
+    } else {
+        const char *base = strrchr(s->disk_abs, '/');
+        if (asprintf(&s->m.disk, "../%s", base ? base + 1 : s->disk_abs) < 0) {
+            s->m.disk = NULL;
+            rc = qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+            goto fail;
+        }
+        s->m.seq = 1;
+    }
+    *out = s;
+    return 0;
+fail:
+    qsnap_store_close(s);
+    return rc;
+}
+
+/*
+ * Lock the store after creating its directory (first create): the lock is
+ * taken as soon as the directory exists.
+ */
+int qsnap__lock_new_store(qsnap_store *s)
+{
+    return s->lock_fd >= 0 ? 0 : take_lock(s);
+}
+
+void qsnap_store_close(qsnap_store *s)
+{
+    if (!s)
+        return;
+    if (s->lock_fd >= 0)
+        close(s->lock_fd);
+    qsnap__model_free(&s->m);
+    free(s->disk_abs);
+    free(s->dir);
+    free(s);
+}
+
+bool qsnap_store_initialized(const qsnap_store *s)
+{
+    return s->exists;
+}
+
+const char *qsnap_store_path(const qsnap_store *s)
+{
+    return s->dir;
+}
