@@ -34,11 +34,21 @@ bool qsnap__file_exists(const char *path)
 
 char *qsnap__path(const qsnap_store *s, const char *rel)
 {
-    size_t n = strlen(s->dir) + strlen(rel) + 2;
-    char *p = malloc(n);
+    size_t dir_len = strlen(s->dir), n;
+    char *p;
 
+    /* "../NAME" (the disk beside the store) without a ".." in the result. */
+    while (!strncmp(rel, "../", 3)) {
+        const char *slash = memrchr(s->dir, '/', dir_len);
+        if (!slash || slash == s->dir)
+            break;
+        dir_len = (size_t)(slash - s->dir);
+        rel += 3;
+    }
+    n = dir_len + strlen(rel) + 2;
+    p = malloc(n);
     if (p)
-        snprintf(p, n, "%s%s%s", s->dir, rel[0] ? "/" : "", rel);
+        snprintf(p, n, "%.*s%s%s", (int)dir_len, s->dir, rel[0] ? "/" : "", rel);
     return p;
 }
 
