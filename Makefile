@@ -129,8 +129,9 @@ headertest:
 	$(CC) -Iinclude -std=c11 -pedantic -Wall -Wextra -Werror -fsyntax-only tests/headertest.c
 	c++ -Iinclude -std=c++11 -pedantic -Wall -Wextra -Werror -fsyntax-only -x c++ tests/headertest.c
 
-checksymbols: $(STATIC) $(SHARED)
-	@sh scripts/checksymbols.sh $(STATIC) $(SHARED)
+checksymbols: $(STATIC) $(SHARED) $(SNAP_STATIC) $(SNAP_SHARED)
+	@sh scripts/checksymbols.sh $(STATIC) $(SHARED) qcow2
+	@sh scripts/checksymbols.sh $(SNAP_STATIC) $(SNAP_SHARED) qsnap
 
 demo: deps
 	@$(MAKE) --no-print-directory all

@@ -1,5 +1,6 @@
 #!/bin/sh
-# checksymbols.sh STATIC SHARED: the library's namespace check (STYLE.md 7.6).
+# checksymbols.sh STATIC SHARED [PREFIX]: a library's namespace check (STYLE.md 7.6);
+# PREFIX is qcow2 (default) or qsnap.
 # - every global symbol libqcow2.a defines starts with qcow2_ (the internal
 #   qcow2__ names included);
 # - every dynamic symbol libqcow2.so exports starts with qcow2_ and is not an
@@ -8,12 +9,13 @@
 # Prints the offenders and exits 1 when either rule is broken.
 set -u
 
-if [ $# -ne 2 ]; then
-    echo "usage: $0 STATIC SHARED" >&2
+if [ $# -lt 2 ] || [ $# -gt 3 ]; then
+    echo "usage: $0 STATIC SHARED [PREFIX]" >&2
     exit 2
 fi
 static=$1
 shared=$2
+p=${3:-qcow2}
 for f in "$static" "$shared"; do
     if [ ! -f "$f" ]; then
         echo "checksymbols: $f: no such file" >&2
@@ -30,10 +32,10 @@ if ! nm -g --defined-only "$static" >"$tmp" 2>/dev/null; then
     echo "checksymbols: nm failed on $static" >&2
     exit 2
 fi
-bad_static=$(awk 'NF >= 3 { print $3 }' "$tmp" | grep -v '^qcow2_' | sort -u)
+bad_static=$(awk 'NF >= 3 { print $3 }' "$tmp" | grep -v "^${p}_" | sort -u)
 nstatic=$(awk 'NF >= 3' "$tmp" | wc -l)
 if [ -n "$bad_static" ]; then
-    echo "checksymbols: $static defines global symbols outside qcow2_:"
+    echo "checksymbols: $static defines global symbols outside ${p}_:"
     echo "$bad_static" | sed 's/^/    /'
     status=1
 fi
@@ -44,15 +46,15 @@ if ! nm -D --defined-only "$shared" >"$tmp" 2>/dev/null; then
     exit 2
 fi
 ndyn=$(awk 'NF >= 3' "$tmp" | wc -l)
-bad_dyn=$(awk 'NF >= 3 { print $3 }' "$tmp" | grep -v '^qcow2_' | sort -u)
-internal_dyn=$(awk 'NF >= 3 { print $3 }' "$tmp" | grep '^qcow2__' | sort -u)
+bad_dyn=$(awk 'NF >= 3 { print $3 }' "$tmp" | grep -v "^${p}_" | sort -u)
+internal_dyn=$(awk 'NF >= 3 { print $3 }' "$tmp" | grep "^${p}__" | sort -u)
 if [ -n "$bad_dyn" ]; then
-    echo "checksymbols: $shared exports symbols outside qcow2_:"
+    echo "checksymbols: $shared exports symbols outside ${p}_:"
     echo "$bad_dyn" | sed 's/^/    /'
     status=1
 fi
 if [ -n "$internal_dyn" ]; then
-    echo "checksymbols: $shared exports internal qcow2__ symbols (missing -fvisibility=hidden?):"
+    echo "checksymbols: $shared exports internal ${p}__ symbols (missing -fvisibility=hidden?):"
     echo "$internal_dyn" | sed 's/^/    /'
     status=1
 fi

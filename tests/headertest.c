@@ -7,6 +7,7 @@
 #include "qcow2/errors.h"
 #include "qcow2/sys/io.h"
 #include "qcow2/version.h"
+#include "qsnap/qsnap.h"
 #include "qcow2/qcow2.h"
 /* Included twice on purpose: the include guards must hold. */
 #include "qcow2/qcow2.h"
