@@ -1,0 +1,600 @@
+/*
+ * Tests for qcow2/ops.c: digest (xxh3-128 of the guest content, zero runs
+ * hashed without being read), compare (identical, first mismatch, size
+ * mismatch with and without strict mode), convert to raw (sparse or not) and
+ * to qcow2 (plain, compressed, over a backing file), and measure. Fixtures
+ * live in a memfs where the answer can be computed; qemu-img is the oracle
+ * for digest-of-convert, compare exit statuses and offsets, convert bytes
+ * and measure figures.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <xxhash.h>
+
+#include "io_fault.h"
+#include "qcow2_int.h"
+#include "qemu_oracle.h"
+#include "reader_fixture.h"
+
+#define KiB 1024ull
+#define MiB (1024ull * 1024ull)
+
+static memfs *fs;
+static char qdir[64];
+
+static void setup(void)
+{
+    fs = memfs_new();
+    cr_assert_not_null(fs);
+    qdir[0] = '\0';
+}
+
+static void teardown(void)
+{
+    if (qdir[0])
+        qo_rmtree(qdir);
+    memfs_free(fs);
+}
+
+TestSuite(ops, .init = setup, .fini = teardown, .timeout = 60);
+
+#define assert_msg(...)                                                                            \
+    cr_assert(rfx_has_all(rfx_msg(), __VA_ARGS__, (const char *)NULL), "message: %s", rfx_msg())
+
+/* A temp dir for qemu-img work (skips the test without qemu). */
+static void need_qemu(void)
+{
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img not installed");
+    cr_assert_eq(qo_mkdtemp(qdir, sizeof(qdir), "ops"), 0);
+}
+
+static const char *qpath(const char *name)
+{
+    static char buf[8][160];
+    static unsigned k;
+    char *p = buf[k++ % 8];
+
+    snprintf(p, 160, "%s/%s", qdir, name);
+    return p;
+}
+
+static void qsh(const char *cmd)
+{
+    char out[4096];
+
+    cr_assert_eq(qo_sh(out, sizeof(out), "cd '%s' && %s", qdir, cmd), 0, "%s\n%s", cmd, out);
+}
+
+static qcow2_image *popen_img(const char *path)
+{
+    qcow2_image *img;
+
+    cr_assert_eq(qcow2_image_open(&img, path, NULL), 0, "%s: %s", path, rfx_msg());
+    return img;
+}
+
+static qcow2_image *mopen(const char *path)
+{
+    qcow2_image *img;
+
+    cr_assert_eq(rfx_open(fs, path, 0, 0, &img), 0, "%s: %s", path, rfx_msg());
+    return img;
+}
+
+/* A memfs qcow2 image with data, zero, compressed and unallocated ranges over a raw backing file. */
+static void mixed_image(const char *path, uint64_t size)
+{
+    qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
+    uint8_t *b = malloc(size / 2);
+
+    rfx_random(77, b, size / 2);
+    cr_assert_eq(memfs_put(fs, "/m/base.raw", b, size / 2), 0);
+    free(b);
+    co.size = size;
+    co.backing_file = "base.raw";
+    co.backing_format = "raw";
+    cr_assert_eq(rfx_create(fs, path, &co), 0, "%s", rfx_msg());
+    cr_assert_eq(rfx_fill(fs, path, 10 * KiB, 100 * KiB, 0x42), 0);
+    cr_assert_eq(rfx_zero(fs, path, 256 * KiB, 128 * KiB, QCOW2_ZERO_MAY_UNMAP), 0);
+    cr_assert_eq(rfx_compressed(fs, path, 512 * KiB, 128 * KiB, 9), 0);
+    cr_assert_eq(rfx_fill(fs, path, size - 70 * KiB, 50 * KiB, 0x99), 0);
+}
+
+static void content(qcow2_image *img, uint8_t **out)
+{
+    uint64_t size = qcow2_image_size(img);
+
+    *out = malloc(size ? size : 1);
+    cr_assert_eq(qcow2_image_read(img, *out, size, 0), 0, "%s", rfx_msg());
+}
+
+/* ---- digest ------------------------------------------------------------------------ */
+
+static void xxh128_be(const void *buf, size_t len, uint8_t out[16])
+{
+    XXH128_canonical_t c;
+
+    XXH128_canonicalFromHash(&c, XXH3_128bits(buf, len));
+    memcpy(out, c.digest, 16);
+}
+
+static void progress_check(uint64_t done, uint64_t total, void *payload)
+{
+    uint64_t *last = payload;
+
+    cr_assert_geq(done, last[0], "progress went backwards");
+    cr_assert_leq(done, total);
+    last[0] = done;
+    last[1] = total;
+    last[2]++;
+}
+
+Test(ops, digest_is_xxh3_128_of_the_guest_content)
+{
+    const uint64_t size = 2 * MiB;
+    qcow2_image *img;
+    uint8_t *data, want[16], got[16];
+    uint64_t prog[3] = {0, 0, 0};
+
+    mixed_image("/m/t.qcow2", size);
+    img = mopen("/m/t.qcow2");
+    content(img, &data);
+    xxh128_be(data, size, want);
+    cr_assert_eq(qcow2_image_digest(img, got, progress_check, prog), 0, "%s", rfx_msg());
+    cr_assert_eq(memcmp(got, want, 16), 0, "digest differs from XXH3-128 of the content");
+    cr_assert_eq(prog[0], size);
+    cr_assert_eq(prog[1], size);
+    cr_assert_gt(prog[2], 1);
+    /* One byte more changes it. */
+    qcow2_image_close(img);
+    cr_assert_eq(rfx_fill(fs, "/m/t.qcow2", 1 * MiB + 3, 1, 1), 0);
+    img = mopen("/m/t.qcow2");
+    cr_assert_eq(qcow2_image_digest(img, got, NULL, NULL), 0);
+    cr_assert_neq(memcmp(got, want, 16), 0);
+    qcow2_image_close(img);
+    free(data);
+}
+
+Test(ops, digest_of_empty_and_zero_images_reads_no_data)
+{
+    qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
+    const uint64_t size = 256 * MiB;
+    qcow2_open_opts o = QCOW2_OPEN_OPTS_INIT;
+    qcow2_image *img;
+    qcow2_io *inner;
+    io_fault *f;
+    uint8_t got[16], want[16];
+    XXH3_state_t *st = XXH3_createState();
+    static uint8_t zero[1 << 20];
+    XXH128_canonical_t c;
+
+    co.size = size;
+    cr_assert_eq(rfx_create(fs, "/m/z.qcow2", &co), 0);
+    cr_assert_eq(rfx_zero(fs, "/m/z.qcow2", 64 * MiB, 64 * MiB, QCOW2_ZERO_MAY_UNMAP), 0);
+    XXH3_128bits_reset(st);
+    for (uint64_t i = 0; i < size; i += sizeof(zero))
+        XXH3_128bits_update(st, zero, sizeof(zero));
+    XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
+    memcpy(want, c.digest, 16);
+    XXH3_freeState(st);
+
+    cr_assert_eq(memfs_open(&inner, "/m/z.qcow2", 0, fs), 0);
+    f = io_fault_new(inner);
+    cr_assert_eq(qcow2_image_open_io(&img, io_fault_io(f), "/m/z.qcow2", &o), 0);
+    io_fault_reset_counts(f);
+    cr_assert_eq(qcow2_image_digest(img, got, NULL, NULL), 0, "%s", rfx_msg());
+    cr_assert_eq(memcmp(got, want, 16), 0);
+    /* Only the one L2 table is read, never a data byte. */
+    cr_assert_leq(io_fault_count(f, IO_FAULT_PREAD), 1, "%llu reads",
+                  (unsigned long long)io_fault_count(f, IO_FAULT_PREAD));
+    qcow2_image_close(img);
+    io_fault_free(f);
+    qcow2_io_close(inner);
+}
+
+Test(ops, digest_of_an_image_equals_digest_of_its_qemu_img_raw_conversion)
+{
+    qcow2_image *a, *b;
+    uint8_t da[16], db[16];
+
+    need_qemu();
+    qsh("qemu-img create -q -f raw b.raw 1M && qemu-io -f raw -c 'write -P 1 0 512k' b.raw && "
+        "qemu-img create -q -f qcow2 -o extended_l2=on,compression_type=zstd -b b.raw -F raw "
+        "t.qcow2 3M && qemu-io -c 'write -P 2 5k 3k' -c 'write -z 100k 100k' "
+        "-c 'write -c -P 3 1M 128k' -c 'write -P 4 2900k 100k' t.qcow2 && "
+        "qemu-img convert -O raw t.qcow2 t.raw");
+    a = popen_img(qpath("t.qcow2"));
+    b = popen_img(qpath("t.raw"));
+    cr_assert_eq(qcow2_image_format(b), QCOW2_FORMAT_RAW);
+    cr_assert_eq(qcow2_image_digest(a, da, NULL, NULL), 0, "%s", rfx_msg());
+    cr_assert_eq(qcow2_image_digest(b, db, NULL, NULL), 0, "%s", rfx_msg());
+    cr_assert_eq(memcmp(da, db, 16), 0);
+    qcow2_image_close(a);
+    qcow2_image_close(b);
+}
+
+/* ---- compare ----------------------------------------------------------------------- */
+
+static int cmp(const char *pa, const char *pb, bool strict, uint64_t *at)
+{
+    qcow2_image *a = mopen(pa), *b = mopen(pb);
+    int rc = qcow2_image_compare(a, b, strict, at, NULL, NULL);
+
+    qcow2_image_close(a);
+    qcow2_image_close(b);
+    return rc;
+}
+
+/* Flatten a memfs image into a memfs raw file (through read). */
+static void flatten(const char *src, const char *dst)
+{
+    qcow2_image *img = mopen(src);
+    uint8_t *data;
+
+    content(img, &data);
+    cr_assert_eq(memfs_put(fs, dst, data, qcow2_image_size(img)), 0);
+    qcow2_image_close(img);
+    free(data);
+}
+
+Test(ops, compare_identical_content_in_different_layouts)
+{
+    uint64_t at = 123;
+    uint64_t prog[3] = {0, 0, 0};
+    qcow2_image *a, *b;
+
+    mixed_image("/m/t.qcow2", 2 * MiB);
+    flatten("/m/t.qcow2", "/m/flat.raw");
+    cr_assert_eq(cmp("/m/t.qcow2", "/m/flat.raw", false, &at), 0, "%s", rfx_msg());
+    cr_assert_eq(at, 0);
+    cr_assert_eq(cmp("/m/flat.raw", "/m/t.qcow2", true, NULL), 0);
+    a = mopen("/m/t.qcow2");
+    b = mopen("/m/flat.raw");
+    cr_assert_eq(qcow2_image_compare(a, b, false, NULL, progress_check, prog), 0);
+    cr_assert_eq(prog[0], 2 * MiB);
+    qcow2_image_close(a);
+    qcow2_image_close(b);
+}
+
+Test(ops, compare_reports_the_sector_of_the_first_difference)
+{
+    uint64_t at = 0;
+    uint8_t x = 0x5c;
+
+    mixed_image("/m/t.qcow2", 2 * MiB);
+    flatten("/m/t.qcow2", "/m/flat.raw");
+    /* Change a byte in a range that reads as zero (the zeroed clusters). */
+    rfx_poke(fs, "/m/flat.raw", 300 * KiB + 777, &x, 1);
+    cr_assert_eq(cmp("/m/t.qcow2", "/m/flat.raw", false, &at), 1);
+    cr_assert_eq(at, 300 * KiB + 512);
+    /* And one inside data, earlier: that one is reported. */
+    rfx_poke(fs, "/m/flat.raw", 20 * KiB + 1, &x, 1);
+    cr_assert_eq(cmp("/m/flat.raw", "/m/t.qcow2", false, &at), 1);
+    cr_assert_eq(at, 20 * KiB);
+}
+
+Test(ops, compare_size_mismatch_needs_a_zero_tail_unless_strict)
+{
+    uint8_t *d = malloc(1 * MiB);
+    uint64_t at = 0;
+
+    rfx_random(5, d, 1 * MiB);
+    memset(d + 512 * KiB, 0, 512 * KiB);
+    cr_assert_eq(memfs_put(fs, "/m/big.raw", d, 1 * MiB), 0);
+    cr_assert_eq(memfs_put(fs, "/m/small.raw", d, 512 * KiB), 0);
+    cr_assert_eq(cmp("/m/big.raw", "/m/small.raw", false, &at), 0);
+    cr_assert_eq(cmp("/m/small.raw", "/m/big.raw", false, &at), 0);
+    cr_assert_eq(cmp("/m/small.raw", "/m/big.raw", true, &at), 1);
+    cr_assert_eq(at, 512 * KiB);
+    d[900 * KiB + 3] = 1;
+    cr_assert_eq(memfs_put(fs, "/m/big.raw", d, 1 * MiB), 0);
+    cr_assert_eq(cmp("/m/small.raw", "/m/big.raw", false, &at), 1);
+    cr_assert_eq(at, 900 * KiB);
+    free(d);
+}
+
+/* qemu-img compare's status and reported offset ("-1" when none). */
+static int qemu_compare(const char *a, const char *b, bool strict, int64_t *at)
+{
+    char out[4096];
+    const char *p;
+    int rc = qo_sh(out, sizeof(out), "qemu-img compare %s '%s' '%s'", strict ? "-s" : "", a, b);
+
+    *at = -1;
+    p = strstr(out, "mismatch at offset ");
+    if (p)
+        *at = strtoll(p + strlen("mismatch at offset "), NULL, 10);
+    return rc;
+}
+
+Test(ops, compare_agrees_with_qemu_img_compare)
+{
+    static const struct {
+        const char *a, *b;
+        bool strict;
+    } pairs[] = {
+        {"t.qcow2", "t.raw", false},  {"t.qcow2", "t.raw", true},   {"t.qcow2", "u.qcow2", false},
+        {"u.qcow2", "t.qcow2", false}, {"t.qcow2", "big.qcow2", false}, {"big.qcow2", "t.qcow2", false},
+        {"t.qcow2", "big.qcow2", true}, {"t.qcow2", "bigz.qcow2", false}, {"t.qcow2", "v.qcow2", false},
+    };
+
+    need_qemu();
+    qsh("qemu-img create -q -f qcow2 t.qcow2 2M && "
+        "qemu-io -c 'write -P 1 0 64k' -c 'write -c -P 2 1M 64k' -c 'write -z 64k 64k' t.qcow2 && "
+        "qemu-img convert -O raw t.qcow2 t.raw && "
+        "qemu-img create -q -f qcow2 -b t.qcow2 -F qcow2 u.qcow2 && "
+        "qemu-io -c 'write -P 3 1100k 1k' u.qcow2 && "
+        "qemu-img create -q -f qcow2 -b t.qcow2 -F qcow2 big.qcow2 4M && "
+        "qemu-io -c 'write -P 4 3M 4k' big.qcow2 && "
+        "qemu-img create -q -f qcow2 -b t.qcow2 -F qcow2 bigz.qcow2 4M && "
+        "qemu-img create -q -f qcow2 -b t.qcow2 -F qcow2 v.qcow2 && "
+        "qemu-io -c 'write -z 70k 1k' v.qcow2");
+    for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
+        qcow2_image *a = popen_img(qpath(pairs[i].a)), *b = popen_img(qpath(pairs[i].b));
+        uint64_t at = 0;
+        int64_t qat;
+        int ours = qcow2_image_compare(a, b, pairs[i].strict, &at, NULL, NULL);
+        int theirs;
+
+        qcow2_image_close(a);
+        qcow2_image_close(b);
+        theirs = qemu_compare(qpath(pairs[i].a), qpath(pairs[i].b), pairs[i].strict, &qat);
+        cr_expect_eq(ours, theirs, "%s %s%s: ours %d, qemu-img %d", pairs[i].a, pairs[i].b,
+                     pairs[i].strict ? " -s" : "", ours, theirs);
+        if (qat >= 0 && ours == 1)
+            cr_expect_eq(at, (uint64_t)qat, "%s %s: offset %" PRIu64 ", qemu-img %" PRId64,
+                         pairs[i].a, pairs[i].b, at, qat);
+    }
+}
+
+/* ---- convert ------------------------------------------------------------------------ */
+
+static uint64_t allocated_bytes(const char *path)
+{
+    struct stat st;
+
+    cr_assert_eq(stat(path, &st), 0);
+    return (uint64_t)st.st_blocks * 512;
+}
+
+Test(ops, convert_to_raw_is_byte_identical_to_qemu_img_and_sparse)
+{
+    qcow2_image *img;
+    uint8_t *ours, *theirs;
+    size_t lo, lt;
+    qcow2_convert_opts co = QCOW2_CONVERT_OPTS_INIT;
+    uint64_t prog[3] = {0, 0, 0};
+
+    need_qemu();
+    qsh("qemu-img create -q -f raw b.raw 1M && qemu-io -f raw -c 'write -P 1 0 300k' b.raw && "
+        "qemu-img create -q -f qcow2 -o cluster_size=4k -b b.raw -F raw t.qcow2 32M && "
+        "qemu-io -c 'write -P 2 5k 3k' -c 'write -z 100k 100k' -c 'write -c -P 3 1M 128k' "
+        "-c 'write -P 0 2M 64k' -c 'write -P 4 31M 77k' t.qcow2 && "
+        "qemu-img convert -O raw t.qcow2 q.raw");
+    img = popen_img(qpath("t.qcow2"));
+    co.progress = progress_check;
+    co.payload = prog;
+    cr_assert_eq(qcow2_image_convert(img, qpath("o.raw"), &co), 0, "%s", rfx_msg());
+    cr_assert_eq(prog[0], 32 * MiB);
+    ours = qo_read_file(qpath("o.raw"), &lo);
+    theirs = qo_read_file(qpath("q.raw"), &lt);
+    cr_assert_eq(lo, lt);
+    cr_assert_eq(memcmp(ours, theirs, lo), 0);
+    /* About 1.6 MiB of data in 32 MiB: the rest must be holes (written zeroes included). */
+    cr_assert_lt(allocated_bytes(qpath("o.raw")), 4 * MiB, "%" PRIu64 " bytes allocated",
+                 allocated_bytes(qpath("o.raw")));
+    /* Without sparseness every byte is written, replacing the existing file. */
+    co.min_sparse = 0;
+    co.progress = NULL;
+    cr_assert_eq(qcow2_image_convert(img, qpath("o.raw"), &co), 0, "%s", rfx_msg());
+    cr_assert_geq(allocated_bytes(qpath("o.raw")), 32 * MiB);
+    free(ours);
+    ours = qo_read_file(qpath("o.raw"), &lo);
+    cr_assert_eq(lo, lt);
+    cr_assert_eq(memcmp(ours, theirs, lo), 0);
+    qcow2_image_close(img);
+    free(ours);
+    free(theirs);
+}
+
+Test(ops, convert_refuses_bad_output_options)
+{
+    qcow2_convert_opts co = QCOW2_CONVERT_OPTS_INIT;
+    qcow2_image *img;
+
+    need_qemu();
+    qsh("qemu-img create -q -f qcow2 t.qcow2 1M");
+    img = popen_img(qpath("t.qcow2"));
+    co.compress = true;
+    cr_assert_eq(qcow2_image_convert(img, qpath("o.raw"), &co), QCOW2_EINVAL);
+    assert_msg(qpath("o.raw"), "compressed");
+    co.compress = false;
+    co.format = QCOW2_FORMAT_AUTO;
+    cr_assert_eq(qcow2_image_convert(img, qpath("o.raw"), &co), QCOW2_EUNSUPPORTED);
+    co.format = QCOW2_FORMAT_QCOW2;
+    co.backing = "t.qcow2";
+    cr_assert_eq(qcow2_image_convert(img, qpath("o.qcow2"), &co), QCOW2_EINVAL);
+    assert_msg("-F");
+    co.format = QCOW2_FORMAT_RAW;
+    co.backing = NULL;
+    cr_assert_eq(qcow2_image_convert(img, "/nonexistent/dir/o.raw", &co), QCOW2_ENOTFOUND);
+    qcow2_image_close(img);
+}
+
+Test(ops, convert_to_qcow2_keeps_content_and_is_clean)
+{
+    qcow2_convert_opts co = QCOW2_CONVERT_OPTS_INIT;
+    qcow2_image *src, *dst;
+    uint64_t at;
+    char out[4096];
+
+    need_qemu();
+    qsh("qemu-img create -q -f raw b.raw 1M && qemu-io -f raw -c 'write -P 1 0 300k' b.raw && "
+        "qemu-img create -q -f qcow2 -o extended_l2=on -b b.raw -F raw t.qcow2 4M && "
+        "qemu-io -c 'write -P 2 5k 3k' -c 'write -z 100k 100k' -c 'write -c -P 3 1M 128k' "
+        "-c 'write -P 4 3M 77k' t.qcow2");
+    src = popen_img(qpath("t.qcow2"));
+    co.format = QCOW2_FORMAT_QCOW2;
+    cr_assert_eq(qcow2_image_convert(src, qpath("o.qcow2"), &co), 0, "%s", rfx_msg());
+    dst = popen_img(qpath("o.qcow2"));
+    cr_assert_eq(qcow2_image_chain_length(dst), 1);
+    cr_assert_eq(qcow2_image_compare(src, dst, true, &at, NULL, NULL), 0, "differs at %" PRIu64,
+                 at);
+    qcow2_image_close(dst);
+    cr_assert_eq(qo_check(qpath("o.qcow2"), out, sizeof(out)), 0, "%s", out);
+    cr_assert_eq(qo_sh(out, sizeof(out), "qemu-img compare '%s' '%s'", qpath("t.qcow2"),
+                       qpath("o.qcow2")),
+                 0, "%s", out);
+
+    /* Compressed. */
+    co.compress = true;
+    cr_assert_eq(qcow2_image_convert(src, qpath("c.qcow2"), &co), 0, "%s", rfx_msg());
+    cr_assert_eq(qo_check(qpath("c.qcow2"), out, sizeof(out)), 0, "%s", out);
+    cr_assert_gt(qo_check_json_field(qpath("c.qcow2"), "compressed-clusters"), 0);
+    cr_assert_eq(qo_sh(out, sizeof(out), "qemu-img compare '%s' '%s'", qpath("t.qcow2"),
+                       qpath("c.qcow2")),
+                 0, "%s", out);
+
+    /* Over a backing file: only what differs from it is written. */
+    co.compress = false;
+    co.backing = "b.raw";
+    co.backing_format = "raw";
+    cr_assert_eq(qcow2_image_convert(src, qpath("bk.qcow2"), &co), 0, "%s", rfx_msg());
+    dst = popen_img(qpath("bk.qcow2"));
+    cr_assert_eq(qcow2_image_chain_length(dst), 2);
+    cr_assert_eq(qcow2_image_compare(src, dst, true, &at, NULL, NULL), 0, "differs at %" PRIu64,
+                 at);
+    {
+        qcow2_extent e;
+        cr_assert_eq(qcow2_image_block_status(dst, NULL, 256 * KiB, 64 * KiB, &e), 0);
+        cr_assert_eq(e.depth, 1, "unchanged backing data was copied into the new image");
+    }
+    qcow2_image_close(dst);
+    cr_assert_eq(qo_check(qpath("bk.qcow2"), out, sizeof(out)), 0, "%s", out);
+    qcow2_image_close(src);
+}
+
+/* ---- measure ------------------------------------------------------------------------- */
+
+static void qemu_measure(const char *args, uint64_t *required, uint64_t *full)
+{
+    char out[4096];
+    const char *p;
+
+    cr_assert_eq(qo_sh(out, sizeof(out), "cd '%s' && qemu-img measure %s", qdir, args), 0,
+                 "%s: %s", args, out);
+    p = strstr(out, "required size: ");
+    cr_assert_not_null(p, "%s", out);
+    *required = strtoull(p + 15, NULL, 10);
+    p = strstr(out, "fully allocated size: ");
+    cr_assert_not_null(p, "%s", out);
+    *full = strtoull(p + 22, NULL, 10);
+}
+
+Test(ops, measure_of_an_empty_image_matches_qemu_img)
+{
+    static const struct {
+        uint64_t size;
+        uint32_t cs;
+        uint32_t rb;
+        bool extl2;
+    } cases[] = {
+        {1 * MiB, 65536, 16, false},      {1000 * MiB + 512, 65536, 16, false},
+        {10ull << 30, 4096, 16, false},   {5 * MiB, 512, 1, false},
+        {100ull << 30, 2 * 1024 * 1024, 64, false}, {3 * MiB, 65536, 16, true},
+        {7ull << 30, 32768, 8, true},     {12345 * 512, 65536, 32, false},
+    };
+
+    need_qemu();
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        qcow2_create_opts o = QCOW2_CREATE_OPTS_INIT;
+        qcow2_measure_result r;
+        uint64_t req, full;
+        char args[256];
+
+        o.cluster_size = cases[i].cs;
+        o.refcount_bits = cases[i].rb;
+        o.extended_l2 = cases[i].extl2;
+        snprintf(args, sizeof(args),
+                 "-O qcow2 -o cluster_size=%u,refcount_bits=%u,extended_l2=%s --size %" PRIu64,
+                 cases[i].cs, cases[i].rb, cases[i].extl2 ? "on" : "off", cases[i].size);
+        qemu_measure(args, &req, &full);
+        cr_assert_eq(qcow2_measure(NULL, cases[i].size, &o, &r), 0, "%s", rfx_msg());
+        cr_assert_eq(r.required, req, "%s: required %" PRIu64 ", qemu-img %" PRIu64, args,
+                     r.required, req);
+        cr_assert_eq(r.fully_allocated, full, "%s: fully allocated %" PRIu64 ", qemu-img %" PRIu64,
+                     args, r.fully_allocated, full);
+        cr_assert(!r.has_bitmaps);
+    }
+}
+
+Test(ops, measure_of_an_image_matches_qemu_img)
+{
+    static const char *const targets[] = {
+        "cluster_size=65536",
+        "cluster_size=4096",
+        "cluster_size=2097152,refcount_bits=1",
+        "extended_l2=on",
+    };
+
+    need_qemu();
+    qsh("qemu-img create -q -f raw b.raw 3M && qemu-io -f raw -c 'write -P 1 0 300k' b.raw && "
+        "qemu-img create -q -f qcow2 -o cluster_size=4k -b b.raw -F raw t.qcow2 64M && "
+        "qemu-io -c 'write -P 2 5k 3k' -c 'write -z 100k 100k' -c 'write -c -P 3 1M 128k' "
+        "-c 'write -P 4 33M 77k' -c 'write -P 5 63M 1k' t.qcow2");
+    for (size_t i = 0; i < sizeof(targets) / sizeof(targets[0]); i++) {
+        qcow2_create_opts o = QCOW2_CREATE_OPTS_INIT;
+        qcow2_measure_result r;
+        qcow2_image *img = popen_img(qpath("t.qcow2"));
+        uint64_t req, full;
+        char args[256];
+        unsigned long v;
+        const char *p;
+
+        if ((p = strstr(targets[i], "cluster_size=")) && sscanf(p + 13, "%lu", &v) == 1)
+            o.cluster_size = (uint32_t)v;
+        if ((p = strstr(targets[i], "refcount_bits=")) && sscanf(p + 14, "%lu", &v) == 1)
+            o.refcount_bits = (uint32_t)v;
+        o.extended_l2 = strstr(targets[i], "extended_l2=on") != NULL;
+        snprintf(args, sizeof(args), "-O qcow2 -o %s t.qcow2", targets[i]);
+        qemu_measure(args, &req, &full);
+        cr_assert_eq(qcow2_measure(img, 0, &o, &r), 0, "%s", rfx_msg());
+        cr_assert_eq(r.required, req, "%s: required %" PRIu64 ", qemu-img %" PRIu64, args,
+                     r.required, req);
+        cr_assert_eq(r.fully_allocated, full, "%s: fully allocated %" PRIu64 ", qemu-img %" PRIu64,
+                     args, r.fully_allocated, full);
+        cr_assert(r.has_bitmaps);
+        qcow2_image_close(img);
+    }
+}
+
+Test(ops, measure_raw_output_and_bad_options)
+{
+    qcow2_create_opts o = QCOW2_CREATE_OPTS_INIT;
+    qcow2_measure_result r;
+
+    o.format = QCOW2_FORMAT_RAW;
+    cr_assert_eq(qcow2_measure(NULL, 1000, &o, &r), 0);
+    cr_assert_eq(r.required, 1024);
+    cr_assert_eq(r.fully_allocated, 1024);
+    o.format = QCOW2_FORMAT_QCOW2;
+    o.cluster_size = 3000;
+    cr_assert_eq(qcow2_measure(NULL, 1000, &o, &r), QCOW2_EINVAL);
+    o.cluster_size = 256;
+    cr_assert_eq(qcow2_measure(NULL, 1000, &o, &r), QCOW2_EINVAL);
+    o.cluster_size = 4u << 20;
+    cr_assert_eq(qcow2_measure(NULL, 1000, &o, &r), QCOW2_EINVAL);
+    o.cluster_size = 65536;
+    o.refcount_bits = 3;
+    cr_assert_eq(qcow2_measure(NULL, 1000, &o, &r), QCOW2_EINVAL);
+    o.refcount_bits = 128;
+    cr_assert_eq(qcow2_measure(NULL, 1000, &o, &r), QCOW2_EINVAL);
+    o.refcount_bits = 0;
+    cr_assert_eq(qcow2_measure(NULL, 1000, &o, &r), QCOW2_EINVAL);
+}
