@@ -347,12 +347,13 @@ static char *decode(const char *s, size_t len)
     for (size_t i = 0; i < len; i++) {
         if (s[i] == '%') {
             int hi, lo;
-            if (i + 2 >= len + 0 && i + 2 > len - 1 + 1) {
+            if (i + 2 >= len) { /* "%X" or "%" at the end */
                 free(out);
                 return NULL;
             }
-            hi = i + 2 < len + 1 ? hexval(s[i + 1]) : -1;
-            lo = i + 2 < len + 1 ? hexval(s[i + 2]) : -1;
+            hi = hexval(s[i + 1]);
+            lo = hexval(s[i + 2]);
+            /* No NUL and no newline inside a value. */
             if (hi < 0 || lo < 0 || (hi == 0 && lo == 0) || (hi == 0 && lo == 10)) {
                 free(out);
                 return NULL;
