@@ -51,7 +51,7 @@ QSNAP   := $(BUILD)/qsnap
 	headertest checksymbols demo deps asan ubsan fuzz fuzz-run fuzz-seeds bench bench-bins clean \
 	install uninstall install-lib install-headers install-pc install-bin install-man
 
-all: $(STATIC) $(SHARED) $(SNAP_STATIC) $(SNAP_SHARED) $(QSNAP) $(BUILD)/qcow2.pc
+all: $(STATIC) $(SHARED) $(SNAP_STATIC) $(SNAP_SHARED) $(QSNAP) $(BUILD)/qcow2.pc $(BUILD)/qsnap.pc
 
 lib: $(STATIC) $(SHARED) $(SNAP_STATIC) $(SNAP_SHARED)
 
@@ -89,7 +89,7 @@ $(SNAP_SHARED): $(SNAP_OBJS) $(SHARED)
 $(QSNAP): $(CLI_OBJS) $(SNAP_STATIC) $(STATIC)
 	$(CC) $(CFLAGS) -o $@ $(CLI_OBJS) $(SNAP_STATIC) $(STATIC) $(LDFLAGS) $(LDLIBS_LIB) -lm
 
-$(BUILD)/qcow2.pc: qcow2.pc.in include/qcow2/version.h
+$(BUILD)/%.pc: %.pc.in include/qcow2/version.h
 	@mkdir -p $(@D)
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
 	    -e 's|@VERSION@|$(VERSION)|' $< > $@
@@ -181,20 +181,22 @@ bench:
 # ---- install -------------------------------------------------------------
 install: install-lib install-headers install-pc install-bin install-man
 
-install-lib: $(STATIC) $(SHARED)
+install-lib: $(STATIC) $(SHARED) $(SNAP_STATIC) $(SNAP_SHARED)
 	install -d $(DESTDIR)$(LIBDIR)
-	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
-	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
+	install -m 644 $(STATIC) $(SNAP_STATIC) $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(SHARED) $(SNAP_SHARED) $(DESTDIR)$(LIBDIR)/
 	ln -sf libqcow2.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libqcow2.so
+	ln -sf libqsnap.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libqsnap.so
 
 install-headers:
-	install -d $(DESTDIR)$(INCLUDEDIR)/qcow2/sys
+	install -d $(DESTDIR)$(INCLUDEDIR)/qcow2/sys $(DESTDIR)$(INCLUDEDIR)/qsnap
 	install -m 644 include/qcow2/*.h $(DESTDIR)$(INCLUDEDIR)/qcow2/
 	install -m 644 include/qcow2/sys/*.h $(DESTDIR)$(INCLUDEDIR)/qcow2/sys/
+	install -m 644 include/qsnap/*.h $(DESTDIR)$(INCLUDEDIR)/qsnap/
 
-install-pc: $(BUILD)/qcow2.pc
+install-pc: $(BUILD)/qcow2.pc $(BUILD)/qsnap.pc
 	install -d $(DESTDIR)$(PKGCONFIGDIR)
-	install -m 644 $(BUILD)/qcow2.pc $(DESTDIR)$(PKGCONFIGDIR)/
+	install -m 644 $(BUILD)/qcow2.pc $(BUILD)/qsnap.pc $(DESTDIR)$(PKGCONFIGDIR)/
 
 install-bin: $(QSNAP)
 	install -d $(DESTDIR)$(BINDIR)
@@ -207,8 +209,11 @@ install-man:
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libqcow2.a $(DESTDIR)$(LIBDIR)/libqcow2.so \
 	    $(DESTDIR)$(LIBDIR)/libqcow2.so.$(SOVERSION) $(DESTDIR)$(BINDIR)/qsnap \
-	    $(DESTDIR)$(PKGCONFIGDIR)/qcow2.pc $(DESTDIR)$(MANDIR)/man1/qsnap.1
-	rm -rf $(DESTDIR)$(INCLUDEDIR)/qcow2
+	    $(DESTDIR)$(LIBDIR)/libqsnap.a $(DESTDIR)$(LIBDIR)/libqsnap.so \
+	    $(DESTDIR)$(LIBDIR)/libqsnap.so.$(SOVERSION) \
+	    $(DESTDIR)$(PKGCONFIGDIR)/qcow2.pc $(DESTDIR)$(PKGCONFIGDIR)/qsnap.pc \
+	    $(DESTDIR)$(MANDIR)/man1/qsnap.1
+	rm -rf $(DESTDIR)$(INCLUDEDIR)/qcow2 $(DESTDIR)$(INCLUDEDIR)/qsnap
 
 clean:
 	rm -rf build
