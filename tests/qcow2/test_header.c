@@ -776,8 +776,9 @@ Test(header, serialize_drops_the_feature_table_when_it_does_not_fit)
     img = fake(len);
     cr_assert_eq(qcow2__header_parse(img, file, 512), 0, "%s", rfx_msg());
     /* 8 features (392 bytes) plus a 300-byte backing name cannot share 512 bytes. */
+    qcow2__free(img->features);
     img->nb_features = 8;
-    img->features = calloc(8, sizeof(*img->features));
+    img->features = qcow2__calloc(8, sizeof(*img->features));
     for (unsigned i = 0; i < 8; i++) {
         img->features[i].bit = (uint8_t)i;
         strcpy(img->features[i].name, "feature");
