@@ -228,7 +228,9 @@ static int open_backing(qcow2_image *img, struct chain_ctx *ctx)
 {
     qcow2_format fmt = QCOW2_FORMAT_AUTO;
     qcow2_io_open_fn open_fn = img->opts.open_fn ? img->opts.open_fn : default_open;
-    unsigned max_depth = img->opts.max_depth ? img->opts.max_depth : QCOW2_MAX_CHAIN_DEPTH;
+    unsigned max_depth = img->opts.max_depth && img->opts.max_depth < QCOW2_MAX_CHAIN_DEPTH
+                             ? img->opts.max_depth
+                             : QCOW2_MAX_CHAIN_DEPTH; /* the option can lower the cap, not raise it */
     qcow2_open_opts bopts = img->opts;
     qcow2_io *io = NULL;
     char *canon;
@@ -247,7 +249,7 @@ static int open_backing(qcow2_image *img, struct chain_ctx *ctx)
             return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
                               "backing file format '%s' is not supported", img->backing_fmt);
     }
-    if (img->depth + 1 >= max_depth || img->depth + 1 > QCOW2_MAX_CHAIN_DEPTH)
+    if (img->depth + 1 >= max_depth)
         return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
                           "backing chain is deeper than %u images", max_depth);
     canon = canonical_name(img, img->backing_path);

@@ -126,6 +126,15 @@ static int check_tail_zero(qcow2_image *img, uint64_t from, uint8_t *buf, uint64
     return 0;
 }
 
+/* What qemu-img compare -s compares of a run's status: allocation, zero, data, offset, end. */
+static unsigned strict_bits(const qcow2_extent *e, uint64_t size)
+{
+    unsigned bits = e->flags & (QCOW2_EXT_PRESENT | QCOW2_EXT_ZERO | QCOW2_EXT_DATA |
+                                QCOW2_EXT_OFFSET_VALID);
+
+    return bits | (e->start + e->length == size ? 0x10000u : 0);
+}
+
 int qcow2_image_compare(qcow2_image *a, qcow2_image *b, bool strict, uint64_t *mismatch_off_out,
                         qcow2_progress_fn progress, void *payload)
 {
@@ -152,13 +161,22 @@ int qcow2_image_compare(qcow2_image *a, qcow2_image *b, bool strict, uint64_t *m
         qcow2_extent ea, eb;
         uint64_t n, at;
 
-        rc = qcow2_image_block_status(a, NULL, off, qcow2__min(common - off, OPS_CHUNK), &ea);
+        /* Strict: runs as long as they go (qemu compares the end-of-image bit too). */
+        rc = qcow2_image_block_status(a, NULL, off,
+                                      strict ? a->size - off : qcow2__min(common - off, OPS_CHUNK),
+                                      &ea);
         if (rc)
             goto out;
-        rc = qcow2_image_block_status(b, NULL, off, ea.length, &eb);
+        rc = qcow2_image_block_status(b, NULL, off, strict ? b->size - off : ea.length, &eb);
         if (rc)
             goto out;
-        n = eb.length;
+        if (strict && (strict_bits(&ea, a->size) != strict_bits(&eb, b->size))) {
+            mismatch = off;
+            rc = 1;
+            goto out;
+        }
+        n = qcow2__min(qcow2__min(ea.length, eb.length), qcow2__min(common - off, OPS_CHUNK));
+        ea.length = eb.length = n;
         if (!(ext_is_zero(&ea) && ext_is_zero(&eb))) {
             rc = read_or_zero(a, ba, n, off, ext_is_zero(&ea));
             if (rc)

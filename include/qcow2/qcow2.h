@@ -209,11 +209,14 @@ QCOW2_API int qcow2_image_digest(qcow2_image *img, uint8_t digest_out[16], qcow2
                                  void *payload);
 
 /**
- * Compare the guest content of two images (qemu-img compare). With strict,
- * images of different sizes differ; otherwise the tail of the larger one must
- * read as zeroes.
+ * Compare the guest content of two images (qemu-img compare). Without
+ * strict, the tail of the larger image must read as zeroes. With strict
+ * (qemu-img compare -s), images of different sizes differ, and so do images
+ * whose allocation status differs anywhere (present, zero, data, offset
+ * known, end of image), even where the content reads the same.
  * @param[out] mismatch_off_out  first differing guest offset (may be NULL)
- * @return 0 identical, 1 different, or a negative QCOW2_E* code
+ * @return 0 identical, 1 different (content, or with strict the size or the
+ *         allocation status), or a negative QCOW2_E* code
  */
 QCOW2_API int qcow2_image_compare(qcow2_image *a, qcow2_image *b, bool strict,
                                   uint64_t *mismatch_off_out, qcow2_progress_fn progress,
