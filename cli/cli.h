@@ -30,6 +30,12 @@ int cli_image_commit(int argc, char **argv);
 int cli_image_rebase(int argc, char **argv);
 int cli_image_measure(int argc, char **argv);
 
+/* The snapshot tree command named name (cmd_tree.c), or NULL. */
+cli_cmd_fn cli_tree_lookup(const char *name);
+
+/* One line per tree command for `qsnap --help`. */
+void cli_tree_print_commands(void);
+
 /*
  * Turn a -f/-F/-O argument into a format; prints "Unknown file format" and
  * returns false for a name the library does not know.

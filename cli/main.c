@@ -1,7 +1,7 @@
 /*
  * The qsnap program's entry point: the top-level command table, --help and
- * --version. `qsnap image ...` is dispatched to cmd_image.c; the snapshot
- * tree commands (create, list, ...) are announced but not implemented yet.
+ * --version. `qsnap image ...` is dispatched to cmd_image.c, the snapshot
+ * tree commands (create, list, ...) to cmd_tree.c.
  */
 #include <stdio.h>
 #include <string.h>
@@ -11,31 +11,30 @@
 #include "cli.h"
 #include "cli_error.h"
 
-static const char *const tree_commands[] = {
-    "create", "list", "info",  "current", "revert", "switch", "branch",
-    "delete", "commit", "diff", "du",     "why",    "export", "verify",
-};
-
 static void print_help(void)
 {
-    printf("Usage: qsnap COMMAND [ARGS]...\n"
+    printf("Usage: qsnap COMMAND DISK [ARGS]...\n"
+           "       qsnap image COMMAND [ARGS]...\n"
            "\n"
            "Snapshot trees over qcow2 and raw disk images, without qemu-img or a daemon.\n"
+           "The tree of a disk lives in a store beside it (DISK.qsnap/).\n"
            "\n"
-           "Commands:\n"
-           "  image COMMAND ...   plumbing commands that mirror qemu-img and qemu-io:\n"
-           "                      info, map, convert, compare, digest, io\n"
-           "                      (see 'qsnap image --help')\n"
-           "\n"
-           "Snapshot tree commands (create, list, info, current, revert, switch, branch,\n"
-           "delete, commit, diff, du, why, export, verify) are not implemented yet.\n"
+           "Snapshot tree commands:\n");
+    cli_tree_print_commands();
+    printf("\n"
+           "Plumbing:\n"
+           "  image COMMAND ...   commands that mirror qemu-img and qemu-io: info, map,\n"
+           "                      convert, compare, digest, io, ... (see 'qsnap image --help')\n"
            "\n"
            "Options:\n"
            "  -h, --help          show this help and exit\n"
            "  -V, --version       show the version and exit\n"
            "\n"
-           "Exit status: 0 ok, 1 error, 2 usage error; 'qsnap image' commands use\n"
-           "qemu-img's exit statuses.\n");
+           "Run 'qsnap COMMAND --help' for the options of a command.\n"
+           "\n"
+           "Exit status of the tree commands: 0 ok, 1 error, 2 usage error, 3 refused as\n"
+           "unsafe, 4 integrity problem found, 5 locked or in use, 6 not found.\n"
+           "'qsnap image' commands use qemu-img's exit statuses.\n");
 }
 
 int cli_usage_hint(const char *cmd, int status)
@@ -46,7 +45,7 @@ int cli_usage_hint(const char *cmd, int status)
 
 int main(int argc, char **argv)
 {
-    size_t i;
+    cli_cmd_fn tree_cmd;
 
     if (argc < 2) {
         cli_errorf("missing command");
@@ -66,12 +65,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "image") == 0)
         return cli_image_main(argc - 1, argv + 1);
-    for (i = 0; i < sizeof(tree_commands) / sizeof(tree_commands[0]); i++) {
-        if (strcmp(argv[1], tree_commands[i]) == 0) {
-            cli_errorf("'%s' is not implemented yet", argv[1]);
-            return CLI_EXIT_USAGE;
-        }
-    }
+    tree_cmd = cli_tree_lookup(argv[1]);
+    if (tree_cmd)
+        return tree_cmd(argc - 1, argv + 1);
     if (argv[1][0] == '-')
         cli_errorf("unrecognized option '%s'", argv[1]);
     else

@@ -1,0 +1,788 @@
+/*
+ * qsnap's snapshot tree commands that change files: create, revert, switch,
+ * branch, delete and commit, plus the table of all tree commands that
+ * main.c dispatches through and the helpers they share (errors with hints,
+ * opening a store, running a plan). Every change is a libqsnap plan: with
+ * --dry-run it is described (text or JSON) and nothing changes; otherwise it
+ * is executed and its summary line printed. The tree logic is the library's;
+ * this file parses and prints.
+ */
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <qsnap/qsnap.h>
+
+#include "cli.h"
+#include "cli_error.h"
+#include "opt.h"
+#include "progress.h"
+#include "tree.h"
+
+enum {
+    OPT_HELP = 'h',
+    OPT_DRY_RUN = CLI_OPT_LONG_BASE,
+    OPT_JSON,
+    OPT_STATE,
+    OPT_BRANCH,
+    OPT_DISCARD,
+    OPT_AT,
+    OPT_FORCE,
+    OPT_CHILDREN,
+    OPT_STREAM,
+    OPT_METADATA,
+};
+
+/* ---- shared helpers ---------------------------------------------------------- */
+
+int tree_fail(int rc, const char *disk)
+{
+    const qsnap_error *e = qsnap_error_last();
+    const char *msg = e->code == rc && e->message && e->message[0] ? e->message : NULL;
+    const char *hint = e->code == rc && e->hint ? e->hint : "";
+
+    fprintf(stderr, "qsnap: %s\n", msg ? msg : "operation failed");
+    if (hint[0]) {
+        const char *w = disk ? strstr(hint, "DISK") : NULL;
+
+        /* The library's hints say DISK; show the disk the user named instead. */
+        fputs("qsnap: hint: ", stderr);
+        while (w) {
+            fwrite(hint, 1, (size_t)(w - hint), stderr);
+            fputs(disk, stderr);
+            hint = w + 4;
+            w = strstr(hint, "DISK");
+        }
+        fprintf(stderr, "%s\n", hint);
+    }
+    if (rc >= QSNAP_ENOTFOUND && rc < 0)
+        return -rc;
+    return CLI_EXIT_ERROR;
+}
+
+int tree_usage(const char *cmd, const char *fmt, ...)
+{
+    char prog[64];
+    va_list ap;
+
+    va_start(ap, fmt);
+    fputs("qsnap: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    snprintf(prog, sizeof(prog), "qsnap %s", cmd);
+    return cli_usage_hint(prog, CLI_EXIT_USAGE);
+}
+
+int tree_open(qsnap_store **out, const char *disk, unsigned flags)
+{
+    int rc = qsnap_store_open(out, disk, flags);
+
+    return rc < 0 ? tree_fail(rc, disk) : 0;
+}
+
+const char *tree_kind_name(qsnap_kind k)
+{
+    switch (k) {
+    case QSNAP_SNAPSHOT:
+        return "snapshot";
+    case QSNAP_UNNAMED:
+        return "unnamed";
+    case QSNAP_BRANCH:
+        return "branch";
+    }
+    return "?";
+}
+
+const char *tree_fmt_time(long long t, char buf[32])
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+
+    if (!localtime_r(&tt, &tm) || strftime(buf, 32, "%Y-%m-%d %H:%M:%S", &tm) == 0)
+        snprintf(buf, 32, "%lld", t);
+    return buf;
+}
+
+char *tree_disk_of(const qsnap_store *s)
+{
+    const char *dir = qsnap_store_path(s);
+    size_t len = strlen(dir);
+    char *d;
+
+    if (len > 6 && strcmp(dir + len - 6, ".qsnap") == 0)
+        len -= 6;
+    d = malloc(len + 1);
+    if (d) {
+        memcpy(d, dir, len);
+        d[len] = '\0';
+    }
+    return d;
+}
+
+void tree_json_null(cli_json *j, const char *key)
+{
+    /* The separator and indentation as json.c lays out every member. */
+    if (j->depth > 0) {
+        fputs(j->has_items[j->depth] ? ",\n" : "\n", j->out);
+        j->has_items[j->depth] = true;
+        fprintf(j->out, "%*s", 4 * j->depth, "");
+    }
+    if (key) {
+        cli_json_write_string(j->out, key);
+        fputs(": ", j->out);
+    }
+    fputs("null", j->out);
+}
+
+/* ---- running a plan ---------------------------------------------------------- */
+
+/* What a plan run shares with the library's callbacks. */
+struct run_ctx {
+    cli_progress pr;      /* the progress line */
+    bool show_progress;   /* a terminal, and the command copies data */
+    bool started;         /* the progress line was begun */
+    uint64_t last_done;   /* bytes done at the last callback */
+    unsigned kill_at;     /* QSNAP_TEST_KILL_AT, or 0 */
+};
+
+/* Progress of the steps that copy data; a new step starting from 0 restarts the line. */
+static void run_progress(uint64_t done, uint64_t total, void *payload)
+{
+    struct run_ctx *c = payload;
+
+    if (!c->show_progress)
+        return;
+    if (!c->started) {
+        cli_progress_begin(&c->pr, true);
+        c->started = true;
+    } else if (done < c->last_done) {
+        c->pr.last_shown = -1;
+    }
+    c->last_done = done;
+    cli_progress_update(done, total, &c->pr);
+}
+
+/*
+ * Crash tests only: with QSNAP_TEST_KILL_AT=N in the environment the process
+ * kills itself with SIGKILL right after step N of the plan, as a power cut
+ * would stop it; `qsnap verify --repair` must then finish the operation.
+ * Deliberately not in --help.
+ */
+static void run_step_hook(unsigned step, void *payload)
+{
+    const struct run_ctx *c = payload;
+
+    if (c->kill_at && step == c->kill_at)
+        raise(SIGKILL);
+}
+
+/*
+ * Describe plan p (dry_run) or execute it and print its summary; with json,
+ * the plan as JSON in both cases. progress: show a progress line on a
+ * terminal for steps that copy data. Frees p. Returns the exit status.
+ */
+static int run_plan(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry_run, bool json,
+                    bool progress)
+{
+    qsnap_exec_opts eo = QSNAP_EXEC_OPTS_INIT;
+    struct run_ctx c;
+    const char *kill_at = getenv("QSNAP_TEST_KILL_AT");
+    char *text = NULL;
+    int rc = 0, status = CLI_EXIT_OK;
+
+    memset(&c, 0, sizeof(c));
+    if (!dry_run) {
+        c.show_progress = progress && !json && isatty(STDOUT_FILENO);
+        c.kill_at = kill_at ? (unsigned)strtoul(kill_at, NULL, 10) : 0;
+        eo.progress = run_progress;
+        eo.step_hook = run_step_hook;
+        eo.payload = &c;
+        rc = qsnap_plan_execute(s, p, &eo);
+        if (c.started)
+            cli_progress_end(&c.pr);
+        if (rc < 0) {
+            status = tree_fail(rc, disk);
+            goto out;
+        }
+    }
+    if (dry_run || json) {
+        rc = qsnap_plan_describe(p, json, &text);
+        if (rc < 0) {
+            status = tree_fail(rc, disk);
+            goto out;
+        }
+        fputs(text, stdout);
+        free(text);
+    } else {
+        printf("%s\n", qsnap_plan_summary(p));
+    }
+out:
+    qsnap_plan_free(p);
+    return status;
+}
+
+/* Open, build a plan with make() and run it; make's own failure is printed. */
+typedef int (*plan_fn)(qsnap_plan **out, qsnap_store *s, void *args);
+
+static int plan_and_run(const char *disk, unsigned open_flags, plan_fn make, void *args,
+                        bool dry_run, bool json, bool progress)
+{
+    qsnap_store *s;
+    qsnap_plan *p = NULL;
+    int rc, status = tree_open(&s, disk, open_flags);
+
+    if (status)
+        return status;
+    rc = make(&p, s, args);
+    if (rc < 0)
+        status = tree_fail(rc, disk);
+    else
+        status = run_plan(s, p, disk, dry_run, json, progress);
+    qsnap_store_close(s);
+    return status;
+}
+
+/* Parse failures end here: the parser printed what is wrong. */
+static int bad_option(const char *cmd)
+{
+    char prog[64];
+
+    snprintf(prog, sizeof(prog), "qsnap %s", cmd);
+    return cli_usage_hint(prog, CLI_EXIT_USAGE);
+}
+
+/* ---- create ------------------------------------------------------------------ */
+
+static const char create_help[] =
+    "Usage: qsnap create DISK [NAME] [-m DESCRIPTION] [--state FILE] [--dry-run] [--json]\n"
+    "\n"
+    "Take a snapshot of the current branch: its head is frozen as the snapshot and\n"
+    "the branch goes on in a new, empty overlay. The first call on a disk sets up\n"
+    "the store beside it (DISK.qsnap/) with one branch, main; the disk itself\n"
+    "becomes the first snapshot and is never written again. Without NAME a name is\n"
+    "generated. No data is copied.\n"
+    "\n"
+    "Options:\n"
+    "  -m, --message=TEXT   a description of the snapshot\n"
+    "      --state=FILE     attach FILE (a saved VM state, say) to the snapshot; it\n"
+    "                       is hard-linked into the store, never copied\n"
+    "  -n, --dry-run        print the plan (the file steps) and change nothing\n"
+    "      --json           print the plan as JSON\n"
+    "  -h, --help           show this help and exit\n"
+    "\n" TREE_EXIT_HELP;
+
+static int make_create(qsnap_plan **out, qsnap_store *s, void *args)
+{
+    return qsnap_plan_create(out, s, args);
+}
+
+static int cmd_create(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false},         {"message", 'm', true},     {"state", OPT_STATE, true},
+        {"dry-run", 'n', false},      {"json", OPT_JSON, false},  {NULL, 0, false},
+    };
+    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+    bool dry_run = false, json = false;
+    cli_opt_parser p;
+    int c;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(create_help, stdout);
+            return CLI_EXIT_OK;
+        case 'm':
+            co.description = p.arg;
+            break;
+        case OPT_STATE:
+            co.state_file = p.arg;
+            break;
+        case 'n':
+            dry_run = true;
+            break;
+        case OPT_JSON:
+            json = true;
+            break;
+        default:
+            return bad_option("create");
+        }
+    }
+    if (p.nb_operands < 1)
+        return tree_usage("create", "missing disk");
+    if (p.nb_operands > 2)
+        return tree_usage("create", "unexpected argument '%s'", p.argv[2]);
+    co.name = p.nb_operands == 2 ? p.argv[1] : NULL;
+    return plan_and_run(p.argv[0], QSNAP_OPEN_CREATE, make_create, &co, dry_run, json, false);
+}
+
+/* ---- revert ------------------------------------------------------------------ */
+
+static const char revert_help[] =
+    "Usage: qsnap revert DISK SNAPSHOT [--branch NEWNAME] [--discard] [--dry-run] [--json]\n"
+    "\n"
+    "Go back to SNAPSHOT: a new branch starts there and becomes current. The branch\n"
+    "being left keeps its changes and can be returned to with 'qsnap switch'; when\n"
+    "it has none it is dropped (its name is then reused for the new branch).\n"
+    "Nothing is ever written into a snapshot.\n"
+    "\n"
+    "Options:\n"
+    "  -b, --branch=NAME    name of the new branch (default: the left branch's name\n"
+    "                       when it is dropped, else a generated one)\n"
+    "      --discard        drop the current branch's changes instead of keeping them\n"
+    "  -n, --dry-run        print the plan and change nothing\n"
+    "      --json           print the plan as JSON\n"
+    "  -h, --help           show this help and exit\n"
+    "\n" TREE_EXIT_HELP;
+
+struct revert_args {
+    const char *snapshot;
+    const char *branch;
+    bool discard;
+};
+
+static int make_revert(qsnap_plan **out, qsnap_store *s, void *args)
+{
+    const struct revert_args *a = args;
+
+    return qsnap_plan_revert(out, s, a->snapshot, a->branch, a->discard);
+}
+
+static int cmd_revert(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false},          {"branch", 'b', true},      {"discard", OPT_DISCARD, false},
+        {"dry-run", 'n', false},       {"json", OPT_JSON, false},  {NULL, 0, false},
+    };
+    struct revert_args a = {NULL, NULL, false};
+    bool dry_run = false, json = false;
+    cli_opt_parser p;
+    int c;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(revert_help, stdout);
+            return CLI_EXIT_OK;
+        case 'b':
+            a.branch = p.arg;
+            break;
+        case OPT_DISCARD:
+            a.discard = true;
+            break;
+        case 'n':
+            dry_run = true;
+            break;
+        case OPT_JSON:
+            json = true;
+            break;
+        default:
+            return bad_option("revert");
+        }
+    }
+    if (p.nb_operands < 1)
+        return tree_usage("revert", "missing disk");
+    if (p.nb_operands < 2)
+        return tree_usage("revert", "missing snapshot name");
+    if (p.nb_operands > 2)
+        return tree_usage("revert", "unexpected argument '%s'", p.argv[2]);
+    a.snapshot = p.argv[1];
+    return plan_and_run(p.argv[0], 0, make_revert, &a, dry_run, json, false);
+}
+
+/* ---- switch ------------------------------------------------------------------ */
+
+static const char switch_help[] =
+    "Usage: qsnap switch DISK BRANCH [--dry-run] [--json]\n"
+    "\n"
+    "Make BRANCH current: return to the end of a branch that was left earlier.\n"
+    "The branch being left keeps its changes. 'qsnap branch DISK' lists the branches.\n"
+    "\n"
+    "Options:\n"
+    "  -n, --dry-run        print the plan and change nothing\n"
+    "      --json           print the plan as JSON\n"
+    "  -h, --help           show this help and exit\n"
+    "\n" TREE_EXIT_HELP;
+
+static int make_switch(qsnap_plan **out, qsnap_store *s, void *args)
+{
+    return qsnap_plan_switch(out, s, args);
+}
+
+static int cmd_switch(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false}, {"dry-run", 'n', false}, {"json", OPT_JSON, false}, {NULL, 0, false},
+    };
+    bool dry_run = false, json = false;
+    cli_opt_parser p;
+    int c;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(switch_help, stdout);
+            return CLI_EXIT_OK;
+        case 'n':
+            dry_run = true;
+            break;
+        case OPT_JSON:
+            json = true;
+            break;
+        default:
+            return bad_option("switch");
+        }
+    }
+    if (p.nb_operands < 1)
+        return tree_usage("switch", "missing disk");
+    if (p.nb_operands < 2)
+        return tree_usage("switch", "missing branch name");
+    if (p.nb_operands > 2)
+        return tree_usage("switch", "unexpected argument '%s'", p.argv[2]);
+    return plan_and_run(p.argv[0], 0, make_switch, p.argv[1], dry_run, json, false);
+}
+
+/* ---- branch ------------------------------------------------------------------ */
+
+static const char branch_help[] =
+    "Usage: qsnap branch DISK                       list the branches ('*' = current)\n"
+    "       qsnap branch DISK NAME [--at SNAPSHOT]  create a branch\n"
+    "       qsnap branch DISK -d NAME [--force]     delete a branch\n"
+    "       qsnap branch DISK -m OLD NEW            rename a branch\n"
+    "\n"
+    "A branch is a writable line of the disk: an overlay on a snapshot. A new\n"
+    "branch starts at SNAPSHOT (default: where the current branch started) and\n"
+    "does not become current ('qsnap switch' makes it so). Deleting removes the\n"
+    "branch's overlay only, never a snapshot.\n"
+    "\n"
+    "Options:\n"
+    "      --at=SNAPSHOT    where a new branch starts\n"
+    "  -d, --delete         delete the branch NAME\n"
+    "  -f, --force          delete it even when it holds changes (they are lost)\n"
+    "  -m, --move           rename the branch OLD to NEW\n"
+    "  -n, --dry-run        print the plan and change nothing\n"
+    "      --json           print the plan as JSON\n"
+    "  -h, --help           show this help and exit\n"
+    "\n" TREE_EXIT_HELP;
+
+struct branch_args {
+    const char *name;
+    const char *other;  /* --at SNAPSHOT, or the new name of -m */
+    bool force;
+};
+
+static int make_branch_create(qsnap_plan **out, qsnap_store *s, void *args)
+{
+    const struct branch_args *a = args;
+
+    return qsnap_plan_branch_create(out, s, a->name, a->other);
+}
+
+static int make_branch_delete(qsnap_plan **out, qsnap_store *s, void *args)
+{
+    const struct branch_args *a = args;
+
+    return qsnap_plan_branch_delete(out, s, a->name, a->force);
+}
+
+static int make_branch_rename(qsnap_plan **out, qsnap_store *s, void *args)
+{
+    const struct branch_args *a = args;
+
+    return qsnap_plan_branch_rename(out, s, a->name, a->other);
+}
+
+/* `git branch`: one branch a line, '*' on the current one, then where it starts. */
+static int branch_list(const char *disk)
+{
+    qsnap_store *s;
+    qsnap_node *list = NULL;
+    size_t n = 0, width = 0;
+    int rc, status = tree_open(&s, disk, QSNAP_OPEN_READONLY);
+
+    if (status)
+        return status;
+    rc = qsnap_list(s, &list, &n);
+    if (rc < 0) {
+        status = tree_fail(rc, disk);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (list[i].kind == QSNAP_BRANCH && strlen(list[i].name) > width)
+            width = strlen(list[i].name);
+    for (size_t i = 0; i < n; i++) {
+        if (list[i].kind != QSNAP_BRANCH)
+            continue;
+        printf("%c %-*s  %s, on %s\n", list[i].current ? '*' : ' ', (int)width, list[i].name,
+               list[i].dirty ? "dirty" : "clean",
+               list[i].parent_name ? list[i].parent_name : "nothing");
+    }
+out:
+    qsnap_list_free(list, n);
+    qsnap_store_close(s);
+    return status;
+}
+
+static int cmd_branch(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false},    {"at", OPT_AT, true},     {"delete", 'd', false},
+        {"force", 'f', false},   {"move", 'm', false},     {"dry-run", 'n', false},
+        {"json", OPT_JSON, false}, {NULL, 0, false},
+    };
+    struct branch_args a = {NULL, NULL, false};
+    bool del = false, move = false, dry_run = false, json = false;
+    cli_opt_parser p;
+    int c;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(branch_help, stdout);
+            return CLI_EXIT_OK;
+        case OPT_AT:
+            a.other = p.arg;
+            break;
+        case 'd':
+            del = true;
+            break;
+        case 'f':
+            a.force = true;
+            break;
+        case 'm':
+            move = true;
+            break;
+        case 'n':
+            dry_run = true;
+            break;
+        case OPT_JSON:
+            json = true;
+            break;
+        default:
+            return bad_option("branch");
+        }
+    }
+    if (p.nb_operands < 1)
+        return tree_usage("branch", "missing disk");
+    if (del && move)
+        return tree_usage("branch", "-d and -m exclude each other");
+    if ((del || move) && a.other)
+        return tree_usage("branch", "--at only goes with a new branch");
+    if (a.force && !del)
+        return tree_usage("branch", "--force only goes with -d");
+    if (move) {
+        if (p.nb_operands != 3)
+            return tree_usage("branch", "-m needs OLD and NEW");
+        a.name = p.argv[1];
+        a.other = p.argv[2];
+        return plan_and_run(p.argv[0], 0, make_branch_rename, &a, dry_run, json, false);
+    }
+    if (p.nb_operands > 2)
+        return tree_usage("branch", "unexpected argument '%s'", p.argv[2]);
+    if (del) {
+        if (p.nb_operands != 2)
+            return tree_usage("branch", "-d needs the name of a branch");
+        a.name = p.argv[1];
+        return plan_and_run(p.argv[0], 0, make_branch_delete, &a, dry_run, json, false);
+    }
+    if (p.nb_operands == 1) {
+        if (a.other || dry_run || json)
+            return tree_usage("branch", "--at, --dry-run and --json need a branch name");
+        return branch_list(p.argv[0]);
+    }
+    a.name = p.argv[1];
+    return plan_and_run(p.argv[0], 0, make_branch_create, &a, dry_run, json, false);
+}
+
+/* ---- delete ------------------------------------------------------------------ */
+
+static const char delete_help[] =
+    "Usage: qsnap delete DISK SNAPSHOT [--children] [--stream] [--metadata]\n"
+    "                    [--dry-run] [--json]\n"
+    "\n"
+    "Delete a snapshot anywhere in the tree. Its name goes, and its data goes\n"
+    "wherever nothing else needs it; every other snapshot and branch keeps its\n"
+    "exact content. A snapshot with one dependent is merged with it; one that\n"
+    "several snapshots or branches are built on is kept as an unnamed node\n"
+    "(default) or, with --stream, copied into each of them.\n"
+    "\n"
+    "Options:\n"
+    "      --children       delete SNAPSHOT and its whole subtree (snapshots and\n"
+    "                       branches)\n"
+    "      --stream         copy a shared snapshot's data into each dependent\n"
+    "                       instead of keeping it as an unnamed node\n"
+    "      --metadata       forget the name only; the data stays as an unnamed node\n"
+    "  -n, --dry-run        print the plan and change nothing\n"
+    "      --json           print the plan as JSON\n"
+    "  -h, --help           show this help and exit\n"
+    "\n"
+    "A progress line is shown on a terminal while data is copied.\n"
+    "\n" TREE_EXIT_HELP;
+
+struct delete_args {
+    const char *snapshot;
+    unsigned flags;
+};
+
+static int make_delete(qsnap_plan **out, qsnap_store *s, void *args)
+{
+    const struct delete_args *a = args;
+
+    return qsnap_plan_delete(out, s, a->snapshot, a->flags);
+}
+
+static int cmd_delete(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false},         {"children", OPT_CHILDREN, false},
+        {"stream", OPT_STREAM, false}, {"metadata", OPT_METADATA, false},
+        {"dry-run", 'n', false},      {"json", OPT_JSON, false},
+        {NULL, 0, false},
+    };
+    struct delete_args a = {NULL, 0};
+    bool dry_run = false, json = false;
+    cli_opt_parser p;
+    int c;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(delete_help, stdout);
+            return CLI_EXIT_OK;
+        case OPT_CHILDREN:
+            a.flags |= QSNAP_DELETE_CHILDREN;
+            break;
+        case OPT_STREAM:
+            a.flags |= QSNAP_DELETE_STREAM;
+            break;
+        case OPT_METADATA:
+            a.flags |= QSNAP_DELETE_METADATA;
+            break;
+        case 'n':
+            dry_run = true;
+            break;
+        case OPT_JSON:
+            json = true;
+            break;
+        default:
+            return bad_option("delete");
+        }
+    }
+    if (p.nb_operands < 1)
+        return tree_usage("delete", "missing disk");
+    if (p.nb_operands < 2)
+        return tree_usage("delete", "missing snapshot name");
+    if (p.nb_operands > 2)
+        return tree_usage("delete", "unexpected argument '%s'", p.argv[2]);
+    a.snapshot = p.argv[1];
+    return plan_and_run(p.argv[0], 0, make_delete, &a, dry_run, json, true);
+}
+
+/* ---- commit ------------------------------------------------------------------ */
+
+static const char commit_help[] =
+    "Usage: qsnap commit DISK [BRANCH] [--dry-run] [--json]\n"
+    "\n"
+    "Write a branch's changes (default: the current branch's) down into the\n"
+    "snapshot it starts from, offline, and go on from there with an empty head.\n"
+    "Every other snapshot and branch keeps its exact content: the data the commit\n"
+    "overwrites is first moved into a new layer that takes the old one's place for\n"
+    "them. When the branch starts at the disk itself, the disk file then holds the\n"
+    "branch's content.\n"
+    "\n"
+    "Options:\n"
+    "  -n, --dry-run        print the plan and change nothing\n"
+    "      --json           print the plan as JSON\n"
+    "  -h, --help           show this help and exit\n"
+    "\n"
+    "A progress line is shown on a terminal while data is copied.\n"
+    "\n" TREE_EXIT_HELP;
+
+static int make_commit(qsnap_plan **out, qsnap_store *s, void *args)
+{
+    return qsnap_plan_commit(out, s, args);
+}
+
+static int cmd_commit(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false}, {"dry-run", 'n', false}, {"json", OPT_JSON, false}, {NULL, 0, false},
+    };
+    bool dry_run = false, json = false;
+    cli_opt_parser p;
+    int c;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(commit_help, stdout);
+            return CLI_EXIT_OK;
+        case 'n':
+            dry_run = true;
+            break;
+        case OPT_JSON:
+            json = true;
+            break;
+        default:
+            return bad_option("commit");
+        }
+    }
+    if (p.nb_operands < 1)
+        return tree_usage("commit", "missing disk");
+    if (p.nb_operands > 2)
+        return tree_usage("commit", "unexpected argument '%s'", p.argv[2]);
+    return plan_and_run(p.argv[0], 0, make_commit, p.nb_operands == 2 ? p.argv[1] : NULL,
+                        dry_run, json, true);
+}
+
+/* ---- the command table ------------------------------------------------------- */
+
+struct tree_cmd {
+    const char *name;  /* the command's word */
+    cli_cmd_fn fn;     /* its entry point */
+    const char *about; /* one line for `qsnap --help` */
+};
+
+static const struct tree_cmd tree_cmds[] = {
+    {"create", cmd_create, "take a snapshot of the current branch"},
+    {"list", cli_tree_list, "list snapshots and branches (table, --tree or --json)"},
+    {"info", cli_tree_info, "show one snapshot or branch"},
+    {"current", cli_tree_current, "the current branch (--path: the image a VM uses)"},
+    {"revert", cmd_revert, "go back to a snapshot on a new branch"},
+    {"switch", cmd_switch, "return to a branch left earlier"},
+    {"branch", cmd_branch, "list, create, delete or rename branches"},
+    {"delete", cmd_delete, "delete a snapshot, keeping everything else"},
+    {"commit", cmd_commit, "write a branch's changes into its snapshot"},
+    {"diff", cli_tree_diff, "byte ranges that differ between two states"},
+    {"du", cli_tree_du, "bytes each snapshot and branch holds and would free"},
+    {"why", cli_tree_why, "what depends on a snapshot or branch"},
+    {"export", cli_tree_export, "write a state as a standalone raw or qcow2 image"},
+    {"verify", cli_tree_verify, "check (and --repair) the store"},
+};
+
+#define NB_TREE_CMDS (sizeof(tree_cmds) / sizeof(tree_cmds[0]))
+
+cli_cmd_fn cli_tree_lookup(const char *name)
+{
+    for (size_t i = 0; i < NB_TREE_CMDS; i++)
+        if (strcmp(name, tree_cmds[i].name) == 0)
+            return tree_cmds[i].fn;
+    return NULL;
+}
+
+void cli_tree_print_commands(void)
+{
+    for (size_t i = 0; i < NB_TREE_CMDS; i++)
+        printf("  %-18s  %s\n", tree_cmds[i].name, tree_cmds[i].about);
+}

@@ -1,0 +1,870 @@
+/*
+ * qsnap's snapshot tree commands that read: current, list, info, diff, du,
+ * why and export (which writes only its output file), and verify (which
+ * repairs with --repair). Each opens the store through libqsnap and prints
+ * what the library reports: text for people, --json documents with a
+ * "version" field for scripts (described in docs/qsnap.1).
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <qsnap/qsnap.h>
+
+#include "cli.h"
+#include "cli_error.h"
+#include "fmt.h"
+#include "opt.h"
+#include "progress.h"
+#include "tree.h"
+
+/* The version of every JSON document the tree commands print. */
+#define TREE_JSON_VERSION 1
+
+enum {
+    OPT_HELP = 'h',
+    OPT_JSON = CLI_OPT_LONG_BASE,
+    OPT_PATH,
+    OPT_TREE,
+    OPT_ROOTS,
+    OPT_LEAVES,
+    OPT_NO_LEAVES,
+    OPT_PARENT,
+    OPT_FROM,
+    OPT_DESCENDANTS,
+    OPT_BRANCHES,
+    OPT_INTERNAL,
+    OPT_EXTERNAL,
+    OPT_REPAIR,
+};
+
+static int bad_option(const char *cmd)
+{
+    char prog[64];
+
+    snprintf(prog, sizeof(prog), "qsnap %s", cmd);
+    return cli_usage_hint(prog, CLI_EXIT_USAGE);
+}
+
+/* Parse the options of a command that takes only --help and maybe --json. */
+static int parse_simple(const char *cmd, const char *help, int argc, char **argv, bool *json,
+                        cli_opt_parser *p)
+{
+    static const cli_opt_def with_json[] = {
+        {"help", 'h', false}, {"json", OPT_JSON, false}, {NULL, 0, false}};
+    static const cli_opt_def without_json[] = {{"help", 'h', false}, {NULL, 0, false}};
+    int c;
+
+    cli_opt_init(p, argc - 1, argv + 1, json ? with_json : without_json);
+    while ((c = cli_opt_next(p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(help, stdout);
+            return -1;
+        case OPT_JSON:
+            *json = true;
+            break;
+        default:
+            return bad_option(cmd);
+        }
+    }
+    return 0;
+}
+
+/* The members of one node in list, info and current documents. */
+static void json_node_members(cli_json *j, const qsnap_node *e)
+{
+    cli_json_uint(j, "id", e->id);
+    cli_json_string(j, "name", e->name);
+    cli_json_string(j, "kind", tree_kind_name(e->kind));
+    if (e->parent)
+        cli_json_uint(j, "parent", e->parent);
+    else
+        tree_json_null(j, "parent");
+    if (e->parent_name)
+        cli_json_string(j, "parent_name", e->parent_name);
+    else
+        tree_json_null(j, "parent_name");
+    cli_json_string(j, "file", e->file);
+    cli_json_string(j, "description", e->description);
+    cli_json_int(j, "created", e->created);
+    cli_json_bool(j, "current", e->current);
+    cli_json_bool(j, "dirty", e->dirty);
+    cli_json_bool(j, "internal", e->internal);
+    cli_json_uint(j, "virtual_size", e->virtual_size);
+    cli_json_uint(j, "file_bytes", e->file_bytes);
+    cli_json_uint(j, "nb_children", e->nb_children);
+    if (e->state_file)
+        cli_json_string(j, "state_file", e->state_file);
+    else
+        tree_json_null(j, "state_file");
+}
+
+/* ---- current ----------------------------------------------------------------- */
+
+static const char current_help[] =
+    "Usage: qsnap current DISK [--path] [--json]\n"
+    "\n"
+    "Show the current branch, the snapshot it starts from and whether it holds\n"
+    "changes (read from the overlay itself, no VM needed).\n"
+    "\n"
+    "Options:\n"
+    "      --path           print only the absolute path of the image a VM must\n"
+    "                       use now (the current branch's head)\n"
+    "      --json           print a JSON document\n"
+    "  -h, --help           show this help and exit\n"
+    "\n" TREE_EXIT_HELP;
+
+int cli_tree_current(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false}, {"path", OPT_PATH, false}, {"json", OPT_JSON, false},
+        {NULL, 0, false},
+    };
+    bool path = false, json = false;
+    qsnap_node *cur = NULL;
+    qsnap_store *s;
+    cli_opt_parser p;
+    int c, rc, status;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(current_help, stdout);
+            return CLI_EXIT_OK;
+        case OPT_PATH:
+            path = true;
+            break;
+        case OPT_JSON:
+            json = true;
+            break;
+        default:
+            return bad_option("current");
+        }
+    }
+    if (p.nb_operands < 1)
+        return tree_usage("current", "missing disk");
+    if (p.nb_operands > 1)
+        return tree_usage("current", "unexpected argument '%s'", p.argv[1]);
+    if (path && json)
+        return tree_usage("current", "--path and --json exclude each other");
+    status = tree_open(&s, p.argv[0], QSNAP_OPEN_READONLY);
+    if (status)
+        return status;
+    rc = qsnap_current(s, &cur);
+    if (rc < 0) {
+        status = tree_fail(rc, p.argv[0]);
+    } else if (path) {
+        printf("%s\n", cur->file);
+    } else if (json) {
+        cli_json j;
+
+        cli_json_init(&j, stdout);
+        cli_json_begin_object(&j, NULL);
+        cli_json_uint(&j, "version", TREE_JSON_VERSION);
+        cli_json_string(&j, "branch", cur->name);
+        if (cur->parent_name)
+            cli_json_string(&j, "base", cur->parent_name);
+        else
+            tree_json_null(&j, "base");
+        cli_json_bool(&j, "dirty", cur->dirty);
+        cli_json_string(&j, "head", cur->file);
+        cli_json_uint(&j, "virtual_size", cur->virtual_size);
+        cli_json_uint(&j, "file_bytes", cur->file_bytes);
+        cli_json_end_object(&j);
+        cli_json_finish(&j);
+    } else {
+        printf("branch: %s\n"
+               "base:   %s\n"
+               "state:  %s\n"
+               "head:   %s\n",
+               cur->name, cur->parent_name ? cur->parent_name : "(none)",
+               cur->dirty ? "dirty (changes since the snapshot)" : "clean", cur->file);
+    }
+    qsnap_list_free(cur, cur ? 1 : 0);
+    qsnap_store_close(s);
+    return status;
+}
+
+/* ---- list -------------------------------------------------------------------- */
+
+static const char list_help[] =
+    "Usage: qsnap list DISK [--tree] [--json] [--roots | --leaves | --no-leaves]\n"
+    "                  [--parent] [--from NAME [--descendants]] [--branches]\n"
+    "                  [--internal | --external]\n"
+    "\n"
+    "List the snapshots, unnamed nodes (states kept for their dependents) and\n"
+    "branches of a disk: a table by default ('*' marks the current branch), a\n"
+    "drawing with --tree (the current branch marked 'you are here'), or JSON.\n"
+    "\n"
+    "Options:\n"
+    "      --tree           draw the tree; filters keep the nodes that lead to a\n"
+    "                       selected one, by name only\n"
+    "      --json           print a JSON document (filters apply)\n"
+    "      --parent         add a PARENT column to the table\n"
+    "      --roots          only nodes without a parent\n"
+    "      --leaves         only nodes without children (branches count as children)\n"
+    "      --no-leaves      only nodes with children\n"
+    "      --from=NAME      only NAME's children (with --tree: the tree from NAME)\n"
+    "      --descendants    with --from: all of NAME's descendants\n"
+    "      --branches       only branches\n"
+    "      --internal       only internal snapshots (none: the tree holds external\n"
+    "                       snapshots only)\n"
+    "      --external       only external snapshots (all of them)\n"
+    "  -h, --help           show this help and exit\n"
+    "\n"
+    "Colour is used on a terminal only, and never when NO_COLOR is set.\n"
+    "\n" TREE_EXIT_HELP;
+
+static void list_json(const char *disk_abs, const char *store, const qsnap_node *list, size_t n,
+                      const bool *sel)
+{
+    const char *current = NULL;
+    cli_json j;
+
+    for (size_t i = 0; i < n; i++)
+        if (list[i].kind == QSNAP_BRANCH && list[i].current)
+            current = list[i].name;
+    cli_json_init(&j, stdout);
+    cli_json_begin_object(&j, NULL);
+    cli_json_uint(&j, "version", TREE_JSON_VERSION);
+    cli_json_string(&j, "disk", disk_abs);
+    cli_json_string(&j, "store", store);
+    if (current)
+        cli_json_string(&j, "current", current);
+    else
+        tree_json_null(&j, "current");
+    cli_json_begin_array(&j, "nodes");
+    for (size_t i = 0; i < n; i++) {
+        if (!sel[i])
+            continue;
+        cli_json_begin_object(&j, NULL);
+        json_node_members(&j, &list[i]);
+        cli_json_end_object(&j);
+    }
+    cli_json_end_array(&j);
+    cli_json_end_object(&j);
+    cli_json_finish(&j);
+}
+
+static void list_table(const qsnap_node *list, size_t n, const bool *sel, bool parent_col)
+{
+    int wname = 4, wparent = 6;
+
+    for (size_t i = 0; i < n; i++) {
+        if (!sel[i])
+            continue;
+        if ((int)strlen(list[i].name) > wname)
+            wname = (int)strlen(list[i].name);
+        if (list[i].parent_name && (int)strlen(list[i].parent_name) > wparent)
+            wparent = (int)strlen(list[i].parent_name);
+    }
+    printf("  %-*s  ", wname, "NAME");
+    if (parent_col)
+        printf("%-*s  ", wparent, "PARENT");
+    printf("%-8s  %-19s  %10s  %s\n", "KIND", "CREATED", "SIZE", "DIRTY");
+    for (size_t i = 0; i < n; i++) {
+        const qsnap_node *e = &list[i];
+        char when[32], size[CLI_SIZE_STR_MAX];
+
+        if (!sel[i])
+            continue;
+        printf("%c %-*s  ", e->kind == QSNAP_BRANCH && e->current ? '*' : ' ', wname, e->name);
+        if (parent_col)
+            printf("%-*s  ", wparent, e->parent_name ? e->parent_name : "-");
+        printf("%-8s  %-19s  %10s  %s\n", tree_kind_name(e->kind), tree_fmt_time(e->created, when),
+               cli_fmt_size(e->file_bytes, size),
+               e->kind != QSNAP_BRANCH ? "-" : e->dirty ? "yes" : "no");
+    }
+}
+
+int cli_tree_list(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false},
+        {"tree", OPT_TREE, false},
+        {"json", OPT_JSON, false},
+        {"roots", OPT_ROOTS, false},
+        {"leaves", OPT_LEAVES, false},
+        {"no-leaves", OPT_NO_LEAVES, false},
+        {"parent", OPT_PARENT, false},
+        {"from", OPT_FROM, true},
+        {"descendants", OPT_DESCENDANTS, false},
+        {"branches", OPT_BRANCHES, false},
+        {"internal", OPT_INTERNAL, false},
+        {"external", OPT_EXTERNAL, false},
+        {NULL, 0, false},
+    };
+    tree_filter f;
+    bool tree = false, json = false, parent_col = false, *sel = NULL;
+    qsnap_node *list = NULL;
+    qsnap_store *s = NULL;
+    char *disk_abs = NULL;
+    size_t n = 0;
+    cli_opt_parser p;
+    int c, rc, status;
+
+    memset(&f, 0, sizeof(f));
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(list_help, stdout);
+            return CLI_EXIT_OK;
+        case OPT_TREE:
+            tree = true;
+            break;
+        case OPT_JSON:
+            json = true;
+            break;
+        case OPT_ROOTS:
+            f.roots = true;
+            break;
+        case OPT_LEAVES:
+            f.leaves = true;
+            break;
+        case OPT_NO_LEAVES:
+            f.no_leaves = true;
+            break;
+        case OPT_PARENT:
+            parent_col = true;
+            break;
+        case OPT_FROM:
+            f.from = p.arg;
+            break;
+        case OPT_DESCENDANTS:
+            f.descendants = true;
+            break;
+        case OPT_BRANCHES:
+            f.branches = true;
+            break;
+        case OPT_INTERNAL:
+            f.internal = true;
+            break;
+        case OPT_EXTERNAL:
+            f.external = true;
+            break;
+        default:
+            return bad_option("list");
+        }
+    }
+    if (p.nb_operands < 1)
+        return tree_usage("list", "missing disk");
+    if (p.nb_operands > 1)
+        return tree_usage("list", "unexpected argument '%s'", p.argv[1]);
+    if (f.roots + f.leaves + f.no_leaves > 1)
+        return tree_usage("list", "--roots, --leaves and --no-leaves exclude each other");
+    if (f.internal && f.external)
+        return tree_usage("list", "--internal and --external exclude each other");
+    if (f.descendants && !f.from)
+        return tree_usage("list", "--descendants needs --from");
+    if (f.roots && f.from)
+        return tree_usage("list", "--roots and --from exclude each other");
+    if (tree && json)
+        return tree_usage("list", "--tree and --json exclude each other (the JSON "
+                                  "document has parent links)");
+    if (tree && parent_col)
+        return tree_usage("list", "--parent is for the table; --tree shows parents");
+    status = tree_open(&s, p.argv[0], QSNAP_OPEN_READONLY);
+    if (status)
+        return status;
+    rc = qsnap_list(s, &list, &n);
+    if (rc < 0) {
+        status = tree_fail(rc, p.argv[0]);
+        goto out;
+    }
+    sel = calloc(n + 1, sizeof(*sel));
+    disk_abs = tree_disk_of(s);
+    if (!sel || !disk_abs) {
+        cli_errorf("out of memory");
+        status = CLI_EXIT_ERROR;
+        goto out;
+    }
+    if (tree && f.from)
+        f.descendants = true; /* as virsh: the tree from NAME is its whole subtree */
+    if (tree_select(list, n, &f, sel) < 0) {
+        status = f.from ? CLI_EXIT_NOTFOUND : CLI_EXIT_ERROR;
+        goto out;
+    }
+    if (json) {
+        list_json(disk_abs, qsnap_store_path(s), list, n, sel);
+    } else if (tree) {
+        bool color = isatty(STDOUT_FILENO) && !getenv("NO_COLOR");
+
+        tree_view_print(stdout, p.argv[0], list, n, sel, f.from, color);
+    } else {
+        list_table(list, n, sel, parent_col);
+    }
+out:
+    free(sel);
+    free(disk_abs);
+    qsnap_list_free(list, n);
+    qsnap_store_close(s);
+    return status;
+}
+
+/* ---- info -------------------------------------------------------------------- */
+
+static const char info_help[] =
+    "Usage: qsnap info DISK NAME [--json]\n"
+    "\n"
+    "Show one snapshot, unnamed node ('(unnamed N)') or branch: its file, parent,\n"
+    "children, sizes and state.\n"
+    "\n"
+    "Options:\n"
+    "      --json           print a JSON document\n"
+    "  -h, --help           show this help and exit\n"
+    "\n" TREE_EXIT_HELP;
+
+/* Whether list[k] hangs directly under list[i] in the tree. */
+static bool is_child(const qsnap_node *list, size_t i, size_t k)
+{
+    return list[i].kind != QSNAP_BRANCH && list[k].parent == list[i].id;
+}
+
+static void info_text(const qsnap_node *list, size_t n, size_t i)
+{
+    const qsnap_node *e = &list[i];
+    char when[32], vs[CLI_SIZE_STR_MAX], fb[CLI_SIZE_STR_MAX];
+    bool first = true;
+
+    printf("name:          %s\n", e->name);
+    printf("kind:          %s\n", tree_kind_name(e->kind));
+    printf("id:            %u\n", e->id);
+    printf("%-15s%s\n", e->kind == QSNAP_BRANCH ? "starts at:" : "parent:",
+           e->parent_name ? e->parent_name : "(none)");
+    printf("created:       %s\n", tree_fmt_time(e->created, when));
+    if (e->description[0])
+        printf("description:   %s\n", e->description);
+    printf("file:          %s\n", e->file);
+    printf("virtual size:  %s (%" PRIu64 " bytes)\n", cli_fmt_size(e->virtual_size, vs),
+           e->virtual_size);
+    printf("file size:     %s (%" PRIu64 " bytes)\n", cli_fmt_size(e->file_bytes, fb),
+           e->file_bytes);
+    if (e->kind == QSNAP_BRANCH) {
+        printf("state:         %s\n", e->dirty ? "dirty" : "clean");
+        printf("current:       %s\n", e->current ? "yes" : "no");
+    } else {
+        printf("children:      ");
+        for (size_t k = 0; k < n; k++) {
+            if (!is_child(list, i, k))
+                continue;
+            printf("%s%s%s", first ? "" : ", ", list[k].kind == QSNAP_BRANCH ? "branch " : "",
+                   list[k].name);
+            first = false;
+        }
+        printf("%s\n", first ? "(none)" : "");
+        if (e->state_file)
+            printf("state file:    %s\n", e->state_file);
+    }
+}
+
+int cli_tree_info(int argc, char **argv)
+{
+    qsnap_node *list = NULL;
+    qsnap_store *s;
+    size_t n = 0, i;
+    bool json = false;
+    cli_opt_parser p;
+    int rc, status = parse_simple("info", info_help, argc, argv, &json, &p);
+
+    if (status)
+        return status < 0 ? CLI_EXIT_OK : status;
+    if (p.nb_operands < 1)
+        return tree_usage("info", "missing disk");
+    if (p.nb_operands < 2)
+        return tree_usage("info", "missing snapshot or branch name");
+    if (p.nb_operands > 2)
+        return tree_usage("info", "unexpected argument '%s'", p.argv[2]);
+    status = tree_open(&s, p.argv[0], QSNAP_OPEN_READONLY);
+    if (status)
+        return status;
+    rc = qsnap_list(s, &list, &n);
+    if (rc < 0) {
+        status = tree_fail(rc, p.argv[0]);
+        goto out;
+    }
+    for (i = 0; i < n && strcmp(list[i].name, p.argv[1]) != 0; i++)
+        ;
+    if (i == n) {
+        cli_errorf("no snapshot or branch named '%s'", p.argv[1]);
+        fprintf(stderr, "qsnap: hint: 'qsnap list %s' shows the names\n", p.argv[0]);
+        status = CLI_EXIT_NOTFOUND;
+    } else if (json) {
+        cli_json j;
+
+        cli_json_init(&j, stdout);
+        cli_json_begin_object(&j, NULL);
+        cli_json_uint(&j, "version", TREE_JSON_VERSION);
+        json_node_members(&j, &list[i]);
+        cli_json_begin_array(&j, "children");
+        for (size_t k = 0; k < n; k++)
+            if (is_child(list, i, k))
+                cli_json_string(&j, NULL, list[k].name);
+        cli_json_end_array(&j);
+        cli_json_end_object(&j);
+        cli_json_finish(&j);
+    } else {
+        info_text(list, n, i);
+    }
+out:
+    qsnap_list_free(list, n);
+    qsnap_store_close(s);
+    return status;
+}
+
+/* ---- diff -------------------------------------------------------------------- */
+
+static const char diff_help[] =
+    "Usage: qsnap diff DISK A B [--json]\n"
+    "\n"
+    "The guest byte ranges whose content differs between A and B (snapshots,\n"
+    "unnamed nodes or branches), in 512-byte units: start and end offsets (end\n"
+    "excluded, in hex) and the length; --json gives exact bytes.\n"
+    "\n"
+    "Options:\n"
+    "      --json           print a JSON document\n"
+    "  -h, --help           show this help and exit\n"
+    "\n" TREE_EXIT_HELP;
+
+int cli_tree_diff(int argc, char **argv)
+{
+    qsnap_range *r = NULL;
+    qsnap_store *s;
+    size_t n = 0;
+    uint64_t total = 0;
+    bool json = false;
+    cli_opt_parser p;
+    int rc, status = parse_simple("diff", diff_help, argc, argv, &json, &p);
+
+    if (status)
+        return status < 0 ? CLI_EXIT_OK : status;
+    if (p.nb_operands < 1)
+        return tree_usage("diff", "missing disk");
+    if (p.nb_operands < 3)
+        return tree_usage("diff", "diff needs two snapshots or branches");
+    if (p.nb_operands > 3)
+        return tree_usage("diff", "unexpected argument '%s'", p.argv[3]);
+    status = tree_open(&s, p.argv[0], QSNAP_OPEN_READONLY);
+    if (status)
+        return status;
+    rc = qsnap_diff(s, p.argv[1], p.argv[2], &r, &n);
+    if (rc < 0) {
+        status = tree_fail(rc, p.argv[0]);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        total += r[i].length;
+    if (json) {
+        cli_json j;
+
+        cli_json_init(&j, stdout);
+        cli_json_begin_object(&j, NULL);
+        cli_json_uint(&j, "version", TREE_JSON_VERSION);
+        cli_json_string(&j, "a", p.argv[1]);
+        cli_json_string(&j, "b", p.argv[2]);
+        cli_json_uint(&j, "bytes", total);
+        cli_json_begin_array(&j, "ranges");
+        for (size_t i = 0; i < n; i++) {
+            cli_json_begin_object(&j, NULL);
+            cli_json_uint(&j, "start", r[i].start);
+            cli_json_uint(&j, "length", r[i].length);
+            cli_json_end_object(&j);
+        }
+        cli_json_end_array(&j);
+        cli_json_end_object(&j);
+        cli_json_finish(&j);
+    } else {
+        char size[CLI_SIZE_STR_MAX];
+
+        for (size_t i = 0; i < n; i++)
+            printf("0x%010" PRIx64 "-0x%010" PRIx64 "  %s\n", r[i].start,
+                   r[i].start + r[i].length, cli_fmt_size(r[i].length, size));
+        if (n == 0)
+            printf("%s and %s have the same content\n", p.argv[1], p.argv[2]);
+        else
+            printf("%zu range%s, %s differ\n", n, n == 1 ? "" : "s", cli_fmt_size(total, size));
+    }
+out:
+    free(r);
+    qsnap_store_close(s);
+    return status;
+}
+
+/* ---- du ---------------------------------------------------------------------- */
+
+static const char du_help[] =
+    "Usage: qsnap du DISK [--json]\n"
+    "\n"
+    "For every snapshot, unnamed node and branch: the bytes its own file holds\n"
+    "and the bytes deleting it would give back (0 when its data is still needed\n"
+    "by others, or is the disk itself).\n"
+    "\n"
+    "Options:\n"
+    "      --json           print a JSON document (exact bytes)\n"
+    "  -h, --help           show this help and exit\n"
+    "\n" TREE_EXIT_HELP;
+
+int cli_tree_du(int argc, char **argv)
+{
+    qsnap_usage *u = NULL;
+    qsnap_store *s;
+    size_t n = 0;
+    uint64_t holds = 0;
+    bool json = false;
+    cli_opt_parser p;
+    int rc, status = parse_simple("du", du_help, argc, argv, &json, &p);
+
+    if (status)
+        return status < 0 ? CLI_EXIT_OK : status;
+    if (p.nb_operands < 1)
+        return tree_usage("du", "missing disk");
+    if (p.nb_operands > 1)
+        return tree_usage("du", "unexpected argument '%s'", p.argv[1]);
+    status = tree_open(&s, p.argv[0], QSNAP_OPEN_READONLY);
+    if (status)
+        return status;
+    rc = qsnap_du(s, &u, &n);
+    if (rc < 0) {
+        status = tree_fail(rc, p.argv[0]);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        holds += u[i].holds;
+    if (json) {
+        cli_json j;
+
+        cli_json_init(&j, stdout);
+        cli_json_begin_object(&j, NULL);
+        cli_json_uint(&j, "version", TREE_JSON_VERSION);
+        cli_json_uint(&j, "total_bytes", holds);
+        cli_json_begin_array(&j, "nodes");
+        for (size_t i = 0; i < n; i++) {
+            cli_json_begin_object(&j, NULL);
+            cli_json_uint(&j, "id", u[i].id);
+            cli_json_string(&j, "name", u[i].name);
+            cli_json_string(&j, "kind", tree_kind_name(u[i].kind));
+            cli_json_uint(&j, "holds", u[i].holds);
+            cli_json_uint(&j, "frees", u[i].frees);
+            cli_json_end_object(&j);
+        }
+        cli_json_end_array(&j);
+        cli_json_end_object(&j);
+        cli_json_finish(&j);
+    } else {
+        char a[CLI_SIZE_STR_MAX], b[CLI_SIZE_STR_MAX];
+        int w = 5;
+
+        for (size_t i = 0; i < n; i++)
+            if ((int)strlen(u[i].name) > w)
+                w = (int)strlen(u[i].name);
+        printf("%-*s  %-8s  %10s  %10s\n", w, "NAME", "KIND", "HOLDS", "FREES");
+        for (size_t i = 0; i < n; i++)
+            printf("%-*s  %-8s  %10s  %10s\n", w, u[i].name, tree_kind_name(u[i].kind),
+                   cli_fmt_size(u[i].holds, a), cli_fmt_size(u[i].frees, b));
+        printf("%-*s  %-8s  %10s\n", w, "total", "", cli_fmt_size(holds, a));
+    }
+out:
+    qsnap_du_free(u, n);
+    qsnap_store_close(s);
+    return status;
+}
+
+/* ---- why --------------------------------------------------------------------- */
+
+static const char why_help[] =
+    "Usage: qsnap why DISK NAME\n"
+    "\n"
+    "What depends on a snapshot or branch, and what deleting (or committing) it\n"
+    "would do.\n"
+    "\n"
+    "Options:\n"
+    "  -h, --help           show this help and exit\n"
+    "\n" TREE_EXIT_HELP;
+
+int cli_tree_why(int argc, char **argv)
+{
+    qsnap_store *s;
+    char *text = NULL;
+    cli_opt_parser p;
+    int rc, status = parse_simple("why", why_help, argc, argv, NULL, &p);
+
+    if (status)
+        return status < 0 ? CLI_EXIT_OK : status;
+    if (p.nb_operands < 1)
+        return tree_usage("why", "missing disk");
+    if (p.nb_operands < 2)
+        return tree_usage("why", "missing snapshot or branch name");
+    if (p.nb_operands > 2)
+        return tree_usage("why", "unexpected argument '%s'", p.argv[2]);
+    status = tree_open(&s, p.argv[0], QSNAP_OPEN_READONLY);
+    if (status)
+        return status;
+    rc = qsnap_why(s, p.argv[1], &text);
+    if (rc < 0)
+        status = tree_fail(rc, p.argv[0]);
+    else
+        fputs(text, stdout);
+    free(text);
+    qsnap_store_close(s);
+    return status;
+}
+
+/* ---- export ------------------------------------------------------------------ */
+
+static const char export_help[] =
+    "Usage: qsnap export DISK NAME OUT [-O raw|qcow2] [-p]\n"
+    "\n"
+    "Write the content of a snapshot or branch as a standalone image OUT (no\n"
+    "backing file). The store is not changed.\n"
+    "\n"
+    "Options:\n"
+    "  -O, --format=FMT     raw (default) or qcow2\n"
+    "  -p, --progress       show progress\n"
+    "  -h, --help           show this help and exit\n"
+    "\n" TREE_EXIT_HELP;
+
+int cli_tree_export(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false}, {"format", 'O', true}, {"progress", 'p', false}, {NULL, 0, false},
+    };
+    qcow2_format fmt = QCOW2_FORMAT_RAW;
+    bool progress = false;
+    qsnap_store *s;
+    cli_progress pr;
+    cli_opt_parser p;
+    int c, rc, status;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(export_help, stdout);
+            return CLI_EXIT_OK;
+        case 'O':
+            fmt = qcow2_format_from_name(p.arg);
+            if (fmt != QCOW2_FORMAT_RAW && fmt != QCOW2_FORMAT_QCOW2)
+                return tree_usage("export", "unknown output format '%s' (raw or qcow2)", p.arg);
+            break;
+        case 'p':
+            progress = true;
+            break;
+        default:
+            return bad_option("export");
+        }
+    }
+    if (p.nb_operands < 1)
+        return tree_usage("export", "missing disk");
+    if (p.nb_operands < 3)
+        return tree_usage("export", "export needs a snapshot or branch and an output file");
+    if (p.nb_operands > 3)
+        return tree_usage("export", "unexpected argument '%s'", p.argv[3]);
+    status = tree_open(&s, p.argv[0], QSNAP_OPEN_READONLY);
+    if (status)
+        return status;
+    cli_progress_begin(&pr, progress);
+    rc = qsnap_export(s, p.argv[1], p.argv[2], fmt, cli_progress_update, &pr);
+    if (rc < 0) {
+        if (progress)
+            putchar('\n');
+        status = tree_fail(rc, p.argv[0]);
+    } else {
+        cli_progress_end(&pr);
+    }
+    qsnap_store_close(s);
+    return status;
+}
+
+/* ---- verify ------------------------------------------------------------------ */
+
+static const char verify_help[] =
+    "Usage: qsnap verify DISK [--repair] [--json]\n"
+    "\n"
+    "Check the store: every file exists and passes a check, every backing link and\n"
+    "format matches the metadata, no snapshot changed since it was taken (xxh3-128\n"
+    "fingerprints), no interrupted operation is pending, no stray files.\n"
+    "\n"
+    "Options:\n"
+    "      --repair         finish an interrupted operation, re-point links that\n"
+    "                       differ, restore file modes and remove half-made files\n"
+    "      --json           print a JSON document\n"
+    "  -h, --help           show this help and exit\n"
+    "\n" TREE_EXIT_HELP;
+
+int cli_tree_verify(int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {"help", 'h', false}, {"repair", OPT_REPAIR, false}, {"json", OPT_JSON, false},
+        {NULL, 0, false},
+    };
+    bool repair = false, json = false;
+    qsnap_finding *f = NULL;
+    qsnap_store *s;
+    size_t n = 0, problems = 0;
+    cli_opt_parser p;
+    int c, rc, status;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'h':
+            fputs(verify_help, stdout);
+            return CLI_EXIT_OK;
+        case OPT_REPAIR:
+            repair = true;
+            break;
+        case OPT_JSON:
+            json = true;
+            break;
+        default:
+            return bad_option("verify");
+        }
+    }
+    if (p.nb_operands < 1)
+        return tree_usage("verify", "missing disk");
+    if (p.nb_operands > 1)
+        return tree_usage("verify", "unexpected argument '%s'", p.argv[1]);
+    /* CREATE: a first create that was interrupted has a journal but no metadata yet. */
+    status = tree_open(&s, p.argv[0],
+                       QSNAP_OPEN_CREATE | (repair ? 0u : (unsigned)QSNAP_OPEN_READONLY));
+    if (status)
+        return status;
+    rc = qsnap_verify(s, repair, &f, &n);
+    for (size_t i = 0; i < n; i++)
+        problems += f[i].problem && !f[i].repaired;
+    if (json && (rc == 0 || rc == QSNAP_EINTEGRITY)) {
+        cli_json j;
+
+        cli_json_init(&j, stdout);
+        cli_json_begin_object(&j, NULL);
+        cli_json_uint(&j, "version", TREE_JSON_VERSION);
+        cli_json_bool(&j, "ok", rc == 0);
+        cli_json_bool(&j, "repair", repair);
+        cli_json_uint(&j, "problems", problems);
+        cli_json_begin_array(&j, "findings");
+        for (size_t i = 0; i < n; i++) {
+            cli_json_begin_object(&j, NULL);
+            cli_json_bool(&j, "problem", f[i].problem);
+            cli_json_bool(&j, "repaired", f[i].repaired);
+            cli_json_string(&j, "file", f[i].file);
+            cli_json_string(&j, "message", f[i].message);
+            cli_json_end_object(&j);
+        }
+        cli_json_end_array(&j);
+        cli_json_end_object(&j);
+        cli_json_finish(&j);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            printf("%s: %s\n",
+                   !f[i].problem ? "ok" : f[i].repaired ? "repaired" : "problem", f[i].message);
+    }
+    if (rc < 0)
+        status = tree_fail(rc, p.argv[0]);
+    qsnap_verify_free(f, n);
+    qsnap_store_close(s);
+    return status;
+}
