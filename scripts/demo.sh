@@ -4,8 +4,10 @@
 # the demo shows qsnap alone), writes a few patterns into it, and runs the
 # plumbing commands on it, echoing each one first. Exits non-zero on the first
 # failure. Then it puts a qcow2 overlay on the disk, writes into it, and
-# shows the two layers, a check, a comparison and a flattened copy. Later
-# milestones add the snapshot tree.
+# shows the two layers, a check, a comparison and a flattened copy. Last, a
+# snapshot tree story on the same raw disk: snapshots, a revert that keeps the
+# branch it leaves, a switch back, a delete in the middle of the tree, a
+# commit into the raw disk, and verify.
 set -eu
 
 BUILD=${BUILD:-build/release}
@@ -18,8 +20,15 @@ dir=$(mktemp -d "$(pwd)/build/demo/session.XXXXXX")
 trap 'rm -rf "$dir"' EXIT
 cd "$dir"
 
-step() { # print a command, then run it
-    printf '\n$ %s\n' "$*"
+step() { # print a command (quoting words with spaces), then run it
+    printf '\n$'
+    for word in "$@"; do
+        case $word in
+        *' '*) printf " '%s'" "$word" ;;
+        *) printf ' %s' "$word" ;;
+        esac
+    done
+    printf '\n'
     "$@"
 }
 
@@ -104,6 +113,71 @@ step "$QSNAP" image convert -O raw overlay.qcow2 flat.raw
 step "$QSNAP" image digest overlay.qcow2
 step "$QSNAP" image digest flat.raw
 step "$QSNAP" image compare overlay.qcow2 flat.raw
+
+# Write with the same commands a VM would use: into the current branch's head.
+vmwrite() { # pattern offset length
+    head=$("$QSNAP" current disk.raw --path)
+    printf '\n$ %s\n' "$QSNAP image io -c 'write -P $1 $2 $3' \"\$($QSNAP current disk.raw --path)\""
+    "$QSNAP" image io -c "write -P $1 $2 $3" "$head"
+}
+
+echo
+echo "== The snapshot tree: the first snapshot sets up disk.raw.qsnap/ with branch main"
+rm -f overlay.qcow2 flat.raw copy.raw
+step "$QSNAP" create disk.raw s1 -m "three regions"
+step "$QSNAP" current disk.raw
+step "$QSNAP" current disk.raw --path
+vmwrite 0x11 2M 64k
+step "$QSNAP" create disk.raw s2 -m "after the first write"
+vmwrite 0x22 3M 64k
+
+echo
+echo "== Revert to s1: a new branch starts there; main keeps its unsnapshotted write"
+step "$QSNAP" revert disk.raw s1 --branch experiment --dry-run
+step "$QSNAP" revert disk.raw s1 --branch experiment
+vmwrite 0x33 4M 64k
+step "$QSNAP" list disk.raw --tree
+step "$QSNAP" branch disk.raw
+step "$QSNAP" diff disk.raw main experiment
+
+echo
+echo "== Switch back to the end of main, and delete s2 from the middle of the tree"
+step "$QSNAP" switch disk.raw main
+printf '\n$ %s\n' "$QSNAP image io -r -c 'read -P 0x11 2M 64k' -c 'read -P 0x22 3M 64k' \"\$($QSNAP current disk.raw --path)\""
+"$QSNAP" image io -r -c 'read -P 0x11 2M 64k' -c 'read -P 0x22 3M 64k' \
+    "$("$QSNAP" current disk.raw --path)"
+step "$QSNAP" why disk.raw s2
+step "$QSNAP" delete disk.raw s2 --dry-run
+step "$QSNAP" delete disk.raw s2
+step "$QSNAP" list disk.raw --tree
+
+echo
+echo "== Commit main into the raw disk: s1 and experiment keep their content"
+step "$QSNAP" export disk.raw main main.raw
+step "$QSNAP" commit disk.raw --dry-run
+step "$QSNAP" commit disk.raw
+step "$QSNAP" image digest main.raw
+step "$QSNAP" image digest disk.raw
+step "$QSNAP" export disk.raw experiment experiment.raw
+printf '\n$ %s\n' "$QSNAP image io -r -c 'read -P 0x33 4M 64k' -c 'read -P 0 2M 64k' -c 'read -P 0 3M 64k' experiment.raw"
+"$QSNAP" image io -r -c 'read -P 0x33 4M 64k' -c 'read -P 0 2M 64k' -c 'read -P 0 3M 64k' \
+    experiment.raw
+step "$QSNAP" list disk.raw --tree
+step "$QSNAP" du disk.raw
+step "$QSNAP" verify disk.raw
+
+echo
+echo "== A second branch cannot be deleted while it holds changes (exit status 3 expected)"
+step "$QSNAP" switch disk.raw experiment
+printf '\n$ %s\n' "$QSNAP branch disk.raw -d main   # main is clean after the commit: allowed"
+"$QSNAP" branch disk.raw -d main
+vmwrite 0x44 5M 4k
+step "$QSNAP" branch disk.raw keep
+step "$QSNAP" switch disk.raw keep
+printf '\n$ %s\n' "$QSNAP branch disk.raw -d experiment"
+rc=0
+"$QSNAP" branch disk.raw -d experiment || rc=$?
+[ "$rc" -eq 3 ] || { echo "demo: branch -d returned $rc, expected 3" >&2; exit 1; }
 
 echo
 echo "demo: all steps succeeded"
