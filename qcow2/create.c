@@ -286,7 +286,7 @@ static int create_qcow2(qcow2_io *io, const char *name, const qcow2_create_opts 
         rc = qcow2__nomem();
         goto out;
     }
-    rc = qcow2__header_serialize(&img, buf, (size_t)cs);
+    rc = qcow2__header_serialize(&img, buf, (size_t)cs, NULL);
     if (rc)
         goto out;
     for (uint64_t b = 0; b < nb_blocks; b++)

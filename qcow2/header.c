@@ -345,6 +345,8 @@ int qcow2__header_parse(qcow2_image *img, const uint8_t *buf, size_t buf_len)
         return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
                           "unsupported compression type %u", h->compression_type);
 
+    img->hdr_bytes = qcow2__min(qcow2__max(img->ext_end, h->backing_off + h->backing_len),
+                                buf_len);
     if (h->backing_off) {
         const char *name = (const char *)buf + h->backing_off;
 
@@ -448,7 +450,8 @@ static bool put_ext(uint8_t *buf, uint64_t *off, uint64_t limit, uint32_t type, 
     return true;
 }
 
-static int serialize(qcow2_image *img, uint8_t *buf, size_t buf_len, bool with_features)
+static int serialize(qcow2_image *img, uint8_t *buf, size_t buf_len, bool with_features,
+                     size_t *used_out)
 {
     const struct qcow2__hdr *h = &img->hdr;
     uint64_t off, limit = buf_len;
@@ -513,43 +516,73 @@ static int serialize(qcow2_image *img, uint8_t *buf, size_t buf_len, bool with_f
         qcow2__put_be32(buf + 16, (uint32_t)len);
         img->hdr.backing_off = off;
         img->hdr.backing_len = (uint32_t)len;
+        off += len;
     } else {
         img->hdr.backing_off = 0;
         img->hdr.backing_len = 0;
     }
+    *used_out = (size_t)off;
     return 0;
 }
 
 /*
- * The feature-name table is only an aid for messages: like qemu, leave it out
- * when it does not fit beside what the image needs (small clusters).
+ * The feature-name table is only an aid for messages. It is left out when
+ * the header would not fit in its first 512-byte sector with it (qemu, too,
+ * leaves it out when it does not fit): a header that fits in one sector is
+ * rewritten with one sector write, which storage applies whole or not at
+ * all, so a crash never leaves a header naming half-written bytes.
  */
-int qcow2__header_serialize(qcow2_image *img, uint8_t *buf, size_t buf_len)
+int qcow2__header_serialize(qcow2_image *img, uint8_t *buf, size_t buf_len, size_t *used_out)
 {
-    int rc = serialize(img, buf, buf_len, true);
+    size_t used = 0;
+    int rc = serialize(img, buf, buf_len, true, &used);
 
-    if (rc == QCOW2_EINVAL && img->nb_features) {
+    if ((rc == QCOW2_EINVAL || (!rc && used > QCOW2_HEADER_SECTOR)) && img->nb_features) {
         memset(buf, 0, buf_len);
-        rc = serialize(img, buf, buf_len, false);
+        rc = serialize(img, buf, buf_len, false, &used);
     }
+    if (!rc && used_out)
+        *used_out = used;
     return rc;
 }
 
+/*
+ * Rewrite cluster 0. The first sector holds the fields that say where
+ * everything else is; it is written last and alone:
+ *  - a header within one sector: that sector, flushed; then stale bytes the
+ *    old header used past it are cleared (nothing refers to them any more);
+ *  - a larger header: the bytes past the first sector first, flushed, then
+ *    the first sector, flushed.
+ */
 int qcow2__header_write(qcow2_image *img)
 {
-    size_t len = (size_t)img->cluster_size;
+    size_t len = (size_t)img->cluster_size, used = 0, sector = QCOW2_HEADER_SECTOR;
     uint8_t *buf = qcow2__calloc(1, len);
     int rc;
 
     if (!buf)
         return qcow2__nomem();
-    rc = qcow2__header_serialize(img, buf, len);
+    rc = qcow2__header_serialize(img, buf, len, &used);
+    if (rc)
+        goto out;
+    if (used > sector) {
+        rc = qcow2__io_write(img->io, img->name, buf + sector, used - sector, sector);
+        if (!rc)
+            rc = qcow2__io_flush(img->io, img->name);
+    }
     if (!rc)
-        rc = qcow2__io_write(img->io, img->name, buf, len, 0);
+        rc = qcow2__io_write(img->io, img->name, buf, qcow2__min(sector, len), 0);
     if (!rc)
         rc = qcow2__io_flush(img->io, img->name);
-    if (!rc)
+    if (!rc && img->hdr_bytes > qcow2__max(used, sector)) {
+        size_t from = qcow2__max(used, sector);
+        rc = qcow2__io_write(img->io, img->name, buf + from, img->hdr_bytes - from, from);
+    }
+    if (!rc) {
+        img->hdr_bytes = qcow2__max(used, sector);
         img->header_dirty = false;
+    }
+out:
     qcow2__free(buf);
     return rc;
 }

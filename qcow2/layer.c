@@ -315,8 +315,13 @@ int qcow2_image_rebase(qcow2_image *img, const char *backing, const char *backin
         }
         rc = qcow2_image_open(&new_chain, path, &oo);
         qcow2__free(path);
-        if (rc)
+        if (rc && !unsafe)
             return rc;
+        /* Unsafe mode only rewrites the link (as qemu-img rebase -u): the new file need
+         * not be there; until it is, img reads as if it had no backing file. */
+        if (rc)
+            new_chain = NULL;
+        rc = 0;
         /* The new chain must not lead back to img. */
         self = qcow2__canonical_name(img);
         for (qcow2_image *l = new_chain; l && self; l = l->backing) {
@@ -336,8 +341,9 @@ int qcow2_image_rebase(qcow2_image *img, const char *backing, const char *backin
             goto out;
     }
     rc = set_backing_link(img, backing,
-                          backing ? (backing_format ? backing_format
-                                                    : qcow2_format_name(new_chain->fmt))
+                          backing ? (backing_format  ? backing_format
+                                     : new_chain ? qcow2_format_name(new_chain->fmt)
+                                                 : NULL)
                                   : NULL);
     if (rc) {
         rc = qcow2__fatal(img, rc);

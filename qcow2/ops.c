@@ -516,10 +516,21 @@ int qcow2_measure(qcow2_image *src, uint64_t size, const qcow2_create_opts *opts
             }
             off += n;
         }
-        out->has_bitmaps = src->fmt == QCOW2_FORMAT_QCOW2;
+        /* Bitmaps can only be carried into a v3 image. */
+        out->has_bitmaps = src->fmt == QCOW2_FORMAT_QCOW2 && o.qcow2_version >= 3;
+    }
+    {
+        uint64_t per_l1 = cs * (cs / (o.extended_l2 ? 16 : 8));
+        if ((size / per_l1 + (size % per_l1 != 0)) * 8 > QCOW2_MAX_L1_BYTES)
+            return qcow2__err(QCOW2_EINVAL, 0, NULL,
+                              "the image size is too large (try using a larger cluster size)");
     }
     out->fully_allocated = prealloc_bytes(size, cs, o.refcount_bits, o.extended_l2);
-    out->required = out->fully_allocated - qcow2__align_up(size, cs) + required;
+    /* falloc and full preallocation reserve everything up front. */
+    if (o.preallocation == QCOW2_PREALLOC_FALLOC || o.preallocation == QCOW2_PREALLOC_FULL)
+        out->required = out->fully_allocated;
+    else
+        out->required = out->fully_allocated - qcow2__align_up(size, cs) + required;
     return 0;
 }
 

@@ -281,6 +281,7 @@ struct qcow2_image {
     uint32_t bitmaps_ext_len;
     uint32_t nb_bitmaps;
     uint64_t ext_end;            /* first byte after the extension area */
+    size_t hdr_bytes;            /* bytes of cluster 0 the header uses on disk */
     struct qcow2__snapshot *snaps; /* internal snapshots */
     uint32_t nb_snaps;
     struct qcow2__cache l2c;     /* L2 tables */
@@ -312,8 +313,10 @@ const char *qcow2__feature_name(const qcow2_image *img, unsigned type, unsigned 
 
 /* header.c (writer): serialize cluster 0 from the native fields and write it. */
 int qcow2__header_write(qcow2_image *img);
-/* Serialize into buf (cluster_size bytes, zeroed by the caller). */
-int qcow2__header_serialize(qcow2_image *img, uint8_t *buf, size_t buf_len);
+/* Serialize into buf (cluster_size bytes, zeroed by the caller); *used_out: bytes used. */
+int qcow2__header_serialize(qcow2_image *img, uint8_t *buf, size_t buf_len, size_t *used_out);
+/* Storage writes a sector whole or not at all: the unit of an atomic header update. */
+#define QCOW2_HEADER_SECTOR 512u
 
 /* cache.c */
 int qcow2__cache_init(qcow2_image *img, struct qcow2__cache *c, uint64_t budget, const char *what);
