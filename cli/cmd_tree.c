@@ -143,11 +143,11 @@ void tree_json_null(cli_json *j, const char *key)
 
 /* What a plan run shares with the library's callbacks. */
 struct run_ctx {
-    cli_progress pr;      /* the progress line */
-    bool show_progress;   /* a terminal, and the command copies data */
-    bool started;         /* the progress line was begun */
-    uint64_t last_done;   /* bytes done at the last callback */
-    unsigned kill_at;     /* QSNAP_TEST_KILL_AT, or 0 */
+    cli_progress pr;    /* the progress line */
+    bool show_progress; /* a terminal, and the command copies data */
+    bool started;       /* the progress line was begun */
+    uint64_t last_done; /* bytes done at the last callback */
+    unsigned kill_at;   /* QSNAP_TEST_KILL_AT, or 0 */
 };
 
 /* Progress of the steps that copy data; a new step starting from 0 restarts the line. */
@@ -284,8 +284,8 @@ static int make_create(qsnap_plan **out, qsnap_store *s, void *args)
 static int cmd_create(int argc, char **argv)
 {
     static const cli_opt_def defs[] = {
-        {"help", 'h', false},         {"message", 'm', true},     {"state", OPT_STATE, true},
-        {"dry-run", 'n', false},      {"json", OPT_JSON, false},  {NULL, 0, false},
+        {"help", 'h', false},    {"message", 'm', true},    {"state", OPT_STATE, true},
+        {"dry-run", 'n', false}, {"json", OPT_JSON, false}, {NULL, 0, false},
     };
     qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
     bool dry_run = false, json = false;
@@ -357,8 +357,8 @@ static int make_revert(qsnap_plan **out, qsnap_store *s, void *args)
 static int cmd_revert(int argc, char **argv)
 {
     static const cli_opt_def defs[] = {
-        {"help", 'h', false},          {"branch", 'b', true},      {"discard", OPT_DISCARD, false},
-        {"dry-run", 'n', false},       {"json", OPT_JSON, false},  {NULL, 0, false},
+        {"help", 'h', false},    {"branch", 'b', true},     {"discard", OPT_DISCARD, false},
+        {"dry-run", 'n', false}, {"json", OPT_JSON, false}, {NULL, 0, false},
     };
     struct revert_args a = {NULL, NULL, false};
     bool dry_run = false, json = false;
@@ -419,7 +419,10 @@ static int make_switch(qsnap_plan **out, qsnap_store *s, void *args)
 static int cmd_switch(int argc, char **argv)
 {
     static const cli_opt_def defs[] = {
-        {"help", 'h', false}, {"dry-run", 'n', false}, {"json", OPT_JSON, false}, {NULL, 0, false},
+        {"help", 'h', false},
+        {"dry-run", 'n', false},
+        {"json", OPT_JSON, false},
+        {NULL, 0, false},
     };
     bool dry_run = false, json = false;
     cli_opt_parser p;
@@ -475,7 +478,7 @@ static const char branch_help[] =
 
 struct branch_args {
     const char *name;
-    const char *other;  /* --at SNAPSHOT, or the new name of -m */
+    const char *other; /* --at SNAPSHOT, or the new name of -m */
     bool force;
 };
 
@@ -534,8 +537,8 @@ out:
 static int cmd_branch(int argc, char **argv)
 {
     static const cli_opt_def defs[] = {
-        {"help", 'h', false},    {"at", OPT_AT, true},     {"delete", 'd', false},
-        {"force", 'f', false},   {"move", 'm', false},     {"dry-run", 'n', false},
+        {"help", 'h', false},      {"at", OPT_AT, true}, {"delete", 'd', false},
+        {"force", 'f', false},     {"move", 'm', false}, {"dry-run", 'n', false},
         {"json", OPT_JSON, false}, {NULL, 0, false},
     };
     struct branch_args a = {NULL, NULL, false};
@@ -643,9 +646,12 @@ static int make_delete(qsnap_plan **out, qsnap_store *s, void *args)
 static int cmd_delete(int argc, char **argv)
 {
     static const cli_opt_def defs[] = {
-        {"help", 'h', false},         {"children", OPT_CHILDREN, false},
-        {"stream", OPT_STREAM, false}, {"metadata", OPT_METADATA, false},
-        {"dry-run", 'n', false},      {"json", OPT_JSON, false},
+        {"help", 'h', false},
+        {"children", OPT_CHILDREN, false},
+        {"stream", OPT_STREAM, false},
+        {"metadata", OPT_METADATA, false},
+        {"dry-run", 'n', false},
+        {"json", OPT_JSON, false},
         {NULL, 0, false},
     };
     struct delete_args a = {NULL, 0};
@@ -716,7 +722,10 @@ static int make_commit(qsnap_plan **out, qsnap_store *s, void *args)
 static int cmd_commit(int argc, char **argv)
 {
     static const cli_opt_def defs[] = {
-        {"help", 'h', false}, {"dry-run", 'n', false}, {"json", OPT_JSON, false}, {NULL, 0, false},
+        {"help", 'h', false},
+        {"dry-run", 'n', false},
+        {"json", OPT_JSON, false},
+        {NULL, 0, false},
     };
     bool dry_run = false, json = false;
     cli_opt_parser p;
@@ -742,8 +751,8 @@ static int cmd_commit(int argc, char **argv)
         return tree_usage("commit", "missing disk");
     if (p.nb_operands > 2)
         return tree_usage("commit", "unexpected argument '%s'", p.argv[2]);
-    return plan_and_run(p.argv[0], 0, make_commit, p.nb_operands == 2 ? p.argv[1] : NULL,
-                        dry_run, json, true);
+    return plan_and_run(p.argv[0], 0, make_commit, p.nb_operands == 2 ? p.argv[1] : NULL, dry_run,
+                        json, true);
 }
 
 /* ---- the command table ------------------------------------------------------- */

@@ -120,7 +120,9 @@ static const char current_help[] =
 int cli_tree_current(int argc, char **argv)
 {
     static const cli_opt_def defs[] = {
-        {"help", 'h', false}, {"path", OPT_PATH, false}, {"json", OPT_JSON, false},
+        {"help", 'h', false},
+        {"path", OPT_PATH, false},
+        {"json", OPT_JSON, false},
         {NULL, 0, false},
     };
     bool path = false, json = false;
@@ -277,7 +279,9 @@ static void list_table(const qsnap_node *list, size_t n, const bool *sel, bool p
             printf("%-*s  ", wparent, e->parent_name ? e->parent_name : "-");
         printf("%-8s  %-19s  %10s  %s\n", tree_kind_name(e->kind), tree_fmt_time(e->created, when),
                cli_fmt_size(e->file_bytes, size),
-               e->kind != QSNAP_BRANCH ? "-" : e->dirty ? "yes" : "no");
+               e->kind != QSNAP_BRANCH ? "-"
+               : e->dirty              ? "yes"
+                                       : "no");
     }
 }
 
@@ -387,6 +391,8 @@ int cli_tree_list(int argc, char **argv)
         f.descendants = true; /* as virsh: the tree from NAME is its whole subtree */
     if (tree_select(list, n, &f, sel) < 0) {
         status = f.from ? CLI_EXIT_NOTFOUND : CLI_EXIT_ERROR;
+        if (f.from)
+            fprintf(stderr, "qsnap: hint: 'qsnap list %s' shows the names\n", p.argv[0]);
         goto out;
     }
     if (json) {
@@ -581,8 +587,8 @@ int cli_tree_diff(int argc, char **argv)
         char size[CLI_SIZE_STR_MAX];
 
         for (size_t i = 0; i < n; i++)
-            printf("0x%010" PRIx64 "-0x%010" PRIx64 "  %s\n", r[i].start,
-                   r[i].start + r[i].length, cli_fmt_size(r[i].length, size));
+            printf("0x%010" PRIx64 "-0x%010" PRIx64 "  %s\n", r[i].start, r[i].start + r[i].length,
+                   cli_fmt_size(r[i].length, size));
         if (n == 0)
             printf("%s and %s have the same content\n", p.argv[1], p.argv[2]);
         else
@@ -730,7 +736,10 @@ static const char export_help[] =
 int cli_tree_export(int argc, char **argv)
 {
     static const cli_opt_def defs[] = {
-        {"help", 'h', false}, {"format", 'O', true}, {"progress", 'p', false}, {NULL, 0, false},
+        {"help", 'h', false},
+        {"format", 'O', true},
+        {"progress", 'p', false},
+        {NULL, 0, false},
     };
     qcow2_format fmt = QCOW2_FORMAT_RAW;
     bool progress = false;
@@ -798,7 +807,9 @@ static const char verify_help[] =
 int cli_tree_verify(int argc, char **argv)
 {
     static const cli_opt_def defs[] = {
-        {"help", 'h', false}, {"repair", OPT_REPAIR, false}, {"json", OPT_JSON, false},
+        {"help", 'h', false},
+        {"repair", OPT_REPAIR, false},
+        {"json", OPT_JSON, false},
         {NULL, 0, false},
     };
     bool repair = false, json = false;
@@ -829,8 +840,8 @@ int cli_tree_verify(int argc, char **argv)
     if (p.nb_operands > 1)
         return tree_usage("verify", "unexpected argument '%s'", p.argv[1]);
     /* CREATE: a first create that was interrupted has a journal but no metadata yet. */
-    status = tree_open(&s, p.argv[0],
-                       QSNAP_OPEN_CREATE | (repair ? 0u : (unsigned)QSNAP_OPEN_READONLY));
+    status =
+        tree_open(&s, p.argv[0], QSNAP_OPEN_CREATE | (repair ? 0u : (unsigned)QSNAP_OPEN_READONLY));
     if (status)
         return status;
     rc = qsnap_verify(s, repair, &f, &n);
@@ -860,7 +871,10 @@ int cli_tree_verify(int argc, char **argv)
     } else {
         for (size_t i = 0; i < n; i++)
             printf("%s: %s\n",
-                   !f[i].problem ? "ok" : f[i].repaired ? "repaired" : "problem", f[i].message);
+                   !f[i].problem   ? "ok"
+                   : f[i].repaired ? "repaired"
+                                   : "problem",
+                   f[i].message);
     }
     if (rc < 0)
         status = tree_fail(rc, p.argv[0]);

@@ -17,9 +17,9 @@
 #include "json.h"
 
 /* The exit statuses every tree command's --help ends with. */
-#define TREE_EXIT_HELP                                                                          \
-    "Exit status: 0 ok, 1 error, 2 usage error, 3 refused as unsafe (the message names\n"       \
-    "what blocks it and the flag that overrides it), 4 integrity problem found,\n"              \
+#define TREE_EXIT_HELP                                                                             \
+    "Exit status: 0 ok, 1 error, 2 usage error, 3 refused as unsafe (the message names\n"          \
+    "what blocks it and the flag that overrides it), 4 integrity problem found,\n"                 \
     "5 locked or in use, 6 not found.\n"
 
 /*
@@ -62,14 +62,14 @@ int cli_tree_verify(int argc, char **argv);
 
 /* Filters of `qsnap list` (virsh snapshot-list's groups; see tree_view.c). */
 typedef struct tree_filter {
-    bool roots;            /* --roots: nodes without a parent */
-    bool leaves;           /* --leaves: nodes without children */
-    bool no_leaves;        /* --no-leaves: nodes with children */
-    bool branches;         /* --branches: branches only */
-    bool internal;         /* --internal: internal snapshots only */
-    bool external;         /* --external: external ones only */
-    const char *from;      /* --from NAME: its children, or NAME's subtree with --tree */
-    bool descendants;      /* --descendants: all descendants of --from, not only children */
+    bool roots;       /* --roots: nodes without a parent */
+    bool leaves;      /* --leaves: nodes without children */
+    bool no_leaves;   /* --no-leaves: nodes with children */
+    bool branches;    /* --branches: branches only */
+    bool internal;    /* --internal: internal snapshots only */
+    bool external;    /* --external: external ones only */
+    const char *from; /* --from NAME: its children, or NAME's subtree with --tree */
+    bool descendants; /* --descendants: all descendants of --from, not only children */
 } tree_filter;
 
 /*
@@ -86,7 +86,7 @@ int tree_select(const qsnap_node *list, size_t n, const tree_filter *f, bool *se
  * selected one is shown by name only (dimmed with colour); the rest is left
  * out. With root set (--from), the drawing starts at that node instead.
  */
-void tree_view_print(FILE *out, const char *disk, const qsnap_node *list, size_t n,
-                     const bool *sel, const char *root, bool color);
+void tree_view_print(FILE *out, const char *disk, const qsnap_node *list, size_t n, const bool *sel,
+                     const char *root, bool color);
 
 #endif /* QSNAP_CLI_TREE_H */

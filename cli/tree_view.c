@@ -40,8 +40,8 @@
 
 /* The index of every node's parent in the list (-1: none), from the ids. */
 struct id_index {
-    unsigned id;  /* node id (snapshots and unnamed nodes) */
-    size_t idx;   /* its index in the list */
+    unsigned id; /* node id (snapshots and unnamed nodes) */
+    size_t idx;  /* its index in the list */
 };
 
 static int cmp_id(const void *a, const void *b)
@@ -148,13 +148,13 @@ struct view {
     FILE *out;
     const qsnap_node *list;
     size_t n;
-    const bool *sel;      /* shown in full */
-    const bool *visible;  /* shown at all */
-    const long *first;    /* first child's index, or -1 */
-    const long *next;     /* next sibling's index, or -1 */
-    char *prefix;         /* the lines of the levels above */
-    size_t prefix_len;    /* bytes used in prefix */
-    size_t align;         /* column where details start */
+    const bool *sel;     /* shown in full */
+    const bool *visible; /* shown at all */
+    const long *first;   /* first child's index, or -1 */
+    const long *next;    /* next sibling's index, or -1 */
+    char *prefix;        /* the lines of the levels above */
+    size_t prefix_len;   /* bytes used in prefix */
+    size_t align;        /* column where details start */
     bool color;
 };
 
@@ -245,8 +245,8 @@ static void draw(struct view *v, long i, size_t depth, bool last)
     v->prefix[saved] = '\0';
 }
 
-void tree_view_print(FILE *out, const char *disk, const qsnap_node *list, size_t n,
-                     const bool *sel, const char *root, bool color)
+void tree_view_print(FILE *out, const char *disk, const qsnap_node *list, size_t n, const bool *sel,
+                     const char *root, bool color)
 {
     long *parent = malloc((n + 1) * sizeof(long));
     long *first = malloc((n + 1) * sizeof(long));
