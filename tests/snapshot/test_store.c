@@ -1,0 +1,981 @@
+/*
+ * The store: locking (a second writer, a qemu-io holding the current head),
+ * bad input (a missing layer, a backing link edited with qemu-img rebase -u,
+ * a frozen layer modified with qemu-io, truncated or garbled metadata, an
+ * unknown store version: the documented code, a message naming the file, a
+ * hint, no crash and no further damage), state files (hard links, never
+ * copied), names (generated, validated, unique) and the dry run (describe
+ * changes nothing and lists the steps the execution runs).
+ */
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "qcow2/qcow2.h"
+#include "qemu_oracle.h"
+#include "qsnap/qsnap.h"
+#include "tree_fixture.h"
+
+#define KiB 1024u
+#define MiB (1024u * 1024u)
+
+static char dir[256], disk[512];
+static uint8_t *d0;
+static tf_model M;
+
+static void setup(void)
+{
+    d0 = calloc(1, TF_SIZE);
+    cr_assert_not_null(d0);
+    memset(d0, 0x11, 1 * MiB);
+    dir[0] = '\0';
+}
+
+static void teardown(void)
+{
+    free(d0);
+    tf_model_free(&M);
+    if (dir[0])
+        qo_rmtree(dir);
+}
+
+TestSuite(store, .init = setup, .fini = teardown, .timeout = 120);
+
+static void ok(int rc, const char *what)
+{
+    cr_assert_eq(rc, 0, "%s: rc %d: %s", what, rc, qsnap_error_last()->message);
+}
+
+static void write_state(qsnap_store *s, const char *name, int pat, uint64_t off, uint64_t len)
+{
+    char *f = tf_file_of(s, name);
+
+    cr_assert_not_null(f, "no file for %s", name);
+    tf_lib_write(f, pat, off, len);
+    tf_model_write(&M, name, pat, off, len);
+    free(f);
+}
+
+/* disk -> s1 -> s2 -> {main (dirty), b (dirty)}; the store stays open. */
+static qsnap_store *base(const char *tag)
+{
+    qsnap_store *s;
+
+    tf_setup(dir, sizeof(dir), disk, sizeof(disk), tag, false, d0);
+    s = tf_open(disk, QSNAP_OPEN_CREATE);
+    ok(tf_create(s, "s1"), "create s1");
+    tf_model_set(&M, "s1", false, d0);
+    tf_model_set(&M, "main", true, d0);
+    write_state(s, "main", 0x21, 1 * MiB, 128 * KiB);
+    ok(tf_create(s, "s2"), "create s2");
+    tf_model_set(&M, "s2", false, tf_model_get(&M, "main"));
+    write_state(s, "main", 0x31, 0, 64 * KiB);
+    ok(tf_branch(s, "b", "s2"), "branch b");
+    tf_model_set(&M, "b", true, tf_model_get(&M, "s2"));
+    write_state(s, "b", 0x41, 2 * MiB, 64 * KiB);
+    return s;
+}
+
+/* The last error names `what` and has a hint. */
+static void expect_error(int rc, int want, const char *what, const char *call)
+{
+    const qsnap_error *e = qsnap_error_last();
+
+    cr_assert_eq(rc, want, "%s: rc %d, want %d (%s)", call, rc, want, e->message);
+    cr_assert_eq(e->code, want, "%s: error code %d", call, e->code);
+    cr_assert(e->message && e->message[0], "%s: no message", call);
+    if (what)
+        cr_assert(strstr(e->message, what), "%s: the message does not name %s: %s", call, what,
+                  e->message);
+    cr_assert(e->hint && e->hint[0], "%s: no hint (message: %s)", call, e->message);
+}
+
+/* Run a plan builder; it must fail with `want` and change no file. */
+#define EXPECT_REFUSED(s, want, what, call)                                                        \
+    do {                                                                                           \
+        char *before_ = tf_tree_snapshot(dir), *after_;                                            \
+        qsnap_plan *p_ = NULL;                                                                     \
+        int rc_ = (call);                                                                          \
+        if (rc_ == 0)                                                                              \
+            qsnap_plan_free(p_);                                                                   \
+        expect_error(rc_, want, what, #call);                                                      \
+        after_ = tf_tree_snapshot(dir);                                                            \
+        cr_assert_str_eq(before_, after_, "%s changed files", #call);                              \
+        free(before_);                                                                             \
+        free(after_);                                                                              \
+    } while (0)
+
+/* ---- locking ---------------------------------------------------------------- */
+
+Test(store, second_writer_is_busy)
+{
+    qsnap_store *s = base("lock"), *t = NULL;
+    int rc;
+
+    rc = qsnap_store_open(&t, disk, 0);
+    expect_error(rc, QSNAP_EBUSY, qsnap_store_path(s), "second qsnap_store_open");
+    cr_assert_null(t);
+    rc = qsnap_store_open(&t, disk, QSNAP_OPEN_READONLY);
+    expect_error(rc, QSNAP_EBUSY, NULL, "read-only open while a writer holds the store");
+    /* Another process too. */
+    {
+        pid_t pid = fork();
+        int status;
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+            qsnap_store *c = NULL;
+            _exit(qsnap_store_open(&c, disk, 0) == QSNAP_EBUSY ? 0 : 1);
+        }
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "another process opened the store for writing");
+    }
+    qsnap_store_close(s);
+    /* Readers share; a writer waits for them. */
+    {
+        qsnap_store *r1 = tf_open(disk, QSNAP_OPEN_READONLY), *r2 = tf_open(disk, QSNAP_OPEN_READONLY);
+        qsnap_plan *p = NULL;
+        rc = qsnap_store_open(&t, disk, 0);
+        expect_error(rc, QSNAP_EBUSY, NULL, "writer while readers hold the store");
+        cr_assert_neq(qsnap_plan_create(&p, r1, NULL), 0, "a plan on a read-only store");
+        qsnap_store_close(r1);
+        qsnap_store_close(r2);
+    }
+    t = tf_open(disk, 0);
+    tf_check_store(t, &M, dir, "after the lock tests");
+    qsnap_store_close(t);
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static bool byte_locked(const char *p, off_t byte)
+{
+    struct flock fl;
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    bool held;
+
+    cr_assert_geq(fd, 0);
+    memset(&fl, 0, sizeof(fl));
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = byte;
+    fl.l_len = 1;
+    cr_assert_eq(fcntl(fd, F_OFD_GETLK, &fl), 0);
+    held = fl.l_type != F_UNLCK;
+    close(fd);
+    return held;
+}
+
+struct qproc {
+    pid_t pid;
+    int cmd_fd;
+};
+
+/* qemu-io on path read-write, stdin a pipe so it stays; bounded wait for its locks. */
+static void qemu_io_start(struct qproc *q, const char *path)
+{
+    int pfd[2];
+
+    cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0);
+    q->pid = fork();
+    cr_assert_geq(q->pid, 0);
+    if (q->pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        dup2(pfd[0], 0);
+        dup2(null, 1);
+        dup2(null, 2);
+        execlp("qemu-io", "qemu-io", "-f", "qcow2", path, (char *)NULL);
+        _exit(127);
+    }
+    close(pfd[0]);
+    q->cmd_fd = pfd[1];
+    for (int i = 0; i < 1000 && !byte_locked(path, 101); i++) {
+        int status;
+        cr_assert_eq(waitpid(q->pid, &status, WNOHANG), 0, "qemu-io exited early");
+        sleep_ms(10);
+    }
+    cr_assert(byte_locked(path, 101), "qemu-io did not lock %s within 10 s", path);
+}
+
+static void qemu_io_stop(struct qproc *q)
+{
+    int status;
+
+    close(q->cmd_fd);
+    for (int i = 0; i < 500; i++) {
+        if (waitpid(q->pid, &status, WNOHANG) == q->pid)
+            return;
+        sleep_ms(10);
+    }
+    kill(q->pid, SIGKILL);
+    waitpid(q->pid, &status, 0);
+}
+
+Test(store, qemu_io_holding_the_head_makes_operations_busy)
+{
+    qsnap_store *s;
+    struct qproc q;
+    char *head;
+    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img/qemu-io not installed");
+    s = base("qemu");
+    head = tf_file_of(s, "main");
+    qemu_io_start(&q, head);
+
+    /* main is dirty: revert with discard would drop the head the VM writes. */
+    EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_revert(&p_, s, "s1", NULL, true));
+    EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_commit(&p_, s, NULL));
+    EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_create(&p_, s, &co));
+    /* s2's layer backs main's head: streaming s2 into it writes the head. */
+    EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_delete(&p_, s, "s2", QSNAP_DELETE_STREAM));
+    /* Committing b writes s2's layer, which the running VM reads, and re-points main's head. */
+    EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_commit(&p_, s, "b"));
+    /* The subtree of s2 holds main. */
+    ok(tf_switch(s, "b"), "switch b");
+    EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_delete(&p_, s, "s1", QSNAP_DELETE_CHILDREN));
+    ok(tf_switch(s, "main"), "switch main");
+
+    qemu_io_stop(&q);
+    /* Once qemu-io is gone, the same operations go through. */
+    {
+        qsnap_plan *p = NULL;
+        ok(qsnap_plan_commit(&p, s, NULL), "commit plan after qemu-io exited");
+        qsnap_plan_free(p);
+        ok(tf_revert(s, "s1", "r", false, NULL), "revert after qemu-io exited");
+        tf_model_set(&M, "r", true, tf_model_get(&M, "s1"));
+    }
+    tf_check_store(s, &M, dir, "after qemu-io");
+    free(head);
+    qsnap_store_close(s);
+}
+
+/* Reverting away from a head a running VM writes (even a dirty one, which is kept). */
+Test(store, qemu_io_holding_the_head_makes_revert_busy)
+{
+    qsnap_store *s;
+    struct qproc q;
+    char *head;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img/qemu-io not installed");
+    s = base("qemurev");
+    head = tf_file_of(s, "main");
+    qemu_io_start(&q, head);
+    {
+        char *before = tf_tree_snapshot(dir), *after;
+        qsnap_plan *p = NULL;
+        int rc = qsnap_plan_revert(&p, s, "s1", NULL, false);
+        qsnap_plan_free(p);
+        after = tf_tree_snapshot(dir);
+        qemu_io_stop(&q);
+        expect_error(rc, QSNAP_EBUSY, head, "revert (dirty head kept) while qemu-io holds it");
+        cr_assert_str_eq(before, after);
+        free(before);
+        free(after);
+    }
+    free(head);
+    qsnap_store_close(s);
+}
+
+/* ---- bad input ------------------------------------------------------------------ */
+
+Test(store, missing_layer_file)
+{
+    qsnap_store *s = base("missing");
+    char *s2 = tf_file_of(s, "s2"), *before, *after;
+    qsnap_finding *f = NULL;
+    size_t nf = 0;
+    bool named = false;
+    int rc;
+
+    cr_assert_eq(unlink(s2), 0);
+    qsnap_store_close(s);
+    s = tf_open(disk, 0);
+    before = tf_tree_snapshot(dir);
+    rc = qsnap_verify(s, false, &f, &nf);
+    expect_error(rc, QSNAP_EINTEGRITY, NULL, "verify");
+    for (size_t i = 0; i < nf; i++)
+        named |= f[i].problem && strstr(f[i].file, "layers/") && strstr(s2, strrchr(f[i].file, '/'));
+    cr_assert(named, "no finding names the missing %s", s2);
+    qsnap_verify_free(f, nf);
+    after = tf_tree_snapshot(dir);
+    cr_assert_str_eq(before, after, "verify changed files");
+    free(before);
+    free(after);
+
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, "layers/", qsnap_plan_revert(&p_, s, "s2", NULL, false));
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, "layers/", qsnap_plan_create(&p_, s, NULL));
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, "layers/", qsnap_plan_branch_create(&p_, s, "x", "s2"));
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, "layers/", qsnap_plan_commit(&p_, s, NULL));
+    {
+        char out[600];
+        snprintf(out, sizeof(out), "%s/export.raw", dir);
+        before = tf_tree_snapshot(dir);
+        rc = qsnap_export(s, "s2", out, QCOW2_FORMAT_RAW, NULL, NULL);
+        cr_assert_neq(rc, 0, "export of a snapshot whose layer is missing succeeded");
+        cr_assert(strstr(qsnap_error_last()->message, "layers/"), "%s",
+                  qsnap_error_last()->message);
+        unlink(out);
+        after = tf_tree_snapshot(dir);
+        cr_assert_str_eq(before, after);
+        free(before);
+        free(after);
+    }
+    /* Repair cannot invent the data: it still reports the problem. */
+    rc = qsnap_verify(s, true, &f, &nf);
+    qsnap_verify_free(f, nf);
+    cr_assert_eq(rc, QSNAP_EINTEGRITY);
+    free(s2);
+    qsnap_store_close(s);
+}
+
+static void rebase_unsafe(const char *path, const char *to, const char *fmt)
+{
+    char out[4096];
+
+    cr_assert_eq(chmod(path, 0644), 0);
+    cr_assert_eq(qo_sh(out, sizeof(out), "qemu-img rebase -u -f qcow2 -b '%s' -F %s '%s'", to, fmt,
+                       path),
+                 0, "%s", out);
+}
+
+Test(store, edited_backing_link_of_a_head)
+{
+    qsnap_store *s = base("link");
+    char *head = tf_file_of(s, "main"), *before, *after;
+    qsnap_finding *f = NULL;
+    size_t nf = 0;
+    bool named = false;
+    int rc;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img/qemu-io not installed");
+    /* main's head now reads through the disk instead of s2. */
+    rebase_unsafe(head, "../../disk.img", "raw");
+    before = tf_tree_snapshot(dir);
+    rc = qsnap_verify(s, false, &f, &nf);
+    expect_error(rc, QSNAP_EINTEGRITY, NULL, "verify");
+    for (size_t i = 0; i < nf; i++)
+        named |= f[i].problem && !strcmp(f[i].file, head) && strstr(f[i].message, "link");
+    cr_assert(named, "no finding names the edited link of %s", head);
+    qsnap_verify_free(f, nf);
+    after = tf_tree_snapshot(dir);
+    cr_assert_str_eq(before, after, "verify without repair changed files");
+    free(before);
+    free(after);
+    /* Repair re-points the link; the content is the model's again. */
+    rc = qsnap_verify(s, true, &f, &nf);
+    qsnap_verify_free(f, nf);
+    cr_assert_eq(rc, 0, "verify(repair): %s", qsnap_error_last()->message);
+    tf_check_store(s, &M, dir, "repair of an edited head link");
+    free(head);
+    qsnap_store_close(s);
+}
+
+/* Operations on a head whose link was edited are refused (rule 5), not carried out over it. */
+Test(store, edited_backing_link_of_a_head_refuses_operations)
+{
+    qsnap_store *s = base("linkop");
+    char *head = tf_file_of(s, "main");
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img/qemu-io not installed");
+    rebase_unsafe(head, "../../disk.img", "raw");
+    /* Committing would write the wrong content into s2's layer's replacement... */
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, "layers/", qsnap_plan_commit(&p_, s, NULL));
+    /* ...and freezing the head would make a snapshot of the wrong content. */
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, "layers/", qsnap_plan_create(&p_, s, NULL));
+    free(head);
+    qsnap_store_close(s);
+}
+
+/*
+ * Executing a commit over an edited head link fails mid-way and leaves a
+ * journal; verify(repair) must still get the store out (re-point the link,
+ * finish the commit), not stop at the journal forever.
+ */
+Test(store, commit_over_an_edited_head_link_is_recoverable)
+{
+    qsnap_store *s = base("linkcommit");
+    char *head = tf_file_of(s, "main");
+    qsnap_finding *f = NULL;
+    size_t nf = 0;
+    int rc = QSNAP_EINTEGRITY;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img/qemu-io not installed");
+    rebase_unsafe(head, "../../disk.img", "raw");
+    (void)tf_commit(s, NULL); /* refused, or failed mid-way */
+    for (int i = 0; i < 3 && rc; i++) {
+        rc = qsnap_verify(s, true, &f, &nf);
+        qsnap_verify_free(f, nf);
+    }
+    cr_assert_eq(rc, 0, "verify(repair) three times did not recover the store: %s",
+                 qsnap_error_last()->message);
+    tf_check_store(s, &M, dir, "repair after a commit over an edited link");
+    free(head);
+    qsnap_store_close(s);
+}
+
+Test(store, edited_backing_link_of_a_frozen_layer)
+{
+    qsnap_store *s = base("flink");
+    char *s2 = tf_file_of(s, "s2"), *other;
+    qsnap_finding *f = NULL;
+    size_t nf = 0;
+    int rc;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img/qemu-io not installed");
+    /* Point s2's layer at a copy of the disk: same bytes, another file. */
+    qsnap_store_close(s);
+    cr_assert_eq(asprintf(&other, "%s/other.img", dir) > 0, true);
+    cr_assert_eq(qo_write_file(other, d0, TF_SIZE), 0);
+    rebase_unsafe(s2, "../../other.img", "raw");
+    cr_assert_eq(chmod(s2, 0444), 0);
+    s = tf_open(disk, 0);
+    rc = qsnap_verify(s, false, &f, &nf);
+    qsnap_verify_free(f, nf);
+    expect_error(rc, QSNAP_EINTEGRITY, NULL, "verify");
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, "layers/", qsnap_plan_revert(&p_, s, "s2", NULL, false));
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, "layers/", qsnap_plan_create(&p_, s, NULL));
+    /* Repair re-points it to the disk as the metadata says. */
+    rc = qsnap_verify(s, true, &f, &nf);
+    qsnap_verify_free(f, nf);
+    cr_assert_eq(rc, 0, "verify(repair) did not settle an edited link: %s",
+                 qsnap_error_last()->message);
+    unlink(other);
+    tf_check_store(s, &M, dir, "repair of an edited frozen link");
+    free(other);
+    free(s2);
+    qsnap_store_close(s);
+}
+
+/* A frozen layer whose data was modified AND whose link was edited: repair re-points, never blesses. */
+Test(store, repair_of_a_link_does_not_bless_modified_data)
+{
+    qsnap_store *s = base("bless");
+    char *s2 = tf_file_of(s, "s2"), out[4096];
+    qsnap_finding *f = NULL;
+    size_t nf = 0;
+    int rc;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img/qemu-io not installed");
+    qsnap_store_close(s);
+    cr_assert_eq(chmod(s2, 0644), 0);
+    cr_assert_eq(qo_sh(out, sizeof(out), "qemu-io -f qcow2 -c 'write -P 0x77 3M 64k' '%s'", s2), 0,
+                 "%s", out);
+    {
+        char other[600];
+        snprintf(other, sizeof(other), "%s/other.img", dir);
+        cr_assert_eq(qo_write_file(other, d0, TF_SIZE), 0);
+    }
+    rebase_unsafe(s2, "../../other.img", "raw");
+    cr_assert_eq(chmod(s2, 0444), 0);
+    s = tf_open(disk, 0);
+    rc = qsnap_verify(s, true, &f, &nf);
+    qsnap_verify_free(f, nf);
+    cr_assert_eq(rc, QSNAP_EINTEGRITY);
+    rc = qsnap_verify(s, false, &f, &nf);
+    qsnap_verify_free(f, nf);
+    cr_assert_eq(rc, QSNAP_EINTEGRITY,
+                 "after verify(repair) re-pointed the link, the modified data of %s is no longer "
+                 "reported (the repair took a new fingerprint)",
+                 s2);
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, "layers/", qsnap_plan_revert(&p_, s, "s2", NULL, false));
+    free(s2);
+    qsnap_store_close(s);
+}
+
+Test(store, frozen_layer_modified_with_qemu_io)
+{
+    qsnap_store *s = base("modified");
+    char *s2 = tf_file_of(s, "s2"), out[4096];
+    qsnap_finding *f = NULL;
+    size_t nf = 0;
+    bool named = false;
+    int rc;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img/qemu-io not installed");
+    qsnap_store_close(s);
+    cr_assert_eq(chmod(s2, 0644), 0);
+    cr_assert_eq(qo_sh(out, sizeof(out), "qemu-io -f qcow2 -c 'write -P 0x77 3M 64k' '%s'", s2), 0,
+                 "%s", out);
+    s = tf_open(disk, 0);
+    rc = qsnap_verify(s, false, &f, &nf);
+    expect_error(rc, QSNAP_EINTEGRITY, NULL, "verify");
+    for (size_t i = 0; i < nf; i++)
+        named |= f[i].problem && !strcmp(f[i].file, s2) && strstr(f[i].message, "modified");
+    cr_assert(named, "no finding says %s was modified", s2);
+    qsnap_verify_free(f, nf);
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, "layers/", qsnap_plan_create(&p_, s, NULL));
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, "layers/", qsnap_plan_revert(&p_, s, "s2", NULL, false));
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, "layers/",
+                   qsnap_plan_delete(&p_, s, "s2", QSNAP_DELETE_STREAM));
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, "layers/", qsnap_plan_commit(&p_, s, "b"));
+    /* Repair must not bless the change by taking a new fingerprint. */
+    rc = qsnap_verify(s, true, &f, &nf);
+    qsnap_verify_free(f, nf);
+    cr_assert_eq(rc, QSNAP_EINTEGRITY, "verify(repair) accepted a modified frozen layer");
+    rc = qsnap_verify(s, false, &f, &nf);
+    qsnap_verify_free(f, nf);
+    cr_assert_eq(rc, QSNAP_EINTEGRITY, "the modification is no longer reported after repair");
+    free(s2);
+    qsnap_store_close(s);
+}
+
+Test(store, raw_disk_modified_with_qemu_io)
+{
+    qsnap_store *s = base("diskmod");
+    char out[4096];
+    qsnap_finding *f = NULL;
+    size_t nf = 0;
+    int rc;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img/qemu-io not installed");
+    qsnap_store_close(s);
+    cr_assert_eq(qo_sh(out, sizeof(out), "qemu-io -f raw -c 'write -P 0x66 0 4k' '%s'", disk), 0,
+                 "%s", out);
+    s = tf_open(disk, 0);
+    rc = qsnap_verify(s, false, &f, &nf);
+    qsnap_verify_free(f, nf);
+    expect_error(rc, QSNAP_EINTEGRITY, NULL, "verify of a modified disk");
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, "disk.img", qsnap_plan_revert(&p_, s, "s1", NULL, false));
+    qsnap_store_close(s);
+}
+
+static void damage_meta(const char *how)
+{
+    char meta[600], out[4096];
+
+    snprintf(meta, sizeof(meta), "%s.qsnap/meta", disk);
+    cr_assert_eq(qo_sh(out, sizeof(out), "%s '%s'", how, meta), 0, "%s", out);
+}
+
+static void expect_open_fails(int want, const char *what)
+{
+    char *before = tf_tree_snapshot(dir), *after;
+    qsnap_store *s = NULL;
+    int rc = qsnap_store_open(&s, disk, 0);
+
+    expect_error(rc, want, what, "qsnap_store_open");
+    cr_assert_null(s);
+    rc = qsnap_store_open(&s, disk, QSNAP_OPEN_READONLY);
+    cr_assert_eq(rc, want, "read-only open: rc %d", rc);
+    rc = qsnap_store_open(&s, disk, QSNAP_OPEN_CREATE);
+    cr_assert_eq(rc, want, "open with QSNAP_OPEN_CREATE over a damaged store: rc %d", rc);
+    after = tf_tree_snapshot(dir);
+    cr_assert_str_eq(before, after, "a failed open changed files");
+    free(before);
+    free(after);
+}
+
+Test(store, truncated_metadata)
+{
+    qsnap_store_close(base("trunc"));
+    damage_meta("truncate -s 100");
+    expect_open_fails(QSNAP_EINTEGRITY, "meta");
+}
+
+Test(store, garbled_metadata)
+{
+    qsnap_store_close(base("garble"));
+    damage_meta("sed -i 's/^layer 3 /lay#r 3 /; s/backing=1/backing=9x/'");
+    expect_open_fails(QSNAP_EINTEGRITY, "meta");
+}
+
+Test(store, metadata_naming_a_missing_layer)
+{
+    qsnap_store_close(base("dangle"));
+    damage_meta("sed -i 's/ layer=3 / layer=99 /'");
+    expect_open_fails(QSNAP_EINTEGRITY, "meta");
+}
+
+Test(store, empty_and_binary_metadata)
+{
+    qsnap_store_close(base("binary"));
+    damage_meta("head -c 4096 /dev/urandom >");
+    expect_open_fails(QSNAP_EINTEGRITY, "meta");
+    damage_meta(": >");
+    expect_open_fails(QSNAP_EINTEGRITY, "meta");
+}
+
+Test(store, unknown_store_version)
+{
+    qsnap_store_close(base("version"));
+    damage_meta("sed -i '1s/^qsnap-store 1$/qsnap-store 7/'");
+    expect_open_fails(QSNAP_EINTEGRITY, "7");
+}
+
+Test(store, no_disk_no_store)
+{
+    qsnap_store *s = NULL;
+    char path[600];
+    int rc;
+
+    tf_setup(dir, sizeof(dir), disk, sizeof(disk), "nodisk", false, d0);
+    snprintf(path, sizeof(path), "%s/absent.img", dir);
+    rc = qsnap_store_open(&s, path, QSNAP_OPEN_CREATE);
+    cr_assert_eq(rc, QSNAP_ENOTFOUND);
+    cr_assert(strstr(qsnap_error_last()->message, "absent.img"), "%s",
+              qsnap_error_last()->message);
+    rc = qsnap_store_open(&s, disk, 0);
+    expect_error(rc, QSNAP_ENOTFOUND, "disk.img", "open without a store");
+    cr_assert_neq(access(path, F_OK), 0);
+    {
+        char st[600];
+        snprintf(st, sizeof(st), "%s.qsnap", disk);
+        cr_assert_neq(access(st, F_OK), 0, "a failed open made the store");
+    }
+}
+
+/* ---- state files ------------------------------------------------------------------ */
+
+static struct stat must_stat(const char *p)
+{
+    struct stat st;
+
+    cr_assert_eq(stat(p, &st), 0, "%s", p);
+    return st;
+}
+
+static char *state_of(qsnap_store *s, const char *name)
+{
+    qsnap_node *l = NULL;
+    size_t n = 0;
+    char *r = NULL;
+
+    cr_assert_eq(qsnap_list(s, &l, &n), 0);
+    for (size_t i = 0; i < n; i++) {
+        if (!strcmp(l[i].name, name) && l[i].state_file)
+            r = strdup(l[i].state_file);
+    }
+    qsnap_list_free(l, n);
+    return r;
+}
+
+Test(store, state_file_shared_by_two_snapshots)
+{
+    qsnap_store *s = base("state");
+    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+    qsnap_plan *p = NULL;
+    char state[600], *st3, *st4;
+    uint8_t data[8192], *back;
+    size_t len;
+    struct stat orig, a, b;
+
+    for (size_t i = 0; i < sizeof(data); i++)
+        data[i] = (uint8_t)(i * 7 + 3);
+    snprintf(state, sizeof(state), "%s/vm.state", dir);
+    cr_assert_eq(qo_write_file(state, data, sizeof(data)), 0);
+    orig = must_stat(state);
+
+    co.name = "s3";
+    co.state_file = state;
+    ok(qsnap_plan_create(&p, s, &co), "plan s3 --state");
+    ok(tf_exec(s, p, NULL), "create s3 --state");
+    tf_model_set(&M, "s3", false, tf_model_get(&M, "main"));
+    co.name = "s4";
+    ok(qsnap_plan_create(&p, s, &co), "plan s4 --state");
+    ok(tf_exec(s, p, NULL), "create s4 --state");
+    tf_model_set(&M, "s4", false, tf_model_get(&M, "main"));
+
+    st3 = state_of(s, "s3");
+    st4 = state_of(s, "s4");
+    cr_assert_not_null(st3);
+    cr_assert_not_null(st4);
+    cr_assert(!strncmp(st3, qsnap_store_path(s), strlen(qsnap_store_path(s))),
+              "%s is not in the store", st3);
+    a = must_stat(st3);
+    b = must_stat(st4);
+    cr_assert_eq(a.st_ino, orig.st_ino, "the state file was copied, not hard-linked");
+    cr_assert_eq(b.st_ino, orig.st_ino, "the state file was copied, not hard-linked");
+    cr_assert_eq(must_stat(state).st_nlink, 3);
+    tf_check_store(s, &M, dir, "two snapshots with one state file");
+
+    /* Deleting the first keeps it. */
+    ok(tf_delete(s, "s3", 0, NULL), "delete s3");
+    tf_model_del(&M, "s3");
+    cr_assert_eq(access(st4, F_OK), 0, "the state file went with the first snapshot");
+    cr_assert_eq(must_stat(st4).st_ino, orig.st_ino);
+    cr_assert_eq(must_stat(state).st_nlink, 2);
+    tf_check_store(s, &M, dir, "delete s3");
+    /* Deleting the second removes it from the store. */
+    ok(tf_delete(s, "s4", 0, NULL), "delete s4");
+    tf_model_del(&M, "s4");
+    cr_assert_neq(access(st4, F_OK), 0, "the state file stayed after its last snapshot");
+    cr_assert_eq(must_stat(state).st_nlink, 1);
+    tf_check_store(s, &M, dir, "delete s4");
+    /* Never copied or changed. */
+    a = must_stat(state);
+    cr_assert_eq(a.st_ino, orig.st_ino);
+    cr_assert_eq(a.st_mtim.tv_sec, orig.st_mtim.tv_sec);
+    cr_assert_eq(a.st_mtim.tv_nsec, orig.st_mtim.tv_nsec);
+    back = qo_read_file(state, &len);
+    cr_assert_eq(len, sizeof(data));
+    cr_assert(!memcmp(back, data, len), "the state file's content changed");
+    free(back);
+    free(st3);
+    free(st4);
+
+    qsnap_store_close(s);
+}
+
+Test(store, missing_state_file)
+{
+    qsnap_store *s = base("nostate");
+    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+    char state[600];
+
+    /* A missing state file is refused before anything is written. */
+    co.name = "s5";
+    snprintf(state, sizeof(state), "%s/absent.state", dir);
+    co.state_file = state;
+    EXPECT_REFUSED(s, QSNAP_ENOTFOUND, "absent.state", qsnap_plan_create(&p_, s, &co));
+    qsnap_store_close(s);
+}
+
+/* ---- names -------------------------------------------------------------------------- */
+
+Test(store, generated_names)
+{
+    qsnap_store *s;
+    qsnap_node *l = NULL;
+    size_t n = 0, snaps = 0;
+    const char *names[3] = {NULL, NULL, NULL};
+
+    tf_setup(dir, sizeof(dir), disk, sizeof(disk), "gen", false, d0);
+    s = tf_open(disk, QSNAP_OPEN_CREATE);
+    for (int i = 0; i < 3; i++)
+        ok(tf_create(s, NULL), "create without a name");
+    cr_assert_eq(qsnap_list(s, &l, &n), 0);
+    for (size_t i = 0; i < n; i++) {
+        if (l[i].kind != QSNAP_SNAPSHOT)
+            continue;
+        cr_assert_lt(snaps, 3);
+        names[snaps++] = l[i].name;
+        cr_assert(l[i].name[0], "an empty generated name");
+        cr_assert_eq(qsnap_name_check(l[i].name), 0, "generated name '%s' is invalid", l[i].name);
+    }
+    cr_assert_eq(snaps, 3);
+    cr_assert_str_neq(names[0], names[1]);
+    cr_assert_str_neq(names[1], names[2]);
+    cr_assert_str_neq(names[0], names[2]);
+    qsnap_list_free(l, n);
+    qsnap_store_close(s);
+}
+
+Test(store, name_check)
+{
+    static const char *const bad[] = {"", "a/b", "/x", "-x", "--force", "a b", " a", "a\tb",
+                                      "a\nb", "x/", "..", "."};
+    static const char *const good[] = {"s1", "before-upgrade", "v1.2_3", "a+b", "x-", "A9"};
+    char longname[300];
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        int rc = qsnap_name_check(bad[i]);
+        cr_assert_eq(rc, QSNAP_EUSAGE, "'%s' accepted", bad[i]);
+        cr_assert(qsnap_error_last()->message[0], "no message for '%s'", bad[i]);
+    }
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        cr_assert_eq(qsnap_name_check(good[i]), 0, "'%s' refused: %s", good[i],
+                     qsnap_error_last()->message);
+    memset(longname, 'a', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    cr_assert_eq(qsnap_name_check(longname), QSNAP_EUSAGE);
+}
+
+Test(store, names_are_unique_and_validated_by_operations)
+{
+    qsnap_store *s = base("names");
+    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+
+    co.name = "s1";
+    EXPECT_REFUSED(s, QSNAP_EUSAGE, "s1", qsnap_plan_create(&p_, s, &co));
+    co.name = "main"; /* a branch's name */
+    EXPECT_REFUSED(s, QSNAP_EUSAGE, "main", qsnap_plan_create(&p_, s, &co));
+    co.name = "bad/name";
+    {
+        char *b = tf_tree_snapshot(dir), *a;
+        qsnap_plan *p = NULL;
+        int rc = qsnap_plan_create(&p, s, &co);
+        cr_assert_eq(rc, QSNAP_EUSAGE);
+        cr_assert(strstr(qsnap_error_last()->message, "bad/name"), "%s",
+                  qsnap_error_last()->message);
+        a = tf_tree_snapshot(dir);
+        cr_assert_str_eq(a, b);
+        free(a);
+        free(b);
+    }
+    co.name = "-rf";
+    cr_assert_eq(tf_create(s, co.name), QSNAP_EUSAGE);
+    EXPECT_REFUSED(s, QSNAP_EUSAGE, "s2", qsnap_plan_branch_create(&p_, s, "s2", NULL));
+    EXPECT_REFUSED(s, QSNAP_EUSAGE, "b", qsnap_plan_branch_create(&p_, s, "b", "s1"));
+    EXPECT_REFUSED(s, QSNAP_EUSAGE, "s1", qsnap_plan_revert(&p_, s, "s2", "s1", false));
+    EXPECT_REFUSED(s, QSNAP_EUSAGE, "b", qsnap_plan_branch_rename(&p_, s, "main", "b"));
+    EXPECT_REFUSED(s, QSNAP_EUSAGE, "s2", qsnap_plan_branch_rename(&p_, s, "main", "s2"));
+    cr_assert_eq(qsnap_plan_branch_create(&(qsnap_plan *){NULL}, s, "x y", "s1"), QSNAP_EUSAGE);
+    /* Unknown names are ENOTFOUND with a hint. */
+    EXPECT_REFUSED(s, QSNAP_ENOTFOUND, "nope", qsnap_plan_revert(&p_, s, "nope", NULL, false));
+    EXPECT_REFUSED(s, QSNAP_ENOTFOUND, "nope", qsnap_plan_delete(&p_, s, "nope", 0));
+    EXPECT_REFUSED(s, QSNAP_ENOTFOUND, "nope", qsnap_plan_switch(&p_, s, "nope"));
+    EXPECT_REFUSED(s, QSNAP_ENOTFOUND, "b", qsnap_plan_delete(&p_, s, "b", 0)); /* a branch */
+    /* A rename frees the old name; the tree's content is untouched. */
+    ok(({
+           qsnap_plan *p = NULL;
+           int r = qsnap_plan_branch_rename(&p, s, "b", "renamed");
+           r ? r : tf_exec(s, p, NULL);
+       }),
+       "rename b");
+    tf_model_set(&M, "renamed", true, tf_model_get(&M, "b"));
+    tf_model_del(&M, "b");
+    ok(tf_branch(s, "b", "s1"), "the freed name b");
+    tf_model_set(&M, "b", true, tf_model_get(&M, "s1"));
+    tf_check_store(s, &M, dir, "names");
+    qsnap_store_close(s);
+}
+
+/* ---- the dry run -------------------------------------------------------------------- */
+
+struct counter {
+    unsigned calls, last;
+    bool in_order;
+};
+
+static void count_hook(unsigned step, void *payload)
+{
+    struct counter *c = payload;
+
+    c->in_order &= step == c->last + 1;
+    c->last = step;
+    c->calls++;
+}
+
+static void dry_then_run(qsnap_store *s, qsnap_plan *p, const char *what)
+{
+    char *before = tf_tree_snapshot(dir), *after, *text = NULL, *json = NULL, path[600], out[4096];
+    qsnap_exec_opts eo = QSNAP_EXEC_OPTS_INIT;
+    struct counter c = {0, 0, true};
+    size_t lines = 0, steps = 0;
+    int rc;
+
+    ok(qsnap_plan_describe(p, false, &text), "describe");
+    ok(qsnap_plan_describe(p, true, &json), "describe json");
+    cr_assert(qsnap_plan_summary(p)[0], "%s: no summary", what);
+    after = tf_tree_snapshot(dir);
+    cr_assert_str_eq(before, after, "%s: the dry run changed files", what);
+    free(before);
+    free(after);
+    for (const char *x = text; *x; x++)
+        lines += *x == '\n';
+    for (const char *x = json; (x = strstr(x, "\"step\"")); x++)
+        steps++;
+    cr_assert_gt(lines, 0, "%s: an empty plan", what);
+    cr_assert_eq(steps, lines, "%s: JSON has %zu steps, text %zu", what, steps, lines);
+    snprintf(path, sizeof(path), "%s/.plan.json", dir);
+    cr_assert_eq(qo_write_file(path, json, strlen(json)), 0);
+    cr_assert_eq(qo_sh(out, sizeof(out),
+                       "python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); "
+                       "assert len(d[\"steps\"]) == %zu and d[\"summary\"]' '%s'",
+                       lines, path),
+                 0, "%s: invalid plan JSON: %s\n%s", what, out, json);
+    unlink(path);
+    eo.step_hook = count_hook;
+    eo.payload = &c;
+    rc = qsnap_plan_execute(s, p, &eo);
+    cr_assert_eq(rc, 0, "%s: %s", what, qsnap_error_last()->message);
+    cr_assert_eq(c.calls, lines, "%s: the dry run lists %zu steps, the execution ran %u", what,
+                 lines, c.calls);
+    cr_assert(c.in_order, "%s: steps ran out of order", what);
+    qsnap_plan_free(p);
+    free(text);
+    free(json);
+}
+
+Test(store, dry_run_changes_nothing_and_lists_the_executed_steps)
+{
+    qsnap_store *s;
+    qsnap_plan *p = NULL;
+    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+    char state[600];
+
+    tf_setup(dir, sizeof(dir), disk, sizeof(disk), "dry", false, d0);
+    s = tf_open(disk, QSNAP_OPEN_CREATE);
+    /* The first create's dry run must not even make the store directory. */
+    co.name = "s1";
+    ok(qsnap_plan_create(&p, s, &co), "plan s1");
+    {
+        char st[600], *text = NULL;
+        snprintf(st, sizeof(st), "%s.qsnap", disk);
+        ok(qsnap_plan_describe(p, false, &text), "describe");
+        free(text);
+        cr_assert_neq(access(st, F_OK), 0, "the dry run of the first create made the store");
+    }
+    dry_then_run(s, p, "create s1");
+    tf_model_set(&M, "s1", false, d0);
+    tf_model_set(&M, "main", true, d0);
+    write_state(s, "main", 0x21, 0, 64 * KiB);
+    snprintf(state, sizeof(state), "%s/vm.state", dir);
+    cr_assert_eq(qo_write_file(state, "state", 5), 0);
+    co.name = "s2";
+    co.state_file = state;
+    ok(qsnap_plan_create(&p, s, &co), "plan s2");
+    dry_then_run(s, p, "create s2 --state");
+    tf_model_set(&M, "s2", false, tf_model_get(&M, "main"));
+    write_state(s, "main", 0x31, 1 * MiB, 64 * KiB);
+    ok(qsnap_plan_revert(&p, s, "s1", "r", false), "plan revert");
+    dry_then_run(s, p, "revert");
+    tf_model_set(&M, "r", true, d0);
+    write_state(s, "r", 0x41, 2 * MiB, 64 * KiB);
+    ok(qsnap_plan_branch_create(&p, s, "b", "s2"), "plan branch");
+    dry_then_run(s, p, "branch");
+    tf_model_set(&M, "b", true, tf_model_get(&M, "s2"));
+    ok(qsnap_plan_commit(&p, s, "main"), "plan commit");
+    dry_then_run(s, p, "commit main");
+    ok(qsnap_plan_delete(&p, s, "s2", QSNAP_DELETE_STREAM), "plan delete --stream");
+    dry_then_run(s, p, "delete s2 --stream");
+    tf_model_del(&M, "s2");
+    ok(qsnap_plan_switch(&p, s, "b"), "plan switch");
+    dry_then_run(s, p, "switch");
+    ok(qsnap_plan_branch_delete(&p, s, "r", true), "plan branch -d --force");
+    dry_then_run(s, p, "branch delete");
+    tf_model_del(&M, "r");
+    tf_check_store(s, &M, dir, "the dry runs");
+    qsnap_store_close(s);
+}
+
+/* A plan made before the store changed is not executed over the change. */
+Test(store, stale_plan_is_refused)
+{
+    qsnap_store *s = base("stale");
+    qsnap_plan *p = NULL;
+    char *before, *after;
+
+    ok(qsnap_plan_revert(&p, s, "s1", "r", false), "plan revert");
+    ok(tf_create(s, "s3"), "create s3");
+    tf_model_set(&M, "s3", false, tf_model_get(&M, "main"));
+    before = tf_tree_snapshot(dir);
+    cr_assert_neq(tf_exec(s, p, NULL), 0, "a stale plan was executed");
+    after = tf_tree_snapshot(dir);
+    cr_assert_str_eq(before, after);
+    free(before);
+    free(after);
+    tf_check_store(s, &M, dir, "stale plan");
+    qsnap_store_close(s);
+}
