@@ -532,3 +532,39 @@ Test(crash, failed_step_is_finished_by_repair)
     }
     tf_model_free(&before);
 }
+
+/*
+ * A crash in the middle of the very first create leaves DISK.qsnap with a
+ * journal but no metadata yet. Opening it the way verify does (without
+ * QSNAP_OPEN_CREATE) must find the unfinished operation, not report "no
+ * store", so that verify(repair) can finish it.
+ */
+Test(crash, first_create_interrupted_is_found_without_open_create)
+{
+    const struct op *op = &OPS[0];
+    tf_model before = {0}, after = {0};
+    struct kill_at ka = {3, false};
+    qsnap_store *s = NULL;
+    qsnap_finding *f = NULL;
+    size_t nf = 0;
+    char why[1024];
+    int rc;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img/qemu-io not installed");
+    fixture(op, &before);
+    op->after(&after);
+    cr_assert_eq(run_child(op, ka, false), 'K');
+    rc = qsnap_store_open(&s, disk, 0);
+    cr_assert_eq(rc, 0,
+                 "opening a store whose first create was interrupted: rc %d: %s (the journal is "
+                 "pending in DISK.qsnap)",
+                 rc, qsnap_error_last()->message);
+    rc = qsnap_verify(s, true, &f, &nf);
+    qsnap_verify_free(f, nf);
+    cr_assert_eq(rc, 0, "%s", qsnap_error_last()->message);
+    cr_assert(tf_store_matches(s, &after, dir, why, sizeof(why)), "%s", why);
+    qsnap_store_close(s);
+    tf_model_free(&before);
+    tf_model_free(&after);
+}
