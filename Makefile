@@ -101,10 +101,13 @@ $(BUILD)/tests/%: tests/%.c $(HELP_OBJS) $(SNAP_STATIC) $(STATIC)
 	    $(SNAP_STATIC) $(STATIC) $(LDFLAGS) -lcriterion $(LDLIBS_LIB)
 
 # Corpus replay: each fuzz target linked with the standalone driver (gcc, no libFuzzer).
-$(BUILD)/fuzz/replay_%: fuzz/%.c fuzz/fuzz_driver.c $(wildcard fuzz/fuzz_helpers.c) $(HELP_OBJS) $(STATIC)
+# The targets use memfs only (the other helpers need Criterion).
+FUZZ_HELP_SRCS := tests/helpers/memfs.c
+$(BUILD)/fuzz/replay_%: fuzz/%.c fuzz/fuzz_driver.c fuzz/fuzz_helpers.h $(FUZZ_HELP_SRCS:%.c=$(BUILD)/%.o) \
+	    $(SNAP_STATIC) $(STATIC)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) -Iqcow2 -Itests/helpers -Ifuzz $(CFLAGS) -o $@ $< fuzz/fuzz_driver.c \
-	    $(wildcard fuzz/fuzz_helpers.c) $(HELP_OBJS) $(STATIC) $(LDFLAGS) $(LDLIBS_LIB)
+	$(CC) $(CPPFLAGS) -Iqcow2 -Isnapshot -Itests/helpers -Ifuzz $(CFLAGS) -o $@ $< fuzz/fuzz_driver.c \
+	    $(FUZZ_HELP_SRCS:%.c=$(BUILD)/%.o) $(SNAP_STATIC) $(STATIC) $(LDFLAGS) $(LDLIBS_LIB)
 
 deps:
 	@sh scripts/deps.sh
@@ -152,8 +155,8 @@ FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=u
 fuzz:
 	@for f in $(FUZZ_SRCS); do t=$$(basename $$f .c); mkdir -p build/fuzz; \
 	  echo "clang $$t"; \
-	  clang $(CPPFLAGS) -Iqcow2 -Itests/helpers -Ifuzz $(FUZZ_CFLAGS) -o build/fuzz/$$t $$f \
-	    $(wildcard fuzz/fuzz_helpers.c) $(LIB_SRCS) $(HELP_SRCS) $(LDLIBS_LIB) || exit 1; done
+	  clang $(CPPFLAGS) -Iqcow2 -Isnapshot -Itests/helpers -Ifuzz $(FUZZ_CFLAGS) -o build/fuzz/$$t $$f \
+	    $(LIB_SRCS) $(SNAP_SRCS) $(FUZZ_HELP_SRCS) $(LDLIBS_LIB) || exit 1; done
 
 fuzz-run: fuzz
 	mkdir -p build/fuzz/corpus-$(T)
@@ -161,7 +164,7 @@ fuzz-run: fuzz
 	    -rss_limit_mb=2048 build/fuzz/corpus-$(T) fuzz/corpora/$(T)
 
 # Regenerate the committed seed corpora from qemu-img-made images.
-fuzz-seeds:
+fuzz-seeds: $(STATIC) $(SNAP_STATIC)
 	@sh scripts/fuzz-seeds.sh
 
 # Benchmarks (never part of `make test`): standalone programs linked with the static library.
