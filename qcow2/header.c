@@ -568,12 +568,12 @@ int qcow2__header_write(qcow2_image *img)
     if (used > sector) {
         rc = qcow2__io_write(img->io, img->name, buf + sector, used - sector, sector);
         if (!rc)
-            rc = qcow2__io_flush(img->io, img->name);
+            rc = qcow2__sync(img);
     }
     if (!rc)
         rc = qcow2__io_write(img->io, img->name, buf, qcow2__min(sector, len), 0);
     if (!rc)
-        rc = qcow2__io_flush(img->io, img->name);
+        rc = qcow2__sync(img);
     if (!rc && img->hdr_bytes > qcow2__max(used, sector)) {
         size_t from = qcow2__max(used, sector);
         rc = qcow2__io_write(img->io, img->name, buf + from, img->hdr_bytes - from, from);

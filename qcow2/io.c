@@ -89,6 +89,13 @@ int qcow2__io_flush(qcow2_io *io, const char *name)
     return rc < 0 ? qcow2__io_error(rc, name, "flush failed") : 0;
 }
 
+int qcow2__sync(qcow2_image *img)
+{
+    if (img->opts.flags & QCOW2_OPEN_NO_FLUSH)
+        return 0;
+    return qcow2__io_flush(img->io, img->name);
+}
+
 int qcow2__io_truncate(qcow2_io *io, const char *name, uint64_t size)
 {
     int rc;
@@ -179,6 +186,13 @@ int qcow2__io_lock(qcow2_io *io, const char *name, qcow2_io_lock_mode mode)
         return qcow2__err(QCOW2_EBUSY, -rc, name,
                           "image is in use by another process (qemu or qsnap holds its lock)");
     return rc < 0 ? qcow2__io_error(rc, name, "cannot lock the image") : 0;
+}
+
+void qcow2__io_advise(qcow2_io *io, uint64_t off, uint64_t len, int advice)
+{
+    /* Only a hint: a backend without it, or one that fails, changes nothing. */
+    if (len && io->ops->advise)
+        (void)io->ops->advise(io, off, len, advice);
 }
 
 void qcow2_io_close(qcow2_io *io)

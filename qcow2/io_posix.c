@@ -225,6 +225,19 @@ static int posix_punch(qcow2_io *io, uint64_t off, uint64_t len)
  * means no data at or after off: the rest is a hole (past the end of the file
  * it reads as zeroes too). A file system without the seek flags is all data.
  */
+static int posix_advise(qcow2_io *io, uint64_t off, uint64_t len, int advice)
+{
+    struct posix_io *p = (struct posix_io *)io;
+    int rc;
+
+    if (off > INT64_MAX || len > INT64_MAX)
+        return -EINVAL;
+    rc = posix_fadvise(p->fd, (off_t)off, (off_t)len,
+                       advice == QCOW2_IO_ADVISE_DONTNEED ? POSIX_FADV_DONTNEED
+                                                          : POSIX_FADV_WILLNEED);
+    return -rc;
+}
+
 static int posix_extent(qcow2_io *io, uint64_t off, uint64_t len, uint64_t *run_out,
                         bool *is_hole)
 {
@@ -479,6 +492,7 @@ static const qcow2_io_ops posix_ops = {
     .get_size = posix_get_size,
     .punch = posix_punch,
     .extent = posix_extent,
+    .advise = posix_advise,
     .allocated_size = posix_allocated_size,
     .lock = posix_lock,
     .copy_from = posix_copy_from,

@@ -167,7 +167,7 @@ int qcow2_image_commit(qcow2_image *top, const qcow2_commit_opts *opts)
     qcow2_commit_opts o = QCOW2_COMMIT_OPTS_INIT;
     qcow2_image *base;
     uint8_t *buf = NULL;
-    uint64_t off = 0;
+    uint64_t off = 0, pf_end = 0;
     int rc;
 
     if (opts)
@@ -202,6 +202,7 @@ int qcow2_image_commit(qcow2_image *top, const qcow2_commit_opts *opts)
     while (off < top->size) {
         qcow2_extent e;
 
+        qcow2__prefetch_ahead(top, base, off, &pf_end);
         rc = qcow2_image_block_status(top, base, off, qcow2__min(top->size - off, LAYER_CHUNK), &e);
         if (rc)
             goto out;

@@ -23,7 +23,7 @@ int qcow2_image_digest(qcow2_image *img, uint8_t digest_out[16], qcow2_progress_
 {
     qcow2__hash *h = NULL;
     uint8_t *buf = NULL;
-    uint64_t off = 0;
+    uint64_t off = 0, pf_end = 0;
     int rc;
 
     rc = qcow2__hash_new(&h);
@@ -37,7 +37,8 @@ int qcow2_image_digest(qcow2_image *img, uint8_t digest_out[16], qcow2_progress_
     while (off < img->size) {
         qcow2_extent e;
 
-        rc = qcow2_image_block_status(img, NULL, off, qcow2__min(img->size - off, 1ull << 40), &e);
+        qcow2__prefetch_ahead(img, NULL, off, &pf_end);
+        rc = qcow2_image_block_status(img, NULL, off, qcow2__min(img->size - off, OPS_CHUNK * 16), &e);
         if (rc)
             goto out;
         if (ext_is_zero(&e)) {
@@ -140,7 +141,7 @@ int qcow2_image_compare(qcow2_image *a, qcow2_image *b, bool strict, uint64_t *m
 {
     uint64_t common = qcow2__min(a->size, b->size);
     uint64_t total = qcow2__max(a->size, b->size);
-    uint64_t off = 0, mismatch = 0;
+    uint64_t off = 0, mismatch = 0, pf_a = 0, pf_b = 0;
     uint8_t *ba = NULL, *bb = NULL;
     int rc = 0;
 
@@ -160,6 +161,9 @@ int qcow2_image_compare(qcow2_image *a, qcow2_image *b, bool strict, uint64_t *m
     while (off < common) {
         qcow2_extent ea, eb;
         uint64_t n, at;
+
+        qcow2__prefetch_ahead(a, NULL, off, &pf_a);
+        qcow2__prefetch_ahead(b, NULL, off, &pf_b);
 
         /* Strict: runs as long as they go (qemu compares the end-of-image bit too). */
         rc = qcow2_image_block_status(a, NULL, off,
@@ -331,7 +335,7 @@ static int convert_qcow2(qcow2_image *src, const char *dst_path, const qcow2_con
     qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
     qcow2_image *dst = NULL;
     uint8_t *buf = NULL;
-    uint64_t off = 0, chunk;
+    uint64_t off = 0, chunk, pf_end = 0;
     int rc;
 
     if (o->create)
@@ -348,7 +352,8 @@ static int convert_qcow2(qcow2_image *src, const char *dst_path, const qcow2_con
     rc = qcow2_image_create(dst_path, &co);
     if (rc)
         return rc;
-    oo.flags = QCOW2_OPEN_RDWR | (o->backing ? 0 : QCOW2_OPEN_NO_BACKING);
+    /* Like qemu-img convert: the new image is not flushed (cache=unsafe). */
+    oo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_FLUSH | (o->backing ? 0 : QCOW2_OPEN_NO_BACKING);
     oo.format = QCOW2_FORMAT_QCOW2;
     rc = qcow2_image_open(&dst, dst_path, &oo);
     if (rc)
@@ -369,6 +374,7 @@ static int convert_qcow2(qcow2_image *src, const char *dst_path, const qcow2_con
         qcow2_extent e;
         uint64_t n;
 
+        qcow2__prefetch_ahead(src, NULL, off, &pf_end);
         rc = qcow2_image_block_status(src, NULL, off, qcow2__min(src->size - off, chunk), &e);
         if (rc)
             goto out;
@@ -401,7 +407,7 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
     qcow2_convert_opts o = QCOW2_CONVERT_OPTS_INIT;
     qcow2_io *dst = NULL;
     uint8_t *buf = NULL;
-    uint64_t off = 0;
+    uint64_t off = 0, pf_end = 0;
     int rc;
 
     if (opts)
@@ -427,6 +433,7 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
     while (off < src->size) {
         qcow2_extent e;
 
+        qcow2__prefetch_ahead(src, NULL, off, &pf_end);
         rc = qcow2_image_block_status(src, NULL, off, qcow2__min(src->size - off, OPS_CHUNK), &e);
         if (rc)
             goto out;
@@ -442,7 +449,7 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
         if (o.progress)
             o.progress(off, src->size, o.payload);
     }
-    rc = qcow2__io_flush(dst, dst_path);
+    /* Like qemu-img convert, no final flush: the page cache writes it out. */
 out:
     qcow2__free(buf);
     qcow2_io_close(dst);

@@ -124,6 +124,10 @@ int qcow2__io_extent(qcow2_io *io, const char *name, uint64_t off, uint64_t len,
                      bool *is_hole);
 int qcow2__io_allocated(qcow2_io *io, const char *name, uint64_t *size_out);
 int qcow2__io_lock(qcow2_io *io, const char *name, qcow2_io_lock_mode mode);
+/* The image's durability barrier (skipped with QCOW2_OPEN_NO_FLUSH). */
+int qcow2__sync(qcow2_image *img);
+/* A read-ahead (or drop) hint to the backend; never fails. */
+void qcow2__io_advise(qcow2_io *io, uint64_t off, uint64_t len, int advice);
 /* Map a backend's -errno (or an open failure) to a code and message. */
 int qcow2__io_error(int neg_errno, const char *name, const char *what);
 
@@ -301,6 +305,9 @@ struct qcow2_image {
     uint8_t *cbuf;               /* compressed input buffer (2 clusters) */
     uint8_t *dbuf;               /* decompressed cluster */
     uint64_t dbuf_host_off;      /* descriptor decoded into dbuf; ~0 = none */
+    uint64_t raw_ext_off;        /* raw: a known run of data or hole, start (bytes) */
+    uint64_t raw_ext_len;        /* and length; 0 = nothing known */
+    bool raw_ext_hole;           /* whether that run is a hole */
     bool prealloc_checked;       /* metadata_prealloc has been computed */
     bool metadata_prealloc;      /* looks preallocated: file holes in data read as zero */
 };
@@ -367,6 +374,14 @@ int qcow2__layer_extent(qcow2_image *img, uint64_t guest_off, uint64_t len, stru
 
 /* Read a compressed cluster's bytes [in_off, in_off+len) given its L2 entry. */
 int qcow2__read_compressed(qcow2_image *img, uint64_t l2e, uint64_t in_off, void *buf, size_t len);
+
+/* read.c: ask every layer below img (down to base) to read ahead the data of
+ * [guest_off, guest_off + len) in the background. Bounded work; never fails. */
+void qcow2__prefetch(qcow2_image *img, const qcow2_image *base, uint64_t guest_off, uint64_t len);
+#define QCOW2_PREFETCH_WINDOW (32u << 20) /* guest bytes prefetched ahead of a copy loop */
+/* In a loop now at guest_off: keep the prefetch two windows ahead (*pf_end: how far it got). */
+void qcow2__prefetch_ahead(qcow2_image *img, const qcow2_image *base, uint64_t guest_off,
+                           uint64_t *pf_end);
 
 /* refcount.c */
 int qcow2__refcount_load(qcow2_image *img);

@@ -28,6 +28,44 @@ static int read_below(qcow2_image *img, uint8_t *buf, uint64_t len, uint64_t off
     return 0;
 }
 
+/* A raw layer: holes read as zeroes without copying them from the kernel. */
+static int read_raw(qcow2_image *img, uint8_t *buf, uint64_t len, uint64_t off)
+{
+    while (len) {
+        uint64_t run;
+        bool hole;
+        int rc;
+
+        if (off >= img->file_size) {
+            memset(buf, 0, (size_t)len); /* the sector-rounded tail past the end of the file */
+            return 0;
+        }
+        if (img->raw_ext_len && off >= img->raw_ext_off &&
+            off < img->raw_ext_off + img->raw_ext_len) {
+            /* The run found last time still covers off (reads of raw layers are sequential). */
+            run = qcow2__min(len, img->raw_ext_off + img->raw_ext_len - off);
+            hole = img->raw_ext_hole;
+        } else {
+            uint64_t whole;
+            rc = qcow2__io_extent(img->io, img->name, off, img->file_size - off, &whole, &hole);
+            if (rc)
+                return rc;
+            img->raw_ext_off = off;
+            img->raw_ext_len = whole;
+            img->raw_ext_hole = hole;
+            run = qcow2__min(len, whole);
+        }
+        if (hole)
+            memset(buf, 0, (size_t)run);
+        else if ((rc = qcow2__io_read(img->io, img->name, buf, (size_t)run, off)) != 0)
+            return rc;
+        buf += run;
+        off += run;
+        len -= run;
+    }
+    return 0;
+}
+
 /* off + len <= img->size. */
 static int read_layer(qcow2_image *img, uint8_t *buf, uint64_t len, uint64_t off)
 {
@@ -35,7 +73,7 @@ static int read_layer(qcow2_image *img, uint8_t *buf, uint64_t len, uint64_t off
     int rc;
 
     if (img->fmt != QCOW2_FORMAT_QCOW2)
-        return qcow2__io_read(img->io, img->name, buf, (size_t)len, off);
+        return read_raw(img, buf, len, off);
     while (len) {
         rc = qcow2__layer_extent(img, off, len, &r);
         if (rc)
@@ -219,5 +257,51 @@ int qcow2_image_block_status(qcow2_image *img, const qcow2_image *base, uint64_t
         len = qcow2__min(len, cur->backing->size - guest_off);
         cur = cur->backing;
         depth++;
+    }
+}
+
+void qcow2__prefetch(qcow2_image *img, const qcow2_image *base, uint64_t guest_off, uint64_t len)
+{
+    qcow2_image *run_layer = NULL;
+    uint64_t run_off = 0, run_len = 0;
+    unsigned steps = 0;
+
+    if (guest_off >= img->size)
+        return;
+    len = qcow2__min(len, img->size - guest_off);
+    while (len && steps++ < 4096) {
+        qcow2_extent e;
+
+        if (qcow2_image_block_status(img, base, guest_off, len, &e))
+            break;
+        if ((e.flags & QCOW2_EXT_DATA) && (e.flags & QCOW2_EXT_OFFSET_VALID) &&
+            !(e.flags & QCOW2_EXT_ZERO)) {
+            /* Merge host-contiguous runs of one layer into one hint. */
+            if (e.layer == run_layer && run_off + run_len == e.host_off) {
+                run_len += e.length;
+            } else {
+                if (run_layer)
+                    qcow2__io_advise(run_layer->io, run_off, run_len, QCOW2_IO_ADVISE_WILLNEED);
+                run_layer = e.layer;
+                run_off = e.host_off;
+                run_len = e.length;
+            }
+        }
+        guest_off += e.length;
+        len -= e.length;
+    }
+    if (run_layer)
+        qcow2__io_advise(run_layer->io, run_off, run_len, QCOW2_IO_ADVISE_WILLNEED);
+    qcow2_error_clear(); /* a hint: whatever failed here is found again by the real read */
+}
+
+void qcow2__prefetch_ahead(qcow2_image *img, const qcow2_image *base, uint64_t guest_off,
+                           uint64_t *pf_end)
+{
+    if (*pf_end < guest_off)
+        *pf_end = guest_off;
+    while (*pf_end < img->size && *pf_end < guest_off + 2ull * QCOW2_PREFETCH_WINDOW) {
+        qcow2__prefetch(img, base, *pf_end, QCOW2_PREFETCH_WINDOW);
+        *pf_end += QCOW2_PREFETCH_WINDOW;
     }
 }

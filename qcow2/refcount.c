@@ -337,7 +337,7 @@ static int grow_reftable(qcow2_image *img, uint64_t need_idx)
                          (area + k) << img->cluster_bits);
     if (rc)
         goto out;
-    rc = qcow2__io_flush(img->io, img->name);
+    rc = qcow2__sync(img);
     if (rc)
         goto out;
     qcow2__free(img->reftable);
@@ -552,33 +552,51 @@ int qcow2__free_later(qcow2_image *img, uint64_t host_off, uint64_t len)
     return 0;
 }
 
+static int cmp_pending(const void *a, const void *b)
+{
+    const struct qcow2__pending_free *x = a, *y = b;
+
+    return x->host_off < y->host_off ? -1 : x->host_off > y->host_off;
+}
+
 int qcow2__apply_pending_frees(qcow2_image *img)
 {
     struct qcow2__pending_free *list = img->pending;
     size_t n = img->nb_pending;
+    uint64_t punch_off = 0, punch_len = 0;
     int rc = 0;
 
     /* Take the list: a nested flush (cache eviction) must not apply it twice. */
     img->pending = NULL;
     img->nb_pending = 0;
     img->pending_alloc = 0;
+    /* In file order, so that freed neighbours give the space back in one call. */
+    qsort(list, n, sizeof(*list), cmp_pending);
     for (size_t i = 0; i < n && !rc; i++) {
         uint64_t first = list[i].host_off >> img->cluster_bits;
         uint64_t last = (list[i].host_off + list[i].len - 1) >> img->cluster_bits;
 
         rc = qcow2__refcount_update(img, list[i].host_off, list[i].len, -1);
         for (uint64_t c = first; c <= last && !rc; c++) {
-            uint64_t v;
+            uint64_t v, off = c << img->cluster_bits;
             rc = qcow2__refcount_get(img, c, &v);
-            if (!rc && v == 0) {
-                uint64_t off = c << img->cluster_bits;
-                /* Freed for good: give the space back to the file system. */
-                if (off == (img->cbyte_off & ~(img->cluster_size - 1)))
-                    img->cbyte_off = 0;
-                rc = qcow2__io_punch(img->io, img->name, off, img->cluster_size);
+            if (rc || v)
+                continue;
+            /* Freed for good: give the space back to the file system. */
+            if (off == (img->cbyte_off & ~(img->cluster_size - 1)))
+                img->cbyte_off = 0;
+            if (punch_len && punch_off + punch_len == off) {
+                punch_len += img->cluster_size;
+                continue;
             }
+            if (punch_len)
+                rc = qcow2__io_punch(img->io, img->name, punch_off, punch_len);
+            punch_off = off;
+            punch_len = img->cluster_size;
         }
     }
+    if (!rc && punch_len)
+        rc = qcow2__io_punch(img->io, img->name, punch_off, punch_len);
     /* On failure, whatever was not applied stays allocated: a leak, never a corruption. */
     qcow2__free(list);
     return rc;

@@ -87,20 +87,20 @@ static int flush_steps(qcow2_image *img)
 {
     int rc;
 
-    rc = qcow2__io_flush(img->io, img->name); /* guest data first */
+    rc = qcow2__sync(img); /* guest data first */
     if (rc)
         return rc;
     if (qcow2__cache_is_dirty(&img->rbc)) {
         rc = qcow2__cache_writeback(img, &img->rbc);
         if (!rc)
-            rc = qcow2__io_flush(img->io, img->name);
+            rc = qcow2__sync(img);
         if (rc)
             return rc;
     }
     if (img->rt_dirty) {
         rc = write_reftable(img);
         if (!rc)
-            rc = qcow2__io_flush(img->io, img->name);
+            rc = qcow2__sync(img);
         if (rc)
             return rc;
         img->rt_dirty = false;
@@ -108,14 +108,14 @@ static int flush_steps(qcow2_image *img)
     if (qcow2__cache_is_dirty(&img->l2c)) {
         rc = qcow2__cache_writeback(img, &img->l2c);
         if (!rc)
-            rc = qcow2__io_flush(img->io, img->name);
+            rc = qcow2__sync(img);
         if (rc)
             return rc;
     }
     if (img->l1_dirty) {
         rc = write_l1(img);
         if (!rc)
-            rc = qcow2__io_flush(img->io, img->name);
+            rc = qcow2__sync(img);
         if (rc)
             return rc;
         img->l1_dirty = false;
@@ -130,7 +130,7 @@ static int flush_steps(qcow2_image *img)
         if (!rc)
             rc = qcow2__cache_writeback(img, &img->rbc);
         if (!rc)
-            rc = qcow2__io_flush(img->io, img->name);
+            rc = qcow2__sync(img);
     }
     return rc;
 }
@@ -145,7 +145,7 @@ int qcow2__metadata_flush(qcow2_image *img)
     if (img->state != QCOW2__OPEN_RW)
         return 0;
     if (img->fmt != QCOW2_FORMAT_QCOW2)
-        return qcow2__io_flush(img->io, img->name);
+        return qcow2__sync(img);
     rc = flush_steps(img);
     return rc ? qcow2__fatal(img, rc) : 0;
 }
@@ -251,6 +251,7 @@ static int start_write(qcow2_image *img, uint64_t off, uint64_t len)
                           " is beyond the virtual size (%" PRIu64 " bytes)",
                           len, off, img->size);
     img->dbuf_host_off = UINT64_MAX;
+    img->raw_ext_len = 0; /* a write can turn a hole into data */
     if (img->fmt != QCOW2_FORMAT_QCOW2 || img->write_started)
         return 0;
     if (img->bitmaps_ext) {
@@ -892,7 +893,7 @@ static int grow_l1(qcow2_image *img, uint64_t need)
     if (!rc)
         rc = qcow2__io_write(img->io, img->name, raw, (size_t)bytes, new_off);
     if (!rc)
-        rc = qcow2__io_flush(img->io, img->name);
+        rc = qcow2__sync(img);
     qcow2__free(raw);
     if (rc) {
         qcow2__free(l1);

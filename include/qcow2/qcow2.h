@@ -52,6 +52,13 @@ QCOW2_API qcow2_format qcow2_format_from_name(const char *name);
 #define QCOW2_OPEN_NO_BACKING 0x2 /**< do not open the backing chain */
 #define QCOW2_OPEN_NO_LOCK 0x4    /**< do not take the image lock (like qemu-img -U) */
 #define QCOW2_OPEN_CHECK 0x8      /**< do not repair a dirty image at open (for check, like qemu's BDRV_O_CHECK) */
+/**
+ * Skip durability barriers (qemu's cache=unsafe): writes keep their order in
+ * the page cache but nothing is forced to disk, so a crash of the machine can
+ * lose or damage the image. For new images that can be made again (convert
+ * targets); never for data that must survive.
+ */
+#define QCOW2_OPEN_NO_FLUSH 0x10
 
 #define QCOW2_OPEN_OPTS_VERSION 1
 
@@ -244,7 +251,8 @@ typedef struct qcow2_convert_opts {
  * Flatten the guest content of src (the whole chain) into a new file at
  * dst_path (replaced if it exists). Raw output is sparse: zero runs of at
  * least min_sparse bytes are left as holes; qcow2 output leaves them
- * unallocated.
+ * unallocated. Like qemu-img convert, the output is not flushed to stable
+ * storage: sync it when it must survive a crash of the machine.
  * @return 0, QCOW2_EUNSUPPORTED (output format), QCOW2_EIO, QCOW2_ENOSPC
  */
 QCOW2_API int qcow2_image_convert(qcow2_image *src, const char *dst_path,

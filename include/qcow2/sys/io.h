@@ -61,7 +61,17 @@ typedef struct qcow2_io_ops {
     int (*copy_from)(qcow2_io *io, uint64_t off, qcow2_io *src, uint64_t src_off, size_t len);
     /** Release the handle and everything it owns. Never fails. */
     void (*close)(qcow2_io *io);
+    /**
+     * Optional: a hint about [off, off+len): QCOW2_IO_ADVISE_WILLNEED starts
+     * reading it in the background so a later read finds it in memory. Never
+     * changes content; errors are ignored by the engine.
+     */
+    int (*advise)(qcow2_io *io, uint64_t off, uint64_t len, int advice);
 } qcow2_io_ops;
+
+/** Advice values for qcow2_io_ops.advise. */
+#define QCOW2_IO_ADVISE_WILLNEED 1 /**< will be read soon: read ahead now */
+#define QCOW2_IO_ADVISE_DONTNEED 2 /**< will not be read again: drop it from the cache */
 
 /** Base of every backend: embed it as the first member. */
 struct qcow2_io {
