@@ -543,10 +543,15 @@ int qcow2_measure(qcow2_image *src, uint64_t size, const qcow2_create_opts *opts
 
 int qcow2_file_fingerprint(const char *path, uint8_t out[16])
 {
+    return qcow2_file_fingerprint_from(path, 0, out);
+}
+
+int qcow2_file_fingerprint_from(const char *path, uint64_t from, uint8_t out[16])
+{
     qcow2_io *io = NULL;
     qcow2__hash *h = NULL;
     uint8_t *buf = NULL, hdr[16];
-    uint64_t size, off = 0;
+    uint64_t size, off = from;
     int rc;
 
     rc = qcow2_io_posix_open(&io, path, 0);

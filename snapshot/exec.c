@@ -74,6 +74,18 @@ int qsnap__layer_fingerprint(const qsnap_store *s, struct qsnap__layer *l)
     if (!path)
         return nomem();
     rc = qcow2_file_fingerprint(path, l->fp);
+    if (!rc && l->fmt == QCOW2_FORMAT_QCOW2) {
+        /* And of the data alone (all but the header cluster). */
+        qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+        qcow2_image *img = NULL;
+        oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
+        oo.format = QCOW2_FORMAT_QCOW2;
+        rc = qcow2_image_open(&img, path, &oo);
+        if (!rc)
+            rc = qcow2_file_fingerprint_from(path, qcow2_image_cluster_size(img), l->fpd);
+        qcow2_image_close(img);
+        l->have_fpd = rc == 0;
+    }
     if (rc)
         rc = qsnap__from_qcow2(rc, NULL);
     else if (stat(path, &st) < 0)
@@ -212,6 +224,8 @@ static int st_freeze(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st
         struct qsnap__layer *t = qsnap__layer(&p->models[k], st->x);
         if (t && t->frozen) {
             memcpy(t->fp, tmp.fp, sizeof(t->fp));
+            memcpy(t->fpd, tmp.fpd, sizeof(t->fpd));
+            t->have_fpd = tmp.have_fpd;
             t->size = tmp.size;
             t->mtime_ns = tmp.mtime_ns;
             t->have_fp = true;
@@ -771,6 +785,23 @@ int qsnap__recover(qsnap_store *s, bool *did)
             return qsnap__err(QSNAP_EINTEGRITY, NULL,
                               "%s: journal does not match the metadata (generation %" PRIu64 ")",
                               s->dir, s->m.gen);
+        }
+    }
+    /* Fingerprints taken before the last commit point live in the saved metadata,
+     * not in the journal's models (written before any step ran): carry them over.
+     * Steps still to run take their own. */
+    for (size_t k = 0; from && k < p->nm; k++) {
+        for (size_t i = 0; i < p->models[k].nl; i++) {
+            struct qsnap__layer *t = &p->models[k].layers[i];
+            const struct qsnap__layer *known = qsnap__layer(&s->m, t->id);
+            if (known && known->have_fp && t->frozen) {
+                memcpy(t->fp, known->fp, sizeof(t->fp));
+                memcpy(t->fpd, known->fpd, sizeof(t->fpd));
+                t->have_fpd = known->have_fpd;
+                t->size = known->size;
+                t->mtime_ns = known->mtime_ns;
+                t->have_fp = true;
+            }
         }
     }
     rc = run_from(s, p, from, NULL);

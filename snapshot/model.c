@@ -290,6 +290,11 @@ int qsnap__model_format(const struct qsnap__model *m, char **out)
                 put(&b, "%02x", l->fp[k]);
             put(&b, " size=%" PRIu64 " mtime=%" PRId64, l->size, l->mtime_ns);
         }
+        if (l->have_fpd) {
+            put(&b, " fpd=");
+            for (int k = 0; k < 16; k++)
+                put(&b, "%02x", l->fpd[k]);
+        }
         put(&b, "\n");
     }
     for (size_t i = 0; i < m->nn; i++) {
@@ -504,6 +509,14 @@ int qsnap__model_parse(struct qsnap__model *m, const char *text, size_t len, con
                         l->fp[k] = (uint8_t)(hi * 16 + lo);
                     }
                     l->have_fp = true;
+                } else if (!strcmp(words[w], "fpd") && strlen(eq) == 32) {
+                    for (int k = 0; k < 16; k++) {
+                        int hi = hexval(eq[2 * k]), lo = hexval(eq[2 * k + 1]);
+                        if (hi < 0 || lo < 0)
+                            goto bad;
+                        l->fpd[k] = (uint8_t)(hi * 16 + lo);
+                    }
+                    l->have_fpd = true;
                 } else if (!strcmp(words[w], "size") && parse_u64(eq, &l->size)) {
                 } else if (!strcmp(words[w], "mtime") && parse_i64(eq, &l->mtime_ns)) {
                 } else {

@@ -17,6 +17,8 @@
 
 static const char *const GC_HINT = "'qsnap verify --repair DISK' finishes it";
 
+static int nomem(void);
+
 static int plan_new(qsnap_plan **out, const qsnap_store *s, const char *op)
 {
     qsnap_plan *p = calloc(1, sizeof(*p));
@@ -210,6 +212,63 @@ static int check_chain(const qsnap_store *s, const struct qsnap__model *m, unsig
     return 0;
 }
 
+/* Whether two paths name the same file. */
+static bool same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+
+    return a && b && stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+/*
+ * A layer's header must name the backing layer the metadata names: a link
+ * changed behind qsnap's back (qemu-img rebase -u) would make an operation
+ * freeze or copy the wrong content. Refused until verify re-points it.
+ */
+static int check_link(const qsnap_store *s, const struct qsnap__model *m, unsigned id)
+{
+    const struct qsnap__layer *l = qsnap__layer(m, id), *b;
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    qcow2_image *img = NULL;
+    qcow2_info info;
+    char *path, *want;
+    bool ok;
+    int rc;
+
+    if (!l || l->fmt != QCOW2_FORMAT_QCOW2 || l->is_disk)
+        return 0;
+    b = qsnap__layer(m, l->backing);
+    path = qsnap__path(s, l->file);
+    want = b ? qsnap__path(s, b->file) : NULL;
+    if (!path || (b && !want)) {
+        free(path);
+        free(want);
+        return nomem();
+    }
+    oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
+    oo.format = QCOW2_FORMAT_QCOW2;
+    rc = qcow2_image_open(&img, path, &oo);
+    if (rc) {
+        rc = qsnap__from_qcow2(rc, "'qsnap verify DISK' checks the store");
+    } else {
+        qcow2_image_get_info(img, &info);
+        ok = b ? same_file(info.backing_path, want) && info.backing_format &&
+                     qcow2_format_from_name(info.backing_format) == b->fmt
+               : !info.backing_name;
+        if (!ok)
+            rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify --repair DISK' re-points it",
+                            "%s: backing link was changed behind qsnap's back (it names '%s'; "
+                            "the store expects %s)",
+                            path, info.backing_name ? info.backing_name : "nothing",
+                            b ? b->file : "none");
+    }
+    qcow2_image_close(img);
+    free(path);
+    free(want);
+    return rc;
+}
+
 /* The head of a branch must not be in use by a running QEMU. */
 static int check_free(const qsnap_store *s, const struct qsnap__model *m, unsigned layer)
 {
@@ -286,9 +345,8 @@ static int attach_state(qsnap_plan *p, struct qsnap__node *n, const char *state_
     if (!state_file)
         return 0;
     if (stat(state_file, &st) < 0 || !S_ISREG(st.st_mode))
-        return qsnap__err(QSNAP_ENOTFOUND, NULL, "%s: state file not found (a regular file is "
-                                                 "needed)",
-                          state_file);
+        return qsnap__err(QSNAP_ENOTFOUND, "give the path of an existing regular file",
+                          "%s: state file not found (a regular file is needed)", state_file);
     abs = realpath(state_file, NULL);
     if (!abs)
         return nomem();
@@ -319,7 +377,7 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
 
     if (o)
         opts = *o;
-    rc = s->exists ? check_writable_store(s) : 0;
+    rc = s->exists ? check_writable_store(s) : check_no_pending(s);
     if (rc)
         return rc;
     rc = qsnap__model_clone(&t, &s->m);
@@ -391,7 +449,7 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
             rc = add_save(p, &t);
         if (!rc)
             rc = set_summary(p, "created snapshot %s of %s; branch main continues from it",
-                             n->name, s->disk_abs);
+                             n->name, strrchr(s->disk_abs, '/') + 1);
     } else {
         struct qsnap__branch *b = qsnap__branch_by_name(&t, t.current);
         struct qsnap__layer *old_head = b ? qsnap__layer(&t, b->head) : NULL;
@@ -401,6 +459,8 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
             goto fail;
         }
         rc = check_free(s, &t, old_head->id);
+        if (!rc)
+            rc = check_link(s, &t, old_head->id);
         if (!rc)
             rc = check_chain(s, &t, old_head->backing);
         if (rc)
@@ -539,11 +599,11 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
     if (rc)
         goto out;
     drop = discard || !dirty;
-    if (drop) {
-        rc = check_free(s, &t, cur->head);
-        if (rc)
-            goto out;
-    }
+    /* A VM still running on the head it would leave: stop it first (it is about to
+     * be left, and, when clean or discarded, removed). */
+    rc = check_free(s, &t, cur->head);
+    if (rc)
+        goto out;
     if (new_branch) {
         if (!(drop && !strcmp(new_branch, left))) {
             rc = check_new_name(&t, new_branch);
@@ -796,6 +856,9 @@ static int stream_into(const qsnap_store *s, struct qsnap__model *t, qsnap_plan 
 {
     int rc = d->frozen ? 0 : check_free(s, t, d->id);
 
+    if (!rc)
+        rc = check_link(s, t, d->id);
+
     if (!rc && d->frozen)
         rc = add_step(p, QSNAP__ST_THAW, d->id, 0, 0, NULL, NULL);
     if (!rc)
@@ -987,6 +1050,12 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
             rc = set_summary(p, "deleted snapshot %s", name);
         goto out;
     }
+    /* Merging rewrites the dependents: only branch heads are rewritten unasked.
+     * Frozen layers change under commit alone; --stream asks for it. */
+    for (size_t i = 0; i < t.nl && deps == 1; i++) {
+        if (t.layers[i].backing == l->id && t.layers[i].frozen && !(flags & QSNAP_DELETE_STREAM))
+            deps = 2; /* keep, as for several dependents */
+    }
     if (l->is_disk || (deps > 1 && !(flags & QSNAP_DELETE_STREAM))) {
         /* Several states are built on it: keep the data as an unnamed node. */
         free(n->name);
@@ -996,9 +1065,9 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
             rc = set_summary(p, l->is_disk ? "deleted snapshot %s; the disk it names stays as an "
                                              "unnamed node under what is built on it"
                                            : "deleted snapshot %s; its data stays as an unnamed "
-                                             "node for the %zu states built on it (--stream "
+                                             "node for the snapshots built on it (--stream "
                                              "copies it into them instead)",
-                             name, deps);
+                             name);
         goto out;
     }
     /* One dependent (or --stream): copy the layer's data into each, then remove it. */
@@ -1065,6 +1134,8 @@ int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *branch)
     }
     lfile = strdup(l->file);
     rc = lfile ? check_free(s, &t, h->id) : nomem();
+    if (!rc)
+        rc = check_link(s, &t, h->id);
     if (!rc)
         rc = qsnap__head_dirty(s, h, &dirty, &used);
     if (!rc)

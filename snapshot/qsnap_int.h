@@ -50,6 +50,8 @@ struct qsnap__layer {
     bool is_disk;        /* the user's disk: never unlinked */
     bool have_fp;        /* fp, size and mtime are known */
     uint8_t fp[16];      /* qcow2_file_fingerprint() when frozen */
+    bool have_fpd;       /* fpd is known (qcow2 layers) */
+    uint8_t fpd[16];     /* fingerprint of all but the header cluster: the data */
     uint64_t size;       /* file size when frozen (bytes) */
     int64_t mtime_ns;    /* mtime when frozen */
 };

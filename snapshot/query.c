@@ -574,11 +574,38 @@ static bool same_file(const char *a, const char *b)
            sa.st_ino == sb.st_ino;
 }
 
+/* Re-point layer l's header at the backing layer the metadata names. */
+static bool repoint(qsnap_store *s, struct qsnap__layer *l, const struct qsnap__layer *b,
+                    const char *path, mode_t mode)
+{
+    qcow2_open_opts wo = QCOW2_OPEN_OPTS_INIT;
+    char *link = qsnap__link_name(l->file, b->file);
+    qcow2_image *w = NULL;
+    bool fixed = false;
+
+    if (!link)
+        return false;
+    wo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING;
+    if (l->frozen)
+        chmod(path, mode | 0200);
+    if (qcow2_image_open(&w, path, &wo) == 0 &&
+        qcow2_image_rebase(w, link, qcow2_format_name(b->fmt), true, NULL, NULL) == 0 &&
+        qcow2_image_flush(w) == 0)
+        fixed = true;
+    qcow2_image_close(w);
+    if (l->frozen)
+        chmod(path, mode & ~(mode_t)0222);
+    free(link);
+    (void)s;
+    return fixed;
+}
+
 static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, struct findings *fs)
 {
     char *path = qsnap__path(s, l->file);
     qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
     qcow2_image *img = NULL;
+    bool relinked = false;
     qcow2_info info;
     struct stat st;
     int rc;
@@ -592,21 +619,6 @@ static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, st
         free(path);
         return;
     }
-    if (l->frozen && l->have_fp) {
-        struct qsnap__layer now = *l;
-        if (qsnap__layer_fingerprint(s, &now) == 0 && memcmp(now.fp, l->fp, 16) != 0)
-            find(fs, true, false, path,
-                 "%s was modified after it was frozen (fingerprint differs): every state built "
-                 "on it may be damaged; restore it from a backup",
-                 l->file);
-    }
-    if (l->frozen && (st.st_mode & 0222)) {
-        if (repair && chmod(path, st.st_mode & ~(mode_t)0222) == 0)
-            find(fs, true, true, path, "%s was writable; made read-only again", l->file);
-        else
-            find(fs, true, false, path, "%s is frozen but writable (--repair makes it read-only)",
-                 l->file);
-    }
     oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
     oo.format = l->fmt;
     rc = qcow2_image_open(&img, path, &oo);
@@ -617,51 +629,63 @@ static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, st
         return;
     }
     qcow2_image_get_info(img, &info);
-    if (l->fmt == QCOW2_FORMAT_QCOW2) {
+    /* 1. The backing link in the header against the metadata. */
+    if (l->fmt == QCOW2_FORMAT_QCOW2 && !l->is_disk) {
         const struct qsnap__layer *b = qsnap__layer(&s->m, l->backing);
         char *want = b ? qsnap__path(s, b->file) : NULL;
         bool link_ok = b ? (info.backing_path && same_file(info.backing_path, want) &&
                             info.backing_format &&
                             qcow2_format_from_name(info.backing_format) == b->fmt)
-                         : !info.backing_name || l->is_disk;
-        if (!link_ok && !l->is_disk) {
-            bool fixed = false;
-            if (repair && b) {
-                qcow2_image *w = NULL;
-                char *link = qsnap__link_name(l->file, b->file);
-                qcow2_open_opts wo = QCOW2_OPEN_OPTS_INIT;
-                wo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING;
-                if (link && l->frozen)
-                    chmod(path, st.st_mode | 0200);
-                if (link && qcow2_image_open(&w, path, &wo) == 0 &&
-                    qcow2_image_rebase(w, link, qcow2_format_name(b->fmt), true, NULL, NULL) == 0 &&
-                    qcow2_image_flush(w) == 0)
-                    fixed = true;
-                qcow2_image_close(w);
-                if (link && l->frozen) {
-                    chmod(path, st.st_mode & ~(mode_t)0222);
-                    if (fixed)
-                        qsnap__layer_fingerprint(s, l);
-                }
-                free(link);
-            }
-            find(fs, true, fixed, path,
-                 fixed ? "%s: backing link re-pointed to %s as the metadata says"
-                       : "%s: backing link is '%s' (%s) but the metadata says %s (--repair "
-                         "re-points it)",
-                 l->file, info.backing_name ? info.backing_name : "none",
-                 info.backing_format ? info.backing_format : "no format",
-                 b ? b->file : "none");
+                         : !info.backing_name;
+        if (!link_ok) {
+            char *was = strdup(info.backing_name ? info.backing_name : "nothing");
+            qcow2_image_close(img);
+            img = NULL;
+            relinked = repair && b && repoint(s, l, b, path, st.st_mode);
+            if (relinked)
+                find(fs, true, true, path, "%s: backing link re-pointed to %s, as the metadata "
+                                           "says (it named '%s')",
+                     l->file, b->file, was ? was : "?");
+            else
+                find(fs, true, false, path,
+                     "%s: backing link names '%s' but the metadata says %s (--repair re-points "
+                     "it)",
+                     l->file, was ? was : "?", b ? b->file : "none");
+            free(was);
         }
         free(want);
-        {
-            qcow2_check_result cr;
-            memset(&cr, 0, sizeof(cr));
-            if (qcow2_image_check(img, 0, &cr) == 0 && cr.corruptions)
-                find(fs, true, false, path, "%s: %" PRIu64 " corruptions found by check "
-                                            "('qsnap image check -r all' repairs them)",
-                     l->file, cr.corruptions);
+    }
+    /* 2. Frozen content: the whole file, or (after a re-pointed link) the data alone. */
+    if (l->frozen && l->have_fp) {
+        struct qsnap__layer now = *l;
+        if (qsnap__layer_fingerprint(s, &now) == 0 && memcmp(now.fp, l->fp, 16) != 0) {
+            if (relinked && l->have_fpd && now.have_fpd && !memcmp(now.fpd, l->fpd, 16)) {
+                *l = now; /* only the link changed, and it was put back: take the new bytes */
+            } else {
+                find(fs, true, false, path,
+                     "%s was modified after it was frozen (fingerprint differs): every state "
+                     "built on it may be damaged; restore it from a backup",
+                     l->file);
+            }
         }
+    }
+    if (l->frozen && stat(path, &st) == 0 && (st.st_mode & 0222)) {
+        if (repair && chmod(path, st.st_mode & ~(mode_t)0222) == 0)
+            find(fs, true, true, path, "%s was writable; made read-only again", l->file);
+        else
+            find(fs, true, false, path, "%s is frozen but writable (--repair makes it read-only)",
+                 l->file);
+    }
+    /* 3. The image's own metadata. */
+    if (!img && qcow2_image_open(&img, path, &oo) != 0)
+        img = NULL;
+    if (img && l->fmt == QCOW2_FORMAT_QCOW2) {
+        qcow2_check_result cr;
+        memset(&cr, 0, sizeof(cr));
+        if (qcow2_image_check(img, 0, &cr) == 0 && cr.corruptions)
+            find(fs, true, false, path, "%s: %" PRIu64 " corruptions found by check "
+                                        "('qsnap image check -r all' repairs them)",
+                 l->file, cr.corruptions);
     }
     qcow2_image_close(img);
     free(path);
@@ -724,6 +748,14 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
             bool did = false;
             rc = qsnap__recover(s, &did);
             if (rc) {
+                /* Links re-pointed behind qsnap's back can stop it: put them back, retry. */
+                struct findings tmp = {NULL, 0, 0, 0};
+                for (size_t i = 0; i < s->m.nl; i++)
+                    verify_layer(s, &s->m.layers[i], true, &tmp);
+                qsnap_verify_free(tmp.f, tmp.n);
+                rc = qsnap__recover(s, &did);
+            }
+            if (rc) {
                 find(&fs, true, false, s->dir, "an interrupted operation could not be finished: %s",
                      qsnap_error_last()->message);
                 goto done;
@@ -763,7 +795,9 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
         }
         free(p);
     }
-    verify_orphans(s, repair, &fs);
+    /* While an operation is pending, its half-made files are not orphans. */
+    if (!pending || repair)
+        verify_orphans(s, repair, &fs);
     if (repair) {
         /* Fingerprints re-taken by a repair are saved. */
         bool changed = false;

@@ -315,8 +315,15 @@ int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags)
         if (rc)
             goto fail;
     } else if (!(flags & QSNAP_OPEN_CREATE)) {
-        rc = qsnap__err(QSNAP_ENOTFOUND, "'qsnap create DISK' makes the first snapshot",
-                        "%s: no snapshots yet (no store at %s)", s->disk_abs, s->dir);
+        char *journal = qsnap__path(s, "journal");
+        bool pending = journal && qsnap__file_exists(journal);
+        free(journal);
+        if (pending)
+            rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify --repair DISK' finishes it",
+                            "%s: the first snapshot was interrupted and is not finished", s->dir);
+        else
+            rc = qsnap__err(QSNAP_ENOTFOUND, "'qsnap create DISK' makes the first snapshot",
+                            "%s: no snapshots yet (no store at %s)", s->disk_abs, s->dir);
         goto fail;
     } else {
         const char *base = strrchr(s->disk_abs, '/');

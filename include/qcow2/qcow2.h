@@ -267,6 +267,13 @@ QCOW2_API int qcow2_image_convert(qcow2_image *src, const char *dst_path,
  */
 QCOW2_API int qcow2_file_fingerprint(const char *path, uint8_t out[16]);
 
+/**
+ * The same over the bytes from `from` on (the size still counts): with from =
+ * the cluster size of a qcow2 file, a fingerprint of everything but its
+ * header cluster, which tells a changed backing link from changed data.
+ */
+QCOW2_API int qcow2_file_fingerprint_from(const char *path, uint64_t from, uint8_t out[16]);
+
 /* ---- writing ------------------------------------------------------------- */
 
 /** Preallocation modes (qemu-img's preallocation=). */

@@ -555,11 +555,15 @@ Test(crash, first_create_interrupted_is_found_without_open_create)
     fixture(op, &before);
     op->after(&after);
     cr_assert_eq(run_child(op, ka, false), 'K');
+    /* A query finds it and says how to finish it... */
     rc = qsnap_store_open(&s, disk, 0);
-    cr_assert_eq(rc, 0,
-                 "opening a store whose first create was interrupted: rc %d: %s (the journal is "
-                 "pending in DISK.qsnap)",
-                 rc, qsnap_error_last()->message);
+    cr_assert_eq(rc, QSNAP_EINTEGRITY, "opening a store whose first create was interrupted: rc %d",
+                 rc);
+    cr_assert(strstr(qsnap_error_last()->hint, "verify --repair"), "%s",
+              qsnap_error_last()->hint);
+    /* ...and verify (which opens it as a store being made) finishes it. */
+    rc = qsnap_store_open(&s, disk, QSNAP_OPEN_CREATE);
+    cr_assert_eq(rc, 0, "%s", qsnap_error_last()->message);
     rc = qsnap_verify(s, true, &f, &nf);
     qsnap_verify_free(f, nf);
     cr_assert_eq(rc, 0, "%s", qsnap_error_last()->message);
