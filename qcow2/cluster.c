@@ -165,17 +165,30 @@ int qcow2__layer_extent(qcow2_image *img, uint64_t guest_off, uint64_t len, stru
     int rc;
 
     assert(len > 0 && guest_off < img->size);
+    /*
+     * Deep chains ask each layer about the same long gaps again and again:
+     * a run found unallocated (scanned to the end of its L2 table) is kept
+     * and answers the next question inside it at once.
+     */
+    if (guest_off >= img->hole_start && guest_off < img->hole_end) {
+        out->kind = QCOW2__RUN_UNALLOC;
+        out->len = qcow2__min(len, img->hole_end - guest_off);
+        out->host_off = 0;
+        out->has_off = false;
+        return 0;
+    }
     /* A run never crosses an L2 table's coverage or the virtual size. */
-    limit = qcow2__min(len, l2_cover - (guest_off & (l2_cover - 1)));
-    limit = qcow2__min(limit, img->size - guest_off);
+    limit = qcow2__min(l2_cover - (guest_off & (l2_cover - 1)), img->size - guest_off);
 
     l1e = l1_idx < img->hdr.l1_size ? img->l1[l1_idx] : 0;
     l2_off = l1e & QCOW2_L1E_OFFSET_MASK;
     if (!l2_off) {
         out->kind = QCOW2__RUN_UNALLOC;
-        out->len = limit;
+        out->len = qcow2__min(len, limit);
         out->host_off = 0;
         out->has_off = false;
+        img->hole_start = guest_off;
+        img->hole_end = guest_off + limit;
         return 0;
     }
     rc = qcow2__check_l2_offset(img, l1_idx, l2_off);
@@ -203,12 +216,15 @@ int qcow2__layer_extent(qcow2_image *img, uint64_t guest_off, uint64_t len, stru
         out->host_off = first.host_off;
     if (first.kind == QCOW2__RUN_COMPRESSED) {
         /* One compressed cluster at a time: neighbours are not contiguous. */
-        out->len = qcow2__min(limit, img->cluster_size - (guest_off & (img->cluster_size - 1)));
+        out->len = qcow2__min(len, img->cluster_size - (guest_off & (img->cluster_size - 1)));
+        out->len = qcow2__min(out->len, limit);
         return 0;
     }
     {
         uint64_t expect_host = first.host_off;
-        uint64_t end = guest_off + limit;
+        /* An unallocated run is scanned to the table's end, to be remembered. */
+        bool hole = first.kind == QCOW2__RUN_UNALLOC && !first.has_off;
+        uint64_t end = guest_off + (hole ? limit : qcow2__min(len, limit));
 
         pos = (guest_off | (unit_size - 1)) + 1;
         while (pos < end) {
@@ -228,6 +244,11 @@ int qcow2__layer_extent(qcow2_image *img, uint64_t guest_off, uint64_t len, stru
             pos += unit_size;
         }
         out->len = qcow2__min(pos, end) - guest_off;
+        if (hole) {
+            img->hole_start = guest_off;
+            img->hole_end = guest_off + out->len;
+            out->len = qcow2__min(out->len, len);
+        }
     }
     return 0;
 }

@@ -136,6 +136,7 @@ int qcow2_image_make_empty(qcow2_image *img)
         qcow2__cache_drop(&img->l2c, l2_off);
         img->l1[i] = 0;
         img->l1_dirty = true;
+        qcow2__mapping_changed(img);
     }
     /* L1 first, then the frees (qcow2__metadata_flush orders them). */
     return qcow2__metadata_flush(img);

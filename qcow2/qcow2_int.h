@@ -305,6 +305,8 @@ struct qcow2_image {
     uint8_t *cbuf;               /* compressed input buffer (2 clusters) */
     uint8_t *dbuf;               /* decompressed cluster */
     uint64_t dbuf_host_off;      /* descriptor decoded into dbuf; ~0 = none */
+    uint64_t hole_start;         /* a run known unallocated here (no host cluster), start */
+    uint64_t hole_end;           /* and end (bytes); empty when equal. Reset by any write. */
     uint64_t raw_ext_off;        /* raw: a known run of data or hole, start (bytes) */
     uint64_t raw_ext_len;        /* and length; 0 = nothing known */
     bool raw_ext_hole;           /* whether that run is a hole */
@@ -345,6 +347,11 @@ bool qcow2__cache_is_dirty(const struct qcow2__cache *c);
 /* cluster.c: single-layer mapping with the L2 cache */
 int qcow2__l2_cache_init(qcow2_image *img);
 void qcow2__l2_cache_free(qcow2_image *img);
+/* The L1 or an L2 entry changed (or a whole new L1): forget remembered runs. */
+static inline void qcow2__mapping_changed(qcow2_image *img)
+{
+    img->hole_start = img->hole_end = 0;
+}
 /* Load (through the cache) the L2 table at host offset l2_off; *table_out is borrowed. */
 int qcow2__l2_load(qcow2_image *img, uint64_t l2_off, const uint8_t **table_out);
 /* Validate the L2 table offset from L1 entry l1_idx. */

@@ -1000,6 +1000,7 @@ int qcow2_snapshot_apply(qcow2_image *img, const char *snapshot)
     img->hdr.size = sn->disk_size;
     img->size = sn->disk_size;
     img->l1 = new_l1;
+    qcow2__mapping_changed(img);
     img->l1_alloc = n;
     img->l1_dirty = false;
     new_l1 = old_l1; /* freed at out */
@@ -1131,6 +1132,7 @@ int qcow2_image_view_snapshot(qcow2_image *img, const char *snapshot)
     /* Entries are validated by the read path as they are used, like the active L1's. */
     qcow2__free(img->l1);
     img->l1 = l1;
+    qcow2__mapping_changed(img);
     img->l1_alloc = qcow2__max(sn->l1_size, 1);
     img->hdr.l1_size = sn->l1_size;
     img->hdr.l1_off = sn->l1_off;

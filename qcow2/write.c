@@ -252,6 +252,7 @@ static int start_write(qcow2_image *img, uint64_t off, uint64_t len)
                           len, off, img->size);
     img->dbuf_host_off = UINT64_MAX;
     img->raw_ext_len = 0; /* a write can turn a hole into data */
+    qcow2__mapping_changed(img);
     if (img->fmt != QCOW2_FORMAT_QCOW2 || img->write_started)
         return 0;
     if (img->bitmaps_ext) {
@@ -344,6 +345,7 @@ static int l2_for_write(qcow2_image *img, uint64_t l1_idx, struct qcow2__cslot *
     slot->dirty = true;
     img->l1[l1_idx] = new_off | QCOW2_OFLAG_COPIED;
     img->l1_dirty = true;
+    qcow2__mapping_changed(img);
     if (old_off)
         rc = qcow2__free_later(img, old_off, img->cluster_size);
     *out = slot;
@@ -365,6 +367,7 @@ static uint64_t l2_bitmap(const qcow2_image *img, const uint8_t *table, uint64_t
 static void set_l2(qcow2_image *img, struct qcow2__cslot *slot, uint64_t idx, uint64_t e,
                    uint64_t bm)
 {
+    qcow2__mapping_changed(img);
     qcow2__put_be64(slot->data + idx * img->l2e_bytes, e);
     if (img->extl2)
         qcow2__put_be64(slot->data + idx * img->l2e_bytes + 8, bm);
@@ -902,6 +905,7 @@ static int grow_l1(qcow2_image *img, uint64_t need)
     qcow2__free(img->l1);
     img->l1 = l1;
     img->l1_alloc = entries;
+    qcow2__mapping_changed(img);
     img->hdr.l1_size = (uint32_t)entries;
     img->hdr.l1_off = new_off;
     img->header_dirty = true;
