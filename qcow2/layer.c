@@ -163,12 +163,28 @@ static int commit_run(qcow2_image *top, qcow2_image *base, const qcow2_extent *e
     return qcow2_image_write(base, buf, (size_t)len, off);
 }
 
+#define COMMIT_BATCH 16384u /* runs gathered, then copied in file order */
+
+/* File order: by layer, then by host offset (runs without one keep guest order). */
+static int cmp_runs(const void *pa, const void *pb)
+{
+    const qcow2_extent *a = pa, *b = pb;
+    uintptr_t la = (uintptr_t)a->layer, lb = (uintptr_t)b->layer;
+    uint64_t ka = (a->flags & QCOW2_EXT_OFFSET_VALID) ? a->host_off : a->start;
+    uint64_t kb = (b->flags & QCOW2_EXT_OFFSET_VALID) ? b->host_off : b->start;
+
+    if (la != lb)
+        return la < lb ? -1 : 1;
+    return ka < kb ? -1 : ka > kb;
+}
+
 int qcow2_image_commit(qcow2_image *top, const qcow2_commit_opts *opts)
 {
     qcow2_commit_opts o = QCOW2_COMMIT_OPTS_INIT;
     qcow2_image *base;
+    qcow2_extent *runs = NULL;
     uint8_t *buf = NULL;
-    uint64_t off = 0, pf_end = 0;
+    uint64_t off = 0;
     int rc;
 
     if (opts)
@@ -196,23 +212,35 @@ int qcow2_image_commit(qcow2_image *top, const qcow2_commit_opts *opts)
             goto out;
     }
     buf = qcow2__malloc(LAYER_CHUNK);
-    if (!buf) {
+    runs = qcow2__malloc(COMMIT_BATCH * sizeof(*runs));
+    if (!buf || !runs) {
         rc = qcow2__nomem();
         goto out;
     }
+    /*
+     * Gather a batch of the runs above base, then copy them in file order:
+     * an overlay written at random places is then read front to back, which
+     * the kernel's readahead serves at disk speed. Where the base receives
+     * them does not matter: nothing is durable before the final flush.
+     */
     while (off < top->size) {
-        qcow2_extent e;
+        size_t n = 0;
 
-        qcow2__prefetch_ahead(top, base, off, &pf_end);
-        rc = qcow2_image_block_status(top, base, off, qcow2__min(top->size - off, LAYER_CHUNK), &e);
-        if (rc)
-            goto out;
-        if (e.flags & QCOW2_EXT_PRESENT) {
-            rc = commit_run(top, base, &e, buf);
+        while (off < top->size && n < COMMIT_BATCH) {
+            rc = qcow2_image_block_status(top, base, off,
+                                          qcow2__min(top->size - off, LAYER_CHUNK), &runs[n]);
+            if (rc)
+                goto out;
+            off += runs[n].length;
+            if (runs[n].flags & QCOW2_EXT_PRESENT)
+                n++;
+        }
+        qsort(runs, n, sizeof(*runs), cmp_runs);
+        for (size_t i = 0; i < n; i++) {
+            rc = commit_run(top, base, &runs[i], buf);
             if (rc)
                 goto out;
         }
-        off += e.length;
         if (o.progress)
             o.progress(off, top->size, o.payload);
     }
@@ -226,6 +254,7 @@ int qcow2_image_commit(qcow2_image *top, const qcow2_commit_opts *opts)
             rc = qcow2_image_make_empty(top);
     }
 out:
+    qcow2__free(runs);
     qcow2__free(buf);
     {
         int rc2 = qcow2__reopen(base, false);
