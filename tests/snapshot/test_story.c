@@ -178,7 +178,6 @@ static void story(bool qcow2_disk)
 {
     uint8_t *d0 = calloc(1, TF_SIZE);
     char gen[128], *sum = NULL, *before, *after, *s5file, *s2file;
-    const char *exempt[2] = {NULL, NULL};
 
     if (!qo_have_qemu())
         cr_skip_test("qemu-img/qemu-io not installed");
