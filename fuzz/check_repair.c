@@ -108,11 +108,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     rc_fix = qcow2_image_check(img, fix, &fixed);
     if (rc_fix != 0)
         check_error(rc_fix);
-    if (rc == 0 && rc_fix == 0 && fixed.check_errors == 0) {
-        FUZZ_ASSERT(fixed.leaks_fixed <= plain.leaks + plain.corruptions + fixed.leaks_fixed);
-        if (!(fix & QCOW2_CHECK_FIX_ERRORS))
-            FUZZ_ASSERT(fixed.corruptions_fixed == 0);
-    }
+    /*
+     * Not asserted: corruptions_fixed == 0 for a leaks-only repair. Like
+     * qemu-img check -r leaks, it also repairs COPIED flags once the
+     * refcounts are clean (found by this target; see docs/ROBUSTNESS.md).
+     */
     /* The repair says nothing is left to fix (of what it was asked to fix). */
     claims_clean = rc_fix == 0 && fixed.check_errors == 0 && fixed.corruptions == 0 &&
                    (fix & QCOW2_CHECK_FIX_ERRORS);
