@@ -10,6 +10,7 @@ LIBDIR  ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 MANDIR  ?= $(PREFIX)/share/man
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
 DESTDIR ?=
 
 BUILD   ?= build/release
@@ -49,7 +50,7 @@ QSNAP   := $(BUILD)/qsnap
 
 .PHONY: all lib check test test-unit test-cli test-interop test-damaged test-fuzz \
 	headertest checksymbols demo deps asan ubsan fuzz fuzz-run fuzz-seeds bench bench-bins clean \
-	install uninstall install-lib install-headers install-pc install-bin install-man
+	install uninstall install-lib install-headers install-pc install-bin install-man install-completion
 
 all: $(STATIC) $(SHARED) $(SNAP_STATIC) $(SNAP_SHARED) $(QSNAP) $(BUILD)/qcow2.pc $(BUILD)/qsnap.pc
 
@@ -182,7 +183,7 @@ bench:
 	@BUILD=build/bench sh bench/run.sh
 
 # ---- install -------------------------------------------------------------
-install: install-lib install-headers install-pc install-bin install-man
+install: install-lib install-headers install-pc install-bin install-man install-completion
 
 install-lib: $(STATIC) $(SHARED) $(SNAP_STATIC) $(SNAP_SHARED)
 	install -d $(DESTDIR)$(LIBDIR)
@@ -209,13 +210,17 @@ install-man:
 	install -d $(DESTDIR)$(MANDIR)/man1
 	install -m 644 docs/qsnap.1 $(DESTDIR)$(MANDIR)/man1/
 
+install-completion:
+	install -d $(DESTDIR)$(COMPLETIONDIR)
+	install -m 644 completion/qsnap.bash $(DESTDIR)$(COMPLETIONDIR)/qsnap
+
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libqcow2.a $(DESTDIR)$(LIBDIR)/libqcow2.so \
 	    $(DESTDIR)$(LIBDIR)/libqcow2.so.$(SOVERSION) $(DESTDIR)$(BINDIR)/qsnap \
 	    $(DESTDIR)$(LIBDIR)/libqsnap.a $(DESTDIR)$(LIBDIR)/libqsnap.so \
 	    $(DESTDIR)$(LIBDIR)/libqsnap.so.$(SOVERSION) \
 	    $(DESTDIR)$(PKGCONFIGDIR)/qcow2.pc $(DESTDIR)$(PKGCONFIGDIR)/qsnap.pc \
-	    $(DESTDIR)$(MANDIR)/man1/qsnap.1
+	    $(DESTDIR)$(MANDIR)/man1/qsnap.1 $(DESTDIR)$(COMPLETIONDIR)/qsnap
 	rm -rf $(DESTDIR)$(INCLUDEDIR)/qcow2 $(DESTDIR)$(INCLUDEDIR)/qsnap
 
 clean:
