@@ -6,6 +6,7 @@
  * reads back equal to a byte model, every snapshot still shows the content
  * it was taken with, and qcow2_image_check finds no corruption and no leak.
  */
+#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,18 @@
 #define MAX_OPS 48
 #define MAX_IO (192u << 10)   /* bytes per write */
 #define MAX_SNAPS 2
+
+/*
+ * Campaign builds only (-DFUZZ_SKIP_KNOWN): an operation failing with one
+ * of these messages, library bugs already reported (docs/ROBUSTNESS.md,
+ * fuzz/corpora/write_roundtrip/crash_*), abandons the input instead of
+ * aborting, so that a campaign can look past them. The default build, and
+ * so the corpus replay in `make test`, stays strict.
+ */
+static const char *const known_bugs[] = {
+    "lies beyond the end of the file", /* extended L2: stale file size */
+    "would overflow",                  /* snapshot over shared compressed clusters */
+};
 
 enum op { OP_WRITE, OP_ZERO, OP_DISCARD, OP_COMPRESSED, OP_FLUSH, OP_REOPEN, OP_SNAPSHOT, OP_NB };
 
@@ -36,6 +49,8 @@ struct state {
     uint64_t snap_size[MAX_SNAPS];
     char trace[4096]; /* the operations so far, for the failure message */
     size_t tlen;
+    uint8_t *vbuf;    /* verify()'s buffer */
+    jmp_buf bail;     /* with FUZZ_SKIP_KNOWN: abandon the input */
 };
 
 /* Append " | TAG A+B" to the trace of operations. */
@@ -53,6 +68,13 @@ static void must(struct state *s, int rc, const char *what)
 {
     if (rc != 0) {
         const qcow2_error *err = qcow2_error_last();
+#ifdef FUZZ_SKIP_KNOWN
+        for (size_t k = 0; err && k < sizeof(known_bugs) / sizeof(known_bugs[0]); k++)
+            if (strstr(err->message, known_bugs[k]))
+                longjmp(s->bail, 1);
+#else
+        (void)known_bugs;
+#endif
         fprintf(stderr, "ops: %s\n", s->trace);
         FUZZ_ASSERT_MSG(rc == 0, "%s failed: %d %s", what, rc, err ? err->message : "");
     }
@@ -87,9 +109,8 @@ static void fill(uint8_t *buf, size_t len, unsigned kind, uint32_t seed)
 /* Every guest byte equals the model (or the snapshot's model). */
 static void verify(struct state *s, const uint8_t *model, uint64_t size, const char *what)
 {
-    uint8_t *buf = malloc(64u << 10);
+    uint8_t *buf = s->vbuf;
 
-    FUZZ_ASSERT(buf != NULL);
     FUZZ_ASSERT_MSG(qcow2_image_size(s->img) == size, "%s: size %llu, expected %llu", what,
                     (unsigned long long)qcow2_image_size(s->img), (unsigned long long)size);
     for (uint64_t off = 0; off < size; off += 64u << 10) {
@@ -104,7 +125,6 @@ static void verify(struct state *s, const uint8_t *model, uint64_t size, const c
                             (unsigned long long)(off + k), buf[k], model[off + k]);
         }
     }
-    free(buf);
 }
 
 static void check_clean(struct state *s, const char *what)
@@ -124,15 +144,19 @@ static void check_clean(struct state *s, const char *what)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     qcow2_create_opts copts = QCOW2_CREATE_OPTS_INIT;
-    struct state s;
+    static struct state s; /* static: it survives a longjmp intact */
+    static uint8_t *buf;
     fuzz_producer fp;
-    uint8_t *buf;
     unsigned nops;
 
     memset(&s, 0, sizeof(s));
+    buf = NULL;
+    if (setjmp(s.bail))
+        goto out;
     fuzz_producer_init(&fp, data, size, size); /* every byte is a parameter */
     s.fs = memfs_new();
-    FUZZ_ASSERT(s.fs != NULL);
+    s.vbuf = malloc(64u << 10);
+    FUZZ_ASSERT(s.fs != NULL && s.vbuf != NULL);
 
     s.version = (unsigned)fuzz_producer_range(&fp, 2, 3);
     copts.qcow2_version = s.version;
@@ -287,11 +311,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         snprintf(name, sizeof(name), "s%u", k);
         must(&s, qcow2_image_view_snapshot(s.img, name), "view_snapshot");
         verify(&s, s.snap_model[k], s.snap_size[k], "read of a snapshot");
-        free(s.snap_model[k]);
     }
+out:
     qcow2_image_close(s.img);
     memfs_free(s.fs);
+    for (unsigned k = 0; k < s.nsnaps; k++)
+        free(s.snap_model[k]);
     free(s.model);
+    free(s.vbuf);
     free(buf);
     return 0;
 }
