@@ -709,16 +709,19 @@ static int journal_remove(qsnap_store *s)
     return rc ? rc : qsnap__fsync_dir(s->dir);
 }
 
-/* Run steps from `from` on; the journal goes when they are done. */
-static int run_from(qsnap_store *s, qsnap_plan *p, size_t from, const qsnap_exec_opts *o)
+/* Run steps from `from` on; the journal goes when they are done. *at: the step that failed. */
+static int run_from(qsnap_store *s, qsnap_plan *p, size_t from, const qsnap_exec_opts *o,
+                    size_t *at)
 {
     int rc = 0;
+    size_t i;
 
-    for (size_t i = from; i < p->n && !rc; i++) {
+    for (i = from; i < p->n && !rc; i++) {
         rc = run_step(s, p, &p->steps[i], o);
         if (!rc && o && o->step_hook)
             o->step_hook((unsigned)(i + 1), o->payload);
     }
+    *at = rc ? i - 1 : p->n;
     if (!rc)
         rc = qsnap__fsync_dir(s->dir);
     if (!rc)
@@ -726,8 +729,83 @@ static int run_from(qsnap_store *s, qsnap_plan *p, size_t from, const qsnap_exec
     return rc;
 }
 
+/*
+ * Whether the steps up to `upto` (which failed) can be undone: none saved the
+ * metadata, and each only made a new file or changed a file's mode. Such a
+ * failure leaves the old metadata true once the new files go and the modes
+ * are put back; anything else is finished forward by verify --repair.
+ */
+static bool can_undo(const qsnap_plan *p, size_t upto)
+{
+    for (size_t i = 0; i <= upto && i < p->n; i++) {
+        switch (p->steps[i].kind) {
+        case QSNAP__ST_MKDIR:
+        case QSNAP__ST_CREATE:
+        case QSNAP__ST_FREEZE:
+        case QSNAP__ST_THAW:
+        case QSNAP__ST_LINK_STATE:
+        case QSNAP__ST_PRESERVE:
+            break;
+        case QSNAP__ST_STREAM:
+        case QSNAP__ST_SET_BACKING:
+        case QSNAP__ST_COMMIT:
+        case QSNAP__ST_SAVE:
+        case QSNAP__ST_UNLINK:
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Undo steps upto..0 (see can_undo); the store's model is the old one. */
+static void undo(qsnap_store *s, qsnap_plan *p, size_t upto)
+{
+    for (size_t i = upto + 1; i-- > 0;) {
+        const struct qsnap__step *st = &p->steps[i];
+        const struct qsnap__layer *old = qsnap__layer(&s->m, st->x);
+        struct qsnap__layer *l = find_layer(s, p, st->x);
+        char *path = NULL;
+
+        switch (st->kind) {
+        case QSNAP__ST_CREATE:
+        case QSNAP__ST_PRESERVE:
+            /* A layer the old metadata does not know: nothing refers to it. */
+            if (!old && l && (path = qsnap__path(s, l->file)))
+                unlink(path);
+            break;
+        case QSNAP__ST_FREEZE:
+            if (old && !old->frozen)
+                set_write_bit(s, old, true);
+            break;
+        case QSNAP__ST_THAW:
+            if (old && old->frozen)
+                set_write_bit(s, old, false);
+            break;
+        case QSNAP__ST_LINK_STATE: {
+            struct stat a, b;
+            path = qsnap__path(s, st->b);
+            if (path && stat(st->a, &a) == 0 && stat(path, &b) == 0 && a.st_ino == b.st_ino &&
+                a.st_dev == b.st_dev)
+                unlink(path);
+            break;
+        }
+        case QSNAP__ST_MKDIR:
+        case QSNAP__ST_STREAM:
+        case QSNAP__ST_SET_BACKING:
+        case QSNAP__ST_COMMIT:
+        case QSNAP__ST_SAVE:
+        case QSNAP__ST_UNLINK:
+            break;
+        }
+        free(path);
+    }
+    if (qsnap__fsync_dir(s->dir) == 0)
+        journal_remove(s);
+}
+
 int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
 {
+    size_t at = 0;
     int rc;
 
     if (s->readonly)
@@ -748,12 +826,19 @@ int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
     rc = journal_write(s, p);
     if (rc)
         return rc;
-    rc = run_from(s, p, 0, o);
+    rc = run_from(s, p, 0, o, &at);
     if (rc) {
-        /* The journal stays: the operation is finished by verify --repair. */
         qsnap_error e = *qsnap_error_last();
         char msg[1024];
         snprintf(msg, sizeof(msg), "%s", e.message);
+        if (can_undo(p, at)) {
+            /* Nothing was committed: put things back as they were. */
+            undo(s, p, at);
+            return qsnap__err(rc, e.hint && e.hint[0] ? e.hint
+                                                      : "fix the cause and run the command again",
+                              "%s (nothing was changed)", msg);
+        }
+        /* The journal stays: the operation is finished by verify --repair. */
         return qsnap__err(rc, "fix the cause, then 'qsnap verify --repair DISK' finishes it",
                           "%s (the operation is unfinished)", msg);
     }
@@ -764,7 +849,7 @@ int qsnap__recover(qsnap_store *s, bool *did)
 {
     qsnap_plan *p = NULL;
     bool pending = false;
-    size_t from = 0;
+    size_t from = 0, at = 0;
     int rc = qsnap__journal_pending(s, &pending);
 
     *did = false;
@@ -804,7 +889,12 @@ int qsnap__recover(qsnap_store *s, bool *did)
             }
         }
     }
-    rc = run_from(s, p, from, NULL);
+    rc = run_from(s, p, from, NULL, &at);
+    if (rc && from == 0 && can_undo(p, at)) {
+        /* It cannot be finished, and nothing was committed: take it back. */
+        undo(s, p, at);
+        rc = 0;
+    }
     qsnap_plan_free(p);
     if (!rc)
         *did = true;

@@ -269,6 +269,25 @@ static int check_link(const qsnap_store *s, const struct qsnap__model *m, unsign
     return rc;
 }
 
+/*
+ * A new overlay on layer `base` makes a chain one deeper than base's: refuse
+ * before anything is written when that passes what images may hold.
+ */
+static int check_depth(const struct qsnap__model *m, unsigned base)
+{
+    unsigned depth = 1;
+
+    for (const struct qsnap__layer *l = qsnap__layer(m, base); l; l = qsnap__layer(m, l->backing))
+        depth++;
+    if (depth > QCOW2_MAX_CHAIN_DEPTH)
+        return qsnap__err(QSNAP_EREFUSED,
+                          "delete snapshots you no longer need ('qsnap delete --stream' merges "
+                          "their layers), or commit the branch",
+                          "a new layer here would make a backing chain of %u layers (at most %u)",
+                          depth, QCOW2_MAX_CHAIN_DEPTH);
+    return 0;
+}
+
 /* The head of a branch must not be in use by a running QEMU. */
 static int check_free(const qsnap_store *s, const struct qsnap__model *m, unsigned layer)
 {
@@ -458,11 +477,48 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
             rc = qsnap__err(QSNAP_EINTEGRITY, GC_HINT, "%s: the current branch is missing", s->dir);
             goto fail;
         }
+        bool dirty = true;
+
         rc = check_free(s, &t, old_head->id);
         if (!rc)
             rc = check_link(s, &t, old_head->id);
         if (!rc)
             rc = check_chain(s, &t, old_head->backing);
+        if (!rc)
+            rc = qsnap__head_dirty(s, old_head, &dirty, NULL);
+        if (rc)
+            goto fail;
+        if (!dirty) {
+            /* Nothing written since the branch's base: the new snapshot's content is
+             * the layer under the head already. No file changes, no deeper chain. */
+            unsigned layer = old_head->backing;
+            n = qsnap__add_node(&t);
+            if (!n) {
+                rc = nomem();
+                goto fail;
+            }
+            b = qsnap__branch_by_name(&t, t.current);
+            n->name = name;
+            name = NULL;
+            n->parent = b->base;
+            n->layer = layer;
+            n->created = qsnap__now();
+            n->desc = opts.description ? strdup(opts.description) : NULL;
+            b->base = n->id;
+            rc = attach_state(p, n, opts.state_file);
+            if (!rc)
+                rc = add_save(p, &t);
+            if (!rc)
+                rc = set_summary(p, "created snapshot %s of branch %s (no changes since its base: "
+                                    "no new layer)",
+                                 n->name, b->name);
+            if (rc)
+                goto fail;
+            qsnap__model_free(&t);
+            *out = p;
+            return 0;
+        }
+        rc = check_depth(&t, old_head->id);
         if (rc)
             goto fail;
         n = qsnap__add_node(&t);
@@ -596,6 +652,8 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
     rc = qsnap__head_dirty(s, qsnap__layer(&t, cur->head), &dirty, &used);
     if (!rc)
         rc = check_chain(s, &t, target->layer);
+    if (!rc)
+        rc = check_depth(&t, target->layer);
     if (rc)
         goto out;
     drop = discard || !dirty;
@@ -710,6 +768,8 @@ int qsnap_plan_branch_create(qsnap_plan **out, qsnap_store *s, const char *name,
     }
     if (!rc)
         rc = check_chain(s, &t, n->layer);
+    if (!rc)
+        rc = check_depth(&t, n->layer);
     if (!rc)
         rc = plan_new(&p, s, "branch");
     if (!rc)

@@ -760,7 +760,7 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
                      qsnap_error_last()->message);
                 goto done;
             }
-            find(&fs, true, true, s->dir, "an interrupted operation was finished");
+            find(&fs, true, true, s->dir, "an interrupted operation was finished (or, when it could not be, taken back)");
         } else {
             find(&fs, true, false, s->dir,
                  "an interrupted operation is pending (--repair finishes it)");
