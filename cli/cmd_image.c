@@ -710,7 +710,7 @@ int cli_image_convert(int argc, char **argv)
     if (cli_open_image(&img, p.argv[0], fmt, false, no_lock) < 0)
         goto out;
 
-    cli_progress_begin(&pr, progress);
+    cli_progress_begin(&pr, progress, true);
     copts.format = out_fmt;
     copts.compress = compress;
     copts.progress = cli_progress_update;
@@ -718,8 +718,8 @@ int cli_image_convert(int argc, char **argv)
     rc = qcow2_image_convert(img, p.argv[1], &copts);
     if (rc >= 0)
         cli_progress_end(&pr);
-    else if (progress)
-        printf("\n");
+    else
+        cli_progress_abort(&pr);
     if (rc < 0)
         rc = cli_fail(rc, CLI_TABLE_IMAGE);
     qcow2_image_close(img);
@@ -851,7 +851,7 @@ int cli_image_compare(int argc, char **argv)
         status = 1;
         goto out_close;
     }
-    cli_progress_begin(&pr, progress);
+    cli_progress_begin(&pr, progress, true);
     rc = 0;
     if (strict) {
         rc = strict_status_mismatch(a, b, qcow2_image_size(a), &status_off);
@@ -866,8 +866,8 @@ int cli_image_compare(int argc, char **argv)
     /* qemu-img ends the progress line with the verdict, then a blank line. */
     if (rc >= 0)
         cli_progress_complete(&pr);
-    else if (progress)
-        printf("\n");
+    else
+        cli_progress_abort(&pr);
     /* qemu-img warns once the common part compared equal, before the tail. */
     if ((rc == 0 || (rc == 1 && mismatch >= common)) && qcow2_image_size(a) != qcow2_image_size(b))
         printf("Warning: Image size mismatch!\n");
@@ -949,12 +949,12 @@ int cli_image_digest(int argc, char **argv)
     if (cli_open_image(&img, p.argv[0], fmt, false, no_lock) < 0)
         return IMG_EXIT_FAIL;
 
-    cli_progress_begin(&pr, progress);
+    cli_progress_begin(&pr, progress, true);
     rc = qcow2_image_digest(img, digest, cli_progress_update, &pr);
     if (rc >= 0)
         cli_progress_end(&pr);
-    else if (progress)
-        printf("\n");
+    else
+        cli_progress_abort(&pr);
     if (rc < 0) {
         rc = cli_fail(rc, CLI_TABLE_IMAGE);
     } else {

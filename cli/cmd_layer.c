@@ -156,13 +156,12 @@ int cli_image_commit(int argc, char **argv)
         }
     }
 
-    cli_progress_begin(&pr, progress && !quiet);
+    cli_progress_begin(&pr, progress, !quiet);
     co.progress = cli_progress_update;
     co.payload = &pr;
     rc = qcow2_image_commit(top, &co);
     if (rc < 0) {
-        if (pr.enabled)
-            printf("\n");
+        cli_progress_abort(&pr);
         fflush(stdout);
         status = cli_fail(rc, CLI_TABLE_IMAGE);
         goto out_close;
@@ -283,14 +282,13 @@ int cli_image_rebase(int argc, char **argv)
     if (rc < 0)
         return cli_fail(rc, CLI_TABLE_IMAGE);
 
-    cli_progress_begin(&pr, progress && !quiet);
+    cli_progress_begin(&pr, progress, !quiet);
     rc = qcow2_image_rebase(img, backing, backing ? qcow2_format_name(backing_fmt) : NULL, unsafe,
                             cli_progress_update, &pr);
     if (rc >= 0) {
         cli_progress_end(&pr);
     } else {
-        if (pr.enabled)
-            printf("\n");
+        cli_progress_abort(&pr);
         fflush(stdout);
         rc = cli_fail(rc, CLI_TABLE_IMAGE);
     }

@@ -143,27 +143,15 @@ void tree_json_null(cli_json *j, const char *key)
 
 /* What a plan run shares with the library's callbacks. */
 struct run_ctx {
-    cli_progress pr;    /* the progress line */
-    bool show_progress; /* a terminal, and the command copies data */
-    bool started;       /* the progress line was begun */
-    uint64_t last_done; /* bytes done at the last callback */
+    cli_progress pr;    /* the progress display (a bar on a terminal only) */
     unsigned kill_at;   /* QSNAP_TEST_KILL_AT, or 0 */
 };
 
-/* Progress of the steps that copy data; a new step starting from 0 restarts the line. */
+/* Progress of the steps that copy data; a new step starting from 0 restarts the bar. */
 static void run_progress(uint64_t done, uint64_t total, void *payload)
 {
     struct run_ctx *c = payload;
 
-    if (!c->show_progress)
-        return;
-    if (!c->started) {
-        cli_progress_begin(&c->pr, true);
-        c->started = true;
-    } else if (done < c->last_done) {
-        c->pr.last_shown = -1;
-    }
-    c->last_done = done;
     cli_progress_update(done, total, &c->pr);
 }
 
@@ -197,13 +185,16 @@ static int run_plan(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry_ru
 
     memset(&c, 0, sizeof(c));
     if (!dry_run) {
-        c.show_progress = progress && !json && isatty(STDOUT_FILENO);
+        /* On a terminal only, once a copy has run for a second (progress.h). */
+        cli_progress_begin(&c.pr, false, progress && !json);
         c.kill_at = kill_at ? (unsigned)strtoul(kill_at, NULL, 10) : 0;
         eo.progress = run_progress;
         eo.step_hook = run_step_hook;
         eo.payload = &c;
         rc = qsnap_plan_execute(s, p, &eo);
-        if (c.started)
+        if (rc < 0)
+            cli_progress_abort(&c.pr);
+        else
             cli_progress_end(&c.pr);
         if (rc < 0) {
             status = tree_fail(rc, disk);

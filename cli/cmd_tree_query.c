@@ -775,11 +775,10 @@ int cli_tree_export(int argc, char **argv)
     status = tree_open(&s, p.argv[0], QSNAP_OPEN_READONLY);
     if (status)
         return status;
-    cli_progress_begin(&pr, progress);
+    cli_progress_begin(&pr, progress, true);
     rc = qsnap_export(s, p.argv[1], p.argv[2], fmt, cli_progress_update, &pr);
     if (rc < 0) {
-        if (progress)
-            putchar('\n');
+        cli_progress_abort(&pr);
         status = tree_fail(rc, p.argv[0]);
     } else {
         cli_progress_end(&pr);
