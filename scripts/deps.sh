@@ -25,6 +25,7 @@ need_hdr criterion/criterion.h libcriterion-dev
 need_cmd qemu-img qemu-utils
 need_cmd c++ g++
 need_cmd python3 python3
+need_cmd groff groff-base
 
 [ -z "$missing" ] && exit 0
 

@@ -3,7 +3,8 @@
 # ONLY=unit). Runs, in order: every Criterion binary under $BUILD/tests/, the
 # fuzz corpus replay, headertest, checksymbols, the CLI golden tests and the
 # qemu-io replay (tests/cli/io_replay.sh), and
-# every tests/interop/*.sh and tests/damaged/*.{sh,py} script. Each part
+# every tests/interop/*.sh, tests/damaged/*.{sh,py} and tests/install/*.sh
+# script. Each part
 # counts the cases it reports (Criterion's synthesis line, the number of
 # corpus files replayed, a script's "N passed, N failed" last line); a part
 # that fails without saying how many cases failed counts as one failure.
@@ -170,7 +171,7 @@ if [ "$ONLY" != unit ]; then
     fi
 
     # ---- interop and damaged-image suites -------------------------------------
-    for s in tests/interop/*.sh tests/damaged/*.sh tests/damaged/*.py; do
+    for s in tests/interop/*.sh tests/damaged/*.sh tests/damaged/*.py tests/install/*.sh; do
         [ -f "$s" ] || continue
         case $s in
         *.py) run_script "${s#tests/}" python3 "$s" ;;
