@@ -77,7 +77,7 @@ typedef struct qsnap_plan qsnap_plan;
  */
 QSNAP_API int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags);
 
-/** Unlock and close (NULL allowed). */
+/** Unlock and close (NULL allowed). Strings and lists obtained from s stay valid. */
 QSNAP_API void qsnap_store_close(qsnap_store *s);
 
 /** Whether the store has been set up (a first snapshot exists). */
@@ -116,12 +116,20 @@ typedef struct qsnap_node {
  * List every node: snapshots and unnamed nodes in topological order (parents
  * first, siblings by creation), then branches. Dirty flags and sizes are read
  * from the files.
- * @param[out] out  array owned by the caller (qsnap_list_free)
+ * @param[out] out    array owned by the caller (qsnap_list_free); its strings
+ *                    live as long as the array
+ * @param[out] n_out  number of nodes
+ * @return 0 (an empty list before the first snapshot), QSNAP_ERROR
  */
 QSNAP_API int qsnap_list(qsnap_store *s, qsnap_node **out, size_t *n_out);
+
+/** Free a list from qsnap_list() or qsnap_current() (NULL allowed). */
 QSNAP_API void qsnap_list_free(qsnap_node *list, size_t n);
 
-/** The current branch (out owned by the caller: qsnap_list_free(out, 1)). */
+/**
+ * The current branch (out owned by the caller: qsnap_list_free(out, 1)).
+ * @return 0; QSNAP_ENOTFOUND (no snapshot yet; the hint says how to make one), QSNAP_ERROR
+ */
 QSNAP_API int qsnap_current(qsnap_store *s, qsnap_node **out);
 
 #define QSNAP_CREATE_OPTS_VERSION 1
@@ -135,6 +143,16 @@ typedef struct qsnap_create_opts {
 } qsnap_create_opts;
 
 #define QSNAP_CREATE_OPTS_INIT {QSNAP_CREATE_OPTS_VERSION, NULL, NULL, NULL}
+
+/*
+ * The qsnap_plan_* functions build a plan without changing any file; *out is
+ * the caller's (qsnap_plan_free). They return 0; QSNAP_ENOTFOUND (a name
+ * that does not exist), QSNAP_EUSAGE (an invalid or taken name),
+ * QSNAP_EREFUSED (unsafe: the hint names the overriding flag), QSNAP_EBUSY
+ * (a QEMU holds an image), QSNAP_EINTEGRITY (a pending operation: run
+ * qsnap_verify with repair), QSNAP_ERROR. The store must be open for
+ * writing (not QSNAP_OPEN_READONLY).
+ */
 
 /** Snapshot the current branch (sets up the store on the first call). */
 QSNAP_API int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts *o);
@@ -174,10 +192,10 @@ QSNAP_API int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *sn
 /** Commit a branch (NULL: current) into its base layer, keeping every other state. */
 QSNAP_API int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *branch);
 
-/** The plan as text (one step a line) or JSON. *out is malloc'd (free()). */
+/** The plan as text (one step a line) or JSON. *out is malloc'd (free()). @return 0, QSNAP_ERROR */
 QSNAP_API int qsnap_plan_describe(const qsnap_plan *p, bool json, char **out);
 
-/** One line saying what the plan did or will do ("created snapshot s1 ..."). */
+/** One line saying what the plan did or will do ("created snapshot s1 ..."); borrowed from p. */
 QSNAP_API const char *qsnap_plan_summary(const qsnap_plan *p);
 
 #define QSNAP_EXEC_OPTS_VERSION 1
@@ -193,7 +211,14 @@ typedef struct qsnap_exec_opts {
 
 #define QSNAP_EXEC_OPTS_INIT {QSNAP_EXEC_OPTS_VERSION, NULL, NULL, NULL}
 
-/** Execute a plan (journaled; crash-safe). */
+/**
+ * Execute a plan (journaled; crash-safe: after a crash, qsnap_verify with
+ * repair finishes it). The plan stays the caller's.
+ * @param[in] o  options, or NULL
+ * @return 0; QSNAP_EBUSY (an image became busy), QSNAP_EINTEGRITY (a file
+ *         changed under the store), QSNAP_ERROR (I/O: the journal lets
+ *         qsnap_verify(repair) finish or undo it)
+ */
 QSNAP_API int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o);
 
 /** Free a plan (NULL allowed). */
@@ -205,7 +230,12 @@ typedef struct qsnap_range {
     uint64_t length; /**< bytes */
 } qsnap_range;
 
-/** The byte ranges whose content differs between two snapshots or branches. */
+/**
+ * The byte ranges whose content differs between two snapshots or branches.
+ * @param[out] out    array owned by the caller (free())
+ * @param[out] n_out  number of ranges
+ * @return 0; QSNAP_ENOTFOUND, QSNAP_ERROR
+ */
 QSNAP_API int qsnap_diff(qsnap_store *s, const char *a, const char *b, qsnap_range **out,
                          size_t *n_out);
 
@@ -218,14 +248,25 @@ typedef struct qsnap_usage {
     uint64_t frees;      /**< bytes deleting it would give back */
 } qsnap_usage;
 
-/** Usage of every node; the array belongs to the caller (qsnap_du_free). */
+/** Usage of every node; the array belongs to the caller (qsnap_du_free). @return 0, QSNAP_ERROR */
 QSNAP_API int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out);
+
+/** Free what qsnap_du() returned (NULL allowed). */
 QSNAP_API void qsnap_du_free(qsnap_usage *u, size_t n);
 
-/** What depends on a snapshot or branch, and what an operation on it would do, as text. */
+/**
+ * What depends on a snapshot or branch, and what an operation on it would do,
+ * as text. *out is malloc'd (free()).
+ * @return 0; QSNAP_ENOTFOUND, QSNAP_ERROR
+ */
 QSNAP_API int qsnap_why(qsnap_store *s, const char *name, char **out);
 
-/** Write a standalone image of a snapshot or branch (raw or qcow2). */
+/**
+ * Write a standalone image of a snapshot or branch (raw or qcow2) at out_path
+ * (replaced if it exists); the store is not changed. progress (may be NULL)
+ * is called with payload as bytes are copied.
+ * @return 0; QSNAP_ENOTFOUND (no such name), QSNAP_ERROR
+ */
 QSNAP_API int qsnap_export(qsnap_store *s, const char *name, const char *out_path,
                            qcow2_format format, qcow2_progress_fn progress, void *payload);
 
@@ -246,6 +287,8 @@ typedef struct qsnap_finding {
  * @return 0 when nothing is wrong (after repair), QSNAP_EINTEGRITY otherwise
  */
 QSNAP_API int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out);
+
+/** Free the findings of qsnap_verify() (NULL allowed). */
 QSNAP_API void qsnap_verify_free(qsnap_finding *f, size_t n);
 
 /** Validate a snapshot or branch name (QSNAP_EUSAGE with a message when invalid). */
