@@ -596,81 +596,185 @@ bad:
     return rc;
 }
 
+/* (id, index) pairs sorted by id, for lookups while checking a model. */
+struct idx {
+    unsigned id;
+    size_t at;
+};
+
+static int cmp_idx(const void *a, const void *b)
+{
+    const struct idx *x = a, *y = b;
+
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static long find_idx(const struct idx *v, size_t n, unsigned id)
+{
+    size_t lo = 0, hi = n;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (v[mid].id == id)
+            return (long)v[mid].at;
+        if (v[mid].id < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return -1;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/*
+ * A walk along next-links (backing, or parent) from every item: each item is
+ * visited once (state 1 while on the current path, 2 when known to end), so
+ * a loop is found in linear time however deep the tree is.
+ */
+static bool has_loop(size_t n, long (*next)(const void *ctx, size_t i), const void *ctx,
+                     unsigned char *state, size_t *bad)
+{
+    memset(state, 0, n);
+    for (size_t i = 0; i < n; i++) {
+        size_t j = i;
+        long k;
+
+        while (state[j] == 0) {
+            state[j] = 1;
+            k = next(ctx, j);
+            if (k < 0)
+                break;
+            j = (size_t)k;
+        }
+        if (state[j] == 1 && next(ctx, j) >= 0 && state[(size_t)next(ctx, j)] == 1) {
+            *bad = j;
+            return true;
+        }
+        /* Mark the path just walked as ending well. */
+        for (j = i; state[j] == 1;) {
+            state[j] = 2;
+            k = next(ctx, j);
+            if (k < 0)
+                break;
+            j = (size_t)k;
+        }
+    }
+    return false;
+}
+
+struct check_ctx {
+    const struct qsnap__model *m;
+    const struct idx *li, *ni;
+};
+
+static long next_layer(const void *c, size_t i)
+{
+    const struct check_ctx *x = c;
+    unsigned b = x->m->layers[i].backing;
+
+    return b ? find_idx(x->li, x->m->nl, b) : -1;
+}
+
+static long next_node(const void *c, size_t i)
+{
+    const struct check_ctx *x = c;
+    unsigned p = x->m->nodes[i].parent;
+
+    return p ? find_idx(x->ni, x->m->nn, p) : -1;
+}
+
 int qsnap__model_check(const struct qsnap__model *m, const char *what)
 {
     const char *hint = "restore the store from a backup; 'qsnap verify' lists what is there";
+    size_t nmax = m->nl > m->nn ? m->nl : m->nn, nnames = 0, bad = 0;
+    struct idx *li = calloc(m->nl + 1, sizeof(*li)), *ni = calloc(m->nn + 1, sizeof(*ni));
+    const char **names = calloc(m->nn + m->nb + 1, sizeof(*names));
+    unsigned char *state = calloc(nmax + 1, 1);
+    struct check_ctx ctx = {m, li, ni};
+    int rc = 0;
 
-    for (size_t i = 0; i < m->nl; i++) {
+    if (!li || !ni || !names || !state) {
+        rc = qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < m->nl; i++)
+        li[i] = (struct idx){m->layers[i].id, i};
+    for (size_t i = 0; i < m->nn; i++)
+        ni[i] = (struct idx){m->nodes[i].id, i};
+    qsort(li, m->nl, sizeof(*li), cmp_idx);
+    qsort(ni, m->nn, sizeof(*ni), cmp_idx);
+    for (size_t i = 1; i < m->nl && !rc; i++) {
+        if (li[i].id == li[i - 1].id)
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u appears twice", what, li[i].id);
+    }
+    for (size_t i = 1; i < m->nn && !rc; i++) {
+        if (ni[i].id == ni[i - 1].id)
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u appears twice", what, ni[i].id);
+    }
+    for (size_t i = 0; i < m->nl && !rc; i++) {
         const struct qsnap__layer *l = &m->layers[i];
-        unsigned steps = 0;
         if (l->id >= m->seq)
-            return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u has an id past seq", what,
-                              l->id);
-        for (size_t j = i + 1; j < m->nl; j++) {
-            if (m->layers[j].id == l->id)
-                return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u appears twice", what,
-                                  l->id);
-        }
-        if (l->backing && !qsnap__layer(m, l->backing))
-            return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u is backed by missing layer %u",
-                              what, l->id, l->backing);
-        for (const struct qsnap__layer *c = l; c && c->backing; c = qsnap__layer(m, c->backing)) {
-            if (++steps > m->nl)
-                return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u's backing links loop",
-                                  what, l->id);
-        }
-        if (strstr(l->file, "..") && !l->is_disk)
-            return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u's file leaves the store",
-                              what, l->id);
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u has an id past seq", what, l->id);
+        else if (l->backing && find_idx(li, m->nl, l->backing) < 0)
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u is backed by missing layer %u",
+                            what, l->id, l->backing);
+        else if (strstr(l->file, "..") && !l->is_disk)
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u's file leaves the store", what,
+                            l->id);
     }
-    for (size_t i = 0; i < m->nn; i++) {
+    if (!rc && has_loop(m->nl, next_layer, &ctx, state, &bad))
+        rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u's backing links loop", what,
+                        m->layers[bad].id);
+    for (size_t i = 0; i < m->nn && !rc; i++) {
         const struct qsnap__node *n = &m->nodes[i];
-        unsigned steps = 0;
-        if (n->id >= m->seq || !qsnap__layer(m, n->layer))
-            return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u refers to a missing layer",
-                              what, n->id);
-        if (n->parent && !qsnap__node(m, n->parent))
-            return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u has a missing parent", what,
-                              n->id);
-        for (size_t j = i + 1; j < m->nn; j++) {
-            if (m->nodes[j].id == n->id ||
-                (n->name && m->nodes[j].name && !strcmp(n->name, m->nodes[j].name)))
-                return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u appears twice", what,
-                                  n->id);
-        }
-        for (const struct qsnap__node *c = n; c && c->parent; c = qsnap__node(m, c->parent)) {
-            if (++steps > m->nn)
-                return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u's parents loop", what,
-                                  n->id);
-        }
-        if (n->state && (strstr(n->state, "..") || n->state[0] == '/'))
-            return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u's state file leaves the store",
-                              what, n->id);
+        if (n->id >= m->seq || find_idx(li, m->nl, n->layer) < 0)
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u refers to a missing layer", what,
+                            n->id);
+        else if (n->parent && find_idx(ni, m->nn, n->parent) < 0)
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u has a missing parent", what,
+                            n->id);
+        else if (n->state && (strstr(n->state, "..") || n->state[0] == '/'))
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u's state file leaves the store",
+                            what, n->id);
+        if (n->name)
+            names[nnames++] = n->name;
     }
-    for (size_t i = 0; i < m->nb; i++) {
+    if (!rc && has_loop(m->nn, next_node, &ctx, state, &bad))
+        rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u's parents loop", what,
+                        m->nodes[bad].id);
+    for (size_t i = 0; i < m->nb && !rc; i++) {
         const struct qsnap__branch *b = &m->branches[i];
-        const struct qsnap__layer *h = qsnap__layer(m, b->head);
-        if (!h || h->frozen)
-            return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: branch %s has no writable head", what,
-                              b->name);
-        if (b->base && !qsnap__node(m, b->base))
-            return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: branch %s has a missing base", what,
-                              b->name);
-        for (size_t j = i + 1; j < m->nb; j++) {
-            if (!strcmp(m->branches[j].name, b->name))
-                return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: branch %s appears twice", what,
-                                  b->name);
-        }
-        if (qsnap__node_by_name(m, b->name))
-            return qsnap__err(QSNAP_EINTEGRITY, hint,
-                              "%s: %s is both a snapshot and a branch", what, b->name);
+        long h = find_idx(li, m->nl, b->head);
+        if (h < 0 || m->layers[h].frozen)
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: branch %s has no writable head", what,
+                            b->name);
+        else if (b->base && find_idx(ni, m->nn, b->base) < 0)
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: branch %s has a missing base", what,
+                            b->name);
+        names[nnames++] = b->name;
     }
-    if (m->current && !qsnap__branch_by_name(m, m->current))
-        return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: current branch %s does not exist", what,
-                          m->current);
-    if (!m->disk || !m->disk[0])
-        return qsnap__err(QSNAP_EINTEGRITY, hint, "%s: no disk recorded", what);
-    return 0;
+    /* Names are unique across snapshots and branches. */
+    qsort(names, nnames, sizeof(*names), cmp_str);
+    for (size_t i = 1; i < nnames && !rc; i++) {
+        if (!strcmp(names[i], names[i - 1]))
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: the name %s is used twice", what,
+                            names[i]);
+    }
+    if (!rc && m->current && !qsnap__branch_by_name(m, m->current))
+        rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: current branch %s does not exist", what,
+                        m->current);
+    if (!rc && (!m->disk || !m->disk[0]))
+        rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: no disk recorded", what);
+out:
+    free(li);
+    free(ni);
+    free(names);
+    free(state);
+    return rc;
 }
 
 int qsnap_name_check(const char *name)
