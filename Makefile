@@ -198,9 +198,14 @@ install-headers:
 	install -m 644 include/qcow2/sys/*.h $(DESTDIR)$(INCLUDEDIR)/qcow2/sys/
 	install -m 644 include/qsnap/*.h $(DESTDIR)$(INCLUDEDIR)/qsnap/
 
-install-pc: $(BUILD)/qcow2.pc $(BUILD)/qsnap.pc
+# Made again at install time: the paths in them are those of this install (PREFIX, LIBDIR...).
+install-pc:
 	install -d $(DESTDIR)$(PKGCONFIGDIR)
-	install -m 644 $(BUILD)/qcow2.pc $(BUILD)/qsnap.pc $(DESTDIR)$(PKGCONFIGDIR)/
+	for pc in qcow2 qsnap; do \
+	    sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	        -e 's|@VERSION@|$(VERSION)|' $$pc.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/$$pc.pc && \
+	    chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/$$pc.pc || exit 1; \
+	done
 
 install-bin: $(QSNAP)
 	install -d $(DESTDIR)$(BINDIR)

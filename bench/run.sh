@@ -55,3 +55,6 @@ echo "bench: timing (progress on stderr)"
 "$BIN/bench_macro" run "$SCRATCH"
 echo
 "$BIN/bench_micro"
+
+echo
+QSNAP="${BUILD:-build/bench}/qsnap" sh "$(dirname "$0")/bench_tree.sh" "$SCRATCH"
