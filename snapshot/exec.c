@@ -110,6 +110,8 @@ static int st_mkdir(qsnap_store *s, const struct qsnap__step *st)
         return nomem();
     if (mkdir(path, 0777) < 0 && errno != EEXIST)
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot make directory: %s", path, strerror(errno));
+    else
+        qsnap__own(s, path);
     free(path);
     return rc;
 }
@@ -135,6 +137,8 @@ static int make_overlay(qsnap_store *s, const struct qsnap__layer *l, const stru
     rc = qcow2_image_create(tmp, &co);
     if (rc)
         rc = qsnap__from_qcow2(rc, NULL);
+    else
+        qsnap__own(s, tmp);
     free(link);
     free(final);
     if (rc) {
@@ -816,7 +820,9 @@ int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
         return qsnap__err(QSNAP_ERROR, NULL, "the store changed since the plan was made");
     if (!s->exists) {
         /* First snapshot: the store directory is needed to hold the journal. */
-        if (mkdir(s->dir, 0777) < 0 && errno != EEXIST)
+        if (mkdir(s->dir, 0777) == 0)
+            qsnap__own(s, s->dir);
+        else if (errno != EEXIST)
             return qsnap__err(QSNAP_ERROR, NULL, "%s: cannot make the store: %s", s->dir,
                               strerror(errno));
         rc = qsnap__lock_new_store(s);

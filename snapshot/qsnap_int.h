@@ -159,6 +159,8 @@ int qsnap__write_atomic(const qsnap_store *s, const char *rel, const char *data,
 int qsnap__save_model(qsnap_store *s, struct qsnap__model *m);
 int qsnap__fsync_dir(const char *dir);
 int qsnap__lock_new_store(qsnap_store *s);
+/* Give a file or directory the store made to the disk's owner (when running as root). */
+void qsnap__own(const qsnap_store *s, const char *path);
 bool qsnap__file_exists(const char *path);
 int64_t qsnap__now(void);
 

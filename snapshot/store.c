@@ -20,6 +20,22 @@
 #define META_FILE "meta"
 #define LOCK_FILE "lock"
 
+/*
+ * Files and directories the store makes belong to the disk's owner (root
+ * running qsnap for a user's disk must not leave a store that user cannot
+ * change); their modes come from the umask. Best effort: without the right
+ * to chown, the file stays the caller's.
+ */
+void qsnap__own(const qsnap_store *s, const char *path)
+{
+    struct stat st;
+
+    if (geteuid() == 0 && s->disk_abs && stat(s->disk_abs, &st) == 0 &&
+        lchown(path, st.st_uid, st.st_gid) < 0) {
+        /* Nothing to do: the file keeps its owner. */
+    }
+}
+
 int64_t qsnap__now(void)
 {
     return (int64_t)time(NULL);
@@ -106,11 +122,12 @@ int qsnap__write_atomic(const qsnap_store *s, const char *rel, const char *data,
         rc = qsnap__err(QSNAP_ERROR, NULL, "out of memory");
         goto out;
     }
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
     if (fd < 0) {
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot create: %s", tmp, strerror(errno));
         goto out;
     }
+    qsnap__own(s, tmp);
     while (done < len) {
         ssize_t w = write(fd, data + done, len - done);
         if (w < 0 && errno == EINTR)
@@ -229,7 +246,9 @@ static int take_lock(qsnap_store *s)
 
     if (!path)
         return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
-    fd = open(path, (s->readonly ? O_RDONLY : O_RDWR | O_CREAT) | O_CLOEXEC, 0644);
+    fd = open(path, (s->readonly ? O_RDONLY : O_RDWR | O_CREAT) | O_CLOEXEC, 0666);
+    if (fd >= 0 && !s->readonly)
+        qsnap__own(s, path);
     if (fd < 0 && s->readonly && errno == ENOENT) {
         free(path);
         return 0; /* nothing to lock against yet */

@@ -979,3 +979,32 @@ Test(store, stale_plan_is_refused)
     tf_check_store(s, &M, dir, "stale plan");
     qsnap_store_close(s);
 }
+
+/* ---- ownership ------------------------------------------------------------- */
+
+/* Every file and directory of a store root makes for a user's disk belongs to that user. */
+Test(store, store_files_belong_to_the_disk_owner)
+{
+    const uid_t uid = 54321;
+    const gid_t gid = 54322;
+    qsnap_store *s;
+    char cmd[1200], out[4096];
+
+    if (geteuid() != 0)
+        cr_skip_test("needs root to give files away");
+    tf_setup(dir, sizeof(dir), disk, sizeof(disk), "owner", false, d0);
+    cr_assert_eq(chown(disk, uid, gid), 0);
+    s = tf_open(disk, QSNAP_OPEN_CREATE);
+    ok(tf_create(s, "s1"), "create s1");
+    tf_model_set(&M, "s1", false, d0);
+    tf_model_set(&M, "main", true, d0);
+    write_state(s, "main", 0x21, 0, 64 * KiB);
+    ok(tf_create(s, "s2"), "create s2");
+    qsnap_store_close(s);
+    /* find prints what does not belong to the disk's owner: nothing may. */
+    snprintf(cmd, sizeof(cmd), "find '%s.qsnap' ! -uid %u -o ! -gid %u", disk, (unsigned)uid,
+             (unsigned)gid);
+    cr_assert_eq(qo_sh(out, sizeof(out), "%s", cmd), 0, "%s", out);
+    cr_assert_str_eq(out, "", "not the disk owner's: %s", out);
+    tf_model_free(&M);
+}
