@@ -169,13 +169,20 @@ static void run_step_hook(unsigned step, void *payload)
         raise(SIGKILL);
 }
 
+/* How a plan run shows the progress of steps that copy data. */
+enum run_progress_mode {
+    PROGRESS_OFF,   /* never (the plan copies nothing) */
+    PROGRESS_AUTO,  /* a bar on a terminal once a copy has run for a second */
+    PROGRESS_FORCED /* -p: from the start, and off a terminal as qemu-img's line */
+};
+
 /*
  * Describe plan p (dry_run) or execute it and print its summary; with json,
- * the plan as JSON in both cases. progress: show a progress line on a
- * terminal for steps that copy data. Frees p. Returns the exit status.
+ * the plan as JSON in both cases (and no progress display). progress: how
+ * steps that copy data show their progress. Frees p. Returns the exit status.
  */
 static int run_plan(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry_run, bool json,
-                    bool progress)
+                    enum run_progress_mode progress)
 {
     qsnap_exec_opts eo = QSNAP_EXEC_OPTS_INIT;
     struct run_ctx c;
@@ -185,8 +192,8 @@ static int run_plan(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry_ru
 
     memset(&c, 0, sizeof(c));
     if (!dry_run) {
-        /* On a terminal only, once a copy has run for a second (progress.h). */
-        cli_progress_begin(&c.pr, false, progress && !json);
+        /* See progress.h: where the display goes and when it appears. */
+        cli_progress_begin(&c.pr, progress == PROGRESS_FORCED, progress != PROGRESS_OFF && !json);
         c.kill_at = kill_at ? (unsigned)strtoul(kill_at, NULL, 10) : 0;
         eo.progress = run_progress;
         eo.step_hook = run_step_hook;
@@ -221,7 +228,7 @@ out:
 typedef int (*plan_fn)(qsnap_plan **out, qsnap_store *s, void *args);
 
 static int plan_and_run(const char *disk, unsigned open_flags, plan_fn make, void *args,
-                        bool dry_run, bool json, bool progress)
+                        bool dry_run, bool json, enum run_progress_mode progress)
 {
     qsnap_store *s;
     qsnap_plan *p = NULL;
@@ -310,7 +317,8 @@ static int cmd_create(int argc, char **argv)
     if (p.nb_operands > 2)
         return tree_usage("create", "unexpected argument '%s'", p.argv[2]);
     co.name = p.nb_operands == 2 ? p.argv[1] : NULL;
-    return plan_and_run(p.argv[0], QSNAP_OPEN_CREATE, make_create, &co, dry_run, json, false);
+    return plan_and_run(p.argv[0], QSNAP_OPEN_CREATE, make_create, &co, dry_run, json,
+                        PROGRESS_OFF);
 }
 
 /* ---- revert ------------------------------------------------------------------ */
@@ -385,7 +393,7 @@ static int cmd_revert(int argc, char **argv)
     if (p.nb_operands > 2)
         return tree_usage("revert", "unexpected argument '%s'", p.argv[2]);
     a.snapshot = p.argv[1];
-    return plan_and_run(p.argv[0], 0, make_revert, &a, dry_run, json, false);
+    return plan_and_run(p.argv[0], 0, make_revert, &a, dry_run, json, PROGRESS_OFF);
 }
 
 /* ---- switch ------------------------------------------------------------------ */
@@ -441,7 +449,7 @@ static int cmd_switch(int argc, char **argv)
         return tree_usage("switch", "missing branch name");
     if (p.nb_operands > 2)
         return tree_usage("switch", "unexpected argument '%s'", p.argv[2]);
-    return plan_and_run(p.argv[0], 0, make_switch, p.argv[1], dry_run, json, false);
+    return plan_and_run(p.argv[0], 0, make_switch, p.argv[1], dry_run, json, PROGRESS_OFF);
 }
 
 /* ---- branch ------------------------------------------------------------------ */
@@ -578,7 +586,7 @@ static int cmd_branch(int argc, char **argv)
             return tree_usage("branch", "-m needs OLD and NEW");
         a.name = p.argv[1];
         a.other = p.argv[2];
-        return plan_and_run(p.argv[0], 0, make_branch_rename, &a, dry_run, json, false);
+        return plan_and_run(p.argv[0], 0, make_branch_rename, &a, dry_run, json, PROGRESS_OFF);
     }
     if (p.nb_operands > 2)
         return tree_usage("branch", "unexpected argument '%s'", p.argv[2]);
@@ -586,7 +594,7 @@ static int cmd_branch(int argc, char **argv)
         if (p.nb_operands != 2)
             return tree_usage("branch", "-d needs the name of a branch");
         a.name = p.argv[1];
-        return plan_and_run(p.argv[0], 0, make_branch_delete, &a, dry_run, json, false);
+        return plan_and_run(p.argv[0], 0, make_branch_delete, &a, dry_run, json, PROGRESS_OFF);
     }
     if (p.nb_operands == 1) {
         if (a.other || dry_run || json)
@@ -594,14 +602,14 @@ static int cmd_branch(int argc, char **argv)
         return branch_list(p.argv[0]);
     }
     a.name = p.argv[1];
-    return plan_and_run(p.argv[0], 0, make_branch_create, &a, dry_run, json, false);
+    return plan_and_run(p.argv[0], 0, make_branch_create, &a, dry_run, json, PROGRESS_OFF);
 }
 
 /* ---- delete ------------------------------------------------------------------ */
 
 static const char delete_help[] =
     "Usage: qsnap delete DISK SNAPSHOT [--children] [--stream] [--metadata]\n"
-    "                    [--dry-run] [--json]\n"
+    "                    [--dry-run] [--json] [-p]\n"
     "\n"
     "Delete a snapshot anywhere in the tree. Its name goes, and its data goes\n"
     "wherever nothing else needs it; every other snapshot and branch keeps its\n"
@@ -618,9 +626,12 @@ static const char delete_help[] =
     "      --metadata       forget the name only; the data stays as an unnamed node\n"
     "  -n, --dry-run        print the plan and change nothing\n"
     "      --json           print the plan as JSON\n"
+    "  -p, --progress       show progress from the start, also when standard output\n"
+    "                       is not a terminal\n"
     "  -h, --help           show this help and exit\n"
     "\n"
-    "A progress line is shown on a terminal while data is copied.\n"
+    "On a terminal a progress bar appears when copying data takes more than a\n"
+    "second; --json turns it off.\n"
     "\n" TREE_EXIT_HELP;
 
 struct delete_args {
@@ -644,10 +655,11 @@ static int cmd_delete(int argc, char **argv)
         {"metadata", OPT_METADATA, false},
         {"dry-run", 'n', false},
         {"json", OPT_JSON, false},
+        {"progress", 'p', false},
         {NULL, 0, false},
     };
     struct delete_args a = {NULL, 0};
-    bool dry_run = false, json = false;
+    bool dry_run = false, json = false, progress = false;
     cli_opt_parser p;
     int c;
 
@@ -672,6 +684,9 @@ static int cmd_delete(int argc, char **argv)
         case OPT_JSON:
             json = true;
             break;
+        case 'p':
+            progress = true;
+            break;
         default:
             return bad_option("delete");
         }
@@ -683,13 +698,14 @@ static int cmd_delete(int argc, char **argv)
     if (p.nb_operands > 2)
         return tree_usage("delete", "unexpected argument '%s'", p.argv[2]);
     a.snapshot = p.argv[1];
-    return plan_and_run(p.argv[0], 0, make_delete, &a, dry_run, json, true);
+    return plan_and_run(p.argv[0], 0, make_delete, &a, dry_run, json,
+                        progress ? PROGRESS_FORCED : PROGRESS_AUTO);
 }
 
 /* ---- commit ------------------------------------------------------------------ */
 
 static const char commit_help[] =
-    "Usage: qsnap commit DISK [BRANCH] [--dry-run] [--json]\n"
+    "Usage: qsnap commit DISK [BRANCH] [--dry-run] [--json] [-p]\n"
     "\n"
     "Write a branch's changes (default: the current branch's) down into the\n"
     "snapshot it starts from, offline, and go on from there with an empty head.\n"
@@ -701,9 +717,12 @@ static const char commit_help[] =
     "Options:\n"
     "  -n, --dry-run        print the plan and change nothing\n"
     "      --json           print the plan as JSON\n"
+    "  -p, --progress       show progress from the start, also when standard output\n"
+    "                       is not a terminal\n"
     "  -h, --help           show this help and exit\n"
     "\n"
-    "A progress line is shown on a terminal while data is copied.\n"
+    "On a terminal a progress bar appears when copying data takes more than a\n"
+    "second; --json turns it off.\n"
     "\n" TREE_EXIT_HELP;
 
 static int make_commit(qsnap_plan **out, qsnap_store *s, void *args)
@@ -717,9 +736,10 @@ static int cmd_commit(int argc, char **argv)
         {"help", 'h', false},
         {"dry-run", 'n', false},
         {"json", OPT_JSON, false},
+        {"progress", 'p', false},
         {NULL, 0, false},
     };
-    bool dry_run = false, json = false;
+    bool dry_run = false, json = false, progress = false;
     cli_opt_parser p;
     int c;
 
@@ -735,6 +755,9 @@ static int cmd_commit(int argc, char **argv)
         case OPT_JSON:
             json = true;
             break;
+        case 'p':
+            progress = true;
+            break;
         default:
             return bad_option("commit");
         }
@@ -744,7 +767,7 @@ static int cmd_commit(int argc, char **argv)
     if (p.nb_operands > 2)
         return tree_usage("commit", "unexpected argument '%s'", p.argv[2]);
     return plan_and_run(p.argv[0], 0, make_commit, p.nb_operands == 2 ? p.argv[1] : NULL, dry_run,
-                        json, true);
+                        json, progress ? PROGRESS_FORCED : PROGRESS_AUTO);
 }
 
 /* ---- the command table ------------------------------------------------------- */
