@@ -38,3 +38,36 @@ status() {
     "$@"
     echo "exit $?"
 }
+
+# A small snapshot tree on a 4 MiB raw disk, for the tree commands' output:
+#   base ("fresh install", the disk itself) -- s1 ("apt upgrade") -- branch main
+#                                           \- branch test (current)
+# 0x11 at 0 is in s1, 0x22 at 64k in main's head, 0x33 at 1M in test's head.
+mkstore() {
+    truncate -s 4M disk.raw
+    "$QSNAP" create disk.raw base -m "fresh install" >/dev/null
+    _mkstore_w 0x11 0
+    "$QSNAP" create disk.raw s1 -m "apt upgrade" >/dev/null
+    _mkstore_w 0x22 64k
+    "$QSNAP" revert disk.raw base --branch test >/dev/null
+    _mkstore_w 0x33 1M
+}
+_mkstore_w() {
+    "$QSNAP" image io -c "write -P $1 $2 64k" "$("$QSNAP" current disk.raw --path)" >/dev/null
+}
+
+# Mask what differs between runs and machines in the tree commands' output:
+# the temporary directory (as $PWD), dates, and the bytes a file occupies on
+# its storage (st_blocks: file system dependent). Guest sizes stay.
+mask_tree() {
+    sed -E -e "s|$(pwd)|\$PWD|g" \
+        -e 's/[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}/YYYY-MM-DD hh:mm:ss/g' \
+        -e 's/[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}/YYYY-MM-DD hh:mm/g' \
+        -e 's/^(file size: +).*/\1SIZE/' \
+        -e 's/"(created|file_bytes|holds|frees|total_bytes)": [0-9]+/"\1": N/'
+}
+
+# Also mask human sizes (the SIZE column of list, HOLDS and FREES of du).
+mask_sizes() {
+    mask_tree | sed -E 's/ +[0-9.]+ (B|KiB|MiB)( |$)/ SIZE\2/g'
+}
