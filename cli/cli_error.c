@@ -45,7 +45,7 @@ int cli_exit_status(int rc, enum cli_exit_table table)
     return CLI_EXIT_ERROR;
 }
 
-int cli_fail(int rc, enum cli_exit_table table)
+int cli_fail_open(int rc, enum cli_exit_table table, const char *share)
 {
     const qcow2_error *e = qcow2_error_last();
 
@@ -53,7 +53,22 @@ int cli_fail(int rc, enum cli_exit_table table)
         fprintf(stderr, "qsnap: %s\n", e->message);
     else
         fprintf(stderr, "qsnap: %s\n", qcow2_strerror(rc));
+    /* Locked by another program: say what frees it, and the flag that reads it anyway. */
+    if (QCOW2_ERROR_CLASS(rc) == QCOW2_EBUSY) {
+        if (share)
+            fprintf(stderr,
+                    "qsnap: hint: stop the program that uses it (a VM, qemu-io) first; %s reads it "
+                    "anyway, as it is at that moment\n",
+                    share);
+        else
+            fputs("qsnap: hint: stop the program that uses it (a VM, qemu-io) first\n", stderr);
+    }
     return cli_exit_status(rc, table);
+}
+
+int cli_fail(int rc, enum cli_exit_table table)
+{
+    return cli_fail_open(rc, table, NULL);
 }
 
 void cli_errorf(const char *fmt, ...)

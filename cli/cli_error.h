@@ -34,6 +34,18 @@ int cli_exit_status(int rc, enum cli_exit_table table);
  */
 int cli_fail(int rc, enum cli_exit_table table);
 
+/*
+ * cli_fail() for an image that could not be opened (or written) because
+ * another program holds its lock: after the message, a hint to stop that
+ * program, and, when share is not NULL, that adding share (the command's
+ * way to read without the lock, e.g. "-U (--force-share)") reads it anyway.
+ * Other codes are reported as cli_fail() does.
+ */
+int cli_fail_open(int rc, enum cli_exit_table table, const char *share);
+
+/* The share argument of cli_fail_open() for commands with -U. */
+#define CLI_SHARE_FLAG "-U (--force-share)"
+
 /* Print "qsnap: <printf message>" to stderr. */
 void cli_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -218,7 +218,7 @@ int cli_image_check(int argc, char **argv)
         oo.flags |= QCOW2_OPEN_NO_LOCK;
     rc = qcow2_image_open(&img, p.argv[0], &oo);
     if (rc < 0)
-        return cli_fail(rc, CLI_TABLE_IMAGE);
+        return cli_fail_open(rc, CLI_TABLE_IMAGE, fix || no_lock ? NULL : CLI_SHARE_FLAG);
 
     status = run_check(img, fix, &r);
     if (status != CHECK_EXIT_CLEAN)

@@ -117,7 +117,7 @@ int cli_open_image(qcow2_image **out, const char *path, qcow2_format fmt, bool n
     rc = qcow2_image_open(out, path, &opts);
     if (rc < 0) {
         *out = NULL;
-        cli_fail(rc, CLI_TABLE_IMAGE);
+        cli_fail_open(rc, CLI_TABLE_IMAGE, no_lock ? NULL : CLI_SHARE_FLAG);
     }
     return rc;
 }

@@ -730,7 +730,9 @@ int cli_image_io(int argc, char **argv)
     oo.flags = (read_only ? 0 : QCOW2_OPEN_RDWR) | (no_lock ? QCOW2_OPEN_NO_LOCK : 0);
     rc = qcow2_image_open(&ctx.img, p.argv[0], &oo);
     if (rc < 0) {
-        cli_fail(rc, CLI_TABLE_IMAGE);
+        /* -U needs -r: reads only. */
+        cli_fail_open(rc, CLI_TABLE_IMAGE,
+                      no_lock ? NULL : read_only ? CLI_SHARE_FLAG : "-r -U (read-only access)");
         goto out_usage;
     }
 

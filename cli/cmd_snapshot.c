@@ -170,7 +170,9 @@ int cli_image_snapshot(int argc, char **argv)
     opts.flags |= QCOW2_OPEN_NO_BACKING;
     rc = qcow2_image_open(&img, p.argv[0], &opts);
     if (rc < 0)
-        return cli_fail(rc, CLI_TABLE_IMAGE);
+        return cli_fail_open(rc, CLI_TABLE_IMAGE,
+                             no_lock || (action != SNAP_LIST && action != SNAP_NONE) ? NULL
+                                                                                 : CLI_SHARE_FLAG);
 
     switch (action) {
     case SNAP_NONE:
