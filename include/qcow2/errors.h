@@ -46,17 +46,30 @@ typedef struct qcow2_error {
 } qcow2_error;
 
 /**
- * The detail of the last failure on the calling thread.
+ * The detail of the last failure on the calling thread. A successful call
+ * may leave an older record in place (or clear it), so read it right after a
+ * call returned a negative code: its code field then equals that value.
  *
- * @return never NULL; meaningful only right after a call returned an error.
- * The record belongs to the library and is overwritten by the next failure.
+ * @return never NULL. The record belongs to the library: do not free it; it
+ *         (and its message) is overwritten by the next failure on the same
+ *         thread and released when the thread exits. Thread-safe: each
+ *         thread has its own record.
  */
 QCOW2_API const qcow2_error *qcow2_error_last(void);
 
-/** Forget the last error on this thread. */
+/**
+ * Forget the last error on this thread: afterwards qcow2_error_last() has
+ * code 0, sys_errno 0 and an empty message. Thread-safe (this thread only).
+ */
 QCOW2_API void qcow2_error_clear(void);
 
-/** A static, human-readable name for a QCOW2_E* code ("image is corrupt", ...). */
+/**
+ * A short, human-readable text for a code ("image is corrupt", ...), without
+ * the detail of qcow2_error_last().
+ * @param[in] code  0 or a QCOW2_E* code, with or without a sub-cause
+ * @return a static string, never NULL ("unknown error" for values outside
+ *         the enum). Thread-safe.
+ */
 QCOW2_API const char *qcow2_strerror(int code);
 
 #ifdef __cplusplus

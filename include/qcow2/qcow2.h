@@ -27,7 +27,12 @@ extern "C" {
 /** An open image of any supported format, with its backing chain below it. */
 typedef struct qcow2_image qcow2_image;
 
-/** The runtime library version (QCOW2_VERSION_NUMBER of the built library). */
+/**
+ * The version of the library linked at run time, as QCOW2_VERSION_NUMBER
+ * encodes it; compare with the QCOW2_VERSION_NUMBER a program was compiled
+ * against to detect a different shared library.
+ * @return the version number; never fails. Thread-safe.
+ */
 QCOW2_API unsigned qcow2_version_number(void);
 
 /** Image formats. */
@@ -37,10 +42,20 @@ typedef enum qcow2_format {
     QCOW2_FORMAT_QCOW2 = 2 /**< qcow2 version 2 or 3 */
 } qcow2_format;
 
-/** The format's name ("raw", "qcow2"), or NULL for an unknown value. */
+/**
+ * The name of a format, as qemu-img spells it.
+ * @param[in] fmt  a format
+ * @return a static string ("raw", "qcow2"), or NULL for QCOW2_FORMAT_AUTO and
+ *         unknown values. Thread-safe.
+ */
 QCOW2_API const char *qcow2_format_name(qcow2_format fmt);
 
-/** Parse a format name; QCOW2_FORMAT_AUTO for an unknown name. */
+/**
+ * Parse a format name (exact, case-sensitive: "raw" or "qcow2").
+ * @param[in] name  the name, or NULL
+ * @return the format; QCOW2_FORMAT_AUTO for NULL or an unknown name (there
+ *         is no error code). Thread-safe.
+ */
 QCOW2_API qcow2_format qcow2_format_from_name(const char *name);
 
 /** Default and hard limits. */
@@ -83,47 +98,103 @@ typedef struct qcow2_open_opts {
  * probe). Loops, chains deeper than max_depth and backing names that are not
  * plain paths ("json:", "nbd:" and other protocol prefixes) are refused.
  *
- * @param[out] out   the new handle, owned by the caller (qcow2_image_close)
- * @param[in] path   the image file
+ * With QCOW2_OPEN_RDWR a dirty image (lazy refcounts) is repaired at open
+ * unless QCOW2_OPEN_CHECK is set. Unless QCOW2_OPEN_NO_LOCK, QEMU-compatible
+ * locks are taken (shared for reading, exclusive for writing) and held until
+ * qcow2_image_close().
+ *
+ * @param[out] out   the new handle, owned by the caller (qcow2_image_close());
+ *                   NULL on failure
+ * @param[in] path   the image file (a regular file or a block device)
  * @param[in] opts   options, or NULL for defaults
  * @return 0; QCOW2_ENOTFOUND (a file of the chain is missing), QCOW2_ECORRUPT
- *         (bad metadata), QCOW2_EUNSUPPORTED (a feature not handled),
- *         QCOW2_EBUSY (locked), QCOW2_EIO.
+ *         (bad metadata), QCOW2_EUNSUPPORTED (a feature not handled, not a
+ *         regular file or block device), QCOW2_EBUSY (locked by another
+ *         process), QCOW2_EREADONLY (no permission to open for writing),
+ *         QCOW2_EINVAL (NULL out or path, unknown opts->version), QCOW2_EIO,
+ *         QCOW2_ENOMEM.
  */
 QCOW2_API int qcow2_image_open(qcow2_image **out, const char *path, const qcow2_open_opts *opts);
 
 /**
- * Open an image from an I/O backend. The handle takes ownership of io, also
- * on failure. name is used in messages and to resolve relative backing names.
+ * Open an image from an I/O backend, as qcow2_image_open() does from a path.
+ * Backing files named by the image are opened with opts->open_fn (POSIX files
+ * when NULL).
+ *
+ * @param[out] out   the new handle, owned by the caller (qcow2_image_close());
+ *                   NULL on failure
+ * @param[in] io     the backend of the top image; the handle takes ownership
+ *                   of it, also on failure (do not close it yourself)
+ * @param[in] name   used in messages and to resolve relative backing names
+ *                   (copied)
+ * @param[in] opts   options, or NULL for defaults
+ * @return the codes of qcow2_image_open()
  */
 QCOW2_API int qcow2_image_open_io(qcow2_image **out, qcow2_io *io, const char *name,
                                   const qcow2_open_opts *opts);
 
-/** Close an image and its chain (NULL allowed). Pending writes are flushed. */
+/**
+ * Close an image and its whole backing chain, release the locks and free the
+ * handle. Pending writes are flushed and a writable image's header is left
+ * clean; a failure to do so cannot be reported (call qcow2_image_flush()
+ * first to see it). Every borrowed pointer from the handle (backing layers,
+ * qcow2_info and qcow2_snapshot_info strings, extent layers) becomes invalid.
+ * @param[in] img  the image, or NULL (nothing happens)
+ */
 QCOW2_API void qcow2_image_close(qcow2_image *img);
 
 /**
- * Read guest data, resolving the whole backing chain.
+ * Read guest data, resolving the whole backing chain: unallocated ranges read
+ * through to the backing file, and as zeroes past its end or with none.
  *
- * Reads past the virtual size are refused with QCOW2_EINVAL.
- * @return 0; QCOW2_ECORRUPT (an entry on the path is out of range),
- *         QCOW2_EIO, QCOW2_ENOMEM.
+ * @param[in] img        the image
+ * @param[out] buf       len bytes of guest data
+ * @param[in] len        bytes to read (0 is allowed)
+ * @param[in] guest_off  guest offset; [guest_off, guest_off + len) must lie
+ *                       within the virtual size
+ * @return 0; QCOW2_EINVAL (past the virtual size, NULL buf),
+ *         QCOW2_ECORRUPT (an entry on the path is out of range), QCOW2_EIO,
+ *         QCOW2_ENOMEM. On failure buf holds unspecified bytes.
  */
 QCOW2_API int qcow2_image_read(qcow2_image *img, void *buf, size_t len, uint64_t guest_off);
 
-/** Virtual (guest-visible) size in bytes. */
+/**
+ * The virtual (guest-visible) size in bytes (with qcow2_image_view_snapshot(),
+ * the snapshot's disk size).
+ * @param[in] img  the image (not NULL)
+ * @return the size; never fails
+ */
 QCOW2_API uint64_t qcow2_image_size(const qcow2_image *img);
 
-/** The format of this layer. */
+/**
+ * The format of this layer (never QCOW2_FORMAT_AUTO: probing has decided).
+ * @param[in] img  the image (not NULL)
+ * @return QCOW2_FORMAT_RAW or QCOW2_FORMAT_QCOW2
+ */
 QCOW2_API qcow2_format qcow2_image_format(const qcow2_image *img);
 
-/** The name the image was opened with (borrowed). */
+/**
+ * The name the image was opened with (for a backing layer: its resolved path).
+ * @param[in] img  the image (not NULL)
+ * @return the name, borrowed: valid until the image is closed
+ */
 QCOW2_API const char *qcow2_image_filename(const qcow2_image *img);
 
-/** The backing image, or NULL (borrowed; lives as long as img). */
+/**
+ * The layer below, opened with the image.
+ * @param[in] img  the image (not NULL)
+ * @return the backing image, or NULL when there is none or the image was
+ *         opened with QCOW2_OPEN_NO_BACKING. Borrowed: do not close it; it
+ *         lives as long as img (qcow2_image_rebase() replaces it)
+ */
 QCOW2_API qcow2_image *qcow2_image_backing(const qcow2_image *img);
 
-/** Number of layers in the chain starting at img (1 for an image with no backing file). */
+/**
+ * The number of layers in the opened chain starting at img.
+ * @param[in] img  the image, or NULL (0)
+ * @return 1 for an image with no backing file (or opened without it), more
+ *         for a chain
+ */
 QCOW2_API unsigned qcow2_image_chain_length(const qcow2_image *img);
 
 /** Facts about one layer, as qemu-img info shows them. Strings are borrowed from the image. */
@@ -151,7 +222,15 @@ typedef struct qcow2_info {
     uint32_t nb_bitmaps;        /**< persistent bitmaps (bitmaps extension) */
 } qcow2_info;
 
-/** Fill *out with facts about img (this layer only). @return 0 */
+/**
+ * Facts about img (this layer only), as qemu-img info shows them.
+ * @param[in] img   the image (not NULL)
+ * @param[out] out  filled in; its strings are borrowed from img (valid until
+ *                  it is closed or, for the backing fields, rebased). Fields
+ *                  that do not apply (qcow2 fields of a raw image) are 0/NULL;
+ *                  actual_size is 0 when the backend cannot tell
+ * @return 0 (this call does not fail)
+ */
 QCOW2_API int qcow2_image_get_info(const qcow2_image *img, qcow2_info *out);
 
 /** One internal snapshot. Strings are borrowed from the image. */
@@ -168,10 +247,22 @@ typedef struct qcow2_snapshot_info {
     int64_t icount;         /**< instruction count, or -1 */
 } qcow2_snapshot_info;
 
-/** Number of internal snapshots in this layer. */
+/**
+ * The number of internal snapshots in this layer's snapshot table.
+ * @param[in] img  the image (not NULL)
+ * @return the count; 0 for raw images
+ */
 QCOW2_API size_t qcow2_snapshot_count(const qcow2_image *img);
 
-/** Facts about internal snapshot i (0-based). @return 0 or QCOW2_EINVAL */
+/**
+ * Facts about one internal snapshot of this layer.
+ * @param[in] img   the image (not NULL)
+ * @param[in] i     its index, 0 to qcow2_snapshot_count() - 1
+ * @param[out] out  filled in; its strings are borrowed from img and stay
+ *                  valid until the image is closed or its snapshot table
+ *                  changes (qcow2_snapshot_create/apply/delete)
+ * @return 0; QCOW2_EINVAL (i out of range, NULL out)
+ */
 QCOW2_API int qcow2_snapshot_get(const qcow2_image *img, size_t i, qcow2_snapshot_info *out);
 
 /* Flags of qcow2_extent.flags, with qemu-img map's meaning. */
@@ -197,20 +288,35 @@ typedef struct qcow2_extent {
  * A run that no layer above base allocates is reported without
  * QCOW2_EXT_PRESENT, at the depth of the deepest layer that was looked at.
  *
- * @param[out] out  the run; out->length is > 0 and at most len
- * @param[in] len   longest run wanted (guest_off + len must lie within the virtual size)
- * @return 0, QCOW2_EINVAL, QCOW2_ECORRUPT, QCOW2_EIO
+ * @param[in] img        the top of the chain to look at
+ * @param[in] base       a layer of img's chain where the walk stops, or NULL
+ * @param[in] guest_off  start of the run, bytes
+ * @param[in] len        longest run wanted, > 0 (guest_off + len must lie
+ *                       within the virtual size)
+ * @param[out] out       the run; out->length is > 0 and at most len;
+ *                       out->layer is borrowed from img's chain
+ * @return 0; QCOW2_EINVAL (len 0 or past the virtual size), QCOW2_ECORRUPT
+ *         (an L1/L2 entry out of range), QCOW2_EIO, QCOW2_ENOMEM
  */
 QCOW2_API int qcow2_image_block_status(qcow2_image *img, const qcow2_image *base,
                                        uint64_t guest_off, uint64_t len, qcow2_extent *out);
 
-/** Progress callback: done and total in bytes of guest content. */
+/**
+ * Progress callback: done and total in bytes of guest content. Called on the
+ * calling thread, from inside the operation; it must not use the images the
+ * operation works on.
+ */
 typedef void (*qcow2_progress_fn)(uint64_t done, uint64_t total, void *payload);
 
 /**
  * xxh3-128 of the guest-visible content (all of the virtual size), as 16
  * big-endian bytes. Zero and unallocated runs are hashed without being read.
- * @return 0, QCOW2_ECORRUPT, QCOW2_EIO, QCOW2_ENOMEM
+ * The digest depends on the content only, not on format or layout.
+ * @param[in] img          the image (the whole chain is read)
+ * @param[out] digest_out  the 16 bytes
+ * @param[in] progress     progress callback, or NULL
+ * @param[in] payload      passed to progress
+ * @return 0; QCOW2_ECORRUPT, QCOW2_EIO, QCOW2_ENOMEM
  */
 QCOW2_API int qcow2_image_digest(qcow2_image *img, uint8_t digest_out[16], qcow2_progress_fn progress,
                                  void *payload);
@@ -221,9 +327,15 @@ QCOW2_API int qcow2_image_digest(qcow2_image *img, uint8_t digest_out[16], qcow2
  * (qemu-img compare -s), images of different sizes differ, and so do images
  * whose allocation status differs anywhere (present, zero, data, offset
  * known, end of image), even where the content reads the same.
- * @param[out] mismatch_off_out  first differing guest offset (may be NULL)
+ * @param[in] a, b              the two images (whole chains)
+ * @param[in] strict            compare sizes and allocation status too
+ * @param[out] mismatch_off_out  first differing guest offset, set when the
+ *                              result is 1 (may be NULL)
+ * @param[in] progress          progress callback, or NULL
+ * @param[in] payload           passed to progress
  * @return 0 identical, 1 different (content, or with strict the size or the
- *         allocation status), or a negative QCOW2_E* code
+ *         allocation status), or a negative code: QCOW2_ECORRUPT, QCOW2_EIO,
+ *         QCOW2_ENOMEM
  */
 QCOW2_API int qcow2_image_compare(qcow2_image *a, qcow2_image *b, bool strict,
                                   uint64_t *mismatch_off_out, qcow2_progress_fn progress,
@@ -252,8 +364,15 @@ typedef struct qcow2_convert_opts {
  * dst_path (replaced if it exists). Raw output is sparse: zero runs of at
  * least min_sparse bytes are left as holes; qcow2 output leaves them
  * unallocated. Like qemu-img convert, the output is not flushed to stable
- * storage: sync it when it must survive a crash of the machine.
- * @return 0, QCOW2_EUNSUPPORTED (output format), QCOW2_EIO, QCOW2_ENOSPC
+ * storage: sync it when it must survive a crash of the machine. On failure
+ * the output may be left half-written.
+ * @param[in] src       the image to read (whole chain)
+ * @param[in] dst_path  the file to write; it is the caller's afterwards
+ * @param[in] opts      options, or NULL for raw output with the defaults
+ * @return 0; QCOW2_EUNSUPPORTED (output format), QCOW2_EINVAL (compress with
+ *         raw output, bad creation options), QCOW2_ENOTFOUND (the new
+ *         backing file), QCOW2_EREADONLY (no permission), QCOW2_EIO,
+ *         QCOW2_ENOSPC, QCOW2_ECORRUPT (src)
  */
 QCOW2_API int qcow2_image_convert(qcow2_image *src, const char *dst_path,
                                   const qcow2_convert_opts *opts);
@@ -262,8 +381,13 @@ QCOW2_API int qcow2_image_convert(qcow2_image *src, const char *dst_path,
  * Fingerprint of a file's bytes: xxh3-128 over its size and every data
  * extent (offset, length, bytes); holes are skipped, so a sparse file costs
  * what it holds. Any change to the file's content changes it. Used to prove
- * that a frozen layer was not modified.
- * @return 0, QCOW2_ENOTFOUND, QCOW2_EIO
+ * that a frozen layer was not modified. Because holes are skipped by
+ * position, the same bytes with a different hole layout (a copy that made
+ * zeroes sparse, or filled holes) give a different fingerprint.
+ * @param[in] path  the file (opened read-only, without locks)
+ * @param[out] out  the 16 bytes
+ * @return 0; QCOW2_ENOTFOUND, QCOW2_EREADONLY (no permission to read),
+ *         QCOW2_EIO, QCOW2_ENOMEM. Thread-safe (no handle is shared).
  */
 QCOW2_API int qcow2_file_fingerprint(const char *path, uint8_t out[16]);
 
@@ -271,6 +395,10 @@ QCOW2_API int qcow2_file_fingerprint(const char *path, uint8_t out[16]);
  * The same over the bytes from `from` on (the size still counts): with from =
  * the cluster size of a qcow2 file, a fingerprint of everything but its
  * header cluster, which tells a changed backing link from changed data.
+ * @param[in] path  the file
+ * @param[in] from  first byte hashed (from past the end hashes the size only)
+ * @param[out] out  the 16 bytes
+ * @return as qcow2_file_fingerprint()
  */
 QCOW2_API int qcow2_file_fingerprint_from(const char *path, uint64_t from, uint8_t out[16]);
 
@@ -311,14 +439,25 @@ typedef struct qcow2_create_opts {
 /**
  * Create an image file (replacing none: an existing file is QCOW2_EEXISTS).
  * The backing file, when given, is opened to check it and to take its size
- * when opts->size is 0; it is never written.
- * @return 0, QCOW2_EINVAL (bad option), QCOW2_EEXISTS, QCOW2_ENOTFOUND (backing), QCOW2_EIO
+ * when opts->size is 0; it is never written. The size is rounded up to a
+ * multiple of 512 bytes, as qemu-img does. A file this call made is removed
+ * again when a later step fails (with the default open_fn).
+ * @param[in] path  the new file
+ * @param[in] opts  options (required: start from QCOW2_CREATE_OPTS_INIT)
+ * @return 0; QCOW2_EINVAL (bad option or size, unknown opts->version, NULL
+ *         argument), QCOW2_EEXISTS, QCOW2_ENOTFOUND (backing file or
+ *         directory), QCOW2_EREADONLY (no permission), QCOW2_EIO, QCOW2_ENOSPC.
+ *         Thread-safe (no handle is shared).
  */
 QCOW2_API int qcow2_image_create(const char *path, const qcow2_create_opts *opts);
 
 /**
- * Create an image in an empty I/O backend (which stays the caller's). name is
- * used in messages and to resolve a relative backing name.
+ * Create an image in an empty I/O backend, as qcow2_image_create() does.
+ * @param[in] io    the backend, empty and writable; it stays the caller's (it
+ *                  is not closed, also on failure, when it holds a partial image)
+ * @param[in] name  used in messages and to resolve a relative backing name
+ * @param[in] opts  options (required)
+ * @return the codes of qcow2_image_create() but QCOW2_EEXISTS
  */
 QCOW2_API int qcow2_image_create_io(qcow2_io *io, const char *name, const qcow2_create_opts *opts);
 
@@ -326,9 +465,16 @@ QCOW2_API int qcow2_image_create_io(qcow2_io *io, const char *name, const qcow2_
  * Write guest data. Allocates clusters as needed and copies on write the
  * untouched part of a cluster (or subcluster) from the backing chain or from
  * a cluster shared with an internal snapshot. The data is durable after the
- * next successful qcow2_image_flush().
- * @return 0; QCOW2_EINVAL (beyond the virtual size), QCOW2_EREADONLY,
- *         QCOW2_EFATAL, QCOW2_ECORRUPT, QCOW2_EIO, QCOW2_ENOSPC
+ * next successful qcow2_image_flush(). A failed metadata update puts the
+ * handle in the sticky FATAL state (later writes return QCOW2_EFATAL).
+ * @param[in] img        an image opened with QCOW2_OPEN_RDWR
+ * @param[in] buf        len bytes of data
+ * @param[in] len        bytes to write (0 is allowed)
+ * @param[in] guest_off  guest offset; [guest_off, guest_off + len) must lie
+ *                       within the virtual size
+ * @return 0; QCOW2_EINVAL (beyond the virtual size, NULL buf),
+ *         QCOW2_EREADONLY (opened read-only, or marked corrupt), QCOW2_EFATAL,
+ *         QCOW2_ECORRUPT, QCOW2_EIO, QCOW2_ENOSPC, QCOW2_ENOMEM
  */
 QCOW2_API int qcow2_image_write(qcow2_image *img, const void *buf, size_t len, uint64_t guest_off);
 
@@ -336,7 +482,12 @@ QCOW2_API int qcow2_image_write(qcow2_image *img, const void *buf, size_t len, u
 
 /**
  * Make a guest range read as zeroes: zero clusters (or subclusters) where the
- * format has them (v3), explicit zero data elsewhere.
+ * format has them (v3), explicit zero data elsewhere (v2); a hole punched in
+ * the file for raw images.
+ * @param[in] img        an image opened with QCOW2_OPEN_RDWR
+ * @param[in] guest_off  start, bytes (the range must lie within the virtual size)
+ * @param[in] len        bytes (0 is allowed)
+ * @param[in] flags      0 or QCOW2_ZERO_MAY_UNMAP
  * @return as qcow2_image_write()
  */
 QCOW2_API int qcow2_image_write_zeroes(qcow2_image *img, uint64_t guest_off, uint64_t len,
@@ -347,6 +498,9 @@ QCOW2_API int qcow2_image_write_zeroes(qcow2_image *img, uint64_t guest_off, uin
  * left alone), as qemu does: in v3 they read as zeroes afterwards; in v2 they
  * become unallocated when there is no backing file, and are kept otherwise.
  * The freed space is punched out of the file.
+ * @param[in] img        an image opened with QCOW2_OPEN_RDWR
+ * @param[in] guest_off  start, bytes (the range must lie within the virtual size)
+ * @param[in] len        bytes (0 is allowed)
  * @return as qcow2_image_write()
  */
 QCOW2_API int qcow2_image_discard(qcow2_image *img, uint64_t guest_off, uint64_t len);
@@ -356,25 +510,44 @@ QCOW2_API int qcow2_image_discard(qcow2_image *img, uint64_t guest_off, uint64_t
  * guest_off must be cluster aligned and len a multiple of the cluster size
  * (or reach the virtual size). A cluster that does not shrink is written
  * uncompressed, as qemu does.
- * @return as qcow2_image_write()
+ * @param[in] img        a qcow2 image opened with QCOW2_OPEN_RDWR
+ * @param[in] buf        len bytes of data
+ * @param[in] len        bytes, a multiple of the cluster size (or up to the end)
+ * @param[in] guest_off  cluster-aligned guest offset
+ * @return as qcow2_image_write(); also QCOW2_EUNSUPPORTED (raw image) and
+ *         QCOW2_EINVAL (misaligned range)
  */
 QCOW2_API int qcow2_image_write_compressed(qcow2_image *img, const void *buf, size_t len,
                                            uint64_t guest_off);
 
 /**
- * Make every write so far durable, with crash-safe ordering of the metadata.
- * @return 0, QCOW2_EIO, QCOW2_EFATAL
+ * Make every write so far durable, with crash-safe ordering of the metadata
+ * (cached L2 and refcount tables are written back, then the backend's flush).
+ * A failure puts the handle in the FATAL state.
+ * @param[in] img  the image; on a read-only handle this does nothing
+ * @return 0; QCOW2_EIO, QCOW2_ENOSPC, QCOW2_EFATAL (an earlier failure),
+ *         QCOW2_EREADONLY (the image is marked corrupt)
  */
 QCOW2_API int qcow2_image_flush(qcow2_image *img);
 
 /**
  * Change the virtual size. Growing always works; shrinking only when nothing
- * is allocated past the new size (unless allow_shrink discards it).
- * @return 0, QCOW2_EINVAL, QCOW2_EREADONLY, QCOW2_EIO
+ * is allocated past the new size (unless allow_shrink discards it). The new
+ * size is durable when the call returns.
+ * @param[in] img           an image opened with QCOW2_OPEN_RDWR
+ * @param[in] new_size      bytes
+ * @param[in] allow_shrink  discard data allocated past new_size
+ * @return 0; QCOW2_EINVAL (too large, or data past a smaller size without
+ *         allow_shrink), QCOW2_EUNSUPPORTED (shrinking an image with internal
+ *         snapshots), QCOW2_EREADONLY, QCOW2_EFATAL, QCOW2_EIO, QCOW2_ENOSPC
  */
 QCOW2_API int qcow2_image_resize(qcow2_image *img, uint64_t new_size, bool allow_shrink);
 
-/** Cluster size of a qcow2 layer in bytes (512 for raw, for alignment purposes). */
+/**
+ * The cluster size of this layer, the unit of allocation.
+ * @param[in] img  the image (not NULL)
+ * @return bytes; 512 for raw images (for alignment purposes)
+ */
 QCOW2_API uint32_t qcow2_image_cluster_size(const qcow2_image *img);
 
 
@@ -406,8 +579,14 @@ typedef struct qcow2_commit_opts {
  * layers between drop out of the chain). A crash at any point leaves every
  * guest-visible content recoverable.
  *
- * @return 0; QCOW2_EINVAL (base not in the chain), QCOW2_EBUSY (base is
- *         locked by another user), QCOW2_EREADONLY, QCOW2_EIO, QCOW2_ENOSPC
+ * @param[in] top   the image to commit; opened with QCOW2_OPEN_RDWR unless
+ *                  keep_top
+ * @param[in] opts  options, or NULL (commit into top's backing file, then
+ *                  empty top)
+ * @return 0; QCOW2_EINVAL (base not in the chain, no backing file),
+ *         QCOW2_EUNSUPPORTED (top has internal snapshots and would be
+ *         emptied), QCOW2_EBUSY (base is locked by another user),
+ *         QCOW2_EREADONLY, QCOW2_EFATAL, QCOW2_EIO, QCOW2_ENOSPC
  */
 QCOW2_API int qcow2_image_commit(qcow2_image *top, const qcow2_commit_opts *opts);
 
@@ -418,9 +597,19 @@ QCOW2_API int qcow2_image_commit(qcow2_image *top, const qcow2_commit_opts *opts
  * guest content does not change; unsafe mode only rewrites the name and
  * format in the header. The name is stored as given; a relative name is
  * resolved against img's directory. The in-memory chain below img is
- * replaced by the new one. img must be open for writing.
+ * replaced by the new one (pointers to the old backing layers become invalid).
  *
- * @return 0; QCOW2_ENOTFOUND (new backing missing), QCOW2_EREADONLY, QCOW2_EIO
+ * @param[in] img             a qcow2 image opened with QCOW2_OPEN_RDWR
+ * @param[in] backing         the new backing name, or NULL (or "") for none
+ * @param[in] backing_format  its format name ("raw", "qcow2"), or NULL to
+ *                            probe it
+ * @param[in] unsafe          rewrite the header only
+ * @param[in] progress        progress callback (safe mode), or NULL
+ * @param[in] payload         passed to progress
+ * @return 0; QCOW2_ENOTFOUND (new backing missing), QCOW2_EUNSUPPORTED (raw
+ *         image, unknown backing format), QCOW2_EBUSY (the new backing is
+ *         locked), QCOW2_EREADONLY, QCOW2_EFATAL, QCOW2_ECORRUPT, QCOW2_EIO,
+ *         QCOW2_ENOSPC
  */
 QCOW2_API int qcow2_image_rebase(qcow2_image *img, const char *backing, const char *backing_format,
                                  bool unsafe, qcow2_progress_fn progress, void *payload);
@@ -431,8 +620,13 @@ QCOW2_API int qcow2_image_rebase(qcow2_image *img, const char *backing, const ch
  * NULL = the whole chain), then make base img's backing file (named as the
  * layer just above base names it, re-expressed relative to img). Afterwards
  * the layers between are no longer needed by img. img must be open for
- * writing.
- * @return 0; QCOW2_EINVAL (base not in the chain), QCOW2_EREADONLY, QCOW2_EIO
+ * writing; the in-memory chain is replaced as by qcow2_image_rebase().
+ * @param[in] img       a qcow2 image opened with QCOW2_OPEN_RDWR
+ * @param[in] base      a layer of img's chain, or NULL
+ * @param[in] progress  progress callback, or NULL
+ * @param[in] payload   passed to progress
+ * @return 0; QCOW2_EINVAL (base not in the chain), QCOW2_EUNSUPPORTED (raw
+ *         image), QCOW2_EREADONLY, QCOW2_EFATAL, QCOW2_EIO, QCOW2_ENOSPC
  */
 QCOW2_API int qcow2_image_stream(qcow2_image *img, const qcow2_image *base,
                                  qcow2_progress_fn progress, void *payload);
@@ -442,6 +636,9 @@ QCOW2_API int qcow2_image_stream(qcow2_image *img, const qcow2_image *base,
  * backing chain again (what qemu-img commit does to the top afterwards).
  * Internal snapshots are refused (QCOW2_EUNSUPPORTED). img must be open for
  * writing.
+ * @param[in] img  a qcow2 image opened with QCOW2_OPEN_RDWR
+ * @return 0; QCOW2_EUNSUPPORTED (raw image, internal snapshots),
+ *         QCOW2_EREADONLY, QCOW2_EFATAL, QCOW2_EIO
  */
 QCOW2_API int qcow2_image_make_empty(qcow2_image *img);
 
@@ -457,7 +654,12 @@ typedef struct qcow2_measure_result {
  * Measure the file size a new image would need (qemu-img measure): for the
  * content of src (whole chain; NULL to measure an empty image of size
  * bytes) in the format and with the options of opts (NULL = qcow2 defaults).
- * @return 0, QCOW2_EINVAL, QCOW2_EIO
+ * @param[in] src   the source image, or NULL
+ * @param[in] size  virtual size when src is NULL (ignored otherwise)
+ * @param[in] opts  the target's creation options, or NULL
+ * @param[out] out  the figures
+ * @return 0; QCOW2_EINVAL (bad options, a size too large for the cluster
+ *         size), QCOW2_ECORRUPT, QCOW2_EIO (reading src)
  */
 QCOW2_API int qcow2_measure(qcow2_image *src, uint64_t size, const qcow2_create_opts *opts,
                             qcow2_measure_result *out);
@@ -481,8 +683,11 @@ typedef struct qcow2_snapshot_opts {
 /**
  * Find an internal snapshot by id or, when no id matches, by name (the first
  * match), as qemu-img snapshot -a/-d do.
+ * @param[in] img        the image
+ * @param[in] snapshot   an id or a name
  * @param[out] index_out  its index for qcow2_snapshot_get()
- * @return 0; QCOW2_ENOTFOUND
+ * @return 0; QCOW2_ENOTFOUND (none matches, or a raw image), QCOW2_EINVAL
+ *         (NULL argument)
  */
 QCOW2_API int qcow2_snapshot_find(const qcow2_image *img, const char *snapshot, size_t *index_out);
 
@@ -512,13 +717,18 @@ QCOW2_API int qcow2_snapshot_create(qcow2_image *img, const char *name,
  * found by id or name. The virtual size becomes the snapshot's disk size.
  * The snapshot stays. Crash-safe like qcow2_snapshot_create(): the new
  * active L1 is written to new clusters and switched by one header write.
+ * @param[in] img       a qcow2 image opened with QCOW2_OPEN_RDWR
+ * @param[in] snapshot  id or name
  * @return 0; QCOW2_ENOTFOUND, and the codes of qcow2_snapshot_create()
  */
 QCOW2_API int qcow2_snapshot_apply(qcow2_image *img, const char *snapshot);
 
 /**
  * Delete an internal snapshot (qemu-img snapshot -d), found by id or name;
- * the clusters only it used are freed.
+ * the clusters only it used are freed. Strings of qcow2_snapshot_info
+ * taken earlier become invalid.
+ * @param[in] img       a qcow2 image opened with QCOW2_OPEN_RDWR
+ * @param[in] snapshot  id or name
  * @return 0; QCOW2_ENOTFOUND, and the codes of qcow2_snapshot_create()
  */
 QCOW2_API int qcow2_snapshot_delete(qcow2_image *img, const char *snapshot);
@@ -529,13 +739,20 @@ QCOW2_API int qcow2_snapshot_delete(qcow2_image *img, const char *snapshot);
  * digest, compare and convert then see the snapshot, and the virtual size
  * is the snapshot's disk size. The backing chain is unchanged. Not for
  * qcow2_image_check() (which checks the active state).
- * @return 0; QCOW2_ENOTFOUND, QCOW2_EINVAL (a read-write handle), QCOW2_EIO
+ * @param[in] img       an image opened read-only
+ * @param[in] snapshot  id or name
+ * @return 0; QCOW2_ENOTFOUND, QCOW2_EINVAL (a read-write handle, NULL
+ *         argument), QCOW2_ECORRUPT (the snapshot's table or size), QCOW2_EIO
  */
 QCOW2_API int qcow2_image_view_snapshot(qcow2_image *img, const char *snapshot);
 
 /**
  * qcow2_image_open() read-only (QCOW2_OPEN_RDWR is ignored), then
  * qcow2_image_view_snapshot(). On failure *out is NULL.
+ * @param[out] out       the new handle, owned by the caller (qcow2_image_close())
+ * @param[in] path       the image file
+ * @param[in] snapshot   id or name
+ * @param[in] opts       options, or NULL
  * @return the codes of both
  */
 QCOW2_API int qcow2_image_open_snapshot(qcow2_image **out, const char *path, const char *snapshot,
@@ -567,10 +784,18 @@ typedef struct qcow2_check_result {
  * Check a qcow2 image's metadata (refcounts against references, COPIED flags,
  * offsets within the file, overlapping structures) and optionally repair it.
  * Set out->report (and payload) before the call to receive each finding.
- * Repair needs a handle opened with QCOW2_OPEN_RDWR.
+ * Repair needs a handle opened with QCOW2_OPEN_RDWR (and works on an image
+ * marked corrupt, which it clears when nothing is left to fix); open with
+ * QCOW2_OPEN_CHECK to see a dirty image as it is. report is called on the
+ * calling thread during the check.
+ * @param[in] img      the image
+ * @param[in] fix      0, or QCOW2_CHECK_FIX_* flags
+ * @param[in,out] out  in: report and payload; out: the counters (the other
+ *                     fields are reset first)
  * @return 0 when the check ran (look at the counters), QCOW2_EUNSUPPORTED for
  *         raw images, QCOW2_EREADONLY for a repair on a read-only handle,
- *         QCOW2_EIO.
+ *         QCOW2_EFATAL (a repair on a failed handle), QCOW2_EINVAL (unknown
+ *         fix flags, NULL argument), QCOW2_EIO, QCOW2_ENOMEM.
  */
 QCOW2_API int qcow2_image_check(qcow2_image *img, unsigned fix, qcow2_check_result *out);
 

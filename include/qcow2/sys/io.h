@@ -32,7 +32,13 @@ typedef enum qcow2_io_lock_mode {
 /**
  * Backend operations. Each returns 0 on success or a negative errno value
  * (-EIO, -ENOSPC, ...); the engine turns those into QCOW2_E* codes with a
- * message naming the file. Optional methods may be NULL.
+ * message naming the file (-ENOENT: QCOW2_ENOTFOUND, -ENOSPC/-EDQUOT:
+ * QCOW2_ENOSPC, -ENOMEM: QCOW2_ENOMEM, -EAGAIN/-EBUSY: QCOW2_EBUSY,
+ * -EACCES/-EPERM/-EROFS: QCOW2_EREADONLY, -EINVAL: QCOW2_EINVAL, -ENODEV:
+ * QCOW2_EUNSUPPORTED, anything else: QCOW2_EIO). Optional methods may be
+ * NULL. The engine calls a backend from one thread at a time (the thread
+ * using the image that owns it); a backend shared between images must
+ * serialise itself.
  */
 typedef struct qcow2_io_ops {
     unsigned version; /**< QCOW2_IO_OPS_VERSION */
@@ -85,17 +91,29 @@ struct qcow2_io {
 #define QCOW2_IO_DIRECT 0x8  /**< hint: bypass the page cache where possible */
 
 /**
- * How the engine opens files it finds by name (backing files). Returns 0 or
- * a negative errno. The default opens POSIX files.
+ * How the engine opens files it finds by name (backing files, and the files
+ * qcow2_image_open() and qcow2_image_create() are given when set in their
+ * options). The default opens POSIX files (qcow2_io_posix_open()).
+ * @param[out] out     the new backend; the engine owns it and closes it with
+ *                     the image
+ * @param[in] path     the file, as resolved by the engine
+ * @param[in] flags    QCOW2_IO_* flags
+ * @param[in] payload  the open_payload of the options
+ * @return 0, or a negative errno (-ENOENT for a missing file)
  */
 typedef int (*qcow2_io_open_fn)(qcow2_io **out, const char *path, unsigned flags, void *payload);
 
 /**
- * Open a POSIX file.
- * @param[out] out  the new backend, owned by the caller (close with its ops->close)
+ * Open a POSIX file (a regular file or a block device; reads and writes
+ * retry on EINTR). QCOW2_IO_DIRECT is accepted and ignored. No lock is taken
+ * until the engine calls the lock method.
+ * @param[out] out  the new backend, owned by the caller (qcow2_io_close(), or
+ *                  hand it to qcow2_image_open_io()); NULL on failure
  * @param[in] path  file path
  * @param[in] flags QCOW2_IO_* flags
- * @return 0, or a negative errno
+ * @return 0, or a negative errno: -ENOENT, -EEXIST (QCOW2_IO_CREATE without
+ *         QCOW2_IO_TRUNC), -EACCES, -ENODEV (a FIFO, socket, directory or
+ *         character device), -EINVAL (unknown flags), -ENOMEM
  */
 QCOW2_API int qcow2_io_posix_open(qcow2_io **out, const char *path, unsigned flags);
 
@@ -105,14 +123,30 @@ QCOW2_API int qcow2_io_posix_open(qcow2_io **out, const char *path, unsigned fla
 /**
  * An in-memory file, initially holding a copy of data[0..len) (zeroes when
  * data is NULL). It grows on writes past its end, up to QCOW2_IO_MEM_MAX_BYTES.
+ * It has no lock and no copy offload; flush does nothing.
+ * @param[out] out   the new backend, owned by the caller (qcow2_io_close(), or
+ *                   hand it to qcow2_image_open_io()); NULL on failure
+ * @param[in] data   the initial content (copied), or NULL
+ * @param[in] len    its length in bytes
  * @return 0, -ENOMEM, or -EFBIG when len exceeds QCOW2_IO_MEM_MAX_BYTES
  */
 QCOW2_API int qcow2_io_mem_new(qcow2_io **out, const void *data, size_t len);
 
-/** The bytes of an in-memory file (borrowed; valid until the next write or close). */
+/**
+ * The bytes of an in-memory file.
+ * @param[in] io        a backend made by qcow2_io_mem_new()
+ * @param[out] len_out  its length in bytes (may be NULL); 0 for another kind
+ *                      of backend
+ * @return the bytes, borrowed: valid until the next write, truncate or
+ *         close of io; NULL when io is NULL or not an in-memory file
+ */
 QCOW2_API const uint8_t *qcow2_io_mem_data(qcow2_io *io, size_t *len_out);
 
-/** Close any backend (NULL allowed). */
+/**
+ * Close any backend through its close method, releasing it and its locks.
+ * Do not close a backend an image owns (qcow2_image_open_io()).
+ * @param[in] io  the backend, or NULL (nothing happens)
+ */
 QCOW2_API void qcow2_io_close(qcow2_io *io);
 
 #ifdef __cplusplus
