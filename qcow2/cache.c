@@ -63,6 +63,8 @@ int qcow2__cache_get(qcow2_image *img, struct qcow2__cache *c, uint64_t off, boo
     assert(off != 0);
     if (slot->off == off) {
         slot->used = ++c->tick;
+        if (!load) /* a new table in a cluster that held an old one: start empty */
+            memset(slot->data, 0, (size_t)img->cluster_size);
         *out = slot;
         return 0;
     }
@@ -74,6 +76,8 @@ int qcow2__cache_get(qcow2_image *img, struct qcow2__cache *c, uint64_t off, boo
         if (slot->off == off) {
             slot->used = ++c->tick;
             c->last = i;
+            if (!load)
+                memset(slot->data, 0, (size_t)img->cluster_size);
             *out = slot;
             return 0;
         }

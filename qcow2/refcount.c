@@ -582,7 +582,9 @@ int qcow2__apply_pending_frees(qcow2_image *img)
             rc = qcow2__refcount_get(img, c, &v);
             if (rc || v)
                 continue;
-            /* Freed for good: give the space back to the file system. */
+            /* Freed for good: forget any table cached from it, give the space back. */
+            qcow2__cache_drop(&img->l2c, off);
+            qcow2__cache_drop(&img->rbc, off);
             if (off == (img->cbyte_off & ~(img->cluster_size - 1)))
                 img->cbyte_off = 0;
             if (punch_len && punch_off + punch_len == off) {

@@ -246,7 +246,15 @@ static int st_link_state(qsnap_store *s, const struct qsnap__step *st)
 
     if (!dst)
         return nomem();
-    if (link(st->a, dst) < 0) {
+    if (link(st->a, dst) == 0) {
+        /* The new name must be durable before the metadata that names it. */
+        char *sdir = strdup(dst);
+        if (sdir) {
+            *strrchr(sdir, '/') = '\0';
+            rc = qsnap__fsync_dir(sdir);
+            free(sdir);
+        }
+    } else {
         if (errno == EEXIST && stat(st->a, &a) == 0 && stat(dst, &b) == 0 && a.st_ino == b.st_ino &&
             a.st_dev == b.st_dev)
             rc = 0;
@@ -604,6 +612,30 @@ static char *decode_field(const char *s)
     return out;
 }
 
+/* A store-relative path under one of the store's directories, without "..". */
+static bool store_rel_ok(const char *rel, bool dirs_only)
+{
+    if (!rel)
+        return false;
+    if (dirs_only)
+        return !strcmp(rel, "") || !strcmp(rel, "layers") || !strcmp(rel, "state");
+    return (!strncmp(rel, "layers/", 7) || !strncmp(rel, "state/", 6)) && !strstr(rel, "..") &&
+           !strchr(rel + (rel[0] == 'l' ? 7 : 6), '/');
+}
+
+/* Steps that name paths (the others name layer ids, whose files come from checked models). */
+static bool journal_path_ok(const struct qsnap__step *st)
+{
+    if (st->kind == QSNAP__ST_MKDIR)
+        return !st->a || store_rel_ok(st->a, true);
+    if (st->kind == QSNAP__ST_UNLINK)
+        return store_rel_ok(st->a, false);
+    if (st->kind == QSNAP__ST_LINK_STATE)
+        return st->a && st->a[0] == '/' && store_rel_ok(st->b, false) &&
+               !strncmp(st->b, "state/", 6);
+    return true;
+}
+
 /* Parse a journal (hostile input, like any store file). */
 static int journal_read(qsnap_store *s, qsnap_plan **out)
 {
@@ -662,6 +694,12 @@ static int journal_read(qsnap_store *s, qsnap_plan **out)
         sp->a = decode_field(a);
         sp->b = decode_field(b);
         p->n++;
+        /* Paths a journal may name: inside the store, in its own directories. */
+        if (!journal_path_ok(sp)) {
+            rc = qsnap__err(QSNAP_EINTEGRITY, "remove the journal only if you know the operation",
+                            "%s: journal step %zu names a path outside the store", path, i + 1);
+            goto out;
+        }
         if ((sp->kind == QSNAP__ST_SAVE && sp->y >= nmodels) ||
             ((sp->kind == QSNAP__ST_UNLINK || sp->kind == QSNAP__ST_MKDIR) && !sp->a &&
              sp->kind != QSNAP__ST_MKDIR)) {
@@ -761,6 +799,16 @@ static bool can_undo(const qsnap_plan *p, size_t upto)
     return true;
 }
 
+/* Index of the first SAVE step (or the last step). */
+static size_t first_save(const qsnap_plan *p)
+{
+    for (size_t i = 0; i < p->n; i++) {
+        if (p->steps[i].kind == QSNAP__ST_SAVE)
+            return i;
+    }
+    return p->n ? p->n - 1 : 0;
+}
+
 /* Undo steps upto..0 (see can_undo); the store's model is the old one. */
 static void undo(qsnap_store *s, qsnap_plan *p, size_t upto)
 {
@@ -828,6 +876,15 @@ int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
         rc = qsnap__lock_new_store(s);
         if (rc)
             return rc;
+        /* Another first create may have finished between our open and our lock. */
+        {
+            char *meta = qsnap__path(s, "meta");
+            bool raced = !meta || qsnap__file_exists(meta);
+            free(meta);
+            if (raced)
+                return qsnap__err(QSNAP_EBUSY, "run the command again",
+                                  "%s: the store was set up by another qsnap meanwhile", s->dir);
+        }
     }
     rc = journal_write(s, p);
     if (rc)
@@ -896,7 +953,9 @@ int qsnap__recover(qsnap_store *s, bool *did)
         }
     }
     rc = run_from(s, p, from, NULL, &at);
-    if (rc && from == 0 && can_undo(p, at)) {
+    /* The crashed run may have gone further than this one: undo only when nothing
+     * before the first commit point could have changed a file irreversibly. */
+    if (rc && from == 0 && can_undo(p, first_save(p))) {
         /* It cannot be finished, and nothing was committed: take it back. */
         undo(s, p, at);
         rc = 0;
