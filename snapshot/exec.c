@@ -19,6 +19,16 @@
  *   COMMIT       the head keeps its data until the base holds it durably;
  *                an emptied head commits nothing
  *   UNLINK       a missing file is fine
+ *   INTERNAL_CREATE  an internal snapshot of that name already in the head is
+ *                the one this step made (plans refuse names the file already
+ *                holds), so it is done; libqcow2 switches the snapshot table
+ *                in one header write, so a crash leaves it whole or absent
+ *   INTERNAL_APPLY   applying the same snapshot again gives the same state
+ *   INTERNAL_DELETE  a snapshot already missing is done
+ *
+ * Internal snapshots are looked up by exact name, and applied or deleted by
+ * their unique id, never by qcow2_snapshot_find()'s id-or-name rule: a
+ * snapshot named "2" must not hit another whose id is 2.
  *
  * Rollback is never needed: every step before a commit point keeps the
  * content of every state in both the old and the new metadata, and every
@@ -485,6 +495,60 @@ static int st_unlink(qsnap_store *s, const struct qsnap__step *st)
     return rc;
 }
 
+long qsnap__find_internal(const qcow2_image *img, const char *name)
+{
+    size_t n = qcow2_snapshot_count(img);
+
+    for (size_t i = 0; name && i < n; i++) {
+        qcow2_snapshot_info si;
+        if (qcow2_snapshot_get(img, i, &si) == 0 && si.name && !strcmp(si.name, name))
+            return (long)i;
+    }
+    return -1;
+}
+
+/* INTERNAL_CREATE, _APPLY, _DELETE on layer x, snapshot a. */
+static int st_internal(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
+{
+    struct qsnap__layer *l = find_layer(s, p, st->x);
+    qcow2_image *img = NULL;
+    qcow2_snapshot_info si;
+    char *id = NULL;
+    long at;
+    int rc, qrc = 0;
+
+    if (!l || !st->a)
+        return qsnap__err(QSNAP_ERROR, NULL, "plan refers to a missing layer %u", st->x);
+    /* Only the head's own file is written: no backing chain is needed. */
+    rc = open_rw(s, l, QCOW2_OPEN_NO_BACKING, &img);
+    if (rc)
+        return rc;
+    at = qsnap__find_internal(img, st->a);
+    if (at >= 0 && qcow2_snapshot_get(img, (size_t)at, &si) == 0 && !(id = strdup(si.id))) {
+        qcow2_image_close(img);
+        return nomem();
+    }
+    if (st->kind == QSNAP__ST_INTERNAL_CREATE) {
+        if (at < 0)
+            qrc = qcow2_snapshot_create(img, st->a, NULL);
+    } else if (st->kind == QSNAP__ST_INTERNAL_APPLY) {
+        if (at < 0)
+            rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK' checks the store",
+                            "%s: internal snapshot %s is missing", l->file, st->a);
+        else
+            qrc = qcow2_snapshot_apply(img, id);
+    } else if (at >= 0) { /* INTERNAL_DELETE */
+        qrc = qcow2_snapshot_delete(img, id);
+    }
+    if (!rc && !qrc)
+        qrc = qcow2_image_flush(img);
+    if (!rc && qrc)
+        rc = qsnap__from_qcow2(qrc, NULL);
+    qcow2_image_close(img);
+    free(id);
+    return rc;
+}
+
 static int st_save(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
 {
     struct qsnap__model *m = &p->models[st->y], copy;
@@ -532,6 +596,10 @@ static int run_step(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st,
         return st_save(s, p, st);
     case QSNAP__ST_UNLINK:
         return st_unlink(s, st);
+    case QSNAP__ST_INTERNAL_CREATE:
+    case QSNAP__ST_INTERNAL_APPLY:
+    case QSNAP__ST_INTERNAL_DELETE:
+        return st_internal(s, p, st);
     }
     return qsnap__err(QSNAP_ERROR, NULL, "unknown plan step %d", (int)st->kind);
 }
@@ -686,7 +754,7 @@ static int journal_read(qsnap_store *s, qsnap_plan **out)
         char *nl = strchr(cur, '\n');
         if (!nl || (size_t)(nl - cur) >= sizeof(a) ||
             sscanf(cur, "step %d %u %u %u %s %s", &kind, &sp->x, &sp->y, &sp->z, a, b) != 6 ||
-            kind < QSNAP__ST_MKDIR || kind > QSNAP__ST_UNLINK) {
+            kind < QSNAP__ST_MKDIR || kind > QSNAP__ST_LAST) {
             rc = qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: damaged journal step %zu", path, i + 1);
             goto out;
         }
@@ -701,6 +769,7 @@ static int journal_read(qsnap_store *s, qsnap_plan **out)
             goto out;
         }
         if ((sp->kind == QSNAP__ST_SAVE && sp->y >= nmodels) ||
+            (sp->kind >= QSNAP__ST_INTERNAL_CREATE && !sp->a) ||
             ((sp->kind == QSNAP__ST_UNLINK || sp->kind == QSNAP__ST_MKDIR) && !sp->a &&
              sp->kind != QSNAP__ST_MKDIR)) {
             rc = qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: damaged journal step %zu", path, i + 1);
@@ -787,7 +856,10 @@ static bool can_undo(const qsnap_plan *p, size_t upto)
         case QSNAP__ST_THAW:
         case QSNAP__ST_LINK_STATE:
         case QSNAP__ST_PRESERVE:
+        case QSNAP__ST_INTERNAL_CREATE: /* undone by deleting what it made */
             break;
+        case QSNAP__ST_INTERNAL_APPLY:
+        case QSNAP__ST_INTERNAL_DELETE:
         case QSNAP__ST_STREAM:
         case QSNAP__ST_SET_BACKING:
         case QSNAP__ST_COMMIT:
@@ -841,12 +913,27 @@ static void undo(qsnap_store *s, qsnap_plan *p, size_t upto)
                 unlink(path);
             break;
         }
+        case QSNAP__ST_INTERNAL_CREATE: {
+            /* A snapshot the old metadata does not name: nothing refers to it. */
+            bool named = false;
+            for (size_t k = 0; k < s->m.nn && !named; k++)
+                named = s->m.nodes[k].layer == st->x && s->m.nodes[k].internal &&
+                        !strcmp(s->m.nodes[k].internal, st->a);
+            if (!named && old && l) {
+                struct qsnap__step del = *st;
+                del.kind = QSNAP__ST_INTERNAL_DELETE;
+                st_internal(s, p, &del);
+            }
+            break;
+        }
         case QSNAP__ST_MKDIR:
         case QSNAP__ST_STREAM:
         case QSNAP__ST_SET_BACKING:
         case QSNAP__ST_COMMIT:
         case QSNAP__ST_SAVE:
         case QSNAP__ST_UNLINK:
+        case QSNAP__ST_INTERNAL_APPLY:
+        case QSNAP__ST_INTERNAL_DELETE:
             break;
         }
         free(path);

@@ -12,6 +12,9 @@
  *   layer ID file=PATH fmt=raw|qcow2 backing=ID|0 frozen=0|1 disk=0|1
  *         [fp=HEX32 size=N mtime=NS]
  *   node ID parent=ID|0 layer=ID created=T [name=NAME] [desc=TEXT] [state=PATH]
+ *        [internal=SNAPNAME]      (an internal node: its content is the qcow2
+ *                                  snapshot SNAPNAME inside layer ID, a branch
+ *                                  head; files without the field still parse)
  *   branch NAME head=ID base=ID|0 created=T
  *   end
  *
@@ -34,6 +37,7 @@ void qsnap__model_free(struct qsnap__model *m)
         free(m->nodes[i].name);
         free(m->nodes[i].desc);
         free(m->nodes[i].state);
+        free(m->nodes[i].internal);
     }
     for (size_t i = 0; i < m->nb; i++)
         free(m->branches[i].name);
@@ -77,8 +81,10 @@ int qsnap__model_clone(struct qsnap__model *dst, const struct qsnap__model *src)
         b->name = dup_or_null(a->name);
         b->desc = dup_or_null(a->desc);
         b->state = dup_or_null(a->state);
+        b->internal = dup_or_null(a->internal);
         dst->nn++;
-        if ((a->name && !b->name) || (a->desc && !b->desc) || (a->state && !b->state))
+        if ((a->name && !b->name) || (a->desc && !b->desc) || (a->state && !b->state) ||
+            (a->internal && !b->internal))
             goto nomem;
     }
     for (size_t i = 0; i < src->nb; i++) {
@@ -183,6 +189,7 @@ void qsnap__del_node(struct qsnap__model *m, unsigned id)
             free(m->nodes[i].name);
             free(m->nodes[i].desc);
             free(m->nodes[i].state);
+            free(m->nodes[i].internal);
             /* Keep creation order: nodes are listed in the order they were made. */
             memmove(&m->nodes[i], &m->nodes[i + 1], (m->nn - i - 1) * sizeof(m->nodes[0]));
             m->nn--;
@@ -312,6 +319,10 @@ int qsnap__model_format(const struct qsnap__model *m, char **out)
         if (n->state) {
             put(&b, " state=");
             put_enc(&b, n->state);
+        }
+        if (n->internal) {
+            put(&b, " internal=");
+            put_enc(&b, n->internal);
         }
         put(&b, "\n");
     }
@@ -549,6 +560,10 @@ int qsnap__model_parse(struct qsnap__model *m, const char *text, size_t len, con
                 } else if (!strcmp(words[w], "state") && !n->state) {
                     if (!(n->state = decode(eq, strlen(eq))) || !n->state[0])
                         goto bad;
+                } else if (!strcmp(words[w], "internal") && !n->internal) {
+                    if (!(n->internal = decode(eq, strlen(eq))) || !n->internal[0] ||
+                        strlen(n->internal) > 65535)
+                        goto bad;
                 } else {
                     goto bad;
                 }
@@ -740,6 +755,9 @@ int qsnap__model_check(const struct qsnap__model *m, const char *what)
         else if (n->state && (strstr(n->state, "..") || n->state[0] == '/'))
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u's state file leaves the store",
                             what, n->id);
+        else if (n->internal && m->layers[find_idx(li, m->nl, n->layer)].fmt != QCOW2_FORMAT_QCOW2)
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint,
+                            "%s: internal node %u lives in a layer that is not qcow2", what, n->id);
         if (n->name)
             names[nnames++] = n->name;
     }
@@ -775,6 +793,32 @@ out:
     free(names);
     free(state);
     return rc;
+}
+
+size_t qsnap__internal_nodes_in(const struct qsnap__model *m, unsigned layer, char **names)
+{
+    size_t k = 0, len = 0;
+    char *out = NULL;
+
+    for (size_t i = 0; i < m->nn; i++) {
+        const struct qsnap__node *n = &m->nodes[i];
+        const char *nm;
+        char *p;
+        if (!n->internal || n->layer != layer)
+            continue;
+        k++;
+        if (!names)
+            continue;
+        nm = n->name ? n->name : n->internal;
+        p = realloc(out, len + strlen(nm) + 3);
+        if (!p)
+            continue;
+        out = p;
+        len += (size_t)sprintf(out + len, "%s%s", len ? ", " : "", nm);
+    }
+    if (names)
+        *names = out;
+    return k;
 }
 
 int qsnap_name_check(const char *name)

@@ -18,6 +18,13 @@
 static const char *const GC_HINT = "'qsnap verify --repair DISK' finishes it";
 
 static int nomem(void);
+static int plan_create_internal(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts *o);
+static int plan_revert_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot,
+                                const char *new_branch, bool discard);
+static int plan_delete_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot);
+static int refuse_internal_in(const struct qsnap__model *m, unsigned layer, const char *what,
+                              const char *hint);
+static int check_subtree_external(const struct qsnap__model *m, const struct qsnap__node *root);
 
 static int plan_new(qsnap_plan **out, const qsnap_store *s, const char *op)
 {
@@ -396,6 +403,8 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
 
     if (o)
         opts = *o;
+    if (o && o->internal)
+        return plan_create_internal(out, s, o);
     rc = s->exists ? check_writable_store(s) : check_no_pending(s);
     if (rc)
         return rc;
@@ -479,7 +488,13 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
         }
         bool dirty = true;
 
-        rc = check_free(s, &t, old_head->id);
+        rc = refuse_internal_in(&t, old_head->id,
+                                "an external snapshot would freeze them inside a read-only "
+                                "layer, where they could no longer be reverted to or deleted",
+                                "take an internal one with --internal, or delete the internal "
+                                "snapshots first ('qsnap delete DISK NAME')");
+        if (!rc)
+            rc = check_free(s, &t, old_head->id);
         if (!rc)
             rc = check_link(s, &t, old_head->id);
         if (!rc)
@@ -631,6 +646,8 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
 
     if (rc)
         return rc;
+    if (qsnap__node_by_name(&s->m, snapshot) && qsnap__node_by_name(&s->m, snapshot)->internal)
+        return plan_revert_internal(out, s, snapshot, new_branch, discard);
     rc = qsnap__model_clone(&t, &s->m);
     if (rc)
         return rc;
@@ -657,6 +674,16 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
     if (rc)
         goto out;
     drop = discard || !dirty;
+    if (qsnap__internal_nodes_in(&t, cur->head, NULL)) {
+        /* Its head holds internal snapshots: dropping it would delete them. */
+        if (discard) {
+            rc = refuse_internal_in(&t, cur->head, "--discard would delete them with the branch",
+                                    "revert without --discard (the branch is kept), or delete "
+                                    "the internal snapshots first");
+            goto out;
+        }
+        drop = false;
+    }
     /* A VM still running on the head it would leave: stop it first (it is about to
      * be left, and, when clean or discarded, removed). */
     rc = check_free(s, &t, cur->head);
@@ -766,6 +793,13 @@ int qsnap_plan_branch_create(qsnap_plan **out, qsnap_store *s, const char *name,
             rc = qsnap__err(QSNAP_EUSAGE, "name one with --at SNAPSHOT",
                             "the current branch has no base snapshot");
     }
+    if (!rc && n->internal)
+        rc = qsnap__err(QSNAP_EREFUSED,
+                        "'qsnap revert DISK NAME' applies it on its own branch; 'qsnap export "
+                        "DISK NAME OUT' copies it out; --at names an external snapshot",
+                        "%s is an internal snapshot: a new branch needs an overlay, and an "
+                        "overlay cannot be backed by an internal snapshot of another file",
+                        n->name ? n->name : "the current branch's base");
     if (!rc)
         rc = check_chain(s, &t, n->layer);
     if (!rc)
@@ -807,6 +841,9 @@ int qsnap_plan_branch_delete(qsnap_plan **out, qsnap_store *s, const char *name,
     if (!rc && t.current && !strcmp(t.current, name))
         rc = qsnap__err(QSNAP_EREFUSED, "'qsnap switch DISK OTHER' first",
                         "branch %s is the current branch", name);
+    if (!rc)
+        rc = refuse_internal_in(&t, b->head, "deleting the branch would delete them",
+                                "'qsnap delete DISK NAME' each of them first");
     if (!rc)
         rc = qsnap__head_dirty(s, qsnap__layer(&t, b->head), &dirty, &used);
     fmt_bytes(bytes, sizeof(bytes), used);
@@ -1057,6 +1094,9 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     if ((flags & QSNAP_DELETE_METADATA) && (flags & (QSNAP_DELETE_CHILDREN | QSNAP_DELETE_STREAM)))
         return qsnap__err(QSNAP_EUSAGE, NULL,
                           "--metadata cannot be combined with --children or --stream");
+    if (qsnap__node_by_name(&s->m, snapshot) && qsnap__node_by_name(&s->m, snapshot)->internal &&
+        !(flags & (QSNAP_DELETE_METADATA | QSNAP_DELETE_CHILDREN)))
+        return plan_delete_internal(out, s, snapshot);
     rc = qsnap__model_clone(&t, &s->m);
     if (rc)
         return rc;
@@ -1068,7 +1108,9 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     if (rc)
         goto out;
     if (flags & QSNAP_DELETE_CHILDREN) {
-        rc = plan_delete_subtree(s, &t, p, n);
+        rc = check_subtree_external(&t, n);
+        if (!rc)
+            rc = plan_delete_subtree(s, &t, p, n);
         goto out;
     }
     if (n->state) {
@@ -1116,6 +1158,21 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
         if (t.layers[i].backing == l->id && t.layers[i].frozen && !(flags & QSNAP_DELETE_STREAM))
             deps = 2; /* keep, as for several dependents */
     }
+    /* A head holding internal snapshots must keep its backing content: they read
+     * through it. Streaming would change what they read. */
+    for (size_t i = 0; i < t.nl && !rc; i++) {
+        if (t.layers[i].backing != l->id || !qsnap__internal_nodes_in(&t, t.layers[i].id, NULL))
+            continue;
+        if (flags & QSNAP_DELETE_STREAM)
+            rc = refuse_internal_in(&t, t.layers[i].id,
+                                    "streaming this snapshot's data into their file would change "
+                                    "what they read",
+                                    "delete without --stream (its data stays as an unnamed node)");
+        else
+            deps = deps > 1 ? deps : 2; /* keep, as for several dependents */
+    }
+    if (rc)
+        goto out;
     if (l->is_disk || (deps > 1 && !(flags & QSNAP_DELETE_STREAM))) {
         /* Several states are built on it: keep the data as an unnamed node. */
         free(n->name);
@@ -1193,7 +1250,16 @@ int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *branch)
         goto out;
     }
     lfile = strdup(l->file);
-    rc = lfile ? check_free(s, &t, h->id) : nomem();
+    rc = lfile ? refuse_internal_in(&t, h->id,
+                                    "a commit empties the head and writes its data into the layer "
+                                    "below, which would change what they read",
+                                    "delete the internal snapshots first ('qsnap delete DISK NAME')")
+               : nomem();
+    if (!rc)
+        rc = refuse_internal_in(&t, l->id, "a commit would write into the layer that holds them",
+                                "delete the internal snapshots first");
+    if (!rc)
+        rc = check_free(s, &t, h->id);
     if (!rc)
         rc = check_link(s, &t, h->id);
     if (!rc)
@@ -1285,6 +1351,466 @@ out:
     return 0;
 }
 
+/* ---- internal snapshots -------------------------------------------------------- *
+ *
+ * An internal node's content is a qcow2 snapshot inside a branch head (the
+ * head it was taken on, which stays the branch's writable head). What keeps
+ * it safe: the head is never frozen while it holds one (external create is
+ * refused), never dropped (branch delete, revert --discard refused; revert
+ * keeps the branch), never emptied or streamed into (commit and delete
+ * --stream refused), and its backing layer keeps its content (a snapshot
+ * read through it). Reverting applies it to the head in place, which is only
+ * done on the current branch (its head has no dependents); the head's state
+ * is kept first as another internal snapshot unless --discard.
+ */
+
+/* Refuse (QSNAP_EREFUSED) when layer holds internal nodes; why and hint say the rest. */
+static int refuse_internal_in(const struct qsnap__model *m, unsigned layer, const char *why,
+                              const char *hint)
+{
+    const struct qsnap__branch *b = NULL;
+    char *names = NULL;
+    size_t k = qsnap__internal_nodes_in(m, layer, &names);
+    int rc;
+
+    if (!k)
+        return 0;
+    for (size_t i = 0; i < m->nb && !b; i++) {
+        if (m->branches[i].head == layer)
+            b = &m->branches[i];
+    }
+    if (b)
+        rc = qsnap__err(QSNAP_EREFUSED, hint,
+                        "the head of branch %s holds %sinternal snapshot%s (%s): %s", b->name,
+                        k == 1 ? "an " : "", k == 1 ? "" : "s", names ? names : "?", why);
+    else
+        rc = qsnap__err(QSNAP_EREFUSED, hint, "%s holds internal snapshots (%s): %s",
+                        qsnap__layer(m, layer) ? qsnap__layer(m, layer)->file : "a layer",
+                        names ? names : "?", why);
+    free(names);
+    return rc;
+}
+
+/* delete --children: the subtree must not hold internal nodes (delete them one by one). */
+static int check_subtree_external(const struct qsnap__model *m, const struct qsnap__node *root)
+{
+    for (size_t i = 0; i < m->nn; i++) {
+        const struct qsnap__node *n = &m->nodes[i];
+        size_t steps = 0;
+        if (!n->internal)
+            continue;
+        for (const struct qsnap__node *a = n; a && steps++ <= m->nn; a = qsnap__node(m, a->parent)) {
+            if (a->id == root->id)
+                return qsnap__err(QSNAP_EREFUSED,
+                                  "'qsnap delete DISK NAME' each internal snapshot first",
+                                  "the subtree of %s holds internal snapshot %s: --children "
+                                  "removes external snapshots and branches only",
+                                  root->name ? root->name : "it",
+                                  n->name ? n->name : n->internal);
+        }
+    }
+    return 0;
+}
+
+/* Whether the qcow2 snapshot table of layer l holds a snapshot named name. */
+static int head_has_snapshot(const qsnap_store *s, const struct qsnap__layer *l, const char *name,
+                             bool *has)
+{
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    qcow2_image *img = NULL;
+    char *path = qsnap__path(s, l->file);
+    int rc;
+
+    *has = false;
+    if (!path)
+        return nomem();
+    oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
+    oo.format = QCOW2_FORMAT_QCOW2;
+    rc = qcow2_image_open(&img, path, &oo);
+    free(path);
+    if (rc)
+        return qsnap__from_qcow2(rc, "'qsnap verify DISK' checks the store");
+    *has = qsnap__find_internal(img, name) >= 0;
+    qcow2_image_close(img);
+    return 0;
+}
+
+/* A generated name, free in the tree and in head l's snapshot table (NULL: out of memory). */
+static int gen_internal_name(const qsnap_store *s, const struct qsnap__model *m,
+                             const struct qsnap__layer *l, const char *prefix, char **out)
+{
+    *out = NULL;
+    for (unsigned i = 1; i < 1000000; i++) {
+        char *name;
+        bool has = false;
+        int rc;
+        if (asprintf(&name, "%s-%u", prefix, i) < 0)
+            return nomem();
+        if (name_taken(m, name) || qsnap_name_check(name) != 0) {
+            free(name);
+            continue;
+        }
+        rc = l ? head_has_snapshot(s, l, name, &has) : 0;
+        if (rc || !has) {
+            if (rc)
+                free(name);
+            else
+                *out = name;
+            return rc;
+        }
+        free(name);
+    }
+    return nomem();
+}
+
+static int plan_create_internal(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts *o)
+{
+    struct qsnap__model t;
+    qsnap_plan *p = NULL;
+    struct qsnap__node *n;
+    struct qsnap__branch *b;
+    struct qsnap__layer *head;
+    unsigned head_id, base_id;
+    char *name = NULL, *bname = NULL;
+    int rc = s->exists ? check_writable_store(s) : check_no_pending(s);
+
+    if (rc)
+        return rc;
+    rc = qsnap__model_clone(&t, &s->m);
+    if (rc)
+        return rc;
+    rc = plan_new(&p, s, "create");
+    if (!rc && o->name)
+        rc = check_new_name(&t, o->name);
+    if (rc)
+        goto out;
+    if (!s->exists) {
+        /* First snapshot: the disk becomes the (unnamed) root layer, branch main's head
+         * goes on top, and the internal snapshot is taken in that head. */
+        qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+        qcow2_image *img = NULL;
+        struct qsnap__layer *disk;
+        struct qsnap__node *root;
+
+        oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_RDWR;
+        rc = qcow2_image_open(&img, s->disk_abs, &oo); /* proves no QEMU uses it */
+        if (rc) {
+            rc = qsnap__from_qcow2(rc, "stop the virtual machine that uses the disk first");
+            goto out;
+        }
+        disk = qsnap__add_layer(&t);
+        if (!disk || !(disk->file = strdup(t.disk))) {
+            qcow2_image_close(img);
+            rc = nomem();
+            goto out;
+        }
+        disk->fmt = qcow2_image_format(img);
+        disk->is_disk = true;
+        disk->frozen = true;
+        qcow2_image_close(img);
+        head_id = 0;
+        {
+            unsigned disk_id = disk->id;
+            root = qsnap__add_node(&t);
+            head = root ? new_overlay(&t, disk_id) : NULL;
+            b = head ? qsnap__add_branch(&t) : NULL;
+            if (!b || !(b->name = strdup("main")) || !(t.current = strdup("main"))) {
+                rc = nomem();
+                goto out;
+            }
+            root = &t.nodes[t.nn - 1];
+            root->layer = disk_id;
+            root->created = qsnap__now();
+            b->head = head_id = head->id;
+            b->base = root->id;
+            b->created = root->created;
+            rc = add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "", NULL);
+            if (!rc)
+                rc = add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "layers", NULL);
+            if (!rc)
+                rc = add_step(p, QSNAP__ST_CREATE, head_id, 0, 0, NULL, NULL);
+            if (!rc)
+                rc = add_step(p, QSNAP__ST_FREEZE, disk_id, 0, 0, NULL, NULL);
+            if (rc)
+                goto out;
+        }
+        if (o->name)
+            name = strdup(o->name);
+        else
+            rc = gen_internal_name(s, &t, NULL, "snap", &name);
+    } else {
+        b = qsnap__branch_by_name(&t, t.current);
+        head = b ? qsnap__layer(&t, b->head) : NULL;
+        if (!head) {
+            rc = qsnap__err(QSNAP_EINTEGRITY, GC_HINT, "%s: the current branch is missing", s->dir);
+            goto out;
+        }
+        head_id = head->id;
+        rc = check_free(s, &t, head_id);
+        if (!rc)
+            rc = check_link(s, &t, head_id);
+        if (!rc)
+            rc = check_chain(s, &t, head->backing);
+        if (!rc && head->fmt != QCOW2_FORMAT_QCOW2)
+            rc = qsnap__err(QSNAP_EREFUSED, NULL, "the head of branch %s is not qcow2", b->name);
+        if (rc)
+            goto out;
+        if (o->name) {
+            bool has = false;
+            rc = head_has_snapshot(s, head, o->name, &has);
+            if (!rc && has)
+                rc = qsnap__err(QSNAP_EUSAGE,
+                                "choose another name ('qsnap image snapshot -l FILE' lists them)",
+                                "%s already holds an internal snapshot named '%s' that the tree "
+                                "does not know (made with qemu-img?)",
+                                head->file, o->name);
+            if (!rc && !(name = strdup(o->name)))
+                rc = nomem();
+        } else {
+            rc = gen_internal_name(s, &t, head, "snap", &name);
+        }
+    }
+    if (!rc && !name)
+        rc = nomem();
+    if (rc)
+        goto out;
+    b = qsnap__branch_by_name(&t, t.current);
+    base_id = b->base;
+    if (!(bname = strdup(b->name))) {
+        rc = nomem();
+        goto out;
+    }
+    n = qsnap__add_node(&t);
+    if (!n) {
+        rc = nomem();
+        goto out;
+    }
+    n->name = name;
+    name = NULL;
+    n->internal = strdup(n->name);
+    n->parent = base_id;
+    n->layer = head_id;
+    n->created = qsnap__now();
+    n->desc = o->description ? strdup(o->description) : NULL;
+    if (!n->internal || (o->description && !n->desc)) {
+        rc = nomem();
+        goto out;
+    }
+    b = qsnap__branch_by_name(&t, bname);
+    b->base = n->id;
+    rc = attach_state(p, n, o->state_file);
+    if (!rc)
+        rc = add_step(p, QSNAP__ST_INTERNAL_CREATE, head_id, 0, 0, n->internal, NULL);
+    if (!rc)
+        rc = add_save(p, &t);
+    if (!rc)
+        rc = set_summary(p, "created internal snapshot %s of branch %s (inside %s, which stays "
+                            "the branch's head)",
+                         n->name, bname, qsnap__layer(&t, head_id)->file);
+out:
+    free(name);
+    free(bname);
+    qsnap__model_free(&t);
+    if (rc) {
+        qsnap_plan_free(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+static int plan_revert_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot,
+                                const char *new_branch, bool discard)
+{
+    struct qsnap__model t;
+    struct qsnap__node *target, *base;
+    struct qsnap__branch *cur, *owner = NULL;
+    struct qsnap__layer *head;
+    qsnap_plan *p = NULL;
+    char *keep = NULL, *bname = NULL, *snap = NULL;
+    bool differs = true, kept_already = false;
+    unsigned target_id, head_id;
+    int rc = qsnap__model_clone(&t, &s->m);
+
+    if (rc)
+        return rc;
+    rc = find_snapshot(&t, snapshot, &target);
+    if (!rc)
+        rc = plan_new(&p, s, "revert");
+    if (rc)
+        goto out;
+    cur = qsnap__branch_by_name(&t, t.current);
+    if (!cur) {
+        rc = qsnap__err(QSNAP_EINTEGRITY, GC_HINT, "%s: the current branch is missing", s->dir);
+        goto out;
+    }
+    for (size_t i = 0; i < t.nb; i++) {
+        if (t.branches[i].head == target->layer)
+            owner = &t.branches[i];
+    }
+    if (!owner) {
+        rc = qsnap__err(QSNAP_EREFUSED, "'qsnap export DISK NAME OUT' copies it out",
+                        "internal snapshot %s lives in a layer that is no longer a branch's "
+                        "head: it can be read (diff, export) but not applied",
+                        snapshot);
+        goto out;
+    }
+    if (owner != cur) {
+        char hint[256];
+        snprintf(hint, sizeof(hint), "'qsnap switch DISK %s' first, then revert", owner->name);
+        rc = qsnap__err(QSNAP_EREFUSED, hint,
+                        "internal snapshot %s lives inside the head of branch %s, not of the "
+                        "current branch %s: it is applied in place, on its own branch only",
+                        snapshot, owner->name, cur->name);
+        goto out;
+    }
+    if (new_branch) {
+        rc = qsnap__err(QSNAP_EUSAGE, "revert without --branch",
+                        "--branch does not apply: internal snapshot %s is reverted in place, on "
+                        "branch %s's head (an overlay cannot start from an internal snapshot)",
+                        snapshot, cur->name);
+        goto out;
+    }
+    head = qsnap__layer(&t, cur->head);
+    head_id = head->id;
+    target_id = target->id;
+    bname = strdup(cur->name);
+    snap = strdup(target->internal);
+    if (!bname || !snap) {
+        rc = nomem();
+        goto out;
+    }
+    rc = check_free(s, &t, head_id);
+    if (!rc)
+        rc = check_link(s, &t, head_id);
+    if (!rc)
+        rc = check_chain(s, &t, head->backing);
+    if (!rc)
+        rc = qsnap__differs_from_internal(s, head, snap, &differs);
+    if (rc)
+        goto out;
+    /* Is the head's state already kept by a node? (the target's, or the branch's base) */
+    base = qsnap__node(&t, cur->base);
+    kept_already = !differs;
+    if (!kept_already && base && base->internal && base->layer == head_id) {
+        bool d = true;
+        rc = qsnap__differs_from_internal(s, head, base->internal, &d);
+        kept_already = !d;
+    } else if (!kept_already && base && base->layer == head->backing) {
+        bool dirty = true;
+        rc = qsnap__head_dirty(s, head, &dirty, NULL);
+        kept_already = !dirty;
+    }
+    if (rc)
+        goto out;
+    if (!kept_already && !discard) {
+        struct qsnap__node *k;
+        char prefix[QSNAP_MAX_NAME];
+        snprintf(prefix, sizeof(prefix), "%.100s-before-revert", bname);
+        rc = gen_internal_name(s, &t, head, prefix, &keep);
+        if (rc)
+            goto out;
+        k = qsnap__add_node(&t);
+        if (!k || !(k->name = strdup(keep)) || !(k->internal = strdup(keep))) {
+            rc = nomem();
+            goto out;
+        }
+        cur = qsnap__branch_by_name(&t, bname);
+        k->parent = cur->base;
+        k->layer = head_id;
+        k->created = qsnap__now();
+        rc = add_step(p, QSNAP__ST_INTERNAL_CREATE, head_id, 0, 0, keep, NULL);
+        if (rc)
+            goto out;
+    }
+    cur = qsnap__branch_by_name(&t, bname);
+    cur->base = target_id;
+    rc = add_step(p, QSNAP__ST_INTERNAL_APPLY, head_id, 0, 0, snap, NULL);
+    if (!rc)
+        rc = add_save(p, &t);
+    if (rc)
+        goto out;
+    if (keep)
+        rc = set_summary(p, "reverted branch %s to internal snapshot %s in place; its previous "
+                            "state is kept as internal snapshot %s",
+                         bname, snapshot, keep);
+    else if (!kept_already)
+        rc = set_summary(p, "reverted branch %s to internal snapshot %s in place; discarded its "
+                            "changes",
+                         bname, snapshot);
+    else
+        rc = set_summary(p, "reverted branch %s to internal snapshot %s in place (its state was "
+                            "already kept)",
+                         bname, snapshot);
+out:
+    free(keep);
+    free(bname);
+    free(snap);
+    qsnap__model_free(&t);
+    if (rc) {
+        qsnap_plan_free(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+static int plan_delete_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot)
+{
+    struct qsnap__model t;
+    struct qsnap__node *n;
+    struct qsnap__layer *l;
+    qsnap_plan *p = NULL;
+    char *snap = NULL;
+    unsigned layer_id;
+    int rc = qsnap__model_clone(&t, &s->m);
+
+    if (rc)
+        return rc;
+    rc = find_snapshot(&t, snapshot, &n);
+    if (!rc)
+        rc = plan_new(&p, s, "delete");
+    if (rc)
+        goto out;
+    l = qsnap__layer(&t, n->layer);
+    layer_id = l->id;
+    if (l->frozen) {
+        rc = qsnap__err(QSNAP_EREFUSED, "'qsnap delete --metadata DISK NAME' forgets the name only",
+                        "internal snapshot %s lives in frozen layer %s: deleting it would write "
+                        "into a layer others depend on",
+                        snapshot, l->file);
+        goto out;
+    }
+    rc = check_free(s, &t, layer_id);
+    if (rc)
+        goto out;
+    if (!(snap = strdup(n->internal))) {
+        rc = nomem();
+        goto out;
+    }
+    if (n->state)
+        rc = defer_unlink(p, n->state);
+    reparent(&t, n->id, n->parent);
+    qsnap__del_node(&t, n->id);
+    /* The metadata stops naming it first; the snapshot goes after the commit point. */
+    if (!rc)
+        rc = add_save(p, &t);
+    if (!rc)
+        rc = add_step(p, QSNAP__ST_INTERNAL_DELETE, layer_id, 0, 0, snap, NULL);
+    if (!rc)
+        rc = set_summary(p, "deleted internal snapshot %s (from %s)", snapshot,
+                         qsnap__layer(&t, layer_id)->file);
+out:
+    free(snap);
+    qsnap__model_free(&t);
+    if (rc) {
+        qsnap_plan_free(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
 /* ---- describe ---------------------------------------------------------------- */
 
 static const char *step_name(enum qsnap__step_kind k)
@@ -1312,6 +1838,12 @@ static const char *step_name(enum qsnap__step_kind k)
         return "save-metadata";
     case QSNAP__ST_UNLINK:
         return "remove";
+    case QSNAP__ST_INTERNAL_CREATE:
+        return "internal-create";
+    case QSNAP__ST_INTERNAL_APPLY:
+        return "internal-apply";
+    case QSNAP__ST_INTERNAL_DELETE:
+        return "internal-delete";
     }
     return "?";
 }
@@ -1401,6 +1933,19 @@ int qsnap_plan_describe(const qsnap_plan *p, bool json, char **out)
             break;
         case QSNAP__ST_UNLINK:
             snprintf(line, sizeof(line), "remove %s", st->a);
+            break;
+        case QSNAP__ST_INTERNAL_CREATE:
+            snprintf(line, sizeof(line), "record internal snapshot %s inside %s (its qcow2 "
+                     "snapshot table; the file stays the writable head)", st->a,
+                     layer_file(p, st->x));
+            break;
+        case QSNAP__ST_INTERNAL_APPLY:
+            snprintf(line, sizeof(line), "revert %s in place to its internal snapshot %s",
+                     layer_file(p, st->x), st->a);
+            break;
+        case QSNAP__ST_INTERNAL_DELETE:
+            snprintf(line, sizeof(line), "delete internal snapshot %s from %s", st->a,
+                     layer_file(p, st->x));
             break;
         }
         if (json) {

@@ -64,6 +64,8 @@ struct qsnap__node {
     int64_t created;     /* seconds since the epoch */
     char *desc;          /* description, or NULL */
     char *state;         /* attached state file, relative to the store, or NULL */
+    char *internal;      /* internal node: the name of the qcow2 snapshot inside `layer` that
+                          * holds its content (qcow2_snapshot_*); NULL: the layer's content */
 };
 
 struct qsnap__branch {
@@ -108,7 +110,11 @@ enum qsnap__step_kind {
     QSNAP__ST_COMMIT,         /* x: head committed into its backing layer y (head emptied) */
     QSNAP__ST_SAVE,           /* y: save target model number y (the commit points) */
     QSNAP__ST_UNLINK,         /* a: file removed (store-relative) */
+    QSNAP__ST_INTERNAL_CREATE, /* x: layer (a head) gains internal snapshot named a */
+    QSNAP__ST_INTERNAL_APPLY,  /* x: layer's active state reverted to internal snapshot a */
+    QSNAP__ST_INTERNAL_DELETE, /* x: internal snapshot a removed from layer x */
 };
+#define QSNAP__ST_LAST QSNAP__ST_INTERNAL_DELETE
 
 struct qsnap__step {
     enum qsnap__step_kind kind;
@@ -168,10 +174,17 @@ int64_t qsnap__now(void);
 int qsnap__journal_pending(const qsnap_store *s, bool *out);
 int qsnap__recover(qsnap_store *s, bool *did_something);
 int qsnap__layer_fingerprint(const qsnap_store *s, struct qsnap__layer *l);
+/* Index of the internal snapshot named exactly `name` (not by id) in img, or -1. */
+long qsnap__find_internal(const qcow2_image *img, const char *name);
 
 /* query.c: head dirty state, sizes. */
 int qsnap__head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *dirty,
                       uint64_t *bytes);
 int qsnap__image_in_use(const qsnap_store *s, const struct qsnap__layer *l);
+/* Whether head layer l's active state differs from its internal snapshot `snap`. */
+int qsnap__differs_from_internal(const qsnap_store *s, const struct qsnap__layer *l,
+                                 const char *snap, bool *differs);
+/* Internal nodes whose content lives in layer id (count; names joined in *names if non-NULL). */
+size_t qsnap__internal_nodes_in(const struct qsnap__model *m, unsigned layer, char **names);
 
 #endif /* QSNAP_INT_H */

@@ -160,8 +160,21 @@ static int fill_node(const qsnap_store *s, const struct qsnap__node *n, qsnap_no
     out->description = strdup(n->desc ? n->desc : "");
     out->created = n->created;
     out->current = n->id == current_base;
-    out->virtual_size = l ? virtual_size(s, l) : 0;
-    out->file_bytes = l ? file_bytes(s, l) : 0;
+    out->internal = n->internal != NULL;
+    if (n->internal) {
+        /* It shares its head's file: its size is the snapshot's. */
+        qcow2_image *img = NULL;
+        long at;
+        qcow2_snapshot_info si;
+        if (l && open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img) == 0 &&
+            (at = qsnap__find_internal(img, n->internal)) >= 0 &&
+            qcow2_snapshot_get(img, (size_t)at, &si) == 0)
+            out->virtual_size = si.disk_size;
+        qcow2_image_close(img);
+    } else {
+        out->virtual_size = l ? virtual_size(s, l) : 0;
+        out->file_bytes = l ? file_bytes(s, l) : 0;
+    }
     out->state_file = n->state ? qsnap__path(s, n->state) : NULL;
     for (size_t i = 0; i < s->m.nn; i++)
         out->nb_children += s->m.nodes[i].parent == n->id;
@@ -190,7 +203,10 @@ static int fill_branch(const qsnap_store *s, const struct qsnap__branch *b, qsna
     out->current = s->m.current && !strcmp(s->m.current, b->name);
     if (!out->name || !out->file || !out->description)
         return nomem();
-    rc = qsnap__head_dirty(s, h, &out->dirty, NULL);
+    if (base && base->internal && h && base->layer == h->id)
+        rc = qsnap__differs_from_internal(s, h, base->internal, &out->dirty);
+    else
+        rc = qsnap__head_dirty(s, h, &out->dirty, NULL);
     out->virtual_size = h ? virtual_size(s, h) : 0;
     out->file_bytes = h ? file_bytes(s, h) : 0;
     return rc;
@@ -279,10 +295,29 @@ static int resolve(const qsnap_store *s, const char *name, const struct qsnap__l
 
 static int open_chain(const qsnap_store *s, const char *name, qcow2_image **out)
 {
+    const struct qsnap__node *n = qsnap__node_by_name(&s->m, name);
     const struct qsnap__layer *l;
     int rc = resolve(s, name, &l);
 
-    return rc ? rc : open_layer(s, l, QCOW2_OPEN_NO_LOCK, out);
+    if (!rc)
+        rc = open_layer(s, l, QCOW2_OPEN_NO_LOCK, out);
+    if (!rc && n && n->internal) {
+        /* An internal node: the head file (read-only) showing the snapshot. */
+        long at = qsnap__find_internal(*out, n->internal);
+        qcow2_snapshot_info si;
+        int qrc = at < 0 ? QCOW2_ENOTFOUND : qcow2_snapshot_get(*out, (size_t)at, &si);
+        if (!qrc)
+            qrc = qcow2_image_view_snapshot(*out, si.id);
+        if (qrc) {
+            rc = at < 0 ? qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK' checks the store",
+                                     "%s: internal snapshot %s of %s is missing", l->file,
+                                     n->internal, name)
+                        : qsnap__from_qcow2(qrc, NULL);
+            qcow2_image_close(*out);
+            *out = NULL;
+        }
+    }
+    return rc;
 }
 
 static int add_range(qsnap_range **r, size_t *n, size_t *cap, uint64_t start, uint64_t len)
@@ -316,6 +351,65 @@ static bool same_storage(const qcow2_extent *a, const qcow2_extent *b)
     return stat(qcow2_image_filename(a->layer), &sa) == 0 &&
            stat(qcow2_image_filename(b->layer), &sb) == 0 && sa.st_ino == sb.st_ino &&
            sa.st_dev == sb.st_dev;
+}
+
+int qsnap__differs_from_internal(const qsnap_store *s, const struct qsnap__layer *l,
+                                 const char *snap, bool *differs)
+{
+    qcow2_image *act = NULL, *img = NULL;
+    const unsigned flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
+    long at;
+    int rc;
+
+    *differs = true;
+    rc = open_layer(s, l, flags, &act);
+    if (!rc)
+        rc = open_layer(s, l, flags, &img);
+    if (rc)
+        goto out;
+    at = qsnap__find_internal(img, snap);
+    if (at < 0) {
+        rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK' checks the store",
+                        "%s: internal snapshot %s is missing", l->file, snap);
+        goto out;
+    }
+    {
+        qcow2_snapshot_info si;
+        rc = qcow2_snapshot_get(img, (size_t)at, &si);
+        if (!rc)
+            rc = qcow2_image_view_snapshot(img, si.id);
+        if (rc) {
+            rc = qsnap__from_qcow2(rc, NULL);
+            goto out;
+        }
+    }
+    if (qcow2_image_size(act) != qcow2_image_size(img))
+        goto out;
+    /* The same clusters (or both unallocated, or both zero) everywhere: the same state. */
+    for (uint64_t off = 0, size = qcow2_image_size(act); off < size;) {
+        qcow2_extent ea, eb;
+        bool pa, pb;
+        rc = qcow2_image_block_status(act, NULL, off, size - off, &ea);
+        if (!rc)
+            rc = qcow2_image_block_status(img, NULL, off, ea.length, &eb);
+        if (rc) {
+            rc = qsnap__from_qcow2(rc, NULL);
+            goto out;
+        }
+        pa = (ea.flags & QCOW2_EXT_PRESENT) && ea.depth == 0;
+        pb = (eb.flags & QCOW2_EXT_PRESENT) && eb.depth == 0;
+        if (pa != pb)
+            goto out;
+        if (pa && !same_storage(&ea, &eb) &&
+            !((ea.flags & QCOW2_EXT_ZERO) && (eb.flags & QCOW2_EXT_ZERO)))
+            goto out;
+        off += eb.length;
+    }
+    *differs = false;
+out:
+    qcow2_image_close(act);
+    qcow2_image_close(img);
+    return rc;
 }
 
 int qsnap_diff(qsnap_store *s, const char *a, const char *b, qsnap_range **out, size_t *n_out)
@@ -452,6 +546,15 @@ int qsnap_why(qsnap_store *s, const char *name, char **out)
     f = open_memstream(&buf, &len);
     if (!f)
         return nomem();
+    if (n && n->internal) {
+        fprintf(f, "snapshot %s: internal snapshot %s inside %s (%s)\n", name, n->internal,
+                l->file, l->frozen ? "frozen" : "a branch's writable head");
+        fprintf(f, "revert: applies it in place when that head is the current branch's (the "
+                   "head's state is kept as another internal snapshot unless --discard)\n");
+        fprintf(f, "delete: removes it from %s's snapshot table; nothing else depends on it\n",
+                l->file);
+        goto done;
+    }
     fprintf(f, "%s %s: %s (%s%s)\n", n ? "snapshot" : "branch", name, l->file,
             l->frozen ? "frozen" : "writable head", l->is_disk ? ", the disk itself" : "");
     for (size_t i = 0; i < s->m.nl; i++) {
@@ -493,7 +596,11 @@ int qsnap_why(qsnap_store *s, const char *name, char **out)
         fprintf(f, "commit: writes its changes into %s; everything else built on that layer "
                    "moves to a new layer that keeps its content\n",
                 qsnap__layer(&s->m, l->backing) ? qsnap__layer(&s->m, l->backing)->file : "?");
+        if (qsnap__internal_nodes_in(&s->m, l->id, NULL))
+            fprintf(f, "its head holds internal snapshots: commit, branch delete and an external "
+                       "snapshot are refused until they are deleted\n");
     }
+done:
     if (fclose(f) != 0 || !buf) {
         free(buf);
         return nomem();
@@ -691,6 +798,42 @@ static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, st
     free(path);
 }
 
+/*
+ * An internal node: its snapshot is in its layer's table, and the layer is a
+ * branch's head (internal snapshots never live in frozen layers: see plan.c).
+ */
+static void verify_internal(qsnap_store *s, const struct qsnap__node *n, struct findings *fs)
+{
+    const struct qsnap__layer *l = qsnap__layer(&s->m, n->layer);
+    const char *name = n->name ? n->name : "an unnamed node";
+    qcow2_image *img = NULL;
+    bool head = false;
+    char *path;
+
+    if (!n->internal || !l)
+        return;
+    for (size_t i = 0; i < s->m.nb; i++)
+        head |= s->m.branches[i].head == l->id;
+    path = qsnap__path(s, l->file);
+    if (!path)
+        return;
+    if (!head || l->frozen)
+        find(fs, true, false, path, "internal snapshot %s lives in %s, which is not a branch's "
+                                    "writable head",
+             name, l->file);
+    if (qsnap__file_exists(path) &&
+        open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img) == 0) {
+        if (qsnap__find_internal(img, n->internal) < 0)
+            find(fs, true, false, path,
+                 "internal snapshot %s of %s is missing from %s's snapshot table (removed "
+                 "outside qsnap?): restore the file from a backup, or 'qsnap delete' %s to "
+                 "forget it",
+                 n->internal, name, l->file, name);
+    }
+    qcow2_image_close(img);
+    free(path);
+}
+
 /* Files in layers/ and state/ that the metadata does not name: half-made or orphaned. */
 static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
 {
@@ -773,6 +916,8 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
     }
     for (size_t i = 0; i < s->m.nl; i++)
         verify_layer(s, &s->m.layers[i], repair, &fs);
+    for (size_t i = 0; i < s->m.nn; i++)
+        verify_internal(s, &s->m.nodes[i], &fs);
     for (size_t i = 0; i < s->m.nn; i++) {
         const struct qsnap__node *n = &s->m.nodes[i];
         char *p = n->state ? qsnap__path(s, n->state) : NULL;

@@ -105,7 +105,10 @@ typedef struct qsnap_node {
     int64_t created;         /**< creation time, seconds since the epoch */
     bool current;            /**< the current branch, or the current branch's base snapshot */
     bool dirty;              /**< branch: the head holds writes */
-    bool internal;           /**< snapshot kept inside a qcow2 file (not yet supported) */
+    bool internal;           /**< an internal snapshot: kept in the qcow2 snapshot table of
+                                  `file` (the head of the branch it was taken on), not as a
+                                  frozen layer; its virtual_size is the snapshot's, and
+                                  file_bytes is 0 (it shares the head's file) */
     uint64_t virtual_size;   /**< guest size in bytes */
     uint64_t file_bytes;     /**< bytes the layer or head file occupies */
     unsigned nb_children;    /**< child nodes and branches */
@@ -140,9 +143,18 @@ typedef struct qsnap_create_opts {
     const char *name;        /**< snapshot name, or NULL to generate one */
     const char *description; /**< or NULL */
     const char *state_file;  /**< a file to attach (hard-linked into the store), or NULL */
+    /**
+     * Record an internal snapshot (qcow2 snapshot table) of the current
+     * branch's head instead of freezing it: the head stays the branch's
+     * writable head, and the snapshot is a node of the tree whose content
+     * lives inside it. On a disk without a store, the store is set up first
+     * (the disk as an unnamed root, branch main's head over it) and the
+     * internal snapshot is taken in main's head.
+     */
+    bool internal;
 } qsnap_create_opts;
 
-#define QSNAP_CREATE_OPTS_INIT {QSNAP_CREATE_OPTS_VERSION, NULL, NULL, NULL}
+#define QSNAP_CREATE_OPTS_INIT {QSNAP_CREATE_OPTS_VERSION, NULL, NULL, NULL, false}
 
 /*
  * The qsnap_plan_* functions build a plan without changing any file; *out is
@@ -154,14 +166,26 @@ typedef struct qsnap_create_opts {
  * writing (not QSNAP_OPEN_READONLY).
  */
 
-/** Snapshot the current branch (sets up the store on the first call). */
+/**
+ * Snapshot the current branch (sets up the store on the first call). With
+ * o->internal, an internal snapshot of the head; an external snapshot (which
+ * freezes the head) is refused while the head holds internal snapshots.
+ */
 QSNAP_API int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts *o);
 
 /**
  * Start a new branch at a snapshot and make it current. The branch left
  * behind is kept when dirty and dropped when clean; with discard it is
  * dropped either way. new_branch NULL: the left branch's name when it is
- * dropped, else a generated name.
+ * dropped, else a generated name. A branch whose head holds internal
+ * snapshots is never dropped (discard is refused).
+ *
+ * An internal snapshot is reverted in place instead: it must live in the
+ * current branch's head (else refused: switch to its branch first), and
+ * new_branch must be NULL. The head's state, unless it equals the target's
+ * or the branch's internal base, is first kept as a new internal snapshot
+ * (a generated name), or with discard dropped; then the head is set to the
+ * snapshot's content and the branch's base becomes that snapshot.
  */
 QSNAP_API int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
                                 const char *new_branch, bool discard);
