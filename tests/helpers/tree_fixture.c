@@ -306,6 +306,29 @@ bool tf_store_matches(qsnap_store *s, const tf_model *m, const char *dir, char *
             ok = false;
             break;
         }
+        if (l[i].internal) {
+            /* An internal snapshot lives inside its head: read it through export. */
+            char out[1024];
+            snprintf(out, sizeof(out), "%s/.tf-internal.raw", dir);
+            rc = qsnap_export(s, l[i].name, out, QCOW2_FORMAT_RAW, NULL, NULL);
+            if (!rc)
+                rc = tf_digest_file(out, got);
+            unlink(out);
+            if (rc) {
+                snprintf(why, why_len, "internal %s: export or digest failed: %s", l[i].name,
+                         qsnap_error_last()->message);
+                ok = false;
+                break;
+            }
+            tf_digest_buf(dir, st->data, TF_SIZE, want);
+            if (memcmp(got, want, 16) != 0) {
+                snprintf(why, why_len, "internal snapshot %s: content differs from the model",
+                         l[i].name);
+                ok = false;
+                break;
+            }
+            continue;
+        }
         rc = tf_digest_file(l[i].file, got);
         if (rc) {
             snprintf(why, why_len, "%s (%s): digest failed: %s", l[i].name, l[i].file,
@@ -419,7 +442,7 @@ void tf_frozen_record(tf_frozen *fz, qsnap_store *s)
     cr_assert_eq(qsnap_list(s, &l, &n), 0);
     for (size_t i = 0; i < n; i++) {
         bool known = false;
-        if (l[i].kind == QSNAP_BRANCH)
+        if (l[i].kind == QSNAP_BRANCH || l[i].internal) /* internal: inside a writable head */
             continue;
         for (size_t k = 0; k < fz->n && !known; k++)
             known = !strcmp(fz->f[k].path, l[i].file);
