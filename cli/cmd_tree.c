@@ -35,6 +35,7 @@ enum {
     OPT_CHILDREN,
     OPT_STREAM,
     OPT_METADATA,
+    OPT_INTERNAL,
 };
 
 /* ---- shared helpers ---------------------------------------------------------- */
@@ -257,7 +258,8 @@ static int bad_option(const char *cmd)
 /* ---- create ------------------------------------------------------------------ */
 
 static const char create_help[] =
-    "Usage: qsnap create DISK [NAME] [-m DESCRIPTION] [--state FILE] [--dry-run] [--json]\n"
+    "Usage: qsnap create DISK [NAME] [-m DESCRIPTION] [--state FILE] [--internal]\n"
+    "                    [--dry-run] [--json]\n"
     "\n"
     "Take a snapshot of the current branch: its head is frozen as the snapshot and\n"
     "the branch goes on in a new, empty overlay. The first call on a disk sets up\n"
@@ -269,6 +271,9 @@ static const char create_help[] =
     "  -m, --message=TEXT   a description of the snapshot\n"
     "      --state=FILE     attach FILE (a saved VM state, say) to the snapshot; it\n"
     "                       is hard-linked into the store, never copied\n"
+    "      --internal       record an internal snapshot (the qcow2 snapshot table)\n"
+    "                       of the head instead: the head is not frozen and stays\n"
+    "                       the branch's head; revert applies it in place\n"
     "  -n, --dry-run        print the plan (the file steps) and change nothing\n"
     "      --json           print the plan as JSON\n"
     "  -h, --help           show this help and exit\n"
@@ -283,7 +288,8 @@ static int cmd_create(int argc, char **argv)
 {
     static const cli_opt_def defs[] = {
         {"help", 'h', false},    {"message", 'm', true},    {"state", OPT_STATE, true},
-        {"dry-run", 'n', false}, {"json", OPT_JSON, false}, {NULL, 0, false},
+        {"dry-run", 'n', false}, {"json", OPT_JSON, false}, {"internal", OPT_INTERNAL, false},
+        {NULL, 0, false},
     };
     qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
     bool dry_run = false, json = false;
@@ -301,6 +307,9 @@ static int cmd_create(int argc, char **argv)
             break;
         case OPT_STATE:
             co.state_file = p.arg;
+            break;
+        case OPT_INTERNAL:
+            co.internal = true;
             break;
         case 'n':
             dry_run = true;

@@ -213,9 +213,10 @@ static const char list_help[] =
     "      --from=NAME      only NAME's children (with --tree: the tree from NAME)\n"
     "      --descendants    with --from: all of NAME's descendants\n"
     "      --branches       only branches\n"
-    "      --internal       only internal snapshots (none: the tree holds external\n"
-    "                       snapshots only)\n"
-    "      --external       only external snapshots (all of them)\n"
+    "      --internal       only internal snapshots (create --internal: kept in the\n"
+    "                       qcow2 snapshot table of a branch's head)\n"
+    "      --external       everything else (external snapshots, unnamed nodes,\n"
+    "                       branches)\n"
     "  -h, --help           show this help and exit\n"
     "\n"
     "Colour is used on a terminal only, and never when NO_COLOR is set.\n"
@@ -277,7 +278,8 @@ static void list_table(const qsnap_node *list, size_t n, const bool *sel, bool p
         printf("%c %-*s  ", e->kind == QSNAP_BRANCH && e->current ? '*' : ' ', wname, e->name);
         if (parent_col)
             printf("%-*s  ", wparent, e->parent_name ? e->parent_name : "-");
-        printf("%-8s  %-19s  %10s  %s\n", tree_kind_name(e->kind), tree_fmt_time(e->created, when),
+        printf("%-8s  %-19s  %10s  %s\n", e->internal ? "internal" : tree_kind_name(e->kind),
+               tree_fmt_time(e->created, when),
                cli_fmt_size(e->file_bytes, size),
                e->kind != QSNAP_BRANCH ? "-"
                : e->dirty              ? "yes"
@@ -438,7 +440,7 @@ static void info_text(const qsnap_node *list, size_t n, size_t i)
     bool first = true;
 
     printf("name:          %s\n", e->name);
-    printf("kind:          %s\n", tree_kind_name(e->kind));
+    printf("kind:          %s\n", e->internal ? "internal snapshot" : tree_kind_name(e->kind));
     printf("id:            %u\n", e->id);
     printf("%-15s%s\n", e->kind == QSNAP_BRANCH ? "starts at:" : "parent:",
            e->parent_name ? e->parent_name : "(none)");

@@ -14,8 +14,10 @@
  *                    or with --descendants its whole subtree, NAME excluded;
  *                    --tree draws from NAME and includes it (as virsh does)
  *   --branches       branches only
- *   --internal       internal snapshots only (none yet: the tree holds
- *                    external ones only); --external: the others
+ *   --internal       internal snapshots only (qsnap_node.internal: kept in
+ *                    the qcow2 snapshot table of a branch head, made by
+ *                    create --internal); --external: every other node
+ *                    (external snapshots, unnamed nodes, branches)
  *
  * With --tree, a node that is not selected but leads to one that is stays in
  * the drawing as structure (its name only, dimmed on a terminal); nodes that
@@ -193,7 +195,10 @@ static void details(const struct view *v, const qsnap_node *e, size_t width)
     }
     tree_fmt_time(e->created, when);
     when[16] = '\0'; /* minutes are enough in a drawing */
-    fprintf(v->out, "%s  %s", when, size);
+    if (e->internal) /* inside its head's file: no bytes of its own to show */
+        fprintf(v->out, "%s  internal", when);
+    else
+        fprintf(v->out, "%s  %s", when, size);
     if (e->description[0]) {
         fputs("  \"", v->out);
         fputs(e->description, v->out);
