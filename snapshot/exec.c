@@ -220,22 +220,16 @@ static int set_write_bit(qsnap_store *s, const struct qsnap__layer *l, bool writ
 }
 
 /* Fingerprint layer x now and record it in every target model that has it. */
-static int st_freeze(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
+static int take_fingerprint(qsnap_store *s, qsnap_plan *p, const struct qsnap__layer *l)
 {
-    struct qsnap__layer *l = find_layer(s, p, st->x), tmp;
+    struct qsnap__layer tmp = *l;
     int rc;
 
-    if (!l)
-        return qsnap__err(QSNAP_ERROR, NULL, "plan refers to a missing layer %u", st->x);
-    rc = set_write_bit(s, l, false);
-    if (rc)
-        return rc;
-    tmp = *l;
     rc = qsnap__layer_fingerprint(s, &tmp);
     if (rc)
         return rc;
     for (size_t k = 0; k < p->nm; k++) {
-        struct qsnap__layer *t = qsnap__layer(&p->models[k], st->x);
+        struct qsnap__layer *t = qsnap__layer(&p->models[k], l->id);
         if (t && t->frozen) {
             memcpy(t->fp, tmp.fp, sizeof(t->fp));
             memcpy(t->fpd, tmp.fpd, sizeof(t->fpd));
@@ -246,6 +240,17 @@ static int st_freeze(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st
         }
     }
     return 0;
+}
+
+static int st_freeze(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
+{
+    struct qsnap__layer *l = find_layer(s, p, st->x);
+    int rc;
+
+    if (!l)
+        return qsnap__err(QSNAP_ERROR, NULL, "plan refers to a missing layer %u", st->x);
+    rc = set_write_bit(s, l, false);
+    return rc ? rc : take_fingerprint(s, p, l);
 }
 
 static int st_link_state(qsnap_store *s, const struct qsnap__step *st)
@@ -452,6 +457,110 @@ out:
     return rc;
 }
 
+/*
+ * Walk the ranges head allocates itself (up to the size of k) that kept
+ * layer k does not hold itself. With ki writable, copy what ki reads there
+ * into it; otherwise only tell whether there is one (*gap).
+ */
+static int kept_gaps(qcow2_image *head, qcow2_image *ki, bool copy, bool *gap)
+{
+    const uint64_t chunk = 4u << 20, end = qcow2_image_size(ki) < qcow2_image_size(head)
+                                               ? qcow2_image_size(ki)
+                                               : qcow2_image_size(head);
+    uint8_t *buf = copy ? malloc(chunk) : NULL;
+    int rc = copy && !buf ? QCOW2_ENOMEM : 0;
+
+    *gap = false;
+    for (uint64_t off = 0; !rc && off < end;) {
+        qcow2_extent e, g = {0};
+        uint64_t n = end - off < chunk ? end - off : chunk;
+        rc = qcow2_image_block_status(head, NULL, off, n, &e);
+        if (rc || !(e.flags & QCOW2_EXT_PRESENT) || e.depth != 0) {
+            off += rc ? 0 : e.length;
+            continue;
+        }
+        for (uint64_t o = off; !rc && o < off + e.length; o += g.length) {
+            rc = qcow2_image_block_status(ki, NULL, o, off + e.length - o, &g);
+            if (rc || ((g.flags & QCOW2_EXT_PRESENT) && g.depth == 0))
+                continue;
+            *gap = true;
+            if (!copy)
+                return 0;
+            rc = qcow2_image_read(ki, buf, (size_t)g.length, o);
+            if (!rc)
+                rc = qcow2_image_write(ki, buf, (size_t)g.length, o);
+        }
+        off += e.length;
+    }
+    free(buf);
+    return rc;
+}
+
+/*
+ * Before a commit writes the head's data into l, the layer kept over l must
+ * hold l's content wherever the head allocates. PRESERVE made it so for the
+ * head as it was then; a guest that wrote to the head later (after a crash
+ * past the first commit point the head is still its branch's writable head)
+ * may have allocated more. Copy what the kept layer reads there (l's bytes:
+ * l has only been written where the head allocated at PRESERVE time, which
+ * the kept layer holds) into it. What it reads does not change, only where
+ * it keeps it, so nothing built on it sees a difference; its fingerprint is
+ * taken again, also when an earlier run did the copy and crashed.
+ */
+static int top_up_kept(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st,
+                       qcow2_image *head)
+{
+    struct qsnap__layer *k = NULL;
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    qcow2_image *ki = NULL;
+    struct stat sb;
+    char *path;
+    bool gap = false;
+    int rc;
+
+    for (size_t i = 0; i < p->n && !k; i++) {
+        const struct qsnap__step *q = &p->steps[i];
+        if (q->kind == QSNAP__ST_PRESERVE && q->y == st->y && q->z == st->x)
+            k = find_layer(s, p, q->x);
+    }
+    if (!k)
+        return 0;
+    path = qsnap__path(s, k->file);
+    if (!path)
+        return nomem();
+    oo.format = QCOW2_FORMAT_QCOW2;
+    rc = qcow2_image_open(&ki, path, &oo);
+    if (!rc)
+        rc = kept_gaps(head, ki, false, &gap);
+    qcow2_image_close(ki);
+    ki = NULL;
+    if (!rc && gap) {
+        rc = set_write_bit(s, k, true);
+        oo.flags = QCOW2_OPEN_RDWR;
+        if (!rc)
+            rc = qcow2_image_open(&ki, path, &oo);
+        if (!rc)
+            rc = kept_gaps(head, ki, true, &gap);
+        if (!rc)
+            rc = qcow2_image_flush(ki);
+        qcow2_image_close(ki);
+        if (rc)
+            rc = qsnap__from_qcow2(rc, "'qsnap verify --repair DISK' finishes it");
+        if (!rc)
+            rc = set_write_bit(s, k, false);
+        gap = true;
+    } else if (rc) {
+        rc = qsnap__from_qcow2(rc, NULL);
+    }
+    /* Copied now, or by a run that crashed before it saved the new fingerprint. */
+    if (!rc && !gap && stat(path, &sb) == 0 &&
+        ((uint64_t)sb.st_size != k->size ||
+         (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec != k->mtime_ns))
+        gap = true;
+    free(path);
+    return !rc && gap ? take_fingerprint(s, p, k) : rc;
+}
+
 static int st_commit(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st,
                      const qsnap_exec_opts *o)
 {
@@ -472,6 +581,12 @@ static int st_commit(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st
     } else {
         co.progress = o ? o->progress : NULL;
         co.payload = o ? o->payload : NULL;
+        /* The head is locked from here: no guest can write to it meanwhile. */
+        rc = top_up_kept(s, p, st, img);
+        if (rc) {
+            qcow2_image_close(img);
+            return rc;
+        }
         rc = qcow2_image_commit(img, &co);
         if (!rc)
             rc = qcow2_image_flush(img);

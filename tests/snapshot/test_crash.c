@@ -576,3 +576,62 @@ Test(crash, first_create_interrupted_is_found_without_open_create)
     tf_model_free(&before);
     tf_model_free(&after);
 }
+
+/*
+ * A commit killed after its first commit point leaves the branch head as the
+ * branch's writable head, and a guest may write to it before anyone runs
+ * verify --repair. Ranges it allocates then were not preserved; finishing the
+ * commit must keep them first, or the snapshots built on the committed layer
+ * would read the guest's new data. For every kill point: write to the head
+ * where it held nothing, repair, and every snapshot still reads what it did.
+ */
+Test(crash, commit_finished_after_a_guest_wrote_to_the_head)
+{
+    const struct op *op = &OPS[10]; /* commit-raw-disk: branch c into the disk */
+    const uint64_t woff = 2 * MiB + 64 * KiB, wlen = 128 * KiB;
+    tf_model before = {0};
+    qsnap_store *s;
+    qsnap_plan *p = NULL;
+    size_t n;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img/qemu-io not installed");
+    fixture(op, &before);
+    s = tf_open(disk, QSNAP_OPEN_CREATE);
+    ok(op->plan(s, &p), op->name);
+    n = tf_plan_steps(p);
+    qsnap_plan_free(p);
+    qsnap_store_close(s);
+    tf_model_write(&before, "c", 0x99, woff, wlen);
+
+    for (unsigned k = 1; k <= n; k++) {
+        tf_model scratch = {0};
+        char point[128], why[1024], *head;
+        qsnap_finding *f = NULL;
+        size_t nf = 0;
+
+        fixture(op, &scratch);
+        tf_model_free(&scratch);
+        s = tf_open(disk, QSNAP_OPEN_CREATE);
+        head = tf_file_of(s, "c");
+        qsnap_store_close(s);
+        cr_assert_not_null(head);
+        cr_assert_eq(run_child(op, (struct kill_at){k, false}, false), 'K');
+        /* The guest writes where the head held nothing (data and zeroes of the disk below). */
+        tf_lib_write(head, 0x99, woff, wlen);
+        free(head);
+        snprintf(point, sizeof(point), "killed after step %u of %zu, then a guest write", k, n);
+        s = tf_open(disk, QSNAP_OPEN_CREATE);
+        ok(qsnap_verify(s, true, &f, &nf), point);
+        qsnap_verify_free(f, nf);
+        cr_expect(tf_store_matches(s, &before, dir, why, sizeof(why)), "%s: %s", point, why);
+        f = NULL;
+        nf = 0;
+        cr_expect_eq(qsnap_verify(s, false, &f, &nf), 0, "%s: a second verify found problems",
+                     point);
+        qsnap_verify_free(f, nf);
+        tf_qemu_check_all(qsnap_store_path(s), disk, point);
+        qsnap_store_close(s);
+    }
+    tf_model_free(&before);
+}
