@@ -628,19 +628,15 @@ static int write_zero_data_at(qcow2_image *img, uint64_t host_off, uint64_t len)
     return 0;
 }
 
-/* Zero request flags passed through for_each_table's data pointer slot. */
-static unsigned zero_flags;
-
-static int zero_in_table(qcow2_image *img, const uint8_t *unused, uint64_t off, uint64_t len)
+/* Zero [off, off+len) within one L2 table; unmap: free the clusters too. */
+static int zero_in_table(qcow2_image *img, uint64_t off, uint64_t len, bool unmap)
 {
     uint64_t cs = img->cluster_size, scs = 1ull << img->sc_bits;
     uint64_t end = off + len, pos = off;
     uint64_t l1_idx = off >> (img->cluster_bits + img->l2_bits);
-    bool unmap = (zero_flags & QCOW2_ZERO_MAY_UNMAP) != 0;
     struct qcow2__cslot *slot = NULL;
     int rc = 0;
 
-    QCOW2_UNUSED(unused);
     while (pos < end) {
         uint64_t cstart = pos & ~(cs - 1);
         uint64_t cend = qcow2__min(cstart + cs, img->size);
@@ -705,6 +701,19 @@ static int zero_in_table(qcow2_image *img, const uint8_t *unused, uint64_t off, 
     return 0;
 }
 
+/* for_each_table callbacks (one per flag: no state outside the image, for threads). */
+static int zero_keep_in_table(qcow2_image *img, const uint8_t *unused, uint64_t off, uint64_t len)
+{
+    QCOW2_UNUSED(unused);
+    return zero_in_table(img, off, len, false);
+}
+
+static int zero_unmap_in_table(qcow2_image *img, const uint8_t *unused, uint64_t off, uint64_t len)
+{
+    QCOW2_UNUSED(unused);
+    return zero_in_table(img, off, len, true);
+}
+
 int qcow2_image_write_zeroes(qcow2_image *img, uint64_t guest_off, uint64_t len, unsigned flags)
 {
     int rc = start_write(img, guest_off, len);
@@ -715,8 +724,8 @@ int qcow2_image_write_zeroes(qcow2_image *img, uint64_t guest_off, uint64_t len,
         return qcow2__io_punch(img->io, img->name, guest_off, len); /* a hole reads as zeroes */
     if (img->hdr.version < 3)
         return write_zero_data(img, guest_off, len);
-    zero_flags = flags;
-    return for_each_table(img, NULL, guest_off, len, zero_in_table);
+    return for_each_table(img, NULL, guest_off, len,
+                          (flags & QCOW2_ZERO_MAY_UNMAP) ? zero_unmap_in_table : zero_keep_in_table);
 }
 
 static int discard_in_table(qcow2_image *img, const uint8_t *unused, uint64_t off, uint64_t len)
