@@ -1095,7 +1095,13 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
         return qsnap__err(QSNAP_EUSAGE, NULL,
                           "--metadata cannot be combined with --children or --stream");
     if (qsnap__node_by_name(&s->m, snapshot) && qsnap__node_by_name(&s->m, snapshot)->internal &&
-        !(flags & (QSNAP_DELETE_METADATA | QSNAP_DELETE_CHILDREN)))
+        (flags & QSNAP_DELETE_METADATA))
+        return qsnap__err(QSNAP_EUSAGE, "delete it without --metadata",
+                          "--metadata does not apply to internal snapshot %s: unnamed, it could "
+                          "no longer be deleted and would pin its branch's head",
+                          snapshot);
+    if (qsnap__node_by_name(&s->m, snapshot) && qsnap__node_by_name(&s->m, snapshot)->internal &&
+        !(flags & QSNAP_DELETE_CHILDREN))
         return plan_delete_internal(out, s, snapshot);
     rc = qsnap__model_clone(&t, &s->m);
     if (rc)

@@ -318,6 +318,8 @@ Test(internal, on_a_branch_head_and_refusals)
                    "delete --children", "internal snapshot i1");
     expect_refused(qsnap_plan_delete(&p, s, "s2", QSNAP_DELETE_STREAM), QSNAP_EREFUSED,
                    "delete --stream", "streaming");
+    expect_refused(qsnap_plan_delete(&p, s, "i1", QSNAP_DELETE_METADATA), QSNAP_EUSAGE,
+                   "delete --metadata of an internal snapshot", "--metadata");
     expect_refused(qsnap_plan_revert(&p, s, "s1", NULL, true), QSNAP_EREFUSED,
                    "revert --discard away", "--discard");
     check(s, &m, "after refusals");
