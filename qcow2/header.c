@@ -151,8 +151,10 @@ static int parse_extensions(qcow2_image *img, const uint8_t *buf, uint64_t start
         }
         type = qcow2__be32(buf + off);
         len = qcow2__be32(buf + off + 4);
-        if (type == QCOW2_EXT_END)
+        if (type == QCOW2_EXT_END) {
+            off += 8; /* the marker is part of the area a rewrite must keep */
             break;
+        }
         if (count >= QCOW2_MAX_EXTENSIONS) {
             rc = qcow2__corrupt(img, "more than %u header extensions", QCOW2_MAX_EXTENSIONS);
             goto out;
@@ -546,27 +548,106 @@ int qcow2__header_serialize(qcow2_image *img, uint8_t *buf, size_t buf_len, size
     return rc;
 }
 
+/* Whether [a, b) and [c, d) share a byte. */
+static bool overlaps(uint64_t a, uint64_t b, uint64_t c, uint64_t d)
+{
+    return a < d && c < b;
+}
+
+/*
+ * Until the new first sector is on disk, the old one is the header, and it
+ * refers to bytes past the first sector: the old extension area's tail and
+ * the old backing name. Whatever is written there first must leave those
+ * bytes as they are. Extensions cannot move (they follow the header), so
+ * where they reach past the first sector their bytes must equal the old
+ * ones wherever the old header refers; the backing name can go anywhere in
+ * cluster 0, so it moves past the old name when they would share a byte.
+ */
+static int place_tail(qcow2_image *img, uint8_t *buf, size_t buf_len, size_t *used,
+                      uint64_t ext_end, uint64_t old_ext_end, uint64_t old_name_off,
+                      uint64_t old_name_end)
+{
+    const uint64_t sector = QCOW2_HEADER_SECTOR;
+    uint64_t name_len = img->hdr.backing_len, name_off = img->hdr.backing_off;
+    uint64_t old_end = qcow2__max(old_ext_end, old_name_end);
+    uint8_t *old = NULL;
+    int rc = 0;
+
+    if (ext_end > sector && old_end > sector) {
+        uint64_t n = old_end - sector;
+        old = qcow2__malloc((size_t)n);
+        if (!old)
+            return qcow2__nomem();
+        rc = qcow2__io_read(img->io, img->name, old, (size_t)n, sector);
+        for (uint64_t i = sector; !rc && i < ext_end && i < old_end; i++) {
+            bool referred = i < old_ext_end || (i >= old_name_off && i < old_name_end);
+            if (referred && buf[i] != old[i - sector])
+                rc = qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
+                                "header extensions reach past the first sector and would change "
+                                "in place; rewriting them is not crash-safe");
+        }
+        qcow2__free(old);
+        if (rc)
+            return rc;
+    }
+    if (!name_len || name_off + name_len <= sector)
+        return 0;
+    /* The part past the first sector must not land on bytes the old header uses. */
+    if (overlaps(qcow2__max(name_off, sector), name_off + name_len, sector, old_ext_end) ||
+        overlaps(qcow2__max(name_off, sector), name_off + name_len, old_name_off, old_name_end)) {
+        uint64_t to = qcow2__max(qcow2__max(old_end, ext_end), sector);
+        if (to + name_len > buf_len)
+            return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
+                              "no room in the header cluster to write the backing file name "
+                              "crash-safely");
+        memmove(buf + to, buf + name_off, (size_t)name_len);
+        memset(buf + name_off, 0, (size_t)qcow2__min(name_len, to - name_off));
+        qcow2__put_be64(buf + 8, to);
+        img->hdr.backing_off = to;
+        *used = (size_t)(to + name_len);
+    }
+    return 0;
+}
+
 /*
  * Rewrite cluster 0. The first sector holds the fields that say where
  * everything else is; it is written last and alone:
  *  - a header within one sector: that sector, flushed; then stale bytes the
  *    old header used past it are cleared (nothing refers to them any more);
- *  - a larger header: the bytes past the first sector first, flushed, then
- *    the first sector, flushed.
+ *  - a larger header: the bytes past the first sector first (see place_tail:
+ *    never over bytes the old header refers to), flushed, then the first
+ *    sector, flushed. A crash at any point leaves the old header or the new
+ *    one, each with every byte it refers to.
  */
 int qcow2__header_write(qcow2_image *img)
 {
     size_t len = (size_t)img->cluster_size, used = 0, sector = QCOW2_HEADER_SECTOR;
+    uint64_t old_name_off = img->hdr.backing_off,
+             old_name_end = img->hdr.backing_off + img->hdr.backing_len,
+             old_ext_end = img->ext_end, ext_end = 0;
     uint8_t *buf = qcow2__calloc(1, len);
     int rc;
 
     if (!buf)
         return qcow2__nomem();
     rc = qcow2__header_serialize(img, buf, len, &used);
-    if (rc)
+    ext_end = img->hdr.backing_len ? img->hdr.backing_off : used;
+    if (!rc && used > sector)
+        rc = place_tail(img, buf, len, &used, ext_end, old_ext_end, old_name_off, old_name_end);
+    if (rc) {
+        img->hdr.backing_off = old_name_off;
+        img->hdr.backing_len = (uint32_t)(old_name_end - old_name_off);
         goto out;
+    }
     if (used > sector) {
-        rc = qcow2__io_write(img->io, img->name, buf + sector, used - sector, sector);
+        /* The extensions' tail and the name; not the gap between them (old bytes). */
+        if (ext_end > sector)
+            rc = qcow2__io_write(img->io, img->name, buf + sector, ext_end - sector, sector);
+        if (!rc && img->hdr.backing_len) {
+            uint64_t from = qcow2__max(img->hdr.backing_off, sector);
+            if (from < used)
+                rc = qcow2__io_write(img->io, img->name, buf + from, used - from, from);
+        }
         if (!rc)
             rc = qcow2__sync(img);
     }
@@ -580,6 +661,7 @@ int qcow2__header_write(qcow2_image *img)
     }
     if (!rc) {
         img->hdr_bytes = qcow2__max(used, sector);
+        img->ext_end = ext_end;
         img->header_dirty = false;
     }
 out:

@@ -284,7 +284,7 @@ struct qcow2_image {
     uint8_t *bitmaps_ext;        /* bitmaps extension payload, kept verbatim */
     uint32_t bitmaps_ext_len;
     uint32_t nb_bitmaps;
-    uint64_t ext_end;            /* first byte after the extension area */
+    uint64_t ext_end;            /* first byte after the extension area (and its end marker) */
     size_t hdr_bytes;            /* bytes of cluster 0 the header uses on disk */
     struct qcow2__snapshot *snaps; /* internal snapshots */
     uint32_t nb_snaps;

@@ -455,6 +455,35 @@ else
 fi
 cd "$W"
 
+# Backing names long enough that the header passes its first sector (qsnap moves
+# the name so the old header keeps its bytes until the new one is written):
+# qemu-img reads each name back, finds the data, and check is clean.
+d=$W/rebase_long && mkdir -p "$d" && cd "$d"
+lp=$(printf 'd/%.0s' $(seq 1 300))
+mkdir -p "$lp" && qemu-img create -q -f raw "${lp}a.raw" 1M && qio raw "${lp}a.raw" "write -P 0xd1 0 64k"
+cp "${lp}a.raw" "${lp}b.raw"
+qemu-img create -q -f qcow2 -b "${lp}a.raw" -F raw top.qcow2
+why=""
+for n in b a b a b; do
+    if ! q image rebase -u -b "${lp}$n.raw" -F raw top.qcow2 2>"$W/err"; then
+        why="rebase to ${#lp}-byte name failed: $(head -c 200 "$W/err")"
+        break
+    fi
+    got=$(qemu-img info --output=json top.qcow2 | json_get backing-filename)
+    if [ "$got" != "${lp}$n.raw" ]; then
+        why="qemu-img reads backing name '...${got: -12}', want '...$n.raw'"
+        break
+    elif ! why=$(check_clean top.qcow2); then
+        break
+    elif ! qemu-io -f qcow2 -r -c "read -P 0xd1 0 64k" top.qcow2 >/dev/null 2>&1; then
+        why="qemu-io does not read the backing data through '$n.raw'"
+        break
+    fi
+    why=""
+done
+if [ -z "$why" ]; then ok "rebase unsafe with ${#lp}-byte names, five times"; else bad "rebase long names" "$why"; fi
+cd "$W"
+
 mkdir -p rerrs && cd rerrs && rebase_setup
 for args in "top.qcow2" "-b new.raw top.qcow2" "-b new.raw -F foo top.qcow2"; do
     qemu-img rebase $args >"$W/o1" 2>"$W/e1"
