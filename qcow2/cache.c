@@ -105,6 +105,7 @@ int qcow2__cache_get(qcow2_image *img, struct qcow2__cache *c, uint64_t off, boo
         memset(slot->data, 0, (size_t)img->cluster_size);
     }
     slot->off = off;
+    slot->checked = false;
     slot->used = ++c->tick;
     c->last = victim;
     *out = slot;

@@ -218,6 +218,7 @@ struct qcow2__cslot {
     uint64_t used;    /* LRU tick of the last use */
     uint8_t *data;    /* the table, big-endian as on disk */
     bool dirty;       /* newer than the file: written back by qcow2__metadata_flush() */
+    bool checked;     /* L2: found clear of the metadata (qcow2__meta_overlap) since loaded */
 };
 
 /*
@@ -408,6 +409,18 @@ int qcow2__alloc_clusters(qcow2_image *img, uint64_t nb, uint64_t *host_off_out)
 int qcow2__alloc_bytes(qcow2_image *img, uint64_t len, uint64_t *host_off_out);
 /* Queue a refcount decrement of [host_off, host_off+len), applied after the next metadata flush. */
 int qcow2__free_later(qcow2_image *img, uint64_t host_off, uint64_t len);
+
+/*
+ * The metadata that [off, off+len) shares bytes with, or NULL: the header,
+ * the active L1 table, the refcount table, the snapshot table, and with deep
+ * also every snapshot's L1 table and every refcount block. Checked before
+ * writing in place at an offset taken from the file, which a damaged or
+ * hostile image can point at its own metadata.
+ */
+const char *qcow2__meta_overlap(const qcow2_image *img, uint64_t off, uint64_t len, bool deep);
+
+/* Bytes of the snapshot table on disk now. */
+uint64_t qcow2__snap_table_len(const qcow2_image *img);
 /* Apply queued frees now (the metadata that referenced them is durable). */
 int qcow2__apply_pending_frees(qcow2_image *img);
 /* Host byte range of a compressed cluster's data per its descriptor (sector-aligned start). */

@@ -330,7 +330,7 @@ static uint64_t snap_entry_len_new(const struct qcow2__snapshot *sn)
 }
 
 /* Bytes of the table on disk now (what check.c counts). */
-static uint64_t snap_table_len_stored(const qcow2_image *img)
+uint64_t qcow2__snap_table_len(const qcow2_image *img)
 {
     uint64_t len = 0;
 
@@ -904,7 +904,7 @@ int qcow2_snapshot_create(qcow2_image *img, const char *name, const qcow2_snapsh
 
     /* The commit point. */
     old_off = img->hdr.snap_off;
-    old_len = img->nb_snaps ? snap_table_len_stored(img) : 0;
+    old_len = img->nb_snaps ? qcow2__snap_table_len(img) : 0;
     img->hdr.nb_snapshots = img->nb_snaps + 1;
     img->hdr.snap_off = table_off;
     rc = qcow2__header_write(img);
@@ -1067,7 +1067,7 @@ int qcow2_snapshot_delete(qcow2_image *img, const char *snapshot)
             goto out_fatal;
     }
     old_off = img->hdr.snap_off;
-    old_len = snap_table_len_stored(img);
+    old_len = qcow2__snap_table_len(img);
     img->hdr.nb_snapshots = img->nb_snaps - 1;
     img->hdr.snap_off = table_off;
     rc = qcow2__header_write(img);

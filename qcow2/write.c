@@ -312,8 +312,22 @@ static int l2_for_write(qcow2_image *img, uint64_t l1_idx, struct qcow2__cslot *
         rc = qcow2__check_l2_offset(img, l1_idx, old_off);
         if (rc)
             return rc;
-        if (l1e & QCOW2_OFLAG_COPIED)
-            return qcow2__cache_get(img, &img->l2c, old_off, true, out);
+        if (l1e & QCOW2_OFLAG_COPIED) {
+            const char *what;
+            rc = qcow2__cache_get(img, &img->l2c, old_off, true, out);
+            if (rc || (*out)->checked)
+                return rc;
+            /* About to be changed in place: it must not be some other metadata. */
+            what = qcow2__meta_overlap(img, old_off, img->cluster_size, true);
+            if (what) /* marked corrupt, as qemu does */
+                return qcow2__fatal(img, qcow2__corrupt(img,
+                                                        "L2 table at 0x%" PRIx64
+                                                        " (L1 entry %" PRIu64
+                                                        ") overlaps %s; not writing",
+                                                        old_off, l1_idx, what));
+            (*out)->checked = true;
+            return 0;
+        }
         /*
          * Shared: the copy takes over the active L1's walk of the table, so the
          * clusters it maps keep their refcounts (qemu counts a data cluster once
@@ -384,12 +398,22 @@ static bool entry_owned(const qcow2_image *img, uint64_t e)
 
 static int check_host(qcow2_image *img, uint64_t host, uint64_t l2_off, uint64_t idx)
 {
+    const char *what;
+
     if ((host & (img->cluster_size - 1)) || host < img->cluster_size ||
         host > QCOW2_MAX_HOST_OFFSET)
         return qcow2__corrupt(img,
                               "cluster offset 0x%" PRIx64 " (L2 table 0x%" PRIx64 " entry %" PRIu64
                               ") is invalid",
                               host, l2_off, idx);
+    /* Written in place: not over the fixed metadata (refcount blocks and L2
+     * tables are not looked at here, on every write; qemu-img check finds them). */
+    what = qcow2__meta_overlap(img, host, img->cluster_size, false);
+    if (what)
+        return qcow2__corrupt(img,
+                              "data cluster 0x%" PRIx64 " (L2 table 0x%" PRIx64 " entry %" PRIu64
+                              ") overlaps %s; not writing",
+                              host, l2_off, idx, what);
     return 0;
 }
 

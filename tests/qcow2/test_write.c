@@ -1086,3 +1086,75 @@ Test(write_unit, preallocated_images_take_writes)
         free(model);
     }
 }
+
+/*
+ * Hostile offsets: an L1 entry that points its (writable) L2 table at the
+ * refcount table, or an L2 entry that points a data cluster at the L1
+ * table. A write through either would overwrite the image's own metadata;
+ * it must fail with QCOW2_ECORRUPT naming the overlap and leave every byte
+ * of the file as it was but the header's corrupt bit (set as qemu sets it,
+ * so that nothing writes the image before a repair). qemu-img check agrees
+ * the images are corrupt.
+ */
+static void overlap_case(const char *name, bool l2_at_reftable)
+{
+    qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
+    char p[160], out[4096];
+    uint8_t be[8], *before, *after;
+    size_t n1, n2;
+    qcow2_image *img;
+    uint64_t l1_off, rt_off, l2_off;
+    int rc;
+
+    co.size = 4 * MiB;
+    make_image(p, sizeof(p), name, &co);
+    img = open_file_rw(p);
+    cr_assert_eq(qcow2_image_write(img, "data", 4, 0), 0, "%s", last_msg());
+    l1_off = img->hdr.l1_off;
+    rt_off = img->hdr.rt_off;
+    l2_off = img->l1[0] & QCOW2_L1E_OFFSET_MASK;
+    qcow2_image_close(img);
+    cr_assert_neq(l2_off, 0);
+    if (l2_at_reftable) {
+        qcow2__put_be64(be, rt_off | QCOW2_OFLAG_COPIED);
+        poke(p, l1_off, be, 8);
+    } else {
+        qcow2__put_be64(be, l1_off | QCOW2_OFLAG_COPIED);
+        poke(p, l2_off, be, 8);
+    }
+    before = qo_read_file(p, &n1);
+    cr_assert_not_null(before);
+    img = open_file_rw(p);
+    rc = qcow2_image_write(img, "evil", 4, 0);
+    cr_assert_eq(rc, QCOW2_ECORRUPT, "write returned %d: %s", rc, last_msg());
+    cr_assert_not_null(strstr(last_msg(), l2_at_reftable ? "overlaps the refcount table"
+                                                         : "overlaps the L1 table"),
+                       "%s", last_msg());
+    qcow2_image_close(img);
+    after = qo_read_file(p, &n2);
+    cr_assert_not_null(after);
+    cr_assert_eq(n1, n2);
+    cr_assert_eq(after[79], before[79] | QCOW2_INCOMPAT_CORRUPT, "corrupt bit not set");
+    after[79] = before[79];
+    {
+        size_t at = 0;
+        while (at < n1 && at < n2 && before[at] == after[at])
+            at++;
+        cr_assert(n1 == n2 && at == n1, "the file changed (size %zu -> %zu, first at 0x%zx)", n1,
+                  n2, at);
+    }
+    free(before);
+    free(after);
+    if (qo_have_qemu())
+        cr_assert_neq(qo_check(p, out, sizeof(out)), 0, "qemu-img check finds it clean:\n%s", out);
+}
+
+Test(write_unit, l2_table_over_the_refcount_table_is_not_written)
+{
+    overlap_case("l2-over-rt.qcow2", true);
+}
+
+Test(write_unit, data_cluster_over_the_l1_table_is_not_written)
+{
+    overlap_case("data-over-l1.qcow2", false);
+}
