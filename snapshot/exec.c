@@ -1087,6 +1087,10 @@ int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
                 return qsnap__err(QSNAP_EBUSY, "run the command again",
                                   "%s: the store was set up by another qsnap meanwhile", s->dir);
         }
+        /* Layers without metadata are a store that lost its meta file: never build over it. */
+        rc = qsnap__refuse_orphan_layers(s);
+        if (rc)
+            return rc;
     }
     rc = journal_write(s, p);
     if (rc)

@@ -173,6 +173,9 @@ int64_t qsnap__now(void);
 /* exec.c */
 int qsnap__journal_pending(const qsnap_store *s, bool *out);
 int qsnap__recover(qsnap_store *s, bool *did_something);
+/* QSNAP_EINTEGRITY when the store has files in layers/ but no meta file (else 0). */
+int qsnap__refuse_orphan_layers(const qsnap_store *s);
+
 int qsnap__layer_fingerprint(const qsnap_store *s, struct qsnap__layer *l);
 /* Index of the internal snapshot named exactly `name` (not by id) in img, or -1. */
 long qsnap__find_internal(const qcow2_image *img, const char *name);

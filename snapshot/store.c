@@ -4,6 +4,7 @@
  * opening and closing a store. plan.c builds operations on the model this
  * file loads; exec.c carries them out.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -296,6 +297,26 @@ static int locate(qsnap_store *s, const char *disk)
     return 0;
 }
 
+int qsnap__refuse_orphan_layers(const qsnap_store *s)
+{
+    char *ldir = qsnap__path(s, "layers");
+    DIR *d = ldir ? opendir(ldir) : NULL;
+    struct dirent *de;
+    bool found = false;
+
+    while (d && !found && (de = readdir(d)) != NULL)
+        found = strcmp(de->d_name, ".") && strcmp(de->d_name, "..");
+    if (d)
+        closedir(d);
+    free(ldir);
+    if (!found)
+        return 0;
+    return qsnap__err(QSNAP_EINTEGRITY,
+                      "restore its meta file from a backup, or move the directory away to start "
+                      "a new store",
+                      "%s: holds layers but no metadata (the meta file is missing)", s->dir);
+}
+
 int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags)
 {
     qsnap_store *s;
@@ -340,12 +361,18 @@ int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags)
         if (pending)
             rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify --repair DISK' finishes it",
                             "%s: the first snapshot was interrupted and is not finished", s->dir);
-        else
+        else if ((rc = qsnap__refuse_orphan_layers(s)) == 0)
             rc = qsnap__err(QSNAP_ENOTFOUND, "'qsnap create DISK' makes the first snapshot",
                             "%s: no snapshots yet (no store at %s)", s->disk_abs, s->dir);
         goto fail;
     } else {
         const char *base = strrchr(s->disk_abs, '/');
+        char *journal = qsnap__path(s, "journal");
+        bool pending = journal && qsnap__file_exists(journal);
+        free(journal);
+        /* An interrupted first create has layers and a journal; without one they are orphans. */
+        if (!pending && (rc = qsnap__refuse_orphan_layers(s)) != 0)
+            goto fail;
         if (asprintf(&s->m.disk, "../%s", base ? base + 1 : s->disk_abs) < 0) {
             s->m.disk = NULL;
             rc = qsnap__err(QSNAP_ERROR, NULL, "out of memory");

@@ -1008,3 +1008,11 @@ Test(store, store_files_belong_to_the_disk_owner)
     cr_assert_str_eq(out, "", "not the disk owner's: %s", out);
     tf_model_free(&M);
 }
+
+/* A store whose meta file is gone still holds layers: never "no store", never built over. */
+Test(store, missing_metadata_with_layers_left)
+{
+    qsnap_store_close(base("nometa"));
+    damage_meta("rm");
+    expect_open_fails(QSNAP_EINTEGRITY, "no metadata");
+}
