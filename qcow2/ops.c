@@ -541,6 +541,14 @@ int qcow2_measure(qcow2_image *src, uint64_t size, const qcow2_create_opts *opts
     return 0;
 }
 
+#define FP_BLOCK 65536ull /* fingerprint granularity: a block of zeroes is left out */
+
+/* Whether p[0..n) are all zero (n >= 1). */
+static bool bytes_zero(const uint8_t *p, size_t n)
+{
+    return p[0] == 0 && memcmp(p, p + 1, n - 1) == 0;
+}
+
 int qcow2_file_fingerprint(const char *path, uint8_t out[16])
 {
     return qcow2_file_fingerprint_from(path, 0, out);
@@ -562,26 +570,27 @@ int qcow2_file_fingerprint_from(const char *path, uint64_t from, uint8_t out[16]
         rc = qcow2__hash_new(&h);
     if (!rc && !(buf = qcow2__malloc(OPS_CHUNK)))
         rc = qcow2__nomem();
+    /* Content only: blocks of zeroes (holes or written zeroes) are left out alike. */
     while (!rc && off < size) {
-        uint64_t run;
+        uint64_t run, next = 0;
         bool hole;
 
         rc = qcow2__io_extent(io, path, off, size - off, &run, &hole);
         if (rc)
             break;
-        if (!hole) {
-            qcow2__put_be64(hdr, off);
-            qcow2__put_be64(hdr + 8, run);
-            qcow2__hash_update(h, hdr, sizeof(hdr));
-            for (uint64_t done = 0; !rc && done < run;) {
-                size_t n = (size_t)qcow2__min(run - done, OPS_CHUNK);
-                rc = qcow2__io_read(io, path, buf, n, off + done);
-                if (!rc)
-                    qcow2__hash_update(h, buf, n);
-                done += n;
+        for (uint64_t b = qcow2__max(off & ~(FP_BLOCK - 1), next); !hole && !rc && b < off + run;
+             b += FP_BLOCK) {
+            uint64_t s0 = qcow2__max(b, from);
+            size_t n = (size_t)(qcow2__min(b + FP_BLOCK, size) - s0);
+            rc = qcow2__io_read(io, path, buf, n, s0);
+            if (!rc && !bytes_zero(buf, n)) {
+                qcow2__put_be64(hdr, s0);
+                qcow2__hash_update(h, hdr, 8);
+                qcow2__hash_update(h, buf, n);
             }
+            next = b + FP_BLOCK;
         }
-        off += run;
+        off = hole ? off + run : qcow2__max(off + run, qcow2__min(next, size));
     }
     if (!rc) {
         qcow2__put_be64(hdr, size);

@@ -378,12 +378,13 @@ QCOW2_API int qcow2_image_convert(qcow2_image *src, const char *dst_path,
                                   const qcow2_convert_opts *opts);
 
 /**
- * Fingerprint of a file's bytes: xxh3-128 over its size and every data
- * extent (offset, length, bytes); holes are skipped, so a sparse file costs
- * what it holds. Any change to the file's content changes it. Used to prove
- * that a frozen layer was not modified. Because holes are skipped by
- * position, the same bytes with a different hole layout (a copy that made
- * zeroes sparse, or filled holes) give a different fingerprint.
+ * Fingerprint of a file's bytes: xxh3-128 over its size and every 64 KiB
+ * block that is not all zeroes (its offset and bytes). Holes are not read,
+ * so a sparse file costs what it holds, and a hole hashes as the zeroes it
+ * reads as: the same bytes with another hole layout (a copy by cp, rsync
+ * -S or tar that made zeroes sparse or filled holes) give the same
+ * fingerprint. Any change to the file's content changes it. Used to prove
+ * that a frozen layer was not modified.
  * @param[in] path  the file (opened read-only, without locks)
  * @param[out] out  the 16 bytes
  * @return 0; QCOW2_ENOTFOUND, QCOW2_EREADONLY (no permission to read),

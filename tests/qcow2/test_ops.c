@@ -600,3 +600,50 @@ Test(ops, measure_raw_output_and_bad_options)
     o.refcount_bits = 0;
     cr_assert_eq(qcow2_measure(NULL, 1000, &o, &r), QCOW2_EINVAL);
 }
+
+/*
+ * File fingerprints (what proves a frozen layer unchanged) follow the bytes,
+ * not the hole layout: copies made sparse or filled by cp give the same one;
+ * any changed byte, or a longer file, gives another; from = cluster size
+ * leaves the header cluster out.
+ */
+Test(ops, file_fingerprint_follows_bytes_not_holes)
+{
+    char a[128], b[128], c[128], out[4096];
+    uint8_t fa[16], fb[16], fc[16], f1[16], f2[16];
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img/qemu-io not installed");
+    cr_assert_eq(qo_mkdtemp(qdir, sizeof(qdir), "fp"), 0);
+    snprintf(a, sizeof(a), "%s/fa.qcow2", qdir);
+    snprintf(b, sizeof(b), "%s/fb.qcow2", qdir);
+    snprintf(c, sizeof(c), "%s/fc.qcow2", qdir);
+    cr_assert_eq(qo_sh(out, sizeof(out),
+                       "qemu-img create -q -f qcow2 '%s' 64M && qemu-io -f qcow2 -c 'write -P 1 0 1M' "
+                       "-c 'write -z 4M 1M' -c 'write -P 2 10M 5k' '%s' >/dev/null && "
+                       "cp --sparse=never '%s' '%s' && cp --sparse=always '%s' '%s'",
+                       a, a, a, b, a, c),
+                 0, "%s", out);
+    cr_assert_eq(qcow2_file_fingerprint(a, fa), 0, "%s", qcow2_error_last()->message);
+    cr_assert_eq(qcow2_file_fingerprint(b, fb), 0);
+    cr_assert_eq(qcow2_file_fingerprint(c, fc), 0);
+    cr_assert_eq(memcmp(fa, fb, 16), 0, "a filled copy fingerprints differently");
+    cr_assert_eq(memcmp(fa, fc, 16), 0, "a sparse copy fingerprints differently");
+    /* One byte in a block of zeroes. */
+    cr_assert_eq(qo_sh(out, sizeof(out), "printf x | dd of='%s' bs=1 seek=300000 conv=notrunc "
+                                         "status=none", b), 0, "%s", out);
+    cr_assert_eq(qcow2_file_fingerprint(b, fb), 0);
+    cr_assert_neq(memcmp(fa, fb, 16), 0, "a changed byte left the fingerprint as it was");
+    /* Zeroes appended: same blocks, another size. */
+    cr_assert_eq(qo_sh(out, sizeof(out), "truncate -s +64k '%s'", c), 0, "%s", out);
+    cr_assert_eq(qcow2_file_fingerprint(c, fc), 0);
+    cr_assert_neq(memcmp(fa, fc, 16), 0, "a longer file kept the fingerprint");
+    /* The header cluster left out: a header change shows in one, not the other. */
+    cr_assert_eq(qcow2_file_fingerprint_from(a, 65536, f1), 0);
+    cr_assert_eq(qo_sh(out, sizeof(out), "qemu-img rebase -u -b x.raw -F raw '%s'", a), 0, "%s",
+                 out);
+    cr_assert_eq(qcow2_file_fingerprint_from(a, 65536, f2), 0);
+    cr_assert_eq(memcmp(f1, f2, 16), 0, "bytes past the header cluster did not change");
+    cr_assert_eq(qcow2_file_fingerprint(a, fb), 0);
+    cr_assert_neq(memcmp(fa, fb, 16), 0, "a new backing name kept the whole-file fingerprint");
+}

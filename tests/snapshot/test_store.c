@@ -1016,3 +1016,29 @@ Test(store, missing_metadata_with_layers_left)
     damage_meta("rm");
     expect_open_fails(QSNAP_EINTEGRITY, "no metadata");
 }
+
+/* A backup copy of disk and store (holes filled by the copy) verifies clean. */
+Test(store, copied_store_verifies_clean)
+{
+    char copy[300], cdisk[800], out[4096];
+    const char *slash;
+    qsnap_store *s;
+    qsnap_finding *f = NULL;
+    size_t nf = 0;
+    int rc;
+
+    qsnap_store_close(base("copy"));
+    snprintf(copy, sizeof(copy), "%s.copy", dir);
+    cr_assert_eq(qo_sh(out, sizeof(out), "cp -r --sparse=never '%s' '%s'", dir, copy), 0, "%s",
+                 out);
+    slash = strrchr(disk, '/');
+    snprintf(cdisk, sizeof(cdisk), "%s%s", copy, slash);
+    cr_assert_eq(qsnap_store_open(&s, cdisk, 0), 0, "%s", qsnap_error_last()->message);
+    rc = qsnap_verify(s, false, &f, &nf);
+    for (size_t i = 0; i < nf; i++)
+        cr_expect(!f[i].problem, "%s", f[i].message);
+    cr_assert_eq(rc, 0, "verify of a copy: rc %d", rc);
+    qsnap_verify_free(f, nf);
+    qsnap_store_close(s);
+    qo_rmtree(copy);
+}
