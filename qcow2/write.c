@@ -481,6 +481,8 @@ static int write_extl2_cluster(qcow2_image *img, struct qcow2__cslot *slot, uint
         rc = qcow2__io_write(img->io, img->name, buf, (size_t)span_len, host + span_off);
         if (rc)
             goto out;
+        /* A subcluster past the file's end (never written before) makes the file longer. */
+        img->file_size = qcow2__max(img->file_size, host + span_off + span_len);
     }
     bits = (uint32_t)((sb - sa == 31) ? 0xffffffffu : (((1u << (sb - sa + 1)) - 1) << sa));
     bm = (bm | bits) & ~((uint64_t)bits << 32);
@@ -537,6 +539,7 @@ static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, u
                                  host + (pos - cstart));
             if (rc)
                 goto out;
+            img->file_size = qcow2__max(img->file_size, host + (pos - cstart) + (run_end - pos));
             pos = run_end;
             continue;
         }

@@ -1158,3 +1158,41 @@ Test(write_unit, data_cluster_over_the_l1_table_is_not_written)
 {
     overlap_case("data-over-l1.qcow2", false);
 }
+
+/*
+ * Extended L2: the file can end inside an allocated cluster (only its first
+ * subclusters written). A later session's write to a subcluster past the
+ * end makes the file longer; the same handle must then read and write it
+ * (it failed with "lies beyond the end of the file" and turned FATAL).
+ */
+Test(write_unit, extl2_write_past_the_file_end_in_a_later_session)
+{
+    qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
+    char p[160], out[4096];
+    uint8_t b = 0;
+    qcow2_image *img;
+
+    co.size = 16384;
+    co.cluster_size = 16384;
+    co.extended_l2 = true;
+    make_image(p, sizeof(p), "extl2-tail.qcow2", &co);
+    img = open_file_rw(p);
+    cr_assert_eq(qcow2_image_write(img, "\x01", 1, 131), 0, "%s", last_msg());
+    qcow2_image_close(img);
+    img = open_file_rw(p);
+    cr_assert_eq(qcow2_image_write(img, "\x02", 1, 3072), 0, "%s", last_msg());
+    cr_assert_eq(qcow2_image_read(img, &b, 1, 3072), 0, "%s", last_msg());
+    cr_assert_eq(b, 2);
+    cr_assert_eq(qcow2_image_write(img, "\x03", 1, 3073), 0, "%s", last_msg());
+    cr_assert_eq(qcow2_image_read(img, &b, 1, 131), 0, "%s", last_msg());
+    cr_assert_eq(b, 1);
+    qcow2_image_close(img);
+    if (qo_have_qemu()) {
+        cr_assert_eq(qo_check(p, out, sizeof(out)), 0, "%s", out);
+        cr_assert_eq(qo_sh(out, sizeof(out),
+                           "qemu-io -f qcow2 -r -c 'read -P 1 131 1' -c 'read -P 2 3072 1' "
+                           "-c 'read -P 3 3073 1' '%s' | grep -c Pattern",
+                           p),
+                     1, "qemu-io found a pattern mismatch: %s", out);
+    }
+}
