@@ -24,6 +24,11 @@ int qcow2__verr(int code, int sys_errno, const char *name, const char *fmt, va_l
     w = vsnprintf(err_msg + n, sizeof(err_msg) - n, fmt, ap);
     if (w < 0)
         err_msg[n] = '\0';
+    /* One line, no terminal controls: names from image bytes are quoted in messages. */
+    for (char *c = err_msg; *c; c++) {
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            *c = '?';
+    }
     err_last.code = code;
     err_last.sys_errno = sys_errno;
     err_last.message = err_msg;

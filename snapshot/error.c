@@ -19,6 +19,11 @@ int qsnap__err(int code, const char *hint, const char *fmt, ...)
     vsnprintf(msg_buf, sizeof(msg_buf), fmt, ap);
     va_end(ap);
     snprintf(hint_buf, sizeof(hint_buf), "%s", hint ? hint : "");
+    /* One line, no terminal controls: names from files and metadata are quoted. */
+    for (char *c = msg_buf; *c; c++) {
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            *c = '?';
+    }
     last.code = code;
     last.message = msg_buf;
     last.hint = hint_buf;
