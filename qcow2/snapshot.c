@@ -29,6 +29,7 @@
  */
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "qcow2_int.h"
@@ -434,7 +435,7 @@ static int snap_read_l1(qcow2_image *img, uint64_t off, uint64_t n, uint64_t all
 /* What a walk over a tree does to each cluster it reaches. */
 enum snap_walk {
     WALK_CHECK, /* validate entries; every reached cluster has refcount >= 1 */
-    WALK_ROOM,  /* WALK_CHECK, and each refcount can take one more */
+    WALK_ROOM,  /* WALK_CHECK, and each refcount can take what WALK_RAISE adds */
     WALK_RAISE, /* +1 */
     WALK_DROP,  /* -1; clusters that reach 0 are freed */
 };
@@ -463,11 +464,6 @@ static int snap_touch(qcow2_image *img, uint64_t off, uint64_t len, enum snap_wa
                 return qcow2__corrupt(img,
                                       "cluster 0x%" PRIx64 " is referenced but its refcount is 0",
                                       c << img->cluster_bits);
-            if (op == WALK_ROOM && v >= snap_refcount_max(img))
-                return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
-                                  "refcount of cluster 0x%" PRIx64 " cannot grow past %" PRIu64
-                                  " (refcount_bits=%u)",
-                                  c << img->cluster_bits, v, img->refcount_bits);
             break;
         case WALK_RAISE:
             rc = qcow2__refcount_set(img, c, v + 1);
@@ -494,6 +490,74 @@ static int snap_touch(qcow2_image *img, uint64_t off, uint64_t len, enum snap_wa
             }
             break;
         }
+    }
+    return 0;
+}
+
+/*
+ * WALK_ROOM's tally: the index of every cluster WALK_RAISE will raise, once
+ * per raise. A host cluster holding k compressed clusters (or reached k
+ * times in any other way) is raised k times, so its refcount needs room
+ * for +k, not +1: counting per host cluster would let the raise overflow
+ * half-way, after the first writes.
+ */
+struct snap_tally {
+    uint64_t *c;
+    size_t n, cap;
+};
+
+static int snap_tally_add(qcow2_image *img, struct snap_tally *t, uint64_t off, uint64_t len)
+{
+    uint64_t first = off >> img->cluster_bits, last = (off + len - 1) >> img->cluster_bits;
+
+    for (uint64_t c = first; c <= last; c++) {
+        if (t->n == t->cap) {
+            size_t cap = t->cap ? t->cap * 2 : 1024;
+            uint64_t *p;
+
+            if (cap > SIZE_MAX / sizeof(*p))
+                return qcow2__nomem();
+            p = qcow2__realloc(t->c, cap * sizeof(*p));
+            if (!p)
+                return qcow2__nomem();
+            t->c = p;
+            t->cap = cap;
+        }
+        t->c[t->n++] = c;
+    }
+    return 0;
+}
+
+static int snap_cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Every tallied cluster's refcount can take as many raises as it was tallied. */
+static int snap_tally_room(qcow2_image *img, struct snap_tally *t)
+{
+    uint64_t max = snap_refcount_max(img);
+
+    if (t->n)
+        qsort(t->c, t->n, sizeof(*t->c), snap_cmp_u64);
+    for (size_t i = 0; i < t->n;) {
+        uint64_t c = t->c[i], k = 0, v;
+        int rc;
+
+        while (i < t->n && t->c[i] == c) {
+            k++;
+            i++;
+        }
+        rc = qcow2__refcount_get(img, c, &v);
+        if (rc)
+            return rc;
+        if (v > max || k > max - v)
+            return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
+                              "refcount width too small: cluster 0x%" PRIx64 " has refcount %" PRIu64
+                              " and needs %" PRIu64 " more, past the %" PRIu64
+                              " that refcount_bits=%u allows",
+                              c << img->cluster_bits, v, k, max, img->refcount_bits);
     }
     return 0;
 }
@@ -527,6 +591,7 @@ static int snap_check_l2e(qcow2_image *img, uint64_t l2_off, uint64_t i, uint64_
 static int snap_walk_tree(qcow2_image *img, const uint64_t *l1, uint64_t l1_size, enum snap_walk op)
 {
     uint8_t *table = qcow2__malloc((size_t)img->cluster_size);
+    struct snap_tally tally = {NULL, 0, 0};
     int rc = 0;
 
     if (!table)
@@ -554,6 +619,8 @@ static int snap_walk_tree(qcow2_image *img, const uint64_t *l1, uint64_t l1_size
         memcpy(table, t, (size_t)img->cluster_size);
         if (op != WALK_DROP)
             rc = snap_touch(img, l2_off, img->cluster_size, op, true);
+        if (!rc && op == WALK_ROOM)
+            rc = snap_tally_add(img, &tally, l2_off, img->cluster_size);
         for (uint64_t j = 0; j < img->l2_entries && !rc; j++) {
             uint64_t e = qcow2__be64(table + j * img->l2e_bytes);
 
@@ -566,13 +633,20 @@ static int snap_walk_tree(qcow2_image *img, const uint64_t *l1, uint64_t l1_size
                 uint64_t off, len;
                 qcow2__compressed_range(img, e, &off, &len);
                 rc = snap_touch(img, off, len, op, false);
+                if (!rc && op == WALK_ROOM)
+                    rc = snap_tally_add(img, &tally, off, len);
             } else if (e & QCOW2_L2E_OFFSET_MASK) {
                 rc = snap_touch(img, e & QCOW2_L2E_OFFSET_MASK, 1, op, false);
+                if (!rc && op == WALK_ROOM)
+                    rc = snap_tally_add(img, &tally, e & QCOW2_L2E_OFFSET_MASK, 1);
             }
         }
         if (!rc && op == WALK_DROP)
             rc = snap_touch(img, l2_off, img->cluster_size, op, true);
     }
+    if (!rc && op == WALK_ROOM)
+        rc = snap_tally_room(img, &tally);
+    qcow2__free(tally.c);
     qcow2__free(table);
     return rc;
 }

@@ -465,6 +465,107 @@ Test(snapshot_ops, refusals)
     memfs_free(fs);
 }
 
+/*
+ * Bug F2: compressed clusters packed into one host cluster. Each compressed
+ * descriptor takes its own reference, so with refcount_bits=2 two of them
+ * in one host cluster give it refcount 2, and a snapshot would raise it
+ * twice, to 4 > 3. The create must be refused before anything is written
+ * (QCOW2_EUNSUPPORTED, like qemu-img's EINVAL), the file must stay
+ * byte-identical, not marked corrupt, and writable. With refcount_bits=16
+ * the same snapshot fits.
+ */
+static void packed_compressed(unsigned refcount_bits, bool fits)
+{
+    memfs *fs = memfs_new();
+    qcow2_image *img;
+    qcow2_info info;
+    qcow2_check_result cr;
+    struct report rep;
+    uint8_t *data = malloc(128 * KiB), *back = malloc(1 * MiB), *before, *w = malloc(64 * KiB);
+    const uint8_t *b;
+    size_t len, before_len;
+    uint64_t host = 0, v = 0;
+    int rc;
+
+    cr_assert(data && back && w);
+    memset(data, 7, 128 * KiB);
+    memset(w, 9, 64 * KiB);
+    create_mem(fs, 1 * MiB, 3, 65536, false, refcount_bits);
+    img = open_mem(fs, true);
+    cr_assert_eq(qcow2_image_write_compressed(img, data, 128 * KiB, 0), 0, "%s", last_msg());
+    cr_assert_eq(qcow2_image_flush(img), 0, "%s", last_msg());
+    /* Both compressed clusters share one host cluster, whose refcount is 2. */
+    {
+        uint64_t e0, e1;
+        const uint8_t *t;
+        uint64_t l2_off = img->l1[0] & QCOW2_L1E_OFFSET_MASK;
+        cr_assert_eq(qcow2__l2_load(img, l2_off, &t), 0, "%s", last_msg());
+        e0 = qcow2__be64(t);
+        e1 = qcow2__be64(t + img->l2e_bytes);
+        cr_assert(e0 & QCOW2_OFLAG_COMPRESSED);
+        cr_assert(e1 & QCOW2_OFLAG_COMPRESSED);
+        host = (e0 & img->coff_mask) >> img->cluster_bits;
+        cr_assert_eq(host, (e1 & img->coff_mask) >> img->cluster_bits, "not packed together");
+        cr_assert_eq(qcow2__refcount_get(img, host, &v), 0);
+        cr_assert_eq(v, 2);
+    }
+    b = memfs_get(fs, IMG, &before_len);
+    before = malloc(before_len);
+    cr_assert_not_null(before);
+    memcpy(before, b, before_len);
+
+    rc = qcow2_snapshot_create(img, "s1", NULL);
+    if (!fits) {
+        cr_assert_eq(rc, QCOW2_EUNSUPPORTED, "rc %d: %s", rc, last_msg());
+        cr_assert(strstr(last_msg(), IMG) && strstr(last_msg(), "refcount width too small") &&
+                      !strchr(last_msg(), '\n'),
+                  "message: %s", last_msg());
+        b = memfs_get(fs, IMG, &len);
+        cr_assert(len == before_len && memcmp(b, before, len) == 0, "the file changed");
+        cr_assert_eq(qcow2__refcount_get(img, host, &v), 0);
+        cr_assert_eq(v, 2);
+        cr_assert_eq(qcow2_snapshot_count(img), 0);
+    } else {
+        cr_assert_eq(rc, 0, "%s", last_msg());
+        cr_assert_eq(qcow2__refcount_get(img, host, &v), 0);
+        cr_assert_eq(v, 4);
+    }
+    cr_assert_eq(qcow2_image_get_info(img, &info), 0);
+    cr_assert(!info.corrupt, "marked corrupt");
+    /* Still writable: a later write (copy on write when the snapshot exists). */
+    cr_assert_eq(qcow2_image_write(img, w, 64 * KiB, 0), 0, "%s", last_msg());
+    qcow2_image_close(img);
+
+    img = open_mem(fs, false);
+    cr_assert_eq(qcow2_image_get_info(img, &info), 0);
+    cr_assert(!info.corrupt, "marked corrupt after reopen");
+    read_all(img, back);
+    cr_assert(memcmp(back, w, 64 * KiB) == 0);
+    cr_assert(memcmp(back + 64 * KiB, data, 64 * KiB) == 0);
+    memset(&rep, 0, sizeof(rep));
+    cr_assert_eq(qcow2_image_check(img, 0, &cr), 0, "%s", last_msg());
+    cr_assert(cr.corruptions == 0 && cr.leaks == 0 && cr.check_errors == 0,
+              "check: %" PRIu64 " corruptions %" PRIu64 " leaks", cr.corruptions, cr.leaks);
+    if (fits) {
+        cr_assert_eq(qcow2_image_view_snapshot(img, "s1"), 0, "%s", last_msg());
+        read_all(img, back);
+        cr_assert(memcmp(back, data, 128 * KiB) == 0, "snapshot content");
+    }
+    qcow2_image_close(img);
+    if (qo_have_qemu()) {
+        char out[4096];
+        cr_assert_eq(qemu_check_mem(fs, out, sizeof(out)), 0, "qemu-img check:\n%s", out);
+    }
+    free(before);
+    free(data);
+    free(back);
+    free(w);
+    memfs_free(fs);
+}
+
+Test(snapshot_ops, packed_compressed_refcount2_refused) { packed_compressed(2, false); }
+Test(snapshot_ops, packed_compressed_refcount16_fits) { packed_compressed(16, true); }
+
 /* ---- random operations against a model ------------------------------------ */
 
 struct msnap {
