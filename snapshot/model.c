@@ -705,7 +705,7 @@ static long next_node(const void *c, size_t i)
 int qsnap__model_check(const struct qsnap__model *m, const char *what)
 {
     const char *hint = "restore the store from a backup; 'qsnap verify' lists what is there";
-    size_t nmax = m->nl > m->nn ? m->nl : m->nn, nnames = 0, bad = 0;
+    size_t nmax = m->nl > m->nn ? m->nl : m->nn, nnames = 0, bad = 0, ndisk = 0;
     struct idx *li = calloc(m->nl + 1, sizeof(*li)), *ni = calloc(m->nn + 1, sizeof(*ni));
     const char **names = calloc(m->nn + m->nb + 1, sizeof(*names));
     unsigned char *state = calloc(nmax + 1, 1);
@@ -737,10 +737,20 @@ int qsnap__model_check(const struct qsnap__model *m, const char *what)
         else if (l->backing && find_idx(li, m->nl, l->backing) < 0)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u is backed by missing layer %u",
                             what, l->id, l->backing);
-        else if (strstr(l->file, "..") && !l->is_disk)
+        else if (!l->is_disk && (strstr(l->file, "..") || l->file[0] == '/'))
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u's file leaves the store", what,
                             l->id);
+        else if (l->is_disk && (ndisk++ || !m->disk || strcmp(l->file, m->disk)))
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint,
+                            "%s: layer %u is marked as the disk but is not the recorded disk", what,
+                            l->id);
     }
+    /* The disk sits beside the store: "../NAME", nothing else. */
+    if (!rc && m->disk &&
+        (strncmp(m->disk, "../", 3) || !m->disk[3] || strchr(m->disk + 3, '/') ||
+         !strcmp(m->disk + 3, "..") || !strcmp(m->disk + 3, ".")))
+        rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: the recorded disk is not beside the store",
+                        what);
     if (!rc && has_loop(m->nl, next_layer, &ctx, state, &bad))
         rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u's backing links loop", what,
                         m->layers[bad].id);

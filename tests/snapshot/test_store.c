@@ -1042,3 +1042,18 @@ Test(store, copied_store_verifies_clean)
     qsnap_store_close(s);
     qo_rmtree(copy);
 }
+
+/* The disk layer must be the recorded disk beside the store, never a path out of it. */
+Test(store, disk_layer_outside_the_store_is_refused)
+{
+    qsnap_store_close(base("diskpath"));
+    damage_meta("sed -i '/disk=1/s|file=\\.\\./|file=../../../../../etc/|'");
+    expect_open_fails(QSNAP_EINTEGRITY, "disk");
+}
+
+Test(store, recorded_disk_outside_the_store_is_refused)
+{
+    qsnap_store_close(base("diskrec"));
+    damage_meta("sed -i 's|^disk \\.\\./|disk ../../x/|; /disk=1/s|file=\\.\\./|file=../../x/|'");
+    expect_open_fails(QSNAP_EINTEGRITY, "disk");
+}
