@@ -283,8 +283,18 @@ static int locate(qsnap_store *s, const char *disk)
     char buf[PATH_MAX];
     struct stat st;
 
-    if (stat(disk, &st) < 0)
+    if (stat(disk, &st) < 0) {
+        /* Its store still there: the disk went, and every snapshot of it needs it back. */
+        bool orphan = snprintf(buf, sizeof(buf), "%s.qsnap", disk) < (int)sizeof(buf) &&
+                      stat(buf, &st) == 0 && S_ISDIR(st.st_mode);
+        if (orphan)
+            return qsnap__err(QSNAP_ENOTFOUND,
+                              "restore the disk from a backup (its snapshots stand on it); "
+                              "'qsnap verify DISK' then checks the store",
+                              "%s: the disk image is missing, but its store %s is there", disk,
+                              buf);
         return qsnap__err(QSNAP_ENOTFOUND, NULL, "%s: no such disk image", disk);
+    }
     if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
         return qsnap__err(QSNAP_EUSAGE, NULL, "%s: not a regular file or block device", disk);
     if (!realpath(disk, buf))

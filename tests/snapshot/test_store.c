@@ -1057,3 +1057,17 @@ Test(store, recorded_disk_outside_the_store_is_refused)
     damage_meta("sed -i 's|^disk \\.\\./|disk ../../x/|; /disk=1/s|file=\\.\\./|file=../../x/|'");
     expect_open_fails(QSNAP_EINTEGRITY, "disk");
 }
+
+/* A disk that went away while its store stayed: the message says so and names the fix. */
+Test(store, missing_disk_with_its_store_left)
+{
+    char moved[600];
+    qsnap_store *s = NULL;
+
+    qsnap_store_close(base("nodisk"));
+    snprintf(moved, sizeof(moved), "%s.moved", disk);
+    cr_assert_eq(rename(disk, moved), 0);
+    expect_error(qsnap_store_open(&s, disk, 0), QSNAP_ENOTFOUND, "its store", "qsnap_store_open");
+    cr_assert_null(s);
+    cr_assert_eq(rename(moved, disk), 0);
+}
