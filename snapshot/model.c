@@ -597,12 +597,12 @@ int qsnap__model_parse(struct qsnap__model *m, const char *text, size_t len, con
         continue;
 bad:
         rc = qsnap__err(QSNAP_EINTEGRITY,
-                        "restore the store from a backup; 'qsnap verify' lists what is there",
+                        "restore the store's meta file from a backup (the layers under layers/ are untouched)",
                         "%s: line %u is damaged", what, line_no);
     }
     if (!rc && (!have_header || !have_end || !have_gen || !have_seq || !have_disk))
         rc = qsnap__err(QSNAP_EINTEGRITY,
-                        "restore the store from a backup; 'qsnap verify' lists what is there",
+                        "restore the store's meta file from a backup (the layers under layers/ are untouched)",
                         "%s: metadata is truncated or incomplete", what);
     if (!rc)
         rc = qsnap__model_check(m, what);
@@ -704,7 +704,7 @@ static long next_node(const void *c, size_t i)
 
 int qsnap__model_check(const struct qsnap__model *m, const char *what)
 {
-    const char *hint = "restore the store from a backup; 'qsnap verify' lists what is there";
+    const char *hint = "restore the store's meta file from a backup (the layers under layers/ are untouched)";
     size_t nmax = m->nl > m->nn ? m->nl : m->nn, nnames = 0, bad = 0, ndisk = 0;
     struct idx *li = calloc(m->nl + 1, sizeof(*li)), *ni = calloc(m->nn + 1, sizeof(*ni));
     const char **names = calloc(m->nn + m->nb + 1, sizeof(*names));

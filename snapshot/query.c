@@ -589,7 +589,7 @@ int qsnap_why(qsnap_store *s, const char *name, char **out)
                        "it; --stream copies the data into each of them instead\n",
                     deps);
     } else {
-        fprintf(f, "delete: 'qsnap branch -d %s'%s\n", name,
+        fprintf(f, "delete: 'qsnap branch DISK -d %s'%s\n", name,
                 s->m.current && !strcmp(s->m.current, b->name)
                     ? " is refused: it is the current branch (switch first)"
                     : "; a branch with changes needs --force");
