@@ -1344,7 +1344,9 @@ int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *branch)
     fmt_bytes(bytes, sizeof(bytes), used);
     if (!rc)
         rc = set_summary(p, "committed branch %s (%s) into %s%s; every snapshot keeps its content",
-                         bname, bytes, lfile, was_disk ? " (the disk)" : "");
+                         bname, bytes,
+                         was_disk && !strncmp(lfile, "../", 3) ? lfile + 3 : lfile,
+                         was_disk ? " (the disk)" : "");
 out:
     free(bname);
     free(lfile);
