@@ -593,9 +593,13 @@ int qsnap_why(qsnap_store *s, const char *name, char **out)
                 s->m.current && !strcmp(s->m.current, b->name)
                     ? " is refused: it is the current branch (switch first)"
                     : "; a branch with changes needs --force");
+        const struct qsnap__layer *under = qsnap__layer(&s->m, l->backing);
+        const char *into = under ? under->file : "?";
+        if (under && under->is_disk && !strncmp(into, "../", 3))
+            into += 3; /* the disk, named as the user names it */
         fprintf(f, "commit: writes its changes into %s; everything else built on that layer "
                    "moves to a new layer that keeps its content\n",
-                qsnap__layer(&s->m, l->backing) ? qsnap__layer(&s->m, l->backing)->file : "?");
+                into);
         if (qsnap__internal_nodes_in(&s->m, l->id, NULL))
             fprintf(f, "its head holds internal snapshots: commit, branch delete and an external "
                        "snapshot are refused until they are deleted\n");
