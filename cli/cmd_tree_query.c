@@ -870,11 +870,12 @@ int cli_tree_verify(int argc, char **argv)
         cli_json_end_object(&j);
         cli_json_finish(&j);
     } else {
+        /* The last line sums up: "ok" only when nothing is left to fix. */
         for (size_t i = 0; i < n; i++)
             printf("%s: %s\n",
-                   !f[i].problem   ? "ok"
-                   : f[i].repaired ? "repaired"
-                                   : "problem",
+                   f[i].problem    ? (f[i].repaired ? "repaired" : "problem")
+                   : i + 1 < n || rc == 0 ? "ok"
+                                          : "not ok",
                    f[i].message);
     }
     if (rc < 0)

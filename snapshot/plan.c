@@ -827,7 +827,7 @@ int qsnap_plan_branch_delete(qsnap_plan **out, qsnap_store *s, const char *name,
     struct qsnap__model t;
     struct qsnap__branch *b;
     qsnap_plan *p = NULL;
-    bool dirty = false;
+    bool dirty = false, gone = false;
     uint64_t used = 0;
     char bytes[32];
     int rc = check_writable_store(s);
@@ -844,13 +844,23 @@ int qsnap_plan_branch_delete(qsnap_plan **out, qsnap_store *s, const char *name,
     if (!rc)
         rc = refuse_internal_in(&t, b->head, "deleting the branch would delete them",
                                 "'qsnap delete DISK NAME' each of them first");
-    if (!rc)
+    if (!rc) {
+        /* A head file that is gone (verify reports it): only --force drops the branch. */
+        const struct qsnap__layer *h = qsnap__layer(&t, b->head);
+        char *hpath = h ? qsnap__path(s, h->file) : NULL;
+        gone = hpath && !qsnap__file_exists(hpath);
+        free(hpath);
+        if (gone && !force)
+            rc = qsnap__err(QSNAP_EREFUSED, "--force deletes the branch anyway",
+                            "branch %s: its head %s is missing", name, h->file);
+    }
+    if (!rc && !gone)
         rc = qsnap__head_dirty(s, qsnap__layer(&t, b->head), &dirty, &used);
     fmt_bytes(bytes, sizeof(bytes), used);
     if (!rc && dirty && !force)
         rc = qsnap__err(QSNAP_EREFUSED, "--force deletes it anyway",
                         "branch %s holds %s of changes that no snapshot keeps", name, bytes);
-    if (!rc)
+    if (!rc && !gone)
         rc = check_free(s, &t, b->head);
     if (!rc)
         rc = plan_new(&p, s, "branch-delete");
@@ -861,7 +871,7 @@ int qsnap_plan_branch_delete(qsnap_plan **out, qsnap_store *s, const char *name,
     if (!rc)
         rc = set_summary(p, dirty ? "deleted branch %s (%s of changes dropped)"
                                   : "deleted branch %s%s",
-                         name, dirty ? bytes : "");
+                         name, dirty ? bytes : gone ? " (its head file was missing)" : "");
     qsnap__model_free(&t);
     if (rc) {
         qsnap_plan_free(p);

@@ -724,9 +724,20 @@ static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, st
     if (!path)
         return;
     if (stat(path, &st) < 0) {
-        find(fs, true, false, path, "%s is missing (%s)", l->file,
-             l->is_disk ? "the disk was moved or removed: put it back beside its store"
-                        : "restore it from a backup; the states built on it cannot be read");
+        const char *branch = NULL;
+        for (size_t i = 0; i < s->m.nb && !branch; i++) {
+            if (s->m.branches[i].head == l->id)
+                branch = s->m.branches[i].name;
+        }
+        if (branch && !l->is_disk)
+            find(fs, true, false, path,
+                 "%s is missing (the head of branch %s: restore it from a backup, or drop the "
+                 "branch with 'qsnap branch DISK -d %s --force')",
+                 l->file, branch, branch);
+        else
+            find(fs, true, false, path, "%s is missing (%s)", l->file,
+                 l->is_disk ? "the disk was moved or removed: put it back beside its store"
+                            : "restore it from a backup; the states built on it cannot be read");
         free(path);
         return;
     }

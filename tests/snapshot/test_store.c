@@ -1071,3 +1071,27 @@ Test(store, missing_disk_with_its_store_left)
     cr_assert_null(s);
     cr_assert_eq(rename(moved, disk), 0);
 }
+
+/* A branch whose head file is gone: refused without --force, dropped with it. */
+Test(store, branch_with_a_missing_head_is_dropped_only_with_force)
+{
+    qsnap_store *s = base("nohead");
+    qsnap_plan *p = NULL;
+    char *head = tf_file_of(s, "b"), *summary = NULL;
+
+    cr_assert_not_null(head);
+    cr_assert_eq(unlink(head), 0);
+    EXPECT_REFUSED(s, QSNAP_EREFUSED, "missing", qsnap_plan_branch_delete(&p_, s, "b", false));
+    ok(qsnap_plan_branch_delete(&p, s, "b", true), "branch -d --force");
+    ok(tf_exec(s, p, &summary), "execute");
+    cr_assert(strstr(summary, "missing"), "%s", summary);
+    free(summary);
+    {
+        qsnap_finding *f = NULL;
+        size_t nf = 0;
+        cr_assert_eq(qsnap_verify(s, false, &f, &nf), 0, "verify after dropping the branch");
+        qsnap_verify_free(f, nf);
+    }
+    free(head);
+    qsnap_store_close(s);
+}
