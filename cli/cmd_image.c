@@ -8,6 +8,7 @@
  * qcow2_image_block_status() and friends.
  */
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -223,7 +224,9 @@ static void print_snapshot_table(const qcow2_image *img)
         fmt_vm_clock(sn.vm_clock_nsec, clock, sizeof(clock));
         if (sn.icount >= 0)
             snprintf(icount, sizeof(icount), "%" PRId64, sn.icount);
-        printf("%-9s %-16s %8s %19s %12s %10s\n", sn.id, sn.name,
+        char sid[256], sname[1024];
+        printf("%-9s %-16s %8s %19s %12s %10s\n", cli_safe(sn.id, sid, sizeof(sid)),
+               cli_safe(sn.name, sname, sizeof(sname)),
                cli_fmt_size(sn.vm_state_size, vm_size), date, clock, icount);
     }
 }
@@ -242,12 +245,13 @@ static void print_info_human(const qcow2_image *img, const qcow2_info *in)
     if (in->dirty)
         printf("cleanly shut down: no\n");
     if (in->backing_name) {
-        printf("backing file: %s", in->backing_name);
+        char b1[1100], b2[PATH_MAX + 1];
+        printf("backing file: %s", cli_safe(in->backing_name, b1, sizeof(b1)));
         if (in->backing_path && strcmp(in->backing_path, in->backing_name) != 0)
-            printf(" (actual path: %s)", in->backing_path);
+            printf(" (actual path: %s)", cli_safe(in->backing_path, b2, sizeof(b2)));
         printf("\n");
         if (in->backing_format)
-            printf("backing file format: %s\n", in->backing_format);
+            printf("backing file format: %s\n", cli_safe(in->backing_format, b1, sizeof(b1)));
     }
     if (qcow2_snapshot_count(img) > 0)
         print_snapshot_table(img);

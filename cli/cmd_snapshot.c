@@ -80,7 +80,9 @@ static void print_list(const qcow2_image *img)
         fmt_clock(sn.vm_clock_nsec, clock, sizeof(clock));
         if (sn.icount >= 0)
             snprintf(icount, sizeof(icount), "%" PRId64, sn.icount);
-        printf("%-9s %-16s %8s %19s %12s %10s\n", sn.id, sn.name,
+        char sid[256], sname[1024];
+        printf("%-9s %-16s %8s %19s %12s %10s\n", cli_safe(sn.id, sid, sizeof(sid)),
+               cli_safe(sn.name, sname, sizeof(sname)),
                cli_fmt_size(sn.vm_state_size, vm_size), date, clock, icount);
     }
 }

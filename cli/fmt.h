@@ -21,6 +21,13 @@
 int cli_parse_size(const char *s, uint64_t *out);
 
 /* qemu-img's human size: "0 B", "512 B", "1.5 KiB", "3.5 GiB" (3 significant digits). */
+/*
+ * s for printing on one line: s itself when it has no control bytes, else a
+ * copy in buf (truncated to len) with each control byte as '?'. Names read
+ * from image headers are hostile input.
+ */
+const char *cli_safe(const char *s, char *buf, size_t len);
+
 const char *cli_fmt_size(uint64_t bytes, char buf[CLI_SIZE_STR_MAX]);
 
 /* qemu-io's size: "0 bytes", "64 KiB", "1.312 MiB" (3 decimals unless whole). */
