@@ -65,13 +65,50 @@ static int default_open(qcow2_io **out, const char *path, unsigned flags, void *
 }
 
 /* A canonical name for loop detection: realpath when the file system knows it. */
+/*
+ * name with "." and empty components dropped and "dir/.." pairs folded, by
+ * text alone (for names realpath cannot resolve, such as a custom open_fn's).
+ */
+static char *lexical_name(const char *name)
+{
+    size_t n = strlen(name), o = 0;
+    char *out = qcow2__malloc(n + 2);
+    const char *p = name;
+
+    if (!out)
+        return NULL;
+    if (*p == '/')
+        out[o++] = '/';
+    while (*p) {
+        const char *e = strchr(p, '/');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == 2 && p[0] == '.' && p[1] == '.' && o > 0 &&
+            !(o >= 2 && out[o - 1] == '.' && out[o - 2] == '.' && (o == 2 || out[o - 3] == '/')) &&
+            !(o == 1 && out[0] == '/')) {
+            /* Drop the last component. */
+            while (o > 0 && out[o - 1] != '/')
+                o--;
+            if (o > 0 && !(o == 1 && out[0] == '/'))
+                o--;
+        } else if (len && !(len == 1 && p[0] == '.')) {
+            if (o > 0 && out[o - 1] != '/')
+                out[o++] = '/';
+            memcpy(out + o, p, len);
+            o += len;
+        }
+        p += len + (e ? 1 : 0);
+    }
+    out[o] = '\0';
+    return out;
+}
+
 static char *canonical_name(const qcow2_image *img, const char *name)
 {
     char buf[PATH_MAX];
 
     if (!img->opts.open_fn && realpath(name, buf))
         return qcow2__strdup(buf);
-    return qcow2__strdup(name);
+    return lexical_name(name);
 }
 
 /*

@@ -649,3 +649,16 @@ Test(image, close_accepts_null)
     qcow2_image_close(NULL);
     cr_assert_eq(qcow2_image_chain_length(NULL), 0);
 }
+
+/* With a custom open_fn (no realpath), "./" and "//" still name the same file: a loop. */
+Test(image, self_loop_through_dot_slash_is_refused_with_a_custom_open_fn)
+{
+    qcow2_image *img;
+
+    small("/m/a.qcow2", "./a.qcow2", "qcow2");
+    cr_assert_eq(open_top("/m/a.qcow2", 0, &img), QCOW2_ECORRUPT, "%s",
+                 qcow2_error_last()->message);
+    cr_assert_null(img);
+    cr_assert(strstr(qcow2_error_last()->message, "loops"), "%s", qcow2_error_last()->message);
+    cr_assert_lt(strlen(qcow2_error_last()->message), 200, "%s", qcow2_error_last()->message);
+}
