@@ -255,6 +255,7 @@ static void fixture(const struct op *op, tf_model *before)
 struct kill_at {
     unsigned step;   /* kill after this step (0: never from the hook) */
     bool in_copy;    /* kill from the progress callback, in the middle of a copy */
+    double frac;     /* in_copy: once done reaches this part of total (0: at once) */
 };
 
 static void hook(unsigned step, void *payload)
@@ -269,7 +270,7 @@ static void progress(uint64_t done, uint64_t total, void *payload)
 {
     const struct kill_at *k = payload;
 
-    if (k->in_copy && done > 0 && done < total)
+    if (k->in_copy && done > 0 && done < total && (double)done >= k->frac * (double)total)
         kill(getpid(), SIGKILL);
 }
 
@@ -404,7 +405,7 @@ static void crash_sweep(const struct op *op, unsigned *points)
     cr_assert_gt(n, 0, "%s: empty plan", op->name);
 
     for (unsigned k = 0; k <= n + 1; k++) {
-        struct kill_at ka = {k, false};
+        struct kill_at ka = {k, false, 0};
         tf_model scratch = {0};
         char point[128], how;
 
@@ -431,7 +432,7 @@ static void crash_sweep(const struct op *op, unsigned *points)
         (*points)++;
     }
     if (copies) {
-        struct kill_at ka = {0, true};
+        struct kill_at ka = {0, true, 0};
         tf_model scratch = {0};
         char how;
 
@@ -547,7 +548,7 @@ Test(crash, first_create_interrupted_is_found_without_open_create)
 {
     const struct op *op = &OPS[0];
     tf_model before = {0}, after = {0};
-    struct kill_at ka = {3, false};
+    struct kill_at ka = {3, false, 0};
     qsnap_store *s = NULL;
     qsnap_finding *f = NULL;
     size_t nf = 0;
@@ -616,7 +617,7 @@ Test(crash, commit_finished_after_a_guest_wrote_to_the_head)
         head = tf_file_of(s, "c");
         qsnap_store_close(s);
         cr_assert_not_null(head);
-        cr_assert_eq(run_child(op, (struct kill_at){k, false}, false), 'K');
+        cr_assert_eq(run_child(op, (struct kill_at){k, false, 0}, false), 'K');
         /* The guest writes where the head held nothing (data and zeroes of the disk below). */
         tf_lib_write(head, 0x99, woff, wlen);
         free(head);
@@ -634,4 +635,67 @@ Test(crash, commit_finished_after_a_guest_wrote_to_the_head)
         qsnap_store_close(s);
     }
     tf_model_free(&before);
+}
+
+/*
+ * Kills at seeded random moments: after a random step, or in a copy once a
+ * random part of it is done, of the operations that copy data (commit into
+ * a raw disk, a qcow2 disk and a frozen layer; delete with --stream; delete
+ * merging into a frozen layer). Each is then repaired and checked as above.
+ * The seeds are fixed so a failure can be replayed.
+ */
+Test(crash, seeded_random_kills_of_copying_operations)
+{
+    static const unsigned ops[] = {10, 11, 12, 8, 6};
+    unsigned points = 0;
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img/qemu-io not installed");
+    for (size_t o = 0; o < sizeof(ops) / sizeof(ops[0]); o++) {
+        const struct op *op = &OPS[ops[o]];
+        tf_model before = {0}, after = {0};
+        qsnap_store *s;
+        qsnap_plan *p = NULL;
+        size_t n;
+
+        fixture(op, &before);
+        tf_model_copy(&after, &before);
+        op->after(&after);
+        s = tf_open(disk, QSNAP_OPEN_CREATE);
+        ok(op->plan(s, &p), op->name);
+        n = tf_plan_steps(p);
+        qsnap_plan_free(p);
+        qsnap_store_close(s);
+        for (unsigned seed = 0; seed < 4; seed++) {
+            struct kill_at ka = {0, false, 0};
+            tf_model scratch = {0};
+            char point[160], how;
+
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            if (rng & 1) {
+                ka.step = 1 + (unsigned)((rng >> 8) % n);
+                snprintf(point, sizeof(point), "seed %u: killed after step %u of %zu", seed,
+                         ka.step, n);
+            } else {
+                ka.in_copy = true;
+                ka.frac = (double)((rng >> 8) % 1000) / 1000.0;
+                snprintf(point, sizeof(point), "seed %u: killed at %.1f%% of a copy", seed,
+                         ka.frac * 100.0);
+            }
+            fixture(op, &scratch);
+            tf_model_free(&scratch);
+            how = run_child(op, ka, false);
+            cr_assert(how == 'K' || how == 'E', "%s, %s: child ended with %c", op->name, point,
+                      how);
+            check_after_crash(op, point, &after, &before,
+                              op->disk_branch ? tf_model_get(&after, op->disk_branch) : d0);
+            points++;
+        }
+        tf_model_free(&before);
+        tf_model_free(&after);
+    }
+    cr_log_info("seeded random kills: %u points", points);
 }
