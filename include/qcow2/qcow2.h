@@ -769,7 +769,8 @@ typedef struct qcow2_check_result {
     uint64_t corruptions;         /**< errors in the image's metadata */
     uint64_t leaks;               /**< clusters with a refcount but no reference */
     uint64_t check_errors;        /**< errors that stopped the check itself (I/O) */
-    uint64_t corruptions_fixed;   /**< with QCOW2_CHECK_FIX_ERRORS */
+    /** repaired; a leaks-only repair also fixes COPIED flags (as qemu-img -r leaks does) */
+    uint64_t corruptions_fixed;
     uint64_t leaks_fixed;         /**< with QCOW2_CHECK_FIX_LEAKS */
     uint64_t image_end_offset;    /**< first byte after the last used cluster */
     uint64_t total_clusters;      /**< guest clusters (virtual size / cluster size) */
