@@ -663,6 +663,10 @@ int qcow2__header_write(qcow2_image *img)
         img->hdr_bytes = qcow2__max(used, sector);
         img->ext_end = ext_end;
         img->header_dirty = false;
+    } else if (used > sector) {
+        /* Which header is on disk is unknown now, and a retry could write over the
+         * other one's bytes: no more writes through this handle. */
+        rc = qcow2__fatal(img, rc);
     }
 out:
     qcow2__free(buf);

@@ -38,7 +38,8 @@ static qcow2_image *layer_above(qcow2_image *top, const qcow2_image *base)
 /* Set img's backing link (name stored as given) and format, and rewrite the header. */
 static int set_backing_link(qcow2_image *img, const char *name, const char *fmt)
 {
-    char *n = NULL, *f = NULL, *path = NULL;
+    char *n = NULL, *f = NULL, *path = NULL, *old_n, *old_f, *old_p;
+    int rc;
 
     if (name) {
         n = qcow2__strdup(name);
@@ -51,13 +52,26 @@ static int set_backing_link(qcow2_image *img, const char *name, const char *fmt)
             return qcow2__nomem();
         }
     }
-    qcow2__free(img->backing_name);
-    qcow2__free(img->backing_fmt);
-    qcow2__free(img->backing_path);
+    old_n = img->backing_name;
+    old_f = img->backing_fmt;
+    old_p = img->backing_path;
     img->backing_name = n;
     img->backing_fmt = f;
     img->backing_path = path;
-    return qcow2__header_write(img);
+    rc = qcow2__header_write(img);
+    if (rc && img->state != QCOW2__FATAL) {
+        /* Refused before writing (or one sector that did not land): the old link stands. */
+        img->backing_name = old_n;
+        img->backing_fmt = old_f;
+        img->backing_path = old_p;
+        old_n = n;
+        old_f = f;
+        old_p = path;
+    }
+    qcow2__free(old_n);
+    qcow2__free(old_f);
+    qcow2__free(old_p);
+    return rc;
 }
 
 /* Renumber depths after the chain below img changed. */

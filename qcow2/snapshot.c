@@ -282,7 +282,7 @@ int qcow2_snapshot_get(const qcow2_image *img, size_t i, qcow2_snapshot_info *ou
  * L1 and L2 entry the walk will touch, make sure no refcount overflows) that
  * fails without changing anything, then a mutating phase whose failures put
  * the handle in the FATAL state. The commit point of every operation is one
- * header write (qcow2__header_write: cluster 0 in one write, then a flush):
+ * header write (qcow2__header_write: the first sector last, each part flushed):
  *
  *   create: copy of the active L1 in new clusters; +1 on the active tree;
  *           COPIED cleared in the active L1 and L2 tables; the new snapshot

@@ -535,22 +535,29 @@ static int top_up_kept(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *
     qcow2_image_close(ki);
     ki = NULL;
     if (!rc && gap) {
+        int wrc;
         rc = set_write_bit(s, k, true);
-        oo.flags = QCOW2_OPEN_RDWR;
-        if (!rc)
+        if (!rc) {
+            oo.flags = QCOW2_OPEN_RDWR;
             rc = qcow2_image_open(&ki, path, &oo);
+            if (!rc)
+                rc = kept_gaps(head, ki, true, &gap);
+            if (!rc)
+                rc = qcow2_image_flush(ki);
+            qcow2_image_close(ki);
+            if (rc)
+                rc = qsnap__from_qcow2(rc, "'qsnap verify --repair DISK' finishes it");
+        }
+        /* Frozen again whatever happened (a crash here: see the mode check below). */
+        wrc = set_write_bit(s, k, false);
         if (!rc)
-            rc = kept_gaps(head, ki, true, &gap);
-        if (!rc)
-            rc = qcow2_image_flush(ki);
-        qcow2_image_close(ki);
-        if (rc)
-            rc = qsnap__from_qcow2(rc, "'qsnap verify --repair DISK' finishes it");
-        if (!rc)
-            rc = set_write_bit(s, k, false);
+            rc = wrc;
         gap = true;
     } else if (rc) {
         rc = qsnap__from_qcow2(rc, NULL);
+    } else if (stat(path, &sb) == 0 && (sb.st_mode & 0222)) {
+        /* A run that crashed between its copy and refreezing left it writable. */
+        rc = set_write_bit(s, k, false);
     }
     /* Copied now, or by a run that crashed before it saved the new fingerprint. */
     if (!rc && !gap && stat(path, &sb) == 0 &&
