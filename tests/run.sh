@@ -27,6 +27,9 @@ MAKE=${MAKE:-make}
 QSNAP=${QSNAP:-$BUILD/qsnap}
 case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
 export QSNAP BUILD
+# Under ASan: Criterion's own runner allocations are not ours (tests/lsan.supp).
+LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$(pwd)/tests/lsan.supp:print_suppressions=0}
+export LSAN_OPTIONS
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-run.XXXXXX") || exit 2
 trap 'rm -rf "$tmp"' EXIT INT TERM

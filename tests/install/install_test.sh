@@ -74,6 +74,11 @@ check "installed qsnap --version" grep -q "^qsnap $version " <("$root/bin/qsnap"
 
 # ---- examples, built against the installed library --------------------------
 cflags="-std=c11 -Wall -Wextra -pedantic -Werror -g"
+# A sanitizer build (make asan / ubsan) installs instrumented libraries: link the examples alike.
+case $BUILD in
+*asan*) cflags="$cflags -fsanitize=address,undefined" ;;
+*ubsan*) cflags="$cflags -fsanitize=undefined" ;;
+esac
 build_shared() { # build_shared OUT SRC MODULE
     $CC $cflags -o "$1" "$2" $(pc --cflags --libs "$3")
 }
