@@ -391,6 +391,62 @@ static int attach_state(qsnap_plan *p, struct qsnap__node *n, const char *state_
     }
 }
 
+/*
+ * The first operation on a disk sets up the store: the disk (opened for
+ * writing, which proves no QEMU uses it) becomes the frozen root layer with a
+ * root node on it, and branch main's head goes on top. Steps: make the store
+ * and layers/, link the state file (if any), create the head, freeze the
+ * disk. *root_out stays valid until the next node is added.
+ */
+static int plan_first(qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
+                      const char *state_file, struct qsnap__node **root_out, unsigned *head_out)
+{
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    qcow2_image *img = NULL;
+    struct qsnap__layer *disk, *head;
+    struct qsnap__node *root;
+    struct qsnap__branch *b;
+    unsigned disk_id;
+    int rc;
+
+    oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_RDWR;
+    rc = qcow2_image_open(&img, s->disk_abs, &oo);
+    if (rc)
+        return qsnap__from_qcow2(rc, "stop the virtual machine that uses the disk first");
+    disk = qsnap__add_layer(t);
+    if (!disk || !(disk->file = strdup(t->disk))) {
+        qcow2_image_close(img);
+        return nomem();
+    }
+    disk->fmt = qcow2_image_format(img);
+    disk->is_disk = true;
+    disk->frozen = true;
+    disk_id = disk->id;
+    qcow2_image_close(img);
+    root = qsnap__add_node(t);
+    head = root ? new_overlay(t, disk_id) : NULL; /* may move the layers, not the nodes */
+    b = head ? qsnap__add_branch(t) : NULL;
+    if (!b || !(b->name = strdup("main")) || !(t->current = strdup("main")))
+        return nomem();
+    root->layer = disk_id;
+    root->created = qsnap__now();
+    b->head = head->id;
+    b->base = root->id;
+    b->created = root->created;
+    *root_out = root;
+    *head_out = head->id;
+    rc = add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "", NULL);
+    if (!rc)
+        rc = add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "layers", NULL);
+    if (!rc)
+        rc = attach_state(p, root, state_file);
+    if (!rc)
+        rc = add_step(p, QSNAP__ST_CREATE, head->id, 0, 0, NULL, NULL);
+    if (!rc)
+        rc = add_step(p, QSNAP__ST_FREEZE, disk_id, 0, 0, NULL, NULL);
+    return rc;
+}
+
 int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts *o)
 {
     qsnap_create_opts opts = QSNAP_CREATE_OPTS_INIT;
@@ -427,54 +483,15 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
         goto fail;
     }
     if (!s->exists) {
-        /* First snapshot: the disk becomes the root layer; branch "main" goes on top. */
-        qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
-        qcow2_image *img = NULL;
-        struct qsnap__layer *disk;
-        struct qsnap__branch *b;
-
-        oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_RDWR;
-        rc = qcow2_image_open(&img, s->disk_abs, &oo); /* proves no QEMU uses it */
-        if (rc) {
-            rc = qsnap__from_qcow2(rc, "stop the virtual machine that uses the disk first");
+        /* First snapshot: the root node on the disk is this snapshot. */
+        unsigned head_id;
+        rc = plan_first(s, &t, p, opts.state_file, &n, &head_id);
+        if (rc)
             goto fail;
-        }
-        disk = qsnap__add_layer(&t);
-        if (!disk || !(disk->file = strdup(t.disk))) {
-            qcow2_image_close(img);
-            rc = nomem();
-            goto fail;
-        }
-        disk->fmt = qcow2_image_format(img);
-        disk->is_disk = true;
-        qcow2_image_close(img);
-        n = qsnap__add_node(&t);
-        head = n ? new_overlay(&t, disk->id) : NULL;
-        b = head ? qsnap__add_branch(&t) : NULL;
-        if (!b || !(b->name = strdup("main")) || !(t.current = strdup("main"))) {
-            rc = nomem();
-            goto fail;
-        }
-        disk = qsnap__layer(&t, n->layer = t.layers[0].id);
         n->name = name;
         name = NULL;
-        n->created = qsnap__now();
         n->desc = opts.description ? strdup(opts.description) : NULL;
-        b->head = head->id;
-        b->base = n->id;
-        b->created = n->created;
-        disk->frozen = true;
-        rc = add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "", NULL);
-        if (!rc)
-            rc = add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "layers", NULL);
-        if (!rc)
-            rc = attach_state(p, n, opts.state_file);
-        if (!rc)
-            rc = add_step(p, QSNAP__ST_CREATE, head->id, 0, 0, NULL, NULL);
-        if (!rc)
-            rc = add_step(p, QSNAP__ST_FREEZE, disk->id, 0, 0, NULL, NULL);
-        if (!rc)
-            rc = add_save(p, &t);
+        rc = add_save(p, &t);
         if (!rc)
             rc = set_summary(p, "created snapshot %s of %s; branch main continues from it",
                              n->name, strrchr(s->disk_abs, '/') + 1);
@@ -1503,55 +1520,12 @@ static int plan_create_internal(qsnap_plan **out, qsnap_store *s, const qsnap_cr
     if (rc)
         goto out;
     if (!s->exists) {
-        /* First snapshot: the disk becomes the (unnamed) root layer, branch main's head
-         * goes on top, and the internal snapshot is taken in that head. */
-        qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
-        qcow2_image *img = NULL;
-        struct qsnap__layer *disk;
+        /* First snapshot: an unnamed root on the disk; the internal snapshot goes in
+         * branch main's new head. */
         struct qsnap__node *root;
-
-        oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_RDWR;
-        rc = qcow2_image_open(&img, s->disk_abs, &oo); /* proves no QEMU uses it */
-        if (rc) {
-            rc = qsnap__from_qcow2(rc, "stop the virtual machine that uses the disk first");
+        rc = plan_first(s, &t, p, NULL, &root, &head_id);
+        if (rc)
             goto out;
-        }
-        disk = qsnap__add_layer(&t);
-        if (!disk || !(disk->file = strdup(t.disk))) {
-            qcow2_image_close(img);
-            rc = nomem();
-            goto out;
-        }
-        disk->fmt = qcow2_image_format(img);
-        disk->is_disk = true;
-        disk->frozen = true;
-        qcow2_image_close(img);
-        head_id = 0;
-        {
-            unsigned disk_id = disk->id;
-            root = qsnap__add_node(&t);
-            head = root ? new_overlay(&t, disk_id) : NULL;
-            b = head ? qsnap__add_branch(&t) : NULL;
-            if (!b || !(b->name = strdup("main")) || !(t.current = strdup("main"))) {
-                rc = nomem();
-                goto out;
-            }
-            root = &t.nodes[t.nn - 1];
-            root->layer = disk_id;
-            root->created = qsnap__now();
-            b->head = head_id = head->id;
-            b->base = root->id;
-            b->created = root->created;
-            rc = add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "", NULL);
-            if (!rc)
-                rc = add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "layers", NULL);
-            if (!rc)
-                rc = add_step(p, QSNAP__ST_CREATE, head_id, 0, 0, NULL, NULL);
-            if (!rc)
-                rc = add_step(p, QSNAP__ST_FREEZE, disk_id, 0, 0, NULL, NULL);
-            if (rc)
-                goto out;
-        }
         if (o->name)
             name = strdup(o->name);
         else
