@@ -755,6 +755,17 @@ static int snap_check_image(qcow2_image *img)
     return 0;
 }
 
+/* The snapshot apply or delete acts on (by id or name), after the common refusals. */
+static int snap_target(qcow2_image *img, const char *snapshot, uint32_t *idx)
+{
+    int rc;
+
+    if (!snapshot)
+        return qcow2__err(QCOW2_EINVAL, 0, img ? img->name : NULL, "missing snapshot name");
+    rc = snap_check_image(img);
+    return rc ? rc : snap_find(img, snapshot, idx);
+}
+
 /* Allocate clusters for len bytes and write buf (len bytes, zero padded to clusters) there. */
 static int snap_write_new(qcow2_image *img, const uint8_t *buf, uint64_t len, uint64_t *off_out)
 {
@@ -1018,12 +1029,7 @@ int qcow2_snapshot_apply(qcow2_image *img, const char *snapshot)
     uint32_t idx;
     int rc;
 
-    if (!snapshot)
-        return qcow2__err(QCOW2_EINVAL, 0, img ? img->name : NULL, "missing snapshot name");
-    rc = snap_check_image(img);
-    if (rc)
-        return rc;
-    rc = snap_find(img, snapshot, &idx);
+    rc = snap_target(img, snapshot, &idx);
     if (rc)
         return rc;
     sn = &img->snaps[idx];
@@ -1112,12 +1118,7 @@ int qcow2_snapshot_delete(qcow2_image *img, const char *snapshot)
     uint32_t idx;
     int rc;
 
-    if (!snapshot)
-        return qcow2__err(QCOW2_EINVAL, 0, img ? img->name : NULL, "missing snapshot name");
-    rc = snap_check_image(img);
-    if (rc)
-        return rc;
-    rc = snap_find(img, snapshot, &idx);
+    rc = snap_target(img, snapshot, &idx);
     if (rc)
         return rc;
     rc = snap_read_l1(img, img->snaps[idx].l1_off, img->snaps[idx].l1_size,
