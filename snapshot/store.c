@@ -364,24 +364,20 @@ int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags)
         rc = load_model(s);
         if (rc)
             goto fail;
-    } else if (!(flags & QSNAP_OPEN_CREATE)) {
-        char *journal = qsnap__path(s, "journal");
-        bool pending = journal && qsnap__file_exists(journal);
-        free(journal);
-        if (pending)
-            rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify --repair DISK' finishes it",
-                            "%s: the first snapshot was interrupted and is not finished", s->dir);
-        else if ((rc = qsnap__refuse_orphan_layers(s)) == 0)
-            rc = qsnap__err(QSNAP_ENOTFOUND, "'qsnap create DISK' makes the first snapshot",
-                            "%s: no snapshots yet (no store at %s)", s->disk_abs, s->dir);
-        goto fail;
     } else {
         const char *base = strrchr(s->disk_abs, '/');
-        char *journal = qsnap__path(s, "journal");
-        bool pending = journal && qsnap__file_exists(journal);
-        free(journal);
+        bool pending = false;
+        rc = qsnap__journal_pending(s, &pending);
         /* An interrupted first create has layers and a journal; without one they are orphans. */
-        if (!pending && (rc = qsnap__refuse_orphan_layers(s)) != 0)
+        if (!rc && !pending)
+            rc = qsnap__refuse_orphan_layers(s);
+        if (!rc && !(flags & QSNAP_OPEN_CREATE))
+            rc = pending ? qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify --repair DISK' finishes it",
+                                      "%s: the first snapshot was interrupted and is not finished",
+                                      s->dir)
+                         : qsnap__err(QSNAP_ENOTFOUND, "'qsnap create DISK' makes the first snapshot",
+                                      "%s: no snapshots yet (no store at %s)", s->disk_abs, s->dir);
+        if (rc)
             goto fail;
         if (asprintf(&s->m.disk, "../%s", base ? base + 1 : s->disk_abs) < 0) {
             s->m.disk = NULL;
