@@ -548,12 +548,6 @@ int qcow2__header_serialize(qcow2_image *img, uint8_t *buf, size_t buf_len, size
     return rc;
 }
 
-/* Whether [a, b) and [c, d) share a byte. */
-static bool overlaps(uint64_t a, uint64_t b, uint64_t c, uint64_t d)
-{
-    return a < d && c < b;
-}
-
 /*
  * Until the new first sector is on disk, the old one is the header, and it
  * refers to bytes past the first sector: the old extension area's tail and
@@ -593,8 +587,8 @@ static int place_tail(qcow2_image *img, uint8_t *buf, size_t buf_len, size_t *us
     if (!name_len || name_off + name_len <= sector)
         return 0;
     /* The part past the first sector must not land on bytes the old header uses. */
-    if (overlaps(qcow2__max(name_off, sector), name_off + name_len, sector, old_ext_end) ||
-        overlaps(qcow2__max(name_off, sector), name_off + name_len, old_name_off, old_name_end)) {
+    if (qcow2__ranges_meet(qcow2__max(name_off, sector), name_off + name_len, sector, old_ext_end) ||
+        qcow2__ranges_meet(qcow2__max(name_off, sector), name_off + name_len, old_name_off, old_name_end)) {
         uint64_t to = qcow2__max(qcow2__max(old_end, ext_end), sector);
         if (to + name_len > buf_len)
             return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,

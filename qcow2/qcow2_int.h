@@ -47,6 +47,12 @@ static inline bool qcow2__mul_overflow(uint64_t a, uint64_t b, uint64_t *r)
     return __builtin_mul_overflow(a, b, r);
 }
 
+/* Whether byte ranges [a, b) and [c, d) share a byte (an empty range shares none). */
+static inline bool qcow2__ranges_meet(uint64_t a, uint64_t b, uint64_t c, uint64_t d)
+{
+    return a < b && c < d && a < d && c < b;
+}
+
 static inline uint64_t qcow2__min(uint64_t a, uint64_t b)
 {
     return a < b ? a : b;

@@ -604,31 +604,32 @@ int qcow2__apply_pending_frees(qcow2_image *img)
     return rc;
 }
 
-static bool shares(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+/* [off, off+len) against [b, b+blen). */
+static bool meets(uint64_t off, uint64_t len, uint64_t b, uint64_t blen)
 {
-    return alen && blen && a < b + blen && b < a + alen;
+    return qcow2__ranges_meet(off, off + len, b, b + blen);
 }
 
 const char *qcow2__meta_overlap(const qcow2_image *img, uint64_t off, uint64_t len, bool deep)
 {
     uint64_t cs = img->cluster_size;
 
-    if (shares(off, len, 0, cs))
+    if (meets(off, len, 0, cs))
         return "the header";
-    if (shares(off, len, img->hdr.l1_off, (uint64_t)img->hdr.l1_size * 8))
+    if (meets(off, len, img->hdr.l1_off, (uint64_t)img->hdr.l1_size * 8))
         return "the L1 table";
-    if (shares(off, len, img->hdr.rt_off, (uint64_t)img->hdr.rt_clusters * cs))
+    if (meets(off, len, img->hdr.rt_off, (uint64_t)img->hdr.rt_clusters * cs))
         return "the refcount table";
-    if (img->nb_snaps && shares(off, len, img->hdr.snap_off, qcow2__snap_table_len(img)))
+    if (img->nb_snaps && meets(off, len, img->hdr.snap_off, qcow2__snap_table_len(img)))
         return "the snapshot table";
     if (!deep)
         return NULL;
     for (uint32_t i = 0; i < img->nb_snaps; i++) {
-        if (shares(off, len, img->snaps[i].l1_off, (uint64_t)img->snaps[i].l1_size * 8))
+        if (meets(off, len, img->snaps[i].l1_off, (uint64_t)img->snaps[i].l1_size * 8))
             return "a snapshot's L1 table";
     }
     for (uint64_t i = 0; i < img->rt_entries; i++) {
-        if (shares(off, len, img->reftable[i] & QCOW2_REFT_OFFSET_MASK, cs))
+        if (meets(off, len, img->reftable[i] & QCOW2_REFT_OFFSET_MASK, cs))
             return "a refcount block";
     }
     return NULL;
