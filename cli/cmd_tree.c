@@ -478,6 +478,7 @@ static const char branch_help[] =
     "      --at=SNAPSHOT    where a new branch starts\n"
     "  -d, --delete         delete the branch NAME\n"
     "  -f, --force          delete it even when it holds changes (they are lost)\n"
+    "                       or its head file is missing\n"
     "  -m, --move           rename the branch OLD to NEW\n"
     "  -n, --dry-run        print the plan and change nothing\n"
     "      --json           print the plan as JSON\n"
