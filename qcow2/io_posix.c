@@ -409,21 +409,31 @@ static void mode_perms(qcow2_io_lock_mode mode, unsigned *perm, unsigned *unshar
     }
 }
 
-/* Make the bytes this descriptor holds match mode exactly. */
-static int apply_locks(int fd, qcow2_io_lock_mode mode)
+/*
+ * Move the bytes this descriptor holds from mode from to mode to, touching
+ * only the bytes that differ (a first read lock is three fcntl calls, not
+ * 22). Applied with from and to swapped, it undoes a partial move exactly.
+ */
+static int apply_locks(int fd, qcow2_io_lock_mode from, qcow2_io_lock_mode to)
 {
-    unsigned perm, unshared, bit;
+    unsigned perm_from, unshared_from, perm, unshared, bit;
     int rc;
 
-    mode_perms(mode, &perm, &unshared);
+    mode_perms(from, &perm_from, &unshared_from);
+    mode_perms(to, &perm, &unshared);
     for (bit = 0; bit < LOCK_NB_BITS; bit++) {
-        rc = lock_byte(fd, (perm >> bit & 1u) ? F_RDLCK : F_UNLCK, (off_t)(LOCK_PERM_BASE + bit));
-        if (rc)
-            return rc;
-        rc = lock_byte(fd, (unshared >> bit & 1u) ? F_RDLCK : F_UNLCK,
-                       (off_t)(LOCK_SHARE_BASE + bit));
-        if (rc)
-            return rc;
+        if ((perm ^ perm_from) >> bit & 1u) {
+            rc = lock_byte(fd, (perm >> bit & 1u) ? F_RDLCK : F_UNLCK,
+                           (off_t)(LOCK_PERM_BASE + bit));
+            if (rc)
+                return rc;
+        }
+        if ((unshared ^ unshared_from) >> bit & 1u) {
+            rc = lock_byte(fd, (unshared >> bit & 1u) ? F_RDLCK : F_UNLCK,
+                           (off_t)(LOCK_SHARE_BASE + bit));
+            if (rc)
+                return rc;
+        }
     }
     return 0;
 }
@@ -462,12 +472,12 @@ static int posix_lock(qcow2_io *io, qcow2_io_lock_mode mode)
 
     if (mode != QCOW2_IO_UNLOCK && mode != QCOW2_IO_LOCK_READ && mode != QCOW2_IO_LOCK_WRITE)
         return -EINVAL;
-    rc = apply_locks(p->fd, mode);
+    rc = apply_locks(p->fd, p->lock, mode);
     if (rc == 0 && mode != QCOW2_IO_UNLOCK)
         rc = check_locks(p->fd, mode);
     if (rc) {
         /* Back to what we held before; the first failure is what counts. */
-        (void)apply_locks(p->fd, p->lock);
+        (void)apply_locks(p->fd, mode, p->lock);
         return rc;
     }
     p->lock = mode;

@@ -289,7 +289,35 @@ Test(io_posix, lock_bytes_match_qemu)
     locked_bytes(path, held);
     for (int b = 0; b < 300; b++)
         cr_assert(!held[b], "unlocked, byte %d", b);
+    /* Only the bytes that differ change: up from nothing, then reader to writer. */
+    cr_assert_eq(io->ops->lock(io, QCOW2_IO_LOCK_READ), 0);
+    locked_bytes(path, held);
+    for (int b = 0; b < 300; b++)
+        cr_assert_eq(held[b], b == 100 || b == 201 || b == 203, "reader again, byte %d", b);
+    cr_assert_eq(io->ops->lock(io, QCOW2_IO_LOCK_WRITE), 0);
+    locked_bytes(path, held);
+    for (int b = 0; b < 300; b++) {
+        bool want = b == 100 || b == 101 || b == 103 || b == 201 || b == 203;
+        cr_assert_eq(held[b], want, "writer again, byte %d", b);
+    }
     qcow2_io_close(io);
+}
+
+Test(io_posix, refused_upgrade_keeps_exactly_the_reader_bytes)
+{
+    qcow2_io *a, *other;
+    bool held[300];
+
+    a = open_or_die(path, QCOW2_IO_CREATE | QCOW2_IO_RDWR);
+    other = open_or_die(path, 0);
+    cr_assert_eq(other->ops->lock(other, QCOW2_IO_LOCK_READ), 0);
+    cr_assert_eq(a->ops->lock(a, QCOW2_IO_LOCK_READ), 0);
+    cr_assert_eq(a->ops->lock(a, QCOW2_IO_LOCK_WRITE), -EAGAIN);
+    qcow2_io_close(other);
+    locked_bytes(path, held);
+    for (int b = 0; b < 300; b++)
+        cr_assert_eq(held[b], b == 100 || b == 201 || b == 203, "after the refusal, byte %d", b);
+    qcow2_io_close(a);
 }
 
 Test(io_posix, our_handles_exclude_each_other)
