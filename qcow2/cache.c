@@ -5,7 +5,8 @@
  * else reads or writes those tables.
  *
  * A table's host offset picks a set of up to CACHE_WAYS slots, replaced
- * least recently used first. Buffers are allocated on first use, so the
+ * least recently used first. Buffers come from the chain's pool (pool.c) on
+ * first use, so the
  * memory used is bounded by the budget and by what was touched, never by
  * the virtual size. A dirty slot is never dropped silently: evicting one
  * first runs an ordered metadata flush.
@@ -32,13 +33,15 @@ int qcow2__cache_init(qcow2_image *img, struct qcow2__cache *c, uint64_t budget,
     c->last = 0;
     c->tick = 0;
     c->what = what;
+    c->pool = img->pool;
+    c->buf_len = (size_t)img->cluster_size;
     return 0;
 }
 
 void qcow2__cache_free(struct qcow2__cache *c)
 {
     for (uint32_t i = 0; i < c->nb_slots; i++)
-        qcow2__free(c->slots[i].data);
+        qcow2__pool_put(c->pool, c->slots[i].data, c->buf_len);
     qcow2__free(c->slots);
     c->slots = NULL;
     c->nb_slots = 0;
@@ -92,7 +95,7 @@ int qcow2__cache_get(qcow2_image *img, struct qcow2__cache *c, uint64_t off, boo
         assert(!slot->dirty);
     }
     if (!slot->data) {
-        slot->data = qcow2__malloc((size_t)img->cluster_size);
+        slot->data = qcow2__pool_get(c->pool, c->buf_len);
         if (!slot->data)
             return qcow2__nomem();
     }

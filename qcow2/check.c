@@ -729,6 +729,8 @@ int qcow2_image_check(qcow2_image *img, unsigned fix, qcow2_check_result *out)
     }
     /* Check what the file holds: write back whatever this handle has dirty. */
     rc = qcow2__metadata_flush(img);
+    if (!rc)
+        rc = qcow2__refcount_table(img); /* read-only handles read it on first use */
     if (rc)
         return rc;
     ck.img = img;

@@ -34,6 +34,7 @@
 struct chain_ctx {
     char *seen[QCOW2_MAX_CHAIN_DEPTH + 1]; /* canonical names, top first */
     unsigned nb_seen;
+    struct qcow2__pool *pool; /* table memory for every layer of the chain */
 };
 
 const char *qcow2_format_name(qcow2_format fmt)
@@ -174,6 +175,7 @@ static void image_free(qcow2_image *img)
     }
     qcow2__free(img->backing_path);
     qcow2__free(img->name);
+    qcow2__pool_unref(img->pool);
     qcow2__free(img);
 }
 
@@ -327,6 +329,7 @@ static int open_layer(qcow2_image **out, qcow2_io *io, const char *name, const q
     }
     img->io = io;
     img->depth = depth;
+    img->pool = qcow2__pool_ref(ctx->pool);
     img->dbuf_host_off = UINT64_MAX;
     img->opts = *opts;
     img->state = (opts->flags & QCOW2_OPEN_RDWR) ? QCOW2__OPEN_RW : QCOW2__OPEN_RO;
@@ -405,6 +408,7 @@ static int open_io_common(qcow2_image **out, qcow2_io *io, const char *name,
         return qcow2__err(QCOW2_EINVAL, 0, name, "unknown image format %d", (int)o.format);
     }
     ctx.nb_seen = 0;
+    ctx.pool = NULL;
     ctx.seen[0] = NULL;
     rc = 0;
     {
@@ -418,7 +422,12 @@ static int open_io_common(qcow2_image **out, qcow2_io *io, const char *name,
         }
         ctx.nb_seen = 1;
     }
-    rc = open_layer(out, io, name, &o, o.format, 0, &ctx);
+    rc = qcow2__pool_new(&ctx.pool);
+    if (rc)
+        qcow2_io_close(io);
+    else
+        rc = open_layer(out, io, name, &o, o.format, 0, &ctx);
+    qcow2__pool_unref(ctx.pool); /* each layer holds its own reference */
     for (unsigned i = 0; i < ctx.nb_seen; i++)
         qcow2__free(ctx.seen[i]);
     return rc;

@@ -237,6 +237,8 @@ struct qcow2__cache {
     uint32_t last;              /* slot of the last hit */
     uint64_t tick;              /* LRU clock */
     const char *what;           /* "L2 table" or "refcount block", for messages */
+    struct qcow2__pool *pool;   /* where slot buffers come from (pool.c); NULL: malloc */
+    size_t buf_len;             /* bytes per slot buffer: the cluster size */
 };
 
 /* A range of host clusters whose refcount drops once the metadata is durable. */
@@ -253,13 +255,17 @@ enum qcow2__state {
 };
 
 struct qcow2_image {
+    /* What a read through a deep chain looks at in every layer it passes: kept together. */
+    qcow2_format fmt;            /* RAW or QCOW2 */
+    uint64_t size;               /* virtual size, bytes */
+    qcow2_image *backing;        /* owned; NULL when none */
+    uint64_t hole_start;         /* a run known unallocated here (no host cluster), start */
+    uint64_t hole_end;           /* and end (bytes); empty when equal. Reset by any write. */
+
     qcow2_io *io;                /* the file */
     char *name;                  /* as opened; used in every message */
-    qcow2_format fmt;            /* RAW or QCOW2 */
     enum qcow2__state state;     /* see image.c */
-    uint64_t size;               /* virtual size, bytes */
     uint64_t file_size;          /* file length at open (and as grown), bytes */
-    qcow2_image *backing;        /* owned; NULL when none */
     unsigned depth;              /* 0 for the top of the chain */
     qcow2_open_opts opts;        /* as given (open_fn copied) */
     bool locked;                 /* we hold the image lock */
@@ -297,6 +303,7 @@ struct qcow2_image {
     uint32_t nb_snaps;
     struct qcow2__cache l2c;     /* L2 tables */
     struct qcow2__cache rbc;     /* refcount blocks */
+    struct qcow2__pool *pool;    /* table memory shared with the rest of the chain (pool.c) */
 
     /* writer state */
     bool l1_dirty;               /* the L1 in memory is newer than the file */
@@ -312,8 +319,6 @@ struct qcow2_image {
     uint8_t *cbuf;               /* compressed input buffer (2 clusters) */
     uint8_t *dbuf;               /* decompressed cluster */
     uint64_t dbuf_host_off;      /* descriptor decoded into dbuf; ~0 = none */
-    uint64_t hole_start;         /* a run known unallocated here (no host cluster), start */
-    uint64_t hole_end;           /* and end (bytes); empty when equal. Reset by any write. */
     uint64_t raw_ext_off;        /* raw: a known run of data or hole, start (bytes) */
     uint64_t raw_ext_len;        /* and length; 0 = nothing known */
     bool raw_ext_hole;           /* whether that run is a hole */
@@ -398,7 +403,16 @@ void qcow2__prefetch_ahead(qcow2_image *img, const qcow2_image *base, uint64_t g
                            uint64_t *pf_end);
 
 /* refcount.c */
+/* pool.c: table memory shared by the layers of one chain. */
+struct qcow2__pool;
+int qcow2__pool_new(struct qcow2__pool **out);
+struct qcow2__pool *qcow2__pool_ref(struct qcow2__pool *p);
+void qcow2__pool_unref(struct qcow2__pool *p);
+void *qcow2__pool_get(struct qcow2__pool *p, size_t len);
+void qcow2__pool_put(struct qcow2__pool *p, void *buf, size_t len);
+
 int qcow2__refcount_load(qcow2_image *img);
+int qcow2__refcount_table(qcow2_image *img);
 /* The refcount of host cluster cluster_idx (0 when its block is not allocated). */
 int qcow2__refcount_get(qcow2_image *img, uint64_t cluster_idx, uint64_t *out);
 /*

@@ -8,26 +8,6 @@
 
 #include "qcow2_int.h"
 
-static int read_layer(qcow2_image *img, uint8_t *buf, uint64_t len, uint64_t off);
-
-/* Unallocated in img: bytes from the backing chain, zeroes past its end. */
-static int read_below(qcow2_image *img, uint8_t *buf, uint64_t len, uint64_t off)
-{
-    qcow2_image *b = img->backing;
-    uint64_t part = 0;
-    int rc;
-
-    if (b && off < b->size) {
-        part = qcow2__min(len, b->size - off);
-        rc = read_layer(b, buf, part, off);
-        if (rc)
-            return rc;
-    }
-    if (part < len)
-        memset(buf + part, 0, (size_t)(len - part));
-    return 0;
-}
-
 /* A raw layer: holes read as zeroes without copying them from the kernel. */
 static int read_raw(qcow2_image *img, uint8_t *buf, uint64_t len, uint64_t off)
 {
@@ -66,39 +46,68 @@ static int read_raw(qcow2_image *img, uint8_t *buf, uint64_t len, uint64_t off)
     return 0;
 }
 
-/* off + len <= img->size. */
+/* One run that layer img holds (data, zero or compressed) into buf. */
+static int read_run(qcow2_image *img, const struct qcow2__lrun *r, uint8_t *buf, uint64_t off)
+{
+    switch (r->kind) {
+    case QCOW2__RUN_DATA:
+        return qcow2__io_read(img->io, img->name, buf, (size_t)r->len, r->host_off);
+    case QCOW2__RUN_COMPRESSED:
+        return qcow2__read_compressed(img, r->host_off, off & (img->cluster_size - 1), buf,
+                                      (size_t)r->len);
+    case QCOW2__RUN_ZERO:
+    case QCOW2__RUN_UNALLOC:
+        break;
+    }
+    memset(buf, 0, (size_t)r->len);
+    return 0;
+}
+
+/*
+ * off + len <= img->size. Piece by piece: walk down from img to the first
+ * layer that holds off; every layer passed on the way bounds the piece by
+ * its unallocated run there. Each layer remembers its last unallocated run
+ * (cluster.c), so through a deep chain most steps are one range compare,
+ * not a table lookup, and no step recurses.
+ */
 static int read_layer(qcow2_image *img, uint8_t *buf, uint64_t len, uint64_t off)
 {
-    struct qcow2__lrun r;
-    int rc;
-
-    if (img->fmt != QCOW2_FORMAT_QCOW2)
-        return read_raw(img, buf, len, off);
     while (len) {
-        rc = qcow2__layer_extent(img, off, len, &r);
-        if (rc)
-            return rc;
-        switch (r.kind) {
-        case QCOW2__RUN_DATA:
-            rc = qcow2__io_read(img->io, img->name, buf, (size_t)r.len, r.host_off);
-            break;
-        case QCOW2__RUN_ZERO:
-            memset(buf, 0, (size_t)r.len);
-            rc = 0;
-            break;
-        case QCOW2__RUN_COMPRESSED:
-            rc = qcow2__read_compressed(img, r.host_off, off & (img->cluster_size - 1), buf,
-                                        (size_t)r.len);
-            break;
-        case QCOW2__RUN_UNALLOC:
-            rc = read_below(img, buf, r.len, off);
-            break;
+        qcow2_image *cur = img;
+        struct qcow2__lrun r;
+        uint64_t n = len;
+        int rc;
+
+        for (;;) {
+            if (cur->fmt != QCOW2_FORMAT_QCOW2) {
+                rc = read_raw(cur, buf, n, off);
+                break;
+            }
+            if (off >= cur->hole_start && off < cur->hole_end) {
+                n = qcow2__min(n, cur->hole_end - off);
+            } else {
+                rc = qcow2__layer_extent(cur, off, n, &r);
+                if (rc)
+                    return rc;
+                n = r.len;
+                if (r.kind != QCOW2__RUN_UNALLOC) {
+                    rc = read_run(cur, &r, buf, off);
+                    break;
+                }
+            }
+            if (!cur->backing || off >= cur->backing->size) {
+                memset(buf, 0, (size_t)n); /* nothing below: zeroes */
+                rc = 0;
+                break;
+            }
+            n = qcow2__min(n, cur->backing->size - off);
+            cur = cur->backing;
         }
         if (rc)
             return rc;
-        buf += r.len;
-        off += r.len;
-        len -= r.len;
+        buf += n;
+        off += n;
+        len -= n;
     }
     return 0;
 }

@@ -1,7 +1,8 @@
 /*
  * Refcounts: the refcount table, refcount blocks (through the metadata
  * cache), the cluster allocator and deferred frees. write.c, create.c and
- * check.c build on these; image.c loads the table at open.
+ * check.c build on these; image.c sets them up at open (the table itself is
+ * read on first use by a read-only handle).
  *
  * Invariants kept here (numbers from qcow2_format.h):
  *  (1) every reachable cluster has refcount >= 1: a cluster's refcount is
@@ -21,26 +22,46 @@
 
 #include "qcow2_int.h"
 
+/*
+ * Open time: what allocation needs, without the table itself. Read-only
+ * layers (every backing file of a chain) never look at refcounts on the
+ * read path, so the table is read on first use (qcow2__refcount_table):
+ * a 64-deep chain then does not read and fault in 64 tables it never uses.
+ * Writable handles read it at once, so a bad table shows at open.
+ */
 int qcow2__refcount_load(qcow2_image *img)
 {
+    img->alloc_end = (img->file_size + img->cluster_size - 1) >> img->cluster_bits;
+    img->free_hint = 1;
+    if (img->state != QCOW2__OPEN_RW)
+        return 0;
+    return qcow2__refcount_table(img);
+}
+
+int qcow2__refcount_table(qcow2_image *img)
+{
     uint64_t bytes = (uint64_t)img->hdr.rt_clusters * img->cluster_size;
+    uint64_t *table;
     uint8_t *raw;
     int rc;
 
+    if (img->reftable)
+        return 0;
     /* header.c checked bytes against QCOW2_MAX_REFTABLE_BYTES and the file size. */
     assert(bytes <= QCOW2_MAX_REFTABLE_BYTES);
-    img->rt_entries = bytes / 8;
-    img->reftable = qcow2__malloc((size_t)bytes);
-    if (!img->reftable)
+    table = qcow2__malloc((size_t)bytes);
+    if (!table)
         return qcow2__nomem();
-    raw = (uint8_t *)img->reftable;
+    raw = (uint8_t *)table;
     rc = qcow2__io_read(img->io, img->name, raw, (size_t)bytes, img->hdr.rt_off);
-    if (rc)
+    if (rc) {
+        qcow2__free(table);
         return rc;
-    for (uint64_t i = 0; i < img->rt_entries; i++)
-        img->reftable[i] = qcow2__be64(raw + i * 8);
-    img->alloc_end = (img->file_size + img->cluster_size - 1) >> img->cluster_bits;
-    img->free_hint = 1;
+    }
+    for (uint64_t i = 0; i < bytes / 8; i++)
+        table[i] = qcow2__be64(raw + i * 8);
+    img->reftable = table;
+    img->rt_entries = bytes / 8;
     return 0;
 }
 
@@ -173,6 +194,9 @@ static int block_slot(qcow2_image *img, uint64_t rt_idx, bool create, struct qco
     int rc;
 
     *out = NULL;
+    rc = qcow2__refcount_table(img);
+    if (rc)
+        return rc;
     if (rt_idx >= img->rt_entries) {
         if (!create)
             return 0;
@@ -377,8 +401,10 @@ static int alloc_area(qcow2_image *img, uint64_t nb, uint64_t *first_out)
 {
     uint64_t pb = per_block(img);
     uint8_t *blk = NULL;
-    int rc = 0;
+    int rc = qcow2__refcount_table(img);
 
+    if (rc)
+        return rc;
     for (;;) {
         uint64_t a = qcow2__max(img->alloc_end, 1), k = 0, g_last, next;
 

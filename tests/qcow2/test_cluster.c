@@ -663,3 +663,69 @@ Test(cluster, dirty_slots_are_written_back_and_evicting_one_flushes_it)
     io_fault_free(f);
     qcow2_io_close(inner);
 }
+
+Test(cluster, read_only_handles_read_the_refcount_table_on_first_use)
+{
+    qcow2_image *img;
+    qcow2_io *inner;
+    io_fault *f;
+    uint64_t refs = 0;
+
+    tables_image(2);
+    img = open_counted(0, 0, &inner, &f);
+    cr_assert_null(img->reftable, "a read-only open does not read the refcount table");
+    cr_assert_eq(qcow2__refcount_get(img, 0, &refs), 0, "%s", rfx_msg());
+    cr_assert_eq(refs, 1, "the header cluster is referenced once");
+    cr_assert_not_null(img->reftable);
+    cr_assert_geq(io_fault_count(f, IO_FAULT_PREAD), 1, "the table was read on demand");
+    qcow2_image_close(img);
+    io_fault_free(f);
+    qcow2_io_close(inner);
+
+    img = open_counted(0, QCOW2_OPEN_RDWR, &inner, &f);
+    cr_assert_not_null(img->reftable, "a writable open reads it at once");
+    qcow2_image_close(img);
+    io_fault_free(f);
+    qcow2_io_close(inner);
+}
+
+Test(cluster, table_pool_reuses_returned_buffers_and_spans_chunks)
+{
+    struct qcow2__pool *p;
+    uint8_t *bufs[80];
+    void *odd;
+
+    cr_assert_eq(qcow2__pool_new(&p), 0);
+    /* 80 x 64 KiB = 5 MiB: three chunks. Every buffer is distinct and writable. */
+    for (int i = 0; i < 80; i++) {
+        bufs[i] = qcow2__pool_get(p, 64 * KiB);
+        cr_assert_not_null(bufs[i]);
+        memset(bufs[i], i + 1, 64 * KiB);
+    }
+    for (int i = 0; i < 80; i++) {
+        cr_assert_eq(bufs[i][0], (uint8_t)(i + 1), "buffer %d overlaps another", i);
+        cr_assert_eq(bufs[i][64 * KiB - 1], (uint8_t)(i + 1), "buffer %d overlaps another", i);
+    }
+    /* A returned buffer is handed out again for the same size, not for another. */
+    qcow2__pool_put(p, bufs[7], 64 * KiB);
+    {
+        uint8_t *small = qcow2__pool_get(p, 4 * KiB);
+        cr_assert_neq(small, bufs[7]);
+        cr_assert_eq(qcow2__pool_get(p, 64 * KiB), bufs[7]);
+        qcow2__pool_put(p, small, 4 * KiB);
+    }
+    /* Sizes the pool does not carve (2 MiB clusters, odd sizes) come from malloc. */
+    odd = qcow2__pool_get(p, 2u << 20);
+    cr_assert_not_null(odd);
+    qcow2__pool_put(p, odd, 2u << 20);
+    odd = qcow2__pool_get(p, 1000);
+    cr_assert_not_null(odd);
+    qcow2__pool_put(p, odd, 1000);
+    /* A second holder keeps the memory alive after the first lets go. */
+    cr_assert_eq(qcow2__pool_ref(p), p);
+    qcow2__pool_unref(p);
+    bufs[0][0] = 0x5a;
+    qcow2__pool_unref(p);
+    cr_assert_null(qcow2__pool_ref(NULL));
+    qcow2__pool_unref(NULL);
+}
