@@ -202,32 +202,48 @@ static int load_l1(qcow2_image *img)
 
 static int open_qcow2(qcow2_image *img)
 {
-    uint8_t first[QCOW2_V3_HEADER_LEN];
     uint8_t *cluster0 = NULL;
     size_t head_len, c0_len;
     uint32_t cluster_bits;
     int rc;
 
-    head_len = (size_t)qcow2__min(sizeof(first), img->file_size);
-    memset(first, 0, sizeof(first));
-    rc = qcow2__io_read(img->io, img->name, first, head_len, 0);
-    if (rc)
-        return rc;
-    if (head_len < QCOW2_V2_HEADER_LEN)
-        return qcow2__corrupt(img, "file is too short for a qcow2 header (%zu bytes)", head_len);
-    if (qcow2__be32(first) != QCOW2_MAGIC)
-        return qcow2__corrupt(img, "bad magic: not a qcow2 image");
-    cluster_bits = qcow2__be32(first + 20);
-    if (cluster_bits < QCOW2_MIN_CLUSTER_BITS || cluster_bits > QCOW2_MAX_CLUSTER_BITS)
-        return qcow2__corrupt(img, "cluster_bits %" PRIu32 " is outside 9..21", cluster_bits);
-    /* Cluster 0 holds the header, its extensions and the backing name. */
-    c0_len = (size_t)qcow2__min(1ull << cluster_bits, img->file_size);
-    cluster0 = qcow2__malloc(c0_len);
+    /*
+     * Cluster 0 holds the header, its extensions and the backing name. One
+     * read of the first 64 KiB finds the cluster size and, for clusters up
+     * to 64 KiB, all of cluster 0; larger clusters read the rest after.
+     */
+    head_len = (size_t)qcow2__min(64u << 10, img->file_size);
+    cluster0 = qcow2__malloc(qcow2__max(head_len, QCOW2_V3_HEADER_LEN));
     if (!cluster0)
         return qcow2__nomem();
-    rc = qcow2__io_read(img->io, img->name, cluster0, c0_len, 0);
+    rc = qcow2__io_read(img->io, img->name, cluster0, head_len, 0);
     if (rc)
         goto out;
+    if (head_len < QCOW2_V2_HEADER_LEN) {
+        rc = qcow2__corrupt(img, "file is too short for a qcow2 header (%zu bytes)", head_len);
+        goto out;
+    }
+    if (qcow2__be32(cluster0) != QCOW2_MAGIC) {
+        rc = qcow2__corrupt(img, "bad magic: not a qcow2 image");
+        goto out;
+    }
+    cluster_bits = qcow2__be32(cluster0 + 20);
+    if (cluster_bits < QCOW2_MIN_CLUSTER_BITS || cluster_bits > QCOW2_MAX_CLUSTER_BITS) {
+        rc = qcow2__corrupt(img, "cluster_bits %" PRIu32 " is outside 9..21", cluster_bits);
+        goto out;
+    }
+    c0_len = (size_t)qcow2__min(1ull << cluster_bits, img->file_size);
+    if (c0_len > head_len) {
+        uint8_t *bigger = qcow2__realloc(cluster0, c0_len);
+        if (!bigger) {
+            rc = qcow2__nomem();
+            goto out;
+        }
+        cluster0 = bigger;
+        rc = qcow2__io_read(img->io, img->name, cluster0 + head_len, c0_len - head_len, head_len);
+        if (rc)
+            goto out;
+    }
     rc = qcow2__header_parse(img, cluster0, c0_len);
     if (rc)
         goto out;

@@ -545,8 +545,9 @@ int qcow2_io_posix_open(qcow2_io **out, const char *path, unsigned flags)
     }
     {
         struct stat st;
+        /* O_NONBLOCK means nothing to a regular file: only a device needs it cleared. */
         if (fstat(fd, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)) ||
-            fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0) {
+            (S_ISBLK(st.st_mode) && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)) {
             /* Devices other than block devices, FIFOs, sockets, directories. */
             close(fd);
             qcow2__free(p);
