@@ -546,6 +546,8 @@ static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, u
         {
             /* A run of clusters that need new storage: allocate them together. */
             uint64_t k = 1, new_host, span, wend;
+            const uint8_t *src = data + (pos - off);
+
             while (k < max_run && cstart + k * cs < end) {
                 uint64_t e2 = l2_entry(img, slot->data, idx + k);
                 if (entry_owned(img, e2))
@@ -554,26 +556,30 @@ static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, u
             }
             span = k * cs;
             wend = qcow2__min(end, cstart + span);
-            buf = qcow2__malloc((size_t)span);
-            if (!buf) {
-                rc = qcow2__nomem();
-                goto out;
-            }
-            if (pos > cstart) {
-                rc = read_current(img, buf, pos - cstart, cstart);
-                if (rc)
+            if (pos > cstart || wend < cstart + span) {
+                /* Partial clusters: the old content around the new bytes, in a bounce buffer. */
+                buf = qcow2__malloc((size_t)span);
+                if (!buf) {
+                    rc = qcow2__nomem();
                     goto out;
-            }
-            memcpy(buf + (pos - cstart), data + (pos - off), (size_t)(wend - pos));
-            if (wend < cstart + span) {
-                rc = read_current(img, buf + (wend - cstart), cstart + span - wend, wend);
-                if (rc)
-                    goto out;
+                }
+                if (pos > cstart) {
+                    rc = read_current(img, buf, pos - cstart, cstart);
+                    if (rc)
+                        goto out;
+                }
+                memcpy(buf + (pos - cstart), src, (size_t)(wend - pos));
+                if (wend < cstart + span) {
+                    rc = read_current(img, buf + (wend - cstart), cstart + span - wend, wend);
+                    if (rc)
+                        goto out;
+                }
+                src = buf;
             }
             rc = qcow2__alloc_clusters(img, k, &new_host);
             if (rc)
                 goto out;
-            rc = qcow2__io_write(img->io, img->name, buf, (size_t)span, new_host);
+            rc = qcow2__io_write(img->io, img->name, src, (size_t)span, new_host);
             if (rc)
                 goto out;
             for (uint64_t j = 0; j < k; j++) {
