@@ -161,6 +161,7 @@ static void image_free(qcow2_image *img)
     if (img->fmt != QCOW2_FORMAT_QCOW2 || img->l2c.slots)
         qcow2__close_flush(img); /* errors are reported by an explicit qcow2_image_flush() */
     qcow2__l2_cache_free(img);
+    qcow2__cmap_free(img);
     qcow2__snapshots_free(img);
     qcow2__header_free(img);
     qcow2__free(img->l1);

@@ -107,6 +107,7 @@ static int relink(qcow2_image *img, qcow2_image *base)
     if (above)
         above->backing = NULL; /* detach base from the layers that go */
     img->backing = base;
+    qcow2__pool_bump(img->pool); /* the chain changed shape: its maps are stale */
     qcow2__image_free(old);
     renumber(img);
     return 0;
@@ -396,6 +397,7 @@ int qcow2_image_rebase(qcow2_image *img, const char *backing, const char *backin
     }
     old = img->backing;
     img->backing = new_chain;
+    qcow2__pool_bump(img->pool); /* the chain changed shape: its maps are stale */
     new_chain = old; /* freed below */
     if (img->backing)
         renumber(img);

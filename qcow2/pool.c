@@ -11,6 +11,10 @@
  *    layers) gives its buffers back to the pool, and the next table of any
  *    layer reuses them.
  *
+ * The pool also carries the chain's mapping generation: any change to any
+ * layer's mapping, or to the chain's shape, bumps it, and the chain maps
+ * (read.c) built under an older generation are thrown away.
+ *
  * Memory stays bounded by the caches' budgets: the pool only ever holds
  * buffers that some cache asked for, and it is released with the last layer
  * that holds a reference. Buffers larger than POOL_MAX_BUF come from malloc.
@@ -39,6 +43,7 @@ struct qcow2__pool {
     uint8_t *cur;              /* carving position in the newest chunk */
     size_t left;               /* bytes left there */
     void *free[POOL_CLASSES];  /* returned buffers, linked through their first bytes */
+    uint64_t gen;              /* mapping generation of the chain (read.c) */
 };
 
 int qcow2__pool_new(struct qcow2__pool **out)
@@ -53,8 +58,20 @@ int qcow2__pool_new(struct qcow2__pool **out)
         return qcow2__nomem();
     }
     p->refs = 1;
+    p->gen = 1;
     *out = p;
     return 0;
+}
+
+uint64_t qcow2__pool_gen(const struct qcow2__pool *p)
+{
+    return p ? __atomic_load_n(&p->gen, __ATOMIC_RELAXED) : 0;
+}
+
+void qcow2__pool_bump(struct qcow2__pool *p)
+{
+    if (p)
+        __atomic_add_fetch(&p->gen, 1, __ATOMIC_RELAXED);
 }
 
 struct qcow2__pool *qcow2__pool_ref(struct qcow2__pool *p)

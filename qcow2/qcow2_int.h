@@ -231,6 +231,9 @@ struct qcow2__cslot {
  * A set-associative cache of one-cluster tables. Slot buffers are allocated
  * on first use, so memory is bounded by the budget and by what was touched.
  */
+struct qcow2__pool;
+struct qcow2__cmap;
+
 struct qcow2__cache {
     struct qcow2__cslot *slots; /* nb_slots slots */
     uint32_t nb_slots;          /* a multiple of the associativity, or less than it */
@@ -304,6 +307,8 @@ struct qcow2_image {
     struct qcow2__cache l2c;     /* L2 tables */
     struct qcow2__cache rbc;     /* refcount blocks */
     struct qcow2__pool *pool;    /* table memory shared with the rest of the chain (pool.c) */
+    struct qcow2__cmap *cmap;    /* chain map for reads that start here (read.c), or NULL */
+    bool cmap_quiet;             /* a data write of the top in progress: it updates its own map */
 
     /* writer state */
     bool l1_dirty;               /* the L1 in memory is newer than the file */
@@ -325,6 +330,23 @@ struct qcow2_image {
     bool prealloc_checked;       /* metadata_prealloc has been computed */
     bool metadata_prealloc;      /* looks preallocated: file holes in data read as zero */
 };
+
+/* pool.c: table memory and the mapping generation shared by the layers of one chain. */
+int qcow2__pool_new(struct qcow2__pool **out);
+struct qcow2__pool *qcow2__pool_ref(struct qcow2__pool *p);
+void qcow2__pool_unref(struct qcow2__pool *p);
+void *qcow2__pool_get(struct qcow2__pool *p, size_t len);
+void qcow2__pool_put(struct qcow2__pool *p, void *buf, size_t len);
+/* Bumped whenever any layer's mapping or the chain's shape changes; never 0. */
+uint64_t qcow2__pool_gen(const struct qcow2__pool *p);
+void qcow2__pool_bump(struct qcow2__pool *p);
+
+/* read.c: the chain map (which layer answers for each guest unit). */
+/* The top wrote [off, off+len): held = it now holds all of it (data), else walk it. */
+void qcow2__cmap_wrote(qcow2_image *img, uint64_t off, uint64_t len, bool held);
+void qcow2__cmap_free(qcow2_image *img);
+/* A read that walks the chain layer by layer, never through the map (tests compare the two). */
+int qcow2__read_walk(qcow2_image *img, void *buf, size_t len, uint64_t off);
 
 /* header.c */
 int qcow2__header_parse(qcow2_image *img, const uint8_t *buf, size_t buf_len);
@@ -363,6 +385,9 @@ void qcow2__l2_cache_free(qcow2_image *img);
 static inline void qcow2__mapping_changed(qcow2_image *img)
 {
     img->hole_start = img->hole_end = 0;
+    /* The chain maps built over img go stale, except the top's own during its data write. */
+    if (!img->cmap_quiet)
+        qcow2__pool_bump(img->pool);
 }
 /* Load (through the cache) the L2 table at host offset l2_off; *table_out is borrowed. */
 int qcow2__l2_load(qcow2_image *img, uint64_t l2_off, const uint8_t **table_out);
@@ -403,13 +428,6 @@ void qcow2__prefetch_ahead(qcow2_image *img, const qcow2_image *base, uint64_t g
                            uint64_t *pf_end);
 
 /* refcount.c */
-/* pool.c: table memory shared by the layers of one chain. */
-struct qcow2__pool;
-int qcow2__pool_new(struct qcow2__pool **out);
-struct qcow2__pool *qcow2__pool_ref(struct qcow2__pool *p);
-void qcow2__pool_unref(struct qcow2__pool *p);
-void *qcow2__pool_get(struct qcow2__pool *p, size_t len);
-void qcow2__pool_put(struct qcow2__pool *p, void *buf, size_t len);
 
 int qcow2__refcount_load(qcow2_image *img);
 int qcow2__refcount_table(qcow2_image *img);

@@ -112,8 +112,300 @@ static int read_layer(qcow2_image *img, uint8_t *buf, uint64_t len, uint64_t off
     return 0;
 }
 
+/*
+ * THE CHAIN MAP
+ *
+ * A read through a deep chain asks layer after layer whether it holds the
+ * range; a random 4 KiB read through 64 layers costs 64 lookups. The chain
+ * map answers at once: for each guest unit (the smallest subcluster of any
+ * qcow2 layer in the chain) it keeps the depth of the layer that holds it,
+ * CMAP_NONE where nothing does (zeroes), or CMAP_WALK where the unit is
+ * split between layers or not known (the plain walk reads it). It lives in
+ * the image the reads start from, in CMAP_BLOCKS blocks of CMAP_UNITS
+ * entries built on demand (each block asks every layer once, run by run)
+ * and replaced least recently used first: 128 KiB at most.
+ *
+ * Staleness. Every change to any layer's mapping, or to the chain's shape
+ * (a new backing link, a resize, a snapshot applied), bumps the chain's
+ * generation (qcow2__pool_bump, in qcow2__mapping_changed and the layer
+ * operations); a map built under an older generation is rebuilt. The one
+ * exception keeps guest writes cheap: a data write to the top of the chain
+ * (depth 0, nothing above it) marks the units it wrote as the top's in its
+ * own map instead (qcow2__cmap_wrote). The map is only used when every
+ * layer shares the top's pool, so every change in the chain is seen.
+ */
+#define CMAP_UNITS 4096u      /* entries per block */
+#define CMAP_BLOCKS 16u       /* blocks kept */
+#define CMAP_MIN_LAYERS 3u    /* shallower chains walk (two lookups at most) */
+#define CMAP_NONE 0xffffu     /* no layer holds the unit: zeroes */
+#define CMAP_WALK 0xfffeu     /* split or unknown: read it with the walk */
+#define CMAP_UNSET 0xfffdu    /* while a block is built */
+#define CMAP_MAX_LAYERS 0xfff0u
+
+struct cmap_block {
+    uint64_t first;  /* first unit; UINT64_MAX = empty */
+    uint64_t used;   /* LRU tick */
+    bool failed;     /* building it failed: its units are read with the walk */
+    uint16_t e[CMAP_UNITS];
+};
+
+struct qcow2__cmap {
+    uint64_t gen;          /* chain generation the map describes; 0 = none yet */
+    bool usable;           /* false: this chain reads with the walk */
+    unsigned unit_bits;    /* log2 of the unit */
+    unsigned nb_layers;
+    qcow2_image **layers;  /* depth -> layer */
+    uint64_t tick;
+    struct cmap_block blocks[CMAP_BLOCKS];
+};
+
+void qcow2__cmap_free(qcow2_image *img)
+{
+    if (img->cmap) {
+        qcow2__free(img->cmap->layers);
+        qcow2__free(img->cmap);
+        img->cmap = NULL;
+    }
+}
+
+static void cmap_clear(struct qcow2__cmap *m)
+{
+    for (unsigned i = 0; i < CMAP_BLOCKS; i++)
+        m->blocks[i].first = UINT64_MAX;
+}
+
+/* Set up (again) for the chain below img as it is now: which layers, which unit. */
+static int cmap_setup(qcow2_image *img, struct qcow2__cmap *m, uint64_t gen)
+{
+    unsigned n = 0, bits = 21;
+    qcow2_image **layers;
+
+    m->gen = gen;
+    m->usable = false;
+    cmap_clear(m);
+    for (qcow2_image *l = img; l; l = l->backing) {
+        if (l->pool != img->pool || n >= CMAP_MAX_LAYERS)
+            return 0; /* a layer from another chain: its changes would not be seen */
+        if (l->fmt == QCOW2_FORMAT_QCOW2)
+            bits = l->sc_bits < bits ? l->sc_bits : bits;
+        else if (l->backing)
+            return 0;
+        n++;
+    }
+    if (n < CMAP_MIN_LAYERS)
+        return 0;
+    layers = qcow2__realloc(m->layers, n * sizeof(*layers));
+    if (!layers)
+        return qcow2__nomem();
+    m->layers = layers;
+    n = 0;
+    for (qcow2_image *l = img; l; l = l->backing)
+        layers[n++] = l;
+    m->nb_layers = n;
+    m->unit_bits = bits;
+    m->usable = true;
+    return 0;
+}
+
+/* Give units overlapping bytes [a, b) of the block to depth d where still unset. */
+static void cmap_mark(const struct qcow2__cmap *m, struct cmap_block *blk, uint64_t a, uint64_t b,
+                      uint16_t d)
+{
+    uint64_t base = blk->first << m->unit_bits, unit = 1ull << m->unit_bits;
+    uint64_t i = (a - base) >> m->unit_bits, last = (b - 1 - base) >> m->unit_bits;
+
+    for (; i <= last; i++) {
+        uint64_t us = base + (i << m->unit_bits);
+        if (blk->e[i] != CMAP_UNSET)
+            continue;
+        blk->e[i] = (us >= a && us + unit <= b) ? d : CMAP_WALK;
+    }
+}
+
+/* Fill blk for the units from first on: ask each layer, top down, run by run. */
+static int cmap_build(qcow2_image *img, struct qcow2__cmap *m, struct cmap_block *blk,
+                      uint64_t first)
+{
+    uint64_t start = first << m->unit_bits;
+    uint64_t end = qcow2__min(start + ((uint64_t)CMAP_UNITS << m->unit_bits), img->size);
+    uint64_t limit = end;
+    unsigned d;
+    int rc;
+
+    for (unsigned i = 0; i < CMAP_UNITS; i++)
+        blk->e[i] = CMAP_UNSET;
+    blk->first = first;
+    blk->failed = false;
+    for (d = 0; d < m->nb_layers && start < limit; d++) {
+        qcow2_image *l = m->layers[d];
+        uint64_t lim = qcow2__min(limit, l->size), pos = start;
+
+        if (lim < limit)
+            cmap_mark(m, blk, lim, limit, CMAP_NONE); /* past this layer's end: zeroes */
+        if (l->fmt != QCOW2_FORMAT_QCOW2) {
+            if (start < lim)
+                cmap_mark(m, blk, start, lim, (uint16_t)d); /* raw: data or holes, all here */
+            limit = start;
+            break;
+        }
+        while (pos < lim) {
+            struct qcow2__lrun r;
+            rc = qcow2__layer_extent(l, pos, lim - pos, &r);
+            if (rc)
+                return rc;
+            if (r.kind != QCOW2__RUN_UNALLOC)
+                cmap_mark(m, blk, pos, pos + r.len, (uint16_t)d);
+            pos += r.len;
+        }
+        limit = lim;
+    }
+    if (start < limit)
+        cmap_mark(m, blk, start, limit, CMAP_NONE); /* below the last layer */
+    return 0;
+}
+
+/*
+ * The block holding unit u, built if needed. A block that cannot be built
+ * (damaged or unreadable metadata anywhere in its range, in any layer) is
+ * kept as failed and its units are read with the walk, which fails only
+ * where the damage is actually read, as without a map.
+ */
+static struct cmap_block *cmap_block(qcow2_image *img, struct qcow2__cmap *m, uint64_t u)
+{
+    uint64_t first = u - u % CMAP_UNITS;
+    struct cmap_block *victim = &m->blocks[0];
+
+    for (unsigned i = 0; i < CMAP_BLOCKS; i++) {
+        struct cmap_block *b = &m->blocks[i];
+        if (b->first == first) {
+            b->used = ++m->tick;
+            return b;
+        }
+        if (b->first == UINT64_MAX || (victim->first != UINT64_MAX && b->used < victim->used))
+            victim = b;
+    }
+    if (cmap_build(img, m, victim, first)) {
+        qcow2_error_clear();
+        victim->failed = true;
+    }
+    victim->used = ++m->tick;
+    return victim;
+}
+
+/* The map for reads from img, or NULL when this chain reads with the walk. */
+static struct qcow2__cmap *cmap_get(qcow2_image *img)
+{
+    uint64_t gen = qcow2__pool_gen(img->pool);
+    struct qcow2__cmap *m = img->cmap;
+
+    if (!gen || !img->backing || !img->backing->backing)
+        return NULL;
+    if (!m) {
+        m = qcow2__calloc(1, sizeof(*m));
+        if (!m)
+            return NULL; /* the walk needs no memory */
+        img->cmap = m;
+    }
+    if (m->gen != gen && cmap_setup(img, m, gen)) {
+        qcow2_error_clear();
+        m->usable = false;
+    }
+    return m->usable ? m : NULL;
+}
+
+/* Bytes [off, off + len) that the map gives to layer l (depth >= 0): read them from l. */
+static int read_held(qcow2_image *img, qcow2_image *l, uint8_t *buf, uint64_t len, uint64_t off)
+{
+    while (len) {
+        struct qcow2__lrun r;
+        int rc;
+
+        if (l->fmt != QCOW2_FORMAT_QCOW2)
+            return read_raw(l, buf, len, off);
+        rc = qcow2__layer_extent(l, off, len, &r);
+        if (rc)
+            return rc;
+        if (r.kind == QCOW2__RUN_UNALLOC)
+            rc = read_layer(img, buf, r.len, off); /* cannot happen with a fresh map; stay right */
+        else
+            rc = read_run(l, &r, buf, off);
+        if (rc)
+            return rc;
+        buf += r.len;
+        off += r.len;
+        len -= r.len;
+    }
+    return 0;
+}
+
+static int read_mapped(qcow2_image *img, struct qcow2__cmap *m, uint8_t *buf, uint64_t len,
+                       uint64_t off)
+{
+    while (len) {
+        uint64_t u = off >> m->unit_bits, n;
+        struct cmap_block *blk = cmap_block(img, m, u);
+        unsigned i = (unsigned)(u - blk->first), k;
+        uint16_t v = blk->failed ? CMAP_WALK : blk->e[i];
+        int rc;
+
+        for (k = i + 1; k < CMAP_UNITS && (blk->failed || blk->e[k] == v); k++)
+            ;
+        n = qcow2__min(len, ((blk->first + k) << m->unit_bits) - off);
+        if (v == CMAP_NONE) {
+            memset(buf, 0, (size_t)n);
+            rc = 0;
+        } else if (v == CMAP_WALK) {
+            rc = read_layer(img, buf, n, off);
+        } else {
+            rc = read_held(img, m->layers[v], buf, n, off);
+        }
+        if (rc)
+            return rc;
+        buf += n;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+void qcow2__cmap_wrote(qcow2_image *img, uint64_t off, uint64_t len, bool held)
+{
+    struct qcow2__cmap *m = img->cmap;
+    uint64_t unit, gran, a, b;
+
+    if (!m || !m->usable || m->gen != qcow2__pool_gen(img->pool) || !len)
+        return;
+    /* A data write leaves the top holding every subcluster it touched, whole. */
+    unit = 1ull << m->unit_bits;
+    gran = img->fmt == QCOW2_FORMAT_QCOW2 ? 1ull << img->sc_bits : unit;
+    a = off & ~(gran - 1);
+    b = qcow2__min(qcow2__align_up(off + len, gran), img->size);
+    for (unsigned i = 0; i < CMAP_BLOCKS; i++) {
+        struct cmap_block *blk = &m->blocks[i];
+        uint64_t bs, be;
+        if (blk->first == UINT64_MAX)
+            continue;
+        bs = blk->first << m->unit_bits;
+        be = bs + ((uint64_t)CMAP_UNITS << m->unit_bits);
+        if (b <= bs || a >= be)
+            continue;
+        for (uint64_t us = qcow2__max(a, bs) & ~(unit - 1); us < qcow2__min(b, be); us += unit) {
+            uint64_t j = (us - bs) >> m->unit_bits;
+            blk->e[j] = (held && us >= a && us + unit <= b) ? 0 : CMAP_WALK;
+        }
+    }
+}
+
+int qcow2__read_walk(qcow2_image *img, void *buf, size_t len, uint64_t off)
+{
+    assert(qcow2__in_range(off, len, img->size));
+    return read_layer(img, buf, len, off);
+}
+
 int qcow2_image_read(qcow2_image *img, void *buf, size_t len, uint64_t guest_off)
 {
+    struct qcow2__cmap *m;
+
     if (!img || (!buf && len))
         return qcow2__err(QCOW2_EINVAL, 0, NULL, "qcow2_image_read: missing argument");
     if (!qcow2__in_range(guest_off, len, img->size))
@@ -121,6 +413,9 @@ int qcow2_image_read(qcow2_image *img, void *buf, size_t len, uint64_t guest_off
                           "read of %zu bytes at 0x%" PRIx64 " is beyond the virtual size (%" PRIu64
                           " bytes)",
                           len, guest_off, img->size);
+    m = cmap_get(img);
+    if (m)
+        return read_mapped(img, m, buf, len, guest_off);
     return read_layer(img, buf, len, guest_off);
 }
 

@@ -617,7 +617,7 @@ static int for_each_table(qcow2_image *img, const uint8_t *data, uint64_t off, u
     return 0;
 }
 
-int qcow2_image_write(qcow2_image *img, const void *buf, size_t len, uint64_t guest_off)
+static int write_data(qcow2_image *img, const void *buf, size_t len, uint64_t guest_off)
 {
     int rc;
 
@@ -747,7 +747,7 @@ static int zero_unmap_in_table(qcow2_image *img, const uint8_t *unused, uint64_t
     return zero_in_table(img, off, len, true);
 }
 
-int qcow2_image_write_zeroes(qcow2_image *img, uint64_t guest_off, uint64_t len, unsigned flags)
+static int write_zeroes(qcow2_image *img, uint64_t guest_off, uint64_t len, unsigned flags)
 {
     int rc = start_write(img, guest_off, len);
 
@@ -805,7 +805,7 @@ static int discard_in_table(qcow2_image *img, const uint8_t *unused, uint64_t of
     return 0;
 }
 
-int qcow2_image_discard(qcow2_image *img, uint64_t guest_off, uint64_t len)
+static int discard(qcow2_image *img, uint64_t guest_off, uint64_t len)
 {
     uint64_t cs, start, end;
     int rc = start_write(img, guest_off, len);
@@ -837,7 +837,7 @@ int qcow2_image_discard(qcow2_image *img, uint64_t guest_off, uint64_t len)
     return 0;
 }
 
-int qcow2_image_write_compressed(qcow2_image *img, const void *buf, size_t len, uint64_t guest_off)
+static int write_compressed(qcow2_image *img, const void *buf, size_t len, uint64_t guest_off)
 {
     uint64_t cs;
     uint8_t *in = NULL, *out = NULL;
@@ -905,6 +905,73 @@ out:
 }
 
 /* Move the L1 table to new clusters with room for need entries. */
+/*
+ * Guest writes to the top of a chain keep its chain map (read.c) right:
+ * the map's generation is left alone while the write runs, and the range
+ * written is then marked as the top's (data) or to be walked (zeroes and
+ * discards, which may leave it to the layers below). Any other writer, and
+ * a write that fails, make every map of the chain stale.
+ */
+static bool quiet_begin(qcow2_image *img)
+{
+    if (img->depth != 0 || !img->cmap)
+        return false;
+    img->cmap_quiet = true;
+    return true;
+}
+
+static int quiet_end(qcow2_image *img, bool quiet, int rc, uint64_t off, uint64_t len, bool held)
+{
+    if (!quiet)
+        return rc;
+    img->cmap_quiet = false;
+    if (rc)
+        qcow2__pool_bump(img->pool);
+    else
+        qcow2__cmap_wrote(img, off, len, held);
+    return rc;
+}
+
+int qcow2_image_write(qcow2_image *img, const void *buf, size_t len, uint64_t guest_off)
+{
+    bool quiet;
+
+    if (!img || (!buf && len))
+        return qcow2__err(QCOW2_EINVAL, 0, NULL, "qcow2_image_write: missing argument");
+    quiet = quiet_begin(img);
+    return quiet_end(img, quiet, write_data(img, buf, len, guest_off), guest_off, len, true);
+}
+
+int qcow2_image_write_zeroes(qcow2_image *img, uint64_t guest_off, uint64_t len, unsigned flags)
+{
+    bool quiet;
+
+    if (!img)
+        return write_zeroes(img, guest_off, len, flags);
+    quiet = quiet_begin(img);
+    return quiet_end(img, quiet, write_zeroes(img, guest_off, len, flags), guest_off, len, false);
+}
+
+int qcow2_image_discard(qcow2_image *img, uint64_t guest_off, uint64_t len)
+{
+    bool quiet;
+
+    if (!img)
+        return discard(img, guest_off, len);
+    quiet = quiet_begin(img);
+    return quiet_end(img, quiet, discard(img, guest_off, len), guest_off, len, false);
+}
+
+int qcow2_image_write_compressed(qcow2_image *img, const void *buf, size_t len, uint64_t guest_off)
+{
+    bool quiet;
+
+    if (!img)
+        return write_compressed(img, buf, len, guest_off);
+    quiet = quiet_begin(img);
+    return quiet_end(img, quiet, write_compressed(img, buf, len, guest_off), guest_off, len, true);
+}
+
 static int grow_l1(qcow2_image *img, uint64_t need)
 {
     uint64_t cs = img->cluster_size;

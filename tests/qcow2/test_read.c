@@ -600,3 +600,174 @@ Test(read, qemu_made_chain_reads_like_qemu_img_convert, .init = qemu_setup,
     free(want);
     free(got);
 }
+
+/* ---- the chain map ------------------------------------------------------------------ */
+
+/* Every read through the map equals the plain walk (and the model, where it is known). */
+static void map_vs_walk(qcow2_image *img, const uint8_t *model, uint64_t *seed, int reads)
+{
+    uint64_t size = qcow2_image_size(img);
+    uint8_t *a = malloc(256 * KiB), *b = malloc(256 * KiB);
+
+    for (int n = 0; n < reads; n++) {
+        uint64_t off, len;
+        *seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
+        off = (*seed >> 20) % size;
+        len = 1 + (*seed >> 7) % qcow2__min(size - off, 256 * KiB);
+        cr_assert_eq(qcow2_image_read(img, a, len, off), 0, "%s", rfx_msg());
+        cr_assert_eq(qcow2__read_walk(img, b, len, off), 0, "%s", rfx_msg());
+        cr_assert_eq(memcmp(a, b, len), 0, "map and walk differ: %" PRIu64 " at 0x%" PRIx64, len,
+                     off);
+        if (model)
+            cr_assert_eq(memcmp(a, model + off, len), 0, "model differs: %" PRIu64 " at 0x%" PRIx64,
+                         len, off);
+    }
+    free(a);
+    free(b);
+}
+
+/* The model becomes what the walk reads (after operations whose result it does not predict). */
+static void model_from_walk(qcow2_image *img, uint8_t *model)
+{
+    cr_assert_eq(qcow2__read_walk(img, model, qcow2_image_size(img), 0), 0, "%s", rfx_msg());
+}
+
+Test(read, chain_map_matches_the_walk_through_writes_snapshots_and_layer_operations)
+{
+    const uint64_t size = 4 * MiB;
+    uint8_t *model = calloc(1, size), *base = malloc(3 * MiB), *b = malloc(256 * KiB);
+    qcow2_open_opts o = QCOW2_OPEN_OPTS_INIT;
+    qcow2_commit_opts co = QCOW2_COMMIT_OPTS_INIT;
+    qcow2_image *img;
+    uint64_t s = 99;
+
+    /* raw base shorter than the top; 4 KiB v2, 64 KiB extended L2, 512 B and 64 KiB layers. */
+    rfx_random(11, base, 3 * MiB);
+    memset(base + 1 * MiB, 0, 512 * KiB);
+    cr_assert_eq(memfs_put(fs, "/m/base.raw", base, 3 * MiB), 0);
+    memcpy(model, base, 3 * MiB);
+    create_over("/m/l1.qcow2", size, 4096, 2, false, "base.raw", "raw");
+    wr("/m/l1.qcow2", model, 100 * KiB, 300 * KiB, 12);
+    wr("/m/l1.qcow2", model, 3 * MiB + 4096, 64 * KiB, 13);
+    create_over("/m/l2.qcow2", size, 65536, 3, true, "l1.qcow2", "qcow2");
+    wr("/m/l2.qcow2", model, 200 * KiB + 2048, 6144, 14);
+    wr("/m/l2.qcow2", model, 2 * MiB, 200 * KiB, 15);
+    zr("/m/l2.qcow2", model, 150 * KiB, 64 * KiB, 0);
+    create_over("/m/l3.qcow2", size, 512, 3, false, "l2.qcow2", "qcow2");
+    wr("/m/l3.qcow2", model, 1 * MiB + 100, 5000, 16);
+    cr_assert_eq(rfx_compressed(fs, "/m/l3.qcow2", 2 * MiB + 512, 512, 0x5a), 0, "%s", rfx_msg());
+    for (int i = 0; i < 512; i++)
+        model[2 * MiB + 512 + i] = (uint8_t)(0x5a + (i / 100) % 7); /* rfx_compressed's bytes */
+    create_over("/m/top.qcow2", size, 65536, 3, false, "l3.qcow2", "qcow2");
+    wr("/m/top.qcow2", model, 3 * MiB - 1000, 70 * KiB, 17);
+
+    o.flags = QCOW2_OPEN_RDWR;
+    cr_assert_eq(rfx_open_opts(fs, "/m/top.qcow2", &o, &img), 0, "%s", rfx_msg());
+    cr_assert_eq(qcow2_image_chain_length(img), 5);
+    assert_reads_model(img, model, size);
+    cr_assert_not_null(img->cmap, "a five-layer chain reads through its map");
+
+    /* Guest writes, zeroes and discards on the top, each followed by reads. */
+    for (int op = 0; op < 300; op++) {
+        uint64_t off, len, kind;
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        kind = (s >> 60) % 4;
+        off = (s >> 16) % size;
+        len = 1 + (s >> 40) % qcow2__min(size - off, 200 * KiB);
+        if (kind <= 1) {
+            rfx_random(s, b, (size_t)qcow2__min(len, 256 * KiB));
+            cr_assert_eq(qcow2_image_write(img, b, (size_t)len, off), 0, "%s", rfx_msg());
+            memcpy(model + off, b, (size_t)len);
+        } else if (kind == 2) {
+            cr_assert_eq(qcow2_image_write_zeroes(img, off, len, (s & 1) ? QCOW2_ZERO_MAY_UNMAP : 0),
+                         0, "%s", rfx_msg());
+            memset(model + off, 0, (size_t)len);
+        } else {
+            cr_assert_eq(qcow2_image_discard(img, off, len), 0, "%s", rfx_msg());
+            model_from_walk(img, model);
+        }
+        map_vs_walk(img, model, &s, 3);
+    }
+    assert_reads_model(img, model, size);
+
+    /* An internal snapshot, a change, and back: the whole mapping of the top changes. */
+    cr_assert_eq(qcow2_snapshot_create(img, "s1", NULL), 0, "%s", rfx_msg());
+    {
+        uint8_t *saved = malloc(size);
+        memcpy(saved, model, size);
+        rfx_random(18, b, 256 * KiB);
+        cr_assert_eq(qcow2_image_write(img, b, 256 * KiB, 1 * MiB), 0, "%s", rfx_msg());
+        memcpy(model + 1 * MiB, b, 256 * KiB);
+        map_vs_walk(img, model, &s, 20);
+        cr_assert_eq(qcow2_snapshot_apply(img, "s1"), 0, "%s", rfx_msg());
+        memcpy(model, saved, size);
+        map_vs_walk(img, model, &s, 40);
+        free(saved);
+    }
+
+    cr_assert_eq(qcow2_snapshot_delete(img, "s1"), 0, "%s", rfx_msg());
+    map_vs_walk(img, model, &s, 20);
+
+    /* The chain changes shape: commit into l2 (l3 leaves the chain), then stream from l1. */
+    co.base = qcow2_image_backing(qcow2_image_backing(img)); /* l2 */
+    cr_assert_eq(qcow2_image_commit(img, &co), 0, "%s", rfx_msg());
+    cr_assert_eq(qcow2_image_chain_length(img), 4);
+    map_vs_walk(img, model, &s, 40);
+    cr_assert_eq(qcow2_image_stream(img, qcow2_image_backing(qcow2_image_backing(img)), NULL, NULL),
+                 0, "%s", rfx_msg());
+    cr_assert_eq(qcow2_image_chain_length(img), 3);
+    map_vs_walk(img, model, &s, 40);
+    assert_reads_model(img, model, size);
+    /* Emptied, the top shows its backing chain; an unsafe rebase then changes only the link. */
+    cr_assert_eq(qcow2_image_make_empty(img), 0, "%s", rfx_msg());
+    model_from_walk(img, model);
+    cr_assert_eq(memcmp(model + 100 * KiB, base + 100 * KiB, 300 * KiB) != 0, 1, "l1 shows");
+    map_vs_walk(img, model, &s, 40);
+    cr_assert_eq(qcow2_image_rebase(img, "l2.qcow2", "qcow2", true, NULL, NULL), 0, "%s",
+                 rfx_msg());
+    cr_assert_eq(qcow2_image_chain_length(img), 4);
+    model_from_walk(img, model);
+    map_vs_walk(img, model, &s, 60);
+    cr_assert_eq(qcow2_image_rebase(img, "base.raw", "raw", true, NULL, NULL), 0, "%s",
+                 rfx_msg());
+    model_from_walk(img, model);
+    cr_assert_eq(memcmp(model + 100 * KiB, base + 100 * KiB, 300 * KiB), 0, "base shows");
+    map_vs_walk(img, model, &s, 60);
+    qcow2_image_close(img);
+    free(model);
+    free(base);
+    free(b);
+}
+
+Test(read, chain_map_reads_around_a_damaged_table_in_a_lower_layer_as_the_walk_does)
+{
+    const uint64_t size = 1 * MiB;
+    uint8_t *base = malloc(size), *a = malloc(64 * KiB), *b = malloc(64 * KiB);
+    qcow2_image *img;
+    uint64_t l1_off;
+
+    rfx_random(21, base, size);
+    cr_assert_eq(memfs_put(fs, "/m/base.raw", base, size), 0);
+    create_over("/m/mid.qcow2", size, 512, 3, false, "base.raw", "raw");
+    for (uint64_t off = 0; off < size; off += 64 * KiB)
+        wr("/m/mid.qcow2", NULL, off + 1000, 3000, off + 1);
+    create_over("/m/top.qcow2", size, 65536, 3, false, "mid.qcow2", "qcow2");
+    wr("/m/top.qcow2", NULL, 900 * KiB, 4096, 2);
+    /* mid's L2 table for [160 KiB, 192 KiB) (512-byte clusters: 32 KiB per table) is gone. */
+    l1_off = rfx_peek64(fs, "/m/mid.qcow2", 40);
+    rfx_poke64(fs, "/m/mid.qcow2", l1_off + 5 * 8, 0x7fff0000ull);
+    img = open_top("/m/top.qcow2");
+    cr_assert_eq(qcow2_image_read(img, a, 16 * KiB, 300 * KiB), 0, "%s", rfx_msg());
+    cr_assert_eq(qcow2__read_walk(img, b, 16 * KiB, 300 * KiB), 0, "%s", rfx_msg());
+    cr_assert_eq(memcmp(a, b, 16 * KiB), 0);
+    cr_assert_eq(qcow2_image_read(img, a, 4 * KiB, 170 * KiB), QCOW2_ECORRUPT);
+    assert_msg("mid.qcow2", "L2 table");
+    cr_assert_eq(qcow2__read_walk(img, b, 4 * KiB, 170 * KiB), QCOW2_ECORRUPT);
+    cr_assert_eq(qcow2_image_read(img, a, 64 * KiB, 0), 0, "%s", rfx_msg());
+    cr_assert_eq(qcow2__read_walk(img, b, 64 * KiB, 0), 0, "%s", rfx_msg());
+    cr_assert_eq(memcmp(a, b, 64 * KiB), 0);
+    qcow2_image_close(img);
+    free(base);
+    free(a);
+    free(b);
+}
