@@ -169,6 +169,7 @@ static void image_free(qcow2_image *img)
     qcow2__free(img->cbuf);
     qcow2__free(img->dbuf);
     qcow2__free(img->pending);
+    qcow2__free(img->raw_runs);
     if (img->io) {
         if (img->locked)
             img->io->ops->lock(img->io, QCOW2_IO_UNLOCK);

@@ -234,6 +234,19 @@ struct qcow2__cslot {
 struct qcow2__pool;
 struct qcow2__cmap;
 
+/* A raw layer's run of data or hole (read.c). */
+struct qcow2__raw_run {
+    uint64_t off;
+    uint64_t len;
+    bool hole;
+};
+
+enum qcow2__chart {
+    QCOW2__CHART_UNKNOWN = 0, /* not charted yet */
+    QCOW2__CHART_FULL,        /* raw_runs covers the file */
+    QCOW2__CHART_NONE         /* too many runs, or charting failed: ask per read */
+};
+
 struct qcow2__cache {
     struct qcow2__cslot *slots; /* nb_slots slots */
     uint32_t nb_slots;          /* a multiple of the associativity, or less than it */
@@ -327,6 +340,9 @@ struct qcow2_image {
     uint64_t raw_ext_off;        /* raw: a known run of data or hole, start (bytes) */
     uint64_t raw_ext_len;        /* and length; 0 = nothing known */
     bool raw_ext_hole;           /* whether that run is a hole */
+    enum qcow2__chart raw_chart; /* raw: whether the file's runs are charted (read.c) */
+    struct qcow2__raw_run *raw_runs; /* the chart, in file order, covering the file */
+    unsigned raw_nb_runs;
     bool prealloc_checked;       /* metadata_prealloc has been computed */
     bool metadata_prealloc;      /* looks preallocated: file holes in data read as zero */
 };

@@ -8,6 +8,84 @@
 
 #include "qcow2_int.h"
 
+/*
+ * A raw layer's runs of data and holes. The first time a read needs one it
+ * does not know, the whole file is charted (SEEK_DATA/SEEK_HOLE, run by run)
+ * if it has at most RAW_MAP_MAX runs: a raw base under a deep chain is then
+ * read at random without two lseek calls per read. A file with more runs
+ * (or a failure while charting) keeps asking per read, remembering the last
+ * run found. Any write to the layer forgets the chart (start_write).
+ */
+#define RAW_MAP_MAX 1024u
+
+static void raw_chart(qcow2_image *img)
+{
+    struct qcow2__raw_run *runs = qcow2__malloc(RAW_MAP_MAX * sizeof(*runs));
+    uint64_t pos = 0;
+    unsigned n = 0;
+
+    img->raw_chart = QCOW2__CHART_NONE;
+    if (!runs)
+        return;
+    while (pos < img->file_size && n < RAW_MAP_MAX) {
+        uint64_t len;
+        bool hole;
+        if (qcow2__io_extent(img->io, img->name, pos, img->file_size - pos, &len, &hole) || !len)
+            break;
+        runs[n].off = pos;
+        runs[n].len = len;
+        runs[n].hole = hole;
+        n++;
+        pos += len;
+    }
+    if (pos < img->file_size) {
+        qcow2_error_clear(); /* the per-read path meets (and reports) it again */
+        qcow2__free(runs);
+        return;
+    }
+    qcow2__free(img->raw_runs);
+    img->raw_runs = runs;
+    img->raw_nb_runs = n;
+    img->raw_chart = QCOW2__CHART_FULL;
+}
+
+/* The run of img's file holding off (< file_size): its length from off and whether a hole. */
+static int raw_run_at(qcow2_image *img, uint64_t off, uint64_t *run, bool *hole)
+{
+    if (img->raw_ext_len && off >= img->raw_ext_off && off < img->raw_ext_off + img->raw_ext_len) {
+        /* The run found last time still covers off (reads of raw layers are often sequential). */
+        *run = img->raw_ext_off + img->raw_ext_len - off;
+        *hole = img->raw_ext_hole;
+        return 0;
+    }
+    if (img->raw_chart == QCOW2__CHART_UNKNOWN)
+        raw_chart(img);
+    if (img->raw_chart == QCOW2__CHART_FULL) {
+        unsigned lo = 0, hi = img->raw_nb_runs;
+        while (hi - lo > 1) {
+            unsigned mid = lo + (hi - lo) / 2;
+            if (img->raw_runs[mid].off <= off)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        img->raw_ext_off = img->raw_runs[lo].off;
+        img->raw_ext_len = img->raw_runs[lo].len;
+        img->raw_ext_hole = img->raw_runs[lo].hole;
+    } else {
+        uint64_t whole;
+        int rc = qcow2__io_extent(img->io, img->name, off, img->file_size - off, &whole, hole);
+        if (rc)
+            return rc;
+        img->raw_ext_off = off;
+        img->raw_ext_len = whole;
+        img->raw_ext_hole = *hole;
+    }
+    *run = img->raw_ext_off + img->raw_ext_len - off;
+    *hole = img->raw_ext_hole;
+    return 0;
+}
+
 /* A raw layer: holes read as zeroes without copying them from the kernel. */
 static int read_raw(qcow2_image *img, uint8_t *buf, uint64_t len, uint64_t off)
 {
@@ -20,21 +98,10 @@ static int read_raw(qcow2_image *img, uint8_t *buf, uint64_t len, uint64_t off)
             memset(buf, 0, (size_t)len); /* the sector-rounded tail past the end of the file */
             return 0;
         }
-        if (img->raw_ext_len && off >= img->raw_ext_off &&
-            off < img->raw_ext_off + img->raw_ext_len) {
-            /* The run found last time still covers off (reads of raw layers are sequential). */
-            run = qcow2__min(len, img->raw_ext_off + img->raw_ext_len - off);
-            hole = img->raw_ext_hole;
-        } else {
-            uint64_t whole;
-            rc = qcow2__io_extent(img->io, img->name, off, img->file_size - off, &whole, &hole);
-            if (rc)
-                return rc;
-            img->raw_ext_off = off;
-            img->raw_ext_len = whole;
-            img->raw_ext_hole = hole;
-            run = qcow2__min(len, whole);
-        }
+        rc = raw_run_at(img, off, &run, &hole);
+        if (rc)
+            return rc;
+        run = qcow2__min(len, run);
         if (hole)
             memset(buf, 0, (size_t)run);
         else if ((rc = qcow2__io_read(img->io, img->name, buf, (size_t)run, off)) != 0)

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "io_fault.h"
 #include "qcow2_int.h"
 
 static char tmpdir[64];
@@ -492,4 +493,79 @@ Test(io_posix, our_writer_refuses_qemu_img_info_without_U)
 
     qcow2_io_close(io);
     cr_assert_eq(run_qemu("qemu-io -c quit", err, sizeof(err)), 0, "stderr: %s", err);
+}
+
+/* ---- raw layers: charting data and holes --------------------------------------- */
+
+/* A sparse raw file with nb data runs of 8 KiB, 64 KiB apart; the bytes in model. */
+static void sparse_raw(unsigned nb, uint8_t *model, uint64_t size)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+    cr_assert_geq(fd, 0);
+    memset(model, 0, size);
+    cr_assert_eq(ftruncate(fd, (off_t)size), 0);
+    for (unsigned i = 0; i < nb; i++) {
+        uint64_t off = (uint64_t)i * 65536 + 4096;
+        for (int k = 0; k < 8192; k++)
+            model[off + k] = (uint8_t)(i * 7 + k % 251 + 1);
+        cr_assert_eq(pwrite(fd, model + off, 8192, (off_t)off), 8192);
+    }
+    cr_assert_eq(close(fd), 0);
+}
+
+/* 2000 random reads of up to 20 KiB through qcow2_image_read; returns extent calls made. */
+static uint64_t random_reads(const uint8_t *model, uint64_t size)
+{
+    qcow2_io *posix;
+    io_fault *f;
+    qcow2_image *img;
+    qcow2_open_opts o = QCOW2_OPEN_OPTS_INIT;
+    uint8_t buf[20480];
+    uint64_t s = 5, calls;
+
+    cr_assert_eq(qcow2_io_posix_open(&posix, path, 0), 0);
+    f = io_fault_new(posix);
+    o.format = QCOW2_FORMAT_RAW;
+    cr_assert_eq(qcow2_image_open_io(&img, io_fault_io(f), path, &o), 0, "%s",
+                 qcow2_error_last()->message);
+    for (int n = 0; n < 2000; n++) {
+        uint64_t off, len;
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        off = (s >> 20) % size;
+        len = 1 + (s >> 8) % qcow2__min(size - off, sizeof(buf));
+        cr_assert_eq(qcow2_image_read(img, buf, len, off), 0);
+        cr_assert_eq(memcmp(buf, model + off, len), 0, "%llu bytes at 0x%llx",
+                     (unsigned long long)len, (unsigned long long)off);
+    }
+    calls = io_fault_count(f, IO_FAULT_EXTENT);
+    qcow2_image_close(img);
+    io_fault_free(f);
+    qcow2_io_close(posix);
+    return calls;
+}
+
+Test(io_posix, a_raw_layer_is_charted_once_and_read_at_random_without_seeking)
+{
+    const uint64_t size = 4u << 20;
+    uint8_t *model = malloc(size);
+    uint64_t calls;
+
+    sparse_raw(64, model, size); /* 129 runs */
+    calls = random_reads(model, size);
+    cr_assert_leq(calls, 129, "charted once: %llu extent calls", (unsigned long long)calls);
+    cr_assert_geq(calls, 64, "every run was charted");
+    free(model);
+}
+
+Test(io_posix, a_raw_layer_with_too_many_runs_is_asked_per_read_and_reads_right)
+{
+    const uint64_t size = 1200ull * 65536;
+    uint8_t *model = malloc(size);
+    uint64_t calls;
+
+    sparse_raw(1200, model, size); /* 2401 runs: more than the chart holds */
+    calls = random_reads(model, size);
+    cr_assert_gt(calls, 1024, "%llu extent calls", (unsigned long long)calls);
+    free(model);
 }
