@@ -35,6 +35,8 @@ struct chain_ctx {
     char *seen[QCOW2_MAX_CHAIN_DEPTH + 1]; /* canonical names, top first */
     unsigned nb_seen;
     struct qcow2__pool *pool; /* table memory for every layer of the chain */
+    char dir[PATH_MAX];       /* the last backing file's directory, as named */
+    char dir_canon[PATH_MAX]; /* and resolved; dir[0] == 0: none yet */
 };
 
 const char *qcow2_format_name(qcow2_format fmt)
@@ -110,6 +112,45 @@ static char *canonical_name(const qcow2_image *img, const char *name)
     if (!img->opts.open_fn && realpath(name, buf))
         return qcow2__strdup(buf);
     return lexical_name(name);
+}
+
+/*
+ * canonical_name() for the next layer of a chain being opened. The layers
+ * of a chain usually share a directory: it is resolved once (realpath), and
+ * a name in it that is not a symbolic link resolves to that directory plus
+ * the name (one lstat instead of a readlink per path component). Anything
+ * else takes the full way.
+ */
+static char *canonical_in_chain(struct chain_ctx *ctx, const qcow2_image *img, const char *name)
+{
+    const char *slash = strrchr(name, '/'), *base = slash ? slash + 1 : name;
+    size_t dir_len = slash ? (size_t)(slash - name) : 0, canon_len, base_len = strlen(base);
+    struct stat st;
+    char *out;
+
+    if (img->opts.open_fn || !*base || !strcmp(base, ".") || !strcmp(base, "..") ||
+        dir_len >= sizeof(ctx->dir) || (slash && dir_len == 0))
+        return canonical_name(img, name);
+    if (!ctx->dir[0] || strlen(ctx->dir) != (slash ? dir_len : 1) ||
+        memcmp(ctx->dir, slash ? name : ".", slash ? dir_len : 1) != 0) {
+        memcpy(ctx->dir, slash ? name : ".", slash ? dir_len : 1);
+        ctx->dir[slash ? dir_len : 1] = '\0';
+        if (!realpath(ctx->dir, ctx->dir_canon)) {
+            ctx->dir[0] = '\0';
+            return canonical_name(img, name);
+        }
+    }
+    if (lstat(name, &st) != 0 || S_ISLNK(st.st_mode))
+        return canonical_name(img, name);
+    canon_len = strlen(ctx->dir_canon);
+    out = qcow2__malloc(canon_len + 1 + base_len + 1);
+    if (out) {
+        memcpy(out, ctx->dir_canon, canon_len);
+        if (canon_len != 1) /* "/" already ends in a slash */
+            out[canon_len++] = '/';
+        memcpy(out + canon_len, base, base_len + 1);
+    }
+    return out;
 }
 
 /*
@@ -309,7 +350,7 @@ static int open_backing(qcow2_image *img, struct chain_ctx *ctx)
     if (img->depth + 1 >= max_depth)
         return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
                           "backing chain is deeper than %u images", max_depth);
-    canon = canonical_name(img, img->backing_path);
+    canon = canonical_in_chain(ctx, img, img->backing_path);
     if (!canon)
         return qcow2__nomem();
     for (unsigned i = 0; i < ctx->nb_seen; i++) {
@@ -323,6 +364,8 @@ static int open_backing(qcow2_image *img, struct chain_ctx *ctx)
 
     /* The chain below the top is always read-only. */
     bopts.flags &= ~(unsigned)QCOW2_OPEN_RDWR;
+    if (img->depth + 1 >= 2)
+        qcow2__pool_deep(ctx->pool);
     rc = open_fn(&io, img->backing_path, 0, img->opts.open_payload);
     if (rc < 0) {
         char what[64 + QCOW2_MAX_BACKING_NAME];
@@ -427,6 +470,7 @@ static int open_io_common(qcow2_image **out, qcow2_io *io, const char *name,
     }
     ctx.nb_seen = 0;
     ctx.pool = NULL;
+    ctx.dir[0] = '\0';
     ctx.seen[0] = NULL;
     rc = 0;
     {

@@ -438,6 +438,22 @@ static int apply_locks(int fd, qcow2_io_lock_mode from, qcow2_io_lock_mode to)
     return 0;
 }
 
+/* Drop every byte this descriptor holds: they all lie in one range, so one call. */
+static int unlock_all(int fd)
+{
+    struct flock fl = {0};
+
+    fl.l_type = F_UNLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = LOCK_PERM_BASE;
+    fl.l_len = LOCK_SHARE_BASE + LOCK_NB_BITS - LOCK_PERM_BASE;
+    while (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
+        if (errno != EINTR)
+            return -errno;
+    }
+    return 0;
+}
+
 /* -EAGAIN when another open file's locks conflict with mode. */
 static int check_locks(int fd, qcow2_io_lock_mode mode)
 {
@@ -472,6 +488,12 @@ static int posix_lock(qcow2_io *io, qcow2_io_lock_mode mode)
 
     if (mode != QCOW2_IO_UNLOCK && mode != QCOW2_IO_LOCK_READ && mode != QCOW2_IO_LOCK_WRITE)
         return -EINVAL;
+    if (mode == QCOW2_IO_UNLOCK) {
+        rc = unlock_all(p->fd);
+        if (rc == 0)
+            p->lock = mode;
+        return rc;
+    }
     rc = apply_locks(p->fd, p->lock, mode);
     if (rc == 0 && mode != QCOW2_IO_UNLOCK)
         rc = check_locks(p->fd, mode);

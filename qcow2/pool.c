@@ -5,8 +5,10 @@
  *
  *  - a deep chain loads a few tables in each of many layers (a 64-deep chain
  *    read front to back loads 128 L2 tables, 8 MiB). Fresh pages cost one
- *    fault each; chunks after the first are 2 MiB aligned and advised for
- *    transparent huge pages, so the kernel can fault one in at once;
+ *    fault each; chunks are 2 MiB aligned and advised for transparent huge
+ *    pages (the first one only in a chain of three layers or more, so a
+ *    single image does not hold 2 MiB for one table), so the kernel can
+ *    fault one in at once;
  *  - a layer closed while the chain lives on (commit and stream drop
  *    layers) gives its buffers back to the pool, and the next table of any
  *    layer reuses them.
@@ -44,6 +46,7 @@ struct qcow2__pool {
     size_t left;               /* bytes left there */
     void *free[POOL_CLASSES];  /* returned buffers, linked through their first bytes */
     uint64_t gen;              /* mapping generation of the chain (read.c) */
+    bool deep;                 /* a chain of three or more layers: huge pages from the start */
 };
 
 int qcow2__pool_new(struct qcow2__pool **out)
@@ -61,6 +64,15 @@ int qcow2__pool_new(struct qcow2__pool **out)
     p->gen = 1;
     *out = p;
     return 0;
+}
+
+void qcow2__pool_deep(struct qcow2__pool *p)
+{
+    if (p) {
+        pthread_mutex_lock(&p->lock);
+        p->deep = true;
+        pthread_mutex_unlock(&p->lock);
+    }
 }
 
 uint64_t qcow2__pool_gen(const struct qcow2__pool *p)
@@ -132,7 +144,7 @@ static bool add_chunk(struct qcow2__pool *p)
     }
     start = (uint8_t *)(((uintptr_t)map + POOL_CHUNK - 1) & ~(uintptr_t)(POOL_CHUNK - 1));
 #ifdef MADV_HUGEPAGE
-    if (p->chunks)
+    if (p->chunks || p->deep)
         (void)madvise(start, POOL_CHUNK, MADV_HUGEPAGE); /* a hint: fine if refused */
 #endif
     c->map = map;

@@ -353,6 +353,8 @@ struct qcow2__pool *qcow2__pool_ref(struct qcow2__pool *p);
 void qcow2__pool_unref(struct qcow2__pool *p);
 void *qcow2__pool_get(struct qcow2__pool *p, size_t len);
 void qcow2__pool_put(struct qcow2__pool *p, void *buf, size_t len);
+/* The chain has three layers or more: worth huge pages from the first table on. */
+void qcow2__pool_deep(struct qcow2__pool *p);
 /* Bumped whenever any layer's mapping or the chain's shape changes; never 0. */
 uint64_t qcow2__pool_gen(const struct qcow2__pool *p);
 void qcow2__pool_bump(struct qcow2__pool *p);

@@ -663,8 +663,17 @@ def loop3_via_dirs(d):
     return os.path.join(d, "a.qcow2")
 
 
+def loop_via_symlink(d):
+    # a -> b -> c, and c is a symbolic link to a: the loop shows only once links are resolved.
+    sh("qemu-img create -q -f qcow2 -u -b b.qcow2 -F qcow2 a.qcow2 1M", d)
+    sh("qemu-img create -q -f qcow2 -u -b c.qcow2 -F qcow2 b.qcow2 1M", d)
+    os.symlink("a.qcow2", os.path.join(d, "c.qcow2"))
+    return os.path.join(d, "a.qcow2")
+
+
 CASES.append(Case("backing-loop-self", loop1, names=("a.qcow2",), override="read", skip_qemu=True, why="qemu-img 7.2 convert does not finish on a backing loop (observed: >20 s, killed); info --backing-chain reports the loop"))
 CASES.append(Case("backing-loop-two", loop2, names=("a.qcow2", "b.qcow2"), override="read", skip_qemu=True, why="qemu-img 7.2 convert does not finish on a backing loop (observed: >20 s, killed); info --backing-chain reports the loop"))
+CASES.append(Case("backing-loop-via-symlink", loop_via_symlink, names=("a.qcow2", "b.qcow2"), override="read", skip_qemu=True, why="qemu-img 7.2 convert does not finish on a backing loop (observed: >20 s, killed); info --backing-chain reports the loop"))
 CASES.append(Case("backing-loop-three-relative", loop3_via_dirs, names=("a.qcow2", "b.qcow2", "c.qcow2"), override="read", skip_qemu=True, why="qemu-img 7.2 convert does not finish on a backing loop (observed: >20 s, killed); info --backing-chain reports the loop"))
 
 
