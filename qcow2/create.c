@@ -64,6 +64,12 @@ static int b_punch(qcow2_io *io, uint64_t off, uint64_t len)
     return in->ops->punch ? in->ops->punch(in, off, len) : -ENOTSUP;
 }
 
+static int b_allocate(qcow2_io *io, uint64_t off, uint64_t len)
+{
+    qcow2_io *in = ((struct borrow_io *)io)->inner;
+    return in->ops->allocate ? in->ops->allocate(in, off, len) : -EOPNOTSUPP;
+}
+
 static void b_close(qcow2_io *io)
 {
     qcow2__free(io);
@@ -77,6 +83,7 @@ static const qcow2_io_ops borrow_ops = {
     .truncate = b_truncate,
     .get_size = b_get_size,
     .punch = b_punch,
+    .allocate = b_allocate,
     .close = b_close,
 };
 
@@ -194,7 +201,9 @@ static int create_raw(qcow2_io *io, const char *name, const qcow2_create_opts *o
 {
     int rc = qcow2__io_truncate(io, name, size);
 
-    if (!rc && o->preallocation >= QCOW2_PREALLOC_FALLOC)
+    if (!rc && o->preallocation == QCOW2_PREALLOC_FALLOC)
+        rc = qcow2__io_allocate(io, name, 0, size);
+    else if (!rc && o->preallocation == QCOW2_PREALLOC_FULL)
         rc = write_zero_range(io, name, 0, size);
     if (!rc)
         rc = qcow2__io_flush(io, name);

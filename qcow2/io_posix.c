@@ -238,6 +238,19 @@ static int posix_advise(qcow2_io *io, uint64_t off, uint64_t len, int advice)
     return -rc;
 }
 
+static int posix_allocate(qcow2_io *io, uint64_t off, uint64_t len)
+{
+    struct posix_io *p = to_posix(io);
+
+    if (off > INT64_MAX || len > INT64_MAX - off)
+        return -EINVAL;
+    while (fallocate(p->fd, 0, (off_t)off, (off_t)len) < 0) {
+        if (errno != EINTR)
+            return errno == ENOTSUP ? -EOPNOTSUPP : -errno;
+    }
+    return 0;
+}
+
 static int posix_extent(qcow2_io *io, uint64_t off, uint64_t len, uint64_t *run_out,
                         bool *is_hole)
 {
@@ -525,6 +538,7 @@ static const qcow2_io_ops posix_ops = {
     .punch = posix_punch,
     .extent = posix_extent,
     .advise = posix_advise,
+    .allocate = posix_allocate,
     .allocated_size = posix_allocated_size,
     .lock = posix_lock,
     .copy_from = posix_copy_from,

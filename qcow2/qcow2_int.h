@@ -126,6 +126,8 @@ int qcow2__io_flush(qcow2_io *io, const char *name);
 int qcow2__io_truncate(qcow2_io *io, const char *name, uint64_t size);
 int qcow2__io_size(qcow2_io *io, const char *name, uint64_t *size_out);
 int qcow2__io_punch(qcow2_io *io, const char *name, uint64_t off, uint64_t len);
+/* Reserve [off, off+len) so it reads as zeroes (fallocate); writes zeroes where that is missing. */
+int qcow2__io_allocate(qcow2_io *io, const char *name, uint64_t off, uint64_t len);
 int qcow2__io_extent(qcow2_io *io, const char *name, uint64_t off, uint64_t len, uint64_t *run_out,
                      bool *is_hole);
 int qcow2__io_allocated(qcow2_io *io, const char *name, uint64_t *size_out);

@@ -1145,7 +1145,9 @@ int qcow2__preallocate(qcow2_image *img, qcow2_prealloc mode)
             uint64_t k = qcow2__min(n - i, max_run), host;
 
             rc = qcow2__alloc_clusters(img, k, &host);
-            if (!rc && mode >= QCOW2_PREALLOC_FALLOC)
+            if (!rc && mode == QCOW2_PREALLOC_FALLOC)
+                rc = qcow2__io_allocate(img->io, img->name, host, k * cs);
+            else if (!rc && mode == QCOW2_PREALLOC_FULL)
                 rc = write_zero_data_at(img, host, k * cs);
             /* Fetch the table after allocating: allocation may use the cache. */
             if (!rc)

@@ -328,6 +328,19 @@ static int f_copy_from(qcow2_io *io, uint64_t off, qcow2_io *src, uint64_t src_o
     return rc;
 }
 
+/* Forwarded when the inner file can; in crash mode refused, so the engine's zeroes are queued. */
+static int f_allocate(qcow2_io *io, uint64_t off, uint64_t len)
+{
+    io_fault *f = to_fault(io);
+    int rc = enter(f, IO_FAULT_ALLOCATE);
+
+    if (rc)
+        return rc;
+    if (f->crash_mode || f->nb_ops || !f->inner->ops->allocate)
+        return -EOPNOTSUPP;
+    return f->inner->ops->allocate(f->inner, off, len);
+}
+
 static void f_close(qcow2_io *io)
 {
     to_fault(io)->closed = true;
@@ -345,6 +358,7 @@ static const qcow2_io_ops fault_ops = {
     .allocated_size = f_allocated,
     .lock = f_lock,
     .copy_from = f_copy_from,
+    .allocate = f_allocate,
     .close = f_close,
 };
 

@@ -42,6 +42,7 @@ enum io_fault_method {
     IO_FAULT_ALLOCATED,
     IO_FAULT_LOCK,
     IO_FAULT_COPY_FROM,
+    IO_FAULT_ALLOCATE,
     IO_FAULT_NB_METHODS
 };
 

@@ -18,6 +18,7 @@
 
 #include "io_fault.h"
 #include "qcow2_int.h"
+#include "qemu_oracle.h"
 
 static char tmpdir[64];
 static char path[128];
@@ -568,4 +569,70 @@ Test(io_posix, a_raw_layer_with_too_many_runs_is_asked_per_read_and_reads_right)
     calls = random_reads(model, size);
     cr_assert_gt(calls, 1024, "%llu extent calls", (unsigned long long)calls);
     free(model);
+}
+
+/* ---- preallocation=falloc reserves, it does not write ----------------------------- */
+
+/* Create path with preallocation mode through a counting wrapper; pwrite bytes in *written. */
+static uint64_t create_counted(qcow2_prealloc mode, qcow2_format fmt, uint64_t size,
+                               uint64_t *written)
+{
+    qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
+    qcow2_io *posix;
+    io_fault *f;
+    uint64_t allocations;
+
+    co.size = size;
+    co.format = fmt;
+    co.preallocation = mode;
+    cr_assert_eq(qcow2_io_posix_open(&posix, path, QCOW2_IO_CREATE | QCOW2_IO_TRUNC), 0);
+    f = io_fault_new(posix);
+    cr_assert_eq(qcow2_image_create_io(io_fault_io(f), path, &co), 0, "%s",
+                 qcow2_error_last()->message);
+    *written = io_fault_count(f, IO_FAULT_PWRITE);
+    allocations = io_fault_count(f, IO_FAULT_ALLOCATE);
+    io_fault_free(f);
+    qcow2_io_close(posix);
+    return allocations;
+}
+
+static void assert_reads_zero(const char *p, uint64_t size)
+{
+    qcow2_image *img;
+    uint8_t buf[65536];
+
+    cr_assert_eq(qcow2_image_open(&img, p, NULL), 0, "%s", qcow2_error_last()->message);
+    cr_assert_eq(qcow2_image_size(img), size);
+    for (uint64_t off = 0; off < size; off += sizeof(buf)) {
+        cr_assert_eq(qcow2_image_read(img, buf, sizeof(buf), off), 0);
+        for (size_t i = 0; i < sizeof(buf); i++)
+            cr_assert_eq(buf[i], 0, "byte 0x%llx", (unsigned long long)(off + i));
+    }
+    qcow2_image_close(img);
+}
+
+Test(io_posix, falloc_preallocation_reserves_the_space_without_writing_it)
+{
+    const uint64_t size = 64u << 20;
+    uint64_t writes, alloc;
+    struct stat st;
+    char out[4096];
+
+    /* qcow2: every data cluster reserved with fallocate, only metadata written. */
+    cr_assert_geq(create_counted(QCOW2_PREALLOC_FALLOC, QCOW2_FORMAT_QCOW2, size, &writes), 1);
+    cr_assert_leq(writes, 16, "%llu writes: metadata only", (unsigned long long)writes);
+    cr_assert_eq(stat(path, &st), 0);
+    alloc = (uint64_t)st.st_blocks * 512;
+    cr_assert_geq(alloc, size, "the data clusters hold space: %llu bytes", (unsigned long long)alloc);
+    assert_reads_zero(path, size);
+    if (qo_have_qemu())
+        cr_assert_eq(qo_check(path, out, sizeof(out)), 0, "qemu-img check: %s", out);
+    /* full writes its zeroes; raw falloc reserves too. */
+    cr_assert_eq(create_counted(QCOW2_PREALLOC_FULL, QCOW2_FORMAT_QCOW2, size, &writes), 0);
+    cr_assert_geq(writes, size / 65536, "full preallocation writes every cluster");
+    cr_assert_eq(create_counted(QCOW2_PREALLOC_FALLOC, QCOW2_FORMAT_RAW, size, &writes), 1);
+    cr_assert_eq(writes, 0);
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert_eq((uint64_t)st.st_size, size);
+    cr_assert_geq((uint64_t)st.st_blocks * 512, size);
 }

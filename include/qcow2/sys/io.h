@@ -73,6 +73,13 @@ typedef struct qcow2_io_ops {
      * changes content; errors are ignored by the engine.
      */
     int (*advise)(qcow2_io *io, uint64_t off, uint64_t len, int advice);
+    /**
+     * Optional: reserve storage for [off, off+len), growing the file if
+     * needed, so that it reads as zeroes and later writes there do not run
+     * out of space (fallocate mode 0: preallocation=falloc). NULL, or
+     * -EOPNOTSUPP: the engine writes zeroes instead.
+     */
+    int (*allocate)(qcow2_io *io, uint64_t off, uint64_t len);
 } qcow2_io_ops;
 
 /** Advice values for qcow2_io_ops.advise. */
