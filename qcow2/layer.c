@@ -168,6 +168,7 @@ static int commit_run(qcow2_image *top, qcow2_image *base, const qcow2_extent *e
     /* Raw into raw-like: let the kernel copy (copy_file_range) when it can. */
     if (base->fmt == QCOW2_FORMAT_RAW && (e->flags & QCOW2_EXT_OFFSET_VALID) &&
         base->io->ops->copy_from) {
+        qcow2__raw_changed(base); /* holes it charted may now hold data */
         rc = base->io->ops->copy_from(base->io, off, e->layer->io, e->host_off, (size_t)len);
         if (rc == 0)
             return 0;

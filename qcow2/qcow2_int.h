@@ -402,6 +402,13 @@ bool qcow2__cache_is_dirty(const struct qcow2__cache *c);
 int qcow2__l2_cache_init(qcow2_image *img);
 void qcow2__l2_cache_free(qcow2_image *img);
 /* The L1 or an L2 entry changed (or a whole new L1): forget remembered runs. */
+/* A raw layer's bytes changed outside the write path (copy offload): forget its runs. */
+static inline void qcow2__raw_changed(qcow2_image *img)
+{
+    img->raw_ext_len = 0;
+    img->raw_chart = QCOW2__CHART_UNKNOWN;
+}
+
 static inline void qcow2__mapping_changed(qcow2_image *img)
 {
     img->hole_start = img->hole_end = 0;

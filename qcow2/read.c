@@ -279,8 +279,12 @@ static void cmap_mark(const struct qcow2__cmap *m, struct cmap_block *blk, uint6
                       uint16_t d)
 {
     uint64_t base = blk->first << m->unit_bits, unit = 1ull << m->unit_bits;
-    uint64_t i = (a - base) >> m->unit_bits, last = (b - 1 - base) >> m->unit_bits;
+    uint64_t i, last;
 
+    if (a >= b)
+        return;
+    i = (a - base) >> m->unit_bits;
+    last = (b - 1 - base) >> m->unit_bits;
     for (; i <= last; i++) {
         uint64_t us = base + (i << m->unit_bits);
         if (blk->e[i] != CMAP_UNSET)
@@ -307,8 +311,8 @@ static int cmap_build(qcow2_image *img, struct qcow2__cmap *m, struct cmap_block
         qcow2_image *l = m->layers[d];
         uint64_t lim = qcow2__min(limit, l->size), pos = start;
 
-        if (lim < limit)
-            cmap_mark(m, blk, lim, limit, CMAP_NONE); /* past this layer's end: zeroes */
+        if (lim < limit) /* past this layer's end (which may lie before the block): zeroes */
+            cmap_mark(m, blk, qcow2__max(lim, start), limit, CMAP_NONE);
         if (l->fmt != QCOW2_FORMAT_QCOW2) {
             if (start < lim)
                 cmap_mark(m, blk, start, lim, (uint16_t)d); /* raw: data or holes, all here */

@@ -251,8 +251,7 @@ static int start_write(qcow2_image *img, uint64_t off, uint64_t len)
                           " is beyond the virtual size (%" PRIu64 " bytes)",
                           len, off, img->size);
     img->dbuf_host_off = UINT64_MAX;
-    img->raw_ext_len = 0; /* a write can turn a hole into data */
-    img->raw_chart = QCOW2__CHART_UNKNOWN;
+    qcow2__raw_changed(img); /* a write can turn a hole into data */
     qcow2__mapping_changed(img);
     if (img->fmt != QCOW2_FORMAT_QCOW2 || img->write_started)
         return 0;

@@ -636,3 +636,35 @@ Test(io_posix, falloc_preallocation_reserves_the_space_without_writing_it)
     cr_assert_eq((uint64_t)st.st_size, size);
     cr_assert_geq((uint64_t)st.st_blocks * 512, size);
 }
+
+/* ---- a raw base written by commit's copy offload ----------------------------------- */
+
+Test(io_posix, a_charted_raw_base_reads_what_commit_copied_into_its_holes)
+{
+    qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
+    qcow2_open_opts o = QCOW2_OPEN_OPTS_INIT;
+    qcow2_image *img;
+    char top[160];
+    uint8_t buf[65536], got[65536];
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(ftruncate(fd, 1 << 20), 0); /* all hole */
+    cr_assert_eq(close(fd), 0);
+    snprintf(top, sizeof(top), "%s.top.qcow2", path);
+    co.size = 1 << 20;
+    co.backing_file = strrchr(path, '/') + 1;
+    co.backing_format = "raw";
+    cr_assert_eq(qcow2_image_create(top, &co), 0, "%s", qcow2_error_last()->message);
+    o.flags = QCOW2_OPEN_RDWR;
+    cr_assert_eq(qcow2_image_open(&img, top, &o), 0, "%s", qcow2_error_last()->message);
+    memset(buf, 7, sizeof(buf));
+    cr_assert_eq(qcow2_image_write(img, buf, sizeof(buf), 0), 0);
+    /* Reading the base charts it: a hole, all of it. */
+    cr_assert_eq(qcow2_image_read(img, got, 4096, 512 << 10), 0);
+    cr_assert_eq(qcow2_image_commit(img, NULL), 0, "%s", qcow2_error_last()->message);
+    cr_assert_eq(qcow2_image_read(img, got, sizeof(got), 0), 0);
+    cr_assert_eq(memcmp(got, buf, sizeof(buf)), 0, "the committed bytes read as %u", got[0]);
+    qcow2_image_close(img);
+    unlink(top);
+}
