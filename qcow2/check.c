@@ -735,6 +735,7 @@ int qcow2_image_check(qcow2_image *img, unsigned fix, qcow2_check_result *out)
         return rc;
     ck.img = img;
     ck.fix = fix;
+    img->repairing = fix != 0;
     ck.buf = qcow2__malloc((size_t)img->cluster_size);
     if (!ck.buf)
         return qcow2__nomem();
@@ -764,6 +765,7 @@ int qcow2_image_check(qcow2_image *img, unsigned fix, qcow2_check_result *out)
             break;
     }
     qcow2__free(ck.buf);
+    img->repairing = false;
     if (!rc && fix && !out->corruptions && !out->check_errors)
         rc = mark_clean(img);
     return rc;

@@ -226,7 +226,7 @@ struct qcow2__cslot {
     uint64_t used;    /* LRU tick of the last use */
     uint8_t *data;    /* the table, big-endian as on disk */
     bool dirty;       /* newer than the file: written back by qcow2__metadata_flush() */
-    bool checked;     /* L2: found clear of the metadata (qcow2__meta_overlap) since loaded */
+    bool checked;     /* found clear of the other metadata (qcow2__meta_overlap) since loaded */
 };
 
 /*
@@ -324,6 +324,7 @@ struct qcow2_image {
     struct qcow2__pool *pool;    /* table memory shared with the rest of the chain (pool.c) */
     struct qcow2__cmap *cmap;    /* chain map for reads that start here (read.c), or NULL */
     bool cmap_quiet;             /* a data write of the top in progress: it updates its own map */
+    bool repairing;              /* qcow2_image_check is fixing (refcount.c reports, does not stop) */
 
     /* writer state */
     bool l1_dirty;               /* the L1 in memory is newer than the file */

@@ -187,6 +187,29 @@ static int create_block(qcow2_image *img, uint64_t rt_idx, uint64_t *off_out)
     return 0;
 }
 
+/*
+ * What the refcount block of group rt_idx at off overlaps: the fixed
+ * metadata, a snapshot's L1 table, or another group's block (two groups
+ * sharing one block would count each other's clusters). NULL when nothing.
+ */
+static const char *block_overlap(const qcow2_image *img, uint64_t rt_idx, uint64_t off)
+{
+    const char *what = qcow2__meta_overlap(img, off, img->cluster_size, false);
+
+    if (what)
+        return what;
+    for (uint32_t i = 0; i < img->nb_snaps; i++) {
+        if (qcow2__ranges_meet(off, img->cluster_size, img->snaps[i].l1_off,
+                               (uint64_t)img->snaps[i].l1_size * 8))
+            return "a snapshot's L1 table";
+    }
+    for (uint64_t i = 0; i < img->rt_entries; i++) {
+        if (i != rt_idx && (img->reftable[i] & QCOW2_REFT_OFFSET_MASK) == off)
+            return "another refcount block";
+    }
+    return NULL;
+}
+
 /* The cache slot of the block for rt_idx; NULL (and 0) when there is none and !create. */
 static int block_slot(qcow2_image *img, uint64_t rt_idx, bool create, struct qcow2__cslot **out)
 {
@@ -214,7 +237,26 @@ static int block_slot(qcow2_image *img, uint64_t rt_idx, bool create, struct qco
         if (rc)
             return rc;
     }
-    return qcow2__cache_get(img, &img->rbc, off, true, out);
+    rc = qcow2__cache_get(img, &img->rbc, off, true, out);
+    if (rc || !create || (*out)->checked)
+        return rc;
+    {
+        /*
+         * About to be changed: it must not be other metadata. A repair
+         * cannot move refcount blocks either: it reports the clusters that
+         * block counts as not repaired and goes on with the others, rather
+         * than write refcounts over an L1 table.
+         */
+        const char *what = block_overlap(img, rt_idx, off);
+        if (what) {
+            rc = qcow2__corrupt(img, "refcount block at 0x%" PRIx64 " (table entry %" PRIu64
+                                     ") overlaps %s; not writing",
+                                off, rt_idx, what);
+            return img->repairing ? rc : qcow2__fatal(img, rc); /* marked corrupt, as qemu does */
+        }
+    }
+    (*out)->checked = true;
+    return 0;
 }
 
 int qcow2__refcount_get(qcow2_image *img, uint64_t cluster_idx, uint64_t *out)

@@ -1149,6 +1149,76 @@ static void overlap_case(const char *name, bool l2_at_reftable)
         cr_assert_neq(qo_check(p, out, sizeof(out)), 0, "qemu-img check finds it clean:\n%s", out);
 }
 
+/*
+ * A refcount table entry that points the refcount block of the first
+ * clusters at the L1 table: the next allocation would write refcounts over
+ * the L1 table. It must fail with QCOW2_ECORRUPT naming the overlap, change
+ * nothing but the corrupt bit, and leave the image for a repair.
+ */
+Test(write_unit, refcount_block_over_the_l1_table_is_not_written)
+{
+    qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
+    char p[160], out[4096];
+    uint8_t be[8], *before, *after;
+    size_t n1, n2;
+    qcow2_image *img;
+    uint64_t l1_off, rt_off;
+    int rc;
+
+    co.size = 4 * MiB;
+    make_image(p, sizeof(p), "rb-over-l1.qcow2", &co);
+    img = open_file_rw(p);
+    cr_assert_eq(qcow2_image_write(img, "data", 4, 2 * MiB), 0, "%s", last_msg()); /* file grows */
+    l1_off = img->hdr.l1_off;
+    rt_off = img->hdr.rt_off;
+    qcow2_image_close(img);
+    qcow2__put_be64(be, l1_off & ~(uint64_t)(64 * KiB - 1));
+    poke(p, rt_off, be, 8);
+    before = qo_read_file(p, &n1);
+    cr_assert_not_null(before);
+    img = open_file_rw(p);
+    rc = qcow2_image_write(img, "evil", 4, 0);
+    cr_assert_eq(rc, QCOW2_ECORRUPT, "write returned %d: %s", rc, last_msg());
+    cr_assert_not_null(strstr(last_msg(), "refcount block"), "%s", last_msg());
+    cr_assert_not_null(strstr(last_msg(), "overlaps the L1 table"), "%s", last_msg());
+    qcow2_image_close(img);
+    after = qo_read_file(p, &n2);
+    cr_assert_not_null(after);
+    cr_assert_eq(n1, n2, "the file changed size");
+    cr_assert_eq(after[79], before[79] | QCOW2_INCOMPAT_CORRUPT, "corrupt bit not set");
+    after[79] = before[79];
+    cr_assert_eq(memcmp(before, after, n1), 0, "the file changed");
+    free(before);
+    free(after);
+    if (qo_have_qemu())
+        cr_assert_neq(qo_check(p, out, sizeof(out)), 0, "qemu-img check finds it clean:\n%s", out);
+    /*
+     * A repair cannot move refcount blocks: it leaves that block's clusters
+     * unrepaired (counted as corruptions) instead of writing over the L1.
+     */
+    before = qo_read_file(p, &n1);
+    img = open_file_rw(p);
+    {
+        qcow2_check_result r;
+        memset(&r, 0, sizeof(r));
+        rc = qcow2_image_check(img, QCOW2_CHECK_FIX_LEAKS | QCOW2_CHECK_FIX_ERRORS, &r);
+        cr_assert_eq(rc, 0, "repair returned %d: %s", rc, last_msg());
+        cr_assert_gt(r.corruptions + r.leaks, 0, "the overlap was reported as repaired");
+    }
+    qcow2_image_close(img);
+    after = qo_read_file(p, &n2);
+    {
+        /* Its COPIED flag may be cleared (the repair trusts no refcount of 1 there), nothing more.
+         */
+        uint64_t was = qcow2__be64(before + l1_off), is = qcow2__be64(after + l1_off);
+        cr_assert_eq(is & ~(uint64_t)QCOW2_OFLAG_COPIED, was & ~(uint64_t)QCOW2_OFLAG_COPIED,
+                     "refcounts went over the L1 table: entry %016llx -> %016llx",
+                     (unsigned long long)was, (unsigned long long)is);
+    }
+    free(before);
+    free(after);
+}
+
 Test(write_unit, l2_table_over_the_refcount_table_is_not_written)
 {
     overlap_case("l2-over-rt.qcow2", true);
