@@ -7,7 +7,7 @@
 
 #include "qcow2_int.h"
 
-#define ERR_MSG_MAX 512
+#define ERR_MSG_MAX QCOW2__ERR_MSG_MAX
 
 static _Thread_local char err_msg[ERR_MSG_MAX];
 static _Thread_local qcow2_error err_last;
@@ -58,6 +58,20 @@ void qcow2_error_clear(void)
     err_last.code = 0;
     err_last.sys_errno = 0;
     err_msg[0] = '\0';
+}
+
+void qcow2__err_save(struct qcow2__err_saved *s)
+{
+    s->code = err_last.code;
+    s->sys_errno = err_last.sys_errno;
+    memcpy(s->msg, err_msg, sizeof(s->msg));
+}
+
+void qcow2__err_restore(const struct qcow2__err_saved *s)
+{
+    err_last.code = s->code;
+    err_last.sys_errno = s->sys_errno;
+    memcpy(err_msg, s->msg, sizeof(err_msg));
 }
 
 const char *qcow2_strerror(int code)

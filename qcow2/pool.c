@@ -34,7 +34,7 @@
 
 struct pool_chunk {
     struct pool_chunk *next;
-    void *map;       /* what mmap returned, for munmap */
+    void *map; /* what mmap returned, for munmap */
     size_t map_len;
 };
 

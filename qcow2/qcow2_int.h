@@ -27,6 +27,15 @@
  *   return qcow2__err(QCOW2_ECORRUPT, 0, img->name, "L1 table at 0x%llx ...", ...);
  */
 int qcow2__err(int code, int sys_errno, const char *name, const char *fmt, ...) QCOW2_PRINTF(4, 5);
+/* The thread's error record, kept aside while trying something whose failure is no error. */
+#define QCOW2__ERR_MSG_MAX 512
+struct qcow2__err_saved {
+    int code;
+    int sys_errno;
+    char msg[QCOW2__ERR_MSG_MAX];
+};
+void qcow2__err_save(struct qcow2__err_saved *s);
+void qcow2__err_restore(const struct qcow2__err_saved *s);
 int qcow2__verr(int code, int sys_errno, const char *name, const char *fmt, va_list ap)
     QCOW2_PRINTF(4, 0);
 

@@ -21,12 +21,14 @@
 static void raw_chart(qcow2_image *img)
 {
     struct qcow2__raw_run *runs = qcow2__malloc(RAW_MAP_MAX * sizeof(*runs));
+    struct qcow2__err_saved saved;
     uint64_t pos = 0;
     unsigned n = 0;
 
     img->raw_chart = QCOW2__CHART_NONE;
     if (!runs)
         return;
+    qcow2__err_save(&saved);
     while (pos < img->file_size && n < RAW_MAP_MAX) {
         uint64_t len;
         bool hole;
@@ -39,7 +41,7 @@ static void raw_chart(qcow2_image *img)
         pos += len;
     }
     if (pos < img->file_size) {
-        qcow2_error_clear(); /* the per-read path meets (and reports) it again */
+        qcow2__err_restore(&saved); /* the per-read path meets (and reports) it again */
         qcow2__free(runs);
         return;
     }
@@ -201,27 +203,27 @@ static int read_layer(qcow2_image *img, uint8_t *buf, uint64_t len, uint64_t off
  * own map instead (qcow2__cmap_wrote). The map is only used when every
  * layer shares the top's pool, so every change in the chain is seen.
  */
-#define CMAP_UNITS 4096u      /* entries per block */
-#define CMAP_BLOCKS 16u       /* blocks kept */
-#define CMAP_MIN_LAYERS 3u    /* shallower chains walk (two lookups at most) */
-#define CMAP_NONE 0xffffu     /* no layer holds the unit: zeroes */
-#define CMAP_WALK 0xfffeu     /* split or unknown: read it with the walk */
-#define CMAP_UNSET 0xfffdu    /* while a block is built */
+#define CMAP_UNITS 4096u   /* entries per block */
+#define CMAP_BLOCKS 16u    /* blocks kept */
+#define CMAP_MIN_LAYERS 3u /* shallower chains walk (two lookups at most) */
+#define CMAP_NONE 0xffffu  /* no layer holds the unit: zeroes */
+#define CMAP_WALK 0xfffeu  /* split or unknown: read it with the walk */
+#define CMAP_UNSET 0xfffdu /* while a block is built */
 #define CMAP_MAX_LAYERS 0xfff0u
 
 struct cmap_block {
-    uint64_t first;  /* first unit; UINT64_MAX = empty */
-    uint64_t used;   /* LRU tick */
-    bool failed;     /* building it failed: its units are read with the walk */
+    uint64_t first; /* first unit; UINT64_MAX = empty */
+    uint64_t used;  /* LRU tick */
+    bool failed;    /* building it failed: its units are read with the walk */
     uint16_t e[CMAP_UNITS];
 };
 
 struct qcow2__cmap {
-    uint64_t gen;          /* chain generation the map describes; 0 = none yet */
-    bool usable;           /* false: this chain reads with the walk */
-    unsigned unit_bits;    /* log2 of the unit */
+    uint64_t gen;       /* chain generation the map describes; 0 = none yet */
+    bool usable;        /* false: this chain reads with the walk */
+    unsigned unit_bits; /* log2 of the unit */
     unsigned nb_layers;
-    qcow2_image **layers;  /* depth -> layer */
+    qcow2_image **layers; /* depth -> layer */
     uint64_t tick;
     struct cmap_block blocks[CMAP_BLOCKS];
 };
@@ -355,9 +357,13 @@ static struct cmap_block *cmap_block(qcow2_image *img, struct qcow2__cmap *m, ui
         if (b->first == UINT64_MAX || (victim->first != UINT64_MAX && b->used < victim->used))
             victim = b;
     }
-    if (cmap_build(img, m, victim, first)) {
-        qcow2_error_clear();
-        victim->failed = true;
+    {
+        struct qcow2__err_saved saved;
+        qcow2__err_save(&saved);
+        if (cmap_build(img, m, victim, first)) {
+            qcow2__err_restore(&saved); /* not this read's failure, unless it reads there */
+            victim->failed = true;
+        }
     }
     victim->used = ++m->tick;
     return victim;
@@ -377,9 +383,13 @@ static struct qcow2__cmap *cmap_get(qcow2_image *img)
             return NULL; /* the walk needs no memory */
         img->cmap = m;
     }
-    if (m->gen != gen && cmap_setup(img, m, gen)) {
-        qcow2_error_clear();
-        m->usable = false;
+    if (m->gen != gen) {
+        struct qcow2__err_saved saved;
+        qcow2__err_save(&saved);
+        if (cmap_setup(img, m, gen)) {
+            qcow2__err_restore(&saved); /* out of memory for the map: the walk needs none */
+            m->usable = false;
+        }
     }
     return m->usable ? m : NULL;
 }
@@ -509,8 +519,8 @@ static int raw_status(qcow2_image *img, uint64_t off, uint64_t len, qcow2_extent
         return rc;
     out->length = run;
     out->host_off = off;
-    out->flags = QCOW2_EXT_PRESENT | QCOW2_EXT_OFFSET_VALID |
-                 (hole ? QCOW2_EXT_ZERO : QCOW2_EXT_DATA);
+    out->flags =
+        QCOW2_EXT_PRESENT | QCOW2_EXT_OFFSET_VALID | (hole ? QCOW2_EXT_ZERO : QCOW2_EXT_DATA);
     return 0;
 }
 
@@ -579,8 +589,7 @@ int qcow2_image_block_status(qcow2_image *img, const qcow2_image *base, uint64_t
 
     if (!img || !out || len == 0 || !qcow2__in_range(guest_off, len, img->size))
         return qcow2__err(QCOW2_EINVAL, 0, img ? img->name : NULL,
-                          "block status of %" PRIu64 " bytes at 0x%" PRIx64
-                          " is outside the image",
+                          "block status of %" PRIu64 " bytes at 0x%" PRIx64 " is outside the image",
                           len, guest_off);
     memset(out, 0, sizeof(*out));
     out->start = guest_off;
@@ -639,10 +648,12 @@ void qcow2__prefetch(qcow2_image *img, const qcow2_image *base, uint64_t guest_o
 {
     qcow2_image *run_layer = NULL;
     uint64_t run_off = 0, run_len = 0;
+    struct qcow2__err_saved saved;
     unsigned steps = 0;
 
     if (guest_off >= img->size)
         return;
+    qcow2__err_save(&saved);
     len = qcow2__min(len, img->size - guest_off);
     while (len && steps++ < 4096) {
         qcow2_extent e;
@@ -667,7 +678,7 @@ void qcow2__prefetch(qcow2_image *img, const qcow2_image *base, uint64_t guest_o
     }
     if (run_layer)
         qcow2__io_advise(run_layer->io, run_off, run_len, QCOW2_IO_ADVISE_WILLNEED);
-    qcow2_error_clear(); /* a hint: whatever failed here is found again by the real read */
+    qcow2__err_restore(&saved); /* a hint: whatever failed here is found again by the real read */
 }
 
 void qcow2__prefetch_ahead(qcow2_image *img, const qcow2_image *base, uint64_t guest_off,

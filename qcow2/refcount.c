@@ -249,8 +249,9 @@ static int block_slot(qcow2_image *img, uint64_t rt_idx, bool create, struct qco
          */
         const char *what = block_overlap(img, rt_idx, off);
         if (what) {
-            rc = qcow2__corrupt(img, "refcount block at 0x%" PRIx64 " (table entry %" PRIu64
-                                     ") overlaps %s; not writing",
+            rc = qcow2__corrupt(img,
+                                "refcount block at 0x%" PRIx64 " (table entry %" PRIu64
+                                ") overlaps %s; not writing",
                                 off, rt_idx, what);
             return img->repairing ? rc : qcow2__fatal(img, rc); /* marked corrupt, as qemu does */
         }
@@ -312,7 +313,8 @@ int qcow2__refcount_update(qcow2_image *img, uint64_t host_off, uint64_t len, in
         if (delta > 0 && cur > refcount_max(img) - (uint64_t)delta)
             return qcow2__corrupt(img, "refcount of cluster 0x%" PRIx64 " would overflow %u bits",
                                   c << img->cluster_bits, img->refcount_bits);
-        rc = qcow2__refcount_set(img, c, delta < 0 ? cur - (uint64_t)-delta : cur + (uint64_t)delta);
+        rc =
+            qcow2__refcount_set(img, c, delta < 0 ? cur - (uint64_t)-delta : cur + (uint64_t)delta);
         if (rc)
             return rc;
     }
@@ -338,8 +340,8 @@ static int grow_reftable(qcow2_image *img, uint64_t need_idx)
 
     new_entries = qcow2__align_up(new_entries, per_cluster);
     if (new_entries * 8 > QCOW2_MAX_REFTABLE_BYTES)
-        return qcow2__err(QCOW2_ENOSPC, 0, img->name,
-                          "the refcount table would exceed %llu bytes", QCOW2_MAX_REFTABLE_BYTES);
+        return qcow2__err(QCOW2_ENOSPC, 0, img->name, "the refcount table would exceed %llu bytes",
+                          QCOW2_MAX_REFTABLE_BYTES);
     t = new_entries / per_cluster;
     area = qcow2__max(img->alloc_end, 1);
 
@@ -608,8 +610,8 @@ int qcow2__free_later(qcow2_image *img, uint64_t host_off, uint64_t len)
     /* Merge with the previous range when adjacent (common for runs of clusters). */
     if (img->nb_pending) {
         struct qcow2__pending_free *prev = &img->pending[img->nb_pending - 1];
-        if (prev->host_off + prev->len == host_off &&
-            !(host_off & (img->cluster_size - 1)) && !(len & (img->cluster_size - 1))) {
+        if (prev->host_off + prev->len == host_off && !(host_off & (img->cluster_size - 1)) &&
+            !(len & (img->cluster_size - 1))) {
             prev->len += len;
             return 0;
         }
