@@ -192,7 +192,7 @@ static int read_layer(qcow2_image *img, uint8_t *buf, uint64_t len, uint64_t off
  * split between layers or not known (the plain walk reads it). It lives in
  * the image the reads start from, in CMAP_BLOCKS blocks of CMAP_UNITS
  * entries built on demand (each block asks every layer once, run by run)
- * and replaced least recently used first: 128 KiB at most.
+ * and replaced least recently used first: about 130 KiB in all.
  *
  * Staleness. Every change to any layer's mapping, or to the chain's shape
  * (a new backing link, a resize, a snapshot applied), bumps the chain's
