@@ -609,7 +609,8 @@ static const char du_help[] =
     "\n"
     "For every snapshot, unnamed node and branch: the bytes its own file holds\n"
     "and the bytes deleting it would give back (0 when its data is still needed\n"
-    "by others, or is the disk itself).\n"
+    "by others, or is the disk itself). An internal snapshot holds the clusters\n"
+    "of its head's file that only it references; the total leaves those out.\n"
     "\n"
     "Options:\n"
     "      --json           print a JSON document (exact bytes)\n"
@@ -640,8 +641,23 @@ int cli_tree_du(int argc, char **argv)
         status = tree_fail(rc, p.argv[0]);
         goto out;
     }
-    for (size_t i = 0; i < n; i++)
-        holds += u[i].holds;
+    {
+        /* Internal snapshots hold bytes inside their head's file, which is counted already. */
+        qsnap_node *list = NULL;
+        size_t nl = 0;
+        rc = qsnap_list(s, &list, &nl);
+        if (rc < 0) {
+            status = tree_fail(rc, p.argv[0]);
+            goto out;
+        }
+        for (size_t i = 0; i < n; i++) {
+            bool inside = false;
+            for (size_t k = 0; k < nl; k++)
+                inside |= list[k].id == u[i].id && list[k].kind == u[i].kind && list[k].internal;
+            holds += inside ? 0 : u[i].holds;
+        }
+        qsnap_list_free(list, nl);
+    }
     if (json) {
         cli_json j;
 

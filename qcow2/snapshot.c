@@ -438,6 +438,7 @@ enum snap_walk {
     WALK_ROOM,  /* WALK_CHECK, and each refcount can take what WALK_RAISE adds */
     WALK_RAISE, /* +1 */
     WALK_DROP,  /* -1; clusters that reach 0 are freed */
+    WALK_TALLY, /* validate entries and tally every reach; change nothing */
 };
 
 static uint64_t snap_refcount_max(const qcow2_image *img)
@@ -458,6 +459,8 @@ static int snap_touch(qcow2_image *img, uint64_t off, uint64_t len, enum snap_wa
         if (rc)
             return rc;
         switch (op) {
+        case WALK_TALLY:
+            break;
         case WALK_CHECK:
         case WALK_ROOM:
             if (v == 0)
@@ -562,6 +565,28 @@ static int snap_tally_room(qcow2_image *img, struct snap_tally *t)
     return 0;
 }
 
+/* Bytes of the tallied clusters whose every reference is a tallied one (refcount == tally). */
+static int snap_tally_sole(qcow2_image *img, struct snap_tally *t, uint64_t *bytes)
+{
+    if (t->n)
+        qsort(t->c, t->n, sizeof(*t->c), snap_cmp_u64);
+    for (size_t i = 0; i < t->n;) {
+        uint64_t c = t->c[i], k = 0, v;
+        int rc;
+
+        while (i < t->n && t->c[i] == c) {
+            k++;
+            i++;
+        }
+        rc = qcow2__refcount_get(img, c, &v);
+        if (rc)
+            return rc;
+        if (v == k)
+            *bytes += img->cluster_size;
+    }
+    return 0;
+}
+
 /* Validate one L2 entry of the table at l2_off (index i). */
 static int snap_check_l2e(qcow2_image *img, uint64_t l2_off, uint64_t i, uint64_t e)
 {
@@ -588,10 +613,13 @@ static int snap_check_l2e(qcow2_image *img, uint64_t l2_off, uint64_t i, uint64_
  * every cluster it maps (data, zero-allocated, compressed spans). For
  * WALK_DROP a table's clusters go before the table itself.
  */
-static int snap_walk_tree(qcow2_image *img, const uint64_t *l1, uint64_t l1_size, enum snap_walk op)
+static int snap_walk_tree(qcow2_image *img, const uint64_t *l1, uint64_t l1_size, enum snap_walk op,
+                          struct snap_tally *keep)
 {
     uint8_t *table = qcow2__malloc((size_t)img->cluster_size);
     struct snap_tally tally = {NULL, 0, 0};
+    bool tallying = op == WALK_ROOM || op == WALK_TALLY;
+    bool checking = op == WALK_CHECK || tallying;
     int rc = 0;
 
     if (!table)
@@ -602,7 +630,7 @@ static int snap_walk_tree(qcow2_image *img, const uint64_t *l1, uint64_t l1_size
 
         if (!l2_off)
             continue;
-        if (op == WALK_CHECK || op == WALK_ROOM) {
+        if (checking) {
             if (l1[i] & QCOW2_L1E_RESERVED_MASK & ~QCOW2_OFLAG_COPIED) {
                 rc = qcow2__corrupt(img, "L1 entry %" PRIu64 " has reserved bits set: 0x%016" PRIx64,
                                     i, l1[i]);
@@ -617,14 +645,14 @@ static int snap_walk_tree(qcow2_image *img, const uint64_t *l1, uint64_t l1_size
             break;
         /* Refcount updates may evict and flush; work on a copy of the table. */
         memcpy(table, t, (size_t)img->cluster_size);
-        if (op != WALK_DROP)
+        if (op != WALK_DROP && op != WALK_TALLY)
             rc = snap_touch(img, l2_off, img->cluster_size, op, true);
-        if (!rc && op == WALK_ROOM)
+        if (!rc && tallying)
             rc = snap_tally_add(img, &tally, l2_off, img->cluster_size);
         for (uint64_t j = 0; j < img->l2_entries && !rc; j++) {
             uint64_t e = qcow2__be64(table + j * img->l2e_bytes);
 
-            if (op == WALK_CHECK || op == WALK_ROOM) {
+            if (checking) {
                 rc = snap_check_l2e(img, l2_off, j, e);
                 if (rc)
                     break;
@@ -632,12 +660,14 @@ static int snap_walk_tree(qcow2_image *img, const uint64_t *l1, uint64_t l1_size
             if (e & QCOW2_OFLAG_COMPRESSED) {
                 uint64_t off, len;
                 qcow2__compressed_range(img, e, &off, &len);
-                rc = snap_touch(img, off, len, op, false);
-                if (!rc && op == WALK_ROOM)
+                if (op != WALK_TALLY)
+                    rc = snap_touch(img, off, len, op, false);
+                if (!rc && tallying)
                     rc = snap_tally_add(img, &tally, off, len);
             } else if (e & QCOW2_L2E_OFFSET_MASK) {
-                rc = snap_touch(img, e & QCOW2_L2E_OFFSET_MASK, 1, op, false);
-                if (!rc && op == WALK_ROOM)
+                if (op != WALK_TALLY)
+                    rc = snap_touch(img, e & QCOW2_L2E_OFFSET_MASK, 1, op, false);
+                if (!rc && tallying)
                     rc = snap_tally_add(img, &tally, e & QCOW2_L2E_OFFSET_MASK, 1);
             }
         }
@@ -646,6 +676,10 @@ static int snap_walk_tree(qcow2_image *img, const uint64_t *l1, uint64_t l1_size
     }
     if (!rc && op == WALK_ROOM)
         rc = snap_tally_room(img, &tally);
+    if (!rc && keep) {
+        *keep = tally; /* the caller's now */
+        tally.c = NULL;
+    }
     qcow2__free(tally.c);
     qcow2__free(table);
     return rc;
@@ -938,7 +972,7 @@ int qcow2_snapshot_create(qcow2_image *img, const char *name, const qcow2_snapsh
         o.date_sec = (uint32_t)ts.tv_sec;
         o.date_nsec = (uint32_t)(ts.tv_nsec / 1000 * 1000); /* microseconds, as qemu */
     }
-    rc = snap_walk_tree(img, img->l1, img->hdr.l1_size, WALK_ROOM);
+    rc = snap_walk_tree(img, img->l1, img->hdr.l1_size, WALK_ROOM, NULL);
     if (rc)
         return rc;
 
@@ -975,7 +1009,7 @@ int qcow2_snapshot_create(qcow2_image *img, const char *name, const qcow2_snapsh
         if (rc)
             goto out_fatal;
     }
-    rc = snap_walk_tree(img, img->l1, img->hdr.l1_size, WALK_RAISE);
+    rc = snap_walk_tree(img, img->l1, img->hdr.l1_size, WALK_RAISE, NULL);
     if (!rc)
         rc = snap_recompute_copied(img);
     if (!rc)
@@ -1045,9 +1079,9 @@ int qcow2_snapshot_apply(qcow2_image *img, const char *snapshot)
     rc = snap_read_l1(img, sn->l1_off, sn->l1_size, n, &snap_l1);
     if (rc)
         return rc;
-    rc = snap_walk_tree(img, snap_l1, sn->l1_size, WALK_ROOM);
+    rc = snap_walk_tree(img, snap_l1, sn->l1_size, WALK_ROOM, NULL);
     if (!rc)
-        rc = snap_walk_tree(img, img->l1, img->hdr.l1_size, WALK_CHECK);
+        rc = snap_walk_tree(img, img->l1, img->hdr.l1_size, WALK_CHECK, NULL);
     if (rc)
         goto out;
     new_l1 = qcow2__calloc((size_t)n, sizeof(uint64_t));
@@ -1065,7 +1099,7 @@ int qcow2_snapshot_apply(qcow2_image *img, const char *snapshot)
     /* Mutating phase. */
     rc = snap_write_new(img, raw, n * 8, &new_l1_off);
     if (!rc)
-        rc = snap_walk_tree(img, snap_l1, sn->l1_size, WALK_RAISE);
+        rc = snap_walk_tree(img, snap_l1, sn->l1_size, WALK_RAISE, NULL);
     if (!rc)
         rc = qcow2__metadata_flush(img);
     if (rc)
@@ -1088,7 +1122,7 @@ int qcow2_snapshot_apply(qcow2_image *img, const char *snapshot)
     if (rc)
         goto out_fatal; /* unknown whether it landed: the handle is done */
 
-    rc = snap_walk_tree(img, old_l1, old_l1_size, WALK_DROP);
+    rc = snap_walk_tree(img, old_l1, old_l1_size, WALK_DROP, NULL);
     if (!rc)
         rc = snap_drop_range(img, old_l1_off, old_l1_size * 8);
     if (!rc)
@@ -1125,7 +1159,7 @@ int qcow2_snapshot_delete(qcow2_image *img, const char *snapshot)
                       img->snaps[idx].l1_size, &snap_l1);
     if (rc)
         return rc;
-    rc = snap_walk_tree(img, snap_l1, img->snaps[idx].l1_size, WALK_CHECK);
+    rc = snap_walk_tree(img, snap_l1, img->snaps[idx].l1_size, WALK_CHECK, NULL);
     if (!rc && img->nb_snaps > 1)
         rc = snap_build_table(img, idx, NULL, &table, &table_len);
     if (!rc)
@@ -1157,7 +1191,7 @@ int qcow2_snapshot_delete(qcow2_image *img, const char *snapshot)
             (size_t)(img->nb_snaps - idx - 1) * sizeof(*img->snaps));
     img->nb_snaps--;
     /* The references are durably gone: drop the tree, its L1 and the old table. */
-    rc = snap_walk_tree(img, snap_l1, gone.l1_size, WALK_DROP);
+    rc = snap_walk_tree(img, snap_l1, gone.l1_size, WALK_DROP, NULL);
     if (!rc)
         rc = snap_drop_range(img, gone.l1_off, (uint64_t)gone.l1_size * 8);
     if (!rc)
@@ -1177,6 +1211,39 @@ out:
     snap_free_upgrades(ups, nb_before);
     qcow2__free(snap_l1);
     qcow2__free(table);
+    return rc;
+}
+
+int qcow2_snapshot_unique_bytes(qcow2_image *img, const char *snapshot, uint64_t *bytes_out)
+{
+    struct snap_tally t = {NULL, 0, 0};
+    const struct qcow2__snapshot *sn;
+    uint64_t *l1 = NULL;
+    uint32_t idx;
+    int rc;
+
+    if (!img || !snapshot || !bytes_out)
+        return qcow2__err(QCOW2_EINVAL, 0, img ? img->name : NULL,
+                          "qcow2_snapshot_unique_bytes: missing argument");
+    *bytes_out = 0;
+    if (img->fmt != QCOW2_FORMAT_QCOW2)
+        return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name, "raw images have no snapshots");
+    rc = snap_find(img, snapshot, &idx);
+    if (rc)
+        return rc;
+    sn = &img->snaps[idx];
+    rc = snap_read_l1(img, sn->l1_off, sn->l1_size, sn->l1_size, &l1);
+    if (!rc)
+        rc = snap_walk_tree(img, l1, sn->l1_size, WALK_TALLY, &t);
+    /* Its L1 table is its own too. */
+    if (!rc && sn->l1_size)
+        rc = snap_tally_add(img, &t, sn->l1_off, (uint64_t)sn->l1_size * 8);
+    if (!rc)
+        rc = snap_tally_sole(img, &t, bytes_out);
+    qcow2__free(t.c);
+    qcow2__free(l1);
+    if (rc)
+        *bytes_out = 0;
     return rc;
 }
 

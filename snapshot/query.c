@@ -518,6 +518,18 @@ int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
             continue;
         }
         l = qsnap__layer(&s->m, qsnap__node(&s->m, list[i].id)->layer);
+        if (list[i].internal) {
+            /* Inside its head's file: what only it references there, which deleting it frees. */
+            const char *snap = qsnap__node(&s->m, list[i].id)->internal;
+            qcow2_image *img = NULL;
+            uint64_t b = 0;
+            if (l && open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img) == 0 &&
+                qcow2_snapshot_unique_bytes(img, snap, &b) != 0)
+                b = 0;
+            qcow2_image_close(img);
+            u[i].holds = u[i].frees = b;
+            continue;
+        }
         for (size_t j = 0; j < s->m.nl; j++)
             deps += s->m.layers[j].backing == l->id;
         for (size_t j = 0; j < s->m.nn; j++)

@@ -735,6 +735,20 @@ QCOW2_API int qcow2_snapshot_apply(qcow2_image *img, const char *snapshot);
 QCOW2_API int qcow2_snapshot_delete(qcow2_image *img, const char *snapshot);
 
 /**
+ * Bytes of the image file that deleting an internal snapshot would give
+ * back: its L1 table, and every L2 table and data cluster that only it
+ * references (each cluster whose refcount equals the number of times the
+ * snapshot's tables reach it). Reads only; the image may be read-only.
+ * @param[in]  img        a qcow2 image
+ * @param[in]  snapshot   the snapshot's id or name, as for qcow2_snapshot_find()
+ * @param[out] bytes_out  the bytes (0 on error)
+ * @return 0; QCOW2_ENOTFOUND, QCOW2_EUNSUPPORTED (raw image), QCOW2_ECORRUPT,
+ *         QCOW2_EIO, QCOW2_ENOMEM
+ */
+QCOW2_API int qcow2_snapshot_unique_bytes(qcow2_image *img, const char *snapshot,
+                                          uint64_t *bytes_out);
+
+/**
  * Make a read-only handle show an internal snapshot's content instead of
  * the active state (what qemu-img convert -l reads): reads, block status,
  * digest, compare and convert then see the snapshot, and the virtual size

@@ -268,7 +268,8 @@ typedef struct qsnap_usage {
     unsigned id;         /**< node id */
     const char *name;    /**< as in qsnap_node */
     qsnap_kind kind;     /**< kind */
-    uint64_t holds;      /**< bytes its own file occupies */
+    uint64_t holds;      /**< bytes its own file occupies; an internal snapshot: the clusters
+                              of its head's file that only it references */
     uint64_t frees;      /**< bytes deleting it would give back */
 } qsnap_usage;
 

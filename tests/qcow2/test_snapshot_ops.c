@@ -892,3 +892,58 @@ Test(snapshot_ops, fail_sweep_delete, .timeout = 600) { fault_sweep(FOP_DELETE, 
 Test(snapshot_ops, crash_sweep_create, .timeout = 600) { fault_sweep(FOP_CREATE, 4096, true); }
 Test(snapshot_ops, crash_sweep_apply, .timeout = 600) { fault_sweep(FOP_APPLY, 4096, true); }
 Test(snapshot_ops, crash_sweep_delete, .timeout = 600) { fault_sweep(FOP_DELETE, 4096, true); }
+
+/* Host clusters with a refcount: what the image file keeps allocated. */
+static uint64_t clusters_in_use(qcow2_image *img)
+{
+    uint64_t n = 0, end = (img->file_size + img->cluster_size - 1) >> img->cluster_bits;
+
+    for (uint64_t c = 0; c < end; c++) {
+        uint64_t v;
+        cr_assert_eq(qcow2__refcount_get(img, c, &v), 0, "%s", last_msg());
+        n += v != 0;
+    }
+    return n;
+}
+
+Test(snapshot_ops, unique_bytes_is_what_deleting_the_snapshot_frees)
+{
+    memfs *fs = memfs_new();
+    uint8_t *buf = malloc(1 << 20);
+    uint64_t s1 = 0, s2 = 0, before, after;
+    qcow2_image *img;
+
+    create_mem(fs, 4 << 20, 3, 65536, false, 16);
+    img = open_mem(fs, true);
+    memset(buf, 1, 1 << 20);
+    cr_assert_eq(qcow2_image_write(img, buf, 1 << 20, 0), 0, "%s", last_msg());
+    cr_assert_eq(qcow2_snapshot_create(img, "s1", NULL), 0, "%s", last_msg());
+    /* Four data clusters and the L2 table are now s1's alone, and its L1 table. */
+    memset(buf, 2, 256 << 10);
+    cr_assert_eq(qcow2_image_write(img, buf, 256 << 10, 0), 0, "%s", last_msg());
+    cr_assert_eq(qcow2_snapshot_create(img, "s2", NULL), 0, "%s", last_msg());
+    memset(buf, 3, 256 << 10);
+    cr_assert_eq(qcow2_image_write(img, buf, 256 << 10, 512 << 10), 0, "%s", last_msg());
+    cr_assert_eq(qcow2_image_flush(img), 0, "%s", last_msg());
+    cr_assert_eq(qcow2_snapshot_unique_bytes(img, "s1", &s1), 0, "%s", last_msg());
+    cr_assert_eq(qcow2_snapshot_unique_bytes(img, "s2", &s2), 0, "%s", last_msg());
+    cr_assert_eq(s1, 6 * 65536, "s1 holds %" PRIu64 " bytes alone", s1);
+    /* s2: its L2 table and its L1 table (the clusters the last write replaced are s1's too). */
+    cr_assert_eq(s2, 2 * 65536, "s2 holds %" PRIu64 " bytes alone", s2);
+    cr_assert_eq(qcow2_snapshot_unique_bytes(img, "nope", &s1), QCOW2_ENOTFOUND);
+    /* Deleting s1 frees exactly that (the snapshot table is rewritten in place of itself). */
+    cr_assert_eq(qcow2_snapshot_unique_bytes(img, "s1", &s1), 0, "%s", last_msg());
+    before = clusters_in_use(img);
+    cr_assert_eq(qcow2_snapshot_delete(img, "s1"), 0, "%s", last_msg());
+    after = clusters_in_use(img);
+    cr_assert_eq((before - after) * 65536, s1, "freed %" PRIu64 " clusters, said %" PRIu64 " bytes",
+                 before - after, s1);
+    qcow2_image_close(img);
+    /* Read-only handles can ask too; with s1 gone, s2 alone holds what the last write replaced. */
+    img = open_mem(fs, false);
+    cr_assert_eq(qcow2_snapshot_unique_bytes(img, "s2", &s2), 0, "%s", last_msg());
+    cr_assert_eq(s2, 6 * 65536, "s2 holds %" PRIu64 " bytes alone", s2);
+    qcow2_image_close(img);
+    memfs_free(fs);
+    free(buf);
+}
