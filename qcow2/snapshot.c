@@ -537,11 +537,14 @@ static int snap_cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* Every tallied cluster's refcount can take as many raises as it was tallied. */
-static int snap_tally_room(qcow2_image *img, struct snap_tally *t)
+/*
+ * Visit each tallied cluster once, in order, with k = how many times it was
+ * tallied and v = its refcount; stop at the first non-zero return.
+ */
+static int snap_tally_each(qcow2_image *img, struct snap_tally *t,
+                           int (*fn)(qcow2_image *img, uint64_t c, uint64_t k, uint64_t v, void *arg),
+                           void *arg)
 {
-    uint64_t max = snap_refcount_max(img);
-
     if (t->n)
         qsort(t->c, t->n, sizeof(*t->c), snap_cmp_u64);
     for (size_t i = 0; i < t->n;) {
@@ -553,37 +556,35 @@ static int snap_tally_room(qcow2_image *img, struct snap_tally *t)
             i++;
         }
         rc = qcow2__refcount_get(img, c, &v);
+        if (!rc)
+            rc = fn(img, c, k, v, arg);
         if (rc)
             return rc;
-        if (v > max || k > max - v)
-            return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
-                              "refcount width too small: cluster 0x%" PRIx64 " has refcount %" PRIu64
-                              " and needs %" PRIu64 " more, past the %" PRIu64
-                              " that refcount_bits=%u allows",
-                              c << img->cluster_bits, v, k, max, img->refcount_bits);
     }
     return 0;
 }
 
-/* Bytes of the tallied clusters whose every reference is a tallied one (refcount == tally). */
-static int snap_tally_sole(qcow2_image *img, struct snap_tally *t, uint64_t *bytes)
+/* The refcount can take as many raises as the cluster was tallied. */
+static int snap_room_one(qcow2_image *img, uint64_t c, uint64_t k, uint64_t v, void *arg)
 {
-    if (t->n)
-        qsort(t->c, t->n, sizeof(*t->c), snap_cmp_u64);
-    for (size_t i = 0; i < t->n;) {
-        uint64_t c = t->c[i], k = 0, v;
-        int rc;
+    uint64_t max = snap_refcount_max(img);
 
-        while (i < t->n && t->c[i] == c) {
-            k++;
-            i++;
-        }
-        rc = qcow2__refcount_get(img, c, &v);
-        if (rc)
-            return rc;
-        if (v == k)
-            *bytes += img->cluster_size;
-    }
+    QCOW2_UNUSED(arg);
+    if (v > max || k > max - v)
+        return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
+                          "refcount width too small: cluster 0x%" PRIx64 " has refcount %" PRIu64
+                          " and needs %" PRIu64 " more, past the %" PRIu64
+                          " that refcount_bits=%u allows",
+                          c << img->cluster_bits, v, k, max, img->refcount_bits);
+    return 0;
+}
+
+/* Every reference to the cluster is a tallied one: it is the tally's alone. */
+static int snap_sole_one(qcow2_image *img, uint64_t c, uint64_t k, uint64_t v, void *arg)
+{
+    QCOW2_UNUSED(c);
+    if (v == k)
+        *(uint64_t *)arg += img->cluster_size;
     return 0;
 }
 
@@ -675,7 +676,7 @@ static int snap_walk_tree(qcow2_image *img, const uint64_t *l1, uint64_t l1_size
             rc = snap_touch(img, l2_off, img->cluster_size, op, true);
     }
     if (!rc && op == WALK_ROOM)
-        rc = snap_tally_room(img, &tally);
+        rc = snap_tally_each(img, &tally, snap_room_one, NULL);
     if (!rc && keep) {
         *keep = tally; /* the caller's now */
         tally.c = NULL;
@@ -1239,7 +1240,7 @@ int qcow2_snapshot_unique_bytes(qcow2_image *img, const char *snapshot, uint64_t
     if (!rc && sn->l1_size)
         rc = snap_tally_add(img, &t, sn->l1_off, (uint64_t)sn->l1_size * 8);
     if (!rc)
-        rc = snap_tally_sole(img, &t, bytes_out);
+        rc = snap_tally_each(img, &t, snap_sole_one, bytes_out);
     qcow2__free(t.c);
     qcow2__free(l1);
     if (rc)
