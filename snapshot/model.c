@@ -251,20 +251,59 @@ static void put(struct buf *b, const char *fmt, ...)
     }
 }
 
+/* Append n bytes as they are (the hot path: names and fingerprints, byte by byte). */
+static void put_raw(struct buf *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->cap - b->len <= n) {
+        size_t cap = (b->cap ? b->cap * 2 : 4096) + n;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+/* Two lower-case hex digits, as "%02x" prints them. */
+static void put_hex(struct buf *b, unsigned char c)
+{
+    static const char digits[] = "0123456789abcdef";
+    char h[2] = {digits[c >> 4], digits[c & 15]};
+
+    put_raw(b, h, 2);
+}
+
 static bool plain_char(unsigned char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
            c == '.' || c == '_' || c == '-' || c == '+' || c == '/' || c == ':' || c == '@';
 }
 
-/* A value, percent-encoded. */
+/* A value, percent-encoded (upper-case hex, as "%%%02X" prints it). */
 static void put_enc(struct buf *b, const char *s)
 {
+    static const char digits[] = "0123456789ABCDEF";
+
     for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
-        if (plain_char(*c))
-            put(b, "%c", *c);
-        else
-            put(b, "%%%02X", *c);
+        size_t run = 0;
+        while (c[run] && plain_char(c[run]))
+            run++;
+        if (run) {
+            put_raw(b, (const char *)c, run);
+            c += run - 1;
+            continue;
+        }
+        {
+            char e[3] = {'%', digits[*c >> 4], digits[*c & 15]};
+            put_raw(b, e, 3);
+        }
     }
 }
 
@@ -294,13 +333,13 @@ int qsnap__model_format(const struct qsnap__model *m, char **out)
         if (l->have_fp) {
             put(&b, " fp=");
             for (int k = 0; k < 16; k++)
-                put(&b, "%02x", l->fp[k]);
+                put_hex(&b, l->fp[k]);
             put(&b, " size=%" PRIu64 " mtime=%" PRId64, l->size, l->mtime_ns);
         }
         if (l->have_fpd) {
             put(&b, " fpd=");
             for (int k = 0; k < 16; k++)
-                put(&b, "%02x", l->fpd[k]);
+                put_hex(&b, l->fpd[k]);
         }
         put(&b, "\n");
     }

@@ -21,6 +21,7 @@
 #include "qcow2/qcow2.h"
 #include "qemu_oracle.h"
 #include "qsnap/qsnap.h"
+#include "qsnap_int.h"
 #include "tree_fixture.h"
 
 #define KiB 1024u
@@ -1094,4 +1095,55 @@ Test(store, branch_with_a_missing_head_is_dropped_only_with_force)
     }
     free(head);
     qsnap_store_close(s);
+}
+
+/*
+ * The metadata text form: every byte outside [A-Za-z0-9._-+/:@] of a name,
+ * description or path is written %XX (upper-case hex), fingerprints as
+ * lower-case hex, and what is written parses back to the same and formats
+ * to the same bytes again.
+ */
+Test(store, metadata_text_encodes_every_odd_byte_and_round_trips)
+{
+    struct qsnap__model m, back;
+    struct qsnap__layer *l;
+    struct qsnap__node *n;
+    char *text = NULL, *again = NULL;
+
+    memset(&m, 0, sizeof(m));
+    memset(&back, 0, sizeof(back));
+    m.seq = 10;
+    m.disk = strdup("../my disk%1 #2.raw");
+    m.nl = 1;
+    m.layers = calloc(1, sizeof(*m.layers));
+    l = &m.layers[0];
+    l->id = 1;
+    l->file = strdup("layers/1.qcow2");
+    l->fmt = QCOW2_FORMAT_QCOW2;
+    l->have_fp = true;
+    for (int k = 0; k < 16; k++)
+        l->fp[k] = (uint8_t)(k * 17);
+    m.nn = 1;
+    m.nodes = calloc(1, sizeof(*m.nodes));
+    n = &m.nodes[0];
+    n->id = 1;
+    n->layer = 1;
+    n->name = strdup("caf\xc3\xa9-1");
+    n->desc = strdup("line one =%# \x01two");
+    cr_assert_eq(qsnap__model_format(&m, &text), 0);
+    cr_assert_not_null(strstr(text, "disk ../my%20disk%251%20%232.raw\n"), "%s", text);
+    cr_assert_not_null(strstr(text, " name=caf%C3%A9-1"), "%s", text);
+    cr_assert_not_null(strstr(text, " desc=line%20one%20%3D%25%23%20%01two"), "%s", text);
+    cr_assert_not_null(strstr(text, " fp=00112233445566778899aabbccddeeff"), "%s", text);
+    cr_assert_eq(qsnap__model_parse(&back, text, strlen(text), "test"), 0, "%s",
+                 qsnap_error_last()->message);
+    cr_assert_str_eq(back.nodes[0].name, n->name);
+    cr_assert_str_eq(back.nodes[0].desc, n->desc);
+    cr_assert_str_eq(back.disk, m.disk);
+    cr_assert_eq(qsnap__model_format(&back, &again), 0);
+    cr_assert_str_eq(again, text);
+    free(text);
+    free(again);
+    qsnap__model_free(&m);
+    qsnap__model_free(&back);
 }
