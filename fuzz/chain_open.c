@@ -3,13 +3,15 @@
  * input split at "FUZZSPLT" into /m/a, the top, then /m/b, /m/c, /m/d, so
  * that backing names such as "b" resolve) opens or fails cleanly, never
  * loops or goes deeper than QCOW2_MAX_CHAIN_DEPTH, and that reads and block
- * status through the chain never crash, repeat, and stay within its depth.
+ * status through the chain never crash, repeat, stay within its depth, and
+ * that reads through the chain map give what the layer-by-layer walk gives.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "qcow2/qcow2.h"
 #include "fuzz_helpers.h"
+#include "qcow2_int.h"
 #include "memfs.h"
 
 #define PARAM_BYTES 32
@@ -46,10 +48,14 @@ static void exercise(qcow2_image *img, fuzz_producer *fp)
         int rc;
 
         rc = qcow2_image_read(img, buf, len, off);
+        /* The chain map (read.c) and the layer-by-layer walk agree, failures included. */
+        FUZZ_ASSERT_MSG(qcow2__read_walk(img, again, len, off) == rc,
+                        "the chain map and the walk disagree on failing");
         if (rc != 0) {
             check_error(rc);
             continue;
         }
+        FUZZ_ASSERT_MSG(memcmp(buf, again, len) == 0, "the chain map and the walk read differently");
         rc = qcow2_image_read(img, again, len, off);
         FUZZ_ASSERT(rc == 0);
         FUZZ_ASSERT_MSG(memcmp(buf, again, len) == 0, "two reads through the chain differ");
