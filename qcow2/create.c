@@ -182,21 +182,6 @@ static int backing_size(const char *name, const qcow2_create_opts *o, uint64_t *
     return 0;
 }
 
-static int write_zero_range(qcow2_io *io, const char *name, uint64_t off, uint64_t len)
-{
-    static const uint8_t zero[65536];
-
-    while (len) {
-        size_t n = (size_t)qcow2__min(len, sizeof(zero));
-        int rc = qcow2__io_write(io, name, zero, n, off);
-        if (rc)
-            return rc;
-        off += n;
-        len -= n;
-    }
-    return 0;
-}
-
 static int create_raw(qcow2_io *io, const char *name, const qcow2_create_opts *o, uint64_t size)
 {
     int rc = qcow2__io_truncate(io, name, size);
@@ -204,7 +189,7 @@ static int create_raw(qcow2_io *io, const char *name, const qcow2_create_opts *o
     if (!rc && o->preallocation == QCOW2_PREALLOC_FALLOC)
         rc = qcow2__io_allocate(io, name, 0, size);
     else if (!rc && o->preallocation == QCOW2_PREALLOC_FULL)
-        rc = write_zero_range(io, name, 0, size);
+        rc = qcow2__io_write_zeroes(io, name, 0, size);
     if (!rc)
         rc = qcow2__io_flush(io, name);
     return rc;

@@ -118,8 +118,7 @@ int qcow2__io_size(qcow2_io *io, const char *name, uint64_t *size_out)
     return rc < 0 ? qcow2__io_error(rc, name, "cannot get the file size") : 0;
 }
 
-/* Write zeroes over [off, off+len) in bounded pieces. */
-static int write_zeroes(qcow2_io *io, const char *name, uint64_t off, uint64_t len)
+int qcow2__io_write_zeroes(qcow2_io *io, const char *name, uint64_t off, uint64_t len)
 {
     static const uint8_t zero[65536];
 
@@ -144,7 +143,7 @@ int qcow2__io_allocate(qcow2_io *io, const char *name, uint64_t off, uint64_t le
     if (io->ops->allocate)
         rc = io->ops->allocate(io, off, len);
     if (rc == -EOPNOTSUPP || rc == -ENOSYS)
-        return write_zeroes(io, name, off, len); /* no reservation here: real zeroes do it */
+        return qcow2__io_write_zeroes(io, name, off, len); /* no reservation: real zeroes */
     if (rc < 0) {
         snprintf(what, sizeof(what), "reserving %" PRIu64 " bytes at 0x%" PRIx64 " failed", len,
                  off);
@@ -161,7 +160,7 @@ int qcow2__io_punch(qcow2_io *io, const char *name, uint64_t off, uint64_t len)
     if (len == 0)
         return 0;
     if (!io->ops->punch)
-        return write_zeroes(io, name, off, len); /* no hole support */
+        return qcow2__io_write_zeroes(io, name, off, len); /* no hole support */
     rc = io->ops->punch(io, off, len);
     if (rc < 0) {
         snprintf(what, sizeof(what), "discard of %" PRIu64 " bytes at 0x%" PRIx64 " failed", len,

@@ -134,6 +134,8 @@ int qcow2__io_write(qcow2_io *io, const char *name, const void *buf, size_t len,
 int qcow2__io_flush(qcow2_io *io, const char *name);
 int qcow2__io_truncate(qcow2_io *io, const char *name, uint64_t size);
 int qcow2__io_size(qcow2_io *io, const char *name, uint64_t *size_out);
+/* Write zeroes over [off, off+len) in bounded pieces. */
+int qcow2__io_write_zeroes(qcow2_io *io, const char *name, uint64_t off, uint64_t len);
 int qcow2__io_punch(qcow2_io *io, const char *name, uint64_t off, uint64_t len);
 /* Reserve [off, off+len) so it reads as zeroes (fallocate); writes zeroes where that is missing. */
 int qcow2__io_allocate(qcow2_io *io, const char *name, uint64_t off, uint64_t len);

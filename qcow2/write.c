@@ -647,20 +647,6 @@ static int write_zero_data(qcow2_image *img, uint64_t off, uint64_t len)
     return 0;
 }
 
-/* Write zero bytes at a host offset (full preallocation). */
-static int write_zero_data_at(qcow2_image *img, uint64_t host_off, uint64_t len)
-{
-    while (len) {
-        uint64_t n = qcow2__min(len, sizeof(zero_buf));
-        int rc = qcow2__io_write(img->io, img->name, zero_buf, (size_t)n, host_off);
-        if (rc)
-            return rc;
-        host_off += n;
-        len -= n;
-    }
-    return 0;
-}
-
 /* Zero [off, off+len) within one L2 table; unmap: free the clusters too. */
 static int zero_in_table(qcow2_image *img, uint64_t off, uint64_t len, bool unmap)
 {
@@ -1147,7 +1133,7 @@ int qcow2__preallocate(qcow2_image *img, qcow2_prealloc mode)
             if (!rc && mode == QCOW2_PREALLOC_FALLOC)
                 rc = qcow2__io_allocate(img->io, img->name, host, k * cs);
             else if (!rc && mode == QCOW2_PREALLOC_FULL)
-                rc = write_zero_data_at(img, host, k * cs);
+                rc = qcow2__io_write_zeroes(img->io, img->name, host, k * cs);
             /* Fetch the table after allocating: allocation may use the cache. */
             if (!rc)
                 rc = l2_for_write(img, l1_idx, &slot);
