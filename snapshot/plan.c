@@ -335,6 +335,21 @@ static char *gen_name(const struct qsnap__model *m, const char *prefix)
     return NULL;
 }
 
+/*
+ * The current branch of t and, when head is not NULL, its head layer. A store
+ * whose current branch (or its head) is gone is damaged.
+ */
+static int current_branch(const qsnap_store *s, const struct qsnap__model *t,
+                          struct qsnap__branch **b, struct qsnap__layer **head)
+{
+    *b = qsnap__branch_by_name(t, t->current);
+    if (head)
+        *head = *b ? qsnap__layer(t, (*b)->head) : NULL;
+    if (!*b || (head && !*head))
+        return qsnap__err(QSNAP_EINTEGRITY, GC_HINT, "%s: the current branch is missing", s->dir);
+    return 0;
+}
+
 static int find_snapshot(const struct qsnap__model *m, const char *name, struct qsnap__node **out)
 {
     *out = qsnap__node_by_name(m, name);
@@ -496,14 +511,13 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
             rc = set_summary(p, "created snapshot %s of %s; branch main continues from it",
                              n->name, strrchr(s->disk_abs, '/') + 1);
     } else {
-        struct qsnap__branch *b = qsnap__branch_by_name(&t, t.current);
-        struct qsnap__layer *old_head = b ? qsnap__layer(&t, b->head) : NULL;
-
-        if (!old_head) {
-            rc = qsnap__err(QSNAP_EINTEGRITY, GC_HINT, "%s: the current branch is missing", s->dir);
-            goto fail;
-        }
+        struct qsnap__branch *b;
+        struct qsnap__layer *old_head;
         bool dirty = true;
+
+        rc = current_branch(s, &t, &b, &old_head);
+        if (rc)
+            goto fail;
 
         rc = refuse_internal_in(&t, old_head->id,
                                 "an external snapshot would freeze them inside a read-only "
@@ -673,11 +687,9 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
         rc = plan_new(&p, s, "revert");
     if (rc)
         goto out;
-    cur = qsnap__branch_by_name(&t, t.current);
-    if (!cur) {
-        rc = qsnap__err(QSNAP_EINTEGRITY, GC_HINT, "%s: the current branch is missing", s->dir);
+    rc = current_branch(s, &t, &cur, NULL);
+    if (rc)
         goto out;
-    }
     left = strdup(cur->name);
     if (!left) {
         rc = nomem();
@@ -1531,12 +1543,9 @@ static int plan_create_internal(qsnap_plan **out, qsnap_store *s, const qsnap_cr
         else
             rc = gen_internal_name(s, &t, NULL, "snap", &name);
     } else {
-        b = qsnap__branch_by_name(&t, t.current);
-        head = b ? qsnap__layer(&t, b->head) : NULL;
-        if (!head) {
-            rc = qsnap__err(QSNAP_EINTEGRITY, GC_HINT, "%s: the current branch is missing", s->dir);
+        rc = current_branch(s, &t, &b, &head);
+        if (rc)
             goto out;
-        }
         head_id = head->id;
         rc = check_free(s, &t, head_id);
         if (!rc)
@@ -1631,11 +1640,9 @@ static int plan_revert_internal(qsnap_plan **out, qsnap_store *s, const char *sn
         rc = plan_new(&p, s, "revert");
     if (rc)
         goto out;
-    cur = qsnap__branch_by_name(&t, t.current);
-    if (!cur) {
-        rc = qsnap__err(QSNAP_EINTEGRITY, GC_HINT, "%s: the current branch is missing", s->dir);
+    rc = current_branch(s, &t, &cur, NULL);
+    if (rc)
         goto out;
-    }
     for (size_t i = 0; i < t.nb; i++) {
         if (t.branches[i].head == target->layer)
             owner = &t.branches[i];
