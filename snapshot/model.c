@@ -271,13 +271,18 @@ static void put_raw(struct buf *b, const char *s, size_t n)
     b->p[b->len] = '\0';
 }
 
-/* Two lower-case hex digits, as "%02x" prints them. */
-static void put_hex(struct buf *b, unsigned char c)
+/* key, then 16 bytes as 32 lower-case hex digits (a fingerprint). */
+static void put_hex16(struct buf *b, const char *key, const uint8_t v[16])
 {
     static const char digits[] = "0123456789abcdef";
-    char h[2] = {digits[c >> 4], digits[c & 15]};
+    char h[32];
 
-    put_raw(b, h, 2);
+    for (int k = 0; k < 16; k++) {
+        h[2 * k] = digits[v[k] >> 4];
+        h[2 * k + 1] = digits[v[k] & 15];
+    }
+    put_raw(b, key, strlen(key));
+    put_raw(b, h, sizeof(h));
 }
 
 static bool plain_char(unsigned char c)
@@ -331,15 +336,11 @@ int qsnap__model_format(const struct qsnap__model *m, char **out)
         put(&b, " fmt=%s backing=%u frozen=%d disk=%d", fmt_name(l->fmt), l->backing, l->frozen,
             l->is_disk);
         if (l->have_fp) {
-            put(&b, " fp=");
-            for (int k = 0; k < 16; k++)
-                put_hex(&b, l->fp[k]);
+            put_hex16(&b, " fp=", l->fp);
             put(&b, " size=%" PRIu64 " mtime=%" PRId64, l->size, l->mtime_ns);
         }
         if (l->have_fpd) {
-            put(&b, " fpd=");
-            for (int k = 0; k < 16; k++)
-                put_hex(&b, l->fpd[k]);
+            put_hex16(&b, " fpd=", l->fpd);
         }
         put(&b, "\n");
     }
@@ -389,6 +390,20 @@ static int hexval(char c)
     if (c >= 'A' && c <= 'F')
         return c - 'A' + 10;
     return -1;
+}
+
+/* Exactly 32 hex digits into 16 bytes (a fingerprint). */
+static bool parse_hex16(const char *s, uint8_t out[16])
+{
+    if (strlen(s) != 32)
+        return false;
+    for (int k = 0; k < 16; k++) {
+        int hi = hexval(s[2 * k]), lo = hexval(s[2 * k + 1]);
+        if (hi < 0 || lo < 0)
+            return false;
+        out[k] = (uint8_t)(hi * 16 + lo);
+    }
+    return true;
 }
 
 /* Decode a percent-encoded value; NULL when malformed or holding a NUL or newline. */
@@ -551,21 +566,13 @@ int qsnap__model_parse(struct qsnap__model *m, const char *text, size_t len, con
                     l->frozen = v;
                 } else if (!strcmp(words[w], "disk") && parse_u64(eq, &v) && v <= 1) {
                     l->is_disk = v;
-                } else if (!strcmp(words[w], "fp") && strlen(eq) == 32) {
-                    for (int k = 0; k < 16; k++) {
-                        int hi = hexval(eq[2 * k]), lo = hexval(eq[2 * k + 1]);
-                        if (hi < 0 || lo < 0)
-                            goto bad;
-                        l->fp[k] = (uint8_t)(hi * 16 + lo);
-                    }
+                } else if (!strcmp(words[w], "fp")) {
+                    if (!parse_hex16(eq, l->fp))
+                        goto bad;
                     l->have_fp = true;
-                } else if (!strcmp(words[w], "fpd") && strlen(eq) == 32) {
-                    for (int k = 0; k < 16; k++) {
-                        int hi = hexval(eq[2 * k]), lo = hexval(eq[2 * k + 1]);
-                        if (hi < 0 || lo < 0)
-                            goto bad;
-                        l->fpd[k] = (uint8_t)(hi * 16 + lo);
-                    }
+                } else if (!strcmp(words[w], "fpd")) {
+                    if (!parse_hex16(eq, l->fpd))
+                        goto bad;
                     l->have_fpd = true;
                 } else if (!strcmp(words[w], "size") && parse_u64(eq, &l->size)) {
                 } else if (!strcmp(words[w], "mtime") && parse_i64(eq, &l->mtime_ns)) {
