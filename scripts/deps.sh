@@ -26,6 +26,26 @@ need_cmd qemu-img qemu-utils
 need_cmd c++ g++
 need_cmd python3 python3
 need_cmd groff groff-base
+# Real clients the tests drive: a QEMU guest, libvirt, nbdkit and libnbd's tools,
+# FUSE, and the file systems that share blocks (XFS, btrfs).
+need_cmd qemu-system-x86_64 qemu-system-x86
+need_cmd busybox busybox-static
+need_cmd cpio cpio
+need_cmd virsh libvirt-clients
+need_cmd libvirtd libvirt-daemon
+[ -f /usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so ] ||
+    [ -n "$(find /usr/lib -name 'libvirt_driver_qemu.so' 2>/dev/null | head -n 1)" ] ||
+    missing="$missing libvirt-daemon-driver-qemu"
+need_cmd virt-xml-validate libxml2-utils
+need_cmd xmllint libxml2-utils
+need_cmd nbdkit nbdkit
+need_hdr nbdkit-plugin.h nbdkit-plugin-dev
+need_cmd nbdinfo libnbd-bin
+need_cmd fusermount3 fuse3
+need_hdr fuse3/fuse.h libfuse3-dev
+need_cmd mkfs.xfs xfsprogs
+need_cmd mkfs.btrfs btrfs-progs
+need_cmd debugfs e2fsprogs
 
 [ -z "$missing" ] && exit 0
 

@@ -3,8 +3,10 @@
 # ONLY=unit). Runs, in order: every Criterion binary under $BUILD/tests/, the
 # fuzz corpus replay, headertest, checksymbols, the CLI golden tests and the
 # qemu-io replay (tests/cli/io_replay.sh), and
-# every tests/interop/*.sh, tests/damaged/*.{sh,py} and tests/install/*.sh
-# script. Each part
+# every tests/interop/*.sh, tests/damaged/*.{sh,py}, tests/install/*.sh,
+# tests/tree/*.sh, tests/vm/*.sh (a real QEMU guest), tests/libvirt/*.sh (a real
+# libvirtd), tests/nbd/*.sh (nbdkit and FUSE) and tests/fs/*.sh (XFS and btrfs
+# loop mounts) script. Each part
 # counts the cases it reports (Criterion's synthesis line, the number of
 # corpus files replayed, a script's "N passed, N failed" last line); a part
 # that fails without saying how many cases failed counts as one failure.
@@ -174,7 +176,8 @@ if [ "$ONLY" != unit ]; then
     fi
 
     # ---- interop and damaged-image suites -------------------------------------
-    for s in tests/interop/*.sh tests/damaged/*.sh tests/damaged/*.py tests/install/*.sh; do
+    for s in tests/interop/*.sh tests/damaged/*.sh tests/damaged/*.py tests/install/*.sh \
+        tests/tree/*.sh tests/vm/*.sh tests/libvirt/*.sh tests/nbd/*.sh tests/fs/*.sh; do
         [ -f "$s" ] || continue
         case $s in
         *.py) run_script "${s#tests/}" python3 "$s" ;;
