@@ -827,7 +827,9 @@ static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, st
 
 /*
  * An internal node: its snapshot is in its layer's table, and the layer is a
- * branch's head (internal snapshots never live in frozen layers: see plan.c).
+ * branch's head, or a frozen layer (an adopted file that held internal
+ * snapshots: they stay read-only nodes there; plan.c never makes new ones in
+ * frozen layers).
  */
 static void verify_internal(qsnap_store *s, const struct qsnap__node *n, struct findings *fs)
 {
@@ -844,7 +846,7 @@ static void verify_internal(qsnap_store *s, const struct qsnap__node *n, struct 
     path = qsnap__path(s, l->file);
     if (!path)
         return;
-    if (!head || l->frozen)
+    if (!head && !l->frozen)
         find(fs, true, false, path, "internal snapshot %s lives in %s, which is not a branch's "
                                     "writable head",
              name, l->file);
