@@ -307,7 +307,7 @@ int cli_tree_libvirt_xml(int argc, char **argv)
         printf("then point the domain's disk %s at the store's current image:\n", x->target);
         printf("  <source file='%s'/>  (was '%s'), driver type qcow2\n", x->new_source,
                x->old_source);
-        printf("  that is the only change in %s:  virsh define ", dom_path);
+        printf("  %s is the domain with that one change:  virsh define ", dom_path);
         put_shell_word(stdout, dom_path);
         printf("\n");
     }
