@@ -277,6 +277,7 @@ int cli_tree_libvirt_xml(int argc, char **argv)
         cli_json j;
         cli_json_init(&j, stdout);
         cli_json_begin_object(&j, NULL);
+        cli_json_uint(&j, "version", 1);
         cli_json_string(&j, "domain", x->domain);
         cli_json_string(&j, "target", x->target);
         cli_json_string(&j, "old-source", x->old_source);
