@@ -106,6 +106,14 @@ int cli_tree_adopt(int argc, char **argv)
         return tree_fail(rc, p.argv[0]);
     disk = tree_disk_of(s);
     status = tree_run_plan(s, plan, disk ? disk : p.argv[0], dry_run, json);
+    if (status == CLI_EXIT_OK && !dry_run && !json) {
+        /* The file the VM used is gone: say which one it must use now. */
+        qsnap_node *cur = NULL;
+        if (qsnap_current(s, &cur) == 0)
+            printf("the VM must now use %s ('qsnap current %s --path')\n", cur->file,
+                   disk ? disk : "DISK");
+        qsnap_list_free(cur, cur ? 1 : 0);
+    }
     free(disk);
     qsnap_store_close(s);
     return status;

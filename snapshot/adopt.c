@@ -437,9 +437,9 @@ static int build(qsnap_plan *p, const qsnap_store *s, struct cfile *c, size_t n,
         for (size_t i = 0; i < t.nn; i++)
             named += t.nodes[i].name != NULL;
         if (asprintf(&p->summary,
-                     "adopted the chain of %zu files over %s: %zu snapshot%s, branch main's "
-                     "head is %s/layers/%u.qcow2 (the image the VM must use now)",
-                     n, c[n - 1].path, named, named == 1 ? "" : "s", s->dir, c[0].layer) < 0) {
+                     "adopted the chain of %zu files over %s: %zu snapshot%s, and branch main "
+                     "with the content of %s",
+                     n, c[n - 1].path, named, named == 1 ? "" : "s", c[0].path) < 0) {
             p->summary = NULL;
             rc = nomem();
         }
