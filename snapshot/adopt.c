@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "qsnap/libvirt.h"
 #include "libvirt_int.h"
@@ -187,6 +188,13 @@ static int check_files(const struct cfile *c, size_t n, const char *image)
                             c[i].path, NOTHING);
             break;
         }
+        /* Freezing changes the mode: only the owner (or root) can. */
+        if (geteuid() != 0 && c[i].st.st_uid != geteuid()) {
+            rc = qsnap__err(QSNAP_EREFUSED, "run qsnap as the owner of the chain's files",
+                            "%s belongs to another user: it cannot be frozen (made read-only) %s",
+                            c[i].path, NOTHING);
+            break;
+        }
         if (asprintf(&store, "%s.qsnap", c[i].path) < 0)
             return nomem();
         if (i + 1 < n && exists(store))
@@ -232,6 +240,14 @@ static int check_free(const struct cfile *c, size_t n)
         oo.format = c[i].fmt;
         rc = qcow2_image_open(&img, c[i].path, &oo);
         qcow2_image_close(img);
+        img = NULL;
+        if (QCOW2_ERROR_CLASS(rc) == QCOW2_EREADONLY && i + 1 == n) {
+            /* A read-only bottom (a shared base image) is never written: a reader's
+             * lock shows whether a QEMU writes it. */
+            oo.flags = QCOW2_OPEN_NO_BACKING;
+            rc = qcow2_image_open(&img, c[i].path, &oo);
+            qcow2_image_close(img);
+        }
         if (QCOW2_ERROR_CLASS(rc) == QCOW2_EBUSY)
             return qsnap__err(QSNAP_EBUSY, "stop the virtual machine that uses the chain first",
                               "%s is in use (a running QEMU holds its lock) %s", c[i].path,

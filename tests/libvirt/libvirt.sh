@@ -131,6 +131,32 @@ top_of() { # DOMAIN: the file vda uses now
     V domblklist "$1" | awk '$1 == "vda" { print $2 }'
 }
 
+# same_tree DOMAIN DISK: libvirt's snapshots and their parents are qsnap's named snapshots
+# and their nearest named ancestors.
+same_tree() {
+    V snapshot-list "$1" --parent >"$W/parents.txt" 2>&1
+    q list "$2" --json >"$W/tlist.json"
+    python3 - "$W/parents.txt" "$W/tlist.json" <<'PY'
+import json, sys
+virsh = {}
+for line in open(sys.argv[1]):
+    w = line.split()
+    if not w:
+        continue
+    # name, date, time, zone, state, [parent]
+    virsh[w[0]] = w[5] if len(w) > 5 else None
+d = json.load(open(sys.argv[2]))
+ids = {n["id"]: n for n in d["nodes"]}
+def named_parent(n):
+    p = ids.get(n["parent"])
+    while p is not None and p["kind"] != "snapshot":
+        p = ids.get(p["parent"])
+    return p["name"] if p else None
+qs = {n["name"]: named_parent(n) for n in d["nodes"] if n["kind"] == "snapshot"}
+assert virsh == qs, (virsh, qs)
+PY
+}
+
 # ---- adopt what libvirt made ----------------------------------------------------------
 for fmt in raw qcow2; do
     dom=qsnap-$fmt
@@ -228,6 +254,28 @@ PY
         ok "adopt-$fmt: revert, switch, delete of the middle snapshot and commit keep every state"
     else
         bad "adopt-$fmt operations" "revert/switch $r1, delete $r2 ($(cat "$W/del.txt")), commit $r3 ($(cat "$W/commit.txt")), check $chk"
+    fi
+    [ $fmt = qcow2 ] || continue
+    # Round trip: libvirt forgets its stale snapshots, and learns the adopted tree back.
+    for s in s3 s2 s1; do V snapshot-delete "$dom" $s --metadata >/dev/null 2>&1; done
+    V dumpxml "$dom" >"$W/$dom-dump.xml"
+    as_lv mkdir -p "$W/img/rt"
+    q libvirt-xml "$D" --domain "$W/$dom-dump.xml" --out "$W/img/rt" --json >"$W/rt.json" 2>"$W/rt.err"
+    rc=$?
+    chown -R "$LV_UID:$LV_GID" "$W/img/rt"
+    python3 -c '
+import json, sys
+for s in json.load(open(sys.argv[1]))["snapshots"]:
+    print(s["file"], "--current" if s["current"] else "")' "$W/rt.json" >"$W/order.txt" 2>/dev/null
+    reg=0
+    while read -r f cur; do
+        V snapshot-create "$dom" "$f" --redefine $cur >"$W/reg.txt" 2>&1 || { reg=1; break; }
+    done <"$W/order.txt"
+    if [ $rc = 0 ] && [ $reg = 0 ] && same_tree "$dom" "$D" && [ "$(V snapshot-current "$dom" --name)" = s3 ] &&
+        V define "$W/img/rt/domain.xml" >/dev/null 2>&1 && [ "$(top_of "$dom")" = "$(q current "$D" --path)" ]; then
+        ok "adopt-$fmt: the adopted tree goes back to libvirt (redefined in order, s3 current, vda on main's image)"
+    else
+        bad "adopt-$fmt round trip" "libvirt-xml $rc $(cat "$W/rt.err"), redefine $(cat "$W/reg.txt"), $(cat "$W/parents.txt")"
     fi
 done
 
@@ -341,29 +389,8 @@ if [ $reg = 0 ]; then
 else
     bad "redefine" "$(cat "$W/reg.txt")"
 fi
-V snapshot-list qsnap-tree --parent >"$W/parents.txt" 2>&1
 V snapshot-list qsnap-tree --tree >"$W/vtree.txt" 2>&1
-q list "$t/vm.qcow2" --json >"$W/tlist.json"
-if python3 - "$W/parents.txt" "$W/tlist.json" <<'PY'
-import json, sys
-virsh = {}
-for line in open(sys.argv[1]):
-    w = line.split()
-    if not w:
-        continue
-    # name, date, time, zone, state, [parent]
-    virsh[w[0]] = w[5] if len(w) > 5 else None
-d = json.load(open(sys.argv[2]))
-ids = {n["id"]: n for n in d["nodes"]}
-def named_parent(n):
-    p = ids.get(n["parent"])
-    while p is not None and p["kind"] != "snapshot":
-        p = ids.get(p["parent"])
-    return p["name"] if p else None
-qs = {n["name"]: named_parent(n) for n in d["nodes"] if n["kind"] == "snapshot"}
-assert virsh == qs, (virsh, qs)
-PY
-then
+if same_tree qsnap-tree "$t/vm.qcow2"; then
     ok "virsh snapshot-list --tree shows the same named tree: $(tr -s ' |+\n-' ' ' <"$W/vtree.txt")"
 else
     bad "libvirt's tree" "$(cat "$W/parents.txt" "$W/vtree.txt")"
