@@ -40,10 +40,16 @@ if [ ! -x "$QSNAP" ]; then
     exit 1
 fi
 
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-libvirt.XXXXXX") || exit 2
-chmod 755 "$W"
 LV_UID=$(id -u nobody 2>/dev/null || echo 65534)
 LV_GID=$(id -g nobody 2>/dev/null || echo 65534)
+# The libvirt user must reach the work directory: TMPDIR may be private to root.
+W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-libvirt.XXXXXX") || exit 2
+chmod 755 "$W"
+if ! setpriv --reuid="$LV_UID" --regid="$LV_GID" --clear-groups test -x "$W"; then
+    rmdir "$W"
+    W=$(mktemp -d /tmp/qsnap-libvirt.XXXXXX) || exit 2
+    chmod 755 "$W"
+fi
 DPIDS=
 cleanup() {
     local p
