@@ -64,10 +64,8 @@ static const char adopt_help[] =
 int cli_tree_adopt(int argc, char **argv)
 {
     static const cli_opt_def defs[] = {
-        {"help", 'h', false},
-        {"libvirt-snapshots", OPT_LIBVIRT, true},
-        {"dry-run", 'n', false},
-        {"json", OPT_JSON, false},
+        {"help", 'h', false},    {"libvirt-snapshots", OPT_LIBVIRT, true},
+        {"dry-run", 'n', false}, {"json", OPT_JSON, false},
         {NULL, 0, false},
     };
     qsnap_adopt_opts ao = QSNAP_ADOPT_OPTS_INIT;
@@ -210,8 +208,8 @@ static char *command_for(const char *domain, const char *path, bool current)
 int cli_tree_libvirt_xml(int argc, char **argv)
 {
     static const cli_opt_def defs[] = {
-        {"help", 'h', false},        {"domain", OPT_DOMAIN, true}, {"out", OPT_OUT, true},
-        {"target", OPT_TARGET, true}, {"json", OPT_JSON, false},   {NULL, 0, false},
+        {"help", 'h', false},         {"domain", OPT_DOMAIN, true}, {"out", OPT_OUT, true},
+        {"target", OPT_TARGET, true}, {"json", OPT_JSON, false},    {NULL, 0, false},
     };
     const char *domain = NULL, *out_dir = ".", *target = NULL;
     qsnap_libvirt_xml *x = NULL;

@@ -50,13 +50,13 @@ struct isnap {
 
 /* One file of the chain (index 0 = the top). */
 struct cfile {
-    char *path;          /* absolute, without symbolic links */
+    char *path; /* absolute, without symbolic links */
     struct stat st;
     qcow2_format fmt;
     struct isnap *snaps; /* internal snapshots */
     size_t nsnaps;
-    unsigned layer;      /* its layer id in the target model */
-    unsigned node;       /* its node id (files below the top) */
+    unsigned layer; /* its layer id in the target model */
+    unsigned node;  /* its node id (files below the top) */
 };
 
 static void chain_free(struct cfile *c, size_t n)
@@ -206,8 +206,8 @@ static int check_files(const struct cfile *c, size_t n, const char *image)
             continue;
         /* An overlay: it is moved into the store and its header rewritten. */
         if (!S_ISREG(c[i].st.st_mode))
-            rc = qsnap__err(QSNAP_EREFUSED, NULL, "%s is not a regular file %s", c[i].path,
-                            NOTHING);
+            rc =
+                qsnap__err(QSNAP_EREFUSED, NULL, "%s is not a regular file %s", c[i].path, NOTHING);
         else if (c[i].fmt != QCOW2_FORMAT_QCOW2)
             rc = qsnap__err(QSNAP_EREFUSED, NULL, "%s is above the bottom but not qcow2 %s",
                             c[i].path, NOTHING);
@@ -256,8 +256,7 @@ static int check_free(const struct cfile *c, size_t n)
             return qsnap__err(QSNAP_EREFUSED, "run qsnap as the owner of the files",
                               "%s cannot be opened for writing %s", c[i].path, NOTHING);
         if (rc)
-            return qsnap__err(QSNAP_EREFUSED, NULL, "%s %s", qcow2_error_last()->message,
-                              NOTHING);
+            return qsnap__err(QSNAP_EREFUSED, NULL, "%s %s", qcow2_error_last()->message, NOTHING);
     }
     return 0;
 }

@@ -193,8 +193,8 @@ static int lv_one(const char *path, const struct stat *st, char *const *paths, s
     if (match < 0 && any_external) {
         rc = qsnap__err(QSNAP_EUSAGE,
                         "give the snapshot directory of the domain that uses this chain",
-                        "%s: snapshot %s names %s, which is not a file of the chain", path,
-                        v->name, outside ? outside : "?");
+                        "%s: snapshot %s names %s, which is not a file of the chain", path, v->name,
+                        outside ? outside : "?");
         goto out;
     }
     if (match >= 0) {
@@ -267,13 +267,12 @@ int qsnap__lv_read(const char *dir, const struct stat *st, char *const *paths, s
         nv++;
         for (size_t k = 0; k + 1 < nv && !rc; k++) {
             if (!strcmp(v[k].name, v[nv - 1].name))
-                rc = qsnap__err(QSNAP_EUSAGE, NULL, "%s and %s both define snapshot %s",
-                                v[k].file, v[nv - 1].file, v[k].name);
+                rc = qsnap__err(QSNAP_EUSAGE, NULL, "%s and %s both define snapshot %s", v[k].file,
+                                v[nv - 1].file, v[k].name);
             else if (v[k].layer != SIZE_MAX && v[k].layer == v[nv - 1].layer)
                 rc = qsnap__err(QSNAP_EUSAGE, NULL,
-                                "%s and %s both say they froze %s (snapshots %s and %s)",
-                                v[k].file, v[nv - 1].file, paths[v[k].layer], v[k].name,
-                                v[nv - 1].name);
+                                "%s and %s both say they froze %s (snapshots %s and %s)", v[k].file,
+                                v[nv - 1].file, paths[v[k].layer], v[k].name, v[nv - 1].name);
         }
     }
     for (size_t i = 0; i < nn; i++)
@@ -473,8 +472,9 @@ static int make_doc(const qsnap_store *s, struct qsnap__xml *domain, struct qsna
     } else {
         fputs("    <disk name='", f);
         qsnap__xml_escape(f, target, 1);
-        fprintf(f, "' snapshot='external' type='file'>\n      <driver type='%s'/>\n"
-                   "      <source file='",
+        fprintf(f,
+                "' snapshot='external' type='file'>\n      <driver type='%s'/>\n"
+                "      <source file='",
                 qcow2_format_name(ov->fmt));
         qsnap__xml_escape(f, opath, 1);
         fputs("'/>\n    </disk>\n", f);
@@ -581,7 +581,7 @@ static int add_doc(struct lvx *l, const struct qsnap__node *n, char *xml, bool c
 }
 
 int qsnap_libvirt_xml_make(qsnap_libvirt_xml **out, qsnap_store *s, const char *domain_xml,
-                      const char *target)
+                           const char *target)
 {
     struct qsnap__xml *root = NULL, *devs, *disk = NULL, *cand[64];
     const struct qsnap__node **order = NULL;
@@ -661,10 +661,10 @@ int qsnap_libvirt_xml_make(qsnap_libvirt_xml **out, qsnap_store *s, const char *
     }
     l = calloc(1, sizeof(*l));
     if (!l || !(l->domain = strdup(dom_name)) || !(l->target = strdup(target)) ||
-        !(l->old_source = strdup(qsnap__xml_attr(qsnap__xml_child(disk, "source", NULL), "file")
-                                     ? qsnap__xml_attr(qsnap__xml_child(disk, "source", NULL),
-                                                       "file")
-                                     : ""))) {
+        !(l->old_source =
+              strdup(qsnap__xml_attr(qsnap__xml_child(disk, "source", NULL), "file")
+                         ? qsnap__xml_attr(qsnap__xml_child(disk, "source", NULL), "file")
+                         : ""))) {
         rc = nomem();
         goto out;
     }

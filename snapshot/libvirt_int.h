@@ -10,12 +10,12 @@
 
 /* One libvirt snapshot, matched to the chain. */
 struct qsnap__lv_snap {
-    char *name;       /* libvirt's name */
-    char *desc;       /* its description, or NULL */
-    int64_t created;  /* its creationTime, or -1 when it has none */
-    size_t layer;     /* external: index in the chain (0 = top) of the file it froze;
-                       * SIZE_MAX for an internal one */
-    char *file;       /* the XML file it came from (for messages) */
+    char *name;      /* libvirt's name */
+    char *desc;      /* its description, or NULL */
+    int64_t created; /* its creationTime, or -1 when it has none */
+    size_t layer;    /* external: index in the chain (0 = top) of the file it froze;
+                      * SIZE_MAX for an internal one */
+    char *file;      /* the XML file it came from (for messages) */
 };
 
 /*

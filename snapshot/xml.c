@@ -430,8 +430,7 @@ int qsnap__xml_parse(struct qsnap__xml **out, const char *text, size_t len, cons
         return qsnap__err(QSNAP_EUSAGE, NULL, "%s: %zu bytes is too large for an XML document",
                           what, len);
     if (memchr(text, '\0', len))
-        return qsnap__err(QSNAP_EUSAGE, NULL, "%s: contains a NUL byte: not an XML document",
-                          what);
+        return qsnap__err(QSNAP_EUSAGE, NULL, "%s: contains a NUL byte: not an XML document", what);
     if (len >= 3 && !memcmp(text, "\xef\xbb\xbf", 3))
         x.s += 3;
     if (misc(&x))

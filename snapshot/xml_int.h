@@ -33,7 +33,7 @@ struct qsnap__xml_item {
 /* An element. */
 struct qsnap__xml {
     char *name;
-    char **attr; /* name, value, name, value, ... (values decoded) */
+    char **attr;  /* name, value, name, value, ... (values decoded) */
     size_t nattr; /* pairs */
     struct qsnap__xml_item *items;
     size_t nitems;

@@ -21,7 +21,7 @@ extern "C" {
 
 /** Options of qsnap_plan_adopt(). */
 typedef struct qsnap_adopt_opts {
-    unsigned version;              /**< QSNAP_ADOPT_OPTS_VERSION */
+    unsigned version; /**< QSNAP_ADOPT_OPTS_VERSION */
     /**
      * libvirt's snapshot directory of the domain (its NAME.xml files, as in
      * /var/lib/libvirt/qemu/snapshot/DOM), or NULL: the snapshots take the
@@ -63,19 +63,19 @@ QSNAP_API int qsnap_plan_adopt(qsnap_plan **out, qsnap_store **store_out, const 
 
 /** One domainsnapshot document. Strings live as long as the result. */
 typedef struct qsnap_libvirt_doc {
-    const char *name;     /**< the snapshot's name */
-    const char *file;     /**< suggested file name, "NNN-NAME.xml" (NNN: parents first) */
-    const char *xml;      /**< the document */
-    bool current;         /**< register it with --current (the current branch's snapshot) */
+    const char *name; /**< the snapshot's name */
+    const char *file; /**< suggested file name, "NNN-NAME.xml" (NNN: parents first) */
+    const char *xml;  /**< the document */
+    bool current;     /**< register it with --current (the current branch's snapshot) */
 } qsnap_libvirt_doc;
 
 /** What qsnap_libvirt_xml_make() makes. */
 typedef struct qsnap_libvirt_xml {
-    const char *domain;      /**< the domain's name, from its XML */
-    const char *target;      /**< the disk's target device (vda, ...) */
-    const char *old_source;  /**< the disk's source file in the domain XML given */
-    const char *new_source;  /**< the image the domain must use (the current branch's) */
-    const char *domain_xml;  /**< the domain XML with only that disk's source (and format) changed */
+    const char *domain;     /**< the domain's name, from its XML */
+    const char *target;     /**< the disk's target device (vda, ...) */
+    const char *old_source; /**< the disk's source file in the domain XML given */
+    const char *new_source; /**< the image the domain must use (the current branch's) */
+    const char *domain_xml; /**< the domain XML with only that disk's source (and format) changed */
     qsnap_libvirt_doc *docs; /**< one per named snapshot, parents first */
     size_t n;                /**< documents */
 } qsnap_libvirt_xml;
@@ -95,8 +95,8 @@ typedef struct qsnap_libvirt_xml {
  * @return 0; QSNAP_EUSAGE (a damaged domain XML, no or no matching disk),
  *         QSNAP_ENOTFOUND (no snapshot yet), QSNAP_ERROR
  */
-QSNAP_API int qsnap_libvirt_xml_make(qsnap_libvirt_xml **out, qsnap_store *s, const char *domain_xml,
-                                const char *target);
+QSNAP_API int qsnap_libvirt_xml_make(qsnap_libvirt_xml **out, qsnap_store *s,
+                                     const char *domain_xml, const char *target);
 
 /** Free what qsnap_libvirt_xml_make() returned (NULL allowed). */
 QSNAP_API void qsnap_libvirt_xml_free(qsnap_libvirt_xml *x);

@@ -127,7 +127,8 @@ Test(xml, depth_is_bounded)
 
 Test(xml, written_documents_read_back_the_same)
 {
-    struct qsnap__xml *x = parse_ok("<d a=\"x'y&quot;\n\">\n  <n>&lt;&amp;&gt;'\"</n>\n  <e/>\n</d>");
+    struct qsnap__xml *x =
+        parse_ok("<d a=\"x'y&quot;\n\">\n  <n>&lt;&amp;&gt;'\"</n>\n  <e/>\n</d>");
     struct qsnap__xml *y;
     char *w1, *w2;
 
@@ -256,8 +257,8 @@ Test(libvirt_xml, documents_parents_first_with_layer_and_overlay, .fini = cleanu
     {
         char *n = qsnap__xml_text(qsnap__xml_child(d0, "name", NULL));
         char *desc = qsnap__xml_text(qsnap__xml_child(d0, "description", NULL));
-        char *pn = qsnap__xml_text(qsnap__xml_child(qsnap__xml_child(d1, "parent", NULL), "name",
-                                                    NULL));
+        char *pn =
+            qsnap__xml_text(qsnap__xml_child(qsnap__xml_child(d1, "parent", NULL), "name", NULL));
         cr_assert_str_eq(n, "A&1");
         cr_assert_str_eq(desc, "first 'one'");
         cr_assert_str_eq(pn, "A&1");
@@ -273,7 +274,8 @@ Test(libvirt_xml, documents_parents_first_with_layer_and_overlay, .fini = cleanu
         struct qsnap__xml *e2 = qsnap__xml_child(disks, "disk", e);
         struct qsnap__xml *idom = qsnap__xml_child(d0, "domain", NULL);
         struct qsnap__xml *devs = qsnap__xml_child(idom, "devices", NULL);
-        struct qsnap__xml *vda = qsnap__xml_child(devs, "disk", qsnap__xml_child(devs, "disk", NULL));
+        struct qsnap__xml *vda =
+            qsnap__xml_child(devs, "disk", qsnap__xml_child(devs, "disk", NULL));
         const char *ov = qsnap__xml_attr(qsnap__xml_child(e, "source", NULL), "file");
         cr_assert_str_eq(qsnap__xml_attr(e, "name"), "vda");
         cr_assert_str_eq(qsnap__xml_attr(e, "snapshot"), "external");
@@ -287,7 +289,8 @@ Test(libvirt_xml, documents_parents_first_with_layer_and_overlay, .fini = cleanu
     dm = parse_ok(x->domain_xml);
     {
         struct qsnap__xml *devs = qsnap__xml_child(dm, "devices", NULL);
-        struct qsnap__xml *vda = qsnap__xml_child(devs, "disk", qsnap__xml_child(devs, "disk", NULL));
+        struct qsnap__xml *vda =
+            qsnap__xml_child(devs, "disk", qsnap__xml_child(devs, "disk", NULL));
         cr_assert_str_eq(qsnap__xml_attr(qsnap__xml_child(vda, "source", NULL), "file"), cur->file);
         cr_assert_str_eq(qsnap__xml_attr(qsnap__xml_child(vda, "driver", NULL), "type"), "qcow2");
     }
@@ -320,8 +323,8 @@ Test(libvirt_xml, clear_errors, .fini = cleanup)
     snprintf(text, sizeof(text), DOMAIN_XML, "/elsewhere.img");
     write_dom(text);
     cr_assert_eq(qsnap_libvirt_xml_make(&x, s, dom, NULL), QSNAP_EUSAGE);
-    cr_assert(strstr(qsnap_error_last()->message, "none uses a file of this store") != NULL,
-              "%s", qsnap_error_last()->message);
+    cr_assert(strstr(qsnap_error_last()->message, "none uses a file of this store") != NULL, "%s",
+              qsnap_error_last()->message);
     cr_assert_eq(qsnap_libvirt_xml_make(&x, s, dom, "vdz"), QSNAP_EUSAGE);
     cr_assert_eq(qsnap_libvirt_xml_make(&x, s, dom, "vda"), 0, "%s", qsnap_error_last()->message);
     cr_assert_eq(x->n, 2);
