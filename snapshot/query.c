@@ -561,6 +561,12 @@ int qsnap_why(qsnap_store *s, const char *name, char **out)
     if (n && n->internal) {
         fprintf(f, "snapshot %s: internal snapshot %s inside %s (%s)\n", name, n->internal,
                 l->file, l->frozen ? "frozen" : "a branch's writable head");
+        if (l->frozen) {
+            /* Adopted with its file: read-only like the layer that holds it. */
+            fprintf(f, "revert: refused (its layer is frozen); export and diff read it\n");
+            fprintf(f, "delete: refused (it would write into frozen %s)\n", l->file);
+            goto done;
+        }
         fprintf(f, "revert: applies it in place when that head is the current branch's (the "
                    "head's state is kept as another internal snapshot unless --discard)\n");
         fprintf(f, "delete: removes it from %s's snapshot table; nothing else depends on it\n",
