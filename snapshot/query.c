@@ -527,7 +527,9 @@ int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
                 qcow2_snapshot_unique_bytes(img, snap, &b) != 0)
                 b = 0;
             qcow2_image_close(img);
-            u[i].holds = u[i].frees = b;
+            u[i].holds = b;
+            /* One kept in an adopted frozen layer cannot be deleted: it frees nothing. */
+            u[i].frees = l && l->frozen ? 0 : b;
             continue;
         }
         for (size_t j = 0; j < s->m.nl; j++)
