@@ -84,9 +84,17 @@ V() { timeout -k 5 120 setpriv --reuid="$LV_UID" --regid="$LV_GID" --clear-group
     XDG_CONFIG_HOME="$W/home/.config" XDG_CACHE_HOME="$W/home/.cache" \
     XDG_DATA_HOME="$W/home/.local/share" LC_ALL=C virsh -q -c qemu:///session "$@"; }
 
-as_lv /usr/sbin/virtlogd >"$W/virtlogd.log" 2>&1 &
+# A daemon in the background: exec, so that $! is the daemon's own pid (setpriv and env
+# exec in turn), the one cleanup stops. --timeout: they also go by themselves once idle.
+lv_daemon() {
+    exec setpriv --reuid="$LV_UID" --regid="$LV_GID" --clear-groups \
+        env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$W/home" XDG_RUNTIME_DIR="$W/run" \
+        XDG_CONFIG_HOME="$W/home/.config" XDG_CACHE_HOME="$W/home/.cache" \
+        XDG_DATA_HOME="$W/home/.local/share" LC_ALL=C "$@"
+}
+lv_daemon /usr/sbin/virtlogd --timeout 600 >"$W/virtlogd.log" 2>&1 &
 DPIDS="$DPIDS $!"
-as_lv /usr/sbin/libvirtd >"$W/libvirtd.log" 2>&1 &
+lv_daemon /usr/sbin/libvirtd --timeout 600 >"$W/libvirtd.log" 2>&1 &
 DPIDS="$DPIDS $!"
 for _ in $(seq 300); do [ -S "$W/run/libvirt/libvirt-sock" ] && break; sleep 0.1; done
 if ! V version >"$W/version.txt" 2>&1; then
