@@ -123,6 +123,31 @@ int cli_open_image(qcow2_image **out, const char *path, qcow2_format fmt, bool n
     return rc;
 }
 
+/*
+ * cli_open_image(), then show the internal snapshot snap (when not NULL)
+ * instead of the active state, as qemu-img convert -l does: SNAP is an id
+ * or a name, or "snapshot.id=ID" / "snapshot.name=NAME".
+ */
+static int open_image_at(qcow2_image **out, const char *path, qcow2_format fmt, bool no_lock,
+                         const char *snap)
+{
+    int rc = cli_open_image(out, path, fmt, false, no_lock);
+
+    if (rc < 0 || !snap)
+        return rc;
+    if (strncmp(snap, "snapshot.id=", 12) == 0)
+        snap += 12;
+    else if (strncmp(snap, "snapshot.name=", 14) == 0)
+        snap += 14;
+    rc = qcow2_image_view_snapshot(*out, snap);
+    if (rc < 0) {
+        cli_errorf("Failed to load snapshot: %s", qcow2_error_last()->message);
+        qcow2_image_close(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
 /* Parse --output=human|json; prints qemu-img's message on a bad value. */
 static bool parse_output(const char *arg, bool *json)
 {
@@ -394,7 +419,7 @@ int cli_image_info(int argc, char **argv)
 /* ---- map ---------------------------------------------------------------- */
 
 static const char map_help[] =
-    "Usage: qsnap image map [--output=human|json] [-f FMT] [-U] FILE\n"
+    "Usage: qsnap image map [--output=human|json] [-f FMT] [-l SNAPSHOT] [-U] FILE\n"
     "\n"
     "Show how the guest content of an image maps to its backing chain, as qemu-img\n"
     "map does: runs of equal status are merged. JSON fields: start, length, depth\n"
@@ -404,6 +429,8 @@ static const char map_help[] =
     "Options:\n"
     "  --output=human|json  output format (default human)\n"
     "  -f, --format=FMT     image format: qcow2 or raw (default: probe)\n"
+    "  -l SNAPSHOT          map internal snapshot SNAPSHOT (id or name) of FILE\n"
+    "                       instead of its active state\n"
     "  -U, --force-share    open without taking the image lock\n"
     "  -h, --help           show this help and exit\n"
     "\n"
@@ -461,10 +488,11 @@ int cli_image_map(int argc, char **argv)
     static const cli_opt_def defs[] = {
         {"help", 'h', false},         {"format", 'f', true},
         {"output", OPT_OUTPUT, true}, {"force-share", 'U', false},
-        {NULL, 0, false},
+        {NULL, 'l', true},            {NULL, 0, false},
     };
     cli_opt_parser p;
     qcow2_format fmt = QCOW2_FORMAT_AUTO;
+    const char *snap = NULL;
     bool json = false, no_lock = false, first = true;
     qcow2_extent cur, next;
     qcow2_image *img;
@@ -488,13 +516,16 @@ int cli_image_map(int argc, char **argv)
         case 'U':
             no_lock = true;
             break;
+        case 'l':
+            snap = p.arg;
+            break;
         default:
             return cli_usage_hint("qsnap image map", IMG_EXIT_FAIL);
         }
     }
     if (!want_operands(&p, 1, "qsnap image map"))
         return IMG_EXIT_FAIL;
-    if (cli_open_image(&img, p.argv[0], fmt, false, no_lock) < 0)
+    if (open_image_at(&img, p.argv[0], fmt, no_lock, snap) < 0)
         return IMG_EXIT_FAIL;
 
     size = qcow2_image_size(img);
@@ -546,7 +577,8 @@ int cli_image_map(int argc, char **argv)
 
 static const char convert_help[] =
     "Usage: qsnap image convert [-f FMT] [-O raw|qcow2] [-c] [-o OPTIONS]\n"
-    "                           [-B BACKING -F BACKING_FMT] [-S SIZE] [-p] [-U] SRC DST\n"
+    "                           [-B BACKING -F BACKING_FMT] [-S SIZE] [-l SNAPSHOT]\n"
+    "                           [-p] [-U] SRC DST\n"
     "\n"
     "Flatten SRC and its whole backing chain into a new image DST (replaced if it\n"
     "exists), as qemu-img convert does. Raw output is sparse: runs of zeroes of at\n"
@@ -565,6 +597,8 @@ static const char convert_help[] =
     "  -F BACKING_FMT       format of BACKING: qcow2 or raw (needed with -B)\n"
     "  -S SIZE              shortest zero run left as a hole (default 4k; 0 writes\n"
     "                       every byte); suffixes k, M, G, T, P, E\n"
+    "  -l SNAPSHOT          convert internal snapshot SNAPSHOT of SRC (an id or a\n"
+    "                       name, or snapshot.id=ID or snapshot.name=NAME)\n"
     "  -p, --progress       show progress\n"
     "  -U, --force-share    open SRC without taking the image lock\n"
     "  -h, --help           show this help and exit\n"
@@ -617,8 +651,9 @@ int cli_image_convert(int argc, char **argv)
         {"help", 'h', false}, {"format", 'f', true},    {NULL, 'O', true},
         {NULL, 'S', true},    {"progress", 'p', false}, {"force-share", 'U', false},
         {NULL, 'c', false},   {NULL, 'o', true},        {NULL, 'B', true},
-        {NULL, 'F', true},    {NULL, 0, false},
+        {NULL, 'F', true},    {NULL, 'l', true},        {NULL, 0, false},
     };
+    const char *snap = NULL;
     qcow2_convert_opts copts = QCOW2_CONVERT_OPTS_INIT;
     qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
     cli_opt_parser p;
@@ -671,6 +706,9 @@ int cli_image_convert(int argc, char **argv)
         case 'F':
             copts.backing_format = p.arg;
             break;
+        case 'l':
+            snap = p.arg;
+            break;
         default:
             cli_usage_hint("qsnap image convert", IMG_EXIT_FAIL);
             goto out;
@@ -711,7 +749,7 @@ int cli_image_convert(int argc, char **argv)
             cli_errorf("%s: creation options are not supported for raw output", p.argv[1]);
         goto out;
     }
-    if (cli_open_image(&img, p.argv[0], fmt, false, no_lock) < 0)
+    if (open_image_at(&img, p.argv[0], fmt, no_lock, snap) < 0)
         goto out;
 
     cli_progress_begin(&pr, progress, true);
@@ -735,7 +773,8 @@ out:
 /* ---- compare ------------------------------------------------------------ */
 
 static const char compare_help[] =
-    "Usage: qsnap image compare [-f FMT] [-F FMT] [-s] [-p] [-U] A B\n"
+    "Usage: qsnap image compare [-f FMT] [-F FMT] [-l SNAPSHOT] [-L SNAPSHOT] [-s] [-p]\n"
+    "                           [-U] A B\n"
     "\n"
     "Compare the guest content of images A and B (each with its backing chain), as\n"
     "qemu-img compare does. Without -s, images of different sizes are identical when\n"
@@ -744,6 +783,8 @@ static const char compare_help[] =
     "Options:\n"
     "  -f FMT               format of A: qcow2 or raw (default: probe)\n"
     "  -F FMT               format of B: qcow2 or raw (default: probe)\n"
+    "  -l SNAPSHOT          compare internal snapshot SNAPSHOT (id or name) of A\n"
+    "  -L SNAPSHOT          compare internal snapshot SNAPSHOT (id or name) of B\n"
     "  -s, --strict         strict mode: images of different sizes differ, and so\n"
     "                       do ranges whose allocation status differs (allocated,\n"
     "                       zero, data, offset known) even where they read the same\n"
@@ -803,9 +844,10 @@ int cli_image_compare(int argc, char **argv)
     static const cli_opt_def defs[] = {
         {"help", 'h', false},     {NULL, 'f', true},           {NULL, 'F', true},
         {"strict", 's', false},   {"progress", 'p', false},    {"force-share", 'U', false},
-        {NULL, 0, false},
+        {NULL, 'l', true},        {NULL, 'L', true},           {NULL, 0, false},
     };
     cli_opt_parser p;
+    const char *snap_a = NULL, *snap_b = NULL;
     qcow2_format fmt_a = QCOW2_FORMAT_AUTO, fmt_b = QCOW2_FORMAT_AUTO;
     bool strict = false, progress = false, no_lock = false;
     qcow2_image *a = NULL, *b = NULL;
@@ -837,15 +879,21 @@ int cli_image_compare(int argc, char **argv)
         case 'U':
             no_lock = true;
             break;
+        case 'l':
+            snap_a = p.arg;
+            break;
+        case 'L':
+            snap_b = p.arg;
+            break;
         default:
             return cli_usage_hint("qsnap image compare", IMG_EXIT_FAIL);
         }
     }
     if (!want_operands(&p, 2, "qsnap image compare"))
         return IMG_EXIT_FAIL;
-    if (cli_open_image(&a, p.argv[0], fmt_a, false, no_lock) < 0)
+    if (open_image_at(&a, p.argv[0], fmt_a, no_lock, snap_a) < 0)
         return 2;
-    if (cli_open_image(&b, p.argv[1], fmt_b, false, no_lock) < 0) {
+    if (open_image_at(&b, p.argv[1], fmt_b, no_lock, snap_b) < 0) {
         qcow2_image_close(a);
         return 2;
     }
@@ -899,7 +947,7 @@ out_close:
 /* ---- digest ------------------------------------------------------------- */
 
 static const char digest_help[] =
-    "Usage: qsnap image digest [-f FMT] [-p] [-U] FILE\n"
+    "Usage: qsnap image digest [-f FMT] [-l SNAPSHOT] [-p] [-U] FILE\n"
     "\n"
     "Print the xxh3-128 digest of the guest-visible content of FILE (all of its\n"
     "virtual size, through its backing chain) as 32 hex digits, two spaces and the\n"
@@ -908,6 +956,7 @@ static const char digest_help[] =
     "\n"
     "Options:\n"
     "  -f, --format=FMT     image format: qcow2 or raw (default: probe)\n"
+    "  -l SNAPSHOT          digest internal snapshot SNAPSHOT (id or name) of FILE\n"
     "  -p, --progress       show progress\n"
     "  -U, --force-share    open without taking the image lock\n"
     "  -h, --help           show this help and exit\n"
@@ -918,10 +967,11 @@ int cli_image_digest(int argc, char **argv)
 {
     static const cli_opt_def defs[] = {
         {"help", 'h', false},     {"format", 'f', true}, {"progress", 'p', false},
-        {"force-share", 'U', false}, {NULL, 0, false},
+        {"force-share", 'U', false}, {NULL, 'l', true}, {NULL, 0, false},
     };
     cli_opt_parser p;
     qcow2_format fmt = QCOW2_FORMAT_AUTO;
+    const char *snap = NULL;
     bool progress = false, no_lock = false;
     uint8_t digest[16];
     cli_progress pr;
@@ -944,13 +994,16 @@ int cli_image_digest(int argc, char **argv)
         case 'U':
             no_lock = true;
             break;
+        case 'l':
+            snap = p.arg;
+            break;
         default:
             return cli_usage_hint("qsnap image digest", IMG_EXIT_FAIL);
         }
     }
     if (!want_operands(&p, 1, "qsnap image digest"))
         return IMG_EXIT_FAIL;
-    if (cli_open_image(&img, p.argv[0], fmt, false, no_lock) < 0)
+    if (open_image_at(&img, p.argv[0], fmt, no_lock, snap) < 0)
         return IMG_EXIT_FAIL;
 
     cli_progress_begin(&pr, progress, true);

@@ -225,6 +225,11 @@ out:
     return status;
 }
 
+int tree_run_plan(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry_run, bool json)
+{
+    return run_plan(s, p, disk, dry_run, json, PROGRESS_OFF);
+}
+
 /* Open, build a plan with make() and run it; make's own failure is printed. */
 typedef int (*plan_fn)(qsnap_plan **out, qsnap_store *s, void *args);
 
@@ -803,6 +808,8 @@ static const struct tree_cmd tree_cmds[] = {
     {"why", cli_tree_why, "what depends on a snapshot or branch"},
     {"export", cli_tree_export, "write a state as a standalone raw or qcow2 image"},
     {"verify", cli_tree_verify, "check (and --repair) the store"},
+    {"adopt", cli_tree_adopt, "take over a backing chain (libvirt's, qemu-img's)"},
+    {"libvirt-xml", cli_tree_libvirt_xml, "the tree as libvirt snapshot XML (--redefine)"},
 };
 
 #define NB_TREE_CMDS (sizeof(tree_cmds) / sizeof(tree_cmds[0]))

@@ -50,6 +50,16 @@ char *tree_disk_of(const qsnap_store *s);
 /* Write a JSON null member (the shared writer has none). */
 void tree_json_null(cli_json *j, const char *key);
 
+/*
+ * Describe plan p (dry_run; with json as JSON) or execute it on s (printing
+ * its summary, or the plan as JSON with json). Frees p; returns the exit status.
+ */
+int tree_run_plan(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry_run, bool json);
+
+/* libvirt: adopt and libvirt-xml (cmd_adopt.c). */
+int cli_tree_adopt(int argc, char **argv);
+int cli_tree_libvirt_xml(int argc, char **argv);
+
 /* The commands that only read (cmd_tree_query.c); argv[0] is the command's name. */
 int cli_tree_list(int argc, char **argv);
 int cli_tree_info(int argc, char **argv);

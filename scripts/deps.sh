@@ -36,7 +36,7 @@ need_cmd libvirtd libvirt-daemon
 [ -f /usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so ] ||
     [ -n "$(find /usr/lib -name 'libvirt_driver_qemu.so' 2>/dev/null | head -n 1)" ] ||
     missing="$missing libvirt-daemon-driver-qemu"
-need_cmd virt-xml-validate libxml2-utils
+need_cmd virt-xml-validate libvirt-clients
 need_cmd xmllint libxml2-utils
 need_cmd nbdkit nbdkit
 need_hdr nbdkit-plugin.h nbdkit-plugin-dev

@@ -25,6 +25,8 @@
  *                in one header write, so a crash leaves it whole or absent
  *   INTERNAL_APPLY   applying the same snapshot again gives the same state
  *   INTERNAL_DELETE  a snapshot already missing is done
+ *   ADOPT        rename into the store: a final file that exists while the
+ *                source is gone was moved by an earlier run
  *
  * Internal snapshots are looked up by exact name, and applied or deleted by
  * their unique id, never by qcow2_snapshot_find()'s id-or-name rule: a
@@ -671,6 +673,38 @@ static int st_internal(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *
     return rc;
 }
 
+/* Move an adopted file (absolute a) into the store as layer x's file. */
+static int st_adopt(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st, bool back)
+{
+    struct qsnap__layer *l = find_layer(s, p, st->x);
+    char *final = l ? qsnap__path(s, l->file) : NULL, *sdir = NULL;
+    const char *from = back ? final : st->a, *to = back ? st->a : final;
+    int rc = 0;
+
+    if (!l || !st->a)
+        return qsnap__err(QSNAP_ERROR, NULL, "plan refers to a missing layer %u", st->x);
+    if (!final)
+        return nomem();
+    if (qsnap__file_exists(to) && !qsnap__file_exists(from)) {
+        /* Moved by an earlier run: only the directories' durability is left. */
+    } else if (rename(from, to) < 0) {
+        rc = qsnap__err(errno == EXDEV ? QSNAP_EREFUSED : QSNAP_ERROR, NULL,
+                        "%s: cannot move it to %s: %s", from, to, strerror(errno));
+    }
+    if (!rc && (sdir = strdup(st->a)) != NULL) {
+        *strrchr(sdir, '/') = '\0';
+        rc = qsnap__fsync_dir(sdir[0] ? sdir : "/");
+    }
+    if (!rc) {
+        char *ldir = qsnap__path(s, "layers");
+        rc = ldir ? qsnap__fsync_dir(ldir) : nomem();
+        free(ldir);
+    }
+    free(sdir);
+    free(final);
+    return rc;
+}
+
 static int st_save(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
 {
     struct qsnap__model *m = &p->models[st->y], copy;
@@ -722,6 +756,8 @@ static int run_step(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st,
     case QSNAP__ST_INTERNAL_APPLY:
     case QSNAP__ST_INTERNAL_DELETE:
         return st_internal(s, p, st);
+    case QSNAP__ST_ADOPT:
+        return st_adopt(s, p, st, false);
     }
     return qsnap__err(QSNAP_ERROR, NULL, "unknown plan step %d", (int)st->kind);
 }
@@ -823,6 +859,8 @@ static bool journal_path_ok(const struct qsnap__step *st)
     if (st->kind == QSNAP__ST_LINK_STATE)
         return st->a && st->a[0] == '/' && store_rel_ok(st->b, false) &&
                !strncmp(st->b, "state/", 6);
+    if (st->kind == QSNAP__ST_ADOPT)
+        return st->a && st->a[0] == '/' && !strstr(st->a, "/../") && !strstr(st->a, "/./");
     return true;
 }
 
@@ -979,6 +1017,7 @@ static bool can_undo(const qsnap_plan *p, size_t upto)
         case QSNAP__ST_LINK_STATE:
         case QSNAP__ST_PRESERVE:
         case QSNAP__ST_INTERNAL_CREATE: /* undone by deleting what it made */
+        case QSNAP__ST_ADOPT:           /* undone by moving the file back */
             break;
         case QSNAP__ST_INTERNAL_APPLY:
         case QSNAP__ST_INTERNAL_DELETE:
@@ -1048,6 +1087,11 @@ static void undo(qsnap_store *s, qsnap_plan *p, size_t upto)
             }
             break;
         }
+        case QSNAP__ST_ADOPT:
+            /* The old metadata does not know the layer: its file goes back. */
+            if (!old && l)
+                st_adopt(s, p, st, true);
+            break;
         case QSNAP__ST_MKDIR:
         case QSNAP__ST_STREAM:
         case QSNAP__ST_SET_BACKING:

@@ -1843,6 +1843,8 @@ static const char *step_name(enum qsnap__step_kind k)
         return "internal-apply";
     case QSNAP__ST_INTERNAL_DELETE:
         return "internal-delete";
+    case QSNAP__ST_ADOPT:
+        return "adopt";
     }
     return "?";
 }
@@ -1944,6 +1946,10 @@ int qsnap_plan_describe(const qsnap_plan *p, bool json, char **out)
             break;
         case QSNAP__ST_INTERNAL_DELETE:
             snprintf(line, sizeof(line), "delete internal snapshot %s from %s", st->a,
+                     layer_file(p, st->x));
+            break;
+        case QSNAP__ST_ADOPT:
+            snprintf(line, sizeof(line), "move %s into the store as %s", st->a,
                      layer_file(p, st->x));
             break;
         }

@@ -113,8 +113,10 @@ enum qsnap__step_kind {
     QSNAP__ST_INTERNAL_CREATE, /* x: layer (a head) gains internal snapshot named a */
     QSNAP__ST_INTERNAL_APPLY,  /* x: layer's active state reverted to internal snapshot a */
     QSNAP__ST_INTERNAL_DELETE, /* x: internal snapshot a removed from layer x */
+    QSNAP__ST_ADOPT,          /* x: layer whose file is moved (renamed) from a (absolute) into
+                               * the store (adopt.c) */
 };
-#define QSNAP__ST_LAST QSNAP__ST_INTERNAL_DELETE
+#define QSNAP__ST_LAST QSNAP__ST_ADOPT
 
 struct qsnap__step {
     enum qsnap__step_kind kind;

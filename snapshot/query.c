@@ -527,7 +527,9 @@ int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
                 qcow2_snapshot_unique_bytes(img, snap, &b) != 0)
                 b = 0;
             qcow2_image_close(img);
-            u[i].holds = u[i].frees = b;
+            u[i].holds = b;
+            /* One kept in an adopted frozen layer cannot be deleted: it frees nothing. */
+            u[i].frees = l && l->frozen ? 0 : b;
             continue;
         }
         for (size_t j = 0; j < s->m.nl; j++)
@@ -561,6 +563,12 @@ int qsnap_why(qsnap_store *s, const char *name, char **out)
     if (n && n->internal) {
         fprintf(f, "snapshot %s: internal snapshot %s inside %s (%s)\n", name, n->internal,
                 l->file, l->frozen ? "frozen" : "a branch's writable head");
+        if (l->frozen) {
+            /* Adopted with its file: read-only like the layer that holds it. */
+            fprintf(f, "revert: refused (its layer is frozen); export and diff read it\n");
+            fprintf(f, "delete: refused (it would write into frozen %s)\n", l->file);
+            goto done;
+        }
         fprintf(f, "revert: applies it in place when that head is the current branch's (the "
                    "head's state is kept as another internal snapshot unless --discard)\n");
         fprintf(f, "delete: removes it from %s's snapshot table; nothing else depends on it\n",
@@ -827,7 +835,9 @@ static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, st
 
 /*
  * An internal node: its snapshot is in its layer's table, and the layer is a
- * branch's head (internal snapshots never live in frozen layers: see plan.c).
+ * branch's head, or a frozen layer (an adopted file that held internal
+ * snapshots: they stay read-only nodes there; plan.c never makes new ones in
+ * frozen layers).
  */
 static void verify_internal(qsnap_store *s, const struct qsnap__node *n, struct findings *fs)
 {
@@ -844,7 +854,7 @@ static void verify_internal(qsnap_store *s, const struct qsnap__node *n, struct 
     path = qsnap__path(s, l->file);
     if (!path)
         return;
-    if (!head || l->frozen)
+    if (!head && !l->frozen)
         find(fs, true, false, path, "internal snapshot %s lives in %s, which is not a branch's "
                                     "writable head",
              name, l->file);

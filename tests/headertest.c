@@ -8,6 +8,8 @@
 #include "qcow2/sys/io.h"
 #include "qcow2/version.h"
 #include "qsnap/qsnap.h"
+#include "qsnap/libvirt.h"
+#include "qsnap/libvirt.h"
 #include "qcow2/qcow2.h"
 /* Included twice on purpose: the include guards must hold. */
 #include "qcow2/qcow2.h"
@@ -51,6 +53,12 @@ int headertest_use(const char *path)
     }
     copts.min_sparse = 0;
     (void)copts;
+    {
+        qsnap_adopt_opts ao = QSNAP_ADOPT_OPTS_INIT;
+        qsnap_libvirt_xml *lx = NULL;
+        (void)ao;
+        qsnap_libvirt_xml_free(lx);
+    }
     qcow2_image_close(img);
     if (qcow2_io_mem_new(&io, "abc", 3) == 0)
         qcow2_io_close(io);
