@@ -239,10 +239,33 @@ static int check_table(qcow2_image *img, const char *what, uint64_t off, uint64_
     return 0;
 }
 
+/* The refcount table's header fields: size within the cap, aligned, in the file, clear of L1. */
+static int check_reftable(qcow2_image *img, uint64_t l1_bytes)
+{
+    const struct qcow2__hdr *h = &img->hdr;
+    uint64_t rt_bytes = 0;
+    int rc;
+
+    if (qcow2__mul_overflow(h->rt_clusters, img->cluster_size, &rt_bytes) ||
+        rt_bytes > QCOW2_MAX_REFTABLE_BYTES)
+        return qcow2__corrupt(img, "refcount table is %" PRIu32 " clusters (at most %llu bytes)",
+                              h->rt_clusters, QCOW2_MAX_REFTABLE_BYTES);
+    if (h->rt_clusters == 0)
+        return qcow2__corrupt(img, "refcount table is empty");
+    rc = check_table(img, "refcount table", h->rt_off, rt_bytes);
+    if (rc)
+        return rc;
+    if (ranges_overlap(h->l1_off, l1_bytes, h->rt_off, rt_bytes))
+        return qcow2__corrupt(img,
+                              "L1 table at 0x%" PRIx64 " overlaps the refcount table at 0x%" PRIx64,
+                              h->l1_off, h->rt_off);
+    return 0;
+}
+
 int qcow2__header_parse(qcow2_image *img, const uint8_t *buf, size_t buf_len)
 {
     struct qcow2__hdr *h = &img->hdr;
-    uint64_t ext_area_end, l1_bytes, rt_bytes, l1_need, per_l1;
+    uint64_t ext_area_end, l1_bytes, l1_need, per_l1;
     int rc;
 
     if (buf_len < QCOW2_V2_HEADER_LEN)
@@ -394,19 +417,17 @@ int qcow2__header_parse(qcow2_image *img, const uint8_t *buf, size_t buf_len)
     rc = check_table(img, "L1 table", h->l1_off, l1_bytes);
     if (rc)
         return rc;
-    if (!qcow2__mul_overflow(h->rt_clusters, img->cluster_size, &rt_bytes) &&
-        rt_bytes > QCOW2_MAX_REFTABLE_BYTES)
-        return qcow2__corrupt(img, "refcount table is %" PRIu32 " clusters (at most %llu bytes)",
-                              h->rt_clusters, QCOW2_MAX_REFTABLE_BYTES);
-    if (h->rt_clusters == 0)
-        return qcow2__corrupt(img, "refcount table is empty");
-    rc = check_table(img, "refcount table", h->rt_off, rt_bytes);
-    if (rc)
-        return rc;
-    if (ranges_overlap(h->l1_off, l1_bytes, h->rt_off, rt_bytes))
-        return qcow2__corrupt(img,
-                              "L1 table at 0x%" PRIx64 " overlaps the refcount table at 0x%" PRIx64,
-                              h->l1_off, h->rt_off);
+    rc = check_reftable(img, l1_bytes);
+    if (rc) {
+        /*
+         * A check may open it anyway: the refcounts can be rebuilt from the
+         * references (qemu does the same). The handle then has no refcount
+         * table at all, and nothing but the repair writes.
+         */
+        if (!(img->opts.flags & QCOW2_OPEN_CHECK))
+            return rc;
+        img->rt_broken = true;
+    }
     if (h->nb_snapshots) {
         rc = check_table(img, "snapshot table", h->snap_off, 0);
         if (rc)

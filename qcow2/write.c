@@ -47,6 +47,9 @@ int qcow2__check_writable(qcow2_image *img)
                           "an earlier write failed; close and reopen the image");
     if (img->state != QCOW2__OPEN_RW)
         return qcow2__err(QCOW2_EREADONLY, 0, img->name, "image is opened read-only");
+    if (img->fmt == QCOW2_FORMAT_QCOW2 && img->rt_broken)
+        return qcow2__err(QCOW2_EREADONLY, 0, img->name,
+                          "the refcount table is unusable; repair it with 'qsnap image check -r all'");
     if (img->fmt == QCOW2_FORMAT_QCOW2 && (img->hdr.incompat & QCOW2_INCOMPAT_CORRUPT))
         return qcow2__err(QCOW2_EREADONLY, 0, img->name,
                           "image is marked corrupt; repair it with 'qsnap image check -r all'");
@@ -417,6 +420,33 @@ static int check_host(qcow2_image *img, uint64_t host, uint64_t l2_off, uint64_t
     return 0;
 }
 
+/*
+ * Entry idx of the L2 table at l2_off is about to be replaced and its host
+ * cluster freed (a preallocated zero cluster, a shared one): that cluster
+ * must be one a data cluster can be. Freeing metadata, or an unaligned
+ * offset, would corrupt the refcounts; qemu refuses such a write too.
+ */
+static int check_replaced(qcow2_image *img, uint64_t e, uint64_t l2_off, uint64_t idx)
+{
+    uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
+    const char *what;
+
+    if ((e & QCOW2_OFLAG_COMPRESSED) || !host)
+        return 0;
+    if ((host & (img->cluster_size - 1)) || host < img->cluster_size)
+        return qcow2__corrupt(img,
+                              "cluster offset 0x%" PRIx64 " (L2 table 0x%" PRIx64 " entry %" PRIu64
+                              ") is unaligned or in the header; not writing",
+                              host, l2_off, idx);
+    what = qcow2__meta_overlap_all(img, host, img->cluster_size);
+    if (what)
+        return qcow2__corrupt(img,
+                              "cluster 0x%" PRIx64 " (L2 table 0x%" PRIx64 " entry %" PRIu64
+                              ") overlaps %s; not writing",
+                              host, l2_off, idx, what);
+    return 0;
+}
+
 /* Write [off, off+len) (within one cluster) of an extended-L2 image. */
 static int write_extl2_cluster(qcow2_image *img, struct qcow2__cslot *slot, uint64_t idx,
                                const uint8_t *data, uint64_t off, uint64_t len)
@@ -465,6 +495,9 @@ static int write_extl2_cluster(qcow2_image *img, struct qcow2__cslot *slot, uint
     }
     if (!entry_owned(img, e)) {
         uint64_t new_host;
+        rc = check_replaced(img, e, slot->off, idx);
+        if (rc)
+            goto out;
         rc = qcow2__alloc_clusters(img, 1, &new_host);
         if (rc)
             goto out;
@@ -553,6 +586,11 @@ static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, u
                 if (entry_owned(img, e2))
                     break;
                 k++;
+            }
+            for (uint64_t j = 0; j < k; j++) {
+                rc = check_replaced(img, l2_entry(img, slot->data, idx + j), slot->off, idx + j);
+                if (rc)
+                    goto out;
             }
             span = k * cs;
             wend = qcow2__min(end, cstart + span);
