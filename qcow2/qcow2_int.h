@@ -499,6 +499,8 @@ const char *qcow2__meta_overlap(const qcow2_image *img, uint64_t off, uint64_t l
 /* The same, deep, plus the active L2 tables and the bitmap directory: what the
  * allocator checks every new cluster against (refcount.c). */
 const char *qcow2__meta_overlap_all(const qcow2_image *img, uint64_t off, uint64_t len);
+/* QCOW2_ECORRUPT unless every refcount block has a refcount of its own (resize --shrink). */
+int qcow2__refcount_blocks_covered(qcow2_image *img);
 /* Store refcount v for entry i of a refcount block held in memory (check.c's rebuild). */
 void qcow2__refcount_put(const qcow2_image *img, uint8_t *blk, uint64_t i, uint64_t v);
 

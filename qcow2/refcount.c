@@ -806,3 +806,26 @@ const char *qcow2__meta_overlap(const qcow2_image *img, uint64_t off, uint64_t l
     }
     return NULL;
 }
+
+/* Every refcount block counted in a group that has a block (resize --shrink refuses otherwise). */
+int qcow2__refcount_blocks_covered(qcow2_image *img)
+{
+    int rc = qcow2__refcount_table(img);
+
+    for (uint64_t i = 0; !rc && i < img->rt_entries; i++) {
+        uint64_t off, v = 0;
+
+        rc = block_offset(img, i, &off);
+        if (rc || !off)
+            continue;
+        if (group_has_block(img, (off >> img->cluster_bits) / per_block(img)))
+            rc = qcow2__refcount_get(img, off >> img->cluster_bits, &v);
+        if (!rc && v == 0)
+            rc = qcow2__corrupt(img,
+                                "refcount block at 0x%" PRIx64 " (table entry %" PRIu64
+                                ") is not covered by the refcount structures; run "
+                                "'qsnap image check -r all' first",
+                                off, i);
+    }
+    return rc;
+}

@@ -1098,6 +1098,8 @@ int qcow2_image_resize(qcow2_image *img, uint64_t new_size, bool allow_shrink)
             return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
                               "cannot shrink an image that has internal snapshots");
         rc = tail_allocated(img, new_size, &used);
+        if (!rc)
+            rc = qcow2__refcount_blocks_covered(img);
         if (rc)
             return rc;
         if (used && !allow_shrink)
