@@ -582,7 +582,12 @@ static int count_all(struct check *ck)
                " clusters) is unusable: it is empty, misaligned, outside the file or "
                "overlaps the L1 table",
                img->hdr.rt_off, img->hdr.rt_clusters);
-        ck->res->corruptions++;
+        /* qemu cannot read refcounts through a misaligned table (a failed check); the
+         * other cases read as zeroes there (corruptions). */
+        if (img->hdr.rt_off & (img->cluster_size - 1))
+            ck->res->check_errors++;
+        else
+            ck->res->corruptions++;
         ck->need_rebuild = true;
     } else if (!ck->for_rebuild) {
         count_range(ck, img->hdr.rt_off, (uint64_t)img->hdr.rt_clusters * img->cluster_size,
@@ -654,7 +659,11 @@ static bool local_failure(int rc)
     return QCOW2_ERROR_CLASS(rc) == QCOW2_ECORRUPT;
 }
 
-/* True when cluster c's refcount block is aligned but lies past the end of the file. */
+/*
+ * True when cluster c's refcount block entry was reported already and qemu
+ * would still read a refcount there: the block lies past the end of the
+ * file (zeroes), or the entry has reserved bits set. Counted as refcount 0.
+ */
 static bool block_past_eof(const struct check *ck, uint64_t c)
 {
     const qcow2_image *img = ck->img;
@@ -664,8 +673,10 @@ static bool block_past_eof(const struct check *ck, uint64_t c)
         return false;
     e = img->reftable[g];
     off = e & QCOW2_REFT_OFFSET_MASK;
-    return !(e & QCOW2_REFT_RESERVED_MASK) && off && !(off & (img->cluster_size - 1)) &&
-           !qcow2__in_range(off, img->cluster_size, ck->file_size);
+    if (off & (img->cluster_size - 1))
+        return false;
+    return (e & QCOW2_REFT_RESERVED_MASK) ||
+           (off && !qcow2__in_range(off, img->cluster_size, ck->file_size));
 }
 
 /* Compare the counts with the refcounts on disk, fixing what fix allows. */

@@ -168,7 +168,8 @@ static int snap_parse_entry(struct snap_reader *r, uint64_t *pos, uint32_t idx,
         return qcow2__nomem();
 
     rc = snap_check_l1(img, idx, sn);
-    if (rc)
+    /* A read-only check opens it anyway and reports it, as qemu-img check does. */
+    if (rc && !((img->opts.flags & QCOW2_OPEN_CHECK) && img->state != QCOW2__OPEN_RW))
         return rc;
     *pos = qcow2__align_up(*pos + entry_len, 8);
     return 0;

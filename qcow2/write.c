@@ -526,6 +526,43 @@ out:
     return rc;
 }
 
+/* A preallocated zero cluster (standard L2 entry: ZERO with a host offset) that we own. */
+static bool zero_alloc_owned(const qcow2_image *img, uint64_t e)
+{
+    return !img->extl2 && !(e & QCOW2_OFLAG_COMPRESSED) && (e & QCOW2_OFLAG_ZERO) &&
+           (e & QCOW2_OFLAG_COPIED) && (e & QCOW2_L2E_OFFSET_MASK);
+}
+
+/*
+ * Write [off, off+len) (within one cluster) into the preallocated zero
+ * cluster of entry idx: the whole cluster is written (zeroes around the new
+ * bytes) before the entry loses its zero flag. Its offset came from the
+ * file: it must be aligned and clear of every metadata structure first.
+ */
+static int write_zero_alloc(qcow2_image *img, struct qcow2__cslot *slot, uint64_t idx, uint64_t e,
+                            const uint8_t *data, uint64_t off, uint64_t len)
+{
+    uint64_t cs = img->cluster_size, host = e & QCOW2_L2E_OFFSET_MASK;
+    uint8_t *buf;
+    int rc = check_replaced(img, e, slot->off, idx);
+
+    if (rc)
+        return rc;
+    if (host > QCOW2_MAX_HOST_OFFSET - cs)
+        return qcow2__corrupt(img, "cluster offset 0x%" PRIx64 " is invalid", host);
+    buf = qcow2__calloc(1, (size_t)cs);
+    if (!buf)
+        return qcow2__nomem();
+    memcpy(buf + (off & (cs - 1)), data, (size_t)len);
+    rc = qcow2__io_write(img->io, img->name, buf, (size_t)cs, host);
+    qcow2__free(buf);
+    if (rc)
+        return rc;
+    img->file_size = qcow2__max(img->file_size, host + cs);
+    set_l2(img, slot, idx, e & ~QCOW2_OFLAG_ZERO, 0);
+    return 0;
+}
+
 /* Write [off, off+len) within one L2 table's coverage. */
 static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, uint64_t len)
 {
@@ -551,6 +588,15 @@ static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, u
             if (rc)
                 goto out;
             pos += n;
+            continue;
+        }
+        if (zero_alloc_owned(img, e)) {
+            /* A preallocated zero cluster of ours: written in place, as qemu does. */
+            rc = write_zero_alloc(img, slot, idx, e, data + (pos - off), pos,
+                                  qcow2__min(end, cstart + cs) - pos);
+            if (rc)
+                goto out;
+            pos = qcow2__min(end, cstart + cs);
             continue;
         }
         if (entry_owned(img, e)) {
