@@ -234,7 +234,7 @@ static int check_table(qcow2_image *img, const char *what, uint64_t off, uint64_
     if (len && !qcow2__in_range(off, len, img->file_size))
         return qcow2__corrupt(img,
                               "%s at 0x%" PRIx64 " (%" PRIu64 " bytes) lies beyond the end of the "
-                              "file (%" PRIu64 " bytes)",
+                              "file (%" PRIu64 " bytes); refused, where qemu would read zeroes",
                               what, off, len, img->file_size);
     return 0;
 }
@@ -428,12 +428,17 @@ int qcow2__header_parse(qcow2_image *img, const uint8_t *buf, size_t buf_len)
             return rc;
         img->rt_broken = true;
     }
+    /* qemu refuses a misaligned snapshot table offset even when there are no snapshots. */
+    rc = check_table(img, "snapshot table", h->snap_off, 0);
+    if (rc)
+        return rc;
+    if ((h->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW) && !(h->incompat & QCOW2_INCOMPAT_DATA_FILE))
+        return qcow2__corrupt(img, "the data-file-raw bit is set, but there is no external data "
+                                   "file (qemu refuses it too)");
     if (h->nb_snapshots) {
-        rc = check_table(img, "snapshot table", h->snap_off, 0);
-        if (rc)
-            return rc;
         if (h->snap_off == 0 || h->snap_off >= img->file_size)
-            return qcow2__corrupt(img, "snapshot table at 0x%" PRIx64 " lies outside the file",
+            return qcow2__corrupt(img, "snapshot table at 0x%" PRIx64 " lies outside the file; "
+                                  "refused, where qemu would read zeroes",
                                   h->snap_off);
     }
     return 0;

@@ -296,6 +296,10 @@ static int free_entry(qcow2_image *img, uint64_t e)
         qcow2__compressed_range(img, e, &off, &len);
         return qcow2__free_later(img, off, len);
     }
+    /* A misaligned offset is not a cluster we can free: it is left leaked (qemu: "Cannot
+     * free unaligned cluster", and it goes on); check reports it. */
+    if (host & (img->cluster_size - 1))
+        return 0;
     return host ? qcow2__free_later(img, host, img->cluster_size) : 0;
 }
 

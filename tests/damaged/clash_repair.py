@@ -604,6 +604,34 @@ def leaked_lines_case(d):
     return problems
 
 
+def discard_unaligned_case(d):
+    """Discard over an L2 entry with a misaligned offset: qemu reports it, leaks the cluster and goes on."""
+    problems = []
+    sh("qemu-img create -q -f qcow2 u.qcow2 4M", d)
+    sh("qemu-io -f qcow2 -c 'write -P 1 0 128k' u.qcow2", d)
+    p = os.path.join(d, "u.qcow2")
+    with open(p, "rb") as f:
+        b = bytearray(f.read())
+    p64(b, l2e_off(b, 0), u64(b, l2e_off(b, 0)) + 0x200)
+    for t in ("q.qcow2", "o.qcow2"):
+        with open(os.path.join(d, t), "wb") as f:
+            f.write(b)
+    qrc, _, _ = run(["qemu-io", "-f", "qcow2", "-c", "discard 0 128k", "q.qcow2"], d)
+    rc, so, se = run([QSNAP, "image", "io", "-c", "discard 0 128k", "o.qcow2"], d, ours=True)
+    problems += crash_problems("io", rc, so, se)
+    if qrc != 0:
+        problems.append(f"qemu-io discard now exits {qrc}, recorded 0")
+    if rc != qrc:
+        problems.append(f"discard exits {rc}, qemu-io {qrc}: {se.strip()!r}")
+    with open(os.path.join(d, "o.qcow2"), "rb") as f:
+        if u64(f.read(), 72) & 2:
+            problems.append("the discard marked the image corrupt (qemu does not)")
+    qc, oc = qemu_check("q.qcow2", d), qemu_check("o.qcow2", d)
+    if qc != oc:
+        problems.append(f"qemu-img check: {oc} after ours, {qc} after qemu's")
+    return problems
+
+
 def shrink_uncovered_block_case(d):
     """resize --shrink refuses while a refcount block has no refcount of its own."""
     problems = []
@@ -648,6 +676,7 @@ def all_cases():
     cases.append(("check-raw-no-checks", raw_check_case))
     cases.append(("check-leaked-cluster-lines", leaked_lines_case))
     cases.append(("shrink-uncovered-refblock", shrink_uncovered_block_case))
+    cases.append(("discard-unaligned-entry", discard_unaligned_case))
     return cases
 
 
