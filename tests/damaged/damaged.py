@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Damaged-image suite (issue 2, growing toward issue 7).
+"""Damaged-image suite: open and read decisions.
 
 Every case is built at test time from images made by qemu-img/qemu-io, by
 poking bytes into a copy (header fields, extensions, L1/L2 entries,
@@ -11,6 +11,9 @@ difference (printed as "# differs from qemu-img: ..."):
   open   refused at open: every qsnap command fails
   read   opens, but reading the guest content fails (convert, digest)
   works  every command succeeds; convert matches qemu-img's output
+
+Every qsnap command runs under a 1 GiB address-space limit (not in ASan/TSan
+builds). tests/damaged/clash_repair.py has the write and repair cases.
 
 Checked for every command on every case (qsnap image info, info
 --output=json, map --output=json, convert -O raw, digest): no crash (exit
@@ -24,6 +27,7 @@ directory, CASE=substr runs only matching cases, VERBOSE=1 prints messages.
 """
 import hashlib
 import os
+import resource
 import shutil
 import stat
 import struct
@@ -144,11 +148,32 @@ def is_compressed(e):
 
 # ---- running commands -------------------------------------------------------------
 
+AS_LIMIT = 1 << 30  # qsnap runs under a 1 GiB address-space limit (ulimit -v)
+
+
+def sanitized():
+    """ASan/TSan builds reserve far more address space than the limit: no limit for them."""
+    try:
+        with open(QSNAP, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return b"__asan_init" in data or b"__tsan_init" in data
+
+
+USE_LIMIT = not sanitized()
+
+
+def limited():
+    resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
+
+
 def run(argv, cwd=None):
     """(exit status, stdout, stderr); status 124 on timeout, -1 if not runnable."""
     try:
         p = subprocess.run(argv, cwd=cwd, capture_output=True, timeout=TIMEOUT,
-                           stdin=subprocess.DEVNULL)
+                           stdin=subprocess.DEVNULL,
+                           preexec_fn=limited if argv[0] == QSNAP and USE_LIMIT else None)
         return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
     except subprocess.TimeoutExpired:
         return 124, "", "timeout"
