@@ -191,15 +191,16 @@ int qcow2__layer_extent(qcow2_image *img, uint64_t guest_off, uint64_t len, stru
         img->hole_end = guest_off + limit;
         return 0;
     }
-    rc = qcow2__check_l2_offset(img, l1_idx, l2_off);
     /*
      * An L2 table that runs past the end of the file reads as zeroes there,
      * as qemu reads it (the I/O layer zero-fills past the end); writes still
      * refuse it (write.c checks the offset itself).
      */
-    if (rc && !(l2_off & (img->cluster_size - 1)) && l2_off >= img->cluster_size &&
+    if (!(l2_off & (img->cluster_size - 1)) && l2_off >= img->cluster_size &&
         l2_off <= QCOW2_MAX_HOST_OFFSET && !qcow2__in_range(l2_off, img->cluster_size, img->file_size))
         rc = 0;
+    else
+        rc = qcow2__check_l2_offset(img, l1_idx, l2_off);
     if (rc)
         return rc;
     rc = qcow2__l2_load(img, l2_off, &table);
