@@ -686,6 +686,22 @@ static int compare_refcounts(struct check *ck, uint64_t *highest)
     uint64_t range = qcow2__max(ck->hi_cluster, (ck->file_size + img->cluster_size - 1) >>
                                                     img->cluster_bits);
 
+    /* Fixing: every finding first, then the repairs, in qemu-img's order. */
+    bool listed = ck->fix && !ck->quiet && ck->res->report;
+
+    for (uint64_t c = 0; listed && c < range; c++) {
+        uint64_t r1, r2 = ck->refs[c];
+        int rc = qcow2__refcount_get(img, c, &r1);
+
+        if (rc && local_failure(rc) && block_past_eof(ck, c)) {
+            rc = 0;
+            r1 = 0;
+        }
+        if (rc || r1 == r2 || (r2 == REF_SATURATED && r1 > r2))
+            continue;
+        report(ck, true, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
+               r1 < r2 ? "ERROR" : "Leaked", c, r1, r2);
+    }
     *highest = 0;
     for (uint64_t c = 0; c < range; c++) {
         uint64_t r1, r2 = ck->refs[c];
@@ -712,9 +728,10 @@ static int compare_refcounts(struct check *ck, uint64_t *highest)
             fixed = &ck->res->leaks_fixed;
         else if (r1 < r2 && (ck->fix & QCOW2_CHECK_FIX_ERRORS))
             fixed = &ck->res->corruptions_fixed;
-        /* The finding as qemu-img words it, then (when fixing) the repair. */
-        report(ck, true, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
-               r1 < r2 ? "ERROR" : "Leaked", c, r1, r2);
+        /* The finding as qemu-img words it (listed above when fixing), then the repair. */
+        if (!listed)
+            report(ck, true, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
+                   r1 < r2 ? "ERROR" : "Leaked", c, r1, r2);
         if (fixed)
             report(ck, false, "Repairing cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
                    c, r1, r2);
