@@ -212,6 +212,8 @@ int cli_image_check(int argc, char **argv)
         cli_errorf("force-share=on can only be used with read-only images");
         return 1;
     }
+    /* A check sees the image as it is: dirty, or with a refcount table only a rebuild can fix. */
+    oo.flags |= QCOW2_OPEN_CHECK;
     if (fix)
         oo.flags |= QCOW2_OPEN_RDWR;
     if (no_lock)

@@ -81,6 +81,17 @@ struct check {
     uint8_t *buf;            /* one cluster */
     uint64_t next_contig;    /* fragmentation: expected next host offset; 0 = none */
     uint64_t fixed;          /* fixes made by this pass */
+    bool for_rebuild;        /* count for a rebuild: the old refcount structure is not counted */
+    bool need_rebuild;       /* the refcount structure cannot be repaired in place */
+    struct copy_req *copies; /* data clusters to copy (referenced past the refcount width) */
+    size_t nb_copies, copies_alloc;
+};
+
+/* An L2 entry whose data cluster is referenced once too often for refcount_bits. */
+struct copy_req {
+    uint64_t l2_off; /* the L2 table (active tree) */
+    uint64_t idx;    /* entry in it */
+    uint64_t host;   /* the data cluster it shares */
 };
 
 static void report(struct check *ck, bool unfixed, const char *fmt, ...) QCOW2_PRINTF(3, 4);
@@ -145,6 +156,34 @@ static bool count_range(struct check *ck, uint64_t off, uint64_t len, bool mark)
             ck->meta[c / 8] = (uint8_t)(ck->meta[c / 8] | (1u << (c % 8)));
         ck->hi_cluster = qcow2__max(ck->hi_cluster, c + 1);
     }
+    return true;
+}
+
+/*
+ * A data cluster referenced more often than refcount_bits can count (two L2
+ * entries sharing it under refcount_bits=1, say): with FIX_ERRORS the entry
+ * gets a copy of its own. Returns true when the copy was queued.
+ */
+static bool queue_copy(struct check *ck, uint64_t l2_off, uint64_t idx, uint64_t host)
+{
+    qcow2_image *img = ck->img;
+    uint64_t c = host >> img->cluster_bits;
+
+    if (!(ck->fix & QCOW2_CHECK_FIX_ERRORS) || ck->for_rebuild || c >= ck->nb_clusters ||
+        ck->refs[c] == REF_SATURATED || ck->refs[c] < refcount_max(img))
+        return false;
+    if (ck->nb_copies == ck->copies_alloc) {
+        size_t n = ck->copies_alloc ? ck->copies_alloc * 2 : 16;
+        struct copy_req *p = qcow2__realloc(ck->copies, n * sizeof(*p));
+        if (!p)
+            return false;
+        ck->copies = p;
+        ck->copies_alloc = n;
+    }
+    ck->copies[ck->nb_copies].l2_off = l2_off;
+    ck->copies[ck->nb_copies].idx = idx;
+    ck->copies[ck->nb_copies].host = host;
+    ck->nb_copies++;
     return true;
 }
 
@@ -247,6 +286,13 @@ static void check_l2_entry(struct check *ck, uint64_t l2_off, uint64_t idx, uint
         return;
     }
     note_overlap(ck, "data cluster", host);
+    if (active && queue_copy(ck, l2_off, idx, host)) {
+        report(ck, false,
+               "Copying cluster 0x%" PRIx64 " (L2 table 0x%" PRIx64 " entry %" PRIu64
+               "): it is referenced more often than %u-bit refcounts can count",
+               host, l2_off, idx, img->refcount_bits);
+        return;
+    }
     count_range(ck, host, img->cluster_size, false);
 }
 
@@ -261,8 +307,48 @@ static int read_cluster(struct check *ck, uint64_t off)
     return rc;
 }
 
+/*
+ * Repair an L1 entry (of the active table, snap < 0, or of snapshot snap)
+ * whose L2 table lies on other metadata (a refcount block, say): what it
+ * maps is that metadata read as L2 entries, and a write through it would
+ * overwrite the metadata. The entry is cleared and the guest range it
+ * covered is reported as lost.
+ */
+static int drop_l1_entry(struct check *ck, int64_t snap, uint64_t l1_idx, uint64_t l2_off)
+{
+    qcow2_image *img = ck->img;
+    uint64_t span = 1ull << (img->cluster_bits + img->l2_bits);
+    int rc = 0;
+
+    if (snap < 0) {
+        img->l1[l1_idx] = 0;
+        img->l1_dirty = true;
+        qcow2__mapping_changed(img);
+        report(ck, false,
+               "Repairing L1 entry %" PRIu64 ": its L2 table at 0x%" PRIx64
+               " is other metadata; guest bytes 0x%" PRIx64 "..0x%" PRIx64
+               " are lost (they read as zeroes or from the backing file now)",
+               l1_idx, l2_off, l1_idx * span, (l1_idx + 1) * span - 1);
+    } else {
+        const struct qcow2__snapshot *sn = &img->snaps[snap];
+        uint8_t zero[8] = {0};
+
+        rc = qcow2__io_write(img->io, img->name, zero, sizeof(zero), sn->l1_off + l1_idx * 8);
+        if (rc)
+            return rc;
+        report(ck, false,
+               "Repairing L1 entry %" PRIu64 " of snapshot %s (%s): its L2 table at 0x%" PRIx64
+               " is other metadata; the snapshot's guest bytes 0x%" PRIx64 "..0x%" PRIx64
+               " are lost",
+               l1_idx, sn->id, sn->name, l2_off, l1_idx * span, (l1_idx + 1) * span - 1);
+    }
+    ck->res->corruptions_fixed++;
+    ck->fixed++;
+    return rc;
+}
+
 /* The L2 table an L1 entry points at: count it and everything it maps. */
-static int check_l2(struct check *ck, uint64_t l1_idx, uint64_t l1e, bool active)
+static int check_l2(struct check *ck, int64_t snap, uint64_t l1_idx, uint64_t l1e, bool active)
 {
     qcow2_image *img = ck->img;
     uint64_t l2_off = l1e & QCOW2_L1E_OFFSET_MASK;
@@ -277,6 +363,9 @@ static int check_l2(struct check *ck, uint64_t l1_idx, uint64_t l1e, bool active
     if (!l2_off)
         return 0;
     note_overlap(ck, "L2 table", l2_off);
+    if (is_meta(ck, l2_off >> img->cluster_bits) && !(l2_off & (img->cluster_size - 1)) &&
+        (ck->fix & QCOW2_CHECK_FIX_ERRORS) && !ck->for_rebuild)
+        return drop_l1_entry(ck, snap, l1_idx, l2_off);
     counted = count_range(ck, l2_off, img->cluster_size, false);
     if (l2_off & (img->cluster_size - 1)) {
         report(ck, true, "ERROR l2_offset=%" PRIx64 ": Table is not cluster aligned; L1 entry corrupted",
@@ -347,7 +436,7 @@ static int check_snapshot_l1(struct check *ck, uint32_t si)
             break;
         }
         for (uint64_t j = 0; j < n && !rc; j++)
-            rc = check_l2(ck, i + j, qcow2__be64(chunk + j * 8), false);
+            rc = check_l2(ck, si, i + j, qcow2__be64(chunk + j * 8), false);
     }
     qcow2__free(chunk);
     return rc;
@@ -457,6 +546,27 @@ out:
 }
 
 /*
+ * Clusters in use in a group that has no refcount block (an emptied refcount
+ * table entry): their refcounts are gone, and a block for the group placed
+ * anywhere could land on them. Only a rebuild places one safely.
+ */
+static void find_lost_groups(struct check *ck)
+{
+    qcow2_image *img = ck->img;
+    uint64_t pb = img->cluster_size * 8 / img->refcount_bits;
+
+    for (uint64_t c = 0; c < ck->nb_clusters; c++) {
+        uint64_t g = c / pb;
+        if (!ck->refs[c])
+            continue;
+        if (g < img->rt_entries && (img->reftable[g] & QCOW2_REFT_OFFSET_MASK))
+            continue;
+        ck->need_rebuild = true;
+        return;
+    }
+}
+
+/*
  * Count every reference. Fixed metadata first (so that L2 tables and data
  * landing on it can be named), then the active tree, then the snapshots'.
  */
@@ -466,13 +576,30 @@ static int count_all(struct check *ck)
     int rc;
 
     count_range(ck, 0, img->cluster_size, true);
-    count_range(ck, img->hdr.rt_off, (uint64_t)img->hdr.rt_clusters * img->cluster_size, true);
-    for (uint64_t i = 0; i < img->rt_entries; i++) {
+    if (img->rt_broken) {
+        report(ck, true,
+               "ERROR refcount table at 0x%" PRIx64 " (%" PRIu32
+               " clusters) is unusable: it is empty, misaligned, outside the file or "
+               "overlaps the L1 table",
+               img->hdr.rt_off, img->hdr.rt_clusters);
+        /* qemu cannot read refcounts through a misaligned table (a failed check); the
+         * other cases read as zeroes there (corruptions). */
+        if (img->hdr.rt_off & (img->cluster_size - 1))
+            ck->res->check_errors++;
+        else
+            ck->res->corruptions++;
+        ck->need_rebuild = true;
+    } else if (!ck->for_rebuild) {
+        count_range(ck, img->hdr.rt_off, (uint64_t)img->hdr.rt_clusters * img->cluster_size,
+                    true);
+    }
+    for (uint64_t i = 0; i < img->rt_entries && !ck->for_rebuild; i++) {
         uint64_t e = img->reftable[i], off = e & QCOW2_REFT_OFFSET_MASK;
 
         if (e & QCOW2_REFT_RESERVED_MASK) {
             report(ck, true, "ERROR refcount table entry %" PRIu64 " has reserved bits set", i);
             ck->res->corruptions++;
+            ck->need_rebuild = true;
             continue;
         }
         if (off & (img->cluster_size - 1)) {
@@ -481,12 +608,14 @@ static int count_all(struct check *ck)
                    " is not cluster aligned; refcount table entry corrupted",
                    i);
             ck->res->corruptions++;
+            ck->need_rebuild = true;
             continue;
         }
         if (off && (off >> img->cluster_bits) >= (ck->file_size + img->cluster_size - 1) >>
                                                      img->cluster_bits) {
             report(ck, true, "ERROR refcount block %" PRIu64 " is outside image", i);
             ck->res->corruptions++;
+            ck->need_rebuild = true;
             continue;
         }
         if (off)
@@ -499,7 +628,7 @@ static int count_all(struct check *ck)
     if (rc)
         return rc;
     for (uint64_t i = 0; i < img->hdr.l1_size; i++) {
-        rc = check_l2(ck, i, img->l1[i], true);
+        rc = check_l2(ck, -1, i, img->l1[i], true);
         if (rc)
             return rc;
     }
@@ -509,7 +638,7 @@ static int count_all(struct check *ck)
             return rc;
     }
     /* A refcount block referenced more than once overlaps something (qemu's check). */
-    for (uint64_t i = 0; i < img->rt_entries; i++) {
+    for (uint64_t i = 0; i < img->rt_entries && !ck->for_rebuild; i++) {
         uint64_t e = img->reftable[i], off = e & QCOW2_REFT_OFFSET_MASK, c = off >> img->cluster_bits;
 
         if (!off || (e & QCOW2_REFT_RESERVED_MASK) || (off & (img->cluster_size - 1)) ||
@@ -517,7 +646,10 @@ static int count_all(struct check *ck)
             continue;
         report(ck, true, "ERROR refcount block %" PRIu64 " refcount=%u", i, (unsigned)ck->refs[c]);
         ck->res->corruptions++;
+        ck->need_rebuild = true;
     }
+    if (!ck->for_rebuild)
+        find_lost_groups(ck);
     return 0;
 }
 
@@ -527,6 +659,26 @@ static bool local_failure(int rc)
     return QCOW2_ERROR_CLASS(rc) == QCOW2_ECORRUPT;
 }
 
+/*
+ * True when cluster c's refcount block entry was reported already and qemu
+ * would still read a refcount there: the block lies past the end of the
+ * file (zeroes), or the entry has reserved bits set. Counted as refcount 0.
+ */
+static bool block_past_eof(const struct check *ck, uint64_t c)
+{
+    const qcow2_image *img = ck->img;
+    uint64_t g = c / (img->cluster_size * 8 / img->refcount_bits), e, off;
+
+    if (g >= img->rt_entries)
+        return false;
+    e = img->reftable[g];
+    off = e & QCOW2_REFT_OFFSET_MASK;
+    if (off & (img->cluster_size - 1))
+        return false;
+    return (e & QCOW2_REFT_RESERVED_MASK) ||
+           (off && !qcow2__in_range(off, img->cluster_size, ck->file_size));
+}
+
 /* Compare the counts with the refcounts on disk, fixing what fix allows. */
 static int compare_refcounts(struct check *ck, uint64_t *highest)
 {
@@ -534,12 +686,32 @@ static int compare_refcounts(struct check *ck, uint64_t *highest)
     uint64_t range = qcow2__max(ck->hi_cluster, (ck->file_size + img->cluster_size - 1) >>
                                                     img->cluster_bits);
 
+    /* Fixing: every finding first, then the repairs, in qemu-img's order. */
+    bool listed = ck->fix && !ck->quiet && ck->res->report;
+
+    for (uint64_t c = 0; listed && c < range; c++) {
+        uint64_t r1, r2 = ck->refs[c];
+        int rc = qcow2__refcount_get(img, c, &r1);
+
+        if (rc && local_failure(rc) && block_past_eof(ck, c)) {
+            rc = 0;
+            r1 = 0;
+        }
+        if (rc || r1 == r2 || (r2 == REF_SATURATED && r1 > r2))
+            continue;
+        report(ck, true, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
+               r1 < r2 ? "ERROR" : "Leaked", c, r1, r2);
+    }
     *highest = 0;
     for (uint64_t c = 0; c < range; c++) {
         uint64_t r1, r2 = ck->refs[c];
         uint64_t *fixed = NULL;
         int rc = qcow2__refcount_get(img, c, &r1);
 
+        if (rc && local_failure(rc) && block_past_eof(ck, c)) {
+            rc = 0; /* already reported; qemu reads it as zeroes */
+            r1 = 0;
+        }
         if (rc) {
             if (!local_failure(rc))
                 return rc;
@@ -556,8 +728,13 @@ static int compare_refcounts(struct check *ck, uint64_t *highest)
             fixed = &ck->res->leaks_fixed;
         else if (r1 < r2 && (ck->fix & QCOW2_CHECK_FIX_ERRORS))
             fixed = &ck->res->corruptions_fixed;
-        report(ck, !fixed, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
-               fixed ? "Repairing" : r1 < r2 ? "ERROR" : "Leaked", c, r1, r2);
+        /* The finding as qemu-img words it (listed above when fixing), then the repair. */
+        if (!listed)
+            report(ck, true, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
+                   r1 < r2 ? "ERROR" : "Leaked", c, r1, r2);
+        if (fixed)
+            report(ck, false, "Repairing cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
+                   c, r1, r2);
         if (fixed) {
             rc = qcow2__refcount_set(img, c, r2);
             if (!rc) {
@@ -656,6 +833,178 @@ static int check_copied(struct check *ck)
     return 0;
 }
 
+/*
+ * Give each queued L2 entry a copy of the data cluster it shares (refcount
+ * width exceeded): new cluster, same bytes, the entry repointed and owned.
+ */
+static int make_copies(struct check *ck)
+{
+    qcow2_image *img = ck->img;
+    uint8_t *data;
+    int rc = 0;
+
+    if (!ck->nb_copies)
+        return 0;
+    data = qcow2__malloc((size_t)img->cluster_size);
+    if (!data)
+        return qcow2__nomem();
+    for (size_t i = 0; i < ck->nb_copies && !rc; i++) {
+        const struct copy_req *q = &ck->copies[i];
+        struct qcow2__cslot *slot;
+        uint64_t new_off, e;
+
+        rc = qcow2__io_read(img->io, img->name, data, (size_t)img->cluster_size, q->host);
+        if (!rc)
+            rc = qcow2__alloc_clusters(img, 1, &new_off);
+        if (!rc)
+            rc = qcow2__io_write(img->io, img->name, data, (size_t)img->cluster_size, new_off);
+        if (!rc)
+            rc = qcow2__sync(img); /* the copy is durable before the entry points at it */
+        if (!rc)
+            rc = qcow2__cache_get(img, &img->l2c, q->l2_off, true, &slot);
+        if (rc)
+            break;
+        e = qcow2__be64(slot->data + q->idx * img->l2e_bytes);
+        if ((e & QCOW2_L2E_OFFSET_MASK) != q->host)
+            continue;
+        e = (e & ~QCOW2_L2E_OFFSET_MASK) | new_off | QCOW2_OFLAG_COPIED;
+        qcow2__put_be64(slot->data + q->idx * img->l2e_bytes, e);
+        slot->dirty = true;
+        ck->res->corruptions_fixed++;
+        ck->fixed++;
+    }
+    qcow2__free(data);
+    if (rc && local_failure(rc)) {
+        report(ck, false, "ERROR could not copy a shared cluster: %s", qcow2_error_last()->message);
+        ck->res->corruptions++;
+        rc = 0;
+    }
+    return rc;
+}
+
+/*
+ * Rebuild the refcount structure from scratch (qemu's "Rebuilding refcount
+ * structure"), for a refcount table or blocks that cannot be repaired in
+ * place. References are counted without the old structure; a new refcount
+ * table and blocks covering every cluster go past the end of the file, are
+ * written and flushed, and then one header write switches to them. The old
+ * table and blocks are then referenced by nothing: their clusters are free.
+ * Nothing the guest sees moves.
+ */
+static int rebuild_refcounts(struct check *ck)
+{
+    qcow2_image *img = ck->img;
+    uint64_t cs = img->cluster_size, pb = cs * 8 / img->refcount_bits;
+    uint64_t used, nb_blocks = 0, t = 0, end;
+    uint64_t *table = NULL;
+    uint8_t *blk = NULL;
+    qcow2_check_result res;
+    int rc;
+
+    memset(&res, 0, sizeof(res));
+    ck->res = &res;
+    ck->for_rebuild = true;
+    ck->quiet = true;
+    rc = qcow2__io_size(img->io, img->name, &ck->file_size);
+    if (rc)
+        goto out;
+    ck->nb_clusters = ((ck->file_size + cs - 1) >> img->cluster_bits) + 1;
+    ck->refs = qcow2__calloc((size_t)ck->nb_clusters, sizeof(uint16_t));
+    ck->meta = qcow2__calloc((size_t)(ck->nb_clusters + 7) / 8, 1);
+    if (!ck->refs || !ck->meta) {
+        rc = qcow2__nomem();
+        goto out;
+    }
+    ck->hi_cluster = 0;
+    rc = count_all(ck);
+    if (rc)
+        goto out;
+    for (uint64_t c = 0; c < ck->nb_clusters; c++) {
+        if (ck->refs[c] == REF_SATURATED && refcount_max(img) > REF_SATURATED) {
+            rc = qcow2__corrupt(img, "cluster %" PRIu64 " has too many references to rebuild its "
+                                "refcount", c);
+            goto out;
+        }
+    }
+    /* The new structure starts past the file and past every reference. */
+    used = qcow2__max((ck->file_size + cs - 1) >> img->cluster_bits, ck->hi_cluster);
+    for (;;) {
+        uint64_t nb2, t2;
+        end = used + nb_blocks + t;
+        nb2 = (end + pb - 1) / pb;
+        t2 = (nb2 * 8 + cs - 1) / cs;
+        if (nb2 == nb_blocks && t2 == t)
+            break;
+        nb_blocks = nb2;
+        t = t2;
+    }
+    if (t * cs > QCOW2_MAX_REFTABLE_BYTES || (end << img->cluster_bits) > QCOW2_MAX_HOST_OFFSET) {
+        rc = qcow2__err(QCOW2_ENOSPC, 0, img->name, "the rebuilt refcount table would be too large");
+        goto out;
+    }
+    table = qcow2__calloc((size_t)(t * cs / 8), sizeof(uint64_t));
+    blk = qcow2__malloc((size_t)cs);
+    if (!table || !blk) {
+        rc = qcow2__nomem();
+        goto out;
+    }
+    for (uint64_t b = 0; b < nb_blocks && !rc; b++) {
+        memset(blk, 0, (size_t)cs);
+        for (uint64_t i = 0; i < pb; i++) {
+            uint64_t c = b * pb + i, v;
+            if (c >= end)
+                break;
+            v = c < used ? (c < ck->nb_clusters ? ck->refs[c] : 0) : 1;
+            v = qcow2__min(v, refcount_max(img));
+            if (v)
+                qcow2__refcount_put(img, blk, i, v);
+        }
+        table[b] = (used + b) << img->cluster_bits;
+        rc = qcow2__io_write(img->io, img->name, blk, (size_t)cs, table[b]);
+    }
+    if (rc)
+        goto out;
+    {
+        uint8_t *raw = (uint8_t *)blk;
+        for (uint64_t k = 0; k < t && !rc; k++) {
+            memset(raw, 0, (size_t)cs);
+            for (uint64_t i = 0; i < cs / 8; i++)
+                qcow2__put_be64(raw + i * 8, table[k * (cs / 8) + i]);
+            rc = qcow2__io_write(img->io, img->name, raw, (size_t)cs,
+                                 (used + nb_blocks + k) << img->cluster_bits);
+        }
+    }
+    if (!rc)
+        rc = qcow2__sync(img); /* the new structure is complete before the header points at it */
+    if (rc)
+        goto out;
+    /* Switch: from here the handle works with the new table. */
+    for (uint64_t i = 0; i < img->rt_entries; i++)
+        qcow2__cache_drop(&img->rbc, img->reftable[i] & QCOW2_REFT_OFFSET_MASK);
+    qcow2__free(img->reftable);
+    img->reftable = table;
+    table = NULL;
+    img->rt_entries = t * cs / 8;
+    img->rt_broken = false;
+    img->rt_dirty = false;
+    img->hdr.rt_off = (used + nb_blocks) << img->cluster_bits;
+    img->hdr.rt_clusters = (uint32_t)t;
+    img->alloc_end = end;
+    img->free_hint = 0;
+    img->file_size = qcow2__max(img->file_size, end << img->cluster_bits);
+    img->meta_gen++;
+    rc = qcow2__header_write(img);
+out:
+    qcow2__free(ck->refs);
+    qcow2__free(ck->meta);
+    ck->refs = NULL;
+    ck->meta = NULL;
+    ck->for_rebuild = false;
+    qcow2__free(table);
+    qcow2__free(blk);
+    return rc;
+}
+
 /* One pass: count, compare (and fix), COPIED (and fix), figures. */
 static int check_pass(struct check *ck)
 {
@@ -678,13 +1027,26 @@ static int check_pass(struct check *ck)
     ck->hi_cluster = 0;
     ck->fixed = 0;
     ck->res->total_clusters = (img->size + img->cluster_size - 1) >> img->cluster_bits;
+    ck->need_rebuild = false;
+    ck->nb_copies = 0;
     rc = count_all(ck);
+    if (!rc && ck->need_rebuild && (ck->fix & QCOW2_CHECK_FIX_ERRORS)) {
+        /* Report what is wrong, fix nothing here: the caller rebuilds (qemu's order). */
+        unsigned fix = ck->fix;
+        ck->fix = 0;
+        rc = compare_refcounts(ck, &highest);
+        ck->fix = fix;
+        goto out;
+    }
     if (!rc)
         rc = compare_refcounts(ck, &highest);
     if (!rc)
         rc = check_copied(ck);
     if (!rc)
+        rc = make_copies(ck);
+    if (!rc)
         ck->res->image_end_offset = (highest + 1) << img->cluster_bits;
+out:
     qcow2__free(ck->refs);
     qcow2__free(ck->meta);
     ck->refs = NULL;
@@ -707,6 +1069,7 @@ int qcow2_image_check(qcow2_image *img, unsigned fix, qcow2_check_result *out)
 {
     struct check ck;
     qcow2_check_result sum;
+    bool rebuilt = false;
     int rc;
 
     if (!img || !out || (fix & ~(unsigned)(QCOW2_CHECK_FIX_LEAKS | QCOW2_CHECK_FIX_ERRORS)))
@@ -733,6 +1096,7 @@ int qcow2_image_check(qcow2_image *img, unsigned fix, qcow2_check_result *out)
         rc = qcow2__refcount_table(img); /* read-only handles read it on first use */
     if (rc)
         return rc;
+    memset(&ck, 0, sizeof(ck));
     ck.img = img;
     ck.fix = fix;
     img->repairing = fix != 0;
@@ -750,8 +1114,23 @@ int qcow2_image_check(qcow2_image *img, unsigned fix, qcow2_check_result *out)
         ck.refs = NULL;
         ck.meta = NULL;
         rc = check_pass(&ck);
-        if (!rc && ck.fixed)
+        if (!rc && ck.need_rebuild && (fix & QCOW2_CHECK_FIX_ERRORS) && !rebuilt) {
+            if (out->report)
+                out->report("Rebuilding refcount structure", out->payload);
             rc = qcow2__metadata_flush(img);
+            if (!rc)
+                rc = rebuild_refcounts(&ck);
+            ck.res = &res;
+            rebuilt = true;
+            if (!rc) {
+                res.corruptions_fixed += qcow2__max(res.corruptions, 1);
+                res.corruptions = 0;
+                res.check_errors = 0;
+                ck.fixed = 1;
+            }
+        } else if (!rc && ck.fixed) {
+            rc = qcow2__metadata_flush(img);
+        }
         sum.leaks_fixed += res.leaks_fixed;
         sum.corruptions_fixed += res.corruptions_fixed;
         res.leaks_fixed = sum.leaks_fixed;
@@ -765,6 +1144,7 @@ int qcow2_image_check(qcow2_image *img, unsigned fix, qcow2_check_result *out)
             break;
     }
     qcow2__free(ck.buf);
+    qcow2__free(ck.copies);
     img->repairing = false;
     if (!rc && fix && !out->corruptions && !out->check_errors)
         rc = mark_clean(img);

@@ -64,11 +64,11 @@ int qcow2__check_l2_offset(qcow2_image *img, uint64_t l1_idx, uint64_t l2_off)
  */
 static int check_data_in_file(qcow2_image *img, uint64_t host, uint64_t l2_off, uint64_t l2_idx)
 {
-    if (host >= img->file_size)
-        return qcow2__corrupt(img,
-                              "data cluster at 0x%" PRIx64 " (L2 table 0x%" PRIx64
-                              " entry %" PRIu64 ") lies beyond the end of the file",
-                              host, l2_off, l2_idx);
+    /* Wholly past the end: qemu reads zeroes there (and its check reports it); so do we. */
+    QCOW2_UNUSED(img);
+    QCOW2_UNUSED(host);
+    QCOW2_UNUSED(l2_off);
+    QCOW2_UNUSED(l2_idx);
     return 0;
 }
 
@@ -191,7 +191,16 @@ int qcow2__layer_extent(qcow2_image *img, uint64_t guest_off, uint64_t len, stru
         img->hole_end = guest_off + limit;
         return 0;
     }
-    rc = qcow2__check_l2_offset(img, l1_idx, l2_off);
+    /*
+     * An L2 table that runs past the end of the file reads as zeroes there,
+     * as qemu reads it (the I/O layer zero-fills past the end); writes still
+     * refuse it (write.c checks the offset itself).
+     */
+    if (!(l2_off & (img->cluster_size - 1)) && l2_off >= img->cluster_size &&
+        l2_off <= QCOW2_MAX_HOST_OFFSET && !qcow2__in_range(l2_off, img->cluster_size, img->file_size))
+        rc = 0;
+    else
+        rc = qcow2__check_l2_offset(img, l1_idx, l2_off);
     if (rc)
         return rc;
     rc = qcow2__l2_load(img, l2_off, &table);

@@ -234,15 +234,38 @@ static int check_table(qcow2_image *img, const char *what, uint64_t off, uint64_
     if (len && !qcow2__in_range(off, len, img->file_size))
         return qcow2__corrupt(img,
                               "%s at 0x%" PRIx64 " (%" PRIu64 " bytes) lies beyond the end of the "
-                              "file (%" PRIu64 " bytes)",
+                              "file (%" PRIu64 " bytes); refused, where qemu would read zeroes",
                               what, off, len, img->file_size);
+    return 0;
+}
+
+/* The refcount table's header fields: size within the cap, aligned, in the file, clear of L1. */
+static int check_reftable(qcow2_image *img, uint64_t l1_bytes)
+{
+    const struct qcow2__hdr *h = &img->hdr;
+    uint64_t rt_bytes = 0;
+    int rc;
+
+    if (qcow2__mul_overflow(h->rt_clusters, img->cluster_size, &rt_bytes) ||
+        rt_bytes > QCOW2_MAX_REFTABLE_BYTES)
+        return qcow2__corrupt(img, "refcount table is %" PRIu32 " clusters (at most %llu bytes)",
+                              h->rt_clusters, QCOW2_MAX_REFTABLE_BYTES);
+    if (h->rt_clusters == 0)
+        return qcow2__corrupt(img, "refcount table is empty");
+    rc = check_table(img, "refcount table", h->rt_off, rt_bytes);
+    if (rc)
+        return rc;
+    if (ranges_overlap(h->l1_off, l1_bytes, h->rt_off, rt_bytes))
+        return qcow2__corrupt(img,
+                              "L1 table at 0x%" PRIx64 " overlaps the refcount table at 0x%" PRIx64,
+                              h->l1_off, h->rt_off);
     return 0;
 }
 
 int qcow2__header_parse(qcow2_image *img, const uint8_t *buf, size_t buf_len)
 {
     struct qcow2__hdr *h = &img->hdr;
-    uint64_t ext_area_end, l1_bytes, rt_bytes, l1_need, per_l1;
+    uint64_t ext_area_end, l1_bytes, l1_need, per_l1;
     int rc;
 
     if (buf_len < QCOW2_V2_HEADER_LEN)
@@ -394,25 +417,28 @@ int qcow2__header_parse(qcow2_image *img, const uint8_t *buf, size_t buf_len)
     rc = check_table(img, "L1 table", h->l1_off, l1_bytes);
     if (rc)
         return rc;
-    if (!qcow2__mul_overflow(h->rt_clusters, img->cluster_size, &rt_bytes) &&
-        rt_bytes > QCOW2_MAX_REFTABLE_BYTES)
-        return qcow2__corrupt(img, "refcount table is %" PRIu32 " clusters (at most %llu bytes)",
-                              h->rt_clusters, QCOW2_MAX_REFTABLE_BYTES);
-    if (h->rt_clusters == 0)
-        return qcow2__corrupt(img, "refcount table is empty");
-    rc = check_table(img, "refcount table", h->rt_off, rt_bytes);
+    rc = check_reftable(img, l1_bytes);
+    if (rc) {
+        /*
+         * A check may open it anyway: the refcounts can be rebuilt from the
+         * references (qemu does the same). The handle then has no refcount
+         * table at all, and nothing but the repair writes.
+         */
+        if (!(img->opts.flags & QCOW2_OPEN_CHECK))
+            return rc;
+        img->rt_broken = true;
+    }
+    /* qemu refuses a misaligned snapshot table offset even when there are no snapshots. */
+    rc = check_table(img, "snapshot table", h->snap_off, 0);
     if (rc)
         return rc;
-    if (ranges_overlap(h->l1_off, l1_bytes, h->rt_off, rt_bytes))
-        return qcow2__corrupt(img,
-                              "L1 table at 0x%" PRIx64 " overlaps the refcount table at 0x%" PRIx64,
-                              h->l1_off, h->rt_off);
+    if ((h->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW) && !(h->incompat & QCOW2_INCOMPAT_DATA_FILE))
+        return qcow2__corrupt(img, "the data-file-raw bit is set, but there is no external data "
+                                   "file (qemu refuses it too)");
     if (h->nb_snapshots) {
-        rc = check_table(img, "snapshot table", h->snap_off, 0);
-        if (rc)
-            return rc;
         if (h->snap_off == 0 || h->snap_off >= img->file_size)
-            return qcow2__corrupt(img, "snapshot table at 0x%" PRIx64 " lies outside the file",
+            return qcow2__corrupt(img, "snapshot table at 0x%" PRIx64 " lies outside the file; "
+                                  "refused, where qemu would read zeroes",
                                   h->snap_off);
     }
     return 0;

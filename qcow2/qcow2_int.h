@@ -336,6 +336,7 @@ struct qcow2_image {
     struct qcow2__cmap *cmap;    /* chain map for reads that start here (read.c), or NULL */
     bool cmap_quiet;             /* a data write of the top in progress: it updates its own map */
     bool repairing;              /* qcow2_image_check is fixing (refcount.c reports, does not stop) */
+    bool rt_broken;              /* refcount table unusable (opened for check only): none in memory */
 
     /* writer state */
     bool l1_dirty;               /* the L1 in memory is newer than the file */
@@ -495,6 +496,13 @@ int qcow2__free_later(qcow2_image *img, uint64_t host_off, uint64_t len);
  * hostile image can point at its own metadata.
  */
 const char *qcow2__meta_overlap(const qcow2_image *img, uint64_t off, uint64_t len, bool deep);
+/* The same, deep, plus the active L2 tables and the bitmap directory: what the
+ * allocator checks every new cluster against (refcount.c). */
+const char *qcow2__meta_overlap_all(const qcow2_image *img, uint64_t off, uint64_t len);
+/* QCOW2_ECORRUPT unless every refcount block has a refcount of its own (resize --shrink). */
+int qcow2__refcount_blocks_covered(qcow2_image *img);
+/* Store refcount v for entry i of a refcount block held in memory (check.c's rebuild). */
+void qcow2__refcount_put(const qcow2_image *img, uint8_t *blk, uint64_t i, uint64_t v);
 
 /* Bytes of the snapshot table on disk now. */
 uint64_t qcow2__snap_table_len(const qcow2_image *img);

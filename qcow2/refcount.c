@@ -32,7 +32,8 @@
 int qcow2__refcount_load(qcow2_image *img)
 {
     img->alloc_end = (img->file_size + img->cluster_size - 1) >> img->cluster_bits;
-    img->free_hint = 1;
+    /* From cluster 0: a header cluster with refcount 0 is found, and refused, as qemu does. */
+    img->free_hint = 0;
     if (img->state != QCOW2__OPEN_RW)
         return 0;
     return qcow2__refcount_table(img);
@@ -47,6 +48,12 @@ int qcow2__refcount_table(qcow2_image *img)
 
     if (img->reftable)
         return 0;
+    if (img->rt_broken) {
+        /* No table: every refcount reads 0, and nothing may be allocated (check rebuilds). */
+        img->reftable = qcow2__calloc(1, sizeof(uint64_t));
+        img->rt_entries = 0;
+        return img->reftable ? 0 : qcow2__nomem();
+    }
     /* header.c checked bytes against QCOW2_MAX_REFTABLE_BYTES and the file size. */
     assert(bytes <= QCOW2_MAX_REFTABLE_BYTES);
     table = qcow2__malloc((size_t)bytes);
@@ -124,6 +131,11 @@ static void block_put(const qcow2_image *img, uint8_t *blk, uint64_t i, uint64_t
     }
 }
 
+void qcow2__refcount_put(const qcow2_image *img, uint8_t *blk, uint64_t i, uint64_t v)
+{
+    block_put(img, blk, i, v);
+}
+
 static void note_used(qcow2_image *img, uint64_t cluster_idx)
 {
     if (cluster_idx + 1 > img->alloc_end)
@@ -132,6 +144,7 @@ static void note_used(qcow2_image *img, uint64_t cluster_idx)
 }
 
 static int grow_reftable(qcow2_image *img, uint64_t need_idx);
+static int alloc_check(qcow2_image *img, const char *what, uint64_t first, uint64_t nb);
 
 /* Host offset of the refcount block for table index rt_idx (0: none), validated. */
 static int block_offset(qcow2_image *img, uint64_t rt_idx, uint64_t *off_out)
@@ -153,7 +166,7 @@ static int block_offset(qcow2_image *img, uint64_t rt_idx, uint64_t *off_out)
     return 0;
 }
 
-static int alloc_area(qcow2_image *img, uint64_t nb, uint64_t *first_out);
+static int alloc_area(qcow2_image *img, uint64_t nb, const char *what, uint64_t *first_out);
 
 /*
  * Give group rt_idx a refcount block (all its refcounts zero): the block is
@@ -168,7 +181,7 @@ static int create_block(qcow2_image *img, uint64_t rt_idx, uint64_t *off_out)
         return qcow2__corrupt(img, "refcount table entry 0 is empty (the header has no refcount)");
     uint8_t *zero;
 
-    rc = alloc_area(img, 1, &first);
+    rc = alloc_area(img, 1, "a refcount block", &first);
     if (rc)
         return rc;
     zero = qcow2__calloc(1, (size_t)img->cluster_size);
@@ -223,6 +236,8 @@ static int block_slot(qcow2_image *img, uint64_t rt_idx, bool create, struct qco
     if (rt_idx >= img->rt_entries) {
         if (!create)
             return 0;
+        if (img->rt_broken)
+            return qcow2__corrupt(img, "the refcount table is unusable; not writing refcounts");
         rc = grow_reftable(img, rt_idx);
         if (rc)
             return rc;
@@ -360,6 +375,9 @@ static int grow_reftable(qcow2_image *img, uint64_t need_idx)
     if ((area + k + t) << img->cluster_bits > QCOW2_MAX_HOST_OFFSET)
         return qcow2__err(QCOW2_ENOSPC, 0, img->name, "image would grow past 64 PiB");
 
+    rc = alloc_check(img, "the refcount table", area, k + t);
+    if (rc)
+        return rc;
     /* Make everything that exists durable first: the switch below must not race it. */
     rc = qcow2__metadata_flush(img);
     if (rc)
@@ -428,6 +446,63 @@ out:
     return rc;
 }
 
+/*
+ * The metadata that clusters [first, first + nb) would land on: the header,
+ * the L1 and refcount tables, the snapshot table and snapshot L1 tables,
+ * refcount blocks, active L2 tables and the bitmap directory. NULL when none.
+ * Refcounts say which clusters are free; when they are wrong (a zeroed
+ * refcount block, a header cluster with refcount 0), this is what stops a
+ * new cluster from landing on metadata that is in use.
+ */
+static const char *alloc_overlap(const qcow2_image *img, uint64_t first, uint64_t nb)
+{
+    return qcow2__meta_overlap_all(img, first << img->cluster_bits, nb << img->cluster_bits);
+}
+
+const char *qcow2__meta_overlap_all(const qcow2_image *img, uint64_t off, uint64_t len)
+{
+    uint64_t cs = img->cluster_size;
+    const char *what = qcow2__meta_overlap(img, off, len, true);
+
+    if (what)
+        return what;
+    for (uint64_t i = 0; img->l1 && i < img->hdr.l1_size; i++) {
+        uint64_t l2 = img->l1[i] & QCOW2_L1E_OFFSET_MASK;
+        if (l2 && qcow2__ranges_meet(off, off + len, l2, l2 + cs))
+            return "an active L2 table";
+    }
+    if (img->bitmaps_ext && img->bitmaps_ext_len >= 24) {
+        uint64_t dsize = qcow2__be64(img->bitmaps_ext + 8);
+        uint64_t doff = qcow2__be64(img->bitmaps_ext + 16);
+        if (dsize && qcow2__ranges_meet(off, off + len, doff, doff + dsize))
+            return "the bitmap directory";
+    }
+    return NULL;
+}
+
+/*
+ * Refuse an allocation of what at clusters [first, first + nb) that meets
+ * metadata in use (qemu: "Preventing invalid allocation"): what earlier calls
+ * completed is flushed first, then the image is marked corrupt and the handle
+ * stops writing. Nothing of this allocation reaches the file.
+ */
+static int alloc_check(qcow2_image *img, const char *what, uint64_t first, uint64_t nb)
+{
+    const char *hit = alloc_overlap(img, first, nb);
+    int rc;
+
+    if (!hit)
+        return 0;
+    if (!img->repairing && img->state == QCOW2__OPEN_RW)
+        (void)qcow2__metadata_flush(img);
+    rc = qcow2__corrupt(img,
+                        "preventing invalid allocation of %s at 0x%" PRIx64
+                        ": it overlaps %s (the refcounts are wrong; run "
+                        "'qsnap image check -r all')",
+                        what, first << img->cluster_bits, hit);
+    return img->repairing ? rc : qcow2__fatal(img, rc);
+}
+
 /* True when group g has a refcount block. */
 static bool group_has_block(const qcow2_image *img, uint64_t g)
 {
@@ -441,7 +516,7 @@ static bool group_has_block(const qcow2_image *img, uint64_t g)
  * in memory points at them (invariant 4); the table reaches the file at the
  * next metadata flush, after the blocks.
  */
-static int alloc_area(qcow2_image *img, uint64_t nb, uint64_t *first_out)
+static int alloc_area(qcow2_image *img, uint64_t nb, const char *what, uint64_t *first_out)
 {
     uint64_t pb = per_block(img);
     uint8_t *blk = NULL;
@@ -468,6 +543,21 @@ static int alloc_area(qcow2_image *img, uint64_t nb, uint64_t *first_out)
             if (rc)
                 return rc;
             continue; /* the table moved to the end: place the area after it */
+        }
+        rc = alloc_check(img, what, a, nb + k);
+        if (rc)
+            return rc;
+        /*
+         * A group that gets its first block here but holds metadata below the
+         * area has lost its refcounts (an emptied refcount table): counting
+         * only the new clusters would make that loss permanent.
+         */
+        for (uint64_t g = a / pb; g <= g_last; g++) {
+            if (!group_has_block(img, g) && g * pb < a) {
+                rc = alloc_check(img, "a refcount block", g * pb, a - g * pb);
+                if (rc)
+                    return rc;
+            }
         }
         /* Area clusters in groups that already have a block: through the cache. */
         for (uint64_t c = a; c < a + nb + k; c++) {
@@ -513,10 +603,14 @@ static int alloc_area(qcow2_image *img, uint64_t nb, uint64_t *first_out)
     }
 }
 
-int qcow2__alloc_clusters(qcow2_image *img, uint64_t nb, uint64_t *host_off_out)
+static int alloc_clusters(qcow2_image *img, uint64_t nb, const char *what,
+                          uint64_t *host_off_out)
 {
+    if (img->rt_broken)
+        return qcow2__corrupt(img, "the refcount table is unusable; run 'qsnap image check -r all'");
+
     uint64_t pb = per_block(img);
-    uint64_t start = qcow2__max(img->free_hint, 1), run = 0;
+    uint64_t start = img->free_hint, run = 0;
     int rc;
 
     assert(nb > 0);
@@ -540,12 +634,15 @@ int qcow2__alloc_clusters(qcow2_image *img, uint64_t nb, uint64_t *host_off_out)
         }
     }
     if (run < nb) {
-        rc = alloc_area(img, nb, &start);
+        rc = alloc_area(img, nb, what, &start);
         if (rc)
             return rc;
         *host_off_out = start << img->cluster_bits;
         return 0;
     }
+    rc = alloc_check(img, what, start, nb);
+    if (rc)
+        return rc;
     for (uint64_t i = 0; i < nb; i++) {
         rc = qcow2__refcount_set(img, start + i, 1);
         if (rc)
@@ -554,6 +651,11 @@ int qcow2__alloc_clusters(qcow2_image *img, uint64_t nb, uint64_t *host_off_out)
     img->free_hint = start + nb;
     *host_off_out = start << img->cluster_bits;
     return 0;
+}
+
+int qcow2__alloc_clusters(qcow2_image *img, uint64_t nb, uint64_t *host_off_out)
+{
+    return alloc_clusters(img, nb, nb == 1 ? "a cluster" : "clusters", host_off_out);
 }
 
 int qcow2__alloc_bytes(qcow2_image *img, uint64_t len, uint64_t *host_off_out)
@@ -576,7 +678,7 @@ int qcow2__alloc_bytes(qcow2_image *img, uint64_t len, uint64_t *host_off_out)
         if (rc)
             return rc;
     } else {
-        rc = qcow2__alloc_clusters(img, 1, &off);
+        rc = alloc_clusters(img, 1, "compressed data", &off);
         if (rc)
             return rc;
     }
@@ -688,7 +790,7 @@ const char *qcow2__meta_overlap(const qcow2_image *img, uint64_t off, uint64_t l
         return "the header";
     if (meets(off, len, img->hdr.l1_off, (uint64_t)img->hdr.l1_size * 8))
         return "the L1 table";
-    if (meets(off, len, img->hdr.rt_off, (uint64_t)img->hdr.rt_clusters * cs))
+    if (!img->rt_broken && meets(off, len, img->hdr.rt_off, (uint64_t)img->hdr.rt_clusters * cs))
         return "the refcount table";
     if (img->nb_snaps && meets(off, len, img->hdr.snap_off, qcow2__snap_table_len(img)))
         return "the snapshot table";
@@ -703,4 +805,27 @@ const char *qcow2__meta_overlap(const qcow2_image *img, uint64_t off, uint64_t l
             return "a refcount block";
     }
     return NULL;
+}
+
+/* Every refcount block counted in a group that has a block (resize --shrink refuses otherwise). */
+int qcow2__refcount_blocks_covered(qcow2_image *img)
+{
+    int rc = qcow2__refcount_table(img);
+
+    for (uint64_t i = 0; !rc && i < img->rt_entries; i++) {
+        uint64_t off, v = 0;
+
+        rc = block_offset(img, i, &off);
+        if (rc || !off)
+            continue;
+        if (group_has_block(img, (off >> img->cluster_bits) / per_block(img)))
+            rc = qcow2__refcount_get(img, off >> img->cluster_bits, &v);
+        if (!rc && v == 0)
+            rc = qcow2__corrupt(img,
+                                "refcount block at 0x%" PRIx64 " (table entry %" PRIu64
+                                ") is not covered by the refcount structures; run "
+                                "'qsnap image check -r all' first",
+                                off, i);
+    }
+    return rc;
 }

@@ -108,7 +108,8 @@ static int snap_check_l1(qcow2_image *img, uint32_t idx, const struct qcow2__sna
     if (!qcow2__in_range(sn->l1_off, l1_bytes, img->file_size))
         return qcow2__corrupt(img,
                               "snapshot %u: L1 table at 0x%" PRIx64 " (%" PRIu32 " entries) "
-                              "extends past the end of the file (0x%" PRIx64 ")",
+                              "extends past the end of the file (0x%" PRIx64 "); refused, "
+                              "where qemu reads zeroes",
                               idx, sn->l1_off, sn->l1_size, img->file_size);
     return 0;
 }
@@ -168,7 +169,8 @@ static int snap_parse_entry(struct snap_reader *r, uint64_t *pos, uint32_t idx,
         return qcow2__nomem();
 
     rc = snap_check_l1(img, idx, sn);
-    if (rc)
+    /* A read-only check opens it anyway and reports it, as qemu-img check does. */
+    if (rc && !((img->opts.flags & QCOW2_OPEN_CHECK) && img->state != QCOW2__OPEN_RW))
         return rc;
     *pos = qcow2__align_up(*pos + entry_len, 8);
     return 0;

@@ -47,6 +47,9 @@ int qcow2__check_writable(qcow2_image *img)
                           "an earlier write failed; close and reopen the image");
     if (img->state != QCOW2__OPEN_RW)
         return qcow2__err(QCOW2_EREADONLY, 0, img->name, "image is opened read-only");
+    if (img->fmt == QCOW2_FORMAT_QCOW2 && img->rt_broken)
+        return qcow2__err(QCOW2_EREADONLY, 0, img->name,
+                          "the refcount table is unusable; repair it with 'qsnap image check -r all'");
     if (img->fmt == QCOW2_FORMAT_QCOW2 && (img->hdr.incompat & QCOW2_INCOMPAT_CORRUPT))
         return qcow2__err(QCOW2_EREADONLY, 0, img->name,
                           "image is marked corrupt; repair it with 'qsnap image check -r all'");
@@ -293,6 +296,10 @@ static int free_entry(qcow2_image *img, uint64_t e)
         qcow2__compressed_range(img, e, &off, &len);
         return qcow2__free_later(img, off, len);
     }
+    /* A misaligned offset is not a cluster we can free: it is left leaked (qemu: "Cannot
+     * free unaligned cluster", and it goes on); check reports it. */
+    if (host & (img->cluster_size - 1))
+        return 0;
     return host ? qcow2__free_later(img, host, img->cluster_size) : 0;
 }
 
@@ -417,6 +424,33 @@ static int check_host(qcow2_image *img, uint64_t host, uint64_t l2_off, uint64_t
     return 0;
 }
 
+/*
+ * Entry idx of the L2 table at l2_off is about to be replaced and its host
+ * cluster freed (a preallocated zero cluster, a shared one): that cluster
+ * must be one a data cluster can be. Freeing metadata, or an unaligned
+ * offset, would corrupt the refcounts; qemu refuses such a write too.
+ */
+static int check_replaced(qcow2_image *img, uint64_t e, uint64_t l2_off, uint64_t idx)
+{
+    uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
+    const char *what;
+
+    if ((e & QCOW2_OFLAG_COMPRESSED) || !host)
+        return 0;
+    if ((host & (img->cluster_size - 1)) || host < img->cluster_size)
+        return qcow2__corrupt(img,
+                              "cluster offset 0x%" PRIx64 " (L2 table 0x%" PRIx64 " entry %" PRIu64
+                              ") is unaligned or in the header; not writing",
+                              host, l2_off, idx);
+    what = qcow2__meta_overlap_all(img, host, img->cluster_size);
+    if (what)
+        return qcow2__corrupt(img,
+                              "cluster 0x%" PRIx64 " (L2 table 0x%" PRIx64 " entry %" PRIu64
+                              ") overlaps %s; not writing",
+                              host, l2_off, idx, what);
+    return 0;
+}
+
 /* Write [off, off+len) (within one cluster) of an extended-L2 image. */
 static int write_extl2_cluster(qcow2_image *img, struct qcow2__cslot *slot, uint64_t idx,
                                const uint8_t *data, uint64_t off, uint64_t len)
@@ -465,6 +499,9 @@ static int write_extl2_cluster(qcow2_image *img, struct qcow2__cslot *slot, uint
     }
     if (!entry_owned(img, e)) {
         uint64_t new_host;
+        rc = check_replaced(img, e, slot->off, idx);
+        if (rc)
+            goto out;
         rc = qcow2__alloc_clusters(img, 1, &new_host);
         if (rc)
             goto out;
@@ -493,6 +530,43 @@ out:
     return rc;
 }
 
+/* A preallocated zero cluster (standard L2 entry: ZERO with a host offset) that we own. */
+static bool zero_alloc_owned(const qcow2_image *img, uint64_t e)
+{
+    return !img->extl2 && !(e & QCOW2_OFLAG_COMPRESSED) && (e & QCOW2_OFLAG_ZERO) &&
+           (e & QCOW2_OFLAG_COPIED) && (e & QCOW2_L2E_OFFSET_MASK);
+}
+
+/*
+ * Write [off, off+len) (within one cluster) into the preallocated zero
+ * cluster of entry idx: the whole cluster is written (zeroes around the new
+ * bytes) before the entry loses its zero flag. Its offset came from the
+ * file: it must be aligned and clear of every metadata structure first.
+ */
+static int write_zero_alloc(qcow2_image *img, struct qcow2__cslot *slot, uint64_t idx, uint64_t e,
+                            const uint8_t *data, uint64_t off, uint64_t len)
+{
+    uint64_t cs = img->cluster_size, host = e & QCOW2_L2E_OFFSET_MASK;
+    uint8_t *buf;
+    int rc = check_replaced(img, e, slot->off, idx);
+
+    if (rc)
+        return rc;
+    if (host > QCOW2_MAX_HOST_OFFSET - cs)
+        return qcow2__corrupt(img, "cluster offset 0x%" PRIx64 " is invalid", host);
+    buf = qcow2__calloc(1, (size_t)cs);
+    if (!buf)
+        return qcow2__nomem();
+    memcpy(buf + (off & (cs - 1)), data, (size_t)len);
+    rc = qcow2__io_write(img->io, img->name, buf, (size_t)cs, host);
+    qcow2__free(buf);
+    if (rc)
+        return rc;
+    img->file_size = qcow2__max(img->file_size, host + cs);
+    set_l2(img, slot, idx, e & ~QCOW2_OFLAG_ZERO, 0);
+    return 0;
+}
+
 /* Write [off, off+len) within one L2 table's coverage. */
 static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, uint64_t len)
 {
@@ -518,6 +592,15 @@ static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, u
             if (rc)
                 goto out;
             pos += n;
+            continue;
+        }
+        if (zero_alloc_owned(img, e)) {
+            /* A preallocated zero cluster of ours: written in place, as qemu does. */
+            rc = write_zero_alloc(img, slot, idx, e, data + (pos - off), pos,
+                                  qcow2__min(end, cstart + cs) - pos);
+            if (rc)
+                goto out;
+            pos = qcow2__min(end, cstart + cs);
             continue;
         }
         if (entry_owned(img, e)) {
@@ -553,6 +636,11 @@ static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, u
                 if (entry_owned(img, e2))
                     break;
                 k++;
+            }
+            for (uint64_t j = 0; j < k; j++) {
+                rc = check_replaced(img, l2_entry(img, slot->data, idx + j), slot->off, idx + j);
+                if (rc)
+                    goto out;
             }
             span = k * cs;
             wend = qcow2__min(end, cstart + span);
@@ -1060,6 +1148,8 @@ int qcow2_image_resize(qcow2_image *img, uint64_t new_size, bool allow_shrink)
             return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
                               "cannot shrink an image that has internal snapshots");
         rc = tail_allocated(img, new_size, &used);
+        if (!rc)
+            rc = qcow2__refcount_blocks_covered(img);
         if (rc)
             return rc;
         if (used && !allow_shrink)

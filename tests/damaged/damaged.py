@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Damaged-image suite (issue 2, growing toward issue 7).
+"""Damaged-image suite: open and read decisions.
 
 Every case is built at test time from images made by qemu-img/qemu-io, by
 poking bytes into a copy (header fields, extensions, L1/L2 entries,
@@ -11,6 +11,9 @@ difference (printed as "# differs from qemu-img: ..."):
   open   refused at open: every qsnap command fails
   read   opens, but reading the guest content fails (convert, digest)
   works  every command succeeds; convert matches qemu-img's output
+
+Every qsnap command runs under a 1 GiB address-space limit (not in ASan/TSan
+builds). tests/damaged/clash_repair.py has the write and repair cases.
 
 Checked for every command on every case (qsnap image info, info
 --output=json, map --output=json, convert -O raw, digest): no crash (exit
@@ -24,6 +27,7 @@ directory, CASE=substr runs only matching cases, VERBOSE=1 prints messages.
 """
 import hashlib
 import os
+import resource
 import shutil
 import stat
 import struct
@@ -144,11 +148,32 @@ def is_compressed(e):
 
 # ---- running commands -------------------------------------------------------------
 
+AS_LIMIT = 1 << 30  # qsnap runs under a 1 GiB address-space limit (ulimit -v)
+
+
+def sanitized():
+    """ASan/TSan builds reserve far more address space than the limit: no limit for them."""
+    try:
+        with open(QSNAP, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return b"__asan_init" in data or b"__tsan_init" in data
+
+
+USE_LIMIT = not sanitized()
+
+
+def limited():
+    resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
+
+
 def run(argv, cwd=None):
     """(exit status, stdout, stderr); status 124 on timeout, -1 if not runnable."""
     try:
         p = subprocess.run(argv, cwd=cwd, capture_output=True, timeout=TIMEOUT,
-                           stdin=subprocess.DEVNULL)
+                           stdin=subprocess.DEVNULL,
+                           preexec_fn=limited if argv[0] == QSNAP and USE_LIMIT else None)
         return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
     except subprocess.TimeoutExpired:
         return 124, "", "timeout"
@@ -393,6 +418,23 @@ CASES.append(Case("nb-snapshots-huge", field("snap.qcow2", "nb_snapshots", 0xFFF
 CASES.append(Case("nb-snapshots-70000", field("snap.qcow2", "nb_snapshots", 70000)))
 CASES.append(Case("snapshots-offset-beyond-eof", field("snap.qcow2", "snapshots_offset", 1 << 40), override="open", why="table offsets out of the file are refused at open (issue 2); qemu-img reads zeroes past EOF"))
 CASES.append(Case("snapshots-offset-misaligned", poked("snap.qcow2", lambda b: put(b, "snapshots_offset", get(b, "snapshots_offset") + 8))))
+# No snapshots, yet a misaligned table offset: qemu refuses the open, and so do we.
+CASES.append(Case("snapshots-offset-misaligned-no-snapshots", field("v3.qcow2", "snapshots_offset", 0x10008)))
+
+
+def snap_table_past_eof_huge(b):
+    put(b, "snapshots_offset", 1 << 40)
+    put(b, "nb_snapshots", 1000)
+
+
+CASES.append(Case("snapshot-table-past-eof-count-1000", poked("v3.qcow2", snap_table_past_eof_huge),
+                  override="open", why="the snapshot table names the L1 tables of data that the "
+                  "refcounts protect; without it a writer could not keep them, so the image is refused "
+                  "(qemu opens it and reads the active image)"))
+# data-file-raw (autoclear bit 1) without an external data file: qemu refuses it.
+CASES.append(Case("data-file-raw-without-data-file", field("v3.qcow2", "autoclear_features", 2),
+                  override="open", why="refused at open already, for info too (qemu-img info opens it, "
+                  "everything that reads refuses it)"))
 def snapshot_names_huge(b):
     # Move the (one-entry) table into the last cluster of the file, then make
     # its id and name 64 KiB each: the table runs past the end of the file.
@@ -412,13 +454,13 @@ CASES.append(Case("snapshot-l1-beyond-eof", poked("snap.qcow2", lambda b: put_u6
 CASES.append(Case("snapshot-l1-size-huge", poked("snap.qcow2", lambda b: struct.pack_into(">I", b, get(b, "snapshots_offset") + 8, 0x7FFFFFFF)), override="open", why="snapshot L1 tables are validated at open like the active one (issue 2); qemu-img checks them only when a snapshot is used"))
 # L1 entries
 CASES.append(Case("l1e-unaligned-l2", poked("v3.qcow2", lambda b: put_u64(b, get(b, "l1_table_offset"), l1_entries(b)[0] + 0x200))))
-CASES.append(Case("l1e-l2-beyond-eof", poked("v3.qcow2", lambda b: put_u64(b, get(b, "l1_table_offset"), OFLAG_COPIED | (1 << 40))), override="read", why="every table entry is range-checked against the file size before use (STYLE 7.5); qemu-img reads zeroes past EOF"))
+CASES.append(Case("l1e-l2-beyond-eof", poked("v3.qcow2", lambda b: put_u64(b, get(b, "l1_table_offset"), OFLAG_COPIED | (1 << 40)))))
 CASES.append(Case("l1e-reserved-bits", poked("v3.qcow2", lambda b: put_u64(b, get(b, "l1_table_offset"), l1_entries(b)[0] | (1 << 60)))))
 CASES.append(Case("l1e-l2-is-header", poked("v3.qcow2", lambda b: put_u64(b, get(b, "l1_table_offset"), OFLAG_COPIED))))
 CASES.append(Case("l1e-l2-is-l1", poked("v3.qcow2", lambda b: put_u64(b, get(b, "l1_table_offset"), OFLAG_COPIED | get(b, "l1_table_offset")))))
 CASES.append(Case("l1e-l2-is-reftable", poked("v3.qcow2", lambda b: put_u64(b, get(b, "l1_table_offset"), OFLAG_COPIED | get(b, "refcount_table_offset")))))
 # L2 entries
-CASES.append(Case("l2e-beyond-eof", poked("v3.qcow2", lambda b: put_u64(b, find_l2e(b, is_data), OFLAG_COPIED | (1 << 40))), override="read", why="every table entry is range-checked against the file size before use (STYLE 7.5); qemu-img reads zeroes past EOF"))
+CASES.append(Case("l2e-beyond-eof", poked("v3.qcow2", lambda b: put_u64(b, find_l2e(b, is_data), OFLAG_COPIED | (1 << 40)))))
 CASES.append(Case("l2e-offset-max", poked("v3.qcow2", lambda b: put_u64(b, find_l2e(b, is_data), OFLAG_COPIED | L2E_OFFSET_MASK))))
 CASES.append(Case("l2e-unaligned", poked("v3.qcow2", lambda b: put_u64(b, find_l2e(b, is_data), u64(b, find_l2e(b, is_data)) + 0x200))))
 CASES.append(Case("l2e-reserved-bits-low", poked("v3.qcow2", lambda b: put_u64(b, find_l2e(b, is_data), u64(b, find_l2e(b, is_data)) | 0x2))))
@@ -426,7 +468,7 @@ CASES.append(Case("l2e-reserved-bits-high", poked("v3.qcow2", lambda b: put_u64(
 CASES.append(Case("l2e-points-at-header", poked("v3.qcow2", lambda b: put_u64(b, find_l2e(b, is_data), OFLAG_COPIED | 0))))
 CASES.append(Case("l2e-points-at-l1", poked("v3.qcow2", lambda b: put_u64(b, find_l2e(b, is_data), OFLAG_COPIED | get(b, "l1_table_offset")))))
 CASES.append(Case("v2-l2e-zero-flag", poked("v2.qcow2", lambda b: put_u64(b, find_l2e(b, is_data), u64(b, find_l2e(b, is_data)) | 1))))
-CASES.append(Case("c512-l2e-beyond-eof", poked("c512.qcow2", lambda b: put_u64(b, find_l2e(b, is_data), OFLAG_COPIED | (1 << 35))), override="read", why="every table entry is range-checked against the file size before use (STYLE 7.5); qemu-img reads zeroes past EOF"))
+CASES.append(Case("c512-l2e-beyond-eof", poked("c512.qcow2", lambda b: put_u64(b, find_l2e(b, is_data), OFLAG_COPIED | (1 << 35)))))
 # compressed descriptors
 
 
@@ -507,8 +549,8 @@ CASES.append(Case("truncated-50-bytes", truncated("v3.qcow2", lambda b: 50)))
 CASES.append(Case("truncated-header-only", truncated("v3.qcow2", lambda b: 112), override="open", why="table offsets out of the file are refused at open (issue 2); qemu-img reads zeroes past EOF"))
 CASES.append(Case("truncated-first-cluster", truncated("v3.qcow2", lambda b: 1 << get(b, "cluster_bits")), override="open", why="table offsets out of the file are refused at open (issue 2); qemu-img reads zeroes past EOF"))
 CASES.append(Case("truncated-half-l1", truncated("c512.qcow2", lambda b: get(b, "l1_table_offset") + 4), override="open", why="table offsets out of the file are refused at open (issue 2); qemu-img reads zeroes past EOF"))
-CASES.append(Case("truncated-half-l2", truncated("v3.qcow2", lambda b: first_l2(b)[1] + (1 << get(b, "cluster_bits")) // 2), override="read", why="every table entry is range-checked against the file size before use (STYLE 7.5); qemu-img reads zeroes past EOF"))
-CASES.append(Case("truncated-in-data", truncated("v3.qcow2", lambda b: (u64(b, find_l2e(b, is_data)) & L2E_OFFSET_MASK) + 1000), override="read", why="every table entry is range-checked against the file size before use (STYLE 7.5); qemu-img reads zeroes past EOF"))
+CASES.append(Case("truncated-half-l2", truncated("v3.qcow2", lambda b: first_l2(b)[1] + (1 << get(b, "cluster_bits")) // 2)))
+CASES.append(Case("truncated-in-data", truncated("v3.qcow2", lambda b: (u64(b, find_l2e(b, is_data)) & L2E_OFFSET_MASK) + 1000)))
 CASES.append(Case("truncated-in-compressed-data", truncated("zlib.qcow2", lambda b: len(b) - 700)))
 
 

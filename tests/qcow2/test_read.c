@@ -756,9 +756,23 @@ Test(read, chain_map_reads_around_a_damaged_table_in_a_lower_layer_as_the_walk_d
         wr("/m/mid.qcow2", NULL, off + 1000, 3000, off + 1);
     create_over("/m/top.qcow2", size, 65536, 3, false, "mid.qcow2", "qcow2");
     wr("/m/top.qcow2", NULL, 900 * KiB, 4096, 2);
-    /* mid's L2 table for [160 KiB, 192 KiB) (512-byte clusters: 32 KiB per table) is gone. */
-    l1_off = rfx_peek64(fs, "/m/mid.qcow2", 40);
-    rfx_poke64(fs, "/m/mid.qcow2", l1_off + 5 * 8, 0x7fff0000ull);
+    /*
+     * mid's L2 table for [160 KiB, 192 KiB) (512-byte clusters: 32 KiB per
+     * table) is garbage: a cluster of 0xff bytes (compressed descriptors
+     * that point past the end of the file).
+     */
+    {
+        uint8_t ff[512];
+        size_t len;
+
+        memset(ff, 0xff, sizeof(ff));
+        memfs_get(fs, "/m/mid.qcow2", &len);
+        len = (len + 511) & ~(size_t)511;
+        rfx_resize(fs, "/m/mid.qcow2", len + 512);
+        rfx_poke(fs, "/m/mid.qcow2", len, ff, sizeof(ff));
+        l1_off = rfx_peek64(fs, "/m/mid.qcow2", 40);
+        rfx_poke64(fs, "/m/mid.qcow2", l1_off + 5 * 8, len);
+    }
     img = open_top("/m/top.qcow2");
     /* The block that cannot be built is not this read's failure: the last error stays. */
     cr_assert_eq(qcow2_image_read(img, a, 1, size), QCOW2_EINVAL);
