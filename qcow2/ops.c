@@ -21,12 +21,12 @@ static bool ext_is_zero(const qcow2_extent *e)
 int qcow2_image_digest(qcow2_image *img, uint8_t digest_out[16], qcow2_progress_fn progress,
                        void *payload)
 {
-    qcow2__hash *h = NULL;
+    qcow2__digest *d = NULL;
     uint8_t *buf = NULL;
     uint64_t off = 0, pf_end = 0;
     int rc;
 
-    rc = qcow2__hash_new(&h);
+    rc = qcow2__digest_new(&d, img->size);
     if (rc)
         return rc;
     buf = qcow2__malloc(OPS_CHUNK);
@@ -38,18 +38,20 @@ int qcow2_image_digest(qcow2_image *img, uint8_t digest_out[16], qcow2_progress_
         qcow2_extent e;
 
         qcow2__prefetch_ahead(img, NULL, off, &pf_end);
-        rc = qcow2_image_block_status(img, NULL, off, qcow2__min(img->size - off, OPS_CHUNK * 16), &e);
+        /* Zero runs cost one record however long: ask for as long a run as there is. */
+        rc = qcow2_image_block_status(img, NULL, off, img->size - off, &e);
         if (rc)
             goto out;
         if (ext_is_zero(&e)) {
-            qcow2__hash_zeroes(h, e.length);
+            qcow2__digest_zeroes(d, e.length);
         } else {
+            e.length = qcow2__min(e.length, OPS_CHUNK * 16);
             for (uint64_t done = 0; done < e.length;) {
                 size_t n = (size_t)qcow2__min(e.length - done, OPS_CHUNK);
                 rc = qcow2_image_read(img, buf, n, off + done);
                 if (rc)
                     goto out;
-                qcow2__hash_update(h, buf, n);
+                qcow2__digest_data(d, buf, n);
                 done += n;
             }
         }
@@ -57,10 +59,10 @@ int qcow2_image_digest(qcow2_image *img, uint8_t digest_out[16], qcow2_progress_
         if (progress)
             progress(off, img->size, payload);
     }
-    qcow2__hash_final(h, digest_out);
+    qcow2__digest_final(d, digest_out);
 out:
     qcow2__free(buf);
-    qcow2__hash_free(h);
+    qcow2__digest_free(d);
     return rc;
 }
 
@@ -107,11 +109,12 @@ static int check_tail_zero(qcow2_image *img, uint64_t from, uint8_t *buf, uint64
         qcow2_extent e;
         uint64_t n;
 
-        rc = qcow2_image_block_status(img, NULL, off, qcow2__min(img->size - off, OPS_CHUNK), &e);
+        rc = qcow2_image_block_status(img, NULL, off, img->size - off, &e);
         if (rc)
             return rc;
         n = e.length;
         if (!ext_is_zero(&e)) {
+            n = qcow2__min(n, OPS_CHUNK);
             uint64_t at;
             rc = qcow2_image_read(img, buf, (size_t)n, off);
             if (rc)

@@ -175,6 +175,16 @@ void qcow2__hash_zeroes(qcow2__hash *h, uint64_t len);
 void qcow2__hash_final(qcow2__hash *h, uint8_t out[16]);
 void qcow2__hash_free(qcow2__hash *h);
 
+/* The image digest's record stream (docs/DIGEST.md): feed the guest content
+ * in order, data and zero runs of any length, size bytes in all. */
+#define QCOW2__DIGEST_BLOCK 4096u
+typedef struct qcow2__digest qcow2__digest;
+int qcow2__digest_new(qcow2__digest **out, uint64_t size);
+void qcow2__digest_data(qcow2__digest *d, const uint8_t *buf, size_t len);
+void qcow2__digest_zeroes(qcow2__digest *d, uint64_t len);
+void qcow2__digest_final(qcow2__digest *d, uint8_t out[16]);
+void qcow2__digest_free(qcow2__digest *d);
+
 /* ---- the image handle ---------------------------------------------------- */
 
 /* A feature-name table entry (extension 0x6803f857). */
