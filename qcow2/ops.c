@@ -435,12 +435,23 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
     }
     while (off < src->size) {
         qcow2_extent e;
+        bool shared;
 
         qcow2__prefetch_ahead(src, NULL, off, &pf_end);
         rc = qcow2_image_block_status(src, NULL, off, qcow2__min(src->size - off, OPS_CHUNK), &e);
         if (rc)
             goto out;
-        if (!ext_is_zero(&e) || !o.min_sparse) {
+        shared = false;
+        if ((e.flags & QCOW2_EXT_DATA) && (e.flags & QCOW2_EXT_OFFSET_VALID) &&
+            !(e.flags & QCOW2_EXT_COMPRESSED)) {
+            /* Share the blocks where the file system can (reflink); else copy below. */
+            rc = qcow2__io_clone(dst, dst_path, off, e.layer->io, e.host_off, e.length);
+            if (rc < 0)
+                goto out;
+            shared = rc > 0;
+            rc = 0;
+        }
+        if (!shared && (!ext_is_zero(&e) || !o.min_sparse)) {
             rc = read_or_zero(src, buf, e.length, off, ext_is_zero(&e));
             if (rc)
                 goto out;

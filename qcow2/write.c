@@ -493,7 +493,36 @@ out:
     return rc;
 }
 
-/* Write [off, off+len) within one L2 table's coverage. */
+/*
+ * Put len bytes of guest data at host offset host of img's file: from p, or
+ * in qcow2__write_shared() from the source file, shared where it can be.
+ * Sharing is safe for ever after: the file system copies a shared block
+ * when either file writes it (an in-place rewrite of a data cluster
+ * included), so no write to one file can reach the other.
+ */
+static int put_data(qcow2_image *img, const uint8_t *p, uint64_t len, uint64_t host, uint64_t guest)
+{
+    uint64_t from;
+    uint8_t *bounce;
+    int rc;
+
+    if (!img->share_src)
+        return qcow2__io_write(img->io, img->name, p, (size_t)len, host);
+    from = guest + img->share_delta;
+    rc = qcow2__io_clone(img->io, img->name, host, img->share_src, from, len);
+    if (rc)
+        return rc < 0 ? rc : 0;
+    bounce = qcow2__malloc((size_t)len);
+    if (!bounce)
+        return qcow2__nomem();
+    rc = qcow2__io_read(img->share_src, img->share_name, bounce, (size_t)len, from);
+    if (!rc)
+        rc = qcow2__io_write(img->io, img->name, bounce, (size_t)len, host);
+    qcow2__free(bounce);
+    return rc;
+}
+
+/* Write [off, off+len) within one L2 table's coverage (data NULL: from img->share_src). */
 static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, uint64_t len)
 {
     uint64_t cs = img->cluster_size;
@@ -535,8 +564,8 @@ static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, u
                 expect += cs;
                 run_end = qcow2__min(end, run_end + cs);
             }
-            rc = qcow2__io_write(img->io, img->name, data + (pos - off), (size_t)(run_end - pos),
-                                 host + (pos - cstart));
+            rc = put_data(img, data ? data + (pos - off) : NULL, run_end - pos,
+                          host + (pos - cstart), pos);
             if (rc)
                 goto out;
             img->file_size = qcow2__max(img->file_size, host + (pos - cstart) + (run_end - pos));
@@ -546,7 +575,7 @@ static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, u
         {
             /* A run of clusters that need new storage: allocate them together. */
             uint64_t k = 1, new_host, span, wend;
-            const uint8_t *src = data + (pos - off);
+            const uint8_t *src = data ? data + (pos - off) : NULL;
 
             while (k < max_run && cstart + k * cs < end) {
                 uint64_t e2 = l2_entry(img, slot->data, idx + k);
@@ -558,6 +587,10 @@ static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, u
             wend = qcow2__min(end, cstart + span);
             if (pos > cstart || wend < cstart + span) {
                 /* Partial clusters: the old content around the new bytes, in a bounce buffer. */
+                if (!src) { /* qcow2__write_shared() takes whole clusters only */
+                    rc = qcow2__err(QCOW2_EINVAL, 0, img->name, "shared write of a partial cluster");
+                    goto out;
+                }
                 buf = qcow2__malloc((size_t)span);
                 if (!buf) {
                     rc = qcow2__nomem();
@@ -579,7 +612,7 @@ static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, u
             rc = qcow2__alloc_clusters(img, k, &new_host);
             if (rc)
                 goto out;
-            rc = qcow2__io_write(img->io, img->name, src, (size_t)span, new_host);
+            rc = put_data(img, src, span, new_host, cstart);
             if (rc)
                 goto out;
             for (uint64_t j = 0; j < k; j++) {
@@ -926,6 +959,30 @@ int qcow2_image_write(qcow2_image *img, const void *buf, size_t len, uint64_t gu
         return qcow2__err(QCOW2_EINVAL, 0, NULL, "qcow2_image_write: missing argument");
     quiet = quiet_begin(img);
     return quiet_end(img, quiet, write_data(img, buf, len, guest_off), guest_off, len, true);
+}
+
+int qcow2__write_shared(qcow2_image *img, uint64_t guest_off, uint64_t len, qcow2_io *src,
+                        const char *src_name, uint64_t src_off)
+{
+    uint64_t cs = img->cluster_size;
+    bool quiet;
+    int rc;
+
+    if (img->fmt != QCOW2_FORMAT_QCOW2 || img->extl2 || cs < QCOW2__CLONE_ALIGN || !len ||
+        ((guest_off | len) & (cs - 1)) || (src_off & (QCOW2__CLONE_ALIGN - 1)) ||
+        img->io->ops->version < 2 || !img->io->ops->clone_from || src->ops != img->io->ops)
+        return 0;
+    quiet = quiet_begin(img);
+    rc = start_write(img, guest_off, len);
+    if (!rc) {
+        img->share_src = src;
+        img->share_name = src_name;
+        img->share_delta = src_off - guest_off;
+        rc = for_each_table(img, NULL, guest_off, len, write_in_table);
+        img->share_src = NULL;
+    }
+    rc = quiet_end(img, quiet, rc, guest_off, len, true);
+    return rc ? rc : 1;
 }
 
 int qcow2_image_write_zeroes(qcow2_image *img, uint64_t guest_off, uint64_t len, unsigned flags)
