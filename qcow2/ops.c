@@ -411,6 +411,7 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
     qcow2_io *dst = NULL;
     uint8_t *buf = NULL;
     uint64_t off = 0, pf_end = 0;
+    int sharing = -1; /* whether runs are shared into dst: -1 not known yet */
     int rc;
 
     if (opts)
@@ -437,7 +438,9 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
         qcow2_extent e;
         bool shared;
 
-        qcow2__prefetch_ahead(src, NULL, off, &pf_end);
+        /* Reading ahead is for copying: not while the data is being shared (or may be). */
+        if (sharing == 0)
+            qcow2__prefetch_ahead(src, NULL, off, &pf_end);
         rc = qcow2_image_block_status(src, NULL, off, qcow2__min(src->size - off, OPS_CHUNK), &e);
         if (rc)
             goto out;
@@ -449,7 +452,11 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
             if (rc < 0)
                 goto out;
             shared = rc > 0;
+            if (sharing < 0) /* the first try tells whether this file system shares */
+                sharing = shared;
             rc = 0;
+        } else if (sharing < 0 && !ext_is_zero(&e)) {
+            sharing = 0; /* data that cannot be shared (compressed): copy, reading ahead */
         }
         if (!shared && (!ext_is_zero(&e) || !o.min_sparse)) {
             rc = read_or_zero(src, buf, e.length, off, ext_is_zero(&e));
