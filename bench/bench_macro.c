@@ -4,6 +4,9 @@
  *
  *   bench_macro setup DIR     build the scenario images in DIR/p (once)
  *   bench_macro run DIR       time every scenario, print one table
+ *   bench_macro fs NAME DIR   scenario 8 on a mounted file system that shares
+ *                             blocks (bench/bench_fs.sh mounts it): images in
+ *                             DIR/p, times and a table
  *   bench_macro op ...        one timed operation (run in a child process)
  *
  * Every timed operation is a child process (ours re-executes this program
@@ -12,7 +15,9 @@
  * the page cache is dropped, so both sides start cold.
  *
  * Environment: BENCH_RUNS (runs per measurement), BENCH_SCALE (divide the
- * data sizes by 1, 2, 4 or 8 when the disk is short; run.sh sets it).
+ * data sizes by 1, 2, 4 or 8 when the disk is short; run.sh sets it),
+ * BENCH_ONLY (a list of scenario numbers, e.g. "6,7": set up and time only
+ * those).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -23,6 +28,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <xxhash.h>
 
 #include "bench_util.h"
 #include "qcow2/qcow2.h"
@@ -61,6 +68,23 @@ static struct sizes sizes_get(void)
     z.ch_base_data = 512 * BU_MiB / scale;
     z.ch_clusters = 64 / scale;
     return z;
+}
+
+/* Whether scenario n is wanted (BENCH_ONLY unset: all). */
+static bool want(int n)
+{
+    const char *s = getenv("BENCH_ONLY");
+
+    if (!s || !*s)
+        return true;
+    while (*s) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end != s && v == n)
+            return true;
+        s = *end ? end + 1 : end;
+    }
+    return false;
 }
 
 static void check_lib(int rc, const char *what)
@@ -219,6 +243,8 @@ static int cmd_setup(const char *dir)
     if (chdir("p") < 0)
         bu_die("p: %s", strerror(errno));
 
+    if (!want(1) && !want(2) && !want(5))
+        goto chain;
     step("scenario 1: %" PRIu64 " MiB raw base with %" PRIu64 " MiB of data", z.s1_vsize >> 20,
          z.s1_base_data >> 20);
     make_raw_base("s1_base.raw", z.s1_vsize, z.s1_base_data, BU_SEED + 1);
@@ -232,6 +258,9 @@ static int cmd_setup(const char *dir)
     step("scenario 5: raw copy of the scenario-1 content (qemu-img convert)");
     bu_sh("qemu-img convert -f qcow2 -O raw s1_top.qcow2 s1_flat.raw");
 
+chain:
+    if (!want(3) && !want(4))
+        goto sparse;
     step("scenario 3: %d-deep chain over a %" PRIu64 " MiB raw base (%" PRIu64 " MiB data), %" PRIu64
          " clusters per layer",
          CHAIN_DEPTH, z.ch_vsize >> 20, z.ch_base_data >> 20, z.ch_clusters);
@@ -251,6 +280,15 @@ static int cmd_setup(const char *dir)
     step("scenario 4: the chain flattened into one qcow2 layer (qemu-img convert)");
     bu_sh("qemu-img convert -f qcow2 -O qcow2 chain/l%02d.qcow2 chain_flat.qcow2", CHAIN_DEPTH);
 
+sparse:
+    if (want(7)) {
+        step("scenario 7: 1 TiB qcow2 with %" PRIu64 " MiB of data; a fully allocated raw of "
+             "%" PRIu64 " MiB", (uint64_t)((BU_GiB / z.scale) >> 20), (uint64_t)((BU_GiB / z.scale) >> 20));
+        make_qcow2_base("s7_1t.qcow2", BU_TiB, BU_GiB / z.scale, BU_SEED + 7);
+        make_raw_base("s7_full.raw", BU_GiB / z.scale, BU_GiB / z.scale, BU_SEED + 8);
+    }
+    if (!want(6))
+        goto check;
     step("scenario 6: 1 GiB and 1 TiB sparse qcow2 images with 64 scattered clusters");
     bu_rng_init(&rng, BU_SEED + 6);
     {
@@ -262,10 +300,11 @@ static int cmd_setup(const char *dir)
         qcow2_image_close(img);
     }
 
+check:
     step("qemu-img check on every qcow2 image written by libqcow2");
     bu_sh("for f in s1_top.qcow2 s2_base.qcow2 s2_top.qcow2 chain/l*.qcow2 s6_1g.qcow2 "
-          "s6_1t.qcow2; do qemu-img check -q \"$f\" || { echo \"check failed: $f\" >&2; "
-          "exit 1; }; done");
+          "s6_1t.qcow2 s7_1t.qcow2; do [ -e \"$f\" ] || continue; qemu-img check -q \"$f\" || "
+          "{ echo \"check failed: $f\" >&2; exit 1; }; done");
     step("setup done");
     return 0;
 }
@@ -304,6 +343,26 @@ static int cmd_op(int argc, char **argv)
         for (int i = 0; i < 16; i++)
             printf("%02x", d[i]);
         printf("\n");
+        qcow2_image_close(img);
+    } else if (!strcmp(op, "xxh3all") && argc == 2) {
+        /* The digest's first definition: XXH3-128 over every byte of the content. */
+        qcow2_image *img = open_ro(argv[1]);
+        const size_t chunk = 2 * BU_MiB;
+        uint8_t *buf = bu_xmalloc(chunk);
+        uint64_t size = qcow2_image_size(img);
+        XXH3_state_t *st = XXH3_createState();
+        XXH128_hash_t h;
+        if (!st || XXH3_128bits_reset(st) != XXH_OK)
+            bu_die("xxh3: no memory");
+        for (uint64_t off = 0; off < size; off += chunk) {
+            size_t n = (size_t)(size - off < chunk ? size - off : chunk);
+            check_lib(qcow2_image_read(img, buf, n, off), "read");
+            (void)XXH3_128bits_update(st, buf, n);
+        }
+        h = XXH3_128bits_digest(st);
+        printf("%016" PRIx64 "%016" PRIx64 "\n", (uint64_t)h.high64, (uint64_t)h.low64);
+        XXH3_freeState(st);
+        free(buf);
         qcow2_image_close(img);
     } else if (!strcmp(op, "compare") && argc == 3) {
         qcow2_image *a = open_ro(argv[1]), *b = open_ro(argv[2]);
@@ -417,6 +476,7 @@ static void measure(struct spec *specs, struct meas *out, unsigned nspecs, unsig
 enum target_kind {
     T_SPEEDUP, /* ref/qsnap >= goal */
     T_RSS,     /* qsnap RSS <= ref RSS + the default L2 cache + 1 MiB (bounded memory) */
+    T_TIME,    /* qsnap wall time <= goal seconds */
     T_NONE,
 };
 
@@ -475,6 +535,8 @@ static void print_table(void)
 
         if (w->kind == T_SPEEDUP)
             res = ratio >= w->goal ? "PASS" : "MISS";
+        else if (w->kind == T_TIME)
+            res = qw <= w->goal ? "PASS" : "MISS";
         else if (w->kind == T_RSS)
             res = w->q->rss_kb <= w->r->rss_kb + (long)(QCOW2_DEFAULT_CACHE_BYTES >> 10) + 1024
                       ? "PASS"
@@ -516,7 +578,8 @@ static void set_argv(struct spec *s, const char *label, const char *a0, ...)
 
 static int cmd_run(const char *dir)
 {
-    static struct meas m_s1[2], m_cp[1], m_s2[2], m_s3[4], m_s3s[1], m_s4[4], m_s5[3], m_s6[6];
+    static struct meas m_s1[2], m_cp[1], m_s2[2], m_s3[4], m_s3s[1], m_s4[4], m_s5[3], m_s6[6],
+        m_s7[3];
     static char chain_top[64];
     struct spec sp[4];
     unsigned slow = bu_runs(3), fast = bu_runs(5);
@@ -529,6 +592,8 @@ static int cmd_run(const char *dir)
         bu_die("%s: %s", dir, strerror(errno));
     snprintf(chain_top, sizeof(chain_top), "p/chain/l%02d.qcow2", CHAIN_DEPTH);
 
+    if (!want(1))
+        goto s2;
     /* 1: commit into a raw base, and cp + sync of the same amount of data. */
     fprintf(stderr, "scenario 1: commit into a raw base (%u runs)\n", slow);
     memset(sp, 0, sizeof(sp));
@@ -554,6 +619,9 @@ static int cmd_run(const char *dir)
     add_row("1 commit -> raw base vs copying 512M [cp+sync]", &m_s1[0], &m_cp[0], T_SPEEDUP, 0.8,
             ">= 0.80x (qsnap <= 1.25x cp)", false);
 
+s2:
+    if (!want(2))
+        goto s3;
     /* 2: the same overlay into a qcow2 base. */
     fprintf(stderr, "scenario 2: commit into a qcow2 base (%u runs)\n", slow);
     memset(sp, 0, sizeof(sp));
@@ -573,6 +641,9 @@ static int cmd_run(const char *dir)
     add_row("2 commit 512M scattered -> qcow2 base [qemu-img]", &m_s2[0], &m_s2[1], T_SPEEDUP,
             2.0, ">= 2.00x", true);
 
+s3:
+    if (!want(3))
+        goto s4;
     /* 3: convert the 64-deep chain. */
     fprintf(stderr, "scenario 3: convert a %d-deep chain (%u runs)\n", CHAIN_DEPTH, fast);
     memset(sp, 0, sizeof(sp));
@@ -609,6 +680,9 @@ static int cmd_run(const char *dir)
     add_row("3 convert 64-deep chain -> qcow2 [qemu-img]", &m_s3[2], &m_s3[3], T_SPEEDUP, 1.0,
             ">= 1.00x", true);
 
+s4:
+    if (!want(4))
+        goto s5;
     /* 4: read through the chain vs the flattened image (both ours, warm caches, CPU time). */
     fprintf(stderr, "scenario 4: read a %d-deep chain vs one layer, warm (%u runs)\n",
             CHAIN_DEPTH, fast);
@@ -634,6 +708,9 @@ static int cmd_run(const char *dir)
             "- (information)", false)
         ->use_cpu = true;
 
+s5:
+    if (!want(5))
+        goto s6;
     /* 5: digest and compare of the scenario-1 images. */
     fprintf(stderr, "scenario 5: digest and compare (%u runs)\n", fast);
     memset(sp, 0, sizeof(sp));
@@ -650,6 +727,9 @@ static int cmd_run(const char *dir)
     add_row("5 compare overlay vs raw copy [qemu-img compare]", &m_s5[1], &m_s5[2], T_SPEEDUP,
             1.5, ">= 1.50x", true);
 
+s6:
+    if (!want(6))
+        goto s7;
     /* 6: memory on a 1 TiB sparse image vs a 1 GiB one. */
     fprintf(stderr, "scenario 6: 1 TiB vs 1 GiB sparse images (1 run for the 1 TiB digest)\n");
     memset(sp, 0, sizeof(sp));
@@ -673,9 +753,122 @@ static int cmd_run(const char *dir)
     add_row("6 digest 1 TiB sparse [qsnap on 1 GiB]", &m_s6[4], &m_s6[3], T_RSS, 0,
             "RSS(1T) <= RSS(1G)+L2 cache", false);
 
+s7:
+    if (!want(7))
+        goto done;
+    /* 7: the digest costs what the image holds; no more than hashing every byte when full. */
+    fprintf(stderr, "scenario 7: digest of 1 TiB with 1 GiB of data; of 1 GiB fully allocated (%u runs)\n",
+            fast);
+    memset(sp, 0, sizeof(sp));
+    set_argv(&sp[0], "qsnap digest 1T sparse", self_path, "op", "digest", "p/s7_1t.qcow2", NULL);
+    set_argv(&sp[1], "qsnap digest 1G full", self_path, "op", "digest", "p/s7_full.raw", NULL);
+    set_argv(&sp[2], "xxh3 of every byte, 1G full", self_path, "op", "xxh3all", "p/s7_full.raw",
+             NULL);
+    for (int i = 0; i < 3; i++)
+        sp[i].cold = true;
+    measure(sp, m_s7, 3, fast);
+    add_row("7 digest 1 TiB, 1 GiB data [xxh3 of the 1 GiB full]", &m_s7[0], &m_s7[2], T_TIME,
+            1.0, "qsnap < 1.00 s", false);
+    add_row("7 digest 1 GiB fully allocated [xxh3 every byte]", &m_s7[1], &m_s7[2], T_SPEEDUP,
+            0.95, ">= 0.95x (no slower)", false);
+done:
+
     print_table();
     if (!caches_dropped)
         fprintf(stderr, "bench: dropping the page cache failed %u times\n", cache_drop_failures);
+    return 0;
+}
+
+/*
+ * Scenario 8, on a file system that shares blocks (XFS with reflink, btrfs),
+ * mounted at dir: the scenario-1 and -2 commits and a convert of the
+ * overlay to raw, against qemu-img and against cp --reflink=always of the
+ * overlay (what cloning the whole file costs there).
+ */
+static int cmd_fs(const char *fsname, const char *dir)
+{
+    static struct meas m_c[2], m_cp[1], m_q[2], m_v[2];
+    struct sizes z = sizes_get();
+    struct spec sp[4];
+    unsigned slow = bu_runs(3);
+    char name[64];
+    ssize_t n = readlink("/proc/self/exe", self_path, sizeof(self_path) - 1);
+
+    if (n <= 0)
+        bu_die("readlink /proc/self/exe: %s", strerror(errno));
+    self_path[n] = '\0';
+    if (chdir(dir) < 0)
+        bu_die("%s: %s", dir, strerror(errno));
+    bu_sh("rm -rf p w && mkdir -p p w");
+    step("scenario 8 on %s: raw and qcow2 bases, overlays of %" PRIu64 " scattered clusters",
+         fsname, z.s1_clusters);
+    make_raw_base("p/s1_base.raw", z.s1_vsize, z.s1_base_data, BU_SEED + 1);
+    make_overlay("p/s1_top.qcow2", z.s1_vsize, "s1_base.raw", "raw", z.s1_clusters, BU_SEED + 2);
+    make_qcow2_base("p/s2_base.qcow2", z.s1_vsize, z.s1_base_data, BU_SEED + 1);
+    make_overlay("p/s2_top.qcow2", z.s1_vsize, "s2_base.qcow2", "qcow2", z.s1_clusters,
+                 BU_SEED + 2);
+    bu_sh("qemu-img convert -f qcow2 -O raw p/s1_top.qcow2 p/s1_flat.raw && "
+          "qemu-img check -q p/s1_top.qcow2 && qemu-img check -q p/s2_top.qcow2 && "
+          "qemu-img check -q p/s2_base.qcow2 && sync");
+    step("setup done");
+
+    fprintf(stderr, "scenario 8 on %s: commits and convert (%u runs)\n", fsname, slow);
+    memset(sp, 0, sizeof(sp));
+    set_argv(&sp[0], "qsnap commit -> raw", self_path, "op", "commit", "w/s1_top.qcow2", NULL);
+    set_argv(&sp[1], "qemu-img commit -> raw", "qemu-img", "commit", "-q", "-f", "qcow2",
+             "w/s1_top.qcow2", NULL);
+    for (int i = 0; i < 2; i++) {
+        sp[i].prep = "rm -f w/* && cp --reflink=never --sparse=always p/s1_base.raw "
+                     "p/s1_top.qcow2 w/ && sync";
+        sp[i].cold = true;
+    }
+    sp[0].verify = "qemu-img compare -q -f raw -F raw w/s1_base.raw p/s1_flat.raw || "
+                   "{ echo 'qsnap commit: wrong base content' >&2; exit 1; }";
+    measure(sp, m_c, 2, slow);
+    memset(sp, 0, sizeof(sp));
+    set_argv(&sp[0], "cp --reflink=always overlay", "cp", "--reflink=always", "p/s1_top.qcow2",
+             "w/clone.qcow2", NULL);
+    sp[0].prep = "rm -f w/*";
+    sp[0].cold = true;
+    measure(sp, m_cp, 1, slow);
+
+    memset(sp, 0, sizeof(sp));
+    set_argv(&sp[0], "qsnap commit -> qcow2", self_path, "op", "commit", "w/s2_top.qcow2", NULL);
+    set_argv(&sp[1], "qemu-img commit -> qcow2", "qemu-img", "commit", "-q", "-f", "qcow2",
+             "w/s2_top.qcow2", NULL);
+    for (int i = 0; i < 2; i++) {
+        sp[i].prep = "rm -f w/* && cp --reflink=never --sparse=always p/s2_base.qcow2 "
+                     "p/s2_top.qcow2 w/ && sync";
+        sp[i].cold = true;
+    }
+    sp[0].verify = "qemu-img check -q w/s2_base.qcow2 && "
+                   "qemu-img compare -q -f qcow2 -F raw w/s2_base.qcow2 p/s1_flat.raw || "
+                   "{ echo 'qsnap commit: wrong qcow2 base' >&2; exit 1; }";
+    measure(sp, m_q, 2, slow);
+
+    memset(sp, 0, sizeof(sp));
+    set_argv(&sp[0], "qsnap convert -> raw", self_path, "op", "convert", "raw", "p/s1_top.qcow2",
+             "w/out.raw", NULL);
+    set_argv(&sp[1], "qemu-img convert -> raw", "qemu-img", "convert", "-f", "qcow2", "-O", "raw",
+             "p/s1_top.qcow2", "w/out.raw", NULL);
+    for (int i = 0; i < 2; i++) {
+        sp[i].prep = "rm -f w/*";
+        sp[i].cold = true;
+    }
+    sp[0].verify = "qemu-img compare -q -f raw -F raw w/out.raw p/s1_flat.raw || "
+                   "{ echo 'qsnap convert: wrong raw output' >&2; exit 1; }";
+    measure(sp, m_v, 2, slow);
+    bu_sh("rm -rf p w");
+
+    snprintf(name, sizeof(name), "8 %s commit 512M -> raw base [qemu-img]", fsname);
+    add_row(name, &m_c[0], &m_c[1], T_SPEEDUP, 10.0, ">= 10.00x", true);
+    snprintf(name, sizeof(name), "8 %s commit -> raw [cp --reflink=always top]", fsname);
+    add_row(name, &m_c[0], &m_cp[0], T_NONE, 0, "- (information)", false);
+    snprintf(name, sizeof(name), "8 %s commit 512M -> qcow2 base [qemu-img]", fsname);
+    add_row(name, &m_q[0], &m_q[1], T_SPEEDUP, 10.0, ">= 10.00x", true);
+    snprintf(name, sizeof(name), "8 %s convert overlay+raw -> raw [qemu-img]", fsname);
+    add_row(name, &m_v[0], &m_v[1], T_SPEEDUP, 10.0, ">= 10.00x", true);
+    print_table();
     return 0;
 }
 
@@ -685,8 +878,10 @@ int main(int argc, char **argv)
         return cmd_setup(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "run"))
         return cmd_run(argv[2]);
+    if (argc == 4 && !strcmp(argv[1], "fs"))
+        return cmd_fs(argv[2], argv[3]);
     if (argc >= 3 && !strcmp(argv[1], "op"))
         return cmd_op(argc - 2, argv + 2);
-    fprintf(stderr, "usage: %s setup DIR | run DIR | op OP ARGS...\n", argv[0]);
+    fprintf(stderr, "usage: %s setup DIR | run DIR | fs NAME DIR | op OP ARGS...\n", argv[0]);
     return 2;
 }

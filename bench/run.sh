@@ -6,7 +6,9 @@
 #
 # Environment: BUILD (set by make), BENCH_RUNS (runs per measurement;
 # defaults: 3 for the commits, 5 for the rest), BENCH_SCRATCH (scratch
-# directory, default $BUILD/scratch), BENCH_SCALE (force a data-size divisor).
+# directory, default $BUILD/scratch), BENCH_SCALE (force a data-size divisor),
+# BENCH_ONLY (scenario numbers to set up and time, e.g. "6,7"; bench_fs.sh
+# runs scenario 8 on its own loop mounts).
 set -eu
 
 BUILD=${BUILD:-build/bench}
@@ -58,3 +60,6 @@ echo
 
 echo
 QSNAP="${BUILD:-build/bench}/qsnap" sh "$(dirname "$0")/bench_tree.sh" "$SCRATCH"
+
+echo
+BUILD="$BUILD" sh "$(dirname "$0")/bench_fs.sh" "$SCRATCH"

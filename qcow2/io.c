@@ -82,6 +82,37 @@ int qcow2__io_write(qcow2_io *io, const char *name, const void *buf, size_t len,
     return 0;
 }
 
+int qcow2__io_clone(qcow2_io *io, const char *name, uint64_t off, qcow2_io *src, uint64_t src_off,
+                    uint64_t len)
+{
+    int rc;
+    char what[96];
+
+    if (!len || io->ops->version < 2 || !io->ops->clone_from ||
+        ((off | src_off | len) & (QCOW2__CLONE_ALIGN - 1)))
+        return 0;
+    rc = io->ops->clone_from(io, off, src, src_off, len);
+    if (rc == 0)
+        return 1;
+    switch (-rc) {
+    case EOPNOTSUPP:
+#if ENOTSUP != EOPNOTSUPP
+    case ENOTSUP:
+#endif
+    case EXDEV:
+    case EINVAL:
+    case ENOTTY:
+    case ENOSYS:
+    case EBADF:
+    case EPERM:
+    case ETXTBSY:
+        return 0; /* cannot share here: the caller copies */
+    default:
+        snprintf(what, sizeof(what), "sharing %" PRIu64 " bytes at 0x%" PRIx64 " failed", len, off);
+        return qcow2__io_error(rc, name, what);
+    }
+}
+
 int qcow2__io_flush(qcow2_io *io, const char *name)
 {
     int rc = io->ops->flush ? io->ops->flush(io) : 0;

@@ -30,11 +30,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 #include "qcow2_int.h"
+
+#if defined(__linux__) && __has_include(<linux/fs.h>)
+#include <linux/fs.h> /* FICLONERANGE */
+#endif
 
 #define LOCK_PERM_BASE 100  /* byte 100 + bit: permission held */
 #define LOCK_SHARE_BASE 200 /* byte 200 + bit: permission not shared */
@@ -53,6 +58,7 @@ struct posix_io {
     qcow2_io_lock_mode lock;    /* lock state currently held */
     bool no_punch;              /* fallocate(PUNCH_HOLE) unsupported here */
     bool no_seek_data;          /* SEEK_DATA/SEEK_HOLE unsupported here */
+    bool no_clone;              /* FICLONERANGE unsupported here */
 };
 
 static const qcow2_io_ops posix_ops;
@@ -369,6 +375,43 @@ static int posix_copy_from(qcow2_io *io, uint64_t off, qcow2_io *src, uint64_t s
     return 0;
 }
 
+/*
+ * Share storage with FICLONERANGE (XFS with reflink, btrfs, and others that
+ * remap ranges). Once the file system said it cannot, later calls on this
+ * handle do not ask again.
+ */
+static int posix_clone_from(qcow2_io *io, uint64_t off, qcow2_io *src, uint64_t src_off,
+                            uint64_t len)
+{
+    struct posix_io *p = to_posix(io);
+
+    if (!range_ok(off, len) || !range_ok(src_off, len) || !len)
+        return -EINVAL;
+    if (src->ops != &posix_ops || p->no_clone)
+        return -EOPNOTSUPP;
+#ifdef FICLONERANGE
+    {
+        struct file_clone_range r;
+
+        r.src_fd = to_posix(src)->fd;
+        r.src_offset = src_off;
+        r.src_length = len;
+        r.dest_offset = off;
+        while (ioctl(p->fd, FICLONERANGE, &r) < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EOPNOTSUPP || errno == ENOTTY || errno == ENOSYS)
+                p->no_clone = true;
+            return -errno;
+        }
+        return 0;
+    }
+#else
+    p->no_clone = true;
+    return -EOPNOTSUPP;
+#endif
+}
+
 /* Set (F_RDLCK) or drop (F_UNLCK) the OFD lock on one byte. */
 static int lock_byte(int fd, short type, off_t byte)
 {
@@ -543,6 +586,7 @@ static const qcow2_io_ops posix_ops = {
     .lock = posix_lock,
     .copy_from = posix_copy_from,
     .close = posix_close,
+    .clone_from = posix_clone_from,
 };
 
 /*

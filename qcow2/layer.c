@@ -165,6 +165,23 @@ static int commit_run(qcow2_image *top, qcow2_image *base, const qcow2_extent *e
 
     if (e->flags & QCOW2_EXT_ZERO)
         return qcow2_image_write_zeroes(base, off, len, QCOW2_ZERO_MAY_UNMAP);
+    /*
+     * Data that lies as it is in a layer's file: on a file system that
+     * shares blocks (XFS with reflink, btrfs), the base takes the same
+     * blocks instead of a copy. Either file's later writes are its own (the
+     * file system copies on write); unaligned runs are copied.
+     */
+    if ((e->flags & QCOW2_EXT_OFFSET_VALID) && (e->flags & QCOW2_EXT_DATA) &&
+        !(e->flags & QCOW2_EXT_COMPRESSED)) {
+        if (base->fmt == QCOW2_FORMAT_RAW) {
+            qcow2__raw_changed(base);
+            rc = qcow2__io_clone(base->io, base->name, off, e->layer->io, e->host_off, len);
+        } else {
+            rc = qcow2__write_shared(base, off, len, e->layer->io, e->layer->name, e->host_off);
+        }
+        if (rc)
+            return rc < 0 ? rc : 0;
+    }
     /* Raw into raw-like: let the kernel copy (copy_file_range) when it can. */
     if (base->fmt == QCOW2_FORMAT_RAW && (e->flags & QCOW2_EXT_OFFSET_VALID) &&
         base->io->ops->copy_from) {

@@ -21,12 +21,12 @@ static bool ext_is_zero(const qcow2_extent *e)
 int qcow2_image_digest(qcow2_image *img, uint8_t digest_out[16], qcow2_progress_fn progress,
                        void *payload)
 {
-    qcow2__hash *h = NULL;
+    qcow2__digest *d = NULL;
     uint8_t *buf = NULL;
     uint64_t off = 0, pf_end = 0;
     int rc;
 
-    rc = qcow2__hash_new(&h);
+    rc = qcow2__digest_new(&d, img->size);
     if (rc)
         return rc;
     buf = qcow2__malloc(OPS_CHUNK);
@@ -38,18 +38,20 @@ int qcow2_image_digest(qcow2_image *img, uint8_t digest_out[16], qcow2_progress_
         qcow2_extent e;
 
         qcow2__prefetch_ahead(img, NULL, off, &pf_end);
-        rc = qcow2_image_block_status(img, NULL, off, qcow2__min(img->size - off, OPS_CHUNK * 16), &e);
+        /* Zero runs cost one record however long: ask for as long a run as there is. */
+        rc = qcow2_image_block_status(img, NULL, off, img->size - off, &e);
         if (rc)
             goto out;
         if (ext_is_zero(&e)) {
-            qcow2__hash_zeroes(h, e.length);
+            qcow2__digest_zeroes(d, e.length);
         } else {
+            e.length = qcow2__min(e.length, OPS_CHUNK * 16);
             for (uint64_t done = 0; done < e.length;) {
                 size_t n = (size_t)qcow2__min(e.length - done, OPS_CHUNK);
                 rc = qcow2_image_read(img, buf, n, off + done);
                 if (rc)
                     goto out;
-                qcow2__hash_update(h, buf, n);
+                qcow2__digest_data(d, buf, n);
                 done += n;
             }
         }
@@ -57,10 +59,10 @@ int qcow2_image_digest(qcow2_image *img, uint8_t digest_out[16], qcow2_progress_
         if (progress)
             progress(off, img->size, payload);
     }
-    qcow2__hash_final(h, digest_out);
+    qcow2__digest_final(d, digest_out);
 out:
     qcow2__free(buf);
-    qcow2__hash_free(h);
+    qcow2__digest_free(d);
     return rc;
 }
 
@@ -107,11 +109,12 @@ static int check_tail_zero(qcow2_image *img, uint64_t from, uint8_t *buf, uint64
         qcow2_extent e;
         uint64_t n;
 
-        rc = qcow2_image_block_status(img, NULL, off, qcow2__min(img->size - off, OPS_CHUNK), &e);
+        rc = qcow2_image_block_status(img, NULL, off, img->size - off, &e);
         if (rc)
             return rc;
         n = e.length;
         if (!ext_is_zero(&e)) {
+            n = qcow2__min(n, OPS_CHUNK);
             uint64_t at;
             rc = qcow2_image_read(img, buf, (size_t)n, off);
             if (rc)
@@ -408,6 +411,7 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
     qcow2_io *dst = NULL;
     uint8_t *buf = NULL;
     uint64_t off = 0, pf_end = 0;
+    int sharing = -1; /* whether runs are shared into dst: -1 not known yet */
     int rc;
 
     if (opts)
@@ -432,12 +436,29 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
     }
     while (off < src->size) {
         qcow2_extent e;
+        bool shared;
 
-        qcow2__prefetch_ahead(src, NULL, off, &pf_end);
+        /* Reading ahead is for copying: not while the data is being shared (or may be). */
+        if (sharing == 0)
+            qcow2__prefetch_ahead(src, NULL, off, &pf_end);
         rc = qcow2_image_block_status(src, NULL, off, qcow2__min(src->size - off, OPS_CHUNK), &e);
         if (rc)
             goto out;
-        if (!ext_is_zero(&e) || !o.min_sparse) {
+        shared = false;
+        if ((e.flags & QCOW2_EXT_DATA) && (e.flags & QCOW2_EXT_OFFSET_VALID) &&
+            !(e.flags & QCOW2_EXT_COMPRESSED)) {
+            /* Share the blocks where the file system can (reflink); else copy below. */
+            rc = qcow2__io_clone(dst, dst_path, off, e.layer->io, e.host_off, e.length);
+            if (rc < 0)
+                goto out;
+            shared = rc > 0;
+            if (sharing < 0) /* the first try tells whether this file system shares */
+                sharing = shared;
+            rc = 0;
+        } else if (sharing < 0 && !ext_is_zero(&e)) {
+            sharing = 0; /* data that cannot be shared (compressed): copy, reading ahead */
+        }
+        if (!shared && (!ext_is_zero(&e) || !o.min_sparse)) {
             rc = read_or_zero(src, buf, e.length, off, ext_is_zero(&e));
             if (rc)
                 goto out;

@@ -132,6 +132,25 @@ void qcow2__free(void *p);
 int qcow2__io_read(qcow2_io *io, const char *name, void *buf, size_t len, uint64_t off);
 int qcow2__io_write(qcow2_io *io, const char *name, const void *buf, size_t len, uint64_t off);
 int qcow2__io_flush(qcow2_io *io, const char *name);
+/*
+ * Make [off, off+len) of io share the storage of [src_off, src_off+len) of
+ * src (reflink) when the backend and the file system can: 1 when shared, 0
+ * when not (unaligned to QCOW2__CLONE_ALIGN, no support, another file
+ * system: the caller copies), or a negative QCOW2_E* code on an I/O error.
+ */
+#define QCOW2__CLONE_ALIGN 4096u
+int qcow2__io_clone(qcow2_io *io, const char *name, uint64_t off, qcow2_io *src, uint64_t src_off,
+                    uint64_t len);
+/*
+ * Write guest [guest_off, guest_off+len) of img with the bytes of src at
+ * src_off, sharing their storage (reflink) where the file system can, and
+ * copying where it cannot (write.c). 1 when written, 0 when the range does
+ * not suit (not whole clusters, extended L2, clusters under 4 KiB, a raw or
+ * unaligned source, a backend that cannot share): the caller writes it the
+ * usual way. Negative QCOW2_E* codes as qcow2_image_write().
+ */
+int qcow2__write_shared(qcow2_image *img, uint64_t guest_off, uint64_t len, qcow2_io *src,
+                        const char *src_name, uint64_t src_off);
 int qcow2__io_truncate(qcow2_io *io, const char *name, uint64_t size);
 int qcow2__io_size(qcow2_io *io, const char *name, uint64_t *size_out);
 /* Write zeroes over [off, off+len) in bounded pieces. */
@@ -174,6 +193,16 @@ void qcow2__hash_update(qcow2__hash *h, const void *buf, size_t len);
 void qcow2__hash_zeroes(qcow2__hash *h, uint64_t len);
 void qcow2__hash_final(qcow2__hash *h, uint8_t out[16]);
 void qcow2__hash_free(qcow2__hash *h);
+
+/* The image digest's record stream (docs/DIGEST.md): feed the guest content
+ * in order, data and zero runs of any length, size bytes in all. */
+#define QCOW2__DIGEST_BLOCK 4096u
+typedef struct qcow2__digest qcow2__digest;
+int qcow2__digest_new(qcow2__digest **out, uint64_t size);
+void qcow2__digest_data(qcow2__digest *d, const uint8_t *buf, size_t len);
+void qcow2__digest_zeroes(qcow2__digest *d, uint64_t len);
+void qcow2__digest_final(qcow2__digest *d, uint8_t out[16]);
+void qcow2__digest_free(qcow2__digest *d);
 
 /* ---- the image handle ---------------------------------------------------- */
 
@@ -360,6 +389,9 @@ struct qcow2_image {
     unsigned raw_nb_runs;
     bool prealloc_checked;       /* metadata_prealloc has been computed */
     bool metadata_prealloc;      /* looks preallocated: file holes in data read as zero */
+    qcow2_io *share_src;         /* during qcow2__write_shared: the data's file, else NULL */
+    const char *share_name;      /* and its name (messages) */
+    uint64_t share_delta;        /* its offset for guest offset g: g + share_delta */
 };
 
 /* pool.c: table memory and the mapping generation shared by the layers of one chain. */

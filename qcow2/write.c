@@ -530,6 +530,35 @@ out:
     return rc;
 }
 
+/*
+ * Put len bytes of guest data at host offset host of img's file: from p, or
+ * in qcow2__write_shared() from the source file, shared where it can be.
+ * Sharing is safe for ever after: the file system copies a shared block
+ * when either file writes it (an in-place rewrite of a data cluster
+ * included), so no write to one file can reach the other.
+ */
+static int put_data(qcow2_image *img, const uint8_t *p, uint64_t len, uint64_t host, uint64_t guest)
+{
+    uint64_t from;
+    uint8_t *bounce;
+    int rc;
+
+    if (!img->share_src)
+        return qcow2__io_write(img->io, img->name, p, (size_t)len, host);
+    from = guest + img->share_delta;
+    rc = qcow2__io_clone(img->io, img->name, host, img->share_src, from, len);
+    if (rc)
+        return rc < 0 ? rc : 0;
+    bounce = qcow2__malloc((size_t)len);
+    if (!bounce)
+        return qcow2__nomem();
+    rc = qcow2__io_read(img->share_src, img->share_name, bounce, (size_t)len, from);
+    if (!rc)
+        rc = qcow2__io_write(img->io, img->name, bounce, (size_t)len, host);
+    qcow2__free(bounce);
+    return rc;
+}
+
 /* A preallocated zero cluster (standard L2 entry: ZERO with a host offset) that we own. */
 static bool zero_alloc_owned(const qcow2_image *img, uint64_t e)
 {
@@ -554,12 +583,17 @@ static int write_zero_alloc(qcow2_image *img, struct qcow2__cslot *slot, uint64_
         return rc;
     if (host > QCOW2_MAX_HOST_OFFSET - cs)
         return qcow2__corrupt(img, "cluster offset 0x%" PRIx64 " is invalid", host);
-    buf = qcow2__calloc(1, (size_t)cs);
-    if (!buf)
-        return qcow2__nomem();
-    memcpy(buf + (off & (cs - 1)), data, (size_t)len);
-    rc = qcow2__io_write(img->io, img->name, buf, (size_t)cs, host);
-    qcow2__free(buf);
+    if (!data) {
+        /* qcow2__write_shared(): whole clusters only, from img->share_src. */
+        rc = put_data(img, NULL, cs, host, off & ~(cs - 1));
+    } else {
+        buf = qcow2__calloc(1, (size_t)cs);
+        if (!buf)
+            return qcow2__nomem();
+        memcpy(buf + (off & (cs - 1)), data, (size_t)len);
+        rc = qcow2__io_write(img->io, img->name, buf, (size_t)cs, host);
+        qcow2__free(buf);
+    }
     if (rc)
         return rc;
     img->file_size = qcow2__max(img->file_size, host + cs);
@@ -567,7 +601,7 @@ static int write_zero_alloc(qcow2_image *img, struct qcow2__cslot *slot, uint64_
     return 0;
 }
 
-/* Write [off, off+len) within one L2 table's coverage. */
+/* Write [off, off+len) within one L2 table's coverage (data NULL: from img->share_src). */
 static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, uint64_t len)
 {
     uint64_t cs = img->cluster_size;
@@ -596,7 +630,7 @@ static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, u
         }
         if (zero_alloc_owned(img, e)) {
             /* A preallocated zero cluster of ours: written in place, as qemu does. */
-            rc = write_zero_alloc(img, slot, idx, e, data + (pos - off), pos,
+            rc = write_zero_alloc(img, slot, idx, e, data ? data + (pos - off) : NULL, pos,
                                   qcow2__min(end, cstart + cs) - pos);
             if (rc)
                 goto out;
@@ -618,8 +652,8 @@ static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, u
                 expect += cs;
                 run_end = qcow2__min(end, run_end + cs);
             }
-            rc = qcow2__io_write(img->io, img->name, data + (pos - off), (size_t)(run_end - pos),
-                                 host + (pos - cstart));
+            rc = put_data(img, data ? data + (pos - off) : NULL, run_end - pos,
+                          host + (pos - cstart), pos);
             if (rc)
                 goto out;
             img->file_size = qcow2__max(img->file_size, host + (pos - cstart) + (run_end - pos));
@@ -629,7 +663,7 @@ static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, u
         {
             /* A run of clusters that need new storage: allocate them together. */
             uint64_t k = 1, new_host, span, wend;
-            const uint8_t *src = data + (pos - off);
+            const uint8_t *src = data ? data + (pos - off) : NULL;
 
             while (k < max_run && cstart + k * cs < end) {
                 uint64_t e2 = l2_entry(img, slot->data, idx + k);
@@ -646,6 +680,10 @@ static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, u
             wend = qcow2__min(end, cstart + span);
             if (pos > cstart || wend < cstart + span) {
                 /* Partial clusters: the old content around the new bytes, in a bounce buffer. */
+                if (!src) { /* qcow2__write_shared() takes whole clusters only */
+                    rc = qcow2__err(QCOW2_EINVAL, 0, img->name, "shared write of a partial cluster");
+                    goto out;
+                }
                 buf = qcow2__malloc((size_t)span);
                 if (!buf) {
                     rc = qcow2__nomem();
@@ -667,7 +705,7 @@ static int write_in_table(qcow2_image *img, const uint8_t *data, uint64_t off, u
             rc = qcow2__alloc_clusters(img, k, &new_host);
             if (rc)
                 goto out;
-            rc = qcow2__io_write(img->io, img->name, src, (size_t)span, new_host);
+            rc = put_data(img, src, span, new_host, cstart);
             if (rc)
                 goto out;
             for (uint64_t j = 0; j < k; j++) {
@@ -1014,6 +1052,30 @@ int qcow2_image_write(qcow2_image *img, const void *buf, size_t len, uint64_t gu
         return qcow2__err(QCOW2_EINVAL, 0, NULL, "qcow2_image_write: missing argument");
     quiet = quiet_begin(img);
     return quiet_end(img, quiet, write_data(img, buf, len, guest_off), guest_off, len, true);
+}
+
+int qcow2__write_shared(qcow2_image *img, uint64_t guest_off, uint64_t len, qcow2_io *src,
+                        const char *src_name, uint64_t src_off)
+{
+    uint64_t cs = img->cluster_size;
+    bool quiet;
+    int rc;
+
+    if (img->fmt != QCOW2_FORMAT_QCOW2 || img->extl2 || cs < QCOW2__CLONE_ALIGN || !len ||
+        ((guest_off | len) & (cs - 1)) || (src_off & (QCOW2__CLONE_ALIGN - 1)) ||
+        img->io->ops->version < 2 || !img->io->ops->clone_from || src->ops != img->io->ops)
+        return 0;
+    quiet = quiet_begin(img);
+    rc = start_write(img, guest_off, len);
+    if (!rc) {
+        img->share_src = src;
+        img->share_name = src_name;
+        img->share_delta = src_off - guest_off;
+        rc = for_each_table(img, NULL, guest_off, len, write_in_table);
+        img->share_src = NULL;
+    }
+    rc = quiet_end(img, quiet, rc, guest_off, len, true);
+    return rc ? rc : 1;
 }
 
 int qcow2_image_write_zeroes(qcow2_image *img, uint64_t guest_off, uint64_t len, unsigned flags)

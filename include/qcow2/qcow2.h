@@ -309,9 +309,13 @@ QCOW2_API int qcow2_image_block_status(qcow2_image *img, const qcow2_image *base
 typedef void (*qcow2_progress_fn)(uint64_t done, uint64_t total, void *payload);
 
 /**
- * xxh3-128 of the guest-visible content (all of the virtual size), as 16
- * big-endian bytes. Zero and unallocated runs are hashed without being read.
- * The digest depends on the content only, not on format or layout.
+ * Digest of the guest-visible content (all of the virtual size), as 16
+ * big-endian bytes: xxh3-128 over the non-zero 4 KiB blocks in order, then
+ * a trailer with the size and an xxh3-128 of the list of zero runs
+ * (docs/DIGEST.md defines it byte by byte). Zero and unallocated runs are
+ * not read and cost one list entry whatever their length; zeroes written as
+ * data hash as a hole does. The digest depends on the content only, not on
+ * format, chain or layout.
  * @param[in] img          the image (the whole chain is read)
  * @param[out] digest_out  the 16 bytes
  * @param[in] progress     progress callback, or NULL

@@ -112,3 +112,90 @@ Test(hash, free_accepts_null)
     qcow2__hash_free(NULL);
     cr_assert(true);
 }
+
+/* The image digest built the plain way (docs/DIGEST.md): the non-zero blocks in
+ * one buffer, the zero-run list in another, one-shot hashes. */
+static void digest_reference(const uint8_t *buf, uint64_t size, uint8_t out[16])
+{
+    uint8_t *m = malloc(size + 40), *list = malloc((size / 4096 + 2) * 16), *p = m, *l = list;
+    uint64_t zstart = 0, zlen = 0, nruns = 0;
+
+    for (uint64_t b = 0; b < size; b += 4096) {
+        uint64_t n = size - b < 4096 ? size - b : 4096;
+        bool zero = true;
+
+        for (uint64_t i = 0; i < n && zero; i++)
+            zero = buf[b + i] == 0;
+        if (zero) {
+            if (!zlen)
+                zstart = b;
+            zlen += n;
+            continue;
+        }
+        if (zlen) {
+            qcow2__put_be64(l, zstart);
+            qcow2__put_be64(l + 8, zlen);
+            l += 16;
+            nruns++;
+            zlen = 0;
+        }
+        memcpy(p, buf + b, n);
+        p += n;
+    }
+    if (zlen) {
+        qcow2__put_be64(l, zstart);
+        qcow2__put_be64(l + 8, zlen);
+        l += 16;
+        nruns++;
+    }
+    memcpy(p, "QSNAPDG2", 8);
+    qcow2__put_be64(p + 8, size);
+    qcow2__put_be64(p + 16, nruns);
+    reference(list, (size_t)(l - list), p + 24);
+    p += 40;
+    reference(m, (size_t)(p - m), out);
+    free(m);
+    free(list);
+}
+
+Test(hash, image_digest_for_any_split_of_data_and_zero_runs)
+{
+    static const uint64_t sizes[] = {0, 1, 4095, 4096, 4097, 70000, 3 * 4096 + 512};
+    uint8_t *buf = malloc(70000), want[16], got[16];
+
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        uint64_t size = sizes[k];
+
+        for (unsigned seed = 1; seed <= 20; seed++) {
+            qcow2__digest *d;
+            uint64_t off = 0, x = seed * 2654435761u;
+
+            /* Data with zero stretches of every kind (whole blocks, parts of blocks). */
+            for (uint64_t i = 0; i < size; i++)
+                buf[i] = ((i / 3000 + seed) % 3 == 0) ? 0 : (uint8_t)(i * 7 + seed);
+            digest_reference(buf, size, want);
+            cr_assert_eq(qcow2__digest_new(&d, size), 0);
+            while (off < size) {
+                uint64_t n;
+                bool all_zero = true;
+
+                x = x * 6364136223846793005ull + 1442695040888963407ull;
+                n = 1 + (x >> 33) % 9000;
+                if (n > size - off)
+                    n = size - off;
+                for (uint64_t i = 0; i < n && all_zero; i++)
+                    all_zero = buf[off + i] == 0;
+                if (all_zero && (x & 1))
+                    qcow2__digest_zeroes(d, n);
+                else
+                    qcow2__digest_data(d, buf + off, (size_t)n);
+                off += n;
+            }
+            qcow2__digest_final(d, got);
+            qcow2__digest_free(d);
+            cr_assert_eq(memcmp(got, want, 16), 0, "size %llu seed %u", (unsigned long long)size,
+                         seed);
+        }
+    }
+    free(buf);
+}

@@ -20,7 +20,7 @@ extern "C" {
 
 typedef struct qcow2_io qcow2_io;
 
-#define QCOW2_IO_OPS_VERSION 1
+#define QCOW2_IO_OPS_VERSION 2
 
 /** Lock modes for qcow2_io_ops.lock. */
 typedef enum qcow2_io_lock_mode {
@@ -80,6 +80,16 @@ typedef struct qcow2_io_ops {
      * -EOPNOTSUPP: the engine writes zeroes instead.
      */
     int (*allocate)(qcow2_io *io, uint64_t off, uint64_t len);
+    /**
+     * Optional (version 2 on): make [off, off+len) of this file share the
+     * storage of [src_off, src_off+len) of src (a reflink: FICLONERANGE),
+     * growing the file if needed. Afterwards a write to either file changes
+     * that file alone (the file system copies on write). len > 0; the engine
+     * calls it with offsets and length aligned to 4 KiB. Returns 0 when
+     * shared; -EOPNOTSUPP, -EXDEV, -EINVAL (the file system's alignment) or
+     * -ENOTTY when this storage cannot be shared, and the engine copies.
+     */
+    int (*clone_from)(qcow2_io *io, uint64_t off, qcow2_io *src, uint64_t src_off, uint64_t len);
 } qcow2_io_ops;
 
 /** Advice values for qcow2_io_ops.advise. */

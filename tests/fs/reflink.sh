@@ -1,0 +1,191 @@
+#!/bin/bash
+# Copy-free commit, convert and export on file systems that share blocks.
+# For XFS (mkfs.xfs -m reflink=1) and btrfs, each on a loop mount made here:
+#   commit   a scattered overlay into a raw base and into a qcow2 base
+#   convert  a two-layer chain to raw
+#   export   a snapshot of a tree to raw
+# Each result must read exactly as the same operation's result on the work
+# directory's own file system (the copying path; qemu-img compare), pass
+# qemu-img check (qcow2), and share blocks with its source (filefrag shows
+# shared extents). Then writes into either file (in place into a qcow2 data
+# cluster, and into the raw file) must leave the other file's content as it
+# was. A file system whose tools or loop devices are missing is skipped with
+# a message; mounts and loop devices are released on exit.
+# Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
+#   QSNAP=path  the qsnap binary (default build/release/qsnap)
+set -u
+
+QSNAP=${QSNAP:-build/release/qsnap}
+case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
+for c in qemu-img qemu-io; do
+    command -v $c >/dev/null || { echo "FAIL setup: $c not found"; echo "0 passed, 1 failed"; exit 1; }
+done
+W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-fs.XXXXXX") || exit 2
+MOUNTS=()
+cleanup() {
+    local m
+    cd /
+    for m in "${MOUNTS[@]}"; do
+        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+    done
+    # Loop devices made by mount -o loop detach on umount; any left over on our files go too.
+    losetup -j "$W/xfs.img" 2>/dev/null | cut -d: -f1 | xargs -r losetup -d 2>/dev/null
+    losetup -j "$W/btrfs.img" 2>/dev/null | cut -d: -f1 | xargs -r losetup -d 2>/dev/null
+    rm -rf "$W"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+cd "$W" || exit 2
+pass=0
+fail=0
+skipped=0
+ok() { echo "ok $1"; pass=$((pass + 1)); }
+bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
+q() { timeout -k 5 120 "$QSNAP" "$@"; }
+qio() { qemu-io "$@" >qio.out 2>&1 && ! grep -qiE 'error|failed' qio.out; }
+
+# Inputs, made once on the work directory's file system: a raw base with data,
+# a qcow2 base with the same content, an overlay of scattered 64 KiB clusters
+# (plus a partial cluster, a zeroed range and a compressed cluster).
+make_inputs() { # DIR
+    local d=$1
+    qemu-img create -q -f raw "$d/base.raw" 64M &&
+        qio -f raw -c 'write -P 0x11 0 8M' -c 'write -P 0x12 40M 4M' "$d/base.raw" &&
+        qemu-img convert -O qcow2 "$d/base.raw" "$d/base.qcow2" &&
+        qemu-img create -q -f qcow2 -b base.raw -F raw "$d/top.qcow2" 64M &&
+        qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$d/top2.qcow2" 64M || return 1
+    local t args=()
+    for t in 0 3 7 12 20 33 41 50 63; do args+=(-c "write -P $((t + 32)) ${t}M 192k"); done
+    args+=(-c 'write -P 0x55 30M 512' -c 'write -z 44M 1M' -c 'write -c -P 0x66 55M 64k')
+    qio "${args[@]}" "$d/top.qcow2" && qio "${args[@]}" "$d/top2.qcow2"
+}
+mkdir ref && make_inputs ref || { bad setup "could not make the inputs"; echo "$pass passed, $fail failed"; exit 1; }
+# The copying path's results, on this file system.
+(cd ref && cp base.raw cbase.raw && cp top.qcow2 ctop.qcow2 && qemu-img rebase -u -b cbase.raw -F raw ctop.qcow2 &&
+    "$QSNAP" image commit -d ctop.qcow2 &&
+    cp base.qcow2 cbase.qcow2 && cp top2.qcow2 ctop2.qcow2 && qemu-img rebase -u -b cbase.qcow2 -F qcow2 ctop2.qcow2 &&
+    "$QSNAP" image commit -d ctop2.qcow2 &&
+    "$QSNAP" image convert -O raw top.qcow2 conv.raw) >ref.log 2>&1 ||
+    { bad setup "reference operations failed: $(tail -n 3 ref.log)"; echo "$pass passed, $fail failed"; exit 1; }
+
+# shared FILE: true when filefrag lists an extent shared with another file.
+shared() { filefrag -v "$1" 2>/dev/null | grep -q shared; }
+# same A B [FMT-A FMT-B]: guest contents equal.
+same() { qemu-img compare -q -f "${3:-raw}" -F "${4:-raw}" "$1" "$2" 2>/dev/null; }
+
+run_fs() { # NAME MKFS...
+    local fs=$1 m="$W/mnt-$1" img="$W/$1.img"
+    shift
+    truncate -s 1G "$img" && mkdir -p "$m"
+    if ! "$@" "$img" >mkfs.log 2>&1; then
+        echo "# skipped $fs: $* failed: $(tail -n 1 mkfs.log)"
+        skipped=$((skipped + 1))
+        return
+    fi
+    if ! mount -o loop "$img" "$m" 2>mount.log; then
+        echo "# skipped $fs: cannot mount a loop device here: $(tail -n 1 mount.log)"
+        skipped=$((skipped + 1))
+        return
+    fi
+    MOUNTS+=("$m")
+    cp ref/base.raw ref/base.qcow2 ref/top.qcow2 ref/top2.qcow2 "$m/"
+
+    # commit into a raw base (-d keeps the overlay, so both files can be written afterwards)
+    if q image commit -d "$m/top.qcow2" 2>err; then
+        if same "$m/base.raw" ref/cbase.raw; then ok "$fs commit raw: content as on the copying path"
+        else bad "$fs commit raw" "base differs from the copying path's"; fi
+        if shared "$m/base.raw"; then ok "$fs commit raw: blocks shared"
+        else bad "$fs commit raw" "no shared extent in the base (filefrag -v)"; fi
+        # writes into either file stay in that file
+        cp --reflink=never "$m/base.raw" before_base.raw
+        qemu-img convert -U -O raw "$m/top.qcow2" before_top.raw
+        qio -f raw -c 'write -P 0xa1 3M 64k' -c 'write -P 0xa2 20M 4k' "$m/base.raw"
+        qemu-img convert -U -O raw "$m/top.qcow2" after_top.raw
+        if cmp -s before_top.raw after_top.raw; then ok "$fs commit raw: base writes leave the overlay alone"
+        else bad "$fs commit raw" "a write into the base changed the overlay's content"; fi
+        cp --reflink=never "$m/base.raw" before_base.raw
+        qio -c 'write -P 0xb1 7M 64k' -c 'write -P 0xb2 33M 4k' "$m/top.qcow2"
+        if cmp -s before_base.raw "$m/base.raw"; then ok "$fs commit raw: overlay rewrites in place leave the base alone"
+        else bad "$fs commit raw" "an in-place write into the overlay changed the base"; fi
+    else
+        bad "$fs commit raw" "qsnap image commit failed: $(head -c 300 err)"
+    fi
+
+    # commit into a qcow2 base
+    if q image commit -d "$m/top2.qcow2" 2>err; then
+        if same "$m/base.qcow2" ref/cbase.qcow2 qcow2 qcow2; then ok "$fs commit qcow2: content as on the copying path"
+        else bad "$fs commit qcow2" "base differs from the copying path's"; fi
+        if qemu-img check -q "$m/base.qcow2" >check.out 2>&1; then ok "$fs commit qcow2: qemu-img check clean"
+        else bad "$fs commit qcow2" "qemu-img check: $(head -c 300 check.out)"; fi
+        if shared "$m/base.qcow2"; then ok "$fs commit qcow2: blocks shared"
+        else bad "$fs commit qcow2" "no shared extent in the base (filefrag -v)"; fi
+        qemu-img convert -U -O raw "$m/base.qcow2" before_base.raw
+        qemu-img convert -U -O raw "$m/top2.qcow2" before_top.raw
+        qio -c 'write -P 0xc1 3M 64k' -c 'write -P 0xc2 20M 4k' "$m/base.qcow2"
+        qemu-img convert -U -O raw "$m/top2.qcow2" after_top.raw
+        if cmp -s before_top.raw after_top.raw; then ok "$fs commit qcow2: base rewrites in place leave the overlay alone"
+        else bad "$fs commit qcow2" "a write into the base changed the overlay's content"; fi
+        qemu-img convert -U -O raw "$m/base.qcow2" before_base.raw
+        qio -c 'write -P 0xd1 12M 64k' -c 'write -P 0xd2 50M 4k' "$m/top2.qcow2"
+        qemu-img convert -U -O raw "$m/base.qcow2" after_base.raw
+        if cmp -s before_base.raw after_base.raw; then ok "$fs commit qcow2: overlay rewrites in place leave the base alone"
+        else bad "$fs commit qcow2" "an in-place write into the overlay changed the base"; fi
+        if qemu-img check -q "$m/base.qcow2" >check.out 2>&1 && qemu-img check -q "$m/top2.qcow2" >>check.out 2>&1
+        then ok "$fs commit qcow2: check clean after the writes"
+        else bad "$fs commit qcow2" "qemu-img check after the writes: $(head -c 300 check.out)"; fi
+    else
+        bad "$fs commit qcow2" "qsnap image commit failed: $(head -c 300 err)"
+    fi
+
+    # convert a chain to raw
+    cp ref/base.raw ref/top.qcow2 "$m/" && mkdir -p "$m/c" && cp ref/base.raw ref/top.qcow2 "$m/c/"
+    if q image convert -O raw "$m/c/top.qcow2" "$m/c/out.raw" 2>err; then
+        if same "$m/c/out.raw" ref/conv.raw; then ok "$fs convert: content as on the copying path"
+        else bad "$fs convert" "output differs from the copying path's"; fi
+        if shared "$m/c/out.raw"; then ok "$fs convert: blocks shared"
+        else bad "$fs convert" "no shared extent in the output (filefrag -v)"; fi
+        qemu-img convert -U -O raw "$m/c/top.qcow2" before_top.raw
+        qio -f raw -c 'write -P 0xe1 0 64k' -c 'write -P 0xe2 41M 4k' "$m/c/out.raw"
+        qemu-img convert -U -O raw "$m/c/top.qcow2" after_top.raw
+        if cmp -s before_top.raw after_top.raw; then ok "$fs convert: output writes leave the source alone"
+        else bad "$fs convert" "a write into the output changed the source"; fi
+        cp --reflink=never "$m/c/out.raw" before_out.raw
+        qio -c 'write -P 0xe3 63M 64k' "$m/c/top.qcow2" && qio -f raw -c 'write -P 0xe4 1M 4k' "$m/c/base.raw"
+        if cmp -s before_out.raw "$m/c/out.raw"; then ok "$fs convert: source writes leave the output alone"
+        else bad "$fs convert" "a write into the source changed the output"; fi
+    else
+        bad "$fs convert" "qsnap image convert failed: $(head -c 300 err)"
+    fi
+
+    # export a snapshot of a tree
+    mkdir -p "$m/t" && cp ref/base.raw "$m/t/disk.raw"
+    if q create "$m/t/disk.raw" s1 >/dev/null 2>err &&
+        head=$(q current "$m/t/disk.raw" --path 2>>err) &&
+        qio -c 'write -P 0x71 1M 1M' -c 'write -P 0x72 9M 64k' "$head" &&
+        q create "$m/t/disk.raw" s2 >/dev/null 2>>err &&
+        q export "$m/t/disk.raw" s2 "$m/t/s2.raw" 2>>err; then
+        cp ref/base.raw exp_ref.raw && qio -f raw -c 'write -P 0x71 1M 1M' -c 'write -P 0x72 9M 64k' exp_ref.raw
+        if same "$m/t/s2.raw" exp_ref.raw; then ok "$fs export: content as written"
+        else bad "$fs export" "exported snapshot differs"; fi
+        if shared "$m/t/s2.raw"; then ok "$fs export: blocks shared"
+        else bad "$fs export" "no shared extent in the export (filefrag -v)"; fi
+        qio -f raw -c 'write -P 0x73 1M 64k' "$m/t/s2.raw"
+        if q verify "$m/t/disk.raw" >verify.out 2>&1; then ok "$fs export: writing the export leaves the tree verified"
+        else bad "$fs export" "verify after writing the export: $(head -c 300 verify.out)"; fi
+    else
+        bad "$fs export" "tree commands failed: $(head -c 300 err)"
+    fi
+}
+
+if [ "$(id -u)" != 0 ]; then
+    echo "# skipped: loop mounts need root"
+elif ! command -v filefrag >/dev/null; then
+    echo "# skipped: filefrag (e2fsprogs) is missing"
+else
+    if command -v mkfs.xfs >/dev/null; then run_fs xfs mkfs.xfs -q -m reflink=1
+    else echo "# skipped xfs: mkfs.xfs is missing (xfsprogs)"; fi
+    if command -v mkfs.btrfs >/dev/null; then run_fs btrfs mkfs.btrfs -q
+    else echo "# skipped btrfs: mkfs.btrfs is missing (btrfs-progs)"; fi
+fi
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]

@@ -1,0 +1,103 @@
+#!/bin/bash
+# The image digest against its written definition: docs/DIGEST.md carries a
+# Python recipe that computes the digest of a flat raw file. For images of
+# every layout (raw with holes and written zeroes, qcow2 with unallocated and
+# zero clusters, 512-byte and 2 MiB clusters, compressed, extended L2, a deep
+# chain, an odd size), qsnap's digest of the image must equal the recipe's
+# digest of qemu-img's raw conversion of it; images with the same content
+# must have one digest, and a one-byte change (in data or in a zero run)
+# must change it.
+# Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
+#   QSNAP=path  the qsnap binary (default build/release/qsnap)
+set -u
+
+QSNAP=${QSNAP:-build/release/qsnap}
+case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
+DOC=$(cd "$(dirname "$0")/../.." && pwd)/docs/DIGEST.md
+for c in qemu-img qemu-io; do
+    command -v $c >/dev/null || { echo "FAIL setup: $c not found"; echo "0 passed, 1 failed"; exit 1; }
+done
+PY=/usr/bin/python3
+[ -x $PY ] || PY=python3
+if ! $PY -c 'import xxhash' 2>/dev/null; then
+    echo "# skipped: python3's xxhash module is missing (apt-get install python3-xxhash)"
+    echo "0 passed, 0 failed"
+    exit 0
+fi
+W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-digest.XXXXXX") || exit 2
+trap 'rm -rf "$W"' EXIT
+cd "$W" || exit 2
+pass=0
+fail=0
+ok() { echo "ok $1"; pass=$((pass + 1)); }
+bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
+q() { timeout -k 5 60 "$QSNAP" "$@"; }
+qio() { qemu-io "$@" >qio.out 2>&1 && ! grep -qiE 'error|failed' qio.out; }
+
+# The recipe, exactly as the document gives it.
+sed -n '/^```python$/,/^```$/p' "$DOC" | sed '1d;$d' >recipe.py
+if ! grep -q 'def qsnap_digest' recipe.py; then
+    bad setup "no Python recipe in $DOC"
+    echo "$pass passed, $fail failed"
+    exit 1
+fi
+printf 'import sys\nprint(qsnap_digest(sys.argv[1]))\n' >>recipe.py
+
+W1="-c 'write -P 0x11 0 200k' -c 'write -P 0 200k 300k' -c 'write -P 0x22 1M 4k' -c 'write -P 0x33 3M 1536' -c 'write -P 0x44 4093k 1k'"
+make_all() {
+    qemu-img create -q -f raw raw.raw 4M &&
+        eval qio -f raw "$W1" raw.raw &&
+        qemu-img convert -O qcow2 raw.raw holes.qcow2 &&
+        qemu-img create -q -f qcow2 zc.qcow2 4M && qio -c 'write -z 0 4M' zc.qcow2 &&
+        eval qio "$W1" zc.qcow2 &&
+        qemu-img convert -c -O qcow2 raw.raw comp.qcow2 &&
+        qemu-img convert -O qcow2 -o cluster_size=512 raw.raw c512.qcow2 &&
+        qemu-img convert -O qcow2 -o cluster_size=2M raw.raw c2m.qcow2 &&
+        qemu-img create -q -f qcow2 -o extended_l2=on ext.qcow2 4M && eval qio "$W1" ext.qcow2 &&
+        qemu-img convert -S 0 -O raw raw.raw full.raw &&
+        qemu-img create -q -f qcow2 l0.qcow2 4M &&
+        qio -c 'write -P 0x44 4093k 1k' -c 'write -P 9 2M 64k' l0.qcow2 &&
+        for i in $(seq 1 20); do
+            qemu-img create -q -f qcow2 -b l$((i - 1)).qcow2 -F qcow2 l$i.qcow2 4M || return 1
+        done &&
+        qio -c 'write -P 0x11 0 200k' l4.qcow2 && qio -c 'write -z 2M 64k' l9.qcow2 &&
+        qio -c 'write -P 0x22 1M 4k' l13.qcow2 && qio -c 'write -P 0x33 3M 1536' l17.qcow2 &&
+        qio -c 'write -P 0 200k 300k' l20.qcow2 &&
+        qemu-img create -q -f raw odd.raw 1000000 && qio -f raw -c 'write -P 5 999990 10' odd.raw &&
+        qemu-img create -q -f qcow2 big.qcow2 1G &&
+        qio -c 'write -P 6 0 64k' -c 'write -z 512M 256M' -c 'write -P 7 900M 1M' big.qcow2
+}
+if ! make_all >setup.log 2>&1; then
+    bad setup "could not make the images: $(tail -n 3 setup.log)"
+    echo "$pass passed, $fail failed"
+    exit 1
+fi
+
+want=""
+for img in raw.raw holes.qcow2 zc.qcow2 comp.qcow2 c512.qcow2 c2m.qcow2 ext.qcow2 full.raw l20.qcow2 \
+    odd.raw big.qcow2; do
+    mine=$(q image digest "$img" 2>err | awk '{ print $1 }')
+    qemu-img convert -O raw "$img" flat.raw 2>>err
+    theirs=$($PY recipe.py flat.raw 2>>err)
+    rm -f flat.raw
+    if [ -z "$mine" ] || [ "$mine" != "$theirs" ]; then
+        bad "recipe $img" "qsnap '$mine', the document's recipe '$theirs' $(head -c 200 err)"
+    else
+        ok "recipe $img"
+    fi
+    case $img in odd.raw | big.qcow2) ;; *)
+        if [ -z "$want" ]; then want=$mine; fi
+        if [ "$mine" = "$want" ]; then ok "same content $img"; else bad "same content $img" "$mine != $want"; fi
+        ;;
+    esac
+done
+
+# One byte anywhere, including inside a zero run (written zeroes, a hole, a zero cluster).
+for at in 0 150k 300k 2052k 4095k 1025k; do
+    cp holes.qcow2 u.qcow2 && qio -c "write -P 1 $at 1" u.qcow2
+    d=$(q image digest u.qcow2 | awk '{ print $1 }')
+    if [ -n "$d" ] && [ "$d" != "$want" ]; then ok "one byte at $at"; else bad "one byte at $at" "digest unchanged ($d)"; fi
+done
+
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]
