@@ -21,6 +21,7 @@
 #include "cli_error.h"
 #include "opt.h"
 #include "progress.h"
+#include "serve.h"
 #include "tree.h"
 
 enum {
@@ -803,6 +804,9 @@ static const struct tree_cmd tree_cmds[] = {
     {"why", cli_tree_why, "what depends on a snapshot or branch"},
     {"export", cli_tree_export, "write a state as a standalone raw or qcow2 image"},
     {"verify", cli_tree_verify, "check (and --repair) the store"},
+    {"serve", cli_tree_serve, "serve a snapshot or branch over NBD (nbdkit)"},
+    {"mount", cli_tree_mount, "show every snapshot and branch as a file (FUSE)"},
+    {"umount", cli_tree_umount, "end a 'qsnap mount'"},
 };
 
 #define NB_TREE_CMDS (sizeof(tree_cmds) / sizeof(tree_cmds[0]))
