@@ -37,9 +37,11 @@ fi
 
 W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-nbd.XXXXXX") || exit 2
 PIDS=""
+# alive PID: running (a zombie nobody reaped yet counts as gone).
+alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 cleanup() {
     for p in $PIDS; do kill "$p" 2>/dev/null; done
-    for p in $PIDS; do for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; done
+    for p in $PIDS; do for _ in $(seq 50); do alive "$p" || break; sleep 0.1; done; done
     [ "${KEEP:-0}" = 1 ] && echo "# work directory: $W" || rm -rf "$W"
 }
 trap cleanup EXIT
@@ -58,6 +60,8 @@ serve() {
     shift
     rm -f "$W/$n.sock" "$W/$n.pid"
     timeout -k 5 60 nbdkit -U "$W/$n.sock" -P "$W/$n.pid" "$PLUGIN" "$@" 2>"$W/$n.err" || return 1
+    # The server writes its pid file once it has gone to the background.
+    for _ in $(seq 100); do [ -s "$W/$n.pid" ] && break; sleep 0.05; done
     PIDS="$PIDS $(cat "$W/$n.pid")"
 }
 # stop NAME: kill the server by pid and wait until it has gone (it closes the image).
@@ -65,7 +69,7 @@ stop() {
     local p
     p=$(cat "$W/$1.pid" 2>/dev/null) || return 0
     kill "$p" 2>/dev/null
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
+    for _ in $(seq 100); do alive "$p" || return 0; sleep 0.1; done
     return 1
 }
 
@@ -273,7 +277,7 @@ if serve badl2 file="$W/badl2.qcow2" readonly=1; then
         ok "a damaged L2 entry: the copy fails with an error"
     fi
     p=$(cat badl2.pid)
-    kill -0 "$p" 2>/dev/null && ok "the server is still running" || bad "server" "died"
+    alive "$p" && ok "the server is still running" || bad "server" "died"
     qemu-io -f raw -r -c 'read -P 0x11 0 300k' "$(uri badl2)" >r.out 2>&1 && ! grep -qi 'error\|fail\|mismatch' r.out &&
         ok "and still serves the undamaged ranges" || bad "undamaged range" "$(cat r.out)"
     stop badl2
