@@ -58,3 +58,4 @@ echo
 
 echo
 QSNAP="${BUILD:-build/bench}/qsnap" sh "$(dirname "$0")/bench_tree.sh" "$SCRATCH"
+QSNAP="${BUILD:-build/bench}/qsnap" sh "$(dirname "$0")/bench_nbd.sh" "$SCRATCH"
