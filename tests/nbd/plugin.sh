@@ -47,6 +47,24 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 cd "$W" || exit 2
+
+# A sanitizer build's plugin needs the ASan runtime loaded first in nbdkit (an
+# uninstrumented program): run nbdkit through a wrapper that preloads it.
+NBDKIT=nbdkit
+sanitizer_wrapper() { # PLUGIN: sets NBDKIT (and QSNAP_NBDKIT) to a wrapper when needed
+    local rt=""
+    if readelf -d "$1" 2>/dev/null | grep -q 'NEEDED.*libasan'; then
+        rt=$(gcc -print-file-name=libasan.so 2>/dev/null)
+    elif nm -D --undefined-only "$1" 2>/dev/null | grep -q ' __asan_'; then
+        rt=$(clang -print-file-name=libclang_rt.asan-x86_64.so 2>/dev/null)
+    fi
+    [ -n "$rt" ] && [ -f "$rt" ] || return 0
+    printf '#!/bin/sh\nLD_PRELOAD=%s ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0 exec nbdkit "$@"\n' "$rt" >"$W/nbdkit-san"
+    chmod +x "$W/nbdkit-san"
+    NBDKIT=$W/nbdkit-san
+    export QSNAP_NBDKIT=$NBDKIT
+}
+sanitizer_wrapper "$PLUGIN"
 pass=0
 fail=0
 ok() { echo "ok $1"; pass=$((pass + 1)); }
@@ -59,7 +77,7 @@ serve() {
     local n=$1
     shift
     rm -f "$W/$n.sock" "$W/$n.pid"
-    timeout -k 5 60 nbdkit -U "$W/$n.sock" -P "$W/$n.pid" "$PLUGIN" "$@" 2>"$W/$n.err" || return 1
+    timeout -k 5 60 "$NBDKIT" -U "$W/$n.sock" -P "$W/$n.pid" "$PLUGIN" "$@" 2>"$W/$n.err" || return 1
     # The server writes its pid file once it has gone to the background.
     for _ in $(seq 100); do [ -s "$W/$n.pid" ] && break; sleep 0.05; done
     PIDS="$PIDS $(cat "$W/$n.pid")"

@@ -48,6 +48,24 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 cd "$W" || exit 2
+
+# A sanitizer build's plugin needs the ASan runtime loaded first in nbdkit (an
+# uninstrumented program): run nbdkit through a wrapper that preloads it.
+NBDKIT=nbdkit
+sanitizer_wrapper() { # PLUGIN: sets NBDKIT (and QSNAP_NBDKIT) to a wrapper when needed
+    local rt=""
+    if readelf -d "$1" 2>/dev/null | grep -q 'NEEDED.*libasan'; then
+        rt=$(gcc -print-file-name=libasan.so 2>/dev/null)
+    elif nm -D --undefined-only "$1" 2>/dev/null | grep -q ' __asan_'; then
+        rt=$(clang -print-file-name=libclang_rt.asan-x86_64.so 2>/dev/null)
+    fi
+    [ -n "$rt" ] && [ -f "$rt" ] || return 0
+    printf '#!/bin/sh\nLD_PRELOAD=%s ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0 exec nbdkit "$@"\n' "$rt" >"$W/nbdkit-san"
+    chmod +x "$W/nbdkit-san"
+    NBDKIT=$W/nbdkit-san
+    export QSNAP_NBDKIT=$NBDKIT
+}
+sanitizer_wrapper "$(dirname "$QSNAP")/nbdkit-qsnap-plugin.so"
 pass=0
 fail=0
 ok() { echo "ok $1"; pass=$((pass + 1)); }
@@ -92,6 +110,11 @@ qemu-io -f raw -c 'write -P 0x44 8M 64k' "$uri" >w.out 2>&1 && ! grep -qi 'error
 q create disk.qcow2 s2 >lock.out 2>&1
 rc=$?
 [ $rc = 5 ] && ok "qsnap create while main is served: exit 5" || bad "create while served" "exit $rc: $(cat lock.out)"
+
+q serve disk.qcow2 main --socket "$W/again.sock" >/dev/null 2>lock.out
+rc=$?
+[ $rc = 5 ] && ok "serving main a second time while it is served writable: exit 5" ||
+    bad "second writer" "exit $rc: $(cat lock.out)"
 
 # --stop DISK NAME stops only that one.
 p1=$(record_pid s1)
