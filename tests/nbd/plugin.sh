@@ -59,7 +59,7 @@ sanitizer_wrapper() { # PLUGIN: sets NBDKIT (and QSNAP_NBDKIT) to a wrapper when
         rt=$(clang -print-file-name=libclang_rt.asan-x86_64.so 2>/dev/null)
     fi
     [ -n "$rt" ] && [ -f "$rt" ] || return 0
-    printf '#!/bin/sh\nLD_PRELOAD=%s ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0 exec nbdkit "$@"\n' "$rt" >"$W/nbdkit-san"
+    printf '#!/bin/sh\nLD_PRELOAD=%s ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0${ASAN_OPTIONS:+:$ASAN_OPTIONS} exec nbdkit "$@"\n' "$rt" >"$W/nbdkit-san"
     chmod +x "$W/nbdkit-san"
     NBDKIT=$W/nbdkit-san
     export QSNAP_NBDKIT=$NBDKIT
