@@ -1,6 +1,7 @@
 #!/bin/sh
 # Serving and mounting, against the reference on the same image in the same
-# run (medians of BENCH_RUNS, default 3; warm page cache for both sides):
+# run (medians of BENCH_RUNS, default 5, the two sides timed round-robin;
+# warm page cache for both sides):
 #   nbdcopy URI null:  of a 1 GiB branch with scattered data (a 2-layer chain:
 #                      a frozen layer and the branch's head), served read-only
 #                      and read-write by nbdkit with the qsnap plugin, against
@@ -16,7 +17,7 @@ set -eu
 BUILD=${BUILD:-build/release}
 QSNAP=${QSNAP:-$BUILD/qsnap}
 case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
-RUNS=${BENCH_RUNS:-3}
+RUNS=${BENCH_RUNS:-5}
 SCRATCH=${1:-${BENCH_SCRATCH:-$BUILD/scratch}}
 for t in nbdkit nbdcopy qemu-nbd qemu-img qemu-io python3; do
     command -v "$t" >/dev/null 2>&1 || { echo "bench_nbd: $t is not installed; skipped"; exit 0; }
@@ -41,18 +42,24 @@ trap 'exit 130' INT TERM
 cd "$W"
 
 now() { date +%s.%N; }
-# median of RUNS timings of a shell command
-timeit() {
+# pair OURS REF: run the two shell commands round-robin RUNS times; prints
+# "median-ours median-ref"
+pair() {
     i=0
-    : >times
+    : >t.ours
+    : >t.ref
     while [ $i -lt "$RUNS" ]; do
-        t0=$(now)
-        sh -c "$1" >/dev/null 2>&1 || { echo "bench_nbd: failed: $1" >&2; exit 1; }
-        t1=$(now)
-        awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f\n", b - a }' >>times
+        for side in ours ref; do
+            [ $side = ours ] && c=$1 || c=$2
+            t0=$(now)
+            sh -c "$c" >/dev/null 2>&1 || { echo "bench_nbd: failed: $c" >&2; exit 1; }
+            t1=$(now)
+            awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f\n", b - a }' >>t.$side
+        done
         i=$((i + 1))
     done
-    sort -n times | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+    echo "$(sort -n t.ours | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')" \
+        "$(sort -n t.ref | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')"
 }
 row() { # NAME OURS REF
     awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN { printf "%-44s %9.3fs %9.3fs %7.2fx\n", n, a, b, (a > 0 ? b / a : 0) }'
@@ -79,31 +86,46 @@ qemu-io -f qcow2 "$head" <writes.qio >/dev/null
 
 printf '%-44s %10s %10s %8s\n' "nbd / fuse" "qsnap" "reference" "ratio"
 
-for mode in ro rw; do
-    if [ $mode = ro ]; then ro_q="--readonly"; ro_n="-r"; else ro_q=""; ro_n=""; fi
-    # shellcheck disable=SC2086
-    uri=$("$QSNAP" serve disk.qcow2 main $ro_q --socket "$W/q.sock")
-    ours=$(timeit "nbdcopy '$uri' null:")
+# Both servers run at once (a read-only export takes a shared lock, a writable
+# one the exclusive lock, so the read-write pair is served in turn), and the
+# two sides are timed round-robin.
+uri=$("$QSNAP" serve disk.qcow2 main --readonly --socket "$W/q.sock")
+qemu-nbd -r -t -e 4 -f qcow2 -k "$W/n.sock" --pid-file="$W/n.pid" --fork "$head"
+QPID=$(cat n.pid)
+set -- $(pair "nbdcopy '$uri' null:" "nbdcopy 'nbd+unix:///?socket=$W/n.sock' null:")
+row "nbdcopy 1 GiB branch (ro): plugin vs qemu-nbd" "$1" "$2"
+kill "$QPID"
+while kill -0 "$QPID" 2>/dev/null; do sleep 0.05; done
+QPID=""
+"$QSNAP" serve --stop disk.qcow2 main >/dev/null
+: >t.ours
+: >t.ref
+i=0
+while [ $i -lt "$RUNS" ]; do
+    uri=$("$QSNAP" serve disk.qcow2 main --socket "$W/q.sock")
+    t0=$(now); nbdcopy "$uri" null:; t1=$(now)
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f\n", b - a }' >>t.ours
     "$QSNAP" serve --stop disk.qcow2 main >/dev/null
-    # shellcheck disable=SC2086
-    qemu-nbd $ro_n -t -e 4 -f qcow2 -k "$W/n.sock" --pid-file="$W/n.pid" --fork "$head"
+    qemu-nbd -t -e 4 -f qcow2 -k "$W/n.sock" --pid-file="$W/n.pid" --fork "$head"
     QPID=$(cat n.pid)
-    ref=$(timeit "nbdcopy 'nbd+unix:///?socket=$W/n.sock' null:")
+    t0=$(now); nbdcopy "nbd+unix:///?socket=$W/n.sock" null:; t1=$(now)
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f\n", b - a }' >>t.ref
     kill "$QPID"
     while kill -0 "$QPID" 2>/dev/null; do sleep 0.05; done
     QPID=""
-    row "nbdcopy 1 GiB branch ($mode): plugin vs qemu-nbd" "$ours" "$ref"
+    i=$((i + 1))
 done
+row "nbdcopy 1 GiB branch (rw): plugin vs qemu-nbd" \
+    "$(sort -n t.ours | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')" \
+    "$(sort -n t.ref | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')"
 
 # Each FUSE run mounts afresh (and its time includes mount and umount), so no
 # run reads what the kernel cached for the run before.
 mnt="'$QSNAP' mount disk.qcow2 m &&"
 umnt="&& '$QSNAP' umount m"
-ours=$(timeit "$mnt cat m/main.raw >/dev/null $umnt")
-ref=$(timeit "'$QSNAP' export disk.qcow2 main exp.raw && cat exp.raw")
-row "read main: FUSE vs qsnap export + read" "$ours" "$ref"
-ours=$(timeit "$mnt rm -f cp.raw && cp --sparse=always m/main.raw cp.raw $umnt")
-ref=$(timeit "'$QSNAP' export disk.qcow2 main exp.raw")
-row "sparse copy: cp from FUSE vs qsnap export" "$ours" "$ref"
+set -- $(pair "$mnt cat m/main.raw >/dev/null $umnt" "'$QSNAP' export disk.qcow2 main exp.raw && cat exp.raw")
+row "read main: FUSE vs qsnap export + read" "$1" "$2"
+set -- $(pair "$mnt rm -f cp.raw && cp --sparse=always m/main.raw cp.raw $umnt" "'$QSNAP' export disk.qcow2 main exp.raw")
+row "sparse copy: cp from FUSE vs qsnap export" "$1" "$2"
 cmp -s cp.raw exp.raw || echo "bench_nbd: WARNING: the FUSE copy differs from the export"
 echo "(ratio = reference / qsnap; >= 1.00 is at least as fast; medians of $RUNS, warm cache)"

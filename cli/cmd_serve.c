@@ -255,7 +255,16 @@ static int precheck(const char *disk, const char **name, bool readonly, bool *ha
     *has_store = false;
     rc = qsnap_store_open(&s, disk, QSNAP_OPEN_READONLY);
     if (rc == QSNAP_ENOTFOUND && !*name && access(disk, F_OK) == 0) {
-        return 0; /* no store: serve the disk itself */
+        /* No store: the disk itself is served; see that it opens (and is not locked). */
+        qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+        oo.flags = readonly ? 0 : QCOW2_OPEN_RDWR;
+        rc = qcow2_image_open(&img, disk, &oo);
+        qcow2_image_close(img);
+        if (rc) {
+            cli_errorf("%s", qcow2_error_last()->message);
+            return QCOW2_ERROR_CLASS(rc) == QCOW2_EBUSY ? CLI_EXIT_BUSY : CLI_EXIT_ERROR;
+        }
+        return 0;
     }
     if (rc)
         return tree_fail(rc, disk);

@@ -149,6 +149,10 @@ qemu-io -f raw -c 'write -P 0x55 1M 4k' plain.raw >/dev/null
 uri=$(q serve plain.raw --socket "$W/plain.sock" 2>&1)
 nbdcopy "$uri" c3.raw 2>/dev/null && cmp -s c3.raw plain.raw && ok "a disk without a store is served as itself" ||
     bad "plain disk" "$uri"
+q serve plain.raw --socket "$W/plain2.sock" >/dev/null 2>err.out
+rc=$?
+[ $rc = 5 ] && grep -q 'plain.raw' err.out && ok "a disk without a store, served writable, is locked (exit 5)" ||
+    bad "plain lock" "exit $rc: $(cat err.out)"
 q serve --stop plain.raw >/dev/null 2>&1 || bad "stop plain" "failed"
 
 # TCP on a free port.
