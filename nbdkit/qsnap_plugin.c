@@ -562,4 +562,6 @@ static struct nbdkit_plugin plugin = {
 };
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+/* nbdkit's entry point, defined by the macro below (declared for -Wmissing-prototypes). */
+NBDKIT_DLL_PUBLIC struct nbdkit_plugin *plugin_init(void);
 NBDKIT_REGISTER_PLUGIN(plugin)
