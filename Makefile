@@ -49,7 +49,7 @@ SNAP_SHARED := $(BUILD)/libqsnap.so.$(SOVERSION)
 QSNAP   := $(BUILD)/qsnap
 
 .PHONY: all lib check test test-unit test-cli test-interop test-damaged test-fuzz \
-	headertest checksymbols demo deps asan ubsan fuzz fuzz-run fuzz-seeds bench bench-bins clean \
+	headertest checksymbols demo deps no-nbdkit no-fuse install-nbdkit asan ubsan fuzz fuzz-run fuzz-seeds bench bench-bins clean \
 	install uninstall install-lib install-headers install-pc install-bin install-man install-completion
 
 all: $(STATIC) $(SHARED) $(SNAP_STATIC) $(SNAP_SHARED) $(QSNAP) $(BUILD)/qcow2.pc $(BUILD)/qsnap.pc
@@ -182,6 +182,35 @@ bench:
 	@$(MAKE) --no-print-directory all bench-bins BUILD=build/bench CFLAGS="-O2 -DNDEBUG"
 	@BUILD=build/bench sh bench/run.sh
 
+# ---- optional parts: the nbdkit plugin and the FUSE view ------------------
+# Built only where their headers are installed; `make` says so when they are not.
+NBDKIT_PLUGIN := $(BUILD)/nbdkit-qsnap-plugin.so
+NBDKIT_PLUGINDIR ?= $(or $(shell pkg-config --variable=plugindir nbdkit 2>/dev/null),$(LIBDIR)/nbdkit/plugins)
+ifneq ($(wildcard /usr/include/nbdkit-plugin.h),)
+all: $(NBDKIT_PLUGIN)
+install: install-nbdkit
+else
+all: no-nbdkit
+endif
+no-nbdkit:
+	@echo "note: /usr/include/nbdkit-plugin.h not found: nbdkit-qsnap-plugin.so is not built (install nbdkit-plugin-dev)"
+$(NBDKIT_PLUGIN): nbdkit/qsnap_plugin.c $(SNAP_STATIC) $(STATIC)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -fPIC -shared -o $@ $< $(SNAP_STATIC) $(STATIC) $(LDFLAGS) \
+	    -Wl,--exclude-libs,ALL $(LDLIBS_LIB) -lpthread
+install-nbdkit: $(NBDKIT_PLUGIN)
+	install -d $(DESTDIR)$(NBDKIT_PLUGINDIR)
+	install -m 755 $(NBDKIT_PLUGIN) $(DESTDIR)$(NBDKIT_PLUGINDIR)/
+
+ifneq ($(wildcard /usr/include/fuse3/fuse.h),)
+$(BUILD)/cli/cmd_mount.o: override CPPFLAGS += -DQSNAP_HAVE_FUSE $(shell pkg-config --cflags fuse3)
+$(QSNAP): LDLIBS_LIB += $(or $(shell pkg-config --libs fuse3),-lfuse3)
+else
+all: no-fuse
+endif
+no-fuse:
+	@echo "note: /usr/include/fuse3/fuse.h not found: qsnap mount is built without FUSE (install libfuse3-dev)"
+
 # ---- install -------------------------------------------------------------
 install: install-lib install-headers install-pc install-bin install-man install-completion
 
@@ -225,7 +254,8 @@ uninstall:
 	    $(DESTDIR)$(LIBDIR)/libqsnap.a $(DESTDIR)$(LIBDIR)/libqsnap.so \
 	    $(DESTDIR)$(LIBDIR)/libqsnap.so.$(SOVERSION) \
 	    $(DESTDIR)$(PKGCONFIGDIR)/qcow2.pc $(DESTDIR)$(PKGCONFIGDIR)/qsnap.pc \
-	    $(DESTDIR)$(MANDIR)/man1/qsnap.1 $(DESTDIR)$(COMPLETIONDIR)/qsnap
+	    $(DESTDIR)$(MANDIR)/man1/qsnap.1 $(DESTDIR)$(COMPLETIONDIR)/qsnap \
+	    $(DESTDIR)$(NBDKIT_PLUGINDIR)/nbdkit-qsnap-plugin.so
 	rm -rf $(DESTDIR)$(INCLUDEDIR)/qcow2 $(DESTDIR)$(INCLUDEDIR)/qsnap
 
 clean:

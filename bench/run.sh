@@ -63,3 +63,4 @@ QSNAP="${BUILD:-build/bench}/qsnap" sh "$(dirname "$0")/bench_tree.sh" "$SCRATCH
 
 echo
 BUILD="$BUILD" sh "$(dirname "$0")/bench_fs.sh" "$SCRATCH"
+QSNAP="${BUILD:-build/bench}/qsnap" sh "$(dirname "$0")/bench_nbd.sh" "$SCRATCH"

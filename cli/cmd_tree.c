@@ -21,6 +21,7 @@
 #include "cli_error.h"
 #include "opt.h"
 #include "progress.h"
+#include "serve.h"
 #include "tree.h"
 
 enum {
@@ -810,6 +811,9 @@ static const struct tree_cmd tree_cmds[] = {
     {"verify", cli_tree_verify, "check (and --repair) the store"},
     {"adopt", cli_tree_adopt, "take over a backing chain (libvirt's, qemu-img's)"},
     {"libvirt-xml", cli_tree_libvirt_xml, "the tree as libvirt snapshot XML (--redefine)"},
+    {"serve", cli_tree_serve, "serve a snapshot or branch over NBD (nbdkit)"},
+    {"mount", cli_tree_mount, "show every snapshot and branch as a file (FUSE)"},
+    {"umount", cli_tree_umount, "end a 'qsnap mount'"},
 };
 
 #define NB_TREE_CMDS (sizeof(tree_cmds) / sizeof(tree_cmds[0]))

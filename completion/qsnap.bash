@@ -96,6 +96,14 @@ _qsnap()
         # create: a description; branch -m (move): the branch to rename.
         [ "$cmd" = branch ] && kind=branch || return 0
         ;;
+    --port)
+        return 0 # a TCP port
+        ;;
+    --socket)
+        compopt -o filenames 2>/dev/null
+        COMPREPLY=($(compgen -f -- "$cur"))
+        return 0
+        ;;
     --branch | -o | -S | --size)
         return 0 # a new name, creation options, a size: free text
         ;;
@@ -123,7 +131,7 @@ _qsnap()
         n=${#pos[@]}
         if [ -z "$kind" ]; then
             case $cmd:$n in
-            info:1 | why:1 | diff:1 | diff:2 | export:1) kind=any ;;
+            info:1 | why:1 | diff:1 | diff:2 | export:1 | serve:1) kind=any ;;
             revert:1 | delete:1) kind=snapshot ;;
             switch:1 | commit:1) kind=branch ;;
             esac

@@ -293,14 +293,15 @@ static int resolve(const qsnap_store *s, const char *name, const struct qsnap__l
     return 0;
 }
 
-static int open_chain(const qsnap_store *s, const char *name, qcow2_image **out)
+static int open_chain_flags(const qsnap_store *s, const char *name, unsigned flags,
+                            qcow2_image **out)
 {
     const struct qsnap__node *n = qsnap__node_by_name(&s->m, name);
     const struct qsnap__layer *l;
     int rc = resolve(s, name, &l);
 
     if (!rc)
-        rc = open_layer(s, l, QCOW2_OPEN_NO_LOCK, out);
+        rc = open_layer(s, l, flags, out);
     if (!rc && n && n->internal) {
         /* An internal node: the head file (read-only) showing the snapshot. */
         long at = qsnap__find_internal(*out, n->internal);
@@ -316,6 +317,38 @@ static int open_chain(const qsnap_store *s, const char *name, qcow2_image **out)
             qcow2_image_close(*out);
             *out = NULL;
         }
+    }
+    return rc;
+}
+
+static int open_chain(const qsnap_store *s, const char *name, qcow2_image **out)
+{
+    return open_chain_flags(s, name, QCOW2_OPEN_NO_LOCK, out);
+}
+
+int qsnap_open_image(qsnap_store *s, const char *name, unsigned flags, qcow2_image **out)
+{
+    if (!out)
+        return qsnap__err(QSNAP_EUSAGE, NULL, "qsnap_open_image: no place for the image");
+    *out = NULL;
+    if (!s || !name)
+        return qsnap__err(QSNAP_EUSAGE, NULL, "qsnap_open_image: no store or name");
+    if (flags & ~(unsigned)QCOW2_OPEN_RDWR)
+        return qsnap__err(QSNAP_EUSAGE, NULL, "qsnap_open_image: unknown flags 0x%x", flags);
+    if ((flags & QCOW2_OPEN_RDWR) && !qsnap__branch_by_name(&s->m, name)) {
+        if (!qsnap__node_by_name(&s->m, name))
+            return qsnap__err(QSNAP_ENOTFOUND, "'qsnap list DISK' shows the names",
+                              "no snapshot or branch named '%s'", name);
+        return qsnap__err(QSNAP_EUSAGE, "snapshots are served and mounted read-only",
+                          "'%s' is a snapshot: it cannot be written", name);
+    }
+    /* Locks as QEMU takes them: shared for reading, exclusive on a written head. */
+    int rc = open_chain_flags(s, name, flags, out);
+    if (rc == QSNAP_EBUSY) {
+        char *msg = strdup(qsnap_error_last()->message);
+        rc = qsnap__err(QSNAP_EBUSY, "stop the program that uses it first", "%s",
+                        msg ? msg : "an image is in use");
+        free(msg);
     }
     return rc;
 }

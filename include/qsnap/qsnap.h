@@ -295,6 +295,27 @@ QSNAP_API int qsnap_why(qsnap_store *s, const char *name, char **out);
 QSNAP_API int qsnap_export(qsnap_store *s, const char *name, const char *out_path,
                            qcow2_format format, qcow2_progress_fn progress, void *payload);
 
+/**
+ * Open the content of a snapshot or branch as an image, for a program that
+ * serves or reads it (an NBD server, a FUSE view): the file that holds it
+ * with its backing chain (a snapshot's frozen layer, a branch's head; for an
+ * internal snapshot, the head of its branch showing that snapshot, read-only).
+ * QEMU-compatible locks are taken as qcow2_image_open() takes them: shared
+ * for reading; with QCOW2_OPEN_RDWR (a branch only) exclusive on the head,
+ * so a QEMU and the tree commands that would touch the head are refused
+ * (QSNAP_EBUSY) until qcow2_image_close(). The image does not depend on s:
+ * the store may be closed while it is open.
+ * @param[in] s      an open store (QSNAP_OPEN_READONLY is enough)
+ * @param[in] name   a snapshot or branch name
+ * @param[in] flags  0 (read-only), or QCOW2_OPEN_RDWR to write a branch's head
+ * @param[out] out   the image, owned by the caller (qcow2_image_close()); NULL
+ *                   on failure
+ * @return 0; QSNAP_ENOTFOUND (no such name), QSNAP_EUSAGE (QCOW2_OPEN_RDWR for
+ *         a snapshot, other flags), QSNAP_EBUSY (a lock is held by another
+ *         user), QSNAP_EINTEGRITY (a missing or damaged file), QSNAP_ERROR
+ */
+QSNAP_API int qsnap_open_image(qsnap_store *s, const char *name, unsigned flags, qcow2_image **out);
+
 /** One finding of qsnap_verify(). */
 typedef struct qsnap_finding {
     bool problem;        /**< false: an informational line (what was checked or repaired) */

@@ -54,6 +54,13 @@ for f in lib/libqcow2.a lib/libqsnap.a lib/libqcow2.so.$so lib/libqsnap.so.$so \
     check "installed $f" test -f "$root/$f"
 done
 check "installed bin/qsnap is executable" test -x "$root/bin/qsnap"
+if [ -f /usr/include/nbdkit-plugin.h ]; then
+    plugindir=$(pkg-config --variable=plugindir nbdkit 2>/dev/null)
+    check "nbdkit-qsnap-plugin.so installed in nbdkit's plugin directory ($plugindir)" \
+        test -n "$plugindir" -a -f "$dest$plugindir/nbdkit-qsnap-plugin.so"
+    check "nbdkit loads the installed plugin" \
+        grep -q '^qsnap_libqcow2_version=' <(nbdkit --dump-plugin "$dest$plugindir/nbdkit-qsnap-plugin.so")
+fi
 for l in qcow2 qsnap; do
     check "lib$l.so -> lib$l.so.$so" test "$(readlink "$root/lib/lib$l.so")" = "lib$l.so.$so"
     check "lib$l.so.$so has soname lib$l.so.$so" \

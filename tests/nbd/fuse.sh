@@ -1,0 +1,199 @@
+#!/bin/bash
+# qsnap mount / umount (FUSE):
+#   - DIR lists exactly one NAME.raw per snapshot and branch; cmp of each with
+#     `qsnap export`;
+#   - the files are sparse as the image is: the data runs found with
+#     SEEK_DATA/SEEK_HOLE equal `qsnap image map`'s data runs, and cp
+#     --sparse=always makes a copy that equals the export and holds no more
+#     than the data;
+#   - read-only by default: writes fail;
+#   - a loop mount (read-only) of the ext4 file system inside a snapshot's
+#     file shows the file put there (skipped, with a message, where loop
+#     devices or mount are not available);
+#   - --rw: writes to a branch file land in that branch (qsnap export reads
+#     them), every other state keeps its content, the snapshot files stay
+#     read-only, tree commands touching the head exit 5 while mounted, and
+#     `fusermount3 -u` ends the mount too; qemu-img check of the head is clean.
+# Mounts are unmounted (and loop devices detached) on exit.
+# Prints "ok"/"FAIL" lines and "N passed, N failed".
+set -u
+
+BUILD=${BUILD:-build/release}
+QSNAP=${QSNAP:-$BUILD/qsnap}
+case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
+for c in fusermount3 qemu-img qemu-io python3 cmp mkfs.ext4; do
+    command -v $c >/dev/null || { echo "FAIL setup: $c not found (scripts/deps.sh)"; echo "0 passed, 1 failed"; exit 1; }
+done
+if [ ! -x "$QSNAP" ]; then
+    echo "FAIL setup: $QSNAP not built"
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+if [ ! -c /dev/fuse ]; then
+    echo "skip: no /dev/fuse here"
+    echo "0 passed, 0 failed"
+    exit 0
+fi
+
+W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-fuse.XXXXXX") || exit 2
+export XDG_RUNTIME_DIR=$W/run
+mkdir -p "$XDG_RUNTIME_DIR" "$W/m" "$W/fs"
+chmod 700 "$XDG_RUNTIME_DIR"
+LOOP=""
+alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+cleanup() {
+    mountpoint -q "$W/fs" 2>/dev/null && umount "$W/fs"
+    [ -n "$LOOP" ] && losetup -d "$LOOP" 2>/dev/null
+    mountpoint -q "$W/m" 2>/dev/null && { fusermount3 -u "$W/m" 2>/dev/null || umount "$W/m"; }
+    for f in "$XDG_RUNTIME_DIR"/qsnap/mount-*; do
+        [ -f "$f" ] || continue
+        p=$(sed -n 's/^pid=//p' "$f")
+        for _ in $(seq 50); do [ -n "$p" ] && alive "$p" || break; sleep 0.1; done
+        [ -n "$p" ] && alive "$p" && kill "$p"
+    done
+    [ "${KEEP:-0}" = 1 ] && echo "# work directory: $W" || rm -rf "$W"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+cd "$W" || exit 2
+pass=0
+fail=0
+ok() { echo "ok $1"; pass=$((pass + 1)); }
+bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
+q() { timeout -k 5 120 "$QSNAP" "$@"; }
+mount_pid() { sed -n 's/^pid=//p' "$XDG_RUNTIME_DIR"/qsnap/mount-* 2>/dev/null | head -n 1; }
+
+# A raw disk holding an ext4 file system with one file, snapshot s1; main
+# then gets writes past the file system's data; branch other at s1.
+mkdir -p src
+echo "hello from snapshot s1" >src/hello.txt
+head -c 300000 /dev/urandom >src/blob.bin
+truncate -s 64M disk.raw
+mkfs.ext4 -q -F -d src disk.raw >/dev/null 2>&1 || bad "mkfs.ext4" "failed"
+# Written back now: the host file system may report the holes of a file with
+# dirty pages differently before and after writeback.
+sync disk.raw
+q create disk.raw s1 >/dev/null || bad "create s1" "failed"
+q branch disk.raw other --at s1 >/dev/null || bad "branch other" "failed"
+head=$(q info disk.raw main --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["file"])')
+qemu-io -f qcow2 -c 'write -P 0x33 62M 64k' "$head" >/dev/null
+for n in s1 main other; do q export disk.raw $n $n.exp >/dev/null || bad "export $n" "failed"; done
+
+# ---- read-only mount ----------------------------------------------------------------
+if q mount disk.raw m 2>mount.err; then
+    ok "qsnap mount DISK DIR"
+    names=$(cd m && ls | tr '\n' ' ')
+    [ "$names" = "main.raw other.raw s1.raw " ] && ok "DIR holds main.raw other.raw s1.raw" || bad "listing" "$names"
+    for n in s1 main other; do
+        cmp -s m/$n.raw $n.exp && ok "cmp $n.raw with qsnap export" || bad "cmp $n.raw" "differs"
+    done
+    # Data runs through SEEK_DATA/SEEK_HOLE against qsnap image map of s1's layer.
+    layer=$(q info disk.raw s1 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["file"])')
+    q image map -U --output=json "$layer" >s1.map
+    python3 - m/s1.raw s1.map <<'EOF' >sparse.out 2>&1 && ok "SEEK_DATA/SEEK_HOLE runs of s1.raw equal qsnap image map's data runs ($(cat sparse.out))" || bad "sparse" "$(cat sparse.out)"
+import json, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.fstat(fd).st_size
+runs, off = [], 0
+while off < size:
+    try:
+        d = os.lseek(fd, off, os.SEEK_DATA)
+    except OSError:
+        break
+    h = os.lseek(fd, d, os.SEEK_HOLE)
+    runs.append((d, h))
+    off = h
+want = []
+for e in json.load(open(sys.argv[2])):
+    if e["data"] and not e["zero"]:
+        s, t = e["start"], e["start"] + e["length"]
+        if want and want[-1][1] == s:
+            want[-1] = (want[-1][0], t)
+        else:
+            want.append((s, t))
+if runs != want or not runs or sum(t - s for s, t in runs) >= size:
+    print("seek:", runs[:5], "map:", want[:5])
+    sys.exit(1)
+print(len(runs), "runs,", sum(t - s for s, t in runs), "of", size, "bytes")
+EOF
+    cp --sparse=always m/main.raw copy.raw && cmp -s copy.raw main.exp &&
+        [ "$(du -k copy.raw | cut -f1)" -lt $((32 * 1024)) ] &&
+        ok "cp --sparse=always of main.raw: equal and sparse ($(du -k copy.raw | cut -f1) KiB of 65536)" ||
+        bad "cp --sparse" "$(du -k copy.raw)"
+    if dd if=/dev/zero of=m/main.raw bs=4k count=1 conv=notrunc 2>/dev/null; then
+        bad "read-only" "a write to main.raw succeeded"
+    else
+        ok "without --rw, writes fail"
+    fi
+    # Loop mount of the ext4 inside s1.raw.
+    if command -v losetup >/dev/null && [ -e /dev/loop-control ] && [ "$(id -u)" = 0 ] &&
+        LOOP=$(losetup -r -f --show m/s1.raw 2>/dev/null); then
+        if mount -o ro,noload "$LOOP" fs 2>loop.err; then
+            [ "$(cat fs/hello.txt 2>/dev/null)" = "hello from snapshot s1" ] && cmp -s fs/blob.bin src/blob.bin &&
+                ok "loop mount (read-only) of s1.raw shows the snapshot's files" || bad "loop mount" "files differ"
+            umount fs
+        else
+            bad "loop mount" "$(cat loop.err)"
+        fi
+        losetup -d "$LOOP"
+        LOOP=""
+    else
+        echo "skip: loop mount of s1.raw (no loop devices here, or not root)"
+    fi
+    pid=$(mount_pid)
+    q umount m 2>umount.err
+    rc=$?
+    if [ $rc = 0 ] && ! mountpoint -q m && [ -n "$pid" ] && ! alive "$pid"; then
+        ok "qsnap umount DIR ends the mount and its process"
+    else
+        bad "umount" "exit $rc, pid '$pid': $(cat umount.err)"
+    fi
+else
+    bad "qsnap mount" "$(cat mount.err)"
+fi
+
+# ---- --rw -------------------------------------------------------------------------
+python3 -c 'import sys; sys.stdout.buffer.write(bytes([0x5a]) * 65536)' >pat.bin
+if q mount disk.raw m --rw 2>mount.err; then
+    ok "qsnap mount --rw"
+    dd if=pat.bin of=m/main.raw bs=64k seek=160 conv=notrunc,fsync 2>/dev/null &&
+        ok "write to main.raw (10 MiB in)" || bad "rw write" "failed"
+    cmp -s <(dd if=m/main.raw bs=64k skip=160 count=1 2>/dev/null) pat.bin && ok "it reads back through FUSE" ||
+        bad "read back" "differs"
+    if dd if=pat.bin of=m/s1.raw bs=64k conv=notrunc 2>/dev/null; then
+        bad "--rw snapshot" "a write to s1.raw succeeded"
+    else
+        ok "--rw: snapshot files stay read-only"
+    fi
+    q create disk.raw s2 >lock.out 2>&1
+    rc=$?
+    [ $rc = 5 ] && ok "qsnap create while main is mounted --rw: exit 5" || bad "lock" "exit $rc: $(cat lock.out)"
+    pid=$(mount_pid)
+    fusermount3 -u m
+    for _ in $(seq 100); do [ -n "$pid" ] && alive "$pid" || break; sleep 0.1; done
+    [ -n "$pid" ] && ! alive "$pid" && ! mountpoint -q m && ok "fusermount3 -u ends it too" || bad "fusermount3 -u" "still running"
+    q export disk.raw main main2.exp >/dev/null
+    python3 - main.exp main2.exp pat.bin <<'EOF' && ok "the write landed in main, nothing else of main changed" || bad "main after --rw" "unexpected content"
+import sys
+a = bytearray(open(sys.argv[1], "rb").read()); b = open(sys.argv[2], "rb").read()
+a[160 * 65536:161 * 65536] = open(sys.argv[3], "rb").read()
+sys.exit(0 if bytes(a) == b else 1)
+EOF
+    for n in s1 other; do
+        q export disk.raw $n $n.after >/dev/null && cmp -s $n.exp $n.after && ok "$n unchanged" || bad "$n" "changed"
+    done
+    out=$(qemu-img check "$head" 2>&1) && ok "qemu-img check of main's head is clean" || bad "check" "$out"
+else
+    bad "qsnap mount --rw" "$(cat mount.err)"
+fi
+
+# Errors.
+q mount disk.raw "$W/nowhere" >/dev/null 2>err.out
+rc=$?
+[ $rc = 6 ] && ok "mount on a missing directory: exit 6" || bad "missing dir" "exit $rc: $(cat err.out)"
+q mount "$W/none.raw" m >/dev/null 2>err.out
+rc=$?
+[ $rc = 6 ] && ok "mount of a missing disk: exit 6" || bad "missing disk" "exit $rc: $(cat err.out)"
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
