@@ -1039,9 +1039,32 @@ static int tail_allocated(qcow2_image *img, uint64_t guest_off, bool *out)
     return 0;
 }
 
+/*
+ * Make [from, the end of from's cluster) read as zeroes where this layer holds
+ * data or compressed data there. The bytes past a virtual size stay in the last
+ * cluster; a shrink zeroes them so that no later grow (ours or another tool's)
+ * shows the cut-off bytes again, and a grow zeroes them for images shrunk by
+ * tools that left them.
+ */
+static int zero_cluster_tail(qcow2_image *img, uint64_t from)
+{
+    uint64_t end = qcow2__min(qcow2__align_up(from, img->cluster_size), img->size);
+    struct qcow2__lrun run;
+    int rc;
+
+    if (from >= end)
+        return 0;
+    rc = qcow2__layer_extent(img, from, end - from, &run);
+    if (rc)
+        return rc;
+    if (run.len >= end - from && (run.kind == QCOW2__RUN_ZERO || run.kind == QCOW2__RUN_UNALLOC))
+        return 0;
+    return write_zeroes(img, from, end - from, 0);
+}
+
 int qcow2_image_resize(qcow2_image *img, uint64_t new_size, bool allow_shrink)
 {
-    uint64_t per_l1, need;
+    uint64_t per_l1, need, old_size;
     int rc = start_write(img, 0, 0);
 
     if (rc)
@@ -1072,6 +1095,9 @@ int qcow2_image_resize(qcow2_image *img, uint64_t new_size, bool allow_shrink)
                 return rc;
             /* Discard leaves zero flags; drop them too so nothing maps past the end. */
         }
+        rc = zero_cluster_tail(img, new_size);
+        if (rc)
+            return rc;
     }
     per_l1 = 1ull << (img->cluster_bits + img->l2_bits);
     need = new_size / per_l1 + (new_size % per_l1 != 0);
@@ -1080,9 +1106,19 @@ int qcow2_image_resize(qcow2_image *img, uint64_t new_size, bool allow_shrink)
         if (rc)
             return rc;
     }
+    old_size = img->size;
     img->size = new_size;
     img->hdr.size = new_size;
     img->header_dirty = true;
+    if (new_size > old_size) {
+        /* The grown range reads as zeroes: not what the old last cluster held past
+         * the old size, nor what a longer backing file holds there (as qemu). */
+        rc = zero_cluster_tail(img, old_size);
+        if (!rc && img->backing && img->backing->size > old_size)
+            rc = write_zeroes(img, old_size, qcow2__min(new_size, img->backing->size) - old_size, 0);
+        if (rc)
+            return rc;
+    }
     return qcow2__metadata_flush(img);
 }
 

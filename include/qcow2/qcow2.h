@@ -534,7 +534,9 @@ QCOW2_API int qcow2_image_flush(qcow2_image *img);
 /**
  * Change the virtual size. Growing always works; shrinking only when nothing
  * is allocated past the new size (unless allow_shrink discards it). The new
- * size is durable when the call returns.
+ * size is durable when the call returns. Bytes cut off inside the last
+ * cluster are zeroed, and a grown range reads as zeroes, also where the
+ * backing file (when it is open) is longer than the old size.
  * @param[in] img           an image opened with QCOW2_OPEN_RDWR
  * @param[in] new_size      bytes
  * @param[in] allow_shrink  discard data allocated past new_size
