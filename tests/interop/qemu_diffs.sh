@@ -132,5 +132,63 @@ else
     fi
 fi
 
+# ---- commit -b --------------------------------------------------------------
+# A chain sub/base.raw <- sub/mid.qcow2 <- sub/top.qcow2 with relative names,
+# built twice (ours/, qemu/). commit_b NAME DIR B: run `commit -b B
+# DIR/top.qcow2` from the parent directory with both tools; the exit
+# statuses agree, and every file equals qemu-img's result (content, and the
+# top's own allocation as qemu-img map shows it).
+mkchain_b() {
+    mkdir -p "$1" && (
+        cd "$1" &&
+            qemu-img create -q -f raw base.raw 1M &&
+            qemu-img create -q -f qcow2 -b base.raw -F raw mid.qcow2 &&
+            qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 &&
+            qio qcow2 mid.qcow2 "write -P 0x11 0 64k" "write -P 0x12 256k 64k" &&
+            qio qcow2 top.qcow2 "write -P 0x21 64k 64k" "write -z 256k 4k"
+    )
+}
+commit_b() {
+    local name=$1 b=$2 why a q f
+    fresh
+    mkdir ours qemu
+    (cd ours && mkchain_b sub) && (cd qemu && mkchain_b sub) || { bad "$name" "setup failed"; return; }
+    (cd ours && q image commit -q -b "${b//@/$W/c/ours}" sub/top.qcow2 2>/dev/null)
+    a=$?
+    (cd qemu && qemu-img commit -q -b "${b//@/$W/c/qemu}" sub/top.qcow2 2>/dev/null)
+    q=$?
+    if [ $a != $q ]; then
+        bad "$name" "exit $a, qemu-img's $q"
+        return
+    fi
+    for f in base.raw mid.qcow2 top.qcow2; do
+        if ! why=$(same_content "ours/sub/$f" "qemu/sub/$f"); then
+            bad "$name" "$f: $why"
+            return
+        fi
+    done
+    for f in mid.qcow2 top.qcow2; do
+        if [ "$(qemu-img map --output=json "ours/sub/$f" | sed 's/"offset": [0-9]*//')" != \
+            "$(qemu-img map --output=json "qemu/sub/$f" | sed 's/"offset": [0-9]*//')" ]; then
+            bad "$name" "$f allocates other ranges than qemu-img leaves"
+            return
+        fi
+        if ! why=$(check_clean "ours/sub/$f"); then
+            bad "$name" "$why"
+            return
+        fi
+    done
+    ok "$name (exit $a)"
+}
+# -b naming the immediate backing file implies -d: the top keeps its data.
+commit_b commit-b-immediate-keeps-top mid.qcow2
+commit_b commit-b-immediate-absolute @/sub/mid.qcow2
+commit_b commit-b-deep base.raw
+# A relative name is taken relative to the image that names it ...
+commit_b commit-b-relative-to-chain base.raw
+# ... not to the current directory: qemu-img refuses these.
+commit_b commit-b-relative-to-cwd sub/base.raw
+commit_b commit-b-relative-to-cwd-mid sub/mid.qcow2
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
