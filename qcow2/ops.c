@@ -379,7 +379,8 @@ static int convert_qcow2(qcow2_image *src, const char *dst_path, const qcow2_con
         if (rc)
             goto out;
         n = e.length;
-        if (!ext_is_zero(&e)) {
+        /* -S 0 (min_sparse 0) allocates every cluster, zero ones too, as qemu-img. */
+        if (!ext_is_zero(&e) || (!o->min_sparse && !o->compress)) {
             /* Whole target clusters, so compressed writes and COW see full clusters. */
             uint64_t end = qcow2__min(src->size, qcow2__align_up(off + n, dst->cluster_size));
             uint64_t start = off & ~(dst->cluster_size - 1);

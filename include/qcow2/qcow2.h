@@ -363,7 +363,7 @@ typedef struct qcow2_convert_opts {
  * Flatten the guest content of src (the whole chain) into a new file at
  * dst_path (replaced if it exists). Raw output is sparse: zero runs of at
  * least min_sparse bytes are left as holes; qcow2 output leaves them
- * unallocated. Like qemu-img convert, the output is not flushed to stable
+ * unallocated (min_sparse 0 without compress: every cluster is allocated). Like qemu-img convert, the output is not flushed to stable
  * storage: sync it when it must survive a crash of the machine. On failure
  * the output may be left half-written.
  * @param[in] src       the image to read (whole chain)

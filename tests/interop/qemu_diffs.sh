@@ -190,5 +190,26 @@ commit_b commit-b-relative-to-chain base.raw
 commit_b commit-b-relative-to-cwd sub/base.raw
 commit_b commit-b-relative-to-cwd-mid sub/mid.qcow2
 
+# ---- convert -S 0 -----------------------------------------------------------
+# -O qcow2 -S 0 allocates every cluster: the same map as qemu-img's (data
+# everywhere), on a source with data, zero clusters, zero data and holes.
+for v in 1.1 0.10; do
+    fresh
+    qemu-img create -q -f qcow2 -o compat=$v s.qcow2 1M
+    qio qcow2 s.qcow2 "write -P 1 0 64k" "write -z 128k 64k" "write -P 0 256k 64k" "write -P 2 1000k 3k"
+    q image convert -S 0 -O qcow2 -o compat=$v s.qcow2 o.qcow2
+    qemu-img convert -S 0 -O qcow2 -o compat=$v s.qcow2 e.qcow2
+    if [ "$(qemu-img map --output=json o.qcow2 | sed 's/"offset": [0-9]*//')" != \
+        "$(qemu-img map --output=json e.qcow2 | sed 's/"offset": [0-9]*//')" ]; then
+        bad "convert-S0-allocates-all-$v" "map differs from qemu-img's: $(qemu-img map o.qcow2 | tail -n +2 | paste -sd ';')"
+    elif ! why=$(same_content o.qcow2 s.qcow2); then
+        bad "convert-S0-allocates-all-$v" "$why"
+    elif ! why=$(check_clean o.qcow2); then
+        bad "convert-S0-allocates-all-$v" "$why"
+    else
+        ok "convert-S0-allocates-all-$v"
+    fi
+done
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
