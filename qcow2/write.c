@@ -647,6 +647,36 @@ static int write_zero_data(qcow2_image *img, uint64_t off, uint64_t len)
     return 0;
 }
 
+/* Whether [off, off+len) of the chain reads as zeroes by its allocation status (not its bytes). */
+static bool status_zero(qcow2_image *img, uint64_t off, uint64_t len)
+{
+    while (len) {
+        qcow2_extent e;
+
+        if (qcow2_image_block_status(img, NULL, off, len, &e) || !(e.flags & QCOW2_EXT_ZERO))
+            return false;
+        off += e.length;
+        len -= qcow2__min(e.length, len);
+    }
+    return true;
+}
+
+/*
+ * Whether a zero write of [a, b) may zero all of the (sub)cluster [us, ue)
+ * with flags, as qemu does: this layer leaves it unallocated or zero, and
+ * the rest of it already reads as zeroes. Otherwise the piece is written as
+ * explicit zeroes (which allocates).
+ */
+static bool unit_zero_but(qcow2_image *img, uint64_t us, uint64_t ue, uint64_t a, uint64_t b)
+{
+    struct qcow2__lrun run;
+
+    if (qcow2__layer_extent(img, us, ue - us, &run) || run.len < ue - us ||
+        (run.kind != QCOW2__RUN_ZERO && run.kind != QCOW2__RUN_UNALLOC))
+        return false;
+    return status_zero(img, us, a - us) && status_zero(img, b, ue - b);
+}
+
 /* Zero [off, off+len) within one L2 table; unmap: free the clusters too. */
 static int zero_in_table(qcow2_image *img, uint64_t off, uint64_t len, bool unmap)
 {
@@ -660,10 +690,19 @@ static int zero_in_table(qcow2_image *img, uint64_t off, uint64_t len, bool unma
         uint64_t cstart = pos & ~(cs - 1);
         uint64_t cend = qcow2__min(cstart + cs, img->size);
         uint64_t stop = qcow2__min(end, cend);
-        /* Subcluster- (or cluster-) aligned inner part; the rest is explicit zeroes. */
         uint64_t unit = img->extl2 ? scs : cs;
-        uint64_t ia = qcow2__align_up(pos, unit), ib = stop == cend ? cend : stop & ~(unit - 1);
-        uint64_t idx, e, bm;
+        uint64_t hs = pos & ~(unit - 1), ts = (stop - 1) & ~(unit - 1);
+        uint64_t ia, ib, idx, e, bm;
+
+        /* Partial (sub)clusters that otherwise read as zeroes are zeroed whole. */
+        if (hs < pos && unit_zero_but(img, hs, qcow2__min(hs + unit, cend), pos, stop))
+            pos = hs;
+        if (stop < qcow2__min(ts + unit, cend) &&
+            unit_zero_but(img, ts, qcow2__min(ts + unit, cend), qcow2__max(pos, ts), stop))
+            stop = qcow2__min(ts + unit, cend);
+        /* Subcluster- (or cluster-) aligned inner part; the rest is explicit zeroes. */
+        ia = qcow2__align_up(pos, unit);
+        ib = stop == cend ? cend : stop & ~(unit - 1);
 
         if (ia >= ib) {
             rc = write_zero_data(img, pos, stop - pos);
@@ -684,12 +723,12 @@ static int zero_in_table(qcow2_image *img, uint64_t off, uint64_t len, bool unma
         e = l2_entry(img, slot->data, idx);
         bm = l2_bitmap(img, slot->data, idx);
         if (!img->extl2) {
-            if (unmap || !entry_owned(img, e)) {
+            /* Without unmap a host cluster stays allocated (zero flag added), as in qemu. */
+            if (unmap || (e & QCOW2_OFLAG_COMPRESSED) || !(e & QCOW2_L2E_OFFSET_MASK)) {
                 rc = free_entry(img, e);
                 set_l2(img, slot, idx, QCOW2_OFLAG_ZERO, 0);
             } else {
-                set_l2(img, slot, idx,
-                       (e & QCOW2_L2E_OFFSET_MASK) | QCOW2_OFLAG_COPIED | QCOW2_OFLAG_ZERO, 0);
+                set_l2(img, slot, idx, e | QCOW2_OFLAG_ZERO, 0);
             }
         } else {
             unsigned sa = (unsigned)((ia - cstart) >> img->sc_bits);
@@ -698,9 +737,11 @@ static int zero_in_table(qcow2_image *img, uint64_t off, uint64_t len, bool unma
             bool all = sa == 0 && sb == 32;
             uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
 
-            if (all && (unmap || !entry_owned(img, e))) {
+            if (all && (unmap || (e & QCOW2_OFLAG_COMPRESSED) || !host)) {
                 rc = free_entry(img, e);
                 set_l2(img, slot, idx, 0, 0xffffffffull << 32);
+            } else if (all) {
+                set_l2(img, slot, idx, e, 0xffffffffull << 32);
             } else if (entry_owned(img, e) || (!host && !(e & QCOW2_OFLAG_COMPRESSED))) {
                 set_l2(img, slot, idx, e, (bm & ~(uint64_t)bits) | ((uint64_t)bits << 32));
             } else {
