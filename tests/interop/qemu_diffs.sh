@@ -12,7 +12,7 @@
 #   convert  -O qcow2 -S 0 allocates every cluster (qemu-img map);
 #   io       write -z without -u keeps preallocated clusters allocated;
 #   rebase   -u -b "" keeps the feature-name table (and other extensions);
-#   open     two backing-format extensions: the last one is used.
+#   open     two backing-format extensions: the last one is used (as qemu).
 # Every qcow2 file written passes qemu-img check.
 # Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
 #   QSNAP=path  the qsnap binary (default build/release/qsnap)
@@ -210,6 +210,144 @@ for v in 1.1 0.10; do
         ok "convert-S0-allocates-all-$v"
     fi
 done
+
+# ---- write -z keeps allocations -------------------------------------------
+# zero_alloc NAME CREATE_OPTS BACKING(0|1) SETUP_CMDS...: the image made by
+# qemu-img (and SETUP_CMDS by qemu-io), then the same zero writes (without
+# -u; whole clusters, pieces of clusters, across clusters) by qemu-io on one
+# copy and by qsnap on the other: the same allocation (qemu-img map without
+# host offsets), the same content, both clean.
+zero_alloc() {
+    local name=$1 opts=${2:-compat=1.1} backing=$3 c f args=() why
+    shift 3
+    fresh
+    if [ "$backing" = 1 ]; then
+        qemu-img create -q -f qcow2 base.qcow2 1M
+        qio qcow2 base.qcow2 "write -P 0x5a 0 512k"
+    fi
+    # Both images made the same way (a copy would change the host file's
+    # extents, which qemu-img map shows).
+    for f in a.qcow2 b.qcow2; do
+        if [ "$backing" = 1 ]; then
+            qemu-img create -q -f qcow2 -o "$opts" -b base.qcow2 -F qcow2 $f
+        else
+            qemu-img create -q -f qcow2 -o "$opts" $f 1M
+        fi
+        [ $# -gt 0 ] && { qio qcow2 $f "$@" || { bad "$name" "setup: $(head -n 2 "$W/qio.out")"; return; }; }
+    done
+    for c in "write -z 0 64k" "write -z 64k 4k" "write -z 130k 2k" "write -z 200k 100k" \
+        "write -z 600k 64k" "write -z 1020k 4k"; do
+        args+=(-c "$c")
+    done
+    qemu-io "${args[@]}" a.qcow2 >/dev/null 2>&1
+    q image io "${args[@]}" b.qcow2 >/dev/null 2>&1
+    if [ "$(qemu-img map --output=json b.qcow2 | sed 's/, "offset": [0-9]*//')" != \
+        "$(qemu-img map --output=json a.qcow2 | sed 's/, "offset": [0-9]*//')" ]; then
+        bad "$name" "map differs from qemu-io's: $(qemu-img map b.qcow2 | tail -n +2 | paste -sd ';')"
+    elif ! why=$(same_content a.qcow2 b.qcow2); then
+        bad "$name" "$why"
+    elif ! why=$(check_clean b.qcow2); then
+        bad "$name" "$why"
+    else
+        ok "$name"
+    fi
+}
+zero_alloc zero-keeps-prealloc-metadata preallocation=metadata 0
+zero_alloc zero-keeps-prealloc-falloc preallocation=falloc 0
+zero_alloc zero-keeps-zero-alloc "" 0 "write -P 1 0 1M" "write -z 0 1M"
+zero_alloc zero-keeps-data "" 0 "write -P 1 0 1M"
+zero_alloc zero-keeps-zero-alloc-backing "" 1 "write -P 1 0 1M" "write -z 0 1M"
+zero_alloc zero-over-backing "" 1
+zero_alloc zero-keeps-zero-alloc-extl2 extended_l2=on 0 "write -P 1 0 1M" "write -z 0 1M"
+zero_alloc zero-keeps-prealloc-extl2 extended_l2=on,preallocation=metadata 0
+
+# ---- header extensions ------------------------------------------------------
+# The extension types of a qcow2 file, in order.
+exts() {
+    python3 - "$1" <<'PYEOF'
+import struct, sys
+d = open(sys.argv[1], 'rb').read(65536)
+off = struct.unpack('>I', d[100:104])[0] if struct.unpack('>I', d[4:8])[0] >= 3 else 72
+out = []
+while off + 8 <= len(d):
+    t, l = struct.unpack('>II', d[off:off + 8])
+    if t == 0:
+        break
+    out.append('%08x' % t)
+    off += 8 + ((l + 7) & ~7)
+print(' '.join(out))
+PYEOF
+}
+
+# rebase -u -b "" keeps the feature-name table, as qemu-img's: images by
+# qemu-img with a backing file, with and without a bitmap, and with a long
+# backing name (the header then reaches past its first sector).
+rebase_keeps() {
+    local name=$1 bname=$2 bitmap=$3 why
+    fresh
+    qemu-img create -q -f raw "$bname" 1M
+    qemu-img create -q -f qcow2 -b "$bname" -F raw a.qcow2
+    [ "$bitmap" = 1 ] && qemu-img bitmap --add a.qcow2 bm0
+    cp a.qcow2 b.qcow2
+    qemu-img rebase -u -b "" a.qcow2
+    if ! q image rebase -u -b "" b.qcow2 >/dev/null; then
+        bad "$name" "rebase failed"
+    elif [ "$(exts b.qcow2)" != "$(exts a.qcow2)" ]; then
+        bad "$name" "extensions '$(exts b.qcow2)', qemu-img's '$(exts a.qcow2)'"
+    elif ! why=$(check_clean b.qcow2); then
+        bad "$name" "$why"
+    elif [ "$(qemu-img info b.qcow2 | grep -c 'backing file')" != 0 ]; then
+        bad "$name" "still has a backing file"
+    else
+        ok "$name ($(exts b.qcow2))"
+    fi
+}
+rebase_keeps rebase-u-none-keeps-feature-table base.raw 0
+rebase_keeps rebase-u-none-keeps-feature-table-bitmap base.raw 1
+rebase_keeps rebase-u-none-keeps-feature-table-long-name \
+    "base-with-a-rather-long-name-$(printf '%0100d' 0).raw" 1
+
+# Two backing-format extensions: qemu uses the last. A raw base named by a
+# qcow2 overlay whose first extension says "qcow2" and the last "raw": the
+# overlay reads as qemu-io reads it.
+fresh
+qemu-img create -q -f raw base.raw 1M
+qio raw base.raw "write -P 0x61 0 256k"
+qemu-img create -q -f qcow2 -b base.raw -F raw a.qcow2
+qio qcow2 a.qcow2 "write -P 0x62 128k 64k"
+python3 - a.qcow2 <<'PYEOF'
+import struct, sys
+f = sys.argv[1]
+d = bytearray(open(f, 'rb').read(65536))
+hl = struct.unpack('>I', d[100:104])[0]
+boff, blen = struct.unpack('>QI', d[8:20])
+name = bytes(d[boff:boff + blen])
+exts = [(0xe2792aca, b'qcow2'), (0xe2792aca, b'raw')]
+out = b''
+for t, v in exts:
+    out += struct.pack('>II', t, len(v)) + v + b'\0' * ((-len(v)) % 8)
+out += b'\0' * 8
+noff = hl + len(out)
+d[hl:] = b'\0' * (len(d) - hl)
+d[hl:hl + len(out)] = out
+d[noff:noff + len(name)] = name
+d[8:20] = struct.pack('>QI', noff, len(name))
+with open(f, 'r+b') as fh:
+    fh.write(bytes(d[:4096]))
+PYEOF
+qemu-img convert -O raw a.qcow2 want.raw 2>"$W/err"
+if [ ! -s want.raw ]; then
+    bad backing-format-twice-last "qemu-img could not read the test image: $(head -c 200 "$W/err")"
+elif ! q image convert -O raw a.qcow2 got.raw 2>"$W/err"; then
+    bad backing-format-twice-last "qsnap refuses it: $(head -c 200 "$W/err")"
+elif ! cmp -s want.raw got.raw; then
+    bad backing-format-twice-last "content differs from qemu-img's"
+elif [ "$(q image info a.qcow2 | grep '^backing file format')" != \
+    "$(qemu-img info a.qcow2 | grep '^backing file format')" ]; then
+    bad backing-format-twice-last "info: $(q image info a.qcow2 | grep '^backing file format')"
+else
+    ok backing-format-twice-last
+fi
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
