@@ -504,9 +504,13 @@ int qcow2_measure(qcow2_image *src, uint64_t size, const qcow2_create_opts *opts
         return 0;
     }
     cs = o.cluster_size;
-    if (!cs || (cs & (cs - 1)) || cs < 512 || cs > (2u << 20) || !o.refcount_bits ||
-        (o.refcount_bits & (o.refcount_bits - 1)) || o.refcount_bits > 64)
-        return qcow2__err(QCOW2_EINVAL, 0, NULL, "invalid cluster size or refcount width");
+    /* qemu-img's words (scripts compare them). */
+    if (!cs || (cs & (cs - 1)) || cs < 512 || cs > (2u << 20))
+        return qcow2__err(QCOW2_EINVAL, 0, NULL,
+                          "Cluster size must be a power of two between 512 and 2048k");
+    if (!o.refcount_bits || (o.refcount_bits & (o.refcount_bits - 1)) || o.refcount_bits > 64)
+        return qcow2__err(QCOW2_EINVAL, 0, NULL,
+                          "Refcount width must be a power of two and may not exceed 64 bits");
     if (src) {
         for (uint64_t off = 0; off < src->size;) {
             qcow2_extent e;
