@@ -715,6 +715,7 @@ int cli_image_convert(int argc, char **argv)
         goto out;
 
     cli_progress_begin(&pr, progress, true);
+    pr.qemu_steps = true; /* one line per copied extent, as qemu-img convert -p */
     copts.format = out_fmt;
     copts.compress = compress;
     copts.progress = cli_progress_update;

@@ -348,7 +348,7 @@ typedef struct qcow2_convert_opts {
     unsigned version;           /**< QCOW2_CONVERT_OPTS_VERSION */
     qcow2_format format;        /**< output format (QCOW2_FORMAT_RAW for now) */
     uint64_t min_sparse;        /**< zero runs at least this long stay holes; 0 = write every byte */
-    qcow2_progress_fn progress; /**< progress callback, or NULL */
+    qcow2_progress_fn progress; /**< progress callback, or NULL: as qemu-img convert -p counts, over the bytes copied (data; zeroes too with min_sparse 0), a call per extent of at most 2 MiB and a last one at the end (without -B) */
     void *payload;              /**< passed to progress */
     bool compress;              /**< qcow2 output: compress every cluster (-c) */
     const struct qcow2_create_opts *create; /**< qcow2 output: creation options, or NULL */
