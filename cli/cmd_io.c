@@ -64,14 +64,46 @@ static int cmd_quit(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char
 static int cmd_write(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 static int cmd_discard(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 static int cmd_flush(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
+static int cmd_readv(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
+static int cmd_writev(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
+static int cmd_aio_flush(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
+static int cmd_alloc(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
+static int cmd_length(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 
 static const struct io_cmd io_cmds[] = {
-    {"read", "r", cmd_read, 2, -1, "[-q] [-P pattern] off len",
+    {"read", "r", cmd_read, 2, -1, "[-qv] [-P pattern] off len",
      "reads a number of bytes at a specified offset",
      " Reads LEN bytes of guest data at offset OFF (through the backing chain).\n"
      " OFF and LEN take the suffixes k, M, G, T, P, E (powers of 1024).\n"
      " -P, -- verify that every byte read equals PATTERN (0..255)\n"
+     " -q, -- quiet mode, do not show I/O statistics\n"
+     " -v, -- dump the data read (hexadecimal and characters)\n"},
+    {"readv", NULL, cmd_readv, 2, -1, "[-qv] [-P pattern] off len [len..]",
+     "reads a number of bytes at a specified offset",
+     " Reads the sum of the LENs at offset OFF in one request.\n"
+     " -P, -- verify that every byte read equals PATTERN (0..255)\n"
+     " -q, -- quiet mode, do not show I/O statistics\n"
+     " -v, -- dump the data read (hexadecimal and characters)\n"},
+    {"writev", NULL, cmd_writev, 2, -1, "[-q] [-P pattern] off len [len..]",
+     "writes a number of bytes at a specified offset",
+     " Writes the sum of the LENs at offset OFF in one request, filled with\n"
+     " PATTERN (default 0xcd).\n"
+     " -P, -- fill the data with PATTERN (0..255)\n"
      " -q, -- quiet mode, do not show I/O statistics\n"},
+    {"aio_read", NULL, cmd_readv, 2, -1, "[-qv] [-P pattern] off len [len..]",
+     "asynchronously reads a number of bytes",
+     " As readv; requests run in order, each done before the next command.\n"},
+    {"aio_write", NULL, cmd_writev, 2, -1, "[-quz] [-P pattern] off len [len..]",
+     "asynchronously writes a number of bytes",
+     " As writev (-z: write zeroes, -u: may free the clusters); requests run\n"
+     " in order, each done before the next command.\n"},
+    {"aio_flush", NULL, cmd_aio_flush, 0, 0, "", "completes all outstanding aio requests",
+     " Requests run in order, so none is outstanding: this flushes.\n"},
+    {"alloc", NULL, cmd_alloc, 1, 2, "offset [count]",
+     "checks if offset is allocated in the file",
+     " Counts the bytes of [OFF, OFF+COUNT) (COUNT default 512) that the image\n"
+     " itself allocates (data or zero clusters; not its backing files).\n"},
+    {"length", "l", cmd_length, 0, 0, "", "gets the length of the current file", NULL},
     {"map", NULL, cmd_map, 0, 0, "", "prints the allocated areas of a file",
      " Lists the ranges allocated in the image itself (not in its backing files).\n"},
     {"info", "i", cmd_info, 0, 0, "", "prints information about the current file", NULL},
@@ -169,46 +201,34 @@ static void print_stats(uint64_t bytes, double secs)
            when, cli_fmt_size_io((double)bytes / secs, rate), 1.0 / secs);
 }
 
-static int cmd_read(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
+/* qemu-io's -v dump: 16 bytes a line; letters and digits shown, other bytes as '.'. */
+static void dump_buffer(const unsigned char *buf, uint64_t off, uint64_t len)
 {
-    static const cli_opt_def defs[] = {
-        {NULL, 'P', true}, {NULL, 'q', false}, {NULL, 0, false},
-    };
-    cli_opt_parser p;
-    bool quiet = false, verify = false, mismatch = false;
-    uint64_t off, len, done;
+    for (uint64_t i = 0; i < len; i += 16) {
+        uint64_t j;
+
+        printf("%08" PRIx64 ":  ", off + i);
+        for (j = 0; j < 16 && i + j < len; j++)
+            printf("%02x ", buf[i + j]);
+        putchar(' ');
+        for (j = 0; j < 16 && i + j < len; j++) {
+            unsigned char ch = buf[i + j];
+            bool alnum = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
+            putchar(alnum ? ch : '.');
+        }
+        putchar('\n');
+    }
+}
+
+/* Read len bytes at off and print qemu-io's lines; pattern < 0: no verification. */
+static int do_read(struct io_ctx *ctx, uint64_t off, uint64_t len, int pattern, bool quiet, bool dump)
+{
+    bool verify = pattern >= 0, mismatch = false;
+    uint64_t done;
     unsigned char *buf;
-    int pattern = 0, c, rc = 0;
+    int rc = 0;
     double t0, t1;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    p.prog = cmd->name;
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'P':
-            pattern = parse_pattern(p.arg);
-            if (pattern < 0)
-                return -1;
-            verify = true;
-            break;
-        case 'q':
-            quiet = true;
-            break;
-        default:
-            print_cmd_usage(cmd);
-            return -1;
-        }
-    }
-    if (p.nb_operands != 2) {
-        print_cmd_usage(cmd);
-        return -1;
-    }
-    if (parse_num(p.argv[0], &off) < 0 || parse_num(p.argv[1], &len) < 0)
-        return -1;
-    if (len > IO_MAX_REQUEST) {
-        printf("length cannot exceed %llu, given %s\n", IO_MAX_REQUEST, p.argv[1]);
-        return -1;
-    }
     if (!in_range(ctx, off, len)) {
         printf("read failed: %s\n", IO_RANGE_ERROR);
         return -1;
@@ -224,6 +244,8 @@ static int cmd_read(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char
         size_t i;
 
         rc = qcow2_image_read(ctx->img, buf, n, off + done);
+        if (rc == 0 && dump)
+            dump_buffer(buf, off + done, n);
         if (rc < 0 || !verify || mismatch)
             continue;
         for (i = 0; i < n; i++) {
@@ -244,6 +266,139 @@ static int cmd_read(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char
         print_stats(len, t1 - t0);
     }
     return mismatch ? -1 : 0;
+}
+
+/* Parse read's and readv's options; returns the number of operands or -1. */
+static int parse_read_opts(const struct io_cmd *cmd, int argc, char **argv, cli_opt_parser *p,
+                           int *pattern, bool *quiet, bool *dump)
+{
+    static const cli_opt_def defs[] = {
+        {NULL, 'P', true}, {NULL, 'q', false}, {NULL, 'v', false}, {NULL, 0, false},
+    };
+    int c;
+
+    *pattern = -1;
+    *quiet = *dump = false;
+    cli_opt_init(p, argc - 1, argv + 1, defs);
+    p->prog = cmd->name;
+    while ((c = cli_opt_next(p)) != 0) {
+        switch (c) {
+        case 'P':
+            *pattern = parse_pattern(p->arg);
+            if (*pattern < 0)
+                return -1;
+            break;
+        case 'q':
+            *quiet = true;
+            break;
+        case 'v':
+            *dump = true;
+            break;
+        default:
+            print_cmd_usage(cmd);
+            return -1;
+        }
+    }
+    return p->nb_operands;
+}
+
+static int cmd_read(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
+{
+    cli_opt_parser p;
+    bool quiet, dump;
+    int pattern, n = parse_read_opts(cmd, argc, argv, &p, &pattern, &quiet, &dump);
+    uint64_t off, len;
+
+    if (n < 0)
+        return -1;
+    if (n != 2) {
+        print_cmd_usage(cmd);
+        return -1;
+    }
+    if (parse_num(p.argv[0], &off) < 0 || parse_num(p.argv[1], &len) < 0)
+        return -1;
+    if (len > IO_MAX_REQUEST) {
+        printf("length cannot exceed %llu, given %s\n", IO_MAX_REQUEST, p.argv[1]);
+        return -1;
+    }
+    return do_read(ctx, off, len, pattern, quiet, dump);
+}
+
+/* The sum of the lengths in words[0..n), or -1 after qemu-io's message. */
+static int parse_lengths(char **words, int n, uint64_t *total)
+{
+    *total = 0;
+    for (int i = 0; i < n; i++) {
+        uint64_t len;
+
+        if (parse_num(words[i], &len) < 0)
+            return -1;
+        if (len > IO_MAX_REQUEST || *total + len > IO_MAX_REQUEST) {
+            printf("length cannot exceed %llu, given %s\n", IO_MAX_REQUEST, words[i]);
+            return -1;
+        }
+        *total += len;
+    }
+    return 0;
+}
+
+/* readv and aio_read: several lengths read as one request (aio: run in order). */
+static int cmd_readv(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
+{
+    cli_opt_parser p;
+    bool quiet, dump;
+    int pattern, n = parse_read_opts(cmd, argc, argv, &p, &pattern, &quiet, &dump);
+    uint64_t off, len;
+
+    if (n < 0)
+        return -1;
+    if (n < 2) {
+        print_cmd_usage(cmd);
+        return -1;
+    }
+    if (parse_num(p.argv[0], &off) < 0 || parse_lengths(p.argv + 1, n - 1, &len) < 0)
+        return -1;
+    return do_read(ctx, off, len, pattern, quiet, dump);
+}
+
+/* alloc: the bytes of a range the image itself allocates, as qemu-io counts them. */
+static int cmd_alloc(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
+{
+    const qcow2_image *base = qcow2_image_backing(ctx->img);
+    uint64_t size = qcow2_image_size(ctx->img), off, count = 512, sum = 0, pos;
+    char off_str[CLI_SIZE_STR_MAX];
+
+    (void)cmd;
+    if (parse_num(argv[1], &off) < 0 || (argc == 3 && parse_num(argv[2], &count) < 0))
+        return -1;
+    /* Past the end nothing is counted, and the count shrinks to what lies inside. */
+    count = off >= size ? 0 : count < size - off ? count : size - off;
+    for (pos = off; pos < off + count;) {
+        qcow2_extent e;
+        int rc = qcow2_image_block_status(ctx->img, base, pos, off + count - pos, &e);
+
+        if (rc < 0)
+            return io_failed("alloc", rc);
+        if (e.length == 0)
+            break;
+        if (e.flags & QCOW2_EXT_PRESENT)
+            sum += e.length;
+        pos += e.length;
+    }
+    printf("%" PRIu64 "/%" PRIu64 " bytes allocated at offset %s\n", sum, count,
+           cli_fmt_size_io((double)off, off_str));
+    return 0;
+}
+
+static int cmd_length(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
+{
+    char size[CLI_SIZE_STR_MAX];
+
+    (void)cmd;
+    (void)argc;
+    (void)argv;
+    printf("%s\n", cli_fmt_size_io((double)qcow2_image_size(ctx->img), size));
+    return 0;
 }
 
 /* Allocation in the image itself, merged into runs, as qemu-io's map prints it. */
@@ -578,6 +733,85 @@ static int cmd_discard(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, c
     return 0;
 }
 
+/* writev and aio_write: several lengths written as one request (aio: run in order). */
+static int cmd_writev(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {NULL, 'P', true}, {NULL, 'q', false}, {NULL, 'z', false},
+        {NULL, 'u', false}, {NULL, 0, false},
+    };
+    bool aio = strcmp(cmd->name, "aio_write") == 0;
+    bool quiet = false, zero = false, unmap = false, have_pattern = false;
+    int pattern = IO_DEFAULT_PATTERN, c, rc;
+    uint64_t off, len;
+    cli_opt_parser p;
+    double t0, t1;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    p.prog = cmd->name;
+    while ((c = cli_opt_next(&p)) != 0) {
+        if (c == 'P') {
+            pattern = parse_pattern(p.arg);
+            if (pattern < 0)
+                return -1;
+            have_pattern = true;
+        } else if (c == 'q') {
+            quiet = true;
+        } else if (aio && c == 'z') {
+            zero = true;
+        } else if (aio && c == 'u') {
+            unmap = true;
+        } else {
+            print_cmd_usage(cmd);
+            return -1;
+        }
+    }
+    if (p.nb_operands < 2) {
+        print_cmd_usage(cmd);
+        return -1;
+    }
+    if (zero && have_pattern) {
+        printf("-z and -P cannot be specified at the same time\n");
+        return -1;
+    }
+    if (unmap && !zero) {
+        printf("-u requires -z to be specified\n");
+        return -1;
+    }
+    if (parse_num(p.argv[0], &off) < 0 || parse_lengths(p.argv + 1, p.nb_operands - 1, &len) < 0)
+        return -1;
+    if (!in_range(ctx, off, len)) {
+        printf("%s failed: %s\n", aio ? "aio_write" : "writev", IO_RANGE_ERROR);
+        return -1;
+    }
+    t0 = now_sec();
+    if (zero)
+        rc = len ? qcow2_image_write_zeroes(ctx->img, off, len, unmap ? QCOW2_ZERO_MAY_UNMAP : 0)
+                 : 0;
+    else
+        rc = write_pattern(ctx, off, len, pattern, false);
+    t1 = now_sec();
+    if (rc < 0)
+        return io_failed(aio ? "aio_write" : "writev", rc);
+    if (!quiet) {
+        printf("wrote %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", len, len, off);
+        print_stats(len, t1 - t0);
+    }
+    return 0;
+}
+
+/* Every aio request already ran in order: what is left is making it durable. */
+static int cmd_aio_flush(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
+{
+    int rc;
+
+    (void)cmd;
+    (void)argc;
+    (void)argv;
+    rc = qcow2_image_flush(ctx->img);
+    return rc < 0 ? io_failed("aio_flush", rc) : 0;
+}
+
 static int cmd_flush(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
 {
     int rc;
@@ -651,8 +885,15 @@ static const char io_help[] =
     "is opened for writing unless -r is given, and flushed at the end.\n"
     "\n"
     "Commands:\n"
-    "  read [-q] [-P PATTERN] OFF LEN   read guest data; with -P, fail unless\n"
-    "                                   every byte equals PATTERN\n"
+    "  read [-qv] [-P PATTERN] OFF LEN  read guest data; with -P, fail unless\n"
+    "                                   every byte equals PATTERN; -v dumps it\n"
+    "  readv [-qv] [-P PATTERN] OFF LEN [LEN...]\n"
+    "                                   read the sum of the LENs in one request\n"
+    "  writev [-q] [-P PATTERN] OFF LEN [LEN...]\n"
+    "                                   write the sum of the LENs in one request\n"
+    "  aio_read, aio_write [-z [-u]], aio_flush\n"
+    "                                   as readv and writev, and flush; requests\n"
+    "                                   run in order, each done before the next\n"
     "  write [-cnquz] [-P PATTERN] OFF LEN\n"
     "                                   write LEN bytes of PATTERN (default 0xcd);\n"
     "                                   -z zeroes (-u: may free the clusters),\n"
@@ -660,6 +901,8 @@ static const char io_help[] =
     "  discard [-q] OFF LEN             discard the whole clusters of a range\n"
     "  flush                            make the writes so far durable\n"
     "  map                              ranges allocated in the image itself\n"
+    "  alloc OFF [COUNT]                bytes of a range the image itself allocates\n"
+    "  length                           the virtual size\n"
     "  info                             format and format-specific information\n"
     "  help [COMMAND]                   list the commands or describe one\n"
     "  quit                             stop reading commands\n"
