@@ -736,7 +736,7 @@ out:
 /* ---- compare ------------------------------------------------------------ */
 
 static const char compare_help[] =
-    "Usage: qsnap image compare [-f FMT] [-F FMT] [-s] [-p] [-U] A B\n"
+    "Usage: qsnap image compare [-f FMT] [-F FMT] [-s] [-p] [-q] [-U] A B\n"
     "\n"
     "Compare the guest content of images A and B (each with its backing chain), as\n"
     "qemu-img compare does. Without -s, images of different sizes are identical when\n"
@@ -749,6 +749,7 @@ static const char compare_help[] =
     "                       do ranges whose allocation status differs (allocated,\n"
     "                       zero, data, offset known) even where they read the same\n"
     "  -p, --progress       show progress\n"
+    "  -q, --quiet          print nothing but errors (the exit status tells)\n"
     "  -U, --force-share    open without taking the image locks\n"
     "  -h, --help           show this help and exit\n"
     "\n"
@@ -804,11 +805,11 @@ int cli_image_compare(int argc, char **argv)
     static const cli_opt_def defs[] = {
         {"help", 'h', false},     {NULL, 'f', true},           {NULL, 'F', true},
         {"strict", 's', false},   {"progress", 'p', false},    {"force-share", 'U', false},
-        {NULL, 0, false},
+        {"quiet", 'q', false},    {NULL, 0, false},
     };
     cli_opt_parser p;
     qcow2_format fmt_a = QCOW2_FORMAT_AUTO, fmt_b = QCOW2_FORMAT_AUTO;
-    bool strict = false, progress = false, no_lock = false;
+    bool strict = false, progress = false, no_lock = false, quiet = false;
     qcow2_image *a = NULL, *b = NULL;
     uint64_t mismatch = 0, status_off = 0, common;
     bool status_differs = false;
@@ -838,12 +839,17 @@ int cli_image_compare(int argc, char **argv)
         case 'U':
             no_lock = true;
             break;
+        case 'q':
+            quiet = true;
+            break;
         default:
             return cli_usage_hint("qsnap image compare", IMG_EXIT_FAIL);
         }
     }
     if (!want_operands(&p, 2, "qsnap image compare"))
         return IMG_EXIT_FAIL;
+    if (quiet)
+        progress = false; /* as qemu-img: -q shows no progress and no verdict, only errors */
     if (cli_open_image(&a, p.argv[0], fmt_a, false, no_lock) < 0)
         return 2;
     if (cli_open_image(&b, p.argv[1], fmt_b, false, no_lock) < 0) {
@@ -852,7 +858,8 @@ int cli_image_compare(int argc, char **argv)
     }
 
     if (strict && qcow2_image_size(a) != qcow2_image_size(b)) {
-        printf("Strict mode: Image size mismatch!\n");
+        if (!quiet)
+            printf("Strict mode: Image size mismatch!\n");
         status = 1;
         goto out_close;
     }
@@ -875,15 +882,19 @@ int cli_image_compare(int argc, char **argv)
         cli_progress_abort(&pr);
     /* qemu-img warns once the common part compared equal, before the tail. */
     if ((rc == 0 || (rc == 1 && mismatch >= common)) && qcow2_image_size(a) != qcow2_image_size(b))
-        printf("Warning: Image size mismatch!\n");
+        if (!quiet)
+            printf("Warning: Image size mismatch!\n");
     if (rc == 0) {
-        printf("Images are identical.\n");
+        if (!quiet)
+            printf("Images are identical.\n");
         status = 0;
     } else if (rc == 1) {
-        printf("Content mismatch at offset %" PRIu64 "!\n", mismatch);
+        if (!quiet)
+            printf("Content mismatch at offset %" PRIu64 "!\n", mismatch);
         status = 1;
     } else if (rc == 2) {
-        printf("Strict mode: Offset %" PRIu64 " block status mismatch!\n", status_off);
+        if (!quiet)
+            printf("Strict mode: Offset %" PRIu64 " block status mismatch!\n", status_off);
         status = 1;
     } else {
         fflush(stdout);
