@@ -38,8 +38,10 @@ struct io_cmd;
 
 /* The state one command runs against. */
 struct io_ctx {
-    qcow2_image *img; /* the open image */
+    qcow2_image *img; /* the open image, or NULL after close */
     bool quit;        /* a quit command was run */
+    char *path;       /* the image's path (for reopen), owned */
+    qcow2_open_opts oo; /* how it was opened */
 };
 
 /* A command: returns 0, or -1 when it failed (after printing why). */
@@ -69,6 +71,10 @@ static int cmd_writev(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, ch
 static int cmd_aio_flush(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 static int cmd_alloc(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 static int cmd_length(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
+static int cmd_truncate(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
+static int cmd_open(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
+static int cmd_close(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
+static int cmd_reopen(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 
 static const struct io_cmd io_cmds[] = {
     {"read", "r", cmd_read, 2, -1, "[-qv] [-P pattern] off len",
@@ -104,6 +110,19 @@ static const struct io_cmd io_cmds[] = {
      " Counts the bytes of [OFF, OFF+COUNT) (COUNT default 512) that the image\n"
      " itself allocates (data or zero clusters; not its backing files).\n"},
     {"length", "l", cmd_length, 0, 0, "", "gets the length of the current file", NULL},
+    {"truncate", "t", cmd_truncate, 1, 3, "[-m prealloc_mode] off",
+     "truncates the current file at the given offset",
+     " Sets the virtual size to OFF (shrinking discards what lies past it). Only\n"
+     " -m off is taken.\n"},
+    {"open", "o", cmd_open, 1, -1, "[-rsCnkU] [-t cache] [-d discard] [-o options] [path]",
+     "open the file specified by path",
+     " Opens PATH (after close) for the other commands. -r read-only, -U without\n"
+     " the image lock (with -r). -C, -n, -k, -s, -t, -d and -o are accepted and\n"
+     " ignored (there is no host cache mode, copy-on-read or snapshot mode).\n"},
+    {"close", "c", cmd_close, 0, 0, "", "close the current open file", NULL},
+    {"reopen", NULL, cmd_reopen, 0, -1, "[(-r|-w)] [-c cache] [-o options]",
+     "reopens an image with new options",
+     " -r reopens read-only, -w read-write; -c and -o are accepted and ignored.\n"},
     {"map", NULL, cmd_map, 0, 0, "", "prints the allocated areas of a file",
      " Lists the ranges allocated in the image itself (not in its backing files).\n"},
     {"info", "i", cmd_info, 0, 0, "", "prints information about the current file", NULL},
@@ -800,6 +819,161 @@ static int cmd_writev(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, ch
     return 0;
 }
 
+static int cmd_truncate(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
+{
+    uint64_t off;
+    int rc, i = 1;
+
+    if (argc == 4 && strcmp(argv[1], "-m") == 0) {
+        if (strcmp(argv[2], "off") != 0) {
+            fprintf(stderr, "qsnap: Invalid preallocation mode '%s' (only off)\n", argv[2]);
+            return -1;
+        }
+        i = 3;
+    } else if (argc != 2) {
+        print_cmd_usage(cmd);
+        return -1;
+    }
+    if (parse_num(argv[i], &off) < 0)
+        return -1;
+    rc = qcow2_image_resize(ctx->img, off, true);
+    if (rc == 0)
+        rc = qcow2_image_flush(ctx->img);
+    if (rc < 0) {
+        fprintf(stderr, "qsnap: %s\n", qcow2_error_last()->message);
+        return -1;
+    }
+    return 0;
+}
+
+/* Open path with ctx->oo into ctx (which holds no image). */
+static int io_open(struct io_ctx *ctx, const char *path)
+{
+    char *copy = strdup(path);
+    int rc;
+
+    if (!copy) {
+        cli_errorf("out of memory");
+        return -1;
+    }
+    rc = qcow2_image_open(&ctx->img, path, &ctx->oo);
+    if (rc < 0) {
+        fprintf(stderr, "qsnap: can't open device %s: %s\n", path, qcow2_error_last()->message);
+        free(copy);
+        ctx->img = NULL;
+        return -1;
+    }
+    free(ctx->path);
+    ctx->path = copy;
+    return 0;
+}
+
+static int cmd_open(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {NULL, 'r', false}, {NULL, 's', false}, {NULL, 'C', false}, {NULL, 'n', false},
+        {NULL, 'k', false}, {NULL, 'U', false}, {NULL, 't', true},  {NULL, 'd', true},
+        {NULL, 'o', true},  {NULL, 'i', true},  {NULL, 0, false},
+    };
+    bool read_only = false, no_lock = false;
+    cli_opt_parser p;
+    int c;
+
+    if (ctx->img) {
+        fprintf(stderr, "qsnap: file open already, try 'help close'\n");
+        return -1;
+    }
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    p.prog = cmd->name;
+    while ((c = cli_opt_next(&p)) != 0) {
+        if (c == 'r')
+            read_only = true;
+        else if (c == 'U')
+            no_lock = true;
+        else if (!strchr("sCnktdoi", c)) {
+            print_cmd_usage(cmd);
+            return -1;
+        }
+    }
+    if (p.nb_operands != 1) {
+        print_cmd_usage(cmd);
+        return -1;
+    }
+    if (no_lock && !read_only) {
+        fprintf(stderr, "qsnap: can't open device %s: force-share=on can only be used with "
+                        "read-only images\n", p.argv[0]);
+        return -1;
+    }
+    ctx->oo.flags = (read_only ? 0 : QCOW2_OPEN_RDWR) | (no_lock ? QCOW2_OPEN_NO_LOCK : 0);
+    return io_open(ctx, p.argv[0]);
+}
+
+/* Close the image (flushed first when it was writable); 0 or -1. final: the end of the run. */
+static int io_close(struct io_ctx *ctx, bool final)
+{
+    int rc = 0;
+
+    if (ctx->oo.flags & QCOW2_OPEN_RDWR) {
+        if (final)
+            fflush(stdout); /* a failure to make the writes durable comes after the output */
+        rc = qcow2_image_flush(ctx->img);
+        if (rc < 0)
+            cli_fail(rc, CLI_TABLE_IMAGE);
+    }
+    qcow2_image_close(ctx->img);
+    ctx->img = NULL;
+    return rc < 0 ? -1 : 0;
+}
+
+static int cmd_close(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
+{
+    (void)cmd;
+    (void)argc;
+    (void)argv;
+    return io_close(ctx, false);
+}
+
+static int cmd_reopen(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
+{
+    static const cli_opt_def defs[] = {
+        {NULL, 'r', false}, {NULL, 'w', false}, {NULL, 'c', true}, {NULL, 'o', true},
+        {NULL, 0, false},
+    };
+    unsigned flags = ctx->oo.flags;
+    cli_opt_parser p;
+    int c;
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    p.prog = cmd->name;
+    while ((c = cli_opt_next(&p)) != 0) {
+        if (c == 'r')
+            flags &= ~(unsigned)QCOW2_OPEN_RDWR;
+        else if (c == 'w')
+            flags |= QCOW2_OPEN_RDWR;
+        else if (c != 'c' && c != 'o') {
+            print_cmd_usage(cmd);
+            return -1;
+        }
+    }
+    if (p.nb_operands != 0) {
+        print_cmd_usage(cmd);
+        return -1;
+    }
+    if ((flags & QCOW2_OPEN_RDWR) && (flags & QCOW2_OPEN_NO_LOCK)) {
+        fprintf(stderr, "qsnap: Cannot reopen read-write with force-share\n");
+        return -1;
+    }
+    if (io_close(ctx, false) < 0)
+        return -1;
+    ctx->oo.flags = flags;
+    if (io_open(ctx, ctx->path) == 0)
+        return 0;
+    /* Back as it was, so the other commands still have an image. */
+    ctx->oo.flags = flags ^ QCOW2_OPEN_RDWR;
+    io_open(ctx, ctx->path);
+    return -1;
+}
+
 /* Every aio request already ran in order: what is left is making it durable. */
 static int cmd_aio_flush(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
 {
@@ -846,6 +1020,10 @@ static int run_line(struct io_ctx *ctx, char *line)
         fprintf(stderr, "command \"%s\" not found\n", words[0]);
         return -1;
     }
+    if (!ctx->img && cmd->fn != cmd_open && cmd->fn != cmd_help && cmd->fn != cmd_quit) {
+        fprintf(stderr, "no file open, try 'help open'\n");
+        return -1;
+    }
     nargs = argc - 1;
     if (nargs < cmd->min_args || (cmd->max_args >= 0 && nargs > cmd->max_args)) {
         if (cmd->max_args < 0)
@@ -878,7 +1056,7 @@ static int run_string(struct io_ctx *ctx, const char *text)
 }
 
 static const char io_help[] =
-    "Usage: qsnap image io [-r] [-f FMT] [-U] [-c CMD]... FILE\n"
+    "Usage: qsnap image io [-r] [-f FMT] [-U] [-t MODE] [-c CMD]... FILE\n"
     "\n"
     "Run qemu-io style commands on an image: each -c in order, or else one command\n"
     "per line from standard input (with a prompt when it is a terminal). The image\n"
@@ -903,6 +1081,10 @@ static const char io_help[] =
     "  map                              ranges allocated in the image itself\n"
     "  alloc OFF [COUNT]                bytes of a range the image itself allocates\n"
     "  length                           the virtual size\n"
+    "  truncate [-m off] OFF            set the virtual size (a shrink discards)\n"
+    "  close, open [-rU] PATH, reopen [-r|-w]\n"
+    "                                   close the image, open one, reopen it\n"
+    "                                   read-only or read-write\n"
     "  info                             format and format-specific information\n"
     "  help [COMMAND]                   list the commands or describe one\n"
     "  quit                             stop reading commands\n"
@@ -913,6 +1095,12 @@ static const char io_help[] =
     "  -r, --read-only      open the image read-only\n"
     "  -f, --format=FMT     image format: qcow2 or raw (default: probe)\n"
     "  -U, --force-share    open without taking the image lock (only with -r)\n"
+    "  -t, --cache=MODE     none, writeback, writethrough, directsync or unsafe:\n"
+    "                       accepted and ignored (writes are made durable at flush\n"
+    "                       and at the end whatever the mode)\n"
+    "  -n, -C, -k, -i MODE, -d MODE\n"
+    "                       qemu-io's no-cache, copy-on-read, aio and discard\n"
+    "                       options: accepted and ignored\n"
     "  -h, --help           show this help and exit\n"
     "\n"
     "Exit status: 0 when every command succeeded, 1 otherwise.\n";
@@ -921,9 +1109,11 @@ int cli_image_io(int argc, char **argv)
 {
     static const cli_opt_def defs[] = {
         {"help", 'h', false},      {"cmd", 'c', true},          {"read-only", 'r', false},
-        {"format", 'f', true},     {"force-share", 'U', false}, {NULL, 0, false},
+        {"format", 'f', true},     {"force-share", 'U', false}, {"cache", 't', true},
+        {"nocache", 'n', false},   {"copy-on-read", 'C', false}, {"native-aio", 'k', false},
+        {"aio", 'i', true},        {"discard", 'd', true},      {NULL, 0, false},
     };
-    struct io_ctx ctx = {NULL, false};
+    struct io_ctx ctx = {NULL, false, NULL, QCOW2_OPEN_OPTS_INIT};
     bool no_lock = false, read_only = false, failed = false;
     qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
     const char **cmds;
@@ -955,6 +1145,20 @@ int cli_image_io(int argc, char **argv)
         case 'U':
             no_lock = true;
             break;
+        case 't':
+            if (strcmp(p.arg, "none") != 0 && strcmp(p.arg, "writeback") != 0 &&
+                strcmp(p.arg, "writethrough") != 0 && strcmp(p.arg, "directsync") != 0 &&
+                strcmp(p.arg, "unsafe") != 0) {
+                cli_errorf("Invalid cache option: %s", p.arg);
+                goto out_usage;
+            }
+            break; /* accepted; writes are flushed at flush and at the end whatever the mode */
+        case 'n':
+        case 'C':
+        case 'k':
+        case 'i':
+        case 'd':
+            break; /* accepted and ignored: no host cache bypass, copy-on-read or aio modes */
         default:
             cli_usage_hint("qsnap image io", 1);
             goto out_usage;
@@ -971,7 +1175,9 @@ int cli_image_io(int argc, char **argv)
         goto out_usage;
     }
     oo.flags = (read_only ? 0 : QCOW2_OPEN_RDWR) | (no_lock ? QCOW2_OPEN_NO_LOCK : 0);
-    rc = qcow2_image_open(&ctx.img, p.argv[0], &oo);
+    ctx.oo = oo;
+    ctx.path = strdup(p.argv[0]);
+    rc = ctx.path ? qcow2_image_open(&ctx.img, p.argv[0], &oo) : QCOW2_ENOMEM;
     if (rc < 0) {
         /* -U needs -r: reads only. */
         cli_fail_open(rc, CLI_TABLE_IMAGE,
@@ -1006,19 +1212,14 @@ int cli_image_io(int argc, char **argv)
             printf("\n");
     }
     /* Report a failure to make the writes durable (close cannot). */
-    if (!read_only) {
-        fflush(stdout);
-        rc = qcow2_image_flush(ctx.img);
-        if (rc < 0) {
-            cli_fail(rc, CLI_TABLE_IMAGE);
-            failed = true;
-        }
-    }
-    qcow2_image_close(ctx.img);
+    if (ctx.img && io_close(&ctx, true) < 0)
+        failed = true;
+    free(ctx.path);
     free(cmds);
     return failed ? 1 : 0;
 
 out_usage:
+    free(ctx.path);
     free(cmds);
     return 1;
 }
