@@ -7,6 +7,7 @@
  * same pattern bytes). The exit status is 1 when any command failed, as in
  * qemu-io.
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +32,8 @@
 #define IO_ALIGN_ERROR "Invalid argument"
 /* Reads go through a buffer of this size, so memory does not grow with LEN. */
 #define IO_CHUNK (1u << 20)
+/* write -s: the most bytes taken from the source file (it repeats when shorter). */
+#define IO_SOURCE_MAX (64u << 20)
 /* Words in one command line. */
 #define IO_MAX_WORDS 64
 
@@ -77,13 +80,16 @@ static int cmd_close(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, cha
 static int cmd_reopen(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 
 static const struct io_cmd io_cmds[] = {
-    {"read", "r", cmd_read, 2, -1, "[-qv] [-P pattern] off len",
+    {"read", "r", cmd_read, 2, -1, "[-Cpqv] [-P pattern [-s off] [-l len]] off len",
      "reads a number of bytes at a specified offset",
      " Reads LEN bytes of guest data at offset OFF (through the backing chain).\n"
      " OFF and LEN take the suffixes k, M, G, T, P, E (powers of 1024).\n"
      " -P, -- verify that every byte read equals PATTERN (0..255)\n"
      " -q, -- quiet mode, do not show I/O statistics\n"
-     " -v, -- dump the data read (hexadecimal and characters)\n"},
+     " -v, -- dump the data read (hexadecimal and characters)\n"
+     " -s, -- with -P: start of the verified range in the data read\n"
+     " -l, -- with -P: length of the verified range\n"
+     " -p, -C, -- accepted and ignored\n"},
     {"readv", NULL, cmd_readv, 2, -1, "[-qv] [-P pattern] off len [len..]",
      "reads a number of bytes at a specified offset",
      " Reads the sum of the LENs at offset OFF in one request.\n"
@@ -128,7 +134,7 @@ static const struct io_cmd io_cmds[] = {
     {"info", "i", cmd_info, 0, 0, "", "prints information about the current file", NULL},
     {"help", "?", cmd_help, 0, 1, "[command]", "help for one or all commands", NULL},
     {"quit", "q", cmd_quit, 0, 0, "", "exit the program", NULL},
-    {"write", "w", cmd_write, 2, -1, "[-cnquz] [-P pattern] off len",
+    {"write", "w", cmd_write, 2, -1, "[-cnquz] [-P pattern | -s source_file] off len",
      "writes a number of bytes at a specified offset",
      " Writes LEN bytes at offset OFF, filled with PATTERN (default 0xcd).\n"
      " OFF and LEN take the suffixes k, M, G, T, P, E (powers of 1024).\n"
@@ -136,8 +142,10 @@ static const struct io_cmd io_cmds[] = {
      "        reaching the end of the image)\n"
      " -n, -- with -z, allow LEN beyond the usual request cap\n"
      " -P, -- fill the data with PATTERN (0..255)\n"
+     " -s, -- take the data from SOURCE_FILE (repeated when shorter)\n"
      " -q, -- quiet mode, do not show I/O statistics\n"
      " -u, -- with -z, allow the clusters to be freed\n"
+     " -p, -C, -f, -- accepted and ignored\n"
      " -z, -- write zeroes (zero clusters where the format has them)\n"},
     {"discard", "d", cmd_discard, 2, -1, "[-q] off len",
      "discards a number of bytes at a specified offset",
@@ -240,7 +248,12 @@ static void dump_buffer(const unsigned char *buf, uint64_t off, uint64_t len)
 }
 
 /* Read len bytes at off and print qemu-io's lines; pattern < 0: no verification. */
-static int do_read(struct io_ctx *ctx, uint64_t off, uint64_t len, int pattern, bool quiet, bool dump)
+/*
+ * Read len bytes at off and print qemu-io's lines; pattern < 0: no
+ * verification, else bytes [vstart, vstart + vlen) of the data must equal it.
+ */
+static int do_read_range(struct io_ctx *ctx, uint64_t off, uint64_t len, int pattern, bool quiet,
+                         bool dump, uint64_t vstart, uint64_t vlen)
 {
     bool verify = pattern >= 0, mismatch = false;
     uint64_t done;
@@ -268,7 +281,7 @@ static int do_read(struct io_ctx *ctx, uint64_t off, uint64_t len, int pattern, 
         if (rc < 0 || !verify || mismatch)
             continue;
         for (i = 0; i < n; i++) {
-            if (buf[i] != pattern) {
+            if (done + i >= vstart && done + i - vstart < vlen && buf[i] != pattern) {
                 mismatch = true;
                 break;
             }
@@ -279,12 +292,18 @@ static int do_read(struct io_ctx *ctx, uint64_t off, uint64_t len, int pattern, 
     if (rc < 0)
         return io_failed("read", rc);
     if (mismatch)
-        printf("Pattern verification failed at offset %" PRIu64 ", %" PRIu64 " bytes\n", off, len);
+        printf("Pattern verification failed at offset %" PRIu64 ", %" PRIu64 " bytes\n",
+               off + vstart, vlen);
     if (!quiet) {
         printf("read %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", len, len, off);
         print_stats(len, t1 - t0);
     }
     return mismatch ? -1 : 0;
+}
+
+static int do_read(struct io_ctx *ctx, uint64_t off, uint64_t len, int pattern, bool quiet, bool dump)
+{
+    return do_read_range(ctx, off, len, pattern, quiet, dump, 0, len);
 }
 
 /* Parse read's and readv's options; returns the number of operands or -1. */
@@ -323,14 +342,49 @@ static int parse_read_opts(const struct io_cmd *cmd, int argc, char **argv, cli_
 
 static int cmd_read(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
 {
+    static const cli_opt_def defs[] = {
+        {NULL, 'P', true},  {NULL, 'q', false}, {NULL, 'v', false}, {NULL, 's', true},
+        {NULL, 'l', true},  {NULL, 'p', false}, {NULL, 'C', false}, {NULL, 0, false},
+    };
+    bool quiet = false, dump = false, have_s = false, have_l = false;
+    uint64_t off, len, vstart = 0, vlen = 0;
+    int pattern = -1, c;
     cli_opt_parser p;
-    bool quiet, dump;
-    int pattern, n = parse_read_opts(cmd, argc, argv, &p, &pattern, &quiet, &dump);
-    uint64_t off, len;
 
-    if (n < 0)
-        return -1;
-    if (n != 2) {
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    p.prog = cmd->name;
+    while ((c = cli_opt_next(&p)) != 0) {
+        switch (c) {
+        case 'P':
+            pattern = parse_pattern(p.arg);
+            if (pattern < 0)
+                return -1;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case 'v':
+            dump = true;
+            break;
+        case 's':
+            if (parse_num(p.arg, &vstart) < 0)
+                return -1;
+            have_s = true;
+            break;
+        case 'l':
+            if (parse_num(p.arg, &vlen) < 0)
+                return -1;
+            have_l = true;
+            break;
+        case 'p': /* qemu-io's old pread switch: ignored, as in qemu-io */
+        case 'C': /* copy-on-read for this request: accepted and ignored */
+            break;
+        default:
+            print_cmd_usage(cmd);
+            return -1;
+        }
+    }
+    if (p.nb_operands != 2 || ((have_s || have_l) && pattern < 0)) {
         print_cmd_usage(cmd);
         return -1;
     }
@@ -340,7 +394,13 @@ static int cmd_read(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char
         printf("length cannot exceed %llu, given %s\n", IO_MAX_REQUEST, p.argv[1]);
         return -1;
     }
-    return do_read(ctx, off, len, pattern, quiet, dump);
+    if (!have_l)
+        vlen = vstart < len ? len - vstart : 0;
+    if (vstart > len || vlen > len - vstart) {
+        printf("pattern verification range exceeds end of read data\n");
+        return -1;
+    }
+    return do_read_range(ctx, off, len, pattern, quiet, dump, vstart, vlen);
 }
 
 /* The sum of the lengths in words[0..n), or -1 after qemu-io's message. */
@@ -577,9 +637,19 @@ static int has_own_clusters(struct io_ctx *ctx, uint64_t off, uint64_t len)
     return 0;
 }
 
+/* Write len bytes at off, in chunks: src repeated (when src_len > 0), else pattern. */
+static int write_data_from(struct io_ctx *ctx, uint64_t off, uint64_t len, const unsigned char *src,
+                           size_t src_len, int pattern, bool compressed);
+
 /* Write len bytes of pattern at off, in chunks; returns the library's code. */
 static int write_pattern(struct io_ctx *ctx, uint64_t off, uint64_t len, int pattern,
                          bool compressed)
+{
+    return write_data_from(ctx, off, len, NULL, 0, pattern, compressed);
+}
+
+static int write_data_from(struct io_ctx *ctx, uint64_t off, uint64_t len, const unsigned char *src,
+                           size_t src_len, int pattern, bool compressed)
 {
     size_t chunk = write_chunk(ctx, len, compressed);
     uint64_t done;
@@ -591,9 +661,13 @@ static int write_pattern(struct io_ctx *ctx, uint64_t off, uint64_t len, int pat
     buf = malloc(chunk);
     if (!buf)
         return QCOW2_ENOMEM;
-    memset(buf, pattern, chunk);
+    if (!src_len)
+        memset(buf, pattern, chunk);
     for (done = 0; done < len && rc == 0; done += chunk) {
         size_t n = len - done < chunk ? (size_t)(len - done) : chunk;
+
+        for (size_t i = 0; src_len && i < n; i++)
+            buf[i] = src[(done + i) % src_len];
 
         if (compressed)
             rc = qcow2_image_write_compressed(ctx->img, buf, n, off + done);
@@ -608,10 +682,14 @@ static int cmd_write(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, cha
 {
     static const cli_opt_def defs[] = {
         {NULL, 'P', true},  {NULL, 'q', false}, {NULL, 'z', false}, {NULL, 'u', false},
-        {NULL, 'c', false}, {NULL, 'n', false}, {NULL, 'p', false}, {NULL, 0, false},
+        {NULL, 'c', false}, {NULL, 'n', false}, {NULL, 'p', false}, {NULL, 's', true},
+        {NULL, 'C', false}, {NULL, 'f', false}, {NULL, 0, false},
     };
     bool quiet = false, zero = false, unmap = false, compressed = false, no_cap = false;
     bool have_pattern = false;
+    const char *src_file = NULL;
+    unsigned char *src = NULL;
+    size_t src_len = 0;
     int pattern = IO_DEFAULT_PATTERN, c, rc;
     uint64_t off, len;
     cli_opt_parser p;
@@ -644,6 +722,12 @@ static int cmd_write(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, cha
             break;
         case 'p':
             break; /* ignored, as in qemu-io */
+        case 'C':
+        case 'f':
+            break; /* qemu-io's compressed-request and FUA flags: each write is made durable at flush */
+        case 's':
+            src_file = p.arg;
+            break;
         default:
             print_cmd_usage(cmd);
             return -1;
@@ -651,6 +735,10 @@ static int cmd_write(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, cha
     }
     if (p.nb_operands != 2) {
         print_cmd_usage(cmd);
+        return -1;
+    }
+    if ((zero + have_pattern + (src_file != NULL)) > 1) {
+        printf("Only one of -z, -P, and -s can be specified at the same time\n");
         return -1;
     }
     if (zero && have_pattern) {
@@ -689,13 +777,36 @@ static int cmd_write(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, cha
             return -1;
         }
     }
+    if (src_file) {
+        /* The data is the file's bytes, repeated when the file is shorter (as qemu-io). */
+        FILE *f = fopen(src_file, "rb");
+        size_t want = len < IO_SOURCE_MAX ? (size_t)len : IO_SOURCE_MAX;
+        bool longer;
+
+        if (!f) {
+            fprintf(stderr, "%s: %s\n", src_file, strerror(errno));
+            return -1;
+        }
+        src = malloc(want ? want : 1);
+        src_len = src ? fread(src, 1, want, f) : 0;
+        longer = src_len == want && want < len && fgetc(f) != EOF;
+        fclose(f);
+        if (!src || (len && src_len == 0) || longer) {
+            fprintf(stderr, "%s: %s\n", src_file,
+                    !src ? "out of memory" : longer ? "more than 64 MiB of data is used"
+                                                    : "the file is empty");
+            free(src);
+            return -1;
+        }
+    }
     t0 = now_sec();
     if (zero)
         rc = len ? qcow2_image_write_zeroes(ctx->img, off, len, unmap ? QCOW2_ZERO_MAY_UNMAP : 0)
                  : 0;
     else
-        rc = write_pattern(ctx, off, len, pattern, compressed);
+        rc = write_data_from(ctx, off, len, src, src_len, pattern, compressed);
     t1 = now_sec();
+    free(src);
     if (rc < 0)
         return io_failed("write", rc);
     if (!quiet) {
