@@ -354,7 +354,8 @@ int cli_image_resize(int argc, char **argv)
         cli_errorf(p.nb_operands < 2 ? "Not enough arguments" : "Expecting image file name and size");
         return cli_usage_hint("qsnap image resize", 1);
     }
-    oo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING;
+    /* The backing chain is opened: a grow zeroes what a longer backing file would show. */
+    oo.flags = QCOW2_OPEN_RDWR;
     rc = qcow2_image_open(&img, p.argv[0], &oo);
     if (rc < 0)
         return cli_fail(rc, CLI_TABLE_IMAGE);

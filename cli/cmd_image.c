@@ -753,6 +753,7 @@ int cli_image_convert(int argc, char **argv)
         goto out;
 
     cli_progress_begin(&pr, progress, true);
+    pr.qemu_steps = true; /* one line per copied extent, as qemu-img convert -p */
     copts.format = out_fmt;
     copts.compress = compress;
     copts.progress = cli_progress_update;
@@ -774,7 +775,7 @@ out:
 
 static const char compare_help[] =
     "Usage: qsnap image compare [-f FMT] [-F FMT] [-l SNAPSHOT] [-L SNAPSHOT] [-s] [-p]\n"
-    "                           [-U] A B\n"
+    "                           [-q] [-U] A B\n"
     "\n"
     "Compare the guest content of images A and B (each with its backing chain), as\n"
     "qemu-img compare does. Without -s, images of different sizes are identical when\n"
@@ -789,6 +790,7 @@ static const char compare_help[] =
     "                       do ranges whose allocation status differs (allocated,\n"
     "                       zero, data, offset known) even where they read the same\n"
     "  -p, --progress       show progress\n"
+    "  -q, --quiet          print nothing but errors (the exit status tells)\n"
     "  -U, --force-share    open without taking the image locks\n"
     "  -h, --help           show this help and exit\n"
     "\n"
@@ -844,12 +846,13 @@ int cli_image_compare(int argc, char **argv)
     static const cli_opt_def defs[] = {
         {"help", 'h', false},     {NULL, 'f', true},           {NULL, 'F', true},
         {"strict", 's', false},   {"progress", 'p', false},    {"force-share", 'U', false},
-        {NULL, 'l', true},        {NULL, 'L', true},           {NULL, 0, false},
+        {NULL, 'l', true},        {NULL, 'L', true},           {"quiet", 'q', false},
+        {NULL, 0, false},
     };
     cli_opt_parser p;
     const char *snap_a = NULL, *snap_b = NULL;
     qcow2_format fmt_a = QCOW2_FORMAT_AUTO, fmt_b = QCOW2_FORMAT_AUTO;
-    bool strict = false, progress = false, no_lock = false;
+    bool strict = false, progress = false, no_lock = false, quiet = false;
     qcow2_image *a = NULL, *b = NULL;
     uint64_t mismatch = 0, status_off = 0, common;
     bool status_differs = false;
@@ -885,12 +888,17 @@ int cli_image_compare(int argc, char **argv)
         case 'L':
             snap_b = p.arg;
             break;
+        case 'q':
+            quiet = true;
+            break;
         default:
             return cli_usage_hint("qsnap image compare", IMG_EXIT_FAIL);
         }
     }
     if (!want_operands(&p, 2, "qsnap image compare"))
         return IMG_EXIT_FAIL;
+    if (quiet)
+        progress = false; /* as qemu-img: -q shows no progress and no verdict, only errors */
     if (open_image_at(&a, p.argv[0], fmt_a, no_lock, snap_a) < 0)
         return 2;
     if (open_image_at(&b, p.argv[1], fmt_b, no_lock, snap_b) < 0) {
@@ -899,7 +907,8 @@ int cli_image_compare(int argc, char **argv)
     }
 
     if (strict && qcow2_image_size(a) != qcow2_image_size(b)) {
-        printf("Strict mode: Image size mismatch!\n");
+        if (!quiet)
+            printf("Strict mode: Image size mismatch!\n");
         status = 1;
         goto out_close;
     }
@@ -922,15 +931,19 @@ int cli_image_compare(int argc, char **argv)
         cli_progress_abort(&pr);
     /* qemu-img warns once the common part compared equal, before the tail. */
     if ((rc == 0 || (rc == 1 && mismatch >= common)) && qcow2_image_size(a) != qcow2_image_size(b))
-        printf("Warning: Image size mismatch!\n");
+        if (!quiet)
+            printf("Warning: Image size mismatch!\n");
     if (rc == 0) {
-        printf("Images are identical.\n");
+        if (!quiet)
+            printf("Images are identical.\n");
         status = 0;
     } else if (rc == 1) {
-        printf("Content mismatch at offset %" PRIu64 "!\n", mismatch);
+        if (!quiet)
+            printf("Content mismatch at offset %" PRIu64 "!\n", mismatch);
         status = 1;
     } else if (rc == 2) {
-        printf("Strict mode: Offset %" PRIu64 " block status mismatch!\n", status_off);
+        if (!quiet)
+            printf("Strict mode: Offset %" PRIu64 " block status mismatch!\n", status_off);
         status = 1;
     } else {
         fflush(stdout);

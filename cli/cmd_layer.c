@@ -2,13 +2,10 @@
  * `qsnap image commit`, `rebase` and `measure`: qemu-img's layer commands
  * with its options, lines and exit statuses. The work is done by
  * qcow2_image_commit(), qcow2_image_rebase() and qcow2_measure(); this file
- * only finds the layer a -b BASE names (by comparing files, as a user would
- * expect), checks the command line as qemu-img does and prints the results.
- *
- * One deliberate difference from qemu-img 7.2: `commit -b BASE` with a BASE
- * deeper than the immediate backing file relinks FILE onto BASE and empties
- * it (unless -d), so FILE keeps its guest content and the layers between drop
- * out of its chain; qemu-img implies -d there and leaves the chain as it was.
+ * only finds the layer a -b BASE names (as the chain names it: a relative
+ * name is taken relative to the image that names each backing file, and
+ * files are compared, not spellings), checks the command line as qemu-img
+ * does and prints the results. As in qemu-img, an explicit -b implies -d.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -48,17 +45,16 @@ static const char commit_help[] =
     "file (or into BASE, a deeper layer of its chain, with everything the layers\n"
     "between allocate), as qemu-img commit does. Only the ranges allocated above\n"
     "the base are copied; the base grows when FILE is larger. The base holds the\n"
-    "data durably before FILE changes; then FILE is emptied, unless -d.\n"
+    "data durably before FILE changes; then FILE is emptied, unless -d or -b.\n"
     "\n"
-    "Unlike qemu-img 7.2, committing into a BASE deeper than the immediate backing\n"
-    "file also rewrites FILE's backing link to BASE (the layers between drop out of\n"
-    "its chain) and empties FILE unless -d; qemu-img implies -d there and leaves\n"
-    "the chain as it was. The layers between are never modified.\n"
+    "As in qemu-img, -b implies -d: FILE and the layers between keep their data.\n"
+    "A relative BASE is taken relative to the image whose backing file it names,\n"
+    "not to the current directory, as qemu-img does.\n"
     "\n"
     "Options:\n"
     "  -f, --format=FMT     format of FILE: qcow2 or raw (default: probe)\n"
     "  -b BASE              the layer to commit into (a file of FILE's backing\n"
-    "                       chain; default: FILE's backing file)\n"
+    "                       chain; default: FILE's backing file); implies -d\n"
     "  -d                   keep FILE's data (do not empty it afterwards)\n"
     "  -p, --progress       show progress\n"
     "  -q, --quiet          print nothing on success\n"
@@ -75,19 +71,31 @@ static bool same_file(const struct stat *a, const char *path)
 }
 
 /*
- * The layer of top's chain below top whose file is the file base_path
- * names, or NULL.
+ * The layer of top's chain below top that base_name names, or NULL. As
+ * qemu-img finds it: for each image of the chain that has a backing file,
+ * base_name (when relative, taken relative to that image's directory) is
+ * its backing file.
  */
-static const qcow2_image *find_base_layer(const qcow2_image *top, const char *base_path)
+static const qcow2_image *find_base_layer(const qcow2_image *top, const char *base_name)
 {
-    const qcow2_image *layer;
-    struct stat st;
+    const qcow2_image *layer, *below;
+    char path[4096];
 
-    if (stat(base_path, &st) < 0)
-        return NULL;
-    for (layer = qcow2_image_backing(top); layer; layer = qcow2_image_backing(layer))
-        if (same_file(&st, qcow2_image_filename(layer)))
-            return layer;
+    for (layer = top; (below = qcow2_image_backing(layer)) != NULL; layer = below) {
+        const char *name = qcow2_image_filename(layer);
+        const char *slash = strrchr(name, '/');
+        struct stat st;
+        int n;
+
+        if (base_name[0] == '/' || !slash)
+            n = snprintf(path, sizeof(path), "%s", base_name);
+        else
+            n = snprintf(path, sizeof(path), "%.*s/%s", (int)(slash - name), name, base_name);
+        if (n < 0 || (size_t)n >= sizeof(path) || stat(path, &st) < 0)
+            continue;
+        if (same_file(&st, qcow2_image_filename(below)))
+            return below;
+    }
     return NULL;
 }
 
@@ -120,6 +128,7 @@ int cli_image_commit(int argc, char **argv)
             break;
         case 'b':
             base_path = p.arg;
+            co.keep_top = true; /* -b implies -d, as in qemu-img */
             break;
         case 'd':
             co.keep_top = true;

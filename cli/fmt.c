@@ -69,7 +69,8 @@ int cli_parse_size(const char *s, uint64_t *out)
         if (shift < 0 || end[1] != '\0')
             return -1;
     }
-    if (has_frac && shift == 0)
+    /* As qemu: a fraction needs a suffix, unless it is zero ("1024.0"). */
+    if (has_frac && shift == 0 && frac != 0.0)
         return -1;
     if (shift && whole > (UINT64_MAX >> shift))
         return -1;

@@ -117,6 +117,19 @@ void cli_progress_update(uint64_t done, uint64_t total, void *payload)
         draw_bar(pr, t);
         return;
     }
+    if (pr->qemu_steps) {
+        /* As qemu-img: the percent as a float, printed rounded to two places. */
+        float cur = total == 0 || done >= total ? 100.0f
+                                                : (float)(100.0 * (double)done / (double)total);
+        if (cur > pr->last_pct + 1.0f || cur < pr->last_pct - 1.0f || cur == 100.0f || cur == 0.0f) {
+            printf("    (%3.2f/100%%)\r", (double)cur);
+            fflush(stdout);
+            pr->last_pct = cur;
+            pr->last_shown = cur == 100.0f ? 10000 : (int)(cur * 100.0f);
+            pr->visible = true;
+        }
+        return;
+    }
     if (total == 0 || done >= total)
         hundredths = 10000;
     else

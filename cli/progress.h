@@ -29,6 +29,8 @@ typedef struct cli_progress {
     double last_draw; /* bar: when it was last drawn */
     uint64_t done;   /* bytes done at the last update */
     uint64_t total;  /* bytes in all at the last update */
+    bool qemu_steps; /* percentage line: qemu-img's rule (a line past 1% from the last, and at 0 and 100 each time) */
+    float last_pct;  /* qemu_steps: percent last printed */
 } cli_progress;
 
 /*

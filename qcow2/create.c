@@ -123,10 +123,10 @@ static int check_opts(const char *name, const qcow2_create_opts *o)
                                                  "(compat=1.1)");
     if (!is_pow2(o->cluster_size) || o->cluster_size < 512 || o->cluster_size > (2u << 20))
         return qcow2__err(QCOW2_EINVAL, 0, name,
-                          "cluster size must be a power of two between 512 and 2M");
+                          "Cluster size must be a power of two between 512 and 2048k");
     if (!is_pow2(o->refcount_bits) || o->refcount_bits > 64)
         return qcow2__err(QCOW2_EINVAL, 0, name,
-                          "refcount width must be a power of two of at most 64 bits");
+                          "Refcount width must be a power of two and may not exceed 64 bits");
     if (o->qcow2_version == 2 && o->refcount_bits != 16)
         return qcow2__err(QCOW2_EINVAL, 0, name,
                           "refcount widths other than 16 bits need compat=1.1");

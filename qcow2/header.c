@@ -68,6 +68,7 @@ static int parse_feature_table(qcow2_image *img, const uint8_t *p, uint32_t len)
         }
     }
     img->nb_features = n;
+    img->features_kept = true;
     return 0;
 }
 
@@ -170,6 +171,9 @@ static int parse_extensions(qcow2_image *img, const uint8_t *buf, uint64_t start
         p = buf + off;
         switch (type) {
         case QCOW2_EXT_BACKING_FORMAT:
+            /* qemu takes the last one when there are several; a rewrite keeps one. */
+            qcow2__free(img->backing_fmt);
+            img->backing_fmt = NULL;
             rc = ext_string(img, "backing format", p, len, &img->backing_fmt);
             break;
         case QCOW2_EXT_FEATURE_TABLE:
@@ -554,24 +558,33 @@ static int serialize(qcow2_image *img, uint8_t *buf, size_t buf_len, bool with_f
 }
 
 /*
- * The feature-name table is only an aid for messages. It is left out when
- * the header would not fit in its first 512-byte sector with it (qemu, too,
- * leaves it out when it does not fit): a header that fits in one sector is
- * rewritten with one sector write, which storage applies whole or not at
- * all, so a crash never leaves a header naming half-written bytes.
+ * The feature-name table is only an aid for messages. A new one is left out
+ * when the header would not fit in its first 512-byte sector with it: a
+ * header that fits in one sector is rewritten with one sector write, which
+ * storage applies whole or not at all, so a crash never leaves a header
+ * naming half-written bytes. A table the image already has is kept wherever
+ * cluster 0 has room for it, as qemu keeps it (qcow2__header_write then
+ * writes the part past the first sector first). features false: leave it out.
  */
-int qcow2__header_serialize(qcow2_image *img, uint8_t *buf, size_t buf_len, size_t *used_out)
+static int serialize_header(qcow2_image *img, uint8_t *buf, size_t buf_len, bool features,
+                            size_t *used_out)
 {
     size_t used = 0;
-    int rc = serialize(img, buf, buf_len, true, &used);
+    int rc = serialize(img, buf, buf_len, features, &used);
 
-    if ((rc == QCOW2_EINVAL || (!rc && used > QCOW2_HEADER_SECTOR)) && img->nb_features) {
+    if ((rc == QCOW2_EINVAL || (!rc && used > QCOW2_HEADER_SECTOR && !img->features_kept)) &&
+        features && img->nb_features) {
         memset(buf, 0, buf_len);
         rc = serialize(img, buf, buf_len, false, &used);
     }
     if (!rc && used_out)
         *used_out = used;
     return rc;
+}
+
+int qcow2__header_serialize(qcow2_image *img, uint8_t *buf, size_t buf_len, size_t *used_out)
+{
+    return serialize_header(img, buf, buf_len, true, used_out);
 }
 
 /*
@@ -639,7 +652,7 @@ static int place_tail(qcow2_image *img, uint8_t *buf, size_t buf_len, size_t *us
  *    sector, flushed. A crash at any point leaves the old header or the new
  *    one, each with every byte it refers to.
  */
-int qcow2__header_write(qcow2_image *img)
+static int header_write(qcow2_image *img, bool features)
 {
     size_t len = (size_t)img->cluster_size, used = 0, sector = QCOW2_HEADER_SECTOR;
     uint64_t old_name_off = img->hdr.backing_off,
@@ -650,7 +663,7 @@ int qcow2__header_write(qcow2_image *img)
 
     if (!buf)
         return qcow2__nomem();
-    rc = qcow2__header_serialize(img, buf, len, &used);
+    rc = serialize_header(img, buf, len, features, &used);
     ext_end = img->hdr.backing_len ? img->hdr.backing_off : used;
     if (!rc && used > sector)
         rc = place_tail(img, buf, len, &used, ext_end, old_ext_end, old_name_off, old_name_end);
@@ -690,5 +703,23 @@ int qcow2__header_write(qcow2_image *img)
     }
 out:
     qcow2__free(buf);
+    return rc;
+}
+
+/*
+ * When a kept feature-name table would have to move over bytes past the
+ * first sector that the old header refers to (an extension before it went
+ * away), the header is written twice: without the table (the old bytes are
+ * then free), and with it. Each write is crash-safe on its own.
+ */
+int qcow2__header_write(qcow2_image *img)
+{
+    int rc = header_write(img, true);
+
+    if (rc != QCOW2_EUNSUPPORTED || !img->features_kept || !img->nb_features)
+        return rc;
+    rc = header_write(img, false);
+    if (!rc && header_write(img, true) == QCOW2_EUNSUPPORTED)
+        return 0; /* no room past the first sector: the header stays without the table */
     return rc;
 }

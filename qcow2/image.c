@@ -356,8 +356,9 @@ static int open_backing(qcow2_image *img, struct chain_ctx *ctx)
     for (unsigned i = 0; i < ctx->nb_seen; i++) {
         if (strcmp(ctx->seen[i], canon) == 0) {
             qcow2__free(canon);
-            return qcow2__corrupt(img, "backing chain loops: '%s' is already in the chain",
-                                  img->backing_path);
+            /* qemu-img's words (scripts compare them); the name is the repeated file's. */
+            return qcow2__err(QCOW2_ECORRUPT, 0, NULL, "Backing file '%s' creates an infinite loop.",
+                              img->backing_path);
         }
     }
     ctx->seen[ctx->nb_seen++] = canon;

@@ -257,6 +257,73 @@ static bool all_zero(const uint8_t *buf, uint64_t n)
 }
 
 /*
+ * Progress of a convert as qemu-img convert -p counts it: over the bytes it
+ * copies (data, and zeroes too when min_sparse is 0), one step after each
+ * extent of at most OPS_CHUNK bytes, and a last one at the end.
+ */
+struct conv_progress {
+    const qcow2_convert_opts *o;
+    qcow2_image *src;
+    uint64_t cursor; /* guest offset up to which the steps are shown */
+    uint64_t done;   /* bytes */
+    uint64_t total;  /* bytes */
+};
+
+static bool conv_counts(const qcow2_extent *e, const qcow2_convert_opts *o)
+{
+    return !ext_is_zero(e) || !o->min_sparse;
+}
+
+static int conv_progress_init(struct conv_progress *p, qcow2_image *src, const qcow2_convert_opts *o)
+{
+    p->o = o;
+    p->src = src;
+    p->cursor = p->done = p->total = 0;
+    if (!o->progress)
+        return 0;
+    for (uint64_t off = 0; off < src->size;) {
+        qcow2_extent e;
+        int rc = qcow2_image_block_status(src, NULL, off, qcow2__min(src->size - off, OPS_CHUNK), &e);
+
+        if (rc)
+            return rc;
+        if (conv_counts(&e, o))
+            p->total += e.length;
+        off += e.length;
+    }
+    return 0;
+}
+
+/*
+ * The copy has passed copied_to: one step for each extent of the counting
+ * walk that ends there or before (the copy itself may move in other pieces).
+ */
+static void conv_progress_to(struct conv_progress *p, uint64_t copied_to)
+{
+    if (!p->o->progress)
+        return;
+    while (p->cursor < copied_to) {
+        qcow2_extent e;
+
+        if (qcow2_image_block_status(p->src, NULL, p->cursor,
+                                     qcow2__min(p->src->size - p->cursor, OPS_CHUNK), &e) ||
+            p->cursor + e.length > copied_to)
+            return;
+        p->cursor += e.length;
+        if (conv_counts(&e, p->o)) {
+            p->done = qcow2__min(p->done + e.length, p->total);
+            p->o->progress(p->done, p->total, p->o->payload);
+        }
+    }
+}
+
+static void conv_progress_end(struct conv_progress *p)
+{
+    if (p->o->progress)
+        p->o->progress(p->total, p->total, p->o->payload);
+}
+
+/*
  * Write one run of source data into a qcow2 target. Runs are cluster
  * aligned (except at the end of the image). Zero blocks of min_sparse bytes
  * are left unallocated (the target is new: it reads as zeroes); with
@@ -337,6 +404,7 @@ static int convert_qcow2(qcow2_image *src, const char *dst_path, const qcow2_con
     qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
     qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
     qcow2_image *dst = NULL;
+    struct conv_progress cp;
     uint8_t *buf = NULL;
     uint64_t off = 0, chunk, pf_end = 0;
     int rc;
@@ -362,6 +430,11 @@ static int convert_qcow2(qcow2_image *src, const char *dst_path, const qcow2_con
     if (rc)
         return rc;
     chunk = qcow2__max(OPS_CHUNK, dst->cluster_size);
+    if (!o->backing) {
+        rc = conv_progress_init(&cp, src, o);
+        if (rc)
+            goto out;
+    }
     buf = qcow2__malloc((size_t)chunk * (o->backing ? 2 : 1));
     if (!buf) {
         rc = qcow2__nomem();
@@ -382,7 +455,8 @@ static int convert_qcow2(qcow2_image *src, const char *dst_path, const qcow2_con
         if (rc)
             goto out;
         n = e.length;
-        if (!ext_is_zero(&e)) {
+        /* -S 0 (min_sparse 0) allocates every cluster, zero ones too, as qemu-img. */
+        if (!ext_is_zero(&e) || (!o->min_sparse && !o->compress)) {
             /* Whole target clusters, so compressed writes and COW see full clusters. */
             uint64_t end = qcow2__min(src->size, qcow2__align_up(off + n, dst->cluster_size));
             uint64_t start = off & ~(dst->cluster_size - 1);
@@ -395,9 +469,9 @@ static int convert_qcow2(qcow2_image *src, const char *dst_path, const qcow2_con
             n -= off - start;
         }
         off += n;
-        if (o->progress)
-            o->progress(off, src->size, o->payload);
+        conv_progress_to(&cp, off);
     }
+    conv_progress_end(&cp);
     rc = qcow2_image_flush(dst);
 out:
     qcow2__free(buf);
@@ -408,6 +482,7 @@ out:
 int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_convert_opts *opts)
 {
     qcow2_convert_opts o = QCOW2_CONVERT_OPTS_INIT;
+    struct conv_progress cp;
     qcow2_io *dst = NULL;
     uint8_t *buf = NULL;
     uint64_t off = 0, pf_end = 0;
@@ -427,6 +502,9 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
     if (rc < 0)
         return qcow2__io_error(rc, dst_path, "cannot create");
     rc = qcow2__io_truncate(dst, dst_path, src->size);
+    if (rc)
+        goto out;
+    rc = conv_progress_init(&cp, src, &o);
     if (rc)
         goto out;
     buf = qcow2__malloc(OPS_CHUNK);
@@ -467,9 +545,9 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
                 goto out;
         }
         off += e.length;
-        if (o.progress)
-            o.progress(off, src->size, o.payload);
+        conv_progress_to(&cp, off);
     }
+    conv_progress_end(&cp);
     /* Like qemu-img convert, no final flush: the page cache writes it out. */
 out:
     qcow2__free(buf);
@@ -524,9 +602,13 @@ int qcow2_measure(qcow2_image *src, uint64_t size, const qcow2_create_opts *opts
         return 0;
     }
     cs = o.cluster_size;
-    if (!cs || (cs & (cs - 1)) || cs < 512 || cs > (2u << 20) || !o.refcount_bits ||
-        (o.refcount_bits & (o.refcount_bits - 1)) || o.refcount_bits > 64)
-        return qcow2__err(QCOW2_EINVAL, 0, NULL, "invalid cluster size or refcount width");
+    /* qemu-img's words (scripts compare them). */
+    if (!cs || (cs & (cs - 1)) || cs < 512 || cs > (2u << 20))
+        return qcow2__err(QCOW2_EINVAL, 0, NULL,
+                          "Cluster size must be a power of two between 512 and 2048k");
+    if (!o.refcount_bits || (o.refcount_bits & (o.refcount_bits - 1)) || o.refcount_bits > 64)
+        return qcow2__err(QCOW2_EINVAL, 0, NULL,
+                          "Refcount width must be a power of two and may not exceed 64 bits");
     if (src) {
         for (uint64_t off = 0; off < src->size;) {
             qcow2_extent e;

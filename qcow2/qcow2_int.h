@@ -350,6 +350,7 @@ struct qcow2_image {
     char *backing_path;          /* resolved path, or NULL */
     struct qcow2__feature *features; /* feature-name table */
     uint32_t nb_features;
+    bool features_kept;          /* the table was read from the image: kept where cluster 0 has room */
     struct qcow2__ext *exts;     /* unknown extensions, in file order */
     uint32_t nb_exts;
     uint8_t *bitmaps_ext;        /* bitmaps extension payload, kept verbatim */

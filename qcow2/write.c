@@ -773,6 +773,36 @@ static int write_zero_data(qcow2_image *img, uint64_t off, uint64_t len)
     return 0;
 }
 
+/* Whether [off, off+len) of the chain reads as zeroes by its allocation status (not its bytes). */
+static bool status_zero(qcow2_image *img, uint64_t off, uint64_t len)
+{
+    while (len) {
+        qcow2_extent e;
+
+        if (qcow2_image_block_status(img, NULL, off, len, &e) || !(e.flags & QCOW2_EXT_ZERO))
+            return false;
+        off += e.length;
+        len -= qcow2__min(e.length, len);
+    }
+    return true;
+}
+
+/*
+ * Whether a zero write of [a, b) may zero all of the (sub)cluster [us, ue)
+ * with flags, as qemu does: this layer leaves it unallocated or zero, and
+ * the rest of it already reads as zeroes. Otherwise the piece is written as
+ * explicit zeroes (which allocates).
+ */
+static bool unit_zero_but(qcow2_image *img, uint64_t us, uint64_t ue, uint64_t a, uint64_t b)
+{
+    struct qcow2__lrun run;
+
+    if (qcow2__layer_extent(img, us, ue - us, &run) || run.len < ue - us ||
+        (run.kind != QCOW2__RUN_ZERO && run.kind != QCOW2__RUN_UNALLOC))
+        return false;
+    return status_zero(img, us, a - us) && status_zero(img, b, ue - b);
+}
+
 /* Zero [off, off+len) within one L2 table; unmap: free the clusters too. */
 static int zero_in_table(qcow2_image *img, uint64_t off, uint64_t len, bool unmap)
 {
@@ -786,10 +816,19 @@ static int zero_in_table(qcow2_image *img, uint64_t off, uint64_t len, bool unma
         uint64_t cstart = pos & ~(cs - 1);
         uint64_t cend = qcow2__min(cstart + cs, img->size);
         uint64_t stop = qcow2__min(end, cend);
-        /* Subcluster- (or cluster-) aligned inner part; the rest is explicit zeroes. */
         uint64_t unit = img->extl2 ? scs : cs;
-        uint64_t ia = qcow2__align_up(pos, unit), ib = stop == cend ? cend : stop & ~(unit - 1);
-        uint64_t idx, e, bm;
+        uint64_t hs = pos & ~(unit - 1), ts = (stop - 1) & ~(unit - 1);
+        uint64_t ia, ib, idx, e, bm;
+
+        /* Partial (sub)clusters that otherwise read as zeroes are zeroed whole. */
+        if (hs < pos && unit_zero_but(img, hs, qcow2__min(hs + unit, cend), pos, stop))
+            pos = hs;
+        if (stop < qcow2__min(ts + unit, cend) &&
+            unit_zero_but(img, ts, qcow2__min(ts + unit, cend), qcow2__max(pos, ts), stop))
+            stop = qcow2__min(ts + unit, cend);
+        /* Subcluster- (or cluster-) aligned inner part; the rest is explicit zeroes. */
+        ia = qcow2__align_up(pos, unit);
+        ib = stop == cend ? cend : stop & ~(unit - 1);
 
         if (ia >= ib) {
             rc = write_zero_data(img, pos, stop - pos);
@@ -810,12 +849,12 @@ static int zero_in_table(qcow2_image *img, uint64_t off, uint64_t len, bool unma
         e = l2_entry(img, slot->data, idx);
         bm = l2_bitmap(img, slot->data, idx);
         if (!img->extl2) {
-            if (unmap || !entry_owned(img, e)) {
+            /* Without unmap a host cluster stays allocated (zero flag added), as in qemu. */
+            if (unmap || (e & QCOW2_OFLAG_COMPRESSED) || !(e & QCOW2_L2E_OFFSET_MASK)) {
                 rc = free_entry(img, e);
                 set_l2(img, slot, idx, QCOW2_OFLAG_ZERO, 0);
             } else {
-                set_l2(img, slot, idx,
-                       (e & QCOW2_L2E_OFFSET_MASK) | QCOW2_OFLAG_COPIED | QCOW2_OFLAG_ZERO, 0);
+                set_l2(img, slot, idx, e | QCOW2_OFLAG_ZERO, 0);
             }
         } else {
             unsigned sa = (unsigned)((ia - cstart) >> img->sc_bits);
@@ -824,9 +863,11 @@ static int zero_in_table(qcow2_image *img, uint64_t off, uint64_t len, bool unma
             bool all = sa == 0 && sb == 32;
             uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
 
-            if (all && (unmap || !entry_owned(img, e))) {
+            if (all && (unmap || (e & QCOW2_OFLAG_COMPRESSED) || !host)) {
                 rc = free_entry(img, e);
                 set_l2(img, slot, idx, 0, 0xffffffffull << 32);
+            } else if (all) {
+                set_l2(img, slot, idx, e, 0xffffffffull << 32);
             } else if (entry_owned(img, e) || (!host && !(e & QCOW2_OFLAG_COMPRESSED))) {
                 set_l2(img, slot, idx, e, (bm & ~(uint64_t)bits) | ((uint64_t)bits << 32));
             } else {
@@ -1189,9 +1230,32 @@ static int tail_allocated(qcow2_image *img, uint64_t guest_off, bool *out)
     return 0;
 }
 
+/*
+ * Make [from, the end of from's cluster) read as zeroes where this layer holds
+ * data or compressed data there. The bytes past a virtual size stay in the last
+ * cluster; a shrink zeroes them so that no later grow (ours or another tool's)
+ * shows the cut-off bytes again, and a grow zeroes them for images shrunk by
+ * tools that left them.
+ */
+static int zero_cluster_tail(qcow2_image *img, uint64_t from)
+{
+    uint64_t end = qcow2__min(qcow2__align_up(from, img->cluster_size), img->size);
+    struct qcow2__lrun run;
+    int rc;
+
+    if (from >= end)
+        return 0;
+    rc = qcow2__layer_extent(img, from, end - from, &run);
+    if (rc)
+        return rc;
+    if (run.len >= end - from && (run.kind == QCOW2__RUN_ZERO || run.kind == QCOW2__RUN_UNALLOC))
+        return 0;
+    return write_zeroes(img, from, end - from, 0);
+}
+
 int qcow2_image_resize(qcow2_image *img, uint64_t new_size, bool allow_shrink)
 {
-    uint64_t per_l1, need;
+    uint64_t per_l1, need, old_size;
     int rc = start_write(img, 0, 0);
 
     if (rc)
@@ -1224,6 +1288,9 @@ int qcow2_image_resize(qcow2_image *img, uint64_t new_size, bool allow_shrink)
                 return rc;
             /* Discard leaves zero flags; drop them too so nothing maps past the end. */
         }
+        rc = zero_cluster_tail(img, new_size);
+        if (rc)
+            return rc;
     }
     per_l1 = 1ull << (img->cluster_bits + img->l2_bits);
     need = new_size / per_l1 + (new_size % per_l1 != 0);
@@ -1232,9 +1299,19 @@ int qcow2_image_resize(qcow2_image *img, uint64_t new_size, bool allow_shrink)
         if (rc)
             return rc;
     }
+    old_size = img->size;
     img->size = new_size;
     img->hdr.size = new_size;
     img->header_dirty = true;
+    if (new_size > old_size) {
+        /* The grown range reads as zeroes: not what the old last cluster held past
+         * the old size, nor what a longer backing file holds there (as qemu). */
+        rc = zero_cluster_tail(img, old_size);
+        if (!rc && img->backing && img->backing->size > old_size)
+            rc = write_zeroes(img, old_size, qcow2__min(new_size, img->backing->size) - old_size, 0);
+        if (rc)
+            return rc;
+    }
     return qcow2__metadata_flush(img);
 }
 

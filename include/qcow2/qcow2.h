@@ -352,7 +352,7 @@ typedef struct qcow2_convert_opts {
     unsigned version;           /**< QCOW2_CONVERT_OPTS_VERSION */
     qcow2_format format;        /**< output format (QCOW2_FORMAT_RAW for now) */
     uint64_t min_sparse;        /**< zero runs at least this long stay holes; 0 = write every byte */
-    qcow2_progress_fn progress; /**< progress callback, or NULL */
+    qcow2_progress_fn progress; /**< progress callback, or NULL: as qemu-img convert -p counts, over the bytes copied (data; zeroes too with min_sparse 0), a call per extent of at most 2 MiB and a last one at the end (without -B) */
     void *payload;              /**< passed to progress */
     bool compress;              /**< qcow2 output: compress every cluster (-c) */
     const struct qcow2_create_opts *create; /**< qcow2 output: creation options, or NULL */
@@ -367,7 +367,7 @@ typedef struct qcow2_convert_opts {
  * Flatten the guest content of src (the whole chain) into a new file at
  * dst_path (replaced if it exists). Raw output is sparse: zero runs of at
  * least min_sparse bytes are left as holes; qcow2 output leaves them
- * unallocated. Like qemu-img convert, the output is not flushed to stable
+ * unallocated (min_sparse 0 without compress: every cluster is allocated). Like qemu-img convert, the output is not flushed to stable
  * storage: sync it when it must survive a crash of the machine. On failure
  * the output may be left half-written.
  * @param[in] src       the image to read (whole chain)
@@ -538,7 +538,9 @@ QCOW2_API int qcow2_image_flush(qcow2_image *img);
 /**
  * Change the virtual size. Growing always works; shrinking only when nothing
  * is allocated past the new size (unless allow_shrink discards it). The new
- * size is durable when the call returns.
+ * size is durable when the call returns. Bytes cut off inside the last
+ * cluster are zeroed, and a grown range reads as zeroes, also where the
+ * backing file (when it is open) is longer than the old size.
  * @param[in] img           an image opened with QCOW2_OPEN_RDWR
  * @param[in] new_size      bytes
  * @param[in] allow_shrink  discard data allocated past new_size
