@@ -7,11 +7,13 @@
  * lives here: every number comes from qcow2_image_get_info(),
  * qcow2_image_block_status() and friends.
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 
 #include <qcow2/qcow2.h>
 
@@ -578,10 +580,10 @@ int cli_image_map(int argc, char **argv)
 static const char convert_help[] =
     "Usage: qsnap image convert [-f FMT] [-O raw|qcow2] [-c] [-o OPTIONS]\n"
     "                           [-B BACKING -F BACKING_FMT] [-S SIZE] [-l SNAPSHOT]\n"
-    "                           [-p] [-U] SRC DST\n"
+    "                           [-n] [-p] [-U] SRC DST\n"
     "\n"
     "Flatten SRC and its whole backing chain into a new image DST (replaced if it\n"
-    "exists), as qemu-img convert does. Raw output is sparse: runs of zeroes of at\n"
+    "exists; with -n, into the existing image DST), as qemu-img convert does. Raw output is sparse: runs of zeroes of at\n"
     "least SIZE bytes are left as holes; qcow2 output leaves them unallocated.\n"
     "With -B, DST gets BACKING as its backing file and holds only the clusters\n"
     "whose content differs from what BACKING shows.\n"
@@ -599,6 +601,10 @@ static const char convert_help[] =
     "                       every byte); suffixes k, M, G, T, P, E\n"
     "  -l SNAPSHOT          convert internal snapshot SNAPSHOT of SRC (an id or a\n"
     "                       name, or snapshot.id=ID or snapshot.name=NAME)\n"
+    "  -n                   do not create DST: write into the existing image DST\n"
+    "                       (of format FMT of -O, raw by default), which must be at\n"
+    "                       least as large as SRC; zero ranges of SRC are zeroed in\n"
+    "                       it; not with -o, -c or -B\n"
     "  -p, --progress       show progress\n"
     "  -U, --force-share    open SRC without taking the image lock\n"
     "  -h, --help           show this help and exit\n"
@@ -651,14 +657,15 @@ int cli_image_convert(int argc, char **argv)
         {"help", 'h', false}, {"format", 'f', true},    {NULL, 'O', true},
         {NULL, 'S', true},    {"progress", 'p', false}, {"force-share", 'U', false},
         {NULL, 'c', false},   {NULL, 'o', true},        {NULL, 'B', true},
-        {NULL, 'F', true},    {NULL, 'l', true},        {NULL, 0, false},
+        {NULL, 'F', true},    {NULL, 'l', true},        {NULL, 'n', false},
+        {NULL, 0, false},
     };
     const char *snap = NULL;
     qcow2_convert_opts copts = QCOW2_CONVERT_OPTS_INIT;
     qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
     cli_opt_parser p;
     qcow2_format fmt = QCOW2_FORMAT_AUTO, out_fmt = QCOW2_FORMAT_RAW;
-    bool progress = false, no_lock = false, compress = false;
+    bool progress = false, no_lock = false, compress = false, no_create = false;
     cli_progress pr;
     cli_imgopts io;
     qcow2_image *img;
@@ -709,6 +716,9 @@ int cli_image_convert(int argc, char **argv)
         case 'l':
             snap = p.arg;
             break;
+        case 'n':
+            no_create = true;
+            break;
         default:
             cli_usage_hint("qsnap image convert", IMG_EXIT_FAIL);
             goto out;
@@ -729,7 +739,24 @@ int cli_image_convert(int argc, char **argv)
         cli_usage_hint("qsnap image convert", IMG_EXIT_FAIL);
         goto out;
     }
-    if (out_fmt == QCOW2_FORMAT_QCOW2) {
+    if (no_create) {
+        struct stat st;
+
+        if (io.text) {
+            cli_errorf("-o has no effect when skipping image creation");
+            goto out;
+        }
+        if (compress || copts.backing || copts.backing_format) {
+            cli_errorf("-c, -B and -F need a new image: not with -n");
+            goto out;
+        }
+        if (stat(p.argv[1], &st) < 0) {
+            cli_errorf("Could not open '%s': Could not open '%s': %s", p.argv[1], p.argv[1],
+                       strerror(errno));
+            goto out;
+        }
+        copts.no_create = true;
+    } else if (out_fmt == QCOW2_FORMAT_QCOW2) {
         if (!convert_create_opts(&io, &co, p.argv[1]) || !convert_backing(&copts, &co, p.argv[1]))
             goto out;
         copts.create = &co;

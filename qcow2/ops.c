@@ -399,6 +399,66 @@ static int convert_over_backing(qcow2_image *src, qcow2_image *dst, const qcow2_
     return 0;
 }
 
+/*
+ * Convert into an existing qcow2 image (qemu-img convert -n): it is not new,
+ * so zero ranges of src are zeroed in it instead of left alone.
+ */
+static int convert_qcow2_into(qcow2_image *src, const char *dst_path, const qcow2_convert_opts *o)
+{
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    qcow2_image *dst = NULL;
+    struct conv_progress cp;
+    uint8_t *buf = NULL;
+    uint64_t off = 0, pf_end = 0;
+    int rc;
+
+    if (o->compress || o->backing)
+        return qcow2__err(QCOW2_EINVAL, 0, dst_path,
+                          "compression and a new backing file need a new image");
+    oo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_FLUSH;
+    oo.format = QCOW2_FORMAT_QCOW2;
+    rc = qcow2_image_open(&dst, dst_path, &oo);
+    if (rc)
+        return rc;
+    if (dst->size < src->size) {
+        rc = qcow2__err(QCOW2_EINVAL, 0, dst_path, "output file is smaller than input file");
+        goto out;
+    }
+    rc = conv_progress_init(&cp, src, o);
+    if (rc)
+        goto out;
+    buf = qcow2__malloc(OPS_CHUNK);
+    if (!buf) {
+        rc = qcow2__nomem();
+        goto out;
+    }
+    while (off < src->size) {
+        qcow2_extent e;
+
+        qcow2__prefetch_ahead(src, NULL, off, &pf_end);
+        rc = qcow2_image_block_status(src, NULL, off, qcow2__min(src->size - off, OPS_CHUNK), &e);
+        if (rc)
+            goto out;
+        if (ext_is_zero(&e) && o->min_sparse) {
+            rc = qcow2_image_write_zeroes(dst, off, e.length, QCOW2_ZERO_MAY_UNMAP);
+        } else {
+            rc = read_or_zero(src, buf, e.length, off, ext_is_zero(&e));
+            if (!rc)
+                rc = qcow2_image_write(dst, buf, (size_t)e.length, off);
+        }
+        if (rc)
+            goto out;
+        off += e.length;
+        conv_progress_to(&cp, off);
+    }
+    conv_progress_end(&cp);
+    rc = qcow2_image_flush(dst);
+out:
+    qcow2__free(buf);
+    qcow2_image_close(dst);
+    return rc;
+}
+
 static int convert_qcow2(qcow2_image *src, const char *dst_path, const qcow2_convert_opts *o)
 {
     qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
@@ -417,6 +477,8 @@ static int convert_qcow2(qcow2_image *src, const char *dst_path, const qcow2_con
     co.backing_format = o->backing_format;
     if (o->backing && !o->backing_format)
         return qcow2__err(QCOW2_EINVAL, 0, dst_path, "a backing file needs its format (-F)");
+    if (o->no_create)
+        return convert_qcow2_into(src, dst_path, o);
     /* Replace an existing target, as qemu-img convert does. */
     if (unlink(dst_path) < 0 && errno != ENOENT)
         return qcow2__err(QCOW2_EIO, errno, dst_path, "cannot replace: %s", strerror(errno));
@@ -498,10 +560,23 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
                           (int)o.format);
     if (o.compress)
         return qcow2__err(QCOW2_EINVAL, 0, dst_path, "raw output cannot be compressed");
-    rc = qcow2_io_posix_open(&dst, dst_path, QCOW2_IO_RDWR | QCOW2_IO_CREATE | QCOW2_IO_TRUNC);
-    if (rc < 0)
-        return qcow2__io_error(rc, dst_path, "cannot create");
-    rc = qcow2__io_truncate(dst, dst_path, src->size);
+    if (o.no_create) {
+        uint64_t size;
+
+        if (o.backing)
+            return qcow2__err(QCOW2_EINVAL, 0, dst_path, "raw output has no backing file");
+        rc = qcow2_io_posix_open(&dst, dst_path, QCOW2_IO_RDWR);
+        if (rc < 0)
+            return qcow2__io_error(rc, dst_path, "cannot open");
+        rc = qcow2__io_size(dst, dst_path, &size);
+        if (!rc && size < src->size)
+            rc = qcow2__err(QCOW2_EINVAL, 0, dst_path, "output file is smaller than input file");
+    } else {
+        rc = qcow2_io_posix_open(&dst, dst_path, QCOW2_IO_RDWR | QCOW2_IO_CREATE | QCOW2_IO_TRUNC);
+        if (rc < 0)
+            return qcow2__io_error(rc, dst_path, "cannot create");
+        rc = qcow2__io_truncate(dst, dst_path, src->size);
+    }
     if (rc)
         goto out;
     rc = conv_progress_init(&cp, src, &o);
@@ -536,11 +611,17 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
         } else if (sharing < 0 && !ext_is_zero(&e)) {
             sharing = 0; /* data that cannot be shared (compressed): copy, reading ahead */
         }
-        if (!shared && (!ext_is_zero(&e) || !o.min_sparse)) {
+        if (!shared && o.no_create && ext_is_zero(&e) && o.min_sparse) {
+            /* An existing target holds old data: zero it (a hole where it can). */
+            rc = qcow2__io_punch(dst, dst_path, off, e.length);
+            if (rc)
+                goto out;
+        } else if (!shared && (!ext_is_zero(&e) || !o.min_sparse)) {
             rc = read_or_zero(src, buf, e.length, off, ext_is_zero(&e));
             if (rc)
                 goto out;
-            rc = write_sparse(dst, dst_path, buf, e.length, off, o.min_sparse);
+            /* Holes are left only in a new target: an old one is written whole. */
+            rc = write_sparse(dst, dst_path, buf, e.length, off, o.no_create ? 0 : o.min_sparse);
             if (rc)
                 goto out;
         }

@@ -358,14 +358,17 @@ typedef struct qcow2_convert_opts {
     const struct qcow2_create_opts *create; /**< qcow2 output: creation options, or NULL */
     const char *backing;        /**< qcow2 output: backing file of the new image (-B), or NULL */
     const char *backing_format; /**< its format (-F); required with backing */
+    bool no_create;             /**< write into the existing image dst_path (qemu-img convert -n): it must be at least as large as src; zero ranges are zeroed in it; not with compress or backing */
 } qcow2_convert_opts;
 
 #define QCOW2_CONVERT_OPTS_INIT                                                                    \
-    {QCOW2_CONVERT_OPTS_VERSION, QCOW2_FORMAT_RAW, 4096, NULL, NULL, false, NULL, NULL, NULL}
+    {QCOW2_CONVERT_OPTS_VERSION, QCOW2_FORMAT_RAW, 4096, NULL, NULL, false, NULL, NULL, NULL, false}
 
 /**
  * Flatten the guest content of src (the whole chain) into a new file at
- * dst_path (replaced if it exists). Raw output is sparse: zero runs of at
+ * dst_path (replaced if it exists; with no_create, written into the
+ * existing image of that format there, QCOW2_EINVAL when it is smaller than
+ * src). Raw output is sparse: zero runs of at
  * least min_sparse bytes are left as holes; qcow2 output leaves them
  * unallocated (min_sparse 0 without compress: every cluster is allocated). Like qemu-img convert, the output is not flushed to stable
  * storage: sync it when it must survive a crash of the machine. On failure

@@ -574,6 +574,41 @@ Test(ops, convert_refuses_bad_output_options)
     qcow2_image_close(img);
 }
 
+Test(ops, convert_into_existing_image_zeroes_old_data_and_keeps_tail)
+{
+    qcow2_convert_opts co = QCOW2_CONVERT_OPTS_INIT;
+    qcow2_image *src;
+    char out[4096];
+
+    need_qemu();
+    qsh("qemu-img create -q -f qcow2 t.qcow2 4M && "
+        "qemu-io -c 'write -P 2 5k 3k' -c 'write -z 100k 100k' -c 'write -c -P 3 1M 128k' t.qcow2 && "
+        "for f in raw qcow2; do qemu-img create -q -f $f old.$f 6M && "
+        "qemu-io -f $f -c 'write -P 9 0 6M' old.$f; done && "
+        "qemu-img create -q -f qcow2 small.qcow2 2M");
+    src = popen_img(qpath("t.qcow2"));
+    co.no_create = true;
+    cr_assert_eq(qcow2_image_convert(src, qpath("old.raw"), &co), 0, "%s", rfx_msg());
+    co.format = QCOW2_FORMAT_QCOW2;
+    cr_assert_eq(qcow2_image_convert(src, qpath("old.qcow2"), &co), 0, "%s", rfx_msg());
+    cr_assert_eq(qo_check(qpath("old.qcow2"), out, sizeof(out)), 0, "%s", out);
+    /* The source's range reads as the source (old data zeroed), the tail is untouched. */
+    cr_assert_eq(qo_sh(out, sizeof(out),
+                       "cd '%s' && for f in raw qcow2; do "
+                       "qemu-img convert -f $f -O raw old.$f cut.raw && truncate -s 4M cut.raw && "
+                       "qemu-img compare -q t.qcow2 cut.raw && "
+                       "qemu-io -f $f -c 'read -P 9 4M 2M' old.$f | grep -q '^read' || exit 1; "
+                       "done",
+                       qdir),
+                 0, "%s", out);
+    cr_assert_eq(qcow2_image_convert(src, qpath("small.qcow2"), &co), QCOW2_EINVAL);
+    assert_msg("smaller");
+    cr_assert_eq(qcow2_image_convert(src, qpath("missing.qcow2"), &co), QCOW2_ENOTFOUND);
+    co.compress = true;
+    cr_assert_eq(qcow2_image_convert(src, qpath("old.qcow2"), &co), QCOW2_EINVAL);
+    qcow2_image_close(src);
+}
+
 Test(ops, convert_to_qcow2_keeps_content_and_is_clean)
 {
     qcow2_convert_opts co = QCOW2_CONVERT_OPTS_INIT;
