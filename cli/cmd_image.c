@@ -580,11 +580,12 @@ int cli_image_map(int argc, char **argv)
 static const char convert_help[] =
     "Usage: qsnap image convert [-f FMT] [-O raw|qcow2] [-c] [-o OPTIONS]\n"
     "                           [-B BACKING -F BACKING_FMT] [-S SIZE] [-l SNAPSHOT]\n"
-    "                           [-n] [-p] [-U] SRC DST\n"
+    "                           [-n] [--salvage] [-p] [-U] SRC DST\n"
     "\n"
     "Flatten SRC and its whole backing chain into a new image DST (replaced if it\n"
-    "exists; with -n, into the existing image DST), as qemu-img convert does. Raw output is sparse: runs of zeroes of at\n"
-    "least SIZE bytes are left as holes; qcow2 output leaves them unallocated.\n"
+    "exists; with -n, into the existing image DST), as qemu-img convert does. Raw\n"
+    "output is sparse: runs of zeroes of at least SIZE bytes are left as holes;\n"
+    "qcow2 output leaves them unallocated.\n"
     "With -B, DST gets BACKING as its backing file and holds only the clusters\n"
     "whose content differs from what BACKING shows.\n"
     "\n"
@@ -605,6 +606,9 @@ static const char convert_help[] =
     "                       (of format FMT of -O, raw by default), which must be at\n"
     "                       least as large as SRC; zero ranges of SRC are zeroed in\n"
     "                       it; not with -o, -c or -B\n"
+    "  --salvage            on a read error of SRC, retry sector by sector, write\n"
+    "                       the sectors that still fail as zeroes (one warning each)\n"
+    "                       and go on\n"
     "  -p, --progress       show progress\n"
     "  -U, --force-share    open SRC without taking the image lock\n"
     "  -h, --help           show this help and exit\n"
@@ -651,6 +655,17 @@ static bool convert_backing(qcow2_convert_opts *copts, qcow2_create_opts *co, co
     return true;
 }
 
+#define CONVERT_SALVAGE (CLI_OPT_LONG_BASE + 1)
+
+/* --salvage: a sector of SRC that could not be read is written as zeroes; say which. */
+static void convert_read_error(uint64_t off, int code, void *payload)
+{
+    (void)code;
+    (void)payload;
+    /* qemu-img's warning, which names the errno its reads fail with. */
+    cli_errorf("warning: error while reading offset %" PRIu64 ": %s", off, strerror(EIO));
+}
+
 int cli_image_convert(int argc, char **argv)
 {
     static const cli_opt_def defs[] = {
@@ -658,7 +673,7 @@ int cli_image_convert(int argc, char **argv)
         {NULL, 'S', true},    {"progress", 'p', false}, {"force-share", 'U', false},
         {NULL, 'c', false},   {NULL, 'o', true},        {NULL, 'B', true},
         {NULL, 'F', true},    {NULL, 'l', true},        {NULL, 'n', false},
-        {NULL, 0, false},
+        {"salvage", CONVERT_SALVAGE, false},                 {NULL, 0, false},
     };
     const char *snap = NULL;
     qcow2_convert_opts copts = QCOW2_CONVERT_OPTS_INIT;
@@ -718,6 +733,10 @@ int cli_image_convert(int argc, char **argv)
             break;
         case 'n':
             no_create = true;
+            break;
+        case CONVERT_SALVAGE:
+            copts.salvage = true;
+            copts.read_error = convert_read_error;
             break;
         default:
             cli_usage_hint("qsnap image convert", IMG_EXIT_FAIL);

@@ -99,6 +99,40 @@ static int read_or_zero(qcow2_image *img, uint8_t *buf, uint64_t n, uint64_t off
     return qcow2_image_read(img, buf, (size_t)n, off);
 }
 
+/* Whether a failed read is one that convert --salvage reads past (bad data, not memory). */
+static bool conv_salvageable(int rc)
+{
+    return QCOW2_ERROR_CLASS(rc) == QCOW2_ECORRUPT || QCOW2_ERROR_CLASS(rc) == QCOW2_EIO;
+}
+
+/*
+ * Read [off, off+n) of a convert's source into buf (zeroes when zero is
+ * set). With salvage, a failed read is tried again sector by sector: the
+ * sectors that still fail read as zeroes, each one reported through
+ * read_error, as qemu-img convert --salvage does.
+ */
+static int conv_read(qcow2_image *src, uint8_t *buf, uint64_t n, uint64_t off, bool zero,
+                     const qcow2_convert_opts *o)
+{
+    int rc = read_or_zero(src, buf, n, off, zero);
+
+    if (!rc || !o->salvage || !conv_salvageable(rc))
+        return rc;
+    for (uint64_t i = 0; i < n; i += 512) {
+        uint64_t len = qcow2__min(512, n - i);
+
+        rc = qcow2_image_read(src, buf + i, (size_t)len, off + i);
+        if (rc && !conv_salvageable(rc))
+            return rc;
+        if (rc) {
+            memset(buf + i, 0, (size_t)len);
+            if (o->read_error)
+                o->read_error(off + i, rc, o->payload);
+        }
+    }
+    return 0;
+}
+
 /* The tail of the larger image must read as zeroes; *mismatch set when it does not. */
 static int check_tail_zero(qcow2_image *img, uint64_t from, uint8_t *buf, uint64_t *mismatch)
 {
@@ -376,7 +410,7 @@ static int convert_over_backing(qcow2_image *src, qcow2_image *dst, const qcow2_
     for (uint64_t off = 0; off < src->size;) {
         uint64_t n = qcow2__min(chunk, src->size - off);
 
-        rc = qcow2_image_read(src, sbuf, (size_t)n, off);
+        rc = conv_read(src, sbuf, n, off, false, o);
         if (!rc)
             rc = qcow2_image_read(dst, dbuf, (size_t)n, off);
         for (uint64_t i = 0; !rc && i < n; i += cs) {
@@ -442,7 +476,7 @@ static int convert_qcow2_into(qcow2_image *src, const char *dst_path, const qcow
         if (ext_is_zero(&e) && o->min_sparse) {
             rc = qcow2_image_write_zeroes(dst, off, e.length, QCOW2_ZERO_MAY_UNMAP);
         } else {
-            rc = read_or_zero(src, buf, e.length, off, ext_is_zero(&e));
+            rc = conv_read(src, buf, e.length, off, ext_is_zero(&e), o);
             if (!rc)
                 rc = qcow2_image_write(dst, buf, (size_t)e.length, off);
         }
@@ -523,7 +557,7 @@ static int convert_qcow2(qcow2_image *src, const char *dst_path, const qcow2_con
             uint64_t end = qcow2__min(src->size, qcow2__align_up(off + n, dst->cluster_size));
             uint64_t start = off & ~(dst->cluster_size - 1);
             n = qcow2__min(end - start, chunk);
-            rc = qcow2_image_read(src, buf, (size_t)n, start);
+            rc = conv_read(src, buf, n, start, false, o);
             if (!rc)
                 rc = write_qcow2_run(dst, buf, n, start, o);
             if (rc)
@@ -617,7 +651,7 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
             if (rc)
                 goto out;
         } else if (!shared && (!ext_is_zero(&e) || !o.min_sparse)) {
-            rc = read_or_zero(src, buf, e.length, off, ext_is_zero(&e));
+            rc = conv_read(src, buf, e.length, off, ext_is_zero(&e), &o);
             if (rc)
                 goto out;
             /* Holes are left only in a new target: an old one is written whole. */

@@ -358,11 +358,13 @@ typedef struct qcow2_convert_opts {
     const struct qcow2_create_opts *create; /**< qcow2 output: creation options, or NULL */
     const char *backing;        /**< qcow2 output: backing file of the new image (-B), or NULL */
     const char *backing_format; /**< its format (-F); required with backing */
+    bool salvage;               /**< a failed source read (bad data: QCOW2_ECORRUPT, QCOW2_EIO) is tried again per 512-byte sector; those still failing are written as zeroes, and the convert goes on (qemu-img convert --salvage) */
+    void (*read_error)(uint64_t guest_off, int code, void *payload); /**< with salvage: called for each sector that reads as zeroes instead, or NULL */
     bool no_create;             /**< write into the existing image dst_path (qemu-img convert -n): it must be at least as large as src; zero ranges are zeroed in it; not with compress or backing */
 } qcow2_convert_opts;
 
 #define QCOW2_CONVERT_OPTS_INIT                                                                    \
-    {QCOW2_CONVERT_OPTS_VERSION, QCOW2_FORMAT_RAW, 4096, NULL, NULL, false, NULL, NULL, NULL, false}
+    {QCOW2_CONVERT_OPTS_VERSION, QCOW2_FORMAT_RAW, 4096, NULL, NULL, false, NULL, NULL, NULL, false, NULL, false}
 
 /**
  * Flatten the guest content of src (the whole chain) into a new file at

@@ -609,6 +609,48 @@ Test(ops, convert_into_existing_image_zeroes_old_data_and_keeps_tail)
     qcow2_image_close(src);
 }
 
+static void count_read_error(uint64_t off, int code, void *payload)
+{
+    uint64_t *seen = payload; /* [count, first offset, last offset] */
+
+    cr_assert_lt(code, 0);
+    if (!seen[0]++)
+        seen[1] = off;
+    seen[2] = off;
+}
+
+Test(ops, convert_salvage_zeroes_unreadable_sectors_and_goes_on)
+{
+    qcow2_convert_opts co = QCOW2_CONVERT_OPTS_INIT;
+    qcow2_image *src;
+    uint64_t seen[3] = {0, 0, 0};
+    char out[4096];
+
+    need_qemu();
+    /* A compressed cluster at 128k whose bytes (after the data cluster at 0x50000) are garbage. */
+    qsh("qemu-img create -q -f qcow2 d.qcow2 1M && "
+        "qemu-io -c 'write -P 0x11 0 64k' -c 'write -c -P 0x55 128k 64k' "
+        "-c 'write -P 0x66 256k 64k' d.qcow2 && "
+        "python3 -c \"f=open('d.qcow2','r+b'); f.seek(0x60000); f.write(b'\\xff'*64)\" && "
+        "! qemu-io -c 'read 128k 64k' d.qcow2 | grep -q '^read [0-9]'");
+    src = popen_img(qpath("d.qcow2"));
+    cr_assert_eq(QCOW2_ERROR_CLASS(qcow2_image_convert(src, qpath("o.raw"), &co)), QCOW2_ECORRUPT);
+    co.salvage = true;
+    co.read_error = count_read_error;
+    co.payload = seen;
+    cr_assert_eq(qcow2_image_convert(src, qpath("o.raw"), &co), 0, "%s", rfx_msg());
+    /* One report per 512-byte sector of the damaged 64 KiB cluster. */
+    cr_assert_eq(seen[0], 128);
+    cr_assert_eq(seen[1], 128 * KiB);
+    cr_assert_eq(seen[2], 192 * KiB - 512);
+    cr_assert_eq(qo_sh(out, sizeof(out),
+                       "cd '%s' && qemu-io -f raw -c 'read -P 0x11 0 64k' -c 'read -P 0 128k 64k' "
+                       "-c 'read -P 0x66 256k 64k' o.raw | grep -c '^read 65536' | grep -qx 3",
+                       qdir),
+                 0, "%s", out);
+    qcow2_image_close(src);
+}
+
 Test(ops, convert_to_qcow2_keeps_content_and_is_clean)
 {
     qcow2_convert_opts co = QCOW2_CONVERT_OPTS_INIT;
