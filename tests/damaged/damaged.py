@@ -715,7 +715,7 @@ def loop_via_symlink(d):
 
 CASES.append(Case("backing-loop-self", loop1, names=("a.qcow2",), override="read", skip_qemu=True, why="qemu-img 7.2 convert does not finish on a backing loop (observed: >20 s, killed); info --backing-chain reports the loop"))
 CASES.append(Case("backing-loop-two", loop2, names=("a.qcow2", "b.qcow2"), override="read", skip_qemu=True, why="qemu-img 7.2 convert does not finish on a backing loop (observed: >20 s, killed); info --backing-chain reports the loop"))
-CASES.append(Case("backing-loop-via-symlink", loop_via_symlink, names=("a.qcow2", "b.qcow2"), override="read", skip_qemu=True, why="qemu-img 7.2 convert does not finish on a backing loop (observed: >20 s, killed); info --backing-chain reports the loop"))
+CASES.append(Case("backing-loop-via-symlink", loop_via_symlink, names=("a.qcow2", "b.qcow2", "c.qcow2"), override="read", skip_qemu=True, why="qemu-img 7.2 convert does not finish on a backing loop (observed: >20 s, killed); info --backing-chain reports the loop"))
 CASES.append(Case("backing-loop-three-relative", loop3_via_dirs, names=("a.qcow2", "b.qcow2", "c.qcow2"), override="read", skip_qemu=True, why="qemu-img 7.2 convert does not finish on a backing loop (observed: >20 s, killed); info --backing-chain reports the loop"))
 
 

@@ -318,7 +318,7 @@ mkdir -p "$W/loop" && cd "$W/loop"
 qemu-img create -q -f qcow2 a.qcow2 1M && qemu-img create -q -f qcow2 -b "$W/loop/a.qcow2" -F qcow2 b.qcow2 &&
     qemu-img rebase -u -b "$W/loop/b.qcow2" -F qcow2 a.qcow2
 cd "$W"
-refused "a chain that loops" 3 "loops" "$W/loop" "$QSNAP" adopt "$W/loop/b.qcow2"
+refused "a chain that loops" 3 "loops|infinite loop" "$W/loop" "$QSNAP" adopt "$W/loop/b.qcow2"
 mkdir -p "$W/nodisk"
 V dumpxml qsnap-qcow2 | sed '/<disk/,/<\/disk>/d' >"$W/nodisk.xml"
 refused "a domain XML with no disk" 2 "no disk" "$W/nodisk" "$QSNAP" libvirt-xml \

@@ -305,7 +305,8 @@ else
         bad "damaged header message" "$(cat badhdr.err)"
 fi
 cp img.qcow2 badl2.qcow2
-# The L2 entry of guest offset 20M points far past the end of the file.
+# The L2 entry of guest offset 20M holds an unaligned host offset (a corruption for qemu
+# too; an offset past the end of the file would read as zeroes, as in qemu).
 python3 - badl2.qcow2 <<'EOF'
 import struct, sys
 f = open(sys.argv[1], "r+b")
@@ -314,7 +315,7 @@ l1 = struct.unpack(">Q", h[40:48])[0]
 f.seek(l1)
 l2 = struct.unpack(">Q", f.read(8))[0] & ((1 << 56) - 512)
 f.seek(l2 + 8 * (20 * 1024 * 1024 // 65536))
-f.write(struct.pack(">Q", (1 << 63) | (1 << 50)))
+f.write(struct.pack(">Q", (1 << 63) | 0x50200))
 EOF
 if serve badl2 file="$W/badl2.qcow2" readonly=1; then
     if timeout 60 nbdcopy "$(uri badl2)" badl2.raw >c.out 2>&1; then
