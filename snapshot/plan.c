@@ -255,10 +255,8 @@ static int check_link(const qsnap_store *s, const struct qsnap__model *m, unsign
     }
     oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
     oo.format = QCOW2_FORMAT_QCOW2;
-    rc = qcow2_image_open(&img, path, &oo);
-    if (rc) {
-        rc = qsnap__from_qcow2(rc, "'qsnap verify DISK' checks the store");
-    } else {
+    rc = qsnap__image_open(s, path, &oo, &img, "'qsnap verify DISK' checks the store");
+    if (!rc) {
         qcow2_image_get_info(img, &info);
         ok = b ? same_file(info.backing_path, want) && info.backing_format &&
                      qcow2_format_from_name(info.backing_format) == b->fmt
@@ -1473,10 +1471,10 @@ static int head_has_snapshot(const qsnap_store *s, const struct qsnap__layer *l,
         return nomem();
     oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
     oo.format = QCOW2_FORMAT_QCOW2;
-    rc = qcow2_image_open(&img, path, &oo);
+    rc = qsnap__image_open(s, path, &oo, &img, "'qsnap verify DISK' checks the store");
     free(path);
     if (rc)
-        return qsnap__from_qcow2(rc, "'qsnap verify DISK' checks the store");
+        return rc;
     *has = qsnap__find_internal(img, name) >= 0;
     qcow2_image_close(img);
     return 0;

@@ -33,9 +33,9 @@ static int open_layer(const qsnap_store *s, const struct qsnap__layer *l, unsign
         return nomem();
     oo.flags = flags;
     oo.format = l->fmt;
-    rc = qcow2_image_open(out, path, &oo);
+    rc = qsnap__image_open(s, path, &oo, out, "'qsnap verify DISK' checks the store");
     free(path);
-    return rc ? qsnap__from_qcow2(rc, "'qsnap verify DISK' checks the store") : 0;
+    return rc;
 }
 
 int qsnap__head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *dirty,
@@ -89,12 +89,10 @@ int qsnap__image_in_use(const qsnap_store *s, const struct qsnap__layer *l)
     /* A reader lock is what QEMU refuses while it writes the image. */
     oo.flags = QCOW2_OPEN_NO_BACKING;
     oo.format = l->fmt;
-    rc = qcow2_image_open(&img, path, &oo);
-    if (rc == QCOW2_EBUSY)
+    rc = qsnap__image_open(s, path, &oo, &img, NULL);
+    if (rc == QSNAP_EBUSY)
         rc = qsnap__err(QSNAP_EBUSY, "stop the virtual machine that uses it first",
                         "%s is in use (a running QEMU holds its lock)", path);
-    else if (rc)
-        rc = qsnap__from_qcow2(rc, NULL);
     qcow2_image_close(img);
     free(path);
     return rc;
@@ -106,7 +104,7 @@ static uint64_t file_bytes(const qsnap_store *s, const struct qsnap__layer *l)
     struct stat st;
     uint64_t v = 0;
 
-    if (path && stat(path, &st) == 0)
+    if (path && lstat(path, &st) == 0 && S_ISREG(st.st_mode))
         v = (uint64_t)st.st_blocks * 512;
     free(path);
     return v;
@@ -709,17 +707,22 @@ static bool repoint(qsnap_store *s, struct qsnap__layer *l, const struct qsnap__
     if (!link)
         return false;
     wo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING;
+    (void)mode;
+    /* Never through a link: the file must be the store's own (safe.c). */
+    if (qsnap__check_store_file(s, l->file) != 0) {
+        free(link);
+        return false;
+    }
     if (l->frozen)
-        chmod(path, mode | 0200);
-    if (qcow2_image_open(&w, path, &wo) == 0 &&
+        qsnap__chmod_store_file(s, l->file, true);
+    if (qsnap__image_open(s, path, &wo, &w, NULL) == 0 &&
         qcow2_image_rebase(w, link, qcow2_format_name(b->fmt), true, NULL, NULL) == 0 &&
         qcow2_image_flush(w) == 0)
         fixed = true;
     qcow2_image_close(w);
     if (l->frozen)
-        chmod(path, mode & ~(mode_t)0222);
+        qsnap__chmod_store_file(s, l->file, false);
     free(link);
-    (void)s;
     return fixed;
 }
 
@@ -753,9 +756,15 @@ static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, st
         free(path);
         return;
     }
+    if (qsnap__check_store_file(s, l->file) != 0) {
+        /* Not read, not repaired: whatever it points at is not the store's. */
+        find(fs, true, false, path, "%s", qsnap_error_last()->message);
+        free(path);
+        return;
+    }
     oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
     oo.format = l->fmt;
-    rc = qcow2_image_open(&img, path, &oo);
+    rc = qsnap__image_open(s, path, &oo, &img, NULL);
     if (rc) {
         find(fs, true, false, path, "%s cannot be opened: %s", l->file,
              qcow2_error_last()->message);
@@ -804,14 +813,14 @@ static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, st
         }
     }
     if (l->frozen && stat(path, &st) == 0 && (st.st_mode & 0222)) {
-        if (repair && chmod(path, st.st_mode & ~(mode_t)0222) == 0)
+        if (repair && qsnap__chmod_store_file(s, l->file, false) == 0)
             find(fs, true, true, path, "%s was writable; made read-only again", l->file);
         else
             find(fs, true, false, path, "%s is frozen but writable (--repair makes it read-only)",
                  l->file);
     }
     /* 3. The image's own metadata. */
-    if (!img && qcow2_image_open(&img, path, &oo) != 0)
+    if (!img && qsnap__image_open(s, path, &oo, &img, NULL) != 0)
         img = NULL;
     if (img && l->fmt == QCOW2_FORMAT_QCOW2) {
         qcow2_check_result cr;
@@ -884,9 +893,8 @@ static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
             if (named)
                 continue;
             if (repair) {
-                char *p = qsnap__path(s, rel);
-                bool ok = p && unlink(p) == 0;
-                free(p);
+                /* A link is removed itself (unlinkat), never what it points at. */
+                bool ok = qsnap__unlink_store_file(s, rel) == 0;
                 find(fs, true, ok, rel, ok ? "%s: half-made or orphaned file removed"
                                            : "%s: orphaned file could not be removed",
                      rel);
@@ -957,8 +965,9 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
         const struct qsnap__layer *h = qsnap__layer(&s->m, s->m.branches[i].head);
         char *p = h ? qsnap__path(s, h->file) : NULL;
         struct stat st;
-        if (p && stat(p, &st) == 0 && !(st.st_mode & 0200)) {
-            if (repair && chmod(p, st.st_mode | 0200) == 0)
+        if (p && h && qsnap__check_store_file(s, h->file) == 0 && stat(p, &st) == 0 &&
+            !(st.st_mode & 0200)) {
+            if (repair && qsnap__chmod_store_file(s, h->file, true) == 0)
                 find(&fs, true, true, p, "head of branch %s was read-only; made writable",
                      s->m.branches[i].name);
             else
