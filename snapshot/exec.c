@@ -1091,19 +1091,24 @@ int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
         if (rc)
             return rc;
     }
+    /* Nothing is done in a store where a link or device stands for a store file (safe.c). */
+    rc = qsnap__scan_store(s);
+    if (rc)
+        return rc;
     rc = journal_write(s, p);
     if (rc)
         return rc;
     rc = run_from(s, p, 0, o, &at);
     if (rc) {
         qsnap_error e = *qsnap_error_last();
-        char msg[1024];
+        char msg[1024], hint[1024];
         snprintf(msg, sizeof(msg), "%s", e.message);
+        /* e.hint points at the buffer the next qsnap__err() writes: copied first. */
+        snprintf(hint, sizeof(hint), "%s", e.hint ? e.hint : "");
         if (can_undo(p, at)) {
             /* Nothing was committed: put things back as they were. */
             undo(s, p, at);
-            return qsnap__err(rc, e.hint && e.hint[0] ? e.hint
-                                                      : "fix the cause and run the command again",
+            return qsnap__err(rc, hint[0] ? hint : "fix the cause and run the command again",
                               "%s (nothing was changed)", msg);
         }
         /* The journal stays: the operation is finished by verify --repair. */
@@ -1122,6 +1127,9 @@ int qsnap__recover(qsnap_store *s, bool *did)
 
     *did = false;
     if (rc || !pending)
+        return rc;
+    rc = qsnap__scan_store(s);
+    if (rc)
         return rc;
     rc = journal_read(s, &p);
     if (rc)

@@ -208,6 +208,8 @@ int qsnap__io_open(qcow2_io **out, const char *path, unsigned flags, void *paylo
 int qsnap__image_open(const qsnap_store *s, const char *path, qcow2_open_opts *oo,
                       qcow2_image **out, const char *hint);
 int qsnap__image_create(const qsnap_store *s, const char *path, qcow2_create_opts *co);
+/* Every file of the store is what it should be (no link, no device): else QSNAP_EINTEGRITY. */
+int qsnap__scan_store(const qsnap_store *s);
 int qsnap__unlink_store_file(const qsnap_store *s, const char *rel);
 int qsnap__rename_store_file(const qsnap_store *s, const char *from_rel, const char *to_rel);
 /* 0 with *err = errno when link() itself failed (EEXIST, EXDEV, ...). */

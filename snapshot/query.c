@@ -910,6 +910,73 @@ static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
     }
 }
 
+/*
+ * The store's own files, by kind (safe.c): the directories, the meta file,
+ * the lock, the journal and state files must be what they are (no links, no
+ * devices); temporary files (meta.tmp, journal.tmp) are what a killed
+ * command left behind and go with --repair (a link there is removed itself).
+ * Layer files are checked by verify_layer, the other files of layers/ and
+ * state/ by verify_orphans. Returns false when a directory of the store is
+ * not one: nothing in it is looked at.
+ */
+static bool verify_store_files(qsnap_store *s, bool repair, struct findings *fs)
+{
+    static const char *const fixed[] = {"meta", "lock", "journal"};
+    static const char *const tmps[] = {"meta.tmp", "journal.tmp"};
+    static const char *const dirs[] = {"layers", "state"};
+    bool ok = true;
+
+    for (size_t i = 0; i < 2; i++) {
+        int dfd = -1;
+        if (qsnap__store_dirfd(s, dirs[i], &dfd) == QSNAP_EINTEGRITY) {
+            find(fs, true, false, dirs[i], "%s", qsnap_error_last()->message);
+            ok = false;
+        }
+        if (dfd >= 0)
+            close(dfd);
+    }
+    for (size_t i = 0; i < 3; i++) {
+        if (qsnap__check_store_file(s, fixed[i]) == QSNAP_EINTEGRITY)
+            find(fs, true, false, fixed[i], "%s", qsnap_error_last()->message);
+    }
+    for (size_t i = 0; i < 2; i++) {
+        struct stat st;
+        if (qsnap__lstat_store_file(s, tmps[i], &st) != 0)
+            continue;
+        if (repair && qsnap__unlink_store_file(s, tmps[i]) == 0)
+            find(fs, true, true, tmps[i], "%s/%s: left by an interrupted command; removed", s->dir,
+                 tmps[i]);
+        else
+            find(fs, true, false, tmps[i],
+                 "%s/%s: %sleft by an interrupted command (--repair removes it)", s->dir, tmps[i],
+                 S_ISREG(st.st_mode) ? "" : "not a regular file, ");
+    }
+    for (size_t i = 0; ok && i < s->m.nn; i++) {
+        const struct qsnap__node *n = &s->m.nodes[i];
+        struct stat st;
+        size_t names = 0;
+        if (!n->state || qsnap__lstat_store_file(s, n->state, &st) != 0)
+            continue; /* a missing one is reported below */
+        if (qsnap__check_store_file(s, n->state) == QSNAP_EINTEGRITY) {
+            find(fs, true, false, n->state, "%s", qsnap_error_last()->message);
+            continue;
+        }
+        /* Every name the store has for this file is one of its links. */
+        for (size_t k = 0; k < s->m.nn; k++) {
+            struct stat o;
+            if (s->m.nodes[k].state &&
+                qsnap__lstat_store_file(s, s->m.nodes[k].state, &o) == 0 &&
+                o.st_ino == st.st_ino && o.st_dev == st.st_dev)
+                names++;
+        }
+        if ((size_t)st.st_nlink < names)
+            find(fs, true, false, n->state,
+                 "%s/%s: has %lu links but the store names it %zu times", s->dir, n->state,
+                 (unsigned long)st.st_nlink, names);
+    }
+    return ok;
+}
+
 int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out)
 {
     struct findings fs = {NULL, 0, 0, 0};
@@ -949,6 +1016,8 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
         return qsnap__err(QSNAP_ENOTFOUND, "'qsnap create DISK' makes the first snapshot",
                           "%s: no snapshots yet", s->disk_abs);
     }
+    if (!verify_store_files(s, repair, &fs))
+        goto done_checked;
     for (size_t i = 0; i < s->m.nl; i++)
         verify_layer(s, &s->m.layers[i], repair, &fs);
     for (size_t i = 0; i < s->m.nn; i++)
@@ -987,6 +1056,7 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
         if (changed && s->exists)
             qsnap__save_model(s, &s->m);
     }
+done_checked:
     find(&fs, false, false, "", "checked %zu layers, %zu snapshots and nodes, %zu branches", s->m.nl,
          s->m.nn, s->m.nb);
 done:

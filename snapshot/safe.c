@@ -19,6 +19,7 @@
  * the directory beside the file it resolves to, and the metadata names that
  * file. Layers reach it through their backing links by that name.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -471,4 +472,53 @@ int qsnap__link_into_store(const qsnap_store *s, const char *src, const char *re
                         strerror(errno));
     close(dfd);
     return rc;
+}
+
+/* QSNAP_EINTEGRITY naming the first entry of directory sub that is not a regular file. */
+static int scan_dir(const qsnap_store *s, const char *sub)
+{
+    struct dirent *e;
+    DIR *d;
+    int dfd, rc = 0;
+
+    rc = qsnap__store_dirfd(s, sub, &dfd);
+    if (rc)
+        return rc == QSNAP_ENOTFOUND ? 0 : rc;
+    d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: %s", s->dir, sub, strerror(errno));
+    }
+    while (!rc && (e = readdir(d)) != NULL) {
+        unsigned char type = e->d_type;
+        if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
+            continue;
+        if (type == DT_UNKNOWN) {
+            struct stat st;
+            if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                continue;
+            type = S_ISREG(st.st_mode) ? DT_REG : S_ISLNK(st.st_mode) ? DT_LNK : DT_FIFO;
+        }
+        if (type != DT_REG) {
+            char path[PATH_MAX];
+            snprintf(path, sizeof(path), "%s/%s/%s", s->dir, sub, e->d_name);
+            rc = qsnap__unsafe_err(path, type == DT_LNK ? ELOOP : ENODEV);
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+int qsnap__scan_store(const qsnap_store *s)
+{
+    static const char *const files[] = {"meta", "lock", "journal", "meta.tmp", "journal.tmp"};
+    int rc;
+
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        rc = qsnap__check_store_file(s, files[i]);
+        if (rc && rc != QSNAP_ENOTFOUND)
+            return rc;
+    }
+    rc = scan_dir(s, "layers");
+    return rc ? rc : scan_dir(s, "state");
 }
