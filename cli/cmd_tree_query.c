@@ -858,7 +858,8 @@ int cli_tree_verify(int argc, char **argv)
         return tree_usage("verify", "unexpected argument '%s'", p.argv[1]);
     /* CREATE: a first create that was interrupted has a journal but no metadata yet. */
     status =
-        tree_open(&s, p.argv[0], QSNAP_OPEN_CREATE | (repair ? 0u : (unsigned)QSNAP_OPEN_READONLY));
+        tree_open(&s, p.argv[0], QSNAP_OPEN_CREATE | QSNAP_OPEN_ANY_FILES |
+                                     (repair ? 0u : (unsigned)QSNAP_OPEN_READONLY));
     if (status)
         return status;
     rc = qsnap_verify(s, repair, &f, &n);

@@ -892,8 +892,10 @@ static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
                 named = s->m.nodes[i].state && !strcmp(s->m.nodes[i].state, rel);
             if (named)
                 continue;
-            if (repair) {
-                /* A link is removed itself (unlinkat), never what it points at. */
+            if (qsnap__check_store_file(s, rel) == QSNAP_EINTEGRITY) {
+                /* Not removed by --repair: whoever planted it is worth a look. */
+                find(fs, true, false, rel, "%s", qsnap_error_last()->message);
+            } else if (repair) {
                 bool ok = qsnap__unlink_store_file(s, rel) == 0;
                 find(fs, true, ok, rel, ok ? "%s: half-made or orphaned file removed"
                                            : "%s: orphaned file could not be removed",
@@ -943,13 +945,16 @@ static bool verify_store_files(qsnap_store *s, bool repair, struct findings *fs)
         struct stat st;
         if (qsnap__lstat_store_file(s, tmps[i], &st) != 0)
             continue;
-        if (repair && qsnap__unlink_store_file(s, tmps[i]) == 0)
+        /* A regular leftover goes; a link or device stays for whoever looks into it. */
+        if (repair && S_ISREG(st.st_mode) && qsnap__unlink_store_file(s, tmps[i]) == 0)
             find(fs, true, true, tmps[i], "%s/%s: left by an interrupted command; removed", s->dir,
                  tmps[i]);
         else
             find(fs, true, false, tmps[i],
-                 "%s/%s: %sleft by an interrupted command (--repair removes it)", s->dir, tmps[i],
-                 S_ISREG(st.st_mode) ? "" : "not a regular file, ");
+                 S_ISREG(st.st_mode) ? "%s/%s: left by an interrupted command (--repair removes it)"
+                                     : "%s/%s: a link or device where a temporary file of the "
+                                       "store should be (remove it by hand)",
+                 s->dir, tmps[i]);
     }
     for (size_t i = 0; ok && i < s->m.nn; i++) {
         const struct qsnap__node *n = &s->m.nodes[i];

@@ -67,6 +67,9 @@ int qsnap__store_dirfd(const qsnap_store *s, const char *sub, int *out)
     dfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (dfd < 0) {
         int e = errno;
+        struct stat st;
+        if (e == ENOTDIR && lstat(s->dir, &st) == 0 && S_ISLNK(st.st_mode))
+            e = ELOOP;
         if (e == ELOOP || e == ENOTDIR) {
             note_refusal(s, s->dir, e);
             return qsnap__unsafe_err(s->dir, e);
@@ -84,7 +87,10 @@ int qsnap__store_dirfd(const qsnap_store *s, const char *sub, int *out)
         close(dfd);
         if (e == ELOOP || e == ENOTDIR) {
             char path[PATH_MAX];
+            struct stat st;
             snprintf(path, sizeof(path), "%s/%s", s->dir, sub);
+            if (e == ENOTDIR && lstat(path, &st) == 0 && S_ISLNK(st.st_mode))
+                e = ELOOP;
             note_refusal(s, path, e);
             return qsnap__unsafe_err(path, e);
         }

@@ -371,6 +371,9 @@ int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags)
             goto fail;
         }
         rc = take_lock(s);
+        /* A store with a link or a device for one of its files: refused (safe.c). */
+        if (!rc && !(flags & QSNAP_OPEN_ANY_FILES))
+            rc = qsnap__scan_store(s);
         if (rc)
             goto fail;
         {
