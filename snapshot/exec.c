@@ -1118,6 +1118,79 @@ int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
     return 0;
 }
 
+/*
+ * Before a journal is replayed: a kill inside a step that was writing into
+ * a qcow2 layer (an internal snapshot made, applied or deleted, a stream, a
+ * commit, the top-up of a kept layer) can leave leaked clusters or, between
+ * the writes of one table update, wrong COPIED flags. Each layer that a step
+ * still to run writes into, and that is writable now (a frozen layer is only
+ * written after a THAW step, so a frozen one was not being written), is
+ * checked and repaired (check -r all) so that the replay and every later
+ * check find it clean. Content is not changed by the repair.
+ */
+static int repair_touched(qsnap_store *s, qsnap_plan *p, size_t from)
+{
+    for (size_t i = from; i < p->n; i++) {
+        const struct qsnap__step *st = &p->steps[i];
+        unsigned ids[2] = {0, 0};
+        switch (st->kind) {
+        case QSNAP__ST_INTERNAL_CREATE:
+        case QSNAP__ST_INTERNAL_APPLY:
+        case QSNAP__ST_INTERNAL_DELETE:
+        case QSNAP__ST_STREAM:
+        case QSNAP__ST_PRESERVE:
+            ids[0] = st->x;
+            break;
+        case QSNAP__ST_COMMIT:
+            ids[0] = st->x;
+            ids[1] = st->y;
+            break;
+        case QSNAP__ST_MKDIR:
+        case QSNAP__ST_CREATE:
+        case QSNAP__ST_FREEZE:
+        case QSNAP__ST_THAW:
+        case QSNAP__ST_LINK_STATE:
+        case QSNAP__ST_SET_BACKING:
+        case QSNAP__ST_SAVE:
+        case QSNAP__ST_UNLINK:
+            break;
+        }
+        for (size_t k = 0; k < 2; k++) {
+            const struct qsnap__layer *l = ids[k] ? find_layer(s, p, ids[k]) : NULL;
+            qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+            qcow2_check_result cr;
+            qcow2_image *img = NULL;
+            struct stat sb;
+            char *path;
+            bool bad;
+            int rc;
+
+            if (!l || l->fmt != QCOW2_FORMAT_QCOW2 ||
+                qsnap__lstat_store_file(s, l->file, &sb) != 0 || !S_ISREG(sb.st_mode) ||
+                !(sb.st_mode & 0200))
+                continue;
+            path = qsnap__path(s, l->file);
+            if (!path)
+                return nomem();
+            oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK | QCOW2_OPEN_CHECK;
+            oo.format = QCOW2_FORMAT_QCOW2;
+            rc = qsnap__image_open(s, path, &oo, &img, NULL);
+            free(path);
+            if (rc)
+                return rc;
+            memset(&cr, 0, sizeof(cr));
+            bad = qcow2_image_check(img, 0, &cr) == 0 && (cr.corruptions || cr.leaks);
+            qcow2_image_close(img);
+            if (bad) {
+                rc = qsnap__repair_layer(s, l);
+                if (rc)
+                    return rc;
+            }
+        }
+    }
+    return 0;
+}
+
 int qsnap__recover(qsnap_store *s, bool *did)
 {
     qsnap_plan *p = NULL;
@@ -1165,7 +1238,9 @@ int qsnap__recover(qsnap_store *s, bool *did)
             }
         }
     }
-    rc = run_from(s, p, from, NULL, &at);
+    rc = repair_touched(s, p, from);
+    if (!rc)
+        rc = run_from(s, p, from, NULL, &at);
     /* The crashed run may have gone further than this one: undo only when nothing
      * before the first commit point could have changed a file irreversibly. */
     if (rc && from == 0 && can_undo(p, first_save(p))) {

@@ -214,6 +214,8 @@ int qsnap__unlink_store_file(const qsnap_store *s, const char *rel);
 int qsnap__rename_store_file(const qsnap_store *s, const char *from_rel, const char *to_rel);
 /* 0 with *err = errno when link() itself failed (EEXIST, EXDEV, ...). */
 int qsnap__link_into_store(const qsnap_store *s, const char *src, const char *rel, int *err);
+/* qcow2 check -r all on layer l's own file (leaks freed, refcounts and flags fixed). */
+int qsnap__repair_layer(const qsnap_store *s, const struct qsnap__layer *l);
 int qsnap__fingerprint_store_file(const qsnap_store *s, const char *rel, uint64_t from,
                                   uint8_t out[16], struct stat *st);
 

@@ -726,6 +726,40 @@ static bool repoint(qsnap_store *s, struct qsnap__layer *l, const struct qsnap__
     return fixed;
 }
 
+/*
+ * What check found in layer l's own metadata. A branch head (writable) is
+ * repaired by --repair (leaked clusters freed, refcounts and flags fixed, as
+ * 'qemu-img check -r all'); a frozen layer is never written: its leaks are
+ * harmless and only noted, its corruptions are a problem to restore.
+ */
+static void verify_image_check(qsnap_store *s, const struct qsnap__layer *l, bool repair,
+                               const qcow2_check_result *cr, struct findings *fs)
+{
+    char *path = qsnap__path(s, l->file);
+
+    if (!path)
+        return;
+    if (!l->frozen && repair && qsnap__repair_layer(s, l) == 0) {
+        find(fs, true, true, path,
+             "%s: %" PRIu64 " corruptions and %" PRIu64 " leaked clusters repaired", l->file,
+             cr->corruptions, cr->leaks);
+    } else if (!l->frozen) {
+        find(fs, true, false, path,
+             "%s: %" PRIu64 " corruptions and %" PRIu64 " leaked clusters found by check "
+             "(--repair repairs them)",
+             l->file, cr->corruptions, cr->leaks);
+    } else if (cr->corruptions) {
+        find(fs, true, false, path, "%s: %" PRIu64 " corruptions found by check "
+                                    "('qsnap image check -r all' repairs them)",
+             l->file, cr->corruptions);
+    } else {
+        find(fs, false, false, path, "%s: %" PRIu64 " leaked clusters (harmless; the layer is "
+                                     "frozen and stays as it is)",
+             l->file, cr->leaks);
+    }
+    free(path);
+}
+
 static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, struct findings *fs)
 {
     char *path = qsnap__path(s, l->file);
@@ -825,10 +859,11 @@ static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, st
     if (img && l->fmt == QCOW2_FORMAT_QCOW2) {
         qcow2_check_result cr;
         memset(&cr, 0, sizeof(cr));
-        if (qcow2_image_check(img, 0, &cr) == 0 && cr.corruptions)
-            find(fs, true, false, path, "%s: %" PRIu64 " corruptions found by check "
-                                        "('qsnap image check -r all' repairs them)",
-                 l->file, cr.corruptions);
+        if (qcow2_image_check(img, 0, &cr) == 0 && (cr.corruptions || cr.leaks)) {
+            qcow2_image_close(img);
+            img = NULL;
+            verify_image_check(s, l, repair, &cr, fs);
+        }
     }
     qcow2_image_close(img);
     free(path);

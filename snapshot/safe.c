@@ -528,3 +528,36 @@ int qsnap__scan_store(const qsnap_store *s)
     rc = scan_dir(s, "layers");
     return rc ? rc : scan_dir(s, "state");
 }
+
+int qsnap__repair_layer(const qsnap_store *s, const struct qsnap__layer *l)
+{
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    qcow2_check_result cr;
+    qcow2_image *img = NULL;
+    char *path;
+    int rc;
+
+    if (l->fmt != QCOW2_FORMAT_QCOW2)
+        return 0;
+    path = qsnap__path(s, l->file);
+    if (!path)
+        return nomem();
+    /* CHECK: the image as it is (no repair at open); the image lock keeps a VM out. */
+    oo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_CHECK;
+    oo.format = QCOW2_FORMAT_QCOW2;
+    rc = qsnap__image_open(s, path, &oo, &img, NULL);
+    if (!rc) {
+        memset(&cr, 0, sizeof(cr));
+        rc = qcow2_image_check(img, QCOW2_CHECK_FIX_LEAKS | QCOW2_CHECK_FIX_ERRORS, &cr);
+        if (!rc)
+            rc = qcow2_image_flush(img);
+        if (rc)
+            rc = qsnap__from_qcow2(rc, NULL);
+        else if (cr.corruptions > cr.corruptions_fixed || cr.leaks > cr.leaks_fixed)
+            rc = qsnap__err(QSNAP_EINTEGRITY, "restore it from a backup",
+                            "%s: check could not repair everything", path);
+    }
+    qcow2_image_close(img);
+    free(path);
+    return rc;
+}
