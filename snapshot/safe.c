@@ -284,6 +284,7 @@ static const char *store_rel(const qsnap_store *s, const char *path, char *buf, 
     const char *p = path;
 
     *is_disk = false;
+    buf[0] = '\0';
     if (path[0] != '/' || strlen(path) >= size)
         return NULL;
     /* Lexical normalisation: drop "." and empty parts, apply "..". */
@@ -320,12 +321,23 @@ static const char *store_rel(const qsnap_store *s, const char *path, char *buf, 
     return buf + dl + 1;
 }
 
+/* Whether a normalised absolute path is the store directory or below it. */
+static bool inside_store(const qsnap_store *s, const char *norm)
+{
+    size_t dl = strlen(s->dir);
+
+    return norm[0] == '/' && !strncmp(norm, s->dir, dl) && (norm[dl] == '/' || !norm[dl]);
+}
+
 /*
  * libqcow2's open function for every image qsnap opens or creates in a store
  * (payload: the store). A file in layers/ is opened from that directory
- * without following links and must be a regular file; the disk is opened as
- * the user's file it is; any other file is refused: the store's layers back
- * onto each other and onto the disk only.
+ * without following links and must be a regular file; any other path inside
+ * the store is refused (layers back onto layers and onto the disk only).
+ * The disk, and the backing chain the disk itself may have had before it
+ * had a store (its own files, outside the store), are opened as the user's
+ * files they are; a store layer whose link was edited to point outside is
+ * refused by the link checks (check_link in plan.c, verify).
  */
 int qsnap__io_open(qcow2_io **out, const char *path, unsigned flags, void *payload)
 {
@@ -337,7 +349,7 @@ int qsnap__io_open(qcow2_io **out, const char *path, unsigned flags, void *paylo
 
     *out = NULL;
     rel = store_rel(s, path, buf, sizeof(buf), &is_disk);
-    if (is_disk)
+    if (is_disk || (!rel && !inside_store(s, buf)))
         return qcow2_io_posix_open(out, path, flags);
     if (!rel || split_rel(rel, dir, sizeof(dir), &base) < 0 || strcmp(dir, "layers") != 0) {
         note_refusal(s, path, EXDEV);
