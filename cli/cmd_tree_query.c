@@ -812,11 +812,14 @@ static const char verify_help[] =
     "\n"
     "Check the store: every file exists and passes a check, every backing link and\n"
     "format matches the metadata, no snapshot changed since it was taken (xxh3-128\n"
-    "fingerprints), no interrupted operation is pending, no stray files.\n"
+    "fingerprints), no interrupted operation is pending, no stray files, no store\n"
+    "file that is a symbolic link or not a regular file, no leaked cluster in a head.\n"
     "\n"
     "Options:\n"
-    "      --repair         finish an interrupted operation, re-point links that\n"
-    "                       differ, restore file modes and remove half-made files\n"
+    "      --repair         finish an interrupted operation (repairing the images it\n"
+    "                       was writing), re-point links that differ, restore file\n"
+    "                       modes, free leaked clusters of heads and remove\n"
+    "                       half-made and temporary files (never a link)\n"
     "      --json           print a JSON document\n"
     "  -h, --help           show this help and exit\n"
     "\n" TREE_EXIT_HELP;
@@ -858,7 +861,8 @@ int cli_tree_verify(int argc, char **argv)
         return tree_usage("verify", "unexpected argument '%s'", p.argv[1]);
     /* CREATE: a first create that was interrupted has a journal but no metadata yet. */
     status =
-        tree_open(&s, p.argv[0], QSNAP_OPEN_CREATE | (repair ? 0u : (unsigned)QSNAP_OPEN_READONLY));
+        tree_open(&s, p.argv[0], QSNAP_OPEN_CREATE | QSNAP_OPEN_ANY_FILES |
+                                     (repair ? 0u : (unsigned)QSNAP_OPEN_READONLY));
     if (status)
         return status;
     rc = qsnap_verify(s, repair, &f, &n);

@@ -255,10 +255,8 @@ static int check_link(const qsnap_store *s, const struct qsnap__model *m, unsign
     }
     oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
     oo.format = QCOW2_FORMAT_QCOW2;
-    rc = qcow2_image_open(&img, path, &oo);
-    if (rc) {
-        rc = qsnap__from_qcow2(rc, "'qsnap verify DISK' checks the store");
-    } else {
+    rc = qsnap__image_open(s, path, &oo, &img, "'qsnap verify DISK' checks the store");
+    if (!rc) {
         qcow2_image_get_info(img, &info);
         ok = b ? same_file(info.backing_path, want) && info.backing_format &&
                      qcow2_format_from_name(info.backing_format) == b->fmt
@@ -663,6 +661,25 @@ static void fmt_bytes(char *buf, size_t len, uint64_t v)
         snprintf(buf, len, "%.1f %s", d, unit[u]);
 }
 
+/*
+ * Whether branch b is the only way to name the state it stands on: its base
+ * is an unnamed node (a commit makes one: the committed state) that no other
+ * branch stands on. Dropping such a branch, even a clean one, would leave a
+ * state that differs from every named one and that no command can name.
+ */
+static bool only_name_of_base(const struct qsnap__model *t, const struct qsnap__branch *b)
+{
+    const struct qsnap__node *n = qsnap__node(t, b->base);
+
+    if (!n || n->name)
+        return false;
+    for (size_t i = 0; i < t->nb; i++) {
+        if (&t->branches[i] != b && t->branches[i].base == b->base)
+            return false;
+    }
+    return true;
+}
+
 int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
                       const char *new_branch, bool discard)
 {
@@ -703,6 +720,9 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
     if (rc)
         goto out;
     drop = discard || !dirty;
+    /* A clean branch on an unnamed state is that state's only name: kept (see above). */
+    if (drop && !discard && only_name_of_base(&t, cur))
+        drop = false;
     if (qsnap__internal_nodes_in(&t, cur->head, NULL)) {
         /* Its head holds internal snapshots: dropping it would delete them. */
         if (discard) {
@@ -749,7 +769,11 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
     if (rc)
         goto out;
     fmt_bytes(bytes, sizeof(bytes), used);
-    if (!drop)
+    if (!drop && !dirty)
+        rc = set_summary(p, "reverted to %s on new branch %s; branch %s is kept (the state it "
+                            "stands on has no snapshot name)",
+                         snapshot, newname, left);
+    else if (!drop)
         rc = set_summary(p, "reverted to %s on new branch %s; branch %s keeps its changes (%s)",
                          snapshot, newname, left, bytes);
     else if (dirty)
@@ -1473,10 +1497,10 @@ static int head_has_snapshot(const qsnap_store *s, const struct qsnap__layer *l,
         return nomem();
     oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
     oo.format = QCOW2_FORMAT_QCOW2;
-    rc = qcow2_image_open(&img, path, &oo);
+    rc = qsnap__image_open(s, path, &oo, &img, "'qsnap verify DISK' checks the store");
     free(path);
     if (rc)
-        return qsnap__from_qcow2(rc, "'qsnap verify DISK' checks the store");
+        return rc;
     *has = qsnap__find_internal(img, name) >= 0;
     qcow2_image_close(img);
     return 0;

@@ -88,6 +88,12 @@ struct qsnap__model {
     size_t nb;
 };
 
+/* The last store file an open refused (safe.c), for the message that names it. */
+struct qsnap__refusal {
+    char path[4096];
+    int err;             /* ELOOP, ENODEV, ENOTDIR, EXDEV; 0: none */
+};
+
 struct qsnap_store {
     char *disk_abs;      /* the disk, absolute */
     char *dir;           /* the store directory, absolute */
@@ -95,6 +101,7 @@ struct qsnap_store {
     bool exists;         /* the metadata file exists */
     bool readonly;       /* opened for queries */
     struct qsnap__model m;
+    struct qsnap__refusal *refusal; /* see safe.c (NULL: not recorded) */
 };
 
 /* Step kinds (see exec.c for what each does and why it is idempotent). */
@@ -179,6 +186,38 @@ int qsnap__refuse_orphan_layers(const qsnap_store *s);
 int qsnap__layer_fingerprint(const qsnap_store *s, struct qsnap__layer *l);
 /* Index of the internal snapshot named exactly `name` (not by id) in img, or -1. */
 long qsnap__find_internal(const qcow2_image *img, const char *name);
+
+/*
+ * safe.c: store files are opened from the store's directory without
+ * following links and must be regular files (the top of safe.c says why).
+ * rel is store-relative ("meta", "layers/3.qcow2"; "../NAME" is the disk).
+ */
+struct stat;
+int qsnap__unsafe_err(const char *path, int e);
+int qsnap__store_dirfd(const qsnap_store *s, const char *sub, int *out);
+/* openat(O_NOFOLLOW) of a store file, which must be a regular file (errno kept on failure). */
+int qsnap__open_store_file(const qsnap_store *s, const char *rel, int oflags, int *fd_out);
+int qsnap__lstat_store_file(const qsnap_store *s, const char *rel, struct stat *st);
+/* QSNAP_EINTEGRITY when rel is a link or not a regular file; QSNAP_ENOTFOUND when missing. */
+int qsnap__check_store_file(const qsnap_store *s, const char *rel);
+/* Remove a leftover temporary file (a regular one; anything else is refused). */
+int qsnap__clear_tmp(const qsnap_store *s, const char *rel);
+int qsnap__chmod_store_file(const qsnap_store *s, const char *rel, bool writable);
+int qsnap__io_open(qcow2_io **out, const char *path, unsigned flags, void *payload);
+/* qcow2_image_open / _create with qsnap__io_open; a refused link is QSNAP_EINTEGRITY. */
+int qsnap__image_open(const qsnap_store *s, const char *path, qcow2_open_opts *oo,
+                      qcow2_image **out, const char *hint);
+int qsnap__image_create(const qsnap_store *s, const char *path, qcow2_create_opts *co);
+/* Every file of the store is what it should be (no link, no device): else QSNAP_EINTEGRITY. */
+int qsnap__scan_store(const qsnap_store *s);
+int qsnap__unlink_store_file(const qsnap_store *s, const char *rel);
+int qsnap__rename_store_file(const qsnap_store *s, const char *from_rel, const char *to_rel);
+/* 0 with *err = errno when link() itself failed (EEXIST, EXDEV, ...). */
+int qsnap__link_into_store(const qsnap_store *s, const char *src, const char *rel, int *err);
+/* qcow2 check -r all on layer l's own file (leaks freed, refcounts and flags fixed). */
+int qsnap__repair_layer(const qsnap_store *s, const struct qsnap__layer *l);
+int qsnap__fingerprint_store_file(const qsnap_store *s, const char *rel, uint64_t from,
+                                  uint8_t out[16], struct stat *st);
 
 /* query.c: head dirty state, sizes. */
 int qsnap__head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *dirty,

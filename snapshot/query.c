@@ -33,9 +33,9 @@ static int open_layer(const qsnap_store *s, const struct qsnap__layer *l, unsign
         return nomem();
     oo.flags = flags;
     oo.format = l->fmt;
-    rc = qcow2_image_open(out, path, &oo);
+    rc = qsnap__image_open(s, path, &oo, out, "'qsnap verify DISK' checks the store");
     free(path);
-    return rc ? qsnap__from_qcow2(rc, "'qsnap verify DISK' checks the store") : 0;
+    return rc;
 }
 
 int qsnap__head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *dirty,
@@ -89,12 +89,10 @@ int qsnap__image_in_use(const qsnap_store *s, const struct qsnap__layer *l)
     /* A reader lock is what QEMU refuses while it writes the image. */
     oo.flags = QCOW2_OPEN_NO_BACKING;
     oo.format = l->fmt;
-    rc = qcow2_image_open(&img, path, &oo);
-    if (rc == QCOW2_EBUSY)
+    rc = qsnap__image_open(s, path, &oo, &img, NULL);
+    if (rc == QSNAP_EBUSY)
         rc = qsnap__err(QSNAP_EBUSY, "stop the virtual machine that uses it first",
                         "%s is in use (a running QEMU holds its lock)", path);
-    else if (rc)
-        rc = qsnap__from_qcow2(rc, NULL);
     qcow2_image_close(img);
     free(path);
     return rc;
@@ -106,7 +104,7 @@ static uint64_t file_bytes(const qsnap_store *s, const struct qsnap__layer *l)
     struct stat st;
     uint64_t v = 0;
 
-    if (path && stat(path, &st) == 0)
+    if (path && lstat(path, &st) == 0 && S_ISREG(st.st_mode))
         v = (uint64_t)st.st_blocks * 512;
     free(path);
     return v;
@@ -709,18 +707,57 @@ static bool repoint(qsnap_store *s, struct qsnap__layer *l, const struct qsnap__
     if (!link)
         return false;
     wo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING;
+    (void)mode;
+    /* Never through a link: the file must be the store's own (safe.c). */
+    if (qsnap__check_store_file(s, l->file) != 0) {
+        free(link);
+        return false;
+    }
     if (l->frozen)
-        chmod(path, mode | 0200);
-    if (qcow2_image_open(&w, path, &wo) == 0 &&
+        qsnap__chmod_store_file(s, l->file, true);
+    if (qsnap__image_open(s, path, &wo, &w, NULL) == 0 &&
         qcow2_image_rebase(w, link, qcow2_format_name(b->fmt), true, NULL, NULL) == 0 &&
         qcow2_image_flush(w) == 0)
         fixed = true;
     qcow2_image_close(w);
     if (l->frozen)
-        chmod(path, mode & ~(mode_t)0222);
+        qsnap__chmod_store_file(s, l->file, false);
     free(link);
-    (void)s;
     return fixed;
+}
+
+/*
+ * What check found in layer l's own metadata. A branch head (writable) is
+ * repaired by --repair (leaked clusters freed, refcounts and flags fixed, as
+ * 'qemu-img check -r all'); a frozen layer is never written: its leaks are
+ * harmless and only noted, its corruptions are a problem to restore.
+ */
+static void verify_image_check(qsnap_store *s, const struct qsnap__layer *l, bool repair,
+                               const qcow2_check_result *cr, struct findings *fs)
+{
+    char *path = qsnap__path(s, l->file);
+
+    if (!path)
+        return;
+    if (!l->frozen && repair && qsnap__repair_layer(s, l) == 0) {
+        find(fs, true, true, path,
+             "%s: %" PRIu64 " corruptions and %" PRIu64 " leaked clusters repaired", l->file,
+             cr->corruptions, cr->leaks);
+    } else if (!l->frozen) {
+        find(fs, true, false, path,
+             "%s: %" PRIu64 " corruptions and %" PRIu64 " leaked clusters found by check "
+             "(--repair repairs them)",
+             l->file, cr->corruptions, cr->leaks);
+    } else if (cr->corruptions) {
+        find(fs, true, false, path, "%s: %" PRIu64 " corruptions found by check "
+                                    "('qsnap image check -r all' repairs them)",
+             l->file, cr->corruptions);
+    } else {
+        find(fs, false, false, path, "%s: %" PRIu64 " leaked clusters (harmless; the layer is "
+                                     "frozen and stays as it is)",
+             l->file, cr->leaks);
+    }
+    free(path);
 }
 
 static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, struct findings *fs)
@@ -753,9 +790,15 @@ static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, st
         free(path);
         return;
     }
+    if (qsnap__check_store_file(s, l->file) != 0) {
+        /* Not read, not repaired: whatever it points at is not the store's. */
+        find(fs, true, false, path, "%s", qsnap_error_last()->message);
+        free(path);
+        return;
+    }
     oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
     oo.format = l->fmt;
-    rc = qcow2_image_open(&img, path, &oo);
+    rc = qsnap__image_open(s, path, &oo, &img, NULL);
     if (rc) {
         find(fs, true, false, path, "%s cannot be opened: %s", l->file,
              qcow2_error_last()->message);
@@ -804,22 +847,23 @@ static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, st
         }
     }
     if (l->frozen && stat(path, &st) == 0 && (st.st_mode & 0222)) {
-        if (repair && chmod(path, st.st_mode & ~(mode_t)0222) == 0)
+        if (repair && qsnap__chmod_store_file(s, l->file, false) == 0)
             find(fs, true, true, path, "%s was writable; made read-only again", l->file);
         else
             find(fs, true, false, path, "%s is frozen but writable (--repair makes it read-only)",
                  l->file);
     }
     /* 3. The image's own metadata. */
-    if (!img && qcow2_image_open(&img, path, &oo) != 0)
+    if (!img && qsnap__image_open(s, path, &oo, &img, NULL) != 0)
         img = NULL;
     if (img && l->fmt == QCOW2_FORMAT_QCOW2) {
         qcow2_check_result cr;
         memset(&cr, 0, sizeof(cr));
-        if (qcow2_image_check(img, 0, &cr) == 0 && cr.corruptions)
-            find(fs, true, false, path, "%s: %" PRIu64 " corruptions found by check "
-                                        "('qsnap image check -r all' repairs them)",
-                 l->file, cr.corruptions);
+        if (qcow2_image_check(img, 0, &cr) == 0 && (cr.corruptions || cr.leaks)) {
+            qcow2_image_close(img);
+            img = NULL;
+            verify_image_check(s, l, repair, &cr, fs);
+        }
     }
     qcow2_image_close(img);
     free(path);
@@ -883,10 +927,11 @@ static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
                 named = s->m.nodes[i].state && !strcmp(s->m.nodes[i].state, rel);
             if (named)
                 continue;
-            if (repair) {
-                char *p = qsnap__path(s, rel);
-                bool ok = p && unlink(p) == 0;
-                free(p);
+            if (qsnap__check_store_file(s, rel) == QSNAP_EINTEGRITY) {
+                /* Not removed by --repair: whoever planted it is worth a look. */
+                find(fs, true, false, rel, "%s", qsnap_error_last()->message);
+            } else if (repair) {
+                bool ok = qsnap__unlink_store_file(s, rel) == 0;
                 find(fs, true, ok, rel, ok ? "%s: half-made or orphaned file removed"
                                            : "%s: orphaned file could not be removed",
                      rel);
@@ -900,6 +945,76 @@ static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
             closedir(dir);
         free(dpath);
     }
+}
+
+/*
+ * The store's own files, by kind (safe.c): the directories, the meta file,
+ * the lock, the journal and state files must be what they are (no links, no
+ * devices); temporary files (meta.tmp, journal.tmp) are what a killed
+ * command left behind and go with --repair (a link there is removed itself).
+ * Layer files are checked by verify_layer, the other files of layers/ and
+ * state/ by verify_orphans. Returns false when a directory of the store is
+ * not one: nothing in it is looked at.
+ */
+static bool verify_store_files(qsnap_store *s, bool repair, struct findings *fs)
+{
+    static const char *const fixed[] = {"meta", "lock", "journal"};
+    static const char *const tmps[] = {"meta.tmp", "journal.tmp"};
+    static const char *const dirs[] = {"layers", "state"};
+    bool ok = true;
+
+    for (size_t i = 0; i < 2; i++) {
+        int dfd = -1;
+        if (qsnap__store_dirfd(s, dirs[i], &dfd) == QSNAP_EINTEGRITY) {
+            find(fs, true, false, dirs[i], "%s", qsnap_error_last()->message);
+            ok = false;
+        }
+        if (dfd >= 0)
+            close(dfd);
+    }
+    for (size_t i = 0; i < 3; i++) {
+        if (qsnap__check_store_file(s, fixed[i]) == QSNAP_EINTEGRITY)
+            find(fs, true, false, fixed[i], "%s", qsnap_error_last()->message);
+    }
+    for (size_t i = 0; i < 2; i++) {
+        struct stat st;
+        if (qsnap__lstat_store_file(s, tmps[i], &st) != 0)
+            continue;
+        /* A regular leftover goes; a link or device stays for whoever looks into it. */
+        if (repair && S_ISREG(st.st_mode) && qsnap__unlink_store_file(s, tmps[i]) == 0)
+            find(fs, true, true, tmps[i], "%s/%s: left by an interrupted command; removed", s->dir,
+                 tmps[i]);
+        else
+            find(fs, true, false, tmps[i],
+                 S_ISREG(st.st_mode) ? "%s/%s: left by an interrupted command (--repair removes it)"
+                                     : "%s/%s: a link or device where a temporary file of the "
+                                       "store should be (remove it by hand)",
+                 s->dir, tmps[i]);
+    }
+    for (size_t i = 0; ok && i < s->m.nn; i++) {
+        const struct qsnap__node *n = &s->m.nodes[i];
+        struct stat st;
+        size_t names = 0;
+        if (!n->state || qsnap__lstat_store_file(s, n->state, &st) != 0)
+            continue; /* a missing one is reported below */
+        if (qsnap__check_store_file(s, n->state) == QSNAP_EINTEGRITY) {
+            find(fs, true, false, n->state, "%s", qsnap_error_last()->message);
+            continue;
+        }
+        /* Every name the store has for this file is one of its links. */
+        for (size_t k = 0; k < s->m.nn; k++) {
+            struct stat o;
+            if (s->m.nodes[k].state &&
+                qsnap__lstat_store_file(s, s->m.nodes[k].state, &o) == 0 &&
+                o.st_ino == st.st_ino && o.st_dev == st.st_dev)
+                names++;
+        }
+        if ((size_t)st.st_nlink < names)
+            find(fs, true, false, n->state,
+                 "%s/%s: has %lu links but the store names it %zu times", s->dir, n->state,
+                 (unsigned long)st.st_nlink, names);
+    }
+    return ok;
 }
 
 int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out)
@@ -941,6 +1056,8 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
         return qsnap__err(QSNAP_ENOTFOUND, "'qsnap create DISK' makes the first snapshot",
                           "%s: no snapshots yet", s->disk_abs);
     }
+    if (!verify_store_files(s, repair, &fs))
+        goto done_checked;
     for (size_t i = 0; i < s->m.nl; i++)
         verify_layer(s, &s->m.layers[i], repair, &fs);
     for (size_t i = 0; i < s->m.nn; i++)
@@ -957,8 +1074,9 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
         const struct qsnap__layer *h = qsnap__layer(&s->m, s->m.branches[i].head);
         char *p = h ? qsnap__path(s, h->file) : NULL;
         struct stat st;
-        if (p && stat(p, &st) == 0 && !(st.st_mode & 0200)) {
-            if (repair && chmod(p, st.st_mode | 0200) == 0)
+        if (p && h && qsnap__check_store_file(s, h->file) == 0 && stat(p, &st) == 0 &&
+            !(st.st_mode & 0200)) {
+            if (repair && qsnap__chmod_store_file(s, h->file, true) == 0)
                 find(&fs, true, true, p, "head of branch %s was read-only; made writable",
                      s->m.branches[i].name);
             else
@@ -978,6 +1096,7 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
         if (changed && s->exists)
             qsnap__save_model(s, &s->m);
     }
+done_checked:
     find(&fs, false, false, "", "checked %zu layers, %zu snapshots and nodes, %zu branches", s->m.nl,
          s->m.nn, s->m.nb);
 done:

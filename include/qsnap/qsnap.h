@@ -67,13 +67,21 @@ typedef struct qsnap_plan qsnap_plan;
 
 #define QSNAP_OPEN_CREATE 0x1   /**< a missing store is fine: the first create makes it */
 #define QSNAP_OPEN_READONLY 0x2 /**< queries only: a shared lock, no writes */
+/**
+ * Open a store even when one of its files is a symbolic link, a device or
+ * anything but a regular file (for qsnap_verify(), which names each one).
+ * Without it such a store is refused with QSNAP_EINTEGRITY; either way no
+ * store file is ever opened through a link.
+ */
+#define QSNAP_OPEN_ANY_FILES 0x4
 
 /**
  * Open the store of a disk (DISK.qsnap beside DISK) and lock it (exclusive,
  * or shared with QSNAP_OPEN_READONLY).
  * @return 0; QSNAP_ENOTFOUND (no disk, or no store without QSNAP_OPEN_CREATE),
  *         QSNAP_EBUSY (locked by another qsnap), QSNAP_EINTEGRITY (damaged or
- *         unknown metadata), QSNAP_ERROR
+ *         unknown metadata; a store file that is a link or not a regular
+ *         file, see QSNAP_OPEN_ANY_FILES), QSNAP_ERROR
  */
 QSNAP_API int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags);
 
