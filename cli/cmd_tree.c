@@ -189,7 +189,7 @@ static int run_plan(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry_ru
     struct run_ctx c;
     const char *kill_at = getenv("QSNAP_TEST_KILL_AT");
     char *text = NULL;
-    int rc = 0, status = CLI_EXIT_OK;
+    int rc = 0, busy = 0, status = CLI_EXIT_OK;
 
     memset(&c, 0, sizeof(c));
     if (!dry_run) {
@@ -209,6 +209,14 @@ static int run_plan(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry_ru
             goto out;
         }
     }
+    if (dry_run) {
+        /* Which files the plan touches and which are held: a held one makes it exit 5. */
+        busy = qsnap_plan_check(s, p);
+        if (busy < 0 && busy != QSNAP_EBUSY) {
+            status = tree_fail(busy, disk);
+            goto out;
+        }
+    }
     if (dry_run || json) {
         rc = qsnap_plan_describe(p, json, &text);
         if (rc < 0) {
@@ -217,6 +225,10 @@ static int run_plan(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry_ru
         }
         fputs(text, stdout);
         free(text);
+        if (busy < 0) {
+            fflush(stdout);
+            status = tree_fail(busy, disk);
+        }
     } else {
         printf("%s\n", qsnap_plan_summary(p));
     }
