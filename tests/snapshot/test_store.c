@@ -104,8 +104,9 @@ static void expect_error(int rc, int want, const char *what, const char *call)
         char *before_ = tf_tree_snapshot(dir), *after_;                                            \
         qsnap_plan *p_ = NULL;                                                                     \
         int rc_ = (call);                                                                          \
-        if (rc_ == 0)                                                                              \
-            qsnap_plan_free(p_);                                                                   \
+        if (rc_ == 0) /* files in use are found when the plan runs */                              \
+            rc_ = qsnap_plan_execute(s, p_, NULL);                                                 \
+        qsnap_plan_free(p_);                                                                       \
         expect_error(rc_, want, what, #call);                                                      \
         after_ = tf_tree_snapshot(dir);                                                            \
         cr_assert_str_eq(before_, after_, "%s changed files", #call);                              \
@@ -244,12 +245,28 @@ Test(store, qemu_io_holding_the_head_makes_operations_busy)
     EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_delete(&p_, s, "s2", QSNAP_DELETE_STREAM));
     /* Committing b writes s2's layer, which the running VM reads, and re-points main's head. */
     EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_commit(&p_, s, "b"));
-    /* The subtree of s2 holds main. */
+    /* Switching away from the head the VM runs on changes what the VM path opens. */
+    EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_switch(&p_, s, "b"));
+    /* Every operation checks the current branch's head, even one that changes only names. */
+    EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_branch_rename(&p_, s, "b", "b2"));
+    qemu_io_stop(&q);
+
+    /* A VM on main, another branch than the current one (b). */
     ok(tf_switch(s, "b"), "switch b");
-    EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_delete(&p_, s, "s1", QSNAP_DELETE_CHILDREN));
+    qemu_io_start(&q, head);
+    /* s2's layer backs main's head: streaming s2 into it writes the head. */
+    EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_delete(&p_, s, "s2", QSNAP_DELETE_STREAM));
+    EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_switch(&p_, s, "main"));
+    EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_branch_delete(&p_, s, "main", true));
+    /* Committing b writes s2's layer, which the VM on main reads through. */
+    {
+        char *s2 = tf_file_of(s, "s2");
+        EXPECT_REFUSED(s, QSNAP_EBUSY, s2, qsnap_plan_commit(&p_, s, "b"));
+        free(s2);
+    }
+    qemu_io_stop(&q);
     ok(tf_switch(s, "main"), "switch main");
 
-    qemu_io_stop(&q);
     /* Once qemu-io is gone, the same operations go through. */
     {
         qsnap_plan *p = NULL;
@@ -279,6 +296,8 @@ Test(store, qemu_io_holding_the_head_makes_revert_busy)
         char *before = tf_tree_snapshot(dir), *after;
         qsnap_plan *p = NULL;
         int rc = qsnap_plan_revert(&p, s, "s1", NULL, false);
+        if (rc == 0)
+            rc = qsnap_plan_execute(s, p, NULL);
         qsnap_plan_free(p);
         after = tf_tree_snapshot(dir);
         qemu_io_stop(&q);
