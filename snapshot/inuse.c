@@ -85,7 +85,8 @@ static int add_file(struct touch_set *ts, const qsnap_store *s, const char *rel,
     path = rel[0] == '/' ? strdup(rel) : qsnap__path(s, rel);
     if (!path)
         return nomem();
-    if (stat(path, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
+    /* Not a symbolic link (the VM path is replaced, never written). */
+    if (lstat(path, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
         free(path);
         return 0;
     }
@@ -323,33 +324,37 @@ static int open_file(const char *path, int *fd)
     return 0;
 }
 
-/* The refusal for the held files of t (at least one). */
+/* The refusal for the held files of t: it names them all (up to four). */
 static int busy_error(const struct qsnap__touch *t, size_t n)
 {
-    size_t held = 0, first = n;
+    char names[1024] = "";
+    size_t held = 0, len = 0;
 
     for (size_t i = 0; i < n; i++) {
-        if (t[i].held) {
-            held++;
-            if (first == n)
-                first = i;
-        }
+        if (!t[i].held)
+            continue;
+        if (held < 4 && len < sizeof(names))
+            len += (size_t)snprintf(names + len, sizeof(names) - len, "%s%s (%s)",
+                                    held ? ", " : "", t[i].path, t[i].role);
+        held++;
     }
     if (!held)
         return 0;
+    if (held > 4 && len < sizeof(names))
+        snprintf(names + len, sizeof(names) - len, " and %zu more", held - 4);
     if (held == 1)
         return qsnap__err(QSNAP_EBUSY,
                           "shut down the virtual machine that uses it, then run the command "
                           "again (nothing was changed)",
-                          "%s (%s) is in use: a running QEMU (or another process) holds its "
-                          "image lock",
-                          t[first].path, t[first].role);
+                          "%s is in use: a running QEMU (or another process) holds its image "
+                          "lock",
+                          names);
     return qsnap__err(QSNAP_EBUSY,
-                      "shut down the virtual machines that use them ('--dry-run' lists them), "
-                      "then run the command again (nothing was changed)",
-                      "%s (%s) and %zu more files are in use: a running QEMU (or another "
-                      "process) holds their image locks",
-                      t[first].path, t[first].role, held - 1);
+                      "shut down the virtual machines that use them ('--dry-run' lists what "
+                      "was checked), then run the command again (nothing was changed)",
+                      "%s are in use: a running QEMU (or another process) holds their image "
+                      "locks",
+                      names);
 }
 
 int qsnap__touch_check(struct qsnap__touch *t, size_t n)
