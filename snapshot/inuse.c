@@ -190,6 +190,14 @@ static unsigned current_head(const struct qsnap__model *m)
     return b ? b->head : 0;
 }
 
+static int cmp_layer_id(const void *a, const void *b)
+{
+    unsigned x = (*(const struct qsnap__layer *const *)a)->id;
+    unsigned y = (*(const struct qsnap__layer *const *)b)->id;
+
+    return x < y ? -1 : x > y;
+}
+
 static int touched(struct touch_set *ts, const qsnap_store *s, const qsnap_plan *p)
 {
     int rc = add_layer(ts, s, p, current_head(&s->m));
@@ -236,12 +244,26 @@ static int touched(struct touch_set *ts, const qsnap_store *s, const qsnap_plan 
     }
     for (size_t k = 0; !rc && p && k < p->nm; k++) {
         const struct qsnap__model *t = &p->models[k];
+        /* The target's layers by id (a store can hold many: no linear lookups). */
+        const struct qsnap__layer **by_id = malloc((t->nl + 1) * sizeof(*by_id));
+        if (!by_id) {
+            rc = nomem();
+            break;
+        }
+        for (size_t i = 0; i < t->nl; i++)
+            by_id[i] = &t->layers[i];
+        qsort(by_id, t->nl, sizeof(*by_id), cmp_layer_id);
         rc = add_layer(ts, s, p, current_head(t));
         for (size_t i = 0; !rc && i < s->m.nl; i++) {
-            const struct qsnap__layer *o = &s->m.layers[i], *n = qsnap__layer(t, o->id);
+            const struct qsnap__layer *o = &s->m.layers[i], *key = o, *n = NULL;
+            const struct qsnap__layer **hit =
+                bsearch(&key, by_id, t->nl, sizeof(*by_id), cmp_layer_id);
+            if (hit)
+                n = *hit;
             if (!n || n->frozen != o->frozen || n->backing != o->backing)
                 rc = add_layer(ts, s, p, o->id);
         }
+        free(by_id);
         for (size_t i = 0; !rc && i < s->m.nb; i++) {
             const struct qsnap__branch *o = &s->m.branches[i], *n = NULL;
             for (size_t j = 0; j < t->nb && !n; j++) {
