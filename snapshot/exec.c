@@ -589,7 +589,7 @@ static int st_commit(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st
     } else {
         co.progress = o ? o->progress : NULL;
         co.payload = o ? o->payload : NULL;
-        /* The head is locked from here: no guest can write to it meanwhile. */
+        /* The head is held (inuse.c) from before the first step: no guest writes to it. */
         rc = top_up_kept(s, p, st, img);
         if (rc) {
             qcow2_image_close(img);
