@@ -66,6 +66,11 @@ guest_fetch_kernel() { # DIR: vmlinuz, modules/*.ko, modules/order into DIR
     command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null ||
         { GUEST_WHY="apt-get or dpkg-deb missing"; rm -rf "$tmp"; return 1; }
     pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n 1)
+    if [ -z "$pkg" ] && [ "$(id -u)" = 0 ]; then
+        # No package lists yet (a fresh machine): read them once.
+        timeout 300 apt-get update -q >/dev/null 2>&1
+        pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n 1)
+    fi
     [ -n "$pkg" ] || { GUEST_WHY="apt knows no linux-image-cloud-amd64"; rm -rf "$tmp"; return 1; }
     if ! (cd "$tmp" && timeout 300 apt-get download "$pkg" >/dev/null 2>&1); then
         GUEST_WHY="apt-get download $pkg failed (no network?)"
@@ -121,6 +126,11 @@ guest_prepare() {
     for c in busybox cpio gzip qemu-system-x86_64; do
         command -v $c >/dev/null || { GUEST_WHY="$c not found"; return 1; }
     done
+    # The initramfs has no C library: busybox must be the static one (busybox-static).
+    if ldd "$(command -v busybox)" >/dev/null 2>&1; then
+        GUEST_WHY="$(command -v busybox) is not statically linked (install busybox-static)"
+        return 1
+    fi
     cache=$(guest_cache_dir)
     mkdir -p "$cache" || { GUEST_WHY="cannot make $cache"; return 1; }
     kdir=$cache/kernel
