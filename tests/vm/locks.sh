@@ -21,6 +21,9 @@
 #                  holds the files it touches: a QEMU started on the VM path or
 #                  on a layer it re-points fails to take its lock; the plan then
 #                  finishes and verify is clean.
+#   interrupted    a commit killed after its first step leaves a journal; with a
+#                  QEMU on the head it must re-point, verify --repair exits 5 and
+#                  changes nothing; once the QEMU is gone it finishes the commit.
 #   VM path        after every operation, `qemu-img info --backing-chain` of the
 #                  VM path shows the current head's chain, resolved; a link that
 #                  points elsewhere is reported by verify and put back by --repair;
@@ -87,10 +90,11 @@ qemu_stop() {
 
 # state: names, types, modes, sizes, link targets and contents of the store and the disk.
 state() {
-    (cd disk.raw.qsnap && find . -printf '%p %y %m %s %l\n' | LC_ALL=C sort &&
+    local d=${1:-disk.raw}
+    (cd "$d.qsnap" && find . -printf '%p %y %m %s %l\n' | LC_ALL=C sort &&
         find . -type f -exec md5sum {} + | LC_ALL=C sort)
-    stat -c '%a %s' disk.raw
-    md5sum disk.raw
+    stat -c '%a %s' "$d"
+    md5sum "$d"
 }
 
 # chain_ok: the VM path opens the current head, and qemu-img resolves its whole
@@ -265,6 +269,39 @@ else
 fi
 out=$(q verify disk.raw 2>&1) && ok "held meanwhile: verify clean" || bad "verify" "$out"
 chain_ok && ok "after the commit: the VM path opens main's head" || bad "chain after commit" "wrong"
+
+# ---- an interrupted commit, and a QEMU on a branch it must re-point ------------
+# disk2: s1 (the disk itself) -> main (dirty), b (dirty, current). commit b into
+# the disk keeps the disk's content in a new layer and re-points main's head at
+# it. Killed after its first step, it leaves a journal; a QEMU then starts on
+# main's head: verify --repair must refuse (exit 5) and change nothing; once the
+# QEMU is gone it finishes the commit.
+truncate -s 16M disk2.raw
+q create disk2.raw s1 >/dev/null
+w 0x51 0 "$(q current disk2.raw --path)"
+M2=$(q current disk2.raw --head)
+q branch disk2.raw b --at s1 >/dev/null
+q switch disk2.raw b >/dev/null
+w 0x52 64k "$(q current disk2.raw --path)"
+{ QSNAP_TEST_KILL_AT=1 "$QSNAP" commit disk2.raw b >/dev/null 2>&1; } 2>/dev/null
+if [ -e disk2.raw.qsnap/journal ] && qemu_start "$M2"; then
+    before=$(state disk2.raw)
+    q verify disk2.raw --repair >"$W/out" 2>&1
+    rc=$?
+    if [ $rc = 5 ] && grep -qF "$M2" "$W/out" && [ "$before" = "$(state disk2.raw)" ]; then
+        ok "interrupted commit: verify --repair refuses while a QEMU runs on a head it re-points"
+    else
+        bad "verify --repair under QEMU" "exit $rc, changed: $([ "$before" = "$(state disk2.raw)" ] && echo no || echo yes): $(cat "$W/out")"
+    fi
+    qemu_stop
+    out=$(q verify disk2.raw --repair 2>&1) && q verify disk2.raw >/dev/null &&
+        [ ! -e disk2.raw.qsnap/journal ] &&
+        ok "interrupted commit: finished by verify --repair once the QEMU is gone" ||
+        bad "repair after QEMU" "$out"
+else
+    bad "interrupted commit" "no journal after the kill, or QEMU did not start"
+    qemu_stop
+fi
 
 # ---- the VM path across operations, damage and crashes -------------------------
 allok=1
