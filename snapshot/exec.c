@@ -286,7 +286,7 @@ static int open_rw(qsnap_store *s, const struct qsnap__layer *l, unsigned extra,
 
     if (!path)
         return nomem();
-    oo.flags = QCOW2_OPEN_RDWR | extra;
+    oo.flags = QCOW2_OPEN_RDWR | extra | QSNAP__LOCK_FLAGS(s);
     oo.format = l->fmt;
     rc = qsnap__image_open(s, path, &oo, out, NULL);
     free(path);
@@ -395,7 +395,7 @@ static int st_preserve(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *
     rc = make_overlay(s, l, b, &tmp);
     if (rc)
         goto out;
-    oo.flags = QCOW2_OPEN_RDWR;
+    oo.flags = QCOW2_OPEN_RDWR | QSNAP__LOCK_FLAGS(s);
     rc = qsnap__image_open(s, tmp, &oo, &keep, NULL);
     if (rc)
         goto out;
@@ -522,6 +522,7 @@ static int top_up_kept(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *
     if (!path)
         return nomem();
     oo.format = QCOW2_FORMAT_QCOW2;
+    oo.flags = QSNAP__LOCK_FLAGS(s);
     rc = qsnap__image_open(s, path, &oo, &ki, NULL);
     if (!rc)
         rc = kept_gaps(head, ki, false, &gap);
@@ -533,7 +534,7 @@ static int top_up_kept(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *
         int wrc;
         rc = set_write_bit(s, k, true);
         if (!rc) {
-            oo.flags = QCOW2_OPEN_RDWR;
+            oo.flags = QCOW2_OPEN_RDWR | QSNAP__LOCK_FLAGS(s);
             rc = qsnap__image_open(s, path, &oo, &ki, NULL);
             if (!rc) {
                 rc = kept_gaps(head, ki, true, &gap);
@@ -585,7 +586,7 @@ static int st_commit(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st
     } else {
         co.progress = o ? o->progress : NULL;
         co.payload = o ? o->payload : NULL;
-        /* The head is locked from here: no guest can write to it meanwhile. */
+        /* The head is held (inuse.c) from before the first step: no guest writes to it. */
         rc = top_up_kept(s, p, st, img);
         if (rc) {
             qcow2_image_close(img);
@@ -675,7 +676,8 @@ static int st_save(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
     qsnap__model_free(&s->m);
     s->m = copy;
     s->exists = true;
-    return 0;
+    /* The VM path follows the metadata (vmpath.c). */
+    return qsnap__vm_path_update(s, &s->m);
 }
 
 static int run_step(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st,
@@ -927,6 +929,11 @@ out:
     return 0;
 }
 
+int qsnap__journal_load(qsnap_store *s, qsnap_plan **out)
+{
+    return journal_read(s, out);
+}
+
 static int journal_remove(qsnap_store *s)
 {
     int rc = qsnap__unlink_store_file(s, JOURNAL_FILE);
@@ -947,6 +954,9 @@ static int run_from(qsnap_store *s, qsnap_plan *p, size_t from, const qsnap_exec
             o->step_hook((unsigned)(i + 1), o->payload);
     }
     *at = rc ? i - 1 : p->n;
+    /* Before the journal goes: a crash between a commit point and its link is replayed. */
+    if (!rc && s->exists)
+        rc = qsnap__vm_path_update(s, &s->m);
     if (!rc)
         rc = qsnap__fsync_dir(s->dir);
     if (!rc)
@@ -1056,17 +1066,42 @@ static void undo(qsnap_store *s, qsnap_plan *p, size_t upto)
         journal_remove(s);
 }
 
+static int execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o);
+
+/*
+ * Hold every file the plan touches (inuse.c) from before its first change to
+ * its end: refused with nothing changed while another process holds one.
+ */
 int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
 {
-    size_t at = 0;
     int rc;
 
     if (s->readonly)
         return qsnap__err(QSNAP_EUSAGE, NULL, "store opened read-only");
-    if (p->n == 0)
-        return 0;
-    if (p->base_gen != s->m.gen)
+    if (p->n && p->base_gen != s->m.gen)
         return qsnap__err(QSNAP_ERROR, NULL, "the store changed since the plan was made");
+    /* Even a plan with nothing to do: what it found (a clean head, say) is not
+     * to be trusted while a VM runs on the files. */
+    qsnap__touch_free(p->touch, p->ntouch);
+    p->touch = NULL;
+    p->ntouch = 0;
+    rc = qsnap__touched(s, p, &p->touch, &p->ntouch);
+    p->checked = rc == 0;
+    if (!rc)
+        rc = qsnap__touch_hold(p->touch, p->ntouch);
+    if (rc)
+        return rc;
+    s->holding = true;
+    rc = p->n ? execute(s, p, o) : 0;
+    s->holding = false;
+    qsnap__touch_release(p->touch, p->ntouch);
+    return rc;
+}
+
+static int execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
+{
+    size_t at = 0;
+    int rc;
     if (!s->exists) {
         /* First snapshot: the store directory is needed to hold the journal. */
         if (mkdir(s->dir, 0777) == 0)

@@ -53,6 +53,8 @@ void qsnap_plan_free(qsnap_plan *p)
         free(p->post[i].b);
     }
     free(p->post);
+    qsnap__touch_release(p->touch, p->ntouch);
+    qsnap__touch_free(p->touch, p->ntouch);
     for (size_t i = 0; i < p->nm; i++)
         qsnap__model_free(&p->models[i]);
     free(p->models);
@@ -293,12 +295,16 @@ static int check_depth(const struct qsnap__model *m, unsigned base)
     return 0;
 }
 
-/* The head of a branch must not be in use by a running QEMU. */
+/*
+ * A file the plan changes must exist. Whether a running QEMU holds it is
+ * found for every touched file at once when the plan runs (inuse.c), so a
+ * dry run can list them all.
+ */
 static int check_free(const qsnap_store *s, const struct qsnap__model *m, unsigned layer)
 {
     const struct qsnap__layer *l = qsnap__layer(m, layer);
 
-    return l ? qsnap__image_in_use(s, l) : 0;
+    return l ? qsnap__layer_exists(s, l) : 0;
 }
 
 static bool name_taken(const struct qsnap__model *m, const char *name)
@@ -1982,7 +1988,31 @@ int qsnap_plan_describe(const qsnap_plan *p, bool json, char **out)
         }
     }
     if (json)
-        fprintf(f, "]}\n");
+        fprintf(f, "]");
+    if (p->checked) {
+        /* What qsnap_plan_check() found (inuse.c). */
+        if (json)
+            fprintf(f, ", \"checked\": [");
+        else
+            fprintf(f, "files checked for other users (QEMU's image locks):\n");
+        for (size_t i = 0; i < p->ntouch; i++) {
+            const struct qsnap__touch *t = &p->touch[i];
+            if (json) {
+                fprintf(f, "%s{\"file\": ", i ? ", " : "");
+                json_str(f, t->file);
+                fprintf(f, ", \"role\": ");
+                json_str(f, t->role);
+                fprintf(f, ", \"held\": %s}", t->held ? "true" : "false");
+            } else {
+                fprintf(f, "    %s (%s): %s\n", t->file, t->role,
+                        t->held ? "HELD by another process (a running QEMU?)" : "free");
+            }
+        }
+        if (json)
+            fprintf(f, "]");
+    }
+    if (json)
+        fprintf(f, "}\n");
     if (fclose(f) != 0 || !buf) {
         free(buf);
         return nomem();

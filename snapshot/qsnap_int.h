@@ -102,6 +102,17 @@ struct qsnap_store {
     bool readonly;       /* opened for queries */
     struct qsnap__model m;
     struct qsnap__refusal *refusal; /* see safe.c (NULL: not recorded) */
+    bool holding;        /* an operation holds the files it touches (inuse.c): steps open
+                          * images without taking locks of their own */
+};
+
+/* A file an operation touches (inuse.c). */
+struct qsnap__touch {
+    char *file;          /* store-relative */
+    char *path;          /* absolute */
+    char *role;          /* what it is to the user ("head of the current branch main") */
+    bool held;           /* another process holds an image lock on it */
+    int fd;              /* held by this operation, or -1 */
 };
 
 /* Step kinds (see exec.c for what each does and why it is idempotent). */
@@ -139,6 +150,9 @@ struct qsnap_plan {
     struct qsnap__model *models;  /* target models saved by SAVE steps, in order */
     size_t nm;
     uint64_t base_gen;            /* the store's generation the plan was built on */
+    struct qsnap__touch *touch;   /* the files it touches, after qsnap_plan_check() */
+    size_t ntouch;
+    bool checked;                 /* touch is known */
 };
 
 /* error.c */
@@ -180,6 +194,8 @@ int64_t qsnap__now(void);
 /* exec.c */
 int qsnap__journal_pending(const qsnap_store *s, bool *out);
 int qsnap__recover(qsnap_store *s, bool *did_something);
+/* The pending journal's plan (hostile input: checked as it is read). */
+int qsnap__journal_load(qsnap_store *s, qsnap_plan **out);
 /* QSNAP_EINTEGRITY when the store has files in layers/ but no meta file (else 0). */
 int qsnap__refuse_orphan_layers(const qsnap_store *s);
 
@@ -222,11 +238,34 @@ int qsnap__fingerprint_store_file(const qsnap_store *s, const char *rel, uint64_
 /* query.c: head dirty state, sizes. */
 int qsnap__head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *dirty,
                       uint64_t *bytes);
-int qsnap__image_in_use(const qsnap_store *s, const struct qsnap__layer *l);
+/* QSNAP_EINTEGRITY when the layer's file is missing (else 0). */
+int qsnap__layer_exists(const qsnap_store *s, const struct qsnap__layer *l);
 /* Whether head layer l's active state differs from its internal snapshot `snap`. */
 int qsnap__differs_from_internal(const qsnap_store *s, const struct qsnap__layer *l,
                                  const char *snap, bool *differs);
 /* Internal nodes whose content lives in layer id (count; names joined in *names if non-NULL). */
 size_t qsnap__internal_nodes_in(const struct qsnap__model *m, unsigned layer, char **names);
+
+/* inuse.c: the files an operation touches, checked against QEMU's image locks and held. */
+int qsnap__touched(const qsnap_store *s, const qsnap_plan *p, struct qsnap__touch **out,
+                   size_t *n_out);
+/* Add one more store-relative file (when it exists and is not there yet). */
+int qsnap__touch_add(const qsnap_store *s, struct qsnap__touch **t, size_t *n, const char *rel,
+                     const char *role);
+/* Set each held flag; QSNAP_EBUSY naming the first held file, else 0. */
+int qsnap__touch_check(struct qsnap__touch *t, size_t n);
+/* Take a writer's image locks on every file, or none (QSNAP_EBUSY as above). */
+int qsnap__touch_hold(struct qsnap__touch *t, size_t n);
+void qsnap__touch_release(struct qsnap__touch *t, size_t n);
+void qsnap__touch_free(struct qsnap__touch *t, size_t n);
+/* QCOW2_OPEN_NO_LOCK while the store holds the files it works on, else 0. */
+#define QSNAP__LOCK_FLAGS(s) ((s)->holding ? (unsigned)QCOW2_OPEN_NO_LOCK : 0u)
+
+/* The VM path (vmpath.c): DIR/layers/current.qcow2, a symbolic link to the current head. */
+char *qsnap__vm_path(const qsnap_store *s);
+/* Point it at model m's current head (atomically: a new link renamed over the old). */
+int qsnap__vm_path_update(const qsnap_store *s, const struct qsnap__model *m);
+/* 1 when it points at m's current head, 0 when not (or missing), < 0 on error. */
+int qsnap__vm_path_ok(const qsnap_store *s, const struct qsnap__model *m);
 
 #endif /* QSNAP_INT_H */

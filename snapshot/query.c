@@ -71,29 +71,16 @@ int qsnap__head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *
     return rc;
 }
 
-int qsnap__image_in_use(const qsnap_store *s, const struct qsnap__layer *l)
+int qsnap__layer_exists(const qsnap_store *s, const struct qsnap__layer *l)
 {
-    qcow2_image *img = NULL;
     char *path = qsnap__path(s, l->file);
-    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
-    int rc;
+    int rc = 0;
 
     if (!path)
         return nomem();
-    if (!qsnap__file_exists(path)) {
+    if (!qsnap__file_exists(path))
         rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK' shows what is missing",
                         "%s: file is missing", path);
-        free(path);
-        return rc;
-    }
-    /* A reader lock is what QEMU refuses while it writes the image. */
-    oo.flags = QCOW2_OPEN_NO_BACKING;
-    oo.format = l->fmt;
-    rc = qsnap__image_open(s, path, &oo, &img, NULL);
-    if (rc == QSNAP_EBUSY)
-        rc = qsnap__err(QSNAP_EBUSY, "stop the virtual machine that uses it first",
-                        "%s is in use (a running QEMU holds its lock)", path);
-    qcow2_image_close(img);
     free(path);
     return rc;
 }
@@ -706,7 +693,7 @@ static bool repoint(qsnap_store *s, struct qsnap__layer *l, const struct qsnap__
 
     if (!link)
         return false;
-    wo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING;
+    wo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING | QSNAP__LOCK_FLAGS(s);
     (void)mode;
     /* Never through a link: the file must be the store's own (safe.c). */
     if (qsnap__check_store_file(s, l->file) != 0) {
@@ -921,6 +908,9 @@ static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
             if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
                 continue;
             snprintf(rel, sizeof(rel), "%s/%s", dirs[d], e->d_name);
+            /* The VM path (vmpath.c) is checked on its own. */
+            if (!strcmp(rel, "layers/current.qcow2"))
+                continue;
             for (size_t i = 0; i < s->m.nl && !named; i++)
                 named = !strcmp(s->m.layers[i].file, rel);
             for (size_t i = 0; i < s->m.nn && !named; i++)
@@ -1017,7 +1007,72 @@ static bool verify_store_files(qsnap_store *s, bool repair, struct findings *fs)
     return ok;
 }
 
+/* The VM path points at the current head (vmpath.c). */
+static void verify_vm_path(qsnap_store *s, bool repair, struct findings *fs)
+{
+    char *path = qsnap__vm_path(s);
+    int ok = s->exists ? qsnap__vm_path_ok(s, &s->m) : 1;
+
+    if (!path || ok < 0 || ok == 1) {
+        free(path);
+        return;
+    }
+    if (repair && qsnap__vm_path_update(s, &s->m) == 0)
+        find(fs, true, true, path, "the VM path layers/current.qcow2 pointed elsewhere or was "
+                                   "missing; it points at the current branch's head again");
+    else
+        find(fs, true, false, path, "the VM path layers/current.qcow2 does not point at the "
+                                    "current branch's head (--repair points it again)");
+    free(path);
+}
+
+static int verify_store(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out);
+
+/*
+ * A repair changes files only after every file it may touch was found free
+ * and is held (inuse.c): the files of the pending operation, the current
+ * head, and every file a check without repair finds a problem with.
+ */
 int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out)
+{
+    struct qsnap__touch *t = NULL;
+    qsnap_finding *f = NULL;
+    qsnap_plan *jp = NULL;
+    size_t nt = 0, nf = 0;
+    bool pending = false;
+    int rc;
+
+    if (!repair)
+        return verify_store(s, false, out, n_out);
+    *out = NULL;
+    *n_out = 0;
+    rc = qsnap__journal_pending(s, &pending);
+    if (!rc && pending && qsnap__journal_load(s, &jp) != 0)
+        jp = NULL; /* a damaged journal: the check below reports it */
+    if (!rc)
+        rc = qsnap__touched(s, jp, &t, &nt);
+    qsnap_plan_free(jp);
+    if (!rc) {
+        (void)verify_store(s, false, &f, &nf);
+        for (size_t i = 0; !rc && i < nf; i++) {
+            if (f[i].problem && f[i].file[0] && strcmp(f[i].file, s->dir))
+                rc = qsnap__touch_add(s, &t, &nt, f[i].file, "a file the repair changes");
+        }
+        qsnap_verify_free(f, nf);
+    }
+    if (!rc)
+        rc = qsnap__touch_hold(t, nt);
+    if (!rc) {
+        s->holding = true;
+        rc = verify_store(s, true, out, n_out);
+        s->holding = false;
+        qsnap__touch_release(t, nt);
+    }
+    qsnap__touch_free(t, nt);
+    return rc;
+}
+
+static int verify_store(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out)
 {
     struct findings fs = {NULL, 0, 0, 0};
     bool pending = false;
@@ -1085,6 +1140,8 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
         }
         free(p);
     }
+    if (!pending || repair)
+        verify_vm_path(s, repair, &fs);
     /* While an operation is pending, its half-made files are not orphans. */
     if (!pending || repair)
         verify_orphans(s, repair, &fs);
