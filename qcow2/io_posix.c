@@ -605,6 +605,21 @@ int qcow2_io_posix_openat(qcow2_io **out, int dirfd, const char *path, unsigned 
     return 0;
 }
 
+/*
+ * Whether two handles are the same file: 1 yes, 0 no, -1 unknown (one is not
+ * a POSIX handle, or fstat failed).
+ */
+int qcow2__io_same_file(qcow2_io *a, qcow2_io *b)
+{
+    struct stat sa, sb;
+
+    if (!a || !b || a->ops != &posix_ops || b->ops != &posix_ops)
+        return -1;
+    if (fstat(to_posix(a)->fd, &sa) < 0 || fstat(to_posix(b)->fd, &sb) < 0)
+        return -1;
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 int qcow2_io_posix_open(qcow2_io **out, const char *path, unsigned flags)
 {
     return qcow2_io_posix_openat(out, AT_FDCWD, path, flags);

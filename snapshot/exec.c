@@ -442,7 +442,7 @@ out:
     qcow2_image_close(keep);
     qcow2_image_close(head);
     if (rc && tmp)
-        unlink(tmp); /* made with O_EXCL by this run: ours */
+        qsnap__unlink_store_file(s, tmp + strlen(s->dir) + 1); /* made with O_EXCL: ours */
     free(buf);
     free(hpath);
     free(tmp);

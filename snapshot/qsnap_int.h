@@ -26,6 +26,7 @@
 #define QSNAP_INT_H
 
 #include <stdarg.h>
+#include <sys/types.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -96,6 +97,8 @@ struct qsnap__refusal {
 
 struct qsnap_store {
     char *disk_abs;      /* the disk, absolute */
+    dev_t disk_dev;      /* the disk's file as the store was opened: every open of the */
+    ino_t disk_ino;      /* disk must find this file (safe.c) */
     char *dir;           /* the store directory, absolute */
     int lock_fd;         /* holds the OFD lock on dir/lock, or -1 */
     bool exists;         /* the metadata file exists */
@@ -188,6 +191,8 @@ int qsnap__fsync_dir(const char *dir);
 int qsnap__lock_new_store(qsnap_store *s);
 /* Give a file or directory the store made to the disk's owner (when running as root). */
 void qsnap__own(const qsnap_store *s, const char *path);
+/* The same for name in directory dfd, never following a link (safe.c). */
+void qsnap__own_at(const qsnap_store *s, int dfd, const char *name);
 bool qsnap__file_exists(const char *path);
 int64_t qsnap__now(void);
 
@@ -267,5 +272,11 @@ char *qsnap__vm_path(const qsnap_store *s);
 int qsnap__vm_path_update(const qsnap_store *s, const struct qsnap__model *m);
 /* 1 when it points at m's current head, 0 when not (or missing), < 0 on error. */
 int qsnap__vm_path_ok(const qsnap_store *s, const struct qsnap__model *m);
+/*
+ * What stands at the VM path is acceptable in a store (dfd: layers/): nothing,
+ * or a link to the bare name of one of m's layers (m NULL or empty: of a file
+ * of layers/ named like one). Else QSNAP_EINTEGRITY.
+ */
+int qsnap__vm_link_check(const qsnap_store *s, int dfd, const struct qsnap__model *m);
 
 #endif /* QSNAP_INT_H */

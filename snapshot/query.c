@@ -898,9 +898,16 @@ static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
     static const char *const dirs[] = {"layers", "state"};
 
     for (size_t d = 0; d < 2; d++) {
-        char *dpath = qsnap__path(s, dirs[d]);
-        DIR *dir = dpath ? opendir(dpath) : NULL;
+        int dfd = -1;
+        DIR *dir = NULL;
         struct dirent *e;
+
+        /* Listed from the directory opened without following links (safe.c). */
+        if (qsnap__store_dirfd(s, dirs[d], &dfd) == 0) {
+            dir = fdopendir(dfd);
+            if (!dir)
+                close(dfd);
+        }
 
         while (dir && (e = readdir(dir))) {
             char rel[PATH_MAX];
@@ -911,6 +918,24 @@ static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
             /* The VM path (vmpath.c) is checked on its own. */
             if (!strcmp(rel, "layers/current.qcow2"))
                 continue;
+            /* A temporary link of the VM path a killed switch left: it goes too. */
+            if (!strcmp(rel, "layers/.tmp-current")) {
+                struct stat st;
+                if (qsnap__lstat_store_file(s, rel, &st) == 0 && S_ISLNK(st.st_mode)) {
+                    if (repair) {
+                        bool ok = qsnap__unlink_store_file(s, rel) == 0;
+                        find(fs, true, ok, rel, ok ? "%s: temporary link of the VM path removed"
+                                                   : "%s: temporary link of the VM path could "
+                                                     "not be removed",
+                             rel);
+                    } else {
+                        find(fs, true, false, rel, "%s: temporary link of the VM path left by an "
+                                                   "interrupted command (--repair removes it)",
+                             rel);
+                    }
+                    continue;
+                }
+            }
             for (size_t i = 0; i < s->m.nl && !named; i++)
                 named = !strcmp(s->m.layers[i].file, rel);
             for (size_t i = 0; i < s->m.nn && !named; i++)
@@ -933,7 +958,6 @@ static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
         }
         if (dir)
             closedir(dir);
-        free(dpath);
     }
 }
 
@@ -1013,6 +1037,12 @@ static void verify_vm_path(qsnap_store *s, bool repair, struct findings *fs)
     char *path = qsnap__vm_path(s);
     int ok = s->exists ? qsnap__vm_path_ok(s, &s->m) : 1;
 
+    if (ok == QSNAP_EINTEGRITY) {
+        /* A file or directory at the VM path: qsnap made none, and replaces none. */
+        find(fs, true, false, path, "%s", qsnap_error_last()->message);
+        free(path);
+        return;
+    }
     if (!path || ok < 0 || ok == 1) {
         free(path);
         return;
@@ -1086,6 +1116,9 @@ static int verify_store(qsnap_store *s, bool repair, qsnap_finding **out, size_t
     if (pending) {
         if (repair) {
             bool did = false;
+            /* A VM path re-pointed behind qsnap's back stops the replay: point it first. */
+            if (qsnap__vm_path_ok(s, &s->m) == 0)
+                (void)qsnap__vm_path_update(s, &s->m);
             rc = qsnap__recover(s, &did);
             if (rc) {
                 /* Links re-pointed behind qsnap's back can stop it: put them back, retry. */

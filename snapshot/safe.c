@@ -48,8 +48,9 @@ static void note_refusal(const qsnap_store *s, const char *path, int e)
 
 int qsnap__unsafe_err(const char *path, int e)
 {
-    const char *what = e == ELOOP ? "is a symbolic link"
+    const char *what = e == ELOOP     ? "is a symbolic link"
                        : e == ENOTDIR ? "is not a directory"
+                       : e == EMLINK  ? "is a file with more than one hard link"
                                       : "is not a regular file";
     return qsnap__err(QSNAP_EINTEGRITY,
                       "a store file must be a regular file of the store; qsnap never opens it "
@@ -102,6 +103,52 @@ int qsnap__store_dirfd(const qsnap_store *s, const char *sub, int *out)
     return 0;
 }
 
+/*
+ * Files and directories the store makes belong to the disk's owner (root
+ * running qsnap for a user's disk must not leave a store that user cannot
+ * change); their modes come from the umask. Best effort: without the right
+ * to chown, the file stays the caller's. Never through a link: the file is
+ * named from its directory, opened without following links.
+ */
+void qsnap__own_at(const qsnap_store *s, int dfd, const char *name)
+{
+    struct stat st;
+
+    if (geteuid() == 0 && s->disk_abs && stat(s->disk_abs, &st) == 0 &&
+        fchownat(dfd, name, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW) < 0) {
+        /* Nothing to do: the file keeps its owner. */
+    }
+}
+
+static int split_rel(const char *rel, char *dir, size_t dir_size, const char **base);
+
+void qsnap__own(const qsnap_store *s, const char *path)
+{
+    size_t dl = strlen(s->dir);
+    char dir[64];
+    const char *base;
+    int dfd;
+
+    if (geteuid() != 0 || strncmp(path, s->dir, dl) != 0)
+        return;
+    if (!path[dl]) {
+        /* The store directory itself. */
+        struct stat st;
+        dfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (dfd >= 0 && stat(s->disk_abs, &st) == 0 && fchown(dfd, st.st_uid, st.st_gid) < 0) {
+            /* Nothing to do: it keeps its owner. */
+        }
+        if (dfd >= 0)
+            close(dfd);
+        return;
+    }
+    if (path[dl] != '/' || split_rel(path + dl + 1, dir, sizeof(dir), &base) < 0 ||
+        qsnap__store_dirfd(s, dir, &dfd) != 0)
+        return;
+    qsnap__own_at(s, dfd, base);
+    close(dfd);
+}
+
 /* Split a store-relative path "DIR/NAME" or "NAME" into its directory and base name. */
 static int split_rel(const char *rel, char *dir, size_t dir_size, const char **base)
 {
@@ -121,6 +168,39 @@ static int split_rel(const char *rel, char *dir, size_t dir_size, const char **b
     return 0;
 }
 
+/*
+ * Open the disk by the name it resolved to when the store was opened, and
+ * only if it is still that file (same device and inode): a name re-pointed
+ * meanwhile (a link put there, a rename) is never opened. -errno on failure,
+ * -EXDEV when the name now leads to another file.
+ */
+static int open_disk(const qsnap_store *s, int oflags)
+{
+    struct stat st;
+    int fd;
+
+    do {
+        fd = open(s->disk_abs, oflags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        return errno == ELOOP ? -EXDEV : -errno;
+    if (fstat(fd, &st) < 0 || st.st_dev != s->disk_dev || st.st_ino != s->disk_ino ||
+        !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
+        close(fd);
+        return -EXDEV;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    return fd;
+}
+
+static int disk_changed(const qsnap_store *s)
+{
+    return qsnap__err(QSNAP_EINTEGRITY, "run the command again; 'qsnap verify DISK' checks the store",
+                      "%s: the disk's name now leads to another file than when the command "
+                      "started",
+                      s->disk_abs);
+}
+
 int qsnap__open_store_file(const qsnap_store *s, const char *rel, int oflags, int *fd_out)
 {
     char dir[64], path[PATH_MAX];
@@ -134,11 +214,12 @@ int qsnap__open_store_file(const qsnap_store *s, const char *rel, int oflags, in
         char *disk = qsnap__path(s, rel);
         if (!disk)
             return nomem();
-        fd = open(disk, oflags | O_CLOEXEC, 0666);
+        fd = open_disk(s, oflags);
         if (fd < 0) {
-            int e = errno;
-            rc = qsnap__err(e == ENOENT ? QSNAP_ENOTFOUND : QSNAP_ERROR, NULL,
-                            "%s: cannot open: %s", disk, strerror(e));
+            int e = -fd;
+            rc = e == EXDEV ? disk_changed(s)
+                            : qsnap__err(e == ENOENT ? QSNAP_ENOTFOUND : QSNAP_ERROR, NULL,
+                                         "%s: cannot open: %s", disk, strerror(e));
             free(disk);
             errno = e;
             return rc;
@@ -321,36 +402,48 @@ static const char *store_rel(const qsnap_store *s, const char *path, char *buf, 
     return buf + dl + 1;
 }
 
-/* Whether a normalised absolute path is the store directory or below it. */
-static bool inside_store(const qsnap_store *s, const char *norm)
-{
-    size_t dl = strlen(s->dir);
-
-    return norm[0] == '/' && !strncmp(norm, s->dir, dl) && (norm[dl] == '/' || !norm[dl]);
-}
-
 /*
  * libqcow2's open function for every image qsnap opens or creates in a store
- * (payload: the store). A file in layers/ is opened from that directory
- * without following links and must be a regular file; any other path inside
- * the store is refused (layers back onto layers and onto the disk only).
- * The disk, and the backing chain the disk itself may have had before it
- * had a store (its own files, outside the store), are opened as the user's
- * files they are; a store layer whose link was edited to point outside is
- * refused by the link checks (check_link in plan.c, verify).
+ * (payload: the store). The path libqcow2 hands over (a layer's directory
+ * joined with a backing name) is never given to the kernel as it is: it is
+ * normalised lexically and must then be either
+ *   - a file of layers/: opened from that directory (opened without
+ *     following links) without following a link, a regular file with one
+ *     hard link only (a second name could be any file of the system); or
+ *   - the disk: opened by its resolved name and only when it is still the
+ *     file it was when the store was opened (open_disk).
+ * Anything else, in the store or outside it, is refused (EXDEV): the store's
+ * layers back onto each other and onto the disk only, and a backing name
+ * edited in a user-writable head must not lead a root qsnap anywhere.
+ * Existing files are reopened through /proc/self/fd of the descriptor that
+ * was checked, so what is checked is what is opened.
  */
 int qsnap__io_open(qcow2_io **out, const char *path, unsigned flags, void *payload)
 {
     const qsnap_store *s = payload;
-    char buf[PATH_MAX], dir[64];
+    char buf[PATH_MAX], dir[64], proc[64];
     const char *rel, *base;
+    struct stat st;
     bool is_disk;
-    int dfd, rc;
+    int dfd, fd, rc;
 
     *out = NULL;
     rel = store_rel(s, path, buf, sizeof(buf), &is_disk);
-    if (is_disk || (!rel && !inside_store(s, buf)))
-        return qcow2_io_posix_open(out, path, flags);
+    if (is_disk) {
+        if (flags & QCOW2_IO_CREATE) {
+            note_refusal(s, path, EXDEV);
+            return -EXDEV;
+        }
+        fd = open_disk(s, (flags & QCOW2_IO_RDWR) ? O_RDWR : O_RDONLY);
+        if (fd == -EXDEV)
+            note_refusal(s, s->disk_abs, ESTALE);
+        if (fd < 0)
+            return fd;
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+        rc = qcow2_io_posix_open(out, proc, flags & ~(unsigned)QCOW2_IO_NOFOLLOW);
+        close(fd);
+        return rc;
+    }
     if (!rel || split_rel(rel, dir, sizeof(dir), &base) < 0 || strcmp(dir, "layers") != 0) {
         note_refusal(s, path, EXDEV);
         return -EXDEV;
@@ -359,10 +452,40 @@ int qsnap__io_open(qcow2_io **out, const char *path, unsigned flags, void *paylo
         int e = s->refusal && s->refusal->err ? s->refusal->err : ENOENT;
         return -e;
     }
-    rc = qcow2_io_posix_openat(out, dfd, base, flags | QCOW2_IO_NOFOLLOW);
+    if (flags & QCOW2_IO_CREATE) {
+        /* A new file (O_EXCL): nothing else can be behind its name. */
+        rc = qcow2_io_posix_openat(out, dfd, base, flags | QCOW2_IO_NOFOLLOW);
+        close(dfd);
+        if (rc == -ELOOP || rc == -ENODEV)
+            note_refusal(s, path, -rc);
+        return rc;
+    }
+    do {
+        fd = openat(dfd, base,
+                    ((flags & QCOW2_IO_RDWR) ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK |
+                        O_CLOEXEC | O_NOCTTY);
+    } while (fd < 0 && errno == EINTR);
+    rc = fd < 0 ? -errno : 0;
     close(dfd);
-    if (rc == -ELOOP || rc == -ENODEV)
-        note_refusal(s, path, -rc);
+    if (rc == -ELOOP) {
+        note_refusal(s, path, ELOOP);
+        return rc;
+    }
+    if (rc == -ENXIO || rc == -ENODEV) {
+        note_refusal(s, path, ENODEV);
+        return -ENODEV;
+    }
+    if (rc)
+        return rc;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink > 1) {
+        rc = S_ISREG(st.st_mode) ? EMLINK : ENODEV;
+        close(fd);
+        note_refusal(s, path, rc);
+        return -rc;
+    }
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+    rc = qcow2_io_posix_open(out, proc, flags & ~(unsigned)QCOW2_IO_NOFOLLOW);
+    close(fd);
     return rc;
 }
 
@@ -372,6 +495,8 @@ static int open_failed(const qsnap_store *s, int rc, const char *hint)
     if (s->refusal && s->refusal->err) {
         int e = s->refusal->err;
         s->refusal->err = 0;
+        if (e == ESTALE)
+            return disk_changed(s);
         if (e == EXDEV)
             return qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK' checks the links",
                               "%s: not a file of the store or its disk (a backing link leads "
@@ -495,6 +620,7 @@ int qsnap__link_into_store(const qsnap_store *s, const char *src, const char *re
 /* QSNAP_EINTEGRITY naming the first entry of directory sub that is not a regular file. */
 static int scan_dir(const qsnap_store *s, const char *sub)
 {
+    bool layers = !strcmp(sub, "layers");
     struct dirent *e;
     DIR *d;
     int dfd, rc = 0;
@@ -511,12 +637,34 @@ static int scan_dir(const qsnap_store *s, const char *sub)
         unsigned char type = e->d_type;
         if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
             continue;
+        if (layers && !strcmp(e->d_name, "current.qcow2")) {
+            /* The VM path: the one link qsnap makes itself (vmpath.c). */
+            rc = qsnap__vm_link_check(s, dirfd(d), &s->m);
+            continue;
+        }
+        if (layers && (type == DT_UNKNOWN || type == DT_REG)) {
+            /* A layer with a second name could be any file of the system. */
+            struct stat st;
+            if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                continue;
+            type = S_ISREG(st.st_mode) ? DT_REG : S_ISLNK(st.st_mode) ? DT_LNK : DT_FIFO;
+            if (type == DT_REG && st.st_nlink > 1) {
+                char path[PATH_MAX];
+                snprintf(path, sizeof(path), "%s/%s/%s", s->dir, sub, e->d_name);
+                note_refusal(s, path, EMLINK);
+                rc = qsnap__unsafe_err(path, EMLINK);
+                continue;
+            }
+        }
         if (type == DT_UNKNOWN) {
             struct stat st;
             if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
                 continue;
             type = S_ISREG(st.st_mode) ? DT_REG : S_ISLNK(st.st_mode) ? DT_LNK : DT_FIFO;
         }
+        /* A temporary link of the VM path left by a kill: removed by the next switch. */
+        if (layers && type == DT_LNK && !strcmp(e->d_name, ".tmp-current"))
+            continue;
         if (type != DT_REG) {
             char path[PATH_MAX];
             snprintf(path, sizeof(path), "%s/%s/%s", s->dir, sub, e->d_name);
@@ -555,7 +703,7 @@ int qsnap__repair_layer(const qsnap_store *s, const struct qsnap__layer *l)
     if (!path)
         return nomem();
     /* CHECK: the image as it is (no repair at open); the image lock keeps a VM out. */
-    oo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_CHECK;
+    oo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_CHECK | QSNAP__LOCK_FLAGS(s);
     oo.format = QCOW2_FORMAT_QCOW2;
     rc = qsnap__image_open(s, path, &oo, &img, NULL);
     if (!rc) {

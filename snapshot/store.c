@@ -21,22 +21,6 @@
 #define META_FILE "meta"
 #define LOCK_FILE "lock"
 
-/*
- * Files and directories the store makes belong to the disk's owner (root
- * running qsnap for a user's disk must not leave a store that user cannot
- * change); their modes come from the umask. Best effort: without the right
- * to chown, the file stays the caller's.
- */
-void qsnap__own(const qsnap_store *s, const char *path)
-{
-    struct stat st;
-
-    if (geteuid() == 0 && s->disk_abs && stat(s->disk_abs, &st) == 0 &&
-        lchown(path, st.st_uid, st.st_gid) < 0) {
-        /* Nothing to do: the file keeps its owner. */
-    }
-}
-
 int64_t qsnap__now(void)
 {
     return (int64_t)time(NULL);
@@ -313,6 +297,11 @@ static int locate(qsnap_store *s, const char *disk)
         return qsnap__err(QSNAP_EUSAGE, NULL, "%s: not a regular file or block device", disk);
     if (!realpath(disk, buf))
         return qsnap__err(QSNAP_ERROR, NULL, "%s: %s", disk, strerror(errno));
+    /* The file the name resolved to: later opens of the disk must find it. */
+    if (stat(buf, &st) < 0 || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)))
+        return qsnap__err(QSNAP_ERROR, NULL, "%s: changed while it was opened", disk);
+    s->disk_dev = st.st_dev;
+    s->disk_ino = st.st_ino;
     s->disk_abs = strdup(buf);
     if (!s->disk_abs || asprintf(&s->dir, "%s.qsnap", buf) < 0) {
         s->dir = NULL;

@@ -24,16 +24,20 @@
  * elsewhere, and --repair points it again.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "qsnap_int.h"
 
 #define VM_LINK "layers/current.qcow2"
 #define VM_LINK_TMP "layers/.tmp-current"
+#define VM_LINK_BASE "current.qcow2"
+#define VM_LINK_TMP_BASE ".tmp-current"
 
 char *qsnap__vm_path(const qsnap_store *s)
 {
@@ -50,66 +54,157 @@ static char *want_target(const struct qsnap__model *m, bool *none)
     return h ? qsnap__link_name(VM_LINK, h->file) : NULL;
 }
 
+/* Whether name is a bare file name (no '/', not "." or ".."). */
+static bool bare_name(const char *name)
+{
+    return name[0] && !strchr(name, '/') && strcmp(name, ".") && strcmp(name, "..");
+}
+
+/*
+ * What stands at the VM path, read from layers/ opened without following
+ * links: *is_link with its target in got (NUL-terminated), or nothing
+ * (ENOENT: 0 with !*is_link and got empty). Anything else there (a file, a
+ * directory, a device) is QSNAP_EINTEGRITY: qsnap made no such thing and
+ * leaves it for whoever looks into it.
+ */
+static int read_vm_link(const qsnap_store *s, int dfd, char *got, size_t size, bool *is_link)
+{
+    struct stat st;
+    ssize_t n;
+
+    *is_link = false;
+    got[0] = '\0';
+    if (fstatat(dfd, VM_LINK_BASE, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        if (errno == ENOENT)
+            return 0;
+        return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: %s", s->dir, VM_LINK, strerror(errno));
+    }
+    if (!S_ISLNK(st.st_mode))
+        return qsnap__err(QSNAP_EINTEGRITY,
+                          "remove it by hand; 'qsnap verify --repair DISK' then makes the link "
+                          "again",
+                          "%s/%s: not a symbolic link where the VM path should be", s->dir,
+                          VM_LINK);
+    n = readlinkat(dfd, VM_LINK_BASE, got, size - 1);
+    if (n < 0)
+        return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: %s", s->dir, VM_LINK, strerror(errno));
+    got[n] = '\0';
+    *is_link = true;
+    return 0;
+}
+
+int qsnap__vm_link_check(const qsnap_store *s, int dfd, const struct qsnap__model *m)
+{
+    char got[PATH_MAX];
+    bool is_link, known = false;
+    int rc = read_vm_link(s, dfd, got, sizeof(got), &is_link);
+
+    if (rc || !is_link)
+        return rc;
+    if (bare_name(got)) {
+        if (m && m->nl) {
+            /* One of the store's layers (not the disk, not anything else in layers/). */
+            for (size_t i = 0; i < m->nl && !known; i++) {
+                const char *f = m->layers[i].file;
+                known = !m->layers[i].is_disk && !strncmp(f, "layers/", 7) && !strcmp(f + 7, got);
+            }
+        } else {
+            /* No metadata read yet: a regular file of layers/ named like a layer. */
+            struct stat st;
+            size_t d = strspn(got, "0123456789");
+            known = d > 0 && !strcmp(got + d, ".qcow2") &&
+                    fstatat(dfd, got, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+        }
+    }
+    if (known)
+        return 0;
+    return qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify --repair DISK' points it at the current head",
+                      "%s/%s: the VM path links to '%s', not to a layer of the store", s->dir,
+                      VM_LINK, got);
+}
+
 int qsnap__vm_path_ok(const qsnap_store *s, const struct qsnap__model *m)
 {
-    char *path = qsnap__vm_path(s), *want;
+    char *want;
     char got[PATH_MAX];
-    bool none;
-    ssize_t n;
-    int ok;
+    bool none, is_link;
+    int ok, dfd;
 
-    if (!path)
-        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
     want = want_target(m, &none);
-    if (none) {
-        free(path);
+    if (none)
         return 1;
+    if (!want)
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    ok = qsnap__store_dirfd(s, "layers", &dfd);
+    if (!ok) {
+        ok = read_vm_link(s, dfd, got, sizeof(got), &is_link);
+        close(dfd);
     }
-    n = readlink(path, got, sizeof(got) - 1);
-    ok = want && n > 0 && (size_t)n == strlen(want) && !memcmp(got, want, (size_t)n);
-    free(path);
+    if (!ok)
+        ok = is_link && !strcmp(got, want);
     free(want);
     return ok;
 }
 
+/*
+ * Point the VM path at m's current head: a new link under the temporary name
+ * (a leftover there, link or file, goes first), owned like the store, renamed
+ * over the old link, the directory synced. Every call works from layers/
+ * opened without following links: a layers/ swapped for a link is refused,
+ * never written through. A file or directory standing at the VM path is
+ * never replaced (QSNAP_EINTEGRITY).
+ */
 int qsnap__vm_path_update(const qsnap_store *s, const struct qsnap__model *m)
 {
-    char *path, *tmp = NULL, *want, *ldir = NULL;
-    bool none;
-    int rc = 0;
+    char got[PATH_MAX];
+    char *want;
+    bool none, is_link;
+    struct stat st;
+    int rc, dfd = -1;
 
     rc = qsnap__vm_path_ok(s, m);
     if (rc != 0)
         return rc < 0 ? rc : 0;
     want = want_target(m, &none);
-    path = qsnap__vm_path(s);
-    tmp = qsnap__path(s, VM_LINK_TMP);
-    ldir = qsnap__path(s, "layers");
-    if (!want || !path || !tmp || !ldir) {
-        rc = qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    if (!want)
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    rc = qsnap__store_dirfd(s, "layers", &dfd);
+    if (!rc)
+        rc = read_vm_link(s, dfd, got, sizeof(got), &is_link);
+    if (rc)
+        goto out;
+    if (fstatat(dfd, VM_LINK_TMP_BASE, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+        if (!S_ISLNK(st.st_mode) && !S_ISREG(st.st_mode)) {
+            rc = qsnap__err(QSNAP_EINTEGRITY, "remove it by hand",
+                            "%s/%s: neither a link nor a file where a temporary link of the "
+                            "VM path should be",
+                            s->dir, VM_LINK_TMP);
+            goto out;
+        }
+        if (unlinkat(dfd, VM_LINK_TMP_BASE, 0) < 0 && errno != ENOENT) {
+            rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: cannot remove: %s", s->dir, VM_LINK_TMP,
+                            strerror(errno));
+            goto out;
+        }
+    }
+    if (symlinkat(want, dfd, VM_LINK_TMP_BASE) < 0) {
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: cannot make the VM path: %s", s->dir,
+                        VM_LINK_TMP, strerror(errno));
         goto out;
     }
-    if (unlink(tmp) < 0 && errno != ENOENT) {
-        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot remove: %s", tmp, strerror(errno));
+    qsnap__own_at(s, dfd, VM_LINK_TMP_BASE);
+    if (renameat(dfd, VM_LINK_TMP_BASE, dfd, VM_LINK_BASE) < 0) {
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: cannot replace the VM path: %s", s->dir,
+                        VM_LINK, strerror(errno));
+        unlinkat(dfd, VM_LINK_TMP_BASE, 0);
         goto out;
     }
-    if (symlink(want, tmp) < 0) {
-        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot make the VM path: %s", tmp,
+    if (fsync(dfd) < 0 && errno != EINVAL)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s/layers: fsync failed: %s", s->dir,
                         strerror(errno));
-        goto out;
-    }
-    qsnap__own(s, tmp);
-    if (rename(tmp, path) < 0) {
-        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot replace the VM path: %s", path,
-                        strerror(errno));
-        unlink(tmp);
-        goto out;
-    }
-    rc = qsnap__fsync_dir(ldir);
 out:
-    free(ldir);
-    free(tmp);
-    free(path);
+    if (dfd >= 0)
+        close(dfd);
     free(want);
     return rc;
 }
