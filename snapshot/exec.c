@@ -1088,11 +1088,15 @@ int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
     rc = qsnap__touched(s, p, &p->touch, &p->ntouch);
     p->checked = rc == 0;
     if (!rc)
-        rc = qsnap__touch_hold(p->touch, p->ntouch);
+        rc = qsnap__touch_hold(s, p->touch, p->ntouch);
     if (rc)
         return rc;
     s->holding = true;
-    rc = p->n ? execute(s, p, o) : 0;
+    /* What the plan read from its files (a clean head dropped, nothing to
+     * commit) was read before the hold: it must still be so under it. */
+    rc = qsnap__recheck_seen(s);
+    if (!rc)
+        rc = p->n ? execute(s, p, o) : 0;
     s->holding = false;
     qsnap__touch_release(p->touch, p->ntouch);
     return rc;

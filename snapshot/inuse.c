@@ -69,7 +69,20 @@ struct touch_set {
     size_t n;
     dev_t *dev;
     ino_t *ino;
+    bool lenient; /* a file that is not a regular one is left out, not refused */
 };
+
+/* The store-relative name of a file given store-relative or absolute ("" for the disk). */
+static const char *touch_rel(const qsnap_store *s, const char *name)
+{
+    size_t dl = strlen(s->dir);
+
+    if (!strncmp(name, "../", 3) || !strcmp(name, s->disk_abs))
+        return "";
+    if (name[0] == '/')
+        return !strncmp(name, s->dir, dl) && name[dl] == '/' ? name + dl + 1 : NULL;
+    return name;
+}
 
 /* Add store-relative file rel (when it exists and is not in the set yet). */
 static int add_file(struct touch_set *ts, const qsnap_store *s, const char *rel, const char *role)
@@ -82,13 +95,36 @@ static int add_file(struct touch_set *ts, const qsnap_store *s, const char *rel,
 
     if (!rel)
         return 0;
-    path = rel[0] == '/' ? strdup(rel) : qsnap__path(s, rel);
-    if (!path)
-        return nomem();
-    /* Not a symbolic link (the VM path is replaced, never written). */
-    if (lstat(path, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
-        free(path);
-        return 0;
+    {
+        /* Looked at without following links: from the store's directories,
+         * and the disk by the name it had when the store was opened. */
+        const char *r = touch_rel(s, rel);
+        int rc;
+        if (!r)
+            return 0; /* not a file of the store */
+        path = r[0] ? qsnap__path(s, r) : strdup(s->disk_abs);
+        if (!path)
+            return nomem();
+        if (!r[0])
+            rc = lstat(path, &st) < 0 ? (errno == ENOENT ? QSNAP_ENOTFOUND : QSNAP_ERROR) : 0;
+        else
+            rc = qsnap__lstat_store_file(s, r, &st);
+        if (rc == QSNAP_ENOTFOUND) {
+            free(path);
+            return 0; /* made by the plan: nothing else knows its name yet */
+        }
+        if (!rc && !(S_ISREG(st.st_mode) || (!r[0] && S_ISBLK(st.st_mode)))) {
+            if (ts->lenient) {
+                free(path);
+                return 0;
+            }
+            rc = qsnap__unsafe_err(path, S_ISLNK(st.st_mode) ? ELOOP : ENODEV);
+        }
+        if (rc) {
+            free(path);
+            return rc;
+        }
+        rel = r[0] ? r : "../";
     }
     for (size_t i = 0; i < ts->n; i++) {
         if (ts->dev[i] == st.st_dev && ts->ino[i] == st.st_ino) {
@@ -280,7 +316,7 @@ static int touched(struct touch_set *ts, const qsnap_store *s, const qsnap_plan 
 int qsnap__touched(const qsnap_store *s, const qsnap_plan *p, struct qsnap__touch **out,
                    size_t *n_out)
 {
-    struct touch_set ts = {NULL, 0, NULL, NULL};
+    struct touch_set ts = {NULL, 0, NULL, NULL, false};
     int rc = touched(&ts, s, p);
 
     free(ts.dev);
@@ -297,14 +333,15 @@ int qsnap__touched(const qsnap_store *s, const qsnap_plan *p, struct qsnap__touc
 int qsnap__touch_add(const qsnap_store *s, struct qsnap__touch **t, size_t *n, const char *rel,
                      const char *role)
 {
-    struct touch_set ts = {*t, *n, calloc(*n + 1, sizeof(dev_t)), calloc(*n + 1, sizeof(ino_t))};
+    struct touch_set ts = {*t, *n, calloc(*n + 1, sizeof(dev_t)), calloc(*n + 1, sizeof(ino_t)),
+                           true};
     int rc = 0;
 
     if (!ts.dev || !ts.ino)
         rc = nomem();
     for (size_t i = 0; !rc && i < *n; i++) {
         struct stat st;
-        if (stat((*t)[i].path, &st) == 0) {
+        if (lstat((*t)[i].path, &st) == 0) {
             ts.dev[i] = st.st_dev;
             ts.ino[i] = st.st_ino;
         }
@@ -337,13 +374,34 @@ static int others_hold(int fd, const char *path, bool *held)
     return 0;
 }
 
-static int open_file(const char *path, int *fd)
+/*
+ * Open a touched file to test or hold its locks: a store file from its
+ * directory without following links (never blocking on a FIFO put there), a
+ * regular file only; the disk only as the file it was when the store was
+ * opened.
+ */
+static int open_file(const qsnap_store *s, const struct qsnap__touch *t, int *fd)
 {
-    *fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
-    if (*fd < 0)
-        return qsnap__err(QSNAP_ERROR, NULL, "%s: cannot open it to check its locks: %s", path,
-                          strerror(errno));
-    return 0;
+    int rc;
+
+    if (!strncmp(t->file, "../", 3)) {
+        *fd = qsnap__open_disk(s, O_RDONLY);
+        if (*fd >= 0)
+            return 0;
+        rc = -*fd;
+        *fd = -1;
+        return rc == EXDEV ? qsnap__err(QSNAP_EINTEGRITY, "run the command again",
+                                         "%s: the disk's name now leads to another file",
+                                         s->disk_abs)
+                           : qsnap__err(QSNAP_ERROR, NULL,
+                                        "%s: cannot open it to check its locks: %s", t->path,
+                                        strerror(rc));
+    }
+    rc = qsnap__open_store_file(s, t->file, O_RDONLY | O_NOCTTY, fd);
+    if (rc == QSNAP_ENOTFOUND)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot open it to check its locks: it is gone",
+                        t->path);
+    return rc;
 }
 
 /* The refusal for the held files of t: it names them all (up to four). */
@@ -379,10 +437,10 @@ static int busy_error(const struct qsnap__touch *t, size_t n)
                       names);
 }
 
-int qsnap__touch_check(struct qsnap__touch *t, size_t n)
+int qsnap__touch_check(const qsnap_store *s, struct qsnap__touch *t, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        int fd, rc = open_file(t[i].path, &fd);
+        int fd, rc = open_file(s, &t[i], &fd);
         if (rc)
             return rc;
         rc = others_hold(fd, t[i].path, &t[i].held);
@@ -402,14 +460,14 @@ void qsnap__touch_release(struct qsnap__touch *t, size_t n)
     }
 }
 
-int qsnap__touch_hold(struct qsnap__touch *t, size_t n)
+int qsnap__touch_hold(const qsnap_store *s, struct qsnap__touch *t, size_t n)
 {
     static const off_t bytes[] = {100, 101, 103, 201, 203};
     int rc = 0;
 
     for (size_t i = 0; i < n && !rc; i++) {
         struct flock fl;
-        rc = open_file(t[i].path, &t[i].fd);
+        rc = open_file(s, &t[i], &t[i].fd);
         for (size_t b = 0; !rc && b < sizeof(bytes) / sizeof(bytes[0]); b++) {
             memset(&fl, 0, sizeof(fl));
             fl.l_type = F_RDLCK;
@@ -432,7 +490,7 @@ int qsnap__touch_hold(struct qsnap__touch *t, size_t n)
             /* Test the others too, so that the message counts them all. */
             for (size_t j = i + 1; j < n && !rc; j++) {
                 int fd;
-                rc = open_file(t[j].path, &fd);
+                rc = open_file(s, &t[j], &fd);
                 if (!rc) {
                     rc = others_hold(fd, t[j].path, &t[j].held);
                     close(fd);
@@ -459,5 +517,5 @@ int qsnap_plan_check(qsnap_store *s, qsnap_plan *p)
     if (rc)
         return rc;
     p->checked = true;
-    return qsnap__touch_check(p->touch, p->ntouch);
+    return qsnap__touch_check(s, p->touch, p->ntouch);
 }

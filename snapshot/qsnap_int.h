@@ -105,8 +105,22 @@ struct qsnap_store {
     bool readonly;       /* opened for queries */
     struct qsnap__model m;
     struct qsnap__refusal *refusal; /* see safe.c (NULL: not recorded) */
+    struct qsnap__seen *seen; /* heads found clean or dirty while plans were made (query.c) */
     bool holding;        /* an operation holds the files it touches (inuse.c): steps open
                           * images without taking locks of their own */
+};
+
+/*
+ * What a plan's decisions read from files: whether a head had changes. A
+ * plan is made before the operation holds its files (a VM may still write
+ * them then), so the execution checks every one again under the hold.
+ */
+struct qsnap__seen {
+    struct qsnap__seen_head {
+        unsigned id;     /* layer */
+        bool dirty;
+    } *v;
+    size_t n;
 };
 
 /* A file an operation touches (inuse.c). */
@@ -218,6 +232,8 @@ int qsnap__unsafe_err(const char *path, int e);
 int qsnap__store_dirfd(const qsnap_store *s, const char *sub, int *out);
 /* openat(O_NOFOLLOW) of a store file, which must be a regular file (errno kept on failure). */
 int qsnap__open_store_file(const qsnap_store *s, const char *rel, int oflags, int *fd_out);
+/* The disk, only while its name leads to the file it did at store open: fd, or -errno (-EXDEV). */
+int qsnap__open_disk(const qsnap_store *s, int oflags);
 int qsnap__lstat_store_file(const qsnap_store *s, const char *rel, struct stat *st);
 /* QSNAP_EINTEGRITY when rel is a link or not a regular file; QSNAP_ENOTFOUND when missing. */
 int qsnap__check_store_file(const qsnap_store *s, const char *rel);
@@ -241,6 +257,8 @@ int qsnap__fingerprint_store_file(const qsnap_store *s, const char *rel, uint64_
                                   uint8_t out[16], struct stat *st);
 
 /* query.c: head dirty state, sizes. */
+/* Every head found clean or dirty since the last call is still so (under the hold). */
+int qsnap__recheck_seen(const qsnap_store *s);
 int qsnap__head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *dirty,
                       uint64_t *bytes);
 /* QSNAP_EINTEGRITY when the layer's file is missing (else 0). */
@@ -258,9 +276,9 @@ int qsnap__touched(const qsnap_store *s, const qsnap_plan *p, struct qsnap__touc
 int qsnap__touch_add(const qsnap_store *s, struct qsnap__touch **t, size_t *n, const char *rel,
                      const char *role);
 /* Set each held flag; QSNAP_EBUSY naming the first held file, else 0. */
-int qsnap__touch_check(struct qsnap__touch *t, size_t n);
+int qsnap__touch_check(const qsnap_store *s, struct qsnap__touch *t, size_t n);
 /* Take a writer's image locks on every file, or none (QSNAP_EBUSY as above). */
-int qsnap__touch_hold(struct qsnap__touch *t, size_t n);
+int qsnap__touch_hold(const qsnap_store *s, struct qsnap__touch *t, size_t n);
 void qsnap__touch_release(struct qsnap__touch *t, size_t n);
 void qsnap__touch_free(struct qsnap__touch *t, size_t n);
 /* QCOW2_OPEN_NO_LOCK while the store holds the files it works on, else 0. */

@@ -38,7 +38,68 @@ static int open_layer(const qsnap_store *s, const struct qsnap__layer *l, unsign
     return rc;
 }
 
+static int head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *dirty,
+                      uint64_t *bytes);
+
 int qsnap__head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *dirty,
+                      uint64_t *bytes)
+{
+    int rc = head_dirty(s, l, dirty, bytes);
+
+    /* Noted for the execution, which checks it again under its hold. */
+    if (!rc && l && s->seen) {
+        struct qsnap__seen *sn = s->seen;
+        struct qsnap__seen_head *v;
+        /* The latest look at a head is what a plan decided on. */
+        for (size_t i = 0; i < sn->n; i++) {
+            if (sn->v[i].id == l->id) {
+                sn->v[i].dirty = *dirty;
+                return 0;
+            }
+        }
+        v = realloc(sn->v, (sn->n + 1) * sizeof(*v));
+        if (!v)
+            return nomem();
+        sn->v = v;
+        v[sn->n].id = l->id;
+        v[sn->n].dirty = *dirty;
+        sn->n++;
+    }
+    return rc;
+}
+
+int qsnap__recheck_seen(const qsnap_store *s)
+{
+    struct qsnap__seen *sn = s->seen;
+    int rc = 0;
+
+    for (size_t i = 0; sn && !rc && i < sn->n; i++) {
+        const struct qsnap__layer *l = qsnap__layer(&s->m, sn->v[i].id);
+        bool dirty = false;
+        if (!l || l->frozen)
+            continue;
+        rc = head_dirty(s, l, &dirty, NULL);
+        if (!rc && dirty != sn->v[i].dirty) {
+            char *path = qsnap__path(s, l->file);
+            rc = qsnap__err(QSNAP_EBUSY,
+                            "stop the virtual machine that uses it, then run the command again "
+                            "(nothing was changed)",
+                            "%s: changed while the operation was planned (it was %s, now it is "
+                            "%s): something wrote it",
+                            path ? path : l->file, sn->v[i].dirty ? "dirty" : "clean",
+                            dirty ? "dirty" : "clean");
+            free(path);
+        }
+    }
+    if (sn) {
+        free(sn->v);
+        sn->v = NULL;
+        sn->n = 0;
+    }
+    return rc;
+}
+
+static int head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *dirty,
                       uint64_t *bytes)
 {
     qcow2_image *img = NULL;
@@ -1091,7 +1152,7 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
         qsnap_verify_free(f, nf);
     }
     if (!rc)
-        rc = qsnap__touch_hold(t, nt);
+        rc = qsnap__touch_hold(s, t, nt);
     if (!rc) {
         s->holding = true;
         rc = verify_store(s, true, out, n_out);

@@ -174,7 +174,7 @@ static int split_rel(const char *rel, char *dir, size_t dir_size, const char **b
  * meanwhile (a link put there, a rename) is never opened. -errno on failure,
  * -EXDEV when the name now leads to another file.
  */
-static int open_disk(const qsnap_store *s, int oflags)
+int qsnap__open_disk(const qsnap_store *s, int oflags)
 {
     struct stat st;
     int fd;
@@ -214,7 +214,7 @@ int qsnap__open_store_file(const qsnap_store *s, const char *rel, int oflags, in
         char *disk = qsnap__path(s, rel);
         if (!disk)
             return nomem();
-        fd = open_disk(s, oflags);
+        fd = qsnap__open_disk(s, oflags);
         if (fd < 0) {
             int e = -fd;
             rc = e == EXDEV ? disk_changed(s)
@@ -434,7 +434,7 @@ int qsnap__io_open(qcow2_io **out, const char *path, unsigned flags, void *paylo
             note_refusal(s, path, EXDEV);
             return -EXDEV;
         }
-        fd = open_disk(s, (flags & QCOW2_IO_RDWR) ? O_RDWR : O_RDONLY);
+        fd = qsnap__open_disk(s, (flags & QCOW2_IO_RDWR) ? O_RDWR : O_RDONLY);
         if (fd == -EXDEV)
             note_refusal(s, s->disk_abs, ESTALE);
         if (fd < 0)

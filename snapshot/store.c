@@ -348,6 +348,7 @@ int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags)
     if (rc)
         goto fail;
     s->refusal = calloc(1, sizeof(*s->refusal));
+    s->seen = calloc(1, sizeof(*s->seen));
     if (lstat(s->dir, &st) == 0) {
         if (S_ISLNK(st.st_mode)) {
             rc = qsnap__unsafe_err(s->dir, ELOOP);
@@ -421,6 +422,9 @@ void qsnap_store_close(qsnap_store *s)
         close(s->lock_fd);
     qsnap__model_free(&s->m);
     free(s->refusal);
+    if (s->seen)
+        free(s->seen->v);
+    free(s->seen);
     free(s->disk_abs);
     free(s->dir);
     free(s);
