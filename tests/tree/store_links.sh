@@ -46,7 +46,7 @@ q verify disk.qcow2 >/dev/null || bad setup "template store not clean"
 cd "$W" || exit 2
 S=disk.qcow2.qsnap
 
-head_of() { q current "$1" --path; }
+head_of() { q current "$1" --head; }
 frozen_of() { q info "$1" s2 --json 2>/dev/null | sed -n 's/.*"file": *"\([^"]*\)".*/\1/p' | head -1; }
 
 # A victim outside the store for each kind: a qcow2 image for layers, text for the rest.
@@ -66,7 +66,7 @@ plant() {
         f=$d/$S/${kind%-dir}
         rm -rf "$f"; ln -s "$W/victim.dir" "$f"; echo victim.dir/f ;;
     head) f=$(cd "$d" && head_of disk.qcow2); rm -f "$f"; ln -s "$W/victim.qcow2" "$f"; echo victim.qcow2 ;;
-    frozen) f=$d/$S/layers/$(cd "$d/$S/layers" && ls -1 | sort -n | head -1)
+    frozen) f=$d/$S/layers/$(cd "$d/$S/layers" && ls -1 | grep -E "^[0-9]+\.qcow2$" | sort -n | head -1)
         chmod u+w "$f"; rm -f "$f"; ln -s "$W/victim.qcow2" "$f"; echo victim.qcow2 ;;
     state) f=$(ls -1 "$d/$S"/state/* | head -1); rm -f "$f"; ln -s "$W/victim.txt" "$f"; echo victim.txt ;;
     tmp-layer) ln -s "$W/victim.qcow2" "$d/$S/layers/.tmp-99.qcow2"; echo victim.qcow2 ;;
