@@ -106,6 +106,7 @@ struct qsnap_store {
     struct qsnap__model m;
     struct qsnap__refusal *refusal; /* see safe.c (NULL: not recorded) */
     struct qsnap__seen *seen; /* heads found clean or dirty while plans were made (query.c) */
+    struct qsnap__chain *chain; /* the disk's own backing chain, read-only (safe.c) */
     bool holding;        /* an operation holds the files it touches (inuse.c): steps open
                           * images without taking locks of their own */
 };
@@ -120,6 +121,13 @@ struct qsnap__seen {
         unsigned id;     /* layer */
         bool dirty;
     } *v;
+    size_t n;
+};
+
+/* The files of the backing chain the disk itself has (outside the store), normalised. */
+struct qsnap__chain {
+    bool known;          /* looked up (once, when first needed) */
+    char **path;
     size_t n;
 };
 

@@ -403,6 +403,55 @@ static const char *store_rel(const qsnap_store *s, const char *path, char *buf, 
 }
 
 /*
+ * Whether normalised path norm is a file of the disk's own backing chain
+ * (what the disk's header named before it had a store: the user's files).
+ * The chain is read once, by the disk's resolved name, in the format the
+ * metadata records for it (before the first snapshot: as the first create
+ * finds it).
+ */
+static bool in_disk_chain(const qsnap_store *s, const char *norm)
+{
+    struct qsnap__chain *c = s->chain;
+
+    if (!c)
+        return false;
+    if (!c->known) {
+        const struct qsnap__layer *d = NULL;
+        qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+        qcow2_image *img = NULL;
+        c->known = true;
+        for (size_t i = 0; i < s->m.nl && !d; i++)
+            if (s->m.layers[i].is_disk)
+                d = &s->m.layers[i];
+        /* Before the first snapshot the disk's format is what the first create probes. */
+        if (d && d->fmt != QCOW2_FORMAT_QCOW2)
+            return false;
+        oo.flags = QCOW2_OPEN_NO_LOCK;
+        if (d)
+            oo.format = QCOW2_FORMAT_QCOW2;
+        if (qcow2_image_open(&img, s->disk_abs, &oo) != 0)
+            return false;
+        for (qcow2_image *b = qcow2_image_backing(img); b; b = qcow2_image_backing(b)) {
+            char nb[PATH_MAX];
+            bool dummy;
+            char **v = realloc(c->path, (c->n + 1) * sizeof(*v));
+            if (!v)
+                break;
+            c->path = v;
+            (void)store_rel(s, qcow2_image_filename(b), nb, sizeof(nb), &dummy);
+            if (!nb[0] || !(c->path[c->n] = strdup(nb)))
+                break;
+            c->n++;
+        }
+        qcow2_image_close(img);
+    }
+    for (size_t i = 0; i < c->n; i++)
+        if (!strcmp(c->path[i], norm))
+            return true;
+    return false;
+}
+
+/*
  * libqcow2's open function for every image qsnap opens or creates in a store
  * (payload: the store). The path libqcow2 hands over (a layer's directory
  * joined with a backing name) is never given to the kernel as it is: it is
@@ -412,6 +461,8 @@ static const char *store_rel(const qsnap_store *s, const char *path, char *buf, 
  *     hard link only (a second name could be any file of the system); or
  *   - the disk: opened by its resolved name and only when it is still the
  *     file it was when the store was opened (open_disk).
+ *   - a file of the backing chain the disk itself had before it had a store
+ *     (in_disk_chain): the user's own files, opened read-only only.
  * Anything else, in the store or outside it, is refused (EXDEV): the store's
  * layers back onto each other and onto the disk only, and a backing name
  * edited in a user-writable head must not lead a root qsnap anywhere.
@@ -443,6 +494,11 @@ int qsnap__io_open(qcow2_io **out, const char *path, unsigned flags, void *paylo
         rc = qcow2_io_posix_open(out, proc, flags & ~(unsigned)QCOW2_IO_NOFOLLOW);
         close(fd);
         return rc;
+    }
+    if (!rel && buf[0] == '/' && !(flags & (QCOW2_IO_RDWR | QCOW2_IO_CREATE)) &&
+        in_disk_chain(s, buf)) {
+        /* The disk's own chain: the user's files, read only, by their normalised names. */
+        return qcow2_io_posix_open(out, buf, flags & ~(unsigned)QCOW2_IO_NOFOLLOW);
     }
     if (!rel || split_rel(rel, dir, sizeof(dir), &base) < 0 || strcmp(dir, "layers") != 0) {
         note_refusal(s, path, EXDEV);

@@ -349,6 +349,7 @@ int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags)
         goto fail;
     s->refusal = calloc(1, sizeof(*s->refusal));
     s->seen = calloc(1, sizeof(*s->seen));
+    s->chain = calloc(1, sizeof(*s->chain));
     if (lstat(s->dir, &st) == 0) {
         if (S_ISLNK(st.st_mode)) {
             rc = qsnap__unsafe_err(s->dir, ELOOP);
@@ -425,6 +426,11 @@ void qsnap_store_close(qsnap_store *s)
     if (s->seen)
         free(s->seen->v);
     free(s->seen);
+    for (size_t i = 0; s->chain && i < s->chain->n; i++)
+        free(s->chain->path[i]);
+    if (s->chain)
+        free(s->chain->path);
+    free(s->chain);
     free(s->disk_abs);
     free(s->dir);
     free(s);

@@ -19,6 +19,10 @@
 #     names the current head.
 #   - a layer with a second hard link (to a file outside the store):
 #     create and commit exit 4 naming it; the outside file is unchanged.
+#   - a disk with its own backing chain outside the store: create, export
+#     (reads the chain's data) and verify work, the chain is unchanged; a
+#     head whose backing name was edited to a link outside the store is
+#     refused by commit (exit 4).
 # Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
 #   QSNAP=path  the qsnap binary (default build/release/qsnap)
 set -u
@@ -179,6 +183,36 @@ else
     bad "hard-linked layer" "create $rc1 ($(one "$out")), commit $rc2, verify $rc3"
 fi
 rm -f "$W/hardlink.qcow2"
+
+# A disk with its own backing chain outside the store (the user's files): the
+# tree works over it, read-only; a head whose backing name is edited to an
+# outside file (a link to the disk) is refused and the file it names is unchanged.
+rm -rf chain && mkdir -p chain/elsewhere && cd chain || exit 2
+qemu-img create -f raw elsewhere/base.raw 8M >/dev/null
+qemu-io -f raw -c "write -P 5 0 64k" elsewhere/base.raw >/dev/null
+cp elsewhere/base.raw base.orig
+qemu-img create -f qcow2 -b "$PWD/elsewhere/base.raw" -F raw disk.qcow2 >/dev/null
+if q create disk.qcow2 s1 >/dev/null 2>&1 &&
+    qemu-io -f qcow2 -c "write -P 6 64k 64k" "$(q current disk.qcow2 --head)" >/dev/null &&
+    q create disk.qcow2 s2 >/dev/null 2>&1 && q export disk.qcow2 s2 out.raw -O raw >/dev/null 2>&1 &&
+    qemu-io -f raw -c "read -P 5 0 64k" -c "read -P 6 64k 64k" out.raw | grep -c '^read' | grep -qx 2 &&
+    q verify disk.qcow2 >/dev/null 2>&1 && cmp -s elsewhere/base.raw base.orig; then
+    ok "a disk with its own backing chain outside the store"
+else
+    bad "disk with its own chain" "$(q verify disk.qcow2 2>&1 | tail -2 | tr '\n' ' ')"
+fi
+printf 'victim text\n' >victim.txt && cp victim.txt victim.orig
+ln -s "$PWD/disk.qcow2" e-disk
+h=$(q current disk.qcow2 --head)
+qemu-io -f qcow2 -c "write -P 8 0 4k" "$h" >/dev/null
+qemu-img rebase -u -f qcow2 -b "$PWD/e-disk" -F qcow2 "$h"
+out=$(q commit disk.qcow2 2>&1); rc=$?
+if [ $rc -eq 4 ] && cmp -s victim.txt victim.orig && cmp -s elsewhere/base.raw base.orig; then
+    ok "a head whose backing name was edited to a file outside the store is refused"
+else
+    bad "edited backing name of a head" "exit $rc: $(one "$out")"
+fi
+cd "$W" || exit 2
 
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
