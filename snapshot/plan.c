@@ -221,15 +221,6 @@ static int check_chain(const qsnap_store *s, const struct qsnap__model *m, unsig
     return 0;
 }
 
-/* Whether two paths name the same file. */
-static bool same_file(const char *a, const char *b)
-{
-    struct stat sa, sb;
-
-    return a && b && stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
-           sa.st_ino == sb.st_ino;
-}
-
 /*
  * A layer's header must name the backing layer the metadata names: a link
  * changed behind qsnap's back (qemu-img rebase -u) would make an operation
@@ -260,9 +251,13 @@ static int check_link(const qsnap_store *s, const struct qsnap__model *m, unsign
     rc = qsnap__image_open(s, path, &oo, &img, "'qsnap verify DISK' checks the store");
     if (!rc) {
         qcow2_image_get_info(img, &info);
-        ok = b ? same_file(info.backing_path, want) && info.backing_format &&
-                     qcow2_format_from_name(info.backing_format) == b->fmt
+        /* Exactly the link qsnap wrote: any other name (even one that leads to
+         * the same file today, through a link) can lead elsewhere tomorrow. */
+        char *link = b ? qsnap__link_name(l->file, b->file) : NULL;
+        ok = b ? link && info.backing_name && !strcmp(info.backing_name, link) &&
+                     info.backing_format && qcow2_format_from_name(info.backing_format) == b->fmt
                : !info.backing_name;
+        free(link);
         if (!ok)
             rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify --repair DISK' re-points it",
                             "%s: backing link was changed behind qsnap's back (it names '%s'; "

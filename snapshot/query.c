@@ -734,15 +734,6 @@ void qsnap_verify_free(qsnap_finding *f, size_t n)
     free(f);
 }
 
-/* The layer file that a header's backing name resolves to equals layer b's file. */
-static bool same_file(const char *a, const char *b)
-{
-    struct stat sa, sb;
-
-    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
-           sa.st_ino == sb.st_ino;
-}
-
 /* Re-point layer l's header at the backing layer the metadata names. */
 static bool repoint(qsnap_store *s, struct qsnap__layer *l, const struct qsnap__layer *b,
                     const char *path, mode_t mode)
@@ -858,10 +849,13 @@ static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, st
     if (l->fmt == QCOW2_FORMAT_QCOW2 && !l->is_disk) {
         const struct qsnap__layer *b = qsnap__layer(&s->m, l->backing);
         char *want = b ? qsnap__path(s, b->file) : NULL;
-        bool link_ok = b ? (info.backing_path && same_file(info.backing_path, want) &&
+        /* Exactly the link qsnap wrote (a name through a link could lead elsewhere later). */
+        char *exact = b ? qsnap__link_name(l->file, b->file) : NULL;
+        bool link_ok = b ? (exact && info.backing_name && !strcmp(info.backing_name, exact) &&
                             info.backing_format &&
                             qcow2_format_from_name(info.backing_format) == b->fmt)
                          : !info.backing_name;
+        free(exact);
         if (!link_ok) {
             char *was = strdup(info.backing_name ? info.backing_name : "nothing");
             qcow2_image_close(img);
