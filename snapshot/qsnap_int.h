@@ -300,8 +300,8 @@ int qsnap__vm_path_update(const qsnap_store *s, const struct qsnap__model *m);
 int qsnap__vm_path_ok(const qsnap_store *s, const struct qsnap__model *m);
 /*
  * What stands at the VM path is acceptable in a store (dfd: layers/): nothing,
- * or a link to the bare name of one of m's layers (m NULL or empty: of a file
- * of layers/ named like one). Else QSNAP_EINTEGRITY.
+ * or a link to the bare name of one of m's layers or of a regular file of
+ * layers/ named like one. Else QSNAP_EINTEGRITY.
  */
 int qsnap__vm_link_check(const qsnap_store *s, int dfd, const struct qsnap__model *m);
 

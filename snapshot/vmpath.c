@@ -102,14 +102,15 @@ int qsnap__vm_link_check(const qsnap_store *s, int dfd, const struct qsnap__mode
     if (rc || !is_link)
         return rc;
     if (bare_name(got)) {
-        if (m && m->nl) {
-            /* One of the store's layers (not the disk, not anything else in layers/). */
-            for (size_t i = 0; i < m->nl && !known; i++) {
-                const char *f = m->layers[i].file;
-                known = !m->layers[i].is_disk && !strncmp(f, "layers/", 7) && !strcmp(f + 7, got);
-            }
-        } else {
-            /* No metadata read yet: a regular file of layers/ named like a layer. */
+        /* One of the store's layers (not the disk, nothing else in layers/) ... */
+        for (size_t i = 0; m && i < m->nl && !known; i++) {
+            const char *f = m->layers[i].file;
+            known = !m->layers[i].is_disk && !strncmp(f, "layers/", 7) && !strcmp(f + 7, got);
+        }
+        /* ... or, before the metadata is read or while an interrupted operation
+         * is pending (its layers are not all in the metadata yet), a regular file
+         * of layers/ named as layers are. */
+        if (!known) {
             struct stat st;
             size_t d = strspn(got, "0123456789");
             known = d > 0 && !strcmp(got + d, ".qcow2") &&
