@@ -36,6 +36,10 @@ static int plan_new(qsnap_plan **out, const qsnap_store *s, const char *op)
         return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
     }
     p->base_gen = s->m.gen;
+    /* What this plan reads of its heads from now on is checked again under the
+     * hold when it runs (qsnap__recheck_seen): earlier looks do not count. */
+    if (s->seen)
+        s->seen->n = 0;
     *out = p;
     return 0;
 }
@@ -898,6 +902,9 @@ int qsnap_plan_branch_delete(qsnap_plan **out, qsnap_store *s, const char *name,
     if (!rc)
         rc = refuse_internal_in(&t, b->head, "deleting the branch would delete them",
                                 "'qsnap delete DISK NAME' each of them first");
+    /* Made before the head is looked at (plan_new starts what the plan read afresh). */
+    if (!rc)
+        rc = plan_new(&p, s, "branch-delete");
     if (!rc) {
         /* A head file that is gone (verify reports it): only --force drops the branch. */
         const struct qsnap__layer *h = qsnap__layer(&t, b->head);
@@ -916,8 +923,6 @@ int qsnap_plan_branch_delete(qsnap_plan **out, qsnap_store *s, const char *name,
                         "branch %s holds %s of changes that no snapshot keeps", name, bytes);
     if (!rc && !gone)
         rc = check_free(s, &t, b->head);
-    if (!rc)
-        rc = plan_new(&p, s, "branch-delete");
     if (!rc)
         rc = drop_branch(&t, p, name);
     if (!rc)

@@ -441,6 +441,56 @@ Test(store, files_are_held_while_the_plan_runs)
     qsnap_store_close(s);
 }
 
+/*
+ * What a plan decides from its heads' content (a clean head dropped by revert,
+ * nothing to commit) is read before the operation holds the files: a head
+ * written in between (a VM that wrote and exited) stops the execution, with
+ * nothing changed.
+ */
+Test(store, a_head_written_after_the_plan_is_not_dropped)
+{
+    qsnap_store *s = base("recheck");
+    qsnap_plan *p = NULL;
+    char *head;
+    struct stat st;
+    int rc;
+
+    ok(tf_create(s, "s3"), "create s3"); /* main is clean now */
+    tf_model_set(&M, "s3", false, tf_model_get(&M, "main"));
+    head = tf_file_of(s, "main");
+    cr_assert_not_null(head);
+    ok(qsnap_plan_revert(&p, s, "s1", NULL, false), "revert plan");
+    tf_lib_write(head, 0x77, 3 * MiB, 64 * KiB); /* between the plan and its execution */
+    rc = qsnap_plan_execute(s, p, NULL);
+    expect_error(rc, QSNAP_EBUSY, "changed while the operation was planned", "revert over a head written after the plan");
+    qsnap_plan_free(p);
+    cr_assert_eq(stat(head, &st), 0, "the head written after the plan was removed");
+    tf_model_write(&M, "main", 0x77, 3 * MiB, 64 * KiB);
+    tf_check_store(s, &M, dir, "after the refused revert");
+    free(head);
+    qsnap_store_close(s);
+}
+
+Test(store, nothing_to_commit_is_checked_again_under_the_hold)
+{
+    qsnap_store *s = base("recheck2");
+    qsnap_plan *p = NULL;
+    char *head;
+    int rc;
+
+    ok(tf_create(s, "s3"), "create s3");
+    tf_model_set(&M, "s3", false, tf_model_get(&M, "main"));
+    head = tf_file_of(s, "main");
+    cr_assert_not_null(head);
+    ok(qsnap_plan_commit(&p, s, NULL), "commit plan (nothing to commit)");
+    tf_lib_write(head, 0x78, 0, 64 * KiB);
+    rc = qsnap_plan_execute(s, p, NULL);
+    expect_error(rc, QSNAP_EBUSY, "changed while the operation was planned", "commit planned as nothing to do, then written");
+    qsnap_plan_free(p);
+    free(head);
+    qsnap_store_close(s);
+}
+
 /* ---- bad input ------------------------------------------------------------------ */
 
 Test(store, missing_layer_file)
