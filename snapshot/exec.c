@@ -1095,6 +1095,15 @@ int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
     /* What the plan read from its files (a clean head dropped, nothing to
      * commit) was read before the hold: it must still be so under it. */
     rc = qsnap__recheck_seen(s);
+    if (rc && rc != QSNAP_EBUSY) {
+        /* A head that cannot be read again: no step ran. */
+        qsnap_error e = *qsnap_error_last();
+        char msg[1024], hint[1024];
+        snprintf(msg, sizeof(msg), "%s", e.message);
+        snprintf(hint, sizeof(hint), "%s", e.hint ? e.hint : "");
+        rc = qsnap__err(rc, hint[0] ? hint : "fix the cause and run the command again",
+                        "%s (nothing was changed)", msg);
+    }
     if (!rc)
         rc = p->n ? execute(s, p, o) : 0;
     s->holding = false;
