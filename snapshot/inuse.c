@@ -124,7 +124,8 @@ static int add_file(struct touch_set *ts, const qsnap_store *s, const char *rel,
             free(path);
             return rc;
         }
-        rel = r[0] ? r : "../";
+        /* The disk by its store-relative name ("../NAME"), as messages show it. */
+        rel = r[0] ? r : !strncmp(rel, "../", 3) ? rel : s->m.disk ? s->m.disk : "../";
     }
     for (size_t i = 0; i < ts->n; i++) {
         if (ts->dev[i] == st.st_dev && ts->ino[i] == st.st_ino) {
