@@ -106,11 +106,11 @@ int cli_tree_adopt(int argc, char **argv)
     status = tree_run_plan(s, plan, disk ? disk : p.argv[0], dry_run, json);
     if (status == CLI_EXIT_OK && !dry_run && !json) {
         /* The file the VM used is gone: say which one it must use now. */
-        qsnap_node *cur = NULL;
-        if (qsnap_current(s, &cur) == 0)
-            printf("the VM must now use %s ('qsnap current %s --path')\n", cur->file,
+        char *vm = NULL;
+        if (qsnap_vm_path(s, &vm) == 0)
+            printf("the VM must now use %s ('qsnap current %s --path')\n", vm,
                    disk ? disk : "DISK");
-        qsnap_list_free(cur, cur ? 1 : 0);
+        free(vm);
     }
     free(disk);
     qsnap_store_close(s);

@@ -147,6 +147,7 @@ void tree_json_null(cli_json *j, const char *key)
 struct run_ctx {
     cli_progress pr;    /* the progress display (a bar on a terminal only) */
     unsigned kill_at;   /* QSNAP_TEST_KILL_AT, or 0 */
+    unsigned stop_at;   /* QSNAP_TEST_STOP_AT, or 0 */
 };
 
 /* Progress of the steps that copy data; a new step starting from 0 restarts the bar. */
@@ -161,6 +162,8 @@ static void run_progress(uint64_t done, uint64_t total, void *payload)
  * Crash tests only: with QSNAP_TEST_KILL_AT=N in the environment the process
  * kills itself with SIGKILL right after step N of the plan, as a power cut
  * would stop it; `qsnap verify --repair` must then finish the operation.
+ * QSNAP_TEST_STOP_AT=N stops it (SIGSTOP) there instead, with the locks of
+ * the files it touches held, until a SIGCONT: tests start a QEMU meanwhile.
  * Deliberately not in --help.
  */
 static void run_step_hook(unsigned step, void *payload)
@@ -169,6 +172,8 @@ static void run_step_hook(unsigned step, void *payload)
 
     if (c->kill_at && step == c->kill_at)
         raise(SIGKILL);
+    if (c->stop_at && step == c->stop_at)
+        raise(SIGSTOP);
 }
 
 /* How a plan run shows the progress of steps that copy data. */
@@ -188,15 +193,16 @@ static int run_plan(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry_ru
 {
     qsnap_exec_opts eo = QSNAP_EXEC_OPTS_INIT;
     struct run_ctx c;
-    const char *kill_at = getenv("QSNAP_TEST_KILL_AT");
+    const char *kill_at = getenv("QSNAP_TEST_KILL_AT"), *stop_at = getenv("QSNAP_TEST_STOP_AT");
     char *text = NULL;
-    int rc = 0, status = CLI_EXIT_OK;
+    int rc = 0, busy = 0, status = CLI_EXIT_OK;
 
     memset(&c, 0, sizeof(c));
     if (!dry_run) {
         /* See progress.h: where the display goes and when it appears. */
         cli_progress_begin(&c.pr, progress == PROGRESS_FORCED, progress != PROGRESS_OFF && !json);
         c.kill_at = kill_at ? (unsigned)strtoul(kill_at, NULL, 10) : 0;
+        c.stop_at = stop_at ? (unsigned)strtoul(stop_at, NULL, 10) : 0;
         eo.progress = run_progress;
         eo.step_hook = run_step_hook;
         eo.payload = &c;
@@ -210,6 +216,14 @@ static int run_plan(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry_ru
             goto out;
         }
     }
+    if (dry_run) {
+        /* Which files the plan touches and which are held: a held one makes it exit 5. */
+        busy = qsnap_plan_check(s, p);
+        if (busy < 0 && busy != QSNAP_EBUSY) {
+            status = tree_fail(busy, disk);
+            goto out;
+        }
+    }
     if (dry_run || json) {
         rc = qsnap_plan_describe(p, json, &text);
         if (rc < 0) {
@@ -218,6 +232,10 @@ static int run_plan(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry_ru
         }
         fputs(text, stdout);
         free(text);
+        if (busy < 0) {
+            fflush(stdout);
+            status = tree_fail(busy, disk);
+        }
     } else {
         printf("%s\n", qsnap_plan_summary(p));
     }
@@ -343,7 +361,8 @@ static const char revert_help[] =
     "\n"
     "Go back to SNAPSHOT: a new branch starts there and becomes current. The branch\n"
     "being left keeps its changes and can be returned to with 'qsnap switch'; when\n"
-    "it has none it is dropped (its name is then reused for the new branch).\n"
+    "it has none it is dropped (its name is then reused for the new branch), unless\n"
+    "it stands on a state no snapshot names (after a commit), which it is kept for.\n"
     "Nothing is ever written into a snapshot.\n"
     "\n"
     "Options:\n"

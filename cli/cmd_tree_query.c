@@ -27,6 +27,7 @@ enum {
     OPT_HELP = 'h',
     OPT_JSON = CLI_OPT_LONG_BASE,
     OPT_PATH,
+    OPT_HEAD,
     OPT_TREE,
     OPT_ROOTS,
     OPT_LEAVES,
@@ -105,14 +106,16 @@ static void json_node_members(cli_json *j, const qsnap_node *e)
 /* ---- current ----------------------------------------------------------------- */
 
 static const char current_help[] =
-    "Usage: qsnap current DISK [--path] [--json]\n"
+    "Usage: qsnap current DISK [--path | --head] [--json]\n"
     "\n"
     "Show the current branch, the snapshot it starts from and whether it holds\n"
     "changes (read from the overlay itself, no VM needed).\n"
     "\n"
     "Options:\n"
-    "      --path           print only the absolute path of the image a VM must\n"
-    "                       use now (the current branch's head)\n"
+    "      --path           print only the VM path: the one path a VM's\n"
+    "                       configuration names for the life of the store; every\n"
+    "                       tree command points it at the current branch's head\n"
+    "      --head           print only the current branch's own head file\n"
     "      --json           print a JSON document\n"
     "  -h, --help           show this help and exit\n"
     "\n" TREE_EXIT_HELP;
@@ -122,10 +125,12 @@ int cli_tree_current(int argc, char **argv)
     static const cli_opt_def defs[] = {
         {"help", 'h', false},
         {"path", OPT_PATH, false},
+        {"head", OPT_HEAD, false},
         {"json", OPT_JSON, false},
         {NULL, 0, false},
     };
-    bool path = false, json = false;
+    bool path = false, head = false, json = false;
+    char *vm_path = NULL;
     qsnap_node *cur = NULL;
     qsnap_store *s;
     cli_opt_parser p;
@@ -140,6 +145,9 @@ int cli_tree_current(int argc, char **argv)
         case OPT_PATH:
             path = true;
             break;
+        case OPT_HEAD:
+            head = true;
+            break;
         case OPT_JSON:
             json = true;
             break;
@@ -151,15 +159,21 @@ int cli_tree_current(int argc, char **argv)
         return tree_usage("current", "missing disk");
     if (p.nb_operands > 1)
         return tree_usage("current", "unexpected argument '%s'", p.argv[1]);
-    if (path && json)
-        return tree_usage("current", "--path and --json exclude each other");
+    if ((path || head) && json)
+        return tree_usage("current", "--%s and --json exclude each other", path ? "path" : "head");
+    if (path && head)
+        return tree_usage("current", "--path and --head exclude each other");
     status = tree_open(&s, p.argv[0], QSNAP_OPEN_READONLY);
     if (status)
         return status;
     rc = qsnap_current(s, &cur);
+    if (rc >= 0 && !head)
+        rc = qsnap_vm_path(s, &vm_path);
     if (rc < 0) {
         status = tree_fail(rc, p.argv[0]);
     } else if (path) {
+        printf("%s\n", vm_path);
+    } else if (head) {
         printf("%s\n", cur->file);
     } else if (json) {
         cli_json j;
@@ -174,6 +188,7 @@ int cli_tree_current(int argc, char **argv)
             tree_json_null(&j, "base");
         cli_json_bool(&j, "dirty", cur->dirty);
         cli_json_string(&j, "head", cur->file);
+        cli_json_string(&j, "path", vm_path);
         cli_json_uint(&j, "virtual_size", cur->virtual_size);
         cli_json_uint(&j, "file_bytes", cur->file_bytes);
         cli_json_end_object(&j);
@@ -182,10 +197,12 @@ int cli_tree_current(int argc, char **argv)
         printf("branch: %s\n"
                "base:   %s\n"
                "state:  %s\n"
-               "head:   %s\n",
+               "head:   %s\n"
+               "path:   %s\n",
                cur->name, cur->parent_name ? cur->parent_name : "(none)",
-               cur->dirty ? "dirty (changes since the snapshot)" : "clean", cur->file);
+               cur->dirty ? "dirty (changes since the snapshot)" : "clean", cur->file, vm_path);
     }
+    free(vm_path);
     qsnap_list_free(cur, cur ? 1 : 0);
     qsnap_store_close(s);
     return status;
@@ -812,11 +829,14 @@ static const char verify_help[] =
     "\n"
     "Check the store: every file exists and passes a check, every backing link and\n"
     "format matches the metadata, no snapshot changed since it was taken (xxh3-128\n"
-    "fingerprints), no interrupted operation is pending, no stray files.\n"
+    "fingerprints), no interrupted operation is pending, no stray files, no store\n"
+    "file that is a symbolic link or not a regular file, no leaked cluster in a head.\n"
     "\n"
     "Options:\n"
-    "      --repair         finish an interrupted operation, re-point links that\n"
-    "                       differ, restore file modes and remove half-made files\n"
+    "      --repair         finish an interrupted operation (repairing the images it\n"
+    "                       was writing), re-point links that differ, restore file\n"
+    "                       modes, free leaked clusters of heads and remove\n"
+    "                       half-made and temporary files (never a link)\n"
     "      --json           print a JSON document\n"
     "  -h, --help           show this help and exit\n"
     "\n" TREE_EXIT_HELP;
@@ -858,7 +878,8 @@ int cli_tree_verify(int argc, char **argv)
         return tree_usage("verify", "unexpected argument '%s'", p.argv[1]);
     /* CREATE: a first create that was interrupted has a journal but no metadata yet. */
     status =
-        tree_open(&s, p.argv[0], QSNAP_OPEN_CREATE | (repair ? 0u : (unsigned)QSNAP_OPEN_READONLY));
+        tree_open(&s, p.argv[0], QSNAP_OPEN_CREATE | QSNAP_OPEN_ANY_FILES |
+                                     (repair ? 0u : (unsigned)QSNAP_OPEN_READONLY));
     if (status)
         return status;
     rc = qsnap_verify(s, repair, &f, &n);

@@ -703,6 +703,13 @@ int qcow2__reopen(qcow2_image *img, bool rw)
         rc = qcow2__io_error(rc, img->name, rw ? "cannot open for writing" : "cannot reopen");
         goto out_relock;
     }
+    /* The name must still be the file that was opened: a rename or a link put
+     * there meanwhile is not written through. */
+    if (qcow2__io_same_file(img->io, io) == 0) {
+        qcow2_io_close(io);
+        rc = qcow2__io_error(-ESTALE, img->name, "was replaced while open; not reopened");
+        goto out_relock;
+    }
     if (want_lock) {
         rc = qcow2__io_lock(io, img->name, rw ? QCOW2_IO_LOCK_WRITE : QCOW2_IO_LOCK_READ);
         if (rc) {

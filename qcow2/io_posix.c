@@ -592,16 +592,20 @@ static const qcow2_io_ops posix_ops = {
 /*
  * QCOW2_IO_DIRECT is accepted and ignored: O_DIRECT needs buffers, offsets
  * and lengths aligned to the device's logical block, which the engine does
- * not promise.
+ * not promise. QCOW2_IO_NOFOLLOW: a symbolic link as the last component is
+ * refused by the kernel (O_NOFOLLOW, -ELOOP), and only a regular file is
+ * accepted (a block device too is -ENODEV), so a file someone else swapped
+ * for a link or a device is never read or written through.
  */
-int qcow2_io_posix_open(qcow2_io **out, const char *path, unsigned flags)
+int qcow2_io_posix_openat(qcow2_io **out, int dirfd, const char *path, unsigned flags)
 {
     struct posix_io *p;
     int oflags = O_CLOEXEC;
     int fd;
 
     *out = NULL;
-    if (flags & ~(unsigned)(QCOW2_IO_RDWR | QCOW2_IO_CREATE | QCOW2_IO_TRUNC | QCOW2_IO_DIRECT))
+    if (flags & ~(unsigned)(QCOW2_IO_RDWR | QCOW2_IO_CREATE | QCOW2_IO_TRUNC | QCOW2_IO_DIRECT |
+                            QCOW2_IO_NOFOLLOW))
         return -EINVAL;
     if (flags & QCOW2_IO_CREATE) {
         oflags |= O_RDWR | O_CREAT;
@@ -611,12 +615,14 @@ int qcow2_io_posix_open(qcow2_io **out, const char *path, unsigned flags)
         if ((flags & QCOW2_IO_TRUNC) && (flags & QCOW2_IO_RDWR))
             oflags |= O_TRUNC;
     }
+    if (flags & QCOW2_IO_NOFOLLOW)
+        oflags |= O_NOFOLLOW;
     p = qcow2__calloc(1, sizeof(*p));
     if (!p)
         return -ENOMEM;
     /* O_NONBLOCK: a FIFO must be refused, not waited on. */
     do {
-        fd = open(path, oflags | O_NONBLOCK, 0666);
+        fd = openat(dirfd, path, oflags | O_NONBLOCK, 0666);
     } while (fd < 0 && errno == EINTR);
     if (fd < 0) {
         int e = errno;
@@ -625,8 +631,9 @@ int qcow2_io_posix_open(qcow2_io **out, const char *path, unsigned flags)
     }
     {
         struct stat st;
+        bool blk_ok = !(flags & QCOW2_IO_NOFOLLOW);
         /* O_NONBLOCK means nothing to a regular file: only a device needs it cleared. */
-        if (fstat(fd, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)) ||
+        if (fstat(fd, &st) < 0 || !(S_ISREG(st.st_mode) || (blk_ok && S_ISBLK(st.st_mode))) ||
             (S_ISBLK(st.st_mode) && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)) {
             /* Devices other than block devices, FIFOs, sockets, directories. */
             close(fd);
@@ -640,4 +647,24 @@ int qcow2_io_posix_open(qcow2_io **out, const char *path, unsigned flags)
     p->lock = QCOW2_IO_UNLOCK;
     *out = &p->base;
     return 0;
+}
+
+/*
+ * Whether two handles are the same file: 1 yes, 0 no, -1 unknown (one is not
+ * a POSIX handle, or fstat failed).
+ */
+int qcow2__io_same_file(qcow2_io *a, qcow2_io *b)
+{
+    struct stat sa, sb;
+
+    if (!a || !b || a->ops != &posix_ops || b->ops != &posix_ops)
+        return -1;
+    if (fstat(to_posix(a)->fd, &sa) < 0 || fstat(to_posix(b)->fd, &sb) < 0)
+        return -1;
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+int qcow2_io_posix_open(qcow2_io **out, const char *path, unsigned flags)
+{
+    return qcow2_io_posix_openat(out, AT_FDCWD, path, flags);
 }

@@ -31,6 +31,14 @@ need_cmd groff groff-base
 need_cmd qemu-system-x86_64 qemu-system-x86
 need_cmd busybox busybox-static
 need_cmd cpio cpio
+# The guest's kernel is fetched once with `apt-get download` and unpacked with
+# `dpkg-deb -x` (tests/helpers/vm_guest.sh); its initramfs is gzip'ed cpio; the
+# guest's ext4 file system is made and checked on the host.
+need_cmd apt-get apt
+need_cmd dpkg-deb dpkg
+need_cmd gzip gzip
+need_cmd mkfs.ext4 e2fsprogs
+need_cmd e2fsck e2fsprogs
 need_cmd virsh libvirt-clients
 need_cmd libvirtd libvirt-daemon
 [ -f /usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so ] ||

@@ -85,23 +85,21 @@ int qsnap__layer_fingerprint(const qsnap_store *s, struct qsnap__layer *l)
 
     if (!path)
         return nomem();
-    rc = qcow2_file_fingerprint(path, l->fp);
+    /* Through a descriptor opened without following links (safe.c). */
+    rc = qsnap__fingerprint_store_file(s, l->file, 0, l->fp, &st);
     if (!rc && l->fmt == QCOW2_FORMAT_QCOW2) {
         /* And of the data alone (all but the header cluster). */
         qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
         qcow2_image *img = NULL;
         oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
         oo.format = QCOW2_FORMAT_QCOW2;
-        rc = qcow2_image_open(&img, path, &oo);
+        rc = qsnap__image_open(s, path, &oo, &img, NULL);
         if (!rc)
-            rc = qcow2_file_fingerprint_from(path, qcow2_image_cluster_size(img), l->fpd);
+            rc = qsnap__fingerprint_store_file(s, l->file, qcow2_image_cluster_size(img), l->fpd,
+                                               NULL);
         qcow2_image_close(img);
         l->have_fpd = rc == 0;
     }
-    if (rc)
-        rc = qsnap__from_qcow2(rc, NULL);
-    else if (stat(path, &st) < 0)
-        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: %s", path, strerror(errno));
     if (!rc) {
         l->size = (uint64_t)st.st_size;
         l->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
@@ -120,10 +118,17 @@ static int st_mkdir(qsnap_store *s, const struct qsnap__step *st)
 
     if (!path)
         return nomem();
-    if (mkdir(path, 0777) < 0 && errno != EEXIST)
+    if (mkdir(path, 0777) < 0 && errno != EEXIST) {
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot make directory: %s", path, strerror(errno));
-    else
-        qsnap__own(s, path);
+    } else {
+        /* One that was there already must be a directory, not a link to one. */
+        int dfd = -1;
+        rc = qsnap__store_dirfd(s, st->a, &dfd);
+        if (dfd >= 0)
+            close(dfd);
+        if (!rc)
+            qsnap__own(s, path);
+    }
     free(path);
     return rc;
 }
@@ -143,13 +148,13 @@ static int make_overlay(qsnap_store *s, const struct qsnap__layer *l, const stru
         free(final);
         return nomem();
     }
-    unlink(tmp);
     co.backing_file = link;
     co.backing_format = qcow2_format_name(b->fmt);
-    rc = qcow2_image_create(tmp, &co);
-    if (rc)
-        rc = qsnap__from_qcow2(rc, NULL);
-    else
+    /* A leftover of a killed run goes (a link there is refused); made with O_EXCL. */
+    rc = qsnap__clear_tmp(s, tmp + strlen(s->dir) + 1);
+    if (!rc)
+        rc = qsnap__image_create(s, tmp, &co);
+    if (!rc)
         qsnap__own(s, tmp);
     free(link);
     free(final);
@@ -163,21 +168,12 @@ static int make_overlay(qsnap_store *s, const struct qsnap__layer *l, const stru
 
 static int rename_into_place(qsnap_store *s, const char *tmp, const char *rel)
 {
-    char *final = qsnap__path(s, rel), *dir;
-    int rc = 0;
+    size_t dl = strlen(s->dir);
 
-    if (!final)
-        return nomem();
-    if (rename(tmp, final) < 0)
-        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: rename failed: %s", final, strerror(errno));
-    dir = strdup(final);
-    if (!rc && dir) {
-        *strrchr(dir, '/') = '\0';
-        rc = qsnap__fsync_dir(dir);
-    }
-    free(dir);
-    free(final);
-    return rc;
+    if (strncmp(tmp, s->dir, dl) != 0 || tmp[dl] != '/')
+        return qsnap__err(QSNAP_ERROR, NULL, "%s: not in the store", tmp);
+    /* renameat in the store's directory (a link at rel is replaced, never followed). */
+    return qsnap__rename_store_file(s, tmp + dl + 1, rel);
 }
 
 static int st_create(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
@@ -195,8 +191,8 @@ static int st_create(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st
         return nomem();
     done = qsnap__file_exists(final);
     free(final);
-    if (done)
-        return 0;
+    if (done) /* made by an earlier run: a regular file, never a link */
+        return qsnap__check_store_file(s, l->file);
     rc = make_overlay(s, l, b, &tmp);
     if (!rc)
         rc = rename_into_place(s, tmp, l->file);
@@ -207,16 +203,15 @@ static int st_create(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st
 static int set_write_bit(qsnap_store *s, const struct qsnap__layer *l, bool writable)
 {
     char *path = qsnap__path(s, l->file);
-    struct stat st;
-    int rc = 0;
+    int rc;
 
     if (!path)
         return nomem();
-    if (stat(path, &st) < 0)
+    /* fchmod on a descriptor opened without following links (safe.c). */
+    rc = qsnap__chmod_store_file(s, l->file, writable);
+    if (rc == QSNAP_ENOTFOUND)
         rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK' shows what is missing",
                         "%s: layer file is missing", path);
-    else if (chmod(path, writable ? (st.st_mode | 0200) : (st.st_mode & ~(mode_t)0222)) < 0)
-        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: chmod failed: %s", path, strerror(errno));
     free(path);
     return rc;
 }
@@ -263,17 +258,15 @@ static int st_link_state(qsnap_store *s, const struct qsnap__step *st)
 
     if (!dst)
         return nomem();
-    if (link(st->a, dst) == 0) {
-        /* The new name must be durable before the metadata that names it. */
-        char *sdir = strdup(dst);
-        if (sdir) {
-            *strrchr(sdir, '/') = '\0';
-            rc = qsnap__fsync_dir(sdir);
-            free(sdir);
-        }
+    /* The new name is made (and made durable) from the state directory itself. */
+    int e = 0;
+    rc = qsnap__link_into_store(s, st->a, st->b, &e);
+    if (rc || !e) {
+        /* done, or the state directory was refused */
     } else {
-        if (errno == EEXIST && stat(st->a, &a) == 0 && stat(dst, &b) == 0 && a.st_ino == b.st_ino &&
-            a.st_dev == b.st_dev)
+        errno = e;
+        if (errno == EEXIST && stat(st->a, &a) == 0 && lstat(dst, &b) == 0 && S_ISREG(b.st_mode) &&
+            a.st_ino == b.st_ino && a.st_dev == b.st_dev)
             rc = 0;
         else if (errno == EXDEV)
             rc = qsnap__err(QSNAP_EUSAGE, "keep state files on the disk's file system",
@@ -295,11 +288,11 @@ static int open_rw(qsnap_store *s, const struct qsnap__layer *l, unsigned extra,
 
     if (!path)
         return nomem();
-    oo.flags = QCOW2_OPEN_RDWR | extra;
+    oo.flags = QCOW2_OPEN_RDWR | extra | QSNAP__LOCK_FLAGS(s);
     oo.format = l->fmt;
-    rc = qcow2_image_open(out, path, &oo);
+    rc = qsnap__image_open(s, path, &oo, out, NULL);
     free(path);
-    return rc ? qsnap__from_qcow2(rc, NULL) : 0;
+    return rc;
 }
 
 /* The image in img's chain that is the file of layer l (same inode), or NULL. */
@@ -399,21 +392,21 @@ static int st_preserve(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *
         return nomem();
     if (qsnap__file_exists(final)) {
         free(final);
-        return 0;
+        return qsnap__check_store_file(s, l->file);
     }
     rc = make_overlay(s, l, b, &tmp);
     if (rc)
         goto out;
-    oo.flags = QCOW2_OPEN_RDWR;
-    rc = qcow2_image_open(&keep, tmp, &oo);
+    oo.flags = QCOW2_OPEN_RDWR | QSNAP__LOCK_FLAGS(s);
+    rc = qsnap__image_open(s, tmp, &oo, &keep, NULL);
     if (rc)
-        goto out_qcow2;
+        goto out;
     hpath = qsnap__path(s, h->file);
     oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
     oo.format = QCOW2_FORMAT_QCOW2;
-    rc = hpath ? qcow2_image_open(&head, hpath, &oo) : nomem();
+    rc = hpath ? qsnap__image_open(s, hpath, &oo, &head, NULL) : nomem();
     if (rc)
-        goto out_qcow2;
+        goto out;
     buf = malloc(chunk);
     if (!buf) {
         rc = nomem();
@@ -451,7 +444,7 @@ out:
     qcow2_image_close(keep);
     qcow2_image_close(head);
     if (rc && tmp)
-        unlink(tmp);
+        qsnap__unlink_store_file(s, tmp + strlen(s->dir) + 1); /* made with O_EXCL: ours */
     free(buf);
     free(hpath);
     free(tmp);
@@ -531,24 +524,28 @@ static int top_up_kept(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *
     if (!path)
         return nomem();
     oo.format = QCOW2_FORMAT_QCOW2;
-    rc = qcow2_image_open(&ki, path, &oo);
+    oo.flags = QSNAP__LOCK_FLAGS(s);
+    rc = qsnap__image_open(s, path, &oo, &ki, NULL);
     if (!rc)
         rc = kept_gaps(head, ki, false, &gap);
+    else
+        goto out;
     qcow2_image_close(ki);
     ki = NULL;
     if (!rc && gap) {
         int wrc;
         rc = set_write_bit(s, k, true);
         if (!rc) {
-            oo.flags = QCOW2_OPEN_RDWR;
-            rc = qcow2_image_open(&ki, path, &oo);
-            if (!rc)
+            oo.flags = QCOW2_OPEN_RDWR | QSNAP__LOCK_FLAGS(s);
+            rc = qsnap__image_open(s, path, &oo, &ki, NULL);
+            if (!rc) {
                 rc = kept_gaps(head, ki, true, &gap);
-            if (!rc)
-                rc = qcow2_image_flush(ki);
-            qcow2_image_close(ki);
-            if (rc)
-                rc = qsnap__from_qcow2(rc, "'qsnap verify --repair DISK' finishes it");
+                if (!rc)
+                    rc = qcow2_image_flush(ki);
+                qcow2_image_close(ki);
+                if (rc)
+                    rc = qsnap__from_qcow2(rc, "'qsnap verify --repair DISK' finishes it");
+            }
         }
         /* Frozen again whatever happened (a crash here: see the mode check below). */
         wrc = set_write_bit(s, k, false);
@@ -557,15 +554,16 @@ static int top_up_kept(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *
         gap = true;
     } else if (rc) {
         rc = qsnap__from_qcow2(rc, NULL);
-    } else if (stat(path, &sb) == 0 && (sb.st_mode & 0222)) {
+    } else if (lstat(path, &sb) == 0 && (sb.st_mode & 0222)) {
         /* A run that crashed between its copy and refreezing left it writable. */
         rc = set_write_bit(s, k, false);
     }
     /* Copied now, or by a run that crashed before it saved the new fingerprint. */
-    if (!rc && !gap && stat(path, &sb) == 0 &&
+    if (!rc && !gap && lstat(path, &sb) == 0 &&
         ((uint64_t)sb.st_size != k->size ||
          (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec != k->mtime_ns))
         gap = true;
+out:
     free(path);
     return !rc && gap ? take_fingerprint(s, p, k) : rc;
 }
@@ -590,7 +588,7 @@ static int st_commit(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st
     } else {
         co.progress = o ? o->progress : NULL;
         co.payload = o ? o->payload : NULL;
-        /* The head is locked from here: no guest can write to it meanwhile. */
+        /* The head is held (inuse.c) from before the first step: no guest writes to it. */
         rc = top_up_kept(s, p, st, img);
         if (rc) {
             qcow2_image_close(img);
@@ -608,15 +606,7 @@ static int st_commit(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st
 
 static int st_unlink(qsnap_store *s, const struct qsnap__step *st)
 {
-    char *path = qsnap__path(s, st->a);
-    int rc = 0;
-
-    if (!path)
-        return nomem();
-    if (unlink(path) < 0 && errno != ENOENT)
-        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot remove: %s", path, strerror(errno));
-    free(path);
-    return rc;
+    return qsnap__unlink_store_file(s, st->a);
 }
 
 long qsnap__find_internal(const qcow2_image *img, const char *name)
@@ -720,7 +710,8 @@ static int st_save(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
     qsnap__model_free(&s->m);
     s->m = copy;
     s->exists = true;
-    return 0;
+    /* The VM path follows the metadata (vmpath.c). */
+    return qsnap__vm_path_update(s, &s->m);
 }
 
 static int run_step(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st,
@@ -879,7 +870,16 @@ static int journal_read(qsnap_store *s, qsnap_plan **out)
         goto out;
     }
     p->op = strdup("recovery");
-    f = fopen(path, "re");
+    {
+        /* Without following a link (safe.c). */
+        int fd = -1;
+        rc = qsnap__open_store_file(s, JOURNAL_FILE, O_RDONLY, &fd);
+        if (rc)
+            goto out;
+        f = fdopen(fd, "r");
+        if (!f)
+            close(fd);
+    }
     if (!f || fstat(fileno(f), &st) < 0 || (uint64_t)st.st_size > QSNAP_MAX_META_BYTES * 4u) {
         rc = qsnap__err(QSNAP_EINTEGRITY, "remove the journal only if you know the operation",
                         "%s: journal cannot be read", path);
@@ -967,16 +967,15 @@ out:
     return 0;
 }
 
+int qsnap__journal_load(qsnap_store *s, qsnap_plan **out)
+{
+    return journal_read(s, out);
+}
+
 static int journal_remove(qsnap_store *s)
 {
-    char *path = qsnap__path(s, JOURNAL_FILE);
-    int rc = 0;
+    int rc = qsnap__unlink_store_file(s, JOURNAL_FILE);
 
-    if (!path)
-        return nomem();
-    if (unlink(path) < 0 && errno != ENOENT)
-        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot remove: %s", path, strerror(errno));
-    free(path);
     return rc ? rc : qsnap__fsync_dir(s->dir);
 }
 
@@ -993,6 +992,9 @@ static int run_from(qsnap_store *s, qsnap_plan *p, size_t from, const qsnap_exec
             o->step_hook((unsigned)(i + 1), o->payload);
     }
     *at = rc ? i - 1 : p->n;
+    /* Before the journal goes: a crash between a commit point and its link is replayed. */
+    if (!rc && s->exists)
+        rc = qsnap__vm_path_update(s, &s->m);
     if (!rc)
         rc = qsnap__fsync_dir(s->dir);
     if (!rc)
@@ -1055,8 +1057,8 @@ static void undo(qsnap_store *s, qsnap_plan *p, size_t upto)
         case QSNAP__ST_CREATE:
         case QSNAP__ST_PRESERVE:
             /* A layer the old metadata does not know: nothing refers to it. */
-            if (!old && l && (path = qsnap__path(s, l->file)))
-                unlink(path);
+            if (!old && l)
+                qsnap__unlink_store_file(s, l->file);
             break;
         case QSNAP__ST_FREEZE:
             if (old && !old->frozen)
@@ -1069,9 +1071,9 @@ static void undo(qsnap_store *s, qsnap_plan *p, size_t upto)
         case QSNAP__ST_LINK_STATE: {
             struct stat a, b;
             path = qsnap__path(s, st->b);
-            if (path && stat(st->a, &a) == 0 && stat(path, &b) == 0 && a.st_ino == b.st_ino &&
+            if (path && stat(st->a, &a) == 0 && lstat(path, &b) == 0 && a.st_ino == b.st_ino &&
                 a.st_dev == b.st_dev)
-                unlink(path);
+                qsnap__unlink_store_file(s, st->b);
             break;
         }
         case QSNAP__ST_INTERNAL_CREATE: {
@@ -1108,17 +1110,55 @@ static void undo(qsnap_store *s, qsnap_plan *p, size_t upto)
         journal_remove(s);
 }
 
+static int execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o);
+
+/*
+ * Hold every file the plan touches (inuse.c) from before its first change to
+ * its end: refused with nothing changed while another process holds one.
+ */
 int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
 {
-    size_t at = 0;
     int rc;
 
     if (s->readonly)
         return qsnap__err(QSNAP_EUSAGE, NULL, "store opened read-only");
-    if (p->n == 0)
-        return 0;
-    if (p->base_gen != s->m.gen)
+    if (p->n && p->base_gen != s->m.gen)
         return qsnap__err(QSNAP_ERROR, NULL, "the store changed since the plan was made");
+    /* Even a plan with nothing to do: what it found (a clean head, say) is not
+     * to be trusted while a VM runs on the files. */
+    qsnap__touch_free(p->touch, p->ntouch);
+    p->touch = NULL;
+    p->ntouch = 0;
+    rc = qsnap__touched(s, p, &p->touch, &p->ntouch);
+    p->checked = rc == 0;
+    if (!rc)
+        rc = qsnap__touch_hold(s, p->touch, p->ntouch);
+    if (rc)
+        return rc;
+    s->holding = true;
+    /* What the plan read from its files (a clean head dropped, nothing to
+     * commit) was read before the hold: it must still be so under it. */
+    rc = qsnap__recheck_seen(s);
+    if (rc && rc != QSNAP_EBUSY) {
+        /* A head that cannot be read again: no step ran. */
+        qsnap_error e = *qsnap_error_last();
+        char msg[1024], hint[1024];
+        snprintf(msg, sizeof(msg), "%s", e.message);
+        snprintf(hint, sizeof(hint), "%s", e.hint ? e.hint : "");
+        rc = qsnap__err(rc, hint[0] ? hint : "fix the cause and run the command again",
+                        "%s (nothing was changed)", msg);
+    }
+    if (!rc)
+        rc = p->n ? execute(s, p, o) : 0;
+    s->holding = false;
+    qsnap__touch_release(p->touch, p->ntouch);
+    return rc;
+}
+
+static int execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
+{
+    size_t at = 0;
+    int rc;
     if (!s->exists) {
         /* First snapshot: the store directory is needed to hold the journal. */
         if (mkdir(s->dir, 0777) == 0)
@@ -1143,24 +1183,103 @@ int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
         if (rc)
             return rc;
     }
+    /* Nothing is done in a store where a link or device stands for a store file (safe.c). */
+    rc = qsnap__scan_store(s);
+    if (rc)
+        return rc;
     rc = journal_write(s, p);
     if (rc)
         return rc;
     rc = run_from(s, p, 0, o, &at);
     if (rc) {
         qsnap_error e = *qsnap_error_last();
-        char msg[1024];
+        char msg[1024], hint[1024];
         snprintf(msg, sizeof(msg), "%s", e.message);
+        /* e.hint points at the buffer the next qsnap__err() writes: copied first. */
+        snprintf(hint, sizeof(hint), "%s", e.hint ? e.hint : "");
         if (can_undo(p, at)) {
             /* Nothing was committed: put things back as they were. */
             undo(s, p, at);
-            return qsnap__err(rc, e.hint && e.hint[0] ? e.hint
-                                                      : "fix the cause and run the command again",
+            return qsnap__err(rc, hint[0] ? hint : "fix the cause and run the command again",
                               "%s (nothing was changed)", msg);
         }
         /* The journal stays: the operation is finished by verify --repair. */
         return qsnap__err(rc, "fix the cause, then 'qsnap verify --repair DISK' finishes it",
                           "%s (the operation is unfinished)", msg);
+    }
+    return 0;
+}
+
+/*
+ * Before a journal is replayed: a kill inside a step that was writing into
+ * a qcow2 layer (an internal snapshot made, applied or deleted, a stream, a
+ * commit, the top-up of a kept layer) can leave leaked clusters or, between
+ * the writes of one table update, wrong COPIED flags. Each layer that a step
+ * still to run writes into, and that is writable now (a frozen layer is only
+ * written after a THAW step, so a frozen one was not being written), is
+ * checked and repaired (check -r all) so that the replay and every later
+ * check find it clean. Content is not changed by the repair.
+ */
+static int repair_touched(qsnap_store *s, qsnap_plan *p, size_t from)
+{
+    for (size_t i = from; i < p->n; i++) {
+        const struct qsnap__step *st = &p->steps[i];
+        unsigned ids[2] = {0, 0};
+        switch (st->kind) {
+        case QSNAP__ST_INTERNAL_CREATE:
+        case QSNAP__ST_INTERNAL_APPLY:
+        case QSNAP__ST_INTERNAL_DELETE:
+        case QSNAP__ST_STREAM:
+        case QSNAP__ST_PRESERVE:
+            ids[0] = st->x;
+            break;
+        case QSNAP__ST_COMMIT:
+            ids[0] = st->x;
+            ids[1] = st->y;
+            break;
+        case QSNAP__ST_MKDIR:
+        case QSNAP__ST_CREATE:
+        case QSNAP__ST_FREEZE:
+        case QSNAP__ST_THAW:
+        case QSNAP__ST_LINK_STATE:
+        case QSNAP__ST_SET_BACKING:
+        case QSNAP__ST_SAVE:
+        case QSNAP__ST_UNLINK:
+        case QSNAP__ST_ADOPT: /* a rename: no image is written */
+            break;
+        }
+        for (size_t k = 0; k < 2; k++) {
+            const struct qsnap__layer *l = ids[k] ? find_layer(s, p, ids[k]) : NULL;
+            qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+            qcow2_check_result cr;
+            qcow2_image *img = NULL;
+            struct stat sb;
+            char *path;
+            bool bad;
+            int rc;
+
+            if (!l || l->fmt != QCOW2_FORMAT_QCOW2 ||
+                qsnap__lstat_store_file(s, l->file, &sb) != 0 || !S_ISREG(sb.st_mode) ||
+                !(sb.st_mode & 0200))
+                continue;
+            path = qsnap__path(s, l->file);
+            if (!path)
+                return nomem();
+            oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK | QCOW2_OPEN_CHECK;
+            oo.format = QCOW2_FORMAT_QCOW2;
+            rc = qsnap__image_open(s, path, &oo, &img, NULL);
+            free(path);
+            if (rc)
+                return rc;
+            memset(&cr, 0, sizeof(cr));
+            bad = qcow2_image_check(img, 0, &cr) == 0 && (cr.corruptions || cr.leaks);
+            qcow2_image_close(img);
+            if (bad) {
+                rc = qsnap__repair_layer(s, l);
+                if (rc)
+                    return rc;
+            }
+        }
     }
     return 0;
 }
@@ -1174,6 +1293,9 @@ int qsnap__recover(qsnap_store *s, bool *did)
 
     *did = false;
     if (rc || !pending)
+        return rc;
+    rc = qsnap__scan_store(s);
+    if (rc)
         return rc;
     rc = journal_read(s, &p);
     if (rc)
@@ -1209,7 +1331,9 @@ int qsnap__recover(qsnap_store *s, bool *did)
             }
         }
     }
-    rc = run_from(s, p, from, NULL, &at);
+    rc = repair_touched(s, p, from);
+    if (!rc)
+        rc = run_from(s, p, from, NULL, &at);
     /* The crashed run may have gone further than this one: undo only when nothing
      * before the first commit point could have changed a file irreversibly. */
     if (rc && from == 0 && can_undo(p, first_save(p))) {

@@ -589,7 +589,6 @@ int qsnap_libvirt_xml_make(qsnap_libvirt_xml **out, qsnap_store *s, const char *
     const struct qsnap__branch *cur;
     const struct qsnap__layer *head;
     struct lvx *l = NULL;
-    qsnap_node *curnode = NULL;
     size_t nd;
     bool oom = false;
     char *dom_name = NULL, *uuid = NULL, *buf = NULL;
@@ -668,14 +667,10 @@ int qsnap_libvirt_xml_make(qsnap_libvirt_xml **out, qsnap_store *s, const char *
         rc = nomem();
         goto out;
     }
-    /* The image the VM uses: what 'qsnap current DISK --path' prints. */
-    rc = qsnap_current(s, &curnode);
+    /* The image the VM uses: the VM path, what 'qsnap current DISK --path' prints. */
+    rc = qsnap_vm_path(s, &l->new_source);
     if (rc)
         goto out;
-    if (!(l->new_source = strdup(curnode->file))) {
-        rc = nomem();
-        goto out;
-    }
     cur = qsnap__branch_by_name(&s->m, s->m.current);
     head = cur ? qsnap__layer(&s->m, cur->head) : NULL;
     if (cur) {
@@ -711,7 +706,6 @@ out:
     free(order);
     free(dom_name);
     free(uuid);
-    qsnap_list_free(curnode, curnode ? 1 : 0);
     qsnap__xml_free(root);
     if (rc) {
         qsnap_libvirt_xml_free(l ? &l->pub : NULL);

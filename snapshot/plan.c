@@ -36,6 +36,10 @@ static int plan_new(qsnap_plan **out, const qsnap_store *s, const char *op)
         return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
     }
     p->base_gen = s->m.gen;
+    /* What this plan reads of its heads from now on is checked again under the
+     * hold when it runs (qsnap__recheck_seen): earlier looks do not count. */
+    if (s->seen)
+        s->seen->n = 0;
     *out = p;
     return 0;
 }
@@ -53,6 +57,8 @@ void qsnap_plan_free(qsnap_plan *p)
         free(p->post[i].b);
     }
     free(p->post);
+    qsnap__touch_release(p->touch, p->ntouch);
+    qsnap__touch_free(p->touch, p->ntouch);
     for (size_t i = 0; i < p->nm; i++)
         qsnap__model_free(&p->models[i]);
     free(p->models);
@@ -219,15 +225,6 @@ static int check_chain(const qsnap_store *s, const struct qsnap__model *m, unsig
     return 0;
 }
 
-/* Whether two paths name the same file. */
-static bool same_file(const char *a, const char *b)
-{
-    struct stat sa, sb;
-
-    return a && b && stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
-           sa.st_ino == sb.st_ino;
-}
-
 /*
  * A layer's header must name the backing layer the metadata names: a link
  * changed behind qsnap's back (qemu-img rebase -u) would make an operation
@@ -255,14 +252,16 @@ static int check_link(const qsnap_store *s, const struct qsnap__model *m, unsign
     }
     oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
     oo.format = QCOW2_FORMAT_QCOW2;
-    rc = qcow2_image_open(&img, path, &oo);
-    if (rc) {
-        rc = qsnap__from_qcow2(rc, "'qsnap verify DISK' checks the store");
-    } else {
+    rc = qsnap__image_open(s, path, &oo, &img, "'qsnap verify DISK' checks the store");
+    if (!rc) {
         qcow2_image_get_info(img, &info);
-        ok = b ? same_file(info.backing_path, want) && info.backing_format &&
-                     qcow2_format_from_name(info.backing_format) == b->fmt
+        /* Exactly the link qsnap wrote: any other name (even one that leads to
+         * the same file today, through a link) can lead elsewhere tomorrow. */
+        char *link = b ? qsnap__link_name(l->file, b->file) : NULL;
+        ok = b ? link && info.backing_name && !strcmp(info.backing_name, link) &&
+                     info.backing_format && qcow2_format_from_name(info.backing_format) == b->fmt
                : !info.backing_name;
+        free(link);
         if (!ok)
             rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify --repair DISK' re-points it",
                             "%s: backing link was changed behind qsnap's back (it names '%s'; "
@@ -295,12 +294,16 @@ static int check_depth(const struct qsnap__model *m, unsigned base)
     return 0;
 }
 
-/* The head of a branch must not be in use by a running QEMU. */
+/*
+ * A file the plan changes must exist. Whether a running QEMU holds it is
+ * found for every touched file at once when the plan runs (inuse.c), so a
+ * dry run can list them all.
+ */
 static int check_free(const qsnap_store *s, const struct qsnap__model *m, unsigned layer)
 {
     const struct qsnap__layer *l = qsnap__layer(m, layer);
 
-    return l ? qsnap__image_in_use(s, l) : 0;
+    return l ? qsnap__layer_exists(s, l) : 0;
 }
 
 static bool name_taken(const struct qsnap__model *m, const char *name)
@@ -663,6 +666,25 @@ static void fmt_bytes(char *buf, size_t len, uint64_t v)
         snprintf(buf, len, "%.1f %s", d, unit[u]);
 }
 
+/*
+ * Whether branch b is the only way to name the state it stands on: its base
+ * is an unnamed node (a commit makes one: the committed state) that no other
+ * branch stands on. Dropping such a branch, even a clean one, would leave a
+ * state that differs from every named one and that no command can name.
+ */
+static bool only_name_of_base(const struct qsnap__model *t, const struct qsnap__branch *b)
+{
+    const struct qsnap__node *n = qsnap__node(t, b->base);
+
+    if (!n || n->name)
+        return false;
+    for (size_t i = 0; i < t->nb; i++) {
+        if (&t->branches[i] != b && t->branches[i].base == b->base)
+            return false;
+    }
+    return true;
+}
+
 int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
                       const char *new_branch, bool discard)
 {
@@ -703,6 +725,9 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
     if (rc)
         goto out;
     drop = discard || !dirty;
+    /* A clean branch on an unnamed state is that state's only name: kept (see above). */
+    if (drop && !discard && only_name_of_base(&t, cur))
+        drop = false;
     if (qsnap__internal_nodes_in(&t, cur->head, NULL)) {
         /* Its head holds internal snapshots: dropping it would delete them. */
         if (discard) {
@@ -749,7 +774,11 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
     if (rc)
         goto out;
     fmt_bytes(bytes, sizeof(bytes), used);
-    if (!drop)
+    if (!drop && !dirty)
+        rc = set_summary(p, "reverted to %s on new branch %s; branch %s is kept (the state it "
+                            "stands on has no snapshot name)",
+                         snapshot, newname, left);
+    else if (!drop)
         rc = set_summary(p, "reverted to %s on new branch %s; branch %s keeps its changes (%s)",
                          snapshot, newname, left, bytes);
     else if (dirty)
@@ -873,6 +902,9 @@ int qsnap_plan_branch_delete(qsnap_plan **out, qsnap_store *s, const char *name,
     if (!rc)
         rc = refuse_internal_in(&t, b->head, "deleting the branch would delete them",
                                 "'qsnap delete DISK NAME' each of them first");
+    /* Made before the head is looked at (plan_new starts what the plan read afresh). */
+    if (!rc)
+        rc = plan_new(&p, s, "branch-delete");
     if (!rc) {
         /* A head file that is gone (verify reports it): only --force drops the branch. */
         const struct qsnap__layer *h = qsnap__layer(&t, b->head);
@@ -891,8 +923,6 @@ int qsnap_plan_branch_delete(qsnap_plan **out, qsnap_store *s, const char *name,
                         "branch %s holds %s of changes that no snapshot keeps", name, bytes);
     if (!rc && !gone)
         rc = check_free(s, &t, b->head);
-    if (!rc)
-        rc = plan_new(&p, s, "branch-delete");
     if (!rc)
         rc = drop_branch(&t, p, name);
     if (!rc)
@@ -1473,10 +1503,10 @@ static int head_has_snapshot(const qsnap_store *s, const struct qsnap__layer *l,
         return nomem();
     oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
     oo.format = QCOW2_FORMAT_QCOW2;
-    rc = qcow2_image_open(&img, path, &oo);
+    rc = qsnap__image_open(s, path, &oo, &img, "'qsnap verify DISK' checks the store");
     free(path);
     if (rc)
-        return qsnap__from_qcow2(rc, "'qsnap verify DISK' checks the store");
+        return rc;
     *has = qsnap__find_internal(img, name) >= 0;
     qcow2_image_close(img);
     return 0;
@@ -1964,7 +1994,31 @@ int qsnap_plan_describe(const qsnap_plan *p, bool json, char **out)
         }
     }
     if (json)
-        fprintf(f, "]}\n");
+        fprintf(f, "]");
+    if (p->checked) {
+        /* What qsnap_plan_check() found (inuse.c). */
+        if (json)
+            fprintf(f, ", \"checked\": [");
+        else
+            fprintf(f, "files checked for other users (QEMU's image locks):\n");
+        for (size_t i = 0; i < p->ntouch; i++) {
+            const struct qsnap__touch *t = &p->touch[i];
+            if (json) {
+                fprintf(f, "%s{\"file\": ", i ? ", " : "");
+                json_str(f, t->file);
+                fprintf(f, ", \"role\": ");
+                json_str(f, t->role);
+                fprintf(f, ", \"held\": %s}", t->held ? "true" : "false");
+            } else {
+                fprintf(f, "    %s (%s): %s\n", t->file, t->role,
+                        t->held ? "HELD by another process (a running QEMU?)" : "free");
+            }
+        }
+        if (json)
+            fprintf(f, "]");
+    }
+    if (json)
+        fprintf(f, "}\n");
     if (fclose(f) != 0 || !buf) {
         free(buf);
         return nomem();

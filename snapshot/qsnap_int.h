@@ -26,6 +26,7 @@
 #define QSNAP_INT_H
 
 #include <stdarg.h>
+#include <sys/types.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -88,13 +89,55 @@ struct qsnap__model {
     size_t nb;
 };
 
+/* The last store file an open refused (safe.c), for the message that names it. */
+struct qsnap__refusal {
+    char path[4096];
+    int err;             /* ELOOP, ENODEV, ENOTDIR, EXDEV; 0: none */
+};
+
 struct qsnap_store {
     char *disk_abs;      /* the disk, absolute */
+    dev_t disk_dev;      /* the disk's file as the store was opened: every open of the */
+    ino_t disk_ino;      /* disk must find this file (safe.c) */
     char *dir;           /* the store directory, absolute */
     int lock_fd;         /* holds the OFD lock on dir/lock, or -1 */
     bool exists;         /* the metadata file exists */
     bool readonly;       /* opened for queries */
     struct qsnap__model m;
+    struct qsnap__refusal *refusal; /* see safe.c (NULL: not recorded) */
+    struct qsnap__seen *seen; /* heads found clean or dirty while plans were made (query.c) */
+    struct qsnap__chain *chain; /* the disk's own backing chain, read-only (safe.c) */
+    bool holding;        /* an operation holds the files it touches (inuse.c): steps open
+                          * images without taking locks of their own */
+};
+
+/*
+ * What a plan's decisions read from files: whether a head had changes. A
+ * plan is made before the operation holds its files (a VM may still write
+ * them then), so the execution checks every one again under the hold.
+ */
+struct qsnap__seen {
+    struct qsnap__seen_head {
+        unsigned id;     /* layer */
+        bool dirty;
+    } *v;
+    size_t n;
+};
+
+/* The files of the backing chain the disk itself has (outside the store), normalised. */
+struct qsnap__chain {
+    bool known;          /* looked up (once, when first needed) */
+    char **path;
+    size_t n;
+};
+
+/* A file an operation touches (inuse.c). */
+struct qsnap__touch {
+    char *file;          /* store-relative */
+    char *path;          /* absolute */
+    char *role;          /* what it is to the user ("head of the current branch main") */
+    bool held;           /* another process holds an image lock on it */
+    int fd;              /* held by this operation, or -1 */
 };
 
 /* Step kinds (see exec.c for what each does and why it is idempotent). */
@@ -134,6 +177,9 @@ struct qsnap_plan {
     struct qsnap__model *models;  /* target models saved by SAVE steps, in order */
     size_t nm;
     uint64_t base_gen;            /* the store's generation the plan was built on */
+    struct qsnap__touch *touch;   /* the files it touches, after qsnap_plan_check() */
+    size_t ntouch;
+    bool checked;                 /* touch is known */
 };
 
 /* error.c */
@@ -169,12 +215,16 @@ int qsnap__fsync_dir(const char *dir);
 int qsnap__lock_new_store(qsnap_store *s);
 /* Give a file or directory the store made to the disk's owner (when running as root). */
 void qsnap__own(const qsnap_store *s, const char *path);
+/* The same for name in directory dfd, never following a link (safe.c). */
+void qsnap__own_at(const qsnap_store *s, int dfd, const char *name);
 bool qsnap__file_exists(const char *path);
 int64_t qsnap__now(void);
 
 /* exec.c */
 int qsnap__journal_pending(const qsnap_store *s, bool *out);
 int qsnap__recover(qsnap_store *s, bool *did_something);
+/* The pending journal's plan (hostile input: checked as it is read). */
+int qsnap__journal_load(qsnap_store *s, qsnap_plan **out);
 /* QSNAP_EINTEGRITY when the store has files in layers/ but no meta file (else 0). */
 int qsnap__refuse_orphan_layers(const qsnap_store *s);
 
@@ -182,14 +232,79 @@ int qsnap__layer_fingerprint(const qsnap_store *s, struct qsnap__layer *l);
 /* Index of the internal snapshot named exactly `name` (not by id) in img, or -1. */
 long qsnap__find_internal(const qcow2_image *img, const char *name);
 
+/*
+ * safe.c: store files are opened from the store's directory without
+ * following links and must be regular files (the top of safe.c says why).
+ * rel is store-relative ("meta", "layers/3.qcow2"; "../NAME" is the disk).
+ */
+struct stat;
+int qsnap__unsafe_err(const char *path, int e);
+int qsnap__store_dirfd(const qsnap_store *s, const char *sub, int *out);
+/* openat(O_NOFOLLOW) of a store file, which must be a regular file (errno kept on failure). */
+int qsnap__open_store_file(const qsnap_store *s, const char *rel, int oflags, int *fd_out);
+/* The disk, only while its name leads to the file it did at store open: fd, or -errno (-EXDEV). */
+int qsnap__open_disk(const qsnap_store *s, int oflags);
+int qsnap__lstat_store_file(const qsnap_store *s, const char *rel, struct stat *st);
+/* QSNAP_EINTEGRITY when rel is a link or not a regular file; QSNAP_ENOTFOUND when missing. */
+int qsnap__check_store_file(const qsnap_store *s, const char *rel);
+/* Remove a leftover temporary file (a regular one; anything else is refused). */
+int qsnap__clear_tmp(const qsnap_store *s, const char *rel);
+int qsnap__chmod_store_file(const qsnap_store *s, const char *rel, bool writable);
+int qsnap__io_open(qcow2_io **out, const char *path, unsigned flags, void *payload);
+/* qcow2_image_open / _create with qsnap__io_open; a refused link is QSNAP_EINTEGRITY. */
+int qsnap__image_open(const qsnap_store *s, const char *path, qcow2_open_opts *oo,
+                      qcow2_image **out, const char *hint);
+int qsnap__image_create(const qsnap_store *s, const char *path, qcow2_create_opts *co);
+/* Every file of the store is what it should be (no link, no device): else QSNAP_EINTEGRITY. */
+int qsnap__scan_store(const qsnap_store *s);
+int qsnap__unlink_store_file(const qsnap_store *s, const char *rel);
+int qsnap__rename_store_file(const qsnap_store *s, const char *from_rel, const char *to_rel);
+/* 0 with *err = errno when link() itself failed (EEXIST, EXDEV, ...). */
+int qsnap__link_into_store(const qsnap_store *s, const char *src, const char *rel, int *err);
+/* qcow2 check -r all on layer l's own file (leaks freed, refcounts and flags fixed). */
+int qsnap__repair_layer(const qsnap_store *s, const struct qsnap__layer *l);
+int qsnap__fingerprint_store_file(const qsnap_store *s, const char *rel, uint64_t from,
+                                  uint8_t out[16], struct stat *st);
+
 /* query.c: head dirty state, sizes. */
+/* Every head found clean or dirty since the last call is still so (under the hold). */
+int qsnap__recheck_seen(const qsnap_store *s);
 int qsnap__head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *dirty,
                       uint64_t *bytes);
-int qsnap__image_in_use(const qsnap_store *s, const struct qsnap__layer *l);
+/* QSNAP_EINTEGRITY when the layer's file is missing (else 0). */
+int qsnap__layer_exists(const qsnap_store *s, const struct qsnap__layer *l);
 /* Whether head layer l's active state differs from its internal snapshot `snap`. */
 int qsnap__differs_from_internal(const qsnap_store *s, const struct qsnap__layer *l,
                                  const char *snap, bool *differs);
 /* Internal nodes whose content lives in layer id (count; names joined in *names if non-NULL). */
 size_t qsnap__internal_nodes_in(const struct qsnap__model *m, unsigned layer, char **names);
+
+/* inuse.c: the files an operation touches, checked against QEMU's image locks and held. */
+int qsnap__touched(const qsnap_store *s, const qsnap_plan *p, struct qsnap__touch **out,
+                   size_t *n_out);
+/* Add one more store-relative file (when it exists and is not there yet). */
+int qsnap__touch_add(const qsnap_store *s, struct qsnap__touch **t, size_t *n, const char *rel,
+                     const char *role);
+/* Set each held flag; QSNAP_EBUSY naming the first held file, else 0. */
+int qsnap__touch_check(const qsnap_store *s, struct qsnap__touch *t, size_t n);
+/* Take a writer's image locks on every file, or none (QSNAP_EBUSY as above). */
+int qsnap__touch_hold(const qsnap_store *s, struct qsnap__touch *t, size_t n);
+void qsnap__touch_release(struct qsnap__touch *t, size_t n);
+void qsnap__touch_free(struct qsnap__touch *t, size_t n);
+/* QCOW2_OPEN_NO_LOCK while the store holds the files it works on, else 0. */
+#define QSNAP__LOCK_FLAGS(s) ((s)->holding ? (unsigned)QCOW2_OPEN_NO_LOCK : 0u)
+
+/* The VM path (vmpath.c): DIR/layers/current.qcow2, a symbolic link to the current head. */
+char *qsnap__vm_path(const qsnap_store *s);
+/* Point it at model m's current head (atomically: a new link renamed over the old). */
+int qsnap__vm_path_update(const qsnap_store *s, const struct qsnap__model *m);
+/* 1 when it points at m's current head, 0 when not (or missing), < 0 on error. */
+int qsnap__vm_path_ok(const qsnap_store *s, const struct qsnap__model *m);
+/*
+ * What stands at the VM path is acceptable in a store (dfd: layers/): nothing,
+ * or a link to the bare name of one of m's layers or of a regular file of
+ * layers/ named like one. Else QSNAP_EINTEGRITY.
+ */
+int qsnap__vm_link_check(const qsnap_store *s, int dfd, const struct qsnap__model *m);
 
 #endif /* QSNAP_INT_H */

@@ -33,12 +33,73 @@ static int open_layer(const qsnap_store *s, const struct qsnap__layer *l, unsign
         return nomem();
     oo.flags = flags;
     oo.format = l->fmt;
-    rc = qcow2_image_open(out, path, &oo);
+    rc = qsnap__image_open(s, path, &oo, out, "'qsnap verify DISK' checks the store");
     free(path);
-    return rc ? qsnap__from_qcow2(rc, "'qsnap verify DISK' checks the store") : 0;
+    return rc;
 }
 
+static int head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *dirty,
+                      uint64_t *bytes);
+
 int qsnap__head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *dirty,
+                      uint64_t *bytes)
+{
+    int rc = head_dirty(s, l, dirty, bytes);
+
+    /* Noted for the execution, which checks it again under its hold. */
+    if (!rc && l && s->seen) {
+        struct qsnap__seen *sn = s->seen;
+        struct qsnap__seen_head *v;
+        /* The latest look at a head is what a plan decided on. */
+        for (size_t i = 0; i < sn->n; i++) {
+            if (sn->v[i].id == l->id) {
+                sn->v[i].dirty = *dirty;
+                return 0;
+            }
+        }
+        v = realloc(sn->v, (sn->n + 1) * sizeof(*v));
+        if (!v)
+            return nomem();
+        sn->v = v;
+        v[sn->n].id = l->id;
+        v[sn->n].dirty = *dirty;
+        sn->n++;
+    }
+    return rc;
+}
+
+int qsnap__recheck_seen(const qsnap_store *s)
+{
+    struct qsnap__seen *sn = s->seen;
+    int rc = 0;
+
+    for (size_t i = 0; sn && !rc && i < sn->n; i++) {
+        const struct qsnap__layer *l = qsnap__layer(&s->m, sn->v[i].id);
+        bool dirty = false;
+        if (!l || l->frozen)
+            continue;
+        rc = head_dirty(s, l, &dirty, NULL);
+        if (!rc && dirty != sn->v[i].dirty) {
+            char *path = qsnap__path(s, l->file);
+            rc = qsnap__err(QSNAP_EBUSY,
+                            "stop the virtual machine that uses it, then run the command again "
+                            "(nothing was changed)",
+                            "%s: changed while the operation was planned (it was %s, now it is "
+                            "%s): something wrote it",
+                            path ? path : l->file, sn->v[i].dirty ? "dirty" : "clean",
+                            dirty ? "dirty" : "clean");
+            free(path);
+        }
+    }
+    if (sn) {
+        free(sn->v);
+        sn->v = NULL;
+        sn->n = 0;
+    }
+    return rc;
+}
+
+static int head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *dirty,
                       uint64_t *bytes)
 {
     qcow2_image *img = NULL;
@@ -71,31 +132,16 @@ int qsnap__head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *
     return rc;
 }
 
-int qsnap__image_in_use(const qsnap_store *s, const struct qsnap__layer *l)
+int qsnap__layer_exists(const qsnap_store *s, const struct qsnap__layer *l)
 {
-    qcow2_image *img = NULL;
     char *path = qsnap__path(s, l->file);
-    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
-    int rc;
+    int rc = 0;
 
     if (!path)
         return nomem();
-    if (!qsnap__file_exists(path)) {
+    if (!qsnap__file_exists(path))
         rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK' shows what is missing",
                         "%s: file is missing", path);
-        free(path);
-        return rc;
-    }
-    /* A reader lock is what QEMU refuses while it writes the image. */
-    oo.flags = QCOW2_OPEN_NO_BACKING;
-    oo.format = l->fmt;
-    rc = qcow2_image_open(&img, path, &oo);
-    if (rc == QCOW2_EBUSY)
-        rc = qsnap__err(QSNAP_EBUSY, "stop the virtual machine that uses it first",
-                        "%s is in use (a running QEMU holds its lock)", path);
-    else if (rc)
-        rc = qsnap__from_qcow2(rc, NULL);
-    qcow2_image_close(img);
     free(path);
     return rc;
 }
@@ -106,7 +152,7 @@ static uint64_t file_bytes(const qsnap_store *s, const struct qsnap__layer *l)
     struct stat st;
     uint64_t v = 0;
 
-    if (path && stat(path, &st) == 0)
+    if (path && lstat(path, &st) == 0 && S_ISREG(st.st_mode))
         v = (uint64_t)st.st_blocks * 512;
     free(path);
     return v;
@@ -729,15 +775,6 @@ void qsnap_verify_free(qsnap_finding *f, size_t n)
     free(f);
 }
 
-/* The layer file that a header's backing name resolves to equals layer b's file. */
-static bool same_file(const char *a, const char *b)
-{
-    struct stat sa, sb;
-
-    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
-           sa.st_ino == sb.st_ino;
-}
-
 /* Re-point layer l's header at the backing layer the metadata names. */
 static bool repoint(qsnap_store *s, struct qsnap__layer *l, const struct qsnap__layer *b,
                     const char *path, mode_t mode)
@@ -749,19 +786,58 @@ static bool repoint(qsnap_store *s, struct qsnap__layer *l, const struct qsnap__
 
     if (!link)
         return false;
-    wo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING;
+    wo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING | QSNAP__LOCK_FLAGS(s);
+    (void)mode;
+    /* Never through a link: the file must be the store's own (safe.c). */
+    if (qsnap__check_store_file(s, l->file) != 0) {
+        free(link);
+        return false;
+    }
     if (l->frozen)
-        chmod(path, mode | 0200);
-    if (qcow2_image_open(&w, path, &wo) == 0 &&
+        qsnap__chmod_store_file(s, l->file, true);
+    if (qsnap__image_open(s, path, &wo, &w, NULL) == 0 &&
         qcow2_image_rebase(w, link, qcow2_format_name(b->fmt), true, NULL, NULL) == 0 &&
         qcow2_image_flush(w) == 0)
         fixed = true;
     qcow2_image_close(w);
     if (l->frozen)
-        chmod(path, mode & ~(mode_t)0222);
+        qsnap__chmod_store_file(s, l->file, false);
     free(link);
-    (void)s;
     return fixed;
+}
+
+/*
+ * What check found in layer l's own metadata. A branch head (writable) is
+ * repaired by --repair (leaked clusters freed, refcounts and flags fixed, as
+ * 'qemu-img check -r all'); a frozen layer is never written: its leaks are
+ * harmless and only noted, its corruptions are a problem to restore.
+ */
+static void verify_image_check(qsnap_store *s, const struct qsnap__layer *l, bool repair,
+                               const qcow2_check_result *cr, struct findings *fs)
+{
+    char *path = qsnap__path(s, l->file);
+
+    if (!path)
+        return;
+    if (!l->frozen && repair && qsnap__repair_layer(s, l) == 0) {
+        find(fs, true, true, path,
+             "%s: %" PRIu64 " corruptions and %" PRIu64 " leaked clusters repaired", l->file,
+             cr->corruptions, cr->leaks);
+    } else if (!l->frozen) {
+        find(fs, true, false, path,
+             "%s: %" PRIu64 " corruptions and %" PRIu64 " leaked clusters found by check "
+             "(--repair repairs them)",
+             l->file, cr->corruptions, cr->leaks);
+    } else if (cr->corruptions) {
+        find(fs, true, false, path, "%s: %" PRIu64 " corruptions found by check "
+                                    "('qsnap image check -r all' repairs them)",
+             l->file, cr->corruptions);
+    } else {
+        find(fs, false, false, path, "%s: %" PRIu64 " leaked clusters (harmless; the layer is "
+                                     "frozen and stays as it is)",
+             l->file, cr->leaks);
+    }
+    free(path);
 }
 
 static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, struct findings *fs)
@@ -794,9 +870,15 @@ static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, st
         free(path);
         return;
     }
+    if (qsnap__check_store_file(s, l->file) != 0) {
+        /* Not read, not repaired: whatever it points at is not the store's. */
+        find(fs, true, false, path, "%s", qsnap_error_last()->message);
+        free(path);
+        return;
+    }
     oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
     oo.format = l->fmt;
-    rc = qcow2_image_open(&img, path, &oo);
+    rc = qsnap__image_open(s, path, &oo, &img, NULL);
     if (rc) {
         find(fs, true, false, path, "%s cannot be opened: %s", l->file,
              qcow2_error_last()->message);
@@ -808,10 +890,13 @@ static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, st
     if (l->fmt == QCOW2_FORMAT_QCOW2 && !l->is_disk) {
         const struct qsnap__layer *b = qsnap__layer(&s->m, l->backing);
         char *want = b ? qsnap__path(s, b->file) : NULL;
-        bool link_ok = b ? (info.backing_path && same_file(info.backing_path, want) &&
+        /* Exactly the link qsnap wrote (a name through a link could lead elsewhere later). */
+        char *exact = b ? qsnap__link_name(l->file, b->file) : NULL;
+        bool link_ok = b ? (exact && info.backing_name && !strcmp(info.backing_name, exact) &&
                             info.backing_format &&
                             qcow2_format_from_name(info.backing_format) == b->fmt)
                          : !info.backing_name;
+        free(exact);
         if (!link_ok) {
             char *was = strdup(info.backing_name ? info.backing_name : "nothing");
             qcow2_image_close(img);
@@ -845,22 +930,23 @@ static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, st
         }
     }
     if (l->frozen && stat(path, &st) == 0 && (st.st_mode & 0222)) {
-        if (repair && chmod(path, st.st_mode & ~(mode_t)0222) == 0)
+        if (repair && qsnap__chmod_store_file(s, l->file, false) == 0)
             find(fs, true, true, path, "%s was writable; made read-only again", l->file);
         else
             find(fs, true, false, path, "%s is frozen but writable (--repair makes it read-only)",
                  l->file);
     }
     /* 3. The image's own metadata. */
-    if (!img && qcow2_image_open(&img, path, &oo) != 0)
+    if (!img && qsnap__image_open(s, path, &oo, &img, NULL) != 0)
         img = NULL;
     if (img && l->fmt == QCOW2_FORMAT_QCOW2) {
         qcow2_check_result cr;
         memset(&cr, 0, sizeof(cr));
-        if (qcow2_image_check(img, 0, &cr) == 0 && cr.corruptions)
-            find(fs, true, false, path, "%s: %" PRIu64 " corruptions found by check "
-                                        "('qsnap image check -r all' repairs them)",
-                 l->file, cr.corruptions);
+        if (qcow2_image_check(img, 0, &cr) == 0 && (cr.corruptions || cr.leaks)) {
+            qcow2_image_close(img);
+            img = NULL;
+            verify_image_check(s, l, repair, &cr, fs);
+        }
     }
     qcow2_image_close(img);
     free(path);
@@ -910,9 +996,16 @@ static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
     static const char *const dirs[] = {"layers", "state"};
 
     for (size_t d = 0; d < 2; d++) {
-        char *dpath = qsnap__path(s, dirs[d]);
-        DIR *dir = dpath ? opendir(dpath) : NULL;
+        int dfd = -1;
+        DIR *dir = NULL;
         struct dirent *e;
+
+        /* Listed from the directory opened without following links (safe.c). */
+        if (qsnap__store_dirfd(s, dirs[d], &dfd) == 0) {
+            dir = fdopendir(dfd);
+            if (!dir)
+                close(dfd);
+        }
 
         while (dir && (e = readdir(dir))) {
             char rel[PATH_MAX];
@@ -920,16 +1013,38 @@ static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
             if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
                 continue;
             snprintf(rel, sizeof(rel), "%s/%s", dirs[d], e->d_name);
+            /* The VM path (vmpath.c) is checked on its own. */
+            if (!strcmp(rel, "layers/current.qcow2"))
+                continue;
+            /* A temporary link of the VM path a killed switch left: it goes too. */
+            if (!strcmp(rel, "layers/.tmp-current")) {
+                struct stat st;
+                if (qsnap__lstat_store_file(s, rel, &st) == 0 && S_ISLNK(st.st_mode)) {
+                    if (repair) {
+                        bool ok = qsnap__unlink_store_file(s, rel) == 0;
+                        find(fs, true, ok, rel, ok ? "%s: temporary link of the VM path removed"
+                                                   : "%s: temporary link of the VM path could "
+                                                     "not be removed",
+                             rel);
+                    } else {
+                        find(fs, true, false, rel, "%s: temporary link of the VM path left by an "
+                                                   "interrupted command (--repair removes it)",
+                             rel);
+                    }
+                    continue;
+                }
+            }
             for (size_t i = 0; i < s->m.nl && !named; i++)
                 named = !strcmp(s->m.layers[i].file, rel);
             for (size_t i = 0; i < s->m.nn && !named; i++)
                 named = s->m.nodes[i].state && !strcmp(s->m.nodes[i].state, rel);
             if (named)
                 continue;
-            if (repair) {
-                char *p = qsnap__path(s, rel);
-                bool ok = p && unlink(p) == 0;
-                free(p);
+            if (qsnap__check_store_file(s, rel) == QSNAP_EINTEGRITY) {
+                /* Not removed by --repair: whoever planted it is worth a look. */
+                find(fs, true, false, rel, "%s", qsnap_error_last()->message);
+            } else if (repair) {
+                bool ok = qsnap__unlink_store_file(s, rel) == 0;
                 find(fs, true, ok, rel, ok ? "%s: half-made or orphaned file removed"
                                            : "%s: orphaned file could not be removed",
                      rel);
@@ -941,11 +1056,151 @@ static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
         }
         if (dir)
             closedir(dir);
-        free(dpath);
     }
 }
 
+/*
+ * The store's own files, by kind (safe.c): the directories, the meta file,
+ * the lock, the journal and state files must be what they are (no links, no
+ * devices); temporary files (meta.tmp, journal.tmp) are what a killed
+ * command left behind and go with --repair (a link there is removed itself).
+ * Layer files are checked by verify_layer, the other files of layers/ and
+ * state/ by verify_orphans. Returns false when a directory of the store is
+ * not one: nothing in it is looked at.
+ */
+static bool verify_store_files(qsnap_store *s, bool repair, struct findings *fs)
+{
+    static const char *const fixed[] = {"meta", "lock", "journal"};
+    static const char *const tmps[] = {"meta.tmp", "journal.tmp"};
+    static const char *const dirs[] = {"layers", "state"};
+    bool ok = true;
+
+    for (size_t i = 0; i < 2; i++) {
+        int dfd = -1;
+        if (qsnap__store_dirfd(s, dirs[i], &dfd) == QSNAP_EINTEGRITY) {
+            find(fs, true, false, dirs[i], "%s", qsnap_error_last()->message);
+            ok = false;
+        }
+        if (dfd >= 0)
+            close(dfd);
+    }
+    for (size_t i = 0; i < 3; i++) {
+        if (qsnap__check_store_file(s, fixed[i]) == QSNAP_EINTEGRITY)
+            find(fs, true, false, fixed[i], "%s", qsnap_error_last()->message);
+    }
+    for (size_t i = 0; i < 2; i++) {
+        struct stat st;
+        if (qsnap__lstat_store_file(s, tmps[i], &st) != 0)
+            continue;
+        /* A regular leftover goes; a link or device stays for whoever looks into it. */
+        if (repair && S_ISREG(st.st_mode) && qsnap__unlink_store_file(s, tmps[i]) == 0)
+            find(fs, true, true, tmps[i], "%s/%s: left by an interrupted command; removed", s->dir,
+                 tmps[i]);
+        else
+            find(fs, true, false, tmps[i],
+                 S_ISREG(st.st_mode) ? "%s/%s: left by an interrupted command (--repair removes it)"
+                                     : "%s/%s: a link or device where a temporary file of the "
+                                       "store should be (remove it by hand)",
+                 s->dir, tmps[i]);
+    }
+    for (size_t i = 0; ok && i < s->m.nn; i++) {
+        const struct qsnap__node *n = &s->m.nodes[i];
+        struct stat st;
+        size_t names = 0;
+        if (!n->state || qsnap__lstat_store_file(s, n->state, &st) != 0)
+            continue; /* a missing one is reported below */
+        if (qsnap__check_store_file(s, n->state) == QSNAP_EINTEGRITY) {
+            find(fs, true, false, n->state, "%s", qsnap_error_last()->message);
+            continue;
+        }
+        /* Every name the store has for this file is one of its links. */
+        for (size_t k = 0; k < s->m.nn; k++) {
+            struct stat o;
+            if (s->m.nodes[k].state &&
+                qsnap__lstat_store_file(s, s->m.nodes[k].state, &o) == 0 &&
+                o.st_ino == st.st_ino && o.st_dev == st.st_dev)
+                names++;
+        }
+        if ((size_t)st.st_nlink < names)
+            find(fs, true, false, n->state,
+                 "%s/%s: has %lu links but the store names it %zu times", s->dir, n->state,
+                 (unsigned long)st.st_nlink, names);
+    }
+    return ok;
+}
+
+/* The VM path points at the current head (vmpath.c). */
+static void verify_vm_path(qsnap_store *s, bool repair, struct findings *fs)
+{
+    char *path = qsnap__vm_path(s);
+    int ok = s->exists ? qsnap__vm_path_ok(s, &s->m) : 1;
+
+    if (ok == QSNAP_EINTEGRITY) {
+        /* A file or directory at the VM path: qsnap made none, and replaces none. */
+        find(fs, true, false, path, "%s", qsnap_error_last()->message);
+        free(path);
+        return;
+    }
+    if (!path || ok < 0 || ok == 1) {
+        free(path);
+        return;
+    }
+    if (repair && qsnap__vm_path_update(s, &s->m) == 0)
+        find(fs, true, true, path, "the VM path layers/current.qcow2 pointed elsewhere or was "
+                                   "missing; it points at the current branch's head again");
+    else
+        find(fs, true, false, path, "the VM path layers/current.qcow2 does not point at the "
+                                    "current branch's head (--repair points it again)");
+    free(path);
+}
+
+static int verify_store(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out);
+
+/*
+ * A repair changes files only after every file it may touch was found free
+ * and is held (inuse.c): the files of the pending operation, the current
+ * head, and every file a check without repair finds a problem with.
+ */
 int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out)
+{
+    struct qsnap__touch *t = NULL;
+    qsnap_finding *f = NULL;
+    qsnap_plan *jp = NULL;
+    size_t nt = 0, nf = 0;
+    bool pending = false;
+    int rc;
+
+    if (!repair)
+        return verify_store(s, false, out, n_out);
+    *out = NULL;
+    *n_out = 0;
+    rc = qsnap__journal_pending(s, &pending);
+    if (!rc && pending && qsnap__journal_load(s, &jp) != 0)
+        jp = NULL; /* a damaged journal: the check below reports it */
+    if (!rc)
+        rc = qsnap__touched(s, jp, &t, &nt);
+    qsnap_plan_free(jp);
+    if (!rc) {
+        (void)verify_store(s, false, &f, &nf);
+        for (size_t i = 0; !rc && i < nf; i++) {
+            if (f[i].problem && f[i].file[0] && strcmp(f[i].file, s->dir))
+                rc = qsnap__touch_add(s, &t, &nt, f[i].file, "a file the repair changes");
+        }
+        qsnap_verify_free(f, nf);
+    }
+    if (!rc)
+        rc = qsnap__touch_hold(s, t, nt);
+    if (!rc) {
+        s->holding = true;
+        rc = verify_store(s, true, out, n_out);
+        s->holding = false;
+        qsnap__touch_release(t, nt);
+    }
+    qsnap__touch_free(t, nt);
+    return rc;
+}
+
+static int verify_store(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out)
 {
     struct findings fs = {NULL, 0, 0, 0};
     bool pending = false;
@@ -959,6 +1214,9 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
     if (pending) {
         if (repair) {
             bool did = false;
+            /* A VM path re-pointed behind qsnap's back stops the replay: point it first. */
+            if (qsnap__vm_path_ok(s, &s->m) == 0)
+                (void)qsnap__vm_path_update(s, &s->m);
             rc = qsnap__recover(s, &did);
             if (rc) {
                 /* Links re-pointed behind qsnap's back can stop it: put them back, retry. */
@@ -984,6 +1242,8 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
         return qsnap__err(QSNAP_ENOTFOUND, "'qsnap create DISK' makes the first snapshot",
                           "%s: no snapshots yet", s->disk_abs);
     }
+    if (!verify_store_files(s, repair, &fs))
+        goto done_checked;
     for (size_t i = 0; i < s->m.nl; i++)
         verify_layer(s, &s->m.layers[i], repair, &fs);
     for (size_t i = 0; i < s->m.nn; i++)
@@ -1000,8 +1260,9 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
         const struct qsnap__layer *h = qsnap__layer(&s->m, s->m.branches[i].head);
         char *p = h ? qsnap__path(s, h->file) : NULL;
         struct stat st;
-        if (p && stat(p, &st) == 0 && !(st.st_mode & 0200)) {
-            if (repair && chmod(p, st.st_mode | 0200) == 0)
+        if (p && h && qsnap__check_store_file(s, h->file) == 0 && stat(p, &st) == 0 &&
+            !(st.st_mode & 0200)) {
+            if (repair && qsnap__chmod_store_file(s, h->file, true) == 0)
                 find(&fs, true, true, p, "head of branch %s was read-only; made writable",
                      s->m.branches[i].name);
             else
@@ -1010,6 +1271,8 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
         }
         free(p);
     }
+    if (!pending || repair)
+        verify_vm_path(s, repair, &fs);
     /* While an operation is pending, its half-made files are not orphans. */
     if (!pending || repair)
         verify_orphans(s, repair, &fs);
@@ -1021,6 +1284,7 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
         if (changed && s->exists)
             qsnap__save_model(s, &s->m);
     }
+done_checked:
     find(&fs, false, false, "", "checked %zu layers, %zu snapshots and nodes, %zu branches", s->m.nl,
          s->m.nn, s->m.nb);
 done:

@@ -21,22 +21,6 @@
 #define META_FILE "meta"
 #define LOCK_FILE "lock"
 
-/*
- * Files and directories the store makes belong to the disk's owner (root
- * running qsnap for a user's disk must not leave a store that user cannot
- * change); their modes come from the umask. Best effort: without the right
- * to chown, the file stays the caller's.
- */
-void qsnap__own(const qsnap_store *s, const char *path)
-{
-    struct stat st;
-
-    if (geteuid() == 0 && s->disk_abs && stat(s->disk_abs, &st) == 0 &&
-        lchown(path, st.st_uid, st.st_gid) < 0) {
-        /* Nothing to do: the file keeps its owner. */
-    }
-}
-
 int64_t qsnap__now(void)
 {
     return (int64_t)time(NULL);
@@ -115,47 +99,63 @@ int qsnap__fsync_dir(const char *dir)
 int qsnap__write_atomic(const qsnap_store *s, const char *rel, const char *data, size_t len)
 {
     char *path = qsnap__path(s, rel), *tmp = NULL;
-    int fd = -1, rc = 0;
+    int fd = -1, dfd = -1, rc = 0;
     size_t done = 0;
 
-    if (!path || asprintf(&tmp, "%s.tmp", path) < 0) {
+    if (!path || asprintf(&tmp, "%s.tmp", rel) < 0) {
         tmp = NULL;
         rc = qsnap__err(QSNAP_ERROR, NULL, "out of memory");
         goto out;
     }
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-    if (fd < 0) {
-        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot create: %s", tmp, strerror(errno));
+    /* A regular leftover of a killed run goes; a link or device there is refused. */
+    rc = qsnap__clear_tmp(s, tmp);
+    if (!rc)
+        rc = qsnap__open_store_file(s, tmp, O_WRONLY | O_CREAT | O_EXCL, &fd);
+    if (rc)
         goto out;
+    {
+        char *abs = qsnap__path(s, tmp);
+        if (abs)
+            qsnap__own(s, abs);
+        free(abs);
     }
-    qsnap__own(s, tmp);
     while (done < len) {
         ssize_t w = write(fd, data + done, len - done);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0) {
-            rc = qsnap__err(QSNAP_ERROR, NULL, "%s: write failed: %s", tmp,
+            rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: write failed: %s", s->dir, tmp,
                             w < 0 ? strerror(errno) : "short write");
             goto out;
         }
         done += (size_t)w;
     }
     if (fsync(fd) < 0) {
-        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: fsync failed: %s", tmp, strerror(errno));
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: fsync failed: %s", s->dir, tmp,
+                        strerror(errno));
         goto out;
     }
     close(fd);
     fd = -1;
-    if (rename(tmp, path) < 0) {
+    /* rename() replaces a link at rel itself, never what it points at. */
+    rc = qsnap__store_dirfd(s, "", &dfd);
+    if (rc)
+        goto out;
+    if (renameat(dfd, tmp, dfd, rel) < 0) {
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s: rename failed: %s", path, strerror(errno));
         goto out;
     }
-    rc = qsnap__fsync_dir(s->dir);
+    rc = fsync(dfd) < 0 && errno != EINVAL
+             ? qsnap__err(QSNAP_ERROR, NULL, "%s: fsync failed: %s", s->dir, strerror(errno))
+             : 0;
 out:
     if (fd >= 0) {
         close(fd);
-        unlink(tmp);
+        if (dfd >= 0 || qsnap__store_dirfd(s, "", &dfd) == 0)
+            unlinkat(dfd, tmp, 0);
     }
+    if (dfd >= 0)
+        close(dfd);
     free(tmp);
     free(path);
     return rc;
@@ -176,26 +176,24 @@ int qsnap__save_model(qsnap_store *s, struct qsnap__model *m)
     return rc;
 }
 
-/* Read a whole (bounded) file. */
-static int read_file(const char *path, char **out, size_t *len_out)
+/* Read a whole (bounded) store file. */
+static int read_file(const qsnap_store *s, const char *rel, char **out, size_t *len_out)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     struct stat st;
     char *buf = NULL;
     size_t done = 0;
-    int rc = 0;
+    int fd, rc;
 
-    if (fd < 0)
-        return qsnap__err(errno == ENOENT ? QSNAP_ENOTFOUND : QSNAP_ERROR, NULL,
-                          "%s: cannot open: %s", path, strerror(errno));
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        rc = qsnap__err(QSNAP_EINTEGRITY, "remove it, or restore the store from a backup",
-                        "%s: not a regular file", path);
+    rc = qsnap__open_store_file(s, rel, O_RDONLY, &fd);
+    if (rc)
+        return rc;
+    if (fstat(fd, &st) < 0) {
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: %s", s->dir, rel, strerror(errno));
         goto out;
     }
     if ((uint64_t)st.st_size > QSNAP_MAX_META_BYTES) {
         rc = qsnap__err(QSNAP_EINTEGRITY, "restore the store from a backup",
-                        "%s: %" PRIu64 " bytes is too large for qsnap metadata", path,
+                        "%s/%s: %" PRIu64 " bytes is too large for qsnap metadata", s->dir, rel,
                         (uint64_t)st.st_size);
         goto out;
     }
@@ -230,7 +228,7 @@ static int load_model(qsnap_store *s)
 
     if (!path)
         return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
-    rc = read_file(path, &text, &len);
+    rc = read_file(s, META_FILE, &text, &len);
     if (!rc)
         rc = qsnap__model_parse(&s->m, text, len, path);
     free(text);
@@ -241,26 +239,26 @@ static int load_model(qsnap_store *s)
 /* Take the store lock: an OFD lock on DIR/lock, exclusive for writers. */
 static int take_lock(qsnap_store *s)
 {
-    char *path = qsnap__path(s, LOCK_FILE);
     struct flock fl;
-    int fd;
+    int fd = -1, rc;
 
-    if (!path)
-        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
-    fd = open(path, (s->readonly ? O_RDONLY : O_RDWR | O_CREAT) | O_CLOEXEC, 0666);
-    if (fd >= 0 && !s->readonly)
-        qsnap__own(s, path);
-    if (fd < 0 && s->readonly && errno == ENOENT) {
-        free(path);
+    /* Opened without following a link; made exclusively when missing. */
+    rc = qsnap__open_store_file(s, LOCK_FILE, s->readonly ? O_RDONLY : O_RDWR, &fd);
+    if (rc == QSNAP_ENOTFOUND && s->readonly)
         return 0; /* nothing to lock against yet */
+    if (rc == QSNAP_ENOTFOUND) {
+        rc = qsnap__open_store_file(s, LOCK_FILE, O_RDWR | O_CREAT | O_EXCL, &fd);
+        if (rc == QSNAP_ERROR) /* made meanwhile by another qsnap */
+            rc = qsnap__open_store_file(s, LOCK_FILE, O_RDWR, &fd);
+        if (!rc) {
+            char *path = qsnap__path(s, LOCK_FILE);
+            if (path)
+                qsnap__own(s, path);
+            free(path);
+        }
     }
-    if (fd < 0) {
-        int e = errno;
-        free(path);
-        return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: cannot open the lock file: %s", s->dir,
-                          LOCK_FILE, strerror(e));
-    }
-    free(path);
+    if (rc)
+        return rc;
     memset(&fl, 0, sizeof(fl));
     fl.l_type = s->readonly ? F_RDLCK : F_WRLCK;
     fl.l_whence = SEEK_SET;
@@ -299,6 +297,11 @@ static int locate(qsnap_store *s, const char *disk)
         return qsnap__err(QSNAP_EUSAGE, NULL, "%s: not a regular file or block device", disk);
     if (!realpath(disk, buf))
         return qsnap__err(QSNAP_ERROR, NULL, "%s: %s", disk, strerror(errno));
+    /* The file the name resolved to: later opens of the disk must find it. */
+    if (stat(buf, &st) < 0 || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)))
+        return qsnap__err(QSNAP_ERROR, NULL, "%s: changed while it was opened", disk);
+    s->disk_dev = st.st_dev;
+    s->disk_ino = st.st_ino;
     s->disk_abs = strdup(buf);
     if (!s->disk_abs || asprintf(&s->dir, "%s.qsnap", buf) < 0) {
         s->dir = NULL;
@@ -344,7 +347,14 @@ int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags)
     rc = locate(s, disk);
     if (rc)
         goto fail;
-    if (stat(s->dir, &st) == 0) {
+    s->refusal = calloc(1, sizeof(*s->refusal));
+    s->seen = calloc(1, sizeof(*s->seen));
+    s->chain = calloc(1, sizeof(*s->chain));
+    if (lstat(s->dir, &st) == 0) {
+        if (S_ISLNK(st.st_mode)) {
+            rc = qsnap__unsafe_err(s->dir, ELOOP);
+            goto fail;
+        }
         if (!S_ISDIR(st.st_mode)) {
             rc = qsnap__err(QSNAP_EINTEGRITY, "move it away", "%s: exists and is not a store "
                                                               "directory",
@@ -352,6 +362,9 @@ int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags)
             goto fail;
         }
         rc = take_lock(s);
+        /* A store with a link or a device for one of its files: refused (safe.c). */
+        if (!rc && !(flags & QSNAP_OPEN_ANY_FILES))
+            rc = qsnap__scan_store(s);
         if (rc)
             goto fail;
         {
@@ -409,6 +422,15 @@ void qsnap_store_close(qsnap_store *s)
     if (s->lock_fd >= 0)
         close(s->lock_fd);
     qsnap__model_free(&s->m);
+    free(s->refusal);
+    if (s->seen)
+        free(s->seen->v);
+    free(s->seen);
+    for (size_t i = 0; s->chain && i < s->chain->n; i++)
+        free(s->chain->path[i]);
+    if (s->chain)
+        free(s->chain->path);
+    free(s->chain);
     free(s->disk_abs);
     free(s->dir);
     free(s);

@@ -67,13 +67,21 @@ typedef struct qsnap_plan qsnap_plan;
 
 #define QSNAP_OPEN_CREATE 0x1   /**< a missing store is fine: the first create makes it */
 #define QSNAP_OPEN_READONLY 0x2 /**< queries only: a shared lock, no writes */
+/**
+ * Open a store even when one of its files is a symbolic link, a device or
+ * anything but a regular file (for qsnap_verify(), which names each one).
+ * Without it such a store is refused with QSNAP_EINTEGRITY; either way no
+ * store file is ever opened through a link.
+ */
+#define QSNAP_OPEN_ANY_FILES 0x4
 
 /**
  * Open the store of a disk (DISK.qsnap beside DISK) and lock it (exclusive,
  * or shared with QSNAP_OPEN_READONLY).
  * @return 0; QSNAP_ENOTFOUND (no disk, or no store without QSNAP_OPEN_CREATE),
  *         QSNAP_EBUSY (locked by another qsnap), QSNAP_EINTEGRITY (damaged or
- *         unknown metadata), QSNAP_ERROR
+ *         unknown metadata; a store file that is a link or not a regular
+ *         file, see QSNAP_OPEN_ANY_FILES), QSNAP_ERROR
  */
 QSNAP_API int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags);
 
@@ -135,6 +143,19 @@ QSNAP_API void qsnap_list_free(qsnap_node *list, size_t n);
  */
 QSNAP_API int qsnap_current(qsnap_store *s, qsnap_node **out);
 
+/**
+ * The VM path: the one path a VM's configuration names for the life of the
+ * store (DIR/layers/current.qcow2, a symbolic link beside the heads that
+ * every tree operation points at the current branch's head, atomically).
+ * QEMU and libvirt resolve the head's relative backing names against it as
+ * they do against the head itself.
+ * @param[out] out  absolute path, malloc'd (free())
+ * @return 0; QSNAP_ENOTFOUND (no snapshot yet), QSNAP_EINTEGRITY (the link
+ *         is missing or points elsewhere: qsnap_verify with repair fixes it),
+ *         QSNAP_ERROR
+ */
+QSNAP_API int qsnap_vm_path(qsnap_store *s, char **out);
+
 #define QSNAP_CREATE_OPTS_VERSION 1
 
 /** Options of qsnap_plan_create(). */
@@ -160,8 +181,8 @@ typedef struct qsnap_create_opts {
  * The qsnap_plan_* functions build a plan without changing any file; *out is
  * the caller's (qsnap_plan_free). They return 0; QSNAP_ENOTFOUND (a name
  * that does not exist), QSNAP_EUSAGE (an invalid or taken name),
- * QSNAP_EREFUSED (unsafe: the hint names the overriding flag), QSNAP_EBUSY
- * (a QEMU holds an image), QSNAP_EINTEGRITY (a pending operation: run
+ * QSNAP_EREFUSED (unsafe: the hint names the overriding flag),
+ * QSNAP_EINTEGRITY (a pending operation: run
  * qsnap_verify with repair), QSNAP_ERROR. The store must be open for
  * writing (not QSNAP_OPEN_READONLY).
  */
@@ -216,6 +237,17 @@ QSNAP_API int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *sn
 /** Commit a branch (NULL: current) into its base layer, keeping every other state. */
 QSNAP_API int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *branch);
 
+/**
+ * Find the files plan p touches (every image file it writes, re-points,
+ * freezes, makes writable, removes or makes current, and the current
+ * branch's head) and whether another process (a running QEMU, a qsnap, an
+ * NBD server) holds QEMU's image locks on any of them. The list is kept in
+ * the plan: qsnap_plan_describe() shows it. qsnap_plan_execute() does the
+ * same check itself, and holds the files' locks while the plan runs.
+ * @return 0; QSNAP_EBUSY (a file is held: the message names it), QSNAP_ERROR
+ */
+QSNAP_API int qsnap_plan_check(qsnap_store *s, qsnap_plan *p);
+
 /** The plan as text (one step a line) or JSON. *out is malloc'd (free()). @return 0, QSNAP_ERROR */
 QSNAP_API int qsnap_plan_describe(const qsnap_plan *p, bool json, char **out);
 
@@ -239,7 +271,11 @@ typedef struct qsnap_exec_opts {
  * Execute a plan (journaled; crash-safe: after a crash, qsnap_verify with
  * repair finishes it). The plan stays the caller's.
  * @param[in] o  options, or NULL
- * @return 0; QSNAP_EBUSY (an image became busy), QSNAP_EINTEGRITY (a file
+ * Before the first step, every file the plan touches (see
+ * qsnap_plan_check()) is locked as a writer locks an image; any file another
+ * process holds refuses the whole plan with nothing changed. The locks are
+ * held until the plan ends, so a QEMU started meanwhile fails to open them.
+ * @return 0; QSNAP_EBUSY (a file is in use; nothing was changed), QSNAP_EINTEGRITY (a file
  *         changed under the store), QSNAP_ERROR (I/O: the journal lets
  *         qsnap_verify(repair) finish or undo it)
  */

@@ -119,6 +119,43 @@ Test(io_posix, open_flags)
     cr_assert_eq(qcow2_io_posix_open(&io, path, 0x100), -EINVAL);
 }
 
+Test(io_posix, openat_nofollow_refuses_links_and_non_files)
+{
+    char dir[600], link[700], sub[700];
+    qcow2_io *io = NULL;
+    int dfd;
+
+    /* A file opened relative to its directory, and a link to it refused with NOFOLLOW. */
+    qcow2_io_close(open_or_die(path, QCOW2_IO_CREATE));
+    snprintf(dir, sizeof(dir), "%s", path);
+    *strrchr(dir, '/') = '\0';
+    dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    cr_assert_geq(dfd, 0);
+    cr_assert_eq(qcow2_io_posix_openat(&io, dfd, "img", QCOW2_IO_RDWR | QCOW2_IO_NOFOLLOW), 0);
+    cr_assert_eq(io->ops->pwrite(io, "abc", 3, 0), 0);
+    qcow2_io_close(io);
+    snprintf(link, sizeof(link), "%s/link", dir);
+    cr_assert_eq(symlink(path, link), 0);
+    cr_assert_eq(qcow2_io_posix_openat(&io, dfd, "link", QCOW2_IO_RDWR | QCOW2_IO_NOFOLLOW),
+                 -ELOOP);
+    cr_assert_null(io);
+    /* Without the flag, the link is followed (as before). */
+    cr_assert_eq(qcow2_io_posix_openat(&io, dfd, "link", 0), 0);
+    qcow2_io_close(io);
+    /* CREATE with NOFOLLOW never creates through a dangling link. */
+    cr_assert_eq(unlink(link), 0);
+    snprintf(sub, sizeof(sub), "%s/target", dir);
+    cr_assert_eq(symlink(sub, link), 0);
+    cr_assert_neq(qcow2_io_posix_openat(&io, dfd, "link", QCOW2_IO_CREATE | QCOW2_IO_NOFOLLOW), 0);
+    cr_assert_neq(access(sub, F_OK), 0, "a file was created through the link");
+    /* A directory or FIFO is not a regular file. */
+    snprintf(sub, sizeof(sub), "%s/fifo", dir);
+    cr_assert_eq(mkfifo(sub, 0600), 0);
+    cr_assert_eq(qcow2_io_posix_openat(&io, dfd, "fifo", QCOW2_IO_NOFOLLOW), -ENODEV);
+    cr_assert_eq(qcow2_io_posix_openat(&io, dfd, ".", QCOW2_IO_NOFOLLOW), -ENODEV);
+    close(dfd);
+}
+
 Test(io_posix, descriptor_is_close_on_exec)
 {
     qcow2_io *io = open_or_die(path, QCOW2_IO_CREATE);

@@ -21,6 +21,7 @@
  * succeeds once it is removed.
  */
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -496,16 +497,28 @@ Test(crash, failed_step_before_a_commit_point_changes_nothing)
     s = tf_open(disk, 0);
     ok(op->plan(s, &p), "plan commit");
     cr_assert_eq(qsnap_plan_describe(p, false, &text), 0);
-    /* The preserving layer is the first file the plan creates: "create layers/N.qcow2 on ...". */
+    /* The preserving layer is the first file the plan creates: "create layers/N.qcow2 on
+     * ... where layers/H.qcow2 has changes"; it reads the head H. */
     b = strstr(text, "create layers/");
     cr_assert_not_null(b, "%s", text);
     cr_assert_eq(sscanf(b, "create layers/%u.qcow2", &id), 1, "%s", text);
-    free(text);
     snprintf(layer, sizeof(layer), "%s/layers/%u.qcow2", qsnap_store_path(s), id);
-    snprintf(tmp, sizeof(tmp), "%s/layers/.tmp-%u.qcow2", qsnap_store_path(s), id);
-    cr_assert_eq(mkdir(tmp, 0755), 0);
-    snprintf(tmp + strlen(tmp), sizeof(tmp) - strlen(tmp), "/blocker");
-    cr_assert_eq(qo_write_file(tmp, "x", 1), 0);
+    b = strstr(b, "where layers/");
+    cr_assert_not_null(b, "%s", text);
+    {
+        unsigned hid = 0;
+        cr_assert_eq(sscanf(b, "where layers/%u.qcow2", &hid), 1, "%s", text);
+        snprintf(tmp, sizeof(tmp), "%s/layers/%u.qcow2", qsnap_store_path(s), hid);
+    }
+    free(text);
+    /* The step fails when it reads the head: its magic is spoiled (and put back below).
+     * (A foreign file in layers/ would be refused before any step: see safe.c.) */
+    {
+        int fd = open(tmp, O_WRONLY);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(pwrite(fd, "XXXX", 4, 0), 4);
+        close(fd);
+    }
 
     rc = tf_exec(s, p, NULL);
     cr_assert_neq(rc, 0, "the commit succeeded although its preserving layer cannot be made");
@@ -513,10 +526,13 @@ Test(crash, failed_step_before_a_commit_point_changes_nothing)
               qsnap_error_last()->message);
     cr_assert(qsnap_error_last()->hint[0], "a failed execution gives a hint");
     cr_assert_neq(access(layer, F_OK), 0, "the half-made layer %s stayed", layer);
-    /* Remove the cause (the planted directory would itself be a foreign file). */
-    unlink(tmp);
-    *strrchr(tmp, '/') = '\0';
-    cr_assert_eq(rmdir(tmp), 0);
+    /* Remove the cause: the head's magic back. */
+    {
+        int fd = open(tmp, O_WRONLY);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(pwrite(fd, "QFI\xfb", 4, 0), 4);
+        close(fd);
+    }
     /* Nothing pending: verify is clean and the store holds the states from before. */
     cr_assert_eq(qsnap_verify(s, false, &f, &nf), 0, "%s", qsnap_error_last()->message);
     qsnap_verify_free(f, nf);

@@ -104,8 +104,9 @@ static void expect_error(int rc, int want, const char *what, const char *call)
         char *before_ = tf_tree_snapshot(dir), *after_;                                            \
         qsnap_plan *p_ = NULL;                                                                     \
         int rc_ = (call);                                                                          \
-        if (rc_ == 0)                                                                              \
-            qsnap_plan_free(p_);                                                                   \
+        if (rc_ == 0) /* files in use are found when the plan runs */                              \
+            rc_ = qsnap_plan_execute(s, p_, NULL);                                                 \
+        qsnap_plan_free(p_);                                                                       \
         expect_error(rc_, want, what, #call);                                                      \
         after_ = tf_tree_snapshot(dir);                                                            \
         cr_assert_str_eq(before_, after_, "%s changed files", #call);                              \
@@ -244,12 +245,28 @@ Test(store, qemu_io_holding_the_head_makes_operations_busy)
     EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_delete(&p_, s, "s2", QSNAP_DELETE_STREAM));
     /* Committing b writes s2's layer, which the running VM reads, and re-points main's head. */
     EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_commit(&p_, s, "b"));
-    /* The subtree of s2 holds main. */
+    /* Switching away from the head the VM runs on changes what the VM path opens. */
+    EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_switch(&p_, s, "b"));
+    /* Every operation checks the current branch's head, even one that changes only names. */
+    EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_branch_rename(&p_, s, "b", "b2"));
+    qemu_io_stop(&q);
+
+    /* A VM on main, another branch than the current one (b). */
     ok(tf_switch(s, "b"), "switch b");
-    EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_delete(&p_, s, "s1", QSNAP_DELETE_CHILDREN));
+    qemu_io_start(&q, head);
+    /* s2's layer backs main's head: streaming s2 into it writes the head. */
+    EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_delete(&p_, s, "s2", QSNAP_DELETE_STREAM));
+    EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_switch(&p_, s, "main"));
+    EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_branch_delete(&p_, s, "main", true));
+    /* Committing b writes s2's layer, which the VM on main reads through. */
+    {
+        char *s2 = tf_file_of(s, "s2");
+        EXPECT_REFUSED(s, QSNAP_EBUSY, s2, qsnap_plan_commit(&p_, s, "b"));
+        free(s2);
+    }
+    qemu_io_stop(&q);
     ok(tf_switch(s, "main"), "switch main");
 
-    qemu_io_stop(&q);
     /* Once qemu-io is gone, the same operations go through. */
     {
         qsnap_plan *p = NULL;
@@ -279,6 +296,8 @@ Test(store, qemu_io_holding_the_head_makes_revert_busy)
         char *before = tf_tree_snapshot(dir), *after;
         qsnap_plan *p = NULL;
         int rc = qsnap_plan_revert(&p, s, "s1", NULL, false);
+        if (rc == 0)
+            rc = qsnap_plan_execute(s, p, NULL);
         qsnap_plan_free(p);
         after = tf_tree_snapshot(dir);
         qemu_io_stop(&q);
@@ -287,6 +306,187 @@ Test(store, qemu_io_holding_the_head_makes_revert_busy)
         free(before);
         free(after);
     }
+    free(head);
+    qsnap_store_close(s);
+}
+
+/* The VM path: one path, a link beside the heads, on the current head after each operation. */
+static void expect_vm_path_on(qsnap_store *s, const char *branch, const char *want_path)
+{
+    char *vm = NULL, *head = tf_file_of(s, branch), real[4096];
+
+    ok(qsnap_vm_path(s, &vm), "qsnap_vm_path");
+    if (want_path)
+        cr_assert_str_eq(vm, want_path, "the VM path moved");
+    cr_assert_not_null(realpath(vm, real), "%s does not resolve", vm);
+    cr_assert_str_eq(real, head, "the VM path opens %s, not %s's head %s", real, branch, head);
+    free(vm);
+    free(head);
+}
+
+Test(store, vm_path_follows_the_current_branch)
+{
+    qsnap_store *s = base("vmpath");
+    char *vm = NULL, *link = NULL;
+
+    ok(qsnap_vm_path(s, &vm), "qsnap_vm_path");
+    cr_assert(asprintf(&link, "%s.qsnap/layers/current.qcow2", disk) > 0);
+    cr_assert_str_eq(vm, link);
+    expect_vm_path_on(s, "main", vm);
+    ok(tf_switch(s, "b"), "switch b");
+    expect_vm_path_on(s, "b", vm);
+    ok(tf_revert(s, "s1", "r", false, NULL), "revert s1");
+    tf_model_set(&M, "r", true, tf_model_get(&M, "s1"));
+    expect_vm_path_on(s, "r", vm);
+    ok(tf_create(s, "s3"), "create s3");
+    tf_model_set(&M, "s3", false, tf_model_get(&M, "r"));
+    expect_vm_path_on(s, "r", vm);
+    /* A link changed by hand: reported, and put back by the repair. */
+    {
+        qsnap_finding *f = NULL;
+        size_t n = 0;
+        cr_assert_eq(unlink(link), 0);
+        cr_assert_eq(symlink("nothing.qcow2", link), 0);
+        char *wrong = NULL;
+        cr_assert_eq(qsnap_vm_path(s, &wrong), QSNAP_EINTEGRITY);
+        cr_assert_null(wrong);
+        cr_assert_eq(qsnap_verify(s, false, &f, &n), QSNAP_EINTEGRITY);
+        qsnap_verify_free(f, n);
+        ok(qsnap_verify(s, true, &f, &n), "verify --repair");
+        qsnap_verify_free(f, n);
+        expect_vm_path_on(s, "r", vm);
+    }
+    free(vm);
+    free(link);
+    tf_check_store(s, &M, dir, "after the VM path tests");
+    qsnap_store_close(s);
+}
+
+/* qsnap_plan_check: the files a plan touches and which are held, shown by describe. */
+Test(store, plan_check_lists_touched_and_held_files)
+{
+    qsnap_store *s;
+    struct qproc q;
+    qsnap_plan *p = NULL;
+    char *bhead, *mhead, *text = NULL;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img/qemu-io not installed");
+    s = base("check");
+    bhead = tf_file_of(s, "b");
+    mhead = tf_file_of(s, "main");
+    ok(qsnap_plan_switch(&p, s, "b"), "switch plan");
+    ok(qsnap_plan_check(s, p), "check with nothing held");
+    ok(qsnap_plan_describe(p, false, &text), "describe");
+    cr_assert(strstr(text, strrchr(mhead, '/') + 1) && strstr(text, strrchr(bhead, '/') + 1),
+              "both heads listed: %s", text);
+    cr_assert(!strstr(text, "HELD"), "%s", text);
+    free(text);
+    qemu_io_start(&q, bhead);
+    expect_error(qsnap_plan_check(s, p), QSNAP_EBUSY, bhead, "check while qemu-io holds b");
+    ok(qsnap_plan_describe(p, true, &text), "describe json");
+    cr_assert(strstr(text, "\"held\": true") && strstr(text, "\"held\": false"), "%s", text);
+    free(text);
+    expect_error(qsnap_plan_execute(s, p, NULL), QSNAP_EBUSY, bhead, "execute while held");
+    qemu_io_stop(&q);
+    ok(qsnap_plan_execute(s, p, NULL), "execute once qemu-io is gone");
+    qsnap_plan_free(p);
+    expect_vm_path_on(s, "b", NULL);
+    free(bhead);
+    free(mhead);
+    tf_check_store(s, &M, dir, "after the check tests");
+    qsnap_store_close(s);
+}
+
+/* While a plan runs, the files it touches are held: another opener is refused. */
+static void try_open_in_step(unsigned step, void *payload)
+{
+    const char *path = payload;
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    qcow2_image *img = NULL;
+    pid_t pid;
+    int status;
+
+    if (step != 1)
+        return;
+    /* Another process (OFD locks of this one's other descriptors would count too,
+     * but the test is about other users). */
+    pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        oo.flags = QCOW2_OPEN_NO_BACKING;
+        _exit(qcow2_image_open(&img, path, &oo) == QCOW2_EBUSY ? 0 : 1);
+    }
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "a reader could open %s while the plan held it", path);
+}
+
+Test(store, files_are_held_while_the_plan_runs)
+{
+    qsnap_store *s = base("hold");
+    qsnap_exec_opts eo = QSNAP_EXEC_OPTS_INIT;
+    qsnap_plan *p = NULL;
+    char *s2 = tf_file_of(s, "s2");
+
+    /* commit main: step 1 preserves s2's content, later steps write s2's layer. */
+    ok(qsnap_plan_commit(&p, s, NULL), "commit plan");
+    eo.step_hook = try_open_in_step;
+    eo.payload = s2;
+    ok(qsnap_plan_execute(s, p, &eo), "commit");
+    qsnap_plan_free(p);
+    /* And released at the end. */
+    cr_assert(!byte_locked(s2, 100) && !byte_locked(s2, 201), "s2's layer still locked");
+    free(s2);
+    qsnap_store_close(s);
+}
+
+/*
+ * What a plan decides from its heads' content (a clean head dropped by revert,
+ * nothing to commit) is read before the operation holds the files: a head
+ * written in between (a VM that wrote and exited) stops the execution, with
+ * nothing changed.
+ */
+Test(store, a_head_written_after_the_plan_is_not_dropped)
+{
+    qsnap_store *s = base("recheck");
+    qsnap_plan *p = NULL;
+    char *head;
+    struct stat st;
+    int rc;
+
+    ok(tf_create(s, "s3"), "create s3"); /* main is clean now */
+    tf_model_set(&M, "s3", false, tf_model_get(&M, "main"));
+    head = tf_file_of(s, "main");
+    cr_assert_not_null(head);
+    ok(qsnap_plan_revert(&p, s, "s1", NULL, false), "revert plan");
+    tf_lib_write(head, 0x77, 3 * MiB, 64 * KiB); /* between the plan and its execution */
+    rc = qsnap_plan_execute(s, p, NULL);
+    expect_error(rc, QSNAP_EBUSY, "changed while the operation was planned", "revert over a head written after the plan");
+    qsnap_plan_free(p);
+    cr_assert_eq(stat(head, &st), 0, "the head written after the plan was removed");
+    tf_model_write(&M, "main", 0x77, 3 * MiB, 64 * KiB);
+    tf_check_store(s, &M, dir, "after the refused revert");
+    free(head);
+    qsnap_store_close(s);
+}
+
+Test(store, nothing_to_commit_is_checked_again_under_the_hold)
+{
+    qsnap_store *s = base("recheck2");
+    qsnap_plan *p = NULL;
+    char *head;
+    int rc;
+
+    ok(tf_create(s, "s3"), "create s3");
+    tf_model_set(&M, "s3", false, tf_model_get(&M, "main"));
+    head = tf_file_of(s, "main");
+    cr_assert_not_null(head);
+    ok(qsnap_plan_commit(&p, s, NULL), "commit plan (nothing to commit)");
+    tf_lib_write(head, 0x78, 0, 64 * KiB);
+    rc = qsnap_plan_execute(s, p, NULL);
+    expect_error(rc, QSNAP_EBUSY, "changed while the operation was planned", "commit planned as nothing to do, then written");
+    qsnap_plan_free(p);
     free(head);
     qsnap_store_close(s);
 }

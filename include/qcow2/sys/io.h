@@ -106,6 +106,11 @@ struct qcow2_io {
 #define QCOW2_IO_CREATE 0x2  /**< create the file; fail if it exists */
 #define QCOW2_IO_TRUNC 0x4   /**< with QCOW2_IO_CREATE: replace an existing file */
 #define QCOW2_IO_DIRECT 0x8  /**< hint: bypass the page cache where possible */
+/**
+ * Do not follow a symbolic link in the last path component (-ELOOP), and
+ * accept only a regular file (anything else, block devices included: -ENODEV).
+ */
+#define QCOW2_IO_NOFOLLOW 0x10
 
 /**
  * How the engine opens files it finds by name (backing files, and the files
@@ -133,6 +138,23 @@ typedef int (*qcow2_io_open_fn)(qcow2_io **out, const char *path, unsigned flags
  *         character device), -EINVAL (unknown flags), -ENOMEM
  */
 QCOW2_API int qcow2_io_posix_open(qcow2_io **out, const char *path, unsigned flags);
+
+/**
+ * qcow2_io_posix_open() relative to a directory: path is resolved as
+ * openat(2) does (relative to the directory open at dirfd, or to the current
+ * directory when dirfd is AT_FDCWD; an absolute path ignores dirfd). With
+ * QCOW2_IO_NOFOLLOW this lets a caller that holds its directory open (a
+ * store of files other users may write to) open a file there without
+ * following a link someone put in its place.
+ * @param[out] out    the new backend, owned by the caller; NULL on failure
+ * @param[in] dirfd   an open directory, or AT_FDCWD
+ * @param[in] path    file path, relative to dirfd
+ * @param[in] flags   QCOW2_IO_* flags
+ * @return as qcow2_io_posix_open(), and -ELOOP (QCOW2_IO_NOFOLLOW and a
+ *         symbolic link), -ENODEV (QCOW2_IO_NOFOLLOW and not a regular file),
+ *         -EBADF (dirfd)
+ */
+QCOW2_API int qcow2_io_posix_openat(qcow2_io **out, int dirfd, const char *path, unsigned flags);
 
 /** Largest in-memory file: writes or resizes beyond it fail with -EFBIG. */
 #define QCOW2_IO_MEM_MAX_BYTES (4ull << 30)

@@ -1,0 +1,527 @@
+/*
+ * Files in use by a running VM: which files an operation touches, whether
+ * another process holds them, and holding them while the operation runs.
+ *
+ * WHAT IS TOUCHED. Every image file a plan writes, re-points, freezes,
+ * makes writable, removes or makes current, plus the current branch's head
+ * (a VM configured with the store's VM path runs on it):
+ *   - the layer of every FREEZE, THAW, STREAM, SET_BACKING, COMMIT (head and
+ *     base), PRESERVE (the layer preserved and the head it reads), INTERNAL_*
+ *     step and every file an UNLINK step removes;
+ *   - every layer whose record a target model changes (frozen, backing) or
+ *     drops, and the head of every branch a target model changes (renamed,
+ *     deleted, moved to another base);
+ *   - the current branch's head before the plan, and in every target model.
+ * Only files that exist are checked (new files appear under names nothing
+ * else knows yet).
+ *
+ * IN USE. QEMU's file-posix driver (and libqcow2, and a plugin that serves a
+ * head as QEMU does) take shared OFD locks on bytes 100 + bit (permissions
+ * held) and 200 + bit (permissions refused to others). Any OFD lock of
+ * another open file on bytes 100..299 means another process has the image
+ * open, read-write or as a read-only backing file: either way a tree
+ * operation that changes the file, or the branch the VM's path opens, must
+ * wait. One F_OFD_GETLK for a write lock over that range finds it.
+ *
+ * HOLDING. Before the first step (before the journal, before the store
+ * directory of a first create), each touched file is opened read-only and
+ * given a writer's bytes: read locks on 100, 101, 103 (consistent read,
+ * write, resize) and 201, 203 (write and resize not shared), as QEMU and
+ * libqcow2 take them for a read-write image. The locks are set first and
+ * checked afterwards, as QEMU does, so two racing openers can both fail but
+ * never both succeed. While they are held, any QEMU that opens the file
+ * (read-write: byte 201 is taken; read-only as a backing file: it refuses to
+ * share write, and byte 101 is taken) fails to start instead of racing the
+ * operation. The steps themselves then open images without taking locks
+ * (the store lock and these locks already exclude every other writer); the
+ * descriptors are closed, dropping the locks, when the operation ends.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "qsnap_int.h"
+
+#define LOCK_RANGE_START 100 /* QEMU's permission bytes ... */
+#define LOCK_RANGE_LEN 200   /* ... and its share bytes, 100..299 */
+
+static int nomem(void)
+{
+    return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+}
+
+void qsnap__touch_free(struct qsnap__touch *t, size_t n)
+{
+    for (size_t i = 0; t && i < n; i++) {
+        free(t[i].file);
+        free(t[i].path);
+        free(t[i].role);
+    }
+    free(t);
+}
+
+struct touch_set {
+    struct qsnap__touch *t;
+    size_t n;
+    dev_t *dev;
+    ino_t *ino;
+    bool lenient; /* a file that is not a regular one is left out, not refused */
+};
+
+/* The store-relative name of a file given store-relative or absolute ("" for the disk). */
+static const char *touch_rel(const qsnap_store *s, const char *name)
+{
+    size_t dl = strlen(s->dir);
+
+    if (!strncmp(name, "../", 3) || !strcmp(name, s->disk_abs))
+        return "";
+    if (name[0] == '/')
+        return !strncmp(name, s->dir, dl) && name[dl] == '/' ? name + dl + 1 : NULL;
+    return name;
+}
+
+/* Add store-relative file rel (when it exists and is not in the set yet). */
+static int add_file(struct touch_set *ts, const qsnap_store *s, const char *rel, const char *role)
+{
+    struct qsnap__touch *t;
+    struct stat st;
+    dev_t *dev;
+    ino_t *ino;
+    char *path;
+
+    if (!rel)
+        return 0;
+    {
+        /* Looked at without following links: from the store's directories,
+         * and the disk by the name it had when the store was opened. */
+        const char *r = touch_rel(s, rel);
+        int rc;
+        if (!r)
+            return 0; /* not a file of the store */
+        path = r[0] ? qsnap__path(s, r) : strdup(s->disk_abs);
+        if (!path)
+            return nomem();
+        if (!r[0])
+            rc = lstat(path, &st) < 0 ? (errno == ENOENT ? QSNAP_ENOTFOUND : QSNAP_ERROR) : 0;
+        else
+            rc = qsnap__lstat_store_file(s, r, &st);
+        if (rc == QSNAP_ENOTFOUND) {
+            free(path);
+            return 0; /* made by the plan: nothing else knows its name yet */
+        }
+        if (!rc && !(S_ISREG(st.st_mode) || (!r[0] && S_ISBLK(st.st_mode)))) {
+            if (ts->lenient) {
+                free(path);
+                return 0;
+            }
+            rc = qsnap__unsafe_err(path, S_ISLNK(st.st_mode) ? ELOOP : ENODEV);
+        }
+        if (rc) {
+            free(path);
+            return rc;
+        }
+        /* The disk by its store-relative name ("../NAME"), as messages show it. */
+        rel = r[0] ? r : !strncmp(rel, "../", 3) ? rel : s->m.disk ? s->m.disk : "../";
+    }
+    for (size_t i = 0; i < ts->n; i++) {
+        if (ts->dev[i] == st.st_dev && ts->ino[i] == st.st_ino) {
+            free(path);
+            return 0;
+        }
+    }
+    t = realloc(ts->t, (ts->n + 1) * sizeof(*t));
+    if (t)
+        ts->t = t;
+    dev = realloc(ts->dev, (ts->n + 1) * sizeof(*dev));
+    if (dev)
+        ts->dev = dev;
+    ino = realloc(ts->ino, (ts->n + 1) * sizeof(*ino));
+    if (ino)
+        ts->ino = ino;
+    if (!t || !dev || !ino) {
+        free(path);
+        return nomem();
+    }
+    t = &ts->t[ts->n];
+    memset(t, 0, sizeof(*t));
+    t->path = path;
+    t->file = strdup(rel);
+    t->role = strdup(role);
+    t->fd = -1;
+    ts->dev[ts->n] = st.st_dev;
+    ts->ino[ts->n] = st.st_ino;
+    ts->n++;
+    if (!t->file || !t->role)
+        return nomem();
+    return 0;
+}
+
+/* The layer record for id: the latest target model that has it, else the store's. */
+static const struct qsnap__layer *plan_layer(const qsnap_store *s, const qsnap_plan *p,
+                                             unsigned id)
+{
+    for (size_t k = p ? p->nm : 0; k-- > 0;) {
+        const struct qsnap__layer *l = qsnap__layer(&p->models[k], id);
+        if (l)
+            return l;
+    }
+    return qsnap__layer(&s->m, id);
+}
+
+/* What a layer is to the user, for messages ("head of the current branch main"). */
+static void layer_role(const qsnap_store *s, const qsnap_plan *p, const struct qsnap__layer *l,
+                       char *buf, size_t size)
+{
+    const struct qsnap__model *m = &s->m;
+
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < m->nb; i++) {
+            const struct qsnap__branch *b = &m->branches[i];
+            if (b->head == l->id) {
+                snprintf(buf, size, "head of %sbranch %s",
+                         m == &s->m && s->m.current && !strcmp(s->m.current, b->name)
+                             ? "the current "
+                             : "",
+                         b->name);
+                return;
+            }
+        }
+        if (!p || !p->nm)
+            break;
+        m = &p->models[p->nm - 1];
+    }
+    if (l->is_disk) {
+        snprintf(buf, size, "the disk");
+        return;
+    }
+    for (size_t i = 0; i < s->m.nn; i++) {
+        const struct qsnap__node *n = &s->m.nodes[i];
+        if (n->layer == l->id && n->name && !n->internal) {
+            snprintf(buf, size, "layer of snapshot %s", n->name);
+            return;
+        }
+    }
+    snprintf(buf, size, "layer");
+}
+
+static int add_layer(struct touch_set *ts, const qsnap_store *s, const qsnap_plan *p, unsigned id)
+{
+    const struct qsnap__layer *l = id ? plan_layer(s, p, id) : NULL;
+    char role[256];
+
+    if (!l)
+        return 0;
+    layer_role(s, p, l, role, sizeof(role));
+    return add_file(ts, s, l->file, role);
+}
+
+/* The head of the current branch of model m (0: none). */
+static unsigned current_head(const struct qsnap__model *m)
+{
+    const struct qsnap__branch *b = m->current ? qsnap__branch_by_name(m, m->current) : NULL;
+
+    return b ? b->head : 0;
+}
+
+static int cmp_layer_id(const void *a, const void *b)
+{
+    unsigned x = (*(const struct qsnap__layer *const *)a)->id;
+    unsigned y = (*(const struct qsnap__layer *const *)b)->id;
+
+    return x < y ? -1 : x > y;
+}
+
+static int touched(struct touch_set *ts, const qsnap_store *s, const qsnap_plan *p)
+{
+    int rc = add_layer(ts, s, p, current_head(&s->m));
+
+    for (size_t i = 0; !rc && p && i < p->n; i++) {
+        const struct qsnap__step *st = &p->steps[i];
+        switch (st->kind) {
+        case QSNAP__ST_CREATE:
+        case QSNAP__ST_FREEZE:
+        case QSNAP__ST_THAW:
+        case QSNAP__ST_STREAM:
+        case QSNAP__ST_SET_BACKING:
+        case QSNAP__ST_INTERNAL_CREATE:
+        case QSNAP__ST_INTERNAL_APPLY:
+        case QSNAP__ST_INTERNAL_DELETE:
+            rc = add_layer(ts, s, p, st->x);
+            break;
+        case QSNAP__ST_COMMIT:
+            rc = add_layer(ts, s, p, st->x);
+            if (!rc)
+                rc = add_layer(ts, s, p, st->y);
+            break;
+        case QSNAP__ST_PRESERVE:
+            rc = add_layer(ts, s, p, st->x);
+            if (!rc)
+                rc = add_layer(ts, s, p, st->y);
+            if (!rc)
+                rc = add_layer(ts, s, p, st->z);
+            break;
+        case QSNAP__ST_UNLINK: {
+            const struct qsnap__layer *l = NULL;
+            for (size_t k = 0; k < s->m.nl && !l; k++) {
+                if (!strcmp(s->m.layers[k].file, st->a))
+                    l = &s->m.layers[k];
+            }
+            rc = l ? add_layer(ts, s, p, l->id) : add_file(ts, s, st->a, "removed file");
+            break;
+        }
+        case QSNAP__ST_MKDIR:
+        case QSNAP__ST_LINK_STATE:
+        case QSNAP__ST_SAVE:
+            break;
+        case QSNAP__ST_ADOPT:
+            /* A file of the chain being adopted, outside the store until this
+             * step moves it in: qsnap_plan_adopt() tested every one of them for
+             * QEMU's locks (a writer's open) before planning. */
+            break;
+        }
+    }
+    for (size_t k = 0; !rc && p && k < p->nm; k++) {
+        const struct qsnap__model *t = &p->models[k];
+        /* The target's layers by id (a store can hold many: no linear lookups). */
+        const struct qsnap__layer **by_id = malloc((t->nl + 1) * sizeof(*by_id));
+        if (!by_id) {
+            rc = nomem();
+            break;
+        }
+        for (size_t i = 0; i < t->nl; i++)
+            by_id[i] = &t->layers[i];
+        qsort(by_id, t->nl, sizeof(*by_id), cmp_layer_id);
+        rc = add_layer(ts, s, p, current_head(t));
+        for (size_t i = 0; !rc && i < s->m.nl; i++) {
+            const struct qsnap__layer *o = &s->m.layers[i], *key = o, *n = NULL;
+            const struct qsnap__layer **hit =
+                bsearch(&key, by_id, t->nl, sizeof(*by_id), cmp_layer_id);
+            if (hit)
+                n = *hit;
+            if (!n || n->frozen != o->frozen || n->backing != o->backing)
+                rc = add_layer(ts, s, p, o->id);
+        }
+        free(by_id);
+        for (size_t i = 0; !rc && i < s->m.nb; i++) {
+            const struct qsnap__branch *o = &s->m.branches[i], *n = NULL;
+            for (size_t j = 0; j < t->nb && !n; j++) {
+                if (t->branches[j].head == o->head)
+                    n = &t->branches[j];
+            }
+            if (!n || strcmp(n->name, o->name) || n->base != o->base)
+                rc = add_layer(ts, s, p, o->head);
+        }
+    }
+    return rc;
+}
+
+int qsnap__touched(const qsnap_store *s, const qsnap_plan *p, struct qsnap__touch **out,
+                   size_t *n_out)
+{
+    struct touch_set ts = {NULL, 0, NULL, NULL, false};
+    int rc = touched(&ts, s, p);
+
+    free(ts.dev);
+    free(ts.ino);
+    if (rc) {
+        qsnap__touch_free(ts.t, ts.n);
+        return rc;
+    }
+    *out = ts.t;
+    *n_out = ts.n;
+    return 0;
+}
+
+int qsnap__touch_add(const qsnap_store *s, struct qsnap__touch **t, size_t *n, const char *rel,
+                     const char *role)
+{
+    struct touch_set ts = {*t, *n, calloc(*n + 1, sizeof(dev_t)), calloc(*n + 1, sizeof(ino_t)),
+                           true};
+    int rc = 0;
+
+    if (!ts.dev || !ts.ino)
+        rc = nomem();
+    for (size_t i = 0; !rc && i < *n; i++) {
+        struct stat st;
+        if (lstat((*t)[i].path, &st) == 0) {
+            ts.dev[i] = st.st_dev;
+            ts.ino[i] = st.st_ino;
+        }
+    }
+    if (!rc)
+        rc = add_file(&ts, s, rel, role);
+    free(ts.dev);
+    free(ts.ino);
+    *t = ts.t;
+    *n = ts.n;
+    return rc;
+}
+
+/* Whether another open file holds any of QEMU's lock bytes on fd's file. */
+static int others_hold(int fd, const char *path, bool *held)
+{
+    struct flock fl;
+
+    memset(&fl, 0, sizeof(fl));
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = LOCK_RANGE_START;
+    fl.l_len = LOCK_RANGE_LEN;
+    while (fcntl(fd, F_OFD_GETLK, &fl) < 0) {
+        if (errno != EINTR)
+            return qsnap__err(QSNAP_ERROR, NULL, "%s: cannot test its locks: %s", path,
+                              strerror(errno));
+    }
+    *held = fl.l_type != F_UNLCK;
+    return 0;
+}
+
+/*
+ * Open a touched file to test or hold its locks: a store file from its
+ * directory without following links (never blocking on a FIFO put there), a
+ * regular file only; the disk only as the file it was when the store was
+ * opened.
+ */
+static int open_file(const qsnap_store *s, const struct qsnap__touch *t, int *fd)
+{
+    int rc;
+
+    if (!strncmp(t->file, "../", 3)) {
+        *fd = qsnap__open_disk(s, O_RDONLY);
+        if (*fd >= 0)
+            return 0;
+        rc = -*fd;
+        *fd = -1;
+        return rc == EXDEV ? qsnap__err(QSNAP_EINTEGRITY, "run the command again",
+                                         "%s: the disk's name now leads to another file",
+                                         s->disk_abs)
+                           : qsnap__err(QSNAP_ERROR, NULL,
+                                        "%s: cannot open it to check its locks: %s", t->path,
+                                        strerror(rc));
+    }
+    rc = qsnap__open_store_file(s, t->file, O_RDONLY | O_NOCTTY, fd);
+    if (rc == QSNAP_ENOTFOUND)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot open it to check its locks: it is gone",
+                        t->path);
+    return rc;
+}
+
+/* The refusal for the held files of t: it names them all (up to four). */
+static int busy_error(const struct qsnap__touch *t, size_t n)
+{
+    char names[1024] = "";
+    size_t held = 0, len = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        if (!t[i].held)
+            continue;
+        if (held < 4 && len < sizeof(names))
+            len += (size_t)snprintf(names + len, sizeof(names) - len, "%s%s (%s)",
+                                    held ? ", " : "", t[i].path, t[i].role);
+        held++;
+    }
+    if (!held)
+        return 0;
+    if (held > 4 && len < sizeof(names))
+        snprintf(names + len, sizeof(names) - len, " and %zu more", held - 4);
+    if (held == 1)
+        return qsnap__err(QSNAP_EBUSY,
+                          "shut down the virtual machine that uses it, then run the command "
+                          "again (nothing was changed)",
+                          "%s is in use: a running QEMU (or another process) holds its image "
+                          "lock",
+                          names);
+    return qsnap__err(QSNAP_EBUSY,
+                      "shut down the virtual machines that use them ('--dry-run' lists what "
+                      "was checked), then run the command again (nothing was changed)",
+                      "%s are in use: a running QEMU (or another process) holds their image "
+                      "locks",
+                      names);
+}
+
+int qsnap__touch_check(const qsnap_store *s, struct qsnap__touch *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        int fd, rc = open_file(s, &t[i], &fd);
+        if (rc)
+            return rc;
+        rc = others_hold(fd, t[i].path, &t[i].held);
+        close(fd);
+        if (rc)
+            return rc;
+    }
+    return busy_error(t, n);
+}
+
+void qsnap__touch_release(struct qsnap__touch *t, size_t n)
+{
+    for (size_t i = 0; t && i < n; i++) {
+        if (t[i].fd >= 0)
+            close(t[i].fd); /* drops its OFD locks */
+        t[i].fd = -1;
+    }
+}
+
+int qsnap__touch_hold(const qsnap_store *s, struct qsnap__touch *t, size_t n)
+{
+    static const off_t bytes[] = {100, 101, 103, 201, 203};
+    int rc = 0;
+
+    for (size_t i = 0; i < n && !rc; i++) {
+        struct flock fl;
+        rc = open_file(s, &t[i], &t[i].fd);
+        for (size_t b = 0; !rc && b < sizeof(bytes) / sizeof(bytes[0]); b++) {
+            memset(&fl, 0, sizeof(fl));
+            fl.l_type = F_RDLCK;
+            fl.l_whence = SEEK_SET;
+            fl.l_start = bytes[b];
+            fl.l_len = 1;
+            while (fcntl(t[i].fd, F_OFD_SETLK, &fl) < 0 && !rc) {
+                if (errno == EAGAIN || errno == EACCES)
+                    t[i].held = true; /* someone holds a write lock there */
+                else if (errno != EINTR)
+                    rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot lock: %s", t[i].path,
+                                    strerror(errno));
+                if (t[i].held)
+                    break;
+            }
+        }
+        if (!rc && !t[i].held)
+            rc = others_hold(t[i].fd, t[i].path, &t[i].held);
+        if (!rc && t[i].held) {
+            /* Test the others too, so that the message counts them all. */
+            for (size_t j = i + 1; j < n && !rc; j++) {
+                int fd;
+                rc = open_file(s, &t[j], &fd);
+                if (!rc) {
+                    rc = others_hold(fd, t[j].path, &t[j].held);
+                    close(fd);
+                }
+            }
+            if (!rc)
+                rc = busy_error(t, n);
+        }
+    }
+    if (rc)
+        qsnap__touch_release(t, n);
+    return rc;
+}
+
+int qsnap_plan_check(qsnap_store *s, qsnap_plan *p)
+{
+    int rc;
+
+    qsnap__touch_free(p->touch, p->ntouch);
+    p->touch = NULL;
+    p->ntouch = 0;
+    p->checked = false;
+    rc = qsnap__touched(s, p, &p->touch, &p->ntouch);
+    if (rc)
+        return rc;
+    p->checked = true;
+    return qsnap__touch_check(s, p->touch, p->ntouch);
+}

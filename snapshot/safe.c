@@ -1,0 +1,779 @@
+/*
+ * Opening store files without following links.
+ *
+ * A store may be writable by someone other than the user who runs qsnap
+ * (root working on a user's disk, say). Whoever can write to the store's
+ * directories can put a symbolic link, a FIFO or a device where a store file
+ * should be; a program that opened store files by name would then read,
+ * write, chmod or truncate whatever the link points at. So every store file
+ * (the meta file, the journal, the lock file, layers, state files, and the
+ * temporary files beside them) is opened here, relative to the store's
+ * directory opened with O_NOFOLLOW, with O_NOFOLLOW on the file itself, and
+ * accepted only when it is a regular file. New files are created with O_EXCL.
+ * A link or another kind of file where a store file should be is an
+ * integrity problem (QSNAP_EINTEGRITY) that names the file: nothing is ever
+ * read or written through it; `verify` lists every one.
+ *
+ * The disk is the user's own file, outside the store: the path the user
+ * gives is resolved once (realpath) when the store is opened, the store is
+ * the directory beside the file it resolves to, and the metadata names that
+ * file. Layers reach it through their backing links by that name.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "qcow2/sys/io.h"
+#include "qsnap_int.h"
+
+static int nomem(void)
+{
+    return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+}
+
+/* Note a refused open (the store's own record: libqcow2 only passes an errno up). */
+static void note_refusal(const qsnap_store *s, const char *path, int e)
+{
+    if (!s->refusal)
+        return;
+    snprintf(s->refusal->path, sizeof(s->refusal->path), "%s", path);
+    s->refusal->err = e;
+}
+
+int qsnap__unsafe_err(const char *path, int e)
+{
+    const char *what = e == ELOOP     ? "is a symbolic link"
+                       : e == ENOTDIR ? "is not a directory"
+                       : e == EMLINK  ? "is a file with more than one hard link"
+                                      : "is not a regular file";
+    return qsnap__err(QSNAP_EINTEGRITY,
+                      "a store file must be a regular file of the store; qsnap never opens it "
+                      "through a link: remove it and restore the file from a backup "
+                      "('qsnap verify DISK' lists them)",
+                      "%s: %s where a store file should be", path, what);
+}
+
+/* Open the store directory (and a subdirectory of it: "" for none) without following links. */
+int qsnap__store_dirfd(const qsnap_store *s, const char *sub, int *out)
+{
+    int dfd, fd;
+
+    *out = -1;
+    dfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0) {
+        int e = errno;
+        struct stat st;
+        if (e == ENOTDIR && lstat(s->dir, &st) == 0 && S_ISLNK(st.st_mode))
+            e = ELOOP;
+        if (e == ELOOP || e == ENOTDIR) {
+            note_refusal(s, s->dir, e);
+            return qsnap__unsafe_err(s->dir, e);
+        }
+        return qsnap__err(e == ENOENT ? QSNAP_ENOTFOUND : QSNAP_ERROR, NULL,
+                          "%s: cannot open the store: %s", s->dir, strerror(e));
+    }
+    if (!sub || !sub[0]) {
+        *out = dfd;
+        return 0;
+    }
+    fd = openat(dfd, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        close(dfd);
+        if (e == ELOOP || e == ENOTDIR) {
+            char path[PATH_MAX];
+            struct stat st;
+            snprintf(path, sizeof(path), "%s/%s", s->dir, sub);
+            if (e == ENOTDIR && lstat(path, &st) == 0 && S_ISLNK(st.st_mode))
+                e = ELOOP;
+            note_refusal(s, path, e);
+            return qsnap__unsafe_err(path, e);
+        }
+        return qsnap__err(e == ENOENT ? QSNAP_ENOTFOUND : QSNAP_ERROR, NULL,
+                          "%s/%s: cannot open: %s", s->dir, sub, strerror(e));
+    }
+    close(dfd);
+    *out = fd;
+    return 0;
+}
+
+/*
+ * Files and directories the store makes belong to the disk's owner (root
+ * running qsnap for a user's disk must not leave a store that user cannot
+ * change); their modes come from the umask. Best effort: without the right
+ * to chown, the file stays the caller's. Never through a link: the file is
+ * named from its directory, opened without following links.
+ */
+void qsnap__own_at(const qsnap_store *s, int dfd, const char *name)
+{
+    struct stat st;
+
+    if (geteuid() == 0 && s->disk_abs && stat(s->disk_abs, &st) == 0 &&
+        fchownat(dfd, name, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW) < 0) {
+        /* Nothing to do: the file keeps its owner. */
+    }
+}
+
+static int split_rel(const char *rel, char *dir, size_t dir_size, const char **base);
+
+void qsnap__own(const qsnap_store *s, const char *path)
+{
+    size_t dl = strlen(s->dir);
+    char dir[64];
+    const char *base;
+    int dfd;
+
+    if (geteuid() != 0 || strncmp(path, s->dir, dl) != 0)
+        return;
+    if (!path[dl]) {
+        /* The store directory itself. */
+        struct stat st;
+        dfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (dfd >= 0 && stat(s->disk_abs, &st) == 0 && fchown(dfd, st.st_uid, st.st_gid) < 0) {
+            /* Nothing to do: it keeps its owner. */
+        }
+        if (dfd >= 0)
+            close(dfd);
+        return;
+    }
+    if (path[dl] != '/' || split_rel(path + dl + 1, dir, sizeof(dir), &base) < 0 ||
+        qsnap__store_dirfd(s, dir, &dfd) != 0)
+        return;
+    qsnap__own_at(s, dfd, base);
+    close(dfd);
+}
+
+/* Split a store-relative path "DIR/NAME" or "NAME" into its directory and base name. */
+static int split_rel(const char *rel, char *dir, size_t dir_size, const char **base)
+{
+    const char *slash = strrchr(rel, '/');
+
+    if (!slash) {
+        dir[0] = '\0';
+        *base = rel;
+        return 0;
+    }
+    if ((size_t)(slash - rel) >= dir_size || memchr(rel, '/', (size_t)(slash - rel)) ||
+        !slash[1] || !strncmp(rel, "..", 2))
+        return -EINVAL;
+    memcpy(dir, rel, (size_t)(slash - rel));
+    dir[slash - rel] = '\0';
+    *base = slash + 1;
+    return 0;
+}
+
+/*
+ * Open the disk by the name it resolved to when the store was opened, and
+ * only if it is still that file (same device and inode): a name re-pointed
+ * meanwhile (a link put there, a rename) is never opened. -errno on failure,
+ * -EXDEV when the name now leads to another file.
+ */
+int qsnap__open_disk(const qsnap_store *s, int oflags)
+{
+    struct stat st;
+    int fd;
+
+    do {
+        fd = open(s->disk_abs, oflags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        return errno == ELOOP ? -EXDEV : -errno;
+    if (fstat(fd, &st) < 0 || st.st_dev != s->disk_dev || st.st_ino != s->disk_ino ||
+        !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
+        close(fd);
+        return -EXDEV;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    return fd;
+}
+
+static int disk_changed(const qsnap_store *s)
+{
+    return qsnap__err(QSNAP_EINTEGRITY, "run the command again; 'qsnap verify DISK' checks the store",
+                      "%s: the disk's name now leads to another file than when the command "
+                      "started",
+                      s->disk_abs);
+}
+
+int qsnap__open_store_file(const qsnap_store *s, const char *rel, int oflags, int *fd_out)
+{
+    char dir[64], path[PATH_MAX];
+    const char *base;
+    struct stat st;
+    int dfd, fd, rc;
+
+    *fd_out = -1;
+    if (!strncmp(rel, "../", 3)) {
+        /* The disk: the user's own file (or block device), by its resolved name. */
+        char *disk = qsnap__path(s, rel);
+        if (!disk)
+            return nomem();
+        fd = qsnap__open_disk(s, oflags);
+        if (fd < 0) {
+            int e = -fd;
+            rc = e == EXDEV ? disk_changed(s)
+                            : qsnap__err(e == ENOENT ? QSNAP_ENOTFOUND : QSNAP_ERROR, NULL,
+                                         "%s: cannot open: %s", disk, strerror(e));
+            free(disk);
+            errno = e;
+            return rc;
+        }
+        free(disk);
+        *fd_out = fd;
+        return 0;
+    }
+    snprintf(path, sizeof(path), "%s/%s", s->dir, rel);
+    if (split_rel(rel, dir, sizeof(dir), &base) < 0)
+        return qsnap__err(QSNAP_ERROR, NULL, "%s: not a store file", path);
+    rc = qsnap__store_dirfd(s, dir, &dfd);
+    if (rc)
+        return rc;
+    do {
+        fd = openat(dfd, base, oflags | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0666);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+        int e = errno;
+        close(dfd);
+        if (e == ELOOP) {
+            note_refusal(s, path, e);
+            return qsnap__unsafe_err(path, e);
+        }
+        errno = e;
+        return qsnap__err(e == ENOENT ? QSNAP_ENOTFOUND : QSNAP_ERROR, NULL, "%s: cannot open: %s", path, strerror(e));
+    }
+    close(dfd);
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        note_refusal(s, path, ENODEV);
+        return qsnap__unsafe_err(path, ENODEV);
+    }
+    /* O_NONBLOCK means nothing to a regular file; cleared all the same. */
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    *fd_out = fd;
+    return 0;
+}
+
+int qsnap__lstat_store_file(const qsnap_store *s, const char *rel, struct stat *st)
+{
+    char dir[64];
+    const char *base;
+    int dfd, rc;
+
+    if (!strncmp(rel, "../", 3)) {
+        /* The disk (see the top of this file): followed, as the user named it. */
+        char *disk = qsnap__path(s, rel);
+        int e;
+        if (!disk)
+            return nomem();
+        rc = stat(disk, st);
+        e = errno;
+        free(disk);
+        return rc < 0 ? qsnap__err(e == ENOENT ? QSNAP_ENOTFOUND : QSNAP_ERROR, NULL, "%s/%s: %s",
+                                   s->dir, rel, strerror(e))
+                      : 0;
+    }
+
+    if (split_rel(rel, dir, sizeof(dir), &base) < 0)
+        return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: not a store file", s->dir, rel);
+    rc = qsnap__store_dirfd(s, dir, &dfd);
+    if (rc)
+        return rc;
+    rc = fstatat(dfd, base, st, AT_SYMLINK_NOFOLLOW);
+    if (rc < 0) {
+        int e = errno;
+        close(dfd);
+        return qsnap__err(e == ENOENT ? QSNAP_ENOTFOUND : QSNAP_ERROR, NULL, "%s/%s: %s", s->dir,
+                          rel, strerror(e));
+    }
+    close(dfd);
+    return 0;
+}
+
+int qsnap__check_store_file(const qsnap_store *s, const char *rel)
+{
+    struct stat st;
+    int rc = qsnap__lstat_store_file(s, rel, &st);
+
+    if (rc)
+        return rc;
+    if (!S_ISREG(st.st_mode) && !(S_ISBLK(st.st_mode) && !strncmp(rel, "../", 3))) {
+        char path[PATH_MAX];
+        int e = S_ISLNK(st.st_mode) ? ELOOP : ENODEV;
+        snprintf(path, sizeof(path), "%s/%s", s->dir, rel);
+        note_refusal(s, path, e);
+        return qsnap__unsafe_err(path, e);
+    }
+    return 0;
+}
+
+int qsnap__clear_tmp(const qsnap_store *s, const char *rel)
+{
+    struct stat st;
+    char dir[64];
+    const char *base;
+    int dfd, rc;
+
+    rc = qsnap__lstat_store_file(s, rel, &st);
+    if (rc == QSNAP_ENOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    if (!S_ISREG(st.st_mode))
+        return qsnap__check_store_file(s, rel);
+    if (split_rel(rel, dir, sizeof(dir), &base) < 0 || qsnap__store_dirfd(s, dir, &dfd) != 0)
+        return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: cannot remove", s->dir, rel);
+    rc = unlinkat(dfd, base, 0) < 0 && errno != ENOENT
+             ? qsnap__err(QSNAP_ERROR, NULL, "%s/%s: cannot remove: %s", s->dir, rel,
+                          strerror(errno))
+             : 0;
+    close(dfd);
+    return rc;
+}
+
+int qsnap__chmod_store_file(const qsnap_store *s, const char *rel, bool writable)
+{
+    struct stat st;
+    int fd, rc;
+
+    rc = qsnap__open_store_file(s, rel, O_RDONLY, &fd);
+    if (rc)
+        return rc;
+    if (fstat(fd, &st) < 0 ||
+        fchmod(fd, writable ? (st.st_mode | 0200) : (st.st_mode & ~(mode_t)0222)) < 0)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: chmod failed: %s", s->dir, rel,
+                        strerror(errno));
+    close(fd);
+    return rc;
+}
+
+/*
+ * The store-relative name of an absolute path libqcow2 made (a layer's
+ * directory joined with a backing name: "/S/layers/../../disk" or
+ * "/S/layers/3.qcow2"), resolved lexically; NULL when it is outside the store.
+ * *is_disk: it is the disk.
+ */
+static const char *store_rel(const qsnap_store *s, const char *path, char *buf, size_t size,
+                             bool *is_disk)
+{
+    size_t n = 0, dl = strlen(s->dir);
+    const char *p = path;
+
+    *is_disk = false;
+    buf[0] = '\0';
+    if (path[0] != '/' || strlen(path) >= size)
+        return NULL;
+    /* Lexical normalisation: drop "." and empty parts, apply "..". */
+    buf[0] = '\0';
+    while (*p) {
+        const char *e;
+        size_t len;
+        while (*p == '/')
+            p++;
+        e = strchr(p, '/');
+        len = e ? (size_t)(e - p) : strlen(p);
+        if (len == 0)
+            break;
+        if (len == 1 && p[0] == '.') {
+            /* nothing */
+        } else if (len == 2 && p[0] == '.' && p[1] == '.') {
+            char *slash = n ? memrchr(buf, '/', n) : NULL;
+            n = slash ? (size_t)(slash - buf) : 0;
+            buf[n] = '\0';
+        } else {
+            buf[n++] = '/';
+            memcpy(buf + n, p, len);
+            n += len;
+            buf[n] = '\0';
+        }
+        p += len;
+    }
+    if (s->disk_abs && !strcmp(buf, s->disk_abs)) {
+        *is_disk = true;
+        return NULL;
+    }
+    if (strncmp(buf, s->dir, dl) != 0 || buf[dl] != '/')
+        return NULL;
+    return buf + dl + 1;
+}
+
+/*
+ * Whether normalised path norm is a file of the disk's own backing chain
+ * (what the disk's header named before it had a store: the user's files).
+ * The chain is read once, by the disk's resolved name, in the format the
+ * metadata records for it (before the first snapshot: as the first create
+ * finds it).
+ */
+static bool in_disk_chain(const qsnap_store *s, const char *norm)
+{
+    struct qsnap__chain *c = s->chain;
+
+    if (!c)
+        return false;
+    if (!c->known) {
+        const struct qsnap__layer *d = NULL;
+        qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+        qcow2_image *img = NULL;
+        c->known = true;
+        for (size_t i = 0; i < s->m.nl && !d; i++)
+            if (s->m.layers[i].is_disk)
+                d = &s->m.layers[i];
+        /* Before the first snapshot the disk's format is what the first create probes. */
+        if (d && d->fmt != QCOW2_FORMAT_QCOW2)
+            return false;
+        oo.flags = QCOW2_OPEN_NO_LOCK;
+        if (d)
+            oo.format = QCOW2_FORMAT_QCOW2;
+        if (qcow2_image_open(&img, s->disk_abs, &oo) != 0)
+            return false;
+        for (qcow2_image *b = qcow2_image_backing(img); b; b = qcow2_image_backing(b)) {
+            char nb[PATH_MAX];
+            bool dummy;
+            char **v = realloc(c->path, (c->n + 1) * sizeof(*v));
+            if (!v)
+                break;
+            c->path = v;
+            (void)store_rel(s, qcow2_image_filename(b), nb, sizeof(nb), &dummy);
+            if (!nb[0] || !(c->path[c->n] = strdup(nb)))
+                break;
+            c->n++;
+        }
+        qcow2_image_close(img);
+    }
+    for (size_t i = 0; i < c->n; i++)
+        if (!strcmp(c->path[i], norm))
+            return true;
+    return false;
+}
+
+/*
+ * libqcow2's open function for every image qsnap opens or creates in a store
+ * (payload: the store). The path libqcow2 hands over (a layer's directory
+ * joined with a backing name) is never given to the kernel as it is: it is
+ * normalised lexically and must then be either
+ *   - a file of layers/: opened from that directory (opened without
+ *     following links) without following a link, a regular file with one
+ *     hard link only (a second name could be any file of the system); or
+ *   - the disk: opened by its resolved name and only when it is still the
+ *     file it was when the store was opened (open_disk).
+ *   - a file of the backing chain the disk itself had before it had a store
+ *     (in_disk_chain): the user's own files, opened read-only only.
+ * Anything else, in the store or outside it, is refused (EXDEV): the store's
+ * layers back onto each other and onto the disk only, and a backing name
+ * edited in a user-writable head must not lead a root qsnap anywhere.
+ * Existing files are reopened through /proc/self/fd of the descriptor that
+ * was checked, so what is checked is what is opened.
+ */
+int qsnap__io_open(qcow2_io **out, const char *path, unsigned flags, void *payload)
+{
+    const qsnap_store *s = payload;
+    char buf[PATH_MAX], dir[64], proc[64];
+    const char *rel, *base;
+    struct stat st;
+    bool is_disk;
+    int dfd, fd, rc;
+
+    *out = NULL;
+    rel = store_rel(s, path, buf, sizeof(buf), &is_disk);
+    if (is_disk) {
+        if (flags & QCOW2_IO_CREATE) {
+            note_refusal(s, path, EXDEV);
+            return -EXDEV;
+        }
+        fd = qsnap__open_disk(s, (flags & QCOW2_IO_RDWR) ? O_RDWR : O_RDONLY);
+        if (fd == -EXDEV)
+            note_refusal(s, s->disk_abs, ESTALE);
+        if (fd < 0)
+            return fd;
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+        rc = qcow2_io_posix_open(out, proc, flags & ~(unsigned)QCOW2_IO_NOFOLLOW);
+        close(fd);
+        return rc;
+    }
+    if (!rel && buf[0] == '/' && !(flags & (QCOW2_IO_RDWR | QCOW2_IO_CREATE)) &&
+        in_disk_chain(s, buf)) {
+        /* The disk's own chain: the user's files, read only, by their normalised names. */
+        return qcow2_io_posix_open(out, buf, flags & ~(unsigned)QCOW2_IO_NOFOLLOW);
+    }
+    if (!rel || split_rel(rel, dir, sizeof(dir), &base) < 0 || strcmp(dir, "layers") != 0) {
+        note_refusal(s, path, EXDEV);
+        return -EXDEV;
+    }
+    if (qsnap__store_dirfd(s, "layers", &dfd) != 0) {
+        int e = s->refusal && s->refusal->err ? s->refusal->err : ENOENT;
+        return -e;
+    }
+    if (flags & QCOW2_IO_CREATE) {
+        /* A new file (O_EXCL): nothing else can be behind its name. */
+        rc = qcow2_io_posix_openat(out, dfd, base, flags | QCOW2_IO_NOFOLLOW);
+        close(dfd);
+        if (rc == -ELOOP || rc == -ENODEV)
+            note_refusal(s, path, -rc);
+        return rc;
+    }
+    do {
+        fd = openat(dfd, base,
+                    ((flags & QCOW2_IO_RDWR) ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK |
+                        O_CLOEXEC | O_NOCTTY);
+    } while (fd < 0 && errno == EINTR);
+    rc = fd < 0 ? -errno : 0;
+    close(dfd);
+    if (rc == -ELOOP) {
+        note_refusal(s, path, ELOOP);
+        return rc;
+    }
+    if (rc == -ENXIO || rc == -ENODEV) {
+        note_refusal(s, path, ENODEV);
+        return -ENODEV;
+    }
+    if (rc)
+        return rc;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink > 1) {
+        rc = S_ISREG(st.st_mode) ? EMLINK : ENODEV;
+        close(fd);
+        note_refusal(s, path, rc);
+        return -rc;
+    }
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+    rc = qcow2_io_posix_open(out, proc, flags & ~(unsigned)QCOW2_IO_NOFOLLOW);
+    close(fd);
+    return rc;
+}
+
+/* After libqcow2 failed with rc: the refusal qsnap__io_open noted, or rc mapped. */
+static int open_failed(const qsnap_store *s, int rc, const char *hint)
+{
+    if (s->refusal && s->refusal->err) {
+        int e = s->refusal->err;
+        s->refusal->err = 0;
+        if (e == ESTALE)
+            return disk_changed(s);
+        if (e == EXDEV)
+            return qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK' checks the links",
+                              "%s: not a file of the store or its disk (a backing link leads "
+                              "outside the store)",
+                              s->refusal->path);
+        return qsnap__unsafe_err(s->refusal->path, e);
+    }
+    return qsnap__from_qcow2(rc, hint);
+}
+
+int qsnap__image_open(const qsnap_store *s, const char *path, qcow2_open_opts *oo,
+                      qcow2_image **out, const char *hint)
+{
+    int rc;
+
+    oo->open_fn = qsnap__io_open;
+    oo->open_payload = (void *)(uintptr_t)s;
+    if (s->refusal)
+        s->refusal->err = 0;
+    rc = qcow2_image_open(out, path, oo);
+    return rc ? open_failed(s, rc, hint) : 0;
+}
+
+int qsnap__image_create(const qsnap_store *s, const char *path, qcow2_create_opts *co)
+{
+    int rc;
+
+    co->open_fn = qsnap__io_open;
+    co->open_payload = (void *)(uintptr_t)s;
+    if (s->refusal)
+        s->refusal->err = 0;
+    rc = qcow2_image_create(path, co);
+    return rc ? open_failed(s, rc, NULL) : 0;
+}
+
+int qsnap__fingerprint_store_file(const qsnap_store *s, const char *rel, uint64_t from,
+                                  uint8_t out[16], struct stat *st)
+{
+    char proc[64];
+    int fd, rc;
+
+    rc = qsnap__open_store_file(s, rel, O_RDONLY, &fd);
+    if (rc)
+        return rc;
+    /* The file this descriptor holds, by a name no link can redirect. */
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+    rc = from ? qcow2_file_fingerprint_from(proc, from, out) : qcow2_file_fingerprint(proc, out);
+    if (rc)
+        rc = qsnap__from_qcow2(rc, NULL);
+    else if (st && fstat(fd, st) < 0)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: %s", s->dir, rel, strerror(errno));
+    close(fd);
+    return rc;
+}
+
+/* unlinkat from the file's store directory: a link is removed itself; a missing file is fine. */
+int qsnap__unlink_store_file(const qsnap_store *s, const char *rel)
+{
+    char dir[64];
+    const char *base;
+    int dfd, rc;
+
+    if (split_rel(rel, dir, sizeof(dir), &base) < 0)
+        return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: not a store file", s->dir, rel);
+    rc = qsnap__store_dirfd(s, dir, &dfd);
+    if (rc)
+        return rc == QSNAP_ENOTFOUND ? 0 : rc;
+    rc = unlinkat(dfd, base, 0) < 0 && errno != ENOENT
+             ? qsnap__err(QSNAP_ERROR, NULL, "%s/%s: cannot remove: %s", s->dir, rel,
+                          strerror(errno))
+             : 0;
+    close(dfd);
+    return rc;
+}
+
+/* renameat within one store directory, then fsync that directory. */
+int qsnap__rename_store_file(const qsnap_store *s, const char *from_rel, const char *to_rel)
+{
+    char dir[64], dir2[64];
+    const char *base, *base2;
+    int dfd, rc;
+
+    if (split_rel(from_rel, dir, sizeof(dir), &base) < 0 ||
+        split_rel(to_rel, dir2, sizeof(dir2), &base2) < 0 || strcmp(dir, dir2) != 0)
+        return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: not a store file", s->dir, to_rel);
+    rc = qsnap__store_dirfd(s, dir, &dfd);
+    if (rc)
+        return rc;
+    if (renameat(dfd, base, dfd, base2) < 0)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: rename failed: %s", s->dir, to_rel,
+                        strerror(errno));
+    else if (fsync(dfd) < 0 && errno != EINVAL)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: fsync failed: %s", s->dir, dir,
+                        strerror(errno));
+    close(dfd);
+    return rc;
+}
+
+/* Hard-link src (the user's file, absolute) into the store as rel, from rel's directory. */
+int qsnap__link_into_store(const qsnap_store *s, const char *src, const char *rel, int *err)
+{
+    char dir[64];
+    const char *base;
+    int dfd, rc;
+
+    *err = 0;
+    if (split_rel(rel, dir, sizeof(dir), &base) < 0)
+        return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: not a store file", s->dir, rel);
+    rc = qsnap__store_dirfd(s, dir, &dfd);
+    if (rc)
+        return rc;
+    if (linkat(AT_FDCWD, src, dfd, base, 0) < 0)
+        *err = errno;
+    else if (fsync(dfd) < 0 && errno != EINVAL)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: fsync failed: %s", s->dir, dir,
+                        strerror(errno));
+    close(dfd);
+    return rc;
+}
+
+/* QSNAP_EINTEGRITY naming the first entry of directory sub that is not a regular file. */
+static int scan_dir(const qsnap_store *s, const char *sub)
+{
+    bool layers = !strcmp(sub, "layers");
+    struct dirent *e;
+    DIR *d;
+    int dfd, rc = 0;
+
+    rc = qsnap__store_dirfd(s, sub, &dfd);
+    if (rc)
+        return rc == QSNAP_ENOTFOUND ? 0 : rc;
+    d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: %s", s->dir, sub, strerror(errno));
+    }
+    while (!rc && (e = readdir(d)) != NULL) {
+        unsigned char type = e->d_type;
+        if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
+            continue;
+        if (layers && !strcmp(e->d_name, "current.qcow2")) {
+            /* The VM path: the one link qsnap makes itself (vmpath.c). */
+            rc = qsnap__vm_link_check(s, dirfd(d), &s->m);
+            continue;
+        }
+        if (layers && (type == DT_UNKNOWN || type == DT_REG)) {
+            /* A layer with a second name could be any file of the system. */
+            struct stat st;
+            if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                continue;
+            type = S_ISREG(st.st_mode) ? DT_REG : S_ISLNK(st.st_mode) ? DT_LNK : DT_FIFO;
+            if (type == DT_REG && st.st_nlink > 1) {
+                char path[PATH_MAX];
+                snprintf(path, sizeof(path), "%s/%s/%s", s->dir, sub, e->d_name);
+                note_refusal(s, path, EMLINK);
+                rc = qsnap__unsafe_err(path, EMLINK);
+                continue;
+            }
+        }
+        if (type == DT_UNKNOWN) {
+            struct stat st;
+            if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                continue;
+            type = S_ISREG(st.st_mode) ? DT_REG : S_ISLNK(st.st_mode) ? DT_LNK : DT_FIFO;
+        }
+        /* A temporary link of the VM path left by a kill: removed by the next switch. */
+        if (layers && type == DT_LNK && !strcmp(e->d_name, ".tmp-current"))
+            continue;
+        if (type != DT_REG) {
+            char path[PATH_MAX];
+            snprintf(path, sizeof(path), "%s/%s/%s", s->dir, sub, e->d_name);
+            rc = qsnap__unsafe_err(path, type == DT_LNK ? ELOOP : ENODEV);
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+int qsnap__scan_store(const qsnap_store *s)
+{
+    static const char *const files[] = {"meta", "lock", "journal", "meta.tmp", "journal.tmp"};
+    int rc;
+
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        rc = qsnap__check_store_file(s, files[i]);
+        if (rc && rc != QSNAP_ENOTFOUND)
+            return rc;
+    }
+    rc = scan_dir(s, "layers");
+    return rc ? rc : scan_dir(s, "state");
+}
+
+int qsnap__repair_layer(const qsnap_store *s, const struct qsnap__layer *l)
+{
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    qcow2_check_result cr;
+    qcow2_image *img = NULL;
+    char *path;
+    int rc;
+
+    if (l->fmt != QCOW2_FORMAT_QCOW2)
+        return 0;
+    path = qsnap__path(s, l->file);
+    if (!path)
+        return nomem();
+    /* CHECK: the image as it is (no repair at open); the image lock keeps a VM out. */
+    oo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_CHECK | QSNAP__LOCK_FLAGS(s);
+    oo.format = QCOW2_FORMAT_QCOW2;
+    rc = qsnap__image_open(s, path, &oo, &img, NULL);
+    if (!rc) {
+        memset(&cr, 0, sizeof(cr));
+        rc = qcow2_image_check(img, QCOW2_CHECK_FIX_LEAKS | QCOW2_CHECK_FIX_ERRORS, &cr);
+        if (!rc)
+            rc = qcow2_image_flush(img);
+        if (rc)
+            rc = qsnap__from_qcow2(rc, NULL);
+        else if (cr.corruptions > cr.corruptions_fixed || cr.leaks > cr.leaks_fixed)
+            rc = qsnap__err(QSNAP_EINTEGRITY, "restore it from a backup",
+                            "%s: check could not repair everything", path);
+    }
+    qcow2_image_close(img);
+    free(path);
+    return rc;
+}
