@@ -7,6 +7,7 @@
  * head; clear errors for a domain without a disk, uuid or a matching target).
  */
 #include <criterion/criterion.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -234,6 +235,7 @@ Test(libvirt_xml, documents_parents_first_with_layer_and_overlay, .fini = cleanu
     qsnap_node *cur;
     char text[2048];
     struct qsnap__xml *d0, *d1, *dm;
+    char *vm = NULL, real[PATH_MAX];
 
     make_tree();
     snprintf(text, sizeof(text), DOMAIN_XML, disk);
@@ -245,7 +247,12 @@ Test(libvirt_xml, documents_parents_first_with_layer_and_overlay, .fini = cleanu
     cr_assert_str_eq(x->domain, "vm");
     cr_assert_str_eq(x->target, "vda");
     cr_assert_str_eq(x->old_source, disk);
-    cr_assert_str_eq(x->new_source, cur->file);
+    /* The domain goes on the VM path, which opens the current branch's head. */
+    cr_assert_eq(qsnap_vm_path(s, &vm), 0, "%s", qsnap_error_last()->message);
+    cr_assert_str_eq(x->new_source, vm);
+    cr_assert(realpath(vm, real) != NULL);
+    cr_assert_str_eq(real, cur->file);
+    free(vm);
     cr_assert_str_eq(x->docs[0].name, "A&1");
     cr_assert_str_eq(x->docs[0].file, "001-A&1.xml");
     cr_assert_str_eq(x->docs[1].name, "B<2>");
@@ -291,7 +298,7 @@ Test(libvirt_xml, documents_parents_first_with_layer_and_overlay, .fini = cleanu
         struct qsnap__xml *devs = qsnap__xml_child(dm, "devices", NULL);
         struct qsnap__xml *vda =
             qsnap__xml_child(devs, "disk", qsnap__xml_child(devs, "disk", NULL));
-        cr_assert_str_eq(qsnap__xml_attr(qsnap__xml_child(vda, "source", NULL), "file"), cur->file);
+        cr_assert_str_eq(qsnap__xml_attr(qsnap__xml_child(vda, "source", NULL), "file"), x->new_source);
         cr_assert_str_eq(qsnap__xml_attr(qsnap__xml_child(vda, "driver", NULL), "type"), "qcow2");
     }
     qsnap__xml_free(d0);
