@@ -291,6 +291,23 @@ for s in json.load(open(sys.argv[1]))["snapshots"]:
     else
         bad "adopt-$fmt round trip" "libvirt-xml $rc $(cat "$W/rt.err"), redefine $(cat "$W/reg.txt"), $(cat "$W/parents.txt")"
     fi
+    # libvirt starts the domain on the VM path (paused: QEMU opens the whole chain at start,
+    # resolving the head's relative backing names through the link), and a tree operation is
+    # refused while it runs, with nothing changed.
+    if V start "$dom" --paused >"$W/start.txt" 2>&1; then
+        before=$(state "$D.qsnap")
+        q create "$D" while-running >"$W/run.txt" 2>&1
+        rr=$?
+        after=$(state "$D.qsnap")
+        V destroy "$dom" >/dev/null 2>&1
+        if [ $rr = 5 ] && [ "$before" = "$after" ] && q verify "$D" >/dev/null 2>&1; then
+            ok "adopt-$fmt: virsh start opens the VM path's chain; create is refused (exit 5) while it runs"
+        else
+            bad "adopt-$fmt running domain" "create exit $rr ($(cat "$W/run.txt")), store changed: $([ "$before" = "$after" ] && echo no || echo yes)"
+        fi
+    else
+        bad "adopt-$fmt: virsh start on the VM path" "$(cat "$W/start.txt")"
+    fi
 done
 
 # ---- bad input: a clear error, nothing changed --------------------------------------
