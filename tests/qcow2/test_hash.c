@@ -8,6 +8,7 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "digest_model.h"
 #include "qcow2_int.h"
 
 static void reference(const void *buf, size_t len, uint8_t out[16])
@@ -113,50 +114,6 @@ Test(hash, free_accepts_null)
     cr_assert(true);
 }
 
-/* The image digest built the plain way (docs/DIGEST.md): the non-zero blocks in
- * one buffer, the zero-run list in another, one-shot hashes. */
-static void digest_reference(const uint8_t *buf, uint64_t size, uint8_t out[16])
-{
-    uint8_t *m = malloc(size + 40), *list = malloc((size / 4096 + 2) * 16), *p = m, *l = list;
-    uint64_t zstart = 0, zlen = 0, nruns = 0;
-
-    for (uint64_t b = 0; b < size; b += 4096) {
-        uint64_t n = size - b < 4096 ? size - b : 4096;
-        bool zero = true;
-
-        for (uint64_t i = 0; i < n && zero; i++)
-            zero = buf[b + i] == 0;
-        if (zero) {
-            if (!zlen)
-                zstart = b;
-            zlen += n;
-            continue;
-        }
-        if (zlen) {
-            qcow2__put_be64(l, zstart);
-            qcow2__put_be64(l + 8, zlen);
-            l += 16;
-            nruns++;
-            zlen = 0;
-        }
-        memcpy(p, buf + b, n);
-        p += n;
-    }
-    if (zlen) {
-        qcow2__put_be64(l, zstart);
-        qcow2__put_be64(l + 8, zlen);
-        l += 16;
-        nruns++;
-    }
-    memcpy(p, "QSNAPDG2", 8);
-    qcow2__put_be64(p + 8, size);
-    qcow2__put_be64(p + 16, nruns);
-    reference(list, (size_t)(l - list), p + 24);
-    p += 40;
-    reference(m, (size_t)(p - m), out);
-    free(m);
-    free(list);
-}
 
 Test(hash, image_digest_for_any_split_of_data_and_zero_runs)
 {
@@ -173,7 +130,7 @@ Test(hash, image_digest_for_any_split_of_data_and_zero_runs)
             /* Data with zero stretches of every kind (whole blocks, parts of blocks). */
             for (uint64_t i = 0; i < size; i++)
                 buf[i] = ((i / 3000 + seed) % 3 == 0) ? 0 : (uint8_t)(i * 7 + seed);
-            digest_reference(buf, size, want);
+            dm_image_digest(buf, size, want);
             cr_assert_eq(qcow2__digest_new(&d, size), 0);
             while (off < size) {
                 uint64_t n;

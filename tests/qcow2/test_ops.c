@@ -18,6 +18,7 @@
 #include <xxhash.h>
 
 #include "io_fault.h"
+#include "digest_model.h"
 #include "qcow2_int.h"
 #include "qemu_oracle.h"
 #include "reader_fixture.h"
@@ -117,67 +118,6 @@ static void content(qcow2_image *img, uint8_t **out)
 
 /* ---- digest ------------------------------------------------------------------------ */
 
-static void xxh128_be(const void *buf, size_t len, uint8_t out[16])
-{
-    XXH128_canonical_t c;
-
-    XXH128_canonicalFromHash(&c, XXH3_128bits(buf, len));
-    memcpy(out, c.digest, 16);
-}
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (56 - 8 * i));
-}
-
-/*
- * The digest as docs/DIGEST.md defines it, computed the plain way from the
- * flat content: the non-zero 4 KiB blocks in order, then the trailer (magic,
- * size, number of zero runs, XXH3-128 of the zero-run list), one-shot.
- */
-static void ref_digest(const uint8_t *buf, uint64_t size, uint8_t out[16])
-{
-    uint8_t *m = malloc(size + 40), *list = malloc((size / 4096 + 2) * 16), *p = m, *l = list;
-    uint64_t zstart = 0, zlen = 0, nruns = 0;
-
-    for (uint64_t b = 0; b < size; b += 4096) {
-        uint64_t n = size - b < 4096 ? size - b : 4096;
-        bool zero = true;
-
-        for (uint64_t i = 0; i < n && zero; i++)
-            zero = buf[b + i] == 0;
-        if (zero) {
-            zstart = zlen ? zstart : b;
-            zlen += n;
-            continue;
-        }
-        if (zlen) {
-            put_be64(l, zstart);
-            put_be64(l + 8, zlen);
-            l += 16;
-            nruns++;
-            zlen = 0;
-        }
-        memcpy(p, buf + b, n);
-        p += n;
-    }
-    if (zlen) {
-        put_be64(l, zstart);
-        put_be64(l + 8, zlen);
-        l += 16;
-        nruns++;
-    }
-    memcpy(p, "QSNAPDG2", 8);
-    put_be64(p + 8, size);
-    put_be64(p + 16, nruns);
-    xxh128_be(list, (size_t)(l - list), p + 24);
-    p += 40;
-    xxh128_be(m, (size_t)(p - m), out);
-    free(m);
-    free(list);
-}
-
 static void progress_check(uint64_t done, uint64_t total, void *payload)
 {
     uint64_t *last = payload;
@@ -199,7 +139,7 @@ Test(ops, digest_is_xxh3_128_of_the_record_stream_of_the_guest_content)
     mixed_image("/m/t.qcow2", size);
     img = mopen("/m/t.qcow2");
     content(img, &data);
-    ref_digest(data, size, want);
+    dm_image_digest(data, size, want);
     cr_assert_eq(qcow2_image_digest(img, got, progress_check, prog), 0, "%s", rfx_msg());
     cr_assert_eq(memcmp(got, want, 16), 0, "digest differs from the definition's record stream");
     cr_assert_eq(prog[0], size);
@@ -229,12 +169,12 @@ Test(ops, digest_of_empty_and_zero_images_reads_no_data)
     cr_assert_eq(rfx_create(fs, "/m/z.qcow2", &co), 0);
     cr_assert_eq(rfx_zero(fs, "/m/z.qcow2", 64 * MiB, 64 * MiB, QCOW2_ZERO_MAY_UNMAP), 0);
     /* No data block: the stream is the trailer alone, with one zero run (0, size). */
-    put_be64(run, 0);
-    put_be64(run + 8, size);
-    put_be64(trailer + 8, size);
-    put_be64(trailer + 16, 1);
-    xxh128_be(run, 16, trailer + 24);
-    xxh128_be(trailer, sizeof(trailer), want);
+    dm_put_be64(run, 0);
+    dm_put_be64(run + 8, size);
+    dm_put_be64(trailer + 8, size);
+    dm_put_be64(trailer + 16, 1);
+    dm_xxh128_be(run, 16, trailer + 24);
+    dm_xxh128_be(trailer, sizeof(trailer), want);
 
     cr_assert_eq(memfs_open(&inner, "/m/z.qcow2", 0, fs), 0);
     f = io_fault_new(inner);
@@ -318,7 +258,7 @@ Test(ops, digest_is_the_same_for_the_same_content_in_any_layout)
         uint8_t *data;
 
         content(img, &data);
-        ref_digest(data, qcow2_image_size(img), want);
+        dm_image_digest(data, qcow2_image_size(img), want);
         qcow2_image_close(img);
         free(data);
     }
