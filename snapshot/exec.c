@@ -697,18 +697,14 @@ static int st_adopt(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st,
 
 static int st_save(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
 {
-    struct qsnap__model *m = &p->models[st->y], copy;
+    struct qsnap__model *m = &p->models[st->y];
     int rc;
 
     m->gen = p->base_gen + st->y;
+    /* On success the store's model is m (metalog.c). */
     rc = qsnap__save_model(s, m);
     if (rc)
         return rc;
-    rc = qsnap__model_clone(&copy, m);
-    if (rc)
-        return rc;
-    qsnap__model_free(&s->m);
-    s->m = copy;
     s->exists = true;
     /* The VM path follows the metadata (vmpath.c). */
     return qsnap__vm_path_update(s, &s->m);
@@ -780,7 +776,9 @@ static int journal_write(qsnap_store *s, const qsnap_plan *p)
 
     if (!f)
         return nomem();
-    fprintf(f, "qsnap-journal 1\nbase-gen %" PRIu64 "\nsteps %zu\nmodels %zu\n", p->base_gen, p->n,
+    /* Version 2: a target model is given as its change from the one before
+     * ("delta LEN"; the first one's from the store's), or whole ("model LEN"). */
+    fprintf(f, "qsnap-journal 2\nbase-gen %" PRIu64 "\nsteps %zu\nmodels %zu\n", p->base_gen, p->n,
             p->nm);
     for (size_t i = 0; i < p->n; i++) {
         const struct qsnap__step *st = &p->steps[i];
@@ -791,9 +789,15 @@ static int journal_write(qsnap_store *s, const qsnap_plan *p)
     }
     for (size_t k = 0; k < p->nm && !rc; k++) {
         char *text = NULL;
-        rc = qsnap__model_format(&p->models[k], &text);
-        if (!rc)
-            fprintf(f, "model %zu\n%s", strlen(text), text);
+        bool exact = false;
+        rc = qsnap__delta_format(k ? &p->models[k - 1] : &s->m, &p->models[k], &text, &exact);
+        if (!rc && exact) {
+            fprintf(f, "delta %zu\n%s", strlen(text), text);
+        } else if (!rc) {
+            rc = qsnap__model_format(&p->models[k], &text);
+            if (!rc)
+                fprintf(f, "model %zu\n%s", strlen(text), text);
+        }
         free(text);
     }
     if (fclose(f) != 0 || !buf) {
@@ -861,6 +865,7 @@ static int journal_read(qsnap_store *s, qsnap_plan **out)
     char *path = qsnap__path(s, JOURNAL_FILE), *text = NULL, *cur;
     qsnap_plan *p = calloc(1, sizeof(*p));
     size_t nsteps = 0, nmodels = 0, len = 0;
+    unsigned jversion = 0;
     FILE *f = NULL;
     struct stat st;
     int rc = 0;
@@ -892,9 +897,9 @@ static int journal_read(qsnap_store *s, qsnap_plan **out)
     }
     len = (size_t)st.st_size;
     cur = text;
-    if (sscanf(cur, "qsnap-journal 1\nbase-gen %" SCNu64 "\nsteps %zu\nmodels %zu\n",
-               &p->base_gen, &nsteps, &nmodels) != 3 ||
-        nsteps > 100000 || nmodels > 16) {
+    if (sscanf(cur, "qsnap-journal %u\nbase-gen %" SCNu64 "\nsteps %zu\nmodels %zu\n",
+               &jversion, &p->base_gen, &nsteps, &nmodels) != 4 ||
+        jversion < 1 || jversion > 2 || nsteps > 100000 || nmodels > 16) {
         rc = qsnap__err(QSNAP_EINTEGRITY, "remove the journal only if you know the operation",
                         "%s: damaged journal", path);
         goto out;
@@ -941,18 +946,44 @@ static int journal_read(qsnap_store *s, qsnap_plan **out)
         }
         cur = nl + 1;
     }
-    for (size_t k = 0; k < nmodels; k++) {
-        size_t mlen;
-        char *nl = strchr(cur, '\n');
-        if (!nl || sscanf(cur, "model %zu", &mlen) != 1 || mlen > len - (size_t)(nl + 1 - text)) {
-            rc = qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: damaged journal model", path);
-            goto out;
+    /*
+     * A change ("delta") applies to the model before it: the first to the
+     * store's model at base-gen. When the store is past a commit point of
+     * the plan, its model is that target's (and those before it are not
+     * needed to finish the plan: they stand in as copies of it).
+     */
+    {
+        uint64_t at = s->m.gen > p->base_gen ? s->m.gen - p->base_gen - 1 : 0;
+        bool past = s->m.gen > p->base_gen;
+        for (size_t k = 0; k < nmodels; k++) {
+            size_t mlen;
+            bool delta;
+            char *nl = strchr(cur, '\n');
+            if (!nl || (sscanf(cur, "model %zu", &mlen) != 1 &&
+                        (jversion < 2 || sscanf(cur, "delta %zu", &mlen) != 1)) ||
+                mlen > len - (size_t)(nl + 1 - text)) {
+                rc = qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: damaged journal model", path);
+                goto out;
+            }
+            delta = cur[0] == 'd';
+            if (!delta) {
+                rc = qsnap__model_parse(&p->models[k], nl + 1, mlen, path);
+            } else if (past && k <= at) {
+                rc = qsnap__model_clone(&p->models[k], &s->m);
+            } else {
+                rc = qsnap__model_clone(&p->models[k], k ? &p->models[k - 1] : &s->m);
+                if (!rc)
+                    rc = qsnap__delta_apply(&p->models[k], nl + 1, mlen, path);
+                if (!rc)
+                    rc = qsnap__model_check(&p->models[k], path);
+                if (rc && !p->models[k].disk)
+                    memset(&p->models[k], 0, sizeof(p->models[k]));
+            }
+            if (rc)
+                goto out;
+            p->nm++;
+            cur = nl + 1 + mlen;
         }
-        rc = qsnap__model_parse(&p->models[k], nl + 1, mlen, path);
-        if (rc)
-            goto out;
-        p->nm++;
-        cur = nl + 1 + mlen;
     }
 out:
     if (f)

@@ -1070,8 +1070,8 @@ static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
  */
 static bool verify_store_files(qsnap_store *s, bool repair, struct findings *fs)
 {
-    static const char *const fixed[] = {"meta", "lock", "journal"};
-    static const char *const tmps[] = {"meta.tmp", "journal.tmp"};
+    static const char *const fixed[] = {"meta", "lock", "journal", "meta.log"};
+    static const char *const tmps[] = {"meta.tmp", "journal.tmp", "meta.log.tmp"};
     static const char *const dirs[] = {"layers", "state"};
     bool ok = true;
 
@@ -1084,11 +1084,22 @@ static bool verify_store_files(qsnap_store *s, bool repair, struct findings *fs)
         if (dfd >= 0)
             close(dfd);
     }
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < 4; i++) {
         if (qsnap__check_store_file(s, fixed[i]) == QSNAP_EINTEGRITY)
             find(fs, true, false, fixed[i], "%s", qsnap_error_last()->message);
     }
-    for (size_t i = 0; i < 2; i++) {
+    /* The tail of a change record an interrupted save left (metalog.c): not committed. */
+    if (qsnap__log_torn(s)) {
+        if (repair && qsnap__log_cut(s) == 0)
+            find(fs, true, true, "meta.log",
+                 "%s/meta.log: ends in a change record a crash cut short (not committed); "
+                 "removed", s->dir);
+        else
+            find(fs, true, false, "meta.log",
+                 "%s/meta.log: ends in a change record a crash cut short (not committed; "
+                 "--repair removes it)", s->dir);
+    }
+    for (size_t i = 0; i < 3; i++) {
         struct stat st;
         if (qsnap__lstat_store_file(s, tmps[i], &st) != 0)
             continue;

@@ -733,7 +733,8 @@ static int scan_dir(const qsnap_store *s, const char *sub)
 
 int qsnap__scan_store(const qsnap_store *s)
 {
-    static const char *const files[] = {"meta", "lock", "journal", "meta.tmp", "journal.tmp"};
+    static const char *const files[] = {"meta", "lock", "journal", "meta.tmp", "journal.tmp",
+                                        "meta.log", "meta.log.tmp"};
     int rc;
 
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
