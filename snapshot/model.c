@@ -136,10 +136,17 @@ struct qsnap__branch *qsnap__branch_by_name(const struct qsnap__model *m, const 
     return NULL;
 }
 
-/* Grow an array by one zeroed element; NULL when out of memory. */
+/* Grow an array by one zeroed element; NULL when out of memory. The size asked
+ * for is rounded up to a power of two, so that realloc finds the room it has
+ * (no copy, no mremap) between two of them: n appends cost O(n), not O(n^2). */
 static void *grow(void **arr, size_t *n, size_t elem)
 {
-    char *p = realloc(*arr, (*n + 1) * elem);
+    size_t cap = 8;
+    char *p;
+
+    while (cap < *n + 1)
+        cap *= 2;
+    p = realloc(*arr, cap * elem);
 
     if (!p)
         return NULL;
