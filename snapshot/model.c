@@ -555,7 +555,7 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
                 return qsnap__err(QSNAP_EINTEGRITY, "check that DISK.qsnap is a qsnap store",
                                   "%s: not a qsnap metadata file", what);
             if (v < QSNAP_META_VERSION_MIN || v > QSNAP_META_VERSION)
-                return qsnap__err(QSNAP_EINTEGRITY, "use a qsnap that knows store version %" PRIu64,
+                return qsnap__err(QSNAP_EINTEGRITY, "use a qsnap that knows this store version",
                                   "%s: unknown store version %" PRIu64
                                   " (this qsnap reads %u to %u)",
                                   what, v, QSNAP_META_VERSION_MIN, QSNAP_META_VERSION);
