@@ -190,8 +190,11 @@ static void build(void)
     cr_assert_eq(rc, 0, "%s", qsnap_error_last()->message);
     m = &s->m;
     cr_assert_eq(m->nn, 1);
-    unsigned root = m->nodes[0].id;
-    for (unsigned b = 1; b <= NBRANCH; b++) {
+    unsigned root = m->nodes[0].id, nbranch = NBRANCH;
+    /* A smaller tree for measurements by hand (with SCALE_BUILD_ONLY). */
+    if (getenv("SCALE_BUILD_ONLY") && getenv("SCALE_BRANCHES"))
+        nbranch = (unsigned)strtoul(getenv("SCALE_BRANCHES"), NULL, 10);
+    for (unsigned b = 1; b <= nbranch; b++) {
         unsigned below = 1, parent = root; /* layer 1: the disk */
         for (unsigned j = 1; j <= PER_BRANCH / 2; j++) {
             struct qsnap__layer *l = qsnap__add_layer(m), *bl;
