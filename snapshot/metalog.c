@@ -17,12 +17,15 @@
  *
  *             The LEN bytes of a record are a change: lines
  *               drop-layer ID / drop-node ID / drop-branch NAME
- *             then a text in meta's form ("qsnap-store 2", gen, seq, disk,
+ *             and place-layer ID INDEX / place-node ID INDEX /
+ *             place-branch NAME INDEX (where a new record stands in its
+ *             list), then a text in meta's form ("qsnap-store 2", gen, seq, disk,
  *             [current], the layer, node and branch records that are new or
  *             changed, "end"). Applying it: the dropped records go, each
  *             record given replaces the one with its id (a branch: its name)
- *             or is added at the end, and gen, seq, disk and current are
- *             set. The model after the last record is the store's.
+ *             or is added at the end, each placed record moves to its
+ *             index (in increasing order per kind), and gen, seq, disk and current
+ *             are set. The model after the last record is the store's.
  *
  * READING: records whose GEN is not above meta's are already in meta (a
  * compaction was cut short after its rename) and are skipped; each other
@@ -165,6 +168,33 @@ static bool has_branch(const struct qsnap__model *m, const char *name)
     return qsnap__branch_by_name(m, name) != NULL;
 }
 
+/* A branch name as the text form writes it (percent-encoded), after "drop-branch " etc. */
+static int put_branch_name(FILE *f, const char *key, const struct qsnap__branch *b,
+                           const char *disk, bool with_at, size_t at)
+{
+    struct qsnap__model one;
+    char *t = NULL, *sp, *nl;
+    int rc;
+
+    memset(&one, 0, sizeof(one));
+    one.branches = (struct qsnap__branch *)(uintptr_t)b;
+    one.nb = 1;
+    one.disk = (char *)(uintptr_t)disk;
+    rc = qsnap__model_format(&one, &t);
+    if (rc)
+        return rc;
+    sp = strstr(t, "\nbranch ");
+    nl = sp ? strchr(sp + 8, ' ') : NULL;
+    if (sp && nl) {
+        fprintf(f, "%s %.*s", key, (int)(nl - (sp + 8)), sp + 8);
+        if (with_at)
+            fprintf(f, " %zu", at);
+        fputc('\n', f);
+    }
+    free(t);
+    return sp && nl ? 0 : qsnap__err(QSNAP_ERROR, NULL, "cannot format a branch name");
+}
+
 int qsnap__delta_format(const struct qsnap__model *o, const struct qsnap__model *n, char **out,
                         bool *exact)
 {
@@ -183,44 +213,65 @@ int qsnap__delta_format(const struct qsnap__model *o, const struct qsnap__model 
     part.seq = n->seq;
     part.disk = n->disk;
     part.current = n->current;
-    /* Layers and nodes: both arrays in increasing id order (ids only grow); else
-     * the change is not said record by record (*exact = false: the caller writes
-     * the whole model). */
-    for (i = 0, j = 0; ok && (i < o->nl || j < n->nl);) {
-        if ((i + 1 < o->nl && o->layers[i + 1].id <= o->layers[i].id) ||
-            (j + 1 < n->nl && n->layers[j + 1].id <= n->layers[j].id)) {
-            *exact = false;
-            break;
-        }
-        if (i < o->nl && j < n->nl && o->layers[i].id == n->layers[j].id) {
-            if (!layer_eq(&o->layers[i], &n->layers[j]))
-                ok = push((void **)&part.layers, &part.nl, &capl, &n->layers[j],
-                          sizeof(n->layers[j]));
-            i++, j++;
-        } else if (j >= n->nl || (i < o->nl && o->layers[i].id < n->layers[j].id)) {
-            fprintf(f, "drop-layer %u\n", o->layers[i++].id);
+    /* Layers and nodes by id, whatever their order (a plan may reuse a slot):
+     * ids index two tables (old, new) of positions + 1. A new record is placed
+     * where the new model has it. */
+    {
+        unsigned max_id = 0;
+        size_t *ol = NULL, *nw = NULL;
+        for (i = 0; i < o->nl; i++)
+            max_id = o->layers[i].id > max_id ? o->layers[i].id : max_id;
+        for (i = 0; i < n->nl; i++)
+            max_id = n->layers[i].id > max_id ? n->layers[i].id : max_id;
+        for (i = 0; i < o->nn; i++)
+            max_id = o->nodes[i].id > max_id ? o->nodes[i].id : max_id;
+        for (i = 0; i < n->nn; i++)
+            max_id = n->nodes[i].id > max_id ? n->nodes[i].id : max_id;
+        if (max_id > 4 * (o->nl + o->nn + n->nl + n->nn) + 1024) {
+            *exact = false; /* ids far apart: not worth tables; the whole file says it */
         } else {
-            ok = push((void **)&part.layers, &part.nl, &capl, &n->layers[j], sizeof(n->layers[j]));
-            j++;
+            ol = calloc((size_t)max_id + 1, sizeof(size_t));
+            nw = calloc((size_t)max_id + 1, sizeof(size_t));
+            ok = ol && nw;
         }
-    }
-    for (i = 0, j = 0; ok && *exact && (i < o->nn || j < n->nn);) {
-        if ((i + 1 < o->nn && o->nodes[i + 1].id <= o->nodes[i].id) ||
-            (j + 1 < n->nn && n->nodes[j + 1].id <= n->nodes[j].id)) {
-            *exact = false;
-            break;
+        /* Layers. */
+        for (i = 0; ok && *exact && i < o->nl; i++)
+            ol[o->layers[i].id] = i + 1;
+        for (j = 0; ok && *exact && j < n->nl; j++) {
+            const struct qsnap__layer *x = &n->layers[j];
+            nw[x->id] = j + 1;
+            if (ol[x->id] && layer_eq(&o->layers[ol[x->id] - 1], x))
+                continue;
+            ok = push((void **)&part.layers, &part.nl, &capl, x, sizeof(*x));
+            if (ok && !ol[x->id])
+                fprintf(f, "place-layer %u %zu\n", x->id, j);
         }
-        if (i < o->nn && j < n->nn && o->nodes[i].id == n->nodes[j].id) {
-            if (!node_eq(&o->nodes[i], &n->nodes[j]))
-                ok = push((void **)&part.nodes, &part.nn, &capn, &n->nodes[j],
-                          sizeof(n->nodes[j]));
-            i++, j++;
-        } else if (j >= n->nn || (i < o->nn && o->nodes[i].id < n->nodes[j].id)) {
-            fprintf(f, "drop-node %u\n", o->nodes[i++].id);
-        } else {
-            ok = push((void **)&part.nodes, &part.nn, &capn, &n->nodes[j], sizeof(n->nodes[j]));
-            j++;
+        for (i = 0; ok && *exact && i < o->nl; i++) {
+            if (!nw[o->layers[i].id])
+                fprintf(f, "drop-layer %u\n", o->layers[i].id);
         }
+        /* Nodes (ids are shared with layers: the tables are cleared first). */
+        for (i = 0; ok && *exact && i < o->nl; i++)
+            ol[o->layers[i].id] = 0;
+        for (j = 0; ok && *exact && j < n->nl; j++)
+            nw[n->layers[j].id] = 0;
+        for (i = 0; ok && *exact && i < o->nn; i++)
+            ol[o->nodes[i].id] = i + 1;
+        for (j = 0; ok && *exact && j < n->nn; j++) {
+            const struct qsnap__node *x = &n->nodes[j];
+            nw[x->id] = j + 1;
+            if (ol[x->id] && node_eq(&o->nodes[ol[x->id] - 1], x))
+                continue;
+            ok = push((void **)&part.nodes, &part.nn, &capn, x, sizeof(*x));
+            if (ok && !ol[x->id])
+                fprintf(f, "place-node %u %zu\n", x->id, j);
+        }
+        for (i = 0; ok && *exact && i < o->nn; i++) {
+            if (!nw[o->nodes[i].id])
+                fprintf(f, "drop-node %u\n", o->nodes[i].id);
+        }
+        free(ol);
+        free(nw);
     }
     /* Branches by name: the same name at the same place is the usual case. */
     for (i = 0, j = 0; ok && *exact && (i < o->nb || j < n->nb);) {
@@ -230,31 +281,21 @@ int qsnap__delta_format(const struct qsnap__model *o, const struct qsnap__model 
                           sizeof(n->branches[j]));
             i++, j++;
         } else if (i < o->nb && !has_branch(n, o->branches[i].name)) {
-            /* Gone: dropped, by its name percent-encoded as the text form writes it. */
-            struct qsnap__model one;
-            char *t = NULL, *sp, *nl;
-            memset(&one, 0, sizeof(one));
-            one.branches = &o->branches[i];
-            one.nb = 1;
-            one.disk = n->disk;
-            rc = qsnap__model_format(&one, &t);
+            /* Gone: dropped by its name. */
+            rc = put_branch_name(f, "drop-branch", &o->branches[i], n->disk, false, 0);
             if (rc) {
                 ok = false;
                 break;
             }
-            sp = strstr(t, "\nbranch ");
-            nl = sp ? strchr(sp + 8, ' ') : NULL;
-            if (!sp || !nl) {
-                free(t);
-                *exact = false;
-                break;
-            }
-            fprintf(f, "drop-branch %.*s\n", (int)(nl - (sp + 8)), sp + 8);
-            free(t);
             i++;
         } else if (j < n->nb) {
             ok = push((void **)&part.branches, &part.nb, &capb, &n->branches[j],
                       sizeof(n->branches[j]));
+            /* A new one goes where the new model has it (a plan may put it in the
+             * place of one it removed). */
+            if (ok && !has_branch(o, n->branches[j].name) &&
+                put_branch_name(f, "place-branch", &n->branches[j], n->disk, true, j) != 0)
+                ok = false;
             j++;
         } else {
             /* An old branch still in the new model, out of place: order differs. */
@@ -301,63 +342,160 @@ static void take(char **dst, char **src)
     *src = NULL;
 }
 
+/* A percent-encoded branch name, decoded and checked as the text form's parser does. */
+static int decode_branch_name(const char *enc, const char *what, char **out)
+{
+    struct qsnap__model one;
+    char *rec = NULL;
+    int rc;
+
+    *out = NULL;
+    if (asprintf(&rec, "qsnap-store %u\ngen 0\nseq 1\ndisk x\nbranch %s head=1 base=0 created=0\nend\n",
+                 QSNAP_META_VERSION, enc) < 0)
+        return nomem();
+    rc = qsnap__model_parse_part(&one, rec, strlen(rec), what);
+    free(rec);
+    if (rc)
+        return rc;
+    if (one.nb == 1) {
+        *out = one.branches[0].name;
+        one.branches[0].name = NULL;
+    }
+    qsnap__model_free(&one);
+    return *out ? 0 : damaged(what, "a branch name");
+}
+
+struct place {
+    char kind;   /* 'l'ayer, 'n'ode, 'b'ranch */
+    unsigned id; /* layer or node */
+    char *name;  /* branch */
+    size_t at;
+};
+
+/* Move element `from` of an array of n elements of size sz to index `at`. */
+static void move_to(void *arr, size_t sz, size_t from, size_t at)
+{
+    char *a = arr, tmp[sizeof(struct qsnap__node) > sizeof(struct qsnap__layer)
+                          ? (sizeof(struct qsnap__node) > sizeof(struct qsnap__branch)
+                                 ? sizeof(struct qsnap__node)
+                                 : sizeof(struct qsnap__branch))
+                          : (sizeof(struct qsnap__layer) > sizeof(struct qsnap__branch)
+                                 ? sizeof(struct qsnap__layer)
+                                 : sizeof(struct qsnap__branch))];
+
+    memcpy(tmp, a + from * sz, sz);
+    if (from > at)
+        memmove(a + (at + 1) * sz, a + at * sz, (from - at) * sz);
+    else if (from < at)
+        memmove(a + from * sz, a + (from + 1) * sz, (at - from) * sz);
+    memcpy(a + at * sz, tmp, sz);
+}
+
 int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, const char *what)
 {
     struct qsnap__model part;
     const char *p = text, *end = text + len;
+    struct place *places = NULL;
+    size_t nplaces = 0, capp = 0;
     int rc;
 
     /* The drops first: whole lines before the "qsnap-store" header. */
-    while (p < end && !strncmp(p, "drop-", 5)) {
+    while (p < end && (!strncmp(p, "drop-", 5) || !strncmp(p, "place-", 6))) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         char line[QSNAP_MAX_NAME * 3 + 32], *arg;
-        if (!nl || (size_t)(nl - p) >= sizeof(line))
-            return damaged(what, "a drop line");
+        if (!nl || (size_t)(nl - p) >= sizeof(line)) {
+            rc = damaged(what, "a drop line");
+            goto fail;
+        }
         memcpy(line, p, (size_t)(nl - p));
         line[nl - p] = '\0';
         p = nl + 1;
         arg = strchr(line, ' ');
-        if (!arg)
-            return damaged(what, "a drop line");
+        if (!arg) {
+            rc = damaged(what, "a drop line");
+            goto fail;
+        }
         *arg++ = '\0';
         if (!strcmp(line, "drop-layer") || !strcmp(line, "drop-node")) {
             char *e;
             unsigned long id;
             errno = 0;
             id = strtoul(arg, &e, 10);
-            if (errno || *e || !*arg || !id || id > 0x7fffffff)
-                return damaged(what, "a drop line");
-            if (line[5] == 'l' ? !qsnap__layer(m, (unsigned)id) : !qsnap__node(m, (unsigned)id))
-                return damaged(what, "it drops a record that is not there");
+            if (errno || *e || !*arg || !id || id > 0x7fffffff) {
+                rc = damaged(what, "a drop line");
+                goto fail;
+            }
+            if (line[5] == 'l' ? !qsnap__layer(m, (unsigned)id) : !qsnap__node(m, (unsigned)id)) {
+                rc = damaged(what, "it drops a record that is not there");
+                goto fail;
+            }
             if (line[5] == 'l')
                 qsnap__del_layer(m, (unsigned)id);
             else
                 qsnap__del_node(m, (unsigned)id);
         } else if (!strcmp(line, "drop-branch")) {
-            /* The name is percent-encoded: decoded by parsing it as a branch record. */
-            struct qsnap__model one;
-            char *rec = NULL;
-            if (asprintf(&rec, "qsnap-store %u\ngen 0\nseq 1\ndisk x\nbranch %s head=1 base=0 "
-                               "created=0\nend\n",
-                         QSNAP_META_VERSION, arg) < 0)
-                return nomem();
-            rc = qsnap__model_parse_part(&one, rec, strlen(rec), what);
-            free(rec);
+            char *name = NULL;
+            rc = decode_branch_name(arg, what, &name);
             if (rc)
-                return rc;
-            if (one.nb != 1 || !qsnap__branch_by_name(m, one.branches[0].name)) {
-                qsnap__model_free(&one);
-                return damaged(what, "it drops a branch that is not there");
+                goto fail;
+            if (!qsnap__branch_by_name(m, name)) {
+                free(name);
+                rc = damaged(what, "it drops a branch that is not there");
+                goto fail;
             }
-            qsnap__del_branch(m, one.branches[0].name);
-            qsnap__model_free(&one);
+            qsnap__del_branch(m, name);
+            free(name);
+        } else if (!strcmp(line, "place-layer") || !strcmp(line, "place-node")) {
+            struct place pl = {line[6], 0, NULL, 0};
+            unsigned long id, at;
+            char *e;
+            errno = 0;
+            id = strtoul(arg, &e, 10);
+            if (errno || *e != ' ' || !id || id > 0x7fffffff) {
+                rc = damaged(what, "a place line");
+                goto fail;
+            }
+            at = strtoul(e + 1, &e, 10);
+            if (errno || *e || at >= QSNAP_MAX_ITEMS) {
+                rc = damaged(what, "a place line");
+                goto fail;
+            }
+            pl.id = (unsigned)id;
+            pl.at = at;
+            if (!push((void **)&places, &nplaces, &capp, &pl, sizeof(pl))) {
+                rc = nomem();
+                goto fail;
+            }
+        } else if (!strcmp(line, "place-branch")) {
+            struct place pl = {'b', 0, NULL, 0};
+            char *sp = strchr(arg, ' '), *e;
+            if (!sp) {
+                rc = damaged(what, "a place line");
+                goto fail;
+            }
+            *sp++ = '\0';
+            errno = 0;
+            pl.at = strtoul(sp, &e, 10);
+            if (errno || *e || !*sp || pl.at >= QSNAP_MAX_ITEMS) {
+                rc = damaged(what, "a place line");
+                goto fail;
+            }
+            rc = decode_branch_name(arg, what, &pl.name);
+            if (rc)
+                goto fail;
+            if (!push((void **)&places, &nplaces, &capp, &pl, sizeof(pl))) {
+                free(pl.name);
+                rc = nomem();
+                goto fail;
+            }
         } else {
-            return damaged(what, "an unknown line");
+            rc = damaged(what, "an unknown line");
+            goto fail;
         }
     }
     rc = qsnap__model_parse_part(&part, p, (size_t)(end - p), what);
     if (rc)
-        return rc;
+        goto fail;
     for (size_t i = 0; i < part.nl; i++) {
         struct qsnap__layer *l = qsnap__layer(m, part.layers[i].id);
         if (!l) {
@@ -403,10 +541,59 @@ int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, con
     take(&m->disk, &part.disk);
     take(&m->current, &part.current);
     qsnap__model_free(&part);
+    /* New records to their places, each kind in increasing order of place. */
+    {
+        size_t last[3] = {0, 0, 0};
+        bool seen[3] = {false, false, false};
+        for (size_t k = 0; k < nplaces; k++) {
+            struct place *pl = &places[k];
+            int t = pl->kind == 'l' ? 0 : pl->kind == 'n' ? 1 : 2;
+            size_t n = t == 0 ? m->nl : t == 1 ? m->nn : m->nb, from;
+            if (pl->at >= n || (seen[t] && pl->at <= last[t])) {
+                rc = damaged(what, "a record placed where it cannot be");
+                goto fail;
+            }
+            if (t == 0) {
+                struct qsnap__layer *l = qsnap__layer(m, pl->id);
+                if (!l) {
+                    rc = damaged(what, "it places a layer that is not there");
+                    goto fail;
+                }
+                from = (size_t)(l - m->layers);
+                move_to(m->layers, sizeof(*l), from, pl->at);
+            } else if (t == 1) {
+                struct qsnap__node *nd = qsnap__node(m, pl->id);
+                if (!nd) {
+                    rc = damaged(what, "it places a node that is not there");
+                    goto fail;
+                }
+                from = (size_t)(nd - m->nodes);
+                move_to(m->nodes, sizeof(*nd), from, pl->at);
+            } else {
+                struct qsnap__branch *b = qsnap__branch_by_name(m, pl->name);
+                if (!b) {
+                    rc = damaged(what, "it places a branch that is not there");
+                    goto fail;
+                }
+                from = (size_t)(b - m->branches);
+                move_to(m->branches, sizeof(*b), from, pl->at);
+            }
+            seen[t] = true;
+            last[t] = pl->at;
+        }
+    }
+    for (size_t k = 0; k < nplaces; k++)
+        free(places[k].name);
+    free(places);
     return 0;
 oom:
     qsnap__model_free(&part);
-    return nomem();
+    rc = nomem();
+fail:
+    for (size_t k = 0; k < nplaces; k++)
+        free(places[k].name);
+    free(places);
+    return rc;
 }
 
 /* ---- reading -------------------------------------------------------------- */

@@ -66,7 +66,7 @@ else
     bad "fold template" "no change folded the log (n=$n)"
 fi
 
-branches() { q branch "$1" 2>/dev/null | sed 's/^[* ] *//' | sort | tr '\n' ' '; }
+branches() { q branch "$1" 2>/dev/null | sed 's/^[* ] *//' | awk '{ print $1 }' | sort | tr '\n' ' '; }
 
 # kill_each TEMPLATE NAME: kill `branch knew` at each call of each kind.
 kill_each() {
