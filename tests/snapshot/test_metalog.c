@@ -137,6 +137,31 @@ Test(metalog, changes_go_to_the_log_and_read_back)
     free(b);
 }
 
+/* Every kind of change is said in the log (no rewrite of meta), and reads back as it was made. */
+Test(metalog, every_operation_appends)
+{
+    qsnap_store *s;
+    off_t meta0;
+    char *mem = NULL, *disk_text;
+
+    start("ops");
+    change("b1");
+    meta0 = fsize(metap);
+    s = tf_open(disk, 0);
+    ok(tf_create(s, "s2"), "create");
+    ok(tf_revert(s, "s1", "r1", false, NULL), "revert");
+    ok(tf_switch(s, "b1"), "switch");
+    ok(tf_branch(s, "b2", "s2"), "branch");
+    ok(tf_delete(s, "s2", 0, NULL), "delete");
+    ok(qsnap__model_format(&s->m, &mem), "format");
+    qsnap_store_close(s);
+    cr_assert_eq(fsize(metap), meta0, "an operation rewrote meta instead of appending");
+    disk_text = model_text();
+    cr_assert_str_eq(disk_text, mem, "the model read back differs from the one in memory");
+    free(mem);
+    free(disk_text);
+}
+
 Test(metalog, a_record_cut_short_at_any_byte_is_not_committed)
 {
     char *before, *after, *got, *saved;
