@@ -34,7 +34,6 @@
 
 #include "qcow2_int.h"
 
-#define SNAP_HDR_LEN 40u
 #define SNAP_READ_MIN (64u << 10)
 #define SNAP_EXTRA_V3_MIN 16u
 
@@ -83,7 +82,7 @@ static int snap_need(struct snap_reader *r, uint64_t need, uint32_t idx)
     return 0;
 }
 
-static void snap_entry_free(struct qcow2__snapshot *sn)
+void qcow2__snap_entry_free(struct qcow2__snapshot *sn)
 {
     qcow2__free(sn->extra);
     qcow2__free(sn->id);
@@ -125,7 +124,7 @@ static int snap_parse_entry(struct snap_reader *r, uint64_t *pos, uint32_t idx,
     uint64_t entry_len;
     int rc;
 
-    rc = snap_need(r, *pos + SNAP_HDR_LEN, idx);
+    rc = snap_need(r, *pos + QCOW2__SNAP_HDR_LEN, idx);
     if (rc)
         return rc;
     p = r->buf + *pos;
@@ -147,11 +146,11 @@ static int snap_parse_entry(struct snap_reader *r, uint64_t *pos, uint32_t idx,
                               "snapshot %u: extra data of %" PRIu32 " bytes; version 3 needs at "
                               "least %u",
                               idx, sn->extra_len, SNAP_EXTRA_V3_MIN);
-    entry_len = SNAP_HDR_LEN + (uint64_t)sn->extra_len + id_len + name_len;
+    entry_len = QCOW2__SNAP_HDR_LEN + (uint64_t)sn->extra_len + id_len + name_len;
     rc = snap_need(r, *pos + entry_len, idx);
     if (rc)
         return rc;
-    p = r->buf + *pos + SNAP_HDR_LEN;
+    p = r->buf + *pos + QCOW2__SNAP_HDR_LEN;
 
     if (sn->extra_len) {
         sn->extra = qcow2__malloc(sn->extra_len);
@@ -197,12 +196,12 @@ int qcow2__snapshots_load(qcow2_image *img)
     if (table_off == 0 || (table_off & (img->cluster_size - 1)))
         return qcow2__corrupt(img, "snapshot table offset 0x%" PRIx64 " is %s", table_off,
                               table_off ? "not cluster aligned" : "inside the header cluster");
-    /* Every entry is at least SNAP_HDR_LEN bytes: check the minimum before reading. */
-    if ((uint64_t)n * SNAP_HDR_LEN > QCOW2_MAX_SNAPSHOT_TABLE_BYTES)
+    /* Every entry is at least QCOW2__SNAP_HDR_LEN bytes: check the minimum before reading. */
+    if ((uint64_t)n * QCOW2__SNAP_HDR_LEN > QCOW2_MAX_SNAPSHOT_TABLE_BYTES)
         return qcow2__corrupt(img, "snapshot table at 0x%" PRIx64 ": %" PRIu32
                                    " snapshots cannot fit in %llu bytes",
                               table_off, n, (unsigned long long)QCOW2_MAX_SNAPSHOT_TABLE_BYTES);
-    if (!qcow2__in_range(table_off, (uint64_t)n * SNAP_HDR_LEN, img->file_size))
+    if (!qcow2__in_range(table_off, (uint64_t)n * QCOW2__SNAP_HDR_LEN, img->file_size))
         return qcow2__corrupt(img,
                               "snapshot table at 0x%" PRIx64 " (%" PRIu32 " snapshots) extends "
                               "past the end of the file (0x%" PRIx64 ")",
@@ -226,7 +225,7 @@ int qcow2__snapshots_load(qcow2_image *img)
 
 out_free_snaps:
     for (i = 0; i < n; i++)
-        snap_entry_free(&snaps[i]);
+        qcow2__snap_entry_free(&snaps[i]);
     qcow2__free(snaps);
     qcow2__free(r.buf);
     return rc;
@@ -237,7 +236,7 @@ void qcow2__snapshots_free(qcow2_image *img)
     uint32_t i;
 
     for (i = 0; i < img->nb_snaps; i++)
-        snap_entry_free(&img->snaps[i]);
+        qcow2__snap_entry_free(&img->snaps[i]);
     qcow2__free(img->snaps);
     img->snaps = NULL;
     img->nb_snaps = 0;
@@ -319,9 +318,8 @@ int qcow2_snapshot_get(const qcow2_image *img, size_t i, qcow2_snapshot_info *ou
 /* Padded on-disk length of an entry as it is stored now. */
 static uint64_t snap_entry_len_stored(const struct qcow2__snapshot *sn)
 {
-    return qcow2__align_up(SNAP_HDR_LEN + (uint64_t)sn->extra_len + strlen(sn->id) +
-                               strlen(sn->name),
-                           8);
+    return qcow2__align_up(
+        QCOW2__SNAP_HDR_LEN + (uint64_t)sn->extra_len + strlen(sn->id) + strlen(sn->name), 8);
 }
 
 /* Padded length of an entry as snap_serialize() writes it. */
@@ -329,7 +327,7 @@ static uint64_t snap_entry_len_new(const struct qcow2__snapshot *sn)
 {
     uint64_t extra = qcow2__max(sn->extra_len, SNAP_EXTRA_WRITE);
 
-    return qcow2__align_up(SNAP_HDR_LEN + extra + strlen(sn->id) + strlen(sn->name), 8);
+    return qcow2__align_up(QCOW2__SNAP_HDR_LEN + extra + strlen(sn->id) + strlen(sn->name), 8);
 }
 
 /* Bytes of the table on disk now (what check.c counts). */
@@ -362,12 +360,12 @@ static uint64_t snap_serialize(const struct qcow2__snapshot *sn, uint8_t *p)
     qcow2__put_be32(p + 32, (uint32_t)sn->vm_state_size); /* qemu truncates too */
     qcow2__put_be32(p + 36, extra);
     if (sn->extra_len > SNAP_EXTRA_WRITE)
-        memcpy(p + SNAP_HDR_LEN, sn->extra, sn->extra_len);
-    qcow2__put_be64(p + SNAP_HDR_LEN, sn->vm_state_size);
-    qcow2__put_be64(p + SNAP_HDR_LEN + 8, sn->disk_size);
-    qcow2__put_be64(p + SNAP_HDR_LEN + 16, (uint64_t)sn->icount);
-    memcpy(p + SNAP_HDR_LEN + extra, sn->id, id_len);
-    memcpy(p + SNAP_HDR_LEN + extra + id_len, sn->name, name_len);
+        memcpy(p + QCOW2__SNAP_HDR_LEN, sn->extra, sn->extra_len);
+    qcow2__put_be64(p + QCOW2__SNAP_HDR_LEN, sn->vm_state_size);
+    qcow2__put_be64(p + QCOW2__SNAP_HDR_LEN + 8, sn->disk_size);
+    qcow2__put_be64(p + QCOW2__SNAP_HDR_LEN + 16, (uint64_t)sn->icount);
+    memcpy(p + QCOW2__SNAP_HDR_LEN + extra, sn->id, id_len);
+    memcpy(p + QCOW2__SNAP_HDR_LEN + extra + id_len, sn->name, name_len);
     return snap_entry_len_new(sn);
 }
 
@@ -378,7 +376,7 @@ static int snap_fail(qcow2_image *img, int rc)
 }
 
 /* Index of the snapshot whose id is s, else the first whose name is s (qemu's lookup). */
-static int snap_find(const qcow2_image *img, const char *s, uint32_t *idx_out)
+int qcow2__snap_find(const qcow2_image *img, const char *s, uint32_t *idx_out)
 {
     for (uint32_t i = 0; i < img->nb_snaps; i++) {
         if (strcmp(img->snaps[i].id, s) == 0) {
@@ -404,14 +402,14 @@ int qcow2_snapshot_find(const qcow2_image *img, const char *snapshot, size_t *in
         return qcow2__err(QCOW2_EINVAL, 0, NULL, "qcow2_snapshot_find: missing argument");
     if (img->fmt != QCOW2_FORMAT_QCOW2)
         return qcow2__err(QCOW2_ENOTFOUND, 0, img->name, "snapshot '%s' not found", snapshot);
-    rc = snap_find(img, snapshot, &idx);
+    rc = qcow2__snap_find(img, snapshot, &idx);
     if (!rc)
         *index_out = idx;
     return rc;
 }
 
 /* Read an L1 table of n entries at off into a new native array (at least one entry). */
-static int snap_read_l1(qcow2_image *img, uint64_t off, uint64_t n, uint64_t alloc_n,
+int qcow2__snap_read_l1(qcow2_image *img, uint64_t off, uint64_t n, uint64_t alloc_n,
                         uint64_t **out)
 {
     uint64_t *l1;
@@ -800,7 +798,7 @@ static int snap_target(qcow2_image *img, const char *snapshot, uint32_t *idx)
     if (!snapshot)
         return qcow2__err(QCOW2_EINVAL, 0, img ? img->name : NULL, "missing snapshot name");
     rc = snap_check_image(img);
-    return rc ? rc : snap_find(img, snapshot, idx);
+    return rc ? rc : qcow2__snap_find(img, snapshot, idx);
 }
 
 /* Allocate clusters for len bytes and write buf (len bytes, zero padded to clusters) there. */
@@ -1049,7 +1047,7 @@ int qcow2_snapshot_create(qcow2_image *img, const char *name, const qcow2_snapsh
 out_fatal:
     rc = snap_fail(img, rc);
 out_free_entry:
-    snap_entry_free(&sn);
+    qcow2__snap_entry_free(&sn);
 out:
     snap_free_upgrades(ups, nb_before);
     qcow2__free(raw);
@@ -1079,7 +1077,7 @@ int qcow2_snapshot_apply(qcow2_image *img, const char *snapshot)
         return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name,
                           "snapshot '%s': an L1 table for %" PRIu64 " bytes is too large", sn->id,
                           sn->disk_size);
-    rc = snap_read_l1(img, sn->l1_off, sn->l1_size, n, &snap_l1);
+    rc = qcow2__snap_read_l1(img, sn->l1_off, sn->l1_size, n, &snap_l1);
     if (rc)
         return rc;
     rc = snap_walk_tree(img, snap_l1, sn->l1_size, WALK_ROOM, NULL);
@@ -1158,8 +1156,8 @@ int qcow2_snapshot_delete(qcow2_image *img, const char *snapshot)
     rc = snap_target(img, snapshot, &idx);
     if (rc)
         return rc;
-    rc = snap_read_l1(img, img->snaps[idx].l1_off, img->snaps[idx].l1_size,
-                      img->snaps[idx].l1_size, &snap_l1);
+    rc = qcow2__snap_read_l1(img, img->snaps[idx].l1_off, img->snaps[idx].l1_size,
+                             img->snaps[idx].l1_size, &snap_l1);
     if (rc)
         return rc;
     rc = snap_walk_tree(img, snap_l1, img->snaps[idx].l1_size, WALK_CHECK, NULL);
@@ -1199,7 +1197,7 @@ int qcow2_snapshot_delete(qcow2_image *img, const char *snapshot)
         rc = snap_drop_range(img, gone.l1_off, (uint64_t)gone.l1_size * 8);
     if (!rc)
         rc = snap_drop_range(img, old_off, old_len);
-    snap_entry_free(&gone);
+    qcow2__snap_entry_free(&gone);
     if (!rc)
         rc = snap_recompute_copied(img);
     if (!rc)
@@ -1231,11 +1229,11 @@ int qcow2_snapshot_unique_bytes(qcow2_image *img, const char *snapshot, uint64_t
     *bytes_out = 0;
     if (img->fmt != QCOW2_FORMAT_QCOW2)
         return qcow2__err(QCOW2_EUNSUPPORTED, 0, img->name, "raw images have no snapshots");
-    rc = snap_find(img, snapshot, &idx);
+    rc = qcow2__snap_find(img, snapshot, &idx);
     if (rc)
         return rc;
     sn = &img->snaps[idx];
-    rc = snap_read_l1(img, sn->l1_off, sn->l1_size, sn->l1_size, &l1);
+    rc = qcow2__snap_read_l1(img, sn->l1_off, sn->l1_size, sn->l1_size, &l1);
     if (!rc)
         rc = snap_walk_tree(img, l1, sn->l1_size, WALK_TALLY, &t);
     /* Its L1 table is its own too. */
@@ -1264,14 +1262,14 @@ int qcow2_image_view_snapshot(qcow2_image *img, const char *snapshot)
     if (img->state != QCOW2__OPEN_RO)
         return qcow2__err(QCOW2_EINVAL, 0, img->name,
                           "a snapshot can only be viewed through a read-only handle");
-    rc = snap_find(img, snapshot, &idx);
+    rc = qcow2__snap_find(img, snapshot, &idx);
     if (rc)
         return rc;
     sn = &img->snaps[idx];
     if (sn->disk_size > QCOW2_MAX_VIRTUAL_SIZE)
         return qcow2__corrupt(img, "snapshot '%s' has a disk size of %" PRIu64 " bytes", sn->id,
                               sn->disk_size);
-    rc = snap_read_l1(img, sn->l1_off, sn->l1_size, sn->l1_size, &l1);
+    rc = qcow2__snap_read_l1(img, sn->l1_off, sn->l1_size, sn->l1_size, &l1);
     if (rc)
         return rc;
     /* Entries are validated by the read path as they are used, like the active L1's. */

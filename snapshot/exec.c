@@ -771,7 +771,7 @@ static void put_field(FILE *f, const char *v)
     }
 }
 
-static int journal_write(qsnap_store *s, const qsnap_plan *p)
+int qsnap__journal_write(qsnap_store *s, const qsnap_plan *p)
 {
     char *buf = NULL;
     size_t len = 0;
@@ -856,7 +856,7 @@ static bool journal_path_ok(const struct qsnap__step *st)
 }
 
 /* Parse a journal (hostile input, like any store file). */
-static int journal_read(qsnap_store *s, qsnap_plan **out)
+int qsnap__journal_read(qsnap_store *s, qsnap_plan **out)
 {
     char *path = qsnap__path(s, JOURNAL_FILE), *text = NULL, *cur;
     qsnap_plan *p = calloc(1, sizeof(*p));
@@ -969,10 +969,10 @@ out:
 
 int qsnap__journal_load(qsnap_store *s, qsnap_plan **out)
 {
-    return journal_read(s, out);
+    return qsnap__journal_read(s, out);
 }
 
-static int journal_remove(qsnap_store *s)
+int qsnap__journal_remove(qsnap_store *s)
 {
     int rc = qsnap__unlink_store_file(s, JOURNAL_FILE);
 
@@ -998,7 +998,7 @@ static int run_from(qsnap_store *s, qsnap_plan *p, size_t from, const qsnap_exec
     if (!rc)
         rc = qsnap__fsync_dir(s->dir);
     if (!rc)
-        rc = journal_remove(s);
+        rc = qsnap__journal_remove(s);
     return rc;
 }
 
@@ -1107,7 +1107,7 @@ static void undo(qsnap_store *s, qsnap_plan *p, size_t upto)
         free(path);
     }
     if (qsnap__fsync_dir(s->dir) == 0)
-        journal_remove(s);
+        qsnap__journal_remove(s);
 }
 
 static int execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o);
@@ -1187,7 +1187,7 @@ static int execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
     rc = qsnap__scan_store(s);
     if (rc)
         return rc;
-    rc = journal_write(s, p);
+    rc = qsnap__journal_write(s, p);
     if (rc)
         return rc;
     rc = run_from(s, p, 0, o, &at);
@@ -1297,7 +1297,7 @@ int qsnap__recover(qsnap_store *s, bool *did)
     rc = qsnap__scan_store(s);
     if (rc)
         return rc;
-    rc = journal_read(s, &p);
+    rc = qsnap__journal_read(s, &p);
     if (rc)
         return rc;
     if (s->m.gen > p->base_gen) {

@@ -15,18 +15,9 @@
 
 #include "qsnap_int.h"
 
-static const char *const GC_HINT = "'qsnap verify --repair DISK' finishes it";
-
 static int nomem(void);
-static int plan_create_internal(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts *o);
-static int plan_revert_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot,
-                                const char *new_branch, bool discard);
-static int plan_delete_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot);
-static int refuse_internal_in(const struct qsnap__model *m, unsigned layer, const char *what,
-                              const char *hint);
-static int check_subtree_external(const struct qsnap__model *m, const struct qsnap__node *root);
 
-static int plan_new(qsnap_plan **out, const qsnap_store *s, const char *op)
+int qsnap__plan_new(qsnap_plan **out, const qsnap_store *s, const char *op)
 {
     qsnap_plan *p = calloc(1, sizeof(*p));
 
@@ -68,7 +59,7 @@ void qsnap_plan_free(qsnap_plan *p)
     free(p);
 }
 
-static int add_step(qsnap_plan *p, enum qsnap__step_kind kind, unsigned x, unsigned y, unsigned z,
+int qsnap__add_step(qsnap_plan *p, enum qsnap__step_kind kind, unsigned x, unsigned y, unsigned z,
                     const char *a, const char *b)
 {
     struct qsnap__step *st = realloc(p->steps, (p->n + 1) * sizeof(*st));
@@ -91,7 +82,7 @@ static int add_step(qsnap_plan *p, enum qsnap__step_kind kind, unsigned x, unsig
 }
 
 /* A removal that must wait for the next commit point (the metadata still names the file). */
-static int defer_unlink(qsnap_plan *p, const char *rel)
+int qsnap__defer_unlink(qsnap_plan *p, const char *rel)
 {
     struct qsnap__step *st = realloc(p->post, (p->npost + 1) * sizeof(*st));
 
@@ -109,7 +100,7 @@ static int defer_unlink(qsnap_plan *p, const char *rel)
 }
 
 /* Record a commit point: the model as it stands becomes target model k. */
-static int add_save(qsnap_plan *p, const struct qsnap__model *m)
+int qsnap__add_save(qsnap_plan *p, const struct qsnap__model *m)
 {
     struct qsnap__model *ms = realloc(p->models, (p->nm + 1) * sizeof(*ms));
     int rc;
@@ -121,18 +112,17 @@ static int add_save(qsnap_plan *p, const struct qsnap__model *m)
     if (rc)
         return rc;
     p->nm++;
-    rc = add_step(p, QSNAP__ST_SAVE, 0, (unsigned)(p->nm - 1), 0, NULL, NULL);
+    rc = qsnap__add_step(p, QSNAP__ST_SAVE, 0, (unsigned)(p->nm - 1), 0, NULL, NULL);
     /* Deferred removals follow the commit point that stops naming their files. */
     for (size_t i = 0; !rc && i < p->npost; i++)
-        rc = add_step(p, p->post[i].kind, 0, 0, 0, p->post[i].a, NULL);
+        rc = qsnap__add_step(p, p->post[i].kind, 0, 0, 0, p->post[i].a, NULL);
     for (size_t i = 0; i < p->npost; i++)
         free(p->post[i].a);
     p->npost = 0;
     return rc;
 }
 
-static int set_summary(qsnap_plan *p, const char *fmt, ...) QSNAP_PRINTF(2, 3);
-static int set_summary(qsnap_plan *p, const char *fmt, ...)
+int qsnap__set_summary(qsnap_plan *p, const char *fmt, ...)
 {
     va_list ap;
     int n;
@@ -154,7 +144,7 @@ const char *qsnap_plan_summary(const qsnap_plan *p)
 }
 
 /* A new overlay layer in the target model, backed by layer `backing`. */
-static struct qsnap__layer *new_overlay(struct qsnap__model *m, unsigned backing)
+struct qsnap__layer *qsnap__new_overlay(struct qsnap__model *m, unsigned backing)
 {
     struct qsnap__layer *l = qsnap__add_layer(m);
 
@@ -171,7 +161,7 @@ static struct qsnap__layer *new_overlay(struct qsnap__model *m, unsigned backing
 }
 
 /* Refuse while a journal says an operation is unfinished. */
-static int check_no_pending(const qsnap_store *s)
+int qsnap__check_no_pending(const qsnap_store *s)
 {
     bool pending = false;
     int rc = qsnap__journal_pending(s, &pending);
@@ -179,20 +169,20 @@ static int check_no_pending(const qsnap_store *s)
     if (rc)
         return rc;
     if (pending)
-        return qsnap__err(QSNAP_EINTEGRITY, GC_HINT,
+        return qsnap__err(QSNAP_EINTEGRITY, QSNAP__GC_HINT,
                           "%s: an earlier operation was interrupted and is not finished", s->dir);
     return 0;
 }
 
-static int check_writable_store(const qsnap_store *s)
+int qsnap__check_writable_store(const qsnap_store *s)
 {
     if (s->readonly)
         return qsnap__err(QSNAP_EUSAGE, NULL, "store opened read-only");
-    return check_no_pending(s);
+    return qsnap__check_no_pending(s);
 }
 
 /* A frozen layer that changed since it was frozen is an integrity problem: refuse. */
-static int check_unchanged(const qsnap_store *s, const struct qsnap__layer *l)
+int qsnap__check_unchanged(const qsnap_store *s, const struct qsnap__layer *l)
 {
     char *path;
     struct stat st;
@@ -215,10 +205,10 @@ static int check_unchanged(const qsnap_store *s, const struct qsnap__layer *l)
 }
 
 /* Every frozen layer in the chain of layer id: unchanged. */
-static int check_chain(const qsnap_store *s, const struct qsnap__model *m, unsigned id)
+int qsnap__check_chain(const qsnap_store *s, const struct qsnap__model *m, unsigned id)
 {
     for (const struct qsnap__layer *l = qsnap__layer(m, id); l; l = qsnap__layer(m, l->backing)) {
-        int rc = check_unchanged(s, l);
+        int rc = qsnap__check_unchanged(s, l);
         if (rc)
             return rc;
     }
@@ -230,7 +220,7 @@ static int check_chain(const qsnap_store *s, const struct qsnap__model *m, unsig
  * changed behind qsnap's back (qemu-img rebase -u) would make an operation
  * freeze or copy the wrong content. Refused until verify re-points it.
  */
-static int check_link(const qsnap_store *s, const struct qsnap__model *m, unsigned id)
+int qsnap__check_link(const qsnap_store *s, const struct qsnap__model *m, unsigned id)
 {
     const struct qsnap__layer *l = qsnap__layer(m, id), *b;
     qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
@@ -279,7 +269,7 @@ static int check_link(const qsnap_store *s, const struct qsnap__model *m, unsign
  * A new overlay on layer `base` makes a chain one deeper than base's: refuse
  * before anything is written when that passes what images may hold.
  */
-static int check_depth(const struct qsnap__model *m, unsigned base)
+int qsnap__check_depth(const struct qsnap__model *m, unsigned base)
 {
     unsigned depth = 1;
 
@@ -299,25 +289,25 @@ static int check_depth(const struct qsnap__model *m, unsigned base)
  * found for every touched file at once when the plan runs (inuse.c), so a
  * dry run can list them all.
  */
-static int check_free(const qsnap_store *s, const struct qsnap__model *m, unsigned layer)
+int qsnap__check_free(const qsnap_store *s, const struct qsnap__model *m, unsigned layer)
 {
     const struct qsnap__layer *l = qsnap__layer(m, layer);
 
     return l ? qsnap__layer_exists(s, l) : 0;
 }
 
-static bool name_taken(const struct qsnap__model *m, const char *name)
+bool qsnap__name_taken(const struct qsnap__model *m, const char *name)
 {
     return qsnap__node_by_name(m, name) || qsnap__branch_by_name(m, name);
 }
 
-static int check_new_name(const struct qsnap__model *m, const char *name)
+int qsnap__check_new_name(const struct qsnap__model *m, const char *name)
 {
     int rc = qsnap_name_check(name);
 
     if (rc)
         return rc;
-    if (name_taken(m, name))
+    if (qsnap__name_taken(m, name))
         return qsnap__err(QSNAP_EUSAGE, "names are unique across snapshots and branches",
                           "'%s' is already the name of a %s", name,
                           qsnap__node_by_name(m, name) ? "snapshot" : "branch");
@@ -325,13 +315,13 @@ static int check_new_name(const struct qsnap__model *m, const char *name)
 }
 
 /* A generated name "PREFIX-N" not yet taken. */
-static char *gen_name(const struct qsnap__model *m, const char *prefix)
+char *qsnap__gen_name(const struct qsnap__model *m, const char *prefix)
 {
     for (unsigned i = 1; i < 1000000; i++) {
         char *name;
         if (asprintf(&name, "%s-%u", prefix, i) < 0)
             return NULL;
-        if (!name_taken(m, name) && qsnap_name_check(name) == 0)
+        if (!qsnap__name_taken(m, name) && qsnap_name_check(name) == 0)
             return name;
         free(name);
     }
@@ -342,18 +332,19 @@ static char *gen_name(const struct qsnap__model *m, const char *prefix)
  * The current branch of t and, when head is not NULL, its head layer. A store
  * whose current branch (or its head) is gone is damaged.
  */
-static int current_branch(const qsnap_store *s, const struct qsnap__model *t,
+int qsnap__current_branch(const qsnap_store *s, const struct qsnap__model *t,
                           struct qsnap__branch **b, struct qsnap__layer **head)
 {
     *b = qsnap__branch_by_name(t, t->current);
     if (head)
         *head = *b ? qsnap__layer(t, (*b)->head) : NULL;
     if (!*b || (head && !*head))
-        return qsnap__err(QSNAP_EINTEGRITY, GC_HINT, "%s: the current branch is missing", s->dir);
+        return qsnap__err(QSNAP_EINTEGRITY, QSNAP__GC_HINT, "%s: the current branch is missing",
+                          s->dir);
     return 0;
 }
 
-static int find_snapshot(const struct qsnap__model *m, const char *name, struct qsnap__node **out)
+int qsnap__find_snapshot(const struct qsnap__model *m, const char *name, struct qsnap__node **out)
 {
     *out = qsnap__node_by_name(m, name);
     if (!*out)
@@ -363,7 +354,7 @@ static int find_snapshot(const struct qsnap__model *m, const char *name, struct 
     return 0;
 }
 
-static int find_branch(const struct qsnap__model *m, const char *name, struct qsnap__branch **out)
+int qsnap__find_branch(const struct qsnap__model *m, const char *name, struct qsnap__branch **out)
 {
     *out = qsnap__branch_by_name(m, name);
     if (!*out)
@@ -380,7 +371,7 @@ static int nomem(void)
 
 /* ---- create ----------------------------------------------------------------- */
 
-static int attach_state(qsnap_plan *p, struct qsnap__node *n, const char *state_file)
+int qsnap__attach_state(qsnap_plan *p, struct qsnap__node *n, const char *state_file)
 {
     char *abs, *rel;
     const char *base;
@@ -401,9 +392,9 @@ static int attach_state(qsnap_plan *p, struct qsnap__node *n, const char *state_
     }
     n->state = rel;
     {
-        int rc = add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "state", NULL);
+        int rc = qsnap__add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "state", NULL);
         if (!rc)
-            rc = add_step(p, QSNAP__ST_LINK_STATE, 0, 0, 0, abs, rel);
+            rc = qsnap__add_step(p, QSNAP__ST_LINK_STATE, 0, 0, 0, abs, rel);
         free(abs);
         return rc;
     }
@@ -416,8 +407,8 @@ static int attach_state(qsnap_plan *p, struct qsnap__node *n, const char *state_
  * and layers/, link the state file (if any), create the head, freeze the
  * disk. *root_out stays valid until the next node is added.
  */
-static int plan_first(qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
-                      const char *state_file, struct qsnap__node **root_out, unsigned *head_out)
+int qsnap__plan_first(qsnap_store *s, struct qsnap__model *t, qsnap_plan *p, const char *state_file,
+                      struct qsnap__node **root_out, unsigned *head_out)
 {
     qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
     qcow2_image *img = NULL;
@@ -442,7 +433,7 @@ static int plan_first(qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
     disk_id = disk->id;
     qcow2_image_close(img);
     root = qsnap__add_node(t);
-    head = root ? new_overlay(t, disk_id) : NULL; /* may move the layers, not the nodes */
+    head = root ? qsnap__new_overlay(t, disk_id) : NULL; /* may move the layers, not the nodes */
     b = head ? qsnap__add_branch(t) : NULL;
     if (!b || !(b->name = strdup("main")) || !(t->current = strdup("main")))
         return nomem();
@@ -453,15 +444,15 @@ static int plan_first(qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
     b->created = root->created;
     *root_out = root;
     *head_out = head->id;
-    rc = add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "", NULL);
+    rc = qsnap__add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "", NULL);
     if (!rc)
-        rc = add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "layers", NULL);
+        rc = qsnap__add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "layers", NULL);
     if (!rc)
-        rc = attach_state(p, root, state_file);
+        rc = qsnap__attach_state(p, root, state_file);
     if (!rc)
-        rc = add_step(p, QSNAP__ST_CREATE, head->id, 0, 0, NULL, NULL);
+        rc = qsnap__add_step(p, QSNAP__ST_CREATE, head->id, 0, 0, NULL, NULL);
     if (!rc)
-        rc = add_step(p, QSNAP__ST_FREEZE, disk_id, 0, 0, NULL, NULL);
+        rc = qsnap__add_step(p, QSNAP__ST_FREEZE, disk_id, 0, 0, NULL, NULL);
     return rc;
 }
 
@@ -478,23 +469,23 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
     if (o)
         opts = *o;
     if (o && o->internal)
-        return plan_create_internal(out, s, o);
-    rc = s->exists ? check_writable_store(s) : check_no_pending(s);
+        return qsnap__plan_create_internal(out, s, o);
+    rc = s->exists ? qsnap__check_writable_store(s) : qsnap__check_no_pending(s);
     if (rc)
         return rc;
     rc = qsnap__model_clone(&t, &s->m);
     if (rc)
         return rc;
-    rc = plan_new(&p, s, "create");
+    rc = qsnap__plan_new(&p, s, "create");
     if (rc)
         goto fail;
     if (opts.name) {
-        rc = check_new_name(&t, opts.name);
+        rc = qsnap__check_new_name(&t, opts.name);
         if (rc)
             goto fail;
         name = strdup(opts.name);
     } else {
-        name = gen_name(&t, "snap");
+        name = qsnap__gen_name(&t, "snap");
     }
     if (!name) {
         rc = nomem();
@@ -503,36 +494,37 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
     if (!s->exists) {
         /* First snapshot: the root node on the disk is this snapshot. */
         unsigned head_id;
-        rc = plan_first(s, &t, p, opts.state_file, &n, &head_id);
+        rc = qsnap__plan_first(s, &t, p, opts.state_file, &n, &head_id);
         if (rc)
             goto fail;
         n->name = name;
         name = NULL;
         n->desc = opts.description ? strdup(opts.description) : NULL;
-        rc = add_save(p, &t);
+        rc = qsnap__add_save(p, &t);
         if (!rc)
-            rc = set_summary(p, "created snapshot %s of %s; branch main continues from it",
-                             n->name, strrchr(s->disk_abs, '/') + 1);
+            rc = qsnap__set_summary(p, "created snapshot %s of %s; branch main continues from it",
+                                    n->name, strrchr(s->disk_abs, '/') + 1);
     } else {
         struct qsnap__branch *b;
         struct qsnap__layer *old_head;
         bool dirty = true;
 
-        rc = current_branch(s, &t, &b, &old_head);
+        rc = qsnap__current_branch(s, &t, &b, &old_head);
         if (rc)
             goto fail;
 
-        rc = refuse_internal_in(&t, old_head->id,
-                                "an external snapshot would freeze them inside a read-only "
-                                "layer, where they could no longer be reverted to or deleted",
-                                "take an internal one with --internal, or delete the internal "
-                                "snapshots first ('qsnap delete DISK NAME')");
+        rc = qsnap__refuse_internal_in(
+            &t, old_head->id,
+            "an external snapshot would freeze them inside a read-only "
+            "layer, where they could no longer be reverted to or deleted",
+            "take an internal one with --internal, or delete the internal "
+            "snapshots first ('qsnap delete DISK NAME')");
         if (!rc)
-            rc = check_free(s, &t, old_head->id);
+            rc = qsnap__check_free(s, &t, old_head->id);
         if (!rc)
-            rc = check_link(s, &t, old_head->id);
+            rc = qsnap__check_link(s, &t, old_head->id);
         if (!rc)
-            rc = check_chain(s, &t, old_head->backing);
+            rc = qsnap__check_chain(s, &t, old_head->backing);
         if (!rc)
             rc = qsnap__head_dirty(s, old_head, &dirty, NULL);
         if (rc)
@@ -554,20 +546,22 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
             n->created = qsnap__now();
             n->desc = opts.description ? strdup(opts.description) : NULL;
             b->base = n->id;
-            rc = attach_state(p, n, opts.state_file);
+            rc = qsnap__attach_state(p, n, opts.state_file);
             if (!rc)
-                rc = add_save(p, &t);
+                rc = qsnap__add_save(p, &t);
             if (!rc)
-                rc = set_summary(p, "created snapshot %s of branch %s (no changes since its base: "
-                                    "no new layer)",
-                                 n->name, b->name);
+                rc = qsnap__set_summary(
+                    p,
+                    "created snapshot %s of branch %s (no changes since its base: "
+                    "no new layer)",
+                    n->name, b->name);
             if (rc)
                 goto fail;
             qsnap__model_free(&t);
             *out = p;
             return 0;
         }
-        rc = check_depth(&t, old_head->id);
+        rc = qsnap__check_depth(&t, old_head->id);
         if (rc)
             goto fail;
         n = qsnap__add_node(&t);
@@ -583,7 +577,7 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
         n->layer = old_head->id;
         n->created = qsnap__now();
         n->desc = opts.description ? strdup(opts.description) : NULL;
-        head = new_overlay(&t, old_head->id);
+        head = qsnap__new_overlay(&t, old_head->id);
         if (!head) {
             rc = nomem();
             goto fail;
@@ -593,15 +587,15 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
         old_head->frozen = true;
         b->head = head->id;
         b->base = n->id;
-        rc = attach_state(p, n, opts.state_file);
+        rc = qsnap__attach_state(p, n, opts.state_file);
         if (!rc)
-            rc = add_step(p, QSNAP__ST_CREATE, head->id, 0, 0, NULL, NULL);
+            rc = qsnap__add_step(p, QSNAP__ST_CREATE, head->id, 0, 0, NULL, NULL);
         if (!rc)
-            rc = add_step(p, QSNAP__ST_FREEZE, old_head->id, 0, 0, NULL, NULL);
+            rc = qsnap__add_step(p, QSNAP__ST_FREEZE, old_head->id, 0, 0, NULL, NULL);
         if (!rc)
-            rc = add_save(p, &t);
+            rc = qsnap__add_save(p, &t);
         if (!rc)
-            rc = set_summary(p, "created snapshot %s of branch %s", n->name, b->name);
+            rc = qsnap__set_summary(p, "created snapshot %s of branch %s", n->name, b->name);
     }
     if (rc)
         goto fail;
@@ -621,7 +615,7 @@ fail:
 static int add_branch_on(struct qsnap__model *t, qsnap_plan *p, const char *name, unsigned node_id)
 {
     struct qsnap__node *n = qsnap__node(t, node_id);
-    struct qsnap__layer *head = n ? new_overlay(t, n->layer) : NULL;
+    struct qsnap__layer *head = n ? qsnap__new_overlay(t, n->layer) : NULL;
     struct qsnap__branch *b;
 
     if (!head)
@@ -632,7 +626,7 @@ static int add_branch_on(struct qsnap__model *t, qsnap_plan *p, const char *name
     b->head = head->id;
     b->base = node_id;
     b->created = qsnap__now();
-    return add_step(p, QSNAP__ST_CREATE, head->id, 0, 0, NULL, NULL);
+    return qsnap__add_step(p, QSNAP__ST_CREATE, head->id, 0, 0, NULL, NULL);
 }
 
 /* Remove a branch and (after the commit point) its head file. */
@@ -644,13 +638,13 @@ static int drop_branch(struct qsnap__model *t, qsnap_plan *p, const char *name)
 
     if (!h)
         return 0;
-    rc = defer_unlink(p, h->file);
+    rc = qsnap__defer_unlink(p, h->file);
     qsnap__del_layer(t, h->id);
     qsnap__del_branch(t, name);
     return rc;
 }
 
-static void fmt_bytes(char *buf, size_t len, uint64_t v)
+void qsnap__fmt_bytes(char *buf, size_t len, uint64_t v)
 {
     static const char *const unit[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
     double d = (double)v;
@@ -695,21 +689,21 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
     char *left = NULL, *newname = NULL, bytes[32];
     bool dirty = false, drop;
     uint64_t used = 0;
-    int rc = check_writable_store(s);
+    int rc = qsnap__check_writable_store(s);
 
     if (rc)
         return rc;
     if (qsnap__node_by_name(&s->m, snapshot) && qsnap__node_by_name(&s->m, snapshot)->internal)
-        return plan_revert_internal(out, s, snapshot, new_branch, discard);
+        return qsnap__plan_revert_internal(out, s, snapshot, new_branch, discard);
     rc = qsnap__model_clone(&t, &s->m);
     if (rc)
         return rc;
-    rc = find_snapshot(&t, snapshot, &target);
+    rc = qsnap__find_snapshot(&t, snapshot, &target);
     if (!rc)
-        rc = plan_new(&p, s, "revert");
+        rc = qsnap__plan_new(&p, s, "revert");
     if (rc)
         goto out;
-    rc = current_branch(s, &t, &cur, NULL);
+    rc = qsnap__current_branch(s, &t, &cur, NULL);
     if (rc)
         goto out;
     left = strdup(cur->name);
@@ -719,9 +713,9 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
     }
     rc = qsnap__head_dirty(s, qsnap__layer(&t, cur->head), &dirty, &used);
     if (!rc)
-        rc = check_chain(s, &t, target->layer);
+        rc = qsnap__check_chain(s, &t, target->layer);
     if (!rc)
-        rc = check_depth(&t, target->layer);
+        rc = qsnap__check_depth(&t, target->layer);
     if (rc)
         goto out;
     drop = discard || !dirty;
@@ -731,27 +725,28 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
     if (qsnap__internal_nodes_in(&t, cur->head, NULL)) {
         /* Its head holds internal snapshots: dropping it would delete them. */
         if (discard) {
-            rc = refuse_internal_in(&t, cur->head, "--discard would delete them with the branch",
-                                    "revert without --discard (the branch is kept), or delete "
-                                    "the internal snapshots first");
+            rc = qsnap__refuse_internal_in(
+                &t, cur->head, "--discard would delete them with the branch",
+                "revert without --discard (the branch is kept), or delete "
+                "the internal snapshots first");
             goto out;
         }
         drop = false;
     }
     /* A VM still running on the head it would leave: stop it first (it is about to
      * be left, and, when clean or discarded, removed). */
-    rc = check_free(s, &t, cur->head);
+    rc = qsnap__check_free(s, &t, cur->head);
     if (rc)
         goto out;
     if (new_branch) {
         if (!(drop && !strcmp(new_branch, left))) {
-            rc = check_new_name(&t, new_branch);
+            rc = qsnap__check_new_name(&t, new_branch);
             if (rc)
                 goto out;
         }
         newname = strdup(new_branch);
     } else {
-        newname = drop ? strdup(left) : gen_name(&t, snapshot);
+        newname = drop ? strdup(left) : qsnap__gen_name(&t, snapshot);
     }
     if (!newname) {
         rc = nomem();
@@ -770,23 +765,26 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
         goto out;
     }
     /* The new head exists before the metadata names it; the old head goes after. */
-    rc = add_save(p, &t);
+    rc = qsnap__add_save(p, &t);
     if (rc)
         goto out;
-    fmt_bytes(bytes, sizeof(bytes), used);
+    qsnap__fmt_bytes(bytes, sizeof(bytes), used);
     if (!drop && !dirty)
-        rc = set_summary(p, "reverted to %s on new branch %s; branch %s is kept (the state it "
-                            "stands on has no snapshot name)",
-                         snapshot, newname, left);
+        rc = qsnap__set_summary(p,
+                                "reverted to %s on new branch %s; branch %s is kept (the state it "
+                                "stands on has no snapshot name)",
+                                snapshot, newname, left);
     else if (!drop)
-        rc = set_summary(p, "reverted to %s on new branch %s; branch %s keeps its changes (%s)",
-                         snapshot, newname, left, bytes);
+        rc = qsnap__set_summary(p,
+                                "reverted to %s on new branch %s; branch %s keeps its changes (%s)",
+                                snapshot, newname, left, bytes);
     else if (dirty)
-        rc = set_summary(p, "reverted to %s on branch %s; discarded %s of changes on branch %s",
-                         snapshot, newname, bytes, left);
+        rc = qsnap__set_summary(p,
+                                "reverted to %s on branch %s; discarded %s of changes on branch %s",
+                                snapshot, newname, bytes, left);
     else
-        rc = set_summary(p, "reverted to %s on branch %s (branch %s had no changes)", snapshot,
-                         newname, left);
+        rc = qsnap__set_summary(p, "reverted to %s on branch %s (branch %s had no changes)",
+                                snapshot, newname, left);
 out:
     free(left);
     free(newname);
@@ -804,22 +802,22 @@ int qsnap_plan_switch(qsnap_plan **out, qsnap_store *s, const char *branch)
     struct qsnap__model t;
     struct qsnap__branch *b;
     qsnap_plan *p = NULL;
-    int rc = check_writable_store(s);
+    int rc = qsnap__check_writable_store(s);
 
     if (rc)
         return rc;
     rc = qsnap__model_clone(&t, &s->m);
     if (!rc)
-        rc = find_branch(&t, branch, &b);
+        rc = qsnap__find_branch(&t, branch, &b);
     if (!rc)
-        rc = plan_new(&p, s, "switch");
+        rc = qsnap__plan_new(&p, s, "switch");
     if (!rc) {
         free(t.current);
         t.current = strdup(branch);
-        rc = t.current ? add_save(p, &t) : nomem();
+        rc = t.current ? qsnap__add_save(p, &t) : nomem();
     }
     if (!rc)
-        rc = set_summary(p, "switched to branch %s", branch);
+        rc = qsnap__set_summary(p, "switched to branch %s", branch);
     qsnap__model_free(&t);
     if (rc) {
         qsnap_plan_free(p);
@@ -834,16 +832,16 @@ int qsnap_plan_branch_create(qsnap_plan **out, qsnap_store *s, const char *name,
     struct qsnap__model t;
     struct qsnap__node *n = NULL;
     qsnap_plan *p = NULL;
-    int rc = check_writable_store(s);
+    int rc = qsnap__check_writable_store(s);
 
     if (rc)
         return rc;
     rc = qsnap__model_clone(&t, &s->m);
     if (rc)
         return rc;
-    rc = check_new_name(&t, name);
+    rc = qsnap__check_new_name(&t, name);
     if (!rc && at) {
-        rc = find_snapshot(&t, at, &n);
+        rc = qsnap__find_snapshot(&t, at, &n);
     } else if (!rc) {
         struct qsnap__branch *cur = qsnap__branch_by_name(&t, t.current);
         n = cur ? qsnap__node(&t, cur->base) : NULL;
@@ -859,18 +857,18 @@ int qsnap_plan_branch_create(qsnap_plan **out, qsnap_store *s, const char *name,
                         "overlay cannot be backed by an internal snapshot of another file",
                         n->name ? n->name : "the current branch's base");
     if (!rc)
-        rc = check_chain(s, &t, n->layer);
+        rc = qsnap__check_chain(s, &t, n->layer);
     if (!rc)
-        rc = check_depth(&t, n->layer);
+        rc = qsnap__check_depth(&t, n->layer);
     if (!rc)
-        rc = plan_new(&p, s, "branch");
+        rc = qsnap__plan_new(&p, s, "branch");
     if (!rc)
         rc = add_branch_on(&t, p, name, n->id);
     if (!rc)
-        rc = add_save(p, &t);
+        rc = qsnap__add_save(p, &t);
     if (!rc)
-        rc = set_summary(p, "created branch %s at %s", name,
-                         n->name ? n->name : "(unnamed node)");
+        rc = qsnap__set_summary(p, "created branch %s at %s", name,
+                                n->name ? n->name : "(unnamed node)");
     qsnap__model_free(&t);
     if (rc) {
         qsnap_plan_free(p);
@@ -888,23 +886,23 @@ int qsnap_plan_branch_delete(qsnap_plan **out, qsnap_store *s, const char *name,
     bool dirty = false, gone = false;
     uint64_t used = 0;
     char bytes[32];
-    int rc = check_writable_store(s);
+    int rc = qsnap__check_writable_store(s);
 
     if (rc)
         return rc;
     rc = qsnap__model_clone(&t, &s->m);
     if (rc)
         return rc;
-    rc = find_branch(&t, name, &b);
+    rc = qsnap__find_branch(&t, name, &b);
     if (!rc && t.current && !strcmp(t.current, name))
         rc = qsnap__err(QSNAP_EREFUSED, "'qsnap switch DISK OTHER' first",
                         "branch %s is the current branch", name);
     if (!rc)
-        rc = refuse_internal_in(&t, b->head, "deleting the branch would delete them",
-                                "'qsnap delete DISK NAME' each of them first");
-    /* Made before the head is looked at (plan_new starts what the plan read afresh). */
+        rc = qsnap__refuse_internal_in(&t, b->head, "deleting the branch would delete them",
+                                       "'qsnap delete DISK NAME' each of them first");
+    /* Made before the head is looked at (qsnap__plan_new starts what the plan read afresh). */
     if (!rc)
-        rc = plan_new(&p, s, "branch-delete");
+        rc = qsnap__plan_new(&p, s, "branch-delete");
     if (!rc) {
         /* A head file that is gone (verify reports it): only --force drops the branch. */
         const struct qsnap__layer *h = qsnap__layer(&t, b->head);
@@ -917,20 +915,22 @@ int qsnap_plan_branch_delete(qsnap_plan **out, qsnap_store *s, const char *name,
     }
     if (!rc && !gone)
         rc = qsnap__head_dirty(s, qsnap__layer(&t, b->head), &dirty, &used);
-    fmt_bytes(bytes, sizeof(bytes), used);
+    qsnap__fmt_bytes(bytes, sizeof(bytes), used);
     if (!rc && dirty && !force)
         rc = qsnap__err(QSNAP_EREFUSED, "--force deletes it anyway",
                         "branch %s holds %s of changes that no snapshot keeps", name, bytes);
     if (!rc && !gone)
-        rc = check_free(s, &t, b->head);
+        rc = qsnap__check_free(s, &t, b->head);
     if (!rc)
         rc = drop_branch(&t, p, name);
     if (!rc)
-        rc = add_save(p, &t);
+        rc = qsnap__add_save(p, &t);
     if (!rc)
-        rc = set_summary(p, dirty ? "deleted branch %s (%s of changes dropped)"
-                                  : "deleted branch %s%s",
-                         name, dirty ? bytes : gone ? " (its head file was missing)" : "");
+        rc = qsnap__set_summary(
+            p, dirty ? "deleted branch %s (%s of changes dropped)" : "deleted branch %s%s", name,
+            dirty  ? bytes
+            : gone ? " (its head file was missing)"
+                   : "");
     qsnap__model_free(&t);
     if (rc) {
         qsnap_plan_free(p);
@@ -946,18 +946,18 @@ int qsnap_plan_branch_rename(qsnap_plan **out, qsnap_store *s, const char *old_n
     struct qsnap__model t;
     struct qsnap__branch *b;
     qsnap_plan *p = NULL;
-    int rc = check_writable_store(s);
+    int rc = qsnap__check_writable_store(s);
 
     if (rc)
         return rc;
     rc = qsnap__model_clone(&t, &s->m);
     if (rc)
         return rc;
-    rc = find_branch(&t, old_name, &b);
+    rc = qsnap__find_branch(&t, old_name, &b);
     if (!rc)
-        rc = check_new_name(&t, new_name);
+        rc = qsnap__check_new_name(&t, new_name);
     if (!rc)
-        rc = plan_new(&p, s, "branch-rename");
+        rc = qsnap__plan_new(&p, s, "branch-rename");
     if (!rc) {
         char *nn = strdup(new_name);
         if (!nn) {
@@ -969,11 +969,11 @@ int qsnap_plan_branch_rename(qsnap_plan **out, qsnap_store *s, const char *old_n
             }
             free(b->name);
             b->name = nn;
-            rc = add_save(p, &t);
+            rc = qsnap__add_save(p, &t);
         }
     }
     if (!rc)
-        rc = set_summary(p, "renamed branch %s to %s", old_name, new_name);
+        rc = qsnap__set_summary(p, "renamed branch %s to %s", old_name, new_name);
     qsnap__model_free(&t);
     if (rc) {
         qsnap_plan_free(p);
@@ -1004,7 +1004,7 @@ static bool other_node_uses(const struct qsnap__model *m, unsigned layer, unsign
 }
 
 /* Node `id` leaves the tree: its children and branches move up to its parent. */
-static void reparent(struct qsnap__model *t, unsigned id, unsigned parent)
+void qsnap__reparent(struct qsnap__model *t, unsigned id, unsigned parent)
 {
     for (size_t i = 0; i < t->nn; i++) {
         if (t->nodes[i].parent == id)
@@ -1020,17 +1020,17 @@ static void reparent(struct qsnap__model *t, unsigned id, unsigned parent)
 static int stream_into(const qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
                        struct qsnap__layer *d, const struct qsnap__layer *l)
 {
-    int rc = d->frozen ? 0 : check_free(s, t, d->id);
+    int rc = d->frozen ? 0 : qsnap__check_free(s, t, d->id);
 
     if (!rc)
-        rc = check_link(s, t, d->id);
+        rc = qsnap__check_link(s, t, d->id);
 
     if (!rc && d->frozen)
-        rc = add_step(p, QSNAP__ST_THAW, d->id, 0, 0, NULL, NULL);
+        rc = qsnap__add_step(p, QSNAP__ST_THAW, d->id, 0, 0, NULL, NULL);
     if (!rc)
-        rc = add_step(p, QSNAP__ST_STREAM, d->id, l->backing, 0, NULL, NULL);
+        rc = qsnap__add_step(p, QSNAP__ST_STREAM, d->id, l->backing, 0, NULL, NULL);
     if (!rc && d->frozen)
-        rc = add_step(p, QSNAP__ST_FREEZE, d->id, 0, 0, NULL, NULL);
+        rc = qsnap__add_step(p, QSNAP__ST_FREEZE, d->id, 0, 0, NULL, NULL);
     d->backing = l->backing;
     return rc;
 }
@@ -1074,7 +1074,7 @@ static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsn
                                 root_name);
                 goto out;
             }
-            rc = check_free(s, t, t->branches[i].head);
+            rc = qsnap__check_free(s, t, t->branches[i].head);
             if (rc)
                 goto out;
         }
@@ -1082,7 +1082,7 @@ static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsn
     for (size_t k = 0; k < nids; k++) {
         struct qsnap__node *n = qsnap__node(t, ids[k]);
         if (n->state)
-            rc = defer_unlink(p, n->state);
+            rc = qsnap__defer_unlink(p, n->state);
         if (rc)
             goto out;
     }
@@ -1132,15 +1132,16 @@ static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsn
     for (size_t i = t->nl; i-- > 0;) {
         if (keep[i])
             continue;
-        rc = defer_unlink(p, t->layers[i].file);
+        rc = qsnap__defer_unlink(p, t->layers[i].file);
         if (rc)
             goto out;
         qsnap__del_layer(t, t->layers[i].id);
     }
-    rc = add_save(p, t);
+    rc = qsnap__add_save(p, t);
     if (!rc)
-        rc = set_summary(p, "deleted snapshot %s and its subtree (%zu snapshots, %zu branches)",
-                         root_name, nodes, removed_branches);
+        rc = qsnap__set_summary(p,
+                                "deleted snapshot %s and its subtree (%zu snapshots, %zu branches)",
+                                root_name, nodes, removed_branches);
 out:
     free(root_name);
     free(ids);
@@ -1156,7 +1157,7 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     qsnap_plan *p = NULL;
     char *name = NULL;
     size_t deps;
-    int rc = check_writable_store(s);
+    int rc = qsnap__check_writable_store(s);
 
     if (rc)
         return rc;
@@ -1171,25 +1172,25 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
                           snapshot);
     if (qsnap__node_by_name(&s->m, snapshot) && qsnap__node_by_name(&s->m, snapshot)->internal &&
         !(flags & QSNAP_DELETE_CHILDREN))
-        return plan_delete_internal(out, s, snapshot);
+        return qsnap__plan_delete_internal(out, s, snapshot);
     rc = qsnap__model_clone(&t, &s->m);
     if (rc)
         return rc;
-    rc = find_snapshot(&t, snapshot, &n);
+    rc = qsnap__find_snapshot(&t, snapshot, &n);
     if (!rc)
-        rc = plan_new(&p, s, "delete");
+        rc = qsnap__plan_new(&p, s, "delete");
     if (!rc && !(name = strdup(snapshot)))
         rc = nomem();
     if (rc)
         goto out;
     if (flags & QSNAP_DELETE_CHILDREN) {
-        rc = check_subtree_external(&t, n);
+        rc = qsnap__check_subtree_external(&t, n);
         if (!rc)
             rc = plan_delete_subtree(s, &t, p, n);
         goto out;
     }
     if (n->state) {
-        rc = defer_unlink(p, n->state);
+        rc = qsnap__defer_unlink(p, n->state);
         free(n->state);
         n->state = NULL;
         if (rc)
@@ -1200,31 +1201,32 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     if (flags & QSNAP_DELETE_METADATA) {
         free(n->name);
         n->name = NULL;
-        rc = add_save(p, &t);
+        rc = qsnap__add_save(p, &t);
         if (!rc)
-            rc = set_summary(p, "forgot the name %s; its state stays as an unnamed node", name);
+            rc = qsnap__set_summary(p, "forgot the name %s; its state stays as an unnamed node",
+                                    name);
         goto out;
     }
     if (other_node_uses(&t, l->id, n->id) || (l->is_disk && deps == 0)) {
         /* Another node holds the same layer (or it is the disk itself): only the node goes. */
-        reparent(&t, n->id, n->parent);
+        qsnap__reparent(&t, n->id, n->parent);
         qsnap__del_node(&t, n->id);
-        rc = add_save(p, &t);
+        rc = qsnap__add_save(p, &t);
         if (!rc)
-            rc = set_summary(p, "deleted snapshot %s (its data is still used)", name);
+            rc = qsnap__set_summary(p, "deleted snapshot %s (its data is still used)", name);
         goto out;
     }
     if (deps == 0) {
-        rc = check_unchanged(s, l);
+        rc = qsnap__check_unchanged(s, l);
         if (!rc)
-            rc = defer_unlink(p, l->file);
-        reparent(&t, n->id, n->parent);
+            rc = qsnap__defer_unlink(p, l->file);
+        qsnap__reparent(&t, n->id, n->parent);
         qsnap__del_node(&t, n->id);
         qsnap__del_layer(&t, l->id);
         if (!rc)
-            rc = add_save(p, &t);
+            rc = qsnap__add_save(p, &t);
         if (!rc)
-            rc = set_summary(p, "deleted snapshot %s", name);
+            rc = qsnap__set_summary(p, "deleted snapshot %s", name);
         goto out;
     }
     /* Merging rewrites the dependents: only branch heads are rewritten unasked.
@@ -1239,10 +1241,11 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
         if (t.layers[i].backing != l->id || !qsnap__internal_nodes_in(&t, t.layers[i].id, NULL))
             continue;
         if (flags & QSNAP_DELETE_STREAM)
-            rc = refuse_internal_in(&t, t.layers[i].id,
-                                    "streaming this snapshot's data into their file would change "
-                                    "what they read",
-                                    "delete without --stream (its data stays as an unnamed node)");
+            rc = qsnap__refuse_internal_in(
+                &t, t.layers[i].id,
+                "streaming this snapshot's data into their file would change "
+                "what they read",
+                "delete without --stream (its data stays as an unnamed node)");
         else
             deps = deps > 1 ? deps : 2; /* keep, as for several dependents */
     }
@@ -1252,34 +1255,38 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
         /* Several states are built on it: keep the data as an unnamed node. */
         free(n->name);
         n->name = NULL;
-        rc = add_save(p, &t);
+        rc = qsnap__add_save(p, &t);
         if (!rc)
-            rc = set_summary(p, l->is_disk ? "deleted snapshot %s; the disk it names stays as an "
-                                             "unnamed node under what is built on it"
-                                           : "deleted snapshot %s; its data stays as an unnamed "
-                                             "node for the snapshots built on it (--stream "
-                                             "copies it into them instead)",
-                             name);
+            rc = qsnap__set_summary(p,
+                                    l->is_disk
+                                        ? "deleted snapshot %s; the disk it names stays as an "
+                                          "unnamed node under what is built on it"
+                                        : "deleted snapshot %s; its data stays as an unnamed "
+                                          "node for the snapshots built on it (--stream "
+                                          "copies it into them instead)",
+                                    name);
         goto out;
     }
     /* One dependent (or --stream): copy the layer's data into each, then remove it. */
-    rc = check_chain(s, &t, l->id);
+    rc = qsnap__check_chain(s, &t, l->id);
     for (size_t i = 0; !rc && i < t.nl; i++) {
         if (t.layers[i].backing == l->id)
             rc = stream_into(s, &t, p, &t.layers[i], l);
     }
     if (rc)
         goto out;
-    rc = defer_unlink(p, l->file);
-    reparent(&t, n->id, n->parent);
+    rc = qsnap__defer_unlink(p, l->file);
+    qsnap__reparent(&t, n->id, n->parent);
     qsnap__del_node(&t, n->id);
     qsnap__del_layer(&t, l->id);
     if (!rc)
-        rc = add_save(p, &t);
+        rc = qsnap__add_save(p, &t);
     if (!rc)
-        rc = set_summary(p, "deleted snapshot %s; its data was merged into the %zu state%s built "
-                            "on it",
-                         name, deps, deps == 1 ? "" : "s");
+        rc = qsnap__set_summary(
+            p,
+            "deleted snapshot %s; its data was merged into the %zu state%s built "
+            "on it",
+            name, deps, deps == 1 ? "" : "s");
 out:
     free(name);
     qsnap__model_free(&t);
@@ -1304,53 +1311,56 @@ int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *branch)
     uint64_t used = 0;
     unsigned base_id, l_id, h_id, keep_id;
     char *bname = NULL, *lfile = NULL, bytes[32];
-    int rc = check_writable_store(s);
+    int rc = qsnap__check_writable_store(s);
 
     if (rc)
         return rc;
     rc = qsnap__model_clone(&t, &s->m);
     if (rc)
         return rc;
-    rc = find_branch(&t, branch ? branch : t.current, &b);
+    rc = qsnap__find_branch(&t, branch ? branch : t.current, &b);
     if (!rc)
-        rc = plan_new(&p, s, "commit");
+        rc = qsnap__plan_new(&p, s, "commit");
     if (rc)
         goto out;
     bname = strdup(b->name);
     h = qsnap__layer(&t, b->head);
     l = h ? qsnap__layer(&t, h->backing) : NULL;
     if (!bname || !l) {
-        rc = bname ? qsnap__err(QSNAP_EINTEGRITY, GC_HINT, "branch %s has no base layer", b->name)
+        rc = bname ? qsnap__err(QSNAP_EINTEGRITY, QSNAP__GC_HINT, "branch %s has no base layer",
+                                b->name)
                    : nomem();
         goto out;
     }
     lfile = strdup(l->file);
-    rc = lfile ? refuse_internal_in(&t, h->id,
-                                    "a commit empties the head and writes its data into the layer "
-                                    "below, which would change what they read",
-                                    "delete the internal snapshots first ('qsnap delete DISK NAME')")
+    rc = lfile ? qsnap__refuse_internal_in(
+                     &t, h->id,
+                     "a commit empties the head and writes its data into the layer "
+                     "below, which would change what they read",
+                     "delete the internal snapshots first ('qsnap delete DISK NAME')")
                : nomem();
     if (!rc)
-        rc = refuse_internal_in(&t, l->id, "a commit would write into the layer that holds them",
-                                "delete the internal snapshots first");
+        rc = qsnap__refuse_internal_in(&t, l->id,
+                                       "a commit would write into the layer that holds them",
+                                       "delete the internal snapshots first");
     if (!rc)
-        rc = check_free(s, &t, h->id);
+        rc = qsnap__check_free(s, &t, h->id);
     if (!rc)
-        rc = check_link(s, &t, h->id);
+        rc = qsnap__check_link(s, &t, h->id);
     if (!rc)
         rc = qsnap__head_dirty(s, h, &dirty, &used);
     if (!rc)
-        rc = check_chain(s, &t, l->id);
+        rc = qsnap__check_chain(s, &t, l->id);
     if (rc)
         goto out;
     if (!dirty) {
-        rc = set_summary(p, "nothing to commit: branch %s has no changes", bname);
+        rc = qsnap__set_summary(p, "nothing to commit: branch %s has no changes", bname);
         goto out;
     }
     /* Every layer on l but the head also gets checked before anything moves. */
     for (size_t i = 0; !rc && i < t.nl; i++) {
         if (t.layers[i].backing == l->id && t.layers[i].id != h->id && !t.layers[i].frozen)
-            rc = check_free(s, &t, t.layers[i].id);
+            rc = qsnap__check_free(s, &t, t.layers[i].id);
     }
     if (rc)
         goto out;
@@ -1360,27 +1370,27 @@ int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *branch)
     was_disk = l->is_disk;
 
     /* 1. A new layer over l keeps l's content where the commit will overwrite it. */
-    keep = new_overlay(&t, l_id);
+    keep = qsnap__new_overlay(&t, l_id);
     if (!keep) {
         rc = nomem();
         goto out;
     }
     keep_id = keep->id;
     keep->frozen = true;
-    rc = add_step(p, QSNAP__ST_PRESERVE, keep_id, l_id, h_id, NULL, NULL);
+    rc = qsnap__add_step(p, QSNAP__ST_PRESERVE, keep_id, l_id, h_id, NULL, NULL);
     if (!rc)
-        rc = add_step(p, QSNAP__ST_FREEZE, keep_id, 0, 0, NULL, NULL);
+        rc = qsnap__add_step(p, QSNAP__ST_FREEZE, keep_id, 0, 0, NULL, NULL);
     /* 2. Everything that was built on l now stands on the kept layer. */
     for (size_t i = 0; !rc && i < t.nl; i++) {
         struct qsnap__layer *d = &t.layers[i];
         if (d->backing != l_id || d->id == h_id || d->id == keep_id)
             continue;
         if (d->frozen)
-            rc = add_step(p, QSNAP__ST_THAW, d->id, 0, 0, NULL, NULL);
+            rc = qsnap__add_step(p, QSNAP__ST_THAW, d->id, 0, 0, NULL, NULL);
         if (!rc)
-            rc = add_step(p, QSNAP__ST_SET_BACKING, d->id, keep_id, 0, NULL, NULL);
+            rc = qsnap__add_step(p, QSNAP__ST_SET_BACKING, d->id, keep_id, 0, NULL, NULL);
         if (!rc && d->frozen)
-            rc = add_step(p, QSNAP__ST_FREEZE, d->id, 0, 0, NULL, NULL);
+            rc = qsnap__add_step(p, QSNAP__ST_FREEZE, d->id, 0, 0, NULL, NULL);
         d->backing = keep_id;
     }
     for (size_t i = 0; i < t.nn; i++) {
@@ -1388,14 +1398,14 @@ int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *branch)
             t.nodes[i].layer = keep_id;
     }
     if (!rc)
-        rc = add_save(p, &t);
+        rc = qsnap__add_save(p, &t);
     /* 3. Only the head depends on l now: write the head's changes into it. */
     if (!rc)
-        rc = add_step(p, QSNAP__ST_THAW, l_id, 0, 0, NULL, NULL);
+        rc = qsnap__add_step(p, QSNAP__ST_THAW, l_id, 0, 0, NULL, NULL);
     if (!rc)
-        rc = add_step(p, QSNAP__ST_COMMIT, h_id, l_id, 0, NULL, NULL);
+        rc = qsnap__add_step(p, QSNAP__ST_COMMIT, h_id, l_id, 0, NULL, NULL);
     if (!rc)
-        rc = add_step(p, QSNAP__ST_FREEZE, l_id, 0, 0, NULL, NULL);
+        rc = qsnap__add_step(p, QSNAP__ST_FREEZE, l_id, 0, 0, NULL, NULL);
     if (rc)
         goto out;
     /* 4. The committed state is a node; the branch goes on from it. */
@@ -1409,13 +1419,13 @@ int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *branch)
     nc->created = qsnap__now();
     b = qsnap__branch_by_name(&t, bname);
     b->base = nc->id;
-    rc = add_save(p, &t);
-    fmt_bytes(bytes, sizeof(bytes), used);
+    rc = qsnap__add_save(p, &t);
+    qsnap__fmt_bytes(bytes, sizeof(bytes), used);
     if (!rc)
-        rc = set_summary(p, "committed branch %s (%s) into %s%s; every snapshot keeps its content",
-                         bname, bytes,
-                         was_disk && !strncmp(lfile, "../", 3) ? lfile + 3 : lfile,
-                         was_disk ? " (the disk)" : "");
+        rc = qsnap__set_summary(
+            p, "committed branch %s (%s) into %s%s; every snapshot keeps its content", bname, bytes,
+            was_disk && !strncmp(lfile, "../", 3) ? lfile + 3 : lfile,
+            was_disk ? " (the disk)" : "");
 out:
     free(bname);
     free(lfile);
@@ -1442,7 +1452,7 @@ out:
  */
 
 /* Refuse (QSNAP_EREFUSED) when layer holds internal nodes; why and hint say the rest. */
-static int refuse_internal_in(const struct qsnap__model *m, unsigned layer, const char *why,
+int qsnap__refuse_internal_in(const struct qsnap__model *m, unsigned layer, const char *why,
                               const char *hint)
 {
     const struct qsnap__branch *b = NULL;
@@ -1469,7 +1479,7 @@ static int refuse_internal_in(const struct qsnap__model *m, unsigned layer, cons
 }
 
 /* delete --children: the subtree must not hold internal nodes (delete them one by one). */
-static int check_subtree_external(const struct qsnap__model *m, const struct qsnap__node *root)
+int qsnap__check_subtree_external(const struct qsnap__model *m, const struct qsnap__node *root)
 {
     for (size_t i = 0; i < m->nn; i++) {
         const struct qsnap__node *n = &m->nodes[i];
@@ -1523,7 +1533,7 @@ static int gen_internal_name(const qsnap_store *s, const struct qsnap__model *m,
         int rc;
         if (asprintf(&name, "%s-%u", prefix, i) < 0)
             return nomem();
-        if (name_taken(m, name) || qsnap_name_check(name) != 0) {
+        if (qsnap__name_taken(m, name) || qsnap_name_check(name) != 0) {
             free(name);
             continue;
         }
@@ -1540,7 +1550,7 @@ static int gen_internal_name(const qsnap_store *s, const struct qsnap__model *m,
     return nomem();
 }
 
-static int plan_create_internal(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts *o)
+int qsnap__plan_create_internal(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts *o)
 {
     struct qsnap__model t;
     qsnap_plan *p = NULL;
@@ -1549,23 +1559,23 @@ static int plan_create_internal(qsnap_plan **out, qsnap_store *s, const qsnap_cr
     struct qsnap__layer *head;
     unsigned head_id, base_id;
     char *name = NULL, *bname = NULL;
-    int rc = s->exists ? check_writable_store(s) : check_no_pending(s);
+    int rc = s->exists ? qsnap__check_writable_store(s) : qsnap__check_no_pending(s);
 
     if (rc)
         return rc;
     rc = qsnap__model_clone(&t, &s->m);
     if (rc)
         return rc;
-    rc = plan_new(&p, s, "create");
+    rc = qsnap__plan_new(&p, s, "create");
     if (!rc && o->name)
-        rc = check_new_name(&t, o->name);
+        rc = qsnap__check_new_name(&t, o->name);
     if (rc)
         goto out;
     if (!s->exists) {
         /* First snapshot: an unnamed root on the disk; the internal snapshot goes in
          * branch main's new head. */
         struct qsnap__node *root;
-        rc = plan_first(s, &t, p, NULL, &root, &head_id);
+        rc = qsnap__plan_first(s, &t, p, NULL, &root, &head_id);
         if (rc)
             goto out;
         if (o->name)
@@ -1573,15 +1583,15 @@ static int plan_create_internal(qsnap_plan **out, qsnap_store *s, const qsnap_cr
         else
             rc = gen_internal_name(s, &t, NULL, "snap", &name);
     } else {
-        rc = current_branch(s, &t, &b, &head);
+        rc = qsnap__current_branch(s, &t, &b, &head);
         if (rc)
             goto out;
         head_id = head->id;
-        rc = check_free(s, &t, head_id);
+        rc = qsnap__check_free(s, &t, head_id);
         if (!rc)
-            rc = check_link(s, &t, head_id);
+            rc = qsnap__check_link(s, &t, head_id);
         if (!rc)
-            rc = check_chain(s, &t, head->backing);
+            rc = qsnap__check_chain(s, &t, head->backing);
         if (!rc && head->fmt != QCOW2_FORMAT_QCOW2)
             rc = qsnap__err(QSNAP_EREFUSED, NULL, "the head of branch %s is not qcow2", b->name);
         if (rc)
@@ -1629,15 +1639,16 @@ static int plan_create_internal(qsnap_plan **out, qsnap_store *s, const qsnap_cr
     }
     b = qsnap__branch_by_name(&t, bname);
     b->base = n->id;
-    rc = attach_state(p, n, o->state_file);
+    rc = qsnap__attach_state(p, n, o->state_file);
     if (!rc)
-        rc = add_step(p, QSNAP__ST_INTERNAL_CREATE, head_id, 0, 0, n->internal, NULL);
+        rc = qsnap__add_step(p, QSNAP__ST_INTERNAL_CREATE, head_id, 0, 0, n->internal, NULL);
     if (!rc)
-        rc = add_save(p, &t);
+        rc = qsnap__add_save(p, &t);
     if (!rc)
-        rc = set_summary(p, "created internal snapshot %s of branch %s (inside %s, which stays "
-                            "the branch's head)",
-                         n->name, bname, qsnap__layer(&t, head_id)->file);
+        rc = qsnap__set_summary(p,
+                                "created internal snapshot %s of branch %s (inside %s, which stays "
+                                "the branch's head)",
+                                n->name, bname, qsnap__layer(&t, head_id)->file);
 out:
     free(name);
     free(bname);
@@ -1650,7 +1661,7 @@ out:
     return 0;
 }
 
-static int plan_revert_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot,
+int qsnap__plan_revert_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot,
                                 const char *new_branch, bool discard)
 {
     struct qsnap__model t;
@@ -1665,12 +1676,12 @@ static int plan_revert_internal(qsnap_plan **out, qsnap_store *s, const char *sn
 
     if (rc)
         return rc;
-    rc = find_snapshot(&t, snapshot, &target);
+    rc = qsnap__find_snapshot(&t, snapshot, &target);
     if (!rc)
-        rc = plan_new(&p, s, "revert");
+        rc = qsnap__plan_new(&p, s, "revert");
     if (rc)
         goto out;
-    rc = current_branch(s, &t, &cur, NULL);
+    rc = qsnap__current_branch(s, &t, &cur, NULL);
     if (rc)
         goto out;
     for (size_t i = 0; i < t.nb; i++) {
@@ -1709,11 +1720,11 @@ static int plan_revert_internal(qsnap_plan **out, qsnap_store *s, const char *sn
         rc = nomem();
         goto out;
     }
-    rc = check_free(s, &t, head_id);
+    rc = qsnap__check_free(s, &t, head_id);
     if (!rc)
-        rc = check_link(s, &t, head_id);
+        rc = qsnap__check_link(s, &t, head_id);
     if (!rc)
-        rc = check_chain(s, &t, head->backing);
+        rc = qsnap__check_chain(s, &t, head->backing);
     if (!rc)
         rc = qsnap__differs_from_internal(s, head, snap, &differs);
     if (rc)
@@ -1748,29 +1759,34 @@ static int plan_revert_internal(qsnap_plan **out, qsnap_store *s, const char *sn
         k->parent = cur->base;
         k->layer = head_id;
         k->created = qsnap__now();
-        rc = add_step(p, QSNAP__ST_INTERNAL_CREATE, head_id, 0, 0, keep, NULL);
+        rc = qsnap__add_step(p, QSNAP__ST_INTERNAL_CREATE, head_id, 0, 0, keep, NULL);
         if (rc)
             goto out;
     }
     cur = qsnap__branch_by_name(&t, bname);
     cur->base = target_id;
-    rc = add_step(p, QSNAP__ST_INTERNAL_APPLY, head_id, 0, 0, snap, NULL);
+    rc = qsnap__add_step(p, QSNAP__ST_INTERNAL_APPLY, head_id, 0, 0, snap, NULL);
     if (!rc)
-        rc = add_save(p, &t);
+        rc = qsnap__add_save(p, &t);
     if (rc)
         goto out;
     if (keep)
-        rc = set_summary(p, "reverted branch %s to internal snapshot %s in place; its previous "
-                            "state is kept as internal snapshot %s",
-                         bname, snapshot, keep);
+        rc = qsnap__set_summary(p,
+                                "reverted branch %s to internal snapshot %s in place; its previous "
+                                "state is kept as internal snapshot %s",
+                                bname, snapshot, keep);
     else if (!kept_already)
-        rc = set_summary(p, "reverted branch %s to internal snapshot %s in place; discarded its "
-                            "changes",
-                         bname, snapshot);
+        rc =
+            qsnap__set_summary(p,
+                               "reverted branch %s to internal snapshot %s in place; discarded its "
+                               "changes",
+                               bname, snapshot);
     else
-        rc = set_summary(p, "reverted branch %s to internal snapshot %s in place (its state was "
-                            "already kept)",
-                         bname, snapshot);
+        rc =
+            qsnap__set_summary(p,
+                               "reverted branch %s to internal snapshot %s in place (its state was "
+                               "already kept)",
+                               bname, snapshot);
 out:
     free(keep);
     free(bname);
@@ -1784,7 +1800,7 @@ out:
     return 0;
 }
 
-static int plan_delete_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot)
+int qsnap__plan_delete_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot)
 {
     struct qsnap__model t;
     struct qsnap__node *n;
@@ -1796,9 +1812,9 @@ static int plan_delete_internal(qsnap_plan **out, qsnap_store *s, const char *sn
 
     if (rc)
         return rc;
-    rc = find_snapshot(&t, snapshot, &n);
+    rc = qsnap__find_snapshot(&t, snapshot, &n);
     if (!rc)
-        rc = plan_new(&p, s, "delete");
+        rc = qsnap__plan_new(&p, s, "delete");
     if (rc)
         goto out;
     l = qsnap__layer(&t, n->layer);
@@ -1810,7 +1826,7 @@ static int plan_delete_internal(qsnap_plan **out, qsnap_store *s, const char *sn
                         snapshot, l->file);
         goto out;
     }
-    rc = check_free(s, &t, layer_id);
+    rc = qsnap__check_free(s, &t, layer_id);
     if (rc)
         goto out;
     if (!(snap = strdup(n->internal))) {
@@ -1818,17 +1834,17 @@ static int plan_delete_internal(qsnap_plan **out, qsnap_store *s, const char *sn
         goto out;
     }
     if (n->state)
-        rc = defer_unlink(p, n->state);
-    reparent(&t, n->id, n->parent);
+        rc = qsnap__defer_unlink(p, n->state);
+    qsnap__reparent(&t, n->id, n->parent);
     qsnap__del_node(&t, n->id);
     /* The metadata stops naming it first; the snapshot goes after the commit point. */
     if (!rc)
-        rc = add_save(p, &t);
+        rc = qsnap__add_save(p, &t);
     if (!rc)
-        rc = add_step(p, QSNAP__ST_INTERNAL_DELETE, layer_id, 0, 0, snap, NULL);
+        rc = qsnap__add_step(p, QSNAP__ST_INTERNAL_DELETE, layer_id, 0, 0, snap, NULL);
     if (!rc)
-        rc = set_summary(p, "deleted internal snapshot %s (from %s)", snapshot,
-                         qsnap__layer(&t, layer_id)->file);
+        rc = qsnap__set_summary(p, "deleted internal snapshot %s (from %s)", snapshot,
+                                qsnap__layer(&t, layer_id)->file);
 out:
     free(snap);
     qsnap__model_free(&t);

@@ -22,7 +22,7 @@ static int nomem(void)
 }
 
 /* Open a layer file read-only without its chain and without locking. */
-static int open_layer(const qsnap_store *s, const struct qsnap__layer *l, unsigned flags,
+int qsnap__open_layer(const qsnap_store *s, const struct qsnap__layer *l, unsigned flags,
                       qcow2_image **out)
 {
     qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
@@ -110,7 +110,7 @@ static int head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *
         *bytes = 0;
     if (!l)
         return 0;
-    rc = open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img);
+    rc = qsnap__open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img);
     if (rc)
         return rc;
     for (uint64_t off = 0; off < qcow2_image_size(img);) {
@@ -163,7 +163,7 @@ static uint64_t virtual_size(const qsnap_store *s, const struct qsnap__layer *l)
     qcow2_image *img = NULL;
     uint64_t v = 0;
 
-    if (open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img) == 0)
+    if (qsnap__open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img) == 0)
         v = qcow2_image_size(img);
     qcow2_image_close(img);
     return v;
@@ -212,7 +212,7 @@ static int fill_node(const qsnap_store *s, const struct qsnap__node *n, qsnap_no
         qcow2_image *img = NULL;
         long at;
         qcow2_snapshot_info si;
-        if (l && open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img) == 0 &&
+        if (l && qsnap__open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img) == 0 &&
             (at = qsnap__find_internal(img, n->internal)) >= 0 &&
             qcow2_snapshot_get(img, (size_t)at, &si) == 0)
             out->virtual_size = si.disk_size;
@@ -347,7 +347,7 @@ static int open_chain_flags(const qsnap_store *s, const char *name, unsigned fla
     int rc = resolve(s, name, &l);
 
     if (!rc)
-        rc = open_layer(s, l, flags, out);
+        rc = qsnap__open_layer(s, l, flags, out);
     if (!rc && n && n->internal) {
         /* An internal node: the head file (read-only) showing the snapshot. */
         long at = qsnap__find_internal(*out, n->internal);
@@ -441,9 +441,9 @@ int qsnap__differs_from_internal(const qsnap_store *s, const struct qsnap__layer
     int rc;
 
     *differs = true;
-    rc = open_layer(s, l, flags, &act);
+    rc = qsnap__open_layer(s, l, flags, &act);
     if (!rc)
-        rc = open_layer(s, l, flags, &img);
+        rc = qsnap__open_layer(s, l, flags, &img);
     if (rc)
         goto out;
     at = qsnap__find_internal(img, snap);
@@ -602,7 +602,8 @@ int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
             const char *snap = qsnap__node(&s->m, list[i].id)->internal;
             qcow2_image *img = NULL;
             uint64_t b = 0;
-            if (l && open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img) == 0 &&
+            if (l &&
+                qsnap__open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img) == 0 &&
                 qcow2_snapshot_unique_bytes(img, snap, &b) != 0)
                 b = 0;
             qcow2_image_close(img);
@@ -978,7 +979,7 @@ static void verify_internal(qsnap_store *s, const struct qsnap__node *n, struct 
                                     "writable head",
              name, l->file);
     if (qsnap__file_exists(path) &&
-        open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img) == 0) {
+        qsnap__open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img) == 0) {
         if (qsnap__find_internal(img, n->internal) < 0)
             find(fs, true, false, path,
                  "internal snapshot %s of %s is missing from %s's snapshot table (removed "
