@@ -41,6 +41,49 @@ int qsnap__plan_new(qsnap_plan **out, const qsnap_store *s, const char *op)
     return 0;
 }
 
+/*
+ * The opening every planner shares: *t becomes a copy of the store's model;
+ * when n (or b) is not NULL, the snapshot (or branch) called name is found
+ * in it; when p is not NULL, a new plan for op is made. The steps run in
+ * that order and the first failure ends it, which keeps the error each
+ * planner returned before this helper existed: out of memory copying the
+ * model wins over everything, a name not found (QSNAP_ENOTFOUND, naming it)
+ * over out of memory for the plan. Planners that check more before making
+ * their plan pass p = NULL and call qsnap__plan_new themselves, so those
+ * checks still win over an out-of-memory plan. On failure *t is left freed
+ * (and emptied, so freeing it again is harmless) and nothing else is made.
+ */
+int qsnap__plan_open(const qsnap_store *s, const char *op, struct qsnap__model *t, qsnap_plan **p,
+                     const char *name, struct qsnap__node **n, struct qsnap__branch **b)
+{
+    int rc = qsnap__model_clone(t, &s->m);
+
+    if (!rc && n)
+        rc = qsnap__find_snapshot(t, name, n);
+    if (!rc && b)
+        rc = qsnap__find_branch(t, name, b);
+    if (!rc && p)
+        rc = qsnap__plan_new(p, s, op);
+    if (rc)
+        qsnap__model_free(t);
+    return rc;
+}
+
+/*
+ * The close every planner shares: the model copy goes; when rc is not 0 the
+ * plan goes too and rc is returned, else the plan is the result (*out).
+ */
+int qsnap__plan_close(qsnap_plan **out, qsnap_plan *p, struct qsnap__model *t, int rc)
+{
+    qsnap__model_free(t);
+    if (rc) {
+        qsnap_plan_free(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
 void qsnap_plan_free(qsnap_plan *p)
 {
     if (!p)

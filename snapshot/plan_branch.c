@@ -103,14 +103,9 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
         return rc;
     if (qsnap__node_by_name(&s->m, snapshot) && qsnap__node_by_name(&s->m, snapshot)->internal)
         return qsnap__plan_revert_internal(out, s, snapshot, new_branch, discard);
-    rc = qsnap__model_clone(&t, &s->m);
+    rc = qsnap__plan_open(s, "revert", &t, &p, snapshot, &target, NULL);
     if (rc)
         return rc;
-    rc = qsnap__find_snapshot(&t, snapshot, &target);
-    if (!rc)
-        rc = qsnap__plan_new(&p, s, "revert");
-    if (rc)
-        goto out;
     rc = qsnap__current_branch(s, &t, &cur, NULL);
     if (rc)
         goto out;
@@ -196,13 +191,7 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
 out:
     free(left);
     free(newname);
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
+    return qsnap__plan_close(out, p, &t, rc);
 }
 
 int qsnap_plan_switch(qsnap_plan **out, qsnap_store *s, const char *branch)
@@ -214,11 +203,7 @@ int qsnap_plan_switch(qsnap_plan **out, qsnap_store *s, const char *branch)
 
     if (rc)
         return rc;
-    rc = qsnap__model_clone(&t, &s->m);
-    if (!rc)
-        rc = qsnap__find_branch(&t, branch, &b);
-    if (!rc)
-        rc = qsnap__plan_new(&p, s, "switch");
+    rc = qsnap__plan_open(s, "switch", &t, &p, branch, NULL, &b);
     if (!rc) {
         free(t.current);
         t.current = strdup(branch);
@@ -226,13 +211,7 @@ int qsnap_plan_switch(qsnap_plan **out, qsnap_store *s, const char *branch)
     }
     if (!rc)
         rc = qsnap__set_summary(p, "switched to branch %s", branch);
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
+    return qsnap__plan_close(out, p, &t, rc);
 }
 
 int qsnap_plan_branch_create(qsnap_plan **out, qsnap_store *s, const char *name, const char *at)
@@ -244,7 +223,8 @@ int qsnap_plan_branch_create(qsnap_plan **out, qsnap_store *s, const char *name,
 
     if (rc)
         return rc;
-    rc = qsnap__model_clone(&t, &s->m);
+    /* The new name is checked before the snapshot is looked for: only the copy here. */
+    rc = qsnap__plan_open(s, NULL, &t, NULL, NULL, NULL, NULL);
     if (rc)
         return rc;
     rc = qsnap__check_new_name(&t, name);
@@ -277,13 +257,7 @@ int qsnap_plan_branch_create(qsnap_plan **out, qsnap_store *s, const char *name,
     if (!rc)
         rc = qsnap__set_summary(p, "created branch %s at %s", name,
                                 n->name ? n->name : "(unnamed node)");
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
+    return qsnap__plan_close(out, p, &t, rc);
 }
 
 int qsnap_plan_branch_delete(qsnap_plan **out, qsnap_store *s, const char *name, bool force)
@@ -298,11 +272,10 @@ int qsnap_plan_branch_delete(qsnap_plan **out, qsnap_store *s, const char *name,
 
     if (rc)
         return rc;
-    rc = qsnap__model_clone(&t, &s->m);
+    rc = qsnap__plan_open(s, NULL, &t, NULL, name, NULL, &b);
     if (rc)
         return rc;
-    rc = qsnap__find_branch(&t, name, &b);
-    if (!rc && t.current && !strcmp(t.current, name))
+    if (t.current && !strcmp(t.current, name))
         rc = qsnap__err(QSNAP_EREFUSED, "'qsnap switch DISK OTHER' first",
                         "branch %s is the current branch", name);
     if (!rc)
@@ -339,13 +312,7 @@ int qsnap_plan_branch_delete(qsnap_plan **out, qsnap_store *s, const char *name,
             dirty  ? bytes
             : gone ? " (its head file was missing)"
                    : "");
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
+    return qsnap__plan_close(out, p, &t, rc);
 }
 
 int qsnap_plan_branch_rename(qsnap_plan **out, qsnap_store *s, const char *old_name,
@@ -358,12 +325,10 @@ int qsnap_plan_branch_rename(qsnap_plan **out, qsnap_store *s, const char *old_n
 
     if (rc)
         return rc;
-    rc = qsnap__model_clone(&t, &s->m);
+    rc = qsnap__plan_open(s, NULL, &t, NULL, old_name, NULL, &b);
     if (rc)
         return rc;
-    rc = qsnap__find_branch(&t, old_name, &b);
-    if (!rc)
-        rc = qsnap__check_new_name(&t, new_name);
+    rc = qsnap__check_new_name(&t, new_name);
     if (!rc)
         rc = qsnap__plan_new(&p, s, "branch-rename");
     if (!rc) {
@@ -382,11 +347,5 @@ int qsnap_plan_branch_rename(qsnap_plan **out, qsnap_store *s, const char *old_n
     }
     if (!rc)
         rc = qsnap__set_summary(p, "renamed branch %s to %s", old_name, new_name);
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
+    return qsnap__plan_close(out, p, &t, rc);
 }

@@ -122,12 +122,9 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
     rc = s->exists ? qsnap__check_writable_store(s) : qsnap__check_no_pending(s);
     if (rc)
         return rc;
-    rc = qsnap__model_clone(&t, &s->m);
+    rc = qsnap__plan_open(s, "create", &t, &p, NULL, NULL, NULL);
     if (rc)
         return rc;
-    rc = qsnap__plan_new(&p, s, "create");
-    if (rc)
-        goto fail;
     if (opts.name) {
         rc = qsnap__check_new_name(&t, opts.name);
         if (rc)
@@ -206,9 +203,7 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
                     n->name, b->name);
             if (rc)
                 goto fail;
-            qsnap__model_free(&t);
-            *out = p;
-            return 0;
+            return qsnap__plan_close(out, p, &t, 0);
         }
         rc = qsnap__check_depth(&t, old_head->id);
         if (rc)
@@ -248,12 +243,8 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
     }
     if (rc)
         goto fail;
-    qsnap__model_free(&t);
-    *out = p;
-    return 0;
+    return qsnap__plan_close(out, p, &t, 0);
 fail:
     free(name);
-    qsnap__model_free(&t);
-    qsnap_plan_free(p);
-    return rc;
+    return qsnap__plan_close(out, p, &t, rc);
 }

@@ -52,6 +52,27 @@ void qsnap__reparent(struct qsnap__model *t, unsigned id, unsigned parent)
     }
 }
 
+/*
+ * Node n leaves the tree and, when l is not NULL, its layer l with it (the
+ * file goes after the commit point recorded here). rc: an earlier failure,
+ * after which the model still changes but no step is added.
+ */
+static int drop_node(struct qsnap__model *t, qsnap_plan *p, const struct qsnap__node *n,
+                     const struct qsnap__layer *l, int rc)
+{
+    unsigned id = n->id, layer = l ? l->id : 0;
+
+    if (!rc && l)
+        rc = qsnap__defer_unlink(p, l->file);
+    qsnap__reparent(t, id, n->parent);
+    qsnap__del_node(t, id);
+    if (l)
+        qsnap__del_layer(t, layer);
+    if (!rc)
+        rc = qsnap__add_save(p, t);
+    return rc;
+}
+
 /* Steps that give dependent layer d the content of layer l, then drop l from its chain. */
 static int stream_into(const qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
                        struct qsnap__layer *d, const struct qsnap__layer *l)
@@ -209,12 +230,7 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     if (qsnap__node_by_name(&s->m, snapshot) && qsnap__node_by_name(&s->m, snapshot)->internal &&
         !(flags & QSNAP_DELETE_CHILDREN))
         return qsnap__plan_delete_internal(out, s, snapshot);
-    rc = qsnap__model_clone(&t, &s->m);
-    if (rc)
-        return rc;
-    rc = qsnap__find_snapshot(&t, snapshot, &n);
-    if (!rc)
-        rc = qsnap__plan_new(&p, s, "delete");
+    rc = qsnap__plan_open(s, "delete", &t, &p, snapshot, &n, NULL);
     if (!rc && !(name = strdup(snapshot)))
         rc = nomem();
     if (rc)
@@ -245,22 +261,13 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     }
     if (other_node_uses(&t, l->id, n->id) || (l->is_disk && deps == 0)) {
         /* Another node holds the same layer (or it is the disk itself): only the node goes. */
-        qsnap__reparent(&t, n->id, n->parent);
-        qsnap__del_node(&t, n->id);
-        rc = qsnap__add_save(p, &t);
+        rc = drop_node(&t, p, n, NULL, 0);
         if (!rc)
             rc = qsnap__set_summary(p, "deleted snapshot %s (its data is still used)", name);
         goto out;
     }
     if (deps == 0) {
-        rc = qsnap__check_unchanged(s, l);
-        if (!rc)
-            rc = qsnap__defer_unlink(p, l->file);
-        qsnap__reparent(&t, n->id, n->parent);
-        qsnap__del_node(&t, n->id);
-        qsnap__del_layer(&t, l->id);
-        if (!rc)
-            rc = qsnap__add_save(p, &t);
+        rc = drop_node(&t, p, n, l, qsnap__check_unchanged(s, l));
         if (!rc)
             rc = qsnap__set_summary(p, "deleted snapshot %s", name);
         goto out;
@@ -311,12 +318,7 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     }
     if (rc)
         goto out;
-    rc = qsnap__defer_unlink(p, l->file);
-    qsnap__reparent(&t, n->id, n->parent);
-    qsnap__del_node(&t, n->id);
-    qsnap__del_layer(&t, l->id);
-    if (!rc)
-        rc = qsnap__add_save(p, &t);
+    rc = drop_node(&t, p, n, l, 0);
     if (!rc)
         rc = qsnap__set_summary(
             p,
@@ -325,13 +327,7 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
             name, deps, deps == 1 ? "" : "s");
 out:
     free(name);
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
+    return qsnap__plan_close(out, p, &t, rc);
 }
 
 /* ---- commit ------------------------------------------------------------------- */
@@ -351,14 +347,10 @@ int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *branch)
 
     if (rc)
         return rc;
-    rc = qsnap__model_clone(&t, &s->m);
+    /* The copy's current branch is the store's (s->m.current). */
+    rc = qsnap__plan_open(s, "commit", &t, &p, branch ? branch : s->m.current, NULL, &b);
     if (rc)
         return rc;
-    rc = qsnap__find_branch(&t, branch ? branch : t.current, &b);
-    if (!rc)
-        rc = qsnap__plan_new(&p, s, "commit");
-    if (rc)
-        goto out;
     bname = strdup(b->name);
     h = qsnap__layer(&t, b->head);
     l = h ? qsnap__layer(&t, h->backing) : NULL;
@@ -465,11 +457,5 @@ int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *branch)
 out:
     free(bname);
     free(lfile);
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
+    return qsnap__plan_close(out, p, &t, rc);
 }

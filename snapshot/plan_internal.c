@@ -144,11 +144,10 @@ int qsnap__plan_create_internal(qsnap_plan **out, qsnap_store *s, const qsnap_cr
 
     if (rc)
         return rc;
-    rc = qsnap__model_clone(&t, &s->m);
+    rc = qsnap__plan_open(s, "create", &t, &p, NULL, NULL, NULL);
     if (rc)
         return rc;
-    rc = qsnap__plan_new(&p, s, "create");
-    if (!rc && o->name)
+    if (o->name)
         rc = qsnap__check_new_name(&t, o->name);
     if (rc)
         goto out;
@@ -233,13 +232,7 @@ int qsnap__plan_create_internal(qsnap_plan **out, qsnap_store *s, const qsnap_cr
 out:
     free(name);
     free(bname);
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
+    return qsnap__plan_close(out, p, &t, rc);
 }
 
 int qsnap__plan_revert_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot,
@@ -253,15 +246,10 @@ int qsnap__plan_revert_internal(qsnap_plan **out, qsnap_store *s, const char *sn
     char *keep = NULL, *bname = NULL, *snap = NULL;
     bool differs = true, kept_already = false;
     unsigned target_id, head_id;
-    int rc = qsnap__model_clone(&t, &s->m);
+    int rc = qsnap__plan_open(s, "revert", &t, &p, snapshot, &target, NULL);
 
     if (rc)
         return rc;
-    rc = qsnap__find_snapshot(&t, snapshot, &target);
-    if (!rc)
-        rc = qsnap__plan_new(&p, s, "revert");
-    if (rc)
-        goto out;
     rc = qsnap__current_branch(s, &t, &cur, NULL);
     if (rc)
         goto out;
@@ -372,13 +360,7 @@ out:
     free(keep);
     free(bname);
     free(snap);
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
+    return qsnap__plan_close(out, p, &t, rc);
 }
 
 int qsnap__plan_delete_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot)
@@ -389,15 +371,10 @@ int qsnap__plan_delete_internal(qsnap_plan **out, qsnap_store *s, const char *sn
     qsnap_plan *p = NULL;
     char *snap = NULL;
     unsigned layer_id;
-    int rc = qsnap__model_clone(&t, &s->m);
+    int rc = qsnap__plan_open(s, "delete", &t, &p, snapshot, &n, NULL);
 
     if (rc)
         return rc;
-    rc = qsnap__find_snapshot(&t, snapshot, &n);
-    if (!rc)
-        rc = qsnap__plan_new(&p, s, "delete");
-    if (rc)
-        goto out;
     l = qsnap__layer(&t, n->layer);
     layer_id = l->id;
     if (l->frozen) {
@@ -428,11 +405,5 @@ int qsnap__plan_delete_internal(qsnap_plan **out, qsnap_store *s, const char *sn
                                 qsnap__layer(&t, layer_id)->file);
 out:
     free(snap);
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
+    return qsnap__plan_close(out, p, &t, rc);
 }

@@ -227,6 +227,12 @@ int64_t qsnap__now(void);
  */
 #define QSNAP__GC_HINT "'qsnap verify --repair DISK' finishes it"
 int qsnap__plan_new(qsnap_plan **out, const qsnap_store *s, const char *op);
+/* Copy the model, find the snapshot or branch named, make the plan (plan.c says which error wins).
+ */
+int qsnap__plan_open(const qsnap_store *s, const char *op, struct qsnap__model *t, qsnap_plan **p,
+                     const char *name, struct qsnap__node **n, struct qsnap__branch **b);
+/* Free the model copy; the plan is the result (*out) when rc is 0, else freed and rc returned. */
+int qsnap__plan_close(qsnap_plan **out, qsnap_plan *p, struct qsnap__model *t, int rc);
 int qsnap__add_step(qsnap_plan *p, enum qsnap__step_kind kind, unsigned x, unsigned y, unsigned z,
                     const char *a, const char *b);
 /* A removal that must wait for the next commit point (the metadata still names the file). */
