@@ -141,6 +141,7 @@ static int apply_option(const cli_option *o, const char *arg, void *args)
         *(unsigned *)field |= o->bits;
         return 0;
     case CLI_OPT_CONVERT:
+    case CLI_OPT_CALL:
         return o->convert(arg, field);
     }
     return 0;
@@ -164,7 +165,7 @@ bool cli_cmd_parse(const cli_command *cmd, int argc, char **argv, void *args, cl
             return false;
         }
         defs[n] = (cli_opt_def){o->long_name, o->short_name ? o->short_name : CLI_OPT_LONG_BASE + n,
-                                o->kind != CLI_OPT_FLAG && o->kind != CLI_OPT_BITS};
+                                o->kind == CLI_OPT_STRING || o->kind == CLI_OPT_CONVERT};
     }
     defs[n] = (cli_opt_def){NULL, 0, false};
 

@@ -69,6 +69,7 @@ typedef enum cli_opt_kind {
     CLI_OPT_STRING,  /* const char *: the value (the last one given wins) */
     CLI_OPT_BITS,    /* unsigned: or'ed with bits */
     CLI_OPT_CONVERT, /* convert(value, field): a number, size, format, list, ... */
+    CLI_OPT_CALL,    /* convert(NULL, field): an option without a value that does more */
 } cli_opt_kind;
 
 /*
@@ -84,7 +85,7 @@ typedef struct cli_option {
     cli_opt_kind kind;          /* what it does */
     size_t offset;              /* of the field it sets in the argument struct */
     unsigned bits;              /* CLI_OPT_BITS: the bits it sets */
-    cli_opt_convert_fn convert; /* CLI_OPT_CONVERT: how */
+    cli_opt_convert_fn convert; /* CLI_OPT_CONVERT, CLI_OPT_CALL: how */
 } cli_option;
 
 /*
@@ -101,6 +102,7 @@ typedef struct cli_option {
 #define CLI_BITS(lng, sht, T, field, b) \
     {lng, sht, CLI_OPT_BITS, CLI_FIELD(T, field, unsigned), b, NULL}
 #define CLI_CONVERT(lng, sht, T, field, fn) {lng, sht, CLI_OPT_CONVERT, offsetof(T, field), 0, fn}
+#define CLI_CALL(lng, sht, T, field, fn) {lng, sht, CLI_OPT_CALL, offsetof(T, field), 0, fn}
 #define CLI_OPTIONS_END {NULL, 0, CLI_OPT_FLAG, 0, 0, NULL}
 
 /* The messages for missing operands, first to last: .missing = CLI_MISSING("missing disk"). */
