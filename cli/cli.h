@@ -60,8 +60,7 @@ int cli_opt_output(const char *arg, void *field);
 
 /* The operands of an image command that takes one FILE, in qemu-img's words. */
 #define CLI_ONE_IMAGE                                                                              \
-    .min_operands = 1, .missing = CLI_MISSING("Expecting one image file name"),                    \
-    .max_operands = 1, .extra = "Expecting one image file name"
+    CLI_OPERANDS(1, "Expecting one image file name"), .extra = "Expecting one image file name"
 
 /* The "Format specific information:" block of qemu-img info (nothing for raw). */
 void cli_print_format_specific(const qcow2_info *in);

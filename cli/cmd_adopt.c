@@ -60,9 +60,7 @@ static const cli_command adopt_cmd = {
         CLI_FLAG("json", 0, struct adopt_args, json),
         CLI_OPTIONS_END,
     },
-    .min_operands = 1,
-    .missing = CLI_MISSING("missing image"),
-    .max_operands = 1,
+    CLI_OPERANDS(1, "missing image"),
 };
 
 int cli_tree_adopt(int argc, char **argv)
@@ -201,9 +199,7 @@ static const cli_command libvirt_xml_cmd = {
         CLI_FLAG("json", 0, struct libvirt_xml_args, json),
         CLI_OPTIONS_END,
     },
-    .min_operands = 1,
-    .missing = CLI_MISSING("missing disk"),
-    .max_operands = 1,
+    CLI_OPERANDS(1, "missing disk"),
 };
 
 int cli_tree_libvirt_xml(int argc, char **argv)

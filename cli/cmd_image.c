@@ -870,9 +870,7 @@ static const cli_command compare_cmd = {
         CLI_FLAG("quiet", 'q', struct compare_args, quiet),
         CLI_OPTIONS_END,
     },
-    .min_operands = 2,
-    .missing = CLI_MISSING("Expecting two image file names", "Expecting two image file names"),
-    .max_operands = 2,
+    CLI_OPERANDS(2, "Expecting two image file names", "Expecting two image file names"),
     .extra = "Expecting two image file names",
 };
 

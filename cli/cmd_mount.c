@@ -575,9 +575,7 @@ static const cli_command mount_cmd = {
         CLI_FLAG("foreground", 'f', struct mount_args, foreground),
         CLI_OPTIONS_END,
     },
-    .min_operands = 2,
-    .missing = CLI_MISSING("missing disk", "missing mount point"),
-    .max_operands = 2,
+    CLI_OPERANDS(2, "missing disk", "missing mount point"),
 };
 
 int cli_tree_mount(int argc, char **argv)
@@ -596,9 +594,7 @@ static const cli_command umount_cmd = {
     .help = umount_help,
     .usage_status = CLI_EXIT_USAGE,
     .options = (const cli_option[]){CLI_OPTIONS_END},
-    .min_operands = 1,
-    .missing = CLI_MISSING("missing mount point"),
-    .max_operands = 1,
+    CLI_OPERANDS(1, "missing mount point"),
 };
 
 int cli_tree_umount(int argc, char **argv)

@@ -303,9 +303,7 @@ static const cli_command create_cmd = {
         CLI_FLAG("internal", 0, struct create_args, co.internal),
         CLI_OPTIONS_END,
     },
-    .min_operands = 1,
-    .missing = CLI_MISSING("missing disk"),
-    .max_operands = 2,
+    CLI_OPERANDS(2, "missing disk"),
 };
 
 static int cmd_create(int argc, char **argv)
@@ -359,9 +357,7 @@ static const cli_command revert_cmd = {
         CLI_FLAG("json", 0, struct revert_args, json),
         CLI_OPTIONS_END,
     },
-    .min_operands = 2,
-    .missing = CLI_MISSING("missing disk", "missing snapshot name"),
-    .max_operands = 2,
+    CLI_OPERANDS(2, "missing disk", "missing snapshot name"),
 };
 
 static int make_revert(qsnap_plan **out, qsnap_store *s, void *args)
@@ -416,9 +412,7 @@ static const cli_command switch_cmd = {
         CLI_FLAG("json", 0, struct plan_args, json),
         CLI_OPTIONS_END,
     },
-    .min_operands = 2,
-    .missing = CLI_MISSING("missing disk", "missing branch name"),
-    .max_operands = 2,
+    CLI_OPERANDS(2, "missing disk", "missing branch name"),
 };
 
 static int cmd_switch(int argc, char **argv)
@@ -476,8 +470,7 @@ static const cli_command branch_cmd = {
         CLI_FLAG("json", 0, struct branch_args, json),
         CLI_OPTIONS_END,
     },
-    .min_operands = 1,
-    .missing = CLI_MISSING("missing disk"),
+    CLI_OPERANDS(0, "missing disk"),
 };
 
 static int make_branch_create(qsnap_plan **out, qsnap_store *s, void *args)
@@ -621,9 +614,7 @@ static const cli_command delete_cmd = {
         CLI_FLAG("progress", 'p', struct delete_args, progress),
         CLI_OPTIONS_END,
     },
-    .min_operands = 2,
-    .missing = CLI_MISSING("missing disk", "missing snapshot name"),
-    .max_operands = 2,
+    CLI_OPERANDS(2, "missing disk", "missing snapshot name"),
 };
 
 static int make_delete(qsnap_plan **out, qsnap_store *s, void *args)
@@ -684,9 +675,7 @@ static const cli_command commit_cmd = {
         CLI_FLAG("progress", 'p', struct plan_args, progress),
         CLI_OPTIONS_END,
     },
-    .min_operands = 1,
-    .missing = CLI_MISSING("missing disk"),
-    .max_operands = 2,
+    CLI_OPERANDS(2, "missing disk"),
 };
 
 static int cmd_commit(int argc, char **argv)

@@ -88,9 +88,7 @@ static const cli_command current_cmd = {
         CLI_FLAG("json", 0, struct current_args, json),
         CLI_OPTIONS_END,
     },
-    .min_operands = 1,
-    .missing = CLI_MISSING("missing disk"),
-    .max_operands = 1,
+    CLI_OPERANDS(1, "missing disk"),
 };
 
 int cli_tree_current(int argc, char **argv)
@@ -276,9 +274,7 @@ static const cli_command list_cmd = {
         CLI_FLAG("external", 0, struct list_args, f.external),
         CLI_OPTIONS_END,
     },
-    .min_operands = 1,
-    .missing = CLI_MISSING("missing disk"),
-    .max_operands = 1,
+    CLI_OPERANDS(1, "missing disk"),
 };
 
 int cli_tree_list(int argc, char **argv)
@@ -417,9 +413,7 @@ static const cli_command info_cmd = {
         CLI_FLAG("json", 0, struct json_args, json),
         CLI_OPTIONS_END,
     },
-    .min_operands = 2,
-    .missing = CLI_MISSING("missing disk", "missing snapshot or branch name"),
-    .max_operands = 2,
+    CLI_OPERANDS(2, "missing disk", "missing snapshot or branch name"),
 };
 
 int cli_tree_info(int argc, char **argv)
@@ -494,9 +488,8 @@ static const cli_command diff_cmd = {
         CLI_FLAG("json", 0, struct json_args, json),
         CLI_OPTIONS_END,
     },
-    .min_operands = 3,
-    .missing = CLI_MISSING("missing disk", "diff needs two snapshots or branches", "diff needs two snapshots or branches"),
-    .max_operands = 3,
+    CLI_OPERANDS(3, "missing disk", "diff needs two snapshots or branches",
+                 "diff needs two snapshots or branches"),
 };
 
 int cli_tree_diff(int argc, char **argv)
@@ -582,9 +575,7 @@ static const cli_command du_cmd = {
         CLI_FLAG("json", 0, struct json_args, json),
         CLI_OPTIONS_END,
     },
-    .min_operands = 1,
-    .missing = CLI_MISSING("missing disk"),
-    .max_operands = 1,
+    CLI_OPERANDS(1, "missing disk"),
 };
 
 int cli_tree_du(int argc, char **argv)
@@ -684,9 +675,7 @@ static const cli_command why_cmd = {
     .options = (const cli_option[]){
         CLI_OPTIONS_END,
     },
-    .min_operands = 2,
-    .missing = CLI_MISSING("missing disk", "missing snapshot or branch name"),
-    .max_operands = 2,
+    CLI_OPERANDS(2, "missing disk", "missing snapshot or branch name"),
 };
 
 int cli_tree_why(int argc, char **argv)
@@ -751,9 +740,8 @@ static const cli_command export_cmd = {
         CLI_FLAG("progress", 'p', struct export_args, progress),
         CLI_OPTIONS_END,
     },
-    .min_operands = 3,
-    .missing = CLI_MISSING("missing disk", "export needs a snapshot or branch and an output file", "export needs a snapshot or branch and an output file"),
-    .max_operands = 3,
+    CLI_OPERANDS(3, "missing disk", "export needs a snapshot or branch and an output file",
+                 "export needs a snapshot or branch and an output file"),
 };
 
 int cli_tree_export(int argc, char **argv)
@@ -813,9 +801,7 @@ static const cli_command verify_cmd = {
         CLI_FLAG("json", 0, struct verify_args, json),
         CLI_OPTIONS_END,
     },
-    .min_operands = 1,
-    .missing = CLI_MISSING("missing disk"),
-    .max_operands = 1,
+    CLI_OPERANDS(1, "missing disk"),
 };
 
 int cli_tree_verify(int argc, char **argv)

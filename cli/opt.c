@@ -122,7 +122,7 @@ int cli_opt_next(cli_opt_parser *p)
 
 /* ---- a command line by its table --------------------------------------------- */
 
-/* Options a command may declare (-h/--help aside); the largest has 13. */
+/* Options a command may declare (-h/--help aside); image convert has 12. */
 #define CLI_CMD_MAX_OPTIONS 31
 
 /* Store what option o says into args; 0, or the exit status after an error. */
@@ -150,29 +150,27 @@ static int apply_option(const cli_option *o, const char *arg, void *args)
 bool cli_cmd_parse(const cli_command *cmd, int argc, char **argv, void *args, cli_operands *ops,
                    int *status)
 {
-    cli_opt_def defs[CLI_CMD_MAX_OPTIONS + 2];
+    cli_opt_def defs[CLI_CMD_MAX_OPTIONS + 2]; /* help, the table's options, the end */
     const cli_option *opts = cmd->options;
     cli_opt_parser p;
-    int c, n = 0;
+    int c, i, n;
 
-    defs[n++] = (cli_opt_def){"help", 'h', false};
-    for (; opts[n - 1].long_name || opts[n - 1].short_name; n++) {
-        const cli_option *o = &opts[n - 1];
-
-        if (n > CLI_CMD_MAX_OPTIONS) {
+    /* The table as cli_opt_next() wants it: opts[i] is defs[i + 1]. */
+    defs[0] = (cli_opt_def){"help", 'h', false};
+    for (n = 0; opts[n].long_name || opts[n].short_name; n++) {
+        if (n == CLI_CMD_MAX_OPTIONS) {
             cli_errorf("%s: too many options in its table", cmd->prog);
             *status = 1;
             return false;
         }
-        defs[n] = (cli_opt_def){o->long_name, o->short_name ? o->short_name : CLI_OPT_LONG_BASE + n,
-                                o->kind == CLI_OPT_STRING || o->kind == CLI_OPT_CONVERT};
+        defs[n + 1] = (cli_opt_def){
+            opts[n].long_name, opts[n].short_name ? opts[n].short_name : CLI_OPT_LONG_BASE + n,
+            opts[n].kind == CLI_OPT_STRING || opts[n].kind == CLI_OPT_CONVERT};
     }
-    defs[n] = (cli_opt_def){NULL, 0, false};
+    defs[n + 1] = (cli_opt_def){NULL, 0, false};
 
     cli_opt_init(&p, argc - 1, argv + 1, defs);
     while ((c = cli_opt_next(&p)) != 0) {
-        int i;
-
         if (c < 0) {
             *status = cli_usage_hint(cmd->prog, cmd->usage_status);
             return false;
@@ -182,9 +180,9 @@ bool cli_cmd_parse(const cli_command *cmd, int argc, char **argv, void *args, cl
             *status = 0;
             return false;
         }
-        for (i = 1; defs[i].key != c; i++)
+        for (i = 0; defs[i + 1].key != c; i++)
             ;
-        *status = apply_option(&opts[i - 1], p.arg, args);
+        *status = apply_option(&opts[i], p.arg, args);
         if (*status)
             return false;
     }

@@ -105,8 +105,15 @@ typedef struct cli_option {
 #define CLI_CALL(lng, sht, T, field, fn) {lng, sht, CLI_OPT_CALL, offsetof(T, field), 0, fn}
 #define CLI_OPTIONS_END {NULL, 0, CLI_OPT_FLAG, 0, 0, NULL}
 
-/* The messages for missing operands, first to last: .missing = CLI_MISSING("missing disk"). */
+/*
+ * The operands of a command: at most max (0: no limit), and one message for
+ * each operand that must be there, first to last, which also says how many
+ * must: CLI_OPERANDS(2, "missing disk", "missing snapshot name").
+ */
 #define CLI_MISSING(...) ((const char *const[]){__VA_ARGS__})
+#define CLI_OPERANDS(max, ...)                                                                     \
+    .min_operands = (int)(sizeof(CLI_MISSING(__VA_ARGS__)) / sizeof(const char *)),               \
+    .missing = CLI_MISSING(__VA_ARGS__), .max_operands = max
 
 typedef struct cli_command {
     const char *prog;           /* "qsnap create", "qsnap image info": named in usage hints */
