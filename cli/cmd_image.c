@@ -684,7 +684,6 @@ int cli_image_convert(int argc, char **argv)
     qcow2_format fmt, out_fmt;
     bool progress, compress;
     cli_progress pr;
-    cli_imgopts io;
     cli_operands op;
     qcow2_image *img;
     int rc;
@@ -696,7 +695,6 @@ int cli_image_convert(int argc, char **argv)
     }
     rc = 1;
     copts = a.copts;
-    io = a.io;
     fmt = a.fmt;
     out_fmt = a.out_fmt;
     progress = a.progress;
@@ -705,7 +703,7 @@ int cli_image_convert(int argc, char **argv)
         copts.salvage = true;
         copts.read_error = convert_read_error;
     }
-    if (cli_imgopts_wants_help(&io)) {
+    if (cli_imgopts_wants_help(&a.io)) {
         cli_imgopts_print_help(out_fmt);
         rc = 0;
         goto out;
@@ -723,7 +721,7 @@ int cli_image_convert(int argc, char **argv)
     if (a.no_create) {
         struct stat st;
 
-        if (io.text) {
+        if (a.io.text) {
             cli_errorf("-o has no effect when skipping image creation");
             goto out;
         }
@@ -738,7 +736,7 @@ int cli_image_convert(int argc, char **argv)
         }
         copts.no_create = true;
     } else if (out_fmt == QCOW2_FORMAT_QCOW2) {
-        if (!convert_create_opts(&io, &co, op.v[1]) || !convert_backing(&copts, &co, op.v[1]))
+        if (!convert_create_opts(&a.io, &co, op.v[1]) || !convert_backing(&copts, &co, op.v[1]))
             goto out;
         copts.create = &co;
     } else if (copts.backing) {
@@ -751,9 +749,9 @@ int cli_image_convert(int argc, char **argv)
     } else if (compress) {
         cli_errorf("Compression not supported for this file format");
         goto out;
-    } else if (io.text) {
+    } else if (a.io.text) {
         /* qemu-img's message for a key raw does not have; raw output takes none. */
-        if (cli_imgopts_parse(&io, QCOW2_FORMAT_RAW, op.v[1]) == 0)
+        if (cli_imgopts_parse(&a.io, QCOW2_FORMAT_RAW, op.v[1]) == 0)
             cli_errorf("%s: creation options are not supported for raw output", op.v[1]);
         goto out;
     }
@@ -775,7 +773,7 @@ int cli_image_convert(int argc, char **argv)
         rc = cli_fail(rc, CLI_TABLE_IMAGE);
     qcow2_image_close(img);
 out:
-    cli_imgopts_free(&io);
+    cli_imgopts_free(&a.io);
     return rc;
 }
 

@@ -372,7 +372,6 @@ int cli_image_measure(int argc, char **argv)
     qcow2_image *img = NULL;
     uint64_t size = 0;
     cli_operands op;
-    cli_imgopts io;
     int rc, status;
 
     cli_imgopts_init(&a.io);
@@ -383,7 +382,6 @@ int cli_image_measure(int argc, char **argv)
     status = LAYER_EXIT_FAIL;
     fmt = a.fmt;
     out_fmt = a.out_fmt;
-    io = a.io;
     size_arg = a.size_arg;
     json = a.json;
     if (op.n > 1) {
@@ -405,7 +403,7 @@ int cli_image_measure(int argc, char **argv)
     }
     if (op.n == 1 && cli_open_image(&img, op.v[0], fmt, false, a.no_lock) < 0)
         goto out;
-    if (!measure_create_opts(&io, out_fmt, &co))
+    if (!measure_create_opts(&a.io, out_fmt, &co))
         goto out;
     rc = qcow2_measure(img, size, &co, &r);
     if (rc < 0) {
@@ -416,6 +414,6 @@ int cli_image_measure(int argc, char **argv)
     status = 0;
 out:
     qcow2_image_close(img);
-    cli_imgopts_free(&io);
+    cli_imgopts_free(&a.io);
     return status;
 }
