@@ -139,6 +139,7 @@ int qcow2__io_flush(qcow2_io *io, const char *name);
  * system: the caller copies), or a negative QCOW2_E* code on an I/O error.
  */
 #define QCOW2__CLONE_ALIGN 4096u
+#define QCOW2__PEND_SLOTS 8u /* shares put off at once (write.c) */
 int qcow2__io_clone(qcow2_io *io, const char *name, uint64_t off, qcow2_io *src, uint64_t src_off,
                     uint64_t len);
 /*
@@ -151,6 +152,12 @@ int qcow2__io_clone(qcow2_io *io, const char *name, uint64_t off, qcow2_io *src,
  */
 int qcow2__write_shared(qcow2_image *img, uint64_t guest_off, uint64_t len, qcow2_io *src,
                         const char *src_name, uint64_t src_off);
+/*
+ * Carry out the share qcow2__write_shared() put off (copying where the file
+ * system refuses it). Called before any metadata write-back, any other write
+ * and any read of the chain; callers that batch shares call it when done.
+ */
+int qcow2__share_drain(qcow2_image *img);
 int qcow2__io_truncate(qcow2_io *io, const char *name, uint64_t size);
 int qcow2__io_size(qcow2_io *io, const char *name, uint64_t *size_out);
 /* Write zeroes over [off, off+len) in bounded pieces. */
@@ -395,6 +402,21 @@ struct qcow2_image {
     qcow2_io *share_src;         /* during qcow2__write_shared: the data's file, else NULL */
     const char *share_name;      /* and its name (messages) */
     uint64_t share_delta;        /* its offset for guest offset g: g + share_delta */
+    /*
+     * Shares put off (write.c, put_data): each slot sends [from, +len) of src
+     * to [host, +len) of this file in one FICLONERANGE, grown while later
+     * pieces continue it in both files, and made before any table that can
+     * point at it is written (qcow2__share_drain). pend_n slots in use.
+     */
+    struct qcow2__pend {
+        qcow2_io *src;
+        const char *name;
+        uint64_t host, from, len;
+        uint64_t used;           /* pend_tick when last grown */
+    } pend[QCOW2__PEND_SLOTS];
+    unsigned pend_n;
+    uint64_t pend_tick;
+    qcow2_io *share_refused;     /* a source this file could not share from: copied */
 };
 
 /* pool.c: table memory and the mapping generation shared by the layers of one chain. */

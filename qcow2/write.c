@@ -21,6 +21,7 @@
 #include "qcow2_int.h"
 
 #define WRITE_RUN_BYTES (2u << 20) /* most bytes allocated and written in one step */
+#define SHARE_RUN_BYTES (256ull << 20) /* most bytes one put-off share covers */
 
 static const uint8_t zero_buf[65536];
 
@@ -28,6 +29,8 @@ int qcow2__fatal(qcow2_image *img, int rc)
 {
     if (img->state == QCOW2__OPEN_RW) {
         img->state = QCOW2__FATAL;
+        /* Nothing is written back any more: a share put off is dropped with its tables. */
+        img->pend_n = 0;
         if (QCOW2_ERROR_CLASS(rc) == QCOW2_ECORRUPT && img->fmt == QCOW2_FORMAT_QCOW2 &&
             img->hdr.version >= 3) {
             /* Best effort, as qemu: mark the image so nobody writes it before a repair. */
@@ -149,7 +152,10 @@ int qcow2__metadata_flush(qcow2_image *img)
         return 0;
     if (img->fmt != QCOW2_FORMAT_QCOW2)
         return qcow2__sync(img);
-    rc = flush_steps(img);
+    /* The data of a share put off goes first: the tables written below may point at it. */
+    rc = qcow2__share_drain(img);
+    if (!rc)
+        rc = flush_steps(img);
     return rc ? qcow2__fatal(img, rc) : 0;
 }
 
@@ -248,6 +254,12 @@ static int start_write(qcow2_image *img, uint64_t off, uint64_t len)
 
     if (rc)
         return rc;
+    /* Any write but the next shared one finds the shares put off done (it may rewrite or read them). */
+    if (!img->share_src) {
+        rc = qcow2__share_drain(img);
+        if (rc)
+            return rc;
+    }
     if (!qcow2__in_range(off, len, img->size))
         return qcow2__err(QCOW2_EINVAL, 0, img->name,
                           "write of %" PRIu64 " bytes at 0x%" PRIx64
@@ -530,33 +542,108 @@ out:
     return rc;
 }
 
+/* Copy [from, from+len) of src to host offset host of img's file, in bounded pieces. */
+static int copy_in(qcow2_image *img, qcow2_io *src, const char *src_name, uint64_t host,
+                   uint64_t from, uint64_t len)
+{
+    size_t step = (size_t)qcow2__min(len, WRITE_RUN_BYTES);
+    uint8_t *bounce = qcow2__malloc(step);
+    int rc = 0;
+
+    if (!bounce)
+        return qcow2__nomem();
+    while (!rc && len) {
+        size_t n = (size_t)qcow2__min(len, step);
+        rc = qcow2__io_read(src, src_name, bounce, n, from);
+        if (!rc)
+            rc = qcow2__io_write(img->io, img->name, bounce, n, host);
+        host += n;
+        from += n;
+        len -= n;
+    }
+    qcow2__free(bounce);
+    return rc;
+}
+
+/* Make the share of slot i now (a copy where the file system refuses) and free the slot. */
+static int share_slot(qcow2_image *img, unsigned i)
+{
+    struct qcow2__pend p = img->pend[i];
+    int rc;
+
+    img->pend[i] = img->pend[--img->pend_n];
+    rc = qcow2__io_clone(img->io, img->name, p.host, p.src, p.from, p.len);
+    if (rc == 0) {
+        img->share_refused = p.src; /* this file system will not: copy from now on */
+        rc = copy_in(img, p.src, p.name, p.host, p.from, p.len);
+    }
+    return rc < 0 ? qcow2__fatal(img, rc) : 0;
+}
+
+int qcow2__share_drain(qcow2_image *img)
+{
+    while (img->pend_n) {
+        int rc = share_slot(img, img->pend_n - 1);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 /*
  * Put len bytes of guest data at host offset host of img's file: from p, or
  * in qcow2__write_shared() from the source file, shared where it can be.
  * Sharing is safe for ever after: the file system copies a shared block
  * when either file writes it (an in-place rewrite of a data cluster
  * included), so no write to one file can reach the other.
+ *
+ * A share is put off rather than made at once, so that pieces contiguous in
+ * both files (a scattered overlay read in file order into clusters the base
+ * allocates one after the other) take one FICLONERANGE instead of one per
+ * cluster. A few runs are grown at once (QCOW2__PEND_SLOTS), so that pieces
+ * rewritten in place elsewhere in the file do not cut the run of new
+ * clusters; the run grown least recently is made when a slot is needed.
+ *
+ * The write order stays as without the batching: the L2 entries and
+ * refcounts set meanwhile live only in the metadata cache, and every path
+ * that writes a table back goes through qcow2__metadata_flush() (a cache
+ * eviction included), which makes every pending share, and syncs it, before
+ * the first table; any other write or read of the chain makes them first
+ * too. A share the file system refuses is copied then.
  */
 static int put_data(qcow2_image *img, const uint8_t *p, uint64_t len, uint64_t host, uint64_t guest)
 {
     uint64_t from;
-    uint8_t *bounce;
     int rc;
 
     if (!img->share_src)
         return qcow2__io_write(img->io, img->name, p, (size_t)len, host);
     from = guest + img->share_delta;
-    rc = qcow2__io_clone(img->io, img->name, host, img->share_src, from, len);
-    if (rc)
-        return rc < 0 ? rc : 0;
-    bounce = qcow2__malloc((size_t)len);
-    if (!bounce)
-        return qcow2__nomem();
-    rc = qcow2__io_read(img->share_src, img->share_name, bounce, (size_t)len, from);
-    if (!rc)
-        rc = qcow2__io_write(img->io, img->name, bounce, (size_t)len, host);
-    qcow2__free(bounce);
-    return rc;
+    if (img->share_refused == img->share_src || ((host | from | len) & (QCOW2__CLONE_ALIGN - 1)))
+        return copy_in(img, img->share_src, img->share_name, host, from, len);
+    img->pend_tick++;
+    for (unsigned i = 0; i < img->pend_n; i++) {
+        struct qcow2__pend *run = &img->pend[i];
+        if (run->src == img->share_src && host == run->host + run->len &&
+            from == run->from + run->len && run->len + len <= SHARE_RUN_BYTES) {
+            run->len += len;
+            run->used = img->pend_tick;
+            return 0;
+        }
+    }
+    if (img->pend_n == QCOW2__PEND_SLOTS) {
+        unsigned lru = 0;
+        for (unsigned i = 1; i < img->pend_n; i++) {
+            if (img->pend[i].used < img->pend[lru].used)
+                lru = i;
+        }
+        rc = share_slot(img, lru);
+        if (rc)
+            return rc;
+    }
+    img->pend[img->pend_n++] = (struct qcow2__pend){img->share_src, img->share_name, host, from, len,
+                                                    img->pend_tick};
+    return 0;
 }
 
 /* A preallocated zero cluster (standard L2 entry: ZERO with a host offset) that we own. */
@@ -1107,14 +1194,13 @@ int qcow2__write_shared(qcow2_image *img, uint64_t guest_off, uint64_t len, qcow
         img->io->ops->version < 2 || !img->io->ops->clone_from || src->ops != img->io->ops)
         return 0;
     quiet = quiet_begin(img);
+    img->share_src = src; /* set first: start_write() leaves the pending share alone */
+    img->share_name = src_name;
+    img->share_delta = src_off - guest_off;
     rc = start_write(img, guest_off, len);
-    if (!rc) {
-        img->share_src = src;
-        img->share_name = src_name;
-        img->share_delta = src_off - guest_off;
+    if (!rc)
         rc = for_each_table(img, NULL, guest_off, len, write_in_table);
-        img->share_src = NULL;
-    }
+    img->share_src = NULL;
     rc = quiet_end(img, quiet, rc, guest_off, len, true);
     return rc ? rc : 1;
 }
