@@ -519,11 +519,11 @@ static int raw_status(qcow2_image *img, uint64_t off, uint64_t len, qcow2_extent
         out->host_off = off;
         return 0;
     }
-    rc = qcow2__io_extent(img->io, img->name, off, qcow2__min(len, img->file_size - off), &run,
-                          &hole);
+    /* The chart (or the run found last): no lseek pair per query over a charted file. */
+    rc = raw_run_at(img, off, &run, &hole);
     if (rc)
         return rc;
-    out->length = run;
+    out->length = qcow2__min(run, len);
     out->host_off = off;
     out->flags =
         QCOW2_EXT_PRESENT | QCOW2_EXT_OFFSET_VALID | (hole ? QCOW2_EXT_ZERO : QCOW2_EXT_DATA);
