@@ -158,6 +158,8 @@ int qcow2__write_shared(qcow2_image *img, uint64_t guest_off, uint64_t len, qcow
  * and any read of the chain; callers that batch shares call it when done.
  */
 int qcow2__share_drain(qcow2_image *img);
+/* Write guest [guest, +len) from img->share_src at host: shared (put off) or copied. */
+int qcow2__share_put(qcow2_image *img, uint64_t len, uint64_t host, uint64_t guest);
 int qcow2__io_truncate(qcow2_io *io, const char *name, uint64_t size);
 int qcow2__io_size(qcow2_io *io, const char *name, uint64_t *size_out);
 /* Write zeroes over [off, off+len) in bounded pieces. */

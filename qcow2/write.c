@@ -22,6 +22,7 @@
 
 #define WRITE_RUN_BYTES (2u << 20) /* most bytes allocated and written in one step */
 #define SHARE_RUN_BYTES (256ull << 20) /* most bytes one put-off share covers */
+#define SHARE_COPY_BYTES (2u << 20)    /* bounce buffer of a share copied instead */
 
 static const uint8_t zero_buf[65536];
 
@@ -546,7 +547,7 @@ out:
 static int copy_in(qcow2_image *img, qcow2_io *src, const char *src_name, uint64_t host,
                    uint64_t from, uint64_t len)
 {
-    size_t step = (size_t)qcow2__min(len, WRITE_RUN_BYTES);
+    size_t step = (size_t)qcow2__min(len, SHARE_COPY_BYTES);
     uint8_t *bounce = qcow2__malloc(step);
     int rc = 0;
 
@@ -591,11 +592,11 @@ int qcow2__share_drain(qcow2_image *img)
 }
 
 /*
- * Put len bytes of guest data at host offset host of img's file: from p, or
- * in qcow2__write_shared() from the source file, shared where it can be.
- * Sharing is safe for ever after: the file system copies a shared block
- * when either file writes it (an in-place rewrite of a data cluster
- * included), so no write to one file can reach the other.
+ * The bytes of guest [guest, guest+len) from img->share_src, to host offset
+ * host of img's file, shared where they can be. Sharing is safe for ever
+ * after: the file system copies a shared block when either file writes it
+ * (an in-place rewrite of a data cluster included), so no write to one file
+ * can reach the other.
  *
  * A share is put off rather than made at once, so that pieces contiguous in
  * both files (a scattered overlay read in file order into clusters the base
@@ -611,14 +612,11 @@ int qcow2__share_drain(qcow2_image *img)
  * the first table; any other write or read of the chain makes them first
  * too. A share the file system refuses is copied then.
  */
-static int put_data(qcow2_image *img, const uint8_t *p, uint64_t len, uint64_t host, uint64_t guest)
+int qcow2__share_put(qcow2_image *img, uint64_t len, uint64_t host, uint64_t guest)
 {
-    uint64_t from;
+    uint64_t from = guest + img->share_delta;
     int rc;
 
-    if (!img->share_src)
-        return qcow2__io_write(img->io, img->name, p, (size_t)len, host);
-    from = guest + img->share_delta;
     if (img->share_refused == img->share_src || ((host | from | len) & (QCOW2__CLONE_ALIGN - 1)))
         return copy_in(img, img->share_src, img->share_name, host, from, len);
     img->pend_tick++;
@@ -644,6 +642,17 @@ static int put_data(qcow2_image *img, const uint8_t *p, uint64_t len, uint64_t h
     img->pend[img->pend_n++] = (struct qcow2__pend){img->share_src, img->share_name, host, from, len,
                                                     img->pend_tick};
     return 0;
+}
+
+/*
+ * Put len bytes of guest data at host offset host of img's file: from p, or
+ * in qcow2__write_shared() from the source file (qcow2__share_put).
+ */
+static int put_data(qcow2_image *img, const uint8_t *p, uint64_t len, uint64_t host, uint64_t guest)
+{
+    if (!img->share_src)
+        return qcow2__io_write(img->io, img->name, p, (size_t)len, host);
+    return qcow2__share_put(img, len, host, guest);
 }
 
 /* A preallocated zero cluster (standard L2 entry: ZERO with a host offset) that we own. */
