@@ -495,7 +495,7 @@ int qcow2_image_read(qcow2_image *img, void *buf, size_t len, uint64_t guest_off
                           " bytes)",
                           len, guest_off, img->size);
     for (qcow2_image *l = img; l; l = l->backing) {
-        /* A share put off (write.c) is data the chain may read: made first. */
+        /* A share put off (share.c) is data the chain may read: made first. */
         int rc = l->pend_n ? qcow2__share_drain(l) : 0;
         if (rc)
             return rc;
