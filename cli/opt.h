@@ -90,10 +90,11 @@ typedef struct cli_option {
 
 /*
  * offsetof(T, field), which fails to compile unless the field has type
- * `type` (pointers to different types cannot be subtracted); never evaluated.
+ * `type` (a _Generic with no other association and no default has no match
+ * otherwise); its controlling expression is never evaluated.
  */
 #define CLI_FIELD(T, field, type) \
-    (offsetof(T, field) + 0 * sizeof(&((T *)0)->field - (type *)0))
+    (offsetof(T, field) + 0 * _Generic(((T *)0)->field, type: 0u))
 
 /* One table line each: long name, letter (0: none), argument struct, field. */
 #define CLI_FLAG(lng, sht, T, field) {lng, sht, CLI_OPT_FLAG, CLI_FIELD(T, field, bool), 0, NULL}
