@@ -38,10 +38,12 @@ static int cmd_close(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, cha
 static int cmd_reopen(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 
 static const struct io_cmd io_cmds[] = {
-    {"read", "r", io_cmd_read, 2, -1, "[-Cpqv] [-P pattern [-s off] [-l len]] off len",
+    {"read", "r", io_cmd_read, 2, -1, "[-bCpqv] [-P pattern [-s off] [-l len]] off len",
      "reads a number of bytes at a specified offset",
      " Reads LEN bytes of guest data at offset OFF (through the backing chain).\n"
      " OFF and LEN take the suffixes k, M, G, T, P, E (powers of 1024).\n"
+     " -b, -- read from the vm-state area of a qcow2 image instead (OFF within\n"
+     "        the area; OFF and LEN multiples of 512; never written: zeroes)\n"
      " -P, -- verify that every byte read equals PATTERN (0..255)\n"
      " -q, -- quiet mode, do not show I/O statistics\n"
      " -v, -- dump the data read (hexadecimal and characters)\n"
@@ -92,10 +94,12 @@ static const struct io_cmd io_cmds[] = {
     {"info", "i", cmd_info, 0, 0, "", "prints information about the current file", NULL},
     {"help", "?", cmd_help, 0, 1, "[command]", "help for one or all commands", NULL},
     {"quit", "q", cmd_quit, 0, 0, "", "exit the program", NULL},
-    {"write", "w", io_cmd_write, 2, -1, "[-cnquz] [-P pattern | -s source_file] off len",
+    {"write", "w", io_cmd_write, 2, -1, "[-bcCfnquz] [-P pattern | -s source_file] off len",
      "writes a number of bytes at a specified offset",
      " Writes LEN bytes at offset OFF, filled with PATTERN (default 0xcd).\n"
      " OFF and LEN take the suffixes k, M, G, T, P, E (powers of 1024).\n"
+     " -b, -- write to the vm-state area of a qcow2 image instead (OFF within\n"
+     "        the area; OFF and LEN multiples of 512; not with -z or -f)\n"
      " -c, -- write compressed clusters (OFF and LEN cluster aligned, or LEN\n"
      "        reaching the end of the image)\n"
      " -n, -- with -z, allow LEN beyond the usual request cap\n"
@@ -103,7 +107,8 @@ static const struct io_cmd io_cmds[] = {
      " -s, -- take the data from SOURCE_FILE (repeated when shorter)\n"
      " -q, -- quiet mode, do not show I/O statistics\n"
      " -u, -- with -z, allow the clusters to be freed\n"
-     " -p, -C, -f, -- accepted and ignored\n"
+     " -f, -- accepted (writes are durable at flush); not with -b or -c\n"
+     " -p, -C, -- accepted and ignored\n"
      " -z, -- write zeroes (zero clusters where the format has them)\n"},
     {"discard", "d", io_cmd_discard, 2, -1, "[-q] off len",
      "discards a number of bytes at a specified offset",
@@ -527,8 +532,10 @@ static const char io_help[] =
     "is opened for writing unless -r is given, and flushed at the end.\n"
     "\n"
     "Commands:\n"
-    "  read [-qv] [-P PATTERN] OFF LEN  read guest data; with -P, fail unless\n"
-    "                                   every byte equals PATTERN; -v dumps it\n"
+    "  read [-bqv] [-P PATTERN] OFF LEN\n"
+    "                                   read guest data; with -P, fail unless\n"
+    "                                   every byte equals PATTERN; -v dumps it;\n"
+    "                                   -b: the vm-state area of a qcow2 image\n"
     "  readv [-qv] [-P PATTERN] OFF LEN [LEN...]\n"
     "                                   read the sum of the LENs in one request\n"
     "  writev [-q] [-P PATTERN] OFF LEN [LEN...]\n"
@@ -536,10 +543,11 @@ static const char io_help[] =
     "  aio_read, aio_write [-z [-u]], aio_flush\n"
     "                                   as readv and writev, and flush; requests\n"
     "                                   run in order, each done before the next\n"
-    "  write [-cnquz] [-P PATTERN] OFF LEN\n"
+    "  write [-bcnquz] [-P PATTERN] OFF LEN\n"
     "                                   write LEN bytes of PATTERN (default 0xcd);\n"
     "                                   -z zeroes (-u: may free the clusters),\n"
-    "                                   -c compressed whole clusters\n"
+    "                                   -c compressed whole clusters, -b to the\n"
+    "                                   vm-state area of a qcow2 image\n"
     "  discard [-q] OFF LEN             discard the whole clusters of a range\n"
     "  flush                            make the writes so far durable\n"
     "  map                              ranges allocated in the image itself\n"

@@ -95,53 +95,92 @@ static void dump_buffer(const unsigned char *buf, uint64_t off, uint64_t len)
     }
 }
 
-/* Read len bytes at off and print qemu-io's lines; pattern < 0: no verification. */
 /*
- * Read len bytes at off and print qemu-io's lines; pattern < 0: no
- * verification, else bytes [vstart, vstart + vlen) of the data must equal it.
+ * Read [off, off + len) in chunks, from the vm-state area when vm; dump it
+ * when dump, and compare bytes [vstart, vstart + vlen) with pattern when
+ * pattern >= 0 (*mismatch set at the first difference).
+ */
+static int read_pass(struct io_ctx *ctx, unsigned char *buf, uint64_t off, uint64_t len, bool vm,
+                     bool dump, int pattern, uint64_t vstart, uint64_t vlen, bool *mismatch)
+{
+    int rc = 0;
+
+    for (uint64_t done = 0; done < len && rc == 0; done += IO_CHUNK) {
+        size_t n = len - done < IO_CHUNK ? (size_t)(len - done) : IO_CHUNK;
+
+        rc = vm ? qcow2_vmstate_read(ctx->img, buf, n, off + done)
+                : qcow2_image_read(ctx->img, buf, n, off + done);
+        if (rc == 0 && dump)
+            dump_buffer(buf, off + done, n);
+        if (rc < 0 || pattern < 0 || *mismatch)
+            continue;
+        for (size_t i = 0; i < n; i++) {
+            if (done + i >= vstart && done + i - vstart < vlen && buf[i] != pattern) {
+                *mismatch = true;
+                break;
+            }
+        }
+    }
+    return rc;
+}
+
+/*
+ * What qemu-io prints for a failed vm-state request: the errno text of its
+ * -ENOTSUP (no vm-state area: raw) and -EFBIG (past what the L1 maps).
+ */
+static int vm_failed(const char *what, int rc)
+{
+    if (rc == QCOW2_EUNSUPPORTED || rc == QCOW2_EINVAL) {
+        printf("%s failed: %s\n", what,
+               rc == QCOW2_EUNSUPPORTED ? "Operation not supported" : "File too large");
+        return -1;
+    }
+    return io_failed(what, rc);
+}
+
+/*
+ * Read len bytes at off (in the vm-state area when vm) and print qemu-io's
+ * lines: the verification result (pattern < 0: none, else bytes [vstart,
+ * vstart + vlen) of the data must equal it), then unless quiet the dump (a
+ * second pass when both are asked, so that the lines come in qemu-io's
+ * order) and the statistics.
  */
 static int do_read_range(struct io_ctx *ctx, uint64_t off, uint64_t len, int pattern, bool quiet,
-                         bool dump, uint64_t vstart, uint64_t vlen)
+                         bool dump, uint64_t vstart, uint64_t vlen, bool vm)
 {
-    bool verify = pattern >= 0, mismatch = false;
-    uint64_t done;
+    bool mismatch = false;
     unsigned char *buf;
-    int rc = 0;
+    int rc;
     double t0, t1;
 
-    if (!in_range(ctx, off, len)) {
+    if (!vm && !in_range(ctx, off, len)) {
         printf("read failed: %s\n", IO_RANGE_ERROR);
         return -1;
     }
+    dump = dump && !quiet;
     buf = malloc(IO_CHUNK);
     if (!buf) {
         printf("read failed: out of memory\n");
         return -1;
     }
     t0 = now_sec();
-    for (done = 0; done < len && rc == 0; done += IO_CHUNK) {
-        size_t n = len - done < IO_CHUNK ? (size_t)(len - done) : IO_CHUNK;
-        size_t i;
-
-        rc = qcow2_image_read(ctx->img, buf, n, off + done);
-        if (rc == 0 && dump)
-            dump_buffer(buf, off + done, n);
-        if (rc < 0 || !verify || mismatch)
-            continue;
-        for (i = 0; i < n; i++) {
-            if (done + i >= vstart && done + i - vstart < vlen && buf[i] != pattern) {
-                mismatch = true;
-                break;
-            }
-        }
-    }
+    rc = read_pass(ctx, buf, off, len, vm, dump && pattern < 0, pattern, vstart, vlen, &mismatch);
     t1 = now_sec();
-    free(buf);
-    if (rc < 0)
-        return io_failed("read", rc);
+    if (rc < 0) {
+        free(buf);
+        return vm ? vm_failed("read", rc) : io_failed("read", rc);
+    }
     if (mismatch)
         printf("Pattern verification failed at offset %" PRIu64 ", %" PRIu64 " bytes\n",
                off + vstart, vlen);
+    if (dump && pattern >= 0) {
+        rc = read_pass(ctx, buf, off, len, vm, true, -1, 0, 0, &mismatch);
+        if (rc < 0) {
+            free(buf);
+            return vm ? vm_failed("read", rc) : io_failed("read", rc);
+        }
+    }
+    free(buf);
     if (!quiet) {
         printf("read %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", len, len, off);
         print_stats(len, t1 - t0);
@@ -151,7 +190,21 @@ static int do_read_range(struct io_ctx *ctx, uint64_t off, uint64_t len, int pat
 
 static int do_read(struct io_ctx *ctx, uint64_t off, uint64_t len, int pattern, bool quiet, bool dump)
 {
-    return do_read_range(ctx, off, len, pattern, quiet, dump, 0, len);
+    return do_read_range(ctx, off, len, pattern, quiet, dump, 0, len, false);
+}
+
+/* qemu-io's check on a vm-state (-b) or compressed (-c) request: whole 512-byte sectors. */
+static bool sector_aligned(uint64_t off, uint64_t len)
+{
+    if (off % 512) {
+        printf("%" PRIu64 " is not a sector-aligned value for 'offset'\n", off);
+        return false;
+    }
+    if (len % 512) {
+        printf("%" PRIu64 " is not a sector-aligned value for 'count'\n", len);
+        return false;
+    }
+    return true;
 }
 
 /* Parse read's and readv's options; returns the number of operands or -1. */
@@ -192,9 +245,10 @@ int io_cmd_read(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **a
 {
     static const cli_opt_def defs[] = {
         {NULL, 'P', true},  {NULL, 'q', false}, {NULL, 'v', false}, {NULL, 's', true},
-        {NULL, 'l', true},  {NULL, 'p', false}, {NULL, 'C', false}, {NULL, 0, false},
+        {NULL, 'l', true},  {NULL, 'p', false}, {NULL, 'C', false}, {NULL, 'b', false},
+        {NULL, 0, false},
     };
-    bool quiet = false, dump = false, have_s = false, have_l = false;
+    bool quiet = false, dump = false, have_s = false, have_l = false, vm = false;
     uint64_t off, len, vstart = 0, vlen = 0;
     int pattern = -1, c;
     cli_opt_parser p;
@@ -224,6 +278,9 @@ int io_cmd_read(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **a
                 return -1;
             have_l = true;
             break;
+        case 'b':
+            vm = true;
+            break;
         case 'p': /* qemu-io's old pread switch: ignored, as in qemu-io */
         case 'C': /* copy-on-read for this request: accepted and ignored */
             break;
@@ -248,7 +305,9 @@ int io_cmd_read(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **a
         printf("pattern verification range exceeds end of read data\n");
         return -1;
     }
-    return do_read_range(ctx, off, len, pattern, quiet, dump, vstart, vlen);
+    if (vm && !sector_aligned(off, len))
+        return -1;
+    return do_read_range(ctx, off, len, pattern, quiet, dump, vstart, vlen, vm);
 }
 
 /* The sum of the lengths in words[0..n), or -1 after qemu-io's message. */
@@ -342,17 +401,17 @@ static int has_own_clusters(struct io_ctx *ctx, uint64_t off, uint64_t len)
 
 /* Write len bytes at off, in chunks: src repeated (when src_len > 0), else pattern. */
 static int write_data_from(struct io_ctx *ctx, uint64_t off, uint64_t len, const unsigned char *src,
-                           size_t src_len, int pattern, bool compressed);
+                           size_t src_len, int pattern, bool compressed, bool vm);
 
 /* Write len bytes of pattern at off, in chunks; returns the library's code. */
 static int write_pattern(struct io_ctx *ctx, uint64_t off, uint64_t len, int pattern,
                          bool compressed)
 {
-    return write_data_from(ctx, off, len, NULL, 0, pattern, compressed);
+    return write_data_from(ctx, off, len, NULL, 0, pattern, compressed, false);
 }
 
 static int write_data_from(struct io_ctx *ctx, uint64_t off, uint64_t len, const unsigned char *src,
-                           size_t src_len, int pattern, bool compressed)
+                           size_t src_len, int pattern, bool compressed, bool vm)
 {
     size_t chunk = write_chunk(ctx, len, compressed);
     uint64_t done;
@@ -372,7 +431,9 @@ static int write_data_from(struct io_ctx *ctx, uint64_t off, uint64_t len, const
         for (size_t i = 0; src_len && i < n; i++)
             buf[i] = src[(done + i) % src_len];
 
-        if (compressed)
+        if (vm)
+            rc = qcow2_vmstate_write(ctx->img, buf, n, off + done);
+        else if (compressed)
             rc = qcow2_image_write_compressed(ctx->img, buf, n, off + done);
         else
             rc = qcow2_image_write(ctx->img, buf, n, off + done);
@@ -386,9 +447,10 @@ int io_cmd_write(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **
     static const cli_opt_def defs[] = {
         {NULL, 'P', true},  {NULL, 'q', false}, {NULL, 'z', false}, {NULL, 'u', false},
         {NULL, 'c', false}, {NULL, 'n', false}, {NULL, 'p', false}, {NULL, 's', true},
-        {NULL, 'C', false}, {NULL, 'f', false}, {NULL, 0, false},
+        {NULL, 'C', false}, {NULL, 'f', false}, {NULL, 'b', false}, {NULL, 0, false},
     };
     bool quiet = false, zero = false, unmap = false, compressed = false, no_cap = false;
+    bool vm = false, fua = false;
     bool have_pattern = false;
     const char *src_file = NULL;
     unsigned char *src = NULL;
@@ -425,9 +487,14 @@ int io_cmd_write(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **
             break;
         case 'p':
             break; /* ignored, as in qemu-io */
-        case 'C':
+        case 'b':
+            vm = true;
+            break;
         case 'f':
-            break; /* qemu-io's compressed-request and FUA flags: each write is made durable at flush */
+            fua = true; /* each write is made durable at flush */
+            break;
+        case 'C':
+            break; /* qemu-io's machine-readable statistics: accepted and ignored */
         case 's':
             src_file = p.arg;
             break;
@@ -440,20 +507,25 @@ int io_cmd_write(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **
         io_print_usage(cmd);
         return -1;
     }
-    if ((zero + have_pattern + (src_file != NULL)) > 1) {
-        printf("Only one of -z, -P, and -s can be specified at the same time\n");
+    /* In qemu-io's order. */
+    if (vm && zero) {
+        printf("-b and -z cannot be specified at the same time\n");
         return -1;
     }
-    if (zero && have_pattern) {
-        printf("Only one of -z, -P, and -s can be specified at the same time\n");
+    if (fua && (vm || compressed)) {
+        printf("-f and -b or -c cannot be specified at the same time\n");
+        return -1;
+    }
+    if (no_cap && !zero) {
+        printf("-n requires -z to be specified\n");
         return -1;
     }
     if (unmap && !zero) {
         printf("-u requires -z to be specified\n");
         return -1;
     }
-    if (no_cap && !zero) {
-        printf("-n requires -z to be specified\n");
+    if ((zero + have_pattern + (src_file != NULL)) > 1) {
+        printf("Only one of -z, -P, and -s can be specified at the same time\n");
         return -1;
     }
     if (io_parse_num(p.argv[0], &off) < 0 || io_parse_num(p.argv[1], &len) < 0)
@@ -462,11 +534,14 @@ int io_cmd_write(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **
         printf("length cannot exceed %llu without -n, given %s\n", IO_MAX_REQUEST, p.argv[1]);
         return -1;
     }
-    if (!in_range(ctx, off, len)) {
+    if ((vm || compressed) && !sector_aligned(off, len))
+        return -1;
+    /* -b wins over -z and -c, -z over -c, as in qemu-io. */
+    compressed = compressed && !vm;
+    if (!vm && !in_range(ctx, off, len)) {
         printf("write failed: %s\n", IO_RANGE_ERROR);
         return -1;
     }
-    /* -z wins over -c, as in qemu-io. */
     if (compressed && !zero && !compressed_aligned(ctx, off, len)) {
         printf("write failed: %s\n", IO_ALIGN_ERROR);
         return -1;
@@ -507,11 +582,11 @@ int io_cmd_write(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **
         rc = len ? qcow2_image_write_zeroes(ctx->img, off, len, unmap ? QCOW2_ZERO_MAY_UNMAP : 0)
                  : 0;
     else
-        rc = write_data_from(ctx, off, len, src, src_len, pattern, compressed);
+        rc = write_data_from(ctx, off, len, src, src_len, pattern, compressed, vm);
     t1 = now_sec();
     free(src);
     if (rc < 0)
-        return io_failed("write", rc);
+        return vm ? vm_failed("write", rc) : io_failed("write", rc);
     if (!quiet) {
         printf("wrote %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", len, len, off);
         print_stats(len, t1 - t0);
