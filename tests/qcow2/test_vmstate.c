@@ -461,7 +461,8 @@ static void vverify(struct vctx *c, const char *what, uint64_t n, bool qemu)
     }
 }
 
-static void vteardown(struct vctx *c)
+/* Close the run's handle and backends; the memfs bytes stay for vverify(). */
+static void vclose(struct vctx *c)
 {
     qcow2_image_close(c->img);
     c->img = NULL;
@@ -469,6 +470,11 @@ static void vteardown(struct vctx *c)
     c->f = NULL;
     qcow2_io_close(c->inner);
     c->inner = NULL;
+}
+
+static void vteardown(struct vctx *c)
+{
+    vclose(c);
     memfs_free(c->fs);
     c->fs = NULL;
 }
@@ -482,7 +488,7 @@ static uint64_t vclean_calls(struct vctx *c, unsigned mask)
     cr_assert_eq(vopen(c), 0);
     vrun(c);
     cr_assert_eq(c->fail_rc, 0, "clean run failed at step %u: %s", c->fail_step, last_msg());
-    qcow2_image_close(c->img);
+    qcow2_image_close(c->img); /* the counters stay readable until vteardown() */
     c->img = NULL;
     for (unsigned m = 0; m < IO_FAULT_NB_METHODS; m++)
         if (mask & (1u << m))
@@ -526,16 +532,10 @@ static void vfail_sweep(unsigned mask, bool persistent, const char *what)
         if (c->fail_rc)
             cr_assert(c->fail_rc == QCOW2_EIO || c->fail_rc == QCOW2_EFATAL,
                       "[%s N=%" PRIu64 "] step %u: rc %d", what, n, c->fail_step, c->fail_rc);
-        qcow2_image_close(c->img);
-        c->img = NULL;
-        io_fault_free(c->f);
-        c->f = NULL;
-        qcow2_io_close(c->inner);
-        c->inner = NULL;
+        vclose(c);
         vverify(c, what, n, n % stride == 0);
         checked += n % stride == 0;
-        memfs_free(c->fs);
-        c->fs = NULL;
+        vteardown(c);
     }
     fprintf(stderr, "vmstate: [%s] %" PRIu64 " points, %u qemu-img checks\n", what, n - 1, checked);
     qo_rmtree(c->dir);
@@ -571,15 +571,9 @@ Test(vmstate, power_cut_at_any_write, .timeout = 300)
             io_fault_fail(c->f, IO_FAULT_WRITES, n <= total ? n : 0, EIO, true);
             vrun(c);
             cr_assert_eq(io_fault_crash(c->f, n * 100 + seed), 0);
-            qcow2_image_close(c->img);
-            c->img = NULL;
-            io_fault_free(c->f);
-            c->f = NULL;
-            qcow2_io_close(c->inner);
-            c->inner = NULL;
+            vclose(c);
             vverify(c, "crash", n * 100 + seed, seed == 1 && n % 8 == 0);
-            memfs_free(c->fs);
-            c->fs = NULL;
+            vteardown(c);
             runs++;
         }
     }
