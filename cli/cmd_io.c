@@ -49,7 +49,8 @@ static const struct io_cmd io_cmds[] = {
      " -v, -- dump the data read (hexadecimal and characters)\n"
      " -s, -- with -P: start of the verified range in the data read\n"
      " -l, -- with -P: length of the verified range\n"
-     " -p, -C, -- accepted and ignored\n"},
+     " -C, -- print the statistics as one machine-readable line\n"
+     " -p, -- accepted and ignored\n"},
     {"readv", NULL, io_cmd_readv, 2, -1, "[-qv] [-P pattern] off len [len..]",
      "reads a number of bytes at a specified offset",
      " Reads the sum of the LENs at offset OFF in one request.\n"
@@ -108,7 +109,8 @@ static const struct io_cmd io_cmds[] = {
      " -q, -- quiet mode, do not show I/O statistics\n"
      " -u, -- with -z, allow the clusters to be freed\n"
      " -f, -- accepted (writes are durable at flush); not with -b or -c\n"
-     " -p, -C, -- accepted and ignored\n"
+     " -C, -- print the statistics as one machine-readable line\n"
+     " -p, -- accepted and ignored\n"
      " -z, -- write zeroes (zero clusters where the format has them)\n"},
     {"discard", "d", io_cmd_discard, 2, -1, "[-q] off len",
      "discards a number of bytes at a specified offset",

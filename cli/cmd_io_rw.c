@@ -64,16 +64,37 @@ static void print_stats(uint64_t bytes, double secs)
 
     if (secs < 1e-9)
         secs = 1e-9;
-    if (secs < 60.0) {
+    if (secs < 1.0) {
         snprintf(when, sizeof(when), "%05.2f sec", secs);
     } else {
         unsigned long s = (unsigned long)secs;
 
-        snprintf(when, sizeof(when), "%lu:%02lu:%02lu.%02lu", s / 3600, s / 60 % 60, s % 60,
-                 (unsigned long)((secs - (double)s) * 100.0));
+        snprintf(when, sizeof(when), "%lu:%02lu:%05.2f", s / 3600, s / 60 % 60,
+                 (double)(s % 60) + (secs - (double)s));
     }
     printf("%s, 1 ops; %s (%s/sec and %.4f ops/sec)\n", cli_fmt_size_io((double)bytes, total),
            when, cli_fmt_size_io((double)bytes / secs, rate), 1.0 / secs);
+}
+
+/*
+ * What read and write print when they succeed: qemu-io's two lines ("read
+ * LEN/LEN bytes at offset OFF" and the statistics), or with -C its one
+ * machine-readable line: bytes,ops,h:mm:ss.ss,bytes/sec,ops/sec.
+ */
+static void report(const char *op, uint64_t off, uint64_t len, double secs, bool machine)
+{
+    unsigned long s;
+
+    if (!machine) {
+        printf("%s %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", op, len, len, off);
+        print_stats(len, secs);
+        return;
+    }
+    if (secs < 1e-9)
+        secs = 1e-9;
+    s = (unsigned long)secs;
+    printf("%" PRIu64 ",1,%lu:%02lu:%05.2f,%.3f,%.3f\n", len, s / 3600, s / 60 % 60,
+           (double)(s % 60) + (secs - (double)s), (double)len / secs, 1.0 / secs);
 }
 
 /* qemu-io's -v dump: 16 bytes a line; letters and digits shown, other bytes as '.'. */
@@ -146,7 +167,7 @@ static int vm_failed(const char *what, int rc)
  * order) and the statistics.
  */
 static int do_read_range(struct io_ctx *ctx, uint64_t off, uint64_t len, int pattern, bool quiet,
-                         bool dump, uint64_t vstart, uint64_t vlen, bool vm)
+                         bool dump, uint64_t vstart, uint64_t vlen, bool vm, bool machine)
 {
     bool mismatch = false;
     unsigned char *buf;
@@ -181,16 +202,14 @@ static int do_read_range(struct io_ctx *ctx, uint64_t off, uint64_t len, int pat
         }
     }
     free(buf);
-    if (!quiet) {
-        printf("read %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", len, len, off);
-        print_stats(len, t1 - t0);
-    }
+    if (!quiet)
+        report("read", off, len, t1 - t0, machine);
     return mismatch ? -1 : 0;
 }
 
 static int do_read(struct io_ctx *ctx, uint64_t off, uint64_t len, int pattern, bool quiet, bool dump)
 {
-    return do_read_range(ctx, off, len, pattern, quiet, dump, 0, len, false);
+    return do_read_range(ctx, off, len, pattern, quiet, dump, 0, len, false, false);
 }
 
 /* qemu-io's check on a vm-state (-b) or compressed (-c) request: whole 512-byte sectors. */
@@ -248,7 +267,7 @@ int io_cmd_read(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **a
         {NULL, 'l', true},  {NULL, 'p', false}, {NULL, 'C', false}, {NULL, 'b', false},
         {NULL, 0, false},
     };
-    bool quiet = false, dump = false, have_s = false, have_l = false, vm = false;
+    bool quiet = false, dump = false, have_s = false, have_l = false, vm = false, machine = false;
     uint64_t off, len, vstart = 0, vlen = 0;
     int pattern = -1, c;
     cli_opt_parser p;
@@ -281,8 +300,10 @@ int io_cmd_read(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **a
         case 'b':
             vm = true;
             break;
+        case 'C':
+            machine = true;
+            break;
         case 'p': /* qemu-io's old pread switch: ignored, as in qemu-io */
-        case 'C': /* copy-on-read for this request: accepted and ignored */
             break;
         default:
             io_print_usage(cmd);
@@ -307,7 +328,7 @@ int io_cmd_read(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **a
     }
     if (vm && !sector_aligned(off, len))
         return -1;
-    return do_read_range(ctx, off, len, pattern, quiet, dump, vstart, vlen, vm);
+    return do_read_range(ctx, off, len, pattern, quiet, dump, vstart, vlen, vm, machine);
 }
 
 /* The sum of the lengths in words[0..n), or -1 after qemu-io's message. */
@@ -450,7 +471,7 @@ int io_cmd_write(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **
         {NULL, 'C', false}, {NULL, 'f', false}, {NULL, 'b', false}, {NULL, 0, false},
     };
     bool quiet = false, zero = false, unmap = false, compressed = false, no_cap = false;
-    bool vm = false, fua = false;
+    bool vm = false, fua = false, machine = false;
     bool have_pattern = false;
     const char *src_file = NULL;
     unsigned char *src = NULL;
@@ -494,7 +515,8 @@ int io_cmd_write(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **
             fua = true; /* each write is made durable at flush */
             break;
         case 'C':
-            break; /* qemu-io's machine-readable statistics: accepted and ignored */
+            machine = true;
+            break;
         case 's':
             src_file = p.arg;
             break;
@@ -587,10 +609,8 @@ int io_cmd_write(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **
     free(src);
     if (rc < 0)
         return vm ? vm_failed("write", rc) : io_failed("write", rc);
-    if (!quiet) {
-        printf("wrote %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", len, len, off);
-        print_stats(len, t1 - t0);
-    }
+    if (!quiet)
+        report("wrote", off, len, t1 - t0, machine);
     return 0;
 }
 
