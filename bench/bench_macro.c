@@ -1,5 +1,5 @@
 /*
- * Macro benchmarks: the layer operations of issue 4 against qemu-img on the
+ * Macro benchmarks: the layer operations of the performance goals against qemu-img on the
  * same images, on the same disk, in the same run.
  *
  *   bench_macro setup DIR     build the scenario images in DIR/p (once)
@@ -39,7 +39,7 @@
 #define CHAIN_DEPTH 64
 #define MAX_RUNS 64
 
-/* Sizes of the scenarios (issue 4), divided by BENCH_SCALE. */
+/* Sizes of the scenarios, divided by BENCH_SCALE. */
 struct sizes {
     unsigned scale;
     uint64_t s1_vsize;      /* 4 GiB base */
@@ -665,7 +665,7 @@ s3:
                    "qemu-img compare -q w/out.qcow2 p/chain_flat.qcow2 || "
                    "{ echo 'qsnap convert: wrong qcow2 output' >&2; exit 1; }";
     measure(sp, m_s3, 4, fast);
-    /* qemu-img convert does not flush its target (cache=unsafe); ours fdatasyncs at the end. */
+    /* Neither convert flushes its target (qemu-img: cache=unsafe); this row adds a sync to qemu-img. */
     memset(sp, 0, sizeof(sp));
     set_argv(&sp[0], "qemu-img convert -> raw + sync", "sh", "-c",
              "qemu-img convert -f qcow2 -O raw p/chain/l64.qcow2 w/out.raw && sync", NULL);

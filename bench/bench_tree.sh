@@ -1,5 +1,5 @@
 #!/bin/sh
-# The snapshot tree at scale (issue 5): 100 branches of 10 snapshots each
+# The snapshot tree at scale: 100 branches of 10 snapshots each
 # (1,000 snapshots, a write before every one), then the time of `list --tree`,
 # and of create and revert when the tree holds 10 snapshots and when it holds
 # 1,000 (they must not grow with the tree: no data is copied). Medians of 5

@@ -27,7 +27,7 @@ cleanup() { rm -rf "$SCRATCH"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# The scenarios of issue 4 need about 9 GiB at full size; scale down when short.
+# The scenarios need about 9 GiB at full size; scale down when short.
 need_gib=12
 avail_kib=$(df -Pk "$SCRATCH" | awk 'NR == 2 { print $4 }')
 avail_gib=$((avail_kib / 1048576))
@@ -43,7 +43,7 @@ if [ -z "${BENCH_SCALE:-}" ]; then
 fi
 if [ "$BENCH_SCALE" -ne 1 ]; then
     echo "bench: NOTE: only $avail_gib GiB free in $SCRATCH (full size needs $need_gib GiB):" \
-         "data sizes divided by $BENCH_SCALE; results are not comparable with the issue's targets"
+         "data sizes divided by $BENCH_SCALE; results are not comparable with the targets"
 fi
 export BENCH_SCALE
 

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <qcow2/qcow2.h>
+
 #include "fmt.h"
 
 static const char *const iec_units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
@@ -126,16 +128,5 @@ const char *cli_fmt_size_io(double bytes, char buf[CLI_SIZE_STR_MAX])
 
 const char *cli_safe(const char *s, char *buf, size_t len)
 {
-    size_t i;
-
-    for (i = 0; s[i]; i++) {
-        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
-            break;
-    }
-    if (!s[i] || !len)
-        return s;
-    for (i = 0; s[i] && i + 1 < len; i++)
-        buf[i] = ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) ? '?' : s[i];
-    buf[i] = '\0';
-    return buf;
+    return qcow2_printable(s, buf, len);
 }

@@ -24,7 +24,7 @@ int cli_parse_size(const char *s, uint64_t *out);
 /*
  * s for printing on one line: s itself when it has no control bytes, else a
  * copy in buf (truncated to len) with each control byte as '?'. Names read
- * from image headers are hostile input.
+ * from image headers are hostile input. This is qcow2_printable().
  */
 const char *cli_safe(const char *s, char *buf, size_t len);
 

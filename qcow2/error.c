@@ -25,10 +25,7 @@ int qcow2__verr(int code, int sys_errno, const char *name, const char *fmt, va_l
     if (w < 0)
         err_msg[n] = '\0';
     /* One line, no terminal controls: names from image bytes are quoted in messages. */
-    for (char *c = err_msg; *c; c++) {
-        if ((unsigned char)*c < 0x20 || *c == 0x7f)
-            *c = '?';
-    }
+    qcow2_printable(err_msg, err_msg, sizeof(err_msg));
     err_last.code = code;
     err_last.sys_errno = sys_errno;
     err_last.message = err_msg;
@@ -72,6 +69,25 @@ void qcow2__err_restore(const struct qcow2__err_saved *s)
     err_last.code = s->code;
     err_last.sys_errno = s->sys_errno;
     memcpy(err_msg, s->msg, sizeof(err_msg));
+}
+
+static int is_control(char c)
+{
+    return (unsigned char)c < 0x20 || c == 0x7f;
+}
+
+const char *qcow2_printable(const char *s, char *buf, size_t len)
+{
+    size_t i;
+
+    for (i = 0; s[i] && !is_control(s[i]); i++)
+        ;
+    if (!s[i] || !len)
+        return s;
+    for (i = 0; s[i] && i + 1 < len; i++)
+        buf[i] = is_control(s[i]) ? '?' : s[i];
+    buf[i] = '\0';
+    return buf;
 }
 
 const char *qcow2_strerror(int code)

@@ -2,7 +2,7 @@
  * The image handle: opening a file as qcow2 or raw, walking its backing
  * chain, the handle's states, info, and close. Callers above are the public
  * API users (cli/, snapshot/); below are header.c (parsing), cluster.c
- * (mapping), refcount.c, snapshot.c and the I/O choke point io.c.
+ * (mapping), refcount.c, snapshot.c, snap_edit.c and the I/O choke point io.c.
  *
  * NOTES ON THE DESIGN: handle states
  *

@@ -585,6 +585,13 @@ int qcow2__reopen(qcow2_image *img, bool rw);
 /* snapshot.c */
 int qcow2__snapshots_load(qcow2_image *img);
 void qcow2__snapshots_free(qcow2_image *img);
+#define QCOW2__SNAP_HDR_LEN 40u /* fixed part of a snapshot table entry */
+void qcow2__snap_entry_free(struct qcow2__snapshot *sn);
+/* Index of the snapshot whose id is s, else the first whose name is s (qemu's lookup). */
+int qcow2__snap_find(const qcow2_image *img, const char *s, uint32_t *idx_out);
+/* Read an L1 table of n entries at off into a new native array (at least one entry). */
+int qcow2__snap_read_l1(qcow2_image *img, uint64_t off, uint64_t n, uint64_t alloc_n,
+                        uint64_t **out);
 
 /* True when [off, off+len) lies within [0, limit). */
 static inline bool qcow2__in_range(uint64_t off, uint64_t len, uint64_t limit)

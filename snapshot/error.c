@@ -20,10 +20,7 @@ int qsnap__err(int code, const char *hint, const char *fmt, ...)
     va_end(ap);
     snprintf(hint_buf, sizeof(hint_buf), "%s", hint ? hint : "");
     /* One line, no terminal controls: names from files and metadata are quoted. */
-    for (char *c = msg_buf; *c; c++) {
-        if ((unsigned char)*c < 0x20 || *c == 0x7f)
-            *c = '?';
-    }
+    qcow2_printable(msg_buf, msg_buf, sizeof(msg_buf));
     last.code = code;
     last.message = msg_buf;
     last.hint = hint_buf;

@@ -35,6 +35,8 @@
  * Rollback is never needed: every step before a commit point keeps the
  * content of every state in both the old and the new metadata, and every
  * step after the last one only removes what nothing names any more.
+ *
+ * The journal itself (its format, writing and checked reading): journal.c.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -48,22 +50,9 @@
 
 #include "qsnap_int.h"
 
-#define JOURNAL_FILE "journal"
-
 static int nomem(void)
 {
     return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
-}
-
-int qsnap__journal_pending(const qsnap_store *s, bool *out)
-{
-    char *path = qsnap__path(s, JOURNAL_FILE);
-
-    if (!path)
-        return nomem();
-    *out = qsnap__file_exists(path);
-    free(path);
-    return 0;
 }
 
 /* The layer record for id in the plan's targets (the latest first) or the store. */
@@ -753,232 +742,6 @@ static int run_step(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st,
     return qsnap__err(QSNAP_ERROR, NULL, "unknown plan step %d", (int)st->kind);
 }
 
-/* ---- the journal ---------------------------------------------------------------- */
-
-static void put_field(FILE *f, const char *v)
-{
-    if (!v || !*v) {
-        fputs(" -", f);
-        return;
-    }
-    fputc(' ', f);
-    for (const unsigned char *c = (const unsigned char *)v; *c; c++) {
-        if ((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
-            *c == '.' || *c == '_' || *c == '/' || *c == '+')
-            fputc(*c, f);
-        else
-            fprintf(f, "%%%02X", *c);
-    }
-}
-
-static int journal_write(qsnap_store *s, const qsnap_plan *p)
-{
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    int rc = 0;
-
-    if (!f)
-        return nomem();
-    fprintf(f, "qsnap-journal 1\nbase-gen %" PRIu64 "\nsteps %zu\nmodels %zu\n", p->base_gen, p->n,
-            p->nm);
-    for (size_t i = 0; i < p->n; i++) {
-        const struct qsnap__step *st = &p->steps[i];
-        fprintf(f, "step %d %u %u %u", (int)st->kind, st->x, st->y, st->z);
-        put_field(f, st->a);
-        put_field(f, st->b);
-        fputc('\n', f);
-    }
-    for (size_t k = 0; k < p->nm && !rc; k++) {
-        char *text = NULL;
-        rc = qsnap__model_format(&p->models[k], &text);
-        if (!rc)
-            fprintf(f, "model %zu\n%s", strlen(text), text);
-        free(text);
-    }
-    if (fclose(f) != 0 || !buf) {
-        free(buf);
-        return nomem();
-    }
-    if (!rc)
-        rc = qsnap__write_atomic(s, JOURNAL_FILE, buf, len);
-    free(buf);
-    return rc;
-}
-
-static char *decode_field(const char *s)
-{
-    size_t n = strlen(s), j = 0;
-    char *out;
-
-    if (!strcmp(s, "-"))
-        return NULL;
-    out = malloc(n + 1);
-    if (!out)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        unsigned v;
-        if (s[i] == '%' && i + 2 < n + 1 && sscanf(s + i + 1, "%2x", &v) == 1 && v) {
-            out[j++] = (char)v;
-            i += 2;
-        } else {
-            out[j++] = s[i];
-        }
-    }
-    out[j] = '\0';
-    return out;
-}
-
-/* A store-relative path under one of the store's directories, without "..". */
-static bool store_rel_ok(const char *rel, bool dirs_only)
-{
-    if (!rel)
-        return false;
-    if (dirs_only)
-        return !strcmp(rel, "") || !strcmp(rel, "layers") || !strcmp(rel, "state");
-    return (!strncmp(rel, "layers/", 7) || !strncmp(rel, "state/", 6)) && !strstr(rel, "..") &&
-           !strchr(rel + (rel[0] == 'l' ? 7 : 6), '/');
-}
-
-/* Steps that name paths (the others name layer ids, whose files come from checked models). */
-static bool journal_path_ok(const struct qsnap__step *st)
-{
-    if (st->kind == QSNAP__ST_MKDIR)
-        return !st->a || store_rel_ok(st->a, true);
-    if (st->kind == QSNAP__ST_UNLINK)
-        return store_rel_ok(st->a, false);
-    if (st->kind == QSNAP__ST_LINK_STATE)
-        return st->a && st->a[0] == '/' && store_rel_ok(st->b, false) &&
-               !strncmp(st->b, "state/", 6);
-    if (st->kind == QSNAP__ST_ADOPT)
-        return st->a && st->a[0] == '/' && !strstr(st->a, "/../") && !strstr(st->a, "/./");
-    return true;
-}
-
-/* Parse a journal (hostile input, like any store file). */
-static int journal_read(qsnap_store *s, qsnap_plan **out)
-{
-    char *path = qsnap__path(s, JOURNAL_FILE), *text = NULL, *cur;
-    qsnap_plan *p = calloc(1, sizeof(*p));
-    size_t nsteps = 0, nmodels = 0, len = 0;
-    FILE *f = NULL;
-    struct stat st;
-    int rc = 0;
-
-    if (!path || !p) {
-        rc = nomem();
-        goto out;
-    }
-    p->op = strdup("recovery");
-    {
-        /* Without following a link (safe.c). */
-        int fd = -1;
-        rc = qsnap__open_store_file(s, JOURNAL_FILE, O_RDONLY, &fd);
-        if (rc)
-            goto out;
-        f = fdopen(fd, "r");
-        if (!f)
-            close(fd);
-    }
-    if (!f || fstat(fileno(f), &st) < 0 || (uint64_t)st.st_size > QSNAP_MAX_META_BYTES * 4u) {
-        rc = qsnap__err(QSNAP_EINTEGRITY, "remove the journal only if you know the operation",
-                        "%s: journal cannot be read", path);
-        goto out;
-    }
-    text = calloc(1, (size_t)st.st_size + 1);
-    if (!text || fread(text, 1, (size_t)st.st_size, f) != (size_t)st.st_size) {
-        rc = text ? qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: short read", path) : nomem();
-        goto out;
-    }
-    len = (size_t)st.st_size;
-    cur = text;
-    if (sscanf(cur, "qsnap-journal 1\nbase-gen %" SCNu64 "\nsteps %zu\nmodels %zu\n",
-               &p->base_gen, &nsteps, &nmodels) != 3 ||
-        nsteps > 100000 || nmodels > 16) {
-        rc = qsnap__err(QSNAP_EINTEGRITY, "remove the journal only if you know the operation",
-                        "%s: damaged journal", path);
-        goto out;
-    }
-    for (int k = 0; k < 4; k++)
-        cur = strchr(cur, '\n') ? strchr(cur, '\n') + 1 : cur + strlen(cur);
-    p->steps = calloc(nsteps + 1, sizeof(*p->steps));
-    p->models = calloc(nmodels + 1, sizeof(*p->models));
-    if (!p->steps || !p->models) {
-        rc = nomem();
-        goto out;
-    }
-    for (size_t i = 0; i < nsteps; i++) {
-        char a[PATH_MAX * 3], b[PATH_MAX * 3];
-        int kind;
-        struct qsnap__step *sp = &p->steps[i];
-        char *nl = strchr(cur, '\n');
-        if (!nl || (size_t)(nl - cur) >= sizeof(a) ||
-            sscanf(cur, "step %d %u %u %u %s %s", &kind, &sp->x, &sp->y, &sp->z, a, b) != 6 ||
-            kind < QSNAP__ST_MKDIR || kind > QSNAP__ST_LAST) {
-            rc = qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: damaged journal step %zu", path, i + 1);
-            goto out;
-        }
-        sp->kind = (enum qsnap__step_kind)kind;
-        sp->a = decode_field(a);
-        sp->b = decode_field(b);
-        p->n++;
-        /* Paths a journal may name: inside the store, in its own directories. */
-        if (!journal_path_ok(sp)) {
-            rc = qsnap__err(QSNAP_EINTEGRITY, "remove the journal only if you know the operation",
-                            "%s: journal step %zu names a path outside the store", path, i + 1);
-            goto out;
-        }
-        if ((sp->kind == QSNAP__ST_SAVE && sp->y >= nmodels) ||
-            (sp->kind >= QSNAP__ST_INTERNAL_CREATE && !sp->a) ||
-            ((sp->kind == QSNAP__ST_UNLINK || sp->kind == QSNAP__ST_MKDIR) && !sp->a &&
-             sp->kind != QSNAP__ST_MKDIR)) {
-            rc = qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: damaged journal step %zu", path, i + 1);
-            goto out;
-        }
-        if (sp->kind == QSNAP__ST_MKDIR && !sp->a && !(sp->a = strdup(""))) {
-            rc = nomem();
-            goto out;
-        }
-        cur = nl + 1;
-    }
-    for (size_t k = 0; k < nmodels; k++) {
-        size_t mlen;
-        char *nl = strchr(cur, '\n');
-        if (!nl || sscanf(cur, "model %zu", &mlen) != 1 || mlen > len - (size_t)(nl + 1 - text)) {
-            rc = qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: damaged journal model", path);
-            goto out;
-        }
-        rc = qsnap__model_parse(&p->models[k], nl + 1, mlen, path);
-        if (rc)
-            goto out;
-        p->nm++;
-        cur = nl + 1 + mlen;
-    }
-out:
-    if (f)
-        fclose(f);
-    free(text);
-    free(path);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
-}
-
-int qsnap__journal_load(qsnap_store *s, qsnap_plan **out)
-{
-    return journal_read(s, out);
-}
-
-static int journal_remove(qsnap_store *s)
-{
-    int rc = qsnap__unlink_store_file(s, JOURNAL_FILE);
-
-    return rc ? rc : qsnap__fsync_dir(s->dir);
-}
-
 /* Run steps from `from` on; the journal goes when they are done. *at: the step that failed. */
 static int run_from(qsnap_store *s, qsnap_plan *p, size_t from, const qsnap_exec_opts *o,
                     size_t *at)
@@ -998,7 +761,7 @@ static int run_from(qsnap_store *s, qsnap_plan *p, size_t from, const qsnap_exec
     if (!rc)
         rc = qsnap__fsync_dir(s->dir);
     if (!rc)
-        rc = journal_remove(s);
+        rc = qsnap__journal_remove(s);
     return rc;
 }
 
@@ -1107,7 +870,7 @@ static void undo(qsnap_store *s, qsnap_plan *p, size_t upto)
         free(path);
     }
     if (qsnap__fsync_dir(s->dir) == 0)
-        journal_remove(s);
+        qsnap__journal_remove(s);
 }
 
 static int execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o);
@@ -1187,7 +950,7 @@ static int execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
     rc = qsnap__scan_store(s);
     if (rc)
         return rc;
-    rc = journal_write(s, p);
+    rc = qsnap__journal_write(s, p);
     if (rc)
         return rc;
     rc = run_from(s, p, 0, o, &at);
@@ -1297,7 +1060,7 @@ int qsnap__recover(qsnap_store *s, bool *did)
     rc = qsnap__scan_store(s);
     if (rc)
         return rc;
-    rc = journal_read(s, &p);
+    rc = qsnap__journal_read(s, &p);
     if (rc)
         return rc;
     if (s->m.gen > p->base_gen) {

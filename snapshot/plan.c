@@ -5,6 +5,12 @@
  * content intact at every point (see exec.c for how each step is made
  * idempotent and crash-safe). Refusals happen here, before anything is
  * written, and name what blocks them and the flag that overrides.
+ *
+ * This file holds what every planner uses: the plan itself (steps, commit
+ * points, deferred removals, summary), the checks made before anything is
+ * written, and the printer (qsnap_plan_describe). The planners: create in
+ * plan_create.c; revert, switch and branches in plan_branch.c; delete and
+ * commit in plan_delete.c; internal snapshots in plan_internal.c.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -15,18 +21,9 @@
 
 #include "qsnap_int.h"
 
-static const char *const GC_HINT = "'qsnap verify --repair DISK' finishes it";
-
 static int nomem(void);
-static int plan_create_internal(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts *o);
-static int plan_revert_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot,
-                                const char *new_branch, bool discard);
-static int plan_delete_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot);
-static int refuse_internal_in(const struct qsnap__model *m, unsigned layer, const char *what,
-                              const char *hint);
-static int check_subtree_external(const struct qsnap__model *m, const struct qsnap__node *root);
 
-static int plan_new(qsnap_plan **out, const qsnap_store *s, const char *op)
+int qsnap__plan_new(qsnap_plan **out, const qsnap_store *s, const char *op)
 {
     qsnap_plan *p = calloc(1, sizeof(*p));
 
@@ -40,6 +37,49 @@ static int plan_new(qsnap_plan **out, const qsnap_store *s, const char *op)
      * hold when it runs (qsnap__recheck_seen): earlier looks do not count. */
     if (s->seen)
         s->seen->n = 0;
+    *out = p;
+    return 0;
+}
+
+/*
+ * The opening every planner shares: *t becomes a copy of the store's model;
+ * when n (or b) is not NULL, the snapshot (or branch) called name is found
+ * in it; when p is not NULL, a new plan for op is made. The steps run in
+ * that order and the first failure ends it, which keeps the error each
+ * planner returned before this helper existed: out of memory copying the
+ * model wins over everything, a name not found (QSNAP_ENOTFOUND, naming it)
+ * over out of memory for the plan. Planners that check more before making
+ * their plan pass p = NULL and call qsnap__plan_new themselves, so those
+ * checks still win over an out-of-memory plan. On failure *t is left freed
+ * (and emptied, so freeing it again is harmless) and nothing else is made.
+ */
+int qsnap__plan_open(const qsnap_store *s, const char *op, struct qsnap__model *t, qsnap_plan **p,
+                     const char *name, struct qsnap__node **n, struct qsnap__branch **b)
+{
+    int rc = qsnap__model_clone(t, &s->m);
+
+    if (!rc && n)
+        rc = qsnap__find_snapshot(t, name, n);
+    if (!rc && b)
+        rc = qsnap__find_branch(t, name, b);
+    if (!rc && p)
+        rc = qsnap__plan_new(p, s, op);
+    if (rc)
+        qsnap__model_free(t);
+    return rc;
+}
+
+/*
+ * The close every planner shares: the model copy goes; when rc is not 0 the
+ * plan goes too and rc is returned, else the plan is the result (*out).
+ */
+int qsnap__plan_close(qsnap_plan **out, qsnap_plan *p, struct qsnap__model *t, int rc)
+{
+    qsnap__model_free(t);
+    if (rc) {
+        qsnap_plan_free(p);
+        return rc;
+    }
     *out = p;
     return 0;
 }
@@ -68,7 +108,7 @@ void qsnap_plan_free(qsnap_plan *p)
     free(p);
 }
 
-static int add_step(qsnap_plan *p, enum qsnap__step_kind kind, unsigned x, unsigned y, unsigned z,
+int qsnap__add_step(qsnap_plan *p, enum qsnap__step_kind kind, unsigned x, unsigned y, unsigned z,
                     const char *a, const char *b)
 {
     struct qsnap__step *st = realloc(p->steps, (p->n + 1) * sizeof(*st));
@@ -91,7 +131,7 @@ static int add_step(qsnap_plan *p, enum qsnap__step_kind kind, unsigned x, unsig
 }
 
 /* A removal that must wait for the next commit point (the metadata still names the file). */
-static int defer_unlink(qsnap_plan *p, const char *rel)
+int qsnap__defer_unlink(qsnap_plan *p, const char *rel)
 {
     struct qsnap__step *st = realloc(p->post, (p->npost + 1) * sizeof(*st));
 
@@ -109,7 +149,7 @@ static int defer_unlink(qsnap_plan *p, const char *rel)
 }
 
 /* Record a commit point: the model as it stands becomes target model k. */
-static int add_save(qsnap_plan *p, const struct qsnap__model *m)
+int qsnap__add_save(qsnap_plan *p, const struct qsnap__model *m)
 {
     struct qsnap__model *ms = realloc(p->models, (p->nm + 1) * sizeof(*ms));
     int rc;
@@ -121,18 +161,17 @@ static int add_save(qsnap_plan *p, const struct qsnap__model *m)
     if (rc)
         return rc;
     p->nm++;
-    rc = add_step(p, QSNAP__ST_SAVE, 0, (unsigned)(p->nm - 1), 0, NULL, NULL);
+    rc = qsnap__add_step(p, QSNAP__ST_SAVE, 0, (unsigned)(p->nm - 1), 0, NULL, NULL);
     /* Deferred removals follow the commit point that stops naming their files. */
     for (size_t i = 0; !rc && i < p->npost; i++)
-        rc = add_step(p, p->post[i].kind, 0, 0, 0, p->post[i].a, NULL);
+        rc = qsnap__add_step(p, p->post[i].kind, 0, 0, 0, p->post[i].a, NULL);
     for (size_t i = 0; i < p->npost; i++)
         free(p->post[i].a);
     p->npost = 0;
     return rc;
 }
 
-static int set_summary(qsnap_plan *p, const char *fmt, ...) QSNAP_PRINTF(2, 3);
-static int set_summary(qsnap_plan *p, const char *fmt, ...)
+int qsnap__set_summary(qsnap_plan *p, const char *fmt, ...)
 {
     va_list ap;
     int n;
@@ -154,7 +193,7 @@ const char *qsnap_plan_summary(const qsnap_plan *p)
 }
 
 /* A new overlay layer in the target model, backed by layer `backing`. */
-static struct qsnap__layer *new_overlay(struct qsnap__model *m, unsigned backing)
+struct qsnap__layer *qsnap__new_overlay(struct qsnap__model *m, unsigned backing)
 {
     struct qsnap__layer *l = qsnap__add_layer(m);
 
@@ -171,7 +210,7 @@ static struct qsnap__layer *new_overlay(struct qsnap__model *m, unsigned backing
 }
 
 /* Refuse while a journal says an operation is unfinished. */
-static int check_no_pending(const qsnap_store *s)
+int qsnap__check_no_pending(const qsnap_store *s)
 {
     bool pending = false;
     int rc = qsnap__journal_pending(s, &pending);
@@ -179,20 +218,20 @@ static int check_no_pending(const qsnap_store *s)
     if (rc)
         return rc;
     if (pending)
-        return qsnap__err(QSNAP_EINTEGRITY, GC_HINT,
+        return qsnap__err(QSNAP_EINTEGRITY, QSNAP__GC_HINT,
                           "%s: an earlier operation was interrupted and is not finished", s->dir);
     return 0;
 }
 
-static int check_writable_store(const qsnap_store *s)
+int qsnap__check_writable_store(const qsnap_store *s)
 {
     if (s->readonly)
         return qsnap__err(QSNAP_EUSAGE, NULL, "store opened read-only");
-    return check_no_pending(s);
+    return qsnap__check_no_pending(s);
 }
 
 /* A frozen layer that changed since it was frozen is an integrity problem: refuse. */
-static int check_unchanged(const qsnap_store *s, const struct qsnap__layer *l)
+int qsnap__check_unchanged(const qsnap_store *s, const struct qsnap__layer *l)
 {
     char *path;
     struct stat st;
@@ -215,10 +254,10 @@ static int check_unchanged(const qsnap_store *s, const struct qsnap__layer *l)
 }
 
 /* Every frozen layer in the chain of layer id: unchanged. */
-static int check_chain(const qsnap_store *s, const struct qsnap__model *m, unsigned id)
+int qsnap__check_chain(const qsnap_store *s, const struct qsnap__model *m, unsigned id)
 {
     for (const struct qsnap__layer *l = qsnap__layer(m, id); l; l = qsnap__layer(m, l->backing)) {
-        int rc = check_unchanged(s, l);
+        int rc = qsnap__check_unchanged(s, l);
         if (rc)
             return rc;
     }
@@ -230,7 +269,7 @@ static int check_chain(const qsnap_store *s, const struct qsnap__model *m, unsig
  * changed behind qsnap's back (qemu-img rebase -u) would make an operation
  * freeze or copy the wrong content. Refused until verify re-points it.
  */
-static int check_link(const qsnap_store *s, const struct qsnap__model *m, unsigned id)
+int qsnap__check_link(const qsnap_store *s, const struct qsnap__model *m, unsigned id)
 {
     const struct qsnap__layer *l = qsnap__layer(m, id), *b;
     qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
@@ -279,7 +318,7 @@ static int check_link(const qsnap_store *s, const struct qsnap__model *m, unsign
  * A new overlay on layer `base` makes a chain one deeper than base's: refuse
  * before anything is written when that passes what images may hold.
  */
-static int check_depth(const struct qsnap__model *m, unsigned base)
+int qsnap__check_depth(const struct qsnap__model *m, unsigned base)
 {
     unsigned depth = 1;
 
@@ -299,25 +338,25 @@ static int check_depth(const struct qsnap__model *m, unsigned base)
  * found for every touched file at once when the plan runs (inuse.c), so a
  * dry run can list them all.
  */
-static int check_free(const qsnap_store *s, const struct qsnap__model *m, unsigned layer)
+int qsnap__check_free(const qsnap_store *s, const struct qsnap__model *m, unsigned layer)
 {
     const struct qsnap__layer *l = qsnap__layer(m, layer);
 
     return l ? qsnap__layer_exists(s, l) : 0;
 }
 
-static bool name_taken(const struct qsnap__model *m, const char *name)
+bool qsnap__name_taken(const struct qsnap__model *m, const char *name)
 {
     return qsnap__node_by_name(m, name) || qsnap__branch_by_name(m, name);
 }
 
-static int check_new_name(const struct qsnap__model *m, const char *name)
+int qsnap__check_new_name(const struct qsnap__model *m, const char *name)
 {
     int rc = qsnap_name_check(name);
 
     if (rc)
         return rc;
-    if (name_taken(m, name))
+    if (qsnap__name_taken(m, name))
         return qsnap__err(QSNAP_EUSAGE, "names are unique across snapshots and branches",
                           "'%s' is already the name of a %s", name,
                           qsnap__node_by_name(m, name) ? "snapshot" : "branch");
@@ -325,13 +364,13 @@ static int check_new_name(const struct qsnap__model *m, const char *name)
 }
 
 /* A generated name "PREFIX-N" not yet taken. */
-static char *gen_name(const struct qsnap__model *m, const char *prefix)
+char *qsnap__gen_name(const struct qsnap__model *m, const char *prefix)
 {
     for (unsigned i = 1; i < 1000000; i++) {
         char *name;
         if (asprintf(&name, "%s-%u", prefix, i) < 0)
             return NULL;
-        if (!name_taken(m, name) && qsnap_name_check(name) == 0)
+        if (!qsnap__name_taken(m, name) && qsnap_name_check(name) == 0)
             return name;
         free(name);
     }
@@ -342,18 +381,19 @@ static char *gen_name(const struct qsnap__model *m, const char *prefix)
  * The current branch of t and, when head is not NULL, its head layer. A store
  * whose current branch (or its head) is gone is damaged.
  */
-static int current_branch(const qsnap_store *s, const struct qsnap__model *t,
+int qsnap__current_branch(const qsnap_store *s, const struct qsnap__model *t,
                           struct qsnap__branch **b, struct qsnap__layer **head)
 {
     *b = qsnap__branch_by_name(t, t->current);
     if (head)
         *head = *b ? qsnap__layer(t, (*b)->head) : NULL;
     if (!*b || (head && !*head))
-        return qsnap__err(QSNAP_EINTEGRITY, GC_HINT, "%s: the current branch is missing", s->dir);
+        return qsnap__err(QSNAP_EINTEGRITY, QSNAP__GC_HINT, "%s: the current branch is missing",
+                          s->dir);
     return 0;
 }
 
-static int find_snapshot(const struct qsnap__model *m, const char *name, struct qsnap__node **out)
+int qsnap__find_snapshot(const struct qsnap__model *m, const char *name, struct qsnap__node **out)
 {
     *out = qsnap__node_by_name(m, name);
     if (!*out)
@@ -363,7 +403,7 @@ static int find_snapshot(const struct qsnap__model *m, const char *name, struct 
     return 0;
 }
 
-static int find_branch(const struct qsnap__model *m, const char *name, struct qsnap__branch **out)
+int qsnap__find_branch(const struct qsnap__model *m, const char *name, struct qsnap__branch **out)
 {
     *out = qsnap__branch_by_name(m, name);
     if (!*out)
@@ -376,1468 +416,6 @@ static int find_branch(const struct qsnap__model *m, const char *name, struct qs
 static int nomem(void)
 {
     return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
-}
-
-/* ---- create ----------------------------------------------------------------- */
-
-static int attach_state(qsnap_plan *p, struct qsnap__node *n, const char *state_file)
-{
-    char *abs, *rel;
-    const char *base;
-    struct stat st;
-
-    if (!state_file)
-        return 0;
-    if (stat(state_file, &st) < 0 || !S_ISREG(st.st_mode))
-        return qsnap__err(QSNAP_ENOTFOUND, "give the path of an existing regular file",
-                          "%s: state file not found (a regular file is needed)", state_file);
-    abs = realpath(state_file, NULL);
-    if (!abs)
-        return nomem();
-    base = strrchr(abs, '/') + 1;
-    if (asprintf(&rel, "state/%u-%s", n->id, base) < 0) {
-        free(abs);
-        return nomem();
-    }
-    n->state = rel;
-    {
-        int rc = add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "state", NULL);
-        if (!rc)
-            rc = add_step(p, QSNAP__ST_LINK_STATE, 0, 0, 0, abs, rel);
-        free(abs);
-        return rc;
-    }
-}
-
-/*
- * The first operation on a disk sets up the store: the disk (opened for
- * writing, which proves no QEMU uses it) becomes the frozen root layer with a
- * root node on it, and branch main's head goes on top. Steps: make the store
- * and layers/, link the state file (if any), create the head, freeze the
- * disk. *root_out stays valid until the next node is added.
- */
-static int plan_first(qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
-                      const char *state_file, struct qsnap__node **root_out, unsigned *head_out)
-{
-    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
-    qcow2_image *img = NULL;
-    struct qsnap__layer *disk, *head;
-    struct qsnap__node *root;
-    struct qsnap__branch *b;
-    unsigned disk_id;
-    int rc;
-
-    oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_RDWR;
-    rc = qcow2_image_open(&img, s->disk_abs, &oo);
-    if (rc)
-        return qsnap__from_qcow2(rc, "stop the virtual machine that uses the disk first");
-    disk = qsnap__add_layer(t);
-    if (!disk || !(disk->file = strdup(t->disk))) {
-        qcow2_image_close(img);
-        return nomem();
-    }
-    disk->fmt = qcow2_image_format(img);
-    disk->is_disk = true;
-    disk->frozen = true;
-    disk_id = disk->id;
-    qcow2_image_close(img);
-    root = qsnap__add_node(t);
-    head = root ? new_overlay(t, disk_id) : NULL; /* may move the layers, not the nodes */
-    b = head ? qsnap__add_branch(t) : NULL;
-    if (!b || !(b->name = strdup("main")) || !(t->current = strdup("main")))
-        return nomem();
-    root->layer = disk_id;
-    root->created = qsnap__now();
-    b->head = head->id;
-    b->base = root->id;
-    b->created = root->created;
-    *root_out = root;
-    *head_out = head->id;
-    rc = add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "", NULL);
-    if (!rc)
-        rc = add_step(p, QSNAP__ST_MKDIR, 0, 0, 0, "layers", NULL);
-    if (!rc)
-        rc = attach_state(p, root, state_file);
-    if (!rc)
-        rc = add_step(p, QSNAP__ST_CREATE, head->id, 0, 0, NULL, NULL);
-    if (!rc)
-        rc = add_step(p, QSNAP__ST_FREEZE, disk_id, 0, 0, NULL, NULL);
-    return rc;
-}
-
-int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts *o)
-{
-    qsnap_create_opts opts = QSNAP_CREATE_OPTS_INIT;
-    struct qsnap__model t;
-    qsnap_plan *p = NULL;
-    struct qsnap__node *n;
-    struct qsnap__layer *head;
-    char *name = NULL;
-    int rc;
-
-    if (o)
-        opts = *o;
-    if (o && o->internal)
-        return plan_create_internal(out, s, o);
-    rc = s->exists ? check_writable_store(s) : check_no_pending(s);
-    if (rc)
-        return rc;
-    rc = qsnap__model_clone(&t, &s->m);
-    if (rc)
-        return rc;
-    rc = plan_new(&p, s, "create");
-    if (rc)
-        goto fail;
-    if (opts.name) {
-        rc = check_new_name(&t, opts.name);
-        if (rc)
-            goto fail;
-        name = strdup(opts.name);
-    } else {
-        name = gen_name(&t, "snap");
-    }
-    if (!name) {
-        rc = nomem();
-        goto fail;
-    }
-    if (!s->exists) {
-        /* First snapshot: the root node on the disk is this snapshot. */
-        unsigned head_id;
-        rc = plan_first(s, &t, p, opts.state_file, &n, &head_id);
-        if (rc)
-            goto fail;
-        n->name = name;
-        name = NULL;
-        n->desc = opts.description ? strdup(opts.description) : NULL;
-        rc = add_save(p, &t);
-        if (!rc)
-            rc = set_summary(p, "created snapshot %s of %s; branch main continues from it",
-                             n->name, strrchr(s->disk_abs, '/') + 1);
-    } else {
-        struct qsnap__branch *b;
-        struct qsnap__layer *old_head;
-        bool dirty = true;
-
-        rc = current_branch(s, &t, &b, &old_head);
-        if (rc)
-            goto fail;
-
-        rc = refuse_internal_in(&t, old_head->id,
-                                "an external snapshot would freeze them inside a read-only "
-                                "layer, where they could no longer be reverted to or deleted",
-                                "take an internal one with --internal, or delete the internal "
-                                "snapshots first ('qsnap delete DISK NAME')");
-        if (!rc)
-            rc = check_free(s, &t, old_head->id);
-        if (!rc)
-            rc = check_link(s, &t, old_head->id);
-        if (!rc)
-            rc = check_chain(s, &t, old_head->backing);
-        if (!rc)
-            rc = qsnap__head_dirty(s, old_head, &dirty, NULL);
-        if (rc)
-            goto fail;
-        if (!dirty) {
-            /* Nothing written since the branch's base: the new snapshot's content is
-             * the layer under the head already. No file changes, no deeper chain. */
-            unsigned layer = old_head->backing;
-            n = qsnap__add_node(&t);
-            if (!n) {
-                rc = nomem();
-                goto fail;
-            }
-            b = qsnap__branch_by_name(&t, t.current);
-            n->name = name;
-            name = NULL;
-            n->parent = b->base;
-            n->layer = layer;
-            n->created = qsnap__now();
-            n->desc = opts.description ? strdup(opts.description) : NULL;
-            b->base = n->id;
-            rc = attach_state(p, n, opts.state_file);
-            if (!rc)
-                rc = add_save(p, &t);
-            if (!rc)
-                rc = set_summary(p, "created snapshot %s of branch %s (no changes since its base: "
-                                    "no new layer)",
-                                 n->name, b->name);
-            if (rc)
-                goto fail;
-            qsnap__model_free(&t);
-            *out = p;
-            return 0;
-        }
-        rc = check_depth(&t, old_head->id);
-        if (rc)
-            goto fail;
-        n = qsnap__add_node(&t);
-        if (!n) {
-            rc = nomem();
-            goto fail;
-        }
-        b = qsnap__branch_by_name(&t, t.current); /* arrays may have moved */
-        old_head = qsnap__layer(&t, b->head);
-        n->name = name;
-        name = NULL;
-        n->parent = b->base;
-        n->layer = old_head->id;
-        n->created = qsnap__now();
-        n->desc = opts.description ? strdup(opts.description) : NULL;
-        head = new_overlay(&t, old_head->id);
-        if (!head) {
-            rc = nomem();
-            goto fail;
-        }
-        b = qsnap__branch_by_name(&t, t.current);
-        old_head = qsnap__layer(&t, b->head);
-        old_head->frozen = true;
-        b->head = head->id;
-        b->base = n->id;
-        rc = attach_state(p, n, opts.state_file);
-        if (!rc)
-            rc = add_step(p, QSNAP__ST_CREATE, head->id, 0, 0, NULL, NULL);
-        if (!rc)
-            rc = add_step(p, QSNAP__ST_FREEZE, old_head->id, 0, 0, NULL, NULL);
-        if (!rc)
-            rc = add_save(p, &t);
-        if (!rc)
-            rc = set_summary(p, "created snapshot %s of branch %s", n->name, b->name);
-    }
-    if (rc)
-        goto fail;
-    qsnap__model_free(&t);
-    *out = p;
-    return 0;
-fail:
-    free(name);
-    qsnap__model_free(&t);
-    qsnap_plan_free(p);
-    return rc;
-}
-
-/* ---- revert, switch, branch ------------------------------------------------- */
-
-/* New branch `name` with a fresh head on node n's layer. */
-static int add_branch_on(struct qsnap__model *t, qsnap_plan *p, const char *name, unsigned node_id)
-{
-    struct qsnap__node *n = qsnap__node(t, node_id);
-    struct qsnap__layer *head = n ? new_overlay(t, n->layer) : NULL;
-    struct qsnap__branch *b;
-
-    if (!head)
-        return nomem();
-    b = qsnap__add_branch(t);
-    if (!b || !(b->name = strdup(name)))
-        return nomem();
-    b->head = head->id;
-    b->base = node_id;
-    b->created = qsnap__now();
-    return add_step(p, QSNAP__ST_CREATE, head->id, 0, 0, NULL, NULL);
-}
-
-/* Remove a branch and (after the commit point) its head file. */
-static int drop_branch(struct qsnap__model *t, qsnap_plan *p, const char *name)
-{
-    struct qsnap__branch *b = qsnap__branch_by_name(t, name);
-    struct qsnap__layer *h = b ? qsnap__layer(t, b->head) : NULL;
-    int rc = 0;
-
-    if (!h)
-        return 0;
-    rc = defer_unlink(p, h->file);
-    qsnap__del_layer(t, h->id);
-    qsnap__del_branch(t, name);
-    return rc;
-}
-
-static void fmt_bytes(char *buf, size_t len, uint64_t v)
-{
-    static const char *const unit[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-    double d = (double)v;
-    int u = 0;
-
-    while (d >= 1024 && u < 5) {
-        d /= 1024;
-        u++;
-    }
-    if (u == 0)
-        snprintf(buf, len, "%" PRIu64 " B", v);
-    else
-        snprintf(buf, len, "%.1f %s", d, unit[u]);
-}
-
-/*
- * Whether branch b is the only way to name the state it stands on: its base
- * is an unnamed node (a commit makes one: the committed state) that no other
- * branch stands on. Dropping such a branch, even a clean one, would leave a
- * state that differs from every named one and that no command can name.
- */
-static bool only_name_of_base(const struct qsnap__model *t, const struct qsnap__branch *b)
-{
-    const struct qsnap__node *n = qsnap__node(t, b->base);
-
-    if (!n || n->name)
-        return false;
-    for (size_t i = 0; i < t->nb; i++) {
-        if (&t->branches[i] != b && t->branches[i].base == b->base)
-            return false;
-    }
-    return true;
-}
-
-int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
-                      const char *new_branch, bool discard)
-{
-    struct qsnap__model t;
-    struct qsnap__node *target;
-    struct qsnap__branch *cur;
-    qsnap_plan *p = NULL;
-    char *left = NULL, *newname = NULL, bytes[32];
-    bool dirty = false, drop;
-    uint64_t used = 0;
-    int rc = check_writable_store(s);
-
-    if (rc)
-        return rc;
-    if (qsnap__node_by_name(&s->m, snapshot) && qsnap__node_by_name(&s->m, snapshot)->internal)
-        return plan_revert_internal(out, s, snapshot, new_branch, discard);
-    rc = qsnap__model_clone(&t, &s->m);
-    if (rc)
-        return rc;
-    rc = find_snapshot(&t, snapshot, &target);
-    if (!rc)
-        rc = plan_new(&p, s, "revert");
-    if (rc)
-        goto out;
-    rc = current_branch(s, &t, &cur, NULL);
-    if (rc)
-        goto out;
-    left = strdup(cur->name);
-    if (!left) {
-        rc = nomem();
-        goto out;
-    }
-    rc = qsnap__head_dirty(s, qsnap__layer(&t, cur->head), &dirty, &used);
-    if (!rc)
-        rc = check_chain(s, &t, target->layer);
-    if (!rc)
-        rc = check_depth(&t, target->layer);
-    if (rc)
-        goto out;
-    drop = discard || !dirty;
-    /* A clean branch on an unnamed state is that state's only name: kept (see above). */
-    if (drop && !discard && only_name_of_base(&t, cur))
-        drop = false;
-    if (qsnap__internal_nodes_in(&t, cur->head, NULL)) {
-        /* Its head holds internal snapshots: dropping it would delete them. */
-        if (discard) {
-            rc = refuse_internal_in(&t, cur->head, "--discard would delete them with the branch",
-                                    "revert without --discard (the branch is kept), or delete "
-                                    "the internal snapshots first");
-            goto out;
-        }
-        drop = false;
-    }
-    /* A VM still running on the head it would leave: stop it first (it is about to
-     * be left, and, when clean or discarded, removed). */
-    rc = check_free(s, &t, cur->head);
-    if (rc)
-        goto out;
-    if (new_branch) {
-        if (!(drop && !strcmp(new_branch, left))) {
-            rc = check_new_name(&t, new_branch);
-            if (rc)
-                goto out;
-        }
-        newname = strdup(new_branch);
-    } else {
-        newname = drop ? strdup(left) : gen_name(&t, snapshot);
-    }
-    if (!newname) {
-        rc = nomem();
-        goto out;
-    }
-    if (drop)
-        rc = drop_branch(&t, p, left);
-    if (!rc)
-        rc = add_branch_on(&t, p, newname, target->id);
-    if (rc)
-        goto out;
-    free(t.current);
-    t.current = strdup(newname);
-    if (!t.current) {
-        rc = nomem();
-        goto out;
-    }
-    /* The new head exists before the metadata names it; the old head goes after. */
-    rc = add_save(p, &t);
-    if (rc)
-        goto out;
-    fmt_bytes(bytes, sizeof(bytes), used);
-    if (!drop && !dirty)
-        rc = set_summary(p, "reverted to %s on new branch %s; branch %s is kept (the state it "
-                            "stands on has no snapshot name)",
-                         snapshot, newname, left);
-    else if (!drop)
-        rc = set_summary(p, "reverted to %s on new branch %s; branch %s keeps its changes (%s)",
-                         snapshot, newname, left, bytes);
-    else if (dirty)
-        rc = set_summary(p, "reverted to %s on branch %s; discarded %s of changes on branch %s",
-                         snapshot, newname, bytes, left);
-    else
-        rc = set_summary(p, "reverted to %s on branch %s (branch %s had no changes)", snapshot,
-                         newname, left);
-out:
-    free(left);
-    free(newname);
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
-}
-
-int qsnap_plan_switch(qsnap_plan **out, qsnap_store *s, const char *branch)
-{
-    struct qsnap__model t;
-    struct qsnap__branch *b;
-    qsnap_plan *p = NULL;
-    int rc = check_writable_store(s);
-
-    if (rc)
-        return rc;
-    rc = qsnap__model_clone(&t, &s->m);
-    if (!rc)
-        rc = find_branch(&t, branch, &b);
-    if (!rc)
-        rc = plan_new(&p, s, "switch");
-    if (!rc) {
-        free(t.current);
-        t.current = strdup(branch);
-        rc = t.current ? add_save(p, &t) : nomem();
-    }
-    if (!rc)
-        rc = set_summary(p, "switched to branch %s", branch);
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
-}
-
-int qsnap_plan_branch_create(qsnap_plan **out, qsnap_store *s, const char *name, const char *at)
-{
-    struct qsnap__model t;
-    struct qsnap__node *n = NULL;
-    qsnap_plan *p = NULL;
-    int rc = check_writable_store(s);
-
-    if (rc)
-        return rc;
-    rc = qsnap__model_clone(&t, &s->m);
-    if (rc)
-        return rc;
-    rc = check_new_name(&t, name);
-    if (!rc && at) {
-        rc = find_snapshot(&t, at, &n);
-    } else if (!rc) {
-        struct qsnap__branch *cur = qsnap__branch_by_name(&t, t.current);
-        n = cur ? qsnap__node(&t, cur->base) : NULL;
-        if (!n)
-            rc = qsnap__err(QSNAP_EUSAGE, "name one with --at SNAPSHOT",
-                            "the current branch has no base snapshot");
-    }
-    if (!rc && n->internal)
-        rc = qsnap__err(QSNAP_EREFUSED,
-                        "'qsnap revert DISK NAME' applies it on its own branch; 'qsnap export "
-                        "DISK NAME OUT' copies it out; --at names an external snapshot",
-                        "%s is an internal snapshot: a new branch needs an overlay, and an "
-                        "overlay cannot be backed by an internal snapshot of another file",
-                        n->name ? n->name : "the current branch's base");
-    if (!rc)
-        rc = check_chain(s, &t, n->layer);
-    if (!rc)
-        rc = check_depth(&t, n->layer);
-    if (!rc)
-        rc = plan_new(&p, s, "branch");
-    if (!rc)
-        rc = add_branch_on(&t, p, name, n->id);
-    if (!rc)
-        rc = add_save(p, &t);
-    if (!rc)
-        rc = set_summary(p, "created branch %s at %s", name,
-                         n->name ? n->name : "(unnamed node)");
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
-}
-
-int qsnap_plan_branch_delete(qsnap_plan **out, qsnap_store *s, const char *name, bool force)
-{
-    struct qsnap__model t;
-    struct qsnap__branch *b;
-    qsnap_plan *p = NULL;
-    bool dirty = false, gone = false;
-    uint64_t used = 0;
-    char bytes[32];
-    int rc = check_writable_store(s);
-
-    if (rc)
-        return rc;
-    rc = qsnap__model_clone(&t, &s->m);
-    if (rc)
-        return rc;
-    rc = find_branch(&t, name, &b);
-    if (!rc && t.current && !strcmp(t.current, name))
-        rc = qsnap__err(QSNAP_EREFUSED, "'qsnap switch DISK OTHER' first",
-                        "branch %s is the current branch", name);
-    if (!rc)
-        rc = refuse_internal_in(&t, b->head, "deleting the branch would delete them",
-                                "'qsnap delete DISK NAME' each of them first");
-    /* Made before the head is looked at (plan_new starts what the plan read afresh). */
-    if (!rc)
-        rc = plan_new(&p, s, "branch-delete");
-    if (!rc) {
-        /* A head file that is gone (verify reports it): only --force drops the branch. */
-        const struct qsnap__layer *h = qsnap__layer(&t, b->head);
-        char *hpath = h ? qsnap__path(s, h->file) : NULL;
-        gone = hpath && !qsnap__file_exists(hpath);
-        free(hpath);
-        if (gone && !force)
-            rc = qsnap__err(QSNAP_EREFUSED, "--force deletes the branch anyway",
-                            "branch %s: its head %s is missing", name, h->file);
-    }
-    if (!rc && !gone)
-        rc = qsnap__head_dirty(s, qsnap__layer(&t, b->head), &dirty, &used);
-    fmt_bytes(bytes, sizeof(bytes), used);
-    if (!rc && dirty && !force)
-        rc = qsnap__err(QSNAP_EREFUSED, "--force deletes it anyway",
-                        "branch %s holds %s of changes that no snapshot keeps", name, bytes);
-    if (!rc && !gone)
-        rc = check_free(s, &t, b->head);
-    if (!rc)
-        rc = drop_branch(&t, p, name);
-    if (!rc)
-        rc = add_save(p, &t);
-    if (!rc)
-        rc = set_summary(p, dirty ? "deleted branch %s (%s of changes dropped)"
-                                  : "deleted branch %s%s",
-                         name, dirty ? bytes : gone ? " (its head file was missing)" : "");
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
-}
-
-int qsnap_plan_branch_rename(qsnap_plan **out, qsnap_store *s, const char *old_name,
-                             const char *new_name)
-{
-    struct qsnap__model t;
-    struct qsnap__branch *b;
-    qsnap_plan *p = NULL;
-    int rc = check_writable_store(s);
-
-    if (rc)
-        return rc;
-    rc = qsnap__model_clone(&t, &s->m);
-    if (rc)
-        return rc;
-    rc = find_branch(&t, old_name, &b);
-    if (!rc)
-        rc = check_new_name(&t, new_name);
-    if (!rc)
-        rc = plan_new(&p, s, "branch-rename");
-    if (!rc) {
-        char *nn = strdup(new_name);
-        if (!nn) {
-            rc = nomem();
-        } else {
-            if (t.current && !strcmp(t.current, old_name)) {
-                free(t.current);
-                t.current = strdup(new_name);
-            }
-            free(b->name);
-            b->name = nn;
-            rc = add_save(p, &t);
-        }
-    }
-    if (!rc)
-        rc = set_summary(p, "renamed branch %s to %s", old_name, new_name);
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
-}
-
-/* ---- delete ------------------------------------------------------------------- */
-
-static size_t count_layer_deps(const struct qsnap__model *m, unsigned layer)
-{
-    size_t n = 0;
-
-    for (size_t i = 0; i < m->nl; i++)
-        n += m->layers[i].backing == layer;
-    return n;
-}
-
-static bool other_node_uses(const struct qsnap__model *m, unsigned layer, unsigned except)
-{
-    for (size_t i = 0; i < m->nn; i++) {
-        if (m->nodes[i].layer == layer && m->nodes[i].id != except)
-            return true;
-    }
-    return false;
-}
-
-/* Node `id` leaves the tree: its children and branches move up to its parent. */
-static void reparent(struct qsnap__model *t, unsigned id, unsigned parent)
-{
-    for (size_t i = 0; i < t->nn; i++) {
-        if (t->nodes[i].parent == id)
-            t->nodes[i].parent = parent;
-    }
-    for (size_t i = 0; i < t->nb; i++) {
-        if (t->branches[i].base == id)
-            t->branches[i].base = parent;
-    }
-}
-
-/* Steps that give dependent layer d the content of layer l, then drop l from its chain. */
-static int stream_into(const qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
-                       struct qsnap__layer *d, const struct qsnap__layer *l)
-{
-    int rc = d->frozen ? 0 : check_free(s, t, d->id);
-
-    if (!rc)
-        rc = check_link(s, t, d->id);
-
-    if (!rc && d->frozen)
-        rc = add_step(p, QSNAP__ST_THAW, d->id, 0, 0, NULL, NULL);
-    if (!rc)
-        rc = add_step(p, QSNAP__ST_STREAM, d->id, l->backing, 0, NULL, NULL);
-    if (!rc && d->frozen)
-        rc = add_step(p, QSNAP__ST_FREEZE, d->id, 0, 0, NULL, NULL);
-    d->backing = l->backing;
-    return rc;
-}
-
-static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
-                               struct qsnap__node *root)
-{
-    unsigned *ids = calloc(t->nn + 1, sizeof(unsigned));
-    bool *keep = calloc(t->nl + 1, sizeof(bool));
-    size_t nids = 0, removed_branches = 0, nodes;
-    char *root_name = strdup(root->name);
-    int rc = 0;
-
-    if (!ids || !keep || !root_name) {
-        rc = nomem();
-        goto out;
-    }
-    /* The subtree: the root and every node whose parent is in it. */
-    ids[nids++] = root->id;
-    for (size_t added = 1; added;) {
-        added = 0;
-        for (size_t i = 0; i < t->nn; i++) {
-            bool in = false, parent_in = false;
-            for (size_t k = 0; k < nids; k++) {
-                in |= ids[k] == t->nodes[i].id;
-                parent_in |= ids[k] == t->nodes[i].parent;
-            }
-            if (parent_in && !in) {
-                ids[nids++] = t->nodes[i].id;
-                added++;
-            }
-        }
-    }
-    for (size_t i = 0; i < t->nb; i++) {
-        for (size_t k = 0; k < nids; k++) {
-            if (t->branches[i].base != ids[k])
-                continue;
-            if (t->current && !strcmp(t->current, t->branches[i].name)) {
-                rc = qsnap__err(QSNAP_EREFUSED, "'qsnap switch DISK BRANCH' to a branch outside it first",
-                                "the current branch %s is in the subtree of %s", t->current,
-                                root_name);
-                goto out;
-            }
-            rc = check_free(s, t, t->branches[i].head);
-            if (rc)
-                goto out;
-        }
-    }
-    for (size_t k = 0; k < nids; k++) {
-        struct qsnap__node *n = qsnap__node(t, ids[k]);
-        if (n->state)
-            rc = defer_unlink(p, n->state);
-        if (rc)
-            goto out;
-    }
-    for (size_t i = 0; i < t->nb;) {
-        bool in = false;
-        for (size_t k = 0; k < nids; k++)
-            in |= t->branches[i].base == ids[k];
-        if (in) {
-            char *name = strdup(t->branches[i].name);
-            if (!name) {
-                rc = nomem();
-                goto out;
-            }
-            qsnap__del_branch(t, name);
-            free(name);
-            removed_branches++;
-        } else {
-            i++;
-        }
-    }
-    nodes = nids;
-    for (size_t k = 0; k < nids; k++)
-        qsnap__del_node(t, ids[k]);
-    /* Keep every layer a remaining node or branch needs (and the disk); drop the rest. */
-    for (size_t i = 0; i < t->nl; i++) {
-        const struct qsnap__layer *l = &t->layers[i];
-        bool needed = l->is_disk;
-        for (size_t j = 0; j < t->nn && !needed; j++)
-            needed = t->nodes[j].layer == l->id;
-        for (size_t j = 0; j < t->nb && !needed; j++)
-            needed = t->branches[j].head == l->id;
-        keep[i] = needed;
-    }
-    for (size_t changed = 1; changed;) {
-        changed = 0;
-        for (size_t i = 0; i < t->nl; i++) {
-            if (!keep[i])
-                continue;
-            for (size_t j = 0; j < t->nl; j++) {
-                if (!keep[j] && t->layers[j].id == t->layers[i].backing) {
-                    keep[j] = true;
-                    changed++;
-                }
-            }
-        }
-    }
-    for (size_t i = t->nl; i-- > 0;) {
-        if (keep[i])
-            continue;
-        rc = defer_unlink(p, t->layers[i].file);
-        if (rc)
-            goto out;
-        qsnap__del_layer(t, t->layers[i].id);
-    }
-    rc = add_save(p, t);
-    if (!rc)
-        rc = set_summary(p, "deleted snapshot %s and its subtree (%zu snapshots, %zu branches)",
-                         root_name, nodes, removed_branches);
-out:
-    free(root_name);
-    free(ids);
-    free(keep);
-    return rc;
-}
-
-int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, unsigned flags)
-{
-    struct qsnap__model t;
-    struct qsnap__node *n;
-    struct qsnap__layer *l;
-    qsnap_plan *p = NULL;
-    char *name = NULL;
-    size_t deps;
-    int rc = check_writable_store(s);
-
-    if (rc)
-        return rc;
-    if ((flags & QSNAP_DELETE_METADATA) && (flags & (QSNAP_DELETE_CHILDREN | QSNAP_DELETE_STREAM)))
-        return qsnap__err(QSNAP_EUSAGE, NULL,
-                          "--metadata cannot be combined with --children or --stream");
-    if (qsnap__node_by_name(&s->m, snapshot) && qsnap__node_by_name(&s->m, snapshot)->internal &&
-        (flags & QSNAP_DELETE_METADATA))
-        return qsnap__err(QSNAP_EUSAGE, "delete it without --metadata",
-                          "--metadata does not apply to internal snapshot %s: unnamed, it could "
-                          "no longer be deleted and would pin its branch's head",
-                          snapshot);
-    if (qsnap__node_by_name(&s->m, snapshot) && qsnap__node_by_name(&s->m, snapshot)->internal &&
-        !(flags & QSNAP_DELETE_CHILDREN))
-        return plan_delete_internal(out, s, snapshot);
-    rc = qsnap__model_clone(&t, &s->m);
-    if (rc)
-        return rc;
-    rc = find_snapshot(&t, snapshot, &n);
-    if (!rc)
-        rc = plan_new(&p, s, "delete");
-    if (!rc && !(name = strdup(snapshot)))
-        rc = nomem();
-    if (rc)
-        goto out;
-    if (flags & QSNAP_DELETE_CHILDREN) {
-        rc = check_subtree_external(&t, n);
-        if (!rc)
-            rc = plan_delete_subtree(s, &t, p, n);
-        goto out;
-    }
-    if (n->state) {
-        rc = defer_unlink(p, n->state);
-        free(n->state);
-        n->state = NULL;
-        if (rc)
-            goto out;
-    }
-    l = qsnap__layer(&t, n->layer);
-    deps = count_layer_deps(&t, l->id);
-    if (flags & QSNAP_DELETE_METADATA) {
-        free(n->name);
-        n->name = NULL;
-        rc = add_save(p, &t);
-        if (!rc)
-            rc = set_summary(p, "forgot the name %s; its state stays as an unnamed node", name);
-        goto out;
-    }
-    if (other_node_uses(&t, l->id, n->id) || (l->is_disk && deps == 0)) {
-        /* Another node holds the same layer (or it is the disk itself): only the node goes. */
-        reparent(&t, n->id, n->parent);
-        qsnap__del_node(&t, n->id);
-        rc = add_save(p, &t);
-        if (!rc)
-            rc = set_summary(p, "deleted snapshot %s (its data is still used)", name);
-        goto out;
-    }
-    if (deps == 0) {
-        rc = check_unchanged(s, l);
-        if (!rc)
-            rc = defer_unlink(p, l->file);
-        reparent(&t, n->id, n->parent);
-        qsnap__del_node(&t, n->id);
-        qsnap__del_layer(&t, l->id);
-        if (!rc)
-            rc = add_save(p, &t);
-        if (!rc)
-            rc = set_summary(p, "deleted snapshot %s", name);
-        goto out;
-    }
-    /* Merging rewrites the dependents: only branch heads are rewritten unasked.
-     * Frozen layers change under commit alone; --stream asks for it. */
-    for (size_t i = 0; i < t.nl && deps == 1; i++) {
-        if (t.layers[i].backing == l->id && t.layers[i].frozen && !(flags & QSNAP_DELETE_STREAM))
-            deps = 2; /* keep, as for several dependents */
-    }
-    /* A head holding internal snapshots must keep its backing content: they read
-     * through it. Streaming would change what they read. */
-    for (size_t i = 0; i < t.nl && !rc; i++) {
-        if (t.layers[i].backing != l->id || !qsnap__internal_nodes_in(&t, t.layers[i].id, NULL))
-            continue;
-        if (flags & QSNAP_DELETE_STREAM)
-            rc = refuse_internal_in(&t, t.layers[i].id,
-                                    "streaming this snapshot's data into their file would change "
-                                    "what they read",
-                                    "delete without --stream (its data stays as an unnamed node)");
-        else
-            deps = deps > 1 ? deps : 2; /* keep, as for several dependents */
-    }
-    if (rc)
-        goto out;
-    if (l->is_disk || (deps > 1 && !(flags & QSNAP_DELETE_STREAM))) {
-        /* Several states are built on it: keep the data as an unnamed node. */
-        free(n->name);
-        n->name = NULL;
-        rc = add_save(p, &t);
-        if (!rc)
-            rc = set_summary(p, l->is_disk ? "deleted snapshot %s; the disk it names stays as an "
-                                             "unnamed node under what is built on it"
-                                           : "deleted snapshot %s; its data stays as an unnamed "
-                                             "node for the snapshots built on it (--stream "
-                                             "copies it into them instead)",
-                             name);
-        goto out;
-    }
-    /* One dependent (or --stream): copy the layer's data into each, then remove it. */
-    rc = check_chain(s, &t, l->id);
-    for (size_t i = 0; !rc && i < t.nl; i++) {
-        if (t.layers[i].backing == l->id)
-            rc = stream_into(s, &t, p, &t.layers[i], l);
-    }
-    if (rc)
-        goto out;
-    rc = defer_unlink(p, l->file);
-    reparent(&t, n->id, n->parent);
-    qsnap__del_node(&t, n->id);
-    qsnap__del_layer(&t, l->id);
-    if (!rc)
-        rc = add_save(p, &t);
-    if (!rc)
-        rc = set_summary(p, "deleted snapshot %s; its data was merged into the %zu state%s built "
-                            "on it",
-                         name, deps, deps == 1 ? "" : "s");
-out:
-    free(name);
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
-}
-
-/* ---- commit ------------------------------------------------------------------- */
-
-int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *branch)
-{
-    struct qsnap__model t;
-    struct qsnap__branch *b;
-    struct qsnap__layer *h, *l, *keep;
-    struct qsnap__node *nc;
-    qsnap_plan *p = NULL;
-    bool dirty = false, was_disk;
-    uint64_t used = 0;
-    unsigned base_id, l_id, h_id, keep_id;
-    char *bname = NULL, *lfile = NULL, bytes[32];
-    int rc = check_writable_store(s);
-
-    if (rc)
-        return rc;
-    rc = qsnap__model_clone(&t, &s->m);
-    if (rc)
-        return rc;
-    rc = find_branch(&t, branch ? branch : t.current, &b);
-    if (!rc)
-        rc = plan_new(&p, s, "commit");
-    if (rc)
-        goto out;
-    bname = strdup(b->name);
-    h = qsnap__layer(&t, b->head);
-    l = h ? qsnap__layer(&t, h->backing) : NULL;
-    if (!bname || !l) {
-        rc = bname ? qsnap__err(QSNAP_EINTEGRITY, GC_HINT, "branch %s has no base layer", b->name)
-                   : nomem();
-        goto out;
-    }
-    lfile = strdup(l->file);
-    rc = lfile ? refuse_internal_in(&t, h->id,
-                                    "a commit empties the head and writes its data into the layer "
-                                    "below, which would change what they read",
-                                    "delete the internal snapshots first ('qsnap delete DISK NAME')")
-               : nomem();
-    if (!rc)
-        rc = refuse_internal_in(&t, l->id, "a commit would write into the layer that holds them",
-                                "delete the internal snapshots first");
-    if (!rc)
-        rc = check_free(s, &t, h->id);
-    if (!rc)
-        rc = check_link(s, &t, h->id);
-    if (!rc)
-        rc = qsnap__head_dirty(s, h, &dirty, &used);
-    if (!rc)
-        rc = check_chain(s, &t, l->id);
-    if (rc)
-        goto out;
-    if (!dirty) {
-        rc = set_summary(p, "nothing to commit: branch %s has no changes", bname);
-        goto out;
-    }
-    /* Every layer on l but the head also gets checked before anything moves. */
-    for (size_t i = 0; !rc && i < t.nl; i++) {
-        if (t.layers[i].backing == l->id && t.layers[i].id != h->id && !t.layers[i].frozen)
-            rc = check_free(s, &t, t.layers[i].id);
-    }
-    if (rc)
-        goto out;
-    base_id = b->base;
-    l_id = l->id;
-    h_id = h->id;
-    was_disk = l->is_disk;
-
-    /* 1. A new layer over l keeps l's content where the commit will overwrite it. */
-    keep = new_overlay(&t, l_id);
-    if (!keep) {
-        rc = nomem();
-        goto out;
-    }
-    keep_id = keep->id;
-    keep->frozen = true;
-    rc = add_step(p, QSNAP__ST_PRESERVE, keep_id, l_id, h_id, NULL, NULL);
-    if (!rc)
-        rc = add_step(p, QSNAP__ST_FREEZE, keep_id, 0, 0, NULL, NULL);
-    /* 2. Everything that was built on l now stands on the kept layer. */
-    for (size_t i = 0; !rc && i < t.nl; i++) {
-        struct qsnap__layer *d = &t.layers[i];
-        if (d->backing != l_id || d->id == h_id || d->id == keep_id)
-            continue;
-        if (d->frozen)
-            rc = add_step(p, QSNAP__ST_THAW, d->id, 0, 0, NULL, NULL);
-        if (!rc)
-            rc = add_step(p, QSNAP__ST_SET_BACKING, d->id, keep_id, 0, NULL, NULL);
-        if (!rc && d->frozen)
-            rc = add_step(p, QSNAP__ST_FREEZE, d->id, 0, 0, NULL, NULL);
-        d->backing = keep_id;
-    }
-    for (size_t i = 0; i < t.nn; i++) {
-        if (t.nodes[i].layer == l_id)
-            t.nodes[i].layer = keep_id;
-    }
-    if (!rc)
-        rc = add_save(p, &t);
-    /* 3. Only the head depends on l now: write the head's changes into it. */
-    if (!rc)
-        rc = add_step(p, QSNAP__ST_THAW, l_id, 0, 0, NULL, NULL);
-    if (!rc)
-        rc = add_step(p, QSNAP__ST_COMMIT, h_id, l_id, 0, NULL, NULL);
-    if (!rc)
-        rc = add_step(p, QSNAP__ST_FREEZE, l_id, 0, 0, NULL, NULL);
-    if (rc)
-        goto out;
-    /* 4. The committed state is a node; the branch goes on from it. */
-    nc = qsnap__add_node(&t);
-    if (!nc) {
-        rc = nomem();
-        goto out;
-    }
-    nc->parent = base_id;
-    nc->layer = l_id;
-    nc->created = qsnap__now();
-    b = qsnap__branch_by_name(&t, bname);
-    b->base = nc->id;
-    rc = add_save(p, &t);
-    fmt_bytes(bytes, sizeof(bytes), used);
-    if (!rc)
-        rc = set_summary(p, "committed branch %s (%s) into %s%s; every snapshot keeps its content",
-                         bname, bytes,
-                         was_disk && !strncmp(lfile, "../", 3) ? lfile + 3 : lfile,
-                         was_disk ? " (the disk)" : "");
-out:
-    free(bname);
-    free(lfile);
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
-}
-
-/* ---- internal snapshots -------------------------------------------------------- *
- *
- * An internal node's content is a qcow2 snapshot inside a branch head (the
- * head it was taken on, which stays the branch's writable head). What keeps
- * it safe: the head is never frozen while it holds one (external create is
- * refused), never dropped (branch delete, revert --discard refused; revert
- * keeps the branch), never emptied or streamed into (commit and delete
- * --stream refused), and its backing layer keeps its content (a snapshot
- * read through it). Reverting applies it to the head in place, which is only
- * done on the current branch (its head has no dependents); the head's state
- * is kept first as another internal snapshot unless --discard.
- */
-
-/* Refuse (QSNAP_EREFUSED) when layer holds internal nodes; why and hint say the rest. */
-static int refuse_internal_in(const struct qsnap__model *m, unsigned layer, const char *why,
-                              const char *hint)
-{
-    const struct qsnap__branch *b = NULL;
-    char *names = NULL;
-    size_t k = qsnap__internal_nodes_in(m, layer, &names);
-    int rc;
-
-    if (!k)
-        return 0;
-    for (size_t i = 0; i < m->nb && !b; i++) {
-        if (m->branches[i].head == layer)
-            b = &m->branches[i];
-    }
-    if (b)
-        rc = qsnap__err(QSNAP_EREFUSED, hint,
-                        "the head of branch %s holds %sinternal snapshot%s (%s): %s", b->name,
-                        k == 1 ? "an " : "", k == 1 ? "" : "s", names ? names : "?", why);
-    else
-        rc = qsnap__err(QSNAP_EREFUSED, hint, "%s holds internal snapshots (%s): %s",
-                        qsnap__layer(m, layer) ? qsnap__layer(m, layer)->file : "a layer",
-                        names ? names : "?", why);
-    free(names);
-    return rc;
-}
-
-/* delete --children: the subtree must not hold internal nodes (delete them one by one). */
-static int check_subtree_external(const struct qsnap__model *m, const struct qsnap__node *root)
-{
-    for (size_t i = 0; i < m->nn; i++) {
-        const struct qsnap__node *n = &m->nodes[i];
-        size_t steps = 0;
-        if (!n->internal)
-            continue;
-        for (const struct qsnap__node *a = n; a && steps++ <= m->nn; a = qsnap__node(m, a->parent)) {
-            if (a->id == root->id)
-                return qsnap__err(QSNAP_EREFUSED,
-                                  "'qsnap delete DISK NAME' each internal snapshot first",
-                                  "the subtree of %s holds internal snapshot %s: --children "
-                                  "removes external snapshots and branches only",
-                                  root->name ? root->name : "it",
-                                  n->name ? n->name : n->internal);
-        }
-    }
-    return 0;
-}
-
-/* Whether the qcow2 snapshot table of layer l holds a snapshot named name. */
-static int head_has_snapshot(const qsnap_store *s, const struct qsnap__layer *l, const char *name,
-                             bool *has)
-{
-    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
-    qcow2_image *img = NULL;
-    char *path = qsnap__path(s, l->file);
-    int rc;
-
-    *has = false;
-    if (!path)
-        return nomem();
-    oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
-    oo.format = QCOW2_FORMAT_QCOW2;
-    rc = qsnap__image_open(s, path, &oo, &img, "'qsnap verify DISK' checks the store");
-    free(path);
-    if (rc)
-        return rc;
-    *has = qsnap__find_internal(img, name) >= 0;
-    qcow2_image_close(img);
-    return 0;
-}
-
-/* A generated name, free in the tree and in head l's snapshot table (NULL: out of memory). */
-static int gen_internal_name(const qsnap_store *s, const struct qsnap__model *m,
-                             const struct qsnap__layer *l, const char *prefix, char **out)
-{
-    *out = NULL;
-    for (unsigned i = 1; i < 1000000; i++) {
-        char *name;
-        bool has = false;
-        int rc;
-        if (asprintf(&name, "%s-%u", prefix, i) < 0)
-            return nomem();
-        if (name_taken(m, name) || qsnap_name_check(name) != 0) {
-            free(name);
-            continue;
-        }
-        rc = l ? head_has_snapshot(s, l, name, &has) : 0;
-        if (rc || !has) {
-            if (rc)
-                free(name);
-            else
-                *out = name;
-            return rc;
-        }
-        free(name);
-    }
-    return nomem();
-}
-
-static int plan_create_internal(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts *o)
-{
-    struct qsnap__model t;
-    qsnap_plan *p = NULL;
-    struct qsnap__node *n;
-    struct qsnap__branch *b;
-    struct qsnap__layer *head;
-    unsigned head_id, base_id;
-    char *name = NULL, *bname = NULL;
-    int rc = s->exists ? check_writable_store(s) : check_no_pending(s);
-
-    if (rc)
-        return rc;
-    rc = qsnap__model_clone(&t, &s->m);
-    if (rc)
-        return rc;
-    rc = plan_new(&p, s, "create");
-    if (!rc && o->name)
-        rc = check_new_name(&t, o->name);
-    if (rc)
-        goto out;
-    if (!s->exists) {
-        /* First snapshot: an unnamed root on the disk; the internal snapshot goes in
-         * branch main's new head. */
-        struct qsnap__node *root;
-        rc = plan_first(s, &t, p, NULL, &root, &head_id);
-        if (rc)
-            goto out;
-        if (o->name)
-            name = strdup(o->name);
-        else
-            rc = gen_internal_name(s, &t, NULL, "snap", &name);
-    } else {
-        rc = current_branch(s, &t, &b, &head);
-        if (rc)
-            goto out;
-        head_id = head->id;
-        rc = check_free(s, &t, head_id);
-        if (!rc)
-            rc = check_link(s, &t, head_id);
-        if (!rc)
-            rc = check_chain(s, &t, head->backing);
-        if (!rc && head->fmt != QCOW2_FORMAT_QCOW2)
-            rc = qsnap__err(QSNAP_EREFUSED, NULL, "the head of branch %s is not qcow2", b->name);
-        if (rc)
-            goto out;
-        if (o->name) {
-            bool has = false;
-            rc = head_has_snapshot(s, head, o->name, &has);
-            if (!rc && has)
-                rc = qsnap__err(QSNAP_EUSAGE,
-                                "choose another name ('qsnap image snapshot -l FILE' lists them)",
-                                "%s already holds an internal snapshot named '%s' that the tree "
-                                "does not know (made with qemu-img?)",
-                                head->file, o->name);
-            if (!rc && !(name = strdup(o->name)))
-                rc = nomem();
-        } else {
-            rc = gen_internal_name(s, &t, head, "snap", &name);
-        }
-    }
-    if (!rc && !name)
-        rc = nomem();
-    if (rc)
-        goto out;
-    b = qsnap__branch_by_name(&t, t.current);
-    base_id = b->base;
-    if (!(bname = strdup(b->name))) {
-        rc = nomem();
-        goto out;
-    }
-    n = qsnap__add_node(&t);
-    if (!n) {
-        rc = nomem();
-        goto out;
-    }
-    n->name = name;
-    name = NULL;
-    n->internal = strdup(n->name);
-    n->parent = base_id;
-    n->layer = head_id;
-    n->created = qsnap__now();
-    n->desc = o->description ? strdup(o->description) : NULL;
-    if (!n->internal || (o->description && !n->desc)) {
-        rc = nomem();
-        goto out;
-    }
-    b = qsnap__branch_by_name(&t, bname);
-    b->base = n->id;
-    rc = attach_state(p, n, o->state_file);
-    if (!rc)
-        rc = add_step(p, QSNAP__ST_INTERNAL_CREATE, head_id, 0, 0, n->internal, NULL);
-    if (!rc)
-        rc = add_save(p, &t);
-    if (!rc)
-        rc = set_summary(p, "created internal snapshot %s of branch %s (inside %s, which stays "
-                            "the branch's head)",
-                         n->name, bname, qsnap__layer(&t, head_id)->file);
-out:
-    free(name);
-    free(bname);
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
-}
-
-static int plan_revert_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot,
-                                const char *new_branch, bool discard)
-{
-    struct qsnap__model t;
-    struct qsnap__node *target, *base;
-    struct qsnap__branch *cur, *owner = NULL;
-    struct qsnap__layer *head;
-    qsnap_plan *p = NULL;
-    char *keep = NULL, *bname = NULL, *snap = NULL;
-    bool differs = true, kept_already = false;
-    unsigned target_id, head_id;
-    int rc = qsnap__model_clone(&t, &s->m);
-
-    if (rc)
-        return rc;
-    rc = find_snapshot(&t, snapshot, &target);
-    if (!rc)
-        rc = plan_new(&p, s, "revert");
-    if (rc)
-        goto out;
-    rc = current_branch(s, &t, &cur, NULL);
-    if (rc)
-        goto out;
-    for (size_t i = 0; i < t.nb; i++) {
-        if (t.branches[i].head == target->layer)
-            owner = &t.branches[i];
-    }
-    if (!owner) {
-        rc = qsnap__err(QSNAP_EREFUSED, "'qsnap export DISK NAME OUT' copies it out",
-                        "internal snapshot %s lives in a layer that is no longer a branch's "
-                        "head: it can be read (diff, export) but not applied",
-                        snapshot);
-        goto out;
-    }
-    if (owner != cur) {
-        char hint[256];
-        snprintf(hint, sizeof(hint), "'qsnap switch DISK %s' first, then revert", owner->name);
-        rc = qsnap__err(QSNAP_EREFUSED, hint,
-                        "internal snapshot %s lives inside the head of branch %s, not of the "
-                        "current branch %s: it is applied in place, on its own branch only",
-                        snapshot, owner->name, cur->name);
-        goto out;
-    }
-    if (new_branch) {
-        rc = qsnap__err(QSNAP_EUSAGE, "revert without --branch",
-                        "--branch does not apply: internal snapshot %s is reverted in place, on "
-                        "branch %s's head (an overlay cannot start from an internal snapshot)",
-                        snapshot, cur->name);
-        goto out;
-    }
-    head = qsnap__layer(&t, cur->head);
-    head_id = head->id;
-    target_id = target->id;
-    bname = strdup(cur->name);
-    snap = strdup(target->internal);
-    if (!bname || !snap) {
-        rc = nomem();
-        goto out;
-    }
-    rc = check_free(s, &t, head_id);
-    if (!rc)
-        rc = check_link(s, &t, head_id);
-    if (!rc)
-        rc = check_chain(s, &t, head->backing);
-    if (!rc)
-        rc = qsnap__differs_from_internal(s, head, snap, &differs);
-    if (rc)
-        goto out;
-    /* Is the head's state already kept by a node? (the target's, or the branch's base) */
-    base = qsnap__node(&t, cur->base);
-    kept_already = !differs;
-    if (!kept_already && base && base->internal && base->layer == head_id) {
-        bool d = true;
-        rc = qsnap__differs_from_internal(s, head, base->internal, &d);
-        kept_already = !d;
-    } else if (!kept_already && base && base->layer == head->backing) {
-        bool dirty = true;
-        rc = qsnap__head_dirty(s, head, &dirty, NULL);
-        kept_already = !dirty;
-    }
-    if (rc)
-        goto out;
-    if (!kept_already && !discard) {
-        struct qsnap__node *k;
-        char prefix[QSNAP_MAX_NAME];
-        snprintf(prefix, sizeof(prefix), "%.100s-before-revert", bname);
-        rc = gen_internal_name(s, &t, head, prefix, &keep);
-        if (rc)
-            goto out;
-        k = qsnap__add_node(&t);
-        if (!k || !(k->name = strdup(keep)) || !(k->internal = strdup(keep))) {
-            rc = nomem();
-            goto out;
-        }
-        cur = qsnap__branch_by_name(&t, bname);
-        k->parent = cur->base;
-        k->layer = head_id;
-        k->created = qsnap__now();
-        rc = add_step(p, QSNAP__ST_INTERNAL_CREATE, head_id, 0, 0, keep, NULL);
-        if (rc)
-            goto out;
-    }
-    cur = qsnap__branch_by_name(&t, bname);
-    cur->base = target_id;
-    rc = add_step(p, QSNAP__ST_INTERNAL_APPLY, head_id, 0, 0, snap, NULL);
-    if (!rc)
-        rc = add_save(p, &t);
-    if (rc)
-        goto out;
-    if (keep)
-        rc = set_summary(p, "reverted branch %s to internal snapshot %s in place; its previous "
-                            "state is kept as internal snapshot %s",
-                         bname, snapshot, keep);
-    else if (!kept_already)
-        rc = set_summary(p, "reverted branch %s to internal snapshot %s in place; discarded its "
-                            "changes",
-                         bname, snapshot);
-    else
-        rc = set_summary(p, "reverted branch %s to internal snapshot %s in place (its state was "
-                            "already kept)",
-                         bname, snapshot);
-out:
-    free(keep);
-    free(bname);
-    free(snap);
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
-}
-
-static int plan_delete_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot)
-{
-    struct qsnap__model t;
-    struct qsnap__node *n;
-    struct qsnap__layer *l;
-    qsnap_plan *p = NULL;
-    char *snap = NULL;
-    unsigned layer_id;
-    int rc = qsnap__model_clone(&t, &s->m);
-
-    if (rc)
-        return rc;
-    rc = find_snapshot(&t, snapshot, &n);
-    if (!rc)
-        rc = plan_new(&p, s, "delete");
-    if (rc)
-        goto out;
-    l = qsnap__layer(&t, n->layer);
-    layer_id = l->id;
-    if (l->frozen) {
-        rc = qsnap__err(QSNAP_EREFUSED, "'qsnap delete --metadata DISK NAME' forgets the name only",
-                        "internal snapshot %s lives in frozen layer %s: deleting it would write "
-                        "into a layer others depend on",
-                        snapshot, l->file);
-        goto out;
-    }
-    rc = check_free(s, &t, layer_id);
-    if (rc)
-        goto out;
-    if (!(snap = strdup(n->internal))) {
-        rc = nomem();
-        goto out;
-    }
-    if (n->state)
-        rc = defer_unlink(p, n->state);
-    reparent(&t, n->id, n->parent);
-    qsnap__del_node(&t, n->id);
-    /* The metadata stops naming it first; the snapshot goes after the commit point. */
-    if (!rc)
-        rc = add_save(p, &t);
-    if (!rc)
-        rc = add_step(p, QSNAP__ST_INTERNAL_DELETE, layer_id, 0, 0, snap, NULL);
-    if (!rc)
-        rc = set_summary(p, "deleted internal snapshot %s (from %s)", snapshot,
-                         qsnap__layer(&t, layer_id)->file);
-out:
-    free(snap);
-    qsnap__model_free(&t);
-    if (rc) {
-        qsnap_plan_free(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
 }
 
 /* ---- describe ---------------------------------------------------------------- */

@@ -220,11 +220,70 @@ void qsnap__own_at(const qsnap_store *s, int dfd, const char *name);
 bool qsnap__file_exists(const char *path);
 int64_t qsnap__now(void);
 
+/*
+ * Plans (plan.c: the plan type, its steps, the checks every planner makes and
+ * the printer; plan_create.c, plan_branch.c, plan_delete.c, plan_internal.c:
+ * the planners). The helpers the planner files share:
+ */
+#define QSNAP__GC_HINT "'qsnap verify --repair DISK' finishes it"
+int qsnap__plan_new(qsnap_plan **out, const qsnap_store *s, const char *op);
+/* Copy the model, find the snapshot or branch named, make the plan (plan.c says which error wins).
+ */
+int qsnap__plan_open(const qsnap_store *s, const char *op, struct qsnap__model *t, qsnap_plan **p,
+                     const char *name, struct qsnap__node **n, struct qsnap__branch **b);
+/* Free the model copy; the plan is the result (*out) when rc is 0, else freed and rc returned. */
+int qsnap__plan_close(qsnap_plan **out, qsnap_plan *p, struct qsnap__model *t, int rc);
+int qsnap__add_step(qsnap_plan *p, enum qsnap__step_kind kind, unsigned x, unsigned y, unsigned z,
+                    const char *a, const char *b);
+/* A removal that must wait for the next commit point (the metadata still names the file). */
+int qsnap__defer_unlink(qsnap_plan *p, const char *rel);
+/* Record a commit point: the model as it stands becomes target model k. */
+int qsnap__add_save(qsnap_plan *p, const struct qsnap__model *m);
+int qsnap__set_summary(qsnap_plan *p, const char *fmt, ...) QSNAP_PRINTF(2, 3);
+/* A new overlay layer in the target model, backed by layer `backing`. */
+struct qsnap__layer *qsnap__new_overlay(struct qsnap__model *m, unsigned backing);
+/* Refusals made before anything is written (each returns the error it sets, else 0). */
+int qsnap__check_no_pending(const qsnap_store *s);
+int qsnap__check_writable_store(const qsnap_store *s);
+int qsnap__check_unchanged(const qsnap_store *s, const struct qsnap__layer *l);
+int qsnap__check_chain(const qsnap_store *s, const struct qsnap__model *m, unsigned id);
+int qsnap__check_link(const qsnap_store *s, const struct qsnap__model *m, unsigned id);
+int qsnap__check_depth(const struct qsnap__model *m, unsigned base);
+int qsnap__check_free(const qsnap_store *s, const struct qsnap__model *m, unsigned layer);
+bool qsnap__name_taken(const struct qsnap__model *m, const char *name);
+int qsnap__check_new_name(const struct qsnap__model *m, const char *name);
+/* A generated name "PREFIX-N" not yet taken (NULL: out of memory). */
+char *qsnap__gen_name(const struct qsnap__model *m, const char *prefix);
+int qsnap__current_branch(const qsnap_store *s, const struct qsnap__model *t,
+                          struct qsnap__branch **b, struct qsnap__layer **head);
+int qsnap__find_snapshot(const struct qsnap__model *m, const char *name, struct qsnap__node **out);
+int qsnap__find_branch(const struct qsnap__model *m, const char *name, struct qsnap__branch **out);
+/* plan_create.c */
+int qsnap__attach_state(qsnap_plan *p, struct qsnap__node *n, const char *state_file);
+int qsnap__plan_first(qsnap_store *s, struct qsnap__model *t, qsnap_plan *p, const char *state_file,
+                      struct qsnap__node **root_out, unsigned *head_out);
+/* plan_branch.c */
+void qsnap__fmt_bytes(char *buf, size_t len, uint64_t v);
+/* plan_delete.c: node `id` leaves the tree; its children and branches move up to its parent. */
+void qsnap__reparent(struct qsnap__model *t, unsigned id, unsigned parent);
+/* plan_internal.c */
+int qsnap__plan_create_internal(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts *o);
+int qsnap__plan_revert_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot,
+                                const char *new_branch, bool discard);
+int qsnap__plan_delete_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot);
+int qsnap__refuse_internal_in(const struct qsnap__model *m, unsigned layer, const char *why,
+                              const char *hint);
+int qsnap__check_subtree_external(const struct qsnap__model *m, const struct qsnap__node *root);
+
 /* exec.c */
-int qsnap__journal_pending(const qsnap_store *s, bool *out);
 int qsnap__recover(qsnap_store *s, bool *did_something);
+/* journal.c: DIR/journal, the plan being run (written atomically before its first step). */
+int qsnap__journal_pending(const qsnap_store *s, bool *out);
 /* The pending journal's plan (hostile input: checked as it is read). */
 int qsnap__journal_load(qsnap_store *s, qsnap_plan **out);
+int qsnap__journal_write(qsnap_store *s, const qsnap_plan *p);
+int qsnap__journal_read(qsnap_store *s, qsnap_plan **out);
+int qsnap__journal_remove(qsnap_store *s);
 /* QSNAP_EINTEGRITY when the store has files in layers/ but no meta file (else 0). */
 int qsnap__refuse_orphan_layers(const qsnap_store *s);
 
@@ -267,6 +326,9 @@ int qsnap__fingerprint_store_file(const qsnap_store *s, const char *rel, uint64_
                                   uint8_t out[16], struct stat *st);
 
 /* query.c: head dirty state, sizes. */
+/* Open a layer file read-only without its chain and without locking. */
+int qsnap__open_layer(const qsnap_store *s, const struct qsnap__layer *l, unsigned flags,
+                      qcow2_image **out);
 /* Every head found clean or dirty since the last call is still so (under the hold). */
 int qsnap__recheck_seen(const qsnap_store *s);
 int qsnap__head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *dirty,

@@ -6,6 +6,8 @@
 #ifndef QCOW2_ERRORS_H
 #define QCOW2_ERRORS_H
 
+#include <stddef.h>
+
 #ifndef QCOW2_API
 #define QCOW2_API __attribute__((visibility("default")))
 #endif
@@ -71,6 +73,19 @@ QCOW2_API void qcow2_error_clear(void);
  *         the enum). Thread-safe.
  */
 QCOW2_API const char *qcow2_strerror(int code);
+
+/**
+ * A string made safe to print on one line: every control byte (0x00 to 0x1f
+ * and 0x7f) becomes '?'. The library's own messages are already made so;
+ * this is for names and text read from images and other files.
+ * @param[in]  s    a NUL-terminated string
+ * @param[out] buf  where the changed copy goes: s itself (in place) or an
+ *                  area that does not overlap it
+ * @param[in]  len  size of buf; a longer copy is cut to len - 1 bytes
+ * @return s itself when it holds no control byte or len is 0 (buf is then
+ *         left alone), else buf. Thread-safe; never allocates.
+ */
+QCOW2_API const char *qcow2_printable(const char *s, char *buf, size_t len);
 
 #ifdef __cplusplus
 }

@@ -754,7 +754,7 @@ QCOW2_API int qcow2_snapshot_find(const qcow2_image *img, const char *snapshot, 
  * a reference, and later writes copy on write. The entry records the
  * current virtual size, no VM state, and the time now. A crash or an error
  * at any point leaves either the old image or the new one, plus leaked
- * clusters at worst (see the notes in snapshot.c); after an error in the
+ * clusters at worst (see the notes in snap_edit.c); after an error in the
  * middle the handle is FATAL.
  *
  * @param[in] img   a qcow2 image opened with QCOW2_OPEN_RDWR

@@ -312,18 +312,18 @@ CASES.append(Case("extl2-cluster-bits-13", field("extl2.qcow2", "cluster_bits", 
 # L1
 CASES.append(Case("l1-size-huge", field("v3.qcow2", "l1_size", 0x7FFFFFFF)))
 CASES.append(Case("l1-size-max-u32", field("v3.qcow2", "l1_size", 0xFFFFFFFF)))
-CASES.append(Case("l1-size-past-eof", field("v3.qcow2", "l1_size", 0x100000), override="open", why="table offsets out of the file are refused at open (issue 2); qemu-img reads zeroes past EOF"))
+CASES.append(Case("l1-size-past-eof", field("v3.qcow2", "l1_size", 0x100000), override="open", why="table offsets out of the file are refused at open; qemu-img reads zeroes past EOF"))
 CASES.append(Case("l1-size-too-small-for-disk", poked("v3.qcow2", lambda b: put(b, "size", 1 << 40))))
 CASES.append(Case("l1-offset-misaligned", poked("v3.qcow2", lambda b: put(b, "l1_table_offset", get(b, "l1_table_offset") + 8))))
-CASES.append(Case("l1-offset-beyond-eof", field("v3.qcow2", "l1_table_offset", 1 << 40), override="open", why="table offsets out of the file are refused at open (issue 2); qemu-img reads zeroes past EOF"))
-CASES.append(Case("l1-offset-zero-overlaps-header", field("v3.qcow2", "l1_table_offset", 0), override="open", why="overlapping header/L1/refcount tables are refused at open (issue 2)"))
-CASES.append(Case("l1-at-refcount-table", poked("v3.qcow2", lambda b: put(b, "l1_table_offset", get(b, "refcount_table_offset"))), override="open", why="overlapping header/L1/refcount tables are refused at open (issue 2)"))
+CASES.append(Case("l1-offset-beyond-eof", field("v3.qcow2", "l1_table_offset", 1 << 40), override="open", why="table offsets out of the file are refused at open; qemu-img reads zeroes past EOF"))
+CASES.append(Case("l1-offset-zero-overlaps-header", field("v3.qcow2", "l1_table_offset", 0), override="open", why="overlapping header/L1/refcount tables are refused at open"))
+CASES.append(Case("l1-at-refcount-table", poked("v3.qcow2", lambda b: put(b, "l1_table_offset", get(b, "refcount_table_offset"))), override="open", why="overlapping header/L1/refcount tables are refused at open"))
 CASES.append(Case("l1-offset-huge-wraps", field("v3.qcow2", "l1_table_offset", 0xFFFFFFFFFFFF0000)))
 # refcount table
 CASES.append(Case("reftable-offset-misaligned", poked("v3.qcow2", lambda b: put(b, "refcount_table_offset", get(b, "refcount_table_offset") + 512))))
-CASES.append(Case("reftable-offset-beyond-eof", field("v3.qcow2", "refcount_table_offset", 1 << 40), override="open", why="table offsets out of the file are refused at open (issue 2); qemu-img reads zeroes past EOF"))
-CASES.append(Case("reftable-offset-zero", field("v3.qcow2", "refcount_table_offset", 0), override="open", why="overlapping header/L1/refcount tables are refused at open (issue 2)"))
-CASES.append(Case("reftable-at-l1", poked("v3.qcow2", lambda b: put(b, "refcount_table_offset", get(b, "l1_table_offset"))), override="open", why="overlapping header/L1/refcount tables are refused at open (issue 2)"))
+CASES.append(Case("reftable-offset-beyond-eof", field("v3.qcow2", "refcount_table_offset", 1 << 40), override="open", why="table offsets out of the file are refused at open; qemu-img reads zeroes past EOF"))
+CASES.append(Case("reftable-offset-zero", field("v3.qcow2", "refcount_table_offset", 0), override="open", why="overlapping header/L1/refcount tables are refused at open"))
+CASES.append(Case("reftable-at-l1", poked("v3.qcow2", lambda b: put(b, "refcount_table_offset", get(b, "l1_table_offset"))), override="open", why="overlapping header/L1/refcount tables are refused at open"))
 CASES.append(Case("reftable-clusters-huge", field("v3.qcow2", "refcount_table_clusters", 0xFFFFFF)))
 CASES.append(Case("reftable-clusters-zero", field("v3.qcow2", "refcount_table_clusters", 0)))
 CASES.append(Case("refcount-order-7", field("v3.qcow2", "refcount_order", 7)))
@@ -416,7 +416,7 @@ CASES.append(Case("bitmaps-count-zero", poked("bitmap.qcow2", bitmaps_zero)))
 # snapshots
 CASES.append(Case("nb-snapshots-huge", field("snap.qcow2", "nb_snapshots", 0xFFFFFFFF)))
 CASES.append(Case("nb-snapshots-70000", field("snap.qcow2", "nb_snapshots", 70000)))
-CASES.append(Case("snapshots-offset-beyond-eof", field("snap.qcow2", "snapshots_offset", 1 << 40), override="open", why="table offsets out of the file are refused at open (issue 2); qemu-img reads zeroes past EOF"))
+CASES.append(Case("snapshots-offset-beyond-eof", field("snap.qcow2", "snapshots_offset", 1 << 40), override="open", why="table offsets out of the file are refused at open; qemu-img reads zeroes past EOF"))
 CASES.append(Case("snapshots-offset-misaligned", poked("snap.qcow2", lambda b: put(b, "snapshots_offset", get(b, "snapshots_offset") + 8))))
 # No snapshots, yet a misaligned table offset: qemu refuses the open, and so do we.
 CASES.append(Case("snapshots-offset-misaligned-no-snapshots", field("v3.qcow2", "snapshots_offset", 0x10008)))
@@ -450,8 +450,8 @@ def snapshot_names_huge(b):
 CASES.append(Case("snapshot-id-length-huge", poked("snap.qcow2", snapshot_names_huge),
                   override="open", why="the snapshot table then runs past the end of the file; qemu-img reads zeroes there"))
 CASES.append(Case("snapshot-extra-size-huge", poked("snap.qcow2", lambda b: struct.pack_into(">I", b, get(b, "snapshots_offset") + 36, 0x7FFFFFFF))))
-CASES.append(Case("snapshot-l1-beyond-eof", poked("snap.qcow2", lambda b: put_u64(b, get(b, "snapshots_offset"), 1 << 40)), override="open", why="snapshot L1 tables are validated at open like the active one (issue 2); qemu-img checks them only when a snapshot is used"))
-CASES.append(Case("snapshot-l1-size-huge", poked("snap.qcow2", lambda b: struct.pack_into(">I", b, get(b, "snapshots_offset") + 8, 0x7FFFFFFF)), override="open", why="snapshot L1 tables are validated at open like the active one (issue 2); qemu-img checks them only when a snapshot is used"))
+CASES.append(Case("snapshot-l1-beyond-eof", poked("snap.qcow2", lambda b: put_u64(b, get(b, "snapshots_offset"), 1 << 40)), override="open", why="snapshot L1 tables are validated at open like the active one; qemu-img checks them only when a snapshot is used"))
+CASES.append(Case("snapshot-l1-size-huge", poked("snap.qcow2", lambda b: struct.pack_into(">I", b, get(b, "snapshots_offset") + 8, 0x7FFFFFFF)), override="open", why="snapshot L1 tables are validated at open like the active one; qemu-img checks them only when a snapshot is used"))
 # L1 entries
 CASES.append(Case("l1e-unaligned-l2", poked("v3.qcow2", lambda b: put_u64(b, get(b, "l1_table_offset"), l1_entries(b)[0] + 0x200))))
 CASES.append(Case("l1e-l2-beyond-eof", poked("v3.qcow2", lambda b: put_u64(b, get(b, "l1_table_offset"), OFLAG_COPIED | (1 << 40)))))
@@ -546,9 +546,9 @@ def truncated(base, length_fn, fname="img.qcow2"):
 
 
 CASES.append(Case("truncated-50-bytes", truncated("v3.qcow2", lambda b: 50)))
-CASES.append(Case("truncated-header-only", truncated("v3.qcow2", lambda b: 112), override="open", why="table offsets out of the file are refused at open (issue 2); qemu-img reads zeroes past EOF"))
-CASES.append(Case("truncated-first-cluster", truncated("v3.qcow2", lambda b: 1 << get(b, "cluster_bits")), override="open", why="table offsets out of the file are refused at open (issue 2); qemu-img reads zeroes past EOF"))
-CASES.append(Case("truncated-half-l1", truncated("c512.qcow2", lambda b: get(b, "l1_table_offset") + 4), override="open", why="table offsets out of the file are refused at open (issue 2); qemu-img reads zeroes past EOF"))
+CASES.append(Case("truncated-header-only", truncated("v3.qcow2", lambda b: 112), override="open", why="table offsets out of the file are refused at open; qemu-img reads zeroes past EOF"))
+CASES.append(Case("truncated-first-cluster", truncated("v3.qcow2", lambda b: 1 << get(b, "cluster_bits")), override="open", why="table offsets out of the file are refused at open; qemu-img reads zeroes past EOF"))
+CASES.append(Case("truncated-half-l1", truncated("c512.qcow2", lambda b: get(b, "l1_table_offset") + 4), override="open", why="table offsets out of the file are refused at open; qemu-img reads zeroes past EOF"))
 CASES.append(Case("truncated-half-l2", truncated("v3.qcow2", lambda b: first_l2(b)[1] + (1 << get(b, "cluster_bits")) // 2)))
 CASES.append(Case("truncated-in-data", truncated("v3.qcow2", lambda b: (u64(b, find_l2e(b, is_data)) & L2E_OFFSET_MASK) + 1000)))
 CASES.append(Case("truncated-in-compressed-data", truncated("zlib.qcow2", lambda b: len(b) - 700)))
@@ -754,7 +754,7 @@ def fifo_backing(d):
 
 
 CASES.append(Case("backing-fifo", fifo_backing, override="read", skip_qemu=True,
-                  why="a FIFO backing file is refused without blocking (issue 7); qemu-img blocks on it",
+                  why="a FIFO backing file is refused without blocking; qemu-img blocks on it",
                   names=("fifo",)))
 
 
@@ -764,7 +764,7 @@ def devzero_backing(d):
 
 
 CASES.append(Case("backing-char-device", devzero_backing, override="read",
-                  why="a device as backing file is refused (issue 7)", names=("/dev/zero", "zero")))
+                  why="a device as backing file is refused", names=("/dev/zero", "zero")))
 
 
 # ---- the checks ---------------------------------------------------------------------

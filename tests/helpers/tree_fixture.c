@@ -14,6 +14,58 @@
 #include "qemu_oracle.h"
 #include "tree_fixture.h"
 
+/* ---- the suites' per-test state -------------------------------------------- */
+
+char tf_dir[256], tf_disk[512];
+uint8_t *tf_d0;
+tf_model tf_m;
+
+void tf_suite_init(int pattern)
+{
+    tf_d0 = calloc(1, TF_SIZE);
+    cr_assert_not_null(tf_d0);
+    memset(tf_d0, pattern, 1u << 20);
+    tf_dir[0] = '\0';
+}
+
+void tf_suite_fini(void)
+{
+    free(tf_d0);
+    tf_d0 = NULL;
+    tf_model_free(&tf_m);
+    if (tf_dir[0])
+        qo_rmtree(tf_dir);
+    tf_dir[0] = '\0';
+}
+
+void tf_ok(int rc, const char *what)
+{
+    cr_assert_eq(rc, 0, "%s: rc %d: %s", what, rc, qsnap_error_last()->message);
+}
+
+qsnap_store *tf_start_s1(const char *tag, tf_model *m)
+{
+    qsnap_store *s;
+
+    tf_setup(tf_dir, sizeof(tf_dir), tf_disk, sizeof(tf_disk), tag, false, tf_d0);
+    s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
+    tf_ok(tf_create(s, "s1"), "create s1");
+    tf_model_set(m, "s1", false, tf_d0);
+    tf_model_set(m, "main", true, tf_d0);
+    return s;
+}
+
+void tf_write_state(qsnap_store *s, tf_model *m, const char *name, int pattern, uint64_t off,
+                    uint64_t len)
+{
+    char *f = tf_file_of(s, name);
+
+    cr_assert_not_null(f, "no file for %s", name);
+    tf_lib_write(f, pattern, off, len);
+    tf_model_write(m, name, pattern, off, len);
+    free(f);
+}
+
 /* ---- the model ------------------------------------------------------------ */
 
 void tf_model_free(tf_model *m)

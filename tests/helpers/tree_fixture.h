@@ -44,6 +44,32 @@ void tf_model_del(tf_model *m, const char *name);
 /* Fill len bytes at off of name's buffer with pattern. */
 void tf_model_write(tf_model *m, const char *name, int pattern, uint64_t off, uint64_t len);
 
+/*
+ * The per-test state the tree suites share: the test's directory and disk
+ * (tf_setup fills them), the disk's first content and a model. A suite's
+ * .init calls tf_suite_init(); its .fini is tf_suite_fini.
+ */
+extern char tf_dir[256], tf_disk[512];
+extern uint8_t *tf_d0; /* TF_SIZE bytes */
+extern tf_model tf_m;
+/* tf_d0 zeroed but for its first MiB, filled with pattern; no directory yet. */
+void tf_suite_init(int pattern);
+/* Free tf_d0 and tf_m; remove tf_dir when a test made it. */
+void tf_suite_fini(void);
+
+/*
+ * A raw disk holding tf_d0 in a fresh tf_dir (tf_setup with tag), its store
+ * created and snapshot s1 taken (asserted); m gets s1 and main, both tf_d0.
+ * Returns the open store.
+ */
+qsnap_store *tf_start_s1(const char *tag, tf_model *m);
+
+/* Assert rc is 0; otherwise fail with what and qsnap's last message. */
+void tf_ok(int rc, const char *what);
+/* Write pattern to name's file (libqcow2, asserting it has one) and to the model's buffer. */
+void tf_write_state(qsnap_store *s, tf_model *m, const char *name, int pattern, uint64_t off,
+                    uint64_t len);
+
 /* A fresh directory under /tmp; the disk path is DIR/disk.img (raw) or DIR/disk.qcow2. */
 void tf_setup(char *dir, size_t dir_len, char *disk, size_t disk_len, const char *tag, bool qcow2,
               const uint8_t *content);

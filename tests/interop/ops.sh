@@ -1,5 +1,5 @@
 #!/bin/bash
-# Layer operations interop suite (issue 4): qsnap's commit, rebase, convert -B,
+# Layer operations interop suite: qsnap's commit, rebase, convert -B,
 # measure, map and compare against qemu-img 7.2 on the same inputs.
 #   commit   into raw and qcow2 bases, one level and deeper (-b, which implies
 #            -d as in qemu-img), with -d;

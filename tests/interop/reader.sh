@@ -1,5 +1,5 @@
 #!/bin/bash
-# Reader interop suite (issue 2): images made by qemu-img/qemu-io over the
+# Reader interop suite: images made by qemu-img/qemu-io over the
 # option matrix (compat 0.10/1.1, 512 B..2 MiB clusters, refcount widths,
 # zlib/zstd compression, extended L2 with partial subclusters, zero writes,
 # discards, 1..8-deep chains over raw and qcow2 bases with relative names and

@@ -1,6 +1,6 @@
 /*
  * Internal snapshots: create, apply, delete and read-only views
- * (qcow2/snapshot.c), against qemu-img 7.2 as the oracle.
+ * (qcow2/snapshot.c, qcow2/snap_edit.c), against qemu-img 7.2 as the oracle.
  *
  *  - interop both ways: snapshots qemu-img made are listed, read (a view
  *    equals `qemu-img convert -l`), applied and deleted here; snapshots made
@@ -12,7 +12,7 @@
  *    (N = 1, 2, ... until the operation completes), and crash mode (a power
  *    cut after the N-th write-type call). Afterwards the image opens, its
  *    check finds no corruption other than a COPIED flag one step behind its
- *    refcount (the window no ordering closes, see snapshot.c; `check -r all`
+ *    refcount (the window no ordering closes, see snap_edit.c; `check -r all`
  *    makes it clean), every snapshot in the table reads as its model, and
  *    the active state is the old one or the new one; qemu-img check runs on
  *    every point (a lagging COPIED flag is the only error it may report).

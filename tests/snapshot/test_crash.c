@@ -38,60 +38,30 @@
 #define KiB 1024u
 #define MiB (1024u * 1024u)
 
-static char dir[256], disk[512];
-static uint8_t *d0;
-
 static void setup(void)
 {
-    d0 = calloc(1, TF_SIZE);
-    cr_assert_not_null(d0);
-    memset(d0, 0x11, 1 * MiB);
-    memset(d0 + 2 * MiB, 0x12, 128 * KiB);
+    tf_suite_init(0x11);
+    memset(tf_d0 + 2 * MiB, 0x12, 128 * KiB);
 }
 
-static void teardown(void)
-{
-    free(d0);
-    if (dir[0])
-        qo_rmtree(dir);
-    dir[0] = '\0';
-}
-
-TestSuite(crash, .init = setup, .fini = teardown, .timeout = 240);
-
-static void ok(int rc, const char *what)
-{
-    cr_assert_eq(rc, 0, "%s: rc %d: %s", what, rc, qsnap_error_last()->message);
-}
-
-/* Write through the store's file for name (libqcow2: fast) and keep the model in step. */
-static void write_state(qsnap_store *s, tf_model *m, const char *name, int pat, uint64_t off,
-                        uint64_t len)
-{
-    char *f = tf_file_of(s, name);
-
-    cr_assert_not_null(f, "no file for %s", name);
-    tf_lib_write(f, pat, off, len);
-    tf_model_write(m, name, pat, off, len);
-    free(f);
-}
+TestSuite(crash, .init = setup, .fini = tf_suite_fini, .timeout = 240);
 
 static void snap(qsnap_store *s, tf_model *m, const char *name, const char *branch)
 {
-    ok(tf_create(s, name), name);
+    tf_ok(tf_create(s, name), name);
     tf_model_set(m, name, false, tf_model_get(m, branch));
 }
 
 /* s1 -> s2 -> main (dirty). */
 static void build_base(qsnap_store *s, tf_model *m)
 {
-    ok(tf_create(s, "s1"), "create s1");
-    tf_model_set(m, "s1", false, d0);
-    tf_model_set(m, "main", true, d0);
-    write_state(s, m, "main", 0x21, 1 * MiB, 192 * KiB);
+    tf_ok(tf_create(s, "s1"), "create s1");
+    tf_model_set(m, "s1", false, tf_d0);
+    tf_model_set(m, "main", true, tf_d0);
+    tf_write_state(s, m, "main", 0x21, 1 * MiB, 192 * KiB);
     snap(s, m, "s2", "main");
-    write_state(s, m, "main", 0x31, 0, 64 * KiB);
-    write_state(s, m, "main", 0x32, 3 * MiB + 4 * KiB, 100 * KiB);
+    tf_write_state(s, m, "main", 0x31, 0, 64 * KiB);
+    tf_write_state(s, m, "main", 0x32, 3 * MiB + 4 * KiB, 100 * KiB);
 }
 
 static void build_none(qsnap_store *s, tf_model *m)
@@ -105,35 +75,35 @@ static void build_chain(qsnap_store *s, tf_model *m)
 {
     build_base(s, m);
     snap(s, m, "s3", "main");
-    write_state(s, m, "main", 0x41, 2 * MiB, 64 * KiB);
+    tf_write_state(s, m, "main", 0x41, 2 * MiB, 64 * KiB);
 }
 
 /* s1 -> s2 -> {main, b}: s2's layer has two dependents. */
 static void build_two(qsnap_store *s, tf_model *m)
 {
     build_base(s, m);
-    ok(tf_branch(s, "b", "s2"), "branch b");
+    tf_ok(tf_branch(s, "b", "s2"), "branch b");
     tf_model_set(m, "b", true, tf_model_get(m, "s2"));
-    write_state(s, m, "b", 0x51, 1 * MiB + 64 * KiB, 64 * KiB);
+    tf_write_state(s, m, "b", 0x51, 1 * MiB + 64 * KiB, 64 * KiB);
 }
 
 /* base, then revert to s1 on branch other (main kept dirty): s2's subtree holds main. */
 static void build_other(qsnap_store *s, tf_model *m)
 {
     build_base(s, m);
-    ok(tf_revert(s, "s1", "other", false, NULL), "revert s1");
+    tf_ok(tf_revert(s, "s1", "other", false, NULL), "revert s1");
     tf_model_set(m, "other", true, tf_model_get(m, "s1"));
-    write_state(s, m, "other", 0x61, 512 * KiB, 64 * KiB);
+    tf_write_state(s, m, "other", 0x61, 512 * KiB, 64 * KiB);
 }
 
 /* two, plus branch c on s1 (on the disk) with writes. */
 static void build_c(qsnap_store *s, tf_model *m)
 {
     build_two(s, m);
-    ok(tf_branch(s, "c", "s1"), "branch c");
+    tf_ok(tf_branch(s, "c", "s1"), "branch c");
     tf_model_set(m, "c", true, tf_model_get(m, "s1"));
-    write_state(s, m, "c", 0x71, 1 * MiB + 128 * KiB, 256 * KiB);
-    write_state(s, m, "c", 0x72, TF_SIZE - 4 * KiB, 4 * KiB);
+    tf_write_state(s, m, "c", 0x71, 1 * MiB + 128 * KiB, 256 * KiB);
+    tf_write_state(s, m, "c", 0x72, TF_SIZE - 4 * KiB, 4 * KiB);
 }
 
 static int plan_create_first(qsnap_store *s, qsnap_plan **p)
@@ -145,8 +115,8 @@ static int plan_create_first(qsnap_store *s, qsnap_plan **p)
 }
 static void after_create_first(tf_model *m)
 {
-    tf_model_set(m, "s1", false, d0);
-    tf_model_set(m, "main", true, d0);
+    tf_model_set(m, "s1", false, tf_d0);
+    tf_model_set(m, "main", true, tf_d0);
 }
 
 static int plan_create(qsnap_store *s, qsnap_plan **p)
@@ -245,10 +215,10 @@ static void fixture(const struct op *op, tf_model *before)
 {
     qsnap_store *s;
 
-    if (dir[0])
-        qo_rmtree(dir);
-    tf_setup(dir, sizeof(dir), disk, sizeof(disk), "crash", op->qcow2, d0);
-    s = tf_open(disk, QSNAP_OPEN_CREATE);
+    if (tf_dir[0])
+        qo_rmtree(tf_dir);
+    tf_setup(tf_dir, sizeof(tf_dir), tf_disk, sizeof(tf_disk), "crash", op->qcow2, tf_d0);
+    s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
     op->build(s, before);
     qsnap_store_close(s);
 }
@@ -290,7 +260,7 @@ static char run_child(const struct op *op, struct kill_at k, bool before_exec)
         qsnap_store *s = NULL;
         qsnap_plan *p = NULL;
         qsnap_exec_opts eo = QSNAP_EXEC_OPTS_INIT;
-        if (qsnap_store_open(&s, disk, QSNAP_OPEN_CREATE) || op->plan(s, &p))
+        if (qsnap_store_open(&s, tf_disk, QSNAP_OPEN_CREATE) || op->plan(s, &p))
             _exit(3);
         if (before_exec)
             kill(getpid(), SIGKILL);
@@ -322,7 +292,7 @@ static char run_child(const struct op *op, struct kill_at k, bool before_exec)
 static void check_after_crash(const struct op *op, const char *point, const tf_model *want,
                               const tf_model *other, const uint8_t *disk_want)
 {
-    qsnap_store *s = tf_open(disk, QSNAP_OPEN_CREATE);
+    qsnap_store *s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
     qsnap_finding *f = NULL;
     size_t nf = 0;
     char why[1024], why2[1024], msg[4096] = "", out[4096], exp[600];
@@ -338,8 +308,8 @@ static void check_after_crash(const struct op *op, const char *point, const tf_m
     EXPECT(rc == 0 || (rc == QSNAP_ENOTFOUND && want->n == 0),
            "%s, %s: verify(repair) rc %d: %s %s", op->name, point, rc,
            qsnap_error_last()->message, msg);
-    if (!tf_store_matches(s, want, dir, why, sizeof(why))) {
-        bool is_other = tf_store_matches(s, other, dir, why2, sizeof(why2));
+    if (!tf_store_matches(s, want, tf_dir, why, sizeof(why))) {
+        bool is_other = tf_store_matches(s, other, tf_dir, why2, sizeof(why2));
         EXPECT(false, "%s, %s: the store is not in the expected state (%s); it %s", op->name,
                point, why,
                is_other ? "is in the other complete state"
@@ -359,11 +329,11 @@ static void check_after_crash(const struct op *op, const char *point, const tf_m
         qsnap_verify_free(f, nf);
         EXPECT(rc == 0, "%s, %s: a second verify found problems: %s", op->name, point, msg);
     }
-    tf_qemu_check_all(qsnap_store_path(s), disk, point);
-    snprintf(exp, sizeof(exp), "%s/.want.raw", dir);
+    tf_qemu_check_all(qsnap_store_path(s), tf_disk, point);
+    snprintf(exp, sizeof(exp), "%s/.want.raw", tf_dir);
     cr_assert_eq(qo_write_file(exp, disk_want, TF_SIZE), 0);
     rc = qo_sh(out, sizeof(out), "qemu-img compare -U -f %s -F raw '%s' '%s'",
-               op->qcow2 ? "qcow2" : "raw", disk, exp);
+               op->qcow2 ? "qcow2" : "raw", tf_disk, exp);
     unlink(exp);
     EXPECT(rc == 0, "%s, %s: the disk file does not hold what it must: %s", op->name, point, out);
     /* The store takes a new operation. */
@@ -390,9 +360,9 @@ static void crash_sweep(const struct op *op, unsigned *points)
     fixture(op, &before);
     tf_model_copy(&after, &before);
     op->after(&after);
-    disk_after = op->disk_branch ? tf_model_get(&after, op->disk_branch) : d0;
-    s = tf_open(disk, QSNAP_OPEN_CREATE);
-    ok(op->plan(s, &p), op->name);
+    disk_after = op->disk_branch ? tf_model_get(&after, op->disk_branch) : tf_d0;
+    s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
+    tf_ok(op->plan(s, &p), op->name);
     n = tf_plan_steps(p);
     {
         char *text = NULL;
@@ -427,7 +397,7 @@ static void crash_sweep(const struct op *op, unsigned *points)
         else
             cr_assert_eq(how, 'E', "%s: execution did not succeed", op->name);
         if (k == 0)
-            check_after_crash(op, point, &before, &after, d0);
+            check_after_crash(op, point, &before, &after, tf_d0);
         else
             check_after_crash(op, point, &after, &before, disk_after);
         (*points)++;
@@ -494,8 +464,8 @@ Test(crash, failed_step_before_a_commit_point_changes_nothing)
     if (!qo_have_qemu())
         cr_skip_test("qemu-img/qemu-io not installed");
     fixture(op, &before);
-    s = tf_open(disk, 0);
-    ok(op->plan(s, &p), "plan commit");
+    s = tf_open(tf_disk, 0);
+    tf_ok(op->plan(s, &p), "plan commit");
     cr_assert_eq(qsnap_plan_describe(p, false, &text), 0);
     /* The preserving layer is the first file the plan creates: "create layers/N.qcow2 on
      * ... where layers/H.qcow2 has changes"; it reads the head H. */
@@ -536,20 +506,20 @@ Test(crash, failed_step_before_a_commit_point_changes_nothing)
     /* Nothing pending: verify is clean and the store holds the states from before. */
     cr_assert_eq(qsnap_verify(s, false, &f, &nf), 0, "%s", qsnap_error_last()->message);
     qsnap_verify_free(f, nf);
-    tf_check_store(s, &before, dir, "a failed commit taken back");
+    tf_check_store(s, &before, tf_dir, "a failed commit taken back");
     qsnap_store_close(s);
     /* The same commit now works and reaches the disk. */
-    s = tf_open(disk, 0);
-    ok(op->plan(s, &p), "plan commit again");
+    s = tf_open(tf_disk, 0);
+    tf_ok(op->plan(s, &p), "plan commit again");
     cr_assert_eq(tf_exec(s, p, NULL), 0, "%s", qsnap_error_last()->message);
     qsnap_store_close(s);
     {
         char exp[600], out[4096];
-        snprintf(exp, sizeof(exp), "%s/.want.raw", dir);
+        snprintf(exp, sizeof(exp), "%s/.want.raw", tf_dir);
         cr_assert_eq(qo_write_file(exp, tf_model_get(&before, "c"), TF_SIZE), 0);
-        cr_assert_eq(qo_sh(out, sizeof(out), "qemu-img compare -U -f raw -F raw '%s' '%s'", disk,
-                           exp),
-                     0, "the commit did not reach the disk: %s", out);
+        cr_assert_eq(
+            qo_sh(out, sizeof(out), "qemu-img compare -U -f raw -F raw '%s' '%s'", tf_disk, exp), 0,
+            "the commit did not reach the disk: %s", out);
     }
     tf_model_free(&before);
 }
@@ -577,18 +547,18 @@ Test(crash, first_create_interrupted_is_found_without_open_create)
     op->after(&after);
     cr_assert_eq(run_child(op, ka, false), 'K');
     /* A query finds it and says how to finish it... */
-    rc = qsnap_store_open(&s, disk, 0);
+    rc = qsnap_store_open(&s, tf_disk, 0);
     cr_assert_eq(rc, QSNAP_EINTEGRITY, "opening a store whose first create was interrupted: rc %d",
                  rc);
     cr_assert(strstr(qsnap_error_last()->hint, "verify --repair"), "%s",
               qsnap_error_last()->hint);
     /* ...and verify (which opens it as a store being made) finishes it. */
-    rc = qsnap_store_open(&s, disk, QSNAP_OPEN_CREATE);
+    rc = qsnap_store_open(&s, tf_disk, QSNAP_OPEN_CREATE);
     cr_assert_eq(rc, 0, "%s", qsnap_error_last()->message);
     rc = qsnap_verify(s, true, &f, &nf);
     qsnap_verify_free(f, nf);
     cr_assert_eq(rc, 0, "%s", qsnap_error_last()->message);
-    cr_assert(tf_store_matches(s, &after, dir, why, sizeof(why)), "%s", why);
+    cr_assert(tf_store_matches(s, &after, tf_dir, why, sizeof(why)), "%s", why);
     qsnap_store_close(s);
     tf_model_free(&before);
     tf_model_free(&after);
@@ -614,8 +584,8 @@ Test(crash, commit_finished_after_a_guest_wrote_to_the_head)
     if (!qo_have_qemu())
         cr_skip_test("qemu-img/qemu-io not installed");
     fixture(op, &before);
-    s = tf_open(disk, QSNAP_OPEN_CREATE);
-    ok(op->plan(s, &p), op->name);
+    s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
+    tf_ok(op->plan(s, &p), op->name);
     n = tf_plan_steps(p);
     qsnap_plan_free(p);
     qsnap_store_close(s);
@@ -629,7 +599,7 @@ Test(crash, commit_finished_after_a_guest_wrote_to_the_head)
 
         fixture(op, &scratch);
         tf_model_free(&scratch);
-        s = tf_open(disk, QSNAP_OPEN_CREATE);
+        s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
         head = tf_file_of(s, "c");
         qsnap_store_close(s);
         cr_assert_not_null(head);
@@ -638,16 +608,16 @@ Test(crash, commit_finished_after_a_guest_wrote_to_the_head)
         tf_lib_write(head, 0x99, woff, wlen);
         free(head);
         snprintf(point, sizeof(point), "killed after step %u of %zu, then a guest write", k, n);
-        s = tf_open(disk, QSNAP_OPEN_CREATE);
-        ok(qsnap_verify(s, true, &f, &nf), point);
+        s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
+        tf_ok(qsnap_verify(s, true, &f, &nf), point);
         qsnap_verify_free(f, nf);
-        cr_expect(tf_store_matches(s, &before, dir, why, sizeof(why)), "%s: %s", point, why);
+        cr_expect(tf_store_matches(s, &before, tf_dir, why, sizeof(why)), "%s: %s", point, why);
         f = NULL;
         nf = 0;
         cr_expect_eq(qsnap_verify(s, false, &f, &nf), 0, "%s: a second verify found problems",
                      point);
         qsnap_verify_free(f, nf);
-        tf_qemu_check_all(qsnap_store_path(s), disk, point);
+        tf_qemu_check_all(qsnap_store_path(s), tf_disk, point);
         qsnap_store_close(s);
     }
     tf_model_free(&before);
@@ -678,8 +648,8 @@ Test(crash, seeded_random_kills_of_copying_operations)
         fixture(op, &before);
         tf_model_copy(&after, &before);
         op->after(&after);
-        s = tf_open(disk, QSNAP_OPEN_CREATE);
-        ok(op->plan(s, &p), op->name);
+        s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
+        tf_ok(op->plan(s, &p), op->name);
         n = tf_plan_steps(p);
         qsnap_plan_free(p);
         qsnap_store_close(s);
@@ -707,7 +677,7 @@ Test(crash, seeded_random_kills_of_copying_operations)
             cr_assert(how == 'K' || how == 'E', "%s, %s: child ended with %c", op->name, point,
                       how);
             check_after_crash(op, point, &after, &before,
-                              op->disk_branch ? tf_model_get(&after, op->disk_branch) : d0);
+                              op->disk_branch ? tf_model_get(&after, op->disk_branch) : tf_d0);
             points++;
         }
         tf_model_free(&before);

@@ -30,31 +30,13 @@
 #define KiB 1024u
 #define MiB (1024u * 1024u)
 
-static char dir[256], disk[512];
-static uint8_t *d0;
-
 static void setup(void)
 {
-    d0 = calloc(1, TF_SIZE);
-    cr_assert_not_null(d0);
-    memset(d0, 0x11, 1 * MiB);
-    memset(d0 + 2 * MiB, 0x12, 128 * KiB);
+    tf_suite_init(0x11);
+    memset(tf_d0 + 2 * MiB, 0x12, 128 * KiB);
 }
 
-static void teardown(void)
-{
-    free(d0);
-    if (dir[0])
-        qo_rmtree(dir);
-    dir[0] = '\0';
-}
-
-TestSuite(internal, .init = setup, .fini = teardown, .timeout = 240);
-
-static void ok(int rc, const char *what)
-{
-    cr_assert_eq(rc, 0, "%s: rc %d: %s", what, rc, qsnap_error_last()->message);
-}
+TestSuite(internal, .init = setup, .fini = tf_suite_fini, .timeout = 240);
 
 static int create_internal(qsnap_store *s, const char *name)
 {
@@ -68,24 +50,13 @@ static int create_internal(qsnap_store *s, const char *name)
     return rc ? rc : tf_exec(s, p, NULL);
 }
 
-static void write_branch(qsnap_store *s, tf_model *m, const char *name, int pat, uint64_t off,
-                         uint64_t len)
-{
-    char *f = tf_file_of(s, name);
-
-    cr_assert_not_null(f, "no file for %s", name);
-    tf_lib_write(f, pat, off, len);
-    tf_model_write(m, name, pat, off, len);
-    free(f);
-}
-
 /* `qemu-img snapshot -l` on every head lists exactly the tree's internal nodes in it. */
 static void check_qemu_agrees(qsnap_store *s, const char *step)
 {
     qsnap_node *l = NULL;
     size_t n = 0;
 
-    ok(qsnap_list(s, &l, &n), "list");
+    tf_ok(qsnap_list(s, &l, &n), "list");
     for (size_t i = 0; i < n; i++) {
         char out[8192];
         size_t want = 0, got = 0;
@@ -114,7 +85,7 @@ static void check_qemu_agrees(qsnap_store *s, const char *step)
 
 static void check(qsnap_store *s, const tf_model *m, const char *step)
 {
-    tf_check_store(s, m, dir, step);
+    tf_check_store(s, m, tf_dir, step);
     check_qemu_agrees(s, step);
 }
 
@@ -125,7 +96,7 @@ static void check_diff(qsnap_store *s, tf_model *m, const char *a, const char *b
     qsnap_range *r = NULL;
     size_t n = 0, k = 0;
 
-    ok(qsnap_diff(s, a, b, &r, &n), "diff");
+    tf_ok(qsnap_diff(s, a, b, &r, &n), "diff");
     for (uint64_t off = 0; off < TF_SIZE;) {
         uint64_t start, end;
         if (!memcmp(x + off, y + off, 512)) {
@@ -151,9 +122,9 @@ static void check_export(qsnap_store *s, const char *name)
 {
     char a[600], b[600], out[4096], *f = tf_file_of(s, name);
 
-    snprintf(a, sizeof(a), "%s/exp-%s.raw", dir, name);
-    snprintf(b, sizeof(b), "%s/qemu-%s.raw", dir, name);
-    ok(qsnap_export(s, name, a, QCOW2_FORMAT_RAW, NULL, NULL), "export");
+    snprintf(a, sizeof(a), "%s/exp-%s.raw", tf_dir, name);
+    snprintf(b, sizeof(b), "%s/qemu-%s.raw", tf_dir, name);
+    tf_ok(qsnap_export(s, name, a, QCOW2_FORMAT_RAW, NULL, NULL), "export");
     cr_assert_eq(qo_sh(out, sizeof(out), "qemu-img convert -U -l '%s' -O raw '%s' '%s'", name, f, b),
                  0, "qemu-img convert -l: %s", out);
     cr_assert_eq(qo_sh(out, sizeof(out), "qemu-img compare -U -f raw -F raw '%s' '%s'", a, b), 0,
@@ -169,7 +140,7 @@ static bool listed_internal(qsnap_store *s, const char *name, bool *internal)
     size_t n = 0;
     bool found = false;
 
-    ok(qsnap_list(s, &l, &n), "list");
+    tf_ok(qsnap_list(s, &l, &n), "list");
     for (size_t i = 0; i < n; i++) {
         if (!strcmp(l[i].name, name)) {
             found = true;
@@ -196,20 +167,20 @@ Test(internal, story_on_qcow2_disk)
     char *sum = NULL, *text = NULL;
     bool in = false;
 
-    tf_setup(dir, sizeof(dir), disk, sizeof(disk), "internal", true, d0);
-    s = tf_open(disk, QSNAP_OPEN_CREATE);
-    ok(create_internal(s, "i1"), "create --internal i1 on a fresh disk");
-    tf_model_set(&m, "i1", false, d0);
-    tf_model_set(&m, "main", true, d0);
+    tf_setup(tf_dir, sizeof(tf_dir), tf_disk, sizeof(tf_disk), "internal", true, tf_d0);
+    s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
+    tf_ok(create_internal(s, "i1"), "create --internal i1 on a fresh disk");
+    tf_model_set(&m, "i1", false, tf_d0);
+    tf_model_set(&m, "main", true, tf_d0);
     check(s, &m, "i1");
     cr_assert(listed_internal(s, "i1", &in) && in, "i1 is listed as internal");
     cr_assert(listed_internal(s, "main", &in) && !in);
 
-    write_branch(s, &m, "main", 0x21, 1 * MiB, 192 * KiB);
-    ok(create_internal(s, "i2"), "create --internal i2");
+    tf_write_state(s, &m, "main", 0x21, 1 * MiB, 192 * KiB);
+    tf_ok(create_internal(s, "i2"), "create --internal i2");
     tf_model_set(&m, "i2", false, tf_model_get(&m, "main"));
-    write_branch(s, &m, "main", 0x31, 0, 64 * KiB);
-    write_branch(s, &m, "main", 0x32, 3 * MiB + 4 * KiB, 100 * KiB);
+    tf_write_state(s, &m, "main", 0x31, 0, 64 * KiB);
+    tf_write_state(s, &m, "main", 0x32, 3 * MiB + 4 * KiB, 100 * KiB);
     check(s, &m, "i2");
     {
         /* The head is still the branch's head, writable, and the same file. */
@@ -228,16 +199,16 @@ Test(internal, story_on_qcow2_disk)
     check_export(s, "i2");
 
     /* Revert in place: main's changes are kept as another internal snapshot. */
-    ok(qsnap_plan_revert(&p, s, "i1", NULL, false), "plan revert i1");
-    ok(qsnap_plan_describe(p, false, &text), "describe");
+    tf_ok(qsnap_plan_revert(&p, s, "i1", NULL, false), "plan revert i1");
+    tf_ok(qsnap_plan_describe(p, false, &text), "describe");
     cr_assert(strstr(text, "record internal snapshot main-before-revert-1"), "%s", text);
     cr_assert(strstr(text, "in place to its internal snapshot i1"), "%s", text);
     free(text);
-    ok(qsnap_plan_describe(p, true, &text), "describe json");
+    tf_ok(qsnap_plan_describe(p, true, &text), "describe json");
     cr_assert(strstr(text, "\"internal-create\"") && strstr(text, "\"internal-apply\""), "%s",
               text);
     free(text);
-    ok(tf_exec(s, p, &sum), "revert i1");
+    tf_ok(tf_exec(s, p, &sum), "revert i1");
     cr_assert(strstr(sum, "kept as internal snapshot main-before-revert-1"), "%s", sum);
     free(sum);
     tf_model_set(&m, "main-before-revert-1", false, tf_model_get(&m, "main"));
@@ -245,15 +216,15 @@ Test(internal, story_on_qcow2_disk)
     check(s, &m, "revert i1");
 
     /* A revert of a state already kept keeps nothing new. */
-    ok(tf_revert(s, "i2", NULL, false, &sum), "revert i2 (clean)");
+    tf_ok(tf_revert(s, "i2", NULL, false, &sum), "revert i2 (clean)");
     cr_assert(strstr(sum, "already kept"), "%s", sum);
     free(sum);
     tf_model_set(&m, "main", true, tf_model_get(&m, "i2"));
     check(s, &m, "revert i2");
 
     /* --discard drops the head's changes. */
-    write_branch(s, &m, "main", 0x41, 2 * MiB, 64 * KiB);
-    ok(tf_revert(s, "i1", NULL, true, &sum), "revert i1 --discard");
+    tf_write_state(s, &m, "main", 0x41, 2 * MiB, 64 * KiB);
+    tf_ok(tf_revert(s, "i1", NULL, true, &sum), "revert i1 --discard");
     cr_assert(strstr(sum, "discarded"), "%s", sum);
     free(sum);
     tf_model_set(&m, "main", true, tf_model_get(&m, "i1"));
@@ -262,7 +233,7 @@ Test(internal, story_on_qcow2_disk)
                    "in place");
 
     /* Delete. */
-    ok(tf_delete(s, "i2", 0, &sum), "delete i2");
+    tf_ok(tf_delete(s, "i2", 0, &sum), "delete i2");
     free(sum);
     tf_model_del(&m, "i2");
     check(s, &m, "delete i2");
@@ -275,9 +246,9 @@ Test(internal, story_on_qcow2_disk)
         free(h);
     }
     expect_refused(create_internal(s, "outside"), QSNAP_EUSAGE, "name in the head", "outside");
-    ok(tf_delete(s, "i1", 0, NULL), "delete i1");
+    tf_ok(tf_delete(s, "i1", 0, NULL), "delete i1");
     tf_model_del(&m, "i1");
-    tf_check_store(s, &m, dir, "delete i1");
+    tf_check_store(s, &m, tf_dir, "delete i1");
     qsnap_store_close(s);
     tf_model_free(&m);
 }
@@ -290,18 +261,14 @@ Test(internal, on_a_branch_head_and_refusals)
     char *sum = NULL;
     bool in = true;
 
-    tf_setup(dir, sizeof(dir), disk, sizeof(disk), "internal", false, d0);
-    s = tf_open(disk, QSNAP_OPEN_CREATE);
-    ok(tf_create(s, "s1"), "create s1");
-    tf_model_set(&m, "s1", false, d0);
-    tf_model_set(&m, "main", true, d0);
-    write_branch(s, &m, "main", 0x21, 1 * MiB, 64 * KiB);
-    ok(tf_create(s, "s2"), "create s2");
+    s = tf_start_s1("internal", &m);
+    tf_write_state(s, &m, "main", 0x21, 1 * MiB, 64 * KiB);
+    tf_ok(tf_create(s, "s2"), "create s2");
     tf_model_set(&m, "s2", false, tf_model_get(&m, "main"));
-    write_branch(s, &m, "main", 0x22, 0, 64 * KiB);
-    ok(create_internal(s, "i1"), "create --internal on a head");
+    tf_write_state(s, &m, "main", 0x22, 0, 64 * KiB);
+    tf_ok(create_internal(s, "i1"), "create --internal on a head");
     tf_model_set(&m, "i1", false, tf_model_get(&m, "main"));
-    write_branch(s, &m, "main", 0x23, 512 * KiB, 64 * KiB);
+    tf_write_state(s, &m, "main", 0x23, 512 * KiB, 64 * KiB);
     check(s, &m, "i1 on a head");
     cr_assert(listed_internal(s, "s2", &in) && !in);
     cr_assert(listed_internal(s, "i1", &in) && in);
@@ -325,32 +292,32 @@ Test(internal, on_a_branch_head_and_refusals)
     check(s, &m, "after refusals");
 
     /* Deleting s2 keeps its data (the head with i1 reads through it). */
-    ok(tf_delete(s, "s2", 0, &sum), "delete s2");
+    tf_ok(tf_delete(s, "s2", 0, &sum), "delete s2");
     cr_assert(strstr(sum, "unnamed"), "%s", sum);
     free(sum);
     tf_model_del(&m, "s2");
     check(s, &m, "delete s2");
 
     /* Reverting away keeps main (its head holds i1) even when clean relative to i1. */
-    ok(tf_revert(s, "s1", "other", false, NULL), "revert s1");
-    tf_model_set(&m, "other", true, d0);
+    tf_ok(tf_revert(s, "s1", "other", false, NULL), "revert s1");
+    tf_model_set(&m, "other", true, tf_d0);
     check(s, &m, "revert away");
     expect_refused(qsnap_plan_revert(&p, s, "i1", NULL, false), QSNAP_EREFUSED,
                    "revert from another branch", "own branch");
     expect_refused(qsnap_plan_branch_delete(&p, s, "main", true), QSNAP_EREFUSED,
                    "branch delete", "internal snapshot");
-    ok(tf_switch(s, "main"), "switch main");
-    ok(tf_revert(s, "i1", NULL, false, NULL), "revert i1");
+    tf_ok(tf_switch(s, "main"), "switch main");
+    tf_ok(tf_revert(s, "i1", NULL, false, NULL), "revert i1");
     tf_model_set(&m, "main-before-revert-1", false, tf_model_get(&m, "main"));
     tf_model_set(&m, "main", true, tf_model_get(&m, "i1"));
     check(s, &m, "revert i1 on main");
-    ok(tf_delete(s, "i1", 0, NULL), "delete i1");
-    ok(tf_delete(s, "main-before-revert-1", 0, NULL), "delete the kept one");
+    tf_ok(tf_delete(s, "i1", 0, NULL), "delete i1");
+    tf_ok(tf_delete(s, "main-before-revert-1", 0, NULL), "delete the kept one");
     tf_model_del(&m, "i1");
     tf_model_del(&m, "main-before-revert-1");
     check(s, &m, "deleted");
     /* With no internal snapshot left in the head, an external one is fine again. */
-    ok(tf_create(s, "s3"), "create s3");
+    tf_ok(tf_create(s, "s3"), "create s3");
     tf_model_set(&m, "s3", false, tf_model_get(&m, "main"));
     check(s, &m, "s3");
     qsnap_store_close(s);
@@ -363,26 +330,26 @@ Test(internal, metadata_without_the_field_parses)
     tf_model m = {0};
     qsnap_store *s;
 
-    tf_setup(dir, sizeof(dir), disk, sizeof(disk), "internal", false, d0);
-    s = tf_open(disk, QSNAP_OPEN_CREATE);
-    ok(tf_create(s, "s1"), "create");
+    tf_setup(tf_dir, sizeof(tf_dir), tf_disk, sizeof(tf_disk), "internal", false, tf_d0);
+    s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
+    tf_ok(tf_create(s, "s1"), "create");
     qsnap_store_close(s);
     {
         char path[700], *text;
         size_t len;
-        snprintf(path, sizeof(path), "%s.qsnap/meta", disk);
+        snprintf(path, sizeof(path), "%s.qsnap/meta", tf_disk);
         text = (char *)qo_read_file(path, &len);
         cr_assert_not_null(text, "%s", path);
         cr_assert(!memmem(text, len, "internal=", 9));
         free(text);
     }
-    s = tf_open(disk, 0);
-    tf_model_set(&m, "s1", false, d0);
-    tf_model_set(&m, "main", true, d0);
-    ok(create_internal(s, "i1"), "create --internal");
-    tf_model_set(&m, "i1", false, d0);
+    s = tf_open(tf_disk, 0);
+    tf_model_set(&m, "s1", false, tf_d0);
+    tf_model_set(&m, "main", true, tf_d0);
+    tf_ok(create_internal(s, "i1"), "create --internal");
+    tf_model_set(&m, "i1", false, tf_d0);
     qsnap_store_close(s);
-    s = tf_open(disk, 0); /* and the field is read back */
+    s = tf_open(tf_disk, 0); /* and the field is read back */
     check(s, &m, "reopened");
     qsnap_store_close(s);
     tf_model_free(&m);
@@ -400,13 +367,13 @@ struct iop {
 
 static void build_head(qsnap_store *s, tf_model *m)
 {
-    ok(tf_create(s, "s1"), "s1");
-    tf_model_set(m, "s1", false, d0);
-    tf_model_set(m, "main", true, d0);
-    write_branch(s, m, "main", 0x21, 1 * MiB, 64 * KiB);
-    ok(create_internal(s, "i1"), "i1");
+    tf_ok(tf_create(s, "s1"), "s1");
+    tf_model_set(m, "s1", false, tf_d0);
+    tf_model_set(m, "main", true, tf_d0);
+    tf_write_state(s, m, "main", 0x21, 1 * MiB, 64 * KiB);
+    tf_ok(create_internal(s, "i1"), "i1");
     tf_model_set(m, "i1", false, tf_model_get(m, "main"));
-    write_branch(s, m, "main", 0x22, 0, 128 * KiB);
+    tf_write_state(s, m, "main", 0x22, 0, 128 * KiB);
 }
 
 static int plan_create_fresh(qsnap_store *s, qsnap_plan **p)
@@ -419,8 +386,8 @@ static int plan_create_fresh(qsnap_store *s, qsnap_plan **p)
 }
 static void after_create_fresh(tf_model *m)
 {
-    tf_model_set(m, "i0", false, d0);
-    tf_model_set(m, "main", true, d0);
+    tf_model_set(m, "i0", false, tf_d0);
+    tf_model_set(m, "main", true, tf_d0);
 }
 static int plan_create_head(qsnap_store *s, qsnap_plan **p)
 {
@@ -487,10 +454,10 @@ static void sweep(const struct iop *op)
         tf_model m = {0};
         qsnap_store *s;
         qsnap_plan *p = NULL;
-        tf_setup(dir, sizeof(dir), disk, sizeof(disk), "internal-crash", true, d0);
-        s = tf_open(disk, QSNAP_OPEN_CREATE);
+        tf_setup(tf_dir, sizeof(tf_dir), tf_disk, sizeof(tf_disk), "internal-crash", true, tf_d0);
+        s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
         op->build(s, &m);
-        ok(op->plan(s, &p), op->name);
+        tf_ok(op->plan(s, &p), op->name);
         steps = tf_plan_steps(p);
         qsnap_plan_free(p);
         qsnap_store_close(s);
@@ -505,9 +472,9 @@ static void sweep(const struct iop *op)
         pid_t pid;
         int status, rc;
 
-        qo_rmtree(dir);
-        tf_setup(dir, sizeof(dir), disk, sizeof(disk), "internal-crash", true, d0);
-        s = tf_open(disk, QSNAP_OPEN_CREATE);
+        qo_rmtree(tf_dir);
+        tf_setup(tf_dir, sizeof(tf_dir), tf_disk, sizeof(tf_disk), "internal-crash", true, tf_d0);
+        s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
         op->build(s, &before);
         qsnap_store_close(s);
         tf_model_copy(&after, &before);
@@ -518,7 +485,7 @@ static void sweep(const struct iop *op)
             qsnap_store *cs = NULL;
             qsnap_plan *p = NULL;
             qsnap_exec_opts eo = QSNAP_EXEC_OPTS_INIT;
-            if (qsnap_store_open(&cs, disk, QSNAP_OPEN_CREATE) || op->plan(cs, &p))
+            if (qsnap_store_open(&cs, tf_disk, QSNAP_OPEN_CREATE) || op->plan(cs, &p))
                 _exit(3);
             if (k == 0)
                 kill(getpid(), SIGKILL);
@@ -530,7 +497,7 @@ static void sweep(const struct iop *op)
         cr_assert(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 0),
                   "%s: child exit %d", op->name, WEXITSTATUS(status));
         snprintf(step, sizeof(step), "%s, killed after step %u of %zu", op->name, k, steps);
-        s = tf_open(disk, QSNAP_OPEN_CREATE);
+        s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
         rc = qsnap_verify(s, true, &f, &nf);
         qsnap_verify_free(f, nf);
         if (k == 0 && before.n == 0) {
@@ -538,9 +505,9 @@ static void sweep(const struct iop *op)
         } else {
             cr_assert_eq(rc, 0, "%s: verify(repair) rc %d: %s", step, rc,
                          qsnap_error_last()->message);
-            cr_assert(tf_store_matches(s, k == 0 ? &before : &after, dir, why, sizeof(why)),
+            cr_assert(tf_store_matches(s, k == 0 ? &before : &after, tf_dir, why, sizeof(why)),
                       "%s: not the %s state: %s", step, k == 0 ? "before" : "after", why);
-            tf_check_store(s, k == 0 ? &before : &after, dir, step);
+            tf_check_store(s, k == 0 ? &before : &after, tf_dir, step);
             check_qemu_agrees(s, step);
         }
         qsnap_store_close(s);

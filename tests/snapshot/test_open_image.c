@@ -17,58 +17,28 @@
 
 #define MiB (1024u * 1024u)
 
-static char dir[256], disk[512];
-static uint8_t *d0;
-static tf_model M;
-
 static void setup(void)
 {
-    d0 = calloc(1, TF_SIZE);
-    cr_assert_not_null(d0);
-    memset(d0, 0x21, 1 * MiB);
-    dir[0] = '\0';
+    tf_suite_init(0x21);
 }
 
-static void teardown(void)
-{
-    free(d0);
-    tf_model_free(&M);
-    if (dir[0])
-        qo_rmtree(dir);
-}
-
-TestSuite(open_image, .init = setup, .fini = teardown, .timeout = 120);
-
-static void ok(int rc, const char *what)
-{
-    cr_assert_eq(rc, 0, "%s: rc %d: %s", what, rc, qsnap_error_last()->message);
-}
+TestSuite(open_image, .init = setup, .fini = tf_suite_fini, .timeout = 120);
 
 static void same_digest(qcow2_image *img, const char *name)
 {
     uint8_t got[16], want[16];
 
-    ok(qcow2_image_digest(img, got, NULL, NULL), "digest");
-    tf_digest_buf(dir, tf_model_get(&M, name), TF_SIZE, want);
+    tf_ok(qcow2_image_digest(img, got, NULL, NULL), "digest");
+    tf_digest_buf(tf_dir, tf_model_get(&tf_m, name), TF_SIZE, want);
     cr_assert(memcmp(got, want, 16) == 0, "%s: content differs from the model", name);
 }
 
 /* s1 over the disk, main written after it. */
 static qsnap_store *make_tree(const char *tag)
 {
-    qsnap_store *s;
-    char *head;
+    qsnap_store *s = tf_start_s1(tag, &tf_m);
 
-    tf_setup(dir, sizeof(dir), disk, sizeof(disk), tag, false, d0);
-    s = tf_open(disk, QSNAP_OPEN_CREATE);
-    ok(tf_create(s, "s1"), "create s1");
-    tf_model_set(&M, "s1", false, d0);
-    tf_model_set(&M, "main", true, d0);
-    head = tf_file_of(s, "main");
-    cr_assert_not_null(head);
-    tf_lib_write(head, 0x5a, 2 * MiB, 64 * 1024);
-    tf_model_write(&M, "main", 0x5a, 2 * MiB, 64 * 1024);
-    free(head);
+    tf_write_state(s, &tf_m, "main", 0x5a, 2 * MiB, 64 * 1024);
     return s;
 }
 
@@ -77,8 +47,8 @@ Test(open_image, content_of_snapshot_and_branch)
     qsnap_store *s = make_tree("oi-content");
     qcow2_image *a = NULL, *b = NULL;
 
-    ok(qsnap_open_image(s, "s1", 0, &a), "open s1");
-    ok(qsnap_open_image(s, "main", 0, &b), "open main");
+    tf_ok(qsnap_open_image(s, "s1", 0, &a), "open s1");
+    tf_ok(qsnap_open_image(s, "main", 0, &b), "open main");
     qsnap_store_close(s); /* the images do not need the store */
     same_digest(a, "s1");
     same_digest(b, "main");
@@ -94,10 +64,10 @@ Test(open_image, written_head_is_locked)
     uint8_t buf[4096];
     int rc;
 
-    ok(qsnap_open_image(s, "main", QCOW2_OPEN_RDWR, &w), "open main for writing");
+    tf_ok(qsnap_open_image(s, "main", QCOW2_OPEN_RDWR, &w), "open main for writing");
     memset(buf, 0x77, sizeof(buf));
-    ok(qcow2_image_write(w, buf, sizeof(buf), 3 * MiB), "write");
-    tf_model_write(&M, "main", 0x77, 3 * MiB, sizeof(buf));
+    tf_ok(qcow2_image_write(w, buf, sizeof(buf), 3 * MiB), "write");
+    tf_model_write(&tf_m, "main", 0x77, 3 * MiB, sizeof(buf));
     rc = qsnap_open_image(s, "main", QCOW2_OPEN_RDWR, &w2);
     cr_assert_eq(rc, QSNAP_EBUSY, "a second writer: rc %d", rc);
     cr_assert_null(w2);
@@ -109,12 +79,12 @@ Test(open_image, written_head_is_locked)
     cr_assert_eq(rc, QSNAP_EBUSY, "qsnap create while the head is written: rc %d", rc);
     qsnap_plan_free(p);
     /* The snapshot below stays readable. */
-    ok(qsnap_open_image(s, "s1", 0, &r), "open s1 while main is written");
+    tf_ok(qsnap_open_image(s, "s1", 0, &r), "open s1 while main is written");
     same_digest(r, "s1");
     qcow2_image_close(r);
-    ok(qcow2_image_flush(w), "flush");
+    tf_ok(qcow2_image_flush(w), "flush");
     qcow2_image_close(w);
-    ok(qsnap_open_image(s, "main", 0, &r), "open main after the writer closed");
+    tf_ok(qsnap_open_image(s, "main", 0, &r), "open main after the writer closed");
     same_digest(r, "main");
     qcow2_image_close(r);
     qsnap_store_close(s);
@@ -146,18 +116,18 @@ Test(open_image, internal_snapshot)
 
     co.name = "inner";
     co.internal = true;
-    ok(qsnap_plan_create(&p, s, &co), "plan internal");
-    ok(qsnap_plan_execute(s, p, NULL), "internal snapshot");
+    tf_ok(qsnap_plan_create(&p, s, &co), "plan internal");
+    tf_ok(qsnap_plan_execute(s, p, NULL), "internal snapshot");
     qsnap_plan_free(p);
-    tf_model_set(&M, "inner", false, tf_model_get(&M, "main"));
+    tf_model_set(&tf_m, "inner", false, tf_model_get(&tf_m, "main"));
     head = tf_file_of(s, "main");
     tf_lib_write(head, 0x66, 0, 4096);
-    tf_model_write(&M, "main", 0x66, 0, 4096);
+    tf_model_write(&tf_m, "main", 0x66, 0, 4096);
     free(head);
-    ok(qsnap_open_image(s, "inner", 0, &img), "open the internal snapshot");
+    tf_ok(qsnap_open_image(s, "inner", 0, &img), "open the internal snapshot");
     same_digest(img, "inner");
     qcow2_image_close(img);
-    ok(qsnap_open_image(s, "main", 0, &img), "open main");
+    tf_ok(qsnap_open_image(s, "main", 0, &img), "open main");
     same_digest(img, "main");
     qcow2_image_close(img);
     qsnap_store_close(s);

@@ -27,60 +27,25 @@
 #define KiB 1024u
 #define MiB (1024u * 1024u)
 
-static char dir[256], disk[512];
-static uint8_t *d0;
-static tf_model M;
-
 static void setup(void)
 {
-    d0 = calloc(1, TF_SIZE);
-    cr_assert_not_null(d0);
-    memset(d0, 0x11, 1 * MiB);
-    dir[0] = '\0';
+    tf_suite_init(0x11);
 }
 
-static void teardown(void)
-{
-    free(d0);
-    tf_model_free(&M);
-    if (dir[0])
-        qo_rmtree(dir);
-}
-
-TestSuite(store, .init = setup, .fini = teardown, .timeout = 120);
-
-static void ok(int rc, const char *what)
-{
-    cr_assert_eq(rc, 0, "%s: rc %d: %s", what, rc, qsnap_error_last()->message);
-}
-
-static void write_state(qsnap_store *s, const char *name, int pat, uint64_t off, uint64_t len)
-{
-    char *f = tf_file_of(s, name);
-
-    cr_assert_not_null(f, "no file for %s", name);
-    tf_lib_write(f, pat, off, len);
-    tf_model_write(&M, name, pat, off, len);
-    free(f);
-}
+TestSuite(store, .init = setup, .fini = tf_suite_fini, .timeout = 120);
 
 /* disk -> s1 -> s2 -> {main (dirty), b (dirty)}; the store stays open. */
 static qsnap_store *base(const char *tag)
 {
-    qsnap_store *s;
+    qsnap_store *s = tf_start_s1(tag, &tf_m);
 
-    tf_setup(dir, sizeof(dir), disk, sizeof(disk), tag, false, d0);
-    s = tf_open(disk, QSNAP_OPEN_CREATE);
-    ok(tf_create(s, "s1"), "create s1");
-    tf_model_set(&M, "s1", false, d0);
-    tf_model_set(&M, "main", true, d0);
-    write_state(s, "main", 0x21, 1 * MiB, 128 * KiB);
-    ok(tf_create(s, "s2"), "create s2");
-    tf_model_set(&M, "s2", false, tf_model_get(&M, "main"));
-    write_state(s, "main", 0x31, 0, 64 * KiB);
-    ok(tf_branch(s, "b", "s2"), "branch b");
-    tf_model_set(&M, "b", true, tf_model_get(&M, "s2"));
-    write_state(s, "b", 0x41, 2 * MiB, 64 * KiB);
+    tf_write_state(s, &tf_m, "main", 0x21, 1 * MiB, 128 * KiB);
+    tf_ok(tf_create(s, "s2"), "create s2");
+    tf_model_set(&tf_m, "s2", false, tf_model_get(&tf_m, "main"));
+    tf_write_state(s, &tf_m, "main", 0x31, 0, 64 * KiB);
+    tf_ok(tf_branch(s, "b", "s2"), "branch b");
+    tf_model_set(&tf_m, "b", true, tf_model_get(&tf_m, "s2"));
+    tf_write_state(s, &tf_m, "b", 0x41, 2 * MiB, 64 * KiB);
     return s;
 }
 
@@ -101,14 +66,14 @@ static void expect_error(int rc, int want, const char *what, const char *call)
 /* Run a plan builder; it must fail with `want` and change no file. */
 #define EXPECT_REFUSED(s, want, what, call)                                                        \
     do {                                                                                           \
-        char *before_ = tf_tree_snapshot(dir), *after_;                                            \
+        char *before_ = tf_tree_snapshot(tf_dir), *after_;                                         \
         qsnap_plan *p_ = NULL;                                                                     \
         int rc_ = (call);                                                                          \
         if (rc_ == 0) /* files in use are found when the plan runs */                              \
             rc_ = qsnap_plan_execute(s, p_, NULL);                                                 \
         qsnap_plan_free(p_);                                                                       \
         expect_error(rc_, want, what, #call);                                                      \
-        after_ = tf_tree_snapshot(dir);                                                            \
+        after_ = tf_tree_snapshot(tf_dir);                                                         \
         cr_assert_str_eq(before_, after_, "%s changed files", #call);                              \
         free(before_);                                                                             \
         free(after_);                                                                              \
@@ -121,10 +86,10 @@ Test(store, second_writer_is_busy)
     qsnap_store *s = base("lock"), *t = NULL;
     int rc;
 
-    rc = qsnap_store_open(&t, disk, 0);
+    rc = qsnap_store_open(&t, tf_disk, 0);
     expect_error(rc, QSNAP_EBUSY, qsnap_store_path(s), "second qsnap_store_open");
     cr_assert_null(t);
-    rc = qsnap_store_open(&t, disk, QSNAP_OPEN_READONLY);
+    rc = qsnap_store_open(&t, tf_disk, QSNAP_OPEN_READONLY);
     expect_error(rc, QSNAP_EBUSY, NULL, "read-only open while a writer holds the store");
     /* Another process too. */
     {
@@ -133,7 +98,7 @@ Test(store, second_writer_is_busy)
         cr_assert_geq(pid, 0);
         if (pid == 0) {
             qsnap_store *c = NULL;
-            _exit(qsnap_store_open(&c, disk, 0) == QSNAP_EBUSY ? 0 : 1);
+            _exit(qsnap_store_open(&c, tf_disk, 0) == QSNAP_EBUSY ? 0 : 1);
         }
         cr_assert_eq(waitpid(pid, &status, 0), pid);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
@@ -142,16 +107,17 @@ Test(store, second_writer_is_busy)
     qsnap_store_close(s);
     /* Readers share; a writer waits for them. */
     {
-        qsnap_store *r1 = tf_open(disk, QSNAP_OPEN_READONLY), *r2 = tf_open(disk, QSNAP_OPEN_READONLY);
+        qsnap_store *r1 = tf_open(tf_disk, QSNAP_OPEN_READONLY),
+                    *r2 = tf_open(tf_disk, QSNAP_OPEN_READONLY);
         qsnap_plan *p = NULL;
-        rc = qsnap_store_open(&t, disk, 0);
+        rc = qsnap_store_open(&t, tf_disk, 0);
         expect_error(rc, QSNAP_EBUSY, NULL, "writer while readers hold the store");
         cr_assert_neq(qsnap_plan_create(&p, r1, NULL), 0, "a plan on a read-only store");
         qsnap_store_close(r1);
         qsnap_store_close(r2);
     }
-    t = tf_open(disk, 0);
-    tf_check_store(t, &M, dir, "after the lock tests");
+    t = tf_open(tf_disk, 0);
+    tf_check_store(t, &tf_m, tf_dir, "after the lock tests");
     qsnap_store_close(t);
 }
 
@@ -252,7 +218,7 @@ Test(store, qemu_io_holding_the_head_makes_operations_busy)
     qemu_io_stop(&q);
 
     /* A VM on main, another branch than the current one (b). */
-    ok(tf_switch(s, "b"), "switch b");
+    tf_ok(tf_switch(s, "b"), "switch b");
     qemu_io_start(&q, head);
     /* s2's layer backs main's head: streaming s2 into it writes the head. */
     EXPECT_REFUSED(s, QSNAP_EBUSY, head, qsnap_plan_delete(&p_, s, "s2", QSNAP_DELETE_STREAM));
@@ -265,17 +231,17 @@ Test(store, qemu_io_holding_the_head_makes_operations_busy)
         free(s2);
     }
     qemu_io_stop(&q);
-    ok(tf_switch(s, "main"), "switch main");
+    tf_ok(tf_switch(s, "main"), "switch main");
 
     /* Once qemu-io is gone, the same operations go through. */
     {
         qsnap_plan *p = NULL;
-        ok(qsnap_plan_commit(&p, s, NULL), "commit plan after qemu-io exited");
+        tf_ok(qsnap_plan_commit(&p, s, NULL), "commit plan after qemu-io exited");
         qsnap_plan_free(p);
-        ok(tf_revert(s, "s1", "r", false, NULL), "revert after qemu-io exited");
-        tf_model_set(&M, "r", true, tf_model_get(&M, "s1"));
+        tf_ok(tf_revert(s, "s1", "r", false, NULL), "revert after qemu-io exited");
+        tf_model_set(&tf_m, "r", true, tf_model_get(&tf_m, "s1"));
     }
-    tf_check_store(s, &M, dir, "after qemu-io");
+    tf_check_store(s, &tf_m, tf_dir, "after qemu-io");
     free(head);
     qsnap_store_close(s);
 }
@@ -293,13 +259,13 @@ Test(store, qemu_io_holding_the_head_makes_revert_busy)
     head = tf_file_of(s, "main");
     qemu_io_start(&q, head);
     {
-        char *before = tf_tree_snapshot(dir), *after;
+        char *before = tf_tree_snapshot(tf_dir), *after;
         qsnap_plan *p = NULL;
         int rc = qsnap_plan_revert(&p, s, "s1", NULL, false);
         if (rc == 0)
             rc = qsnap_plan_execute(s, p, NULL);
         qsnap_plan_free(p);
-        after = tf_tree_snapshot(dir);
+        after = tf_tree_snapshot(tf_dir);
         qemu_io_stop(&q);
         expect_error(rc, QSNAP_EBUSY, head, "revert (dirty head kept) while qemu-io holds it");
         cr_assert_str_eq(before, after);
@@ -315,7 +281,7 @@ static void expect_vm_path_on(qsnap_store *s, const char *branch, const char *wa
 {
     char *vm = NULL, *head = tf_file_of(s, branch), real[4096];
 
-    ok(qsnap_vm_path(s, &vm), "qsnap_vm_path");
+    tf_ok(qsnap_vm_path(s, &vm), "qsnap_vm_path");
     if (want_path)
         cr_assert_str_eq(vm, want_path, "the VM path moved");
     cr_assert_not_null(realpath(vm, real), "%s does not resolve", vm);
@@ -329,17 +295,17 @@ Test(store, vm_path_follows_the_current_branch)
     qsnap_store *s = base("vmpath");
     char *vm = NULL, *link = NULL;
 
-    ok(qsnap_vm_path(s, &vm), "qsnap_vm_path");
-    cr_assert(asprintf(&link, "%s.qsnap/layers/current.qcow2", disk) > 0);
+    tf_ok(qsnap_vm_path(s, &vm), "qsnap_vm_path");
+    cr_assert(asprintf(&link, "%s.qsnap/layers/current.qcow2", tf_disk) > 0);
     cr_assert_str_eq(vm, link);
     expect_vm_path_on(s, "main", vm);
-    ok(tf_switch(s, "b"), "switch b");
+    tf_ok(tf_switch(s, "b"), "switch b");
     expect_vm_path_on(s, "b", vm);
-    ok(tf_revert(s, "s1", "r", false, NULL), "revert s1");
-    tf_model_set(&M, "r", true, tf_model_get(&M, "s1"));
+    tf_ok(tf_revert(s, "s1", "r", false, NULL), "revert s1");
+    tf_model_set(&tf_m, "r", true, tf_model_get(&tf_m, "s1"));
     expect_vm_path_on(s, "r", vm);
-    ok(tf_create(s, "s3"), "create s3");
-    tf_model_set(&M, "s3", false, tf_model_get(&M, "r"));
+    tf_ok(tf_create(s, "s3"), "create s3");
+    tf_model_set(&tf_m, "s3", false, tf_model_get(&tf_m, "r"));
     expect_vm_path_on(s, "r", vm);
     /* A link changed by hand: reported, and put back by the repair. */
     {
@@ -352,13 +318,13 @@ Test(store, vm_path_follows_the_current_branch)
         cr_assert_null(wrong);
         cr_assert_eq(qsnap_verify(s, false, &f, &n), QSNAP_EINTEGRITY);
         qsnap_verify_free(f, n);
-        ok(qsnap_verify(s, true, &f, &n), "verify --repair");
+        tf_ok(qsnap_verify(s, true, &f, &n), "verify --repair");
         qsnap_verify_free(f, n);
         expect_vm_path_on(s, "r", vm);
     }
     free(vm);
     free(link);
-    tf_check_store(s, &M, dir, "after the VM path tests");
+    tf_check_store(s, &tf_m, tf_dir, "after the VM path tests");
     qsnap_store_close(s);
 }
 
@@ -375,26 +341,26 @@ Test(store, plan_check_lists_touched_and_held_files)
     s = base("check");
     bhead = tf_file_of(s, "b");
     mhead = tf_file_of(s, "main");
-    ok(qsnap_plan_switch(&p, s, "b"), "switch plan");
-    ok(qsnap_plan_check(s, p), "check with nothing held");
-    ok(qsnap_plan_describe(p, false, &text), "describe");
+    tf_ok(qsnap_plan_switch(&p, s, "b"), "switch plan");
+    tf_ok(qsnap_plan_check(s, p), "check with nothing held");
+    tf_ok(qsnap_plan_describe(p, false, &text), "describe");
     cr_assert(strstr(text, strrchr(mhead, '/') + 1) && strstr(text, strrchr(bhead, '/') + 1),
               "both heads listed: %s", text);
     cr_assert(!strstr(text, "HELD"), "%s", text);
     free(text);
     qemu_io_start(&q, bhead);
     expect_error(qsnap_plan_check(s, p), QSNAP_EBUSY, bhead, "check while qemu-io holds b");
-    ok(qsnap_plan_describe(p, true, &text), "describe json");
+    tf_ok(qsnap_plan_describe(p, true, &text), "describe json");
     cr_assert(strstr(text, "\"held\": true") && strstr(text, "\"held\": false"), "%s", text);
     free(text);
     expect_error(qsnap_plan_execute(s, p, NULL), QSNAP_EBUSY, bhead, "execute while held");
     qemu_io_stop(&q);
-    ok(qsnap_plan_execute(s, p, NULL), "execute once qemu-io is gone");
+    tf_ok(qsnap_plan_execute(s, p, NULL), "execute once qemu-io is gone");
     qsnap_plan_free(p);
     expect_vm_path_on(s, "b", NULL);
     free(bhead);
     free(mhead);
-    tf_check_store(s, &M, dir, "after the check tests");
+    tf_check_store(s, &tf_m, tf_dir, "after the check tests");
     qsnap_store_close(s);
 }
 
@@ -430,10 +396,10 @@ Test(store, files_are_held_while_the_plan_runs)
     char *s2 = tf_file_of(s, "s2");
 
     /* commit main: step 1 preserves s2's content, later steps write s2's layer. */
-    ok(qsnap_plan_commit(&p, s, NULL), "commit plan");
+    tf_ok(qsnap_plan_commit(&p, s, NULL), "commit plan");
     eo.step_hook = try_open_in_step;
     eo.payload = s2;
-    ok(qsnap_plan_execute(s, p, &eo), "commit");
+    tf_ok(qsnap_plan_execute(s, p, &eo), "commit");
     qsnap_plan_free(p);
     /* And released at the end. */
     cr_assert(!byte_locked(s2, 100) && !byte_locked(s2, 201), "s2's layer still locked");
@@ -455,18 +421,18 @@ Test(store, a_head_written_after_the_plan_is_not_dropped)
     struct stat st;
     int rc;
 
-    ok(tf_create(s, "s3"), "create s3"); /* main is clean now */
-    tf_model_set(&M, "s3", false, tf_model_get(&M, "main"));
+    tf_ok(tf_create(s, "s3"), "create s3"); /* main is clean now */
+    tf_model_set(&tf_m, "s3", false, tf_model_get(&tf_m, "main"));
     head = tf_file_of(s, "main");
     cr_assert_not_null(head);
-    ok(qsnap_plan_revert(&p, s, "s1", NULL, false), "revert plan");
+    tf_ok(qsnap_plan_revert(&p, s, "s1", NULL, false), "revert plan");
     tf_lib_write(head, 0x77, 3 * MiB, 64 * KiB); /* between the plan and its execution */
     rc = qsnap_plan_execute(s, p, NULL);
     expect_error(rc, QSNAP_EBUSY, "changed while the operation was planned", "revert over a head written after the plan");
     qsnap_plan_free(p);
     cr_assert_eq(stat(head, &st), 0, "the head written after the plan was removed");
-    tf_model_write(&M, "main", 0x77, 3 * MiB, 64 * KiB);
-    tf_check_store(s, &M, dir, "after the refused revert");
+    tf_model_write(&tf_m, "main", 0x77, 3 * MiB, 64 * KiB);
+    tf_check_store(s, &tf_m, tf_dir, "after the refused revert");
     free(head);
     qsnap_store_close(s);
 }
@@ -478,11 +444,11 @@ Test(store, nothing_to_commit_is_checked_again_under_the_hold)
     char *head;
     int rc;
 
-    ok(tf_create(s, "s3"), "create s3");
-    tf_model_set(&M, "s3", false, tf_model_get(&M, "main"));
+    tf_ok(tf_create(s, "s3"), "create s3");
+    tf_model_set(&tf_m, "s3", false, tf_model_get(&tf_m, "main"));
     head = tf_file_of(s, "main");
     cr_assert_not_null(head);
-    ok(qsnap_plan_commit(&p, s, NULL), "commit plan (nothing to commit)");
+    tf_ok(qsnap_plan_commit(&p, s, NULL), "commit plan (nothing to commit)");
     tf_lib_write(head, 0x78, 0, 64 * KiB);
     rc = qsnap_plan_execute(s, p, NULL);
     expect_error(rc, QSNAP_EBUSY, "changed while the operation was planned", "commit planned as nothing to do, then written");
@@ -504,15 +470,15 @@ Test(store, missing_layer_file)
 
     cr_assert_eq(unlink(s2), 0);
     qsnap_store_close(s);
-    s = tf_open(disk, 0);
-    before = tf_tree_snapshot(dir);
+    s = tf_open(tf_disk, 0);
+    before = tf_tree_snapshot(tf_dir);
     rc = qsnap_verify(s, false, &f, &nf);
     expect_error(rc, QSNAP_EINTEGRITY, NULL, "verify");
     for (size_t i = 0; i < nf; i++)
         named |= f[i].problem && strstr(f[i].file, "layers/") && strstr(s2, strrchr(f[i].file, '/'));
     cr_assert(named, "no finding names the missing %s", s2);
     qsnap_verify_free(f, nf);
-    after = tf_tree_snapshot(dir);
+    after = tf_tree_snapshot(tf_dir);
     cr_assert_str_eq(before, after, "verify changed files");
     free(before);
     free(after);
@@ -523,14 +489,14 @@ Test(store, missing_layer_file)
     EXPECT_REFUSED(s, QSNAP_EINTEGRITY, "layers/", qsnap_plan_commit(&p_, s, NULL));
     {
         char out[600];
-        snprintf(out, sizeof(out), "%s/export.raw", dir);
-        before = tf_tree_snapshot(dir);
+        snprintf(out, sizeof(out), "%s/export.raw", tf_dir);
+        before = tf_tree_snapshot(tf_dir);
         rc = qsnap_export(s, "s2", out, QCOW2_FORMAT_RAW, NULL, NULL);
         cr_assert_neq(rc, 0, "export of a snapshot whose layer is missing succeeded");
         cr_assert(strstr(qsnap_error_last()->message, "layers/"), "%s",
                   qsnap_error_last()->message);
         unlink(out);
-        after = tf_tree_snapshot(dir);
+        after = tf_tree_snapshot(tf_dir);
         cr_assert_str_eq(before, after);
         free(before);
         free(after);
@@ -566,14 +532,14 @@ Test(store, edited_backing_link_of_a_head)
         cr_skip_test("qemu-img/qemu-io not installed");
     /* main's head now reads through the disk instead of s2. */
     rebase_unsafe(head, "../../disk.img", "raw");
-    before = tf_tree_snapshot(dir);
+    before = tf_tree_snapshot(tf_dir);
     rc = qsnap_verify(s, false, &f, &nf);
     expect_error(rc, QSNAP_EINTEGRITY, NULL, "verify");
     for (size_t i = 0; i < nf; i++)
         named |= f[i].problem && !strcmp(f[i].file, head) && strstr(f[i].message, "link");
     cr_assert(named, "no finding names the edited link of %s", head);
     qsnap_verify_free(f, nf);
-    after = tf_tree_snapshot(dir);
+    after = tf_tree_snapshot(tf_dir);
     cr_assert_str_eq(before, after, "verify without repair changed files");
     free(before);
     free(after);
@@ -581,7 +547,7 @@ Test(store, edited_backing_link_of_a_head)
     rc = qsnap_verify(s, true, &f, &nf);
     qsnap_verify_free(f, nf);
     cr_assert_eq(rc, 0, "verify(repair): %s", qsnap_error_last()->message);
-    tf_check_store(s, &M, dir, "repair of an edited head link");
+    tf_check_store(s, &tf_m, tf_dir, "repair of an edited head link");
     free(head);
     qsnap_store_close(s);
 }
@@ -626,7 +592,7 @@ Test(store, commit_over_an_edited_head_link_is_recoverable)
     }
     cr_assert_eq(rc, 0, "verify(repair) three times did not recover the store: %s",
                  qsnap_error_last()->message);
-    tf_check_store(s, &M, dir, "repair after a commit over an edited link");
+    tf_check_store(s, &tf_m, tf_dir, "repair after a commit over an edited link");
     free(head);
     qsnap_store_close(s);
 }
@@ -643,11 +609,11 @@ Test(store, edited_backing_link_of_a_frozen_layer)
         cr_skip_test("qemu-img/qemu-io not installed");
     /* Point s2's layer at a copy of the disk: same bytes, another file. */
     qsnap_store_close(s);
-    cr_assert_eq(asprintf(&other, "%s/other.img", dir) > 0, true);
-    cr_assert_eq(qo_write_file(other, d0, TF_SIZE), 0);
+    cr_assert_eq(asprintf(&other, "%s/other.img", tf_dir) > 0, true);
+    cr_assert_eq(qo_write_file(other, tf_d0, TF_SIZE), 0);
     rebase_unsafe(s2, "../../other.img", "raw");
     cr_assert_eq(chmod(s2, 0444), 0);
-    s = tf_open(disk, 0);
+    s = tf_open(tf_disk, 0);
     rc = qsnap_verify(s, false, &f, &nf);
     qsnap_verify_free(f, nf);
     expect_error(rc, QSNAP_EINTEGRITY, NULL, "verify");
@@ -659,7 +625,7 @@ Test(store, edited_backing_link_of_a_frozen_layer)
     cr_assert_eq(rc, 0, "verify(repair) did not settle an edited link: %s",
                  qsnap_error_last()->message);
     unlink(other);
-    tf_check_store(s, &M, dir, "repair of an edited frozen link");
+    tf_check_store(s, &tf_m, tf_dir, "repair of an edited frozen link");
     free(other);
     free(s2);
     qsnap_store_close(s);
@@ -682,12 +648,12 @@ Test(store, repair_of_a_link_does_not_bless_modified_data)
                  "%s", out);
     {
         char other[600];
-        snprintf(other, sizeof(other), "%s/other.img", dir);
-        cr_assert_eq(qo_write_file(other, d0, TF_SIZE), 0);
+        snprintf(other, sizeof(other), "%s/other.img", tf_dir);
+        cr_assert_eq(qo_write_file(other, tf_d0, TF_SIZE), 0);
     }
     rebase_unsafe(s2, "../../other.img", "raw");
     cr_assert_eq(chmod(s2, 0444), 0);
-    s = tf_open(disk, 0);
+    s = tf_open(tf_disk, 0);
     rc = qsnap_verify(s, true, &f, &nf);
     qsnap_verify_free(f, nf);
     cr_assert_eq(rc, QSNAP_EINTEGRITY);
@@ -717,7 +683,7 @@ Test(store, frozen_layer_modified_with_qemu_io)
     cr_assert_eq(chmod(s2, 0644), 0);
     cr_assert_eq(qo_sh(out, sizeof(out), "qemu-io -f qcow2 -c 'write -P 0x77 3M 64k' '%s'", s2), 0,
                  "%s", out);
-    s = tf_open(disk, 0);
+    s = tf_open(tf_disk, 0);
     rc = qsnap_verify(s, false, &f, &nf);
     expect_error(rc, QSNAP_EINTEGRITY, NULL, "verify");
     for (size_t i = 0; i < nf; i++)
@@ -751,9 +717,9 @@ Test(store, raw_disk_modified_with_qemu_io)
     if (!qo_have_qemu())
         cr_skip_test("qemu-img/qemu-io not installed");
     qsnap_store_close(s);
-    cr_assert_eq(qo_sh(out, sizeof(out), "qemu-io -f raw -c 'write -P 0x66 0 4k' '%s'", disk), 0,
+    cr_assert_eq(qo_sh(out, sizeof(out), "qemu-io -f raw -c 'write -P 0x66 0 4k' '%s'", tf_disk), 0,
                  "%s", out);
-    s = tf_open(disk, 0);
+    s = tf_open(tf_disk, 0);
     rc = qsnap_verify(s, false, &f, &nf);
     qsnap_verify_free(f, nf);
     expect_error(rc, QSNAP_EINTEGRITY, NULL, "verify of a modified disk");
@@ -765,23 +731,23 @@ static void damage_meta(const char *how)
 {
     char meta[600], out[4096];
 
-    snprintf(meta, sizeof(meta), "%s.qsnap/meta", disk);
+    snprintf(meta, sizeof(meta), "%s.qsnap/meta", tf_disk);
     cr_assert_eq(qo_sh(out, sizeof(out), "%s '%s'", how, meta), 0, "%s", out);
 }
 
 static void expect_open_fails(int want, const char *what)
 {
-    char *before = tf_tree_snapshot(dir), *after;
+    char *before = tf_tree_snapshot(tf_dir), *after;
     qsnap_store *s = NULL;
-    int rc = qsnap_store_open(&s, disk, 0);
+    int rc = qsnap_store_open(&s, tf_disk, 0);
 
     expect_error(rc, want, what, "qsnap_store_open");
     cr_assert_null(s);
-    rc = qsnap_store_open(&s, disk, QSNAP_OPEN_READONLY);
+    rc = qsnap_store_open(&s, tf_disk, QSNAP_OPEN_READONLY);
     cr_assert_eq(rc, want, "read-only open: rc %d", rc);
-    rc = qsnap_store_open(&s, disk, QSNAP_OPEN_CREATE);
+    rc = qsnap_store_open(&s, tf_disk, QSNAP_OPEN_CREATE);
     cr_assert_eq(rc, want, "open with QSNAP_OPEN_CREATE over a damaged store: rc %d", rc);
-    after = tf_tree_snapshot(dir);
+    after = tf_tree_snapshot(tf_dir);
     cr_assert_str_eq(before, after, "a failed open changed files");
     free(before);
     free(after);
@@ -830,18 +796,18 @@ Test(store, no_disk_no_store)
     char path[600];
     int rc;
 
-    tf_setup(dir, sizeof(dir), disk, sizeof(disk), "nodisk", false, d0);
-    snprintf(path, sizeof(path), "%s/absent.img", dir);
+    tf_setup(tf_dir, sizeof(tf_dir), tf_disk, sizeof(tf_disk), "nodisk", false, tf_d0);
+    snprintf(path, sizeof(path), "%s/absent.img", tf_dir);
     rc = qsnap_store_open(&s, path, QSNAP_OPEN_CREATE);
     cr_assert_eq(rc, QSNAP_ENOTFOUND);
     cr_assert(strstr(qsnap_error_last()->message, "absent.img"), "%s",
               qsnap_error_last()->message);
-    rc = qsnap_store_open(&s, disk, 0);
+    rc = qsnap_store_open(&s, tf_disk, 0);
     expect_error(rc, QSNAP_ENOTFOUND, "disk.img", "open without a store");
     cr_assert_neq(access(path, F_OK), 0);
     {
         char st[600];
-        snprintf(st, sizeof(st), "%s.qsnap", disk);
+        snprintf(st, sizeof(st), "%s.qsnap", tf_disk);
         cr_assert_neq(access(st, F_OK), 0, "a failed open made the store");
     }
 }
@@ -883,19 +849,19 @@ Test(store, state_file_shared_by_two_snapshots)
 
     for (size_t i = 0; i < sizeof(data); i++)
         data[i] = (uint8_t)(i * 7 + 3);
-    snprintf(state, sizeof(state), "%s/vm.state", dir);
+    snprintf(state, sizeof(state), "%s/vm.state", tf_dir);
     cr_assert_eq(qo_write_file(state, data, sizeof(data)), 0);
     orig = must_stat(state);
 
     co.name = "s3";
     co.state_file = state;
-    ok(qsnap_plan_create(&p, s, &co), "plan s3 --state");
-    ok(tf_exec(s, p, NULL), "create s3 --state");
-    tf_model_set(&M, "s3", false, tf_model_get(&M, "main"));
+    tf_ok(qsnap_plan_create(&p, s, &co), "plan s3 --state");
+    tf_ok(tf_exec(s, p, NULL), "create s3 --state");
+    tf_model_set(&tf_m, "s3", false, tf_model_get(&tf_m, "main"));
     co.name = "s4";
-    ok(qsnap_plan_create(&p, s, &co), "plan s4 --state");
-    ok(tf_exec(s, p, NULL), "create s4 --state");
-    tf_model_set(&M, "s4", false, tf_model_get(&M, "main"));
+    tf_ok(qsnap_plan_create(&p, s, &co), "plan s4 --state");
+    tf_ok(tf_exec(s, p, NULL), "create s4 --state");
+    tf_model_set(&tf_m, "s4", false, tf_model_get(&tf_m, "main"));
 
     st3 = state_of(s, "s3");
     st4 = state_of(s, "s4");
@@ -908,21 +874,21 @@ Test(store, state_file_shared_by_two_snapshots)
     cr_assert_eq(a.st_ino, orig.st_ino, "the state file was copied, not hard-linked");
     cr_assert_eq(b.st_ino, orig.st_ino, "the state file was copied, not hard-linked");
     cr_assert_eq(must_stat(state).st_nlink, 3);
-    tf_check_store(s, &M, dir, "two snapshots with one state file");
+    tf_check_store(s, &tf_m, tf_dir, "two snapshots with one state file");
 
     /* Deleting the first keeps it. */
-    ok(tf_delete(s, "s3", 0, NULL), "delete s3");
-    tf_model_del(&M, "s3");
+    tf_ok(tf_delete(s, "s3", 0, NULL), "delete s3");
+    tf_model_del(&tf_m, "s3");
     cr_assert_eq(access(st4, F_OK), 0, "the state file went with the first snapshot");
     cr_assert_eq(must_stat(st4).st_ino, orig.st_ino);
     cr_assert_eq(must_stat(state).st_nlink, 2);
-    tf_check_store(s, &M, dir, "delete s3");
+    tf_check_store(s, &tf_m, tf_dir, "delete s3");
     /* Deleting the second removes it from the store. */
-    ok(tf_delete(s, "s4", 0, NULL), "delete s4");
-    tf_model_del(&M, "s4");
+    tf_ok(tf_delete(s, "s4", 0, NULL), "delete s4");
+    tf_model_del(&tf_m, "s4");
     cr_assert_neq(access(st4, F_OK), 0, "the state file stayed after its last snapshot");
     cr_assert_eq(must_stat(state).st_nlink, 1);
-    tf_check_store(s, &M, dir, "delete s4");
+    tf_check_store(s, &tf_m, tf_dir, "delete s4");
     /* Never copied or changed. */
     a = must_stat(state);
     cr_assert_eq(a.st_ino, orig.st_ino);
@@ -946,7 +912,7 @@ Test(store, missing_state_file)
 
     /* A missing state file is refused before anything is written. */
     co.name = "s5";
-    snprintf(state, sizeof(state), "%s/absent.state", dir);
+    snprintf(state, sizeof(state), "%s/absent.state", tf_dir);
     co.state_file = state;
     EXPECT_REFUSED(s, QSNAP_ENOTFOUND, "absent.state", qsnap_plan_create(&p_, s, &co));
     qsnap_store_close(s);
@@ -961,10 +927,10 @@ Test(store, generated_names)
     size_t n = 0, snaps = 0;
     const char *names[3] = {NULL, NULL, NULL};
 
-    tf_setup(dir, sizeof(dir), disk, sizeof(disk), "gen", false, d0);
-    s = tf_open(disk, QSNAP_OPEN_CREATE);
+    tf_setup(tf_dir, sizeof(tf_dir), tf_disk, sizeof(tf_disk), "gen", false, tf_d0);
+    s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
     for (int i = 0; i < 3; i++)
-        ok(tf_create(s, NULL), "create without a name");
+        tf_ok(tf_create(s, NULL), "create without a name");
     cr_assert_eq(qsnap_list(s, &l, &n), 0);
     for (size_t i = 0; i < n; i++) {
         if (l[i].kind != QSNAP_SNAPSHOT)
@@ -1013,13 +979,13 @@ Test(store, names_are_unique_and_validated_by_operations)
     EXPECT_REFUSED(s, QSNAP_EUSAGE, "main", qsnap_plan_create(&p_, s, &co));
     co.name = "bad/name";
     {
-        char *b = tf_tree_snapshot(dir), *a;
+        char *b = tf_tree_snapshot(tf_dir), *a;
         qsnap_plan *p = NULL;
         int rc = qsnap_plan_create(&p, s, &co);
         cr_assert_eq(rc, QSNAP_EUSAGE);
         cr_assert(strstr(qsnap_error_last()->message, "bad/name"), "%s",
                   qsnap_error_last()->message);
-        a = tf_tree_snapshot(dir);
+        a = tf_tree_snapshot(tf_dir);
         cr_assert_str_eq(a, b);
         free(a);
         free(b);
@@ -1038,17 +1004,17 @@ Test(store, names_are_unique_and_validated_by_operations)
     EXPECT_REFUSED(s, QSNAP_ENOTFOUND, "nope", qsnap_plan_switch(&p_, s, "nope"));
     EXPECT_REFUSED(s, QSNAP_ENOTFOUND, "b", qsnap_plan_delete(&p_, s, "b", 0)); /* a branch */
     /* A rename frees the old name; the tree's content is untouched. */
-    ok(({
-           qsnap_plan *p = NULL;
-           int r = qsnap_plan_branch_rename(&p, s, "b", "renamed");
-           r ? r : tf_exec(s, p, NULL);
-       }),
-       "rename b");
-    tf_model_set(&M, "renamed", true, tf_model_get(&M, "b"));
-    tf_model_del(&M, "b");
-    ok(tf_branch(s, "b", "s1"), "the freed name b");
-    tf_model_set(&M, "b", true, tf_model_get(&M, "s1"));
-    tf_check_store(s, &M, dir, "names");
+    tf_ok(({
+              qsnap_plan *p = NULL;
+              int r = qsnap_plan_branch_rename(&p, s, "b", "renamed");
+              r ? r : tf_exec(s, p, NULL);
+          }),
+          "rename b");
+    tf_model_set(&tf_m, "renamed", true, tf_model_get(&tf_m, "b"));
+    tf_model_del(&tf_m, "b");
+    tf_ok(tf_branch(s, "b", "s1"), "the freed name b");
+    tf_model_set(&tf_m, "b", true, tf_model_get(&tf_m, "s1"));
+    tf_check_store(s, &tf_m, tf_dir, "names");
     qsnap_store_close(s);
 }
 
@@ -1070,16 +1036,17 @@ static void count_hook(unsigned step, void *payload)
 
 static void dry_then_run(qsnap_store *s, qsnap_plan *p, const char *what)
 {
-    char *before = tf_tree_snapshot(dir), *after, *text = NULL, *json = NULL, path[600], out[4096];
+    char *before = tf_tree_snapshot(tf_dir), *after, *text = NULL, *json = NULL, path[600],
+         out[4096];
     qsnap_exec_opts eo = QSNAP_EXEC_OPTS_INIT;
     struct counter c = {0, 0, true};
     size_t lines = 0, steps = 0;
     int rc;
 
-    ok(qsnap_plan_describe(p, false, &text), "describe");
-    ok(qsnap_plan_describe(p, true, &json), "describe json");
+    tf_ok(qsnap_plan_describe(p, false, &text), "describe");
+    tf_ok(qsnap_plan_describe(p, true, &json), "describe json");
     cr_assert(qsnap_plan_summary(p)[0], "%s: no summary", what);
-    after = tf_tree_snapshot(dir);
+    after = tf_tree_snapshot(tf_dir);
     cr_assert_str_eq(before, after, "%s: the dry run changed files", what);
     free(before);
     free(after);
@@ -1089,7 +1056,7 @@ static void dry_then_run(qsnap_store *s, qsnap_plan *p, const char *what)
         steps++;
     cr_assert_gt(lines, 0, "%s: an empty plan", what);
     cr_assert_eq(steps, lines, "%s: JSON has %zu steps, text %zu", what, steps, lines);
-    snprintf(path, sizeof(path), "%s/.plan.json", dir);
+    snprintf(path, sizeof(path), "%s/.plan.json", tf_dir);
     cr_assert_eq(qo_write_file(path, json, strlen(json)), 0);
     cr_assert_eq(qo_sh(out, sizeof(out),
                        "python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); "
@@ -1116,48 +1083,48 @@ Test(store, dry_run_changes_nothing_and_lists_the_executed_steps)
     qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
     char state[600];
 
-    tf_setup(dir, sizeof(dir), disk, sizeof(disk), "dry", false, d0);
-    s = tf_open(disk, QSNAP_OPEN_CREATE);
+    tf_setup(tf_dir, sizeof(tf_dir), tf_disk, sizeof(tf_disk), "dry", false, tf_d0);
+    s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
     /* The first create's dry run must not even make the store directory. */
     co.name = "s1";
-    ok(qsnap_plan_create(&p, s, &co), "plan s1");
+    tf_ok(qsnap_plan_create(&p, s, &co), "plan s1");
     {
         char st[600], *text = NULL;
-        snprintf(st, sizeof(st), "%s.qsnap", disk);
-        ok(qsnap_plan_describe(p, false, &text), "describe");
+        snprintf(st, sizeof(st), "%s.qsnap", tf_disk);
+        tf_ok(qsnap_plan_describe(p, false, &text), "describe");
         free(text);
         cr_assert_neq(access(st, F_OK), 0, "the dry run of the first create made the store");
     }
     dry_then_run(s, p, "create s1");
-    tf_model_set(&M, "s1", false, d0);
-    tf_model_set(&M, "main", true, d0);
-    write_state(s, "main", 0x21, 0, 64 * KiB);
-    snprintf(state, sizeof(state), "%s/vm.state", dir);
+    tf_model_set(&tf_m, "s1", false, tf_d0);
+    tf_model_set(&tf_m, "main", true, tf_d0);
+    tf_write_state(s, &tf_m, "main", 0x21, 0, 64 * KiB);
+    snprintf(state, sizeof(state), "%s/vm.state", tf_dir);
     cr_assert_eq(qo_write_file(state, "state", 5), 0);
     co.name = "s2";
     co.state_file = state;
-    ok(qsnap_plan_create(&p, s, &co), "plan s2");
+    tf_ok(qsnap_plan_create(&p, s, &co), "plan s2");
     dry_then_run(s, p, "create s2 --state");
-    tf_model_set(&M, "s2", false, tf_model_get(&M, "main"));
-    write_state(s, "main", 0x31, 1 * MiB, 64 * KiB);
-    ok(qsnap_plan_revert(&p, s, "s1", "r", false), "plan revert");
+    tf_model_set(&tf_m, "s2", false, tf_model_get(&tf_m, "main"));
+    tf_write_state(s, &tf_m, "main", 0x31, 1 * MiB, 64 * KiB);
+    tf_ok(qsnap_plan_revert(&p, s, "s1", "r", false), "plan revert");
     dry_then_run(s, p, "revert");
-    tf_model_set(&M, "r", true, d0);
-    write_state(s, "r", 0x41, 2 * MiB, 64 * KiB);
-    ok(qsnap_plan_branch_create(&p, s, "b", "s2"), "plan branch");
+    tf_model_set(&tf_m, "r", true, tf_d0);
+    tf_write_state(s, &tf_m, "r", 0x41, 2 * MiB, 64 * KiB);
+    tf_ok(qsnap_plan_branch_create(&p, s, "b", "s2"), "plan branch");
     dry_then_run(s, p, "branch");
-    tf_model_set(&M, "b", true, tf_model_get(&M, "s2"));
-    ok(qsnap_plan_commit(&p, s, "main"), "plan commit");
+    tf_model_set(&tf_m, "b", true, tf_model_get(&tf_m, "s2"));
+    tf_ok(qsnap_plan_commit(&p, s, "main"), "plan commit");
     dry_then_run(s, p, "commit main");
-    ok(qsnap_plan_delete(&p, s, "s2", QSNAP_DELETE_STREAM), "plan delete --stream");
+    tf_ok(qsnap_plan_delete(&p, s, "s2", QSNAP_DELETE_STREAM), "plan delete --stream");
     dry_then_run(s, p, "delete s2 --stream");
-    tf_model_del(&M, "s2");
-    ok(qsnap_plan_switch(&p, s, "b"), "plan switch");
+    tf_model_del(&tf_m, "s2");
+    tf_ok(qsnap_plan_switch(&p, s, "b"), "plan switch");
     dry_then_run(s, p, "switch");
-    ok(qsnap_plan_branch_delete(&p, s, "r", true), "plan branch -d --force");
+    tf_ok(qsnap_plan_branch_delete(&p, s, "r", true), "plan branch -d --force");
     dry_then_run(s, p, "branch delete");
-    tf_model_del(&M, "r");
-    tf_check_store(s, &M, dir, "the dry runs");
+    tf_model_del(&tf_m, "r");
+    tf_check_store(s, &tf_m, tf_dir, "the dry runs");
     qsnap_store_close(s);
 }
 
@@ -1168,16 +1135,16 @@ Test(store, stale_plan_is_refused)
     qsnap_plan *p = NULL;
     char *before, *after;
 
-    ok(qsnap_plan_revert(&p, s, "s1", "r", false), "plan revert");
-    ok(tf_create(s, "s3"), "create s3");
-    tf_model_set(&M, "s3", false, tf_model_get(&M, "main"));
-    before = tf_tree_snapshot(dir);
+    tf_ok(qsnap_plan_revert(&p, s, "s1", "r", false), "plan revert");
+    tf_ok(tf_create(s, "s3"), "create s3");
+    tf_model_set(&tf_m, "s3", false, tf_model_get(&tf_m, "main"));
+    before = tf_tree_snapshot(tf_dir);
     cr_assert_neq(tf_exec(s, p, NULL), 0, "a stale plan was executed");
-    after = tf_tree_snapshot(dir);
+    after = tf_tree_snapshot(tf_dir);
     cr_assert_str_eq(before, after);
     free(before);
     free(after);
-    tf_check_store(s, &M, dir, "stale plan");
+    tf_check_store(s, &tf_m, tf_dir, "stale plan");
     qsnap_store_close(s);
 }
 
@@ -1193,21 +1160,21 @@ Test(store, store_files_belong_to_the_disk_owner)
 
     if (geteuid() != 0)
         cr_skip_test("needs root to give files away");
-    tf_setup(dir, sizeof(dir), disk, sizeof(disk), "owner", false, d0);
-    cr_assert_eq(chown(disk, uid, gid), 0);
-    s = tf_open(disk, QSNAP_OPEN_CREATE);
-    ok(tf_create(s, "s1"), "create s1");
-    tf_model_set(&M, "s1", false, d0);
-    tf_model_set(&M, "main", true, d0);
-    write_state(s, "main", 0x21, 0, 64 * KiB);
-    ok(tf_create(s, "s2"), "create s2");
+    tf_setup(tf_dir, sizeof(tf_dir), tf_disk, sizeof(tf_disk), "owner", false, tf_d0);
+    cr_assert_eq(chown(tf_disk, uid, gid), 0);
+    s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
+    tf_ok(tf_create(s, "s1"), "create s1");
+    tf_model_set(&tf_m, "s1", false, tf_d0);
+    tf_model_set(&tf_m, "main", true, tf_d0);
+    tf_write_state(s, &tf_m, "main", 0x21, 0, 64 * KiB);
+    tf_ok(tf_create(s, "s2"), "create s2");
     qsnap_store_close(s);
     /* find prints what does not belong to the disk's owner: nothing may. */
-    snprintf(cmd, sizeof(cmd), "find '%s.qsnap' ! -uid %u -o ! -gid %u", disk, (unsigned)uid,
+    snprintf(cmd, sizeof(cmd), "find '%s.qsnap' ! -uid %u -o ! -gid %u", tf_disk, (unsigned)uid,
              (unsigned)gid);
     cr_assert_eq(qo_sh(out, sizeof(out), "%s", cmd), 0, "%s", out);
     cr_assert_str_eq(out, "", "not the disk owner's: %s", out);
-    tf_model_free(&M);
+    tf_model_free(&tf_m);
 }
 
 /* A store whose meta file is gone still holds layers: never "no store", never built over. */
@@ -1229,10 +1196,10 @@ Test(store, copied_store_verifies_clean)
     int rc;
 
     qsnap_store_close(base("copy"));
-    snprintf(copy, sizeof(copy), "%s.copy", dir);
-    cr_assert_eq(qo_sh(out, sizeof(out), "cp -r --sparse=never '%s' '%s'", dir, copy), 0, "%s",
+    snprintf(copy, sizeof(copy), "%s.copy", tf_dir);
+    cr_assert_eq(qo_sh(out, sizeof(out), "cp -r --sparse=never '%s' '%s'", tf_dir, copy), 0, "%s",
                  out);
-    slash = strrchr(disk, '/');
+    slash = strrchr(tf_disk, '/');
     snprintf(cdisk, sizeof(cdisk), "%s%s", copy, slash);
     cr_assert_eq(qsnap_store_open(&s, cdisk, 0), 0, "%s", qsnap_error_last()->message);
     rc = qsnap_verify(s, false, &f, &nf);
@@ -1266,11 +1233,12 @@ Test(store, missing_disk_with_its_store_left)
     qsnap_store *s = NULL;
 
     qsnap_store_close(base("nodisk"));
-    snprintf(moved, sizeof(moved), "%s.moved", disk);
-    cr_assert_eq(rename(disk, moved), 0);
-    expect_error(qsnap_store_open(&s, disk, 0), QSNAP_ENOTFOUND, "its store", "qsnap_store_open");
+    snprintf(moved, sizeof(moved), "%s.moved", tf_disk);
+    cr_assert_eq(rename(tf_disk, moved), 0);
+    expect_error(qsnap_store_open(&s, tf_disk, 0), QSNAP_ENOTFOUND, "its store",
+                 "qsnap_store_open");
     cr_assert_null(s);
-    cr_assert_eq(rename(moved, disk), 0);
+    cr_assert_eq(rename(moved, tf_disk), 0);
 }
 
 /* A branch whose head file is gone: refused without --force, dropped with it. */
@@ -1283,8 +1251,8 @@ Test(store, branch_with_a_missing_head_is_dropped_only_with_force)
     cr_assert_not_null(head);
     cr_assert_eq(unlink(head), 0);
     EXPECT_REFUSED(s, QSNAP_EREFUSED, "missing", qsnap_plan_branch_delete(&p_, s, "b", false));
-    ok(qsnap_plan_branch_delete(&p, s, "b", true), "branch -d --force");
-    ok(tf_exec(s, p, &summary), "execute");
+    tf_ok(qsnap_plan_branch_delete(&p, s, "b", true), "branch -d --force");
+    tf_ok(tf_exec(s, p, &summary), "execute");
     cr_assert(strstr(summary, "missing"), "%s", summary);
     free(summary);
     {

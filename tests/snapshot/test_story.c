@@ -1,5 +1,5 @@
 /*
- * The scripted story of issue 5 on a raw disk and again on a qcow2 disk,
+ * The scripted story of the snapshot tree on a raw disk and again on a qcow2 disk,
  * through libqsnap's API, with qemu-io as the VM (writing to the path
  * qsnap_current() gives) and qemu-img as the oracle:
  *
@@ -36,8 +36,6 @@
 #define KiB 1024u
 #define MiB (1024u * 1024u)
 
-static char dir[256], disk[512];
-static tf_model M;
 static tf_frozen FZ;
 static qsnap_store *S;
 
@@ -45,10 +43,7 @@ static void teardown(void)
 {
     qsnap_store_close(S);
     S = NULL;
-    tf_model_free(&M);
-    if (dir[0])
-        qo_rmtree(dir);
-    dir[0] = '\0';
+    tf_suite_fini();
 }
 
 TestSuite(story, .fini = teardown, .timeout = 120);
@@ -56,7 +51,7 @@ TestSuite(story, .fini = teardown, .timeout = 120);
 /* After every step: content, qemu-img check, verify, frozen layers untouched. */
 static void step_done(const char *step, const char *const *exempt)
 {
-    tf_check_store(S, &M, dir, step);
+    tf_check_store(S, &tf_m, tf_dir, step);
     tf_frozen_check(&FZ, exempt, step);
     tf_frozen_record(&FZ, S);
 }
@@ -68,7 +63,7 @@ static void vm_write(int pattern, uint64_t off, uint64_t len)
     char *path = tf_current_path(S, name, sizeof(name));
 
     tf_vm_write(path, pattern, off, len);
-    tf_model_write(&M, name, pattern, off, len);
+    tf_model_write(&tf_m, name, pattern, off, len);
     free(path);
 }
 
@@ -85,7 +80,7 @@ static void snapshot_of_current(const char *snap)
 
     free(p);
     expect_ok(tf_create(S, snap), snap);
-    tf_model_set(&M, snap, false, tf_model_get(&M, cur));
+    tf_model_set(&tf_m, snap, false, tf_model_get(&tf_m, cur));
 }
 
 static size_t count_kind(qsnap_kind kind)
@@ -135,7 +130,7 @@ static void expect_file_content(const char *path, const char *fmt, const uint8_t
 {
     char exp[600], out[4096];
 
-    snprintf(exp, sizeof(exp), "%s/.want.raw", dir);
+    snprintf(exp, sizeof(exp), "%s/.want.raw", tf_dir);
     cr_assert_eq(qo_write_file(exp, buf, TF_SIZE), 0);
     cr_assert_eq(qo_sh(out, sizeof(out), "qemu-img compare -U -f %s -F raw '%s' '%s'", fmt, path,
                        exp),
@@ -147,29 +142,29 @@ static void export_all(bool qcow2_disk)
 {
     char out[600], msg[4096];
 
-    for (size_t i = 0; i < M.n; i++) {
-        const char *name = M.s[i].name;
+    for (size_t i = 0; i < tf_m.n; i++) {
+        const char *name = tf_m.s[i].name;
         uint8_t got[16], want[16];
 
-        snprintf(out, sizeof(out), "%s/export-%s.raw", dir, name);
+        snprintf(out, sizeof(out), "%s/export-%s.raw", tf_dir, name);
         expect_ok(qsnap_export(S, name, out, QCOW2_FORMAT_RAW, NULL, NULL), "export raw");
-        expect_file_content(out, "raw", M.s[i].data, name);
+        expect_file_content(out, "raw", tf_m.s[i].data, name);
         unlink(out);
-        snprintf(out, sizeof(out), "%s/export-%s.qcow2", dir, name);
+        snprintf(out, sizeof(out), "%s/export-%s.qcow2", tf_dir, name);
         expect_ok(qsnap_export(S, name, out, QCOW2_FORMAT_QCOW2, NULL, NULL), "export qcow2");
         cr_assert_eq(qo_sh(msg, sizeof(msg), "qemu-img check '%s'", out), 0, "%s", msg);
         cr_assert_eq(qo_sh(msg, sizeof(msg), "qemu-img info --output=json '%s'", out), 0);
         cr_assert_null(strstr(msg, "backing-filename"), "export %s is not standalone: %s", name,
                        msg);
         cr_assert_eq(tf_digest_file(out, got), 0);
-        tf_digest_buf(dir, M.s[i].data, TF_SIZE, want);
+        tf_digest_buf(tf_dir, tf_m.s[i].data, TF_SIZE, want);
         cr_assert(!memcmp(got, want, 16), "export of %s differs from the model", name);
-        expect_file_content(out, "qcow2", M.s[i].data, name);
+        expect_file_content(out, "qcow2", tf_m.s[i].data, name);
         unlink(out);
     }
     (void)qcow2_disk;
     /* An unknown name is ENOTFOUND and writes nothing. */
-    snprintf(out, sizeof(out), "%s/export-none.raw", dir);
+    snprintf(out, sizeof(out), "%s/export-none.raw", tf_dir);
     cr_assert_eq(qsnap_export(S, "no-such", out, QCOW2_FORMAT_RAW, NULL, NULL), QSNAP_ENOTFOUND);
     cr_assert_neq(access(out, F_OK), 0);
 }
@@ -184,22 +179,22 @@ static void story(bool qcow2_disk)
     cr_assert_not_null(d0);
     memset(d0, 0x11, 1 * MiB);
     memset(d0 + 3 * MiB, 0x12, 64 * KiB);
-    tf_setup(dir, sizeof(dir), disk, sizeof(disk), qcow2_disk ? "story-q" : "story-r", qcow2_disk,
-             d0);
-    S = tf_open(disk, QSNAP_OPEN_CREATE);
+    tf_setup(tf_dir, sizeof(tf_dir), tf_disk, sizeof(tf_disk), qcow2_disk ? "story-q" : "story-r",
+             qcow2_disk, d0);
+    S = tf_open(tf_disk, QSNAP_OPEN_CREATE);
     cr_assert_not(qsnap_store_initialized(S));
 
     /* 1. The first snapshot sets up the store; branch main goes on from it. */
     expect_ok(tf_create(S, "s1"), "create s1");
-    tf_model_set(&M, "s1", false, d0);
-    tf_model_set(&M, "main", true, d0);
+    tf_model_set(&tf_m, "s1", false, d0);
+    tf_model_set(&tf_m, "main", true, d0);
     cr_assert(qsnap_store_initialized(S));
     expect_current("main");
     cr_assert_not(is_dirty("main"));
     {
         char *f = tf_file_of(S, "s1");
         char real[1024];
-        cr_assert_not_null(realpath(disk, real));
+        cr_assert_not_null(realpath(tf_disk, real));
         cr_assert_str_eq(f, real, "the root snapshot's layer is the disk itself");
         free(f);
     }
@@ -225,7 +220,7 @@ static void story(bool qcow2_disk)
     cr_assert_eq(qsnap_name_check(gen), 0);
     cr_assert(strstr(sum, "main"), "summary does not say main is kept: %s", sum);
     free(sum);
-    tf_model_set(&M, gen, true, tf_model_get(&M, "s1"));
+    tf_model_set(&tf_m, gen, true, tf_model_get(&tf_m, "s1"));
     cr_assert(is_dirty("main"));
     step_done("revert s1", NULL);
 
@@ -238,15 +233,15 @@ static void story(bool qcow2_disk)
     cr_assert(strstr(sum, "128"), "summary does not say how much was dropped: %s", sum);
     free(sum);
     expect_current(gen);
-    tf_model_set(&M, gen, true, tf_model_get(&M, "s1"));
+    tf_model_set(&tf_m, gen, true, tf_model_get(&tf_m, "s1"));
     cr_assert_eq(count_kind(QSNAP_BRANCH), 2);
     step_done("revert s1 --discard", NULL);
 
     /* 6. Revert to s2 from a clean branch: the clean branch is dropped. */
     expect_ok(tf_revert(S, "s2", "work", false, &sum), "revert s2");
     free(sum);
-    tf_model_del(&M, gen);
-    tf_model_set(&M, "work", true, tf_model_get(&M, "s2"));
+    tf_model_del(&tf_m, gen);
+    tf_model_set(&tf_m, "work", true, tf_model_get(&tf_m, "s2"));
     expect_current("work");
     cr_assert_eq(count_kind(QSNAP_BRANCH), 2, "the clean branch %s was not dropped", gen);
     step_done("revert s2", NULL);
@@ -280,7 +275,7 @@ static void story(bool qcow2_disk)
     expect_ok(tf_delete(S, "s4", 0, &sum), "delete s4");
     cr_assert(strstr(sum, "still used"), "%s", sum);
     free(sum);
-    tf_model_del(&M, "s4");
+    tf_model_del(&tf_m, "s4");
     cr_assert_eq(count_kind(QSNAP_UNNAMED), 0);
     step_done("delete s4 (its layer is s5's too)", NULL);
     free(s5file);
@@ -288,7 +283,7 @@ static void story(bool qcow2_disk)
     /* 9. Delete s3: one dependent, work's head: merged. */
     expect_ok(tf_delete(S, "s3", 0, &sum), "delete s3");
     free(sum);
-    tf_model_del(&M, "s3");
+    tf_model_del(&tf_m, "s3");
     cr_assert_eq(count_kind(QSNAP_UNNAMED), 0);
     step_done("delete s3 (merge into a head)", NULL);
 
@@ -297,7 +292,7 @@ static void story(bool qcow2_disk)
     expect_ok(tf_delete(S, "s2", 0, &sum), "delete s2");
     cr_assert(strstr(sum, "unnamed"), "%s", sum);
     free(sum);
-    tf_model_del(&M, "s2");
+    tf_model_del(&tf_m, "s2");
     cr_assert_eq(count_kind(QSNAP_UNNAMED), 1);
     cr_assert_eq(access(s2file, F_OK), 0, "the kept layer %s is gone", s2file);
     free(s2file);
@@ -305,19 +300,19 @@ static void story(bool qcow2_disk)
 
     /* 11. A second branch on s5, then delete s5 with stream: copied into both heads. */
     expect_ok(tf_branch(S, "b2", "s5"), "branch b2");
-    tf_model_set(&M, "b2", true, tf_model_get(&M, "s5"));
+    tf_model_set(&tf_m, "b2", true, tf_model_get(&tf_m, "s5"));
     expect_current("main");
     {
         char *b2 = tf_file_of(S, "b2");
         tf_vm_write(b2, 0x91, 0, 4 * KiB);
-        tf_model_write(&M, "b2", 0x91, 0, 4 * KiB);
+        tf_model_write(&tf_m, "b2", 0x91, 0, 4 * KiB);
         free(b2);
     }
     step_done("branch b2", NULL);
     s5file = tf_file_of(S, "s5");
     expect_ok(tf_delete(S, "s5", QSNAP_DELETE_STREAM, &sum), "delete s5 --stream");
     free(sum);
-    tf_model_del(&M, "s5");
+    tf_model_del(&tf_m, "s5");
     cr_assert_eq(count_kind(QSNAP_UNNAMED), 1, "--stream must not keep an unnamed node");
     cr_assert_neq(access(s5file, F_OK), 0, "the streamed layer %s is still there", s5file);
     free(s5file);
@@ -330,7 +325,7 @@ static void story(bool qcow2_disk)
     snapshot_of_current("s7");
     vm_write(0xa2, 1 * MiB + 64 * KiB, 64 * KiB);
     step_done("create s6, s7", NULL);
-    before = tf_tree_snapshot(dir);
+    before = tf_tree_snapshot(tf_dir);
     {
         qsnap_plan *p = NULL;
         int rc = qsnap_plan_delete(&p, S, "s6", QSNAP_DELETE_CHILDREN);
@@ -340,42 +335,42 @@ static void story(bool qcow2_disk)
                   qsnap_error_last()->message);
         cr_assert(qsnap_error_last()->hint[0], "a refusal gives a hint");
     }
-    after = tf_tree_snapshot(dir);
+    after = tf_tree_snapshot(tf_dir);
     cr_assert_str_eq(before, after, "a refused delete changed files");
     free(before);
     free(after);
     expect_ok(tf_switch(S, "main"), "switch main");
     expect_ok(tf_delete(S, "s6", QSNAP_DELETE_CHILDREN, &sum), "delete s6 --children");
     free(sum);
-    tf_model_del(&M, "s6");
-    tf_model_del(&M, "s7");
-    tf_model_del(&M, "work");
+    tf_model_del(&tf_m, "s6");
+    tf_model_del(&tf_m, "s7");
+    tf_model_del(&tf_m, "work");
     cr_assert_eq(count_kind(QSNAP_BRANCH), 2);
     step_done("delete s6 --children", NULL);
 
     /* 13. A branch right on the disk, written, then delete the root snapshot s1. */
     expect_ok(tf_branch(S, "c", "s1"), "branch c");
-    tf_model_set(&M, "c", true, tf_model_get(&M, "s1"));
+    tf_model_set(&tf_m, "c", true, tf_model_get(&tf_m, "s1"));
     {
         char *c = tf_file_of(S, "c");
         tf_vm_write(c, 0xb1, 1 * MiB + 128 * KiB, 64 * KiB);
-        tf_model_write(&M, "c", 0xb1, 1 * MiB + 128 * KiB, 64 * KiB);
+        tf_model_write(&tf_m, "c", 0xb1, 1 * MiB + 128 * KiB, 64 * KiB);
         tf_vm_write(c, 0xb2, TF_SIZE - 64 * KiB, 64 * KiB);
-        tf_model_write(&M, "c", 0xb2, TF_SIZE - 64 * KiB, 64 * KiB);
+        tf_model_write(&tf_m, "c", 0xb2, TF_SIZE - 64 * KiB, 64 * KiB);
         tf_vm_write(c, 0xb3, 10 * KiB, 3 * KiB);
-        tf_model_write(&M, "c", 0xb3, 10 * KiB, 3 * KiB);
+        tf_model_write(&tf_m, "c", 0xb3, 10 * KiB, 3 * KiB);
         free(c);
     }
     step_done("branch c, write", NULL);
     expect_ok(tf_delete(S, "s1", 0, &sum), "delete s1 (root)");
     free(sum);
-    tf_model_del(&M, "s1");
-    cr_assert_eq(access(disk, F_OK), 0, "the disk is never removed");
+    tf_model_del(&tf_m, "s1");
+    cr_assert_eq(access(tf_disk, F_OK), 0, "the disk is never removed");
     step_done("delete s1 (the root)", NULL);
 
     /* 14. Commit c into the disk: the disk file holds c's content, nothing else changes. */
     expect_ok(tf_commit(S, "c"), "commit c");
-    expect_file_content(disk, qcow2_disk ? "qcow2" : "raw", tf_model_get(&M, "c"),
+    expect_file_content(tf_disk, qcow2_disk ? "qcow2" : "raw", tf_model_get(&tf_m, "c"),
                         "disk after commit");
     cr_assert_not(is_dirty("c"), "the committed branch's head was not emptied");
     tf_frozen_reset(&FZ, S); /* commit is allowed to rewrite frozen layers */
@@ -384,12 +379,12 @@ static void story(bool qcow2_disk)
     {
         char *c = tf_file_of(S, "c");
         tf_vm_write(c, 0xc1, 2 * MiB, 64 * KiB);
-        tf_model_write(&M, "c", 0xc1, 2 * MiB, 64 * KiB);
+        tf_model_write(&tf_m, "c", 0xc1, 2 * MiB, 64 * KiB);
         free(c);
     }
     step_done("write c", NULL);
     expect_ok(tf_commit(S, "c"), "commit c again");
-    expect_file_content(disk, qcow2_disk ? "qcow2" : "raw", tf_model_get(&M, "c"),
+    expect_file_content(tf_disk, qcow2_disk ? "qcow2" : "raw", tf_model_get(&tf_m, "c"),
                         "disk after the second commit");
     tf_frozen_reset(&FZ, S);
     step_done("commit c again", NULL);
@@ -400,7 +395,7 @@ static void story(bool qcow2_disk)
 
     /* Closing and opening again sees the same tree. */
     qsnap_store_close(S);
-    S = tf_open(disk, 0);
+    S = tf_open(tf_disk, 0);
     step_done("reopen", NULL);
     free(d0);
 }

@@ -1,0 +1,461 @@
+/*
+ * Planning the operations that remove layers: delete (one snapshot; with
+ * --children its subtree; with --stream its layer merged into the layers
+ * built on it; with --metadata only its name) and commit (a branch's
+ * changes merged down into the layer of its base). plan.c says how plans
+ * are built.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "qsnap_int.h"
+
+static int nomem(void)
+{
+    return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+}
+
+/* ---- delete ------------------------------------------------------------------- */
+
+static size_t count_layer_deps(const struct qsnap__model *m, unsigned layer)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < m->nl; i++)
+        n += m->layers[i].backing == layer;
+    return n;
+}
+
+static bool other_node_uses(const struct qsnap__model *m, unsigned layer, unsigned except)
+{
+    for (size_t i = 0; i < m->nn; i++) {
+        if (m->nodes[i].layer == layer && m->nodes[i].id != except)
+            return true;
+    }
+    return false;
+}
+
+/* Node `id` leaves the tree: its children and branches move up to its parent. */
+void qsnap__reparent(struct qsnap__model *t, unsigned id, unsigned parent)
+{
+    for (size_t i = 0; i < t->nn; i++) {
+        if (t->nodes[i].parent == id)
+            t->nodes[i].parent = parent;
+    }
+    for (size_t i = 0; i < t->nb; i++) {
+        if (t->branches[i].base == id)
+            t->branches[i].base = parent;
+    }
+}
+
+/*
+ * Node n leaves the tree and, when l is not NULL, its layer l with it (the
+ * file goes after the commit point recorded here). rc: an earlier failure,
+ * after which the model still changes but no step is added.
+ */
+static int drop_node(struct qsnap__model *t, qsnap_plan *p, const struct qsnap__node *n,
+                     const struct qsnap__layer *l, int rc)
+{
+    unsigned id = n->id, layer = l ? l->id : 0;
+
+    if (!rc && l)
+        rc = qsnap__defer_unlink(p, l->file);
+    qsnap__reparent(t, id, n->parent);
+    qsnap__del_node(t, id);
+    if (l)
+        qsnap__del_layer(t, layer);
+    if (!rc)
+        rc = qsnap__add_save(p, t);
+    return rc;
+}
+
+/* Steps that give dependent layer d the content of layer l, then drop l from its chain. */
+static int stream_into(const qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
+                       struct qsnap__layer *d, const struct qsnap__layer *l)
+{
+    int rc = d->frozen ? 0 : qsnap__check_free(s, t, d->id);
+
+    if (!rc)
+        rc = qsnap__check_link(s, t, d->id);
+
+    if (!rc && d->frozen)
+        rc = qsnap__add_step(p, QSNAP__ST_THAW, d->id, 0, 0, NULL, NULL);
+    if (!rc)
+        rc = qsnap__add_step(p, QSNAP__ST_STREAM, d->id, l->backing, 0, NULL, NULL);
+    if (!rc && d->frozen)
+        rc = qsnap__add_step(p, QSNAP__ST_FREEZE, d->id, 0, 0, NULL, NULL);
+    d->backing = l->backing;
+    return rc;
+}
+
+static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
+                               struct qsnap__node *root)
+{
+    unsigned *ids = calloc(t->nn + 1, sizeof(unsigned));
+    bool *keep = calloc(t->nl + 1, sizeof(bool));
+    size_t nids = 0, removed_branches = 0, nodes;
+    char *root_name = strdup(root->name);
+    int rc = 0;
+
+    if (!ids || !keep || !root_name) {
+        rc = nomem();
+        goto out;
+    }
+    /* The subtree: the root and every node whose parent is in it. */
+    ids[nids++] = root->id;
+    for (size_t added = 1; added;) {
+        added = 0;
+        for (size_t i = 0; i < t->nn; i++) {
+            bool in = false, parent_in = false;
+            for (size_t k = 0; k < nids; k++) {
+                in |= ids[k] == t->nodes[i].id;
+                parent_in |= ids[k] == t->nodes[i].parent;
+            }
+            if (parent_in && !in) {
+                ids[nids++] = t->nodes[i].id;
+                added++;
+            }
+        }
+    }
+    for (size_t i = 0; i < t->nb; i++) {
+        for (size_t k = 0; k < nids; k++) {
+            if (t->branches[i].base != ids[k])
+                continue;
+            if (t->current && !strcmp(t->current, t->branches[i].name)) {
+                rc = qsnap__err(QSNAP_EREFUSED, "'qsnap switch DISK BRANCH' to a branch outside it first",
+                                "the current branch %s is in the subtree of %s", t->current,
+                                root_name);
+                goto out;
+            }
+            rc = qsnap__check_free(s, t, t->branches[i].head);
+            if (rc)
+                goto out;
+        }
+    }
+    for (size_t k = 0; k < nids; k++) {
+        struct qsnap__node *n = qsnap__node(t, ids[k]);
+        if (n->state)
+            rc = qsnap__defer_unlink(p, n->state);
+        if (rc)
+            goto out;
+    }
+    for (size_t i = 0; i < t->nb;) {
+        bool in = false;
+        for (size_t k = 0; k < nids; k++)
+            in |= t->branches[i].base == ids[k];
+        if (in) {
+            char *name = strdup(t->branches[i].name);
+            if (!name) {
+                rc = nomem();
+                goto out;
+            }
+            qsnap__del_branch(t, name);
+            free(name);
+            removed_branches++;
+        } else {
+            i++;
+        }
+    }
+    nodes = nids;
+    for (size_t k = 0; k < nids; k++)
+        qsnap__del_node(t, ids[k]);
+    /* Keep every layer a remaining node or branch needs (and the disk); drop the rest. */
+    for (size_t i = 0; i < t->nl; i++) {
+        const struct qsnap__layer *l = &t->layers[i];
+        bool needed = l->is_disk;
+        for (size_t j = 0; j < t->nn && !needed; j++)
+            needed = t->nodes[j].layer == l->id;
+        for (size_t j = 0; j < t->nb && !needed; j++)
+            needed = t->branches[j].head == l->id;
+        keep[i] = needed;
+    }
+    for (size_t changed = 1; changed;) {
+        changed = 0;
+        for (size_t i = 0; i < t->nl; i++) {
+            if (!keep[i])
+                continue;
+            for (size_t j = 0; j < t->nl; j++) {
+                if (!keep[j] && t->layers[j].id == t->layers[i].backing) {
+                    keep[j] = true;
+                    changed++;
+                }
+            }
+        }
+    }
+    for (size_t i = t->nl; i-- > 0;) {
+        if (keep[i])
+            continue;
+        rc = qsnap__defer_unlink(p, t->layers[i].file);
+        if (rc)
+            goto out;
+        qsnap__del_layer(t, t->layers[i].id);
+    }
+    rc = qsnap__add_save(p, t);
+    if (!rc)
+        rc = qsnap__set_summary(p,
+                                "deleted snapshot %s and its subtree (%zu snapshots, %zu branches)",
+                                root_name, nodes, removed_branches);
+out:
+    free(root_name);
+    free(ids);
+    free(keep);
+    return rc;
+}
+
+int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, unsigned flags)
+{
+    struct qsnap__model t;
+    struct qsnap__node *n;
+    struct qsnap__layer *l;
+    qsnap_plan *p = NULL;
+    char *name = NULL;
+    size_t deps;
+    int rc = qsnap__check_writable_store(s);
+
+    if (rc)
+        return rc;
+    if ((flags & QSNAP_DELETE_METADATA) && (flags & (QSNAP_DELETE_CHILDREN | QSNAP_DELETE_STREAM)))
+        return qsnap__err(QSNAP_EUSAGE, NULL,
+                          "--metadata cannot be combined with --children or --stream");
+    if (qsnap__node_by_name(&s->m, snapshot) && qsnap__node_by_name(&s->m, snapshot)->internal &&
+        (flags & QSNAP_DELETE_METADATA))
+        return qsnap__err(QSNAP_EUSAGE, "delete it without --metadata",
+                          "--metadata does not apply to internal snapshot %s: unnamed, it could "
+                          "no longer be deleted and would pin its branch's head",
+                          snapshot);
+    if (qsnap__node_by_name(&s->m, snapshot) && qsnap__node_by_name(&s->m, snapshot)->internal &&
+        !(flags & QSNAP_DELETE_CHILDREN))
+        return qsnap__plan_delete_internal(out, s, snapshot);
+    rc = qsnap__plan_open(s, "delete", &t, &p, snapshot, &n, NULL);
+    if (!rc && !(name = strdup(snapshot)))
+        rc = nomem();
+    if (rc)
+        goto out;
+    if (flags & QSNAP_DELETE_CHILDREN) {
+        rc = qsnap__check_subtree_external(&t, n);
+        if (!rc)
+            rc = plan_delete_subtree(s, &t, p, n);
+        goto out;
+    }
+    if (n->state) {
+        rc = qsnap__defer_unlink(p, n->state);
+        free(n->state);
+        n->state = NULL;
+        if (rc)
+            goto out;
+    }
+    l = qsnap__layer(&t, n->layer);
+    deps = count_layer_deps(&t, l->id);
+    if (flags & QSNAP_DELETE_METADATA) {
+        free(n->name);
+        n->name = NULL;
+        rc = qsnap__add_save(p, &t);
+        if (!rc)
+            rc = qsnap__set_summary(p, "forgot the name %s; its state stays as an unnamed node",
+                                    name);
+        goto out;
+    }
+    if (other_node_uses(&t, l->id, n->id) || (l->is_disk && deps == 0)) {
+        /* Another node holds the same layer (or it is the disk itself): only the node goes. */
+        rc = drop_node(&t, p, n, NULL, 0);
+        if (!rc)
+            rc = qsnap__set_summary(p, "deleted snapshot %s (its data is still used)", name);
+        goto out;
+    }
+    if (deps == 0) {
+        rc = drop_node(&t, p, n, l, qsnap__check_unchanged(s, l));
+        if (!rc)
+            rc = qsnap__set_summary(p, "deleted snapshot %s", name);
+        goto out;
+    }
+    /* Merging rewrites the dependents: only branch heads are rewritten unasked.
+     * Frozen layers change under commit alone; --stream asks for it. */
+    for (size_t i = 0; i < t.nl && deps == 1; i++) {
+        if (t.layers[i].backing == l->id && t.layers[i].frozen && !(flags & QSNAP_DELETE_STREAM))
+            deps = 2; /* keep, as for several dependents */
+    }
+    /* A head holding internal snapshots must keep its backing content: they read
+     * through it. Streaming would change what they read. */
+    for (size_t i = 0; i < t.nl && !rc; i++) {
+        if (t.layers[i].backing != l->id || !qsnap__internal_nodes_in(&t, t.layers[i].id, NULL))
+            continue;
+        if (flags & QSNAP_DELETE_STREAM)
+            rc = qsnap__refuse_internal_in(
+                &t, t.layers[i].id,
+                "streaming this snapshot's data into their file would change "
+                "what they read",
+                "delete without --stream (its data stays as an unnamed node)");
+        else
+            deps = deps > 1 ? deps : 2; /* keep, as for several dependents */
+    }
+    if (rc)
+        goto out;
+    if (l->is_disk || (deps > 1 && !(flags & QSNAP_DELETE_STREAM))) {
+        /* Several states are built on it: keep the data as an unnamed node. */
+        free(n->name);
+        n->name = NULL;
+        rc = qsnap__add_save(p, &t);
+        if (!rc)
+            rc = qsnap__set_summary(p,
+                                    l->is_disk
+                                        ? "deleted snapshot %s; the disk it names stays as an "
+                                          "unnamed node under what is built on it"
+                                        : "deleted snapshot %s; its data stays as an unnamed "
+                                          "node for the snapshots built on it (--stream "
+                                          "copies it into them instead)",
+                                    name);
+        goto out;
+    }
+    /* One dependent (or --stream): copy the layer's data into each, then remove it. */
+    rc = qsnap__check_chain(s, &t, l->id);
+    for (size_t i = 0; !rc && i < t.nl; i++) {
+        if (t.layers[i].backing == l->id)
+            rc = stream_into(s, &t, p, &t.layers[i], l);
+    }
+    if (rc)
+        goto out;
+    rc = drop_node(&t, p, n, l, 0);
+    if (!rc)
+        rc = qsnap__set_summary(
+            p,
+            "deleted snapshot %s; its data was merged into the %zu state%s built "
+            "on it",
+            name, deps, deps == 1 ? "" : "s");
+out:
+    free(name);
+    return qsnap__plan_close(out, p, &t, rc);
+}
+
+/* ---- commit ------------------------------------------------------------------- */
+
+int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *branch)
+{
+    struct qsnap__model t;
+    struct qsnap__branch *b;
+    struct qsnap__layer *h, *l, *keep;
+    struct qsnap__node *nc;
+    qsnap_plan *p = NULL;
+    bool dirty = false, was_disk;
+    uint64_t used = 0;
+    unsigned base_id, l_id, h_id, keep_id;
+    char *bname = NULL, *lfile = NULL, bytes[32];
+    int rc = qsnap__check_writable_store(s);
+
+    if (rc)
+        return rc;
+    /* The copy's current branch is the store's (s->m.current). */
+    rc = qsnap__plan_open(s, "commit", &t, &p, branch ? branch : s->m.current, NULL, &b);
+    if (rc)
+        return rc;
+    bname = strdup(b->name);
+    h = qsnap__layer(&t, b->head);
+    l = h ? qsnap__layer(&t, h->backing) : NULL;
+    if (!bname || !l) {
+        rc = bname ? qsnap__err(QSNAP_EINTEGRITY, QSNAP__GC_HINT, "branch %s has no base layer",
+                                b->name)
+                   : nomem();
+        goto out;
+    }
+    lfile = strdup(l->file);
+    rc = lfile ? qsnap__refuse_internal_in(
+                     &t, h->id,
+                     "a commit empties the head and writes its data into the layer "
+                     "below, which would change what they read",
+                     "delete the internal snapshots first ('qsnap delete DISK NAME')")
+               : nomem();
+    if (!rc)
+        rc = qsnap__refuse_internal_in(&t, l->id,
+                                       "a commit would write into the layer that holds them",
+                                       "delete the internal snapshots first");
+    if (!rc)
+        rc = qsnap__check_free(s, &t, h->id);
+    if (!rc)
+        rc = qsnap__check_link(s, &t, h->id);
+    if (!rc)
+        rc = qsnap__head_dirty(s, h, &dirty, &used);
+    if (!rc)
+        rc = qsnap__check_chain(s, &t, l->id);
+    if (rc)
+        goto out;
+    if (!dirty) {
+        rc = qsnap__set_summary(p, "nothing to commit: branch %s has no changes", bname);
+        goto out;
+    }
+    /* Every layer on l but the head also gets checked before anything moves. */
+    for (size_t i = 0; !rc && i < t.nl; i++) {
+        if (t.layers[i].backing == l->id && t.layers[i].id != h->id && !t.layers[i].frozen)
+            rc = qsnap__check_free(s, &t, t.layers[i].id);
+    }
+    if (rc)
+        goto out;
+    base_id = b->base;
+    l_id = l->id;
+    h_id = h->id;
+    was_disk = l->is_disk;
+
+    /* 1. A new layer over l keeps l's content where the commit will overwrite it. */
+    keep = qsnap__new_overlay(&t, l_id);
+    if (!keep) {
+        rc = nomem();
+        goto out;
+    }
+    keep_id = keep->id;
+    keep->frozen = true;
+    rc = qsnap__add_step(p, QSNAP__ST_PRESERVE, keep_id, l_id, h_id, NULL, NULL);
+    if (!rc)
+        rc = qsnap__add_step(p, QSNAP__ST_FREEZE, keep_id, 0, 0, NULL, NULL);
+    /* 2. Everything that was built on l now stands on the kept layer. */
+    for (size_t i = 0; !rc && i < t.nl; i++) {
+        struct qsnap__layer *d = &t.layers[i];
+        if (d->backing != l_id || d->id == h_id || d->id == keep_id)
+            continue;
+        if (d->frozen)
+            rc = qsnap__add_step(p, QSNAP__ST_THAW, d->id, 0, 0, NULL, NULL);
+        if (!rc)
+            rc = qsnap__add_step(p, QSNAP__ST_SET_BACKING, d->id, keep_id, 0, NULL, NULL);
+        if (!rc && d->frozen)
+            rc = qsnap__add_step(p, QSNAP__ST_FREEZE, d->id, 0, 0, NULL, NULL);
+        d->backing = keep_id;
+    }
+    for (size_t i = 0; i < t.nn; i++) {
+        if (t.nodes[i].layer == l_id)
+            t.nodes[i].layer = keep_id;
+    }
+    if (!rc)
+        rc = qsnap__add_save(p, &t);
+    /* 3. Only the head depends on l now: write the head's changes into it. */
+    if (!rc)
+        rc = qsnap__add_step(p, QSNAP__ST_THAW, l_id, 0, 0, NULL, NULL);
+    if (!rc)
+        rc = qsnap__add_step(p, QSNAP__ST_COMMIT, h_id, l_id, 0, NULL, NULL);
+    if (!rc)
+        rc = qsnap__add_step(p, QSNAP__ST_FREEZE, l_id, 0, 0, NULL, NULL);
+    if (rc)
+        goto out;
+    /* 4. The committed state is a node; the branch goes on from it. */
+    nc = qsnap__add_node(&t);
+    if (!nc) {
+        rc = nomem();
+        goto out;
+    }
+    nc->parent = base_id;
+    nc->layer = l_id;
+    nc->created = qsnap__now();
+    b = qsnap__branch_by_name(&t, bname);
+    b->base = nc->id;
+    rc = qsnap__add_save(p, &t);
+    qsnap__fmt_bytes(bytes, sizeof(bytes), used);
+    if (!rc)
+        rc = qsnap__set_summary(
+            p, "committed branch %s (%s) into %s%s; every snapshot keeps its content", bname, bytes,
+            was_disk && !strncmp(lfile, "../", 3) ? lfile + 3 : lfile,
+            was_disk ? " (the disk)" : "");
+out:
+    free(bname);
+    free(lfile);
+    return qsnap__plan_close(out, p, &t, rc);
+}
