@@ -545,7 +545,9 @@ QCOW2_API int qcow2_image_flush(qcow2_image *img);
  * is allocated past the new size (unless allow_shrink discards it). The new
  * size is durable when the call returns. Bytes cut off inside the last
  * cluster are zeroed, and a grown range reads as zeroes, also where the
- * backing file (when it is open) is longer than the old size.
+ * backing file (when it is open) is longer than the old size, except where
+ * the vm-state area (qcow2_vmstate_offset()) held data: as in qemu, that
+ * becomes guest data.
  * @param[in] img           an image opened with QCOW2_OPEN_RDWR
  * @param[in] new_size      bytes
  * @param[in] allow_shrink  discard data allocated past new_size
