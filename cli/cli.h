@@ -50,6 +50,18 @@ bool cli_parse_format(const char *name, qcow2_format *out);
 int cli_open_image(qcow2_image **out, const char *path, qcow2_format fmt, bool no_backing,
                    bool no_lock);
 
+/*
+ * Converters of the image commands' options (see opt.h): -f/-O FMT into a
+ * qcow2_format, --output=human|json into a bool (true: json). A bad value is
+ * reported as qemu-img does and the command exits 1.
+ */
+int cli_opt_format(const char *arg, void *field);
+int cli_opt_output(const char *arg, void *field);
+
+/* The operands of an image command that takes one FILE, in qemu-img's words. */
+#define CLI_ONE_IMAGE                                                                              \
+    CLI_OPERANDS(1, "Expecting one image file name"), .extra = "Expecting one image file name"
+
 /* The "Format specific information:" block of qemu-img info (nothing for raw). */
 void cli_print_format_specific(const qcow2_info *in);
 

@@ -18,22 +18,6 @@
 #include "opt.h"
 #include "tree.h"
 
-enum {
-    OPT_JSON = CLI_OPT_LONG_BASE,
-    OPT_LIBVIRT,
-    OPT_DOMAIN,
-    OPT_OUT,
-    OPT_TARGET,
-};
-
-static int bad_option(const char *cmd)
-{
-    char prog[64];
-
-    snprintf(prog, sizeof(prog), "qsnap %s", cmd);
-    return cli_usage_hint(prog, CLI_EXIT_USAGE);
-}
-
 /* ---- adopt ------------------------------------------------------------------ */
 
 static const char adopt_help[] =
@@ -61,49 +45,43 @@ static const char adopt_help[] =
     "  -h, --help           show this help and exit\n"
     "\n" TREE_EXIT_HELP;
 
+struct adopt_args {
+    qsnap_adopt_opts ao;
+    bool dry_run, json;
+};
+
+static const cli_command adopt_cmd = {
+    .prog = "qsnap adopt",
+    .help = adopt_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){
+        CLI_STRING("libvirt-snapshots", 0, struct adopt_args, ao.libvirt_snapshots),
+        CLI_FLAG("dry-run", 'n', struct adopt_args, dry_run),
+        CLI_FLAG("json", 0, struct adopt_args, json),
+        CLI_OPTIONS_END,
+    },
+    CLI_OPERANDS(1, "missing image"),
+};
+
 int cli_tree_adopt(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},    {"libvirt-snapshots", OPT_LIBVIRT, true},
-        {"dry-run", 'n', false}, {"json", OPT_JSON, false},
-        {NULL, 0, false},
-    };
-    qsnap_adopt_opts ao = QSNAP_ADOPT_OPTS_INIT;
-    bool dry_run = false, json = false;
+    struct adopt_args a = {QSNAP_ADOPT_OPTS_INIT, false, false};
+    bool dry_run, json;
     qsnap_store *s = NULL;
     qsnap_plan *plan = NULL;
-    cli_opt_parser p;
+    cli_operands op;
     char *disk;
-    int c, rc, status;
+    int rc, status;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(adopt_help, stdout);
-            return CLI_EXIT_OK;
-        case OPT_LIBVIRT:
-            ao.libvirt_snapshots = p.arg;
-            break;
-        case 'n':
-            dry_run = true;
-            break;
-        case OPT_JSON:
-            json = true;
-            break;
-        default:
-            return bad_option("adopt");
-        }
-    }
-    if (p.nb_operands < 1)
-        return tree_usage("adopt", "missing image");
-    if (p.nb_operands > 1)
-        return tree_usage("adopt", "unexpected argument '%s'", p.argv[1]);
-    rc = qsnap_plan_adopt(&plan, &s, p.argv[0], &ao);
+    if (!cli_cmd_parse(&adopt_cmd, argc, argv, &a, &op, &status))
+        return status;
+    dry_run = a.dry_run;
+    json = a.json;
+    rc = qsnap_plan_adopt(&plan, &s, op.v[0], &a.ao);
     if (rc < 0)
-        return tree_fail(rc, p.argv[0]);
+        return tree_fail(rc, op.v[0]);
     disk = tree_disk_of(s);
-    status = tree_run_plan(s, plan, disk ? disk : p.argv[0], dry_run, json);
+    status = tree_run_plan(s, plan, disk ? disk : op.v[0], dry_run, json);
     if (status == CLI_EXIT_OK && !dry_run && !json) {
         /* The file the VM used is gone: say which one it must use now. */
         char *vm = NULL;
@@ -205,55 +183,50 @@ static char *command_for(const char *domain, const char *path, bool current)
     return buf;
 }
 
+struct libvirt_xml_args {
+    const char *domain, *out_dir, *target;
+    bool json;
+};
+
+static const cli_command libvirt_xml_cmd = {
+    .prog = "qsnap libvirt-xml",
+    .help = libvirt_xml_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){
+        CLI_STRING("domain", 0, struct libvirt_xml_args, domain),
+        CLI_STRING("out", 0, struct libvirt_xml_args, out_dir),
+        CLI_STRING("target", 0, struct libvirt_xml_args, target),
+        CLI_FLAG("json", 0, struct libvirt_xml_args, json),
+        CLI_OPTIONS_END,
+    },
+    CLI_OPERANDS(1, "missing disk"),
+};
+
 int cli_tree_libvirt_xml(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},         {"domain", OPT_DOMAIN, true}, {"out", OPT_OUT, true},
-        {"target", OPT_TARGET, true}, {"json", OPT_JSON, false},    {NULL, 0, false},
-    };
-    const char *domain = NULL, *out_dir = ".", *target = NULL;
+    struct libvirt_xml_args a = {NULL, ".", NULL, false};
+    const char *domain, *out_dir;
     qsnap_libvirt_xml *x = NULL;
     qsnap_store *s = NULL;
     char **paths = NULL, *dom_path = NULL;
-    bool json = false;
-    cli_opt_parser p;
+    bool json;
+    cli_operands op;
     struct stat st;
-    int c, rc, status = CLI_EXIT_OK;
+    int rc, status = CLI_EXIT_OK;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(libvirt_xml_help, stdout);
-            return CLI_EXIT_OK;
-        case OPT_DOMAIN:
-            domain = p.arg;
-            break;
-        case OPT_OUT:
-            out_dir = p.arg;
-            break;
-        case OPT_TARGET:
-            target = p.arg;
-            break;
-        case OPT_JSON:
-            json = true;
-            break;
-        default:
-            return bad_option("libvirt-xml");
-        }
-    }
-    if (p.nb_operands < 1)
-        return tree_usage("libvirt-xml", "missing disk");
-    if (p.nb_operands > 1)
-        return tree_usage("libvirt-xml", "unexpected argument '%s'", p.argv[1]);
+    if (!cli_cmd_parse(&libvirt_xml_cmd, argc, argv, &a, &op, &status))
+        return status;
+    domain = a.domain;
+    out_dir = a.out_dir;
+    json = a.json;
     if (!domain)
         return tree_usage("libvirt-xml", "--domain DOMAIN.xml is required");
-    status = tree_open(&s, p.argv[0], QSNAP_OPEN_READONLY);
+    status = tree_open(&s, op.v[0], QSNAP_OPEN_READONLY);
     if (status)
         return status;
-    rc = qsnap_libvirt_xml_make(&x, s, domain, target);
+    rc = qsnap_libvirt_xml_make(&x, s, domain, a.target);
     if (rc < 0) {
-        status = tree_fail(rc, p.argv[0]);
+        status = tree_fail(rc, op.v[0]);
         goto out;
     }
     if (mkdir(out_dir, 0777) < 0 && errno != EEXIST) {

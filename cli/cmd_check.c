@@ -20,11 +20,6 @@
 #include "json.h"
 #include "opt.h"
 
-enum {
-    OPT_OUTPUT = CLI_OPT_LONG_BASE,
-    OPT_SHRINK,
-};
-
 /* qemu-img check's statuses. */
 enum check_exit {
     CHECK_EXIT_CLEAN = 0,       /* no problem left */
@@ -148,66 +143,61 @@ static int run_check(qcow2_image *img, unsigned fix, qcow2_check_result *r)
     return CHECK_EXIT_CLEAN;
 }
 
-int cli_image_check(int argc, char **argv)
+/* -r leaks|all: what to repair. */
+static int check_repair(const char *arg, void *field)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},         {"format", 'f', true},  {"repair", 'r', true},
-        {"output", OPT_OUTPUT, true}, {"quiet", 'q', false},  {"force-share", 'U', false},
-        {NULL, 0, false},
-    };
-    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
-    qcow2_check_result r;
-    bool json = false, quiet = false, no_lock = false;
-    unsigned fix = 0;
-    qcow2_image *img;
-    cli_opt_parser p;
-    int c, rc, status;
+    unsigned *fix = field;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(check_help, stdout);
-            return 0;
-        case 'f':
-            if (!cli_parse_format(p.arg, &oo.format))
-                return 1;
-            break;
-        case 'r':
-            if (strcmp(p.arg, "leaks") == 0) {
-                fix = QCOW2_CHECK_FIX_LEAKS;
-            } else if (strcmp(p.arg, "all") == 0) {
-                fix = QCOW2_CHECK_FIX_LEAKS | QCOW2_CHECK_FIX_ERRORS;
-            } else {
-                cli_errorf("Unknown option value for -r (expecting 'leaks' or 'all'): %s",
-                           p.arg);
-                return cli_usage_hint("qsnap image check", 1);
-            }
-            break;
-        case OPT_OUTPUT:
-            if (strcmp(p.arg, "json") == 0) {
-                json = true;
-            } else if (strcmp(p.arg, "human") == 0) {
-                json = false;
-            } else {
-                cli_errorf("--output must be used with human or json as argument.");
-                return 1;
-            }
-            break;
-        case 'q':
-            quiet = true;
-            break;
-        case 'U':
-            no_lock = true;
-            break;
-        default:
-            return cli_usage_hint("qsnap image check", 1);
-        }
-    }
-    if (p.nb_operands != 1) {
-        cli_errorf("Expecting one image file name");
+    if (strcmp(arg, "leaks") == 0) {
+        *fix = QCOW2_CHECK_FIX_LEAKS;
+    } else if (strcmp(arg, "all") == 0) {
+        *fix = QCOW2_CHECK_FIX_LEAKS | QCOW2_CHECK_FIX_ERRORS;
+    } else {
+        cli_errorf("Unknown option value for -r (expecting 'leaks' or 'all'): %s", arg);
         return cli_usage_hint("qsnap image check", 1);
     }
+    return 0;
+}
+
+struct check_args {
+    qcow2_format fmt;
+    unsigned fix;
+    bool json, quiet, no_lock;
+};
+
+static const cli_command check_cmd = {
+    .prog = "qsnap image check",
+    .help = check_help,
+    .usage_status = 1,
+    .options = (const cli_option[]){
+        CLI_CONVERT("format", 'f', struct check_args, fmt, cli_opt_format),
+        CLI_CONVERT("repair", 'r', struct check_args, fix, check_repair),
+        CLI_CONVERT("output", 0, struct check_args, json, cli_opt_output),
+        CLI_FLAG("quiet", 'q', struct check_args, quiet),
+        CLI_FLAG("force-share", 'U', struct check_args, no_lock),
+        CLI_OPTIONS_END,
+    },
+    CLI_ONE_IMAGE,
+};
+
+int cli_image_check(int argc, char **argv)
+{
+    struct check_args a = {QCOW2_FORMAT_AUTO, 0, false, false, false};
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    qcow2_check_result r;
+    bool json, quiet, no_lock;
+    unsigned fix;
+    qcow2_image *img;
+    cli_operands op;
+    int rc, status;
+
+    if (!cli_cmd_parse(&check_cmd, argc, argv, &a, &op, &status))
+        return status;
+    oo.format = a.fmt;
+    fix = a.fix;
+    json = a.json;
+    quiet = a.quiet;
+    no_lock = a.no_lock;
     if (fix && no_lock) {
         cli_errorf("force-share=on can only be used with read-only images");
         return 1;
@@ -218,7 +208,7 @@ int cli_image_check(int argc, char **argv)
         oo.flags |= QCOW2_OPEN_RDWR;
     if (no_lock)
         oo.flags |= QCOW2_OPEN_NO_LOCK;
-    rc = qcow2_image_open(&img, p.argv[0], &oo);
+    rc = qcow2_image_open(&img, op.v[0], &oo);
     if (rc < 0)
         return cli_fail_open(rc, CLI_TABLE_IMAGE, fix || no_lock ? NULL : CLI_SHARE_FLAG);
 
@@ -242,7 +232,7 @@ int cli_image_check(int argc, char **argv)
     }
     if (!quiet) {
         if (json)
-            print_check_json(&r, p.argv[0], qcow2_format_name(qcow2_image_format(img)));
+            print_check_json(&r, op.v[0], qcow2_format_name(qcow2_image_format(img)));
         else
             print_check_human(&r);
     }
@@ -309,58 +299,57 @@ static bool resize_target(const char *arg, uint64_t cur, uint64_t *out)
     return true;
 }
 
+struct resize_args {
+    qcow2_format fmt;
+    bool shrink, quiet;
+};
+
+static const cli_command resize_cmd = {
+    .prog = "qsnap image resize",
+    .help = resize_help,
+    .usage_status = 1,
+    .options = (const cli_option[]){
+        CLI_CONVERT("format", 'f', struct resize_args, fmt, cli_opt_format),
+        CLI_FLAG("shrink", 0, struct resize_args, shrink),
+        CLI_FLAG("quiet", 'q', struct resize_args, quiet),
+        CLI_OPTIONS_END,
+    },
+};
+
 int cli_image_resize(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},         {"format", 'f', true}, {"shrink", OPT_SHRINK, false},
-        {"quiet", 'q', false},        {NULL, 0, false},
-    };
+    struct resize_args a = {QCOW2_FORMAT_AUTO, false, false};
     qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
-    bool shrink = false, quiet = false;
+    bool shrink, quiet;
     const char *size_arg = NULL;
     uint64_t cur, target;
     qcow2_image *img;
-    cli_opt_parser p;
-    int c, rc;
+    cli_operands op;
+    int rc;
 
     /* Like qemu-img, a last word "-5M" is a size, not options. */
     if (argc > 2 && argv[argc - 1][0] == '-' && isdigit((unsigned char)argv[argc - 1][1])) {
         size_arg = argv[argc - 1];
         argc--;
     }
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(resize_help, stdout);
-            return 0;
-        case 'f':
-            if (!cli_parse_format(p.arg, &oo.format))
-                return 1;
-            break;
-        case OPT_SHRINK:
-            shrink = true;
-            break;
-        case 'q':
-            quiet = true;
-            break;
-        default:
-            return cli_usage_hint("qsnap image resize", 1);
-        }
-    }
-    if (size_arg && p.nb_operands < 2)
-        p.argv[p.nb_operands++] = (char *)(uintptr_t)size_arg;
-    if (p.nb_operands != 2) {
-        cli_errorf(p.nb_operands < 2 ? "Not enough arguments" : "Expecting image file name and size");
+    if (!cli_cmd_parse(&resize_cmd, argc, argv, &a, &op, &rc))
+        return rc;
+    oo.format = a.fmt;
+    shrink = a.shrink;
+    quiet = a.quiet;
+    if (size_arg && op.n < 2)
+        op.v[op.n++] = (char *)(uintptr_t)size_arg;
+    if (op.n != 2) {
+        cli_errorf(op.n < 2 ? "Not enough arguments" : "Expecting image file name and size");
         return cli_usage_hint("qsnap image resize", 1);
     }
     /* The backing chain is opened: a grow zeroes what a longer backing file would show. */
     oo.flags = QCOW2_OPEN_RDWR;
-    rc = qcow2_image_open(&img, p.argv[0], &oo);
+    rc = qcow2_image_open(&img, op.v[0], &oo);
     if (rc < 0)
         return cli_fail(rc, CLI_TABLE_IMAGE);
     cur = qcow2_image_size(img);
-    if (!resize_target(p.argv[1], cur, &target)) {
+    if (!resize_target(op.v[1], cur, &target)) {
         qcow2_image_close(img);
         return 1;
     }

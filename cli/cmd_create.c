@@ -181,73 +181,59 @@ static int do_create(cli_imgopts *io, qcow2_format fmt, int nb_operands, char **
     return 0;
 }
 
+struct create_args {
+    qcow2_format fmt;
+    cli_imgopts io;
+    const char *backing, *backing_fmt;
+    bool unsafe, quiet;
+};
+
+static const cli_command create_cmd = {
+    .prog = "qsnap image create",
+    .help = create_help,
+    .usage_status = 1,
+    .options = (const cli_option[]){
+        CLI_CONVERT(NULL, 'f', struct create_args, fmt, cli_opt_format),
+        CLI_CONVERT(NULL, 'o', struct create_args, io, cli_imgopts_convert),
+        CLI_STRING(NULL, 'b', struct create_args, backing),
+        CLI_STRING(NULL, 'F', struct create_args, backing_fmt),
+        CLI_FLAG(NULL, 'u', struct create_args, unsafe),
+        CLI_FLAG("quiet", 'q', struct create_args, quiet),
+        CLI_OPTIONS_END,
+    },
+};
+
 int cli_image_create(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false}, {NULL, 'f', true}, {NULL, 'o', true},     {NULL, 'b', true},
-        {NULL, 'F', true},    {NULL, 'u', false}, {"quiet", 'q', false}, {NULL, 0, false},
-    };
-    qcow2_format fmt = QCOW2_FORMAT_RAW;
-    const char *backing = NULL, *backing_fmt = NULL;
-    bool unsafe = false, quiet = false;
-    cli_opt_parser p;
-    cli_imgopts io;
-    int c, status = 1;
+    struct create_args a = {.fmt = QCOW2_FORMAT_RAW};
+    cli_operands op;
+    int status;
 
-    cli_imgopts_init(&io);
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(create_help, stdout);
-            status = 0;
-            goto out;
-        case 'f':
-            if (!cli_parse_format(p.arg, &fmt))
-                goto out;
-            break;
-        case 'o':
-            if (cli_imgopts_append(&io, p.arg) < 0)
-                goto out;
-            break;
-        case 'b':
-            backing = p.arg;
-            break;
-        case 'F':
-            backing_fmt = p.arg;
-            break;
-        case 'u':
-            unsafe = true;
-            break;
-        case 'q':
-            quiet = true;
-            break;
-        default:
-            cli_usage_hint("qsnap image create", 1);
-            goto out;
-        }
-    }
-    if (cli_imgopts_wants_help(&io)) {
-        cli_imgopts_print_help(fmt);
+    cli_imgopts_init(&a.io);
+    if (!cli_cmd_parse(&create_cmd, argc, argv, &a, &op, &status))
+        goto out;
+    status = 1;
+    if (cli_imgopts_wants_help(&a.io)) {
+        cli_imgopts_print_help(a.fmt);
         status = 0;
         goto out;
     }
-    if (p.nb_operands < 1) {
+    if (op.n < 1) {
         cli_errorf("Expecting image file name");
         cli_usage_hint("qsnap image create", 1);
         goto out;
     }
-    if (p.nb_operands > 2) {
-        cli_errorf("Unexpected argument: %s", p.argv[2]);
+    if (op.n > 2) {
+        cli_errorf("Unexpected argument: %s", op.v[2]);
         cli_usage_hint("qsnap image create", 1);
         goto out;
     }
     /* -b and -F stand for -o backing_file=, backing_fmt= (an explicit -o wins). */
-    if ((backing && cli_imgopts_set(&io, IMGOPT_BACKING_FILE, backing) < 0) ||
-        (backing_fmt && cli_imgopts_set(&io, IMGOPT_BACKING_FMT, backing_fmt) < 0))
+    if ((a.backing && cli_imgopts_set(&a.io, IMGOPT_BACKING_FILE, a.backing) < 0) ||
+        (a.backing_fmt && cli_imgopts_set(&a.io, IMGOPT_BACKING_FMT, a.backing_fmt) < 0))
         goto out;
-    status = do_create(&io, fmt, p.nb_operands, p.argv, unsafe, quiet);
+    status = do_create(&a.io, a.fmt, op.n, op.v, a.unsafe, a.quiet);
 out:
-    cli_imgopts_free(&io);
+    cli_imgopts_free(&a.io);
     return status;
 }

@@ -25,12 +25,6 @@
 #include "opt.h"
 #include "progress.h"
 
-enum {
-    OPT_HELP = 'h',
-    OPT_OUTPUT = CLI_OPT_LONG_BASE,
-    OPT_BACKING_CHAIN,
-};
-
 /* qemu-img's status for a bad command line (and for every other error). */
 #define IMG_EXIT_FAIL 1
 
@@ -150,32 +144,25 @@ static int open_image_at(qcow2_image **out, const char *path, qcow2_format fmt, 
     return rc;
 }
 
-/* Parse --output=human|json; prints qemu-img's message on a bad value. */
-static bool parse_output(const char *arg, bool *json)
+int cli_opt_format(const char *arg, void *field)
 {
+    return cli_parse_format(arg, field) ? 0 : IMG_EXIT_FAIL;
+}
+
+int cli_opt_output(const char *arg, void *field)
+{
+    bool *json = field;
+
     if (strcmp(arg, "json") == 0) {
         *json = true;
-        return true;
+        return 0;
     }
     if (strcmp(arg, "human") == 0) {
         *json = false;
-        return true;
+        return 0;
     }
     cli_errorf("--output must be used with human or json as argument.");
-    return false;
-}
-
-/* Operand count check with qemu-img's wording; prints the hint on failure. */
-static bool want_operands(const cli_opt_parser *p, int n, const char *cmd)
-{
-    if (p->nb_operands == n)
-        return true;
-    if (n == 1)
-        cli_errorf("Expecting one image file name");
-    else
-        cli_errorf("Expecting two image file names");
-    cli_usage_hint(cmd, IMG_EXIT_FAIL);
-    return false;
+    return IMG_EXIT_FAIL;
 }
 
 /* ---- info --------------------------------------------------------------- */
@@ -345,49 +332,41 @@ static void print_info_json(cli_json *j, const qcow2_image *img, const qcow2_inf
     cli_json_end_object(j);
 }
 
+struct info_args {
+    qcow2_format fmt;
+    bool json, chain, no_lock;
+};
+
+static const cli_command info_cmd = {
+    .prog = "qsnap image info",
+    .help = info_help,
+    .usage_status = IMG_EXIT_FAIL,
+    .options = (const cli_option[]){
+        CLI_CONVERT("format", 'f', struct info_args, fmt, cli_opt_format),
+        CLI_CONVERT("output", 0, struct info_args, json, cli_opt_output),
+        CLI_FLAG("backing-chain", 0, struct info_args, chain),
+        CLI_FLAG("force-share", 'U', struct info_args, no_lock),
+        CLI_OPTIONS_END,
+    },
+    CLI_ONE_IMAGE,
+};
+
 int cli_image_info(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},           {"format", 'f', true},
-        {"output", OPT_OUTPUT, true},   {"backing-chain", OPT_BACKING_CHAIN, false},
-        {"force-share", 'U', false},    {NULL, 0, false},
-    };
-    cli_opt_parser p;
-    qcow2_format fmt = QCOW2_FORMAT_AUTO;
-    bool json = false, chain = false, no_lock = false;
+    struct info_args a = {QCOW2_FORMAT_AUTO, false, false, false};
+    bool json, chain;
     qcow2_image *img, *layer;
+    cli_operands op;
     cli_json j;
-    int c, rc;
+    int rc;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(info_help, stdout);
-            return 0;
-        case 'f':
-            if (!cli_parse_format(p.arg, &fmt))
-                return IMG_EXIT_FAIL;
-            break;
-        case OPT_OUTPUT:
-            if (!parse_output(p.arg, &json))
-                return IMG_EXIT_FAIL;
-            break;
-        case OPT_BACKING_CHAIN:
-            chain = true;
-            break;
-        case 'U':
-            no_lock = true;
-            break;
-        default:
-            return cli_usage_hint("qsnap image info", IMG_EXIT_FAIL);
-        }
-    }
-    if (!want_operands(&p, 1, "qsnap image info"))
-        return IMG_EXIT_FAIL;
+    if (!cli_cmd_parse(&info_cmd, argc, argv, &a, &op, &rc))
+        return rc;
+    json = a.json;
+    chain = a.chain;
 
     /* Like qemu-img, plain info does not need the backing files to exist. */
-    rc = cli_open_image(&img, p.argv[0], fmt, !chain, no_lock);
+    rc = cli_open_image(&img, op.v[0], a.fmt, !chain, a.no_lock);
     if (rc < 0)
         return IMG_EXIT_FAIL;
 
@@ -485,49 +464,40 @@ static bool map_emit(const qcow2_extent *e, bool json, bool first)
     return true;
 }
 
+struct map_args {
+    qcow2_format fmt;
+    const char *snap;
+    bool json, no_lock;
+};
+
+static const cli_command map_cmd = {
+    .prog = "qsnap image map",
+    .help = map_help,
+    .usage_status = IMG_EXIT_FAIL,
+    .options = (const cli_option[]){
+        CLI_CONVERT("format", 'f', struct map_args, fmt, cli_opt_format),
+        CLI_CONVERT("output", 0, struct map_args, json, cli_opt_output),
+        CLI_FLAG("force-share", 'U', struct map_args, no_lock),
+        CLI_STRING(NULL, 'l', struct map_args, snap),
+        CLI_OPTIONS_END,
+    },
+    CLI_ONE_IMAGE,
+};
+
 int cli_image_map(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},         {"format", 'f', true},
-        {"output", OPT_OUTPUT, true}, {"force-share", 'U', false},
-        {NULL, 'l', true},            {NULL, 0, false},
-    };
-    cli_opt_parser p;
-    qcow2_format fmt = QCOW2_FORMAT_AUTO;
-    const char *snap = NULL;
-    bool json = false, no_lock = false, first = true;
+    struct map_args a = {QCOW2_FORMAT_AUTO, NULL, false, false};
+    bool json, first = true;
     qcow2_extent cur, next;
     qcow2_image *img;
     uint64_t size, off;
-    int c, rc = 0, status = 0;
+    cli_operands op;
+    int rc = 0, status = 0;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(map_help, stdout);
-            return 0;
-        case 'f':
-            if (!cli_parse_format(p.arg, &fmt))
-                return IMG_EXIT_FAIL;
-            break;
-        case OPT_OUTPUT:
-            if (!parse_output(p.arg, &json))
-                return IMG_EXIT_FAIL;
-            break;
-        case 'U':
-            no_lock = true;
-            break;
-        case 'l':
-            snap = p.arg;
-            break;
-        default:
-            return cli_usage_hint("qsnap image map", IMG_EXIT_FAIL);
-        }
-    }
-    if (!want_operands(&p, 1, "qsnap image map"))
-        return IMG_EXIT_FAIL;
-    if (open_image_at(&img, p.argv[0], fmt, no_lock, snap) < 0)
+    if (!cli_cmd_parse(&map_cmd, argc, argv, &a, &op, &status))
+        return status;
+    json = a.json;
+    if (open_image_at(&img, op.v[0], a.fmt, a.no_lock, a.snap) < 0)
         return IMG_EXIT_FAIL;
 
     size = qcow2_image_size(img);
@@ -542,7 +512,7 @@ int cli_image_map(int argc, char **argv)
             break;
         if (next.length == 0 || next.length > size - off) {
             fflush(stdout);
-            cli_errorf("%s: bad block status at offset %" PRIu64, p.argv[0], off);
+            cli_errorf("%s: bad block status at offset %" PRIu64, op.v[0], off);
             status = IMG_EXIT_FAIL;
             break;
         }
@@ -655,8 +625,6 @@ static bool convert_backing(qcow2_convert_opts *copts, qcow2_create_opts *co, co
     return true;
 }
 
-#define CONVERT_SALVAGE (CLI_OPT_LONG_BASE + 1)
-
 /* --salvage: a sector of SRC that could not be read is written as zeroes; say which. */
 static void convert_read_error(uint64_t off, int code, void *payload)
 {
@@ -666,102 +634,94 @@ static void convert_read_error(uint64_t off, int code, void *payload)
     cli_errorf("warning: error while reading offset %" PRIu64 ": %s", off, strerror(EIO));
 }
 
+/* -S: the smallest run of zeroes left unallocated. */
+static int convert_sparse(const char *arg, void *field)
+{
+    if (cli_parse_size(arg, field) < 0) {
+        cli_errorf("Invalid buffer size for sparse output specified. "
+                   "You may use k, M, G, T, P or E suffixes");
+        return IMG_EXIT_FAIL;
+    }
+    return 0;
+}
+
+struct convert_args {
+    qcow2_convert_opts copts;
+    cli_imgopts io;
+    qcow2_format fmt, out_fmt;
+    const char *snap;
+    bool progress, no_lock, compress, no_create, salvage;
+};
+
+static const cli_command convert_cmd = {
+    .prog = "qsnap image convert",
+    .help = convert_help,
+    .usage_status = IMG_EXIT_FAIL,
+    .options = (const cli_option[]){
+        CLI_CONVERT("format", 'f', struct convert_args, fmt, cli_opt_format),
+        CLI_CONVERT(NULL, 'O', struct convert_args, out_fmt, cli_opt_format),
+        CLI_CONVERT(NULL, 'S', struct convert_args, copts.min_sparse, convert_sparse),
+        CLI_FLAG("progress", 'p', struct convert_args, progress),
+        CLI_FLAG("force-share", 'U', struct convert_args, no_lock),
+        CLI_FLAG(NULL, 'c', struct convert_args, compress),
+        CLI_CONVERT(NULL, 'o', struct convert_args, io, cli_imgopts_convert),
+        CLI_STRING(NULL, 'B', struct convert_args, copts.backing),
+        CLI_STRING(NULL, 'F', struct convert_args, copts.backing_format),
+        CLI_STRING(NULL, 'l', struct convert_args, snap),
+        CLI_FLAG(NULL, 'n', struct convert_args, no_create),
+        CLI_FLAG("salvage", 0, struct convert_args, salvage),
+        CLI_OPTIONS_END,
+    },
+};
+
 int cli_image_convert(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false}, {"format", 'f', true},    {NULL, 'O', true},
-        {NULL, 'S', true},    {"progress", 'p', false}, {"force-share", 'U', false},
-        {NULL, 'c', false},   {NULL, 'o', true},        {NULL, 'B', true},
-        {NULL, 'F', true},    {NULL, 'l', true},        {NULL, 'n', false},
-        {"salvage", CONVERT_SALVAGE, false},                 {NULL, 0, false},
-    };
-    const char *snap = NULL;
-    qcow2_convert_opts copts = QCOW2_CONVERT_OPTS_INIT;
+    struct convert_args a = {.copts = QCOW2_CONVERT_OPTS_INIT,
+                             .fmt = QCOW2_FORMAT_AUTO,
+                             .out_fmt = QCOW2_FORMAT_RAW};
+    qcow2_convert_opts copts;
     qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
-    cli_opt_parser p;
-    qcow2_format fmt = QCOW2_FORMAT_AUTO, out_fmt = QCOW2_FORMAT_RAW;
-    bool progress = false, no_lock = false, compress = false, no_create = false;
+    qcow2_format fmt, out_fmt;
+    bool progress, compress;
     cli_progress pr;
-    cli_imgopts io;
+    cli_operands op;
     qcow2_image *img;
-    int c, rc = 1;
+    int rc;
 
-    cli_imgopts_init(&io);
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(convert_help, stdout);
-            rc = 0;
-            goto out;
-        case 'f':
-            if (!cli_parse_format(p.arg, &fmt))
-                goto out;
-            break;
-        case 'O':
-            if (!cli_parse_format(p.arg, &out_fmt))
-                goto out;
-            break;
-        case 'S':
-            if (cli_parse_size(p.arg, &copts.min_sparse) < 0) {
-                cli_errorf("Invalid buffer size for sparse output specified. "
-                           "You may use k, M, G, T, P or E suffixes");
-                goto out;
-            }
-            break;
-        case 'p':
-            progress = true;
-            break;
-        case 'U':
-            no_lock = true;
-            break;
-        case 'c':
-            compress = true;
-            break;
-        case 'o':
-            if (cli_imgopts_append(&io, p.arg) < 0)
-                goto out;
-            break;
-        case 'B':
-            copts.backing = p.arg;
-            break;
-        case 'F':
-            copts.backing_format = p.arg;
-            break;
-        case 'l':
-            snap = p.arg;
-            break;
-        case 'n':
-            no_create = true;
-            break;
-        case CONVERT_SALVAGE:
-            copts.salvage = true;
-            copts.read_error = convert_read_error;
-            break;
-        default:
-            cli_usage_hint("qsnap image convert", IMG_EXIT_FAIL);
-            goto out;
-        }
+    cli_imgopts_init(&a.io);
+    if (!cli_cmd_parse(&convert_cmd, argc, argv, &a, &op, &rc)) {
+        cli_imgopts_free(&a.io);
+        return rc;
     }
-    if (cli_imgopts_wants_help(&io)) {
+    rc = 1;
+    copts = a.copts;
+    fmt = a.fmt;
+    out_fmt = a.out_fmt;
+    progress = a.progress;
+    compress = a.compress;
+    if (a.salvage) {
+        copts.salvage = true;
+        copts.read_error = convert_read_error;
+    }
+    if (cli_imgopts_wants_help(&a.io)) {
         cli_imgopts_print_help(out_fmt);
         rc = 0;
         goto out;
     }
-    if (p.nb_operands < 2) {
+    if (op.n < 2) {
         cli_errorf("Must specify image file name");
         cli_usage_hint("qsnap image convert", IMG_EXIT_FAIL);
         goto out;
     }
-    if (p.nb_operands > 2) {
+    if (op.n > 2) {
         cli_errorf("Expecting one source image and one target image");
         cli_usage_hint("qsnap image convert", IMG_EXIT_FAIL);
         goto out;
     }
-    if (no_create) {
+    if (a.no_create) {
         struct stat st;
 
-        if (io.text) {
+        if (a.io.text) {
             cli_errorf("-o has no effect when skipping image creation");
             goto out;
         }
@@ -769,14 +729,14 @@ int cli_image_convert(int argc, char **argv)
             cli_errorf("-c, -B and -F need a new image: not with -n");
             goto out;
         }
-        if (stat(p.argv[1], &st) < 0) {
-            cli_errorf("Could not open '%s': Could not open '%s': %s", p.argv[1], p.argv[1],
+        if (stat(op.v[1], &st) < 0) {
+            cli_errorf("Could not open '%s': Could not open '%s': %s", op.v[1], op.v[1],
                        strerror(errno));
             goto out;
         }
         copts.no_create = true;
     } else if (out_fmt == QCOW2_FORMAT_QCOW2) {
-        if (!convert_create_opts(&io, &co, p.argv[1]) || !convert_backing(&copts, &co, p.argv[1]))
+        if (!convert_create_opts(&a.io, &co, op.v[1]) || !convert_backing(&copts, &co, op.v[1]))
             goto out;
         copts.create = &co;
     } else if (copts.backing) {
@@ -789,13 +749,13 @@ int cli_image_convert(int argc, char **argv)
     } else if (compress) {
         cli_errorf("Compression not supported for this file format");
         goto out;
-    } else if (io.text) {
+    } else if (a.io.text) {
         /* qemu-img's message for a key raw does not have; raw output takes none. */
-        if (cli_imgopts_parse(&io, QCOW2_FORMAT_RAW, p.argv[1]) == 0)
-            cli_errorf("%s: creation options are not supported for raw output", p.argv[1]);
+        if (cli_imgopts_parse(&a.io, QCOW2_FORMAT_RAW, op.v[1]) == 0)
+            cli_errorf("%s: creation options are not supported for raw output", op.v[1]);
         goto out;
     }
-    if (open_image_at(&img, p.argv[0], fmt, no_lock, snap) < 0)
+    if (open_image_at(&img, op.v[0], fmt, a.no_lock, a.snap) < 0)
         goto out;
 
     cli_progress_begin(&pr, progress, true);
@@ -804,7 +764,7 @@ int cli_image_convert(int argc, char **argv)
     copts.compress = compress;
     copts.progress = cli_progress_update;
     copts.payload = &pr;
-    rc = qcow2_image_convert(img, p.argv[1], &copts);
+    rc = qcow2_image_convert(img, op.v[1], &copts);
     if (rc >= 0)
         cli_progress_end(&pr);
     else
@@ -813,7 +773,7 @@ int cli_image_convert(int argc, char **argv)
         rc = cli_fail(rc, CLI_TABLE_IMAGE);
     qcow2_image_close(img);
 out:
-    cli_imgopts_free(&io);
+    cli_imgopts_free(&a.io);
     return rc;
 }
 
@@ -887,67 +847,53 @@ static int strict_status_mismatch(qcow2_image *a, qcow2_image *b, uint64_t end, 
     return 0;
 }
 
+struct compare_args {
+    qcow2_format fmt_a, fmt_b;
+    const char *snap_a, *snap_b;
+    bool strict, progress, no_lock, quiet;
+};
+
+static const cli_command compare_cmd = {
+    .prog = "qsnap image compare",
+    .help = compare_help,
+    .usage_status = IMG_EXIT_FAIL,
+    .options = (const cli_option[]){
+        CLI_CONVERT(NULL, 'f', struct compare_args, fmt_a, cli_opt_format),
+        CLI_CONVERT(NULL, 'F', struct compare_args, fmt_b, cli_opt_format),
+        CLI_FLAG("strict", 's', struct compare_args, strict),
+        CLI_FLAG("progress", 'p', struct compare_args, progress),
+        CLI_FLAG("force-share", 'U', struct compare_args, no_lock),
+        CLI_STRING(NULL, 'l', struct compare_args, snap_a),
+        CLI_STRING(NULL, 'L', struct compare_args, snap_b),
+        CLI_FLAG("quiet", 'q', struct compare_args, quiet),
+        CLI_OPTIONS_END,
+    },
+    CLI_OPERANDS(2, "Expecting two image file names", "Expecting two image file names"),
+    .extra = "Expecting two image file names",
+};
+
 int cli_image_compare(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},     {NULL, 'f', true},           {NULL, 'F', true},
-        {"strict", 's', false},   {"progress", 'p', false},    {"force-share", 'U', false},
-        {NULL, 'l', true},        {NULL, 'L', true},           {"quiet", 'q', false},
-        {NULL, 0, false},
-    };
-    cli_opt_parser p;
-    const char *snap_a = NULL, *snap_b = NULL;
-    qcow2_format fmt_a = QCOW2_FORMAT_AUTO, fmt_b = QCOW2_FORMAT_AUTO;
-    bool strict = false, progress = false, no_lock = false, quiet = false;
+    struct compare_args args = {QCOW2_FORMAT_AUTO, QCOW2_FORMAT_AUTO, NULL, NULL,
+                                false, false, false, false};
+    bool strict, progress, quiet;
     qcow2_image *a = NULL, *b = NULL;
     uint64_t mismatch = 0, status_off = 0, common;
     bool status_differs = false;
     cli_progress pr;
-    int c, rc, status;
+    cli_operands op;
+    int rc, status;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(compare_help, stdout);
-            return 0;
-        case 'f':
-            if (!cli_parse_format(p.arg, &fmt_a))
-                return IMG_EXIT_FAIL;
-            break;
-        case 'F':
-            if (!cli_parse_format(p.arg, &fmt_b))
-                return IMG_EXIT_FAIL;
-            break;
-        case 's':
-            strict = true;
-            break;
-        case 'p':
-            progress = true;
-            break;
-        case 'U':
-            no_lock = true;
-            break;
-        case 'l':
-            snap_a = p.arg;
-            break;
-        case 'L':
-            snap_b = p.arg;
-            break;
-        case 'q':
-            quiet = true;
-            break;
-        default:
-            return cli_usage_hint("qsnap image compare", IMG_EXIT_FAIL);
-        }
-    }
-    if (!want_operands(&p, 2, "qsnap image compare"))
-        return IMG_EXIT_FAIL;
+    if (!cli_cmd_parse(&compare_cmd, argc, argv, &args, &op, &status))
+        return status;
+    strict = args.strict;
+    progress = args.progress;
+    quiet = args.quiet;
     if (quiet)
         progress = false; /* as qemu-img: -q shows no progress and no verdict, only errors */
-    if (open_image_at(&a, p.argv[0], fmt_a, no_lock, snap_a) < 0)
+    if (open_image_at(&a, op.v[0], args.fmt_a, args.no_lock, args.snap_a) < 0)
         return 2;
-    if (open_image_at(&b, p.argv[1], fmt_b, no_lock, snap_b) < 0) {
+    if (open_image_at(&b, op.v[1], args.fmt_b, args.no_lock, args.snap_b) < 0) {
         qcow2_image_close(a);
         return 2;
     }
@@ -1024,50 +970,41 @@ static const char digest_help[] =
     "\n"
     "Exit status: 0 success, 1 error.\n";
 
+struct digest_args {
+    qcow2_format fmt;
+    const char *snap;
+    bool progress, no_lock;
+};
+
+static const cli_command digest_cmd = {
+    .prog = "qsnap image digest",
+    .help = digest_help,
+    .usage_status = IMG_EXIT_FAIL,
+    .options = (const cli_option[]){
+        CLI_CONVERT("format", 'f', struct digest_args, fmt, cli_opt_format),
+        CLI_FLAG("progress", 'p', struct digest_args, progress),
+        CLI_FLAG("force-share", 'U', struct digest_args, no_lock),
+        CLI_STRING(NULL, 'l', struct digest_args, snap),
+        CLI_OPTIONS_END,
+    },
+    CLI_ONE_IMAGE,
+};
+
 int cli_image_digest(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},     {"format", 'f', true}, {"progress", 'p', false},
-        {"force-share", 'U', false}, {NULL, 'l', true}, {NULL, 0, false},
-    };
-    cli_opt_parser p;
-    qcow2_format fmt = QCOW2_FORMAT_AUTO;
-    const char *snap = NULL;
-    bool progress = false, no_lock = false;
+    struct digest_args a = {QCOW2_FORMAT_AUTO, NULL, false, false};
     uint8_t digest[16];
     cli_progress pr;
     qcow2_image *img;
-    int c, rc, i;
+    cli_operands op;
+    int rc, i;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(digest_help, stdout);
-            return 0;
-        case 'f':
-            if (!cli_parse_format(p.arg, &fmt))
-                return IMG_EXIT_FAIL;
-            break;
-        case 'p':
-            progress = true;
-            break;
-        case 'U':
-            no_lock = true;
-            break;
-        case 'l':
-            snap = p.arg;
-            break;
-        default:
-            return cli_usage_hint("qsnap image digest", IMG_EXIT_FAIL);
-        }
-    }
-    if (!want_operands(&p, 1, "qsnap image digest"))
-        return IMG_EXIT_FAIL;
-    if (open_image_at(&img, p.argv[0], fmt, no_lock, snap) < 0)
+    if (!cli_cmd_parse(&digest_cmd, argc, argv, &a, &op, &rc))
+        return rc;
+    if (open_image_at(&img, op.v[0], a.fmt, a.no_lock, a.snap) < 0)
         return IMG_EXIT_FAIL;
 
-    cli_progress_begin(&pr, progress, true);
+    cli_progress_begin(&pr, a.progress, true);
     rc = qcow2_image_digest(img, digest, cli_progress_update, &pr);
     if (rc >= 0)
         cli_progress_end(&pr);
@@ -1078,7 +1015,7 @@ int cli_image_digest(int argc, char **argv)
     } else {
         for (i = 0; i < 16; i++)
             printf("%02x", digest[i]);
-        printf("  %s\n", p.argv[0]);
+        printf("  %s\n", op.v[0]);
     }
     qcow2_image_close(img);
     return rc;

@@ -22,19 +22,8 @@
 #include "opt.h"
 #include "progress.h"
 
-enum {
-    OPT_OUTPUT = CLI_OPT_LONG_BASE,
-    OPT_SIZE,
-};
-
 /* qemu-img's status for every error, usage errors included. */
 #define LAYER_EXIT_FAIL 1
-
-/* Print qemu-img's hint after a usage error; returns its status. */
-static int usage_error(const char *cmd)
-{
-    return cli_usage_hint(cmd, LAYER_EXIT_FAIL);
-}
 
 /* ---- commit ------------------------------------------------------------- */
 
@@ -99,58 +88,52 @@ static const qcow2_image *find_base_layer(const qcow2_image *top, const char *ba
     return NULL;
 }
 
+struct commit_args {
+    qcow2_format fmt;
+    const char *base_path;
+    bool keep_top, progress, quiet;
+};
+
+static const cli_command commit_cmd = {
+    .prog = "qsnap image commit",
+    .help = commit_help,
+    .usage_status = LAYER_EXIT_FAIL,
+    .options = (const cli_option[]){
+        CLI_CONVERT("format", 'f', struct commit_args, fmt, cli_opt_format),
+        CLI_STRING(NULL, 'b', struct commit_args, base_path),
+        CLI_FLAG(NULL, 'd', struct commit_args, keep_top),
+        CLI_FLAG("progress", 'p', struct commit_args, progress),
+        CLI_FLAG("quiet", 'q', struct commit_args, quiet),
+        CLI_OPTIONS_END,
+    },
+    CLI_ONE_IMAGE,
+};
+
 int cli_image_commit(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false}, {"format", 'f', true},    {NULL, 'b', true},
-        {NULL, 'd', false},   {"progress", 'p', false}, {"quiet", 'q', false},
-        {NULL, 0, false},
-    };
+    struct commit_args a = {QCOW2_FORMAT_AUTO, NULL, false, false, false};
     qcow2_commit_opts co = QCOW2_COMMIT_OPTS_INIT;
     qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
-    qcow2_format fmt = QCOW2_FORMAT_AUTO;
-    const char *base_path = NULL;
-    bool progress = false, quiet = false;
-    cli_opt_parser p;
+    qcow2_format fmt;
+    const char *base_path;
+    bool progress, quiet;
     cli_progress pr;
     qcow2_image *top;
-    int c, rc, status = LAYER_EXIT_FAIL;
+    cli_operands op;
+    int rc, status;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(commit_help, stdout);
-            return 0;
-        case 'f':
-            if (!cli_parse_format(p.arg, &fmt))
-                return LAYER_EXIT_FAIL;
-            break;
-        case 'b':
-            base_path = p.arg;
-            co.keep_top = true; /* -b implies -d, as in qemu-img */
-            break;
-        case 'd':
-            co.keep_top = true;
-            break;
-        case 'p':
-            progress = true;
-            break;
-        case 'q':
-            quiet = true;
-            break;
-        default:
-            return usage_error("qsnap image commit");
-        }
-    }
-    if (p.nb_operands != 1) {
-        cli_errorf("Expecting one image file name");
-        return usage_error("qsnap image commit");
-    }
+    if (!cli_cmd_parse(&commit_cmd, argc, argv, &a, &op, &status))
+        return status;
+    status = LAYER_EXIT_FAIL;
+    fmt = a.fmt;
+    base_path = a.base_path;
+    progress = a.progress;
+    quiet = a.quiet;
+    co.keep_top = a.keep_top || base_path; /* -b implies -d, as in qemu-img */
 
     oo.format = fmt;
     oo.flags = QCOW2_OPEN_RDWR;
-    rc = qcow2_image_open(&top, p.argv[0], &oo);
+    rc = qcow2_image_open(&top, op.v[0], &oo);
     if (rc < 0)
         return cli_fail(rc, CLI_TABLE_IMAGE);
     if (!qcow2_image_backing(top)) {
@@ -160,7 +143,7 @@ int cli_image_commit(int argc, char **argv)
     if (base_path) {
         co.base = find_base_layer(top, base_path);
         if (!co.base) {
-            cli_errorf("Did not find '%s' in the backing chain of '%s'", base_path, p.argv[0]);
+            cli_errorf("Did not find '%s' in the backing chain of '%s'", base_path, op.v[0]);
             goto out_close;
         }
     }
@@ -211,61 +194,53 @@ static const char rebase_help[] =
     "\n"
     "Exit status: 0 success, 1 error.\n";
 
+struct rebase_args {
+    qcow2_format fmt;
+    const char *backing, *backing_fmt_name;
+    bool unsafe, progress, quiet, no_lock;
+};
+
+static const cli_command rebase_cmd = {
+    .prog = "qsnap image rebase",
+    .help = rebase_help,
+    .usage_status = LAYER_EXIT_FAIL,
+    .options = (const cli_option[]){
+        CLI_CONVERT("format", 'f', struct rebase_args, fmt, cli_opt_format),
+        CLI_STRING(NULL, 'b', struct rebase_args, backing),
+        CLI_STRING(NULL, 'F', struct rebase_args, backing_fmt_name),
+        CLI_FLAG(NULL, 'u', struct rebase_args, unsafe),
+        CLI_FLAG("progress", 'p', struct rebase_args, progress),
+        CLI_FLAG("quiet", 'q', struct rebase_args, quiet),
+        CLI_FLAG("force-share", 'U', struct rebase_args, no_lock),
+        CLI_OPTIONS_END,
+    },
+    CLI_ONE_IMAGE,
+};
+
 int cli_image_rebase(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},     {"format", 'f', true},  {NULL, 'b', true},
-        {NULL, 'F', true},        {NULL, 'u', false},     {"progress", 'p', false},
-        {"quiet", 'q', false},    {"force-share", 'U', false}, {NULL, 0, false},
-    };
+    struct rebase_args a = {QCOW2_FORMAT_AUTO, NULL, NULL, false, false, false, false};
     qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
-    qcow2_format fmt = QCOW2_FORMAT_AUTO, backing_fmt = QCOW2_FORMAT_AUTO;
-    const char *backing = NULL, *backing_fmt_name = NULL;
-    bool unsafe = false, progress = false, quiet = false, no_lock = false;
-    cli_opt_parser p;
+    qcow2_format fmt, backing_fmt = QCOW2_FORMAT_AUTO;
+    const char *backing, *backing_fmt_name;
+    bool unsafe, progress, quiet, no_lock;
     cli_progress pr;
     qcow2_image *img;
-    int c, rc;
+    cli_operands op;
+    int rc;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(rebase_help, stdout);
-            return 0;
-        case 'f':
-            if (!cli_parse_format(p.arg, &fmt))
-                return LAYER_EXIT_FAIL;
-            break;
-        case 'b':
-            backing = p.arg;
-            break;
-        case 'F':
-            backing_fmt_name = p.arg;
-            break;
-        case 'u':
-            unsafe = true;
-            break;
-        case 'p':
-            progress = true;
-            break;
-        case 'q':
-            quiet = true;
-            break;
-        case 'U':
-            no_lock = true;
-            break;
-        default:
-            return usage_error("qsnap image rebase");
-        }
-    }
-    if (p.nb_operands != 1) {
-        cli_errorf("Expecting one image file name");
-        return usage_error("qsnap image rebase");
-    }
+    if (!cli_cmd_parse(&rebase_cmd, argc, argv, &a, &op, &rc))
+        return rc;
+    fmt = a.fmt;
+    backing = a.backing;
+    backing_fmt_name = a.backing_fmt_name;
+    unsafe = a.unsafe;
+    progress = a.progress;
+    quiet = a.quiet;
+    no_lock = a.no_lock;
     if (!backing && !unsafe) {
         cli_errorf("Must specify backing file (-b) or use unsafe mode (-u)");
-        return usage_error("qsnap image rebase");
+        return cli_usage_hint("qsnap image rebase", LAYER_EXIT_FAIL);
     }
     if (backing && !backing[0])
         backing = NULL;
@@ -287,7 +262,7 @@ int cli_image_rebase(int argc, char **argv)
     oo.flags = QCOW2_OPEN_RDWR | (unsafe ? QCOW2_OPEN_NO_BACKING : 0);
     if (no_lock)
         oo.flags |= QCOW2_OPEN_NO_LOCK;
-    rc = qcow2_image_open(&img, p.argv[0], &oo);
+    rc = qcow2_image_open(&img, op.v[0], &oo);
     if (rc < 0)
         return cli_fail(rc, CLI_TABLE_IMAGE);
 
@@ -364,74 +339,60 @@ static bool measure_create_opts(cli_imgopts *io, qcow2_format out_fmt, qcow2_cre
     return true;
 }
 
+struct measure_args {
+    qcow2_format fmt, out_fmt;
+    cli_imgopts io;
+    const char *size_arg;
+    bool json, no_lock;
+};
+
+static const cli_command measure_cmd = {
+    .prog = "qsnap image measure",
+    .help = measure_help,
+    .usage_status = LAYER_EXIT_FAIL,
+    .options = (const cli_option[]){
+        CLI_CONVERT("format", 'f', struct measure_args, fmt, cli_opt_format),
+        CLI_CONVERT(NULL, 'O', struct measure_args, out_fmt, cli_opt_format),
+        CLI_CONVERT(NULL, 'o', struct measure_args, io, cli_imgopts_convert),
+        CLI_STRING("size", 0, struct measure_args, size_arg),
+        CLI_FLAG("force-share", 'U', struct measure_args, no_lock),
+        CLI_CONVERT("output", 0, struct measure_args, json, cli_opt_output),
+        CLI_OPTIONS_END,
+    },
+};
+
 int cli_image_measure(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},         {"format", 'f', true}, {NULL, 'O', true},
-        {NULL, 'o', true},            {"size", OPT_SIZE, true}, {"force-share", 'U', false},
-        {"output", OPT_OUTPUT, true}, {NULL, 0, false},
-    };
+    struct measure_args a = {.fmt = QCOW2_FORMAT_AUTO, .out_fmt = QCOW2_FORMAT_RAW};
     qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
-    qcow2_format fmt = QCOW2_FORMAT_AUTO, out_fmt = QCOW2_FORMAT_RAW;
-    const char *size_arg = NULL;
-    bool json = false, no_lock = false;
+    qcow2_format fmt, out_fmt;
+    const char *size_arg;
+    bool json;
     qcow2_measure_result r;
     qcow2_image *img = NULL;
     uint64_t size = 0;
-    cli_opt_parser p;
-    cli_imgopts io;
-    int c, rc, status = LAYER_EXIT_FAIL;
+    cli_operands op;
+    int rc, status;
 
-    cli_imgopts_init(&io);
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(measure_help, stdout);
-            status = 0;
-            goto out;
-        case 'f':
-            if (!cli_parse_format(p.arg, &fmt))
-                goto out;
-            break;
-        case 'O':
-            if (!cli_parse_format(p.arg, &out_fmt))
-                goto out;
-            break;
-        case 'o':
-            if (cli_imgopts_append(&io, p.arg) < 0)
-                goto out;
-            break;
-        case OPT_SIZE:
-            size_arg = p.arg;
-            break;
-        case 'U':
-            no_lock = true;
-            break;
-        case OPT_OUTPUT:
-            if (strcmp(p.arg, "json") == 0) {
-                json = true;
-            } else if (strcmp(p.arg, "human") == 0) {
-                json = false;
-            } else {
-                cli_errorf("--output must be used with human or json as argument.");
-                goto out;
-            }
-            break;
-        default:
-            usage_error("qsnap image measure");
-            goto out;
-        }
+    cli_imgopts_init(&a.io);
+    if (!cli_cmd_parse(&measure_cmd, argc, argv, &a, &op, &status)) {
+        cli_imgopts_free(&a.io);
+        return status;
     }
-    if (p.nb_operands > 1) {
+    status = LAYER_EXIT_FAIL;
+    fmt = a.fmt;
+    out_fmt = a.out_fmt;
+    size_arg = a.size_arg;
+    json = a.json;
+    if (op.n > 1) {
         cli_errorf("At most one filename argument is allowed.");
         goto out;
     }
-    if (size_arg && p.nb_operands == 1) {
+    if (size_arg && op.n == 1) {
         cli_errorf("--size N cannot be used together with a filename.");
         goto out;
     }
-    if (!size_arg && p.nb_operands == 0) {
+    if (!size_arg && op.n == 0) {
         cli_errorf("Either --size N or one filename must be specified.");
         goto out;
     }
@@ -440,9 +401,9 @@ int cli_image_measure(int argc, char **argv)
         cli_errorf("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
         goto out;
     }
-    if (p.nb_operands == 1 && cli_open_image(&img, p.argv[0], fmt, false, no_lock) < 0)
+    if (op.n == 1 && cli_open_image(&img, op.v[0], fmt, false, a.no_lock) < 0)
         goto out;
-    if (!measure_create_opts(&io, out_fmt, &co))
+    if (!measure_create_opts(&a.io, out_fmt, &co))
         goto out;
     rc = qcow2_measure(img, size, &co, &r);
     if (rc < 0) {
@@ -453,6 +414,6 @@ int cli_image_measure(int argc, char **argv)
     status = 0;
 out:
     qcow2_image_close(img);
-    cli_imgopts_free(&io);
+    cli_imgopts_free(&a.io);
     return status;
 }

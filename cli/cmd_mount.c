@@ -60,7 +60,6 @@ static const char umount_help[] =
     "  -h, --help           show this help and exit\n"
     "\n" TREE_EXIT_HELP;
 
-enum { OPT_RW = CLI_OPT_LONG_BASE };
 
 #ifdef QSNAP_HAVE_FUSE
 
@@ -563,65 +562,48 @@ static int do_umount(const char *dir)
 
 #endif
 
+struct mount_args {
+    bool rw, foreground;
+};
+
+static const cli_command mount_cmd = {
+    .prog = "qsnap mount",
+    .help = mount_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){
+        CLI_FLAG("rw", 0, struct mount_args, rw),
+        CLI_FLAG("foreground", 'f', struct mount_args, foreground),
+        CLI_OPTIONS_END,
+    },
+    CLI_OPERANDS(2, "missing disk", "missing mount point"),
+};
+
 int cli_tree_mount(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},
-        {"rw", OPT_RW, false},
-        {"foreground", 'f', false},
-        {NULL, 0, false},
-    };
-    bool rw = false, foreground = false;
-    cli_opt_parser p;
-    int c;
+    struct mount_args a = {false, false};
+    cli_operands op;
+    int status;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(mount_help, stdout);
-            return CLI_EXIT_OK;
-        case OPT_RW:
-            rw = true;
-            break;
-        case 'f':
-            foreground = true;
-            break;
-        default:
-            return cli_usage_hint("qsnap mount", CLI_EXIT_USAGE);
-        }
-    }
-    if (p.nb_operands < 1)
-        return tree_usage("mount", "missing disk");
-    if (p.nb_operands < 2)
-        return tree_usage("mount", "missing mount point");
-    if (p.nb_operands > 2)
-        return tree_usage("mount", "unexpected argument '%s'", p.argv[2]);
-    return do_mount(p.argv[0], p.argv[1], rw, foreground);
+    if (!cli_cmd_parse(&mount_cmd, argc, argv, &a, &op, &status))
+        return status;
+    return do_mount(op.v[0], op.v[1], a.rw, a.foreground);
 }
+
+static const cli_command umount_cmd = {
+    .prog = "qsnap umount",
+    .help = umount_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){CLI_OPTIONS_END},
+    CLI_OPERANDS(1, "missing mount point"),
+};
 
 int cli_tree_umount(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},
-        {NULL, 0, false},
-    };
-    cli_opt_parser p;
-    int c;
+    bool none;
+    cli_operands op;
+    int status;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(umount_help, stdout);
-            return CLI_EXIT_OK;
-        default:
-            return cli_usage_hint("qsnap umount", CLI_EXIT_USAGE);
-        }
-    }
-    if (p.nb_operands < 1)
-        return tree_usage("umount", "missing mount point");
-    if (p.nb_operands > 1)
-        return tree_usage("umount", "unexpected argument '%s'", p.argv[1]);
-    return do_umount(p.argv[0]);
+    if (!cli_cmd_parse(&umount_cmd, argc, argv, &none, &op, &status))
+        return status;
+    return do_umount(op.v[0]);
 }

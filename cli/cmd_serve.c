@@ -52,8 +52,6 @@ static const char serve_help[] =
     "plugin; default: nbdkit-qsnap-plugin.so beside qsnap, else nbdkit's own).\n"
     "\n" TREE_EXIT_HELP;
 
-enum { OPT_SOCKET = CLI_OPT_LONG_BASE, OPT_PORT, OPT_STOP };
-
 /* ---- the run-time directory (shared with cmd_mount.c) ------------------------- */
 
 char *serve_runtime_dir(void)
@@ -239,6 +237,7 @@ struct serve_args {
     long port;
     bool readonly;
     bool foreground;
+    bool stop; /* --stop */
 };
 
 /* Check what nbdkit would open, so that errors get the tree commands' exit statuses. */
@@ -582,60 +581,52 @@ static int stop(const char *disk, const char *name)
     return CLI_EXIT_OK;
 }
 
+/* --port: a TCP port number. */
+static int serve_port(const char *arg, void *field)
+{
+    long *port = field;
+    char *end;
+    long v = strtol(arg, &end, 10);
+
+    if (!*arg || *end || v < 1 || v > 65535)
+        return tree_usage("serve", "--port: expected a TCP port (1-65535), not '%s'", arg);
+    *port = v;
+    return 0;
+}
+
+static const cli_command serve_cmd = {
+    .prog = "qsnap serve",
+    .help = serve_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){
+        CLI_STRING("socket", 0, struct serve_args, socket),
+        CLI_CONVERT("port", 0, struct serve_args, port, serve_port),
+        CLI_FLAG("readonly", 'r', struct serve_args, readonly),
+        CLI_FLAG("foreground", 'f', struct serve_args, foreground),
+        CLI_FLAG("stop", 0, struct serve_args, stop),
+        CLI_OPTIONS_END,
+    },
+    .max_operands = 2,
+};
+
 int cli_tree_serve(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},         {"socket", OPT_SOCKET, true}, {"port", OPT_PORT, true},
-        {"readonly", 'r', false},     {"foreground", 'f', false},   {"stop", OPT_STOP, false},
-        {NULL, 0, false},
-    };
-    struct serve_args a = {NULL, NULL, NULL, -1, false, false};
-    bool do_stop = false;
-    cli_opt_parser p;
-    int c;
+    struct serve_args a = {NULL, NULL, NULL, -1, false, false, false};
+    cli_operands op;
+    int status;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(serve_help, stdout);
-            return CLI_EXIT_OK;
-        case OPT_SOCKET:
-            a.socket = p.arg;
-            break;
-        case OPT_PORT: {
-            char *end;
-            long v = strtol(p.arg, &end, 10);
-            if (!*p.arg || *end || v < 1 || v > 65535)
-                return tree_usage("serve", "--port: expected a TCP port (1-65535), not '%s'", p.arg);
-            a.port = v;
-            break;
-        }
-        case 'r':
-            a.readonly = true;
-            break;
-        case 'f':
-            a.foreground = true;
-            break;
-        case OPT_STOP:
-            do_stop = true;
-            break;
-        default:
-            return cli_usage_hint("qsnap serve", CLI_EXIT_USAGE);
-        }
-    }
-    if (p.nb_operands > 2)
-        return tree_usage("serve", "unexpected argument '%s'", p.argv[2]);
-    if (do_stop) {
+    if (!cli_cmd_parse(&serve_cmd, argc, argv, &a, &op, &status))
+        return status;
+    if (a.stop) {
         if (a.socket || a.port >= 0 || a.readonly || a.foreground)
             return tree_usage("serve", "--stop takes no other option");
-        return stop(p.nb_operands > 0 ? p.argv[0] : NULL, p.nb_operands > 1 ? p.argv[1] : NULL);
+        return stop(op.n > 0 ? op.v[0] : NULL, op.n > 1 ? op.v[1] : NULL);
     }
-    if (p.nb_operands < 1)
+    if (op.n < 1)
         return tree_usage("serve", "missing disk");
     if (a.socket && a.port >= 0)
         return tree_usage("serve", "--socket and --port exclude each other");
-    a.disk = p.argv[0];
-    a.name = p.nb_operands > 1 ? p.argv[1] : NULL;
+    a.disk = op.v[0];
+    a.name = op.n > 1 ? op.v[1] : NULL;
     return start(&a);
 }

@@ -97,70 +97,86 @@ static int snap_failed(const char *what, const char *name, int rc)
     return SNAP_EXIT_FAIL;
 }
 
-int cli_image_snapshot(int argc, char **argv)
+/* The action of the command line: one of -l, -c, -a and -d, with its snapshot. */
+struct snap_args {
+    struct snap_choice {
+        enum snap_action action;
+        const char *name;
+    } choice;
+    qcow2_format fmt;
+    bool quiet, no_lock;
+};
+
+/* Record action a (the second one is an error, reported when it is met). */
+static int snap_choose(struct snap_choice *c, enum snap_action a, const char *name)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},  {NULL, 'l', false},  {NULL, 'c', true},
-        {NULL, 'a', true},     {NULL, 'd', true},   {"format", 'f', true},
-        {"quiet", 'q', false}, {"force-share", 'U', false}, {NULL, 0, false},
-    };
-    qcow2_open_opts opts = QCOW2_OPEN_OPTS_INIT;
-    enum snap_action action = SNAP_NONE;
-    const char *name = NULL;
-    qcow2_format fmt = QCOW2_FORMAT_AUTO;
-    bool no_lock = false;
-    cli_opt_parser p;
-    qcow2_image *img;
-    int c, rc;
-
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        enum snap_action a = SNAP_NONE;
-
-        switch (c) {
-        case 'h':
-            fputs(snapshot_help, stdout);
-            return 0;
-        case 'l':
-            a = SNAP_LIST;
-            break;
-        case 'c':
-            a = SNAP_CREATE;
-            break;
-        case 'a':
-            a = SNAP_APPLY;
-            break;
-        case 'd':
-            a = SNAP_DELETE;
-            break;
-        case 'f':
-            if (!cli_parse_format(p.arg, &fmt))
-                return SNAP_EXIT_FAIL;
-            break;
-        case 'q':
-            break;
-        case 'U':
-            no_lock = true;
-            break;
-        default:
-            return cli_usage_hint("qsnap image snapshot", SNAP_EXIT_FAIL);
-        }
-        if (a != SNAP_NONE) {
-            if (action != SNAP_NONE) {
-                cli_errorf("Cannot mix '-l', '-a', '-c', '-d'");
-                return cli_usage_hint("qsnap image snapshot", SNAP_EXIT_FAIL);
-            }
-            action = a;
-            name = p.arg;
-        }
-    }
-    if (p.nb_operands != 1) {
-        cli_errorf("Expecting one image file name");
+    if (c->action != SNAP_NONE) {
+        cli_errorf("Cannot mix '-l', '-a', '-c', '-d'");
         return cli_usage_hint("qsnap image snapshot", SNAP_EXIT_FAIL);
     }
+    c->action = a;
+    c->name = name;
+    return 0;
+}
+
+static int snap_list(const char *arg, void *field)
+{
+    return snap_choose(field, SNAP_LIST, arg);
+}
+
+static int snap_create(const char *arg, void *field)
+{
+    return snap_choose(field, SNAP_CREATE, arg);
+}
+
+static int snap_apply(const char *arg, void *field)
+{
+    return snap_choose(field, SNAP_APPLY, arg);
+}
+
+static int snap_delete(const char *arg, void *field)
+{
+    return snap_choose(field, SNAP_DELETE, arg);
+}
+
+static const cli_command snapshot_cmd = {
+    .prog = "qsnap image snapshot",
+    .help = snapshot_help,
+    .usage_status = SNAP_EXIT_FAIL,
+    .options = (const cli_option[]){
+        CLI_CALL(NULL, 'l', struct snap_args, choice, snap_list),
+        CLI_CONVERT(NULL, 'c', struct snap_args, choice, snap_create),
+        CLI_CONVERT(NULL, 'a', struct snap_args, choice, snap_apply),
+        CLI_CONVERT(NULL, 'd', struct snap_args, choice, snap_delete),
+        CLI_CONVERT("format", 'f', struct snap_args, fmt, cli_opt_format),
+        CLI_FLAG("quiet", 'q', struct snap_args, quiet), /* accepted; nothing to quieten */
+        CLI_FLAG("force-share", 'U', struct snap_args, no_lock),
+        CLI_OPTIONS_END,
+    },
+    CLI_ONE_IMAGE,
+};
+
+int cli_image_snapshot(int argc, char **argv)
+{
+    struct snap_args a = {{SNAP_NONE, NULL}, QCOW2_FORMAT_AUTO, false, false};
+    qcow2_open_opts opts = QCOW2_OPEN_OPTS_INIT;
+    enum snap_action action;
+    const char *name;
+    qcow2_format fmt;
+    bool no_lock;
+    qcow2_image *img;
+    cli_operands op;
+    int rc;
+
+    if (!cli_cmd_parse(&snapshot_cmd, argc, argv, &a, &op, &rc))
+        return rc;
+    action = a.choice.action;
+    name = a.choice.name;
+    fmt = a.fmt;
+    no_lock = a.no_lock;
     if (no_lock && action != SNAP_LIST && action != SNAP_NONE) {
         cli_errorf("Could not open '%s': force-share=on can only be used with read-only images",
-                   p.argv[0]);
+                   op.v[0]);
         return SNAP_EXIT_FAIL;
     }
     opts.format = fmt;
@@ -170,7 +186,7 @@ int cli_image_snapshot(int argc, char **argv)
         opts.flags |= QCOW2_OPEN_RDWR;
     /* Snapshots live in this layer only: the chain below is not needed. */
     opts.flags |= QCOW2_OPEN_NO_BACKING;
-    rc = qcow2_image_open(&img, p.argv[0], &opts);
+    rc = qcow2_image_open(&img, op.v[0], &opts);
     if (rc < 0)
         return cli_fail_open(rc, CLI_TABLE_IMAGE,
                              no_lock || (action != SNAP_LIST && action != SNAP_NONE) ? NULL

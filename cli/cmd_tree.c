@@ -24,20 +24,6 @@
 #include "serve.h"
 #include "tree.h"
 
-enum {
-    OPT_HELP = 'h',
-    OPT_DRY_RUN = CLI_OPT_LONG_BASE,
-    OPT_JSON,
-    OPT_STATE,
-    OPT_BRANCH,
-    OPT_DISCARD,
-    OPT_AT,
-    OPT_FORCE,
-    OPT_CHILDREN,
-    OPT_STREAM,
-    OPT_METADATA,
-    OPT_INTERNAL,
-};
 
 /* ---- shared helpers ---------------------------------------------------------- */
 
@@ -270,14 +256,6 @@ static int plan_and_run(const char *disk, unsigned open_flags, plan_fn make, voi
     return status;
 }
 
-/* Parse failures end here: the parser printed what is wrong. */
-static int bad_option(const char *cmd)
-{
-    char prog[64];
-
-    snprintf(prog, sizeof(prog), "qsnap %s", cmd);
-    return cli_usage_hint(prog, CLI_EXIT_USAGE);
-}
 
 /* ---- create ------------------------------------------------------------------ */
 
@@ -308,49 +286,36 @@ static int make_create(qsnap_plan **out, qsnap_store *s, void *args)
     return qsnap_plan_create(out, s, args);
 }
 
+struct create_args {
+    qsnap_create_opts co;
+    bool dry_run, json;
+};
+
+static const cli_command create_cmd = {
+    .prog = "qsnap create",
+    .help = create_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){
+        CLI_STRING("message", 'm', struct create_args, co.description),
+        CLI_STRING("state", 0, struct create_args, co.state_file),
+        CLI_FLAG("dry-run", 'n', struct create_args, dry_run),
+        CLI_FLAG("json", 0, struct create_args, json),
+        CLI_FLAG("internal", 0, struct create_args, co.internal),
+        CLI_OPTIONS_END,
+    },
+    CLI_OPERANDS(2, "missing disk"),
+};
+
 static int cmd_create(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},    {"message", 'm', true},    {"state", OPT_STATE, true},
-        {"dry-run", 'n', false}, {"json", OPT_JSON, false}, {"internal", OPT_INTERNAL, false},
-        {NULL, 0, false},
-    };
-    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
-    bool dry_run = false, json = false;
-    cli_opt_parser p;
-    int c;
+    struct create_args a = {QSNAP_CREATE_OPTS_INIT, false, false};
+    cli_operands op;
+    int status;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(create_help, stdout);
-            return CLI_EXIT_OK;
-        case 'm':
-            co.description = p.arg;
-            break;
-        case OPT_STATE:
-            co.state_file = p.arg;
-            break;
-        case OPT_INTERNAL:
-            co.internal = true;
-            break;
-        case 'n':
-            dry_run = true;
-            break;
-        case OPT_JSON:
-            json = true;
-            break;
-        default:
-            return bad_option("create");
-        }
-    }
-    if (p.nb_operands < 1)
-        return tree_usage("create", "missing disk");
-    if (p.nb_operands > 2)
-        return tree_usage("create", "unexpected argument '%s'", p.argv[2]);
-    co.name = p.nb_operands == 2 ? p.argv[1] : NULL;
-    return plan_and_run(p.argv[0], QSNAP_OPEN_CREATE, make_create, &co, dry_run, json,
+    if (!cli_cmd_parse(&create_cmd, argc, argv, &a, &op, &status))
+        return status;
+    a.co.name = op.n == 2 ? op.v[1] : NULL;
+    return plan_and_run(op.v[0], QSNAP_OPEN_CREATE, make_create, &a.co, a.dry_run, a.json,
                         PROGRESS_OFF);
 }
 
@@ -378,6 +343,21 @@ struct revert_args {
     const char *snapshot;
     const char *branch;
     bool discard;
+    bool dry_run, json;
+};
+
+static const cli_command revert_cmd = {
+    .prog = "qsnap revert",
+    .help = revert_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){
+        CLI_STRING("branch", 'b', struct revert_args, branch),
+        CLI_FLAG("discard", 0, struct revert_args, discard),
+        CLI_FLAG("dry-run", 'n', struct revert_args, dry_run),
+        CLI_FLAG("json", 0, struct revert_args, json),
+        CLI_OPTIONS_END,
+    },
+    CLI_OPERANDS(2, "missing disk", "missing snapshot name"),
 };
 
 static int make_revert(qsnap_plan **out, qsnap_store *s, void *args)
@@ -389,45 +369,14 @@ static int make_revert(qsnap_plan **out, qsnap_store *s, void *args)
 
 static int cmd_revert(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},    {"branch", 'b', true},     {"discard", OPT_DISCARD, false},
-        {"dry-run", 'n', false}, {"json", OPT_JSON, false}, {NULL, 0, false},
-    };
-    struct revert_args a = {NULL, NULL, false};
-    bool dry_run = false, json = false;
-    cli_opt_parser p;
-    int c;
+    struct revert_args a = {NULL, NULL, false, false, false};
+    cli_operands op;
+    int status;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(revert_help, stdout);
-            return CLI_EXIT_OK;
-        case 'b':
-            a.branch = p.arg;
-            break;
-        case OPT_DISCARD:
-            a.discard = true;
-            break;
-        case 'n':
-            dry_run = true;
-            break;
-        case OPT_JSON:
-            json = true;
-            break;
-        default:
-            return bad_option("revert");
-        }
-    }
-    if (p.nb_operands < 1)
-        return tree_usage("revert", "missing disk");
-    if (p.nb_operands < 2)
-        return tree_usage("revert", "missing snapshot name");
-    if (p.nb_operands > 2)
-        return tree_usage("revert", "unexpected argument '%s'", p.argv[2]);
-    a.snapshot = p.argv[1];
-    return plan_and_run(p.argv[0], 0, make_revert, &a, dry_run, json, PROGRESS_OFF);
+    if (!cli_cmd_parse(&revert_cmd, argc, argv, &a, &op, &status))
+        return status;
+    a.snapshot = op.v[1];
+    return plan_and_run(op.v[0], 0, make_revert, &a, a.dry_run, a.json, PROGRESS_OFF);
 }
 
 /* ---- switch ------------------------------------------------------------------ */
@@ -449,41 +398,32 @@ static int make_switch(qsnap_plan **out, qsnap_store *s, void *args)
     return qsnap_plan_switch(out, s, args);
 }
 
+/* The options of the commands whose only options are --dry-run and --json (and -p). */
+struct plan_args {
+    bool dry_run, json, progress;
+};
+
+static const cli_command switch_cmd = {
+    .prog = "qsnap switch",
+    .help = switch_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){
+        CLI_FLAG("dry-run", 'n', struct plan_args, dry_run),
+        CLI_FLAG("json", 0, struct plan_args, json),
+        CLI_OPTIONS_END,
+    },
+    CLI_OPERANDS(2, "missing disk", "missing branch name"),
+};
+
 static int cmd_switch(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},
-        {"dry-run", 'n', false},
-        {"json", OPT_JSON, false},
-        {NULL, 0, false},
-    };
-    bool dry_run = false, json = false;
-    cli_opt_parser p;
-    int c;
+    struct plan_args a = {false, false, false};
+    cli_operands op;
+    int status;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(switch_help, stdout);
-            return CLI_EXIT_OK;
-        case 'n':
-            dry_run = true;
-            break;
-        case OPT_JSON:
-            json = true;
-            break;
-        default:
-            return bad_option("switch");
-        }
-    }
-    if (p.nb_operands < 1)
-        return tree_usage("switch", "missing disk");
-    if (p.nb_operands < 2)
-        return tree_usage("switch", "missing branch name");
-    if (p.nb_operands > 2)
-        return tree_usage("switch", "unexpected argument '%s'", p.argv[2]);
-    return plan_and_run(p.argv[0], 0, make_switch, p.argv[1], dry_run, json, PROGRESS_OFF);
+    if (!cli_cmd_parse(&switch_cmd, argc, argv, &a, &op, &status))
+        return status;
+    return plan_and_run(op.v[0], 0, make_switch, op.v[1], a.dry_run, a.json, PROGRESS_OFF);
 }
 
 /* ---- branch ------------------------------------------------------------------ */
@@ -514,6 +454,23 @@ struct branch_args {
     const char *name;
     const char *other; /* --at SNAPSHOT, or the new name of -m */
     bool force;
+    bool del, move, dry_run, json;
+};
+
+static const cli_command branch_cmd = {
+    .prog = "qsnap branch",
+    .help = branch_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){
+        CLI_STRING("at", 0, struct branch_args, other),
+        CLI_FLAG("delete", 'd', struct branch_args, del),
+        CLI_FLAG("force", 'f', struct branch_args, force),
+        CLI_FLAG("move", 'm', struct branch_args, move),
+        CLI_FLAG("dry-run", 'n', struct branch_args, dry_run),
+        CLI_FLAG("json", 0, struct branch_args, json),
+        CLI_OPTIONS_END,
+    },
+    CLI_OPERANDS(0, "missing disk"),
 };
 
 static int make_branch_create(qsnap_plan **out, qsnap_store *s, void *args)
@@ -570,74 +527,43 @@ out:
 
 static int cmd_branch(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},      {"at", OPT_AT, true}, {"delete", 'd', false},
-        {"force", 'f', false},     {"move", 'm', false}, {"dry-run", 'n', false},
-        {"json", OPT_JSON, false}, {NULL, 0, false},
-    };
-    struct branch_args a = {NULL, NULL, false};
-    bool del = false, move = false, dry_run = false, json = false;
-    cli_opt_parser p;
-    int c;
+    struct branch_args a = {NULL, NULL, false, false, false, false, false};
+    bool dry_run, json;
+    cli_operands op;
+    int status;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(branch_help, stdout);
-            return CLI_EXIT_OK;
-        case OPT_AT:
-            a.other = p.arg;
-            break;
-        case 'd':
-            del = true;
-            break;
-        case 'f':
-            a.force = true;
-            break;
-        case 'm':
-            move = true;
-            break;
-        case 'n':
-            dry_run = true;
-            break;
-        case OPT_JSON:
-            json = true;
-            break;
-        default:
-            return bad_option("branch");
-        }
-    }
-    if (p.nb_operands < 1)
-        return tree_usage("branch", "missing disk");
-    if (del && move)
+    if (!cli_cmd_parse(&branch_cmd, argc, argv, &a, &op, &status))
+        return status;
+    dry_run = a.dry_run;
+    json = a.json;
+    if (a.del && a.move)
         return tree_usage("branch", "-d and -m exclude each other");
-    if ((del || move) && a.other)
+    if ((a.del || a.move) && a.other)
         return tree_usage("branch", "--at only goes with a new branch");
-    if (a.force && !del)
+    if (a.force && !a.del)
         return tree_usage("branch", "--force only goes with -d");
-    if (move) {
-        if (p.nb_operands != 3)
+    if (a.move) {
+        if (op.n != 3)
             return tree_usage("branch", "-m needs OLD and NEW");
-        a.name = p.argv[1];
-        a.other = p.argv[2];
-        return plan_and_run(p.argv[0], 0, make_branch_rename, &a, dry_run, json, PROGRESS_OFF);
+        a.name = op.v[1];
+        a.other = op.v[2];
+        return plan_and_run(op.v[0], 0, make_branch_rename, &a, dry_run, json, PROGRESS_OFF);
     }
-    if (p.nb_operands > 2)
-        return tree_usage("branch", "unexpected argument '%s'", p.argv[2]);
-    if (del) {
-        if (p.nb_operands != 2)
+    if (op.n > 2)
+        return tree_usage("branch", "unexpected argument '%s'", op.v[2]);
+    if (a.del) {
+        if (op.n != 2)
             return tree_usage("branch", "-d needs the name of a branch");
-        a.name = p.argv[1];
-        return plan_and_run(p.argv[0], 0, make_branch_delete, &a, dry_run, json, PROGRESS_OFF);
+        a.name = op.v[1];
+        return plan_and_run(op.v[0], 0, make_branch_delete, &a, dry_run, json, PROGRESS_OFF);
     }
-    if (p.nb_operands == 1) {
+    if (op.n == 1) {
         if (a.other || dry_run || json)
             return tree_usage("branch", "--at, --dry-run and --json need a branch name");
-        return branch_list(p.argv[0]);
+        return branch_list(op.v[0]);
     }
-    a.name = p.argv[1];
-    return plan_and_run(p.argv[0], 0, make_branch_create, &a, dry_run, json, PROGRESS_OFF);
+    a.name = op.v[1];
+    return plan_and_run(op.v[0], 0, make_branch_create, &a, dry_run, json, PROGRESS_OFF);
 }
 
 /* ---- delete ------------------------------------------------------------------ */
@@ -672,6 +598,23 @@ static const char delete_help[] =
 struct delete_args {
     const char *snapshot;
     unsigned flags;
+    bool dry_run, json, progress;
+};
+
+static const cli_command delete_cmd = {
+    .prog = "qsnap delete",
+    .help = delete_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){
+        CLI_BITS("children", 0, struct delete_args, flags, QSNAP_DELETE_CHILDREN),
+        CLI_BITS("stream", 0, struct delete_args, flags, QSNAP_DELETE_STREAM),
+        CLI_BITS("metadata", 0, struct delete_args, flags, QSNAP_DELETE_METADATA),
+        CLI_FLAG("dry-run", 'n', struct delete_args, dry_run),
+        CLI_FLAG("json", 0, struct delete_args, json),
+        CLI_FLAG("progress", 'p', struct delete_args, progress),
+        CLI_OPTIONS_END,
+    },
+    CLI_OPERANDS(2, "missing disk", "missing snapshot name"),
 };
 
 static int make_delete(qsnap_plan **out, qsnap_store *s, void *args)
@@ -683,58 +626,15 @@ static int make_delete(qsnap_plan **out, qsnap_store *s, void *args)
 
 static int cmd_delete(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},
-        {"children", OPT_CHILDREN, false},
-        {"stream", OPT_STREAM, false},
-        {"metadata", OPT_METADATA, false},
-        {"dry-run", 'n', false},
-        {"json", OPT_JSON, false},
-        {"progress", 'p', false},
-        {NULL, 0, false},
-    };
-    struct delete_args a = {NULL, 0};
-    bool dry_run = false, json = false, progress = false;
-    cli_opt_parser p;
-    int c;
+    struct delete_args a = {NULL, 0, false, false, false};
+    cli_operands op;
+    int status;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(delete_help, stdout);
-            return CLI_EXIT_OK;
-        case OPT_CHILDREN:
-            a.flags |= QSNAP_DELETE_CHILDREN;
-            break;
-        case OPT_STREAM:
-            a.flags |= QSNAP_DELETE_STREAM;
-            break;
-        case OPT_METADATA:
-            a.flags |= QSNAP_DELETE_METADATA;
-            break;
-        case 'n':
-            dry_run = true;
-            break;
-        case OPT_JSON:
-            json = true;
-            break;
-        case 'p':
-            progress = true;
-            break;
-        default:
-            return bad_option("delete");
-        }
-    }
-    if (p.nb_operands < 1)
-        return tree_usage("delete", "missing disk");
-    if (p.nb_operands < 2)
-        return tree_usage("delete", "missing snapshot name");
-    if (p.nb_operands > 2)
-        return tree_usage("delete", "unexpected argument '%s'", p.argv[2]);
-    a.snapshot = p.argv[1];
-    return plan_and_run(p.argv[0], 0, make_delete, &a, dry_run, json,
-                        progress ? PROGRESS_FORCED : PROGRESS_AUTO);
+    if (!cli_cmd_parse(&delete_cmd, argc, argv, &a, &op, &status))
+        return status;
+    a.snapshot = op.v[1];
+    return plan_and_run(op.v[0], 0, make_delete, &a, a.dry_run, a.json,
+                        a.progress ? PROGRESS_FORCED : PROGRESS_AUTO);
 }
 
 /* ---- commit ------------------------------------------------------------------ */
@@ -765,44 +665,29 @@ static int make_commit(qsnap_plan **out, qsnap_store *s, void *args)
     return qsnap_plan_commit(out, s, args);
 }
 
+static const cli_command commit_cmd = {
+    .prog = "qsnap commit",
+    .help = commit_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){
+        CLI_FLAG("dry-run", 'n', struct plan_args, dry_run),
+        CLI_FLAG("json", 0, struct plan_args, json),
+        CLI_FLAG("progress", 'p', struct plan_args, progress),
+        CLI_OPTIONS_END,
+    },
+    CLI_OPERANDS(2, "missing disk"),
+};
+
 static int cmd_commit(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},
-        {"dry-run", 'n', false},
-        {"json", OPT_JSON, false},
-        {"progress", 'p', false},
-        {NULL, 0, false},
-    };
-    bool dry_run = false, json = false, progress = false;
-    cli_opt_parser p;
-    int c;
+    struct plan_args a = {false, false, false};
+    cli_operands op;
+    int status;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(commit_help, stdout);
-            return CLI_EXIT_OK;
-        case 'n':
-            dry_run = true;
-            break;
-        case OPT_JSON:
-            json = true;
-            break;
-        case 'p':
-            progress = true;
-            break;
-        default:
-            return bad_option("commit");
-        }
-    }
-    if (p.nb_operands < 1)
-        return tree_usage("commit", "missing disk");
-    if (p.nb_operands > 2)
-        return tree_usage("commit", "unexpected argument '%s'", p.argv[2]);
-    return plan_and_run(p.argv[0], 0, make_commit, p.nb_operands == 2 ? p.argv[1] : NULL, dry_run,
-                        json, progress ? PROGRESS_FORCED : PROGRESS_AUTO);
+    if (!cli_cmd_parse(&commit_cmd, argc, argv, &a, &op, &status))
+        return status;
+    return plan_and_run(op.v[0], 0, make_commit, op.n == 2 ? op.v[1] : NULL, a.dry_run, a.json,
+                        a.progress ? PROGRESS_FORCED : PROGRESS_AUTO);
 }
 
 /* ---- the command table ------------------------------------------------------- */

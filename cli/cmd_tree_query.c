@@ -23,56 +23,10 @@
 /* The version of every JSON document the tree commands print. */
 #define TREE_JSON_VERSION 1
 
-enum {
-    OPT_HELP = 'h',
-    OPT_JSON = CLI_OPT_LONG_BASE,
-    OPT_PATH,
-    OPT_HEAD,
-    OPT_TREE,
-    OPT_ROOTS,
-    OPT_LEAVES,
-    OPT_NO_LEAVES,
-    OPT_PARENT,
-    OPT_FROM,
-    OPT_DESCENDANTS,
-    OPT_BRANCHES,
-    OPT_INTERNAL,
-    OPT_EXTERNAL,
-    OPT_REPAIR,
+/* The options of a command that takes --json only (or nothing). */
+struct json_args {
+    bool json;
 };
-
-static int bad_option(const char *cmd)
-{
-    char prog[64];
-
-    snprintf(prog, sizeof(prog), "qsnap %s", cmd);
-    return cli_usage_hint(prog, CLI_EXIT_USAGE);
-}
-
-/* Parse the options of a command that takes only --help and maybe --json. */
-static int parse_simple(const char *cmd, const char *help, int argc, char **argv, bool *json,
-                        cli_opt_parser *p)
-{
-    static const cli_opt_def with_json[] = {
-        {"help", 'h', false}, {"json", OPT_JSON, false}, {NULL, 0, false}};
-    static const cli_opt_def without_json[] = {{"help", 'h', false}, {NULL, 0, false}};
-    int c;
-
-    cli_opt_init(p, argc - 1, argv + 1, json ? with_json : without_json);
-    while ((c = cli_opt_next(p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(help, stdout);
-            return -1;
-        case OPT_JSON:
-            *json = true;
-            break;
-        default:
-            return bad_option(cmd);
-        }
-    }
-    return 0;
-}
 
 /* The members of one node in list, info and current documents. */
 static void json_node_members(cli_json *j, const qsnap_node *e)
@@ -120,57 +74,50 @@ static const char current_help[] =
     "  -h, --help           show this help and exit\n"
     "\n" TREE_EXIT_HELP;
 
+struct current_args {
+    bool path, head, json;
+};
+
+static const cli_command current_cmd = {
+    .prog = "qsnap current",
+    .help = current_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){
+        CLI_FLAG("path", 0, struct current_args, path),
+        CLI_FLAG("head", 0, struct current_args, head),
+        CLI_FLAG("json", 0, struct current_args, json),
+        CLI_OPTIONS_END,
+    },
+    CLI_OPERANDS(1, "missing disk"),
+};
+
 int cli_tree_current(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},
-        {"path", OPT_PATH, false},
-        {"head", OPT_HEAD, false},
-        {"json", OPT_JSON, false},
-        {NULL, 0, false},
-    };
-    bool path = false, head = false, json = false;
+    struct current_args a = {false, false, false};
+    bool path, head, json;
     char *vm_path = NULL;
     qsnap_node *cur = NULL;
     qsnap_store *s;
-    cli_opt_parser p;
-    int c, rc, status;
+    cli_operands op;
+    int rc, status;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(current_help, stdout);
-            return CLI_EXIT_OK;
-        case OPT_PATH:
-            path = true;
-            break;
-        case OPT_HEAD:
-            head = true;
-            break;
-        case OPT_JSON:
-            json = true;
-            break;
-        default:
-            return bad_option("current");
-        }
-    }
-    if (p.nb_operands < 1)
-        return tree_usage("current", "missing disk");
-    if (p.nb_operands > 1)
-        return tree_usage("current", "unexpected argument '%s'", p.argv[1]);
+    if (!cli_cmd_parse(&current_cmd, argc, argv, &a, &op, &status))
+        return status;
+    path = a.path;
+    head = a.head;
+    json = a.json;
     if ((path || head) && json)
         return tree_usage("current", "--%s and --json exclude each other", path ? "path" : "head");
     if (path && head)
         return tree_usage("current", "--path and --head exclude each other");
-    status = tree_open(&s, p.argv[0], QSNAP_OPEN_READONLY);
+    status = tree_open(&s, op.v[0], QSNAP_OPEN_READONLY);
     if (status)
         return status;
     rc = qsnap_current(s, &cur);
     if (rc >= 0 && !head)
         rc = qsnap_vm_path(s, &vm_path);
     if (rc < 0) {
-        status = tree_fail(rc, p.argv[0]);
+        status = tree_fail(rc, op.v[0]);
     } else if (path) {
         printf("%s\n", vm_path);
     } else if (head) {
@@ -304,80 +251,51 @@ static void list_table(const qsnap_node *list, size_t n, const bool *sel, bool p
     }
 }
 
+struct list_args {
+    tree_filter f;
+    bool tree, json, parent_col;
+};
+
+static const cli_command list_cmd = {
+    .prog = "qsnap list",
+    .help = list_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){
+        CLI_FLAG("tree", 0, struct list_args, tree),
+        CLI_FLAG("json", 0, struct list_args, json),
+        CLI_FLAG("roots", 0, struct list_args, f.roots),
+        CLI_FLAG("leaves", 0, struct list_args, f.leaves),
+        CLI_FLAG("no-leaves", 0, struct list_args, f.no_leaves),
+        CLI_FLAG("parent", 0, struct list_args, parent_col),
+        CLI_STRING("from", 0, struct list_args, f.from),
+        CLI_FLAG("descendants", 0, struct list_args, f.descendants),
+        CLI_FLAG("branches", 0, struct list_args, f.branches),
+        CLI_FLAG("internal", 0, struct list_args, f.internal),
+        CLI_FLAG("external", 0, struct list_args, f.external),
+        CLI_OPTIONS_END,
+    },
+    CLI_OPERANDS(1, "missing disk"),
+};
+
 int cli_tree_list(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},
-        {"tree", OPT_TREE, false},
-        {"json", OPT_JSON, false},
-        {"roots", OPT_ROOTS, false},
-        {"leaves", OPT_LEAVES, false},
-        {"no-leaves", OPT_NO_LEAVES, false},
-        {"parent", OPT_PARENT, false},
-        {"from", OPT_FROM, true},
-        {"descendants", OPT_DESCENDANTS, false},
-        {"branches", OPT_BRANCHES, false},
-        {"internal", OPT_INTERNAL, false},
-        {"external", OPT_EXTERNAL, false},
-        {NULL, 0, false},
-    };
+    struct list_args a;
     tree_filter f;
-    bool tree = false, json = false, parent_col = false, *sel = NULL;
+    bool tree, json, parent_col, *sel = NULL;
     qsnap_node *list = NULL;
     qsnap_store *s = NULL;
     char *disk_abs = NULL;
     size_t n = 0;
-    cli_opt_parser p;
-    int c, rc, status;
+    cli_operands op;
+    int rc, status;
 
-    memset(&f, 0, sizeof(f));
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(list_help, stdout);
-            return CLI_EXIT_OK;
-        case OPT_TREE:
-            tree = true;
-            break;
-        case OPT_JSON:
-            json = true;
-            break;
-        case OPT_ROOTS:
-            f.roots = true;
-            break;
-        case OPT_LEAVES:
-            f.leaves = true;
-            break;
-        case OPT_NO_LEAVES:
-            f.no_leaves = true;
-            break;
-        case OPT_PARENT:
-            parent_col = true;
-            break;
-        case OPT_FROM:
-            f.from = p.arg;
-            break;
-        case OPT_DESCENDANTS:
-            f.descendants = true;
-            break;
-        case OPT_BRANCHES:
-            f.branches = true;
-            break;
-        case OPT_INTERNAL:
-            f.internal = true;
-            break;
-        case OPT_EXTERNAL:
-            f.external = true;
-            break;
-        default:
-            return bad_option("list");
-        }
-    }
-    if (p.nb_operands < 1)
-        return tree_usage("list", "missing disk");
-    if (p.nb_operands > 1)
-        return tree_usage("list", "unexpected argument '%s'", p.argv[1]);
+    memset(&a, 0, sizeof(a));
+    if (!cli_cmd_parse(&list_cmd, argc, argv, &a, &op, &status))
+        return status;
+    f = a.f;
+    tree = a.tree;
+    json = a.json;
+    parent_col = a.parent_col;
     if (f.roots + f.leaves + f.no_leaves > 1)
         return tree_usage("list", "--roots, --leaves and --no-leaves exclude each other");
     if (f.internal && f.external)
@@ -391,12 +309,12 @@ int cli_tree_list(int argc, char **argv)
                                   "document has parent links)");
     if (tree && parent_col)
         return tree_usage("list", "--parent is for the table; --tree shows parents");
-    status = tree_open(&s, p.argv[0], QSNAP_OPEN_READONLY);
+    status = tree_open(&s, op.v[0], QSNAP_OPEN_READONLY);
     if (status)
         return status;
     rc = qsnap_list(s, &list, &n);
     if (rc < 0) {
-        status = tree_fail(rc, p.argv[0]);
+        status = tree_fail(rc, op.v[0]);
         goto out;
     }
     sel = calloc(n + 1, sizeof(*sel));
@@ -411,7 +329,7 @@ int cli_tree_list(int argc, char **argv)
     if (tree_select(list, n, &f, sel) < 0) {
         status = f.from ? CLI_EXIT_NOTFOUND : CLI_EXIT_ERROR;
         if (f.from)
-            fprintf(stderr, "qsnap: hint: 'qsnap list %s' shows the names\n", p.argv[0]);
+            fprintf(stderr, "qsnap: hint: 'qsnap list %s' shows the names\n", op.v[0]);
         goto out;
     }
     if (json) {
@@ -419,7 +337,7 @@ int cli_tree_list(int argc, char **argv)
     } else if (tree) {
         bool color = isatty(STDOUT_FILENO) && !getenv("NO_COLOR");
 
-        tree_view_print(stdout, p.argv[0], list, n, sel, f.from, color);
+        tree_view_print(stdout, op.v[0], list, n, sel, f.from, color);
     } else {
         list_table(list, n, sel, parent_col);
     }
@@ -487,36 +405,43 @@ static void info_text(const qsnap_node *list, size_t n, size_t i)
     }
 }
 
+static const cli_command info_cmd = {
+    .prog = "qsnap info",
+    .help = info_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){
+        CLI_FLAG("json", 0, struct json_args, json),
+        CLI_OPTIONS_END,
+    },
+    CLI_OPERANDS(2, "missing disk", "missing snapshot or branch name"),
+};
+
 int cli_tree_info(int argc, char **argv)
 {
+    struct json_args a = {false};
     qsnap_node *list = NULL;
     qsnap_store *s;
     size_t n = 0, i;
-    bool json = false;
-    cli_opt_parser p;
-    int rc, status = parse_simple("info", info_help, argc, argv, &json, &p);
+    bool json;
+    cli_operands op;
+    int rc, status;
 
-    if (status)
-        return status < 0 ? CLI_EXIT_OK : status;
-    if (p.nb_operands < 1)
-        return tree_usage("info", "missing disk");
-    if (p.nb_operands < 2)
-        return tree_usage("info", "missing snapshot or branch name");
-    if (p.nb_operands > 2)
-        return tree_usage("info", "unexpected argument '%s'", p.argv[2]);
-    status = tree_open(&s, p.argv[0], QSNAP_OPEN_READONLY);
+    if (!cli_cmd_parse(&info_cmd, argc, argv, &a, &op, &status))
+        return status;
+    json = a.json;
+    status = tree_open(&s, op.v[0], QSNAP_OPEN_READONLY);
     if (status)
         return status;
     rc = qsnap_list(s, &list, &n);
     if (rc < 0) {
-        status = tree_fail(rc, p.argv[0]);
+        status = tree_fail(rc, op.v[0]);
         goto out;
     }
-    for (i = 0; i < n && strcmp(list[i].name, p.argv[1]) != 0; i++)
+    for (i = 0; i < n && strcmp(list[i].name, op.v[1]) != 0; i++)
         ;
     if (i == n) {
-        cli_errorf("no snapshot or branch named '%s'", p.argv[1]);
-        fprintf(stderr, "qsnap: hint: 'qsnap list %s' shows the names\n", p.argv[0]);
+        cli_errorf("no snapshot or branch named '%s'", op.v[1]);
+        fprintf(stderr, "qsnap: hint: 'qsnap list %s' shows the names\n", op.v[0]);
         status = CLI_EXIT_NOTFOUND;
     } else if (json) {
         cli_json j;
@@ -555,30 +480,38 @@ static const char diff_help[] =
     "  -h, --help           show this help and exit\n"
     "\n" TREE_EXIT_HELP;
 
+static const cli_command diff_cmd = {
+    .prog = "qsnap diff",
+    .help = diff_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){
+        CLI_FLAG("json", 0, struct json_args, json),
+        CLI_OPTIONS_END,
+    },
+    CLI_OPERANDS(3, "missing disk", "diff needs two snapshots or branches",
+                 "diff needs two snapshots or branches"),
+};
+
 int cli_tree_diff(int argc, char **argv)
 {
+    struct json_args a = {false};
     qsnap_range *r = NULL;
     qsnap_store *s;
     size_t n = 0;
     uint64_t total = 0;
-    bool json = false;
-    cli_opt_parser p;
-    int rc, status = parse_simple("diff", diff_help, argc, argv, &json, &p);
+    bool json;
+    cli_operands op;
+    int rc, status;
 
-    if (status)
-        return status < 0 ? CLI_EXIT_OK : status;
-    if (p.nb_operands < 1)
-        return tree_usage("diff", "missing disk");
-    if (p.nb_operands < 3)
-        return tree_usage("diff", "diff needs two snapshots or branches");
-    if (p.nb_operands > 3)
-        return tree_usage("diff", "unexpected argument '%s'", p.argv[3]);
-    status = tree_open(&s, p.argv[0], QSNAP_OPEN_READONLY);
+    if (!cli_cmd_parse(&diff_cmd, argc, argv, &a, &op, &status))
+        return status;
+    json = a.json;
+    status = tree_open(&s, op.v[0], QSNAP_OPEN_READONLY);
     if (status)
         return status;
-    rc = qsnap_diff(s, p.argv[1], p.argv[2], &r, &n);
+    rc = qsnap_diff(s, op.v[1], op.v[2], &r, &n);
     if (rc < 0) {
-        status = tree_fail(rc, p.argv[0]);
+        status = tree_fail(rc, op.v[0]);
         goto out;
     }
     for (size_t i = 0; i < n; i++)
@@ -589,8 +522,8 @@ int cli_tree_diff(int argc, char **argv)
         cli_json_init(&j, stdout);
         cli_json_begin_object(&j, NULL);
         cli_json_uint(&j, "version", TREE_JSON_VERSION);
-        cli_json_string(&j, "a", p.argv[1]);
-        cli_json_string(&j, "b", p.argv[2]);
+        cli_json_string(&j, "a", op.v[1]);
+        cli_json_string(&j, "b", op.v[2]);
         cli_json_uint(&j, "bytes", total);
         cli_json_begin_array(&j, "ranges");
         for (size_t i = 0; i < n; i++) {
@@ -609,7 +542,7 @@ int cli_tree_diff(int argc, char **argv)
             printf("0x%010" PRIx64 "-0x%010" PRIx64 "  %s\n", r[i].start, r[i].start + r[i].length,
                    cli_fmt_size(r[i].length, size));
         if (n == 0)
-            printf("%s and %s have the same content\n", p.argv[1], p.argv[2]);
+            printf("%s and %s have the same content\n", op.v[1], op.v[2]);
         else
             printf("%zu range%s, %s differ\n", n, n == 1 ? "" : "s", cli_fmt_size(total, size));
     }
@@ -634,28 +567,37 @@ static const char du_help[] =
     "  -h, --help           show this help and exit\n"
     "\n" TREE_EXIT_HELP;
 
+static const cli_command du_cmd = {
+    .prog = "qsnap du",
+    .help = du_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){
+        CLI_FLAG("json", 0, struct json_args, json),
+        CLI_OPTIONS_END,
+    },
+    CLI_OPERANDS(1, "missing disk"),
+};
+
 int cli_tree_du(int argc, char **argv)
 {
+    struct json_args args = {false};
     qsnap_usage *u = NULL;
     qsnap_store *s;
     size_t n = 0;
     uint64_t holds = 0;
-    bool json = false;
-    cli_opt_parser p;
-    int rc, status = parse_simple("du", du_help, argc, argv, &json, &p);
+    bool json;
+    cli_operands op;
+    int rc, status;
 
-    if (status)
-        return status < 0 ? CLI_EXIT_OK : status;
-    if (p.nb_operands < 1)
-        return tree_usage("du", "missing disk");
-    if (p.nb_operands > 1)
-        return tree_usage("du", "unexpected argument '%s'", p.argv[1]);
-    status = tree_open(&s, p.argv[0], QSNAP_OPEN_READONLY);
+    if (!cli_cmd_parse(&du_cmd, argc, argv, &args, &op, &status))
+        return status;
+    json = args.json;
+    status = tree_open(&s, op.v[0], QSNAP_OPEN_READONLY);
     if (status)
         return status;
     rc = qsnap_du(s, &u, &n);
     if (rc < 0) {
-        status = tree_fail(rc, p.argv[0]);
+        status = tree_fail(rc, op.v[0]);
         goto out;
     }
     {
@@ -664,7 +606,7 @@ int cli_tree_du(int argc, char **argv)
         size_t nl = 0;
         rc = qsnap_list(s, &list, &nl);
         if (rc < 0) {
-            status = tree_fail(rc, p.argv[0]);
+            status = tree_fail(rc, op.v[0]);
             goto out;
         }
         for (size_t i = 0; i < n; i++) {
@@ -726,27 +668,32 @@ static const char why_help[] =
     "  -h, --help           show this help and exit\n"
     "\n" TREE_EXIT_HELP;
 
+static const cli_command why_cmd = {
+    .prog = "qsnap why",
+    .help = why_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){
+        CLI_OPTIONS_END,
+    },
+    CLI_OPERANDS(2, "missing disk", "missing snapshot or branch name"),
+};
+
 int cli_tree_why(int argc, char **argv)
 {
+    struct json_args a = {false};
     qsnap_store *s;
     char *text = NULL;
-    cli_opt_parser p;
-    int rc, status = parse_simple("why", why_help, argc, argv, NULL, &p);
+    cli_operands op;
+    int rc, status;
 
-    if (status)
-        return status < 0 ? CLI_EXIT_OK : status;
-    if (p.nb_operands < 1)
-        return tree_usage("why", "missing disk");
-    if (p.nb_operands < 2)
-        return tree_usage("why", "missing snapshot or branch name");
-    if (p.nb_operands > 2)
-        return tree_usage("why", "unexpected argument '%s'", p.argv[2]);
-    status = tree_open(&s, p.argv[0], QSNAP_OPEN_READONLY);
+    if (!cli_cmd_parse(&why_cmd, argc, argv, &a, &op, &status))
+        return status;
+    status = tree_open(&s, op.v[0], QSNAP_OPEN_READONLY);
     if (status)
         return status;
-    rc = qsnap_why(s, p.argv[1], &text);
+    rc = qsnap_why(s, op.v[1], &text);
     if (rc < 0)
-        status = tree_fail(rc, p.argv[0]);
+        status = tree_fail(rc, op.v[0]);
     else
         fputs(text, stdout);
     free(text);
@@ -768,53 +715,53 @@ static const char export_help[] =
     "  -h, --help           show this help and exit\n"
     "\n" TREE_EXIT_HELP;
 
+struct export_args {
+    qcow2_format fmt;
+    bool progress;
+};
+
+/* -O: raw or qcow2 (the tree's own message, not qemu-img's). */
+static int export_format(const char *arg, void *field)
+{
+    qcow2_format *fmt = field;
+
+    *fmt = qcow2_format_from_name(arg);
+    if (*fmt != QCOW2_FORMAT_RAW && *fmt != QCOW2_FORMAT_QCOW2)
+        return tree_usage("export", "unknown output format '%s' (raw or qcow2)", arg);
+    return 0;
+}
+
+static const cli_command export_cmd = {
+    .prog = "qsnap export",
+    .help = export_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){
+        CLI_CONVERT("format", 'O', struct export_args, fmt, export_format),
+        CLI_FLAG("progress", 'p', struct export_args, progress),
+        CLI_OPTIONS_END,
+    },
+    CLI_OPERANDS(3, "missing disk", "export needs a snapshot or branch and an output file",
+                 "export needs a snapshot or branch and an output file"),
+};
+
 int cli_tree_export(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},
-        {"format", 'O', true},
-        {"progress", 'p', false},
-        {NULL, 0, false},
-    };
-    qcow2_format fmt = QCOW2_FORMAT_RAW;
-    bool progress = false;
+    struct export_args a = {QCOW2_FORMAT_RAW, false};
     qsnap_store *s;
     cli_progress pr;
-    cli_opt_parser p;
-    int c, rc, status;
+    cli_operands op;
+    int rc, status;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(export_help, stdout);
-            return CLI_EXIT_OK;
-        case 'O':
-            fmt = qcow2_format_from_name(p.arg);
-            if (fmt != QCOW2_FORMAT_RAW && fmt != QCOW2_FORMAT_QCOW2)
-                return tree_usage("export", "unknown output format '%s' (raw or qcow2)", p.arg);
-            break;
-        case 'p':
-            progress = true;
-            break;
-        default:
-            return bad_option("export");
-        }
-    }
-    if (p.nb_operands < 1)
-        return tree_usage("export", "missing disk");
-    if (p.nb_operands < 3)
-        return tree_usage("export", "export needs a snapshot or branch and an output file");
-    if (p.nb_operands > 3)
-        return tree_usage("export", "unexpected argument '%s'", p.argv[3]);
-    status = tree_open(&s, p.argv[0], QSNAP_OPEN_READONLY);
+    if (!cli_cmd_parse(&export_cmd, argc, argv, &a, &op, &status))
+        return status;
+    status = tree_open(&s, op.v[0], QSNAP_OPEN_READONLY);
     if (status)
         return status;
-    cli_progress_begin(&pr, progress, true);
-    rc = qsnap_export(s, p.argv[1], p.argv[2], fmt, cli_progress_update, &pr);
+    cli_progress_begin(&pr, a.progress, true);
+    rc = qsnap_export(s, op.v[1], op.v[2], a.fmt, cli_progress_update, &pr);
     if (rc < 0) {
         cli_progress_abort(&pr);
-        status = tree_fail(rc, p.argv[0]);
+        status = tree_fail(rc, op.v[0]);
     } else {
         cli_progress_end(&pr);
     }
@@ -841,44 +788,39 @@ static const char verify_help[] =
     "  -h, --help           show this help and exit\n"
     "\n" TREE_EXIT_HELP;
 
+struct verify_args {
+    bool repair, json;
+};
+
+static const cli_command verify_cmd = {
+    .prog = "qsnap verify",
+    .help = verify_help,
+    .usage_status = CLI_EXIT_USAGE,
+    .options = (const cli_option[]){
+        CLI_FLAG("repair", 0, struct verify_args, repair),
+        CLI_FLAG("json", 0, struct verify_args, json),
+        CLI_OPTIONS_END,
+    },
+    CLI_OPERANDS(1, "missing disk"),
+};
+
 int cli_tree_verify(int argc, char **argv)
 {
-    static const cli_opt_def defs[] = {
-        {"help", 'h', false},
-        {"repair", OPT_REPAIR, false},
-        {"json", OPT_JSON, false},
-        {NULL, 0, false},
-    };
-    bool repair = false, json = false;
+    struct verify_args a = {false, false};
+    bool repair, json;
     qsnap_finding *f = NULL;
     qsnap_store *s;
     size_t n = 0, problems = 0;
-    cli_opt_parser p;
-    int c, rc, status;
+    cli_operands op;
+    int rc, status;
 
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'h':
-            fputs(verify_help, stdout);
-            return CLI_EXIT_OK;
-        case OPT_REPAIR:
-            repair = true;
-            break;
-        case OPT_JSON:
-            json = true;
-            break;
-        default:
-            return bad_option("verify");
-        }
-    }
-    if (p.nb_operands < 1)
-        return tree_usage("verify", "missing disk");
-    if (p.nb_operands > 1)
-        return tree_usage("verify", "unexpected argument '%s'", p.argv[1]);
+    if (!cli_cmd_parse(&verify_cmd, argc, argv, &a, &op, &status))
+        return status;
+    repair = a.repair;
+    json = a.json;
     /* CREATE: a first create that was interrupted has a journal but no metadata yet. */
     status =
-        tree_open(&s, p.argv[0], QSNAP_OPEN_CREATE | QSNAP_OPEN_ANY_FILES |
+        tree_open(&s, op.v[0], QSNAP_OPEN_CREATE | QSNAP_OPEN_ANY_FILES |
                                      (repair ? 0u : (unsigned)QSNAP_OPEN_READONLY));
     if (status)
         return status;
@@ -916,7 +858,7 @@ int cli_tree_verify(int argc, char **argv)
                    f[i].message);
     }
     if (rc < 0)
-        status = tree_fail(rc, p.argv[0]);
+        status = tree_fail(rc, op.v[0]);
     qsnap_verify_free(f, n);
     qsnap_store_close(s);
     return status;

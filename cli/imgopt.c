@@ -81,6 +81,11 @@ int cli_imgopts_append(cli_imgopts *o, const char *arg)
     return 0;
 }
 
+int cli_imgopts_convert(const char *arg, void *field)
+{
+    return cli_imgopts_append(field, arg) < 0 ? 1 : 0;
+}
+
 int cli_imgopts_set(cli_imgopts *o, enum cli_imgopt_key key, const char *value)
 {
     char *copy = strdup(value);

@@ -46,6 +46,9 @@ void cli_imgopts_free(cli_imgopts *o);
 /* Remember one -o argument. @return 0, or -1 (out of memory, after the message). */
 int cli_imgopts_append(cli_imgopts *o, const char *arg);
 
+/* cli_imgopts_append() as an option converter (see opt.h): -o into a cli_imgopts; exits 1. */
+int cli_imgopts_convert(const char *arg, void *field);
+
 /* Set key to a copy of value (for -b and -F). @return 0, or -1 after the message. */
 int cli_imgopts_set(cli_imgopts *o, enum cli_imgopt_key key, const char *value);
 

@@ -2,11 +2,14 @@
  * Option parsing for every qsnap command (see opt.h). It keeps no global
  * state, so the io command can parse each of its command lines with it too.
  * Operands are compacted to the front of argv as they are met, which keeps
- * their order and needs no allocation.
+ * their order and needs no allocation. cli_cmd_parse() at the end reads a
+ * command line by the command's table with it.
  */
 #include <stdio.h>
 #include <string.h>
 
+#include "cli.h"
+#include "cli_error.h"
 #include "opt.h"
 
 void cli_opt_init(cli_opt_parser *p, int argc, char **argv, const cli_opt_def *defs)
@@ -115,4 +118,88 @@ int cli_opt_next(cli_opt_parser *p)
         return parse_short(p);
     }
     return 0;
+}
+
+/* ---- a command line by its table --------------------------------------------- */
+
+/* Options a command may declare (-h/--help aside); image convert has 12. */
+#define CLI_CMD_MAX_OPTIONS 31
+
+/* Store what option o says into args; 0, or the exit status after an error. */
+static int apply_option(const cli_option *o, const char *arg, void *args)
+{
+    void *field = (char *)args + o->offset;
+
+    switch (o->kind) {
+    case CLI_OPT_FLAG:
+        *(bool *)field = true;
+        return 0;
+    case CLI_OPT_STRING:
+        *(const char **)field = arg;
+        return 0;
+    case CLI_OPT_BITS:
+        *(unsigned *)field |= o->bits;
+        return 0;
+    case CLI_OPT_CONVERT:
+    case CLI_OPT_CALL:
+        return o->convert(arg, field);
+    }
+    return 0;
+}
+
+bool cli_cmd_parse(const cli_command *cmd, int argc, char **argv, void *args, cli_operands *ops,
+                   int *status)
+{
+    cli_opt_def defs[CLI_CMD_MAX_OPTIONS + 2]; /* help, the table's options, the end */
+    const cli_option *opts = cmd->options;
+    cli_opt_parser p;
+    int c, i, n;
+
+    /* The table as cli_opt_next() wants it: opts[i] is defs[i + 1]. */
+    defs[0] = (cli_opt_def){"help", 'h', false};
+    for (n = 0; opts[n].long_name || opts[n].short_name; n++) {
+        if (n == CLI_CMD_MAX_OPTIONS) {
+            cli_errorf("%s: too many options in its table", cmd->prog);
+            *status = 1;
+            return false;
+        }
+        defs[n + 1] = (cli_opt_def){
+            opts[n].long_name, opts[n].short_name ? opts[n].short_name : CLI_OPT_LONG_BASE + n,
+            opts[n].kind == CLI_OPT_STRING || opts[n].kind == CLI_OPT_CONVERT};
+    }
+    defs[n + 1] = (cli_opt_def){NULL, 0, false};
+
+    cli_opt_init(&p, argc - 1, argv + 1, defs);
+    while ((c = cli_opt_next(&p)) != 0) {
+        if (c < 0) {
+            *status = cli_usage_hint(cmd->prog, cmd->usage_status);
+            return false;
+        }
+        if (c == 'h') {
+            fputs(cmd->help, stdout);
+            *status = 0;
+            return false;
+        }
+        for (i = 0; defs[i + 1].key != c; i++)
+            ;
+        *status = apply_option(&opts[i], p.arg, args);
+        if (*status)
+            return false;
+    }
+    ops->n = p.nb_operands;
+    ops->v = p.argv;
+    if (ops->n < cmd->min_operands) {
+        cli_errorf("%s", cmd->missing[ops->n]);
+        *status = cli_usage_hint(cmd->prog, cmd->usage_status);
+        return false;
+    }
+    if (cmd->max_operands > 0 && ops->n > cmd->max_operands) {
+        if (cmd->extra)
+            cli_errorf("%s", cmd->extra);
+        else
+            cli_errorf("unexpected argument '%s'", ops->v[cmd->max_operands]);
+        *status = cli_usage_hint(cmd->prog, cmd->usage_status);
+        return false;
+    }
+    return true;
 }
