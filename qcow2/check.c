@@ -5,7 +5,7 @@
  * (refcount.c); COPIED flags of the active tree are compared with the
  * repaired refcounts. Repair goes through refcount.c (refcount blocks), the
  * L2 cache and the in-memory L1, made durable with the ordered flush of
- * write.c; header.c rewrites the header when the dirty or corrupt bit can be
+ * flush.c; header.c rewrites the header when the dirty or corrupt bit can be
  * cleared. The public entry point is qcow2_image_check(); image.c calls
  * qcow2__repair_dirty() when a dirty (lazy refcounts) image is opened for
  * writing.

@@ -722,6 +722,7 @@ int qcow2__reopen(qcow2_image *img, bool rw)
     img->locked = want_lock;
     img->state = rw ? QCOW2__OPEN_RW : QCOW2__OPEN_RO;
     img->write_started = false;
+    img->share_refused = NULL;
     if (rw) {
         img->opts.flags |= QCOW2_OPEN_RDWR;
         if (img->fmt == QCOW2_FORMAT_QCOW2 && (img->hdr.incompat & QCOW2_INCOMPAT_DIRTY))

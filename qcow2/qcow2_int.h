@@ -139,6 +139,7 @@ int qcow2__io_flush(qcow2_io *io, const char *name);
  * system: the caller copies), or a negative QCOW2_E* code on an I/O error.
  */
 #define QCOW2__CLONE_ALIGN 4096u
+#define QCOW2__PEND_SLOTS 8u /* shares put off at once (share.c) */
 int qcow2__io_clone(qcow2_io *io, const char *name, uint64_t off, qcow2_io *src, uint64_t src_off,
                     uint64_t len);
 /*
@@ -151,6 +152,15 @@ int qcow2__io_clone(qcow2_io *io, const char *name, uint64_t off, qcow2_io *src,
  */
 int qcow2__write_shared(qcow2_image *img, uint64_t guest_off, uint64_t len, qcow2_io *src,
                         const char *src_name, uint64_t src_off);
+/*
+ * share.c: carry out the shares qcow2__write_shared() put off (copying
+ * where the file system refuses them). Called before any metadata
+ * write-back, any other write and any read of the chain; callers that batch
+ * shares call it when done.
+ */
+int qcow2__share_drain(qcow2_image *img);
+/* Write guest [guest, +len) from img->share_src at host: shared (put off) or copied. */
+int qcow2__share_put(qcow2_image *img, uint64_t len, uint64_t host, uint64_t guest);
 int qcow2__io_truncate(qcow2_io *io, const char *name, uint64_t size);
 int qcow2__io_size(qcow2_io *io, const char *name, uint64_t *size_out);
 /* Write zeroes over [off, off+len) in bounded pieces. */
@@ -396,6 +406,21 @@ struct qcow2_image {
     qcow2_io *share_src;         /* during qcow2__write_shared: the data's file, else NULL */
     const char *share_name;      /* and its name (messages) */
     uint64_t share_delta;        /* its offset for guest offset g: g + share_delta */
+    /*
+     * Shares put off (share.c, qcow2__share_put): each slot sends [from, +len) of src
+     * to [host, +len) of this file in one FICLONERANGE, grown while later
+     * pieces continue it in both files, and made before any table that can
+     * point at it is written (qcow2__share_drain). pend_n slots in use.
+     */
+    struct qcow2__pend {
+        qcow2_io *src;
+        const char *name;
+        uint64_t host, from, len;
+        uint64_t used;           /* pend_tick when last grown */
+    } pend[QCOW2__PEND_SLOTS];
+    unsigned pend_n;
+    uint64_t pend_tick;
+    qcow2_io *share_refused;     /* a source this file could not share from: copied */
 };
 
 /* pool.c: table memory and the mapping generation shared by the layers of one chain. */
@@ -547,7 +572,7 @@ int qcow2__apply_pending_frees(qcow2_image *img);
 /* Host byte range of a compressed cluster's data per its descriptor (sector-aligned start). */
 void qcow2__compressed_range(const qcow2_image *img, uint64_t l2e, uint64_t *host_off, uint64_t *len);
 
-/* write.c */
+/* flush.c */
 /*
  * Ordered flush of everything dirty: data -> refcount blocks -> L2 tables ->
  * L1 -> header, a flush between each, then queued frees (invariant 3). Any
@@ -558,10 +583,14 @@ int qcow2__metadata_flush(qcow2_image *img);
 int qcow2__fatal(qcow2_image *img, int rc);
 /* Make a handle writable state-wise: QCOW2_EREADONLY / QCOW2_EFATAL otherwise. */
 int qcow2__check_writable(qcow2_image *img);
-/* Allocate every cluster of the virtual size (create's preallocation=). */
-int qcow2__preallocate(qcow2_image *img, qcow2_prealloc mode);
 /* Flush and clear the dirty bit before close (no-op for read-only handles). */
 int qcow2__close_flush(qcow2_image *img);
+/* First write: drop the persistent bitmaps (header extension, then their clusters). */
+int qcow2__drop_bitmaps(qcow2_image *img);
+
+/* write.c */
+/* Allocate every cluster of the virtual size (create's preallocation=). */
+int qcow2__preallocate(qcow2_image *img, qcow2_prealloc mode);
 
 /* write.c, for vmstate.c (the vm-state area lies past the virtual size). */
 /* The checks and first-write header update of every mutating call, without a range. */

@@ -494,6 +494,12 @@ int qcow2_image_read(qcow2_image *img, void *buf, size_t len, uint64_t guest_off
                           "read of %zu bytes at 0x%" PRIx64 " is beyond the virtual size (%" PRIu64
                           " bytes)",
                           len, guest_off, img->size);
+    for (qcow2_image *l = img; l; l = l->backing) {
+        /* A share put off (share.c) is data the chain may read: made first. */
+        int rc = l->pend_n ? qcow2__share_drain(l) : 0;
+        if (rc)
+            return rc;
+    }
     m = cmap_get(img);
     if (m)
         return read_mapped(img, m, buf, len, guest_off);
@@ -513,11 +519,11 @@ static int raw_status(qcow2_image *img, uint64_t off, uint64_t len, qcow2_extent
         out->host_off = off;
         return 0;
     }
-    rc = qcow2__io_extent(img->io, img->name, off, qcow2__min(len, img->file_size - off), &run,
-                          &hole);
+    /* The chart (or the run found last): no lseek pair per query over a charted file. */
+    rc = raw_run_at(img, off, &run, &hole);
     if (rc)
         return rc;
-    out->length = run;
+    out->length = qcow2__min(run, len);
     out->host_off = off;
     out->flags =
         QCOW2_EXT_PRESENT | QCOW2_EXT_OFFSET_VALID | (hole ? QCOW2_EXT_ZERO : QCOW2_EXT_DATA);

@@ -7,7 +7,7 @@
  * Invariants kept here (numbers from qcow2_format.h):
  *  (1) every reachable cluster has refcount >= 1: a cluster's refcount is
  *      raised (in the cache) before anything can point at it, and the cache
- *      is written back before the tables that point at it (write.c);
+ *      is written back before the tables that point at it (flush.c);
  *  (4) a new refcount block is complete on disk before the table points at
  *      it, and a new refcount table is complete before the header does;
  *  - a freed cluster keeps its refcount until the metadata that dropped the

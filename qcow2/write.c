@@ -1,20 +1,18 @@
 /*
  * Writing guest data into the top qcow2 layer: allocation, copy-on-write
  * from the backing chain and from shared or compressed clusters, zero and
- * discard requests, compressed clusters, resize, and the ordered metadata
- * flush that makes all of it crash-safe. Callers above are the public API;
- * below are cluster.c (mapping), refcount.c (allocation) and cache.c.
+ * discard requests, compressed clusters and resize. Callers above are the
+ * public API; below are cluster.c (mapping), refcount.c (allocation),
+ * cache.c, share.c (data shared with another file) and flush.c (the ordered
+ * metadata flush that makes all of it crash-safe).
  *
  * Crash safety (invariant 3 of qcow2_format.h): guest data is written to
  * clusters nothing points at yet; the new mapping lives in the metadata
- * cache until qcow2__metadata_flush() writes it out in dependency order:
- *
- *     data -> refcount blocks -> refcount table -> L2 tables -> L1 -> header
- *
- * with a flush between steps, so every table on disk only ever points at
- * complete, refcounted clusters. A cluster a write stops using is freed only
- * after the new mapping is durable (qcow2__free_later), so a crash at any
- * point leaves at worst leaked clusters.
+ * cache until qcow2__metadata_flush() writes it out in dependency order
+ * (flush.c), so every table on disk only ever points at complete,
+ * refcounted clusters. A cluster a write stops using is freed only after
+ * the new mapping is durable (qcow2__free_later), so a crash at any point
+ * leaves at worst leaked clusters.
  */
 #include <inttypes.h>
 
@@ -23,218 +21,6 @@
 #define WRITE_RUN_BYTES (2u << 20) /* most bytes allocated and written in one step */
 
 static const uint8_t zero_buf[65536];
-
-int qcow2__fatal(qcow2_image *img, int rc)
-{
-    if (img->state == QCOW2__OPEN_RW) {
-        img->state = QCOW2__FATAL;
-        if (QCOW2_ERROR_CLASS(rc) == QCOW2_ECORRUPT && img->fmt == QCOW2_FORMAT_QCOW2 &&
-            img->hdr.version >= 3) {
-            /* Best effort, as qemu: mark the image so nobody writes it before a repair. */
-            uint8_t flag[8];
-            qcow2__put_be64(flag, img->hdr.incompat | QCOW2_INCOMPAT_CORRUPT);
-            if (img->io->ops->pwrite(img->io, flag, 8, 72) == 0)
-                img->io->ops->flush(img->io);
-        }
-    }
-    return rc;
-}
-
-int qcow2__check_writable(qcow2_image *img)
-{
-    if (img->state == QCOW2__FATAL)
-        return qcow2__err(QCOW2_EFATAL, 0, img->name,
-                          "an earlier write failed; close and reopen the image");
-    if (img->state != QCOW2__OPEN_RW)
-        return qcow2__err(QCOW2_EREADONLY, 0, img->name, "image is opened read-only");
-    if (img->fmt == QCOW2_FORMAT_QCOW2 && img->rt_broken)
-        return qcow2__err(QCOW2_EREADONLY, 0, img->name,
-                          "the refcount table is unusable; repair it with 'qsnap image check -r all'");
-    if (img->fmt == QCOW2_FORMAT_QCOW2 && (img->hdr.incompat & QCOW2_INCOMPAT_CORRUPT))
-        return qcow2__err(QCOW2_EREADONLY, 0, img->name,
-                          "image is marked corrupt; repair it with 'qsnap image check -r all'");
-    return 0;
-}
-
-static int write_reftable(qcow2_image *img)
-{
-    size_t bytes = (size_t)img->rt_entries * 8;
-    uint8_t *raw = qcow2__malloc(bytes);
-    int rc;
-
-    if (!raw)
-        return qcow2__nomem();
-    for (uint64_t i = 0; i < img->rt_entries; i++)
-        qcow2__put_be64(raw + i * 8, img->reftable[i]);
-    rc = qcow2__io_write(img->io, img->name, raw, bytes, img->hdr.rt_off);
-    qcow2__free(raw);
-    return rc;
-}
-
-static int write_l1(qcow2_image *img)
-{
-    size_t bytes = (size_t)img->hdr.l1_size * 8;
-    uint8_t *raw = qcow2__malloc(bytes);
-    int rc;
-
-    if (!raw)
-        return qcow2__nomem();
-    for (uint64_t i = 0; i < img->hdr.l1_size; i++)
-        qcow2__put_be64(raw + i * 8, img->l1[i]);
-    rc = qcow2__io_write(img->io, img->name, raw, bytes, img->hdr.l1_off);
-    qcow2__free(raw);
-    return rc;
-}
-
-static int flush_steps(qcow2_image *img)
-{
-    int rc;
-
-    rc = qcow2__sync(img); /* guest data first */
-    if (rc)
-        return rc;
-    if (qcow2__cache_is_dirty(&img->rbc)) {
-        rc = qcow2__cache_writeback(img, &img->rbc);
-        if (!rc)
-            rc = qcow2__sync(img);
-        if (rc)
-            return rc;
-    }
-    if (img->rt_dirty) {
-        rc = write_reftable(img);
-        if (!rc)
-            rc = qcow2__sync(img);
-        if (rc)
-            return rc;
-        img->rt_dirty = false;
-    }
-    if (qcow2__cache_is_dirty(&img->l2c)) {
-        rc = qcow2__cache_writeback(img, &img->l2c);
-        if (!rc)
-            rc = qcow2__sync(img);
-        if (rc)
-            return rc;
-    }
-    if (img->l1_dirty) {
-        rc = write_l1(img);
-        if (!rc)
-            rc = qcow2__sync(img);
-        if (rc)
-            return rc;
-        img->l1_dirty = false;
-    }
-    if (img->header_dirty) {
-        rc = qcow2__header_write(img);
-        if (rc)
-            return rc;
-    }
-    if (img->nb_pending) {
-        rc = qcow2__apply_pending_frees(img);
-        if (!rc)
-            rc = qcow2__cache_writeback(img, &img->rbc);
-        if (!rc)
-            rc = qcow2__sync(img);
-    }
-    return rc;
-}
-
-int qcow2__metadata_flush(qcow2_image *img)
-{
-    int rc;
-
-    if (img->state == QCOW2__FATAL)
-        return qcow2__err(QCOW2_EFATAL, 0, img->name,
-                          "an earlier write failed; close and reopen the image");
-    if (img->state != QCOW2__OPEN_RW)
-        return 0;
-    if (img->fmt != QCOW2_FORMAT_QCOW2)
-        return qcow2__sync(img);
-    rc = flush_steps(img);
-    return rc ? qcow2__fatal(img, rc) : 0;
-}
-
-int qcow2_image_flush(qcow2_image *img)
-{
-    int rc = qcow2__check_writable(img);
-
-    if (rc == QCOW2_EREADONLY && img->state == QCOW2__OPEN_RO)
-        return 0;
-    if (rc)
-        return rc;
-    return qcow2__metadata_flush(img);
-}
-
-/* Queue the release of clusters [off, off + len bytes rounded up), if inside the file. */
-static int free_span(qcow2_image *img, uint64_t off, uint64_t len)
-{
-    uint64_t bytes = qcow2__align_up(len, img->cluster_size);
-
-    /* The last structure of a file may end before its cluster does. */
-    if (!off || (off & (img->cluster_size - 1)) || !qcow2__in_range(off, len, img->file_size))
-        return 0; /* damaged: leave it (a leak at worst, never a wrong free) */
-    return qcow2__free_later(img, off, bytes);
-}
-
-/*
- * Persistent bitmaps are not maintained by this library, so the first write
- * drops them: the extension leaves the header (durably), then the directory,
- * the bitmap tables and their data clusters are freed. qemu would otherwise
- * see stale bitmaps, and its check would call their clusters leaked.
- */
-static int drop_bitmaps(qcow2_image *img)
-{
-    const uint8_t *ext = img->bitmaps_ext;
-    uint64_t dir_size = qcow2__be64(ext + 8), dir_off = qcow2__be64(ext + 16);
-    uint8_t *dir = NULL, *table = NULL;
-    int rc;
-
-    /* header.c validated the count, the directory size cap and its place. */
-    dir = qcow2__malloc((size_t)dir_size);
-    if (!dir)
-        return qcow2__nomem();
-    rc = qcow2__io_read(img->io, img->name, dir, (size_t)dir_size, dir_off);
-    if (rc)
-        goto out;
-    qcow2__free(img->bitmaps_ext);
-    img->bitmaps_ext = NULL;
-    img->bitmaps_ext_len = 0;
-    img->nb_bitmaps = 0;
-    img->hdr.autoclear = 0;
-    rc = qcow2__header_write(img);
-    if (rc)
-        goto out;
-    for (uint64_t pos = 0; pos + 24 <= dir_size;) {
-        uint64_t table_off = qcow2__be64(dir + pos);
-        uint32_t table_size = qcow2__be32(dir + pos + 8);
-        uint16_t name_size = qcow2__be16(dir + pos + 18);
-        uint32_t extra = qcow2__be32(dir + pos + 20);
-        uint64_t tbytes = (uint64_t)table_size * 8;
-
-        if (tbytes && tbytes <= QCOW2_MAX_L1_BYTES && !(table_off & (img->cluster_size - 1)) &&
-            qcow2__in_range(table_off, tbytes, img->file_size)) {
-            table = qcow2__malloc((size_t)tbytes);
-            if (!table) {
-                rc = qcow2__nomem();
-                goto out;
-            }
-            rc = qcow2__io_read(img->io, img->name, table, (size_t)tbytes, table_off);
-            for (uint64_t i = 0; !rc && i < table_size; i++)
-                rc = free_span(img, qcow2__be64(table + i * 8) & QCOW2_L2E_OFFSET_MASK,
-                               img->cluster_size);
-            qcow2__free(table);
-            table = NULL;
-            if (!rc)
-                rc = free_span(img, table_off, tbytes);
-            if (rc)
-                goto out;
-        }
-        pos += qcow2__align_up(24 + (uint64_t)extra + name_size, 8);
-    }
-    rc = free_span(img, dir_off, dir_size);
-out:
-    qcow2__free(dir);
-    return rc;
-}
 
 /*
  * Checks common to every mutating call, and the first-write header update:
@@ -248,6 +34,12 @@ static int start_write(qcow2_image *img, uint64_t off, uint64_t len)
 
     if (rc)
         return rc;
+    /* Any write but the next shared one finds the shares put off done (it may rewrite or read them). */
+    if (!img->share_src) {
+        rc = qcow2__share_drain(img);
+        if (rc)
+            return rc;
+    }
     if (!qcow2__in_range(off, len, img->size))
         return qcow2__err(QCOW2_EINVAL, 0, img->name,
                           "write of %" PRIu64 " bytes at 0x%" PRIx64
@@ -259,7 +51,7 @@ static int start_write(qcow2_image *img, uint64_t off, uint64_t len)
     if (img->fmt != QCOW2_FORMAT_QCOW2 || img->write_started)
         return 0;
     if (img->bitmaps_ext) {
-        rc = drop_bitmaps(img);
+        rc = qcow2__drop_bitmaps(img);
         if (rc)
             return qcow2__fatal(img, rc);
     }
@@ -532,31 +324,13 @@ out:
 
 /*
  * Put len bytes of guest data at host offset host of img's file: from p, or
- * in qcow2__write_shared() from the source file, shared where it can be.
- * Sharing is safe for ever after: the file system copies a shared block
- * when either file writes it (an in-place rewrite of a data cluster
- * included), so no write to one file can reach the other.
+ * in qcow2__write_shared() from the source file (qcow2__share_put).
  */
 static int put_data(qcow2_image *img, const uint8_t *p, uint64_t len, uint64_t host, uint64_t guest)
 {
-    uint64_t from;
-    uint8_t *bounce;
-    int rc;
-
     if (!img->share_src)
         return qcow2__io_write(img->io, img->name, p, (size_t)len, host);
-    from = guest + img->share_delta;
-    rc = qcow2__io_clone(img->io, img->name, host, img->share_src, from, len);
-    if (rc)
-        return rc < 0 ? rc : 0;
-    bounce = qcow2__malloc((size_t)len);
-    if (!bounce)
-        return qcow2__nomem();
-    rc = qcow2__io_read(img->share_src, img->share_name, bounce, (size_t)len, from);
-    if (!rc)
-        rc = qcow2__io_write(img->io, img->name, bounce, (size_t)len, host);
-    qcow2__free(bounce);
-    return rc;
+    return qcow2__share_put(img, len, host, guest);
 }
 
 /* A preallocated zero cluster (standard L2 entry: ZERO with a host offset) that we own. */
@@ -1107,14 +881,13 @@ int qcow2__write_shared(qcow2_image *img, uint64_t guest_off, uint64_t len, qcow
         img->io->ops->version < 2 || !img->io->ops->clone_from || src->ops != img->io->ops)
         return 0;
     quiet = quiet_begin(img);
+    img->share_src = src; /* set first: start_write() leaves the pending share alone */
+    img->share_name = src_name;
+    img->share_delta = src_off - guest_off;
     rc = start_write(img, guest_off, len);
-    if (!rc) {
-        img->share_src = src;
-        img->share_name = src_name;
-        img->share_delta = src_off - guest_off;
+    if (!rc)
         rc = for_each_table(img, NULL, guest_off, len, write_in_table);
-        img->share_src = NULL;
-    }
+    img->share_src = NULL;
     rc = quiet_end(img, quiet, rc, guest_off, len, true);
     return rc ? rc : 1;
 }
@@ -1318,26 +1091,6 @@ int qcow2_image_resize(qcow2_image *img, uint64_t new_size, bool allow_shrink)
 uint32_t qcow2_image_cluster_size(const qcow2_image *img)
 {
     return img->fmt == QCOW2_FORMAT_QCOW2 ? (uint32_t)img->cluster_size : 512;
-}
-
-/* Called by close: make everything durable and leave a clean header. */
-int qcow2__close_flush(qcow2_image *img)
-{
-    int rc;
-
-    if (img->state != QCOW2__OPEN_RW)
-        return 0;
-    rc = qcow2__metadata_flush(img);
-    if (rc || img->fmt != QCOW2_FORMAT_QCOW2)
-        return rc;
-    /* Only a dirty bit this handle set (lazy refcounts) is ours to clear: one found at
-     * open (QCOW2_OPEN_CHECK, no repair) still means the refcounts are not trusted. */
-    if ((img->hdr.incompat & QCOW2_INCOMPAT_DIRTY) && img->write_started &&
-        (img->hdr.compat & QCOW2_COMPAT_LAZY_REFCOUNTS)) {
-        img->hdr.incompat &= ~QCOW2_INCOMPAT_DIRTY;
-        rc = qcow2__header_write(img);
-    }
-    return rc;
 }
 
 int qcow2__preallocate(qcow2_image *img, qcow2_prealloc mode)

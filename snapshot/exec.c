@@ -686,18 +686,14 @@ static int st_adopt(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st,
 
 static int st_save(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
 {
-    struct qsnap__model *m = &p->models[st->y], copy;
+    struct qsnap__model *m = &p->models[st->y];
     int rc;
 
     m->gen = p->base_gen + st->y;
+    /* On success the store's model is m (metalog.c). */
     rc = qsnap__save_model(s, m);
     if (rc)
         return rc;
-    rc = qsnap__model_clone(&copy, m);
-    if (rc)
-        return rc;
-    qsnap__model_free(&s->m);
-    s->m = copy;
     s->exists = true;
     /* The VM path follows the metadata (vmpath.c). */
     return qsnap__vm_path_update(s, &s->m);

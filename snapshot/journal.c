@@ -2,9 +2,12 @@
  * The journal, DIR/journal: the plan being carried out (its steps and every
  * target model), written atomically before its first step and removed after
  * its last (exec.c says how it is replayed after a crash). A text file: a
- * "qsnap-journal 1" line, the base generation, the step and model counts,
+ * "qsnap-journal 2" line, the base generation, the step and model counts,
  * one "step" line per step (fields percent-encoded, "-" when empty), then
- * each target model prefixed by its length. Read back, it is hostile input
+ * each target model: "delta LEN" and its change from the model before it
+ * (the first: from the store's model at the base generation; metalog.c's
+ * change form), or "model LEN" and the whole model (when the change cannot
+ * say it exactly, and in version 1 journals). Read back, it is hostile input
  * like any store file: every field and path is checked.
  */
 #include <errno.h>
@@ -64,7 +67,7 @@ int qsnap__journal_write(qsnap_store *s, const qsnap_plan *p)
 
     if (!f)
         return nomem();
-    fprintf(f, "qsnap-journal 1\nbase-gen %" PRIu64 "\nsteps %zu\nmodels %zu\n", p->base_gen, p->n,
+    fprintf(f, "qsnap-journal 2\nbase-gen %" PRIu64 "\nsteps %zu\nmodels %zu\n", p->base_gen, p->n,
             p->nm);
     for (size_t i = 0; i < p->n; i++) {
         const struct qsnap__step *st = &p->steps[i];
@@ -75,9 +78,15 @@ int qsnap__journal_write(qsnap_store *s, const qsnap_plan *p)
     }
     for (size_t k = 0; k < p->nm && !rc; k++) {
         char *text = NULL;
-        rc = qsnap__model_format(&p->models[k], &text);
-        if (!rc)
-            fprintf(f, "model %zu\n%s", strlen(text), text);
+        bool exact = false;
+        rc = qsnap__delta_format(k ? &p->models[k - 1] : &s->m, &p->models[k], &text, &exact);
+        if (!rc && exact) {
+            fprintf(f, "delta %zu\n%s", strlen(text), text);
+        } else if (!rc) {
+            rc = qsnap__model_format(&p->models[k], &text);
+            if (!rc)
+                fprintf(f, "model %zu\n%s", strlen(text), text);
+        }
         free(text);
     }
     if (fclose(f) != 0 || !buf) {
@@ -145,6 +154,7 @@ int qsnap__journal_read(qsnap_store *s, qsnap_plan **out)
     char *path = qsnap__path(s, JOURNAL_FILE), *text = NULL, *cur;
     qsnap_plan *p = calloc(1, sizeof(*p));
     size_t nsteps = 0, nmodels = 0, len = 0;
+    unsigned jversion = 0;
     FILE *f = NULL;
     struct stat st;
     int rc = 0;
@@ -176,9 +186,9 @@ int qsnap__journal_read(qsnap_store *s, qsnap_plan **out)
     }
     len = (size_t)st.st_size;
     cur = text;
-    if (sscanf(cur, "qsnap-journal 1\nbase-gen %" SCNu64 "\nsteps %zu\nmodels %zu\n",
-               &p->base_gen, &nsteps, &nmodels) != 3 ||
-        nsteps > 100000 || nmodels > 16) {
+    if (sscanf(cur, "qsnap-journal %u\nbase-gen %" SCNu64 "\nsteps %zu\nmodels %zu\n",
+               &jversion, &p->base_gen, &nsteps, &nmodels) != 4 ||
+        jversion < 1 || jversion > 2 || nsteps > 100000 || nmodels > 16) {
         rc = qsnap__err(QSNAP_EINTEGRITY, "remove the journal only if you know the operation",
                         "%s: damaged journal", path);
         goto out;
@@ -225,18 +235,44 @@ int qsnap__journal_read(qsnap_store *s, qsnap_plan **out)
         }
         cur = nl + 1;
     }
-    for (size_t k = 0; k < nmodels; k++) {
-        size_t mlen;
-        char *nl = strchr(cur, '\n');
-        if (!nl || sscanf(cur, "model %zu", &mlen) != 1 || mlen > len - (size_t)(nl + 1 - text)) {
-            rc = qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: damaged journal model", path);
-            goto out;
+    /*
+     * A change ("delta") applies to the model before it: the first to the
+     * store's model at base-gen. When the store is past a commit point of
+     * the plan, its model is that target's (and those before it are not
+     * needed to finish the plan: they stand in as copies of it).
+     */
+    {
+        uint64_t at = s->m.gen > p->base_gen ? s->m.gen - p->base_gen - 1 : 0;
+        bool past = s->m.gen > p->base_gen;
+        for (size_t k = 0; k < nmodels; k++) {
+            size_t mlen;
+            bool delta;
+            char *nl = strchr(cur, '\n');
+            if (!nl || (sscanf(cur, "model %zu", &mlen) != 1 &&
+                        (jversion < 2 || sscanf(cur, "delta %zu", &mlen) != 1)) ||
+                mlen > len - (size_t)(nl + 1 - text)) {
+                rc = qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: damaged journal model", path);
+                goto out;
+            }
+            delta = cur[0] == 'd';
+            if (!delta) {
+                rc = qsnap__model_parse(&p->models[k], nl + 1, mlen, path);
+            } else if (past && k <= at) {
+                rc = qsnap__model_clone(&p->models[k], &s->m);
+            } else {
+                rc = qsnap__model_clone(&p->models[k], k ? &p->models[k - 1] : &s->m);
+                if (!rc)
+                    rc = qsnap__delta_apply(&p->models[k], nl + 1, mlen, path);
+                if (!rc)
+                    rc = qsnap__model_check(&p->models[k], path);
+                if (rc)
+                    qsnap__model_free(&p->models[k]);
+            }
+            if (rc)
+                goto out;
+            p->nm++;
+            cur = nl + 1 + mlen;
         }
-        rc = qsnap__model_parse(&p->models[k], nl + 1, mlen, path);
-        if (rc)
-            goto out;
-        p->nm++;
-        cur = nl + 1 + mlen;
     }
 out:
     if (f)

@@ -136,10 +136,17 @@ struct qsnap__branch *qsnap__branch_by_name(const struct qsnap__model *m, const 
     return NULL;
 }
 
-/* Grow an array by one zeroed element; NULL when out of memory. */
+/* Grow an array by one zeroed element; NULL when out of memory. The size asked
+ * for is rounded up to a power of two, so that realloc finds the room it has
+ * (no copy, no mremap) between two of them: n appends cost O(n), not O(n^2). */
 static void *grow(void **arr, size_t *n, size_t elem)
 {
-    char *p = realloc(*arr, (*n + 1) * elem);
+    size_t cap = 8;
+    char *p;
+
+    while (cap < *n + 1)
+        cap *= 2;
+    p = realloc(*arr, cap * elem);
 
     if (!p)
         return NULL;
@@ -476,7 +483,36 @@ static bool parse_id(const char *s, unsigned *out)
 /* Parse state: one line split into words. */
 #define MAX_WORDS 16
 
+static int parse_text(struct qsnap__model *m, const char *text, size_t len, const char *what,
+                      bool whole, unsigned *version);
+
 int qsnap__model_parse(struct qsnap__model *m, const char *text, size_t len, const char *what)
+{
+    unsigned version;
+
+    return parse_text(m, text, len, what, true, &version);
+}
+
+int qsnap__model_parse_v(struct qsnap__model *m, const char *text, size_t len, const char *what,
+                         unsigned *version)
+{
+    return parse_text(m, text, len, what, true, version);
+}
+
+int qsnap__model_parse_part(struct qsnap__model *m, const char *text, size_t len, const char *what)
+{
+    unsigned version;
+
+    return parse_text(m, text, len, what, false, &version);
+}
+
+/*
+ * whole: a model of its own (checked: every reference resolves); else the
+ * records of a change (metalog.c), whose references point into the model it
+ * changes.
+ */
+static int parse_text(struct qsnap__model *m, const char *text, size_t len, const char *what,
+                      bool whole, unsigned *version)
 {
     const char *p = text, *endp = text + len;
     unsigned line_no = 0;
@@ -518,10 +554,12 @@ int qsnap__model_parse(struct qsnap__model *m, const char *text, size_t len, con
             if (nw != 2 || strcmp(words[0], "qsnap-store") != 0 || !parse_u64(words[1], &v))
                 return qsnap__err(QSNAP_EINTEGRITY, "check that DISK.qsnap is a qsnap store",
                                   "%s: not a qsnap metadata file", what);
-            if (v != QSNAP_META_VERSION)
-                return qsnap__err(QSNAP_EINTEGRITY, "use a qsnap that knows store version %" PRIu64,
-                                  "%s: unknown store version %" PRIu64 " (this qsnap reads %u)",
-                                  what, v, QSNAP_META_VERSION);
+            if (v < QSNAP_META_VERSION_MIN || v > QSNAP_META_VERSION)
+                return qsnap__err(QSNAP_EINTEGRITY, "use a qsnap that knows this store version",
+                                  "%s: unknown store version %" PRIu64
+                                  " (this qsnap reads %u to %u)",
+                                  what, v, QSNAP_META_VERSION_MIN, QSNAP_META_VERSION);
+            *version = (unsigned)v;
             have_header = true;
             continue;
         }
@@ -650,7 +688,7 @@ bad:
         rc = qsnap__err(QSNAP_EINTEGRITY,
                         "restore the store's meta file from a backup (the layers under layers/ are untouched)",
                         "%s: metadata is truncated or incomplete", what);
-    if (!rc)
+    if (!rc && whole)
         rc = qsnap__model_check(m, what);
     if (rc)
         qsnap__model_free(m);

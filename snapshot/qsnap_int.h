@@ -40,7 +40,8 @@
 #define QSNAP_MAX_LINE 65536u            /* one record */
 #define QSNAP_MAX_ITEMS 1000000u         /* layers, nodes or branches */
 #define QSNAP_MAX_NAME 128u              /* snapshot and branch names */
-#define QSNAP_META_VERSION 1u            /* what this library writes and reads */
+#define QSNAP_META_VERSION 2u            /* what this library writes (meta and meta.log) */
+#define QSNAP_META_VERSION_MIN 1u        /* the oldest it reads (no log beside it) */
 
 struct qsnap__layer {
     unsigned id;         /* unique, > 0 */
@@ -95,6 +96,17 @@ struct qsnap__refusal {
     int err;             /* ELOOP, ENODEV, ENOTDIR, EXDEV; 0: none */
 };
 
+/* The change log beside the metadata file (metalog.c). */
+struct qsnap__log {
+    bool exists;         /* meta.log is there */
+    unsigned meta_version; /* of the meta file as read (a log only beside version 2) */
+    uint64_t meta_bytes; /* size of the meta file */
+    uint64_t size;       /* bytes of meta.log */
+    uint64_t good;       /* end of its last whole record */
+    size_t live;         /* records applied when it was read */
+    size_t stale;        /* records the meta file already holds (a compaction was cut short) */
+};
+
 struct qsnap_store {
     char *disk_abs;      /* the disk, absolute */
     dev_t disk_dev;      /* the disk's file as the store was opened: every open of the */
@@ -104,6 +116,7 @@ struct qsnap_store {
     bool exists;         /* the metadata file exists */
     bool readonly;       /* opened for queries */
     struct qsnap__model m;
+    struct qsnap__log log;
     struct qsnap__refusal *refusal; /* see safe.c (NULL: not recorded) */
     struct qsnap__seen *seen; /* heads found clean or dirty while plans were made (query.c) */
     struct qsnap__chain *chain; /* the disk's own backing chain, read-only (safe.c) */
@@ -203,6 +216,11 @@ void qsnap__del_branch(struct qsnap__model *m, const char *name);
 /* Serialize to text (malloc'd) / parse text (hostile input: every field checked). */
 int qsnap__model_format(const struct qsnap__model *m, char **out);
 int qsnap__model_parse(struct qsnap__model *m, const char *text, size_t len, const char *what);
+/* The same, telling the store version the text has. */
+int qsnap__model_parse_v(struct qsnap__model *m, const char *text, size_t len, const char *what,
+                         unsigned *version);
+/* The records of a change (metalog.c): parsed and checked one by one, not as a whole. */
+int qsnap__model_parse_part(struct qsnap__model *m, const char *text, size_t len, const char *what);
 /* Check the graph: ids unique, references exist, no cycles. */
 int qsnap__model_check(const struct qsnap__model *m, const char *what);
 
@@ -219,6 +237,33 @@ void qsnap__own(const qsnap_store *s, const char *path);
 void qsnap__own_at(const qsnap_store *s, int dfd, const char *name);
 bool qsnap__file_exists(const char *path);
 int64_t qsnap__now(void);
+
+/*
+ * metalog.c: the metadata as a base file (meta) and a log of changes
+ * (meta.log); the format is described at the top of metalog.c.
+ */
+/* Read meta and meta.log into s->m. */
+int qsnap__meta_load(qsnap_store *s);
+/*
+ * Make m (its gen bumped) the store's metadata, durably: a record appended
+ * to the log, or (first save, log past its bound, or a change the log
+ * cannot say) the whole meta file rewritten and the log removed. On
+ * success s->m holds m's content (m may be &s->m).
+ */
+int qsnap__meta_save(qsnap_store *s, struct qsnap__model *m);
+/* 1 when meta.log ends in a record an interrupted append left (not committed). */
+int qsnap__log_torn(const qsnap_store *s);
+/* Cut that tail off. */
+int qsnap__log_cut(qsnap_store *s);
+/* The change from old to new as text (malloc'd; *exact: applying it to old gives new). */
+int qsnap__delta_format(const struct qsnap__model *old, const struct qsnap__model *new_m,
+                        char **out, bool *exact);
+/* Apply a change (hostile input: checked) to m in place. */
+int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, const char *what);
+/* Same content, in the same order. */
+bool qsnap__model_equal(const struct qsnap__model *a, const struct qsnap__model *b);
+/* CRC-32 (IEEE 802.3) of n bytes. */
+uint32_t qsnap__crc32(const void *p, size_t n);
 
 /*
  * Plans (plan.c: the plan type, its steps, the checks every planner makes and

@@ -32,6 +32,10 @@ int qsnap__open_layer(const qsnap_store *s, const struct qsnap__layer *l, unsign
         return nomem();
     oo.flags = flags;
     oo.format = l->fmt;
+    /* One layer's own tables (sizes, allocation): a small cache, cheap to set up and
+     * free, for commands that open thousands of layers (list). */
+    if (flags & QCOW2_OPEN_NO_BACKING)
+        oo.cache_bytes = 256u << 10;
     rc = qsnap__image_open(s, path, &oo, out, "'qsnap verify DISK' checks the store");
     free(path);
     return rc;
@@ -189,8 +193,34 @@ static char *node_display_name(const struct qsnap__node *n)
     return asprintf(&s, "(unnamed %u)", n->id) < 0 ? NULL : s;
 }
 
+/*
+ * What qsnap_list computes once for the whole tree (not once per node: with
+ * thousands of nodes, per-node scans of the model are O(n^2)): the number of
+ * children per node id, and the virtual size per layer id (many nodes share
+ * a layer; 0 = not read yet, else size + 1).
+ */
+struct list_ctx {
+    unsigned max_id;     /* ids above it are not counted (a hostile model) */
+    unsigned *children;  /* [max_id + 1] */
+    uint64_t *vsize;     /* [max_id + 1] */
+};
+
+static uint64_t virtual_size_memo(const qsnap_store *s, const struct qsnap__layer *l,
+                                  struct list_ctx *c)
+{
+    uint64_t v;
+
+    if (!c || l->id > c->max_id)
+        return virtual_size(s, l);
+    if (c->vsize[l->id])
+        return c->vsize[l->id] - 1;
+    v = virtual_size(s, l);
+    c->vsize[l->id] = v + 1;
+    return v;
+}
+
 static int fill_node(const qsnap_store *s, const struct qsnap__node *n, qsnap_node *out,
-                     unsigned current_base)
+                     unsigned current_base, struct list_ctx *c)
 {
     const struct qsnap__node *par = qsnap__node(&s->m, n->parent);
     const struct qsnap__layer *l = qsnap__layer(&s->m, n->layer);
@@ -217,14 +247,18 @@ static int fill_node(const qsnap_store *s, const struct qsnap__node *n, qsnap_no
             out->virtual_size = si.disk_size;
         qcow2_image_close(img);
     } else {
-        out->virtual_size = l ? virtual_size(s, l) : 0;
+        out->virtual_size = l ? virtual_size_memo(s, l, c) : 0;
         out->file_bytes = l ? file_bytes(s, l) : 0;
     }
     out->state_file = n->state ? qsnap__path(s, n->state) : NULL;
-    for (size_t i = 0; i < s->m.nn; i++)
-        out->nb_children += s->m.nodes[i].parent == n->id;
-    for (size_t i = 0; i < s->m.nb; i++)
-        out->nb_children += s->m.branches[i].base == n->id;
+    if (c && n->id <= c->max_id) {
+        out->nb_children = c->children[n->id];
+    } else {
+        for (size_t i = 0; i < s->m.nn; i++)
+            out->nb_children += s->m.nodes[i].parent == n->id;
+        for (size_t i = 0; i < s->m.nb; i++)
+            out->nb_children += s->m.branches[i].base == n->id;
+    }
     if (!out->name || !out->file || !out->description || (n->state && !out->state_file))
         return nomem();
     return 0;
@@ -257,18 +291,68 @@ static int fill_branch(const qsnap_store *s, const struct qsnap__branch *b, qsna
     return rc;
 }
 
-/* Depth-first order from the roots, children by creation. */
-static void topo(const struct qsnap__model *m, unsigned parent, unsigned *order, size_t *n,
-                 unsigned depth)
+/*
+ * Depth-first order from the roots, children by creation (their order in the
+ * model). kids: node indexes grouped by parent id (first[p] .. first[p + 1]),
+ * so that each node is visited once. An explicit stack: a chain of thousands
+ * of snapshots is no deep recursion.
+ */
+static int topo(const struct qsnap__model *m, unsigned max_id, unsigned *order, size_t *n)
 {
-    if (depth > m->nn)
-        return;
+    size_t *first = calloc((size_t)max_id + 2, sizeof(size_t)), *fill = NULL;
+    unsigned *kids = calloc(m->nn + 1, sizeof(unsigned));
+    struct frame {
+        unsigned parent;
+        size_t next;
+    } *stack = calloc(m->nn + 1, sizeof(*stack));
+    size_t depth = 0;
+
+    if (!first || !kids || !stack)
+        goto oom;
     for (size_t i = 0; i < m->nn; i++) {
-        if (m->nodes[i].parent == parent) {
-            order[(*n)++] = (unsigned)i;
-            topo(m, m->nodes[i].id, order, n, depth + 1);
+        if (m->nodes[i].parent <= max_id)
+            first[m->nodes[i].parent + 1]++;
+    }
+    for (size_t p = 0; p <= max_id; p++)
+        first[p + 1] += first[p];
+    fill = malloc(((size_t)max_id + 1) * sizeof(size_t));
+    if (!fill)
+        goto oom;
+    memcpy(fill, first, ((size_t)max_id + 1) * sizeof(size_t));
+    for (size_t i = 0; i < m->nn; i++) {
+        if (m->nodes[i].parent <= max_id)
+            kids[fill[m->nodes[i].parent]++] = (unsigned)i;
+    }
+    stack[0].parent = 0;
+    stack[0].next = first[0];
+    depth = 1;
+    while (depth) {
+        struct frame *f = &stack[depth - 1];
+        unsigned i;
+        if (f->next >= first[f->parent + 1]) {
+            depth--;
+            continue;
+        }
+        i = kids[f->next++];
+        order[(*n)++] = i;
+        /* A node that is its own ancestor (a hostile model) is not followed. */
+        if (m->nodes[i].id <= max_id && depth <= m->nn && *n <= m->nn) {
+            stack[depth].parent = m->nodes[i].id;
+            stack[depth].next = first[m->nodes[i].id];
+            depth++;
         }
     }
+    free(first);
+    free(fill);
+    free(kids);
+    free(stack);
+    return 0;
+oom:
+    free(first);
+    free(fill);
+    free(kids);
+    free(stack);
+    return nomem();
 }
 
 int qsnap_list(qsnap_store *s, qsnap_node **out, size_t *n_out)
@@ -277,6 +361,7 @@ int qsnap_list(qsnap_store *s, qsnap_node **out, size_t *n_out)
     size_t total = s->m.nn + s->m.nb, k = 0, norder = 0;
     unsigned *order = calloc(s->m.nn + 1, sizeof(unsigned));
     qsnap_node *list = calloc(total + 1, sizeof(*list));
+    struct list_ctx ctx = {0, NULL, NULL};
     int rc = 0;
 
     *out = NULL;
@@ -286,12 +371,35 @@ int qsnap_list(qsnap_store *s, qsnap_node **out, size_t *n_out)
         free(list);
         return nomem();
     }
-    topo(&s->m, 0, order, &norder, 0);
+    {
+        unsigned max_id = 0;
+        for (size_t i = 0; i < s->m.nl; i++)
+            max_id = s->m.layers[i].id > max_id ? s->m.layers[i].id : max_id;
+        for (size_t i = 0; i < s->m.nn; i++)
+            max_id = s->m.nodes[i].id > max_id ? s->m.nodes[i].id : max_id;
+        ctx.max_id = max_id;
+        ctx.children = calloc((size_t)max_id + 1, sizeof(unsigned));
+        ctx.vsize = calloc((size_t)max_id + 1, sizeof(uint64_t));
+        if (!ctx.children || !ctx.vsize)
+            rc = nomem();
+        for (size_t i = 0; !rc && i < s->m.nn; i++) {
+            if (s->m.nodes[i].parent && s->m.nodes[i].parent <= max_id)
+                ctx.children[s->m.nodes[i].parent]++;
+        }
+        for (size_t i = 0; !rc && i < s->m.nb; i++) {
+            if (s->m.branches[i].base && s->m.branches[i].base <= max_id)
+                ctx.children[s->m.branches[i].base]++;
+        }
+        if (!rc)
+            rc = topo(&s->m, max_id, order, &norder);
+    }
     for (size_t i = 0; i < norder && !rc; i++)
-        rc = fill_node(s, &s->m.nodes[order[i]], &list[k++], cur ? cur->base : 0);
+        rc = fill_node(s, &s->m.nodes[order[i]], &list[k++], cur ? cur->base : 0, &ctx);
     for (size_t i = 0; i < s->m.nb && !rc; i++)
         rc = fill_branch(s, &s->m.branches[i], &list[k++]);
     free(order);
+    free(ctx.children);
+    free(ctx.vsize);
     if (rc) {
         qsnap_list_free(list, k);
         return rc;

@@ -344,6 +344,14 @@ int qsnap__chmod_store_file(const qsnap_store *s, const char *rel, bool writable
     rc = qsnap__open_store_file(s, rel, O_RDONLY, &fd);
     if (rc)
         return rc;
+    /* A layer with a second name could be any file of the system: its mode stays. */
+    if (!strncmp(rel, "layers/", 7) && fstat(fd, &st) == 0 && st.st_nlink > 1) {
+        char path[PATH_MAX];
+        close(fd);
+        snprintf(path, sizeof(path), "%s/%s", s->dir, rel);
+        note_refusal(s, path, EMLINK);
+        return qsnap__unsafe_err(path, EMLINK);
+    }
     if (fstat(fd, &st) < 0 ||
         fchmod(fd, writable ? (st.st_mode | 0200) : (st.st_mode & ~(mode_t)0222)) < 0)
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: chmod failed: %s", s->dir, rel,
@@ -698,8 +706,11 @@ static int scan_dir(const qsnap_store *s, const char *sub)
             rc = qsnap__vm_link_check(s, dirfd(d), &s->m);
             continue;
         }
-        if (layers && (type == DT_UNKNOWN || type == DT_REG)) {
-            /* A layer with a second name could be any file of the system. */
+        if (layers && type == DT_UNKNOWN) {
+            /* A layer with a second name could be any file of the system. Where the
+             * directory tells the type (DT_REG), no stat per file here: with thousands
+             * of layers it is the cost of every command; every open of a layer
+             * (qsnap__io_open) and every chmod of one checks its link count instead. */
             struct stat st;
             if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
                 continue;
@@ -733,7 +744,8 @@ static int scan_dir(const qsnap_store *s, const char *sub)
 
 int qsnap__scan_store(const qsnap_store *s)
 {
-    static const char *const files[] = {"meta", "lock", "journal", "meta.tmp", "journal.tmp"};
+    static const char *const files[] = {"meta", "lock", "journal", "meta.tmp", "journal.tmp",
+                                        "meta.log", "meta.log.tmp"};
     int rc;
 
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {

@@ -163,77 +163,7 @@ out:
 
 int qsnap__save_model(qsnap_store *s, struct qsnap__model *m)
 {
-    char *text = NULL;
-    int rc;
-
-    m->gen++;
-    rc = qsnap__model_format(m, &text);
-    if (!rc)
-        rc = qsnap__write_atomic(s, META_FILE, text, strlen(text));
-    free(text);
-    if (rc)
-        m->gen--;
-    return rc;
-}
-
-/* Read a whole (bounded) store file. */
-static int read_file(const qsnap_store *s, const char *rel, char **out, size_t *len_out)
-{
-    struct stat st;
-    char *buf = NULL;
-    size_t done = 0;
-    int fd, rc;
-
-    rc = qsnap__open_store_file(s, rel, O_RDONLY, &fd);
-    if (rc)
-        return rc;
-    if (fstat(fd, &st) < 0) {
-        rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: %s", s->dir, rel, strerror(errno));
-        goto out;
-    }
-    if ((uint64_t)st.st_size > QSNAP_MAX_META_BYTES) {
-        rc = qsnap__err(QSNAP_EINTEGRITY, "restore the store from a backup",
-                        "%s/%s: %" PRIu64 " bytes is too large for qsnap metadata", s->dir, rel,
-                        (uint64_t)st.st_size);
-        goto out;
-    }
-    buf = malloc((size_t)st.st_size + 1);
-    if (!buf) {
-        rc = qsnap__err(QSNAP_ERROR, NULL, "out of memory");
-        goto out;
-    }
-    while (done < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + done, (size_t)st.st_size - done);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        done += (size_t)r;
-    }
-    buf[done] = '\0';
-    *out = buf;
-    *len_out = done;
-    buf = NULL;
-out:
-    free(buf);
-    close(fd);
-    return rc;
-}
-
-static int load_model(qsnap_store *s)
-{
-    char *path = qsnap__path(s, META_FILE), *text = NULL;
-    size_t len = 0;
-    int rc;
-
-    if (!path)
-        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
-    rc = read_file(s, META_FILE, &text, &len);
-    if (!rc)
-        rc = qsnap__model_parse(&s->m, text, len, path);
-    free(text);
-    free(path);
-    return rc;
+    return qsnap__meta_save(s, m);
 }
 
 /* Take the store lock: an OFD lock on DIR/lock, exclusive for writers. */
@@ -374,7 +304,7 @@ int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags)
         }
     }
     if (s->exists) {
-        rc = load_model(s);
+        rc = qsnap__meta_load(s);
         if (rc)
             goto fail;
     } else {

@@ -350,7 +350,7 @@ static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
 /*
  * The store's own files, by kind (safe.c): the directories, the meta file,
  * the lock, the journal and state files must be what they are (no links, no
- * devices); temporary files (meta.tmp, journal.tmp) are what a killed
+ * devices); temporary files (meta.tmp, journal.tmp, meta.log.tmp) are what a killed
  * command left behind and go with --repair (a link there is removed itself).
  * Layer files are checked by verify_layer, the other files of layers/ and
  * state/ by verify_orphans. Returns false when a directory of the store is
@@ -358,8 +358,8 @@ static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
  */
 static bool verify_store_files(qsnap_store *s, bool repair, struct findings *fs)
 {
-    static const char *const fixed[] = {"meta", "lock", "journal"};
-    static const char *const tmps[] = {"meta.tmp", "journal.tmp"};
+    static const char *const fixed[] = {"meta", "lock", "journal", "meta.log"};
+    static const char *const tmps[] = {"meta.tmp", "journal.tmp", "meta.log.tmp"};
     static const char *const dirs[] = {"layers", "state"};
     bool ok = true;
 
@@ -372,11 +372,22 @@ static bool verify_store_files(qsnap_store *s, bool repair, struct findings *fs)
         if (dfd >= 0)
             close(dfd);
     }
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < 4; i++) {
         if (qsnap__check_store_file(s, fixed[i]) == QSNAP_EINTEGRITY)
             find(fs, true, false, fixed[i], "%s", qsnap_error_last()->message);
     }
-    for (size_t i = 0; i < 2; i++) {
+    /* The tail of a change record an interrupted save left (metalog.c): not committed. */
+    if (qsnap__log_torn(s)) {
+        if (repair && qsnap__log_cut(s) == 0)
+            find(fs, true, true, "meta.log",
+                 "%s/meta.log: ends in a change record a crash cut short (not committed); "
+                 "removed", s->dir);
+        else
+            find(fs, true, false, "meta.log",
+                 "%s/meta.log: ends in a change record a crash cut short (not committed; "
+                 "--repair removes it)", s->dir);
+    }
+    for (size_t i = 0; i < 3; i++) {
         struct stat st;
         if (qsnap__lstat_store_file(s, tmps[i], &st) != 0)
             continue;

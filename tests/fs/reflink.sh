@@ -4,13 +4,20 @@
 #   commit   a scattered overlay into a raw base and into a qcow2 base
 #   convert  a two-layer chain to raw
 #   export   a snapshot of a tree to raw
+#   commit   300 clusters written in random order into a qcow2 base (the
+#            batched shares: one FICLONERANGE per run contiguous in both files)
+#   fallback where sharing cannot be aligned to the 4 KiB blocks: qcow2 bases
+#            with 512-byte and 2 KiB clusters, overlays with 512-byte and
+#            2 KiB clusters and data at unaligned offsets (commit into raw and
+#            qcow2 bases, convert to raw): copied, not shared
 # Each result must read exactly as the same operation's result on the work
 # directory's own file system (the copying path; qemu-img compare), pass
 # qemu-img check (qcow2), and share blocks with its source (filefrag shows
-# shared extents). Then writes into either file (in place into a qcow2 data
-# cluster, and into the raw file) must leave the other file's content as it
-# was. A file system whose tools or loop devices are missing is skipped with
-# a message; mounts and loop devices are released on exit.
+# shared extents) or, for the fallbacks, hold none. Then writes into either
+# file (in place into a qcow2 data cluster, and into the raw file) must leave
+# the other file's content as it was. A file system whose tools or loop
+# devices are missing is skipped with a message; mounts and loop devices are
+# released on exit.
 # Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
 #   QSNAP=path  the qsnap binary (default build/release/qsnap)
 set -u
@@ -57,7 +64,24 @@ make_inputs() { # DIR
     local t args=()
     for t in 0 3 7 12 20 33 41 50 63; do args+=(-c "write -P $((t + 32)) ${t}M 192k"); done
     args+=(-c 'write -P 0x55 30M 512' -c 'write -z 44M 1M' -c 'write -c -P 0x66 55M 64k')
-    qio "${args[@]}" "$d/top.qcow2" && qio "${args[@]}" "$d/top2.qcow2"
+    qio "${args[@]}" "$d/top.qcow2" && qio "${args[@]}" "$d/top2.qcow2" || return 1
+    # 300 distinct 64 KiB clusters in random order (fixed seed) over the qcow2 base.
+    qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$d/topsc.qcow2" 64M &&
+        awk 'BEGIN { srand(42); for (i = 0; i < 1024; i++) c[i] = i;
+                     for (i = 0; i < 300; i++) { j = i + int(rand() * (1024 - i)); t = c[i]; c[i] = c[j]; c[j] = t;
+                                                 printf "write -P %d %d 64k\n", i % 250 + 1, c[i] * 65536 } }' \
+            >"$d/sc.cmds" && qemu-io "$d/topsc.qcow2" <"$d/sc.cmds" >qio.out 2>&1 && ! grep -qiE 'error|failed' qio.out || return 1
+    # Alignments that cannot share: small-cluster bases, small-cluster overlays with unaligned data.
+    local u=(-c 'write -P 0x31 5120 3072' -c 'write -P 0x32 1049088 70000' -c 'write -P 0x33 40M 64k'
+             -c 'write -P 0x34 45613568 2560' -c 'write -P 0x35 60M 1M')
+    qemu-img convert -O qcow2 -o cluster_size=512 "$d/base.raw" "$d/b512.qcow2" &&
+        qemu-img convert -O qcow2 -o cluster_size=2048 "$d/base.raw" "$d/b2k.qcow2" &&
+        qemu-img create -q -f qcow2 -b b512.qcow2 -F qcow2 "$d/tb512.qcow2" 64M &&
+        qemu-img create -q -f qcow2 -b b2k.qcow2 -F qcow2 "$d/tb2k.qcow2" 64M &&
+        qemu-img create -q -f qcow2 -o cluster_size=512 -b base.raw -F raw "$d/t512.qcow2" 64M &&
+        qemu-img create -q -f qcow2 -o cluster_size=2048 -b base.qcow2 -F qcow2 "$d/t2k.qcow2" 64M &&
+        qio "${u[@]}" "$d/tb512.qcow2" && qio "${u[@]}" "$d/tb2k.qcow2" &&
+        qio "${u[@]}" "$d/t512.qcow2" && qio "${u[@]}" "$d/t2k.qcow2"
 }
 mkdir ref && make_inputs ref || { bad setup "could not make the inputs"; echo "$pass passed, $fail failed"; exit 1; }
 # The copying path's results, on this file system.
@@ -65,11 +89,22 @@ mkdir ref && make_inputs ref || { bad setup "could not make the inputs"; echo "$
     "$QSNAP" image commit -d ctop.qcow2 &&
     cp base.qcow2 cbase.qcow2 && cp top2.qcow2 ctop2.qcow2 && qemu-img rebase -u -b cbase.qcow2 -F qcow2 ctop2.qcow2 &&
     "$QSNAP" image commit -d ctop2.qcow2 &&
-    "$QSNAP" image convert -O raw top.qcow2 conv.raw) >ref.log 2>&1 ||
+    "$QSNAP" image convert -O raw top.qcow2 conv.raw &&
+    for t in topsc:base.qcow2 tb512:b512.qcow2 tb2k:b2k.qcow2 t512:base.raw t2k:base.qcow2; do
+        b=${t#*:} t=${t%%:*}
+        cp "$b" "c_$t.${b##*.}" && cp "$t.qcow2" "c_$t.top.qcow2" &&
+            qemu-img rebase -u -b "c_$t.${b##*.}" -F "${b##*.}" "c_$t.top.qcow2" &&
+            "$QSNAP" image commit -d "c_$t.top.qcow2" || exit 1
+    done &&
+    "$QSNAP" image convert -O raw t512.qcow2 conv512.raw) >ref.log 2>&1 ||
     { bad setup "reference operations failed: $(tail -n 3 ref.log)"; echo "$pass passed, $fail failed"; exit 1; }
 
 # shared FILE: true when filefrag lists an extent shared with another file.
 shared() { filefrag -v "$1" 2>/dev/null | grep -q shared; }
+# self QCOW2 OUT: the image's own content as raw (its backing file left out).
+self() {
+    qemu-img convert -U -O raw "json:{\"driver\":\"qcow2\",\"backing\":null,\"file\":{\"driver\":\"file\",\"filename\":\"$1\"}}" "$2"
+}
 # same A B [FMT-A FMT-B]: guest contents equal.
 same() { qemu-img compare -q -f "${3:-raw}" -F "${4:-raw}" "$1" "$2" 2>/dev/null; }
 
@@ -155,6 +190,57 @@ run_fs() { # NAME MKFS...
         else bad "$fs convert" "a write into the source changed the output"; fi
     else
         bad "$fs convert" "qsnap image convert failed: $(head -c 300 err)"
+    fi
+
+    # the batched path and the fallbacks: commit TOP into BASE, as on the copying path
+    local t b f want
+    for t in topsc:base.qcow2:shared tb512:b512.qcow2:copied tb2k:b2k.qcow2:copied t512:base.raw:any \
+             t2k:base.qcow2:any; do
+        want=${t##*:} t=${t%:*}
+        b=${t#*:} t=${t%%:*} f=${b##*.}
+        cp ref/"$b" "$m/c_$t.$f" && cp ref/"$t.qcow2" "$m/c_$t.top.qcow2" &&
+            qemu-img rebase -u -b "c_$t.$f" -F "$f" "$m/c_$t.top.qcow2"
+        if ! q image commit -d "$m/c_$t.top.qcow2" 2>err; then
+            bad "$fs commit $t" "qsnap image commit failed: $(head -c 300 err)"
+            continue
+        fi
+        if same "$m/c_$t.$f" "ref/c_$t.$f" "$f" "$f"; then ok "$fs commit $t: content as on the copying path"
+        else bad "$fs commit $t" "base differs from the copying path's"; fi
+        if [ "$f" = raw ] || qemu-img check -q "$m/c_$t.$f" >check.out 2>&1; then :
+        else bad "$fs commit $t" "qemu-img check: $(head -c 300 check.out)"; fi
+        case $want in
+        shared) if shared "$m/c_$t.$f"; then ok "$fs commit $t: blocks shared"
+                else bad "$fs commit $t" "no shared extent in the base (filefrag -v)"; fi ;;
+        copied) if ! shared "$m/c_$t.$f"; then ok "$fs commit $t: unaligned, copied"
+                else bad "$fs commit $t" "a shared extent where alignment does not allow sharing"; fi ;;
+        esac
+        # Each file's own content after writes to both (whole clusters: nothing copied up
+        # from the backing file) must be its content before plus its own writes.
+        self "$m/c_$t.top.qcow2" before_top.raw
+        qemu-img convert -U -f "$f" -O raw "$m/c_$t.$f" before_base.raw
+        qio -f "$f" -c 'write -P 0xf1 0 1M' -c 'write -P 0xf2 40M 64k' "$m/c_$t.$f"
+        qio -c 'write -P 0xf3 60M 1M' -c 'write -P 0xf4 128k 64k' "$m/c_$t.top.qcow2"
+        self "$m/c_$t.top.qcow2" after_top.raw
+        qio -f raw -c 'write -P 0xf3 60M 1M' -c 'write -P 0xf4 128k 64k' before_top.raw
+        qemu-img convert -U -f "$f" -O raw "$m/c_$t.$f" after_base.raw
+        qio -f raw -c 'write -P 0xf1 0 1M' -c 'write -P 0xf2 40M 64k' before_base.raw
+        if cmp -s before_top.raw after_top.raw && cmp -s before_base.raw after_base.raw &&
+            { [ "$f" = raw ] || qemu-img check -q "$m/c_$t.$f" >check.out 2>&1; }
+        then ok "$fs commit $t: writes to either file stay in that file"
+        else bad "$fs commit $t" "a write to one file changed the other (or check failed after it)"; fi
+    done
+    # convert of a 512-byte-cluster overlay with unaligned data: copied where unaligned
+    cp ref/base.raw ref/t512.qcow2 "$m/c/"
+    if q image convert -O raw "$m/c/t512.qcow2" "$m/c/out512.raw" 2>err; then
+        if same "$m/c/out512.raw" ref/conv512.raw; then ok "$fs convert 512-byte clusters: content as on the copying path"
+        else bad "$fs convert 512-byte clusters" "output differs from the copying path's"; fi
+        cp --reflink=never "$m/c/out512.raw" before_out.raw
+        qio -c 'write -P 0xe5 5120 3072' -c 'write -P 0xe6 60M 4k' "$m/c/t512.qcow2" &&
+            qio -f raw -c 'write -P 0xe7 41M 4k' "$m/c/base.raw"
+        if cmp -s before_out.raw "$m/c/out512.raw"; then ok "$fs convert 512-byte clusters: source writes leave the output alone"
+        else bad "$fs convert 512-byte clusters" "a write into the source changed the output"; fi
+    else
+        bad "$fs convert 512-byte clusters" "qsnap image convert failed: $(head -c 300 err)"
     fi
 
     # export a snapshot of a tree

@@ -19,8 +19,15 @@
  * qcow2_image_check() finds no corruption in any qcow2 layer (leaks are
  * allowed) and the top reads exactly what it read before the operation
  * (commit, safe rebase), or either all of the old or all of the new content
- * (unsafe rebase, which only rewrites the header). Each sweep prints how
- * many points ran.
+ * (unsafe rebase, which only rewrites the header). After a commit, every
+ * 512-byte sector of the base alone reads either its old content or the
+ * top's: a table written before the data it points at would show as a
+ * sector that is neither. Each sweep prints how many points ran.
+ *
+ * The "shared" tests give the shim a clone_from (emulated: a read of the
+ * source and a write-type call on the target, queued like any write), so a
+ * commit takes the sharing path with its put-off, batched shares (write.c);
+ * the others have none and take the copying path.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -61,6 +68,8 @@ struct sweep {
     uint64_t seed;     /* for io_fault_crash */
     bool fired;        /* the nth call was reached */
     bool crashed;      /* the power is out */
+    bool share;        /* handles offer clone_from */
+    uint64_t clones;   /* clone_from calls */
     struct shim *shims[MAX_SHIMS];
     unsigned nb_shims;
 };
@@ -161,6 +170,25 @@ static void sh_close(qcow2_io *io)
     s->fio->ops->close(s->fio);
 }
 
+/* A reflink, emulated: one counted write-type call that copies the source's bytes. */
+static int sh_clone(qcow2_io *io, uint64_t off, qcow2_io *src, uint64_t src_off, uint64_t len)
+{
+    struct shim *s = to_shim(io);
+    uint8_t *buf;
+    int rc = gate(s);
+
+    if (rc)
+        return rc;
+    s->sw->clones++;
+    buf = malloc(len);
+    cr_assert_not_null(buf);
+    rc = src->ops->pread(src, buf, (size_t)len, src_off);
+    if (!rc)
+        rc = s->fio->ops->pwrite(s->fio, buf, (size_t)len, off);
+    free(buf);
+    return rc;
+}
+
 /* No extent or copy_from: the engine falls back to reads and writes it counts. */
 static const qcow2_io_ops shim_ops = {
     .version = QCOW2_IO_OPS_VERSION,
@@ -173,6 +201,26 @@ static const qcow2_io_ops shim_ops = {
     .lock = sh_lock,
     .close = sh_close,
 };
+
+/* The same with clone_from, for the sharing path. */
+static const qcow2_io_ops shim_share_ops = {
+    .version = QCOW2_IO_OPS_VERSION,
+    .pread = sh_pread,
+    .pwrite = sh_pwrite,
+    .flush = sh_flush,
+    .truncate = sh_truncate,
+    .get_size = sh_get_size,
+    .punch = sh_punch,
+    .lock = sh_lock,
+    .close = sh_close,
+    .clone_from = sh_clone,
+};
+
+/* Set per test (each runs in its own process). */
+static bool g_share;            /* the runs offer clone_from */
+static uint64_t g_max_clones;   /* shared: a clean run makes 1..this many clone calls */
+static uint8_t *g_base_old;     /* commit: the base's own content before */
+static uint64_t g_base_old_size;
 
 /* qcow2_io_open_fn: a memfs file behind io_fault and the counting shim. */
 static int open_shim(qcow2_io **out, const char *path, unsigned flags, void *payload)
@@ -196,7 +244,7 @@ static int open_shim(qcow2_io **out, const char *path, unsigned flags, void *pay
     if (sw->crash)
         cr_assert_eq(io_fault_crash_mode(s->f, true), 0);
     s->fio = io_fault_io(s->f);
-    s->base.ops = &shim_ops;
+    s->base.ops = sw->share ? &shim_share_ops : &shim_ops;
     s->sw = sw;
     sw->shims[sw->nb_shims++] = s;
     *out = &s->base;
@@ -422,6 +470,45 @@ static void build_zstd_small(memfs *fs)
     apply_writes(fs, TOP, wt, 4, 60);
 }
 
+/*
+ * A qcow2 base under a top with 64 KiB clusters written in scattered order:
+ * read in file order, the top's clusters go into new base clusters one after
+ * the other, so the sharing path batches them. The base's first MiB is
+ * compressed (its old content is not zero, and commit gives it new clusters,
+ * so a table written before its data would show); one top cluster lands on a
+ * cluster the base owns (in place), one is compressed in the top (copied).
+ * Runs without a host offset (the compressed cluster, the zeroes) sort by
+ * guest offset, here before the others: the last shares are still pending
+ * at the final flush.
+ */
+static void build_scattered(memfs *fs, uint32_t base_cluster)
+{
+    static const struct wop wb[] = {{W_COMP, 0, 1024 * KiB}, {W_DATA, 1024 * KiB, 256 * KiB}};
+    static const struct wop wt[] = {
+        {W_COMP, 0, 64 * KiB},          {W_DATA, 1536 * KiB, 64 * KiB}, {W_DATA, 128 * KiB, 64 * KiB},
+        {W_DATA, 704 * KiB, 128 * KiB}, {W_DATA, 320 * KiB, 64 * KiB},  {W_DATA, 1152 * KiB, 64 * KiB},
+        {W_DATA, 1920 * KiB, 64 * KiB}, {W_ZERO, 64 * KiB, 64 * KiB},   {W_DATA, 448 * KiB, 64 * KiB},
+    };
+    struct qspec base = {"/m/base.qcow2", 2 * MiB, 3, base_cluster, false, 0, NULL, NULL};
+    struct qspec top = {TOP, 2 * MiB, 3, 65536, false, 0, "base.qcow2", "qcow2"};
+
+    make_qcow2(fs, &base);
+    apply_writes(fs, base.path, wb, 2, 90);
+    make_qcow2(fs, &top);
+    apply_writes(fs, TOP, wt, sizeof(wt) / sizeof(wt[0]), 100);
+}
+
+static void build_scattered_64k(memfs *fs)
+{
+    build_scattered(fs, 65536);
+}
+
+/* 4 KiB base clusters: each 64 KiB cluster of the top is sixteen of the base's. */
+static void build_scattered_4k(memfs *fs)
+{
+    build_scattered(fs, 4096);
+}
+
 /* A top over old.raw, and a new qcow2 backing file that partly agrees with it. */
 static void build_rebase(memfs *fs)
 {
@@ -463,6 +550,10 @@ static const struct scenario scenarios[] = {
      {TOP, "/m/old.raw", "/m/new.qcow2", NULL}},
     {"rebase unsafe", build_rebase, OP_REBASE_UNSAFE, 0, false, "new.qcow2", "qcow2",
      {TOP, "/m/old.raw", "/m/new.qcow2", NULL}},
+    {"commit scattered, 64k qcow2 base", build_scattered_64k, OP_COMMIT, 1, false, NULL, NULL,
+     {TOP, "/m/base.qcow2", NULL, NULL}},
+    {"commit -d scattered, 4k qcow2 base", build_scattered_4k, OP_COMMIT, 1, true, NULL, NULL,
+     {TOP, "/m/base.qcow2", NULL, NULL}},
 };
 
 /* Run the operation with every file behind the shim; returns its result. */
@@ -538,6 +629,29 @@ static uint64_t first_diff(const uint8_t *a, const uint8_t *b, uint64_t len)
  * One point: fresh chain, the operation with the N-th write-type call failing
  * (or cutting the power), then the checks. Returns whether the fault fired.
  */
+/* After a commit: each sector of the base reads its old content or the top's. */
+static void check_base(const struct scenario *sc, memfs *fs, const char *where, const uint8_t *old,
+                       uint64_t old_size, const uint8_t *top, uint64_t top_size)
+{
+    const char *path = sc->layers[sc->base_depth];
+    static const uint8_t zero[512];
+    uint64_t size;
+    uint8_t *view = read_view(fs, path, &size);
+
+    for (uint64_t s = 0; s < size; s += 512) {
+        uint64_t n = size - s < 512 ? size - s : 512;
+        const uint8_t *o = s < old_size ? old + s : zero;
+        bool is_old = s >= old_size || s + n <= old_size ? !memcmp(view + s, o, (size_t)n)
+                                                         : false;
+        bool is_new = s + n <= top_size && !memcmp(view + s, top + s, (size_t)n);
+
+        cr_assert(is_old || is_new,
+                  "[%s %s] base sector at %" PRIu64 " is neither its old content nor the top's",
+                  sc->name, where, s);
+    }
+    free(view);
+}
+
 static bool run_point(const struct scenario *sc, uint64_t n, bool crash, uint64_t seed,
                       const uint8_t *before, uint64_t before_size, const uint8_t *after,
                       uint64_t after_size, uint64_t *calls_out)
@@ -551,10 +665,15 @@ static bool run_point(const struct scenario *sc, uint64_t n, bool crash, uint64_
     sw.fs = memfs_new();
     cr_assert_not_null(sw.fs);
     sc->build(sw.fs);
+    sw.share = g_share;
     sw.nth = n;
     sw.crash = crash;
     sw.seed = seed;
     rc = run_op(sc, &sw);
+    if (g_share && !n)
+        cr_assert(sw.clones >= 1 && sw.clones <= g_max_clones,
+                  "[%s] %" PRIu64 " clone calls, expected 1 to %" PRIu64, sc->name, sw.clones,
+                  g_max_clones);
     if (!sw.fired)
         cr_assert_eq(rc, 0, "[%s N=%" PRIu64 "] failed without a fault: %s", sc->name, n, last_msg());
     if (crash && !sw.crashed)
@@ -565,6 +684,8 @@ static bool run_point(const struct scenario *sc, uint64_t n, bool crash, uint64_
 
     snprintf(where, sizeof(where), "%s N=%" PRIu64 " seed %" PRIu64, crash ? "crash" : "fail", n, seed);
     view = verify_chain(sc, sw.fs, where, &size);
+    if (sc->op == OP_COMMIT)
+        check_base(sc, sw.fs, where, g_base_old, g_base_old_size, before, before_size);
     if (sc->op == OP_REBASE_UNSAFE && after && size == after_size &&
         first_diff(view, after, size) == size) {
         /* the new header made it */
@@ -591,6 +712,8 @@ static void sweep(const struct scenario *sc, unsigned seeds)
     cr_assert_not_null(fs);
     sc->build(fs);
     before = read_view(fs, TOP, &before_size);
+    if (sc->op == OP_COMMIT)
+        g_base_old = read_view(fs, sc->layers[sc->base_depth], &g_base_old_size);
     memfs_free(fs);
 
     /* An unsafe rebase changes the content: what a clean run makes of it. */
@@ -629,6 +752,16 @@ static void sweep(const struct scenario *sc, unsigned seeds)
             sc->name, total, fail_points, crash_points);
     free(before);
     free(after);
+    free(g_base_old);
+    g_base_old = NULL;
+}
+
+/* The same sweep with clone_from offered: at most max_clones clone calls in a clean run. */
+static void sweep_shared(const struct scenario *sc, unsigned seeds, uint64_t max_clones)
+{
+    g_share = true;
+    g_max_clones = max_clones;
+    sweep(sc, seeds);
 }
 
 TestSuite(layer_crash, .timeout = 300);
@@ -641,3 +774,14 @@ Test(layer_crash, commit_zstd_base_small_clusters) { sweep(&scenarios[4], 2); }
 Test(layer_crash, rebase_safe_keeps_content) { sweep(&scenarios[5], 3); }
 Test(layer_crash, rebase_safe_to_no_backing) { sweep(&scenarios[6], 2); }
 Test(layer_crash, rebase_unsafe_is_atomic) { sweep(&scenarios[7], 3); }
+Test(layer_crash, commit_scattered_qcow2_base) { sweep(&scenarios[8], 2); }
+Test(layer_crash, commit_keep_top_scattered_4k_base) { sweep(&scenarios[9], 2); }
+/*
+ * Shared: 9 top clusters of data go into the 64 KiB base (one compressed:
+ * copied) and into the 4 KiB base (16 clusters each); batching keeps the
+ * clone calls well under one per base cluster.
+ */
+Test(layer_crash, shared_commit_scattered_qcow2_base) { sweep_shared(&scenarios[8], 2, 7); }
+Test(layer_crash, shared_commit_keep_top_scattered_4k_base) { sweep_shared(&scenarios[9], 2, 9); }
+Test(layer_crash, shared_commit_deep_qcow2) { sweep_shared(&scenarios[2], 2, 64); }
+Test(layer_crash, shared_commit_raw_base_grows) { sweep_shared(&scenarios[0], 2, 64); }

@@ -1,0 +1,954 @@
+/*
+ * The store's metadata on disk (store version 2): a base file and a log of
+ * changes, so that a tree operation writes what it changed, not the whole
+ * tree.
+ *
+ * FILES
+ *   meta      the whole model at some generation G (model.c's text form,
+ *             "qsnap-store 2"); written only whole: a temporary file,
+ *             fsync, rename, fsync of the directory.
+ *   meta.log  optional: the changes after it, one record per saved
+ *             generation:
+ *
+ *               qsnap-log 2\n
+ *               rec GEN LEN CRC\n<LEN bytes>     (CRC: CRC-32 of the LEN bytes,
+ *               rec GEN LEN CRC\n<LEN bytes>      8 lower-case hex digits)
+ *               ...
+ *
+ *             The LEN bytes of a record are a change: lines
+ *               drop-layer ID / drop-node ID / drop-branch NAME
+ *             and place-layer ID INDEX / place-node ID INDEX /
+ *             place-branch NAME INDEX (where a new record stands in its
+ *             list), then a text in meta's form ("qsnap-store 2", gen, seq, disk,
+ *             [current], the layer, node and branch records that are new or
+ *             changed, "end"). Applying it: the dropped records go, each
+ *             record given replaces the one with its id (a branch: its name)
+ *             or is added at the end, each placed record moves to its
+ *             index (in increasing order per kind), and gen, seq, disk and current
+ *             are set. The model after the last record is the store's.
+ *
+ * READING: records whose GEN is not above meta's are already in meta (a
+ * compaction was cut short after its rename) and are skipped; each other
+ * one must be the next generation. A record that is cut short or fails its
+ * CRC at the end of the file is the tail of an append a crash interrupted:
+ * not committed, ignored, and cut off by the next append. One that fails
+ * with more bytes after it is damage (an error naming the offset).
+ *
+ * WRITING (one writer: the store lock):
+ *   append   ftruncate to the end of the last whole record, write the
+ *            record, fdatasync: the commit point is the fdatasync.
+ *   new log  (none yet, or one holding skipped records) the header and
+ *            the record go to meta.log.tmp, fsync, rename, fsync the
+ *            directory.
+ *   compact  (first save of a store, a version 1 meta file, the log past
+ *            its bound, or a change that replayed would not give the
+ *            target in the same order) meta is rewritten whole with the
+ *            new generation, then meta.log is removed (fsync of the
+ *            directory). A crash between the two leaves a log whose
+ *            records are all skipped.
+ * At every point a crash leaves the old model or the new one.
+ *
+ * An older qsnap reads "qsnap-store 2" as an unknown store version and
+ * refuses the store with that message; a version 1 meta file (from an
+ * older qsnap) is read and becomes version 2 at the first save.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "qsnap_int.h"
+
+#define META_FILE "meta"
+#define LOG_FILE "meta.log"
+#define LOG_TMP "meta.log.tmp"
+#define LOG_MAGIC "qsnap-log 2\n"
+/* A log past this many bytes (and past the meta file's size) is folded into meta. */
+#define LOG_MIN_BOUND (64u << 10)
+
+static int nomem(void)
+{
+    return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+}
+
+uint32_t qsnap__crc32(const void *p, size_t n)
+{
+    /* Reflected polynomial 0xEDB88320, four bits at a time. */
+    static const uint32_t t[16] = {0x00000000, 0x1DB71064, 0x3B6E20C8, 0x26D930AC,
+                                   0x76DC4190, 0x6B6B51F4, 0x4DB26158, 0x5005713C,
+                                   0xEDB88320, 0xF00F9344, 0xD6D6A3E8, 0xCB61B38C,
+                                   0x9B64C2B0, 0x86D3D2D4, 0xA00AE278, 0xBDBDF21C};
+    const unsigned char *b = p;
+    uint32_t c = 0xFFFFFFFFu;
+
+    for (size_t i = 0; i < n; i++) {
+        c ^= b[i];
+        c = (c >> 4) ^ t[c & 15];
+        c = (c >> 4) ^ t[c & 15];
+    }
+    return ~c;
+}
+
+/* ---- comparing models ----------------------------------------------------- */
+
+static bool str_eq(const char *a, const char *b)
+{
+    return a == b || (a && b && !strcmp(a, b));
+}
+
+/* Equal as the text form writes them. */
+static bool layer_eq(const struct qsnap__layer *a, const struct qsnap__layer *b)
+{
+    if (a->id != b->id || !str_eq(a->file, b->file) || a->fmt != b->fmt ||
+        a->backing != b->backing || a->frozen != b->frozen || a->is_disk != b->is_disk ||
+        a->have_fp != b->have_fp || a->have_fpd != b->have_fpd)
+        return false;
+    if (a->have_fp && (memcmp(a->fp, b->fp, 16) || a->size != b->size || a->mtime_ns != b->mtime_ns))
+        return false;
+    return !a->have_fpd || !memcmp(a->fpd, b->fpd, 16);
+}
+
+static bool node_eq(const struct qsnap__node *a, const struct qsnap__node *b)
+{
+    return a->id == b->id && a->parent == b->parent && a->layer == b->layer &&
+           a->created == b->created && str_eq(a->name, b->name) && str_eq(a->desc, b->desc) &&
+           str_eq(a->state, b->state) && str_eq(a->internal, b->internal);
+}
+
+static bool branch_eq(const struct qsnap__branch *a, const struct qsnap__branch *b)
+{
+    return str_eq(a->name, b->name) && a->head == b->head && a->base == b->base &&
+           a->created == b->created;
+}
+
+bool qsnap__model_equal(const struct qsnap__model *a, const struct qsnap__model *b)
+{
+    if (a->gen != b->gen || a->seq != b->seq || !str_eq(a->disk, b->disk) ||
+        !str_eq(a->current, b->current) || a->nl != b->nl || a->nn != b->nn || a->nb != b->nb)
+        return false;
+    for (size_t i = 0; i < a->nl; i++) {
+        if (!layer_eq(&a->layers[i], &b->layers[i]))
+            return false;
+    }
+    for (size_t i = 0; i < a->nn; i++) {
+        if (!node_eq(&a->nodes[i], &b->nodes[i]))
+            return false;
+    }
+    for (size_t i = 0; i < a->nb; i++) {
+        if (!branch_eq(&a->branches[i], &b->branches[i]))
+            return false;
+    }
+    return true;
+}
+
+/* ---- the text of a change ------------------------------------------------- */
+
+/* Append one element (a shallow copy: the strings stay the new model's). */
+static bool push(void **arr, size_t *n, size_t *cap, const void *e, size_t size)
+{
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 8;
+        void *p = realloc(*arr, c * size);
+        if (!p)
+            return false;
+        *arr = p;
+        *cap = c;
+    }
+    memcpy((char *)*arr + *n * size, e, size);
+    (*n)++;
+    return true;
+}
+
+static bool has_branch(const struct qsnap__model *m, const char *name)
+{
+    return qsnap__branch_by_name(m, name) != NULL;
+}
+
+/* A branch name as the text form writes it (percent-encoded), after "drop-branch " etc. */
+static int put_branch_name(FILE *f, const char *key, const struct qsnap__branch *b,
+                           const char *disk, bool with_at, size_t at)
+{
+    struct qsnap__model one;
+    char *t = NULL, *sp, *nl;
+    int rc;
+
+    memset(&one, 0, sizeof(one));
+    one.branches = (struct qsnap__branch *)(uintptr_t)b;
+    one.nb = 1;
+    one.disk = (char *)(uintptr_t)disk;
+    rc = qsnap__model_format(&one, &t);
+    if (rc)
+        return rc;
+    sp = strstr(t, "\nbranch ");
+    nl = sp ? strchr(sp + 8, ' ') : NULL;
+    if (sp && nl) {
+        fprintf(f, "%s %.*s", key, (int)(nl - (sp + 8)), sp + 8);
+        if (with_at)
+            fprintf(f, " %zu", at);
+        fputc('\n', f);
+    }
+    free(t);
+    return sp && nl ? 0 : qsnap__err(QSNAP_ERROR, NULL, "cannot format a branch name");
+}
+
+int qsnap__delta_format(const struct qsnap__model *o, const struct qsnap__model *n, char **out,
+                        bool *exact)
+{
+    struct qsnap__model part;
+    size_t capl = 0, capn = 0, capb = 0, i, j;
+    char *drops = NULL, *text = NULL;
+    size_t dlen = 0;
+    FILE *f = open_memstream(&drops, &dlen);
+    bool ok = f != NULL;
+    int rc = 0;
+
+    *out = NULL;
+    *exact = true;
+    memset(&part, 0, sizeof(part));
+    part.gen = n->gen;
+    part.seq = n->seq;
+    part.disk = n->disk;
+    part.current = n->current;
+    /* Layers and nodes by id, whatever their order (a plan may reuse a slot):
+     * ids index two tables (old, new) of positions + 1. A new record is placed
+     * where the new model has it. */
+    {
+        unsigned max_id = 0;
+        size_t *ol = NULL, *nw = NULL;
+        for (i = 0; i < o->nl; i++)
+            max_id = o->layers[i].id > max_id ? o->layers[i].id : max_id;
+        for (i = 0; i < n->nl; i++)
+            max_id = n->layers[i].id > max_id ? n->layers[i].id : max_id;
+        for (i = 0; i < o->nn; i++)
+            max_id = o->nodes[i].id > max_id ? o->nodes[i].id : max_id;
+        for (i = 0; i < n->nn; i++)
+            max_id = n->nodes[i].id > max_id ? n->nodes[i].id : max_id;
+        if (max_id > 4 * (o->nl + o->nn + n->nl + n->nn) + 1024) {
+            *exact = false; /* ids far apart: not worth tables; the whole file says it */
+        } else {
+            ol = calloc((size_t)max_id + 1, sizeof(size_t));
+            nw = calloc((size_t)max_id + 1, sizeof(size_t));
+            ok = ol && nw;
+        }
+        /* Layers. */
+        for (i = 0; ok && *exact && i < o->nl; i++)
+            ol[o->layers[i].id] = i + 1;
+        for (j = 0; ok && *exact && j < n->nl; j++) {
+            const struct qsnap__layer *x = &n->layers[j];
+            nw[x->id] = j + 1;
+            if (ol[x->id] && layer_eq(&o->layers[ol[x->id] - 1], x))
+                continue;
+            ok = push((void **)&part.layers, &part.nl, &capl, x, sizeof(*x));
+            if (ok && !ol[x->id])
+                fprintf(f, "place-layer %u %zu\n", x->id, j);
+        }
+        for (i = 0; ok && *exact && i < o->nl; i++) {
+            if (!nw[o->layers[i].id])
+                fprintf(f, "drop-layer %u\n", o->layers[i].id);
+        }
+        /* Nodes (ids are shared with layers: the tables are cleared first). */
+        for (i = 0; ok && *exact && i < o->nl; i++)
+            ol[o->layers[i].id] = 0;
+        for (j = 0; ok && *exact && j < n->nl; j++)
+            nw[n->layers[j].id] = 0;
+        for (i = 0; ok && *exact && i < o->nn; i++)
+            ol[o->nodes[i].id] = i + 1;
+        for (j = 0; ok && *exact && j < n->nn; j++) {
+            const struct qsnap__node *x = &n->nodes[j];
+            nw[x->id] = j + 1;
+            if (ol[x->id] && node_eq(&o->nodes[ol[x->id] - 1], x))
+                continue;
+            ok = push((void **)&part.nodes, &part.nn, &capn, x, sizeof(*x));
+            if (ok && !ol[x->id])
+                fprintf(f, "place-node %u %zu\n", x->id, j);
+        }
+        for (i = 0; ok && *exact && i < o->nn; i++) {
+            if (!nw[o->nodes[i].id])
+                fprintf(f, "drop-node %u\n", o->nodes[i].id);
+        }
+        free(ol);
+        free(nw);
+    }
+    /* Branches by name: the same name at the same place is the usual case. */
+    for (i = 0, j = 0; ok && *exact && (i < o->nb || j < n->nb);) {
+        if (i < o->nb && j < n->nb && !strcmp(o->branches[i].name, n->branches[j].name)) {
+            if (!branch_eq(&o->branches[i], &n->branches[j]))
+                ok = push((void **)&part.branches, &part.nb, &capb, &n->branches[j],
+                          sizeof(n->branches[j]));
+            i++, j++;
+        } else if (i < o->nb && !has_branch(n, o->branches[i].name)) {
+            /* Gone: dropped by its name. */
+            rc = put_branch_name(f, "drop-branch", &o->branches[i], n->disk, false, 0);
+            if (rc) {
+                ok = false;
+                break;
+            }
+            i++;
+        } else if (j < n->nb) {
+            ok = push((void **)&part.branches, &part.nb, &capb, &n->branches[j],
+                      sizeof(n->branches[j]));
+            /* A new one goes where the new model has it (a plan may put it in the
+             * place of one it removed). */
+            if (ok && !has_branch(o, n->branches[j].name) &&
+                put_branch_name(f, "place-branch", &n->branches[j], n->disk, true, j) != 0)
+                ok = false;
+            j++;
+        } else {
+            /* An old branch still in the new model, out of place: order differs. */
+            *exact = false;
+            break;
+        }
+    }
+    if (f && fclose(f) != 0)
+        ok = false;
+    if (ok && *exact && !rc)
+        rc = qsnap__model_format(&part, &text);
+    if (!ok && !rc)
+        rc = nomem();
+    if (!rc && *exact) {
+        size_t tl = strlen(text);
+        char *all = malloc(dlen + tl + 1);
+        if (!all) {
+            rc = nomem();
+        } else {
+            memcpy(all, drops ? drops : "", dlen);
+            memcpy(all + dlen, text, tl + 1);
+            *out = all;
+        }
+    }
+    free(text);
+    free(drops);
+    free(part.layers);
+    free(part.nodes);
+    free(part.branches);
+    return rc;
+}
+
+static int damaged(const char *what, const char *why)
+{
+    return qsnap__err(QSNAP_EINTEGRITY,
+                      "restore the store from a backup (the layers under layers/ are untouched)",
+                      "%s: damaged change record (%s)", what, why);
+}
+
+static void take(char **dst, char **src)
+{
+    free(*dst);
+    *dst = *src;
+    *src = NULL;
+}
+
+/* A percent-encoded branch name, decoded and checked as the text form's parser does. */
+static int decode_branch_name(const char *enc, const char *what, char **out)
+{
+    struct qsnap__model one;
+    char *rec = NULL;
+    int rc;
+
+    *out = NULL;
+    if (asprintf(&rec, "qsnap-store %u\ngen 0\nseq 1\ndisk x\nbranch %s head=1 base=0 created=0\nend\n",
+                 QSNAP_META_VERSION, enc) < 0)
+        return nomem();
+    rc = qsnap__model_parse_part(&one, rec, strlen(rec), what);
+    free(rec);
+    if (rc)
+        return rc;
+    if (one.nb == 1) {
+        *out = one.branches[0].name;
+        one.branches[0].name = NULL;
+    }
+    qsnap__model_free(&one);
+    return *out ? 0 : damaged(what, "a branch name");
+}
+
+struct place {
+    char kind;   /* 'l'ayer, 'n'ode, 'b'ranch */
+    unsigned id; /* layer or node */
+    char *name;  /* branch */
+    size_t at;
+};
+
+/* Move element `from` of an array of n elements of size sz to index `at`. */
+static void move_to(void *arr, size_t sz, size_t from, size_t at)
+{
+    char *a = arr, tmp[sizeof(struct qsnap__node) > sizeof(struct qsnap__layer)
+                          ? (sizeof(struct qsnap__node) > sizeof(struct qsnap__branch)
+                                 ? sizeof(struct qsnap__node)
+                                 : sizeof(struct qsnap__branch))
+                          : (sizeof(struct qsnap__layer) > sizeof(struct qsnap__branch)
+                                 ? sizeof(struct qsnap__layer)
+                                 : sizeof(struct qsnap__branch))];
+
+    memcpy(tmp, a + from * sz, sz);
+    if (from > at)
+        memmove(a + (at + 1) * sz, a + at * sz, (from - at) * sz);
+    else if (from < at)
+        memmove(a + from * sz, a + (from + 1) * sz, (at - from) * sz);
+    memcpy(a + at * sz, tmp, sz);
+}
+
+int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, const char *what)
+{
+    struct qsnap__model part;
+    const char *p = text, *end = text + len;
+    struct place *places = NULL;
+    size_t nplaces = 0, capp = 0;
+    int rc;
+
+    /* The drops first: whole lines before the "qsnap-store" header. */
+    while (p < end && (!strncmp(p, "drop-", 5) || !strncmp(p, "place-", 6))) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        char line[QSNAP_MAX_NAME * 3 + 32], *arg;
+        if (!nl || (size_t)(nl - p) >= sizeof(line)) {
+            rc = damaged(what, "a drop line");
+            goto fail;
+        }
+        memcpy(line, p, (size_t)(nl - p));
+        line[nl - p] = '\0';
+        p = nl + 1;
+        arg = strchr(line, ' ');
+        if (!arg) {
+            rc = damaged(what, "a drop line");
+            goto fail;
+        }
+        *arg++ = '\0';
+        if (!strcmp(line, "drop-layer") || !strcmp(line, "drop-node")) {
+            char *e;
+            unsigned long id;
+            errno = 0;
+            id = strtoul(arg, &e, 10);
+            if (errno || *e || !*arg || !id || id > 0x7fffffff) {
+                rc = damaged(what, "a drop line");
+                goto fail;
+            }
+            if (line[5] == 'l' ? !qsnap__layer(m, (unsigned)id) : !qsnap__node(m, (unsigned)id)) {
+                rc = damaged(what, "it drops a record that is not there");
+                goto fail;
+            }
+            if (line[5] == 'l')
+                qsnap__del_layer(m, (unsigned)id);
+            else
+                qsnap__del_node(m, (unsigned)id);
+        } else if (!strcmp(line, "drop-branch")) {
+            char *name = NULL;
+            rc = decode_branch_name(arg, what, &name);
+            if (rc)
+                goto fail;
+            if (!qsnap__branch_by_name(m, name)) {
+                free(name);
+                rc = damaged(what, "it drops a branch that is not there");
+                goto fail;
+            }
+            qsnap__del_branch(m, name);
+            free(name);
+        } else if (!strcmp(line, "place-layer") || !strcmp(line, "place-node")) {
+            struct place pl = {line[6], 0, NULL, 0};
+            unsigned long id, at;
+            char *e;
+            errno = 0;
+            id = strtoul(arg, &e, 10);
+            if (errno || *e != ' ' || !id || id > 0x7fffffff) {
+                rc = damaged(what, "a place line");
+                goto fail;
+            }
+            at = strtoul(e + 1, &e, 10);
+            if (errno || *e || at >= QSNAP_MAX_ITEMS) {
+                rc = damaged(what, "a place line");
+                goto fail;
+            }
+            pl.id = (unsigned)id;
+            pl.at = at;
+            if (!push((void **)&places, &nplaces, &capp, &pl, sizeof(pl))) {
+                rc = nomem();
+                goto fail;
+            }
+        } else if (!strcmp(line, "place-branch")) {
+            struct place pl = {'b', 0, NULL, 0};
+            char *sp = strchr(arg, ' '), *e;
+            if (!sp) {
+                rc = damaged(what, "a place line");
+                goto fail;
+            }
+            *sp++ = '\0';
+            errno = 0;
+            pl.at = strtoul(sp, &e, 10);
+            if (errno || *e || !*sp || pl.at >= QSNAP_MAX_ITEMS) {
+                rc = damaged(what, "a place line");
+                goto fail;
+            }
+            rc = decode_branch_name(arg, what, &pl.name);
+            if (rc)
+                goto fail;
+            if (!push((void **)&places, &nplaces, &capp, &pl, sizeof(pl))) {
+                free(pl.name);
+                rc = nomem();
+                goto fail;
+            }
+        } else {
+            rc = damaged(what, "an unknown line");
+            goto fail;
+        }
+    }
+    rc = qsnap__model_parse_part(&part, p, (size_t)(end - p), what);
+    if (rc)
+        goto fail;
+    for (size_t i = 0; i < part.nl; i++) {
+        struct qsnap__layer *l = qsnap__layer(m, part.layers[i].id);
+        if (!l) {
+            unsigned seq = m->seq;
+            l = qsnap__add_layer(m);
+            m->seq = seq;
+            if (!l)
+                goto oom;
+        }
+        free(l->file);
+        *l = part.layers[i];
+        part.layers[i].file = NULL;
+    }
+    for (size_t i = 0; i < part.nn; i++) {
+        struct qsnap__node *n = qsnap__node(m, part.nodes[i].id), *src = &part.nodes[i];
+        if (!n) {
+            unsigned seq = m->seq;
+            n = qsnap__add_node(m);
+            m->seq = seq;
+            if (!n)
+                goto oom;
+        }
+        take(&n->name, &src->name);
+        take(&n->desc, &src->desc);
+        take(&n->state, &src->state);
+        take(&n->internal, &src->internal);
+        n->id = src->id;
+        n->parent = src->parent;
+        n->layer = src->layer;
+        n->created = src->created;
+    }
+    for (size_t i = 0; i < part.nb; i++) {
+        struct qsnap__branch *b = qsnap__branch_by_name(m, part.branches[i].name);
+        if (!b && !(b = qsnap__add_branch(m)))
+            goto oom;
+        take(&b->name, &part.branches[i].name);
+        b->head = part.branches[i].head;
+        b->base = part.branches[i].base;
+        b->created = part.branches[i].created;
+    }
+    m->gen = part.gen;
+    m->seq = part.seq;
+    take(&m->disk, &part.disk);
+    take(&m->current, &part.current);
+    qsnap__model_free(&part);
+    /* New records to their places, each kind in increasing order of place. */
+    {
+        size_t last[3] = {0, 0, 0};
+        bool seen[3] = {false, false, false};
+        for (size_t k = 0; k < nplaces; k++) {
+            struct place *pl = &places[k];
+            int t = pl->kind == 'l' ? 0 : pl->kind == 'n' ? 1 : 2;
+            size_t n = t == 0 ? m->nl : t == 1 ? m->nn : m->nb, from;
+            if (pl->at >= n || (seen[t] && pl->at <= last[t])) {
+                rc = damaged(what, "a record placed where it cannot be");
+                goto fail;
+            }
+            if (t == 0) {
+                struct qsnap__layer *l = qsnap__layer(m, pl->id);
+                if (!l) {
+                    rc = damaged(what, "it places a layer that is not there");
+                    goto fail;
+                }
+                from = (size_t)(l - m->layers);
+                move_to(m->layers, sizeof(*l), from, pl->at);
+            } else if (t == 1) {
+                struct qsnap__node *nd = qsnap__node(m, pl->id);
+                if (!nd) {
+                    rc = damaged(what, "it places a node that is not there");
+                    goto fail;
+                }
+                from = (size_t)(nd - m->nodes);
+                move_to(m->nodes, sizeof(*nd), from, pl->at);
+            } else {
+                struct qsnap__branch *b = qsnap__branch_by_name(m, pl->name);
+                if (!b) {
+                    rc = damaged(what, "it places a branch that is not there");
+                    goto fail;
+                }
+                from = (size_t)(b - m->branches);
+                move_to(m->branches, sizeof(*b), from, pl->at);
+            }
+            seen[t] = true;
+            last[t] = pl->at;
+        }
+    }
+    for (size_t k = 0; k < nplaces; k++)
+        free(places[k].name);
+    free(places);
+    return 0;
+oom:
+    qsnap__model_free(&part);
+    rc = nomem();
+fail:
+    for (size_t k = 0; k < nplaces; k++)
+        free(places[k].name);
+    free(places);
+    return rc;
+}
+
+/* ---- reading -------------------------------------------------------------- */
+
+static int read_all(const qsnap_store *s, const char *rel, char **out, size_t *len)
+{
+    struct stat st;
+    char *buf = NULL;
+    size_t done = 0;
+    int fd = -1, rc;
+
+    *out = NULL;
+    *len = 0;
+    rc = qsnap__open_store_file(s, rel, O_RDONLY, &fd);
+    if (rc)
+        return rc;
+    if (fstat(fd, &st) < 0) {
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: %s", s->dir, rel, strerror(errno));
+        goto out;
+    }
+    if ((uint64_t)st.st_size > QSNAP_MAX_META_BYTES) {
+        rc = qsnap__err(QSNAP_EINTEGRITY, "restore the store from a backup",
+                        "%s/%s: %" PRIu64 " bytes is too large for qsnap metadata", s->dir, rel,
+                        (uint64_t)st.st_size);
+        goto out;
+    }
+    buf = malloc((size_t)st.st_size + 1);
+    if (!buf) {
+        rc = nomem();
+        goto out;
+    }
+    while (done < (size_t)st.st_size) {
+        ssize_t r = read(fd, buf + done, (size_t)st.st_size - done);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: read failed: %s", s->dir, rel,
+                            strerror(errno));
+            goto out;
+        }
+        if (r == 0)
+            break;
+        done += (size_t)r;
+    }
+    buf[done] = '\0';
+    *out = buf;
+    *len = done;
+    buf = NULL;
+out:
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+/* Apply meta.log's records to s->m (see the top of the file). */
+static int log_load(qsnap_store *s, const char *what)
+{
+    char *text = NULL;
+    size_t len = 0, off, ml = strlen(LOG_MAGIC);
+    int rc = read_all(s, LOG_FILE, &text, &len);
+
+    if (rc == QSNAP_ENOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    s->log.exists = true;
+    s->log.size = len;
+    if (s->log.meta_version < 2) {
+        free(text);
+        return qsnap__err(QSNAP_EINTEGRITY, "restore the store from a backup",
+                          "%s: a change log beside a version %u meta file", what,
+                          s->log.meta_version);
+    }
+    if (len < ml && !memcmp(text, LOG_MAGIC, len)) {
+        /* Its first write was cut short: no record in it. */
+        free(text);
+        return 0;
+    }
+    if (memcmp(text, LOG_MAGIC, ml)) {
+        free(text);
+        return qsnap__err(QSNAP_EINTEGRITY, "restore the store from a backup",
+                          "%s: not a qsnap change log (or of an unknown version)", what);
+    }
+    s->log.good = off = ml;
+    while (off < len) {
+        const char *nl = memchr(text + off, '\n', len - off);
+        uint64_t gen, rlen;
+        unsigned crc;
+        char tail;
+        int used = 0;
+        bool whole;
+
+        if (!nl)
+            break; /* a header cut short: the tail of an interrupted append */
+        if (nl - (text + off) > 80 ||
+            sscanf(text + off, "rec %" SCNu64 " %" SCNu64 " %8x%c%n", &gen, &rlen, &crc, &tail,
+                   &used) != 4 ||
+            tail != '\n' || text + off + used != nl + 1) {
+            rc = damaged(what, "a record header");
+            break;
+        }
+        whole = rlen <= len - (size_t)(nl + 1 - text);
+        if (!whole || qsnap__crc32(nl + 1, (size_t)rlen) != crc) {
+            if (!whole || (size_t)(nl + 1 - text) + rlen == len)
+                break; /* the last record, cut short or torn: not committed */
+            rc = qsnap__err(QSNAP_EINTEGRITY, "restore the store from a backup",
+                            "%s: the change record at byte %zu fails its checksum", what, off);
+            break;
+        }
+        if (gen <= s->m.gen) {
+            s->log.stale++;
+        } else if (gen == s->m.gen + 1) {
+            rc = qsnap__delta_apply(&s->m, nl + 1, (size_t)rlen, what);
+            if (!rc && s->m.gen != gen)
+                rc = damaged(what, "its generation");
+            if (rc)
+                break;
+            s->log.live++;
+        } else {
+            rc = qsnap__err(QSNAP_EINTEGRITY, "restore the store from a backup",
+                            "%s: change record for generation %" PRIu64
+                            " does not follow generation %" PRIu64,
+                            what, gen, s->m.gen);
+            break;
+        }
+        off = (size_t)(nl + 1 - text) + (size_t)rlen;
+        s->log.good = off;
+    }
+    free(text);
+    if (!rc && s->log.live)
+        rc = qsnap__model_check(&s->m, what);
+    return rc;
+}
+
+int qsnap__meta_load(qsnap_store *s)
+{
+    char *path = qsnap__path(s, META_FILE), *lpath = qsnap__path(s, LOG_FILE), *text = NULL;
+    size_t len = 0;
+    int rc;
+
+    memset(&s->log, 0, sizeof(s->log));
+    if (!path || !lpath) {
+        free(path);
+        free(lpath);
+        return nomem();
+    }
+    rc = read_all(s, META_FILE, &text, &len);
+    if (!rc)
+        rc = qsnap__model_parse_v(&s->m, text, len, path, &s->log.meta_version);
+    s->log.meta_bytes = len;
+    free(text);
+    if (!rc)
+        rc = log_load(s, lpath);
+    if (rc)
+        qsnap__model_free(&s->m);
+    free(path);
+    free(lpath);
+    return rc;
+}
+
+/* ---- writing -------------------------------------------------------------- */
+
+static int write_full(int fd, const char *data, size_t len, const char *what)
+{
+    size_t done = 0;
+
+    while (done < len) {
+        ssize_t w = write(fd, data + done, len - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return qsnap__err(QSNAP_ERROR, NULL, "%s: write failed: %s", what,
+                              w < 0 ? strerror(errno) : "short write");
+        done += (size_t)w;
+    }
+    return 0;
+}
+
+/* The whole model to meta, then no log. */
+static int compact(qsnap_store *s, struct qsnap__model *m)
+{
+    char *text = NULL;
+    size_t len;
+    int rc = qsnap__model_format(m, &text);
+
+    if (rc)
+        return rc;
+    len = strlen(text);
+    rc = qsnap__write_atomic(s, META_FILE, text, len);
+    free(text);
+    if (rc)
+        return rc;
+    /* Committed: the log's records are all at or below m->gen now. */
+    s->log.meta_version = QSNAP_META_VERSION;
+    s->log.meta_bytes = len;
+    if (s->log.exists) {
+        rc = qsnap__unlink_store_file(s, LOG_FILE);
+        if (!rc)
+            rc = qsnap__fsync_dir(s->dir);
+        if (rc)
+            return rc;
+    }
+    s->log.exists = false;
+    s->log.size = s->log.good = 0;
+    s->log.live = s->log.stale = 0;
+    return 0;
+}
+
+/* rec header + change text. */
+static char *record(uint64_t gen, const char *delta, size_t dl, size_t *len)
+{
+    char head[80], *r;
+    int hl = snprintf(head, sizeof(head), "rec %" PRIu64 " %zu %08x\n", gen, dl,
+                      qsnap__crc32(delta, dl));
+
+    r = malloc((size_t)hl + dl + sizeof(LOG_MAGIC));
+    if (!r)
+        return NULL;
+    memcpy(r, head, (size_t)hl);
+    memcpy(r + hl, delta, dl);
+    *len = (size_t)hl + dl;
+    return r;
+}
+
+static int append(qsnap_store *s, const char *rec, size_t rl)
+{
+    char *path = qsnap__path(s, LOG_FILE);
+    int fd = -1, rc = 0;
+
+    if (!path)
+        return nomem();
+    if (!s->log.exists || s->log.stale || s->log.good < strlen(LOG_MAGIC)) {
+        /* A new log, whole or not at all. */
+        size_t ml = strlen(LOG_MAGIC);
+        char *all = malloc(ml + rl);
+        if (!all) {
+            free(path);
+            return nomem();
+        }
+        memcpy(all, LOG_MAGIC, ml);
+        memcpy(all + ml, rec, rl);
+        rc = qsnap__write_atomic(s, LOG_FILE, all, ml + rl);
+        free(all);
+        if (!rc) {
+            s->log.exists = true;
+            s->log.stale = 0;
+            s->log.size = s->log.good = ml + rl;
+        }
+        free(path);
+        return rc;
+    }
+    rc = qsnap__open_store_file(s, LOG_FILE, O_WRONLY, &fd);
+    if (rc) {
+        free(path);
+        return rc;
+    }
+    /* A torn tail of an interrupted append goes first. */
+    if (s->log.size != s->log.good && ftruncate(fd, (off_t)s->log.good) < 0)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: truncate failed: %s", path, strerror(errno));
+    if (!rc && lseek(fd, (off_t)s->log.good, SEEK_SET) < 0)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: seek failed: %s", path, strerror(errno));
+    if (!rc) {
+        s->log.size = s->log.good; /* as far as anyone knows now */
+        rc = write_full(fd, rec, rl, path);
+    }
+    if (!rc && fdatasync(fd) < 0)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: fsync failed: %s", path, strerror(errno));
+    if (!rc)
+        s->log.size = s->log.good = s->log.good + rl;
+    else
+        s->log.size = s->log.good + rl; /* unknown: cut back by the next append */
+    close(fd);
+    free(path);
+    return rc;
+}
+
+int qsnap__meta_save(qsnap_store *s, struct qsnap__model *m)
+{
+    char *delta = NULL, *rec = NULL;
+    bool exact = false, committed = false;
+    size_t rl = 0, hl;
+    uint64_t bound;
+    int rc;
+
+    m->gen++;
+    if (m == &s->m || !s->exists || s->log.meta_version < QSNAP_META_VERSION)
+        goto whole;
+    rc = qsnap__delta_format(&s->m, m, &delta, &exact);
+    if (rc)
+        goto fail;
+    if (!exact)
+        goto whole;
+    rec = record(m->gen, delta, strlen(delta), &rl);
+    free(delta);
+    delta = NULL;
+    if (!rec) {
+        rc = nomem();
+        goto fail;
+    }
+    bound = s->log.meta_bytes > LOG_MIN_BOUND ? s->log.meta_bytes : LOG_MIN_BOUND;
+    if (s->log.good + rl > bound) {
+        free(rec);
+        goto whole;
+    }
+    rc = append(s, rec, rl);
+    if (rc) {
+        free(rec);
+        goto fail;
+    }
+    /* Committed. The model in memory takes the same change, as a reader would;
+     * when that does not give m exactly (the same content in another order, or
+     * out of memory), the whole file says m. */
+    committed = true;
+    hl = (size_t)(strchr(rec, '\n') - rec) + 1;
+    rc = qsnap__delta_apply(&s->m, rec + hl, rl - hl, "change record");
+    free(rec);
+    if (!rc && qsnap__model_equal(&s->m, m))
+        return 0;
+whole:
+    rc = compact(s, m);
+    if (!rc && m != &s->m) {
+        struct qsnap__model copy;
+        rc = qsnap__model_clone(&copy, m);
+        if (!rc) {
+            qsnap__model_free(&s->m);
+            s->m = copy;
+        }
+    }
+    if (!rc || committed)
+        return rc;
+fail:
+    free(delta);
+    m->gen--;
+    return rc;
+}
+
+int qsnap__log_torn(const qsnap_store *s)
+{
+    return s->log.exists && s->log.size != s->log.good;
+}
+
+int qsnap__log_cut(qsnap_store *s)
+{
+    char *path = qsnap__path(s, LOG_FILE);
+    int fd = -1, rc;
+
+    if (!path)
+        return nomem();
+    rc = qsnap__open_store_file(s, LOG_FILE, O_WRONLY, &fd);
+    if (!rc && (ftruncate(fd, (off_t)s->log.good) < 0 || fdatasync(fd) < 0))
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: truncate failed: %s", path, strerror(errno));
+    if (!rc)
+        s->log.size = s->log.good;
+    if (fd >= 0)
+        close(fd);
+    free(path);
+    return rc;
+}

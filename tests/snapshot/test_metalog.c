@@ -1,0 +1,351 @@
+/*
+ * The metadata's change log (snapshot/metalog.c): a store's model read from
+ * meta plus meta.log is the one its last save made; a record cut short at
+ * any byte (a crash during an append) or torn at the end of the log is not
+ * committed: the model is the one before it, verify reports the tail and
+ * --repair cuts it, and the next save writes over it; a damaged record
+ * followed by others is an error naming the log; a compaction cut short
+ * (the new meta renamed, the old log still there; or only meta.tmp made)
+ * reads as the model it wrote (or the one before); a version 1 meta file is
+ * read and becomes version 2 at the first save; a log beside a version 1
+ * meta file is refused; the log stays within its bound, folded into meta
+ * when it grows past it. The model is compared as text (the whole meta
+ * form), never with hard-coded values.
+ */
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "qcow2/qcow2.h"
+#include "qemu_oracle.h"
+#include "qsnap/qsnap.h"
+#include "qsnap_int.h"
+#include "tree_fixture.h"
+
+static char dir[256], disk[512], logp[600], metap[600];
+static uint8_t *d0;
+
+static void setup(void)
+{
+    d0 = calloc(1, TF_SIZE);
+    cr_assert_not_null(d0);
+}
+
+static void teardown(void)
+{
+    free(d0);
+    if (dir[0])
+        qo_rmtree(dir);
+    dir[0] = '\0';
+}
+
+TestSuite(metalog, .init = setup, .fini = teardown, .timeout = 300);
+
+static void ok(int rc, const char *what)
+{
+    cr_assert_eq(rc, 0, "%s: rc %d: %s", what, rc, qsnap_error_last()->message);
+}
+
+/* The store's model as text (the whole meta form), or NULL when it does not open. */
+static char *model_text(void)
+{
+    qsnap_store *s = NULL;
+    char *t = NULL;
+
+    if (qsnap_store_open(&s, disk, QSNAP_OPEN_READONLY) != 0)
+        return NULL;
+    ok(qsnap__model_format(&s->m, &t), "format");
+    qsnap_store_close(s);
+    return t;
+}
+
+static void start(const char *tag)
+{
+    qsnap_store *s;
+
+    tf_setup(dir, sizeof(dir), disk, sizeof(disk), tag, false, d0);
+    snprintf(logp, sizeof(logp), "%s.qsnap/meta.log", disk);
+    snprintf(metap, sizeof(metap), "%s.qsnap/meta", disk);
+    s = tf_open(disk, QSNAP_OPEN_CREATE);
+    ok(tf_create(s, "s1"), "create s1");
+    qsnap_store_close(s);
+}
+
+/* One change through the library: a branch made at s1. */
+static void change(const char *branch)
+{
+    qsnap_store *s = tf_open(disk, 0);
+
+    ok(tf_branch(s, branch, "s1"), branch);
+    qsnap_store_close(s);
+}
+
+static off_t fsize(const char *p)
+{
+    struct stat st;
+
+    return stat(p, &st) == 0 ? st.st_size : -1;
+}
+
+static int verify(bool repair, size_t *problems)
+{
+    qsnap_store *s = NULL;
+    qsnap_finding *f = NULL;
+    size_t n = 0;
+    int rc = qsnap_store_open(&s, disk, 0);
+
+    if (rc)
+        return rc;
+    rc = qsnap_verify(s, repair, &f, &n);
+    *problems = 0;
+    for (size_t i = 0; i < n; i++)
+        *problems += f[i].problem && !f[i].repaired;
+    qsnap_verify_free(f, n);
+    qsnap_store_close(s);
+    return rc;
+}
+
+Test(metalog, changes_go_to_the_log_and_read_back)
+{
+    char *a, *b;
+    off_t meta0;
+
+    start("log");
+    meta0 = fsize(metap);
+    change("b1");
+    change("b2");
+    cr_assert_gt(fsize(logp), 0, "no change log after two saves");
+    cr_assert_eq(fsize(metap), meta0, "the meta file was rewritten for a change");
+    a = model_text();
+    cr_assert_not_null(a);
+    cr_assert(strstr(a, "branch b1 ") && strstr(a, "branch b2 "), "%s", a);
+    /* The same model once folded into meta alone. */
+    {
+        qsnap_store *s = tf_open(disk, 0);
+        s->m.gen--; /* the fold bumps it again: compare like for like */
+        ok(qsnap__save_model(s, &s->m), "fold");
+        qsnap_store_close(s);
+    }
+    cr_assert_eq(fsize(logp), -1, "the log stays after a compaction");
+    b = model_text();
+    cr_assert_str_eq(a, b);
+    free(a);
+    free(b);
+}
+
+/* Every kind of change is said in the log (no rewrite of meta), and reads back as it was made. */
+Test(metalog, every_operation_appends)
+{
+    qsnap_store *s;
+    off_t meta0;
+    char *mem = NULL, *disk_text;
+
+    start("ops");
+    change("b1");
+    meta0 = fsize(metap);
+    s = tf_open(disk, 0);
+    ok(tf_create(s, "s2"), "create");
+    ok(tf_revert(s, "s1", "r1", false, NULL), "revert");
+    ok(tf_switch(s, "b1"), "switch");
+    ok(tf_branch(s, "b2", "s2"), "branch");
+    ok(tf_delete(s, "s2", 0, NULL), "delete");
+    ok(qsnap__model_format(&s->m, &mem), "format");
+    qsnap_store_close(s);
+    cr_assert_eq(fsize(metap), meta0, "an operation rewrote meta instead of appending");
+    disk_text = model_text();
+    cr_assert_str_eq(disk_text, mem, "the model read back differs from the one in memory");
+    free(mem);
+    free(disk_text);
+}
+
+Test(metalog, a_record_cut_short_at_any_byte_is_not_committed)
+{
+    char *before, *after, *got, *saved;
+    off_t good, full;
+    size_t len, problems;
+
+    start("torn");
+    change("b1");
+    before = model_text();
+    good = fsize(logp);
+    change("b2");
+    after = model_text();
+    full = fsize(logp);
+    cr_assert(before && after && good > 0 && full > good);
+    saved = (char *)qo_read_file(logp, &len);
+    cr_assert_not_null(saved);
+    for (off_t cut = good; cut < full; cut++) {
+        cr_assert_eq(qo_write_file(logp, saved, (size_t)cut), 0);
+        got = model_text();
+        cr_assert_not_null(got, "cut at %lld: %s", (long long)cut, qsnap_error_last()->message);
+        cr_assert_str_eq(got, before, "cut at byte %lld of %lld: not the model before", (long long)cut,
+                         (long long)full);
+        free(got);
+    }
+    /* A whole last record with a flipped byte: torn too. */
+    saved[full - 3] ^= 0x20;
+    cr_assert_eq(qo_write_file(logp, saved, (size_t)full), 0);
+    got = model_text();
+    cr_assert_str_eq(got, before);
+    free(got);
+    /* The next save goes on from the last whole record. */
+    saved[full - 3] ^= 0x20;
+    cr_assert_eq(qo_write_file(logp, saved, (size_t)full - 5), 0);
+    change("b3");
+    got = model_text();
+    cr_assert(got && strstr(got, "branch b1 ") && !strstr(got, "branch b2 ") &&
+                  strstr(got, "branch b3 "),
+              "%s", got);
+    ok(verify(false, &problems), "verify after a save over a torn tail");
+    free(got);
+    /* verify finds a torn tail, --repair removes it, a second verify is clean. */
+    {
+        char out[4096];
+        cr_assert_eq(qo_sh(out, sizeof(out), "printf 'rec 99 40 0000' >> '%s'", logp), 0);
+    }
+    cr_assert_eq(verify(false, &problems), QSNAP_EINTEGRITY);
+    cr_assert_geq(problems, 1);
+    ok(verify(true, &problems), "verify --repair");
+    got = model_text();
+    cr_assert(got && strstr(got, "branch b1 ") && strstr(got, "branch b3 "), "%s", got);
+    ok(verify(false, &problems), "verify after the repair");
+    free(got);
+    free(saved);
+    free(before);
+    free(after);
+}
+
+Test(metalog, a_damaged_record_before_others_is_an_error)
+{
+    char *saved;
+    size_t len;
+    qsnap_store *s = NULL;
+    char *rec;
+
+    start("damaged");
+    change("b1");
+    change("b2");
+    saved = (char *)qo_read_file(logp, &len);
+    cr_assert_not_null(saved);
+    rec = strstr(saved, "branch b1 ");
+    cr_assert_not_null(rec);
+    rec[7] = 'X'; /* "b1" -> "bX" inside the first record */
+    cr_assert_eq(qo_write_file(logp, saved, len), 0);
+    cr_assert_eq(qsnap_store_open(&s, disk, 0), QSNAP_EINTEGRITY);
+    cr_assert(strstr(qsnap_error_last()->message, "meta.log"), "%s", qsnap_error_last()->message);
+    free(saved);
+}
+
+Test(metalog, a_compaction_cut_short_reads_as_either_side)
+{
+    char *before, *got, *oldlog;
+    size_t len;
+
+    start("compact");
+    change("b1");
+    change("b2");
+    before = model_text();
+    oldlog = (char *)qo_read_file(logp, &len);
+    cr_assert(before && oldlog);
+    /* Killed before its rename: a meta.tmp, the old meta and log. */
+    {
+        char tmp[700];
+        snprintf(tmp, sizeof(tmp), "%s.tmp", metap);
+        cr_assert_eq(qo_write_file(tmp, "qsnap-store 2\ngen 9", 19), 0);
+        got = model_text();
+        cr_assert_str_eq(got, before);
+        free(got);
+        unlink(tmp);
+    }
+    /* Killed after its rename, before the log went: every record is skipped. */
+    {
+        qsnap_store *s = tf_open(disk, 0);
+        ok(qsnap__save_model(s, &s->m), "fold");
+        qsnap_store_close(s);
+    }
+    free(before);
+    before = model_text();
+    cr_assert_eq(qo_write_file(logp, oldlog, len), 0);
+    got = model_text();
+    cr_assert_str_eq(got, before, "the stale log changed the model");
+    free(got);
+    /* The next save starts a new log (the stale records go). */
+    change("b3");
+    free(oldlog);
+    oldlog = (char *)qo_read_file(logp, &len);
+    cr_assert(oldlog && !strstr(oldlog, "branch b1 ") && strstr(oldlog, "branch b3 "), "%s",
+              oldlog);
+    got = model_text();
+    cr_assert(got && strstr(got, "branch b1 ") && strstr(got, "branch b3 "));
+    free(got);
+    free(before);
+    free(oldlog);
+}
+
+Test(metalog, version_1_is_read_and_upgraded)
+{
+    char out[4096], *got, *m;
+    size_t len;
+    qsnap_store *s = NULL;
+
+    start("v1");
+    change("b1");
+    {
+        qsnap_store *t = tf_open(disk, 0);
+        ok(qsnap__save_model(t, &t->m), "fold");
+        qsnap_store_close(t);
+    }
+    cr_assert_eq(qo_sh(out, sizeof(out), "sed -i '1s/^qsnap-store 2$/qsnap-store 1/' '%s'", metap),
+                 0);
+    got = model_text();
+    cr_assert(got && strstr(got, "branch b1 "), "a version 1 store does not open: %s",
+              qsnap_error_last()->message);
+    free(got);
+    /* A log beside a version 1 meta file: not from any qsnap. */
+    cr_assert_eq(qo_write_file(logp, "qsnap-log 2\n", 12), 0);
+    cr_assert_eq(qsnap_store_open(&s, disk, 0), QSNAP_EINTEGRITY);
+    unlink(logp);
+    /* The first save writes version 2, whole. */
+    change("b2");
+    m = (char *)qo_read_file(metap, &len);
+    cr_assert(m && !strncmp(m, "qsnap-store 2\n", 14) && strstr(m, "branch b2 "), "%s", m);
+    cr_assert_eq(fsize(logp), -1);
+    free(m);
+}
+
+Test(metalog, the_log_stays_within_its_bound)
+{
+    char *a, *b;
+    off_t most = 0;
+    bool folded = false;
+
+    start("bound");
+    for (int i = 0; i < 400; i++) {
+        char name[32];
+        qsnap_store *s = tf_open(disk, 0);
+        snprintf(name, sizeof(name), "branch-with-a-long-name-%d", i);
+        ok(tf_branch(s, name, "s1"), name);
+        qsnap_store_close(s);
+        off_t n = fsize(logp);
+        if (n > most)
+            most = n;
+        folded |= n < 0 && i > 0;
+    }
+    cr_assert(folded, "the log was never folded into meta");
+    cr_assert_leq(most, 64 * 1024 + 4096, "the log grew to %lld bytes", (long long)most);
+    a = model_text();
+    {
+        qsnap_store *s = tf_open(disk, 0);
+        s->m.gen--;
+        ok(qsnap__save_model(s, &s->m), "fold");
+        qsnap_store_close(s);
+    }
+    b = model_text();
+    cr_assert_str_eq(a, b);
+    free(a);
+    free(b);
+}
