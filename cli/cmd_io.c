@@ -7,70 +7,28 @@
  * same pattern bytes). The exit status is 1 when any command failed, as in
  * qemu-io.
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <qcow2/qcow2.h>
 
 #include "cli.h"
 #include "cli_error.h"
+#include "cmd_io.h"
 #include "fmt.h"
 #include "opt.h"
 
-/* qemu-io's cap on one request, in bytes. */
-#define IO_MAX_REQUEST 2147483136ull
-/* The byte qemu-io's write fills its buffer with when no -P is given. */
-#define IO_DEFAULT_PATTERN 0xcd
-/* What qemu-io prints for a request outside the image (its -EIO). */
-#define IO_RANGE_ERROR "Input/output error"
-/* What qemu-io prints for a misaligned compressed write (its -EINVAL). */
-#define IO_ALIGN_ERROR "Invalid argument"
-/* Reads go through a buffer of this size, so memory does not grow with LEN. */
-#define IO_CHUNK (1u << 20)
-/* write -s: the most bytes taken from the source file (it repeats when shorter). */
-#define IO_SOURCE_MAX (64u << 20)
 /* Words in one command line. */
 #define IO_MAX_WORDS 64
 
-struct io_cmd;
-
-/* The state one command runs against. */
-struct io_ctx {
-    qcow2_image *img; /* the open image, or NULL after close */
-    bool quit;        /* a quit command was run */
-    char *path;       /* the image's path (for reopen), owned */
-    qcow2_open_opts oo; /* how it was opened */
-};
-
-/* A command: returns 0, or -1 when it failed (after printing why). */
-typedef int (*io_cmd_fn)(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
-
-struct io_cmd {
-    const char *name;    /* the command word */
-    const char *alias;   /* a short form, or NULL */
-    io_cmd_fn fn;        /* what runs it */
-    int min_args;        /* fewest words after the command word */
-    int max_args;        /* most, or -1 for any */
-    const char *args;    /* synopsis of the arguments */
-    const char *oneline; /* what it does */
-    const char *help;    /* longer help, or NULL */
-};
-
-static int cmd_read(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 static int cmd_map(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 static int cmd_info(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 static int cmd_help(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 static int cmd_quit(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
-static int cmd_write(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
-static int cmd_discard(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 static int cmd_flush(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
-static int cmd_readv(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
-static int cmd_writev(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 static int cmd_aio_flush(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 static int cmd_alloc(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 static int cmd_length(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
@@ -80,32 +38,35 @@ static int cmd_close(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, cha
 static int cmd_reopen(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv);
 
 static const struct io_cmd io_cmds[] = {
-    {"read", "r", cmd_read, 2, -1, "[-Cpqv] [-P pattern [-s off] [-l len]] off len",
+    {"read", "r", io_cmd_read, 2, -1, "[-bCpqv] [-P pattern [-s off] [-l len]] off len",
      "reads a number of bytes at a specified offset",
      " Reads LEN bytes of guest data at offset OFF (through the backing chain).\n"
      " OFF and LEN take the suffixes k, M, G, T, P, E (powers of 1024).\n"
+     " -b, -- read from the vm-state area of a qcow2 image instead (OFF within\n"
+     "        the area; OFF and LEN multiples of 512; never written: zeroes)\n"
      " -P, -- verify that every byte read equals PATTERN (0..255)\n"
      " -q, -- quiet mode, do not show I/O statistics\n"
      " -v, -- dump the data read (hexadecimal and characters)\n"
      " -s, -- with -P: start of the verified range in the data read\n"
      " -l, -- with -P: length of the verified range\n"
-     " -p, -C, -- accepted and ignored\n"},
-    {"readv", NULL, cmd_readv, 2, -1, "[-qv] [-P pattern] off len [len..]",
+     " -C, -- print the statistics as one machine-readable line\n"
+     " -p, -- accepted and ignored\n"},
+    {"readv", NULL, io_cmd_readv, 2, -1, "[-qv] [-P pattern] off len [len..]",
      "reads a number of bytes at a specified offset",
      " Reads the sum of the LENs at offset OFF in one request.\n"
      " -P, -- verify that every byte read equals PATTERN (0..255)\n"
      " -q, -- quiet mode, do not show I/O statistics\n"
      " -v, -- dump the data read (hexadecimal and characters)\n"},
-    {"writev", NULL, cmd_writev, 2, -1, "[-q] [-P pattern] off len [len..]",
+    {"writev", NULL, io_cmd_writev, 2, -1, "[-q] [-P pattern] off len [len..]",
      "writes a number of bytes at a specified offset",
      " Writes the sum of the LENs at offset OFF in one request, filled with\n"
      " PATTERN (default 0xcd).\n"
      " -P, -- fill the data with PATTERN (0..255)\n"
      " -q, -- quiet mode, do not show I/O statistics\n"},
-    {"aio_read", NULL, cmd_readv, 2, -1, "[-qv] [-P pattern] off len [len..]",
+    {"aio_read", NULL, io_cmd_readv, 2, -1, "[-qv] [-P pattern] off len [len..]",
      "asynchronously reads a number of bytes",
      " As readv; requests run in order, each done before the next command.\n"},
-    {"aio_write", NULL, cmd_writev, 2, -1, "[-quz] [-P pattern] off len [len..]",
+    {"aio_write", NULL, io_cmd_writev, 2, -1, "[-quz] [-P pattern] off len [len..]",
      "asynchronously writes a number of bytes",
      " As writev (-z: write zeroes, -u: may free the clusters); requests run\n"
      " in order, each done before the next command.\n"},
@@ -134,10 +95,12 @@ static const struct io_cmd io_cmds[] = {
     {"info", "i", cmd_info, 0, 0, "", "prints information about the current file", NULL},
     {"help", "?", cmd_help, 0, 1, "[command]", "help for one or all commands", NULL},
     {"quit", "q", cmd_quit, 0, 0, "", "exit the program", NULL},
-    {"write", "w", cmd_write, 2, -1, "[-cnquz] [-P pattern | -s source_file] off len",
+    {"write", "w", io_cmd_write, 2, -1, "[-bcCfnquz] [-P pattern | -s source_file] off len",
      "writes a number of bytes at a specified offset",
      " Writes LEN bytes at offset OFF, filled with PATTERN (default 0xcd).\n"
      " OFF and LEN take the suffixes k, M, G, T, P, E (powers of 1024).\n"
+     " -b, -- write to the vm-state area of a qcow2 image instead (OFF within\n"
+     "        the area; OFF and LEN multiples of 512; not with -z or -f)\n"
      " -c, -- write compressed clusters (OFF and LEN cluster aligned, or LEN\n"
      "        reaching the end of the image)\n"
      " -n, -- with -z, allow LEN beyond the usual request cap\n"
@@ -145,9 +108,11 @@ static const struct io_cmd io_cmds[] = {
      " -s, -- take the data from SOURCE_FILE (repeated when shorter)\n"
      " -q, -- quiet mode, do not show I/O statistics\n"
      " -u, -- with -z, allow the clusters to be freed\n"
-     " -p, -C, -f, -- accepted and ignored\n"
+     " -f, -- accepted (writes are durable at flush); not with -b or -c\n"
+     " -C, -- print the statistics as one machine-readable line\n"
+     " -p, -- accepted and ignored\n"
      " -z, -- write zeroes (zero clusters where the format has them)\n"},
-    {"discard", "d", cmd_discard, 2, -1, "[-q] off len",
+    {"discard", "d", io_cmd_discard, 2, -1, "[-q] off len",
      "discards a number of bytes at a specified offset",
      " Discards the whole clusters of LEN bytes at offset OFF.\n"
      " -q, -- quiet mode, do not show I/O statistics\n"},
@@ -156,13 +121,13 @@ static const struct io_cmd io_cmds[] = {
 
 #define NB_IO_CMDS (sizeof(io_cmds) / sizeof(io_cmds[0]))
 
-static void print_cmd_usage(const struct io_cmd *cmd)
+void io_print_usage(const struct io_cmd *cmd)
 {
     printf("%s%s%s -- %s\n", cmd->name, cmd->args[0] ? " " : "", cmd->args, cmd->oneline);
 }
 
 /* The number in word, or -1 after qemu-io's parsing message. */
-static int parse_num(const char *word, uint64_t *out)
+int io_parse_num(const char *word, uint64_t *out)
 {
     if (cli_parse_size(word, out) == 0)
         return 0;
@@ -170,274 +135,14 @@ static int parse_num(const char *word, uint64_t *out)
     return -1;
 }
 
-/* A -P value as qemu-io reads it; -1 after its message. */
-static int parse_pattern(const char *arg)
-{
-    char *end;
-    long v = strtol(arg, &end, 0);
-
-    if (*arg == '\0' || *end != '\0' || v < 0 || v > 255) {
-        printf("%s is not a valid pattern byte\n", arg);
-        return -1;
-    }
-    return (int)v;
-}
-
-/* Whether [off, off + len) lies inside the image (qemu-io's -EIO otherwise). */
-static bool in_range(const struct io_ctx *ctx, uint64_t off, uint64_t len)
-{
-    uint64_t size = qcow2_image_size(ctx->img);
-
-    return off <= size && len <= size - off;
-}
-
 /* "<what> failed: <the library's message>" on stdout, as qemu-io prints it. */
-static int io_failed(const char *what, int rc)
+int io_failed(const char *what, int rc)
 {
     const qcow2_error *e = qcow2_error_last();
 
     printf("%s failed: %s\n", what,
            e->code == rc && e->message && e->message[0] ? e->message : qcow2_strerror(rc));
     return -1;
-}
-
-static double now_sec(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* qemu-io's statistics line: "64 KiB, 1 ops; 00.00 sec (1.2 GiB/sec and 18875.4035 ops/sec)" */
-static void print_stats(uint64_t bytes, double secs)
-{
-    char total[CLI_SIZE_STR_MAX], rate[CLI_SIZE_STR_MAX], when[32];
-
-    if (secs < 1e-9)
-        secs = 1e-9;
-    if (secs < 60.0) {
-        snprintf(when, sizeof(when), "%05.2f sec", secs);
-    } else {
-        unsigned long s = (unsigned long)secs;
-
-        snprintf(when, sizeof(when), "%lu:%02lu:%02lu.%02lu", s / 3600, s / 60 % 60, s % 60,
-                 (unsigned long)((secs - (double)s) * 100.0));
-    }
-    printf("%s, 1 ops; %s (%s/sec and %.4f ops/sec)\n", cli_fmt_size_io((double)bytes, total),
-           when, cli_fmt_size_io((double)bytes / secs, rate), 1.0 / secs);
-}
-
-/* qemu-io's -v dump: 16 bytes a line; letters and digits shown, other bytes as '.'. */
-static void dump_buffer(const unsigned char *buf, uint64_t off, uint64_t len)
-{
-    for (uint64_t i = 0; i < len; i += 16) {
-        uint64_t j;
-
-        printf("%08" PRIx64 ":  ", off + i);
-        for (j = 0; j < 16 && i + j < len; j++)
-            printf("%02x ", buf[i + j]);
-        putchar(' ');
-        for (j = 0; j < 16 && i + j < len; j++) {
-            unsigned char ch = buf[i + j];
-            bool alnum = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
-            putchar(alnum ? ch : '.');
-        }
-        putchar('\n');
-    }
-}
-
-/* Read len bytes at off and print qemu-io's lines; pattern < 0: no verification. */
-/*
- * Read len bytes at off and print qemu-io's lines; pattern < 0: no
- * verification, else bytes [vstart, vstart + vlen) of the data must equal it.
- */
-static int do_read_range(struct io_ctx *ctx, uint64_t off, uint64_t len, int pattern, bool quiet,
-                         bool dump, uint64_t vstart, uint64_t vlen)
-{
-    bool verify = pattern >= 0, mismatch = false;
-    uint64_t done;
-    unsigned char *buf;
-    int rc = 0;
-    double t0, t1;
-
-    if (!in_range(ctx, off, len)) {
-        printf("read failed: %s\n", IO_RANGE_ERROR);
-        return -1;
-    }
-    buf = malloc(IO_CHUNK);
-    if (!buf) {
-        printf("read failed: out of memory\n");
-        return -1;
-    }
-    t0 = now_sec();
-    for (done = 0; done < len && rc == 0; done += IO_CHUNK) {
-        size_t n = len - done < IO_CHUNK ? (size_t)(len - done) : IO_CHUNK;
-        size_t i;
-
-        rc = qcow2_image_read(ctx->img, buf, n, off + done);
-        if (rc == 0 && dump)
-            dump_buffer(buf, off + done, n);
-        if (rc < 0 || !verify || mismatch)
-            continue;
-        for (i = 0; i < n; i++) {
-            if (done + i >= vstart && done + i - vstart < vlen && buf[i] != pattern) {
-                mismatch = true;
-                break;
-            }
-        }
-    }
-    t1 = now_sec();
-    free(buf);
-    if (rc < 0)
-        return io_failed("read", rc);
-    if (mismatch)
-        printf("Pattern verification failed at offset %" PRIu64 ", %" PRIu64 " bytes\n",
-               off + vstart, vlen);
-    if (!quiet) {
-        printf("read %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", len, len, off);
-        print_stats(len, t1 - t0);
-    }
-    return mismatch ? -1 : 0;
-}
-
-static int do_read(struct io_ctx *ctx, uint64_t off, uint64_t len, int pattern, bool quiet, bool dump)
-{
-    return do_read_range(ctx, off, len, pattern, quiet, dump, 0, len);
-}
-
-/* Parse read's and readv's options; returns the number of operands or -1. */
-static int parse_read_opts(const struct io_cmd *cmd, int argc, char **argv, cli_opt_parser *p,
-                           int *pattern, bool *quiet, bool *dump)
-{
-    static const cli_opt_def defs[] = {
-        {NULL, 'P', true}, {NULL, 'q', false}, {NULL, 'v', false}, {NULL, 0, false},
-    };
-    int c;
-
-    *pattern = -1;
-    *quiet = *dump = false;
-    cli_opt_init(p, argc - 1, argv + 1, defs);
-    p->prog = cmd->name;
-    while ((c = cli_opt_next(p)) != 0) {
-        switch (c) {
-        case 'P':
-            *pattern = parse_pattern(p->arg);
-            if (*pattern < 0)
-                return -1;
-            break;
-        case 'q':
-            *quiet = true;
-            break;
-        case 'v':
-            *dump = true;
-            break;
-        default:
-            print_cmd_usage(cmd);
-            return -1;
-        }
-    }
-    return p->nb_operands;
-}
-
-static int cmd_read(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
-{
-    static const cli_opt_def defs[] = {
-        {NULL, 'P', true},  {NULL, 'q', false}, {NULL, 'v', false}, {NULL, 's', true},
-        {NULL, 'l', true},  {NULL, 'p', false}, {NULL, 'C', false}, {NULL, 0, false},
-    };
-    bool quiet = false, dump = false, have_s = false, have_l = false;
-    uint64_t off, len, vstart = 0, vlen = 0;
-    int pattern = -1, c;
-    cli_opt_parser p;
-
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    p.prog = cmd->name;
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'P':
-            pattern = parse_pattern(p.arg);
-            if (pattern < 0)
-                return -1;
-            break;
-        case 'q':
-            quiet = true;
-            break;
-        case 'v':
-            dump = true;
-            break;
-        case 's':
-            if (parse_num(p.arg, &vstart) < 0)
-                return -1;
-            have_s = true;
-            break;
-        case 'l':
-            if (parse_num(p.arg, &vlen) < 0)
-                return -1;
-            have_l = true;
-            break;
-        case 'p': /* qemu-io's old pread switch: ignored, as in qemu-io */
-        case 'C': /* copy-on-read for this request: accepted and ignored */
-            break;
-        default:
-            print_cmd_usage(cmd);
-            return -1;
-        }
-    }
-    if (p.nb_operands != 2 || ((have_s || have_l) && pattern < 0)) {
-        print_cmd_usage(cmd);
-        return -1;
-    }
-    if (parse_num(p.argv[0], &off) < 0 || parse_num(p.argv[1], &len) < 0)
-        return -1;
-    if (len > IO_MAX_REQUEST) {
-        printf("length cannot exceed %llu, given %s\n", IO_MAX_REQUEST, p.argv[1]);
-        return -1;
-    }
-    if (!have_l)
-        vlen = vstart < len ? len - vstart : 0;
-    if (vstart > len || vlen > len - vstart) {
-        printf("pattern verification range exceeds end of read data\n");
-        return -1;
-    }
-    return do_read_range(ctx, off, len, pattern, quiet, dump, vstart, vlen);
-}
-
-/* The sum of the lengths in words[0..n), or -1 after qemu-io's message. */
-static int parse_lengths(char **words, int n, uint64_t *total)
-{
-    *total = 0;
-    for (int i = 0; i < n; i++) {
-        uint64_t len;
-
-        if (parse_num(words[i], &len) < 0)
-            return -1;
-        if (len > IO_MAX_REQUEST || *total + len > IO_MAX_REQUEST) {
-            printf("length cannot exceed %llu, given %s\n", IO_MAX_REQUEST, words[i]);
-            return -1;
-        }
-        *total += len;
-    }
-    return 0;
-}
-
-/* readv and aio_read: several lengths read as one request (aio: run in order). */
-static int cmd_readv(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
-{
-    cli_opt_parser p;
-    bool quiet, dump;
-    int pattern, n = parse_read_opts(cmd, argc, argv, &p, &pattern, &quiet, &dump);
-    uint64_t off, len;
-
-    if (n < 0)
-        return -1;
-    if (n < 2) {
-        print_cmd_usage(cmd);
-        return -1;
-    }
-    if (parse_num(p.argv[0], &off) < 0 || parse_lengths(p.argv + 1, n - 1, &len) < 0)
-        return -1;
-    return do_read(ctx, off, len, pattern, quiet, dump);
 }
 
 /* alloc: the bytes of a range the image itself allocates, as qemu-io counts them. */
@@ -448,7 +153,7 @@ static int cmd_alloc(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, cha
     char off_str[CLI_SIZE_STR_MAX];
 
     (void)cmd;
-    if (parse_num(argv[1], &off) < 0 || (argc == 3 && parse_num(argv[2], &count) < 0))
+    if (io_parse_num(argv[1], &off) < 0 || (argc == 3 && io_parse_num(argv[2], &count) < 0))
         return -1;
     /* Past the end nothing is counted, and the count shrinks to what lies inside. */
     count = off >= size ? 0 : count < size - off ? count : size - off;
@@ -565,13 +270,13 @@ static int cmd_help(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char
             fprintf(stderr, "command %s not found\n", argv[1]);
             return -1;
         }
-        print_cmd_usage(c);
+        io_print_usage(c);
         if (c->help)
             printf("\n%s", c->help);
         return 0;
     }
     for (i = 0; i < NB_IO_CMDS; i++)
-        print_cmd_usage(&io_cmds[i]);
+        io_print_usage(&io_cmds[i]);
     printf("\nUse 'help commandname' for extended help.\n");
     return 0;
 }
@@ -582,351 +287,6 @@ static int cmd_quit(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char
     (void)argc;
     (void)argv;
     ctx->quit = true;
-    return 0;
-}
-
-/*
- * The chunk a write of len bytes is done in: all of it up to IO_CHUNK, and
- * whole clusters for a compressed write (so each call stays cluster aligned).
- */
-static size_t write_chunk(const struct io_ctx *ctx, uint64_t len, bool compressed)
-{
-    size_t chunk = IO_CHUNK;
-
-    if (compressed) {
-        size_t cs = qcow2_image_cluster_size(ctx->img);
-
-        chunk = cs > IO_CHUNK ? cs : IO_CHUNK / cs * cs;
-    }
-    return len < chunk ? (size_t)len : chunk;
-}
-
-/* Whether a compressed write may start at off with len bytes (whole clusters). */
-static bool compressed_aligned(const struct io_ctx *ctx, uint64_t off, uint64_t len)
-{
-    uint64_t cs = qcow2_image_cluster_size(ctx->img);
-
-    if (qcow2_image_format(ctx->img) != QCOW2_FORMAT_QCOW2)
-        return true; /* the library refuses compression for this format */
-    return off % cs == 0 && (len % cs == 0 || off + len == qcow2_image_size(ctx->img));
-}
-
-/*
- * Whether the image itself (not its backing files) holds a cluster with a
- * host offset in [off, off + len): qemu-io's compressed writes fail with
- * -EIO there (they never overwrite), and so do ours, so that a command file
- * gives the same content through both tools. Returns 1, 0, or a library code.
- */
-static int has_own_clusters(struct io_ctx *ctx, uint64_t off, uint64_t len)
-{
-    const qcow2_image *base = qcow2_image_backing(ctx->img);
-    uint64_t end = off + len;
-
-    while (off < end) {
-        qcow2_extent e;
-        int rc = qcow2_image_block_status(ctx->img, base, off, end - off, &e);
-
-        if (rc < 0)
-            return rc;
-        if (e.length == 0)
-            return QCOW2_ERROR;
-        if (e.depth == 0 && (e.flags & (QCOW2_EXT_OFFSET_VALID | QCOW2_EXT_COMPRESSED)))
-            return 1;
-        off += e.length;
-    }
-    return 0;
-}
-
-/* Write len bytes at off, in chunks: src repeated (when src_len > 0), else pattern. */
-static int write_data_from(struct io_ctx *ctx, uint64_t off, uint64_t len, const unsigned char *src,
-                           size_t src_len, int pattern, bool compressed);
-
-/* Write len bytes of pattern at off, in chunks; returns the library's code. */
-static int write_pattern(struct io_ctx *ctx, uint64_t off, uint64_t len, int pattern,
-                         bool compressed)
-{
-    return write_data_from(ctx, off, len, NULL, 0, pattern, compressed);
-}
-
-static int write_data_from(struct io_ctx *ctx, uint64_t off, uint64_t len, const unsigned char *src,
-                           size_t src_len, int pattern, bool compressed)
-{
-    size_t chunk = write_chunk(ctx, len, compressed);
-    uint64_t done;
-    unsigned char *buf;
-    int rc = 0;
-
-    if (len == 0)
-        return 0;
-    buf = malloc(chunk);
-    if (!buf)
-        return QCOW2_ENOMEM;
-    if (!src_len)
-        memset(buf, pattern, chunk);
-    for (done = 0; done < len && rc == 0; done += chunk) {
-        size_t n = len - done < chunk ? (size_t)(len - done) : chunk;
-
-        for (size_t i = 0; src_len && i < n; i++)
-            buf[i] = src[(done + i) % src_len];
-
-        if (compressed)
-            rc = qcow2_image_write_compressed(ctx->img, buf, n, off + done);
-        else
-            rc = qcow2_image_write(ctx->img, buf, n, off + done);
-    }
-    free(buf);
-    return rc;
-}
-
-static int cmd_write(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
-{
-    static const cli_opt_def defs[] = {
-        {NULL, 'P', true},  {NULL, 'q', false}, {NULL, 'z', false}, {NULL, 'u', false},
-        {NULL, 'c', false}, {NULL, 'n', false}, {NULL, 'p', false}, {NULL, 's', true},
-        {NULL, 'C', false}, {NULL, 'f', false}, {NULL, 0, false},
-    };
-    bool quiet = false, zero = false, unmap = false, compressed = false, no_cap = false;
-    bool have_pattern = false;
-    const char *src_file = NULL;
-    unsigned char *src = NULL;
-    size_t src_len = 0;
-    int pattern = IO_DEFAULT_PATTERN, c, rc;
-    uint64_t off, len;
-    cli_opt_parser p;
-    double t0, t1;
-
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    p.prog = cmd->name;
-    while ((c = cli_opt_next(&p)) != 0) {
-        switch (c) {
-        case 'P':
-            pattern = parse_pattern(p.arg);
-            if (pattern < 0)
-                return -1;
-            have_pattern = true;
-            break;
-        case 'q':
-            quiet = true;
-            break;
-        case 'z':
-            zero = true;
-            break;
-        case 'u':
-            unmap = true;
-            break;
-        case 'c':
-            compressed = true;
-            break;
-        case 'n':
-            no_cap = true;
-            break;
-        case 'p':
-            break; /* ignored, as in qemu-io */
-        case 'C':
-        case 'f':
-            break; /* qemu-io's compressed-request and FUA flags: each write is made durable at flush */
-        case 's':
-            src_file = p.arg;
-            break;
-        default:
-            print_cmd_usage(cmd);
-            return -1;
-        }
-    }
-    if (p.nb_operands != 2) {
-        print_cmd_usage(cmd);
-        return -1;
-    }
-    if ((zero + have_pattern + (src_file != NULL)) > 1) {
-        printf("Only one of -z, -P, and -s can be specified at the same time\n");
-        return -1;
-    }
-    if (zero && have_pattern) {
-        printf("Only one of -z, -P, and -s can be specified at the same time\n");
-        return -1;
-    }
-    if (unmap && !zero) {
-        printf("-u requires -z to be specified\n");
-        return -1;
-    }
-    if (no_cap && !zero) {
-        printf("-n requires -z to be specified\n");
-        return -1;
-    }
-    if (parse_num(p.argv[0], &off) < 0 || parse_num(p.argv[1], &len) < 0)
-        return -1;
-    if (len > IO_MAX_REQUEST && !no_cap) {
-        printf("length cannot exceed %llu without -n, given %s\n", IO_MAX_REQUEST, p.argv[1]);
-        return -1;
-    }
-    if (!in_range(ctx, off, len)) {
-        printf("write failed: %s\n", IO_RANGE_ERROR);
-        return -1;
-    }
-    /* -z wins over -c, as in qemu-io. */
-    if (compressed && !zero && !compressed_aligned(ctx, off, len)) {
-        printf("write failed: %s\n", IO_ALIGN_ERROR);
-        return -1;
-    }
-    if (compressed && !zero && qcow2_image_format(ctx->img) == QCOW2_FORMAT_QCOW2) {
-        rc = has_own_clusters(ctx, off, len);
-        if (rc < 0)
-            return io_failed("write", rc);
-        if (rc > 0) {
-            printf("write failed: %s\n", IO_RANGE_ERROR);
-            return -1;
-        }
-    }
-    if (src_file) {
-        /* The data is the file's bytes, repeated when the file is shorter (as qemu-io). */
-        FILE *f = fopen(src_file, "rb");
-        size_t want = len < IO_SOURCE_MAX ? (size_t)len : IO_SOURCE_MAX;
-        bool longer;
-
-        if (!f) {
-            fprintf(stderr, "%s: %s\n", src_file, strerror(errno));
-            return -1;
-        }
-        src = malloc(want ? want : 1);
-        src_len = src ? fread(src, 1, want, f) : 0;
-        longer = src_len == want && want < len && fgetc(f) != EOF;
-        fclose(f);
-        if (!src || (len && src_len == 0) || longer) {
-            fprintf(stderr, "%s: %s\n", src_file,
-                    !src ? "out of memory" : longer ? "more than 64 MiB of data is used"
-                                                    : "the file is empty");
-            free(src);
-            return -1;
-        }
-    }
-    t0 = now_sec();
-    if (zero)
-        rc = len ? qcow2_image_write_zeroes(ctx->img, off, len, unmap ? QCOW2_ZERO_MAY_UNMAP : 0)
-                 : 0;
-    else
-        rc = write_data_from(ctx, off, len, src, src_len, pattern, compressed);
-    t1 = now_sec();
-    free(src);
-    if (rc < 0)
-        return io_failed("write", rc);
-    if (!quiet) {
-        printf("wrote %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", len, len, off);
-        print_stats(len, t1 - t0);
-    }
-    return 0;
-}
-
-static int cmd_discard(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
-{
-    static const cli_opt_def defs[] = {
-        {NULL, 'q', false},
-        {NULL, 0, false},
-    };
-    bool quiet = false;
-    uint64_t off, len;
-    cli_opt_parser p;
-    double t0, t1;
-    int c, rc;
-
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    p.prog = cmd->name;
-    while ((c = cli_opt_next(&p)) != 0) {
-        if (c != 'q') {
-            print_cmd_usage(cmd);
-            return -1;
-        }
-        quiet = true;
-    }
-    if (p.nb_operands != 2) {
-        print_cmd_usage(cmd);
-        return -1;
-    }
-    if (parse_num(p.argv[0], &off) < 0 || parse_num(p.argv[1], &len) < 0)
-        return -1;
-    if (len > IO_MAX_REQUEST) {
-        printf("length cannot exceed %llu, given %s\n", IO_MAX_REQUEST, p.argv[1]);
-        return -1;
-    }
-    if (!in_range(ctx, off, len)) {
-        printf("discard failed: %s\n", IO_RANGE_ERROR);
-        return -1;
-    }
-    t0 = now_sec();
-    rc = len ? qcow2_image_discard(ctx->img, off, len) : 0;
-    t1 = now_sec();
-    if (rc < 0)
-        return io_failed("discard", rc);
-    if (!quiet) {
-        printf("discard %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", len, len, off);
-        print_stats(len, t1 - t0);
-    }
-    return 0;
-}
-
-/* writev and aio_write: several lengths written as one request (aio: run in order). */
-static int cmd_writev(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char **argv)
-{
-    static const cli_opt_def defs[] = {
-        {NULL, 'P', true}, {NULL, 'q', false}, {NULL, 'z', false},
-        {NULL, 'u', false}, {NULL, 0, false},
-    };
-    bool aio = strcmp(cmd->name, "aio_write") == 0;
-    bool quiet = false, zero = false, unmap = false, have_pattern = false;
-    int pattern = IO_DEFAULT_PATTERN, c, rc;
-    uint64_t off, len;
-    cli_opt_parser p;
-    double t0, t1;
-
-    cli_opt_init(&p, argc - 1, argv + 1, defs);
-    p.prog = cmd->name;
-    while ((c = cli_opt_next(&p)) != 0) {
-        if (c == 'P') {
-            pattern = parse_pattern(p.arg);
-            if (pattern < 0)
-                return -1;
-            have_pattern = true;
-        } else if (c == 'q') {
-            quiet = true;
-        } else if (aio && c == 'z') {
-            zero = true;
-        } else if (aio && c == 'u') {
-            unmap = true;
-        } else {
-            print_cmd_usage(cmd);
-            return -1;
-        }
-    }
-    if (p.nb_operands < 2) {
-        print_cmd_usage(cmd);
-        return -1;
-    }
-    if (zero && have_pattern) {
-        printf("-z and -P cannot be specified at the same time\n");
-        return -1;
-    }
-    if (unmap && !zero) {
-        printf("-u requires -z to be specified\n");
-        return -1;
-    }
-    if (parse_num(p.argv[0], &off) < 0 || parse_lengths(p.argv + 1, p.nb_operands - 1, &len) < 0)
-        return -1;
-    if (!in_range(ctx, off, len)) {
-        printf("%s failed: %s\n", aio ? "aio_write" : "writev", IO_RANGE_ERROR);
-        return -1;
-    }
-    t0 = now_sec();
-    if (zero)
-        rc = len ? qcow2_image_write_zeroes(ctx->img, off, len, unmap ? QCOW2_ZERO_MAY_UNMAP : 0)
-                 : 0;
-    else
-        rc = write_pattern(ctx, off, len, pattern, false);
-    t1 = now_sec();
-    if (rc < 0)
-        return io_failed(aio ? "aio_write" : "writev", rc);
-    if (!quiet) {
-        printf("wrote %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", len, len, off);
-        print_stats(len, t1 - t0);
-    }
     return 0;
 }
 
@@ -942,10 +302,10 @@ static int cmd_truncate(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, 
         }
         i = 3;
     } else if (argc != 2) {
-        print_cmd_usage(cmd);
+        io_print_usage(cmd);
         return -1;
     }
-    if (parse_num(argv[i], &off) < 0)
+    if (io_parse_num(argv[i], &off) < 0)
         return -1;
     rc = qcow2_image_resize(ctx->img, off, true);
     if (rc == 0)
@@ -1002,12 +362,12 @@ static int cmd_open(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, char
         else if (c == 'U')
             no_lock = true;
         else if (!strchr("sCnktdoi", c)) {
-            print_cmd_usage(cmd);
+            io_print_usage(cmd);
             return -1;
         }
     }
     if (p.nb_operands != 1) {
-        print_cmd_usage(cmd);
+        io_print_usage(cmd);
         return -1;
     }
     if (no_lock && !read_only) {
@@ -1062,12 +422,12 @@ static int cmd_reopen(struct io_ctx *ctx, const struct io_cmd *cmd, int argc, ch
         else if (c == 'w')
             flags |= QCOW2_OPEN_RDWR;
         else if (c != 'c' && c != 'o') {
-            print_cmd_usage(cmd);
+            io_print_usage(cmd);
             return -1;
         }
     }
     if (p.nb_operands != 0) {
-        print_cmd_usage(cmd);
+        io_print_usage(cmd);
         return -1;
     }
     if ((flags & QCOW2_OPEN_RDWR) && (flags & QCOW2_OPEN_NO_LOCK)) {
@@ -1174,8 +534,10 @@ static const char io_help[] =
     "is opened for writing unless -r is given, and flushed at the end.\n"
     "\n"
     "Commands:\n"
-    "  read [-qv] [-P PATTERN] OFF LEN  read guest data; with -P, fail unless\n"
-    "                                   every byte equals PATTERN; -v dumps it\n"
+    "  read [-bqv] [-P PATTERN] OFF LEN\n"
+    "                                   read guest data; with -P, fail unless\n"
+    "                                   every byte equals PATTERN; -v dumps it;\n"
+    "                                   -b: the vm-state area of a qcow2 image\n"
     "  readv [-qv] [-P PATTERN] OFF LEN [LEN...]\n"
     "                                   read the sum of the LENs in one request\n"
     "  writev [-q] [-P PATTERN] OFF LEN [LEN...]\n"
@@ -1183,10 +545,11 @@ static const char io_help[] =
     "  aio_read, aio_write [-z [-u]], aio_flush\n"
     "                                   as readv and writev, and flush; requests\n"
     "                                   run in order, each done before the next\n"
-    "  write [-cnquz] [-P PATTERN] OFF LEN\n"
+    "  write [-bcnquz] [-P PATTERN] OFF LEN\n"
     "                                   write LEN bytes of PATTERN (default 0xcd);\n"
     "                                   -z zeroes (-u: may free the clusters),\n"
-    "                                   -c compressed whole clusters\n"
+    "                                   -c compressed whole clusters, -b to the\n"
+    "                                   vm-state area of a qcow2 image\n"
     "  discard [-q] OFF LEN             discard the whole clusters of a range\n"
     "  flush                            make the writes so far durable\n"
     "  map                              ranges allocated in the image itself\n"

@@ -164,7 +164,9 @@ int qcow2__layer_extent(qcow2_image *img, uint64_t guest_off, uint64_t len, stru
     unsigned sc;
     int rc;
 
-    assert(len > 0 && guest_off < img->size);
+    uint64_t reach = qcow2__max(img->size, img->vm_end); /* past the size: vm state */
+
+    assert(len > 0 && guest_off < reach);
     /*
      * Deep chains ask each layer about the same long gaps again and again:
      * a run found unallocated (scanned to the end of its L2 table) is kept
@@ -178,7 +180,7 @@ int qcow2__layer_extent(qcow2_image *img, uint64_t guest_off, uint64_t len, stru
         return 0;
     }
     /* A run never crosses an L2 table's coverage or the virtual size. */
-    limit = qcow2__min(l2_cover - (guest_off & (l2_cover - 1)), img->size - guest_off);
+    limit = qcow2__min(l2_cover - (guest_off & (l2_cover - 1)), reach - guest_off);
 
     l1e = l1_idx < img->hdr.l1_size ? img->l1[l1_idx] : 0;
     l2_off = l1e & QCOW2_L1E_OFFSET_MASK;

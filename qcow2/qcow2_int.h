@@ -377,6 +377,7 @@ struct qcow2_image {
     struct qcow2__pool *pool;    /* table memory shared with the rest of the chain (pool.c) */
     struct qcow2__cmap *cmap;    /* chain map for reads that start here (read.c), or NULL */
     bool cmap_quiet;             /* a data write of the top in progress: it updates its own map */
+    uint64_t vm_end;             /* 0, or while vmstate.c reads: lookups in this layer reach here */
     bool repairing;              /* qcow2_image_check is fixing (refcount.c reports, does not stop) */
     bool rt_broken;              /* refcount table unusable (opened for check only): none in memory */
 
@@ -590,6 +591,14 @@ int qcow2__drop_bitmaps(qcow2_image *img);
 /* write.c */
 /* Allocate every cluster of the virtual size (create's preallocation=). */
 int qcow2__preallocate(qcow2_image *img, qcow2_prealloc mode);
+
+/* write.c, for vmstate.c (the vm-state area lies past the virtual size). */
+/* The checks and first-write header update of every mutating call, without a range. */
+int qcow2__write_begin(qcow2_image *img);
+/* Write whole clusters at guest_off, which may lie past the virtual size. */
+int qcow2__write_clusters(qcow2_image *img, const void *buf, uint64_t len, uint64_t guest_off);
+/* Move the active L1 to new clusters with room for need entries (<= the cap). */
+int qcow2__grow_l1(qcow2_image *img, uint64_t need);
 
 /* check.c: repair a dirty (lazy refcounts) image opened for writing, then mark it clean. */
 int qcow2__repair_dirty(qcow2_image *img);

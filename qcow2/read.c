@@ -479,7 +479,7 @@ void qcow2__cmap_wrote(qcow2_image *img, uint64_t off, uint64_t len, bool held)
 
 int qcow2__read_walk(qcow2_image *img, void *buf, size_t len, uint64_t off)
 {
-    assert(qcow2__in_range(off, len, img->size));
+    assert(qcow2__in_range(off, len, qcow2__max(img->size, img->vm_end)));
     return read_layer(img, buf, len, off);
 }
 

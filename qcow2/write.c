@@ -1136,3 +1136,20 @@ int qcow2__preallocate(qcow2_image *img, qcow2_prealloc mode)
         rc = qcow2__io_truncate(img->io, img->name, img->alloc_end << img->cluster_bits);
     return rc ? qcow2__fatal(img, rc) : 0;
 }
+
+/* For vmstate.c: see qcow2_int.h. */
+int qcow2__write_begin(qcow2_image *img)
+{
+    return start_write(img, 0, 0);
+}
+
+int qcow2__write_clusters(qcow2_image *img, const void *buf, uint64_t len, uint64_t guest_off)
+{
+    assert(!((guest_off | len) & (img->cluster_size - 1)));
+    return for_each_table(img, buf, guest_off, len, write_in_table);
+}
+
+int qcow2__grow_l1(qcow2_image *img, uint64_t need)
+{
+    return grow_l1(img, need);
+}

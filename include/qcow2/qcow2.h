@@ -545,7 +545,9 @@ QCOW2_API int qcow2_image_flush(qcow2_image *img);
  * is allocated past the new size (unless allow_shrink discards it). The new
  * size is durable when the call returns. Bytes cut off inside the last
  * cluster are zeroed, and a grown range reads as zeroes, also where the
- * backing file (when it is open) is longer than the old size.
+ * backing file (when it is open) is longer than the old size, except where
+ * the vm-state area (qcow2_vmstate_offset()) held data: as in qemu, that
+ * becomes guest data.
  * @param[in] img           an image opened with QCOW2_OPEN_RDWR
  * @param[in] new_size      bytes
  * @param[in] allow_shrink  discard data allocated past new_size
@@ -561,6 +563,51 @@ QCOW2_API int qcow2_image_resize(qcow2_image *img, uint64_t new_size, bool allow
  * @return bytes; 512 for raw images (for alignment purposes)
  */
 QCOW2_API uint32_t qcow2_image_cluster_size(const qcow2_image *img);
+
+/* ---- vm-state area --------------------------------------------------------- */
+
+/**
+ * The guest offset where the vm-state area of a qcow2 image starts: the area
+ * a hypervisor's savevm writes a VM's memory and device state to, mapped by
+ * the active L1 table past the entries the virtual size needs. It starts at
+ * the virtual size rounded up to the coverage of one L2 table (cluster size
+ * times entries per L2 table), so it moves when the image is resized.
+ * @param[in] img  the image (not NULL)
+ * @return bytes; 0 for raw images (which have no vm-state area)
+ */
+QCOW2_API uint64_t qcow2_vmstate_offset(const qcow2_image *img);
+
+/**
+ * Read from the vm-state area, as qemu's bdrv_load_vmstate() (qemu-io
+ * `read -b`) does: what this image holds there, else what its backing file
+ * holds at the same guest offset (the backing file's own guest data, as
+ * qemu reads it), else zeroes. Never written ranges read as zeroes.
+ * @param[in] img   a qcow2 image
+ * @param[out] buf  len bytes
+ * @param[in] len   bytes to read (0 is allowed)
+ * @param[in] pos   offset in the area; pos + len + qcow2_vmstate_offset()
+ *                  must not pass INT64_MAX
+ * @return 0; QCOW2_EUNSUPPORTED (raw image), QCOW2_EINVAL (out of reach, NULL
+ *         buf), QCOW2_ECORRUPT, QCOW2_EIO, QCOW2_ENOMEM
+ */
+QCOW2_API int qcow2_vmstate_read(qcow2_image *img, void *buf, size_t len, uint64_t pos);
+
+/**
+ * Write to the vm-state area (qemu's bdrv_save_vmstate(), qemu-io `write -b`).
+ * The active L1 table grows to map the range when needed: the new table is
+ * written and flushed before the header points at it (at the next flush),
+ * and the old one is freed after. Internal snapshots taken later share the
+ * area's clusters like guest data (qemu-img snapshot does the same; neither
+ * records a vm_state_size). Durability and errors as qcow2_image_write().
+ * @param[in] img  a qcow2 image opened with QCOW2_OPEN_RDWR
+ * @param[in] buf  len bytes
+ * @param[in] len  bytes (0 is allowed)
+ * @param[in] pos  offset in the area
+ * @return 0; QCOW2_EUNSUPPORTED (raw image), QCOW2_EINVAL (the range ends
+ *         past what an L1 table of the maximum size (32 MiB) maps, or out of reach,
+ *         NULL buf), and the codes of qcow2_image_write()
+ */
+QCOW2_API int qcow2_vmstate_write(qcow2_image *img, const void *buf, size_t len, uint64_t pos);
 
 
 /* ---- layer operations ----------------------------------------------------- */
