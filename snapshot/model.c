@@ -695,130 +695,145 @@ bad:
     return rc;
 }
 
-/* (id, index) pairs sorted by id, for lookups while checking a model. */
-struct idx {
-    unsigned id;
-    size_t at;
+/*
+ * Lookups while checking a model: open-addressing hash tables (linear
+ * probing, at most half full), so that the check is linear in the model's
+ * size. A slot holds an index + 1; 0 is empty.
+ */
+struct idmap {
+    size_t *slot;
+    size_t mask;
 };
 
-static int cmp_idx(const void *a, const void *b)
+static bool idmap_init(struct idmap *h, size_t n)
 {
-    const struct idx *x = a, *y = b;
+    size_t cap = 16;
 
-    return x->id < y->id ? -1 : x->id > y->id;
+    while (cap < 2 * n)
+        cap *= 2;
+    h->slot = calloc(cap, sizeof(*h->slot));
+    h->mask = cap - 1;
+    return h->slot != NULL;
 }
 
-static long find_idx(const struct idx *v, size_t n, unsigned id)
+static size_t id_hash(unsigned id)
 {
-    size_t lo = 0, hi = n;
+    return (size_t)((id * UINT64_C(0x9E3779B97F4A7C15)) >> 32);
+}
 
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (v[mid].id == id)
-            return (long)v[mid].at;
-        if (v[mid].id < id)
-            lo = mid + 1;
-        else
-            hi = mid;
+/* The index of the item with this id (ids[] gives each item's id), or -1. */
+static long idmap_find(const struct idmap *h, const unsigned *ids, size_t stride, unsigned id)
+{
+    for (size_t k = id_hash(id) & h->mask; h->slot[k]; k = (k + 1) & h->mask) {
+        size_t at = h->slot[k] - 1;
+        if (*(const unsigned *)((const char *)ids + at * stride) == id)
+            return (long)at;
     }
     return -1;
 }
 
-static int cmp_str(const void *a, const void *b)
+/* Add item `at` with this id; false when an item with the id is there already. */
+static bool idmap_add(struct idmap *h, const unsigned *ids, size_t stride, unsigned id, size_t at)
 {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
+    size_t k = id_hash(id) & h->mask;
+
+    for (; h->slot[k]; k = (k + 1) & h->mask) {
+        if (*(const unsigned *)((const char *)ids + (h->slot[k] - 1) * stride) == id)
+            return false;
+    }
+    h->slot[k] = at + 1;
+    return true;
+}
+
+static size_t str_hash(const char *s)
+{
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * UINT64_C(0x100000001b3);
+    return (size_t)(h ^ (h >> 29));
+}
+
+/* Add a name to a set of names (slots index names[] + 1); false when it is there already. */
+static bool nameset_add(struct idmap *h, const char **names, size_t at)
+{
+    size_t k = str_hash(names[at]) & h->mask;
+
+    for (; h->slot[k]; k = (k + 1) & h->mask) {
+        if (!strcmp(names[h->slot[k] - 1], names[at]))
+            return false;
+    }
+    h->slot[k] = at + 1;
+    return true;
 }
 
 /*
  * A walk along next-links (backing, or parent) from every item: each item is
  * visited once (state 1 while on the current path, 2 when known to end), so
- * a loop is found in linear time however deep the tree is.
+ * a loop is found in linear time however deep the tree is. next[i] is the
+ * index item i links to, or -1.
  */
-static bool has_loop(size_t n, long (*next)(const void *ctx, size_t i), const void *ctx,
-                     unsigned char *state, size_t *bad)
+static bool has_loop(size_t n, const long *next, unsigned char *state, size_t *bad)
 {
     memset(state, 0, n);
     for (size_t i = 0; i < n; i++) {
         size_t j = i;
-        long k;
 
         while (state[j] == 0) {
             state[j] = 1;
-            k = next(ctx, j);
-            if (k < 0)
+            if (next[j] < 0)
                 break;
-            j = (size_t)k;
+            j = (size_t)next[j];
         }
-        if (state[j] == 1 && next(ctx, j) >= 0 && state[(size_t)next(ctx, j)] == 1) {
+        if (state[j] == 1 && next[j] >= 0 && state[(size_t)next[j]] == 1) {
             *bad = j;
             return true;
         }
         /* Mark the path just walked as ending well. */
         for (j = i; state[j] == 1;) {
             state[j] = 2;
-            k = next(ctx, j);
-            if (k < 0)
+            if (next[j] < 0)
                 break;
-            j = (size_t)k;
+            j = (size_t)next[j];
         }
     }
     return false;
-}
-
-struct check_ctx {
-    const struct qsnap__model *m;
-    const struct idx *li, *ni;
-};
-
-static long next_layer(const void *c, size_t i)
-{
-    const struct check_ctx *x = c;
-    unsigned b = x->m->layers[i].backing;
-
-    return b ? find_idx(x->li, x->m->nl, b) : -1;
-}
-
-static long next_node(const void *c, size_t i)
-{
-    const struct check_ctx *x = c;
-    unsigned p = x->m->nodes[i].parent;
-
-    return p ? find_idx(x->ni, x->m->nn, p) : -1;
 }
 
 int qsnap__model_check(const struct qsnap__model *m, const char *what)
 {
     const char *hint = "restore the store's meta file from a backup (the layers under layers/ are untouched)";
     size_t nmax = m->nl > m->nn ? m->nl : m->nn, nnames = 0, bad = 0, ndisk = 0;
-    struct idx *li = calloc(m->nl + 1, sizeof(*li)), *ni = calloc(m->nn + 1, sizeof(*ni));
+    const size_t ls = sizeof(m->layers[0]), ns = sizeof(m->nodes[0]);
+    const unsigned *lid = m->layers ? &m->layers[0].id : NULL,
+                   *nid = m->nodes ? &m->nodes[0].id : NULL;
+    struct idmap li = {0}, ni = {0}, nm = {0};
     const char **names = calloc(m->nn + m->nb + 1, sizeof(*names));
     unsigned char *state = calloc(nmax + 1, 1);
-    struct check_ctx ctx = {m, li, ni};
+    long *next = calloc(nmax + 1, sizeof(*next));
     int rc = 0;
 
-    if (!li || !ni || !names || !state) {
+    if (!names || !state || !next || !idmap_init(&li, m->nl) || !idmap_init(&ni, m->nn) ||
+        !idmap_init(&nm, m->nn + m->nb)) {
         rc = qsnap__err(QSNAP_ERROR, NULL, "out of memory");
         goto out;
     }
-    for (size_t i = 0; i < m->nl; i++)
-        li[i] = (struct idx){m->layers[i].id, i};
-    for (size_t i = 0; i < m->nn; i++)
-        ni[i] = (struct idx){m->nodes[i].id, i};
-    qsort(li, m->nl, sizeof(*li), cmp_idx);
-    qsort(ni, m->nn, sizeof(*ni), cmp_idx);
-    for (size_t i = 1; i < m->nl && !rc; i++) {
-        if (li[i].id == li[i - 1].id)
-            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u appears twice", what, li[i].id);
+    for (size_t i = 0; i < m->nl && !rc; i++) {
+        if (!idmap_add(&li, lid, ls, m->layers[i].id, i))
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u appears twice", what,
+                            m->layers[i].id);
     }
-    for (size_t i = 1; i < m->nn && !rc; i++) {
-        if (ni[i].id == ni[i - 1].id)
-            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u appears twice", what, ni[i].id);
+    for (size_t i = 0; i < m->nn && !rc; i++) {
+        if (!idmap_add(&ni, nid, ns, m->nodes[i].id, i))
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u appears twice", what,
+                            m->nodes[i].id);
     }
     for (size_t i = 0; i < m->nl && !rc; i++) {
         const struct qsnap__layer *l = &m->layers[i];
+        next[i] = l->backing ? idmap_find(&li, lid, ls, l->backing) : -1;
         if (l->id >= m->seq)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u has an id past seq", what, l->id);
-        else if (l->backing && find_idx(li, m->nl, l->backing) < 0)
+        else if (l->backing && next[i] < 0)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u is backed by missing layer %u",
                             what, l->id, l->backing);
         else if (!l->is_disk && (strstr(l->file, "..") || l->file[0] == '/'))
@@ -835,44 +850,45 @@ int qsnap__model_check(const struct qsnap__model *m, const char *what)
          !strcmp(m->disk + 3, "..") || !strcmp(m->disk + 3, ".")))
         rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: the recorded disk is not beside the store",
                         what);
-    if (!rc && has_loop(m->nl, next_layer, &ctx, state, &bad))
+    if (!rc && has_loop(m->nl, next, state, &bad))
         rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u's backing links loop", what,
                         m->layers[bad].id);
     for (size_t i = 0; i < m->nn && !rc; i++) {
         const struct qsnap__node *n = &m->nodes[i];
-        if (n->id >= m->seq || find_idx(li, m->nl, n->layer) < 0)
+        long l = idmap_find(&li, lid, ls, n->layer);
+        next[i] = n->parent ? idmap_find(&ni, nid, ns, n->parent) : -1;
+        if (n->id >= m->seq || l < 0)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u refers to a missing layer", what,
                             n->id);
-        else if (n->parent && find_idx(ni, m->nn, n->parent) < 0)
+        else if (n->parent && next[i] < 0)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u has a missing parent", what,
                             n->id);
         else if (n->state && (strstr(n->state, "..") || n->state[0] == '/'))
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u's state file leaves the store",
                             what, n->id);
-        else if (n->internal && m->layers[find_idx(li, m->nl, n->layer)].fmt != QCOW2_FORMAT_QCOW2)
+        else if (n->internal && m->layers[l].fmt != QCOW2_FORMAT_QCOW2)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint,
                             "%s: internal node %u lives in a layer that is not qcow2", what, n->id);
         if (n->name)
             names[nnames++] = n->name;
     }
-    if (!rc && has_loop(m->nn, next_node, &ctx, state, &bad))
+    if (!rc && has_loop(m->nn, next, state, &bad))
         rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u's parents loop", what,
                         m->nodes[bad].id);
     for (size_t i = 0; i < m->nb && !rc; i++) {
         const struct qsnap__branch *b = &m->branches[i];
-        long h = find_idx(li, m->nl, b->head);
+        long h = idmap_find(&li, lid, ls, b->head);
         if (h < 0 || m->layers[h].frozen)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: branch %s has no writable head", what,
                             b->name);
-        else if (b->base && find_idx(ni, m->nn, b->base) < 0)
+        else if (b->base && idmap_find(&ni, nid, ns, b->base) < 0)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: branch %s has a missing base", what,
                             b->name);
         names[nnames++] = b->name;
     }
     /* Names are unique across snapshots and branches. */
-    qsort(names, nnames, sizeof(*names), cmp_str);
-    for (size_t i = 1; i < nnames && !rc; i++) {
-        if (!strcmp(names[i], names[i - 1]))
+    for (size_t i = 0; i < nnames && !rc; i++) {
+        if (!nameset_add(&nm, names, i))
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: the name %s is used twice", what,
                             names[i]);
     }
@@ -882,10 +898,12 @@ int qsnap__model_check(const struct qsnap__model *m, const char *what)
     if (!rc && (!m->disk || !m->disk[0]))
         rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: no disk recorded", what);
 out:
-    free(li);
-    free(ni);
+    free(li.slot);
+    free(ni.slot);
+    free(nm.slot);
     free(names);
     free(state);
+    free(next);
     return rc;
 }
 
