@@ -155,6 +155,22 @@ static void *grow(void **arr, size_t *n, size_t elem)
     return p + (*n)++ * elem;
 }
 
+/* Like grow, with the capacity kept by the caller: realloc only when it doubles. */
+static void *grow_cap(void **arr, size_t *n, size_t *cap, size_t elem)
+{
+    char *p = *arr;
+
+    if (*n + 1 > *cap) {
+        size_t c = *cap < 8 ? 8 : *cap * 2;
+        if (!(p = realloc(*arr, c * elem)))
+            return NULL;
+        *arr = p;
+        *cap = c;
+    }
+    memset(p + *n * elem, 0, elem);
+    return p + (*n)++ * elem;
+}
+
 struct qsnap__layer *qsnap__add_layer(struct qsnap__model *m)
 {
     struct qsnap__layer *l = grow((void **)&m->layers, &m->nl, sizeof(*l));
@@ -390,12 +406,13 @@ int qsnap__model_format(const struct qsnap__model *m, char **out)
 
 static int hexval(char c)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
+    unsigned u = (unsigned char)c;
+
+    if (u - '0' < 10u)
+        return (int)(u - '0');
+    u |= 0x20; /* 'A'-'F' to 'a'-'f'; nothing else lands there */
+    if (u - 'a' < 6u)
+        return (int)(u - 'a' + 10);
     return -1;
 }
 
@@ -448,26 +465,33 @@ static char *decode(const char *s, size_t len)
     return out;
 }
 
+/* Decimal digits only (no sign, no space), and no overflow. */
 static bool parse_u64(const char *s, uint64_t *out)
 {
-    char *end;
-
-    if (!*s || *s == '-' || *s == '+')
-        return false;
-    errno = 0;
-    *out = strtoull(s, &end, 10);
-    return !errno && !*end;
-}
-
-static bool parse_i64(const char *s, int64_t *out)
-{
-    char *end;
+    uint64_t v = 0;
 
     if (!*s)
         return false;
-    errno = 0;
-    *out = strtoll(s, &end, 10);
-    return !errno && !*end;
+    for (; *s; s++) {
+        unsigned d = (unsigned char)*s - '0';
+        if (d > 9 || v > (UINT64_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return true;
+}
+
+/* An optional '-', then as parse_u64, in the range of int64_t. */
+static bool parse_i64(const char *s, int64_t *out)
+{
+    bool neg = *s == '-';
+    uint64_t v;
+
+    if (!parse_u64(s + neg, &v) || v > (uint64_t)INT64_MAX + neg)
+        return false;
+    *out = neg ? (int64_t)(0 - v) : (int64_t)v;
+    return true;
 }
 
 static bool parse_id(const char *s, unsigned *out)
@@ -482,6 +506,14 @@ static bool parse_id(const char *s, unsigned *out)
 
 /* Parse state: one line split into words. */
 #define MAX_WORDS 16
+
+/*
+ * A word is this key: compared with memcmp over the key and its NUL, which
+ * the compiler inlines; the line buffer has KEY_PAD zero bytes after the
+ * line, so the compare never reads past it.
+ */
+#define KEY_PAD 16
+#define IS(word, key) (memcmp((word), key, sizeof(key)) == 0)
 
 static int parse_text(struct qsnap__model *m, const char *text, size_t len, const char *what,
                       bool whole, unsigned *version);
@@ -518,6 +550,7 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
     unsigned line_no = 0;
     bool have_header = false, have_end = false, have_gen = false, have_seq = false,
          have_disk = false;
+    size_t capl = 0, capn = 0, capb = 0;
     int rc = 0;
 
     memset(m, 0, sizeof(*m));
@@ -528,24 +561,32 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
     while (p < endp && !rc) {
         const char *nl = memchr(p, '\n', (size_t)(endp - p));
         size_t ll = nl ? (size_t)(nl - p) : (size_t)(endp - p);
-        char line[QSNAP_MAX_LINE];
+        char line[QSNAP_MAX_LINE + KEY_PAD];
         char *words[MAX_WORDS];
         int nw = 0;
 
         line_no++;
         if (!nl)
             goto bad; /* every line ends with a newline: a torn file does not */
-        if (ll >= sizeof(line) || have_end)
+        if (ll >= QSNAP_MAX_LINE || have_end)
             goto bad;
         memcpy(line, p, ll);
-        line[ll] = '\0';
+        memset(line + ll, 0, KEY_PAD);
         p = nl + 1;
-        if (memchr(line, '\0', ll))
-            goto bad;
-        for (char *t = strtok(line, " "); t; t = strtok(NULL, " ")) {
+        /* Words are separated by runs of spaces; no NUL inside a line. */
+        for (size_t i = 0; i < ll;) {
+            if (line[i] == ' ') {
+                line[i++] = '\0';
+                continue;
+            }
             if (nw == MAX_WORDS)
                 goto bad;
-            words[nw++] = t;
+            words[nw++] = &line[i];
+            while (i < ll && line[i] != ' ') {
+                if (!line[i])
+                    goto bad;
+                i++;
+            }
         }
         if (nw == 0)
             goto bad;
@@ -563,24 +604,24 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
             have_header = true;
             continue;
         }
-        if (strcmp(words[0], "end") == 0 && nw == 1) {
+        if (IS(words[0], "end") && nw == 1) {
             have_end = true;
-        } else if (strcmp(words[0], "gen") == 0 && nw == 2 && parse_u64(words[1], &m->gen)) {
+        } else if (IS(words[0], "gen") && nw == 2 && parse_u64(words[1], &m->gen)) {
             have_gen = true;
-        } else if (strcmp(words[0], "seq") == 0 && nw == 2 && parse_id(words[1], &m->seq)) {
+        } else if (IS(words[0], "seq") && nw == 2 && parse_id(words[1], &m->seq)) {
             have_seq = true;
-        } else if (strcmp(words[0], "disk") == 0 && nw == 2 && !m->disk) {
+        } else if (IS(words[0], "disk") && nw == 2 && !m->disk) {
             m->disk = decode(words[1], strlen(words[1]));
             if (!m->disk)
                 goto bad;
             have_disk = true;
-        } else if (strcmp(words[0], "current") == 0 && nw == 2 && !m->current) {
+        } else if (IS(words[0], "current") && nw == 2 && !m->current) {
             m->current = decode(words[1], strlen(words[1]));
             if (!m->current)
                 goto bad;
-        } else if (strcmp(words[0], "layer") == 0 && nw >= 6) {
+        } else if (IS(words[0], "layer") && nw >= 6) {
             struct qsnap__layer *l;
-            if (m->nl >= QSNAP_MAX_ITEMS || !(l = grow((void **)&m->layers, &m->nl, sizeof(*l))))
+            if (m->nl >= QSNAP_MAX_ITEMS || !(l = grow_cap((void **)&m->layers, &m->nl, &capl, sizeof(*l))))
                 goto bad;
             if (!parse_id(words[1], &l->id) || !l->id)
                 goto bad;
@@ -590,39 +631,39 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
                 if (!eq)
                     goto bad;
                 *eq++ = '\0';
-                if (!strcmp(words[w], "file") && !l->file) {
+                if (IS(words[w], "file") && !l->file) {
                     if (!(l->file = decode(eq, strlen(eq))) || !l->file[0])
                         goto bad;
-                } else if (!strcmp(words[w], "fmt")) {
+                } else if (IS(words[w], "fmt")) {
                     l->fmt = qcow2_format_from_name(eq);
                     if (l->fmt == QCOW2_FORMAT_AUTO)
                         goto bad;
-                } else if (!strcmp(words[w], "backing")) {
+                } else if (IS(words[w], "backing")) {
                     if (!parse_id(eq, &l->backing))
                         goto bad;
-                } else if (!strcmp(words[w], "frozen") && parse_u64(eq, &v) && v <= 1) {
+                } else if (IS(words[w], "frozen") && parse_u64(eq, &v) && v <= 1) {
                     l->frozen = v;
-                } else if (!strcmp(words[w], "disk") && parse_u64(eq, &v) && v <= 1) {
+                } else if (IS(words[w], "disk") && parse_u64(eq, &v) && v <= 1) {
                     l->is_disk = v;
-                } else if (!strcmp(words[w], "fp")) {
+                } else if (IS(words[w], "fp")) {
                     if (!parse_hex16(eq, l->fp))
                         goto bad;
                     l->have_fp = true;
-                } else if (!strcmp(words[w], "fpd")) {
+                } else if (IS(words[w], "fpd")) {
                     if (!parse_hex16(eq, l->fpd))
                         goto bad;
                     l->have_fpd = true;
-                } else if (!strcmp(words[w], "size") && parse_u64(eq, &l->size)) {
-                } else if (!strcmp(words[w], "mtime") && parse_i64(eq, &l->mtime_ns)) {
+                } else if (IS(words[w], "size") && parse_u64(eq, &l->size)) {
+                } else if (IS(words[w], "mtime") && parse_i64(eq, &l->mtime_ns)) {
                 } else {
                     goto bad;
                 }
             }
             if (!l->file || l->fmt == QCOW2_FORMAT_AUTO)
                 goto bad;
-        } else if (strcmp(words[0], "node") == 0 && nw >= 5) {
+        } else if (IS(words[0], "node") && nw >= 5) {
             struct qsnap__node *n;
-            if (m->nn >= QSNAP_MAX_ITEMS || !(n = grow((void **)&m->nodes, &m->nn, sizeof(*n))))
+            if (m->nn >= QSNAP_MAX_ITEMS || !(n = grow_cap((void **)&m->nodes, &m->nn, &capn, sizeof(*n))))
                 goto bad;
             if (!parse_id(words[1], &n->id) || !n->id)
                 goto bad;
@@ -632,19 +673,19 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
                 if (!eq)
                     goto bad;
                 *eq++ = '\0';
-                if (!strcmp(words[w], "parent") && parse_id(eq, &n->parent)) {
-                } else if (!strcmp(words[w], "layer") && parse_id(eq, &n->layer)) {
-                } else if (!strcmp(words[w], "created") && parse_i64(eq, &n->created)) {
-                } else if (!strcmp(words[w], "name") && !n->name) {
+                if (IS(words[w], "parent") && parse_id(eq, &n->parent)) {
+                } else if (IS(words[w], "layer") && parse_id(eq, &n->layer)) {
+                } else if (IS(words[w], "created") && parse_i64(eq, &n->created)) {
+                } else if (IS(words[w], "name") && !n->name) {
                     if (!(n->name = decode(eq, strlen(eq))) || qsnap_name_check(n->name))
                         goto bad;
-                } else if (!strcmp(words[w], "desc") && !n->desc) {
+                } else if (IS(words[w], "desc") && !n->desc) {
                     if (!(n->desc = decode(eq, strlen(eq))))
                         goto bad;
-                } else if (!strcmp(words[w], "state") && !n->state) {
+                } else if (IS(words[w], "state") && !n->state) {
                     if (!(n->state = decode(eq, strlen(eq))) || !n->state[0])
                         goto bad;
-                } else if (!strcmp(words[w], "internal") && !n->internal) {
+                } else if (IS(words[w], "internal") && !n->internal) {
                     if (!(n->internal = decode(eq, strlen(eq))) || !n->internal[0] ||
                         strlen(n->internal) > 65535)
                         goto bad;
@@ -654,10 +695,10 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
             }
             if (!n->layer)
                 goto bad;
-        } else if (strcmp(words[0], "branch") == 0 && nw == 5) {
+        } else if (IS(words[0], "branch") && nw == 5) {
             struct qsnap__branch *br;
             if (m->nb >= QSNAP_MAX_ITEMS ||
-                !(br = grow((void **)&m->branches, &m->nb, sizeof(*br))))
+                !(br = grow_cap((void **)&m->branches, &m->nb, &capb, sizeof(*br))))
                 goto bad;
             if (!(br->name = decode(words[1], strlen(words[1]))) || qsnap_name_check(br->name))
                 goto bad;
@@ -666,9 +707,9 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
                 if (!eq)
                     goto bad;
                 *eq++ = '\0';
-                if (!strcmp(words[w], "head") && parse_id(eq, &br->head)) {
-                } else if (!strcmp(words[w], "base") && parse_id(eq, &br->base)) {
-                } else if (!strcmp(words[w], "created") && parse_i64(eq, &br->created)) {
+                if (IS(words[w], "head") && parse_id(eq, &br->head)) {
+                } else if (IS(words[w], "base") && parse_id(eq, &br->base)) {
+                } else if (IS(words[w], "created") && parse_i64(eq, &br->created)) {
                 } else {
                     goto bad;
                 }
