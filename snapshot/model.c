@@ -10,7 +10,10 @@
  *   disk PATH
  *   current NAME                  (absent before the first snapshot)
  *   layer ID file=PATH fmt=raw|qcow2 backing=ID|0 frozen=0|1 disk=0|1
- *         [fp=HEX32 size=N mtime=NS]
+ *         [fp=HEX32 size=N mtime=NS] [fpd=HEX32] [vsize=N]
+ *                                 (vsize: the virtual size of a frozen qcow2
+ *                                  layer, recorded with its fingerprints; a
+ *                                  store without it still parses)
  *   node ID parent=ID|0 layer=ID created=T [name=NAME] [desc=TEXT] [state=PATH]
  *        [internal=SNAPNAME]      (an internal node: its content is the qcow2
  *                                  snapshot SNAPNAME inside layer ID, a branch
@@ -365,6 +368,8 @@ int qsnap__model_format(const struct qsnap__model *m, char **out)
         if (l->have_fpd) {
             put_hex16(&b, " fpd=", l->fpd);
         }
+        if (l->have_vsize)
+            put(&b, " vsize=%" PRIu64, l->vsize);
         put(&b, "\n");
     }
     for (size_t i = 0; i < m->nn; i++) {
@@ -653,6 +658,8 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
                     if (!parse_hex16(eq, l->fpd))
                         goto bad;
                     l->have_fpd = true;
+                } else if (IS(words[w], "vsize") && !l->have_vsize && parse_u64(eq, &l->vsize)) {
+                    l->have_vsize = true;
                 } else if (IS(words[w], "size") && parse_u64(eq, &l->size)) {
                 } else if (IS(words[w], "mtime") && parse_i64(eq, &l->mtime_ns)) {
                 } else {

@@ -210,6 +210,9 @@ static uint64_t virtual_size_memo(const qsnap_store *s, const struct qsnap__laye
 {
     uint64_t v;
 
+    /* A frozen layer never changes: its size was recorded when it was frozen. */
+    if (l->frozen && l->have_vsize)
+        return l->vsize;
     if (!c || l->id > c->max_id)
         return virtual_size(s, l);
     if (c->vsize[l->id])
