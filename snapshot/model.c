@@ -769,12 +769,21 @@ static size_t id_hash(unsigned id)
     return (size_t)((id * UINT64_C(0x9E3779B97F4A7C15)) >> 32);
 }
 
+/* The id of item `at`: ids points at item 0's id, items are stride bytes apart. */
+static unsigned id_at(const unsigned *ids, size_t stride, size_t at)
+{
+    unsigned v;
+
+    memcpy(&v, (const char *)ids + at * stride, sizeof(v));
+    return v;
+}
+
 /* The index of the item with this id (ids[] gives each item's id), or -1. */
 static long idmap_find(const struct idmap *h, const unsigned *ids, size_t stride, unsigned id)
 {
     for (size_t k = id_hash(id) & h->mask; h->slot[k]; k = (k + 1) & h->mask) {
         size_t at = h->slot[k] - 1;
-        if (*(const unsigned *)((const char *)ids + at * stride) == id)
+        if (id_at(ids, stride, at) == id)
             return (long)at;
     }
     return -1;
@@ -786,7 +795,7 @@ static bool idmap_add(struct idmap *h, const unsigned *ids, size_t stride, unsig
     size_t k = id_hash(id) & h->mask;
 
     for (; h->slot[k]; k = (k + 1) & h->mask) {
-        if (*(const unsigned *)((const char *)ids + (h->slot[k] - 1) * stride) == id)
+        if (id_at(ids, stride, h->slot[k] - 1) == id)
             return false;
     }
     h->slot[k] = at + 1;
