@@ -3,8 +3,13 @@
  * --version. `qsnap image ...` is dispatched to cmd_image.c, the snapshot
  * tree commands (create, list, ...) to cmd_tree.c.
  */
+#include <malloc.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <qcow2/qcow2.h>
 
@@ -37,6 +42,35 @@ static void print_help(void)
            "'qsnap image' commands use qemu-img's exit statuses.\n");
 }
 
+/*
+ * A short tree command reads the whole metadata into memory: about 5 MB in
+ * a few thousand small blocks at 10,000 snapshots, where faulting the heap in
+ * page by page cost more CPU than parsing it. So the heap is made once, big
+ * enough and kept (no trimming, no mmap per large block), and the kernel is
+ * asked to back it with huge pages where it can (transparent huge pages in
+ * madvise mode); memory is still taken as it is touched, in 2 MiB pieces. Best
+ * effort: nothing changes where the calls fail. Not for the long-running
+ * commands (serve, mount), which keep the default heap.
+ */
+#define HEAP_PAD (32u << 20)
+static void heap_for_short_command(void)
+{
+    const uintptr_t huge = 2u << 20;
+    uintptr_t from, to;
+    void *p;
+
+    if (!mallopt(M_MMAP_THRESHOLD, HEAP_PAD) || !mallopt(M_TRIM_THRESHOLD, 2 * HEAP_PAD) ||
+        !mallopt(M_TOP_PAD, HEAP_PAD))
+        return;
+    p = malloc(HEAP_PAD / 2); /* the heap grows by this and the pad now */
+    from = ((uintptr_t)p + huge - 1) & ~(huge - 1);
+    to = (uintptr_t)sbrk(0) & ~(huge - 1);
+    /* Only when the block is in the heap that just grew (not under a sanitizer's allocator). */
+    if (p && to > from && to - (uintptr_t)p <= 2 * HEAP_PAD)
+        (void)madvise((void *)from, to - from, MADV_HUGEPAGE);
+    free(p);
+}
+
 int cli_usage_hint(const char *cmd, int status)
 {
     fprintf(stderr, "Try '%s --help' for more information\n", cmd);
@@ -66,8 +100,11 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "image") == 0)
         return cli_image_main(argc - 1, argv + 1);
     tree_cmd = cli_tree_lookup(argv[1]);
-    if (tree_cmd)
+    if (tree_cmd) {
+        if (strcmp(argv[1], "serve") && strcmp(argv[1], "mount"))
+            heap_for_short_command();
         return tree_cmd(argc - 1, argv + 1);
+    }
     if (argv[1][0] == '-')
         cli_errorf("unrecognized option '%s'", argv[1]);
     else

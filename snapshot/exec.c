@@ -86,6 +86,8 @@ int qsnap__layer_fingerprint(const qsnap_store *s, struct qsnap__layer *l)
         if (!rc)
             rc = qsnap__fingerprint_store_file(s, l->file, qcow2_image_cluster_size(img), l->fpd,
                                                NULL);
+        l->vsize = rc ? 0 : qcow2_image_size(img);
+        l->have_vsize = rc == 0;
         qcow2_image_close(img);
         l->have_fpd = rc == 0;
     }
@@ -220,6 +222,8 @@ static int take_fingerprint(qsnap_store *s, qsnap_plan *p, const struct qsnap__l
             memcpy(t->fp, tmp.fp, sizeof(t->fp));
             memcpy(t->fpd, tmp.fpd, sizeof(t->fpd));
             t->have_fpd = tmp.have_fpd;
+            t->have_vsize = tmp.have_vsize;
+            t->vsize = tmp.vsize;
             t->size = tmp.size;
             t->mtime_ns = tmp.mtime_ns;
             t->have_fp = true;
@@ -1084,6 +1088,8 @@ int qsnap__recover(qsnap_store *s, bool *did)
                 memcpy(t->fp, known->fp, sizeof(t->fp));
                 memcpy(t->fpd, known->fpd, sizeof(t->fpd));
                 t->have_fpd = known->have_fpd;
+                t->have_vsize = known->have_vsize;
+                t->vsize = known->vsize;
                 t->size = known->size;
                 t->mtime_ns = known->mtime_ns;
                 t->have_fp = true;

@@ -105,7 +105,8 @@ static bool layer_eq(const struct qsnap__layer *a, const struct qsnap__layer *b)
 {
     if (a->id != b->id || !str_eq(a->file, b->file) || a->fmt != b->fmt ||
         a->backing != b->backing || a->frozen != b->frozen || a->is_disk != b->is_disk ||
-        a->have_fp != b->have_fp || a->have_fpd != b->have_fpd)
+        a->have_fp != b->have_fp || a->have_fpd != b->have_fpd || a->have_vsize != b->have_vsize ||
+        (a->have_vsize && a->vsize != b->vsize))
         return false;
     if (a->have_fp && (memcmp(a->fp, b->fp, 16) || a->size != b->size || a->mtime_ns != b->mtime_ns))
         return false;

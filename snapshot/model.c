@@ -10,7 +10,10 @@
  *   disk PATH
  *   current NAME                  (absent before the first snapshot)
  *   layer ID file=PATH fmt=raw|qcow2 backing=ID|0 frozen=0|1 disk=0|1
- *         [fp=HEX32 size=N mtime=NS]
+ *         [fp=HEX32 size=N mtime=NS] [fpd=HEX32] [vsize=N]
+ *                                 (vsize: the virtual size of a frozen qcow2
+ *                                  layer, recorded with its fingerprints; a
+ *                                  store without it still parses)
  *   node ID parent=ID|0 layer=ID created=T [name=NAME] [desc=TEXT] [state=PATH]
  *        [internal=SNAPNAME]      (an internal node: its content is the qcow2
  *                                  snapshot SNAPNAME inside layer ID, a branch
@@ -152,6 +155,22 @@ static void *grow(void **arr, size_t *n, size_t elem)
         return NULL;
     memset(p + *n * elem, 0, elem);
     *arr = p;
+    return p + (*n)++ * elem;
+}
+
+/* Like grow, with the capacity kept by the caller: realloc only when it doubles. */
+static void *grow_cap(void **arr, size_t *n, size_t *cap, size_t elem)
+{
+    char *p = *arr;
+
+    if (*n + 1 > *cap) {
+        size_t c = *cap < 8 ? 8 : *cap * 2;
+        if (!(p = realloc(*arr, c * elem)))
+            return NULL;
+        *arr = p;
+        *cap = c;
+    }
+    memset(p + *n * elem, 0, elem);
     return p + (*n)++ * elem;
 }
 
@@ -349,6 +368,8 @@ int qsnap__model_format(const struct qsnap__model *m, char **out)
         if (l->have_fpd) {
             put_hex16(&b, " fpd=", l->fpd);
         }
+        if (l->have_vsize)
+            put(&b, " vsize=%" PRIu64, l->vsize);
         put(&b, "\n");
     }
     for (size_t i = 0; i < m->nn; i++) {
@@ -390,12 +411,13 @@ int qsnap__model_format(const struct qsnap__model *m, char **out)
 
 static int hexval(char c)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
+    unsigned u = (unsigned char)c;
+
+    if (u - '0' < 10u)
+        return (int)(u - '0');
+    u |= 0x20; /* 'A'-'F' to 'a'-'f'; nothing else lands there */
+    if (u - 'a' < 6u)
+        return (int)(u - 'a' + 10);
     return -1;
 }
 
@@ -448,26 +470,33 @@ static char *decode(const char *s, size_t len)
     return out;
 }
 
+/* Decimal digits only (no sign, no space), and no overflow. */
 static bool parse_u64(const char *s, uint64_t *out)
 {
-    char *end;
-
-    if (!*s || *s == '-' || *s == '+')
-        return false;
-    errno = 0;
-    *out = strtoull(s, &end, 10);
-    return !errno && !*end;
-}
-
-static bool parse_i64(const char *s, int64_t *out)
-{
-    char *end;
+    uint64_t v = 0;
 
     if (!*s)
         return false;
-    errno = 0;
-    *out = strtoll(s, &end, 10);
-    return !errno && !*end;
+    for (; *s; s++) {
+        unsigned d = (unsigned char)*s - '0';
+        if (d > 9 || v > (UINT64_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return true;
+}
+
+/* An optional '-', then as parse_u64, in the range of int64_t. */
+static bool parse_i64(const char *s, int64_t *out)
+{
+    bool neg = *s == '-';
+    uint64_t v;
+
+    if (!parse_u64(s + neg, &v) || v > (uint64_t)INT64_MAX + neg)
+        return false;
+    *out = neg ? (int64_t)(0 - v) : (int64_t)v;
+    return true;
 }
 
 static bool parse_id(const char *s, unsigned *out)
@@ -482,6 +511,14 @@ static bool parse_id(const char *s, unsigned *out)
 
 /* Parse state: one line split into words. */
 #define MAX_WORDS 16
+
+/*
+ * A word is this key: compared with memcmp over the key and its NUL, which
+ * the compiler inlines; the line buffer has KEY_PAD zero bytes after the
+ * line, so the compare never reads past it.
+ */
+#define KEY_PAD 16
+#define IS(word, key) (memcmp((word), key, sizeof(key)) == 0)
 
 static int parse_text(struct qsnap__model *m, const char *text, size_t len, const char *what,
                       bool whole, unsigned *version);
@@ -518,6 +555,7 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
     unsigned line_no = 0;
     bool have_header = false, have_end = false, have_gen = false, have_seq = false,
          have_disk = false;
+    size_t capl = 0, capn = 0, capb = 0;
     int rc = 0;
 
     memset(m, 0, sizeof(*m));
@@ -528,24 +566,32 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
     while (p < endp && !rc) {
         const char *nl = memchr(p, '\n', (size_t)(endp - p));
         size_t ll = nl ? (size_t)(nl - p) : (size_t)(endp - p);
-        char line[QSNAP_MAX_LINE];
+        char line[QSNAP_MAX_LINE + KEY_PAD];
         char *words[MAX_WORDS];
         int nw = 0;
 
         line_no++;
         if (!nl)
             goto bad; /* every line ends with a newline: a torn file does not */
-        if (ll >= sizeof(line) || have_end)
+        if (ll >= QSNAP_MAX_LINE || have_end)
             goto bad;
         memcpy(line, p, ll);
-        line[ll] = '\0';
+        memset(line + ll, 0, KEY_PAD);
         p = nl + 1;
-        if (memchr(line, '\0', ll))
-            goto bad;
-        for (char *t = strtok(line, " "); t; t = strtok(NULL, " ")) {
+        /* Words are separated by runs of spaces; no NUL inside a line. */
+        for (size_t i = 0; i < ll;) {
+            if (line[i] == ' ') {
+                line[i++] = '\0';
+                continue;
+            }
             if (nw == MAX_WORDS)
                 goto bad;
-            words[nw++] = t;
+            words[nw++] = &line[i];
+            while (i < ll && line[i] != ' ') {
+                if (!line[i])
+                    goto bad;
+                i++;
+            }
         }
         if (nw == 0)
             goto bad;
@@ -563,24 +609,24 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
             have_header = true;
             continue;
         }
-        if (strcmp(words[0], "end") == 0 && nw == 1) {
+        if (IS(words[0], "end") && nw == 1) {
             have_end = true;
-        } else if (strcmp(words[0], "gen") == 0 && nw == 2 && parse_u64(words[1], &m->gen)) {
+        } else if (IS(words[0], "gen") && nw == 2 && parse_u64(words[1], &m->gen)) {
             have_gen = true;
-        } else if (strcmp(words[0], "seq") == 0 && nw == 2 && parse_id(words[1], &m->seq)) {
+        } else if (IS(words[0], "seq") && nw == 2 && parse_id(words[1], &m->seq)) {
             have_seq = true;
-        } else if (strcmp(words[0], "disk") == 0 && nw == 2 && !m->disk) {
+        } else if (IS(words[0], "disk") && nw == 2 && !m->disk) {
             m->disk = decode(words[1], strlen(words[1]));
             if (!m->disk)
                 goto bad;
             have_disk = true;
-        } else if (strcmp(words[0], "current") == 0 && nw == 2 && !m->current) {
+        } else if (IS(words[0], "current") && nw == 2 && !m->current) {
             m->current = decode(words[1], strlen(words[1]));
             if (!m->current)
                 goto bad;
-        } else if (strcmp(words[0], "layer") == 0 && nw >= 6) {
+        } else if (IS(words[0], "layer") && nw >= 6) {
             struct qsnap__layer *l;
-            if (m->nl >= QSNAP_MAX_ITEMS || !(l = grow((void **)&m->layers, &m->nl, sizeof(*l))))
+            if (m->nl >= QSNAP_MAX_ITEMS || !(l = grow_cap((void **)&m->layers, &m->nl, &capl, sizeof(*l))))
                 goto bad;
             if (!parse_id(words[1], &l->id) || !l->id)
                 goto bad;
@@ -590,39 +636,41 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
                 if (!eq)
                     goto bad;
                 *eq++ = '\0';
-                if (!strcmp(words[w], "file") && !l->file) {
+                if (IS(words[w], "file") && !l->file) {
                     if (!(l->file = decode(eq, strlen(eq))) || !l->file[0])
                         goto bad;
-                } else if (!strcmp(words[w], "fmt")) {
+                } else if (IS(words[w], "fmt")) {
                     l->fmt = qcow2_format_from_name(eq);
                     if (l->fmt == QCOW2_FORMAT_AUTO)
                         goto bad;
-                } else if (!strcmp(words[w], "backing")) {
+                } else if (IS(words[w], "backing")) {
                     if (!parse_id(eq, &l->backing))
                         goto bad;
-                } else if (!strcmp(words[w], "frozen") && parse_u64(eq, &v) && v <= 1) {
+                } else if (IS(words[w], "frozen") && parse_u64(eq, &v) && v <= 1) {
                     l->frozen = v;
-                } else if (!strcmp(words[w], "disk") && parse_u64(eq, &v) && v <= 1) {
+                } else if (IS(words[w], "disk") && parse_u64(eq, &v) && v <= 1) {
                     l->is_disk = v;
-                } else if (!strcmp(words[w], "fp")) {
+                } else if (IS(words[w], "fp")) {
                     if (!parse_hex16(eq, l->fp))
                         goto bad;
                     l->have_fp = true;
-                } else if (!strcmp(words[w], "fpd")) {
+                } else if (IS(words[w], "fpd")) {
                     if (!parse_hex16(eq, l->fpd))
                         goto bad;
                     l->have_fpd = true;
-                } else if (!strcmp(words[w], "size") && parse_u64(eq, &l->size)) {
-                } else if (!strcmp(words[w], "mtime") && parse_i64(eq, &l->mtime_ns)) {
+                } else if (IS(words[w], "vsize") && !l->have_vsize && parse_u64(eq, &l->vsize)) {
+                    l->have_vsize = true;
+                } else if (IS(words[w], "size") && parse_u64(eq, &l->size)) {
+                } else if (IS(words[w], "mtime") && parse_i64(eq, &l->mtime_ns)) {
                 } else {
                     goto bad;
                 }
             }
             if (!l->file || l->fmt == QCOW2_FORMAT_AUTO)
                 goto bad;
-        } else if (strcmp(words[0], "node") == 0 && nw >= 5) {
+        } else if (IS(words[0], "node") && nw >= 5) {
             struct qsnap__node *n;
-            if (m->nn >= QSNAP_MAX_ITEMS || !(n = grow((void **)&m->nodes, &m->nn, sizeof(*n))))
+            if (m->nn >= QSNAP_MAX_ITEMS || !(n = grow_cap((void **)&m->nodes, &m->nn, &capn, sizeof(*n))))
                 goto bad;
             if (!parse_id(words[1], &n->id) || !n->id)
                 goto bad;
@@ -632,19 +680,19 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
                 if (!eq)
                     goto bad;
                 *eq++ = '\0';
-                if (!strcmp(words[w], "parent") && parse_id(eq, &n->parent)) {
-                } else if (!strcmp(words[w], "layer") && parse_id(eq, &n->layer)) {
-                } else if (!strcmp(words[w], "created") && parse_i64(eq, &n->created)) {
-                } else if (!strcmp(words[w], "name") && !n->name) {
+                if (IS(words[w], "parent") && parse_id(eq, &n->parent)) {
+                } else if (IS(words[w], "layer") && parse_id(eq, &n->layer)) {
+                } else if (IS(words[w], "created") && parse_i64(eq, &n->created)) {
+                } else if (IS(words[w], "name") && !n->name) {
                     if (!(n->name = decode(eq, strlen(eq))) || qsnap_name_check(n->name))
                         goto bad;
-                } else if (!strcmp(words[w], "desc") && !n->desc) {
+                } else if (IS(words[w], "desc") && !n->desc) {
                     if (!(n->desc = decode(eq, strlen(eq))))
                         goto bad;
-                } else if (!strcmp(words[w], "state") && !n->state) {
+                } else if (IS(words[w], "state") && !n->state) {
                     if (!(n->state = decode(eq, strlen(eq))) || !n->state[0])
                         goto bad;
-                } else if (!strcmp(words[w], "internal") && !n->internal) {
+                } else if (IS(words[w], "internal") && !n->internal) {
                     if (!(n->internal = decode(eq, strlen(eq))) || !n->internal[0] ||
                         strlen(n->internal) > 65535)
                         goto bad;
@@ -654,10 +702,10 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
             }
             if (!n->layer)
                 goto bad;
-        } else if (strcmp(words[0], "branch") == 0 && nw == 5) {
+        } else if (IS(words[0], "branch") && nw == 5) {
             struct qsnap__branch *br;
             if (m->nb >= QSNAP_MAX_ITEMS ||
-                !(br = grow((void **)&m->branches, &m->nb, sizeof(*br))))
+                !(br = grow_cap((void **)&m->branches, &m->nb, &capb, sizeof(*br))))
                 goto bad;
             if (!(br->name = decode(words[1], strlen(words[1]))) || qsnap_name_check(br->name))
                 goto bad;
@@ -666,9 +714,9 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
                 if (!eq)
                     goto bad;
                 *eq++ = '\0';
-                if (!strcmp(words[w], "head") && parse_id(eq, &br->head)) {
-                } else if (!strcmp(words[w], "base") && parse_id(eq, &br->base)) {
-                } else if (!strcmp(words[w], "created") && parse_i64(eq, &br->created)) {
+                if (IS(words[w], "head") && parse_id(eq, &br->head)) {
+                } else if (IS(words[w], "base") && parse_id(eq, &br->base)) {
+                } else if (IS(words[w], "created") && parse_i64(eq, &br->created)) {
                 } else {
                     goto bad;
                 }
@@ -695,130 +743,154 @@ bad:
     return rc;
 }
 
-/* (id, index) pairs sorted by id, for lookups while checking a model. */
-struct idx {
-    unsigned id;
-    size_t at;
+/*
+ * Lookups while checking a model: open-addressing hash tables (linear
+ * probing, at most half full), so that the check is linear in the model's
+ * size. A slot holds an index + 1; 0 is empty.
+ */
+struct idmap {
+    size_t *slot;
+    size_t mask;
 };
 
-static int cmp_idx(const void *a, const void *b)
+static bool idmap_init(struct idmap *h, size_t n)
 {
-    const struct idx *x = a, *y = b;
+    size_t cap = 16;
 
-    return x->id < y->id ? -1 : x->id > y->id;
+    while (cap < 2 * n)
+        cap *= 2;
+    h->slot = calloc(cap, sizeof(*h->slot));
+    h->mask = cap - 1;
+    return h->slot != NULL;
 }
 
-static long find_idx(const struct idx *v, size_t n, unsigned id)
+static size_t id_hash(unsigned id)
 {
-    size_t lo = 0, hi = n;
+    return (size_t)((id * UINT64_C(0x9E3779B97F4A7C15)) >> 32);
+}
 
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (v[mid].id == id)
-            return (long)v[mid].at;
-        if (v[mid].id < id)
-            lo = mid + 1;
-        else
-            hi = mid;
+/* The id of item `at`: ids points at item 0's id, items are stride bytes apart. */
+static unsigned id_at(const unsigned *ids, size_t stride, size_t at)
+{
+    unsigned v;
+
+    memcpy(&v, (const char *)ids + at * stride, sizeof(v));
+    return v;
+}
+
+/* The index of the item with this id (ids[] gives each item's id), or -1. */
+static long idmap_find(const struct idmap *h, const unsigned *ids, size_t stride, unsigned id)
+{
+    for (size_t k = id_hash(id) & h->mask; h->slot[k]; k = (k + 1) & h->mask) {
+        size_t at = h->slot[k] - 1;
+        if (id_at(ids, stride, at) == id)
+            return (long)at;
     }
     return -1;
 }
 
-static int cmp_str(const void *a, const void *b)
+/* Add item `at` with this id; false when an item with the id is there already. */
+static bool idmap_add(struct idmap *h, const unsigned *ids, size_t stride, unsigned id, size_t at)
 {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
+    size_t k = id_hash(id) & h->mask;
+
+    for (; h->slot[k]; k = (k + 1) & h->mask) {
+        if (id_at(ids, stride, h->slot[k] - 1) == id)
+            return false;
+    }
+    h->slot[k] = at + 1;
+    return true;
+}
+
+static size_t str_hash(const char *s)
+{
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * UINT64_C(0x100000001b3);
+    return (size_t)(h ^ (h >> 29));
+}
+
+/* Add a name to a set of names (slots index names[] + 1); false when it is there already. */
+static bool nameset_add(struct idmap *h, const char **names, size_t at)
+{
+    size_t k = str_hash(names[at]) & h->mask;
+
+    for (; h->slot[k]; k = (k + 1) & h->mask) {
+        if (!strcmp(names[h->slot[k] - 1], names[at]))
+            return false;
+    }
+    h->slot[k] = at + 1;
+    return true;
 }
 
 /*
  * A walk along next-links (backing, or parent) from every item: each item is
  * visited once (state 1 while on the current path, 2 when known to end), so
- * a loop is found in linear time however deep the tree is.
+ * a loop is found in linear time however deep the tree is. next[i] is the
+ * index item i links to, or -1.
  */
-static bool has_loop(size_t n, long (*next)(const void *ctx, size_t i), const void *ctx,
-                     unsigned char *state, size_t *bad)
+static bool has_loop(size_t n, const long *next, unsigned char *state, size_t *bad)
 {
     memset(state, 0, n);
     for (size_t i = 0; i < n; i++) {
         size_t j = i;
-        long k;
 
         while (state[j] == 0) {
             state[j] = 1;
-            k = next(ctx, j);
-            if (k < 0)
+            if (next[j] < 0)
                 break;
-            j = (size_t)k;
+            j = (size_t)next[j];
         }
-        if (state[j] == 1 && next(ctx, j) >= 0 && state[(size_t)next(ctx, j)] == 1) {
+        if (state[j] == 1 && next[j] >= 0 && state[(size_t)next[j]] == 1) {
             *bad = j;
             return true;
         }
         /* Mark the path just walked as ending well. */
         for (j = i; state[j] == 1;) {
             state[j] = 2;
-            k = next(ctx, j);
-            if (k < 0)
+            if (next[j] < 0)
                 break;
-            j = (size_t)k;
+            j = (size_t)next[j];
         }
     }
     return false;
-}
-
-struct check_ctx {
-    const struct qsnap__model *m;
-    const struct idx *li, *ni;
-};
-
-static long next_layer(const void *c, size_t i)
-{
-    const struct check_ctx *x = c;
-    unsigned b = x->m->layers[i].backing;
-
-    return b ? find_idx(x->li, x->m->nl, b) : -1;
-}
-
-static long next_node(const void *c, size_t i)
-{
-    const struct check_ctx *x = c;
-    unsigned p = x->m->nodes[i].parent;
-
-    return p ? find_idx(x->ni, x->m->nn, p) : -1;
 }
 
 int qsnap__model_check(const struct qsnap__model *m, const char *what)
 {
     const char *hint = "restore the store's meta file from a backup (the layers under layers/ are untouched)";
     size_t nmax = m->nl > m->nn ? m->nl : m->nn, nnames = 0, bad = 0, ndisk = 0;
-    struct idx *li = calloc(m->nl + 1, sizeof(*li)), *ni = calloc(m->nn + 1, sizeof(*ni));
+    const size_t ls = sizeof(m->layers[0]), ns = sizeof(m->nodes[0]);
+    const unsigned *lid = m->layers ? &m->layers[0].id : NULL,
+                   *nid = m->nodes ? &m->nodes[0].id : NULL;
+    struct idmap li = {0}, ni = {0}, nm = {0};
     const char **names = calloc(m->nn + m->nb + 1, sizeof(*names));
     unsigned char *state = calloc(nmax + 1, 1);
-    struct check_ctx ctx = {m, li, ni};
+    long *next = calloc(nmax + 1, sizeof(*next));
     int rc = 0;
 
-    if (!li || !ni || !names || !state) {
+    if (!names || !state || !next || !idmap_init(&li, m->nl) || !idmap_init(&ni, m->nn) ||
+        !idmap_init(&nm, m->nn + m->nb)) {
         rc = qsnap__err(QSNAP_ERROR, NULL, "out of memory");
         goto out;
     }
-    for (size_t i = 0; i < m->nl; i++)
-        li[i] = (struct idx){m->layers[i].id, i};
-    for (size_t i = 0; i < m->nn; i++)
-        ni[i] = (struct idx){m->nodes[i].id, i};
-    qsort(li, m->nl, sizeof(*li), cmp_idx);
-    qsort(ni, m->nn, sizeof(*ni), cmp_idx);
-    for (size_t i = 1; i < m->nl && !rc; i++) {
-        if (li[i].id == li[i - 1].id)
-            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u appears twice", what, li[i].id);
+    for (size_t i = 0; i < m->nl && !rc; i++) {
+        if (!idmap_add(&li, lid, ls, m->layers[i].id, i))
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u appears twice", what,
+                            m->layers[i].id);
     }
-    for (size_t i = 1; i < m->nn && !rc; i++) {
-        if (ni[i].id == ni[i - 1].id)
-            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u appears twice", what, ni[i].id);
+    for (size_t i = 0; i < m->nn && !rc; i++) {
+        if (!idmap_add(&ni, nid, ns, m->nodes[i].id, i))
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u appears twice", what,
+                            m->nodes[i].id);
     }
     for (size_t i = 0; i < m->nl && !rc; i++) {
         const struct qsnap__layer *l = &m->layers[i];
+        next[i] = l->backing ? idmap_find(&li, lid, ls, l->backing) : -1;
         if (l->id >= m->seq)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u has an id past seq", what, l->id);
-        else if (l->backing && find_idx(li, m->nl, l->backing) < 0)
+        else if (l->backing && next[i] < 0)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u is backed by missing layer %u",
                             what, l->id, l->backing);
         else if (!l->is_disk && (strstr(l->file, "..") || l->file[0] == '/'))
@@ -835,44 +907,45 @@ int qsnap__model_check(const struct qsnap__model *m, const char *what)
          !strcmp(m->disk + 3, "..") || !strcmp(m->disk + 3, ".")))
         rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: the recorded disk is not beside the store",
                         what);
-    if (!rc && has_loop(m->nl, next_layer, &ctx, state, &bad))
+    if (!rc && has_loop(m->nl, next, state, &bad))
         rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u's backing links loop", what,
                         m->layers[bad].id);
     for (size_t i = 0; i < m->nn && !rc; i++) {
         const struct qsnap__node *n = &m->nodes[i];
-        if (n->id >= m->seq || find_idx(li, m->nl, n->layer) < 0)
+        long l = idmap_find(&li, lid, ls, n->layer);
+        next[i] = n->parent ? idmap_find(&ni, nid, ns, n->parent) : -1;
+        if (n->id >= m->seq || l < 0)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u refers to a missing layer", what,
                             n->id);
-        else if (n->parent && find_idx(ni, m->nn, n->parent) < 0)
+        else if (n->parent && next[i] < 0)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u has a missing parent", what,
                             n->id);
         else if (n->state && (strstr(n->state, "..") || n->state[0] == '/'))
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u's state file leaves the store",
                             what, n->id);
-        else if (n->internal && m->layers[find_idx(li, m->nl, n->layer)].fmt != QCOW2_FORMAT_QCOW2)
+        else if (n->internal && m->layers[l].fmt != QCOW2_FORMAT_QCOW2)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint,
                             "%s: internal node %u lives in a layer that is not qcow2", what, n->id);
         if (n->name)
             names[nnames++] = n->name;
     }
-    if (!rc && has_loop(m->nn, next_node, &ctx, state, &bad))
+    if (!rc && has_loop(m->nn, next, state, &bad))
         rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u's parents loop", what,
                         m->nodes[bad].id);
     for (size_t i = 0; i < m->nb && !rc; i++) {
         const struct qsnap__branch *b = &m->branches[i];
-        long h = find_idx(li, m->nl, b->head);
+        long h = idmap_find(&li, lid, ls, b->head);
         if (h < 0 || m->layers[h].frozen)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: branch %s has no writable head", what,
                             b->name);
-        else if (b->base && find_idx(ni, m->nn, b->base) < 0)
+        else if (b->base && idmap_find(&ni, nid, ns, b->base) < 0)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: branch %s has a missing base", what,
                             b->name);
         names[nnames++] = b->name;
     }
     /* Names are unique across snapshots and branches. */
-    qsort(names, nnames, sizeof(*names), cmp_str);
-    for (size_t i = 1; i < nnames && !rc; i++) {
-        if (!strcmp(names[i], names[i - 1]))
+    for (size_t i = 0; i < nnames && !rc; i++) {
+        if (!nameset_add(&nm, names, i))
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: the name %s is used twice", what,
                             names[i]);
     }
@@ -882,10 +955,12 @@ int qsnap__model_check(const struct qsnap__model *m, const char *what)
     if (!rc && (!m->disk || !m->disk[0]))
         rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: no disk recorded", what);
 out:
-    free(li);
-    free(ni);
+    free(li.slot);
+    free(ni.slot);
+    free(nm.slot);
     free(names);
     free(state);
+    free(next);
     return rc;
 }
 

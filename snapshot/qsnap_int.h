@@ -56,6 +56,8 @@ struct qsnap__layer {
     uint8_t fpd[16];     /* fingerprint of all but the header cluster: the data */
     uint64_t size;       /* file size when frozen (bytes) */
     int64_t mtime_ns;    /* mtime when frozen */
+    bool have_vsize;     /* vsize is known (qcow2 layers, recorded when frozen) */
+    uint64_t vsize;      /* virtual size (bytes): what listing shows without opening it */
 };
 
 struct qsnap__node {

@@ -203,13 +203,32 @@ struct list_ctx {
     unsigned max_id;     /* ids above it are not counted (a hostile model) */
     unsigned *children;  /* [max_id + 1] */
     uint64_t *vsize;     /* [max_id + 1] */
+    size_t *node_at;     /* [max_id + 1]: index + 1 of the node with this id, 0 = none */
+    size_t *layer_at;    /* [max_id + 1]: the same for layers */
 };
+
+static struct qsnap__node *ctx_node(const qsnap_store *s, const struct list_ctx *c, unsigned id)
+{
+    if (!c || id > c->max_id)
+        return qsnap__node(&s->m, id);
+    return c->node_at[id] ? &s->m.nodes[c->node_at[id] - 1] : NULL;
+}
+
+static struct qsnap__layer *ctx_layer(const qsnap_store *s, const struct list_ctx *c, unsigned id)
+{
+    if (!c || id > c->max_id)
+        return qsnap__layer(&s->m, id);
+    return c->layer_at[id] ? &s->m.layers[c->layer_at[id] - 1] : NULL;
+}
 
 static uint64_t virtual_size_memo(const qsnap_store *s, const struct qsnap__layer *l,
                                   struct list_ctx *c)
 {
     uint64_t v;
 
+    /* A frozen layer never changes: its size was recorded when it was frozen. */
+    if (l->frozen && l->have_vsize)
+        return l->vsize;
     if (!c || l->id > c->max_id)
         return virtual_size(s, l);
     if (c->vsize[l->id])
@@ -222,8 +241,8 @@ static uint64_t virtual_size_memo(const qsnap_store *s, const struct qsnap__laye
 static int fill_node(const qsnap_store *s, const struct qsnap__node *n, qsnap_node *out,
                      unsigned current_base, struct list_ctx *c)
 {
-    const struct qsnap__node *par = qsnap__node(&s->m, n->parent);
-    const struct qsnap__layer *l = qsnap__layer(&s->m, n->layer);
+    const struct qsnap__node *par = ctx_node(s, c, n->parent);
+    const struct qsnap__layer *l = ctx_layer(s, c, n->layer);
 
     memset(out, 0, sizeof(*out));
     out->kind = n->name ? QSNAP_SNAPSHOT : QSNAP_UNNAMED;
@@ -264,10 +283,11 @@ static int fill_node(const qsnap_store *s, const struct qsnap__node *n, qsnap_no
     return 0;
 }
 
-static int fill_branch(const qsnap_store *s, const struct qsnap__branch *b, qsnap_node *out)
+static int fill_branch(const qsnap_store *s, const struct qsnap__branch *b, qsnap_node *out,
+                       const struct list_ctx *c)
 {
-    const struct qsnap__node *base = qsnap__node(&s->m, b->base);
-    const struct qsnap__layer *h = qsnap__layer(&s->m, b->head);
+    const struct qsnap__node *base = ctx_node(s, c, b->base);
+    const struct qsnap__layer *h = ctx_layer(s, c, b->head);
     int rc;
 
     memset(out, 0, sizeof(*out));
@@ -361,7 +381,7 @@ int qsnap_list(qsnap_store *s, qsnap_node **out, size_t *n_out)
     size_t total = s->m.nn + s->m.nb, k = 0, norder = 0;
     unsigned *order = calloc(s->m.nn + 1, sizeof(unsigned));
     qsnap_node *list = calloc(total + 1, sizeof(*list));
-    struct list_ctx ctx = {0, NULL, NULL};
+    struct list_ctx ctx = {0, NULL, NULL, NULL, NULL};
     int rc = 0;
 
     *out = NULL;
@@ -380,8 +400,14 @@ int qsnap_list(qsnap_store *s, qsnap_node **out, size_t *n_out)
         ctx.max_id = max_id;
         ctx.children = calloc((size_t)max_id + 1, sizeof(unsigned));
         ctx.vsize = calloc((size_t)max_id + 1, sizeof(uint64_t));
-        if (!ctx.children || !ctx.vsize)
+        ctx.node_at = calloc((size_t)max_id + 1, sizeof(size_t));
+        ctx.layer_at = calloc((size_t)max_id + 1, sizeof(size_t));
+        if (!ctx.children || !ctx.vsize || !ctx.node_at || !ctx.layer_at)
             rc = nomem();
+        for (size_t i = 0; !rc && i < s->m.nl; i++)
+            ctx.layer_at[s->m.layers[i].id] = i + 1;
+        for (size_t i = 0; !rc && i < s->m.nn; i++)
+            ctx.node_at[s->m.nodes[i].id] = i + 1;
         for (size_t i = 0; !rc && i < s->m.nn; i++) {
             if (s->m.nodes[i].parent && s->m.nodes[i].parent <= max_id)
                 ctx.children[s->m.nodes[i].parent]++;
@@ -396,10 +422,12 @@ int qsnap_list(qsnap_store *s, qsnap_node **out, size_t *n_out)
     for (size_t i = 0; i < norder && !rc; i++)
         rc = fill_node(s, &s->m.nodes[order[i]], &list[k++], cur ? cur->base : 0, &ctx);
     for (size_t i = 0; i < s->m.nb && !rc; i++)
-        rc = fill_branch(s, &s->m.branches[i], &list[k++]);
+        rc = fill_branch(s, &s->m.branches[i], &list[k++], &ctx);
     free(order);
     free(ctx.children);
     free(ctx.vsize);
+    free(ctx.node_at);
+    free(ctx.layer_at);
     if (rc) {
         qsnap_list_free(list, k);
         return rc;
@@ -422,7 +450,7 @@ int qsnap_current(qsnap_store *s, qsnap_node **out)
     n = calloc(1, sizeof(*n));
     if (!n)
         return nomem();
-    rc = fill_branch(s, cur, n);
+    rc = fill_branch(s, cur, n, NULL);
     if (rc) {
         qsnap_list_free(n, 1);
         return rc;

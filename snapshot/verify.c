@@ -206,7 +206,24 @@ static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, st
     /* 2. Frozen content: the whole file, or (after a re-pointed link) the data alone. */
     if (l->frozen && l->have_fp) {
         struct qsnap__layer now = *l;
-        if (qsnap__layer_fingerprint(s, &now) == 0 && memcmp(now.fp, l->fp, 16) != 0) {
+        int frc = qsnap__layer_fingerprint(s, &now);
+        /* The recorded virtual size (what list shows without opening the layer). */
+        if (frc == 0 && !memcmp(now.fp, l->fp, 16) && l->have_vsize &&
+            (!now.have_vsize || now.vsize != l->vsize)) {
+            if (repair && now.have_vsize) {
+                find(fs, true, true, path,
+                     "%s: the metadata recorded a virtual size of %" PRIu64
+                     " bytes, the image has %" PRIu64 "; recorded again",
+                     l->file, l->vsize, now.vsize);
+                l->vsize = now.vsize;
+            } else {
+                find(fs, true, false, path,
+                     "%s: the metadata records a virtual size of %" PRIu64
+                     " bytes, not the image's (--repair records it again)",
+                     l->file, l->vsize);
+            }
+        }
+        if (frc == 0 && memcmp(now.fp, l->fp, 16) != 0) {
             if (relinked && l->have_fpd && now.have_fpd && !memcmp(now.fpd, l->fpd, 16)) {
                 *l = now; /* only the link changed, and it was put back: take the new bytes */
             } else {
