@@ -22,26 +22,8 @@
 #   KEEP=1      keep the work directory
 set -u
 
-QSNAP=${QSNAP:-build/release/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
-for c in qemu-img qemu-io python3 cmp; do
-    command -v $c >/dev/null || { echo "FAIL setup: $c not found"; echo "0 passed, 1 failed"; exit 1; }
-done
-if [ ! -x "$QSNAP" ]; then
-    echo "FAIL setup: $QSNAP not found (build first)"
-    echo "0 passed, 1 failed"
-    exit 1
-fi
-
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-vmstate.XXXXXX") || exit 2
-if [ "${KEEP:-0}" = 1 ]; then
-    echo "# work directory: $W"
-else
-    trap 'rm -rf "$W"' EXIT
-fi
-cd "$W" || exit 2
-pass=0
-fail=0
+. "$(dirname "$0")/../helpers/interop_setup.sh"
+interop_setup vmstate
 ok() { echo "ok $1"; pass=$((pass + 1)); }
 bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
 q() { timeout -k 5 120 "$QSNAP" "$@"; }
