@@ -703,7 +703,7 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
             sharing = 0; /* data that cannot be shared (compressed): copy, reading ahead */
         }
         if (!shared && (o.no_create || over_base) && ext_is_zero(&e) && o.min_sparse) {
-            /* An existing target (or the shared base) holds other data: zero it (a hole where it can). */
+            /* The target (old, or the shared base) holds other data: zero it (a hole if it can). */
             rc = qcow2__io_punch(dst, dst_path, off, e.length);
             if (rc)
                 goto out;
@@ -711,7 +711,7 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
             rc = conv_read(src, buf, e.length, off, ext_is_zero(&e), &o);
             if (rc)
                 goto out;
-            /* Holes are left only where the target has none of its own: else it is written whole. */
+            /* Holes are left only where the target holds nothing: else it is written whole. */
             rc = write_sparse(dst, dst_path, buf, e.length, off,
                               o.no_create || over_base ? 0 : o.min_sparse);
             if (rc)
