@@ -398,24 +398,80 @@ static int write_qcow2_run(qcow2_image *dst, const uint8_t *buf, uint64_t n, uin
 }
 
 /*
+ * Read [off, off+n) of img into buf; a read that fails with bad data is tried
+ * again sector by sector, and each 512-byte sector that still fails reads as
+ * zeroes with bad[i] set (bad has n / 512 rounded up entries, cleared first).
+ */
+static int read_marking(qcow2_image *img, uint8_t *buf, uint64_t n, uint64_t off, uint8_t *bad)
+{
+    int rc = qcow2_image_read(img, buf, (size_t)n, off);
+
+    memset(bad, 0, (size_t)((n + 511) / 512));
+    if (!rc || !conv_salvageable(rc))
+        return rc;
+    for (uint64_t i = 0; i < n; i += 512) {
+        uint64_t len = qcow2__min(512, n - i);
+
+        rc = qcow2_image_read(img, buf + i, (size_t)len, off + i);
+        if (rc && !conv_salvageable(rc))
+            return rc;
+        if (rc) {
+            memset(buf + i, 0, (size_t)len);
+            bad[i / 512] = 1;
+        }
+    }
+    return 0;
+}
+
+/*
  * With a backing file in the output (-B), write only the clusters whose
  * content differs from what the new image already reads through it.
+ *
+ * Both reads go on past bad sectors (read_marking). A sector that neither SRC
+ * nor the new backing file can read is the same damage seen twice (most often
+ * BACKING is SRC's own backing file, whose damage SRC reads through): it is
+ * left to the backing file, so DST fails there as SRC does, and nothing is
+ * reported, as qemu-img convert -B, which reads only SRC's top layer, leaves
+ * it. A sector only the backing file cannot read makes its cluster differ. A
+ * sector only SRC cannot read fails the convert, or with salvage is zeroes in
+ * DST and reported, as without -B.
  */
 static int convert_over_backing(qcow2_image *src, qcow2_image *dst, const qcow2_convert_opts *o,
                                 uint8_t *sbuf, uint8_t *dbuf, uint64_t chunk)
 {
-    uint64_t cs = dst->cluster_size;
+    uint64_t cs = dst->cluster_size, sectors = (chunk + 511) / 512;
+    uint8_t *sbad = qcow2__malloc((size_t)sectors * 2), *dbad = sbad + sectors;
     int rc = 0;
 
+    if (!sbad)
+        return qcow2__nomem();
     for (uint64_t off = 0; off < src->size;) {
         uint64_t n = qcow2__min(chunk, src->size - off);
 
-        rc = conv_read(src, sbuf, n, off, false, o);
+        rc = read_marking(src, sbuf, n, off, sbad);
         if (!rc)
-            rc = qcow2_image_read(dst, dbuf, (size_t)n, off);
+            rc = read_marking(dst, dbuf, n, off, dbad);
         for (uint64_t i = 0; !rc && i < n; i += cs) {
             uint64_t len = qcow2__min(cs, n - i);
-            if (memcmp(sbuf + i, dbuf + i, (size_t)len) == 0)
+            bool same = true;
+
+            for (uint64_t j = i; same && j < i + len; j += 512) {
+                uint64_t k = j / 512, sl = qcow2__min(512, i + len - j);
+                if (sbad[k] != dbad[k])
+                    same = false;
+                else if (!sbad[k])
+                    same = memcmp(sbuf + j, dbuf + j, (size_t)sl) == 0;
+            }
+            for (uint64_t j = i; !rc && j < i + len; j += 512) {
+                if (!sbad[j / 512] || (same && dbad[j / 512]))
+                    continue;
+                if (!o->salvage) /* the read again, for its error */
+                    rc = qcow2_image_read(src, sbuf + j, (size_t)qcow2__min(512, i + len - j),
+                                          off + j);
+                else if (o->read_error)
+                    o->read_error(off + j, QCOW2_EIO, o->payload);
+            }
+            if (rc || same)
                 continue;
             if (all_zero(sbuf + i, len))
                 rc = qcow2_image_write_zeroes(dst, off + i, len, 0);
@@ -425,12 +481,13 @@ static int convert_over_backing(qcow2_image *src, qcow2_image *dst, const qcow2_
                 rc = qcow2_image_write(dst, sbuf + i, (size_t)len, off + i);
         }
         if (rc)
-            return rc;
+            break;
         off += n;
         if (o->progress)
             o->progress(off, src->size, o->payload);
     }
-    return 0;
+    qcow2__free(sbad);
+    return rc;
 }
 
 /*
