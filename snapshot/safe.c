@@ -752,7 +752,7 @@ bool qsnap__layer_name_ours(const char *name)
         return false;
     while (*p >= '0' && *p <= '9')
         p++;
-    return !strcmp(p, ".qcow2");
+    return !strcmp(p, ".qcow2") || !strcmp(p, ".qcow2.tmp");
 }
 
 int qsnap__refuse_foreign_layers(const qsnap_store *s)
