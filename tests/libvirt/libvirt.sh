@@ -18,7 +18,7 @@
 #                same named tree, snapshot-current is the current branch's
 #                snapshot, and virsh define of the written domain.xml puts the
 #                disk on 'qsnap current --path'. A virsh snapshot-create-as
-#                after that puts libvirt's overlay in the store: qsnap create
+#                after that puts libvirt's overlay in the store: qsnap switch
 #                and revert exit 4 naming it with nothing changed, verify
 #                --repair leaves it; merged with qsnap image commit and moved
 #                out, qsnap goes on with its data.
@@ -454,13 +454,14 @@ tv=$t/vm.qcow2
 if V snapshot-create-as qsnap-tree F --disk-only >"$W/f.txt" 2>&1 && ov=$(top_of qsnap-tree) &&
     [ "$(dirname "$ov")" = "$tv.qsnap/layers" ] && qio qcow2 "$ov" 'write -P 0x66 5M 64k'; then
     st0=$(state "$tv.qsnap")
-    q create "$tv" G >"$W/g.txt" 2>&1
+    # (branch other's head holds the internal snapshot E: switch and revert, not create)
+    q switch "$tv" main >"$W/g.txt" 2>&1
     rc=$?
     q revert "$tv" A >>"$W/g.txt" 2>&1
     rc2=$?
     [ $rc = 4 ] && [ $rc2 = 4 ] && [ "$(grep -c "$(basename "$ov"): a file qsnap did not make" "$W/g.txt")" = 2 ] &&
         [ "$st0" = "$(state "$tv.qsnap")" ] &&
-        ok "after virsh snapshot-create-as: qsnap create and revert exit 4 naming libvirt's overlay, nothing changed" ||
+        ok "after virsh snapshot-create-as: qsnap switch and revert exit 4 naming libvirt's overlay, nothing changed" ||
         bad "libvirt's overlay in the store" "exit $rc/$rc2: $(cat "$W/g.txt")"
     q verify "$tv" --repair >"$W/g.txt" 2>&1
     rc=$?
@@ -469,9 +470,10 @@ if V snapshot-create-as qsnap-tree F --disk-only >"$W/f.txt" 2>&1 && ov=$(top_of
         bad "verify --repair and libvirt's overlay" "exit $rc: $(cat "$W/g.txt")"
     if q image commit "$ov" >/dev/null 2>&1 && mv "$ov" "$W/" && V snapshot-delete qsnap-tree F --metadata >/dev/null 2>&1 &&
         V define "$W/img/lvx/domain.xml" >/dev/null 2>&1 && [ "$(top_of qsnap-tree)" = "$(q current "$tv" --path)" ] &&
-        q create "$tv" G >/dev/null 2>&1 && q verify "$tv" >/dev/null 2>&1 && q export "$tv" G "$W/G.raw" >/dev/null 2>&1 &&
-        qio raw "$W/G.raw" 'read -P 0x66 5M 64k' 'read -P 0x50 4M 64k'; then
-        ok "merged with qsnap image commit and moved out: qsnap create goes on, the data is in the snapshot"
+        q switch "$tv" main >/dev/null 2>&1 && q switch "$tv" other >/dev/null 2>&1 && q verify "$tv" >/dev/null 2>&1 &&
+        q export "$tv" other "$W/other.raw" >/dev/null 2>&1 &&
+        qio raw "$W/other.raw" 'read -P 0x66 5M 64k' 'read -P 0x50 4M 64k'; then
+        ok "merged with qsnap image commit and moved out: switch goes on, the data is in branch other"
         # libvirt-xml again, on the domain as it is now (vda on the VM path already):
         # nothing to re-point, and no "(was X)" naming the same file.
         V dumpxml qsnap-tree >"$W/tree-dump2.xml" 2>&1
