@@ -284,12 +284,18 @@ int cli_tree_libvirt_xml(int argc, char **argv)
             printf("  %s\n", cmd ? cmd : "?");
             free(cmd);
         }
-        printf("then point the domain's disk %s at the store's current image:\n", x->target);
-        printf("  <source file='%s'/>  (was '%s'), driver type qcow2\n", x->new_source,
-               x->old_source);
-        printf("  %s is the domain with that one change:  virsh define ", dom_path);
-        put_shell_word(stdout, dom_path);
-        printf("\n");
+        if (x->old_source && !strcmp(x->old_source, x->new_source)) {
+            /* A domain defined from an earlier domain.xml: nothing to point. */
+            printf("the domain's disk %s is on the store's current image already:\n", x->target);
+            printf("  <source file='%s'/>  (%s is the same domain)\n", x->new_source, dom_path);
+        } else {
+            printf("then point the domain's disk %s at the store's current image:\n", x->target);
+            printf("  <source file='%s'/>  (was '%s'), driver type qcow2\n", x->new_source,
+                   x->old_source);
+            printf("  %s is the domain with that one change:  virsh define ", dom_path);
+            put_shell_word(stdout, dom_path);
+            printf("\n");
+        }
     }
 out:
     for (size_t i = 0; paths && x && i < x->n; i++)

@@ -796,7 +796,8 @@ static const char verify_help[] =
     "      --repair         finish an interrupted operation (repairing the images it\n"
     "                       was writing), re-point links that differ, restore file\n"
     "                       modes, free leaked clusters of heads and remove\n"
-    "                       half-made and temporary files (never a link)\n"
+    "                       half-made and temporary files (never a link, nor a\n"
+    "                       file of layers/ that qsnap did not make)\n"
     "      --json           print a JSON document\n"
     "  -h, --help           show this help and exit\n"
     "\n" TREE_EXIT_HELP;

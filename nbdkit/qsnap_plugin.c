@@ -69,7 +69,8 @@ static uint64_t img_size;
 static uint32_t img_cluster;   /* cluster size of the top layer (512 for raw) */
 static uint32_t img_zero_unit; /* what a zero write can mark without writing data; 0 = none */
 
-/* The errno for a libqcow2 code, and the message nbdkit logs and sends. */
+/* The errno for a libqcow2 code, and the message nbdkit logs and sends. WHAT names
+ * the request that failed; NULL for the opening of file=, whose message names the file. */
 static int fail(int rc, const char *what)
 {
     const qcow2_error *e = qcow2_error_last();
@@ -93,8 +94,13 @@ static int fail(int rc, const char *what)
     }
     if (e->code == rc && e->sys_errno && QCOW2_ERROR_CLASS(rc) == QCOW2_EIO)
         err = e->sys_errno;
-    nbdkit_error("qsnap: %s: %s", what,
-                 e->code == rc && e->message && e->message[0] ? e->message : qcow2_strerror(rc));
+    if (e->code == rc && e->message && e->message[0] && !what)
+        nbdkit_error("qsnap: %s", e->message); /* it names the file already */
+    else
+        nbdkit_error("qsnap: %s: %s", what ? what : cfg_file,
+                     e->code == rc && e->message && e->message[0] ? e->message : qcow2_strerror(rc));
+    if (!what && QCOW2_ERROR_CLASS(rc) == QCOW2_EBUSY)
+        nbdkit_error("qsnap: hint: stop the program that uses it first");
     nbdkit_set_error(err);
     return -1;
 }
@@ -251,7 +257,7 @@ static int open_one(qcow2_image **out)
         oo.flags = writable ? QCOW2_OPEN_RDWR : 0;
         rc = qcow2_image_open(out, cfg_file, &oo);
         if (rc)
-            return fail(rc, cfg_file);
+            return fail(rc, NULL);
         return 0;
     }
     qsnap_store *s = NULL;

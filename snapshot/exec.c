@@ -948,6 +948,8 @@ static int execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
     }
     /* Nothing is done in a store where a link or device stands for a store file (safe.c). */
     rc = qsnap__scan_store(s);
+    if (!rc)
+        rc = qsnap__refuse_foreign_layers(s);
     if (rc)
         return rc;
     rc = qsnap__journal_write(s, p);

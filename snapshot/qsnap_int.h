@@ -363,6 +363,13 @@ int qsnap__image_open(const qsnap_store *s, const char *path, qcow2_open_opts *o
 int qsnap__image_create(const qsnap_store *s, const char *path, qcow2_create_opts *co);
 /* Every file of the store is what it should be (no link, no device): else QSNAP_EINTEGRITY. */
 int qsnap__scan_store(const qsnap_store *s);
+/* NAME (a file of layers/) is one qsnap makes: N.qcow2, or .tmp-N.qcow2 or N.qcow2.tmp
+ * while it is made. */
+bool qsnap__layer_name_ours(const char *name);
+/* QSNAP_EINTEGRITY naming the first regular file of layers/ that the metadata does not
+ * name and qsnap did not make (an overlay another program put on the VM path): a plan
+ * that re-points or replaces what it reads through would change its content. */
+int qsnap__refuse_foreign_layers(const qsnap_store *s);
 int qsnap__unlink_store_file(const qsnap_store *s, const char *rel);
 int qsnap__rename_store_file(const qsnap_store *s, const char *from_rel, const char *to_rel);
 /* 0 with *err = errno when link() itself failed (EEXIST, EXDEV, ...). */

@@ -742,6 +742,61 @@ static int scan_dir(const qsnap_store *s, const char *sub)
     return rc;
 }
 
+bool qsnap__layer_name_ours(const char *name)
+{
+    const char *p = name;
+
+    if (!strncmp(p, ".tmp-", 5))
+        p += 5;
+    if (*p < '0' || *p > '9')
+        return false;
+    while (*p >= '0' && *p <= '9')
+        p++;
+    return !strcmp(p, ".qcow2") || !strcmp(p, ".qcow2.tmp");
+}
+
+int qsnap__refuse_foreign_layers(const qsnap_store *s)
+{
+    struct dirent *e;
+    DIR *d;
+    int dfd, rc = qsnap__store_dirfd(s, "layers", &dfd);
+
+    if (rc)
+        return rc == QSNAP_ENOTFOUND ? 0 : rc;
+    d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return qsnap__err(QSNAP_ERROR, NULL, "%s/layers: %s", s->dir, strerror(errno));
+    }
+    while (!rc && (e = readdir(d)) != NULL) {
+        char rel[PATH_MAX];
+        bool named = false;
+        struct stat st;
+        /* Names only: no stat for qsnap's own (thousands of layers cost nothing more). */
+        if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
+            continue;
+        if (!strcmp(e->d_name, "current.qcow2") || !strcmp(e->d_name, ".tmp-current") ||
+            qsnap__layer_name_ours(e->d_name))
+            continue;
+        snprintf(rel, sizeof(rel), "layers/%s", e->d_name);
+        for (size_t i = 0; i < s->m.nl && !named; i++)
+            named = !strcmp(s->m.layers[i].file, rel);
+        if (named || fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+            !S_ISREG(st.st_mode))
+            continue; /* links and devices: scan_dir's */
+        rc = qsnap__err(QSNAP_EINTEGRITY,
+                        "with the VM shut down, merge it into the branch it was made on "
+                        "('qsnap image commit FILE') and point the VM at 'qsnap current DISK "
+                        "--path' again, or move it out of the store; then run the command again",
+                        "%s/%s: a file qsnap did not make (an overlay another program made on the "
+                        "VM path, as 'virsh snapshot-create-as' does?): changing the tree would "
+                        "change what it reads through; nothing was changed",
+                        s->dir, rel);
+    }
+    closedir(d);
+    return rc;
+}
+
 int qsnap__scan_store(const qsnap_store *s)
 {
     static const char *const files[] = {"meta", "lock", "journal", "meta.tmp", "journal.tmp",

@@ -348,6 +348,16 @@ static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
             if (qsnap__check_store_file(s, rel) == QSNAP_EINTEGRITY) {
                 /* Not removed by --repair: whoever planted it is worth a look. */
                 find(fs, true, false, rel, "%s", qsnap_error_last()->message);
+            } else if (d == 0 && !qsnap__layer_name_ours(e->d_name)) {
+                /* Not a name qsnap gives: another program's file, such as the overlay
+                 * 'virsh snapshot-create-as' makes beside the VM path, which a VM may be
+                 * writing. --repair never removes it. */
+                find(fs, true, false, rel,
+                     "%s: a file qsnap did not make (an overlay another program made on the "
+                     "VM path?); commands that change the tree refuse to run while it is there, and --repair "
+                     "leaves it: merge it into its branch ('qsnap image commit') or move it "
+                     "out of the store",
+                     rel);
             } else if (repair) {
                 bool ok = qsnap__unlink_store_file(s, rel) == 0;
                 find(fs, true, ok, rel, ok ? "%s: half-made or orphaned file removed"

@@ -17,7 +17,11 @@
 #                (virt-xml-validate), virsh snapshot-list --parent shows the
 #                same named tree, snapshot-current is the current branch's
 #                snapshot, and virsh define of the written domain.xml puts the
-#                disk on 'qsnap current --path'.
+#                disk on 'qsnap current --path'. A virsh snapshot-create-as
+#                after that puts libvirt's overlay in the store: qsnap switch
+#                and revert exit 4 naming it with nothing changed, verify
+#                --repair leaves it; merged with qsnap image commit and moved
+#                out, qsnap goes on with its data.
 #   bad input    libvirt's XML of another domain (files outside the chain), a
 #                chain already adopted, a chain that loops, a domain XML with
 #                no disk: a clear error and nothing changed.
@@ -439,6 +443,51 @@ if V define "$W/img/lvx/domain.xml" >"$W/def.txt" 2>&1 &&
     ok "virsh define of domain.xml puts vda on 'qsnap current --path'"
 else
     bad "define domain.xml" "$(cat "$W/def.txt"); vda is $(top_of qsnap-tree)"
+fi
+
+# virsh snapshot-create-as on the domain now on the VM path: libvirt puts its overlay
+# beside the VM path, inside the store (layers/current.F, backed by the VM path), and
+# moves vda onto it. qsnap refuses to change the tree over it (exit 4, naming it, nothing
+# changed), verify --repair leaves it; merged (image commit) and moved out, with vda on
+# the VM path again, qsnap goes on and the data written on it is in the branch.
+tv=$t/vm.qcow2
+if V snapshot-create-as qsnap-tree F --disk-only >"$W/f.txt" 2>&1 && ov=$(top_of qsnap-tree) &&
+    [ "$(dirname "$ov")" = "$tv.qsnap/layers" ] && qio qcow2 "$ov" 'write -P 0x66 5M 64k'; then
+    st0=$(state "$tv.qsnap")
+    # (branch other's head holds the internal snapshot E: switch and revert, not create)
+    q switch "$tv" main >"$W/g.txt" 2>&1
+    rc=$?
+    q revert "$tv" A >>"$W/g.txt" 2>&1
+    rc2=$?
+    [ $rc = 4 ] && [ $rc2 = 4 ] && [ "$(grep -c "$(basename "$ov"): a file qsnap did not make" "$W/g.txt")" = 2 ] &&
+        [ "$st0" = "$(state "$tv.qsnap")" ] &&
+        ok "after virsh snapshot-create-as: qsnap switch and revert exit 4 naming libvirt's overlay, nothing changed" ||
+        bad "libvirt's overlay in the store" "exit $rc/$rc2: $(cat "$W/g.txt")"
+    q verify "$tv" --repair >"$W/g.txt" 2>&1
+    rc=$?
+    [ $rc = 4 ] && [ -f "$ov" ] && qio qcow2 "$ov" 'read -P 0x66 5M 64k' &&
+        ok "verify --repair names libvirt's overlay and leaves it, with the VM's data" ||
+        bad "verify --repair and libvirt's overlay" "exit $rc: $(cat "$W/g.txt")"
+    if q image commit "$ov" >/dev/null 2>&1 && mv "$ov" "$W/" && V snapshot-delete qsnap-tree F --metadata >/dev/null 2>&1 &&
+        V define "$W/img/lvx/domain.xml" >/dev/null 2>&1 && [ "$(top_of qsnap-tree)" = "$(q current "$tv" --path)" ] &&
+        q switch "$tv" main >/dev/null 2>&1 && q switch "$tv" other >/dev/null 2>&1 && q verify "$tv" >/dev/null 2>&1 &&
+        q export "$tv" other "$W/other.raw" >/dev/null 2>&1 &&
+        qio raw "$W/other.raw" 'read -P 0x66 5M 64k' 'read -P 0x50 4M 64k'; then
+        ok "merged with qsnap image commit and moved out: switch goes on, the data is in branch other"
+        # libvirt-xml again, on the domain as it is now (vda on the VM path already):
+        # nothing to re-point, and no "(was X)" naming the same file.
+        V dumpxml qsnap-tree >"$W/tree-dump2.xml" 2>&1
+        q libvirt-xml "$tv" --domain "$W/tree-dump2.xml" --out "$W/img/lvx2" >"$W/lvx2.txt" 2>&1
+        rc=$?
+        [ $rc = 0 ] && grep -q "disk vda is on the store's current image already" "$W/lvx2.txt" &&
+            ! grep -q "(was " "$W/lvx2.txt" &&
+            ok "libvirt-xml on a domain already on the VM path says so (no 'was' of the same file)" ||
+            bad "libvirt-xml on a domain on the VM path" "exit $rc: $(cat "$W/lvx2.txt")"
+    else
+        bad "recovery from libvirt's overlay" "$(q verify "$tv" 2>&1 | tail -3)"
+    fi
+else
+    bad "virsh snapshot-create-as on the VM path" "$(cat "$W/f.txt"), vda $(top_of qsnap-tree)"
 fi
 
 for dom in qsnap-raw qsnap-qcow2 qsnap-tree; do V undefine "$dom" --snapshots-metadata >/dev/null 2>&1; done

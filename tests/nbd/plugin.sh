@@ -10,8 +10,9 @@
 #            back by qsnap after the server stops), the snapshot below and
 #            the other branch keep their content, qemu-img check is clean.
 #   locks    while a branch is served writable, tree commands that touch its
-#            head refuse with exit 5 and qemu-io cannot open it; a read-only
-#            snapshot export still lets qemu-img read it.
+#            head refuse with exit 5, qemu-io cannot open it and a second
+#            nbdkit file=HEAD refuses with one line naming it once and a hint;
+#            a read-only snapshot export still lets qemu-img read it.
 #   parallel four nbdcopy clients at once reading a snapshot, each equal to
 #            its export.
 #   damaged  a bad header: nbdkit refuses to start, naming the file; a bad L2
@@ -237,6 +238,18 @@ if serve br disk="$W/disk.qcow2" name=main; then
     [ $rc = 5 ] && ok "qsnap commit main while main is served: exit 5" || bad "commit while served" "exit $rc: $(cat lock.out)"
     qemu-io -f qcow2 -c 'read 0 4k' "$head" >lock.out 2>&1
     grep -qi 'lock' lock.out && ok "qemu-io cannot open the served head (lock)" || bad "qemu lock" "$(cat lock.out)"
+    # A second server on the held head (file=) refuses to start: one line naming the
+    # file once, and a hint.
+    if serve held file="$head"; then
+        bad "file= on a held head" "nbdkit started"
+        stop held
+    else
+        [ "$(grep -c 'in use by another process' held.err)" = 1 ] &&
+            [ "$(grep 'in use by another process' held.err | grep -o "$(basename "$head")" | wc -l)" = 1 ] &&
+            grep -q 'hint: stop the program that uses it' held.err &&
+            ok "file= on a held head: refused, the file named once, with a hint" ||
+            bad "file= on a held head: message" "$(cat held.err)"
+    fi
     # Writes through qemu-io over NBD: data, zeroes, discard, FUA.
     if qemu-io -f raw -c 'write -P 0x5c 3M 192k' -c 'write -f -P 0x5d 30M 4k' -c 'write -z 20M 1M' \
         -c 'discard 63M 64k' -c 'flush' "$(uri br)" >w.out 2>&1 && ! grep -qi 'error\|fail' w.out; then

@@ -153,6 +153,53 @@ else
     bad "verify --repair removes tmp files" "exit $rc"
 fi
 
+# A regular file qsnap did not make in layers/: the overlay 'virsh snapshot-create-as'
+# puts beside the VM path (layers/current.s4, backed by the VM path, holding the VM's
+# later writes). Every command that changes the tree refuses (exit 4, naming it) with
+# nothing changed: a switch would change what it reads through. verify names it;
+# verify --repair leaves it (it holds the VM's data). Once it is merged into the head
+# (qsnap image commit) and moved out, the commands work and the data is in the branch.
+rm -rf fo; cp -a tpl fo
+VMP=$W/fo/$S/layers/current.qcow2
+qemu-img create -q -f qcow2 -b "$VMP" -F qcow2 "fo/$S/layers/current.s4" &&
+    qemu-io -f qcow2 -c 'write -P 0x6d 2M 64k' "fo/$S/layers/current.s4" >/dev/null ||
+    bad "foreign overlay setup" "qemu-img create or qemu-io failed"
+before=$(cd fo && find . -printf '%p %s %m %T@\n' | sort; md5sum "$S"/meta "$S"/layers/*)
+allok=1
+for c in "create disk.qcow2 s9" "revert disk.qcow2 s1" "switch disk.qcow2 side" "delete disk.qcow2 s1" \
+    "commit disk.qcow2" "branch disk.qcow2 nb" "branch disk.qcow2 -d side"; do
+    out=$(cd fo && q $c 2>&1)
+    rc=$?
+    if [ $rc -ne 4 ] || ! echo "$out" | grep -q "layers/current.s4: a file qsnap did not make"; then
+        bad "foreign overlay: qsnap $c" "exit $rc: $(echo "$out" | head -2 | tr '\n' ' ')"
+        allok=0
+    fi
+done
+after=$(cd fo && find . -printf '%p %s %m %T@\n' | sort; md5sum "$S"/meta "$S"/layers/*)
+[ $allok = 1 ] && ok "a foreign overlay in layers/: every tree change exits 4 naming it" || true
+[ "$before" = "$after" ] && ok "foreign overlay: nothing changed by the refused commands" ||
+    bad "foreign overlay: store changed" "$(diff <(echo "$before") <(echo "$after") | head -4)"
+out=$(cd fo && q verify disk.qcow2 2>&1); rc=$?
+[ $rc -eq 4 ] && echo "$out" | grep -q "current.s4: a file qsnap did not make" &&
+    ok "verify names the foreign overlay (exit 4)" || bad "verify of a foreign overlay" "exit $rc: $out"
+(cd fo && q verify --repair disk.qcow2 >/dev/null 2>&1); rc=$?
+[ $rc -eq 4 ] && [ -f "fo/$S/layers/current.s4" ] && qemu-io -f qcow2 -r -c 'read -P 0x6d 2M 64k' \
+    "fo/$S/layers/current.s4" >/dev/null 2>&1 && ok "verify --repair leaves the foreign overlay and its data" ||
+    bad "verify --repair of a foreign overlay" "exit $rc, file $(ls "fo/$S/layers/")"
+# A half-made layer of qsnap's own (N.qcow2, not in the metadata) still goes with --repair.
+qemu-img create -q -f qcow2 "fo/$S/layers/999.qcow2" 8M
+(cd fo && q verify --repair disk.qcow2 >/dev/null 2>&1)
+[ ! -e "fo/$S/layers/999.qcow2" ] && ok "verify --repair still removes qsnap's own orphan layers/999.qcow2" ||
+    bad "orphan 999.qcow2" "not removed"
+if (cd fo && q image commit "$S/layers/current.s4" >/dev/null 2>&1) && mv "fo/$S/layers/current.s4" fo/ &&
+    (cd fo && q verify disk.qcow2 >/dev/null 2>&1 && q create disk.qcow2 s9 >/dev/null 2>&1) &&
+    (cd fo && q export disk.qcow2 s9 s9.raw >/dev/null 2>&1) &&
+    qemu-io -f raw -r -c 'read -P 0x6d 2M 64k' fo/s9.raw >/dev/null 2>&1; then
+    ok "foreign overlay merged with image commit and moved out: create works, the data is in the branch"
+else
+    bad "foreign overlay recovery" "$(cd fo && q verify disk.qcow2 2>&1 | tail -2)"
+fi
+
 # The disk through a link the user made: resolved, the store beside the file.
 rm -rf dl && mkdir -p dl/real && cd dl || exit 2
 qemu-img create -f raw real/vm.img 4M >/dev/null
