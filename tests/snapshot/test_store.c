@@ -459,6 +459,61 @@ Test(store, nothing_to_commit_is_checked_again_under_the_hold)
 
 /* ---- bad input ------------------------------------------------------------------ */
 
+/*
+ * A store directory without metadata whose layers/ is a symbolic link to
+ * another directory: refused as a link (the directory it leads to is never
+ * read), whether it leads to files or to nothing, at open and when a first
+ * create finds it made meanwhile.
+ */
+Test(store, symlinked_layers_without_metadata_is_refused_not_followed)
+{
+    char store[600], other[600], layers[700], file[700];
+    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+    qsnap_store *s = NULL;
+    qsnap_plan *p = NULL;
+    int rc;
+
+    tf_setup(tf_dir, sizeof(tf_dir), tf_disk, sizeof(tf_disk), "orphanlink", false, tf_d0);
+    snprintf(store, sizeof(store), "%s.qsnap", tf_disk);
+    snprintf(other, sizeof(other), "%s/elsewhere", tf_dir);
+    snprintf(layers, sizeof(layers), "%s/layers", store);
+    snprintf(file, sizeof(file), "%s/1.qcow2", other);
+    cr_assert_eq(mkdir(store, 0777), 0);
+    cr_assert_eq(mkdir(other, 0777), 0);
+    cr_assert_eq(symlink(other, layers), 0);
+    /* Leading to an empty directory, then to one with a file: the same refusal. */
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1)
+            cr_assert_eq(qo_write_file(file, tf_d0, 4096), 0);
+        rc = qsnap_store_open(&s, tf_disk, QSNAP_OPEN_CREATE | QSNAP_OPEN_ANY_FILES);
+        cr_assert_null(s);
+        expect_error(rc, QSNAP_EINTEGRITY, layers, "open over a symlinked layers/");
+        cr_assert(strstr(qsnap_error_last()->message, "symbolic link"), "%s",
+                  qsnap_error_last()->message);
+    }
+    /* A first create that finds it made after the store was opened. */
+    {
+        char out[1024];
+        cr_assert_eq(qo_sh(out, sizeof(out), "rm -r '%s'", store), 0, "%s", out);
+    }
+    s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
+    tf_ok(qsnap_plan_create(&p, s, &co), "first create plan");
+    cr_assert_eq(mkdir(store, 0777), 0);
+    cr_assert_eq(symlink(other, layers), 0);
+    rc = qsnap_plan_execute(s, p, NULL);
+    qsnap_plan_free(p);
+    expect_error(rc, QSNAP_EINTEGRITY, layers, "first create over a symlinked layers/");
+    cr_assert(strstr(qsnap_error_last()->message, "symbolic link"), "%s",
+              qsnap_error_last()->message);
+    qsnap_store_close(s);
+    {
+        struct stat st;
+        cr_assert_eq(lstat(layers, &st), 0);
+        cr_assert(S_ISLNK(st.st_mode), "layers/ was replaced");
+        cr_assert_eq(stat(file, &st), 0, "the file the link leads to is gone");
+    }
+}
+
 Test(store, missing_layer_file)
 {
     qsnap_store *s = base("missing");
