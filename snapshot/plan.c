@@ -35,8 +35,7 @@ int qsnap__plan_new(qsnap_plan **out, const qsnap_store *s, const char *op)
     p->base_gen = s->m.gen;
     /* What this plan reads of its heads from now on is checked again under the
      * hold when it runs (qsnap__recheck_seen): earlier looks do not count. */
-    if (s->seen)
-        s->seen->n = 0;
+    qsnap__seen_reset(s);
     *out = p;
     return 0;
 }

@@ -362,8 +362,11 @@ void qsnap_store_close(qsnap_store *s)
         close(s->lock_fd);
     qsnap__model_free(&s->m);
     free(s->refusal);
-    if (s->seen)
+    qsnap__seen_reset(s);
+    if (s->seen) {
         free(s->seen->v);
+        free(s->seen->iv);
+    }
     free(s->seen);
     for (size_t i = 0; s->chain && i < s->chain->n; i++)
         free(s->chain->path[i]);
