@@ -414,6 +414,9 @@ int qsnap__touch_check(const qsnap_store *s, struct qsnap__touch *t, size_t n);
 /* Take a writer's image locks on every file, or none (QSNAP_EBUSY as above). */
 int qsnap__touch_hold(const qsnap_store *s, struct qsnap__touch *t, size_t n);
 void qsnap__touch_release(struct qsnap__touch *t, size_t n);
+/* While the store holds its files: hold store file rel, just made by a step of p, too
+ * (released with p's other files). */
+int qsnap__touch_hold_new(const qsnap_store *s, qsnap_plan *p, const char *rel, const char *role);
 void qsnap__touch_free(struct qsnap__touch *t, size_t n);
 /* QCOW2_OPEN_NO_LOCK while the store holds the files it works on, else 0. */
 #define QSNAP__LOCK_FLAGS(s) ((s)->holding ? (unsigned)QCOW2_OPEN_NO_LOCK : 0u)

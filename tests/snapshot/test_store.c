@@ -408,6 +408,98 @@ Test(store, files_are_held_while_the_plan_runs)
 }
 
 /*
+ * Files a step makes (a new head, a layer that preserves content) are held too,
+ * from the moment they exist to the end of the operation: a QEMU that opens one
+ * meanwhile (its name is in the journal, and the VM path leads to a new head
+ * once the metadata is saved) is refused instead of running on a file the
+ * operation still writes, fingerprints or removes again on a failure.
+ */
+struct new_files {
+    char path[8][1024];
+    size_t n;
+    unsigned tried, opened;
+};
+
+static void try_open_new_files(unsigned step, void *payload)
+{
+    struct new_files *nf = payload;
+
+    (void)step;
+    for (size_t i = 0; i < nf->n; i++) {
+        qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+        qcow2_image *img = NULL;
+        struct stat st;
+        pid_t pid;
+        int status;
+        if (stat(nf->path[i], &st) != 0)
+            continue; /* not made yet */
+        nf->tried++;
+        pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+            oo.flags = QCOW2_OPEN_NO_BACKING;
+            _exit(qcow2_image_open(&img, nf->path[i], &oo) == QCOW2_EBUSY ? 0 : 1);
+        }
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+            nf->opened++;
+    }
+}
+
+/* The files of the layers the plan's last model has and the store's has not. */
+static void new_files_of(qsnap_store *s, const qsnap_plan *p, struct new_files *nf)
+{
+    const struct qsnap__model *t = &p->models[p->nm - 1];
+
+    memset(nf, 0, sizeof(*nf));
+    for (size_t i = 0; i < t->nl && nf->n < 8; i++) {
+        if (qsnap__layer(&s->m, t->layers[i].id))
+            continue;
+        snprintf(nf->path[nf->n++], sizeof(nf->path[0]), "%s/%s", qsnap_store_path(s),
+                 t->layers[i].file);
+    }
+}
+
+Test(store, files_a_step_makes_are_held_while_the_plan_runs)
+{
+    qsnap_store *s = base("holdnew");
+    qsnap_exec_opts eo = QSNAP_EXEC_OPTS_INIT;
+    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+    struct new_files nf;
+    qsnap_plan *p = NULL;
+
+    /* create: main's new head. */
+    tf_ok(qsnap_plan_create(&p, s, &co), "create plan");
+    new_files_of(s, p, &nf);
+    cr_assert_eq(nf.n, 1, "create makes %zu layers, want 1", nf.n);
+    eo.step_hook = try_open_new_files;
+    eo.payload = &nf;
+    tf_ok(qsnap_plan_execute(s, p, &eo), "create");
+    qsnap_plan_free(p);
+    cr_assert_gt(nf.tried, 0, "the new head was never there between steps");
+    cr_assert_eq(nf.opened, 0, "the new head %s could be opened %u of %u times while the plan ran",
+                 nf.path[0], nf.opened, nf.tried);
+    cr_assert(!byte_locked(nf.path[0], 100) && !byte_locked(nf.path[0], 201),
+              "the new head is still locked after the operation");
+    /* commit b: a new layer preserves s2's content before b is written into it. */
+    tf_ok(qsnap_plan_commit(&p, s, "b"), "commit plan");
+    new_files_of(s, p, &nf);
+    cr_assert_geq(nf.n, 1, "commit b makes no layer");
+    tf_ok(qsnap_plan_execute(s, p, &eo), "commit b");
+    qsnap_plan_free(p);
+    cr_assert_gt(nf.tried, 0, "the preserving layer was never there between steps");
+    cr_assert_eq(nf.opened, 0, "a new layer (%s) could be opened %u of %u times while the plan ran",
+                 nf.path[0], nf.opened, nf.tried);
+    for (size_t i = 0; i < nf.n; i++) {
+        struct stat st;
+        if (stat(nf.path[i], &st) == 0)
+            cr_assert(!byte_locked(nf.path[i], 100) && !byte_locked(nf.path[i], 201),
+                      "%s is still locked after the operation", nf.path[i]);
+    }
+    qsnap_store_close(s);
+}
+
+/*
  * What a plan decides from its heads' content (a clean head dropped by revert,
  * nothing to commit) is read before the operation holds the files: a head
  * written in between (a VM that wrote and exited) stops the execution, with
