@@ -9,6 +9,7 @@
  */
 #include <criterion/criterion.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -148,32 +149,59 @@ static bool byte_locked(const char *p, off_t byte)
 struct qproc {
     pid_t pid;
     int cmd_fd;
+    int out_fd;
 };
 
-/* qemu-io on path read-write, stdin a pipe so it stays; bounded wait for its locks. */
+/*
+ * qemu-io on path read-write, stdin a pipe so it stays. Ready once it prints
+ * its first prompt: it opens the image, takes its locks and checks everyone
+ * else's before its command loop starts. Its lock byte alone is not enough:
+ * QEMU sets its bytes and checks the others' afterwards, so an operation that
+ * takes its own locks in between makes both fail (inuse.c) and qemu-io exits.
+ */
 static void qemu_io_start(struct qproc *q, const char *path)
 {
-    int pfd[2];
+    int in[2], out[2];
+    char buf[256];
+    size_t got = 0;
+    struct timespec t0, t;
 
-    cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(in, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(out, O_CLOEXEC), 0);
     q->pid = fork();
     cr_assert_geq(q->pid, 0);
     if (q->pid == 0) {
         int null = open("/dev/null", O_WRONLY);
-        dup2(pfd[0], 0);
-        dup2(null, 1);
+        dup2(in[0], 0);
+        dup2(out[1], 1);
         dup2(null, 2);
         execlp("qemu-io", "qemu-io", "-f", "qcow2", path, (char *)NULL);
         _exit(127);
     }
-    close(pfd[0]);
-    q->cmd_fd = pfd[1];
-    for (int i = 0; i < 1000 && !byte_locked(path, 101); i++) {
-        int status;
-        cr_assert_eq(waitpid(q->pid, &status, WNOHANG), 0, "qemu-io exited early");
-        sleep_ms(10);
+    close(in[0]);
+    close(out[1]);
+    q->cmd_fd = in[1];
+    q->out_fd = out[0];
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    buf[0] = '\0';
+    while (!strstr(buf, "qemu-io> ")) {
+        struct pollfd pf = {q->out_fd, POLLIN, 0};
+        ssize_t r;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        cr_assert_lt(t.tv_sec - t0.tv_sec, 120, "qemu-io on %s gave no prompt within 120 s", path);
+        if (poll(&pf, 1, 1000) <= 0)
+            continue;
+        r = read(q->out_fd, buf + got, sizeof(buf) - 1 - got);
+        cr_assert_gt(r, 0, "qemu-io on %s exited before its prompt", path);
+        got += (size_t)r;
+        buf[got] = '\0';
+        if (got > sizeof(buf) / 2) { /* keep the tail: the prompt may straddle reads */
+            memmove(buf, buf + got - 16, 16);
+            got = 16;
+            buf[got] = '\0';
+        }
     }
-    cr_assert(byte_locked(path, 101), "qemu-io did not lock %s within 10 s", path);
+    cr_assert(byte_locked(path, 101), "qemu-io is ready but does not lock %s", path);
 }
 
 static void qemu_io_stop(struct qproc *q)
@@ -183,11 +211,13 @@ static void qemu_io_stop(struct qproc *q)
     close(q->cmd_fd);
     for (int i = 0; i < 500; i++) {
         if (waitpid(q->pid, &status, WNOHANG) == q->pid)
-            return;
+            goto out;
         sleep_ms(10);
     }
     kill(q->pid, SIGKILL);
     waitpid(q->pid, &status, 0);
+out:
+    close(q->out_fd);
 }
 
 Test(store, qemu_io_holding_the_head_makes_operations_busy)
