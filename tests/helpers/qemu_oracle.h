@@ -44,6 +44,13 @@ int qo_check(const char *path, char *out, size_t out_len);
  */
 int64_t qo_check_json_field(const char *path, const char *field);
 
+/*
+ * Wait until fd (the read end of a pipe from a child's stdout) has shown
+ * needle (up to 64 bytes), for at most secs seconds. 0 when it has; -1 at end
+ * of file (the child exited) or after secs.
+ */
+int qo_wait_output(int fd, const char *needle, int secs);
+
 /* A fresh directory under /tmp (mkdtemp) named after tag, copied to dir. 0 or -errno. */
 int qo_mkdtemp(char *dir, size_t dir_len, const char *tag);
 

@@ -9,7 +9,6 @@
  */
 #include <criterion/criterion.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,9 +161,6 @@ struct qproc {
 static void qemu_io_start(struct qproc *q, const char *path)
 {
     int in[2], out[2];
-    char buf[256];
-    size_t got = 0;
-    struct timespec t0, t;
 
     cr_assert_eq(pipe2(in, O_CLOEXEC), 0);
     cr_assert_eq(pipe2(out, O_CLOEXEC), 0);
@@ -182,25 +178,8 @@ static void qemu_io_start(struct qproc *q, const char *path)
     close(out[1]);
     q->cmd_fd = in[1];
     q->out_fd = out[0];
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    buf[0] = '\0';
-    while (!strstr(buf, "qemu-io> ")) {
-        struct pollfd pf = {q->out_fd, POLLIN, 0};
-        ssize_t r;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        cr_assert_lt(t.tv_sec - t0.tv_sec, 120, "qemu-io on %s gave no prompt within 120 s", path);
-        if (poll(&pf, 1, 1000) <= 0)
-            continue;
-        r = read(q->out_fd, buf + got, sizeof(buf) - 1 - got);
-        cr_assert_gt(r, 0, "qemu-io on %s exited before its prompt", path);
-        got += (size_t)r;
-        buf[got] = '\0';
-        if (got > sizeof(buf) / 2) { /* keep the tail: the prompt may straddle reads */
-            memmove(buf, buf + got - 16, 16);
-            got = 16;
-            buf[got] = '\0';
-        }
-    }
+    cr_assert_eq(qo_wait_output(q->out_fd, "qemu-io> ", 120), 0,
+                 "qemu-io on %s exited, or gave no prompt within 120 s", path);
     cr_assert(byte_locked(path, 101), "qemu-io is ready but does not lock %s", path);
 }
 
