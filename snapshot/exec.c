@@ -921,6 +921,7 @@ int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
         rc = p->n ? execute(s, p, o) : 0;
     s->holding = false;
     qsnap__touch_release(p->touch, p->ntouch);
+    qsnap__touch_release(p->made, p->nmade);
     return rc;
 }
 

@@ -525,15 +525,16 @@ int qsnap__touch_hold(const qsnap_store *s, struct qsnap__touch *t, size_t n)
  */
 int qsnap__touch_hold_new(const qsnap_store *s, qsnap_plan *p, const char *rel, const char *role)
 {
-    size_t n = p->ntouch;
+    size_t n = p->nmade;
     int rc;
 
     if (!s->holding)
         return 0;
-    rc = qsnap__touch_add(s, &p->touch, &p->ntouch, rel, role);
-    if (rc || p->ntouch == n)
+    /* Apart from the files the plan was checked on (which describe lists). */
+    rc = qsnap__touch_add(s, &p->made, &p->nmade, rel, role);
+    if (rc || p->nmade == n)
         return rc; /* held already (the same file) */
-    return qsnap__touch_hold(s, &p->touch[n], 1);
+    return qsnap__touch_hold(s, &p->made[n], 1);
 }
 
 int qsnap_plan_check(qsnap_store *s, qsnap_plan *p)

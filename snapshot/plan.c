@@ -98,6 +98,8 @@ void qsnap_plan_free(qsnap_plan *p)
     free(p->post);
     qsnap__touch_release(p->touch, p->ntouch);
     qsnap__touch_free(p->touch, p->ntouch);
+    qsnap__touch_release(p->made, p->nmade);
+    qsnap__touch_free(p->made, p->nmade);
     for (size_t i = 0; i < p->nm; i++)
         qsnap__model_free(&p->models[i]);
     free(p->models);

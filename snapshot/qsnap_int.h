@@ -203,6 +203,8 @@ struct qsnap_plan {
     uint64_t base_gen;            /* the store's generation the plan was built on */
     struct qsnap__touch *touch;   /* the files it touches, after qsnap_plan_check() */
     size_t ntouch;
+    struct qsnap__touch *made;    /* files its steps made, held while it runs (inuse.c) */
+    size_t nmade;
     bool checked;                 /* touch is known */
 };
 
