@@ -101,6 +101,8 @@ uint8_t *qo_read_file(const char *path, size_t *len_out)
         got += (size_t)n;
     }
     close(fd);
+    if (buf)
+        buf[got] = '\0'; /* callers search text files with strstr */
     if (buf && len_out)
         *len_out = got;
     return buf;

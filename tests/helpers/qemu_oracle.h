@@ -26,7 +26,8 @@ bool qo_have_qemu(void);
 /* Write data[0..len) to path (created or replaced). 0 or -errno. */
 int qo_write_file(const char *path, const void *data, size_t len);
 
-/* Read a whole file into a malloc'd buffer. NULL on failure. */
+/* Read a whole file into a malloc'd buffer, followed by a NUL (not counted in *len_out).
+ * NULL on failure. */
 uint8_t *qo_read_file(const char *path, size_t *len_out);
 
 /* Copy the memfs file mpath to the real file dst. 0 or -errno (-ENOENT if absent). */
