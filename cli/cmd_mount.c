@@ -71,7 +71,7 @@ struct mfile {
     qcow2_image *img;  /* its content */
     bool writable;     /* a branch with --rw */
     uint64_t size;     /* virtual size */
-    uint64_t data;     /* bytes of data (for st_blocks), counted at mount */
+    uint64_t data;     /* bytes of data (for st_blocks): counted at mount, kept by m_write */
 };
 
 struct mctx {
@@ -106,6 +106,25 @@ static int errno_of(int rc)
     case QCOW2_EREADONLY: return EROFS;
     default: return EIO;
     }
+}
+
+/* Bytes of data in [off, end) of img (what st_blocks counts); -1 when the map
+ * cannot be read. */
+static int64_t data_in(qcow2_image *img, uint64_t off, uint64_t end)
+{
+    uint64_t n = 0;
+
+    while (off < end) {
+        qcow2_extent e;
+        uint64_t stop;
+        if (qcow2_image_block_status(img, NULL, off, end - off, &e) != 0 || e.length == 0)
+            return -1;
+        stop = e.start + e.length < end ? e.start + e.length : end;
+        if ((e.flags & QCOW2_EXT_DATA) && !(e.flags & QCOW2_EXT_ZERO))
+            n += stop - (e.start > off ? e.start : off);
+        off = stop;
+    }
+    return (int64_t)n;
 }
 
 static int m_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
@@ -185,6 +204,9 @@ static int m_write(const char *path, const char *buf, size_t len, off_t off,
                    struct fuse_file_info *fi)
 {
     struct mfile *f = lookup(path);
+    int64_t before, after;
+    uint64_t lo, hi;
+    uint32_t cs;
     int rc;
 
     (void)fi;
@@ -196,7 +218,21 @@ static int m_write(const char *path, const char *buf, size_t len, off_t off,
         return len ? -ENOSPC : 0;
     if (len > f->size - (uint64_t)off)
         len = (size_t)(f->size - (uint64_t)off);
+    /* A write changes the allocation of the clusters it touches only: their
+     * data before and after keep st_blocks true at the cost of the write's
+     * own map, never the whole file's. */
+    cs = qcow2_image_cluster_size(f->img);
+    lo = cs ? (uint64_t)off / cs * cs : (uint64_t)off;
+    hi = (uint64_t)off + len;
+    if (cs && hi % cs)
+        hi += cs - hi % cs;
+    if (hi > f->size)
+        hi = f->size;
+    before = data_in(f->img, lo, hi);
     rc = qcow2_image_write(f->img, buf, len, (uint64_t)off);
+    after = data_in(f->img, lo, hi);
+    if (before >= 0 && after >= 0 && (int64_t)f->data + after - before >= 0)
+        f->data = (uint64_t)((int64_t)f->data + after - before);
     return rc ? -errno_of(rc) : (int)len;
 }
 
@@ -286,27 +322,12 @@ static void close_files(struct mctx *c)
     c->n = 0;
 }
 
-/* Bytes of data in img (what st_blocks counts). */
-static uint64_t data_bytes(qcow2_image *img)
-{
-    uint64_t size = qcow2_image_size(img), off = 0, n = 0;
-
-    while (off < size) {
-        qcow2_extent e;
-        if (qcow2_image_block_status(img, NULL, off, size - off, &e) != 0)
-            return size;
-        if ((e.flags & QCOW2_EXT_DATA) && !(e.flags & QCOW2_EXT_ZERO))
-            n += e.length;
-        off = e.start + e.length;
-    }
-    return n;
-}
-
 static int open_files(struct mctx *c, const char *disk, bool rw)
 {
     qsnap_store *s = NULL;
     qsnap_node *list = NULL;
     size_t n = 0;
+    int64_t n_data;
     int rc, status;
 
     status = tree_open(&s, disk, QSNAP_OPEN_READONLY);
@@ -336,7 +357,8 @@ static int open_files(struct mctx *c, const char *disk, bool rw)
             break;
         }
         f->size = qcow2_image_size(f->img);
-        f->data = data_bytes(f->img);
+        n_data = data_in(f->img, 0, f->size);
+        f->data = n_data >= 0 ? (uint64_t)n_data : f->size;
         c->n++;
     }
     if (rc)

@@ -28,6 +28,24 @@ struct json_args {
     bool json;
 };
 
+/*
+ * The opening of the query commands: parse argv with cmd into args and op,
+ * run check on the options (NULL: none; it returns 0 or a usage error's exit
+ * status), then open the store of the disk, op->v[0], read-only. True with
+ * *s open; else false with the exit status in *status (0 after --help).
+ */
+static bool tree_parse_open(const cli_command *cmd, int argc, char **argv, void *args,
+                            int (*check)(const void *args), cli_operands *op, qsnap_store **s,
+                            int *status)
+{
+    if (!cli_cmd_parse(cmd, argc, argv, args, op, status))
+        return false;
+    if (check && (*status = check(args)) != 0)
+        return false;
+    *status = tree_open(s, op->v[0], QSNAP_OPEN_READONLY);
+    return *status == 0;
+}
+
 /* The members of one node in list, info and current documents. */
 static void json_node_members(cli_json *j, const qsnap_node *e)
 {
@@ -91,6 +109,18 @@ static const cli_command current_cmd = {
     CLI_OPERANDS(1, "missing disk"),
 };
 
+static int current_check(const void *args)
+{
+    const struct current_args *a = args;
+
+    if ((a->path || a->head) && a->json)
+        return tree_usage("current", "--%s and --json exclude each other",
+                          a->path ? "path" : "head");
+    if (a->path && a->head)
+        return tree_usage("current", "--path and --head exclude each other");
+    return 0;
+}
+
 int cli_tree_current(int argc, char **argv)
 {
     struct current_args a = {false, false, false};
@@ -101,18 +131,11 @@ int cli_tree_current(int argc, char **argv)
     cli_operands op;
     int rc, status;
 
-    if (!cli_cmd_parse(&current_cmd, argc, argv, &a, &op, &status))
+    if (!tree_parse_open(&current_cmd, argc, argv, &a, current_check, &op, &s, &status))
         return status;
     path = a.path;
     head = a.head;
     json = a.json;
-    if ((path || head) && json)
-        return tree_usage("current", "--%s and --json exclude each other", path ? "path" : "head");
-    if (path && head)
-        return tree_usage("current", "--path and --head exclude each other");
-    status = tree_open(&s, op.v[0], QSNAP_OPEN_READONLY);
-    if (status)
-        return status;
     rc = qsnap_current(s, &cur);
     if (rc >= 0 && !head)
         rc = qsnap_vm_path(s, &vm_path);
@@ -277,6 +300,27 @@ static const cli_command list_cmd = {
     CLI_OPERANDS(1, "missing disk"),
 };
 
+static int list_check(const void *args)
+{
+    const struct list_args *a = args;
+    const tree_filter *f = &a->f;
+
+    if (f->roots + f->leaves + f->no_leaves > 1)
+        return tree_usage("list", "--roots, --leaves and --no-leaves exclude each other");
+    if (f->internal && f->external)
+        return tree_usage("list", "--internal and --external exclude each other");
+    if (f->descendants && !f->from)
+        return tree_usage("list", "--descendants needs --from");
+    if (f->roots && f->from)
+        return tree_usage("list", "--roots and --from exclude each other");
+    if (a->tree && a->json)
+        return tree_usage("list", "--tree and --json exclude each other (the JSON "
+                                  "document has parent links)");
+    if (a->tree && a->parent_col)
+        return tree_usage("list", "--parent is for the table; --tree shows parents");
+    return 0;
+}
+
 int cli_tree_list(int argc, char **argv)
 {
     struct list_args a;
@@ -290,28 +334,12 @@ int cli_tree_list(int argc, char **argv)
     int rc, status;
 
     memset(&a, 0, sizeof(a));
-    if (!cli_cmd_parse(&list_cmd, argc, argv, &a, &op, &status))
+    if (!tree_parse_open(&list_cmd, argc, argv, &a, list_check, &op, &s, &status))
         return status;
     f = a.f;
     tree = a.tree;
     json = a.json;
     parent_col = a.parent_col;
-    if (f.roots + f.leaves + f.no_leaves > 1)
-        return tree_usage("list", "--roots, --leaves and --no-leaves exclude each other");
-    if (f.internal && f.external)
-        return tree_usage("list", "--internal and --external exclude each other");
-    if (f.descendants && !f.from)
-        return tree_usage("list", "--descendants needs --from");
-    if (f.roots && f.from)
-        return tree_usage("list", "--roots and --from exclude each other");
-    if (tree && json)
-        return tree_usage("list", "--tree and --json exclude each other (the JSON "
-                                  "document has parent links)");
-    if (tree && parent_col)
-        return tree_usage("list", "--parent is for the table; --tree shows parents");
-    status = tree_open(&s, op.v[0], QSNAP_OPEN_READONLY);
-    if (status)
-        return status;
     rc = qsnap_list(s, &list, &n);
     if (rc < 0) {
         status = tree_fail(rc, op.v[0]);
@@ -426,12 +454,9 @@ int cli_tree_info(int argc, char **argv)
     cli_operands op;
     int rc, status;
 
-    if (!cli_cmd_parse(&info_cmd, argc, argv, &a, &op, &status))
+    if (!tree_parse_open(&info_cmd, argc, argv, &a, NULL, &op, &s, &status))
         return status;
     json = a.json;
-    status = tree_open(&s, op.v[0], QSNAP_OPEN_READONLY);
-    if (status)
-        return status;
     rc = qsnap_list(s, &list, &n);
     if (rc < 0) {
         status = tree_fail(rc, op.v[0]);
@@ -503,12 +528,9 @@ int cli_tree_diff(int argc, char **argv)
     cli_operands op;
     int rc, status;
 
-    if (!cli_cmd_parse(&diff_cmd, argc, argv, &a, &op, &status))
+    if (!tree_parse_open(&diff_cmd, argc, argv, &a, NULL, &op, &s, &status))
         return status;
     json = a.json;
-    status = tree_open(&s, op.v[0], QSNAP_OPEN_READONLY);
-    if (status)
-        return status;
     rc = qsnap_diff(s, op.v[1], op.v[2], &r, &n);
     if (rc < 0) {
         status = tree_fail(rc, op.v[0]);
@@ -589,12 +611,9 @@ int cli_tree_du(int argc, char **argv)
     cli_operands op;
     int rc, status;
 
-    if (!cli_cmd_parse(&du_cmd, argc, argv, &args, &op, &status))
+    if (!tree_parse_open(&du_cmd, argc, argv, &args, NULL, &op, &s, &status))
         return status;
     json = args.json;
-    status = tree_open(&s, op.v[0], QSNAP_OPEN_READONLY);
-    if (status)
-        return status;
     rc = qsnap_du(s, &u, &n);
     if (rc < 0) {
         status = tree_fail(rc, op.v[0]);
@@ -686,10 +705,7 @@ int cli_tree_why(int argc, char **argv)
     cli_operands op;
     int rc, status;
 
-    if (!cli_cmd_parse(&why_cmd, argc, argv, &a, &op, &status))
-        return status;
-    status = tree_open(&s, op.v[0], QSNAP_OPEN_READONLY);
-    if (status)
+    if (!tree_parse_open(&why_cmd, argc, argv, &a, NULL, &op, &s, &status))
         return status;
     rc = qsnap_why(s, op.v[1], &text);
     if (rc < 0)
@@ -752,10 +768,7 @@ int cli_tree_export(int argc, char **argv)
     cli_operands op;
     int rc, status;
 
-    if (!cli_cmd_parse(&export_cmd, argc, argv, &a, &op, &status))
-        return status;
-    status = tree_open(&s, op.v[0], QSNAP_OPEN_READONLY);
-    if (status)
+    if (!tree_parse_open(&export_cmd, argc, argv, &a, NULL, &op, &s, &status))
         return status;
     cli_progress_begin(&pr, a.progress, true);
     rc = qsnap_export(s, op.v[1], op.v[2], a.fmt, cli_progress_update, &pr);

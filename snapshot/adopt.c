@@ -13,7 +13,7 @@
  *
  * Everything is checked before anything is written, and the plan is
  * journaled like every other one: a crash after the first move is finished
- * by 'qsnap verify --repair BOTTOM'; a failure before any link was
+ * by 'qsnap verify --repair' of the bottom (the DISK); a failure before any link was
  * rewritten moves the files back. Refusals change nothing:
  *   - a QEMU holds a file of the chain (each file is opened for writing,
  *     which QEMU's OFD locks refuse, and closed again);
@@ -169,7 +169,7 @@ static int check_files(const struct cfile *c, size_t n, const char *image)
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s: %s", dir, strerror(errno));
     free(dir);
     if (n < 2 && !rc)
-        rc = qsnap__err(QSNAP_EREFUSED, "'qsnap create IMAGE' starts a tree on a single image",
+        rc = qsnap__err(QSNAP_EREFUSED, "'qsnap create DISK' starts a tree on a single image",
                         "%s has no backing file: there is no chain to adopt %s", image, NOTHING);
     for (size_t i = 0; i < n && !rc; i++) {
         char *store = NULL;

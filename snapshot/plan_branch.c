@@ -239,7 +239,7 @@ int qsnap_plan_branch_create(qsnap_plan **out, qsnap_store *s, const char *name,
     }
     if (!rc && n->internal)
         rc = qsnap__err(QSNAP_EREFUSED,
-                        "'qsnap revert DISK NAME' applies it on its own branch; 'qsnap export "
+                        "'qsnap revert DISK SNAPSHOT' applies it on its own branch; 'qsnap export "
                         "DISK NAME OUT' copies it out; --at names an external snapshot",
                         "%s is an internal snapshot: a new branch needs an overlay, and an "
                         "overlay cannot be backed by an internal snapshot of another file",
@@ -276,11 +276,11 @@ int qsnap_plan_branch_delete(qsnap_plan **out, qsnap_store *s, const char *name,
     if (rc)
         return rc;
     if (t.current && !strcmp(t.current, name))
-        rc = qsnap__err(QSNAP_EREFUSED, "'qsnap switch DISK OTHER' first",
+        rc = qsnap__err(QSNAP_EREFUSED, "'qsnap switch DISK BRANCH' first",
                         "branch %s is the current branch", name);
     if (!rc)
         rc = qsnap__refuse_internal_in(&t, b->head, "deleting the branch would delete them",
-                                       "'qsnap delete DISK NAME' each of them first");
+                                       "'qsnap delete DISK SNAPSHOT' each of them first");
     /* Made before the head is looked at (qsnap__plan_new starts what the plan read afresh). */
     if (!rc)
         rc = qsnap__plan_new(&p, s, "branch-delete");

@@ -164,7 +164,7 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
             "an external snapshot would freeze them inside a read-only "
             "layer, where they could no longer be reverted to or deleted",
             "take an internal one with --internal, or delete the internal "
-            "snapshots first ('qsnap delete DISK NAME')");
+            "snapshots first ('qsnap delete DISK SNAPSHOT')");
         if (!rc)
             rc = qsnap__check_free(s, &t, old_head->id);
         if (!rc)

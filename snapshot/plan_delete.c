@@ -365,7 +365,7 @@ int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *branch)
                      &t, h->id,
                      "a commit empties the head and writes its data into the layer "
                      "below, which would change what they read",
-                     "delete the internal snapshots first ('qsnap delete DISK NAME')")
+                     "delete the internal snapshots first ('qsnap delete DISK SNAPSHOT')")
                : nomem();
     if (!rc)
         rc = qsnap__refuse_internal_in(&t, l->id,

@@ -70,7 +70,7 @@ int qsnap__check_subtree_external(const struct qsnap__model *m, const struct qsn
         for (const struct qsnap__node *a = n; a && steps++ <= m->nn; a = qsnap__node(m, a->parent)) {
             if (a->id == root->id)
                 return qsnap__err(QSNAP_EREFUSED,
-                                  "'qsnap delete DISK NAME' each internal snapshot first",
+                                  "'qsnap delete DISK SNAPSHOT' each internal snapshot first",
                                   "the subtree of %s holds internal snapshot %s: --children "
                                   "removes external snapshots and branches only",
                                   root->name ? root->name : "it",
@@ -380,7 +380,7 @@ int qsnap__plan_delete_internal(qsnap_plan **out, qsnap_store *s, const char *sn
     l = qsnap__layer(&t, n->layer);
     layer_id = l->id;
     if (l->frozen) {
-        rc = qsnap__err(QSNAP_EREFUSED, "'qsnap delete --metadata DISK NAME' forgets the name only",
+        rc = qsnap__err(QSNAP_EREFUSED, "'qsnap delete DISK SNAPSHOT --metadata' forgets the name only",
                         "internal snapshot %s lives in frozen layer %s: deleting it would write "
                         "into a layer others depend on",
                         snapshot, l->file);

@@ -10,6 +10,7 @@
 # Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
 #   QSNAP=path  the qsnap binary (default build/release/qsnap)
 set -u
+. "$(dirname "$0")/../helpers/qemu_io.sh"
 
 QSNAP=${QSNAP:-build/release/qsnap}
 case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
@@ -32,7 +33,6 @@ fail=0
 ok() { echo "ok $1"; pass=$((pass + 1)); }
 bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
 q() { timeout -k 5 60 "$QSNAP" "$@"; }
-qio() { qemu-io "$@" >qio.out 2>&1 && ! grep -qiE 'error|failed' qio.out; }
 
 # The recipe, exactly as the document gives it.
 sed -n '/^```python$/,/^```$/p' "$DOC" | sed '1d;$d' >recipe.py
@@ -43,29 +43,29 @@ if ! grep -q 'def qsnap_digest' recipe.py; then
 fi
 printf 'import sys\nprint(qsnap_digest(sys.argv[1]))\n' >>recipe.py
 
-W1="-c 'write -P 0x11 0 200k' -c 'write -P 0 200k 300k' -c 'write -P 0x22 1M 4k' -c 'write -P 0x33 3M 1536' -c 'write -P 0x44 4093k 1k'"
+W1=('write -P 0x11 0 200k' 'write -P 0 200k 300k' 'write -P 0x22 1M 4k' 'write -P 0x33 3M 1536' 'write -P 0x44 4093k 1k')
 make_all() {
     qemu-img create -q -f raw raw.raw 4M &&
-        eval qio -f raw "$W1" raw.raw &&
+        qio raw raw.raw "${W1[@]}" &&
         qemu-img convert -O qcow2 raw.raw holes.qcow2 &&
-        qemu-img create -q -f qcow2 zc.qcow2 4M && qio -c 'write -z 0 4M' zc.qcow2 &&
-        eval qio "$W1" zc.qcow2 &&
+        qemu-img create -q -f qcow2 zc.qcow2 4M && qio qcow2 zc.qcow2 'write -z 0 4M' &&
+        qio qcow2 zc.qcow2 "${W1[@]}" &&
         qemu-img convert -c -O qcow2 raw.raw comp.qcow2 &&
         qemu-img convert -O qcow2 -o cluster_size=512 raw.raw c512.qcow2 &&
         qemu-img convert -O qcow2 -o cluster_size=2M raw.raw c2m.qcow2 &&
-        qemu-img create -q -f qcow2 -o extended_l2=on ext.qcow2 4M && eval qio "$W1" ext.qcow2 &&
+        qemu-img create -q -f qcow2 -o extended_l2=on ext.qcow2 4M && qio qcow2 ext.qcow2 "${W1[@]}" &&
         qemu-img convert -S 0 -O raw raw.raw full.raw &&
         qemu-img create -q -f qcow2 l0.qcow2 4M &&
-        qio -c 'write -P 0x44 4093k 1k' -c 'write -P 9 2M 64k' l0.qcow2 &&
+        qio qcow2 l0.qcow2 'write -P 0x44 4093k 1k' 'write -P 9 2M 64k' &&
         for i in $(seq 1 20); do
             qemu-img create -q -f qcow2 -b l$((i - 1)).qcow2 -F qcow2 l$i.qcow2 4M || return 1
         done &&
-        qio -c 'write -P 0x11 0 200k' l4.qcow2 && qio -c 'write -z 2M 64k' l9.qcow2 &&
-        qio -c 'write -P 0x22 1M 4k' l13.qcow2 && qio -c 'write -P 0x33 3M 1536' l17.qcow2 &&
-        qio -c 'write -P 0 200k 300k' l20.qcow2 &&
-        qemu-img create -q -f raw odd.raw 1000000 && qio -f raw -c 'write -P 5 999990 10' odd.raw &&
+        qio qcow2 l4.qcow2 'write -P 0x11 0 200k' && qio qcow2 l9.qcow2 'write -z 2M 64k' &&
+        qio qcow2 l13.qcow2 'write -P 0x22 1M 4k' && qio qcow2 l17.qcow2 'write -P 0x33 3M 1536' &&
+        qio qcow2 l20.qcow2 'write -P 0 200k 300k' &&
+        qemu-img create -q -f raw odd.raw 1000000 && qio raw odd.raw 'write -P 5 999990 10' &&
         qemu-img create -q -f qcow2 big.qcow2 1G &&
-        qio -c 'write -P 6 0 64k' -c 'write -z 512M 256M' -c 'write -P 7 900M 1M' big.qcow2
+        qio qcow2 big.qcow2 'write -P 6 0 64k' 'write -z 512M 256M' 'write -P 7 900M 1M'
 }
 if ! make_all >setup.log 2>&1; then
     bad setup "could not make the images: $(tail -n 3 setup.log)"
@@ -94,7 +94,7 @@ done
 
 # One byte anywhere, including inside a zero run (written zeroes, a hole, a zero cluster).
 for at in 0 150k 300k 2052k 4095k 1025k; do
-    cp holes.qcow2 u.qcow2 && qio -c "write -P 1 $at 1" u.qcow2
+    cp holes.qcow2 u.qcow2 && qio qcow2 u.qcow2 "write -P 1 $at 1"
     d=$(q image digest u.qcow2 | awk '{ print $1 }')
     if [ -n "$d" ] && [ "$d" != "$want" ]; then ok "one byte at $at"; else bad "one byte at $at" "digest unchanged ($d)"; fi
 done

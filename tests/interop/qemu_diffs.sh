@@ -20,19 +20,12 @@
 set -u
 
 . "$(dirname "$0")/../helpers/interop_setup.sh"
+. "$(dirname "$0")/../helpers/qemu_io.sh"
 interop_setup diffs
 ok() { echo "ok $1"; pass=$((pass + 1)); }
 bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
 # qsnap must never hang.
 q() { timeout -k 5 60 "$QSNAP" "$@"; }
-
-qio() { # FMT FILE CMD...: qemu-io commands that must all succeed
-    local fmt=$1 f=$2 c args=()
-    shift 2
-    for c in "$@"; do args+=(-c "$c"); done
-    qemu-io -f "$fmt" "${args[@]}" "$f" >"$W/qio.out" 2>&1 &&
-        ! grep -qiE 'error|failed' "$W/qio.out"
-}
 
 # check_clean FILE...: qemu-img check finds nothing on each file; prints why not.
 check_clean() {

@@ -18,6 +18,7 @@
 set -u
 
 . "$(dirname "$0")/../helpers/interop_setup.sh"
+. "$(dirname "$0")/../helpers/qemu_io.sh"
 interop_setup interop
 T0=$SECONDS
 notes=0
@@ -184,18 +185,6 @@ compare_case() {
         bad "$name" "qemu-img: '$(head -n 1 "$W/cmp.qemu")'; qsnap: '$(head -n 1 "$W/cmp.qsnap")'"
     else
         ok "$name"
-    fi
-}
-
-qio() { # FMT FILE CMD...
-    local fmt=$1 f=$2
-    shift 2
-    local args=()
-    for c in "$@"; do args+=(-c "$c"); done
-    qemu-io -f "$fmt" "${args[@]}" "$f" >"$W/qio.out" 2>&1 || { echo "# qemu-io failed on $f: $(tail -n 2 "$W/qio.out")"; return 1; }
-    if grep -qiE 'error|failed' "$W/qio.out"; then
-        echo "# qemu-io on $f: $(grep -iE 'error|failed' "$W/qio.out" | head -n 1)"
-        return 1
     fi
 }
 

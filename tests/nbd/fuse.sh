@@ -13,7 +13,8 @@
 #   - --rw: writes to a branch file land in that branch (qsnap export reads
 #     them), every other state keeps its content, the snapshot files stay
 #     read-only, tree commands touching the head exit 5 while mounted, and
-#     `fusermount3 -u` ends the mount too; qemu-img check of the head is clean.
+#     `fusermount3 -u` ends the mount too; qemu-img check of the head is clean;
+#     st_blocks (du) of a branch file grows by what a write newly allocates.
 # Mounts are unmounted (and loop devices detached) on exit.
 # Prints "ok"/"FAIL" lines and "N passed, N failed".
 set -u
@@ -160,6 +161,21 @@ if q mount disk.raw m --rw 2>mount.err; then
         ok "write to main.raw (10 MiB in)" || bad "rw write" "failed"
     cmp -s <(dd if=m/main.raw bs=64k skip=160 count=1 2>/dev/null) pat.bin && ok "it reads back through FUSE" ||
         bad "read back" "differs"
+    # du follows the allocation: 1 MiB of new data at 44 MiB (a hole in every
+    # layer: ext4 keeps backup superblocks at 40 and 56 MiB) adds exactly 1 MiB
+    # to st_blocks, without a remount; writing it again adds nothing.
+    hole=$(python3 -c 'import os,sys; fd=os.open(sys.argv[1],os.O_RDONLY); print(os.lseek(fd,44<<20,os.SEEK_DATA)>=45<<20)' m/main.raw 2>&1)
+    [ "$hole" = True ] || bad "44 MiB hole" "main.raw has data in 44..45 MiB: $hole"
+    du0=$(stat -c %b m/main.raw)
+    head -c 1048576 /dev/urandom >new.bin
+    dd if=new.bin of=m/main.raw bs=1M seek=44 conv=notrunc,fsync 2>/dev/null || bad "rw write 1 MiB" "failed"
+    du1=$(stat -c %b m/main.raw)
+    [ $(((du1 - du0) * 512)) = 1048576 ] &&
+        ok "du of main.raw grows by 1 MiB after writing 1 MiB of new data ($du0 -> $du1 blocks)" ||
+        bad "st_blocks after write" "$du0 -> $du1 blocks of 512"
+    dd if=new.bin of=m/main.raw bs=1M seek=44 conv=notrunc,fsync 2>/dev/null
+    du2=$(stat -c %b m/main.raw)
+    [ "$du2" = "$du1" ] && ok "rewriting the same 1 MiB leaves du as it is" || bad "st_blocks after rewrite" "$du1 -> $du2"
     if dd if=pat.bin of=m/s1.raw bs=64k conv=notrunc 2>/dev/null; then
         bad "--rw snapshot" "a write to s1.raw succeeded"
     else
@@ -173,10 +189,11 @@ if q mount disk.raw m --rw 2>mount.err; then
     for _ in $(seq 100); do [ -n "$pid" ] && alive "$pid" || break; sleep 0.1; done
     [ -n "$pid" ] && ! alive "$pid" && ! mountpoint -q m && ok "fusermount3 -u ends it too" || bad "fusermount3 -u" "still running"
     q export disk.raw main main2.exp >/dev/null
-    python3 - main.exp main2.exp pat.bin <<'EOF' && ok "the write landed in main, nothing else of main changed" || bad "main after --rw" "unexpected content"
+    python3 - main.exp main2.exp pat.bin new.bin <<'EOF' && ok "the write landed in main, nothing else of main changed" || bad "main after --rw" "unexpected content"
 import sys
 a = bytearray(open(sys.argv[1], "rb").read()); b = open(sys.argv[2], "rb").read()
 a[160 * 65536:161 * 65536] = open(sys.argv[3], "rb").read()
+a[44 << 20:45 << 20] = open(sys.argv[4], "rb").read()
 sys.exit(0 if bytes(a) == b else 1)
 EOF
     for n in s1 other; do

@@ -20,6 +20,7 @@
 #            shows the snapshot's allocation, not the active one's.
 # Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
 set -u
+. "$(dirname "$0")/../helpers/qemu_io.sh"
 
 QSNAP=${QSNAP:-build/release/qsnap}
 case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
@@ -47,12 +48,6 @@ ok() { echo "ok $1${TIMING:+ (${SECONDS}s)}"; pass=$((pass + 1)); }
 bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
 q() { timeout -k 5 120 "$QSNAP" "$@"; }
 
-qio() { # FILE CMD...: qemu-io commands on a qcow2 file that must all succeed
-    local f=$1 c args=()
-    shift
-    for c in "$@"; do args+=(-c "$c"); done
-    qemu-io -f qcow2 "${args[@]}" "$f" >"$W/qio.out" 2>&1 && ! grep -qiE 'error|failed' "$W/qio.out"
-}
 
 # state DIR: name, size, mtime and md5 of every file under DIR (what "nothing changed" compares).
 state() {
@@ -68,19 +63,15 @@ make_chain() {
     [ "${3:-}" = rel ] && p=
     mkdir -p "$d" && cd "$d" || return 1
     qemu-img create -q -f "$fmt" base.img 8M || return 1
-    if [ "$fmt" = raw ]; then
-        qemu-io -f raw -c 'write -P 0x11 0 128k' base.img >/dev/null || return 1
-    else
-        qio base.img 'write -P 0x11 0 128k' || return 1
-    fi
+    qio "$fmt" base.img 'write -P 0x11 0 128k' || return 1
     qemu-img create -q -f qcow2 -b "${p}base.img" -F "$fmt" o1.qcow2 || return 1
-    qio o1.qcow2 'write -P 0x22 64k 128k' || return 1
+    qio qcow2 o1.qcow2 'write -P 0x22 64k 128k' || return 1
     qemu-img snapshot -c isnap o1.qcow2 || return 1
-    qio o1.qcow2 'write -P 0x23 64k 4k' || return 1
+    qio qcow2 o1.qcow2 'write -P 0x23 64k 4k' || return 1
     qemu-img create -q -f qcow2 -b "${p}o1.qcow2" -F qcow2 o2.qcow2 || return 1
-    qio o2.qcow2 'write -P 0x33 1M 64k' 'write -z 0 4k' || return 1
+    qio qcow2 o2.qcow2 'write -P 0x33 1M 64k' 'write -z 0 4k' || return 1
     qemu-img create -q -f qcow2 -b o2.qcow2 -F qcow2 top.qcow2 || return 1
-    qio top.qcow2 'write -P 0x44 2M 64k' || return 1
+    qio qcow2 top.qcow2 'write -P 0x44 2M 64k' || return 1
     qemu-img convert -O raw base.img pre-base.raw &&
         qemu-img convert -O raw o1.qcow2 pre-o1.raw &&
         qemu-img convert -O raw -l isnap o1.qcow2 pre-isnap.raw &&
@@ -190,7 +181,7 @@ PY
     fi
     mv "$d-moved" "$d"
     # Tree operations on the adopted tree.
-    q revert "$D" "$2" -b side >/dev/null 2>&1 && qio "$(q current "$D" --path)" 'write -P 0x55 3M 64k' &&
+    q revert "$D" "$2" -b side >/dev/null 2>&1 && qio qcow2 "$(q current "$D" --path)" 'write -P 0x55 3M 64k' &&
         q switch "$D" main >/dev/null 2>&1
     r1=$?
     q delete "$D" "$2" >"$W/del.txt" 2>&1
@@ -339,9 +330,9 @@ fi
 
 # ---- image convert/compare/digest/map -l -------------------------------------------
 cd "$W" && mkdir -p l && cd l
-qemu-img create -q -f qcow2 i.qcow2 4M && qio i.qcow2 'write -P 0x61 0 256k' &&
-    qemu-img snapshot -c first i.qcow2 && qio i.qcow2 'write -P 0x62 64k 64k' 'discard 0 64k' &&
-    qemu-img snapshot -c second i.qcow2 && qio i.qcow2 'write -P 0x63 1M 64k'
+qemu-img create -q -f qcow2 i.qcow2 4M && qio qcow2 i.qcow2 'write -P 0x61 0 256k' &&
+    qemu-img snapshot -c first i.qcow2 && qio qcow2 i.qcow2 'write -P 0x62 64k 64k' 'discard 0 64k' &&
+    qemu-img snapshot -c second i.qcow2 && qio qcow2 i.qcow2 'write -P 0x63 1M 64k'
 qemu-img convert -O raw -l first i.qcow2 q-first.raw
 qemu-img convert -O raw -l snapshot.id=2 i.qcow2 q-second.raw
 if q image convert -l first i.qcow2 first.raw && cmp -s first.raw q-first.raw &&

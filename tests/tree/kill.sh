@@ -16,6 +16,7 @@
 #   SEED=n       the seed of the choice (default 18)
 #   KILLS=n      kill points per operation and system call (default 4)
 set -u
+. "$(dirname "$0")/../helpers/qemu_io.sh"
 
 QSNAP=${QSNAP:-build/release/qsnap}
 case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
@@ -34,23 +35,22 @@ fail=0
 ok() { echo "ok $1"; pass=$((pass + 1)); }
 bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
 q() { timeout -k 5 120 "$QSNAP" "$@"; }
-wr() { qemu-io -f qcow2 -c "write -P $2 $3 $4" "$1" >/dev/null 2>&1; }
 
 # The template: raw disk; s1, s2, s3 external on main (dirty); branch b1
 # from s1 holding internal snapshot i1 in its head; branch b2 from s2.
 mkdir tpl && cd tpl || exit 2
 qemu-img create -f raw disk.raw 16M >/dev/null
-qemu-io -f raw -c "write -P 1 0 1M" disk.raw >/dev/null
+qio raw disk.raw "write -P 1 0 1M"
 q create disk.raw s1 >/dev/null || { bad setup "create s1"; echo "$pass passed, $fail failed"; exit 1; }
-wr "$(q current disk.raw --path)" 2 512k 1M
+qio qcow2 "$(q current disk.raw --path)" "write -P 2 512k 1M"
 q create disk.raw s2 >/dev/null || bad setup "create s2"
-wr "$(q current disk.raw --path)" 3 1M 256k
+qio qcow2 "$(q current disk.raw --path)" "write -P 3 1M 256k"
 q create disk.raw s3 >/dev/null || bad setup "create s3"
-wr "$(q current disk.raw --path)" 4 64k 192k
+qio qcow2 "$(q current disk.raw --path)" "write -P 4 64k 192k"
 q branch disk.raw b1 --at s1 >/dev/null || bad setup "branch b1"
 q branch disk.raw b2 --at s2 >/dev/null || bad setup "branch b2"
-q switch disk.raw b1 >/dev/null && wr "$(q current disk.raw --path)" 5 2M 128k &&
-    q create disk.raw i1 --internal >/dev/null && wr "$(q current disk.raw --path)" 6 2M 64k &&
+q switch disk.raw b1 >/dev/null && qio qcow2 "$(q current disk.raw --path)" "write -P 5 2M 128k" &&
+    q create disk.raw i1 --internal >/dev/null && qio qcow2 "$(q current disk.raw --path)" "write -P 6 2M 64k" &&
     q switch disk.raw main >/dev/null || bad setup "b1 and i1"
 q verify disk.raw >/dev/null || bad setup "template not clean"
 names="s1 s2 s3 i1"
