@@ -124,9 +124,13 @@ static int st_mkdir(qsnap_store *s, const struct qsnap__step *st)
     return rc;
 }
 
-/* Create the qcow2 overlay for layer l (backed by layer b) at tmp, then rename to final. */
-static int make_overlay(qsnap_store *s, const struct qsnap__layer *l, const struct qsnap__layer *b,
-                        char **tmp_out)
+/*
+ * Create the qcow2 overlay for layer l (backed by layer b) at tmp (the caller
+ * renames it to its final name), held (inuse.c) from before it has that name
+ * to the end of the operation, as the files the plan touched are.
+ */
+static int make_overlay(qsnap_store *s, qsnap_plan *p, const struct qsnap__layer *l,
+                        const struct qsnap__layer *b, char **tmp_out)
 {
     qcow2_create_opts co = QCOW2_CREATE_OPTS_INIT;
     char *tmp = NULL, *link = qsnap__link_name(l->file, b->file);
@@ -147,6 +151,8 @@ static int make_overlay(qsnap_store *s, const struct qsnap__layer *l, const stru
         rc = qsnap__image_create(s, tmp, &co);
     if (!rc)
         qsnap__own(s, tmp);
+    if (!rc)
+        rc = qsnap__touch_hold_new(s, p, tmp + strlen(s->dir) + 1, "new layer");
     free(link);
     free(final);
     if (rc) {
@@ -184,7 +190,7 @@ static int st_create(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st
     free(final);
     if (done) /* made by an earlier run: a regular file, never a link */
         return qsnap__check_store_file(s, l->file);
-    rc = make_overlay(s, l, b, &tmp);
+    rc = make_overlay(s, p, l, b, &tmp);
     if (!rc)
         rc = rename_into_place(s, tmp, l->file);
     free(tmp);
@@ -387,7 +393,7 @@ static int st_preserve(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *
         free(final);
         return qsnap__check_store_file(s, l->file);
     }
-    rc = make_overlay(s, l, b, &tmp);
+    rc = make_overlay(s, p, l, b, &tmp);
     if (rc)
         goto out;
     oo.flags = QCOW2_OPEN_RDWR | QSNAP__LOCK_FLAGS(s);
@@ -915,6 +921,7 @@ int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
         rc = p->n ? execute(s, p, o) : 0;
     s->holding = false;
     qsnap__touch_release(p->touch, p->ntouch);
+    qsnap__touch_release(p->made, p->nmade);
     return rc;
 }
 

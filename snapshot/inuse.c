@@ -13,7 +13,7 @@
  *     deleted, moved to another base);
  *   - the current branch's head before the plan, and in every target model.
  * Only files that exist are checked (new files appear under names nothing
- * else knows yet).
+ * else knows yet; they are held from the moment a step makes them, below).
  *
  * IN USE. QEMU's file-posix driver (and libqcow2, and a plugin that serves a
  * head as QEMU does) take shared OFD locks on bytes 100 + bit (permissions
@@ -35,6 +35,8 @@
  * operation. The steps themselves then open images without taking locks
  * (the store lock and these locks already exclude every other writer); the
  * descriptors are closed, dropping the locks, when the operation ends.
+ * Files the steps make are held the same way from the moment they exist,
+ * before they get their final names (qsnap__touch_hold_new).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -509,6 +511,30 @@ int qsnap__touch_hold(const qsnap_store *s, struct qsnap__touch *t, size_t n)
     if (rc)
         qsnap__touch_release(t, n);
     return rc;
+}
+
+/*
+ * A file a step makes (a new head, a layer that preserves content) has a name
+ * nothing else knew when the touched files were held; from the moment it
+ * exists it is a file of the operation, which may still write it (an
+ * internal snapshot taken in a new head, a preserved layer topped up before a
+ * commit, fingerprinted when frozen) or remove it again (a failed operation
+ * is undone by deleting what it made). Held from there on like the others,
+ * so a QEMU that opens it meanwhile is refused instead of running on a file
+ * that changes or goes under it.
+ */
+int qsnap__touch_hold_new(const qsnap_store *s, qsnap_plan *p, const char *rel, const char *role)
+{
+    size_t n = p->nmade;
+    int rc;
+
+    if (!s->holding)
+        return 0;
+    /* Apart from the files the plan was checked on (which describe lists). */
+    rc = qsnap__touch_add(s, &p->made, &p->nmade, rel, role);
+    if (rc || p->nmade == n)
+        return rc; /* held already (the same file) */
+    return qsnap__touch_hold(s, &p->made[n], 1);
 }
 
 int qsnap_plan_check(qsnap_store *s, qsnap_plan *p)

@@ -35,8 +35,7 @@ int qsnap__plan_new(qsnap_plan **out, const qsnap_store *s, const char *op)
     p->base_gen = s->m.gen;
     /* What this plan reads of its heads from now on is checked again under the
      * hold when it runs (qsnap__recheck_seen): earlier looks do not count. */
-    if (s->seen)
-        s->seen->n = 0;
+    qsnap__seen_reset(s);
     *out = p;
     return 0;
 }
@@ -99,6 +98,8 @@ void qsnap_plan_free(qsnap_plan *p)
     free(p->post);
     qsnap__touch_release(p->touch, p->ntouch);
     qsnap__touch_free(p->touch, p->ntouch);
+    qsnap__touch_release(p->made, p->nmade);
+    qsnap__touch_free(p->made, p->nmade);
     for (size_t i = 0; i < p->nm; i++)
         qsnap__model_free(&p->models[i]);
     free(p->models);

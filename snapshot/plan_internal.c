@@ -80,7 +80,7 @@ int qsnap__check_subtree_external(const struct qsnap__model *m, const struct qsn
     return 0;
 }
 
-/* Whether the qcow2 snapshot table of layer l holds a snapshot named name. */
+/* Whether the qcow2 snapshot table of layer l holds a snapshot named name (noted: query.c). */
 static int head_has_snapshot(const qsnap_store *s, const struct qsnap__layer *l, const char *name,
                              bool *has)
 {
@@ -100,7 +100,9 @@ static int head_has_snapshot(const qsnap_store *s, const struct qsnap__layer *l,
         return rc;
     *has = qsnap__find_internal(img, name) >= 0;
     qcow2_image_close(img);
-    return 0;
+    /* A name found free must still be free when the step runs (a qemu-img snapshot of
+     * that name made meanwhile would be taken for ours): checked again under the hold. */
+    return qsnap__seen_internal(s, l, name, false, *has);
 }
 
 /* A generated name, free in the tree and in head l's snapshot table (NULL: out of memory). */

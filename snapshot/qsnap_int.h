@@ -127,8 +127,10 @@ struct qsnap_store {
 };
 
 /*
- * What a plan's decisions read from files: whether a head had changes. A
- * plan is made before the operation holds its files (a VM may still write
+ * What a plan's decisions read from files: whether a head had changes, and
+ * what a head's internal snapshots are (whether one of a name is there,
+ * whether the head's state is still that of one). A plan is made before the
+ * operation holds its files (a VM, or a qemu-img snapshot, may still change
  * them then), so the execution checks every one again under the hold.
  */
 struct qsnap__seen {
@@ -137,6 +139,13 @@ struct qsnap__seen {
         bool dirty;
     } *v;
     size_t n;
+    struct qsnap__seen_internal {
+        unsigned id;     /* layer (a head) */
+        char *snap;      /* internal snapshot name */
+        bool compared;   /* value: the head's state differs from snap (else: snap is there) */
+        bool value;
+    } *iv;
+    size_t ni;
 };
 
 /* The files of the backing chain the disk itself has (outside the store), normalised. */
@@ -194,6 +203,8 @@ struct qsnap_plan {
     uint64_t base_gen;            /* the store's generation the plan was built on */
     struct qsnap__touch *touch;   /* the files it touches, after qsnap_plan_check() */
     size_t ntouch;
+    struct qsnap__touch *made;    /* files its steps made, held while it runs (inuse.c) */
+    size_t nmade;
     bool checked;                 /* touch is known */
 };
 
@@ -383,8 +394,14 @@ int qsnap__fingerprint_store_file(const qsnap_store *s, const char *rel, uint64_
 /* Open a layer file read-only without its chain and without locking. */
 int qsnap__open_layer(const qsnap_store *s, const struct qsnap__layer *l, unsigned flags,
                       qcow2_image **out);
-/* Every head found clean or dirty since the last call is still so (under the hold). */
+/* Every head found clean or dirty, and every internal snapshot looked at, since the last
+ * call is still so (under the hold); forgets them. */
 int qsnap__recheck_seen(const qsnap_store *s);
+/* Forget what was seen (a new plan starts). */
+void qsnap__seen_reset(const qsnap_store *s);
+/* Note what a plan read of head l's internal snapshot snap (see struct qsnap__seen). */
+int qsnap__seen_internal(const qsnap_store *s, const struct qsnap__layer *l, const char *snap,
+                         bool compared, bool value);
 int qsnap__head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *dirty,
                       uint64_t *bytes);
 /* QSNAP_EINTEGRITY when the layer's file is missing (else 0). */
@@ -406,6 +423,9 @@ int qsnap__touch_check(const qsnap_store *s, struct qsnap__touch *t, size_t n);
 /* Take a writer's image locks on every file, or none (QSNAP_EBUSY as above). */
 int qsnap__touch_hold(const qsnap_store *s, struct qsnap__touch *t, size_t n);
 void qsnap__touch_release(struct qsnap__touch *t, size_t n);
+/* While the store holds its files: hold store file rel, just made by a step of p, too
+ * (released with p's other files). */
+int qsnap__touch_hold_new(const qsnap_store *s, qsnap_plan *p, const char *rel, const char *role);
 void qsnap__touch_free(struct qsnap__touch *t, size_t n);
 /* QCOW2_OPEN_NO_LOCK while the store holds the files it works on, else 0. */
 #define QSNAP__LOCK_FLAGS(s) ((s)->holding ? (unsigned)QCOW2_OPEN_NO_LOCK : 0u)

@@ -71,9 +71,83 @@ int qsnap__head_dirty(const qsnap_store *s, const struct qsnap__layer *l, bool *
     return rc;
 }
 
+void qsnap__seen_reset(const qsnap_store *s)
+{
+    struct qsnap__seen *sn = s->seen;
+
+    if (!sn)
+        return;
+    for (size_t i = 0; i < sn->ni; i++)
+        free(sn->iv[i].snap);
+    sn->n = 0;
+    sn->ni = 0;
+}
+
+int qsnap__seen_internal(const qsnap_store *s, const struct qsnap__layer *l, const char *snap,
+                         bool compared, bool value)
+{
+    struct qsnap__seen *sn = s->seen;
+    struct qsnap__seen_internal *v;
+
+    if (!sn || !l || !snap)
+        return 0;
+    /* The latest look is what a plan decided on. */
+    for (size_t i = 0; i < sn->ni; i++) {
+        if (sn->iv[i].id == l->id && sn->iv[i].compared == compared &&
+            !strcmp(sn->iv[i].snap, snap)) {
+            sn->iv[i].value = value;
+            return 0;
+        }
+    }
+    v = realloc(sn->iv, (sn->ni + 1) * sizeof(*v));
+    if (!v)
+        return nomem();
+    sn->iv = v;
+    v[sn->ni].snap = strdup(snap);
+    if (!v[sn->ni].snap)
+        return nomem();
+    v[sn->ni].id = l->id;
+    v[sn->ni].compared = compared;
+    v[sn->ni].value = value;
+    sn->ni++;
+    return 0;
+}
+
+static int differs_internal(const qsnap_store *s, const struct qsnap__layer *l, const char *snap,
+                            bool *differs);
+
+/* Whether head l's snapshot table holds one named snap. */
+static int has_internal(const qsnap_store *s, const struct qsnap__layer *l, const char *snap,
+                        bool *has)
+{
+    qcow2_image *img = NULL;
+    int rc = qsnap__open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img);
+
+    *has = false;
+    if (rc)
+        return rc;
+    *has = qsnap__find_internal(img, snap) >= 0;
+    qcow2_image_close(img);
+    return 0;
+}
+
+static int changed_err(const qsnap_store *s, const struct qsnap__layer *l, const char *what)
+{
+    char *path = qsnap__path(s, l->file);
+    int rc = qsnap__err(QSNAP_EBUSY,
+                        "stop the virtual machine that uses it, then run the command again "
+                        "(nothing was changed)",
+                        "%s: changed while the operation was planned (%s): something wrote it",
+                        path ? path : l->file, what);
+
+    free(path);
+    return rc;
+}
+
 int qsnap__recheck_seen(const qsnap_store *s)
 {
     struct qsnap__seen *sn = s->seen;
+    char what[512];
     int rc = 0;
 
     for (size_t i = 0; sn && !rc && i < sn->n; i++) {
@@ -83,22 +157,31 @@ int qsnap__recheck_seen(const qsnap_store *s)
             continue;
         rc = head_dirty(s, l, &dirty, NULL);
         if (!rc && dirty != sn->v[i].dirty) {
-            char *path = qsnap__path(s, l->file);
-            rc = qsnap__err(QSNAP_EBUSY,
-                            "stop the virtual machine that uses it, then run the command again "
-                            "(nothing was changed)",
-                            "%s: changed while the operation was planned (it was %s, now it is "
-                            "%s): something wrote it",
-                            path ? path : l->file, sn->v[i].dirty ? "dirty" : "clean",
-                            dirty ? "dirty" : "clean");
-            free(path);
+            snprintf(what, sizeof(what), "it was %s, now it is %s",
+                     sn->v[i].dirty ? "dirty" : "clean", dirty ? "dirty" : "clean");
+            rc = changed_err(s, l, what);
         }
     }
-    if (sn) {
-        free(sn->v);
-        sn->v = NULL;
-        sn->n = 0;
+    /* Internal snapshots: a qemu-img snapshot made meanwhile, a head written since one. */
+    for (size_t i = 0; sn && !rc && i < sn->ni; i++) {
+        const struct qsnap__seen_internal *v = &sn->iv[i];
+        const struct qsnap__layer *l = qsnap__layer(&s->m, v->id);
+        bool now = false;
+        if (!l)
+            continue;
+        rc = v->compared ? differs_internal(s, l, v->snap, &now) : has_internal(s, l, v->snap, &now);
+        if (rc || now == v->value)
+            continue;
+        if (v->compared)
+            snprintf(what, sizeof(what), "its state %s internal snapshot %.200s, now it %s",
+                     v->value ? "differed from" : "was that of", v->snap,
+                     now ? "differs" : "is the same");
+        else
+            snprintf(what, sizeof(what), "it held %s internal snapshot named %.200s, now it %s",
+                     v->value ? "an" : "no", v->snap, now ? "does" : "does not");
+        rc = changed_err(s, l, what);
     }
+    qsnap__seen_reset(s);
     return rc;
 }
 
@@ -569,6 +652,15 @@ static bool same_storage(const qcow2_extent *a, const qcow2_extent *b)
 
 int qsnap__differs_from_internal(const qsnap_store *s, const struct qsnap__layer *l,
                                  const char *snap, bool *differs)
+{
+    int rc = differs_internal(s, l, snap, differs);
+
+    /* Noted for the execution, which compares again under its hold. */
+    return rc ? rc : qsnap__seen_internal(s, l, snap, true, *differs);
+}
+
+static int differs_internal(const qsnap_store *s, const struct qsnap__layer *l, const char *snap,
+                            bool *differs)
 {
     qcow2_image *act = NULL, *img = NULL;
     const unsigned flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;

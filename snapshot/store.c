@@ -242,16 +242,25 @@ static int locate(qsnap_store *s, const char *disk)
 
 int qsnap__refuse_orphan_layers(const qsnap_store *s)
 {
-    char *ldir = qsnap__path(s, "layers");
-    DIR *d = ldir ? opendir(ldir) : NULL;
     struct dirent *de;
     bool found = false;
+    DIR *d;
+    int dfd, rc;
 
-    while (d && !found && (de = readdir(d)) != NULL)
+    /* From the store's directory without following links (safe.c): a layers/ that is a
+     * link to another directory is refused, never read. */
+    rc = qsnap__store_dirfd(s, "layers", &dfd);
+    if (rc)
+        return rc == QSNAP_ENOTFOUND ? 0 : rc;
+    d = fdopendir(dfd);
+    if (!d) {
+        rc = errno;
+        close(dfd);
+        return qsnap__err(QSNAP_ERROR, NULL, "%s/layers: %s", s->dir, strerror(rc));
+    }
+    while (!found && (de = readdir(d)) != NULL)
         found = strcmp(de->d_name, ".") && strcmp(de->d_name, "..");
-    if (d)
-        closedir(d);
-    free(ldir);
+    closedir(d);
     if (!found)
         return 0;
     return qsnap__err(QSNAP_EINTEGRITY,
@@ -353,8 +362,11 @@ void qsnap_store_close(qsnap_store *s)
         close(s->lock_fd);
     qsnap__model_free(&s->m);
     free(s->refusal);
-    if (s->seen)
+    qsnap__seen_reset(s);
+    if (s->seen) {
         free(s->seen->v);
+        free(s->seen->iv);
+    }
     free(s->seen);
     for (size_t i = 0; s->chain && i < s->chain->n; i++)
         free(s->chain->path[i]);

@@ -1,12 +1,14 @@
 /* qemu_oracle: qemu-img as the reference for tests (see qemu_oracle.h). */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "qemu_oracle.h"
@@ -99,6 +101,8 @@ uint8_t *qo_read_file(const char *path, size_t *len_out)
         got += (size_t)n;
     }
     close(fd);
+    if (buf)
+        buf[got] = '\0'; /* callers search text files with strstr */
     if (buf && len_out)
         *len_out = got;
     return buf;
@@ -149,4 +153,35 @@ void qo_rmtree(const char *dir)
     if (strncmp(dir, "/tmp/", 5) != 0 || strstr(dir, ".."))
         return;
     (void)qo_sh(NULL, 0, "rm -rf '%s'", dir);
+}
+
+int qo_wait_output(int fd, const char *needle, int secs)
+{
+    char buf[256];
+    size_t got = 0, keep = strlen(needle);
+    struct timespec t0, t;
+
+    if (keep > 64)
+        return -1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    buf[0] = '\0';
+    while (!strstr(buf, needle)) {
+        struct pollfd pf = {fd, POLLIN, 0};
+        ssize_t r;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if (t.tv_sec - t0.tv_sec >= secs)
+            return -1;
+        if (poll(&pf, 1, 1000) <= 0)
+            continue;
+        r = read(fd, buf + got, sizeof(buf) - 1 - got);
+        if (r <= 0)
+            return -1;
+        got += (size_t)r;
+        buf[got] = '\0';
+        if (got > sizeof(buf) / 2) { /* keep the tail: the needle may straddle two reads */
+            memmove(buf, buf + got - keep, keep + 1);
+            got = keep;
+        }
+    }
+    return 0;
 }

@@ -26,7 +26,8 @@ bool qo_have_qemu(void);
 /* Write data[0..len) to path (created or replaced). 0 or -errno. */
 int qo_write_file(const char *path, const void *data, size_t len);
 
-/* Read a whole file into a malloc'd buffer. NULL on failure. */
+/* Read a whole file into a malloc'd buffer, followed by a NUL (not counted in *len_out).
+ * NULL on failure. */
 uint8_t *qo_read_file(const char *path, size_t *len_out);
 
 /* Copy the memfs file mpath to the real file dst. 0 or -errno (-ENOENT if absent). */
@@ -43,6 +44,13 @@ int qo_check(const char *path, char *out, size_t out_len);
  * "compressed-clusters"); -1 when the field is absent or the run failed.
  */
 int64_t qo_check_json_field(const char *path, const char *field);
+
+/*
+ * Wait until fd (the read end of a pipe from a child's stdout) has shown
+ * needle (up to 64 bytes), for at most secs seconds. 0 when it has; -1 at end
+ * of file (the child exited) or after secs.
+ */
+int qo_wait_output(int fd, const char *needle, int secs);
 
 /* A fresh directory under /tmp (mkdtemp) named after tag, copied to dir. 0 or -errno. */
 int qo_mkdtemp(char *dir, size_t dir_len, const char *tag);

@@ -43,6 +43,7 @@ static void sleep_ms(long ms)
 struct qproc {
     pid_t pid;
     int cmd_fd; /* qemu-io's stdin; closing it makes qemu-io quit */
+    int out_fd; /* its stdout */
 };
 
 /* Whether some open file description holds a lock on byte of path. */
@@ -63,18 +64,24 @@ static bool byte_locked(const char *p, off_t byte)
     return held;
 }
 
-/* Start qemu-io on path (read-write unless ro) and wait (bounded) until it holds its locks. */
+/*
+ * Start qemu-io on path (read-write unless ro); ready once it prints its
+ * first prompt, after its open. Its lock byte alone is not enough: QEMU sets
+ * its bytes and checks the others' afterwards, so an open that locks in
+ * between makes both fail, and qemu-io exits.
+ */
 static void qemu_io_start(struct qproc *q, bool ro)
 {
-    int pfd[2];
+    int in[2], out[2];
 
-    cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(in, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(out, O_CLOEXEC), 0);
     q->pid = fork();
     cr_assert_geq(q->pid, 0);
     if (q->pid == 0) {
         int null = open("/dev/null", O_WRONLY);
-        dup2(pfd[0], 0);
-        dup2(null, 1);
+        dup2(in[0], 0);
+        dup2(out[1], 1);
         dup2(null, 2);
         if (ro)
             execlp("qemu-io", "qemu-io", "-r", path, (char *)NULL);
@@ -82,14 +89,13 @@ static void qemu_io_start(struct qproc *q, bool ro)
             execlp("qemu-io", "qemu-io", path, (char *)NULL);
         _exit(127);
     }
-    close(pfd[0]);
-    q->cmd_fd = pfd[1];
-    for (int i = 0; i < 1000 && !byte_locked(path, ro ? 100 : 101); i++) {
-        int status;
-        cr_assert_eq(waitpid(q->pid, &status, WNOHANG), 0, "qemu-io exited early");
-        sleep_ms(10);
-    }
-    cr_assert(byte_locked(path, ro ? 100 : 101), "qemu-io did not lock the image within 10 s");
+    close(in[0]);
+    close(out[1]);
+    q->cmd_fd = in[1];
+    q->out_fd = out[0];
+    cr_assert_eq(qo_wait_output(q->out_fd, "qemu-io> ", 120), 0,
+                 "qemu-io exited, or gave no prompt within 120 s");
+    cr_assert(byte_locked(path, ro ? 100 : 101), "qemu-io is ready but does not lock the image");
 }
 
 static void qemu_io_stop(struct qproc *q)
@@ -99,11 +105,13 @@ static void qemu_io_stop(struct qproc *q)
     close(q->cmd_fd);
     for (int i = 0; i < 500; i++) {
         if (waitpid(q->pid, &status, WNOHANG) == q->pid)
-            return;
+            goto out;
         sleep_ms(10);
     }
     kill(q->pid, SIGKILL);
     waitpid(q->pid, &status, 0);
+out:
+    close(q->out_fd);
 }
 
 static int open_image(qcow2_image **img, unsigned flags)

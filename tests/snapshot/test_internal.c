@@ -521,3 +521,78 @@ Test(internal, crash_after_every_step)
     for (size_t i = 0; i < sizeof(IOPS) / sizeof(IOPS[0]); i++)
         sweep(&IOPS[i]);
 }
+
+/*
+ * What a plan decides from a head's internal snapshots (the head's state is
+ * already that of the snapshot reverted to, so nothing is kept; a name is
+ * free in the head's table) is read before the operation holds the head: a
+ * head changed in between (a VM wrote it, `qemu-img snapshot -c` took that
+ * name) stops the execution, with nothing changed.
+ */
+Test(internal, internal_snapshots_are_read_again_under_the_hold)
+{
+    tf_model m = {0};
+    qsnap_store *s;
+    qsnap_plan *p = NULL;
+    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+    char *head, *before, *after, out[4096];
+    int rc;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img not installed");
+    s = tf_start_s1("intrecheck", &m);
+    tf_write_state(s, &m, "main", 0x21, 1 * MiB, 64 * KiB);
+    tf_ok(create_internal(s, "i1"), "create --internal i1");
+    tf_model_set(&m, "i1", false, tf_model_get(&m, "main"));
+    head = tf_file_of(s, "main");
+    cr_assert_not_null(head);
+
+    /* Planned while main's state is i1's (nothing to keep), written before it runs. */
+    tf_ok(qsnap_plan_revert(&p, s, "i1", NULL, false), "revert plan");
+    cr_assert(!strstr(qsnap_plan_summary(p), "kept as"), "the plan keeps a state: %s",
+              qsnap_plan_summary(p));
+    tf_write_state(s, &m, "main", 0x31, 2 * MiB, 64 * KiB);
+    before = tf_tree_snapshot(tf_dir);
+    rc = qsnap_plan_execute(s, p, NULL);
+    qsnap_plan_free(p);
+    expect_refused(rc, QSNAP_EBUSY, "revert over a head written after the plan",
+                   "changed while the operation was planned");
+    cr_assert(strstr(qsnap_error_last()->message, "i1"), "%s", qsnap_error_last()->message);
+    after = tf_tree_snapshot(tf_dir);
+    cr_assert_str_eq(before, after, "the refused revert changed files");
+    free(before);
+    free(after);
+    check(s, &m, "revert refused: the write is still there");
+
+    /* A name found free in the head's table, taken by qemu-img before the plan runs. */
+    co.name = "i2";
+    co.internal = true;
+    tf_ok(qsnap_plan_create(&p, s, &co), "create --internal i2 plan");
+    cr_assert_eq(qo_sh(out, sizeof(out), "qemu-img snapshot -c i2 '%s'", head), 0,
+                 "qemu-img snapshot -c: %s", out);
+    tf_write_state(s, &m, "main", 0x32, 3 * MiB, 64 * KiB); /* i2 must not be qemu-img's */
+    before = tf_tree_snapshot(tf_dir);
+    rc = qsnap_plan_execute(s, p, NULL);
+    qsnap_plan_free(p);
+    expect_refused(rc, QSNAP_EBUSY, "create over a name qemu-img took after the plan",
+                   "changed while the operation was planned");
+    cr_assert(strstr(qsnap_error_last()->message, "i2"), "%s", qsnap_error_last()->message);
+    after = tf_tree_snapshot(tf_dir);
+    cr_assert_str_eq(before, after, "the refused create changed files");
+    free(before);
+    free(after);
+    cr_assert(!listed_internal(s, "i2", &(bool){false}), "i2 is in the tree");
+    cr_assert_eq(qo_sh(out, sizeof(out), "qemu-img snapshot -d i2 '%s'", head), 0,
+                 "qemu-img snapshot -d: %s", out);
+    check(s, &m, "create refused");
+
+    /* Unchanged between plan and execution: both go through. */
+    tf_ok(create_internal(s, "i2"), "create --internal i2");
+    tf_model_set(&m, "i2", false, tf_model_get(&m, "main"));
+    tf_ok(tf_revert(s, "i1", NULL, false, NULL), "revert i1 (main's state is i2's: kept)");
+    tf_model_set(&m, "main", true, tf_model_get(&m, "i1"));
+    check(s, &m, "after both");
+    free(head);
+    qsnap_store_close(s);
+    tf_model_free(&m);
+}

@@ -148,32 +148,39 @@ static bool byte_locked(const char *p, off_t byte)
 struct qproc {
     pid_t pid;
     int cmd_fd;
+    int out_fd;
 };
 
-/* qemu-io on path read-write, stdin a pipe so it stays; bounded wait for its locks. */
+/*
+ * qemu-io on path read-write, stdin a pipe so it stays. Ready once it prints
+ * its first prompt: it opens the image, takes its locks and checks everyone
+ * else's before its command loop starts. Its lock byte alone is not enough:
+ * QEMU sets its bytes and checks the others' afterwards, so an operation that
+ * takes its own locks in between makes both fail (inuse.c) and qemu-io exits.
+ */
 static void qemu_io_start(struct qproc *q, const char *path)
 {
-    int pfd[2];
+    int in[2], out[2];
 
-    cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(in, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(out, O_CLOEXEC), 0);
     q->pid = fork();
     cr_assert_geq(q->pid, 0);
     if (q->pid == 0) {
         int null = open("/dev/null", O_WRONLY);
-        dup2(pfd[0], 0);
-        dup2(null, 1);
+        dup2(in[0], 0);
+        dup2(out[1], 1);
         dup2(null, 2);
         execlp("qemu-io", "qemu-io", "-f", "qcow2", path, (char *)NULL);
         _exit(127);
     }
-    close(pfd[0]);
-    q->cmd_fd = pfd[1];
-    for (int i = 0; i < 1000 && !byte_locked(path, 101); i++) {
-        int status;
-        cr_assert_eq(waitpid(q->pid, &status, WNOHANG), 0, "qemu-io exited early");
-        sleep_ms(10);
-    }
-    cr_assert(byte_locked(path, 101), "qemu-io did not lock %s within 10 s", path);
+    close(in[0]);
+    close(out[1]);
+    q->cmd_fd = in[1];
+    q->out_fd = out[0];
+    cr_assert_eq(qo_wait_output(q->out_fd, "qemu-io> ", 120), 0,
+                 "qemu-io on %s exited, or gave no prompt within 120 s", path);
+    cr_assert(byte_locked(path, 101), "qemu-io is ready but does not lock %s", path);
 }
 
 static void qemu_io_stop(struct qproc *q)
@@ -183,11 +190,13 @@ static void qemu_io_stop(struct qproc *q)
     close(q->cmd_fd);
     for (int i = 0; i < 500; i++) {
         if (waitpid(q->pid, &status, WNOHANG) == q->pid)
-            return;
+            goto out;
         sleep_ms(10);
     }
     kill(q->pid, SIGKILL);
     waitpid(q->pid, &status, 0);
+out:
+    close(q->out_fd);
 }
 
 Test(store, qemu_io_holding_the_head_makes_operations_busy)
@@ -408,6 +417,98 @@ Test(store, files_are_held_while_the_plan_runs)
 }
 
 /*
+ * Files a step makes (a new head, a layer that preserves content) are held too,
+ * from the moment they exist to the end of the operation: a QEMU that opens one
+ * meanwhile (its name is in the journal, and the VM path leads to a new head
+ * once the metadata is saved) is refused instead of running on a file the
+ * operation still writes, fingerprints or removes again on a failure.
+ */
+struct new_files {
+    char path[8][1024];
+    size_t n;
+    unsigned tried, opened;
+};
+
+static void try_open_new_files(unsigned step, void *payload)
+{
+    struct new_files *nf = payload;
+
+    (void)step;
+    for (size_t i = 0; i < nf->n; i++) {
+        qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+        qcow2_image *img = NULL;
+        struct stat st;
+        pid_t pid;
+        int status;
+        if (stat(nf->path[i], &st) != 0)
+            continue; /* not made yet */
+        nf->tried++;
+        pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+            oo.flags = QCOW2_OPEN_NO_BACKING;
+            _exit(qcow2_image_open(&img, nf->path[i], &oo) == QCOW2_EBUSY ? 0 : 1);
+        }
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+            nf->opened++;
+    }
+}
+
+/* The files of the layers the plan's last model has and the store's has not. */
+static void new_files_of(qsnap_store *s, const qsnap_plan *p, struct new_files *nf)
+{
+    const struct qsnap__model *t = &p->models[p->nm - 1];
+
+    memset(nf, 0, sizeof(*nf));
+    for (size_t i = 0; i < t->nl && nf->n < 8; i++) {
+        if (qsnap__layer(&s->m, t->layers[i].id))
+            continue;
+        snprintf(nf->path[nf->n++], sizeof(nf->path[0]), "%s/%s", qsnap_store_path(s),
+                 t->layers[i].file);
+    }
+}
+
+Test(store, files_a_step_makes_are_held_while_the_plan_runs)
+{
+    qsnap_store *s = base("holdnew");
+    qsnap_exec_opts eo = QSNAP_EXEC_OPTS_INIT;
+    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+    struct new_files nf;
+    qsnap_plan *p = NULL;
+
+    /* create: main's new head. */
+    tf_ok(qsnap_plan_create(&p, s, &co), "create plan");
+    new_files_of(s, p, &nf);
+    cr_assert_eq(nf.n, 1, "create makes %zu layers, want 1", nf.n);
+    eo.step_hook = try_open_new_files;
+    eo.payload = &nf;
+    tf_ok(qsnap_plan_execute(s, p, &eo), "create");
+    qsnap_plan_free(p);
+    cr_assert_gt(nf.tried, 0, "the new head was never there between steps");
+    cr_assert_eq(nf.opened, 0, "the new head %s could be opened %u of %u times while the plan ran",
+                 nf.path[0], nf.opened, nf.tried);
+    cr_assert(!byte_locked(nf.path[0], 100) && !byte_locked(nf.path[0], 201),
+              "the new head is still locked after the operation");
+    /* commit b: a new layer preserves s2's content before b is written into it. */
+    tf_ok(qsnap_plan_commit(&p, s, "b"), "commit plan");
+    new_files_of(s, p, &nf);
+    cr_assert_geq(nf.n, 1, "commit b makes no layer");
+    tf_ok(qsnap_plan_execute(s, p, &eo), "commit b");
+    qsnap_plan_free(p);
+    cr_assert_gt(nf.tried, 0, "the preserving layer was never there between steps");
+    cr_assert_eq(nf.opened, 0, "a new layer (%s) could be opened %u of %u times while the plan ran",
+                 nf.path[0], nf.opened, nf.tried);
+    for (size_t i = 0; i < nf.n; i++) {
+        struct stat st;
+        if (stat(nf.path[i], &st) == 0)
+            cr_assert(!byte_locked(nf.path[i], 100) && !byte_locked(nf.path[i], 201),
+                      "%s is still locked after the operation", nf.path[i]);
+    }
+    qsnap_store_close(s);
+}
+
+/*
  * What a plan decides from its heads' content (a clean head dropped by revert,
  * nothing to commit) is read before the operation holds the files: a head
  * written in between (a VM that wrote and exited) stops the execution, with
@@ -458,6 +559,61 @@ Test(store, nothing_to_commit_is_checked_again_under_the_hold)
 }
 
 /* ---- bad input ------------------------------------------------------------------ */
+
+/*
+ * A store directory without metadata whose layers/ is a symbolic link to
+ * another directory: refused as a link (the directory it leads to is never
+ * read), whether it leads to files or to nothing, at open and when a first
+ * create finds it made meanwhile.
+ */
+Test(store, symlinked_layers_without_metadata_is_refused_not_followed)
+{
+    char store[600], other[600], layers[700], file[700];
+    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+    qsnap_store *s = NULL;
+    qsnap_plan *p = NULL;
+    int rc;
+
+    tf_setup(tf_dir, sizeof(tf_dir), tf_disk, sizeof(tf_disk), "orphanlink", false, tf_d0);
+    snprintf(store, sizeof(store), "%s.qsnap", tf_disk);
+    snprintf(other, sizeof(other), "%s/elsewhere", tf_dir);
+    snprintf(layers, sizeof(layers), "%s/layers", store);
+    snprintf(file, sizeof(file), "%s/1.qcow2", other);
+    cr_assert_eq(mkdir(store, 0777), 0);
+    cr_assert_eq(mkdir(other, 0777), 0);
+    cr_assert_eq(symlink(other, layers), 0);
+    /* Leading to an empty directory, then to one with a file: the same refusal. */
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1)
+            cr_assert_eq(qo_write_file(file, tf_d0, 4096), 0);
+        rc = qsnap_store_open(&s, tf_disk, QSNAP_OPEN_CREATE | QSNAP_OPEN_ANY_FILES);
+        cr_assert_null(s);
+        expect_error(rc, QSNAP_EINTEGRITY, layers, "open over a symlinked layers/");
+        cr_assert(strstr(qsnap_error_last()->message, "symbolic link"), "%s",
+                  qsnap_error_last()->message);
+    }
+    /* A first create that finds it made after the store was opened. */
+    {
+        char out[1024];
+        cr_assert_eq(qo_sh(out, sizeof(out), "rm -r '%s'", store), 0, "%s", out);
+    }
+    s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
+    tf_ok(qsnap_plan_create(&p, s, &co), "first create plan");
+    cr_assert_eq(mkdir(store, 0777), 0);
+    cr_assert_eq(symlink(other, layers), 0);
+    rc = qsnap_plan_execute(s, p, NULL);
+    qsnap_plan_free(p);
+    expect_error(rc, QSNAP_EINTEGRITY, layers, "first create over a symlinked layers/");
+    cr_assert(strstr(qsnap_error_last()->message, "symbolic link"), "%s",
+              qsnap_error_last()->message);
+    qsnap_store_close(s);
+    {
+        struct stat st;
+        cr_assert_eq(lstat(layers, &st), 0);
+        cr_assert(S_ISLNK(st.st_mode), "layers/ was replaced");
+        cr_assert_eq(stat(file, &st), 0, "the file the link leads to is gone");
+    }
+}
 
 Test(store, missing_layer_file)
 {

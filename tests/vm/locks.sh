@@ -63,24 +63,75 @@ w() { # PATTERN OFFSET FILE: write 64 KiB through qsnap's own qemu-io-like runne
     q image io -c "write -P $1 $2 64k" "$3" >/dev/null
 }
 
-# held FILE: another process holds FILE's image lock as a writer (qemu-img info,
-# which takes a reader's lock, is refused).
-held() {
-    ! qemu-img info "$1" >/dev/null 2>&1
+# locked FILE: an open file holds an OFD lock on FILE's byte 101 (QEMU's "write"
+# permission). Read from /proc/locks: looking takes no lock (a qemu-img info here
+# would take its own, and a QEMU starting at that moment fails on it).
+locked() {
+    local ino
+    ino=$(stat -L -c %i "$1" 2>/dev/null) || return 1
+    awk -v ino="$ino" '$2 == "OFDLCK" { n = split($6, d, ":"); if (d[n] == ino && $7 <= 101 &&
+        ($8 == "EOF" || $8 >= 101)) f = 1 } END { exit !f }' /proc/locks
 }
 
-# qemu_start FILE: a paused QEMU on FILE (qcow2, virtio); waits for its locks.
+# qmp_wait SOCKET PID: 0 once the QEMU (PID) answers query-status on its QMP
+# socket, which it serves only after its start-up (drives opened, locked and
+# checked against others' locks, devices attached); 1 when it exited first; 2
+# after 120 s. QEMU takes its lock bytes and only then checks everyone else's:
+# an operation that takes its own in between makes both fail, so "it has its
+# lock" is not "it has started".
+qmp_wait() {
+    python3 - "$1" "$2" <<'PY'
+import json, os, socket, sys, time
+path, pid = sys.argv[1], int(sys.argv[2])
+end = time.monotonic() + 120
+def alive():
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie has exited too
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+while time.monotonic() < end:
+    if not alive():
+        sys.exit(1)
+    try:
+        c = socket.socket(socket.AF_UNIX)
+        c.settimeout(max(1.0, end - time.monotonic()))
+        c.connect(path)
+        f = c.makefile("rwb")
+        def cmd(name):
+            f.write(json.dumps({"execute": name}).encode() + b"\n")
+            f.flush()
+            while True:
+                line = f.readline()
+                if not line:
+                    raise OSError("closed")
+                if b'"return"' in line:
+                    return
+                if b'"error"' in line:
+                    raise OSError(line)
+        f.readline()  # the greeting
+        cmd("qmp_capabilities")
+        cmd("query-status")
+        sys.exit(0)
+    except (OSError, socket.timeout):
+        time.sleep(0.1)
+sys.exit(2)
+PY
+}
+
+# qemu_start FILE: a paused QEMU on FILE (qcow2, virtio); waits until it has started.
 qemu_start() {
+    rm -f "$W/qmp.sock"
     qemu-system-x86_64 -S -display none -nodefaults -machine pc,accel=tcg -m 64 \
+        -qmp "unix:$W/qmp.sock,server=on,wait=off" \
         -drive "file=$1,format=qcow2,if=virtio" 2>"$W/qemu.err" &
     QPID=$!
-    local n=0
-    while ! held "$1" && [ $n -lt 1000 ]; do
-        kill -0 "$QPID" 2>/dev/null || break
-        sleep 0.05
-        n=$((n + 1))
-    done
-    held "$1" || { echo "# qemu did not start: $(cat "$W/qemu.err")"; return 1; }
+    qmp_wait "$W/qmp.sock" "$QPID" || { echo "# qemu did not start: $(cat "$W/qemu.err")"; return 1; }
+    locked "$1" || { echo "# qemu started but holds no lock on $1"; return 1; }
 }
 qemu_stop() {
     [ -n "$QPID" ] && kill "$QPID" 2>/dev/null
@@ -236,21 +287,26 @@ w 0x44 192k "$VMPATH"
 QSNAP_TEST_STOP_AT=1 "$QSNAP" commit disk.raw main >"$W/commit.out" 2>&1 &
 CPID=$!
 n=0
-while [ "$(ps -o stat= -p $CPID 2>/dev/null | cut -c1)" != T ] && [ $n -lt 600 ]; do
+while [ "$(ps -o stat= -p $CPID 2>/dev/null | cut -c1)" != T ] && [ $n -lt 2400 ] &&
+    kill -0 $CPID 2>/dev/null; do
     sleep 0.05
     n=$((n + 1))
 done
 if [ "$(ps -o stat= -p $CPID 2>/dev/null | cut -c1)" = T ]; then
     for f in "$VMPATH" "$S2,readonly=on"; do
-        timeout 60 qemu-system-x86_64 -S -display none -nodefaults -machine pc,accel=tcg -m 64 \
+        # It either starts (QMP answers: wrong) or exits on the lock; a slow start
+        # under load is neither, so wait for one of the two, not for a time.
+        rm -f "$W/qmp2.sock"
+        timeout 180 qemu-system-x86_64 -S -display none -nodefaults -machine pc,accel=tcg -m 64 \
+            -qmp "unix:$W/qmp2.sock,server=on,wait=off" \
             -drive "file=$f,format=qcow2,if=virtio" >/dev/null 2>"$W/q2.err" &
         p=$!
-        n=0
-        while kill -0 $p 2>/dev/null && [ $n -lt 60 ]; do sleep 0.1; n=$((n + 1)); done
-        if kill -0 $p 2>/dev/null; then
+        qmp_wait "$W/qmp2.sock" $p
+        qrc=$?
+        if [ $qrc != 1 ]; then
             kill $p
             wait $p 2>/dev/null
-            bad "held meanwhile: ${f##*/}" "QEMU started on it while the commit held it"
+            bad "held meanwhile: ${f##*/}" "QEMU $([ $qrc = 0 ] && echo "started on it while the commit held it" || echo "neither started nor exited in 120 s")"
         else
             wait $p 2>/dev/null
             grep -q 'lock' "$W/q2.err" && ok "held meanwhile: QEMU on ${f##*/} fails to take its lock" ||
