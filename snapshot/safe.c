@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "qcow2/sys/io.h"
@@ -681,17 +682,54 @@ int qsnap__link_into_store(const qsnap_store *s, const char *src, const char *re
     return rc;
 }
 
+static int64_t ts_ns(struct timespec t)
+{
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* The mark of directory sub (layers/ or state/), or NULL. */
+static struct qsnap__scan_mark *mark_of(const qsnap_store *s, const char *sub)
+{
+    return s->marks ? &s->marks[strcmp(sub, "layers") ? 1 : 0] : NULL;
+}
+
+/*
+ * Before a walk: the directory as it is (st) and the time now. After a clean
+ * walk, the mark says whether a later check may trust an unchanged change
+ * time: only when that time is older than the walk by more than twice the
+ * coarse clock's tick, since a change made after the walk began is stamped
+ * with a time at most one tick before it, so it shows as a different one.
+ */
+static void mark_set(struct qsnap__scan_mark *mk, const struct stat *st, int64_t began)
+{
+    struct timespec res;
+    int64_t tick = clock_getres(CLOCK_REALTIME_COARSE, &res) == 0 ? ts_ns(res) : 0;
+
+    mk->dev = st->st_dev;
+    mk->ino = st->st_ino;
+    mk->ctime_ns = ts_ns(st->st_ctim);
+    mk->quiet = tick > 0 && tick < 1000000000 && mk->ctime_ns + 2 * tick < began;
+}
+
 /* QSNAP_EINTEGRITY naming the first entry of directory sub that is not a regular file. */
 static int scan_dir(const qsnap_store *s, const char *sub)
 {
     bool layers = !strcmp(sub, "layers");
+    struct qsnap__scan_mark *mk = mark_of(s, sub);
+    struct timespec now;
+    struct stat dst;
+    bool can_mark;
     struct dirent *e;
     DIR *d;
     int dfd, rc = 0;
 
+    if (mk)
+        mk->quiet = false;
     rc = qsnap__store_dirfd(s, sub, &dfd);
     if (rc)
         return rc == QSNAP_ENOTFOUND ? 0 : rc;
+    /* Stat first, then the clock, then the entries: a change after the stat is seen. */
+    can_mark = mk && fstat(dfd, &dst) == 0 && clock_gettime(CLOCK_REALTIME, &now) == 0;
     d = fdopendir(dfd);
     if (!d) {
         close(dfd);
@@ -739,22 +777,54 @@ static int scan_dir(const qsnap_store *s, const char *sub)
         }
     }
     closedir(d);
+    if (!rc && can_mark)
+        mark_set(mk, &dst, ts_ns(now));
     return rc;
 }
 
-int qsnap__scan_store(const qsnap_store *s)
+/* Directory sub is as the last clean walk found it, and that walk may be trusted. */
+static bool unchanged(const qsnap_store *s, int sfd, const char *sub)
+{
+    const struct qsnap__scan_mark *mk = mark_of(s, sub);
+    struct stat st;
+
+    return mk && mk->quiet && fstatat(sfd, sub, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+           S_ISDIR(st.st_mode) && st.st_dev == mk->dev && st.st_ino == mk->ino &&
+           ts_ns(st.st_ctim) == mk->ctime_ns;
+}
+
+static int scan(const qsnap_store *s, bool again)
 {
     static const char *const files[] = {"meta", "lock", "journal", "meta.tmp", "journal.tmp",
                                         "meta.log", "meta.log.tmp"};
-    int rc;
+    static const char *const dirs[] = {"layers", "state"};
+    int rc, sfd = -1;
 
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         rc = qsnap__check_store_file(s, files[i]);
         if (rc && rc != QSNAP_ENOTFOUND)
             return rc;
     }
-    rc = scan_dir(s, "layers");
-    return rc ? rc : scan_dir(s, "state");
+    if (again && qsnap__store_dirfd(s, "", &sfd))
+        sfd = -1;
+    rc = 0;
+    for (size_t i = 0; !rc && i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        if (sfd < 0 || !unchanged(s, sfd, dirs[i]))
+            rc = scan_dir(s, dirs[i]);
+    }
+    if (sfd >= 0)
+        close(sfd);
+    return rc;
+}
+
+int qsnap__scan_store(const qsnap_store *s)
+{
+    return scan(s, false);
+}
+
+int qsnap__rescan_store(const qsnap_store *s)
+{
+    return scan(s, true);
 }
 
 int qsnap__repair_layer(const qsnap_store *s, const struct qsnap__layer *l)
