@@ -544,9 +544,9 @@ int qsnap__model_parse(struct qsnap__model *m, const char *text, size_t len, con
 }
 
 int qsnap__model_parse_v(struct qsnap__model *m, const char *text, size_t len, const char *what,
-                         unsigned *version)
+                         unsigned *version, bool check)
 {
-    return parse_text(m, text, len, what, true, version);
+    return parse_text(m, text, len, what, check, version);
 }
 
 int qsnap__model_parse_part(struct qsnap__model *m, const char *text, size_t len, const char *what)

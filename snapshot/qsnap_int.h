@@ -233,9 +233,10 @@ void qsnap__del_branch(struct qsnap__model *m, const char *name);
 /* Serialize to text (malloc'd) / parse text (hostile input: every field checked). */
 int qsnap__model_format(const struct qsnap__model *m, char **out);
 int qsnap__model_parse(struct qsnap__model *m, const char *text, size_t len, const char *what);
-/* The same, telling the store version the text has. */
+/* The same, telling the store version the text has; check: the graph too (qsnap__model_check),
+ * else only each record (the caller checks the model once it is whole). */
 int qsnap__model_parse_v(struct qsnap__model *m, const char *text, size_t len, const char *what,
-                         unsigned *version);
+                         unsigned *version, bool check);
 /* The records of a change (metalog.c): parsed and checked one by one, not as a whole. */
 int qsnap__model_parse_part(struct qsnap__model *m, const char *text, size_t len, const char *what);
 /* Check the graph: ids unique, references exist, no cycles. */
