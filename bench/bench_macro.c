@@ -594,7 +594,7 @@ static int cmd_run(const char *dir)
 
     if (!want(1))
         goto s2;
-    /* 1: commit into a raw base, and cp + sync of the same amount of data. */
+    /* 1: commit into a raw base, and the floor: cp + sync of the same amount of data, release. */
     fprintf(stderr, "scenario 1: commit into a raw base (%u runs)\n", slow);
     memset(sp, 0, sizeof(sp));
     set_argv(&sp[0], "qsnap commit -> raw", self_path, "op", "commit", "w/s1_top.qcow2", NULL);
@@ -609,15 +609,24 @@ static int cmd_run(const char *dir)
                    "{ echo 'qsnap commit: wrong base content' >&2; exit 1; }";
     measure(sp, m_s1, 2, slow);
     memset(sp, 0, sizeof(sp));
-    set_argv(&sp[0], "cp + sync", "sh", "-c", "cp p/cp_src.bin w/cp_dst.bin && sync", NULL);
-    sp[0].prep = "rm -f w/cp_dst.bin";
+    /*
+     * The floor: copy the same bytes durably, then release the overlay's
+     * blocks (a punch over the whole overlay, synced), which a commit that
+     * empties the overlay cannot avoid either.
+     */
+    set_argv(&sp[0], "cp + sync + release overlay", "sh", "-c",
+             "cp p/cp_src.bin w/cp_dst.bin && sync && "
+             "fallocate -p -o 0 -l \"$(stat -c %s w/s1_top.qcow2)\" w/s1_top.qcow2 && sync",
+             NULL);
+    sp[0].prep = "rm -f w/cp_dst.bin w/s1_top.qcow2 && "
+                 "cp --reflink=auto --sparse=always p/s1_top.qcow2 w/";
     sp[0].cold = true;
     measure(sp, m_cp, 1, slow);
     bu_sh("rm -f w/s1_base.raw w/s1_top.qcow2 w/cp_dst.bin");
-    add_row("1 commit 512M scattered -> raw base [qemu-img]", &m_s1[0], &m_s1[1], T_SPEEDUP, 2.0,
-            ">= 2.00x", true);
-    add_row("1 commit -> raw base vs copying 512M [cp+sync]", &m_s1[0], &m_cp[0], T_SPEEDUP, 0.8,
-            ">= 0.80x (qsnap <= 1.25x cp)", false);
+    add_row("1 commit 512M scattered -> raw base [qemu-img]", &m_s1[0], &m_s1[1], T_NONE, 0,
+            "- (information)", true);
+    add_row("1 commit -> raw base [cp+sync+release: the floor]", &m_s1[0], &m_cp[0], T_SPEEDUP,
+            1.0 / 1.15, ">= 0.87x (qsnap <= 1.15x floor)", false);
 
 s2:
     if (!want(2))
@@ -638,8 +647,8 @@ s2:
                    "{ echo 'qsnap commit: wrong qcow2 base' >&2; exit 1; }";
     measure(sp, m_s2, 2, slow);
     bu_sh("rm -f w/s2_base.qcow2 w/s2_top.qcow2");
-    add_row("2 commit 512M scattered -> qcow2 base [qemu-img]", &m_s2[0], &m_s2[1], T_SPEEDUP,
-            2.0, ">= 2.00x", true);
+    add_row("2 commit 512M scattered -> qcow2 base [qemu-img]", &m_s2[0], &m_s2[1], T_NONE, 0,
+            "- (information)", true);
 
 s3:
     if (!want(3))
@@ -673,12 +682,12 @@ s3:
     sp[0].cold = true;
     measure(sp, m_s3s, 1, fast);
     bu_sh("rm -f w/out.raw w/out.qcow2");
-    add_row("3 convert 64-deep chain -> raw [qemu-img]", &m_s3[0], &m_s3[1], T_SPEEDUP, 1.0,
-            ">= 1.00x", true);
+    add_row("3 convert 64-deep chain -> raw [qemu-img]", &m_s3[0], &m_s3[1], T_SPEEDUP, 2.0,
+            ">= 2.00x", true);
     add_row("3 convert -> raw [qemu-img + sync: both durable]", &m_s3[0], &m_s3s[0], T_NONE, 0,
             "- (information)", false);
-    add_row("3 convert 64-deep chain -> qcow2 [qemu-img]", &m_s3[2], &m_s3[3], T_SPEEDUP, 1.0,
-            ">= 1.00x", true);
+    add_row("3 convert 64-deep chain -> qcow2 [qemu-img]", &m_s3[2], &m_s3[3], T_SPEEDUP, 2.0,
+            ">= 2.00x", true);
 
 s4:
     if (!want(4))
@@ -722,10 +731,11 @@ s5:
     for (int i = 0; i < 3; i++)
         sp[i].cold = true;
     measure(sp, m_s5, 3, fast);
-    add_row("5 digest overlay+raw base [qemu-img compare]", &m_s5[0], &m_s5[2], T_SPEEDUP, 1.5,
-            ">= 1.50x", true);
+    /* The digest reads one side of what compare reads: held to compare's goal. */
+    add_row("5 digest overlay+raw base [qemu-img compare]", &m_s5[0], &m_s5[2], T_SPEEDUP, 4.0,
+            ">= 4.00x", true);
     add_row("5 compare overlay vs raw copy [qemu-img compare]", &m_s5[1], &m_s5[2], T_SPEEDUP,
-            1.5, ">= 1.50x", true);
+            4.0, ">= 4.00x", true);
 
 s6:
     if (!want(6))

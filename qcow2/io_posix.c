@@ -59,6 +59,7 @@ struct posix_io {
     bool no_punch;              /* fallocate(PUNCH_HOLE) unsupported here */
     bool no_seek_data;          /* SEEK_DATA/SEEK_HOLE unsupported here */
     bool no_clone;              /* FICLONERANGE unsupported here */
+    bool synced;                /* nothing changed through this handle since its last fdatasync */
 };
 
 static const qcow2_io_ops posix_ops;
@@ -110,6 +111,7 @@ static int posix_pwrite(qcow2_io *io, const void *buf, size_t len, uint64_t off)
 
     if (!range_ok(off, len))
         return -EFBIG;
+    p->synced = false;
     while (len) {
         size_t chunk = (size_t)qcow2__min(len, (size_t)SSIZE_MAX);
         ssize_t n = pwrite(p->fd, src, chunk, (off_t)off);
@@ -127,14 +129,24 @@ static int posix_pwrite(qcow2_io *io, const void *buf, size_t len, uint64_t off)
     return 0;
 }
 
+/*
+ * fdatasync, unless nothing was written, truncated, punched, allocated,
+ * copied or shared through this handle since its last one succeeded: on XFS
+ * and btrfs even a sync with nothing to write forces the journal (a few
+ * milliseconds each, and a commit flushes both files several times). A
+ * handle's first flush always syncs, for what was written before it opened.
+ */
 static int posix_flush(qcow2_io *io)
 {
     struct posix_io *p = to_posix(io);
 
+    if (p->synced)
+        return 0;
     while (fdatasync(p->fd) < 0) {
         if (errno != EINTR)
             return -errno;
     }
+    p->synced = true;
     return 0;
 }
 
@@ -144,6 +156,7 @@ static int posix_truncate(qcow2_io *io, uint64_t size)
 
     if (size > (uint64_t)INT64_MAX)
         return -EFBIG;
+    p->synced = false;
     while (ftruncate(p->fd, (off_t)size) < 0) {
         if (errno != EINTR)
             return -errno;
@@ -210,6 +223,7 @@ static int posix_punch(qcow2_io *io, uint64_t off, uint64_t len)
         return -EINVAL;
     if (len == 0)
         return 0;
+    p->synced = false;
     if (!p->no_punch) {
         for (;;) {
             if (fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
@@ -250,6 +264,7 @@ static int posix_allocate(qcow2_io *io, uint64_t off, uint64_t len)
 
     if (off > INT64_MAX || len > INT64_MAX - off)
         return -EINVAL;
+    p->synced = false;
     while (fallocate(p->fd, 0, (off_t)off, (off_t)len) < 0) {
         if (errno != EINTR)
             return errno == ENOTSUP ? -EOPNOTSUPP : -errno;
@@ -353,6 +368,7 @@ static int posix_copy_from(qcow2_io *io, uint64_t off, qcow2_io *src, uint64_t s
     if (src->ops != &posix_ops)
         return copy_bounce(io, off, src, src_off, len);
     s = to_posix(src);
+    p->synced = false;
     while (len) {
         off_t in = (off_t)src_off;
         off_t out = (off_t)off;
@@ -390,6 +406,7 @@ static int posix_clone_from(qcow2_io *io, uint64_t off, qcow2_io *src, uint64_t 
     if (src->ops != &posix_ops || p->no_clone)
         return -EOPNOTSUPP;
 #ifdef FICLONERANGE
+    p->synced = false;
     {
         struct file_clone_range r;
 

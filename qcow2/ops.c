@@ -575,13 +575,41 @@ out:
     return rc;
 }
 
+/*
+ * Share the raw file at the bottom of src's chain into the new raw target
+ * dst in one call (reflink), where the file system can: its bytes lie at
+ * their guest offsets, so the target then holds the base, holes as holes,
+ * and the convert only has to lay what the layers above hold over it
+ * (qcow2_image_convert). Returns the bytes shared from offset 0 (a multiple
+ * of QCOW2__CLONE_ALIGN), 0 when nothing was (no raw bottom, a file system
+ * that cannot share), or an error.
+ */
+static int64_t share_raw_bottom(qcow2_image *src, qcow2_io *dst, const char *dst_path)
+{
+    qcow2_image *bottom = src;
+    uint64_t len;
+    int rc;
+
+    while (bottom->backing)
+        bottom = bottom->backing;
+    if (bottom == src || bottom->fmt != QCOW2_FORMAT_RAW)
+        return 0;
+    len = qcow2__min(qcow2__min(src->size, bottom->size), bottom->file_size);
+    len &= ~(uint64_t)(QCOW2__CLONE_ALIGN - 1);
+    if (!len || len > (uint64_t)INT64_MAX)
+        return 0;
+    rc = qcow2__io_clone(dst, dst_path, 0, bottom->io, 0, len);
+    return rc < 0 ? rc : rc > 0 ? (int64_t)len : 0;
+}
+
 int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_convert_opts *opts)
 {
     qcow2_convert_opts o = QCOW2_CONVERT_OPTS_INIT;
     struct conv_progress cp;
     qcow2_io *dst = NULL;
     uint8_t *buf = NULL;
-    uint64_t off = 0, pf_end = 0;
+    uint64_t off = 0, pf_end = 0, base_end = 0;
+    qcow2_image *bottom = NULL;
     int sharing = -1; /* whether runs are shared into dst: -1 not known yet */
     int rc;
 
@@ -621,9 +649,28 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
         rc = qcow2__nomem();
         goto out;
     }
+    /*
+     * A new sparse target over a raw base: share the whole base first (one
+     * call, where a run at a time took one per piece between the layers'
+     * clusters), then below only what the layers above change. Not over an
+     * old target (-n) nor with -S 0, which want every byte written.
+     */
+    if (!o.no_create && o.min_sparse) {
+        int64_t shared_len = share_raw_bottom(src, dst, dst_path);
+        if (shared_len < 0) {
+            rc = (int)shared_len;
+            goto out;
+        }
+        if (shared_len > 0) {
+            base_end = (uint64_t)shared_len;
+            sharing = 1;
+            for (bottom = src; bottom->backing;)
+                bottom = bottom->backing;
+        }
+    }
     while (off < src->size) {
         qcow2_extent e;
-        bool shared;
+        bool shared, over_base;
 
         /* Reading ahead is for copying: not while the data is being shared (or may be). */
         if (sharing == 0)
@@ -631,6 +678,16 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
         rc = qcow2_image_block_status(src, NULL, off, qcow2__min(src->size - off, OPS_CHUNK), &e);
         if (rc)
             goto out;
+        over_base = off < base_end;
+        if (over_base) {
+            /* Shared with the base already: what the base itself decides is in place. */
+            e.length = qcow2__min(e.length, base_end - off);
+            if (e.layer == bottom) {
+                off += e.length;
+                conv_progress_to(&cp, off);
+                continue;
+            }
+        }
         shared = false;
         if ((e.flags & QCOW2_EXT_DATA) && (e.flags & QCOW2_EXT_OFFSET_VALID) &&
             !(e.flags & QCOW2_EXT_COMPRESSED)) {
@@ -645,8 +702,8 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
         } else if (sharing < 0 && !ext_is_zero(&e)) {
             sharing = 0; /* data that cannot be shared (compressed): copy, reading ahead */
         }
-        if (!shared && o.no_create && ext_is_zero(&e) && o.min_sparse) {
-            /* An existing target holds old data: zero it (a hole where it can). */
+        if (!shared && (o.no_create || over_base) && ext_is_zero(&e) && o.min_sparse) {
+            /* The target (old, or the shared base) holds other data: zero it (a hole if it can). */
             rc = qcow2__io_punch(dst, dst_path, off, e.length);
             if (rc)
                 goto out;
@@ -654,8 +711,9 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
             rc = conv_read(src, buf, e.length, off, ext_is_zero(&e), &o);
             if (rc)
                 goto out;
-            /* Holes are left only in a new target: an old one is written whole. */
-            rc = write_sparse(dst, dst_path, buf, e.length, off, o.no_create ? 0 : o.min_sparse);
+            /* Holes are left only where the target holds nothing: else it is written whole. */
+            rc = write_sparse(dst, dst_path, buf, e.length, off,
+                              o.no_create || over_base ? 0 : o.min_sparse);
             if (rc)
                 goto out;
         }

@@ -385,6 +385,12 @@ struct qcow2_image {
     bool l1_dirty;               /* the L1 in memory is newer than the file */
     bool rt_dirty;               /* the refcount table in memory is newer than the file */
     uint64_t meta_gen;           /* bumped whenever refcount metadata is placed */
+    /*
+     * The span [lo, hi) of the refcount blocks, for qcow2__meta_overlap: good
+     * while rb_span_gen is meta_gen + 1 (0: never computed) for this table.
+     */
+    uint64_t rb_span_lo, rb_span_hi, rb_span_gen;
+    const uint64_t *rb_span_table;
     bool header_dirty;           /* header fields changed: rewrite cluster 0 */
     bool write_started;          /* the first-write header update was made */
     uint64_t free_hint;          /* cluster index where the allocator starts looking */

@@ -2,7 +2,9 @@
 # Copy-free commit, convert and export on file systems that share blocks.
 # For XFS (mkfs.xfs -m reflink=1) and btrfs, each on a loop mount made here:
 #   commit   a scattered overlay into a raw base and into a qcow2 base
-#   convert  a two-layer chain to raw
+#   convert  a two-layer chain to raw; a three-layer chain over a raw base
+#            (shared whole, then overlaid) with zeroed and compressed clusters
+#            over its data and a middle layer smaller than the base
 #   export   a snapshot of a tree to raw
 #   commit   300 clusters written in random order into a qcow2 base (the
 #            batched shares: one FICLONERANGE per run contiguous in both files)
@@ -81,7 +83,15 @@ make_inputs() { # DIR
         qemu-img create -q -f qcow2 -o cluster_size=512 -b base.raw -F raw "$d/t512.qcow2" 64M &&
         qemu-img create -q -f qcow2 -o cluster_size=2048 -b base.qcow2 -F qcow2 "$d/t2k.qcow2" 64M &&
         qio "${u[@]}" "$d/tb512.qcow2" && qio "${u[@]}" "$d/tb2k.qcow2" &&
-        qio "${u[@]}" "$d/t512.qcow2" && qio "${u[@]}" "$d/t2k.qcow2"
+        qio "${u[@]}" "$d/t512.qcow2" && qio "${u[@]}" "$d/t2k.qcow2" || return 1
+    # Over the raw base, under a layer smaller than it (32 MiB: guest 32M-64M reads zeroes
+    # though the base holds data at 40M), a zeroed and a compressed all-zero cluster over
+    # the base's data, and data clusters over the base and past the small layer.
+    qemu-img create -q -f qcow2 -b base.raw -F raw "$d/mid.qcow2" 32M &&
+        qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 "$d/tzo.qcow2" 64M &&
+        qio -c 'write -P 0x21 1M 64k' -c 'write -P 0x22 6M 64k' "$d/mid.qcow2" &&
+        qio -c 'write -z 2M 64k' -c 'write -c -P 0 3M 64k' -c 'write -z 6M 64k' \
+            -c 'write -P 0x23 4M 64k' -c 'write -P 0x24 41M 64k' "$d/tzo.qcow2"
 }
 mkdir ref && make_inputs ref || { bad setup "could not make the inputs"; echo "$pass passed, $fail failed"; exit 1; }
 # The copying path's results, on this file system.
@@ -96,7 +106,8 @@ mkdir ref && make_inputs ref || { bad setup "could not make the inputs"; echo "$
             qemu-img rebase -u -b "c_$t.${b##*.}" -F "${b##*.}" "c_$t.top.qcow2" &&
             "$QSNAP" image commit -d "c_$t.top.qcow2" || exit 1
     done &&
-    "$QSNAP" image convert -O raw t512.qcow2 conv512.raw) >ref.log 2>&1 ||
+    "$QSNAP" image convert -O raw t512.qcow2 conv512.raw &&
+    qemu-img convert -O raw tzo.qcow2 convz.raw) >ref.log 2>&1 ||
     { bad setup "reference operations failed: $(tail -n 3 ref.log)"; echo "$pass passed, $fail failed"; exit 1; }
 
 # shared FILE: true when filefrag lists an extent shared with another file.
@@ -241,6 +252,28 @@ run_fs() { # NAME MKFS...
         else bad "$fs convert 512-byte clusters" "a write into the source changed the output"; fi
     else
         bad "$fs convert 512-byte clusters" "qsnap image convert failed: $(head -c 300 err)"
+    fi
+
+    # convert over a raw base that is shared whole first: what the layers above zero,
+    # and what a smaller middle layer hides, must not show the base's data
+    mkdir -p "$m/z" && cp ref/base.raw ref/mid.qcow2 ref/tzo.qcow2 "$m/z/"
+    if q image convert -O raw "$m/z/tzo.qcow2" "$m/z/out.raw" 2>err; then
+        if same "$m/z/out.raw" ref/convz.raw; then ok "$fs convert over a shared base: content as qemu-img convert's"
+        else bad "$fs convert over a shared base" "output differs from qemu-img convert's"; fi
+        if shared "$m/z/out.raw"; then ok "$fs convert over a shared base: blocks shared"
+        else bad "$fs convert over a shared base" "no shared extent in the output (filefrag -v)"; fi
+        cp --reflink=never "$m/z/out.raw" before_out.raw
+        qio -f raw -c 'write -P 0xe8 0 8M' -c 'write -P 0xe9 40M 4M' "$m/z/base.raw" &&
+            qio -c 'write -P 0xea 4M 64k' "$m/z/tzo.qcow2"
+        if cmp -s before_out.raw "$m/z/out.raw"; then ok "$fs convert over a shared base: source writes leave the output alone"
+        else bad "$fs convert over a shared base" "a write into the source changed the output"; fi
+        cp ref/base.raw before_base.raw
+        qio -f raw -c 'write -P 0xe8 0 8M' -c 'write -P 0xe9 40M 4M' before_base.raw
+        qio -f raw -c 'write -P 0xeb 0 64k' -c 'write -P 0xec 40M 64k' "$m/z/out.raw"
+        if cmp -s before_base.raw "$m/z/base.raw"; then ok "$fs convert over a shared base: output writes leave the base alone"
+        else bad "$fs convert over a shared base" "a write into the output changed the base"; fi
+    else
+        bad "$fs convert over a shared base" "qsnap image convert failed: $(head -c 300 err)"
     fi
 
     # export a snapshot of a tree

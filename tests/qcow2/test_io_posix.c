@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -264,6 +265,63 @@ Test(io_posix, copy_from_posix_and_from_memory)
     qcow2_io_close(dst);
     free(buf);
     free(out);
+}
+
+/*
+ * fdatasync as the library calls it, counted (this definition takes the
+ * place of the C library's in this program); every call still syncs.
+ */
+static unsigned datasyncs;
+
+int fdatasync(int fd)
+{
+    datasyncs++;
+    return (int)syscall(SYS_fdatasync, fd);
+}
+
+/* Flush io and return how many fdatasync calls that took. */
+static unsigned syncs_of_flush(qcow2_io *io)
+{
+    unsigned before = datasyncs;
+
+    cr_assert_eq(io->ops->flush(io), 0);
+    return datasyncs - before;
+}
+
+Test(io_posix, flush_syncs_only_what_changed_through_the_handle)
+{
+    char src_path[160];
+    uint8_t buf[8192];
+    qcow2_io *io, *src;
+
+    memset(buf, 0x5a, sizeof(buf));
+    snprintf(src_path, sizeof(src_path), "%s/src", tmpdir);
+    src = open_or_die(src_path, QCOW2_IO_CREATE);
+    cr_assert_eq(src->ops->pwrite(src, buf, sizeof(buf), 0), 0);
+    io = open_or_die(path, QCOW2_IO_CREATE);
+    /* The first flush of a handle syncs: the file may hold what others wrote before. */
+    cr_assert_eq(syncs_of_flush(io), 1);
+    cr_assert_eq(syncs_of_flush(io), 0, "nothing changed: no second sync");
+    cr_assert_eq(io->ops->pwrite(io, buf, 100, 4096), 0);
+    cr_assert_eq(syncs_of_flush(io), 1, "a write is synced");
+    cr_assert_eq(syncs_of_flush(io), 0);
+    cr_assert_eq(io->ops->truncate(io, 1 << 20), 0);
+    cr_assert_eq(syncs_of_flush(io), 1, "a truncate is synced");
+    cr_assert_eq(io->ops->punch(io, 0, 8192), 0);
+    cr_assert_eq(syncs_of_flush(io), 1, "a punch is synced");
+    cr_assert_eq(io->ops->allocate(io, 65536, 4096), 0);
+    cr_assert_eq(syncs_of_flush(io), 1, "an allocation is synced");
+    cr_assert_eq(io->ops->copy_from(io, 8192, src, 0, sizeof(buf)), 0);
+    cr_assert_eq(syncs_of_flush(io), 1, "a copy into the handle is synced");
+    cr_assert_eq(syncs_of_flush(src), 1, "the source's own first flush");
+    cr_assert_eq(src->ops->copy_from(src, 0, io, 8192, 100), 0);
+    cr_assert_eq(syncs_of_flush(src), 1, "the copy's target is synced");
+    cr_assert_eq(syncs_of_flush(io), 0, "the copy's source is not");
+    /* Where the file system shares blocks (XFS, btrfs), a share is synced too. */
+    if (io->ops->clone_from(io, 0, src, 0, 4096) == 0)
+        cr_assert_eq(syncs_of_flush(io), 1, "a share is synced");
+    qcow2_io_close(src);
+    qcow2_io_close(io);
 }
 
 /* ---- locking ------------------------------------------------------------------- */
