@@ -3,7 +3,7 @@
 # (1,000 snapshots, a write before every one), then the time of `list --tree`,
 # and of create and revert when the tree holds 10 snapshots and when it holds
 # 1,000 (they must not grow with the tree: no data is copied). Medians of 5
-# runs, wall time of the whole qsnap process. A benchmark, not a test: it
+# runs, wall and CPU time of the whole qsnap process. A benchmark, not a test: it
 # asserts nothing; run by `make bench` (bench/run.sh) or alone:
 #   QSNAP=build/bench/qsnap sh bench/bench_tree.sh [SCRATCH_DIR]
 # (ROWS=10k: only the rows at 10,000 snapshots, which need tests/snapshot/test_scale built)
@@ -15,28 +15,51 @@ dir=$(mktemp -d "${1:-/tmp}/qsnap-tree.XXXXXX")
 trap 'rm -rf "$dir"' EXIT
 cd "$dir"
 
+# CPU time: perf stat's task-clock (ms, to the microsecond) when perf works
+# here, else /usr/bin/time's user + system time (to 10 ms only).
+if command -v perf >/dev/null 2>&1 && perf stat -x, -e task-clock -o "$dir/cpu" true 2>/dev/null; then
+    CPU_BY="perf stat -e task-clock"
+else
+    CPU_BY="/usr/bin/time (user + system, 10 ms steps)"
+fi
+# CPU time (ms) of one run of the command string "$@".
+cpu_ms() {
+    case $CPU_BY in
+    perf*)
+        eval perf stat -x, -e task-clock -o "\"$dir/cpu\"" "$@" >/dev/null
+        awk -F, '$3 ~ /task-clock/ { printf "%.2f\n", $1 }' "$dir/cpu" ;;
+    *)
+        eval /usr/bin/time -f "'%U %S'" -o "\"$dir/cpu\"" "$@" >/dev/null
+        tail -1 "$dir/cpu" | awk '{ printf "%.2f\n", ($1 + $2) * 1000 }' ;;
+    esac
+}
 now_ms() { date +%s%N | awk '{ printf "%.3f", $1 / 1000000 }'; }
-
-# Median wall time (ms) of 5 runs of "$@" (each run gets a fresh name via $RUN).
+# "WALL/CPU": the medians (ms) of 5 runs timed by the clock and of 5 more
+# under cpu_ms. Each run gets a fresh number in $RUN (1-5, then 6-10) for
+# the names it makes; PRE, when set, is run (not timed) before each.
 median() {
-    for RUN in 1 2 3 4 5; do
+    : >"$dir/w"
+    : >"$dir/c"
+    for i in 1 2 3 4 5; do
+        RUN=$i
         export RUN
+        [ -z "${PRE:-}" ] || eval "$PRE"
         t0=$(now_ms)
         eval "$@" >/dev/null
         t1=$(now_ms)
-        echo "$t1 $t0" | awk '{ printf "%.2f\n", $1 - $2 }'
-    done | sort -n | sed -n 3p
+        echo "$t1 $t0" | awk '{ printf "%.2f\n", $1 - $2 }' >>"$dir/w"
+        RUN=$((i + 5))
+        [ -z "${PRE:-}" ] || eval "$PRE"
+        cpu_ms "$@" >>"$dir/c"
+    done
+    echo "$(sort -n "$dir/w" | sed -n 3p)/$(sort -n "$dir/c" | sed -n 3p)"
 }
 
-# Median wall time (ms) of 5 creates, each right after a 4 KiB write (not timed).
+# The same for creates, each right after a 4 KiB write (not timed).
 median_create() {
-    for RUN in 1 2 3 4 5; do
-        write "$RUN"
-        t0=$(now_ms)
-        "$QSNAP" create disk.raw "$1-$RUN" >/dev/null
-        t1=$(now_ms)
-        echo "$t1 $t0" | awk '{ printf "%.2f\n", $1 - $2 }'
-    done | sort -n | sed -n 3p
+    PRE='write "$RUN"'
+    median '"$QSNAP" create disk.raw "'"$1"'-$RUN"'
+    PRE=
 }
 
 # The tree at 10 and at 1,000 snapshots (ROWS=10k skips it: only the rows below).
@@ -77,14 +100,15 @@ rows_1k() {
     echo
     echo "snapshot tree at scale: $count snapshots, $branches branches (built in $(echo "$t1 $t0" |
         awk '{ printf "%.1f", ($1 - $2) / 1000 }') s)"
-    printf '%-36s %10s %10s  %s\n' "operation" "10 snaps" "1000 snaps" "target"
-    printf '%-36s %10s %10s  %s\n' "create (after a 4 KiB write), ms" "$create_small" "$create_big" \
+    printf '%-36s %12s %12s  %s\n' "operation (ms, wall/CPU)" "10 snaps" "1000 snaps" "target"
+    printf '%-36s %12s %12s  %s\n' "create (after a 4 KiB write)" "$create_small" "$create_big" \
         "< 5 ms, constant"
-    printf '%-36s %10s %10s  %s\n' "revert, ms" "$revert_small" "$revert_big" "constant"
-    printf '%-36s %10s %10s  %s\n' "switch, ms" "-" "$switch_big" "-"
-    printf '%-36s %10s %10s  %s\n' "list --tree, ms" "-" "$list_tree" "< 100 ms"
-    printf '%-36s %10s %10s  %s\n' "list --json, ms" "-" "$list_json" "-"
-    echo "(wall time of whole qsnap processes, median of 5; the create row includes nothing but create)"
+    printf '%-36s %12s %12s  %s\n' "revert" "$revert_small" "$revert_big" "constant"
+    printf '%-36s %12s %12s  %s\n' "switch" "-" "$switch_big" "-"
+    printf '%-36s %12s %12s  %s\n' "list --tree" "-" "$list_tree" "< 100 ms"
+    printf '%-36s %12s %12s  %s\n' "list --json" "-" "$list_json" "-"
+    echo "(whole qsnap processes, medians of 5: wall time, then CPU time by $CPU_BY;"
+    echo " the create row includes nothing but create)"
 }
 [ "${ROWS:-all}" = 10k ] || rows_1k
 
@@ -95,7 +119,8 @@ rows_1k() {
 # any of those commands took.
 SCALE_BIN=${SCALE_BIN:-}
 for c in "$(dirname "$QSNAP")/tests/snapshot/test_scale" build/release/tests/snapshot/test_scale; do
-    [ -z "$SCALE_BIN" ] && [ -x "$c" ] && SCALE_BIN=$c
+    # (relative names are of the directory the script was started in)
+    [ -z "$SCALE_BIN" ] && (cd "$OLDPWD" && [ -x "$c" ]) && SCALE_BIN=$c
 done
 case $SCALE_BIN in ''|/*) ;; *) SCALE_BIN=$OLDPWD/$SCALE_BIN ;; esac
 if [ -z "$SCALE_BIN" ] || [ ! -x "$SCALE_BIN" ]; then
@@ -107,17 +132,23 @@ big=$(SCALE_KEEP=1 SCALE_BUILD_ONLY=1 QSNAP=$QSNAP "$SCALE_BIN" 2>&1 | sed -n 's
 trap 'rm -rf "$dir" "$big"' EXIT
 D=$big/disk.img
 echo 0 >"$dir/rssmax"
-# Like median, keeping the largest max RSS (KiB) in $dir/rssmax.
+# Like median, keeping the largest max RSS (KiB) of the timed runs in $dir/rssmax.
 median_rss() {
-    for RUN in 1 2 3 4 5; do
+    : >"$dir/w"
+    : >"$dir/c"
+    for i in 1 2 3 4 5; do
+        RUN=$i
         export RUN
         t0=$(now_ms)
         eval /usr/bin/time -f %M -o "$dir/rss" "$@" >/dev/null
         t1=$(now_ms)
         r=$(tail -1 "$dir/rss")
         [ "$r" -gt "$(cat "$dir/rssmax")" ] && echo "$r" >"$dir/rssmax"
-        echo "$t1 $t0" | awk '{ printf "%.2f\n", $1 - $2 }'
-    done | sort -n | sed -n 3p
+        echo "$t1 $t0" | awk '{ printf "%.2f\n", $1 - $2 }' >>"$dir/w"
+        RUN=$((i + 5))
+        cpu_ms "$@" >>"$dir/c"
+    done
+    echo "$(sort -n "$dir/w" | sed -n 3p)/$(sort -n "$dir/c" | sed -n 3p)"
 }
 "$QSNAP" switch "$D" b5 >/dev/null
 count=$("$QSNAP" list "$D" --json | grep -c '"kind": "snapshot"' || true)
@@ -130,10 +161,11 @@ json_10k=$(median_rss '"$QSNAP" list "$D" --json')
 "$QSNAP" verify "$D" >/dev/null || echo "verify of the 10,000-snapshot store failed"
 echo
 echo "snapshot tree at 10,000 snapshots: $count snapshots, $branches branches"
-printf '%-36s %10s  %s\n' "operation" "ms" "target"
-printf '%-36s %10s  %s\n' "create (clean head), ms" "$create_10k" "< 5 ms"
-printf '%-36s %10s  %s\n' "revert, ms" "$revert_10k" "< 5 ms"
-printf '%-36s %10s  %s\n' "switch, ms" "$switch_10k" "< 5 ms"
-printf '%-36s %10s  %s\n' "list --tree, ms" "$list_10k" "< 200 ms"
-printf '%-36s %10s  %s\n' "list --json, ms" "$json_10k" "-"
-printf '%-36s %10s  %s\n' "max RSS of those, MiB" "$(awk '{ printf "%.1f", $1 / 1024 }' "$dir/rssmax")" "< 50 MiB"
+printf '%-36s %12s  %s\n' "operation (ms, wall/CPU)" "10k snaps" "target"
+printf '%-36s %12s  %s\n' "create (clean head)" "$create_10k" "< 5 ms"
+printf '%-36s %12s  %s\n' "revert" "$revert_10k" "< 5 ms"
+printf '%-36s %12s  %s\n' "switch" "$switch_10k" "< 5 ms"
+printf '%-36s %12s  %s\n' "list --tree" "$list_10k" "< 200 ms"
+printf '%-36s %12s  %s\n' "list --json" "$json_10k" "-"
+printf '%-36s %12s  %s\n' "max RSS of those, MiB" "$(awk '{ printf "%.1f", $1 / 1024 }' "$dir/rssmax")" "< 50 MiB"
+echo "(whole qsnap processes, medians of 5: wall time, then CPU time by $CPU_BY)"

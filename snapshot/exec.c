@@ -954,7 +954,7 @@ static int execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
             return rc;
     }
     /* Nothing is done in a store where a link or device stands for a store file (safe.c). */
-    rc = qsnap__scan_store(s);
+    rc = qsnap__rescan_store(s);
     if (!rc)
         rc = qsnap__refuse_foreign_layers(s);
     if (rc)

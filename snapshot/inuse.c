@@ -310,6 +310,9 @@ static int touched(struct touch_set *ts, const qsnap_store *s, const qsnap_plan 
         free(by_id);
         for (size_t i = 0; !rc && i < s->m.nb; i++) {
             const struct qsnap__branch *o = &s->m.branches[i], *n = NULL;
+            /* Plans keep the branches' order: the same place first (no n^2 walk). */
+            if (i < t->nb && t->branches[i].head == o->head)
+                n = &t->branches[i];
             for (size_t j = 0; j < t->nb && !n; j++) {
                 if (t->branches[j].head == o->head)
                     n = &t->branches[j];

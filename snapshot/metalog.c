@@ -731,9 +731,29 @@ static int log_load(qsnap_store *s, const char *what)
         s->log.good = off;
     }
     free(text);
-    if (!rc && s->log.live)
-        rc = qsnap__model_check(&s->m, what);
     return rc;
+}
+
+/*
+ * A failure once the log was applied: when the meta file alone fails its
+ * check, that is the error (the one reported before the log was read).
+ */
+static int blame_base(int rc, const char *text, size_t len, const char *path)
+{
+    struct qsnap__model base;
+    unsigned version;
+    qsnap_error e = *qsnap_error_last();
+    char msg[1024], hint[1024];
+    int brc;
+
+    /* e's strings point at the buffers the next qsnap__err() writes: copied first. */
+    snprintf(msg, sizeof(msg), "%s", e.message ? e.message : "");
+    snprintf(hint, sizeof(hint), "%s", e.hint ? e.hint : "");
+    brc = qsnap__model_parse_v(&base, text, len, path, &version, true);
+    if (brc)
+        return brc;
+    qsnap__model_free(&base);
+    return qsnap__err(rc, hint[0] ? hint : NULL, "%s", msg);
 }
 
 int qsnap__meta_load(qsnap_store *s)
@@ -749,12 +769,19 @@ int qsnap__meta_load(qsnap_store *s)
         return nomem();
     }
     rc = read_all(s, META_FILE, &text, &len);
+    /* The graph is checked once, with the log applied (it was checked before and after:
+     * twice the cost of a check at every command of a store with a log). */
     if (!rc)
-        rc = qsnap__model_parse_v(&s->m, text, len, path, &s->log.meta_version);
+        rc = qsnap__model_parse_v(&s->m, text, len, path, &s->log.meta_version, false);
     s->log.meta_bytes = len;
-    free(text);
-    if (!rc)
+    if (!rc) {
         rc = log_load(s, lpath);
+        if (!rc)
+            rc = qsnap__model_check(&s->m, s->log.live ? lpath : path);
+        if (rc && rc != QSNAP_ERROR && (s->log.live || s->log.exists))
+            rc = blame_base(rc, text, len, path);
+    }
+    free(text);
     if (rc)
         qsnap__model_free(&s->m);
     free(path);

@@ -421,18 +421,26 @@ static int hexval(char c)
     return -1;
 }
 
+/* Each byte's value as a hex digit, plus one (0: not a hex digit). */
+static const unsigned char hex1[256] = {
+    ['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5, ['5'] = 6, ['6'] = 7, ['7'] = 8,
+    ['8'] = 9, ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15,
+    ['f'] = 16, ['A'] = 11, ['B'] = 12, ['C'] = 13, ['D'] = 14, ['E'] = 15, ['F'] = 16,
+};
+
 /* Exactly 32 hex digits into 16 bytes (a fingerprint). */
 static bool parse_hex16(const char *s, uint8_t out[16])
 {
-    if (strlen(s) != 32)
-        return false;
+    const unsigned char *u = (const unsigned char *)s;
+
+    /* A NUL among the 32 is a 0 in the table: a shorter value is refused before u[32]. */
     for (int k = 0; k < 16; k++) {
-        int hi = hexval(s[2 * k]), lo = hexval(s[2 * k + 1]);
-        if (hi < 0 || lo < 0)
+        unsigned hi = hex1[u[2 * k]], lo = hi ? hex1[u[2 * k + 1]] : 0;
+        if (!hi || !lo)
             return false;
-        out[k] = (uint8_t)(hi * 16 + lo);
+        out[k] = (uint8_t)((hi - 1) * 16 + (lo - 1));
     }
-    return true;
+    return u[32] == '\0';
 }
 
 /* Decode a percent-encoded value; NULL when malformed or holding a NUL or newline. */
@@ -474,12 +482,17 @@ static char *decode(const char *s, size_t len)
 static bool parse_u64(const char *s, uint64_t *out)
 {
     uint64_t v = 0;
+    size_t n = 0;
 
     if (!*s)
         return false;
-    for (; *s; s++) {
-        unsigned d = (unsigned char)*s - '0';
-        if (d > 9 || v > (UINT64_MAX - d) / 10)
+    for (; s[n]; n++) {
+        unsigned d = (unsigned char)s[n] - '0';
+        if (d > 9)
+            return false;
+        /* 19 digits always fit; only past them is the sum checked (no division per digit:
+         * it was much of the cost of reading a big store). */
+        if (n >= 19 && (v > UINT64_MAX / 10 || (v == UINT64_MAX / 10 && d > UINT64_MAX % 10)))
             return false;
         v = v * 10 + d;
     }
@@ -531,9 +544,9 @@ int qsnap__model_parse(struct qsnap__model *m, const char *text, size_t len, con
 }
 
 int qsnap__model_parse_v(struct qsnap__model *m, const char *text, size_t len, const char *what,
-                         unsigned *version)
+                         unsigned *version, bool check)
 {
-    return parse_text(m, text, len, what, true, version);
+    return parse_text(m, text, len, what, check, version);
 }
 
 int qsnap__model_parse_part(struct qsnap__model *m, const char *text, size_t len, const char *what)
@@ -575,11 +588,15 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
             goto bad; /* every line ends with a newline: a torn file does not */
         if (ll >= QSNAP_MAX_LINE || have_end)
             goto bad;
+        /* No NUL inside a line (memchr: the byte-by-byte look was the cost of a big store). */
+        if (memchr(p, '\0', ll))
+            goto bad;
         memcpy(line, p, ll);
         memset(line + ll, 0, KEY_PAD);
         p = nl + 1;
-        /* Words are separated by runs of spaces; no NUL inside a line. */
+        /* Words are separated by runs of spaces. */
         for (size_t i = 0; i < ll;) {
+            char *sp;
             if (line[i] == ' ') {
                 line[i++] = '\0';
                 continue;
@@ -587,11 +604,8 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
             if (nw == MAX_WORDS)
                 goto bad;
             words[nw++] = &line[i];
-            while (i < ll && line[i] != ' ') {
-                if (!line[i])
-                    goto bad;
-                i++;
-            }
+            sp = memchr(&line[i], ' ', ll - i);
+            i = sp ? (size_t)(sp - line) : ll;
         }
         if (nw == 0)
             goto bad;

@@ -149,8 +149,8 @@ int qsnap__defer_unlink(qsnap_plan *p, const char *rel)
     return 0;
 }
 
-/* Record a commit point: the model as it stands becomes target model k. */
-int qsnap__add_save(qsnap_plan *p, const struct qsnap__model *m)
+/* A commit point: model m, copied (or take, moved and left empty), becomes target model k. */
+static int add_save(qsnap_plan *p, const struct qsnap__model *m, struct qsnap__model *take)
 {
     struct qsnap__model *ms = realloc(p->models, (p->nm + 1) * sizeof(*ms));
     int rc;
@@ -158,9 +158,14 @@ int qsnap__add_save(qsnap_plan *p, const struct qsnap__model *m)
     if (!ms)
         return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
     p->models = ms;
-    rc = qsnap__model_clone(&p->models[p->nm], m);
-    if (rc)
-        return rc;
+    if (take) {
+        p->models[p->nm] = *take;
+        memset(take, 0, sizeof(*take));
+    } else {
+        rc = qsnap__model_clone(&p->models[p->nm], m);
+        if (rc)
+            return rc;
+    }
     p->nm++;
     rc = qsnap__add_step(p, QSNAP__ST_SAVE, 0, (unsigned)(p->nm - 1), 0, NULL, NULL);
     /* Deferred removals follow the commit point that stops naming their files. */
@@ -170,6 +175,16 @@ int qsnap__add_save(qsnap_plan *p, const struct qsnap__model *m)
         free(p->post[i].a);
     p->npost = 0;
     return rc;
+}
+
+int qsnap__add_save(qsnap_plan *p, const struct qsnap__model *m)
+{
+    return add_save(p, m, NULL);
+}
+
+int qsnap__add_last_save(qsnap_plan *p, struct qsnap__model *m)
+{
+    return add_save(p, NULL, m);
 }
 
 int qsnap__set_summary(qsnap_plan *p, const char *fmt, ...)

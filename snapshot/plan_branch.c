@@ -168,7 +168,7 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
         goto out;
     }
     /* The new head exists before the metadata names it; the old head goes after. */
-    rc = qsnap__add_save(p, &t);
+    rc = qsnap__add_last_save(p, &t);
     if (rc)
         goto out;
     qsnap__fmt_bytes(bytes, sizeof(bytes), used);
@@ -207,7 +207,7 @@ int qsnap_plan_switch(qsnap_plan **out, qsnap_store *s, const char *branch)
     if (!rc) {
         free(t.current);
         t.current = strdup(branch);
-        rc = t.current ? qsnap__add_save(p, &t) : nomem();
+        rc = t.current ? qsnap__add_last_save(p, &t) : nomem();
     }
     if (!rc)
         rc = qsnap__set_summary(p, "switched to branch %s", branch);

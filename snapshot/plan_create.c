@@ -146,7 +146,7 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
         n->name = name;
         name = NULL;
         n->desc = opts.description ? strdup(opts.description) : NULL;
-        rc = qsnap__add_save(p, &t);
+        rc = qsnap__add_last_save(p, &t);
         if (!rc)
             rc = qsnap__set_summary(p, "created snapshot %s of %s; branch main continues from it",
                                     n->name, strrchr(s->disk_abs, '/') + 1);
@@ -194,7 +194,7 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
             b->base = n->id;
             rc = qsnap__attach_state(p, n, opts.state_file);
             if (!rc)
-                rc = qsnap__add_save(p, &t);
+                rc = qsnap__add_last_save(p, &t);
             if (!rc)
                 rc = qsnap__set_summary(
                     p,
@@ -237,7 +237,7 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
         if (!rc)
             rc = qsnap__add_step(p, QSNAP__ST_FREEZE, old_head->id, 0, 0, NULL, NULL);
         if (!rc)
-            rc = qsnap__add_save(p, &t);
+            rc = qsnap__add_last_save(p, &t);
         if (!rc)
             rc = qsnap__set_summary(p, "created snapshot %s of branch %s", n->name, b->name);
     }

@@ -98,6 +98,22 @@ struct qsnap__refusal {
     int err;             /* ELOOP, ENODEV, ENOTDIR, EXDEV; 0: none */
 };
 
+/*
+ * A store directory as a walk found it clean (safe.c): when its inode and
+ * change time are the same later, no entry was added, removed or renamed
+ * since, provided the change time was older than the walk by more than the
+ * clock's tick (quiet), since the kernel stamps a change with the coarse clock.
+ */
+struct qsnap__scan_mark {
+    bool quiet;          /* clean and unchanged for more than a tick before the walk */
+    dev_t dev;
+    ino_t ino;
+    int64_t ctime_ns;
+    bool listed;         /* layers/: the last walk was whole, and others holds what it found */
+    char **others;       /* layers/: regular files without a name of qsnap's form */
+    size_t nothers;
+};
+
 /* The change log beside the metadata file (metalog.c). */
 struct qsnap__log {
     bool exists;         /* meta.log is there */
@@ -120,6 +136,8 @@ struct qsnap_store {
     struct qsnap__model m;
     struct qsnap__log log;
     struct qsnap__refusal *refusal; /* see safe.c (NULL: not recorded) */
+    struct qsnap__scan_mark *marks; /* layers/ and state/ as the last walk found them (safe.c;
+                          * NULL: every check walks) */
     struct qsnap__seen *seen; /* heads found clean or dirty while plans were made (query.c) */
     struct qsnap__chain *chain; /* the disk's own backing chain, read-only (safe.c) */
     bool holding;        /* an operation holds the files it touches (inuse.c): steps open
@@ -229,9 +247,10 @@ void qsnap__del_branch(struct qsnap__model *m, const char *name);
 /* Serialize to text (malloc'd) / parse text (hostile input: every field checked). */
 int qsnap__model_format(const struct qsnap__model *m, char **out);
 int qsnap__model_parse(struct qsnap__model *m, const char *text, size_t len, const char *what);
-/* The same, telling the store version the text has. */
+/* The same, telling the store version the text has; check: the graph too (qsnap__model_check),
+ * else only each record (the caller checks the model once it is whole). */
 int qsnap__model_parse_v(struct qsnap__model *m, const char *text, size_t len, const char *what,
-                         unsigned *version);
+                         unsigned *version, bool check);
 /* The records of a change (metalog.c): parsed and checked one by one, not as a whole. */
 int qsnap__model_parse_part(struct qsnap__model *m, const char *text, size_t len, const char *what);
 /* Check the graph: ids unique, references exist, no cycles. */
@@ -297,6 +316,10 @@ int qsnap__add_step(qsnap_plan *p, enum qsnap__step_kind kind, unsigned x, unsig
 int qsnap__defer_unlink(qsnap_plan *p, const char *rel);
 /* Record a commit point: the model as it stands becomes target model k. */
 int qsnap__add_save(qsnap_plan *p, const struct qsnap__model *m);
+/* The same for the plan's last commit point: m is moved into the plan, not copied (a deep
+ * copy costs milliseconds at thousands of snapshots), and left empty. Pointers into m
+ * stay valid while the plan lives; m itself must not be used for the plan again. */
+int qsnap__add_last_save(qsnap_plan *p, struct qsnap__model *m);
 int qsnap__set_summary(qsnap_plan *p, const char *fmt, ...) QSNAP_PRINTF(2, 3);
 /* A new overlay layer in the target model, backed by layer `backing`. */
 struct qsnap__layer *qsnap__new_overlay(struct qsnap__model *m, unsigned backing);
@@ -381,6 +404,11 @@ bool qsnap__layer_name_ours(const char *name);
  * name and qsnap did not make (an overlay another program put on the VM path): a plan
  * that re-points or replaces what it reads through would change its content. */
 int qsnap__refuse_foreign_layers(const qsnap_store *s);
+/* The same, walking layers/ and state/ only when they changed since the last walk of this
+ * handle (their inode and change time; qsnap__scan_mark): every operation's check. */
+int qsnap__rescan_store(const qsnap_store *s);
+/* Free what the walks recorded in s->marks, and the marks. */
+void qsnap__scan_marks_free(qsnap_store *s);
 int qsnap__unlink_store_file(const qsnap_store *s, const char *rel);
 int qsnap__rename_store_file(const qsnap_store *s, const char *from_rel, const char *to_rel);
 /* 0 with *err = errno when link() itself failed (EEXIST, EXDEV, ...). */

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "qcow2/sys/io.h"
@@ -681,17 +682,89 @@ int qsnap__link_into_store(const qsnap_store *s, const char *src, const char *re
     return rc;
 }
 
+static int64_t ts_ns(struct timespec t)
+{
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* The mark of directory sub (layers/ or state/), or NULL. */
+static struct qsnap__scan_mark *mark_of(const qsnap_store *s, const char *sub)
+{
+    return s->marks ? &s->marks[strcmp(sub, "layers") ? 1 : 0] : NULL;
+}
+
+/*
+ * Before a walk: the directory as it is (st) and the time now. After a clean
+ * walk, the mark says whether a later check may trust an unchanged change
+ * time: only when that time is older than the walk by more than twice the
+ * coarse clock's tick, since a change made after the walk began is stamped
+ * with a time at most one tick before it, so it shows as a different one.
+ */
+static void mark_set(struct qsnap__scan_mark *mk, const struct stat *st, int64_t began)
+{
+    struct timespec res;
+    int64_t tick = clock_getres(CLOCK_REALTIME_COARSE, &res) == 0 ? ts_ns(res) : 0;
+
+    mk->dev = st->st_dev;
+    mk->ino = st->st_ino;
+    mk->ctime_ns = ts_ns(st->st_ctim);
+    mk->quiet = tick > 0 && tick < 1000000000 && mk->ctime_ns + 2 * tick < began;
+}
+
+/* Forget the names a walk of layers/ recorded. */
+static void others_clear(struct qsnap__scan_mark *mk)
+{
+    for (size_t i = 0; i < mk->nothers; i++)
+        free(mk->others[i]);
+    free(mk->others);
+    mk->others = NULL;
+    mk->nothers = 0;
+    mk->listed = false;
+}
+
+/* Record name (false: out of memory; the list is then not whole). */
+static bool others_add(struct qsnap__scan_mark *mk, const char *name)
+{
+    char **v = realloc(mk->others, (mk->nothers + 1) * sizeof(*v));
+    char *dup = v ? strdup(name) : NULL;
+
+    if (v)
+        mk->others = v;
+    if (!dup)
+        return false;
+    mk->others[mk->nothers++] = dup;
+    return true;
+}
+
+void qsnap__scan_marks_free(qsnap_store *s)
+{
+    for (size_t i = 0; s->marks && i < 2; i++)
+        others_clear(&s->marks[i]);
+    free(s->marks);
+    s->marks = NULL;
+}
+
 /* QSNAP_EINTEGRITY naming the first entry of directory sub that is not a regular file. */
 static int scan_dir(const qsnap_store *s, const char *sub)
 {
     bool layers = !strcmp(sub, "layers");
+    struct qsnap__scan_mark *mk = mark_of(s, sub);
+    struct timespec now;
+    struct stat dst;
+    bool can_mark, lost = false;
     struct dirent *e;
     DIR *d;
     int dfd, rc = 0;
 
+    if (mk) {
+        mk->quiet = false;
+        others_clear(mk);
+    }
     rc = qsnap__store_dirfd(s, sub, &dfd);
     if (rc)
         return rc == QSNAP_ENOTFOUND ? 0 : rc;
+    /* Stat first, then the clock, then the entries: a change after the stat is seen. */
+    can_mark = mk && fstat(dfd, &dst) == 0 && clock_gettime(CLOCK_REALTIME, &now) == 0;
     d = fdopendir(dfd);
     if (!d) {
         close(dfd);
@@ -736,9 +809,16 @@ static int scan_dir(const qsnap_store *s, const char *sub)
             char path[PATH_MAX];
             snprintf(path, sizeof(path), "%s/%s/%s", s->dir, sub, e->d_name);
             rc = qsnap__unsafe_err(path, type == DT_LNK ? ELOOP : ENODEV);
+        } else if (layers && mk && !qsnap__layer_name_ours(e->d_name) &&
+                   !others_add(mk, e->d_name)) {
+            lost = true; /* qsnap__refuse_foreign_layers walks again */
         }
     }
     closedir(d);
+    if (!rc && layers && mk)
+        mk->listed = !lost;
+    if (!rc && can_mark)
+        mark_set(mk, &dst, ts_ns(now));
     return rc;
 }
 
@@ -755,61 +835,110 @@ bool qsnap__layer_name_ours(const char *name)
     return !strcmp(p, ".qcow2") || !strcmp(p, ".qcow2.tmp");
 }
 
+/* QSNAP_EINTEGRITY when name, in layers/ (dfd), is a regular file qsnap did not make. */
+static int foreign_check(const qsnap_store *s, int dfd, const char *name)
+{
+    char rel[PATH_MAX];
+    struct stat st;
+
+    if (!strcmp(name, "current.qcow2") || !strcmp(name, ".tmp-current") ||
+        qsnap__layer_name_ours(name))
+        return 0;
+    snprintf(rel, sizeof(rel), "layers/%s", name);
+    for (size_t i = 0; i < s->m.nl; i++) {
+        if (!strcmp(s->m.layers[i].file, rel))
+            return 0;
+    }
+    if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+        return 0; /* gone, or a link or device: the store walk's */
+    return qsnap__err(QSNAP_EINTEGRITY,
+                      "with the VM shut down, merge it into the branch it was made on "
+                      "('qsnap image commit FILE') and point the VM at 'qsnap current DISK "
+                      "--path' again, or move it out of the store; then run the command again",
+                      "%s/%s: a file qsnap did not make (an overlay another program made on the "
+                      "VM path, as 'virsh snapshot-create-as' does?): changing the tree would "
+                      "change what it reads through; nothing was changed",
+                      s->dir, rel);
+}
+
+/*
+ * Right after a check of the store (qsnap__rescan_store), the walk that
+ * stands for layers/ as it is now recorded the names not of qsnap's form:
+ * only those are looked at (at 10,000 snapshots a second walk of layers/
+ * is a cost of every operation). Without a whole record, layers/ is walked.
+ */
 int qsnap__refuse_foreign_layers(const qsnap_store *s)
 {
+    const struct qsnap__scan_mark *mk = s->marks;
     struct dirent *e;
     DIR *d;
     int dfd, rc = qsnap__store_dirfd(s, "layers", &dfd);
 
     if (rc)
         return rc == QSNAP_ENOTFOUND ? 0 : rc;
+    if (mk && mk->listed) {
+        for (size_t i = 0; !rc && i < mk->nothers; i++)
+            rc = foreign_check(s, dfd, mk->others[i]);
+        close(dfd);
+        return rc;
+    }
     d = fdopendir(dfd);
     if (!d) {
         close(dfd);
         return qsnap__err(QSNAP_ERROR, NULL, "%s/layers: %s", s->dir, strerror(errno));
     }
     while (!rc && (e = readdir(d)) != NULL) {
-        char rel[PATH_MAX];
-        bool named = false;
-        struct stat st;
-        /* Names only: no stat for qsnap's own (thousands of layers cost nothing more). */
         if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
             continue;
-        if (!strcmp(e->d_name, "current.qcow2") || !strcmp(e->d_name, ".tmp-current") ||
-            qsnap__layer_name_ours(e->d_name))
-            continue;
-        snprintf(rel, sizeof(rel), "layers/%s", e->d_name);
-        for (size_t i = 0; i < s->m.nl && !named; i++)
-            named = !strcmp(s->m.layers[i].file, rel);
-        if (named || fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
-            !S_ISREG(st.st_mode))
-            continue; /* links and devices: scan_dir's */
-        rc = qsnap__err(QSNAP_EINTEGRITY,
-                        "with the VM shut down, merge it into the branch it was made on "
-                        "('qsnap image commit FILE') and point the VM at 'qsnap current DISK "
-                        "--path' again, or move it out of the store; then run the command again",
-                        "%s/%s: a file qsnap did not make (an overlay another program made on the "
-                        "VM path, as 'virsh snapshot-create-as' does?): changing the tree would "
-                        "change what it reads through; nothing was changed",
-                        s->dir, rel);
+        rc = foreign_check(s, dirfd(d), e->d_name);
     }
     closedir(d);
     return rc;
 }
 
-int qsnap__scan_store(const qsnap_store *s)
+/* Directory sub is as the last clean walk found it, and that walk may be trusted. */
+static bool unchanged(const qsnap_store *s, int sfd, const char *sub)
+{
+    const struct qsnap__scan_mark *mk = mark_of(s, sub);
+    struct stat st;
+
+    return mk && mk->quiet && fstatat(sfd, sub, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+           S_ISDIR(st.st_mode) && st.st_dev == mk->dev && st.st_ino == mk->ino &&
+           ts_ns(st.st_ctim) == mk->ctime_ns;
+}
+
+static int scan(const qsnap_store *s, bool again)
 {
     static const char *const files[] = {"meta", "lock", "journal", "meta.tmp", "journal.tmp",
                                         "meta.log", "meta.log.tmp"};
-    int rc;
+    static const char *const dirs[] = {"layers", "state"};
+    int rc, sfd = -1;
 
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         rc = qsnap__check_store_file(s, files[i]);
         if (rc && rc != QSNAP_ENOTFOUND)
             return rc;
     }
-    rc = scan_dir(s, "layers");
-    return rc ? rc : scan_dir(s, "state");
+    if (again && qsnap__store_dirfd(s, "", &sfd))
+        sfd = -1;
+    rc = 0;
+    for (size_t i = 0; !rc && i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        if (sfd < 0 || !unchanged(s, sfd, dirs[i]))
+            rc = scan_dir(s, dirs[i]);
+    }
+    if (sfd >= 0)
+        close(sfd);
+    return rc;
+}
+
+int qsnap__scan_store(const qsnap_store *s)
+{
+    return scan(s, false);
+}
+
+int qsnap__rescan_store(const qsnap_store *s)
+{
+    return scan(s, true);
 }
 
 int qsnap__repair_layer(const qsnap_store *s, const struct qsnap__layer *l)

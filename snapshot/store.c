@@ -287,6 +287,7 @@ int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags)
     if (rc)
         goto fail;
     s->refusal = calloc(1, sizeof(*s->refusal));
+    s->marks = calloc(2, sizeof(*s->marks));
     s->seen = calloc(1, sizeof(*s->seen));
     s->chain = calloc(1, sizeof(*s->chain));
     if (lstat(s->dir, &st) == 0) {
@@ -363,6 +364,7 @@ void qsnap_store_close(qsnap_store *s)
     qsnap__model_free(&s->m);
     free(s->refusal);
     qsnap__seen_reset(s);
+    qsnap__scan_marks_free(s);
     if (s->seen) {
         free(s->seen->v);
         free(s->seen->iv);

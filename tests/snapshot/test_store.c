@@ -1487,3 +1487,55 @@ Test(store, metadata_text_encodes_every_odd_byte_and_round_trips)
     qsnap__model_free(&m);
     qsnap__model_free(&back);
 }
+
+/*
+ * The check under the lock before a plan's first step walks layers/ again
+ * only when it changed since the walk at open (safe.c). A link planted
+ * between the two, where no step of the plan looks, is still refused and
+ * nothing is written through it; with nothing planted the same plan runs.
+ */
+Test(store, link_planted_after_open_is_refused_when_the_plan_runs)
+{
+    const struct timespec quiet = {0, 100 * 1000 * 1000};
+    qsnap_create_opts o = QSNAP_CREATE_OPTS_INIT;
+    qsnap_store *s = base("latelink");
+    qsnap_plan *p = NULL;
+    char *victim = NULL, *link = NULL, *text = NULL;
+    size_t len = 0;
+    FILE *f;
+
+    cr_assert(asprintf(&victim, "%s/victim.txt", tf_dir) > 0);
+    cr_assert(asprintf(&link, "%s.qsnap/layers/.tmp-77.qcow2", tf_disk) > 0);
+    f = fopen(victim, "w");
+    cr_assert_not_null(f);
+    fputs("victim text\n", f);
+    fclose(f);
+    for (int planted = 1; planted >= 0; planted--) {
+        /* layers/ left alone for longer than the clock's tick: the walk at open is trusted. */
+        qsnap_store_close(s);
+        nanosleep(&quiet, NULL);
+        s = tf_open(tf_disk, 0);
+        o.name = planted ? "late1" : "late2";
+        tf_ok(qsnap_plan_create(&p, s, &o), "plan create");
+        if (planted) {
+            cr_assert_eq(symlink(victim, link), 0);
+            expect_error(qsnap_plan_execute(s, p, NULL), QSNAP_EINTEGRITY, ".tmp-77.qcow2",
+                         "execute with a link planted after open");
+            cr_assert(strstr(qsnap_error_last()->message, "symbolic link"));
+            cr_assert_eq(unlink(link), 0);
+        } else {
+            tf_ok(qsnap_plan_execute(s, p, NULL), "execute with nothing planted");
+        }
+        qsnap_plan_free(p);
+        p = NULL;
+    }
+    f = fopen(victim, "r");
+    cr_assert_not_null(f);
+    cr_assert_eq(getline(&text, &len, f), 12);
+    fclose(f);
+    cr_assert_str_eq(text, "victim text\n", "the link's target was written");
+    free(text);
+    free(victim);
+    free(link);
+    qsnap_store_close(s);
+}
