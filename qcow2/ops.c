@@ -106,6 +106,31 @@ static bool conv_salvageable(int rc)
 }
 
 /*
+ * After a read of [off, off+n) failed with bad data: read it again sector by
+ * sector; each 512-byte sector that still fails reads as zeroes, with bad[i]
+ * set (when bad is given) and reported through o->read_error (when o is).
+ */
+static int read_by_sector(qcow2_image *img, uint8_t *buf, uint64_t n, uint64_t off, uint8_t *bad,
+                          const qcow2_convert_opts *o)
+{
+    for (uint64_t i = 0; i < n; i += 512) {
+        uint64_t len = qcow2__min(512, n - i);
+        int rc = qcow2_image_read(img, buf + i, (size_t)len, off + i);
+
+        if (rc && !conv_salvageable(rc))
+            return rc;
+        if (rc) {
+            memset(buf + i, 0, (size_t)len);
+            if (bad)
+                bad[i / 512] = 1;
+            if (o && o->read_error)
+                o->read_error(off + i, rc, o->payload);
+        }
+    }
+    return 0;
+}
+
+/*
  * Read [off, off+n) of a convert's source into buf (zeroes when zero is
  * set). With salvage, a failed read is tried again sector by sector: the
  * sectors that still fail read as zeroes, each one reported through
@@ -118,19 +143,7 @@ static int conv_read(qcow2_image *src, uint8_t *buf, uint64_t n, uint64_t off, b
 
     if (!rc || !o->salvage || !conv_salvageable(rc))
         return rc;
-    for (uint64_t i = 0; i < n; i += 512) {
-        uint64_t len = qcow2__min(512, n - i);
-
-        rc = qcow2_image_read(src, buf + i, (size_t)len, off + i);
-        if (rc && !conv_salvageable(rc))
-            return rc;
-        if (rc) {
-            memset(buf + i, 0, (size_t)len);
-            if (o->read_error)
-                o->read_error(off + i, rc, o->payload);
-        }
-    }
-    return 0;
+    return read_by_sector(src, buf, n, off, NULL, o);
 }
 
 /* The tail of the larger image must read as zeroes; *mismatch set when it does not. */
@@ -409,18 +422,7 @@ static int read_marking(qcow2_image *img, uint8_t *buf, uint64_t n, uint64_t off
     memset(bad, 0, (size_t)((n + 511) / 512));
     if (!rc || !conv_salvageable(rc))
         return rc;
-    for (uint64_t i = 0; i < n; i += 512) {
-        uint64_t len = qcow2__min(512, n - i);
-
-        rc = qcow2_image_read(img, buf + i, (size_t)len, off + i);
-        if (rc && !conv_salvageable(rc))
-            return rc;
-        if (rc) {
-            memset(buf + i, 0, (size_t)len);
-            bad[i / 512] = 1;
-        }
-    }
-    return 0;
+    return read_by_sector(img, buf, n, off, bad, NULL);
 }
 
 /*
