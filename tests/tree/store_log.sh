@@ -108,12 +108,14 @@ kill_each() {
 kill_each tpl "append"
 kill_each fold "fold"
 
-# An older qsnap on a version 2 store.
+# An older qsnap on a version 2 store (built as a plain release build, whatever
+# build of this tree runs the test: make asan's variables must not reach it).
 OLD=${QSNAP_OLD:-}
 if [ -z "$OLD" ] && git -C "$SRC" cat-file -e 9fb4a75^{commit} 2>/dev/null; then
     mkdir old-src
     if git -C "$SRC" archive 9fb4a75 | tar -x -C old-src &&
-        make -C old-src -j2 build/release/qsnap >"$W/old-build.log" 2>&1; then
+        env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u BUILD -u MOREFLAGS -u CFLAGS -u LDFLAGS -u CC \
+            make -C old-src -j2 BUILD=build/release build/release/qsnap >"$W/old-build.log" 2>&1; then
         OLD=$W/old-src/build/release/qsnap
     else
         bad "older build" "cannot build 9fb4a75: $(tail -3 "$W/old-build.log" | tr '\n' ' ')"
