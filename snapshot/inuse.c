@@ -162,63 +162,194 @@ static int add_file(struct touch_set *ts, const qsnap_store *s, const char *rel,
     return 0;
 }
 
-/* The layer record for id: the latest target model that has it, else the store's. */
-static const struct qsnap__layer *plan_layer(const qsnap_store *s, const qsnap_plan *p,
-                                             unsigned id)
+/*
+ * Records by a key field (a layer by id, a branch by head, a named snapshot
+ * by layer): a walk for the first few lookups, a map built at the next one.
+ * A plan touches a handful of files, which a walk finds for less than a map
+ * costs to build; one that touches many (a big subtree deleted) builds the
+ * map once instead of walking the tree per file.
+ */
+#define WALKED_LOOKUPS 8u
+
+struct lookup {
+    const unsigned *keys; /* record 0's key, records stride bytes apart */
+    size_t stride, n;
+    bool (*keep)(const void *arg, size_t i); /* which records count (NULL: all) */
+    const void *arg;
+    unsigned used;        /* lookups so far */
+    bool built;
+    struct qsnap__idmap map;
+};
+
+static void lookup_init(struct lookup *z, const unsigned *keys, size_t stride, size_t n,
+                        bool (*keep)(const void *arg, size_t i), const void *arg)
 {
-    for (size_t k = p ? p->nm : 0; k-- > 0;) {
-        const struct qsnap__layer *l = qsnap__layer(&p->models[k], id);
-        if (l)
-            return l;
+    memset(z, 0, sizeof(*z));
+    z->keys = n ? keys : NULL;
+    z->stride = stride;
+    z->n = n;
+    z->keep = keep;
+    z->arg = arg;
+}
+
+/* *at: the position of the first record kept with this key (-1: none). */
+static int lookup_find(struct lookup *z, unsigned key, long *at)
+{
+    *at = -1;
+    if (!key || !z->n)
+        return 0;
+    if (z->used < WALKED_LOOKUPS) {
+        z->used++;
+        for (size_t i = 0; i < z->n; i++) {
+            unsigned k;
+            memcpy(&k, (const char *)z->keys + i * z->stride, sizeof(k));
+            if (k == key && (!z->keep || z->keep(z->arg, i))) {
+                *at = (long)i;
+                break;
+            }
+        }
+        return 0;
     }
-    return qsnap__layer(&s->m, id);
+    if (!z->built) {
+        int rc = qsnap__idmap_build(&z->map, z->keys, z->stride, z->n, z->keep, z->arg);
+        if (rc)
+            return rc;
+        z->built = true;
+    }
+    *at = qsnap__idmap_find(&z->map, z->keys, z->stride, key);
+    return 0;
+}
+
+static void lookup_free(struct lookup *z)
+{
+    free(z->map.slot);
+    memset(z, 0, sizeof(*z));
+}
+
+static void layers_lookup(struct lookup *z, const struct qsnap__model *m)
+{
+    lookup_init(z, m->nl ? &m->layers[0].id : NULL, sizeof(m->layers[0]), m->nl, NULL, NULL);
+}
+
+static void heads_lookup(struct lookup *z, const struct qsnap__model *m)
+{
+    lookup_init(z, m->nb ? &m->branches[0].head : NULL, sizeof(m->branches[0]), m->nb, NULL,
+                NULL);
+}
+
+static bool named_external(const void *arg, size_t i)
+{
+    const struct qsnap__node *n = &((const struct qsnap__model *)arg)->nodes[i];
+
+    return n->name && !n->internal;
+}
+
+/*
+ * What the files of a plan are looked up in: the layers of the store's model
+ * (0) and of each target model (k + 1); the branches of the store's and of
+ * the last target model by head; the store's named snapshots by layer.
+ */
+struct touch_ctx {
+    const qsnap_store *s;
+    const qsnap_plan *p;
+    struct lookup *layers;
+    size_t nlayers;
+    struct lookup head_s, head_t, snap_s;
+};
+
+static void ctx_free(struct touch_ctx *c)
+{
+    for (size_t k = 0; k < c->nlayers; k++)
+        lookup_free(&c->layers[k]);
+    free(c->layers);
+    lookup_free(&c->head_s);
+    lookup_free(&c->head_t);
+    lookup_free(&c->snap_s);
+    memset(c, 0, sizeof(*c));
+}
+
+static int ctx_init(struct touch_ctx *c, const qsnap_store *s, const qsnap_plan *p)
+{
+    size_t nm = p ? p->nm : 0;
+
+    memset(c, 0, sizeof(*c));
+    c->s = s;
+    c->p = p;
+    c->layers = calloc(nm + 1, sizeof(*c->layers));
+    if (!c->layers)
+        return nomem();
+    c->nlayers = nm + 1;
+    for (size_t k = 0; k <= nm; k++)
+        layers_lookup(&c->layers[k], k ? &p->models[k - 1] : &s->m);
+    heads_lookup(&c->head_s, &s->m);
+    if (nm)
+        heads_lookup(&c->head_t, &p->models[nm - 1]);
+    lookup_init(&c->snap_s, s->m.nn ? &s->m.nodes[0].layer : NULL, sizeof(s->m.nodes[0]),
+                s->m.nn, named_external, &s->m);
+    return 0;
+}
+
+/* The layer record for id: the latest target model that has it, else the store's. */
+static int plan_layer(struct touch_ctx *c, unsigned id, const struct qsnap__layer **out)
+{
+    *out = NULL;
+    for (size_t k = c->nlayers; k-- > 0;) {
+        const struct qsnap__model *m = k ? &c->p->models[k - 1] : &c->s->m;
+        long at;
+        int rc = lookup_find(&c->layers[k], id, &at);
+        if (rc)
+            return rc;
+        if (at >= 0) {
+            *out = &m->layers[at];
+            break;
+        }
+    }
+    return 0;
 }
 
 /* What a layer is to the user, for messages ("head of the current branch main"). */
-static void layer_role(const qsnap_store *s, const qsnap_plan *p, const struct qsnap__layer *l,
-                       char *buf, size_t size)
+static int layer_role(struct touch_ctx *c, const struct qsnap__layer *l, char *buf, size_t size)
 {
-    const struct qsnap__model *m = &s->m;
+    const struct qsnap__model *m = &c->s->m, *t = c->p && c->p->nm ? &c->p->models[c->p->nm - 1]
+                                                                   : NULL;
+    long at;
+    int rc = lookup_find(&c->head_s, l->id, &at);
 
-    for (int pass = 0; pass < 2; pass++) {
-        for (size_t i = 0; i < m->nb; i++) {
-            const struct qsnap__branch *b = &m->branches[i];
-            if (b->head == l->id) {
-                snprintf(buf, size, "head of %sbranch %s",
-                         m == &s->m && s->m.current && !strcmp(s->m.current, b->name)
-                             ? "the current "
-                             : "",
-                         b->name);
-                return;
-            }
-        }
-        if (!p || !p->nm)
-            break;
-        m = &p->models[p->nm - 1];
+    if (!rc && at >= 0) {
+        const struct qsnap__branch *b = &m->branches[at];
+        snprintf(buf, size, "head of %sbranch %s",
+                 m->current && !strcmp(m->current, b->name) ? "the current " : "", b->name);
+        return 0;
     }
-    if (l->is_disk) {
+    if (!rc && t)
+        rc = lookup_find(&c->head_t, l->id, &at);
+    if (!rc && t && at >= 0) {
+        snprintf(buf, size, "head of branch %s", t->branches[at].name);
+        return 0;
+    }
+    if (!rc && l->is_disk) {
         snprintf(buf, size, "the disk");
-        return;
+        return 0;
     }
-    for (size_t i = 0; i < s->m.nn; i++) {
-        const struct qsnap__node *n = &s->m.nodes[i];
-        if (n->layer == l->id && n->name && !n->internal) {
-            snprintf(buf, size, "layer of snapshot %s", n->name);
-            return;
-        }
-    }
-    snprintf(buf, size, "layer");
+    if (!rc)
+        rc = lookup_find(&c->snap_s, l->id, &at);
+    if (!rc && at >= 0)
+        snprintf(buf, size, "layer of snapshot %s", m->nodes[at].name);
+    else if (!rc)
+        snprintf(buf, size, "layer");
+    return rc;
 }
 
-static int add_layer(struct touch_set *ts, const qsnap_store *s, const qsnap_plan *p, unsigned id)
+static int add_layer(struct touch_set *ts, struct touch_ctx *c, unsigned id)
 {
-    const struct qsnap__layer *l = id ? plan_layer(s, p, id) : NULL;
+    const struct qsnap__layer *l = NULL;
     char role[256];
+    int rc = id ? plan_layer(c, id, &l) : 0;
 
-    if (!l)
-        return 0;
-    layer_role(s, p, l, role, sizeof(role));
-    return add_file(ts, s, l->file, role);
+    if (rc || !l)
+        return rc;
+    rc = layer_role(c, l, role, sizeof(role));
+    return rc ? rc : add_file(ts, c->s, l->file, role);
 }
 
 /* The head of the current branch of model m (0: none). */
@@ -229,18 +360,14 @@ static unsigned current_head(const struct qsnap__model *m)
     return b ? b->head : 0;
 }
 
-static int cmp_layer_id(const void *a, const void *b)
-{
-    unsigned x = (*(const struct qsnap__layer *const *)a)->id;
-    unsigned y = (*(const struct qsnap__layer *const *)b)->id;
-
-    return x < y ? -1 : x > y;
-}
-
 static int touched(struct touch_set *ts, const qsnap_store *s, const qsnap_plan *p)
 {
-    int rc = add_layer(ts, s, p, current_head(&s->m));
+    struct touch_ctx c;
+    int rc = ctx_init(&c, s, p);
 
+    if (rc)
+        return rc;
+    rc = add_layer(ts, &c, current_head(&s->m));
     for (size_t i = 0; !rc && p && i < p->n; i++) {
         const struct qsnap__step *st = &p->steps[i];
         switch (st->kind) {
@@ -252,19 +379,19 @@ static int touched(struct touch_set *ts, const qsnap_store *s, const qsnap_plan 
         case QSNAP__ST_INTERNAL_CREATE:
         case QSNAP__ST_INTERNAL_APPLY:
         case QSNAP__ST_INTERNAL_DELETE:
-            rc = add_layer(ts, s, p, st->x);
+            rc = add_layer(ts, &c, st->x);
             break;
         case QSNAP__ST_COMMIT:
-            rc = add_layer(ts, s, p, st->x);
+            rc = add_layer(ts, &c, st->x);
             if (!rc)
-                rc = add_layer(ts, s, p, st->y);
+                rc = add_layer(ts, &c, st->y);
             break;
         case QSNAP__ST_PRESERVE:
-            rc = add_layer(ts, s, p, st->x);
+            rc = add_layer(ts, &c, st->x);
             if (!rc)
-                rc = add_layer(ts, s, p, st->y);
+                rc = add_layer(ts, &c, st->y);
             if (!rc)
-                rc = add_layer(ts, s, p, st->z);
+                rc = add_layer(ts, &c, st->z);
             break;
         case QSNAP__ST_UNLINK: {
             const struct qsnap__layer *l = NULL;
@@ -272,7 +399,7 @@ static int touched(struct touch_set *ts, const qsnap_store *s, const qsnap_plan 
                 if (!strcmp(s->m.layers[k].file, st->a))
                     l = &s->m.layers[k];
             }
-            rc = l ? add_layer(ts, s, p, l->id) : add_file(ts, s, st->a, "removed file");
+            rc = l ? add_layer(ts, &c, l->id) : add_file(ts, s, st->a, "removed file");
             break;
         }
         case QSNAP__ST_MKDIR:
@@ -288,39 +415,37 @@ static int touched(struct touch_set *ts, const qsnap_store *s, const qsnap_plan 
     }
     for (size_t k = 0; !rc && p && k < p->nm; k++) {
         const struct qsnap__model *t = &p->models[k];
-        /* The target's layers by id (a store can hold many: no linear lookups). */
-        const struct qsnap__layer **by_id = malloc((t->nl + 1) * sizeof(*by_id));
-        if (!by_id) {
-            rc = nomem();
-            break;
-        }
-        for (size_t i = 0; i < t->nl; i++)
-            by_id[i] = &t->layers[i];
-        qsort(by_id, t->nl, sizeof(*by_id), cmp_layer_id);
-        rc = add_layer(ts, s, p, current_head(t));
+        struct lookup heads;
+        rc = add_layer(ts, &c, current_head(t));
+        /* Plans keep the records' places mostly: the same place first. */
         for (size_t i = 0; !rc && i < s->m.nl; i++) {
-            const struct qsnap__layer *o = &s->m.layers[i], *key = o, *n = NULL;
-            const struct qsnap__layer **hit =
-                bsearch(&key, by_id, t->nl, sizeof(*by_id), cmp_layer_id);
-            if (hit)
-                n = *hit;
-            if (!n || n->frozen != o->frozen || n->backing != o->backing)
-                rc = add_layer(ts, s, p, o->id);
+            const struct qsnap__layer *o = &s->m.layers[i], *n = NULL;
+            long at = -1;
+            if (i < t->nl && t->layers[i].id == o->id)
+                at = (long)i;
+            else
+                rc = lookup_find(&c.layers[k + 1], o->id, &at);
+            if (at >= 0)
+                n = &t->layers[at];
+            if (!rc && (!n || n->frozen != o->frozen || n->backing != o->backing))
+                rc = add_layer(ts, &c, o->id);
         }
-        free(by_id);
+        heads_lookup(&heads, t);
         for (size_t i = 0; !rc && i < s->m.nb; i++) {
             const struct qsnap__branch *o = &s->m.branches[i], *n = NULL;
-            /* Plans keep the branches' order: the same place first (no n^2 walk). */
+            long at = -1;
             if (i < t->nb && t->branches[i].head == o->head)
-                n = &t->branches[i];
-            for (size_t j = 0; j < t->nb && !n; j++) {
-                if (t->branches[j].head == o->head)
-                    n = &t->branches[j];
-            }
-            if (!n || strcmp(n->name, o->name) || n->base != o->base)
-                rc = add_layer(ts, s, p, o->head);
+                at = (long)i;
+            else
+                rc = lookup_find(&heads, o->head, &at);
+            if (at >= 0)
+                n = &t->branches[at];
+            if (!rc && (!n || strcmp(n->name, o->name) || n->base != o->base))
+                rc = add_layer(ts, &c, o->head);
         }
+        lookup_free(&heads);
     }
+    ctx_free(&c);
     return rc;
 }
 

@@ -758,87 +758,6 @@ bad:
 }
 
 /*
- * Lookups while checking a model: open-addressing hash tables (linear
- * probing, at most half full), so that the check is linear in the model's
- * size. A slot holds an index + 1; 0 is empty.
- */
-struct idmap {
-    size_t *slot;
-    size_t mask;
-};
-
-static bool idmap_init(struct idmap *h, size_t n)
-{
-    size_t cap = 16;
-
-    while (cap < 2 * n)
-        cap *= 2;
-    h->slot = calloc(cap, sizeof(*h->slot));
-    h->mask = cap - 1;
-    return h->slot != NULL;
-}
-
-static size_t id_hash(unsigned id)
-{
-    return (size_t)((id * UINT64_C(0x9E3779B97F4A7C15)) >> 32);
-}
-
-/* The id of item `at`: ids points at item 0's id, items are stride bytes apart. */
-static unsigned id_at(const unsigned *ids, size_t stride, size_t at)
-{
-    unsigned v;
-
-    memcpy(&v, (const char *)ids + at * stride, sizeof(v));
-    return v;
-}
-
-/* The index of the item with this id (ids[] gives each item's id), or -1. */
-static long idmap_find(const struct idmap *h, const unsigned *ids, size_t stride, unsigned id)
-{
-    for (size_t k = id_hash(id) & h->mask; h->slot[k]; k = (k + 1) & h->mask) {
-        size_t at = h->slot[k] - 1;
-        if (id_at(ids, stride, at) == id)
-            return (long)at;
-    }
-    return -1;
-}
-
-/* Add item `at` with this id; false when an item with the id is there already. */
-static bool idmap_add(struct idmap *h, const unsigned *ids, size_t stride, unsigned id, size_t at)
-{
-    size_t k = id_hash(id) & h->mask;
-
-    for (; h->slot[k]; k = (k + 1) & h->mask) {
-        if (id_at(ids, stride, h->slot[k] - 1) == id)
-            return false;
-    }
-    h->slot[k] = at + 1;
-    return true;
-}
-
-static size_t str_hash(const char *s)
-{
-    uint64_t h = UINT64_C(0xcbf29ce484222325);
-
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * UINT64_C(0x100000001b3);
-    return (size_t)(h ^ (h >> 29));
-}
-
-/* Add a name to a set of names (slots index names[] + 1); false when it is there already. */
-static bool nameset_add(struct idmap *h, const char **names, size_t at)
-{
-    size_t k = str_hash(names[at]) & h->mask;
-
-    for (; h->slot[k]; k = (k + 1) & h->mask) {
-        if (!strcmp(names[h->slot[k] - 1], names[at]))
-            return false;
-    }
-    h->slot[k] = at + 1;
-    return true;
-}
-
-/*
  * A walk along next-links (backing, or parent) from every item: each item is
  * visited once (state 1 while on the current path, 2 when known to end), so
  * a loop is found in linear time however deep the tree is. next[i] is the
@@ -874,34 +793,26 @@ static bool has_loop(size_t n, const long *next, unsigned char *state, size_t *b
 int qsnap__model_check(const struct qsnap__model *m, const char *what)
 {
     const char *hint = "restore the store's meta file from a backup (the layers under layers/ are untouched)";
-    size_t nmax = m->nl > m->nn ? m->nl : m->nn, nnames = 0, bad = 0, ndisk = 0;
+    size_t nmax = m->nl > m->nn ? m->nl : m->nn, bad = 0, ndisk = 0;
     const size_t ls = sizeof(m->layers[0]), ns = sizeof(m->nodes[0]);
     const unsigned *lid = m->layers ? &m->layers[0].id : NULL,
                    *nid = m->nodes ? &m->nodes[0].id : NULL;
-    struct idmap li = {0}, ni = {0}, nm = {0};
-    const char **names = calloc(m->nn + m->nb + 1, sizeof(*names));
+    struct qsnap__index x;
     unsigned char *state = calloc(nmax + 1, 1);
-    long *next = calloc(nmax + 1, sizeof(*next));
-    int rc = 0;
+    long *next = malloc((nmax + 1) * sizeof(*next));
+    int rc = qsnap__index_build(&x, m, true);
 
-    if (!names || !state || !next || !idmap_init(&li, m->nl) || !idmap_init(&ni, m->nn) ||
-        !idmap_init(&nm, m->nn + m->nb)) {
+    if (!rc && (!state || !next))
         rc = qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    if (rc)
         goto out;
-    }
-    for (size_t i = 0; i < m->nl && !rc; i++) {
-        if (!idmap_add(&li, lid, ls, m->layers[i].id, i))
-            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u appears twice", what,
-                            m->layers[i].id);
-    }
-    for (size_t i = 0; i < m->nn && !rc; i++) {
-        if (!idmap_add(&ni, nid, ns, m->nodes[i].id, i))
-            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u appears twice", what,
-                            m->nodes[i].id);
-    }
+    if (x.dup_layer)
+        rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u appears twice", what, x.dup_layer);
+    else if (x.dup_node)
+        rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u appears twice", what, x.dup_node);
     for (size_t i = 0; i < m->nl && !rc; i++) {
         const struct qsnap__layer *l = &m->layers[i];
-        next[i] = l->backing ? idmap_find(&li, lid, ls, l->backing) : -1;
+        next[i] = l->backing ? qsnap__idmap_find(&x.layers, lid, ls, l->backing) : -1;
         if (l->id >= m->seq)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u has an id past seq", what, l->id);
         else if (l->backing && next[i] < 0)
@@ -926,9 +837,9 @@ int qsnap__model_check(const struct qsnap__model *m, const char *what)
                         m->layers[bad].id);
     for (size_t i = 0; i < m->nn && !rc; i++) {
         const struct qsnap__node *n = &m->nodes[i];
-        long l = idmap_find(&li, lid, ls, n->layer);
-        next[i] = n->parent ? idmap_find(&ni, nid, ns, n->parent) : -1;
-        if (n->id >= m->seq || l < 0)
+        long l = qsnap__idmap_find(&x.layers, lid, ls, n->layer);
+        next[i] = n->parent ? qsnap__idmap_find(&x.nodes, nid, ns, n->parent) : -1;
+        if (n->id >= m->seq || !n->layer || l < 0)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u refers to a missing layer", what,
                             n->id);
         else if (n->parent && next[i] < 0)
@@ -940,39 +851,30 @@ int qsnap__model_check(const struct qsnap__model *m, const char *what)
         else if (n->internal && m->layers[l].fmt != QCOW2_FORMAT_QCOW2)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint,
                             "%s: internal node %u lives in a layer that is not qcow2", what, n->id);
-        if (n->name)
-            names[nnames++] = n->name;
     }
     if (!rc && has_loop(m->nn, next, state, &bad))
         rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u's parents loop", what,
                         m->nodes[bad].id);
     for (size_t i = 0; i < m->nb && !rc; i++) {
         const struct qsnap__branch *b = &m->branches[i];
-        long h = idmap_find(&li, lid, ls, b->head);
+        long h = b->head ? qsnap__idmap_find(&x.layers, lid, ls, b->head) : -1;
         if (h < 0 || m->layers[h].frozen)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: branch %s has no writable head", what,
                             b->name);
-        else if (b->base && idmap_find(&ni, nid, ns, b->base) < 0)
+        else if (b->base && qsnap__idmap_find(&x.nodes, nid, ns, b->base) < 0)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: branch %s has a missing base", what,
                             b->name);
-        names[nnames++] = b->name;
     }
     /* Names are unique across snapshots and branches. */
-    for (size_t i = 0; i < nnames && !rc; i++) {
-        if (!nameset_add(&nm, names, i))
-            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: the name %s is used twice", what,
-                            names[i]);
-    }
-    if (!rc && m->current && !qsnap__branch_by_name(m, m->current))
+    if (!rc && x.dup_name)
+        rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: the name %s is used twice", what, x.dup_name);
+    if (!rc && m->current && !qsnap__index_branch(&x, m->current))
         rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: current branch %s does not exist", what,
                         m->current);
     if (!rc && (!m->disk || !m->disk[0]))
         rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: no disk recorded", what);
 out:
-    free(li.slot);
-    free(ni.slot);
-    free(nm.slot);
-    free(names);
+    qsnap__index_free(&x);
     free(state);
     free(next);
     return rc;

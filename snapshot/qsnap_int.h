@@ -256,6 +256,41 @@ int qsnap__model_parse_part(struct qsnap__model *m, const char *text, size_t len
 /* Check the graph: ids unique, references exist, no cycles. */
 int qsnap__model_check(const struct qsnap__model *m, const char *what);
 
+/*
+ * index.c: a model's layers and nodes by id and its snapshots and branches by
+ * name, built once (linear time) for code that looks up many records. It points
+ * into the model's arrays: valid until a record is added, removed or moved.
+ */
+struct qsnap__idmap {
+    uint32_t *slot;      /* position + 1; 0: empty */
+    size_t cap;
+    bool direct;         /* slot[id] (dense ids), else a hash table of cap (a power of 2) slots */
+};
+struct qsnap__index {
+    const struct qsnap__model *m;
+    struct qsnap__idmap layers, nodes;
+    struct qsnap__idmap nnames, bnames; /* nodes and branches by name (hash tables) */
+    unsigned dup_layer;  /* the first layer id found twice (0: none): its first record wins */
+    unsigned dup_node;   /* the same for nodes */
+    const char *dup_name; /* the first name found twice among snapshots and branches, or NULL */
+};
+/* names: index the names too (else the lookups by name find nothing; dup_name stays NULL). */
+int qsnap__index_build(struct qsnap__index *x, const struct qsnap__model *m, bool names);
+void qsnap__index_free(struct qsnap__index *x);
+struct qsnap__layer *qsnap__index_layer(const struct qsnap__index *x, unsigned id);
+struct qsnap__node *qsnap__index_node(const struct qsnap__index *x, unsigned id);
+struct qsnap__node *qsnap__index_node_by_name(const struct qsnap__index *x, const char *name);
+struct qsnap__branch *qsnap__index_branch(const struct qsnap__index *x, const char *name);
+/* Position of the record with this id in the array the map indexes (ids: record 0's id,
+ * records stride bytes apart), or -1. */
+/* A map from a key field of n records (keys: record 0's key, records stride bytes apart) to
+ * the position of the first record with that key, among the records keep() keeps (NULL:
+ * all); key 0 (none) is left out. Freed with free(h->slot). */
+int qsnap__idmap_build(struct qsnap__idmap *h, const unsigned *keys, size_t stride, size_t n,
+                       bool (*keep)(const void *arg, size_t i), const void *arg);
+long qsnap__idmap_find(const struct qsnap__idmap *h, const unsigned *ids, size_t stride,
+                       unsigned id);
+
 /* store.c */
 char *qsnap__path(const qsnap_store *s, const char *rel);     /* absolute path of a store-relative one */
 char *qsnap__link_name(const char *from_rel, const char *to_rel); /* backing link from one layer file to another */

@@ -1,0 +1,347 @@
+/*
+ * Lookups by key in libqsnap (snapshot/index.c) and the graph check built on
+ * them (qsnap__model_check): an index finds what a walk of the model's arrays
+ * finds (the first record with an id or a name, nothing for one that is not
+ * there), with dense ids (a direct table) and with ids far apart (a hash
+ * table), and reports the first id or name held twice; a map by another key
+ * field keeps only the records asked for. The check accepts a well-formed
+ * tree and refuses each kind of malformed one with its message, whichever
+ * table its lookups use. Every expected answer comes from a walk of the
+ * arrays (the model), never from a fixed list.
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qsnap/qsnap.h"
+#include "qsnap_int.h"
+
+/* A model of n layers (a chain with side branches), n nodes and n / 3 + 1
+ * branches, ids spread by `scale` (1: dense, as qsnap makes them). */
+static void make_model(struct qsnap__model *m, size_t n, unsigned scale, unsigned seed)
+{
+    char name[64];
+    unsigned r = seed;
+
+    memset(m, 0, sizeof(*m));
+    m->disk = strdup("../d.img");
+    cr_assert_not_null(m->disk);
+    for (size_t i = 0; i < n; i++) {
+        struct qsnap__layer *l = qsnap__add_layer(m);
+        cr_assert_not_null(l);
+        l->id = (unsigned)(2 * i + 1) * scale;
+        snprintf(name, sizeof(name), "layers/%u.qcow2", l->id);
+        l->file = strdup(name);
+        r = r * 1103515245u + 12345u;
+        l->backing = i ? (unsigned)(2 * ((r >> 8) % i) + 1) * scale : 0;
+        l->fmt = QCOW2_FORMAT_QCOW2;
+        l->frozen = i % 3 != 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct qsnap__node *nd = qsnap__add_node(m);
+        cr_assert_not_null(nd);
+        nd->id = (unsigned)(2 * i + 2) * scale;
+        r = r * 1103515245u + 12345u;
+        nd->parent = i ? (unsigned)(2 * ((r >> 8) % i) + 2) * scale : 0;
+        nd->layer = (unsigned)(2 * i + 1) * scale;
+        if (i % 4 != 3) {
+            snprintf(name, sizeof(name), "s%zu", i);
+            nd->name = strdup(name);
+        }
+    }
+    for (size_t i = 0; i < n / 3 + 1; i++) {
+        struct qsnap__branch *b = qsnap__add_branch(m);
+        cr_assert_not_null(b);
+        snprintf(name, sizeof(name), "b%zu", i);
+        b->name = strdup(name);
+        b->head = (unsigned)(6 * i + 1) * scale;
+    }
+    m->seq = (unsigned)(2 * n + 1) * scale + 1;
+}
+
+/* Every id from 0 past the largest, every name and some that are not there:
+ * the index answers as the walk does. */
+static void assert_index_matches(const struct qsnap__model *m)
+{
+    struct qsnap__index x;
+    unsigned max = m->seq + 5;
+    char name[64];
+
+    cr_assert_eq(qsnap__index_build(&x, m, true), 0, "%s", qsnap_error_last()->message);
+    for (unsigned id = 0; id <= max; id++) {
+        cr_assert_eq(qsnap__index_layer(&x, id), qsnap__layer(m, id), "layer %u", id);
+        cr_assert_eq(qsnap__index_node(&x, id), qsnap__node(m, id), "node %u", id);
+    }
+    for (size_t i = 0; i < m->nn; i++) {
+        const char *nm = m->nodes[i].name;
+        if (!nm)
+            continue;
+        cr_assert_eq(qsnap__index_node_by_name(&x, nm), qsnap__node_by_name(m, nm), "%s", nm);
+        cr_assert_eq(qsnap__index_branch(&x, nm), qsnap__branch_by_name(m, nm), "%s", nm);
+    }
+    for (size_t i = 0; i < m->nb; i++) {
+        const char *nm = m->branches[i].name;
+        cr_assert_eq(qsnap__index_branch(&x, nm), qsnap__branch_by_name(m, nm), "%s", nm);
+        cr_assert_eq(qsnap__index_node_by_name(&x, nm), qsnap__node_by_name(m, nm), "%s", nm);
+    }
+    for (size_t i = 0; i < 50; i++) {
+        snprintf(name, sizeof(name), "absent%zu", i);
+        cr_assert_null(qsnap__index_branch(&x, name));
+        cr_assert_null(qsnap__index_node_by_name(&x, name));
+    }
+    cr_assert_null(qsnap__index_branch(&x, NULL));
+    qsnap__index_free(&x);
+}
+
+Test(index, dense_ids_use_a_direct_table)
+{
+    for (size_t n = 0; n < 300; n += 37) {
+        struct qsnap__model m;
+        struct qsnap__index x;
+        make_model(&m, n, 1, (unsigned)n);
+        cr_assert_eq(qsnap__index_build(&x, &m, false), 0);
+        cr_assert(x.layers.direct && x.nodes.direct, "n %zu", n);
+        cr_assert(!x.dup_layer && !x.dup_node && !x.dup_name);
+        qsnap__index_free(&x);
+        assert_index_matches(&m);
+        qsnap__model_free(&m);
+    }
+}
+
+Test(index, ids_far_apart_use_a_hash_table)
+{
+    for (size_t n = 1; n < 300; n += 41) {
+        struct qsnap__model m;
+        struct qsnap__index x;
+        make_model(&m, n, 100003, (unsigned)n);
+        cr_assert_eq(qsnap__index_build(&x, &m, false), 0);
+        cr_assert(!x.layers.direct && !x.nodes.direct, "n %zu", n);
+        qsnap__index_free(&x);
+        assert_index_matches(&m);
+        qsnap__model_free(&m);
+    }
+}
+
+Test(index, without_names_finds_no_name)
+{
+    struct qsnap__model m;
+    struct qsnap__index x;
+
+    make_model(&m, 20, 1, 3);
+    cr_assert_eq(qsnap__index_build(&x, &m, false), 0);
+    cr_assert_null(qsnap__index_branch(&x, m.branches[0].name));
+    cr_assert_null(qsnap__index_node_by_name(&x, m.nodes[0].name));
+    cr_assert_eq(qsnap__index_layer(&x, m.layers[5].id), &m.layers[5]);
+    qsnap__index_free(&x);
+    qsnap__model_free(&m);
+}
+
+/* A key held twice: the first record wins (as a walk finds it) and is reported. */
+Test(index, duplicates_are_reported_and_the_first_wins)
+{
+    for (unsigned scale = 1; scale <= 100003; scale += 100002) {
+        struct qsnap__model m;
+        struct qsnap__index x;
+        make_model(&m, 30, scale, 7);
+        m.layers[20].id = m.layers[4].id;
+        m.nodes[25].id = m.nodes[9].id;
+        free(m.branches[3].name);
+        m.branches[3].name = strdup(m.nodes[12].name);
+        cr_assert_eq(qsnap__index_build(&x, &m, true), 0);
+        cr_assert_eq(x.dup_layer, m.layers[4].id);
+        cr_assert_eq(x.dup_node, m.nodes[9].id);
+        cr_assert_str_eq(x.dup_name, m.nodes[12].name);
+        cr_assert_eq(qsnap__index_layer(&x, m.layers[4].id), &m.layers[4]);
+        cr_assert_eq(qsnap__index_node(&x, m.nodes[9].id), &m.nodes[9]);
+        qsnap__index_free(&x);
+        assert_index_matches(&m);
+        qsnap__model_free(&m);
+    }
+}
+
+static bool named(const void *arg, size_t i)
+{
+    return ((const struct qsnap__model *)arg)->nodes[i].name != NULL;
+}
+
+/* A map by another field (nodes by layer), keeping named nodes only. */
+Test(index, map_by_another_field_keeps_what_it_is_asked_to)
+{
+    for (unsigned scale = 1; scale <= 100003; scale += 100002) {
+        struct qsnap__model m;
+        struct qsnap__idmap h;
+        make_model(&m, 60, scale, 11);
+        /* Several nodes on one layer, the first of them unnamed. */
+        for (size_t i = 30; i < 40; i++)
+            m.nodes[i].layer = m.nodes[3].layer;
+        cr_assert_eq(qsnap__idmap_build(&h, &m.nodes[0].layer, sizeof(m.nodes[0]), m.nn, named,
+                                        &m),
+                     0);
+        for (size_t i = 0; i < m.nl; i++) {
+            unsigned key = m.layers[i].id;
+            long want = -1, got;
+            for (size_t j = 0; j < m.nn && want < 0; j++) {
+                if (m.nodes[j].layer == key && m.nodes[j].name)
+                    want = (long)j;
+            }
+            got = qsnap__idmap_find(&h, &m.nodes[0].layer, sizeof(m.nodes[0]), key);
+            cr_assert_eq(got, want, "layer %u: %ld, not %ld", key, got, want);
+        }
+        cr_assert_eq(qsnap__idmap_find(&h, &m.nodes[0].layer, sizeof(m.nodes[0]), 0), -1);
+        free(h.slot);
+        qsnap__model_free(&m);
+    }
+}
+
+/* ---- the graph check ---------------------------------------------------------- */
+
+/*
+ * A small well-formed store in the text form; @A@ .. @F@ stand for ids
+ * (1..6 times a scale) and @S@ for seq. Layers: A the raw disk, B head of
+ * main, C frozen over A, D head of b1 over C. Nodes: E (root, on A), F (s1,
+ * on C).
+ */
+static const char *tmpl =
+    "qsnap-store 2\ngen 1\nseq @S@\ndisk ../d.img\ncurrent main\n"
+    "layer @A@ file=../d.img fmt=raw backing=0 frozen=1 disk=1\n"
+    "layer @B@ file=layers/b.qcow2 fmt=qcow2 backing=@A@ frozen=0 disk=0\n"
+    "layer @C@ file=layers/c.qcow2 fmt=qcow2 backing=@A@ frozen=1 disk=0\n"
+    "layer @D@ file=layers/d.qcow2 fmt=qcow2 backing=@C@ frozen=0 disk=0\n"
+    "node @E@ parent=0 layer=@A@ created=1 name=root\n"
+    "node @F@ parent=@E@ layer=@C@ created=1 name=s1\n"
+    "branch main head=@B@ base=@E@ created=1\n"
+    "branch b1 head=@D@ base=@F@ created=1\n"
+    "end\n";
+
+/* tmpl with `from` replaced by `to` (once), then the ids filled in. */
+static char *store_text(const char *from, const char *to, unsigned scale)
+{
+    char *t = malloc(4096), *o = malloc(4096);
+    const char *p;
+    size_t k = 0;
+
+    cr_assert(t && o);
+    p = from ? strstr(tmpl, from) : NULL;
+    cr_assert(!from || p, "'%s' is not in the template", from);
+    if (p)
+        snprintf(t, 4096, "%.*s%s%s", (int)(p - tmpl), tmpl, to, p + strlen(from));
+    else
+        snprintf(t, 4096, "%s", tmpl);
+    for (p = t; *p;) {
+        if (p[0] == '@' && p[1] && p[2] == '@') {
+            unsigned v = p[1] == 'S' ? 7 * scale : (unsigned)(p[1] - 'A' + 1) * scale;
+            k += (size_t)snprintf(o + k, 4096 - k, "%u", v);
+            p += 3;
+        } else {
+            o[k++] = *p++;
+        }
+    }
+    o[k] = '\0';
+    free(t);
+    return o;
+}
+
+/* The check's answer on tmpl changed so: 0, or the error with its message in *msg. */
+static int check_text(const char *from, const char *to, unsigned scale, char *msg, size_t size)
+{
+    struct qsnap__model m;
+    unsigned version = 0;
+    char *text = store_text(from, to, scale);
+    int rc = qsnap__model_parse_v(&m, text, strlen(text), "meta", &version, false);
+
+    cr_assert_eq(rc, 0, "the records parse: %s\n%s", qsnap_error_last()->message, text);
+    rc = qsnap__model_check(&m, "meta");
+    snprintf(msg, size, "%s", rc ? qsnap_error_last()->message : "");
+    qsnap__model_free(&m);
+    free(text);
+    return rc;
+}
+
+Test(index, check_accepts_a_good_tree)
+{
+    char msg[512];
+
+    for (unsigned scale = 1; scale <= 100003; scale += 100002)
+        cr_assert_eq(check_text(NULL, NULL, scale, msg, sizeof(msg)), 0, "%s", msg);
+}
+
+struct bad {
+    const char *from, *to, *want;
+};
+
+Test(index, check_refuses_each_malformed_tree)
+{
+    static const struct bad cases[] = {
+        {"layer @D@ ", "layer @C@ ", "layer @C@ appears twice"},
+        {"node @F@ ", "node @E@ ", "node @E@ appears twice"},
+        {"seq @S@", "seq @D@", "layer @D@ has an id past seq"},
+        {"backing=@C@", "backing=@S@", "layer @D@ is backed by missing layer @S@"},
+        {"file=layers/c.qcow2", "file=layers/../c.qcow2", "layer @C@'s file leaves the store"},
+        {"file=layers/b.qcow2 fmt=qcow2 backing=@A@ frozen=0 disk=0",
+         "file=../d.img fmt=qcow2 backing=@A@ frozen=0 disk=1",
+         "layer @B@ is marked as the disk but is not the recorded disk"},
+        {"layer @A@ file=../d.img fmt=raw backing=0", "layer @A@ file=../d.img fmt=raw backing=@D@",
+         "backing links loop"},
+        {"parent=@E@ layer=@C@", "parent=@E@ layer=@S@", "node @F@ refers to a missing layer"},
+        {"parent=@E@ layer=@C@", "parent=@S@ layer=@C@", "node @F@ has a missing parent"},
+        {"name=s1", "name=s1 state=../x", "node @F@'s state file leaves the store"},
+        {"layer=@A@ created=1 name=root", "layer=@A@ created=1 name=root internal=x",
+         "internal node @E@ lives in a layer that is not qcow2"},
+        {"node @E@ parent=0", "node @E@ parent=@F@", "parents loop"},
+        {"head=@D@", "head=@C@", "branch b1 has no writable head"},
+        {"head=@D@", "head=@S@", "branch b1 has no writable head"},
+        {"base=@F@", "base=@S@", "branch b1 has a missing base"},
+        {"branch b1", "branch s1", "the name s1 is used twice"},
+        {"branch b1", "branch main", "the name main is used twice"},
+        {"name=s1", "name=root", "the name root is used twice"},
+        {"current main", "current nosuch", "current branch nosuch does not exist"},
+        {"current main", "current s1", "current branch s1 does not exist"},
+    };
+    char msg[512];
+
+    for (unsigned scale = 1; scale <= 100003; scale += 100002) {
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+            char exp[256];
+            size_t k = 0;
+            int rc = check_text(cases[i].from, cases[i].to, scale, msg, sizeof(msg));
+            cr_assert_eq(rc, QSNAP_EINTEGRITY, "case %zu (scale %u) accepted", i, scale);
+            /* The expected message with its ids filled in. */
+            for (const char *p = cases[i].want; *p && k + 12 < sizeof(exp);) {
+                if (p[0] == '@' && p[1] && p[2] == '@') {
+                    unsigned v = p[1] == 'S' ? 7 * scale : (unsigned)(p[1] - 'A' + 1) * scale;
+                    k += (size_t)snprintf(exp + k, sizeof(exp) - k, "%u", v);
+                    p += 3;
+                } else {
+                    exp[k++] = *p++;
+                }
+            }
+            exp[k] = '\0';
+            cr_assert(strstr(msg, exp) != NULL, "case %zu (scale %u): '%s' lacks '%s'", i, scale,
+                      msg, exp);
+            cr_assert(!strncmp(msg, "meta: ", 6), "names the file: %s", msg);
+        }
+    }
+}
+
+/* A large tree (the size a scale test reaches) is accepted, and one parent
+ * link turned back on a descendant is found. */
+Test(index, check_finds_a_loop_in_a_large_tree)
+{
+    struct qsnap__model m;
+
+    make_model(&m, 20000, 1, 5);
+    /* Layer 0 is the disk (and the head of branch b0, as a disk before its first snapshot). */
+    free(m.layers[0].file);
+    m.layers[0].file = strdup("../d.img");
+    m.layers[0].is_disk = true;
+    m.layers[0].fmt = QCOW2_FORMAT_RAW;
+    m.current = strdup("b0");
+    cr_assert_eq(qsnap__model_check(&m, "big"), 0, "%s", qsnap_error_last()->message);
+    /* Every node descends from node 0 (parents come first): make it a child of one. */
+    m.nodes[0].parent = m.nodes[15000].id;
+    cr_assert_eq(qsnap__model_check(&m, "big"), QSNAP_EINTEGRITY);
+    cr_assert(strstr(qsnap_error_last()->message, "parents loop"), "%s",
+              qsnap_error_last()->message);
+    qsnap__model_free(&m);
+}
