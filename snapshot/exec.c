@@ -222,6 +222,9 @@ static int take_fingerprint(qsnap_store *s, qsnap_plan *p, const struct qsnap__l
     rc = qsnap__layer_fingerprint(s, &tmp);
     if (rc)
         return rc;
+    /* The record changes after the journal compared the models (st_save). */
+    if (!qsnap__ids_add(&p->changed, l->id))
+        p->changed_known = false;
     for (size_t k = 0; k < p->nm; k++) {
         struct qsnap__layer *t = qsnap__layer(&p->models[k], l->id);
         if (t && t->frozen) {
@@ -700,8 +703,14 @@ static int st_save(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
     int rc;
 
     m->gen = p->base_gen + st->y;
-    /* On success the store's model is m (metalog.c). */
-    rc = qsnap__save_model(s, m);
+    /* On success the store's model is m (metalog.c). The journal compared m with the
+     * model before it and kept what differed (journal.c), and fingerprints taken since
+     * are added (take_fingerprint): while the store's model is that one (every save
+     * before this one went through), only those records need comparing. */
+    if (p->changed_known && s->exists && s->m.gen == p->base_gen + st->y)
+        rc = qsnap__meta_save_known(s, m, &p->changed);
+    else
+        rc = qsnap__save_model(s, m);
     if (rc)
         return rc;
     s->exists = true;

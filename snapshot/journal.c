@@ -58,13 +58,18 @@ static void put_field(FILE *f, const char *v)
     }
 }
 
-int qsnap__journal_write(qsnap_store *s, const qsnap_plan *p)
+int qsnap__journal_write(qsnap_store *s, qsnap_plan *p)
 {
     char *buf = NULL;
     size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
+    FILE *f;
+    bool all_exact = true;
     int rc = 0;
 
+    /* The records each change gives are what the SAVE steps compare (exec.c). */
+    p->changed.n = 0;
+    p->changed_known = false;
+    f = open_memstream(&buf, &len);
     if (!f)
         return nomem();
     fprintf(f, "qsnap-journal 2\nbase-gen %" PRIu64 "\nsteps %zu\nmodels %zu\n", p->base_gen, p->n,
@@ -79,7 +84,9 @@ int qsnap__journal_write(qsnap_store *s, const qsnap_plan *p)
     for (size_t k = 0; k < p->nm && !rc; k++) {
         char *text = NULL;
         bool exact = false;
-        rc = qsnap__delta_format(k ? &p->models[k - 1] : &s->m, &p->models[k], &text, &exact);
+        rc = qsnap__delta_format_ex(k ? &p->models[k - 1] : &s->m, &p->models[k], &text, &exact,
+                                    NULL, &p->changed);
+        all_exact = all_exact && exact;
         if (!rc && exact) {
             fprintf(f, "delta %zu\n%s", strlen(text), text);
         } else if (!rc) {
@@ -96,6 +103,7 @@ int qsnap__journal_write(qsnap_store *s, const qsnap_plan *p)
     if (!rc)
         rc = qsnap__write_atomic(s, JOURNAL_FILE, buf, len);
     free(buf);
+    p->changed_known = !rc && all_exact;
     return rc;
 }
 

@@ -153,6 +153,58 @@ bool qsnap__model_equal(const struct qsnap__model *a, const struct qsnap__model 
     return true;
 }
 
+/* A table of ids 0..max_id: 1 for those in a or b (either may be NULL); NULL when out of memory. */
+static unsigned char *id_marks(unsigned max_id, const struct qsnap__ids *a,
+                               const struct qsnap__ids *b)
+{
+    unsigned char *mark = calloc((size_t)max_id + 1, 1);
+
+    for (size_t i = 0; mark && a && i < a->n; i++) {
+        if (a->v[i] <= max_id)
+            mark[a->v[i]] = 1;
+    }
+    for (size_t i = 0; mark && b && i < b->n; i++) {
+        if (b->v[i] <= max_id)
+            mark[b->v[i]] = 1;
+    }
+    return mark;
+}
+
+/*
+ * a and b the same, where every record of b whose id neither `only` nor `given`
+ * names is known to be the same as a's record with its id: the places of all
+ * records are compared, the named ones in full.
+ */
+static bool equal_known(const struct qsnap__model *a, const struct qsnap__model *b,
+                        const struct qsnap__ids *only, const struct qsnap__ids *given)
+{
+    unsigned max_id = 0;
+    unsigned char *mark;
+    bool same = true;
+
+    if (a->gen != b->gen || a->seq != b->seq || !str_eq(a->disk, b->disk) ||
+        !str_eq(a->current, b->current) || a->nl != b->nl || a->nn != b->nn || a->nb != b->nb)
+        return false;
+    for (size_t i = 0; i < a->nl; i++)
+        max_id = a->layers[i].id > max_id ? a->layers[i].id : max_id;
+    for (size_t i = 0; i < a->nn; i++)
+        max_id = a->nodes[i].id > max_id ? a->nodes[i].id : max_id;
+    if (max_id > 4 * (a->nl + a->nn) + 1024 || !(mark = id_marks(max_id, only, given)))
+        return qsnap__model_equal(a, b);
+    for (size_t i = 0; same && i < a->nl; i++) {
+        const struct qsnap__layer *x = &a->layers[i], *y = &b->layers[i];
+        same = x->id == y->id && (!mark[x->id] || layer_eq(x, y));
+    }
+    for (size_t i = 0; same && i < a->nn; i++) {
+        const struct qsnap__node *x = &a->nodes[i], *y = &b->nodes[i];
+        same = x->id == y->id && (!mark[x->id] || node_eq(x, y));
+    }
+    for (size_t i = 0; same && i < a->nb; i++)
+        same = branch_eq(&a->branches[i], &b->branches[i]);
+    free(mark);
+    return same;
+}
+
 /* ---- the text of a change ------------------------------------------------- */
 
 /* Append one element (a shallow copy: the strings stay the new model's). */
@@ -203,8 +255,25 @@ static int put_branch_name(FILE *f, const char *key, const struct qsnap__branch 
     return sp && nl ? 0 : qsnap__err(QSNAP_ERROR, NULL, "cannot format a branch name");
 }
 
+bool qsnap__ids_add(struct qsnap__ids *set, unsigned id)
+{
+    return push((void **)&set->v, &set->n, &set->cap, &id, sizeof(id));
+}
+
+void qsnap__ids_free(struct qsnap__ids *set)
+{
+    free(set->v);
+    memset(set, 0, sizeof(*set));
+}
+
 int qsnap__delta_format(const struct qsnap__model *o, const struct qsnap__model *n, char **out,
                         bool *exact)
+{
+    return qsnap__delta_format_ex(o, n, out, exact, NULL, NULL);
+}
+
+int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__model *n, char **out,
+                           bool *exact, const struct qsnap__ids *only, struct qsnap__ids *changed)
 {
     struct qsnap__model part;
     size_t capl = 0, capn = 0, capb = 0, i, j;
@@ -227,6 +296,7 @@ int qsnap__delta_format(const struct qsnap__model *o, const struct qsnap__model 
     {
         unsigned max_id = 0;
         size_t *ol = NULL, *nw = NULL;
+        unsigned char *mark = NULL; /* ids of only: the records compared */
         for (i = 0; i < o->nl; i++)
             max_id = o->layers[i].id > max_id ? o->layers[i].id : max_id;
         for (i = 0; i < n->nl; i++)
@@ -240,7 +310,8 @@ int qsnap__delta_format(const struct qsnap__model *o, const struct qsnap__model 
         } else {
             ol = calloc((size_t)max_id + 1, sizeof(size_t));
             nw = calloc((size_t)max_id + 1, sizeof(size_t));
-            ok = ol && nw;
+            mark = only ? id_marks(max_id, only, NULL) : NULL;
+            ok = ol && nw && (!only || mark);
         }
         /* Layers. */
         for (i = 0; ok && *exact && i < o->nl; i++)
@@ -248,9 +319,11 @@ int qsnap__delta_format(const struct qsnap__model *o, const struct qsnap__model 
         for (j = 0; ok && *exact && j < n->nl; j++) {
             const struct qsnap__layer *x = &n->layers[j];
             nw[x->id] = j + 1;
-            if (ol[x->id] && layer_eq(&o->layers[ol[x->id] - 1], x))
+            if (ol[x->id] && ((mark && !mark[x->id]) || layer_eq(&o->layers[ol[x->id] - 1], x)))
                 continue;
             ok = push((void **)&part.layers, &part.nl, &capl, x, sizeof(*x));
+            if (ok && changed)
+                ok = qsnap__ids_add(changed, x->id);
             if (ok && !ol[x->id])
                 fprintf(f, "place-layer %u %zu\n", x->id, j);
         }
@@ -268,9 +341,11 @@ int qsnap__delta_format(const struct qsnap__model *o, const struct qsnap__model 
         for (j = 0; ok && *exact && j < n->nn; j++) {
             const struct qsnap__node *x = &n->nodes[j];
             nw[x->id] = j + 1;
-            if (ol[x->id] && node_eq(&o->nodes[ol[x->id] - 1], x))
+            if (ol[x->id] && ((mark && !mark[x->id]) || node_eq(&o->nodes[ol[x->id] - 1], x)))
                 continue;
             ok = push((void **)&part.nodes, &part.nn, &capn, x, sizeof(*x));
+            if (ok && changed)
+                ok = qsnap__ids_add(changed, x->id);
             if (ok && !ol[x->id])
                 fprintf(f, "place-node %u %zu\n", x->id, j);
         }
@@ -280,6 +355,7 @@ int qsnap__delta_format(const struct qsnap__model *o, const struct qsnap__model 
         }
         free(ol);
         free(nw);
+        free(mark);
     }
     /* Branches by name: the same name at the same place is the usual case. */
     for (i = 0, j = 0; ok && *exact && (i < o->nb || j < n->nb);) {
@@ -907,8 +983,14 @@ static int append(qsnap_store *s, const char *rec, size_t rl)
 
 int qsnap__meta_save(qsnap_store *s, struct qsnap__model *m)
 {
+    return qsnap__meta_save_known(s, m, NULL);
+}
+
+int qsnap__meta_save_known(qsnap_store *s, struct qsnap__model *m, const struct qsnap__ids *only)
+{
     char *delta = NULL, *rec = NULL;
     bool exact = false, committed = false;
+    struct qsnap__ids given = {NULL, 0, 0};
     size_t rl = 0, hl;
     uint64_t bound;
     int rc;
@@ -916,7 +998,7 @@ int qsnap__meta_save(qsnap_store *s, struct qsnap__model *m)
     m->gen++;
     if (m == &s->m || !s->exists || s->log.meta_version < QSNAP_META_VERSION)
         goto whole;
-    rc = qsnap__delta_format(&s->m, m, &delta, &exact);
+    rc = qsnap__delta_format_ex(&s->m, m, &delta, &exact, only, only ? &given : NULL);
     if (rc)
         goto fail;
     if (!exact)
@@ -947,9 +1029,13 @@ int qsnap__meta_save(qsnap_store *s, struct qsnap__model *m)
     hl = (size_t)(strchr(rec, '\n') - rec) + 1;
     rc = qsnap__delta_apply(&s->m, rec + hl, rl - hl, "change record");
     free(rec);
-    if (!rc && qsnap__model_equal(&s->m, m))
+    /* Known the same before (only), and not given by the change: the same now. */
+    if (!rc && (only ? equal_known(&s->m, m, only, &given) : qsnap__model_equal(&s->m, m))) {
+        qsnap__ids_free(&given);
         return 0;
+    }
 whole:
+    qsnap__ids_free(&given);
     rc = compact(s, m);
     if (!rc && m != &s->m) {
         struct qsnap__model copy;
@@ -962,6 +1048,7 @@ whole:
     if (!rc || committed)
         return rc;
 fail:
+    qsnap__ids_free(&given);
     free(delta);
     m->gen--;
     return rc;

@@ -103,6 +103,7 @@ void qsnap_plan_free(qsnap_plan *p)
     for (size_t i = 0; i < p->nm; i++)
         qsnap__model_free(&p->models[i]);
     free(p->models);
+    qsnap__ids_free(&p->changed);
     free(p->steps);
     free(p->summary);
     free(p->op);

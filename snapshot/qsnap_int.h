@@ -92,6 +92,12 @@ struct qsnap__model {
     size_t nb;
 };
 
+/* A set of layer or node ids (unsorted; an id may appear more than once). */
+struct qsnap__ids {
+    unsigned *v;
+    size_t n, cap;
+};
+
 /* The last store file an open refused (safe.c), for the message that names it. */
 struct qsnap__refusal {
     char path[4096];
@@ -224,6 +230,11 @@ struct qsnap_plan {
     struct qsnap__touch *made;    /* files its steps made, held while it runs (inuse.c) */
     size_t nmade;
     bool checked;                 /* touch is known */
+    struct qsnap__ids changed;    /* layers and nodes whose records may differ between a target
+                                   * model and the one before it (journal.c: every record not
+                                   * named here is the same in both, so a save compares only
+                                   * these); valid while changed_known */
+    bool changed_known;
 };
 
 /* error.c */
@@ -325,6 +336,18 @@ int qsnap__log_cut(qsnap_store *s);
 /* The change from old to new as text (malloc'd; *exact: applying it to old gives new). */
 int qsnap__delta_format(const struct qsnap__model *old, const struct qsnap__model *new_m,
                         char **out, bool *exact);
+/* The same, comparing only the records that are in both models and named by `only` (NULL:
+ * every one): the caller knows the others to be the same. The ids of the records the change
+ * gives (changed or new) are added to `changed` (NULL: not kept). */
+int qsnap__delta_format_ex(const struct qsnap__model *old, const struct qsnap__model *new_m,
+                           char **out, bool *exact, const struct qsnap__ids *only,
+                           struct qsnap__ids *changed);
+/* qsnap__meta_save for a model whose records not named by `only` are known to be the same as
+ * the store's (see qsnap__delta_format_ex; NULL: nothing known). */
+int qsnap__meta_save_known(qsnap_store *s, struct qsnap__model *m, const struct qsnap__ids *only);
+/* Add an id (false: out of memory); free a set. */
+bool qsnap__ids_add(struct qsnap__ids *set, unsigned id);
+void qsnap__ids_free(struct qsnap__ids *set);
 /* Apply a change (hostile input: checked) to m in place. */
 int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, const char *what);
 /* Same content, in the same order. */
@@ -397,7 +420,8 @@ int qsnap__recover(qsnap_store *s, bool *did_something);
 int qsnap__journal_pending(const qsnap_store *s, bool *out);
 /* The pending journal's plan (hostile input: checked as it is read). */
 int qsnap__journal_load(qsnap_store *s, qsnap_plan **out);
-int qsnap__journal_write(qsnap_store *s, const qsnap_plan *p);
+/* Also sets p->changed (and p->changed_known) from the changes it writes. */
+int qsnap__journal_write(qsnap_store *s, qsnap_plan *p);
 int qsnap__journal_read(qsnap_store *s, qsnap_plan **out);
 int qsnap__journal_remove(qsnap_store *s);
 /* QSNAP_EINTEGRITY when the store has files in layers/ but no meta file (else 0). */

@@ -345,3 +345,80 @@ Test(index, check_finds_a_loop_in_a_large_tree)
               qsnap_error_last()->message);
     qsnap__model_free(&m);
 }
+
+/* ---- a change compared only where it may differ (metalog.c) --------------------- */
+
+static bool ids_have(const struct qsnap__ids *set, unsigned id)
+{
+    for (size_t i = 0; i < set->n; i++) {
+        if (set->v[i] == id)
+            return true;
+    }
+    return false;
+}
+
+/*
+ * A change (records changed, added, dropped and moved) formatted in full names
+ * the records it gives; formatted again comparing only those, it is the same
+ * text; comparing only some of them, the others are left out (they are taken
+ * to be the same), which is what the SAVE steps rely on the journal for.
+ */
+Test(index, a_change_compared_only_where_it_may_differ)
+{
+    struct qsnap__model o, n;
+    struct qsnap__ids changed = {NULL, 0, 0}, again = {NULL, 0, 0}, some = {NULL, 0, 0};
+    char *full = NULL, *known = NULL, *less = NULL;
+    bool exact = false;
+    unsigned dropped;
+
+    make_model(&o, 500, 1, 21);
+    o.current = strdup("b0");
+    make_model(&n, 500, 1, 21);
+    n.current = strdup("b0");
+    /* Changed: a layer frozen, a node renamed; added: a layer; dropped: a node. */
+    n.layers[30].frozen = !n.layers[30].frozen;
+    free(n.nodes[40].name);
+    n.nodes[40].name = strdup("renamed");
+    {
+        struct qsnap__layer *l = qsnap__add_layer(&n);
+        cr_assert_not_null(l);
+        l->file = strdup("layers/new.qcow2");
+        l->fmt = QCOW2_FORMAT_QCOW2;
+        l->backing = n.layers[0].id;
+    }
+    dropped = n.nodes[77].id;
+    qsnap__del_node(&n, dropped);
+    n.seq = n.seq > o.seq ? n.seq : o.seq;
+
+    cr_assert_eq(qsnap__delta_format_ex(&o, &n, &full, &exact, NULL, &changed), 0);
+    cr_assert(exact);
+    cr_assert(ids_have(&changed, n.layers[30].id) && ids_have(&changed, n.nodes[40].id) &&
+              ids_have(&changed, n.layers[n.nl - 1].id), "the changed and new records");
+    cr_assert_eq(changed.n, 3, "only those: %zu", changed.n);
+    cr_assert(strstr(full, "drop-node"), "%s", full);
+
+    cr_assert_eq(qsnap__delta_format_ex(&o, &n, &known, &exact, &changed, &again), 0);
+    cr_assert(exact);
+    cr_assert_str_eq(known, full);
+    cr_assert_eq(again.n, changed.n);
+
+    /* Without the renamed node among those compared, its change is not seen. */
+    cr_assert(qsnap__ids_add(&some, n.layers[30].id));
+    cr_assert_eq(qsnap__delta_format_ex(&o, &n, &less, &exact, &some, NULL), 0);
+    cr_assert(strstr(full, "renamed") && !strstr(less, "renamed"), "%s", less);
+    cr_assert(strstr(less, "drop-node"), "drops are found whatever is compared: %s", less);
+
+    /* The full change applied to the old model gives the new one. */
+    cr_assert_eq(qsnap__delta_apply(&o, full, strlen(full), "change"), 0, "%s",
+                 qsnap_error_last()->message);
+    o.gen = n.gen;
+    cr_assert(qsnap__model_equal(&o, &n));
+    free(full);
+    free(known);
+    free(less);
+    qsnap__ids_free(&changed);
+    qsnap__ids_free(&again);
+    qsnap__ids_free(&some);
+    qsnap__model_free(&o);
+    qsnap__model_free(&n);
+}
