@@ -38,13 +38,13 @@ static size_t id_hash(unsigned id)
     return (size_t)((id * UINT64_C(0x9E3779B97F4A7C15)) >> 32);
 }
 
-static size_t str_hash(const char *s)
+static uint64_t str_hash(const char *s)
 {
     uint64_t h = UINT64_C(0xcbf29ce484222325);
 
     for (; *s; s++)
         h = (h ^ (unsigned char)*s) * UINT64_C(0x100000001b3);
-    return (size_t)(h ^ (h >> 29));
+    return h ^ (h >> 29);
 }
 
 /* The id of record `at`: ids points at record 0's id, records are stride bytes apart. */
@@ -125,16 +125,29 @@ static const char *name_of(const struct qsnap__model *m, bool branches, size_t e
     return branches ? m->branches[e].name : m->nodes[e].name;
 }
 
+/*
+ * A name slot holds the entry + 1 in its low NAME_BITS bits and bits of the
+ * name's hash above them, so that a probe compares names only when those match.
+ */
+#define NAME_BITS 20u /* QSNAP_MAX_ITEMS < 2^20 */
+#define NAME_ENTRY(v) (((v) & ((1u << NAME_BITS) - 1)) - 1)
+#define NAME_TAG(h) ((uint32_t)((h) >> 40) & ~((1u << NAME_BITS) - 1))
+
 /* The entry of table h named so, or -1. */
 static long names_find(const struct qsnap__index *x, bool branches, const char *name)
 {
     const struct qsnap__idmap *h = branches ? &x->bnames : &x->nnames;
+    uint64_t hash;
+    uint32_t tag;
 
     if (!name || !h->slot)
         return -1;
-    for (size_t k = str_hash(name) & (h->cap - 1); h->slot[k]; k = (k + 1) & (h->cap - 1)) {
-        size_t e = h->slot[k] - 1;
-        if (!strcmp(name_of(x->m, branches, e), name))
+    hash = str_hash(name);
+    tag = NAME_TAG(hash);
+    for (size_t k = (size_t)hash & (h->cap - 1); h->slot[k]; k = (k + 1) & (h->cap - 1)) {
+        size_t e = NAME_ENTRY(h->slot[k]);
+        if ((h->slot[k] & ~((1u << NAME_BITS) - 1)) == tag &&
+            !strcmp(name_of(x->m, branches, e), name))
             return (long)e;
     }
     return -1;
@@ -145,13 +158,16 @@ static bool names_add(struct qsnap__index *x, bool branches, size_t e)
 {
     struct qsnap__idmap *h = branches ? &x->bnames : &x->nnames;
     const char *name = name_of(x->m, branches, e);
-    size_t k = str_hash(name) & (h->cap - 1);
+    uint64_t hash = str_hash(name);
+    size_t k = (size_t)hash & (h->cap - 1);
+    uint32_t tag = NAME_TAG(hash);
 
     for (; h->slot[k]; k = (k + 1) & (h->cap - 1)) {
-        if (!strcmp(name_of(x->m, branches, h->slot[k] - 1), name))
+        if ((h->slot[k] & ~((1u << NAME_BITS) - 1)) == tag &&
+            !strcmp(name_of(x->m, branches, NAME_ENTRY(h->slot[k])), name))
             return false;
     }
-    h->slot[k] = (uint32_t)(e + 1);
+    h->slot[k] = tag | (uint32_t)(e + 1);
     return true;
 }
 

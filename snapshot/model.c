@@ -121,10 +121,12 @@ struct qsnap__node *qsnap__node(const struct qsnap__model *m, unsigned id)
     return NULL;
 }
 
+/* The first byte first: most names differ there, and a call to strcmp costs more. */
 struct qsnap__node *qsnap__node_by_name(const struct qsnap__model *m, const char *name)
 {
     for (size_t i = 0; name && i < m->nn; i++) {
-        if (m->nodes[i].name && strcmp(m->nodes[i].name, name) == 0)
+        const char *v = m->nodes[i].name;
+        if (v && v[0] == name[0] && strcmp(v, name) == 0)
             return &m->nodes[i];
     }
     return NULL;
@@ -133,7 +135,8 @@ struct qsnap__node *qsnap__node_by_name(const struct qsnap__model *m, const char
 struct qsnap__branch *qsnap__branch_by_name(const struct qsnap__model *m, const char *name)
 {
     for (size_t i = 0; name && i < m->nb; i++) {
-        if (strcmp(m->branches[i].name, name) == 0)
+        const char *v = m->branches[i].name;
+        if (v[0] == name[0] && strcmp(v, name) == 0)
             return &m->branches[i];
     }
     return NULL;

@@ -380,17 +380,52 @@ int qsnap__check_new_name(const struct qsnap__model *m, const char *name)
     return 0;
 }
 
-/* A generated name "PREFIX-N" not yet taken. */
+/* N when name is "PREFIX-N" (N in decimal, no leading zero, at most max), else 0. */
+static size_t gen_number(const char *name, const char *prefix, size_t pl, size_t max)
+{
+    size_t v = 0;
+    const char *c;
+
+    if (!name || strncmp(name, prefix, pl) || name[pl] != '-' || name[pl + 1] < '1' ||
+        name[pl + 1] > '9')
+        return 0;
+    for (c = name + pl + 1; *c >= '0' && *c <= '9'; c++) {
+        v = v * 10 + (size_t)(*c - '0');
+        if (v > max)
+            return 0;
+    }
+    return *c ? 0 : v;
+}
+
+/*
+ * A generated name "PREFIX-N" not yet taken: the smallest such N. The
+ * numbers taken are found in one walk of the names (a store whose snapshots
+ * all have generated names would otherwise cost a walk per number tried).
+ */
 char *qsnap__gen_name(const struct qsnap__model *m, const char *prefix)
 {
+    size_t pl = strlen(prefix), max = m->nn + m->nb + 1; /* a free N is at most this */
+    unsigned char *taken = calloc(max + 1, 1);
+
+    if (!taken)
+        return NULL;
+    for (size_t i = 0; i < m->nn; i++)
+        taken[gen_number(m->nodes[i].name, prefix, pl, max)] = 1;
+    for (size_t i = 0; i < m->nb; i++)
+        taken[gen_number(m->branches[i].name, prefix, pl, max)] = 1;
     for (unsigned i = 1; i < 1000000; i++) {
         char *name;
+        if (i <= max && taken[i])
+            continue;
         if (asprintf(&name, "%s-%u", prefix, i) < 0)
-            return NULL;
-        if (!qsnap__name_taken(m, name) && qsnap_name_check(name) == 0)
+            break;
+        if (!qsnap__name_taken(m, name) && qsnap_name_check(name) == 0) {
+            free(taken);
             return name;
+        }
         free(name);
     }
+    free(taken);
     return NULL;
 }
 

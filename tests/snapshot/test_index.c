@@ -422,3 +422,49 @@ Test(index, a_change_compared_only_where_it_may_differ)
     qsnap__model_free(&o);
     qsnap__model_free(&n);
 }
+
+/* The smallest "PREFIX-N" that no snapshot or branch has, as trying 1, 2, ... finds it. */
+static char *gen_by_trying(const struct qsnap__model *m, const char *prefix)
+{
+    for (unsigned i = 1;; i++) {
+        char *name = NULL;
+        cr_assert(asprintf(&name, "%s-%u", prefix, i) > 0);
+        if (!qsnap__name_taken(m, name))
+            return name;
+        free(name);
+    }
+}
+
+Test(index, generated_names_take_the_smallest_free_number)
+{
+    struct qsnap__model m;
+    static const char *odd[] = {"snap-017", "snap-", "snap-x", "snap-3x", "snap--4", "snapshot-5",
+                                "snap-99999999999999999999"};
+
+    make_model(&m, 120, 1, 9);
+    for (size_t round = 0; round < 6; round++) {
+        /* Names: generated ones for most nodes (some left out), a branch, odd look-alikes. */
+        for (size_t i = 0; i < m.nn; i++) {
+            char name[64];
+            free(m.nodes[i].name);
+            m.nodes[i].name = NULL;
+            if ((i * 7 + round) % 13 == 0)
+                continue;
+            if (i < sizeof(odd) / sizeof(odd[0]) && round % 2)
+                snprintf(name, sizeof(name), "%s", odd[i]);
+            else
+                snprintf(name, sizeof(name), "snap-%zu", i + 1 + round);
+            m.nodes[i].name = strdup(name);
+        }
+        free(m.branches[0].name);
+        m.branches[0].name = strdup(round % 3 ? "snap-1" : "main");
+        {
+            char *got = qsnap__gen_name(&m, "snap"), *want = gen_by_trying(&m, "snap");
+            cr_assert_not_null(got);
+            cr_assert_str_eq(got, want, "round %zu", round);
+            free(got);
+            free(want);
+        }
+    }
+    qsnap__model_free(&m);
+}
