@@ -257,3 +257,68 @@ struct qsnap__branch *qsnap__index_branch(const struct qsnap__index *x, const ch
 
     return e >= 0 ? &x->m->branches[e] : NULL;
 }
+
+/*
+ * Records by a key field (a layer by id, a branch by head, a named snapshot
+ * by layer): a walk for the first few lookups, a map built at the next one.
+ * A plan touches a handful of files and a chain is short, which a walk finds
+ * for less than a map costs to build; a plan that touches many files (a big
+ * subtree deleted) or a deep chain builds the map once instead of walking the
+ * tree per record.
+ */
+#define WALKED_LOOKUPS 8u
+
+void qsnap__lookup_init(struct qsnap__lookup *z, const unsigned *keys, size_t stride, size_t n,
+                        bool (*keep)(const void *arg, size_t i), const void *arg)
+{
+    memset(z, 0, sizeof(*z));
+    z->keys = n ? keys : NULL;
+    z->stride = stride;
+    z->n = n;
+    z->keep = keep;
+    z->arg = arg;
+}
+
+int qsnap__lookup_find(struct qsnap__lookup *z, unsigned key, long *at)
+{
+    *at = -1;
+    if (!key || !z->n)
+        return 0;
+    if (z->used < WALKED_LOOKUPS) {
+        z->used++;
+        for (size_t i = 0; i < z->n; i++) {
+            unsigned k;
+            memcpy(&k, (const char *)z->keys + i * z->stride, sizeof(k));
+            if (k == key && (!z->keep || z->keep(z->arg, i))) {
+                *at = (long)i;
+                break;
+            }
+        }
+        return 0;
+    }
+    if (!z->built) {
+        int rc = qsnap__idmap_build(&z->map, z->keys, z->stride, z->n, z->keep, z->arg);
+        if (rc)
+            return rc;
+        z->built = true;
+    }
+    *at = qsnap__idmap_find(&z->map, z->keys, z->stride, key);
+    return 0;
+}
+
+void qsnap__lookup_free(struct qsnap__lookup *z)
+{
+    free(z->map.slot);
+    memset(z, 0, sizeof(*z));
+}
+
+void qsnap__lookup_layers(struct qsnap__lookup *z, const struct qsnap__model *m)
+{
+    qsnap__lookup_init(z, m->nl ? &m->layers[0].id : NULL, sizeof(m->layers[0]), m->nl, NULL, NULL);
+}
+
+void qsnap__lookup_heads(struct qsnap__lookup *z, const struct qsnap__model *m)
+{
+    qsnap__lookup_init(z, m->nb ? &m->branches[0].head : NULL, sizeof(m->branches[0]), m->nb, NULL,
+                NULL);
+}

@@ -162,81 +162,6 @@ static int add_file(struct touch_set *ts, const qsnap_store *s, const char *rel,
     return 0;
 }
 
-/*
- * Records by a key field (a layer by id, a branch by head, a named snapshot
- * by layer): a walk for the first few lookups, a map built at the next one.
- * A plan touches a handful of files, which a walk finds for less than a map
- * costs to build; one that touches many (a big subtree deleted) builds the
- * map once instead of walking the tree per file.
- */
-#define WALKED_LOOKUPS 8u
-
-struct lookup {
-    const unsigned *keys; /* record 0's key, records stride bytes apart */
-    size_t stride, n;
-    bool (*keep)(const void *arg, size_t i); /* which records count (NULL: all) */
-    const void *arg;
-    unsigned used;        /* lookups so far */
-    bool built;
-    struct qsnap__idmap map;
-};
-
-static void lookup_init(struct lookup *z, const unsigned *keys, size_t stride, size_t n,
-                        bool (*keep)(const void *arg, size_t i), const void *arg)
-{
-    memset(z, 0, sizeof(*z));
-    z->keys = n ? keys : NULL;
-    z->stride = stride;
-    z->n = n;
-    z->keep = keep;
-    z->arg = arg;
-}
-
-/* *at: the position of the first record kept with this key (-1: none). */
-static int lookup_find(struct lookup *z, unsigned key, long *at)
-{
-    *at = -1;
-    if (!key || !z->n)
-        return 0;
-    if (z->used < WALKED_LOOKUPS) {
-        z->used++;
-        for (size_t i = 0; i < z->n; i++) {
-            unsigned k;
-            memcpy(&k, (const char *)z->keys + i * z->stride, sizeof(k));
-            if (k == key && (!z->keep || z->keep(z->arg, i))) {
-                *at = (long)i;
-                break;
-            }
-        }
-        return 0;
-    }
-    if (!z->built) {
-        int rc = qsnap__idmap_build(&z->map, z->keys, z->stride, z->n, z->keep, z->arg);
-        if (rc)
-            return rc;
-        z->built = true;
-    }
-    *at = qsnap__idmap_find(&z->map, z->keys, z->stride, key);
-    return 0;
-}
-
-static void lookup_free(struct lookup *z)
-{
-    free(z->map.slot);
-    memset(z, 0, sizeof(*z));
-}
-
-static void layers_lookup(struct lookup *z, const struct qsnap__model *m)
-{
-    lookup_init(z, m->nl ? &m->layers[0].id : NULL, sizeof(m->layers[0]), m->nl, NULL, NULL);
-}
-
-static void heads_lookup(struct lookup *z, const struct qsnap__model *m)
-{
-    lookup_init(z, m->nb ? &m->branches[0].head : NULL, sizeof(m->branches[0]), m->nb, NULL,
-                NULL);
-}
-
 static bool named_external(const void *arg, size_t i)
 {
     const struct qsnap__node *n = &((const struct qsnap__model *)arg)->nodes[i];
@@ -252,19 +177,19 @@ static bool named_external(const void *arg, size_t i)
 struct touch_ctx {
     const qsnap_store *s;
     const qsnap_plan *p;
-    struct lookup *layers;
+    struct qsnap__lookup *layers;
     size_t nlayers;
-    struct lookup head_s, head_t, snap_s;
+    struct qsnap__lookup head_s, head_t, snap_s;
 };
 
 static void ctx_free(struct touch_ctx *c)
 {
     for (size_t k = 0; k < c->nlayers; k++)
-        lookup_free(&c->layers[k]);
+        qsnap__lookup_free(&c->layers[k]);
     free(c->layers);
-    lookup_free(&c->head_s);
-    lookup_free(&c->head_t);
-    lookup_free(&c->snap_s);
+    qsnap__lookup_free(&c->head_s);
+    qsnap__lookup_free(&c->head_t);
+    qsnap__lookup_free(&c->snap_s);
     memset(c, 0, sizeof(*c));
 }
 
@@ -280,11 +205,11 @@ static int ctx_init(struct touch_ctx *c, const qsnap_store *s, const qsnap_plan 
         return nomem();
     c->nlayers = nm + 1;
     for (size_t k = 0; k <= nm; k++)
-        layers_lookup(&c->layers[k], k ? &p->models[k - 1] : &s->m);
-    heads_lookup(&c->head_s, &s->m);
+        qsnap__lookup_layers(&c->layers[k], k ? &p->models[k - 1] : &s->m);
+    qsnap__lookup_heads(&c->head_s, &s->m);
     if (nm)
-        heads_lookup(&c->head_t, &p->models[nm - 1]);
-    lookup_init(&c->snap_s, s->m.nn ? &s->m.nodes[0].layer : NULL, sizeof(s->m.nodes[0]),
+        qsnap__lookup_heads(&c->head_t, &p->models[nm - 1]);
+    qsnap__lookup_init(&c->snap_s, s->m.nn ? &s->m.nodes[0].layer : NULL, sizeof(s->m.nodes[0]),
                 s->m.nn, named_external, &s->m);
     return 0;
 }
@@ -296,7 +221,7 @@ static int plan_layer(struct touch_ctx *c, unsigned id, const struct qsnap__laye
     for (size_t k = c->nlayers; k-- > 0;) {
         const struct qsnap__model *m = k ? &c->p->models[k - 1] : &c->s->m;
         long at;
-        int rc = lookup_find(&c->layers[k], id, &at);
+        int rc = qsnap__lookup_find(&c->layers[k], id, &at);
         if (rc)
             return rc;
         if (at >= 0) {
@@ -313,7 +238,7 @@ static int layer_role(struct touch_ctx *c, const struct qsnap__layer *l, char *b
     const struct qsnap__model *m = &c->s->m, *t = c->p && c->p->nm ? &c->p->models[c->p->nm - 1]
                                                                    : NULL;
     long at;
-    int rc = lookup_find(&c->head_s, l->id, &at);
+    int rc = qsnap__lookup_find(&c->head_s, l->id, &at);
 
     if (!rc && at >= 0) {
         const struct qsnap__branch *b = &m->branches[at];
@@ -322,7 +247,7 @@ static int layer_role(struct touch_ctx *c, const struct qsnap__layer *l, char *b
         return 0;
     }
     if (!rc && t)
-        rc = lookup_find(&c->head_t, l->id, &at);
+        rc = qsnap__lookup_find(&c->head_t, l->id, &at);
     if (!rc && t && at >= 0) {
         snprintf(buf, size, "head of branch %s", t->branches[at].name);
         return 0;
@@ -332,7 +257,7 @@ static int layer_role(struct touch_ctx *c, const struct qsnap__layer *l, char *b
         return 0;
     }
     if (!rc)
-        rc = lookup_find(&c->snap_s, l->id, &at);
+        rc = qsnap__lookup_find(&c->snap_s, l->id, &at);
     if (!rc && at >= 0)
         snprintf(buf, size, "layer of snapshot %s", m->nodes[at].name);
     else if (!rc)
@@ -415,7 +340,7 @@ static int touched(struct touch_set *ts, const qsnap_store *s, const qsnap_plan 
     }
     for (size_t k = 0; !rc && p && k < p->nm; k++) {
         const struct qsnap__model *t = &p->models[k];
-        struct lookup heads;
+        struct qsnap__lookup heads;
         rc = add_layer(ts, &c, current_head(t));
         /* Plans keep the records' places mostly: the same place first. */
         for (size_t i = 0; !rc && i < s->m.nl; i++) {
@@ -424,26 +349,26 @@ static int touched(struct touch_set *ts, const qsnap_store *s, const qsnap_plan 
             if (i < t->nl && t->layers[i].id == o->id)
                 at = (long)i;
             else
-                rc = lookup_find(&c.layers[k + 1], o->id, &at);
+                rc = qsnap__lookup_find(&c.layers[k + 1], o->id, &at);
             if (at >= 0)
                 n = &t->layers[at];
             if (!rc && (!n || n->frozen != o->frozen || n->backing != o->backing))
                 rc = add_layer(ts, &c, o->id);
         }
-        heads_lookup(&heads, t);
+        qsnap__lookup_heads(&heads, t);
         for (size_t i = 0; !rc && i < s->m.nb; i++) {
             const struct qsnap__branch *o = &s->m.branches[i], *n = NULL;
             long at = -1;
             if (i < t->nb && t->branches[i].head == o->head)
                 at = (long)i;
             else
-                rc = lookup_find(&heads, o->head, &at);
+                rc = qsnap__lookup_find(&heads, o->head, &at);
             if (at >= 0)
                 n = &t->branches[at];
             if (!rc && (!n || strcmp(n->name, o->name) || n->base != o->base))
                 rc = add_layer(ts, &c, o->head);
         }
-        lookup_free(&heads);
+        qsnap__lookup_free(&heads);
     }
     ctx_free(&c);
     return rc;

@@ -270,15 +270,29 @@ int qsnap__check_unchanged(const qsnap_store *s, const struct qsnap__layer *l)
     return rc;
 }
 
+/* The layer of m with this id through z (m's layers), or NULL; *rc when out of memory. */
+static const struct qsnap__layer *chain_layer(struct qsnap__lookup *z,
+                                              const struct qsnap__model *m, unsigned id, int *rc)
+{
+    long at = -1;
+
+    if (!*rc)
+        *rc = qsnap__lookup_find(z, id, &at);
+    return at >= 0 ? &m->layers[at] : NULL;
+}
+
 /* Every frozen layer in the chain of layer id: unchanged. */
 int qsnap__check_chain(const qsnap_store *s, const struct qsnap__model *m, unsigned id)
 {
-    for (const struct qsnap__layer *l = qsnap__layer(m, id); l; l = qsnap__layer(m, l->backing)) {
-        int rc = qsnap__check_unchanged(s, l);
-        if (rc)
-            return rc;
-    }
-    return 0;
+    struct qsnap__lookup z;
+    int rc = 0;
+
+    qsnap__lookup_layers(&z, m);
+    for (const struct qsnap__layer *l = chain_layer(&z, m, id, &rc); l && !rc;
+         l = chain_layer(&z, m, l->backing, &rc))
+        rc = qsnap__check_unchanged(s, l);
+    qsnap__lookup_free(&z);
+    return rc;
 }
 
 /*
@@ -337,10 +351,17 @@ int qsnap__check_link(const qsnap_store *s, const struct qsnap__model *m, unsign
  */
 int qsnap__check_depth(const struct qsnap__model *m, unsigned base)
 {
+    struct qsnap__lookup z;
     unsigned depth = 1;
+    int rc = 0;
 
-    for (const struct qsnap__layer *l = qsnap__layer(m, base); l; l = qsnap__layer(m, l->backing))
+    qsnap__lookup_layers(&z, m);
+    for (const struct qsnap__layer *l = chain_layer(&z, m, base, &rc); l;
+         l = chain_layer(&z, m, l->backing, &rc))
         depth++;
+    qsnap__lookup_free(&z);
+    if (rc)
+        return rc;
     if (depth > QCOW2_MAX_CHAIN_DEPTH)
         return qsnap__err(QSNAP_EREFUSED,
                           "delete snapshots you no longer need ('qsnap delete --stream' merges "

@@ -302,6 +302,29 @@ int qsnap__idmap_build(struct qsnap__idmap *h, const unsigned *keys, size_t stri
 long qsnap__idmap_find(const struct qsnap__idmap *h, const unsigned *ids, size_t stride,
                        unsigned id);
 
+/*
+ * Records by a key field, for code that looks up an unknown number of them: the
+ * first few lookups walk the records, the next one builds a map (qsnap__idmap_build)
+ * that the rest use. Valid while the records do not move.
+ */
+struct qsnap__lookup {
+    const unsigned *keys; /* record 0's key, records stride bytes apart */
+    size_t stride, n;
+    bool (*keep)(const void *arg, size_t i); /* which records count (NULL: all) */
+    const void *arg;
+    unsigned used;        /* lookups so far */
+    bool built;
+    struct qsnap__idmap map;
+};
+void qsnap__lookup_init(struct qsnap__lookup *z, const unsigned *keys, size_t stride, size_t n,
+                        bool (*keep)(const void *arg, size_t i), const void *arg);
+/* m's layers by id; m's branches by head. */
+void qsnap__lookup_layers(struct qsnap__lookup *z, const struct qsnap__model *m);
+void qsnap__lookup_heads(struct qsnap__lookup *z, const struct qsnap__model *m);
+/* *at: the position of the first record kept with this key (-1: none; key 0: none). */
+int qsnap__lookup_find(struct qsnap__lookup *z, unsigned key, long *at);
+void qsnap__lookup_free(struct qsnap__lookup *z);
+
 /* store.c */
 char *qsnap__path(const qsnap_store *s, const char *rel);     /* absolute path of a store-relative one */
 char *qsnap__link_name(const char *from_rel, const char *to_rel); /* backing link from one layer file to another */

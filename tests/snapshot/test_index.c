@@ -468,3 +468,43 @@ Test(index, generated_names_take_the_smallest_free_number)
     }
     qsnap__model_free(&m);
 }
+
+/* A lookup answers as a walk does, before and after it builds its map (it does
+ * after a few lookups), with a key held twice and with records left out. */
+Test(index, lookups_answer_as_a_walk_before_and_after_the_map)
+{
+    for (unsigned scale = 1; scale <= 100003; scale += 100002) {
+        struct qsnap__model m;
+        struct qsnap__lookup layers, snaps;
+        make_model(&m, 200, scale, 13);
+        m.layers[150].id = m.layers[60].id;
+        for (size_t i = 100; i < 110; i++)
+            m.nodes[i].layer = m.nodes[5].layer;
+        qsnap__lookup_layers(&layers, &m);
+        qsnap__lookup_init(&snaps, &m.nodes[0].layer, sizeof(m.nodes[0]), m.nn, named, &m);
+        for (unsigned round = 0; round < 3; round++) {
+            for (size_t i = 0; i < m.nl; i++) {
+                unsigned key = m.layers[i].id + round; /* round > 0: mostly keys not there */
+                long at, want = -1;
+                for (size_t j = 0; j < m.nn && want < 0; j++) {
+                    if (m.nodes[j].layer == key && m.nodes[j].name)
+                        want = (long)j;
+                }
+                cr_assert_eq(qsnap__lookup_find(&layers, key, &at), 0);
+                cr_assert_eq(at < 0 ? NULL : &m.layers[at], qsnap__layer(&m, key), "layer %u",
+                             key);
+                cr_assert_eq(qsnap__lookup_find(&snaps, key, &at), 0);
+                cr_assert_eq(at, want, "nodes on layer %u: %ld, not %ld", key, at, want);
+            }
+        }
+        cr_assert(layers.built && snaps.built, "the maps were built");
+        {
+            long at = 0;
+            cr_assert_eq(qsnap__lookup_find(&layers, 0, &at), 0);
+            cr_assert_eq(at, -1, "key 0 is none");
+        }
+        qsnap__lookup_free(&layers);
+        qsnap__lookup_free(&snaps);
+        qsnap__model_free(&m);
+    }
+}
