@@ -475,12 +475,47 @@ static void move_to(void *arr, size_t sz, size_t from, size_t at)
     memcpy(a + at * sz, tmp, sz);
 }
 
+/*
+ * The records a change gives, found in m: the first lookup walks all of m's
+ * layers (or nodes) and notes the largest id (*max, 0 until then); a later
+ * one past it is a new record, found without a walk. Each change adds records
+ * with new ids, and a log replays hundreds of changes.
+ */
+static struct qsnap__layer *apply_layer(struct qsnap__model *m, unsigned id, unsigned *max)
+{
+    struct qsnap__layer *hit = NULL;
+
+    if (*max)
+        return id > *max ? NULL : qsnap__layer(m, id);
+    for (size_t i = 0; i < m->nl; i++) {
+        if (m->layers[i].id == id && !hit)
+            hit = &m->layers[i];
+        *max = m->layers[i].id > *max ? m->layers[i].id : *max;
+    }
+    return hit;
+}
+
+static struct qsnap__node *apply_node(struct qsnap__model *m, unsigned id, unsigned *max)
+{
+    struct qsnap__node *hit = NULL;
+
+    if (*max)
+        return id > *max ? NULL : qsnap__node(m, id);
+    for (size_t i = 0; i < m->nn; i++) {
+        if (m->nodes[i].id == id && !hit)
+            hit = &m->nodes[i];
+        *max = m->nodes[i].id > *max ? m->nodes[i].id : *max;
+    }
+    return hit;
+}
+
 int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, const char *what)
 {
     struct qsnap__model part;
     const char *p = text, *end = text + len;
     struct place *places = NULL;
     size_t nplaces = 0, capp = 0;
+    unsigned max_l = 0, max_n = 0;
     int rc;
 
     /* The drops first: whole lines before the "qsnap-store" header. */
@@ -581,7 +616,7 @@ int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, con
     if (rc)
         goto fail;
     for (size_t i = 0; i < part.nl; i++) {
-        struct qsnap__layer *l = qsnap__layer(m, part.layers[i].id);
+        struct qsnap__layer *l = apply_layer(m, part.layers[i].id, &max_l);
         if (!l) {
             unsigned seq = m->seq;
             l = qsnap__add_layer(m);
@@ -592,9 +627,11 @@ int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, con
         free(l->file);
         *l = part.layers[i];
         part.layers[i].file = NULL;
+        if (max_l)
+            max_l = l->id > max_l ? l->id : max_l;
     }
     for (size_t i = 0; i < part.nn; i++) {
-        struct qsnap__node *n = qsnap__node(m, part.nodes[i].id), *src = &part.nodes[i];
+        struct qsnap__node *src = &part.nodes[i], *n = apply_node(m, src->id, &max_n);
         if (!n) {
             unsigned seq = m->seq;
             n = qsnap__add_node(m);
@@ -610,6 +647,8 @@ int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, con
         n->parent = src->parent;
         n->layer = src->layer;
         n->created = src->created;
+        if (max_n)
+            max_n = n->id > max_n ? n->id : max_n;
     }
     for (size_t i = 0; i < part.nb; i++) {
         struct qsnap__branch *b = qsnap__branch_by_name(m, part.branches[i].name);
@@ -637,8 +676,12 @@ int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, con
                 rc = damaged(what, "a record placed where it cannot be");
                 goto fail;
             }
+            /* A placed record is new: added at the end just now (the last one when
+             * ids repeat, which only a damaged model has, and the check refuses). */
             if (t == 0) {
-                struct qsnap__layer *l = qsnap__layer(m, pl->id);
+                struct qsnap__layer *l = m->layers[m->nl - 1].id == pl->id
+                                             ? &m->layers[m->nl - 1]
+                                             : qsnap__layer(m, pl->id);
                 if (!l) {
                     rc = damaged(what, "it places a layer that is not there");
                     goto fail;
@@ -646,7 +689,9 @@ int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, con
                 from = (size_t)(l - m->layers);
                 move_to(m->layers, sizeof(*l), from, pl->at);
             } else if (t == 1) {
-                struct qsnap__node *nd = qsnap__node(m, pl->id);
+                struct qsnap__node *nd = m->nodes[m->nn - 1].id == pl->id
+                                             ? &m->nodes[m->nn - 1]
+                                             : qsnap__node(m, pl->id);
                 if (!nd) {
                     rc = damaged(what, "it places a node that is not there");
                     goto fail;

@@ -60,18 +60,35 @@ static void make_model(struct qsnap__model *m, size_t n, unsigned scale, unsigne
     m->seq = (unsigned)(2 * n + 1) * scale + 1;
 }
 
-/* Every id from 0 past the largest, every name and some that are not there:
- * the index answers as the walk does. */
+static void assert_id_matches(const struct qsnap__index *x, const struct qsnap__model *m,
+                              unsigned id)
+{
+    cr_assert_eq(qsnap__index_layer(x, id), qsnap__layer(m, id), "layer %u", id);
+    cr_assert_eq(qsnap__index_node(x, id), qsnap__node(m, id), "node %u", id);
+}
+
+/* Every id from 0 past the largest (ids far apart: every id there and its
+ * neighbours), every name and some that are not there: the index answers as
+ * the walk does. */
 static void assert_index_matches(const struct qsnap__model *m)
 {
     struct qsnap__index x;
-    unsigned max = m->seq + 5;
     char name[64];
 
     cr_assert_eq(qsnap__index_build(&x, m, true), 0, "%s", qsnap_error_last()->message);
-    for (unsigned id = 0; id <= max; id++) {
-        cr_assert_eq(qsnap__index_layer(&x, id), qsnap__layer(m, id), "layer %u", id);
-        cr_assert_eq(qsnap__index_node(&x, id), qsnap__node(m, id), "node %u", id);
+    if (m->seq < 100000) {
+        for (unsigned id = 0; id <= m->seq + 5; id++)
+            assert_id_matches(&x, m, id);
+    } else {
+        for (size_t i = 0; i < m->nl + m->nn; i++) {
+            unsigned id = i < m->nl ? m->layers[i].id : m->nodes[i - m->nl].id;
+            for (unsigned d = 0; d < 3; d++)
+                assert_id_matches(&x, m, id - 1 + d);
+        }
+        for (unsigned id = 0; id < 1000; id++)
+            assert_id_matches(&x, m, id);
+        assert_id_matches(&x, m, m->seq);
+        assert_id_matches(&x, m, 0xffffffffu);
     }
     for (size_t i = 0; i < m->nn; i++) {
         const char *nm = m->nodes[i].name;
