@@ -295,7 +295,7 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
      * where the new model has it. */
     {
         unsigned max_id = 0;
-        size_t *ol = NULL, *nw = NULL;
+        uint32_t *ol = NULL, *nw = NULL; /* position + 1 (at most QSNAP_MAX_ITEMS) */
         unsigned char *mark = NULL; /* ids of only: the records compared */
         for (i = 0; i < o->nl; i++)
             max_id = o->layers[i].id > max_id ? o->layers[i].id : max_id;
@@ -308,17 +308,17 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
         if (max_id > 4 * (o->nl + o->nn + n->nl + n->nn) + 1024) {
             *exact = false; /* ids far apart: not worth tables; the whole file says it */
         } else {
-            ol = calloc((size_t)max_id + 1, sizeof(size_t));
-            nw = calloc((size_t)max_id + 1, sizeof(size_t));
+            ol = calloc((size_t)max_id + 1, sizeof(*ol));
+            nw = calloc((size_t)max_id + 1, sizeof(*nw));
             mark = only ? id_marks(max_id, only, NULL) : NULL;
             ok = ol && nw && (!only || mark);
         }
         /* Layers. */
         for (i = 0; ok && *exact && i < o->nl; i++)
-            ol[o->layers[i].id] = i + 1;
+            ol[o->layers[i].id] = (uint32_t)(i + 1);
         for (j = 0; ok && *exact && j < n->nl; j++) {
             const struct qsnap__layer *x = &n->layers[j];
-            nw[x->id] = j + 1;
+            nw[x->id] = (uint32_t)(j + 1);
             if (ol[x->id] && ((mark && !mark[x->id]) || layer_eq(&o->layers[ol[x->id] - 1], x)))
                 continue;
             ok = push((void **)&part.layers, &part.nl, &capl, x, sizeof(*x));
@@ -337,10 +337,10 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
         for (j = 0; ok && *exact && j < n->nl; j++)
             nw[n->layers[j].id] = 0;
         for (i = 0; ok && *exact && i < o->nn; i++)
-            ol[o->nodes[i].id] = i + 1;
+            ol[o->nodes[i].id] = (uint32_t)(i + 1);
         for (j = 0; ok && *exact && j < n->nn; j++) {
             const struct qsnap__node *x = &n->nodes[j];
-            nw[x->id] = j + 1;
+            nw[x->id] = (uint32_t)(j + 1);
             if (ol[x->id] && ((mark && !mark[x->id]) || node_eq(&o->nodes[ol[x->id] - 1], x)))
                 continue;
             ok = push((void **)&part.nodes, &part.nn, &capn, x, sizeof(*x));
