@@ -412,6 +412,8 @@ static int build(qsnap_plan *p, const qsnap_store *s, struct cfile *c, size_t n,
                             qsnap_name_check(lv[j].name) ? "is not a valid qsnap name"
                                                          : "is used twice (or is 'main')",
                             NOTHING);
+        if (!rc)
+            rc = qsnap__desc_check(lv[j].desc, lv[j].file);
         if (!rc && lv[j].desc && !(nd->desc = strdup(lv[j].desc)))
             rc = nomem();
         if (!rc && lv[j].created >= 0)

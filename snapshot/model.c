@@ -443,7 +443,7 @@ static bool parse_hex16(const char *s, uint8_t out[16])
     return u[32] == '\0';
 }
 
-/* Decode a percent-encoded value; NULL when malformed or holding a NUL or newline. */
+/* Decode a percent-encoded value; NULL when malformed or holding a NUL. */
 static char *decode(const char *s, size_t len)
 {
     char *out = malloc(len + 1);
@@ -460,8 +460,8 @@ static char *decode(const char *s, size_t len)
             }
             hi = hexval(s[i + 1]);
             lo = hexval(s[i + 2]);
-            /* No NUL and no newline inside a value. */
-            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0) || (hi == 0 && lo == 10)) {
+            /* No NUL inside a value (a newline is fine: a description may have lines). */
+            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
                 free(out);
                 return NULL;
             }
@@ -569,6 +569,7 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
     bool have_header = false, have_end = false, have_gen = false, have_seq = false,
          have_disk = false;
     size_t capl = 0, capn = 0, capb = 0;
+    char sline[4096 + KEY_PAD], *big = NULL;
     int rc = 0;
 
     memset(m, 0, sizeof(*m));
@@ -579,7 +580,7 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
     while (p < endp && !rc) {
         const char *nl = memchr(p, '\n', (size_t)(endp - p));
         size_t ll = nl ? (size_t)(nl - p) : (size_t)(endp - p);
-        char line[QSNAP_MAX_LINE + KEY_PAD];
+        char *line = sline;
         char *words[MAX_WORDS];
         int nw = 0;
 
@@ -588,6 +589,12 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
             goto bad; /* every line ends with a newline: a torn file does not */
         if (ll >= QSNAP_MAX_LINE || have_end)
             goto bad;
+        if (ll >= sizeof(sline) - KEY_PAD) {
+            /* A long record (a long description): a buffer from the heap, kept. */
+            if (!big && !(big = malloc(QSNAP_MAX_LINE + KEY_PAD)))
+                goto bad;
+            line = big;
+        }
         /* No NUL inside a line (memchr: the byte-by-byte look was the cost of a big store). */
         if (memchr(p, '\0', ll))
             goto bad;
@@ -611,14 +618,17 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
             goto bad;
         if (!have_header) {
             uint64_t v;
-            if (nw != 2 || strcmp(words[0], "qsnap-store") != 0 || !parse_u64(words[1], &v))
-                return qsnap__err(QSNAP_EINTEGRITY, "check that DISK.qsnap is a qsnap store",
-                                  "%s: not a qsnap metadata file", what);
-            if (v < QSNAP_META_VERSION_MIN || v > QSNAP_META_VERSION)
-                return qsnap__err(QSNAP_EINTEGRITY, "use a qsnap that knows this store version",
-                                  "%s: unknown store version %" PRIu64
-                                  " (this qsnap reads %u to %u)",
-                                  what, v, QSNAP_META_VERSION_MIN, QSNAP_META_VERSION);
+            if (nw != 2 || strcmp(words[0], "qsnap-store") != 0 || !parse_u64(words[1], &v)) {
+                rc = qsnap__err(QSNAP_EINTEGRITY, "check that DISK.qsnap is a qsnap store",
+                                "%s: not a qsnap metadata file", what);
+                break;
+            }
+            if (v < QSNAP_META_VERSION_MIN || v > QSNAP_META_VERSION) {
+                rc = qsnap__err(QSNAP_EINTEGRITY, "use a qsnap that knows this store version",
+                                "%s: unknown store version %" PRIu64 " (this qsnap reads %u to %u)",
+                                what, v, QSNAP_META_VERSION_MIN, QSNAP_META_VERSION);
+                break;
+            }
             *version = (unsigned)v;
             have_header = true;
             continue;
@@ -708,7 +718,7 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
                         goto bad;
                 } else if (IS(words[w], "internal") && !n->internal) {
                     if (!(n->internal = decode(eq, strlen(eq))) || !n->internal[0] ||
-                        strlen(n->internal) > 65535)
+                        strlen(n->internal) > QSNAP_MAX_INTERNAL)
                         goto bad;
                 } else {
                     goto bad;
@@ -750,6 +760,7 @@ bad:
         rc = qsnap__err(QSNAP_EINTEGRITY,
                         "restore the store's meta file from a backup (the layers under layers/ are untouched)",
                         "%s: metadata is truncated or incomplete", what);
+    free(big);
     if (!rc && whole)
         rc = qsnap__model_check(m, what);
     if (rc)
@@ -907,6 +918,9 @@ int qsnap__model_check(const struct qsnap__model *m, const char *what)
         else if (l->backing && next[i] < 0)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u is backed by missing layer %u",
                             what, l->id, l->backing);
+        else if (strlen(l->file) > QSNAP_MAX_PATH)
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u's file name is too long", what,
+                            l->id);
         else if (!l->is_disk && (strstr(l->file, "..") || l->file[0] == '/'))
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u's file leaves the store", what,
                             l->id);
@@ -934,6 +948,11 @@ int qsnap__model_check(const struct qsnap__model *m, const char *what)
         else if (n->parent && next[i] < 0)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u has a missing parent", what,
                             n->id);
+        else if ((n->state && strlen(n->state) > QSNAP_MAX_PATH) ||
+                 (n->desc && strlen(n->desc) > QSNAP_MAX_DESC) ||
+                 (n->internal && strlen(n->internal) > QSNAP_MAX_INTERNAL))
+            rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u has a field that is too long",
+                            what, n->id);
         else if (n->state && (strstr(n->state, "..") || n->state[0] == '/'))
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u's state file leaves the store",
                             what, n->id);
@@ -966,7 +985,7 @@ int qsnap__model_check(const struct qsnap__model *m, const char *what)
     if (!rc && m->current && !qsnap__branch_by_name(m, m->current))
         rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: current branch %s does not exist", what,
                         m->current);
-    if (!rc && (!m->disk || !m->disk[0]))
+    if (!rc && (!m->disk || !m->disk[0] || strlen(m->disk) > QSNAP_MAX_PATH))
         rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: no disk recorded", what);
 out:
     free(li.slot);
@@ -1023,5 +1042,13 @@ int qsnap_name_check(const char *name)
                               "name '%s' contains '%s'", name,
                               *c == '/' ? "/" : "a space or control character");
     }
+    return 0;
+}
+
+int qsnap__desc_check(const char *desc, const char *what)
+{
+    if (desc && strlen(desc) > QSNAP_MAX_DESC)
+        return qsnap__err(QSNAP_EUSAGE, "give a shorter description",
+                          "%s: the description is longer than %u bytes", what, QSNAP_MAX_DESC);
     return 0;
 }

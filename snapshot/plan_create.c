@@ -117,6 +117,9 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
 
     if (o)
         opts = *o;
+    rc = qsnap__desc_check(opts.description, "create");
+    if (rc)
+        return rc;
     if (o && o->internal)
         return qsnap__plan_create_internal(out, s, o);
     rc = s->exists ? qsnap__check_writable_store(s) : qsnap__check_no_pending(s);

@@ -37,9 +37,12 @@
 
 /* Caps on hostile metadata (a store is input too). */
 #define QSNAP_MAX_META_BYTES (64u << 20) /* metadata file */
-#define QSNAP_MAX_LINE 65536u            /* one record */
+#define QSNAP_MAX_LINE (1u << 20)        /* one record of the text form */
 #define QSNAP_MAX_ITEMS 1000000u         /* layers, nodes or branches */
 #define QSNAP_MAX_NAME 128u              /* snapshot and branch names */
+#define QSNAP_MAX_DESC 65536u            /* a description (bytes) */
+#define QSNAP_MAX_INTERNAL 65535u        /* an internal snapshot's name (the qcow2 format's bound) */
+#define QSNAP_MAX_PATH 4096u             /* a file name in the model (relative to the store) */
 #define QSNAP_META_VERSION 2u            /* what this library writes (meta and meta.log) */
 #define QSNAP_META_VERSION_MIN 1u        /* the oldest it reads (no log beside it) */
 
@@ -332,6 +335,8 @@ int qsnap__check_link(const qsnap_store *s, const struct qsnap__model *m, unsign
 int qsnap__check_depth(const struct qsnap__model *m, unsigned base);
 int qsnap__check_free(const qsnap_store *s, const struct qsnap__model *m, unsigned layer);
 bool qsnap__name_taken(const struct qsnap__model *m, const char *name);
+/* A description is at most QSNAP_MAX_DESC bytes (what names whose it is, for the message). */
+int qsnap__desc_check(const char *desc, const char *what);
 int qsnap__check_new_name(const struct qsnap__model *m, const char *name);
 /* A generated name "PREFIX-N" not yet taken (NULL: out of memory). */
 char *qsnap__gen_name(const struct qsnap__model *m, const char *prefix);

@@ -1539,3 +1539,65 @@ Test(store, link_planted_after_open_is_refused_when_the_plan_runs)
     free(link);
     qsnap_store_close(s);
 }
+
+/* Create snapshot name with description desc; the rc of the plan or its run. */
+static int create_described(qsnap_store *s, const char *name, const char *desc)
+{
+    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+    qsnap_plan *p = NULL;
+    int rc;
+
+    co.name = name;
+    co.description = desc;
+    rc = qsnap_plan_create(&p, s, &co);
+    return rc ? rc : tf_exec(s, p, NULL); /* (tf_exec frees the plan) */
+}
+
+/*
+ * A description may have several lines and any byte but NUL, up to
+ * QSNAP_MAX_DESC bytes: the store reads back what was written, in the log
+ * and in the meta file alike. A longer one is refused before anything
+ * changes (a store that took it could not be read again).
+ */
+Test(store, descriptions_with_lines_and_the_length_bound_read_back)
+{
+    qsnap_store *s = base("desc");
+    char *big = malloc(QSNAP_MAX_DESC + 2);
+    const char *lines = "first line\nsecond line\r\n\tthird %0A line\n";
+    uint64_t gen;
+
+    cr_assert_not_null(big);
+    memset(big, '%', QSNAP_MAX_DESC + 1); /* each byte encoded: three times as long */
+    big[QSNAP_MAX_DESC + 1] = '\0';
+    tf_ok(create_described(s, "multi", lines), "create with a multi-line description");
+    gen = s->m.gen;
+    cr_assert_eq(create_described(s, "toolong", big), QSNAP_EUSAGE, "a description of %u bytes",
+                 QSNAP_MAX_DESC + 1);
+    cr_assert_not_null(strstr(qsnap_error_last()->message, "description is longer"), "%s",
+                       qsnap_error_last()->message);
+    cr_assert_eq(s->m.gen, gen, "a refused create changed the model");
+    big[QSNAP_MAX_DESC] = '\0';
+    tf_ok(create_described(s, "longest", big), "create with the longest description");
+    for (int round = 0; round < 2; round++) {
+        const struct qsnap__node *n;
+        qsnap_store_close(s);
+        s = tf_open(tf_disk, 0);
+        n = qsnap__node_by_name(&s->m, "multi");
+        cr_assert(n && n->desc && !strcmp(n->desc, lines), "round %d: multi-line description", round);
+        n = qsnap__node_by_name(&s->m, "longest");
+        cr_assert(n && n->desc && !strcmp(n->desc, big), "round %d: longest description", round);
+        cr_assert_null(qsnap__node_by_name(&s->m, "toolong"));
+        /* Round two reads the whole model from the meta file: fold the log into it. */
+        tf_ok(qsnap__meta_save(s, &s->m), "fold the log into meta");
+    }
+    {
+        qsnap_finding *f = NULL;
+        size_t nf = 0;
+        cr_assert_eq(qsnap_verify(s, false, &f, &nf), 0, "verify");
+        for (size_t i = 0; i < nf; i++)
+            cr_assert(!f[i].problem, "verify: %s: %s", f[i].file, f[i].message);
+        qsnap_verify_free(f, nf);
+    }
+    free(big);
+    qsnap_store_close(s);
+}
