@@ -12,8 +12,10 @@
 # benchmarks: BUILD/bench/timeit, or TIMEIT=PATH): the wall time from spawn to
 # reap and the CPU time (user + system) of the qsnap process alone, both to the
 # microsecond, and its max RSS, from one run. Without it, the script falls back
-# to the clock read by `date` around the run (which adds a few ms of date, awk
-# and the shell) and, for CPU, 5 more runs under `perf stat` (adds about 2 ms)
+# to the clock read by `date` around the run (which adds the forks of date and
+# awk and the shell: 15-20 ms for /bin/true here) and, for CPU, 5 more runs
+# under `perf stat` (task-clock, which starts at the exec and so leaves out part
+# of the start and the end of the process: about 1 ms less than timeit's figure)
 # or /usr/bin/time (10 ms steps). The first row of each table is /bin/true timed
 # the same way: the floor of any process on this machine with this method.
 set -eu
