@@ -176,7 +176,12 @@ $(BUILD)/bench/%: bench/%.c $(BUILD)/bench/bench_util.o $(STATIC)
 	$(CC) $(CPPFLAGS) -Iqcow2 -Ibench $(CFLAGS) -o $@ $< $(BUILD)/bench/bench_util.o $(STATIC) \
 	    $(LDFLAGS) $(LDLIBS_LIB)
 
-bench-bins: $(BUILD)/bench/bench_util.o $(BENCH_BINS)
+# timeit: runs one command and prints its wall and CPU ms (bench_tree.sh times qsnap with it).
+$(BUILD)/bench/timeit: bench/timeit.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(LDFLAGS)
+
+bench-bins: $(BUILD)/bench/bench_util.o $(BENCH_BINS) $(BUILD)/bench/timeit
 
 bench:
 	@$(MAKE) --no-print-directory all bench-bins BUILD=build/bench CFLAGS="-O2 -DNDEBUG"

@@ -7,20 +7,39 @@
 # asserts nothing; run by `make bench` (bench/run.sh) or alone:
 #   QSNAP=build/bench/qsnap sh bench/bench_tree.sh [SCRATCH_DIR]
 # (ROWS=10k: only the rows at 10,000 snapshots, which need tests/snapshot/test_scale built)
+#
+# Each run is timed by bench/timeit (`make bench-bins` builds it beside the
+# benchmarks: BUILD/bench/timeit, or TIMEIT=PATH): the wall time from spawn to
+# reap and the CPU time (user + system) of the qsnap process alone, both to the
+# microsecond, and its max RSS, from one run. Without it, the script falls back
+# to the clock read by `date` around the run (which adds the forks of date and
+# awk and the shell: 15-20 ms for /bin/true here) and, for CPU, 5 more runs
+# under `perf stat` (task-clock, which starts at the exec and so leaves out part
+# of the start and the end of the process: about 1 ms less than timeit's figure)
+# or /usr/bin/time (10 ms steps). The first row of each table is /bin/true timed
+# the same way: the floor of any process on this machine with this method.
 set -eu
+export LC_ALL=C
 
 QSNAP=${QSNAP:-build/bench/qsnap}
 case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
+TIMEIT=${TIMEIT:-$(dirname "$QSNAP")/bench/timeit}
+case $TIMEIT in /*) ;; *) TIMEIT=$(pwd)/$TIMEIT ;; esac
+[ -x "$TIMEIT" ] || TIMEIT=
 dir=$(mktemp -d "${1:-/tmp}/qsnap-tree.XXXXXX")
 trap 'rm -rf "$dir"' EXIT
 cd "$dir"
 
-# CPU time: perf stat's task-clock (ms, to the microsecond) when perf works
-# here, else /usr/bin/time's user + system time (to 10 ms only).
-if command -v perf >/dev/null 2>&1 && perf stat -x, -e task-clock -o "$dir/cpu" true 2>/dev/null; then
+# Fallback CPU time: perf stat's task-clock (ms, to the microsecond) when perf
+# works here, else /usr/bin/time's user + system time (to 10 ms only).
+if [ -n "$TIMEIT" ]; then
+    TIME_BY="bench/timeit (wall: spawn to reap; CPU: user + system of the process)"
+elif command -v perf >/dev/null 2>&1 && perf stat -x, -e task-clock -o "$dir/cpu" true 2>/dev/null; then
     CPU_BY="perf stat -e task-clock"
+    TIME_BY="date around the run (wall) and $CPU_BY (CPU); bench/timeit not built"
 else
     CPU_BY="/usr/bin/time (user + system, 10 ms steps)"
+    TIME_BY="date around the run (wall) and $CPU_BY (CPU); bench/timeit not built"
 fi
 # CPU time (ms) of one run of the command string "$@".
 cpu_ms() {
@@ -34,9 +53,21 @@ cpu_ms() {
     esac
 }
 now_ms() { date +%s%N | awk '{ printf "%.3f", $1 / 1000000 }'; }
-# "WALL/CPU": the medians (ms) of 5 runs timed by the clock and of 5 more
-# under cpu_ms. Each run gets a fresh number in $RUN (1-5, then 6-10) for
-# the names it makes; PRE, when set, is run (not timed) before each.
+# One run of the command string "$@" under timeit: appends its wall and CPU
+# ms to $dir/w and $dir/c and keeps the largest max RSS (KiB) in $dir/rssmax.
+timeit_once() {
+    eval '"$TIMEIT" -o "$dir/t"' "$@" >/dev/null
+    read -r w c r <"$dir/t"
+    echo "$w" >>"$dir/w"
+    echo "$c" >>"$dir/c"
+    [ "$r" -le "$(cat "$dir/rssmax")" ] || echo "$r" >"$dir/rssmax"
+}
+echo 0 >"$dir/rssmax"
+
+# "WALL/CPU": the medians (ms) of 5 runs under timeit; without it, of 5 runs
+# timed by the clock and of 5 more under cpu_ms. Each run gets a fresh number
+# in $RUN (1-5, then 6-10 for the fallback's CPU runs) for the names it makes;
+# PRE, when set, is run (not timed) before each.
 median() {
     : >"$dir/w"
     : >"$dir/c"
@@ -44,6 +75,10 @@ median() {
         RUN=$i
         export RUN
         [ -z "${PRE:-}" ] || eval "$PRE"
+        if [ -n "$TIMEIT" ]; then
+            timeit_once "$@"
+            continue
+        fi
         t0=$(now_ms)
         eval "$@" >/dev/null
         t1=$(now_ms)
@@ -52,7 +87,7 @@ median() {
         [ -z "${PRE:-}" ] || eval "$PRE"
         cpu_ms "$@" >>"$dir/c"
     done
-    echo "$(sort -n "$dir/w" | sed -n 3p)/$(sort -n "$dir/c" | sed -n 3p)"
+    printf '%.2f/%.2f\n' "$(sort -n "$dir/w" | sed -n 3p)" "$(sort -n "$dir/c" | sed -n 3p)"
 }
 
 # The same for creates, each right after a 4 KiB write (not timed).
@@ -61,6 +96,9 @@ median_create() {
     median '"$QSNAP" create disk.raw "'"$1"'-$RUN"'
     PRE=
 }
+
+# The floor: a process that does nothing, timed the same way.
+floor=$(median /bin/true)
 
 # The tree at 10 and at 1,000 snapshots (ROWS=10k skips it: only the rows below).
 rows_1k() {
@@ -100,14 +138,15 @@ rows_1k() {
     echo
     echo "snapshot tree at scale: $count snapshots, $branches branches (built in $(echo "$t1 $t0" |
         awk '{ printf "%.1f", ($1 - $2) / 1000 }') s)"
-    printf '%-36s %12s %12s  %s\n' "operation (ms, wall/CPU)" "10 snaps" "1000 snaps" "target"
-    printf '%-36s %12s %12s  %s\n' "create (after a 4 KiB write)" "$create_small" "$create_big" \
+    printf '%-36s %14s %14s  %s\n' "operation (ms, wall/CPU)" "10 snaps" "1000 snaps" "target"
+    printf '%-36s %14s %14s  %s\n' "/bin/true (the floor of a process)" "$floor" "$floor" "-"
+    printf '%-36s %14s %14s  %s\n' "create (after a 4 KiB write)" "$create_small" "$create_big" \
         "< 5 ms, constant"
-    printf '%-36s %12s %12s  %s\n' "revert" "$revert_small" "$revert_big" "constant"
-    printf '%-36s %12s %12s  %s\n' "switch" "-" "$switch_big" "-"
-    printf '%-36s %12s %12s  %s\n' "list --tree" "-" "$list_tree" "< 100 ms"
-    printf '%-36s %12s %12s  %s\n' "list --json" "-" "$list_json" "-"
-    echo "(whole qsnap processes, medians of 5: wall time, then CPU time by $CPU_BY;"
+    printf '%-36s %14s %14s  %s\n' "revert" "$revert_small" "$revert_big" "constant"
+    printf '%-36s %14s %14s  %s\n' "switch" "-" "$switch_big" "-"
+    printf '%-36s %14s %14s  %s\n' "list --tree" "-" "$list_tree" "< 100 ms"
+    printf '%-36s %14s %14s  %s\n' "list --json" "-" "$list_json" "-"
+    echo "(whole qsnap processes, medians of 5: wall time, then CPU time, by $TIME_BY;"
     echo " the create row includes nothing but create)"
 }
 [ "${ROWS:-all}" = 10k ] || rows_1k
@@ -134,6 +173,10 @@ D=$big/disk.img
 echo 0 >"$dir/rssmax"
 # Like median, keeping the largest max RSS (KiB) of the timed runs in $dir/rssmax.
 median_rss() {
+    if [ -n "$TIMEIT" ]; then
+        median "$@"
+        return
+    fi
     : >"$dir/w"
     : >"$dir/c"
     for i in 1 2 3 4 5; do
@@ -148,7 +191,7 @@ median_rss() {
         RUN=$((i + 5))
         cpu_ms "$@" >>"$dir/c"
     done
-    echo "$(sort -n "$dir/w" | sed -n 3p)/$(sort -n "$dir/c" | sed -n 3p)"
+    printf '%.2f/%.2f\n' "$(sort -n "$dir/w" | sed -n 3p)" "$(sort -n "$dir/c" | sed -n 3p)"
 }
 "$QSNAP" switch "$D" b5 >/dev/null
 count=$("$QSNAP" list "$D" --json | grep -c '"kind": "snapshot"' || true)
@@ -161,11 +204,12 @@ json_10k=$(median_rss '"$QSNAP" list "$D" --json')
 "$QSNAP" verify "$D" >/dev/null || echo "verify of the 10,000-snapshot store failed"
 echo
 echo "snapshot tree at 10,000 snapshots: $count snapshots, $branches branches"
-printf '%-36s %12s  %s\n' "operation (ms, wall/CPU)" "10k snaps" "target"
-printf '%-36s %12s  %s\n' "create (clean head)" "$create_10k" "< 5 ms"
-printf '%-36s %12s  %s\n' "revert" "$revert_10k" "< 5 ms"
-printf '%-36s %12s  %s\n' "switch" "$switch_10k" "< 5 ms"
-printf '%-36s %12s  %s\n' "list --tree" "$list_10k" "< 200 ms"
-printf '%-36s %12s  %s\n' "list --json" "$json_10k" "-"
-printf '%-36s %12s  %s\n' "max RSS of those, MiB" "$(awk '{ printf "%.1f", $1 / 1024 }' "$dir/rssmax")" "< 50 MiB"
-echo "(whole qsnap processes, medians of 5: wall time, then CPU time by $CPU_BY)"
+printf '%-36s %14s  %s\n' "operation (ms, wall/CPU)" "10k snaps" "target"
+printf '%-36s %14s  %s\n' "/bin/true (the floor of a process)" "$floor" "-"
+printf '%-36s %14s  %s\n' "create (clean head)" "$create_10k" "< 5 ms"
+printf '%-36s %14s  %s\n' "revert" "$revert_10k" "< 5 ms"
+printf '%-36s %14s  %s\n' "switch" "$switch_10k" "< 5 ms"
+printf '%-36s %14s  %s\n' "list --tree" "$list_10k" "< 200 ms"
+printf '%-36s %14s  %s\n' "list --json" "$json_10k" "-"
+printf '%-36s %14s  %s\n' "max RSS of those, MiB" "$(awk '{ printf "%.1f", $1 / 1024 }' "$dir/rssmax")" "< 50 MiB"
+echo "(whole qsnap processes, medians of 5: wall time, then CPU time, by $TIME_BY)"

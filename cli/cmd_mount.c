@@ -7,6 +7,11 @@
  * only when libfuse3's headers exist (QSNAP_HAVE_FUSE); otherwise the
  * commands say so.
  *
+ * A read-only mount does not need every image: one that another program
+ * holds (a running QEMU on a branch's head) is listed with its size from the
+ * store, but never opened; opening its file fails with EBUSY. A writable
+ * mount needs its branches' heads and is refused as a whole instead.
+ *
  * The file system runs in a process of its own (one thread: each image is
  * used by one thread at a time, as libqcow2 requires), recorded in the
  * run-time directory as mount-PID so `qsnap umount` can wait for it to
@@ -41,6 +46,9 @@ static const char mount_help[] =
     "content (FUSE). The files are read-only; with --rw, branch files are writable\n"
     "and the writes go to the branch's head (which is then locked as QEMU locks an\n"
     "image, so tree commands that would touch it are refused until the unmount).\n"
+    "While a running program (a VM) holds a branch's head, a read-only mount still\n"
+    "shows everything: that branch's file (and its internal snapshots) is listed,\n"
+    "but opening it fails with EBUSY; --rw is refused.\n"
     "Files are sparse where the image is (SEEK_DATA/SEEK_HOLE), so 'cp --sparse'\n"
     "and 'qemu-img convert' of them skip the holes. 'qsnap umount DIR' or\n"
     "'fusermount3 -u DIR' ends it.\n"
@@ -68,7 +76,7 @@ static const char umount_help[] =
 
 struct mfile {
     char *name;        /* NAME.raw */
-    qcow2_image *img;  /* its content */
+    qcow2_image *img;  /* its content; NULL when held by another program at mount */
     bool writable;     /* a branch with --rw */
     uint64_t size;     /* virtual size */
     uint64_t data;     /* bytes of data (for st_blocks): counted at mount, kept by m_write */
@@ -145,7 +153,7 @@ static int m_getattr(const char *path, struct stat *st, struct fuse_file_info *f
     f = lookup(path);
     if (!f)
         return -ENOENT;
-    st->st_mode = S_IFREG | (f->writable ? 0644 : 0444);
+    st->st_mode = S_IFREG | (f->writable ? 0644 : 0444); /* a held file too: opening says why */
     st->st_nlink = 1;
     st->st_size = (off_t)f->size;
     st->st_blksize = 65536;
@@ -176,6 +184,8 @@ static int m_open(const char *path, struct fuse_file_info *fi)
 
     if (!f)
         return -ENOENT;
+    if (!f->img)
+        return -EBUSY;
     if ((fi->flags & O_ACCMODE) != O_RDONLY && !f->writable)
         return -EROFS;
     if (fi->flags & O_TRUNC)
@@ -192,6 +202,8 @@ static int m_read(const char *path, char *buf, size_t len, off_t off, struct fus
     (void)fi;
     if (!f)
         return -ENOENT;
+    if (!f->img)
+        return -EBUSY;
     if (off < 0 || (uint64_t)off >= f->size)
         return 0;
     if (len > f->size - (uint64_t)off)
@@ -268,6 +280,8 @@ static off_t m_lseek(const char *path, off_t off, int whence, struct fuse_file_i
     (void)fi;
     if (!f)
         return -ENOENT;
+    if (!f->img)
+        return -EBUSY;
     if (whence != SEEK_DATA && whence != SEEK_HOLE)
         return -EINVAL;
     if (off < 0 || pos >= f->size)
@@ -312,7 +326,7 @@ static const struct fuse_operations mount_ops = {
 static void close_files(struct mctx *c)
 {
     for (size_t i = 0; i < c->n; i++) {
-        if (c->files[i].writable && qcow2_image_flush(c->files[i].img) != 0)
+        if (c->files[i].writable && c->files[i].img && qcow2_image_flush(c->files[i].img) != 0)
             fprintf(stderr, "qsnap: %s\n", qcow2_error_last()->message);
         qcow2_image_close(c->files[i].img);
         free(c->files[i].name);
@@ -349,6 +363,13 @@ static int open_files(struct mctx *c, const char *disk, bool rw)
             continue;
         f->writable = branch && rw;
         rc = qsnap_open_image(s, list[i].name, f->writable ? QCOW2_OPEN_RDWR : 0, &f->img);
+        if (rc == QSNAP_EBUSY && !rw) {
+            /* Another program writes it (a running QEMU on a branch's head): a
+             * read could see it half-written. Listed, never opened. */
+            fprintf(stderr, "qsnap: %s.raw is listed but cannot be opened (EBUSY): %s\n",
+                    list[i].name, qsnap_error_last()->message);
+            rc = 0;
+        }
         if (rc)
             break;
         if (asprintf(&f->name, "%s.raw", list[i].name) < 0) {
@@ -356,8 +377,8 @@ static int open_files(struct mctx *c, const char *disk, bool rw)
             rc = QSNAP_ERROR;
             break;
         }
-        f->size = qcow2_image_size(f->img);
-        n_data = data_in(f->img, 0, f->size);
+        f->size = f->img ? qcow2_image_size(f->img) : list[i].virtual_size;
+        n_data = f->img ? data_in(f->img, 0, f->size) : 0;
         f->data = n_data >= 0 ? (uint64_t)n_data : f->size;
         c->n++;
     }

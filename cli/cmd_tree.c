@@ -203,9 +203,11 @@ static int run_plan(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry_ru
         }
     }
     if (dry_run) {
-        /* Which files the plan touches and which are held: a held one makes it exit 5. */
+        /* Which files the plan touches and which are held: the plan is shown and
+         * then what the real run would refuse (a held file: exit 5; a file in
+         * layers/ that qsnap did not make: exit 4), with the same exit status. */
         busy = qsnap_plan_check(s, p);
-        if (busy < 0 && busy != QSNAP_EBUSY) {
+        if (busy < 0 && busy != QSNAP_EBUSY && busy != QSNAP_EINTEGRITY) {
             status = tree_fail(busy, disk);
             goto out;
         }

@@ -6,6 +6,7 @@
  * "version" field for scripts (described in docs/qsnap.1).
  */
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -723,7 +724,8 @@ static const char export_help[] =
     "Usage: qsnap export DISK NAME OUT [-O raw|qcow2] [-p]\n"
     "\n"
     "Write the content of a snapshot or branch as a standalone image OUT (no\n"
-    "backing file). The store is not changed.\n"
+    "backing file) and say what was written: the file, its format and virtual\n"
+    "size. The store is not changed.\n"
     "\n"
     "Options:\n"
     "  -O, --format=FMT     raw (default) or qcow2\n"
@@ -760,6 +762,24 @@ static const cli_command export_cmd = {
                  "export needs a snapshot or branch and an output file"),
 };
 
+/* The line that says what export wrote: its virtual size from the file itself. */
+static void export_said(const char *name, const char *out, qcow2_format fmt)
+{
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    qcow2_image *img = NULL;
+    char nb[256], ob[PATH_MAX], vs[CLI_SIZE_STR_MAX];
+
+    printf("exported %s to %s (%s", cli_safe(name, nb, sizeof(nb)), cli_safe(out, ob, sizeof(ob)),
+           qcow2_format_name(fmt));
+    oo.format = fmt;
+    oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
+    /* Not a file that opens again (a device, a pipe): the size is left out. */
+    if (qcow2_image_open(&img, out, &oo) == 0)
+        printf(", virtual size %s", cli_fmt_size(qcow2_image_size(img), vs));
+    qcow2_image_close(img);
+    printf(")\n");
+}
+
 int cli_tree_export(int argc, char **argv)
 {
     struct export_args a = {QCOW2_FORMAT_RAW, false};
@@ -777,6 +797,7 @@ int cli_tree_export(int argc, char **argv)
         status = tree_fail(rc, op.v[0]);
     } else {
         cli_progress_end(&pr);
+        export_said(op.v[1], op.v[2], a.fmt);
     }
     qsnap_store_close(s);
     return status;

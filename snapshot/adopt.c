@@ -514,7 +514,7 @@ int qsnap_plan_adopt(qsnap_plan **out, qsnap_store **store_out, const char *imag
     if (!rc)
         rc = qsnap__journal_pending(s, &pending);
     if (!rc && pending)
-        rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify --repair DISK' finishes it",
+        rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK --repair' finishes it",
                         "%s: an earlier operation was interrupted and is not finished", s->dir);
     if (!rc) {
         p = calloc(1, sizeof(*p));

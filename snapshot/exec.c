@@ -546,7 +546,7 @@ static int top_up_kept(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *
                     rc = qcow2_image_flush(ki);
                 qcow2_image_close(ki);
                 if (rc)
-                    rc = qsnap__from_qcow2(rc, "'qsnap verify --repair DISK' finishes it");
+                    rc = qsnap__from_qcow2(rc, "'qsnap verify DISK --repair' finishes it");
             }
         }
         /* Frozen again whatever happened (a crash here: see the mode check below). */
@@ -600,7 +600,7 @@ static int st_commit(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st
         if (!rc)
             rc = qcow2_image_flush(img);
         if (rc)
-            rc = qsnap__from_qcow2(rc, "'qsnap verify --repair DISK' finishes it");
+            rc = qsnap__from_qcow2(rc, "'qsnap verify DISK --repair' finishes it");
     }
     qcow2_image_close(img);
     return rc;
@@ -985,7 +985,7 @@ static int execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
                               "%s (nothing was changed)", msg);
         }
         /* The journal stays: the operation is finished by verify --repair. */
-        return qsnap__err(rc, "fix the cause, then 'qsnap verify --repair DISK' finishes it",
+        return qsnap__err(rc, "fix the cause, then 'qsnap verify DISK --repair' finishes it",
                           "%s (the operation is unfinished)", msg);
     }
     return 0;

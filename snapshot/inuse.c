@@ -602,5 +602,9 @@ int qsnap_plan_check(qsnap_store *s, qsnap_plan *p)
     if (rc)
         return rc;
     p->checked = true;
-    return qsnap__touch_check(s, p->touch, p->ntouch);
+    rc = qsnap__touch_check(s, p->touch, p->ntouch);
+    /* The refusal a real run makes before its first step (exec.c), in the same order. */
+    if (!rc && p->n)
+        rc = qsnap__refuse_foreign_layers(s);
+    return rc;
 }

@@ -333,7 +333,7 @@ int qsnap__check_link(const qsnap_store *s, const struct qsnap__model *m, unsign
                : !info.backing_name;
         free(link);
         if (!ok)
-            rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify --repair DISK' re-points it",
+            rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK --repair' re-points it",
                             "%s: backing link was changed behind qsnap's back (it names '%s'; "
                             "the store expects %s)",
                             path, info.backing_name ? info.backing_name : "nothing",
@@ -364,8 +364,8 @@ int qsnap__check_depth(const struct qsnap__model *m, unsigned base)
         return rc;
     if (depth > QCOW2_MAX_CHAIN_DEPTH)
         return qsnap__err(QSNAP_EREFUSED,
-                          "delete snapshots you no longer need ('qsnap delete --stream' merges "
-                          "their layers), or commit the branch",
+                          "delete snapshots you no longer need ('qsnap delete DISK SNAPSHOT "
+                          "--stream' merges their layers), or commit the branch",
                           "a new layer here would make a backing chain of %u layers (at most %u)",
                           depth, QCOW2_MAX_CHAIN_DEPTH);
     return 0;

@@ -211,6 +211,7 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     struct qsnap__model t;
     struct qsnap__node *n;
     struct qsnap__layer *l;
+    const struct qsnap__node *in;
     qsnap_plan *p = NULL;
     char *name = NULL;
     size_t deps;
@@ -221,15 +222,20 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     if ((flags & QSNAP_DELETE_METADATA) && (flags & (QSNAP_DELETE_CHILDREN | QSNAP_DELETE_STREAM)))
         return qsnap__err(QSNAP_EUSAGE, NULL,
                           "--metadata cannot be combined with --children or --stream");
-    if (qsnap__node_by_name(&s->m, snapshot) && qsnap__node_by_name(&s->m, snapshot)->internal &&
-        (flags & QSNAP_DELETE_METADATA))
-        return qsnap__err(QSNAP_EUSAGE, "delete it without --metadata",
-                          "--metadata does not apply to internal snapshot %s: unnamed, it could "
-                          "no longer be deleted and would pin its branch's head",
-                          snapshot);
-    if (qsnap__node_by_name(&s->m, snapshot) && qsnap__node_by_name(&s->m, snapshot)->internal &&
-        !(flags & QSNAP_DELETE_CHILDREN))
-        return qsnap__plan_delete_internal(out, s, snapshot);
+    in = qsnap__node_by_name(&s->m, snapshot);
+    if (in && in->internal) {
+        /* In a frozen layer it can never be deleted (that would write into the
+         * layer): only its name can go. In a head, unnamed, it would pin the head. */
+        const struct qsnap__layer *il = qsnap__layer(&s->m, in->layer);
+        bool frozen = il && il->frozen;
+        if ((flags & QSNAP_DELETE_METADATA) && !frozen)
+            return qsnap__err(QSNAP_EUSAGE, "delete it without --metadata",
+                              "--metadata does not apply to internal snapshot %s of a branch's "
+                              "head: unnamed, it could no longer be deleted and would pin the head",
+                              snapshot);
+        if (!(flags & (QSNAP_DELETE_CHILDREN | QSNAP_DELETE_METADATA)))
+            return qsnap__plan_delete_internal(out, s, snapshot);
+    }
     rc = qsnap__plan_open(s, "delete", &t, &p, snapshot, &n, NULL);
     if (!rc && !(name = strdup(snapshot)))
         rc = nomem();

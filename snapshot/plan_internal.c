@@ -380,10 +380,13 @@ int qsnap__plan_delete_internal(qsnap_plan **out, qsnap_store *s, const char *sn
     l = qsnap__layer(&t, n->layer);
     layer_id = l->id;
     if (l->frozen) {
+        /* The layer as the user knows it: its path, not the store's name for it. */
+        char *path = qsnap__path(s, l->file);
         rc = qsnap__err(QSNAP_EREFUSED, "'qsnap delete DISK SNAPSHOT --metadata' forgets the name only",
                         "internal snapshot %s lives in frozen layer %s: deleting it would write "
                         "into a layer others depend on",
-                        snapshot, l->file);
+                        snapshot, path ? path : l->file);
+        free(path);
         goto out;
     }
     rc = qsnap__check_free(s, &t, layer_id);

@@ -386,7 +386,7 @@ uint32_t qsnap__crc32(const void *p, size_t n);
  * the printer; plan_create.c, plan_branch.c, plan_delete.c, plan_internal.c:
  * the planners). The helpers the planner files share:
  */
-#define QSNAP__GC_HINT "'qsnap verify --repair DISK' finishes it"
+#define QSNAP__GC_HINT "'qsnap verify DISK --repair' finishes it"
 int qsnap__plan_new(qsnap_plan **out, const qsnap_store *s, const char *op);
 /* Copy the model, find the snapshot or branch named, make the plan (plan.c says which error wins).
  */

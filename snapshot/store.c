@@ -325,7 +325,7 @@ int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags)
         if (!rc && !pending)
             rc = qsnap__refuse_orphan_layers(s);
         if (!rc && !(flags & QSNAP_OPEN_CREATE))
-            rc = pending ? qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify --repair DISK' finishes it",
+            rc = pending ? qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK --repair' finishes it",
                                       "%s: the first snapshot was interrupted and is not finished",
                                       s->dir)
                          : qsnap__err(QSNAP_ENOTFOUND, "'qsnap create DISK' makes the first snapshot",

@@ -618,7 +618,7 @@ done:
     *n_out = fs.n;
     if (fs.problems)
         return qsnap__err(QSNAP_EINTEGRITY, repair ? "see the messages above"
-                                                   : "'qsnap verify --repair DISK' fixes what it can",
+                                                   : "'qsnap verify DISK --repair' fixes what it can",
                           "%s: %zu problem%s found", s->disk_abs, fs.problems,
                           fs.problems == 1 ? "" : "s");
     return 0;

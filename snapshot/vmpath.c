@@ -81,7 +81,7 @@ static int read_vm_link(const qsnap_store *s, int dfd, char *got, size_t size, b
     }
     if (!S_ISLNK(st.st_mode))
         return qsnap__err(QSNAP_EINTEGRITY,
-                          "remove it by hand; 'qsnap verify --repair DISK' then makes the link "
+                          "remove it by hand; 'qsnap verify DISK --repair' then makes the link "
                           "again",
                           "%s/%s: not a symbolic link where the VM path should be", s->dir,
                           VM_LINK);
@@ -119,7 +119,7 @@ int qsnap__vm_link_check(const qsnap_store *s, int dfd, const struct qsnap__mode
     }
     if (known)
         return 0;
-    return qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify --repair DISK' points it at the current head",
+    return qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK --repair' points it at the current head",
                       "%s/%s: the VM path links to '%s', not to a layer of the store", s->dir,
                       VM_LINK, got);
 }
@@ -225,7 +225,7 @@ int qsnap_vm_path(qsnap_store *s, char **out)
     if (!*out)
         return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
     if (!ok) {
-        int rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify --repair DISK' points it again",
+        int rc = qsnap__err(QSNAP_EINTEGRITY, "'qsnap verify DISK --repair' points it again",
                             "%s: the VM path is missing or does not point at the current "
                             "branch's head",
                             *out);

@@ -243,8 +243,13 @@ QSNAP_API int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *br
  * branch's head) and whether another process (a running QEMU, a qsnap, an
  * NBD server) holds QEMU's image locks on any of them. The list is kept in
  * the plan: qsnap_plan_describe() shows it. qsnap_plan_execute() does the
- * same check itself, and holds the files' locks while the plan runs.
- * @return 0; QSNAP_EBUSY (a file is held: the message names it), QSNAP_ERROR
+ * same check itself, and holds the files' locks while the plan runs. Like
+ * qsnap_plan_execute(), it also refuses a plan with steps while layers/
+ * holds a file qsnap did not make, so that a dry run reports what the real
+ * run would refuse.
+ * @return 0; QSNAP_EBUSY (a file is held: the message names it),
+ *         QSNAP_EINTEGRITY (a file in layers/ that qsnap did not make: the
+ *         message names it), QSNAP_ERROR
  */
 QSNAP_API int qsnap_plan_check(qsnap_store *s, qsnap_plan *p);
 

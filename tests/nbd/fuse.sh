@@ -15,6 +15,12 @@
 #     read-only, tree commands touching the head exit 5 while mounted, and
 #     `fusermount3 -u` ends the mount too; qemu-img check of the head is clean;
 #     st_blocks (du) of a branch file grows by what a write newly allocates.
+#   - while a paused QEMU holds main's head (as a running VM does): a read-only
+#     mount works, its snapshot and other branch files read as `qsnap export`
+#     does, main.raw and an internal snapshot inside that head are listed with
+#     their size but opening them fails with EBUSY (the mount says so), the
+#     mount's process has no descriptor of the head; a --rw mount is refused
+#     (exit 5); once the QEMU is gone, a new mount reads main.raw.
 # Mounts are unmounted (and loop devices detached) on exit.
 # Prints "ok"/"FAIL" lines and "N passed, N failed".
 set -u
@@ -22,7 +28,7 @@ set -u
 BUILD=${BUILD:-build/release}
 QSNAP=${QSNAP:-$BUILD/qsnap}
 case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
-for c in fusermount3 qemu-img qemu-io python3 cmp mkfs.ext4; do
+for c in fusermount3 qemu-img qemu-io qemu-system-x86_64 python3 cmp mkfs.ext4; do
     command -v $c >/dev/null || { echo "FAIL setup: $c not found (scripts/deps.sh)"; echo "0 passed, 1 failed"; exit 1; }
 done
 if [ ! -x "$QSNAP" ]; then
@@ -36,13 +42,17 @@ if [ ! -c /dev/fuse ]; then
     exit 0
 fi
 
+. "$(dirname "$0")/../helpers/qemu_hold.sh"
+
 W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-fuse.XXXXXX") || exit 2
+QPID=
 export XDG_RUNTIME_DIR=$W/run
 mkdir -p "$XDG_RUNTIME_DIR" "$W/m" "$W/fs"
 chmod 700 "$XDG_RUNTIME_DIR"
 LOOP=""
 alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 cleanup() {
+    [ -n "$QPID" ] && kill "$QPID" 2>/dev/null && wait "$QPID" 2>/dev/null
     mountpoint -q "$W/fs" 2>/dev/null && umount "$W/fs"
     [ -n "$LOOP" ] && losetup -d "$LOOP" 2>/dev/null
     mountpoint -q "$W/m" 2>/dev/null && { fusermount3 -u "$W/m" 2>/dev/null || umount "$W/m"; }
@@ -202,6 +212,73 @@ EOF
     out=$(qemu-img check "$head" 2>&1) && ok "qemu-img check of main's head is clean" || bad "check" "$out"
 else
     bad "qsnap mount --rw" "$(cat mount.err)"
+fi
+
+# ---- a QEMU holds main's head -------------------------------------------------------
+# An internal snapshot lives inside the head, so it is held with it.
+q create disk.raw si --internal >/dev/null || bad "create --internal si" "failed"
+q export disk.raw main main3.exp >/dev/null || bad "export main" "failed"
+head=$(readlink -f "$(q current disk.raw --path)")
+# open_errno FILE: the errno name of opening FILE for reading ("ok" when it opens).
+open_errno() {
+    python3 -c 'import errno, os, sys
+try:
+    os.close(os.open(sys.argv[1], os.O_RDONLY)); print("ok")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e.errno))' "$1"
+}
+if qemu_start "$(q current disk.raw --path)"; then
+    if q mount disk.raw m 2>held.err; then
+        ok "read-only mount while a QEMU holds main's head"
+        names=$(cd m && ls | tr '\n' ' ')
+        [ "$names" = "main.raw other.raw s1.raw si.raw " ] && ok "DIR still lists main.raw and si.raw" ||
+            bad "listing (held)" "$names"
+        for n in s1 other; do
+            cmp -s m/$n.raw $n.exp && ok "cmp $n.raw with qsnap export while main runs" ||
+                bad "cmp $n.raw (held)" "differs"
+        done
+        for n in main si; do
+            e=$(open_errno m/$n.raw)
+            [ "$e" = EBUSY ] && ok "opening $n.raw fails with EBUSY" || bad "open $n.raw (held)" "$e"
+            grep -qF "$n.raw" held.err && grep -qF "$head" held.err && grep -q EBUSY held.err &&
+                ok "the mount names $n.raw, the held file and EBUSY" || bad "message $n" "$(cat held.err)"
+        done
+        [ "$(stat -c %s m/main.raw)" = $((64 << 20)) ] && ok "main.raw has the disk's size" ||
+            bad "size of main.raw" "$(stat -c %s m/main.raw)"
+        pid=$(mount_pid)
+        fds=$( [ -n "$pid" ] && for f in /proc/"$pid"/fd/*; do readlink -f "$f"; done)
+        if [ -z "$pid" ]; then
+            bad "mount process" "no record"
+        elif echo "$fds" | grep -qxF "$head"; then
+            bad "held head" "the mount's process has $head open"
+        elif echo "$fds" | grep -q '\.qcow2$'; then
+            ok "the mount's process has the other layers open, not main's head"
+        else
+            bad "mount fds" "no image open: $fds"
+        fi
+        locked "$head" && ok "the QEMU still holds its lock" || bad "QEMU lock" "gone"
+        q umount m || bad "umount (held)" "failed"
+    else
+        bad "read-only mount while a QEMU holds main's head" "$(cat held.err)"
+    fi
+    q mount disk.raw m --rw >rw.out 2>&1
+    rc=$?
+    if [ $rc = 5 ] && grep -qF "$head" rw.out && ! mountpoint -q m; then
+        ok "--rw mount while the QEMU holds main's head: exit 5, names the head"
+    else
+        mountpoint -q m && q umount m
+        bad "--rw (held)" "exit $rc: $(cat rw.out)"
+    fi
+    qemu_stop
+    if q mount disk.raw m 2>mount.err; then
+        cmp -s m/main.raw main3.exp && ok "after the QEMU ends, a new mount reads main.raw" ||
+            bad "main.raw after QEMU" "differs"
+        q umount m
+    else
+        bad "mount after QEMU" "$(cat mount.err)"
+    fi
+else
+    bad "qemu on main's head" "did not start"
 fi
 
 # Errors.

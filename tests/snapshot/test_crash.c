@@ -550,7 +550,7 @@ Test(crash, first_create_interrupted_is_found_without_open_create)
     rc = qsnap_store_open(&s, tf_disk, 0);
     cr_assert_eq(rc, QSNAP_EINTEGRITY, "opening a store whose first create was interrupted: rc %d",
                  rc);
-    cr_assert(strstr(qsnap_error_last()->hint, "verify --repair"), "%s",
+    cr_assert(strstr(qsnap_error_last()->hint, "verify DISK --repair"), "%s",
               qsnap_error_last()->hint);
     /* ...and verify (which opens it as a store being made) finishes it. */
     rc = qsnap_store_open(&s, tf_disk, QSNAP_OPEN_CREATE);

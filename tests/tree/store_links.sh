@@ -156,7 +156,8 @@ fi
 # A regular file qsnap did not make in layers/: the overlay 'virsh snapshot-create-as'
 # puts beside the VM path (layers/current.s4, backed by the VM path, holding the VM's
 # later writes). Every command that changes the tree refuses (exit 4, naming it) with
-# nothing changed: a switch would change what it reads through. verify names it;
+# nothing changed: a switch would change what it reads through; so does its --dry-run
+# (text and --json: the plan, then the same refusal and exit status). verify names it;
 # verify --repair leaves it (it holds the VM's data). Once it is merged into the head
 # (qsnap image commit) and moved out, the commands work and the data is in the branch.
 rm -rf fo; cp -a tpl fo
@@ -168,15 +169,21 @@ before=$(cd fo && find . -printf '%p %s %m %T@\n' | sort; md5sum "$S"/meta "$S"/
 allok=1
 for c in "create disk.qcow2 s9" "revert disk.qcow2 s1" "switch disk.qcow2 side" "delete disk.qcow2 s1" \
     "commit disk.qcow2" "branch disk.qcow2 nb" "branch disk.qcow2 -d side"; do
-    out=$(cd fo && q $c 2>&1)
-    rc=$?
-    if [ $rc -ne 4 ] || ! echo "$out" | grep -q "layers/current.s4: a file qsnap did not make"; then
-        bad "foreign overlay: qsnap $c" "exit $rc: $(echo "$out" | head -2 | tr '\n' ' ')"
-        allok=0
-    fi
+    for how in "" --dry-run "--dry-run --json"; do
+        # shellcheck disable=SC2086
+        out=$(cd fo && q $c $how 2>&1)
+        rc=$?
+        if [ $rc -ne 4 ] || ! echo "$out" | grep -q "layers/current.s4: a file qsnap did not make"; then
+            bad "foreign overlay: qsnap $c $how" "exit $rc: $(echo "$out" | tail -2 | tr '\n' ' ')"
+            allok=0
+        fi
+    done
 done
 after=$(cd fo && find . -printf '%p %s %m %T@\n' | sort; md5sum "$S"/meta "$S"/layers/*)
-[ $allok = 1 ] && ok "a foreign overlay in layers/: every tree change exits 4 naming it" || true
+[ $allok = 1 ] && ok "a foreign overlay in layers/: every tree change and its --dry-run exit 4 naming it" || true
+out=$(cd fo && q switch disk.qcow2 side --dry-run 2>/dev/null)
+echo "$out" | grep -q "side" && ok "foreign overlay: the refused --dry-run still prints the plan" ||
+    bad "foreign overlay: dry-run plan" "stdout: $(echo "$out" | head -3 | tr '\n' ' ')"
 [ "$before" = "$after" ] && ok "foreign overlay: nothing changed by the refused commands" ||
     bad "foreign overlay: store changed" "$(diff <(echo "$before") <(echo "$after") | head -4)"
 out=$(cd fo && q verify disk.qcow2 2>&1); rc=$?
