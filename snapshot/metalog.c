@@ -343,9 +343,10 @@ static int damaged(const char *what, const char *why)
                       "%s: damaged change record (%s)", what, why);
 }
 
-static void take(char **dst, char **src)
+/* A string of the change (src, its own) for a field of m (dst). */
+static void take(const struct qsnap__model *m, char **dst, char **src)
 {
-    free(*dst);
+    qsnap__str_free(m, *dst);
     *dst = *src;
     *src = NULL;
 }
@@ -359,7 +360,7 @@ static int decode_branch_name(const char *enc, const char *what, char **out)
 
     *out = NULL;
     if (asprintf(&rec, "qsnap-store %u\ngen 0\nseq 1\ndisk x\nbranch %s head=1 base=0 created=0\nend\n",
-                 QSNAP_META_VERSION, enc) < 0)
+                 QSNAP_TEXT_VERSION, enc) < 0)
         return nomem();
     rc = qsnap__model_parse_part(&one, rec, strlen(rec), what);
     free(rec);
@@ -513,7 +514,7 @@ int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, con
             if (!l)
                 goto oom;
         }
-        free(l->file);
+        qsnap__str_free(m, l->file);
         *l = part.layers[i];
         part.layers[i].file = NULL;
     }
@@ -526,10 +527,10 @@ int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, con
             if (!n)
                 goto oom;
         }
-        take(&n->name, &src->name);
-        take(&n->desc, &src->desc);
-        take(&n->state, &src->state);
-        take(&n->internal, &src->internal);
+        take(m, &n->name, &src->name);
+        take(m, &n->desc, &src->desc);
+        take(m, &n->state, &src->state);
+        take(m, &n->internal, &src->internal);
         n->id = src->id;
         n->parent = src->parent;
         n->layer = src->layer;
@@ -539,15 +540,15 @@ int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, con
         struct qsnap__branch *b = qsnap__branch_by_name(m, part.branches[i].name);
         if (!b && !(b = qsnap__add_branch(m)))
             goto oom;
-        take(&b->name, &part.branches[i].name);
+        take(m, &b->name, &part.branches[i].name);
         b->head = part.branches[i].head;
         b->base = part.branches[i].base;
         b->created = part.branches[i].created;
     }
     m->gen = part.gen;
     m->seq = part.seq;
-    take(&m->disk, &part.disk);
-    take(&m->current, &part.current);
+    take(m, &m->disk, &part.disk);
+    take(m, &m->current, &part.current);
     qsnap__model_free(&part);
     /* New records to their places, each kind in increasing order of place. */
     {
@@ -606,15 +607,14 @@ fail:
 
 /* ---- reading -------------------------------------------------------------- */
 
-static int read_all(const qsnap_store *s, const char *rel, char **out, size_t *len)
+static int read_all(const qsnap_store *s, const char *rel, struct qsnap__pool **out)
 {
     struct stat st;
-    char *buf = NULL;
+    struct qsnap__pool *buf = NULL;
     size_t done = 0;
     int fd = -1, rc;
 
     *out = NULL;
-    *len = 0;
     rc = qsnap__open_store_file(s, rel, O_RDONLY, &fd);
     if (rc)
         return rc;
@@ -628,13 +628,13 @@ static int read_all(const qsnap_store *s, const char *rel, char **out, size_t *l
                         (uint64_t)st.st_size);
         goto out;
     }
-    buf = malloc((size_t)st.st_size + 1);
+    buf = qsnap__pool_new((size_t)st.st_size);
     if (!buf) {
         rc = nomem();
         goto out;
     }
     while (done < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + done, (size_t)st.st_size - done);
+        ssize_t r = read(fd, buf->data + done, (size_t)st.st_size - done);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
@@ -646,12 +646,12 @@ static int read_all(const qsnap_store *s, const char *rel, char **out, size_t *l
             break;
         done += (size_t)r;
     }
-    buf[done] = '\0';
+    buf->data[done] = '\0';
+    buf->len = done;
     *out = buf;
-    *len = done;
     buf = NULL;
 out:
-    free(buf);
+    qsnap__pool_unref(buf);
     close(fd);
     return rc;
 }
@@ -659,29 +659,32 @@ out:
 /* Apply meta.log's records to s->m (see the top of the file). */
 static int log_load(qsnap_store *s, const char *what)
 {
-    char *text = NULL;
-    size_t len = 0, off, ml = strlen(LOG_MAGIC);
-    int rc = read_all(s, LOG_FILE, &text, &len);
+    struct qsnap__pool *pool = NULL;
+    char *text;
+    size_t len, off, ml = strlen(LOG_MAGIC);
+    int rc = read_all(s, LOG_FILE, &pool);
 
     if (rc == QSNAP_ENOTFOUND)
         return 0;
     if (rc)
         return rc;
+    text = pool->data;
+    len = pool->len;
     s->log.exists = true;
     s->log.size = len;
     if (s->log.meta_version < 2) {
-        free(text);
+        qsnap__pool_unref(pool);
         return qsnap__err(QSNAP_EINTEGRITY, "restore the store from a backup",
                           "%s: a change log beside a version %u meta file", what,
                           s->log.meta_version);
     }
     if (len < ml && !memcmp(text, LOG_MAGIC, len)) {
         /* Its first write was cut short: no record in it. */
-        free(text);
+        qsnap__pool_unref(pool);
         return 0;
     }
     if (memcmp(text, LOG_MAGIC, ml)) {
-        free(text);
+        qsnap__pool_unref(pool);
         return qsnap__err(QSNAP_EINTEGRITY, "restore the store from a backup",
                           "%s: not a qsnap change log (or of an unknown version)", what);
     }
@@ -730,7 +733,7 @@ static int log_load(qsnap_store *s, const char *what)
         off = (size_t)(nl + 1 - text) + (size_t)rlen;
         s->log.good = off;
     }
-    free(text);
+    qsnap__pool_unref(pool);
     return rc;
 }
 
@@ -738,7 +741,7 @@ static int log_load(qsnap_store *s, const char *what)
  * A failure once the log was applied: when the meta file alone fails its
  * check, that is the error (the one reported before the log was read).
  */
-static int blame_base(int rc, const char *text, size_t len, const char *path)
+static int blame_base(int rc, struct qsnap__pool *pool, const char *path)
 {
     struct qsnap__model base;
     unsigned version;
@@ -749,7 +752,7 @@ static int blame_base(int rc, const char *text, size_t len, const char *path)
     /* e's strings point at the buffers the next qsnap__err() writes: copied first. */
     snprintf(msg, sizeof(msg), "%s", e.message ? e.message : "");
     snprintf(hint, sizeof(hint), "%s", e.hint ? e.hint : "");
-    brc = qsnap__model_parse_v(&base, text, len, path, &version, true);
+    brc = qsnap__model_read(&base, pool, path, &version, true);
     if (brc)
         return brc;
     qsnap__model_free(&base);
@@ -758,8 +761,8 @@ static int blame_base(int rc, const char *text, size_t len, const char *path)
 
 int qsnap__meta_load(qsnap_store *s)
 {
-    char *path = qsnap__path(s, META_FILE), *lpath = qsnap__path(s, LOG_FILE), *text = NULL;
-    size_t len = 0;
+    char *path = qsnap__path(s, META_FILE), *lpath = qsnap__path(s, LOG_FILE);
+    struct qsnap__pool *pool = NULL;
     int rc;
 
     memset(&s->log, 0, sizeof(s->log));
@@ -768,20 +771,25 @@ int qsnap__meta_load(qsnap_store *s)
         free(lpath);
         return nomem();
     }
-    rc = read_all(s, META_FILE, &text, &len);
+    rc = read_all(s, META_FILE, &pool);
     /* The graph is checked once, with the log applied (it was checked before and after:
-     * twice the cost of a check at every command of a store with a log). */
-    if (!rc)
-        rc = qsnap__model_parse_v(&s->m, text, len, path, &s->log.meta_version, false);
-    s->log.meta_bytes = len;
+     * twice the cost of a check at every command of a store with a log). The file's
+     * bytes are kept until then, for blame_base. */
+    if (!rc) {
+        s->log.meta_bytes = pool->len;
+        pool->refs++;
+        rc = qsnap__model_read(&s->m, pool, path, &s->log.meta_version, false);
+    }
     if (!rc) {
         rc = log_load(s, lpath);
         if (!rc)
             rc = qsnap__model_check(&s->m, s->log.live ? lpath : path);
-        if (rc && rc != QSNAP_ERROR && (s->log.live || s->log.exists))
-            rc = blame_base(rc, text, len, path);
+        if (rc && rc != QSNAP_ERROR && (s->log.live || s->log.exists)) {
+            pool->refs++;
+            rc = blame_base(rc, pool, path);
+        }
     }
-    free(text);
+    qsnap__pool_unref(pool);
     if (rc)
         qsnap__model_free(&s->m);
     free(path);
@@ -812,11 +820,10 @@ static int compact(qsnap_store *s, struct qsnap__model *m)
 {
     char *text = NULL;
     size_t len;
-    int rc = qsnap__model_format(m, &text);
+    int rc = qsnap__model_bin_format(m, &text, &len);
 
     if (rc)
         return rc;
-    len = strlen(text);
     rc = qsnap__write_atomic(s, META_FILE, text, len);
     free(text);
     if (rc)
