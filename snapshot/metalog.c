@@ -1,11 +1,12 @@
 /*
- * The store's metadata on disk (store version 2): a base file and a log of
+ * The store's metadata on disk (store version 3): a base file and a log of
  * changes, so that a tree operation writes what it changed, not the whole
  * tree.
  *
  * FILES
- *   meta      the whole model at some generation G (model.c's text form,
- *             "qsnap-store 2"); written only whole: a temporary file,
+ *   meta      the whole model at some generation G (metabin.c's binary
+ *             form, "qsnap-store 3"; versions 1 and 2, model.c's text
+ *             form, are read too); written only whole: a temporary file,
  *             fsync, rename, fsync of the directory.
  *   meta.log  optional: the changes after it, one record per saved
  *             generation:
@@ -19,7 +20,7 @@
  *               drop-layer ID / drop-node ID / drop-branch NAME
  *             and place-layer ID INDEX / place-node ID INDEX /
  *             place-branch NAME INDEX (where a new record stands in its
- *             list), then a text in meta's form ("qsnap-store 2", gen, seq, disk,
+ *             list), then a text in model.c's form ("qsnap-store 2", gen, seq, disk,
  *             [current], the layer, node and branch records that are new or
  *             changed, "end"). Applying it: the dropped records go, each
  *             record given replaces the one with its id (a branch: its name)
@@ -40,7 +41,7 @@
  *   new log  (none yet, or one holding skipped records) the header and
  *            the record go to meta.log.tmp, fsync, rename, fsync the
  *            directory.
- *   compact  (first save of a store, a version 1 meta file, the log past
+ *   compact  (first save of a store, a version 1 or 2 meta file, the log past
  *            its bound, or a change that replayed would not give the
  *            target in the same order) meta is rewritten whole with the
  *            new generation, then meta.log is removed (fsync of the
@@ -48,9 +49,10 @@
  *            records are all skipped.
  * At every point a crash leaves the old model or the new one.
  *
- * An older qsnap reads "qsnap-store 2" as an unknown store version and
- * refuses the store with that message; a version 1 meta file (from an
- * older qsnap) is read and becomes version 2 at the first save.
+ * An older qsnap reads the first line, "qsnap-store 3", as an unknown store
+ * version and refuses the store with that message; a version 1 or 2 meta
+ * file (from an older qsnap) is read and becomes version 3 at the first
+ * save (a log is allowed beside version 2 and 3).
  */
 #include <errno.h>
 #include <fcntl.h>

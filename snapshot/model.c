@@ -1,5 +1,7 @@
 /*
- * The store's model in memory, and its text form on disk.
+ * The store's model in memory, and its text form: the meta file of store
+ * versions 1 and 2, and the form of meta.log's records and of the journal's
+ * models in every version (version 3's meta file is binary: metabin.c).
  *
  * FORMAT (one record a line, fields separated by one space, values
  * percent-encoded; unknown keys are an error: the version says what is known)
