@@ -90,6 +90,7 @@ struct qsnap__branch {
 struct qsnap__pool {
     size_t refs;
     size_t len;
+    size_t mapped;       /* bytes mapped for it (mmap), or 0: malloc'd */
     char data[];
 };
 
