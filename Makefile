@@ -95,6 +95,9 @@ $(BUILD)/%.pc: %.pc.in include/qcow2/version.h
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
 	    -e 's|@VERSION@|$(VERSION)|' $< > $@
 
+# The tree fixture reaches into the store (tf_meta_as_text).
+$(BUILD)/tests/helpers/tree_fixture.o: CPPFLAGS += -Isnapshot
+
 # One Criterion binary per suite file.
 $(BUILD)/tests/%: tests/%.c $(HELP_OBJS) $(SNAP_STATIC) $(STATIC)
 	@mkdir -p $(@D)

@@ -409,8 +409,17 @@ static void info_text(const qsnap_node *list, size_t n, size_t i)
     printf("%-15s%s\n", e->kind == QSNAP_BRANCH ? "starts at:" : "parent:",
            e->parent_name ? e->parent_name : "(none)");
     printf("created:       %s\n", tree_fmt_time(e->created, when));
-    if (e->description[0])
-        printf("description:   %s\n", e->description);
+    if (e->description[0]) {
+        /* Each line of it under the first, at the same column. */
+        const char *d = e->description;
+        size_t k = strcspn(d, "\n");
+        printf("description:   %.*s\n", (int)k, d);
+        while (d[k]) {
+            d += k + 1;
+            k = strcspn(d, "\n");
+            printf("%s%.*s\n", k ? "               " : "", (int)k, d);
+        }
+    }
     printf("file:          %s\n", e->file);
     printf("virtual size:  %s (%" PRIu64 " bytes)\n", cli_fmt_size(e->virtual_size, vs),
            e->virtual_size);

@@ -200,9 +200,12 @@ static void details(const struct view *v, const qsnap_node *e, size_t width)
     else
         fprintf(v->out, "%s  %s", when, size);
     if (e->description[0]) {
+        /* One line per node: the description's first line, "..." when it has more. */
+        size_t first = strcspn(e->description, "\r\n");
         fputs("  \"", v->out);
-        fputs(e->description, v->out);
-        fputc('"', v->out);
+        fwrite(e->description, 1, first, v->out);
+        fputs(e->description[first + strspn(e->description + first, "\r\n")] ? "...\"" : "\"",
+              v->out);
     }
     if (e->state_file)
         fputs("  +state", v->out);

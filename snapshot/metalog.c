@@ -1,11 +1,12 @@
 /*
- * The store's metadata on disk (store version 2): a base file and a log of
+ * The store's metadata on disk (store version 3): a base file and a log of
  * changes, so that a tree operation writes what it changed, not the whole
  * tree.
  *
  * FILES
- *   meta      the whole model at some generation G (model.c's text form,
- *             "qsnap-store 2"); written only whole: a temporary file,
+ *   meta      the whole model at some generation G (metabin.c's binary
+ *             form, "qsnap-store 3"; versions 1 and 2, model.c's text
+ *             form, are read too); written only whole: a temporary file,
  *             fsync, rename, fsync of the directory.
  *   meta.log  optional: the changes after it, one record per saved
  *             generation:
@@ -19,7 +20,7 @@
  *               drop-layer ID / drop-node ID / drop-branch NAME
  *             and place-layer ID INDEX / place-node ID INDEX /
  *             place-branch NAME INDEX (where a new record stands in its
- *             list), then a text in meta's form ("qsnap-store 2", gen, seq, disk,
+ *             list), then a text in model.c's form ("qsnap-store 2", gen, seq, disk,
  *             [current], the layer, node and branch records that are new or
  *             changed, "end"). Applying it: the dropped records go, each
  *             record given replaces the one with its id (a branch: its name)
@@ -40,7 +41,7 @@
  *   new log  (none yet, or one holding skipped records) the header and
  *            the record go to meta.log.tmp, fsync, rename, fsync the
  *            directory.
- *   compact  (first save of a store, a version 1 meta file, the log past
+ *   compact  (first save of a store, a version 1 or 2 meta file, the log past
  *            its bound, or a change that replayed would not give the
  *            target in the same order) meta is rewritten whole with the
  *            new generation, then meta.log is removed (fsync of the
@@ -48,9 +49,10 @@
  *            records are all skipped.
  * At every point a crash leaves the old model or the new one.
  *
- * An older qsnap reads "qsnap-store 2" as an unknown store version and
- * refuses the store with that message; a version 1 meta file (from an
- * older qsnap) is read and becomes version 2 at the first save.
+ * An older qsnap reads the first line, "qsnap-store 3", as an unknown store
+ * version and refuses the store with that message; a version 1 or 2 meta
+ * file (from an older qsnap) is read and becomes version 3 at the first
+ * save (a log is allowed beside version 2 and 3).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -419,9 +421,10 @@ static int damaged(const char *what, const char *why)
                       "%s: damaged change record (%s)", what, why);
 }
 
-static void take(char **dst, char **src)
+/* A string of the change (src, its own) for a field of m (dst). */
+static void take(const struct qsnap__model *m, char **dst, char **src)
 {
-    free(*dst);
+    qsnap__str_free(m, *dst);
     *dst = *src;
     *src = NULL;
 }
@@ -435,7 +438,7 @@ static int decode_branch_name(const char *enc, const char *what, char **out)
 
     *out = NULL;
     if (asprintf(&rec, "qsnap-store %u\ngen 0\nseq 1\ndisk x\nbranch %s head=1 base=0 created=0\nend\n",
-                 QSNAP_META_VERSION, enc) < 0)
+                 QSNAP_TEXT_VERSION, enc) < 0)
         return nomem();
     rc = qsnap__model_parse_part(&one, rec, strlen(rec), what);
     free(rec);
@@ -624,7 +627,7 @@ int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, con
             if (!l)
                 goto oom;
         }
-        free(l->file);
+        qsnap__str_free(m, l->file);
         *l = part.layers[i];
         part.layers[i].file = NULL;
         if (max_l)
@@ -639,10 +642,10 @@ int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, con
             if (!n)
                 goto oom;
         }
-        take(&n->name, &src->name);
-        take(&n->desc, &src->desc);
-        take(&n->state, &src->state);
-        take(&n->internal, &src->internal);
+        take(m, &n->name, &src->name);
+        take(m, &n->desc, &src->desc);
+        take(m, &n->state, &src->state);
+        take(m, &n->internal, &src->internal);
         n->id = src->id;
         n->parent = src->parent;
         n->layer = src->layer;
@@ -654,15 +657,15 @@ int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, con
         struct qsnap__branch *b = qsnap__branch_by_name(m, part.branches[i].name);
         if (!b && !(b = qsnap__add_branch(m)))
             goto oom;
-        take(&b->name, &part.branches[i].name);
+        take(m, &b->name, &part.branches[i].name);
         b->head = part.branches[i].head;
         b->base = part.branches[i].base;
         b->created = part.branches[i].created;
     }
     m->gen = part.gen;
     m->seq = part.seq;
-    take(&m->disk, &part.disk);
-    take(&m->current, &part.current);
+    take(m, &m->disk, &part.disk);
+    take(m, &m->current, &part.current);
     qsnap__model_free(&part);
     /* New records to their places, each kind in increasing order of place. */
     {
@@ -727,15 +730,14 @@ fail:
 
 /* ---- reading -------------------------------------------------------------- */
 
-static int read_all(const qsnap_store *s, const char *rel, char **out, size_t *len)
+static int read_all(const qsnap_store *s, const char *rel, struct qsnap__pool **out)
 {
     struct stat st;
-    char *buf = NULL;
+    struct qsnap__pool *buf = NULL;
     size_t done = 0;
     int fd = -1, rc;
 
     *out = NULL;
-    *len = 0;
     rc = qsnap__open_store_file(s, rel, O_RDONLY, &fd);
     if (rc)
         return rc;
@@ -749,13 +751,13 @@ static int read_all(const qsnap_store *s, const char *rel, char **out, size_t *l
                         (uint64_t)st.st_size);
         goto out;
     }
-    buf = malloc((size_t)st.st_size + 1);
+    buf = qsnap__pool_new((size_t)st.st_size);
     if (!buf) {
         rc = nomem();
         goto out;
     }
     while (done < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + done, (size_t)st.st_size - done);
+        ssize_t r = read(fd, buf->data + done, (size_t)st.st_size - done);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
@@ -767,12 +769,12 @@ static int read_all(const qsnap_store *s, const char *rel, char **out, size_t *l
             break;
         done += (size_t)r;
     }
-    buf[done] = '\0';
+    buf->data[done] = '\0';
+    buf->len = done;
     *out = buf;
-    *len = done;
     buf = NULL;
 out:
-    free(buf);
+    qsnap__pool_unref(buf);
     close(fd);
     return rc;
 }
@@ -780,29 +782,32 @@ out:
 /* Apply meta.log's records to s->m (see the top of the file). */
 static int log_load(qsnap_store *s, const char *what)
 {
-    char *text = NULL;
-    size_t len = 0, off, ml = strlen(LOG_MAGIC);
-    int rc = read_all(s, LOG_FILE, &text, &len);
+    struct qsnap__pool *pool = NULL;
+    char *text;
+    size_t len, off, ml = strlen(LOG_MAGIC);
+    int rc = read_all(s, LOG_FILE, &pool);
 
     if (rc == QSNAP_ENOTFOUND)
         return 0;
     if (rc)
         return rc;
+    text = pool->data;
+    len = pool->len;
     s->log.exists = true;
     s->log.size = len;
     if (s->log.meta_version < 2) {
-        free(text);
+        qsnap__pool_unref(pool);
         return qsnap__err(QSNAP_EINTEGRITY, "restore the store from a backup",
                           "%s: a change log beside a version %u meta file", what,
                           s->log.meta_version);
     }
     if (len < ml && !memcmp(text, LOG_MAGIC, len)) {
         /* Its first write was cut short: no record in it. */
-        free(text);
+        qsnap__pool_unref(pool);
         return 0;
     }
     if (memcmp(text, LOG_MAGIC, ml)) {
-        free(text);
+        qsnap__pool_unref(pool);
         return qsnap__err(QSNAP_EINTEGRITY, "restore the store from a backup",
                           "%s: not a qsnap change log (or of an unknown version)", what);
     }
@@ -851,7 +856,7 @@ static int log_load(qsnap_store *s, const char *what)
         off = (size_t)(nl + 1 - text) + (size_t)rlen;
         s->log.good = off;
     }
-    free(text);
+    qsnap__pool_unref(pool);
     return rc;
 }
 
@@ -859,7 +864,7 @@ static int log_load(qsnap_store *s, const char *what)
  * A failure once the log was applied: when the meta file alone fails its
  * check, that is the error (the one reported before the log was read).
  */
-static int blame_base(int rc, const char *text, size_t len, const char *path)
+static int blame_base(int rc, struct qsnap__pool *pool, const char *path)
 {
     struct qsnap__model base;
     unsigned version;
@@ -870,7 +875,7 @@ static int blame_base(int rc, const char *text, size_t len, const char *path)
     /* e's strings point at the buffers the next qsnap__err() writes: copied first. */
     snprintf(msg, sizeof(msg), "%s", e.message ? e.message : "");
     snprintf(hint, sizeof(hint), "%s", e.hint ? e.hint : "");
-    brc = qsnap__model_parse_v(&base, text, len, path, &version, true);
+    brc = qsnap__model_read(&base, pool, path, &version, true);
     if (brc)
         return brc;
     qsnap__model_free(&base);
@@ -879,8 +884,8 @@ static int blame_base(int rc, const char *text, size_t len, const char *path)
 
 int qsnap__meta_load(qsnap_store *s)
 {
-    char *path = qsnap__path(s, META_FILE), *lpath = qsnap__path(s, LOG_FILE), *text = NULL;
-    size_t len = 0;
+    char *path = qsnap__path(s, META_FILE), *lpath = qsnap__path(s, LOG_FILE);
+    struct qsnap__pool *pool = NULL;
     int rc;
 
     memset(&s->log, 0, sizeof(s->log));
@@ -889,20 +894,25 @@ int qsnap__meta_load(qsnap_store *s)
         free(lpath);
         return nomem();
     }
-    rc = read_all(s, META_FILE, &text, &len);
+    rc = read_all(s, META_FILE, &pool);
     /* The graph is checked once, with the log applied (it was checked before and after:
-     * twice the cost of a check at every command of a store with a log). */
-    if (!rc)
-        rc = qsnap__model_parse_v(&s->m, text, len, path, &s->log.meta_version, false);
-    s->log.meta_bytes = len;
+     * twice the cost of a check at every command of a store with a log). The file's
+     * bytes are kept until then, for blame_base. */
+    if (!rc) {
+        s->log.meta_bytes = pool->len;
+        pool->refs++;
+        rc = qsnap__model_read(&s->m, pool, path, &s->log.meta_version, false);
+    }
     if (!rc) {
         rc = log_load(s, lpath);
         if (!rc)
             rc = qsnap__model_check(&s->m, s->log.live ? lpath : path);
-        if (rc && rc != QSNAP_ERROR && (s->log.live || s->log.exists))
-            rc = blame_base(rc, text, len, path);
+        if (rc && rc != QSNAP_ERROR && (s->log.live || s->log.exists)) {
+            pool->refs++;
+            rc = blame_base(rc, pool, path);
+        }
     }
-    free(text);
+    qsnap__pool_unref(pool);
     if (rc)
         qsnap__model_free(&s->m);
     free(path);
@@ -933,11 +943,10 @@ static int compact(qsnap_store *s, struct qsnap__model *m)
 {
     char *text = NULL;
     size_t len;
-    int rc = qsnap__model_format(m, &text);
+    int rc = qsnap__model_bin_format(m, &text, &len);
 
     if (rc)
         return rc;
-    len = strlen(text);
     rc = qsnap__write_atomic(s, META_FILE, text, len);
     free(text);
     if (rc)

@@ -1,5 +1,7 @@
 /*
- * The store's model in memory, and its text form on disk.
+ * The store's model in memory, and its text form: the meta file of store
+ * versions 1 and 2, and the form of meta.log's records and of the journal's
+ * models in every version (version 3's meta file is binary: metabin.c).
  *
  * FORMAT (one record a line, fields separated by one space, values
  * percent-encoded; unknown keys are an error: the version says what is known)
@@ -29,75 +31,141 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "qsnap_int.h"
+
+/*
+ * A large pool is mapped with its pages made present in one call: a read
+ * into fresh heap memory takes a page fault per 4 KiB, which on some virtual
+ * machines cost more than reading a big store's whole meta file.
+ */
+#define POOL_MAP_MIN (256u << 10)
+
+struct qsnap__pool *qsnap__pool_new(size_t len)
+{
+    size_t bytes = sizeof(struct qsnap__pool) + len + 1, mapped = 0;
+    struct qsnap__pool *p = NULL;
+
+    if (bytes >= POOL_MAP_MIN) {
+        void *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        if (m != MAP_FAILED) {
+            p = m;
+            mapped = bytes;
+        }
+    }
+    if (!p && !(p = malloc(bytes)))
+        return NULL;
+    p->refs = 1;
+    p->len = len;
+    p->mapped = mapped;
+    p->data[len] = '\0';
+    return p;
+}
+
+void qsnap__pool_unref(struct qsnap__pool *p)
+{
+    if (!p || __atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    if (p->mapped)
+        munmap(p, p->mapped);
+    else
+        free(p);
+}
+
+static bool pooled(const struct qsnap__model *m, const char *str)
+{
+    uintptr_t a = (uintptr_t)str, b;
+
+    if (!m->pool)
+        return false;
+    b = (uintptr_t)m->pool->data;
+    return a >= b && a - b < m->pool->len;
+}
+
+void qsnap__str_free(const struct qsnap__model *m, char *str)
+{
+    if (str && !pooled(m, str))
+        free(str);
+}
 
 void qsnap__model_free(struct qsnap__model *m)
 {
     for (size_t i = 0; i < m->nl; i++)
-        free(m->layers[i].file);
+        qsnap__str_free(m, m->layers[i].file);
     for (size_t i = 0; i < m->nn; i++) {
-        free(m->nodes[i].name);
-        free(m->nodes[i].desc);
-        free(m->nodes[i].state);
-        free(m->nodes[i].internal);
+        qsnap__str_free(m, m->nodes[i].name);
+        qsnap__str_free(m, m->nodes[i].desc);
+        qsnap__str_free(m, m->nodes[i].state);
+        qsnap__str_free(m, m->nodes[i].internal);
     }
     for (size_t i = 0; i < m->nb; i++)
-        free(m->branches[i].name);
+        qsnap__str_free(m, m->branches[i].name);
     free(m->layers);
     free(m->nodes);
     free(m->branches);
-    free(m->disk);
-    free(m->current);
+    qsnap__str_free(m, m->disk);
+    qsnap__str_free(m, m->current);
+    qsnap__pool_unref(m->pool);
     memset(m, 0, sizeof(*m));
 }
 
-static char *dup_or_null(const char *s)
+/* A string of src for dst, which shares src's pool: the same pointer when in it. */
+static bool copy_str(const struct qsnap__model *src, char **dst, const char *str)
 {
-    return s ? strdup(s) : NULL;
+    if (!str || pooled(src, str)) {
+        *dst = (char *)(uintptr_t)str;
+        return true;
+    }
+    return (*dst = strdup(str)) != NULL;
 }
 
 int qsnap__model_clone(struct qsnap__model *dst, const struct qsnap__model *src)
 {
+    bool ok = true;
+
     memset(dst, 0, sizeof(*dst));
     dst->gen = src->gen;
     dst->seq = src->seq;
-    dst->disk = dup_or_null(src->disk);
-    dst->current = dup_or_null(src->current);
-    dst->layers = calloc(src->nl + 1, sizeof(*dst->layers));
-    dst->nodes = calloc(src->nn + 1, sizeof(*dst->nodes));
-    dst->branches = calloc(src->nb + 1, sizeof(*dst->branches));
-    if (!dst->layers || !dst->nodes || !dst->branches || (src->disk && !dst->disk) ||
-        (src->current && !dst->current))
+    dst->pool = src->pool;
+    if (dst->pool)
+        __atomic_add_fetch(&dst->pool->refs, 1, __ATOMIC_RELAXED);
+    dst->layers = malloc((src->nl + 1) * sizeof(*dst->layers));
+    dst->nodes = malloc((src->nn + 1) * sizeof(*dst->nodes));
+    dst->branches = malloc((src->nb + 1) * sizeof(*dst->branches));
+    if (!dst->layers || !dst->nodes || !dst->branches || !copy_str(src, &dst->disk, src->disk) ||
+        !copy_str(src, &dst->current, src->current))
         goto nomem;
+    /* The records whole, then each string: shared when in the pool, else copied. A
+     * failure leaves the strings not yet copied NULL, so the free below is right. */
+    memcpy(dst->layers, src->layers, src->nl * sizeof(*dst->layers));
+    memcpy(dst->nodes, src->nodes, src->nn * sizeof(*dst->nodes));
+    memcpy(dst->branches, src->branches, src->nb * sizeof(*dst->branches));
+    dst->nl = src->nl;
+    dst->nn = src->nn;
+    dst->nb = src->nb;
     for (size_t i = 0; i < src->nl; i++) {
-        dst->layers[i] = src->layers[i];
-        dst->layers[i].file = strdup(src->layers[i].file);
-        dst->nl++;
-        if (!dst->layers[i].file)
-            goto nomem;
+        if (ok)
+            ok = copy_str(src, &dst->layers[i].file, src->layers[i].file);
+        else
+            dst->layers[i].file = NULL;
     }
     for (size_t i = 0; i < src->nn; i++) {
         const struct qsnap__node *a = &src->nodes[i];
         struct qsnap__node *b = &dst->nodes[i];
-        *b = *a;
-        b->name = dup_or_null(a->name);
-        b->desc = dup_or_null(a->desc);
-        b->state = dup_or_null(a->state);
-        b->internal = dup_or_null(a->internal);
-        dst->nn++;
-        if ((a->name && !b->name) || (a->desc && !b->desc) || (a->state && !b->state) ||
-            (a->internal && !b->internal))
-            goto nomem;
+        b->name = b->desc = b->state = b->internal = NULL;
+        ok = ok && copy_str(src, &b->name, a->name) && copy_str(src, &b->desc, a->desc) &&
+             copy_str(src, &b->state, a->state) && copy_str(src, &b->internal, a->internal);
     }
     for (size_t i = 0; i < src->nb; i++) {
-        dst->branches[i] = src->branches[i];
-        dst->branches[i].name = strdup(src->branches[i].name);
-        dst->nb++;
-        if (!dst->branches[i].name)
-            goto nomem;
+        if (ok)
+            ok = copy_str(src, &dst->branches[i].name, src->branches[i].name);
+        else
+            dst->branches[i].name = NULL;
     }
-    return 0;
+    if (ok)
+        return 0;
 nomem:
     qsnap__model_free(dst);
     return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
@@ -204,7 +272,7 @@ void qsnap__del_layer(struct qsnap__model *m, unsigned id)
 {
     for (size_t i = 0; i < m->nl; i++) {
         if (m->layers[i].id == id) {
-            free(m->layers[i].file);
+            qsnap__str_free(m, m->layers[i].file);
             m->layers[i] = m->layers[--m->nl];
             return;
         }
@@ -215,10 +283,10 @@ void qsnap__del_node(struct qsnap__model *m, unsigned id)
 {
     for (size_t i = 0; i < m->nn; i++) {
         if (m->nodes[i].id == id) {
-            free(m->nodes[i].name);
-            free(m->nodes[i].desc);
-            free(m->nodes[i].state);
-            free(m->nodes[i].internal);
+            qsnap__str_free(m, m->nodes[i].name);
+            qsnap__str_free(m, m->nodes[i].desc);
+            qsnap__str_free(m, m->nodes[i].state);
+            qsnap__str_free(m, m->nodes[i].internal);
             /* Keep creation order: nodes are listed in the order they were made. */
             memmove(&m->nodes[i], &m->nodes[i + 1], (m->nn - i - 1) * sizeof(m->nodes[0]));
             m->nn--;
@@ -231,7 +299,7 @@ void qsnap__del_branch(struct qsnap__model *m, const char *name)
 {
     for (size_t i = 0; i < m->nb; i++) {
         if (strcmp(m->branches[i].name, name) == 0) {
-            free(m->branches[i].name);
+            qsnap__str_free(m, m->branches[i].name);
             memmove(&m->branches[i], &m->branches[i + 1], (m->nb - i - 1) * sizeof(m->branches[0]));
             m->nb--;
             return;
@@ -350,7 +418,7 @@ int qsnap__model_format(const struct qsnap__model *m, char **out)
 {
     struct buf b = {NULL, 0, 0, false};
 
-    put(&b, "qsnap-store %u\ngen %" PRIu64 "\nseq %u\ndisk ", QSNAP_META_VERSION, m->gen, m->seq);
+    put(&b, "qsnap-store %u\ngen %" PRIu64 "\nseq %u\ndisk ", QSNAP_TEXT_VERSION, m->gen, m->seq);
     put_enc(&b, m->disk ? m->disk : "");
     put(&b, "\n");
     if (m->current) {
@@ -626,7 +694,8 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
                                 "%s: not a qsnap metadata file", what);
                 break;
             }
-            if (v < QSNAP_META_VERSION_MIN || v > QSNAP_META_VERSION) {
+            /* (Version 3 is the binary form: qsnap__model_read.) */
+            if (v < QSNAP_META_VERSION_MIN || v > QSNAP_TEXT_VERSION) {
                 rc = qsnap__err(QSNAP_EINTEGRITY, "use a qsnap that knows this store version",
                                 "%s: unknown store version %" PRIu64 " (this qsnap reads %u to %u)",
                                 what, v, QSNAP_META_VERSION_MIN, QSNAP_META_VERSION);

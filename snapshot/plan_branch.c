@@ -161,7 +161,7 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
         rc = add_branch_on(&t, p, newname, target->id);
     if (rc)
         goto out;
-    free(t.current);
+    qsnap__str_free(&t, t.current);
     t.current = strdup(newname);
     if (!t.current) {
         rc = nomem();
@@ -205,7 +205,7 @@ int qsnap_plan_switch(qsnap_plan **out, qsnap_store *s, const char *branch)
         return rc;
     rc = qsnap__plan_open(s, "switch", &t, &p, branch, NULL, &b);
     if (!rc) {
-        free(t.current);
+        qsnap__str_free(&t, t.current);
         t.current = strdup(branch);
         rc = t.current ? qsnap__add_last_save(p, &t) : nomem();
     }
@@ -337,10 +337,10 @@ int qsnap_plan_branch_rename(qsnap_plan **out, qsnap_store *s, const char *old_n
             rc = nomem();
         } else {
             if (t.current && !strcmp(t.current, old_name)) {
-                free(t.current);
+                qsnap__str_free(&t, t.current);
                 t.current = strdup(new_name);
             }
-            free(b->name);
+            qsnap__str_free(&t, b->name);
             b->name = nn;
             rc = qsnap__add_save(p, &t);
         }

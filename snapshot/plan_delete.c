@@ -249,7 +249,7 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     }
     if (n->state) {
         rc = qsnap__defer_unlink(p, n->state);
-        free(n->state);
+        qsnap__str_free(&t, n->state);
         n->state = NULL;
         if (rc)
             goto out;
@@ -257,7 +257,7 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     l = qsnap__layer(&t, n->layer);
     deps = count_layer_deps(&t, l->id);
     if (flags & QSNAP_DELETE_METADATA) {
-        free(n->name);
+        qsnap__str_free(&t, n->name);
         n->name = NULL;
         rc = qsnap__add_save(p, &t);
         if (!rc)
@@ -302,7 +302,7 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
         goto out;
     if (l->is_disk || (deps > 1 && !(flags & QSNAP_DELETE_STREAM))) {
         /* Several states are built on it: keep the data as an unnamed node. */
-        free(n->name);
+        qsnap__str_free(&t, n->name);
         n->name = NULL;
         rc = qsnap__add_save(p, &t);
         if (!rc)

@@ -43,8 +43,9 @@
 #define QSNAP_MAX_DESC 65536u            /* a description (bytes) */
 #define QSNAP_MAX_INTERNAL 65535u        /* an internal snapshot's name (the qcow2 format's bound) */
 #define QSNAP_MAX_PATH 4096u             /* a file name in the model (relative to the store) */
-#define QSNAP_META_VERSION 2u            /* what this library writes (meta and meta.log) */
+#define QSNAP_META_VERSION 3u            /* the meta file this library writes (metabin.c) */
 #define QSNAP_META_VERSION_MIN 1u        /* the oldest it reads (no log beside it) */
+#define QSNAP_TEXT_VERSION 2u            /* the text form: meta.log records, the journal, version 1-2 meta */
 
 struct qsnap__layer {
     unsigned id;         /* unique, > 0 */
@@ -82,7 +83,19 @@ struct qsnap__branch {
     int64_t created;     /* seconds since the epoch */
 };
 
+/*
+ * Bytes that strings of models point into (a meta file as read, its string
+ * table): shared by a model and its copies, freed with the last of them.
+ */
+struct qsnap__pool {
+    size_t refs;
+    size_t len;
+    size_t mapped;       /* bytes mapped for it (mmap), or 0: malloc'd */
+    char data[];
+};
+
 struct qsnap__model {
+    struct qsnap__pool *pool; /* or NULL: a string outside it is the model's own (malloc) */
     uint64_t gen;        /* bumped on every save */
     unsigned seq;        /* next id for layers and nodes */
     char *disk;          /* the disk, relative to the store directory */
@@ -246,6 +259,11 @@ int qsnap__err(int code, const char *hint, const char *fmt, ...) QSNAP_PRINTF(3,
 int qsnap__from_qcow2(int rc, const char *hint);
 
 /* model.c */
+/* A pool of len bytes (refs 1, data[len] = 0), or NULL; drop a reference (NULL: nothing). */
+struct qsnap__pool *qsnap__pool_new(size_t len);
+void qsnap__pool_unref(struct qsnap__pool *p);
+/* Free a string of m's (one in m's pool stays: the pool goes with the model). */
+void qsnap__str_free(const struct qsnap__model *m, char *str);
 void qsnap__model_free(struct qsnap__model *m);
 int qsnap__model_clone(struct qsnap__model *dst, const struct qsnap__model *src);
 struct qsnap__layer *qsnap__layer(const struct qsnap__model *m, unsigned id);
@@ -327,6 +345,18 @@ void qsnap__lookup_heads(struct qsnap__lookup *z, const struct qsnap__model *m);
 /* *at: the position of the first record kept with this key (-1: none; key 0: none). */
 int qsnap__lookup_find(struct qsnap__lookup *z, unsigned key, long *at);
 void qsnap__lookup_free(struct qsnap__lookup *z);
+
+/* metabin.c: the meta file of store version 3 (binary). */
+#define QSNAP_BIN_MAGIC "qsnap-store 3\n"
+/* The file's bytes for m (malloc'd, *len bytes). */
+int qsnap__model_bin_format(const struct qsnap__model *m, char **out, size_t *len);
+/*
+ * Read a meta file of any version from pool->data (pool->len bytes; the
+ * caller's reference is taken either way: a version 3 model keeps it, its
+ * strings point into it). check: the graph too, as qsnap__model_parse_v.
+ */
+int qsnap__model_read(struct qsnap__model *m, struct qsnap__pool *pool, const char *what,
+                      unsigned *version, bool check);
 
 /* store.c */
 char *qsnap__path(const qsnap_store *s, const char *rel);     /* absolute path of a store-relative one */

@@ -12,6 +12,7 @@
 
 #include "qcow2/qcow2.h"
 #include "qemu_oracle.h"
+#include "qsnap_int.h"
 #include "tree_fixture.h"
 
 /* ---- the suites' per-test state -------------------------------------------- */
@@ -605,4 +606,24 @@ size_t tf_plan_steps(const qsnap_plan *p)
         n += *c == '\n';
     free(text);
     return n;
+}
+
+void tf_meta_as_text(const char *disk, unsigned version)
+{
+    qsnap_store *s = NULL;
+    char meta[600], log[600], *text = NULL;
+
+    snprintf(meta, sizeof(meta), "%s.qsnap/meta", disk);
+    snprintf(log, sizeof(log), "%s.qsnap/meta.log", disk);
+    tf_ok(qsnap_store_open(&s, disk, 0), "open to rewrite meta as text");
+    if (qsnap__file_exists(log)) {
+        tf_ok(qsnap__save_model(s, &s->m), "fold the log");
+        cr_assert(!qsnap__file_exists(log), "meta.log is still there after a compaction");
+    }
+    tf_ok(qsnap__model_format(&s->m, &text), "format the model");
+    cr_assert(!strncmp(text, "qsnap-store 2\n", 14), "the text form is not version 2");
+    text[12] = (char)('0' + version);
+    cr_assert_eq(qo_write_file(meta, text, strlen(text)), 0, "write %s", meta);
+    free(text);
+    qsnap_store_close(s);
 }

@@ -84,6 +84,13 @@ int tf_digest_file(const char *path, uint8_t out[16]);
 /* Digest of a raw buffer (written to a temporary raw file in dir). */
 void tf_digest_buf(const char *dir, const uint8_t *buf, size_t len, uint8_t out[16]);
 
+/*
+ * Rewrite disk's meta file in the text form of store version 1 or 2 (the
+ * log folded into it first), for tests that damage the text or read old
+ * stores; the store writes version 3 (binary) at its next save.
+ */
+void tf_meta_as_text(const char *disk, unsigned version);
+
 /* Open the store (asserting success). */
 qsnap_store *tf_open(const char *disk, unsigned flags);
 

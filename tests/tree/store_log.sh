@@ -1,6 +1,6 @@
 #!/bin/bash
-# The store's change log (store version 2) under kill -9, and an older qsnap
-# on a version 2 store.
+# The store's change log (beside a version 3 meta file) under kill -9, and an
+# older qsnap (store version 2) on a version 3 store.
 #   Kills: for a change that appends a record to DISK.qsnap/meta.log (a
 #   branch made) and for one that folds the log into meta (the log grown to
 #   its bound first, so that the change rewrites meta and removes the log),
@@ -11,12 +11,13 @@
 #   third), the same as `branch` lists it after a fresh open; a change
 #   after that works.
 #   Older build: when an older qsnap is given (QSNAP_OLD) or can be built
-#   from the commit before store version 2 (git, 9fb4a75), its `verify` and
-#   `list` on a version 2 store exit 4 with "unknown store version 2", and a
-#   version 1 store it made is read by this build and upgraded.
+#   from the last commit of store version 2 (git, 1377950), its `verify` and
+#   `list` on a version 3 store exit 4 with "unknown store version 3", and a
+#   version 2 store it made (with a change log) is read by this build and
+#   becomes version 3 at its first change.
 # Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
 #   QSNAP=path      the qsnap binary (default build/release/qsnap)
-#   QSNAP_OLD=path  an older qsnap (store version 1) to check against
+#   QSNAP_OLD=path  an older qsnap (store version 2) to check against
 set -u
 
 QSNAP=${QSNAP:-build/release/qsnap}
@@ -108,40 +109,42 @@ kill_each() {
 kill_each tpl "append"
 kill_each fold "fold"
 
-# An older qsnap on a version 2 store (built as a plain release build, whatever
+# An older qsnap (store version 2) on a version 3 store (built as a plain release build, whatever
 # build of this tree runs the test: make asan's variables must not reach it).
 OLD=${QSNAP_OLD:-}
-if [ -z "$OLD" ] && git -C "$SRC" cat-file -e 9fb4a75^{commit} 2>/dev/null; then
+if [ -z "$OLD" ] && git -C "$SRC" cat-file -e 1377950^{commit} 2>/dev/null; then
     mkdir old-src
-    if git -C "$SRC" archive 9fb4a75 | tar -x -C old-src &&
+    if git -C "$SRC" archive 1377950 | tar -x -C old-src &&
         env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u BUILD -u MOREFLAGS -u CFLAGS -u LDFLAGS -u CC \
             make -C old-src -j2 BUILD=build/release build/release/qsnap >"$W/old-build.log" 2>&1; then
         OLD=$W/old-src/build/release/qsnap
     else
-        bad "older build" "cannot build 9fb4a75: $(tail -3 "$W/old-build.log" | tr '\n' ' ')"
+        bad "older build" "cannot build 1377950: $(tail -3 "$W/old-build.log" | tr '\n' ' ')"
     fi
 fi
 if [ -n "$OLD" ]; then
     for cmd in verify list; do
         out=$("$OLD" $cmd tpl/d.raw 2>&1)
         rc=$?
-        if [ $rc -eq 4 ] && echo "$out" | grep -q "unknown store version 2"; then
-            ok "an older qsnap's $cmd refuses a version 2 store, naming the version"
+        if [ $rc -eq 4 ] && echo "$out" | grep -q "unknown store version 3"; then
+            ok "an older qsnap's $cmd refuses a version 3 store, naming the version"
         else
             bad "older $cmd" "exit $rc: $(echo "$out" | head -2 | tr '\n' ' ')"
         fi
     done
-    mkdir v1 && truncate -s 4M v1/d.raw
-    "$OLD" create v1/d.raw a >/dev/null 2>&1
-    if head -1 v1/d.raw.qsnap/meta | grep -qx "qsnap-store 1" && q verify v1/d.raw >/dev/null 2>&1 &&
-        q branch v1/d.raw b --at a >/dev/null 2>&1 && head -1 v1/d.raw.qsnap/meta | grep -qx "qsnap-store 2" &&
-        q verify v1/d.raw >/dev/null 2>&1 && [ "$(branches v1/d.raw)" = "b main " ]; then
-        ok "a version 1 store is read, and upgraded by its first change"
+    mkdir v2 && truncate -s 4M v2/d.raw
+    "$OLD" create v2/d.raw a >/dev/null 2>&1
+    "$OLD" branch v2/d.raw x --at a >/dev/null 2>&1 # (a change in meta.log beside meta)
+    if head -1 v2/d.raw.qsnap/meta | grep -qx "qsnap-store 2" && [ -s v2/d.raw.qsnap/meta.log ] &&
+        q verify v2/d.raw >/dev/null 2>&1 && q branch v2/d.raw b --at a >/dev/null 2>&1 &&
+        [ "$(head -c 14 v2/d.raw.qsnap/meta)" = "qsnap-store 3" ] && [ ! -e v2/d.raw.qsnap/meta.log ] &&
+        q verify v2/d.raw >/dev/null 2>&1 && [ "$(branches v2/d.raw)" = "b main x " ]; then
+        ok "a version 2 store (with a log) is read, and becomes version 3 at its first change"
     else
-        bad "version 1 store" "$(head -1 v1/d.raw.qsnap/meta) / $(branches v1/d.raw)"
+        bad "version 2 store" "$(head -1 v2/d.raw.qsnap/meta) / $(branches v2/d.raw)"
     fi
 else
-    echo "skipped: no older qsnap (set QSNAP_OLD, or run in a git checkout that has 9fb4a75)"
+    echo "skipped: no older qsnap (set QSNAP_OLD, or run in a git checkout that has 1377950)"
 fi
 
 echo "$pass passed, $fail failed"
