@@ -228,10 +228,10 @@ static int bin_parse(struct qsnap__model *m, const struct qsnap__pool *pool)
     if (!id_ok(m->seq) || !str_at(&rd, get32(f + 52), &m->disk) || !m->disk || !m->disk[0] ||
         !str_at(&rd, get32(f + 56), &m->current) || (m->current && qsnap_name_check(m->current)))
         return 1;
-    /* One more slot each, as the text form's reader leaves room to grow. */
-    m->layers = malloc((size_t)(nl + 1) * sizeof(*m->layers));
-    m->nodes = malloc((size_t)(nn + 1) * sizeof(*m->nodes));
-    m->branches = malloc((size_t)(nb + 1) * sizeof(*m->branches));
+    /* Room to grow, as qsnap__add_* would make it. */
+    m->layers = malloc(qsnap__array_cap((size_t)nl + 1) * sizeof(*m->layers));
+    m->nodes = malloc(qsnap__array_cap((size_t)nn + 1) * sizeof(*m->nodes));
+    m->branches = malloc(qsnap__array_cap((size_t)nb + 1) * sizeof(*m->branches));
     if (!m->layers || !m->nodes || !m->branches)
         return -1;
     r = f + HEAD;

@@ -36,25 +36,41 @@
 #include "qsnap_int.h"
 
 /*
- * A large pool is mapped with its pages made present in one call: a read
- * into fresh heap memory takes a page fault per 4 KiB, which on some virtual
- * machines cost more than reading a big store's whole meta file.
+ * A large pool (a big store's meta file) is mapped on its own, aligned to
+ * 2 MiB and marked for transparent huge pages: reading a file into fresh 4
+ * KiB pages takes a page fault and, on some virtual machines, a costly first
+ * touch per page, which cost more than everything else a command does with a
+ * 1 MB meta file. Where huge pages are not to be had it is an ordinary
+ * mapping.
  */
 #define POOL_MAP_MIN (256u << 10)
+#define POOL_ALIGN ((size_t)2 << 20)
+
+static struct qsnap__pool *pool_map(size_t bytes, size_t *mapped)
+{
+    size_t size = (bytes + POOL_ALIGN - 1) & ~(POOL_ALIGN - 1), head;
+    char *raw = mmap(NULL, size + POOL_ALIGN, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), *p;
+
+    if (raw == MAP_FAILED)
+        return NULL;
+    p = (char *)(((uintptr_t)raw + POOL_ALIGN - 1) & ~(uintptr_t)(POOL_ALIGN - 1));
+    head = (size_t)(p - raw);
+    if (head)
+        munmap(raw, head);
+    munmap(p + size, POOL_ALIGN - head);
+    (void)madvise(p, size, MADV_HUGEPAGE);
+    *mapped = size;
+    return (struct qsnap__pool *)(void *)p;
+}
 
 struct qsnap__pool *qsnap__pool_new(size_t len)
 {
     size_t bytes = sizeof(struct qsnap__pool) + len + 1, mapped = 0;
     struct qsnap__pool *p = NULL;
 
-    if (bytes >= POOL_MAP_MIN) {
-        void *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-        if (m != MAP_FAILED) {
-            p = m;
-            mapped = bytes;
-        }
-    }
+    if (bytes >= POOL_MAP_MIN)
+        p = pool_map(bytes, &mapped);
     if (!p && !(p = malloc(bytes)))
         return NULL;
     p->refs = 1;
@@ -131,9 +147,11 @@ int qsnap__model_clone(struct qsnap__model *dst, const struct qsnap__model *src)
     dst->pool = src->pool;
     if (dst->pool)
         __atomic_add_fetch(&dst->pool->refs, 1, __ATOMIC_RELAXED);
-    dst->layers = malloc((src->nl + 1) * sizeof(*dst->layers));
-    dst->nodes = malloc((src->nn + 1) * sizeof(*dst->nodes));
-    dst->branches = malloc((src->nb + 1) * sizeof(*dst->branches));
+    /* As much room as growing them would give (qsnap__add_*): the first record a plan adds
+     * does not move the arrays. */
+    dst->layers = malloc(qsnap__array_cap(src->nl + 1) * sizeof(*dst->layers));
+    dst->nodes = malloc(qsnap__array_cap(src->nn + 1) * sizeof(*dst->nodes));
+    dst->branches = malloc(qsnap__array_cap(src->nb + 1) * sizeof(*dst->branches));
     if (!dst->layers || !dst->nodes || !dst->branches || !copy_str(src, &dst->disk, src->disk) ||
         !copy_str(src, &dst->current, src->current))
         goto nomem;
@@ -213,13 +231,20 @@ struct qsnap__branch *qsnap__branch_by_name(const struct qsnap__model *m, const 
 /* Grow an array by one zeroed element; NULL when out of memory. The size asked
  * for is rounded up to a power of two, so that realloc finds the room it has
  * (no copy, no mremap) between two of them: n appends cost O(n), not O(n^2). */
-static void *grow(void **arr, size_t *n, size_t elem)
+size_t qsnap__array_cap(size_t n)
 {
     size_t cap = 8;
+
+    while (cap < n)
+        cap *= 2;
+    return cap;
+}
+
+static void *grow(void **arr, size_t *n, size_t elem)
+{
+    size_t cap = qsnap__array_cap(*n + 1);
     char *p;
 
-    while (cap < *n + 1)
-        cap *= 2;
     p = realloc(*arr, cap * elem);
 
     if (!p)

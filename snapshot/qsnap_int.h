@@ -265,6 +265,8 @@ void qsnap__pool_unref(struct qsnap__pool *p);
 /* Free a string of m's (one in m's pool stays: the pool goes with the model). */
 void qsnap__str_free(const struct qsnap__model *m, char *str);
 void qsnap__model_free(struct qsnap__model *m);
+/* The room (records) the model's arrays have for n records: a power of 2, at least 8. */
+size_t qsnap__array_cap(size_t n);
 int qsnap__model_clone(struct qsnap__model *dst, const struct qsnap__model *src);
 struct qsnap__layer *qsnap__layer(const struct qsnap__model *m, unsigned id);
 struct qsnap__node *qsnap__node(const struct qsnap__model *m, unsigned id);
