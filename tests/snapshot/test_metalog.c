@@ -334,7 +334,7 @@ Test(metalog, the_log_stays_within_its_bound)
         folded |= n < 0 && i > 0;
     }
     cr_assert(folded, "the log was never folded into meta");
-    cr_assert_leq(most, 64 * 1024 + 4096, "the log grew to %lld bytes", (long long)most);
+    cr_assert_leq(most, 16 * 1024 + 4096, "the log grew to %lld bytes", (long long)most);
     a = model_text();
     {
         qsnap_store *s = tf_open(disk, 0);

@@ -51,7 +51,7 @@ cur=t1
 n=0
 while [ $n -lt 3000 ]; do
     size=$(stat -c %s fold/d.raw.qsnap/meta.log 2>/dev/null || echo 0)
-    if [ "$size" -gt 60000 ]; then
+    if [ "$size" -gt 14000 ]; then
         rm -rf probe && cp -a fold probe
         q branch probe/d.raw knew --at s1 >/dev/null
         [ -e probe/d.raw.qsnap/meta.log ] || break
