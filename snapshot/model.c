@@ -157,9 +157,12 @@ int qsnap__model_clone(struct qsnap__model *dst, const struct qsnap__model *src)
         goto nomem;
     /* The records whole, then each string: shared when in the pool, else copied. A
      * failure leaves the strings not yet copied NULL, so the free below is right. */
-    memcpy(dst->layers, src->layers, src->nl * sizeof(*dst->layers));
-    memcpy(dst->nodes, src->nodes, src->nn * sizeof(*dst->nodes));
-    memcpy(dst->branches, src->branches, src->nb * sizeof(*dst->branches));
+    if (src->nl) /* (an empty model's arrays may be NULL) */
+        memcpy(dst->layers, src->layers, src->nl * sizeof(*dst->layers));
+    if (src->nn)
+        memcpy(dst->nodes, src->nodes, src->nn * sizeof(*dst->nodes));
+    if (src->nb)
+        memcpy(dst->branches, src->branches, src->nb * sizeof(*dst->branches));
     dst->nl = src->nl;
     dst->nn = src->nn;
     dst->nb = src->nb;
