@@ -414,7 +414,7 @@ static void info_text(const qsnap_node *list, size_t n, size_t i)
         const char *d = e->description;
         size_t k = strcspn(d, "\n");
         printf("description:   %.*s\n", (int)k, d);
-        while (d[k]) {
+        while (d[k] && d[k + 1]) { /* (a newline at the end adds no line) */
             d += k + 1;
             k = strcspn(d, "\n");
             printf("%s%.*s\n", k ? "               " : "", (int)k, d);
