@@ -484,34 +484,41 @@ static void move_to(void *arr, size_t sz, size_t from, size_t at)
  * The records a change gives, found in m: the first lookup walks all of m's
  * layers (or nodes) and notes the largest id (*max, 0 until then); a later
  * one past it is a new record, found without a walk. Each change adds records
- * with new ids, and a log replays hundreds of changes.
+ * with new ids, and a log replays hundreds of changes. ids: record 0's id,
+ * records stride bytes apart; the position, or -1.
  */
-static struct qsnap__layer *apply_layer(struct qsnap__model *m, unsigned id, unsigned *max)
+static long apply_find(const unsigned *ids, size_t stride, size_t n, unsigned id, unsigned *max)
 {
-    struct qsnap__layer *hit = NULL;
+    bool first = !*max;
+    long hit = -1;
 
-    if (*max)
-        return id > *max ? NULL : qsnap__layer(m, id);
-    for (size_t i = 0; i < m->nl; i++) {
-        if (m->layers[i].id == id && !hit)
-            hit = &m->layers[i];
-        *max = m->layers[i].id > *max ? m->layers[i].id : *max;
+    if (!first && id > *max)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned v = *(const unsigned *)(const void *)((const char *)ids + i * stride);
+        if (v == id && hit < 0) {
+            hit = (long)i;
+            if (!first)
+                break;
+        }
+        if (first && v > *max)
+            *max = v;
     }
     return hit;
 }
 
+static struct qsnap__layer *apply_layer(struct qsnap__model *m, unsigned id, unsigned *max)
+{
+    long at = m->nl ? apply_find(&m->layers[0].id, sizeof(m->layers[0]), m->nl, id, max) : -1;
+
+    return at < 0 ? NULL : &m->layers[at];
+}
+
 static struct qsnap__node *apply_node(struct qsnap__model *m, unsigned id, unsigned *max)
 {
-    struct qsnap__node *hit = NULL;
+    long at = m->nn ? apply_find(&m->nodes[0].id, sizeof(m->nodes[0]), m->nn, id, max) : -1;
 
-    if (*max)
-        return id > *max ? NULL : qsnap__node(m, id);
-    for (size_t i = 0; i < m->nn; i++) {
-        if (m->nodes[i].id == id && !hit)
-            hit = &m->nodes[i];
-        *max = m->nodes[i].id > *max ? m->nodes[i].id : *max;
-    }
-    return hit;
+    return at < 0 ? NULL : &m->nodes[at];
 }
 
 int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, const char *what)

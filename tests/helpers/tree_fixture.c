@@ -240,15 +240,20 @@ int tf_exec(qsnap_store *s, qsnap_plan *p, char **summary)
     return rc;
 }
 
+int tf_create_opts(qsnap_store *s, const qsnap_create_opts *co)
+{
+    qsnap_plan *p = NULL;
+    int rc = qsnap_plan_create(&p, s, co);
+
+    return rc ? rc : tf_exec(s, p, NULL);
+}
+
 int tf_create(qsnap_store *s, const char *name)
 {
     qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
-    qsnap_plan *p = NULL;
-    int rc;
 
     co.name = name;
-    rc = qsnap_plan_create(&p, s, &co);
-    return rc ? rc : tf_exec(s, p, NULL);
+    return tf_create_opts(s, &co);
 }
 
 int tf_revert(qsnap_store *s, const char *snap, const char *new_branch, bool discard,

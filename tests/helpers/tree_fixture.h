@@ -98,6 +98,7 @@ qsnap_store *tf_open(const char *disk, unsigned flags);
 int tf_exec(qsnap_store *s, qsnap_plan *p, char **summary);
 /* Convenience wrappers: build, execute, free. Return the first non-zero rc. */
 int tf_create(qsnap_store *s, const char *name);
+int tf_create_opts(qsnap_store *s, const qsnap_create_opts *co);
 int tf_revert(qsnap_store *s, const char *snap, const char *new_branch, bool discard,
               char **summary);
 int tf_switch(qsnap_store *s, const char *branch);

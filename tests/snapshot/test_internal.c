@@ -41,13 +41,10 @@ TestSuite(internal, .init = setup, .fini = tf_suite_fini, .timeout = 240);
 static int create_internal(qsnap_store *s, const char *name)
 {
     qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
-    qsnap_plan *p = NULL;
-    int rc;
 
     co.name = name;
     co.internal = true;
-    rc = qsnap_plan_create(&p, s, &co);
-    return rc ? rc : tf_exec(s, p, NULL);
+    return tf_create_opts(s, &co);
 }
 
 /* `qemu-img snapshot -l` on every head lists exactly the tree's internal nodes in it. */

@@ -1535,13 +1535,10 @@ Test(store, link_planted_after_open_is_refused_when_the_plan_runs)
 static int create_described(qsnap_store *s, const char *name, const char *desc)
 {
     qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
-    qsnap_plan *p = NULL;
-    int rc;
 
     co.name = name;
     co.description = desc;
-    rc = qsnap_plan_create(&p, s, &co);
-    return rc ? rc : tf_exec(s, p, NULL); /* (tf_exec frees the plan) */
+    return tf_create_opts(s, &co);
 }
 
 /*
