@@ -124,6 +124,19 @@ static int st_mkdir(qsnap_store *s, const struct qsnap__step *st)
     return rc;
 }
 
+/* The virtual size of layer b, read from its own file alone. */
+static int overlay_size(const qsnap_store *s, const struct qsnap__layer *b, uint64_t *size)
+{
+    qcow2_image *img = NULL;
+    int rc = qsnap__open_layer(s, b, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img);
+
+    if (rc)
+        return rc;
+    *size = qcow2_image_size(img);
+    qcow2_image_close(img);
+    return 0;
+}
+
 /*
  * Create the qcow2 overlay for layer l (backed by layer b) at tmp (the caller
  * renames it to its final name), held (inuse.c) from before it has that name
@@ -145,8 +158,13 @@ static int make_overlay(qsnap_store *s, qsnap_plan *p, const struct qsnap__layer
     }
     co.backing_file = link;
     co.backing_format = qcow2_format_name(b->fmt);
+    /* The size from the backing layer's own header: opening it with its chain (what
+     * a create without a size does) would read every layer down to the base, a cost
+     * that grows with the branch's depth; the chain was checked when it was made. */
+    rc = overlay_size(s, b, &co.size);
     /* A leftover of a killed run goes (a link there is refused); made with O_EXCL. */
-    rc = qsnap__clear_tmp(s, tmp + strlen(s->dir) + 1);
+    if (!rc)
+        rc = qsnap__clear_tmp(s, tmp + strlen(s->dir) + 1);
     if (!rc)
         rc = qsnap__image_create(s, tmp, &co);
     if (!rc)
