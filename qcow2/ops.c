@@ -884,28 +884,44 @@ static bool bytes_zero(const uint8_t *p, size_t n)
     return p[0] == 0 && memcmp(p, p + 1, n - 1) == 0;
 }
 
-int qcow2_file_fingerprint(const char *path, uint8_t out[16])
+/* Feed block [b, b + n) of the file (its bytes in buf) to h, from byte `from` of the file on:
+ * the offset and the bytes, unless those bytes are all zero. */
+static void fp_block(qcow2__hash *h, const uint8_t *buf, uint64_t b, size_t n, uint64_t from)
 {
-    return qcow2_file_fingerprint_from(path, 0, out);
+    uint8_t off[8];
+    size_t skip = from > b ? (size_t)(from - b) : 0;
+
+    if (!h || skip >= n || bytes_zero(buf + skip, n - skip))
+        return;
+    qcow2__put_be64(off, b + skip);
+    qcow2__hash_update(h, off, 8);
+    qcow2__hash_update(h, buf + skip, n - skip);
 }
 
-int qcow2_file_fingerprint_from(const char *path, uint64_t from, uint8_t out[16])
+/*
+ * The fingerprints of path from byte 0 (into all, unless NULL) and from byte
+ * `from` (into tail, unless NULL), in one pass over the file: both are of the
+ * content alone (blocks of zeroes, holes or written, are left out alike), so
+ * a block read once serves both.
+ */
+static int fingerprints(const char *path, uint64_t from, uint8_t all[16], uint8_t tail[16])
 {
     qcow2_io *io = NULL;
-    qcow2__hash *h = NULL;
-    uint8_t *buf = NULL, hdr[16];
-    uint64_t size, off = from;
+    qcow2__hash *ha = NULL, *ht = NULL;
+    uint8_t *buf = NULL, hdr[8];
+    uint64_t size, off = all ? 0 : from;
     int rc;
 
     rc = qcow2_io_posix_open(&io, path, 0);
     if (rc < 0)
         return qcow2__io_error(rc, path, "cannot open");
     rc = qcow2__io_size(io, path, &size);
-    if (!rc)
-        rc = qcow2__hash_new(&h);
+    if (!rc && all)
+        rc = qcow2__hash_new(&ha);
+    if (!rc && tail)
+        rc = qcow2__hash_new(&ht);
     if (!rc && !(buf = qcow2__malloc(OPS_CHUNK)))
         rc = qcow2__nomem();
-    /* Content only: blocks of zeroes (holes or written zeroes) are left out alike. */
     while (!rc && off < size) {
         uint64_t run, next = 0;
         bool hole;
@@ -915,25 +931,49 @@ int qcow2_file_fingerprint_from(const char *path, uint64_t from, uint8_t out[16]
             break;
         for (uint64_t b = qcow2__max(off & ~(FP_BLOCK - 1), next); !hole && !rc && b < off + run;
              b += FP_BLOCK) {
-            uint64_t s0 = qcow2__max(b, from);
+            uint64_t s0 = all ? b : qcow2__max(b, from);
             size_t n = (size_t)(qcow2__min(b + FP_BLOCK, size) - s0);
             rc = qcow2__io_read(io, path, buf, n, s0);
-            if (!rc && !bytes_zero(buf, n)) {
-                qcow2__put_be64(hdr, s0);
-                qcow2__hash_update(h, hdr, 8);
-                qcow2__hash_update(h, buf, n);
+            if (!rc) {
+                fp_block(ha, buf, s0, n, 0);
+                fp_block(ht, buf, s0, n, from);
             }
             next = b + FP_BLOCK;
         }
         off = hole ? off + run : qcow2__max(off + run, qcow2__min(next, size));
     }
-    if (!rc) {
-        qcow2__put_be64(hdr, size);
-        qcow2__hash_update(h, hdr, 8);
-        qcow2__hash_final(h, out);
+    qcow2__put_be64(hdr, size);
+    if (!rc && ha) {
+        qcow2__hash_update(ha, hdr, 8);
+        qcow2__hash_final(ha, all);
+    }
+    if (!rc && ht) {
+        qcow2__hash_update(ht, hdr, 8);
+        qcow2__hash_final(ht, tail);
     }
     qcow2__free(buf);
-    qcow2__hash_free(h);
+    qcow2__hash_free(ha);
+    qcow2__hash_free(ht);
     qcow2_io_close(io);
     return rc;
+}
+
+int qcow2_file_fingerprint(const char *path, uint8_t out[16])
+{
+    return out ? fingerprints(path, 0, out, NULL)
+               : qcow2__err(QCOW2_EINVAL, 0, path, "qcow2_file_fingerprint: missing argument");
+}
+
+int qcow2_file_fingerprint_from(const char *path, uint64_t from, uint8_t out[16])
+{
+    return out ? fingerprints(path, from, NULL, out)
+               : qcow2__err(QCOW2_EINVAL, 0, path,
+                            "qcow2_file_fingerprint_from: missing argument");
+}
+
+int qcow2_file_fingerprints(const char *path, uint64_t from, uint8_t all[16], uint8_t tail[16])
+{
+    return all && tail ? fingerprints(path, from, all, tail)
+                       : qcow2__err(QCOW2_EINVAL, 0, path,
+                                    "qcow2_file_fingerprints: missing argument");
 }

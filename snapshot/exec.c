@@ -69,32 +69,35 @@ static struct qsnap__layer *find_layer(qsnap_store *s, qsnap_plan *p, unsigned i
 int qsnap__layer_fingerprint(const qsnap_store *s, struct qsnap__layer *l)
 {
     char *path = qsnap__path(s, l->file);
+    uint64_t data_from = 0;
     struct stat st;
-    int rc;
+    int rc = 0;
 
     if (!path)
         return nomem();
-    /* Through a descriptor opened without following links (safe.c). */
-    rc = qsnap__fingerprint_store_file(s, l->file, 0, l->fp, &st);
-    if (!rc && l->fmt == QCOW2_FORMAT_QCOW2) {
-        /* And of the data alone (all but the header cluster). */
+    l->have_fpd = false;
+    if (l->fmt == QCOW2_FORMAT_QCOW2) {
+        /* Its header first: where the data starts (the cluster size), the virtual size. */
         qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
         qcow2_image *img = NULL;
         oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
         oo.format = QCOW2_FORMAT_QCOW2;
         rc = qsnap__image_open(s, path, &oo, &img, NULL);
-        if (!rc)
-            rc = qsnap__fingerprint_store_file(s, l->file, qcow2_image_cluster_size(img), l->fpd,
-                                               NULL);
-        l->vsize = rc ? 0 : qcow2_image_size(img);
         l->have_vsize = rc == 0;
+        l->vsize = rc ? 0 : qcow2_image_size(img);
+        data_from = rc ? 0 : qcow2_image_cluster_size(img);
         qcow2_image_close(img);
-        l->have_fpd = rc == 0;
     }
+    /* Through a descriptor opened without following links (safe.c); for a qcow2 layer,
+     * the whole file and the data alone (all but the header cluster) in one pass. */
+    if (!rc)
+        rc = qsnap__fingerprint_store_file(s, l->file, data_from, l->fp,
+                                           data_from ? l->fpd : NULL, &st);
     if (!rc) {
         l->size = (uint64_t)st.st_size;
         l->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
         l->have_fp = true;
+        l->have_fpd = data_from != 0;
     }
     free(path);
     return rc;

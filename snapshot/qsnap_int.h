@@ -534,8 +534,10 @@ int qsnap__rename_store_file(const qsnap_store *s, const char *from_rel, const c
 int qsnap__link_into_store(const qsnap_store *s, const char *src, const char *rel, int *err);
 /* qcow2 check -r all on layer l's own file (leaks freed, refcounts and flags fixed). */
 int qsnap__repair_layer(const qsnap_store *s, const struct qsnap__layer *l);
+/* qcow2_file_fingerprint() of store file rel into all and, unless tail is NULL, that
+ * from byte `from` on into tail (one pass); st (unless NULL) from the same descriptor. */
 int qsnap__fingerprint_store_file(const qsnap_store *s, const char *rel, uint64_t from,
-                                  uint8_t out[16], struct stat *st);
+                                  uint8_t all[16], uint8_t tail[16], struct stat *st);
 
 /* query.c: head dirty state, sizes. */
 /* Open a layer file read-only without its chain and without locking. */

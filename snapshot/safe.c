@@ -598,7 +598,7 @@ int qsnap__image_create(const qsnap_store *s, const char *path, qcow2_create_opt
 }
 
 int qsnap__fingerprint_store_file(const qsnap_store *s, const char *rel, uint64_t from,
-                                  uint8_t out[16], struct stat *st)
+                                  uint8_t all[16], uint8_t tail[16], struct stat *st)
 {
     char proc[64];
     int fd, rc;
@@ -608,7 +608,7 @@ int qsnap__fingerprint_store_file(const qsnap_store *s, const char *rel, uint64_
         return rc;
     /* The file this descriptor holds, by a name no link can redirect. */
     snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
-    rc = from ? qcow2_file_fingerprint_from(proc, from, out) : qcow2_file_fingerprint(proc, out);
+    rc = tail ? qcow2_file_fingerprints(proc, from, all, tail) : qcow2_file_fingerprint(proc, all);
     if (rc)
         rc = qsnap__from_qcow2(rc, NULL);
     else if (st && fstat(fd, st) < 0)

@@ -412,6 +412,18 @@ QCOW2_API int qcow2_file_fingerprint(const char *path, uint8_t out[16]);
  */
 QCOW2_API int qcow2_file_fingerprint_from(const char *path, uint64_t from, uint8_t out[16]);
 
+/**
+ * Both fingerprints in one pass over the file: all = qcow2_file_fingerprint(),
+ * tail = qcow2_file_fingerprint_from(from); each block is read once.
+ * @param[in] path  the file
+ * @param[in] from  first byte of the tail
+ * @param[out] all  16 bytes
+ * @param[out] tail 16 bytes
+ * @return as qcow2_file_fingerprint()
+ */
+QCOW2_API int qcow2_file_fingerprints(const char *path, uint64_t from, uint8_t all[16],
+                                      uint8_t tail[16]);
+
 /* ---- writing ------------------------------------------------------------- */
 
 /** Preallocation modes (qemu-img's preallocation=). */

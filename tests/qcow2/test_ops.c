@@ -809,3 +809,90 @@ Test(ops, file_fingerprint_follows_bytes_not_holes)
     cr_assert_eq(qcow2_file_fingerprint(a, fb), 0);
     cr_assert_neq(memcmp(fa, fb, 16), 0, "a new backing name kept the whole-file fingerprint");
 }
+
+/*
+ * The fingerprint as its documentation defines it, computed here from the
+ * file's bytes read whole: xxh3-128 over (offset, bytes) of every 64 KiB
+ * block from `from` on (the first one cut at `from`) that is not all zeroes,
+ * then the size; the canonical (big-endian) 16 bytes.
+ */
+static void fp_model(const char *path, uint64_t from, uint8_t out[16])
+{
+    FILE *f = fopen(path, "rb");
+    XXH3_state_t *h = XXH3_createState();
+    XXH128_canonical_t canon;
+    uint8_t be[8], *buf;
+    uint64_t size;
+    long end;
+
+    cr_assert(f && h);
+    cr_assert_eq(fseek(f, 0, SEEK_END), 0);
+    end = ftell(f);
+    cr_assert_geq(end, 0);
+    size = (uint64_t)end;
+    buf = malloc(size + 1);
+    cr_assert(buf);
+    rewind(f);
+    cr_assert_eq(fread(buf, 1, size, f), size);
+    fclose(f);
+    XXH3_128bits_reset(h);
+    for (uint64_t b = from & ~65535ull; b < size; b += 65536) {
+        uint64_t s0 = b > from ? b : from, e = b + 65536 < size ? b + 65536 : size;
+        bool zero = true;
+        for (uint64_t i = s0; i < e && zero; i++)
+            zero = buf[i] == 0;
+        if (s0 >= e || zero)
+            continue;
+        for (int i = 0; i < 8; i++)
+            be[i] = (uint8_t)(s0 >> (56 - 8 * i));
+        XXH3_128bits_update(h, be, 8);
+        XXH3_128bits_update(h, buf + s0, e - s0);
+    }
+    for (int i = 0; i < 8; i++)
+        be[i] = (uint8_t)(size >> (56 - 8 * i));
+    XXH3_128bits_update(h, be, 8);
+    XXH128_canonicalFromHash(&canon, XXH3_128bits_digest(h));
+    memcpy(out, canon.digest, 16);
+    XXH3_freeState(h);
+    free(buf);
+}
+
+/*
+ * Both fingerprints of one pass (what a snapshot records when it freezes a
+ * layer) equal the documented definition and the two single ones, for
+ * files with holes, written zeroes, data across block edges and an odd
+ * size, and for every place the tail may start (a qcow2 cluster of 512
+ * bytes to 2 MiB, inside or past the data, past the end).
+ */
+Test(ops, file_fingerprints_in_one_pass_equal_the_definition)
+{
+    static const uint64_t froms[] = {0, 512, 4096, 65536, 65537, 131072, 2u << 20, 5u << 20,
+                                     64u << 20};
+    char a[128], out[4096];
+    uint8_t all[16], tail[16], one[16], model[16];
+
+    cr_assert_eq(qo_mkdtemp(qdir, sizeof(qdir), "fp2"), 0);
+    snprintf(a, sizeof(a), "%s/f.bin", qdir);
+    cr_assert_eq(qo_sh(out, sizeof(out),
+                       "truncate -s 3000001 '%s' && printf abc | dd of='%s' bs=1 seek=100 "
+                       "conv=notrunc status=none && head -c 70000 /dev/urandom | dd of='%s' bs=1 "
+                       "seek=65000 conv=notrunc status=none && dd if=/dev/zero of='%s' bs=4096 "
+                       "seek=200 count=64 conv=notrunc status=none && printf z | dd of='%s' bs=1 "
+                       "seek=3000000 conv=notrunc status=none",
+                       a, a, a, a, a),
+                 0, "%s", out);
+    for (size_t i = 0; i < sizeof(froms) / sizeof(froms[0]); i++) {
+        cr_assert_eq(qcow2_file_fingerprints(a, froms[i], all, tail), 0, "%s",
+                     qcow2_error_last()->message);
+        fp_model(a, 0, model);
+        cr_assert_eq(memcmp(all, model, 16), 0, "whole file, from %llu",
+                     (unsigned long long)froms[i]);
+        cr_assert_eq(qcow2_file_fingerprint(a, one), 0);
+        cr_assert_eq(memcmp(all, one, 16), 0);
+        fp_model(a, froms[i], model);
+        cr_assert_eq(memcmp(tail, model, 16), 0, "tail from %llu", (unsigned long long)froms[i]);
+        cr_assert_eq(qcow2_file_fingerprint_from(a, froms[i], one), 0);
+        cr_assert_eq(memcmp(tail, one, 16), 0, "from %llu", (unsigned long long)froms[i]);
+    }
+    cr_assert_eq(qcow2_file_fingerprints(a, 512, NULL, tail), QCOW2_EINVAL);
+}
