@@ -20,6 +20,15 @@
  * Memory stays bounded by the caches' budgets: the pool only ever holds
  * buffers that some cache asked for, and it is released with the last layer
  * that holds a reference. Buffers larger than POOL_MAX_BUF come from malloc.
+ *
+ * A released pool's chunks are not unmapped at once: up to STASH_MAX of them
+ * wait in a process-wide stash for the next pool. A program that opens one
+ * image after another (a snapshot operation opens the same few layers five
+ * or ten times) then reads its tables into pages it already has, instead of
+ * taking a page fault for every 4 KiB of every table of every open, which
+ * cost more than the reads. The stash holds at most STASH_MAX * 2 MiB of
+ * what was touched; its buffers are always filled by a read (or zeroed)
+ * before use, as a pool's recycled buffers already are.
  * A mutex guards the pool: layers of one chain may end up in another
  * chain's handle after a layer operation.
  */
@@ -37,6 +46,13 @@ struct pool_chunk {
     void *map; /* what mmap returned, for munmap */
     size_t map_len;
 };
+
+#define STASH_MAX 2
+
+/* Chunks of released pools, for the next pool of this process. */
+static pthread_mutex_t stash_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct pool_chunk *stash;
+static unsigned stash_n;
 
 struct qcow2__pool {
     pthread_mutex_t lock;
@@ -110,8 +126,18 @@ void qcow2__pool_unref(struct qcow2__pool *p)
     while (p->chunks) {
         struct pool_chunk *c = p->chunks;
         p->chunks = c->next;
-        munmap(c->map, c->map_len);
-        qcow2__free(c);
+        pthread_mutex_lock(&stash_lock);
+        if (stash_n < STASH_MAX) {
+            c->next = stash;
+            stash = c;
+            stash_n++;
+            c = NULL;
+        }
+        pthread_mutex_unlock(&stash_lock);
+        if (c) {
+            munmap(c->map, c->map_len);
+            qcow2__free(c);
+        }
     }
     pthread_mutex_destroy(&p->lock);
     qcow2__free(p);
@@ -132,15 +158,27 @@ static int size_class(size_t len)
 static bool add_chunk(struct qcow2__pool *p)
 {
     size_t map_len = 2 * (size_t)POOL_CHUNK;
-    struct pool_chunk *c = qcow2__malloc(sizeof(*c));
+    struct pool_chunk *c;
     uint8_t *map, *start;
 
-    if (!c)
-        return false;
-    map = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (map == MAP_FAILED) {
-        qcow2__free(c);
-        return false;
+    pthread_mutex_lock(&stash_lock);
+    c = stash;
+    if (c) {
+        stash = c->next;
+        stash_n--;
+    }
+    pthread_mutex_unlock(&stash_lock);
+    if (c) { /* a released pool's chunk, its pages already there */
+        map = c->map;
+    } else {
+        c = qcow2__malloc(sizeof(*c));
+        if (!c)
+            return false;
+        map = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (map == MAP_FAILED) {
+            qcow2__free(c);
+            return false;
+        }
     }
     start = (uint8_t *)(((uintptr_t)map + POOL_CHUNK - 1) & ~(uintptr_t)(POOL_CHUNK - 1));
 #ifdef MADV_HUGEPAGE

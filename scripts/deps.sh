@@ -54,6 +54,8 @@ need_hdr fuse3/fuse.h libfuse3-dev
 need_cmd mkfs.xfs xfsprogs
 need_cmd mkfs.btrfs btrfs-progs
 need_cmd debugfs e2fsprogs
+# tests/tree/depth_cost.sh counts the files an operation opens.
+need_cmd strace strace
 # The digest's definition (docs/DIGEST.md) is checked against its Python recipe.
 /usr/bin/python3 -c 'import xxhash' 2>/dev/null || missing="$missing python3-xxhash"
 

@@ -164,6 +164,8 @@ struct qsnap_store {
     struct qsnap__chain *chain; /* the disk's own backing chain, read-only (safe.c) */
     bool holding;        /* an operation holds the files it touches (inuse.c): steps open
                           * images without taking locks of their own */
+    int *dir_fd;         /* the store directory, opened once without following links by the
+                          * first qsnap__store_dirfd that found it (-1 until then; safe.c) */
 };
 
 /*

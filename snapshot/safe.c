@@ -60,12 +60,30 @@ int qsnap__unsafe_err(const char *path, int e)
                       "%s: %s where a store file should be", path, what);
 }
 
-/* Open the store directory (and a subdirectory of it: "" for none) without following links. */
+static int open_sub(const qsnap_store *s, int dfd, const char *sub, int *out);
+
+/*
+ * Open the store directory (and a subdirectory of it: "" for none) without
+ * following links. The store directory itself is opened once per handle and
+ * kept (s->dir_fd): an operation opens its files through it a hundred times,
+ * and each later open is then relative to the directory the first one found.
+ */
 int qsnap__store_dirfd(const qsnap_store *s, const char *sub, int *out)
 {
     int dfd, fd;
 
     *out = -1;
+    if (s->dir_fd && *s->dir_fd >= 0) {
+        dfd = *s->dir_fd;
+        if (!sub || !sub[0]) {
+            fd = fcntl(dfd, F_DUPFD_CLOEXEC, 0);
+            if (fd < 0)
+                return qsnap__err(QSNAP_ERROR, NULL, "%s: %s", s->dir, strerror(errno));
+            *out = fd;
+            return 0;
+        }
+        return open_sub(s, dfd, sub, out);
+    }
     dfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (dfd < 0) {
         int e = errno;
@@ -79,14 +97,26 @@ int qsnap__store_dirfd(const qsnap_store *s, const char *sub, int *out)
         return qsnap__err(e == ENOENT ? QSNAP_ENOTFOUND : QSNAP_ERROR, NULL,
                           "%s: cannot open the store: %s", s->dir, strerror(e));
     }
+    if (s->dir_fd) {
+        *s->dir_fd = dfd;
+        return qsnap__store_dirfd(s, sub, out);
+    }
     if (!sub || !sub[0]) {
         *out = dfd;
         return 0;
     }
-    fd = openat(dfd, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    fd = open_sub(s, dfd, sub, out);
+    close(dfd);
+    return fd;
+}
+
+/* Subdirectory sub of the store directory dfd, without following links, into *out. */
+static int open_sub(const qsnap_store *s, int dfd, const char *sub, int *out)
+{
+    int fd = openat(dfd, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
     if (fd < 0) {
         int e = errno;
-        close(dfd);
         if (e == ELOOP || e == ENOTDIR) {
             char path[PATH_MAX];
             struct stat st;
@@ -99,7 +129,6 @@ int qsnap__store_dirfd(const qsnap_store *s, const char *sub, int *out)
         return qsnap__err(e == ENOENT ? QSNAP_ENOTFOUND : QSNAP_ERROR, NULL,
                           "%s/%s: cannot open: %s", s->dir, sub, strerror(e));
     }
-    close(dfd);
     *out = fd;
     return 0;
 }

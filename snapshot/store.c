@@ -290,6 +290,9 @@ int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags)
     s->marks = calloc(2, sizeof(*s->marks));
     s->seen = calloc(1, sizeof(*s->seen));
     s->chain = calloc(1, sizeof(*s->chain));
+    s->dir_fd = malloc(sizeof(*s->dir_fd));
+    if (s->dir_fd)
+        *s->dir_fd = -1;
     if (lstat(s->dir, &st) == 0) {
         if (S_ISLNK(st.st_mode)) {
             rc = qsnap__unsafe_err(s->dir, ELOOP);
@@ -361,6 +364,9 @@ void qsnap_store_close(qsnap_store *s)
         return;
     if (s->lock_fd >= 0)
         close(s->lock_fd);
+    if (s->dir_fd && *s->dir_fd >= 0)
+        close(*s->dir_fd);
+    free(s->dir_fd);
     qsnap__model_free(&s->m);
     free(s->refusal);
     qsnap__seen_reset(s);
