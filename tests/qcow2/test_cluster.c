@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "io_fault.h"
 #include "qcow2_int.h"
@@ -744,4 +745,65 @@ Test(cluster, table_pool_reuses_returned_buffers_and_spans_chunks)
     qcow2__pool_unref(p);
     cr_assert_null(qcow2__pool_ref(NULL));
     qcow2__pool_unref(NULL);
+}
+
+/* The 2 MiB chunk a pool buffer was carved from. */
+static uintptr_t chunk_of(const void *buf)
+{
+    return (uintptr_t)buf & ~(uintptr_t)((2u << 20) - 1);
+}
+
+/*
+ * A released pool's chunks wait for the next pool of the process (an image
+ * opened after another reads its tables into pages already there): the next
+ * pool's first two chunks are two of the released pool's three, and every
+ * buffer it hands out is distinct and writable.
+ */
+Test(cluster, a_released_pools_chunks_serve_the_next_pool)
+{
+    struct qcow2__pool *a, *b;
+    uintptr_t old[3];
+    size_t nold = 0;
+    uint8_t *y[64];
+
+    cr_assert_eq(qcow2__pool_new(&a), 0);
+    for (int i = 0; i < 96; i++) { /* 6 MiB: three chunks */
+        uint8_t *x = qcow2__pool_get(a, 64 * KiB);
+        cr_assert_not_null(x);
+        memset(x, 0xa5, 64 * KiB);
+        if (!nold || old[nold - 1] != chunk_of(x))
+            old[nold++] = chunk_of(x);
+    }
+    cr_assert_eq(nold, 3);
+    qcow2__pool_unref(a);
+    /* Two of the three are still mapped (kept), one is gone: a fixed mapping that may
+     * not replace anything fails where memory is still mapped. */
+    {
+        int kept = 0;
+        for (size_t k = 0; k < 3; k++) {
+            void *probe = mmap((void *)old[k], 4096, PROT_READ,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+            if (probe == MAP_FAILED)
+                kept += errno == EEXIST;
+            else
+                munmap(probe, 4096);
+        }
+        cr_assert_eq(kept, 2, "%d chunks of the released pool kept, not 2", kept);
+    }
+
+    cr_assert_eq(qcow2__pool_new(&b), 0);
+    for (int i = 0; i < 64; i++) { /* two chunks */
+        y[i] = qcow2__pool_get(b, 64 * KiB);
+        cr_assert_not_null(y[i]);
+        memset(y[i], i + 1, 64 * KiB);
+    }
+    cr_assert_neq(chunk_of(y[0]), chunk_of(y[63]));
+    for (int k = 0; k < 2; k++) {
+        uintptr_t c = chunk_of(y[k * 63]);
+        cr_assert(c == old[0] || c == old[1] || c == old[2],
+                  "chunk %d of the new pool is not one the released pool had", k);
+    }
+    for (int i = 0; i < 64; i++)
+        cr_assert(y[i][0] == i + 1 && y[i][64 * KiB - 1] == i + 1, "buffer %d overlaps another", i);
+    qcow2__pool_unref(b);
 }
