@@ -174,8 +174,26 @@ enum run_progress_mode {
  * the plan as JSON in both cases (and no progress display). progress: how
  * steps that copy data show their progress. Frees p. Returns the exit status.
  */
-static int run_plan(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry_run, bool json,
-                    enum run_progress_mode progress)
+/*
+ * A short command's plan and store, once its work is done and printed, are
+ * left to the process's exit, which releases the lock and the memory at once:
+ * freeing a model record by record was a tenth of the instructions of an
+ * operation at 10,000 snapshots. Under a leak checker (sanitizer builds) they
+ * are freed as usual, so the freeing code is still checked.
+ */
+#if defined(__SANITIZE_ADDRESS__)
+#define FREE_AT_END 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(leak_sanitizer)
+#define FREE_AT_END 1
+#endif
+#endif
+#ifndef FREE_AT_END
+#define FREE_AT_END 0
+#endif
+
+static int run_plan_ex(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry_run, bool json,
+                       enum run_progress_mode progress, bool free_plan)
 {
     qsnap_exec_opts eo = QSNAP_EXEC_OPTS_INIT;
     struct run_ctx c;
@@ -228,13 +246,14 @@ static int run_plan(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry_ru
         printf("%s\n", qsnap_plan_summary(p));
     }
 out:
-    qsnap_plan_free(p);
+    if (free_plan)
+        qsnap_plan_free(p);
     return status;
 }
 
 int tree_run_plan(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry_run, bool json)
 {
-    return run_plan(s, p, disk, dry_run, json, PROGRESS_OFF);
+    return run_plan_ex(s, p, disk, dry_run, json, PROGRESS_OFF, true);
 }
 
 /* Open, build a plan with make() and run it; make's own failure is printed. */
@@ -253,8 +272,10 @@ static int plan_and_run(const char *disk, unsigned open_flags, plan_fn make, voi
     if (rc < 0)
         status = tree_fail(rc, disk);
     else
-        status = run_plan(s, p, disk, dry_run, json, progress);
-    qsnap_store_close(s);
+        status = run_plan_ex(s, p, disk, dry_run, json, progress, FREE_AT_END);
+    /* The command ends here (see FREE_AT_END). */
+    if (FREE_AT_END || rc < 0)
+        qsnap_store_close(s);
     return status;
 }
 

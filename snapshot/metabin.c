@@ -226,7 +226,7 @@ static int bin_parse(struct qsnap__model *m, const struct qsnap__pool *pool)
     m->gen = get64(f + 24);
     m->seq = get32(f + 32);
     if (!id_ok(m->seq) || !str_at(&rd, get32(f + 52), &m->disk) || !m->disk || !m->disk[0] ||
-        !str_at(&rd, get32(f + 56), &m->current) || (m->current && qsnap_name_check(m->current)))
+        !str_at(&rd, get32(f + 56), &m->current) || (m->current && !qsnap__name_ok(m->current)))
         return 1;
     /* Room to grow, as qsnap__add_* would make it. */
     m->layers = malloc(qsnap__array_cap((size_t)nl + 1) * sizeof(*m->layers));
@@ -268,7 +268,7 @@ static int bin_parse(struct qsnap__model *m, const struct qsnap__pool *pool)
         if (!n->id || !id_ok(n->id) || !id_ok(n->parent) || !n->layer || !id_ok(n->layer) ||
             get32(r + 28) || !str_at(&rd, get32(r + 12), &n->name) ||
             !str_at(&rd, get32(r + 16), &n->desc) || !str_at(&rd, get32(r + 20), &n->state) ||
-            !str_at(&rd, get32(r + 24), &n->internal) || (n->name && qsnap_name_check(n->name)) ||
+            !str_at(&rd, get32(r + 24), &n->internal) || (n->name && !qsnap__name_ok(n->name)) ||
             (n->state && !n->state[0]) || (n->internal && !n->internal[0]))
             return 1;
     }
@@ -280,7 +280,7 @@ static int bin_parse(struct qsnap__model *m, const struct qsnap__pool *pool)
         b->base = get32(r + 8);
         b->created = (int64_t)get64(r + 16);
         if (!b->head || !id_ok(b->head) || !id_ok(b->base) || get32(r + 12) ||
-            !str_at(&rd, get32(r), &b->name) || !b->name || qsnap_name_check(b->name))
+            !str_at(&rd, get32(r), &b->name) || !qsnap__name_ok(b->name))
             return 1;
     }
     return 0;

@@ -1025,6 +1025,20 @@ size_t qsnap__internal_nodes_in(const struct qsnap__model *m, unsigned layer, ch
     return k;
 }
 
+bool qsnap__name_ok(const char *name)
+{
+    const unsigned char *c = (const unsigned char *)name;
+    size_t len;
+
+    if (!c || !c[0] || c[0] == '-' || (c[0] == '.' && (!c[1] || (c[1] == '.' && !c[2]))))
+        return false;
+    for (len = 0; c[len]; len++) {
+        if (c[len] < 0x21 || c[len] == '/' || c[len] == 0x7f)
+            return false;
+    }
+    return len <= QSNAP_MAX_NAME;
+}
+
 int qsnap_name_check(const char *name)
 {
     size_t len = name ? strlen(name) : 0;

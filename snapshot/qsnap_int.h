@@ -405,6 +405,9 @@ int qsnap__delta_format_ex(const struct qsnap__model *old, const struct qsnap__m
 /* qsnap__meta_save for a model whose records not named by `only` are known to be the same as
  * the store's (see qsnap__delta_format_ex; NULL: nothing known). */
 int qsnap__meta_save_known(qsnap_store *s, struct qsnap__model *m, const struct qsnap__ids *only);
+/* Whether qsnap_name_check() would accept name (no message: for names read by the
+ * thousand, where a failure is reported as damage of the file they came from). */
+bool qsnap__name_ok(const char *name);
 /* Add an id (false: out of memory); free a set. */
 bool qsnap__ids_add(struct qsnap__ids *set, unsigned id);
 void qsnap__ids_free(struct qsnap__ids *set);

@@ -1131,6 +1131,34 @@ Test(store, name_check)
     cr_assert_eq(qsnap_name_check(longname), QSNAP_EUSAGE);
 }
 
+/* The quiet check the metadata reader uses agrees with qsnap_name_check on every name
+ * above, at the length bound, and on every single byte in three places. */
+Test(store, name_ok_agrees_with_name_check)
+{
+    static const char *const names[] = {"", "a/b", "/x", "-x", "--force", "a b", " a", "a\tb",
+                                        "a\nb", "x/", "..", ".", "...", ".a", "a.", "s1",
+                                        "before-upgrade", "v1.2_3", "a+b", "x-", "A9", "\xc3\xa9t\xc3\xa9",
+                                        "a\x7f", "@:"};
+    char n[QSNAP_MAX_NAME + 2];
+
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        cr_assert_eq(qsnap__name_ok(names[i]), qsnap_name_check(names[i]) == 0, "'%s'", names[i]);
+    for (size_t len = QSNAP_MAX_NAME - 1; len <= QSNAP_MAX_NAME + 1; len++) {
+        memset(n, 'b', len);
+        n[len] = '\0';
+        cr_assert_eq(qsnap__name_ok(n), qsnap_name_check(n) == 0, "length %zu", len);
+        cr_assert_eq(qsnap__name_ok(n), len <= QSNAP_MAX_NAME);
+    }
+    for (int c = 1; c < 256; c++) {
+        for (int at = 0; at < 3; at++) {
+            memcpy(n, "abc", 4);
+            n[at] = (char)c;
+            cr_assert_eq(qsnap__name_ok(n), qsnap_name_check(n) == 0, "byte 0x%02x at %d", c, at);
+        }
+    }
+    cr_assert(!qsnap__name_ok(NULL));
+}
+
 Test(store, names_are_unique_and_validated_by_operations)
 {
     qsnap_store *s = base("names");
