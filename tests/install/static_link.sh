@@ -20,15 +20,8 @@ BUILD=${BUILD:-build/release}
 MAKE=${MAKE:-make}
 CC=${CC:-cc}
 QSNAP=${QSNAP:-$BUILD/qsnap}
-pass=0
-fail=0
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
-check() { # check NAME CMD...: ok when CMD succeeds
-    local name=$1
-    shift
-    if "$@" >"$tmp/out" 2>&1; then ok "$name"; else bad "$name"; sed 's/^/     /' "$tmp/out" | head -20; fi
-}
+# shellcheck source=tests/helpers/checks.sh
+. tests/helpers/checks.sh
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-static.XXXXXX") || exit 2
 trap 'rm -rf "$tmp"' EXIT INT TERM
