@@ -19,7 +19,7 @@
 # or /usr/bin/time (10 ms steps). The first row of each table is /bin/true timed
 # the same way: the floor of any process on this machine with this method; the
 # second is `qsnap --version`: the floor of qsnap (its start, and its loading,
-# which the dynamic loader makes about 1.5 ms dearer than a -static-pie qsnap's).
+# which the dynamic loader makes about 1.7 ms dearer than a -static-pie qsnap's).
 set -eu
 export LC_ALL=C
 
