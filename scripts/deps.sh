@@ -15,9 +15,17 @@ need_hdr() { # header debian-package
     [ -f "/usr/include/$1" ] || missing="$missing $2"
 }
 
+need_ar() { # archive debian-package: a static library the C compiler must find
+    case $(cc -print-file-name="$1" 2>/dev/null) in /*) ;; *) missing="$missing $2" ;; esac
+}
+
 need_cmd cc gcc
 need_cmd make make
 need_cmd pkg-config pkg-config
+# The -dev packages carry the archives (libz.a, libzstd.a, libxxhash.a, libfuse3.a
+# below, and the C library's libc.a) that qsnap is linked with, -static-pie; without
+# one, make links qsnap dynamically (README, Make targets).
+need_ar libc.a libc6-dev
 need_pkg zlib zlib1g-dev
 need_pkg libzstd libzstd-dev
 need_pkg libxxhash libxxhash-dev

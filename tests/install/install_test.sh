@@ -18,15 +18,8 @@ set -u
 BUILD=${BUILD:-build/release}
 MAKE=${MAKE:-make}
 CC=${CC:-cc}
-pass=0
-fail=0
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
-check() { # check NAME CMD...: ok when CMD succeeds
-    local name=$1
-    shift
-    if "$@" >"$tmp/out" 2>&1; then ok "$name"; else bad "$name"; sed 's/^/     /' "$tmp/out" | head -20; fi
-}
+# shellcheck source=tests/helpers/checks.sh
+. tests/helpers/checks.sh
 
 top=$(pwd)
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-install.XXXXXX") || exit 2
