@@ -391,6 +391,36 @@ static int open_files(struct mctx *c, const char *disk, bool rw)
     return status;
 }
 
+/*
+ * The mount's options: the disk's name goes in fsname=, where a comma would
+ * end the option and start another (a disk named "d,allow_other" would open
+ * the mount to every user) and a backslash escapes; both are escaped, as
+ * FUSE's option parser reads them. NULL when out of memory.
+ */
+static char *mount_opts(const char *disk, bool rw)
+{
+    size_t n = 0;
+    char *esc, *opts = NULL;
+
+    for (const char *c = disk; *c; c++)
+        n += (*c == ',' || *c == '\\') ? 2 : 1;
+    esc = malloc(n + 1);
+    if (!esc)
+        return NULL;
+    n = 0;
+    for (const char *c = disk; *c; c++) {
+        if (*c == ',' || *c == '\\')
+            esc[n++] = '\\';
+        esc[n++] = *c;
+    }
+    esc[n] = '\0';
+    if (asprintf(&opts, "fsname=qsnap:%s,subtype=qsnap,default_permissions%s", esc,
+                 rw ? "" : ",ro") < 0)
+        opts = NULL;
+    free(esc);
+    return opts;
+}
+
 /* Run the file system; tell the parent (fd ready, -1 in the foreground) how the mount went. */
 static int run(const char *disk, const char *dir, bool rw, int ready)
 {
@@ -404,9 +434,8 @@ static int run(const char *disk, const char *dir, bool rw, int ready)
     if (status)
         goto out;
     status = CLI_EXIT_ERROR;
-    if (asprintf(&opts, "fsname=qsnap:%s,subtype=qsnap,default_permissions%s", disk,
-                 rw ? "" : ",ro") < 0 ||
-        fuse_opt_add_arg(&args, "qsnap") != 0 || fuse_opt_add_arg(&args, "-o") != 0 ||
+    opts = mount_opts(disk, rw);
+    if (!opts || fuse_opt_add_arg(&args, "qsnap") != 0 || fuse_opt_add_arg(&args, "-o") != 0 ||
         fuse_opt_add_arg(&args, opts) != 0) {
         cli_errorf("out of memory");
         goto out;

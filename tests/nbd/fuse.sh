@@ -21,6 +21,9 @@
 #     their size but opening them fails with EBUSY (the mount says so), the
 #     mount's process has no descriptor of the head; a --rw mount is refused
 #     (exit 5); once the QEMU is gone, a new mount reads main.raw.
+#   - a disk whose name holds a comma (or a backslash) mounts with its own
+#     options only: "c,allow_other" does not open the mount to other users,
+#     "w,rw" stays read-only.
 # Mounts are unmounted (and loop devices detached) on exit.
 # Prints "ok"/"FAIL" lines and "N passed, N failed".
 set -u
@@ -280,6 +283,31 @@ if qemu_start "$(q current disk.raw --path)"; then
 else
     bad "qemu on main's head" "did not start"
 fi
+
+# A disk name is not mount options: a comma in it neither opens the mount to other
+# users nor makes a read-only mount writable; the name reaches /proc/mounts whole.
+for name in 'c,allow_other' 'w,rw' 'b\\,allow_other'; do
+    truncate -s 4M "$name" && q create "$name" s1 >/dev/null || { bad "disk '$name'" "create"; continue; }
+    if q mount "$name" m 2>mount.err; then
+        line=$(awk -v d="$W/m" '$2 == d' /proc/mounts)
+        opts=$(echo "$line" | awk '{print $4}')
+        case ",$opts," in
+        *,allow_other,* | *,rw,*) bad "disk '$name'" "mount options: $opts" ;;
+        *,ro,*)
+            # (/proc/mounts writes a backslash as \134.)
+            if [ "$(printf '%b' "$(echo "$line" | awk '{print $1}')")" = "qsnap:$name" ] &&
+                ! (: >>m/main.raw) 2>/dev/null; then
+                ok "a disk named '$name' mounts read-only, for its owner only, under its whole name"
+            else
+                bad "disk '$name'" "fsname or writable: $line"
+            fi ;;
+        *) bad "disk '$name'" "mount options: $opts" ;;
+        esac
+        q umount m
+    else
+        bad "disk '$name'" "$(cat mount.err)"
+    fi
+done
 
 # Errors.
 q mount disk.raw "$W/nowhere" >/dev/null 2>err.out
