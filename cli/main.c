@@ -48,20 +48,40 @@ static void print_help(void)
  * page by page cost more CPU than parsing it. So the heap is made once, big
  * enough and kept (no trimming, no mmap per large block), and the kernel is
  * asked to back it with huge pages where it can (transparent huge pages in
- * madvise mode); memory is still taken as it is touched, in 2 MiB pieces. Best
- * effort: nothing changes where the calls fail. Not for the long-running
- * commands (serve, mount), which keep the default heap.
+ * madvise mode); memory is still taken as it is touched, in 2 MiB pieces. The
+ * heap is made to go on from a 2 MiB boundary (below): where it did not, the
+ * model's first megabyte or so lay in 4 KiB pages, each a fault of its own,
+ * and `current` at 10,000 snapshots took 270-390 faults and 8-9 ms of CPU
+ * instead of 56 and under 5. Best effort: nothing changes where the calls
+ * fail. Not for the long-running commands (serve, mount), which keep the
+ * default heap.
  */
 #define HEAP_PAD (32u << 20)
 static void heap_for_short_command(void)
 {
     const uintptr_t huge = 2u << 20;
-    uintptr_t from, to;
+    static void *fill; /* kept to the exit */
+    uintptr_t from, to, at;
     void *p;
 
     if (!mallopt(M_MMAP_THRESHOLD, HEAP_PAD) || !mallopt(M_TRIM_THRESHOLD, 2 * HEAP_PAD) ||
         !mallopt(M_TOP_PAD, HEAP_PAD))
         return;
+    /* The heap goes on from about where a small block lands now. The pages before the
+     * next 2 MiB boundary were touched by the C library's start and stay 4 KiB pages
+     * (each a fault of its own, at 10,000 snapshots a few hundred of them): a block that
+     * is never used (and never touched past its header) fills them, so the command's
+     * memory starts on the boundary, in huge pages from its first byte. */
+    p = malloc(1);
+    at = (uintptr_t)p;
+    if (p && ((at + huge - 1) & ~(huge - 1)) - at > 4096) {
+        fill = malloc(((at + huge - 1) & ~(huge - 1)) - at - 64);
+        if (!fill) {
+            free(p);
+            return;
+        }
+    }
+    free(p);
     p = malloc(HEAP_PAD / 2); /* the heap grows by this and the pad now */
     from = ((uintptr_t)p + huge - 1) & ~(huge - 1);
     to = (uintptr_t)sbrk(0) & ~(huge - 1);
