@@ -112,6 +112,7 @@ static int st_mkdir(qsnap_store *s, const struct qsnap__step *st)
 
     if (!path)
         return nomem();
+    qsnap__layers_forget(s);
     if (mkdir(path, 0777) < 0 && errno != EEXIST) {
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot make directory: %s", path, strerror(errno));
     } else {
@@ -700,7 +701,7 @@ static int st_adopt(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st,
         return nomem();
     if (qsnap__file_exists(to) && !qsnap__file_exists(from)) {
         /* Moved by an earlier run: only the directories' durability is left. */
-    } else if (rename(from, to) < 0) {
+    } else if (qsnap__layers_forget(s), rename(from, to) < 0) {
         rc = qsnap__err(errno == EXDEV ? QSNAP_EREFUSED : QSNAP_ERROR, NULL,
                         "%s: cannot move it to %s: %s", from, to, strerror(errno));
     }
@@ -1009,6 +1010,8 @@ static int execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
         return qsnap__err(rc, "fix the cause, then 'qsnap verify DISK --repair' finishes it",
                           "%s (the operation is unfinished)", msg);
     }
+    /* layers/ as this operation leaves it, for the next command (the seal, safe.c). */
+    qsnap__seal_layers(s);
     return 0;
 }
 

@@ -276,6 +276,87 @@ int qsnap__delta_format(const struct qsnap__model *o, const struct qsnap__model 
     return qsnap__delta_format_ex(o, n, out, exact, NULL, NULL);
 }
 
+/* Whether the ids of the cnt records at v (each sz bytes, the id first) ascend. */
+static bool ids_ascend(const void *v, size_t cnt, size_t sz)
+{
+    const unsigned char *p = v;
+    unsigned prev = 0;
+
+    for (size_t i = 0; i < cnt; i++, p += sz) {
+        unsigned id;
+        memcpy(&id, p, sizeof(id));
+        if (i && id <= prev)
+            return false;
+        prev = id;
+    }
+    return true;
+}
+
+/*
+ * The change of the layers (layers true) or the nodes of o into n's, when the
+ * ids of both ascend (as a model keeps them: a new record goes at the end with
+ * the next id, a dropped one leaves the others in order): one walk of both in
+ * id order finds what the id tables of qsnap__delta_format_ex find, in the same
+ * order (new records where n has them, with their place lines, then the drops),
+ * without the tables. mark: the ids to compare (NULL: all). False: out of memory.
+ */
+static bool diff_ascending(const struct qsnap__model *o, const struct qsnap__model *n, bool layers,
+                           const struct qsnap__ids *only, struct qsnap__model *part, size_t *cap,
+                           FILE *f, struct qsnap__ids *changed)
+{
+    size_t on = layers ? o->nl : o->nn, nn = layers ? n->nl : n->nn, i = 0, j = 0;
+    struct qsnap__ids drops = {NULL, 0, 0};
+    unsigned char *mark = NULL;
+    unsigned max_id = 0;
+    bool ok = true;
+
+    if (only) { /* the ids to compare, below the largest id of either (the last) */
+        if (on)
+            max_id = layers ? o->layers[on - 1].id : o->nodes[on - 1].id;
+        if (nn)
+            max_id = (layers ? n->layers[nn - 1].id : n->nodes[nn - 1].id) > max_id
+                         ? (layers ? n->layers[nn - 1].id : n->nodes[nn - 1].id)
+                         : max_id;
+        mark = id_marks(max_id, only, NULL);
+        if (!mark)
+            return false;
+    }
+
+    while (ok && (i < on || j < nn)) {
+        unsigned oid = i < on ? (layers ? o->layers[i].id : o->nodes[i].id) : 0;
+        unsigned nid = j < nn ? (layers ? n->layers[j].id : n->nodes[j].id) : 0;
+        if (i < on && (j >= nn || oid < nid)) { /* not in n: dropped */
+            ok = qsnap__ids_add(&drops, oid);
+            i++;
+            continue;
+        }
+        if (i < on && oid == nid) { /* in both: compared where it may differ */
+            bool same = (mark && !mark[nid]) ||
+                        (layers ? layer_eq(&o->layers[i], &n->layers[j])
+                                : node_eq(&o->nodes[i], &n->nodes[j]));
+            i++;
+            if (same) {
+                j++;
+                continue;
+            }
+        } else if (fprintf(f, "place-%s %u %zu\n", layers ? "layer" : "node", nid, j) < 0) {
+            ok = false; /* new in n */
+        }
+        if (ok && layers)
+            ok = push((void **)&part->layers, &part->nl, cap, &n->layers[j], sizeof(n->layers[j]));
+        else if (ok)
+            ok = push((void **)&part->nodes, &part->nn, cap, &n->nodes[j], sizeof(n->nodes[j]));
+        if (ok && changed)
+            ok = qsnap__ids_add(changed, nid);
+        j++;
+    }
+    for (size_t k = 0; ok && k < drops.n; k++)
+        fprintf(f, "drop-%s %u\n", layers ? "layer" : "node", drops.v[k]);
+    qsnap__ids_free(&drops);
+    free(mark);
+    return ok;
+}
+
 int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__model *n, char **out,
                            bool *exact, const struct qsnap__ids *only, struct qsnap__ids *changed)
 {
@@ -294,22 +375,32 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
     part.seq = n->seq;
     part.disk = n->disk;
     part.current = n->current;
-    /* Layers and nodes by id, whatever their order (a plan may reuse a slot):
-     * ids index two tables (old, new) of positions + 1. A new record is placed
+    /* Each kind in id order (always the nodes; the layers until one is dropped, which
+     * moves the last into its place): one walk of both models. Else by tables. */
+    bool lay_asc = ids_ascend(o->layers, o->nl, sizeof(*o->layers)) &&
+                   ids_ascend(n->layers, n->nl, sizeof(*n->layers));
+    bool nod_asc = ids_ascend(o->nodes, o->nn, sizeof(*o->nodes)) &&
+                   ids_ascend(n->nodes, n->nn, sizeof(*n->nodes));
+    if (ok && lay_asc)
+        ok = diff_ascending(o, n, true, only, &part, &capl, f, changed);
+    if (ok && !lay_asc)
+    /* Layers (and nodes unless in id order) by id, whatever their order (a plan may reuse
+     * a slot): ids index two tables (old, new) of positions + 1. A new record is placed
      * where the new model has it. */
     {
         unsigned max_id = 0;
         uint32_t *ol = NULL, *nw = NULL; /* position + 1 (at most QSNAP_MAX_ITEMS) */
         unsigned char *mark = NULL; /* ids of only: the records compared */
+        size_t cnt = o->nl + n->nl + (nod_asc ? 0 : o->nn + n->nn);
         for (i = 0; i < o->nl; i++)
             max_id = o->layers[i].id > max_id ? o->layers[i].id : max_id;
         for (i = 0; i < n->nl; i++)
             max_id = n->layers[i].id > max_id ? n->layers[i].id : max_id;
-        for (i = 0; i < o->nn; i++)
+        for (i = 0; !nod_asc && i < o->nn; i++)
             max_id = o->nodes[i].id > max_id ? o->nodes[i].id : max_id;
-        for (i = 0; i < n->nn; i++)
+        for (i = 0; !nod_asc && i < n->nn; i++)
             max_id = n->nodes[i].id > max_id ? n->nodes[i].id : max_id;
-        if (max_id > 4 * (o->nl + o->nn + n->nl + n->nn) + 1024) {
+        if (max_id > 4 * cnt + 1024) {
             *exact = false; /* ids far apart: not worth tables; the whole file says it */
         } else {
             ol = calloc((size_t)max_id + 1, sizeof(*ol));
@@ -336,13 +427,13 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
                 fprintf(f, "drop-layer %u\n", o->layers[i].id);
         }
         /* Nodes (ids are shared with layers: the tables are cleared first). */
-        for (i = 0; ok && *exact && i < o->nl; i++)
+        for (i = 0; ok && *exact && !nod_asc && i < o->nl; i++)
             ol[o->layers[i].id] = 0;
-        for (j = 0; ok && *exact && j < n->nl; j++)
+        for (j = 0; ok && *exact && !nod_asc && j < n->nl; j++)
             nw[n->layers[j].id] = 0;
-        for (i = 0; ok && *exact && i < o->nn; i++)
+        for (i = 0; ok && *exact && !nod_asc && i < o->nn; i++)
             ol[o->nodes[i].id] = (uint32_t)(i + 1);
-        for (j = 0; ok && *exact && j < n->nn; j++) {
+        for (j = 0; ok && *exact && !nod_asc && j < n->nn; j++) {
             const struct qsnap__node *x = &n->nodes[j];
             nw[x->id] = (uint32_t)(j + 1);
             if (ol[x->id] && ((mark && !mark[x->id]) || node_eq(&o->nodes[ol[x->id] - 1], x)))
@@ -353,7 +444,7 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
             if (ok && !ol[x->id])
                 fprintf(f, "place-node %u %zu\n", x->id, j);
         }
-        for (i = 0; ok && *exact && i < o->nn; i++) {
+        for (i = 0; ok && *exact && !nod_asc && i < o->nn; i++) {
             if (!nw[o->nodes[i].id])
                 fprintf(f, "drop-node %u\n", o->nodes[i].id);
         }
@@ -361,6 +452,8 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
         free(nw);
         free(mark);
     }
+    if (ok && *exact && nod_asc)
+        ok = diff_ascending(o, n, false, only, &part, &capn, f, changed);
     /* Branches by name: the same name at the same place is the usual case. */
     for (i = 0, j = 0; ok && *exact && (i < o->nb || j < n->nb);) {
         if (i < o->nb && j < n->nb && !strcmp(o->branches[i].name, n->branches[j].name)) {

@@ -132,6 +132,8 @@ struct qsnap__scan_mark {
     ino_t ino;
     int64_t ctime_ns;
     bool listed;         /* layers/: the last walk was whole, and others holds what it found */
+    bool own;            /* layers/: clean when last looked at (a walk, or the seal), and every
+                          * change since was qsnap's own, with ctime_ns what it left (safe.c) */
     char **others;       /* layers/: regular files without a name of qsnap's form */
     size_t nothers;
 };
@@ -531,6 +533,14 @@ int qsnap__refuse_foreign_layers(const qsnap_store *s);
 /* The same, walking layers/ and state/ only when they changed since the last walk of this
  * handle (their inode and change time; qsnap__scan_mark): every operation's check. */
 int qsnap__rescan_store(const qsnap_store *s);
+/* Around each change qsnap makes to an entry of layers/ (dfd: layers/), before it and after
+ * it (after): follows that layers/ holds only qsnap's own changes (the seal, safe.c). */
+void qsnap__layers_touch(const qsnap_store *s, int dfd, bool after);
+/* A change to layers/ not followed that way (the seal is not written this time). */
+void qsnap__layers_forget(const qsnap_store *s);
+/* At the end of an operation that holds the store's write lock: record in the lock file
+ * that layers/ is as qsnap left it (the seal: see safe.c), or clear the record. */
+void qsnap__seal_layers(const qsnap_store *s);
 /* Free what the walks recorded in s->marks, and the marks. */
 void qsnap__scan_marks_free(qsnap_store *s);
 int qsnap__unlink_store_file(const qsnap_store *s, const char *rel);

@@ -61,6 +61,7 @@ int qsnap__unsafe_err(const char *path, int e)
 }
 
 static int open_sub(const qsnap_store *s, int dfd, const char *sub, int *out);
+static void layers_touch(const qsnap_store *s, const char *dir, int dfd, bool after);
 
 /*
  * Open the store directory (and a subdirectory of it: "" for none) without
@@ -358,10 +359,12 @@ int qsnap__clear_tmp(const qsnap_store *s, const char *rel)
         return qsnap__check_store_file(s, rel);
     if (split_rel(rel, dir, sizeof(dir), &base) < 0 || qsnap__store_dirfd(s, dir, &dfd) != 0)
         return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: cannot remove", s->dir, rel);
+    layers_touch(s, dir, dfd, false);
     rc = unlinkat(dfd, base, 0) < 0 && errno != ENOENT
              ? qsnap__err(QSNAP_ERROR, NULL, "%s/%s: cannot remove: %s", s->dir, rel,
                           strerror(errno))
              : 0;
+    layers_touch(s, dir, dfd, true);
     close(dfd);
     return rc;
 }
@@ -548,7 +551,9 @@ int qsnap__io_open(qcow2_io **out, const char *path, unsigned flags, void *paylo
     }
     if (flags & QCOW2_IO_CREATE) {
         /* A new file (O_EXCL): nothing else can be behind its name. */
+        layers_touch(s, "layers", dfd, false);
         rc = qcow2_io_posix_openat(out, dfd, base, flags | QCOW2_IO_NOFOLLOW);
+        layers_touch(s, "layers", dfd, true);
         close(dfd);
         if (rc == -ELOOP || rc == -ENODEV)
             note_refusal(s, path, -rc);
@@ -658,10 +663,12 @@ int qsnap__unlink_store_file(const qsnap_store *s, const char *rel)
     rc = qsnap__store_dirfd(s, dir, &dfd);
     if (rc)
         return rc == QSNAP_ENOTFOUND ? 0 : rc;
+    layers_touch(s, dir, dfd, false);
     rc = unlinkat(dfd, base, 0) < 0 && errno != ENOENT
              ? qsnap__err(QSNAP_ERROR, NULL, "%s/%s: cannot remove: %s", s->dir, rel,
                           strerror(errno))
              : 0;
+    layers_touch(s, dir, dfd, true);
     close(dfd);
     return rc;
 }
@@ -679,10 +686,12 @@ int qsnap__rename_store_file(const qsnap_store *s, const char *from_rel, const c
     rc = qsnap__store_dirfd(s, dir, &dfd);
     if (rc)
         return rc;
+    layers_touch(s, dir, dfd, false);
     if (renameat(dfd, base, dfd, base2) < 0)
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: rename failed: %s", s->dir, to_rel,
                         strerror(errno));
-    else if (fsync(dfd) < 0 && errno != EINVAL)
+    layers_touch(s, dir, dfd, true);
+    if (!rc && fsync(dfd) < 0 && errno != EINVAL)
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: fsync failed: %s", s->dir, dir,
                         strerror(errno));
     close(dfd);
@@ -702,9 +711,11 @@ int qsnap__link_into_store(const qsnap_store *s, const char *src, const char *re
     rc = qsnap__store_dirfd(s, dir, &dfd);
     if (rc)
         return rc;
+    layers_touch(s, dir, dfd, false);
     if (linkat(AT_FDCWD, src, dfd, base, 0) < 0)
         *err = errno;
-    else if (fsync(dfd) < 0 && errno != EINVAL)
+    layers_touch(s, dir, dfd, true);
+    if (!*err && fsync(dfd) < 0 && errno != EINVAL)
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: fsync failed: %s", s->dir, dir,
                         strerror(errno));
     close(dfd);
@@ -738,6 +749,119 @@ static void mark_set(struct qsnap__scan_mark *mk, const struct stat *st, int64_t
     mk->ino = st->st_ino;
     mk->ctime_ns = ts_ns(st->st_ctim);
     mk->quiet = tick > 0 && tick < 1000000000 && mk->ctime_ns + 2 * tick < began;
+}
+
+/*
+ * The seal of layers/. At 10,000 snapshots layers/ holds 6,000 entries and
+ * the walk that checks them (above) was a sixth of every operation's time.
+ * The walk is skipped when layers/ is exactly as qsnap itself last left it:
+ *
+ *  - a command that found layers/ clean (a whole walk, with its change time
+ *    older than the walk by more than two clock ticks, or the seal below) and
+ *    no name there that qsnap did not make, follows every change it makes to
+ *    layers/ (layers_touch): before the change the directory's device, inode
+ *    and change time must still be what it last saw, after it they are
+ *    recorded again. A change made by anything else in between breaks the
+ *    chain;
+ *  - at the end of an operation, under the store's write lock, an unbroken
+ *    chain is written to the lock file as the seal: "qsnap-seal 1 DEV INO
+ *    CTIME_NS CRC". A broken one clears it;
+ *  - a later command whose fstat of layers/ gives exactly the sealed device,
+ *    inode and change time takes layers/ as clean without reading it (the VM
+ *    path is still checked, by its name).
+ *
+ * Anything that adds, removes or renames an entry of layers/ changes its
+ * change time, so the walk comes back with any change qsnap did not make.
+ * What the seal cannot see is a change made within the same clock tick as
+ * qsnap's own last one, on a file system whose times are that coarse (those
+ * with fine-grained times on Linux 6.13 and later stamp the next change apart
+ * from one that was looked at). Such a change is still refused where it
+ * matters: every open of a store file refuses a link, a device or a second
+ * hard link by itself, and `qsnap verify` always walks. The lock file's
+ * content is advisory: a seal that does not parse, or does not match, is a
+ * walk; writing it is not synced.
+ */
+#define SEAL_MAGIC "qsnap-seal 1 "
+
+/* Follow a change qsnap makes to an entry of directory dir (dfd), before it (after false)
+ * and after it: see the seal above. Only layers/ is followed. */
+static void layers_touch(const qsnap_store *s, const char *dir, int dfd, bool after)
+{
+    struct qsnap__scan_mark *mk = strcmp(dir, "layers") ? NULL : mark_of(s, "layers");
+    struct stat st;
+
+    if (!mk || !mk->own)
+        return;
+    if (fstat(dfd, &st) < 0) {
+        mk->own = false;
+    } else if (!after) {
+        mk->own = st.st_dev == mk->dev && st.st_ino == mk->ino && ts_ns(st.st_ctim) == mk->ctime_ns;
+    } else {
+        mk->dev = st.st_dev;
+        mk->ino = st.st_ino;
+        mk->ctime_ns = ts_ns(st.st_ctim);
+    }
+}
+
+void qsnap__layers_touch(const qsnap_store *s, int dfd, bool after)
+{
+    layers_touch(s, "layers", dfd, after);
+}
+
+void qsnap__layers_forget(const qsnap_store *s)
+{
+    struct qsnap__scan_mark *mk = mark_of(s, "layers");
+
+    if (mk)
+        mk->own = false;
+}
+
+/* The seal of st (layers/ as fstat saw it) as the lock file holds it: n bytes in buf. */
+static int seal_format(const struct stat *st, char *buf, size_t size)
+{
+    char body[96];
+    int n = snprintf(body, sizeof(body), SEAL_MAGIC "%llu %llu %lld", (unsigned long long)st->st_dev,
+                     (unsigned long long)st->st_ino, (long long)ts_ns(st->st_ctim));
+
+    if (n < 0 || (size_t)n >= sizeof(body))
+        return -1;
+    n = snprintf(buf, size, "%s %08x\n", body, qsnap__crc32(body, (size_t)n));
+    return n < 0 || (size_t)n >= size ? -1 : n;
+}
+
+/* Whether the lock file holds the seal of layers/ as st shows it now. */
+static bool sealed(const qsnap_store *s, const struct stat *st)
+{
+    char want[128], got[128];
+    int n = seal_format(st, want, sizeof(want));
+    ssize_t r;
+
+    if (s->lock_fd < 0 || n < 0)
+        return false;
+    r = pread(s->lock_fd, got, sizeof(got), 0);
+    return r == n && !memcmp(got, want, (size_t)n);
+}
+
+void qsnap__seal_layers(const qsnap_store *s)
+{
+    const struct qsnap__scan_mark *mk = mark_of(s, "layers");
+    char buf[128];
+    struct stat st;
+    bool ok = false;
+    int dfd = -1, n = -1;
+
+    if (s->readonly || s->lock_fd < 0)
+        return;
+    if (mk && mk->own && mk->listed && !mk->nothers && qsnap__store_dirfd(s, "layers", &dfd) == 0 &&
+        fstat(dfd, &st) == 0 && st.st_dev == mk->dev && st.st_ino == mk->ino &&
+        ts_ns(st.st_ctim) == mk->ctime_ns)
+        n = seal_format(&st, buf, sizeof(buf));
+    if (dfd >= 0)
+        close(dfd);
+    if (n > 0)
+        ok = pwrite(s->lock_fd, buf, (size_t)n, 0) == n && ftruncate(s->lock_fd, n) == 0;
+    if (!ok) /* no seal: the next command walks */
+        (void)ftruncate(s->lock_fd, 0);
 }
 
 /* Forget the names a walk of layers/ recorded. */
@@ -786,7 +910,7 @@ static int scan_dir(const qsnap_store *s, const char *sub)
     int dfd, rc = 0;
 
     if (mk) {
-        mk->quiet = false;
+        mk->quiet = mk->own = false;
         others_clear(mk);
     }
     rc = qsnap__store_dirfd(s, sub, &dfd);
@@ -794,6 +918,16 @@ static int scan_dir(const qsnap_store *s, const char *sub)
         return rc == QSNAP_ENOTFOUND ? 0 : rc;
     /* Stat first, then the clock, then the entries: a change after the stat is seen. */
     can_mark = mk && fstat(dfd, &dst) == 0 && clock_gettime(CLOCK_REALTIME, &now) == 0;
+    if (layers && can_mark && sealed(s, &dst)) {
+        /* As qsnap left it (the seal above): only the VM path is looked at. */
+        mk->dev = dst.st_dev;
+        mk->ino = dst.st_ino;
+        mk->ctime_ns = ts_ns(dst.st_ctim);
+        mk->quiet = mk->listed = mk->own = true;
+        rc = qsnap__vm_link_check(s, dfd, &s->m);
+        close(dfd);
+        return rc;
+    }
     d = fdopendir(dfd);
     if (!d) {
         close(dfd);
@@ -848,6 +982,8 @@ static int scan_dir(const qsnap_store *s, const char *sub)
         mk->listed = !lost;
     if (!rc && can_mark)
         mark_set(mk, &dst, ts_ns(now));
+    if (layers && mk)
+        mk->own = !rc && can_mark && mk->quiet && mk->listed && !mk->nothers;
     return rc;
 }
 

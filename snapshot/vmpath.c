@@ -182,24 +182,31 @@ int qsnap__vm_path_update(const qsnap_store *s, const struct qsnap__model *m)
                             s->dir, VM_LINK_TMP);
             goto out;
         }
+        qsnap__layers_touch(s, dfd, false);
         if (unlinkat(dfd, VM_LINK_TMP_BASE, 0) < 0 && errno != ENOENT) {
             rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: cannot remove: %s", s->dir, VM_LINK_TMP,
                             strerror(errno));
             goto out;
         }
+        qsnap__layers_touch(s, dfd, true);
     }
+    qsnap__layers_touch(s, dfd, false);
     if (symlinkat(want, dfd, VM_LINK_TMP_BASE) < 0) {
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: cannot make the VM path: %s", s->dir,
                         VM_LINK_TMP, strerror(errno));
         goto out;
     }
+    qsnap__layers_touch(s, dfd, true);
     qsnap__own_at(s, dfd, VM_LINK_TMP_BASE);
+    qsnap__layers_touch(s, dfd, false);
     if (renameat(dfd, VM_LINK_TMP_BASE, dfd, VM_LINK_BASE) < 0) {
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: cannot replace the VM path: %s", s->dir,
                         VM_LINK, strerror(errno));
         unlinkat(dfd, VM_LINK_TMP_BASE, 0);
+        qsnap__layers_forget(s);
         goto out;
     }
+    qsnap__layers_touch(s, dfd, true);
     if (fsync(dfd) < 0 && errno != EINVAL)
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s/layers: fsync failed: %s", s->dir,
                         strerror(errno));

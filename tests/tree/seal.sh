@@ -1,0 +1,101 @@
+#!/bin/bash
+# The seal of layers/ (docs/ROBUSTNESS.md): after an operation, the next
+# command does not read layers/ (no getdents on it, counted with strace),
+# and whatever else changes layers/ after it brings the walk back:
+#   - a link, a FIFO or a file qsnap did not make, planted after the
+#     operation, is refused by the next command (exit 4, naming it), for a
+#     query and for an operation;
+#   - once it is gone, commands work again;
+#   - a seal that does not match layers/ (edited, or from another change
+#     time) is not trusted: the next command walks;
+#   - verify always walks.
+# Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
+#   QSNAP=path  the qsnap binary (default build/release/qsnap)
+set -u
+
+QSNAP=${QSNAP:-build/release/qsnap}
+case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
+command -v qemu-io >/dev/null || { echo "FAIL setup: qemu-io not found"; echo "0 passed, 1 failed"; exit 1; }
+if ! command -v strace >/dev/null; then
+    echo "skip: strace not installed (scripts/deps.sh installs it)"
+    echo "0 passed, 0 failed"
+    exit 0
+fi
+W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-seal.XXXXXX") || exit 2
+trap 'chmod -R u+w "$W" 2>/dev/null; rm -rf "$W"' EXIT
+cd "$W" || exit 2
+pass=0
+fail=0
+ok() { echo "ok $1"; pass=$((pass + 1)); }
+bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
+q() { timeout -k 5 60 "$QSNAP" "$@"; }
+L=d.raw.qsnap/layers
+
+# Reads of layers/ (getdents on a descriptor opened on it) by one run of qsnap ARGS.
+walks() {
+    ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
+        strace -f -qq -e trace=openat,getdents64 -o "$W/trace" "$QSNAP" "$@" >/dev/null 2>&1
+    awk '/openat\(.*"layers", .*O_DIRECTORY/ { sub(/.*= /, ""); fd[$0] = 1; next }
+         /getdents64\([0-9]+,/ { sub(/.*getdents64\(/, ""); sub(/,.*/, ""); if ($0 in fd) n++ }
+         END { print n + 0 }' "$W/trace"
+}
+
+truncate -s 16M d.raw
+q create d.raw s1 >/dev/null && qemu-io -f qcow2 -c "write -P 1 0 4k" "$(q current d.raw --path)" >/dev/null &&
+    q create d.raw s2 >/dev/null && q branch d.raw b --at s1 >/dev/null || { bad setup "create"; echo "$pass passed, $((fail + 1)) failed"; exit 1; }
+
+n=$(walks current d.raw)
+[ "$n" = 0 ] && ok "after an operation, current does not read layers/" || bad "current after an operation" "$n reads of layers/"
+n=$(walks switch d.raw b)
+[ "$n" = 0 ] && ok "after an operation, switch does not read layers/" || bad "switch after an operation" "$n reads of layers/"
+n=$(walks list d.raw)
+[ "$n" = 0 ] && ok "after the switch, list does not read layers/" || bad "list after switch" "$n reads of layers/"
+
+# Planted after an operation: refused by the next command, whatever it is.
+plant() {
+    case $1 in
+    link) ln -s /etc/passwd "$L/9999.qcow2" ;;
+    fifo) mkfifo "$L/9998.qcow2" ;;
+    foreign) : >"$L/overlay.qcow2" ;;
+    esac
+}
+unplant() { rm -f "$L/9999.qcow2" "$L/9998.qcow2" "$L/overlay.qcow2"; }
+for kind in link fifo foreign; do
+    for cmd in "current d.raw" "switch d.raw main" "create d.raw"; do
+        q switch d.raw b >/dev/null 2>&1 # an operation: layers/ sealed again
+        plant $kind
+        q $cmd >out 2>err
+        rc=$?
+        case $kind in
+        foreign) want=$([ "${cmd%% *}" = current ] && echo 0 || echo 4) ;;
+        *) want=4 ;;
+        esac
+        if [ $rc = "$want" ] && { [ "$want" = 0 ] || grep -q "$L/\(9999\|9998\|overlay\)" err; }; then
+            ok "a $kind planted after an operation: '${cmd%% *}' exits $want"
+        else
+            bad "$kind then '${cmd%% *}'" "exit $rc (want $want): $(head -c 300 err)"
+        fi
+        unplant
+    done
+done
+q current d.raw >/dev/null 2>&1 && q switch d.raw main >/dev/null 2>&1 && ok "once it is gone, commands work again" ||
+    bad "after unplanting" "exit $?"
+
+# A seal that does not match is not trusted.
+q switch d.raw b >/dev/null
+seal=$(cat d.raw.qsnap/lock)
+printf '%s' "${seal/qsnap-seal 1 /qsnap-seal 1 1}" >d.raw.qsnap/lock
+n=$(walks current d.raw)
+[ "$n" -gt 0 ] && ok "an edited seal is not trusted: current walks layers/" || bad "edited seal" "no walk"
+q switch d.raw main >/dev/null
+touch "$L" # another change time, same entries
+n=$(walks current d.raw)
+[ "$n" -gt 0 ] && ok "layers/ changed after the seal (its change time): current walks it" ||
+    bad "changed after the seal" "no walk"
+q switch d.raw b >/dev/null
+n=$(walks verify d.raw)
+[ "$n" -gt 0 ] && ok "verify walks layers/ whatever the seal says" || bad "verify" "no walk"
+q verify d.raw >/dev/null 2>&1 && ok "verify is clean" || bad "verify" "exit $?"
+
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
