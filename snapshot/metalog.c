@@ -614,7 +614,190 @@ static struct qsnap__node *apply_node(struct qsnap__model *m, unsigned id, unsig
     return at < 0 ? NULL : &m->nodes[at];
 }
 
+/*
+ * Where m's layers and nodes are, by id, kept through the replay of a whole
+ * log (each record would otherwise walk the model to find the records it
+ * changes: at 10,000 snapshots a log of a few dozen records cost more than
+ * reading meta). pos[id] = position + 1, for ids below n; max: the largest id
+ * in the model. A lookup trusts a position only where that record has that id,
+ * and an empty slot only for an id past max (a new record); anything else is
+ * a walk, so a stale table costs time, never a wrong answer.
+ */
+struct qsnap__apply_cache {
+    uint32_t *pos[2]; /* layers, nodes */
+    unsigned max[2];
+    size_t n;
+    bool built[2];
+    /* Branches by name: an open-addressing table of positions + 1. A branch removed
+     * since the table was made moves the ones after it down by one, so a branch found
+     * at p is looked for at p, p - 1, ... p - bdels. */
+    uint32_t *bslot;
+    size_t bcap;
+    unsigned bdels;
+    bool bbuilt;
+};
+
+static uint64_t bname_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+
+    while (*s)
+        h = (h ^ (unsigned char)*s++) * 1099511628211ull;
+    return h;
+}
+
+static void bcache_insert(struct qsnap__apply_cache *c, const struct qsnap__model *m, size_t i)
+{
+    size_t k = (size_t)bname_hash(m->branches[i].name) & (c->bcap - 1);
+
+    while (c->bslot[k])
+        k = (k + 1) & (c->bcap - 1);
+    c->bslot[k] = (uint32_t)(i + 1);
+}
+
+static void bcache_build(struct qsnap__apply_cache *c, const struct qsnap__model *m)
+{
+    size_t cap = 64;
+
+    c->bbuilt = false;
+    while (cap < 2 * (m->nb + 64))
+        cap *= 2;
+    if (cap != c->bcap) {
+        free(c->bslot);
+        c->bslot = NULL;
+        c->bcap = cap;
+    }
+    if (!c->bslot && !(c->bslot = malloc(cap * sizeof(*c->bslot))))
+        return;
+    memset(c->bslot, 0, cap * sizeof(*c->bslot));
+    for (size_t i = 0; i < m->nb; i++)
+        bcache_insert(c, m, i);
+    c->bdels = 0;
+    c->bbuilt = true;
+}
+
+/* The position of m's branch named so, or -1. */
+static long bcache_find(struct qsnap__apply_cache *c, const struct qsnap__model *m, const char *name)
+{
+    if (c && (!c->bbuilt || c->bdels > 32 || 2 * (m->nb + 1) > c->bcap))
+        bcache_build(c, m);
+    if (!c || !c->bbuilt) {
+        struct qsnap__branch *b = qsnap__branch_by_name(m, name);
+        return b ? (long)(b - m->branches) : -1;
+    }
+    for (size_t k = (size_t)bname_hash(name) & (c->bcap - 1); c->bslot[k];
+         k = (k + 1) & (c->bcap - 1)) {
+        size_t p = c->bslot[k] - 1;
+        for (size_t d = 0; d <= c->bdels && d <= p; d++) {
+            if (p - d < m->nb && !strcmp(m->branches[p - d].name, name))
+                return (long)(p - d);
+        }
+    }
+    return -1;
+}
+
+static unsigned rec_id(const struct qsnap__model *m, int k, size_t i)
+{
+    return k ? m->nodes[i].id : m->layers[i].id;
+}
+
+static void cache_build(struct qsnap__apply_cache *c, const struct qsnap__model *m, int k)
+{
+    size_t cnt = k ? m->nn : m->nl;
+
+    c->built[k] = false;
+    if (!c->n) {
+        /* Room for the ids below seq (qsnap's own: dense) and the records the log adds;
+         * at most a few times the records (hostile ids far apart are walked for). */
+        c->n = (size_t)m->seq + 4096;
+        if (c->n > 4 * ((size_t)m->nl + m->nn) + 8192)
+            c->n = 4 * ((size_t)m->nl + m->nn) + 8192;
+    }
+    if (!c->pos[k]) {
+        if (!(c->pos[k] = calloc(c->n, sizeof(*c->pos[k]))))
+            return;
+    } else {
+        memset(c->pos[k], 0, c->n * sizeof(*c->pos[k]));
+    }
+    c->max[k] = 0;
+    for (size_t i = 0; i < cnt; i++) {
+        unsigned id = rec_id(m, k, i);
+        if (id < c->n && !c->pos[k][id])
+            c->pos[k][id] = (uint32_t)(i + 1);
+        c->max[k] = id > c->max[k] ? id : c->max[k];
+    }
+    c->built[k] = true;
+}
+
+/* The position of the record of kind k (0 layers, 1 nodes) with this id in m, or -1. */
+static long cache_find(struct qsnap__apply_cache *c, const struct qsnap__model *m, int k, unsigned id)
+{
+    size_t cnt = k ? m->nn : m->nl;
+
+    if (c && !c->built[k])
+        cache_build(c, m, k);
+    if (c && c->built[k]) {
+        uint32_t p = id < c->n ? c->pos[k][id] : 0;
+        if (p && p <= cnt && rec_id(m, k, p - 1) == id)
+            return (long)p - 1;
+        if (!p && id > c->max[k])
+            return -1;
+    }
+    for (size_t i = 0; i < cnt; i++) {
+        if (rec_id(m, k, i) == id)
+            return (long)i;
+    }
+    return -1;
+}
+
+/* Record i of kind k now has its id (added, or moved there). */
+static void cache_note(struct qsnap__apply_cache *c, const struct qsnap__model *m, int k, size_t i)
+{
+    unsigned id = rec_id(m, k, i);
+
+    if (!c || !c->built[k])
+        return;
+    if (id < c->n)
+        c->pos[k][id] = (uint32_t)(i + 1);
+    c->max[k] = id > c->max[k] ? id : c->max[k];
+}
+
+static void cache_free(struct qsnap__apply_cache *c)
+{
+    free(c->pos[0]);
+    free(c->pos[1]);
+    free(c->bslot);
+}
+
+static int delta_apply(struct qsnap__model *m, const char *text, size_t len, const char *what,
+                       struct qsnap__apply_cache *c);
+
 int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, const char *what)
+{
+    return delta_apply(m, text, len, what, NULL);
+}
+
+struct qsnap__apply_cache *qsnap__apply_cache_new(void)
+{
+    return calloc(1, sizeof(struct qsnap__apply_cache));
+}
+
+void qsnap__apply_cache_free(struct qsnap__apply_cache *c)
+{
+    if (c) {
+        cache_free(c);
+        free(c);
+    }
+}
+
+int qsnap__delta_apply_cached(struct qsnap__model *m, const char *text, size_t len,
+                              const char *what, struct qsnap__apply_cache *c)
+{
+    return delta_apply(m, text, len, what, c);
+}
+
+static int delta_apply(struct qsnap__model *m, const char *text, size_t len, const char *what,
+                       struct qsnap__apply_cache *c)
 {
     struct qsnap__model part;
     const char *p = text, *end = text + len;
@@ -649,26 +832,40 @@ int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, con
                 rc = damaged(what, "a drop line");
                 goto fail;
             }
-            if (line[5] == 'l' ? !qsnap__layer(m, (unsigned)id) : !qsnap__node(m, (unsigned)id)) {
+            long at = cache_find(c, m, line[5] == 'l' ? 0 : 1, (unsigned)id);
+            if (at < 0) {
                 rc = damaged(what, "it drops a record that is not there");
                 goto fail;
             }
-            if (line[5] == 'l')
-                qsnap__del_layer(m, (unsigned)id);
-            else
+            if (line[5] == 'l') {
+                /* As qsnap__del_layer: the last layer takes its place. */
+                qsnap__str_free(m, m->layers[at].file);
+                m->layers[at] = m->layers[--m->nl];
+                if ((size_t)at < m->nl)
+                    cache_note(c, m, 0, (size_t)at);
+            } else {
                 qsnap__del_node(m, (unsigned)id);
+                if (c)
+                    c->built[1] = false; /* the nodes after it moved */
+            }
         } else if (!strcmp(line, "drop-branch")) {
             char *name = NULL;
             rc = decode_branch_name(arg, what, &name);
             if (rc)
                 goto fail;
-            if (!qsnap__branch_by_name(m, name)) {
-                free(name);
+            long at = bcache_find(c, m, name);
+            free(name);
+            if (at < 0) {
                 rc = damaged(what, "it drops a branch that is not there");
                 goto fail;
             }
-            qsnap__del_branch(m, name);
-            free(name);
+            /* As qsnap__del_branch: the branches after it move down. */
+            qsnap__str_free(m, m->branches[at].name);
+            memmove(&m->branches[at], &m->branches[at + 1],
+                    (m->nb - (size_t)at - 1) * sizeof(m->branches[0]));
+            m->nb--;
+            if (c)
+                c->bdels++;
         } else if (!strcmp(line, "place-layer") || !strcmp(line, "place-node")) {
             struct place pl = {line[6], 0, NULL, 0};
             unsigned long id, at;
@@ -721,7 +918,13 @@ int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, con
     if (rc)
         goto fail;
     for (size_t i = 0; i < part.nl; i++) {
-        struct qsnap__layer *l = apply_layer(m, part.layers[i].id, &max_l);
+        struct qsnap__layer *l;
+        if (c) {
+            long at = cache_find(c, m, 0, part.layers[i].id);
+            l = at < 0 ? NULL : &m->layers[at];
+        } else {
+            l = apply_layer(m, part.layers[i].id, &max_l);
+        }
         if (!l) {
             unsigned seq = m->seq;
             l = qsnap__add_layer(m);
@@ -734,9 +937,16 @@ int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, con
         part.layers[i].file = NULL;
         if (max_l)
             max_l = l->id > max_l ? l->id : max_l;
+        cache_note(c, m, 0, (size_t)(l - m->layers));
     }
     for (size_t i = 0; i < part.nn; i++) {
-        struct qsnap__node *src = &part.nodes[i], *n = apply_node(m, src->id, &max_n);
+        struct qsnap__node *src = &part.nodes[i], *n;
+        if (c) {
+            long at = cache_find(c, m, 1, src->id);
+            n = at < 0 ? NULL : &m->nodes[at];
+        } else {
+            n = apply_node(m, src->id, &max_n);
+        }
         if (!n) {
             unsigned seq = m->seq;
             n = qsnap__add_node(m);
@@ -754,12 +964,16 @@ int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, con
         n->created = src->created;
         if (max_n)
             max_n = n->id > max_n ? n->id : max_n;
+        cache_note(c, m, 1, (size_t)(n - m->nodes));
     }
     for (size_t i = 0; i < part.nb; i++) {
-        struct qsnap__branch *b = qsnap__branch_by_name(m, part.branches[i].name);
-        if (!b && !(b = qsnap__add_branch(m)))
+        long at = bcache_find(c, m, part.branches[i].name);
+        struct qsnap__branch *b = at < 0 ? qsnap__add_branch(m) : &m->branches[at];
+        if (!b)
             goto oom;
         take(m, &b->name, &part.branches[i].name);
+        if (at < 0 && c && c->bbuilt)
+            bcache_insert(c, m, m->nb - 1);
         b->head = part.branches[i].head;
         b->base = part.branches[i].base;
         b->created = part.branches[i].created;
@@ -783,34 +997,32 @@ int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, con
             }
             /* A placed record is new: added at the end just now (the last one when
              * ids repeat, which only a damaged model has, and the check refuses). */
-            if (t == 0) {
-                struct qsnap__layer *l = m->layers[m->nl - 1].id == pl->id
-                                             ? &m->layers[m->nl - 1]
-                                             : qsnap__layer(m, pl->id);
-                if (!l) {
-                    rc = damaged(what, "it places a layer that is not there");
+            if (t < 2) {
+                long at = rec_id(m, t, n - 1) == pl->id ? (long)n - 1 : cache_find(c, m, t, pl->id);
+                if (at < 0) {
+                    rc = damaged(what, t ? "it places a node that is not there"
+                                         : "it places a layer that is not there");
                     goto fail;
                 }
-                from = (size_t)(l - m->layers);
-                move_to(m->layers, sizeof(*l), from, pl->at);
-            } else if (t == 1) {
-                struct qsnap__node *nd = m->nodes[m->nn - 1].id == pl->id
-                                             ? &m->nodes[m->nn - 1]
-                                             : qsnap__node(m, pl->id);
-                if (!nd) {
-                    rc = damaged(what, "it places a node that is not there");
-                    goto fail;
-                }
-                from = (size_t)(nd - m->nodes);
-                move_to(m->nodes, sizeof(*nd), from, pl->at);
+                from = (size_t)at;
+                if (t == 0)
+                    move_to(m->layers, sizeof(*m->layers), from, pl->at);
+                else
+                    move_to(m->nodes, sizeof(*m->nodes), from, pl->at);
+                /* The records between moved by one. */
+                for (size_t i = from < pl->at ? from : pl->at; i <= (from > pl->at ? from : pl->at);
+                     i++)
+                    cache_note(c, m, t, i);
             } else {
-                struct qsnap__branch *b = qsnap__branch_by_name(m, pl->name);
-                if (!b) {
+                long at = bcache_find(c, m, pl->name);
+                if (at < 0) {
                     rc = damaged(what, "it places a branch that is not there");
                     goto fail;
                 }
-                from = (size_t)(b - m->branches);
-                move_to(m->branches, sizeof(*b), from, pl->at);
+                from = (size_t)at;
+                move_to(m->branches, sizeof(*m->branches), from, pl->at);
+                if (c && from != pl->at)
+                    c->bbuilt = false; /* the branches between moved */
             }
             seen[t] = true;
             last[t] = pl->at;
@@ -885,6 +1097,7 @@ out:
 static int log_load(qsnap_store *s, const char *what)
 {
     struct qsnap__pool *pool = NULL;
+    struct qsnap__apply_cache cache;
     char *text;
     size_t len, off, ml = strlen(LOG_MAGIC);
     int rc = read_all(s, LOG_FILE, &pool);
@@ -914,6 +1127,7 @@ static int log_load(qsnap_store *s, const char *what)
                           "%s: not a qsnap change log (or of an unknown version)", what);
     }
     s->log.good = off = ml;
+    memset(&cache, 0, sizeof(cache));
     while (off < len) {
         const char *nl = memchr(text + off, '\n', len - off);
         uint64_t gen, rlen;
@@ -942,7 +1156,7 @@ static int log_load(qsnap_store *s, const char *what)
         if (gen <= s->m.gen) {
             s->log.stale++;
         } else if (gen == s->m.gen + 1) {
-            rc = qsnap__delta_apply(&s->m, nl + 1, (size_t)rlen, what);
+            rc = delta_apply(&s->m, nl + 1, (size_t)rlen, what, &cache);
             if (!rc && s->m.gen != gen)
                 rc = damaged(what, "its generation");
             if (rc)
@@ -958,6 +1172,7 @@ static int log_load(qsnap_store *s, const char *what)
         off = (size_t)(nl + 1 - text) + (size_t)rlen;
         s->log.good = off;
     }
+    cache_free(&cache);
     qsnap__pool_unref(pool);
     return rc;
 }

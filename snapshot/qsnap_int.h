@@ -415,6 +415,14 @@ bool qsnap__ids_add(struct qsnap__ids *set, unsigned id);
 void qsnap__ids_free(struct qsnap__ids *set);
 /* Apply a change (hostile input: checked) to m in place. */
 int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, const char *what);
+/* The same for a sequence of changes to one model (a log's records): c keeps where m's
+ * records are from one change to the next, so that each costs what it changes rather than a
+ * walk of the model. m must change only through these calls while c is in use. */
+struct qsnap__apply_cache;
+struct qsnap__apply_cache *qsnap__apply_cache_new(void);
+void qsnap__apply_cache_free(struct qsnap__apply_cache *c);
+int qsnap__delta_apply_cached(struct qsnap__model *m, const char *text, size_t len,
+                              const char *what, struct qsnap__apply_cache *c);
 /* Same content, in the same order. */
 bool qsnap__model_equal(const struct qsnap__model *a, const struct qsnap__model *b);
 /* CRC-32 (IEEE 802.3) of n bytes. */

@@ -549,6 +549,119 @@ Test(index, random_changes_format_and_apply_exactly)
     }
 }
 
+/* One random change to n (as a plan makes them), step k of round `round`. */
+static void random_change(struct qsnap__model *n, unsigned *r, int round, int k)
+{
+    char name[48];
+
+    *r = *r * 1103515245u + 12345u;
+    switch ((*r >> 8) % 7) {
+    case 0:
+        if (n->nl) {
+            struct qsnap__layer *l = &n->layers[(*r >> 12) % n->nl];
+            l->have_vsize = true;
+            l->vsize = 1000u * (unsigned)round + (unsigned)k + 1;
+        }
+        break;
+    case 1:
+        if (n->nn) {
+            struct qsnap__node *nd = &n->nodes[(*r >> 12) % n->nn];
+            snprintf(name, sizeof(name), "x%d-%d", round, k);
+            qsnap__str_free(n, nd->name);
+            nd->name = strdup(name);
+        }
+        break;
+    case 2: {
+        struct qsnap__layer *l = qsnap__add_layer(n);
+        struct qsnap__node *nd;
+        cr_assert_not_null(l);
+        l->file = strdup("layers/added.qcow2");
+        l->fmt = QCOW2_FORMAT_QCOW2;
+        nd = qsnap__add_node(n);
+        cr_assert_not_null(nd);
+        nd->layer = l->id;
+        break;
+    }
+    case 3:
+        if (n->nn)
+            qsnap__del_node(n, n->nodes[(*r >> 12) % n->nn].id);
+        break;
+    case 4:
+        if (n->nl)
+            qsnap__del_layer(n, n->layers[(*r >> 12) % n->nl].id);
+        break;
+    case 5: { /* a branch added, one dropped */
+        struct qsnap__branch *b = qsnap__add_branch(n);
+        cr_assert_not_null(b);
+        snprintf(name, sizeof(name), "nb%d-%d", round, k);
+        b->name = strdup(name);
+        b->head = n->nl ? n->layers[0].id : 1;
+        if (n->nb > 1)
+            qsnap__del_branch(n, n->branches[(*r >> 12) % (n->nb - 1)].name);
+        break;
+    }
+    default: /* a branch renamed */
+        if (n->nb) {
+            struct qsnap__branch *b = &n->branches[(*r >> 12) % n->nb];
+            snprintf(name, sizeof(name), "rn%d-%d", round, k);
+            qsnap__str_free(n, b->name);
+            b->name = strdup(name);
+        }
+        break;
+    }
+}
+
+/*
+ * A log replayed with the lookup cache (qsnap__delta_apply_cached, what a
+ * store's open does for its change log) gives the model that applying each
+ * change alone gives, and the one the changes were made from: 60 chains of
+ * 1 to 40 random changes (records changed, added, dropped, branches added,
+ * dropped and renamed) on trees of up to 600 records.
+ */
+Test(index, a_log_replayed_with_the_cache_gives_what_each_change_gives)
+{
+    unsigned r = 11;
+
+    for (int round = 0; round < 60; round++) {
+        struct qsnap__model base, cur, plain, cached;
+        struct qsnap__apply_cache *c = qsnap__apply_cache_new();
+        int steps = 1 + round % 40;
+
+        cr_assert_not_null(c);
+        make_model(&base, 1 + (size_t)round * 10, 1, (unsigned)round);
+        cr_assert_eq(qsnap__model_clone(&cur, &base), 0);
+        cr_assert_eq(qsnap__model_clone(&plain, &base), 0);
+        cr_assert_eq(qsnap__model_clone(&cached, &base), 0);
+        for (int k = 0; k < steps; k++) {
+            struct qsnap__model next;
+            char *text = NULL;
+            bool exact = false;
+            cr_assert_eq(qsnap__model_clone(&next, &cur), 0);
+            for (int j = 0; j < 1 + (round + k) % 4; j++)
+                random_change(&next, &r, round, k * 8 + j);
+            next.gen = cur.gen + 1;
+            cr_assert_eq(qsnap__delta_format(&cur, &next, &text, &exact), 0);
+            cr_assert(exact, "round %d step %d", round, k);
+            cr_assert_eq(qsnap__delta_apply(&plain, text, strlen(text), "plain"), 0,
+                         "round %d step %d: %s", round, k, qsnap_error_last()->message);
+            cr_assert_eq(qsnap__delta_apply_cached(&cached, text, strlen(text), "cached", c), 0,
+                         "round %d step %d: %s", round, k, qsnap_error_last()->message);
+            cr_assert(qsnap__model_equal(&plain, &cached), "round %d step %d: the cache differs",
+                      round, k);
+            free(text);
+            /* The next change is made from what a reader has (as the save keeps it). */
+            qsnap__model_free(&cur);
+            cr_assert_eq(qsnap__model_clone(&cur, &plain), 0);
+            qsnap__model_free(&next);
+        }
+        qsnap__apply_cache_free(c);
+        qsnap__model_free(&base);
+        qsnap__model_free(&cur);
+        qsnap__model_free(&plain);
+        qsnap__model_free(&cached);
+    }
+}
+
 /* The smallest "PREFIX-N" that no snapshot or branch has, as trying 1, 2, ... finds it. */
 static char *gen_by_trying(const struct qsnap__model *m, const char *prefix)
 {
