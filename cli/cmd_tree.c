@@ -169,29 +169,21 @@ enum run_progress_mode {
     PROGRESS_FORCED /* -p: from the start, and off a terminal as qemu-img's line */
 };
 
+/* A short command's plan and store are left to the process's exit (tree.h). */
+#define FREE_AT_END TREE_FREE_AT_END
+
+void tree_done(qsnap_store *s)
+{
+    if (FREE_AT_END)
+        qsnap_store_close(s);
+}
+
 /*
  * Describe plan p (dry_run) or execute it and print its summary; with json,
  * the plan as JSON in both cases (and no progress display). progress: how
- * steps that copy data show their progress. Frees p. Returns the exit status.
+ * steps that copy data show their progress. Frees p when free_plan. Returns
+ * the exit status.
  */
-/*
- * A short command's plan and store, once its work is done and printed, are
- * left to the process's exit, which releases the lock and the memory at once:
- * freeing a model record by record was a tenth of the instructions of an
- * operation at 10,000 snapshots. Under a leak checker (sanitizer builds) they
- * are freed as usual, so the freeing code is still checked.
- */
-#if defined(__SANITIZE_ADDRESS__)
-#define FREE_AT_END 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(leak_sanitizer)
-#define FREE_AT_END 1
-#endif
-#endif
-#ifndef FREE_AT_END
-#define FREE_AT_END 0
-#endif
-
 static int run_plan_ex(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry_run, bool json,
                        enum run_progress_mode progress, bool free_plan)
 {

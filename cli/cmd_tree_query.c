@@ -174,8 +174,9 @@ int cli_tree_current(int argc, char **argv)
                cur->dirty ? "dirty (changes since the snapshot)" : "clean", cur->file, vm_path);
     }
     free(vm_path);
-    qsnap_list_free(cur, cur ? 1 : 0);
-    qsnap_store_close(s);
+    if (TREE_FREE_AT_END)
+        qsnap_list_free(cur, cur ? 1 : 0);
+    tree_done(s);
     return status;
 }
 
@@ -373,8 +374,9 @@ int cli_tree_list(int argc, char **argv)
 out:
     free(sel);
     free(disk_abs);
-    qsnap_list_free(list, n);
-    qsnap_store_close(s);
+    if (TREE_FREE_AT_END)
+        qsnap_list_free(list, n);
+    tree_done(s);
     return status;
 }
 

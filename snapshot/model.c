@@ -1027,16 +1027,21 @@ size_t qsnap__internal_nodes_in(const struct qsnap__model *m, unsigned layer, ch
 
 bool qsnap__name_ok(const char *name)
 {
-    const unsigned char *c = (const unsigned char *)name;
-    size_t len;
+    /* The bytes a name may not hold: controls, space, '/', DEL (and the end, 0). */
+#define BAD(b) ((b) < 0x21 || (b) == '/' || (b) == 0x7f)
+#define ROW(b) BAD(b), BAD(b + 1), BAD(b + 2), BAD(b + 3), BAD(b + 4), BAD(b + 5), BAD(b + 6), BAD(b + 7)
+    static const bool bad[128] = {ROW(0),  ROW(8),  ROW(16), ROW(24), ROW(32), ROW(40),
+                                  ROW(48), ROW(56), ROW(64), ROW(72), ROW(80), ROW(88),
+                                  ROW(96), ROW(104), ROW(112), ROW(120)};
+#undef ROW
+#undef BAD
+    const unsigned char *c = (const unsigned char *)name, *p;
 
     if (!c || !c[0] || c[0] == '-' || (c[0] == '.' && (!c[1] || (c[1] == '.' && !c[2]))))
         return false;
-    for (len = 0; c[len]; len++) {
-        if (c[len] < 0x21 || c[len] == '/' || c[len] == 0x7f)
-            return false;
-    }
-    return len <= QSNAP_MAX_NAME;
+    for (p = c; *p >= 128 || !bad[*p]; p++)
+        ;
+    return !*p && (size_t)(p - c) <= QSNAP_MAX_NAME;
 }
 
 int qsnap_name_check(const char *name)
