@@ -10,22 +10,8 @@
 #   QSNAP=path  the qsnap binary (default build/release/qsnap)
 set -u
 
-QSNAP=${QSNAP:-build/release/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
-command -v qemu-io >/dev/null || { echo "FAIL setup: qemu-io not found"; echo "0 passed, 1 failed"; exit 1; }
-if ! command -v strace >/dev/null; then
-    echo "skip: strace not installed (scripts/deps.sh installs it)"
-    echo "0 passed, 0 failed"
-    exit 0
-fi
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-depth.XXXXXX") || exit 2
-trap 'chmod -R u+w "$W" 2>/dev/null; rm -rf "$W"' EXIT
-cd "$W" || exit 2
-pass=0
-fail=0
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 60 "$QSNAP" "$@"; }
+NAME=depth
+. "$(dirname "$0")/../helpers/traced_tree.sh"
 
 # A store DIR/d.raw whose branch main is DEPTH snapshots deep, a 4 KiB write
 # of pattern i at 64 KiB * i before snapshot i.
@@ -43,8 +29,7 @@ build() {
 # Opens of layer files (N.qcow2, .tmp-N.qcow2) by one run of qsnap ARGS (a sanitizer
 # build's leak check cannot run under ptrace: it is turned off for these runs).
 opens() {
-    ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
-        strace -f -qq -e trace=open,openat -o "$W/trace" "$QSNAP" "$@" >/dev/null 2>&1 || return 1
+    traced open,openat "$@" || return 1
     grep -cE '"(\.tmp-)?[0-9]+\.qcow2"' "$W/trace"
 }
 

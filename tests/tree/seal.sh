@@ -13,28 +13,13 @@
 #   QSNAP=path  the qsnap binary (default build/release/qsnap)
 set -u
 
-QSNAP=${QSNAP:-build/release/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
-command -v qemu-io >/dev/null || { echo "FAIL setup: qemu-io not found"; echo "0 passed, 1 failed"; exit 1; }
-if ! command -v strace >/dev/null; then
-    echo "skip: strace not installed (scripts/deps.sh installs it)"
-    echo "0 passed, 0 failed"
-    exit 0
-fi
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-seal.XXXXXX") || exit 2
-trap 'chmod -R u+w "$W" 2>/dev/null; rm -rf "$W"' EXIT
-cd "$W" || exit 2
-pass=0
-fail=0
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 60 "$QSNAP" "$@"; }
+NAME=seal
+. "$(dirname "$0")/../helpers/traced_tree.sh"
 L=d.raw.qsnap/layers
 
 # Reads of layers/ (getdents on a descriptor opened on it) by one run of qsnap ARGS.
 walks() {
-    ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
-        strace -f -qq -e trace=openat,getdents64 -o "$W/trace" "$QSNAP" "$@" >/dev/null 2>&1
+    traced openat,getdents64 "$@"
     awk '/openat\(.*"layers", .*O_DIRECTORY/ { sub(/.*= /, ""); fd[$0] = 1; next }
          /getdents64\([0-9]+,/ { sub(/.*getdents64\(/, ""); sub(/,.*/, ""); if ($0 in fd) n++ }
          END { print n + 0 }' "$W/trace"
