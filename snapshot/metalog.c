@@ -574,51 +574,10 @@ static void move_to(void *arr, size_t sz, size_t from, size_t at)
 }
 
 /*
- * The records a change gives, found in m: the first lookup walks all of m's
- * layers (or nodes) and notes the largest id (*max, 0 until then); a later
- * one past it is a new record, found without a walk. Each change adds records
- * with new ids, and a log replays hundreds of changes. ids: record 0's id,
- * records stride bytes apart; the position, or -1.
- */
-static long apply_find(const unsigned *ids, size_t stride, size_t n, unsigned id, unsigned *max)
-{
-    bool first = !*max;
-    long hit = -1;
-
-    if (!first && id > *max)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        unsigned v = *(const unsigned *)(const void *)((const char *)ids + i * stride);
-        if (v == id && hit < 0) {
-            hit = (long)i;
-            if (!first)
-                break;
-        }
-        if (first && v > *max)
-            *max = v;
-    }
-    return hit;
-}
-
-static struct qsnap__layer *apply_layer(struct qsnap__model *m, unsigned id, unsigned *max)
-{
-    long at = m->nl ? apply_find(&m->layers[0].id, sizeof(m->layers[0]), m->nl, id, max) : -1;
-
-    return at < 0 ? NULL : &m->layers[at];
-}
-
-static struct qsnap__node *apply_node(struct qsnap__model *m, unsigned id, unsigned *max)
-{
-    long at = m->nn ? apply_find(&m->nodes[0].id, sizeof(m->nodes[0]), m->nn, id, max) : -1;
-
-    return at < 0 ? NULL : &m->nodes[at];
-}
-
-/*
- * Where m's layers and nodes are, by id, kept through the replay of a whole
- * log (each record would otherwise walk the model to find the records it
- * changes: at 10,000 snapshots a log of a few dozen records cost more than
- * reading meta). pos[id] = position + 1, for ids below n; max: the largest id
+ * Where m's layers and nodes are, by id, and its branches, by name: made at
+ * a change's first lookup and kept through the replay of a whole log (each
+ * record would otherwise walk the model to find the records it changes: at
+ * 10,000 snapshots a log of a few dozen records cost more than reading meta). pos[id] = position + 1, for ids below n; max: the largest id
  * in the model. A lookup trusts a position only where that record has that id,
  * and an empty slot only for an id past max (a new record); anything else is
  * a walk, so a stale table costs time, never a wrong answer.
@@ -679,9 +638,9 @@ static void bcache_build(struct qsnap__apply_cache *c, const struct qsnap__model
 /* The position of m's branch named so, or -1. */
 static long bcache_find(struct qsnap__apply_cache *c, const struct qsnap__model *m, const char *name)
 {
-    if (c && (!c->bbuilt || c->bdels > 32 || 2 * (m->nb + 1) > c->bcap))
+    if (!c->bbuilt || c->bdels > 32 || 2 * (m->nb + 1) > c->bcap)
         bcache_build(c, m);
-    if (!c || !c->bbuilt) {
+    if (!c->bbuilt) { /* out of memory: a walk */
         struct qsnap__branch *b = qsnap__branch_by_name(m, name);
         return b ? (long)(b - m->branches) : -1;
     }
@@ -734,9 +693,9 @@ static long cache_find(struct qsnap__apply_cache *c, const struct qsnap__model *
 {
     size_t cnt = k ? m->nn : m->nl;
 
-    if (c && !c->built[k])
+    if (!c->built[k])
         cache_build(c, m, k);
-    if (c && c->built[k]) {
+    if (c->built[k]) {
         uint32_t p = id < c->n ? c->pos[k][id] : 0;
         if (p && p <= cnt && rec_id(m, k, p - 1) == id)
             return (long)p - 1;
@@ -755,7 +714,7 @@ static void cache_note(struct qsnap__apply_cache *c, const struct qsnap__model *
 {
     unsigned id = rec_id(m, k, i);
 
-    if (!c || !c->built[k])
+    if (!c->built[k])
         return;
     if (id < c->n)
         c->pos[k][id] = (uint32_t)(i + 1);
@@ -774,7 +733,13 @@ static int delta_apply(struct qsnap__model *m, const char *text, size_t len, con
 
 int qsnap__delta_apply(struct qsnap__model *m, const char *text, size_t len, const char *what)
 {
-    return delta_apply(m, text, len, what, NULL);
+    struct qsnap__apply_cache c;
+    int rc;
+
+    memset(&c, 0, sizeof(c));
+    rc = delta_apply(m, text, len, what, &c);
+    cache_free(&c);
+    return rc;
 }
 
 struct qsnap__apply_cache *qsnap__apply_cache_new(void)
@@ -793,6 +758,8 @@ void qsnap__apply_cache_free(struct qsnap__apply_cache *c)
 int qsnap__delta_apply_cached(struct qsnap__model *m, const char *text, size_t len,
                               const char *what, struct qsnap__apply_cache *c)
 {
+    if (!c)
+        return qsnap__delta_apply(m, text, len, what);
     return delta_apply(m, text, len, what, c);
 }
 
@@ -803,7 +770,6 @@ static int delta_apply(struct qsnap__model *m, const char *text, size_t len, con
     const char *p = text, *end = text + len;
     struct place *places = NULL;
     size_t nplaces = 0, capp = 0;
-    unsigned max_l = 0, max_n = 0;
     int rc;
 
     /* The drops first: whole lines before the "qsnap-store" header. */
@@ -838,15 +804,12 @@ static int delta_apply(struct qsnap__model *m, const char *text, size_t len, con
                 goto fail;
             }
             if (line[5] == 'l') {
-                /* As qsnap__del_layer: the last layer takes its place. */
-                qsnap__str_free(m, m->layers[at].file);
-                m->layers[at] = m->layers[--m->nl];
+                qsnap__del_layer_at(m, (size_t)at); /* the last layer takes its place */
                 if ((size_t)at < m->nl)
                     cache_note(c, m, 0, (size_t)at);
             } else {
-                qsnap__del_node(m, (unsigned)id);
-                if (c)
-                    c->built[1] = false; /* the nodes after it moved */
+                qsnap__del_node_at(m, (size_t)at);
+                c->built[1] = false; /* the nodes after it moved */
             }
         } else if (!strcmp(line, "drop-branch")) {
             char *name = NULL;
@@ -859,13 +822,8 @@ static int delta_apply(struct qsnap__model *m, const char *text, size_t len, con
                 rc = damaged(what, "it drops a branch that is not there");
                 goto fail;
             }
-            /* As qsnap__del_branch: the branches after it move down. */
-            qsnap__str_free(m, m->branches[at].name);
-            memmove(&m->branches[at], &m->branches[at + 1],
-                    (m->nb - (size_t)at - 1) * sizeof(m->branches[0]));
-            m->nb--;
-            if (c)
-                c->bdels++;
+            qsnap__del_branch_at(m, (size_t)at); /* the branches after it move down */
+            c->bdels++;
         } else if (!strcmp(line, "place-layer") || !strcmp(line, "place-node")) {
             struct place pl = {line[6], 0, NULL, 0};
             unsigned long id, at;
@@ -918,13 +876,8 @@ static int delta_apply(struct qsnap__model *m, const char *text, size_t len, con
     if (rc)
         goto fail;
     for (size_t i = 0; i < part.nl; i++) {
-        struct qsnap__layer *l;
-        if (c) {
-            long at = cache_find(c, m, 0, part.layers[i].id);
-            l = at < 0 ? NULL : &m->layers[at];
-        } else {
-            l = apply_layer(m, part.layers[i].id, &max_l);
-        }
+        long at = cache_find(c, m, 0, part.layers[i].id);
+        struct qsnap__layer *l = at < 0 ? NULL : &m->layers[at];
         if (!l) {
             unsigned seq = m->seq;
             l = qsnap__add_layer(m);
@@ -935,18 +888,12 @@ static int delta_apply(struct qsnap__model *m, const char *text, size_t len, con
         qsnap__str_free(m, l->file);
         *l = part.layers[i];
         part.layers[i].file = NULL;
-        if (max_l)
-            max_l = l->id > max_l ? l->id : max_l;
         cache_note(c, m, 0, (size_t)(l - m->layers));
     }
     for (size_t i = 0; i < part.nn; i++) {
-        struct qsnap__node *src = &part.nodes[i], *n;
-        if (c) {
-            long at = cache_find(c, m, 1, src->id);
-            n = at < 0 ? NULL : &m->nodes[at];
-        } else {
-            n = apply_node(m, src->id, &max_n);
-        }
+        struct qsnap__node *src = &part.nodes[i];
+        long at = cache_find(c, m, 1, src->id);
+        struct qsnap__node *n = at < 0 ? NULL : &m->nodes[at];
         if (!n) {
             unsigned seq = m->seq;
             n = qsnap__add_node(m);
@@ -962,8 +909,6 @@ static int delta_apply(struct qsnap__model *m, const char *text, size_t len, con
         n->parent = src->parent;
         n->layer = src->layer;
         n->created = src->created;
-        if (max_n)
-            max_n = n->id > max_n ? n->id : max_n;
         cache_note(c, m, 1, (size_t)(n - m->nodes));
     }
     for (size_t i = 0; i < part.nb; i++) {
@@ -972,7 +917,7 @@ static int delta_apply(struct qsnap__model *m, const char *text, size_t len, con
         if (!b)
             goto oom;
         take(m, &b->name, &part.branches[i].name);
-        if (at < 0 && c && c->bbuilt)
+        if (at < 0 && c->bbuilt)
             bcache_insert(c, m, m->nb - 1);
         b->head = part.branches[i].head;
         b->base = part.branches[i].base;
@@ -1021,7 +966,7 @@ static int delta_apply(struct qsnap__model *m, const char *text, size_t len, con
                 }
                 from = (size_t)at;
                 move_to(m->branches, sizeof(*m->branches), from, pl->at);
-                if (c && from != pl->at)
+                if (from != pl->at)
                     c->bbuilt = false; /* the branches between moved */
             }
             seen[t] = true;

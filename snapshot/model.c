@@ -296,40 +296,55 @@ struct qsnap__branch *qsnap__add_branch(struct qsnap__model *m)
     return grow((void **)&m->branches, &m->nb, sizeof(struct qsnap__branch));
 }
 
+void qsnap__del_layer_at(struct qsnap__model *m, size_t i)
+{
+    qsnap__str_free(m, m->layers[i].file);
+    m->layers[i] = m->layers[--m->nl];
+}
+
 void qsnap__del_layer(struct qsnap__model *m, unsigned id)
 {
     for (size_t i = 0; i < m->nl; i++) {
         if (m->layers[i].id == id) {
-            qsnap__str_free(m, m->layers[i].file);
-            m->layers[i] = m->layers[--m->nl];
+            qsnap__del_layer_at(m, i);
             return;
         }
     }
+}
+
+void qsnap__del_node_at(struct qsnap__model *m, size_t i)
+{
+    qsnap__str_free(m, m->nodes[i].name);
+    qsnap__str_free(m, m->nodes[i].desc);
+    qsnap__str_free(m, m->nodes[i].state);
+    qsnap__str_free(m, m->nodes[i].internal);
+    /* Keep creation order: nodes are listed in the order they were made. */
+    memmove(&m->nodes[i], &m->nodes[i + 1], (m->nn - i - 1) * sizeof(m->nodes[0]));
+    m->nn--;
 }
 
 void qsnap__del_node(struct qsnap__model *m, unsigned id)
 {
     for (size_t i = 0; i < m->nn; i++) {
         if (m->nodes[i].id == id) {
-            qsnap__str_free(m, m->nodes[i].name);
-            qsnap__str_free(m, m->nodes[i].desc);
-            qsnap__str_free(m, m->nodes[i].state);
-            qsnap__str_free(m, m->nodes[i].internal);
-            /* Keep creation order: nodes are listed in the order they were made. */
-            memmove(&m->nodes[i], &m->nodes[i + 1], (m->nn - i - 1) * sizeof(m->nodes[0]));
-            m->nn--;
+            qsnap__del_node_at(m, i);
             return;
         }
     }
+}
+
+void qsnap__del_branch_at(struct qsnap__model *m, size_t i)
+{
+    qsnap__str_free(m, m->branches[i].name);
+    memmove(&m->branches[i], &m->branches[i + 1], (m->nb - i - 1) * sizeof(m->branches[0]));
+    m->nb--;
 }
 
 void qsnap__del_branch(struct qsnap__model *m, const char *name)
 {
     for (size_t i = 0; i < m->nb; i++) {
         if (strcmp(m->branches[i].name, name) == 0) {
-            qsnap__str_free(m, m->branches[i].name);
-            memmove(&m->branches[i], &m->branches[i + 1], (m->nb - i - 1) * sizeof(m->branches[0]));
-            m->nb--;
+            qsnap__del_branch_at(m, i);
             return;
         }
     }
