@@ -740,14 +740,26 @@ static struct qsnap__scan_mark *mark_of(const qsnap_store *s, const char *sub)
  * coarse clock's tick, since a change made after the walk began is stamped
  * with a time at most one tick before it, so it shows as a different one.
  */
+/* The mark says directory st: its device, inode and change time. */
+static void mark_dir(struct qsnap__scan_mark *mk, const struct stat *st)
+{
+    mk->dev = st->st_dev;
+    mk->ino = st->st_ino;
+    mk->ctime_ns = ts_ns(st->st_ctim);
+}
+
+/* Whether st is the directory the mark says, unchanged. */
+static bool mark_same(const struct qsnap__scan_mark *mk, const struct stat *st)
+{
+    return st->st_dev == mk->dev && st->st_ino == mk->ino && ts_ns(st->st_ctim) == mk->ctime_ns;
+}
+
 static void mark_set(struct qsnap__scan_mark *mk, const struct stat *st, int64_t began)
 {
     struct timespec res;
     int64_t tick = clock_getres(CLOCK_REALTIME_COARSE, &res) == 0 ? ts_ns(res) : 0;
 
-    mk->dev = st->st_dev;
-    mk->ino = st->st_ino;
-    mk->ctime_ns = ts_ns(st->st_ctim);
+    mark_dir(mk, st);
     mk->quiet = tick > 0 && tick < 1000000000 && mk->ctime_ns + 2 * tick < began;
 }
 
@@ -792,15 +804,12 @@ static void layers_touch(const qsnap_store *s, const char *dir, int dfd, bool af
 
     if (!mk || !mk->own)
         return;
-    if (fstat(dfd, &st) < 0) {
+    if (fstat(dfd, &st) < 0)
         mk->own = false;
-    } else if (!after) {
-        mk->own = st.st_dev == mk->dev && st.st_ino == mk->ino && ts_ns(st.st_ctim) == mk->ctime_ns;
-    } else {
-        mk->dev = st.st_dev;
-        mk->ino = st.st_ino;
-        mk->ctime_ns = ts_ns(st.st_ctim);
-    }
+    else if (!after)
+        mk->own = mark_same(mk, &st);
+    else
+        mark_dir(mk, &st);
 }
 
 void qsnap__layers_touch(const qsnap_store *s, int dfd, bool after)
@@ -853,8 +862,7 @@ void qsnap__seal_layers(const qsnap_store *s)
     if (s->readonly || s->lock_fd < 0)
         return;
     if (mk && mk->own && mk->listed && !mk->nothers && qsnap__store_dirfd(s, "layers", &dfd) == 0 &&
-        fstat(dfd, &st) == 0 && st.st_dev == mk->dev && st.st_ino == mk->ino &&
-        ts_ns(st.st_ctim) == mk->ctime_ns)
+        fstat(dfd, &st) == 0 && mark_same(mk, &st))
         n = seal_format(&st, buf, sizeof(buf));
     if (dfd >= 0)
         close(dfd);
@@ -920,9 +928,7 @@ static int scan_dir(const qsnap_store *s, const char *sub)
     can_mark = mk && fstat(dfd, &dst) == 0 && clock_gettime(CLOCK_REALTIME, &now) == 0;
     if (layers && can_mark && sealed(s, &dst)) {
         /* As qsnap left it (the seal above): only the VM path is looked at. */
-        mk->dev = dst.st_dev;
-        mk->ino = dst.st_ino;
-        mk->ctime_ns = ts_ns(dst.st_ctim);
+        mark_dir(mk, &dst);
         mk->quiet = mk->listed = mk->own = true;
         rc = qsnap__vm_link_check(s, dfd, &s->m);
         close(dfd);
@@ -1068,8 +1074,7 @@ static bool unchanged(const qsnap_store *s, int sfd, const char *sub)
     struct stat st;
 
     return mk && mk->quiet && fstatat(sfd, sub, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-           S_ISDIR(st.st_mode) && st.st_dev == mk->dev && st.st_ino == mk->ino &&
-           ts_ns(st.st_ctim) == mk->ctime_ns;
+           S_ISDIR(st.st_mode) && mark_same(mk, &st);
 }
 
 static int scan(const qsnap_store *s, bool again)
