@@ -265,9 +265,7 @@ static int plan_and_run(const char *disk, unsigned open_flags, plan_fn make, voi
         status = tree_fail(rc, disk);
     else
         status = run_plan_ex(s, p, disk, dry_run, json, progress, FREE_AT_END);
-    /* The command ends here (see FREE_AT_END). */
-    if (FREE_AT_END || rc < 0)
-        qsnap_store_close(s);
+    tree_done(s);
     return status;
 }
 

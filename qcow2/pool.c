@@ -127,7 +127,7 @@ void qcow2__pool_unref(struct qcow2__pool *p)
         struct pool_chunk *c = p->chunks;
         p->chunks = c->next;
         pthread_mutex_lock(&stash_lock);
-        if (stash_n + 1 <= STASH_MAX) {
+        if (stash_n < STASH_MAX) {
             c->next = stash;
             stash = c;
             stash_n++;
