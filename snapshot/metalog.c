@@ -112,6 +112,22 @@ static bool str_eq(const char *a, const char *b)
 }
 
 /* Equal as the text form writes them. */
+/*
+ * Records with the same bytes are the same record (their strings are the same
+ * pointers): a copy of a model that a plan did not touch compares a run at a time.
+ * The number of records, at most SAME_RUN, from a and b on (an and bn left in
+ * each) that have the same bytes, or 0 when fewer than two do.
+ */
+#define SAME_RUN 64u
+
+static size_t same_run(const void *a, const void *b, size_t an, size_t bn, size_t size)
+{
+    size_t run = an < bn ? an : bn;
+
+    run = run < SAME_RUN ? run : SAME_RUN;
+    return run > 1 && !memcmp(a, b, run * size) ? run : 0;
+}
+
 static bool layer_eq(const struct qsnap__layer *a, const struct qsnap__layer *b)
 {
     if (a->id != b->id || !str_eq(a->file, b->file) || a->fmt != b->fmt ||
@@ -142,13 +158,17 @@ bool qsnap__model_equal(const struct qsnap__model *a, const struct qsnap__model 
     if (a->gen != b->gen || a->seq != b->seq || !str_eq(a->disk, b->disk) ||
         !str_eq(a->current, b->current) || a->nl != b->nl || a->nn != b->nn || a->nb != b->nb)
         return false;
-    for (size_t i = 0; i < a->nl; i++) {
-        if (!layer_eq(&a->layers[i], &b->layers[i]))
+    for (size_t i = 0, r; i < a->nl; i += r) {
+        r = same_run(&a->layers[i], &b->layers[i], a->nl - i, a->nl - i, sizeof(a->layers[i]));
+        if (!r && !layer_eq(&a->layers[i], &b->layers[i]))
             return false;
+        r += !r;
     }
-    for (size_t i = 0; i < a->nn; i++) {
-        if (!node_eq(&a->nodes[i], &b->nodes[i]))
+    for (size_t i = 0, r; i < a->nn; i += r) {
+        r = same_run(&a->nodes[i], &b->nodes[i], a->nn - i, a->nn - i, sizeof(a->nodes[i]));
+        if (!r && !node_eq(&a->nodes[i], &b->nodes[i]))
             return false;
+        r += !r;
     }
     for (size_t i = 0; i < a->nb; i++) {
         if (!branch_eq(&a->branches[i], &b->branches[i]))
@@ -195,13 +215,17 @@ static bool equal_known(const struct qsnap__model *a, const struct qsnap__model 
         max_id = a->nodes[i].id > max_id ? a->nodes[i].id : max_id;
     if (max_id > 4 * (a->nl + a->nn) + 1024 || !(mark = id_marks(max_id, only, given)))
         return qsnap__model_equal(a, b);
-    for (size_t i = 0; same && i < a->nl; i++) {
+    for (size_t i = 0, r; same && i < a->nl; i += r) {
         const struct qsnap__layer *x = &a->layers[i], *y = &b->layers[i];
-        same = x->id == y->id && (!mark[x->id] || layer_eq(x, y));
+        r = same_run(x, y, a->nl - i, a->nl - i, sizeof(*x));
+        same = r || (x->id == y->id && (!mark[x->id] || layer_eq(x, y)));
+        r += !r;
     }
-    for (size_t i = 0; same && i < a->nn; i++) {
+    for (size_t i = 0, r; same && i < a->nn; i += r) {
         const struct qsnap__node *x = &a->nodes[i], *y = &b->nodes[i];
-        same = x->id == y->id && (!mark[x->id] || node_eq(x, y));
+        r = same_run(x, y, a->nn - i, a->nn - i, sizeof(*x));
+        same = r || (x->id == y->id && (!mark[x->id] || node_eq(x, y)));
+        r += !r;
     }
     for (size_t i = 0; same && i < a->nb; i++)
         same = branch_eq(&a->branches[i], &b->branches[i]);
@@ -331,6 +355,15 @@ static bool diff_ascending(const struct qsnap__model *o, const struct qsnap__mod
             continue;
         }
         if (i < on && oid == nid) { /* in both: compared where it may differ */
+            size_t run = layers ? same_run(&o->layers[i], &n->layers[j], on - i, nn - j,
+                                           sizeof(*o->layers))
+                                : same_run(&o->nodes[i], &n->nodes[j], on - i, nn - j,
+                                           sizeof(*o->nodes));
+            if (run) {
+                i += run;
+                j += run;
+                continue;
+            }
             bool same = (mark && !mark[nid]) ||
                         (layers ? layer_eq(&o->layers[i], &n->layers[j])
                                 : node_eq(&o->nodes[i], &n->nodes[j]));
@@ -413,8 +446,17 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
             ol[o->layers[i].id] = (uint32_t)(i + 1);
         for (j = 0; ok && *exact && j < n->nl; j++) {
             const struct qsnap__layer *x = &n->layers[j];
+            size_t at = ol[x->id], run = at ? same_run(&o->layers[at - 1], x, o->nl - at + 1,
+                                                       n->nl - j, sizeof(*x))
+                                            : 0;
+            for (size_t r = 0; r < run; r++)
+                nw[n->layers[j + r].id] = (uint32_t)(j + r + 1);
+            if (run) {
+                j += run - 1;
+                continue;
+            }
             nw[x->id] = (uint32_t)(j + 1);
-            if (ol[x->id] && ((mark && !mark[x->id]) || layer_eq(&o->layers[ol[x->id] - 1], x)))
+            if (at && ((mark && !mark[x->id]) || layer_eq(&o->layers[at - 1], x)))
                 continue;
             ok = push((void **)&part.layers, &part.nl, &capl, x, sizeof(*x));
             if (ok && changed)
@@ -435,8 +477,17 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
             ol[o->nodes[i].id] = (uint32_t)(i + 1);
         for (j = 0; ok && *exact && !nod_asc && j < n->nn; j++) {
             const struct qsnap__node *x = &n->nodes[j];
+            size_t at = ol[x->id], run = at ? same_run(&o->nodes[at - 1], x, o->nn - at + 1,
+                                                       n->nn - j, sizeof(*x))
+                                            : 0;
+            for (size_t r = 0; r < run; r++)
+                nw[n->nodes[j + r].id] = (uint32_t)(j + r + 1);
+            if (run) {
+                j += run - 1;
+                continue;
+            }
             nw[x->id] = (uint32_t)(j + 1);
-            if (ol[x->id] && ((mark && !mark[x->id]) || node_eq(&o->nodes[ol[x->id] - 1], x)))
+            if (at && ((mark && !mark[x->id]) || node_eq(&o->nodes[at - 1], x)))
                 continue;
             ok = push((void **)&part.nodes, &part.nn, &capn, x, sizeof(*x));
             if (ok && changed)
