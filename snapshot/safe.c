@@ -385,8 +385,13 @@ int qsnap__chmod_store_file(const qsnap_store *s, const char *rel, bool writable
         note_refusal(s, path, EMLINK);
         return qsnap__unsafe_err(path, EMLINK);
     }
+    /* The new mode is made durable before the step is done: the journal that would
+     * redo it goes once the operation's steps are (a file system need not write one
+     * file's inode change with another's sync). */
+    mode_t mode = 0;
     if (fstat(fd, &st) < 0 ||
-        fchmod(fd, writable ? (st.st_mode | 0200) : (st.st_mode & ~(mode_t)0222)) < 0)
+        ((mode = writable ? (st.st_mode | 0200) : (st.st_mode & ~(mode_t)0222)) != st.st_mode &&
+         (fchmod(fd, mode) < 0 || fsync(fd) < 0)))
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: chmod failed: %s", s->dir, rel,
                         strerror(errno));
     close(fd);

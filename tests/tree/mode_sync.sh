@@ -1,0 +1,74 @@
+#!/bin/bash
+# A layer's new mode (frozen: read-only; thawed: writable again) is durable
+# before the operation's journal goes: every fchmod qsnap makes is followed by
+# an fsync of the same descriptor before that descriptor is closed, and before
+# the journal is removed. A kill cannot show a missing sync (the page cache
+# survives it), so the order of the calls is what is checked, under strace,
+# for create (the head frozen), delete --stream (layers thawed, rewritten and
+# frozen again) and verify --repair (a frozen layer made writable by hand).
+# Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
+#   QSNAP=path   the qsnap binary (default build/release/qsnap)
+set -u
+. "$(dirname "$0")/../helpers/qemu_io.sh"
+
+QSNAP=${QSNAP:-build/release/qsnap}
+case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
+for c in strace qemu-img qemu-io; do
+    command -v $c >/dev/null || { echo "FAIL setup: $c not found"; echo "0 passed, 1 failed"; exit 1; }
+done
+[ -x "$QSNAP" ] || { echo "FAIL setup: $QSNAP not found"; echo "0 passed, 1 failed"; exit 1; }
+
+W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-mode.XXXXXX") || exit 2
+trap 'chmod -R u+w "$W" 2>/dev/null; rm -rf "$W"' EXIT
+cd "$W" || exit 2
+pass=0
+fail=0
+ok() { echo "ok $1"; pass=$((pass + 1)); }
+bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
+q() { timeout -k 5 120 "$QSNAP" "$@"; }
+
+# traced NAME ARGS...: run qsnap under strace; then check that each fchmod is
+# synced (fsync of its descriptor) before the descriptor closes and before the
+# journal is removed. Fails the case when there was no fchmod at all.
+traced() {
+    local name=$1
+    shift
+    if ! strace -qq -f -e trace=fchmod,fsync,close,unlinkat -o "$W/trace" "$QSNAP" "$@" >/dev/null 2>"$W/err"; then
+        bad "$name" "exit $?: $(head -c 300 "$W/err")"
+        return
+    fi
+    local verdict
+    verdict=$(awk '
+        { sub(/^[0-9]+ +/, "") }
+        /^fchmod\(/ { split($0, a, /[(,]/); fd = a[2]; pending[fd] = 1; n++; next }
+        /^fsync\(/ { split($0, a, /[()]/); delete pending[a[2]]; next }
+        /^close\(/ { split($0, a, /[()]/); if (a[2] in pending) { print "fd " a[2] " closed unsynced"; exit } next }
+        /^unlinkat\(.*"journal"/ { for (fd in pending) { print "journal removed before fd " fd " was synced"; exit } }
+        END { if (!n) print "no fchmod seen" }' "$W/trace")
+    if [ -z "$verdict" ]; then
+        ok "$name: $(grep -c '^[0-9]* *fchmod(' "$W/trace") mode change(s), each synced first"
+    else
+        bad "$name" "$verdict"
+    fi
+}
+
+# A snapshot of a clean head keeps no layer of its own: each one here follows a write.
+qemu-img create -f raw d.raw 8M >/dev/null
+traced "the first create freezes the disk" create d.raw s1
+qio qcow2 "$(q current d.raw --path)" "write -P 1 0 64k"
+traced "create freezes the head" create d.raw s2
+qio qcow2 "$(q current d.raw --path)" "write -P 2 64k 64k"
+q create d.raw s3 >/dev/null || bad setup "create s3"
+qio qcow2 "$(q current d.raw --path)" "write -P 3 128k 64k"
+traced "delete --stream thaws and freezes" delete d.raw s2 --stream
+q verify d.raw >/dev/null 2>&1 && ok "verify is clean after them" || bad "verify" "exit $?"
+
+# A frozen layer made writable behind qsnap's back: the repair's chmod is synced too.
+f=$(find d.raw.qsnap/layers -type f ! -perm /222 | head -1)
+[ -n "$f" ] || bad setup "no read-only layer found"
+chmod u+w "$f"
+traced "verify --repair makes a frozen layer read-only again" verify d.raw --repair
+q verify d.raw >/dev/null 2>&1 && ok "verify is clean after the repair" || bad "verify after repair" "exit $?"
+
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
