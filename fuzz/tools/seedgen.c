@@ -1,8 +1,10 @@
 /*
  * Seed generator for the fuzz corpora that are not whole qemu-img images:
  * compressed clusters (decompress_cluster), store metadata files
- * (qsnap_meta) and parameter strings (write_roundtrip), all made by the
- * library itself. Run by scripts/fuzz-seeds.sh: seedgen OUTDIR.
+ * (qsnap_meta), parameter strings (write_roundtrip) and change logs
+ * (qsnap_log), all made by the library itself. Run by scripts/fuzz-seeds.sh:
+ * seedgen OUTDIR; and seedgen --log STORE NAME OUTDIR, once per store the
+ * qsnap command made, for the qsnap_log seeds made of a real meta.log.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +14,7 @@
 #include "qcow2_format.h"
 #include "qcow2_int.h"
 #include "qsnap_int.h"
+#include "qsnap_log_base.h"
 
 /* Parameters in the order the target takes them (see fuzz_helpers.h). */
 struct params {
@@ -172,14 +175,293 @@ static void gen_roundtrip(const char *out)
     }
 }
 
+/* ---- qsnap_log: change texts joined by "FUZZSPLT", after an optional "base\n" part ---- */
+
+#define LOG_SEP "FUZZSPLT"
+
+static void *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    long n;
+
+    if (!f || fseek(f, 0, SEEK_END) || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) ||
+        !(buf = malloc((size_t)n + 1)) || fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        perror(path);
+        exit(1);
+    }
+    fclose(f);
+    buf[n] = '\0';
+    *len = (size_t)n;
+    return buf;
+}
+
+static FILE *seed_file(const char *dir, const char *name)
+{
+    char path[4096];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    f = fopen(path, "wb");
+    if (!f) {
+        perror(path);
+        exit(1);
+    }
+    return f;
+}
+
+/*
+ * STORE/meta as the base (the text form; NAME_bin: the file's own bytes) and
+ * the change of every record of STORE/meta.log, in order.
+ */
+static void gen_log_from_store(const char *store, const char *name, const char *dir)
+{
+    char path[4096], *log, *meta, *text = NULL;
+    size_t llen, mlen, ml = strlen("qsnap-log 2\n");
+    struct qsnap__pool *pool;
+    struct qsnap__model m;
+    unsigned version;
+
+    snprintf(path, sizeof(path), "%s/meta", store);
+    meta = slurp(path, &mlen);
+    snprintf(path, sizeof(path), "%s/meta.log", store);
+    log = slurp(path, &llen);
+    pool = qsnap__pool_new(mlen);
+    memcpy(pool->data, meta, mlen);
+    if (qsnap__model_read(&m, pool, "meta", &version, true) || qsnap__model_format(&m, &text)) {
+        fprintf(stderr, "%s: %s\n", store, qsnap_error_last()->message);
+        exit(1);
+    }
+    if (llen < ml || memcmp(log, "qsnap-log 2\n", ml)) {
+        fprintf(stderr, "%s: not a change log\n", path);
+        exit(1);
+    }
+    for (int bin = 0; bin < 2; bin++) {
+        char seed[256];
+        FILE *f;
+        size_t off = ml;
+
+        snprintf(seed, sizeof(seed), "%s%s", name, bin ? "_bin" : "");
+        f = seed_file(dir, seed);
+        fputs("base\n", f);
+        if (bin)
+            fwrite(meta, 1, mlen, f);
+        else
+            fputs(text, f);
+        while (off < llen) {
+            unsigned long long gen, rlen;
+            unsigned crc;
+            int used = 0;
+            if (sscanf(log + off, "rec %llu %llu %8x\n%n", &gen, &rlen, &crc, &used) != 3 ||
+                !used || rlen > llen - off - (size_t)used) {
+                fprintf(stderr, "%s: a record header at byte %zu\n", path, off);
+                exit(1);
+            }
+            fputs(LOG_SEP, f);
+            fwrite(log + off + used, 1, (size_t)rlen, f);
+            off += (size_t)used + (size_t)rlen;
+        }
+        fclose(f);
+    }
+    qsnap__model_free(&m);
+    free(text);
+    free(meta);
+    free(log);
+}
+
+/* The change from o to n, as a part of a seed (after the separator unless first). */
+static void put_change(FILE *f, const struct qsnap__model *o, const struct qsnap__model *n,
+                       bool first)
+{
+    char *text = NULL;
+    bool exact = false;
+
+    if (qsnap__delta_format(o, n, &text, &exact) || !exact) {
+        fprintf(stderr, "seedgen: a change cannot be formatted\n");
+        exit(1);
+    }
+    if (!first)
+        fputs(LOG_SEP, f);
+    fputs(text, f);
+    free(text);
+}
+
+static char *dup_str(const char *s)
+{
+    char *d = strdup(s);
+
+    if (!d)
+        exit(1);
+    return d;
+}
+
+/*
+ * Changes to the built-in base (fuzz/qsnap_log_base.h) made with the model's
+ * API: one seed per kind of operation, each a chain of changes a store could
+ * log.
+ */
+static void gen_log_builtin(const char *dir)
+{
+    struct qsnap__model base, cur, next;
+    struct qsnap__layer *l;
+    struct qsnap__node *n;
+    struct qsnap__branch *b;
+    FILE *f;
+
+    if (qsnap__model_parse(&base, qsnap_log_base, sizeof(qsnap_log_base) - 1, "base")) {
+        fprintf(stderr, "seedgen: the built-in base: %s\n", qsnap_error_last()->message);
+        exit(1);
+    }
+
+    /* create: the current head frozen as a snapshot, a new head over it; twice. */
+    f = seed_file(dir, "builtin_create");
+    qsnap__model_clone(&cur, &base);
+    for (int k = 0; k < 2; k++) {
+        unsigned head;
+        qsnap__model_clone(&next, &cur);
+        next.gen++;
+        b = qsnap__branch_by_name(&next, next.current);
+        head = b->head;
+        l = qsnap__layer(&next, head);
+        l->frozen = true;
+        l->have_fp = true;
+        l->size = 65536u * (unsigned)(k + 1);
+        l->mtime_ns = 1700000500000000000ll + k;
+        n = qsnap__add_node(&next);
+        n->name = dup_str(k ? "created-2" : "created-1");
+        n->parent = b->base;
+        n->layer = head;
+        n->created = 1700000500 + k;
+        b->base = n->id;
+        l = qsnap__add_layer(&next);
+        l->file = NULL;
+        if (asprintf(&l->file, "layers/%u.qcow2", l->id) < 0)
+            exit(1);
+        l->fmt = QCOW2_FORMAT_QCOW2;
+        l->backing = head;
+        b = qsnap__branch_by_name(&next, next.current);
+        b->head = l->id;
+        put_change(f, &cur, &next, k == 0);
+        qsnap__model_free(&cur);
+        cur = next;
+    }
+    fclose(f);
+    qsnap__model_free(&cur);
+
+    /* A branch made (placed first), renamed, switched to, then deleted. */
+    f = seed_file(dir, "builtin_branch");
+    qsnap__model_clone(&cur, &base);
+    qsnap__model_clone(&next, &cur);
+    next.gen++;
+    l = qsnap__add_layer(&next);
+    l->file = dup_str("layers/new.qcow2");
+    l->fmt = QCOW2_FORMAT_QCOW2;
+    l->backing = 3;
+    b = qsnap__add_branch(&next);
+    b->name = dup_str("feature");
+    b->head = l->id;
+    b->base = 4;
+    b->created = 1700000600;
+    {
+        struct qsnap__branch tmp = next.branches[next.nb - 1];
+        memmove(&next.branches[1], &next.branches[0], (next.nb - 1) * sizeof(tmp));
+        next.branches[0] = tmp;
+    }
+    put_change(f, &cur, &next, true);
+    qsnap__model_free(&cur);
+    cur = next;
+    qsnap__model_clone(&next, &cur);
+    next.gen++;
+    b = qsnap__branch_by_name(&next, "feature");
+    qsnap__str_free(&next, b->name);
+    b->name = dup_str("feature+2");
+    put_change(f, &cur, &next, false);
+    qsnap__model_free(&cur);
+    cur = next;
+    qsnap__model_clone(&next, &cur);
+    next.gen++;
+    qsnap__str_free(&next, next.current);
+    next.current = dup_str("feature+2");
+    put_change(f, &cur, &next, false);
+    qsnap__model_free(&cur);
+    cur = next;
+    qsnap__model_clone(&next, &cur);
+    next.gen++;
+    qsnap__str_free(&next, next.current);
+    next.current = dup_str("main");
+    b = qsnap__branch_by_name(&next, "feature+2");
+    qsnap__del_layer(&next, b->head);
+    qsnap__del_branch(&next, "feature+2");
+    put_change(f, &cur, &next, false);
+    qsnap__model_free(&cur);
+    qsnap__model_free(&next);
+    fclose(f);
+
+    /* delete: a snapshot leaves the tree (its child moves up); then a description
+     * goes, and a branch with its head. */
+    f = seed_file(dir, "builtin_delete");
+    qsnap__model_clone(&cur, &base);
+    qsnap__model_clone(&next, &cur);
+    next.gen++;
+    qsnap__node(&next, 9)->parent = 4;
+    qsnap__del_node(&next, 7);
+    put_change(f, &cur, &next, true);
+    qsnap__model_free(&cur);
+    cur = next;
+    qsnap__model_clone(&next, &cur);
+    next.gen++;
+    n = qsnap__node(&next, 2);
+    qsnap__str_free(&next, n->desc);
+    n->desc = NULL;
+    qsnap__del_branch(&next, "\xe2\x9c\x93");
+    qsnap__del_layer(&next, 12);
+    put_change(f, &cur, &next, false);
+    qsnap__model_free(&cur);
+    qsnap__model_free(&next);
+    fclose(f);
+
+    /* An internal snapshot recorded, then reverted to (the head stays). */
+    f = seed_file(dir, "builtin_internal");
+    qsnap__model_clone(&cur, &base);
+    qsnap__model_clone(&next, &cur);
+    next.gen++;
+    n = qsnap__add_node(&next);
+    n->name = dup_str("int-2");
+    n->parent = 9;
+    n->layer = 11;
+    n->created = 1700000700;
+    if (asprintf(&n->internal, "qsnap-%u", n->id) < 0)
+        exit(1);
+    qsnap__branch_by_name(&next, "side")->base = n->id;
+    put_change(f, &cur, &next, true);
+    qsnap__model_free(&cur);
+    cur = next;
+    qsnap__model_clone(&next, &cur);
+    next.gen++;
+    qsnap__branch_by_name(&next, "side")->base = 9;
+    put_change(f, &cur, &next, false);
+    qsnap__model_free(&cur);
+    qsnap__model_free(&next);
+    fclose(f);
+    qsnap__model_free(&base);
+}
+
 int main(int argc, char **argv)
 {
+    char dir[4096];
+
+    if (argc == 5 && !strcmp(argv[1], "--log")) {
+        gen_log_from_store(argv[2], argv[3], argv[4]);
+        return 0;
+    }
     if (argc != 2) {
-        fprintf(stderr, "usage: %s OUTDIR\n", argv[0]);
+        fprintf(stderr, "usage: %s OUTDIR | %s --log STORE NAME OUTDIR\n", argv[0], argv[0]);
         return 2;
     }
     gen_decompress(argv[1]);
     gen_meta(argv[1]);
     gen_roundtrip(argv[1]);
+    snprintf(dir, sizeof(dir), "%s/qsnap_log", argv[1]);
+    gen_log_builtin(dir);
     return 0;
 }
