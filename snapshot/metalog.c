@@ -581,6 +581,14 @@ static void move_to(void *arr, size_t sz, size_t from, size_t at)
  * in the model. A lookup trusts a position only where that record has that id,
  * and an empty slot only for an id past max (a new record); anything else is
  * a walk, so a stale table costs time, never a wrong answer.
+ *
+ * The answer is the walk's: the first record with the id, the first branch
+ * with the name. Only a damaged meta file (read unchecked: the graph is
+ * checked once the log is applied) repeats one, and then the record a change
+ * replaces or drops must not depend on how old the table is. An id found
+ * twice when the table is made is marked REPEATED and always walked for (a
+ * change never adds a record with an id that is there, so no id repeats
+ * later that did not then); a name is looked for at every place it may have.
  */
 struct qsnap__apply_cache {
     uint32_t *pos[2]; /* layers, nodes */
@@ -644,16 +652,22 @@ static long bcache_find(struct qsnap__apply_cache *c, const struct qsnap__model 
         struct qsnap__branch *b = qsnap__branch_by_name(m, name);
         return b ? (long)(b - m->branches) : -1;
     }
+    /* Every place the branch may have: the first one that has its name (two have it only in
+     * a damaged model; a walk finds the first). */
+    long first = -1;
     for (size_t k = (size_t)bname_hash(name) & (c->bcap - 1); c->bslot[k];
          k = (k + 1) & (c->bcap - 1)) {
         size_t p = c->bslot[k] - 1;
         for (size_t d = 0; d <= c->bdels && d <= p; d++) {
-            if (p - d < m->nb && !strcmp(m->branches[p - d].name, name))
-                return (long)(p - d);
+            if (p - d < m->nb && (first < 0 || p - d < (size_t)first) &&
+                !strcmp(m->branches[p - d].name, name))
+                first = (long)(p - d);
         }
     }
-    return -1;
+    return first;
 }
+
+#define REPEATED UINT32_MAX /* pos[id] of an id two records have: walked for */
 
 static unsigned rec_id(const struct qsnap__model *m, int k, size_t i)
 {
@@ -681,8 +695,8 @@ static void cache_build(struct qsnap__apply_cache *c, const struct qsnap__model 
     c->max[k] = 0;
     for (size_t i = 0; i < cnt; i++) {
         unsigned id = rec_id(m, k, i);
-        if (id < c->n && !c->pos[k][id])
-            c->pos[k][id] = (uint32_t)(i + 1);
+        if (id < c->n)
+            c->pos[k][id] = c->pos[k][id] ? REPEATED : (uint32_t)(i + 1);
         c->max[k] = id > c->max[k] ? id : c->max[k];
     }
     c->built[k] = true;
@@ -697,7 +711,7 @@ static long cache_find(struct qsnap__apply_cache *c, const struct qsnap__model *
         cache_build(c, m, k);
     if (c->built[k]) {
         uint32_t p = id < c->n ? c->pos[k][id] : 0;
-        if (p && p <= cnt && rec_id(m, k, p - 1) == id)
+        if (p && p != REPEATED && p <= cnt && rec_id(m, k, p - 1) == id)
             return (long)p - 1;
         if (!p && id > c->max[k])
             return -1;
@@ -716,7 +730,7 @@ static void cache_note(struct qsnap__apply_cache *c, const struct qsnap__model *
 
     if (!c->built[k])
         return;
-    if (id < c->n)
+    if (id < c->n && c->pos[k][id] != REPEATED)
         c->pos[k][id] = (uint32_t)(i + 1);
     c->max[k] = id > c->max[k] ? id : c->max[k];
 }
