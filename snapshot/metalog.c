@@ -383,18 +383,18 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
                    ids_ascend(n->nodes, n->nn, sizeof(*n->nodes));
     if (ok && lay_asc)
         ok = diff_ascending(o, n, true, only, &part, &capl, f, changed);
-    if (ok && !lay_asc)
-    /* Layers (and nodes unless in id order) by id, whatever their order (a plan may reuse
-     * a slot): ids index two tables (old, new) of positions + 1. A new record is placed
-     * where the new model has it. */
+    if (ok && (!lay_asc || !nod_asc))
+    /* Layers and nodes not in id order (a plan may reuse a slot; nodes only in a damaged
+     * model) by id, whatever their order: ids index two tables (old, new) of positions + 1.
+     * A new record is placed where the new model has it. */
     {
         unsigned max_id = 0;
         uint32_t *ol = NULL, *nw = NULL; /* position + 1 (at most QSNAP_MAX_ITEMS) */
         unsigned char *mark = NULL; /* ids of only: the records compared */
-        size_t cnt = o->nl + n->nl + (nod_asc ? 0 : o->nn + n->nn);
-        for (i = 0; i < o->nl; i++)
+        size_t cnt = (lay_asc ? 0 : o->nl + n->nl) + (nod_asc ? 0 : o->nn + n->nn);
+        for (i = 0; !lay_asc && i < o->nl; i++)
             max_id = o->layers[i].id > max_id ? o->layers[i].id : max_id;
-        for (i = 0; i < n->nl; i++)
+        for (i = 0; !lay_asc && i < n->nl; i++)
             max_id = n->layers[i].id > max_id ? n->layers[i].id : max_id;
         for (i = 0; !nod_asc && i < o->nn; i++)
             max_id = o->nodes[i].id > max_id ? o->nodes[i].id : max_id;
@@ -409,9 +409,9 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
             ok = ol && nw && (!only || mark);
         }
         /* Layers. */
-        for (i = 0; ok && *exact && i < o->nl; i++)
+        for (i = 0; ok && *exact && !lay_asc && i < o->nl; i++)
             ol[o->layers[i].id] = (uint32_t)(i + 1);
-        for (j = 0; ok && *exact && j < n->nl; j++) {
+        for (j = 0; ok && *exact && !lay_asc && j < n->nl; j++) {
             const struct qsnap__layer *x = &n->layers[j];
             nw[x->id] = (uint32_t)(j + 1);
             if (ol[x->id] && ((mark && !mark[x->id]) || layer_eq(&o->layers[ol[x->id] - 1], x)))
@@ -422,14 +422,14 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
             if (ok && !ol[x->id])
                 fprintf(f, "place-layer %u %zu\n", x->id, j);
         }
-        for (i = 0; ok && *exact && i < o->nl; i++) {
+        for (i = 0; ok && *exact && !lay_asc && i < o->nl; i++) {
             if (!nw[o->layers[i].id])
                 fprintf(f, "drop-layer %u\n", o->layers[i].id);
         }
         /* Nodes (ids are shared with layers: the tables are cleared first). */
-        for (i = 0; ok && *exact && !nod_asc && i < o->nl; i++)
+        for (i = 0; ok && *exact && !lay_asc && !nod_asc && i < o->nl; i++)
             ol[o->layers[i].id] = 0;
-        for (j = 0; ok && *exact && !nod_asc && j < n->nl; j++)
+        for (j = 0; ok && *exact && !lay_asc && !nod_asc && j < n->nl; j++)
             nw[n->layers[j].id] = 0;
         for (i = 0; ok && *exact && !nod_asc && i < o->nn; i++)
             ol[o->nodes[i].id] = (uint32_t)(i + 1);

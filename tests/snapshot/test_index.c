@@ -838,6 +838,56 @@ Test(index, a_repeated_id_or_name_is_found_where_a_walk_finds_it_with_the_cache)
     }
 }
 
+/*
+ * Nodes out of id order (only a damaged meta file has them; qsnap adds each
+ * at the end with the next id) while the layers are in order: a change to a
+ * node, a new node and a dropped one are still in the change text, and
+ * applying it gives the new model. Each of the three alone, then all at
+ * once, on models of 30 records.
+ */
+Test(index, a_change_to_nodes_out_of_id_order_is_formatted_whole)
+{
+    for (int what = 0; what < 4; what++) {
+        struct qsnap__model o, n, again;
+        struct qsnap__node tmp;
+        char *text = NULL;
+        bool exact = false;
+
+        make_model(&o, 30, 1, 7);
+        tmp = o.nodes[3]; /* two nodes swapped: ids no longer ascend */
+        o.nodes[3] = o.nodes[20];
+        o.nodes[20] = tmp;
+        cr_assert_eq(qsnap__model_clone(&n, &o), 0);
+        n.gen = o.gen + 1;
+        if (what == 0 || what == 3) {
+            qsnap__str_free(&n, n.nodes[10].name);
+            n.nodes[10].name = strdup("renamed");
+            n.nodes[20].created += 5;
+        }
+        if (what == 1 || what == 3) {
+            struct qsnap__node *nd = qsnap__add_node(&n);
+            cr_assert_not_null(nd);
+            nd->layer = n.layers[0].id;
+            nd->name = strdup("added");
+        }
+        if (what == 2 || what == 3)
+            qsnap__del_node(&n, n.nodes[5].id);
+        cr_assert_eq(qsnap__delta_format(&o, &n, &text, &exact), 0);
+        cr_assert_eq(qsnap__model_clone(&again, &o), 0);
+        if (exact) {
+            cr_assert_eq(qsnap__delta_apply(&again, text, strlen(text), "change"), 0, "%s",
+                         qsnap_error_last()->message);
+            cr_assert(qsnap__model_equal(&again, &n), "case %d: the change applied gives "
+                      "another model:\n%s", what, text);
+        }
+        cr_assert(exact, "case %d: ids this close are formatted exactly", what);
+        free(text);
+        qsnap__model_free(&o);
+        qsnap__model_free(&n);
+        qsnap__model_free(&again);
+    }
+}
+
 /* The smallest "PREFIX-N" that no snapshot or branch has, as trying 1, 2, ... finds it. */
 static char *gen_by_trying(const struct qsnap__model *m, const char *prefix)
 {
