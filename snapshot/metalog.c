@@ -787,7 +787,8 @@ static int delta_apply(struct qsnap__model *m, const char *text, size_t len, con
     int rc;
 
     /* The drops first: whole lines before the "qsnap-store" header. */
-    while (p < end && (!strncmp(p, "drop-", 5) || !strncmp(p, "place-", 6))) {
+    /* (The text is len bytes, not a string: compared only where it has the bytes.) */
+    while ((end - p >= 5 && !memcmp(p, "drop-", 5)) || (end - p >= 6 && !memcmp(p, "place-", 6))) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         char line[QSNAP_MAX_NAME * 3 + 32], *arg;
         if (!nl || (size_t)(nl - p) >= sizeof(line)) {

@@ -888,6 +888,47 @@ Test(index, a_change_to_nodes_out_of_id_order_is_formatted_whole)
     }
 }
 
+/*
+ * A change is len bytes, not a string (a log record ends where the next one's
+ * header starts): a text that ends inside "drop-" or "place-", or right
+ * after it, is refused without a byte read past its end (each is copied into
+ * a buffer of exactly its length, so that ASan sees such a read), and a
+ * whole change cut anywhere is refused the same way.
+ */
+Test(index, a_change_cut_short_is_refused_without_reading_past_it)
+{
+    static const char *const cuts[] = {"", "d", "dro", "drop", "drop-", "p", "plac", "place",
+                                       "place-", "drop-layer", "place-node 4"};
+    const char *whole = "place-node 9 1\nqsnap-store 2\ngen 2\nseq 10\ndisk ../d.img\n"
+                        "node 9 parent=2 layer=1 created=0\nend\n";
+    size_t wl = strlen(whole);
+
+    for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]) + wl; i++) {
+        struct qsnap__model m;
+        const char *src = i < sizeof(cuts) / sizeof(cuts[0]) ? cuts[i] : whole;
+        size_t len = i < sizeof(cuts) / sizeof(cuts[0]) ? strlen(src)
+                                                        : i - sizeof(cuts) / sizeof(cuts[0]);
+        char *buf = malloc(len ? len : 1);
+        int rc;
+
+        cr_assert_not_null(buf);
+        memcpy(buf, src, len);
+        make_model(&m, 4, 1, 1);
+        rc = qsnap__delta_apply(&m, buf, len, "change");
+        cr_assert_eq(rc, QSNAP_EINTEGRITY, "%zu bytes of \"%s\": rc %d", len, src, rc);
+        free(buf);
+        qsnap__model_free(&m);
+    }
+    { /* and whole, it is a change */
+        struct qsnap__model m;
+        make_model(&m, 4, 1, 1);
+        cr_assert_eq(qsnap__delta_apply(&m, whole, wl, "change"), 0, "%s",
+                     qsnap_error_last()->message);
+        cr_assert_not_null(qsnap__node(&m, 9));
+        qsnap__model_free(&m);
+    }
+}
+
 /* The smallest "PREFIX-N" that no snapshot or branch has, as trying 1, 2, ... finds it. */
 static char *gen_by_trying(const struct qsnap__model *m, const char *prefix)
 {
