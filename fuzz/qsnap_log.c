@@ -16,8 +16,8 @@
  * get the same verdict from qsnap__model_check. No crash, no leak, no read
  * outside the input. An accepted change to a model that passes the check is
  * also formatted back (qsnap__delta_format from the model before it to the
- * one after) and replayed onto the model before it: that gives the model
- * after it again.
+ * one after) and replayed onto the model before it: that gives the records
+ * of the model after it again.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -67,11 +67,54 @@ static void last_message(char *buf, size_t len)
     snprintf(buf, len, "%s", msg ? msg : "");
 }
 
+static int line_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/*
+ * The same content, whatever the order of the records: the lines of the
+ * text form (one per record, and the header's), sorted, are the same.
+ */
+static bool same_records(const struct qsnap__model *a, const struct qsnap__model *b)
+{
+    char *ta = NULL, *tb = NULL, **la, **lb;
+    size_t na = 0, nb = 0;
+    bool same;
+
+    FUZZ_ASSERT(qsnap__model_format(a, &ta) == 0 && qsnap__model_format(b, &tb) == 0);
+    for (const char *c = ta; *c; c++)
+        na += *c == '\n';
+    for (const char *c = tb; *c; c++)
+        nb += *c == '\n';
+    la = calloc(na + 1, sizeof(*la));
+    lb = calloc(nb + 1, sizeof(*lb));
+    FUZZ_ASSERT(la != NULL && lb != NULL);
+    na = nb = 0;
+    for (char *t = strtok(ta, "\n"); t; t = strtok(NULL, "\n"))
+        la[na++] = t;
+    for (char *t = strtok(tb, "\n"); t; t = strtok(NULL, "\n"))
+        lb[nb++] = t;
+    qsort(la, na, sizeof(*la), line_cmp);
+    qsort(lb, nb, sizeof(*lb), line_cmp);
+    same = na == nb;
+    for (size_t i = 0; same && i < na; i++)
+        same = !strcmp(la[i], lb[i]);
+    free(la);
+    free(lb);
+    free(ta);
+    free(tb);
+    return same;
+}
+
 /*
  * The change from `before` to `after` (both passing the check), formatted
- * and replayed onto `before`, gives `after`. qsnap__delta_format says when
- * its text cannot give the same order (exact false): the save then writes
- * the whole file, so nothing is asserted.
+ * and replayed onto `before`, gives `after`'s records. qsnap__delta_format
+ * says when its text cannot give them (exact false): the save then writes
+ * the whole file, so nothing is asserted. The order of the layers and nodes
+ * may still differ (a hostile change can move any record with a place line,
+ * and a change text places only new ones): the save compares the replayed
+ * model with the one it saves and writes the whole file when they differ.
  */
 static void check_round_trip(const struct qsnap__model *before, const struct qsnap__model *after)
 {
@@ -91,8 +134,8 @@ static void check_round_trip(const struct qsnap__model *before, const struct qsn
     rc = qsnap__delta_apply(&again, text, strlen(text), "fuzz formatted change");
     FUZZ_ASSERT_MSG(rc == 0, "a formatted change is refused: %s\n%s",
                     qsnap_error_last()->message, text);
-    FUZZ_ASSERT_MSG(qsnap__model_equal(&again, after),
-                    "a formatted change replayed gives another model:\n%s", text);
+    FUZZ_ASSERT_MSG(same_records(&again, after),
+                    "a formatted change replayed gives other records:\n%s", text);
     qsnap__model_free(&again);
     free(text);
 }
