@@ -6,7 +6,7 @@
  * header). The first part, when it starts with "base\n", is the model they
  * apply to (a meta file of any version, read as the store's open reads it:
  * not checked as a graph, a binary one with its checksum made right); else
- * the model is a small tree of this file's own.
+ * the model is a small tree (fuzz/qsnap_fuzz.h).
  *
  * Every change is applied twice: to one copy of the model with one lookup
  * cache kept across all of them (qsnap__delta_apply_cached, as the log
@@ -21,11 +21,10 @@
  */
 #include <stdlib.h>
 #include <string.h>
-#include <xxhash.h>
 
 #include "qsnap_int.h"
 #include "fuzz_helpers.h"
-#include "qsnap_log_base.h"
+#include "qsnap_fuzz.h"
 
 #define SEP "FUZZSPLT"
 #define SEP_LEN (sizeof(SEP) - 1)
@@ -41,22 +40,6 @@ static const uint8_t *next_part(const uint8_t *p, const uint8_t *end, size_t *le
 
     *len = sep ? (size_t)(sep - p) : (size_t)(end - p);
     return sep ? sep + SEP_LEN : NULL;
-}
-
-/* The base model: 0, or the meta file's refusal (the input is then uninteresting). */
-static int read_base(struct qsnap__model *m, const uint8_t *data, size_t size)
-{
-    struct qsnap__pool *pool = qsnap__pool_new(size);
-    unsigned version;
-
-    FUZZ_ASSERT(pool != NULL);
-    memcpy(pool->data, data, size);
-    if (size >= 24 && !memcmp(data, QSNAP_BIN_MAGIC, sizeof(QSNAP_BIN_MAGIC) - 1)) {
-        uint64_t h = XXH3_64bits(pool->data + 24, size - 24);
-        for (int i = 0; i < 8; i++)
-            pool->data[16 + i] = (char)(h >> (8 * i));
-    }
-    return qsnap__model_read(m, pool, "fuzz meta", &version, false);
 }
 
 /* The message of the last error, copied (the next error writes over it). */
@@ -151,7 +134,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (size >= BASE_TAG_LEN && !memcmp(data, BASE_TAG, BASE_TAG_LEN)) {
         const uint8_t *next = next_part(p + BASE_TAG_LEN, end, &len);
-        if (read_base(&cached, p + BASE_TAG_LEN, len) != 0)
+        if (fuzz_read_meta(&cached, p + BASE_TAG_LEN, len, "fuzz meta", false) != 0)
             return 0;
         p = next;
     } else {

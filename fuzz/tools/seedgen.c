@@ -14,7 +14,7 @@
 #include "qcow2_format.h"
 #include "qcow2_int.h"
 #include "qsnap_int.h"
-#include "qsnap_log_base.h"
+#include "qsnap_fuzz.h"
 
 /* Parameters in the order the target takes them (see fuzz_helpers.h). */
 struct params {
@@ -29,9 +29,8 @@ static void param(struct params *p, uint64_t v, unsigned nbytes)
         p->b[p->n++] = (uint8_t)(v >> (8 * (nbytes - 1 - i)));
 }
 
-/* Payload, then the pool: the producer reads the pool from its last byte backwards. */
-static void write_seed(const char *dir, const char *name, const void *payload, size_t len,
-                       const struct params *p, size_t pool)
+/* DIR/NAME, created for writing (or the program stops). */
+static FILE *seed_file(const char *dir, const char *name)
 {
     char path[4096];
     FILE *f;
@@ -42,6 +41,15 @@ static void write_seed(const char *dir, const char *name, const void *payload, s
         perror(path);
         exit(1);
     }
+    return f;
+}
+
+/* Payload, then the pool: the producer reads the pool from its last byte backwards. */
+static void write_seed(const char *dir, const char *name, const void *payload, size_t len,
+                       const struct params *p, size_t pool)
+{
+    FILE *f = seed_file(dir, name);
+
     fwrite(payload, 1, len, f);
     /* Unused pool bytes first (they are consumed last), then the parameters reversed. */
     for (size_t i = p->n; i < pool; i++)
@@ -196,20 +204,6 @@ static void *slurp(const char *path, size_t *len)
     return buf;
 }
 
-static FILE *seed_file(const char *dir, const char *name)
-{
-    char path[4096];
-    FILE *f;
-
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    f = fopen(path, "wb");
-    if (!f) {
-        perror(path);
-        exit(1);
-    }
-    return f;
-}
-
 /*
  * STORE/meta as the base (the text form; NAME_bin: the file's own bytes) and
  * the change of every record of STORE/meta.log, in order.
@@ -269,21 +263,51 @@ static void gen_log_from_store(const char *store, const char *name, const char *
     free(log);
 }
 
-/* The change from o to n, as a part of a seed (after the separator unless first). */
-static void put_change(FILE *f, const struct qsnap__model *o, const struct qsnap__model *n,
-                       bool first)
+/* A seed of changes: the model they start from and the one being made. */
+struct chain {
+    FILE *f;
+    bool first;
+    struct qsnap__model cur, next;
+};
+
+/* Start a seed from m (a copy), and its first change. */
+static void chain_start(struct chain *c, const char *dir, const char *name,
+                        const struct qsnap__model *m)
+{
+    c->f = seed_file(dir, name);
+    c->first = true;
+    if (qsnap__model_clone(&c->cur, m) || qsnap__model_clone(&c->next, m))
+        exit(1);
+    c->next.gen++;
+}
+
+/* The change from cur to next goes into the seed; next becomes cur, and a copy of it next. */
+static void chain_step(struct chain *c)
 {
     char *text = NULL;
     bool exact = false;
 
-    if (qsnap__delta_format(o, n, &text, &exact) || !exact) {
+    if (qsnap__delta_format(&c->cur, &c->next, &text, &exact) || !exact) {
         fprintf(stderr, "seedgen: a change cannot be formatted\n");
         exit(1);
     }
-    if (!first)
-        fputs(LOG_SEP, f);
-    fputs(text, f);
+    if (!c->first)
+        fputs(LOG_SEP, c->f);
+    fputs(text, c->f);
     free(text);
+    c->first = false;
+    qsnap__model_free(&c->cur);
+    c->cur = c->next;
+    if (qsnap__model_clone(&c->next, &c->cur))
+        exit(1);
+    c->next.gen++;
+}
+
+static void chain_end(struct chain *c)
+{
+    fclose(c->f);
+    qsnap__model_free(&c->cur);
+    qsnap__model_free(&c->next);
 }
 
 static char *dup_str(const char *s)
@@ -296,17 +320,17 @@ static char *dup_str(const char *s)
 }
 
 /*
- * Changes to the built-in base (fuzz/qsnap_log_base.h) made with the model's
+ * Changes to the built-in base (fuzz/qsnap_fuzz.h) made with the model's
  * API: one seed per kind of operation, each a chain of changes a store could
  * log.
  */
 static void gen_log_builtin(const char *dir)
 {
-    struct qsnap__model base, cur, next;
+    struct qsnap__model base;
     struct qsnap__layer *l;
     struct qsnap__node *n;
     struct qsnap__branch *b;
-    FILE *f;
+    struct chain c;
 
     if (qsnap__model_parse(&base, qsnap_log_base, sizeof(qsnap_log_base) - 1, "base")) {
         fprintf(stderr, "seedgen: the built-in base: %s\n", qsnap_error_last()->message);
@@ -314,135 +338,92 @@ static void gen_log_builtin(const char *dir)
     }
 
     /* create: the current head frozen as a snapshot, a new head over it; twice. */
-    f = seed_file(dir, "builtin_create");
-    qsnap__model_clone(&cur, &base);
+    chain_start(&c, dir, "builtin_create", &base);
     for (int k = 0; k < 2; k++) {
         unsigned head;
-        qsnap__model_clone(&next, &cur);
-        next.gen++;
-        b = qsnap__branch_by_name(&next, next.current);
+        b = qsnap__branch_by_name(&c.next, c.next.current);
         head = b->head;
-        l = qsnap__layer(&next, head);
+        l = qsnap__layer(&c.next, head);
         l->frozen = true;
         l->have_fp = true;
         l->size = 65536u * (unsigned)(k + 1);
         l->mtime_ns = 1700000500000000000ll + k;
-        n = qsnap__add_node(&next);
+        n = qsnap__add_node(&c.next);
         n->name = dup_str(k ? "created-2" : "created-1");
         n->parent = b->base;
         n->layer = head;
         n->created = 1700000500 + k;
         b->base = n->id;
-        l = qsnap__add_layer(&next);
+        l = qsnap__add_layer(&c.next);
         l->file = NULL;
         if (asprintf(&l->file, "layers/%u.qcow2", l->id) < 0)
             exit(1);
         l->fmt = QCOW2_FORMAT_QCOW2;
         l->backing = head;
-        b = qsnap__branch_by_name(&next, next.current);
-        b->head = l->id;
-        put_change(f, &cur, &next, k == 0);
-        qsnap__model_free(&cur);
-        cur = next;
+        qsnap__branch_by_name(&c.next, c.next.current)->head = l->id;
+        chain_step(&c);
     }
-    fclose(f);
-    qsnap__model_free(&cur);
+    chain_end(&c);
 
     /* A branch made (placed first), renamed, switched to, then deleted. */
-    f = seed_file(dir, "builtin_branch");
-    qsnap__model_clone(&cur, &base);
-    qsnap__model_clone(&next, &cur);
-    next.gen++;
-    l = qsnap__add_layer(&next);
+    chain_start(&c, dir, "builtin_branch", &base);
+    l = qsnap__add_layer(&c.next);
     l->file = dup_str("layers/new.qcow2");
     l->fmt = QCOW2_FORMAT_QCOW2;
     l->backing = 3;
-    b = qsnap__add_branch(&next);
+    b = qsnap__add_branch(&c.next);
     b->name = dup_str("feature");
     b->head = l->id;
     b->base = 4;
     b->created = 1700000600;
     {
-        struct qsnap__branch tmp = next.branches[next.nb - 1];
-        memmove(&next.branches[1], &next.branches[0], (next.nb - 1) * sizeof(tmp));
-        next.branches[0] = tmp;
+        struct qsnap__branch tmp = c.next.branches[c.next.nb - 1];
+        memmove(&c.next.branches[1], &c.next.branches[0], (c.next.nb - 1) * sizeof(tmp));
+        c.next.branches[0] = tmp;
     }
-    put_change(f, &cur, &next, true);
-    qsnap__model_free(&cur);
-    cur = next;
-    qsnap__model_clone(&next, &cur);
-    next.gen++;
-    b = qsnap__branch_by_name(&next, "feature");
-    qsnap__str_free(&next, b->name);
+    chain_step(&c);
+    b = qsnap__branch_by_name(&c.next, "feature");
+    qsnap__str_free(&c.next, b->name);
     b->name = dup_str("feature+2");
-    put_change(f, &cur, &next, false);
-    qsnap__model_free(&cur);
-    cur = next;
-    qsnap__model_clone(&next, &cur);
-    next.gen++;
-    qsnap__str_free(&next, next.current);
-    next.current = dup_str("feature+2");
-    put_change(f, &cur, &next, false);
-    qsnap__model_free(&cur);
-    cur = next;
-    qsnap__model_clone(&next, &cur);
-    next.gen++;
-    qsnap__str_free(&next, next.current);
-    next.current = dup_str("main");
-    b = qsnap__branch_by_name(&next, "feature+2");
-    qsnap__del_layer(&next, b->head);
-    qsnap__del_branch(&next, "feature+2");
-    put_change(f, &cur, &next, false);
-    qsnap__model_free(&cur);
-    qsnap__model_free(&next);
-    fclose(f);
+    chain_step(&c);
+    qsnap__str_free(&c.next, c.next.current);
+    c.next.current = dup_str("feature+2");
+    chain_step(&c);
+    qsnap__str_free(&c.next, c.next.current);
+    c.next.current = dup_str("main");
+    qsnap__del_layer(&c.next, qsnap__branch_by_name(&c.next, "feature+2")->head);
+    qsnap__del_branch(&c.next, "feature+2");
+    chain_step(&c);
+    chain_end(&c);
 
     /* delete: a snapshot leaves the tree (its child moves up); then a description
      * goes, and a branch with its head. */
-    f = seed_file(dir, "builtin_delete");
-    qsnap__model_clone(&cur, &base);
-    qsnap__model_clone(&next, &cur);
-    next.gen++;
-    qsnap__node(&next, 9)->parent = 4;
-    qsnap__del_node(&next, 7);
-    put_change(f, &cur, &next, true);
-    qsnap__model_free(&cur);
-    cur = next;
-    qsnap__model_clone(&next, &cur);
-    next.gen++;
-    n = qsnap__node(&next, 2);
-    qsnap__str_free(&next, n->desc);
+    chain_start(&c, dir, "builtin_delete", &base);
+    qsnap__node(&c.next, 9)->parent = 4;
+    qsnap__del_node(&c.next, 7);
+    chain_step(&c);
+    n = qsnap__node(&c.next, 2);
+    qsnap__str_free(&c.next, n->desc);
     n->desc = NULL;
-    qsnap__del_branch(&next, "\xe2\x9c\x93");
-    qsnap__del_layer(&next, 12);
-    put_change(f, &cur, &next, false);
-    qsnap__model_free(&cur);
-    qsnap__model_free(&next);
-    fclose(f);
+    qsnap__del_branch(&c.next, "\xe2\x9c\x93");
+    qsnap__del_layer(&c.next, 12);
+    chain_step(&c);
+    chain_end(&c);
 
     /* An internal snapshot recorded, then reverted to (the head stays). */
-    f = seed_file(dir, "builtin_internal");
-    qsnap__model_clone(&cur, &base);
-    qsnap__model_clone(&next, &cur);
-    next.gen++;
-    n = qsnap__add_node(&next);
+    chain_start(&c, dir, "builtin_internal", &base);
+    n = qsnap__add_node(&c.next);
     n->name = dup_str("int-2");
     n->parent = 9;
     n->layer = 11;
     n->created = 1700000700;
     if (asprintf(&n->internal, "qsnap-%u", n->id) < 0)
         exit(1);
-    qsnap__branch_by_name(&next, "side")->base = n->id;
-    put_change(f, &cur, &next, true);
-    qsnap__model_free(&cur);
-    cur = next;
-    qsnap__model_clone(&next, &cur);
-    next.gen++;
-    qsnap__branch_by_name(&next, "side")->base = 9;
-    put_change(f, &cur, &next, false);
-    qsnap__model_free(&cur);
-    qsnap__model_free(&next);
-    fclose(f);
+    qsnap__branch_by_name(&c.next, "side")->base = n->id;
+    chain_step(&c);
+    qsnap__branch_by_name(&c.next, "side")->base = 9;
+    chain_step(&c);
+    chain_end(&c);
     qsnap__model_free(&base);
 }
 

@@ -1,12 +1,42 @@
 /*
- * The model fuzz/qsnap_log.c applies changes to when its input names none
- * (shared with fuzz/tools/seedgen.c, which makes seed changes against it).
+ * Shared by the targets on a qsnap store's metadata (qsnap_meta, qsnap_log)
+ * and the seed generator: a meta file read from fuzzer bytes, and the model
+ * qsnap_log applies changes to when its input names none.
  */
-#ifndef QSNAP_LOG_BASE_H
-#define QSNAP_LOG_BASE_H
+#ifndef QSNAP_FUZZ_H
+#define QSNAP_FUZZ_H
+
+#include <stdbool.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "qsnap_int.h"
+#include "fuzz_helpers.h"
 
 /*
- * In the text form of the store (model.c). Layers out of id order
+ * data as a meta file (qsnap__model_read; check: the graph too): 0 or an
+ * error (m left empty). A binary one gets its checksum made right first, so
+ * that the fuzzer reaches the checks behind it (a hostile file has a right
+ * checksum too).
+ */
+static inline int fuzz_read_meta(struct qsnap__model *m, const void *data, size_t size,
+                                 const char *what, bool check)
+{
+    struct qsnap__pool *pool = qsnap__pool_new(size);
+    unsigned version;
+
+    FUZZ_ASSERT(pool != NULL);
+    memcpy(pool->data, data, size);
+    if (size >= 24 && !memcmp(data, QSNAP_BIN_MAGIC, sizeof(QSNAP_BIN_MAGIC) - 1)) {
+        uint64_t h = XXH3_64bits(pool->data + 24, size - 24);
+        for (int i = 0; i < 8; i++)
+            pool->data[16 + i] = (char)(h >> (8 * i));
+    }
+    return qsnap__model_read(m, pool, what, &version, check);
+}
+
+/*
+ * qsnap_log's built-in model, in the text form of the store (model.c). Layers out of id order
  * (a dropped layer's place is taken by the last), an unnamed node, an internal
  * node with a state, three branches, ids below seq with gaps.
  */
@@ -35,4 +65,4 @@ static const char qsnap_log_base[] =
     "branch %E2%9C%93 head=12 base=0 created=0\n"
     "end\n";
 
-#endif /* QSNAP_LOG_BASE_H */
+#endif /* QSNAP_FUZZ_H */
