@@ -783,13 +783,13 @@ Test(index, a_repeated_id_or_name_is_found_where_a_walk_finds_it_with_the_cache)
 {
     static const char *const first[] = {
         "drop-layer 7\nqsnap-store 2\ngen 2\nseq 20\ndisk ../d.qcow2\nend\n",
-        "place-node 8 0\nqsnap-store 2\ngen 2\nseq 20\ndisk ../d.qcow2\n"
-        "node 8 parent=2 layer=1 created=5\nend\n",
+        ("place-node 8 0\nqsnap-store 2\ngen 2\nseq 20\ndisk ../d.qcow2\n"
+         "node 8 parent=2 layer=1 created=5\nend\n"),
         "drop-branch X\nqsnap-store 2\ngen 2\nseq 20\ndisk ../d.qcow2\nend\n",
     };
     static const char *const second[] = {
-        "qsnap-store 2\ngen 3\nseq 20\ndisk ../d.qcow2\n"
-        "layer 5 file=layers/5c.qcow2 fmt=qcow2 backing=0 frozen=0 disk=0\nend\n",
+        ("qsnap-store 2\ngen 3\nseq 20\ndisk ../d.qcow2\n"
+         "layer 5 file=layers/5c.qcow2 fmt=qcow2 backing=0 frozen=0 disk=0\nend\n"),
         "qsnap-store 2\ngen 3\nseq 20\ndisk ../d.qcow2\nnode 4 parent=2 layer=1 created=99\nend\n",
         "qsnap-store 2\ngen 3\nseq 20\ndisk ../d.qcow2\nbranch A head=7 base=0 created=99\nend\n",
     };
