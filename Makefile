@@ -114,7 +114,7 @@ $(BUILD)/tests/%: tests/%.c $(HELP_OBJS) $(SNAP_STATIC) $(STATIC)
 # Corpus replay: each fuzz target linked with the standalone driver (gcc, no libFuzzer).
 # The targets use memfs only (the other helpers need Criterion).
 FUZZ_HELP_SRCS := tests/helpers/memfs.c
-$(BUILD)/fuzz/replay_%: fuzz/%.c fuzz/fuzz_driver.c fuzz/fuzz_helpers.h $(FUZZ_HELP_SRCS:%.c=$(BUILD)/%.o) \
+$(BUILD)/fuzz/replay_%: fuzz/%.c fuzz/fuzz_driver.c $(wildcard fuzz/*.h) $(FUZZ_HELP_SRCS:%.c=$(BUILD)/%.o) \
 	    $(SNAP_STATIC) $(STATIC)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -Iqcow2 -Isnapshot -Itests/helpers -Ifuzz $(CFLAGS) -o $@ $< fuzz/fuzz_driver.c \

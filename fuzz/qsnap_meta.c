@@ -8,29 +8,14 @@
  */
 #include <stdlib.h>
 #include <string.h>
-#include <xxhash.h>
 
 #include "qsnap_int.h"
 #include "fuzz_helpers.h"
+#include "qsnap_fuzz.h"
 
-/*
- * data as a meta file: 0 or an error (m left empty). A binary one gets its
- * checksum made right first, so that the fuzzer reaches the checks behind it
- * (a hostile file has a right checksum too).
- */
 static int read_meta(struct qsnap__model *m, const void *data, size_t size)
 {
-    struct qsnap__pool *pool = qsnap__pool_new(size);
-    unsigned version;
-
-    FUZZ_ASSERT(pool != NULL);
-    memcpy(pool->data, data, size);
-    if (size >= 24 && !memcmp(data, QSNAP_BIN_MAGIC, sizeof(QSNAP_BIN_MAGIC) - 1)) {
-        uint64_t h = XXH3_64bits(pool->data + 24, size - 24);
-        for (int i = 0; i < 8; i++)
-            pool->data[16 + i] = (char)(h >> (8 * i));
-    }
-    return qsnap__model_read(m, pool, "fuzz.meta", &version, true);
+    return fuzz_read_meta(m, data, size, "fuzz.meta", true);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -14,12 +14,17 @@
 # several snapshots across resizes; chain_open joins chains (and a loop, a
 # json: name, an absolute device name) with its "FUZZSPLT" separator; the
 # library itself (fuzz/tools/seedgen.c) makes the decompress_cluster,
-# qsnap_meta and write_roundtrip seeds.
+# qsnap_meta and write_roundtrip seeds and the qsnap_log seeds against that
+# target's built-in model; the other qsnap_log seeds are the meta file and
+# meta.log records of stores the qsnap command made (create, revert, switch,
+# branch, rename, delete, internal snapshots), joined the same way.
 set -eu
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$top/fuzz/corpora}
 command -v qemu-img >/dev/null || { echo "fuzz-seeds: qemu-img not found" >&2; exit 1; }
+qsnap=$top/build/release/qsnap
+[ -x "$qsnap" ] || { echo "fuzz-seeds: $qsnap not found (run make first)" >&2; exit 1; }
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -192,7 +197,8 @@ join chains/json js c
 join chains/dev dev c
 
 mkdir -p "$out/header_open" "$out/cluster_read" "$out/check_repair" "$out/snapshot_table" \
-    "$out/chain_open" "$out/decompress_cluster" "$out/qsnap_meta" "$out/write_roundtrip"
+    "$out/chain_open" "$out/decompress_cluster" "$out/qsnap_meta" "$out/write_roundtrip" \
+    "$out/qsnap_log"
 for f in snap3 snap_v2 snap_extl2 v3_c512_snap; do
     cp snaps/$f.qcow2 "$out/snapshot_table/$f"
     params $f 32 >>"$out/snapshot_table/$f"
@@ -205,10 +211,46 @@ for f in v2_c512 v3_c512_rc1 v3_c512_rc64 v3_c4k_lazy v3_c512_zstd v3_c16k_extl2
     params "$n" 16 >>"$out/check_repair/$n"
 done
 cp chains/* "$out/chain_open/"
-gcc -D_GNU_SOURCE -I"$top/include" -I"$top/qcow2" -I"$top/snapshot" -o seedgen \
+gcc -D_GNU_SOURCE -I"$top/include" -I"$top/qcow2" -I"$top/snapshot" -I"$top/fuzz" -o seedgen \
     "$top/fuzz/tools/seedgen.c" "$top/build/release/libqsnap.a" "$top/build/release/libqcow2.a" \
     -lzstd -lz -lxxhash
 ./seedgen "$out"
+
+# Stores made by the qsnap command, for qsnap_log: each store's meta file and
+# the records its meta.log holds at the end (a save appends one record, until
+# the log passes its bound).
+mkdir -p logs && cd logs
+wr() { # disk pattern: a write to the current branch's head
+    qemu-io -f qcow2 -c "write -P $2 0 4k" "$("$qsnap" current "$1" --path)" >/dev/null
+}
+qs() { "$qsnap" "$@" >/dev/null; }
+qemu-img create -q -f qcow2 -o cluster_size=4k a.qcow2 1M
+qs create a.qcow2 base -m "first one"
+wr a.qcow2 1; qs create a.qcow2 s2
+wr a.qcow2 2; qs branch a.qcow2 side
+qs switch a.qcow2 side
+wr a.qcow2 3; qs create a.qcow2 s3 -m "on side"
+qs revert a.qcow2 base
+qs branch a.qcow2 -m side side+2@x
+qs delete a.qcow2 s2
+qs switch a.qcow2 main
+qs branch a.qcow2 -d side+2@x --force
+qemu-img create -q -f qcow2 -o cluster_size=4k b.qcow2 1M
+qs create b.qcow2 base
+wr b.qcow2 1; qs create b.qcow2 i1 --internal
+wr b.qcow2 2; qs create b.qcow2 i2 --internal -m "second internal"
+qs revert b.qcow2 i1 --discard
+qs delete b.qcow2 i2
+qs delete b.qcow2 i1
+for k in 1 2 3 4 5 6; do wr b.qcow2 $((k + 16)); qs create b.qcow2 "c$k"; done
+qs branch b.qcow2 x --at c2
+qs delete b.qcow2 c3
+qs delete b.qcow2 c5
+qs switch b.qcow2 x
+wr b.qcow2 9; qs create b.qcow2 onx
+cd ..
+./seedgen --log logs/a.qcow2.qsnap store_a "$out/qsnap_log"
+./seedgen --log logs/b.qcow2.qsnap store_b "$out/qsnap_log"
 
 for f in *.qcow2; do
     n=${f%.qcow2}

@@ -416,18 +416,18 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
                    ids_ascend(n->nodes, n->nn, sizeof(*n->nodes));
     if (ok && lay_asc)
         ok = diff_ascending(o, n, true, only, &part, &capl, f, changed);
-    if (ok && !lay_asc)
-    /* Layers (and nodes unless in id order) by id, whatever their order (a plan may reuse
-     * a slot): ids index two tables (old, new) of positions + 1. A new record is placed
-     * where the new model has it. */
+    if (ok && (!lay_asc || !nod_asc))
+    /* Layers and nodes not in id order (a plan may reuse a slot; nodes only in a damaged
+     * model) by id, whatever their order: ids index two tables (old, new) of positions + 1.
+     * A new record is placed where the new model has it. */
     {
         unsigned max_id = 0;
         uint32_t *ol = NULL, *nw = NULL; /* position + 1 (at most QSNAP_MAX_ITEMS) */
         unsigned char *mark = NULL; /* ids of only: the records compared */
-        size_t cnt = o->nl + n->nl + (nod_asc ? 0 : o->nn + n->nn);
-        for (i = 0; i < o->nl; i++)
+        size_t cnt = (lay_asc ? 0 : o->nl + n->nl) + (nod_asc ? 0 : o->nn + n->nn);
+        for (i = 0; !lay_asc && i < o->nl; i++)
             max_id = o->layers[i].id > max_id ? o->layers[i].id : max_id;
-        for (i = 0; i < n->nl; i++)
+        for (i = 0; !lay_asc && i < n->nl; i++)
             max_id = n->layers[i].id > max_id ? n->layers[i].id : max_id;
         for (i = 0; !nod_asc && i < o->nn; i++)
             max_id = o->nodes[i].id > max_id ? o->nodes[i].id : max_id;
@@ -442,9 +442,9 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
             ok = ol && nw && (!only || mark);
         }
         /* Layers. */
-        for (i = 0; ok && *exact && i < o->nl; i++)
+        for (i = 0; ok && *exact && !lay_asc && i < o->nl; i++)
             ol[o->layers[i].id] = (uint32_t)(i + 1);
-        for (j = 0; ok && *exact && j < n->nl; j++) {
+        for (j = 0; ok && *exact && !lay_asc && j < n->nl; j++) {
             const struct qsnap__layer *x = &n->layers[j];
             size_t at = ol[x->id], run = at ? same_run(&o->layers[at - 1], x, o->nl - at + 1,
                                                        n->nl - j, sizeof(*x))
@@ -464,14 +464,14 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
             if (ok && !ol[x->id])
                 fprintf(f, "place-layer %u %zu\n", x->id, j);
         }
-        for (i = 0; ok && *exact && i < o->nl; i++) {
+        for (i = 0; ok && *exact && !lay_asc && i < o->nl; i++) {
             if (!nw[o->layers[i].id])
                 fprintf(f, "drop-layer %u\n", o->layers[i].id);
         }
         /* Nodes (ids are shared with layers: the tables are cleared first). */
-        for (i = 0; ok && *exact && !nod_asc && i < o->nl; i++)
+        for (i = 0; ok && *exact && !lay_asc && !nod_asc && i < o->nl; i++)
             ol[o->layers[i].id] = 0;
-        for (j = 0; ok && *exact && !nod_asc && j < n->nl; j++)
+        for (j = 0; ok && *exact && !lay_asc && !nod_asc && j < n->nl; j++)
             nw[n->layers[j].id] = 0;
         for (i = 0; ok && *exact && !nod_asc && i < o->nn; i++)
             ol[o->nodes[i].id] = (uint32_t)(i + 1);
@@ -632,6 +632,14 @@ static void move_to(void *arr, size_t sz, size_t from, size_t at)
  * in the model. A lookup trusts a position only where that record has that id,
  * and an empty slot only for an id past max (a new record); anything else is
  * a walk, so a stale table costs time, never a wrong answer.
+ *
+ * The answer is the walk's: the first record with the id, the first branch
+ * with the name. Only a damaged meta file (read unchecked: the graph is
+ * checked once the log is applied) repeats one, and then the record a change
+ * replaces or drops must not depend on how old the table is. An id found
+ * twice when the table is made is marked REPEATED and always walked for (a
+ * change never adds a record with an id that is there, so no id repeats
+ * later that did not then); a name is looked for at every place it may have.
  */
 struct qsnap__apply_cache {
     uint32_t *pos[2]; /* layers, nodes */
@@ -695,16 +703,22 @@ static long bcache_find(struct qsnap__apply_cache *c, const struct qsnap__model 
         struct qsnap__branch *b = qsnap__branch_by_name(m, name);
         return b ? (long)(b - m->branches) : -1;
     }
+    /* Every place the branch may have: the first one that has its name (two have it only in
+     * a damaged model; a walk finds the first). */
+    long first = -1;
     for (size_t k = (size_t)bname_hash(name) & (c->bcap - 1); c->bslot[k];
          k = (k + 1) & (c->bcap - 1)) {
         size_t p = c->bslot[k] - 1;
         for (size_t d = 0; d <= c->bdels && d <= p; d++) {
-            if (p - d < m->nb && !strcmp(m->branches[p - d].name, name))
-                return (long)(p - d);
+            if (p - d < m->nb && (first < 0 || p - d < (size_t)first) &&
+                !strcmp(m->branches[p - d].name, name))
+                first = (long)(p - d);
         }
     }
-    return -1;
+    return first;
 }
+
+#define REPEATED UINT32_MAX /* pos[id] of an id two records have: walked for */
 
 static unsigned rec_id(const struct qsnap__model *m, int k, size_t i)
 {
@@ -732,8 +746,8 @@ static void cache_build(struct qsnap__apply_cache *c, const struct qsnap__model 
     c->max[k] = 0;
     for (size_t i = 0; i < cnt; i++) {
         unsigned id = rec_id(m, k, i);
-        if (id < c->n && !c->pos[k][id])
-            c->pos[k][id] = (uint32_t)(i + 1);
+        if (id < c->n)
+            c->pos[k][id] = c->pos[k][id] ? REPEATED : (uint32_t)(i + 1);
         c->max[k] = id > c->max[k] ? id : c->max[k];
     }
     c->built[k] = true;
@@ -748,7 +762,7 @@ static long cache_find(struct qsnap__apply_cache *c, const struct qsnap__model *
         cache_build(c, m, k);
     if (c->built[k]) {
         uint32_t p = id < c->n ? c->pos[k][id] : 0;
-        if (p && p <= cnt && rec_id(m, k, p - 1) == id)
+        if (p && p != REPEATED && p <= cnt && rec_id(m, k, p - 1) == id)
             return (long)p - 1;
         if (!p && id > c->max[k])
             return -1;
@@ -767,7 +781,7 @@ static void cache_note(struct qsnap__apply_cache *c, const struct qsnap__model *
 
     if (!c->built[k])
         return;
-    if (id < c->n)
+    if (id < c->n && c->pos[k][id] != REPEATED)
         c->pos[k][id] = (uint32_t)(i + 1);
     c->max[k] = id > c->max[k] ? id : c->max[k];
 }
@@ -824,7 +838,8 @@ static int delta_apply(struct qsnap__model *m, const char *text, size_t len, con
     int rc;
 
     /* The drops first: whole lines before the "qsnap-store" header. */
-    while (p < end && (!strncmp(p, "drop-", 5) || !strncmp(p, "place-", 6))) {
+    /* (The text is len bytes, not a string: compared only where it has the bytes.) */
+    while ((end - p >= 5 && !memcmp(p, "drop-", 5)) || (end - p >= 6 && !memcmp(p, "place-", 6))) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         char line[QSNAP_MAX_NAME * 3 + 32], *arg;
         if (!nl || (size_t)(nl - p) >= sizeof(line)) {

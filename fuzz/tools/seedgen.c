@@ -1,8 +1,10 @@
 /*
  * Seed generator for the fuzz corpora that are not whole qemu-img images:
  * compressed clusters (decompress_cluster), store metadata files
- * (qsnap_meta) and parameter strings (write_roundtrip), all made by the
- * library itself. Run by scripts/fuzz-seeds.sh: seedgen OUTDIR.
+ * (qsnap_meta), parameter strings (write_roundtrip) and change logs
+ * (qsnap_log), all made by the library itself. Run by scripts/fuzz-seeds.sh:
+ * seedgen OUTDIR; and seedgen --log STORE NAME OUTDIR, once per store the
+ * qsnap command made, for the qsnap_log seeds made of a real meta.log.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +14,7 @@
 #include "qcow2_format.h"
 #include "qcow2_int.h"
 #include "qsnap_int.h"
+#include "qsnap_fuzz.h"
 
 /* Parameters in the order the target takes them (see fuzz_helpers.h). */
 struct params {
@@ -26,9 +29,8 @@ static void param(struct params *p, uint64_t v, unsigned nbytes)
         p->b[p->n++] = (uint8_t)(v >> (8 * (nbytes - 1 - i)));
 }
 
-/* Payload, then the pool: the producer reads the pool from its last byte backwards. */
-static void write_seed(const char *dir, const char *name, const void *payload, size_t len,
-                       const struct params *p, size_t pool)
+/* DIR/NAME, created for writing (or the program stops). */
+static FILE *seed_file(const char *dir, const char *name)
 {
     char path[4096];
     FILE *f;
@@ -39,6 +41,15 @@ static void write_seed(const char *dir, const char *name, const void *payload, s
         perror(path);
         exit(1);
     }
+    return f;
+}
+
+/* Payload, then the pool: the producer reads the pool from its last byte backwards. */
+static void write_seed(const char *dir, const char *name, const void *payload, size_t len,
+                       const struct params *p, size_t pool)
+{
+    FILE *f = seed_file(dir, name);
+
     fwrite(payload, 1, len, f);
     /* Unused pool bytes first (they are consumed last), then the parameters reversed. */
     for (size_t i = p->n; i < pool; i++)
@@ -172,14 +183,266 @@ static void gen_roundtrip(const char *out)
     }
 }
 
+/* ---- qsnap_log: change texts joined by "FUZZSPLT", after an optional "base\n" part ---- */
+
+#define LOG_SEP "FUZZSPLT"
+
+static void *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    long n;
+
+    if (!f || fseek(f, 0, SEEK_END) || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) ||
+        !(buf = malloc((size_t)n + 1)) || fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        perror(path);
+        exit(1);
+    }
+    fclose(f);
+    buf[n] = '\0';
+    *len = (size_t)n;
+    return buf;
+}
+
+/*
+ * STORE/meta as the base (the text form; NAME_bin: the file's own bytes) and
+ * the change of every record of STORE/meta.log, in order.
+ */
+static void gen_log_from_store(const char *store, const char *name, const char *dir)
+{
+    char path[4096], *log, *meta, *text = NULL;
+    size_t llen, mlen, ml = strlen("qsnap-log 2\n");
+    struct qsnap__pool *pool;
+    struct qsnap__model m;
+    unsigned version;
+
+    snprintf(path, sizeof(path), "%s/meta", store);
+    meta = slurp(path, &mlen);
+    snprintf(path, sizeof(path), "%s/meta.log", store);
+    log = slurp(path, &llen);
+    pool = qsnap__pool_new(mlen);
+    memcpy(pool->data, meta, mlen);
+    if (qsnap__model_read(&m, pool, "meta", &version, true) || qsnap__model_format(&m, &text)) {
+        fprintf(stderr, "%s: %s\n", store, qsnap_error_last()->message);
+        exit(1);
+    }
+    if (llen < ml || memcmp(log, "qsnap-log 2\n", ml)) {
+        fprintf(stderr, "%s: not a change log\n", path);
+        exit(1);
+    }
+    for (int bin = 0; bin < 2; bin++) {
+        char seed[256];
+        FILE *f;
+        size_t off = ml;
+
+        snprintf(seed, sizeof(seed), "%s%s", name, bin ? "_bin" : "");
+        f = seed_file(dir, seed);
+        fputs("base\n", f);
+        if (bin)
+            fwrite(meta, 1, mlen, f);
+        else
+            fputs(text, f);
+        while (off < llen) {
+            unsigned long long gen, rlen;
+            unsigned crc;
+            int used = 0;
+            if (sscanf(log + off, "rec %llu %llu %8x\n%n", &gen, &rlen, &crc, &used) != 3 ||
+                !used || rlen > llen - off - (size_t)used) {
+                fprintf(stderr, "%s: a record header at byte %zu\n", path, off);
+                exit(1);
+            }
+            fputs(LOG_SEP, f);
+            fwrite(log + off + used, 1, (size_t)rlen, f);
+            off += (size_t)used + (size_t)rlen;
+        }
+        fclose(f);
+    }
+    qsnap__model_free(&m);
+    free(text);
+    free(meta);
+    free(log);
+}
+
+/* A seed of changes: the model they start from and the one being made. */
+struct chain {
+    FILE *f;
+    bool first;
+    struct qsnap__model cur, next;
+};
+
+/* Start a seed from m (a copy), and its first change. */
+static void chain_start(struct chain *c, const char *dir, const char *name,
+                        const struct qsnap__model *m)
+{
+    c->f = seed_file(dir, name);
+    c->first = true;
+    if (qsnap__model_clone(&c->cur, m) || qsnap__model_clone(&c->next, m))
+        exit(1);
+    c->next.gen++;
+}
+
+/* The change from cur to next goes into the seed; next becomes cur, and a copy of it next. */
+static void chain_step(struct chain *c)
+{
+    char *text = NULL;
+    bool exact = false;
+
+    if (qsnap__delta_format(&c->cur, &c->next, &text, &exact) || !exact) {
+        fprintf(stderr, "seedgen: a change cannot be formatted\n");
+        exit(1);
+    }
+    if (!c->first)
+        fputs(LOG_SEP, c->f);
+    fputs(text, c->f);
+    free(text);
+    c->first = false;
+    qsnap__model_free(&c->cur);
+    c->cur = c->next;
+    if (qsnap__model_clone(&c->next, &c->cur))
+        exit(1);
+    c->next.gen++;
+}
+
+static void chain_end(struct chain *c)
+{
+    fclose(c->f);
+    qsnap__model_free(&c->cur);
+    qsnap__model_free(&c->next);
+}
+
+static char *dup_str(const char *s)
+{
+    char *d = strdup(s);
+
+    if (!d)
+        exit(1);
+    return d;
+}
+
+/*
+ * Changes to the built-in base (fuzz/qsnap_fuzz.h) made with the model's
+ * API: one seed per kind of operation, each a chain of changes a store could
+ * log.
+ */
+static void gen_log_builtin(const char *dir)
+{
+    struct qsnap__model base;
+    struct qsnap__layer *l;
+    struct qsnap__node *n;
+    struct qsnap__branch *b;
+    struct chain c;
+
+    if (qsnap__model_parse(&base, qsnap_log_base, sizeof(qsnap_log_base) - 1, "base")) {
+        fprintf(stderr, "seedgen: the built-in base: %s\n", qsnap_error_last()->message);
+        exit(1);
+    }
+
+    /* create: the current head frozen as a snapshot, a new head over it; twice. */
+    chain_start(&c, dir, "builtin_create", &base);
+    for (int k = 0; k < 2; k++) {
+        unsigned head;
+        b = qsnap__branch_by_name(&c.next, c.next.current);
+        head = b->head;
+        l = qsnap__layer(&c.next, head);
+        l->frozen = true;
+        l->have_fp = true;
+        l->size = 65536u * (unsigned)(k + 1);
+        l->mtime_ns = 1700000500000000000ll + k;
+        n = qsnap__add_node(&c.next);
+        n->name = dup_str(k ? "created-2" : "created-1");
+        n->parent = b->base;
+        n->layer = head;
+        n->created = 1700000500 + k;
+        b->base = n->id;
+        l = qsnap__add_layer(&c.next);
+        l->file = NULL;
+        if (asprintf(&l->file, "layers/%u.qcow2", l->id) < 0)
+            exit(1);
+        l->fmt = QCOW2_FORMAT_QCOW2;
+        l->backing = head;
+        qsnap__branch_by_name(&c.next, c.next.current)->head = l->id;
+        chain_step(&c);
+    }
+    chain_end(&c);
+
+    /* A branch made (placed first), renamed, switched to, then deleted. */
+    chain_start(&c, dir, "builtin_branch", &base);
+    l = qsnap__add_layer(&c.next);
+    l->file = dup_str("layers/new.qcow2");
+    l->fmt = QCOW2_FORMAT_QCOW2;
+    l->backing = 3;
+    b = qsnap__add_branch(&c.next);
+    b->name = dup_str("feature");
+    b->head = l->id;
+    b->base = 4;
+    b->created = 1700000600;
+    {
+        struct qsnap__branch tmp = c.next.branches[c.next.nb - 1];
+        memmove(&c.next.branches[1], &c.next.branches[0], (c.next.nb - 1) * sizeof(tmp));
+        c.next.branches[0] = tmp;
+    }
+    chain_step(&c);
+    b = qsnap__branch_by_name(&c.next, "feature");
+    qsnap__str_free(&c.next, b->name);
+    b->name = dup_str("feature+2");
+    chain_step(&c);
+    qsnap__str_free(&c.next, c.next.current);
+    c.next.current = dup_str("feature+2");
+    chain_step(&c);
+    qsnap__str_free(&c.next, c.next.current);
+    c.next.current = dup_str("main");
+    qsnap__del_layer(&c.next, qsnap__branch_by_name(&c.next, "feature+2")->head);
+    qsnap__del_branch(&c.next, "feature+2");
+    chain_step(&c);
+    chain_end(&c);
+
+    /* delete: a snapshot leaves the tree (its child moves up); then a description
+     * goes, and a branch with its head. */
+    chain_start(&c, dir, "builtin_delete", &base);
+    qsnap__node(&c.next, 9)->parent = 4;
+    qsnap__del_node(&c.next, 7);
+    chain_step(&c);
+    n = qsnap__node(&c.next, 2);
+    qsnap__str_free(&c.next, n->desc);
+    n->desc = NULL;
+    qsnap__del_branch(&c.next, "\xe2\x9c\x93");
+    qsnap__del_layer(&c.next, 12);
+    chain_step(&c);
+    chain_end(&c);
+
+    /* An internal snapshot recorded, then reverted to (the head stays). */
+    chain_start(&c, dir, "builtin_internal", &base);
+    n = qsnap__add_node(&c.next);
+    n->name = dup_str("int-2");
+    n->parent = 9;
+    n->layer = 11;
+    n->created = 1700000700;
+    if (asprintf(&n->internal, "qsnap-%u", n->id) < 0)
+        exit(1);
+    qsnap__branch_by_name(&c.next, "side")->base = n->id;
+    chain_step(&c);
+    qsnap__branch_by_name(&c.next, "side")->base = 9;
+    chain_step(&c);
+    chain_end(&c);
+    qsnap__model_free(&base);
+}
+
 int main(int argc, char **argv)
 {
+    char dir[4096];
+
+    if (argc == 5 && !strcmp(argv[1], "--log")) {
+        gen_log_from_store(argv[2], argv[3], argv[4]);
+        return 0;
+    }
     if (argc != 2) {
-        fprintf(stderr, "usage: %s OUTDIR\n", argv[0]);
+        fprintf(stderr, "usage: %s OUTDIR | %s --log STORE NAME OUTDIR\n", argv[0], argv[0]);
         return 2;
     }
     gen_decompress(argv[1]);
     gen_meta(argv[1]);
     gen_roundtrip(argv[1]);
+    snprintf(dir, sizeof(dir), "%s/qsnap_log", argv[1]);
+    gen_log_builtin(dir);
     return 0;
 }

@@ -743,6 +743,192 @@ Test(index, damaged_records_get_the_same_answer_with_the_cache)
     qsnap__model_free(&cached);
 }
 
+/*
+ * A damaged meta file (read unchecked, as a store's open reads it before its
+ * log) may hold an id or a branch name twice. A change replayed with the
+ * lookup cache kept from earlier changes must touch the record a walk finds
+ * (the first), as a change applied alone does: the answer may not depend on
+ * how old the cache is. Two changes each: the first moves records (a drop
+ * puts the last layer in the dropped one's place; a new node placed first
+ * moves the others up; a dropped branch moves the ones after it down), the
+ * second replaces the record with the repeated id or name. The first record with it, found by a walk here, is the one
+ * changed, the other keeps its content.
+ */
+static const char *repeated_base =
+    "qsnap-store 2\ngen 1\nseq 20\ndisk ../d.qcow2\n"
+    "layer 1 file=../d.qcow2 fmt=qcow2 backing=0 frozen=0 disk=1\n"
+    "layer 5 file=layers/5a.qcow2 fmt=qcow2 backing=0 frozen=0 disk=0\n"
+    "layer 3 file=layers/3.qcow2 fmt=qcow2 backing=0 frozen=0 disk=0\n"
+    "layer 7 file=layers/7.qcow2 fmt=qcow2 backing=0 frozen=0 disk=0\n"
+    "layer 5 file=layers/5b.qcow2 fmt=qcow2 backing=0 frozen=0 disk=0\n"
+    "node 2 parent=0 layer=1 created=0\n"
+    "node 4 parent=2 layer=1 created=1\n"
+    "node 6 parent=2 layer=1 created=2\n"
+    "node 4 parent=2 layer=1 created=3\n"
+    "branch X head=1 base=0 created=0\n"
+    "branch A head=1 base=0 created=1\n"
+    "branch A head=5 base=0 created=2\n"
+    "end\n";
+
+static void apply_both(struct qsnap__model *plain, struct qsnap__model *cached,
+                       struct qsnap__apply_cache *c, const char *change)
+{
+    cr_assert_eq(qsnap__delta_apply(plain, change, strlen(change), "plain"), 0, "%s",
+                 qsnap_error_last()->message);
+    cr_assert_eq(qsnap__delta_apply_cached(cached, change, strlen(change), "cached", c), 0, "%s",
+                 qsnap_error_last()->message);
+}
+
+Test(index, a_repeated_id_or_name_is_found_where_a_walk_finds_it_with_the_cache)
+{
+    static const char *const first[] = {
+        "drop-layer 7\nqsnap-store 2\ngen 2\nseq 20\ndisk ../d.qcow2\nend\n",
+        ("place-node 8 0\nqsnap-store 2\ngen 2\nseq 20\ndisk ../d.qcow2\n"
+         "node 8 parent=2 layer=1 created=5\nend\n"),
+        "drop-branch X\nqsnap-store 2\ngen 2\nseq 20\ndisk ../d.qcow2\nend\n",
+    };
+    static const char *const second[] = {
+        ("qsnap-store 2\ngen 3\nseq 20\ndisk ../d.qcow2\n"
+         "layer 5 file=layers/5c.qcow2 fmt=qcow2 backing=0 frozen=0 disk=0\nend\n"),
+        "qsnap-store 2\ngen 3\nseq 20\ndisk ../d.qcow2\nnode 4 parent=2 layer=1 created=99\nend\n",
+        "qsnap-store 2\ngen 3\nseq 20\ndisk ../d.qcow2\nbranch A head=7 base=0 created=99\nend\n",
+    };
+
+    for (int k = 0; k < 3; k++) {
+        struct qsnap__model base, plain, cached;
+        struct qsnap__apply_cache *c = qsnap__apply_cache_new();
+        unsigned version;
+        size_t seen = 0;
+
+        cr_assert_not_null(c);
+        cr_assert_eq(qsnap__model_parse_v(&base, repeated_base, strlen(repeated_base), "meta",
+                                          &version, false), 0, "%s", qsnap_error_last()->message);
+        cr_assert_eq(qsnap__model_clone(&plain, &base), 0);
+        cr_assert_eq(qsnap__model_clone(&cached, &base), 0);
+        /* The cache is made by a lookup of the same kind in an earlier change. */
+        apply_both(&plain, &cached, c, first[k]);
+        cr_assert(qsnap__model_equal(&plain, &cached), "kind %d: after the first change", k);
+        apply_both(&plain, &cached, c, second[k]);
+        cr_assert(qsnap__model_equal(&plain, &cached), "kind %d: the kept cache changed another "
+                  "record than a cache of the change's own", k);
+        /* Walk: the first record with the id or name took the change, the other did not. */
+        if (k == 0) {
+            for (size_t i = 0; i < cached.nl; i++) {
+                if (cached.layers[i].id != 5)
+                    continue;
+                cr_assert_str_eq(cached.layers[i].file, seen++ ? "layers/5b.qcow2"
+                                                               : "layers/5c.qcow2");
+            }
+        } else if (k == 1) {
+            for (size_t i = 0; i < cached.nn; i++) {
+                if (cached.nodes[i].id == 4)
+                    cr_assert_eq(cached.nodes[i].created, seen++ ? 3 : 99);
+            }
+        } else {
+            for (size_t i = 0; i < cached.nb; i++) {
+                if (!strcmp(cached.branches[i].name, "A"))
+                    cr_assert_eq(cached.branches[i].head, seen++ ? 5u : 7u);
+            }
+        }
+        cr_assert_eq(seen, 2, "kind %d: both records with the id or name stay", k);
+        qsnap__apply_cache_free(c);
+        qsnap__model_free(&base);
+        qsnap__model_free(&plain);
+        qsnap__model_free(&cached);
+    }
+}
+
+/*
+ * Nodes out of id order (only a damaged meta file has them; qsnap adds each
+ * at the end with the next id) while the layers are in order: a change to a
+ * node, a new node and a dropped one are still in the change text, and
+ * applying it gives the new model. Each of the three alone, then all at
+ * once, on models of 30 records.
+ */
+Test(index, a_change_to_nodes_out_of_id_order_is_formatted_whole)
+{
+    for (int what = 0; what < 4; what++) {
+        struct qsnap__model o, n, again;
+        struct qsnap__node tmp;
+        char *text = NULL;
+        bool exact = false;
+
+        make_model(&o, 30, 1, 7);
+        tmp = o.nodes[3]; /* two nodes swapped: ids no longer ascend */
+        o.nodes[3] = o.nodes[20];
+        o.nodes[20] = tmp;
+        cr_assert_eq(qsnap__model_clone(&n, &o), 0);
+        n.gen = o.gen + 1;
+        if (what == 0 || what == 3) {
+            qsnap__str_free(&n, n.nodes[10].name);
+            n.nodes[10].name = strdup("renamed");
+            n.nodes[20].created += 5;
+        }
+        if (what == 1 || what == 3) {
+            struct qsnap__node *nd = qsnap__add_node(&n);
+            cr_assert_not_null(nd);
+            nd->layer = n.layers[0].id;
+            nd->name = strdup("added");
+        }
+        if (what == 2 || what == 3)
+            qsnap__del_node(&n, n.nodes[5].id);
+        cr_assert_eq(qsnap__delta_format(&o, &n, &text, &exact), 0);
+        cr_assert_eq(qsnap__model_clone(&again, &o), 0);
+        if (exact) {
+            cr_assert_eq(qsnap__delta_apply(&again, text, strlen(text), "change"), 0, "%s",
+                         qsnap_error_last()->message);
+            cr_assert(qsnap__model_equal(&again, &n), "case %d: the change applied gives "
+                      "another model:\n%s", what, text);
+        }
+        cr_assert(exact, "case %d: ids this close are formatted exactly", what);
+        free(text);
+        qsnap__model_free(&o);
+        qsnap__model_free(&n);
+        qsnap__model_free(&again);
+    }
+}
+
+/*
+ * A change is len bytes, not a string (a log record ends where the next one's
+ * header starts): a text that ends inside "drop-" or "place-", or right
+ * after it, is refused without a byte read past its end (each is copied into
+ * a buffer of exactly its length, so that ASan sees such a read), and a
+ * whole change cut anywhere is refused the same way.
+ */
+Test(index, a_change_cut_short_is_refused_without_reading_past_it)
+{
+    static const char *const cuts[] = {"", "d", "dro", "drop", "drop-", "p", "plac", "place",
+                                       "place-", "drop-layer", "place-node 4"};
+    const char *whole = "place-node 9 1\nqsnap-store 2\ngen 2\nseq 10\ndisk ../d.img\n"
+                        "node 9 parent=2 layer=1 created=0\nend\n";
+    size_t wl = strlen(whole);
+
+    for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]) + wl; i++) {
+        struct qsnap__model m;
+        const char *src = i < sizeof(cuts) / sizeof(cuts[0]) ? cuts[i] : whole;
+        size_t len = i < sizeof(cuts) / sizeof(cuts[0]) ? strlen(src)
+                                                        : i - sizeof(cuts) / sizeof(cuts[0]);
+        char *buf = malloc(len ? len : 1);
+        int rc;
+
+        cr_assert_not_null(buf);
+        memcpy(buf, src, len);
+        make_model(&m, 4, 1, 1);
+        rc = qsnap__delta_apply(&m, buf, len, "change");
+        cr_assert_eq(rc, QSNAP_EINTEGRITY, "%zu bytes of \"%s\": rc %d", len, src, rc);
+        free(buf);
+        qsnap__model_free(&m);
+    }
+    { /* and whole, it is a change */
+        struct qsnap__model m;
+        make_model(&m, 4, 1, 1);
+        cr_assert_eq(qsnap__delta_apply(&m, whole, wl, "change"), 0, "%s",
+                     qsnap_error_last()->message);
+        cr_assert_not_null(qsnap__node(&m, 9));
+        qsnap__model_free(&m);
+    }
+}
+
 /* The smallest "PREFIX-N" that no snapshot or branch has, as trying 1, 2, ... finds it. */
 static char *gen_by_trying(const struct qsnap__model *m, const char *prefix)
 {
