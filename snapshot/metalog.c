@@ -408,8 +408,8 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
     part.seq = n->seq;
     part.disk = n->disk;
     part.current = n->current;
-    /* Each kind in id order (always the nodes; the layers until one is dropped, which
-     * moves the last into its place): one walk of both models. Else by tables. */
+    /* Each kind in id order (as qsnap keeps them; the layers of a store whose last whole
+     * meta file an older build wrote may not be): one walk of both models. Else by tables. */
     bool lay_asc = ids_ascend(o->layers, o->nl, sizeof(*o->layers)) &&
                    ids_ascend(n->layers, n->nl, sizeof(*n->layers));
     bool nod_asc = ids_ascend(o->nodes, o->nn, sizeof(*o->nodes)) &&
@@ -646,6 +646,10 @@ struct qsnap__apply_cache {
     unsigned max[2];
     size_t n;
     bool built[2];
+    /* Records of each kind dropped since its table was made: a drop moves the records
+     * after it down by one, so a record noted at p is looked for at p, p - 1, ...
+     * p - dels (the table is made again past 32). */
+    unsigned dels[2];
     /* Branches by name: an open-addressing table of positions + 1. A branch removed
      * since the table was made moves the ones after it down by one, so a branch found
      * at p is looked for at p, p - 1, ... p - bdels. */
@@ -744,6 +748,7 @@ static void cache_build(struct qsnap__apply_cache *c, const struct qsnap__model 
         memset(c->pos[k], 0, c->n * sizeof(*c->pos[k]));
     }
     c->max[k] = 0;
+    c->dels[k] = 0;
     for (size_t i = 0; i < cnt; i++) {
         unsigned id = rec_id(m, k, i);
         if (id < c->n)
@@ -758,12 +763,14 @@ static long cache_find(struct qsnap__apply_cache *c, const struct qsnap__model *
 {
     size_t cnt = k ? m->nn : m->nl;
 
-    if (!c->built[k])
+    if (!c->built[k] || c->dels[k] > 32)
         cache_build(c, m, k);
     if (c->built[k]) {
         uint32_t p = id < c->n ? c->pos[k][id] : 0;
-        if (p && p != REPEATED && p <= cnt && rec_id(m, k, p - 1) == id)
-            return (long)p - 1;
+        for (size_t d = 0; p && p != REPEATED && d <= c->dels[k] && d < p; d++) {
+            if (p - 1 - d < cnt && rec_id(m, k, p - 1 - d) == id)
+                return (long)(p - 1 - d);
+        }
         if (!p && id > c->max[k])
             return -1;
     }
@@ -869,14 +876,11 @@ static int delta_apply(struct qsnap__model *m, const char *text, size_t len, con
                 rc = damaged(what, "it drops a record that is not there");
                 goto fail;
             }
-            if (line[5] == 'l') {
-                qsnap__del_layer_at(m, (size_t)at); /* the last layer takes its place */
-                if ((size_t)at < m->nl)
-                    cache_note(c, m, 0, (size_t)at);
-            } else {
+            if (line[5] == 'l')
+                qsnap__del_layer_at(m, (size_t)at);
+            else
                 qsnap__del_node_at(m, (size_t)at);
-                c->built[1] = false; /* the nodes after it moved */
-            }
+            c->dels[line[5] == 'l' ? 0 : 1]++; /* the records after it moved down */
         } else if (!strcmp(line, "drop-branch")) {
             char *name = NULL;
             rc = decode_branch_name(arg, what, &name);

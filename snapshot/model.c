@@ -299,7 +299,10 @@ struct qsnap__branch *qsnap__add_branch(struct qsnap__model *m)
 void qsnap__del_layer_at(struct qsnap__model *m, size_t i)
 {
     qsnap__str_free(m, m->layers[i].file);
-    m->layers[i] = m->layers[--m->nl];
+    /* Keep the order (ids ascending, as made): a change dropping several layers then
+     * replays to the same order whatever order it drops them in (metalog.c). */
+    memmove(&m->layers[i], &m->layers[i + 1], (m->nl - i - 1) * sizeof(m->layers[0]));
+    m->nl--;
 }
 
 void qsnap__del_layer(struct qsnap__model *m, unsigned id)

@@ -163,6 +163,52 @@ Test(metalog, every_operation_appends)
     free(disk_text);
 }
 
+/*
+ * A change that drops several layers (a subtree deleted) is said in the log too:
+ * replaying it gives the layers in the order the plan left them, so the save does
+ * not fall back to rewriting the whole meta file.
+ */
+Test(metalog, a_subtree_deleted_appends_and_reads_back)
+{
+    /* The subtree of a1 first, then layers made after it (which the drops must not move). */
+    static const char *const snaps[][2] = {{"sub", "a1"},   {"sub", "a2"},   {"sub", "a3"},
+                                           {"sub2", "c1"},  {"sub2", "c2"},  {"sub3", "d1"},
+                                           {"other", "o1"}, {"other", "o2"}, {"other2", "p1"},
+                                           {"other2", "p2"}};
+    tf_model m;
+    qsnap_store *s;
+    off_t meta0;
+    char *mem = NULL, *disk_text;
+
+    memset(&m, 0, sizeof(m));
+    start("subtree");
+    s = tf_open(disk, 0);
+    for (size_t i = 0; i < sizeof(snaps) / sizeof(snaps[0]); i++) {
+        const char *b = snaps[i][0];
+        if (!tf_model_get(&m, b)) {
+            ok(tf_branch(s, b, i && strncmp(b, "other", 5) ? snaps[i - 1][1] : "s1"), b);
+            tf_model_set(&m, b, true, d0);
+            ok(tf_switch(s, b), b);
+        }
+        tf_write_state(s, &m, b, 0x40 + (int)i, (uint64_t)i * 65536, 4096);
+        ok(tf_create(s, snaps[i][1]), snaps[i][1]);
+    }
+    ok(tf_switch(s, "main"), "switch main");
+    qsnap_store_close(s);
+    meta0 = fsize(metap);
+    s = tf_open(disk, 0);
+    ok(tf_delete(s, "a1", QSNAP_DELETE_CHILDREN, NULL), "delete a1 --children");
+    cr_assert_null(qsnap__node_by_name(&s->m, "c2"), "the subtree is still there");
+    ok(qsnap__model_format(&s->m, &mem), "format");
+    qsnap_store_close(s);
+    cr_assert_eq(fsize(metap), meta0, "the subtree's delete rewrote meta instead of appending");
+    disk_text = model_text();
+    cr_assert_str_eq(disk_text, mem, "the model read back differs from the one in memory");
+    free(mem);
+    free(disk_text);
+    tf_model_free(&m);
+}
+
 Test(metalog, a_record_cut_short_at_any_byte_is_not_committed)
 {
     char *before, *after, *got, *saved;
