@@ -194,16 +194,33 @@ static unsigned char *id_marks(unsigned max_id, const struct qsnap__ids *a,
     return mark;
 }
 
+/* b's layers by id: position + 1 for ids up to max_id (larger ones are left out); NULL when
+ * out of memory. */
+static uint32_t *layer_places(const struct qsnap__model *b, unsigned max_id)
+{
+    uint32_t *at = calloc((size_t)max_id + 1, sizeof(*at));
+
+    for (size_t j = 0; at && j < b->nl; j++) {
+        if (b->layers[j].id <= max_id)
+            at[b->layers[j].id] = (uint32_t)(j + 1);
+    }
+    return at;
+}
+
 /*
  * a and b the same, where every record of b whose id neither `only` nor `given`
  * names is known to be the same as a's record with its id: the places of all
- * records are compared, the named ones in full.
+ * records are compared, the named ones in full. Layers are compared by id, in
+ * whatever order: a change that drops several replays to another order than the
+ * plan left them in (each drop moves the last layer into the hole, in another
+ * sequence), and that is the same model.
  */
 static bool equal_known(const struct qsnap__model *a, const struct qsnap__model *b,
                         const struct qsnap__ids *only, const struct qsnap__ids *given)
 {
     unsigned max_id = 0;
     unsigned char *mark;
+    uint32_t *bpos = NULL; /* b's layers by id, made at the first one out of place */
     bool same = true;
 
     if (a->gen != b->gen || a->seq != b->seq || !str_eq(a->disk, b->disk) ||
@@ -218,8 +235,23 @@ static bool equal_known(const struct qsnap__model *a, const struct qsnap__model 
     for (size_t i = 0, r; same && i < a->nl; i += r) {
         const struct qsnap__layer *x = &a->layers[i], *y = &b->layers[i];
         r = same_run(x, y, a->nl - i, a->nl - i, sizeof(*x));
-        same = r || (x->id == y->id && (!mark[x->id] || layer_eq(x, y)));
+        if (!r && x->id != y->id) {
+            if (!bpos && !(bpos = layer_places(b, max_id))) {
+                free(mark);
+                return qsnap__model_equal(a, b);
+            }
+            y = bpos[x->id] ? &b->layers[bpos[x->id] - 1] : NULL;
+        }
+        same = r || (y && x->id == y->id && (!mark[x->id] || layer_eq(x, y)));
         r += !r;
+    }
+    /* Looked up by id: and every layer of b is one of a's (counts alone would not tell an
+     * id that a has twice). */
+    if (same && bpos) {
+        uint32_t *apos = layer_places(a, max_id);
+        for (size_t j = 0; same && j < b->nl; j++)
+            same = apos && b->layers[j].id <= max_id && apos[b->layers[j].id];
+        free(apos);
     }
     for (size_t i = 0, r; same && i < a->nn; i += r) {
         const struct qsnap__node *x = &a->nodes[i], *y = &b->nodes[i];
@@ -230,6 +262,7 @@ static bool equal_known(const struct qsnap__model *a, const struct qsnap__model 
     for (size_t i = 0; same && i < a->nb; i++)
         same = branch_eq(&a->branches[i], &b->branches[i]);
     free(mark);
+    free(bpos);
     return same;
 }
 
@@ -408,8 +441,8 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
     part.seq = n->seq;
     part.disk = n->disk;
     part.current = n->current;
-    /* Each kind in id order (as qsnap keeps them; the layers of a store whose last whole
-     * meta file an older build wrote may not be): one walk of both models. Else by tables. */
+    /* Each kind in id order (always the nodes; the layers until one is dropped, which
+     * moves the last into its place): one walk of both models. Else by tables. */
     bool lay_asc = ids_ascend(o->layers, o->nl, sizeof(*o->layers)) &&
                    ids_ascend(n->layers, n->nl, sizeof(*n->layers));
     bool nod_asc = ids_ascend(o->nodes, o->nn, sizeof(*o->nodes)) &&
@@ -646,9 +679,9 @@ struct qsnap__apply_cache {
     unsigned max[2];
     size_t n;
     bool built[2];
-    /* Records of each kind dropped since its table was made: a drop moves the records
-     * after it down by one, so a record noted at p is looked for at p, p - 1, ...
-     * p - dels (the table is made again past 32). */
+    /* Records of each kind dropped since its table was made that moved the records after
+     * them down by one (nodes; a dropped layer's place is taken by the last, noted), so a
+     * record noted at p is looked for at p, p - 1, ... p - dels (made again past 32). */
     unsigned dels[2];
     /* Branches by name: an open-addressing table of positions + 1. A branch removed
      * since the table was made moves the ones after it down by one, so a branch found
@@ -876,11 +909,14 @@ static int delta_apply(struct qsnap__model *m, const char *text, size_t len, con
                 rc = damaged(what, "it drops a record that is not there");
                 goto fail;
             }
-            if (line[5] == 'l')
-                qsnap__del_layer_at(m, (size_t)at);
-            else
+            if (line[5] == 'l') {
+                qsnap__del_layer_at(m, (size_t)at); /* the last layer takes its place */
+                if ((size_t)at < m->nl)
+                    cache_note(c, m, 0, (size_t)at);
+            } else {
                 qsnap__del_node_at(m, (size_t)at);
-            c->dels[line[5] == 'l' ? 0 : 1]++; /* the records after it moved down */
+                c->dels[1]++; /* the nodes after it moved down */
+            }
         } else if (!strcmp(line, "drop-branch")) {
             char *name = NULL;
             rc = decode_branch_name(arg, what, &name);

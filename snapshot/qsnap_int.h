@@ -282,8 +282,8 @@ struct qsnap__branch *qsnap__add_branch(struct qsnap__model *m);
 void qsnap__del_layer(struct qsnap__model *m, unsigned id);
 void qsnap__del_node(struct qsnap__model *m, unsigned id);
 void qsnap__del_branch(struct qsnap__model *m, const char *name);
-/* The same for the record at position i: the records after it move down, keeping
- * their order. */
+/* The same for the record at position i: the last layer takes a layer's place; the
+ * nodes and branches after one move down, keeping their order. */
 void qsnap__del_layer_at(struct qsnap__model *m, size_t i);
 void qsnap__del_node_at(struct qsnap__model *m, size_t i);
 void qsnap__del_branch_at(struct qsnap__model *m, size_t i);
