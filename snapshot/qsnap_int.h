@@ -147,6 +147,8 @@ struct qsnap__log {
     uint64_t good;       /* end of its last whole record */
     size_t live;         /* records applied when it was read */
     size_t stale;        /* records the meta file already holds (a compaction was cut short) */
+    size_t shifts;       /* node drops in the live records (each costs a replay a pass over
+                          * the nodes that follow the dropped one) */
 };
 
 struct qsnap_store {

@@ -209,6 +209,60 @@ Test(metalog, a_subtree_deleted_appends_and_reads_back)
     tf_model_free(&m);
 }
 
+/* The lines of the change log that start with key (0 when there is no log). */
+static size_t log_lines(const char *key)
+{
+    FILE *f = fopen(logp, "r");
+    char line[4096];
+    size_t n = 0;
+
+    while (f && fgets(line, sizeof(line), f))
+        n += !strncmp(line, key, strlen(key));
+    if (f)
+        fclose(f);
+    return n;
+}
+
+/*
+ * Every node dropped moves the nodes after it, in every replay of the log: the log
+ * holds at most 8 node drops before a change folds it into meta, and the model
+ * reads back the same either way.
+ */
+Test(metalog, node_drops_in_the_log_are_bounded)
+{
+    qsnap_store *s;
+    char name[16], *mem = NULL, *disk_text;
+    size_t most = 0;
+
+    start("shifts");
+    s = tf_open(disk, 0);
+    for (int i = 2; i <= 14; i++) {
+        snprintf(name, sizeof(name), "s%d", i);
+        ok(tf_create(s, name), name); /* a clean head: a node of its own, no layer */
+    }
+    qsnap_store_close(s);
+    for (int i = 2; i <= 14; i++) {
+        size_t n;
+        snprintf(name, sizeof(name), "s%d", i);
+        s = tf_open(disk, 0);
+        ok(tf_delete(s, name, 0, NULL), name);
+        qsnap_store_close(s);
+        n = log_lines("drop-node ");
+        cr_assert_leq(n, 8, "%zu node drops in the log after deleting %s", n, name);
+        most = n > most ? n : most;
+    }
+    cr_assert_eq(most, 8, "the log never held 8 node drops (%zu): the bound is not what is tested",
+                 most);
+    s = tf_open(disk, 0);
+    ok(qsnap__model_format(&s->m, &mem), "format");
+    cr_assert_null(qsnap__node_by_name(&s->m, "s14"), "s14 is still there");
+    qsnap_store_close(s);
+    disk_text = model_text();
+    cr_assert_str_eq(disk_text, mem, "the model read back differs from the one in memory");
+    free(mem);
+    free(disk_text);
+}
+
 Test(metalog, a_record_cut_short_at_any_byte_is_not_committed)
 {
     char *before, *after, *got, *saved;
