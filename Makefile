@@ -174,8 +174,9 @@ fuzz-run: fuzz
 	ASAN_OPTIONS=allocator_may_return_null=1 build/fuzz/$(T) -max_total_time=$(or $(SECS),60) \
 	    -rss_limit_mb=2048 build/fuzz/corpus-$(T) fuzz/corpora/$(T)
 
-# Regenerate the committed seed corpora from qemu-img-made images.
-fuzz-seeds: $(STATIC) $(SNAP_STATIC)
+# Regenerate the committed seed corpora from qemu-img-made images (and, for qsnap_log, stores
+# the qsnap command makes).
+fuzz-seeds: $(STATIC) $(SNAP_STATIC) $(QSNAP)
 	@sh scripts/fuzz-seeds.sh
 
 # Benchmarks (never part of `make test`): standalone programs linked with the static library.
