@@ -387,11 +387,14 @@ int qsnap__chmod_store_file(const qsnap_store *s, const char *rel, bool writable
     }
     /* The new mode is made durable before the step is done: the journal that would
      * redo it goes once the operation's steps are (a file system need not write one
-     * file's inode change with another's sync). */
+     * file's inode change with another's sync). Synced even when the mode is already
+     * the one asked for: a run killed between its fchmod and its fsync left it so,
+     * in the page cache only, and the replay of its journal finds it so. */
     mode_t mode = 0;
     if (fstat(fd, &st) < 0 ||
         ((mode = writable ? (st.st_mode | 0200) : (st.st_mode & ~(mode_t)0222)) != st.st_mode &&
-         (fchmod(fd, mode) < 0 || fsync(fd) < 0)))
+         fchmod(fd, mode) < 0) ||
+        fsync(fd) < 0)
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: chmod failed: %s", s->dir, rel,
                         strerror(errno));
     close(fd);

@@ -70,5 +70,36 @@ chmod u+w "$f"
 traced "verify --repair makes a frozen layer read-only again" verify d.raw --repair
 q verify d.raw >/dev/null 2>&1 && ok "verify is clean after the repair" || bad "verify after repair" "exit $?"
 
+# A run killed between its fchmod and its fsync: the mode is set, in the page cache only,
+# and the journal is still there. The recovery that replays it finds the mode already right
+# and must sync it all the same before the journal goes.
+mkdir k1 k2
+qio qcow2 "$(q current d.raw --path)" "write -P 4 192k 64k"
+cp -a d.raw d.raw.qsnap k1/ && cp -a d.raw d.raw.qsnap k2/
+(cd k2 && strace -qq -f -y -e trace=fchmod,fsync -o "$W/t2" "$QSNAP" create d.raw s5 >/dev/null 2>&1)
+# The fsync that follows the (only) fchmod: its number among all fsyncs, and the layer's file.
+nth=$(awk '/fchmod\(/ { m = 1; next } /fsync\(/ { n++; if (m) { print n; exit } }' "$W/t2")
+layer=$(grep -o 'fchmod([0-9]*<[^>]*>' "$W/t2" | head -1 | sed 's/.*<//; s/>$//; s#.*/##')
+if [ -z "$nth" ] || [ -z "$layer" ]; then
+    bad "kill after fchmod" "no fchmod then fsync in a normal create ($(head -c 300 "$W/t2"))"
+else
+    (cd k1 && strace -qq -f -e trace=fsync -e inject=fsync:signal=SIGKILL:when="$nth" \
+        -o /dev/null "$QSNAP" create d.raw s5 >/dev/null 2>&1) 2>/dev/null
+    if [ -e k1/d.raw.qsnap/journal ] &&
+        [ -z "$(find "k1/d.raw.qsnap/layers/$layer" -perm /222)" ]; then
+        (cd k1 && strace -qq -f -y -e trace=fsync,unlinkat -o "$W/t1" "$QSNAP" verify d.raw --repair >/dev/null 2>&1)
+        verdict=$(awk -v f="layers/$layer>" '
+            /^[0-9]+ +fsync\(/ && index($0, f) { synced = 1 }
+            /unlinkat\(.*"journal"/ { print (synced ? "" : "the journal went before the layer was synced"); done = 1; exit }
+            END { if (!done) print "no journal removed" }' "$W/t1")
+        [ -z "$verdict" ] && ok "a run killed after fchmod: the replay syncs $layer before the journal goes" ||
+            bad "kill after fchmod" "$verdict"
+        (cd k1 && q verify d.raw >/dev/null 2>&1) && ok "verify is clean after the replay" ||
+            bad "verify after the replay" "exit $?"
+    else
+        bad "kill after fchmod" "the killed create left no journal, or $layer writable"
+    fi
+fi
+
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
