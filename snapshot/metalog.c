@@ -97,9 +97,10 @@ static size_t node_drops(const char *text, size_t len)
 
     for (const char *p = text, *end = text + len; p < end;) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
-        if ((size_t)(end - p) >= sizeof(key) - 1 && !memcmp(p, key, sizeof(key) - 1))
+        size_t left = (size_t)(end - p);
+        if (left >= sizeof(key) - 1 && !memcmp(p, key, sizeof(key) - 1))
             n++;
-        else if ((size_t)(end - p) < 5 || (memcmp(p, "drop-", 5) && memcmp(p, "place-", 6)))
+        else if ((left < 5 || memcmp(p, "drop-", 5)) && (left < 6 || memcmp(p, "place-", 6)))
             break; /* past the drop and place lines */
         p = nl ? nl + 1 : end;
     }
@@ -140,17 +141,28 @@ static bool str_eq(const char *a, const char *b)
 /*
  * Records with the same bytes are the same record (their strings are the same
  * pointers): a copy of a model that a plan did not touch compares a run at a time.
- * The number of records, at most SAME_RUN, from a and b on (an and bn left in
- * each) that have the same bytes, or 0 when fewer than two do.
+ * The number of records from a and b on (an and bn left in each), at most
+ * SAME_RUN, that have the same bytes: all of them in one comparison, else the
+ * longest such prefix in a few more (halving), so that a changed record costs
+ * about log2(SAME_RUN) comparisons wherever it lies. 0: the first records differ.
  */
 #define SAME_RUN 64u
 
 static size_t same_run(const void *a, const void *b, size_t an, size_t bn, size_t size)
 {
-    size_t run = an < bn ? an : bn;
+    size_t run = an < bn ? an : bn, lo = 0, hi;
 
     run = run < SAME_RUN ? run : SAME_RUN;
-    return run > 1 && !memcmp(a, b, run * size) ? run : 0;
+    if (!run || !memcmp(a, b, run * size))
+        return run;
+    for (hi = run; hi - lo > 1;) { /* the first lo records are the same; the first hi not */
+        size_t mid = lo + (hi - lo) / 2;
+        if (!memcmp(a, b, mid * size))
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
 }
 
 static bool layer_eq(const struct qsnap__layer *a, const struct qsnap__layer *b)
