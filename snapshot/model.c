@@ -315,15 +315,34 @@ void qsnap__del_layer(struct qsnap__model *m, unsigned id)
     }
 }
 
+static void node_strings_free(const struct qsnap__model *m, const struct qsnap__node *n)
+{
+    qsnap__str_free(m, n->name);
+    qsnap__str_free(m, n->desc);
+    qsnap__str_free(m, n->state);
+    qsnap__str_free(m, n->internal);
+}
+
 void qsnap__del_node_at(struct qsnap__model *m, size_t i)
 {
-    qsnap__str_free(m, m->nodes[i].name);
-    qsnap__str_free(m, m->nodes[i].desc);
-    qsnap__str_free(m, m->nodes[i].state);
-    qsnap__str_free(m, m->nodes[i].internal);
+    node_strings_free(m, &m->nodes[i]);
     /* Keep creation order: nodes are listed in the order they were made. */
     memmove(&m->nodes[i], &m->nodes[i + 1], (m->nn - i - 1) * sizeof(m->nodes[0]));
     m->nn--;
+}
+
+void qsnap__del_nodes_marked(struct qsnap__model *m, const bool *drop)
+{
+    size_t w = 0;
+
+    for (size_t i = 0; i < m->nn; i++) {
+        if (drop[i]) {
+            node_strings_free(m, &m->nodes[i]);
+        } else {
+            m->nodes[w++] = m->nodes[i];
+        }
+    }
+    m->nn = w;
 }
 
 void qsnap__del_node(struct qsnap__model *m, unsigned id)

@@ -92,116 +92,152 @@ static int stream_into(const qsnap_store *s, struct qsnap__model *t, qsnap_plan 
     return rc;
 }
 
+/*
+ * Whether each node (by position) is in the subtree of the node at position root:
+ * in[i] true. One walk up from each node, each node settled once (what a walk
+ * reaches is settled with it), so the cost follows the tree's size, not its size
+ * times the subtree's. Nodes are found by id through x (t's index).
+ */
+static bool subtree_marks(const struct qsnap__model *t, const struct qsnap__index *x, size_t root,
+                          bool *in)
+{
+    unsigned char *state = calloc(t->nn + 1, 1); /* 0 not yet, 1 in, 2 out */
+    size_t *path = malloc((t->nn + 1) * sizeof(*path));
+
+    if (!state || !path) {
+        free(state);
+        free(path);
+        return false;
+    }
+    state[root] = 1;
+    for (size_t i = 0; i < t->nn; i++) {
+        size_t n = 0, at = i;
+        unsigned char found = 2;
+        /* Up to a settled node or the top (the graph is checked: parents do not loop;
+         * the walk still stops after nn steps). */
+        while (!state[at] && n < t->nn) {
+            const struct qsnap__node *up = t->nodes[at].parent
+                                               ? qsnap__index_node(x, t->nodes[at].parent)
+                                               : NULL;
+            path[n++] = at;
+            if (!up)
+                break;
+            at = (size_t)(up - t->nodes);
+        }
+        if (state[at])
+            found = state[at];
+        while (n)
+            state[path[--n]] = found;
+    }
+    for (size_t i = 0; i < t->nn; i++)
+        in[i] = state[i] == 1;
+    free(state);
+    free(path);
+    return true;
+}
+
 static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
                                struct qsnap__node *root)
 {
-    unsigned *ids = calloc(t->nn + 1, sizeof(unsigned));
+    bool *in = calloc(t->nn + 1, sizeof(bool));
     bool *keep = calloc(t->nl + 1, sizeof(bool));
-    size_t nids = 0, removed_branches = 0, nodes;
+    size_t removed_branches = 0, nodes = 0;
     char *root_name = strdup(root->name);
-    int rc = 0;
+    struct qsnap__index x;
+    int rc = qsnap__index_build(&x, t, false);
 
-    if (!ids || !keep || !root_name) {
+    if (rc) {
+        free(in);
+        free(keep);
+        free(root_name);
+        return rc;
+    }
+    if (!in || !keep || !root_name || !subtree_marks(t, &x, (size_t)(root - t->nodes), in)) {
         rc = nomem();
         goto out;
     }
     /* The subtree: the root and every node whose parent is in it. */
-    ids[nids++] = root->id;
-    for (size_t added = 1; added;) {
-        added = 0;
-        for (size_t i = 0; i < t->nn; i++) {
-            bool in = false, parent_in = false;
-            for (size_t k = 0; k < nids; k++) {
-                in |= ids[k] == t->nodes[i].id;
-                parent_in |= ids[k] == t->nodes[i].parent;
-            }
-            if (parent_in && !in) {
-                ids[nids++] = t->nodes[i].id;
-                added++;
-            }
-        }
-    }
     for (size_t i = 0; i < t->nb; i++) {
-        for (size_t k = 0; k < nids; k++) {
-            if (t->branches[i].base != ids[k])
-                continue;
-            if (t->current && !strcmp(t->current, t->branches[i].name)) {
-                rc = qsnap__err(QSNAP_EREFUSED, "'qsnap switch DISK BRANCH' to a branch outside it first",
-                                "the current branch %s is in the subtree of %s", t->current,
-                                root_name);
-                goto out;
-            }
-            rc = qsnap__check_free(s, t, t->branches[i].head);
-            if (rc)
-                goto out;
+        const struct qsnap__node *base = qsnap__index_node(&x, t->branches[i].base);
+        if (!base || !in[base - t->nodes])
+            continue;
+        if (t->current && !strcmp(t->current, t->branches[i].name)) {
+            rc = qsnap__err(QSNAP_EREFUSED, "'qsnap switch DISK BRANCH' to a branch outside it first",
+                            "the current branch %s is in the subtree of %s", t->current,
+                            root_name);
+            goto out;
         }
-    }
-    for (size_t k = 0; k < nids; k++) {
-        struct qsnap__node *n = qsnap__node(t, ids[k]);
-        if (n->state)
-            rc = qsnap__defer_unlink(p, n->state);
+        rc = qsnap__check_free(s, t, t->branches[i].head);
         if (rc)
             goto out;
     }
+    /* State files: the root's first, then the others in the tree's order. */
+    if (root->state)
+        rc = qsnap__defer_unlink(p, root->state);
+    for (size_t i = 0; i < t->nn && !rc; i++) {
+        if (in[i] && &t->nodes[i] != root && t->nodes[i].state)
+            rc = qsnap__defer_unlink(p, t->nodes[i].state);
+    }
+    if (rc)
+        goto out;
     for (size_t i = 0; i < t->nb;) {
-        bool in = false;
-        for (size_t k = 0; k < nids; k++)
-            in |= t->branches[i].base == ids[k];
-        if (in) {
-            char *name = strdup(t->branches[i].name);
-            if (!name) {
-                rc = nomem();
-                goto out;
-            }
-            qsnap__del_branch(t, name);
-            free(name);
+        const struct qsnap__node *base = qsnap__index_node(&x, t->branches[i].base);
+        if (base && in[base - t->nodes]) {
+            qsnap__del_branch_at(t, i);
             removed_branches++;
         } else {
             i++;
         }
     }
-    nodes = nids;
-    for (size_t k = 0; k < nids; k++)
-        qsnap__del_node(t, ids[k]);
-    /* Keep every layer a remaining node or branch needs (and the disk); drop the rest. */
-    for (size_t i = 0; i < t->nl; i++) {
-        const struct qsnap__layer *l = &t->layers[i];
-        bool needed = l->is_disk;
-        for (size_t j = 0; j < t->nn && !needed; j++)
-            needed = t->nodes[j].layer == l->id;
-        for (size_t j = 0; j < t->nb && !needed; j++)
-            needed = t->branches[j].head == l->id;
-        keep[i] = needed;
+    /* The nodes of the subtree go (branches were looked up by position above: the index is
+     * not used past here, as the nodes move). */
+    for (size_t i = 0; i < t->nn; i++)
+        nodes += in[i];
+    qsnap__del_nodes_marked(t, in);
+    qsnap__index_free(&x);
+    /* Keep every layer a remaining node or branch needs (and the disk), with the layers
+     * below each; drop the rest. */
+    rc = qsnap__index_build(&x, t, false);
+    if (rc)
+        goto out_noindex;
+    for (size_t i = 0; i < t->nl; i++)
+        keep[i] = t->layers[i].is_disk;
+    for (size_t j = 0; j < t->nn + t->nb; j++) {
+        unsigned id = j < t->nn ? t->nodes[j].layer : t->branches[j - t->nn].head;
+        const struct qsnap__layer *l = qsnap__index_layer(&x, id);
+        if (l)
+            keep[l - t->layers] = true;
     }
-    for (size_t changed = 1; changed;) {
-        changed = 0;
-        for (size_t i = 0; i < t->nl; i++) {
-            if (!keep[i])
-                continue;
-            for (size_t j = 0; j < t->nl; j++) {
-                if (!keep[j] && t->layers[j].id == t->layers[i].backing) {
-                    keep[j] = true;
-                    changed++;
-                }
-            }
+    for (size_t i = 0; i < t->nl; i++) {
+        /* Down the backing links of a kept layer, to the first one already kept (each layer
+         * is marked once; the graph is checked: no loop, and the walk stops after nl steps). */
+        const struct qsnap__layer *l = keep[i] ? qsnap__index_layer(&x, t->layers[i].backing)
+                                               : NULL;
+        for (size_t n = 0; l && !keep[l - t->layers] && n < t->nl; n++) {
+            keep[l - t->layers] = true;
+            l = qsnap__index_layer(&x, l->backing);
         }
     }
+    qsnap__index_free(&x);
     for (size_t i = t->nl; i-- > 0;) {
         if (keep[i])
             continue;
         rc = qsnap__defer_unlink(p, t->layers[i].file);
         if (rc)
-            goto out;
-        qsnap__del_layer(t, t->layers[i].id);
+            goto out_noindex;
+        qsnap__del_layer_at(t, i); /* the last (kept, or dropped already) takes its place */
     }
     rc = qsnap__add_save(p, t);
     if (!rc)
         rc = qsnap__set_summary(p,
                                 "deleted snapshot %s and its subtree (%zu snapshots, %zu branches)",
                                 root_name, nodes, removed_branches);
+    goto out_noindex;
 out:
+    qsnap__index_free(&x);
+out_noindex:
     free(root_name);
-    free(ids);
+    free(in);
     free(keep);
     return rc;
 }

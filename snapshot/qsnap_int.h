@@ -289,6 +289,8 @@ void qsnap__del_branch(struct qsnap__model *m, const char *name);
 void qsnap__del_layer_at(struct qsnap__model *m, size_t i);
 void qsnap__del_node_at(struct qsnap__model *m, size_t i);
 void qsnap__del_branch_at(struct qsnap__model *m, size_t i);
+/* Drop every node whose position drop[] marks, in one pass; the others keep their order. */
+void qsnap__del_nodes_marked(struct qsnap__model *m, const bool *drop);
 /* Serialize to text (malloc'd) / parse text (hostile input: every field checked). */
 int qsnap__model_format(const struct qsnap__model *m, char **out);
 int qsnap__model_parse(struct qsnap__model *m, const char *text, size_t len, const char *what);

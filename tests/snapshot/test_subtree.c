@@ -1,0 +1,231 @@
+/*
+ * Deleting a subtree (QSNAP_DELETE_CHILDREN) on a random tree, against a model
+ * worked out here the slow way from the store's own records: the snapshots
+ * that remain are exactly those that are not the root or below it; the
+ * branches that remain are those not based in the subtree; the layers that
+ * remain are exactly the disk's, those a remaining snapshot or branch uses,
+ * and the ones under those (backing links), and only their files are left in
+ * layers/; verify finds nothing. Repeated for several subtrees of one tree.
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "qcow2/qcow2.h"
+#include "qemu_oracle.h"
+#include "qsnap/qsnap.h"
+#include "qsnap_int.h"
+#include "tree_fixture.h"
+
+static char dir[256], disk[512];
+static uint8_t *d0;
+
+static void setup(void)
+{
+    d0 = calloc(1, TF_SIZE);
+    cr_assert_not_null(d0);
+}
+
+static void teardown(void)
+{
+    free(d0);
+    if (dir[0])
+        qo_rmtree(dir);
+    dir[0] = '\0';
+}
+
+TestSuite(subtree, .init = setup, .fini = teardown, .timeout = 300);
+
+static void ok(int rc, const char *what)
+{
+    cr_assert_eq(rc, 0, "%s: rc %d: %s", what, rc, qsnap_error_last()->message);
+}
+
+/* Whether node id is root or below it (a walk up the parents, one lookup per step). */
+static bool below(const struct qsnap__model *m, unsigned id, unsigned root)
+{
+    for (size_t steps = 0; id && steps <= m->nn; steps++) {
+        const struct qsnap__node *n = qsnap__node(m, id);
+        if (id == root)
+            return true;
+        id = n ? n->parent : 0;
+    }
+    return false;
+}
+
+/* Whether layer id is needed by m: the disk, used by a node or a branch, or under one that is. */
+static bool needed(const struct qsnap__model *m, unsigned id)
+{
+    for (size_t i = 0; i < m->nl; i++) {
+        const struct qsnap__layer *l = &m->layers[i];
+        bool used = l->is_disk;
+        for (size_t j = 0; j < m->nn && !used; j++)
+            used = m->nodes[j].layer == l->id;
+        for (size_t j = 0; j < m->nb && !used; j++)
+            used = m->branches[j].head == l->id;
+        /* Down l's backing links: id among them makes it needed. */
+        for (const struct qsnap__layer *d = l; used && d; d = qsnap__layer(m, d->backing)) {
+            if (d->id == id)
+                return true;
+            if (!d->backing)
+                break;
+        }
+    }
+    return false;
+}
+
+/* A copy of the ids of m's nodes (or layers) that satisfy keep; *n of them. */
+static unsigned *ids_of(const struct qsnap__model *m, bool layers, size_t *n)
+{
+    size_t cnt = layers ? m->nl : m->nn;
+    unsigned *v = calloc(cnt + 1, sizeof(*v));
+
+    cr_assert_not_null(v);
+    for (size_t i = 0; i < cnt; i++)
+        v[i] = layers ? m->layers[i].id : m->nodes[i].id;
+    *n = cnt;
+    return v;
+}
+
+static bool has(const unsigned *v, size_t n, unsigned id)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] == id)
+            return true;
+    }
+    return false;
+}
+
+Test(subtree, deletes_exactly_the_subtree_and_the_layers_only_it_needed)
+{
+    tf_model m;
+    qsnap_store *s;
+    unsigned r = 12345;
+    char name[32], branch[32];
+    int nbranch = 0;
+
+    memset(&m, 0, sizeof(m));
+    tf_setup(dir, sizeof(dir), disk, sizeof(disk), "subtree", false, d0);
+    s = tf_open(disk, QSNAP_OPEN_CREATE);
+    ok(tf_create(s, "s0"), "create s0");
+    tf_model_set(&m, "main", true, d0);
+    /* A random tree: 36 snapshots, a new branch at a random snapshot now and then, a write
+     * before most snapshots (a clean head gives a snapshot without a layer of its own). */
+    for (int i = 1; i <= 36; i++) {
+        r = r * 1103515245u + 12345u;
+        if (i % 5 == 0) {
+            snprintf(branch, sizeof(branch), "b%d", ++nbranch);
+            snprintf(name, sizeof(name), "s%u", (r >> 8) % (unsigned)i);
+            ok(tf_branch(s, branch, name), branch);
+            tf_model_set(&m, branch, true, d0);
+            ok(tf_switch(s, branch), branch);
+        }
+        if ((r >> 16) % 4) {
+            const char *cur = nbranch ? branch : "main";
+            tf_write_state(s, &m, cur, 0x10 + i, (uint64_t)((r >> 4) % 64) * 4096, 4096);
+        }
+        snprintf(name, sizeof(name), "s%d", i);
+        ok(tf_create(s, name), name);
+    }
+    ok(tf_switch(s, "main"), "switch main");
+    qsnap_store_close(s);
+
+    /* Subtrees that do not hold main's base, in turn. */
+    int done = 0;
+    for (int round = 0; round < 40 && done < 5; round++) {
+        struct qsnap__model *t;
+        const struct qsnap__node *root;
+        unsigned *nodes0, *layers0, rid;
+        size_t nn0, nl0, left = 0;
+        char rname[32];
+
+        r = r * 1103515245u + 12345u;
+        s = tf_open(disk, 0);
+        t = &s->m;
+        root = t->nn ? &t->nodes[(r >> 8) % t->nn] : NULL;
+        if (!root || !root->name) {
+            qsnap_store_close(s);
+            continue;
+        }
+        rid = root->id;
+        snprintf(rname, sizeof(rname), "%s", root->name);
+        {
+            const struct qsnap__branch *cur = qsnap__branch_by_name(t, t->current);
+            if (cur && cur->base && below(t, cur->base, rid)) {
+                qsnap_store_close(s); /* the current branch is in it: refused, tested elsewhere */
+                continue;
+            }
+        }
+        nodes0 = ids_of(t, false, &nn0);
+        layers0 = ids_of(t, true, &nl0);
+        /* The expected model, from the records before the delete. */
+        bool *node_stays = calloc(nn0 + 1, sizeof(bool));
+        cr_assert_not_null(node_stays);
+        for (size_t i = 0; i < nn0; i++) {
+            node_stays[i] = !below(t, nodes0[i], rid);
+            left += node_stays[i];
+        }
+        ok(tf_delete(s, rname, QSNAP_DELETE_CHILDREN, NULL), rname);
+        qsnap_store_close(s);
+
+        s = tf_open(disk, 0);
+        t = &s->m;
+        cr_assert_eq(t->nn, left, "delete %s: %zu snapshots and nodes left, want %zu", rname, t->nn,
+                     left);
+        for (size_t i = 0; i < nn0; i++)
+            cr_assert_eq(qsnap__node(t, nodes0[i]) != NULL, node_stays[i],
+                         "delete %s: node %u %s", rname, nodes0[i],
+                         node_stays[i] ? "is gone" : "is still there");
+        for (size_t i = 0; i < t->nb; i++)
+            cr_assert(!t->branches[i].base || qsnap__node(t, t->branches[i].base),
+                      "delete %s: branch %s is based on a deleted node", rname,
+                      t->branches[i].name);
+        /* Layers: exactly the needed ones of those there were, their files and no others. */
+        for (size_t i = 0; i < nl0; i++) {
+            const struct qsnap__layer *l = qsnap__layer(t, layers0[i]);
+            cr_assert_eq(l != NULL, needed(t, layers0[i]), "delete %s: layer %u %s", rname,
+                         layers0[i], l ? "is kept but nothing needs it" : "is gone but needed");
+        }
+        for (size_t i = 0; i < t->nl; i++) {
+            char path[1024];
+            cr_assert(has(layers0, nl0, t->layers[i].id), "delete %s: a new layer %u", rname,
+                      t->layers[i].id);
+            if (t->layers[i].is_disk)
+                continue;
+            snprintf(path, sizeof(path), "%s.qsnap/%s", disk, t->layers[i].file);
+            cr_assert_eq(access(path, F_OK), 0, "delete %s: %s is gone", rname, path);
+        }
+        {
+            char cmd[1200];
+            size_t files = 0;
+            FILE *f;
+            snprintf(cmd, sizeof(cmd), "ls '%s.qsnap/layers' | grep -c '^[0-9]*\\.qcow2$'", disk);
+            f = popen(cmd, "r");
+            cr_assert_not_null(f);
+            cr_assert_eq(fscanf(f, "%zu", &files), 1);
+            pclose(f);
+            size_t want = 0;
+            for (size_t i = 0; i < t->nl; i++)
+                want += !t->layers[i].is_disk;
+            cr_assert_eq(files, want, "delete %s: %zu layer files, want %zu", rname, files, want);
+        }
+        {
+            qsnap_finding *fs = NULL;
+            size_t nf = 0;
+            ok(qsnap_verify(s, false, &fs, &nf), "verify");
+            for (size_t i = 0; i < nf; i++)
+                cr_assert(!fs[i].problem, "delete %s: verify: %s", rname, fs[i].message);
+            qsnap_verify_free(fs, nf);
+        }
+        qsnap_store_close(s);
+        free(node_stays);
+        free(nodes0);
+        free(layers0);
+        done++;
+    }
+    cr_assert_eq(done, 5, "only %d subtrees deleted", done);
+    tf_model_free(&m);
+}
