@@ -801,14 +801,38 @@ int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
     qsnap_node *list = NULL;
     size_t n = 0;
     qsnap_usage *u;
+    struct qsnap__index x;
+    unsigned *deps_of = NULL, *users_of = NULL; /* by layer position: layers on it, nodes of it */
     int rc = qsnap_list(s, &list, &n);
 
     if (rc)
         return rc;
+    rc = qsnap__index_build(&x, &s->m, false);
+    if (rc) {
+        qsnap_list_free(list, n);
+        return rc;
+    }
     u = calloc(n + 1, sizeof(*u));
-    if (!u) {
+    deps_of = calloc(s->m.nl + 1, sizeof(*deps_of));
+    users_of = calloc(s->m.nl + 1, sizeof(*users_of));
+    if (!u || !deps_of || !users_of) {
+        free(u);
+        free(deps_of);
+        free(users_of);
+        qsnap__index_free(&x);
         qsnap_list_free(list, n);
         return nomem();
+    }
+    /* Counted once for all entries (each entry walking the model made du quadratic). */
+    for (size_t j = 0; j < s->m.nl; j++) {
+        const struct qsnap__layer *b = qsnap__index_layer(&x, s->m.layers[j].backing);
+        if (b)
+            deps_of[b - s->m.layers]++;
+    }
+    for (size_t j = 0; j < s->m.nn; j++) {
+        const struct qsnap__layer *b = qsnap__index_layer(&x, s->m.nodes[j].layer);
+        if (b)
+            users_of[b - s->m.layers]++;
     }
     for (size_t i = 0; i < n; i++) {
         const struct qsnap__layer *l = NULL;
@@ -823,10 +847,13 @@ int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
             u[i].frees = list[i].file_bytes; /* deleting a branch removes its head */
             continue;
         }
-        l = qsnap__layer(&s->m, qsnap__node(&s->m, list[i].id)->layer);
+        const struct qsnap__node *nd = qsnap__index_node(&x, list[i].id);
+        l = nd ? qsnap__index_layer(&x, nd->layer) : NULL;
+        if (!l) /* the graph is checked: every node has its layer */
+            continue;
         if (list[i].internal) {
             /* Inside its head's file: what only it references there, which deleting it frees. */
-            const char *snap = qsnap__node(&s->m, list[i].id)->internal;
+            const char *snap = nd->internal;
             qcow2_image *img = NULL;
             uint64_t b = 0;
             if (l &&
@@ -839,13 +866,14 @@ int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
             u[i].frees = l && l->frozen ? 0 : b;
             continue;
         }
-        for (size_t j = 0; j < s->m.nl; j++)
-            deps += s->m.layers[j].backing == l->id;
-        for (size_t j = 0; j < s->m.nn; j++)
-            shared |= s->m.nodes[j].layer == l->id && s->m.nodes[j].id != list[i].id;
+        deps = deps_of[l - s->m.layers];
+        shared = users_of[l - s->m.layers] > 1; /* another node has it too */
         /* A leaf's layer goes; a layer with one dependent is merged into it; else kept. */
         u[i].frees = (l->is_disk || shared || deps > 1) ? 0 : list[i].file_bytes;
     }
+    free(deps_of);
+    free(users_of);
+    qsnap__index_free(&x);
     qsnap_list_free(list, n);
     *out = u;
     *n_out = n;
