@@ -207,6 +207,9 @@ revert_10k=$(median_rss '"$QSNAP" revert "$D" b500-s5 --branch "r10k-$RUN"')
 switch_10k=$(median_rss '"$QSNAP" switch "$D" b$((RUN + 10))')
 list_10k=$(median_rss '"$QSNAP" list "$D" --tree')
 json_10k=$(median_rss '"$QSNAP" list "$D" --json')
+du_10k=$(median_rss '"$QSNAP" du "$D"')
+# A branch's whole line (10 snapshots from the root, and the branch), another each run.
+subtree_10k=$(median_rss '"$QSNAP" delete "$D" "b$((RUN + 600))-s1" --children')
 "$QSNAP" verify "$D" >/dev/null || echo "verify of the 10,000-snapshot store failed"
 echo
 echo "snapshot tree at 10,000 snapshots: $count snapshots, $branches branches"
@@ -218,5 +221,7 @@ printf '%-36s %14s  %s\n' "revert" "$revert_10k" "< 5 ms"
 printf '%-36s %14s  %s\n' "switch" "$switch_10k" "< 5 ms"
 printf '%-36s %14s  %s\n' "list --tree" "$list_10k" "< 200 ms"
 printf '%-36s %14s  %s\n' "list --json" "$json_10k" "-"
+printf '%-36s %14s  %s\n' "du" "$du_10k" "-"
+printf '%-36s %14s  %s\n' "delete --children (10 snapshots)" "$subtree_10k" "-"
 printf '%-36s %14s  %s\n' "max RSS of those, MiB" "$(awk '{ printf "%.1f", $1 / 1024 }' "$dir/rssmax")" "< 50 MiB"
 echo "(whole qsnap processes, medians of 5: wall time, then CPU time, by $TIME_BY)"
