@@ -152,11 +152,12 @@ static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsn
         free(root_name);
         return rc;
     }
+    /* The subtree: the root and every node whose parent is in it. */
     if (!in || !keep || !root_name || !subtree_marks(t, &x, (size_t)(root - t->nodes), in)) {
         rc = nomem();
         goto out;
     }
-    /* The subtree: the root and every node whose parent is in it. */
+    /* The branches based in it go too: not the current one, and none a VM holds. */
     for (size_t i = 0; i < t->nb; i++) {
         const struct qsnap__node *base = qsnap__index_node(&x, t->branches[i].base);
         if (!base || !in[base - t->nodes])
