@@ -70,5 +70,4 @@ fi
 q verify deep/d.raw >/dev/null 2>&1 && q verify shallow/d.raw >/dev/null 2>&1 &&
     ok "verify is clean on both stores" || bad "verify" "exit $?"
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+ts_end

@@ -82,5 +82,4 @@ n=$(walks verify d.raw)
 [ "$n" -gt 0 ] && ok "verify walks layers/ whatever the seal says" || bad "verify" "no walk"
 q verify d.raw >/dev/null 2>&1 && ok "verify is clean" || bad "verify" "exit $?"
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+ts_end

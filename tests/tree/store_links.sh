@@ -16,21 +16,8 @@
 #   QSNAP=path  the qsnap binary (default build/release/qsnap)
 set -u
 
-QSNAP=${QSNAP:-build/release/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
-for c in qemu-img cmp; do
-    command -v $c >/dev/null || { echo "FAIL setup: $c not found"; echo "0 passed, 1 failed"; exit 1; }
-done
-[ -x "$QSNAP" ] || { echo "FAIL setup: $QSNAP not found"; echo "0 passed, 1 failed"; exit 1; }
-
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-links.XXXXXX") || exit 2
-trap 'chmod -R u+w "$W" 2>/dev/null; rm -rf "$W"' EXIT
-cd "$W" || exit 2
-pass=0
-fail=0
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 60 "$QSNAP" "$@"; }
+. "$(dirname "$0")/../helpers/script_lib.sh"
+ts_init links qemu-img cmp
 
 # The template store: snapshots s1 (with a state file) and s2, branch main
 # (current, dirty) and branch side from s1.
@@ -220,5 +207,4 @@ else
 fi
 cd "$W" || exit 2
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+ts_end

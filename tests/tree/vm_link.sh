@@ -27,21 +27,8 @@
 #   QSNAP=path  the qsnap binary (default build/release/qsnap)
 set -u
 
-QSNAP=${QSNAP:-build/release/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
-for c in qemu-img qemu-io cmp strace; do
-    command -v $c >/dev/null || { echo "FAIL setup: $c not found"; echo "0 passed, 1 failed"; exit 1; }
-done
-[ -x "$QSNAP" ] || { echo "FAIL setup: $QSNAP not found"; echo "0 passed, 1 failed"; exit 1; }
-
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-vmlink.XXXXXX") || exit 2
-trap 'chmod -R u+w "$W" 2>/dev/null; rm -rf "$W"' EXIT
-cd "$W" || exit 2
-pass=0
-fail=0
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 60 "$QSNAP" "$@"; }
+. "$(dirname "$0")/../helpers/script_lib.sh"
+ts_init vmlink qemu-img qemu-io cmp strace
 one() { echo "$1" | head -2 | tr '\n' ' '; }
 
 # The template: raw disk, s1 and s2 on main (dirty head), so layers/ holds
@@ -214,5 +201,4 @@ else
 fi
 cd "$W" || exit 2
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+ts_end
