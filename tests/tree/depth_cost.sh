@@ -33,7 +33,7 @@ opens() {
     grep -cE '"(\.tmp-)?[0-9]+\.qcow2"' "$W/trace"
 }
 
-build shallow 4 && build deep 40 || { echo "$pass passed, $((fail + 1)) failed"; exit 1; }
+build shallow 4 && build deep 40 || { ts_end; exit 1; }
 # TOP: the deepest snapshot of each store.
 for op in "create @ s-new" "branch @ b-new --at TOP" "revert @ TOP --branch r-new"; do
     a=$(opens $(echo "$op" | sed 's|@|shallow/d.raw|; s|TOP|s4|')) ||

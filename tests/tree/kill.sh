@@ -29,7 +29,7 @@ ts_init kill qemu-img qemu-io strace cmp
 mkdir tpl && cd tpl || exit 2
 qemu-img create -f raw disk.raw 16M >/dev/null
 qio raw disk.raw "write -P 1 0 1M"
-q create disk.raw s1 >/dev/null || { bad setup "create s1"; echo "$pass passed, $fail failed"; exit 1; }
+q create disk.raw s1 >/dev/null || { bad setup "create s1"; ts_end; exit 1; }
 qio qcow2 "$(q current disk.raw --path)" "write -P 2 512k 1M"
 q create disk.raw s2 >/dev/null || bad setup "create s2"
 qio qcow2 "$(q current disk.raw --path)" "write -P 3 1M 256k"

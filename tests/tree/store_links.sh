@@ -24,7 +24,7 @@ ts_init links qemu-img cmp
 mkdir tpl && cd tpl || exit 2
 qemu-img create -f qcow2 disk.qcow2 8M >/dev/null
 echo "vm memory" >mem.state
-q create disk.qcow2 s1 --state mem.state >/dev/null || { bad setup "create s1"; echo "$pass passed, $fail failed"; exit 1; }
+q create disk.qcow2 s1 --state mem.state >/dev/null || { bad setup "create s1"; ts_end; exit 1; }
 qemu-io -f qcow2 -c "write -P 7 0 64k" "$(q current disk.qcow2 --path)" >/dev/null
 q create disk.qcow2 s2 >/dev/null || bad setup "create s2"
 qemu-io -f qcow2 -c "write -P 9 64k 64k" "$(q current disk.qcow2 --path)" >/dev/null

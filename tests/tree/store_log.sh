@@ -28,7 +28,7 @@ ts_init log strace cmp
 # The template: a raw disk, a snapshot, a few branches (so the log has records).
 mkdir tpl
 truncate -s 4M tpl/d.raw
-q create tpl/d.raw s1 >/dev/null || { bad setup "create"; echo "$pass passed, $fail failed"; exit 1; }
+q create tpl/d.raw s1 >/dev/null || { bad setup "create"; ts_end; exit 1; }
 for i in 1 2 3; do q branch tpl/d.raw "t$i" --at s1 >/dev/null; done
 [ -s tpl/d.raw.qsnap/meta.log ] || bad setup "no meta.log after three changes"
 

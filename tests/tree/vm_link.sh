@@ -35,7 +35,7 @@ one() { echo "$1" | head -2 | tr '\n' ' '; }
 # a frozen layer and the head.
 mkdir tpl && cd tpl || exit 2
 qemu-img create -f raw disk.raw 8M >/dev/null
-q create disk.raw s1 >/dev/null || { bad setup "create s1"; echo "$pass passed, $fail failed"; exit 1; }
+q create disk.raw s1 >/dev/null || { bad setup "create s1"; ts_end; exit 1; }
 qemu-io -f qcow2 -c "write -P 7 0 64k" "$(q current disk.raw --head)" >/dev/null
 q create disk.raw s2 >/dev/null || bad setup "create s2"
 qemu-io -f qcow2 -c "write -P 9 64k 64k" "$(q current disk.raw --head)" >/dev/null
