@@ -12,33 +12,20 @@
 set -u
 . "$(dirname "$0")/../helpers/qemu_io.sh"
 
-QSNAP=${QSNAP:-build/release/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
+. "$(dirname "$0")/../helpers/script_lib.sh"
 DOC=$(cd "$(dirname "$0")/../.." && pwd)/docs/DIGEST.md
-for c in qemu-img qemu-io; do
-    command -v $c >/dev/null || { echo "FAIL setup: $c not found"; echo "0 passed, 1 failed"; exit 1; }
-done
+ts_need qemu-img qemu-io
 PY=/usr/bin/python3
 [ -x $PY ] || PY=python3
-if ! $PY -c 'import xxhash' 2>/dev/null; then
-    echo "# skipped: python3's xxhash module is missing (apt-get install python3-xxhash)"
-    echo "0 passed, 0 failed"
-    exit 0
-fi
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-digest.XXXXXX") || exit 2
-trap 'rm -rf "$W"' EXIT
-cd "$W" || exit 2
-pass=0
-fail=0
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 60 "$QSNAP" "$@"; }
+$PY -c 'import xxhash' 2>/dev/null ||
+    ts_skip "# skipped: python3's xxhash module is missing (apt-get install python3-xxhash)"
+ts_workdir digest
 
 # The recipe, exactly as the document gives it.
 sed -n '/^```python$/,/^```$/p' "$DOC" | sed '1d;$d' >recipe.py
 if ! grep -q 'def qsnap_digest' recipe.py; then
     bad setup "no Python recipe in $DOC"
-    echo "$pass passed, $fail failed"
+    ts_end
     exit 1
 fi
 printf 'import sys\nprint(qsnap_digest(sys.argv[1]))\n' >>recipe.py
@@ -69,7 +56,7 @@ make_all() {
 }
 if ! make_all >setup.log 2>&1; then
     bad setup "could not make the images: $(tail -n 3 setup.log)"
-    echo "$pass passed, $fail failed"
+    ts_end
     exit 1
 fi
 
@@ -99,5 +86,4 @@ for at in 0 150k 300k 2052k 4095k 1025k; do
     if [ -n "$d" ] && [ "$d" != "$want" ]; then ok "one byte at $at"; else bad "one byte at $at" "digest unchanged ($d)"; fi
 done
 
-echo "$pass passed, $fail failed"
-[ "$fail" = 0 ]
+ts_end

@@ -30,10 +30,6 @@ set -u
 . "$(dirname "$0")/../helpers/qemu_io.sh"
 interop_setup ops
 T0=$SECONDS
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-# qsnap must never hang.
-q() { timeout -k 5 60 "$QSNAP" "$@"; }
 
 json_get() { # KEY < json: one top-level key of a JSON object
     python3 -c 'import json,sys; v=json.load(sys.stdin).get(sys.argv[1]); print("" if v is None else v)' "$1"
@@ -593,5 +589,4 @@ done
 cd "$W"
 
 echo "# $((SECONDS - T0))s"
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+ts_end

@@ -23,10 +23,8 @@
 set -u
 
 . "$(dirname "$0")/../helpers/interop_setup.sh"
+TS_TIMEOUT=120
 interop_setup vmstate
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 120 "$QSNAP" "$@"; }
 
 # The mapped guest clusters of an image's active L1, one "l1_idx l2_idx" a
 # line, then "l1_size N" (the header's).
@@ -240,5 +238,4 @@ else
     bad resize-moves-area "$why"
 fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+ts_end

@@ -22,31 +22,12 @@
 set -u
 . "$(dirname "$0")/../helpers/qemu_io.sh"
 
-QSNAP=${QSNAP:-build/release/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
-for c in qemu-img qemu-io python3 cmp md5sum qemu-system-x86_64; do
-    command -v $c >/dev/null || { echo "FAIL setup: $c not found"; echo "0 passed, 1 failed"; exit 1; }
-done
-if [ ! -x "$QSNAP" ]; then
-    echo "FAIL setup: $QSNAP not found (build first)"
-    echo "0 passed, 1 failed"
-    exit 1
-fi
-
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-adopt.XXXXXX") || exit 2
+. "$(dirname "$0")/../helpers/script_lib.sh"
+TS_TIMEOUT=120
 QPID=
-cleanup() {
-    [ -n "$QPID" ] && kill "$QPID" 2>/dev/null
-    [ "${KEEP:-0}" = 1 ] || rm -rf "$W"
-}
-trap cleanup EXIT
-[ "${KEEP:-0}" = 1 ] && echo "# work directory: $W"
-cd "$W" || exit 2
-pass=0
-fail=0
-ok() { echo "ok $1${TIMING:+ (${SECONDS}s)}"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 120 "$QSNAP" "$@"; }
+# The QEMU started to hold a top (stopped by its pid).
+ts_atexit '[ -n "$QPID" ] && kill "$QPID" 2>/dev/null'
+ts_init adopt qemu-img qemu-io python3 cmp md5sum qemu-system-x86_64
 
 
 # state DIR: name, size, mtime and md5 of every file under DIR (what "nothing changed" compares).
@@ -380,5 +361,4 @@ else
 fi
 cd "$W"
 
-echo "$pass passed, $fail failed"
-[ "$fail" = 0 ]
+ts_end

@@ -33,7 +33,7 @@ opens() {
     grep -cE '"(\.tmp-)?[0-9]+\.qcow2"' "$W/trace"
 }
 
-build shallow 4 && build deep 40 || { echo "$pass passed, $((fail + 1)) failed"; exit 1; }
+build shallow 4 && build deep 40 || { ts_end; exit 1; }
 # TOP: the deepest snapshot of each store.
 for op in "create @ s-new" "branch @ b-new --at TOP" "revert @ TOP --branch r-new"; do
     a=$(opens $(echo "$op" | sed 's|@|shallow/d.raw|; s|TOP|s4|')) ||
@@ -70,5 +70,4 @@ fi
 q verify deep/d.raw >/dev/null 2>&1 && q verify shallow/d.raw >/dev/null 2>&1 &&
     ok "verify is clean on both stores" || bad "verify" "exit $?"
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+ts_end

@@ -18,30 +18,18 @@
 set -u
 . "$(dirname "$0")/../helpers/qemu_io.sh"
 
-QSNAP=${QSNAP:-build/release/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
+. "$(dirname "$0")/../helpers/script_lib.sh"
+TS_TIMEOUT=120
 SEED=${SEED:-18}
 KILLS=${KILLS:-4}
-for c in qemu-img qemu-io strace cmp; do
-    command -v $c >/dev/null || { echo "FAIL setup: $c not found"; echo "0 passed, 1 failed"; exit 1; }
-done
-[ -x "$QSNAP" ] || { echo "FAIL setup: $QSNAP not found"; echo "0 passed, 1 failed"; exit 1; }
-
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-kill.XXXXXX") || exit 2
-trap 'chmod -R u+w "$W" 2>/dev/null; rm -rf "$W"' EXIT
-cd "$W" || exit 2
-pass=0
-fail=0
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 120 "$QSNAP" "$@"; }
+ts_init kill qemu-img qemu-io strace cmp
 
 # The template: raw disk; s1, s2, s3 external on main (dirty); branch b1
 # from s1 holding internal snapshot i1 in its head; branch b2 from s2.
 mkdir tpl && cd tpl || exit 2
 qemu-img create -f raw disk.raw 16M >/dev/null
 qio raw disk.raw "write -P 1 0 1M"
-q create disk.raw s1 >/dev/null || { bad setup "create s1"; echo "$pass passed, $fail failed"; exit 1; }
+q create disk.raw s1 >/dev/null || { bad setup "create s1"; ts_end; exit 1; }
 qio qcow2 "$(q current disk.raw --path)" "write -P 2 512k 1M"
 q create disk.raw s2 >/dev/null || bad setup "create s2"
 qio qcow2 "$(q current disk.raw --path)" "write -P 3 1M 256k"
@@ -122,5 +110,4 @@ for entry in "${ops[@]}"; do
     done
 done
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+ts_end

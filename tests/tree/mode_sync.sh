@@ -11,21 +11,9 @@
 set -u
 . "$(dirname "$0")/../helpers/qemu_io.sh"
 
-QSNAP=${QSNAP:-build/release/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
-for c in strace qemu-img qemu-io; do
-    command -v $c >/dev/null || { echo "FAIL setup: $c not found"; echo "0 passed, 1 failed"; exit 1; }
-done
-[ -x "$QSNAP" ] || { echo "FAIL setup: $QSNAP not found"; echo "0 passed, 1 failed"; exit 1; }
-
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-mode.XXXXXX") || exit 2
-trap 'chmod -R u+w "$W" 2>/dev/null; rm -rf "$W"' EXIT
-cd "$W" || exit 2
-pass=0
-fail=0
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 120 "$QSNAP" "$@"; }
+. "$(dirname "$0")/../helpers/script_lib.sh"
+TS_TIMEOUT=120
+ts_init mode strace qemu-img qemu-io
 
 # traced NAME ARGS...: run qsnap under strace; then check that each fchmod is
 # synced (fsync of its descriptor) before the descriptor closes and before the
@@ -101,5 +89,4 @@ else
     fi
 fi
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+ts_end

@@ -9,17 +9,8 @@
 #   QSNAP=path  the qsnap binary (default build/release/qsnap)
 set -u
 
-QSNAP=${QSNAP:-build/release/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
-command -v qemu-io >/dev/null || { echo "FAIL setup: qemu-io not found"; echo "0 passed, 1 failed"; exit 1; }
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-revkeep.XXXXXX") || exit 2
-trap 'chmod -R u+w "$W" 2>/dev/null; rm -rf "$W"' EXIT
-cd "$W" || exit 2
-pass=0
-fail=0
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 60 "$QSNAP" "$@"; }
+. "$(dirname "$0")/../helpers/script_lib.sh"
+ts_init revkeep qemu-io
 
 setup() {
     rm -rf d.raw d.raw.qsnap
@@ -55,5 +46,4 @@ else
     bad "--discard" "$(q list d.raw 2>&1 | tr '\n' ' ')"
 fi
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+ts_end

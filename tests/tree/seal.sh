@@ -27,7 +27,7 @@ walks() {
 
 truncate -s 16M d.raw
 q create d.raw s1 >/dev/null && qemu-io -f qcow2 -c "write -P 1 0 4k" "$(q current d.raw --path)" >/dev/null &&
-    q create d.raw s2 >/dev/null && q branch d.raw b --at s1 >/dev/null || { bad setup "create"; echo "$pass passed, $((fail + 1)) failed"; exit 1; }
+    q create d.raw s2 >/dev/null && q branch d.raw b --at s1 >/dev/null || { bad setup "create"; ts_end; exit 1; }
 
 n=$(walks current d.raw)
 [ "$n" = 0 ] && ok "after an operation, current does not read layers/" || bad "current after an operation" "$n reads of layers/"
@@ -82,5 +82,4 @@ n=$(walks verify d.raw)
 [ "$n" -gt 0 ] && ok "verify walks layers/ whatever the seal says" || bad "verify" "no walk"
 q verify d.raw >/dev/null 2>&1 && ok "verify is clean" || bad "verify" "exit $?"
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+ts_end

@@ -16,28 +16,15 @@
 #   QSNAP=path  the qsnap binary (default build/release/qsnap)
 set -u
 
-QSNAP=${QSNAP:-build/release/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
-for c in qemu-img cmp; do
-    command -v $c >/dev/null || { echo "FAIL setup: $c not found"; echo "0 passed, 1 failed"; exit 1; }
-done
-[ -x "$QSNAP" ] || { echo "FAIL setup: $QSNAP not found"; echo "0 passed, 1 failed"; exit 1; }
-
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-links.XXXXXX") || exit 2
-trap 'chmod -R u+w "$W" 2>/dev/null; rm -rf "$W"' EXIT
-cd "$W" || exit 2
-pass=0
-fail=0
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 60 "$QSNAP" "$@"; }
+. "$(dirname "$0")/../helpers/script_lib.sh"
+ts_init links qemu-img cmp
 
 # The template store: snapshots s1 (with a state file) and s2, branch main
 # (current, dirty) and branch side from s1.
 mkdir tpl && cd tpl || exit 2
 qemu-img create -f qcow2 disk.qcow2 8M >/dev/null
 echo "vm memory" >mem.state
-q create disk.qcow2 s1 --state mem.state >/dev/null || { bad setup "create s1"; echo "$pass passed, $fail failed"; exit 1; }
+q create disk.qcow2 s1 --state mem.state >/dev/null || { bad setup "create s1"; ts_end; exit 1; }
 qemu-io -f qcow2 -c "write -P 7 0 64k" "$(q current disk.qcow2 --path)" >/dev/null
 q create disk.qcow2 s2 >/dev/null || bad setup "create s2"
 qemu-io -f qcow2 -c "write -P 9 64k 64k" "$(q current disk.qcow2 --path)" >/dev/null
@@ -220,5 +207,4 @@ else
 fi
 cd "$W" || exit 2
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+ts_end

@@ -20,27 +20,15 @@
 #   QSNAP_OLD=path  an older qsnap (store version 2) to check against
 set -u
 
-QSNAP=${QSNAP:-build/release/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
+. "$(dirname "$0")/../helpers/script_lib.sh"
+TS_TIMEOUT=120
 SRC=$(pwd)
-for c in strace cmp; do
-    command -v $c >/dev/null || { echo "FAIL setup: $c not found"; echo "0 passed, 1 failed"; exit 1; }
-done
-[ -x "$QSNAP" ] || { echo "FAIL setup: $QSNAP not found"; echo "0 passed, 1 failed"; exit 1; }
-
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-log.XXXXXX") || exit 2
-trap 'chmod -R u+w "$W" 2>/dev/null; rm -rf "$W"' EXIT
-cd "$W" || exit 2
-pass=0
-fail=0
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 120 "$QSNAP" "$@"; }
+ts_init log strace cmp
 
 # The template: a raw disk, a snapshot, a few branches (so the log has records).
 mkdir tpl
 truncate -s 4M tpl/d.raw
-q create tpl/d.raw s1 >/dev/null || { bad setup "create"; echo "$pass passed, $fail failed"; exit 1; }
+q create tpl/d.raw s1 >/dev/null || { bad setup "create"; ts_end; exit 1; }
 for i in 1 2 3; do q branch tpl/d.raw "t$i" --at s1 >/dev/null; done
 [ -s tpl/d.raw.qsnap/meta.log ] || bad setup "no meta.log after three changes"
 
@@ -147,5 +135,4 @@ else
     echo "skipped: no older qsnap (set QSNAP_OLD, or run in a git checkout that has 1377950)"
 fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+ts_end

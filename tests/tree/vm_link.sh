@@ -27,28 +27,15 @@
 #   QSNAP=path  the qsnap binary (default build/release/qsnap)
 set -u
 
-QSNAP=${QSNAP:-build/release/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
-for c in qemu-img qemu-io cmp strace; do
-    command -v $c >/dev/null || { echo "FAIL setup: $c not found"; echo "0 passed, 1 failed"; exit 1; }
-done
-[ -x "$QSNAP" ] || { echo "FAIL setup: $QSNAP not found"; echo "0 passed, 1 failed"; exit 1; }
-
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-vmlink.XXXXXX") || exit 2
-trap 'chmod -R u+w "$W" 2>/dev/null; rm -rf "$W"' EXIT
-cd "$W" || exit 2
-pass=0
-fail=0
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 60 "$QSNAP" "$@"; }
+. "$(dirname "$0")/../helpers/script_lib.sh"
+ts_init vmlink qemu-img qemu-io cmp strace
 one() { echo "$1" | head -2 | tr '\n' ' '; }
 
 # The template: raw disk, s1 and s2 on main (dirty head), so layers/ holds
 # a frozen layer and the head.
 mkdir tpl && cd tpl || exit 2
 qemu-img create -f raw disk.raw 8M >/dev/null
-q create disk.raw s1 >/dev/null || { bad setup "create s1"; echo "$pass passed, $fail failed"; exit 1; }
+q create disk.raw s1 >/dev/null || { bad setup "create s1"; ts_end; exit 1; }
 qemu-io -f qcow2 -c "write -P 7 0 64k" "$(q current disk.raw --head)" >/dev/null
 q create disk.raw s2 >/dev/null || bad setup "create s2"
 qemu-io -f qcow2 -c "write -P 9 64k 64k" "$(q current disk.raw --head)" >/dev/null
@@ -214,5 +201,4 @@ else
 fi
 cd "$W" || exit 2
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+ts_end
