@@ -5,7 +5,9 @@
 # the journal is removed. A kill cannot show a missing sync (the page cache
 # survives it), so the order of the calls is what is checked, under strace,
 # for create (the head frozen), delete --stream (layers thawed, rewritten and
-# frozen again) and verify --repair (a frozen layer made writable by hand).
+# frozen again) and verify --repair (a frozen layer made writable by hand); and
+# after a create killed between its fchmod and that fsync, the replay of its
+# journal syncs the layer (whose mode is already right) before the journal goes.
 # Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
 #   QSNAP=path   the qsnap binary (default build/release/qsnap)
 set -u
