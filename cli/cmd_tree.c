@@ -170,11 +170,9 @@ enum run_progress_mode {
 };
 
 /* A short command's plan and store are left to the process's exit (tree.h). */
-#define FREE_AT_END TREE_FREE_AT_END
-
 void tree_done(qsnap_store *s)
 {
-    if (FREE_AT_END)
+    if (TREE_FREE_AT_END)
         qsnap_store_close(s);
 }
 
@@ -264,7 +262,7 @@ static int plan_and_run(const char *disk, unsigned open_flags, plan_fn make, voi
     if (rc < 0)
         status = tree_fail(rc, disk);
     else
-        status = run_plan_ex(s, p, disk, dry_run, json, progress, FREE_AT_END);
+        status = run_plan_ex(s, p, disk, dry_run, json, progress, TREE_FREE_AT_END);
     tree_done(s);
     return status;
 }

@@ -57,6 +57,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,7 +138,6 @@ static bool str_eq(const char *a, const char *b)
     return a == b || (a && b && !strcmp(a, b));
 }
 
-/* Equal as the text form writes them. */
 /*
  * Records with the same bytes are the same record (their strings are the same
  * pointers): a copy of a model that a plan did not touch compares a run at a time.
@@ -165,6 +165,30 @@ static size_t same_run(const void *a, const void *b, size_t an, size_t bn, size_
     return lo;
 }
 
+/*
+ * In the id tables' walk of the new model's records of one kind (layers or
+ * nodes: each record's id is its first field): the run of them from nrec on
+ * (nleft left) that have the bytes of the old model's from orec on (oleft left;
+ * orec NULL: nrec's id is new), their places noted in nw (position + 1, nrec
+ * being at position j). 0: nrec is compared alone.
+ */
+_Static_assert(offsetof(struct qsnap__layer, id) == 0 && offsetof(struct qsnap__node, id) == 0,
+               "table_run reads a record's id at its start");
+
+static size_t table_run(const void *orec, size_t oleft, const void *nrec, size_t nleft,
+                        size_t size, uint32_t *nw, size_t j)
+{
+    size_t run = orec ? same_run(orec, nrec, oleft, nleft, size) : 0;
+
+    for (size_t r = 0; r < run; r++) {
+        unsigned id;
+        memcpy(&id, (const char *)nrec + r * size, sizeof(id));
+        nw[id] = (uint32_t)(j + r + 1);
+    }
+    return run;
+}
+
+/* Equal as the text form writes them. */
 static bool layer_eq(const struct qsnap__layer *a, const struct qsnap__layer *b)
 {
     if (a->id != b->id || !str_eq(a->file, b->file) || a->fmt != b->fmt ||
@@ -516,11 +540,8 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
             ol[o->layers[i].id] = (uint32_t)(i + 1);
         for (j = 0; ok && *exact && !lay_asc && j < n->nl; j++) {
             const struct qsnap__layer *x = &n->layers[j];
-            size_t at = ol[x->id], run = at ? same_run(&o->layers[at - 1], x, o->nl - at + 1,
-                                                       n->nl - j, sizeof(*x))
-                                            : 0;
-            for (size_t r = 0; r < run; r++)
-                nw[n->layers[j + r].id] = (uint32_t)(j + r + 1);
+            size_t at = ol[x->id], run = table_run(at ? &o->layers[at - 1] : NULL, o->nl - at + 1,
+                                                   x, n->nl - j, sizeof(*x), nw, j);
             if (run) {
                 j += run - 1;
                 continue;
@@ -547,11 +568,8 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
             ol[o->nodes[i].id] = (uint32_t)(i + 1);
         for (j = 0; ok && *exact && !nod_asc && j < n->nn; j++) {
             const struct qsnap__node *x = &n->nodes[j];
-            size_t at = ol[x->id], run = at ? same_run(&o->nodes[at - 1], x, o->nn - at + 1,
-                                                       n->nn - j, sizeof(*x))
-                                            : 0;
-            for (size_t r = 0; r < run; r++)
-                nw[n->nodes[j + r].id] = (uint32_t)(j + r + 1);
+            size_t at = ol[x->id], run = table_run(at ? &o->nodes[at - 1] : NULL, o->nn - at + 1,
+                                                   x, n->nn - j, sizeof(*x), nw, j);
             if (run) {
                 j += run - 1;
                 continue;
@@ -698,8 +716,8 @@ static void move_to(void *arr, size_t sz, size_t from, size_t at)
  * Where m's layers and nodes are, by id, and its branches, by name: made at
  * a change's first lookup and kept through the replay of a whole log (each
  * record would otherwise walk the model to find the records it changes: at
- * 10,000 snapshots a log of a few dozen records cost more than reading meta). pos[id] = position + 1, for ids below n; max: the largest id
- * in the model. A lookup trusts a position only where that record has that id,
+ * 10,000 snapshots a log of a few dozen records cost more than reading meta).
+ * pos[id] = position + 1, for ids below n; max: the largest id in the model. A lookup trusts a position only where that record has that id,
  * and an empty slot only for an id past max (a new record); anything else is
  * a walk, so a stale table costs time, never a wrong answer.
  *

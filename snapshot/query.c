@@ -856,14 +856,13 @@ int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
             const char *snap = nd->internal;
             qcow2_image *img = NULL;
             uint64_t b = 0;
-            if (l &&
-                qsnap__open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img) == 0 &&
+            if (qsnap__open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img) == 0 &&
                 qcow2_snapshot_unique_bytes(img, snap, &b) != 0)
                 b = 0;
             qcow2_image_close(img);
             u[i].holds = b;
             /* One kept in an adopted frozen layer cannot be deleted: it frees nothing. */
-            u[i].frees = l && l->frozen ? 0 : b;
+            u[i].frees = l->frozen ? 0 : b;
             continue;
         }
         deps = deps_of[l - s->m.layers];

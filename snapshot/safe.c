@@ -390,11 +390,12 @@ int qsnap__chmod_store_file(const qsnap_store *s, const char *rel, bool writable
      * file's inode change with another's sync). Synced even when the mode is already
      * the one asked for: a run killed between its fchmod and its fsync left it so,
      * in the page cache only, and the replay of its journal finds it so. */
-    mode_t mode = 0;
-    if (fstat(fd, &st) < 0 ||
-        ((mode = writable ? (st.st_mode | 0200) : (st.st_mode & ~(mode_t)0222)) != st.st_mode &&
-         fchmod(fd, mode) < 0) ||
-        fsync(fd) < 0)
+    bool done = fstat(fd, &st) == 0;
+    if (done) {
+        mode_t mode = writable ? (st.st_mode | 0200) : (st.st_mode & ~(mode_t)0222);
+        done = mode == st.st_mode || fchmod(fd, mode) == 0;
+    }
+    if (!done || fsync(fd) < 0)
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: chmod failed: %s", s->dir, rel,
                         strerror(errno));
     close(fd);
@@ -741,13 +742,6 @@ static struct qsnap__scan_mark *mark_of(const qsnap_store *s, const char *sub)
     return s->marks ? &s->marks[strcmp(sub, "layers") ? 1 : 0] : NULL;
 }
 
-/*
- * Before a walk: the directory as it is (st) and the time now. After a clean
- * walk, the mark says whether a later check may trust an unchanged change
- * time: only when that time is older than the walk by more than twice the
- * coarse clock's tick, since a change made after the walk began is stamped
- * with a time at most one tick before it, so it shows as a different one.
- */
 /* The mark says directory st: its device, inode and change time. */
 static void mark_dir(struct qsnap__scan_mark *mk, const struct stat *st)
 {
@@ -762,6 +756,13 @@ static bool mark_same(const struct qsnap__scan_mark *mk, const struct stat *st)
     return st->st_dev == mk->dev && st->st_ino == mk->ino && ts_ns(st->st_ctim) == mk->ctime_ns;
 }
 
+/*
+ * Before a walk: the directory as it is (st) and the time now. After a clean
+ * walk, the mark says whether a later check may trust an unchanged change
+ * time: only when that time is older than the walk by more than twice the
+ * coarse clock's tick, since a change made after the walk began is stamped
+ * with a time at most one tick before it, so it shows as a different one.
+ */
 static void mark_set(struct qsnap__scan_mark *mk, const struct stat *st, int64_t began)
 {
     struct timespec res;
