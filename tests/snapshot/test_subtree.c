@@ -20,29 +20,12 @@
 #include "qsnap_int.h"
 #include "tree_fixture.h"
 
-static char dir[256], disk[512];
-static uint8_t *d0;
-
 static void setup(void)
 {
-    d0 = calloc(1, TF_SIZE);
-    cr_assert_not_null(d0);
+    tf_suite_init(0);
 }
 
-static void teardown(void)
-{
-    free(d0);
-    if (dir[0])
-        qo_rmtree(dir);
-    dir[0] = '\0';
-}
-
-TestSuite(subtree, .init = setup, .fini = teardown, .timeout = 300);
-
-static void ok(int rc, const char *what)
-{
-    cr_assert_eq(rc, 0, "%s: rc %d: %s", what, rc, qsnap_error_last()->message);
-}
+TestSuite(subtree, .init = setup, .fini = tf_suite_fini, .timeout = 300);
 
 /* Whether node id is root or below it (a walk up the parents, one lookup per step). */
 static bool below(const struct qsnap__model *m, unsigned id, unsigned root)
@@ -77,7 +60,7 @@ static bool needed(const struct qsnap__model *m, unsigned id)
     return false;
 }
 
-/* A copy of the ids of m's nodes (or layers) that satisfy keep; *n of them. */
+/* A copy of the ids of m's nodes (or layers); *n of them. */
 static unsigned *ids_of(const struct qsnap__model *m, bool layers, size_t *n)
 {
     size_t cnt = layers ? m->nl : m->nn;
@@ -101,17 +84,16 @@ static bool has(const unsigned *v, size_t n, unsigned id)
 
 Test(subtree, deletes_exactly_the_subtree_and_the_layers_only_it_needed)
 {
-    tf_model m;
+    tf_model *m = &tf_m;
     qsnap_store *s;
     unsigned r = 12345;
     char name[32], branch[32];
     int nbranch = 0;
 
-    memset(&m, 0, sizeof(m));
-    tf_setup(dir, sizeof(dir), disk, sizeof(disk), "subtree", false, d0);
-    s = tf_open(disk, QSNAP_OPEN_CREATE);
-    ok(tf_create(s, "s0"), "create s0");
-    tf_model_set(&m, "main", true, d0);
+    tf_setup(tf_dir, sizeof(tf_dir), tf_disk, sizeof(tf_disk), "subtree", false, tf_d0);
+    s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
+    tf_ok(tf_create(s, "s0"), "create s0");
+    tf_model_set(m, "main", true, tf_d0);
     /* A random tree: 36 snapshots, a new branch at a random snapshot now and then, a write
      * before most snapshots (a clean head gives a snapshot without a layer of its own). */
     for (int i = 1; i <= 36; i++) {
@@ -119,18 +101,18 @@ Test(subtree, deletes_exactly_the_subtree_and_the_layers_only_it_needed)
         if (i % 5 == 0) {
             snprintf(branch, sizeof(branch), "b%d", ++nbranch);
             snprintf(name, sizeof(name), "s%u", (r >> 8) % (unsigned)i);
-            ok(tf_branch(s, branch, name), branch);
-            tf_model_set(&m, branch, true, d0);
-            ok(tf_switch(s, branch), branch);
+            tf_ok(tf_branch(s, branch, name), branch);
+            tf_model_set(m, branch, true, tf_d0);
+            tf_ok(tf_switch(s, branch), branch);
         }
         if ((r >> 16) % 4) {
             const char *cur = nbranch ? branch : "main";
-            tf_write_state(s, &m, cur, 0x10 + i, (uint64_t)((r >> 4) % 64) * 4096, 4096);
+            tf_write_state(s, m, cur, 0x10 + i, (uint64_t)((r >> 4) % 64) * 4096, 4096);
         }
         snprintf(name, sizeof(name), "s%d", i);
-        ok(tf_create(s, name), name);
+        tf_ok(tf_create(s, name), name);
     }
-    ok(tf_switch(s, "main"), "switch main");
+    tf_ok(tf_switch(s, "main"), "switch main");
     qsnap_store_close(s);
 
     /* Subtrees that do not hold main's base, in turn. */
@@ -143,7 +125,7 @@ Test(subtree, deletes_exactly_the_subtree_and_the_layers_only_it_needed)
         char rname[32];
 
         r = r * 1103515245u + 12345u;
-        s = tf_open(disk, 0);
+        s = tf_open(tf_disk, 0);
         t = &s->m;
         root = t->nn ? &t->nodes[(r >> 8) % t->nn] : NULL;
         if (!root || !root->name) {
@@ -168,10 +150,10 @@ Test(subtree, deletes_exactly_the_subtree_and_the_layers_only_it_needed)
             node_stays[i] = !below(t, nodes0[i], rid);
             left += node_stays[i];
         }
-        ok(tf_delete(s, rname, QSNAP_DELETE_CHILDREN, NULL), rname);
+        tf_ok(tf_delete(s, rname, QSNAP_DELETE_CHILDREN, NULL), rname);
         qsnap_store_close(s);
 
-        s = tf_open(disk, 0);
+        s = tf_open(tf_disk, 0);
         t = &s->m;
         cr_assert_eq(t->nn, left, "delete %s: %zu snapshots and nodes left, want %zu", rname, t->nn,
                      left);
@@ -195,14 +177,14 @@ Test(subtree, deletes_exactly_the_subtree_and_the_layers_only_it_needed)
                       t->layers[i].id);
             if (t->layers[i].is_disk)
                 continue;
-            snprintf(path, sizeof(path), "%s.qsnap/%s", disk, t->layers[i].file);
+            snprintf(path, sizeof(path), "%s.qsnap/%s", tf_disk, t->layers[i].file);
             cr_assert_eq(access(path, F_OK), 0, "delete %s: %s is gone", rname, path);
         }
         {
             char cmd[1200];
             size_t files = 0;
             FILE *f;
-            snprintf(cmd, sizeof(cmd), "ls '%s.qsnap/layers' | grep -c '^[0-9]*\\.qcow2$'", disk);
+            snprintf(cmd, sizeof(cmd), "ls '%s.qsnap/layers' | grep -c '^[0-9]*\\.qcow2$'", tf_disk);
             f = popen(cmd, "r");
             cr_assert_not_null(f);
             cr_assert_eq(fscanf(f, "%zu", &files), 1);
@@ -215,7 +197,7 @@ Test(subtree, deletes_exactly_the_subtree_and_the_layers_only_it_needed)
         {
             qsnap_finding *fs = NULL;
             size_t nf = 0;
-            ok(qsnap_verify(s, false, &fs, &nf), "verify");
+            tf_ok(qsnap_verify(s, false, &fs, &nf), "verify");
             for (size_t i = 0; i < nf; i++)
                 cr_assert(!fs[i].problem, "delete %s: verify: %s", rname, fs[i].message);
             qsnap_verify_free(fs, nf);
@@ -227,5 +209,4 @@ Test(subtree, deletes_exactly_the_subtree_and_the_layers_only_it_needed)
         done++;
     }
     cr_assert_eq(done, 5, "only %d subtrees deleted", done);
-    tf_model_free(&m);
 }
