@@ -19,35 +19,53 @@ static int nomem(void)
 
 /* ---- revert, switch, branch ------------------------------------------------- */
 
-/* New branch `name` with a fresh head on node n's layer. */
-static int add_branch_on(struct qsnap__model *t, qsnap_plan *p, const char *name, unsigned node_id)
+/*
+ * Branch `name` with a fresh head on node node_id's layer: a new branch, or, when
+ * b is given, b started again where it stands in the list (its old head dropped
+ * first): a change of one record, where a removal and an addition at the end
+ * would move every branch after it.
+ */
+static int start_branch(struct qsnap__model *t, qsnap_plan *p, struct qsnap__branch *b,
+                        const char *name, unsigned node_id)
 {
     struct qsnap__node *n = qsnap__node(t, node_id);
     struct qsnap__layer *head = n ? qsnap__new_overlay(t, n->layer) : NULL;
-    struct qsnap__branch *b;
 
     if (!head)
         return nomem();
-    b = qsnap__add_branch(t);
-    if (!b || !(b->name = strdup(name)))
-        return nomem();
+    if (!b) {
+        b = qsnap__add_branch(t);
+        if (!b || !(b->name = strdup(name)))
+            return nomem();
+    }
     b->head = head->id;
     b->base = node_id;
     b->created = qsnap__now();
     return qsnap__add_step(p, QSNAP__ST_CREATE, head->id, 0, 0, NULL, NULL);
 }
 
-/* Remove a branch and (after the commit point) its head file. */
-static int drop_branch(struct qsnap__model *t, qsnap_plan *p, const char *name)
+/* Remove branch b's head layer and (after the commit point) its file. */
+static int drop_head(struct qsnap__model *t, qsnap_plan *p, const struct qsnap__branch *b)
 {
-    struct qsnap__branch *b = qsnap__branch_by_name(t, name);
-    struct qsnap__layer *h = b ? qsnap__layer(t, b->head) : NULL;
-    int rc = 0;
+    struct qsnap__layer *h = qsnap__layer(t, b->head);
+    int rc;
 
     if (!h)
         return 0;
     rc = qsnap__defer_unlink(p, h->file);
     qsnap__del_layer(t, h->id);
+    return rc;
+}
+
+/* Remove a branch and (after the commit point) its head file. */
+static int drop_branch(struct qsnap__model *t, qsnap_plan *p, const char *name)
+{
+    struct qsnap__branch *b = qsnap__branch_by_name(t, name);
+    int rc;
+
+    if (!b || !qsnap__layer(t, b->head))
+        return 0;
+    rc = drop_head(t, p, b);
     qsnap__del_branch(t, name);
     return rc;
 }
@@ -155,10 +173,14 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
         rc = nomem();
         goto out;
     }
-    if (drop)
+    /* The new branch takes the dropped one's place when it takes its name. */
+    if (drop && !strcmp(newname, left))
+        rc = drop_head(&t, p, cur);
+    else if (drop)
         rc = drop_branch(&t, p, left);
     if (!rc)
-        rc = add_branch_on(&t, p, newname, target->id);
+        rc = start_branch(&t, p, drop && !strcmp(newname, left) ? cur : NULL, newname,
+                          target->id);
     if (rc)
         goto out;
     qsnap__str_free(&t, t.current);
@@ -251,7 +273,7 @@ int qsnap_plan_branch_create(qsnap_plan **out, qsnap_store *s, const char *name,
     if (!rc)
         rc = qsnap__plan_new(&p, s, "branch");
     if (!rc)
-        rc = add_branch_on(&t, p, name, n->id);
+        rc = start_branch(&t, p, NULL, name, n->id);
     if (!rc)
         rc = qsnap__add_save(p, &t);
     if (!rc)

@@ -172,6 +172,38 @@ Test(metalog, every_operation_appends)
 }
 
 /*
+ * A revert that leaves a clean branch drops it and starts the new branch under its
+ * name: in its place in the list, so the change is one branch record and the log
+ * says it (a removal and an addition at the end moved every branch after it, and
+ * the save rewrote the whole meta file).
+ */
+Test(metalog, a_revert_that_reuses_the_branch_name_appends)
+{
+    qsnap_store *s;
+    off_t meta0;
+    unsigned old_head;
+
+    start("reuse");
+    change("other");
+    change("third");
+    s = tf_open(disk, 0);
+    ok(tf_switch(s, "other"), "switch other");
+    ok(tf_create(s, "o1"), "create o1");
+    ok(tf_switch(s, "main"), "switch main");
+    qsnap_store_close(s);
+    meta0 = fsize(metap);
+    s = tf_open(disk, 0);
+    old_head = qsnap__branch_by_name(&s->m, "main")->head;
+    ok(tf_revert(s, "o1", NULL, false, NULL), "revert o1");
+    cr_assert_str_eq(s->m.current, "main");
+    cr_assert_str_eq(s->m.branches[0].name, "main", "the new main moved in the list");
+    cr_assert_neq(s->m.branches[0].head, old_head, "main kept its old head");
+    cr_assert_null(qsnap__layer(&s->m, old_head), "the left head is still in the model");
+    close_and_read_back(s);
+    cr_assert_eq(fsize(metap), meta0, "the revert rewrote meta instead of appending");
+}
+
+/*
  * A change that drops several layers (a subtree deleted) is said in the log too:
  * replaying it gives the layers in the order the plan left them, so the save does
  * not fall back to rewriting the whole meta file.
