@@ -844,9 +844,16 @@ static size_t first_save(const qsnap_plan *p)
     return p->n ? p->n - 1 : 0;
 }
 
-/* Undo steps upto..0 (see can_undo); the store's model is the old one. */
-static void undo(qsnap_store *s, qsnap_plan *p, size_t upto)
+/*
+ * Undo steps upto..0 (see can_undo); the store's model is the old one. False when
+ * a layer's mode could not be put back: the journal then stays, and the next
+ * command finishes the operation (as after a crash) instead of leaving a frozen
+ * layer writable or a head read-only with nothing recording it.
+ */
+static bool undo(qsnap_store *s, qsnap_plan *p, size_t upto)
 {
+    bool whole = true;
+
     for (size_t i = upto + 1; i-- > 0;) {
         const struct qsnap__step *st = &p->steps[i];
         const struct qsnap__layer *old = qsnap__layer(&s->m, st->x);
@@ -861,12 +868,12 @@ static void undo(qsnap_store *s, qsnap_plan *p, size_t upto)
                 qsnap__unlink_store_file(s, l->file);
             break;
         case QSNAP__ST_FREEZE:
-            if (old && !old->frozen)
-                set_write_bit(s, old, true);
+            if (old && !old->frozen && set_write_bit(s, old, true) != 0)
+                whole = false;
             break;
         case QSNAP__ST_THAW:
-            if (old && old->frozen)
-                set_write_bit(s, old, false);
+            if (old && old->frozen && set_write_bit(s, old, false) != 0)
+                whole = false;
             break;
         case QSNAP__ST_LINK_STATE: {
             struct stat a, b;
@@ -906,8 +913,9 @@ static void undo(qsnap_store *s, qsnap_plan *p, size_t upto)
         }
         free(path);
     }
-    if (qsnap__fsync_dir(s->dir) == 0)
+    if (whole && qsnap__fsync_dir(s->dir) == 0)
         qsnap__journal_remove(s);
+    return whole;
 }
 
 static int execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o);
@@ -1000,12 +1008,10 @@ static int execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
         snprintf(msg, sizeof(msg), "%s", e.message);
         /* e.hint points at the buffer the next qsnap__err() writes: copied first. */
         snprintf(hint, sizeof(hint), "%s", e.hint ? e.hint : "");
-        if (can_undo(p, at)) {
-            /* Nothing was committed: put things back as they were. */
-            undo(s, p, at);
+        /* Nothing was committed: put things back as they were. */
+        if (can_undo(p, at) && undo(s, p, at))
             return qsnap__err(rc, hint[0] ? hint : "fix the cause and run the command again",
                               "%s (nothing was changed)", msg);
-        }
         /* The journal stays: the operation is finished by verify --repair. */
         return qsnap__err(rc, "fix the cause, then 'qsnap verify DISK --repair' finishes it",
                           "%s (the operation is unfinished)", msg);
@@ -1144,9 +1150,10 @@ int qsnap__recover(qsnap_store *s, bool *did)
     /* The crashed run may have gone further than this one: undo only when nothing
      * before the first commit point could have changed a file irreversibly. */
     if (rc && from == 0 && can_undo(p, first_save(p))) {
-        /* It cannot be finished, and nothing was committed: take it back. */
-        undo(s, p, at);
-        rc = 0;
+        /* It cannot be finished, and nothing was committed: take it back (the
+         * journal stays when that is not whole, for the next command to try again). */
+        if (undo(s, p, at))
+            rc = 0;
     }
     qsnap_plan_free(p);
     if (!rc)

@@ -81,15 +81,19 @@ static bool repoint(qsnap_store *s, struct qsnap__layer *l, const struct qsnap__
         free(link);
         return false;
     }
-    if (l->frozen)
-        qsnap__chmod_store_file(s, l->file, true);
+    if (l->frozen && qsnap__chmod_store_file(s, l->file, true) != 0) {
+        free(link);
+        return false;
+    }
     if (qsnap__image_open(s, path, &wo, &w, NULL) == 0 &&
         qcow2_image_rebase(w, link, qcow2_format_name(b->fmt), true, NULL, NULL) == 0 &&
         qcow2_image_flush(w) == 0)
         fixed = true;
     qcow2_image_close(w);
+    /* Made read-only again; when that fails, the layer's mode check (below, in the
+     * same walk) finds it writable and says so. */
     if (l->frozen)
-        qsnap__chmod_store_file(s, l->file, false);
+        (void)qsnap__chmod_store_file(s, l->file, false);
     free(link);
     return fixed;
 }

@@ -91,4 +91,24 @@ else
     fi
 fi
 
+# A create whose freeze fails after its fchmod (the fsync that follows it), and whose
+# undo cannot make the head writable again: nothing may say "nothing was changed" with
+# the head left read-only; the journal stays, and the next command finishes the create.
+mkdir k3
+qio qcow2 "$(q current d.raw --path)" "write -P 5 256k 64k"
+cp -a d.raw d.raw.qsnap k3/
+if [ -n "${nth:-}" ]; then
+    (cd k3 && strace -qq -f -e trace=fsync,fchmod -e inject=fsync:error=EIO:when="$nth" \
+        -e inject=fchmod:error=EPERM:when=2 -o /dev/null "$QSNAP" create d.raw s6 \
+        >/dev/null 2>"$W/e3")
+    rc=$?
+    if [ "$rc" -ne 0 ] && ! grep -q "nothing was changed" "$W/e3" && [ -e k3/d.raw.qsnap/journal ]; then
+        ok "an undo that cannot restore a mode keeps the journal and says so (exit $rc)"
+    else
+        bad "failed undo" "exit $rc, journal $([ -e k3/d.raw.qsnap/journal ] && echo kept || echo gone): $(head -c 300 "$W/e3")"
+    fi
+    (cd k3 && q verify d.raw --repair >/dev/null 2>&1 && q verify d.raw >/dev/null 2>&1) &&
+        ok "verify --repair finishes it, and verify is clean" || bad "after the failed undo" "verify: exit $?"
+fi
+
 ts_end
