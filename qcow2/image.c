@@ -725,6 +725,14 @@ int qcow2__reopen(qcow2_image *img, bool rw)
     img->share_refused = NULL;
     if (rw) {
         img->opts.flags |= QCOW2_OPEN_RDWR;
+        /* A reader's caches are sized by the tables it had (cluster.c); a writer's
+         * tables can grow. Both caches hold only clean tables here. */
+        if (img->fmt == QCOW2_FORMAT_QCOW2) {
+            qcow2__l2_cache_free(img);
+            rc = qcow2__l2_cache_init(img);
+            if (rc)
+                return rc;
+        }
         if (img->fmt == QCOW2_FORMAT_QCOW2 && (img->hdr.incompat & QCOW2_INCOMPAT_DIRTY))
             return qcow2__repair_dirty(img);
     } else {

@@ -462,7 +462,9 @@ int qcow2__header_serialize(qcow2_image *img, uint8_t *buf, size_t buf_len, size
 #define QCOW2_HEADER_SECTOR 512u
 
 /* cache.c */
-int qcow2__cache_init(qcow2_image *img, struct qcow2__cache *c, uint64_t budget, const char *what);
+/* most: the tables the image can have (0: unbounded, the image may grow). */
+int qcow2__cache_init(qcow2_image *img, struct qcow2__cache *c, uint64_t budget, uint64_t most,
+                      const char *what);
 void qcow2__cache_free(struct qcow2__cache *c);
 /*
  * The slot holding the table at host offset off. With load, a miss reads the

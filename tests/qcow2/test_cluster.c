@@ -466,10 +466,12 @@ Test(cluster, cache_slots_follow_cache_bytes)
         {512, 1ull << 40, 65536, 65536},       /* capped */
     };
 
+    /* A writer: sized by the budget alone (its tables can grow). */
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         qcow2_image *img;
         create(1 * MiB, cases[i].cs, 3, false);
-        img = open_ro(cases[i].budget);
+        cr_assert_eq(rfx_open(fs, IMG, QCOW2_OPEN_RDWR, cases[i].budget, &img), 0, "%s",
+                     rfx_msg());
         cr_assert_eq(img->l2c.nb_slots, cases[i].l2_slots, "case %zu: %u L2 slots", i,
                      img->l2c.nb_slots);
         cr_assert_eq(img->rbc.nb_slots, cases[i].rb_slots, "case %zu: %u refcount slots", i,
@@ -478,6 +480,33 @@ Test(cluster, cache_slots_follow_cache_bytes)
             cr_assert_null(img->l2c.slots[s].data, "buffers are allocated on first use");
         qcow2_image_close(img);
     }
+}
+
+/*
+ * A reader has no more slots than the image has tables: 32 L2 tables for 1 MiB of
+ * 512-byte clusters (each covers 64 clusters), one refcount block per refcount table
+ * entry, at least four; and back to the budget when it is reopened for writing.
+ */
+Test(cluster, a_readers_slots_are_capped_at_its_tables)
+{
+    qcow2_image *img;
+    uint64_t rt;
+
+    create(1 * MiB, 512, 3, false);
+    img = open_ro(0);
+    rt = (uint64_t)img->hdr.rt_clusters * 512 / 8;
+    cr_assert_eq(img->l2c.nb_slots, 32, "%u L2 slots for 32 L2 tables", img->l2c.nb_slots);
+    cr_assert_eq(img->rbc.nb_slots, rt < 4 ? 4 : rt - rt % 8, "%u refcount slots for %llu entries",
+                 img->rbc.nb_slots, (unsigned long long)rt);
+    cr_assert_eq(qcow2__reopen(img, true), 0, "%s", rfx_msg());
+    cr_assert_eq(img->l2c.nb_slots, 8192, "%u L2 slots once writable", img->l2c.nb_slots);
+    cr_assert_eq(img->rbc.nb_slots, 2048, "%u refcount slots once writable", img->rbc.nb_slots);
+    qcow2_image_close(img);
+    /* Far smaller than the budget's share, on a 64 KiB-cluster image of 1 MiB: one L2 table. */
+    create(1 * MiB, 65536, 3, false);
+    img = open_ro(0);
+    cr_assert_eq(img->l2c.nb_slots, 4, "%u L2 slots for one L2 table", img->l2c.nb_slots);
+    qcow2_image_close(img);
 }
 
 static unsigned slots_in_use(const struct qcow2__cache *c)
