@@ -16,7 +16,8 @@ int qcow2__l2_cache_init(qcow2_image *img)
      * a snapshot's) and one refcount block per refcount table entry; a writer's tables
      * can grow (a resize, a longer file), so its cache is sized by the budget alone. */
     bool ro = img->state == QCOW2__OPEN_RO;
-    uint64_t l2_most = img->hdr.l1_size, rb_most = (uint64_t)img->hdr.rt_clusters * img->cluster_size / 8;
+    uint64_t l2_most = img->hdr.l1_size;
+    uint64_t rb_most = (uint64_t)img->hdr.rt_clusters * img->cluster_size / 8;
     int rc;
 
     for (uint32_t i = 0; i < img->nb_snaps; i++)
