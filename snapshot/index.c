@@ -217,6 +217,23 @@ int qsnap__index_build(struct qsnap__index *x, const struct qsnap__model *m, boo
     return 0;
 }
 
+int qsnap__index_build_branches(struct qsnap__index *x, const struct qsnap__model *m)
+{
+    memset(x, 0, sizeof(*x));
+    x->m = m;
+    if (m->nb > QSNAP_MAX_ITEMS)
+        return qsnap__err(QSNAP_ERROR, NULL, "too many records to index");
+    x->bnames.cap = pow2_at_least(2 * m->nb);
+    x->bnames.slot = calloc(x->bnames.cap, sizeof(*x->bnames.slot));
+    if (!x->bnames.slot)
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    for (size_t e = 0; e < m->nb; e++) {
+        if (!names_add(x, true, e) && !x->dup_name)
+            x->dup_name = m->branches[e].name;
+    }
+    return 0;
+}
+
 void qsnap__index_free(struct qsnap__index *x)
 {
     free(x->layers.slot);

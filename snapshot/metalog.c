@@ -345,8 +345,21 @@ static bool push(void **arr, size_t *n, size_t *cap, const void *e, size_t size)
     return true;
 }
 
-static bool has_branch(const struct qsnap__model *m, const char *name)
+/* After this many lookups of branch names, the walk of a change indexes them. */
+#define BRANCH_WALKS 16u
+
+/*
+ * Has m a branch named so: a walk of m's branches for the first few questions,
+ * then a lookup in x, built here, so that a change that moves many branches (each
+ * asked about) costs time linear in the branches, not their square.
+ */
+static bool has_branch(const struct qsnap__model *m, struct qsnap__index *x, unsigned *asked,
+                       const char *name)
 {
+    if (!x->bnames.slot && ++*asked > BRANCH_WALKS && qsnap__index_build_branches(x, m) != 0)
+        qsnap__index_free(x); /* out of memory: walks, as before */
+    if (x->bnames.slot)
+        return qsnap__index_branch(x, name) != NULL;
     return qsnap__branch_by_name(m, name) != NULL;
 }
 
@@ -488,6 +501,8 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
                            bool *exact, const struct qsnap__ids *only, struct qsnap__ids *changed)
 {
     struct qsnap__model part;
+    struct qsnap__index ox, nx; /* o's and n's branch names, once asked about often */
+    unsigned asked_o = 0, asked_n = 0;
     size_t capl = 0, capn = 0, capb = 0, i, j;
     char *drops = NULL, *text = NULL;
     size_t dlen = 0;
@@ -498,6 +513,8 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
     *out = NULL;
     *exact = true;
     memset(&part, 0, sizeof(part));
+    memset(&ox, 0, sizeof(ox));
+    memset(&nx, 0, sizeof(nx));
     part.gen = n->gen;
     part.seq = n->seq;
     part.disk = n->disk;
@@ -600,7 +617,7 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
                 ok = push((void **)&part.branches, &part.nb, &capb, &n->branches[j],
                           sizeof(n->branches[j]));
             i++, j++;
-        } else if (i < o->nb && !has_branch(n, o->branches[i].name)) {
+        } else if (i < o->nb && !has_branch(n, &nx, &asked_n, o->branches[i].name)) {
             /* Gone: dropped by its name. */
             rc = put_branch_name(f, "drop-branch", &o->branches[i], n->disk, false, 0);
             if (rc) {
@@ -613,7 +630,7 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
                       sizeof(n->branches[j]));
             /* A new one goes where the new model has it (a plan may put it in the
              * place of one it removed). */
-            if (ok && !has_branch(o, n->branches[j].name) &&
+            if (ok && !has_branch(o, &ox, &asked_o, n->branches[j].name) &&
                 put_branch_name(f, "place-branch", &n->branches[j], n->disk, true, j) != 0)
                 ok = false;
             j++;
@@ -645,6 +662,8 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
     free(part.layers);
     free(part.nodes);
     free(part.branches);
+    qsnap__index_free(&ox);
+    qsnap__index_free(&nx);
     return rc;
 }
 

@@ -323,6 +323,8 @@ struct qsnap__index {
 };
 /* names: index the names too (else the lookups by name find nothing; dup_name stays NULL). */
 int qsnap__index_build(struct qsnap__index *x, const struct qsnap__model *m, bool names);
+/* The branches by name alone (the lookups by id and of snapshots find nothing). */
+int qsnap__index_build_branches(struct qsnap__index *x, const struct qsnap__model *m);
 void qsnap__index_free(struct qsnap__index *x);
 struct qsnap__layer *qsnap__index_layer(const struct qsnap__index *x, unsigned id);
 struct qsnap__node *qsnap__index_node(const struct qsnap__index *x, unsigned id);

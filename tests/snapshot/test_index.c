@@ -549,6 +549,72 @@ Test(index, random_changes_format_and_apply_exactly)
     }
 }
 
+/* Lines of text that start with key. */
+static size_t count_lines(const char *text, const char *key)
+{
+    size_t n = 0, kl = strlen(key);
+
+    for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+        n += !strncmp(p, key, kl);
+    return n;
+}
+
+/*
+ * A change that drops, adds and moves many branches asks about more names than the
+ * walk answers before it indexes them: the change still says exactly what differs
+ * (exact when the branches kept stay in order) and replays to the new model.
+ */
+Test(index, many_branches_dropped_and_added_format_and_apply_exactly)
+{
+    for (int moved = 0; moved < 2; moved++) {
+        struct qsnap__model o, n;
+        char *text = NULL, *formatted = NULL, *want = NULL;
+        bool exact = false;
+        size_t drops = 0;
+
+        make_model(&o, 300, 1, 3); /* 101 branches */
+        cr_assert_eq(qsnap__model_clone(&n, &o), 0);
+        for (size_t i = n.nb; i-- > 0;) {
+            if (i % 3 == 1) {
+                qsnap__del_branch_at(&n, i);
+                drops++;
+            }
+        }
+        for (int k = 0; k < 40; k++) {
+            struct qsnap__branch *b = qsnap__add_branch(&n);
+            char name[32];
+            cr_assert_not_null(b);
+            snprintf(name, sizeof(name), "new%d", k);
+            b->name = strdup(name);
+            b->head = n.layers[(size_t)k % n.nl].id;
+        }
+        if (moved) { /* the first branch to the end: the rest is out of place */
+            struct qsnap__branch first = n.branches[0];
+            memmove(&n.branches[0], &n.branches[1], (n.nb - 1) * sizeof(n.branches[0]));
+            n.branches[n.nb - 1] = first;
+        }
+        cr_assert_eq(qsnap__delta_format(&o, &n, &text, &exact), 0);
+        if (moved) {
+            cr_assert_not(exact, "branches out of place were called an exact change");
+        } else {
+            cr_assert(exact);
+            cr_assert_eq(count_lines(text, "drop-branch "), drops, "%s", text);
+            cr_assert_eq(count_lines(text, "place-branch "), 40, "%s", text);
+            cr_assert_eq(qsnap__delta_apply(&o, text, strlen(text), "change"), 0, "%s",
+                         qsnap_error_last()->message);
+            cr_assert_eq(qsnap__model_format(&o, &formatted), 0);
+            n.gen = o.gen;
+            cr_assert_eq(qsnap__model_format(&n, &want), 0);
+            cr_assert_str_eq(formatted, want);
+        }
+        free(text);
+        free(formatted);
+        free(want);
+        qsnap__model_free(&o);
+        qsnap__model_free(&n);
+    }
+}
+
 /* One random change to n (as a plan makes them), step k of round `round`. */
 static void random_change(struct qsnap__model *n, unsigned *r, int round, int k)
 {
