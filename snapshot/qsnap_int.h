@@ -168,9 +168,11 @@ struct qsnap_store {
     struct qsnap__chain *chain; /* the disk's own backing chain, read-only (safe.c) */
     bool holding;        /* an operation holds the files it touches (inuse.c): steps open
                           * images without taking locks of their own */
-    int *dir_fd;         /* the store directory, opened once without following links by the
-                          * first qsnap__store_dirfd that found it (-1 until then; safe.c) */
+    int *dir_fd;         /* QSNAP__DIR_FDS descriptors: the store directory, layers/ and
+                          * state/, each opened once without following links by the first
+                          * qsnap__store_dirfd that found it (-1 until then; safe.c) */
 };
+#define QSNAP__DIR_FDS 3
 
 /*
  * What a plan's decisions read from files: whether a head had changes, and
@@ -525,6 +527,11 @@ long qsnap__find_internal(const qcow2_image *img, const char *name);
 struct stat;
 int qsnap__unsafe_err(const char *path, int e);
 int qsnap__store_dirfd(const qsnap_store *s, const char *sub, int *out);
+/* The same directory, borrowed: the handle's kept descriptor where it has one (not to be
+ * closed, nor given to fdopendir); given back by qsnap__store_dir_put, which closes
+ * only a descriptor the handle does not keep. */
+int qsnap__store_dir_get(const qsnap_store *s, const char *sub, int *out);
+void qsnap__store_dir_put(const qsnap_store *s, int fd);
 /* openat(O_NOFOLLOW) of a store file, which must be a regular file (errno kept on failure). */
 int qsnap__open_store_file(const qsnap_store *s, const char *rel, int oflags, int *fd_out);
 /* The disk, only while its name leads to the file it did at store open: fd, or -errno (-EXDEV). */

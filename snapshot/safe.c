@@ -63,27 +63,68 @@ int qsnap__unsafe_err(const char *path, int e)
 static int open_sub(const qsnap_store *s, int dfd, const char *sub, int *out);
 static void layers_touch(const qsnap_store *s, const char *dir, int dfd, bool after);
 
+/* A copy of descriptor fd (of the store's directory dir) for a caller to close. */
+static int dup_dir(const qsnap_store *s, int fd, int *out)
+{
+    *out = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (*out < 0)
+        return qsnap__err(QSNAP_ERROR, NULL, "%s: %s", s->dir, strerror(errno));
+    return 0;
+}
+
+static int store_dir(const qsnap_store *s, const char *sub, bool borrow, int *out);
+
 /*
  * Open the store directory (and a subdirectory of it: "" for none) without
- * following links. The store directory itself is opened once per handle and
- * kept (s->dir_fd): an operation opens its files through it a hundred times,
- * and each later open is then relative to the directory the first one found.
+ * following links. The store directory is opened once per handle and kept
+ * (s->dir_fd), and each later open is relative to the directory the first one
+ * found; layers/ and state/ are kept too for qsnap__store_dir_get, which an
+ * operation calls tens of times (a create at any size opened layers/ 26 times).
  */
 int qsnap__store_dirfd(const qsnap_store *s, const char *sub, int *out)
 {
-    int dfd, fd;
+    return store_dir(s, sub, false, out);
+}
+
+int qsnap__store_dir_get(const qsnap_store *s, const char *sub, int *out)
+{
+    return store_dir(s, sub, true, out);
+}
+
+void qsnap__store_dir_put(const qsnap_store *s, int fd)
+{
+    for (int i = 0; s->dir_fd && i < QSNAP__DIR_FDS; i++) {
+        if (fd >= 0 && s->dir_fd[i] == fd)
+            return;
+    }
+    if (fd >= 0)
+        close(fd);
+}
+
+/* qsnap__store_dirfd, or with borrow the kept descriptor itself where there is one. */
+static int store_dir(const qsnap_store *s, const char *sub, bool borrow, int *out)
+{
+    int dfd, fd = -1;
 
     *out = -1;
-    if (s->dir_fd && *s->dir_fd >= 0) {
-        dfd = *s->dir_fd;
-        if (!sub || !sub[0]) {
-            fd = fcntl(dfd, F_DUPFD_CLOEXEC, 0);
-            if (fd < 0)
-                return qsnap__err(QSNAP_ERROR, NULL, "%s: %s", s->dir, strerror(errno));
-            *out = fd;
+    if (s->dir_fd && s->dir_fd[0] >= 0) {
+        int slot = !sub || !sub[0] ? 0 : !strcmp(sub, "layers") ? 1 : !strcmp(sub, "state") ? 2 : -1;
+        /* A caller's own descriptor of a subdirectory is opened afresh: a copy of a kept
+         * one would share its position, and a listing (fdopendir) would start where the
+         * last one ended. */
+        if (slot < 0 || (slot > 0 && !borrow))
+            return open_sub(s, s->dir_fd[0], sub, out);
+        if (s->dir_fd[slot] < 0) {
+            int rc = open_sub(s, s->dir_fd[0], sub, &fd);
+            if (rc)
+                return rc;
+            s->dir_fd[slot] = fd;
+        }
+        if (borrow) {
+            *out = s->dir_fd[slot];
             return 0;
         }
-        return open_sub(s, dfd, sub, out);
+        return dup_dir(s, s->dir_fd[slot], out);
     }
     dfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (dfd < 0) {
@@ -99,8 +140,8 @@ int qsnap__store_dirfd(const qsnap_store *s, const char *sub, int *out)
                           "%s: cannot open the store: %s", s->dir, strerror(e));
     }
     if (s->dir_fd) {
-        *s->dir_fd = dfd;
-        return qsnap__store_dirfd(s, sub, out);
+        s->dir_fd[0] = dfd;
+        return store_dir(s, sub, borrow, out);
     }
     if (!sub || !sub[0]) {
         *out = dfd;
@@ -174,10 +215,10 @@ void qsnap__own(const qsnap_store *s, const char *path)
         return;
     }
     if (path[dl] != '/' || split_rel(path + dl + 1, dir, sizeof(dir), &base) < 0 ||
-        qsnap__store_dirfd(s, dir, &dfd) != 0)
+        qsnap__store_dir_get(s, dir, &dfd) != 0)
         return;
     qsnap__own_at(s, dfd, base);
-    close(dfd);
+    qsnap__store_dir_put(s, dfd);
 }
 
 /* Split a store-relative path "DIR/NAME" or "NAME" into its directory and base name. */
@@ -262,7 +303,7 @@ int qsnap__open_store_file(const qsnap_store *s, const char *rel, int oflags, in
     snprintf(path, sizeof(path), "%s/%s", s->dir, rel);
     if (split_rel(rel, dir, sizeof(dir), &base) < 0)
         return qsnap__err(QSNAP_ERROR, NULL, "%s: not a store file", path);
-    rc = qsnap__store_dirfd(s, dir, &dfd);
+    rc = qsnap__store_dir_get(s, dir, &dfd);
     if (rc)
         return rc;
     do {
@@ -270,7 +311,7 @@ int qsnap__open_store_file(const qsnap_store *s, const char *rel, int oflags, in
     } while (fd < 0 && errno == EINTR);
     if (fd < 0) {
         int e = errno;
-        close(dfd);
+        qsnap__store_dir_put(s, dfd);
         if (e == ELOOP) {
             note_refusal(s, path, e);
             return qsnap__unsafe_err(path, e);
@@ -278,7 +319,7 @@ int qsnap__open_store_file(const qsnap_store *s, const char *rel, int oflags, in
         errno = e;
         return qsnap__err(e == ENOENT ? QSNAP_ENOTFOUND : QSNAP_ERROR, NULL, "%s: cannot open: %s", path, strerror(e));
     }
-    close(dfd);
+    qsnap__store_dir_put(s, dfd);
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
         close(fd);
         note_refusal(s, path, ENODEV);
@@ -312,17 +353,17 @@ int qsnap__lstat_store_file(const qsnap_store *s, const char *rel, struct stat *
 
     if (split_rel(rel, dir, sizeof(dir), &base) < 0)
         return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: not a store file", s->dir, rel);
-    rc = qsnap__store_dirfd(s, dir, &dfd);
+    rc = qsnap__store_dir_get(s, dir, &dfd);
     if (rc)
         return rc;
     rc = fstatat(dfd, base, st, AT_SYMLINK_NOFOLLOW);
     if (rc < 0) {
         int e = errno;
-        close(dfd);
+        qsnap__store_dir_put(s, dfd);
         return qsnap__err(e == ENOENT ? QSNAP_ENOTFOUND : QSNAP_ERROR, NULL, "%s/%s: %s", s->dir,
                           rel, strerror(e));
     }
-    close(dfd);
+    qsnap__store_dir_put(s, dfd);
     return 0;
 }
 
@@ -357,7 +398,7 @@ int qsnap__clear_tmp(const qsnap_store *s, const char *rel)
         return rc;
     if (!S_ISREG(st.st_mode))
         return qsnap__check_store_file(s, rel);
-    if (split_rel(rel, dir, sizeof(dir), &base) < 0 || qsnap__store_dirfd(s, dir, &dfd) != 0)
+    if (split_rel(rel, dir, sizeof(dir), &base) < 0 || qsnap__store_dir_get(s, dir, &dfd) != 0)
         return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: cannot remove", s->dir, rel);
     layers_touch(s, dir, dfd, false);
     rc = unlinkat(dfd, base, 0) < 0 && errno != ENOENT
@@ -365,7 +406,7 @@ int qsnap__clear_tmp(const qsnap_store *s, const char *rel)
                           strerror(errno))
              : 0;
     layers_touch(s, dir, dfd, true);
-    close(dfd);
+    qsnap__store_dir_put(s, dfd);
     return rc;
 }
 
@@ -554,7 +595,7 @@ int qsnap__io_open(qcow2_io **out, const char *path, unsigned flags, void *paylo
         note_refusal(s, path, EXDEV);
         return -EXDEV;
     }
-    if (qsnap__store_dirfd(s, "layers", &dfd) != 0) {
+    if (qsnap__store_dir_get(s, "layers", &dfd) != 0) {
         int e = s->refusal && s->refusal->err ? s->refusal->err : ENOENT;
         return -e;
     }
@@ -563,7 +604,7 @@ int qsnap__io_open(qcow2_io **out, const char *path, unsigned flags, void *paylo
         layers_touch(s, "layers", dfd, false);
         rc = qcow2_io_posix_openat(out, dfd, base, flags | QCOW2_IO_NOFOLLOW);
         layers_touch(s, "layers", dfd, true);
-        close(dfd);
+        qsnap__store_dir_put(s, dfd);
         if (rc == -ELOOP || rc == -ENODEV)
             note_refusal(s, path, -rc);
         return rc;
@@ -574,7 +615,7 @@ int qsnap__io_open(qcow2_io **out, const char *path, unsigned flags, void *paylo
                         O_CLOEXEC | O_NOCTTY);
     } while (fd < 0 && errno == EINTR);
     rc = fd < 0 ? -errno : 0;
-    close(dfd);
+    qsnap__store_dir_put(s, dfd);
     if (rc == -ELOOP) {
         note_refusal(s, path, ELOOP);
         return rc;
@@ -669,7 +710,7 @@ int qsnap__unlink_store_file(const qsnap_store *s, const char *rel)
 
     if (split_rel(rel, dir, sizeof(dir), &base) < 0)
         return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: not a store file", s->dir, rel);
-    rc = qsnap__store_dirfd(s, dir, &dfd);
+    rc = qsnap__store_dir_get(s, dir, &dfd);
     if (rc)
         return rc == QSNAP_ENOTFOUND ? 0 : rc;
     layers_touch(s, dir, dfd, false);
@@ -678,7 +719,7 @@ int qsnap__unlink_store_file(const qsnap_store *s, const char *rel)
                           strerror(errno))
              : 0;
     layers_touch(s, dir, dfd, true);
-    close(dfd);
+    qsnap__store_dir_put(s, dfd);
     return rc;
 }
 
@@ -692,7 +733,7 @@ int qsnap__rename_store_file(const qsnap_store *s, const char *from_rel, const c
     if (split_rel(from_rel, dir, sizeof(dir), &base) < 0 ||
         split_rel(to_rel, dir2, sizeof(dir2), &base2) < 0 || strcmp(dir, dir2) != 0)
         return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: not a store file", s->dir, to_rel);
-    rc = qsnap__store_dirfd(s, dir, &dfd);
+    rc = qsnap__store_dir_get(s, dir, &dfd);
     if (rc)
         return rc;
     layers_touch(s, dir, dfd, false);
@@ -703,7 +744,7 @@ int qsnap__rename_store_file(const qsnap_store *s, const char *from_rel, const c
     if (!rc && fsync(dfd) < 0 && errno != EINVAL)
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: fsync failed: %s", s->dir, dir,
                         strerror(errno));
-    close(dfd);
+    qsnap__store_dir_put(s, dfd);
     return rc;
 }
 
@@ -717,7 +758,7 @@ int qsnap__link_into_store(const qsnap_store *s, const char *src, const char *re
     *err = 0;
     if (split_rel(rel, dir, sizeof(dir), &base) < 0)
         return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: not a store file", s->dir, rel);
-    rc = qsnap__store_dirfd(s, dir, &dfd);
+    rc = qsnap__store_dir_get(s, dir, &dfd);
     if (rc)
         return rc;
     layers_touch(s, dir, dfd, false);
@@ -727,7 +768,7 @@ int qsnap__link_into_store(const qsnap_store *s, const char *src, const char *re
     if (!*err && fsync(dfd) < 0 && errno != EINVAL)
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: fsync failed: %s", s->dir, dir,
                         strerror(errno));
-    close(dfd);
+    qsnap__store_dir_put(s, dfd);
     return rc;
 }
 
@@ -870,11 +911,11 @@ void qsnap__seal_layers(const qsnap_store *s)
 
     if (s->readonly || s->lock_fd < 0)
         return;
-    if (mk && mk->own && mk->listed && !mk->nothers && qsnap__store_dirfd(s, "layers", &dfd) == 0 &&
+    if (mk && mk->own && mk->listed && !mk->nothers && qsnap__store_dir_get(s, "layers", &dfd) == 0 &&
         fstat(dfd, &st) == 0 && mark_same(mk, &st))
         n = seal_format(&st, buf, sizeof(buf));
     if (dfd >= 0)
-        close(dfd);
+        qsnap__store_dir_put(s, dfd);
     if (n > 0)
         ok = pwrite(s->lock_fd, buf, (size_t)n, 0) == n && ftruncate(s->lock_fd, n) == 0;
     if (!ok) /* no seal: the next command walks */
@@ -1098,7 +1139,7 @@ static int scan(const qsnap_store *s, bool again)
         if (rc && rc != QSNAP_ENOTFOUND)
             return rc;
     }
-    if (again && qsnap__store_dirfd(s, "", &sfd))
+    if (again && qsnap__store_dir_get(s, "", &sfd))
         sfd = -1;
     rc = 0;
     for (size_t i = 0; !rc && i < sizeof(dirs) / sizeof(dirs[0]); i++) {
@@ -1106,7 +1147,7 @@ static int scan(const qsnap_store *s, bool again)
             rc = scan_dir(s, dirs[i]);
     }
     if (sfd >= 0)
-        close(sfd);
+        qsnap__store_dir_put(s, sfd);
     return rc;
 }
 

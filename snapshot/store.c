@@ -138,7 +138,7 @@ int qsnap__write_atomic(const qsnap_store *s, const char *rel, const char *data,
     close(fd);
     fd = -1;
     /* rename() replaces a link at rel itself, never what it points at. */
-    rc = qsnap__store_dirfd(s, "", &dfd);
+    rc = qsnap__store_dir_get(s, "", &dfd);
     if (rc)
         goto out;
     if (renameat(dfd, tmp, dfd, rel) < 0) {
@@ -151,11 +151,10 @@ int qsnap__write_atomic(const qsnap_store *s, const char *rel, const char *data,
 out:
     if (fd >= 0) {
         close(fd);
-        if (dfd >= 0 || qsnap__store_dirfd(s, "", &dfd) == 0)
+        if (dfd >= 0 || qsnap__store_dir_get(s, "", &dfd) == 0)
             unlinkat(dfd, tmp, 0);
     }
-    if (dfd >= 0)
-        close(dfd);
+    qsnap__store_dir_put(s, dfd);
     free(tmp);
     free(path);
     return rc;
@@ -290,9 +289,9 @@ int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags)
     s->marks = calloc(2, sizeof(*s->marks));
     s->seen = calloc(1, sizeof(*s->seen));
     s->chain = calloc(1, sizeof(*s->chain));
-    s->dir_fd = malloc(sizeof(*s->dir_fd));
-    if (s->dir_fd)
-        *s->dir_fd = -1;
+    s->dir_fd = malloc(QSNAP__DIR_FDS * sizeof(*s->dir_fd));
+    for (int i = 0; s->dir_fd && i < QSNAP__DIR_FDS; i++)
+        s->dir_fd[i] = -1;
     if (lstat(s->dir, &st) == 0) {
         if (S_ISLNK(st.st_mode)) {
             rc = qsnap__unsafe_err(s->dir, ELOOP);
@@ -364,8 +363,10 @@ void qsnap_store_close(qsnap_store *s)
         return;
     if (s->lock_fd >= 0)
         close(s->lock_fd);
-    if (s->dir_fd && *s->dir_fd >= 0)
-        close(*s->dir_fd);
+    for (int i = 0; s->dir_fd && i < QSNAP__DIR_FDS; i++) {
+        if (s->dir_fd[i] >= 0)
+            close(s->dir_fd[i]);
+    }
     free(s->dir_fd);
     qsnap__model_free(&s->m);
     free(s->refusal);

@@ -136,10 +136,10 @@ int qsnap__vm_path_ok(const qsnap_store *s, const struct qsnap__model *m)
         return 1;
     if (!want)
         return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
-    ok = qsnap__store_dirfd(s, "layers", &dfd);
+    ok = qsnap__store_dir_get(s, "layers", &dfd);
     if (!ok) {
         ok = read_vm_link(s, dfd, got, sizeof(got), &is_link);
-        close(dfd);
+        qsnap__store_dir_put(s, dfd);
     }
     if (!ok)
         ok = is_link && !strcmp(got, want);
@@ -169,7 +169,7 @@ int qsnap__vm_path_update(const qsnap_store *s, const struct qsnap__model *m)
     want = want_target(m, &none);
     if (!want)
         return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
-    rc = qsnap__store_dirfd(s, "layers", &dfd);
+    rc = qsnap__store_dir_get(s, "layers", &dfd);
     if (!rc)
         rc = read_vm_link(s, dfd, got, sizeof(got), &is_link);
     if (rc)
@@ -211,8 +211,7 @@ int qsnap__vm_path_update(const qsnap_store *s, const struct qsnap__model *m)
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s/layers: fsync failed: %s", s->dir,
                         strerror(errno));
 out:
-    if (dfd >= 0)
-        close(dfd);
+    qsnap__store_dir_put(s, dfd);
     free(want);
     return rc;
 }
