@@ -101,6 +101,14 @@ void qsnap__store_dir_put(const qsnap_store *s, int fd)
         close(fd);
 }
 
+/* Which of s->dir_fd keeps directory sub (-1: none). */
+static int kept_slot(const char *sub)
+{
+    if (!sub || !sub[0])
+        return 0;
+    return !strcmp(sub, "layers") ? 1 : !strcmp(sub, "state") ? 2 : -1;
+}
+
 /* qsnap__store_dirfd, or with borrow the kept descriptor itself where there is one. */
 static int store_dir(const qsnap_store *s, const char *sub, bool borrow, int *out)
 {
@@ -108,7 +116,7 @@ static int store_dir(const qsnap_store *s, const char *sub, bool borrow, int *ou
 
     *out = -1;
     if (s->dir_fd && s->dir_fd[0] >= 0) {
-        int slot = !sub || !sub[0] ? 0 : !strcmp(sub, "layers") ? 1 : !strcmp(sub, "state") ? 2 : -1;
+        int slot = kept_slot(sub);
         /* A caller's own descriptor of a subdirectory is opened afresh: a copy of a kept
          * one would share its position, and a listing (fdopendir) would start where the
          * last one ended. */
