@@ -23,25 +23,18 @@
 set -u
 
 BUILD=${BUILD:-build/release}
-. "$(dirname "$0")/../helpers/script_lib.sh"
-. "$(dirname "$0")/../helpers/nbdkit_san.sh"
-TS_TIMEOUT=120
+. "$(dirname "$0")/../helpers/nbd_setup.sh"
 PLUGIN=${PLUGIN:-$BUILD/nbdkit-qsnap-plugin.so}
 case $PLUGIN in /*) ;; *) PLUGIN=$(pwd)/$PLUGIN ;; esac
 
 PIDS=""
-# alive PID: running (a zombie nobody reaped yet counts as gone).
-alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 # At exit: every server started, by its pid.
 stop_all() {
     for p in $PIDS; do kill "$p" 2>/dev/null; done
     for p in $PIDS; do for _ in $(seq 50); do alive "$p" || break; sleep 0.1; done; done
 }
-ts_need nbdkit nbdinfo nbdcopy qemu-img qemu-io python3 cmp
-[ -f "$PLUGIN" ] || { bad setup "$PLUGIN not built"; ts_end; exit 1; }
 ts_atexit stop_all
-ts_workdir nbd
-trap 'exit 1' INT TERM
+nbd_setup nbd "$PLUGIN"
 sanitizer_wrapper "$PLUGIN"
 uri() { echo "nbd+unix:///?socket=$W/$1.sock"; }
 

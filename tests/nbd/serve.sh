@@ -14,14 +14,10 @@
 # stopped by pid on exit. Prints "ok"/"FAIL" lines and "N passed, N failed".
 set -u
 
-. "$(dirname "$0")/../helpers/script_lib.sh"
-. "$(dirname "$0")/../helpers/nbdkit_san.sh"
-TS_TIMEOUT=120
+. "$(dirname "$0")/../helpers/nbd_setup.sh"
 PLUGIN=$(dirname "$QSNAP")/nbdkit-qsnap-plugin.so
 
 FGPID=""
-# alive PID: running (a zombie nobody reaped yet counts as gone).
-alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 # At exit: the foreground qsnap serve, and every server recorded in the test's
 # run-time directory ($W/run), by pid.
 stop_all() {
@@ -34,11 +30,8 @@ stop_all() {
     done
     for p in $pids; do for _ in $(seq 50); do alive "$p" || break; sleep 0.1; done; done
 }
-ts_need nbdkit nbdinfo nbdcopy qemu-img qemu-io python3 cmp
-[ -f "$PLUGIN" ] || { bad setup "the plugin beside $QSNAP not built"; ts_end; exit 1; }
 ts_atexit stop_all
-ts_workdir serve
-trap 'exit 1' INT TERM
+nbd_setup serve "$PLUGIN"
 export XDG_RUNTIME_DIR=$W/run
 mkdir -p "$XDG_RUNTIME_DIR"
 chmod 700 "$XDG_RUNTIME_DIR"
