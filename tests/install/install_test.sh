@@ -15,18 +15,11 @@
 # Prints one ok/FAIL line per check and "N passed, N failed" last.
 set -u
 
-BUILD=${BUILD:-build/release}
-MAKE=${MAKE:-make}
-CC=${CC:-cc}
-. "$(dirname "$0")/../helpers/script_lib.sh"
 # shellcheck source=tests/helpers/checks.sh
 . "$(dirname "$0")/../helpers/checks.sh"
-
-# The work directory W holds DESTDIR and what is built against it; the script
-# itself runs from the source tree (make, examples/, docs/), as it was started.
+# W holds DESTDIR and what is built against it.
+check_setup install
 top=$(pwd)
-ts_workdir install
-cd "$top" || exit 2
 dest=$W/dest
 prefix=/usr/local
 root=$dest$prefix

@@ -16,18 +16,10 @@
 # Prints one ok/FAIL line per check and "N passed, N failed" last.
 set -u
 
-BUILD=${BUILD:-build/release}
-MAKE=${MAKE:-make}
-CC=${CC:-cc}
-. "$(dirname "$0")/../helpers/script_lib.sh"
 # shellcheck source=tests/helpers/checks.sh
 . "$(dirname "$0")/../helpers/checks.sh"
-
-# The work directory W holds the scratch build directory and the made-up disk;
-# the script itself runs from the source tree (make -n), as it was started.
-top=$(pwd)
-ts_workdir static
-cd "$top" || exit 2
+# W holds the scratch build directory and the made-up disk.
+check_setup static
 
 # ---- the choice -----------------------------------------------------------------
 # `make -n` of qsnap in an empty build directory prints the commands, runs none;
