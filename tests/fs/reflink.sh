@@ -22,16 +22,14 @@
 # released on exit.
 # Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
 #   QSNAP=path  the qsnap binary (default build/release/qsnap)
+#   KEEP=1      keep the work directory (the mounts are released all the same)
 set -u
 
-QSNAP=${QSNAP:-build/release/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
-for c in qemu-img qemu-io; do
-    command -v $c >/dev/null || { echo "FAIL setup: $c not found"; echo "0 passed, 1 failed"; exit 1; }
-done
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-fs.XXXXXX") || exit 2
+. "$(dirname "$0")/../helpers/script_lib.sh"
+TS_TIMEOUT=120
 MOUNTS=()
-cleanup() {
+# At exit, before the work directory goes: the loop mounts made here.
+fs_release() {
     local m
     cd /
     for m in "${MOUNTS[@]}"; do
@@ -40,17 +38,12 @@ cleanup() {
     # Loop devices made by mount -o loop detach on umount; any left over on our files go too.
     losetup -j "$W/xfs.img" 2>/dev/null | cut -d: -f1 | xargs -r losetup -d 2>/dev/null
     losetup -j "$W/btrfs.img" 2>/dev/null | cut -d: -f1 | xargs -r losetup -d 2>/dev/null
-    rm -rf "$W"
 }
-trap cleanup EXIT
+ts_need qemu-img qemu-io
+ts_atexit fs_release
+ts_workdir fs
 trap 'exit 130' INT TERM
-cd "$W" || exit 2
-pass=0
-fail=0
 skipped=0
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 120 "$QSNAP" "$@"; }
 qio() { qemu-io "$@" >qio.out 2>&1 && ! grep -qiE 'error|failed' qio.out; }
 
 # Inputs, made once on the work directory's file system: a raw base with data,
@@ -93,7 +86,7 @@ make_inputs() { # DIR
         qio -c 'write -z 2M 64k' -c 'write -c -P 0 3M 64k' -c 'write -z 6M 64k' \
             -c 'write -P 0x23 4M 64k' -c 'write -P 0x24 41M 64k' "$d/tzo.qcow2"
 }
-mkdir ref && make_inputs ref || { bad setup "could not make the inputs"; echo "$pass passed, $fail failed"; exit 1; }
+mkdir ref && make_inputs ref || { bad setup "could not make the inputs"; ts_end; exit 1; }
 # The copying path's results, on this file system.
 (cd ref && cp base.raw cbase.raw && cp top.qcow2 ctop.qcow2 && qemu-img rebase -u -b cbase.raw -F raw ctop.qcow2 &&
     "$QSNAP" image commit -d ctop.qcow2 &&
@@ -108,7 +101,7 @@ mkdir ref && make_inputs ref || { bad setup "could not make the inputs"; echo "$
     done &&
     "$QSNAP" image convert -O raw t512.qcow2 conv512.raw &&
     qemu-img convert -O raw tzo.qcow2 convz.raw) >ref.log 2>&1 ||
-    { bad setup "reference operations failed: $(tail -n 3 ref.log)"; echo "$pass passed, $fail failed"; exit 1; }
+    { bad setup "reference operations failed: $(tail -n 3 ref.log)"; ts_end; exit 1; }
 
 # shared FILE: true when filefrag lists an extent shared with another file.
 shared() { filefrag -v "$1" 2>/dev/null | grep -q shared; }
@@ -306,5 +299,4 @@ else
     if command -v mkfs.btrfs >/dev/null; then run_fs btrfs mkfs.btrfs -q
     else echo "# skipped btrfs: mkfs.btrfs is missing (btrfs-progs)"; fi
 fi
-echo "$pass passed, $fail failed"
-[ "$fail" = 0 ]
+ts_end

@@ -1,6 +1,7 @@
 # Sourced (bash) by the test scripts for what each of them does first and last:
 #   QSNAP        the qsnap binary, made absolute when sourced (default
-#                build/release/qsnap, relative to the current directory)
+#                $BUILD/qsnap, BUILD defaulting to build/release, relative
+#                to the current directory)
 #   pass, fail   the counters, zero when sourced
 #   ok NAME      prints "ok NAME" (and the seconds so far when TIMING is set),
 #                counts a pass
@@ -19,7 +20,7 @@
 #                a script stops what it started (a daemon by its pid) there
 #   ts_end       prints "N passed, N failed"; true when nothing failed (the
 #                script's last command, so its exit status)
-QSNAP=${QSNAP:-build/release/qsnap}
+QSNAP=${QSNAP:-${BUILD:-build/release}/qsnap}
 case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
 pass=0
 fail=0

@@ -7,7 +7,12 @@
 #                      an ext4 file system; /init mounts it on /mnt, runs CMD
 #                      there with sh, syncs, unmounts and powers off. Sets
 #                      GUEST_OUT (CMD's output) and GUEST_RC (CMD's exit status,
-#                      or "none" when the guest did not get that far).
+#                      or "none" when the guest did not get that far). QEMU
+#                      runs in the background (GUEST_PID, the timeout around
+#                      it) while the script waits for it.
+# guest_stop           for the caller's EXIT trap: stops a guest still running
+#                      (by GUEST_PID; timeout passes the signal on to QEMU) and
+#                      removes its serial log.
 #
 # The kernel is Debian's cloud kernel: the package linux-image-cloud-amd64
 # depends on is fetched with `apt-get download` and unpacked with `dpkg-deb -x`
@@ -156,16 +161,22 @@ guest_prepare() {
     GUEST_INITRD=$initrd
 }
 
+GUEST_PID=
+GUEST_LOG=
 guest_run() { # DISK CMD
     local disk=$1 cmd log
     cmd=$(printf '%s' "$2" | base64 -w0)
     log=$(mktemp "${TMPDIR:-/tmp}/qsnap-guest.XXXXXX")
+    GUEST_LOG=$log
     timeout -k 5 "${GUEST_TIMEOUT:-240}" qemu-system-x86_64 -machine pc,accel=tcg -m 256 -smp 1 \
         -display none -nodefaults -no-reboot -serial "file:$log" \
         -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" \
         -append "console=ttyS0 quiet loglevel=3 panic=-1 qcmd=$cmd" \
-        -drive "file=$disk,format=qcow2,if=virtio,cache=writeback" >"$log.qemu" 2>&1
+        -drive "file=$disk,format=qcow2,if=virtio,cache=writeback" >"$log.qemu" 2>&1 &
+    GUEST_PID=$!
+    wait "$GUEST_PID"
     GUEST_QEMU_RC=$?
+    GUEST_PID=
     GUEST_OUT=$(tr -d '\r' <"$log" | sed -n 's/^QSNAP-OUT: //p')
     GUEST_RC=$(tr -d '\r' <"$log" | sed -n 's/^QSNAP-RC: //p' | tail -n 1)
     [ -n "$GUEST_RC" ] || {
@@ -173,4 +184,12 @@ guest_run() { # DISK CMD
         echo "# guest log: $(tr -d '\r' <"$log" | tail -n 5 | tr '\n' '|') qemu: $(cat "$log.qemu")"
     }
     rm -f "$log" "$log.qemu"
+    GUEST_LOG=
+}
+
+guest_stop() {
+    [ -n "$GUEST_PID" ] && kill "$GUEST_PID" 2>/dev/null && wait "$GUEST_PID" 2>/dev/null
+    GUEST_PID=
+    [ -z "$GUEST_LOG" ] || rm -f "$GUEST_LOG" "$GUEST_LOG.qemu"
+    GUEST_LOG=
 }

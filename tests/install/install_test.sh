@@ -15,28 +15,24 @@
 # Prints one ok/FAIL line per check and "N passed, N failed" last.
 set -u
 
-BUILD=${BUILD:-build/release}
-MAKE=${MAKE:-make}
-CC=${CC:-cc}
 # shellcheck source=tests/helpers/checks.sh
-. tests/helpers/checks.sh
-
+. "$(dirname "$0")/../helpers/checks.sh"
+# W holds DESTDIR and what is built against it.
+check_setup install
 top=$(pwd)
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-install.XXXXXX") || exit 2
-trap 'rm -rf "$tmp"' EXIT INT TERM
-dest=$tmp/dest
+dest=$W/dest
 prefix=/usr/local
 root=$dest$prefix
 so=$(sed -n 's/^#define QCOW2_SOVERSION \([0-9]*\)/\1/p' include/qcow2/version.h)
 version=$(sed -n 's/^#define QCOW2_VERSION_STRING "\(.*\)"/\1/p' include/qcow2/version.h)
 
 # ---- install ------------------------------------------------------------------
-if $MAKE --no-print-directory BUILD="$BUILD" DESTDIR="$dest" PREFIX=$prefix install >"$tmp/log" 2>&1; then
+if $MAKE --no-print-directory BUILD="$BUILD" DESTDIR="$dest" PREFIX=$prefix install >"$W/log" 2>&1; then
     ok "make install DESTDIR=... PREFIX=$prefix"
 else
-    bad "make install DESTDIR=... PREFIX=$prefix"
-    tail -20 "$tmp/log"
-    echo "$pass passed, $fail failed"
+    bad "make install DESTDIR=... PREFIX=$prefix" "failed; the end of its log:"
+    tail -20 "$W/log"
+    ts_end
     exit 1
 fi
 
@@ -87,33 +83,33 @@ build_static() { # build_static OUT SRC MODULE: the archives, the private libs s
         sed -e 's/-lqsnap/-l:libqsnap.a/' -e 's/-lqcow2/-l:libqcow2.a/')
 }
 for ex in overlay_write chain_map; do
-    check "build examples/$ex.c (shared, pkg-config qcow2)" build_shared "$tmp/$ex" "examples/$ex.c" qcow2
+    check "build examples/$ex.c (shared, pkg-config qcow2)" build_shared "$W/$ex" "examples/$ex.c" qcow2
     check "build examples/$ex.c (static, pkg-config --static qcow2)" \
-        build_static "$tmp/$ex.static" "examples/$ex.c" qcow2
+        build_static "$W/$ex.static" "examples/$ex.c" qcow2
 done
 check "shared example needs libqcow2.so.$so" \
-    grep -q "(NEEDED).*\[libqcow2.so.$so\]" <(readelf -d "$tmp/overlay_write")
+    grep -q "(NEEDED).*\[libqcow2.so.$so\]" <(readelf -d "$W/overlay_write")
 check "static example needs no libqcow2.so" \
-    bash -c "! readelf -d '$tmp/overlay_write.static' | grep -q libqcow2"
+    bash -c "! readelf -d '$W/overlay_write.static' | grep -q libqcow2"
 export LD_LIBRARY_PATH=$root/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 check "shared example loads the installed libqcow2" \
-    grep -q "libqcow2.so.$so => $root/lib/libqcow2.so.$so" <(ldd "$tmp/chain_map")
+    grep -q "libqcow2.so.$so => $root/lib/libqcow2.so.$so" <(ldd "$W/chain_map")
 
 # The code of docs/API.md (the blocks after an "example:" marker) compiles and runs.
-awk -v dir="$tmp" '
+awk -v dir="$W" '
     /<!-- example: [a-z_]+\.c -->/ { f = $3; next }
     f && /^```c$/ { on = 1; next }
     on && /^```$/ { on = 0; f = ""; next }
     on { print > (dir "/" f) }' docs/API.md
-for src in "$tmp"/api_*.c; do
-    [ -f "$src" ] || { bad "docs/API.md has example blocks"; break; }
+for src in "$W"/api_*.c; do
+    [ -f "$src" ] || { bad "docs/API.md has example blocks" "none found"; break; }
     name=${src##*/}
     mod=qcow2
     grep -q 'qsnap/qsnap.h' "$src" && mod=qsnap
     check "docs/API.md: $name builds (pkg-config $mod)" build_shared "${src%.c}" "$src" $mod
 done
 
-cd "$tmp" || exit 2
+cd "$W" || exit 2
 truncate -s 8M base.raw
 printf 'raw data here' | dd of=base.raw bs=1 seek=3145728 conv=notrunc status=none
 cp base.raw expect.raw
@@ -154,16 +150,16 @@ fi
 cd "$top" || exit 2
 
 # ---- bash completion ------------------------------------------------------------
-disk=$tmp/cdisk.raw
+disk=$W/cdisk.raw
 truncate -s 1M "$disk"
 "$root/bin/qsnap" create "$disk" base >/dev/null &&
     "$root/bin/qsnap" create "$disk" before-upgrade >/dev/null &&
     "$root/bin/qsnap" branch "$disk" testing --at base >/dev/null ||
-    bad "make a disk for the completion test"
-if [ -x "$tmp/api_qsnap" ]; then
-    check "docs/API.md: api_qsnap.c lists the tree" "$tmp/api_qsnap" "$disk"
-    cp "$tmp/out" "$tmp/list.out"
-    check "docs/API.md: api_qsnap.c shows the current branch" grep -qx 'branch   main (current)' "$tmp/list.out"
+    bad "make a disk for the completion test" "qsnap create or branch failed"
+if [ -x "$W/api_qsnap" ]; then
+    check "docs/API.md: api_qsnap.c lists the tree" "$W/api_qsnap" "$disk"
+    cp "$W/out" "$W/list.out"
+    check "docs/API.md: api_qsnap.c shows the current branch" grep -qx 'branch   main (current)' "$W/list.out"
 fi
 complete_words() { # complete_words WORD...: COMPREPLY for the last word, sorted, on one line
     PATH=$root/bin:$PATH bash -c '
@@ -187,7 +183,7 @@ check "completion: qsnap info DISK b -> base before-upgrade" \
     test "$(complete_words qsnap info "$disk" b)" = "base before-upgrade "
 check "completion: qsnap image info -f '' -> qcow2 raw" test "$(complete_words qsnap image info -f "")" = "qcow2 raw "
 check "completion: no names for a disk without a store" \
-    test "$(complete_words qsnap revert "$tmp/none.raw" "")" = " "
+    test "$(complete_words qsnap revert "$W/none.raw" "")" = " "
 
 # ---- man page ---------------------------------------------------------------------
 man_page=$root/share/man/man1/qsnap.1
@@ -204,7 +200,7 @@ help_words() {
         on && /^  [a-z]/ { print $1 }'
 }
 # The man page with roff's escaped hyphens plain, so that `libvirt\-xml` reads as `libvirt-xml`.
-man_plain=$tmp/man.plain
+man_plain=$W/man.plain
 sed 's/\\-/-/g' "$man_page" >"$man_plain"
 for c in $(help_words); do
     check "man page has a section for qsnap $c" grep -q "^\.SS \"qsnap $c[ \"]" "$man_plain"
@@ -222,18 +218,17 @@ for c in $(help_words) image; do
         [ "$o" = --help ] && continue
         grep -q -- "$o" <<<"$section" || missing="$missing $o"
     done
-    if [ -z "$missing" ]; then ok "man page section of qsnap $c names its options"; else bad "man page section of qsnap $c lacks:$missing"; fi
+    if [ -z "$missing" ]; then ok "man page section of qsnap $c names its options"; else bad "man page section of qsnap $c names its options" "it lacks:$missing"; fi
 done
 
 # ---- uninstall ----------------------------------------------------------------------
-if $MAKE --no-print-directory BUILD="$BUILD" DESTDIR="$dest" PREFIX=$prefix uninstall >"$tmp/log" 2>&1; then
+if $MAKE --no-print-directory BUILD="$BUILD" DESTDIR="$dest" PREFIX=$prefix uninstall >"$W/log" 2>&1; then
     ok "make uninstall DESTDIR=... PREFIX=$prefix"
 else
-    bad "make uninstall DESTDIR=... PREFIX=$prefix"
-    tail -20 "$tmp/log"
+    bad "make uninstall DESTDIR=... PREFIX=$prefix" "failed; the end of its log:"
+    tail -20 "$W/log"
 fi
 left=$(find "$dest" ! -type d)
-if [ -z "$left" ]; then ok "make uninstall removes every installed file"; else bad "make uninstall leaves: $left"; fi
+if [ -z "$left" ]; then ok "make uninstall removes every installed file"; else bad "make uninstall removes every installed file" "it leaves: $left"; fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+ts_end

@@ -16,25 +16,20 @@
 # Prints one ok/FAIL line per check and "N passed, N failed" last.
 set -u
 
-BUILD=${BUILD:-build/release}
-MAKE=${MAKE:-make}
-CC=${CC:-cc}
-QSNAP=${QSNAP:-$BUILD/qsnap}
 # shellcheck source=tests/helpers/checks.sh
-. tests/helpers/checks.sh
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-static.XXXXXX") || exit 2
-trap 'rm -rf "$tmp"' EXIT INT TERM
+. "$(dirname "$0")/../helpers/checks.sh"
+# W holds the scratch build directory and the made-up disk.
+check_setup static
 
 # ---- the choice -----------------------------------------------------------------
 # `make -n` of qsnap in an empty build directory prints the commands, runs none;
 # the variables of an outer make (make test, make asan) are left out.
-dry() { # dry VAR=VALUE...: the dry run's output in $tmp/dry, its status returned
+dry() { # dry VAR=VALUE...: the dry run's output in $W/dry, its status returned
     env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u CFLAGS -u LDFLAGS -u MOREFLAGS \
-        $MAKE --no-print-directory -n BUILD="$tmp/b" CC="$CC" "$@" "$tmp/b/qsnap" >"$tmp/dry" 2>&1
+        $MAKE --no-print-directory -n BUILD="$W/b" CC="$CC" "$@" "$W/b/qsnap" >"$W/dry" 2>&1
 }
-note() { sed -n 's/^echo "note: \(qsnap is linked.*\)"$/\1/p' "$tmp/dry"; }
-link_line() { grep -A1 -- '-o '"$tmp/b/qsnap"'\( \|$\)' "$tmp/dry"; }
+note() { sed -n 's/^echo "note: \(qsnap is linked.*\)"$/\1/p' "$W/dry"; }
+link_line() { grep -A1 -- '-o '"$W/b/qsnap"'\( \|$\)' "$W/dry"; }
 
 have_all=yes
 for f in rcrt1.o libc.a libm.a libzstd.a libz.a libxxhash.a; do
@@ -52,40 +47,40 @@ if [ $have_all = yes ]; then
     check "yes, every archive found: the link is -static-pie" grep -q -- '-static-pie' <(link_line)
 else
     check "auto, an archive missing here: the note says dynamically" dry
-    check "auto, an archive missing here: no -static-pie" bash -c "! grep -q -- -static-pie '$tmp/dry'"
+    check "auto, an archive missing here: no -static-pie" bash -c "! grep -q -- -static-pie '$W/dry'"
 fi
 check "no: the make of qsnap runs" dry STATIC_CLI=no
 check "no: the note says dynamically (STATIC_CLI=no)" grep -qx 'qsnap is linked dynamically (STATIC_CLI=no)' <(note)
-check "no: the link line has no -static-pie" bash -c "! grep -q -- -static-pie '$tmp/dry'"
+check "no: the link line has no -static-pie" bash -c "! grep -q -- -static-pie '$W/dry'"
 check "no: the link line has the libraries" grep -q -- '-lzstd -lz -lxxhash' <(link_line)
 
 # A compiler that finds no libzstd.a (the real one otherwise).
-fake=$tmp/cc-no-zstd
+fake=$W/cc-no-zstd
 printf '#!/bin/sh\n[ "$1" = -print-file-name=libzstd.a ] && { echo libzstd.a; exit 0; }\nexec %s "$@"\n' \
     "$(command -v "$CC")" >"$fake"
 chmod +x "$fake"
 check "a compiler without libzstd.a, auto: the make runs" dry CC="$fake"
 check "a compiler without libzstd.a, auto: the note names libzstd.a" \
     grep -qx "qsnap is linked dynamically: .*finds no libzstd.a for a static link" <(note)
-check "a compiler without libzstd.a, auto: no -static-pie" bash -c "! grep -q -- -static-pie '$tmp/dry'"
+check "a compiler without libzstd.a, auto: no -static-pie" bash -c "! grep -q -- -static-pie '$W/dry'"
 if dry CC="$fake" STATIC_CLI=yes; then
-    bad "a compiler without libzstd.a, yes: make stops"
+    bad "a compiler without libzstd.a, yes: make stops" "it runs"
 else
     ok "a compiler without libzstd.a, yes: make stops"
 fi
 check "a compiler without libzstd.a, yes: the error names libzstd.a" \
-    grep -q '\*\*\* STATIC_CLI=yes: .* finds no libzstd.a' "$tmp/dry"
+    grep -q '\*\*\* STATIC_CLI=yes: .* finds no libzstd.a' "$W/dry"
 
 for flags in "MOREFLAGS=-fsanitize=undefined" "LDFLAGS=-fsanitize=address" "CFLAGS=-O1 -fsanitize=address"; do
     check "$flags, auto: the make runs" dry "$flags"
     check "$flags, auto: dynamic (a sanitizer build)" \
         grep -qx 'qsnap is linked dynamically (a sanitizer build)' <(note)
-    if dry "$flags" STATIC_CLI=yes; then bad "$flags, yes: make stops"; else ok "$flags, yes: make stops"; fi
-    check "$flags, yes: the error says why" grep -q 'STATIC_CLI=yes: a sanitizer build' "$tmp/dry"
+    if dry "$flags" STATIC_CLI=yes; then bad "$flags, yes: make stops" "it runs"; else ok "$flags, yes: make stops"; fi
+    check "$flags, yes: the error says why" grep -q 'STATIC_CLI=yes: a sanitizer build' "$W/dry"
 done
 
-if dry STATIC_CLI=maybe; then bad "STATIC_CLI=maybe: make stops"; else ok "STATIC_CLI=maybe: make stops"; fi
-check "STATIC_CLI=maybe: the error lists the values" grep -q 'STATIC_CLI=maybe: say auto, yes or no' "$tmp/dry"
+if dry STATIC_CLI=maybe; then bad "STATIC_CLI=maybe: make stops" "it runs"; else ok "STATIC_CLI=maybe: make stops"; fi
+check "STATIC_CLI=maybe: the error lists the values" grep -q 'STATIC_CLI=maybe: say auto, yes or no' "$W/dry"
 
 # ---- this build's qsnap -------------------------------------------------------------
 how=$(cut -d' ' -f1 "$BUILD/qsnap.link" 2>/dev/null)
@@ -110,7 +105,7 @@ defined=$(nm "$QSNAP" 2>/dev/null | awk '$2 ~ /^[TtWw]$/ { print $3 }' | sort -u
 check "nm lists qsnap's functions (it is not stripped)" grep -qx main <<<"$defined"
 found=""
 for s in $nss; do grep -qx "$s" <<<"$defined" && found="$found $s"; done
-if [ -z "$found" ]; then ok "qsnap holds no NSS look-up"; else bad "qsnap holds:$found"; fi
+if [ -z "$found" ]; then ok "qsnap holds no NSS look-up"; else bad "qsnap holds no NSS look-up" "it holds:$found"; fi
 objs=$(ls "$BUILD"/cli/*.o "$BUILD/libqsnap.a" "$BUILD/libqcow2.a" 2>/dev/null)
 check "qsnap's objects are there" test -n "$objs"
 # shellcheck disable=SC2086
@@ -119,10 +114,10 @@ check "nm lists what qsnap's objects call (open is one)" grep -q '^open' <<<"$un
 found=""
 for s in $nss setlocale newlocale uselocale dlopen dlsym dlmopen iconv_open; do grep -qx "$s" <<<"$undef" && found="$found $s"; done
 if [ -z "$found" ]; then ok "qsnap's own code calls no NSS, locale, iconv or dlopen function"; else
-    bad "qsnap's own code calls:$found"; fi
+    bad "qsnap's own code calls no NSS, locale, iconv or dlopen function" "it calls:$found"; fi
 
 # ---- time zones -------------------------------------------------------------------
-disk=$tmp/tz.raw
+disk=$W/tz.raw
 truncate -s 1M "$disk"
 check "qsnap create runs" "$QSNAP" create "$disk" base
 hour() { TZ=$1 "$QSNAP" info "$disk" base | sed -n 's/^created: *[0-9-]* \([0-9][0-9]\):.*/\1/p'; }
@@ -137,5 +132,4 @@ if [ -f /usr/share/zoneinfo/Asia/Tokyo ]; then
         test "$(( (10#$utc + 9) % 24 ))" = "$(( 10#${tokyo:-99} ))"
 fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+ts_end

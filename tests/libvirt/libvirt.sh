@@ -2,8 +2,9 @@
 # qsnap with a real libvirt (9.0, qemu driver), run as an unprivileged user
 # (nobody) with its own runtime, config and cache directories under the work
 # directory: the test starts its own virtlogd and libvirtd there, talks to
-# them over qemu:///session, and stops them by pid on exit. No domain is
-# ever started.
+# them over qemu:///session, and stops them by pid on exit. A domain is only
+# ever started paused, and destroyed again (its QEMU killed by pid should the
+# script stop first).
 #   adopt        for a raw and a qcow2 disk: virsh makes three disk-only
 #                snapshots with writes in between; qsnap adopt takes the
 #                chain over with --libvirt-snapshots: every snapshot reads as
@@ -28,53 +29,49 @@
 # Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
 set -u
 
-QSNAP=${QSNAP:-build/release/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
-for c in qemu-img qemu-io python3 cmp md5sum virsh virt-xml-validate xmllint setpriv \
-    /usr/sbin/libvirtd /usr/sbin/virtlogd; do
-    command -v $c >/dev/null || {
-        echo "FAIL setup: $c not found (scripts/deps.sh installs it)"
-        echo "0 passed, 1 failed"
-        exit 1
-    }
-done
-if [ ! -x "$QSNAP" ]; then
-    echo "FAIL setup: $QSNAP not found (build first)"
-    echo "0 passed, 1 failed"
-    exit 1
-fi
+. "$(dirname "$0")/../helpers/script_lib.sh"
+TS_TIMEOUT=120
+ts_need qemu-img qemu-io python3 cmp md5sum virsh virt-xml-validate xmllint setpriv \
+    /usr/sbin/libvirtd /usr/sbin/virtlogd
 
 LV_UID=$(id -u nobody 2>/dev/null || echo 65534)
 LV_GID=$(id -g nobody 2>/dev/null || echo 65534)
-# The libvirt user must reach the work directory: TMPDIR may be private to root.
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-libvirt.XXXXXX") || exit 2
-chmod 755 "$W"
-if ! setpriv --reuid="$LV_UID" --regid="$LV_GID" --clear-groups test -x "$W"; then
-    rmdir "$W"
-    W=$(mktemp -d /tmp/qsnap-libvirt.XXXXXX) || exit 2
-    chmod 755 "$W"
-fi
-DPIDS=
-cleanup() {
+DPIDS= # the daemons' pids, the last started first
+# stop_pids PID...: kill, and kill outright what has not gone within 5 s.
+stop_pids() {
     local p
-    for p in $DPIDS; do kill "$p" 2>/dev/null; done
-    for p in $DPIDS; do
+    for p in "$@"; do kill "$p" 2>/dev/null; done
+    for p in "$@"; do
         for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$p" 2>/dev/null
     done
-    [ "${KEEP:-0}" = 1 ] || rm -rf "$W"
 }
-trap cleanup EXIT
-[ "${KEEP:-0}" = 1 ] && echo "# work directory: $W"
+# At exit, one after the other (libvirtd starts a virtlogd of its own when its
+# QEMU ends and virtlogd is gone): the QEMU of a domain still running (started
+# paused, the script stopped before virsh destroy), by the pid libvirt recorded
+# in its run directory; then the daemons by pid, libvirtd before virtlogd.
+lv_stop() {
+    local p f pids=
+    for f in "$W"/run/libvirt/qemu/run/*.pid; do
+        [ -f "$f" ] && [ "${f##*/}" != driver.pid ] || continue
+        p=$(cat "$f" 2>/dev/null)
+        [ -n "$p" ] && pids="$pids $p"
+    done
+    stop_pids $pids
+    for p in $DPIDS; do stop_pids "$p"; done
+}
+ts_atexit lv_stop
+# The libvirt user must reach the work directory: where TMPDIR is private to
+# root, the work directory is made in /tmp.
+if setpriv --reuid="$LV_UID" --regid="$LV_GID" --clear-groups test -x "${TMPDIR:-/tmp}"; then
+    ts_workdir libvirt
+else
+    TMPDIR=/tmp ts_workdir libvirt
+fi
+chmod 755 "$W"
 mkdir -p "$W/home" "$W/run" "$W/img"
 chown "$LV_UID:$LV_GID" "$W/home" "$W/run" "$W/img"
 chmod 700 "$W/run"
-cd "$W" || exit 2
-pass=0
-fail=0
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 120 "$QSNAP" "$@"; }
 
 # as_lv CMD...: run as the libvirt user with the private directories.
 as_lv() {
@@ -97,15 +94,12 @@ lv_daemon() {
         XDG_DATA_HOME="$W/home/.local/share" LC_ALL=C "$@"
 }
 lv_daemon /usr/sbin/virtlogd --timeout 600 >"$W/virtlogd.log" 2>&1 &
-DPIDS="$DPIDS $!"
+DPIDS="$! $DPIDS"
 lv_daemon /usr/sbin/libvirtd --timeout 600 >"$W/libvirtd.log" 2>&1 &
-DPIDS="$DPIDS $!"
+DPIDS="$! $DPIDS"
 for _ in $(seq 300); do [ -S "$W/run/libvirt/libvirt-sock" ] && break; sleep 0.1; done
-if ! V version >"$W/version.txt" 2>&1; then
-    echo "FAIL setup: libvirtd did not answer: $(cat "$W/version.txt"; tail -5 "$W/libvirtd.log")"
-    echo "0 passed, 1 failed"
-    exit 1
-fi
+V version >"$W/version.txt" 2>&1 ||
+    { bad setup "libvirtd did not answer: $(cat "$W/version.txt"; tail -5 "$W/libvirtd.log")"; ts_end; exit 1; }
 echo "# $(grep -i 'running hypervisor\|using library' "$W/version.txt" | tr '\n' ' ')"
 SNAPDIR=$W/home/.config/libvirt/qemu/snapshot
 
@@ -491,5 +485,4 @@ else
 fi
 
 for dom in qsnap-raw qsnap-qcow2 qsnap-tree; do V undefine "$dom" --snapshots-metadata >/dev/null 2>&1; done
-echo "$pass passed, $fail failed"
-[ "$fail" = 0 ]
+ts_end

@@ -28,53 +28,36 @@
 # Prints "ok"/"FAIL" lines and "N passed, N failed".
 set -u
 
-BUILD=${BUILD:-build/release}
-QSNAP=${QSNAP:-$BUILD/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
-for c in fusermount3 qemu-img qemu-io qemu-system-x86_64 python3 cmp mkfs.ext4; do
-    command -v $c >/dev/null || { echo "FAIL setup: $c not found (scripts/deps.sh)"; echo "0 passed, 1 failed"; exit 1; }
-done
-if [ ! -x "$QSNAP" ]; then
-    echo "FAIL setup: $QSNAP not built"
-    echo "0 passed, 1 failed"
-    exit 1
-fi
-if [ ! -c /dev/fuse ]; then
-    echo "skip: no /dev/fuse here"
-    echo "0 passed, 0 failed"
-    exit 0
-fi
-
+. "$(dirname "$0")/../helpers/script_lib.sh"
 . "$(dirname "$0")/../helpers/qemu_hold.sh"
+TS_TIMEOUT=120
 
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-fuse.XXXXXX") || exit 2
 QPID=
-export XDG_RUNTIME_DIR=$W/run
-mkdir -p "$XDG_RUNTIME_DIR" "$W/m" "$W/fs"
-chmod 700 "$XDG_RUNTIME_DIR"
 LOOP=""
 alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
-cleanup() {
+# At exit, before the work directory goes: the QEMU, the loop mount and its
+# device, the FUSE mount, and any mount process still running (by the pid
+# its record in $W/run, the XDG_RUNTIME_DIR of the test, names).
+fuse_cleanup() {
     [ -n "$QPID" ] && kill "$QPID" 2>/dev/null && wait "$QPID" 2>/dev/null
     mountpoint -q "$W/fs" 2>/dev/null && umount "$W/fs"
     [ -n "$LOOP" ] && losetup -d "$LOOP" 2>/dev/null
     mountpoint -q "$W/m" 2>/dev/null && { fusermount3 -u "$W/m" 2>/dev/null || umount "$W/m"; }
-    for f in "$XDG_RUNTIME_DIR"/qsnap/mount-*; do
+    for f in "$W"/run/qsnap/mount-*; do
         [ -f "$f" ] || continue
         p=$(sed -n 's/^pid=//p' "$f")
         for _ in $(seq 50); do [ -n "$p" ] && alive "$p" || break; sleep 0.1; done
         [ -n "$p" ] && alive "$p" && kill "$p"
     done
-    [ "${KEEP:-0}" = 1 ] && echo "# work directory: $W" || rm -rf "$W"
 }
-trap cleanup EXIT
+ts_need fusermount3 qemu-img qemu-io qemu-system-x86_64 python3 cmp mkfs.ext4
+[ -c /dev/fuse ] || ts_skip "skip: no /dev/fuse here"
+ts_atexit fuse_cleanup
+ts_workdir fuse
 trap 'exit 1' INT TERM
-cd "$W" || exit 2
-pass=0
-fail=0
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 120 "$QSNAP" "$@"; }
+export XDG_RUNTIME_DIR=$W/run
+mkdir -p "$XDG_RUNTIME_DIR" "$W/m" "$W/fs"
+chmod 700 "$XDG_RUNTIME_DIR"
 mount_pid() { sed -n 's/^pid=//p' "$XDG_RUNTIME_DIR"/qsnap/mount-* 2>/dev/null | head -n 1; }
 
 # A raw disk holding an ext4 file system with one file, snapshot s1; main
@@ -317,5 +300,4 @@ q mount "$W/none.raw" m >/dev/null 2>err.out
 rc=$?
 [ $rc = 6 ] && ok "mount of a missing disk: exit 6" || bad "missing disk" "exit $rc: $(cat err.out)"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+ts_end

@@ -23,54 +23,19 @@
 set -u
 
 BUILD=${BUILD:-build/release}
-QSNAP=${QSNAP:-$BUILD/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
+. "$(dirname "$0")/../helpers/nbd_setup.sh"
 PLUGIN=${PLUGIN:-$BUILD/nbdkit-qsnap-plugin.so}
 case $PLUGIN in /*) ;; *) PLUGIN=$(pwd)/$PLUGIN ;; esac
-for c in nbdkit nbdinfo nbdcopy qemu-img qemu-io python3 cmp; do
-    command -v $c >/dev/null || { echo "FAIL setup: $c not found (scripts/deps.sh)"; echo "0 passed, 1 failed"; exit 1; }
-done
-if [ ! -x "$QSNAP" ] || [ ! -f "$PLUGIN" ]; then
-    echo "FAIL setup: $QSNAP or $PLUGIN not built"
-    echo "0 passed, 1 failed"
-    exit 1
-fi
 
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-nbd.XXXXXX") || exit 2
 PIDS=""
-# alive PID: running (a zombie nobody reaped yet counts as gone).
-alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
-cleanup() {
+# At exit: every server started, by its pid.
+stop_all() {
     for p in $PIDS; do kill "$p" 2>/dev/null; done
     for p in $PIDS; do for _ in $(seq 50); do alive "$p" || break; sleep 0.1; done; done
-    [ "${KEEP:-0}" = 1 ] && echo "# work directory: $W" || rm -rf "$W"
 }
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-cd "$W" || exit 2
-
-# A sanitizer build's plugin needs the ASan runtime loaded first in nbdkit (an
-# uninstrumented program): run nbdkit through a wrapper that preloads it.
-NBDKIT=nbdkit
-sanitizer_wrapper() { # PLUGIN: sets NBDKIT (and QSNAP_NBDKIT) to a wrapper when needed
-    local rt=""
-    if readelf -d "$1" 2>/dev/null | grep -q 'NEEDED.*libasan'; then
-        rt=$(gcc -print-file-name=libasan.so 2>/dev/null)
-    elif nm -D --undefined-only "$1" 2>/dev/null | grep -q ' __asan_'; then
-        rt=$(clang -print-file-name=libclang_rt.asan-x86_64.so 2>/dev/null)
-    fi
-    [ -n "$rt" ] && [ -f "$rt" ] || return 0
-    printf '#!/bin/sh\nLD_PRELOAD=%s ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0${ASAN_OPTIONS:+:$ASAN_OPTIONS} exec nbdkit "$@"\n' "$rt" >"$W/nbdkit-san"
-    chmod +x "$W/nbdkit-san"
-    NBDKIT=$W/nbdkit-san
-    export QSNAP_NBDKIT=$NBDKIT
-}
+ts_atexit stop_all
+nbd_setup nbd "$PLUGIN"
 sanitizer_wrapper "$PLUGIN"
-pass=0
-fail=0
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 120 "$QSNAP" "$@"; }
 uri() { echo "nbd+unix:///?socket=$W/$1.sock"; }
 
 # serve NAME PARAMS...: start nbdkit on $W/NAME.sock; its pid goes to PIDS.
@@ -345,5 +310,4 @@ else
     bad "serve badl2" "$(cat badl2.err)"
 fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+ts_end

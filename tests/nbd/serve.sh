@@ -14,63 +14,29 @@
 # stopped by pid on exit. Prints "ok"/"FAIL" lines and "N passed, N failed".
 set -u
 
-BUILD=${BUILD:-build/release}
-QSNAP=${QSNAP:-$BUILD/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
-for c in nbdkit nbdinfo nbdcopy qemu-img qemu-io python3 cmp; do
-    command -v $c >/dev/null || { echo "FAIL setup: $c not found (scripts/deps.sh)"; echo "0 passed, 1 failed"; exit 1; }
-done
-if [ ! -x "$QSNAP" ] || [ ! -f "$(dirname "$QSNAP")/nbdkit-qsnap-plugin.so" ]; then
-    echo "FAIL setup: $QSNAP or the plugin beside it not built"
-    echo "0 passed, 1 failed"
-    exit 1
-fi
+. "$(dirname "$0")/../helpers/nbd_setup.sh"
+PLUGIN=$(dirname "$QSNAP")/nbdkit-qsnap-plugin.so
 
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-serve.XXXXXX") || exit 2
-export XDG_RUNTIME_DIR=$W/run
-mkdir -p "$XDG_RUNTIME_DIR"
-chmod 700 "$XDG_RUNTIME_DIR"
-unset QSNAP_NBDKIT QSNAP_NBDKIT_PLUGIN
 FGPID=""
-# alive PID: running (a zombie nobody reaped yet counts as gone).
-alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
-cleanup() {
+# At exit: the foreground qsnap serve, and every server recorded in the test's
+# run-time directory ($W/run), by pid.
+stop_all() {
     local p pids=""
     [ -n "$FGPID" ] && kill "$FGPID" 2>/dev/null
-    for f in "$XDG_RUNTIME_DIR"/qsnap/serve-*; do
+    for f in "$W"/run/qsnap/serve-*; do
         [ -f "$f" ] || continue
         p=$(sed -n 's/^pid=//p' "$f")
         [ -n "$p" ] && kill "$p" 2>/dev/null && pids="$pids $p"
     done
     for p in $pids; do for _ in $(seq 50); do alive "$p" || break; sleep 0.1; done; done
-    [ "${KEEP:-0}" = 1 ] && echo "# work directory: $W" || rm -rf "$W"
 }
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-cd "$W" || exit 2
-
-# A sanitizer build's plugin needs the ASan runtime loaded first in nbdkit (an
-# uninstrumented program): run nbdkit through a wrapper that preloads it.
-NBDKIT=nbdkit
-sanitizer_wrapper() { # PLUGIN: sets NBDKIT (and QSNAP_NBDKIT) to a wrapper when needed
-    local rt=""
-    if readelf -d "$1" 2>/dev/null | grep -q 'NEEDED.*libasan'; then
-        rt=$(gcc -print-file-name=libasan.so 2>/dev/null)
-    elif nm -D --undefined-only "$1" 2>/dev/null | grep -q ' __asan_'; then
-        rt=$(clang -print-file-name=libclang_rt.asan-x86_64.so 2>/dev/null)
-    fi
-    [ -n "$rt" ] && [ -f "$rt" ] || return 0
-    printf '#!/bin/sh\nLD_PRELOAD=%s ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0${ASAN_OPTIONS:+:$ASAN_OPTIONS} exec nbdkit "$@"\n' "$rt" >"$W/nbdkit-san"
-    chmod +x "$W/nbdkit-san"
-    NBDKIT=$W/nbdkit-san
-    export QSNAP_NBDKIT=$NBDKIT
-}
-sanitizer_wrapper "$(dirname "$QSNAP")/nbdkit-qsnap-plugin.so"
-pass=0
-fail=0
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 120 "$QSNAP" "$@"; }
+ts_atexit stop_all
+nbd_setup serve "$PLUGIN"
+export XDG_RUNTIME_DIR=$W/run
+mkdir -p "$XDG_RUNTIME_DIR"
+chmod 700 "$XDG_RUNTIME_DIR"
+unset QSNAP_NBDKIT QSNAP_NBDKIT_PLUGIN
+sanitizer_wrapper "$PLUGIN"
 info() { # URI KEY: one field of nbdinfo --json
     nbdinfo --json "$1" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["exports"][0][sys.argv[1]])' "$2"
 }
@@ -191,5 +157,4 @@ QSNAP_NBDKIT=/nonexistent/nbdkit q serve disk.qcow2 s1 >/dev/null 2>err.out
 rc=$?
 [ $rc = 1 ] && grep -q 'nbdkit' err.out && ok "no nbdkit: exit 1, saying so" || bad "no nbdkit" "exit $rc: $(cat err.out)"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+ts_end

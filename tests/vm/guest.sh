@@ -20,38 +20,15 @@
 #   KEEP=1      keep the work directory
 set -u
 
-QSNAP=${QSNAP:-build/release/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
-here=$(cd "$(dirname "$0")" && pwd)
-for c in qemu-img qemu-system-x86_64 mkfs.ext4 e2fsck debugfs; do
-    command -v $c >/dev/null || { echo "FAIL setup: $c not found"; echo "0 passed, 1 failed"; exit 1; }
-done
-if [ ! -x "$QSNAP" ]; then
-    echo "FAIL setup: $QSNAP not found (build first)"
-    echo "0 passed, 1 failed"
-    exit 1
-fi
+. "$(dirname "$0")/../helpers/script_lib.sh"
 # shellcheck source=../helpers/vm_guest.sh
-. "$here/../helpers/vm_guest.sh"
-if ! guest_prepare; then
-    echo "# SKIP: no guest kernel: $GUEST_WHY"
-    echo "0 passed, 0 failed"
-    exit 0
-fi
-
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-guest.XXXXXX") || exit 2
-if [ "${KEEP:-0}" = 1 ]; then
-    echo "# work directory: $W"
-else
-    trap 'rm -rf "$W"' EXIT
-fi
-cd "$W" || exit 2
+. "$(dirname "$0")/../helpers/vm_guest.sh"
+TS_TIMEOUT=120
+ts_need qemu-img qemu-system-x86_64 mkfs.ext4 e2fsck debugfs
+guest_prepare || ts_skip "# SKIP: no guest kernel: $GUEST_WHY"
+ts_atexit guest_stop
+ts_workdir guest
 T0=$SECONDS
-pass=0
-fail=0
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 120 "$QSNAP" "$@"; }
 nl=$'\n'
 
 # boot NAME CMD WANT: the guest runs CMD on the VM path; its output must be WANT.
@@ -104,7 +81,7 @@ fs_has() {
 
 truncate -s 64M disk.raw
 mkfs.ext4 -q -F disk.raw
-q create disk.raw s0 >/dev/null || { bad "create s0" "failed"; echo "$pass passed, $fail failed"; exit 1; }
+q create disk.raw s0 >/dev/null || { bad "create s0" "failed"; ts_end; exit 1; }
 VM=$(q current disk.raw --path)
 boot "main on s0: write a" 'echo alpha > a.txt && cat a.txt' "alpha"
 store_ok "after the first boot"
@@ -146,5 +123,4 @@ fs_has "exported s0 (the root, kept across the commit)" s0.raw -a.txt -b.txt
 store_ok "at the end"
 
 echo "# $((SECONDS - T0))s"
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+ts_end

@@ -34,33 +34,20 @@
 #   KEEP=1      keep the work directory
 set -u
 
-QSNAP=${QSNAP:-build/release/qsnap}
-case $QSNAP in /*) ;; *) QSNAP=$(pwd)/$QSNAP ;; esac
-for c in qemu-img qemu-system-x86_64 python3 md5sum; do
-    command -v $c >/dev/null || { echo "FAIL setup: $c not found"; echo "0 passed, 1 failed"; exit 1; }
-done
-if [ ! -x "$QSNAP" ]; then
-    echo "FAIL setup: $QSNAP not found (build first)"
-    echo "0 passed, 1 failed"
-    exit 1
-fi
-
+. "$(dirname "$0")/../helpers/script_lib.sh"
 . "$(dirname "$0")/../helpers/qemu_hold.sh"
 
-W=$(mktemp -d "${TMPDIR:-/tmp}/qsnap-vmlocks.XXXXXX") || exit 2
+# What is running when the script stops: the paused QEMU (QPID), the one a
+# held-meanwhile case starts (QPID2), and the commit stopped at its first step
+# (CPID, SIGSTOPped: it is let go on first, then killed).
 QPID=
-cleanup() {
-    [ -n "$QPID" ] && kill "$QPID" 2>/dev/null && wait "$QPID" 2>/dev/null
-    if [ "${KEEP:-0}" = 1 ]; then echo "# work directory: $W"; else rm -rf "$W"; fi
-}
-trap cleanup EXIT
-cd "$W" || exit 2
+QPID2=
+CPID=
+ts_atexit '[ -n "$QPID" ] && kill "$QPID" 2>/dev/null && wait "$QPID" 2>/dev/null'
+ts_atexit '[ -n "$QPID2" ] && kill "$QPID2" 2>/dev/null && wait "$QPID2" 2>/dev/null'
+ts_atexit '[ -n "$CPID" ] && kill "$CPID" 2>/dev/null && kill -CONT "$CPID" 2>/dev/null && wait "$CPID" 2>/dev/null'
+ts_init vmlocks qemu-img qemu-system-x86_64 python3 md5sum
 T0=$SECONDS
-pass=0
-fail=0
-ok() { echo "ok $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
-q() { timeout -k 5 60 "$QSNAP" "$@"; }
 w() { # PATTERN OFFSET FILE: write 64 KiB through qsnap's own qemu-io-like runner
     q image io -c "write -P $1 $2 64k" "$3" >/dev/null
 }
@@ -226,27 +213,30 @@ if [ "$(ps -o stat= -p $CPID 2>/dev/null | cut -c1)" = T ]; then
         timeout 180 qemu-system-x86_64 -S -display none -nodefaults -machine pc,accel=tcg -m 64 \
             -qmp "unix:$W/qmp2.sock,server=on,wait=off" \
             -drive "file=$f,format=qcow2,if=virtio" >/dev/null 2>"$W/q2.err" &
-        p=$!
-        qmp_wait "$W/qmp2.sock" $p
+        QPID2=$!
+        qmp_wait "$W/qmp2.sock" $QPID2
         qrc=$?
         if [ $qrc != 1 ]; then
-            kill $p
-            wait $p 2>/dev/null
+            kill $QPID2
+            wait $QPID2 2>/dev/null
             bad "held meanwhile: ${f##*/}" "QEMU $([ $qrc = 0 ] && echo "started on it while the commit held it" || echo "neither started nor exited in 120 s")"
         else
-            wait $p 2>/dev/null
+            wait $QPID2 2>/dev/null
             grep -q 'lock' "$W/q2.err" && ok "held meanwhile: QEMU on ${f##*/} fails to take its lock" ||
                 bad "held meanwhile: ${f##*/}" "$(cat "$W/q2.err")"
         fi
+        QPID2=
     done
     kill -CONT $CPID
     wait $CPID
     rc=$?
+    CPID=
     [ $rc = 0 ] && ok "held meanwhile: the commit finishes (exit 0)" ||
         bad "stopped commit" "exit $rc: $(cat "$W/commit.out")"
 else
     kill $CPID 2>/dev/null
     wait $CPID 2>/dev/null
+    CPID=
     bad "held meanwhile" "the commit did not stop at step 1: $(cat "$W/commit.out")"
 fi
 out=$(q verify disk.raw 2>&1) && ok "held meanwhile: verify clean" || bad "verify" "$out"
@@ -324,5 +314,4 @@ done
     bad "killed reverts" "see above"
 
 echo "# $((SECONDS - T0))s"
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+ts_end
