@@ -5,19 +5,27 @@
  */
 #include "qcow2_int.h"
 
+/* Tests only: allocations of more than this many bytes fail (0: none do). */
+size_t qcow2__fail_alloc_over;
+
+static bool refused(size_t n, size_t len)
+{
+    return qcow2__fail_alloc_over && (len && n > qcow2__fail_alloc_over / len);
+}
+
 void *qcow2__malloc(size_t len)
 {
-    return malloc(len ? len : 1);
+    return refused(1, len) ? NULL : malloc(len ? len : 1);
 }
 
 void *qcow2__calloc(size_t n, size_t len)
 {
-    return calloc(n ? n : 1, len ? len : 1);
+    return refused(n, len) ? NULL : calloc(n ? n : 1, len ? len : 1);
 }
 
 void *qcow2__realloc(void *p, size_t len)
 {
-    return realloc(p, len ? len : 1);
+    return refused(1, len) ? NULL : realloc(p, len ? len : 1);
 }
 
 char *qcow2__strdup(const char *s)

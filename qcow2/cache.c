@@ -22,12 +22,11 @@ int qcow2__cache_init(qcow2_image *img, struct qcow2__cache *c, uint64_t budget,
 {
     uint64_t slots = budget / img->cluster_size;
 
-    /* No more slots than the image has tables (most, 0: not known): the slot array is
-     * zeroed at open and walked at close, so an image with a few tables must not pay
-     * for the budget's worth (65,536 slots for 512-byte clusters). At least four, so
-     * neighbours and a copy-on-write pair do not thrash. */
-    if (most)
-        slots = qcow2__min(slots, most);
+    /* No more slots than the image has tables (most; UINT64_MAX: no bound): the slot
+     * array is zeroed at open and walked at close, so an image with a few tables must
+     * not pay for the budget's worth (65,536 slots for 512-byte clusters). At least
+     * four, so neighbours and a copy-on-write pair do not thrash. */
+    slots = qcow2__min(slots, most);
     slots = qcow2__max(slots, 4);
     slots = qcow2__min(slots, 1u << 16);
     if (slots > CACHE_WAYS)

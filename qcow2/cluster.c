@@ -9,24 +9,32 @@
 
 #include "qcow2_int.h"
 
-int qcow2__l2_cache_init(qcow2_image *img)
+int qcow2__l2_cache_make(qcow2_image *img, bool ro, struct qcow2__cache *l2,
+                         struct qcow2__cache *rb)
 {
     uint64_t budget = img->opts.cache_bytes ? img->opts.cache_bytes : QCOW2_DEFAULT_CACHE_BYTES;
     /* Read-only, the image has at most one L2 table per L1 entry (of the active L1 or
      * a snapshot's) and one refcount block per refcount table entry; a writer's tables
      * can grow (a resize, a longer file), so its cache is sized by the budget alone. */
-    bool ro = img->state == QCOW2__OPEN_RO;
     uint64_t l2_most = img->hdr.l1_size;
     uint64_t rb_most = (uint64_t)img->hdr.rt_clusters * img->cluster_size / 8;
     int rc;
 
     for (uint32_t i = 0; i < img->nb_snaps; i++)
         l2_most = qcow2__max(l2_most, img->snaps[i].l1_size);
-    rc = qcow2__cache_init(img, &img->l2c, budget, ro ? l2_most : 0, "L2 table");
+    rc = qcow2__cache_init(img, l2, budget, ro ? l2_most : UINT64_MAX, "L2 table");
     if (rc)
         return rc;
     /* Refcount blocks: a quarter of the budget is plenty (one covers many L2 tables). */
-    return qcow2__cache_init(img, &img->rbc, budget / 4, ro ? rb_most : 0, "refcount block");
+    rc = qcow2__cache_init(img, rb, budget / 4, ro ? rb_most : UINT64_MAX, "refcount block");
+    if (rc)
+        qcow2__cache_free(l2);
+    return rc;
+}
+
+int qcow2__l2_cache_init(qcow2_image *img)
+{
+    return qcow2__l2_cache_make(img, img->state == QCOW2__OPEN_RO, &img->l2c, &img->rbc);
 }
 
 void qcow2__l2_cache_free(qcow2_image *img)

@@ -687,12 +687,21 @@ int qcow2__reopen(qcow2_image *img, bool rw)
     qcow2_io_open_fn open_fn = img->opts.open_fn ? img->opts.open_fn : default_open;
     bool want_lock = !(img->opts.flags & QCOW2_OPEN_NO_LOCK) && img->io->ops->lock;
     qcow2_io *io = NULL;
+    /* A reader's caches are sized by the tables it had (cluster.c); a writer's tables can
+     * grow: the writer's are made first, so that a failure leaves the image as it was. */
+    struct qcow2__cache l2 = {0}, rb = {0};
+    bool new_caches = rw && img->fmt == QCOW2_FORMAT_QCOW2;
     int rc;
 
     if ((img->state == QCOW2__OPEN_RW) == rw)
         return 0;
     if (!rw) {
         rc = qcow2__close_flush(img);
+        if (rc)
+            return rc;
+    }
+    if (new_caches) {
+        rc = qcow2__l2_cache_make(img, false, &l2, &rb);
         if (rc)
             return rc;
     }
@@ -723,16 +732,13 @@ int qcow2__reopen(qcow2_image *img, bool rw)
     img->state = rw ? QCOW2__OPEN_RW : QCOW2__OPEN_RO;
     img->write_started = false;
     img->share_refused = NULL;
+    if (new_caches) { /* a reader's caches hold only clean tables */
+        qcow2__l2_cache_free(img);
+        img->l2c = l2;
+        img->rbc = rb;
+    }
     if (rw) {
         img->opts.flags |= QCOW2_OPEN_RDWR;
-        /* A reader's caches are sized by the tables it had (cluster.c); a writer's
-         * tables can grow. Both caches hold only clean tables here. */
-        if (img->fmt == QCOW2_FORMAT_QCOW2) {
-            qcow2__l2_cache_free(img);
-            rc = qcow2__l2_cache_init(img);
-            if (rc)
-                return rc;
-        }
         if (img->fmt == QCOW2_FORMAT_QCOW2 && (img->hdr.incompat & QCOW2_INCOMPAT_DIRTY))
             return qcow2__repair_dirty(img);
     } else {
@@ -742,5 +748,9 @@ int qcow2__reopen(qcow2_image *img, bool rw)
 out_relock:
     if (img->locked)
         img->io->ops->lock(img->io, rw ? QCOW2_IO_LOCK_READ : QCOW2_IO_LOCK_WRITE);
+    if (new_caches) {
+        qcow2__cache_free(&l2);
+        qcow2__cache_free(&rb);
+    }
     return rc;
 }

@@ -116,6 +116,8 @@ static inline void qcow2__put_be64(uint8_t *p, uint64_t v)
 
 /* ---- memory (alloc.c) ---------------------------------------------------- */
 
+/* Tests only: allocations of more than this many bytes fail (0, the default: none do). */
+extern size_t qcow2__fail_alloc_over;
 void *qcow2__malloc(size_t len);
 void *qcow2__calloc(size_t n, size_t len);
 void *qcow2__realloc(void *p, size_t len);
@@ -462,7 +464,7 @@ int qcow2__header_serialize(qcow2_image *img, uint8_t *buf, size_t buf_len, size
 #define QCOW2_HEADER_SECTOR 512u
 
 /* cache.c */
-/* most: the tables the image can have (0: unbounded, the image may grow). */
+/* most: the tables the image can have (UINT64_MAX: no bound, the image may grow). */
 int qcow2__cache_init(qcow2_image *img, struct qcow2__cache *c, uint64_t budget, uint64_t most,
                       const char *what);
 void qcow2__cache_free(struct qcow2__cache *c);
@@ -482,6 +484,9 @@ bool qcow2__cache_is_dirty(const struct qcow2__cache *c);
 
 /* cluster.c: single-layer mapping with the L2 cache */
 int qcow2__l2_cache_init(qcow2_image *img);
+/* The two caches img would have read-only (ro) or writable, into l2 and rb (nothing on failure). */
+int qcow2__l2_cache_make(qcow2_image *img, bool ro, struct qcow2__cache *l2,
+                         struct qcow2__cache *rb);
 void qcow2__l2_cache_free(qcow2_image *img);
 /* The L1 or an L2 entry changed (or a whole new L1): forget remembered runs. */
 /* A raw layer's bytes changed outside the write path (copy offload): forget its runs. */

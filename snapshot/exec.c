@@ -846,9 +846,10 @@ static size_t first_save(const qsnap_plan *p)
 
 /*
  * Undo steps upto..0 (see can_undo); the store's model is the old one. False when
- * a layer's mode could not be put back: the journal then stays, and the next
- * command finishes the operation (as after a crash) instead of leaving a frozen
- * layer writable or a head read-only with nothing recording it.
+ * a step could not be undone (a layer's mode put back, a snapshot it made deleted,
+ * an adopted file moved back) or the journal could not be removed: the journal then
+ * stays, and `verify --repair` finishes the operation (as after a crash) instead of a
+ * frozen layer left writable, or a head read-only, with nothing recording it.
  */
 static bool undo(qsnap_store *s, qsnap_plan *p, size_t upto)
 {
@@ -892,14 +893,15 @@ static bool undo(qsnap_store *s, qsnap_plan *p, size_t upto)
             if (!named && old && l) {
                 struct qsnap__step del = *st;
                 del.kind = QSNAP__ST_INTERNAL_DELETE;
-                st_internal(s, p, &del);
+                if (st_internal(s, p, &del) != 0)
+                    whole = false;
             }
             break;
         }
         case QSNAP__ST_ADOPT:
             /* The old metadata does not know the layer: its file goes back. */
-            if (!old && l)
-                st_adopt(s, p, st, true);
+            if (!old && l && st_adopt(s, p, st, true) != 0)
+                whole = false;
             break;
         case QSNAP__ST_MKDIR:
         case QSNAP__ST_STREAM:
@@ -913,9 +915,9 @@ static bool undo(qsnap_store *s, qsnap_plan *p, size_t upto)
         }
         free(path);
     }
-    if (whole && qsnap__fsync_dir(s->dir) == 0)
-        qsnap__journal_remove(s);
-    return whole;
+    /* The journal goes only once what was undone is durable; "nothing was changed" is
+     * said only when it is gone. */
+    return whole && qsnap__fsync_dir(s->dir) == 0 && qsnap__journal_remove(s) == 0;
 }
 
 static int execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o);
@@ -1151,7 +1153,7 @@ int qsnap__recover(qsnap_store *s, bool *did)
      * before the first commit point could have changed a file irreversibly. */
     if (rc && from == 0 && can_undo(p, first_save(p))) {
         /* It cannot be finished, and nothing was committed: take it back (the
-         * journal stays when that is not whole, for the next command to try again). */
+         * journal stays when that is not whole, for the next repair to try again). */
         if (undo(s, p, at))
             rc = 0;
     }

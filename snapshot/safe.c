@@ -101,6 +101,30 @@ void qsnap__store_dir_put(const qsnap_store *s, int fd)
         close(fd);
 }
 
+/*
+ * Forget a kept layers/ or state/ that is no longer the one its name finds in the
+ * store directory (replaced while the handle was open: moved away, restored from a
+ * copy): the next use opens it again. Run where an operation starts (the store's
+ * scans, qsnap__check_writable_store), so that a handle kept across operations never
+ * works in a directory the store no longer uses.
+ */
+void qsnap__store_dirs_recheck(const qsnap_store *s)
+{
+    static const char *const sub[QSNAP__DIR_FDS] = {NULL, "layers", "state"};
+    struct stat kept, now;
+
+    for (int i = 1; s->dir_fd && s->dir_fd[0] >= 0 && i < QSNAP__DIR_FDS; i++) {
+        if (s->dir_fd[i] < 0)
+            continue;
+        if (fstat(s->dir_fd[i], &kept) == 0 &&
+            fstatat(s->dir_fd[0], sub[i], &now, AT_SYMLINK_NOFOLLOW) == 0 &&
+            kept.st_dev == now.st_dev && kept.st_ino == now.st_ino)
+            continue;
+        close(s->dir_fd[i]);
+        s->dir_fd[i] = -1;
+    }
+}
+
 /* Which of s->dir_fd keeps directory sub (-1: none). */
 static int kept_slot(const char *sub)
 {
@@ -1142,6 +1166,7 @@ static int scan(const qsnap_store *s, bool again)
     static const char *const dirs[] = {"layers", "state"};
     int rc, sfd = -1;
 
+    qsnap__store_dirs_recheck(s);
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         rc = qsnap__check_store_file(s, files[i]);
         if (rc && rc != QSNAP_ENOTFOUND)

@@ -502,6 +502,28 @@ Test(cluster, a_readers_slots_are_capped_at_its_tables)
     cr_assert_eq(img->l2c.nb_slots, 8192, "%u L2 slots once writable", img->l2c.nb_slots);
     cr_assert_eq(img->rbc.nb_slots, 2048, "%u refcount slots once writable", img->rbc.nb_slots);
     qcow2_image_close(img);
+    /* A reopen for writing that cannot make the writer's caches leaves the image as it
+     * was: read-only, its reader's caches, reading. */
+    img = open_ro(0);
+    qcow2__fail_alloc_over = 64 * 1024; /* the writer's 8,192 L2 slots need more */
+    cr_assert_neq(qcow2__reopen(img, true), 0, "the reopen did not fail");
+    qcow2__fail_alloc_over = 0;
+    cr_assert_eq(img->state, QCOW2__OPEN_RO);
+    cr_assert_eq(img->l2c.nb_slots, 32, "%u L2 slots after a failed reopen", img->l2c.nb_slots);
+    cr_assert_eq(img->rbc.nb_slots, rt < 4 ? 4 : rt - rt % 8);
+    {
+        uint8_t buf[4096];
+        cr_assert_eq(qcow2_image_read(img, buf, sizeof(buf), 0), 0, "%s", rfx_msg());
+        cr_assert_eq(qcow2__reopen(img, true), 0, "%s", rfx_msg());
+        cr_assert_eq(img->l2c.nb_slots, 8192);
+        cr_assert_eq(qcow2_image_read(img, buf, sizeof(buf), 0), 0, "%s", rfx_msg());
+    }
+    qcow2_image_close(img);
+    /* An image of no tables at all (0 bytes): the least, four. */
+    create(0, 512, 3, false);
+    img = open_ro(0);
+    cr_assert_eq(img->l2c.nb_slots, 4, "%u L2 slots for no L2 table", img->l2c.nb_slots);
+    qcow2_image_close(img);
     /* Far smaller than the budget's share, on a 64 KiB-cluster image of 1 MiB: one L2 table. */
     create(1 * MiB, 65536, 3, false);
     img = open_ro(0);

@@ -615,6 +615,37 @@ Test(store, symlinked_layers_without_metadata_is_refused_not_followed)
     }
 }
 
+/*
+ * A handle kept across operations while layers/ is replaced by a copy of itself (a
+ * restore, a move to other storage): the next operation works in the directory the
+ * store now has, not in the one the handle first opened (which it keeps open).
+ */
+Test(store, layers_replaced_under_a_kept_handle)
+{
+    qsnap_store *s = base("replaced"), *r = NULL;
+    char store[600], out[1024];
+    qsnap_finding *f = NULL;
+    size_t nf = 0, problems = 0;
+
+    snprintf(store, sizeof(store), "%s.qsnap", tf_disk);
+    tf_ok(tf_create(s, "s3"), "create s3");
+    tf_model_set(&tf_m, "s3", false, tf_model_get(&tf_m, "main"));
+    cr_assert_eq(qo_sh(out, sizeof(out), "cd '%s' && mv layers old && cp -a old layers", store), 0,
+                 "%s", out);
+    tf_write_state(s, &tf_m, "main", 0x51, 3 * MiB, 64 * KiB);
+    tf_ok(tf_create(s, "s4"), "create s4 on the kept handle");
+    tf_model_set(&tf_m, "s4", false, tf_model_get(&tf_m, "main"));
+    qsnap_store_close(s);
+    r = tf_open(tf_disk, 0);
+    tf_ok(qsnap_verify(r, false, &f, &nf), "verify after the operation");
+    for (size_t i = 0; i < nf; i++)
+        problems += f[i].problem;
+    cr_assert_eq(problems, 0, "verify found problems: %s", nf ? f[0].message : "");
+    qsnap_verify_free(f, nf);
+    tf_check_store(r, &tf_m, tf_dir, "after layers/ was replaced");
+    qsnap_store_close(r);
+}
+
 Test(store, missing_layer_file)
 {
     qsnap_store *s = base("missing");

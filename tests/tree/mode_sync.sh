@@ -102,13 +102,28 @@ if [ -n "${nth:-}" ]; then
         -e inject=fchmod:error=EPERM:when=2 -o /dev/null "$QSNAP" create d.raw s6 \
         >/dev/null 2>"$W/e3")
     rc=$?
-    if [ "$rc" -ne 0 ] && ! grep -q "nothing was changed" "$W/e3" && [ -e k3/d.raw.qsnap/journal ]; then
+    if [ "$rc" -ne 0 ] && grep -q "(the operation is unfinished)" "$W/e3" &&
+        ! grep -q "nothing was changed" "$W/e3" && [ -e k3/d.raw.qsnap/journal ]; then
         ok "an undo that cannot restore a mode keeps the journal and says so (exit $rc)"
     else
         bad "failed undo" "exit $rc, journal $([ -e k3/d.raw.qsnap/journal ] && echo kept || echo gone): $(head -c 300 "$W/e3")"
     fi
     (cd k3 && q verify d.raw --repair >/dev/null 2>&1 && q verify d.raw >/dev/null 2>&1) &&
         ok "verify --repair finishes it, and verify is clean" || bad "after the failed undo" "verify: exit $?"
+    # The same failed freeze, undone whole but for the sync that must come before the journal
+    # goes: the journal stays, and the message does not say nothing was changed.
+    mkdir k4
+    cp -a d.raw d.raw.qsnap k4/
+    (cd k4 && strace -qq -f -e trace=fsync -e inject=fsync:error=EIO:when="$nth"+2 \
+        -o /dev/null "$QSNAP" create d.raw s6 >/dev/null 2>"$W/e4")
+    rc=$?
+    if [ "$rc" -ne 0 ] && ! grep -q "nothing was changed" "$W/e4" && [ -e k4/d.raw.qsnap/journal ]; then
+        ok "an undo whose last sync fails keeps the journal and says so (exit $rc)"
+    else
+        bad "undo without its sync" "exit $rc, journal $([ -e k4/d.raw.qsnap/journal ] && echo kept || echo gone): $(head -c 300 "$W/e4")"
+    fi
+    (cd k4 && q verify d.raw --repair >/dev/null 2>&1 && q verify d.raw >/dev/null 2>&1) &&
+        ok "verify --repair finishes that one too, and verify is clean" || bad "after the unsynced undo" "verify: exit $?"
 fi
 
 ts_end
