@@ -171,6 +171,14 @@ static bool names_add(struct qsnap__index *x, bool branches, size_t e)
     return true;
 }
 
+/* An empty name table for n names (half full at most); false when out of memory. */
+static bool names_init(struct qsnap__idmap *h, size_t n)
+{
+    h->cap = pow2_at_least(2 * n);
+    h->slot = calloc(h->cap, sizeof(*h->slot));
+    return h->slot != NULL;
+}
+
 int qsnap__index_build(struct qsnap__index *x, const struct qsnap__model *m, bool names)
 {
     const unsigned *lid = m->nl ? &m->layers[0].id : NULL, *nid = m->nn ? &m->nodes[0].id : NULL;
@@ -184,15 +192,9 @@ int qsnap__index_build(struct qsnap__index *x, const struct qsnap__model *m, boo
         qsnap__index_free(x);
         return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
     }
-    if (names) {
-        x->nnames.cap = pow2_at_least(2 * m->nn);
-        x->bnames.cap = pow2_at_least(2 * m->nb);
-        x->nnames.slot = calloc(x->nnames.cap, sizeof(*x->nnames.slot));
-        x->bnames.slot = calloc(x->bnames.cap, sizeof(*x->bnames.slot));
-        if (!x->nnames.slot || !x->bnames.slot) {
-            qsnap__index_free(x);
-            return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
-        }
+    if (names && (!names_init(&x->nnames, m->nn) || !names_init(&x->bnames, m->nb))) {
+        qsnap__index_free(x);
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
     }
     for (size_t i = 0; i < m->nl; i++) {
         if (!idmap_add(&x->layers, lid, sizeof(m->layers[0]), m->layers[i].id, i) &&
@@ -223,9 +225,7 @@ int qsnap__index_build_branches(struct qsnap__index *x, const struct qsnap__mode
     x->m = m;
     if (m->nb > QSNAP_MAX_ITEMS)
         return qsnap__err(QSNAP_ERROR, NULL, "too many records to index");
-    x->bnames.cap = pow2_at_least(2 * m->nb);
-    x->bnames.slot = calloc(x->bnames.cap, sizeof(*x->bnames.slot));
-    if (!x->bnames.slot)
+    if (!names_init(&x->bnames, m->nb))
         return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
     for (size_t e = 0; e < m->nb; e++) {
         if (!names_add(x, true, e) && !x->dup_name)

@@ -356,8 +356,9 @@ static bool push(void **arr, size_t *n, size_t *cap, const void *e, size_t size)
 static bool has_branch(const struct qsnap__model *m, struct qsnap__index *x, unsigned *asked,
                        const char *name)
 {
-    if (!x->bnames.slot && ++*asked > BRANCH_WALKS && qsnap__index_build_branches(x, m) != 0)
-        qsnap__index_free(x); /* out of memory: walks, as before */
+    /* Built once, when the count passes the bound (out of memory: walks, as before). */
+    if (*asked <= BRANCH_WALKS && ++*asked > BRANCH_WALKS && qsnap__index_build_branches(x, m))
+        qsnap__index_free(x);
     if (x->bnames.slot)
         return qsnap__index_branch(x, name) != NULL;
     return qsnap__branch_by_name(m, name) != NULL;

@@ -113,7 +113,7 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
     struct qsnap__branch *cur;
     qsnap_plan *p = NULL;
     char *left = NULL, *newname = NULL, bytes[32];
-    bool dirty = false, drop;
+    bool dirty = false, drop, restart;
     uint64_t used = 0;
     int rc = qsnap__check_writable_store(s);
 
@@ -174,13 +174,13 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
         goto out;
     }
     /* The new branch takes the dropped one's place when it takes its name. */
-    if (drop && !strcmp(newname, left))
+    restart = drop && !strcmp(newname, left);
+    if (restart)
         rc = drop_head(&t, p, cur);
     else if (drop)
         rc = drop_branch(&t, p, left);
     if (!rc)
-        rc = start_branch(&t, p, drop && !strcmp(newname, left) ? cur : NULL, newname,
-                          target->id);
+        rc = start_branch(&t, p, restart ? cur : NULL, newname, target->id);
     if (rc)
         goto out;
     qsnap__str_free(&t, t.current);

@@ -93,12 +93,13 @@ int qsnap__store_dir_get(const qsnap_store *s, const char *sub, int *out)
 
 void qsnap__store_dir_put(const qsnap_store *s, int fd)
 {
+    if (fd < 0)
+        return;
     for (int i = 0; s->dir_fd && i < QSNAP__DIR_FDS; i++) {
-        if (fd >= 0 && s->dir_fd[i] == fd)
+        if (s->dir_fd[i] == fd)
             return;
     }
-    if (fd >= 0)
-        close(fd);
+    close(fd);
 }
 
 /*
@@ -946,8 +947,7 @@ void qsnap__seal_layers(const qsnap_store *s)
     if (mk && mk->own && mk->listed && !mk->nothers && qsnap__store_dir_get(s, "layers", &dfd) == 0 &&
         fstat(dfd, &st) == 0 && mark_same(mk, &st))
         n = seal_format(&st, buf, sizeof(buf));
-    if (dfd >= 0)
-        qsnap__store_dir_put(s, dfd);
+    qsnap__store_dir_put(s, dfd);
     if (n > 0)
         ok = pwrite(s->lock_fd, buf, (size_t)n, 0) == n && ftruncate(s->lock_fd, n) == 0;
     if (!ok) /* no seal: the next command walks */
@@ -1179,8 +1179,7 @@ static int scan(const qsnap_store *s, bool again)
         if (sfd < 0 || !unchanged(s, sfd, dirs[i]))
             rc = scan_dir(s, dirs[i]);
     }
-    if (sfd >= 0)
-        qsnap__store_dir_put(s, sfd);
+    qsnap__store_dir_put(s, sfd);
     return rc;
 }
 
