@@ -511,6 +511,7 @@ static void sweep(const struct iop *op)
         tf_model_free(&before);
         tf_model_free(&after);
     }
+    qo_rmtree(tf_dir);
 }
 
 Test(internal, crash_after_every_step)
