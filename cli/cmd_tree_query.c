@@ -393,15 +393,10 @@ static const char info_help[] =
     "  -h, --help           show this help and exit\n"
     "\n" TREE_EXIT_HELP;
 
-/* Whether list[k] hangs directly under list[i] in the tree. */
-static bool is_child(const qsnap_node *list, size_t i, size_t k)
+/* list[0] is the entry, list[1..n-1] its children (qsnap_info). */
+static void info_text(const qsnap_node *list, size_t n)
 {
-    return list[i].kind != QSNAP_BRANCH && list[k].parent == list[i].id;
-}
-
-static void info_text(const qsnap_node *list, size_t n, size_t i)
-{
-    const qsnap_node *e = &list[i];
+    const qsnap_node *e = &list[0];
     char when[32], vs[CLI_SIZE_STR_MAX], fb[CLI_SIZE_STR_MAX];
     bool first = true;
 
@@ -432,9 +427,7 @@ static void info_text(const qsnap_node *list, size_t n, size_t i)
         printf("current:       %s\n", e->current ? "yes" : "no");
     } else {
         printf("children:      ");
-        for (size_t k = 0; k < n; k++) {
-            if (!is_child(list, i, k))
-                continue;
+        for (size_t k = 1; k < n; k++) {
             printf("%s%s%s", first ? "" : ", ", list[k].kind == QSNAP_BRANCH ? "branch " : "",
                    list[k].name);
             first = false;
@@ -461,7 +454,7 @@ int cli_tree_info(int argc, char **argv)
     struct json_args a = {false};
     qsnap_node *list = NULL;
     qsnap_store *s;
-    size_t n = 0, i;
+    size_t n = 0;
     bool json;
     cli_operands op;
     int rc, status;
@@ -469,35 +462,25 @@ int cli_tree_info(int argc, char **argv)
     if (!tree_parse_open(&info_cmd, argc, argv, &a, NULL, &op, &s, &status))
         return status;
     json = a.json;
-    rc = qsnap_list(s, &list, &n);
+    rc = qsnap_info(s, op.v[1], &list, &n);
     if (rc < 0) {
         status = tree_fail(rc, op.v[0]);
-        goto out;
-    }
-    for (i = 0; i < n && strcmp(list[i].name, op.v[1]) != 0; i++)
-        ;
-    if (i == n) {
-        cli_errorf("no snapshot or branch named '%s'", op.v[1]);
-        fprintf(stderr, "qsnap: hint: 'qsnap list %s' shows the names\n", op.v[0]);
-        status = CLI_EXIT_NOTFOUND;
     } else if (json) {
         cli_json j;
 
         cli_json_init(&j, stdout);
         cli_json_begin_object(&j, NULL);
         cli_json_uint(&j, "version", TREE_JSON_VERSION);
-        json_node_members(&j, &list[i]);
+        json_node_members(&j, &list[0]);
         cli_json_begin_array(&j, "children");
-        for (size_t k = 0; k < n; k++)
-            if (is_child(list, i, k))
-                cli_json_string(&j, NULL, list[k].name);
+        for (size_t k = 1; k < n; k++)
+            cli_json_string(&j, NULL, list[k].name);
         cli_json_end_array(&j);
         cli_json_end_object(&j);
         cli_json_finish(&j);
     } else {
-        info_text(list, n, i);
+        info_text(list, n);
     }
-out:
     qsnap_list_free(list, n);
     qsnap_store_close(s);
     return status;

@@ -321,8 +321,12 @@ static uint64_t virtual_size_memo(const qsnap_store *s, const struct qsnap__laye
     return v;
 }
 
-static int fill_node(const qsnap_store *s, const struct qsnap__node *n, qsnap_node *out,
-                     unsigned current_base, struct list_ctx *c)
+/*
+ * What the model says of node n, nothing read from a file: its sizes are left 0,
+ * and its child count too unless count (a pass over the model without c).
+ */
+static int fill_node_meta(const qsnap_store *s, const struct qsnap__node *n, qsnap_node *out,
+                          unsigned current_base, const struct list_ctx *c, bool count)
 {
     const struct qsnap__node *par = ctx_node(s, c, n->parent);
     const struct qsnap__layer *l = ctx_layer(s, c, n->layer);
@@ -338,40 +342,53 @@ static int fill_node(const qsnap_store *s, const struct qsnap__node *n, qsnap_no
     out->created = n->created;
     out->current = n->id == current_base;
     out->internal = n->internal != NULL;
-    if (n->internal) {
-        /* It shares its head's file: its size is the snapshot's. */
-        qcow2_image *img = NULL;
-        long at;
-        qcow2_snapshot_info si;
-        if (l && qsnap__open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img) == 0 &&
-            (at = qsnap__find_internal(img, n->internal)) >= 0 &&
-            qcow2_snapshot_get(img, (size_t)at, &si) == 0)
-            out->virtual_size = si.disk_size;
-        qcow2_image_close(img);
-    } else {
-        out->virtual_size = l ? virtual_size_memo(s, l, c) : 0;
-        out->file_bytes = l ? file_bytes(s, l) : 0;
-    }
     out->state_file = n->state ? qsnap__path(s, n->state) : NULL;
     if (c && n->id <= c->max_id) {
         out->nb_children = c->children[n->id];
-    } else {
+    } else if (count) {
         for (size_t i = 0; i < s->m.nn; i++)
             out->nb_children += s->m.nodes[i].parent == n->id;
         for (size_t i = 0; i < s->m.nb; i++)
             out->nb_children += s->m.branches[i].base == n->id;
     }
-    if (!out->name || !out->file || !out->description || (n->state && !out->state_file))
+    if (!out->name || (l && !out->file) || !out->description || (n->state && !out->state_file))
         return nomem();
     return 0;
 }
 
-static int fill_branch(const qsnap_store *s, const struct qsnap__branch *b, qsnap_node *out,
-                       const struct list_ctx *c)
+static int fill_node(const qsnap_store *s, const struct qsnap__node *n, qsnap_node *out,
+                     unsigned current_base, struct list_ctx *c)
+{
+    const struct qsnap__layer *l = ctx_layer(s, c, n->layer);
+    int rc = fill_node_meta(s, n, out, current_base, c, true);
+
+    if (rc)
+        return rc;
+    if (!l)
+        return nomem(); /* (as before: a node without its layer has no file to show) */
+    if (n->internal) {
+        /* It shares its head's file: its size is the snapshot's. */
+        qcow2_image *img = NULL;
+        long at;
+        qcow2_snapshot_info si;
+        if (qsnap__open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img) == 0 &&
+            (at = qsnap__find_internal(img, n->internal)) >= 0 &&
+            qcow2_snapshot_get(img, (size_t)at, &si) == 0)
+            out->virtual_size = si.disk_size;
+        qcow2_image_close(img);
+    } else {
+        out->virtual_size = virtual_size_memo(s, l, c);
+        out->file_bytes = file_bytes(s, l);
+    }
+    return 0;
+}
+
+/* What the model says of branch b, nothing read from a file (sizes 0, dirty false). */
+static int fill_branch_meta(const qsnap_store *s, const struct qsnap__branch *b, qsnap_node *out,
+                            const struct list_ctx *c)
 {
     const struct qsnap__node *base = ctx_node(s, c, b->base);
     const struct qsnap__layer *h = ctx_layer(s, c, b->head);
-    int rc;
 
     memset(out, 0, sizeof(*out));
     out->kind = QSNAP_BRANCH;
@@ -385,6 +402,18 @@ static int fill_branch(const qsnap_store *s, const struct qsnap__branch *b, qsna
     out->current = s->m.current && !strcmp(s->m.current, b->name);
     if (!out->name || !out->file || !out->description)
         return nomem();
+    return 0;
+}
+
+static int fill_branch(const qsnap_store *s, const struct qsnap__branch *b, qsnap_node *out,
+                       const struct list_ctx *c)
+{
+    const struct qsnap__node *base = ctx_node(s, c, b->base);
+    const struct qsnap__layer *h = ctx_layer(s, c, b->head);
+    int rc = fill_branch_meta(s, b, out, c);
+
+    if (rc)
+        return rc;
     if (base && base->internal && h && base->layer == h->id)
         rc = qsnap__differs_from_internal(s, h, base->internal, &out->dirty);
     else
@@ -539,6 +568,68 @@ int qsnap_current(qsnap_store *s, qsnap_node **out)
         return rc;
     }
     *out = n;
+    return 0;
+}
+
+/* The node called name, or "(unnamed N)" for the unnamed node N (the listing's name). */
+static const struct qsnap__node *node_by_display_name(const struct qsnap__model *m,
+                                                      const char *name)
+{
+    static const char un[] = "(unnamed ";
+    const struct qsnap__node *n;
+    char *end;
+    unsigned long id;
+
+    if (strncmp(name, un, sizeof(un) - 1))
+        return qsnap__node_by_name(m, name);
+    if (name[sizeof(un) - 1] < '1' || name[sizeof(un) - 1] > '9')
+        return NULL;
+    errno = 0;
+    id = strtoul(name + sizeof(un) - 1, &end, 10);
+    if (errno || id > UINT_MAX || strcmp(end, ")"))
+        return NULL;
+    n = qsnap__node(m, (unsigned)id);
+    return n && !n->name ? n : NULL;
+}
+
+int qsnap_info(qsnap_store *s, const char *name, qsnap_node **out, size_t *n_out)
+{
+    const struct qsnap__branch *cur = qsnap__branch_by_name(&s->m, s->m.current);
+    const struct qsnap__node *n = name ? node_by_display_name(&s->m, name) : NULL;
+    const struct qsnap__branch *b = name && !n ? qsnap__branch_by_name(&s->m, name) : NULL;
+    size_t kids = 0, k = 1;
+    qsnap_node *list;
+    int rc;
+
+    *out = NULL;
+    *n_out = 0;
+    if (!n && !b)
+        return qsnap__err(QSNAP_ENOTFOUND, "'qsnap list DISK' shows the names",
+                          "no snapshot or branch named '%s'", name ? name : "");
+    /* A branch has no children; a node's are the nodes and branches on it. */
+    for (size_t i = 0; n && i < s->m.nn; i++)
+        kids += s->m.nodes[i].parent == n->id;
+    for (size_t i = 0; n && i < s->m.nb; i++)
+        kids += s->m.branches[i].base == n->id;
+    list = calloc(kids + 1, sizeof(*list));
+    if (!list)
+        return nomem();
+    rc = n ? fill_node(s, n, &list[0], cur ? cur->base : 0, NULL)
+           : fill_branch(s, b, &list[0], NULL);
+    for (size_t i = 0; n && !rc && i < s->m.nn; i++) {
+        if (s->m.nodes[i].parent == n->id)
+            rc = fill_node_meta(s, &s->m.nodes[i], &list[k++], cur ? cur->base : 0, NULL, false);
+    }
+    for (size_t i = 0; n && !rc && i < s->m.nb; i++) {
+        if (s->m.branches[i].base == n->id)
+            rc = fill_branch_meta(s, &s->m.branches[i], &list[k++], NULL);
+    }
+    if (rc) {
+        qsnap_list_free(list, k);
+        return rc;
+    }
+    *out = list;
+    *n_out = k;
     return 0;
 }
 

@@ -134,7 +134,21 @@ typedef struct qsnap_node {
  */
 QSNAP_API int qsnap_list(qsnap_store *s, qsnap_node **out, size_t *n_out);
 
-/** Free a list from qsnap_list() or qsnap_current() (NULL allowed). */
+/**
+ * One snapshot, unnamed node ("(unnamed N)", as listed) or branch, and what
+ * hangs directly under it, at a cost that follows that entry (qsnap_list
+ * reads the files of every entry). out[0] is the entry as qsnap_list() gives
+ * it; out[1] to out[n_out - 1] are its children, child nodes in creation order
+ * then the branches that start at it (a branch has none), with what the
+ * metadata says of them: their virtual_size, file_bytes, nb_children and dirty
+ * are not read from their files and are 0.
+ * @param[out] out    array owned by the caller (qsnap_list_free)
+ * @param[out] n_out  1 + the number of children
+ * @return 0; QSNAP_ENOTFOUND (no such name), QSNAP_ERROR
+ */
+QSNAP_API int qsnap_info(qsnap_store *s, const char *name, qsnap_node **out, size_t *n_out);
+
+/** Free a list from qsnap_list(), qsnap_info() or qsnap_current() (NULL allowed). */
 QSNAP_API void qsnap_list_free(qsnap_node *list, size_t n);
 
 /**

@@ -1648,3 +1648,97 @@ Test(store, descriptions_with_lines_and_the_length_bound_read_back)
     free(big);
     qsnap_store_close(s);
 }
+
+/* ---- info: one entry and its children ----------------------------------------- */
+
+static bool str_same(const char *a, const char *b)
+{
+    return a == b || (a && b && !strcmp(a, b));
+}
+
+/* Every field of two listed entries, or (meta_only) those that the metadata alone gives. */
+static void expect_same_entry(const qsnap_node *a, const qsnap_node *b, bool meta_only,
+                              const char *what)
+{
+    cr_assert_eq(a->kind, b->kind, "%s: kind", what);
+    cr_assert_eq(a->id, b->id, "%s: id", what);
+    cr_assert_str_eq(a->name, b->name, "%s: name", what);
+    cr_assert_eq(a->parent, b->parent, "%s: parent", what);
+    cr_assert(str_same(a->parent_name, b->parent_name), "%s: parent name", what);
+    cr_assert_str_eq(a->file, b->file, "%s: file", what);
+    cr_assert_str_eq(a->description, b->description, "%s: description", what);
+    cr_assert_eq(a->created, b->created, "%s: created", what);
+    cr_assert_eq(a->current, b->current, "%s: current", what);
+    cr_assert_eq(a->internal, b->internal, "%s: internal", what);
+    cr_assert(str_same(a->state_file, b->state_file), "%s: state file", what);
+    if (meta_only) {
+        cr_assert(!b->virtual_size && !b->file_bytes && !b->nb_children && !b->dirty,
+                  "%s: a child's file facts are not read", what);
+    } else {
+        cr_assert_eq(a->virtual_size, b->virtual_size, "%s: virtual size", what);
+        cr_assert_eq(a->file_bytes, b->file_bytes, "%s: file bytes", what);
+        cr_assert_eq(a->nb_children, b->nb_children, "%s: children", what);
+        cr_assert_eq(a->dirty, b->dirty, "%s: dirty", what);
+    }
+}
+
+Test(store, info_is_the_listed_entry_and_its_children)
+{
+    qsnap_store *s = base("info");
+    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+    qsnap_node *l = NULL, *e = NULL;
+    size_t n = 0, ne = 0, unnamed = 0, with_kids = 0;
+    char name[64];
+
+    /* s1 -> s2 -> {s3 -> main, b, c}; s2 then loses its name; an internal snapshot on main. */
+    tf_ok(tf_create(s, "s3"), "create s3");
+    tf_ok(tf_branch(s, "c", "s2"), "branch c");
+    tf_ok(tf_delete(s, "s2", QSNAP_DELETE_METADATA, NULL), "delete s2 --metadata");
+    co.name = "in1";
+    co.internal = true;
+    tf_ok(tf_create_opts(s, &co), "create in1 --internal");
+    cr_assert_eq(qsnap_list(s, &l, &n), 0);
+    for (size_t i = 0; i < n; i++) {
+        size_t k = 1;
+        tf_ok(qsnap_info(s, l[i].name, &e, &ne), l[i].name);
+        cr_assert_geq(ne, 1);
+        expect_same_entry(&l[i], &e[0], false, l[i].name);
+        /* The children: the listed entries under it, in the listing's order. */
+        for (size_t j = 0; l[i].kind != QSNAP_BRANCH && j < n; j++) {
+            if (l[j].parent != l[i].id)
+                continue;
+            cr_assert_lt(k, ne, "%s: child %s missing", l[i].name, l[j].name);
+            expect_same_entry(&l[j], &e[k++], true, l[j].name);
+        }
+        cr_assert_eq(k, ne, "%s: %zu children, listed %zu", l[i].name, ne - 1, k - 1);
+        cr_assert_eq(ne - 1, l[i].kind == QSNAP_BRANCH ? 0 : l[i].nb_children);
+        unnamed += l[i].kind == QSNAP_UNNAMED;
+        with_kids += ne > 2;
+        qsnap_list_free(e, ne);
+    }
+    cr_assert_eq(unnamed, 1, "the tree has its unnamed node");
+    cr_assert_geq(with_kids, 1, "a node with several children");
+    /* Names that are not there, in the listing's spelling or near it. */
+    for (size_t i = 0; i < n; i++) {
+        if (l[i].kind == QSNAP_UNNAMED) {
+            snprintf(name, sizeof(name), "(unnamed 0%u)", l[i].id);
+            expect_error(qsnap_info(s, name, &e, &ne), QSNAP_ENOTFOUND, name, "info");
+            snprintf(name, sizeof(name), "(unnamed %u) ", l[i].id);
+            expect_error(qsnap_info(s, name, &e, &ne), QSNAP_ENOTFOUND, name, "info");
+        } else if (l[i].kind == QSNAP_SNAPSHOT) {
+            snprintf(name, sizeof(name), "(unnamed %u)", l[i].id);
+            expect_error(qsnap_info(s, name, &e, &ne), QSNAP_ENOTFOUND, name, "info");
+        }
+    }
+    static const char *const absent[] = {"nosuch",       "(unnamed 0)", "(unnamed 4294967297)",
+                                         "(unnamed -1)", "(unnamed ",   "",
+                                         NULL};
+    for (const char *const *bad = absent; *bad; bad++) {
+        e = (qsnap_node *)1;
+        expect_error(qsnap_info(s, *bad, &e, &ne), QSNAP_ENOTFOUND, NULL, *bad);
+        cr_assert_null(e);
+        cr_assert_eq(ne, 0);
+    }
+    qsnap_list_free(l, n);
+    qsnap_store_close(s);
+}
