@@ -242,7 +242,10 @@ int qsnap__check_no_pending(const qsnap_store *s)
 
 int qsnap__check_writable_store(const qsnap_store *s)
 {
-    qsnap__store_dirs_recheck(s); /* a plan starts: the directories as they are now */
+    int rc = qsnap__store_dirs_recheck(s); /* a plan starts: the directories as they are now */
+
+    if (rc)
+        return rc;
     if (s->readonly)
         return qsnap__err(QSNAP_EUSAGE, NULL, "store opened read-only");
     return qsnap__check_no_pending(s);

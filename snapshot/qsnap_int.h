@@ -532,8 +532,9 @@ int qsnap__store_dirfd(const qsnap_store *s, const char *sub, int *out);
  * only a descriptor the handle does not keep. */
 int qsnap__store_dir_get(const qsnap_store *s, const char *sub, int *out);
 void qsnap__store_dir_put(const qsnap_store *s, int fd);
-/* Forget a kept layers/ or state/ that its name no longer finds (safe.c). */
-void qsnap__store_dirs_recheck(const qsnap_store *s);
+/* As an operation starts: forget a kept layers/ or state/ that its name no longer finds;
+ * an error when the store directory's own name no longer finds it (safe.c). */
+int qsnap__store_dirs_recheck(const qsnap_store *s);
 /* openat(O_NOFOLLOW) of a store file, which must be a regular file (errno kept on failure). */
 int qsnap__open_store_file(const qsnap_store *s, const char *rel, int oflags, int *fd_out);
 /* The disk, only while its name leads to the file it did at store open: fd, or -errno (-EXDEV). */

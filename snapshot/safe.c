@@ -103,18 +103,27 @@ void qsnap__store_dir_put(const qsnap_store *s, int fd)
 }
 
 /*
- * Forget a kept layers/ or state/ that is no longer the one its name finds in the
- * store directory (replaced while the handle was open: moved away, restored from a
- * copy): the next use opens it again. Run where an operation starts (the store's
- * scans, qsnap__check_writable_store), so that a handle kept across operations never
- * works in a directory the store no longer uses.
+ * Where an operation starts (the store's scans, qsnap__check_writable_store), so
+ * that a handle kept across operations never works in a directory the store no
+ * longer uses: a kept layers/ or state/ that is no longer the one its name finds
+ * in the store directory (replaced while the handle was open: moved away,
+ * restored from a copy) is forgotten, and the next use opens it again; a store
+ * directory that its name no longer finds is an error, since the lock this
+ * handle holds is in the old one (another qsnap may be working in the new one).
  */
-void qsnap__store_dirs_recheck(const qsnap_store *s)
+int qsnap__store_dirs_recheck(const qsnap_store *s)
 {
     static const char *const sub[QSNAP__DIR_FDS] = {NULL, "layers", "state"};
     struct stat kept, now;
 
-    for (int i = 1; s->dir_fd && s->dir_fd[0] >= 0 && i < QSNAP__DIR_FDS; i++) {
+    if (!s->dir_fd || s->dir_fd[0] < 0)
+        return 0;
+    if (fstat(s->dir_fd[0], &kept) < 0 || lstat(s->dir, &now) < 0 ||
+        kept.st_dev != now.st_dev || kept.st_ino != now.st_ino)
+        return qsnap__err(QSNAP_ERROR, "open the store again",
+                          "%s: the store directory was moved or replaced while it was open",
+                          s->dir);
+    for (int i = 1; i < QSNAP__DIR_FDS; i++) {
         if (s->dir_fd[i] < 0)
             continue;
         if (fstat(s->dir_fd[i], &kept) == 0 &&
@@ -124,6 +133,7 @@ void qsnap__store_dirs_recheck(const qsnap_store *s)
         close(s->dir_fd[i]);
         s->dir_fd[i] = -1;
     }
+    return 0;
 }
 
 /* Which of s->dir_fd keeps directory sub (-1: none). */
@@ -1164,9 +1174,10 @@ static int scan(const qsnap_store *s, bool again)
     static const char *const files[] = {"meta", "lock", "journal", "meta.tmp", "journal.tmp",
                                         "meta.log", "meta.log.tmp"};
     static const char *const dirs[] = {"layers", "state"};
-    int rc, sfd = -1;
+    int rc = qsnap__store_dirs_recheck(s), sfd = -1;
 
-    qsnap__store_dirs_recheck(s);
+    if (rc)
+        return rc;
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         rc = qsnap__check_store_file(s, files[i]);
         if (rc && rc != QSNAP_ENOTFOUND)

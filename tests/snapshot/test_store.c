@@ -646,6 +646,41 @@ Test(store, layers_replaced_under_a_kept_handle)
     qsnap_store_close(r);
 }
 
+Test(store, store_replaced_under_a_kept_handle_is_refused)
+{
+    qsnap_store *s = base("replaced-store"), *r = NULL;
+    char store[600], out[1024], *before, *after;
+    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+    qsnap_plan *p = NULL;
+    int rc;
+
+    snprintf(store, sizeof(store), "%s.qsnap", tf_disk);
+    /* The store restored from a copy while a handle (and its lock) is open on it. */
+    cr_assert_eq(qo_sh(out, sizeof(out), "cd '%s' && mv '%s' old.qsnap && cp -a old.qsnap '%s'",
+                       tf_dir, store, store),
+                 0, "%s", out);
+    before = tf_tree_snapshot(tf_dir);
+    rc = qsnap_plan_create(&p, s, &co);
+    if (!rc)
+        rc = qsnap_plan_execute(s, p, NULL);
+    qsnap_plan_free(p);
+    cr_assert_eq(rc, QSNAP_ERROR, "an operation on the kept handle: rc %d", rc);
+    cr_assert(strstr(qsnap_error_last()->message, "moved or replaced"), "%s",
+              qsnap_error_last()->message);
+    cr_assert(strstr(qsnap_error_last()->message, store), "%s", qsnap_error_last()->message);
+    after = tf_tree_snapshot(tf_dir);
+    cr_assert_str_eq(before, after, "a file changed in either directory");
+    free(before);
+    free(after);
+    qsnap_store_close(s);
+    /* The store its name finds now works as any other. */
+    r = tf_open(tf_disk, 0);
+    tf_ok(tf_create(r, "s3"), "create s3 on a new handle");
+    tf_model_set(&tf_m, "s3", false, tf_model_get(&tf_m, "main"));
+    tf_check_store(r, &tf_m, tf_dir, "after the store was replaced");
+    qsnap_store_close(r);
+}
+
 Test(store, missing_layer_file)
 {
     qsnap_store *s = base("missing");
