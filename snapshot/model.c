@@ -942,6 +942,7 @@ int qsnap__model_check(const struct qsnap__model *m, const char *what)
 {
     const char *hint = "restore the store's meta file from a backup (the layers under layers/ are untouched)";
     size_t nmax = m->nl > m->nn ? m->nl : m->nn, bad = 0, ndisk = 0;
+    bool back = true; /* every link so far goes to an earlier record: no loop possible */
     const size_t ls = sizeof(m->layers[0]), ns = sizeof(m->nodes[0]);
     const unsigned *lid = m->layers ? &m->layers[0].id : NULL,
                    *nid = m->nodes ? &m->nodes[0].id : NULL;
@@ -961,6 +962,7 @@ int qsnap__model_check(const struct qsnap__model *m, const char *what)
     for (size_t i = 0; i < m->nl && !rc; i++) {
         const struct qsnap__layer *l = &m->layers[i];
         next[i] = l->backing ? qsnap__idmap_find(&x.layers, lid, ls, l->backing) : -1;
+        back = back && next[i] < (long)i;
         if (l->id >= m->seq)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u has an id past seq", what, l->id);
         else if (l->backing && next[i] < 0)
@@ -983,13 +985,17 @@ int qsnap__model_check(const struct qsnap__model *m, const char *what)
          !strcmp(m->disk + 3, "..") || !strcmp(m->disk + 3, ".")))
         rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: the recorded disk is not beside the store",
                         what);
-    if (!rc && has_loop(m->nl, next, state, &bad))
+    /* A walk along links that each go to an earlier record ends (the usual model: a
+     * layer's backing and a node's parent were made before it); else the walk is needed. */
+    if (!rc && !back && has_loop(m->nl, next, state, &bad))
         rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: layer %u's backing links loop", what,
                         m->layers[bad].id);
+    back = true;
     for (size_t i = 0; i < m->nn && !rc; i++) {
         const struct qsnap__node *n = &m->nodes[i];
         long l = qsnap__idmap_find(&x.layers, lid, ls, n->layer);
         next[i] = n->parent ? qsnap__idmap_find(&x.nodes, nid, ns, n->parent) : -1;
+        back = back && next[i] < (long)i;
         if (n->id >= m->seq || !n->layer || l < 0)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u refers to a missing layer", what,
                             n->id);
@@ -1008,7 +1014,7 @@ int qsnap__model_check(const struct qsnap__model *m, const char *what)
             rc = qsnap__err(QSNAP_EINTEGRITY, hint,
                             "%s: internal node %u lives in a layer that is not qcow2", what, n->id);
     }
-    if (!rc && has_loop(m->nn, next, state, &bad))
+    if (!rc && !back && has_loop(m->nn, next, state, &bad))
         rc = qsnap__err(QSNAP_EINTEGRITY, hint, "%s: node %u's parents loop", what,
                         m->nodes[bad].id);
     for (size_t i = 0; i < m->nb && !rc; i++) {

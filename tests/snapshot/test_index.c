@@ -363,6 +363,49 @@ Test(index, check_finds_a_loop_in_a_large_tree)
     qsnap__model_free(&m);
 }
 
+/* Links that go forward in the arrays (a model whose records are not in link order) are
+ * walked: no loop is accepted, a loop among them (layers or nodes) is found. */
+Test(index, check_walks_links_that_go_forward)
+{
+    struct qsnap__model m;
+    struct qsnap__layer tl;
+    struct qsnap__node tn;
+    unsigned a, b;
+
+    make_model(&m, 301, 1, 7);
+    m.current = strdup("b0");
+    /* Layer and node 0 (the roots) moved to the end: every link to them goes forward. */
+    tl = m.layers[0];
+    memmove(&m.layers[0], &m.layers[1], (m.nl - 1) * sizeof(tl));
+    m.layers[m.nl - 1] = tl;
+    tn = m.nodes[0];
+    memmove(&m.nodes[0], &m.nodes[1], (m.nn - 1) * sizeof(tn));
+    m.nodes[m.nn - 1] = tn;
+    cr_assert_eq(qsnap__model_check(&m, "moved"), 0, "%s", qsnap_error_last()->message);
+    /* Two layers backed by each other. */
+    a = m.layers[10].id;
+    b = m.layers[20].id;
+    m.layers[10].backing = b;
+    m.layers[20].backing = a;
+    cr_assert_eq(qsnap__model_check(&m, "moved"), QSNAP_EINTEGRITY);
+    cr_assert(strstr(qsnap_error_last()->message, "backing links loop"), "%s",
+              qsnap_error_last()->message);
+    qsnap__model_free(&m);
+    /* A layer backed by itself, in a model otherwise in link order. */
+    make_model(&m, 301, 1, 9);
+    m.current = strdup("b0");
+    m.layers[40].backing = m.layers[40].id;
+    cr_assert_eq(qsnap__model_check(&m, "self"), QSNAP_EINTEGRITY);
+    cr_assert(strstr(qsnap_error_last()->message, "backing links loop"), "%s",
+              qsnap_error_last()->message);
+    m.layers[40].backing = 0;
+    m.nodes[50].parent = m.nodes[50].id;
+    cr_assert_eq(qsnap__model_check(&m, "self"), QSNAP_EINTEGRITY);
+    cr_assert(strstr(qsnap_error_last()->message, "parents loop"), "%s",
+              qsnap_error_last()->message);
+    qsnap__model_free(&m);
+}
+
 /* ---- a change compared only where it may differ (metalog.c) --------------------- */
 
 static bool ids_have(const struct qsnap__ids *set, unsigned id)
