@@ -932,6 +932,10 @@ int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
 
     if (s->readonly)
         return qsnap__err(QSNAP_EUSAGE, NULL, "store opened read-only");
+    /* Before anything is made (a first create makes the store directory). */
+    rc = qsnap__store_dirs_recheck(s);
+    if (rc)
+        return rc;
     if (p->n && p->base_gen != s->m.gen)
         return qsnap__err(QSNAP_ERROR, NULL, "the store changed since the plan was made");
     /* Even a plan with nothing to do: what it found (a clean head, say) is not

@@ -230,8 +230,10 @@ struct qsnap__layer *qsnap__new_overlay(struct qsnap__model *m, unsigned backing
 int qsnap__check_no_pending(const qsnap_store *s)
 {
     bool pending = false;
-    int rc = qsnap__journal_pending(s, &pending);
+    int rc = qsnap__store_dirs_recheck(s); /* a plan starts: the directories as they are now */
 
+    if (!rc)
+        rc = qsnap__journal_pending(s, &pending);
     if (rc)
         return rc;
     if (pending)
@@ -242,10 +244,6 @@ int qsnap__check_no_pending(const qsnap_store *s)
 
 int qsnap__check_writable_store(const qsnap_store *s)
 {
-    int rc = qsnap__store_dirs_recheck(s); /* a plan starts: the directories as they are now */
-
-    if (rc)
-        return rc;
     if (s->readonly)
         return qsnap__err(QSNAP_EUSAGE, NULL, "store opened read-only");
     return qsnap__check_no_pending(s);

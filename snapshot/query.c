@@ -690,6 +690,9 @@ int qsnap_open_image(qsnap_store *s, const char *name, unsigned flags, qcow2_ima
         return qsnap__err(QSNAP_EUSAGE, NULL, "qsnap_open_image: no store or name");
     if (flags & ~(unsigned)QCOW2_OPEN_RDWR)
         return qsnap__err(QSNAP_EUSAGE, NULL, "qsnap_open_image: unknown flags 0x%x", flags);
+    /* A handle whose store directory was replaced would give out the old one's files. */
+    if (qsnap__store_dirs_recheck(s))
+        return QSNAP_ERROR;
     if ((flags & QCOW2_OPEN_RDWR) && !qsnap__branch_by_name(&s->m, name)) {
         if (!qsnap__node_by_name(&s->m, name))
             return qsnap__err(QSNAP_ENOTFOUND, "'qsnap list DISK' shows the names",

@@ -121,7 +121,8 @@ int qsnap__store_dirs_recheck(const qsnap_store *s)
     if (fstat(s->dir_fd[0], &kept) < 0 || lstat(s->dir, &now) < 0 ||
         kept.st_dev != now.st_dev || kept.st_ino != now.st_ino)
         return qsnap__err(QSNAP_ERROR, "open the store again",
-                          "%s: the store directory was moved or replaced while it was open",
+                          "%s: the store directory was moved, replaced or removed while it "
+                          "was open",
                           s->dir);
     for (int i = 1; i < QSNAP__DIR_FDS; i++) {
         if (s->dir_fd[i] < 0)

@@ -500,10 +500,14 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
     bool pending = false;
     int rc;
 
-    if (!repair)
-        return verify_store(s, false, out, n_out);
     *out = NULL;
     *n_out = 0;
+    /* A handle whose store directory was replaced would check (and repair) the old one. */
+    rc = qsnap__store_dirs_recheck(s);
+    if (rc)
+        return rc;
+    if (!repair)
+        return verify_store(s, false, out, n_out);
     rc = qsnap__journal_pending(s, &pending);
     if (!rc && pending && qsnap__journal_load(s, &jp) != 0)
         jp = NULL; /* a damaged journal: the check below reports it */

@@ -140,11 +140,13 @@ QSNAP_API int qsnap_list(qsnap_store *s, qsnap_node **out, size_t *n_out);
  * reads the files of every entry). out[0] is the entry as qsnap_list() gives
  * it; out[1] to out[n_out - 1] are its children, child nodes in creation order
  * then the branches that start at it (a branch has none), with what the
- * metadata says of them: their virtual_size, file_bytes, nb_children and dirty
- * are not read from their files and are 0.
+ * metadata says of them: nothing is read from their files (virtual_size,
+ * file_bytes and dirty are 0) and their own children are not counted
+ * (nb_children 0).
  * @param[out] out    array owned by the caller (qsnap_list_free)
  * @param[out] n_out  1 + the number of children
- * @return 0; QSNAP_ENOTFOUND (no such name), QSNAP_ERROR
+ * @return 0; QSNAP_ENOTFOUND (no such name, or the entry's file is missing),
+ *         QSNAP_EINTEGRITY (the entry's file is damaged), QSNAP_ERROR
  */
 QSNAP_API int qsnap_info(qsnap_store *s, const char *name, qsnap_node **out, size_t *n_out);
 

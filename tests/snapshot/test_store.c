@@ -646,13 +646,25 @@ Test(store, layers_replaced_under_a_kept_handle)
     qsnap_store_close(r);
 }
 
+/* The last call failed as a handle whose store directory was replaced must. */
+static void expect_stale(int rc, const char *store, const char *call)
+{
+    cr_assert_eq(rc, QSNAP_ERROR, "%s on the kept handle: rc %d", call, rc);
+    cr_assert(strstr(qsnap_error_last()->message, "while it was open"), "%s: %s", call,
+              qsnap_error_last()->message);
+    cr_assert(strstr(qsnap_error_last()->message, store), "%s: %s", call,
+              qsnap_error_last()->message);
+}
+
 Test(store, store_replaced_under_a_kept_handle_is_refused)
 {
     qsnap_store *s = base("replaced-store"), *r = NULL;
     char store[600], out[1024], *before, *after;
     qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+    qsnap_finding *f = NULL;
+    qcow2_image *img = NULL;
+    size_t nf = 0;
     qsnap_plan *p = NULL;
-    int rc;
 
     snprintf(store, sizeof(store), "%s.qsnap", tf_disk);
     /* The store restored from a copy while a handle (and its lock) is open on it. */
@@ -660,14 +672,13 @@ Test(store, store_replaced_under_a_kept_handle_is_refused)
                        tf_dir, store, store),
                  0, "%s", out);
     before = tf_tree_snapshot(tf_dir);
-    rc = qsnap_plan_create(&p, s, &co);
-    if (!rc)
-        rc = qsnap_plan_execute(s, p, NULL);
-    qsnap_plan_free(p);
-    cr_assert_eq(rc, QSNAP_ERROR, "an operation on the kept handle: rc %d", rc);
-    cr_assert(strstr(qsnap_error_last()->message, "moved or replaced"), "%s",
-              qsnap_error_last()->message);
-    cr_assert(strstr(qsnap_error_last()->message, store), "%s", qsnap_error_last()->message);
+    expect_stale(qsnap_plan_create(&p, s, &co), store, "plan create");
+    expect_stale(qsnap_verify(s, false, &f, &nf), store, "verify");
+    cr_assert_null(f);
+    expect_stale(qsnap_verify(s, true, &f, &nf), store, "verify --repair");
+    cr_assert_null(f);
+    expect_stale(qsnap_open_image(s, "main", QCOW2_OPEN_RDWR, &img), store, "open main");
+    cr_assert_null(img);
     after = tf_tree_snapshot(tf_dir);
     cr_assert_str_eq(before, after, "a file changed in either directory");
     free(before);
@@ -679,6 +690,30 @@ Test(store, store_replaced_under_a_kept_handle_is_refused)
     tf_model_set(&tf_m, "s3", false, tf_model_get(&tf_m, "main"));
     tf_check_store(r, &tf_m, tf_dir, "after the store was replaced");
     qsnap_store_close(r);
+}
+
+/* A plan made before the store directory went is refused when it runs, before it makes one. */
+Test(store, store_moved_between_plan_and_execute_is_refused)
+{
+    qsnap_store *s;
+    qsnap_plan *p = NULL;
+    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+    char store[600], out[1024];
+    struct stat st;
+
+    tf_setup(tf_dir, sizeof(tf_dir), tf_disk, sizeof(tf_disk), "moved-first", false, tf_d0);
+    snprintf(store, sizeof(store), "%s.qsnap", tf_disk);
+    /* A store directory without metadata yet (the first create makes it). */
+    cr_assert_eq(mkdir(store, 0755), 0);
+    s = tf_open(tf_disk, QSNAP_OPEN_CREATE);
+    tf_ok(qsnap_plan_create(&p, s, &co), "plan the first create");
+    cr_assert_eq(qo_sh(out, sizeof(out), "mv '%s' '%s/old.qsnap'", store, tf_dir), 0, "%s", out);
+    expect_stale(qsnap_plan_execute(s, p, NULL), store, "execute");
+    cr_assert_eq(lstat(store, &st), -1, "the store directory was made again");
+    qsnap_plan_free(p);
+    expect_stale(qsnap_plan_create(&p, s, &co), store, "plan create");
+    cr_assert_eq(lstat(store, &st), -1, "the store directory was made again");
+    qsnap_store_close(s);
 }
 
 Test(store, missing_layer_file)
