@@ -195,6 +195,29 @@ static int rename_into_place(qsnap_store *s, const char *tmp, const char *rel)
     return qsnap__rename_store_file(s, tmp + dl + 1, rel);
 }
 
+/*
+ * Whether a layer's final name (rel, its path final) is taken already: on a replay
+ * of the journal by the file an earlier run of the step made (complete, since it was
+ * renamed into place last: a regular file, never a link); on a first run by a file
+ * this operation did not make (a leftover whose metadata was lost, or one put
+ * there), which the new layer must not be taken for: an error naming it.
+ */
+static int final_taken(qsnap_store *s, qsnap_plan *p, const char *rel, const char *final,
+                       bool *taken)
+{
+    *taken = qsnap__file_exists(final);
+    if (!*taken)
+        return 0;
+    if (p->replay)
+        return qsnap__check_store_file(s, rel);
+    p->taken = true;
+    return qsnap__err(QSNAP_EINTEGRITY,
+                      "'qsnap image info FILE' shows what it holds; move it out of the store",
+                      "%s: a file of the name the new layer needs is there already, and this "
+                      "operation did not make it",
+                      final);
+}
+
 static int st_create(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
 {
     struct qsnap__layer *l = find_layer(s, p, st->x), *b;
@@ -208,10 +231,10 @@ static int st_create(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st
     final = qsnap__path(s, l->file);
     if (!final)
         return nomem();
-    done = qsnap__file_exists(final);
+    rc = final_taken(s, p, l->file, final, &done);
     free(final);
-    if (done) /* made by an earlier run: a regular file, never a link */
-        return qsnap__check_store_file(s, l->file);
+    if (rc || done)
+        return rc;
     rc = make_overlay(s, p, l, b, &tmp);
     if (!rc)
         rc = rename_into_place(s, tmp, l->file);
@@ -407,6 +430,7 @@ static int st_preserve(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *
     char *final = NULL, *tmp = NULL, *hpath = NULL;
     uint8_t *buf = NULL;
     const size_t chunk = 4u << 20;
+    bool done;
     int rc;
 
     if (!l || !b || !h)
@@ -414,9 +438,10 @@ static int st_preserve(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *
     final = qsnap__path(s, l->file);
     if (!final)
         return nomem();
-    if (qsnap__file_exists(final)) {
+    rc = final_taken(s, p, l->file, final, &done);
+    if (rc || done) {
         free(final);
-        return qsnap__check_store_file(s, l->file);
+        return rc;
     }
     rc = make_overlay(s, p, l, b, &tmp);
     if (rc)
@@ -864,9 +889,12 @@ static bool undo(qsnap_store *s, qsnap_plan *p, size_t upto)
         switch (st->kind) {
         case QSNAP__ST_CREATE:
         case QSNAP__ST_PRESERVE:
-            /* A layer the old metadata does not know: nothing refers to it. */
-            if (!old && l)
-                qsnap__unlink_store_file(s, l->file);
+            /* A layer the old metadata does not know: nothing refers to it. Left behind,
+             * the next operation would find its name taken: the journal stays then. A
+             * file the failed step found there before it is not this run's. */
+            if (!old && l && !(i == upto && p->taken) &&
+                qsnap__unlink_store_file(s, l->file) != 0)
+                whole = false;
             break;
         case QSNAP__ST_FREEZE:
             if (old && !old->frozen && set_write_bit(s, old, true) != 0)
@@ -915,6 +943,10 @@ static bool undo(qsnap_store *s, qsnap_plan *p, size_t upto)
         }
         free(path);
     }
+    /* The tail of an append that was cut short goes first: without the journal, a log
+     * that goes on past its last whole record is damage (metalog.c). */
+    if (whole && qsnap__log_torn(s) && qsnap__log_cut(s) != 0)
+        whole = false;
     /* The journal goes only once what was undone is durable; "nothing was changed" is
      * said only when it is gone. */
     return whole && qsnap__fsync_dir(s->dir) == 0 && qsnap__journal_remove(s) == 0;
@@ -1117,6 +1149,7 @@ int qsnap__recover(qsnap_store *s, bool *did)
     rc = qsnap__journal_read(s, &p);
     if (rc)
         return rc;
+    p->replay = true;
     if (s->m.gen > p->base_gen) {
         /* Resume after the commit point the metadata reached. */
         uint64_t k = s->m.gen - p->base_gen - 1;

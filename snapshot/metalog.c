@@ -31,9 +31,11 @@
  * READING: records whose GEN is not above meta's are already in meta (a
  * compaction was cut short after its rename) and are skipped; each other
  * one must be the next generation. A record that is cut short or fails its
- * CRC at the end of the file is the tail of an append a crash interrupted:
- * not committed, ignored, and cut off by the next append. One that fails
- * with more bytes after it is damage (an error naming the offset).
+ * CRC at the end of the file, while the journal of an operation is there, is
+ * the tail of an append a crash interrupted: not committed, ignored, and cut
+ * off by the next append (or by the undo of that operation, before its
+ * journal goes). Without a journal it was committed: damage (torn_tail). One
+ * that fails with more bytes after it is damage (an error naming the offset).
  *
  * WRITING (one writer: the store lock):
  *   append   ftruncate to the end of the last whole record, write the
@@ -1219,6 +1221,28 @@ out:
     return rc;
 }
 
+/*
+ * The log goes on past its last whole record. An append is the commit point of
+ * an operation whose journal is there until the append is durable, and an
+ * operation taken back cuts such a tail before its journal goes (undo): with a
+ * journal, the tail is an append a crash or a failure cut short, not committed,
+ * which the repair finishes or takes back. Without one, the record was
+ * committed and is damaged: taking the tree without it would hand out its ids
+ * again, over files made after it.
+ */
+static int torn_tail(const qsnap_store *s, const char *what)
+{
+    bool pending = false;
+    int rc = qsnap__journal_pending(s, &pending);
+
+    if (rc || pending)
+        return rc;
+    return qsnap__err(QSNAP_EINTEGRITY, "restore the store from a backup",
+                      "%s: its last change record is damaged or cut short, and no operation "
+                      "was interrupted: a committed change is lost",
+                      what);
+}
+
 /* Apply meta.log's records to s->m (see the top of the file). */
 static int log_load(qsnap_store *s, const char *what)
 {
@@ -1243,9 +1267,10 @@ static int log_load(qsnap_store *s, const char *what)
                           s->log.meta_version);
     }
     if (len < ml && !memcmp(text, LOG_MAGIC, len)) {
-        /* Its first write was cut short: no record in it. */
+        /* Shorter than its first line: a new log is written whole (a temporary file,
+         * synced, renamed), so this is damage unless an operation is unfinished. */
         qsnap__pool_unref(pool);
-        return 0;
+        return torn_tail(s, what);
     }
     if (memcmp(text, LOG_MAGIC, ml)) {
         qsnap__pool_unref(pool);
@@ -1299,6 +1324,8 @@ static int log_load(qsnap_store *s, const char *what)
         off = (size_t)(nl + 1 - text) + (size_t)rlen;
         s->log.good = off;
     }
+    if (!rc && s->log.good < len)
+        rc = torn_tail(s, what);
     cache_free(&cache);
     qsnap__pool_unref(pool);
     return rc;

@@ -259,6 +259,10 @@ struct qsnap_plan {
                                    * named here is the same in both, so a save compares only
                                    * these); valid while changed_known */
     bool changed_known;
+    bool replay;                  /* read from the journal to be finished (qsnap__recover): a
+                                   * step may find what an earlier run of it made */
+    bool taken;                   /* the failed step found its new file's name taken by a file
+                                   * this run did not make: undo leaves that file alone */
 };
 
 /* error.c */

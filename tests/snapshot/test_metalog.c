@@ -13,6 +13,8 @@
  * form), never with hard-coded values.
  */
 #include <criterion/criterion.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -292,9 +294,59 @@ Test(metalog, node_drops_in_the_log_are_bounded)
     qsnap_store_close(s);
 }
 
-Test(metalog, a_record_cut_short_at_any_byte_is_not_committed)
+static void kill_after(unsigned step, void *payload)
 {
-    char *before, *after, *got, *saved;
+    if (step == *(const unsigned *)payload)
+        kill(getpid(), SIGKILL);
+}
+
+/* Branch `name` at s1 in a child killed after the plan's last step: the change is appended
+ * to the log, and the journal (removed only after that) is still there. */
+static void interrupted_change(const char *name)
+{
+    pid_t pid = fork();
+    int status;
+
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        qsnap_store *s = NULL;
+        qsnap_plan *p = NULL;
+        qsnap_exec_opts eo = QSNAP_EXEC_OPTS_INIT;
+        unsigned last;
+        if (qsnap_store_open(&s, disk, 0) || qsnap_plan_branch_create(&p, s, name, "s1"))
+            _exit(3);
+        last = (unsigned)tf_plan_steps(p);
+        eo.step_hook = kill_after;
+        eo.payload = &last;
+        if (qsnap_plan_execute(s, p, &eo))
+            fprintf(stderr, "interrupted_change: %s\n", qsnap_error_last()->message);
+        _exit(4);
+    }
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFSIGNALED(status), "the child was not killed (exit %d)", WEXITSTATUS(status));
+}
+
+/* The store open fails naming meta.log as damaged: no operation was interrupted. */
+static void expect_damaged_log(const char *what)
+{
+    qsnap_store *s = NULL;
+
+    cr_assert_eq(qsnap_store_open(&s, disk, QSNAP_OPEN_READONLY), QSNAP_EINTEGRITY,
+                 "%s: opened", what);
+    cr_assert(strstr(qsnap_error_last()->message, "meta.log") &&
+                  strstr(qsnap_error_last()->message, "no operation was interrupted"),
+              "%s: %s", what, qsnap_error_last()->message);
+}
+
+/*
+ * The end of the log past its last whole record: with the journal of the operation
+ * whose append it is, a crash cut the append short and the change is not committed
+ * (the repair finishes the operation); with no journal the record was committed, and
+ * the store is damaged (taking the tree without it would hand its ids out again).
+ */
+Test(metalog, a_record_cut_short_is_uncommitted_only_while_its_journal_is_there)
+{
+    char *before, *after, *got, *saved, jpath[700];
     off_t good, full;
     size_t len, problems;
 
@@ -308,45 +360,109 @@ Test(metalog, a_record_cut_short_at_any_byte_is_not_committed)
     cr_assert(before && after && good > 0 && full > good);
     saved = (char *)qo_read_file(logp, &len);
     cr_assert_not_null(saved);
+    /* No journal: every cut, and a flipped byte in the last record, is damage. */
+    for (off_t cut = good + 1; cut < full; cut++) {
+        char what[64];
+        cr_assert_eq(qo_write_file(logp, saved, (size_t)cut), 0);
+        snprintf(what, sizeof(what), "cut at %lld of %lld", (long long)cut, (long long)full);
+        expect_damaged_log(what);
+    }
+    saved[full - 3] ^= 0x20;
+    cr_assert_eq(qo_write_file(logp, saved, (size_t)full), 0);
+    expect_damaged_log("a flipped byte in the last record");
+    cr_assert_eq(qo_write_file(logp, saved, 3), 0);
+    expect_damaged_log("a log shorter than its first line");
+    cr_assert_eq(verify(false, &problems), QSNAP_EINTEGRITY, "verify opens a damaged log");
+    /* The log whole again (b1, b2), then b3's append interrupted by a kill, its journal
+     * left: from here on the model before is b2's. */
+    saved[full - 3] ^= 0x20;
+    cr_assert_eq(qo_write_file(logp, saved, (size_t)full), 0);
+    got = model_text();
+    cr_assert(got && !strcmp(got, after), "the log whole again: not the model after b2");
+    free(got);
+    free(saved);
+    free(before);
+    before = after;
+    after = NULL;
+    good = full;
+    interrupted_change("b3");
+    snprintf(jpath, sizeof(jpath), "%s.qsnap/journal", disk);
+    cr_assert(access(jpath, F_OK) == 0, "no journal after the kill");
+    full = fsize(logp);
+    cr_assert_gt(full, good);
+    saved = (char *)qo_read_file(logp, &len);
+    cr_assert_not_null(saved);
     for (off_t cut = good; cut < full; cut++) {
         cr_assert_eq(qo_write_file(logp, saved, (size_t)cut), 0);
         got = model_text();
         cr_assert_not_null(got, "cut at %lld: %s", (long long)cut, qsnap_error_last()->message);
-        cr_assert_str_eq(got, before, "cut at byte %lld of %lld: not the model before", (long long)cut,
-                         (long long)full);
+        cr_assert_str_eq(got, before, "cut at byte %lld of %lld: not the model before",
+                         (long long)cut, (long long)full);
         free(got);
     }
-    /* A whole last record with a flipped byte: torn too. */
     saved[full - 3] ^= 0x20;
     cr_assert_eq(qo_write_file(logp, saved, (size_t)full), 0);
     got = model_text();
-    cr_assert_str_eq(got, before);
+    cr_assert(got && !strcmp(got, before), "a torn last record with its journal: not committed");
     free(got);
-    /* The next save goes on from the last whole record. */
-    saved[full - 3] ^= 0x20;
+    /* The repair finishes the operation from the last whole record, and leaves no tail. */
     cr_assert_eq(qo_write_file(logp, saved, (size_t)full - 5), 0);
-    change("b3");
-    got = model_text();
-    cr_assert(got && strstr(got, "branch b1 ") && !strstr(got, "branch b2 ") &&
-                  strstr(got, "branch b3 "),
-              "%s", got);
-    ok(verify(false, &problems), "verify after a save over a torn tail");
-    free(got);
-    /* verify finds a torn tail, --repair removes it, a second verify is clean. */
-    {
-        char out[4096];
-        cr_assert_eq(qo_sh(out, sizeof(out), "printf 'rec 99 40 0000' >> '%s'", logp), 0);
-    }
     cr_assert_eq(verify(false, &problems), QSNAP_EINTEGRITY);
     cr_assert_geq(problems, 1);
     ok(verify(true, &problems), "verify --repair");
+    cr_assert(access(jpath, F_OK) != 0, "the journal is still there");
     got = model_text();
-    cr_assert(got && strstr(got, "branch b1 ") && strstr(got, "branch b3 "), "%s", got);
+    cr_assert(got && strstr(got, "branch b1 ") && strstr(got, "branch b2 ") &&
+                  strstr(got, "branch b3 "),
+              "%s", got ? got : qsnap_error_last()->message);
     ok(verify(false, &problems), "verify after the repair");
     free(got);
     free(saved);
     free(before);
     free(after);
+}
+
+/* An operation taken back after its append failed cuts the tail before its journal goes. */
+Test(metalog, an_undone_append_leaves_no_tail)
+{
+    char *before, *got;
+    off_t good;
+    qsnap_store *s = NULL;
+    qsnap_plan *p = NULL;
+    int rc;
+
+    start("undone");
+    change("b1");
+    before = model_text();
+    good = fsize(logp);
+    /* A tail as a failed append leaves it, known to the handle as unknown (log.size). */
+    s = tf_open(disk, 0);
+    ok(qsnap_plan_branch_create(&p, s, "b2", "s1"), "plan b2");
+    {
+        char out[256];
+        cr_assert_eq(qo_sh(out, sizeof(out), "printf 'rec 99 40 00' >> '%s'", logp), 0, "%s", out);
+    }
+    s->log.size = (uint64_t)good + 11;
+    /* A step that fails before the save: the new head's name is taken (a file put there). */
+    {
+        char out[1024];
+        cr_assert_eq(qo_sh(out, sizeof(out), "cd '%s.qsnap/layers' && for i in $(seq 1 40); do "
+                                             "[ -e $i.qcow2 ] || echo x > $i.qcow2; done",
+                           disk),
+                     0, "%s", out);
+    }
+    rc = qsnap_plan_execute(s, p, NULL);
+    qsnap_plan_free(p);
+    qsnap_store_close(s);
+    cr_assert_eq(rc, QSNAP_EINTEGRITY, "%s", qsnap_error_last()->message);
+    cr_assert(strstr(qsnap_error_last()->message, "nothing was changed"), "%s",
+              qsnap_error_last()->message);
+    got = model_text();
+    cr_assert(got, "%s", qsnap_error_last()->message);
+    cr_assert_str_eq(got, before);
+    cr_assert_eq(fsize(logp), good, "the tail is still there");
+    free(got);
+    free(before);
 }
 
 Test(metalog, a_damaged_record_before_others_is_an_error)

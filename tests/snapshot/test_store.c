@@ -716,6 +716,38 @@ Test(store, store_moved_between_plan_and_execute_is_refused)
     qsnap_store_close(s);
 }
 
+/* A file at the name a new layer needs, which the metadata does not know (a leftover of lost
+ * metadata, or one put there), is neither taken for the new layer nor removed. */
+Test(store, a_new_layer_never_takes_a_file_already_there)
+{
+    qsnap_store *s = base("taken");
+    char path[700], out[1024], *before, *after;
+    uint8_t d1[16], d2[16];
+    int rc;
+
+    snprintf(path, sizeof(path), "%s.qsnap/layers/%u.qcow2", tf_disk, s->m.seq);
+    cr_assert_eq(qo_sh(out, sizeof(out),
+                       "qemu-img create -q -f qcow2 '%s' 4M && qemu-io -c 'write -P 0x66 0 64k' '%s'",
+                       path, path),
+                 0, "%s", out);
+    cr_assert_eq(tf_digest_file(path, d1), 0);
+    before = tf_tree_snapshot(tf_dir);
+    rc = tf_revert(s, "s1", "z", false, NULL);
+    cr_assert_eq(rc, QSNAP_EINTEGRITY, "revert over a taken name: rc %d", rc);
+    cr_assert(strstr(qsnap_error_last()->message, path) &&
+                  strstr(qsnap_error_last()->message, "nothing was changed"),
+              "%s", qsnap_error_last()->message);
+    after = tf_tree_snapshot(tf_dir);
+    cr_assert_str_eq(before, after, "files changed");
+    cr_assert_eq(tf_digest_file(path, d2), 0);
+    cr_assert(!memcmp(d1, d2, sizeof(d1)), "the file there was changed");
+    free(before);
+    free(after);
+    cr_assert_eq(unlink(path), 0);
+    tf_check_store(s, &tf_m, tf_dir, "after the refused revert");
+    qsnap_store_close(s);
+}
+
 Test(store, missing_layer_file)
 {
     qsnap_store *s = base("missing");
