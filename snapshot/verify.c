@@ -299,11 +299,34 @@ static void verify_internal(qsnap_store *s, const struct qsnap__node *n, struct 
     free(path);
 }
 
+/*
+ * Whether name, in layers/, is a layer file "N.qcow2" whose id the metadata has
+ * not handed out yet (N at or past seq). Such a file is never a leftover of
+ * qsnap's: an operation makes new layers while its journal is there, and one
+ * taken back removes them before its journal goes. With no journal, the metadata
+ * is older than the layers (a change of it lost, or an old copy put back), or the
+ * file was put there: it may hold a branch's data, and is not removed.
+ */
+static bool newer_than_metadata(const qsnap_store *s, const char *name, bool pending)
+{
+    unsigned long id = 0;
+    const char *p = name;
+
+    if (pending || *p < '1' || *p > '9')
+        return false;
+    for (; *p >= '0' && *p <= '9' && id <= UINT_MAX; p++)
+        id = id * 10 + (unsigned long)(*p - '0');
+    return !strcmp(p, ".qcow2") && id >= s->m.seq;
+}
+
 /* Files in layers/ and state/ that the metadata does not name: half-made or orphaned. */
 static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
 {
     static const char *const dirs[] = {"layers", "state"};
+    bool pending = true;
 
+    if (qsnap__journal_pending(s, &pending))
+        pending = true; /* unknown: taken as an operation's own files */
     for (size_t d = 0; d < 2; d++) {
         int dfd = -1;
         DIR *dir = NULL;
@@ -361,6 +384,14 @@ static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
                      "VM path?); commands that change the tree refuse to run while it is there, and --repair "
                      "leaves it: merge it into its branch ('qsnap image commit') or move it "
                      "out of the store",
+                     rel);
+            } else if (d == 0 && newer_than_metadata(s, e->d_name, pending)) {
+                find(fs, true, false, rel,
+                     "%s: a layer file with an id the metadata has not given out yet (a change "
+                     "of the metadata lost, or an old copy of it put back?); it may hold a "
+                     "branch's data, and --repair leaves it: restore DISK.qsnap/meta and meta.log "
+                     "from a backup, or look at it ('qsnap image info') and move it out of the "
+                     "store",
                      rel);
             } else if (repair) {
                 bool ok = qsnap__unlink_store_file(s, rel) == 0;
