@@ -222,12 +222,20 @@ static int locate(qsnap_store *s, const char *disk)
                               buf);
         return qsnap__err(QSNAP_ENOTFOUND, NULL, "%s: no such disk image", disk);
     }
-    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-        return qsnap__err(QSNAP_EUSAGE, NULL, "%s: not a regular file or block device", disk);
+    /* A block device's store would go beside its node, in /dev: a file system in memory,
+     * gone at the next boot with every layer, and the node itself would be frozen. */
+    if (S_ISBLK(st.st_mode))
+        return qsnap__err(QSNAP_EUSAGE,
+                          "copy the device into an image file ('qsnap image convert -O qcow2 "
+                          "DEVICE FILE') and snapshot the file",
+                          "%s: a block device: its snapshot store would live beside it, in /dev",
+                          disk);
+    if (!S_ISREG(st.st_mode))
+        return qsnap__err(QSNAP_EUSAGE, NULL, "%s: not a regular file", disk);
     if (!realpath(disk, buf))
         return qsnap__err(QSNAP_ERROR, NULL, "%s: %s", disk, strerror(errno));
     /* The file the name resolved to: later opens of the disk must find it. */
-    if (stat(buf, &st) < 0 || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)))
+    if (stat(buf, &st) < 0 || !S_ISREG(st.st_mode))
         return qsnap__err(QSNAP_ERROR, NULL, "%s: changed while it was opened", disk);
     s->disk_dev = st.st_dev;
     s->disk_ino = st.st_ino;

@@ -8,12 +8,14 @@
  * changes nothing and lists the steps the execution runs).
  */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1084,6 +1086,29 @@ Test(store, unknown_store_version)
     qsnap_store_close(base("version"));
     damage_meta("sed -i '1s/^qsnap-store 2$/qsnap-store 7/'");
     expect_open_fails(QSNAP_EINTEGRITY, "7");
+}
+
+/* A block device as the disk: its store would be made in /dev; refused, the node untouched. */
+Test(store, a_block_device_is_not_a_disk)
+{
+    qsnap_store *s = NULL;
+    char node[600], store[700];
+    struct stat before, after;
+    int rc;
+
+    tf_setup(tf_dir, sizeof(tf_dir), tf_disk, sizeof(tf_disk), "blockdev", false, tf_d0);
+    snprintf(node, sizeof(node), "%s/vda", tf_dir);
+    snprintf(store, sizeof(store), "%s.qsnap", node);
+    if (mknod(node, S_IFBLK | 0600, makedev(7, 250)) != 0)
+        cr_skip_test("cannot make a block device node here: %s", strerror(errno));
+    cr_assert_eq(stat(node, &before), 0);
+    rc = qsnap_store_open(&s, node, QSNAP_OPEN_CREATE);
+    expect_error(rc, QSNAP_EUSAGE, "block device", "open a block device");
+    cr_assert(strstr(qsnap_error_last()->message, node), "%s", qsnap_error_last()->message);
+    cr_assert_null(s);
+    cr_assert_eq(stat(node, &after), 0);
+    cr_assert_eq(before.st_mode, after.st_mode, "the node's mode changed");
+    cr_assert_neq(access(store, F_OK), 0, "a store was made beside the node");
 }
 
 Test(store, no_disk_no_store)
