@@ -22,6 +22,12 @@
  * between the metadata and the link leaves the journal, and the replay
  * points the link. verify reports a link that is missing or points
  * elsewhere, and --repair points it again.
+ *
+ * A link that points elsewhere (re-pointed by hand) may have a VM running on
+ * the file it names: every operation tests and holds that file too
+ * (inuse.c), and one with steps refuses while the link does not point at
+ * the current head (qsnap__vm_path_refuse, before anything changes), so
+ * only verify --repair re-points it, and only while no VM holds that file.
  */
 #include <errno.h>
 #include <fcntl.h>

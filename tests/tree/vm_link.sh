@@ -91,14 +91,17 @@ fresh
 (cd case && q revert disk.raw s1 --branch b >/dev/null 2>&1) || bad setup "revert to b"
 mh=$(cd case && basename "$(q info disk.raw main | sed -n 's/^file: *//p')")
 ln -sfn "$mh" $L/current.qcow2
-store_state() { (cd case/$S && find . -printf '%p %y %i %s %T@ %l\n' | sort && md5sum -- * layers/*); }
+store_state() {
+    (cd case/$S && find . -printf '%p %y %i %s %T@ %l\n' | sort && md5sum -- * layers/*)
+}
 store_state >before.txt 2>&1
 allok=1
 for c in "create disk.raw s3" "create disk.raw s3 --dry-run" "revert disk.raw s2 --branch y" \
     "switch disk.raw main" "branch disk.raw c --at s1" "branch disk.raw -m main m2" \
     "branch disk.raw -d main --force" "delete disk.raw s2" "commit disk.raw main"; do
     out=$(cd case && q $c 2>&1); rc=$?
-    if [ $rc -ne 4 ] || ! echo "$out" | grep -q "current.qcow2: the VM path .*does not point at the current"; then
+    if [ $rc -ne 4 ] ||
+        ! echo "$out" | grep -q "current.qcow2: the VM path .*does not point at the current"; then
         allok=0; echo "# $c: exit $rc: $(one "$out")"
     fi
 done
@@ -108,9 +111,10 @@ got=$(readlink $L/current.qcow2)
 (cd case && q create disk.raw s3 >/dev/null 2>&1); rc2=$?
 if [ $allok = 1 ] && cmp -s before.txt after.txt && [ "$got" != "$mh" ] && [ $rc1 -eq 0 ] &&
     [ $rc2 -eq 0 ] && [ "$(readlink $L/current.qcow2)" = "$(head_name)" ]; then
-    ok "a VM path re-pointed at another branch's head: operations refuse (exit 4), --repair re-points it"
+    ok "a VM path at another branch's head: operations refuse (exit 4), --repair re-points it"
 else
-    bad "VM path at another branch's head" "$(diff before.txt after.txt | head -3 | tr '\n' ' ') repair $rc1, create $rc2, link $got"
+    bad "VM path at another branch's head" \
+        "$(diff before.txt after.txt | head -3 | tr '\n' ' ') repair $rc1, create $rc2, link $got"
 fi
 
 # A link to anything else: an integrity problem every command refuses; --repair re-points.
