@@ -1034,6 +1034,9 @@ static int execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
     rc = qsnap__rescan_store(s);
     if (!rc)
         rc = qsnap__refuse_foreign_layers(s);
+    /* Nor while the VM path names another file than the current head (vmpath.c). */
+    if (!rc)
+        rc = qsnap__vm_path_refuse(s);
     if (rc)
         return rc;
     rc = qsnap__journal_write(s, p);

@@ -11,7 +11,10 @@
  *   - every layer whose record a target model changes (frozen, backing) or
  *     drops, and the head of every branch a target model changes (renamed,
  *     deleted, moved to another base);
- *   - the current branch's head before the plan, and in every target model.
+ *   - the current branch's head before the plan, and in every target model;
+ *   - the file the VM path names now, when that is not the current head (a
+ *     link re-pointed by hand: a VM configured with the VM path runs on it,
+ *     and the operation would re-point the link under it; vmpath.c).
  * Only files that exist are checked (new files appear under names nothing
  * else knows yet; they are held from the moment a step makes them, below).
  *
@@ -285,6 +288,45 @@ static unsigned current_head(const struct qsnap__model *m)
     return b ? b->head : 0;
 }
 
+/*
+ * The file the VM path names now: the current head, unless the link was
+ * re-pointed behind qsnap's back (at another branch's head, say), and then
+ * a VM may run on that file. Whatever stands there that is not a regular
+ * file is left out (the store's scan refuses it).
+ */
+static int add_vm_target(struct touch_set *ts, struct touch_ctx *c)
+{
+    const struct qsnap__model *m = &c->s->m;
+    const struct qsnap__layer *l = NULL;
+    char role[256];
+    char *rel = NULL;
+    bool lenient = ts->lenient;
+    long at = -1;
+    int rc = qsnap__vm_path_target(c->s, &rel);
+
+    if (!rc && rel && current_head(m))
+        rc = qsnap__lookup_find(&c->layers[0], current_head(m), &at);
+    if (rc || !rel || (at >= 0 && !strcmp(m->layers[at].file, rel))) {
+        free(rel);
+        return rc;
+    }
+    for (size_t i = 0; i < m->nl && !l; i++) {
+        if (!strcmp(m->layers[i].file, rel))
+            l = &m->layers[i];
+    }
+    snprintf(role, sizeof(role), "the VM path's target");
+    if (l) {
+        rc = layer_role(c, l, role, sizeof(role) - 32);
+        strcat(role, ", which the VM path names");
+    }
+    ts->lenient = true;
+    if (!rc)
+        rc = add_file(ts, c->s, rel, role);
+    ts->lenient = lenient;
+    free(rel);
+    return rc;
+}
+
 static int touched(struct touch_set *ts, const qsnap_store *s, const qsnap_plan *p)
 {
     struct touch_ctx c;
@@ -293,6 +335,8 @@ static int touched(struct touch_set *ts, const qsnap_store *s, const qsnap_plan 
     if (rc)
         return rc;
     rc = add_layer(ts, &c, current_head(&s->m));
+    if (!rc)
+        rc = add_vm_target(ts, &c);
     for (size_t i = 0; !rc && p && i < p->n; i++) {
         const struct qsnap__step *st = &p->steps[i];
         switch (st->kind) {
@@ -606,5 +650,7 @@ int qsnap_plan_check(qsnap_store *s, qsnap_plan *p)
     /* The refusal a real run makes before its first step (exec.c), in the same order. */
     if (!rc && p->n)
         rc = qsnap__refuse_foreign_layers(s);
+    if (!rc && p->n)
+        rc = qsnap__vm_path_refuse(s);
     return rc;
 }

@@ -634,6 +634,15 @@ int qsnap__vm_path_update(const qsnap_store *s, const struct qsnap__model *m);
 /* 1 when it points at m's current head, 0 when not (or missing), < 0 on error. */
 int qsnap__vm_path_ok(const qsnap_store *s, const struct qsnap__model *m);
 /*
+ * The file the VM path names now, store-relative ("layers/NAME", malloc'd), or
+ * NULL when there is no store, no link, or a link to no bare file name (which
+ * the store's scan refuses).
+ */
+int qsnap__vm_path_target(const qsnap_store *s, char **out);
+/* QSNAP_EINTEGRITY (as qsnap_vm_path) when the VM path does not point at the store's
+ * current head; 0 when it does or there is none. */
+int qsnap__vm_path_refuse(const qsnap_store *s);
+/*
  * What stands at the VM path is acceptable in a store (dfd: layers/): nothing,
  * or a link to the bare name of one of m's layers or of a regular file of
  * layers/ named like one. Else QSNAP_EINTEGRITY.

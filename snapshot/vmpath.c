@@ -22,6 +22,12 @@
  * between the metadata and the link leaves the journal, and the replay
  * points the link. verify reports a link that is missing or points
  * elsewhere, and --repair points it again.
+ *
+ * A link that points elsewhere (re-pointed by hand) may have a VM running on
+ * the file it names: every operation tests and holds that file too
+ * (inuse.c), and one with steps refuses while the link does not point at
+ * the current head (qsnap__vm_path_refuse, before anything changes), so
+ * only verify --repair re-points it, and only while no VM holds that file.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -213,6 +219,52 @@ int qsnap__vm_path_update(const qsnap_store *s, const struct qsnap__model *m)
 out:
     qsnap__store_dir_put(s, dfd);
     free(want);
+    return rc;
+}
+
+int qsnap__vm_path_target(const qsnap_store *s, char **out)
+{
+    char got[PATH_MAX];
+    bool is_link = false;
+    int rc, dfd;
+
+    *out = NULL;
+    if (!s->exists)
+        return 0;
+    rc = qsnap__store_dir_get(s, "layers", &dfd);
+    if (rc)
+        return rc;
+    rc = read_vm_link(s, dfd, got, sizeof(got), &is_link);
+    qsnap__store_dir_put(s, dfd);
+    if (rc == QSNAP_EINTEGRITY)
+        return 0; /* no link: nothing that a VM opens through it */
+    if (rc || !is_link || !bare_name(got))
+        return rc;
+    *out = malloc(strlen("layers/") + strlen(got) + 1);
+    if (!*out)
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    strcpy(*out, "layers/");
+    strcat(*out, got);
+    return 0;
+}
+
+int qsnap__vm_path_refuse(const qsnap_store *s)
+{
+    char *path;
+    int rc, ok = qsnap__vm_path_ok(s, &s->m);
+
+    if (ok != 0)
+        return ok < 0 ? ok : 0;
+    path = qsnap__vm_path(s);
+    if (!path)
+        return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    rc = qsnap__err(QSNAP_EINTEGRITY,
+                    "'qsnap verify DISK --repair' points it again (once no VM runs on the file "
+                    "it names now), then run the command again",
+                    "%s: the VM path is missing or does not point at the current branch's head; "
+                    "nothing was changed",
+                    path);
+    free(path);
     return rc;
 }
 

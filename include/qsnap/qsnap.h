@@ -262,10 +262,13 @@ QSNAP_API int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *br
  * same check itself, and holds the files' locks while the plan runs. Like
  * qsnap_plan_execute(), it also refuses a plan with steps while layers/
  * holds a file qsnap did not make, so that a dry run reports what the real
- * run would refuse.
+ * run would refuse. The files include the one the VM path names (see
+ * qsnap_vm_path()) when it is not the current head, and a plan with steps is
+ * refused while the VM path does not point at the current head.
  * @return 0; QSNAP_EBUSY (a file is held: the message names it),
- *         QSNAP_EINTEGRITY (a file in layers/ that qsnap did not make: the
- *         message names it), QSNAP_ERROR
+ *         QSNAP_EINTEGRITY (a file in layers/ that qsnap did not make, or a VM
+ *         path that does not point at the current head: the message names
+ *         it), QSNAP_ERROR
  */
 QSNAP_API int qsnap_plan_check(qsnap_store *s, qsnap_plan *p);
 
@@ -296,9 +299,11 @@ typedef struct qsnap_exec_opts {
  * qsnap_plan_check()) is locked as a writer locks an image; any file another
  * process holds refuses the whole plan with nothing changed. The locks are
  * held until the plan ends, so a QEMU started meanwhile fails to open them.
+ * A plan with steps is refused, nothing changed, while the VM path does not
+ * point at the current head (QSNAP_EINTEGRITY, as qsnap_vm_path()).
  * @return 0; QSNAP_EBUSY (a file is in use; nothing was changed), QSNAP_EINTEGRITY (a file
- *         changed under the store), QSNAP_ERROR (I/O: the journal lets
- *         qsnap_verify(repair) finish or undo it)
+ *         changed under the store, or the VM path points elsewhere), QSNAP_ERROR (I/O: the
+ *         journal lets qsnap_verify(repair) finish or undo it)
  */
 QSNAP_API int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o);
 

@@ -339,6 +339,112 @@ Test(store, vm_path_follows_the_current_branch)
     qsnap_store_close(s);
 }
 
+/* Point the VM path at file (by its bare name), as a user might by hand. */
+static void vm_link_by_hand(const char *link, const char *file)
+{
+    cr_assert_eq(unlink(link), 0);
+    cr_assert_eq(symlink(strrchr(file, '/') + 1, link), 0);
+}
+
+/* readlink of the VM path (malloc'd). */
+static char *vm_link_target(const char *link)
+{
+    char buf[4096];
+    ssize_t n = readlink(link, buf, sizeof(buf) - 1);
+
+    cr_assert_gt(n, 0, "%s is not a link", link);
+    buf[n] = '\0';
+    return strdup(buf);
+}
+
+static void expect_link(const char *link, const char *want)
+{
+    char *got = vm_link_target(link);
+
+    cr_assert_str_eq(got, want, "the VM path was re-pointed");
+    free(got);
+}
+
+/*
+ * The VM path re-pointed by hand at another branch's head (main's, b being
+ * current): every operation that changes files refuses with nothing changed,
+ * QSNAP_EINTEGRITY as qsnap_vm_path() does; with a VM running on the file the
+ * link names, QSNAP_EBUSY naming that file, even for operations that touch
+ * nothing of main. verify --repair refuses while the VM runs, and re-points
+ * the link once it is gone.
+ */
+Test(store, vm_path_moved_by_hand_refuses_operations)
+{
+    qsnap_store *s = base("vmmoved");
+    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+    qsnap_finding *f = NULL;
+    qsnap_plan *p = NULL;
+    char *link = NULL, *main_head, *target, *before, *after;
+    size_t n = 0;
+
+    tf_ok(tf_switch(s, "b"), "switch b");
+    main_head = tf_file_of(s, "main");
+    cr_assert(asprintf(&link, "%s.qsnap/layers/current.qcow2", tf_disk) > 0);
+    vm_link_by_hand(link, main_head);
+    target = vm_link_target(link);
+
+    /* No VM: refused as an integrity problem, before anything changes. */
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, "does not point at the current branch's head",
+                   qsnap_plan_create(&p_, s, &co));
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, link, qsnap_plan_revert(&p_, s, "s1", "y", false));
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, link, qsnap_plan_switch(&p_, s, "main"));
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, link, qsnap_plan_branch_create(&p_, s, "c", "s1"));
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, link, qsnap_plan_branch_rename(&p_, s, "main", "m2"));
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, link, qsnap_plan_branch_delete(&p_, s, "main", true));
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, link, qsnap_plan_delete(&p_, s, "s1", 0));
+    EXPECT_REFUSED(s, QSNAP_EINTEGRITY, link, qsnap_plan_commit(&p_, s, NULL));
+    /* The dry run's check says what the real run refuses. */
+    tf_ok(qsnap_plan_create(&p, s, &co), "create plan");
+    expect_error(qsnap_plan_check(s, p), QSNAP_EINTEGRITY, link, "qsnap_plan_check");
+    qsnap_plan_free(p);
+    p = NULL;
+    expect_link(link, target);
+
+    /* A VM on the file the link names (main's head): refused as in use, naming it. */
+    if (qo_have_qemu()) {
+        struct qproc q;
+        qemu_io_start(&q, link);
+        EXPECT_REFUSED(s, QSNAP_EBUSY, main_head, qsnap_plan_create(&p_, s, &co));
+        EXPECT_REFUSED(s, QSNAP_EBUSY, main_head, qsnap_plan_revert(&p_, s, "s1", "y", false));
+        EXPECT_REFUSED(s, QSNAP_EBUSY, main_head, qsnap_plan_branch_create(&p_, s, "c", "s1"));
+        EXPECT_REFUSED(s, QSNAP_EBUSY, main_head, qsnap_plan_commit(&p_, s, NULL));
+        EXPECT_REFUSED(s, QSNAP_EBUSY, main_head, qsnap_plan_delete(&p_, s, "s1", 0));
+        tf_ok(qsnap_plan_create(&p, s, &co), "create plan");
+        expect_error(qsnap_plan_check(s, p), QSNAP_EBUSY, main_head, "qsnap_plan_check");
+        qsnap_plan_free(p);
+        /* verify --repair would re-point the link under the VM: refused too. */
+        before = tf_tree_snapshot(tf_dir);
+        expect_error(qsnap_verify(s, true, &f, &n), QSNAP_EBUSY, main_head, "verify --repair");
+        qsnap_verify_free(f, n);
+        after = tf_tree_snapshot(tf_dir);
+        qemu_io_stop(&q);
+        cr_assert_str_eq(before, after, "verify --repair changed files under the VM");
+        expect_link(link, target);
+        free(before);
+        free(after);
+    }
+
+    /* The repair points the link at b's head again; then operations go through. */
+    cr_assert_eq(qsnap_verify(s, false, &f, &n), QSNAP_EINTEGRITY);
+    qsnap_verify_free(f, n);
+    tf_ok(qsnap_verify(s, true, &f, &n), "verify --repair");
+    qsnap_verify_free(f, n);
+    expect_vm_path_on(s, "b", link);
+    tf_ok(tf_create(s, "s3"), "create after the repair");
+    tf_model_set(&tf_m, "s3", false, tf_model_get(&tf_m, "b"));
+    expect_vm_path_on(s, "b", link);
+    tf_check_store(s, &tf_m, tf_dir, "after the repair");
+    free(main_head);
+    free(target);
+    free(link);
+    qsnap_store_close(s);
+}
+
 /* qsnap_plan_check: the files a plan touches and which are held, shown by describe. */
 Test(store, plan_check_lists_touched_and_held_files)
 {

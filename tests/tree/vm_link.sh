@@ -5,6 +5,11 @@
 #   - current.qcow2 a link to the bare name of another layer of the store:
 #     list accepts it (exit 0), verify reports it (4), --repair points it at
 #     the current head again (readlink = the head's name), verify is clean.
+#   - current.qcow2 re-pointed at another branch's head (main's, b current):
+#     create, its dry run, revert, switch, branch create/rename/delete,
+#     delete and commit exit 4 naming the VM path; nothing in the store
+#     changed (listing with inodes and times, checksums); verify --repair
+#     re-points it and create then works.
 #   - current.qcow2 a link to anything else (an absolute path, ../.., a bare
 #     name that is no layer): every command exits 4 naming the VM path, the
 #     target is unchanged; verify --repair re-points it (exit 0), then list
@@ -77,6 +82,39 @@ if [ -n "$o" ] && [ $rc1 -eq 0 ] && [ $rc2 -eq 4 ] && [ $rc3 -eq 0 ] && [ $rc4 -
     ok "a VM path to another layer is accepted and re-pointed by --repair"
 else
     bad "VM path to another layer ($o)" "list $rc1, verify $rc2, repair $rc3, verify $rc4, link $got"
+fi
+
+# A link re-pointed at another branch's head (main's, b current): every command that
+# changes files refuses (exit 4, naming the VM path) and changes nothing; --repair
+# re-points it, then create goes through.
+fresh
+(cd case && q revert disk.raw s1 --branch b >/dev/null 2>&1) || bad setup "revert to b"
+mh=$(cd case && basename "$(q info disk.raw main | sed -n 's/^file: *//p')")
+ln -sfn "$mh" $L/current.qcow2
+store_state() {
+    (cd case/$S && find . -printf '%p %y %i %s %T@ %l\n' | sort && md5sum -- * layers/*)
+}
+store_state >before.txt 2>&1
+allok=1
+for c in "create disk.raw s3" "create disk.raw s3 --dry-run" "revert disk.raw s2 --branch y" \
+    "switch disk.raw main" "branch disk.raw c --at s1" "branch disk.raw -m main m2" \
+    "branch disk.raw -d main --force" "delete disk.raw s2" "commit disk.raw main"; do
+    out=$(cd case && q $c 2>&1); rc=$?
+    if [ $rc -ne 4 ] ||
+        ! echo "$out" | grep -q "current.qcow2: the VM path .*does not point at the current"; then
+        allok=0; echo "# $c: exit $rc: $(one "$out")"
+    fi
+done
+store_state >after.txt 2>&1
+(cd case && q verify --repair disk.raw >/dev/null 2>&1); rc1=$?
+got=$(readlink $L/current.qcow2)
+(cd case && q create disk.raw s3 >/dev/null 2>&1); rc2=$?
+if [ $allok = 1 ] && cmp -s before.txt after.txt && [ "$got" != "$mh" ] && [ $rc1 -eq 0 ] &&
+    [ $rc2 -eq 0 ] && [ "$(readlink $L/current.qcow2)" = "$(head_name)" ]; then
+    ok "a VM path at another branch's head: operations refuse (exit 4), --repair re-points it"
+else
+    bad "VM path at another branch's head" \
+        "$(diff before.txt after.txt | head -3 | tr '\n' ' ') repair $rc1, create $rc2, link $got"
 fi
 
 # A link to anything else: an integrity problem every command refuses; --repair re-points.

@@ -17,6 +17,11 @@
 #                  must re-point its chain) exits 5 with nothing changed; one that
 #                  touches none of its files (a snapshot of the current branch)
 #                  goes through.
+#   VM path moved the VM path re-pointed by hand at main's head while b is
+#                  current, a QEMU on it: create, revert --branch, branch create
+#                  (which touch none of main's files), a dry run and verify
+#                  --repair exit 5 naming main's head, nothing changed (the link
+#                  either); without the QEMU create exits 4; --repair re-points.
 #   held meanwhile a qsnap stopped in the middle of a plan (QSNAP_TEST_STOP_AT)
 #                  holds the files it touches: a QEMU started on the VM path or
 #                  on a layer it re-points fails to take its lock; the plan then
@@ -190,6 +195,35 @@ else
     bad "paused QEMU on main's head" "$(cat "$W/qemu.err")"
 fi
 out=$(q verify disk.raw 2>&1) && ok "after the second QEMU: verify clean" || bad "verify" "$out"
+
+# ---- the VM path re-pointed by hand at main's head (b current), a QEMU on it ----
+# The operations' own files are free; the file the link names is held: exit 5
+# naming it, nothing changed (the link either); once the QEMU is gone, the
+# operations refuse the wrong link (exit 4) and --repair points it at b's head.
+ln -sfn "$(basename "$MHEAD")" "$VMPATH"
+if qemu_start "$VMPATH"; then
+    expect_busy "VM path at another head: create" "$MHEAD" create disk.raw x
+    expect_busy "VM path at another head: revert --branch" "$MHEAD" revert disk.raw s1 --branch y
+    expect_busy "VM path at another head: branch create" "$MHEAD" branch disk.raw nb --at s1
+    expect_busy "VM path at another head: create --dry-run" "$MHEAD" create disk.raw x --dry-run
+    expect_busy "VM path at another head: verify --repair" "$MHEAD" verify disk.raw --repair
+    qemu_stop
+else
+    bad "paused QEMU on the re-pointed VM path" "$(cat "$W/qemu.err")"
+fi
+before=$(state)
+q create disk.raw x >"$W/out" 2>&1
+rc=$?
+if [ $rc = 4 ] && grep -q "does not point at the current branch's head" "$W/out" &&
+    [ "$before" = "$(state)" ]; then
+    ok "VM path at another head, no QEMU: create refuses (exit 4), nothing changed"
+else
+    bad "create on a re-pointed VM path" "exit $rc: $(head -c 300 "$W/out")"
+fi
+q verify disk.raw --repair >/dev/null 2>&1 && chain_ok && q verify disk.raw >/dev/null &&
+    [ "$(readlink -f "$VMPATH")" = "$(q current disk.raw --head)" ] &&
+    ok "VM path at another head: verify --repair points it at the current head" ||
+    bad "repair of the re-pointed VM path" "failed"
 
 # ---- held while the plan runs --------------------------------------------------
 # commit main (dirty, base s2): step 1 preserves s2's content in a new layer,
