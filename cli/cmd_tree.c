@@ -96,6 +96,17 @@ const char *tree_fmt_time(long long t, char buf[32])
     return buf;
 }
 
+void tree_put_text(FILE *out, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            fprintf(out, "\\x%02x", c);
+        else
+            fputc(c, out);
+    }
+}
+
 char *tree_disk_of(const qsnap_store *s)
 {
     const char *dir = qsnap_store_path(s);

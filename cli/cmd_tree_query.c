@@ -410,11 +410,15 @@ static void info_text(const qsnap_node *list, size_t n)
         /* Each line of it under the first, at the same column. */
         const char *d = e->description;
         size_t k = strcspn(d, "\n");
-        printf("description:   %.*s\n", (int)k, d);
+        fputs("description:   ", stdout);
+        tree_put_text(stdout, d, k);
+        putchar('\n');
         while (d[k] && d[k + 1]) { /* (a newline at the end adds no line) */
             d += k + 1;
             k = strcspn(d, "\n");
-            printf("%s%.*s\n", k ? "               " : "", (int)k, d);
+            fputs(k ? "               " : "", stdout);
+            tree_put_text(stdout, d, k);
+            putchar('\n');
         }
     }
     printf("file:          %s\n", e->file);

@@ -203,7 +203,7 @@ static void details(const struct view *v, const qsnap_node *e, size_t width)
         /* One line per node: the description's first line, "..." when it has more. */
         size_t first = strcspn(e->description, "\r\n");
         fputs("  \"", v->out);
-        fwrite(e->description, 1, first, v->out);
+        tree_put_text(v->out, e->description, first);
         fputs(e->description[first + strspn(e->description + first, "\r\n")] ? "...\"" : "\"",
               v->out);
     }
