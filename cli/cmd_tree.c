@@ -591,7 +591,7 @@ static int cmd_branch(int argc, char **argv)
 /* ---- delete ------------------------------------------------------------------ */
 
 static const char delete_help[] =
-    "Usage: qsnap delete DISK SNAPSHOT [--children] [--stream] [--metadata]\n"
+    "Usage: qsnap delete DISK SNAPSHOT [--children [--force]] [--stream] [--metadata]\n"
     "                    [--dry-run] [--json] [-p]\n"
     "\n"
     "Delete a snapshot anywhere in the tree. Its name goes, and its data goes\n"
@@ -603,7 +603,9 @@ static const char delete_help[] =
     "\n"
     "Options:\n"
     "      --children       delete SNAPSHOT and its whole subtree (snapshots and\n"
-    "                       branches)\n"
+    "                       branches); refused while a branch in it holds changes\n"
+    "  -f, --force          only meaningful with --children: delete dirty branches\n"
+    "                       anyway (their changes are lost)\n"
     "      --stream         copy a shared snapshot's data into each dependent\n"
     "                       instead of keeping it as an unnamed node\n"
     "      --metadata       forget the name only; the data stays as an unnamed node\n"
@@ -629,6 +631,7 @@ static const cli_command delete_cmd = {
     .usage_status = CLI_EXIT_USAGE,
     .options = (const cli_option[]){
         CLI_BITS("children", 0, struct delete_args, flags, QSNAP_DELETE_CHILDREN),
+        CLI_BITS("force", 'f', struct delete_args, flags, QSNAP_DELETE_FORCE),
         CLI_BITS("stream", 0, struct delete_args, flags, QSNAP_DELETE_STREAM),
         CLI_BITS("metadata", 0, struct delete_args, flags, QSNAP_DELETE_METADATA),
         CLI_FLAG("dry-run", 'n', struct delete_args, dry_run),

@@ -106,6 +106,7 @@ void qsnap_plan_free(qsnap_plan *p)
     qsnap__ids_free(&p->changed);
     free(p->steps);
     free(p->summary);
+    free(p->lost);
     free(p->op);
     free(p);
 }
@@ -648,6 +649,8 @@ int qsnap_plan_describe(const qsnap_plan *p, bool json, char **out)
     }
     if (json)
         fprintf(f, "]");
+    else if (p->lost)
+        fprintf(f, "changes lost (no snapshot keeps them): %s\n", p->lost);
     if (p->checked) {
         /* What qsnap_plan_check() found (inuse.c). */
         if (json)

@@ -136,13 +136,38 @@ static bool subtree_marks(const struct qsnap__model *t, const struct qsnap__inde
     return true;
 }
 
+/*
+ * Whether the head of branch b holds changes (noted for the execution, which
+ * checks it again); when it does, "NAME (SIZE)" is added to the list *names
+ * (", " between) and *n counts it.
+ */
+static int note_dirty_branch(const qsnap_store *s, const struct qsnap__model *t,
+                             const struct qsnap__branch *b, char **names, size_t *n)
+{
+    char *more = NULL, bytes[32];
+    bool dirty = false;
+    uint64_t used = 0;
+    int rc = qsnap__head_dirty(s, qsnap__layer(t, b->head), &dirty, &used);
+
+    if (rc || !dirty)
+        return rc;
+    qsnap__fmt_bytes(bytes, sizeof(bytes), used);
+    if (asprintf(&more, "%s%s%s (%s)", *names ? *names : "", *names ? ", " : "", b->name,
+                 bytes) < 0)
+        return nomem();
+    free(*names);
+    *names = more;
+    (*n)++;
+    return 0;
+}
+
 static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
-                               struct qsnap__node *root)
+                               struct qsnap__node *root, bool force)
 {
     bool *in = calloc(t->nn + 1, sizeof(bool));
     bool *keep = calloc(t->nl + 1, sizeof(bool));
-    size_t removed_branches = 0, nodes = 0;
-    char *root_name = strdup(root->name);
+    size_t removed_branches = 0, nodes = 0, ndirty = 0;
+    char *root_name = strdup(root->name), *dirty = NULL;
     struct qsnap__index x;
     int rc = qsnap__index_build(&x, t, false);
 
@@ -169,8 +194,18 @@ static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsn
             goto out;
         }
         rc = qsnap__check_free(s, t, t->branches[i].head);
+        if (!rc)
+            rc = note_dirty_branch(s, t, &t->branches[i], &dirty, &ndirty);
         if (rc)
             goto out;
+    }
+    /* As for 'qsnap branch -d': changes no snapshot keeps go only when asked to. */
+    if (ndirty && !force) {
+        rc = qsnap__err(QSNAP_EREFUSED, "--force deletes them anyway",
+                        "%s %s in the subtree of %s %s changes that no snapshot keeps",
+                        ndirty == 1 ? "branch" : "branches", dirty, root_name,
+                        ndirty == 1 ? "holds" : "hold");
+        goto out;
     }
     /* State files: the root's first, then the others in the tree's order. */
     if (root->state)
@@ -229,15 +264,25 @@ static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsn
         qsnap__del_layer_at(t, i); /* the last (kept, or dropped already) takes its place */
     }
     rc = qsnap__add_save(p, t);
+    /* What is lost (with force), for the summary and the dry run's description. */
+    if (!rc && ndirty &&
+        asprintf(&p->lost, "%s %s", ndirty == 1 ? "branch" : "branches", dirty) < 0) {
+        p->lost = NULL;
+        rc = nomem();
+    }
     if (!rc)
         rc = qsnap__set_summary(p,
-                                "deleted snapshot %s and its subtree (%zu snapshots, %zu branches)",
-                                root_name, nodes, removed_branches);
+                                "deleted snapshot %s and its subtree (%zu snapshots, %zu branches)"
+                                "%s%s%s",
+                                root_name, nodes, removed_branches,
+                                p->lost ? "; dropped the changes of " : "",
+                                p->lost ? p->lost : "", p->lost ? " that no snapshot kept" : "");
     goto out_noindex;
 out:
     qsnap__index_free(&x);
 out_noindex:
     free(root_name);
+    free(dirty);
     free(in);
     free(keep);
     return rc;
@@ -281,7 +326,7 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     if (flags & QSNAP_DELETE_CHILDREN) {
         rc = qsnap__check_subtree_external(&t, n);
         if (!rc)
-            rc = plan_delete_subtree(s, &t, p, n);
+            rc = plan_delete_subtree(s, &t, p, n, flags & QSNAP_DELETE_FORCE);
         goto out;
     }
     if (n->state) {

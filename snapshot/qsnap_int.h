@@ -242,6 +242,8 @@ struct qsnap__step {
 struct qsnap_plan {
     char *op;                     /* "create", "revert", ... */
     char *summary;                /* one line */
+    char *lost;                   /* changes it drops that no snapshot keeps ("branch b (1.0
+                                   * MiB)"), shown by qsnap_plan_describe; NULL: none */
     struct qsnap__step *steps;
     size_t n;
     struct qsnap__step *post;     /* while building: steps that go after the next commit point */

@@ -245,8 +245,21 @@ QSNAP_API int qsnap_plan_branch_rename(qsnap_plan **out, qsnap_store *s, const c
 #define QSNAP_DELETE_CHILDREN 0x1 /**< delete the whole subtree (snapshots and branches) */
 #define QSNAP_DELETE_STREAM 0x2   /**< stream a shared layer into its dependents, not keep it */
 #define QSNAP_DELETE_METADATA 0x4 /**< forget the name only; the state stays as an unnamed node */
+/**
+ * With QSNAP_DELETE_CHILDREN: delete the branches of the subtree also when
+ * their heads hold changes that no snapshot keeps (the changes are lost).
+ * Without it such a subtree is refused (QSNAP_EREFUSED, naming each branch and
+ * how much it holds), as qsnap_plan_branch_delete refuses a dirty branch
+ * without force. Ignored without QSNAP_DELETE_CHILDREN.
+ */
+#define QSNAP_DELETE_FORCE 0x8
 
-/** Delete a snapshot anywhere in the tree, keeping every other state's content. */
+/**
+ * Delete a snapshot anywhere in the tree, keeping every other state's content.
+ * With QSNAP_DELETE_CHILDREN a subtree that holds the current branch is refused
+ * (QSNAP_EREFUSED), and so is one with a branch whose head holds changes, unless
+ * flags has QSNAP_DELETE_FORCE.
+ */
 QSNAP_API int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot,
                                 unsigned flags);
 
@@ -272,7 +285,11 @@ QSNAP_API int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *br
  */
 QSNAP_API int qsnap_plan_check(qsnap_store *s, qsnap_plan *p);
 
-/** The plan as text (one step a line) or JSON. *out is malloc'd (free()). @return 0, QSNAP_ERROR */
+/**
+ * The plan as text (one numbered step a line; then, when the plan drops changes
+ * that no snapshot keeps, a line naming them; then what qsnap_plan_check() found)
+ * or JSON. *out is malloc'd (free()). @return 0, QSNAP_ERROR
+ */
 QSNAP_API int qsnap_plan_describe(const qsnap_plan *p, bool json, char **out);
 
 /** One line saying what the plan did or will do ("created snapshot s1 ..."); borrowed from p. */

@@ -607,8 +607,12 @@ size_t tf_plan_steps(const qsnap_plan *p)
     size_t n = 0;
 
     cr_assert_eq(qsnap_plan_describe(p, false, &text), 0);
-    for (const char *c = text; *c; c++)
-        n += *c == '\n';
+    /* The numbered lines: the others say what the plan drops, or what it checked. */
+    for (const char *c = text; c && *c; c = strchr(c, '\n'), c = c ? c + 1 : NULL) {
+        size_t k;
+        char dot;
+        n += sscanf(c, "%zu%c", &k, &dot) == 2 && dot == '.';
+    }
     free(text);
     return n;
 }

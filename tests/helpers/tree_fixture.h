@@ -154,7 +154,7 @@ void tf_frozen_check(tf_frozen *fz, const char *const *exempt, const char *step)
  */
 char *tf_tree_snapshot(const char *dir);
 
-/* Number of steps of a plan (lines of its text description). */
+/* Number of steps of a plan (numbered lines of its text description). */
 size_t tf_plan_steps(const qsnap_plan *p);
 
 #endif /* QSNAP_TEST_TREE_FIXTURE_H */

@@ -164,7 +164,7 @@ static void after_delete_s2(tf_model *m)
 
 static int plan_delete_children(qsnap_store *s, qsnap_plan **p)
 {
-    return qsnap_plan_delete(p, s, "s2", QSNAP_DELETE_CHILDREN);
+    return qsnap_plan_delete(p, s, "s2", QSNAP_DELETE_CHILDREN | QSNAP_DELETE_FORCE);
 }
 static void after_delete_children(tf_model *m)
 {

@@ -10,7 +10,8 @@
  *   dependent: merged), delete s3 (one dependent: merged into a head),
  *   delete s2 (two dependents: kept unnamed), branch b2, write, delete s5
  *   with QSNAP_DELETE_STREAM, a subtree s6/s7/work removed with
- *   QSNAP_DELETE_CHILDREN (refused while work is current), branch c at s1,
+ *   QSNAP_DELETE_CHILDREN (refused while work is current, then while it holds
+ *   changes, until QSNAP_DELETE_FORCE), branch c at s1,
  *   write, delete s1 (the root: the disk), commit c into the disk (the disk
  *   file then holds c's content: qemu-img compare), export every state.
  *
@@ -340,7 +341,24 @@ static void story(bool qcow2_disk)
     free(before);
     free(after);
     expect_ok(tf_switch(S, "main"), "switch main");
-    expect_ok(tf_delete(S, "s6", QSNAP_DELETE_CHILDREN, &sum), "delete s6 --children");
+    /* work holds changes that no snapshot keeps: refused without force, naming it. */
+    before = tf_tree_snapshot(tf_dir);
+    {
+        qsnap_plan *p = NULL;
+        int rc = qsnap_plan_delete(&p, S, "s6", QSNAP_DELETE_CHILDREN);
+        qsnap_plan_free(p);
+        cr_assert_eq(rc, QSNAP_EREFUSED, "deleting a subtree with a dirty branch: rc %d", rc);
+        cr_assert(strstr(qsnap_error_last()->message, "branch work (64.0 KiB)"), "%s",
+                  qsnap_error_last()->message);
+        cr_assert(strstr(qsnap_error_last()->hint, "--force"), "%s", qsnap_error_last()->hint);
+    }
+    after = tf_tree_snapshot(tf_dir);
+    cr_assert_str_eq(before, after, "a refused delete changed files");
+    free(before);
+    free(after);
+    expect_ok(tf_delete(S, "s6", QSNAP_DELETE_CHILDREN | QSNAP_DELETE_FORCE, &sum),
+              "delete s6 --children --force");
+    cr_assert(strstr(sum, "dropped the changes of branch work (64.0 KiB)"), "%s", sum);
     free(sum);
     tf_model_del(&tf_m, "s6");
     tf_model_del(&tf_m, "s7");

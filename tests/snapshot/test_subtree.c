@@ -6,6 +6,9 @@
  * remain are exactly the disk's, those a remaining snapshot or branch uses,
  * and the ones under those (backing links), and only their files are left in
  * layers/; verify finds nothing. Repeated for several subtrees of one tree.
+ * A subtree with branches that hold changes is refused without
+ * QSNAP_DELETE_FORCE (each named, nothing changes) and deleted with it, every
+ * state left keeping the model's content.
  */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -209,4 +212,66 @@ Test(subtree, deletes_exactly_the_subtree_and_the_layers_only_it_needed)
         done++;
     }
     cr_assert_eq(done, 5, "only %d subtrees deleted", done);
+}
+
+/*
+ * s1 -> s2 -> main (128 KiB written), c (64 KiB written), d (clean); s1 -> b2
+ * (current): deleting the subtree of s2 is refused without force, naming main
+ * and c with what each holds, and changes no file; with force the plan's
+ * description and summary name them, and every state left has its content.
+ */
+Test(subtree, dirty_branches_need_force)
+{
+    tf_model *m = &tf_m;
+    qsnap_store *s = tf_start_s1("subtree-dirty", m);
+    qsnap_plan *p = NULL;
+    char *before, *after, *text = NULL, *sum = NULL;
+    const char *lost = "branches main (128.0 KiB), c (64.0 KiB)";
+    int rc;
+
+    tf_write_state(s, m, "main", 0x21, 0, 64 * 1024);
+    tf_ok(tf_create(s, "s2"), "create s2");
+    tf_model_set(m, "s2", false, tf_model_get(m, "main"));
+    tf_write_state(s, m, "main", 0x22, 1 << 20, 128 * 1024);
+    tf_ok(tf_branch(s, "c", "s2"), "branch c");
+    tf_model_set(m, "c", true, tf_model_get(m, "s2"));
+    tf_write_state(s, m, "c", 0x23, 2 << 20, 64 * 1024);
+    tf_ok(tf_branch(s, "d", "s2"), "branch d");
+    tf_model_set(m, "d", true, tf_model_get(m, "s2"));
+    tf_ok(tf_branch(s, "b2", "s1"), "branch b2");
+    tf_model_set(m, "b2", true, tf_d0);
+    tf_ok(tf_switch(s, "b2"), "switch b2");
+    tf_write_state(s, m, "b2", 0x24, 0, 4096);
+    tf_check_store(s, m, tf_dir, "the tree");
+
+    before = tf_tree_snapshot(tf_dir);
+    rc = qsnap_plan_delete(&p, s, "s2", QSNAP_DELETE_CHILDREN);
+    cr_assert_eq(rc, QSNAP_EREFUSED, "a subtree with dirty branches: rc %d", rc);
+    cr_assert_null(p);
+    cr_assert(strstr(qsnap_error_last()->message, lost), "%s", qsnap_error_last()->message);
+    cr_assert(strstr(qsnap_error_last()->hint, "--force"), "%s", qsnap_error_last()->hint);
+    after = tf_tree_snapshot(tf_dir);
+    cr_assert_str_eq(before, after, "a refused delete changed files");
+    free(after);
+    tf_check_store(s, m, tf_dir, "refused");
+
+    tf_ok(qsnap_plan_delete(&p, s, "s2", QSNAP_DELETE_CHILDREN | QSNAP_DELETE_FORCE), "plan");
+    tf_ok(qsnap_plan_describe(p, false, &text), "describe");
+    cr_assert(strstr(text, "changes lost (no snapshot keeps them): "), "%s", text);
+    cr_assert(strstr(text, lost), "%s", text);
+    free(text);
+    after = tf_tree_snapshot(tf_dir);
+    cr_assert_str_eq(before, after, "planning changed files");
+    free(after);
+    free(before);
+    tf_ok(tf_exec(s, p, &sum), "delete s2 --children --force");
+    cr_assert(strstr(sum, "(1 snapshots, 3 branches); dropped the changes of "), "%s", sum);
+    cr_assert(strstr(sum, lost), "%s", sum);
+    free(sum);
+    tf_model_del(m, "s2");
+    tf_model_del(m, "main");
+    tf_model_del(m, "c");
+    tf_model_del(m, "d");
+    tf_check_store(s, m, tf_dir, "delete s2 --children --force");
+    qsnap_store_close(s);
 }
