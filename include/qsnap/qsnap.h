@@ -346,8 +346,11 @@ QSNAP_API int qsnap_why(qsnap_store *s, const char *name, char **out);
 /**
  * Write a standalone image of a snapshot or branch (raw or qcow2) at out_path
  * (replaced if it exists); the store is not changed. progress (may be NULL)
- * is called with payload as bytes are copied.
- * @return 0; QSNAP_ENOTFOUND (no such name), QSNAP_ERROR
+ * is called with payload as bytes are copied. out_path, by any name (links
+ * followed, hard links found), must not be the disk, a file of the chain
+ * being read or anything in the store directory.
+ * @return 0; QSNAP_ENOTFOUND (no such name), QSNAP_EREFUSED (out_path is one
+ *         of those; nothing was written), QSNAP_ERROR
  */
 QSNAP_API int qsnap_export(qsnap_store *s, const char *name, const char *out_path,
                            qcow2_format format, qcow2_progress_fn progress, void *payload);
