@@ -676,9 +676,24 @@ static int open_chain_flags(const qsnap_store *s, const char *name, unsigned fla
     return rc;
 }
 
+/*
+ * The chain of a snapshot or branch for reading (diff, export), with the shared
+ * read locks qemu-img convert takes: a head a running QEMU writes is refused
+ * (QSNAP_EBUSY), not read half-written.
+ */
 static int open_chain(const qsnap_store *s, const char *name, qcow2_image **out)
 {
-    return open_chain_flags(s, name, QCOW2_OPEN_NO_LOCK, out);
+    int rc = open_chain_flags(s, name, 0, out);
+
+    if (rc == QSNAP_EBUSY) {
+        char *msg = strdup(qsnap_error_last()->message);
+        rc = qsnap__err(QSNAP_EBUSY,
+                        "shut down the virtual machine that uses it, then run the command again "
+                        "(nothing was changed)",
+                        "%s", msg ? msg : "an image is in use");
+        free(msg);
+    }
+    return rc;
 }
 
 int qsnap_open_image(qsnap_store *s, const char *name, unsigned flags, qcow2_image **out)

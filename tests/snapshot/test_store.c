@@ -255,6 +255,46 @@ Test(store, qemu_io_holding_the_head_makes_operations_busy)
     qsnap_store_close(s);
 }
 
+/*
+ * export and diff read a head a running VM writes only as qemu-img convert
+ * would: refused (busy, naming the head, nothing written); the snapshots
+ * below it, which the VM only reads, still export.
+ */
+Test(store, qemu_io_holding_the_head_makes_export_and_diff_busy)
+{
+    qsnap_store *s;
+    struct qproc q;
+    qsnap_range *r = NULL;
+    size_t nr = 0;
+    char *head, out[600], *before, *after;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img/qemu-io not installed");
+    s = base("qexport");
+    head = tf_file_of(s, "main");
+    snprintf(out, sizeof(out), "%s/export.raw", tf_dir);
+    qemu_io_start(&q, head);
+    before = tf_tree_snapshot(tf_dir);
+    expect_error(qsnap_export(s, "main", out, QCOW2_FORMAT_RAW, NULL, NULL), QSNAP_EBUSY, head,
+                 "export of the head qemu-io writes");
+    expect_error(qsnap_diff(s, "s1", "main", &r, &nr), QSNAP_EBUSY, head,
+                 "diff against the head qemu-io writes");
+    cr_assert(strstr(qsnap_error_last()->hint, "virtual machine"), "%s", qsnap_error_last()->hint);
+    after = tf_tree_snapshot(tf_dir);
+    cr_assert_str_eq(before, after, "a refused export or diff changed files");
+    free(before);
+    free(after);
+    tf_ok(qsnap_export(s, "s2", out, QCOW2_FORMAT_RAW, NULL, NULL), "export of s2 under the VM");
+    tf_ok(qsnap_diff(s, "s1", "s2", &r, &nr), "diff of snapshots under the VM");
+    free(r);
+    qemu_io_stop(&q);
+    tf_ok(qsnap_export(s, "main", out, QCOW2_FORMAT_RAW, NULL, NULL), "export once qemu-io left");
+    unlink(out);
+    tf_check_store(s, &tf_m, tf_dir, "after the exports");
+    free(head);
+    qsnap_store_close(s);
+}
+
 /* An export whose output is expected to be refused as unsafe, with no file changed. */
 static void export_refused(qsnap_store *s, const char *name, const char *out, const char *what)
 {
