@@ -1076,7 +1076,7 @@ done:
     return 0;
 }
 
-/* Whether path's file is st's (a block device: another node of the same device too). */
+/* Whether a and b are the same file (block devices: the same device, by any node). */
 static bool same_file(const struct stat *a, const struct stat *b)
 {
     if (S_ISBLK(a->st_mode) && S_ISBLK(b->st_mode))
