@@ -92,6 +92,20 @@ static int probe_backing(const char *file, const char *backing, const char *back
         fprintf(stderr, "Could not open backing image.\n");
         return -1;
     }
+    /* The file is replaced below: it must not be a file of the chain it is made on. */
+    struct stat fst;
+    if (lstat(file, &fst) == 0 && S_ISREG(fst.st_mode)) {
+        for (const qcow2_image *l = img; l; l = qcow2_image_backing(l)) {
+            struct stat lst;
+            if (stat(qcow2_image_filename(l), &lst) == 0 && lst.st_dev == fst.st_dev &&
+                lst.st_ino == fst.st_ino) {
+                cli_errorf("%s: Error: Trying to create an image over %s", file,
+                           l == img ? "its own backing file" : "a file of its backing chain");
+                qcow2_image_close(img);
+                return -1;
+            }
+        }
+    }
     if (size_out)
         *size_out = qcow2_image_size(img);
     qcow2_image_close(img);

@@ -681,6 +681,20 @@ int qcow2__io_same_file(qcow2_io *a, qcow2_io *b)
     return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
+int qcow2__io_is_path(qcow2_io *io, const char *path)
+{
+    struct stat sa, sb;
+
+    if (!io || io->ops != &posix_ops || fstat(to_posix(io)->fd, &sa) < 0)
+        return -1;
+    if (stat(path, &sb) < 0)
+        return errno == ENOENT ? 0 : -1;
+    /* Another node of the same block device opens the same disk. */
+    if (S_ISBLK(sa.st_mode) && S_ISBLK(sb.st_mode))
+        return sa.st_rdev == sb.st_rdev;
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 int qcow2_io_posix_open(qcow2_io **out, const char *path, unsigned flags)
 {
     return qcow2_io_posix_openat(out, AT_FDCWD, path, flags);

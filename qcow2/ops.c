@@ -661,6 +661,24 @@ static int64_t share_raw_bottom(qcow2_image *src, qcow2_io *dst, const char *dst
     return rc < 0 ? rc : rc > 0 ? (int64_t)len : 0;
 }
 
+/*
+ * The target must not be a file the convert reads: replacing or writing it
+ * would destroy the source under the copy (qemu-img is stopped by its image
+ * locks; these are not taken with -U or QCOW2_OPEN_NO_LOCK). Compared by
+ * device and inode, after following links.
+ */
+static int refuse_dst_in_chain(qcow2_image *src, const char *dst_path)
+{
+    for (qcow2_image *l = src; l; l = l->backing) {
+        if (qcow2__io_is_path(l->io, dst_path) == 1)
+            return qcow2__err(QCOW2_EINVAL, 0, dst_path,
+                              "it is %s of the image being converted: writing it would destroy "
+                              "the source",
+                              l == src ? "the file" : "a backing file");
+    }
+    return 0;
+}
+
 int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_convert_opts *opts)
 {
     qcow2_convert_opts o = QCOW2_CONVERT_OPTS_INIT;
@@ -674,6 +692,9 @@ int qcow2_image_convert(qcow2_image *src, const char *dst_path, const qcow2_conv
 
     if (opts)
         o = *opts;
+    rc = refuse_dst_in_chain(src, dst_path);
+    if (rc)
+        return rc;
     if (o.format == QCOW2_FORMAT_QCOW2)
         return convert_qcow2(src, dst_path, &o);
     if (o.format != QCOW2_FORMAT_RAW)

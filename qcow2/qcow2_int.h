@@ -176,6 +176,9 @@ int qcow2__io_allocated(qcow2_io *io, const char *name, uint64_t *size_out);
 int qcow2__io_lock(qcow2_io *io, const char *name, qcow2_io_lock_mode mode);
 /* 1: a and b are the same file, 0: they are not, -1: cannot tell (io_posix.c). */
 int qcow2__io_same_file(qcow2_io *a, qcow2_io *b);
+/* 1: path (links followed) names io's file, 0: it does not or does not exist, -1: cannot
+ * tell (io_posix.c). */
+int qcow2__io_is_path(qcow2_io *io, const char *path);
 /* The image's durability barrier (skipped with QCOW2_OPEN_NO_FLUSH). */
 int qcow2__sync(qcow2_image *img);
 /* A read-ahead (or drop) hint to the backend; never fails. */

@@ -676,9 +676,24 @@ static int open_chain_flags(const qsnap_store *s, const char *name, unsigned fla
     return rc;
 }
 
+/*
+ * The chain of a snapshot or branch for reading (diff, export), with the shared
+ * read locks qemu-img convert takes: a head a running QEMU writes is refused
+ * (QSNAP_EBUSY), not read half-written.
+ */
 static int open_chain(const qsnap_store *s, const char *name, qcow2_image **out)
 {
-    return open_chain_flags(s, name, QCOW2_OPEN_NO_LOCK, out);
+    int rc = open_chain_flags(s, name, 0, out);
+
+    if (rc == QSNAP_EBUSY) {
+        char *msg = strdup(qsnap_error_last()->message);
+        rc = qsnap__err(QSNAP_EBUSY,
+                        "shut down the virtual machine that uses it, then run the command again "
+                        "(nothing was changed)",
+                        "%s", msg ? msg : "an image is in use");
+        free(msg);
+    }
+    return rc;
 }
 
 int qsnap_open_image(qsnap_store *s, const char *name, unsigned flags, qcow2_image **out)
@@ -1061,6 +1076,168 @@ done:
     return 0;
 }
 
+/* Whether a and b are the same file (block devices: the same device, by any node). */
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+    if (S_ISBLK(a->st_mode) && S_ISBLK(b->st_mode))
+        return a->st_rdev == b->st_rdev;
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino;
+}
+
+/* Whether directory dir (absolute, links resolved) is the store directory or inside it. */
+static bool in_store_dir(const struct stat *store, const char *dir)
+{
+    char *d = strdup(dir);
+    bool in = false;
+
+    for (char *slash; d && !in;) {
+        struct stat st;
+        in = stat(d[0] ? d : "/", &st) == 0 && S_ISDIR(st.st_mode) && same_file(&st, store);
+        slash = strrchr(d, '/');
+        if (!slash)
+            break;
+        *slash = '\0'; /* the parent ("" for the root) */
+        if (!d[0] && !slash[1])
+            break; /* the root was looked at */
+    }
+    free(d);
+    return in;
+}
+
+/* The directory of path (links in it resolved), or NULL when it does not exist. */
+static char *dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, (size_t)(slash - path) + (slash == path)) : strdup(".");
+    char *real = dir ? realpath(dir, NULL) : NULL;
+
+    free(dir);
+    return real;
+}
+
+/*
+ * Where a file opened or created at path lands: a link as its last component
+ * is followed, a dangling one too (open with O_CREAT creates its target).
+ * NULL when that cannot be told (a loop, a missing directory: the write fails
+ * there by itself).
+ */
+static char *landing(const char *path)
+{
+    char *cur = strdup(path);
+
+    for (int hops = 0; cur && hops < 40; hops++) {
+        struct stat st;
+        char target[PATH_MAX];
+        ssize_t n;
+        if (lstat(cur, &st) < 0 || !S_ISLNK(st.st_mode))
+            return cur;
+        n = readlink(cur, target, sizeof(target) - 1);
+        if (n < 0) {
+            free(cur);
+            return NULL;
+        }
+        target[n] = '\0';
+        if (target[0] != '/') {
+            const char *slash = strrchr(cur, '/');
+            char *next = NULL;
+            if (slash && asprintf(&next, "%.*s/%s", (int)(slash - cur), cur, target) < 0)
+                next = NULL;
+            else if (!slash)
+                next = strdup(target);
+            free(cur);
+            cur = next;
+        } else {
+            free(cur);
+            cur = strdup(target);
+        }
+    }
+    free(cur);
+    return NULL;
+}
+
+/* Whether a file inside the store directory (walked without following links) is st's. */
+static bool store_has_file(const char *dir, const struct stat *st, int depth)
+{
+    DIR *d = depth < 8 ? opendir(dir) : NULL;
+    struct dirent *e;
+    bool found = false;
+
+    if (!d)
+        return false;
+    while (!found && (e = readdir(d)) != NULL) {
+        struct stat es;
+        char *p = NULL;
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        if (asprintf(&p, "%s/%s", dir, e->d_name) < 0)
+            break;
+        if (lstat(p, &es) == 0) {
+            if (S_ISDIR(es.st_mode))
+                found = store_has_file(p, st, depth + 1);
+            else
+                found = S_ISREG(es.st_mode) && same_file(&es, st);
+        }
+        free(p);
+    }
+    closedir(d);
+    return found;
+}
+
+static int refuse_out(const char *out, const char *why)
+{
+    return qsnap__err(QSNAP_EREFUSED,
+                      "export to a new file outside the store directory (nothing was changed)",
+                      "%s: refused as unsafe: the output %s", out, why);
+}
+
+/*
+ * An export's output must not be a file the export reads, the disk, or any
+ * file of the store (the VM path and the heads included), by any name: its
+ * directory (as named, and where a link as its last component leads) must not
+ * be the store directory or inside it, and the file it names (links followed)
+ * must not be a file of img's chain, the disk or, when it has more hard links,
+ * any file in the store.
+ */
+static int check_out(const qsnap_store *s, qcow2_image *img, const char *out)
+{
+    struct stat store, st;
+    char *dirs[2] = {dir_of(out), NULL};
+    char *land = landing(out), *why = NULL;
+    int rc = 0;
+
+    if (land)
+        dirs[1] = dir_of(land);
+    if (stat(s->dir, &store) == 0 &&
+        ((dirs[0] && in_store_dir(&store, dirs[0])) || (dirs[1] && in_store_dir(&store, dirs[1]))))
+        rc = asprintf(&why, "would be inside the store directory %s, whose files only qsnap writes",
+                      s->dir);
+    free(dirs[0]);
+    free(dirs[1]);
+    free(land);
+    if (!why && rc == 0 && stat(out, &st) == 0) {
+        if ((st.st_dev == s->disk_dev && st.st_ino == s->disk_ino) ||
+            (S_ISBLK(st.st_mode) && stat(s->disk_abs, &store) == 0 && same_file(&st, &store)))
+            rc = asprintf(&why, "is the disk %s", s->disk_abs);
+        for (qcow2_image *l = img; l && !why && rc == 0; l = qcow2_image_backing(l)) {
+            struct stat ls;
+            if (stat(qcow2_image_filename(l), &ls) == 0 && same_file(&st, &ls)) {
+                char *real = realpath(qcow2_image_filename(l), NULL);
+                rc = asprintf(&why, "is %s, a file of the chain being exported",
+                              real ? real : qcow2_image_filename(l));
+                free(real);
+            }
+        }
+        if (!why && rc == 0 && S_ISREG(st.st_mode) && st.st_nlink > 1 &&
+            store_has_file(s->dir, &st, 0))
+            rc = asprintf(&why, "is a hard link of a file in the store directory %s", s->dir);
+    }
+    if (rc < 0)
+        return nomem();
+    rc = why ? refuse_out(out, why) : 0;
+    free(why);
+    return rc;
+}
+
 int qsnap_export(qsnap_store *s, const char *name, const char *out_path, qcow2_format format,
                  qcow2_progress_fn progress, void *payload)
 {
@@ -1068,8 +1245,12 @@ int qsnap_export(qsnap_store *s, const char *name, const char *out_path, qcow2_f
     qcow2_image *img = NULL;
     int rc = open_chain(s, name, &img);
 
-    if (rc)
+    if (!rc)
+        rc = check_out(s, img, out_path);
+    if (rc) {
+        qcow2_image_close(img);
         return rc;
+    }
     co.format = format == QCOW2_FORMAT_AUTO ? QCOW2_FORMAT_RAW : format;
     co.progress = progress;
     co.payload = payload;

@@ -379,7 +379,8 @@ typedef struct qcow2_convert_opts {
  * @param[in] dst_path  the file to write; it is the caller's afterwards
  * @param[in] opts      options, or NULL for raw output with the defaults
  * @return 0; QCOW2_EUNSUPPORTED (output format), QCOW2_EINVAL (compress with
- *         raw output, bad creation options), QCOW2_ENOTFOUND (the new
+ *         raw output, bad creation options, dst_path (links followed) is a
+ *         file of src's chain), QCOW2_ENOTFOUND (the new
  *         backing file), QCOW2_EREADONLY (no permission), QCOW2_EIO,
  *         QCOW2_ENOSPC, QCOW2_ECORRUPT (src)
  */

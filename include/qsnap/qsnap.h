@@ -335,9 +335,11 @@ typedef struct qsnap_range {
 
 /**
  * The byte ranges whose content differs between two snapshots or branches.
+ * Their files are read with shared image locks, as qemu-img convert reads.
  * @param[out] out    array owned by the caller (free())
  * @param[out] n_out  number of ranges
- * @return 0; QSNAP_ENOTFOUND, QSNAP_ERROR
+ * @return 0; QSNAP_ENOTFOUND, QSNAP_EBUSY (a head another process, such as a
+ *         running QEMU, holds for writing), QSNAP_ERROR
  */
 QSNAP_API int qsnap_diff(qsnap_store *s, const char *a, const char *b, qsnap_range **out,
                          size_t *n_out);
@@ -368,8 +370,13 @@ QSNAP_API int qsnap_why(qsnap_store *s, const char *name, char **out);
 /**
  * Write a standalone image of a snapshot or branch (raw or qcow2) at out_path
  * (replaced if it exists); the store is not changed. progress (may be NULL)
- * is called with payload as bytes are copied.
- * @return 0; QSNAP_ENOTFOUND (no such name), QSNAP_ERROR
+ * is called with payload as bytes are copied. out_path, by any name (links
+ * followed, hard links found), must not be the disk, a file of the chain
+ * being read or anything in the store directory.
+ * The chain is read with shared image locks, as qemu-img convert reads it.
+ * @return 0; QSNAP_ENOTFOUND (no such name), QSNAP_EREFUSED (out_path is one
+ *         of those; nothing was written), QSNAP_EBUSY (a head another process,
+ *         such as a running QEMU, holds for writing), QSNAP_ERROR
  */
 QSNAP_API int qsnap_export(qsnap_store *s, const char *name, const char *out_path,
                            qcow2_format format, qcow2_progress_fn progress, void *payload);

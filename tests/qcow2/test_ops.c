@@ -514,6 +514,51 @@ Test(ops, convert_refuses_bad_output_options)
     qcow2_image_close(img);
 }
 
+/* The fingerprints of a chain's two files, as one string to compare. */
+static void chain_prints(uint8_t out[32])
+{
+    cr_assert_eq(qcow2_file_fingerprint(qpath("b.raw"), out), 0);
+    cr_assert_eq(qcow2_file_fingerprint(qpath("t.qcow2"), out + 16), 0);
+}
+
+/*
+ * A target that is a file of the source's chain, by any name (itself, its
+ * backing file, a symbolic or hard link to one), is refused before anything
+ * is written, locks or not (qemu-img convert -U overwrites it).
+ */
+Test(ops, convert_refuses_a_target_in_the_source_chain)
+{
+    static const char *const dsts[] = {"t.qcow2", "b.raw", "link.raw", "hard.raw"};
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    uint8_t before[32], after[32];
+    qcow2_image *img;
+
+    need_qemu();
+    qsh("qemu-img create -q -f raw b.raw 1M && qemu-io -f raw -c 'write -P 1 0 300k' b.raw && "
+        "qemu-img create -q -f qcow2 -b b.raw -F raw t.qcow2 && "
+        "qemu-io -c 'write -P 2 512k 64k' t.qcow2 && ln -s b.raw link.raw && ln b.raw hard.raw");
+    chain_prints(before);
+    for (int locks = 0; locks < 2; locks++) {
+        oo.flags = locks ? 0 : QCOW2_OPEN_NO_LOCK;
+        cr_assert_eq(qcow2_image_open(&img, qpath("t.qcow2"), &oo), 0, "%s", rfx_msg());
+        for (size_t i = 0; i < sizeof(dsts) / sizeof(dsts[0]); i++) {
+            for (int how = 0; how < 3; how++) {
+                qcow2_convert_opts co = QCOW2_CONVERT_OPTS_INIT;
+                co.format = how == 1 ? QCOW2_FORMAT_QCOW2 : QCOW2_FORMAT_RAW;
+                co.no_create = how == 2;
+                cr_assert_eq(qcow2_image_convert(img, qpath(dsts[i]), &co), QCOW2_EINVAL,
+                             "convert onto %s (%d): %s", dsts[i], how, rfx_msg());
+                assert_msg(dsts[i], "source");
+                chain_prints(after);
+                cr_assert_eq(memcmp(before, after, sizeof(before)), 0,
+                             "a refused convert onto %s changed the chain", dsts[i]);
+            }
+        }
+        cr_assert_eq(qcow2_image_convert(img, qpath("o.raw"), NULL), 0, "%s", rfx_msg());
+        qcow2_image_close(img);
+    }
+}
+
 Test(ops, convert_into_existing_image_zeroes_old_data_and_keeps_tail)
 {
     qcow2_convert_opts co = QCOW2_CONVERT_OPTS_INIT;

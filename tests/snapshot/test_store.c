@@ -257,6 +257,120 @@ Test(store, qemu_io_holding_the_head_makes_operations_busy)
     qsnap_store_close(s);
 }
 
+/*
+ * export and diff read a head a running VM writes only as qemu-img convert
+ * would: refused (busy, naming the head, nothing written); the snapshots
+ * below it, which the VM only reads, still export.
+ */
+Test(store, qemu_io_holding_the_head_makes_export_and_diff_busy)
+{
+    qsnap_store *s;
+    struct qproc q;
+    qsnap_range *r = NULL;
+    size_t nr = 0;
+    char *head, out[600], *before, *after;
+
+    if (!qo_have_qemu())
+        cr_skip_test("qemu-img/qemu-io not installed");
+    s = base("qexport");
+    head = tf_file_of(s, "main");
+    snprintf(out, sizeof(out), "%s/export.raw", tf_dir);
+    qemu_io_start(&q, head);
+    before = tf_tree_snapshot(tf_dir);
+    expect_error(qsnap_export(s, "main", out, QCOW2_FORMAT_RAW, NULL, NULL), QSNAP_EBUSY, head,
+                 "export of the head qemu-io writes");
+    expect_error(qsnap_diff(s, "s1", "main", &r, &nr), QSNAP_EBUSY, head,
+                 "diff against the head qemu-io writes");
+    cr_assert(strstr(qsnap_error_last()->hint, "virtual machine"), "%s", qsnap_error_last()->hint);
+    after = tf_tree_snapshot(tf_dir);
+    cr_assert_str_eq(before, after, "a refused export or diff changed files");
+    free(before);
+    free(after);
+    tf_ok(qsnap_export(s, "s2", out, QCOW2_FORMAT_RAW, NULL, NULL), "export of s2 under the VM");
+    tf_ok(qsnap_diff(s, "s1", "s2", &r, &nr), "diff of snapshots under the VM");
+    free(r);
+    qemu_io_stop(&q);
+    tf_ok(qsnap_export(s, "main", out, QCOW2_FORMAT_RAW, NULL, NULL), "export once qemu-io left");
+    unlink(out);
+    tf_check_store(s, &tf_m, tf_dir, "after the exports");
+    free(head);
+    qsnap_store_close(s);
+}
+
+/* An export whose output is expected to be refused as unsafe, with no file changed. */
+static void export_refused(qsnap_store *s, const char *name, const char *out, const char *what)
+{
+    static const qcow2_format fmts[] = {QCOW2_FORMAT_RAW, QCOW2_FORMAT_QCOW2};
+
+    for (size_t i = 0; i < 2; i++) {
+        char *before = tf_tree_snapshot(tf_dir), *after;
+        int rc = qsnap_export(s, name, out, fmts[i], NULL, NULL);
+        cr_assert_eq(rc, QSNAP_EREFUSED, "export of %s to %s (%s): rc %d (%s)", name, out, what, rc,
+                     qsnap_error_last()->message);
+        cr_assert(strstr(qsnap_error_last()->message, out), "%s", qsnap_error_last()->message);
+        cr_assert(qsnap_error_last()->hint && qsnap_error_last()->hint[0]);
+        after = tf_tree_snapshot(tf_dir);
+        cr_assert_str_eq(before, after, "a refused export to %s (%s) changed files", out, what);
+        free(before);
+        free(after);
+    }
+}
+
+/*
+ * export never writes over what it reads or what the store holds: the disk,
+ * a layer of its chain, another branch's head, the VM path, a new file in the
+ * store directory, by any name (a symbolic link, a dangling one, a hard link,
+ * a link to a directory).
+ */
+Test(store, export_refuses_outputs_over_the_disk_and_the_store)
+{
+    qsnap_store *s = base("exportover");
+    char *s2 = tf_file_of(s, "s2"), *bhead = tf_file_of(s, "b"), *vm = NULL;
+    char p[600], q[600];
+
+    tf_ok(qsnap_vm_path(s, &vm), "vm path");
+    export_refused(s, "s2", tf_disk, "the disk");
+    export_refused(s, "s2", s2, "s2's own layer");
+    export_refused(s, "s1", s2, "a layer above the exported one");
+    export_refused(s, "main", bhead, "another branch's head");
+    export_refused(s, "s2", vm, "the VM path");
+    snprintf(p, sizeof(p), "%s.qsnap/new.raw", tf_disk);
+    export_refused(s, "s2", p, "a new file in the store directory");
+    snprintf(p, sizeof(p), "%s/disk-link", tf_dir);
+    cr_assert_eq(symlink(tf_disk, p), 0);
+    export_refused(s, "s1", p, "a symbolic link to the disk");
+    snprintf(p, sizeof(p), "%s/dangling", tf_dir);
+    snprintf(q, sizeof(q), "%s.qsnap/layers/none.qcow2", tf_disk);
+    cr_assert_eq(symlink(q, p), 0);
+    export_refused(s, "s1", p, "a dangling link into the store");
+    snprintf(p, sizeof(p), "%s/layers-link", tf_dir);
+    snprintf(q, sizeof(q), "%s.qsnap/layers", tf_disk);
+    cr_assert_eq(symlink(q, p), 0);
+    snprintf(p, sizeof(p), "%s/layers-link/new.raw", tf_dir);
+    export_refused(s, "s1", p, "a link to the store's layers directory");
+    snprintf(p, sizeof(p), "%s/hard", tf_dir);
+    cr_assert_eq(link(bhead, p), 0);
+    export_refused(s, "s1", p, "a hard link of another branch's head");
+    cr_assert_eq(unlink(p), 0);
+
+    /* Beside the store, and over an earlier export, it writes. */
+    snprintf(p, sizeof(p), "%s/export.qcow2", tf_dir);
+    tf_ok(qsnap_export(s, "s2", p, QCOW2_FORMAT_QCOW2, NULL, NULL), "export beside the store");
+    tf_ok(qsnap_export(s, "main", p, QCOW2_FORMAT_QCOW2, NULL, NULL), "export over the export");
+    cr_assert_eq(unlink(p), 0);
+    snprintf(p, sizeof(p), "%s/disk-link", tf_dir);
+    cr_assert_eq(unlink(p), 0);
+    snprintf(p, sizeof(p), "%s/dangling", tf_dir);
+    cr_assert_eq(unlink(p), 0);
+    snprintf(p, sizeof(p), "%s/layers-link", tf_dir);
+    cr_assert_eq(unlink(p), 0);
+    tf_check_store(s, &tf_m, tf_dir, "after the refused exports");
+    free(vm);
+    free(s2);
+    free(bhead);
+    qsnap_store_close(s);
+}
+
 /* Reverting away from a head a running VM writes (even a dirty one, which is kept). */
 Test(store, qemu_io_holding_the_head_makes_revert_busy)
 {
