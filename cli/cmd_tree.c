@@ -100,10 +100,15 @@ void tree_put_text(FILE *out, const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if ((c < 0x20 && c != '\t') || c == 0x7f)
+        if ((c < 0x20 && c != '\t') || c == 0x7f) {
             fprintf(out, "\\x%02x", c);
-        else
+        } else if (c == 0xc2 && i + 1 < n && (unsigned char)s[i + 1] >= 0x80 &&
+                   (unsigned char)s[i + 1] <= 0x9f) {
+            /* A C1 control in UTF-8 (U+0080 to U+009F: CSI is U+009B). */
+            fprintf(out, "\\xc2\\x%02x", (unsigned char)s[++i]);
+        } else {
             fputc(c, out);
+        }
     }
 }
 

@@ -66,7 +66,8 @@ const char *tree_kind_name(qsnap_kind k);
 /* Local time as "YYYY-MM-DD HH:MM:SS" (or the number when it cannot be shown). */
 const char *tree_fmt_time(long long t, char buf[32]);
 /* Write n bytes of s to out, a control character but a tab (a terminal escape in a
- * description someone else wrote into the store, say) as \xHH. */
+ * description someone else wrote into the store, say) as \xHH, a C1 control in UTF-8
+ * as \xc2\xHH. */
 void tree_put_text(FILE *out, const char *s, size_t n);
 
 /* The disk of a store: its path without the ".qsnap" suffix (malloc'd, or NULL). */

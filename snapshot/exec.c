@@ -218,6 +218,31 @@ static int final_taken(qsnap_store *s, qsnap_plan *p, const char *rel, const cha
                       final);
 }
 
+/* Every layer the plan makes whose name a file has already: refused (final_taken). */
+static int refuse_taken_names(qsnap_store *s, qsnap_plan *p)
+{
+    int rc = 0;
+
+    for (size_t i = 0; !rc && i < p->n; i++) {
+        const struct qsnap__step *st = &p->steps[i];
+        const struct qsnap__layer *l;
+        char *final;
+        bool taken;
+        if (st->kind != QSNAP__ST_CREATE && st->kind != QSNAP__ST_PRESERVE)
+            continue;
+        l = find_layer(s, p, st->x);
+        if (!l || qsnap__layer(&s->m, l->id)) /* (not a new layer: its step says so) */
+            continue;
+        final = qsnap__path(s, l->file);
+        if (!final)
+            return nomem();
+        rc = final_taken(s, p, l->file, final, &taken);
+        free(final);
+    }
+    p->taken = false; /* nothing of this run's to undo yet */
+    return rc;
+}
+
 static int st_create(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
 {
     struct qsnap__layer *l = find_layer(s, p, st->x), *b;
@@ -964,6 +989,7 @@ int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
 
     if (s->readonly)
         return qsnap__err(QSNAP_EUSAGE, NULL, "store opened read-only");
+    p->taken = false;
     /* Before anything is made (a first create makes the store directory). */
     rc = qsnap__store_dirs_recheck(s);
     if (rc)
@@ -1037,6 +1063,10 @@ static int execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
     /* Nor while the VM path names another file than the current head (vmpath.c). */
     if (!rc)
         rc = qsnap__vm_path_refuse(s);
+    /* Nor over a file at a new layer's name, found before the journal is written: a
+     * replay of the journal takes a file there for the one an earlier run made. */
+    if (!rc)
+        rc = refuse_taken_names(s, p);
     if (rc)
         return rc;
     rc = qsnap__journal_write(s, p);

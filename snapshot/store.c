@@ -228,7 +228,8 @@ static int locate(qsnap_store *s, const char *disk)
         return qsnap__err(QSNAP_EUSAGE,
                           "copy the device into an image file ('qsnap image convert -O qcow2 "
                           "DEVICE FILE') and snapshot the file",
-                          "%s: a block device: its snapshot store would live beside it, in /dev",
+                          "%s: a block device: its snapshot store would live beside the device node "
+                          "(in /dev, a file system in memory)",
                           disk);
     if (!S_ISREG(st.st_mode))
         return qsnap__err(QSNAP_EUSAGE, NULL, "%s: not a regular file", disk);

@@ -250,18 +250,26 @@ int qsnap__vm_path_target(const qsnap_store *s, char **out)
 
 int qsnap__vm_path_refuse(const qsnap_store *s)
 {
-    char *path;
+    char *path, *target = NULL;
+    bool linked;
     int rc, ok = qsnap__vm_path_ok(s, &s->m);
 
     if (ok != 0)
         return ok < 0 ? ok : 0;
+    /* No link at all (a store of a build before the VM path, a copy that dropped links):
+     * no VM can run through it, and the operation makes it. */
+    rc = qsnap__vm_path_target(s, &target);
+    linked = target != NULL;
+    free(target);
+    if (rc || !linked)
+        return rc;
     path = qsnap__vm_path(s);
     if (!path)
         return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
     rc = qsnap__err(QSNAP_EINTEGRITY,
                     "'qsnap verify DISK --repair' points it again (once no VM runs on the file "
                     "it names now), then run the command again",
-                    "%s: the VM path is missing or does not point at the current branch's head; "
+                    "%s: the VM path does not point at the current branch's head; "
                     "nothing was changed",
                     path);
     free(path);

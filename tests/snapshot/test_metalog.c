@@ -422,49 +422,6 @@ Test(metalog, a_record_cut_short_is_uncommitted_only_while_its_journal_is_there)
     free(after);
 }
 
-/* An operation taken back after its append failed cuts the tail before its journal goes. */
-Test(metalog, an_undone_append_leaves_no_tail)
-{
-    char *before, *got;
-    off_t good;
-    qsnap_store *s = NULL;
-    qsnap_plan *p = NULL;
-    int rc;
-
-    start("undone");
-    change("b1");
-    before = model_text();
-    good = fsize(logp);
-    /* A tail as a failed append leaves it, known to the handle as unknown (log.size). */
-    s = tf_open(disk, 0);
-    ok(qsnap_plan_branch_create(&p, s, "b2", "s1"), "plan b2");
-    {
-        char out[256];
-        cr_assert_eq(qo_sh(out, sizeof(out), "printf 'rec 99 40 00' >> '%s'", logp), 0, "%s", out);
-    }
-    s->log.size = (uint64_t)good + 11;
-    /* A step that fails before the save: the new head's name is taken (a file put there). */
-    {
-        char out[1024];
-        cr_assert_eq(qo_sh(out, sizeof(out), "cd '%s.qsnap/layers' && for i in $(seq 1 40); do "
-                                             "[ -e $i.qcow2 ] || echo x > $i.qcow2; done",
-                           disk),
-                     0, "%s", out);
-    }
-    rc = qsnap_plan_execute(s, p, NULL);
-    qsnap_plan_free(p);
-    qsnap_store_close(s);
-    cr_assert_eq(rc, QSNAP_EINTEGRITY, "%s", qsnap_error_last()->message);
-    cr_assert(strstr(qsnap_error_last()->message, "nothing was changed"), "%s",
-              qsnap_error_last()->message);
-    got = model_text();
-    cr_assert(got, "%s", qsnap_error_last()->message);
-    cr_assert_str_eq(got, before);
-    cr_assert_eq(fsize(logp), good, "the tail is still there");
-    free(got);
-    free(before);
-}
-
 Test(metalog, a_damaged_record_before_others_is_an_error)
 {
     char *saved;

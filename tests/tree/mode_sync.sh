@@ -130,4 +130,27 @@ if [ -n "${nth:-}" ]; then
         ok "verify --repair finishes that one too, and verify is clean" || bad "after the unsynced undo" "verify: exit $?"
 fi
 
+# An append whose flush fails (the record written whole, its fdatasync failing): whether the
+# change is committed is not known, so the journal stays and the record with it, and verify
+# --repair finishes the operation.
+mkdir k5
+(cd k5 && truncate -s 4M d.raw && q create d.raw s1 >/dev/null && q branch d.raw x --at s1 >/dev/null &&
+    qemu-io -f qcow2 -c 'write -P 0x5a 0 64k' "$(q current d.raw --path)" >/dev/null) ||
+    bad "setup of the failed flush" "exit $?"
+(cd k5 && strace -qq -f -e trace=fdatasync -e inject=fdatasync:error=EIO:when=2 \
+    -o /dev/null "$QSNAP" create d.raw s7 >/dev/null 2>"$W/e5")
+rc=$?
+if [ "$rc" -ne 0 ] && grep -q "meta.log" "$W/e5" && grep -q "(the operation is unfinished)" "$W/e5" &&
+    [ -e k5/d.raw.qsnap/journal ]; then
+    ok "a create whose log flush fails keeps its journal and says so (exit $rc)"
+else
+    bad "failed flush" "exit $rc, journal $([ -e k5/d.raw.qsnap/journal ] && echo kept || echo gone): $(head -c 300 "$W/e5")"
+fi
+out=$(cd k5 && q verify d.raw --repair 2>&1 && q verify d.raw 2>&1 && q list d.raw 2>&1)
+if [ $? -eq 0 ] && echo "$out" | grep -q " s7 " && [ ! -e k5/d.raw.qsnap/journal ]; then
+    ok "verify --repair finishes it: s7 is there and verify is clean"
+else
+    bad "repair of the failed flush" "$out"
+fi
+
 ts_end
