@@ -240,6 +240,14 @@ static int refuse_taken_names(qsnap_store *s, qsnap_plan *p)
         free(final);
     }
     p->taken = false; /* nothing of this run's to undo yet */
+    if (rc) {
+        qsnap_error e = *qsnap_error_last();
+        char msg[1024], hint[1024];
+        /* e's strings point at the buffers the next qsnap__err() writes: copied first. */
+        snprintf(msg, sizeof(msg), "%s", e.message);
+        snprintf(hint, sizeof(hint), "%s", e.hint ? e.hint : "");
+        rc = qsnap__err(rc, hint[0] ? hint : NULL, "%s (nothing was changed)", msg);
+    }
     return rc;
 }
 

@@ -970,6 +970,24 @@ Test(store, a_new_layer_never_takes_a_file_already_there)
     qsnap_store_close(s);
 }
 
+/* A store without its VM path (a build from before it, a copy that dropped links): an
+ * operation goes ahead and makes the link. */
+Test(store, a_missing_vm_path_is_made_by_the_next_operation)
+{
+    qsnap_store *s = base("novmpath");
+    char link[700], *path = NULL;
+
+    snprintf(link, sizeof(link), "%s.qsnap/layers/current.qcow2", tf_disk);
+    cr_assert_eq(unlink(link), 0);
+    cr_assert_neq(qsnap_vm_path(s, &path), 0, "a missing VM path is reported");
+    tf_ok(tf_create(s, "s3"), "create without the VM path");
+    tf_model_set(&tf_m, "s3", false, tf_model_get(&tf_m, "main"));
+    tf_ok(qsnap_vm_path(s, &path), "the VM path after the create");
+    free(path);
+    tf_check_store(s, &tf_m, tf_dir, "after the create made the VM path");
+    qsnap_store_close(s);
+}
+
 Test(store, missing_layer_file)
 {
     qsnap_store *s = base("missing");
