@@ -18,6 +18,10 @@
 
 #include "qsnap_int.h"
 
+/* How long a read-only open waits for a writer's lock to go (ms), in steps of (ms). */
+#define READ_WAIT_MS 3000u
+#define READ_WAIT_STEP_MS 10u
+
 #define META_FILE "meta"
 #define LOCK_FILE "lock"
 
@@ -191,8 +195,16 @@ static int take_lock(qsnap_store *s)
     memset(&fl, 0, sizeof(fl));
     fl.l_type = s->readonly ? F_RDLCK : F_WRLCK;
     fl.l_whence = SEEK_SET;
-    if (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
+    /* A reader waits a little for a writer to finish (a tree operation takes milliseconds):
+     * a VM's start script asking for the VM path while a snapshot is being taken gets it,
+     * not "busy". A writer does not wait: two changes at once are the user's to order. */
+    for (unsigned waited = 0; fcntl(fd, F_OFD_SETLK, &fl) < 0; waited += READ_WAIT_STEP_MS) {
         int e = errno;
+        if ((e == EAGAIN || e == EACCES) && s->readonly && waited < READ_WAIT_MS) {
+            struct timespec ts = {0, READ_WAIT_STEP_MS * 1000000L};
+            nanosleep(&ts, NULL);
+            continue;
+        }
         close(fd);
         if (e == EAGAIN || e == EACCES)
             return qsnap__err(QSNAP_EBUSY, "wait for the other qsnap to finish",

@@ -66,7 +66,8 @@ typedef struct qsnap_store qsnap_store;
 typedef struct qsnap_plan qsnap_plan;
 
 #define QSNAP_OPEN_CREATE 0x1   /**< a missing store is fine: the first create makes it */
-#define QSNAP_OPEN_READONLY 0x2 /**< queries only: a shared lock, no writes */
+#define QSNAP_OPEN_READONLY 0x2 /**< queries only: a shared lock (waited for up to 3 s while
+                                     a writer holds the store), no writes */
 /**
  * Open a store even when one of its files is a symbolic link, a device or
  * anything but a regular file (for qsnap_verify(), which names each one).

@@ -201,6 +201,43 @@ out:
     close(q->out_fd);
 }
 
+/* A read-only open waits for a writer that is about to finish (a tree operation is short),
+ * and gives up with EBUSY on one that holds the store longer. */
+Test(store, a_reader_waits_briefly_for_a_writer)
+{
+    qsnap_store *s = base("readwait"), *r = NULL;
+    struct timespec t0, t1;
+    int fds[2], status;
+    char c;
+    pid_t pid;
+
+    qsnap_store_close(s);
+    cr_assert_eq(pipe(fds), 0);
+    pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        qsnap_store *w = NULL;
+        struct timespec hold = {0, 400 * 1000000L};
+        if (qsnap_store_open(&w, tf_disk, 0))
+            _exit(3);
+        (void)!write(fds[1], "x", 1);
+        nanosleep(&hold, NULL);
+        qsnap_store_close(w);
+        _exit(0);
+    }
+    close(fds[1]);
+    cr_assert_eq(read(fds[0], &c, 1), 1, "the writer did not take the store");
+    close(fds[0]);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    tf_ok(qsnap_store_open(&r, tf_disk, QSNAP_OPEN_READONLY), "read-only open while a writer ends");
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    cr_assert_geq((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000, 100,
+                  "the open did not wait for the writer");
+    qsnap_store_close(r);
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 Test(store, qemu_io_holding_the_head_makes_operations_busy)
 {
     qsnap_store *s;
