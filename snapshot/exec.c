@@ -218,6 +218,18 @@ static int final_taken(qsnap_store *s, qsnap_plan *p, const char *rel, const cha
                       final);
 }
 
+/* The last error again, said of an operation that changed nothing (hint: when it has none). */
+static int nothing_changed(int rc, const char *hint)
+{
+    qsnap_error e = *qsnap_error_last();
+    char msg[1024], h[1024];
+
+    /* e's strings point at the buffers the next qsnap__err() writes: copied first. */
+    snprintf(msg, sizeof(msg), "%s", e.message);
+    snprintf(h, sizeof(h), "%s", e.hint ? e.hint : "");
+    return qsnap__err(rc, h[0] ? h : hint, "%s (nothing was changed)", msg);
+}
+
 /* Every layer the plan makes whose name a file has already: refused (final_taken). */
 static int refuse_taken_names(qsnap_store *s, qsnap_plan *p)
 {
@@ -240,15 +252,7 @@ static int refuse_taken_names(qsnap_store *s, qsnap_plan *p)
         free(final);
     }
     p->taken = false; /* nothing of this run's to undo yet */
-    if (rc) {
-        qsnap_error e = *qsnap_error_last();
-        char msg[1024], hint[1024];
-        /* e's strings point at the buffers the next qsnap__err() writes: copied first. */
-        snprintf(msg, sizeof(msg), "%s", e.message);
-        snprintf(hint, sizeof(hint), "%s", e.hint ? e.hint : "");
-        rc = qsnap__err(rc, hint[0] ? hint : NULL, "%s (nothing was changed)", msg);
-    }
-    return rc;
+    return rc ? nothing_changed(rc, NULL) : 0;
 }
 
 static int st_create(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
@@ -1019,15 +1023,8 @@ int qsnap_plan_execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
     /* What the plan read from its files (a clean head dropped, nothing to
      * commit) was read before the hold: it must still be so under it. */
     rc = qsnap__recheck_seen(s);
-    if (rc && rc != QSNAP_EBUSY) {
-        /* A head that cannot be read again: no step ran. */
-        qsnap_error e = *qsnap_error_last();
-        char msg[1024], hint[1024];
-        snprintf(msg, sizeof(msg), "%s", e.message);
-        snprintf(hint, sizeof(hint), "%s", e.hint ? e.hint : "");
-        rc = qsnap__err(rc, hint[0] ? hint : "fix the cause and run the command again",
-                        "%s (nothing was changed)", msg);
-    }
+    if (rc && rc != QSNAP_EBUSY) /* a head that cannot be read again: no step ran */
+        rc = nothing_changed(rc, "fix the cause and run the command again");
     if (!rc)
         rc = p->n ? execute(s, p, o) : 0;
     s->holding = false;
