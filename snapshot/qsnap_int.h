@@ -136,6 +136,9 @@ struct qsnap__scan_mark {
                           * change since was qsnap's own, with ctime_ns what it left (safe.c) */
     char **others;       /* layers/: regular files without a name of qsnap's form */
     size_t nothers;
+    bool by_seal;        /* layers/: taken as clean from the seal, not walked (safe.c) */
+    uint64_t seal_gen;   /* layers/: the metadata generation the seal names */
+    unsigned top;        /* layers/: the highest id N of a file "N.qcow2" the last walk found */
 };
 
 /* The change log beside the metadata file (metalog.c). */
@@ -568,6 +571,7 @@ int qsnap__refuse_foreign_layers(const qsnap_store *s);
 /* The same, walking layers/ and state/ only when they changed since the last walk of this
  * handle (their inode and change time; qsnap__scan_mark): every operation's check. */
 int qsnap__rescan_store(const qsnap_store *s);
+int qsnap__layers_check_meta(const qsnap_store *s);
 /* Around each change qsnap makes to an entry of layers/ (dfd: layers/), before it and after
  * it (after): follows that layers/ holds only qsnap's own changes (the seal, safe.c). */
 void qsnap__layers_touch(const qsnap_store *s, int dfd, bool after);

@@ -870,11 +870,14 @@ static void mark_set(struct qsnap__scan_mark *mk, const struct stat *st, int64_t
  *    recorded again. A change made by anything else in between breaks the
  *    chain;
  *  - at the end of an operation, under the store's write lock, an unbroken
- *    chain is written to the lock file as the seal: "qsnap-seal 1 DEV INO
- *    CTIME_NS CRC". A broken one clears it;
+ *    chain is written to the lock file as the seal: "qsnap-seal 2 DEV INO
+ *    CTIME_NS GEN CRC", GEN the generation of the metadata the operation
+ *    left. A broken one clears it;
  *  - a later command whose fstat of layers/ gives exactly the sealed device,
  *    inode and change time takes layers/ as clean without reading it (the VM
- *    path is still checked, by its name).
+ *    path is still checked, by its name), once the metadata it then loads is
+ *    of the sealed generation (qsnap__layers_check_meta); metadata of another
+ *    generation (meta.log removed, an older meta put back) is a walk.
  *
  * Anything that adds, removes or renames an entry of layers/ changes its
  * change time, so the walk comes back with any change qsnap did not make.
@@ -887,7 +890,7 @@ static void mark_set(struct qsnap__scan_mark *mk, const struct stat *st, int64_t
  * content is advisory: a seal that does not parse, or does not match, is a
  * walk; writing it is not synced.
  */
-#define SEAL_MAGIC "qsnap-seal 1 "
+#define SEAL_MAGIC "qsnap-seal 2 "
 
 /* Follow a change qsnap makes to an entry of directory dir (dfd), before it (after false)
  * and after it: see the seal above. Only layers/ is followed. */
@@ -919,12 +922,13 @@ void qsnap__layers_forget(const qsnap_store *s)
         mk->own = false;
 }
 
-/* The seal of st (layers/ as fstat saw it) as the lock file holds it: n bytes in buf. */
-static int seal_format(const struct stat *st, char *buf, size_t size)
+/* The seal of st (layers/ as fstat saw it) and gen as the lock file holds it: n bytes in buf. */
+static int seal_format(const struct stat *st, uint64_t gen, char *buf, size_t size)
 {
-    char body[96];
-    int n = snprintf(body, sizeof(body), SEAL_MAGIC "%llu %llu %lld", (unsigned long long)st->st_dev,
-                     (unsigned long long)st->st_ino, (long long)ts_ns(st->st_ctim));
+    char body[128];
+    int n = snprintf(body, sizeof(body), SEAL_MAGIC "%llu %llu %lld %llu",
+                     (unsigned long long)st->st_dev, (unsigned long long)st->st_ino,
+                     (long long)ts_ns(st->st_ctim), (unsigned long long)gen);
 
     if (n < 0 || (size_t)n >= sizeof(body))
         return -1;
@@ -932,23 +936,34 @@ static int seal_format(const struct stat *st, char *buf, size_t size)
     return n < 0 || (size_t)n >= size ? -1 : n;
 }
 
-/* Whether the lock file holds the seal of layers/ as st shows it now. */
-static bool sealed(const qsnap_store *s, const struct stat *st)
+/* Whether the lock file holds the seal of layers/ as st shows it now; its generation in *gen. */
+static bool sealed(const qsnap_store *s, const struct stat *st, uint64_t *gen)
 {
-    char want[128], got[128];
-    int n = seal_format(st, want, sizeof(want));
+    char want[160], got[160];
+    unsigned long long dev, ino, g;
+    long long ct;
     ssize_t r;
+    int n;
 
-    if (s->lock_fd < 0 || n < 0)
+    if (s->lock_fd < 0)
         return false;
-    r = pread(s->lock_fd, got, sizeof(got), 0);
-    return r == n && !memcmp(got, want, (size_t)n);
+    r = pread(s->lock_fd, got, sizeof(got) - 1, 0);
+    if (r <= 0)
+        return false;
+    got[r] = '\0';
+    if (sscanf(got, SEAL_MAGIC "%llu %llu %lld %llu ", &dev, &ino, &ct, &g) != 4)
+        return false;
+    n = seal_format(st, g, want, sizeof(want));
+    if (n < 0 || r != n || memcmp(got, want, (size_t)n))
+        return false;
+    *gen = g;
+    return true;
 }
 
 void qsnap__seal_layers(const qsnap_store *s)
 {
     const struct qsnap__scan_mark *mk = mark_of(s, "layers");
-    char buf[128];
+    char buf[160];
     struct stat st;
     bool ok = false;
     int dfd = -1, n = -1;
@@ -957,7 +972,7 @@ void qsnap__seal_layers(const qsnap_store *s)
         return;
     if (mk && mk->own && mk->listed && !mk->nothers && qsnap__store_dir_get(s, "layers", &dfd) == 0 &&
         fstat(dfd, &st) == 0 && mark_same(mk, &st))
-        n = seal_format(&st, buf, sizeof(buf));
+        n = seal_format(&st, s->m.gen, buf, sizeof(buf));
     qsnap__store_dir_put(s, dfd);
     if (n > 0)
         ok = pwrite(s->lock_fd, buf, (size_t)n, 0) == n && ftruncate(s->lock_fd, n) == 0;
@@ -998,8 +1013,22 @@ void qsnap__scan_marks_free(qsnap_store *s)
     s->marks = NULL;
 }
 
-/* QSNAP_EINTEGRITY naming the first entry of directory sub that is not a regular file. */
-static int scan_dir(const qsnap_store *s, const char *sub)
+/* N of a name "N.qcow2" (N from 1, no leading zero, below UINT_MAX); 0 for any other name. */
+static unsigned layer_id(const char *name)
+{
+    unsigned long long id = 0;
+    const char *p = name;
+
+    if (*p < '1' || *p > '9')
+        return 0;
+    for (; *p >= '0' && *p <= '9' && id < UINT_MAX; p++)
+        id = id * 10 + (unsigned)(*p - '0');
+    return strcmp(p, ".qcow2") || id >= UINT_MAX ? 0 : (unsigned)id;
+}
+
+/* QSNAP_EINTEGRITY naming the first entry of directory sub that is not a regular file
+ * (trust_seal: layers/ as sealed is taken as it was, without a walk). */
+static int scan_dir(const qsnap_store *s, const char *sub, bool trust_seal)
 {
     bool layers = !strcmp(sub, "layers");
     struct qsnap__scan_mark *mk = mark_of(s, sub);
@@ -1011,7 +1040,8 @@ static int scan_dir(const qsnap_store *s, const char *sub)
     int dfd, rc = 0;
 
     if (mk) {
-        mk->quiet = mk->own = false;
+        mk->quiet = mk->own = mk->by_seal = false;
+        mk->top = 0;
         others_clear(mk);
     }
     rc = qsnap__store_dirfd(s, sub, &dfd);
@@ -1019,10 +1049,10 @@ static int scan_dir(const qsnap_store *s, const char *sub)
         return rc == QSNAP_ENOTFOUND ? 0 : rc;
     /* Stat first, then the clock, then the entries: a change after the stat is seen. */
     can_mark = mk && fstat(dfd, &dst) == 0 && clock_gettime(CLOCK_REALTIME, &now) == 0;
-    if (layers && can_mark && sealed(s, &dst)) {
+    if (layers && can_mark && trust_seal && sealed(s, &dst, &mk->seal_gen)) {
         /* As qsnap left it (the seal above): only the VM path is looked at. */
         mark_dir(mk, &dst);
-        mk->quiet = mk->listed = mk->own = true;
+        mk->quiet = mk->listed = mk->own = mk->by_seal = true;
         rc = qsnap__vm_link_check(s, dfd, &s->m);
         close(dfd);
         return rc;
@@ -1074,6 +1104,10 @@ static int scan_dir(const qsnap_store *s, const char *sub)
         } else if (layers && mk && !qsnap__layer_name_ours(e->d_name) &&
                    !others_add(mk, e->d_name)) {
             lost = true; /* qsnap__refuse_foreign_layers walks again */
+        } else if (layers && mk) {
+            unsigned id = layer_id(e->d_name);
+            if (id > mk->top)
+                mk->top = id;
         }
     }
     closedir(d);
@@ -1189,7 +1223,7 @@ static int scan(const qsnap_store *s, bool again)
     rc = 0;
     for (size_t i = 0; !rc && i < sizeof(dirs) / sizeof(dirs[0]); i++) {
         if (sfd < 0 || !unchanged(s, sfd, dirs[i]))
-            rc = scan_dir(s, dirs[i]);
+            rc = scan_dir(s, dirs[i], true);
     }
     qsnap__store_dir_put(s, sfd);
     return rc;
@@ -1203,6 +1237,45 @@ int qsnap__scan_store(const qsnap_store *s)
 int qsnap__rescan_store(const qsnap_store *s)
 {
     return scan(s, true);
+}
+
+/*
+ * Right after a command that checked the store (qsnap__scan_store) loaded
+ * the metadata: a file of layers/ whose id the metadata has not handed out
+ * yet is never qsnap's without an operation's journal (new layers are made
+ * while it is there, and an undo removes them before it goes). Then the
+ * metadata is older than layers/ (meta.log removed, an older meta put back):
+ * the tree it describes would hand those ids out again and write into heads
+ * that later changes froze. A seal of layers/ names the generation of the
+ * metadata the last operation left: metadata of another one is a walk.
+ */
+int qsnap__layers_check_meta(const qsnap_store *s)
+{
+    struct qsnap__scan_mark *mk = mark_of(s, "layers");
+    bool pending = true;
+    int rc;
+
+    if (!mk)
+        return 0;
+    if (mk->by_seal) {
+        if (mk->seal_gen == s->m.gen)
+            return 0;
+        rc = scan_dir(s, "layers", false);
+        if (rc)
+            return rc;
+    }
+    if (!mk->top || mk->top < s->m.seq)
+        return 0;
+    if (qsnap__journal_pending(s, &pending) || pending)
+        return 0; /* an operation's own new layers: its replay or undo decides */
+    return qsnap__err(QSNAP_EINTEGRITY,
+                      "'qsnap verify DISK' names every file the metadata does not know; put the "
+                      "lost meta.log (or the newer meta) back, or restore the whole store from "
+                      "one backup",
+                      "%s/layers/%u.qcow2: newer than the store's metadata (it has handed out "
+                      "ids below %u): the metadata is older than its layers (meta.log removed, "
+                      "or an older meta put back?); nothing was changed",
+                      s->dir, mk->top, s->m.seq);
 }
 
 int qsnap__repair_layer(const qsnap_store *s, const struct qsnap__layer *l)

@@ -338,6 +338,9 @@ int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags)
     }
     if (s->exists) {
         rc = qsnap__meta_load(s);
+        /* Metadata older than layers/ (safe.c), where the store was checked. */
+        if (!rc && !(flags & QSNAP_OPEN_ANY_FILES))
+            rc = qsnap__layers_check_meta(s);
         if (rc)
             goto fail;
     } else {

@@ -69,7 +69,7 @@ q current d.raw >/dev/null 2>&1 && q switch d.raw main >/dev/null 2>&1 && ok "on
 # A seal that does not match is not trusted.
 q switch d.raw b >/dev/null
 seal=$(cat d.raw.qsnap/lock)
-printf '%s' "${seal/qsnap-seal 1 /qsnap-seal 1 1}" >d.raw.qsnap/lock
+printf '%s' "${seal/qsnap-seal 2 /qsnap-seal 2 1}" >d.raw.qsnap/lock
 n=$(walks current d.raw)
 [ "$n" -gt 0 ] && ok "an edited seal is not trusted: current walks layers/" || bad "edited seal" "no walk"
 q switch d.raw main >/dev/null
@@ -81,5 +81,40 @@ q switch d.raw b >/dev/null
 n=$(walks verify d.raw)
 [ "$n" -gt 0 ] && ok "verify walks layers/ whatever the seal says" || bad "verify" "no walk"
 q verify d.raw >/dev/null 2>&1 && ok "verify is clean" || bad "verify" "exit $?"
+
+# The seal names the metadata's generation: metadata older than layers/ (meta.log removed, an
+# older meta put back) is caught though layers/ is as sealed; a seal of another generation
+# over a store that is fine is only a walk.
+seal=$(cat d.raw.qsnap/lock)
+g=$(echo "$seal" | awk '{print $6}')
+printf '%s' "${seal/ $g / $((g + 5)) }" >d.raw.qsnap/lock # a valid-looking seal of another gen
+n=$(walks current d.raw)
+[ "$n" -gt 0 ] && q list d.raw >/dev/null 2>&1 && ok "a seal of another generation: a walk, and a sound store works" ||
+    bad "seal of another generation" "walks $n, list exit $?"
+q create d.raw s3 >/dev/null && q create d.raw s4 >/dev/null || bad "meta.log setup" "create"
+[ -f d.raw.qsnap/meta.log ] || bad "meta.log setup" "no meta.log after two creates"
+listing() { (cd d.raw.qsnap && find . -type f -o -type l | sort | while read -r f; do
+    printf '%s %s\n' "$f" "$(cat "$f" 2>/dev/null | md5sum | cut -c1-12)"; done); }
+mv d.raw.qsnap/meta.log meta.log.kept
+before=$(listing)
+allok=1
+for cmd in "current d.raw" "list d.raw" "create d.raw s5" "switch d.raw b" "commit d.raw" \
+    "delete d.raw s1"; do
+    q $cmd >/dev/null 2>err; rc=$?
+    if [ $rc -ne 4 ] || ! grep -q "layers/[0-9]*.qcow2: newer than the store's metadata" err; then
+        allok=0; bad "meta.log removed: '$cmd'" "exit $rc: $(head -c 300 err)"
+    fi
+done
+[ $allok = 1 ] && ok "meta.log removed (layers/ as sealed): every command exits 4 naming the newer layer" || true
+after=$(listing)
+[ "$before" = "$after" ] && ok "meta.log removed: nothing changed by the refused commands" ||
+    bad "meta.log removed: store changed" "$(diff <(echo "$before") <(echo "$after") | head -4)"
+touch "$L" # the same without the seal: the walk finds it
+q list d.raw >/dev/null 2>err; rc=$?
+[ $rc -eq 4 ] && grep -q "newer than the store's metadata" err && ok "meta.log removed, layers/ walked: refused" ||
+    bad "meta.log removed, walked" "exit $rc: $(head -c 300 err)"
+mv meta.log.kept d.raw.qsnap/meta.log
+q list d.raw >/dev/null 2>&1 && q create d.raw s5 >/dev/null 2>&1 && q verify d.raw >/dev/null 2>&1 &&
+    ok "meta.log put back: commands work again, verify clean" || bad "meta.log put back" "exit $?"
 
 ts_end
