@@ -113,6 +113,7 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
     struct qsnap__branch *cur;
     qsnap_plan *p = NULL;
     char *left = NULL, *newname = NULL, bytes[32];
+    const char *kept_why = "the state it stands on has no snapshot name";
     bool dirty = false, drop, restart;
     uint64_t used = 0;
     int rc = qsnap__check_writable_store(s);
@@ -144,6 +145,7 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
     if (drop && !discard && only_name_of_base(&t, cur))
         drop = false;
     if (qsnap__internal_nodes_in(&t, cur->head, NULL)) {
+        kept_why = "its head holds internal snapshots";
         /* Its head holds internal snapshots: dropping it would delete them. */
         if (discard) {
             rc = qsnap__refuse_internal_in(
@@ -153,6 +155,20 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
             goto out;
         }
         drop = false;
+    }
+    if (drop) {
+        /* Internal snapshots made outside qsnap in its head: the same, but for --discard
+         * they are not qsnap's to drop. */
+        size_t foreign = 0;
+        rc = qsnap__foreign_internal(s, &t, cur->head, NULL, &foreign);
+        if (!rc && foreign && discard)
+            rc = qsnap__refuse_foreign_internal(s, &t, cur->head,
+                                                "--discard would delete it with the branch");
+        if (rc)
+            goto out;
+        drop = !foreign;
+        if (foreign)
+            kept_why = "its head holds internal snapshots that qsnap did not make";
     }
     /* A VM still running on the head it would leave: stop it first (it is about to
      * be left, and, when clean or discarded, removed). */
@@ -196,9 +212,8 @@ int qsnap_plan_revert(qsnap_plan **out, qsnap_store *s, const char *snapshot,
     qsnap__fmt_bytes(bytes, sizeof(bytes), used);
     if (!drop && !dirty)
         rc = qsnap__set_summary(p,
-                                "reverted to %s on new branch %s; branch %s is kept (the state it "
-                                "stands on has no snapshot name)",
-                                snapshot, newname, left);
+                                "reverted to %s on new branch %s; branch %s is kept (%s)",
+                                snapshot, newname, left, kept_why);
     else if (!drop)
         rc = qsnap__set_summary(p,
                                 "reverted to %s on new branch %s; branch %s keeps its changes (%s)",
@@ -303,6 +318,9 @@ int qsnap_plan_branch_delete(qsnap_plan **out, qsnap_store *s, const char *name,
     if (!rc)
         rc = qsnap__refuse_internal_in(&t, b->head, "deleting the branch would delete them",
                                        "'qsnap delete DISK SNAPSHOT' each of them first");
+    if (!rc)
+        rc = qsnap__refuse_foreign_internal(s, &t, b->head,
+                                            "deleting the branch would delete it");
     /* Made before the head is looked at (qsnap__plan_new starts what the plan read afresh). */
     if (!rc)
         rc = qsnap__plan_new(&p, s, "branch-delete");

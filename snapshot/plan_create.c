@@ -169,6 +169,11 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
             "take an internal one with --internal, or delete the internal "
             "snapshots first ('qsnap delete DISK SNAPSHOT')");
         if (!rc)
+            rc = qsnap__refuse_foreign_internal(
+                s, &t, old_head->id,
+                "an external snapshot would freeze it inside a read-only layer, where it "
+                "could no longer be reverted to or deleted");
+        if (!rc)
             rc = qsnap__check_free(s, &t, old_head->id);
         if (!rc)
             rc = qsnap__check_link(s, &t, old_head->id);

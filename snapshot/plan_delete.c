@@ -369,9 +369,20 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     /* A head holding internal snapshots must keep its backing content: they read
      * through it. Streaming would change what they read. */
     for (size_t i = 0; i < t.nl && !rc; i++) {
-        if (t.layers[i].backing != l->id || !qsnap__internal_nodes_in(&t, t.layers[i].id, NULL))
+        size_t foreign = 0;
+        if (t.layers[i].backing != l->id)
             continue;
-        if (flags & QSNAP_DELETE_STREAM)
+        /* Internal snapshots made outside qsnap read through it the same way. */
+        if (!qsnap__internal_nodes_in(&t, t.layers[i].id, NULL)) {
+            rc = qsnap__foreign_internal(s, &t, t.layers[i].id, NULL, &foreign);
+            if (rc || !foreign)
+                continue;
+        }
+        if ((flags & QSNAP_DELETE_STREAM) && foreign)
+            rc = qsnap__refuse_foreign_internal(s, &t, t.layers[i].id,
+                                                "streaming this snapshot's data into its file "
+                                                "would change what it reads");
+        else if (flags & QSNAP_DELETE_STREAM)
             rc = qsnap__refuse_internal_in(
                 &t, t.layers[i].id,
                 "streaming this snapshot's data into their file would change "
@@ -459,6 +470,14 @@ int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *branch)
         rc = qsnap__refuse_internal_in(&t, l->id,
                                        "a commit would write into the layer that holds them",
                                        "delete the internal snapshots first");
+    if (!rc)
+        rc = qsnap__refuse_foreign_internal(s, &t, h->id,
+                                            "a commit empties the head and writes its data "
+                                            "into the layer below, which would change what it "
+                                            "reads");
+    if (!rc)
+        rc = qsnap__refuse_foreign_internal(s, &t, l->id,
+                                            "a commit would write into the file that holds it");
     if (!rc)
         rc = qsnap__check_free(s, &t, h->id);
     if (!rc)

@@ -59,6 +59,99 @@ int qsnap__refuse_internal_in(const struct qsnap__model *m, unsigned layer, cons
     return rc;
 }
 
+/*
+ * Internal snapshots in img (layer's file) that no node of m names (made
+ * outside qsnap: 'virsh snapshot-create-as' without --disk-only, 'qemu-img
+ * snapshot -c'): their count, their names joined in *names (when names is
+ * not NULL; NULL when out of memory).
+ */
+size_t qsnap__unknown_internal(const qcow2_image *img, const struct qsnap__model *m,
+                               unsigned layer, char **names)
+{
+    size_t k = 0, len = 0;
+
+    if (names)
+        *names = NULL;
+    for (size_t i = 0; img && i < qcow2_snapshot_count(img); i++) {
+        qcow2_snapshot_info si;
+        bool known = false;
+        if (qcow2_snapshot_get(img, i, &si) != 0)
+            continue;
+        for (size_t j = 0; j < m->nn && !known; j++) {
+            const struct qsnap__node *n = &m->nodes[j];
+            known = n->internal && n->layer == layer && si.name && !strcmp(n->internal, si.name);
+        }
+        if (known)
+            continue;
+        k++;
+        if (names && (k == 1 || *names) && len < 512) {
+            const char *nm = si.name && si.name[0] ? si.name : si.id ? si.id : "?";
+            char *more = realloc(*names, len + strlen(nm) + 3);
+            if (!more) {
+                free(*names);
+                *names = NULL;
+                continue;
+            }
+            *names = more;
+            len += (size_t)sprintf(more + len, "%s%s", len ? ", " : "", nm);
+        }
+    }
+    return k;
+}
+
+/* The same for layer's file, opened here: a file that is gone, or is not qcow2, holds none;
+ * one that does not open is the error of the open. */
+int qsnap__foreign_internal(const qsnap_store *s, const struct qsnap__model *m, unsigned layer,
+                            char **names, size_t *count)
+{
+    const struct qsnap__layer *l = qsnap__layer(m, layer);
+    qcow2_image *img = NULL;
+    char *path;
+    int rc;
+
+    *count = 0;
+    if (names)
+        *names = NULL;
+    if (!l || l->fmt != QCOW2_FORMAT_QCOW2)
+        return 0;
+    path = qsnap__path(s, l->file);
+    if (!path)
+        return nomem();
+    rc = qsnap__file_exists(path)
+             ? qsnap__open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img)
+             : 0;
+    free(path);
+    if (!rc && img)
+        *count = qsnap__unknown_internal(img, m, layer, names);
+    qcow2_image_close(img);
+    return rc;
+}
+
+int qsnap__refuse_foreign_internal(const qsnap_store *s, const struct qsnap__model *m,
+                                   unsigned layer, const char *why)
+{
+    const struct qsnap__layer *l = qsnap__layer(m, layer);
+    char *names = NULL, *path;
+    size_t k = 0;
+    int rc = qsnap__foreign_internal(s, m, layer, &names, &k);
+
+    if (rc || !k) {
+        free(names);
+        return rc;
+    }
+    path = qsnap__path(s, l->file);
+    rc = qsnap__err(QSNAP_EINTEGRITY,
+                    "with the VM shut down, delete it ('virsh snapshot-delete DOMAIN NAME', or "
+                    "'qsnap image snapshot -d NAME FILE'), then run the command again",
+                    "%s holds %s that qsnap did not make (%s; 'virsh snapshot-create-as' "
+                    "without --disk-only makes one): %s; nothing was changed",
+                    path ? path : l->file, k == 1 ? "an internal snapshot" : "internal snapshots",
+                    names ? names : "?", why);
+    free(path);
+    free(names);
+    return rc;
+}
+
 /* delete --children: the subtree must not hold internal nodes (delete them one by one). */
 int qsnap__check_subtree_external(const struct qsnap__model *m, const struct qsnap__node *root)
 {

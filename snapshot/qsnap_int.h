@@ -507,6 +507,15 @@ int qsnap__plan_create_internal(qsnap_plan **out, qsnap_store *s, const qsnap_cr
 int qsnap__plan_revert_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot,
                                 const char *new_branch, bool discard);
 int qsnap__plan_delete_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot);
+/* Internal snapshots of layer's file that no node of m names (plan_internal.c): in an
+ * open image, or opening the file. */
+size_t qsnap__unknown_internal(const qcow2_image *img, const struct qsnap__model *m,
+                               unsigned layer, char **names);
+int qsnap__foreign_internal(const qsnap_store *s, const struct qsnap__model *m, unsigned layer,
+                            char **names, size_t *count);
+/* QSNAP_EINTEGRITY naming them, with why (what the operation would do to them). */
+int qsnap__refuse_foreign_internal(const qsnap_store *s, const struct qsnap__model *m,
+                                   unsigned layer, const char *why);
 int qsnap__refuse_internal_in(const struct qsnap__model *m, unsigned layer, const char *why,
                               const char *hint);
 int qsnap__check_subtree_external(const struct qsnap__model *m, const struct qsnap__node *root);

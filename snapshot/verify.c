@@ -257,6 +257,27 @@ static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, st
             verify_image_check(s, l, repair, &cr, fs);
         }
     }
+    /* 4. Internal snapshots qsnap did not make: nothing of the tree reaches them. In a
+     * head, tree operations that would drop, freeze or change them refuse; in a frozen
+     * layer (frozen with it by an older qsnap) they are kept, and only said. */
+    if (img && l->fmt == QCOW2_FORMAT_QCOW2) {
+        char *names = NULL;
+        size_t k = qsnap__unknown_internal(img, &s->m, l->id, &names);
+        if (k && !l->frozen)
+            find(fs, true, false, path,
+                 "%s holds %s that qsnap did not make (%s): operations that would drop, "
+                 "freeze or change %s refuse; with the VM shut down, delete %s ('qsnap image "
+                 "snapshot -d NAME FILE')",
+                 l->file, k == 1 ? "an internal snapshot" : "internal snapshots",
+                 names ? names : "?", k == 1 ? "it" : "them", k == 1 ? "it" : "them");
+        else if (k)
+            find(fs, false, false, path,
+                 "%s holds %s that qsnap did not make (%s), frozen with it: kept, but no "
+                 "longer for reverting to",
+                 l->file, k == 1 ? "an internal snapshot" : "internal snapshots",
+                 names ? names : "?");
+        free(names);
+    }
     qcow2_image_close(img);
     free(path);
 }
