@@ -41,6 +41,8 @@
  * Files the steps make are held the same way from the moment they exist,
  * before they get their final names (qsnap__touch_hold_new).
  */
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -509,11 +511,101 @@ static int open_file(const qsnap_store *s, const struct qsnap__touch *t, int *fd
     return rc;
 }
 
-/* The refusal for the held files of t: it names them all (up to four). */
+/*
+ * Who holds the files: the processes this user may look at (/proc/PID/fd)
+ * with one of them open, named by their program ("qemu-system-x86 (pid
+ * 4242)"; a qsnap by its command: "qsnap mount (pid 77)"), at most three,
+ * appended to out. Only when a refusal is given, so its cost (a look at
+ * every open file of every process) is never that of an operation. *own:
+ * OWN_MOUNT when one of them is a qsnap mount, OWN_SERVE a qsnap server
+ * (qsnap serve, or nbdkit with qsnap's plugin).
+ */
+#define OWN_MOUNT 1
+#define OWN_SERVE 2
+static void holders(const dev_t *dev, const ino_t *ino, size_t nfiles, char *out, size_t size,
+                    int *own)
+{
+    size_t len = strlen(out), found = 0, looked = 0;
+    struct dirent *e;
+    DIR *proc = opendir("/proc");
+
+    while (proc && found < 3 && looked < 200000 && (e = readdir(proc)) != NULL) {
+        char dir[64], comm[64] = "?", cmd[256] = "";
+        long pid = isdigit((unsigned char)e->d_name[0]) ? strtol(e->d_name, NULL, 10) : 0;
+        bool match = false;
+        struct dirent *fe;
+        DIR *fds;
+        int dfd;
+
+        if (pid <= 0 || pid == (long)getpid())
+            continue;
+        snprintf(dir, sizeof(dir), "/proc/%ld/fd", pid);
+        fds = opendir(dir);
+        if (!fds)
+            continue;
+        dfd = dirfd(fds);
+        while (!match && looked++ < 200000 && (fe = readdir(fds)) != NULL) {
+            struct stat st;
+            if (fe->d_name[0] == '.' || fstatat(dfd, fe->d_name, &st, 0) < 0)
+                continue;
+            for (size_t i = 0; i < nfiles && !match; i++)
+                match = st.st_dev == dev[i] && st.st_ino == ino[i];
+        }
+        closedir(fds);
+        if (!match)
+            continue;
+        snprintf(dir, sizeof(dir), "/proc/%ld/comm", pid);
+        {
+            FILE *f = fopen(dir, "re");
+            if (f) {
+                if (fgets(comm, sizeof(comm), f))
+                    comm[strcspn(comm, "\n")] = '\0';
+                fclose(f);
+            }
+        }
+        snprintf(dir, sizeof(dir), "/proc/%ld/cmdline", pid);
+        {
+            int fd = open(dir, O_RDONLY | O_CLOEXEC);
+            ssize_t r = fd >= 0 ? read(fd, cmd, sizeof(cmd) - 1) : -1;
+            if (fd >= 0)
+                close(fd);
+            cmd[r > 0 ? r : 0] = '\0';
+            for (ssize_t i = 0; i + 1 < r; i++)
+                cmd[i] = cmd[i] ? cmd[i] : ' ';
+        }
+        if (!strcmp(comm, "qsnap")) {
+            /* "qsnap mount ..." / "qsnap serve ...": the program and its command */
+            const char *sub = strchr(cmd, ' ');
+            size_t w = sub ? strcspn(sub + 1, " ") : 0;
+            *own |= w == 5 && !strncmp(sub + 1, "mount", 5) ? OWN_MOUNT : OWN_SERVE;
+            len += (size_t)snprintf(out + len, len < size ? size - len : 0, "%sqsnap%s%.*s (pid %ld)",
+                                    found ? ", " : "", w ? " " : "", (int)w, sub ? sub + 1 : "",
+                                    pid);
+        } else {
+            if (!strcmp(comm, "nbdkit") && strstr(cmd, "qsnap"))
+                *own |= OWN_SERVE;
+            for (char *c = comm; *c; c++)
+                *c = isprint((unsigned char)*c) ? *c : '?';
+            len += (size_t)snprintf(out + len, len < size ? size - len : 0, "%s%s (pid %ld)",
+                                    found ? ", " : "", comm, pid);
+        }
+        found++;
+    }
+    if (proc)
+        closedir(proc);
+    if (found == 3 && len < size)
+        snprintf(out + len, size - len, ", ...");
+}
+
+/* The refusal for the held files of t: it names them all (up to four), and who holds them. */
 static int busy_error(const struct qsnap__touch *t, size_t n)
 {
-    char names[1024] = "";
-    size_t held = 0, len = 0;
+    char names[1024] = "", who[512] = "";
+    size_t held = 0, len = 0, k = 0;
+    dev_t dev[8];
+    ino_t ino[8];
+    int own = 0;
+    struct stat st;
 
     for (size_t i = 0; i < n; i++) {
         if (!t[i].held)
@@ -521,25 +613,42 @@ static int busy_error(const struct qsnap__touch *t, size_t n)
         if (held < 4 && len < sizeof(names))
             len += (size_t)snprintf(names + len, sizeof(names) - len, "%s%s (%s)",
                                     held ? ", " : "", t[i].path, t[i].role);
+        if (k < 8 && stat(t[i].path, &st) == 0) {
+            dev[k] = st.st_dev;
+            ino[k++] = st.st_ino;
+        }
         held++;
     }
     if (!held)
         return 0;
     if (held > 4 && len < sizeof(names))
         snprintf(names + len, sizeof(names) - len, " and %zu more", held - 4);
+    holders(dev, ino, k, who, sizeof(who), &own);
+    if (own)
+        return qsnap__err(QSNAP_EBUSY,
+                          own == OWN_MOUNT ? "end the mount ('qsnap umount DIR'), then run the "
+                                             "command again (nothing was changed)"
+                          : own == OWN_SERVE
+                              ? "stop the server ('qsnap serve --stop DISK'), then run the "
+                                "command again (nothing was changed)"
+                              : "end the mount ('qsnap umount DIR') and stop the server ('qsnap "
+                                "serve --stop DISK'), then run the command again (nothing was "
+                                "changed)",
+                          "%s %s in use: held by %s (a qsnap mount or server keeps the images "
+                          "it reads open, with their locks)",
+                          names, held == 1 ? "is" : "are", who);
     if (held == 1)
         return qsnap__err(QSNAP_EBUSY,
                           "shut down the virtual machine that uses it, then run the command "
                           "again (nothing was changed)",
-                          "%s is in use: a running QEMU (or another process) holds its image "
-                          "lock",
-                          names);
+                          "%s is in use: %s holds its image lock", names,
+                          who[0] ? who : "a running QEMU (or another process)");
     return qsnap__err(QSNAP_EBUSY,
                       "shut down the virtual machines that use them ('--dry-run' lists what "
                       "was checked), then run the command again (nothing was changed)",
-                      "%s are in use: a running QEMU (or another process) holds their image "
-                      "locks",
-                      names);
+                      "%s are in use: %s hold%s their image locks", names,
+                      who[0] ? who : "a running QEMU (or another process)",
+                      who[0] && !strchr(who, ',') ? "s" : "");
 }
 
 int qsnap__touch_check(const qsnap_store *s, struct qsnap__touch *t, size_t n)

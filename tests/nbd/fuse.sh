@@ -12,7 +12,8 @@
 #     devices or mount are not available);
 #   - --rw: writes to a branch file land in that branch (qsnap export reads
 #     them), every other state keeps its content, the snapshot files stay
-#     read-only, tree commands touching the head exit 5 while mounted, and
+#     read-only, tree commands touching the head exit 5 while mounted (naming
+#     the mount's process and 'qsnap umount'), and
 #     `fusermount3 -u` ends the mount too; qemu-img check of the head is clean;
 #     st_blocks (du) of a branch file grows by what a write newly allocates.
 #   - while a paused QEMU holds main's head (as a running VM does): a read-only
@@ -181,6 +182,9 @@ if q mount disk.raw m --rw 2>mount.err; then
     rc=$?
     [ $rc = 5 ] && ok "qsnap create while main is mounted --rw: exit 5" || bad "lock" "exit $rc: $(cat lock.out)"
     pid=$(mount_pid)
+    grep -q "in use: held by qsnap mount (pid $pid)" lock.out && grep -q "qsnap umount DIR" lock.out &&
+        ok "the refusal names the holder (qsnap mount, its pid) and how to end it" ||
+        bad "holder named" "pid $pid: $(cat lock.out)"
     fusermount3 -u m
     for _ in $(seq 100); do [ -n "$pid" ] && alive "$pid" || break; sleep 0.1; done
     [ -n "$pid" ] && ! alive "$pid" && ! mountpoint -q m && ok "fusermount3 -u ends it too" || bad "fusermount3 -u" "still running"
