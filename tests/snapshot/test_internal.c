@@ -245,6 +245,13 @@ Test(internal, story_on_qcow2_disk)
     expect_refused(create_internal(s, "outside"), QSNAP_EUSAGE, "name in the head", "outside");
     tf_ok(tf_delete(s, "i1", 0, NULL), "delete i1");
     tf_model_del(&m, "i1");
+    /* verify names it (tests/tree/foreign_internal.sh); gone, the store is clean. */
+    {
+        char out[4096], *h = tf_file_of(s, "main");
+        cr_assert_eq(qo_sh(out, sizeof(out), "qemu-img snapshot -d outside '%s'", h), 0, "%s",
+                     out);
+        free(h);
+    }
     tf_check_store(s, &m, tf_dir, "delete i1");
     qsnap_store_close(s);
     tf_model_free(&m);
