@@ -7,6 +7,7 @@
  * is executed and its summary line printed. The tree logic is the library's;
  * this file parses and prints.
  */
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -178,6 +179,62 @@ static void run_step_hook(unsigned step, void *payload)
         raise(SIGSTOP);
 }
 
+/*
+ * SIGINT, SIGTERM or SIGHUP while a plan runs: the operation stops where it is,
+ * with its journal, as a crash would leave it (the library never undoes from a
+ * signal handler). Before dying of the signal, one line says so and names the
+ * way out; the text is made before the run, so the handler only writes it.
+ */
+static char interrupt_done[PATH_MAX + 256], interrupt_none[PATH_MAX + 256];
+static char interrupt_journal[PATH_MAX];
+static size_t interrupt_done_len, interrupt_none_len;
+
+static void on_interrupt(int sig)
+{
+    /* access() and write() are safe in a handler: the journal says whether a step began. */
+    bool begun = access(interrupt_journal, F_OK) == 0;
+    size_t len = begun ? interrupt_done_len : interrupt_none_len;
+
+    if (len && write(STDERR_FILENO, begun ? interrupt_done : interrupt_none, len) < 0)
+        len = 0;
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void interrupt_catch(const qsnap_store *s, const char *disk, bool on)
+{
+    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    const char *nl = isatty(STDERR_FILENO) ? "\n" : "";
+    int n;
+
+    if (on) {
+        n = snprintf(interrupt_done, sizeof(interrupt_done),
+                     "%sqsnap: %s: interrupted: the operation is unfinished; 'qsnap verify %s "
+                     "--repair' finishes it\n",
+                     nl, disk, disk);
+        interrupt_done_len = n > 0 && (size_t)n < sizeof(interrupt_done) ? (size_t)n : 0;
+        n = snprintf(interrupt_none, sizeof(interrupt_none),
+                     "%sqsnap: %s: interrupted; no operation is left unfinished ('qsnap list "
+                     "%s' shows the tree)\n",
+                     nl, disk, disk);
+        interrupt_none_len = n > 0 && (size_t)n < sizeof(interrupt_none) ? (size_t)n : 0;
+        n = snprintf(interrupt_journal, sizeof(interrupt_journal), "%s/journal",
+                     qsnap_store_path(s));
+        if (n < 0 || (size_t)n >= sizeof(interrupt_journal))
+            interrupt_journal[0] = '\0';
+    }
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+        struct sigaction sa, old;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = on ? on_interrupt : SIG_DFL;
+        sigemptyset(&sa.sa_mask);
+        /* A signal the caller ignores (nohup) stays ignored. */
+        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN)
+            continue;
+        sigaction(sigs[i], &sa, NULL);
+    }
+}
+
 /* How a plan run shows the progress of steps that copy data. */
 enum run_progress_mode {
     PROGRESS_OFF,   /* never (the plan copies nothing) */
@@ -216,7 +273,9 @@ static int run_plan_ex(qsnap_store *s, qsnap_plan *p, const char *disk, bool dry
         eo.progress = run_progress;
         eo.step_hook = run_step_hook;
         eo.payload = &c;
+        interrupt_catch(s, disk, true);
         rc = qsnap_plan_execute(s, p, &eo);
+        interrupt_catch(s, disk, false);
         if (rc < 0)
             cli_progress_abort(&c.pr);
         else

@@ -244,19 +244,19 @@ static void list_json(const char *disk_abs, const char *store, const qsnap_node 
 
 static void list_table(const qsnap_node *list, size_t n, const bool *sel, bool parent_col)
 {
-    int wname = 4, wparent = 6;
+    size_t wname = 4, wparent = 6;
 
     for (size_t i = 0; i < n; i++) {
         if (!sel[i])
             continue;
-        if ((int)strlen(list[i].name) > wname)
-            wname = (int)strlen(list[i].name);
-        if (list[i].parent_name && (int)strlen(list[i].parent_name) > wparent)
-            wparent = (int)strlen(list[i].parent_name);
+        if (cli_text_width(list[i].name) > wname)
+            wname = cli_text_width(list[i].name);
+        if (list[i].parent_name && cli_text_width(list[i].parent_name) > wparent)
+            wparent = cli_text_width(list[i].parent_name);
     }
-    printf("  %-*s  ", wname, "NAME");
+    printf("  %-*s  ", (int)wname, "NAME");
     if (parent_col)
-        printf("%-*s  ", wparent, "PARENT");
+        printf("%-*s  ", (int)wparent, "PARENT");
     printf("%-8s  %-19s  %10s  %s\n", "KIND", "CREATED", "SIZE", "DIRTY");
     for (size_t i = 0; i < n; i++) {
         const qsnap_node *e = &list[i];
@@ -264,9 +264,13 @@ static void list_table(const qsnap_node *list, size_t n, const bool *sel, bool p
 
         if (!sel[i])
             continue;
-        printf("%c %-*s  ", e->kind == QSNAP_BRANCH && e->current ? '*' : ' ', wname, e->name);
-        if (parent_col)
-            printf("%-*s  ", wparent, e->parent_name ? e->parent_name : "-");
+        printf("%c ", e->kind == QSNAP_BRANCH && e->current ? '*' : ' ');
+        cli_put_padded(stdout, e->name, wname);
+        fputs("  ", stdout);
+        if (parent_col) {
+            cli_put_padded(stdout, e->parent_name ? e->parent_name : "-", wparent);
+            fputs("  ", stdout);
+        }
         printf("%-8s  %-19s  %10s  %s\n", e->internal ? "internal" : tree_kind_name(e->kind),
                tree_fmt_time(e->created, when),
                cli_fmt_size(e->file_bytes, size),
@@ -658,16 +662,18 @@ int cli_tree_du(int argc, char **argv)
         cli_json_finish(&j);
     } else {
         char a[CLI_SIZE_STR_MAX], b[CLI_SIZE_STR_MAX];
-        int w = 5;
+        size_t w = 5;
 
         for (size_t i = 0; i < n; i++)
-            if ((int)strlen(u[i].name) > w)
-                w = (int)strlen(u[i].name);
-        printf("%-*s  %-8s  %10s  %10s\n", w, "NAME", "KIND", "HOLDS", "FREES");
-        for (size_t i = 0; i < n; i++)
-            printf("%-*s  %-8s  %10s  %10s\n", w, u[i].name, tree_kind_name(u[i].kind),
+            if (cli_text_width(u[i].name) > w)
+                w = cli_text_width(u[i].name);
+        printf("%-*s  %-8s  %10s  %10s\n", (int)w, "NAME", "KIND", "HOLDS", "FREES");
+        for (size_t i = 0; i < n; i++) {
+            cli_put_padded(stdout, u[i].name, w);
+            printf("  %-8s  %10s  %10s\n", tree_kind_name(u[i].kind),
                    cli_fmt_size(u[i].holds, a), cli_fmt_size(u[i].frees, b));
-        printf("%-*s  %-8s  %10s\n", w, "total", "", cli_fmt_size(holds, a));
+        }
+        printf("%-*s  %-8s  %10s\n", (int)w, "total", "", cli_fmt_size(holds, a));
     }
 out:
     qsnap_du_free(u, n);

@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* Room for any string the formatters below produce. */
 #define CLI_SIZE_STR_MAX 32
@@ -32,5 +33,16 @@ const char *cli_fmt_size(uint64_t bytes, char buf[CLI_SIZE_STR_MAX]);
 
 /* qemu-io's size: "0 bytes", "64 KiB", "1.312 MiB" (3 decimals unless whole). */
 const char *cli_fmt_size_io(double bytes, char buf[CLI_SIZE_STR_MAX]);
+
+/*
+ * Terminal columns a UTF-8 string takes: wide characters (CJK) two, combining
+ * marks none, others one (wcwidth() of the C.UTF-8 locale, whatever the
+ * user's; one per code point where that locale is missing). Bytes that are
+ * not UTF-8 count one each.
+ */
+size_t cli_text_width(const char *s);
+
+/* Print s to f, padded with spaces to width columns (cli_text_width). */
+void cli_put_padded(FILE *f, const char *s, size_t width);
 
 #endif /* QSNAP_CLI_FMT_H */

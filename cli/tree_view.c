@@ -136,16 +136,6 @@ int tree_select(const qsnap_node *list, size_t n, const tree_filter *f, bool *se
     return 0;
 }
 
-/* Columns a UTF-8 string takes (one per code point). */
-static size_t text_width(const char *s)
-{
-    size_t w = 0;
-
-    for (; *s; s++)
-        w += ((unsigned char)*s & 0xc0) != 0x80;
-    return w;
-}
-
 struct view {
     FILE *out;
     const qsnap_node *list;
@@ -166,7 +156,7 @@ struct view {
  */
 static size_t label_width(const qsnap_node *e, size_t depth)
 {
-    return 3 * depth + (e->kind == QSNAP_BRANCH ? 2 : 0) + text_width(e->name);
+    return 3 * depth + (e->kind == QSNAP_BRANCH ? 2 : 0) + cli_text_width(e->name);
 }
 
 static void put(const struct view *v, const char *color, const char *text)

@@ -33,6 +33,28 @@ _qsnap_options()
         }'
 }
 
+# _qsnap_dequote WORD: WORD as the shell would read it, without expanding
+# anything: backslash escapes and '...' / "..." quoting removed, so a disk
+# typed as my\ disk.raw or "my disk.raw" is found.
+_qsnap_dequote()
+{
+    local w=$1 out="" c q="" j
+    for ((j = 0; j < ${#w}; j++)); do
+        c=${w:j:1}
+        if [ "$q" = "'" ]; then
+            if [ "$c" = "'" ]; then q=""; else out+=$c; fi
+        elif [ "$c" = "\\" ]; then
+            j=$((j + 1))
+            out+=${w:j:1}
+        elif [ "$c" = "'" ] || [ "$c" = '"' ]; then
+            if [ "$q" = "$c" ]; then q=""; elif [ -z "$q" ]; then q=$c; else out+=$c; fi
+        else
+            out+=$c
+        fi
+    done
+    printf '%s' "$out"
+}
+
 # _qsnap_names QSNAP DISK KIND: snapshot ("snapshot"), branch ("branch") or
 # both ("any") names of DISK's tree.
 _qsnap_names()
@@ -128,6 +150,7 @@ _qsnap()
     if [ -z "$sub" ] && [ ${#pos[@]} -ge 1 ]; then
         disk=${pos[0]}
         disk=${disk/#\~/$HOME}
+        disk=$(_qsnap_dequote "$disk")
         n=${#pos[@]}
         if [ -z "$kind" ]; then
             case $cmd:$n in

@@ -272,9 +272,10 @@ static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsn
     }
     if (!rc)
         rc = qsnap__set_summary(p,
-                                "deleted snapshot %s and its subtree (%zu snapshots, %zu branches)"
+                                "deleted snapshot %s and its subtree (%zu snapshot%s, %zu branch%s)"
                                 "%s%s%s",
-                                root_name, nodes, removed_branches,
+                                root_name, nodes, nodes == 1 ? "" : "s", removed_branches,
+                                removed_branches == 1 ? "" : "es",
                                 p->lost ? "; dropped the changes of " : "",
                                 p->lost ? p->lost : "", p->lost ? " that no snapshot kept" : "");
     goto out_noindex;

@@ -182,6 +182,13 @@ check "completion: qsnap switch DISK '' -> the branches" \
 check "completion: qsnap info DISK b -> base before-upgrade" \
     test "$(complete_words qsnap info "$disk" b)" = "base before-upgrade "
 check "completion: qsnap image info -f '' -> qcow2 raw" test "$(complete_words qsnap image info -f "")" = "qcow2 raw "
+sdisk="$W/sp ace/my d.raw"
+mkdir -p "$W/sp ace" && truncate -s 1M "$sdisk" && "$root/bin/qsnap" create "$sdisk" base >/dev/null ||
+    bad "make a disk with spaces in its path" "qsnap create failed"
+check "completion: a disk typed with backslashes (sp\\ ace/my\\ d.raw) -> its names" \
+    test "$(complete_words qsnap info "${sdisk// /\\ }" "")" = "base main "
+check "completion: a disk typed in quotes -> its names" \
+    test "$(complete_words qsnap info "\"$sdisk\"" "")" = "base main "
 check "completion: no names for a disk without a store" \
     test "$(complete_words qsnap revert "$W/none.raw" "")" = " "
 

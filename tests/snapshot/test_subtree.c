@@ -265,7 +265,7 @@ Test(subtree, dirty_branches_need_force)
     free(after);
     free(before);
     tf_ok(tf_exec(s, p, &sum), "delete s2 --children --force");
-    cr_assert(strstr(sum, "(1 snapshots, 3 branches); dropped the changes of "), "%s", sum);
+    cr_assert(strstr(sum, "(1 snapshot, 3 branches); dropped the changes of "), "%s", sum);
     cr_assert(strstr(sum, lost), "%s", sum);
     free(sum);
     tf_model_del(m, "s2");
