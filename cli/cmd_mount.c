@@ -7,10 +7,16 @@
  * only when libfuse3's headers exist (QSNAP_HAVE_FUSE); otherwise the
  * commands say so.
  *
- * A read-only mount does not need every image: one that another program
- * holds (a running QEMU on a branch's head) is listed with its size from the
- * store, but never opened; opening its file fails with EBUSY. A writable
- * mount needs its branches' heads and is refused as a whole instead.
+ * A read-only mount opens an image only while one of its files is open (the
+ * first open(2) opens it, the last close closes it): a mount nobody reads
+ * holds no image, so tree commands and VMs work as without it. An image
+ * that another program holds (a running QEMU on a branch's head) fails the
+ * open(2) with EBUSY, and reads again once that program is gone. A file
+ * reads what its name names when it is opened (a tree changed since the
+ * mount shows through; a name gone is ENOENT), so no page cache is kept
+ * across opens. A writable mount needs its branches' heads: it opens every
+ * image at the start, keeps them to the unmount, and is refused as a whole
+ * while one is held.
  *
  * The file system runs in a process of its own (one thread: each image is
  * used by one thread at a time, as libqcow2 requires), recorded in the
@@ -46,9 +52,10 @@ static const char mount_help[] =
     "content (FUSE). The files are read-only; with --rw, branch files are writable\n"
     "and the writes go to the branch's head (which is then locked as QEMU locks an\n"
     "image, so tree commands that would touch it are refused until the unmount).\n"
-    "While a running program (a VM) holds a branch's head, a read-only mount still\n"
-    "shows everything: that branch's file (and its internal snapshots) is listed,\n"
-    "but opening it fails with EBUSY; --rw is refused.\n"
+    "A read-only mount opens an image only while a file of it is open, so tree\n"
+    "commands work beside an idle mount. While a running program (a VM) holds a\n"
+    "branch's head, that branch's file (and its internal snapshots) is listed, but\n"
+    "opening it fails with EBUSY until the program is gone; --rw is refused.\n"
     "Files are sparse where the image is (SEEK_DATA/SEEK_HOLE), so 'cp --sparse'\n"
     "and 'qemu-img convert' of them skip the holes. 'qsnap umount DIR' or\n"
     "'fusermount3 -u DIR' ends it.\n"
@@ -76,7 +83,9 @@ static const char umount_help[] =
 
 struct mfile {
     char *name;        /* NAME.raw */
-    qcow2_image *img;  /* its content; NULL when held by another program at mount */
+    char *node;        /* the snapshot's or branch's name */
+    qcow2_image *img;  /* its content (read-only mount: while opens > 0) */
+    unsigned opens;    /* read-only mount: open(2)s not yet released */
     bool writable;     /* a branch with --rw */
     uint64_t size;     /* virtual size */
     uint64_t data;     /* bytes of data (for st_blocks): counted at mount, kept by m_write */
@@ -86,6 +95,8 @@ struct mctx {
     struct mfile *files;
     size_t n;
     time_t when;
+    bool rw;           /* --rw: every image opened at the start, kept */
+    char *disk;        /* the disk, absolute: a read-only mount opens the store per open(2) */
 };
 
 static struct mctx *ctx(void)
@@ -178,19 +189,62 @@ static int m_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t of
     return 0;
 }
 
+/* Read-only mount: the image of f, opened for its first open(2) (0 or -errno). */
+static int image_get(struct mctx *c, struct mfile *f)
+{
+    qsnap_store *s = NULL;
+    int rc;
+
+    if (f->opens++ > 0)
+        return 0;
+    rc = qsnap_store_open(&s, c->disk, QSNAP_OPEN_READONLY);
+    if (rc == 0)
+        rc = qsnap_open_image(s, f->node, 0, &f->img);
+    qsnap_store_close(s);
+    if (rc == 0)
+        return 0;
+    f->opens--;
+    f->img = NULL;
+    switch (rc) {
+    case QSNAP_EBUSY: return -EBUSY;
+    case QSNAP_ENOTFOUND: return -ENOENT;
+    default: return -EIO;
+    }
+}
+
 static int m_open(const char *path, struct fuse_file_info *fi)
 {
+    struct mctx *c = ctx();
     struct mfile *f = lookup(path);
+    int rc;
 
     if (!f)
         return -ENOENT;
-    if (!f->img)
-        return -EBUSY;
     if ((fi->flags & O_ACCMODE) != O_RDONLY && !f->writable)
         return -EROFS;
     if (fi->flags & O_TRUNC)
         return -EPERM; /* the size of a disk is fixed */
-    fi->keep_cache = !f->writable;
+    if (c->rw) {
+        if (!f->img)
+            return -EBUSY;
+        fi->keep_cache = !f->writable;
+        return 0;
+    }
+    rc = image_get(c, f);
+    fi->keep_cache = 0; /* the name may name other content than at the last open */
+    return rc;
+}
+
+static int m_release(const char *path, struct fuse_file_info *fi)
+{
+    struct mctx *c = ctx();
+    struct mfile *f = lookup(path);
+
+    (void)fi;
+    if (f && !c->rw && f->opens > 0 && --f->opens == 0) {
+        qcow2_image_close(f->img);
+        f->img = NULL;
+    }
     return 0;
 }
 
@@ -305,7 +359,7 @@ static void *m_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
     /* Larger requests (up to 1 MiB; the kernel caps them) cost fewer round trips. */
     conn->max_readahead = 1u << 20;
     conn->max_write = 1u << 20;
-    cfg->kernel_cache = 1;
+    cfg->kernel_cache = 0; /* each open says (keep_cache) */
     cfg->entry_timeout = 60;
     cfg->attr_timeout = 60;
     return fuse_get_context()->private_data;
@@ -315,6 +369,7 @@ static const struct fuse_operations mount_ops = {
     .getattr = m_getattr,
     .readdir = m_readdir,
     .open = m_open,
+    .release = m_release,
     .read = m_read,
     .write = m_write,
     .fsync = m_fsync,
@@ -330,10 +385,13 @@ static void close_files(struct mctx *c)
             fprintf(stderr, "qsnap: %s\n", qcow2_error_last()->message);
         qcow2_image_close(c->files[i].img);
         free(c->files[i].name);
+        free(c->files[i].node);
     }
     free(c->files);
     c->files = NULL;
     c->n = 0;
+    free(c->disk);
+    c->disk = NULL;
 }
 
 static int open_files(struct mctx *c, const char *disk, bool rw)
@@ -344,9 +402,18 @@ static int open_files(struct mctx *c, const char *disk, bool rw)
     int64_t n_data;
     int rc, status;
 
+    c->rw = rw;
+    c->disk = realpath(disk, NULL);
+    if (!c->disk) {
+        cli_errorf("%s: %s", disk, strerror(errno));
+        return CLI_EXIT_NOTFOUND;
+    }
     status = tree_open(&s, disk, QSNAP_OPEN_READONLY);
-    if (status)
+    if (status) {
+        free(c->disk);
+        c->disk = NULL;
         return status;
+    }
     rc = qsnap_list(s, &list, &n);
     if (rc == 0 && n == 0) {
         qsnap_store_close(s);
@@ -365,21 +432,32 @@ static int open_files(struct mctx *c, const char *disk, bool rw)
         rc = qsnap_open_image(s, list[i].name, f->writable ? QCOW2_OPEN_RDWR : 0, &f->img);
         if (rc == QSNAP_EBUSY && !rw) {
             /* Another program writes it (a running QEMU on a branch's head): a
-             * read could see it half-written. Listed, never opened. */
-            fprintf(stderr, "qsnap: %s.raw is listed but cannot be opened (EBUSY): %s\n",
+             * read could see it half-written. Listed; opening it fails with EBUSY
+             * while that program holds it. */
+            fprintf(stderr,
+                    "qsnap: %s.raw is listed but cannot be opened while another program "
+                    "holds it (EBUSY): %s\n",
                     list[i].name, qsnap_error_last()->message);
             rc = 0;
         }
         if (rc)
             break;
-        if (asprintf(&f->name, "%s.raw", list[i].name) < 0) {
+        f->name = NULL;
+        f->node = strdup(list[i].name);
+        if (!f->node || asprintf(&f->name, "%s.raw", list[i].name) < 0) {
             qcow2_image_close(f->img);
+            free(f->node);
             rc = QSNAP_ERROR;
             break;
         }
         f->size = f->img ? qcow2_image_size(f->img) : list[i].virtual_size;
         n_data = f->img ? data_in(f->img, 0, f->size) : 0;
         f->data = n_data >= 0 ? (uint64_t)n_data : f->size;
+        if (!rw) {
+            /* Opened again by the first open(2) of its file. */
+            qcow2_image_close(f->img);
+            f->img = NULL;
+        }
         c->n++;
     }
     if (rc)
@@ -424,7 +502,7 @@ static char *mount_opts(const char *disk, bool rw)
 /* Run the file system; tell the parent (fd ready, -1 in the foreground) how the mount went. */
 static int run(const char *disk, const char *dir, bool rw, int ready)
 {
-    struct mctx c = {NULL, 0, time(NULL)};
+    struct mctx c = {NULL, 0, time(NULL), rw, NULL};
     struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
     struct fuse *fs = NULL;
     char *opts = NULL, *rundir = NULL, *record = NULL, pidbuf[32];

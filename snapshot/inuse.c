@@ -626,16 +626,17 @@ static int busy_error(const struct qsnap__touch *t, size_t n)
     holders(dev, ino, k, who, sizeof(who), &own);
     if (own)
         return qsnap__err(QSNAP_EBUSY,
-                          own == OWN_MOUNT ? "end the mount ('qsnap umount DIR'), then run the "
-                                             "command again (nothing was changed)"
+                          own == OWN_MOUNT ? "close the files open in the mount, or end it "
+                                             "('qsnap umount DIR'), then run the command again "
+                                             "(nothing was changed)"
                           : own == OWN_SERVE
                               ? "stop the server ('qsnap serve --stop DISK'), then run the "
                                 "command again (nothing was changed)"
                               : "end the mount ('qsnap umount DIR') and stop the server ('qsnap "
                                 "serve --stop DISK'), then run the command again (nothing was "
                                 "changed)",
-                          "%s %s in use: held by %s (a qsnap mount or server keeps the images "
-                          "it reads open, with their locks)",
+                          "%s %s in use: held by %s (a qsnap mount holds the images of its open "
+                          "files, a server those it serves)",
                           names, held == 1 ? "is" : "are", who);
     if (held == 1)
         return qsnap__err(QSNAP_EBUSY,

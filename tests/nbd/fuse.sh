@@ -16,12 +16,15 @@
 #     the mount's process and 'qsnap umount'), and
 #     `fusermount3 -u` ends the mount too; qemu-img check of the head is clean;
 #     st_blocks (du) of a branch file grows by what a write newly allocates.
+#   - a read-only mount holds an image only while a file of it is open: beside
+#     an idle mount create and delete work; with main.raw open, switch exits 5
+#     naming the mount; once closed it works, and the files read as before;
 #   - while a paused QEMU holds main's head (as a running VM does): a read-only
 #     mount works, its snapshot and other branch files read as `qsnap export`
 #     does, main.raw and an internal snapshot inside that head are listed with
 #     their size but opening them fails with EBUSY (the mount says so), the
 #     mount's process has no descriptor of the head; a --rw mount is refused
-#     (exit 5); once the QEMU is gone, a new mount reads main.raw.
+#     (exit 5); once the QEMU is gone, the same mount reads main.raw.
 #   - a disk whose name holds a comma (or a backslash) mounts with its own
 #     options only: "c,allow_other" does not open the mount to other users,
 #     "w,rw" stays read-only.
@@ -43,7 +46,9 @@ fuse_cleanup() {
     [ -n "$QPID" ] && kill "$QPID" 2>/dev/null && wait "$QPID" 2>/dev/null
     mountpoint -q "$W/fs" 2>/dev/null && umount "$W/fs"
     [ -n "$LOOP" ] && losetup -d "$LOOP" 2>/dev/null
-    mountpoint -q "$W/m" 2>/dev/null && { fusermount3 -u "$W/m" 2>/dev/null || umount "$W/m"; }
+    for d in "$W/m" "$W/m2"; do
+        mountpoint -q "$d" 2>/dev/null && { fusermount3 -u "$d" 2>/dev/null || umount "$d"; }
+    done
     for f in "$W"/run/qsnap/mount-*; do
         [ -f "$f" ] || continue
         p=$(sed -n 's/^pid=//p' "$f")
@@ -138,7 +143,26 @@ EOF
     else
         echo "skip: loop mount of s1.raw (no loop devices here, or not root)"
     fi
+    # A read-only mount holds an image only while a file of it is open: tree commands work
+    # beside an idle mount, and one open file holds its chain until it is closed.
     pid=$(mount_pid)
+    imgs() { for f in /proc/"$pid"/fd/*; do readlink -f "$f"; done | grep -c '\.qcow2$'; }
+    [ -n "$pid" ] && [ "$(imgs)" = 0 ] && ok "an idle read-only mount has no image open" ||
+        bad "idle mount" "$(imgs) images open"
+    q create disk.raw tmp >tree.out 2>&1 && q delete disk.raw tmp >>tree.out 2>&1 &&
+        ok "create and delete beside an idle read-only mount" || bad "tree beside the mount" "$(cat tree.out)"
+    head=$(q info disk.raw main --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["file"])')
+    exec 7<m/main.raw
+    q switch disk.raw other >tree.out 2>&1
+    rc=$?
+    [ $rc = 5 ] && grep -q "held by qsnap mount (pid $pid)" tree.out &&
+        ok "with main.raw open in the mount, switch exits 5 naming the mount" || bad "open file" "exit $rc: $(cat tree.out)"
+    exec 7<&-
+    for _ in $(seq 50); do [ "$(imgs)" = 0 ] && break; sleep 0.1; done
+    q switch disk.raw other >tree.out 2>&1 && q switch disk.raw main >>tree.out 2>&1 &&
+        ok "once it is closed, switch works again" || bad "after close" "$(cat tree.out)"
+    cmp -s m/main.raw main.exp && cmp -s m/s1.raw s1.exp && ok "the mount reads as before after those changes" ||
+        bad "reads after tree changes" "differ"
     q umount m 2>umount.err
     rc=$?
     if [ $rc = 0 ] && ! mountpoint -q m && [ -n "$pid" ] && ! alive "$pid"; then
@@ -236,36 +260,36 @@ if qemu_start "$(q current disk.raw --path)"; then
         [ "$(stat -c %s m/main.raw)" = $((64 << 20)) ] && ok "main.raw has the disk's size" ||
             bad "size of main.raw" "$(stat -c %s m/main.raw)"
         pid=$(mount_pid)
+        exec 7<m/other.raw
         fds=$( [ -n "$pid" ] && for f in /proc/"$pid"/fd/*; do readlink -f "$f"; done)
+        exec 7<&-
         if [ -z "$pid" ]; then
             bad "mount process" "no record"
         elif echo "$fds" | grep -qxF "$head"; then
             bad "held head" "the mount's process has $head open"
         elif echo "$fds" | grep -q '\.qcow2$'; then
-            ok "the mount's process has the other layers open, not main's head"
+            ok "with other.raw open, the mount's process has its layers open, not main's head"
         else
             bad "mount fds" "no image open: $fds"
         fi
         locked "$head" && ok "the QEMU still holds its lock" || bad "QEMU lock" "gone"
-        q umount m || bad "umount (held)" "failed"
     else
         bad "read-only mount while a QEMU holds main's head" "$(cat held.err)"
     fi
-    q mount disk.raw m --rw >rw.out 2>&1
+    mkdir -p m2
+    q mount disk.raw m2 --rw >rw.out 2>&1
     rc=$?
-    if [ $rc = 5 ] && grep -qF "$head" rw.out && ! mountpoint -q m; then
+    if [ $rc = 5 ] && grep -qF "$head" rw.out && ! mountpoint -q m2; then
         ok "--rw mount while the QEMU holds main's head: exit 5, names the head"
     else
-        mountpoint -q m && q umount m
+        mountpoint -q m2 && q umount m2
         bad "--rw (held)" "exit $rc: $(cat rw.out)"
     fi
     qemu_stop
-    if q mount disk.raw m 2>mount.err; then
-        cmp -s m/main.raw main3.exp && ok "after the QEMU ends, a new mount reads main.raw" ||
+    if mountpoint -q m; then
+        cmp -s m/main.raw main3.exp && ok "once the QEMU is gone, the same mount reads main.raw" ||
             bad "main.raw after QEMU" "differs"
-        q umount m
-    else
-        bad "mount after QEMU" "$(cat mount.err)"
+        q umount m || bad "umount (held)" "failed"
     fi
 else
     bad "qemu on main's head" "did not start"
