@@ -112,6 +112,24 @@ void tree_put_text(FILE *out, const char *s, size_t n)
     }
 }
 
+int tree_refuse_in_store(const char *path, const char *hint)
+{
+    qsnap_file_kind kind;
+    char *dir = NULL;
+
+    /* An error here (a layer that cannot be told) still says the path is in a store. */
+    qsnap_file_kind_of(path, &kind, &dir);
+    if (kind == QSNAP_FILE_NONE)
+        return 0;
+    fprintf(stderr, "qsnap: %s: refused: %s %s, whose files only qsnap's tree commands write "
+                    "(nothing was changed)\n",
+            path, kind == QSNAP_FILE_STORE ? "inside the store directory" : "a file of the store",
+            dir ? dir : "");
+    fprintf(stderr, "qsnap: hint: %s\n", hint);
+    free(dir);
+    return CLI_EXIT_UNSAFE;
+}
+
 char *tree_disk_of(const qsnap_store *s)
 {
     const char *dir = qsnap_store_path(s);
