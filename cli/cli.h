@@ -51,6 +51,15 @@ int cli_open_image(qcow2_image **out, const char *path, qcow2_format fmt, bool n
                    bool no_lock);
 
 /*
+ * Before an image command writes into path (replace: makes or replaces the
+ * file): refuse a frozen file of a qsnap store (the disk once it has
+ * snapshots, a snapshot's layer, a state file) and, with replace, any file of
+ * a store or a name in a store directory, printing the library's message and
+ * hint. Returns 0 (go on) or 1 (qemu-img's status for an error).
+ */
+int cli_refuse_store_write(const char *path, bool replace);
+
+/*
  * Converters of the image commands' options (see opt.h): -f/-O FMT into a
  * qcow2_format, --output=human|json into a bool (true: json). A bad value is
  * reported as qemu-img does and the command exits 1.

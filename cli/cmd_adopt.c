@@ -221,6 +221,11 @@ int cli_tree_libvirt_xml(int argc, char **argv)
     json = a.json;
     if (!domain)
         return tree_usage("libvirt-xml", "--domain DOMAIN.xml is required");
+    /* The documents in a store directory would be files its commands refuse. */
+    status = tree_refuse_in_store(out_dir, "write the documents outside the store directory "
+                                           "(--out DIR)");
+    if (status)
+        return status;
     status = tree_open(&s, op.v[0], QSNAP_OPEN_READONLY);
     if (status)
         return status;

@@ -204,8 +204,12 @@ int cli_image_check(int argc, char **argv)
     }
     /* A check sees the image as it is: dirty, or with a refcount table only a rebuild can fix. */
     oo.flags |= QCOW2_OPEN_CHECK;
-    if (fix)
+    if (fix) {
+        /* A repair writes: not into a snapshot's layer (the tree's 'verify' checks those). */
+        if (cli_refuse_store_write(op.v[0], false))
+            return 1;
         oo.flags |= QCOW2_OPEN_RDWR;
+    }
     if (no_lock)
         oo.flags |= QCOW2_OPEN_NO_LOCK;
     rc = qcow2_image_open(&img, op.v[0], &oo);
@@ -344,6 +348,8 @@ int cli_image_resize(int argc, char **argv)
         return cli_usage_hint("qsnap image resize", 1);
     }
     /* The backing chain is opened: a grow zeroes what a longer backing file would show. */
+    if (cli_refuse_store_write(op.v[0], false))
+        return 1;
     oo.flags = QCOW2_OPEN_RDWR;
     rc = qcow2_image_open(&img, op.v[0], &oo);
     if (rc < 0)

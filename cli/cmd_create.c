@@ -187,7 +187,7 @@ static int do_create(cli_imgopts *io, qcow2_format fmt, int nb_operands, char **
         return 1;
     co.format = fmt;
     co.size = size;
-    if (remove_existing(file) < 0)
+    if (cli_refuse_store_write(file, true) || remove_existing(file) < 0)
         return 1;
     rc = qcow2_image_create(file, &co);
     if (rc < 0)

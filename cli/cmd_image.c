@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 
 #include <qcow2/qcow2.h>
+#include <qsnap/qsnap.h>
 
 #include "cli.h"
 #include "cli_error.h"
@@ -98,6 +99,19 @@ bool cli_parse_format(const char *name, qcow2_format *out)
     }
     *out = fmt;
     return true;
+}
+
+int cli_refuse_store_write(const char *path, bool replace)
+{
+    const qsnap_error *e;
+
+    if (qsnap_check_outside_write(path, replace) == 0)
+        return 0;
+    e = qsnap_error_last();
+    fprintf(stderr, "qsnap: %s\n", e->message && e->message[0] ? e->message : path);
+    if (e->hint && e->hint[0])
+        fprintf(stderr, "qsnap: hint: %s\n", e->hint);
+    return IMG_EXIT_FAIL;
 }
 
 int cli_open_image(qcow2_image **out, const char *path, qcow2_format fmt, bool no_backing,
@@ -756,6 +770,9 @@ int cli_image_convert(int argc, char **argv)
             cli_errorf("%s: creation options are not supported for raw output", op.v[1]);
         goto out;
     }
+    /* -n writes into the target as a VM would; otherwise the target is made anew. */
+    if (cli_refuse_store_write(op.v[1], !copts.no_create))
+        goto out;
     if (open_image_at(&img, op.v[0], fmt, a.no_lock, a.snap) < 0)
         goto out;
 

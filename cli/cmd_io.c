@@ -327,6 +327,12 @@ static int io_open(struct io_ctx *ctx, const char *path)
         cli_errorf("out of memory");
         return -1;
     }
+    /* Not for writing into a snapshot's layer of a qsnap store (a branch's head: yes). */
+    if ((ctx->oo.flags & QCOW2_OPEN_RDWR) && cli_refuse_store_write(path, false)) {
+        free(copy);
+        ctx->img = NULL;
+        return -1;
+    }
     rc = qcow2_image_open(&ctx->img, path, &ctx->oo);
     if (rc < 0) {
         fprintf(stderr, "qsnap: can't open device %s: %s\n", path, qcow2_error_last()->message);
@@ -650,6 +656,10 @@ int cli_image_io(int argc, char **argv)
     }
     oo.flags = (read_only ? 0 : QCOW2_OPEN_RDWR) | (no_lock ? QCOW2_OPEN_NO_LOCK : 0);
     ctx.oo = oo;
+    if (!read_only && cli_refuse_store_write(p.argv[0], false)) {
+        cli_errorf("hint: -r opens it read-only");
+        goto out_usage;
+    }
     ctx.path = strdup(p.argv[0]);
     rc = ctx.path ? qcow2_image_open(&ctx.img, p.argv[0], &oo) : QCOW2_ENOMEM;
     if (rc < 0) {

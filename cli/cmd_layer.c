@@ -9,6 +9,7 @@
  */
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -148,6 +149,17 @@ int cli_image_commit(int argc, char **argv)
         }
     }
 
+    /* The commit writes into its base, and empties the top unless it is kept. */
+    if (!co.keep_top && cli_refuse_store_write(op.v[0], false))
+        goto out_close;
+    {
+        const char *name = qcow2_image_filename(co.base ? co.base : qcow2_image_backing(top));
+        char *real = realpath(name, NULL); /* named as it is, not as the chain reached it */
+        bool refused = cli_refuse_store_write(real ? real : name, false) != 0;
+        free(real);
+        if (refused)
+            goto out_close;
+    }
     cli_progress_begin(&pr, progress, !quiet);
     co.progress = cli_progress_update;
     co.payload = &pr;
@@ -258,6 +270,8 @@ int cli_image_rebase(int argc, char **argv)
     }
 
     /* Unsafe mode never reads the old chain, so it need not exist. */
+    if (cli_refuse_store_write(op.v[0], false))
+        return LAYER_EXIT_FAIL;
     oo.format = fmt;
     oo.flags = QCOW2_OPEN_RDWR | (unsafe ? QCOW2_OPEN_NO_BACKING : 0);
     if (no_lock)

@@ -589,6 +589,12 @@ static int do_mount(const char *disk, const char *dir_arg, bool rw, bool foregro
         cli_errorf("%s: %s", dir_arg, strerror(errno));
         return CLI_EXIT_NOTFOUND;
     }
+    /* A mount there would hide the store's own files from its commands. */
+    status = tree_refuse_in_store(dir_arg, "mount on a directory outside the store directory");
+    if (status) {
+        free(dir);
+        return status;
+    }
     if (foreground) {
         status = run(disk, dir, rw, -1);
         free(dir);

@@ -182,8 +182,11 @@ int cli_image_snapshot(int argc, char **argv)
     opts.format = fmt;
     if (no_lock)
         opts.flags |= QCOW2_OPEN_NO_LOCK;
-    if (action != SNAP_LIST && action != SNAP_NONE)
+    if (action != SNAP_LIST && action != SNAP_NONE) {
+        if (cli_refuse_store_write(op.v[0], false))
+            return SNAP_EXIT_FAIL;
         opts.flags |= QCOW2_OPEN_RDWR;
+    }
     /* Snapshots live in this layer only: the chain below is not needed. */
     opts.flags |= QCOW2_OPEN_NO_BACKING;
     rc = qcow2_image_open(&img, op.v[0], &opts);

@@ -113,6 +113,24 @@ void tree_put_text(FILE *out, const char *s, size_t n)
     }
 }
 
+int tree_refuse_in_store(const char *path, const char *hint)
+{
+    qsnap_file_kind kind;
+    char *dir = NULL;
+
+    /* An error here (a layer that cannot be told) still says the path is in a store. */
+    qsnap_file_kind_of(path, &kind, &dir);
+    if (kind == QSNAP_FILE_NONE)
+        return 0;
+    fprintf(stderr, "qsnap: %s: refused: %s %s, whose files only qsnap's tree commands write "
+                    "(nothing was changed)\n",
+            path, kind == QSNAP_FILE_STORE ? "inside the store directory" : "a file of the store",
+            dir ? dir : "");
+    fprintf(stderr, "qsnap: hint: %s\n", hint);
+    free(dir);
+    return CLI_EXIT_UNSAFE;
+}
+
 char *tree_disk_of(const qsnap_store *s)
 {
     const char *dir = qsnap_store_path(s);
@@ -352,8 +370,9 @@ static const char create_help[] =
     "Take a snapshot of the current branch: its head is frozen as the snapshot and\n"
     "the branch goes on in a new, empty overlay. The first call on a disk sets up\n"
     "the store beside it (DISK.qsnap/) with one branch, main; the disk itself\n"
-    "becomes the first snapshot and is never written again. Without NAME a name is\n"
-    "generated. No data is copied.\n"
+    "becomes the first snapshot and is never written again: the first call prints\n"
+    "the path the VM must use from then on ('qsnap current DISK --path'). Without\n"
+    "NAME a name is generated. No data is copied.\n"
     "\n"
     "Options:\n"
     "  -m, --message=TEXT   a description of the snapshot\n"
@@ -366,11 +385,6 @@ static const char create_help[] =
     "      --json           print the plan as JSON\n"
     "  -h, --help           show this help and exit\n"
     "\n" TREE_EXIT_HELP;
-
-static int make_create(qsnap_plan **out, qsnap_store *s, void *args)
-{
-    return qsnap_plan_create(out, s, args);
-}
 
 struct create_args {
     qsnap_create_opts co;
@@ -395,14 +409,35 @@ static const cli_command create_cmd = {
 static int cmd_create(int argc, char **argv)
 {
     struct create_args a = {QSNAP_CREATE_OPTS_INIT, false, false};
+    qsnap_store *s;
+    qsnap_plan *p = NULL;
     cli_operands op;
-    int status;
+    bool first;
+    int rc, status;
 
     if (!cli_cmd_parse(&create_cmd, argc, argv, &a, &op, &status))
         return status;
     a.co.name = op.n == 2 ? op.v[1] : NULL;
-    return plan_and_run(op.v[0], QSNAP_OPEN_CREATE, make_create, &a.co, a.dry_run, a.json,
-                        PROGRESS_OFF);
+    status = tree_open(&s, op.v[0], QSNAP_OPEN_CREATE);
+    if (status)
+        return status;
+    first = !qsnap_store_initialized(s);
+    rc = qsnap_plan_create(&p, s, &a.co);
+    if (rc < 0)
+        status = tree_fail(rc, op.v[0]);
+    else
+        status = run_plan_ex(s, p, op.v[0], a.dry_run, a.json, PROGRESS_OFF, TREE_FREE_AT_END);
+    if (status == CLI_EXIT_OK && first && !a.dry_run && !a.json) {
+        /* The disk is now the frozen root: a VM still on it would change every snapshot. */
+        char *vm = NULL;
+        if (qsnap_vm_path(s, &vm) == 0)
+            printf("the VM must now use %s ('qsnap current %s --path'), not %s, which is "
+                   "now frozen\n",
+                   vm, op.v[0], op.v[0]);
+        free(vm);
+    }
+    tree_done(s);
+    return status;
 }
 
 /* ---- revert ------------------------------------------------------------------ */

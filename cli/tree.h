@@ -70,6 +70,13 @@ const char *tree_fmt_time(long long t, char buf[32]);
  * as \xc2\xHH. */
 void tree_put_text(FILE *out, const char *s, size_t n);
 
+/*
+ * Refuse an output (a directory to write into, to mount on) that is in a
+ * store directory or is a file of a store: prints "PATH: refused: ..." and
+ * hint, returns CLI_EXIT_UNSAFE; 0 when path is no store's.
+ */
+int tree_refuse_in_store(const char *path, const char *hint);
+
 /* The disk of a store: its path without the ".qsnap" suffix (malloc'd, or NULL). */
 char *tree_disk_of(const qsnap_store *s);
 

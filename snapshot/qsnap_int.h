@@ -621,6 +621,9 @@ int qsnap__layer_exists(const qsnap_store *s, const struct qsnap__layer *l);
 /* Whether head layer l's active state differs from its internal snapshot `snap`. */
 int qsnap__differs_from_internal(const qsnap_store *s, const struct qsnap__layer *l,
                                  const char *snap, bool *differs);
+/* The store directory (malloc'd) that real (absolute, links resolved) is, or is inside, or
+ * NULL: the nearest directory named *.qsnap with metadata or layers/. */
+int qsnap__store_above(const char *real, char **dir);
 /* Internal nodes whose content lives in layer id (count; names joined in *names if non-NULL). */
 size_t qsnap__internal_nodes_in(const struct qsnap__model *m, unsigned layer, char **names);
 

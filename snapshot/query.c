@@ -1258,3 +1258,205 @@ int qsnap_export(qsnap_store *s, const char *name, const char *out_path, qcow2_f
     qcow2_image_close(img);
     return rc ? qsnap__from_qcow2(rc, NULL) : 0;
 }
+
+/* ---- what a path is to a store ----------------------------------------------- */
+
+/* Whether dir (absolute, links resolved) is a store directory: *.qsnap with metadata or layers. */
+static bool is_store_dir(const char *dir)
+{
+    size_t len = strlen(dir);
+    struct stat st;
+    char *p = NULL;
+    bool yes;
+
+    if (len < 7 || strcmp(dir + len - 6, ".qsnap") != 0 || dir[len - 7] == '/' ||
+        stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
+        return false;
+    if (asprintf(&p, "%s/layers", dir) < 0)
+        return false;
+    yes = lstat(p, &st) == 0 && S_ISDIR(st.st_mode);
+    strcpy(p + len, "/meta"); /* shorter */
+    yes = yes || lstat(p, &st) == 0;
+    free(p);
+    return yes;
+}
+
+int qsnap__store_above(const char *real, char **dir)
+{
+    char *d = strdup(real);
+
+    *dir = NULL;
+    if (!d)
+        return nomem();
+    for (;;) {
+        char *slash;
+        if (d[0] && is_store_dir(d)) {
+            *dir = d;
+            return 0;
+        }
+        slash = strrchr(d, '/');
+        if (!slash || slash == d)
+            break;
+        *slash = '\0';
+    }
+    free(d);
+    return 0;
+}
+
+/*
+ * The absolute name path resolves to, links followed (a dangling last one to
+ * where a new file would land): realpath() of it, or of its directory and its
+ * last component when it does not exist. NULL when that cannot be told.
+ */
+static char *resolve_path(const char *path)
+{
+    char *land = landing(path), *real = NULL, *dir;
+    const char *base;
+
+    if (!land)
+        return NULL;
+    real = realpath(land, NULL);
+    if (!real && (dir = dir_of(land)) != NULL) {
+        base = strrchr(land, '/');
+        base = base ? base + 1 : land;
+        if (base[0] && strcmp(base, ".") && strcmp(base, "..") &&
+            asprintf(&real, "%s%s%s", dir, strcmp(dir, "/") ? "/" : "", base) < 0)
+            real = NULL;
+        free(dir);
+    }
+    free(land);
+    return real;
+}
+
+/* What the regular file st (at real, inside store directory dir) is, by the store's model. */
+static int kind_in_store(const char *dir, const char *real, const struct stat *st,
+                         qsnap_file_kind *kind)
+{
+    size_t len = strlen(dir);
+    const char *rel = real + len;
+    qsnap_store *s = NULL;
+    char *disk = strndup(dir, len - 6);
+    int rc;
+
+    if (!disk)
+        return nomem();
+    if (!strncmp(rel, "/state/", 7)) {
+        *kind = QSNAP_FILE_FROZEN; /* a snapshot's state file: never written again */
+        free(disk);
+        return 0;
+    }
+    rc = qsnap_store_open(&s, disk, QSNAP_OPEN_READONLY | QSNAP_OPEN_ANY_FILES);
+    free(disk);
+    if (rc)
+        return strncmp(rel, "/layers/", 8) ? 0 : rc; /* a layer: cannot be told */
+    for (size_t i = 0; i < s->m.nl; i++) {
+        const struct qsnap__layer *l = &s->m.layers[i];
+        char *p = qsnap__path(s, l->file);
+        struct stat ls;
+        bool same = p && !l->is_disk && stat(p, &ls) == 0 && same_file(st, &ls);
+        free(p);
+        if (same) {
+            *kind = l->frozen ? QSNAP_FILE_FROZEN : QSNAP_FILE_HEAD;
+            break;
+        }
+    }
+    qsnap_store_close(s);
+    return 0;
+}
+
+int qsnap_file_kind_of(const char *path, qsnap_file_kind *kind, char **store_dir)
+{
+    char *real, *dir = NULL;
+    struct stat st;
+    int rc;
+
+    *kind = QSNAP_FILE_NONE;
+    if (store_dir)
+        *store_dir = NULL;
+    if (!path || !path[0] || !(real = resolve_path(path)))
+        return 0; /* no file can land there: nothing of a store's is written */
+    rc = qsnap__store_above(real, &dir);
+    if (!rc && dir) {
+        *kind = QSNAP_FILE_STORE;
+        if (stat(real, &st) == 0 && S_ISREG(st.st_mode))
+            rc = kind_in_store(dir, real, &st, kind);
+    } else if (!rc && stat(real, &st) == 0 && S_ISREG(st.st_mode)) {
+        /* The disk of a store with snapshots (or with its first one under way). */
+        char *p = NULL;
+        if (asprintf(&dir, "%s.qsnap", real) < 0) {
+            dir = NULL;
+            rc = nomem();
+        } else if (is_store_dir(dir) && asprintf(&p, "%s/journal", dir) >= 0) {
+            struct stat ms;
+            bool made = lstat(p, &ms) == 0;
+            strcpy(p + strlen(dir), "/meta"); /* shorter */
+            if (made || lstat(p, &ms) == 0)
+                *kind = QSNAP_FILE_FROZEN;
+        }
+        free(p);
+    }
+    free(real);
+    if (*kind != QSNAP_FILE_NONE && store_dir)
+        *store_dir = dir;
+    else
+        free(dir);
+    return rc;
+}
+
+/* A file in layers/ that cannot be told frozen or a head: the store's own error, saying so. */
+static int untold(const char *path, const char *dir, int rc)
+{
+    const qsnap_error *e = qsnap_error_last();
+    char *msg = strdup(e->message ? e->message : ""), *hint = strdup(e->hint ? e->hint : "");
+
+    if (!msg || !hint)
+        rc = nomem();
+    else
+        rc = qsnap__err(rc, hint[0] ? hint : NULL,
+                        "%s: a file of the store %s, which cannot be read to tell whether it is a "
+                        "frozen snapshot layer (nothing was written): %s",
+                        path, dir, msg);
+    free(msg);
+    free(hint);
+    return rc;
+}
+
+int qsnap_check_outside_write(const char *path, bool replace)
+{
+    qsnap_file_kind kind;
+    char *dir = NULL, *hint = NULL;
+    size_t len;
+    int rc = qsnap_file_kind_of(path, &kind, &dir);
+
+    if (rc && dir) {
+        rc = untold(path, dir, rc);
+    } else if (!rc && (kind == QSNAP_FILE_FROZEN || (replace && kind != QSNAP_FILE_NONE))) {
+        len = strlen(dir) - 6; /* the store's disk: its directory without ".qsnap" */
+        if (kind == QSNAP_FILE_FROZEN)
+            rc = asprintf(&hint, "only the tree commands change a snapshot: 'qsnap commit %.*s' "
+                                 "writes a branch's changes into its snapshot",
+                          (int)len, dir);
+        else
+            rc = asprintf(&hint, "write a file outside the store directory; the tree commands "
+                                 "change its files ('qsnap create %.*s' makes a snapshot)",
+                          (int)len, dir);
+        if (rc < 0) {
+            hint = NULL;
+            rc = nomem();
+        } else {
+            char *real = resolve_path(path);
+            bool state = real && !strncmp(real, dir, len + 6) && /* then real + len + 6 is in it */
+                         !strncmp(real + len + 6, "/state/", 7);
+            free(real);
+            rc = qsnap__err(QSNAP_EREFUSED, hint, "%s: refused: %s %s (nothing was written)", path,
+                            state ? "a snapshot's state file (frozen) in the store"
+                            : kind == QSNAP_FILE_FROZEN ? "a frozen snapshot layer of the store"
+                            : kind == QSNAP_FILE_HEAD ? "a branch's head in the store"
+                                                      : "inside the store directory",
+                            dir);
+        }
+    }
+    free(hint);
+    free(dir);
+    return rc;
+}

@@ -260,6 +260,40 @@ static int locate(qsnap_store *s, const char *disk)
     return 0;
 }
 
+/*
+ * A new store for a disk inside another store's directory (a layer, the VM
+ * path, a state file): it would be a directory in the other store's layers/
+ * or state/, where that store's commands refuse every file they did not
+ * make. Refused before anything is written; a store already there is used.
+ */
+static int refuse_nested(const qsnap_store *s)
+{
+    char *outer = NULL, *meta = NULL;
+    int rc = qsnap__store_above(s->disk_abs, &outer);
+
+    if (rc || !outer)
+        return rc;
+    if (asprintf(&meta, "%s/meta", s->dir) < 0) {
+        meta = NULL;
+        rc = qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+    } else if (!qsnap__file_exists(meta)) {
+        char *hint = NULL;
+        size_t len = strlen(outer) - 6; /* its disk: the directory without ".qsnap" */
+        if (asprintf(&hint, "snapshot the disk of that store instead: 'qsnap create %.*s' (the "
+                            "VM path is 'qsnap current %.*s --path')",
+                     (int)len, outer, (int)len, outer) < 0)
+            hint = NULL;
+        rc = qsnap__err(QSNAP_EREFUSED, hint,
+                        "%s: refused: a file of the store %s; a store of its own inside it would "
+                        "break that store (nothing was written)",
+                        s->disk_abs, outer);
+        free(hint);
+    }
+    free(meta);
+    free(outer);
+    return rc;
+}
+
 int qsnap__refuse_orphan_layers(const qsnap_store *s)
 {
     struct dirent *de;
@@ -304,6 +338,8 @@ int qsnap_store_open(qsnap_store **out, const char *disk, unsigned flags)
     s->lock_fd = -1;
     s->readonly = (flags & QSNAP_OPEN_READONLY) != 0;
     rc = locate(s, disk);
+    if (!rc && (flags & QSNAP_OPEN_CREATE))
+        rc = refuse_nested(s);
     if (rc)
         goto fail;
     s->refusal = calloc(1, sizeof(*s->refusal));

@@ -80,6 +80,9 @@ typedef struct qsnap_plan qsnap_plan;
  * Open the store of a disk (DISK.qsnap beside DISK) and lock it (exclusive,
  * or shared with QSNAP_OPEN_READONLY).
  * @return 0; QSNAP_ENOTFOUND (no disk, or no store without QSNAP_OPEN_CREATE),
+ *         QSNAP_EREFUSED (QSNAP_OPEN_CREATE for a disk inside another store's
+ *         directory, a layer or the VM path, that has no store yet: one there
+ *         would break the other; nothing is made),
  *         QSNAP_EBUSY (locked by another qsnap), QSNAP_EINTEGRITY (damaged or
  *         unknown metadata; a store file that is a link or not a regular
  *         file, see QSNAP_OPEN_ANY_FILES), QSNAP_ERROR
@@ -423,6 +426,48 @@ QSNAP_API int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, siz
 
 /** Free the findings of qsnap_verify() (NULL allowed). */
 QSNAP_API void qsnap_verify_free(qsnap_finding *f, size_t n);
+
+/** What a path is to a store (qsnap_file_kind()). */
+typedef enum qsnap_file_kind {
+    QSNAP_FILE_NONE = 0,   /**< no store's: not a disk with a store, not in a store directory */
+    QSNAP_FILE_HEAD = 1,   /**< a branch's head (the VM path leads to one): what a VM writes */
+    QSNAP_FILE_FROZEN = 2, /**< frozen: the disk once its store has snapshots, a snapshot's
+                                layer (layers/N.qcow2), a state file (state/) */
+    QSNAP_FILE_STORE = 3,  /**< anything else in or under a store directory (the directory
+                                itself, its metadata, a file qsnap did not make, a name
+                                that does not exist yet) */
+} qsnap_file_kind;
+
+/**
+ * What path is to the store it belongs to, if any, for programs that write
+ * files (image commands, outputs): links are followed (a dangling last one
+ * too: where a new file would land). A store directory is a directory named
+ * *.qsnap holding a meta file or a layers/ directory; path is in one when
+ * the directory it resolves into is that directory or below it, and is the
+ * disk of one when DISK.qsnap beside it holds metadata or a journal. A file
+ * in layers/ is told frozen or a head by device and inode against the
+ * store's metadata (the store is opened read-only for it, so a writer may
+ * be waited for as qsnap_store_open() waits). Nothing is changed.
+ * @param[out] kind       what it is
+ * @param[out] store_dir  the store directory (absolute, malloc'd; free()) when
+ *                        kind is not QSNAP_FILE_NONE, else NULL; may be NULL
+ * @return 0; when a file in layers/ cannot be told (the metadata cannot be
+ *         read) *kind is QSNAP_FILE_STORE and the store's error is returned
+ *         (QSNAP_EBUSY, QSNAP_EINTEGRITY, QSNAP_ENOTFOUND, ...); QSNAP_ERROR
+ */
+QSNAP_API int qsnap_file_kind_of(const char *path, qsnap_file_kind *kind, char **store_dir);
+
+/**
+ * Refuse a write into path by a program other than the tree commands (an
+ * image command) when it would change a snapshot: path is a frozen file of a
+ * store (QSNAP_FILE_FROZEN), or, with replace (the file is made anew or
+ * replaced), any file of a store or a new name in a store directory. A
+ * branch's head may be written into (a VM does).
+ * @return 0 (path may be written); QSNAP_EREFUSED (the message names path
+ *         and the store, the hint the tree command that does it); the error
+ *         of qsnap_file_kind_of() when it cannot tell
+ */
+QSNAP_API int qsnap_check_outside_write(const char *path, bool replace);
 
 /** Validate a snapshot or branch name (QSNAP_EUSAGE with a message when invalid). */
 QSNAP_API int qsnap_name_check(const char *name);

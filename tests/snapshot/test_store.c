@@ -408,6 +408,116 @@ Test(store, export_refuses_outputs_over_the_disk_and_the_store)
     qsnap_store_close(s);
 }
 
+/* What qsnap_file_kind_of() says of path, and the store it names (NULL: none). */
+static void expect_kind(const char *path, qsnap_file_kind want, const char *store)
+{
+    qsnap_file_kind kind = (qsnap_file_kind)99;
+    char *dir = NULL;
+
+    tf_ok(qsnap_file_kind_of(path, &kind, &dir), path);
+    cr_assert_eq(kind, want, "%s: kind %d, expected %d", path, kind, want);
+    if (store)
+        cr_assert(dir && !strcmp(dir, store), "%s: store %s", path, dir ? dir : "(none)");
+    else
+        cr_assert_null(dir, "%s: store %s", path, dir);
+    free(dir);
+}
+
+/* A write from outside the tree commands that is expected to be refused, changing nothing. */
+static void outside_refused(const char *path, bool replace, const char *what)
+{
+    char *before = tf_tree_snapshot(tf_dir), *after;
+    int rc = qsnap_check_outside_write(path, replace);
+
+    cr_assert_eq(rc, QSNAP_EREFUSED, "%s (%s): rc %d", path, what, rc);
+    cr_assert(strstr(qsnap_error_last()->message, path), "%s", qsnap_error_last()->message);
+    cr_assert(strstr(qsnap_error_last()->message, "store"), "%s", qsnap_error_last()->message);
+    cr_assert(qsnap_error_last()->hint && qsnap_error_last()->hint[0]);
+    after = tf_tree_snapshot(tf_dir);
+    cr_assert_str_eq(before, after, "checking %s changed files", path);
+    free(before);
+    free(after);
+}
+
+/*
+ * Which files of a store are frozen, by any name: the disk, a snapshot's layer
+ * (also through a link, and as the VM path's backing file), a state file; the
+ * heads (the VM path leads to one) are not; a new name in the store directory
+ * is the store's. Writing into a frozen file is refused, into a head is not;
+ * making or replacing a file is refused anywhere in the store.
+ */
+Test(store, frozen_files_are_told_from_heads_by_any_name)
+{
+    qsnap_store *s = base("kinds");
+    char *s2 = tf_file_of(s, "s2"), *bhead = tf_file_of(s, "b"), *vm = NULL, *dir;
+    char p[600], q[600];
+
+    tf_ok(qsnap_vm_path(s, &vm), "vm path");
+    dir = strdup(qsnap_store_path(s));
+    qsnap_store_close(s);
+    expect_kind(tf_disk, QSNAP_FILE_FROZEN, dir);
+    expect_kind(s2, QSNAP_FILE_FROZEN, dir);
+    expect_kind(bhead, QSNAP_FILE_HEAD, dir);
+    expect_kind(vm, QSNAP_FILE_HEAD, dir);
+    expect_kind(dir, QSNAP_FILE_STORE, dir);
+    snprintf(p, sizeof(p), "%s/meta", dir);
+    expect_kind(p, QSNAP_FILE_STORE, dir);
+    snprintf(p, sizeof(p), "%s/layers/new.qcow2", dir);
+    expect_kind(p, QSNAP_FILE_STORE, dir);
+    snprintf(p, sizeof(p), "%s/outside.raw", tf_dir);
+    expect_kind(p, QSNAP_FILE_NONE, NULL);
+    expect_kind("", QSNAP_FILE_NONE, NULL);
+    snprintf(p, sizeof(p), "%s/s2-link", tf_dir);
+    cr_assert_eq(symlink(s2, p), 0);
+    expect_kind(p, QSNAP_FILE_FROZEN, dir);
+    outside_refused(p, false, "a link to s2's layer");
+    cr_assert_eq(unlink(p), 0);
+    snprintf(p, sizeof(p), "%s/layers-link", tf_dir);
+    snprintf(q, sizeof(q), "%s/layers", dir);
+    cr_assert_eq(symlink(q, p), 0);
+    snprintf(q, sizeof(q), "%s/layers-link/new.qcow2", tf_dir);
+    expect_kind(q, QSNAP_FILE_STORE, dir);
+    outside_refused(q, true, "a new file through a link to layers/");
+    cr_assert_eq(unlink(p), 0);
+
+    outside_refused(tf_disk, false, "the disk");
+    outside_refused(s2, false, "s2's layer");
+    outside_refused(bhead, true, "a head, replaced");
+    outside_refused(vm, true, "the VM path, replaced");
+    snprintf(p, sizeof(p), "%s/layers/new.qcow2", dir);
+    outside_refused(p, true, "a new file in layers/");
+    tf_ok(qsnap_check_outside_write(bhead, false), "writing into a head");
+    tf_ok(qsnap_check_outside_write(vm, false), "writing into the VM path");
+    snprintf(p, sizeof(p), "%s/outside.raw", tf_dir);
+    tf_ok(qsnap_check_outside_write(p, true), "a file beside the store");
+
+    /* A store of its own for a file of the store: refused before anything is made. */
+    {
+        const char *inner[] = {s2, bhead, vm};
+        for (size_t i = 0; i < 3; i++) {
+            char *before = tf_tree_snapshot(tf_dir), *after;
+            qsnap_store *t = NULL;
+            int rc = qsnap_store_open(&t, inner[i], QSNAP_OPEN_CREATE);
+            cr_assert_eq(rc, QSNAP_EREFUSED, "a store for %s: rc %d", inner[i], rc);
+            cr_assert_null(t);
+            cr_assert(strstr(qsnap_error_last()->message, dir), "%s", qsnap_error_last()->message);
+            cr_assert(strstr(qsnap_error_last()->hint, tf_disk), "%s", qsnap_error_last()->hint);
+            after = tf_tree_snapshot(tf_dir);
+            cr_assert_str_eq(before, after, "a refused store for %s changed files", inner[i]);
+            free(before);
+            free(after);
+        }
+    }
+    s = NULL;
+    tf_ok(qsnap_store_open(&s, tf_disk, 0), "reopen");
+    tf_check_store(s, &tf_m, tf_dir, "after the refusals");
+    qsnap_store_close(s);
+    free(dir);
+    free(vm);
+    free(s2);
+    free(bhead);
+}
+
 /* Reverting away from a head a running VM writes (even a dirty one, which is kept). */
 Test(store, qemu_io_holding_the_head_makes_revert_busy)
 {
