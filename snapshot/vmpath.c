@@ -85,6 +85,15 @@ static int read_vm_link(const qsnap_store *s, int dfd, char *got, size_t size, b
             return 0;
         return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: %s", s->dir, VM_LINK, strerror(errno));
     }
+    if (S_ISREG(st.st_mode))
+        return qsnap__err(QSNAP_EINTEGRITY,
+                          "a copy that followed links (cp -rL, scp -r) makes it a file: a VM run "
+                          "on it since wrote there, so compare it with the current head "
+                          "('qsnap image compare FILE \"$(qsnap current DISK --head)\"') and keep "
+                          "it if they differ; then remove it, and 'qsnap verify DISK --repair' "
+                          "makes the link again",
+                          "%s/%s: a regular file where the VM path (a symbolic link) should be",
+                          s->dir, VM_LINK);
     if (!S_ISLNK(st.st_mode))
         return qsnap__err(QSNAP_EINTEGRITY,
                           "remove it by hand; 'qsnap verify DISK --repair' then makes the link "

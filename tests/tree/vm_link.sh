@@ -138,11 +138,12 @@ done
 # A regular file at the VM path: refused, and --repair leaves it.
 fresh
 rm -f $L/current.qcow2 && cp victim.txt $L/current.qcow2
-(cd case && q list disk.raw >/dev/null 2>&1); rc1=$?
+out1=$(cd case && q list disk.raw 2>&1 >/dev/null); rc1=$?
 out=$(cd case && q verify --repair disk.raw 2>&1); rc2=$?
 if [ $rc1 -eq 4 ] && [ $rc2 -eq 4 ] && [ ! -L $L/current.qcow2 ] && cmp -s $L/current.qcow2 victim.orig &&
-    echo "$out" | grep -q "not a symbolic link where the VM path should be"; then
-    ok "a regular file at the VM path is an integrity problem --repair leaves alone"
+    echo "$out" | grep -q "a regular file where the VM path (a symbolic link) should be" &&
+    echo "$out1" | grep -q "qsnap image compare FILE"; then
+    ok "a regular file at the VM path is an integrity problem --repair leaves alone; the hint says to compare it first"
 else
     bad "regular file at the VM path" "list $rc1, repair $rc2: $(one "$out")"
 fi
