@@ -279,6 +279,61 @@ static int try_name(struct qsnap__model *m, struct qsnap__node *nd, const char *
     return 0;
 }
 
+/*
+ * A libvirt snapshot name qsnap cannot hold, made one it can: each space,
+ * control character and '/' becomes '_', a leading '-' too, "." and ".." get
+ * a '_' before them, and the result is cut to QSNAP_MAX_NAME bytes (at a
+ * character's start) with room for a "-N" that makes it free. Given to nd;
+ * the rename is added to *renames ("'a b' as a_b"). libvirt's own rename
+ * (virsh snapshot-edit --rename) rewrites the children's XML, so the names
+ * are mapped here rather than there.
+ */
+static int map_name(struct qsnap__model *m, struct qsnap__node *nd, const char *want,
+                    char **renames)
+{
+    char base[QSNAP_MAX_NAME + 1], *name = NULL, *more;
+    size_t len = 0, cap = QSNAP_MAX_NAME - 8;
+    bool ok = false;
+
+    if (!strcmp(want, ".") || !strcmp(want, ".."))
+        base[len++] = '_';
+    for (const unsigned char *c = (const unsigned char *)want; *c && len < cap; c++) {
+        bool bad = *c == '/' || *c < 0x21 || *c == 0x7f || (c == (const unsigned char *)want &&
+                                                              *c == '-');
+        if ((*c & 0xc0) == 0x80 || *c < 0x80 || len + 4 <= cap)
+            base[len++] = bad ? '_' : (char)*c;
+        else
+            break;
+    }
+    base[len] = '\0'; /* a character starts only with room for 4 bytes: none is cut */
+    if (!len)
+        snprintf(base, sizeof(base), "_");
+    for (unsigned k = 1; !ok && k < 100000; k++) {
+        int rc;
+        free(name);
+        if ((k == 1 ? asprintf(&name, "%s", base) : asprintf(&name, "%s-%u", base, k)) < 0)
+            return nomem();
+        rc = try_name(m, nd, name, &ok);
+        if (rc) {
+            free(name);
+            return rc;
+        }
+    }
+    if (!ok) {
+        free(name);
+        return qsnap__err(QSNAP_EUSAGE, NULL, "no free name for libvirt snapshot '%s'", want);
+    }
+    if (asprintf(&more, "%s%s'%s' as %s", *renames ? *renames : "", *renames ? ", " : "", want,
+                 name) < 0) {
+        free(name);
+        return nomem();
+    }
+    free(name);
+    free(*renames);
+    *renames = more;
+    return 0;
+}
+
 /* A generated "snap-N" for every node still without a name. */
 static int name_the_rest(struct qsnap__model *m)
 {
@@ -325,6 +380,7 @@ static int build(qsnap_plan *p, const qsnap_store *s, struct cfile *c, size_t n,
     struct qsnap__model t;
     struct qsnap__branch *b;
     unsigned prev_layer = 0, prev_node = 0;
+    char *renames = NULL; /* libvirt names qsnap cannot hold, as named here */
     int rc = qsnap__model_clone(&t, &s->m);
 
     if (rc)
@@ -407,11 +463,7 @@ static int build(qsnap_plan *p, const qsnap_store *s, struct cfile *c, size_t n,
         }
         rc = try_name(&t, nd, lv[j].name, &ok);
         if (!rc && !ok)
-            rc = qsnap__err(QSNAP_EUSAGE, "rename the snapshot in libvirt first",
-                            "%s: the name '%s' %s %s", lv[j].file, lv[j].name,
-                            qsnap_name_check(lv[j].name) ? "is not a valid qsnap name"
-                                                         : "is used twice (or is 'main')",
-                            NOTHING);
+            rc = map_name(&t, nd, lv[j].name, &renames);
         if (!rc)
             rc = qsnap__desc_check(lv[j].desc, lv[j].file);
         if (!rc && lv[j].desc && !(nd->desc = strdup(lv[j].desc)))
@@ -455,13 +507,16 @@ static int build(qsnap_plan *p, const qsnap_store *s, struct cfile *c, size_t n,
             named += t.nodes[i].name != NULL;
         if (asprintf(&p->summary,
                      "adopted the chain of %zu files over %s: %zu snapshot%s, and branch main "
-                     "with the content of %s",
-                     n, c[n - 1].path, named, named == 1 ? "" : "s", c[0].path) < 0) {
+                     "with the content of %s%s%s",
+                     n, c[n - 1].path, named, named == 1 ? "" : "s", c[0].path,
+                     renames ? "; libvirt snapshots named otherwise here: " : "",
+                     renames ? renames : "") < 0) {
             p->summary = NULL;
             rc = nomem();
         }
     }
 out:
+    free(renames);
     qsnap__model_free(&t);
     return rc;
 }

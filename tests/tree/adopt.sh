@@ -271,9 +271,20 @@ python3 -c 'import sys; sys.stdout.write("<a>" * 100000 + "</a>" * 100000)' >"$W
 refused "libvirt XML nested 100000 deep" 2 "too deep" "$W/lv" "$W/lv/b.s2" --libvirt-snapshots "$W/lv/snaps"
 head -c 4096 /dev/urandom >"$W/lv/snaps/s1.xml"
 refused "random bytes as libvirt XML" 2 "s1.xml" "$W/lv" "$W/lv/b.s2" --libvirt-snapshots "$W/lv/snaps"
-snapdoc 's 1' "$W/lv/b.s1" "$W/lv/b.raw" >"$W/lv/snaps/s1.xml"
-refused "a libvirt name qsnap cannot take" 2 "not a valid qsnap name" "$W/lv" "$W/lv/b.s2" \
-    --libvirt-snapshots "$W/lv/snaps"
+# A libvirt name qsnap cannot hold ('s 1', 'main') is mapped, and the output says so.
+mkdir -p "$W/lvm/snaps"
+qemu-img create -q -f raw "$W/lvm/b.raw" 1M && qemu-img create -q -f qcow2 -b "$W/lvm/b.raw" -F raw "$W/lvm/b.s1" &&
+    qemu-img create -q -f qcow2 -b "$W/lvm/b.s1" -F qcow2 "$W/lvm/b.s2"
+snapdoc 's 1' "$W/lvm/b.s1" "$W/lvm/b.raw" >"$W/lvm/snaps/s1.xml"
+snapdoc main "$W/lvm/b.s2" "$W/lvm/b.s1" >"$W/lvm/snaps/s2.xml"
+if q adopt "$W/lvm/b.s2" --libvirt-snapshots "$W/lvm/snaps" >"$W/r.txt" 2>&1 &&
+    grep -q "libvirt snapshots named otherwise here: 's 1' as s_1, 'main' as main-2" "$W/r.txt" &&
+    q info "$W/lvm/b.raw" s_1 >/dev/null 2>&1 && q info "$W/lvm/b.raw" main-2 >/dev/null 2>&1 &&
+    q verify "$W/lvm/b.raw" >/dev/null 2>&1; then
+    ok "libvirt names qsnap cannot hold are mapped (s_1, main-2) and the output says so"
+else
+    bad "mapped libvirt names" "$(cat "$W/r.txt")"
+fi
 # And a good one: names, description and time from the document, &amp; decoded.
 snapdoc 's1&amp;x' "$W/lv/b.s1" "$W/lv/b.raw" | sed 's|<state>|<description>first \&lt;one\&gt;</description><state>|' >"$W/lv/snaps/s1.xml"
 if q adopt "$W/lv/b.s2" --libvirt-snapshots "$W/lv/snaps" >"$W/r.txt" 2>&1 &&
