@@ -301,6 +301,13 @@ int cli_tree_libvirt_xml(int argc, char **argv)
             put_shell_word(stdout, dom_path);
             printf("\n");
         }
+        /* --redefine adds and replaces; it never drops what libvirt knew before. */
+        printf("libvirt keeps snapshots these documents do not name (deleted or renamed in qsnap "
+               "since):\n  virsh snapshot-list ");
+        put_shell_word(stdout, x->domain);
+        printf("  shows them; drop each with  virsh snapshot-delete ");
+        put_shell_word(stdout, x->domain);
+        printf(" NAME --metadata\n");
     }
 out:
     for (size_t i = 0; paths && x && i < x->n; i++)

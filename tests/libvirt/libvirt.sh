@@ -386,8 +386,9 @@ else
 fi
 if grep -q "virsh snapshot-create qsnap-tree .*001-A.xml --redefine" "$W/lvx.txt" &&
     grep -q -- "--redefine --current" "$W/lvx.txt" && grep -q "virsh define" "$W/lvx.txt" &&
-    grep -qF "$(q current "$t/vm.qcow2" --path)" "$W/lvx.txt"; then
-    ok "libvirt-xml prints the virsh commands and the domain's one change (qsnap current --path)"
+    grep -qF "$(q current "$t/vm.qcow2" --path)" "$W/lvx.txt" &&
+    grep -q "virsh snapshot-delete qsnap-tree NAME --metadata" "$W/lvx.txt"; then
+    ok "libvirt-xml prints the virsh commands, the domain's one change (qsnap current --path) and how to drop stale snapshots"
 else
     bad "libvirt-xml text" "$(cat "$W/lvx.txt")"
 fi
