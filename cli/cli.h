@@ -58,6 +58,8 @@ int cli_open_image(qcow2_image **out, const char *path, qcow2_format fmt, bool n
  * hint. Returns 0 (go on) or 1 (qemu-img's status for an error).
  */
 int cli_refuse_store_write(const char *path, bool replace);
+/* The same for -a/-d of internal snapshot snap (NULL: -c) of path: the tree's own refused. */
+int cli_refuse_snapshot_edit(const char *path, const char *snap);
 
 /*
  * Converters of the image commands' options (see opt.h): -f/-O FMT into a

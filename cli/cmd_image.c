@@ -101,17 +101,28 @@ bool cli_parse_format(const char *name, qcow2_format *out)
     return true;
 }
 
-int cli_refuse_store_write(const char *path, bool replace)
+/* The refusal of qsnap_check_outside_write() or qsnap_check_snapshot_edit() (rc), printed. */
+static int refused(const char *path, int rc)
 {
     const qsnap_error *e;
 
-    if (qsnap_check_outside_write(path, replace) == 0)
+    if (rc == 0)
         return 0;
     e = qsnap_error_last();
     fprintf(stderr, "qsnap: %s\n", e->message && e->message[0] ? e->message : path);
     if (e->hint && e->hint[0])
         fprintf(stderr, "qsnap: hint: %s\n", e->hint);
     return IMG_EXIT_FAIL;
+}
+
+int cli_refuse_store_write(const char *path, bool replace)
+{
+    return refused(path, qsnap_check_outside_write(path, replace));
+}
+
+int cli_refuse_snapshot_edit(const char *path, const char *snap)
+{
+    return refused(path, qsnap_check_snapshot_edit(path, snap));
 }
 
 int cli_open_image(qcow2_image **out, const char *path, qcow2_format fmt, bool no_backing,

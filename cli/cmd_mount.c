@@ -7,8 +7,8 @@
  * only when libfuse3's headers exist (QSNAP_HAVE_FUSE); otherwise the
  * commands say so.
  *
- * A read-only mount opens an image only while one of its files is open (the
- * first open(2) opens it, the last close closes it): a mount nobody reads
+ * A read-only mount opens an image only while one of its files is open (each
+ * open(2) its own, closed with it): a mount nobody reads
  * holds no image, so tree commands and VMs work as without it. An image
  * that another program holds (a running QEMU on a branch's head) fails the
  * open(2) with EBUSY, and reads again once that program is gone. A file
@@ -84,8 +84,7 @@ static const char umount_help[] =
 struct mfile {
     char *name;        /* NAME.raw */
     char *node;        /* the snapshot's or branch's name */
-    qcow2_image *img;  /* its content (read-only mount: while opens > 0) */
-    unsigned opens;    /* read-only mount: open(2)s not yet released */
+    qcow2_image *img;  /* its content with --rw (a read-only mount: each open's own, fi->fh) */
     bool writable;     /* a branch with --rw */
     uint64_t size;     /* virtual size */
     uint64_t data;     /* bytes of data (for st_blocks): counted at mount, kept by m_write */
@@ -189,33 +188,38 @@ static int m_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t of
     return 0;
 }
 
-/* Read-only mount: the image of f, opened for its first open(2) (0 or -errno). */
-static int image_get(struct mctx *c, struct mfile *f)
+/* Read-only mount: the image f's name names now, opened for one open(2) (0 or -errno). */
+static int image_open(struct mctx *c, struct mfile *f, qcow2_image **img)
 {
     qsnap_store *s = NULL;
     int rc;
 
-    if (f->opens++ > 0)
-        return 0;
+    *img = NULL;
     rc = qsnap_store_open(&s, c->disk, QSNAP_OPEN_READONLY);
     if (rc == 0)
-        rc = qsnap_open_image(s, f->node, 0, &f->img);
+        rc = qsnap_open_image(s, f->node, 0, img);
     qsnap_store_close(s);
-    if (rc == 0)
-        return 0;
-    f->opens--;
-    f->img = NULL;
     switch (rc) {
+    case 0: return 0;
     case QSNAP_EBUSY: return -EBUSY;
     case QSNAP_ENOTFOUND: return -ENOENT;
     default: return -EIO;
     }
 }
 
+/* The image an open file reads: its own in a read-only mount (fi->fh), else f's. */
+static qcow2_image *image_of(const struct mfile *f, const struct fuse_file_info *fi)
+{
+    if (f->writable || ctx()->rw)
+        return f->img;
+    return fi ? (qcow2_image *)(uintptr_t)fi->fh : NULL;
+}
+
 static int m_open(const char *path, struct fuse_file_info *fi)
 {
     struct mctx *c = ctx();
     struct mfile *f = lookup(path);
+    qcow2_image *img = NULL;
     int rc;
 
     if (!f)
@@ -230,20 +234,24 @@ static int m_open(const char *path, struct fuse_file_info *fi)
         fi->keep_cache = !f->writable;
         return 0;
     }
-    rc = image_get(c, f);
+    /* Each open(2) its own image: what the name names at this open, never an image
+     * another open made when the name named another snapshot. */
+    rc = image_open(c, f, &img);
+    if (rc)
+        return rc;
+    fi->fh = (uint64_t)(uintptr_t)img;
     fi->keep_cache = 0; /* the name may name other content than at the last open */
-    return rc;
+    return 0;
 }
 
 static int m_release(const char *path, struct fuse_file_info *fi)
 {
     struct mctx *c = ctx();
-    struct mfile *f = lookup(path);
 
-    (void)fi;
-    if (f && !c->rw && f->opens > 0 && --f->opens == 0) {
-        qcow2_image_close(f->img);
-        f->img = NULL;
+    (void)path;
+    if (!c->rw && fi && fi->fh) {
+        qcow2_image_close((qcow2_image *)(uintptr_t)fi->fh);
+        fi->fh = 0;
     }
     return 0;
 }
@@ -251,18 +259,19 @@ static int m_release(const char *path, struct fuse_file_info *fi)
 static int m_read(const char *path, char *buf, size_t len, off_t off, struct fuse_file_info *fi)
 {
     struct mfile *f = lookup(path);
+    qcow2_image *img;
     int rc;
 
-    (void)fi;
     if (!f)
         return -ENOENT;
-    if (!f->img)
+    img = image_of(f, fi);
+    if (!img)
         return -EBUSY;
     if (off < 0 || (uint64_t)off >= f->size)
         return 0;
     if (len > f->size - (uint64_t)off)
         len = (size_t)(f->size - (uint64_t)off);
-    rc = qcow2_image_read(f->img, buf, len, (uint64_t)off);
+    rc = qcow2_image_read(img, buf, len, (uint64_t)off);
     return rc ? -errno_of(rc) : (int)len;
 }
 
@@ -331,10 +340,12 @@ static off_t m_lseek(const char *path, off_t off, int whence, struct fuse_file_i
     struct mfile *f = lookup(path);
     uint64_t pos = (uint64_t)off;
 
-    (void)fi;
+    qcow2_image *img;
+
     if (!f)
         return -ENOENT;
-    if (!f->img)
+    img = image_of(f, fi);
+    if (!img)
         return -EBUSY;
     if (whence != SEEK_DATA && whence != SEEK_HOLE)
         return -EINVAL;
@@ -342,7 +353,7 @@ static off_t m_lseek(const char *path, off_t off, int whence, struct fuse_file_i
         return -ENXIO;
     while (pos < f->size) {
         qcow2_extent e;
-        int rc = qcow2_image_block_status(f->img, NULL, pos, f->size - pos, &e);
+        int rc = qcow2_image_block_status(img, NULL, pos, f->size - pos, &e);
         bool data;
         if (rc)
             return -errno_of(rc);

@@ -183,7 +183,7 @@ int cli_image_snapshot(int argc, char **argv)
     if (no_lock)
         opts.flags |= QCOW2_OPEN_NO_LOCK;
     if (action != SNAP_LIST && action != SNAP_NONE) {
-        if (cli_refuse_store_write(op.v[0], false))
+        if (cli_refuse_snapshot_edit(op.v[0], action == SNAP_CREATE ? NULL : name))
             return SNAP_EXIT_FAIL;
         opts.flags |= QCOW2_OPEN_RDWR;
     }

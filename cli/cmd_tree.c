@@ -209,8 +209,9 @@ static size_t interrupt_done_len, interrupt_none_len;
 
 static void on_interrupt(int sig)
 {
-    /* access() and write() are safe in a handler: the journal says whether a step began. */
-    bool begun = access(interrupt_journal, F_OK) == 0;
+    /* access() and write() are safe in a handler: the journal says whether a step began
+     * (a journal path that could not be made: said unfinished, the safe side). */
+    bool begun = !interrupt_journal[0] || access(interrupt_journal, F_OK) == 0;
     size_t len = begun ? interrupt_done_len : interrupt_none_len;
 
     if (len && write(STDERR_FILENO, begun ? interrupt_done : interrupt_none, len) < 0)
@@ -246,6 +247,8 @@ static void interrupt_catch(const qsnap_store *s, const char *disk, bool on)
         memset(&sa, 0, sizeof(sa));
         sa.sa_handler = on ? on_interrupt : SIG_DFL;
         sigemptyset(&sa.sa_mask);
+        for (size_t k = 0; k < sizeof(sigs) / sizeof(sigs[0]); k++)
+            sigaddset(&sa.sa_mask, sigs[k]); /* one line, whatever comes next */
         /* A signal the caller ignores (nohup) stays ignored. */
         if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN)
             continue;

@@ -44,7 +44,12 @@ _qsnap_dequote()
         if [ "$q" = "'" ]; then
             if [ "$c" = "'" ]; then q=""; else out+=$c; fi
         elif [ "$c" = "\\" ]; then
+            # In "...", a backslash escapes only $ ` " \ (it stays before anything else).
             j=$((j + 1))
+            case $q${w:j:1} in
+            '"'[\$\`\"\\]) ;;
+            '"'*) out+=$c ;;
+            esac
             out+=${w:j:1}
         elif [ "$c" = "'" ] || [ "$c" = '"' ]; then
             if [ "$q" = "$c" ]; then q=""; elif [ -z "$q" ]; then q=$c; else out+=$c; fi

@@ -515,22 +515,23 @@ static int open_file(const qsnap_store *s, const struct qsnap__touch *t, int *fd
  * Who holds the files: the processes this user may look at (/proc/PID/fd)
  * with one of them open, named by their program ("qemu-system-x86 (pid
  * 4242)"; a qsnap by its command: "qsnap mount (pid 77)"), at most three,
- * appended to out. Only when a refusal is given, so its cost (a look at
- * every open file of every process) is never that of an operation. *own:
- * OWN_MOUNT when one of them is a qsnap mount, OWN_SERVE a qsnap server
- * (qsnap serve, or nbdkit with qsnap's plugin).
+ * appended to out. The descriptors are compared by the path their link
+ * names (readlink, never a stat through them: a descriptor on a hung mount
+ * must not hang the refusal) with the files' real paths. Only when a
+ * refusal is given, so its cost is never that of an operation. *own: a
+ * qsnap mount (OWN_MOUNT) or server (OWN_SERVE: qsnap serve, or nbdkit with
+ * qsnap's plugin) is among them.
  */
 #define OWN_MOUNT 1
 #define OWN_SERVE 2
-static void holders(const dev_t *dev, const ino_t *ino, size_t nfiles, char *out, size_t size,
-                    int *own)
+static void holders(char *const *paths, size_t nfiles, char *out, size_t size, int *own)
 {
     size_t len = strlen(out), found = 0, looked = 0;
     struct dirent *e;
     DIR *proc = opendir("/proc");
 
     while (proc && found < 3 && looked < 200000 && (e = readdir(proc)) != NULL) {
-        char dir[64], comm[64] = "?", cmd[256] = "";
+        char dir[64], comm[64] = "?", cmd[256] = "", link[PATH_MAX];
         long pid = isdigit((unsigned char)e->d_name[0]) ? strtol(e->d_name, NULL, 10) : 0;
         bool match = false;
         struct dirent *fe;
@@ -545,11 +546,14 @@ static void holders(const dev_t *dev, const ino_t *ino, size_t nfiles, char *out
             continue;
         dfd = dirfd(fds);
         while (!match && looked++ < 200000 && (fe = readdir(fds)) != NULL) {
-            struct stat st;
-            if (fe->d_name[0] == '.' || fstatat(dfd, fe->d_name, &st, 0) < 0)
+            ssize_t r = fe->d_name[0] == '.'
+                            ? -1
+                            : readlinkat(dfd, fe->d_name, link, sizeof(link) - 1);
+            if (r <= 0)
                 continue;
+            link[r] = '\0';
             for (size_t i = 0; i < nfiles && !match; i++)
-                match = st.st_dev == dev[i] && st.st_ino == ino[i];
+                match = paths[i] && !strcmp(link, paths[i]);
         }
         closedir(fds);
         if (!match)
@@ -570,24 +574,31 @@ static void holders(const dev_t *dev, const ino_t *ino, size_t nfiles, char *out
             if (fd >= 0)
                 close(fd);
             cmd[r > 0 ? r : 0] = '\0';
-            for (ssize_t i = 0; i + 1 < r; i++)
-                cmd[i] = cmd[i] ? cmd[i] : ' ';
         }
+        for (char *c = comm; *c; c++)
+            *c = isprint((unsigned char)*c) ? *c : '?';
+        if (len >= size)
+            break;
         if (!strcmp(comm, "qsnap")) {
-            /* "qsnap mount ..." / "qsnap serve ...": the program and its command */
-            const char *sub = strchr(cmd, ' ');
-            size_t w = sub ? strcspn(sub + 1, " ") : 0;
-            *own |= w == 5 && !strncmp(sub + 1, "mount", 5) ? OWN_MOUNT : OWN_SERVE;
-            len += (size_t)snprintf(out + len, len < size ? size - len : 0, "%sqsnap%s%.*s (pid %ld)",
-                                    found ? ", " : "", w ? " " : "", (int)w, sub ? sub + 1 : "",
-                                    pid);
-        } else {
-            if (!strcmp(comm, "nbdkit") && strstr(cmd, "qsnap"))
+            /* argv[1], the command: "qsnap mount", "qsnap serve", "qsnap image" */
+            const char *sub = cmd + strlen(cmd) + 1;
+            char word[16] = "";
+            size_t w = 0;
+            if (sub < cmd + sizeof(cmd))
+                for (; w + 1 < sizeof(word) && sub[w] && isalnum((unsigned char)sub[w]); w++)
+                    word[w] = sub[w];
+            word[w] = '\0';
+            if (!strcmp(word, "mount"))
+                *own |= OWN_MOUNT;
+            else if (!strcmp(word, "serve"))
                 *own |= OWN_SERVE;
-            for (char *c = comm; *c; c++)
-                *c = isprint((unsigned char)*c) ? *c : '?';
-            len += (size_t)snprintf(out + len, len < size ? size - len : 0, "%s%s (pid %ld)",
-                                    found ? ", " : "", comm, pid);
+            len += (size_t)snprintf(out + len, size - len, "%sqsnap%s%s (pid %ld)",
+                                    found ? ", " : "", w ? " " : "", word, pid);
+        } else {
+            if (!strcmp(comm, "nbdkit") && memmem(cmd, sizeof(cmd), "qsnap", 5))
+                *own |= OWN_SERVE;
+            len += (size_t)snprintf(out + len, size - len, "%s%s (pid %ld)", found ? ", " : "",
+                                    comm, pid);
         }
         found++;
     }
@@ -600,12 +611,9 @@ static void holders(const dev_t *dev, const ino_t *ino, size_t nfiles, char *out
 /* The refusal for the held files of t: it names them all (up to four), and who holds them. */
 static int busy_error(const struct qsnap__touch *t, size_t n)
 {
-    char names[1024] = "", who[512] = "";
+    char names[1024] = "", who[512] = "", *real[8];
     size_t held = 0, len = 0, k = 0;
-    dev_t dev[8];
-    ino_t ino[8];
     int own = 0;
-    struct stat st;
 
     for (size_t i = 0; i < n; i++) {
         if (!t[i].held)
@@ -613,17 +621,17 @@ static int busy_error(const struct qsnap__touch *t, size_t n)
         if (held < 4 && len < sizeof(names))
             len += (size_t)snprintf(names + len, sizeof(names) - len, "%s%s (%s)",
                                     held ? ", " : "", t[i].path, t[i].role);
-        if (k < 8 && stat(t[i].path, &st) == 0) {
-            dev[k] = st.st_dev;
-            ino[k++] = st.st_ino;
-        }
+        if (k < 8 && (real[k] = realpath(t[i].path, NULL)) != NULL)
+            k++;
         held++;
     }
     if (!held)
         return 0;
     if (held > 4 && len < sizeof(names))
         snprintf(names + len, sizeof(names) - len, " and %zu more", held - 4);
-    holders(dev, ino, k, who, sizeof(who), &own);
+    holders(real, k, who, sizeof(who), &own);
+    for (size_t i = 0; i < k; i++)
+        free(real[i]);
     if (own)
         return qsnap__err(QSNAP_EBUSY,
                           own == OWN_MOUNT ? "close the files open in the mount, or end it "

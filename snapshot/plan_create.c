@@ -150,9 +150,26 @@ int qsnap_plan_create(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts 
         name = NULL;
         n->desc = opts.description ? strdup(opts.description) : NULL;
         rc = qsnap__add_last_save(p, &t);
-        if (!rc)
-            rc = qsnap__set_summary(p, "created snapshot %s of %s; branch main continues from it",
-                                    n->name, strrchr(s->disk_abs, '/') + 1);
+        if (!rc) {
+            /* Internal snapshots the disk holds already are frozen with it: kept, and
+             * readable ('qemu-img convert -l'), but not for reverting to: said. */
+            qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+            qcow2_image *img = NULL;
+            char *names = NULL;
+            size_t k = 0;
+            oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
+            if (qcow2_image_open(&img, s->disk_abs, &oo) == 0)
+                k = qsnap__unknown_internal(img, &t, n->layer, &names);
+            qcow2_image_close(img);
+            if (!rc)
+                rc = qsnap__set_summary(
+                    p, "created snapshot %s of %s; branch main continues from it%s%s%s", n->name,
+                    strrchr(s->disk_abs, '/') + 1,
+                    k ? "; the disk's own internal snapshots (" : "", k && names ? names : "",
+                    k ? ") are frozen with it: kept and readable, no longer for reverting to"
+                      : "");
+            free(names);
+        }
     } else {
         struct qsnap__branch *b;
         struct qsnap__layer *old_head;

@@ -258,7 +258,13 @@ static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsn
     for (size_t i = t->nl; i-- > 0;) {
         if (keep[i])
             continue;
-        rc = qsnap__defer_unlink(p, t->layers[i].file);
+        /* Internal snapshots qsnap did not make go with the file: not qsnap's to drop
+         * (the store's model knows the file's own nodes, which are gone from t). */
+        rc = qsnap__refuse_foreign_internal(s, &s->m, t->layers[i].id,
+                                            "deleting the subtree would delete it with its "
+                                            "file");
+        if (!rc)
+            rc = qsnap__defer_unlink(p, t->layers[i].file);
         if (rc)
             goto out_noindex;
         qsnap__del_layer_at(t, i); /* the last (kept, or dropped already) takes its place */
@@ -354,6 +360,22 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
         if (!rc)
             rc = qsnap__set_summary(p, "deleted snapshot %s (its data is still used)", name);
         goto out;
+    }
+    {
+        /* Internal snapshots qsnap did not make in the snapshot's own file (frozen with
+         * it by an older build): the file is not removed or streamed away under them. */
+        size_t foreign = 0;
+        rc = qsnap__foreign_internal(s, &t, l->id, NULL, &foreign);
+        if (!rc && foreign && (deps == 0 || (flags & QSNAP_DELETE_STREAM)))
+            rc = qsnap__refuse_foreign_internal(s, &t, l->id,
+                                                deps == 0 ? "deleting the snapshot would delete "
+                                                            "it with its file"
+                                                          : "streaming the file away would "
+                                                            "delete it");
+        if (rc)
+            goto out;
+        if (foreign && deps < 2)
+            deps = 2; /* kept as an unnamed node, as for several dependents */
     }
     if (deps == 0) {
         rc = drop_node(&t, p, n, l, qsnap__check_unchanged(s, l));
@@ -476,9 +498,7 @@ int qsnap_plan_commit(qsnap_plan **out, qsnap_store *s, const char *branch)
                                             "a commit empties the head and writes its data "
                                             "into the layer below, which would change what it "
                                             "reads");
-    if (!rc)
-        rc = qsnap__refuse_foreign_internal(s, &t, l->id,
-                                            "a commit would write into the file that holds it");
+
     if (!rc)
         rc = qsnap__check_free(s, &t, h->id);
     if (!rc)

@@ -63,7 +63,7 @@ int qsnap__refuse_internal_in(const struct qsnap__model *m, unsigned layer, cons
  * Internal snapshots in img (layer's file) that no node of m names (made
  * outside qsnap: 'virsh snapshot-create-as' without --disk-only, 'qemu-img
  * snapshot -c'): their count, their names joined in *names (when names is
- * not NULL; NULL when out of memory).
+ * not NULL; NULL when out of memory), control bytes shown as '?'.
  */
 size_t qsnap__unknown_internal(const qcow2_image *img, const struct qsnap__model *m,
                                unsigned layer, char **names)
@@ -93,7 +93,11 @@ size_t qsnap__unknown_internal(const qcow2_image *img, const struct qsnap__model
                 continue;
             }
             *names = more;
-            len += (size_t)sprintf(more + len, "%s%s", len ? ", " : "", nm);
+            len += (size_t)sprintf(more + len, "%s", len ? ", " : "");
+            /* The name is the file's (anyone may have made it): control bytes as '?'. */
+            for (const unsigned char *c = (const unsigned char *)nm; *c; c++)
+                more[len++] = *c < 0x20 || *c == 0x7f ? '?' : (char)*c;
+            more[len] = '\0';
         }
     }
     return k;

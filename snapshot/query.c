@@ -1403,6 +1403,89 @@ int qsnap_file_kind_of(const char *path, qsnap_file_kind *kind, char **store_dir
     return rc;
 }
 
+/*
+ * Whether snapshot snap (an id, then a name, as qemu-img looks it up) of the
+ * branch head at real (st) is one of the tree's internal snapshots: its node
+ * name in *node (malloc'd), NULL when not.
+ */
+static int tree_snapshot_of(const char *dir, const char *real, const struct stat *st,
+                            const char *snap, char **node)
+{
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    qcow2_image *img = NULL;
+    qsnap_store *s = NULL;
+    char *disk = strndup(dir, strlen(dir) - 6), *name = NULL;
+    int rc;
+
+    *node = NULL;
+    if (!disk)
+        return nomem();
+    rc = qsnap_store_open(&s, disk, QSNAP_OPEN_READONLY | QSNAP_OPEN_ANY_FILES);
+    free(disk);
+    if (rc)
+        return rc;
+    oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
+    if (qcow2_image_open(&img, real, &oo) == 0) {
+        size_t n = qcow2_snapshot_count(img);
+        for (int pass = 0; pass < 2 && !name; pass++) {
+            for (size_t i = 0; i < n && !name; i++) {
+                qcow2_snapshot_info si;
+                const char *key;
+                if (qcow2_snapshot_get(img, i, &si) != 0)
+                    continue;
+                key = pass == 0 ? si.id : si.name;
+                if (key && !strcmp(key, snap) && si.name)
+                    name = strdup(si.name);
+            }
+        }
+        qcow2_image_close(img);
+    }
+    for (size_t i = 0; name && i < s->m.nl && !*node; i++) {
+        const struct qsnap__layer *l = &s->m.layers[i];
+        char *p = qsnap__path(s, l->file);
+        struct stat ls;
+        bool same = p && stat(p, &ls) == 0 && same_file(st, &ls);
+        free(p);
+        for (size_t k = 0; same && k < s->m.nn && !*node; k++) {
+            const struct qsnap__node *nd = &s->m.nodes[k];
+            if (nd->layer == l->id && nd->internal && !strcmp(nd->internal, name))
+                *node = strdup(nd->name ? nd->name : nd->internal);
+        }
+    }
+    free(name);
+    qsnap_store_close(s);
+    return 0;
+}
+
+int qsnap_check_snapshot_edit(const char *path, const char *snap)
+{
+    qsnap_file_kind kind;
+    char *dir = NULL, *real = NULL, *node = NULL;
+    struct stat st;
+    int rc = qsnap_check_outside_write(path, false);
+
+    if (!rc && snap)
+        rc = qsnap_file_kind_of(path, &kind, &dir);
+    if (!rc && dir && kind == QSNAP_FILE_HEAD && (real = resolve_path(path)) != NULL &&
+        stat(real, &st) == 0)
+        rc = tree_snapshot_of(dir, real, &st, snap, &node);
+    if (!rc && node) {
+        char hint[PATH_MAX * 2 + 256];
+        int dl = (int)strlen(dir) - 6; /* the store's disk: its directory without ".qsnap" */
+        snprintf(hint, sizeof(hint),
+                 "the tree commands change it: 'qsnap revert %.*s %s', 'qsnap delete %.*s %s'", dl,
+                 dir, node, dl, dir, node);
+        rc = qsnap__err(QSNAP_EREFUSED, hint,
+                        "%s: refused: internal snapshot %s is the tree's snapshot %s in the store "
+                        "%s (nothing was written)",
+                        path, snap, node, dir);
+    }
+    free(node);
+    free(real);
+    free(dir);
+    return rc;
+}
+
 /* A file in layers/ that cannot be told frozen or a head: the store's own error, saying so. */
 static int untold(const char *path, const char *dir, int rc)
 {

@@ -543,6 +543,56 @@ static int verify_store(qsnap_store *s, bool repair, qsnap_finding **out, size_t
  * and is held (inuse.c): the files of the pending operation, the current
  * head, and every file a check without repair finds a problem with.
  */
+/* Whether layers/ holds a layer file newer than the metadata (newer_than_metadata). */
+static bool metadata_older(const qsnap_store *s)
+{
+    struct dirent *e;
+    bool older = false;
+    DIR *d;
+    int dfd;
+
+    if (qsnap__store_dirfd(s, "layers", &dfd) != 0)
+        return false;
+    d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return false;
+    }
+    while (!older && (e = readdir(d)) != NULL)
+        older = newer_than_metadata(s, e->d_name, false);
+    closedir(d);
+    return older;
+}
+
+/*
+ * verify --repair over metadata older than layers/ (meta.log removed, an
+ * older meta put back) would repair towards that older tree: make writable
+ * the heads it knows, which later changes froze under newer layers, and
+ * point the VM path at one of them, so that a VM started then writes into
+ * the backing file of the newer layers. It checks only, and says why.
+ */
+static int verify_refused_older(qsnap_store *s, qsnap_finding **out, size_t *n_out)
+{
+    int rc = verify_store(s, false, out, n_out);
+    qsnap_finding *f = realloc(*out, (*n_out + 1) * sizeof(*f));
+    const char *msg = "--repair refused: the metadata is older than layers/ (the file named "
+                      "above is newer than it); repairing towards the older tree would make "
+                      "layers that later changes froze writable again; nothing was repaired";
+
+    if (!f)
+        return rc;
+    *out = f;
+    /* Before the last line (what was checked), which sums up. */
+    if (*n_out)
+        f[*n_out] = f[*n_out - 1];
+    f[*n_out ? *n_out - 1 : 0] = (qsnap_finding){true, false, strdup(""), strdup(msg)};
+    (*n_out)++;
+    return qsnap__err(QSNAP_EINTEGRITY,
+                      "put the lost meta.log (or the newer meta) back, or restore the whole "
+                      "store from one backup; then 'qsnap verify DISK --repair'",
+                      "%s: the metadata is older than its layers: --repair refused", s->disk_abs);
+}
+
 int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out)
 {
     struct qsnap__touch *t = NULL;
@@ -561,6 +611,8 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
     if (!repair)
         return verify_store(s, false, out, n_out);
     rc = qsnap__journal_pending(s, &pending);
+    if (!rc && !pending && metadata_older(s))
+        return verify_refused_older(s, out, n_out);
     if (!rc && pending && qsnap__journal_load(s, &jp) != 0)
         jp = NULL; /* a damaged journal: the check below reports it */
     if (!rc)

@@ -469,6 +469,15 @@ QSNAP_API int qsnap_file_kind_of(const char *path, qsnap_file_kind *kind, char *
  */
 QSNAP_API int qsnap_check_outside_write(const char *path, bool replace);
 
+/**
+ * qsnap_check_outside_write(path, false), and for an internal snapshot's
+ * change (apply or delete of snap, found by id and then by name, as
+ * qemu-img finds it) in a branch's head: QSNAP_EREFUSED when snap is one of
+ * the tree's internal snapshots (only the tree commands revert to or delete
+ * those; one made outside qsnap may be changed).
+ */
+QSNAP_API int qsnap_check_snapshot_edit(const char *path, const char *snap);
+
 /** Validate a snapshot or branch name (QSNAP_EUSAGE with a message when invalid). */
 QSNAP_API int qsnap_name_check(const char *name);
 

@@ -46,7 +46,7 @@ fuse_cleanup() {
     [ -n "$QPID" ] && kill "$QPID" 2>/dev/null && wait "$QPID" 2>/dev/null
     mountpoint -q "$W/fs" 2>/dev/null && umount "$W/fs"
     [ -n "$LOOP" ] && losetup -d "$LOOP" 2>/dev/null
-    for d in "$W/m" "$W/m2"; do
+    for d in "$W/m" "$W/m2" "$W/re/m"; do
         mountpoint -q "$d" 2>/dev/null && { fusermount3 -u "$d" 2>/dev/null || umount "$d"; }
     done
     for f in "$W"/run/qsnap/mount-*; do
@@ -319,6 +319,26 @@ for name in 'c,allow_other' 'w,rw' 'b\\,allow_other'; do
         bad "disk '$name'" "$(cat mount.err)"
     fi
 done
+
+# A name that names another snapshot after a tree change reads the new one, though a file
+# opened before is still open (each open(2) its own image): delete s1, create s1 again.
+mkdir -p re/m
+qemu-img create -f raw re/d.raw 8M >/dev/null && qemu-io -f raw -c "write -P 0x11 0 64k" re/d.raw >/dev/null
+q create re/d.raw s0 >/dev/null && qemu-io -f qcow2 -c "write -P 0x22 0 64k" "$(q current re/d.raw --path)" >/dev/null &&
+    q create re/d.raw s1 >/dev/null && q branch re/d.raw side --at s1 >/dev/null &&
+    qemu-io -f qcow2 -c "write -P 0x33 0 64k" "$(q current re/d.raw --path)" >/dev/null || bad "rename setup" "failed"
+if q mount re/d.raw re/m 2>mount.err; then
+    exec 7<re/m/s1.raw
+    old=$(head -c 1 <&7 | od -An -tx1 | tr -d ' ')
+    q delete re/d.raw s1 >/dev/null && q create re/d.raw s1 >/dev/null || bad "delete and create s1" "failed"
+    new=$(head -c 1 re/m/s1.raw | od -An -tx1 | tr -d ' ')
+    exec 7<&-
+    [ "$old" = 22 ] && [ "$new" = 33 ] && ok "an open of s1.raw after s1 was made again reads the new s1 while an older open is still there" ||
+        bad "s1 made again" "old open read $old, new open read $new (want 22, 33)"
+    q umount re/m
+else
+    bad "mount for the rename case" "$(cat mount.err)"
+fi
 
 # Errors.
 q mount disk.raw "$W/nowhere" >/dev/null 2>err.out

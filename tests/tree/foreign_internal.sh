@@ -80,8 +80,49 @@ qemu-img convert -U -l snapshot.name=foreign -O raw "$H" foreign_after.raw &&
     cmp -s foreign_before.raw foreign_after.raw && ok "after delete s2 the foreign snapshot reads as made" ||
     bad "foreign snapshot content after delete" "differs"
 
-qemu-img snapshot -d foreign "$H" || bad "qemu-img snapshot -d" "exit $?"
+# delete --children of a subtree whose branch head holds one: refused, nothing changed.
+q branch d.raw sub --at s1 >/dev/null && q switch d.raw sub >/dev/null &&
+    qemu-io -f qcow2 -c "write -P 8 0 64k" "$(q current d.raw --path)" >/dev/null && q create d.raw t1 >/dev/null &&
+    qemu-img snapshot -c subforeign "$(q current d.raw --path)" && q switch d.raw main >/dev/null ||
+    bad "subtree setup" "failed"
+before=$(listing)
+q delete d.raw t1 --children --force >/dev/null 2>err; rc=$?
+after=$(listing)
+[ $rc -eq 4 ] && grep -q "subforeign" err && grep -q "deleting the subtree would delete it" err &&
+    [ "$before" = "$after" ] && ok "delete --children --force of a subtree whose head holds one: exit 4, nothing changed" ||
+    bad "delete --children" "exit $rc: $(head -c 300 err)"
+q switch d.raw sub >/dev/null && qemu-img snapshot -d subforeign "$(q current d.raw --path)" &&
+    q switch d.raw main >/dev/null && q branch -d d.raw sub >/dev/null || bad "subtree cleanup" "failed"
+
+# qsnap image snapshot -d/-a on the head: the foreign one may go, the tree's own may not.
+q create d.raw own --internal >/dev/null || bad "create --internal own" "failed"
+H=$(q current d.raw --path)
+before=$(listing)
+q image snapshot -d own "$H" >/dev/null 2>err; rc1=$?
+q image snapshot -a own "$H" >/dev/null 2>>err; rc2=$?
+after=$(listing)
+[ $rc1 -eq 1 ] && [ $rc2 -eq 1 ] && grep -q "is the tree's snapshot own" err && grep -q "qsnap delete .*d.raw own" err &&
+    [ "$before" = "$after" ] && ok "image snapshot -d/-a of the tree's own internal snapshot in a head: refused, nothing written" ||
+    bad "image snapshot of the tree's own" "exit $rc1/$rc2: $(head -c 300 err)"
+q delete d.raw own >/dev/null || bad "delete own" "failed"
+
+q image snapshot -d foreign "$H" || bad "qsnap image snapshot -d of the foreign one" "exit $?"
 q create d.raw s3 >/dev/null 2>err && q verify d.raw >/dev/null 2>&1 &&
     ok "once it is deleted, create works and verify is clean" || bad "after deleting it" "$(head -c 300 err)"
+
+# A qcow2 disk that holds an internal snapshot before its first create: frozen with it (said),
+# kept readable; commit into that disk still works (its snapshot reads as before).
+rm -rf q && mkdir q
+qemu-img create -f qcow2 q/d.qcow2 8M >/dev/null && qemu-io -f qcow2 -c "write -P 5 0 64k" q/d.qcow2 >/dev/null &&
+    qemu-img snapshot -c early q/d.qcow2 && qemu-img convert -l snapshot.name=early -O raw q/d.qcow2 early_before.raw ||
+    bad "qcow2 disk setup" "failed"
+out=$(q create q/d.qcow2 s1 2>&1); rc=$?
+[ $rc -eq 0 ] && echo "$out" | grep -q "the disk's own internal snapshots (early) are frozen with it" &&
+    ok "first create of a disk with an internal snapshot says it is frozen with it" || bad "first create" "exit $rc: $out"
+qemu-io -f qcow2 -c "write -P 6 0 64k" "$(q current q/d.qcow2 --path)" >/dev/null
+q commit q/d.qcow2 >/dev/null 2>err; rc=$?
+qemu-img convert -U -l snapshot.name=early -O raw q/d.qcow2 early_after.raw
+[ $rc -eq 0 ] && cmp -s early_before.raw early_after.raw && q verify q/d.qcow2 >/dev/null 2>&1 &&
+    ok "commit into that disk works, and its snapshot reads as before" || bad "commit into the disk" "exit $rc: $(head -c 300 err)"
 
 ts_end

@@ -113,6 +113,12 @@ touch "$L" # the same without the seal: the walk finds it
 q list d.raw >/dev/null 2>err; rc=$?
 [ $rc -eq 4 ] && grep -q "newer than the store's metadata" err && ok "meta.log removed, layers/ walked: refused" ||
     bad "meta.log removed, walked" "exit $rc: $(head -c 300 err)"
+before=$(listing)
+q verify d.raw --repair >out 2>err; rc=$?
+after=$(listing)
+[ $rc -eq 4 ] && grep -q "^problem: --repair refused: the metadata is older than layers/" out &&
+    [ "$before" = "$after" ] && ok "meta.log removed: verify --repair refuses to repair towards the older tree, nothing changed" ||
+    bad "verify --repair over older metadata" "exit $rc: $(cat out err | head -c 400) $(diff <(echo "$before") <(echo "$after") | head -3)"
 mv meta.log.kept d.raw.qsnap/meta.log
 q list d.raw >/dev/null 2>&1 && q create d.raw s5 >/dev/null 2>&1 && q verify d.raw >/dev/null 2>&1 &&
     ok "meta.log put back: commands work again, verify clean" || bad "meta.log put back" "exit $?"
