@@ -10,6 +10,12 @@
 #   the plan is made (a frozen layer's time or size changed, a layer missing,
 #   a head truncated) is refused the same way, without the "nothing was
 #   changed" (no plan ran).
+#   Repair advice: a head with damage check -r all cannot fix (an L1 entry
+#   pointing past the end of the file) is not offered --repair (neither in its
+#   line nor in the closing hint), --repair leaves the store as it was and
+#   exits 4, and the way out it names (revert --discard) works; a head whose
+#   refcount table entry is flipped is offered --repair, and after it verify
+#   is clean.
 # Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
 #   QSNAP=path      the qsnap binary (default build/release/qsnap)
 set -u
@@ -100,6 +106,45 @@ refused "commit: frozen layer modified" layers/3.qcow2 flip 0 commit
 refused "commit: frozen layer truncated" layers/3.qcow2 trunc 65536 commit
 refused "commit: frozen layer missing" layers/3.qcow2 rm - commit
 refused "delete s2: head truncated" layers/5.qcow2 trunc 65536 delete s2
+
+# ---- repair advice ----
+rm -rf w && cp -a tpl w
+flip w/d.raw.qsnap/layers/5.qcow2 0x30001
+listing w >before
+q verify w/d.raw >out 2>err
+rc=$?
+if [ $rc -ne 4 ] || ! grep -q 'layers/5.qcow2:.*--repair cannot fix' out ||
+    grep -q 'layers/5.qcow2.*(--repair repairs them)' out || grep -q "verify w/d.raw --repair" err; then
+    bad "unrepairable head: verify offers no --repair" "exit $rc: $(cat out err | tr '\n' ' ')"
+else
+    ok "unrepairable head: verify offers no --repair"
+fi
+q verify w/d.raw --repair >out 2>err
+rc=$?
+listing w >after
+if [ $rc -ne 4 ] || ! cmp -s before after || ! grep -q 'layers/5.qcow2:.*--repair cannot fix' out; then
+    bad "unrepairable head: verify --repair writes nothing" "exit $rc: $(diff before after | head -3) $(cat out)"
+else
+    ok "unrepairable head: verify --repair writes nothing"
+fi
+if q revert w/d.raw s2 --discard >/dev/null 2>err && q verify w/d.raw >/dev/null 2>>err; then
+    ok "unrepairable head: the way out it names (revert --discard) works"
+else
+    bad "unrepairable head: the way out it names (revert --discard) works" "$(cat err)"
+fi
+
+rm -rf w && cp -a tpl w
+flip w/d.raw.qsnap/layers/5.qcow2 0x10003
+q verify w/d.raw >out 2>err
+rc=$?
+if [ $rc -ne 4 ] || ! grep -q 'layers/5.qcow2:.*(--repair repairs them)' out ||
+    ! grep -q "verify w/d.raw --repair' fixes what it can" err; then
+    bad "repairable head: verify offers --repair" "exit $rc: $(cat out err | tr '\n' ' ')"
+elif ! q verify w/d.raw --repair >out 2>err || ! q verify w/d.raw >out 2>err; then
+    bad "repairable head: verify offers --repair" "not clean after --repair: $(cat out err)"
+else
+    ok "repairable head: verify offers --repair, and it repairs"
+fi
 
 # An undamaged store still commits and deletes.
 rm -rf w && cp -a tpl w
