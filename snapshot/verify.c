@@ -801,7 +801,8 @@ static void verify_vm_path(qsnap_store *s, bool repair, struct findings *fs)
     free(path);
 }
 
-static int verify_store(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out);
+static int verify_store(qsnap_store *s, bool repair, bool no_journal, qsnap_finding **out,
+                        size_t *n_out);
 
 /*
  * A repair changes files only after every file it may touch was found free
@@ -824,7 +825,7 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
     if (rc)
         return rc;
     if (!repair)
-        return verify_store(s, false, out, n_out);
+        return verify_store(s, false, false, out, n_out);
     rc = qsnap__journal_pending(s, &pending);
     if (!rc && pending && qsnap__journal_load(s, &jp) != 0)
         jp = NULL; /* a damaged journal: the check below reports it */
@@ -832,7 +833,7 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
         rc = qsnap__touched(s, jp, &t, &nt);
     qsnap_plan_free(jp);
     if (!rc) {
-        (void)verify_store(s, false, &f, &nf);
+        (void)verify_store(s, false, false, &f, &nf);
         for (size_t i = 0; !rc && i < nf; i++) {
             if (f[i].problem && f[i].file[0] && strcmp(f[i].file, s->dir))
                 rc = qsnap__touch_add(s, &t, &nt, f[i].file, "a file the repair changes");
@@ -843,7 +844,7 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
         rc = qsnap__touch_hold(s, t, nt);
     if (!rc) {
         s->holding = true;
-        rc = verify_store(s, true, out, n_out);
+        rc = verify_store(s, true, false, out, n_out);
         s->holding = false;
         qsnap__touch_release(t, nt);
     }
@@ -851,8 +852,88 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
     return rc;
 }
 
-static int verify_store(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out)
+#define JOURNAL_STUCK                                                                          \
+    "nothing in it can be replayed, and the store does not verify without it (%s), so "          \
+    "--repair repairs nothing while it is there: restore the store from a backup, or find out "  \
+    "what the interrupted operation did, move the journal out of the store and run 'qsnap "      \
+    "verify DISK --repair' again"
+
+/*
+ * A journal that cannot be parsed (why: the message saying so, which names it).
+ * Nothing in it can be replayed, and nothing says what its operation did: the
+ * store is judged without it. Without repair that is a finding (its words are
+ * settled when the other findings are known: journal_said), and the rest of the
+ * check goes on as if there were no journal. With repair, when the store
+ * verifies without it (every layer, link, mode and fingerprint as the metadata
+ * says, no file the metadata does not name), the operation changed nothing that
+ * matters, or was finished by every step but the journal's removal: the journal
+ * is set aside as journal.damaged-<time> (kept, for whoever wants to look into
+ * it). Otherwise it stays, nothing is repaired (a repair could undo what a
+ * person reading the journal could still finish), and the problems are listed.
+ * Returns false when the check stops there.
+ */
+static bool journal_damaged(qsnap_store *s, bool repair, const char *why, struct findings *fs)
 {
+    qsnap_finding *f = NULL;
+    size_t nf = 0;
+    char name[128];
+    int rc;
+
+    if (!repair) {
+        find(fs, true, false, "journal", "%s", why);
+        return true;
+    }
+    rc = verify_store(s, false, true, &f, &nf);
+    if (rc == 0) {
+        qsnap_verify_free(f, nf);
+        if (qsnap__journal_set_aside(s, name, sizeof(name)) == 0) {
+            find(fs, true, true, "journal",
+                 "%s; the store verifies without it: set aside as %s/%s", why, s->dir, name);
+            return true;
+        }
+        find(fs, true, false, "journal", "%s; it could not be set aside: %s", why,
+             qsnap_error_last()->message);
+        return false;
+    }
+    find(fs, true, false, "journal", "%s; " JOURNAL_STUCK, why, "below");
+    for (size_t i = 0; i < nf; i++)
+        find(fs, f[i].problem, false, f[i].file, "%s", f[i].message);
+    if (!nf)
+        find(fs, true, false, "", "%s", qsnap_error_last()->message);
+    qsnap_verify_free(f, nf);
+    return false;
+}
+
+/*
+ * Verify without repair: the words of the damaged journal's finding (jf), once the
+ * other findings are known: --repair sets it aside when there are none, and repairs
+ * nothing while there are (so none of them counts as one --repair fixes).
+ */
+static void journal_said(struct findings *fs, size_t jf)
+{
+    qsnap_finding *j = &fs->f[jf];
+    char *msg = NULL;
+    int n;
+
+    if (fs->problems > 1) {
+        n = asprintf(&msg, "%s; " JOURNAL_STUCK, j->message, "the other problems");
+        fs->fixable = 0;
+    } else {
+        n = asprintf(&msg, "%s; nothing in it can be replayed, but the store verifies without "
+                           "it (--repair sets it aside)",
+                     j->message);
+        fs->fixable = 1;
+    }
+    if (n >= 0) {
+        free((char *)(uintptr_t)j->message);
+        j->message = msg;
+    }
+}
+
+static int verify_store(qsnap_store *s, bool repair, bool no_journal, qsnap_finding **out,
+                        size_t *n_out)
+{
+    size_t jf = SIZE_MAX; /* the finding of a damaged journal (verify without repair) */
     struct findings fs = {NULL, 0, 0, 0, 0};
     bool pending = false;
     int rc;
@@ -862,6 +943,23 @@ static int verify_store(qsnap_store *s, bool repair, qsnap_finding **out, size_t
     rc = qsnap__journal_pending(s, &pending);
     if (rc)
         return rc;
+    if (pending && s->exists) {
+        qsnap_plan *jp = NULL;
+        int jrc = no_journal ? QSNAP_EINTEGRITY : qsnap__journal_read(s, &jp);
+        char why[1024];
+        qsnap_plan_free(jp);
+        snprintf(why, sizeof(why), "%s", qsnap_error_last()->message);
+        if (jrc == QSNAP_EINTEGRITY && qsnap__check_store_file(s, "journal") == 0) {
+            /* A journal (a regular file: verify_store_files names anything else) that
+             * cannot be parsed. */
+            size_t at = fs.n;
+            pending = false;
+            if (!no_journal && !journal_damaged(s, repair, why, &fs))
+                goto done;
+            if (!no_journal && !repair && fs.n > at)
+                jf = at;
+        }
+    }
     if (pending) {
         if (repair) {
             bool did = false;
@@ -939,6 +1037,8 @@ done_checked:
     find(&fs, false, false, "", "checked %zu layers, %zu snapshots and nodes, %zu branches", s->m.nl,
          s->m.nn, s->m.nb);
 done:
+    if (jf < fs.n)
+        journal_said(&fs, jf);
     *out = fs.f;
     *n_out = fs.n;
     if (fs.problems)

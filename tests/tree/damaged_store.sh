@@ -16,6 +16,12 @@
 #   exits 4, and the way out it names (revert --discard) works; a head whose
 #   refcount table entry is flipped is offered --repair, and after it verify
 #   is clean.
+#   A damaged journal: commands refuse naming DIR/journal ("journal is
+#   damaged"); verify says the store verifies without it; verify --repair
+#   sets it aside as journal.damaged-<time> (same bytes) and the store then
+#   verifies and takes a snapshot. With a file the metadata does not name and
+#   a frozen layer made writable as well, verify offers no --repair, and
+#   verify --repair exits 4 with the store as it was.
 # Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
 #   QSNAP=path      the qsnap binary (default build/release/qsnap)
 set -u
@@ -144,6 +150,59 @@ elif ! q verify w/d.raw --repair >out 2>err || ! q verify w/d.raw >out 2>err; th
     bad "repairable head: verify offers --repair" "not clean after --repair: $(cat out err)"
 else
     ok "repairable head: verify offers --repair, and it repairs"
+fi
+
+# ---- a damaged journal ----
+rm -rf w && cp -a tpl w
+printf 'garbage\n' >w/d.raw.qsnap/journal
+q create w/d.raw s3 >out 2>err
+rc=$?
+if [ $rc -ne 4 ] || ! head -1 err | grep -q 'd.raw.qsnap/journal: journal is damaged' ||
+    ! grep -q "hint: 'qsnap verify w/d.raw'" err; then
+    bad "damaged journal: commands name it" "exit $rc: $(cat err)"
+else
+    ok "damaged journal: commands name it"
+fi
+q verify w/d.raw >out 2>err
+rc=$?
+if [ $rc -ne 4 ] || ! grep -q 'journal is damaged.*verifies without it (--repair sets it aside)' out; then
+    bad "damaged journal: verify" "exit $rc: $(cat out err)"
+else
+    ok "damaged journal: verify says --repair sets it aside"
+fi
+q verify w/d.raw --repair >out 2>err
+rc=$?
+set -- w/d.raw.qsnap/journal.damaged-*
+if [ $rc -ne 0 ] || [ -e w/d.raw.qsnap/journal ] || [ ! -f "$1" ] ||
+    [ "$(cat "$1")" != garbage ] || ! grep -q 'set aside as' out; then
+    bad "damaged journal: verify --repair sets it aside" "exit $rc: $(cat out err; ls w/d.raw.qsnap)"
+elif ! q verify w/d.raw >/dev/null 2>err || ! q create w/d.raw s3 >/dev/null 2>>err; then
+    bad "damaged journal: verify --repair sets it aside" "then: $(cat err)"
+else
+    ok "damaged journal: verify --repair sets it aside; verify and create then work"
+fi
+
+rm -rf w && cp -a tpl w
+printf 'garbage\n' >w/d.raw.qsnap/journal
+touch w/d.raw.qsnap/layers/9.qcow2
+chmod u+w w/d.raw.qsnap/layers/3.qcow2
+listing w >before
+q verify w/d.raw >out 2>err
+rc=$?
+if [ $rc -ne 4 ] || ! grep -q 'journal is damaged.*does not verify without it' out ||
+    grep -q "verify w/d.raw --repair' fixes" err; then
+    bad "damaged journal, store not clean: verify" "exit $rc: $(cat out err)"
+else
+    ok "damaged journal, store not clean: verify offers no --repair"
+fi
+q verify w/d.raw --repair >out 2>err
+rc=$?
+listing w >after
+if [ $rc -ne 4 ] || ! cmp -s before after || ! grep -q 'journal is damaged.*does not verify without it' out; then
+    bad "damaged journal, store not clean: verify --repair changes nothing" \
+        "exit $rc: $(diff before after | head -3) $(cat out)"
+else
+    ok "damaged journal, store not clean: verify --repair changes nothing"
 fi
 
 # An undamaged store still commits and deletes.
