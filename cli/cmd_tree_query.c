@@ -826,7 +826,9 @@ static const char verify_help[] =
     "                       was writing), re-point links that differ, restore file\n"
     "                       modes, free leaked clusters of heads and remove\n"
     "                       half-made and temporary files (never a link, nor a\n"
-    "                       file of layers/ that qsnap did not make)\n"
+    "                       file of layers/ that qsnap did not make); set aside\n"
+    "                       a journal that cannot be read when the store verifies\n"
+    "                       without it (as journal.damaged-TIME)\n"
     "      --json           print a JSON document\n"
     "  -h, --help           show this help and exit\n"
     "\n" TREE_EXIT_HELP;

@@ -255,6 +255,166 @@ static int refuse_taken_names(qsnap_store *s, qsnap_plan *p)
     return rc ? nothing_changed(rc, NULL) : 0;
 }
 
+/* ---- pre-flight: the images the plan reads or writes, before the journal ----------- */
+
+/* Whether set holds id. */
+static bool ids_has(const struct qsnap__ids *set, unsigned id)
+{
+    for (size_t i = 0; i < set->n; i++) {
+        if (set->v[i] == id)
+            return true;
+    }
+    return false;
+}
+
+/* Add layer id to set when the store has it now. False: out of memory. */
+static bool preflight_one(const qsnap_store *s, struct qsnap__ids *set, unsigned id)
+{
+    return !id || !qsnap__layer(&s->m, id) || ids_has(set, id) || qsnap__ids_add(set, id);
+}
+
+/*
+ * Add layer id to set, and the layers below it down to (not including) layer `to`
+ * (0: the whole chain) to `below`, by its backing links in the store's model and in
+ * each target model. False: out of memory.
+ */
+static bool preflight_add(const qsnap_store *s, const qsnap_plan *p, struct qsnap__ids *set,
+                          unsigned id, unsigned to, struct qsnap__ids *below)
+{
+    if (!preflight_one(s, set, id))
+        return false;
+    for (size_t k = 0; below && k <= p->nm; k++) {
+        const struct qsnap__model *m = k < p->nm ? &p->models[k] : &s->m;
+        const struct qsnap__layer *l = qsnap__layer(m, id);
+        /* (bounded: a model's chains are checked acyclic when it is loaded or made) */
+        for (size_t depth = 0; l && l->backing && l->backing != to && depth <= m->nl; depth++) {
+            if (!preflight_one(s, below, l->backing))
+                return false;
+            l = qsnap__layer(m, l->backing);
+        }
+    }
+    return true;
+}
+
+/*
+ * Open layer l as every step would, and with check, check its metadata as verify does
+ * (its corruptions; leaks are harmless). An image a step would find damaged half-way
+ * through the plan is found here, while nothing is written yet.
+ */
+static int preflight_layer(qsnap_store *s, const struct qsnap__layer *l, bool check)
+{
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    qcow2_check_result cr;
+    qcow2_image *img = NULL;
+    char *path = qsnap__path(s, l->file);
+    int rc;
+
+    if (!path)
+        return nomem();
+    if (!qsnap__file_exists(path)) {
+        rc = qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: layer file is missing", path);
+        free(path);
+        return rc;
+    }
+    oo.flags = QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK;
+    oo.format = l->fmt;
+    /* A small cache: cheap to set up and free (a check reads each table once). */
+    oo.cache_bytes = 256u << 10;
+    rc = qsnap__image_open(s, path, &oo, &img, NULL);
+    if (rc && rc != QSNAP_EBUSY && rc != QSNAP_EINTEGRITY) {
+        /* A store file qsnap made that cannot be opened is damage, whatever the cause. */
+        char msg[1024];
+        snprintf(msg, sizeof(msg), "%s", qsnap_error_last()->message);
+        rc = qsnap__err(QSNAP_EINTEGRITY, NULL, "%s", msg);
+    }
+    if (!rc && check && l->fmt == QCOW2_FORMAT_QCOW2) {
+        memset(&cr, 0, sizeof(cr));
+        rc = qcow2_image_check(img, 0, &cr);
+        if (rc)
+            rc = qsnap__from_qcow2(rc, NULL);
+        else if (cr.corruptions || cr.check_errors)
+            rc = qsnap__err(QSNAP_EINTEGRITY, NULL,
+                            "%s: %" PRIu64 " corruptions found by check", path,
+                            cr.corruptions + cr.check_errors);
+    }
+    qcow2_image_close(img);
+    free(path);
+    return rc;
+}
+
+/*
+ * Every image the plan's steps read or write that exists now, before the journal is
+ * written: a damaged one is refused, naming it, with nothing changed. Checked as verify
+ * does (check: its tables and refcounts) is every image a step writes into, or reads
+ * data from in a step that cannot be taken back: a stream's layer and those it copies
+ * from (down to its new backing), a commit's head and base, an internal snapshot's
+ * layer, a layer whose backing link is rewritten, and a preserve's base and head.
+ * Opened only (what libqcow2 checks at open: header, where its tables are) is every
+ * other image a step opens: the rest of those chains, a layer frozen or thawed, a new
+ * layer's backing. A file the plan removes is not looked at. The cost: a check reads
+ * a layer's L1, L2 and refcount tables once (about 0.5 ms for a small layer).
+ */
+static int preflight(qsnap_store *s, qsnap_plan *p)
+{
+    struct qsnap__ids open = {0}, check = {0};
+    bool ok = true;
+    int rc = 0;
+
+    for (size_t i = 0; ok && i < p->n; i++) {
+        const struct qsnap__step *st = &p->steps[i];
+        const struct qsnap__layer *l;
+        switch (st->kind) {
+        case QSNAP__ST_STREAM:
+            /* Copied from: the layers down to the new backing (all: when it has none). */
+            ok = preflight_add(s, p, &check, st->x, st->y, &check) &&
+                 preflight_add(s, p, &open, st->y, 0, &open);
+            break;
+        case QSNAP__ST_COMMIT:
+            ok = preflight_add(s, p, &check, st->x, 0, NULL) &&
+                 preflight_add(s, p, &check, st->y, 0, &open);
+            break;
+        case QSNAP__ST_PRESERVE:
+            ok = preflight_add(s, p, &check, st->y, 0, &open) &&
+                 preflight_add(s, p, &check, st->z, 0, NULL);
+            break;
+        case QSNAP__ST_SET_BACKING:
+            ok = preflight_add(s, p, &check, st->x, 0, NULL) &&
+                 preflight_add(s, p, &open, st->y, 0, NULL);
+            break;
+        case QSNAP__ST_INTERNAL_CREATE:
+        case QSNAP__ST_INTERNAL_APPLY:
+        case QSNAP__ST_INTERNAL_DELETE:
+            ok = preflight_add(s, p, &check, st->x, 0, NULL);
+            break;
+        case QSNAP__ST_CREATE:
+            l = find_layer(s, p, st->x);
+            ok = !l || preflight_add(s, p, &open, l->backing, 0, NULL);
+            break;
+        case QSNAP__ST_FREEZE:
+        case QSNAP__ST_THAW:
+            ok = preflight_add(s, p, &open, st->x, 0, NULL);
+            break;
+        case QSNAP__ST_MKDIR:
+        case QSNAP__ST_LINK_STATE:
+        case QSNAP__ST_SAVE:
+        case QSNAP__ST_UNLINK:
+        case QSNAP__ST_ADOPT: /* a rename; adopt.c opened the file's chain */
+            break;
+        }
+    }
+    if (!ok)
+        rc = nomem();
+    for (size_t i = 0; !rc && i < check.n; i++)
+        rc = preflight_layer(s, qsnap__layer(&s->m, check.v[i]), true);
+    for (size_t i = 0; !rc && i < open.n; i++) {
+        if (!ids_has(&check, open.v[i]))
+            rc = preflight_layer(s, qsnap__layer(&s->m, open.v[i]), false);
+    }
+    qsnap__ids_free(&open);
+    qsnap__ids_free(&check);
+    return rc ? nothing_changed(rc, "'qsnap verify DISK' shows what is wrong") : 0;
+}
+
 static int st_create(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
 {
     struct qsnap__layer *l = find_layer(s, p, st->x), *b;
@@ -1072,6 +1232,9 @@ static int execute(qsnap_store *s, qsnap_plan *p, const qsnap_exec_opts *o)
      * replay of the journal takes a file there for the one an earlier run made. */
     if (!rc)
         rc = refuse_taken_names(s, p);
+    /* Nor with an image it reads or writes damaged: found now, not half-way through. */
+    if (!rc)
+        rc = preflight(s, p);
     if (rc)
         return rc;
     rc = qsnap__journal_write(s, p);

@@ -14,10 +14,13 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "qsnap_int.h"
@@ -28,6 +31,22 @@ static int nomem(void)
 }
 
 #define JOURNAL_FILE "journal"
+
+/* What `verify` does with a journal that cannot be read (verify.c, docs/ROBUSTNESS.md). */
+#define DAMAGED_HINT "'qsnap verify DISK' says what can be done"
+
+/* A journal that cannot be parsed: "PATH: journal is damaged: WHAT". */
+static int damaged(const char *path, const char *fmt, ...) QSNAP_PRINTF(2, 3);
+static int damaged(const char *path, const char *fmt, ...)
+{
+    char what[1024];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+    return qsnap__err(QSNAP_EINTEGRITY, DAMAGED_HINT, "%s: journal is damaged: %s", path, what);
+}
 
 int qsnap__journal_pending(const qsnap_store *s, bool *out)
 {
@@ -157,7 +176,7 @@ static bool journal_path_ok(const struct qsnap__step *st)
 }
 
 /* Parse a journal (hostile input, like any store file). */
-int qsnap__journal_read(qsnap_store *s, qsnap_plan **out)
+int qsnap__journal_read(const qsnap_store *s, qsnap_plan **out)
 {
     char *path = qsnap__path(s, JOURNAL_FILE), *text = NULL, *cur;
     qsnap_plan *p = calloc(1, sizeof(*p));
@@ -182,14 +201,17 @@ int qsnap__journal_read(qsnap_store *s, qsnap_plan **out)
         if (!f)
             close(fd);
     }
-    if (!f || fstat(fileno(f), &st) < 0 || (uint64_t)st.st_size > QSNAP_MAX_META_BYTES * 4u) {
-        rc = qsnap__err(QSNAP_EINTEGRITY, "remove the journal only if you know the operation",
-                        "%s: journal cannot be read", path);
+    if (!f || fstat(fileno(f), &st) < 0) {
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot read it: %s", path, strerror(errno));
+        goto out;
+    }
+    if ((uint64_t)st.st_size > QSNAP_MAX_META_BYTES * 4u) {
+        rc = damaged(path, "%jd bytes, more than a journal can be", (intmax_t)st.st_size);
         goto out;
     }
     text = calloc(1, (size_t)st.st_size + 1);
     if (!text || fread(text, 1, (size_t)st.st_size, f) != (size_t)st.st_size) {
-        rc = text ? qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: short read", path) : nomem();
+        rc = text ? damaged(path, "short read") : nomem();
         goto out;
     }
     len = (size_t)st.st_size;
@@ -197,8 +219,8 @@ int qsnap__journal_read(qsnap_store *s, qsnap_plan **out)
     if (sscanf(cur, "qsnap-journal %u\nbase-gen %" SCNu64 "\nsteps %zu\nmodels %zu\n",
                &jversion, &p->base_gen, &nsteps, &nmodels) != 4 ||
         jversion < 1 || jversion > 2 || nsteps > 100000 || nmodels > 16) {
-        rc = qsnap__err(QSNAP_EINTEGRITY, "remove the journal only if you know the operation",
-                        "%s: damaged journal", path);
+        rc = damaged(path, "no valid header (\"qsnap-journal 1\" or \"2\", base-gen, steps, "
+                           "models)");
         goto out;
     }
     for (int k = 0; k < 4; k++)
@@ -217,7 +239,7 @@ int qsnap__journal_read(qsnap_store *s, qsnap_plan **out)
         if (!nl || (size_t)(nl - cur) >= sizeof(a) ||
             sscanf(cur, "step %d %u %u %u %s %s", &kind, &sp->x, &sp->y, &sp->z, a, b) != 6 ||
             kind < QSNAP__ST_MKDIR || kind > QSNAP__ST_LAST) {
-            rc = qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: damaged journal step %zu", path, i + 1);
+            rc = damaged(path, "step %zu of %zu", i + 1, nsteps);
             goto out;
         }
         sp->kind = (enum qsnap__step_kind)kind;
@@ -226,15 +248,14 @@ int qsnap__journal_read(qsnap_store *s, qsnap_plan **out)
         p->n++;
         /* Paths a journal may name: inside the store, in its own directories. */
         if (!journal_path_ok(sp)) {
-            rc = qsnap__err(QSNAP_EINTEGRITY, "remove the journal only if you know the operation",
-                            "%s: journal step %zu names a path outside the store", path, i + 1);
+            rc = damaged(path, "step %zu names a path outside the store", i + 1);
             goto out;
         }
         if ((sp->kind == QSNAP__ST_SAVE && sp->y >= nmodels) ||
             (sp->kind >= QSNAP__ST_INTERNAL_CREATE && !sp->a) ||
             ((sp->kind == QSNAP__ST_UNLINK || sp->kind == QSNAP__ST_MKDIR) && !sp->a &&
              sp->kind != QSNAP__ST_MKDIR)) {
-            rc = qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: damaged journal step %zu", path, i + 1);
+            rc = damaged(path, "step %zu of %zu", i + 1, nsteps);
             goto out;
         }
         if (sp->kind == QSNAP__ST_MKDIR && !sp->a && !(sp->a = strdup(""))) {
@@ -259,7 +280,7 @@ int qsnap__journal_read(qsnap_store *s, qsnap_plan **out)
             if (!nl || (sscanf(cur, "model %zu", &mlen) != 1 &&
                         (jversion < 2 || sscanf(cur, "delta %zu", &mlen) != 1)) ||
                 mlen > len - (size_t)(nl + 1 - text)) {
-                rc = qsnap__err(QSNAP_EINTEGRITY, NULL, "%s: damaged journal model", path);
+                rc = damaged(path, "model %zu of %zu", k + 1, nmodels);
                 goto out;
             }
             delta = cur[0] == 'd';
@@ -275,6 +296,15 @@ int qsnap__journal_read(qsnap_store *s, qsnap_plan **out)
                     rc = qsnap__model_check(&p->models[k], path);
                 if (rc)
                     qsnap__model_free(&p->models[k]);
+            }
+            if (rc == QSNAP_EINTEGRITY) {
+                /* The model's own message names the journal: said as damage to it. */
+                char msg[1024];
+                size_t pl = strlen(path);
+                const char *m = qsnap_error_last()->message;
+                snprintf(msg, sizeof(msg), "%s",
+                         !strncmp(m, path, pl) && !strncmp(m + pl, ": ", 2) ? m + pl + 2 : m);
+                rc = damaged(path, "model %zu of %zu: %s", k + 1, nmodels, msg);
             }
             if (rc)
                 goto out;
@@ -305,4 +335,24 @@ int qsnap__journal_remove(qsnap_store *s)
     int rc = qsnap__unlink_store_file(s, JOURNAL_FILE);
 
     return rc ? rc : qsnap__fsync_dir(s->dir);
+}
+
+int qsnap__journal_set_aside(qsnap_store *s, char *name, size_t size)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    char stamp[32];
+    struct stat st;
+
+    if (!gmtime_r(&now, &tm) || !strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm))
+        snprintf(stamp, sizeof(stamp), "%jd", (intmax_t)now);
+    /* A name no earlier one has: never replaced. */
+    snprintf(name, size, "%s.damaged-%s", JOURNAL_FILE, stamp);
+    for (unsigned i = 2; qsnap__lstat_store_file(s, name, &st) != QSNAP_ENOTFOUND; i++) {
+        if (i > 1000)
+            return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: taken", s->dir, name);
+        snprintf(name, size, "%s.damaged-%s-%u", JOURNAL_FILE, stamp, i);
+    }
+    /* renameat from the store directory (safe.c), then that directory synced. */
+    return qsnap__rename_store_file(s, JOURNAL_FILE, name);
 }

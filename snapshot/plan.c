@@ -237,9 +237,16 @@ int qsnap__check_no_pending(const qsnap_store *s)
         rc = qsnap__journal_pending(s, &pending);
     if (rc)
         return rc;
-    if (pending)
+    if (pending) {
+        /* A journal that cannot be read cannot be finished: said as what it is. */
+        qsnap_plan *jp = NULL;
+        rc = qsnap__journal_read(s, &jp);
+        qsnap_plan_free(jp);
+        if (rc == QSNAP_EINTEGRITY)
+            return rc;
         return qsnap__err(QSNAP_EINTEGRITY, QSNAP__GC_HINT,
                           "%s: an earlier operation was interrupted and is not finished", s->dir);
+    }
     return 0;
 }
 

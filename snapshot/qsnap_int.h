@@ -528,8 +528,11 @@ int qsnap__journal_pending(const qsnap_store *s, bool *out);
 int qsnap__journal_load(qsnap_store *s, qsnap_plan **out);
 /* Also sets p->changed (and p->changed_known) from the changes it writes. */
 int qsnap__journal_write(qsnap_store *s, qsnap_plan *p);
-int qsnap__journal_read(qsnap_store *s, qsnap_plan **out);
+int qsnap__journal_read(const qsnap_store *s, qsnap_plan **out);
 int qsnap__journal_remove(qsnap_store *s);
+/* A journal that cannot be parsed renamed to journal.damaged-<UTC time> (name, size: the
+ * new name, relative to the store), for verify --repair once the store verifies without it. */
+int qsnap__journal_set_aside(qsnap_store *s, char *name, size_t size);
 /* QSNAP_EINTEGRITY when the store has files in layers/ but no meta file (else 0). */
 int qsnap__refuse_orphan_layers(const qsnap_store *s);
 

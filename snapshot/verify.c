@@ -23,7 +23,29 @@ struct findings {
     qsnap_finding *f;
     size_t n, cap;
     size_t problems;
+    size_t fixable; /* problems whose finding says --repair fixes them (repair_fixes) */
 };
+
+/*
+ * Whether a finding's message says that --repair fixes it: every finding of a
+ * problem --repair fixes says "--repair " and what it does ("--repair removes
+ * it"); a problem it does not fix says what to do instead, or "--repair leaves
+ * it" / "--repair cannot fix". The final hint offers --repair only when one does.
+ */
+static bool repair_fixes(const char *msg)
+{
+    static const char *const does[] = {"repairs", "re-points", "records", "makes", "removes",
+                                       "fixes", "points", "finishes", "sets"};
+    size_t k = strlen("--repair ");
+
+    for (const char *p = msg; p && (p = strstr(p, "--repair ")) != NULL; p += k) {
+        for (size_t i = 0; i < sizeof(does) / sizeof(does[0]); i++) {
+            if (!strncmp(p + k, does[i], strlen(does[i])) && p[k + strlen(does[i])] == ' ')
+                return true;
+        }
+    }
+    return false;
+}
 
 static void find(struct findings *fs, bool problem, bool repaired, const char *file,
                  const char *fmt, ...) QSNAP_PRINTF(5, 6);
@@ -50,8 +72,11 @@ static void find(struct findings *fs, bool problem, bool repaired, const char *f
     fs->f[fs->n].file = strdup(file ? file : "");
     fs->f[fs->n].message = msg ? msg : strdup("?");
     fs->n++;
-    if (problem && !repaired)
+    if (problem && !repaired) {
         fs->problems++;
+        if (repair_fixes(msg))
+            fs->fixable++;
+    }
 }
 
 void qsnap_verify_free(qsnap_finding *f, size_t n)
@@ -98,31 +123,292 @@ static bool repoint(qsnap_store *s, struct qsnap__layer *l, const struct qsnap__
     return fixed;
 }
 
+/* ---- a trial repair --------------------------------------------------------------- */
+
+/*
+ * A scratch view of a store file for a trial repair: reads come from the file
+ * (opened read-only through qsnap__io_open, so with the store's link checks),
+ * writes stay in memory in 4 KiB pages, the file is never written. check -r all
+ * run on it tells whether --repair would fix everything, without doing it.
+ */
+#define SCRATCH_PAGE 4096u
+
+struct scratch_page {
+    uint64_t idx;
+    uint8_t *data;
+};
+
+struct scratch_io {
+    qcow2_io base;
+    qcow2_io *under;
+    uint64_t size; /* the size as written */
+    uint64_t keep; /* bytes of the file still seen: the smallest size truncated to */
+    struct scratch_page *pages; /* ascending idx */
+    size_t n, cap;
+};
+
+/* Index in io->pages of page idx, or where it would go (*found false). */
+static size_t scratch_find(const struct scratch_io *io, uint64_t idx, bool *found)
+{
+    size_t lo = 0, hi = io->n;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (io->pages[mid].idx < idx)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *found = lo < io->n && io->pages[lo].idx == idx;
+    return lo;
+}
+
+/* Page idx as the file and the writes so far make it. */
+static int scratch_fill(struct scratch_io *io, uint64_t idx, uint8_t *buf)
+{
+    uint64_t off = idx * SCRATCH_PAGE;
+    bool found;
+    size_t at = scratch_find(io, idx, &found);
+
+    memset(buf, 0, SCRATCH_PAGE);
+    if (found) {
+        memcpy(buf, io->pages[at].data, SCRATCH_PAGE);
+        return 0;
+    }
+    if (off >= io->keep)
+        return 0;
+    return io->under->ops->pread(io->under, buf,
+                                 (size_t)(io->keep - off < SCRATCH_PAGE ? io->keep - off
+                                                                        : SCRATCH_PAGE),
+                                 off);
+}
+
+static int scratch_pread(qcow2_io *base, void *buf, size_t len, uint64_t off)
+{
+    struct scratch_io *io = (struct scratch_io *)base;
+    uint8_t page[SCRATCH_PAGE], *out = buf;
+
+    while (len) {
+        uint64_t idx = off / SCRATCH_PAGE, in = off % SCRATCH_PAGE;
+        size_t n = SCRATCH_PAGE - in < len ? (size_t)(SCRATCH_PAGE - in) : len;
+        int rc = scratch_fill(io, idx, page);
+        if (rc)
+            return rc;
+        memcpy(out, page + in, n);
+        out += n;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+static int scratch_pwrite(qcow2_io *base, const void *buf, size_t len, uint64_t off)
+{
+    struct scratch_io *io = (struct scratch_io *)base;
+    const uint8_t *in = buf;
+
+    if (off + len > io->size)
+        io->size = off + len;
+    while (len) {
+        uint64_t idx = off / SCRATCH_PAGE, at_in = off % SCRATCH_PAGE;
+        size_t n = SCRATCH_PAGE - at_in < len ? (size_t)(SCRATCH_PAGE - at_in) : len;
+        bool found;
+        size_t at = scratch_find(io, idx, &found);
+        if (!found) {
+            uint8_t *data = malloc(SCRATCH_PAGE);
+            int rc;
+            if (!data)
+                return -ENOMEM;
+            rc = scratch_fill(io, idx, data);
+            if (!rc && io->n == io->cap) {
+                size_t c = io->cap ? io->cap * 2 : 64;
+                struct scratch_page *p = realloc(io->pages, c * sizeof(*p));
+                if (p) {
+                    io->pages = p;
+                    io->cap = c;
+                } else {
+                    rc = -ENOMEM;
+                }
+            }
+            if (rc) {
+                free(data);
+                return rc;
+            }
+            memmove(&io->pages[at + 1], &io->pages[at], (io->n - at) * sizeof(*io->pages));
+            io->pages[at].idx = idx;
+            io->pages[at].data = data;
+            io->n++;
+        }
+        memcpy(io->pages[at].data + at_in, in, n);
+        in += n;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+static int scratch_flush(qcow2_io *base)
+{
+    (void)base;
+    return 0;
+}
+
+static int scratch_truncate(qcow2_io *base, uint64_t size)
+{
+    struct scratch_io *io = (struct scratch_io *)base;
+
+    if (size < io->size) {
+        /* Pages past the new end go; the part of the last one past it reads as zero. */
+        while (io->n && io->pages[io->n - 1].idx * SCRATCH_PAGE >= size)
+            free(io->pages[--io->n].data);
+        if (io->n && io->pages[io->n - 1].idx == size / SCRATCH_PAGE)
+            memset(io->pages[io->n - 1].data + size % SCRATCH_PAGE, 0,
+                   SCRATCH_PAGE - size % SCRATCH_PAGE);
+        if (size < io->keep)
+            io->keep = size;
+    }
+    io->size = size;
+    return 0;
+}
+
+static int scratch_get_size(qcow2_io *base, uint64_t *size_out)
+{
+    *size_out = ((struct scratch_io *)base)->size;
+    return 0;
+}
+
+static void scratch_close(qcow2_io *base)
+{
+    struct scratch_io *io = (struct scratch_io *)base;
+
+    for (size_t i = 0; i < io->n; i++)
+        free(io->pages[i].data);
+    free(io->pages);
+    io->under->ops->close(io->under);
+    free(io);
+}
+
+static const qcow2_io_ops scratch_ops = {
+    .version = QCOW2_IO_OPS_VERSION,
+    .pread = scratch_pread,
+    .pwrite = scratch_pwrite,
+    .flush = scratch_flush,
+    .truncate = scratch_truncate,
+    .get_size = scratch_get_size,
+    .close = scratch_close,
+};
+
+static int scratch_open(qcow2_io **out, const char *path, unsigned flags, void *payload)
+{
+    struct scratch_io *io;
+    qcow2_io *under = NULL;
+    uint64_t size = 0;
+    int rc;
+
+    *out = NULL;
+    if (flags & (QCOW2_IO_CREATE | QCOW2_IO_TRUNC))
+        return -EROFS;
+    rc = qsnap__io_open(&under, path, flags & ~(unsigned)QCOW2_IO_RDWR, payload);
+    if (!rc)
+        rc = under->ops->get_size(under, &size);
+    if (!rc && !(io = calloc(1, sizeof(*io))))
+        rc = -ENOMEM;
+    if (rc) {
+        if (under)
+            under->ops->close(under);
+        return rc;
+    }
+    io->base.ops = &scratch_ops;
+    io->under = under;
+    io->size = io->keep = size;
+    *out = &io->base;
+    return 0;
+}
+
+/*
+ * Whether check -r all (what --repair runs on a head: qsnap__repair_layer) would
+ * fix everything check finds in layer l, by the same measure: run on a scratch
+ * view of the file, so nothing is written.
+ */
+static bool repair_would_fix(qsnap_store *s, const struct qsnap__layer *l)
+{
+    qcow2_open_opts oo = QCOW2_OPEN_OPTS_INIT;
+    qcow2_check_result cr;
+    qcow2_image *img = NULL;
+    char *path = qsnap__path(s, l->file);
+    bool fixed = false;
+
+    if (!path || l->fmt != QCOW2_FORMAT_QCOW2) {
+        free(path);
+        return false;
+    }
+    oo.flags = QCOW2_OPEN_RDWR | QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_CHECK | QCOW2_OPEN_NO_LOCK;
+    oo.format = QCOW2_FORMAT_QCOW2;
+    oo.open_fn = scratch_open;
+    oo.open_payload = s;
+    if (qcow2_image_open(&img, path, &oo) == 0) {
+        memset(&cr, 0, sizeof(cr));
+        fixed = qcow2_image_check(img, QCOW2_CHECK_FIX_LEAKS | QCOW2_CHECK_FIX_ERRORS, &cr) == 0 &&
+                qcow2_image_flush(img) == 0 && cr.corruptions <= cr.corruptions_fixed &&
+                cr.leaks <= cr.leaks_fixed;
+    }
+    qcow2_image_close(img);
+    free(path);
+    return fixed;
+}
+
 /*
  * What check found in layer l's own metadata. A branch head (writable) is
  * repaired by --repair (leaked clusters freed, refcounts and flags fixed, as
- * 'qemu-img check -r all'); a frozen layer is never written: its leaks are
- * harmless and only noted, its corruptions are a problem to restore.
+ * 'qemu-img check -r all') when that fixes everything (tried first on a scratch
+ * view: repair_would_fix); what it cannot fix (an L2 entry past the end of the
+ * file, say) is said so, with the ways out there are. A frozen layer is never
+ * written: its leaks are harmless and only noted, its corruptions are a problem.
  */
 static void verify_image_check(qsnap_store *s, const struct qsnap__layer *l, bool repair,
                                const qcow2_check_result *cr, struct findings *fs)
 {
     char *path = qsnap__path(s, l->file);
+    const char *branch = NULL;
 
     if (!path)
         return;
-    if (!l->frozen && repair && qsnap__repair_layer(s, l) == 0) {
-        find(fs, true, true, path,
-             "%s: %" PRIu64 " corruptions and %" PRIu64 " leaked clusters repaired", l->file,
-             cr->corruptions, cr->leaks);
+    for (size_t i = 0; i < s->m.nb && !branch; i++) {
+        if (s->m.branches[i].head == l->id)
+            branch = s->m.branches[i].name;
+    }
+    if (!l->frozen && repair_would_fix(s, l)) {
+        if (repair && qsnap__repair_layer(s, l) == 0)
+            find(fs, true, true, path,
+                 "%s: %" PRIu64 " corruptions and %" PRIu64 " leaked clusters repaired", l->file,
+                 cr->corruptions, cr->leaks);
+        else
+            find(fs, true, false, path,
+                 "%s: %" PRIu64 " corruptions and %" PRIu64 " leaked clusters found by check "
+                 "(--repair repairs them)",
+                 l->file, cr->corruptions, cr->leaks);
+    } else if (!l->frozen && branch) {
+        find(fs, true, false, path,
+             "%s: %" PRIu64 " corruptions and %" PRIu64 " leaked clusters found by check, which "
+             "--repair cannot fix (nor 'qsnap image check -r all'): restore it from a backup, or "
+             "copy out what still reads ('qsnap export DISK %s OUT') and give up the branch's "
+             "changes ('qsnap branch DISK -d %s --force'; for the current branch 'qsnap revert "
+             "DISK SNAPSHOT --discard')",
+             l->file, cr->corruptions, cr->leaks, branch, branch);
     } else if (!l->frozen) {
         find(fs, true, false, path,
-             "%s: %" PRIu64 " corruptions and %" PRIu64 " leaked clusters found by check "
-             "(--repair repairs them)",
+             "%s: %" PRIu64 " corruptions and %" PRIu64 " leaked clusters found by check, which "
+             "--repair cannot fix (nor 'qsnap image check -r all'): restore it from a backup",
              l->file, cr->corruptions, cr->leaks);
-    } else if (cr->corruptions) {
+    } else if (cr->corruptions && repair_would_fix(s, l)) {
         find(fs, true, false, path, "%s: %" PRIu64 " corruptions found by check "
                                     "('qsnap image check -r all' repairs them)",
+             l->file, cr->corruptions);
+    } else if (cr->corruptions) {
+        find(fs, true, false, path,
+             "%s: %" PRIu64 " corruptions found by check, which no repair fixes (nor 'qsnap "
+             "image check -r all'): restore it from a backup; the states built on it may not "
+             "read",
              l->file, cr->corruptions);
     } else {
         find(fs, false, false, path, "%s: %" PRIu64 " leaked clusters (harmless; the layer is "
@@ -536,7 +822,8 @@ static void verify_vm_path(qsnap_store *s, bool repair, struct findings *fs)
     free(path);
 }
 
-static int verify_store(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out);
+static int verify_store(qsnap_store *s, bool repair, bool no_journal, qsnap_finding **out,
+                        size_t *n_out);
 
 /*
  * A repair changes files only after every file it may touch was found free
@@ -609,7 +896,7 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
     if (rc)
         return rc;
     if (!repair)
-        return verify_store(s, false, out, n_out);
+        return verify_store(s, false, false, out, n_out);
     rc = qsnap__journal_pending(s, &pending);
     if (!rc && !pending && metadata_older(s))
         return verify_refused_older(s, out, n_out);
@@ -619,7 +906,7 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
         rc = qsnap__touched(s, jp, &t, &nt);
     qsnap_plan_free(jp);
     if (!rc) {
-        (void)verify_store(s, false, &f, &nf);
+        (void)verify_store(s, false, false, &f, &nf);
         for (size_t i = 0; !rc && i < nf; i++) {
             if (f[i].problem && f[i].file[0] && strcmp(f[i].file, s->dir))
                 rc = qsnap__touch_add(s, &t, &nt, f[i].file, "a file the repair changes");
@@ -630,7 +917,7 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
         rc = qsnap__touch_hold(s, t, nt);
     if (!rc) {
         s->holding = true;
-        rc = verify_store(s, true, out, n_out);
+        rc = verify_store(s, true, false, out, n_out);
         s->holding = false;
         qsnap__touch_release(t, nt);
     }
@@ -638,9 +925,89 @@ int qsnap_verify(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out
     return rc;
 }
 
-static int verify_store(qsnap_store *s, bool repair, qsnap_finding **out, size_t *n_out)
+#define JOURNAL_STUCK                                                                          \
+    "nothing in it can be replayed, and the store does not verify without it (%s), so "          \
+    "--repair repairs nothing while it is there: restore the store from a backup, or find out "  \
+    "what the interrupted operation did, move the journal out of the store and run 'qsnap "      \
+    "verify DISK --repair' again"
+
+/*
+ * A journal that cannot be parsed (why: the message saying so, which names it).
+ * Nothing in it can be replayed, and nothing says what its operation did: the
+ * store is judged without it. Without repair that is a finding (its words are
+ * settled when the other findings are known: journal_said), and the rest of the
+ * check goes on as if there were no journal. With repair, when the store
+ * verifies without it (every layer, link, mode and fingerprint as the metadata
+ * says, no file the metadata does not name), the operation changed nothing that
+ * matters, or was finished by every step but the journal's removal: the journal
+ * is set aside as journal.damaged-<time> (kept, for whoever wants to look into
+ * it). Otherwise it stays, nothing is repaired (a repair could undo what a
+ * person reading the journal could still finish), and the problems are listed.
+ * Returns false when the check stops there.
+ */
+static bool journal_damaged(qsnap_store *s, bool repair, const char *why, struct findings *fs)
 {
-    struct findings fs = {NULL, 0, 0, 0};
+    qsnap_finding *f = NULL;
+    size_t nf = 0;
+    char name[128];
+    int rc;
+
+    if (!repair) {
+        find(fs, true, false, "journal", "%s", why);
+        return true;
+    }
+    rc = verify_store(s, false, true, &f, &nf);
+    if (rc == 0) {
+        qsnap_verify_free(f, nf);
+        if (qsnap__journal_set_aside(s, name, sizeof(name)) == 0) {
+            find(fs, true, true, "journal",
+                 "%s; the store verifies without it: set aside as %s/%s", why, s->dir, name);
+            return true;
+        }
+        find(fs, true, false, "journal", "%s; it could not be set aside: %s", why,
+             qsnap_error_last()->message);
+        return false;
+    }
+    find(fs, true, false, "journal", "%s; " JOURNAL_STUCK, why, "below");
+    for (size_t i = 0; i < nf; i++)
+        find(fs, f[i].problem, false, f[i].file, "%s", f[i].message);
+    if (!nf)
+        find(fs, true, false, "", "%s", qsnap_error_last()->message);
+    qsnap_verify_free(f, nf);
+    return false;
+}
+
+/*
+ * Verify without repair: the words of the damaged journal's finding (jf), once the
+ * other findings are known: --repair sets it aside when there are none, and repairs
+ * nothing while there are (so none of them counts as one --repair fixes).
+ */
+static void journal_said(struct findings *fs, size_t jf)
+{
+    qsnap_finding *j = &fs->f[jf];
+    char *msg = NULL;
+    int n;
+
+    if (fs->problems > 1) {
+        n = asprintf(&msg, "%s; " JOURNAL_STUCK, j->message, "the other problems");
+        fs->fixable = 0;
+    } else {
+        n = asprintf(&msg, "%s; nothing in it can be replayed, but the store verifies without "
+                           "it (--repair sets it aside)",
+                     j->message);
+        fs->fixable = 1;
+    }
+    if (n >= 0) {
+        free((char *)(uintptr_t)j->message);
+        j->message = msg;
+    }
+}
+
+static int verify_store(qsnap_store *s, bool repair, bool no_journal, qsnap_finding **out,
+                        size_t *n_out)
+{
+    size_t jf = SIZE_MAX; /* the finding of a damaged journal (verify without repair) */
+    struct findings fs = {NULL, 0, 0, 0, 0};
     bool pending = false;
     int rc;
 
@@ -649,6 +1016,23 @@ static int verify_store(qsnap_store *s, bool repair, qsnap_finding **out, size_t
     rc = qsnap__journal_pending(s, &pending);
     if (rc)
         return rc;
+    if (pending && s->exists) {
+        qsnap_plan *jp = NULL;
+        int jrc = no_journal ? QSNAP_EINTEGRITY : qsnap__journal_read(s, &jp);
+        char why[1024];
+        qsnap_plan_free(jp);
+        snprintf(why, sizeof(why), "%s", qsnap_error_last()->message);
+        if (jrc == QSNAP_EINTEGRITY && qsnap__check_store_file(s, "journal") == 0) {
+            /* A journal (a regular file: verify_store_files names anything else) that
+             * cannot be parsed. */
+            size_t at = fs.n;
+            pending = false;
+            if (!no_journal && !journal_damaged(s, repair, why, &fs))
+                goto done;
+            if (!no_journal && !repair && fs.n > at)
+                jf = at;
+        }
+    }
     if (pending) {
         if (repair) {
             bool did = false;
@@ -658,7 +1042,7 @@ static int verify_store(qsnap_store *s, bool repair, qsnap_finding **out, size_t
             rc = qsnap__recover(s, &did);
             if (rc) {
                 /* Links re-pointed behind qsnap's back can stop it: put them back, retry. */
-                struct findings tmp = {NULL, 0, 0, 0};
+                struct findings tmp = {NULL, 0, 0, 0, 0};
                 for (size_t i = 0; i < s->m.nl; i++)
                     verify_layer(s, &s->m.layers[i], true, &tmp);
                 qsnap_verify_free(tmp.f, tmp.n);
@@ -726,11 +1110,15 @@ done_checked:
     find(&fs, false, false, "", "checked %zu layers, %zu snapshots and nodes, %zu branches", s->m.nl,
          s->m.nn, s->m.nb);
 done:
+    if (jf < fs.n)
+        journal_said(&fs, jf);
     *out = fs.f;
     *n_out = fs.n;
     if (fs.problems)
-        return qsnap__err(QSNAP_EINTEGRITY, repair ? "see the messages above"
-                                                   : "'qsnap verify DISK --repair' fixes what it can",
+        return qsnap__err(QSNAP_EINTEGRITY,
+                          repair        ? "see the messages above"
+                          : fs.fixable  ? "'qsnap verify DISK --repair' fixes what it can"
+                                        : "--repair fixes none of these: see the messages above",
                           "%s: %zu problem%s found", s->disk_abs, fs.problems,
                           fs.problems == 1 ? "" : "s");
     return 0;
