@@ -860,7 +860,7 @@ static bool metadata_older(const qsnap_store *s)
  */
 static int verify_refused_older(qsnap_store *s, qsnap_finding **out, size_t *n_out)
 {
-    int rc = verify_store(s, false, out, n_out);
+    int rc = verify_store(s, false, false, out, n_out);
     qsnap_finding *f = realloc(*out, (*n_out + 1) * sizeof(*f));
     const char *msg = "--repair refused: the metadata is older than layers/ (the file named "
                       "above is newer than it); repairing towards the older tree would make "
