@@ -701,14 +701,74 @@ Test(metalog, a_later_version_is_refused_by_its_number)
 {
     size_t len;
     char *want;
-    unsigned char *f = bin_store("v4", &len, &want);
+    unsigned char *f = bin_store("v5", &len, &want);
     qsnap_store *s = NULL;
 
-    f[12] = '4';
+    /* (Version 4 is this build's own: a version 3 layout with fingerprint records.) */
+    f[12] = '5';
     cr_assert_eq(qo_write_file(metap, f, len), 0);
     cr_assert_eq(qsnap_store_open(&s, disk, QSNAP_OPEN_READONLY), QSNAP_EINTEGRITY);
-    cr_assert_not_null(strstr(qsnap_error_last()->message, "unknown store version 4"), "%s",
+    cr_assert_not_null(strstr(qsnap_error_last()->message, "unknown store version 5"), "%s",
                        qsnap_error_last()->message);
     free(f);
     free(want);
+}
+
+/*
+ * Fingerprint records (a state file's, sfp; the disk's own backing chain's,
+ * below): the first change that brings one writes meta whole as version 4 (a
+ * qsnap that reads 3 only refuses it by its version, never a log record it
+ * does not know); later changes go to the log and read back; a malformed record
+ * in the text form is damage.
+ */
+Test(metalog, fingerprint_records_make_version_4)
+{
+    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+    qsnap_plan *p = NULL;
+    qsnap_store *s;
+    char state[600], *text;
+    unsigned char *f;
+    size_t len;
+    struct qsnap__model m;
+
+    start("v4rec");
+    f = qo_read_file(metap, &len);
+    cr_assert(f && len > 14 && !memcmp(f, QSNAP_BIN_MAGIC, 14), "meta is not version 3");
+    free(f);
+    snprintf(state, sizeof(state), "%s/vm.state", dir);
+    cr_assert_eq(qo_write_file(state, "memory", 6), 0);
+    s = tf_open(disk, 0);
+    co.name = "s2";
+    co.state_file = state;
+    ok(qsnap_plan_create(&p, s, &co), "plan s2 --state");
+    ok(qsnap_plan_execute(s, p, NULL), "create s2 --state");
+    qsnap_plan_free(p);
+    cr_assert_not_null(qsnap__node_by_name(&s->m, "s2")->sfp, "no record of the state file");
+    close_and_read_back(s);
+    f = qo_read_file(metap, &len);
+    cr_assert(f && len > 14 && !memcmp(f, QSNAP_BIN_MAGIC4, 14), "meta is not version 4");
+    free(f);
+    cr_assert_neq(access(logp, F_OK), 0, "the first record went to the log");
+    /* The next change goes to the log of the version 4 file, and reads back. */
+    change("b1");
+    cr_assert_eq(access(logp, F_OK), 0, "the next change did not go to the log");
+    text = model_text();
+    cr_assert_not_null(text);
+    cr_assert_not_null(strstr(text, " sfp="), "%s", text);
+    /* Malformed records in the text form: damage. */
+    {
+        const char *bad[] = {"sfp=zz", "sfp=00000000000000000000000000000000:1",
+                             "sfp=00000000000000000000000000000000:1:2:path"};
+        for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+            char *t = strdup(text), *at = strstr(t, "sfp="), *end, *edited;
+            cr_assert_not_null(t);
+            end = strchr(at, '\n');
+            cr_assert(asprintf(&edited, "%.*s%s%s", (int)(at - t), t, bad[k], end) > 0);
+            cr_assert_eq(qsnap__model_parse(&m, edited, strlen(edited), "test"), QSNAP_EINTEGRITY,
+                         "%s was read", bad[k]);
+            free(edited);
+            free(t);
+        }
+    }
+    free(text);
 }
