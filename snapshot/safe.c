@@ -969,8 +969,7 @@ int qsnap__copy_into_store(const qsnap_store *s, const char *src, const char *re
     if (!rc && (fchmod(out, 0444) < 0 || fsync(out) < 0))
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s/%s: %s", s->dir, dir, tmp, strerror(errno));
     if (!rc && renameat(dfd, tmp, dfd, base) < 0)
-        rc =
-            qsnap__err(QSNAP_ERROR, NULL, "%s/%s: rename failed: %s", s->dir, rel, strerror(errno));
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: rename: %s", s->dir, rel, strerror(errno));
     if (!rc && fsync(dfd) < 0 && errno != EINVAL)
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: fsync failed: %s", s->dir, dir,
                         strerror(errno));
