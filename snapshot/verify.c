@@ -275,8 +275,30 @@ static void verify_disk_chain(qsnap_store *s, bool repair, struct findings *fs)
     bool touched = false, bad = false;
     size_t i = 0;
 
-    if (!p)
+    if (!p) {
+        /* A store an older qsnap made: its disk's chain was never recorded. */
+        const struct qsnap__layer *d = NULL;
+        char *rec = NULL;
+        for (size_t k = 0; k < s->m.nl && !d; k++)
+            d = s->m.layers[k].is_disk ? &s->m.layers[k] : NULL;
+        c = d && d->fmt == QCOW2_FORMAT_QCOW2 ? qsnap__disk_chain(s) : NULL;
+        if (!c || !c->n)
+            return;
+        if (repair && qsnap__disk_chain_record(s, &rec) == 0 && rec) {
+            s->m.below = rec;
+            find(fs, true, true, s->disk_abs,
+                 "the disk's own backing chain (%zu files) had no fingerprints (a store made by "
+                 "an older qsnap); recorded as the files are now",
+                 c->n);
+        } else {
+            free(rec);
+            find(fs, false, false, s->disk_abs,
+                 "the disk's own backing chain (%zu files) has no fingerprints (a store made by "
+                 "an older qsnap): 'verify --repair' records them as the files are now",
+                 c->n);
+        }
         return;
+    }
     c = qsnap__disk_chain(s);
     for (struct qsnap__fprec r, now; *p && qsnap__fprec_parse(&p, true, &r); i++) {
         if (!c || i >= c->n) {

@@ -16,7 +16,9 @@
 #   - an older qsnap (store version 3: given as QSNAP_OLD, or built from
 #     git commit fec0728): it refuses a version 4 store naming the version,
 #     and a store it made with a hard-linked state file opens in this build
-#     (verify names the shared inode, --repair copies it).
+#     (verify names the shared inode, --repair copies it); one on a disk with
+#     a backing file has no records of it (verify says so, exit 0), which
+#     verify --repair takes.
 # Exported content is compared with qemu-img (compare) or qemu-io patterns.
 # Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
 #   QSNAP=path      the qsnap binary (default build/release/qsnap)
@@ -86,15 +88,18 @@ chmod u+w "$tue" && rm -f "$tue" && ln old.save "$tue"
 q verify d.raw >out 2>&1
 rc=$?
 [ $rc = 4 ] && grep -q "shares its inode with a file outside the store" out &&
-    ok "a hard-linked state file (older qsnap) is named by verify" || bad "old link" "rc $rc: $(cat out)"
+    ok "a hard-linked state file (older qsnap) is named by verify" ||
+    bad "old link" "rc $rc: $(cat out)"
 q list d.raw >/dev/null && q create d.raw thu >/dev/null &&
-    ok "a store with a hard-linked state file still works" || bad "old link use" "list or create failed"
+    ok "a store with a hard-linked state file still works" ||
+    bad "old link use" "list or create failed"
 q verify d.raw --repair >out 2>&1
 rc=$?
 echo "overwritten" >old.save
 [ $rc = 0 ] && [ "$(cat "$tue")" = "old state" ] && [ "$(ino "$tue")" != "$(ino old.save)" ] &&
     [ "$(stat -c %a "$tue")" = 444 ] && q verify d.raw >/dev/null &&
-    ok "verify --repair gives it its own read-only copy" || bad "repair old link" "rc $rc: $(cat out)"
+    ok "verify --repair gives it its own read-only copy" ||
+    bad "repair old link" "rc $rc: $(cat out)"
 cd "$W" || exit 2
 
 # ---- the disk's own backing chain ----------------------------------------------
@@ -185,7 +190,8 @@ if [ -z "$OLD" ] && git -C "$SRC" cat-file -e fec0728^{commit} 2>/dev/null; then
     mkdir old-src
     if git -C "$SRC" archive fec0728 | tar -x -C old-src &&
         env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u BUILD -u MOREFLAGS -u CFLAGS -u LDFLAGS -u CC \
-            make -C old-src -j2 BUILD=build/release build/release/qsnap >"$W/old-build.log" 2>&1; then
+            make -C old-src -j2 BUILD=build/release build/release/qsnap \
+                >"$W/old-build.log" 2>&1; then
         OLD=$W/old-src/build/release/qsnap
     else
         bad "older build" "cannot build fec0728: $(tail -3 "$W/old-build.log" | tr '\n' ' ')"
@@ -205,7 +211,8 @@ if [ -n "$OLD" ]; then
     echo "old monday" >vm.save
     "$OLD" create d.raw mon --state vm.save >/dev/null 2>&1
     mon=$(state_of d.raw mon)
-    [ "$(ino "$mon")" = "$(ino vm.save)" ] && [ "$(head -c 14 d.raw.qsnap/meta)" = "qsnap-store 3" ] ||
+    [ "$(ino "$mon")" = "$(ino vm.save)" ] &&
+        [ "$(head -c 14 d.raw.qsnap/meta)" = "qsnap-store 3" ] ||
         bad "older create --state" "not a hard-linked state in a version 3 store"
     q list d.raw >/dev/null && ok "a version 3 store with a hard-linked state file opens" ||
         bad "open older store" "list failed"
@@ -219,6 +226,25 @@ if [ -n "$OLD" ]; then
         [ "$(head -c 14 d.raw.qsnap/meta)" = "qsnap-store 4" ] &&
         ok "verify --repair gives it its own copy (the store becomes version 4)" ||
         bad "repair older link" "$(cat "$mon")"
+    # A disk with a backing file, its store made by the older qsnap: no records yet.
+    qemu-img create -q -f raw base.raw 16M
+    qemu-io -f raw -c 'write -P 0x11 0 1M' base.raw >/dev/null
+    qemu-img create -q -f qcow2 -b base.raw -F raw d.qcow2
+    "$OLD" create d.qcow2 s0 >/dev/null 2>&1
+    q verify d.qcow2 >out 2>&1
+    rc=$?
+    [ $rc = 0 ] && grep -q "^ok: .*has no fingerprints (a store made by an older qsnap)" out &&
+        ok "verify says an older store's disk chain has no fingerprints (exit 0)" ||
+        bad "verify older chain" "rc $rc: $(cat out)"
+    q verify d.qcow2 --repair >/dev/null 2>&1
+    qemu-io -f raw -c 'write -P 0x99 0 4k' base.raw >/dev/null
+    q export d.qcow2 s0 o.raw >/dev/null 2>err
+    rc=$?
+    q verify d.qcow2 >out 2>&1
+    [ $rc = 4 ] && [ ! -e o.raw ] &&
+        grep -q "base.raw (a file of the disk's own backing chain) was modified" out &&
+        ok "verify --repair records it; a later write to it is refused and found" ||
+        bad "older chain recorded" "export rc $rc: $(cat out)"
     cd "$W" || exit 2
 else
     echo "skipped: no older qsnap (set QSNAP_OLD, or run in a git checkout that has fec0728)"
