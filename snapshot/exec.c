@@ -13,7 +13,8 @@
  *                file that exists is complete and is left alone
  *   PRESERVE     the same, and it only reads the layer it preserves
  *   FREEZE/THAW  chmod (and fingerprint) again
- *   LINK_STATE   a link to the same file is fine
+ *   LINK_STATE   a copy made under a temporary name, renamed into place: a
+ *                final file that exists is complete (fingerprinted again)
  *   STREAM       a layer already backed by the target has nothing to copy
  *   SET_BACKING  rewriting the same link is harmless
  *   COMMIT       the head keeps its data until the base holds it durably;
@@ -230,7 +231,8 @@ static int nothing_changed(int rc, const char *hint)
     return qsnap__err(rc, h[0] ? h : hint, "%s (nothing was changed)", msg);
 }
 
-/* Every layer the plan makes whose name a file has already: refused (final_taken). */
+/* Every layer (or state file) the plan makes whose name a file has already: refused
+ * (final_taken). */
 static int refuse_taken_names(qsnap_store *s, qsnap_plan *p)
 {
     int rc = 0;
@@ -240,6 +242,15 @@ static int refuse_taken_names(qsnap_store *s, qsnap_plan *p)
         const struct qsnap__layer *l;
         char *final;
         bool taken;
+        if (st->kind == QSNAP__ST_LINK_STATE) {
+            struct stat sb;
+            if (qsnap__lstat_store_file(s, st->b, &sb) == 0)
+                rc = qsnap__err(QSNAP_EINTEGRITY, "look at it and move it out of the store",
+                                "%s/%s: a file of the name the state file needs is there "
+                                "already, and this operation did not make it",
+                                s->dir, st->b);
+            continue;
+        }
         if (st->kind != QSNAP__ST_CREATE && st->kind != QSNAP__ST_PRESERVE)
             continue;
         l = find_layer(s, p, st->x);
@@ -483,6 +494,31 @@ static int take_fingerprint(qsnap_store *s, qsnap_plan *p, const struct qsnap__l
     return 0;
 }
 
+/*
+ * The disk frozen as the root: the files of its own backing chain (the user's,
+ * outside the store, which every state reads) are fingerprinted too, into every
+ * target model that has no record of them yet. They are not made read-only:
+ * they are not the store's (a base image may back other disks too).
+ */
+static int record_disk_chain(qsnap_store *s, qsnap_plan *p)
+{
+    char *rec = NULL;
+    int rc;
+
+    if (s->m.below)
+        return 0;
+    rc = qsnap__disk_chain_record(s, &rec);
+    for (size_t k = 0; !rc && rec && k < p->nm; k++) {
+        struct qsnap__model *m = &p->models[k];
+        if (m->below)
+            continue;
+        if (!(m->below = strdup(rec)))
+            rc = nomem();
+    }
+    free(rec);
+    return rc;
+}
+
 static int st_freeze(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
 {
     struct qsnap__layer *l = find_layer(s, p, st->x);
@@ -491,35 +527,54 @@ static int st_freeze(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st
     if (!l)
         return qsnap__err(QSNAP_ERROR, NULL, "plan refers to a missing layer %u", st->x);
     rc = set_write_bit(s, l, false);
-    return rc ? rc : take_fingerprint(s, p, l);
+    if (!rc)
+        rc = take_fingerprint(s, p, l);
+    if (!rc && l->is_disk)
+        rc = record_disk_chain(s, p);
+    return rc;
 }
 
-static int st_link_state(qsnap_store *s, const struct qsnap__step *st)
+/*
+ * The state file st->a copied into the store as st->b (qsnap__copy_into_store:
+ * its own read-only file, renamed into place last, so a final name that is
+ * there on a replay is a whole copy), then fingerprinted: the record goes to
+ * every target model's node that names it, as take_fingerprint does for a layer.
+ */
+static int st_copy_state(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
 {
-    char *dst = qsnap__path(s, st->b);
-    struct stat a, b;
+    struct qsnap__fprec r;
+    struct stat sb;
+    char *rec;
     int rc = 0;
 
-    if (!dst)
+    if (!p->replay || qsnap__lstat_store_file(s, st->b, &sb) != 0)
+        rc = qsnap__copy_into_store(s, st->a, st->b);
+    else
+        rc = qsnap__check_store_file(s, st->b);
+    if (!rc)
+        rc = qsnap__fingerprint_store_file(s, st->b, 0, r.fp, NULL, &sb);
+    if (rc)
+        return rc;
+    r.size = (uint64_t)sb.st_size;
+    r.mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec;
+    rec = qsnap__fprec_format(&r, NULL);
+    if (!rec)
         return nomem();
-    /* The new name is made (and made durable) from the state directory itself. */
-    int e = 0;
-    rc = qsnap__link_into_store(s, st->a, st->b, &e);
-    if (rc || !e) {
-        /* done, or the state directory was refused */
-    } else {
-        errno = e;
-        if (errno == EEXIST && stat(st->a, &a) == 0 && lstat(dst, &b) == 0 && S_ISREG(b.st_mode) &&
-            a.st_ino == b.st_ino && a.st_dev == b.st_dev)
-            rc = 0;
-        else if (errno == EXDEV)
-            rc = qsnap__err(QSNAP_EUSAGE, "keep state files on the disk's file system",
-                            "%s: state file is on another file system than the store", st->a);
-        else
-            rc = qsnap__err(QSNAP_ERROR, NULL, "%s: cannot link it into the store: %s", st->a,
-                            strerror(errno));
+    for (size_t k = 0; !rc && k < p->nm; k++) {
+        struct qsnap__model *m = &p->models[k];
+        for (size_t i = 0; !rc && i < m->nn; i++) {
+            struct qsnap__node *n = &m->nodes[i];
+            if (!n->state || strcmp(n->state, st->b))
+                continue;
+            qsnap__str_free(m, n->sfp);
+            if (!(n->sfp = strdup(rec)))
+                rc = nomem();
+            /* The record changes after the journal compared the models (st_save). */
+            else if (!qsnap__ids_add(&p->changed, n->id))
+                p->changed_known = false;
+        }
     }
-    free(dst);
+    free(rec);
     return rc;
 }
 
@@ -978,7 +1033,7 @@ static int run_step(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st,
                  : qsnap__err(QSNAP_ERROR, NULL, "plan refers to a missing layer");
     }
     case QSNAP__ST_LINK_STATE:
-        return st_link_state(s, st);
+        return st_copy_state(s, p, st);
     case QSNAP__ST_STREAM:
         return st_stream(s, p, st, o);
     case QSNAP__ST_SET_BACKING:
@@ -1102,11 +1157,13 @@ static bool undo(qsnap_store *s, qsnap_plan *p, size_t upto)
                 whole = false;
             break;
         case QSNAP__ST_LINK_STATE: {
-            struct stat a, b;
-            path = qsnap__path(s, st->b);
-            if (path && stat(st->a, &a) == 0 && lstat(path, &b) == 0 && a.st_ino == b.st_ino &&
-                a.st_dev == b.st_dev)
-                qsnap__unlink_store_file(s, st->b);
+            /* A copy the old metadata does not name: this run's (a name found taken
+             * before the journal was written is refused: refuse_taken_names). */
+            bool named = false;
+            for (size_t k = 0; k < s->m.nn && !named; k++)
+                named = s->m.nodes[k].state && !strcmp(s->m.nodes[k].state, st->b);
+            if (!named && qsnap__unlink_store_file(s, st->b) != 0)
+                whole = false;
             break;
         }
         case QSNAP__ST_INTERNAL_CREATE: {

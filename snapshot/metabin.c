@@ -1,12 +1,16 @@
 /*
- * The store's meta file, version 3: the model in a binary form that is read
- * without parsing (the text form took most of a command's time at 10,000
+ * The store's meta file, versions 3 and 4: the model in a binary form that is
+ * read without parsing (the text form took most of a command's time at 10,000
  * snapshots). meta.log's records and the journal keep the text form.
  *
  * LAYOUT (integers little-endian; offsets in bytes)
  *
  *   0   "qsnap-store 3\n"   (an older qsnap reads this line and refuses the
- *                            store by its version)
+ *                            store by its version), or "qsnap-store 4\n":
+ *                            the same layout, where two fields that version
+ *                            3 keeps 0 are strings (below). A model that has
+ *                            neither string is written as version 3, so a
+ *                            qsnap that reads only 3 still opens it.
  *   14  2 zero bytes
  *   16  u64 check           XXH3-64 (seed 0) of bytes 24 to the end
  *   24  u64 gen
@@ -15,7 +19,8 @@
  *   48  u32 strs            bytes of the string table
  *   52  u32 disk            string (below)
  *   56  u32 current         string, or 0 before the first snapshot
- *   60  u32 0
+ *   60  u32 0               version 4: below, string, or 0 (the disk's own
+ *                            backing chain's fingerprint records)
  *   64  nl layer records of 72 bytes:
  *         0 u32 id, 4 u32 file (string), 8 u32 backing (0: none),
  *         12 u8 fmt (0 raw, 1 qcow2), 13 u8 flags (1 frozen, 2 the disk,
@@ -24,7 +29,8 @@
  *       nn node records of 40 bytes:
  *         0 u32 id, 4 u32 parent (0: root), 8 u32 layer, 12 u32 name,
  *         16 u32 desc, 20 u32 state, 24 u32 internal (strings, 0: none),
- *         28 u32 0, 32 i64 created (seconds)
+ *         28 u32 0 (version 4: sfp, string: the state file's fingerprint
+ *         record, or 0), 32 i64 created (seconds)
  *       nb branch records of 24 bytes:
  *         0 u32 name (string), 4 u32 head (layer id), 8 u32 base (node id,
  *         0: none), 12 u32 0, 16 i64 created
@@ -80,6 +86,17 @@ static uint64_t get64(const unsigned char *p)
 
 /* ---- writing -------------------------------------------------------------- */
 
+unsigned qsnap__model_version(const struct qsnap__model *m)
+{
+    if (m->below)
+        return 4;
+    for (size_t i = 0; i < m->nn; i++) {
+        if (m->nodes[i].sfp)
+            return 4;
+    }
+    return 3;
+}
+
 struct strtab {
     unsigned char *p;
     size_t len;
@@ -115,9 +132,13 @@ int qsnap__model_bin_format(const struct qsnap__model *m, char **out, size_t *le
     *len = 0;
     for (size_t i = 0; i < m->nl; i++)
         strs += str_bytes(m->layers[i].file);
+    bool v4 = qsnap__model_version(m) == 4;
+
     for (size_t i = 0; i < m->nn; i++)
         strs += str_bytes(m->nodes[i].name) + str_bytes(m->nodes[i].desc) +
-                str_bytes(m->nodes[i].state) + str_bytes(m->nodes[i].internal);
+                str_bytes(m->nodes[i].state) + str_bytes(m->nodes[i].sfp) +
+                str_bytes(m->nodes[i].internal);
+    strs += str_bytes(m->below);
     for (size_t i = 0; i < m->nb; i++)
         strs += str_bytes(m->branches[i].name);
     total = HEAD + LREC * m->nl + NREC * m->nn + BREC * m->nb + strs;
@@ -129,7 +150,7 @@ int qsnap__model_bin_format(const struct qsnap__model *m, char **out, size_t *le
         return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
     t.p = f + total - strs;
     t.len = 1; /* offset 0: "none" */
-    memcpy(f, QSNAP_BIN_MAGIC, sizeof(QSNAP_BIN_MAGIC) - 1);
+    memcpy(f, v4 ? QSNAP_BIN_MAGIC4 : QSNAP_BIN_MAGIC, sizeof(QSNAP_BIN_MAGIC) - 1);
     put64(f + 24, m->gen);
     put32(f + 32, m->seq);
     put32(f + 36, (uint32_t)m->nl);
@@ -138,6 +159,7 @@ int qsnap__model_bin_format(const struct qsnap__model *m, char **out, size_t *le
     put32(f + 48, (uint32_t)strs);
     put32(f + 52, add_str(&t, m->disk));
     put32(f + 56, add_str(&t, m->current));
+    put32(f + 60, add_str(&t, m->below));
     r = f + HEAD;
     for (size_t i = 0; i < m->nl; i++, r += LREC) {
         const struct qsnap__layer *l = &m->layers[i];
@@ -163,6 +185,7 @@ int qsnap__model_bin_format(const struct qsnap__model *m, char **out, size_t *le
         put32(r + 16, add_str(&t, n->desc));
         put32(r + 20, add_str(&t, n->state));
         put32(r + 24, add_str(&t, n->internal));
+        put32(r + 28, add_str(&t, n->sfp));
         put64(r + 32, (uint64_t)n->created);
     }
     for (size_t i = 0; i < m->nb; i++, r += BREC) {
@@ -200,13 +223,13 @@ static bool id_ok(uint32_t id)
     return id <= 0x7fffffff;
 }
 
-static int bin_parse(struct qsnap__model *m, const struct qsnap__pool *pool)
+static int bin_parse(struct qsnap__model *m, const struct qsnap__pool *pool, bool v4)
 {
     const unsigned char *f = (const unsigned char *)pool->data, *r;
     uint64_t nl, nn, nb, strs, need;
     struct reader rd;
 
-    if (pool->len < HEAD || f[14] || f[15] || get32(f + 60))
+    if (pool->len < HEAD || f[14] || f[15] || (!v4 && get32(f + 60)))
         return 1;
     if (get64(f + 16) != XXH3_64bits(f + 24, pool->len - 24))
         return 2;
@@ -226,7 +249,8 @@ static int bin_parse(struct qsnap__model *m, const struct qsnap__pool *pool)
     m->gen = get64(f + 24);
     m->seq = get32(f + 32);
     if (!id_ok(m->seq) || !str_at(&rd, get32(f + 52), &m->disk) || !m->disk || !m->disk[0] ||
-        !str_at(&rd, get32(f + 56), &m->current) || (m->current && !qsnap__name_ok(m->current)))
+        !str_at(&rd, get32(f + 56), &m->current) || (m->current && !qsnap__name_ok(m->current)) ||
+        !str_at(&rd, get32(f + 60), &m->below) || (m->below && !qsnap__fprec_ok(m->below, true)))
         return 1;
     /* Room to grow, as qsnap__add_* would make it. */
     m->layers = malloc(qsnap__array_cap((size_t)nl + 1) * sizeof(*m->layers));
@@ -266,10 +290,12 @@ static int bin_parse(struct qsnap__model *m, const struct qsnap__pool *pool)
         n->layer = get32(r + 8);
         n->created = (int64_t)get64(r + 32);
         if (!n->id || !id_ok(n->id) || !id_ok(n->parent) || !n->layer || !id_ok(n->layer) ||
-            get32(r + 28) || !str_at(&rd, get32(r + 12), &n->name) ||
+            (!v4 && get32(r + 28)) || !str_at(&rd, get32(r + 12), &n->name) ||
             !str_at(&rd, get32(r + 16), &n->desc) || !str_at(&rd, get32(r + 20), &n->state) ||
             !str_at(&rd, get32(r + 24), &n->internal) || (n->name && !qsnap__name_ok(n->name)) ||
-            (n->state && !n->state[0]) || (n->internal && !n->internal[0]))
+            (n->state && !n->state[0]) || (n->internal && !n->internal[0]) ||
+            !str_at(&rd, get32(r + 28), &n->sfp) ||
+            (n->sfp && (!n->state || !qsnap__fprec_ok(n->sfp, false))))
             return 1;
     }
     for (size_t i = 0; i < nb; i++, r += BREC) {
@@ -290,9 +316,10 @@ int qsnap__model_read(struct qsnap__model *m, struct qsnap__pool *pool, const ch
                       unsigned *version, bool check)
 {
     const size_t ml = sizeof(QSNAP_BIN_MAGIC) - 1;
+    bool v4 = pool->len >= ml && !memcmp(pool->data, QSNAP_BIN_MAGIC4, ml);
     int rc;
 
-    if (pool->len < ml || memcmp(pool->data, QSNAP_BIN_MAGIC, ml)) {
+    if (!v4 && (pool->len < ml || memcmp(pool->data, QSNAP_BIN_MAGIC, ml))) {
         /* Versions 1 and 2: the text form (its strings are its own). */
         rc = qsnap__model_parse_v(m, pool->data, pool->len, what, version, check);
         qsnap__pool_unref(pool);
@@ -300,8 +327,8 @@ int qsnap__model_read(struct qsnap__model *m, struct qsnap__pool *pool, const ch
     }
     memset(m, 0, sizeof(*m));
     m->pool = pool;
-    *version = 3;
-    rc = bin_parse(m, pool);
+    *version = v4 ? 4 : 3;
+    rc = bin_parse(m, pool, v4);
     if (rc < 0) {
         qsnap__model_free(m);
         return qsnap__err(QSNAP_ERROR, NULL, "out of memory");

@@ -207,7 +207,7 @@ static bool node_eq(const struct qsnap__node *a, const struct qsnap__node *b)
 {
     return a->id == b->id && a->parent == b->parent && a->layer == b->layer &&
            a->created == b->created && str_eq(a->name, b->name) && str_eq(a->desc, b->desc) &&
-           str_eq(a->state, b->state) && str_eq(a->internal, b->internal);
+           str_eq(a->state, b->state) && str_eq(a->sfp, b->sfp) && str_eq(a->internal, b->internal);
 }
 
 static bool branch_eq(const struct qsnap__branch *a, const struct qsnap__branch *b)
@@ -219,7 +219,8 @@ static bool branch_eq(const struct qsnap__branch *a, const struct qsnap__branch 
 bool qsnap__model_equal(const struct qsnap__model *a, const struct qsnap__model *b)
 {
     if (a->gen != b->gen || a->seq != b->seq || !str_eq(a->disk, b->disk) ||
-        !str_eq(a->current, b->current) || a->nl != b->nl || a->nn != b->nn || a->nb != b->nb)
+        !str_eq(a->current, b->current) || !str_eq(a->below, b->below) || a->nl != b->nl ||
+        a->nn != b->nn || a->nb != b->nb)
         return false;
     for (size_t i = 0, r; i < a->nl; i += r) {
         r = same_run(&a->layers[i], &b->layers[i], a->nl - i, a->nl - i, sizeof(a->layers[i]));
@@ -287,7 +288,8 @@ static bool equal_known(const struct qsnap__model *a, const struct qsnap__model 
     bool same = true;
 
     if (a->gen != b->gen || a->seq != b->seq || !str_eq(a->disk, b->disk) ||
-        !str_eq(a->current, b->current) || a->nl != b->nl || a->nn != b->nn || a->nb != b->nb)
+        !str_eq(a->current, b->current) || !str_eq(a->below, b->below) || a->nl != b->nl ||
+        a->nn != b->nn || a->nb != b->nb)
         return false;
     for (size_t i = 0; i < a->nl; i++)
         max_id = a->layers[i].id > max_id ? a->layers[i].id : max_id;
@@ -522,6 +524,7 @@ int qsnap__delta_format_ex(const struct qsnap__model *o, const struct qsnap__mod
     part.seq = n->seq;
     part.disk = n->disk;
     part.current = n->current;
+    part.below = n->below;
     /* Each kind in id order (always the nodes; the layers until one is dropped, which
      * moves the last into its place): one walk of both models. Else by tables. */
     bool lay_asc = ids_ascend(o->layers, o->nl, sizeof(*o->layers)) &&
@@ -1087,6 +1090,7 @@ static int delta_apply(struct qsnap__model *m, const char *text, size_t len, con
         take(m, &n->name, &src->name);
         take(m, &n->desc, &src->desc);
         take(m, &n->state, &src->state);
+        take(m, &n->sfp, &src->sfp);
         take(m, &n->internal, &src->internal);
         n->id = src->id;
         n->parent = src->parent;
@@ -1110,6 +1114,7 @@ static int delta_apply(struct qsnap__model *m, const char *text, size_t len, con
     m->seq = part.seq;
     take(m, &m->disk, &part.disk);
     take(m, &m->current, &part.current);
+    take(m, &m->below, &part.below);
     qsnap__model_free(&part);
     /* New records to their places, each kind in increasing order of place. */
     {
@@ -1428,7 +1433,7 @@ static int compact(qsnap_store *s, struct qsnap__model *m)
     if (rc)
         return rc;
     /* Committed: the log's records are all at or below m->gen now. */
-    s->log.meta_version = QSNAP_META_VERSION;
+    s->log.meta_version = qsnap__model_version(m);
     s->log.meta_bytes = len;
     if (s->log.exists) {
         rc = qsnap__unlink_store_file(s, LOG_FILE);
@@ -1527,7 +1532,11 @@ int qsnap__meta_save_known(qsnap_store *s, struct qsnap__model *m, const struct 
     int rc;
 
     m->gen++;
-    if (m == &s->m || !s->exists || s->log.meta_version < QSNAP_META_VERSION)
+    /* A change that brings the first fingerprint record goes into a version 4 meta file
+     * (whole): a qsnap that reads version 3 only then refuses the store by its version
+     * instead of finding a record it does not know in the log. */
+    if (m == &s->m || !s->exists || s->log.meta_version < 3 ||
+        s->log.meta_version < qsnap__model_version(m))
         goto whole;
     rc = qsnap__delta_format_ex(&s->m, m, &delta, &exact, only, only ? &given : NULL);
     if (rc)

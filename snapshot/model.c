@@ -11,12 +11,20 @@
  *   seq N
  *   disk PATH
  *   current NAME                  (absent before the first snapshot)
+ *   below RECORDS                 (the disk's own backing chain as the store
+ *                                  was made on it: fingerprint records with
+ *                                  paths, one a line, qsnap__fprec_parse;
+ *                                  absent: none, or a store made before it
+ *                                  was recorded)
  *   layer ID file=PATH fmt=raw|qcow2 backing=ID|0 frozen=0|1 disk=0|1
  *         [fp=HEX32 size=N mtime=NS] [fpd=HEX32] [vsize=N]
  *                                 (vsize: the virtual size of a frozen qcow2
  *                                  layer, recorded with its fingerprints; a
  *                                  store without it still parses)
  *   node ID parent=ID|0 layer=ID created=T [name=NAME] [desc=TEXT] [state=PATH]
+ *        [sfp=RECORD]             (the state file's fingerprint record, taken
+ *                                  when it was copied into the store; absent
+ *                                  for one an older qsnap hard-linked there)
  *        [internal=SNAPNAME]      (an internal node: its content is the qcow2
  *                                  snapshot SNAPNAME inside layer ID, a branch
  *                                  head; files without the field still parse)
@@ -114,6 +122,7 @@ void qsnap__model_free(struct qsnap__model *m)
         qsnap__str_free(m, m->nodes[i].name);
         qsnap__str_free(m, m->nodes[i].desc);
         qsnap__str_free(m, m->nodes[i].state);
+        qsnap__str_free(m, m->nodes[i].sfp);
         qsnap__str_free(m, m->nodes[i].internal);
     }
     for (size_t i = 0; i < m->nb; i++)
@@ -123,6 +132,7 @@ void qsnap__model_free(struct qsnap__model *m)
     free(m->branches);
     qsnap__str_free(m, m->disk);
     qsnap__str_free(m, m->current);
+    qsnap__str_free(m, m->below);
     qsnap__pool_unref(m->pool);
     memset(m, 0, sizeof(*m));
 }
@@ -153,7 +163,7 @@ int qsnap__model_clone(struct qsnap__model *dst, const struct qsnap__model *src)
     dst->nodes = malloc(qsnap__array_cap(src->nn + 1) * sizeof(*dst->nodes));
     dst->branches = malloc(qsnap__array_cap(src->nb + 1) * sizeof(*dst->branches));
     if (!dst->layers || !dst->nodes || !dst->branches || !copy_str(src, &dst->disk, src->disk) ||
-        !copy_str(src, &dst->current, src->current))
+        !copy_str(src, &dst->current, src->current) || !copy_str(src, &dst->below, src->below))
         goto nomem;
     /* The records whole, then each string: shared when in the pool, else copied. A
      * failure leaves the strings not yet copied NULL, so the free below is right. */
@@ -175,9 +185,10 @@ int qsnap__model_clone(struct qsnap__model *dst, const struct qsnap__model *src)
     for (size_t i = 0; i < src->nn; i++) {
         const struct qsnap__node *a = &src->nodes[i];
         struct qsnap__node *b = &dst->nodes[i];
-        b->name = b->desc = b->state = b->internal = NULL;
+        b->name = b->desc = b->state = b->sfp = b->internal = NULL;
         ok = ok && copy_str(src, &b->name, a->name) && copy_str(src, &b->desc, a->desc) &&
-             copy_str(src, &b->state, a->state) && copy_str(src, &b->internal, a->internal);
+             copy_str(src, &b->state, a->state) && copy_str(src, &b->sfp, a->sfp) &&
+             copy_str(src, &b->internal, a->internal);
     }
     for (size_t i = 0; i < src->nb; i++) {
         if (ok)
@@ -320,6 +331,7 @@ static void node_strings_free(const struct qsnap__model *m, const struct qsnap__
     qsnap__str_free(m, n->name);
     qsnap__str_free(m, n->desc);
     qsnap__str_free(m, n->state);
+    qsnap__str_free(m, n->sfp);
     qsnap__str_free(m, n->internal);
 }
 
@@ -491,6 +503,11 @@ int qsnap__model_format(const struct qsnap__model *m, char **out)
         put_enc(&b, m->current);
         put(&b, "\n");
     }
+    if (m->below) {
+        put(&b, "below ");
+        put_enc(&b, m->below);
+        put(&b, "\n");
+    }
     for (size_t i = 0; i < m->nl; i++) {
         const struct qsnap__layer *l = &m->layers[i];
         put(&b, "layer %u file=", l->id);
@@ -523,6 +540,10 @@ int qsnap__model_format(const struct qsnap__model *m, char **out)
         if (n->state) {
             put(&b, " state=");
             put_enc(&b, n->state);
+        }
+        if (n->sfp) {
+            put(&b, " sfp=");
+            put_enc(&b, n->sfp);
         }
         if (n->internal) {
             put(&b, " internal=");
@@ -785,6 +806,10 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
             m->current = decode(words[1], strlen(words[1]));
             if (!m->current)
                 goto bad;
+        } else if (IS(words[0], "below") && nw == 2 && !m->below) {
+            m->below = decode(words[1], strlen(words[1]));
+            if (!m->below || !qsnap__fprec_ok(m->below, true))
+                goto bad;
         } else if (IS(words[0], "layer") && nw >= 6) {
             struct qsnap__layer *l;
             if (m->nl >= QSNAP_MAX_ITEMS || !(l = grow_cap((void **)&m->layers, &m->nl, &capl, sizeof(*l))))
@@ -853,6 +878,9 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
                 } else if (IS(words[w], "state") && !n->state) {
                     if (!(n->state = decode(eq, strlen(eq))) || !n->state[0])
                         goto bad;
+                } else if (IS(words[w], "sfp") && !n->sfp) {
+                    if (!(n->sfp = decode(eq, strlen(eq))) || !qsnap__fprec_ok(n->sfp, false))
+                        goto bad;
                 } else if (IS(words[w], "internal") && !n->internal) {
                     if (!(n->internal = decode(eq, strlen(eq))) || !n->internal[0] ||
                         strlen(n->internal) > QSNAP_MAX_INTERNAL)
@@ -861,7 +889,7 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
                     goto bad;
                 }
             }
-            if (!n->layer)
+            if (!n->layer || (n->sfp && !n->state))
                 goto bad;
         } else if (IS(words[0], "branch") && nw == 5) {
             struct qsnap__branch *br;
@@ -1115,4 +1143,83 @@ int qsnap__desc_check(const char *desc, const char *what)
         return qsnap__err(QSNAP_EUSAGE, "give a shorter description",
                           "%s: the description is longer than %u bytes", what, QSNAP_MAX_DESC);
     return 0;
+}
+
+/* ---- fingerprint records --------------------------------------------------- */
+
+char *qsnap__fprec_format(const struct qsnap__fprec *r, const char *path)
+{
+    static const char digits[] = "0123456789abcdef";
+    char h[33], *out = NULL;
+
+    for (int k = 0; k < 16; k++) {
+        h[2 * k] = digits[r->fp[k] >> 4];
+        h[2 * k + 1] = digits[r->fp[k] & 15];
+    }
+    h[32] = '\0';
+    if (asprintf(&out, "%s:%" PRIu64 ":%" PRId64 "%s%s", h, r->size, r->mtime_ns, path ? ":" : "",
+                 path ? path : "") < 0)
+        return NULL;
+    return out;
+}
+
+bool qsnap__fprec_parse(const char **text, bool with_path, struct qsnap__fprec *r)
+{
+    const char *p = *text, *end = strchr(p, '\n'), *c1, *c2;
+    char num[24], hex[33];
+    size_t n;
+
+    if (!end)
+        end = p + strlen(p);
+    memset(r, 0, sizeof(*r));
+    if (end - p < 32 + 4 || p[32] != ':')
+        return false;
+    memcpy(hex, p, 32);
+    hex[32] = '\0';
+    if (!parse_hex16(hex, r->fp))
+        return false;
+    p += 33;
+    c1 = memchr(p, ':', (size_t)(end - p));
+    if (!c1 || (n = (size_t)(c1 - p)) >= sizeof(num))
+        return false;
+    memcpy(num, p, n);
+    num[n] = '\0';
+    if (!parse_u64(num, &r->size))
+        return false;
+    p = c1 + 1;
+    c2 = memchr(p, ':', (size_t)(end - p));
+    if ((c2 != NULL) != with_path)
+        return false;
+    n = (size_t)((c2 ? c2 : end) - p);
+    if (n >= sizeof(num))
+        return false;
+    memcpy(num, p, n);
+    num[n] = '\0';
+    if (!parse_i64(num, &r->mtime_ns))
+        return false;
+    if (c2) {
+        r->path = c2 + 1;
+        r->path_len = (size_t)(end - r->path);
+        if (!r->path_len)
+            return false;
+    }
+    *text = *end ? end + 1 : end;
+    return true;
+}
+
+bool qsnap__fprec_ok(const char *value, bool with_path)
+{
+    struct qsnap__fprec r;
+    const char *p = value;
+
+    if (!*p)
+        return false;
+    while (*p) {
+        if (!qsnap__fprec_parse(&p, with_path, &r))
+            return false;
+        if (!with_path && *p)
+            return false; /* one record */
+    }
+    /* A newline at the very end would leave an empty last line. */
+    return p[-1] != '\n';
 }

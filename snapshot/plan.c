@@ -257,6 +257,42 @@ int qsnap__check_writable_store(const qsnap_store *s)
     return qsnap__check_no_pending(s);
 }
 
+/*
+ * The files of the disk's own backing chain as the store recorded them when it
+ * was made (their size and mtime: a stat each): every state reads them.
+ */
+static int check_disk_chain(const qsnap_store *s)
+{
+    const char *hint = "'qsnap verify DISK' checks its fingerprint";
+    const struct qsnap__chain *c;
+    const char *p = s->m.below;
+    size_t i = 0;
+
+    if (!p)
+        return 0;
+    c = qsnap__disk_chain(s);
+    for (struct qsnap__fprec r; *p && qsnap__fprec_parse(&p, true, &r); i++) {
+        struct stat st;
+        if (!c || i >= c->n)
+            return qsnap__err(QSNAP_EINTEGRITY, hint,
+                              "%.*s: a file of the disk's own backing chain is missing (the "
+                              "chain is not what it was when the store was made)",
+                              (int)r.path_len, r.path);
+        if (stat(c->path[i], &st) < 0 || (uint64_t)st.st_size != r.size ||
+            (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec != r.mtime_ns)
+            return qsnap__err(QSNAP_EINTEGRITY, hint,
+                              "%s: a file of the disk's own backing chain was modified after the "
+                              "store was made",
+                              c->path[i]);
+    }
+    if (c && i < c->n)
+        return qsnap__err(QSNAP_EINTEGRITY, hint,
+                          "%s: the disk's own backing chain has more files than when the store "
+                          "was made",
+                          c->path[i]);
+    return 0;
+}
+
 /* A frozen layer that changed since it was frozen is an integrity problem: refuse. */
 int qsnap__check_unchanged(const qsnap_store *s, const struct qsnap__layer *l)
 {
@@ -264,6 +300,8 @@ int qsnap__check_unchanged(const qsnap_store *s, const struct qsnap__layer *l)
     struct stat st;
     int rc = 0;
 
+    if (l->is_disk && (rc = check_disk_chain(s)) != 0)
+        return rc;
     if (!l->frozen || !l->have_fp)
         return 0;
     path = qsnap__path(s, l->file);
@@ -600,7 +638,7 @@ int qsnap_plan_describe(const qsnap_plan *p, bool json, char **out)
             snprintf(line, sizeof(line), "make %s writable", layer_file(p, st->x));
             break;
         case QSNAP__ST_LINK_STATE:
-            snprintf(line, sizeof(line), "hard-link state file %s as %s", st->a, st->b);
+            snprintf(line, sizeof(line), "copy state file %s to %s", st->a, st->b);
             break;
         case QSNAP__ST_STREAM:
             snprintf(line, sizeof(line), "stream into %s what it reads through, then back it by %s",

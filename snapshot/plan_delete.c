@@ -339,7 +339,8 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     if (n->state) {
         rc = qsnap__defer_unlink(p, n->state);
         qsnap__str_free(&t, n->state);
-        n->state = NULL;
+        qsnap__str_free(&t, n->sfp);
+        n->state = n->sfp = NULL;
         if (rc)
             goto out;
     }

@@ -43,7 +43,7 @@
 #define QSNAP_MAX_DESC 65536u            /* a description (bytes) */
 #define QSNAP_MAX_INTERNAL 65535u        /* an internal snapshot's name (the qcow2 format's bound) */
 #define QSNAP_MAX_PATH 4096u             /* a file name in the model (relative to the store) */
-#define QSNAP_META_VERSION 3u            /* the meta file this library writes (metabin.c) */
+#define QSNAP_META_VERSION 4u            /* the newest meta file written (metabin.c: 3 or 4) */
 #define QSNAP_META_VERSION_MIN 1u        /* the oldest it reads (no log beside it) */
 #define QSNAP_TEXT_VERSION 2u            /* the text form: meta.log records, the journal, version 1-2 meta */
 
@@ -72,6 +72,9 @@ struct qsnap__node {
     int64_t created;     /* seconds since the epoch */
     char *desc;          /* description, or NULL */
     char *state;         /* attached state file, relative to the store, or NULL */
+    char *sfp;           /* the state file's record when it was copied in (a fingerprint
+                          * record: qsnap__fprec_parse), or NULL (none taken: a state file
+                          * an older qsnap hard-linked) */
     char *internal;      /* internal node: the name of the qcow2 snapshot inside `layer` that
                           * holds its content (qcow2_snapshot_*); NULL: the layer's content */
 };
@@ -100,6 +103,9 @@ struct qsnap__model {
     unsigned seq;        /* next id for layers and nodes */
     char *disk;          /* the disk, relative to the store directory */
     char *current;       /* current branch name, or NULL before the first create */
+    char *below;         /* the disk's own backing chain (the user's files under it) as it
+                          * was when the store was made: one fingerprint record a line,
+                          * the disk's backing file first; NULL: none, or not recorded */
     struct qsnap__layer *layers;
     size_t nl;
     struct qsnap__node *nodes;
@@ -313,6 +319,27 @@ int qsnap__model_parse_v(struct qsnap__model *m, const char *text, size_t len, c
 int qsnap__model_parse_part(struct qsnap__model *m, const char *text, size_t len, const char *what);
 /* Check the graph: ids unique, references exist, no cycles. */
 int qsnap__model_check(const struct qsnap__model *m, const char *what);
+/*
+ * A fingerprint record: what a file outside the layers (a state file, a file of
+ * the disk's own backing chain) was when qsnap took it, "HEX32:SIZE:MTIME_NS"
+ * (xxh3-128 of the whole file, its size in bytes, its mtime), then ":PATH" in
+ * the records of the disk's chain (the file's name then, for messages).
+ */
+struct qsnap__fprec {
+    uint8_t fp[16];
+    uint64_t size;
+    int64_t mtime_ns;
+    const char *path; /* points into the record (up to its end or newline), or NULL */
+    size_t path_len;
+};
+/* The record for r (malloc'd; path NULL: none), or NULL when out of memory. */
+char *qsnap__fprec_format(const struct qsnap__fprec *r, const char *path);
+/* Parse the record at *text (ending at a newline or the end), moving *text past it
+ * and its newline; with_path: it has a path. False when malformed. */
+bool qsnap__fprec_parse(const char **text, bool with_path, struct qsnap__fprec *r);
+/* Whether every line of a whole value (sfp: one record, no path; below: records with
+ * paths, at least one) is well formed. */
+bool qsnap__fprec_ok(const char *value, bool with_path);
 
 /*
  * index.c: a model's layers and nodes by id and its snapshots and branches by
@@ -374,8 +401,11 @@ void qsnap__lookup_heads(struct qsnap__lookup *z, const struct qsnap__model *m);
 int qsnap__lookup_find(struct qsnap__lookup *z, unsigned key, long *at);
 void qsnap__lookup_free(struct qsnap__lookup *z);
 
-/* metabin.c: the meta file of store version 3 (binary). */
+/* metabin.c: the meta file of store versions 3 and 4 (binary; 4: with fingerprint records). */
 #define QSNAP_BIN_MAGIC "qsnap-store 3\n"
+#define QSNAP_BIN_MAGIC4 "qsnap-store 4\n"
+/* The version of the meta file m is written as: 4 when it has a fingerprint record, else 3. */
+unsigned qsnap__model_version(const struct qsnap__model *m);
 /* The file's bytes for m (malloc'd, *len bytes). */
 int qsnap__model_bin_format(const struct qsnap__model *m, char **out, size_t *len);
 /*
@@ -596,8 +626,16 @@ void qsnap__seal_layers(const qsnap_store *s);
 void qsnap__scan_marks_free(qsnap_store *s);
 int qsnap__unlink_store_file(const qsnap_store *s, const char *rel);
 int qsnap__rename_store_file(const qsnap_store *s, const char *from_rel, const char *to_rel);
-/* 0 with *err = errno when link() itself failed (EEXIST, EXDEV, ...). */
-int qsnap__link_into_store(const qsnap_store *s, const char *src, const char *rel, int *err);
+/* Copy the user's file src (absolute) into the store as rel (state/NAME): its own file,
+ * read-only (0444), made under a temporary name, synced, then renamed into place. */
+int qsnap__copy_into_store(const qsnap_store *s, const char *src, const char *rel);
+/* The files of the disk's own backing chain as they are now (read once per handle). */
+const struct qsnap__chain *qsnap__disk_chain(const qsnap_store *s);
+/* The fingerprint record of a file outside the store (read-only, through one descriptor). */
+int qsnap__fingerprint_file(const char *path, struct qsnap__fprec *r);
+/* The records of the disk's own backing chain (a model's below; malloc'd), or *out NULL
+ * when it has none. */
+int qsnap__disk_chain_record(const qsnap_store *s, char **out);
 /* qcow2 check -r all on layer l's own file (leaks freed, refcounts and flags fixed). */
 int qsnap__repair_layer(const qsnap_store *s, const struct qsnap__layer *l);
 /* qcow2_file_fingerprint() of store file rel into all and, unless tail is NULL, that

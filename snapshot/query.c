@@ -683,7 +683,19 @@ static int open_chain_flags(const qsnap_store *s, const char *name, unsigned fla
  */
 static int open_chain(const qsnap_store *s, const char *name, qcow2_image **out)
 {
+    const struct qsnap__layer *l = NULL;
     int rc = open_chain_flags(s, name, 0, out);
+
+    /* Every frozen file of the chain as it was frozen (its size and mtime: a stat each,
+     * no hashing), once open: data read through one changed behind qsnap's back is not
+     * the snapshot's. */
+    if (!rc && resolve(s, name, &l) == 0) {
+        rc = qsnap__check_chain(s, &s->m, l->id);
+        if (rc) {
+            qcow2_image_close(*out);
+            *out = NULL;
+        }
+    }
 
     if (rc == QSNAP_EBUSY) {
         char *msg = strdup(qsnap_error_last()->message);

@@ -26,6 +26,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -237,6 +239,7 @@ void qsnap__own_at(const qsnap_store *s, int dfd, const char *name)
 }
 
 static int split_rel(const char *rel, char *dir, size_t dir_size, const char **base);
+static int64_t ts_ns(struct timespec t);
 
 void qsnap__own(const qsnap_store *s, const char *path)
 {
@@ -586,6 +589,79 @@ static bool in_disk_chain(const qsnap_store *s, const char *norm)
     return false;
 }
 
+const struct qsnap__chain *qsnap__disk_chain(const qsnap_store *s)
+{
+    (void)in_disk_chain(s, "");
+    return s->chain;
+}
+
+int qsnap__fingerprint_file(const char *path, struct qsnap__fprec *r)
+{
+    char proc[64];
+    struct stat st;
+    int fd, rc;
+
+    memset(r, 0, sizeof(*r));
+    do {
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        return qsnap__err(e == ENOENT ? QSNAP_ENOTFOUND : QSNAP_ERROR, NULL, "%s: %s", path,
+                          strerror(e));
+    }
+    /* The file this descriptor holds, by a name no link can redirect. */
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+    rc = qcow2_file_fingerprint(proc, r->fp);
+    if (rc)
+        rc = qsnap__from_qcow2(rc, NULL);
+    r->size = (uint64_t)st.st_size;
+    r->mtime_ns = ts_ns(st.st_mtim);
+    close(fd);
+    return rc;
+}
+
+int qsnap__disk_chain_record(const qsnap_store *s, char **out)
+{
+    const struct qsnap__chain *c = qsnap__disk_chain(s);
+    char *all = NULL;
+    size_t len = 0;
+    int rc = 0;
+
+    *out = NULL;
+    for (size_t i = 0; c && !rc && i < c->n; i++) {
+        struct qsnap__fprec r;
+        char *rec, *more;
+        /* A name with a newline would split its record: such a chain is not recorded. */
+        if (strchr(c->path[i], '\n')) {
+            free(all);
+            return 0;
+        }
+        rc = qsnap__fingerprint_file(c->path[i], &r);
+        rec = rc ? NULL : qsnap__fprec_format(&r, c->path[i]);
+        if (!rc && !rec)
+            rc = nomem();
+        if (rc)
+            break;
+        more = realloc(all, len + strlen(rec) + 2);
+        if (!more) {
+            free(rec);
+            rc = nomem();
+            break;
+        }
+        all = more;
+        len += (size_t)sprintf(all + len, "%s%s", len ? "\n" : "", rec);
+        free(rec);
+    }
+    if (rc)
+        free(all);
+    else
+        *out = all;
+    return rc;
+}
+
 /*
  * libqcow2's open function for every image qsnap opens or creates in a store
  * (payload: the store). The path libqcow2 hands over (a layer's directory
@@ -792,26 +868,117 @@ int qsnap__rename_store_file(const qsnap_store *s, const char *from_rel, const c
     return rc;
 }
 
-/* Hard-link src (the user's file, absolute) into the store as rel, from rel's directory. */
-int qsnap__link_into_store(const qsnap_store *s, const char *src, const char *rel, int *err)
+/*
+ * Copy from in to out (a new, empty file) up to in's end: its blocks shared
+ * where the file system can (FICLONE: nothing is copied), else copied in the
+ * kernel (copy_file_range), else read and written. -errno on failure.
+ */
+static int copy_data(int in, int out)
 {
-    char dir[64];
-    const char *base;
-    int dfd, rc;
+    const size_t chunk = 4u << 20;
+    bool kernel = true;
+    uint64_t done = 0;
+    char *buf = NULL;
 
-    *err = 0;
-    if (split_rel(rel, dir, sizeof(dir), &base) < 0)
+    if (ioctl(out, FICLONE, in) == 0)
+        return 0;
+    for (;;) {
+        ssize_t n;
+        if (kernel) {
+            loff_t oi = (loff_t)done, oo = (loff_t)done;
+            n = copy_file_range(in, &oi, out, &oo, 1u << 30, 0);
+            /* Not between these files (another file system, an old kernel): the plain way. */
+            if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP ||
+                          errno == EINVAL || errno == EBADF)) {
+                kernel = false;
+                continue;
+            }
+        } else {
+            ssize_t w = 0;
+            if (!buf && !(buf = malloc(chunk)))
+                return -ENOMEM;
+            n = pread(in, buf, chunk, (off_t)done);
+            for (ssize_t k = 0; n > 0 && k < n; k += w) {
+                w = pwrite(out, buf + k, (size_t)(n - k), (off_t)(done + (uint64_t)k));
+                if (w < 0 && errno == EINTR)
+                    w = 0;
+                else if (w <= 0) {
+                    n = w < 0 ? -1 : (errno = EIO, -1);
+                    break;
+                }
+            }
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int e = n < 0 ? errno : 0;
+            free(buf);
+            return -e;
+        }
+        done += (uint64_t)n;
+    }
+}
+
+int qsnap__copy_into_store(const qsnap_store *s, const char *src, const char *rel)
+{
+    char dir[64], tmp[NAME_MAX + 1];
+    const char *base;
+    struct stat st;
+    int in = -1, out = -1, dfd = -1, rc = 0, e;
+
+    if (split_rel(rel, dir, sizeof(dir), &base) < 0 ||
+        (size_t)snprintf(tmp, sizeof(tmp), ".tmp-%s", base) >= sizeof(tmp))
         return qsnap__err(QSNAP_ERROR, NULL, "%s/%s: not a store file", s->dir, rel);
-    rc = qsnap__store_dir_get(s, dir, &dfd);
-    if (rc)
+    do {
+        in = open(src, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    } while (in < 0 && errno == EINTR);
+    if (in < 0 || fstat(in, &st) < 0 || !S_ISREG(st.st_mode)) {
+        e = in < 0 ? errno : ENODEV;
+        if (in >= 0)
+            close(in);
+        return qsnap__err(e == ENOENT ? QSNAP_ENOTFOUND : QSNAP_ERROR,
+                          "give the path of an existing regular file",
+                          "%s: cannot read the state file: %s", src,
+                          e == ENODEV ? "not a regular file" : strerror(e));
+    }
+    fcntl(in, F_SETFL, fcntl(in, F_GETFL) & ~O_NONBLOCK);
+    /* A leftover of a killed run goes first (a link there is refused). */
+    {
+        char trel[sizeof(dir) + sizeof(tmp) + 1];
+        snprintf(trel, sizeof(trel), "%s/%s", dir, tmp);
+        rc = qsnap__clear_tmp(s, trel);
+    }
+    if (!rc)
+        rc = qsnap__store_dir_get(s, dir, &dfd);
+    if (rc) {
+        close(in);
         return rc;
-    layers_touch(s, dir, dfd, false);
-    if (linkat(AT_FDCWD, src, dfd, base, 0) < 0)
-        *err = errno;
-    layers_touch(s, dir, dfd, true);
-    if (!*err && fsync(dfd) < 0 && errno != EINVAL)
+    }
+    out = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (out < 0) {
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s/%s: cannot create: %s", s->dir, dir, tmp,
+                        strerror(errno));
+        goto out;
+    }
+    qsnap__own_at(s, dfd, tmp);
+    e = -copy_data(in, out);
+    if (e)
+        rc = qsnap__err(QSNAP_ERROR, e == ENOSPC ? "make room on the store's file system" : NULL,
+                        "%s: cannot copy it into the store: %s", src, strerror(e));
+    /* Read-only, durable, then under its name: a final name is always a whole copy. */
+    if (!rc && (fchmod(out, 0444) < 0 || fsync(out) < 0))
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s/%s: %s", s->dir, dir, tmp, strerror(errno));
+    if (!rc && renameat(dfd, tmp, dfd, base) < 0)
+        rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: rename: %s", s->dir, rel, strerror(errno));
+    if (!rc && fsync(dfd) < 0 && errno != EINVAL)
         rc = qsnap__err(QSNAP_ERROR, NULL, "%s/%s: fsync failed: %s", s->dir, dir,
                         strerror(errno));
+    if (rc && out >= 0)
+        (void)unlinkat(dfd, tmp, 0); /* made with O_EXCL: ours */
+out:
+    if (out >= 0)
+        close(out);
+    close(in);
     qsnap__store_dir_put(s, dfd);
     return rc;
 }

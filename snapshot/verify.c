@@ -569,6 +569,94 @@ static void verify_layer(qsnap_store *s, struct qsnap__layer *l, bool repair, st
 }
 
 /*
+ * The files of the disk's own backing chain (the user's, outside the store,
+ * which every state reads): as their fingerprints were when the store was
+ * made. A file whose bytes are the same but whose time changed (touched) has
+ * its record taken again by --repair (the commands that change the tree
+ * compare the time).
+ */
+static void verify_disk_chain(qsnap_store *s, bool repair, struct findings *fs)
+{
+    const struct qsnap__chain *c;
+    const char *p = s->m.below;
+    bool touched = false, bad = false;
+    size_t i = 0;
+
+    if (!p) {
+        /* A store an older qsnap made: its disk's chain was never recorded. */
+        const struct qsnap__layer *d = NULL;
+        char *rec = NULL;
+        for (size_t k = 0; k < s->m.nl && !d; k++)
+            d = s->m.layers[k].is_disk ? &s->m.layers[k] : NULL;
+        c = d && d->fmt == QCOW2_FORMAT_QCOW2 ? qsnap__disk_chain(s) : NULL;
+        if (!c || !c->n)
+            return;
+        if (repair && qsnap__disk_chain_record(s, &rec) == 0 && rec) {
+            s->m.below = rec;
+            find(fs, true, true, s->disk_abs,
+                 "the disk's own backing chain (%zu files) had no fingerprints (a store made by "
+                 "an older qsnap); recorded as the files are now",
+                 c->n);
+        } else {
+            free(rec);
+            find(fs, false, false, s->disk_abs,
+                 "the disk's own backing chain (%zu files) has no fingerprints (a store made by "
+                 "an older qsnap): 'verify --repair' records them as the files are now",
+                 c->n);
+        }
+        return;
+    }
+    c = qsnap__disk_chain(s);
+    for (struct qsnap__fprec r, now; *p && qsnap__fprec_parse(&p, true, &r); i++) {
+        if (!c || i >= c->n) {
+            find(fs, true, false, s->disk_abs,
+                 "%.*s (a file of the disk's own backing chain) is missing, or the disk no "
+                 "longer names it: every state of the disk reads it; put it back",
+                 (int)r.path_len, r.path);
+            bad = true;
+            break;
+        }
+        if (qsnap__fingerprint_file(c->path[i], &now) != 0) {
+            find(fs, true, false, c->path[i],
+                 "%s (a file of the disk's own backing chain) "
+                 "cannot be read: %s",
+                 c->path[i], qsnap_error_last()->message);
+            bad = true;
+        } else if (memcmp(now.fp, r.fp, 16) != 0) {
+            find(fs, true, false, c->path[i],
+                 "%s (a file of the disk's own backing chain) was modified after the store "
+                 "was made (fingerprint differs): every state built on it may be damaged; "
+                 "restore it from a backup",
+                 c->path[i]);
+            bad = true;
+        } else if (now.size != r.size || now.mtime_ns != r.mtime_ns) {
+            touched = true;
+        }
+    }
+    if (!bad && c && i < c->n) {
+        find(fs, true, false, c->path[i],
+             "%s: the disk's own backing chain has more files than when the store was made",
+             c->path[i]);
+        bad = true;
+    }
+    if (!bad && touched) {
+        char *rec = NULL;
+        if (repair && qsnap__disk_chain_record(s, &rec) == 0 && rec) {
+            qsnap__str_free(&s->m, s->m.below);
+            s->m.below = rec;
+            find(fs, true, true, s->disk_abs,
+                 "the disk's own backing chain has its content "
+                 "as recorded but new file times; recorded again");
+        } else {
+            free(rec);
+            find(fs, true, false, s->disk_abs,
+                 "the disk's own backing chain has its content "
+                 "as recorded but new file times (--repair records them again)");
+        }
+    }
+}
+
+/*
  * An internal node: its snapshot is in its layer's table, and the layer is a
  * branch's head, or a frozen layer (an adopted file that held internal
  * snapshots: they stay read-only nodes there; plan.c never makes new ones in
@@ -716,6 +804,93 @@ static void verify_orphans(qsnap_store *s, bool repair, struct findings *fs)
     }
 }
 
+/* A state file's fingerprint record taken now: 0, or an error. */
+static int state_record(qsnap_store *s, const char *rel, char **out)
+{
+    struct qsnap__fprec r;
+    struct stat st;
+    int rc = qsnap__fingerprint_store_file(s, rel, 0, r.fp, NULL, &st);
+
+    *out = NULL;
+    if (rc)
+        return rc;
+    r.size = (uint64_t)st.st_size;
+    r.mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    *out = qsnap__fprec_format(&r, NULL);
+    return *out ? 0 : qsnap__err(QSNAP_ERROR, NULL, "out of memory");
+}
+
+/*
+ * A state file that has a name outside the store too (an older qsnap hard-linked
+ * the user's file): a write there (the next save to that path) changes this
+ * snapshot's state. --repair gives the store its own read-only copy, and records
+ * its fingerprint.
+ */
+static void verify_state_shared(qsnap_store *s, struct qsnap__node *n, bool repair,
+                                struct findings *fs)
+{
+    char *path = qsnap__path(s, n->state), *rec = NULL;
+    const char *who = n->name ? n->name : "an unnamed node";
+
+    if (!path)
+        return;
+    if (repair && qsnap__copy_into_store(s, path, n->state) == 0 &&
+        state_record(s, n->state, &rec) == 0) {
+        qsnap__str_free(&s->m, n->sfp);
+        n->sfp = rec;
+        find(fs, true, true, path,
+             "%s/%s: the state file of %s shared its inode with a file outside the store; "
+             "the store has its own read-only copy now",
+             s->dir, n->state, who);
+    } else {
+        free(rec);
+        find(fs, true, false, path,
+             "%s/%s: the state file of %s shares its inode with a file outside the store (an "
+             "older qsnap hard-linked it): a write to that file changes this state (--repair "
+             "gives the store its own copy)",
+             s->dir, n->state, who);
+    }
+    free(path);
+}
+
+/* A state file copied into the store: read-only, and as its record says. */
+static void verify_state_content(qsnap_store *s, const struct qsnap__node *n, const struct stat *st,
+                                 bool repair, struct findings *fs)
+{
+    const char *who = n->name ? n->name : "an unnamed node";
+    struct qsnap__fprec want;
+    const char *p = n->sfp;
+    char *now = NULL;
+
+    if (!n->sfp || !qsnap__fprec_parse(&p, false, &want))
+        return; /* hard-linked by an older qsnap, its only name now: nothing recorded */
+    if (state_record(s, n->state, &now) == 0 && strcmp(now, n->sfp) != 0) {
+        struct qsnap__fprec got;
+        p = now;
+        if (qsnap__fprec_parse(&p, false, &got) && !memcmp(got.fp, want.fp, 16)) {
+            /* Same bytes, touched (its mtime): only the record is out of date. */
+        } else {
+            find(fs, true, false, n->state,
+                 "%s/%s: the state file of %s was modified after it was attached "
+                 "(fingerprint differs): restore it from a backup",
+                 s->dir, n->state, who);
+        }
+    }
+    free(now);
+    if (st->st_mode & 0222) {
+        if (repair && qsnap__chmod_store_file(s, n->state, false) == 0)
+            find(fs, true, true, n->state,
+                 "%s/%s: the state file of %s was writable; made "
+                 "read-only again",
+                 s->dir, n->state, who);
+        else
+            find(fs, true, false, n->state,
+                 "%s/%s: the state file of %s is writable (--repair "
+                 "makes it read-only)",
+                 s->dir, n->state, who);
+    }
+}
+
 /*
  * The store's own files, by kind (safe.c): the directories, the meta file,
  * the lock, the journal and state files must be what they are (no links, no
@@ -793,6 +968,10 @@ static bool verify_store_files(qsnap_store *s, bool repair, struct findings *fs)
             find(fs, true, false, n->state,
                  "%s/%s: has %lu links but the store names it %zu times", s->dir, n->state,
                  (unsigned long)st.st_nlink, names);
+        else if ((size_t)st.st_nlink > names)
+            verify_state_shared(s, &s->m.nodes[i], repair, fs);
+        else
+            verify_state_content(s, n, &st, repair, fs);
     }
     return ok;
 }
@@ -1068,6 +1247,7 @@ static int verify_store(qsnap_store *s, bool repair, bool no_journal, qsnap_find
         goto done_checked;
     for (size_t i = 0; i < s->m.nl; i++)
         verify_layer(s, &s->m.layers[i], repair, &fs);
+    verify_disk_chain(s, repair, &fs);
     for (size_t i = 0; i < s->m.nn; i++)
         verify_internal(s, &s->m.nodes[i], &fs);
     for (size_t i = 0; i < s->m.nn; i++) {

@@ -183,7 +183,8 @@ typedef struct qsnap_create_opts {
     unsigned version;        /**< QSNAP_CREATE_OPTS_VERSION */
     const char *name;        /**< snapshot name, or NULL to generate one */
     const char *description; /**< or NULL */
-    const char *state_file;  /**< a file to attach (hard-linked into the store), or NULL */
+    const char *state_file;  /**< a file to attach (copied: the store's own read-only copy),
+                              *   or NULL */
     /**
      * Record an internal snapshot (qcow2 snapshot table) of the current
      * branch's head instead of freezing it: the head stays the branch's

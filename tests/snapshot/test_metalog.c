@@ -701,14 +701,160 @@ Test(metalog, a_later_version_is_refused_by_its_number)
 {
     size_t len;
     char *want;
-    unsigned char *f = bin_store("v4", &len, &want);
+    unsigned char *f = bin_store("v5", &len, &want);
     qsnap_store *s = NULL;
 
-    f[12] = '4';
+    /* (Version 4 is this build's own: a version 3 layout with fingerprint records.) */
+    f[12] = '5';
     cr_assert_eq(qo_write_file(metap, f, len), 0);
     cr_assert_eq(qsnap_store_open(&s, disk, QSNAP_OPEN_READONLY), QSNAP_EINTEGRITY);
-    cr_assert_not_null(strstr(qsnap_error_last()->message, "unknown store version 4"), "%s",
+    cr_assert_not_null(strstr(qsnap_error_last()->message, "unknown store version 5"), "%s",
                        qsnap_error_last()->message);
     free(f);
     free(want);
+}
+
+/*
+ * Fingerprint records (a state file's, sfp; the disk's own backing chain's,
+ * below): the first change that brings one writes meta whole as version 4 (a
+ * qsnap that reads 3 only refuses it by its version, never a log record it
+ * does not know); later changes go to the log and read back; a malformed record
+ * in the text form is damage.
+ */
+Test(metalog, fingerprint_records_make_version_4)
+{
+    qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+    qsnap_plan *p = NULL;
+    qsnap_store *s;
+    char state[600], *text;
+    unsigned char *f;
+    size_t len;
+    struct qsnap__model m;
+
+    start("v4rec");
+    f = qo_read_file(metap, &len);
+    cr_assert(f && len > 14 && !memcmp(f, QSNAP_BIN_MAGIC, 14), "meta is not version 3");
+    free(f);
+    snprintf(state, sizeof(state), "%s/vm.state", dir);
+    cr_assert_eq(qo_write_file(state, "memory", 6), 0);
+    s = tf_open(disk, 0);
+    co.name = "s2";
+    co.state_file = state;
+    ok(qsnap_plan_create(&p, s, &co), "plan s2 --state");
+    ok(qsnap_plan_execute(s, p, NULL), "create s2 --state");
+    qsnap_plan_free(p);
+    cr_assert_not_null(qsnap__node_by_name(&s->m, "s2")->sfp, "no record of the state file");
+    close_and_read_back(s);
+    f = qo_read_file(metap, &len);
+    cr_assert(f && len > 14 && !memcmp(f, QSNAP_BIN_MAGIC4, 14), "meta is not version 4");
+    free(f);
+    cr_assert_neq(access(logp, F_OK), 0, "the first record went to the log");
+    /* The next change goes to the log of the version 4 file, and reads back. */
+    change("b1");
+    cr_assert_eq(access(logp, F_OK), 0, "the next change did not go to the log");
+    text = model_text();
+    cr_assert_not_null(text);
+    cr_assert_not_null(strstr(text, " sfp="), "%s", text);
+    /* Malformed records in the text form: damage. */
+    {
+        const char *bad[] = {"sfp=zz", "sfp=00000000000000000000000000000000:1",
+                             "sfp=00000000000000000000000000000000:1:2:path"};
+        for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+            char *t = strdup(text), *at = strstr(t, "sfp="), *end, *edited;
+            cr_assert_not_null(t);
+            end = strchr(at, '\n');
+            cr_assert(asprintf(&edited, "%.*s%s%s", (int)(at - t), t, bad[k], end) > 0);
+            cr_assert_eq(qsnap__model_parse(&m, edited, strlen(edited), "test"), QSNAP_EINTEGRITY,
+                         "%s was read", bad[k]);
+            free(edited);
+            free(t);
+        }
+    }
+    free(text);
+}
+
+/*
+ * create --state killed after each of its steps: verify --repair finishes (or
+ * takes back) the operation, and then the store is clean, every state file it
+ * names is a whole read-only copy with its record (a copy renamed into place
+ * before the kill is taken as it is, and fingerprinted again), and the user's
+ * file is unchanged.
+ */
+Test(metalog, create_with_a_state_file_killed_at_each_step)
+{
+    char state[600], data[3000];
+    unsigned steps, finished = 0;
+
+    for (size_t i = 0; i < sizeof(data); i++)
+        data[i] = (char)('a' + i % 26);
+    {
+        qsnap_store *s;
+        qsnap_plan *p = NULL;
+        qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+        start("kill-state");
+        snprintf(state, sizeof(state), "%s/vm.state", dir);
+        cr_assert_eq(qo_write_file(state, data, sizeof(data)), 0);
+        s = tf_open(disk, 0);
+        co.name = "s2";
+        co.state_file = state;
+        ok(qsnap_plan_create(&p, s, &co), "plan");
+        steps = (unsigned)tf_plan_steps(p);
+        qsnap_plan_free(p);
+        qsnap_store_close(s);
+    }
+    for (unsigned k = 1; k <= steps; k++) {
+        pid_t pid;
+        int status;
+        size_t problems = 0;
+        qsnap_store *s;
+        const struct qsnap__node *n;
+
+        start("kill-state");
+        cr_assert_eq(qo_write_file(state, data, sizeof(data)), 0);
+        pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+            qsnap_store *c = NULL;
+            qsnap_plan *p = NULL;
+            qsnap_exec_opts eo = QSNAP_EXEC_OPTS_INIT;
+            qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
+            co.name = "s2";
+            co.state_file = state;
+            if (qsnap_store_open(&c, disk, 0) || qsnap_plan_create(&p, c, &co))
+                _exit(3);
+            eo.step_hook = kill_after;
+            eo.payload = &k;
+            qsnap_plan_execute(c, p, &eo);
+            _exit(4);
+        }
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFSIGNALED(status), "step %u: the child was not killed", k);
+        ok(verify(true, &problems), "verify --repair");
+        ok(verify(false, &problems), "verify");
+        cr_assert_eq(problems, 0, "step %u: %zu problems after the repair", k, problems);
+        s = tf_open(disk, 0);
+        n = qsnap__node_by_name(&s->m, "s2");
+        if (n) {
+            char *path = qsnap__path(s, n->state);
+            finished++;
+            size_t len = 0;
+            uint8_t *back = qo_read_file(path, &len);
+            struct stat st;
+            cr_assert_not_null(n->sfp, "step %u: no record of the state file", k);
+            cr_assert(back && len == sizeof(data) && !memcmp(back, data, len),
+                      "step %u: the store's copy is not the state", k);
+            cr_assert(stat(path, &st) == 0 && (st.st_mode & 0777) == 0444, "step %u: mode", k);
+            free(back);
+            free(path);
+        }
+        qsnap_store_close(s);
+        {
+            size_t len = 0;
+            uint8_t *back = qo_read_file(state, &len);
+            cr_assert(back && len == sizeof(data) && !memcmp(back, data, len),
+                      "step %u: the user's file changed", k);
+            free(back);
+        }
+    }
+    cr_assert_gt(finished, 0, "no interrupted create was finished");
 }

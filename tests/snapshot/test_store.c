@@ -3,8 +3,8 @@
  * bad input (a missing layer, a backing link edited with qemu-img rebase -u,
  * a frozen layer modified with qemu-io, truncated or garbled metadata, an
  * unknown store version: the documented code, a message naming the file, a
- * hint, no crash and no further damage), state files (hard links, never
- * copied), names (generated, validated, unique) and the dry run (describe
+ * hint, no crash and no further damage), state files (each snapshot's own
+ * read-only copy), names (generated, validated, unique) and the dry run (describe
  * changes nothing and lists the steps the execution runs).
  */
 #include <criterion/criterion.h>
@@ -1543,18 +1543,25 @@ static char *state_of(qsnap_store *s, const char *name)
     return r;
 }
 
+/*
+ * One file attached to two snapshots: each gets its own read-only copy in the
+ * store, so the next save to the same path (written in place: O_TRUNC on the
+ * same inode, as 'cat >' or QEMU's "exec:cat > FILE" do) changes neither; the
+ * user's file is never changed or moved; each copy goes with its own snapshot.
+ */
 Test(store, state_file_shared_by_two_snapshots)
 {
     qsnap_store *s = base("state");
     qsnap_create_opts co = QSNAP_CREATE_OPTS_INIT;
     qsnap_plan *p = NULL;
     char state[600], *st3, *st4;
-    uint8_t data[8192], *back;
+    uint8_t data[8192], later[100], *back;
     size_t len;
     struct stat orig, a, b;
 
     for (size_t i = 0; i < sizeof(data); i++)
         data[i] = (uint8_t)(i * 7 + 3);
+    memset(later, 0x5a, sizeof(later));
     snprintf(state, sizeof(state), "%s/vm.state", tf_dir);
     cr_assert_eq(qo_write_file(state, data, sizeof(data)), 0);
     orig = must_stat(state);
@@ -1577,32 +1584,51 @@ Test(store, state_file_shared_by_two_snapshots)
               "%s is not in the store", st3);
     a = must_stat(st3);
     b = must_stat(st4);
-    cr_assert_eq(a.st_ino, orig.st_ino, "the state file was copied, not hard-linked");
-    cr_assert_eq(b.st_ino, orig.st_ino, "the state file was copied, not hard-linked");
-    cr_assert_eq(must_stat(state).st_nlink, 3);
+    cr_assert_neq(a.st_ino, orig.st_ino, "the state file was hard-linked, not copied");
+    cr_assert_neq(b.st_ino, orig.st_ino, "the state file was hard-linked, not copied");
+    cr_assert_neq(a.st_ino, b.st_ino, "two snapshots share one copy");
+    cr_assert_eq(a.st_mode & 0777, 0444, "the store's copy is not read-only: %o", a.st_mode);
+    cr_assert_eq(must_stat(state).st_nlink, 1);
     tf_check_store(s, &tf_m, tf_dir, "two snapshots with one state file");
 
-    /* Deleting the first keeps it. */
+    /* The next save to the same path, in place: the snapshots' states stay. */
+    {
+        int fd = open(state, O_WRONLY | O_TRUNC);
+        cr_assert(fd >= 0);
+        cr_assert_eq(write(fd, later, sizeof(later)), (ssize_t)sizeof(later));
+        close(fd);
+    }
+    for (int k = 0; k < 2; k++) {
+        back = qo_read_file(k ? st4 : st3, &len);
+        cr_assert_eq(len, sizeof(data), "a snapshot's state changed with the user's file");
+        cr_assert(!memcmp(back, data, len), "a snapshot's state changed with the user's file");
+        free(back);
+    }
+    {
+        qsnap_finding *f = NULL;
+        size_t nf = 0;
+        cr_assert_eq(qsnap_verify(s, false, &f, &nf), 0, "verify after the user's save");
+        qsnap_verify_free(f, nf);
+    }
+
+    /* Deleting the first keeps the second's copy. */
     tf_ok(tf_delete(s, "s3", 0, NULL), "delete s3");
     tf_model_del(&tf_m, "s3");
-    cr_assert_eq(access(st4, F_OK), 0, "the state file went with the first snapshot");
-    cr_assert_eq(must_stat(st4).st_ino, orig.st_ino);
-    cr_assert_eq(must_stat(state).st_nlink, 2);
+    cr_assert_neq(access(st3, F_OK), 0, "the state file stayed after its snapshot");
+    cr_assert_eq(access(st4, F_OK), 0, "the state file went with the other snapshot");
     tf_check_store(s, &tf_m, tf_dir, "delete s3");
     /* Deleting the second removes it from the store. */
     tf_ok(tf_delete(s, "s4", 0, NULL), "delete s4");
     tf_model_del(&tf_m, "s4");
     cr_assert_neq(access(st4, F_OK), 0, "the state file stayed after its last snapshot");
-    cr_assert_eq(must_stat(state).st_nlink, 1);
     tf_check_store(s, &tf_m, tf_dir, "delete s4");
-    /* Never copied or changed. */
+    /* The user's file: its inode, only what the user wrote. */
     a = must_stat(state);
     cr_assert_eq(a.st_ino, orig.st_ino);
-    cr_assert_eq(a.st_mtim.tv_sec, orig.st_mtim.tv_sec);
-    cr_assert_eq(a.st_mtim.tv_nsec, orig.st_mtim.tv_nsec);
+    cr_assert_eq(a.st_nlink, 1);
     back = qo_read_file(state, &len);
-    cr_assert_eq(len, sizeof(data));
-    cr_assert(!memcmp(back, data, len), "the state file's content changed");
+    cr_assert_eq(len, sizeof(later));
+    cr_assert(!memcmp(back, later, len), "the user's file changed");
     free(back);
     free(st3);
     free(st4);
