@@ -1,0 +1,109 @@
+#!/bin/bash
+# What space operations take and give back.
+#   commit: the layer that keeps the old state of the base holds what the base
+#   read where the branch wrote, and where that read as zeroes (a hole of a
+#   sparse raw disk, zeroes written as data, a zero cluster of a qcow2 base) it
+#   holds zero clusters, not zero data; every snapshot and branch reads the same
+#   before and after (qemu-img compare), and qemu-img check is clean.
+# Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
+#   QSNAP=path  the qsnap binary (default build/release/qsnap)
+set -u
+
+. "$(dirname "$0")/../helpers/script_lib.sh"
+ts_init space qemu-img qemu-io python3
+
+kib() { du -sk "$1" | cut -f1; }
+
+# export_all DISK DIR: every snapshot and branch of DISK as DIR/NAME.raw.
+export_all() {
+    mkdir -p "$2"
+    q list d.raw --json | python3 -c '
+import json, sys
+for n in json.load(sys.stdin)["nodes"]:
+    if n["kind"] != "unnamed":
+        print(n["name"])' >"$2/names"
+    while read -r n; do
+        q export "$1" "$n" "$2/$n.raw" -O raw >/dev/null || bad "export $n" "exit $?"
+    done <"$2/names"
+}
+
+# same_all DIR1 DIR2: every image exported in DIR1 reads the same in DIR2.
+same_all() {
+    local n diff=""
+    while read -r n; do
+        qemu-img compare -q -f raw -F raw "$1/$n.raw" "$2/$n.raw" 2>/dev/null || diff="$diff $n"
+    done <"$1/names"
+    [ -z "$diff" ] || { echo "$diff"; return 1; }
+}
+
+# checked: qemu-img check of every layer is clean.
+checked() {
+    local f
+    for f in d.raw.qsnap/layers/*.qcow2; do
+        qemu-img check -U -q "$f" >/dev/null 2>&1 || { echo "$f"; return 1; }
+    done
+}
+
+# ---- commit into a sparse raw disk ------------------------------------------
+
+rm -rf d.raw d.raw.qsnap before after
+truncate -s 64M d.raw
+# 4 MiB of data, 4 MiB of zeroes written as data, the rest a hole.
+qemu-io -f raw -c 'write -P 0x11 0 4M' d.raw >/dev/null
+dd if=/dev/zero of=d.raw bs=1M seek=4 count=4 conv=notrunc,fsync status=none
+q create d.raw s0 >/dev/null
+qemu-io -f qcow2 -c 'write -P 0x5a 0 40M' "$(q current d.raw --path)" >/dev/null
+export_all d.raw before
+q commit d.raw >/dev/null || bad "commit" "exit $?"
+export_all d.raw after
+if diff=$(same_all before after); then
+    ok "commit into a sparse raw disk: every state reads the same (qemu-img compare)"
+else
+    bad "commit content" "differs:$diff"
+fi
+keep=$(q info d.raw s0 | sed -n 's/^file: *//p')
+k=$(kib "$keep")
+# It keeps 4 MiB of data (0x11); the 36 MiB of zeroes are zero clusters (was 40 MiB).
+if [ -n "$keep" ] && [ "$k" -ge 4096 ] && [ "$k" -lt 6144 ]; then
+    ok "the layer keeping s0 holds its data, not its zeroes ($k KiB for 4 MiB of data)"
+else
+    bad "keeping layer size" "$keep: $k KiB (want 4-6 MiB)"
+fi
+zeroes=$(qemu-img map -U --output=json "$keep" | python3 -c '
+import json, sys
+print(sum(e["length"] for e in json.load(sys.stdin) if e["depth"] == 0 and e["zero"]))')
+[ "$zeroes" = $((36 << 20)) ] && ok "the zeroes are zero clusters of that layer (36 MiB)" ||
+    bad "zero clusters" "$zeroes bytes"
+bad_file=$(checked) && ok "qemu-img check clean after the commit" || bad "check" "$bad_file"
+q verify d.raw >/dev/null 2>&1 && ok "verify clean after the commit" || bad "verify" "exit $?"
+
+# ---- commit into a qcow2 base (a zero cluster in it) ----------------------------
+
+rm -rf d.raw d.raw.qsnap before after
+truncate -s 32M d.raw
+qemu-io -f raw -c 'write -P 0x11 0 16M' d.raw >/dev/null
+q create d.raw s0 >/dev/null
+qemu-io -f qcow2 -c 'write -z 0 8M' -c 'write -P 0x22 8M 1M' "$(q current d.raw --path)" \
+    >/dev/null
+q create d.raw s1 >/dev/null
+q branch d.raw b --at s1 >/dev/null
+qemu-io -f qcow2 -c 'write -P 0x33 0 12M' "$(q current d.raw --path)" >/dev/null
+export_all d.raw before
+q commit d.raw >/dev/null || bad "commit into a layer" "exit $?"
+export_all d.raw after
+if diff=$(same_all before after); then
+    ok "commit into a qcow2 base: every state reads the same"
+else
+    bad "commit into a layer" "differs:$diff"
+fi
+keep=$(q info d.raw s1 | sed -n 's/^file: *//p')
+k=$(kib "$keep")
+# s1 reads zeroes over 0-8M (zero clusters), 0x22 over 8-9M, 0x11 over 9-12M.
+if [ "$k" -ge 4096 ] && [ "$k" -lt 6144 ]; then
+    ok "the layer keeping s1 holds 4 MiB of data, its 8 MiB of zeroes as zero clusters"
+else
+    bad "keeping layer size (qcow2 base)" "$keep: $k KiB (want 4-6 MiB)"
+fi
+bad_file=$(checked) && ok "qemu-img check clean after it" || bad "check (qcow2 base)" "$bad_file"
+
+ts_end
