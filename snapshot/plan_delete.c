@@ -30,6 +30,15 @@ static size_t count_layer_deps(const struct qsnap__model *m, unsigned layer)
     return n;
 }
 
+bool qsnap__delete_merges(const struct qsnap__layer *d, bool internal, unsigned flags)
+{
+    /* Merging rewrites the dependent: only branch heads are rewritten unasked. Frozen
+     * layers change under commit alone; --stream asks for it. A head holding internal
+     * snapshots must keep its backing content: they read through it (with --stream
+     * the plan refuses). */
+    return (flags & QSNAP_DELETE_STREAM) || (!d->frozen && !internal);
+}
+
 static bool other_node_uses(const struct qsnap__model *m, unsigned layer, unsigned except)
 {
     for (size_t i = 0; i < m->nn; i++) {
@@ -338,6 +347,12 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     }
     l = qsnap__layer(&t, n->layer);
     deps = count_layer_deps(&t, l->id);
+    for (size_t i = 0; i < t.nl && deps == 1; i++) {
+        if (t.layers[i].backing == l->id &&
+            !qsnap__delete_merges(&t.layers[i],
+                                  qsnap__internal_nodes_in(&t, t.layers[i].id, NULL) > 0, flags))
+            deps = 2; /* keep, as for several dependents */
+    }
     if (flags & QSNAP_DELETE_METADATA) {
         qsnap__str_free(&t, n->name);
         n->name = NULL;
@@ -360,25 +375,15 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
             rc = qsnap__set_summary(p, "deleted snapshot %s", name);
         goto out;
     }
-    /* Merging rewrites the dependents: only branch heads are rewritten unasked.
-     * Frozen layers change under commit alone; --stream asks for it. */
-    for (size_t i = 0; i < t.nl && deps == 1; i++) {
-        if (t.layers[i].backing == l->id && t.layers[i].frozen && !(flags & QSNAP_DELETE_STREAM))
-            deps = 2; /* keep, as for several dependents */
-    }
     /* A head holding internal snapshots must keep its backing content: they read
      * through it. Streaming would change what they read. */
-    for (size_t i = 0; i < t.nl && !rc; i++) {
-        if (t.layers[i].backing != l->id || !qsnap__internal_nodes_in(&t, t.layers[i].id, NULL))
-            continue;
-        if (flags & QSNAP_DELETE_STREAM)
+    for (size_t i = 0; i < t.nl && !rc && (flags & QSNAP_DELETE_STREAM); i++) {
+        if (t.layers[i].backing == l->id && qsnap__internal_nodes_in(&t, t.layers[i].id, NULL))
             rc = qsnap__refuse_internal_in(
                 &t, t.layers[i].id,
                 "streaming this snapshot's data into their file would change "
                 "what they read",
                 "delete without --stream (its data stays as an unnamed node)");
-        else
-            deps = deps > 1 ? deps : 2; /* keep, as for several dependents */
     }
     if (rc)
         goto out;

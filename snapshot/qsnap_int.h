@@ -499,6 +499,10 @@ int qsnap__plan_first(qsnap_store *s, struct qsnap__model *t, qsnap_plan *p, con
 void qsnap__fmt_bytes(char *buf, size_t len, uint64_t v);
 /* plan_delete.c: node `id` leaves the tree; its children and branches move up to its parent. */
 void qsnap__reparent(struct qsnap__model *t, unsigned id, unsigned parent);
+/* plan_delete.c: whether a delete (QSNAP_DELETE_* flags) of a snapshot whose layer has one
+ * dependent d merges its data into d; else the data stays as an unnamed node. internal: d
+ * holds internal snapshots. du (query.c) says what a delete frees by the same rule. */
+bool qsnap__delete_merges(const struct qsnap__layer *d, bool internal, unsigned flags);
 /* plan_internal.c */
 int qsnap__plan_create_internal(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts *o);
 int qsnap__plan_revert_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot,

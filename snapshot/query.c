@@ -905,13 +905,84 @@ void qsnap_du_free(qsnap_usage *u, size_t n)
     free(u);
 }
 
+/*
+ * What merging layer l into its one dependent d (a delete, plan_delete.c: d
+ * streams what l holds where d holds nothing itself) adds to d's file: a data
+ * cluster of d for each one l's data touches there, and an L2 table for each
+ * table's worth of guest space d had nothing in. Zero clusters cost no data.
+ * Refcount blocks d may need on top are not counted (one per several GiB).
+ * *grow: the bytes; unknown (a file that does not open): UINT64_MAX.
+ */
+static void merge_growth(const qsnap_store *s, const struct qsnap__layer *l,
+                        const struct qsnap__layer *d, uint64_t *grow)
+{
+    qcow2_image *li = NULL, *di = NULL;
+    qcow2_info info;
+    uint64_t cs, span, end, last_c = UINT64_MAX, last_t = UINT64_MAX, g = 0;
+    int rc = 0;
+
+    *grow = UINT64_MAX;
+    if (qsnap__open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &li) ||
+        qsnap__open_layer(s, d, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &di) ||
+        qcow2_image_get_info(di, &info) || !info.cluster_size) {
+        qcow2_image_close(li);
+        qcow2_image_close(di);
+        return;
+    }
+    cs = info.cluster_size;
+    span = cs / (info.extended_l2 ? 16 : 8) * cs; /* guest bytes one L2 table maps */
+    end = qcow2_image_size(li) < qcow2_image_size(di) ? qcow2_image_size(li)
+                                                      : qcow2_image_size(di);
+    for (uint64_t off = 0; !rc && off < end;) {
+        qcow2_extent e, f;
+        rc = qcow2_image_block_status(li, NULL, off, end - off, &e);
+        if (rc || !(e.flags & QCOW2_EXT_PRESENT)) {
+            off += rc ? 0 : e.length;
+            continue;
+        }
+        /* Where d holds nothing itself, this run of l goes into d. */
+        for (uint64_t o = off; !rc && o < off + e.length; o += f.length) {
+            rc = qcow2_image_block_status(di, NULL, o, off + e.length - o, &f);
+            if (rc || (f.flags & QCOW2_EXT_PRESENT))
+                continue;
+            if (!(e.flags & QCOW2_EXT_ZERO)) {
+                for (uint64_t c = o / cs; c <= (o + f.length - 1) / cs; c++) {
+                    g += c != last_c ? cs : 0;
+                    last_c = c;
+                }
+            }
+            /* A table's worth of guest space d has nothing in: a new L2 table. */
+            for (uint64_t t = o / span; t <= (o + f.length - 1) / span; t++) {
+                qcow2_extent h;
+                uint64_t t0 = t * span, tn = span < qcow2_image_size(di) - t0
+                                                ? span
+                                                : qcow2_image_size(di) - t0;
+                if (t == last_t)
+                    continue;
+                last_t = t;
+                if (qcow2_image_block_status(di, NULL, t0, tn, &h) == 0 &&
+                    !(h.flags & QCOW2_EXT_PRESENT) && h.length == tn)
+                    g += cs;
+            }
+        }
+        off += e.length;
+    }
+    qcow2_image_close(li);
+    qcow2_image_close(di);
+    if (!rc)
+        *grow = g;
+}
+
 int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
 {
     qsnap_node *list = NULL;
     size_t n = 0;
     qsnap_usage *u;
     struct qsnap__index x;
-    unsigned *deps_of = NULL, *users_of = NULL; /* by layer position: layers on it, nodes of it */
+    /* By layer position: layers on it, nodes of it, the last layer on it, internal nodes. */
+    unsigned *deps_of = NULL, *users_of = NULL;
+    size_t *dep_at = NULL;
+    bool *internal_in = NULL;
     int rc = qsnap_list(s, &list, &n);
 
     if (rc)
@@ -924,10 +995,14 @@ int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
     u = calloc(n + 1, sizeof(*u));
     deps_of = calloc(s->m.nl + 1, sizeof(*deps_of));
     users_of = calloc(s->m.nl + 1, sizeof(*users_of));
-    if (!u || !deps_of || !users_of) {
+    dep_at = calloc(s->m.nl + 1, sizeof(*dep_at));
+    internal_in = calloc(s->m.nl + 1, sizeof(*internal_in));
+    if (!u || !deps_of || !users_of || !dep_at || !internal_in) {
         free(u);
         free(deps_of);
         free(users_of);
+        free(dep_at);
+        free(internal_in);
         qsnap__index_free(&x);
         qsnap_list_free(list, n);
         return nomem();
@@ -935,13 +1010,17 @@ int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
     /* Counted once for all entries (each entry walking the model made du quadratic). */
     for (size_t j = 0; j < s->m.nl; j++) {
         const struct qsnap__layer *b = qsnap__index_layer(&x, s->m.layers[j].backing);
-        if (b)
+        if (b) {
             deps_of[b - s->m.layers]++;
+            dep_at[b - s->m.layers] = j;
+        }
     }
     for (size_t j = 0; j < s->m.nn; j++) {
         const struct qsnap__layer *b = qsnap__index_layer(&x, s->m.nodes[j].layer);
-        if (b)
+        if (b) {
             users_of[b - s->m.layers]++;
+            internal_in[b - s->m.layers] |= s->m.nodes[j].internal != NULL;
+        }
     }
     for (size_t i = 0; i < n; i++) {
         const struct qsnap__layer *l = NULL;
@@ -976,11 +1055,24 @@ int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
         }
         deps = deps_of[l - s->m.layers];
         shared = users_of[l - s->m.layers] > 1; /* another node has it too */
-        /* A leaf's layer goes; a layer with one dependent is merged into it; else kept. */
-        u[i].frees = (l->is_disk || shared || deps > 1) ? 0 : list[i].file_bytes;
+        /* A leaf's layer goes; a layer with one dependent is merged into it (what it frees:
+         * its file less what the dependent grows by); else kept (the delete plan's rules). */
+        if (deps == 1 && !l->is_disk && !shared) {
+            size_t d = dep_at[l - s->m.layers];
+            uint64_t grow = 0;
+            if (qsnap__delete_merges(&s->m.layers[d], internal_in[d], 0))
+                merge_growth(s, l, &s->m.layers[d], &grow);
+            else
+                grow = UINT64_MAX; /* kept as an unnamed node */
+            u[i].frees = grow < list[i].file_bytes ? list[i].file_bytes - grow : 0;
+            continue;
+        }
+        u[i].frees = (l->is_disk || shared || deps > 0) ? 0 : list[i].file_bytes;
     }
     free(deps_of);
     free(users_of);
+    free(dep_at);
+    free(internal_in);
     qsnap__index_free(&x);
     qsnap_list_free(list, n);
     *out = u;

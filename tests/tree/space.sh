@@ -5,6 +5,10 @@
 #   sparse raw disk, zeroes written as data, a zero cluster of a qcow2 base) it
 #   holds zero clusters, not zero data; every snapshot and branch reads the same
 #   before and after (qemu-img compare), and qemu-img check is clean.
+#   du: FREES of a snapshot is what `delete` then gives back (the store's
+#   allocated bytes before and after), for a leaf, one dependent that overwrites
+#   none, part or all of its data, several dependents, a frozen dependent and a
+#   head holding an internal snapshot.
 # Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
 #   QSNAP=path  the qsnap binary (default build/release/qsnap)
 set -u
@@ -105,5 +109,61 @@ else
     bad "keeping layer size (qcow2 base)" "$keep: $k KiB (want 4-6 MiB)"
 fi
 bad_file=$(checked) && ok "qemu-img check clean after it" || bad "check (qcow2 base)" "$bad_file"
+
+# ---- du FREES against what delete gives back -------------------------------------
+
+# frees_matches SHAPE SNAP: FREES of SNAP is what deleting it gives back (store's
+# allocated bytes), within 64 KiB (the metadata file).
+frees_matches() {
+    local said before after got
+    said=$(q du d.raw --json | python3 -c '
+import json, sys
+nodes = json.load(sys.stdin)["nodes"]
+print([n["frees"] for n in nodes if n["name"] == sys.argv[1]][0] // 1024)' "$2")
+    before=$(kib d.raw.qsnap)
+    q delete d.raw "$2" >/dev/null || { bad "$1" "delete $2: exit $?"; return; }
+    after=$(kib d.raw.qsnap)
+    got=$((before - after))
+    if [ $((said - got)) -le 64 ] && [ $((got - said)) -le 64 ]; then
+        ok "du FREES, $1: $said KiB said, $got KiB freed"
+    else
+        bad "du FREES, $1" "$said KiB said, $got KiB freed"
+    fi
+}
+
+# new_store: s1 on a 64 MiB disk, 4 MiB written after it, then s2.
+new_store() {
+    rm -rf d.raw d.raw.qsnap
+    truncate -s 64M d.raw
+    q create d.raw s1 >/dev/null
+    qemu-io -f qcow2 -c 'write -P 0x22 0 4M' "$(q current d.raw --path)" >/dev/null
+    q create d.raw s2 >/dev/null
+}
+wr() { qemu-io -f qcow2 -c "$1" "$(q current d.raw --path)" >/dev/null; }
+
+new_store
+wr 'write -P 0x33 8M 4M'
+frees_matches "one dependent writing elsewhere" s2
+new_store
+wr 'write -P 0x33 0 2M'
+frees_matches "one dependent overwriting half" s2
+new_store
+wr 'write -P 0x33 0 4M'
+frees_matches "one dependent overwriting all" s2
+new_store
+wr 'write -P 0x33 8M 1M'
+q create d.raw s3 >/dev/null
+frees_matches "a frozen dependent (kept unnamed)" s2
+new_store
+wr 'write -P 0x33 8M 1M'
+q create d.raw i1 --internal >/dev/null || bad "internal snapshot" "exit $?"
+frees_matches "a head with an internal snapshot (kept unnamed)" s2
+new_store
+q branch d.raw other --at s2 >/dev/null
+frees_matches "two dependents" s2
+new_store
+q revert d.raw s1 --branch x >/dev/null
+frees_matches "a leaf" s2
+bad_file=$(checked) && ok "qemu-img check clean after the deletes" || bad "check" "$bad_file"
 
 ts_end
