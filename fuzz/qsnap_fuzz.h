@@ -27,7 +27,8 @@ static inline int fuzz_read_meta(struct qsnap__model *m, const void *data, size_
 
     FUZZ_ASSERT(pool != NULL);
     memcpy(pool->data, data, size);
-    if (size >= 24 && !memcmp(data, QSNAP_BIN_MAGIC, sizeof(QSNAP_BIN_MAGIC) - 1)) {
+    if (size >= 24 && (!memcmp(data, QSNAP_BIN_MAGIC, sizeof(QSNAP_BIN_MAGIC) - 1) ||
+                       !memcmp(data, QSNAP_BIN_MAGIC4, sizeof(QSNAP_BIN_MAGIC4) - 1))) {
         uint64_t h = XXH3_64bits(pool->data + 24, size - 24);
         for (int i = 0; i < 8; i++)
             pool->data[16 + i] = (char)(h >> (8 * i));

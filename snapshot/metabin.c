@@ -1,12 +1,16 @@
 /*
- * The store's meta file, version 3: the model in a binary form that is read
- * without parsing (the text form took most of a command's time at 10,000
+ * The store's meta file, version 3 and 4: the model in a binary form that is
+ * read without parsing (the text form took most of a command's time at 10,000
  * snapshots). meta.log's records and the journal keep the text form.
+ * Version 4 is version 3 with node flags; it is written only for a model
+ * with a node that is only for its dependents (the flag), so that a qsnap that
+ * does not know the flag refuses the store by its version (it would keep such
+ * a node for ever, or write the flag away); otherwise version 3.
  *
  * LAYOUT (integers little-endian; offsets in bytes)
  *
  *   0   "qsnap-store 3\n"   (an older qsnap reads this line and refuses the
- *                            store by its version)
+ *       or "...4\n"          store by its version)
  *   14  2 zero bytes
  *   16  u64 check           XXH3-64 (seed 0) of bytes 24 to the end
  *   24  u64 gen
@@ -24,7 +28,8 @@
  *       nn node records of 40 bytes:
  *         0 u32 id, 4 u32 parent (0: root), 8 u32 layer, 12 u32 name,
  *         16 u32 desc, 20 u32 state, 24 u32 internal (strings, 0: none),
- *         28 u32 0, 32 i64 created (seconds)
+ *         28 u32 flags (version 4: 1 only for its dependents; version 3: 0),
+ *         32 i64 created (seconds)
  *       nb branch records of 24 bytes:
  *         0 u32 name (string), 4 u32 head (layer id), 8 u32 base (node id,
  *         0: none), 12 u32 0, 16 i64 created
@@ -55,6 +60,8 @@
 #define F_FP 4u
 #define F_FPD 8u
 #define F_VSIZE 16u
+
+#define N_FOR_DEPS 1u /* node flag, version 4 */
 
 static void put32(unsigned char *p, uint32_t v)
 {
@@ -105,6 +112,15 @@ static size_t str_bytes(const char *s)
     return s ? strlen(s) + 1 : 0;
 }
 
+unsigned qsnap__model_bin_version(const struct qsnap__model *m)
+{
+    for (size_t i = 0; i < m->nn; i++) {
+        if (m->nodes[i].for_deps)
+            return 4;
+    }
+    return 3;
+}
+
 int qsnap__model_bin_format(const struct qsnap__model *m, char **out, size_t *len)
 {
     size_t strs = 2 + str_bytes(m->disk) + str_bytes(m->current), total;
@@ -129,7 +145,8 @@ int qsnap__model_bin_format(const struct qsnap__model *m, char **out, size_t *le
         return qsnap__err(QSNAP_ERROR, NULL, "out of memory");
     t.p = f + total - strs;
     t.len = 1; /* offset 0: "none" */
-    memcpy(f, QSNAP_BIN_MAGIC, sizeof(QSNAP_BIN_MAGIC) - 1);
+    memcpy(f, qsnap__model_bin_version(m) == 4 ? QSNAP_BIN_MAGIC4 : QSNAP_BIN_MAGIC,
+           sizeof(QSNAP_BIN_MAGIC) - 1);
     put64(f + 24, m->gen);
     put32(f + 32, m->seq);
     put32(f + 36, (uint32_t)m->nl);
@@ -163,6 +180,7 @@ int qsnap__model_bin_format(const struct qsnap__model *m, char **out, size_t *le
         put32(r + 16, add_str(&t, n->desc));
         put32(r + 20, add_str(&t, n->state));
         put32(r + 24, add_str(&t, n->internal));
+        put32(r + 28, n->for_deps ? N_FOR_DEPS : 0);
         put64(r + 32, (uint64_t)n->created);
     }
     for (size_t i = 0; i < m->nb; i++, r += BREC) {
@@ -200,7 +218,7 @@ static bool id_ok(uint32_t id)
     return id <= 0x7fffffff;
 }
 
-static int bin_parse(struct qsnap__model *m, const struct qsnap__pool *pool)
+static int bin_parse(struct qsnap__model *m, const struct qsnap__pool *pool, unsigned version)
 {
     const unsigned char *f = (const unsigned char *)pool->data, *r;
     uint64_t nl, nn, nb, strs, need;
@@ -259,6 +277,7 @@ static int bin_parse(struct qsnap__model *m, const struct qsnap__pool *pool)
     }
     for (size_t i = 0; i < nn; i++, r += NREC) {
         struct qsnap__node *n = &m->nodes[i];
+        uint32_t nf = get32(r + 28);
         memset(n, 0, sizeof(*n));
         m->nn = i + 1;
         n->id = get32(r);
@@ -266,11 +285,12 @@ static int bin_parse(struct qsnap__model *m, const struct qsnap__pool *pool)
         n->layer = get32(r + 8);
         n->created = (int64_t)get64(r + 32);
         if (!n->id || !id_ok(n->id) || !id_ok(n->parent) || !n->layer || !id_ok(n->layer) ||
-            get32(r + 28) || !str_at(&rd, get32(r + 12), &n->name) ||
+            nf > (version >= 4 ? N_FOR_DEPS : 0) || !str_at(&rd, get32(r + 12), &n->name) ||
             !str_at(&rd, get32(r + 16), &n->desc) || !str_at(&rd, get32(r + 20), &n->state) ||
             !str_at(&rd, get32(r + 24), &n->internal) || (n->name && !qsnap__name_ok(n->name)) ||
             (n->state && !n->state[0]) || (n->internal && !n->internal[0]))
             return 1;
+        n->for_deps = nf & N_FOR_DEPS;
     }
     for (size_t i = 0; i < nb; i++, r += BREC) {
         struct qsnap__branch *b = &m->branches[i];
@@ -292,7 +312,8 @@ int qsnap__model_read(struct qsnap__model *m, struct qsnap__pool *pool, const ch
     const size_t ml = sizeof(QSNAP_BIN_MAGIC) - 1;
     int rc;
 
-    if (pool->len < ml || memcmp(pool->data, QSNAP_BIN_MAGIC, ml)) {
+    if (pool->len < ml ||
+        (memcmp(pool->data, QSNAP_BIN_MAGIC, ml) && memcmp(pool->data, QSNAP_BIN_MAGIC4, ml))) {
         /* Versions 1 and 2: the text form (its strings are its own). */
         rc = qsnap__model_parse_v(m, pool->data, pool->len, what, version, check);
         qsnap__pool_unref(pool);
@@ -300,8 +321,8 @@ int qsnap__model_read(struct qsnap__model *m, struct qsnap__pool *pool, const ch
     }
     memset(m, 0, sizeof(*m));
     m->pool = pool;
-    *version = 3;
-    rc = bin_parse(m, pool);
+    *version = pool->data[ml - 2] == '4' ? 4 : 3;
+    rc = bin_parse(m, pool, *version);
     if (rc < 0) {
         qsnap__model_free(m);
         return qsnap__err(QSNAP_ERROR, NULL, "out of memory");

@@ -62,24 +62,81 @@ void qsnap__reparent(struct qsnap__model *t, unsigned id, unsigned parent)
 }
 
 /*
- * Node n leaves the tree and, when l is not NULL, its layer l with it (the
- * file goes after the commit point recorded here). rc: an earlier failure,
- * after which the model still changes but no step is added.
+ * Node id lost a dependent: when it is an unnamed node that was only for its
+ * dependents (for_deps: not one that delete --metadata left, whose data the
+ * user keeps, nor one from a store before the flag; external, without a state
+ * file) and nothing needs it any more (no child node, no branch on it, its
+ * layer used by no other node and backing no layer, not the disk, unchanged
+ * since it was frozen), no command could name it again: it goes with its layer
+ * (the file after the next commit point), and so on up the tree while that
+ * holds. *n counts the nodes that went.
  */
-static int drop_node(struct qsnap__model *t, qsnap_plan *p, const struct qsnap__node *n,
-                     const struct qsnap__layer *l, int rc)
+static int drop_unnamed_leaves(const qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
+                               unsigned id, size_t *n)
 {
-    unsigned id = n->id, layer = l ? l->id : 0;
+    for (size_t steps = 0; id && steps <= t->nn; steps++) {
+        const struct qsnap__node *u = qsnap__node(t, id);
+        const struct qsnap__layer *l = u ? qsnap__layer(t, u->layer) : NULL;
+        unsigned parent;
+        int rc;
+
+        if (!l || u->name || !u->for_deps || u->internal || u->state || l->is_disk ||
+            other_node_uses(t, l->id, id) || count_layer_deps(t, l->id))
+            return 0;
+        for (size_t i = 0; i < t->nn; i++) {
+            if (t->nodes[i].parent == id)
+                return 0;
+        }
+        for (size_t i = 0; i < t->nb; i++) {
+            if (t->branches[i].base == id)
+                return 0;
+        }
+        /* A frozen layer changed since (verify reports it): kept, as before. */
+        if (qsnap__check_unchanged(s, l))
+            return 0;
+        rc = qsnap__defer_unlink(p, l->file);
+        if (rc)
+            return rc;
+        parent = u->parent;
+        qsnap__del_layer(t, u->layer);
+        qsnap__del_node(t, id);
+        (*n)++;
+        id = parent;
+    }
+    return 0;
+}
+
+/*
+ * Node n leaves the tree and, when l is not NULL, its layer l with it (the
+ * file goes after the commit point recorded here), and with them the unnamed
+ * nodes it leaves that nothing needs (*pruned counts them). rc: an earlier
+ * failure, after which the model still changes but no step is added.
+ */
+static int drop_node(const qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
+                     const struct qsnap__node *n, const struct qsnap__layer *l, int rc,
+                     size_t *pruned)
+{
+    unsigned id = n->id, parent = n->parent, layer = l ? l->id : 0;
 
     if (!rc && l)
         rc = qsnap__defer_unlink(p, l->file);
-    qsnap__reparent(t, id, n->parent);
+    qsnap__reparent(t, id, parent);
     qsnap__del_node(t, id);
     if (l)
         qsnap__del_layer(t, layer);
     if (!rc)
+        rc = drop_unnamed_leaves(s, t, p, parent, pruned);
+    if (!rc)
         rc = qsnap__add_save(p, t);
     return rc;
+}
+
+/* The summary's words for n unnamed nodes that went with a delete ("" for none). */
+static const char *pruned_words(size_t n)
+{
+    return n == 0   ? ""
+           : n == 1 ? "; the unnamed node it was built on went too (nothing else needed it)"
+                    : "; the unnamed nodes it was built on went too (nothing else needed them)";
 }
 
 /* Steps that give dependent layer d the content of layer l, then drop l from its chain. */
@@ -175,7 +232,8 @@ static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsn
 {
     bool *in = calloc(t->nn + 1, sizeof(bool));
     bool *keep = calloc(t->nl + 1, sizeof(bool));
-    size_t removed_branches = 0, nodes = 0, ndirty = 0;
+    size_t removed_branches = 0, nodes = 0, ndirty = 0, pruned = 0;
+    unsigned root_parent = root->parent;
     char *root_name = strdup(root->name), *dirty = NULL;
     struct qsnap__index x;
     int rc = qsnap__index_build(&x, t, false);
@@ -272,7 +330,9 @@ static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsn
             goto out_noindex;
         qsnap__del_layer_at(t, i); /* the last (kept, or dropped already) takes its place */
     }
-    rc = qsnap__add_save(p, t);
+    rc = drop_unnamed_leaves(s, t, p, root_parent, &pruned);
+    if (!rc)
+        rc = qsnap__add_save(p, t);
     /* What is lost (with force), for the summary and the dry run's description. */
     if (!rc && ndirty &&
         asprintf(&p->lost, "%s %s", ndirty == 1 ? "branch" : "branches", dirty) < 0) {
@@ -282,10 +342,11 @@ static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsn
     if (!rc)
         rc = qsnap__set_summary(p,
                                 "deleted snapshot %s and its subtree (%zu snapshots, %zu branches)"
-                                "%s%s%s",
+                                "%s%s%s%s",
                                 root_name, nodes, removed_branches,
                                 p->lost ? "; dropped the changes of " : "",
-                                p->lost ? p->lost : "", p->lost ? " that no snapshot kept" : "");
+                                p->lost ? p->lost : "", p->lost ? " that no snapshot kept" : "",
+                                pruned_words(pruned));
     goto out_noindex;
 out:
     qsnap__index_free(&x);
@@ -305,7 +366,7 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     const struct qsnap__node *in;
     qsnap_plan *p = NULL;
     char *name = NULL;
-    size_t deps;
+    size_t deps, pruned = 0;
     int rc = qsnap__check_writable_store(s);
 
     if (rc)
@@ -364,15 +425,16 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     }
     if (other_node_uses(&t, l->id, n->id) || (l->is_disk && deps == 0)) {
         /* Another node holds the same layer (or it is the disk itself): only the node goes. */
-        rc = drop_node(&t, p, n, NULL, 0);
+        rc = drop_node(s, &t, p, n, NULL, 0, &pruned);
         if (!rc)
-            rc = qsnap__set_summary(p, "deleted snapshot %s (its data is still used)", name);
+            rc = qsnap__set_summary(p, "deleted snapshot %s (its data is still used)%s", name,
+                                    pruned_words(pruned));
         goto out;
     }
     if (deps == 0) {
-        rc = drop_node(&t, p, n, l, qsnap__check_unchanged(s, l));
+        rc = drop_node(s, &t, p, n, l, qsnap__check_unchanged(s, l), &pruned);
         if (!rc)
-            rc = qsnap__set_summary(p, "deleted snapshot %s", name);
+            rc = qsnap__set_summary(p, "deleted snapshot %s%s", name, pruned_words(pruned));
         goto out;
     }
     /* A head holding internal snapshots must keep its backing content: they read
@@ -388,9 +450,10 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     if (rc)
         goto out;
     if (l->is_disk || (deps > 1 && !(flags & QSNAP_DELETE_STREAM))) {
-        /* Several states are built on it: keep the data as an unnamed node. */
+        /* Several states are built on it: keep the data as an unnamed node, for them. */
         qsnap__str_free(&t, n->name);
         n->name = NULL;
+        n->for_deps = true;
         rc = qsnap__add_save(p, &t);
         if (!rc)
             rc = qsnap__set_summary(p,
@@ -411,7 +474,7 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     }
     if (rc)
         goto out;
-    rc = drop_node(&t, p, n, l, 0);
+    rc = drop_node(s, &t, p, n, l, 0, &pruned);
     if (!rc)
         rc = qsnap__set_summary(
             p,

@@ -43,7 +43,9 @@
 #define QSNAP_MAX_DESC 65536u            /* a description (bytes) */
 #define QSNAP_MAX_INTERNAL 65535u        /* an internal snapshot's name (the qcow2 format's bound) */
 #define QSNAP_MAX_PATH 4096u             /* a file name in the model (relative to the store) */
-#define QSNAP_META_VERSION 3u            /* the meta file this library writes (metabin.c) */
+#define QSNAP_META_VERSION 4u            /* the newest meta file this library writes (metabin.c):
+                                          * 4 when a node is only for its dependents, else 3 */
+#define QSNAP_META_VERSION_BIN 3u        /* the oldest binary one (a log only beside 2 and up) */
 #define QSNAP_META_VERSION_MIN 1u        /* the oldest it reads (no log beside it) */
 #define QSNAP_TEXT_VERSION 2u            /* the text form: meta.log records, the journal, version 1-2 meta */
 
@@ -74,6 +76,10 @@ struct qsnap__node {
     char *state;         /* attached state file, relative to the store, or NULL */
     char *internal;      /* internal node: the name of the qcow2 snapshot inside `layer` that
                           * holds its content (qcow2_snapshot_*); NULL: the layer's content */
+    bool for_deps;       /* unnamed only for what is built on it (a snapshot deleted while
+                          * others stood on it): it goes when nothing does (store version
+                          * 4). Without it an unnamed node stays: one delete --metadata left
+                          * (the user keeps its data), or one from a store before the flag */
 };
 
 struct qsnap__branch {
@@ -373,6 +379,9 @@ void qsnap__lookup_free(struct qsnap__lookup *z);
 
 /* metabin.c: the meta file of store version 3 (binary). */
 #define QSNAP_BIN_MAGIC "qsnap-store 3\n"
+#define QSNAP_BIN_MAGIC4 "qsnap-store 4\n" /* the same with node flags (for_deps) */
+/* The version the meta file for m is written in: 4 with a for_deps node, else 3. */
+unsigned qsnap__model_bin_version(const struct qsnap__model *m);
 /* The file's bytes for m (malloc'd, *len bytes). */
 int qsnap__model_bin_format(const struct qsnap__model *m, char **out, size_t *len);
 /*

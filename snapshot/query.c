@@ -973,6 +973,34 @@ static void merge_growth(const qsnap_store *s, const struct qsnap__layer *l,
         *grow = g;
 }
 
+/*
+ * What a delete of leaf n also frees: the unnamed nodes above it that were only
+ * for their dependents and that nothing else needs once n goes (plan_delete.c,
+ * drop_unnamed_leaves), each with its layer. kids: child nodes and branches per
+ * node position; users, deps: nodes of, and layers on, each layer (by position).
+ */
+static uint64_t pruned_bytes(const qsnap_store *s, const struct qsnap__index *x,
+                             const struct qsnap__node *n, const unsigned *kids,
+                             const unsigned *users, const unsigned *deps)
+{
+    const struct qsnap__layer *below = qsnap__index_layer(x, n->layer);
+    uint64_t b = 0;
+
+    for (size_t steps = 0; below && steps < s->m.nn; steps++) {
+        const struct qsnap__node *u = n->parent ? qsnap__index_node(x, n->parent) : NULL;
+        const struct qsnap__layer *l = u ? qsnap__index_layer(x, u->layer) : NULL;
+        /* Its one child node is the one going, its layer backs only that one's. */
+        if (!l || u->name || !u->for_deps || u->internal || u->state || l->is_disk ||
+            users[l - s->m.layers] > 1 || deps[l - s->m.layers] != 1 ||
+            kids[u - s->m.nodes] != 1 || below->backing != l->id)
+            break;
+        b += file_bytes(s, l);
+        n = u;
+        below = l;
+    }
+    return b;
+}
+
 int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
 {
     qsnap_node *list = NULL;
@@ -983,6 +1011,7 @@ int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
     unsigned *deps_of = NULL, *users_of = NULL;
     size_t *dep_at = NULL;
     bool *internal_in = NULL;
+    unsigned *kids = NULL; /* by node position: child nodes and branches */
     int rc = qsnap_list(s, &list, &n);
 
     if (rc)
@@ -997,7 +1026,9 @@ int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
     users_of = calloc(s->m.nl + 1, sizeof(*users_of));
     dep_at = calloc(s->m.nl + 1, sizeof(*dep_at));
     internal_in = calloc(s->m.nl + 1, sizeof(*internal_in));
-    if (!u || !deps_of || !users_of || !dep_at || !internal_in) {
+    kids = calloc(s->m.nn + 1, sizeof(*kids));
+    if (!u || !deps_of || !users_of || !dep_at || !internal_in || !kids) {
+        free(kids);
         free(u);
         free(deps_of);
         free(users_of);
@@ -1021,6 +1052,18 @@ int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
             users_of[b - s->m.layers]++;
             internal_in[b - s->m.layers] |= s->m.nodes[j].internal != NULL;
         }
+        const struct qsnap__node *up = s->m.nodes[j].parent
+                                           ? qsnap__index_node(&x, s->m.nodes[j].parent)
+                                           : NULL;
+        if (up)
+            kids[up - s->m.nodes]++;
+    }
+    for (size_t j = 0; j < s->m.nb; j++) {
+        const struct qsnap__node *up = s->m.branches[j].base
+                                           ? qsnap__index_node(&x, s->m.branches[j].base)
+                                           : NULL;
+        if (up)
+            kids[up - s->m.nodes]++;
     }
     for (size_t i = 0; i < n; i++) {
         const struct qsnap__layer *l = NULL;
@@ -1068,11 +1111,14 @@ int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
             continue;
         }
         u[i].frees = (l->is_disk || shared || deps > 0) ? 0 : list[i].file_bytes;
+        if (deps == 0 && !l->is_disk && !shared) /* a leaf: unnamed nodes may go with it */
+            u[i].frees += pruned_bytes(s, &x, nd, kids, users_of, deps_of);
     }
     free(deps_of);
     free(users_of);
     free(dep_at);
     free(internal_in);
+    free(kids);
     qsnap__index_free(&x);
     qsnap_list_free(list, n);
     *out = u;

@@ -7,8 +7,8 @@
 #   before and after (qemu-img compare), and qemu-img check is clean.
 #   du: FREES of a snapshot is what `delete` then gives back (the store's
 #   allocated bytes before and after), for a leaf, one dependent that overwrites
-#   none, part or all of its data, several dependents, a frozen dependent and a
-#   head holding an internal snapshot.
+#   none, part or all of its data, several dependents, a frozen dependent, a
+#   head holding an internal snapshot, and the last snapshot on an unnamed node.
 # Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
 #   QSNAP=path  the qsnap binary (default build/release/qsnap)
 set -u
@@ -164,6 +164,12 @@ frees_matches "two dependents" s2
 new_store
 q revert d.raw s1 --branch x >/dev/null
 frees_matches "a leaf" s2
+new_store
+wr 'write -P 0x33 8M 4M'
+q create d.raw s3 >/dev/null
+q revert d.raw s1 --branch x >/dev/null
+q delete d.raw s2 >/dev/null # s3 is built on it: kept unnamed
+frees_matches "the last snapshot on an unnamed node (which goes too)" s3
 bad_file=$(checked) && ok "qemu-img check clean after the deletes" || bad "check" "$bad_file"
 
 ts_end
