@@ -672,6 +672,66 @@ static int st_set_backing(qsnap_store *s, qsnap_plan *p, const struct qsnap__ste
     return rc;
 }
 
+/* Whether n bytes at b are all zero. */
+static bool all_zero(const uint8_t *b, size_t n)
+{
+    return n == 0 || (b[0] == 0 && memcmp(b, b + 1, n - 1) == 0);
+}
+
+/*
+ * The bytes from buf[i] up to the next cluster boundary (of guest offset
+ * off + i) or n; *zero: they are a whole cluster, all zero.
+ */
+static uint64_t piece(const uint8_t *buf, uint64_t i, uint64_t n, uint64_t off, uint64_t cs,
+                      bool *zero)
+{
+    uint64_t k = cs - (off + i) % cs;
+
+    if (k > n - i)
+        k = n - i;
+    *zero = k == cs && all_zero(buf + i, (size_t)k);
+    return k;
+}
+
+/*
+ * Make overlay img hold itself what it reads in [off, off + len) (from its
+ * backing chain), through buf (cap bytes). Where that reads as zeroes (a hole,
+ * a zero cluster, data that is all zero) img gets zero clusters: they read as
+ * zeroes whatever its backing file holds later, and take no data. Zero data
+ * only where the format has no zero flag (v2) or for a cluster's part.
+ */
+static int copy_up(qcow2_image *img, uint8_t *buf, size_t cap, uint64_t off, uint64_t len)
+{
+    const uint64_t cs = qcow2_image_cluster_size(img) ? qcow2_image_cluster_size(img) : 65536;
+    int rc = 0;
+
+    for (uint64_t end = off + len; !rc && off < end;) {
+        qcow2_extent e;
+        uint64_t n = end - off < cap ? end - off : cap;
+        rc = qcow2_image_block_status(img, NULL, off, n, &e);
+        if (rc)
+            break;
+        n = e.length;
+        if (e.flags & QCOW2_EXT_ZERO) {
+            rc = qcow2_image_write_zeroes(img, off, n, 0);
+            off += n;
+            continue;
+        }
+        rc = qcow2_image_read(img, buf, (size_t)n, off);
+        /* Runs of whole clusters that are all zero, or not. */
+        for (uint64_t i = 0, j; !rc && i < n; i = j) {
+            bool zero, z;
+            j = i + piece(buf, i, n, off, cs, &zero);
+            for (uint64_t k; j < n && (k = piece(buf, j, n, off, cs, &z), z == zero);)
+                j += k;
+            rc = zero ? qcow2_image_write_zeroes(img, off + i, j - i, 0)
+                      : qcow2_image_write(img, buf + i, (size_t)(j - i), off + i);
+        }
+        off += n;
+    }
+    return rc;
+}
+
 /* A new layer over y holding y's content wherever head z allocates. */
 static int st_preserve(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *st)
 {
@@ -721,12 +781,10 @@ static int st_preserve(qsnap_store *s, qsnap_plan *p, const struct qsnap__step *
             goto out_qcow2;
         n = e.length;
         if ((e.flags & QCOW2_EXT_PRESENT) && e.depth == 0) {
-            /* Copy what the layer reads there into the keeper. */
+            /* Copy what the layer reads there into the keeper (zeroes as zero clusters). */
             if (off + n > qcow2_image_size(keep))
                 n = qcow2_image_size(keep) - off;
-            rc = qcow2_image_read(keep, buf, (size_t)n, off);
-            if (!rc)
-                rc = qcow2_image_write(keep, buf, (size_t)n, off);
+            rc = copy_up(keep, buf, chunk, off, n);
             if (rc)
                 goto out_qcow2;
         }
@@ -782,9 +840,7 @@ static int kept_gaps(qcow2_image *head, qcow2_image *ki, bool copy, bool *gap)
             *gap = true;
             if (!copy)
                 return 0;
-            rc = qcow2_image_read(ki, buf, (size_t)g.length, o);
-            if (!rc)
-                rc = qcow2_image_write(ki, buf, (size_t)g.length, o);
+            rc = copy_up(ki, buf, (size_t)chunk, o, g.length);
         }
         off += e.length;
     }

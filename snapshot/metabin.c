@@ -2,15 +2,20 @@
  * The store's meta file, versions 3 and 4: the model in a binary form that is
  * read without parsing (the text form took most of a command's time at 10,000
  * snapshots). meta.log's records and the journal keep the text form.
+ * Version 4 is written only for a model that needs it (a fingerprint record
+ * below, or a node kept only for its dependents), so that a qsnap that does
+ * not know those refuses the store by its version (it would drop the records,
+ * keep such a node for ever, or write the flag away); otherwise version 3.
  *
  * LAYOUT (integers little-endian; offsets in bytes)
  *
  *   0   "qsnap-store 3\n"   (an older qsnap reads this line and refuses the
  *                            store by its version), or "qsnap-store 4\n":
  *                            the same layout, where two fields that version
- *                            3 keeps 0 are strings (below). A model that has
- *                            neither string is written as version 3, so a
- *                            qsnap that reads only 3 still opens it.
+ *                            3 keeps 0 are strings and bit 31 of a node's
+ *                            layer is a flag (below). A model that has none
+ *                            of them is written as version 3, so a qsnap
+ *                            that reads only 3 still opens it.
  *   14  2 zero bytes
  *   16  u64 check           XXH3-64 (seed 0) of bytes 24 to the end
  *   24  u64 gen
@@ -27,7 +32,9 @@
  *         4 fp/size/mtime known, 8 fpd known, 16 vsize known), 14 u16 0,
  *         16 fp[16], 32 fpd[16], 48 u64 size, 56 i64 mtime (ns), 64 u64 vsize
  *       nn node records of 40 bytes:
- *         0 u32 id, 4 u32 parent (0: root), 8 u32 layer, 12 u32 name,
+ *         0 u32 id, 4 u32 parent (0: root), 8 u32 layer (version 4: bit 31
+ *         set: the node is kept only for the snapshots built on it, and
+ *         goes with the last of them), 12 u32 name,
  *         16 u32 desc, 20 u32 state, 24 u32 internal (strings, 0: none),
  *         28 u32 0 (version 4: sfp, string: the state file's fingerprint
  *         record, or 0), 32 i64 created (seconds)
@@ -62,6 +69,8 @@
 #define F_FPD 8u
 #define F_VSIZE 16u
 
+#define N_FOR_DEPS 0x80000000u /* version 4: bit 31 of a node's layer (ids stop below it) */
+
 static void put32(unsigned char *p, uint32_t v)
 {
     for (int i = 0; i < 4; i++)
@@ -91,7 +100,7 @@ unsigned qsnap__model_version(const struct qsnap__model *m)
     if (m->below)
         return 4;
     for (size_t i = 0; i < m->nn; i++) {
-        if (m->nodes[i].sfp)
+        if (m->nodes[i].sfp || m->nodes[i].for_deps)
             return 4;
     }
     return 3;
@@ -180,7 +189,7 @@ int qsnap__model_bin_format(const struct qsnap__model *m, char **out, size_t *le
         const struct qsnap__node *n = &m->nodes[i];
         put32(r, n->id);
         put32(r + 4, n->parent);
-        put32(r + 8, n->layer);
+        put32(r + 8, n->layer | (n->for_deps ? N_FOR_DEPS : 0));
         put32(r + 12, add_str(&t, n->name));
         put32(r + 16, add_str(&t, n->desc));
         put32(r + 20, add_str(&t, n->state));
@@ -283,11 +292,13 @@ static int bin_parse(struct qsnap__model *m, const struct qsnap__pool *pool, boo
     }
     for (size_t i = 0; i < nn; i++, r += NREC) {
         struct qsnap__node *n = &m->nodes[i];
+        uint32_t layer = get32(r + 8);
         memset(n, 0, sizeof(*n));
         m->nn = i + 1;
         n->id = get32(r);
         n->parent = get32(r + 4);
-        n->layer = get32(r + 8);
+        n->for_deps = v4 && (layer & N_FOR_DEPS);
+        n->layer = v4 ? layer & ~N_FOR_DEPS : layer;
         n->created = (int64_t)get64(r + 32);
         if (!n->id || !id_ok(n->id) || !id_ok(n->parent) || !n->layer || !id_ok(n->layer) ||
             (!v4 && get32(r + 28)) || !str_at(&rd, get32(r + 12), &n->name) ||

@@ -1,11 +1,12 @@
 /*
- * The store's metadata on disk (store version 3): a base file and a log of
+ * The store's metadata on disk (store version 3 or 4): a base file and a log of
  * changes, so that a tree operation writes what it changed, not the whole
  * tree.
  *
  * FILES
  *   meta      the whole model at some generation G (metabin.c's binary
- *             form, "qsnap-store 3"; versions 1 and 2, model.c's text
+ *             form, "qsnap-store 3", or 4 while a node has the for_deps flag;
+ *             versions 1 and 2, model.c's text
  *             form, are read too); written only whole: a temporary file,
  *             fsync, rename, fsync of the directory.
  *   meta.log  optional: the changes after it, one record per saved
@@ -54,7 +55,10 @@
  * An older qsnap reads the first line, "qsnap-store 3", as an unknown store
  * version and refuses the store with that message; a version 1 or 2 meta
  * file (from an older qsnap) is read and becomes version 3 at the first
- * save (a log is allowed beside version 2 and 3).
+ * save (a log is allowed beside version 2 and up). The first save of a node
+ * with the for_deps flag rewrites meta whole as version 4, so that a qsnap
+ * that reads up to 3 refuses the store by its version before it reads a
+ * change record with the flag; later records are appended as usual.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -207,7 +211,8 @@ static bool node_eq(const struct qsnap__node *a, const struct qsnap__node *b)
 {
     return a->id == b->id && a->parent == b->parent && a->layer == b->layer &&
            a->created == b->created && str_eq(a->name, b->name) && str_eq(a->desc, b->desc) &&
-           str_eq(a->state, b->state) && str_eq(a->sfp, b->sfp) && str_eq(a->internal, b->internal);
+           str_eq(a->state, b->state) && str_eq(a->sfp, b->sfp) &&
+           str_eq(a->internal, b->internal) && a->for_deps == b->for_deps;
 }
 
 static bool branch_eq(const struct qsnap__branch *a, const struct qsnap__branch *b)
@@ -1096,6 +1101,7 @@ static int delta_apply(struct qsnap__model *m, const char *text, size_t len, con
         n->parent = src->parent;
         n->layer = src->layer;
         n->created = src->created;
+        n->for_deps = src->for_deps;
         cache_note(c, m, 1, (size_t)(n - m->nodes));
     }
     for (size_t i = 0; i < part.nb; i++) {
@@ -1532,10 +1538,10 @@ int qsnap__meta_save_known(qsnap_store *s, struct qsnap__model *m, const struct 
     int rc;
 
     m->gen++;
-    /* A change that brings the first fingerprint record goes into a version 4 meta file
-     * (whole): a qsnap that reads version 3 only then refuses the store by its version
-     * instead of finding a record it does not know in the log. */
-    if (m == &s->m || !s->exists || s->log.meta_version < 3 ||
+    /* A change that brings the first fingerprint record or for_deps node goes into a
+     * version 4 meta file (whole): a qsnap that reads version 3 only then refuses the store
+     * by its version instead of finding a record it does not know in the log. */
+    if (m == &s->m || !s->exists || s->log.meta_version < QSNAP_META_VERSION_BIN ||
         s->log.meta_version < qsnap__model_version(m))
         goto whole;
     rc = qsnap__delta_format_ex(&s->m, m, &delta, &exact, only, only ? &given : NULL);

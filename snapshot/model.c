@@ -28,6 +28,9 @@
  *        [internal=SNAPNAME]      (an internal node: its content is the qcow2
  *                                  snapshot SNAPNAME inside layer ID, a branch
  *                                  head; files without the field still parse)
+ *        [deps=1]                 (an unnamed node only for what is built on
+ *                                  it: it goes when nothing is; the meta file
+ *                                  is then version 4)
  *   branch NAME head=ID base=ID|0 created=T
  *   end
  *
@@ -549,6 +552,8 @@ int qsnap__model_format(const struct qsnap__model *m, char **out)
             put(&b, " internal=");
             put_enc(&b, n->internal);
         }
+        if (n->for_deps)
+            put(&b, " deps=1");
         put(&b, "\n");
     }
     for (size_t i = 0; i < m->nb; i++) {
@@ -780,7 +785,7 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
                                 "%s: not a qsnap metadata file", what);
                 break;
             }
-            /* (Version 3 is the binary form: qsnap__model_read.) */
+            /* (Versions 3 and 4 are the binary form: qsnap__model_read.) */
             if (v < QSNAP_META_VERSION_MIN || v > QSNAP_TEXT_VERSION) {
                 rc = qsnap__err(QSNAP_EINTEGRITY, "use a qsnap that knows this store version",
                                 "%s: unknown store version %" PRIu64 " (this qsnap reads %u to %u)",
@@ -885,6 +890,8 @@ static int parse_text(struct qsnap__model *m, const char *text, size_t len, cons
                     if (!(n->internal = decode(eq, strlen(eq))) || !n->internal[0] ||
                         strlen(n->internal) > QSNAP_MAX_INTERNAL)
                         goto bad;
+                } else if (IS(words[w], "deps") && !n->for_deps && !strcmp(eq, "1")) {
+                    n->for_deps = true;
                 } else {
                     goto bad;
                 }

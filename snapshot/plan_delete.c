@@ -30,6 +30,15 @@ static size_t count_layer_deps(const struct qsnap__model *m, unsigned layer)
     return n;
 }
 
+bool qsnap__delete_merges(const struct qsnap__layer *d, bool internal, unsigned flags)
+{
+    /* Merging rewrites the dependent: only branch heads are rewritten unasked. Frozen
+     * layers change under commit alone; --stream asks for it. A head holding internal
+     * snapshots must keep its backing content: they read through it (with --stream
+     * the plan refuses). */
+    return (flags & QSNAP_DELETE_STREAM) || (!d->frozen && !internal);
+}
+
 static bool other_node_uses(const struct qsnap__model *m, unsigned layer, unsigned except)
 {
     for (size_t i = 0; i < m->nn; i++) {
@@ -53,24 +62,81 @@ void qsnap__reparent(struct qsnap__model *t, unsigned id, unsigned parent)
 }
 
 /*
- * Node n leaves the tree and, when l is not NULL, its layer l with it (the
- * file goes after the commit point recorded here). rc: an earlier failure,
- * after which the model still changes but no step is added.
+ * Node id lost a dependent: when it is an unnamed node that was only for its
+ * dependents (for_deps: not one that delete --metadata left, whose data the
+ * user keeps, nor one from a store before the flag; external, without a state
+ * file) and nothing needs it any more (no child node, no branch on it, its
+ * layer used by no other node and backing no layer, not the disk, unchanged
+ * since it was frozen), no command could name it again: it goes with its layer
+ * (the file after the next commit point), and so on up the tree while that
+ * holds. *n counts the nodes that went.
  */
-static int drop_node(struct qsnap__model *t, qsnap_plan *p, const struct qsnap__node *n,
-                     const struct qsnap__layer *l, int rc)
+static int drop_unnamed_leaves(const qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
+                               unsigned id, size_t *n)
 {
-    unsigned id = n->id, layer = l ? l->id : 0;
+    for (size_t steps = 0; id && steps <= t->nn; steps++) {
+        const struct qsnap__node *u = qsnap__node(t, id);
+        const struct qsnap__layer *l = u ? qsnap__layer(t, u->layer) : NULL;
+        unsigned parent;
+        int rc;
+
+        if (!l || u->name || !u->for_deps || u->internal || u->state || l->is_disk ||
+            other_node_uses(t, l->id, id) || count_layer_deps(t, l->id))
+            return 0;
+        for (size_t i = 0; i < t->nn; i++) {
+            if (t->nodes[i].parent == id)
+                return 0;
+        }
+        for (size_t i = 0; i < t->nb; i++) {
+            if (t->branches[i].base == id)
+                return 0;
+        }
+        /* A frozen layer changed since (verify reports it): kept, as before. */
+        if (qsnap__check_unchanged(s, l))
+            return 0;
+        rc = qsnap__defer_unlink(p, l->file);
+        if (rc)
+            return rc;
+        parent = u->parent;
+        qsnap__del_layer(t, u->layer);
+        qsnap__del_node(t, id);
+        (*n)++;
+        id = parent;
+    }
+    return 0;
+}
+
+/*
+ * Node n leaves the tree and, when l is not NULL, its layer l with it (the
+ * file goes after the commit point recorded here), and with them the unnamed
+ * nodes it leaves that nothing needs (*pruned counts them). rc: an earlier
+ * failure, after which the model still changes but no step is added.
+ */
+static int drop_node(const qsnap_store *s, struct qsnap__model *t, qsnap_plan *p,
+                     const struct qsnap__node *n, const struct qsnap__layer *l, int rc,
+                     size_t *pruned)
+{
+    unsigned id = n->id, parent = n->parent, layer = l ? l->id : 0;
 
     if (!rc && l)
         rc = qsnap__defer_unlink(p, l->file);
-    qsnap__reparent(t, id, n->parent);
+    qsnap__reparent(t, id, parent);
     qsnap__del_node(t, id);
     if (l)
         qsnap__del_layer(t, layer);
     if (!rc)
+        rc = drop_unnamed_leaves(s, t, p, parent, pruned);
+    if (!rc)
         rc = qsnap__add_save(p, t);
     return rc;
+}
+
+/* The summary's words for n unnamed nodes that went with a delete ("" for none). */
+static const char *pruned_words(size_t n)
+{
+    return n == 0   ? ""
+           : n == 1 ? "; the unnamed node it was built on went too (nothing else needed it)"
+                    : "; the unnamed nodes it was built on went too (nothing else needed them)";
 }
 
 /* Steps that give dependent layer d the content of layer l, then drop l from its chain. */
@@ -166,7 +232,8 @@ static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsn
 {
     bool *in = calloc(t->nn + 1, sizeof(bool));
     bool *keep = calloc(t->nl + 1, sizeof(bool));
-    size_t removed_branches = 0, nodes = 0, ndirty = 0;
+    size_t removed_branches = 0, nodes = 0, ndirty = 0, pruned = 0;
+    unsigned root_parent = root->parent;
     char *root_name = strdup(root->name), *dirty = NULL;
     struct qsnap__index x;
     int rc = qsnap__index_build(&x, t, false);
@@ -269,7 +336,9 @@ static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsn
             goto out_noindex;
         qsnap__del_layer_at(t, i); /* the last (kept, or dropped already) takes its place */
     }
-    rc = qsnap__add_save(p, t);
+    rc = drop_unnamed_leaves(s, t, p, root_parent, &pruned);
+    if (!rc)
+        rc = qsnap__add_save(p, t);
     /* What is lost (with force), for the summary and the dry run's description. */
     if (!rc && ndirty &&
         asprintf(&p->lost, "%s %s", ndirty == 1 ? "branch" : "branches", dirty) < 0) {
@@ -279,11 +348,12 @@ static int plan_delete_subtree(const qsnap_store *s, struct qsnap__model *t, qsn
     if (!rc)
         rc = qsnap__set_summary(p,
                                 "deleted snapshot %s and its subtree (%zu snapshot%s, %zu branch%s)"
-                                "%s%s%s",
+                                "%s%s%s%s",
                                 root_name, nodes, nodes == 1 ? "" : "s", removed_branches,
                                 removed_branches == 1 ? "" : "es",
                                 p->lost ? "; dropped the changes of " : "",
-                                p->lost ? p->lost : "", p->lost ? " that no snapshot kept" : "");
+                                p->lost ? p->lost : "", p->lost ? " that no snapshot kept" : "",
+                                pruned_words(pruned));
     goto out_noindex;
 out:
     qsnap__index_free(&x);
@@ -303,7 +373,8 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     const struct qsnap__node *in;
     qsnap_plan *p = NULL;
     char *name = NULL;
-    size_t deps;
+    size_t deps, pruned = 0;
+    bool l_foreign = false;
     int rc = qsnap__check_writable_store(s);
 
     if (rc)
@@ -346,6 +417,12 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     }
     l = qsnap__layer(&t, n->layer);
     deps = count_layer_deps(&t, l->id);
+    for (size_t i = 0; i < t.nl && deps == 1; i++) {
+        if (t.layers[i].backing == l->id &&
+            !qsnap__delete_merges(&t.layers[i],
+                                  qsnap__internal_nodes_in(&t, t.layers[i].id, NULL) > 0, flags))
+            deps = 2; /* keep, as for several dependents */
+    }
     if (flags & QSNAP_DELETE_METADATA) {
         qsnap__str_free(&t, n->name);
         n->name = NULL;
@@ -357,16 +434,19 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     }
     if (other_node_uses(&t, l->id, n->id) || (l->is_disk && deps == 0)) {
         /* Another node holds the same layer (or it is the disk itself): only the node goes. */
-        rc = drop_node(&t, p, n, NULL, 0);
+        rc = drop_node(s, &t, p, n, NULL, 0, &pruned);
         if (!rc)
-            rc = qsnap__set_summary(p, "deleted snapshot %s (its data is still used)", name);
+            rc = qsnap__set_summary(p, "deleted snapshot %s (its data is still used)%s", name,
+                                    pruned_words(pruned));
         goto out;
     }
     {
-        /* Internal snapshots qsnap did not make in the snapshot's own file (frozen with
-         * it by an older build): the file is not removed or streamed away under them. */
+        /* Internal snapshots qsnap did not make in the snapshot's own file (a disk that
+         * held them at its first create, or an older build): the file is not removed or
+         * streamed away under them, and the node kept for them is never pruned. */
         size_t foreign = 0;
         rc = qsnap__foreign_internal(s, &t, l->id, NULL, &foreign);
+        l_foreign = foreign > 0;
         if (!rc && foreign && (deps == 0 || (flags & QSNAP_DELETE_STREAM)))
             rc = qsnap__refuse_foreign_internal(s, &t, l->id,
                                                 deps == 0 ? "deleting the snapshot would delete "
@@ -379,16 +459,10 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
             deps = 2; /* kept as an unnamed node, as for several dependents */
     }
     if (deps == 0) {
-        rc = drop_node(&t, p, n, l, qsnap__check_unchanged(s, l));
+        rc = drop_node(s, &t, p, n, l, qsnap__check_unchanged(s, l), &pruned);
         if (!rc)
-            rc = qsnap__set_summary(p, "deleted snapshot %s", name);
+            rc = qsnap__set_summary(p, "deleted snapshot %s%s", name, pruned_words(pruned));
         goto out;
-    }
-    /* Merging rewrites the dependents: only branch heads are rewritten unasked.
-     * Frozen layers change under commit alone; --stream asks for it. */
-    for (size_t i = 0; i < t.nl && deps == 1; i++) {
-        if (t.layers[i].backing == l->id && t.layers[i].frozen && !(flags & QSNAP_DELETE_STREAM))
-            deps = 2; /* keep, as for several dependents */
     }
     /* A head holding internal snapshots must keep its backing content: they read
      * through it. Streaming would change what they read. */
@@ -396,31 +470,31 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
         size_t foreign = 0;
         if (t.layers[i].backing != l->id)
             continue;
-        /* Internal snapshots made outside qsnap read through it the same way. */
-        if (!qsnap__internal_nodes_in(&t, t.layers[i].id, NULL)) {
-            rc = qsnap__foreign_internal(s, &t, t.layers[i].id, NULL, &foreign);
-            if (rc || !foreign)
-                continue;
+        if (qsnap__internal_nodes_in(&t, t.layers[i].id, NULL)) {
+            if (flags & QSNAP_DELETE_STREAM)
+                rc = qsnap__refuse_internal_in(
+                    &t, t.layers[i].id,
+                    "streaming this snapshot's data into their file would change "
+                    "what they read",
+                    "delete without --stream (its data stays as an unnamed node)");
+            continue;
         }
-        if ((flags & QSNAP_DELETE_STREAM) && foreign)
+        /* Internal snapshots made outside qsnap read through it the same way. */
+        rc = qsnap__foreign_internal(s, &t, t.layers[i].id, NULL, &foreign);
+        if (!rc && foreign && (flags & QSNAP_DELETE_STREAM))
             rc = qsnap__refuse_foreign_internal(s, &t, t.layers[i].id,
                                                 "streaming this snapshot's data into its file "
                                                 "would change what it reads");
-        else if (flags & QSNAP_DELETE_STREAM)
-            rc = qsnap__refuse_internal_in(
-                &t, t.layers[i].id,
-                "streaming this snapshot's data into their file would change "
-                "what they read",
-                "delete without --stream (its data stays as an unnamed node)");
-        else
+        else if (!rc && foreign)
             deps = deps > 1 ? deps : 2; /* keep, as for several dependents */
     }
     if (rc)
         goto out;
     if (l->is_disk || (deps > 1 && !(flags & QSNAP_DELETE_STREAM))) {
-        /* Several states are built on it: keep the data as an unnamed node. */
+        /* Several states are built on it: keep the data as an unnamed node, for them. */
         qsnap__str_free(&t, n->name);
         n->name = NULL;
+        n->for_deps = !l_foreign; /* goes with the last dependent, but for the user's data */
         rc = qsnap__add_save(p, &t);
         if (!rc)
             rc = qsnap__set_summary(p,
@@ -441,7 +515,7 @@ int qsnap_plan_delete(qsnap_plan **out, qsnap_store *s, const char *snapshot, un
     }
     if (rc)
         goto out;
-    rc = drop_node(&t, p, n, l, 0);
+    rc = drop_node(s, &t, p, n, l, 0, &pruned);
     if (!rc)
         rc = qsnap__set_summary(
             p,

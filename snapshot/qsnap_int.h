@@ -43,7 +43,10 @@
 #define QSNAP_MAX_DESC 65536u            /* a description (bytes) */
 #define QSNAP_MAX_INTERNAL 65535u        /* an internal snapshot's name (the qcow2 format's bound) */
 #define QSNAP_MAX_PATH 4096u             /* a file name in the model (relative to the store) */
-#define QSNAP_META_VERSION 4u            /* the newest meta file written (metabin.c: 3 or 4) */
+#define QSNAP_META_VERSION 4u            /* the newest meta file this library writes (metabin.c):
+                                          * 4 with a fingerprint record or a node only for its
+                                          * dependents, else 3 */
+#define QSNAP_META_VERSION_BIN 3u        /* the oldest binary one (a log only beside 2 and up) */
 #define QSNAP_META_VERSION_MIN 1u        /* the oldest it reads (no log beside it) */
 #define QSNAP_TEXT_VERSION 2u            /* the text form: meta.log records, the journal, version 1-2 meta */
 
@@ -77,6 +80,10 @@ struct qsnap__node {
                           * an older qsnap hard-linked) */
     char *internal;      /* internal node: the name of the qcow2 snapshot inside `layer` that
                           * holds its content (qcow2_snapshot_*); NULL: the layer's content */
+    bool for_deps;       /* unnamed only for what is built on it (a snapshot deleted while
+                          * others stood on it): it goes when nothing does (store version
+                          * 4). Without it an unnamed node stays: one delete --metadata left
+                          * (the user keeps its data), or one from a store before the flag */
 };
 
 struct qsnap__branch {
@@ -401,10 +408,12 @@ void qsnap__lookup_heads(struct qsnap__lookup *z, const struct qsnap__model *m);
 int qsnap__lookup_find(struct qsnap__lookup *z, unsigned key, long *at);
 void qsnap__lookup_free(struct qsnap__lookup *z);
 
-/* metabin.c: the meta file of store versions 3 and 4 (binary; 4: with fingerprint records). */
+/* metabin.c: the meta file of store versions 3 and 4 (binary; 4: with fingerprint records or
+ * for_deps nodes). */
 #define QSNAP_BIN_MAGIC "qsnap-store 3\n"
 #define QSNAP_BIN_MAGIC4 "qsnap-store 4\n"
-/* The version of the meta file m is written as: 4 when it has a fingerprint record, else 3. */
+/* The version of the meta file m is written as: 4 when it has a fingerprint record or a node
+ * only for its dependents (for_deps), else 3. */
 unsigned qsnap__model_version(const struct qsnap__model *m);
 /* The file's bytes for m (malloc'd, *len bytes). */
 int qsnap__model_bin_format(const struct qsnap__model *m, char **out, size_t *len);
@@ -532,6 +541,10 @@ int qsnap__plan_first(qsnap_store *s, struct qsnap__model *t, qsnap_plan *p, con
 void qsnap__fmt_bytes(char *buf, size_t len, uint64_t v);
 /* plan_delete.c: node `id` leaves the tree; its children and branches move up to its parent. */
 void qsnap__reparent(struct qsnap__model *t, unsigned id, unsigned parent);
+/* plan_delete.c: whether a delete (QSNAP_DELETE_* flags) of a snapshot whose layer has one
+ * dependent d merges its data into d; else the data stays as an unnamed node. internal: d
+ * holds internal snapshots. du (query.c) says what a delete frees by the same rule. */
+bool qsnap__delete_merges(const struct qsnap__layer *d, bool internal, unsigned flags);
 /* plan_internal.c */
 int qsnap__plan_create_internal(qsnap_plan **out, qsnap_store *s, const qsnap_create_opts *o);
 int qsnap__plan_revert_internal(qsnap_plan **out, qsnap_store *s, const char *snapshot,

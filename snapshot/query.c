@@ -917,13 +917,113 @@ void qsnap_du_free(qsnap_usage *u, size_t n)
     free(u);
 }
 
+/*
+ * What merging layer l into its one dependent d (a delete, plan_delete.c: d
+ * streams what l holds where d holds nothing itself) adds to d's file: a data
+ * cluster of d for each one l's data touches there, and an L2 table for each
+ * table's worth of guest space d had nothing in. Zero clusters cost no data.
+ * Refcount blocks d may need on top are not counted (one per several GiB).
+ * *grow: the bytes; unknown (a file that does not open): UINT64_MAX.
+ */
+static void merge_growth(const qsnap_store *s, const struct qsnap__layer *l,
+                        const struct qsnap__layer *d, uint64_t *grow)
+{
+    qcow2_image *li = NULL, *di = NULL;
+    qcow2_info info;
+    uint64_t cs, span, end, last_c = UINT64_MAX, last_t = UINT64_MAX, g = 0;
+    int rc = 0;
+
+    *grow = UINT64_MAX;
+    if (qsnap__open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &li) ||
+        qsnap__open_layer(s, d, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &di) ||
+        qcow2_image_get_info(di, &info) || !info.cluster_size) {
+        qcow2_image_close(li);
+        qcow2_image_close(di);
+        return;
+    }
+    cs = info.cluster_size;
+    span = cs / (info.extended_l2 ? 16 : 8) * cs; /* guest bytes one L2 table maps */
+    end = qcow2_image_size(li) < qcow2_image_size(di) ? qcow2_image_size(li)
+                                                      : qcow2_image_size(di);
+    for (uint64_t off = 0; !rc && off < end;) {
+        qcow2_extent e, f;
+        rc = qcow2_image_block_status(li, NULL, off, end - off, &e);
+        if (rc || !(e.flags & QCOW2_EXT_PRESENT)) {
+            off += rc ? 0 : e.length;
+            continue;
+        }
+        /* Where d holds nothing itself, this run of l goes into d. */
+        for (uint64_t o = off; !rc && o < off + e.length; o += f.length) {
+            rc = qcow2_image_block_status(di, NULL, o, off + e.length - o, &f);
+            if (rc || (f.flags & QCOW2_EXT_PRESENT))
+                continue;
+            if (!(e.flags & QCOW2_EXT_ZERO)) {
+                for (uint64_t c = o / cs; c <= (o + f.length - 1) / cs; c++) {
+                    g += c != last_c ? cs : 0;
+                    last_c = c;
+                }
+            }
+            /* A table's worth of guest space d has nothing in: a new L2 table. */
+            for (uint64_t t = o / span; t <= (o + f.length - 1) / span; t++) {
+                qcow2_extent h;
+                uint64_t t0 = t * span, tn = span < qcow2_image_size(di) - t0
+                                                ? span
+                                                : qcow2_image_size(di) - t0;
+                if (t == last_t)
+                    continue;
+                last_t = t;
+                if (qcow2_image_block_status(di, NULL, t0, tn, &h) == 0 &&
+                    !(h.flags & QCOW2_EXT_PRESENT) && h.length == tn)
+                    g += cs;
+            }
+        }
+        off += e.length;
+    }
+    qcow2_image_close(li);
+    qcow2_image_close(di);
+    if (!rc)
+        *grow = g;
+}
+
+/*
+ * What a delete of leaf n also frees: the unnamed nodes above it that were only
+ * for their dependents and that nothing else needs once n goes (plan_delete.c,
+ * drop_unnamed_leaves), each with its layer. kids: child nodes and branches per
+ * node position; users, deps: nodes of, and layers on, each layer (by position).
+ */
+static uint64_t pruned_bytes(const qsnap_store *s, const struct qsnap__index *x,
+                             const struct qsnap__node *n, const unsigned *kids,
+                             const unsigned *users, const unsigned *deps)
+{
+    const struct qsnap__layer *below = qsnap__index_layer(x, n->layer);
+    uint64_t b = 0;
+
+    for (size_t steps = 0; below && steps < s->m.nn; steps++) {
+        const struct qsnap__node *u = n->parent ? qsnap__index_node(x, n->parent) : NULL;
+        const struct qsnap__layer *l = u ? qsnap__index_layer(x, u->layer) : NULL;
+        /* Its one child node is the one going, its layer backs only that one's. */
+        if (!l || u->name || !u->for_deps || u->internal || u->state || l->is_disk ||
+            users[l - s->m.layers] > 1 || deps[l - s->m.layers] != 1 ||
+            kids[u - s->m.nodes] != 1 || below->backing != l->id)
+            break;
+        b += file_bytes(s, l);
+        n = u;
+        below = l;
+    }
+    return b;
+}
+
 int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
 {
     qsnap_node *list = NULL;
     size_t n = 0;
     qsnap_usage *u;
     struct qsnap__index x;
-    unsigned *deps_of = NULL, *users_of = NULL; /* by layer position: layers on it, nodes of it */
+    /* By layer position: layers on it, nodes of it, the last layer on it, internal nodes. */
+    unsigned *deps_of = NULL, *users_of = NULL;
+    size_t *dep_at = NULL;
+    bool *internal_in = NULL;
+    unsigned *kids = NULL; /* by node position: child nodes and branches */
     int rc = qsnap_list(s, &list, &n);
 
     if (rc)
@@ -936,10 +1036,16 @@ int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
     u = calloc(n + 1, sizeof(*u));
     deps_of = calloc(s->m.nl + 1, sizeof(*deps_of));
     users_of = calloc(s->m.nl + 1, sizeof(*users_of));
-    if (!u || !deps_of || !users_of) {
+    dep_at = calloc(s->m.nl + 1, sizeof(*dep_at));
+    internal_in = calloc(s->m.nl + 1, sizeof(*internal_in));
+    kids = calloc(s->m.nn + 1, sizeof(*kids));
+    if (!u || !deps_of || !users_of || !dep_at || !internal_in || !kids) {
+        free(kids);
         free(u);
         free(deps_of);
         free(users_of);
+        free(dep_at);
+        free(internal_in);
         qsnap__index_free(&x);
         qsnap_list_free(list, n);
         return nomem();
@@ -947,13 +1053,29 @@ int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
     /* Counted once for all entries (each entry walking the model made du quadratic). */
     for (size_t j = 0; j < s->m.nl; j++) {
         const struct qsnap__layer *b = qsnap__index_layer(&x, s->m.layers[j].backing);
-        if (b)
+        if (b) {
             deps_of[b - s->m.layers]++;
+            dep_at[b - s->m.layers] = j;
+        }
     }
     for (size_t j = 0; j < s->m.nn; j++) {
         const struct qsnap__layer *b = qsnap__index_layer(&x, s->m.nodes[j].layer);
-        if (b)
+        if (b) {
             users_of[b - s->m.layers]++;
+            internal_in[b - s->m.layers] |= s->m.nodes[j].internal != NULL;
+        }
+        const struct qsnap__node *up = s->m.nodes[j].parent
+                                           ? qsnap__index_node(&x, s->m.nodes[j].parent)
+                                           : NULL;
+        if (up)
+            kids[up - s->m.nodes]++;
+    }
+    for (size_t j = 0; j < s->m.nb; j++) {
+        const struct qsnap__node *up = s->m.branches[j].base
+                                           ? qsnap__index_node(&x, s->m.branches[j].base)
+                                           : NULL;
+        if (up)
+            kids[up - s->m.nodes]++;
     }
     for (size_t i = 0; i < n; i++) {
         const struct qsnap__layer *l = NULL;
@@ -988,11 +1110,27 @@ int qsnap_du(qsnap_store *s, qsnap_usage **out, size_t *n_out)
         }
         deps = deps_of[l - s->m.layers];
         shared = users_of[l - s->m.layers] > 1; /* another node has it too */
-        /* A leaf's layer goes; a layer with one dependent is merged into it; else kept. */
-        u[i].frees = (l->is_disk || shared || deps > 1) ? 0 : list[i].file_bytes;
+        /* A leaf's layer goes; a layer with one dependent is merged into it (what it frees:
+         * its file less what the dependent grows by); else kept (the delete plan's rules). */
+        if (deps == 1 && !l->is_disk && !shared) {
+            size_t d = dep_at[l - s->m.layers];
+            uint64_t grow = 0;
+            if (qsnap__delete_merges(&s->m.layers[d], internal_in[d], 0))
+                merge_growth(s, l, &s->m.layers[d], &grow);
+            else
+                grow = UINT64_MAX; /* kept as an unnamed node */
+            u[i].frees = grow < list[i].file_bytes ? list[i].file_bytes - grow : 0;
+            continue;
+        }
+        u[i].frees = (l->is_disk || shared || deps > 0) ? 0 : list[i].file_bytes;
+        if (deps == 0 && !l->is_disk && !shared) /* a leaf: unnamed nodes may go with it */
+            u[i].frees += pruned_bytes(s, &x, nd, kids, users_of, deps_of);
     }
     free(deps_of);
     free(users_of);
+    free(dep_at);
+    free(internal_in);
+    free(kids);
     qsnap__index_free(&x);
     qsnap_list_free(list, n);
     *out = u;

@@ -261,6 +261,10 @@ QSNAP_API int qsnap_plan_branch_rename(qsnap_plan **out, qsnap_store *s, const c
 
 /**
  * Delete a snapshot anywhere in the tree, keeping every other state's content.
+ * An unnamed node that a delete kept for what was built on it, and that the
+ * delete leaves with nothing on it (no snapshot, no branch, its layer needed by
+ * nothing else) goes too, with its layer, and so on up the tree, in the same
+ * plan; one that QSNAP_DELETE_METADATA left stays (its data is kept on purpose).
  * With QSNAP_DELETE_CHILDREN a subtree that holds the current branch is refused
  * (QSNAP_EREFUSED), and so is one with a branch whose head holds changes, unless
  * flags has QSNAP_DELETE_FORCE.

@@ -2,7 +2,8 @@
  * Crash safety of the snapshot tree. For each operation (create, the first
  * create, revert keeping and discarding, delete merging into a head and into
  * a frozen layer, keeping unnamed, streaming, removing a subtree, commit into
- * a raw disk, a qcow2 disk and a frozen layer) and for every N from 0 to the
+ * a raw disk, a qcow2 disk and a frozen layer, the last snapshot on an unnamed
+ * node, which goes with it) and for every N from 0 to the
  * number of steps of its plan: a child process opens the store, builds the
  * plan and executes it with a step_hook that SIGKILLs it after step N (N = 0:
  * killed before the execution starts, so before the journal is written;
@@ -172,6 +173,29 @@ static void after_delete_children(tf_model *m)
     tf_model_del(m, "main");
 }
 
+/* s1 -> s2 -> s3 -> main, then revert to s1 on branch other (main clean: dropped) and delete
+ * s2 (s3 is built on it: kept unnamed). */
+static void build_unnamed(qsnap_store *s, tf_model *m)
+{
+    build_base(s, m);
+    snap(s, m, "s3", "main");
+    tf_ok(tf_revert(s, "s1", "other", false, NULL), "revert s1");
+    tf_model_del(m, "main");
+    tf_model_set(m, "other", true, tf_model_get(m, "s1"));
+    tf_ok(tf_delete(s, "s2", 0, NULL), "delete s2");
+    tf_model_del(m, "s2");
+}
+
+/* The last snapshot on the unnamed node: the node and its layer go with it. */
+static int plan_delete_s3(qsnap_store *s, qsnap_plan **p)
+{
+    return qsnap_plan_delete(p, s, "s3", 0);
+}
+static void after_delete_s3(tf_model *m)
+{
+    tf_model_del(m, "s3");
+}
+
 static int plan_commit_c(qsnap_store *s, qsnap_plan **p)
 {
     return qsnap_plan_commit(p, s, "c");
@@ -208,6 +232,7 @@ static const struct op OPS[] = {
     {"commit-raw-disk", false, build_c, plan_commit_c, after_same, "c"},
     {"commit-qcow2-disk", true, build_c, plan_commit_c, after_same, "c"},
     {"commit-frozen-layer", false, build_c, plan_commit_main, after_same, NULL},
+    {"delete-unnamed-leaf", false, build_unnamed, plan_delete_s3, after_delete_s3, NULL},
 };
 
 /* A fresh directory with the op's fixture; before gets the model. */
@@ -442,6 +467,7 @@ CRASH_TEST(delete_children, 9)
 CRASH_TEST(commit_raw_disk, 10)
 CRASH_TEST(commit_qcow2_disk, 11)
 CRASH_TEST(commit_frozen_layer, 12)
+CRASH_TEST(delete_unnamed_leaf, 13)
 
 /*
  * A step that fails before the first commit point is taken back: nothing
