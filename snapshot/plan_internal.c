@@ -103,8 +103,9 @@ size_t qsnap__unknown_internal(const qcow2_image *img, const struct qsnap__model
     return k;
 }
 
-/* The same for layer's file, opened here: a file that is gone, or is not qcow2, holds none;
- * one that does not open is the error of the open. */
+/* The same for layer's file, opened here: a file that is gone, is not qcow2, or does not
+ * open (damaged: what reads or writes it finds that, and dropping it stays possible) holds
+ * none. */
 int qsnap__foreign_internal(const qsnap_store *s, const struct qsnap__model *m, unsigned layer,
                             char **names, size_t *count)
 {
@@ -125,10 +126,12 @@ int qsnap__foreign_internal(const qsnap_store *s, const struct qsnap__model *m, 
              ? qsnap__open_layer(s, l, QCOW2_OPEN_NO_BACKING | QCOW2_OPEN_NO_LOCK, &img)
              : 0;
     free(path);
-    if (!rc && img)
+    if (rc)
+        img = NULL; /* (its error is not this check's) */
+    if (img)
         *count = qsnap__unknown_internal(img, m, layer, names);
     qcow2_image_close(img);
-    return rc;
+    return 0;
 }
 
 int qsnap__refuse_foreign_internal(const qsnap_store *s, const struct qsnap__model *m,
