@@ -627,6 +627,9 @@ int qsnap__refuse_foreign_layers(const qsnap_store *s);
  * handle (their inode and change time; qsnap__scan_mark): every operation's check. */
 int qsnap__rescan_store(const qsnap_store *s);
 int qsnap__layers_check_meta(const qsnap_store *s);
+/* N of a layer file's name "N.qcow2" (N from 1, no leading zero, below UINT_MAX); 0 for any
+ * other name. */
+unsigned qsnap__layer_id(const char *name);
 /* Around each change qsnap makes to an entry of layers/ (dfd: layers/), before it and after
  * it (after): follows that layers/ holds only qsnap's own changes (the seal, safe.c). */
 void qsnap__layers_touch(const qsnap_store *s, int dfd, bool after);

@@ -1180,8 +1180,7 @@ void qsnap__scan_marks_free(qsnap_store *s)
     s->marks = NULL;
 }
 
-/* N of a name "N.qcow2" (N from 1, no leading zero, below UINT_MAX); 0 for any other name. */
-static unsigned layer_id(const char *name)
+unsigned qsnap__layer_id(const char *name)
 {
     unsigned long long id = 0;
     const char *p = name;
@@ -1272,7 +1271,7 @@ static int scan_dir(const qsnap_store *s, const char *sub, bool trust_seal)
                    !others_add(mk, e->d_name)) {
             lost = true; /* qsnap__refuse_foreign_layers walks again */
         } else if (layers && mk) {
-            unsigned id = layer_id(e->d_name);
+            unsigned id = qsnap__layer_id(e->d_name);
             if (id > mk->top)
                 mk->top = id;
         }

@@ -704,14 +704,9 @@ static void verify_internal(qsnap_store *s, const struct qsnap__node *n, struct 
  */
 static bool newer_than_metadata(const qsnap_store *s, const char *name, bool pending)
 {
-    unsigned long id = 0;
-    const char *p = name;
+    unsigned id = pending ? 0 : qsnap__layer_id(name);
 
-    if (pending || *p < '1' || *p > '9')
-        return false;
-    for (; *p >= '0' && *p <= '9' && id <= UINT_MAX; p++)
-        id = id * 10 + (unsigned long)(*p - '0');
-    return !strcmp(p, ".qcow2") && id >= s->m.seq;
+    return id && id >= s->m.seq;
 }
 
 /* Files in layers/ and state/ that the metadata does not name: half-made or orphaned. */
