@@ -1497,8 +1497,15 @@ static int kind_in_store(const char *dir, const char *real, const struct stat *s
     }
     rc = qsnap_store_open(&s, disk, QSNAP_OPEN_READONLY | QSNAP_OPEN_ANY_FILES);
     free(disk);
+    if (rc && !strncmp(rel, "/layers/", 8)) {
+        /* The metadata cannot be read (busy, an operation unfinished, damaged): when the
+         * image commands are needed most. Told by its mode, which freezing sets: a frozen
+         * layer is read-only, a head is writable. */
+        *kind = st->st_mode & 0222 ? QSNAP_FILE_HEAD : QSNAP_FILE_FROZEN;
+        return 0;
+    }
     if (rc)
-        return strncmp(rel, "/layers/", 8) ? 0 : rc; /* a layer: cannot be told */
+        return 0;
     for (size_t i = 0; i < s->m.nl; i++) {
         const struct qsnap__layer *l = &s->m.layers[i];
         char *p = qsnap__path(s, l->file);

@@ -456,9 +456,8 @@ typedef enum qsnap_file_kind {
  * @param[out] kind       what it is
  * @param[out] store_dir  the store directory (absolute, malloc'd; free()) when
  *                        kind is not QSNAP_FILE_NONE, else NULL; may be NULL
- * @return 0; when a file in layers/ cannot be told (the metadata cannot be
- *         read) *kind is QSNAP_FILE_STORE and the store's error is returned
- *         (QSNAP_EBUSY, QSNAP_EINTEGRITY, QSNAP_ENOTFOUND, ...); QSNAP_ERROR
+ * @return 0 (a file in layers/ whose store's metadata cannot be read is told
+ *         by its mode: read-only is frozen, writable a head); QSNAP_ERROR
  */
 QSNAP_API int qsnap_file_kind_of(const char *path, qsnap_file_kind *kind, char **store_dir);
 
@@ -469,8 +468,7 @@ QSNAP_API int qsnap_file_kind_of(const char *path, qsnap_file_kind *kind, char *
  * replaced), any file of a store or a new name in a store directory. A
  * branch's head may be written into (a VM does).
  * @return 0 (path may be written); QSNAP_EREFUSED (the message names path
- *         and the store, the hint the tree command that does it); the error
- *         of qsnap_file_kind_of() when it cannot tell
+ *         and the store, the hint the tree command that does it); QSNAP_ERROR
  */
 QSNAP_API int qsnap_check_outside_write(const char *path, bool replace);
 

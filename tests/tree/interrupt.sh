@@ -4,7 +4,9 @@
 # operation is unfinished and names 'qsnap verify DISK --repair'; that
 # finishes it, and every state reads as a model says. Deterministic: the
 # operation is stopped after its first step (QSNAP_TEST_STOP_AT) and the
-# signal is delivered while it is stopped.
+# signal is delivered while it is stopped. Also: with the store's metadata
+# unreadable, image commands tell a layer file by its mode (a head may be
+# written, a frozen layer not).
 # Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
 #   QSNAP=path  the qsnap binary (default build/release/qsnap)
 set -u
@@ -41,6 +43,19 @@ for sig in INT TERM HUP; do
         ok "SIG$sig: verify --repair finishes it, s1 and main read as before" ||
         bad "SIG$sig: after repair" "$(q verify d.raw 2>&1 | tail -2)"
 done
+
+# Image commands when the store's metadata cannot be read (a damaged meta.log: every tree
+# command refuses): a layer file is told by its mode, so a head (writable) can still be
+# written and a frozen layer (read-only) is still refused.
+frozen=$(find d.raw.qsnap/layers -name '*.qcow2' -perm 0444 | head -1)
+head=$(readlink -f d.raw.qsnap/layers/current.qcow2)
+printf 'rec 99 5 00000000\nxxxxx' >>d.raw.qsnap/meta.log
+q list d.raw >/dev/null 2>&1; rc0=$?
+q image io -c "write -P 9 0 512" "$head" >/dev/null 2>ioerr; rc1=$?
+q image io -c "write -P 9 0 512" "$frozen" >/dev/null 2>>ioerr; rc2=$?
+[ $rc0 = 4 ] && [ -n "$frozen" ] && [ $rc1 = 0 ] && [ $rc2 = 1 ] && grep -q "frozen" ioerr &&
+    ok "metadata unreadable: image io writes the head, refuses a frozen layer (told by mode)" ||
+    bad "image io with unreadable metadata" "list $rc0, head $rc1, frozen '$frozen' $rc2: $(cat ioerr)"
 
 # A signal the caller ignores stays ignored (nohup): the operation goes on to its end.
 rm -rf d.raw d.raw.qsnap
