@@ -5,7 +5,7 @@
 #                  tree command that changes files or the current branch
 #                  (create, create --internal, revert, revert --discard, switch,
 #                  branch create/delete/rename, delete, commit, verify --repair)
-#                  exits 5, names the held file, and the store (metadata, layer
+#                  exits 5, names the held file and the QEMU (program, pid), and the store (metadata, layer
 #                  files, modes, the VM path) and the disk are byte-for-byte as
 #                  before; --dry-run lists the files it checked and which are held
 #                  (exit 5); after the QEMU exits, verify is clean without --repair
@@ -112,8 +112,8 @@ expect_busy() {
         bad "$name" "exit $rc, want 5: $(head -c 300 "$W/out")"
     elif ! grep -qF "$file" "$W/out"; then
         bad "$name" "the message does not name $file: $(head -c 300 "$W/out")"
-    elif ! grep -q 'running QEMU' "$W/out"; then
-        bad "$name" "the message does not say a running QEMU holds it: $(head -c 300 "$W/out")"
+    elif ! grep -qE 'qemu-system-x86[^ ]* \(pid [0-9]+\) holds? (its|their) image lock' "$W/out"; then
+        bad "$name" "the message does not name the QEMU that holds it: $(head -c 300 "$W/out")"
     elif [ "$before" != "$after" ]; then
         bad "$name" "the store changed: $(diff <(echo "$before") <(echo "$after") | head -5)"
     elif [ -e disk.raw.qsnap/journal ]; then
