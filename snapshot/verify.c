@@ -1282,8 +1282,9 @@ static int verify_store(qsnap_store *s, bool repair, bool no_journal, qsnap_find
             qsnap__save_model(s, &s->m);
     }
 done_checked:
-    find(&fs, false, false, "", "checked %zu layers, %zu snapshots and nodes, %zu branches", s->m.nl,
-         s->m.nn, s->m.nb);
+    find(&fs, false, false, "", "checked %zu layer%s, %zu snapshot%s and node%s, %zu branch%s",
+         s->m.nl, s->m.nl == 1 ? "" : "s", s->m.nn, s->m.nn == 1 ? "" : "s",
+         s->m.nn == 1 ? "" : "s", s->m.nb, s->m.nb == 1 ? "" : "es");
 done:
     if (jf < fs.n)
         journal_said(&fs, jf);
