@@ -1500,12 +1500,14 @@ int qsnap__recover(qsnap_store *s, bool *did)
     rc = repair_touched(s, p, from);
     if (!rc)
         rc = run_from(s, p, from, NULL, &at);
-    /* The crashed run may have gone further than this one: undo only when nothing
-     * before the first commit point could have changed a file irreversibly. */
-    if (rc && from == 0 && can_undo(p, first_save(p))) {
-        /* It cannot be finished, and nothing was committed: take it back (the
-         * journal stays when that is not whole, for the next repair to try again). */
-        if (undo(s, p, at))
+    /* It cannot be finished, and nothing was committed (this replay stopped before the
+     * first commit point): take it back when every step before that point can be taken
+     * back. The crashed run may have gone further than this one, so all of those steps
+     * are undone (one it never reached is nothing to undo). The journal stays when that
+     * is not whole, for the next repair to try again. */
+    {
+        size_t save = first_save(p);
+        if (rc && from == 0 && at < save && can_undo(p, save - 1) && undo(s, p, save - 1))
             rc = 0;
     }
     qsnap_plan_free(p);

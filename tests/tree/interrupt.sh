@@ -6,7 +6,8 @@
 # operation is stopped after its first step (QSNAP_TEST_STOP_AT) and the
 # signal is delivered while it is stopped. Also: with the store's metadata
 # unreadable, image commands tell a layer file by its mode (a head may be
-# written, a frozen layer not).
+# written, a frozen layer not). And a repair that cannot finish a create
+# stopped before its commit point takes it back.
 # Prints "ok NAME" / "FAIL NAME: reason" per case and "N passed, N failed".
 #   QSNAP=path  the qsnap binary (default build/release/qsnap)
 set -u
@@ -56,6 +57,27 @@ q image io -c "write -P 9 0 512" "$frozen" >/dev/null 2>>ioerr; rc2=$?
 [ $rc0 = 4 ] && [ -n "$frozen" ] && [ $rc1 = 0 ] && [ $rc2 = 1 ] && grep -q "frozen" ioerr &&
     ok "metadata unreadable: image io writes the head, refuses a frozen layer (told by mode)" ||
     bad "image io with unreadable metadata" "list $rc0, head $rc1, frozen '$frozen' $rc2: $(cat ioerr)"
+
+# A repair that cannot finish an operation stopped before its first commit point takes it
+# back when every step before that point can be (a create: a new overlay, a freeze): the
+# head it freezes is damaged meanwhile. The journal and the new overlay go, s1 stays.
+rm -rf d.raw d.raw.qsnap
+qemu-img create -f raw d.raw 8M >/dev/null
+q create d.raw s1 >/dev/null && head=$(readlink -f "$(q current d.raw --path)") &&
+    qemu-io -f qcow2 -c "write -P 3 0 64k" "$head" >/dev/null || bad "take-back setup" "failed"
+(QSNAP_TEST_KILL_AT=1 exec "$QSNAP" create d.raw s2 >/dev/null 2>&1)
+layers_before=$(ls d.raw.qsnap/layers | tr '\n' ' ')
+printf 'XXXX' | dd of="$head" bs=1 count=4 conv=notrunc 2>/dev/null
+q verify d.raw --repair >out 2>&1
+layers_after=$(ls d.raw.qsnap/layers | tr '\n' ' ')
+if [ -e d.raw.qsnap/journal ]; then
+    bad "repair that cannot finish" "the journal stayed: $(head -c 300 out)"
+elif [ "$layers_before" = "$layers_after" ] || ! q info d.raw s1 >/dev/null 2>&1 ||
+    q info d.raw s2 >/dev/null 2>&1; then
+    bad "repair that cannot finish" "layers $layers_before -> $layers_after: $(head -c 300 out)"
+else
+    ok "a repair that cannot finish a create stopped before its commit point takes it back"
+fi
 
 # A signal the caller ignores stays ignored (nohup): the operation goes on to its end.
 rm -rf d.raw d.raw.qsnap
