@@ -1479,6 +1479,21 @@ static char *resolve_path(const char *path)
 }
 
 /* What the regular file st (at real, inside store directory dir) is, by the store's model. */
+/* The layer of s (not the disk) whose file is st, or NULL. */
+static const struct qsnap__layer *layer_of_file(const qsnap_store *s, const struct stat *st)
+{
+    for (size_t i = 0; i < s->m.nl; i++) {
+        const struct qsnap__layer *l = &s->m.layers[i];
+        char *p = qsnap__path(s, l->file);
+        struct stat ls;
+        bool same = p && !l->is_disk && stat(p, &ls) == 0 && same_file(st, &ls);
+        free(p);
+        if (same)
+            return l;
+    }
+    return NULL;
+}
+
 static int kind_in_store(const char *dir, const char *real, const struct stat *st,
                          qsnap_file_kind *kind)
 {
@@ -1506,16 +1521,10 @@ static int kind_in_store(const char *dir, const char *real, const struct stat *s
     }
     if (rc)
         return 0;
-    for (size_t i = 0; i < s->m.nl; i++) {
-        const struct qsnap__layer *l = &s->m.layers[i];
-        char *p = qsnap__path(s, l->file);
-        struct stat ls;
-        bool same = p && !l->is_disk && stat(p, &ls) == 0 && same_file(st, &ls);
-        free(p);
-        if (same) {
+    {
+        const struct qsnap__layer *l = layer_of_file(s, st);
+        if (l)
             *kind = l->frozen ? QSNAP_FILE_FROZEN : QSNAP_FILE_HEAD;
-            break;
-        }
     }
     qsnap_store_close(s);
     return 0;
@@ -1597,13 +1606,9 @@ static int tree_snapshot_of(const char *dir, const char *real, const struct stat
         }
         qcow2_image_close(img);
     }
-    for (size_t i = 0; name && i < s->m.nl && !*node; i++) {
-        const struct qsnap__layer *l = &s->m.layers[i];
-        char *p = qsnap__path(s, l->file);
-        struct stat ls;
-        bool same = p && stat(p, &ls) == 0 && same_file(st, &ls);
-        free(p);
-        for (size_t k = 0; same && k < s->m.nn && !*node; k++) {
+    {
+        const struct qsnap__layer *l = name ? layer_of_file(s, st) : NULL;
+        for (size_t k = 0; l && k < s->m.nn && !*node; k++) {
             const struct qsnap__node *nd = &s->m.nodes[k];
             if (nd->layer == l->id && nd->internal && !strcmp(nd->internal, name))
                 *node = strdup(nd->name ? nd->name : nd->internal);
@@ -1619,12 +1624,14 @@ int qsnap_check_snapshot_edit(const char *path, const char *snap)
     qsnap_file_kind kind;
     char *dir = NULL, *real = NULL, *node = NULL;
     struct stat st;
-    int rc = qsnap_check_outside_write(path, false);
+    int rc = snap ? qsnap_file_kind_of(path, &kind, &dir) : 0;
 
-    if (!rc && snap)
-        rc = qsnap_file_kind_of(path, &kind, &dir);
-    if (!rc && dir && kind == QSNAP_FILE_HEAD && (real = resolve_path(path)) != NULL &&
-        stat(real, &st) == 0)
+    /* Anything but a head: what any write into it meets (a head may be written). */
+    if (!snap || rc || kind != QSNAP_FILE_HEAD) {
+        free(dir);
+        return qsnap_check_outside_write(path, false);
+    }
+    if ((real = resolve_path(path)) != NULL && stat(real, &st) == 0)
         rc = tree_snapshot_of(dir, real, &st, snap, &node);
     if (!rc && node) {
         char hint[PATH_MAX * 2 + 256];
